@@ -1,0 +1,180 @@
+"""Darknet `.cfg` lexer: sections with line numbers and strict, typed option getters.
+
+Lexing follows Darknet (`parser.c:read_cfg`): every space and tab anywhere in a line is removed,
+lines starting with `#` or `;` are comments, `[name]` opens a section, other lines are
+`key=value` split at the first `=`, and the first occurrence of a key wins. Unlike Darknet we
+also drop `\\r` (CRLF files work) and we reject values that `atoi`/`atof` would silently
+half-read (`size=3x` is an error here, 3 in Darknet).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from engine.errors import CfgError
+
+# Darknet's short section names (parser.c:string_to_layer_type).
+ALIASES = {"conv": "convolutional", "max": "maxpool", "avg": "avgpool", "soft": "softmax",
+           "conn": "connected", "network": "net"}
+
+_MISSING = object()
+_SECTION_RE = re.compile(r"^\[([A-Za-z0-9_]+)\]$")
+_INT_RE = re.compile(r"^[+-]?\d+$")
+MAX_CFG_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class Section:
+    """One `[name]` block. `index` is the Darknet layer index (-1 for `[net]`)."""
+    name: str
+    line: int
+    path: str
+    index: int
+    options: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def where(self, key: str | None = None) -> str:
+        """`file:line [section]` (the key's own line when given and present)."""
+        line = self.options[key][1] if key is not None and key in self.options else self.line
+        label = f"[{self.name}]" if self.index < 0 else f"[{self.name}] (layer {self.index})"
+        return f"{self.path}:{line} {label}"
+
+    def error(self, message: str, key: str | None = None) -> CfgError:
+        return CfgError(f"{self.where(key)} {message}")
+
+    def has(self, key: str) -> bool:
+        return key in self.options
+
+    def raw(self, key: str) -> str:
+        return self.options[key][0]
+
+    def get_str(self, key: str, default: object = _MISSING, choices: Sequence[str] | None = None) -> str:
+        if key not in self.options:
+            return self._default(key, default)  # type: ignore[return-value]
+        value = self.options[key][0]
+        if choices is not None and value not in choices:
+            raise self.error(f"{key}={value}: expected one of {', '.join(choices)}", key)
+        return value
+
+    def get_int(self, key: str, default: object = _MISSING, *, lo: int | None = None,
+                hi: int | None = None) -> int:
+        if key not in self.options:
+            return self._default(key, default)  # type: ignore[return-value]
+        value = self.options[key][0]
+        if not _INT_RE.match(value):
+            raise self.error(f"{key}={value}: expected an integer", key)
+        return self._check_range(key, int(value), lo, hi)
+
+    def get_float(self, key: str, default: object = _MISSING, *, lo: float | None = None,
+                  hi: float | None = None) -> float:
+        if key not in self.options:
+            return self._default(key, default)  # type: ignore[return-value]
+        return self._check_range(key, self._to_float(key, self.options[key][0]), lo, hi)
+
+    def get_int_list(self, key: str, default: object = _MISSING) -> list[int]:
+        if key not in self.options:
+            return self._default(key, default)  # type: ignore[return-value]
+        items = self._items(key)
+        bad = [v for v in items if not _INT_RE.match(v)]
+        if bad:
+            raise self.error(f"{key}={self.raw(key)}: {bad[0]!r} is not an integer", key)
+        return [int(v) for v in items]
+
+    def get_float_list(self, key: str, default: object = _MISSING) -> list[float]:
+        if key not in self.options:
+            return self._default(key, default)  # type: ignore[return-value]
+        return [self._to_float(key, v) for v in self._items(key)]
+
+    def _items(self, key: str) -> list[str]:
+        value = self.options[key][0]
+        items = [v for v in value.split(",")]
+        if value == "" or any(v == "" for v in items[:-1]):
+            raise self.error(f"{key}={value}: expected a comma-separated list", key)
+        return [v for v in items if v != ""]  # Darknet tolerates one trailing comma
+
+    def _to_float(self, key: str, value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise self.error(f"{key}={value}: expected a number", key) from None
+        if not math.isfinite(number):
+            raise self.error(f"{key}={value}: expected a finite number", key)
+        return number
+
+    def _check_range(self, key: str, value, lo, hi):
+        if lo is not None and value < lo:
+            raise self.error(f"{key}={self.raw(key)}: must be >= {lo}", key)
+        if hi is not None and value > hi:
+            raise self.error(f"{key}={self.raw(key)}: must be <= {hi}", key)
+        return value
+
+    def _default(self, key: str, default: object) -> object:
+        if default is _MISSING:
+            raise self.error(f"missing required key {key}=")
+        return default
+
+
+@dataclass
+class Cfg:
+    """A parsed cfg: the `[net]` section, the layer sections in order, and the source text."""
+    path: str
+    net: Section
+    layers: list[Section]
+    text: str
+
+
+def parse_cfg(text: str, path: str = "<cfg>") -> Cfg:
+    """Parse cfg text. Raises CfgError naming `path:line` for anything Darknet would misread."""
+    sections: list[Section] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = re.sub(r"[ \t\r\n\v\f]", "", raw)
+        if not line or line[0] in "#;":
+            continue
+        if line[0] == "[":
+            m = _SECTION_RE.match(line)
+            if not m:
+                raise CfgError(f"{path}:{lineno} {raw.strip()!r}: malformed section header, expected [name]")
+            name = m.group(1).lower()
+            name = ALIASES.get(name, name)
+            sections.append(Section(name, lineno, path, len(sections) - 1))
+            continue
+        if "=" not in line:
+            raise CfgError(f"{path}:{lineno} {raw.strip()!r}: expected key=value or [section]")
+        if not sections:
+            raise CfgError(f"{path}:{lineno} {raw.strip()!r}: option before the first section ([net] expected)")
+        key, value = line.split("=", 1)
+        if not key:
+            raise CfgError(f"{path}:{lineno} {raw.strip()!r}: empty key")
+        sections[-1].options.setdefault(key, (value, lineno))  # first occurrence wins, as in Darknet
+    if not sections:
+        raise CfgError(f"{path}: no sections found; a Darknet cfg starts with [net]")
+    if sections[0].name != "net":
+        raise CfgError(f"{sections[0].where()} the first section must be [net] (or [network])")
+    for sec in sections[1:]:
+        if sec.name == "net":
+            raise CfgError(f"{path}:{sec.line} [net]: only one [net] section is allowed, at the top")
+    if len(sections) == 1:
+        raise CfgError(f"{path}: [net] has no layers after it")
+    return Cfg(path, sections[0], sections[1:], text)
+
+
+def read_cfg(path: str | Path) -> Cfg:
+    """Read and parse a cfg file. Raises CfgError for unreadable, binary or malformed files."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_CFG_BYTES:
+            raise CfgError(f"{p}: {size} bytes is too large for a cfg (limit {MAX_CFG_BYTES})")
+        data = p.read_bytes()
+    except OSError as err:
+        raise CfgError(f"{p}: cannot read cfg: {err.strerror or err}") from err
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CfgError(f"{p}: not a text cfg file (byte {err.start} is not UTF-8); "
+                       "did you pass the .weights file instead?") from err
+    if "\x00" in text:
+        raise CfgError(f"{p}: contains NUL bytes; not a text cfg file")
+    return parse_cfg(text, p.name)

@@ -1,0 +1,168 @@
+"""Image input: safe decoding with Pillow, and Darknet's exact resize / letterbox preprocessing.
+
+Darknet's `resize_image` is an align-corners bilinear resize computed in float32 with a
+truncating index (`darknet-semantics.md` B.5); it is not OpenCV's or Pillow's bilinear, so it is
+re-implemented here, vectorised, operation for operation in float32.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from engine.errors import ImageError
+
+MAX_PIXELS = 64_000_000  # ~8000x8000; bigger inputs are refused before decoding (decompression bombs)
+RESIZE_MODES = ("letterbox", "stretch")
+
+ImageLike = Union[str, Path, bytes, np.ndarray, Image.Image]
+
+
+def open_image(source: ImageLike, *, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
+    """Decode an image file (path or bytes) to an 8-bit RGB PIL image, refusing bombs and non-images.
+
+    Grayscale, palette, RGBA (alpha dropped, as stb_image does for Darknet), CMYK and 16-bit
+    inputs are converted to RGB. EXIF orientation is ignored, as Darknet ignores it.
+    Raises: ImageError naming the file.
+    """
+    if isinstance(source, Image.Image):
+        return _to_rgb(source, name or "<PIL image>")
+    label = name or (str(source) if isinstance(source, (str, Path)) else "<image bytes>")
+    try:
+        fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+    except OSError as err:
+        raise ImageError(f"{label}: cannot open image: {err.strerror or err}") from err
+    with fp:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(fp)
+                w, h = im.size
+                if w < 1 or h < 1:
+                    raise ImageError(f"{label}: image has no pixels ({w}x{h})")
+                if w * h > max_pixels:
+                    raise ImageError(f"{label}: {w}x{h} = {w * h} pixels exceeds the limit of "
+                                     f"{max_pixels} (possible decompression bomb)")
+                im.load()
+        except ImageError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ImageError(f"{label}: not a decodable image ({err})") from err
+        except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt data inside Pillow
+            raise ImageError(f"{label}: corrupt or truncated image data ({err})") from err
+    return _to_rgb(im, label)
+
+
+def _to_rgb(im: Image.Image, label: str) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # stb_image keeps the high byte of 16-bit samples
+        arr = (np.asarray(im).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if im.mode == "F":
+        arr = np.nan_to_num(np.asarray(im), nan=0.0).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    try:
+        return im.convert("RGB")
+    except (ValueError, OSError) as err:
+        raise ImageError(f"{label}: cannot convert image mode {im.mode} to RGB ({err})") from err
+
+
+def image_to_array(source: ImageLike, **kw) -> np.ndarray:
+    """Image as (3, H, W) float32 in [0, 1] (8-bit value / 255, planar RGB), like `load_image_color`."""
+    if isinstance(source, np.ndarray):
+        return _array_to_chw(source)
+    im = open_image(source, **kw)
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
+
+
+def _array_to_chw(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 3 and a.shape[0] == 3 and a.dtype == np.float32:
+        return a  # already a planar float tensor
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4) or a.dtype != np.uint8:
+        raise ImageError(f"image array: expected uint8 (H, W, 3|4) or float32 (3, H, W), got {a.dtype} {a.shape}")
+    return np.ascontiguousarray(a[:, :, :3].transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
+
+
+def resize_image(x: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Darknet `resize_image`: (C, H, W) float32 -> (C, h, w) float32, align-corners bilinear.
+
+    Horizontal pass first, then vertical; indexes are truncated float32 products; the last output
+    column copies the last input column, and the last output row uses only `(1 - dy) * row[iy]`
+    (so for some heights it is ~0, as in Darknet).
+    """
+    c, ih, iw = x.shape
+    f32 = np.float32
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w_scale = f32(iw - 1) / f32(w - 1)
+        h_scale = f32(ih - 1) / f32(h - 1)
+    part = np.empty((c, ih, w), np.float32)
+    if iw == 1:
+        part[:] = x[:, :, -1:]
+    else:
+        sx = np.arange(w - 1, dtype=np.float32) * w_scale
+        ix = sx.astype(np.int64)
+        dx = sx - ix.astype(np.float32)
+        ix1 = np.minimum(ix + 1, iw - 1)
+        part[:, :, :-1] = (f32(1) - dx) * x[:, :, ix] + dx * x[:, :, ix1]
+        part[:, :, -1] = x[:, :, -1]
+    sy = np.arange(h, dtype=np.float32) * h_scale if h > 1 else np.zeros(1, np.float32)
+    iy = np.minimum(sy.astype(np.int64), ih - 1)
+    dy = (sy - iy.astype(np.float32))[None, :, None]
+    out = (f32(1) - dy) * part[:, iy, :]
+    if ih > 1 and h > 1:
+        iy1 = np.minimum(iy[:-1] + 1, ih - 1)
+        out[:, :-1, :] += dy[:, :-1] * part[:, iy1, :]
+    return out.astype(np.float32, copy=False)
+
+
+def letterbox_size(im_w: int, im_h: int, net_w: int, net_h: int) -> tuple[int, int]:
+    """Darknet's letterbox inner size (new_w, new_h): integer division, float32 comparison."""
+    if np.float32(net_w) / np.float32(im_w) < np.float32(net_h) / np.float32(im_h):
+        return net_w, (im_h * net_w) // im_w
+    return (im_w * net_h) // im_h, net_h
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """A network input tensor and how it was made from the original image (for box mapping)."""
+    x: np.ndarray            # (3, net_h, net_w) float32
+    image_w: int
+    image_h: int
+    resize: str              # "letterbox" | "stretch"
+
+    def inner_size(self) -> tuple[int, int]:
+        """(new_w, new_h) of the image inside the network input."""
+        _, h, w = self.x.shape
+        if self.resize == "letterbox":
+            return letterbox_size(self.image_w, self.image_h, w, h)
+        return w, h
+
+
+def letterbox(x: np.ndarray, net_w: int, net_h: int) -> np.ndarray:
+    """Darknet `letterbox_image`: keep the aspect ratio, centre on a 0.5-grey canvas."""
+    c, ih, iw = x.shape
+    new_w, new_h = letterbox_size(iw, ih, net_w, net_h)
+    out = np.full((c, net_h, net_w), 0.5, np.float32)
+    top, left = (net_h - new_h) // 2, (net_w - new_w) // 2
+    out[:, top:top + new_h, left:left + new_w] = resize_image(x, new_w, new_h)
+    return out
+
+
+def preprocess(source: ImageLike, net_w: int, net_h: int, resize: str = "letterbox") -> Preprocessed:
+    """Load an image and make the (3, net_h, net_w) network input (`letterbox` or `stretch`)."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize={resize!r}: expected one of {', '.join(RESIZE_MODES)}")
+    x = image_to_array(source)
+    _, ih, iw = x.shape
+    if resize == "letterbox":
+        return Preprocessed(letterbox(x, net_w, net_h), iw, ih, resize)
+    return Preprocessed(resize_image(x, net_w, net_h), iw, ih, resize)
