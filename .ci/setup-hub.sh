@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Prepare everything tests/hub/test_jupyterhub_isolation.py needs (run as root; idempotent).
+#
+#   QW_HUB_PREFIX (default /opt/qw-hub) receives:
+#     venv/          a venv built from Debian's /usr/bin/python3, readable and executable by every
+#                    uid (single-user servers run as the users), with jupyterhub, jupyterlab,
+#                    ipykernel and this project installed NON-editable (users must not depend on
+#                    the repo checkout, and an editable install would point into root's tree)
+#     node_modules/  configurable-http-proxy@5.3.0 from npm (local install, no global -g)
+#
+# A second run only re-installs the project itself (a few seconds).
+set -euo pipefail
+umask 022
+
+PREFIX="${QW_HUB_PREFIX:-/opt/qw-hub}"
+CHP_VERSION="5.3.0"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY=/usr/bin/python3
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup-hub.sh: must run as root (it installs into $PREFIX and may apt-get install)" >&2
+    exit 1
+fi
+
+# System prerequisites: useradd/userdel (passwd), node + npm for the proxy, python3-venv.
+missing=()
+command -v useradd >/dev/null || missing+=(passwd)
+command -v npm >/dev/null || missing+=(nodejs npm)
+"$PY" -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup-hub.sh: apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+mkdir -p "$PREFIX"
+chmod 0755 "$PREFIX"
+
+# configurable-http-proxy, pinned; skip when the pinned version is already there.
+chp_pkg="$PREFIX/node_modules/configurable-http-proxy/package.json"
+if [ ! -f "$chp_pkg" ] || ! grep -q "\"version\": \"$CHP_VERSION\"" "$chp_pkg"; then
+    echo "setup-hub.sh: npm install configurable-http-proxy@$CHP_VERSION into $PREFIX"
+    npm install --prefix "$PREFIX" --no-audit --no-fund --loglevel=error \
+        "configurable-http-proxy@$CHP_VERSION" >/dev/null
+fi
+test -x "$PREFIX/node_modules/.bin/configurable-http-proxy"
+
+# The venv: built from /usr/bin/python3 (root's pyenv Python under /root is not reachable by users).
+if [ ! -x "$PREFIX/venv/bin/python" ]; then
+    echo "setup-hub.sh: creating $PREFIX/venv from $PY"
+    "$PY" -m venv "$PREFIX/venv"
+fi
+VPIP=("$PREFIX/venv/bin/python" -m pip --disable-pip-version-check --no-input -q)
+"${VPIP[@]}" install "jupyterhub>=5,<7" "jupyterlab>=4.2,<5" "ipykernel>=6" "ipywidgets>=8.1"
+# Runtime dependencies of the project first, then the project itself, non-editable and always
+# re-installed so the hub runs the code of this checkout.
+"${VPIP[@]}" install "$REPO"
+"${VPIP[@]}" install --no-deps --force-reinstall "$REPO"
+# pip's in-tree build leaves build/ and *.egg-info in the checkout; both are git-ignored.
+
+chmod -R a+rX "$PREFIX"
+"$PREFIX/venv/bin/python" -c "import engine.workspace, jupyterhub, ipykernel" \
+    || { echo "setup-hub.sh: the venv cannot import engine.workspace" >&2; exit 1; }
+echo "setup-hub.sh: ready: $PREFIX/venv, $PREFIX/node_modules/.bin/configurable-http-proxy"

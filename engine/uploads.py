@@ -1,0 +1,221 @@
+"""Checks for anything that enters a workspace: names, sizes, and content types (by content).
+
+Every function raises `WorkspaceError` naming the file (or zip member) and what was expected.
+File types are decided by extension, then verified by content: a `.cfg` must be UTF-8 text with a
+`[net]` section, a `.weights` file must have a plausible Darknet header and a whole number of
+float32 values, images are fully decoded by `engine.image.open_image` (which refuses
+decompression bombs), and zips are read member by member with hard limits on count and size.
+"""
+from __future__ import annotations
+
+import io
+import json
+import struct
+import unicodedata
+import zipfile
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from engine.errors import EngineError, ImageError
+from engine.image import MAX_PIXELS, open_image
+
+MiB = 1 << 20
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+TEXT_EXTS = (".txt", ".names", ".csv", ".md", ".log")
+# Unicode categories refused anywhere in a name: controls (Cc: NUL, newline, ESC...), format
+# characters (Cf: RTL/LTR overrides, zero-width joiners, which make a name display differently
+# from what it is), surrogates, private-use, unassigned, and line/paragraph separators.
+_BAD_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+MAX_NAME_LEN = 128
+
+
+class WorkspaceError(EngineError, ValueError):
+    """A workspace operation was refused: bad name, unknown entry, bad or oversized upload."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds for uploads and imports (bytes unless said otherwise)."""
+    weights: int = 512 * MiB        # one .weights / .npz file
+    image: int = 50 * MiB           # one encoded image file
+    cfg: int = 1 * MiB              # one .cfg or other text file
+    record: int = 64 * MiB          # one run-record file (.json, .csv, .npz, ...)
+    zip_file: int = 1024 * MiB      # the zip archive itself
+    zip_total: int = 2048 * MiB     # sum of the uncompressed members actually read
+    zip_members: int = 10_000       # entries listed in the zip's directory
+    max_pixels: int = MAX_PIXELS    # per image, checked from the header before decoding
+
+
+def check_name(name: object, what: str = "name") -> str:
+    """Return `name` if it is safe as one path component, else raise WorkspaceError.
+
+    Refused: non-str, empty, longer than 128 characters, '.' or '..', a leading '.' (hidden files,
+    and our own '.qw-*' files), '/' or '\\', leading/trailing spaces, and characters of the
+    categories in `_BAD_CATEGORIES` (NUL, newlines, RTL override U+202E, zero-width space...).
+    Names are compared after NFC normalisation, so visually equal names are equal.
+    """
+    if not isinstance(name, str):
+        raise WorkspaceError(f"{what} {name!r}: expected a str, got {type(name).__name__}")
+    if not name:
+        raise WorkspaceError(f"{what}: empty; expected 1-{MAX_NAME_LEN} characters")
+    if len(name) > MAX_NAME_LEN:
+        raise WorkspaceError(f"{what} {name[:40]!r}...: {len(name)} characters; at most {MAX_NAME_LEN}")
+    for ch in name:
+        if unicodedata.category(ch) in _BAD_CATEGORIES:
+            raise WorkspaceError(f"{what} {name!r}: contains the control/format character "
+                                 f"U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')}); not allowed")
+    if "/" in name or "\\" in name:
+        raise WorkspaceError(f"{what} {name!r}: contains a path separator; expected a plain name, "
+                             "not a path (no '/', '\\', '..', absolute paths)")
+    if name.startswith("."):
+        raise WorkspaceError(f"{what} {name!r}: starts with '.'; hidden names and '..' are not allowed")
+    if name != name.strip():
+        raise WorkspaceError(f"{what} {name!r}: leading or trailing whitespace is not allowed")
+    return unicodedata.normalize("NFC", name)
+
+
+def extension(filename: str) -> str:
+    return PurePosixPath(filename).suffix.lower()
+
+
+def check_size(label: str, size: int, limit: int, what: str) -> None:
+    if size > limit:
+        raise WorkspaceError(f"{label}: {size} bytes exceeds the {what} limit of {limit} bytes "
+                             f"({limit / MiB:g} MiB)")
+
+
+def check_cfg(label: str, data: bytes, limits: Limits) -> None:
+    """A Darknet .cfg: UTF-8 text without NUL bytes, with a [net] (or [network]) section."""
+    check_size(label, len(data), limits.cfg, "cfg")
+    text = _utf8(label, data, "a Darknet .cfg text file")
+    sections = [line.strip().lower() for line in text.splitlines() if line.strip().startswith("[")]
+    if "[net]" not in sections and "[network]" not in sections:
+        raise WorkspaceError(f"{label}: no [net] section; expected a Darknet .cfg "
+                             f"(found sections: {', '.join(sections[:5]) or 'none'})")
+
+
+def check_weights(label: str, data: bytes, limits: Limits) -> None:
+    """A Darknet .weights file: int32 major, minor, revision, then `seen` (int64 if
+    major*10+minor >= 2, else int32), then float32 values."""
+    check_size(label, len(data), limits.weights, "weights")
+    if len(data) < 20:
+        raise WorkspaceError(f"{label}: {len(data)} bytes; a Darknet .weights file has a 20-byte "
+                             "header followed by float32 values")
+    major, minor, revision = struct.unpack("<3i", data[:12])
+    if not (0 <= major < 1000 and 0 <= minor < 1000 and revision >= 0):
+        raise WorkspaceError(f"{label}: header version {major}.{minor}.{revision} is not plausible; "
+                             "expected a Darknet .weights file (major, minor < 1000)")
+    header = 20 if major * 10 + minor >= 2 else 16
+    if (len(data) - header) % 4:
+        raise WorkspaceError(f"{label}: {len(data) - header} bytes after the {header}-byte header "
+                             "is not a whole number of float32 values")
+
+
+def check_npz(label: str, data: bytes, limits: Limits, limit: int | None = None) -> None:
+    """An engine model / record .npz: a zip archive whose members are all .npy arrays."""
+    check_size(label, len(data), limit or limits.weights, "npz")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise WorkspaceError(f"{label}: not a NumPy .npz archive ({err})") from err
+    bad = [n for n in names if not n.endswith(".npy")]
+    if not names or bad:
+        raise WorkspaceError(f"{label}: expected an .npz holding only .npy arrays, found "
+                             f"{bad[:3] or 'no members'}")
+
+
+def check_image(label: str, data: bytes, limits: Limits) -> None:
+    """Any image Pillow decodes, within the size and pixel limits (bombs refused from the header)."""
+    check_size(label, len(data), limits.image, "image")
+    try:
+        open_image(bytes(data), max_pixels=limits.max_pixels, name=label)
+    except ImageError as err:
+        raise WorkspaceError(str(err)) from err
+
+
+def check_text(label: str, data: bytes, limit: int) -> None:
+    check_size(label, len(data), limit, "text file")
+    _utf8(label, data, "UTF-8 text")
+
+
+def check_json(label: str, data: bytes, limit: int) -> None:
+    check_size(label, len(data), limit, "JSON file")
+    try:
+        json.loads(_utf8(label, data, "a JSON document"))
+    except ValueError as err:
+        raise WorkspaceError(f"{label}: not valid JSON ({err})") from err
+
+
+def _utf8(label: str, data: bytes, expected: str) -> str:
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise WorkspaceError(f"{label}: not UTF-8 text at byte {err.start}; expected {expected}") from err
+    if "\x00" in text:
+        raise WorkspaceError(f"{label}: contains NUL bytes; expected {expected}")
+    return text
+
+
+def read_zip_images(label: str, data: bytes, limits: Limits) -> dict[str, bytes]:
+    """Image members of a zip archive as {file name: bytes}; other members are skipped.
+
+    Refused (whole archive): more than `zip_members` entries, a member name that is absolute or
+    contains '..', declared or actual uncompressed sizes over the limits (members are read in
+    bounded chunks, so a zip that lies about its sizes is still stopped), an image member that
+    does not decode, no image at all. Directories inside the zip are flattened; equal base
+    names get a numeric suffix.
+    """
+    check_size(label, len(data), limits.zip_file, "zip")
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError) as err:
+        raise WorkspaceError(f"{label}: not a zip archive ({err})") from err
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > limits.zip_members:
+            raise WorkspaceError(f"{label}: {len(infos)} members exceeds the limit of {limits.zip_members}")
+        declared = sum(i.file_size for i in infos)
+        check_size(label, declared, limits.zip_total, "total uncompressed zip")
+        out: dict[str, bytes] = {}
+        total = 0
+        for info in infos:
+            member = info.filename
+            parts = PurePosixPath(member.replace("\\", "/")).parts
+            if member.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+                raise WorkspaceError(f"{label}: member {member!r} has an absolute or '..' path; refused")
+            if info.is_dir() or extension(member) not in IMAGE_EXTS:
+                continue
+            base = parts[-1]
+            if base.startswith(".") or "__MACOSX" in parts:
+                continue  # resource forks and hidden files from macOS/desktop zips
+            blob = _read_member(zf, info, f"{label}:{member}", min(limits.image, limits.zip_total - total))
+            total += len(blob)
+            check_image(f"{label}:{member}", blob, limits)
+            out[_unique(check_name(base, f"{label}: member name"), out)] = blob
+    if not out:
+        raise WorkspaceError(f"{label}: no image members ({', '.join(IMAGE_EXTS)}) in the zip")
+    return out
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, limit: int) -> bytes:
+    chunks, size = [], 0
+    try:
+        with zf.open(info) as f:
+            while chunk := f.read(1 << 20):
+                size += len(chunk)
+                if size > limit:
+                    raise WorkspaceError(f"{label}: uncompressed size exceeds {limit} bytes "
+                                         "(image or zip-total limit; possible zip bomb)")
+                chunks.append(chunk)
+    except (zipfile.BadZipFile, OSError, RuntimeError, EOFError) as err:  # RuntimeError: encrypted
+        raise WorkspaceError(f"{label}: cannot read zip member ({err})") from err
+    return b"".join(chunks)
+
+
+def _unique(name: str, taken: dict[str, bytes]) -> str:
+    stem, ext = PurePosixPath(name).stem, PurePosixPath(name).suffix
+    candidate, n = name, 1
+    while candidate in taken:
+        candidate, n = f"{stem}-{n}{ext}", n + 1
+    return candidate

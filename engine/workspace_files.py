@@ -1,0 +1,191 @@
+"""Which files make a valid entry of each workspace kind, and how uploads/imports become entries.
+
+Used by `engine.workspace`; content checks live in `engine.uploads`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from engine.uploads import (IMAGE_EXTS, TEXT_EXTS, Limits, WorkspaceError, check_cfg, check_image,
+                            check_json, check_name, check_npz, check_size, check_text,
+                            check_weights, extension, read_zip_images)
+
+# kind -> folder under the workspace root
+KINDS = {"model": "models", "quantized": "quantized", "image": "images",
+         "imageset": "imagesets", "record": "records"}
+
+_MODEL_EXTS = (".cfg", ".weights", ".npz", ".names", ".txt")
+ALLOWED = {
+    "model": _MODEL_EXTS,
+    "quantized": _MODEL_EXTS + (".json", ".table"),   # + calibration tables
+    "image": IMAGE_EXTS,
+    "imageset": IMAGE_EXTS,
+    "record": (".json", ".csv", ".txt", ".log", ".md", ".npz") + IMAGE_EXTS,
+}
+
+
+@dataclass
+class Group:
+    """Files that will become one entry."""
+    name: str
+    kind: str
+    files: dict[str, bytes]
+    source: str
+
+
+def _checker(kind: str, ext: str, limits: Limits) -> Callable[[str, bytes], None]:
+    big = limits.record if kind == "record" else limits.weights
+    text = limits.record if kind == "record" else limits.cfg
+    if ext == ".cfg":
+        return lambda label, data: check_cfg(label, data, limits)
+    if ext == ".weights":
+        return lambda label, data: check_weights(label, data, limits)
+    if ext == ".npz":
+        return lambda label, data: check_npz(label, data, limits, big)
+    if ext in IMAGE_EXTS:
+        return lambda label, data: check_image(label, data, limits)
+    if ext == ".json":
+        return lambda label, data: check_json(label, data, text)
+    return lambda label, data: check_text(label, data, text)  # .names .txt .csv .table ...
+
+
+def check_entry_files(name: str, kind: str, files: Mapping[str, bytes], limits: Limits) -> dict[str, bytes]:
+    """Validate file names, types, sizes, contents and the kind's required files.
+
+    Returns {normalised file name: bytes}. Raises: WorkspaceError naming entry and file.
+    """
+    if not files:
+        raise WorkspaceError(f"entry {name!r}: no files given")
+    clean: dict[str, bytes] = {}
+    for fname, data in files.items():
+        fname = check_name(fname, f"entry {name!r}: file name")
+        ext = extension(fname)
+        if ext not in ALLOWED[kind]:
+            raise WorkspaceError(f"entry {name!r}: file {fname!r} has type {ext or '(none)'!r}; "
+                                 f"a {kind} holds {', '.join(ALLOWED[kind])}")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise WorkspaceError(f"entry {name!r}: file {fname!r}: expected bytes, got {type(data).__name__}")
+        data = bytes(data)
+        _checker(kind, ext, limits)(f"{name}/{fname}", data)
+        clean[fname] = data
+    _check_structure(name, kind, clean)
+    return clean
+
+
+def _check_structure(name: str, kind: str, files: Mapping[str, bytes]) -> None:
+    count = {}
+    for f in files:
+        count[extension(f)] = count.get(extension(f), 0) + 1
+    if kind in ("model", "quantized"):
+        pair = count.get(".cfg") == 1 and count.get(".weights") == 1 and ".npz" not in count
+        npz = count.get(".npz") == 1 and ".cfg" not in count and ".weights" not in count
+        if not (pair or npz):
+            raise WorkspaceError(f"entry {name!r}: a {kind} needs one .cfg with one .weights, or one "
+                                 f"engine .npz; got {', '.join(sorted(files))}")
+    elif kind == "image" and len(files) != 1:
+        raise WorkspaceError(f"entry {name!r}: an image entry holds exactly one image; got {len(files)} "
+                             "files (use kind 'imageset')")
+
+
+def group_uploads(uploads: Mapping[str, bytes], kind: str | None, limits: Limits) -> list[Group]:
+    """Group uploaded files into entries (see `Workspace.add_upload`)."""
+    if not uploads:
+        raise WorkspaceError("upload: no files")
+    by_ext: dict[str, dict[str, bytes]] = {}
+    for fname, data in uploads.items():
+        fname = check_name(fname, "uploaded file name")
+        by_ext.setdefault(_upload_class(fname), {})[fname] = bytes(data)
+    groups: list[Group] = []
+    images = by_ext.pop("image", {})
+    if kind == "imageset" and images:
+        stem = _stem(sorted(images)[0])
+        groups.append(Group(f"{stem}-set", "imageset", images, f"upload:{len(images)} images"))
+    else:
+        groups += [Group(_stem(f), kind or "image", {f: d}, f"upload:{f}") for f, d in images.items()]
+    for f, data in by_ext.pop("zip", {}).items():
+        groups.append(Group(_stem(f), "imageset", read_zip_images(f, data, limits), f"upload:{f}"))
+    groups += _model_groups(by_ext.pop("cfg", {}), by_ext.pop("weights", {}), kind or "model")
+    groups += [Group(_stem(f), kind or "model", {f: d}, f"upload:{f}") for f, d in by_ext.pop("npz", {}).items()]
+    groups += [Group(_stem(f), kind or "record", {f: d}, f"upload:{f}") for f, d in by_ext.pop("record", {}).items()]
+    if by_ext:
+        odd = sorted(f for files in by_ext.values() for f in files)
+        raise WorkspaceError(f"upload: unsupported file type(s): {', '.join(odd)}; expected .cfg, "
+                             f".weights, .npz, .zip, .json/.csv/.txt or images ({', '.join(IMAGE_EXTS)})")
+    return groups
+
+
+def _upload_class(fname: str) -> str:
+    ext = extension(fname)
+    if ext in IMAGE_EXTS:
+        return "image"
+    if ext in (".zip", ".cfg", ".weights", ".npz"):
+        return ext[1:]
+    if ext in (".json",) + TEXT_EXTS:
+        return "record"
+    return "other"
+
+
+def _model_groups(cfgs: dict[str, bytes], weights: dict[str, bytes], kind: str) -> list[Group]:
+    """Pair .cfg and .weights by stem; a single cfg and a single weights pair whatever their names."""
+    if len(cfgs) == 1 and len(weights) == 1:
+        (c, cd), (w, wd) = next(iter(cfgs.items())), next(iter(weights.items()))
+        return [Group(_stem(c), kind, {c: cd, w: wd}, f"upload:{c}+{w}")]
+    groups, wstems = [], {_stem(w): w for w in weights}
+    for c, cd in cfgs.items():
+        w = wstems.pop(_stem(c), None)
+        if w is None:
+            raise WorkspaceError(f"upload {c!r}: no matching .weights file (expected {_stem(c)}.weights "
+                                 "in the same upload)")
+        groups.append(Group(_stem(c), kind, {c: cd, w: weights[w]}, f"upload:{c}+{w}"))
+    if wstems:
+        raise WorkspaceError(f"upload {', '.join(wstems.values())}: .weights without a matching .cfg "
+                             "(upload the cfg with the same name too)")
+    return groups
+
+
+def _stem(fname: str) -> str:
+    return Path(fname).stem or fname
+
+
+def read_import(path: Path, kind: str | None, weights: str | os.PathLike | None, limits: Limits) -> Group:
+    """Read a file or folder for `Workspace.import_path`, refusing oversized files before reading."""
+    if not path.exists():
+        raise WorkspaceError(f"import {path}: no such file or directory")
+    if path.is_dir():
+        return _import_dir(path, kind, limits)
+    ext = extension(path.name)
+    if ext == ".zip":
+        check_size(str(path), path.stat().st_size, limits.zip_file, "zip")
+        return Group(_stem(path.name), "imageset", read_zip_images(str(path), path.read_bytes(), limits),
+                     f"import:{path}")
+    files = {path.name: _read(path, limits)}
+    if ext in (".cfg", ".weights"):
+        other = Path(weights) if weights is not None else path.with_suffix(".weights" if ext == ".cfg" else ".cfg")
+        if not other.is_file():
+            raise WorkspaceError(f"import {path}: the matching {other.suffix or '.weights'} file {other} "
+                                 "was not found (pass weights=PATH)")
+        files[other.name] = _read(other, limits)
+    guessed = {".cfg": "model", ".weights": "model", ".npz": "model"}.get(
+        ext, "image" if ext in IMAGE_EXTS else "record")
+    return Group(_stem(path.name), kind or guessed, files, f"import:{path.resolve()}")
+
+
+def _import_dir(path: Path, kind: str | None, limits: Limits) -> Group:
+    visible = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    if kind is None:
+        kind = "model" if any(extension(p.name) in (".cfg", ".npz") for p in visible) else "imageset"
+    if kind not in KINDS:
+        raise WorkspaceError(f"import {path}: kind {kind!r}; expected one of {', '.join(KINDS)}")
+    chosen = [p for p in visible if extension(p.name) in ALLOWED[kind]]
+    if not chosen:
+        raise WorkspaceError(f"import {path}: no {kind} files ({', '.join(ALLOWED[kind])}) in the folder")
+    return Group(path.name, kind, {p.name: _read(p, limits) for p in chosen}, f"import:{path.resolve()}")
+
+
+def _read(path: Path, limits: Limits) -> bytes:
+    # stat first so a 50 GiB file is refused without reading it into memory
+    check_size(str(path), path.stat().st_size, max(limits.weights, limits.record, limits.image), "file")
+    return path.read_bytes()
