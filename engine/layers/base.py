@@ -1,0 +1,138 @@
+"""Layer base class, the layer registry and the build context shared by every layer module.
+
+A layer is built from its cfg section and the shapes of the layers before it. It knows its
+Darknet semantics (shapes, parameter layout in `.weights`, MACs, float forward); which precision
+runs it is session policy, not the layer's business.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from engine.cfg import Section
+from engine.errors import CfgError, UnsupportedError
+from engine.registry import Registry
+
+Shape = tuple[int, int, int]
+Params = dict[str, np.ndarray]
+MAX_ELEMENTS = 1 << 31  # a single activation bigger than this is a cfg mistake, not a model
+
+LAYERS: Registry[type["Layer"]] = Registry("layer type")
+
+
+class Scratch:
+    """Reusable float32 work buffers (im2col columns, padded inputs, GEMM outputs).
+
+    One per model; layers run one at a time, so a named buffer is reused by every layer and only
+    grows to the largest request. This avoids page-faulting fresh memory on every call.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+        n = int(np.prod(shape))
+        key = f"{name}:{np.dtype(dtype).str}"
+        buf = self._bufs.get(key)
+        if buf is None or buf.size < n:
+            buf = np.empty(n, dtype)
+            self._bufs[key] = buf
+        return buf[:n].reshape(shape)
+
+    def clear(self) -> None:
+        self._bufs.clear()
+
+
+@dataclass
+class BuildContext:
+    """What a layer needs to know about the network while it is being built."""
+    index: int
+    section: Section
+    net_shape: Shape
+    shapes: list[Shape]        # out shapes of layers 0..index-1
+
+    def previous(self) -> tuple[int, Shape]:
+        """The default input: the previous layer's output, or the network input for layer 0."""
+        if self.index == 0:
+            return -1, self.net_shape
+        return self.index - 1, self.shapes[self.index - 1]
+
+    def resolve(self, key: str, ref: int) -> int:
+        """Turn a relative (<0) or absolute layer reference into an absolute index before this layer."""
+        target = self.index + ref if ref < 0 else ref
+        if target < 0:
+            raise self.section.error(f"{key}={ref}: points before layer 0 (this is layer {self.index})", key)
+        if target >= self.index:
+            raise self.section.error(
+                f"{key}={ref}: refers to layer {target}, which is not before this layer {self.index} "
+                "(references must point backwards)", key)
+        return target
+
+    def shape_of(self, index: int) -> Shape:
+        return self.net_shape if index < 0 else self.shapes[index]
+
+
+@dataclass(kw_only=True)
+class Layer:
+    """Common fields. Subclasses add their cfg keys as dataclass fields (Darknet spelling)."""
+    kind: ClassVar[str] = "layer"
+    index: int
+    inputs: tuple[int, ...]                  # producer layer indices; -1 is the network input
+    in_shapes: tuple[Shape, ...]
+    out_shape: Shape
+    line: int = 0
+    source: str = field(default="", repr=False)
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> "Layer":
+        raise NotImplementedError
+
+    def where(self) -> str:
+        return f"{self.source}:{self.line} [{self.kind}] (layer {self.index})"
+
+    def attrs(self) -> dict[str, Any]:
+        """cfg keys with defaults filled in (for info tables and the graph view)."""
+        skip = {"index", "inputs", "in_shapes", "out_shape", "line", "source"}
+        return {k: v for k, v in self.__dict__.items() if k not in skip and not k.startswith("_")}
+
+    def param_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Parameter arrays in `.weights` file order."""
+        return []
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(np.prod(s) for _, s in self.param_shapes()))
+
+    @property
+    def macs(self) -> int:
+        return 0
+
+    def prepare(self, params: Params) -> Any:
+        """Kernel-ready form of the params (e.g. BN folded into GEMM weights); cached by the model."""
+        return None
+
+    def forward_float(self, xs: list[np.ndarray], prep: Any, scratch: Scratch) -> np.ndarray:
+        raise NotImplementedError
+
+
+def check_shape(sec: Section, shape: tuple[int, ...], what: str = "output") -> Shape:
+    """Refuse empty or absurdly large shapes with the layer's location."""
+    c, h, w = (int(v) for v in shape)
+    if c < 1 or h < 1 or w < 1:
+        raise sec.error(f"gives an empty {what} shape {c}x{h}x{w} (C x H x W); check size/stride/padding "
+                        "against the input")
+    if c * h * w > MAX_ELEMENTS:
+        raise sec.error(f"{what} shape {c}x{h}x{w} has {c * h * w} values, more than the limit {MAX_ELEMENTS}")
+    return (c, h, w)
+
+
+def refuse(sec: Section, key: str, default: str) -> None:
+    """Raise UnsupportedError if `key` is set to anything but its inert default."""
+    if sec.has(key) and sec.raw(key) != default:
+        raise UnsupportedError(f"{sec.where(key)} {key}={sec.raw(key)} is valid Darknet but not "
+                               f"supported by this engine (only {key}={default})")
+
+
+__all__ = ["LAYERS", "Layer", "BuildContext", "Scratch", "Shape", "Params", "check_shape", "refuse", "CfgError"]

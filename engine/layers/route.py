@@ -1,0 +1,52 @@
+"""Darknet [route]: channel concatenation of earlier outputs, optionally one channel group of each.
+
+AB's `groups`/`group_id` take channels [group_id*C/g, (group_id+1)*C/g) of every input
+(yolov4-tiny: the second half); pj ignores these keys, which gives wrong shapes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape
+
+
+def route_slices(in_shapes, groups: int, group_id: int) -> list[slice]:
+    return [slice(group_id * (c // groups), (group_id + 1) * (c // groups)) for c, _, _ in in_shapes]
+
+
+@LAYERS.register("route")
+@dataclass(kw_only=True)
+class Route(Layer):
+    kind = "route"
+    layers: tuple[int, ...]     # absolute indices
+    groups: int
+    group_id: int
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> "Route":
+        sec = ctx.section
+        refs = sec.get_int_list("layers")
+        if not refs:
+            raise sec.error("layers= is empty; expected one or more layer references", "layers")
+        srcs = tuple(ctx.resolve("layers", r) for r in refs)
+        groups = sec.get_int("groups", 1, lo=1)
+        group_id = sec.get_int("group_id", 0, lo=0, hi=groups - 1)
+        shapes = tuple(ctx.shape_of(i) for i in srcs)
+        h, w = shapes[0][1:]
+        for i, s in zip(srcs, shapes):
+            if s[1:] != (h, w):
+                raise sec.error(f"layers={sec.raw('layers')}: layer {i} is {s[1]}x{s[2]} but layer {srcs[0]} is "
+                                f"{h}x{w}; routed outputs must have the same spatial size", "layers")
+            if s[0] % groups:
+                raise sec.error(f"groups={groups} does not divide the {s[0]} channels of layer {i}", "groups")
+        out = check_shape(sec, (sum(s[0] // groups for s in shapes), h, w))
+        return cls(index=ctx.index, inputs=srcs, in_shapes=shapes, out_shape=out, line=sec.line, source=sec.path,
+                   layers=srcs, groups=groups, group_id=group_id)
+
+    def forward_float(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
+        parts = [x[s] for x, s in zip(xs, route_slices(self.in_shapes, self.groups, self.group_id))]
+        if len(parts) == 1 and self.groups == 1:
+            return parts[0]  # outputs are read-only, so aliasing the input is safe
+        return np.concatenate(parts, axis=0)

@@ -1,0 +1,43 @@
+"""Darknet [upsample]: nearest-neighbour enlargement by an integer stride (times `scale`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.errors import UnsupportedError
+from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape
+
+
+def upsample_nearest(x: np.ndarray, stride: int) -> np.ndarray:
+    """out[c, y, x] = in[c, y//s, x//s]; one broadcast copy instead of two repeats."""
+    c, h, w = x.shape
+    y = np.empty((c, h, stride, w, stride), x.dtype)
+    y[...] = x[:, :, None, :, None]
+    return y.reshape(c, h * stride, w * stride)
+
+
+@LAYERS.register("upsample")
+@dataclass(kw_only=True)
+class Upsample(Layer):
+    kind = "upsample"
+    stride: int
+    scale: float
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> "Upsample":
+        sec = ctx.section
+        stride = sec.get_int("stride", 2)
+        if stride < 1:
+            raise UnsupportedError(f"{sec.where('stride')} stride={stride}: only positive (upsampling) strides "
+                                   "are supported")
+        src, (c, h, w) = ctx.previous()
+        return cls(index=ctx.index, inputs=(src,), in_shapes=((c, h, w),),
+                   out_shape=check_shape(sec, (c, h * stride, w * stride)), line=sec.line, source=sec.path,
+                   stride=stride, scale=sec.get_float("scale", 1.0))
+
+    def forward_float(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
+        y = upsample_nearest(xs[0], self.stride)
+        if self.scale != 1.0:
+            y *= np.float32(self.scale)
+        return y

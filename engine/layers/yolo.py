@@ -1,0 +1,66 @@
+"""Darknet [yolo] (YOLOv3/v4 head): sigmoid on x, y, objectness and every class plane.
+
+Anchors are pixels of the network input; `mask` picks this head's anchors. AB's `scale_x_y` maps
+x, y as v -> S*v - (S-1)/2; `new_coords=1` skips the sigmoids (the conv already applied them).
+Decoding to boxes lives in engine/detect.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.layers.activations import logistic
+from engine.layers.base import LAYERS, BuildContext, Layer, Scratch
+
+
+def yolo_activate(x: np.ndarray, n_anchors: int, classes: int, scale_x_y: float = 1.0,
+                  new_coords: int = 0) -> np.ndarray:
+    """(A*(5+K), H, W) raw head -> same shape with Darknet's in-layer activations applied."""
+    c, h, w = x.shape
+    y = x.astype(np.float32, copy=True).reshape(n_anchors, 5 + classes, h, w)
+    if not new_coords:
+        logistic(y[:, 0:2])
+        logistic(y[:, 4:])
+    if scale_x_y != 1.0:
+        s = np.float32(scale_x_y)
+        y[:, 0:2] = y[:, 0:2] * s - np.float32(0.5 * (scale_x_y - 1.0))
+    return y.reshape(c, h, w)
+
+
+@LAYERS.register("yolo")
+@dataclass(kw_only=True)
+class Yolo(Layer):
+    kind = "yolo"
+    mask: tuple[int, ...]
+    anchors: tuple[float, ...]
+    classes: int
+    num: int
+    scale_x_y: float
+    new_coords: int
+    nms_kind: str
+    beta_nms: float
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> "Yolo":
+        sec = ctx.section
+        classes = sec.get_int("classes", 20, lo=1, hi=1 << 16)
+        num = sec.get_int("num", 1, lo=1, hi=1 << 12)
+        mask = tuple(sec.get_int_list("mask", list(range(num))))
+        anchors = tuple(sec.get_float_list("anchors", [0.5] * (2 * num)))
+        if len(anchors) < 2 * num:
+            raise sec.error(f"anchors= has {len(anchors)} values; num={num} needs {2 * num} (w,h pairs)", "anchors")
+        bad = [m for m in mask if not 0 <= m < num]
+        if bad:
+            raise sec.error(f"mask={sec.raw('mask')}: index {bad[0]} is outside 0..{num - 1} (num={num})", "mask")
+        src, (c, h, w) = ctx.previous()
+        if c != len(mask) * (5 + classes):
+            raise sec.error(f"input has {c} channels; {len(mask)} anchors x (5 + {classes} classes) = "
+                            f"{len(mask) * (5 + classes)} expected (check the previous conv's filters=)")
+        return cls(index=ctx.index, inputs=(src,), in_shapes=((c, h, w),), out_shape=(c, h, w), line=sec.line,
+                   source=sec.path, mask=mask, anchors=anchors, classes=classes, num=num,
+                   scale_x_y=sec.get_float("scale_x_y", 1.0), new_coords=sec.get_int("new_coords", 0, lo=0, hi=1),
+                   nms_kind=sec.get_str("nms_kind", "default"), beta_nms=sec.get_float("beta_nms", 0.6))
+
+    def forward_float(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
+        return yolo_activate(xs[0], len(self.mask), self.classes, self.scale_x_y, self.new_coords)

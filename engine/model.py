@@ -1,0 +1,268 @@
+"""A loaded Darknet model: graph + layers + float parameters, FLOAT forward, model files.
+
+`load(path, weights=None)` accepts a cfg (+ `.weights`) or an engine model file (`.npz`, no pickle).
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from engine.cfg import Cfg, parse_cfg, read_cfg
+from engine.errors import CfgError, EngineError, WeightsError
+from engine.graph import Graph, build_graph, build_layers
+from engine.image import ImageLike, Preprocessed, preprocess
+from engine.layers import Layer, Scratch
+from engine.layers.base import Params
+from engine.weights import WeightsHeader, random_params, read_weights, split_params, write_weights
+
+MODEL_FORMAT = "qwidgets-engine-model/1"
+DATA_DIR = Path(__file__).parent / "data"
+
+
+class Model:
+    """A Darknet network in NumPy. `forward(x)` returns every layer's output (index = layer)."""
+
+    def __init__(self, cfg: Cfg, layers: list[Layer], params: list[Params], header: WeightsHeader | None = None,
+                 *, name: str | None = None, names: Sequence[str] | None = None, source: str = "") -> None:
+        self.cfg = cfg
+        self.layers = layers
+        self.params = params
+        self.header = header or WeightsHeader()
+        self.source = source
+        self.graph: Graph = build_graph(name or Path(cfg.path).stem, self.input_shape, layers)
+        self.class_names = list(names) if names is not None else default_names(self.num_classes)
+        self.scratch = Scratch()
+        self._prepared: dict[int, Any] = {}
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        net = self.cfg.net
+        return (net.get_int("channels", 3), net.get_int("height"), net.get_int("width"))
+
+    @property
+    def num_classes(self) -> int:
+        heads = [l for l in self.layers if l.kind in ("yolo", "region", "detection")]
+        return getattr(heads[0], "classes", 0) if heads else self.layers[-1].out_shape[0]
+
+    def layer(self, key: int | str) -> Layer:
+        return self.layers[self.graph.node(key).index]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __repr__(self) -> str:
+        c, h, w = self.input_shape
+        return (f"<Model {self.graph.name}: {len(self.layers)} layers, input {c}x{h}x{w}, "
+                f"{self.graph.total_params:,} params, {self.graph.total_macs / 1e9:.2f} GMACs>")
+
+    # ----------------------------------------------------------------- params
+    def prepared(self, index: int) -> Any:
+        """Kernel-ready params of a layer (BN folded), cached until the params change."""
+        if index not in self._prepared:
+            self._prepared[index] = self.layers[index].prepare(self.params[index])
+        return self._prepared[index]
+
+    def set_param(self, index: int, name: str, value: np.ndarray) -> None:
+        """Replace one parameter array (same shape, finite) and drop the cached kernel form."""
+        layer = self.layers[index]
+        old = self.params[index].get(name)
+        if old is None:
+            raise KeyError(f"layer {index} [{layer.kind}] has no parameter {name!r}; "
+                           f"it has {', '.join(self.params[index]) or 'none'}")
+        value = np.asarray(value, dtype=np.float32)
+        if value.shape != old.shape:
+            raise ValueError(f"layer {index} [{layer.kind}] {name}: shape {value.shape} given, {old.shape} expected")
+        if not np.isfinite(value).all():
+            raise ValueError(f"layer {index} [{layer.kind}] {name}: values must be finite (NaN/Inf given)")
+        self.params[index] = {**self.params[index], name: value.copy()}
+        self._prepared.pop(index, None)
+
+    def copy(self) -> "Model":
+        """An independent copy (params copied), e.g. to edit without touching the original."""
+        params = [{k: v.copy() for k, v in p.items()} for p in self.params]
+        return Model(self.cfg, self.layers, params, self.header, name=self.graph.name, names=self.class_names,
+                     source=self.source)
+
+    # ----------------------------------------------------------------- inference
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.shape != self.input_shape:
+            c, h, w = self.input_shape
+            raise ValueError(f"input tensor has shape {x.shape}; this model expects ({c}, {h}, {w}) float32 (C, H, W)")
+        x = x.astype(np.float32, copy=False)
+        if not np.isfinite(x).all():
+            raise ValueError("input tensor contains NaN/Inf")
+        x = x.view()
+        x.flags.writeable = False  # a read-only view: layers may alias it, the caller's array stays untouched
+        return x
+
+    def run_layer(self, index: int, xs: list[np.ndarray]) -> np.ndarray:
+        """Run one layer in float on its inputs; the result is marked read-only."""
+        y = self.layers[index].forward_float(xs, self.prepared(index), self.scratch)
+        y.flags.writeable = False  # later layers and viewers must never modify a kept output
+        return y
+
+    def inputs_of(self, index: int, x: np.ndarray, outs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [x if i < 0 else outs[i] for i in self.layers[index].inputs]
+
+    def forward(self, x: np.ndarray, stop: int | None = None) -> list[np.ndarray]:
+        """FLOAT forward of a (3, H, W) float32 tensor; returns outputs of layers 0..stop (default all)."""
+        x = self.check_input(x)
+        outs: list[np.ndarray] = []
+        last = len(self.layers) - 1 if stop is None else stop
+        for i in range(last + 1):
+            outs.append(self.run_layer(i, self.inputs_of(i, x, outs)))
+        return outs
+
+    def preprocess(self, image: ImageLike, resize: str = "letterbox") -> Preprocessed:
+        _, h, w = self.input_shape
+        return preprocess(image, w, h, resize)
+
+    def detect(self, image: ImageLike, thresh: float = 0.25, nms: float = 0.45, resize: str = "letterbox"):
+        """Preprocess, FLOAT forward, decode, NMS: a list of Detection in original-image pixels."""
+        from engine.detect import detect_outputs
+        pre = self.preprocess(image, resize)
+        return detect_outputs(self, self.forward(pre.x), pre, thresh, nms)
+
+    # ----------------------------------------------------------------- files
+    def save(self, path: str | Path) -> Path:
+        """Write the engine model file (.npz: cfg text, graph JSON, header, params; loads without pickle)."""
+        arrays: dict[str, np.ndarray] = {
+            "format": _text(MODEL_FORMAT), "cfg": _text(self.cfg.text),
+            "graph": _text(json.dumps(self.graph.to_dict())),
+            "meta": _text(json.dumps({"name": self.graph.name, "class_names": self.class_names,
+                                      "cfg_path": self.cfg.path, "source": self.source})),
+            "header": np.array([self.header.major, self.header.minor, self.header.revision, self.header.seen],
+                               np.uint64),
+        }
+        for layer, p in zip(self.layers, self.params):
+            for name, arr in p.items():
+                arrays[f"layer{layer.index}/{name}"] = np.asarray(arr, np.float32)
+        return atomic_savez(path, arrays)
+
+    def save_weights(self, path: str | Path) -> None:
+        write_weights(path, self.layers, self.params, self.header)
+
+
+def _text(s: str) -> np.ndarray:
+    return np.frombuffer(s.encode("utf-8"), dtype=np.uint8)
+
+
+def atomic_savez(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """np.savez to a temp file in the same folder, fsync, then rename over `path`."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
+
+
+def default_names(classes: int) -> list[str]:
+    """COCO names for 80 classes, VOC for 20, else class_<k>."""
+    for fname, n in (("coco.names", 80), ("voc.names", 20)):
+        if classes == n:
+            return (DATA_DIR / fname).read_text().splitlines()[:n]
+    return [f"class_{k}" for k in range(classes)]
+
+
+def read_names(path: str | Path) -> list[str]:
+    try:
+        return [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise EngineError(f"{path}: cannot read class names: {err}") from err
+
+
+def is_model_file(path: str | Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+def load_model_file(path: str | Path) -> Model:
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            files = set(z.files)
+            for key in ("format", "cfg", "header"):
+                if key not in files:
+                    raise WeightsError(f"{p}: not an engine model file (missing '{key}'; expected {MODEL_FORMAT})")
+            fmt = bytes(z["format"]).decode()
+            if fmt != MODEL_FORMAT:
+                raise WeightsError(f"{p}: format {fmt!r}, expected {MODEL_FORMAT!r}")
+            meta = json.loads(bytes(z["meta"]).decode()) if "meta" in files else {}
+            cfg = parse_cfg(bytes(z["cfg"]).decode("utf-8"), meta.get("cfg_path", p.name))
+            layers = build_layers(cfg)
+            h = [int(v) for v in z["header"]]
+            params: list[Params] = []
+            for layer in layers:
+                lp: Params = {}
+                for name, shape in layer.param_shapes():
+                    key = f"layer{layer.index}/{name}"
+                    if key not in files:
+                        raise WeightsError(f"{p}: missing array {key} for layer {layer.index} [{layer.kind}]")
+                    arr = z[key]
+                    if arr.shape != shape or arr.dtype != np.float32:
+                        raise WeightsError(f"{p}: {key} is {arr.dtype}{arr.shape}, expected float32{shape}")
+                    lp[name] = arr
+                params.append(lp)
+    except (zipfile.BadZipFile, ValueError, OSError, KeyError) as err:
+        if isinstance(err, EngineError):
+            raise
+        raise WeightsError(f"{p}: cannot read engine model file: {err}") from err
+    from engine.weights import check_finite
+    check_finite(params, layers, p.name)
+    return Model(cfg, layers, params, WeightsHeader(*h), name=meta.get("name"), names=meta.get("class_names"),
+                 source=str(p))
+
+
+def load(path: str | Path, weights: str | Path | None = None, *, names: str | Path | Sequence[str] | None = None,
+         random_weights: bool | int = False) -> Model:
+    """Load a model: a cfg with `weights=` (or `random_weights=seed`), or an engine model file.
+
+    Raises: CfgError / WeightsError naming the file and what was expected.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CfgError(f"{p}: no such model file")
+    class_names = read_names(names) if isinstance(names, (str, Path)) else names
+    if is_model_file(p):
+        if weights is not None:
+            raise ValueError(f"{p} is an engine model file (it contains its weights); do not pass weights=")
+        model = load_model_file(p)
+        if class_names is not None:
+            model.class_names = list(class_names)
+        return model
+    cfg = read_cfg(p)
+    layers = build_layers(cfg)
+    if weights is not None:
+        header, params = read_weights(weights, layers)
+        source = str(weights)
+    elif random_weights is not False:
+        header, params, source = WeightsHeader(), random_params(layers, int(random_weights)), "random"
+    else:
+        raise ValueError(f"{p} is a cfg: pass weights= (a .weights file) or random_weights=SEED")
+    return Model(cfg, layers, params, header, names=class_names, source=source)
+
+
+def from_cfg_text(text: str, params_flat: np.ndarray | None = None, name: str = "<cfg>") -> Model:
+    """Build a model from cfg text and an optional flat float32 parameter vector (tests, fuzzing)."""
+    cfg = parse_cfg(text, name)
+    layers = build_layers(cfg)
+    params = random_params(layers) if params_flat is None else split_params(
+        np.asarray(params_flat, np.float32), layers, WeightsHeader(), name)
+    return Model(cfg, layers, params)
