@@ -191,6 +191,8 @@ class Workspace:
         A `.cfg` pairs with `weights=` or a sibling `.weights` of the same stem; a folder becomes
         an imageset of its images (or a model if it holds a `.cfg`); a `.zip` an imageset.
         """
+        if not str(path).strip():  # Path("") would mean the current directory
+            raise WorkspaceError("import: empty path; expected a file or folder")
         g = read_import(Path(path).expanduser(), kind, weights, self.limits)
         return self.save_bytes(name or g.name, g.kind, g.files, source=g.source, method="import",
                                overwrite=overwrite)
