@@ -1,0 +1,533 @@
+"""Workspace: CRUD and metadata, name safety, content checks, size/bomb limits, crash safety,
+concurrent writers. Crash and concurrency tests use real subprocesses (SIGKILL, parallel writers)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from engine.atomic import atomic_write, file_lock, sweep_temp_files
+from engine.workspace import Limits, Workspace, WorkspaceError, default_root, ensure_tutorials
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" if (REPO.parent / "shared").is_dir() else Path("/work/shared")
+IMAGES = SHARED / "images"
+MODELS = SHARED / "models"
+CFG = b"[net]\nwidth=416\nheight=416\nchannels=3\n\n[convolutional]\nfilters=16\nsize=3\n"
+WEIGHTS = struct.pack("<3iq", 0, 2, 5, 0) + struct.pack("<4f", 1, 2, 3, 4)
+
+
+def png_bytes(w: int = 8, h: int = 6, color=(200, 30, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_bomb_header(w: int = 30000, h: int = 30000) -> bytes:
+    """A tiny PNG whose IHDR claims w x h pixels (a decompression-bomb header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path / "ws")
+
+
+def run_py(code: str, *args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env, **kw)
+
+
+def index_doc(ws: Workspace) -> dict:
+    return json.loads((ws.root / ".qw-index.json").read_text("utf-8"))
+
+
+# ----- basics and metadata -------------------------------------------------------------------
+def test_root_is_created_private(tmp_path):
+    ws = Workspace(tmp_path / "a" / "b")
+    assert ws.root.is_dir()
+    assert stat.S_IMODE(ws.root.stat().st_mode) == 0o700
+
+
+def test_default_root_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("QW_WORKSPACE", str(tmp_path / "custom"))
+    assert default_root() == tmp_path / "custom"
+    assert Workspace().root == tmp_path / "custom"
+    monkeypatch.delenv("QW_WORKSPACE")
+    assert default_root() == Path.home() / "qwidgets-workspace"
+
+
+def test_save_bytes_records_metadata(ws):
+    data = png_bytes()
+    e = ws.save_bytes("red", "image", {"red.png": data}, source="unit", method="upload")
+    assert (e.name, e.kind, e.files, e.size) == ("red", "image", ("red.png",), len(data))
+    assert e.sha256 == hashlib.sha256(data).hexdigest()
+    created = datetime.fromisoformat(e.created)
+    assert created.tzinfo is not None and created.utcoffset().total_seconds() == 0
+    assert abs((datetime.now(timezone.utc) - created).total_seconds()) < 60
+    assert ws.info("red") == e
+    assert ws.read_bytes("red") == data
+    assert ws.path_of("red") == ws.root / "images" / "red" / "red.png"
+    assert index_doc(ws)["entries"]["red"]["sha256"] == e.sha256
+
+
+def test_model_pair_from_real_yolov3_tiny_is_accepted(ws):
+    cfg, weights = (MODELS / "yolov3-tiny.cfg").read_bytes(), (MODELS / "yolov3-tiny.weights").read_bytes()
+    e = ws.save_bytes("tiny", "model", {"yolov3-tiny.cfg": cfg, "yolov3-tiny.weights": weights})
+    assert e.files == ("yolov3-tiny.cfg", "yolov3-tiny.weights")
+    assert e.size == len(cfg) + len(weights)
+    manifest = "".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n" for n, d in
+                       [("yolov3-tiny.cfg", cfg), ("yolov3-tiny.weights", weights)])
+    assert e.sha256 == hashlib.sha256(manifest.encode()).hexdigest()
+    assert ws.path_of("tiny", "yolov3-tiny.weights").read_bytes() == weights
+
+
+def test_list_filters_by_kind_and_sorts(ws):
+    ws.save_bytes("b-img", "image", {"b.png": png_bytes()})
+    ws.save_bytes("a-rec", "record", {"run.json": b'{"map": 0.5}'})
+    ws.save_bytes("c-set", "imageset", {"1.png": png_bytes(), "2.png": png_bytes(3, 3)})
+    assert [e.name for e in ws.list()] == ["a-rec", "b-img", "c-set"]
+    assert [e.name for e in ws.list("imageset")] == ["c-set"]
+    with pytest.raises(WorkspaceError, match="kind 'weird'"):
+        ws.list("weird")
+
+
+def test_parent_must_exist_and_is_recorded(ws):
+    ws.save_bytes("base", "model", {"m.cfg": CFG, "m.weights": WEIGHTS})
+    e = ws.save_bytes("base-q", "quantized", {"m.cfg": CFG, "m.weights": WEIGHTS, "calib.json": b"{}"},
+                      method="quantize:kl", parent="base")
+    assert (e.parent, e.method) == ("base", "quantize:kl")
+    with pytest.raises(WorkspaceError, match="parent 'nope'"):
+        ws.save_bytes("x", "quantized", {"m.cfg": CFG, "m.weights": WEIGHTS}, parent="nope")
+
+
+# ----- names ---------------------------------------------------------------------------------
+BAD_NAMES = ["../x", "/etc/passwd", "a/b", "a\\b", "..", ".", ".hidden", "", "a\x00b", "a\nb",
+             "tab\tname", "evil\u202egnp.exe", "zero\u200bwidth", " lead", "trail ", "x" * 129, "a\x1bb"]
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_bad_entry_names_are_refused(ws, bad, tmp_path):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(WorkspaceError):
+        ws.save_bytes(bad, "image", {"ok.png": png_bytes()})
+    with pytest.raises(WorkspaceError):
+        ws.save_bytes("ok", "image", {bad: png_bytes()})  # as a file name inside the entry
+    assert ws.list() == [] and not ws.exists("ok")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written beside the root
+    assert not Path("/etc/passwd.png").exists()
+
+
+@pytest.mark.parametrize("bad", ["../escape", "/abs", "new\nline", "rtl\u202e"])
+def test_bad_names_are_refused_by_rename_and_upload(ws, bad):
+    ws.save_bytes("good", "record", {"r.txt": b"hello"})
+    with pytest.raises(WorkspaceError):
+        ws.rename("good", bad)
+    with pytest.raises(WorkspaceError):
+        ws.add_upload({f"{bad}.png": png_bytes()})
+    assert [e.name for e in ws.list()] == ["good"]
+    assert (ws.root / "records" / "good" / "r.txt").read_bytes() == b"hello"
+
+
+def test_error_message_names_the_character(ws):
+    with pytest.raises(WorkspaceError, match=r"U\+202E"):
+        ws.save_bytes("a\u202eb", "record", {"r.txt": b"x"})
+
+
+def test_unicode_names_are_allowed_and_nfc_normalised(ws):
+    e = ws.save_bytes("chien-e\u0301te\u0301", "record", {"r.txt": b"x"})
+    assert e.name == "chien-\u00e9t\u00e9"
+    assert ws.exists("chien-\u00e9t\u00e9")
+
+
+# ----- content checks ------------------------------------------------------------------------
+@pytest.mark.parametrize("files, match", [
+    ({"m.cfg": b"[convolutional]\nfilters=1\n", "m.weights": WEIGHTS}, r"no \[net\] section"),
+    ({"m.cfg": b"\xff\xfe[net]", "m.weights": WEIGHTS}, "not UTF-8"),
+    ({"m.cfg": CFG, "m.weights": b"\0" * 12}, "12 bytes"),
+    ({"m.cfg": CFG, "m.weights": struct.pack("<3i", 5000, 0, 0) + b"\0" * 20}, "not plausible"),
+    ({"m.cfg": CFG, "m.weights": WEIGHTS + b"\0\0"}, "whole number of float32"),
+    ({"m.cfg": CFG}, "needs one .cfg with one .weights"),
+    ({"m.cfg": CFG, "m.weights": WEIGHTS, "m.exe": b"MZ"}, "has type '.exe'"),
+    ({"m.npz": b"PK not really"}, "not a NumPy .npz"),
+])
+def test_model_content_is_checked(ws, files, match):
+    with pytest.raises(WorkspaceError, match=match):
+        ws.save_bytes("m", "model", files)
+    assert not ws.exists("m")
+
+
+def test_engine_npz_model_is_accepted(ws):
+    import numpy as np
+    buf = io.BytesIO()
+    np.savez(buf, w=np.zeros(3, np.float32))
+    assert ws.save_bytes("npz", "model", {"m.npz": buf.getvalue()}).files == ("m.npz",)
+
+
+def test_image_must_decode(ws):
+    with pytest.raises(WorkspaceError, match="not a decodable image"):
+        ws.save_bytes("fake", "image", {"fake.png": b"this is not a png"})
+    with pytest.raises(WorkspaceError, match="corrupt or truncated"):
+        ws.save_bytes("cut", "image", {"cut.jpg": (IMAGES / "dog.jpg").read_bytes()[:5000]})
+
+
+def test_png_bomb_header_is_refused(ws):
+    bomb = png_bomb_header(30000, 30000)
+    assert len(bomb) < 200
+    # 900 Mpx: Pillow itself refuses it at open() (over twice its own limit)
+    with pytest.raises(WorkspaceError, match=r"bomb.png: .*900000000 pixels.*decompression bomb"):
+        ws.add_upload({"bomb.png": bomb})
+    # 72 Mpx: under Pillow's warning level, refused by open_image's max_pixels before decoding
+    with pytest.raises(WorkspaceError, match=r"9000x8000 = 72000000 pixels exceeds the limit of 64000000"):
+        ws.save_bytes("b2", "image", {"b2.png": png_bomb_header(9000, 8000)})
+    with pytest.raises(WorkspaceError, match="decompression bomb"):
+        ws.add_upload({"bombs.zip": zip_bytes({"a.png": png_bytes(), "b.png": bomb})})
+    assert ws.list() == []
+
+
+def test_oversize_upload_is_refused(ws, tmp_path):
+    small = Workspace(tmp_path / "small", limits=Limits(image=1000, weights=64))
+    with pytest.raises(WorkspaceError, match=r"exceeds the image limit of 1000 bytes"):
+        small.add_upload({"dog.jpg": (IMAGES / "dog.jpg").read_bytes()})
+    with pytest.raises(WorkspaceError, match=r"exceeds the weights limit of 64 bytes"):
+        small.save_bytes("m", "model", {"m.cfg": CFG, "m.weights": WEIGHTS + b"\0" * 64})
+    assert small.list() == []
+
+
+def test_oversize_import_is_refused_before_reading(tmp_path):
+    big = tmp_path / "huge.weights"
+    with open(big, "wb") as f:  # sparse 8 GiB file: reading it would take long and use the RAM
+        f.truncate(8 << 30)
+    (tmp_path / "huge.cfg").write_bytes(CFG)
+    ws = Workspace(tmp_path / "ws")
+    t0 = time.monotonic()
+    with pytest.raises(WorkspaceError, match="exceeds the file limit"):
+        ws.import_path(tmp_path / "huge.cfg")
+    assert time.monotonic() - t0 < 2
+    assert ws.list() == []
+
+
+def test_zip_of_images_keeps_only_images(ws):
+    data = zip_bytes({"set/a.png": png_bytes(), "set/b.jpg": (IMAGES / "dog.jpg").read_bytes(),
+                      "set/readme.txt": b"hello", "__MACOSX/._a.png": b"junk", "set/sub/a.png": png_bytes(2, 2)})
+    [e] = ws.add_upload({"holiday.zip": data})
+    assert (e.name, e.kind) == ("holiday", "imageset")
+    assert e.files == ("a-1.png", "a.png", "b.jpg")
+    assert ws.path_of("holiday", "b.jpg").read_bytes() == (IMAGES / "dog.jpg").read_bytes()
+
+
+@pytest.mark.parametrize("member", ["../evil.png", "/etc/evil.png", "a/../../evil.png", "C:/evil.png"])
+def test_zip_with_escaping_member_is_refused(ws, member):
+    with pytest.raises(WorkspaceError, match="absolute or '..' path"):
+        ws.add_upload({"x.zip": zip_bytes({"ok.png": png_bytes(), member: png_bytes()})})
+    assert ws.list() == []
+    assert not (ws.root.parent / "evil.png").exists()
+
+
+def test_zip_bomb_is_refused(tmp_path):
+    ws = Workspace(tmp_path / "ws", limits=Limits(image=4 << 20, zip_total=8 << 20))
+    bomb = zip_bytes({f"b{i}.png": b"\0" * (3 << 20) for i in range(4)})  # 12 MiB unpacked
+    assert len(bomb) < 100_000  # highly compressed
+    with pytest.raises(WorkspaceError, match="exceeds the total uncompressed zip limit"):
+        ws.add_upload({"bomb.zip": bomb})
+    one_big = zip_bytes({"big.png": b"\0" * (6 << 20)})
+    with pytest.raises(WorkspaceError, match="possible zip bomb"):
+        ws.add_upload({"one.zip": one_big})
+    many = zip_bytes({f"{i}.txt": b"" for i in range(50)})
+    with pytest.raises(WorkspaceError, match="50 members exceeds the limit of 10"):
+        Workspace(tmp_path / "w2", limits=Limits(zip_members=10)).add_upload({"many.zip": many})
+    assert ws.list() == []
+
+
+def test_zip_without_images_is_refused(ws):
+    with pytest.raises(WorkspaceError, match="no image members"):
+        ws.add_upload({"docs.zip": zip_bytes({"a.txt": b"x"})})
+
+
+# ----- uploads and imports -------------------------------------------------------------------
+def test_upload_groups_files_into_entries(ws):
+    done = ws.add_upload({"net.cfg": CFG, "net.weights": WEIGHTS, "dog.jpg": (IMAGES / "dog.jpg").read_bytes(),
+                          "cal.zip": zip_bytes({"p.png": png_bytes()}), "run.json": b"[1, 2]"})
+    assert sorted((e.name, e.kind) for e in done) == [
+        ("cal", "imageset"), ("dog", "image"), ("net", "model"), ("run", "record")]
+    assert ws.info("net").files == ("net.cfg", "net.weights")
+    assert ws.info("dog").source == "upload:dog.jpg"
+
+
+def test_upload_is_all_or_nothing(ws):
+    with pytest.raises(WorkspaceError, match="unsupported file type"):
+        ws.add_upload({"ok.png": png_bytes(), "virus.exe": b"MZ"})
+    with pytest.raises(WorkspaceError, match="not a decodable image"):
+        ws.add_upload({"ok.png": png_bytes(), "bad.png": b"nope"})
+    with pytest.raises(WorkspaceError, match="no matching .weights"):
+        ws.add_upload({"a.cfg": CFG, "b.cfg": CFG, "a.weights": WEIGHTS})
+    assert ws.list() == []
+
+
+def test_import_path_file_folder_and_model(ws, tmp_path):
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    (folder / "1.png").write_bytes(png_bytes())
+    (folder / "2.jpg").write_bytes((IMAGES / "horses.jpg").read_bytes())
+    (folder / "notes.txt").write_text("skip me")
+    (folder / ".hidden.png").write_bytes(png_bytes())
+    e = ws.import_path(folder)
+    assert (e.name, e.kind, e.files, e.method) == ("calib", "imageset", ("1.png", "2.jpg"), "import")
+    m = ws.import_path(MODELS / "yolov3-tiny.cfg", name="tiny")
+    assert m.kind == "model" and m.files == ("yolov3-tiny.cfg", "yolov3-tiny.weights")
+    (tmp_path / "lonely.cfg").write_bytes(CFG)
+    with pytest.raises(WorkspaceError, match="matching .weights file .* was not found"):
+        ws.import_path(tmp_path / "lonely.cfg")
+    with pytest.raises(WorkspaceError, match="no such file"):
+        ws.import_path(tmp_path / "missing.png")
+    with pytest.raises(WorkspaceError, match="empty path"):
+        ws.import_path("")
+
+
+# ----- rename / delete / overwrite / export --------------------------------------------------
+def test_rename_moves_folder_and_keeps_metadata(ws):
+    e = ws.save_bytes("old", "record", {"r.txt": b"data"}, source="s")
+    r = ws.rename("old", "new")
+    assert (r.name, r.path, r.created, r.sha256) == ("new", "records/new", e.created, e.sha256)
+    assert not ws.exists("old") and not (ws.root / "records" / "old").exists()
+    assert ws.read_bytes("new") == b"data"
+    ws.save_bytes("other", "record", {"r.txt": b"o"})
+    with pytest.raises(WorkspaceError, match="already exists"):
+        ws.rename("new", "other")
+    with pytest.raises(WorkspaceError, match="'ghost': not in workspace"):
+        ws.rename("ghost", "x")
+
+
+def test_interrupted_rename_is_rolled_forward(ws, monkeypatch):
+    ws.save_bytes("old", "record", {"r.txt": b"data"})
+    import engine.workspace as wsmod
+
+    def die(*_a):
+        raise KeyboardInterrupt("killed between journal and folder move")
+    monkeypatch.setattr(wsmod.os, "rename", die)
+    with pytest.raises(KeyboardInterrupt):
+        ws.rename("old", "new")
+    monkeypatch.undo()
+    assert index_doc(ws)["entries"]["new"]["moving_from"] == "records/old"  # journal was written
+    assert (ws.root / "records" / "old" / "r.txt").exists()
+    ws.save_bytes("next", "record", {"n.txt": b"n"})  # any writer finishes the move
+    assert ws.read_bytes("new") == b"data"
+    assert "moving_from" not in index_doc(ws)["entries"]["new"]
+
+
+def test_delete_requires_explicit_confirm(ws):
+    ws.save_bytes("keep", "record", {"r.txt": b"data"})
+    for confirm in (False, "yes", 1):
+        with pytest.raises(WorkspaceError, match="needs confirm=True; nothing was deleted"):
+            ws.delete("keep", confirm=confirm)
+    with pytest.raises(WorkspaceError, match="needs confirm=True"):
+        ws.delete("keep")
+    assert ws.read_bytes("keep") == b"data"
+    ws.delete("keep", confirm=True)
+    assert not ws.exists("keep") and not (ws.root / "records" / "keep").exists()
+    with pytest.raises(WorkspaceError, match="nothing deleted"):
+        ws.delete("keep", confirm=True)
+
+
+def test_overwrite_is_explicit_and_replaces_content(ws):
+    ws.save_bytes("r", "record", {"a.txt": b"one"})
+    with pytest.raises(WorkspaceError, match="already exists"):
+        ws.save_bytes("r", "record", {"a.txt": b"two"})
+    assert ws.read_bytes("r") == b"one"
+    e = ws.save_bytes("r", "record", {"b.txt": b"two"}, overwrite=True)
+    assert ws.read_bytes("r") == b"two" and e.files == ("b.txt",)
+    assert [p.name for p in (ws.root / "records").iterdir()] == [Path(e.path).name]
+
+
+def test_export_zip_has_files_and_metadata(ws, tmp_path):
+    ws.save_bytes("set", "imageset", {"1.png": png_bytes(), "2.png": png_bytes(4, 4)})
+    out = ws.export("set", tmp_path / "out")
+    with zipfile.ZipFile(out) as zf:
+        assert sorted(zf.namelist()) == ["set/1.png", "set/2.png", "set/qwidgets-entry.json"]
+        assert zf.read("set/2.png") == png_bytes(4, 4)
+        assert json.loads(zf.read("set/qwidgets-entry.json"))["sha256"] == ws.info("set").sha256
+
+
+def test_corrupt_index_is_reported_and_kept(ws):
+    ws.save_bytes("r", "record", {"a.txt": b"one"})
+    (ws.root / ".qw-index.json").write_text("{not json")
+    with pytest.raises(WorkspaceError, match="unreadable workspace index"):
+        ws.list()
+    with pytest.raises(WorkspaceError, match="unreadable workspace index"):
+        ws.save_bytes("s", "record", {"a.txt": b"two"})
+    assert (ws.root / ".qw-index.json").read_text() == "{not json"
+
+
+# ----- crash safety --------------------------------------------------------------------------
+def test_atomic_write_killed_mid_write_keeps_old_file(tmp_path):
+    target = tmp_path / "model.weights"
+    target.write_bytes(b"OLD" * 1000)
+    proc = run_py("""
+        import sys, time
+        from engine.atomic import atomic_write
+        def slow(f):
+            for i in range(1000):
+                f.write(b"NEW" * 100_000)
+                f.flush()
+                if i == 2:
+                    print("writing", flush=True)
+                time.sleep(0.01)
+        atomic_write(sys.argv[1], slow)
+        print("done", flush=True)
+    """, str(target), stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    temps = list(tmp_path.glob(".model.weights.*.tmp"))
+    assert len(temps) == 1 and temps[0].stat().st_size >= 300_000  # really mid-write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    assert target.read_bytes() == b"OLD" * 1000
+    assert sweep_temp_files(tmp_path) == temps and not temps[0].exists()
+
+
+def test_atomic_write_failure_keeps_old_file_and_cleans_up(tmp_path):
+    target = tmp_path / "f.json"
+    atomic_write(target, "old")
+    os.chmod(target, 0o640)
+
+    def boom(f):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError):
+        atomic_write(target, boom)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
+    atomic_write(target, b"new")
+    assert target.read_bytes() == b"new" and stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+def test_workspace_save_killed_mid_write_keeps_old_entry(ws):
+    old = ws.save_bytes("big", "record", {"data.txt": b"old content\n" * 1000})
+    proc = run_py("""
+        import sys
+        from engine.workspace import Limits, Workspace
+        ws = Workspace(sys.argv[1], limits=Limits(record=2 << 30))
+        ws.save_bytes("big", "record", {"data.txt": b"x" * (600 << 20)}, overwrite=True)
+        print("finished", flush=True)
+    """, str(ws.root), stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    staged = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        staged = [p for p in (ws.root / ".qw-staging").glob(f"{proc.pid}-*/data.txt") if p.stat().st_size > 0]
+        if staged:
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert staged, "the writer never started writing its file"
+    assert proc.returncode == -signal.SIGKILL and proc.stdout.read() == ""  # killed before the commit
+    assert ws.info("big") == old
+    assert ws.read_bytes("big") == b"old content\n" * 1000
+    assert hashlib.sha256(ws.read_bytes("big")).hexdigest() == old.sha256
+    assert list(index_doc(ws)["entries"]) == ["big"]
+    ws.save_bytes("after", "record", {"a.txt": b"a"})  # next writer sweeps the dead writer's staging
+    assert not any((ws.root / ".qw-staging").glob(f"{proc.pid}-*"))
+
+
+def test_concurrent_writers_keep_every_entry(ws):
+    n_proc, n_each = 6, 12
+    go = ws.root / "go"
+    procs = [run_py("""
+        import os, sys, time
+        from engine.workspace import Workspace
+        root, who, n, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+        ws = Workspace(root)
+        while not os.path.exists(go):
+            time.sleep(0.001)
+        for j in range(n):
+            ws.save_bytes(f"w{who}-{j}", "record", {"r.txt": f"{who}:{j}".encode()})
+            ws.save_bytes("shared", "record", {"r.txt": f"{who}:{j}".encode()}, overwrite=True)
+    """, str(ws.root), str(i), str(n_each), str(go), stderr=subprocess.PIPE, text=True)
+        for i in range(n_proc)]
+    time.sleep(0.5)
+    go.touch()
+    for p in procs:
+        assert p.wait(120) == 0, p.stderr.read()
+    entries = index_doc(ws)["entries"]  # valid JSON
+    expected = {f"w{i}-{j}" for i in range(n_proc) for j in range(n_each)} | {"shared"}
+    assert set(entries) == expected
+    for name in expected - {"shared"}:
+        assert ws.read_bytes(name) == f"{name[1:].replace('-', ':')}".encode()
+    assert ws.read_bytes("shared").decode() in {f"{i}:{n_each - 1}" for i in range(n_proc)}
+    folders = {p.name for p in (ws.root / "records").iterdir()}
+    assert folders == {Path(d["path"]).name for d in entries.values()}  # no leftovers of overwrites
+
+
+def test_file_lock_excludes_other_processes(tmp_path):
+    lock = tmp_path / "lock"
+    proc = run_py("""
+        import sys, time
+        from engine.atomic import file_lock
+        with file_lock(sys.argv[1]):
+            print("locked", flush=True)
+            time.sleep(1.0)
+    """, str(lock), stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    with pytest.raises(TimeoutError, match="lock still held"):
+        with file_lock(lock, timeout=0.2):
+            pass
+    t0 = time.monotonic()
+    with file_lock(lock, timeout=10):
+        waited = time.monotonic() - t0
+    proc.wait(10)
+    assert 0.2 < waited < 5
+
+
+# ----- tutorials and import boundary ---------------------------------------------------------
+def test_ensure_tutorials_copies_once_and_keeps_user_edits(tmp_path):
+    src = tmp_path / "shared-tutorials"
+    (src / "data").mkdir(parents=True)
+    (src / "01_intro.ipynb").write_text('{"cells": []}')
+    (src / "data" / "x.txt").write_text("x")
+    (src / ".ipynb_checkpoints").mkdir()
+    (src / ".ipynb_checkpoints" / "old.ipynb").write_text("{}")
+    for p in (src / "01_intro.ipynb", src / "data" / "x.txt"):
+        os.chmod(p, 0o444)  # read-only shared copy
+    ws = Workspace(tmp_path / "ws")
+    copied = ensure_tutorials(src, ws)
+    dest = ws.root / "tutorials"
+    assert sorted(copied) == [dest / "01_intro.ipynb", dest / "data" / "x.txt"]
+    assert stat.S_IMODE((dest / "01_intro.ipynb").stat().st_mode) == 0o600
+    (dest / "01_intro.ipynb").write_text("my edits")
+    assert ensure_tutorials(src, ws) == []
+    assert (dest / "01_intro.ipynb").read_text() == "my edits"
+    with pytest.raises(WorkspaceError, match="not a directory"):
+        ensure_tutorials(tmp_path / "missing", ws)
+
+
+def test_engine_workspace_imports_no_widget_modules():
+    out = subprocess.run([sys.executable, "-c", "import sys, engine.workspace, engine.augment; "
+                          "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+                          "('ipywidgets', 'traitlets', 'IPython')))"],
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
