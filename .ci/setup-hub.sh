@@ -51,15 +51,20 @@ if [ ! -x "$PREFIX/venv/bin/python" ]; then
     echo "setup-hub.sh: creating $PREFIX/venv from $PY"
     "$PY" -m venv "$PREFIX/venv"
 fi
-VPIP=("$PREFIX/venv/bin/python" -m pip --disable-pip-version-check --no-input -q)
-"${VPIP[@]}" install "jupyterhub>=5,<7" "jupyterlab>=4.2,<5" "ipykernel>=6" "ipywidgets>=8.1"
+vpip() {
+    # pip warns about every configured local index that lacks a package; keep real errors only
+    "$PREFIX/venv/bin/python" -m pip --disable-pip-version-check --no-input -q "$@" 2>&1 \
+        | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+    return "${PIPESTATUS[0]}"
+}
+vpip install "jupyterhub>=5,<7" "jupyterlab>=4.2,<5" "ipykernel>=6" "ipywidgets>=8.1"
 # Runtime dependencies of the project first, then the project itself, non-editable and always
 # re-installed so the hub runs the code of this checkout.
-"${VPIP[@]}" install "$REPO"
-"${VPIP[@]}" install --no-deps --force-reinstall "$REPO"
+vpip install "$REPO"
+vpip install --no-deps --force-reinstall "$REPO"
 # pip's in-tree build leaves build/ and *.egg-info in the checkout; both are git-ignored.
 
 chmod -R a+rX "$PREFIX"
-"$PREFIX/venv/bin/python" -c "import engine.workspace, jupyterhub, ipykernel" \
+(cd / && "$PREFIX/venv/bin/python" -c "import engine.workspace, jupyterhub, ipykernel") \
     || { echo "setup-hub.sh: the venv cannot import engine.workspace" >&2; exit 1; }
 echo "setup-hub.sh: ready: $PREFIX/venv, $PREFIX/node_modules/.bin/configurable-http-proxy"
