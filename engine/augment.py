@@ -10,12 +10,15 @@ Every output is an 8-bit RGB image and is a deterministic function of the inputs
 from __future__ import annotations
 
 import io
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from engine.image import ImageLike, open_image
+
+if TYPE_CHECKING:  # engine.workspace is only needed by save_augmented's callers
+    from engine.workspace import Entry, Workspace
 
 BASIC = ("original", "rotate", "blur", "flip", "flop")
 ROTATE_RESAMPLE = Image.Resampling.BICUBIC
@@ -78,9 +81,9 @@ def to_png(im: Image.Image, max_side: int | None = None) -> bytes:
     return buf.getvalue()
 
 
-def save_augmented(workspace, name: str, images: Mapping[str, Image.Image], *, stem: str = "img",
-                   parent: str | None = None, params: Mapping[str, object] | None = None,
-                   overwrite: bool = False):
+def save_augmented(workspace: Workspace, name: str, images: Mapping[str, Image.Image], *,
+                   stem: str = "img", parent: str | None = None,
+                   params: Mapping[str, object] | None = None, overwrite: bool = False) -> Entry:
     """Store an augmentation set as an `imageset` entry of PNG files `<stem>-<key>.png`.
 
     PNG keeps the pixels exact, so a calibration run sees what the preview showed. `parent` is

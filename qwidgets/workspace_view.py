@@ -39,6 +39,10 @@ class WorkspaceView(widgets.VBox):
         self._list = widgets.Select(options=[], rows=10, layout=widgets.Layout(width="100%"))
         self._info = widgets.HTML()
         self._upload = widgets.FileUpload(accept=ACCEPT, multiple=True, description="Upload")
+        # "auto": kinds from file types (each image its own entry); or force one kind
+        self._upload_kind = widgets.Dropdown(description="as", value=None, layout=widgets.Layout(width="220px"),
+                                             options=[("auto", None), ("one image set", "imageset"),
+                                                      ("quantized model", "quantized"), ("record", "record")])
         self._path = widgets.Text(placeholder="/path/to/file-or-folder", description="Path")
         self._import = widgets.Button(description="Import", icon="download")
         self._new_name = widgets.Text(placeholder="new name", description="Name")
@@ -53,7 +57,7 @@ class WorkspaceView(widgets.VBox):
         self._link = widgets.HTML()
         self._status = widgets.Label()
         super().__init__(children=[
-            widgets.HBox([self._kind, self._upload]), self._list, self._info,
+            widgets.HBox([self._kind, self._upload, self._upload_kind]), self._list, self._info,
             widgets.HBox([self._path, self._import]),
             widgets.HBox([self._new_name, self._rename, self._delete, self._export, self._open]),
             self._confirm_row, self._link, self._status], **kwargs)
@@ -97,7 +101,7 @@ class WorkspaceView(widgets.VBox):
         if not change.new:
             return
         files = {f["name"]: bytes(f["content"]) for f in change.new}
-        done = self._guard(self.workspace.add_upload, files)
+        done = self._guard(self.workspace.add_upload, files, kind=self._upload_kind.value)
         self._upload.value = ()  # clear, so the same file can be uploaded again
         if done is not None:
             self._after_change(done[-1].name, f"uploaded: {', '.join(e.name for e in done)}")

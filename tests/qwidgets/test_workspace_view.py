@@ -54,6 +54,13 @@ def test_upload_adds_entries_and_clears_the_widget(view):
     assert view.status.startswith("uploaded:") and view._upload.value == ()
 
 
+def test_upload_as_one_image_set(view):
+    view._upload_kind.value = "imageset"
+    upload(view, {"a.jpg": (IMAGES / "person.jpg").read_bytes(), "b.jpg": (IMAGES / "scream.jpg").read_bytes()})
+    assert view.entries == ["a-set", "dog", "run1"]
+    assert view.workspace.info("a-set").files == ("a.jpg", "b.jpg")
+
+
 def test_bad_upload_shows_error_and_saves_nothing(view):
     upload(view, {"evil.png": b"not a png at all"})
     assert view.status.startswith("error: ") and "evil.png" in view.status
