@@ -253,10 +253,31 @@ def load(path: str | Path, weights: str | Path | None = None, *, names: str | Pa
         header, params = read_weights(weights, layers)
         source = str(weights)
     elif random_weights is not False:
-        header, params, source = WeightsHeader(), random_params(layers, int(random_weights)), "random"
+        model = Model(cfg, layers, random_params(layers, int(random_weights)), names=class_names,
+                      source=f"random(seed={int(random_weights)})")
+        normalise_random(model, seed=int(random_weights))
+        return model
     else:
         raise ValueError(f"{p} is a cfg: pass weights= (a .weights file) or random_weights=SEED")
     return Model(cfg, layers, params, header, names=class_names, source=source)
+
+
+def normalise_random(model: Model, seed: int = 0) -> None:
+    """Rescale random parameters layer by layer so every conv/connected pre-activation has unit std
+    on a random input (LSUV). Without it, random weights on deep residual nets (yolov3: 23 shortcuts)
+    overflow to Inf/NaN, which tests nothing useful."""
+    x = model.check_input(np.random.default_rng(seed).random(model.input_shape, dtype=np.float32))
+    outs: list[np.ndarray] = []
+    for i, layer in enumerate(model.layers):
+        xs = model.inputs_of(i, x, outs)
+        if hasattr(layer, "linear_float"):
+            pre = layer.linear_float(xs[0], model.prepared(i), model.scratch)
+            std = float(np.std(pre))
+            gain = np.float32(1.0 / std) if std > 0 and np.isfinite(std) else np.float32(1.0)
+            p = model.params[i]
+            for name in (("scales", "biases") if "scales" in p else ("weights", "biases")):
+                model.set_param(i, name, p[name] * gain)
+        outs.append(model.run_layer(i, xs))
 
 
 def from_cfg_text(text: str, params_flat: np.ndarray | None = None, name: str = "<cfg>") -> Model:

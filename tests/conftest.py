@@ -1,0 +1,36 @@
+"""Test configuration: the engine is imported from the source tree; ../shared must be beside the repo."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from helpers import SHARED, TINY_CFG, TINY_WEIGHTS  # noqa: E402
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"{SHARED} not found: the tests need ../shared beside the repository")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny(shared):
+    """yolov3-tiny with the official weights (loaded once per test session; do not edit in tests)."""
+    import engine
+    return engine.load(TINY_CFG, weights=TINY_WEIGHTS)
+
+
+@pytest.fixture
+def tiny_copy(tiny):
+    """A private copy of yolov3-tiny that a test may edit."""
+    return tiny.copy()

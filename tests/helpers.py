@@ -1,0 +1,77 @@
+"""Shared test helpers: paths to ../shared, OpenCV per-layer reference outputs, detection matching."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("QW_SHARED", ROOT.parent / "shared"))
+MODELS = Path(os.environ.get("QW_MODEL_DIR", SHARED / "models"))
+CFG_DIR = SHARED / "models" / "cfg"
+IMAGES = SHARED / "images"
+REFERENCE = SHARED / "reference"
+TINY_CFG = SHARED / "models" / "yolov3-tiny.cfg"
+TINY_WEIGHTS = MODELS / "yolov3-tiny.weights"
+ACTIVATION_PREFIXES = ("leaky", "mish", "relu", "logistic", "swish", "tanh", "elu", "selu", "relu6")
+
+
+def darknet_detections() -> dict:
+    return json.loads((REFERENCE / "darknet-yolov3-tiny-detections.json").read_text())["images"]
+
+
+def opencv_layer_outputs(cfg: Path, weights: Path, x: np.ndarray) -> dict[int, np.ndarray]:
+    """Run OpenCV's Darknet importer and return {darknet layer index: output (C,H,W) or flat}.
+
+    OpenCV splits a Darknet layer into ops named `<op>_<i>`; activation ops carry the index of the
+    next layer (leaky_1 belongs to layer 0). The last op of each Darknet layer is its output.
+    """
+    import cv2
+    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    owner: dict[int, str] = {}
+    for name in net.getLayerNames():
+        m = re.fullmatch(r"([a-z]+)_(\d+)", name)
+        if not m or m.group(1) in ("permute", "yolo", "detection", "region"):
+            continue
+        idx = int(m.group(2)) - (1 if m.group(1) in ACTIVATION_PREFIXES else 0)
+        owner[idx] = name
+    net.setInput(x[None].astype(np.float32))
+    names = list(owner.values())
+    blobs = [np.asarray(b)[0] for b in net.forward(names)]
+    for k, name in enumerate(names):
+        # OpenCV recycles the buffer of an output that only a later [route] reads when several outputs
+        # are requested at once, and returns zeros for it; asking for that one output alone is reliable.
+        if not blobs[k].any():
+            net.setInput(x[None].astype(np.float32))
+            blobs[k] = np.asarray(net.forward(name))[0]
+    return dict(zip(owner.keys(), blobs))
+
+
+def max_rel_diff(y: np.ndarray, ref: np.ndarray) -> float:
+    """max|y - ref| / max(1, max|ref|): the tolerance measure used by the golden tests."""
+    return float(np.abs(y.astype(np.float64).reshape(-1) - ref.reshape(-1)).max() / max(1.0, float(np.abs(ref).max())))
+
+
+def iou_xyxy(a: dict, b: dict) -> float:
+    ix = max(0.0, min(a["x2"], b["x2"]) - max(a["x1"], b["x1"]))
+    iy = max(0.0, min(a["y2"], b["y2"]) - max(a["y1"], b["y1"]))
+    inter = ix * iy
+    area = lambda d: (d["x2"] - d["x1"]) * (d["y2"] - d["y1"])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def match_detections(ours: list[dict], ref: list[dict], min_iou: float) -> list[tuple[dict, dict | None]]:
+    """Greedy one-to-one matching of reference detections to ours by class and IoU."""
+    free = list(ours)
+    pairs = []
+    for r in sorted(ref, key=lambda d: -d["score"]):
+        cands = [(iou_xyxy(o, r), k) for k, o in enumerate(free) if o["class_id"] == r["class_id"]]
+        best = max(cands, default=(0.0, -1))
+        if best[0] >= min_iou:
+            pairs.append((r, free.pop(best[1])))
+        else:
+            pairs.append((r, None))
+    return pairs
