@@ -96,6 +96,10 @@ class Workspace:
             os.chmod(self.root, 0o700)
         elif not self.root.is_dir():
             raise WorkspaceError(f"workspace root {self.root}: exists and is not a directory")
+        elif self.root.stat().st_mode & 0o077:
+            # not changed behind the user's back, but on a shared server this leaks their files
+            log.warning("workspace root %s is readable by other users (mode %o); chmod 700 it",
+                        self.root, self.root.stat().st_mode & 0o777)
 
     # ----- reading -------------------------------------------------------------------------
     def list(self, kind: str | None = None) -> list[Entry]:

@@ -531,3 +531,13 @@ def test_engine_workspace_imports_no_widget_modules():
                           "('ipywidgets', 'traitlets', 'IPython')))"],
                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_open_root_is_warned_about_not_changed(tmp_path, caplog):
+    root = tmp_path / "shared"
+    root.mkdir(mode=0o755)
+    os.chmod(root, 0o755)
+    with caplog.at_level("WARNING", logger="engine.workspace"):
+        Workspace(root)
+    assert "readable by other users (mode 755)" in caplog.text
+    assert stat.S_IMODE(root.stat().st_mode) == 0o755

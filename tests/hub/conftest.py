@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -193,8 +194,8 @@ def _processes_of(hub_pid: int, uids: set[int]) -> set[int]:
 def hub_users():
     """Two fresh unix users with 0700 homes; removed with `userdel -r` afterwards."""
     require(os.geteuid() == 0, "the hub test needs root (it creates unix users)")
-    require(Path("/usr/sbin/useradd").exists() or bool(subprocess.run(["which", "useradd"]).returncode == 0),
-            "useradd not found")
+    require(shutil.which("useradd") is not None and shutil.which("userdel") is not None,
+            "useradd/userdel not found (Debian package passwd)")
     tag = secrets.token_hex(3)
     names = [f"qwa{tag}", f"qwb{tag}"]
     created = []
