@@ -123,7 +123,7 @@ class Workspace:
     def path_of(self, name: str, file: str | None = None) -> Path:
         """Folder of entry `name`, or one of its files (default: the only file of a one-file entry)."""
         entry = self.info(name)
-        folder = self.root / entry.path
+        folder = self._folder(entry)
         if file is None:
             return folder / entry.files[0] if len(entry.files) == 1 else folder
         if file not in entry.files:
@@ -152,19 +152,8 @@ class Workspace:
         if kind not in KINDS:
             raise WorkspaceError(f"entry {name!r}: kind {kind!r}; expected one of {', '.join(KINDS)}")
         clean = check_entry_files(name, kind, files, self.limits)
-        if parent is not None and not self.exists(parent):
-            raise WorkspaceError(f"entry {name!r}: parent {parent!r} is not in the workspace")
-        if not overwrite and self.exists(name):
-            raise WorkspaceError(f"entry {name!r}: already exists; pass overwrite=True or pick another name")
-        stage, checksums = self._stage(clean)
-        fields = dict(name=name, kind=kind, created=_now(), source=source, method=method, parent=parent,
-                      files=tuple(sorted(clean)), size=sum(len(b) for b in clean.values()),
-                      sha256=_combined(checksums), checksums=checksums, meta=dict(meta or {}))
-        try:
-            return self._commit(stage, fields, overwrite)
-        finally:
-            if stage.exists():
-                shutil.rmtree(stage, ignore_errors=True)
+        return self._save_checked(name, kind, clean, source=source, method=method, parent=parent,
+                                  meta=meta, overwrite=overwrite)
 
     def add_upload(self, uploads: Mapping[str, bytes], *, name: str | None = None,
                    kind: str | None = None, overwrite: bool = False) -> list[Entry]:
@@ -180,13 +169,17 @@ class Workspace:
                 raise WorkspaceError(f"name {name!r}: the upload makes {len(groups)} entries "
                                      f"({', '.join(g.name for g in groups)}); a name fits only one")
             groups[0].name = name
+        names = [g.name for g in groups]
         for g in groups:
-            check_name(g.name, "entry name")
-            check_entry_files(g.name, g.kind, g.files, self.limits)
+            g.name = check_name(g.name, "entry name")
+            if names.count(g.name) > 1:
+                raise WorkspaceError(f"upload: several files would become entry {g.name!r}; "
+                                     "upload them separately or as one image set")
+            g.files = check_entry_files(g.name, g.kind, g.files, self.limits)
             if not overwrite and self.exists(g.name):
                 raise WorkspaceError(f"entry {g.name!r}: already exists; pass overwrite=True or rename")
-        return [self.save_bytes(g.name, g.kind, g.files, source=g.source, method="upload",
-                                overwrite=overwrite) for g in groups]
+        return [self._save_checked(g.name, g.kind, g.files, source=g.source, method="upload",
+                                   overwrite=overwrite) for g in groups]
 
     def import_path(self, path: str | os.PathLike, *, name: str | None = None, kind: str | None = None,
                     weights: str | os.PathLike | None = None, overwrite: bool = False) -> Entry:
@@ -210,12 +203,14 @@ class Workspace:
                 raise WorkspaceError(f"entry {old!r}: not in workspace {self.root}; cannot rename")
             if new in index:
                 raise WorkspaceError(f"entry {new!r}: already exists; cannot rename {old!r} to it")
-            d = dict(index.pop(old))
+            d = dict(index[old])
             src = d["path"]
+            src_folder = self._inside(src)    # refuse a bad index path before changing anything
             d.update(name=new, path=self._free_path(d["kind"], new), moving_from=src)
+            del index[old]
             index[new] = d
             self._write_index(index)          # journal first: a crash here is rolled forward
-            os.rename(self.root / src, self.root / d["path"])
+            os.rename(src_folder, self.root / d["path"])
             del d["moving_from"]
             self._write_index(index)
         return Entry.from_dict(d)
@@ -227,6 +222,7 @@ class Workspace:
         with self._transaction() as index:
             if name not in index:
                 raise WorkspaceError(f"entry {name!r}: not in workspace {self.root}; nothing deleted")
+            self._inside(index[name]["path"])  # refuse a bad index path before changing anything
             d = index.pop(name)
             self._write_index(index)          # unindex first: a crash leaves files, never a dangling entry
             self._remove_folder(d["path"])
@@ -247,11 +243,46 @@ class Workspace:
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
             for f in entry.files:
-                zf.write(self.root / entry.path / f, f"{name}/{f}")
+                zf.write(self._folder(entry) / f, f"{name}/{f}")
             zf.writestr(f"{name}/qwidgets-entry.json", json.dumps(entry.to_dict(), indent=1))
         return f"{name}.zip", buf.getvalue()
 
     # ----- internals -----------------------------------------------------------------------
+    def _save_checked(self, name: str, kind: str, clean: dict[str, bytes], *, source: str, method: str,
+                      parent: str | None = None, meta: Mapping[str, Any] | None = None,
+                      overwrite: bool = False) -> Entry:
+        """Store files that `check_entry_files` has already accepted."""
+        if parent is not None and not self.exists(parent):
+            raise WorkspaceError(f"entry {name!r}: parent {parent!r} is not in the workspace")
+        if not overwrite and self.exists(name):
+            raise WorkspaceError(f"entry {name!r}: already exists; pass overwrite=True or pick another name")
+        stage, checksums = self._stage(clean)
+        fields = dict(name=name, kind=kind, created=_now(), source=source, method=method, parent=parent,
+                      files=tuple(sorted(clean)), size=sum(len(b) for b in clean.values()),
+                      sha256=_combined(checksums), checksums=checksums, meta=dict(meta or {}))
+        try:
+            return self._commit(stage, fields, overwrite)
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+
+    def _inside(self, rel: str) -> Path:
+        """Root-relative folder path from the index, refused if it leads out of the root.
+
+        The index is a plain file the user (or a bug) can edit: a path such as `../../x` must
+        never be read, moved or deleted.
+        """
+        folder = (self.root / rel).resolve()
+        root = self.root.resolve()
+        if folder == root or not folder.is_relative_to(root):
+            raise WorkspaceError(f"index path {rel!r} is outside the workspace {self.root}; fix {INDEX}")
+        return folder
+
+    def _folder(self, entry: Entry) -> Path:
+        if not all("/" not in f and f not in ("", ".", "..") for f in entry.files):
+            raise WorkspaceError(f"entry {entry.name!r}: file names {entry.files} in {INDEX} are not plain names")
+        return self._inside(entry.path)
+
     def _read_index(self) -> dict[str, dict]:
         try:
             raw = (self.root / INDEX).read_text("utf-8")
@@ -290,9 +321,9 @@ class Workspace:
         for d in index.values():
             src = d.pop("moving_from", None)
             changed |= src is not None
-            if src and not (self.root / d["path"]).exists() and (self.root / src).exists():
+            if src and not self._inside(d["path"]).exists() and self._inside(src).exists():
                 log.warning("finishing interrupted rename %s -> %s", src, d["path"])
-                os.rename(self.root / src, self.root / d["path"])
+                os.rename(self._inside(src), self._inside(d["path"]))
         return changed
 
     def _sweep(self) -> None:
@@ -347,7 +378,7 @@ class Workspace:
         return rel
 
     def _remove_folder(self, rel: str) -> None:
-        folder = self.root / rel
+        folder = self._inside(rel)
         if folder.exists():
             trash = self.root / STAGING / f"{os.getpid()}-trash-{secrets.token_hex(6)}"
             trash.parent.mkdir(exist_ok=True, mode=0o700)

@@ -541,3 +541,25 @@ def test_open_root_is_warned_about_not_changed(tmp_path, caplog):
         Workspace(root)
     assert "readable by other users (mode 755)" in caplog.text
     assert stat.S_IMODE(root.stat().st_mode) == 0o755
+
+
+def test_tampered_index_path_is_never_followed(ws, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    ws.save_bytes("r", "record", {"keep.txt": b"mine"})
+    doc = index_doc(ws)
+    doc["entries"]["r"]["path"] = "../victim"
+    (ws.root / ".qw-index.json").write_text(json.dumps(doc))
+    for action in (lambda: ws.path_of("r"), lambda: ws.read_bytes("r"), lambda: ws.export_bytes("r"),
+                   lambda: ws.delete("r", confirm=True), lambda: ws.rename("r", "s")):
+        with pytest.raises(WorkspaceError, match="outside the workspace"):
+            action()
+    assert (victim / "keep.txt").read_text() == "precious"
+    assert index_doc(ws) == doc  # nothing changed
+
+
+def test_upload_with_clashing_entry_names_saves_nothing(ws):
+    with pytest.raises(WorkspaceError, match="several files would become entry 'dog'"):
+        ws.add_upload({"dog.jpg": (IMAGES / "dog.jpg").read_bytes(), "dog.png": png_bytes()})
+    assert ws.list() == []
