@@ -64,6 +64,15 @@ vpip install "$REPO"
 vpip install --no-deps --force-reinstall "$REPO"
 # pip's in-tree build leaves build/ and *.egg-info in the checkout; both are git-ignored.
 
+# Widget uploads (ipywidgets.FileUpload) reach the kernel as one websocket message, and tornado
+# closes any message over 10 MiB by default: a 34 MB .weights upload would just fail. Raise the
+# limit above the workspace's 512 MiB weights limit for every server started from this venv.
+# (jupyter_server_config.d/*.json is only read for extension switches, so this is the main file
+# of the venv's config path, read by every jupyter server and jupyterhub-singleuser.)
+mkdir -p "$PREFIX/venv/etc/jupyter"
+printf '%s\n' '{"ServerApp": {"tornado_settings": {"websocket_max_message_size": 629145600}}}' \
+    > "$PREFIX/venv/etc/jupyter/jupyter_server_config.json"
+
 chmod -R a+rX "$PREFIX"
 (cd / && "$PREFIX/venv/bin/python" -c "import engine.workspace, jupyterhub, ipykernel") \
     || { echo "setup-hub.sh: the venv cannot import engine.workspace" >&2; exit 1; }

@@ -82,6 +82,10 @@ def test_two_users_are_isolated(hub):
         assert tut.stat().st_uid == pw.pw_uid and stat.S_IMODE(tut.stat().st_mode) == 0o600
         assert "hello from the tutorial" in tut.read_text()
 
+    # messages over tornado's default 10 MiB limit get through (widget uploads of .weights files)
+    big = f"print(len({'x' * (12 << 20)!r}))"
+    assert hub.run_in_kernel(a, token[a], big).strip() == str(12 << 20)
+
     # user B's kernel can neither list nor read anything of user A
     snoop = SNOOP.format(home=pwd.getpwnam(a).pw_dir, root=seen[a]["root"], file=seen[a]["file"])
     result = last_json(hub.run_in_kernel(b, token[b], snoop))
