@@ -1,4 +1,4 @@
-"""Fast convolution kernels: im2col + one BLAS GEMM, with reusable scratch buffers.
+"""Fast convolution kernels: im2col + one BLAS GEMM, or Winograd F(2x2,3x3), with scratch buffers.
 
 Layout: x is (C, H, W); weights are a (n, C*k*k) matrix in Darknet's [n][c][ky][kx] order, so the
 im2col rows are ordered (c, ky, kx).
@@ -6,13 +6,46 @@ im2col rows are ordered (c, ky, kx).
 Stride-1 trick ("padded-width im2col"): on the zero-padded input flattened per channel, the patch
 offset (ky, kx) of every output pixel is one *contiguous* run starting at ky*Wp + kx, if the output
 is computed on the padded width Wp (the extra k-1 columns per row are junk and dropped after the
-GEMM). So each of the k*k im2col rows is a memcpy instead of a strided gather.
+GEMM). So each of the k*k im2col rows is a memcpy instead of a strided gather. Dropping the junk
+columns is fused with the bias and the activation into one cache-blocked epilogue pass.
+
+Elementwise and copy passes over big maps are split over THREADS threads (NumPy releases the GIL
+inside copies and ufuncs); the GEMMs are threaded by BLAS itself.
 """
 from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import numpy as np
 
 from engine.layers.base import Scratch
+
+THREADS = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+PARALLEL_MIN = 1 << 16   # elements below which a pass runs in the calling thread only
+BLOCK = 1 << 16          # elements per cache block of an epilogue pass (256 KiB of float32)
+F = np.float32
+_pool: ThreadPoolExecutor | None = None
+
+
+def parallel_for(n: int, fn: Callable[[int, int], None], work: int) -> None:
+    """Run fn(lo, hi) over [0, n) split into THREADS contiguous parts (inline if `work` is small).
+
+    `work` is the number of elements the whole job touches; the split only pays off for big jobs.
+    """
+    global _pool
+    parts = min(THREADS, n) if work >= PARALLEL_MIN else 1
+    if parts <= 1:
+        fn(0, n)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(THREADS - 1, thread_name_prefix="qw-kernel")
+    bounds = [n * i // parts for i in range(parts + 1)]
+    futures = [_pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    fn(bounds[0], bounds[1])
+    for f in futures:
+        f.result()
 
 
 def conv_out_size(n: int, k: int, s: int, p: int) -> int:
@@ -25,12 +58,16 @@ def pad_input(x: np.ndarray, p: int, scratch: Scratch, name: str = "pad", extra_
     c, h, w = x.shape
     hp, wp = h + 2 * p + extra_rows, w + 2 * p
     xp = scratch.get(name, (c, hp, wp), x.dtype)
-    if p or extra_rows:
-        xp[:, :p, :] = fill
-        xp[:, p + h:, :] = fill
-        xp[:, p:p + h, :p] = fill
-        xp[:, p:p + h, p + w:] = fill
-    xp[:, p:p + h, p:p + w] = x
+
+    def run(lo: int, hi: int) -> None:
+        if p or extra_rows:
+            xp[lo:hi, :p, :] = fill
+            xp[lo:hi, p + h:, :] = fill
+            xp[lo:hi, p:p + h, :p] = fill
+            xp[lo:hi, p:p + h, p + w:] = fill
+        xp[lo:hi, p:p + h, p:p + w] = x[lo:hi]
+
+    parallel_for(c, run, xp.size)
     return xp
 
 
@@ -48,47 +85,113 @@ def im2col(x: np.ndarray, k: int, s: int, p: int, scratch: Scratch) -> tuple[np.
         flat = xp.reshape(c, -1)
         length = ho * wp
         cols = scratch.get("cols", (c, k, k, length), x.dtype)
-        for ky in range(k):
-            for kx in range(k):
-                off = ky * wp + kx
-                cols[:, ky, kx, :] = flat[:, off:off + length]
+
+        def run(lo: int, hi: int) -> None:  # k*k block copies over channels [lo, hi)
+            for ky in range(k):
+                for kx in range(k):
+                    off = ky * wp + kx
+                    cols[lo:hi, ky, kx, :] = flat[lo:hi, off:off + length]
+
+        if c >= THREADS:
+            parallel_for(c, run, cols.size)
+        else:  # e.g. 3-channel images: split the kernel rows instead
+
+            def run_rows(lo: int, hi: int) -> None:
+                for ky in range(lo, hi):
+                    for kx in range(k):
+                        off = ky * wp + kx
+                        cols[:, ky, kx, :] = flat[:, off:off + length]
+
+            parallel_for(k, run_rows, cols.size)
         return cols.reshape(c * k * k, length), ho, wo, wp
     xp = pad_input(x, p, scratch) if p else x
     cols = scratch.get("cols", (c, k, k, ho, wo), x.dtype)
-    for ky in range(k):
-        for kx in range(k):
+
+    def run_strided(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            ky, kx = divmod(i, k)
             cols[:, ky, kx] = xp[:, ky:ky + s * (ho - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
+
+    parallel_for(k * k, run_strided, cols.size)
     return cols.reshape(c * k * k, ho * wo), ho, wo, wo
 
 
-def conv2d(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, k: int, s: int, p: int, groups: int,
-           scratch: Scratch) -> np.ndarray:
-    """Float cross-correlation + per-channel bias: (C, H, W) -> new (n, Ho, Wo) float32 array.
+FUSED_ACTS = ("linear", "leaky", "relu")
 
-    w2d: (n, C/groups*k*k) float32; b: (n,) float32.
+
+def bias_act(y: np.ndarray, b: np.ndarray | None, act: str | None, src: np.ndarray | None = None) -> np.ndarray:
+    """y[c] = act(src[c] + b[c]) for (n, H, W) arrays, in cache blocks of channels, threaded (b None: no bias).
+
+    `src` defaults to y (in place); it may be a strided view (e.g. the padded-width GEMM output
+    with its junk columns): it is *copied* into the block first, because NumPy 2.4 ufuncs on
+    non-contiguous operands are ~7x slower than a strided copy plus contiguous ufuncs.
+    `act` is one of FUSED_ACTS or None (= linear). Leaky is max(v, 0.1*v) (Darknet's slope 0.1),
+    computed while the block is still in cache.
     """
+    src = y if src is None else src
+    n = y.shape[0]
+    plane = max(1, y[0].size)
+    step = max(1, BLOCK // plane)
+    b3 = None if b is None else b.reshape(n, 1, 1)
+    leaky = act == "leaky"
+
+    def run(lo: int, hi: int) -> None:
+        tmp = np.empty((step,) + y.shape[1:], F) if leaky else None  # one cache block, per thread
+        for c0 in range(lo, hi, step):
+            c1 = min(c0 + step, hi)
+            yb = y[c0:c1]
+            if src is not y:
+                yb[...] = src[c0:c1]
+            if b3 is not None:
+                yb += b3[c0:c1]
+            if leaky:
+                tb = tmp[:c1 - c0]
+                np.multiply(yb, F(0.1), out=tb)
+                np.maximum(yb, tb, out=yb)
+            elif act == "relu":
+                np.maximum(yb, F(0), out=yb)
+
+    parallel_for(n, run, y.size)
+    return y
+
+
+def conv2d(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, k: int, s: int, p: int, groups: int,
+           scratch: Scratch, act: str | None = None) -> np.ndarray:
+    """Float cross-correlation + per-channel bias (+ optional fused activation): (C, H, W) -> new (n, Ho, Wo).
+
+    w2d: (n, C/groups*k*k) float32; b: (n,) float32. `act` (one of FUSED_ACTS, or None for none) is
+    applied in the same pass as the bias; other activations are the caller's business.
+    3x3 stride-1 convolutions with many channels on small maps go through Winograd F(2x2,3x3)
+    (`engine.winograd`), which needs 16/36 of the multiplies; the rest through im2col + GEMM.
+    """
+    from engine import winograd  # late import: winograd imports this module's helpers
+
     c, h, w = x.shape
     n = w2d.shape[0]
     ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
+    if act is not None and act not in FUSED_ACTS:
+        raise ValueError(f"conv2d: act={act!r} cannot be fused; use one of {FUSED_ACTS} or apply it after")
+    if groups == 1 and winograd.suitable(c, h, w, n, k, s, p):
+        return winograd.conv3x3(x, w2d, b, p, scratch, act)
     y = np.empty((n, ho, wo), np.float32)
     cg, ng = c // groups, n // groups
     for g in range(groups):
         xg = x[g * cg:(g + 1) * cg] if groups > 1 else x
         wg = w2d[g * ng:(g + 1) * ng] if groups > 1 else w2d
         yg = y[g * ng:(g + 1) * ng]
-        bg = b[g * ng:(g + 1) * ng, None, None]
+        bg = b[g * ng:(g + 1) * ng]
         if k == 1 and s == 1 and p == 0:
             np.matmul(wg, xg.reshape(cg, h * w), out=yg.reshape(ng, h * w))
-            yg += bg
+            bias_act(yg, bg, act)
             continue
         cols, ho, wo, row = im2col(xg, k, s, p, scratch)
         if row == wo:
             np.matmul(wg, cols, out=yg.reshape(ng, ho * wo))
-            yg += bg
+            bias_act(yg, bg, act)
         else:
             acc = scratch.get("gemm", (ng, ho * row))
             np.matmul(wg, cols, out=acc)
-            np.add(acc.reshape(ng, ho, row)[:, :, :wo], bg, out=yg)
+            bias_act(yg, bg, act, src=acc.reshape(ng, ho, row)[:, :, :wo])
     return y
 
 

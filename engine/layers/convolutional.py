@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.kernels import conv2d, conv_out_size
+from engine.kernels import FUSED_ACTS, conv2d, conv_out_size
 from engine.layers.activations import activate, activation_key
 from engine.layers.base import LAYERS, BuildContext, Layer, Params, Scratch, check_shape, refuse
 
@@ -102,4 +102,7 @@ class Convolutional(Layer):
         return conv2d(x, prep.w, prep.b, self.size, self.stride, self.padding, self.groups, scratch)
 
     def forward_float(self, xs: list[np.ndarray], prep: FusedConv, scratch: Scratch) -> np.ndarray:
+        if self.activation in FUSED_ACTS:  # applied in the kernel's bias pass, while the data is in cache
+            return conv2d(xs[0], prep.w, prep.b, self.size, self.stride, self.padding, self.groups, scratch,
+                          act=self.activation)
         return activate(self.linear_float(xs[0], prep, scratch), self.activation)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.kernels import parallel_for
 from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape, refuse
 
 
@@ -16,30 +17,52 @@ def maxpool_out_size(n: int, k: int, s: int, p: int) -> int:
     return (n + p - k) // s + 1
 
 
-def maxpool(x: np.ndarray, k: int, s: int, p: int, fill=-np.inf) -> np.ndarray:
-    """(C, H, W) -> (C, Ho, Wo) by strided slices (one pass per window offset, no reshape-max).
+def maxpool(x: np.ndarray, k: int, s: int, p: int, fill=-np.inf, scratch: Scratch | None = None) -> np.ndarray:
+    """(C, H, W) -> new (C, Ho, Wo): max over k x k windows, separably (rows, then columns).
 
-    `fill` is the value of out-of-image cells (-inf for float, the dtype minimum for int8).
+    Each pass is k-1 `np.maximum` over strided slices (no reshape-max): first over the k window
+    rows with contiguous inner runs, then over the k columns of the row maxima, so k*k window
+    offsets cost 2(k-1) passes. Channels are split over threads. `fill` is the value of
+    out-of-image cells (-inf for float, the dtype minimum for int8). `scratch` holds the padded
+    input and the row maxima if given.
     """
     c, h, w = x.shape
     ho, wo = maxpool_out_size(h, k, s, p), maxpool_out_size(w, k, s, p)
     top = p // 2
     need_h, need_w = (ho - 1) * s + k, (wo - 1) * s + k
-    if top or need_h > h or need_w > w:
-        xp = np.full((c, max(need_h, top + h), max(need_w, top + w)), fill, x.dtype)
-        xp[:, top:top + h, top:top + w] = x
-        x = xp
+    hp, wp = max(need_h, top + h), max(need_w, top + w)
+    padded = top or need_h > h or need_w > w
+    xp = _buffer(scratch, "pool_pad", (c, hp, wp), x.dtype) if padded else x
+    rows = _buffer(scratch, "pool_rows", (c, ho, wp), x.dtype) if k > 1 else None
     y = np.empty((c, ho, wo), x.dtype)
-    first = True
-    for ky in range(k):
-        for kx in range(k):
-            view = x[:, ky:ky + s * (ho - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
-            if first:
-                y[...] = view
-                first = False
-            else:
-                np.maximum(y, view, out=y)
+
+    def run(lo: int, hi: int) -> None:
+        src = x[lo:hi]
+        if padded:
+            xs = xp[lo:hi]
+            xs[:, :top] = fill
+            xs[:, top + h:] = fill
+            xs[:, top:top + h, :top] = fill
+            xs[:, top:top + h, top + w:] = fill
+            xs[:, top:top + h, top:top + w] = src
+            src = xs
+        if k == 1:
+            y[lo:hi] = src[:, 0:s * (ho - 1) + 1:s, 0:s * (wo - 1) + 1:s]
+            return
+        r = rows[lo:hi]
+        np.maximum(src[:, 0:s * (ho - 1) + 1:s], src[:, 1:1 + s * (ho - 1) + 1:s], out=r)
+        for ky in range(2, k):
+            np.maximum(r, src[:, ky:ky + s * (ho - 1) + 1:s], out=r)
+        np.maximum(r[:, :, 0:s * (wo - 1) + 1:s], r[:, :, 1:1 + s * (wo - 1) + 1:s], out=y[lo:hi])
+        for kx in range(2, k):
+            np.maximum(y[lo:hi], r[:, :, kx:kx + s * (wo - 1) + 1:s], out=y[lo:hi])
+
+    parallel_for(c, run, c * ho * wp)
     return y
+
+
+def _buffer(scratch: Scratch | None, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    return np.empty(shape, dtype) if scratch is None else scratch.get(name, shape, dtype)
 
 
 def maxpool_naive(x: np.ndarray, k: int, s: int, p: int) -> np.ndarray:
@@ -86,4 +109,4 @@ class MaxPool(Layer):
                    source=sec.path, size=size, stride=stride, padding=padding)
 
     def forward_float(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
-        return maxpool(xs[0], self.size, self.stride, self.padding)
+        return maxpool(xs[0], self.size, self.stride, self.padding, scratch=scratch)

@@ -1,0 +1,150 @@
+"""Winograd F(2x2, 3x3) convolution for 3x3 stride-1 layers: 16 multiplies per 2x2 outputs, not 36.
+
+Each 2x2 output tile comes from a 4x4 input tile d:  Y = A^T [ (G g G^T) . (B^T d B) ] A  with
+
+    B^T = [1  0 -1  0]     G = [ 1    0    0 ]     A^T = [1  1  1  0]
+          [0  1  1  0]         [1/2  1/2  1/2]           [0  1 -1 -1]
+          [0 -1  1  0]         [1/2 -1/2  1/2]
+          [0  1  0 -1]         [ 0    0    1 ]
+
+The 16 element-wise products summed over input channels are 16 GEMMs (tiles, C) @ (C, n), run as
+one batched `np.matmul`. The transforms only add and subtract, as strided slices over all tiles at
+once (rows first, then columns). The bias rides in the transformed domain: adding b to the (1, 1)
+product adds b to all four outputs of a tile, since A^T e1 = (1, 1).
+Float32 error is that of a GEMM with K = C plus a few roundings of the transforms (~1e-6 relative).
+"""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from engine.kernels import bias_act, parallel_for
+from engine.layers.base import Scratch
+
+_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+_K = np.einsum("ia,jb->abij", _G, _G).reshape(9, 16)  # vec(G g G^T) = vec(g) @ _K
+_cache: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+
+def suitable(c: int, h: int, w: int, n: int, k: int, s: int, p: int) -> bool:
+    """Whether Winograd beats im2col + GEMM for this layer (measured on 2 cores, AVX-512 OpenBLAS).
+
+    It pays when the GEMMs dominate (many input and output channels); on big maps with few channels
+    the transforms' memory passes cost more than the multiplies saved.
+    """
+    return k == 3 and s == 1 and p <= 2 and h + 2 * p >= 4 and w + 2 * p >= 4 and c >= 64 and n >= 64
+
+
+def transform_weights(w2d: np.ndarray) -> np.ndarray:
+    """(n, C*9) 3x3 kernels -> U^T = (G g G^T)^T as (16, C, n) float32 (computed in float64)."""
+    n = w2d.shape[0]
+    gt = w2d.T.astype(np.float64).reshape(-1, 9, n)    # (C, 9, n): n-long rows for the transposes
+    u = np.matmul(_K.T, gt)                            # (C, 16, n)
+    return np.ascontiguousarray(u.transpose(1, 0, 2), dtype=np.float32)
+
+
+def cached_weights(w2d: np.ndarray) -> np.ndarray:
+    """transform_weights(w2d), cached per weight array (by identity; dropped when the array dies).
+
+    The prepared weights of a model live as long as the model, so this runs once per layer. An
+    array modified in place after its first use would keep its stale transform: don't.
+    """
+    key = id(w2d)
+    hit = _cache.get(key)
+    if hit is not None and hit[0]() is w2d:
+        return hit[1]
+    u = transform_weights(w2d)
+    _cache[key] = (weakref.ref(w2d, lambda _ref, key=key: _cache.pop(key, None)), u)
+    return u
+
+
+# The tiles are transformed channels-last: on small maps (7x7 tiles) a (C, th, tw) layout would
+# make NumPy run thousands of 7-element inner loops; (th, tw, C) gives C-long contiguous ones.
+def input_tiles(x: np.ndarray, p: int, th: int, tw: int, scratch: Scratch) -> np.ndarray:
+    """V = B^T d B for every 4x4 input tile (stride 2): (16, th*tw, C) float32 in scratch."""
+    c, h, w = x.shape
+    hp, wp = 2 * th + 2, 2 * tw + 2
+    xp = scratch.get("wino_pad", (hp, wp, c))
+    r = scratch.get("wino_rows", (4, th, wp, c))
+    v = scratch.get("wino_v", (4, 4, th, tw, c))
+    xp[:p] = 0
+    xp[p + h:] = 0
+    xp[p:p + h, :p] = 0
+    xp[p:p + h, p + w:] = 0
+
+    def run(lo: int, hi: int) -> None:  # over tile rows
+        a0, a1 = max(2 * lo, p), min(2 * hi + 2, p + h)  # padded rows these tiles read (shared rows
+        # at a part boundary get the same values from both threads)
+        if a1 > a0:
+            xp[a0:a1, p:p + w] = x[:, a0 - p:a1 - p].transpose(1, 2, 0)
+        d = [xp[a + 2 * lo:a + 2 * hi:2] for a in range(4)]  # tile row a of every tile: (rows, wp, C)
+        rs = r[:, lo:hi]
+        np.subtract(d[0], d[2], out=rs[0])
+        np.add(d[1], d[2], out=rs[1])
+        np.subtract(d[2], d[1], out=rs[2])
+        np.subtract(d[1], d[3], out=rs[3])
+        e = [rs[:, :, b:b + 2 * tw:2] for b in range(4)]      # tile column b: (4, rows, tw, C)
+        vs = v[:, :, lo:hi]
+        np.subtract(e[0], e[2], out=vs[:, 0])
+        np.add(e[1], e[2], out=vs[:, 1])
+        np.subtract(e[2], e[1], out=vs[:, 2])
+        np.subtract(e[1], e[3], out=vs[:, 3])
+
+    parallel_for(th, run, v.size)
+    return v.reshape(16, th * tw, c)
+
+
+def output_tiles(m: np.ndarray, y: np.ndarray, th: int, tw: int, scratch: Scratch) -> None:
+    """y[:, 2ty+a, 2tx+b] = (A^T M A)[a, b] for the (16, th*tw, n) products M, cropped to y."""
+    n, ho, wo = y.shape
+    m5 = m.reshape(4, 4, th, tw, n)
+    s = scratch.get("wino_s", (2, 4, th, tw, n))
+    t = scratch.get("wino_t", (2, th, tw, n))
+
+    def run(lo: int, hi: int) -> None:  # over tile rows
+        mm, ss, tt = m5[:, :, lo:hi], s[:, :, lo:hi], t[:, lo:hi]
+        # rows: S0 = M0 + M1 + M2, S1 = M1 - M2 - M3 (for all four tile columns at once)
+        np.add(mm[1], mm[2], out=ss[0])
+        np.subtract(mm[1], mm[2], out=ss[1])
+        ss[0] += mm[0]
+        ss[1] -= mm[3]
+        for a in range(2):
+            sa = ss[a]
+            rows = min(hi, (ho - a + 1) // 2) - lo
+            if rows <= 0:
+                continue
+            np.add(sa[1], sa[2], out=tt[0])
+            np.subtract(sa[1], sa[2], out=tt[1])
+            for b in range(2):
+                cols = (wo - b + 1) // 2
+                out = y[:, a + 2 * lo::2, b::2][:, :rows].transpose(1, 2, 0)
+                if b == 0:
+                    np.add(sa[0, :rows, :cols], tt[0, :rows, :cols], out=out)
+                else:
+                    np.subtract(tt[1, :rows, :cols], sa[3, :rows, :cols], out=out)
+
+    parallel_for(th, run, s.size)
+
+
+def conv3x3(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, p: int, scratch: Scratch,
+            act: str | None = None) -> np.ndarray:
+    """3x3 stride-1 cross-correlation with padding p, + bias and a fused activation: new (n, Ho, Wo).
+
+    x: (C, H, W) float32; w2d: (n, C*9) float32 (weights transformed once, see cached_weights);
+    b: (n,); act: None or one of kernels.FUSED_ACTS.
+    """
+    c, h, w = x.shape
+    n = w2d.shape[0]
+    ho, wo = h + 2 * p - 2, w + 2 * p - 2
+    th, tw = (ho + 1) // 2, (wo + 1) // 2
+    u = cached_weights(w2d)
+    v = input_tiles(x, p, th, tw, scratch)
+    m = scratch.get("wino_m", (16, th * tw, n))
+    np.matmul(v, u, out=m)
+    m[5] += b                                                # bias via the (1, 1) product
+    y = np.empty((n, ho, wo), np.float32)
+    output_tiles(m, y, th, tw, scratch)
+    if act not in (None, "linear"):
+        bias_act(y, None, act)
+    return y

@@ -1,0 +1,163 @@
+"""Every fast kernel against its naive reference: im2col/GEMM conv, Winograd F(2x2,3x3), maxpool."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import kernels, winograd
+from engine.kernels import bias_act, conv2d, conv2d_naive, conv_out_size, parallel_for
+from engine.layers.activations import leaky
+from engine.layers.base import Scratch
+from engine.layers.maxpool import maxpool, maxpool_naive, maxpool_out_size
+
+RTOL = 1e-4
+
+
+def random_conv(rng, c, h, w, n, k, groups=1):
+    x = rng.standard_normal((c, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((n, c // groups, k, k)) / np.sqrt(c // groups * k * k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    return x, wt, b
+
+
+def assert_close(y, ref, what):
+    """float32 kernels vs the float64 reference: within 1e-4 of the reference's largest value."""
+    assert y.shape == ref.shape, f"{what}: shape {y.shape}, expected {ref.shape}"
+    tol = RTOL * max(1.0, float(np.abs(ref).max()))
+    err = float(np.abs(y.astype(np.float64) - ref).max())
+    assert err <= tol, f"{what}: max |diff| {err:.3g} > {tol:.3g}"
+
+
+CONV_CASES = [  # (c, h, w, n, k, s, p, groups)
+    (3, 13, 13, 4, 3, 1, 1, 1), (3, 13, 13, 4, 3, 2, 1, 1), (2, 1, 1, 3, 3, 1, 1, 1), (2, 2, 3, 3, 3, 1, 1, 1),
+    (4, 7, 5, 2, 1, 1, 0, 1), (4, 6, 6, 2, 1, 2, 0, 1), (3, 9, 8, 2, 5, 1, 2, 1), (3, 11, 9, 2, 5, 2, 2, 1),
+    (3, 10, 10, 2, 7, 2, 3, 1), (3, 8, 8, 2, 7, 1, 3, 1), (4, 6, 7, 4, 3, 1, 0, 1), (4, 6, 7, 4, 3, 1, 2, 1),
+    (4, 9, 9, 6, 3, 1, 1, 2), (4, 8, 8, 4, 3, 2, 1, 4), (6, 5, 5, 3, 1, 1, 0, 3), (2, 3, 3, 2, 3, 3, 0, 1),
+    (2, 4, 4, 2, 2, 2, 0, 1), (1, 5, 4, 1, 3, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("c,h,w,n,k,s,p,groups", CONV_CASES)
+def test_conv2d_matches_naive(c, h, w, n, k, s, p, groups):
+    rng = np.random.default_rng(hash((c, h, w, n, k, s, p, groups)) & 0xFFFF)
+    x, wt, b = random_conv(rng, c, h, w, n, k, groups)
+    y = conv2d(x, wt.reshape(n, -1), b, k, s, p, groups, Scratch())
+    assert y.shape == (n, conv_out_size(h, k, s, p), conv_out_size(w, k, s, p))
+    assert_close(y, conv2d_naive(x, wt, b, s, p, groups), f"conv c{c} {h}x{w} n{n} k{k} s{s} p{p} g{groups}")
+
+
+@pytest.mark.parametrize("act", ["linear", "leaky", "relu"])
+def test_conv2d_fused_activation_matches_naive_then_activation(act):
+    rng = np.random.default_rng(7)
+    x, wt, b = random_conv(rng, 3, 64, 66, 16, 3)  # big enough for the threaded im2col and epilogue
+    y = conv2d(x, wt.reshape(16, -1), b, 3, 1, 1, 1, Scratch(), act=act)
+    ref = conv2d_naive(x, wt, b, 1, 1)
+    ref = {"linear": ref, "leaky": np.maximum(ref, 0.1 * ref), "relu": np.maximum(ref, 0)}[act]
+    assert_close(y, ref, f"conv act={act}")
+    assert (y < 0).any() == (act != "relu")
+
+
+def test_conv2d_refuses_an_activation_it_cannot_fuse():
+    x, wt, b = random_conv(np.random.default_rng(0), 2, 4, 4, 2, 3)
+    with pytest.raises(ValueError, match="mish"):
+        conv2d(x, wt.reshape(2, -1), b, 3, 1, 1, 1, Scratch(), act="mish")
+
+
+def test_scratch_reuse_does_not_leak_between_layers():
+    """Two different convs through one Scratch (big, then small) both stay exact."""
+    rng, scratch = np.random.default_rng(3), Scratch()
+    for c, h, n, k in [(3, 30, 4, 5), (2, 5, 3, 3), (3, 30, 4, 5)]:
+        x, wt, b = random_conv(rng, c, h, h, n, k)
+        y = conv2d(x, wt.reshape(n, -1), b, k, 1, k // 2, 1, scratch)
+        assert_close(y, conv2d_naive(x, wt, b, 1, k // 2), f"conv {c}x{h}x{h} k{k} after reuse")
+
+
+WINO_CASES = [  # (c, h, w, n, p)
+    (3, 13, 13, 5, 1), (4, 1, 1, 2, 1), (2, 2, 3, 3, 1), (3, 6, 6, 2, 0), (3, 7, 5, 2, 2), (5, 26, 26, 4, 1),
+    (2, 4, 9, 3, 1),
+]
+
+
+@pytest.mark.parametrize("c,h,w,n,p", WINO_CASES)
+def test_winograd_matches_naive(c, h, w, n, p):
+    rng = np.random.default_rng(c * 1000 + h * 10 + w)
+    x, wt, b = random_conv(rng, c, h, w, n, 3)
+    y = winograd.conv3x3(x, wt.reshape(n, -1), b, p, Scratch())
+    assert_close(y, conv2d_naive(x, wt, b, 1, p), f"winograd c{c} {h}x{w} n{n} p{p}")
+
+
+def test_winograd_is_used_for_wide_layers_and_matches_naive_with_leaky():
+    rng = np.random.default_rng(11)
+    x, wt, b = random_conv(rng, 64, 13, 13, 64, 3)
+    assert winograd.suitable(64, 13, 13, 64, 3, 1, 1)
+    y = conv2d(x, wt.reshape(64, -1), b, 3, 1, 1, 1, Scratch(), act="leaky")
+    ref = conv2d_naive(x, wt, b, 1, 1)
+    assert_close(y, np.maximum(ref, 0.1 * ref), "winograd via conv2d, leaky")
+
+
+def test_winograd_weight_cache_follows_the_array():
+    rng = np.random.default_rng(5)
+    w1 = rng.standard_normal((4, 18)).astype(np.float32)
+    u1 = winograd.cached_weights(w1)
+    assert winograd.cached_weights(w1) is u1
+    w2 = w1 * 2
+    np.testing.assert_allclose(winograd.cached_weights(w2), 2 * u1, rtol=1e-6)
+    key = id(w1)
+    del w1
+    assert key not in winograd._cache  # dropped with its array
+
+
+def test_bias_act_strided_source_matches_reference():
+    rng = np.random.default_rng(2)
+    acc = rng.standard_normal((40, 50, 52)).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    y = np.empty((40, 50, 50), np.float32)
+    bias_act(y, b, "leaky", src=acc[:, :, :50])
+    ref = acc[:, :, :50] + b[:, None, None]
+    np.testing.assert_array_equal(y, leaky(ref.copy()))
+
+
+def test_parallel_for_covers_the_range_once():
+    hits = np.zeros(1000, np.int64)
+
+    def mark(lo, hi):
+        hits[lo:hi] += 1
+
+    parallel_for(1000, mark, work=1 << 20)
+    parallel_for(1000, mark, work=1)
+    assert (hits == 2).all()
+
+
+POOL_CASES = [  # (k, s, p, h, w)
+    (2, 2, 1, 13, 13), (2, 2, 1, 12, 12), (2, 2, 1, 7, 6), (2, 1, 1, 13, 13), (2, 1, 1, 4, 5), (3, 2, 0, 9, 7),
+    (3, 2, 2, 8, 9), (3, 1, 2, 5, 6), (5, 1, 4, 13, 13), (9, 1, 8, 7, 7), (13, 1, 12, 13, 13), (1, 1, 0, 4, 5),
+    (1, 2, 0, 5, 5), (3, 3, 2, 10, 11), (2, 2, 1, 1, 1), (4, 2, 3, 3, 2), (2, 2, 0, 5, 5), (3, 1, 0, 3, 3),
+]
+
+
+@pytest.mark.parametrize("k,s,p,h,w", POOL_CASES)
+@pytest.mark.parametrize("use_scratch", [False, True])
+def test_maxpool_matches_naive(k, s, p, h, w, use_scratch):
+    rng = np.random.default_rng(k * 100 + s * 10 + h)
+    x = rng.standard_normal((3, h, w)).astype(np.float32) - 5  # all negative: -inf padding must not leak 0s
+    y = maxpool(x, k, s, p, scratch=Scratch() if use_scratch else None)
+    assert y.shape == (3, maxpool_out_size(h, k, s, p), maxpool_out_size(w, k, s, p))
+    np.testing.assert_array_equal(y, maxpool_naive(x, k, s, p), err_msg=f"maxpool k{k} s{s} p{p} {h}x{w}")
+
+
+def test_maxpool_threaded_big_map_matches_naive_on_a_corner():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((16, 64, 64)).astype(np.float32)
+    y = maxpool(x, 2, 2, 1, scratch=Scratch())
+    ref = x.reshape(16, 32, 2, 32, 2).max(axis=(2, 4))
+    np.testing.assert_array_equal(y, ref)
+
+
+def test_maxpool_int8_uses_the_fill_value():
+    x = np.full((2, 3, 3), -100, np.int8)
+    y = maxpool(x, 2, 1, 1, fill=np.iinfo(np.int8).min)
+    assert y.dtype == np.int8 and (y == -100).all()
+
+
+def test_kernels_thread_count_is_sane():
+    assert 1 <= kernels.THREADS <= 2
