@@ -38,7 +38,9 @@ class WorkspaceView(widgets.VBox):
         self._kind = widgets.Dropdown(options=[ALL, *KINDS], value=ALL, description="Kind")
         self._list = widgets.Select(options=[], rows=10, layout=widgets.Layout(width="100%"))
         self._info = widgets.HTML()
-        self._upload = widgets.FileUpload(accept=ACCEPT, multiple=True, description="Upload")
+        self._upload = widgets.FileUpload(accept=ACCEPT, multiple=True, description="Upload",
+                                          tooltip="files over the server's websocket limit (10 MiB by "
+                                                  "default) fail in transit: use Import from a path")
         # "auto": kinds from file types (each image its own entry); or force one kind
         self._upload_kind = widgets.Dropdown(description="as", value=None, layout=widgets.Layout(width="220px"),
                                              options=[("auto", None), ("one image set", "imageset"),
