@@ -27,6 +27,7 @@ TEXT_EXTS = (".txt", ".names", ".csv", ".md", ".log")
 # from what it is), surrogates, private-use, unassigned, and line/paragraph separators.
 _BAD_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 MAX_NAME_LEN = 128
+MAX_NAME_BYTES = 200  # file systems allow 255 bytes per component; leave room for '~<hex>' suffixes
 
 
 class WorkspaceError(EngineError, ValueError):
@@ -49,7 +50,7 @@ class Limits:
 def check_name(name: object, what: str = "name") -> str:
     """Return `name` if it is safe as one path component, else raise WorkspaceError.
 
-    Refused: non-str, empty, longer than 128 characters, '.' or '..', a leading '.' (hidden files,
+    Refused: non-str, empty, over 128 characters or 200 UTF-8 bytes, '.' or '..', a leading '.' (hidden files,
     and our own '.qw-*' files), '/' or '\\', leading/trailing spaces, and characters of the
     categories in `_BAD_CATEGORIES` (NUL, newlines, RTL override U+202E, zero-width space...).
     Names are compared after NFC normalisation, so visually equal names are equal.
@@ -58,8 +59,10 @@ def check_name(name: object, what: str = "name") -> str:
         raise WorkspaceError(f"{what} {name!r}: expected a str, got {type(name).__name__}")
     if not name:
         raise WorkspaceError(f"{what}: empty; expected 1-{MAX_NAME_LEN} characters")
-    if len(name) > MAX_NAME_LEN:
-        raise WorkspaceError(f"{what} {name[:40]!r}...: {len(name)} characters; at most {MAX_NAME_LEN}")
+    if len(name) > MAX_NAME_LEN or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise WorkspaceError(f"{what} {name[:40]!r}...: {len(name)} characters / "
+                             f"{len(name.encode('utf-8', 'surrogatepass'))} UTF-8 bytes; at most "
+                             f"{MAX_NAME_LEN} characters and {MAX_NAME_BYTES} bytes")
     for ch in name:
         if unicodedata.category(ch) in _BAD_CATEGORIES:
             raise WorkspaceError(f"{what} {name!r}: contains the control/format character "

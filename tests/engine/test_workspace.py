@@ -129,7 +129,8 @@ def test_parent_must_exist_and_is_recorded(ws):
 
 # ----- names ---------------------------------------------------------------------------------
 BAD_NAMES = ["../x", "/etc/passwd", "a/b", "a\\b", "..", ".", ".hidden", "", "a\x00b", "a\nb",
-             "tab\tname", "evil\u202egnp.exe", "zero\u200bwidth", " lead", "trail ", "x" * 129, "a\x1bb"]
+             "tab\tname", "evil\u202egnp.exe", "zero\u200bwidth", " lead", "trail ", "x" * 129, "a\x1bb",
+             "\U0001F600" * 60, "bad\udc80surrogate", 42]
 
 
 @pytest.mark.parametrize("bad", BAD_NAMES)
