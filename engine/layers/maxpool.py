@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.kernels import parallel_for
+from engine.kernels import BLOCK, parallel_for
 from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape, refuse
 
 
@@ -20,11 +20,12 @@ def maxpool_out_size(n: int, k: int, s: int, p: int) -> int:
 def maxpool(x: np.ndarray, k: int, s: int, p: int, fill=-np.inf, scratch: Scratch | None = None) -> np.ndarray:
     """(C, H, W) -> new (C, Ho, Wo): max over k x k windows, separably (rows, then columns).
 
-    Each pass is k-1 `np.maximum` over strided slices (no reshape-max): first over the k window
-    rows with contiguous inner runs, then over the k columns of the row maxima, so k*k window
-    offsets cost 2(k-1) passes. Channels are split over threads. `fill` is the value of
-    out-of-image cells (-inf for float, the dtype minimum for int8). `scratch` holds the padded
-    input and the row maxima if given.
+    Strided slices only (no reshape-max): the k window rows are reduced first, then the k columns
+    of the row maxima, so k*k window offsets cost 2(k-1) maxima. Each strided slice is *copied*
+    into a contiguous cache block before `np.maximum` (NumPy 2.4 ufuncs on non-contiguous operands
+    are several times slower than a strided copy plus a contiguous ufunc). Channel blocks are split
+    over threads. `fill` is the value of out-of-image cells (-inf for float, the dtype minimum for
+    int8). `scratch` holds the padded input if given.
     """
     c, h, w = x.shape
     ho, wo = maxpool_out_size(h, k, s, p), maxpool_out_size(w, k, s, p)
@@ -33,32 +34,42 @@ def maxpool(x: np.ndarray, k: int, s: int, p: int, fill=-np.inf, scratch: Scratc
     hp, wp = max(need_h, top + h), max(need_w, top + w)
     padded = top or need_h > h or need_w > w
     xp = _buffer(scratch, "pool_pad", (c, hp, wp), x.dtype) if padded else x
-    rows = _buffer(scratch, "pool_rows", (c, ho, wp), x.dtype) if k > 1 else None
     y = np.empty((c, ho, wo), x.dtype)
+    step = max(1, BLOCK // (ho * wp))
+    rs, cs = (lambda o: slice(o, o + s * (ho - 1) + 1, s)), (lambda o: slice(o, o + s * (wo - 1) + 1, s))
 
     def run(lo: int, hi: int) -> None:
-        src = x[lo:hi]
-        if padded:
-            xs = xp[lo:hi]
-            xs[:, :top] = fill
-            xs[:, top + h:] = fill
-            xs[:, top:top + h, :top] = fill
-            xs[:, top:top + h, top + w:] = fill
-            xs[:, top:top + h, top:top + w] = src
-            src = xs
-        if k == 1:
-            y[lo:hi] = src[:, 0:s * (ho - 1) + 1:s, 0:s * (wo - 1) + 1:s]
-            return
-        r = rows[lo:hi]
-        np.maximum(src[:, 0:s * (ho - 1) + 1:s], src[:, 1:1 + s * (ho - 1) + 1:s], out=r)
-        for ky in range(2, k):
-            np.maximum(r, src[:, ky:ky + s * (ho - 1) + 1:s], out=r)
-        np.maximum(r[:, :, 0:s * (wo - 1) + 1:s], r[:, :, 1:1 + s * (wo - 1) + 1:s], out=y[lo:hi])
-        for kx in range(2, k):
-            np.maximum(y[lo:hi], r[:, :, kx:kx + s * (wo - 1) + 1:s], out=y[lo:hi])
+        rows = np.empty((step, ho, wp), x.dtype)    # row maxima of one channel block
+        tmp = np.empty((step, ho, wp), x.dtype)     # one contiguous copy of a strided slice
+        for c0 in range(lo, hi, step):
+            c1 = min(c0 + step, hi)
+            src = x[c0:c1]
+            if padded:
+                src = _pad(src, xp[c0:c1], top, fill)
+            r, t, yb = rows[:c1 - c0], tmp[:c1 - c0], y[c0:c1]
+            r[...] = src[:, rs(0)]
+            for ky in range(1, k):
+                t[...] = src[:, rs(ky)]
+                np.maximum(r, t, out=r)
+            yb[...] = r[:, :, cs(0)]
+            t = tmp.reshape(-1)[:yb.size].reshape(yb.shape)
+            for kx in range(1, k):
+                t[...] = r[:, :, cs(kx)]
+                np.maximum(yb, t, out=yb)
 
     parallel_for(c, run, c * ho * wp)
     return y
+
+
+def _pad(x: np.ndarray, xp: np.ndarray, top: int, fill) -> np.ndarray:
+    """Copy (C, H, W) into the (C, Hp, Wp) buffer at (top, top), `fill` elsewhere; returns xp."""
+    h, w = x.shape[1:]
+    xp[:, :top] = fill
+    xp[:, top + h:] = fill
+    xp[:, top:top + h, :top] = fill
+    xp[:, top:top + h, top + w:] = fill
+    xp[:, top:top + h, top:top + w] = x
+    return xp
 
 
 def _buffer(scratch: Scratch | None, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
