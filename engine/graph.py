@@ -109,8 +109,8 @@ def _jsonable(v: Any) -> Any:
 def build_layers(cfg: Cfg) -> list[Layer]:
     """Build every layer of a parsed cfg, computing shapes; errors name file:line [section]."""
     net = cfg.net
-    shape = (net.get_int("channels", 3, lo=1, hi=4096), net.get_int("height", 0, lo=1, hi=1 << 16),
-             net.get_int("width", 0, lo=1, hi=1 << 16))
+    shape = (net.get_int("channels", 3, lo=1, hi=4096), net.get_int("height", lo=1, hi=1 << 16),
+             net.get_int("width", lo=1, hi=1 << 16))
     layers: list[Layer] = []
     shapes: list[tuple[int, int, int]] = []
     for i, sec in enumerate(cfg.layers):

@@ -51,7 +51,9 @@ def open_image(source: ImageLike, *, max_pixels: int = MAX_PIXELS, name: str | N
                 im.load()
         except ImageError:
             raise
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ImageError(f"{label}: refused as a possible decompression bomb: {err}") from err
+        except UnidentifiedImageError as err:
             raise ImageError(f"{label}: not a decodable image ({err})") from err
         except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt data inside Pillow
             raise ImageError(f"{label}: corrupt or truncated image data ({err})") from err

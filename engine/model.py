@@ -17,6 +17,7 @@ from engine.errors import CfgError, EngineError, WeightsError
 from engine.graph import Graph, build_graph, build_layers
 from engine.image import ImageLike, Preprocessed, preprocess
 from engine.layers import Layer, Scratch
+from engine.layers.activations import activate
 from engine.layers.base import Params
 from engine.weights import WeightsHeader, random_params, read_weights, split_params, write_weights
 
@@ -270,14 +271,20 @@ def normalise_random(model: Model, seed: int = 0) -> None:
     outs: list[np.ndarray] = []
     for i, layer in enumerate(model.layers):
         xs = model.inputs_of(i, x, outs)
-        if hasattr(layer, "linear_float"):
-            pre = layer.linear_float(xs[0], model.prepared(i), model.scratch)
-            std = float(np.std(pre))
-            gain = np.float32(1.0 / std) if std > 0 and np.isfinite(std) else np.float32(1.0)
-            p = model.params[i]
-            for name in (("scales", "biases") if "scales" in p else ("weights", "biases")):
-                model.set_param(i, name, p[name] * gain)
-        outs.append(model.run_layer(i, xs))
+        if not hasattr(layer, "linear_float"):
+            outs.append(model.run_layer(i, xs))
+            continue
+        pre = layer.linear_float(xs[0], model.prepared(i), model.scratch)
+        std = float(np.std(pre))
+        gain = np.float32(1.0 / std) if std > 0 and np.isfinite(std) else np.float32(1.0)
+        p = model.params[i]
+        # scaling (scales, biases) with BN, or (weights, biases) without, scales the whole
+        # pre-activation by `gain`, so the new output is activation(pre * gain): no second conv
+        for name in (("scales", "biases") if "scales" in p else ("weights", "biases")):
+            model.set_param(i, name, p[name] * gain)
+        y = activate(pre * gain, layer.activation)
+        y.flags.writeable = False
+        outs.append(y)
 
 
 def from_cfg_text(text: str, params_flat: np.ndarray | None = None, name: str = "<cfg>") -> Model:

@@ -154,7 +154,7 @@ def random_params(layers: list[Layer], seed: int = 0) -> list[Params]:
         for name, shape in layer.param_shapes():
             if name == "weights":
                 fan_in = int(np.prod(shape[1:]))
-                arr = rng.standard_normal(shape) * np.sqrt(2.0 / max(fan_in, 1))
+                arr = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / max(fan_in, 1)))
             elif name == "scales":
                 arr = rng.uniform(0.5, 1.5, shape)
             elif name == "rolling_variance":

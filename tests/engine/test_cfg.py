@@ -1,0 +1,108 @@
+"""cfg lexing and layer building: Darknet's rules, and clear errors with file:line [section]."""
+from __future__ import annotations
+
+import pytest
+
+from engine.cfg import parse_cfg
+from engine.errors import CfgError, UnsupportedError
+from engine.graph import build_layers
+
+NET = "[net]\nwidth=32\nheight=32\nchannels=3\n"
+
+
+def layers_of(text: str):
+    return build_layers(parse_cfg(NET + text, "t.cfg"))
+
+
+def test_whitespace_anywhere_is_removed_and_comments_skipped():
+    cfg = parse_cfg(NET + "# comment\n; other\n[convolutional]\n fil ters = 8 \r\nsize=3\n", "t.cfg")
+    assert cfg.layers[0].get_int("filters") == 8
+
+
+def test_first_occurrence_of_a_key_wins():
+    (layer,) = layers_of("[convolutional]\nfilters=4\nfilters=9\n")
+    assert layer.filters == 4
+
+
+def test_section_aliases_resolve():
+    layers = layers_of("[conv]\nfilters=4\n[max]\nsize=2\nstride=2\n[avg]\n[soft]\n")
+    assert [l.kind for l in layers] == ["convolutional", "maxpool", "avgpool", "softmax"]
+
+
+def test_pad_1_means_half_size_and_padding_used_only_without_pad():
+    a, b, c = layers_of("[convolutional]\nsize=3\npad=1\n[convolutional]\nsize=1\npad=1\n"
+                        "[convolutional]\nsize=3\npadding=2\n")
+    assert (a.padding, b.padding, c.padding) == (1, 0, 2)
+    assert a.out_shape[1:] == (32, 32) and c.out_shape[1:] == (34, 34)
+
+
+def test_default_activation_is_logistic_like_darknet():
+    (layer,) = layers_of("[convolutional]\nfilters=2\n")
+    assert layer.activation == "logistic"
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[convolutional]\nfilters=abc\n", "t.cfg:6 [convolutional] (layer 0) filters=abc: expected an integer"),
+    ("[convolutional]\nsize=3x\n", "size=3x: expected an integer"),
+    ("[convolutional]\nfilters=0\n", "filters=0: must be >= 1"),
+    ("[convolutional]\nactivation=leaky#x\n", "activation=leaky#x: unknown activation"),
+    ("[bogus]\n", "t.cfg:5 [bogus] (layer 0) unknown section [bogus]"),
+    ("[route]\nlayers=-30\n", "layers=-30: points before layer 0 (this is layer 0)"),
+    ("[convolutional]\n[route]\nlayers=5\n", "layers=5: refers to layer 5, which is not before this layer 1"),
+    ("[convolutional]\nsize=99\n", "empty output shape"),
+    ("[maxpool]\nsize=2\nstride=-1\n", "stride=-1: must be >= 1"),
+    ("[yolo]\nmask=0,1,2\nnum=2\n", "mask=0,1,2: index 2 is outside 0..1"),
+    ("[convolutional]\nfilters=18\n[yolo]\nclasses=80\nmask=0\nnum=1\n", "85 expected"),
+    ("[convolutional]\nfilters=4\n[route]\nlayers=-1,\n", None),
+    ("[convolutional]\nfilters=4\n[convolutional]\nfilters=4\nsize=3\nstride=2\n[route]\nlayers=-1,-2\n",
+     "must have the same spatial size"),
+    ("[upsample]\nstride=-2\n", "only positive"),
+    ("[convolutional]\nfilters=6\ngroups=4\n", "groups=4 must divide"),
+    ("[shortcut]\nfrom=-1\n", "from=-1: points before layer 0"),
+    ("[convolutional]\nanchors=1,,2\n", None),
+])
+def test_bad_cfgs_name_file_line_and_section(text, fragment):
+    if fragment is None:  # accepted (Darknet tolerates a trailing comma; unknown keys are ignored)
+        layers_of(text)
+        return
+    with pytest.raises((CfgError, UnsupportedError)) as err:
+        layers_of(text)
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("", "no sections found"),
+    ("[convolutional]\nfilters=2\n", "the first section must be [net]"),
+    ("width=3\n[net]\n", "option before the first section"),
+    ("[net]\nwidth=32\n", "has no layers"),
+    ("[net\nwidth=3\n", "malformed section header"),
+    ("[net]\nwidth\n", "expected key=value"),
+    ("[net]\n=3\n", "empty key"),
+    ("[net]\nwidth=32\n[net]\n", "only one [net]"),
+])
+def test_structural_errors(text, fragment):
+    with pytest.raises(CfgError) as err:
+        build_layers(parse_cfg(text, "t.cfg"))
+    assert fragment in str(err.value)
+
+
+def test_missing_net_size_is_reported():
+    with pytest.raises(CfgError, match=r"t.cfg:1 \[net\] missing required key height="):
+        build_layers(parse_cfg("[net]\nwidth=32\n[convolutional]\n", "t.cfg"))
+
+
+def test_unsupported_darknet_features_are_refused_not_ignored():
+    with pytest.raises(UnsupportedError, match="dilation=2"):
+        layers_of("[convolutional]\ndilation=2\n")
+    with pytest.raises(UnsupportedError, match="weights_type"):
+        layers_of("[convolutional]\nfilters=3\n[shortcut]\nfrom=-1\nweights_type=per_channel\n")
+
+
+def test_read_cfg_rejects_binary_files(tmp_path):
+    from engine.cfg import read_cfg
+    p = tmp_path / "w.cfg"
+    p.write_bytes(b"\x00\x00\x00\x00\x02\x00\xff\xfe")
+    with pytest.raises(CfgError, match="w.cfg"):
+        read_cfg(p)
+    with pytest.raises(CfgError, match="no such file|cannot read"):
+        read_cfg(tmp_path / "missing.cfg")

@@ -1,0 +1,86 @@
+"""The command-line contract: info, convert, detect --json, dump (exact keys other tools rely on)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import IMAGES, ROOT, TINY_CFG, TINY_WEIGHTS, darknet_detections, match_detections
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def run(*args, check=True):
+    res = subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True, env=ENV,
+                         timeout=300)
+    if check:
+        assert res.returncode == 0, res.stderr
+    return res
+
+
+def test_info_lists_every_layer_with_shapes_params_and_macs():
+    out = run("info", TINY_CFG).stdout.splitlines()
+    assert out[0].split() == ["idx", "type", "inputs", "output", "(CxHxW)", "params", "MACs"]
+    row20 = out[21].split()
+    assert row20 == ["20", "route", "19,8", "384x26x26", "0", "0"]
+    assert out[13].split() == ["12", "convolutional", "11", "1024x13x13", "4,722,688", "797,442,048"]
+    assert "8,858,734 params" in out[-1]
+
+
+def test_convert_then_detect_json_contract(tmp_path):
+    model_file = tmp_path / "tiny.npz"
+    run("convert", TINY_CFG, TINY_WEIGHTS, "-o", model_file)
+    res = run("detect", model_file, IMAGES / "dog.jpg", IMAGES / "person.jpg", "--json")
+    data = json.loads(res.stdout)
+    assert set(data) == {"images"} and set(data["images"]) == {"dog.jpg", "person.jpg"}
+    dog = data["images"]["dog.jpg"]
+    assert (dog["width"], dog["height"]) == (768, 576)
+    for det in dog["detections"]:
+        assert {"class_id", "name", "score", "x1", "y1", "x2", "y2"} <= set(det)
+    pairs = match_detections(dog["detections"], darknet_detections()["dog.jpg"]["detections"], 0.95)
+    assert all(o is not None for _, o in pairs)
+
+
+def test_detect_with_cfg_weights_stretch_and_thresholds():
+    res = run("detect", TINY_CFG, "--weights", TINY_WEIGHTS, IMAGES / "dog.jpg", "--resize", "stretch",
+              "--thresh", "0.5", "--nms", "0.3", "--json")
+    dets = json.loads(res.stdout)["images"]["dog.jpg"]["detections"]
+    assert dets and all(d["score"] > 0.5 for d in dets)
+
+
+def test_dump_input_tensor_gives_every_layer(tmp_path):
+    x = np.random.default_rng(0).random((3, 416, 416), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    run("dump", TINY_CFG, "--weights", TINY_WEIGHTS, "--input", tmp_path / "x.npy", "--mode", "float",
+        "-o", tmp_path / "out.npz")
+    with np.load(tmp_path / "out.npz", allow_pickle=False) as z:
+        assert z.files == [f"layer{i}" for i in range(24)]
+        assert z["layer20"].shape == (384, 26, 26) and z["layer0"].dtype == np.float32
+        import engine
+        ref = engine.load(TINY_CFG, weights=TINY_WEIGHTS).forward(x)
+        np.testing.assert_array_equal(z["layer22"], ref[22])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("info", "missing.cfg"), "missing.cfg: cannot read cfg"),
+    (("detect", TINY_CFG, IMAGES / "dog.jpg"), "pass weights="),
+    (("detect", TINY_CFG, "--weights", TINY_CFG, IMAGES / "dog.jpg"), "looks like a text cfg"),
+    (("dump", TINY_CFG, "--weights", TINY_WEIGHTS, "--input", TINY_CFG, "-o", "/tmp/x.npz"), "cannot read a .npy"),
+])
+def test_cli_errors_are_one_clear_line(args, fragment):
+    res = run(*args, check=False)
+    assert res.returncode == 2
+    assert fragment in res.stderr and "Traceback" not in res.stderr
+
+
+def test_detect_reports_bad_image_and_continues(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"garbage")
+    res = run("detect", TINY_CFG, "--weights", TINY_WEIGHTS, bad, IMAGES / "dog.jpg", "--json", check=False)
+    assert res.returncode == 1 and "bad.jpg: not a decodable image" in res.stderr
+    data = json.loads(res.stdout)["images"]
+    assert "error" in data["bad.jpg"] and len(data["dog.jpg"]["detections"]) == 6

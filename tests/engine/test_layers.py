@@ -1,0 +1,97 @@
+"""Layer semantics against transcribed Darknet loops (reorg, shortcut, route groups, heads)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.layers.region import region_activate
+from engine.layers.reorg import reorg_pj, space_to_depth
+from engine.layers.route import Route
+from engine.layers.shortcut import shortcut_add
+from engine.layers.upsample import upsample_nearest
+from engine.layers.yolo import yolo_activate
+
+
+def reorg_cpu(x: np.ndarray, s: int) -> np.ndarray:
+    """pj blas.c:reorg_cpu(x, w, h, c, batch=1, stride, forward=0) as called by forward_reorg_layer."""
+    c, h, w = x.shape
+    flat = x.reshape(-1)
+    out = np.empty_like(flat)
+    out_c = c // (s * s)
+    for k in range(c):
+        for j in range(h):
+            for i in range(w):
+                in_index = i + w * (j + h * k)
+                c2 = k % out_c
+                offset = k // out_c
+                w2 = i * s + offset % s
+                h2 = j * s + offset // s
+                out_index = w2 + w * s * (h2 + h * s * c2)
+                out[in_index] = flat[out_index]
+    return out.reshape(c * s * s, h // s, w // s)
+
+
+def test_reorg_matches_darknet_loop():
+    x = np.arange(16 * 6 * 8, dtype=np.float32).reshape(16, 6, 8)
+    np.testing.assert_array_equal(reorg_pj(x, 2), reorg_cpu(x, 2))
+
+
+def test_space_to_depth_mapping():
+    x = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    y = space_to_depth(x, 2)
+    # out[(oy*s + ox)*C + c, j, i] = in[c, j*s + oy, i*s + ox]
+    assert y[(1 * 2 + 0) * 2 + 1, 1, 0] == x[1, 3, 0]
+
+
+def test_shortcut_unequal_shapes_follow_pj():
+    prev = np.ones((2, 4, 4), np.float32)
+    add = np.arange(3 * 8 * 8, dtype=np.float32).reshape(3, 8, 8)
+    y = shortcut_add(prev, add)
+    np.testing.assert_array_equal(y[:, 1, 2], 1 + add[:2, 2, 4])  # stride-2 sampling, top-left aligned
+    small = np.full((1, 2, 2), 5, np.float32)
+    y = shortcut_add(np.zeros((2, 4, 4), np.float32), small)
+    assert y[0, 0, 0] == 5 and y[0, 0, 1] == 0 and y[0, 2, 2] == 5 and (y[1] == 0).all()
+
+
+def test_route_groups_take_the_group_slice():
+    from engine.cfg import parse_cfg
+    from engine.graph import build_layers
+    layers = build_layers(parse_cfg("[net]\nwidth=4\nheight=4\nchannels=4\n[convolutional]\nfilters=6\n"
+                                    "[route]\nlayers=-1\ngroups=3\ngroup_id=2\n", "g.cfg"))
+    route = layers[1]
+    assert isinstance(route, Route) and route.out_shape == (2, 4, 4)
+    x = np.arange(6 * 16, dtype=np.float32).reshape(6, 4, 4)
+    np.testing.assert_array_equal(route.forward_float([x], None, None), x[4:6])
+
+
+def test_upsample_nearest():
+    x = np.arange(4, dtype=np.float32).reshape(1, 2, 2)
+    np.testing.assert_array_equal(upsample_nearest(x, 2)[0], [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+
+
+def test_yolo_activation_planes():
+    x = np.random.default_rng(0).normal(size=(2 * 7, 3, 3)).astype(np.float32)
+    y = yolo_activate(x, 2, 2).reshape(2, 7, 3, 3)
+    xr = x.reshape(2, 7, 3, 3)
+    sig = 1 / (1 + np.exp(-xr))
+    np.testing.assert_allclose(y[:, [0, 1, 4, 5, 6]], sig[:, [0, 1, 4, 5, 6]], rtol=1e-6)
+    np.testing.assert_array_equal(y[:, 2:4], xr[:, 2:4])
+    scaled = yolo_activate(x, 2, 2, scale_x_y=1.05).reshape(2, 7, 3, 3)
+    np.testing.assert_allclose(scaled[:, 0], 1.05 * sig[:, 0] - 0.025, rtol=1e-5)
+
+
+def test_region_softmax_over_classes():
+    x = np.random.default_rng(0).normal(size=(2 * 8, 2, 2)).astype(np.float32)
+    y = region_activate(x, 2, 4, 3, softmax=1).reshape(2, 8, 2, 2)
+    np.testing.assert_allclose(y[:, 5:].sum(axis=1), 1, rtol=1e-6)
+    np.testing.assert_array_equal(y[:, 2:4], x.reshape(2, 8, 2, 2)[:, 2:4])
+
+
+@pytest.mark.parametrize("name", ["leaky", "relu", "logistic", "mish", "swish", "linear"])
+def test_activations_match_formulas(name):
+    from engine.layers.activations import activate
+    x = np.linspace(-30, 30, 601, dtype=np.float32)
+    ref = {"leaky": np.where(x > 0, x, 0.1 * x), "relu": np.maximum(x, 0), "logistic": 1 / (1 + np.exp(-x.astype(np.float64))),
+           "mish": x * np.tanh(np.log1p(np.exp(x.astype(np.float64)))), "swish": x / (1 + np.exp(-x.astype(np.float64))),
+           "linear": x}[name]
+    np.testing.assert_allclose(activate(x.copy(), name), ref, rtol=2e-6, atol=1e-6)

@@ -1,0 +1,77 @@
+"""Engine model files: exact round trip, no pickle, clear errors on damaged files."""
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+
+import engine
+from engine.errors import CfgError, WeightsError
+
+
+def test_convert_round_trip_is_exact(tiny, tmp_path):
+    path = tiny.save(tmp_path / "tiny.npz")
+    back = engine.load(path)
+    assert back.graph.to_dict() == tiny.graph.to_dict()
+    assert back.cfg.text == tiny.cfg.text and back.header == tiny.header
+    for a, b in zip(tiny.params, back.params):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    x = np.random.default_rng(0).random(tiny.input_shape, dtype=np.float32)
+    for ya, yb in zip(tiny.forward(x), back.forward(x)):
+        np.testing.assert_array_equal(ya, yb)
+
+
+def test_model_file_loads_without_pickle(tiny, tmp_path):
+    path = tiny.save(tmp_path / "tiny.npz")
+    with np.load(path, allow_pickle=False) as z:
+        assert all(z[k].dtype != object for k in z.files)
+        assert "graph" in z.files and "layer0/weights" in z.files
+
+
+def test_damaged_model_files(tiny, tmp_path):
+    path = tiny.save(tmp_path / "tiny.npz")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="cut.npz"):
+        engine.load(cut)
+    other = tmp_path / "other.npz"
+    np.savez(other, a=np.zeros(3))
+    with pytest.raises(WeightsError, match="not an engine model file"):
+        engine.load(other)
+    edited = tmp_path / "edited.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(edited, "w") as dst:
+        for item in src.infolist():
+            if item.filename != "layer3/weights.npy" and item.filename != "layer2/weights.npy":
+                dst.writestr(item, src.read(item.filename))
+    with pytest.raises(WeightsError, match=r"missing array layer2/weights for layer 2 \[convolutional\]"):
+        engine.load(edited)
+
+
+def test_load_argument_errors(tmp_path):
+    with pytest.raises(CfgError, match="no such model file"):
+        engine.load(tmp_path / "none.cfg")
+    cfg = tmp_path / "a.cfg"
+    cfg.write_text("[net]\nwidth=8\nheight=8\n[convolutional]\nfilters=2\n")
+    with pytest.raises(ValueError, match="pass weights="):
+        engine.load(cfg)
+
+
+def test_outputs_are_read_only_and_input_is_untouched(tiny):
+    x = np.random.default_rng(0).random(tiny.input_shape, dtype=np.float32)
+    outs = tiny.forward(x)
+    assert x.flags.writeable
+    with pytest.raises(ValueError):
+        outs[0][0, 0, 0] = 1.0
+
+
+def test_forward_rejects_wrong_input(tiny):
+    with pytest.raises(ValueError, match=r"expects \(3, 416, 416\)"):
+        tiny.forward(np.zeros((3, 10, 10), np.float32))
+    bad = np.zeros(tiny.input_shape, np.float32)
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        tiny.forward(bad)

@@ -1,0 +1,81 @@
+"""Model zoo: local copies verified by sha256, downloads over HTTP verified, bad copies refused."""
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import threading
+
+import pytest
+
+from engine import zoo
+from engine.errors import DownloadError
+from helpers import TINY_WEIGHTS
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("QW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("QW_MODEL_DIR", raising=False)
+    return tmp_path
+
+
+def test_model_dir_copy_is_used_without_network(dirs, monkeypatch):
+    monkeypatch.setenv("QW_MODEL_DIR", str(TINY_WEIGHTS.parent))
+    cfg, weights = zoo.fetch("yolov3-tiny", download=False)
+    assert weights == TINY_WEIGHTS and cfg.name == "yolov3-tiny.cfg"
+
+
+def test_corrupt_local_copy_is_ignored(dirs, monkeypatch):
+    bad = dirs / "models"
+    bad.mkdir()
+    data = bytearray(TINY_WEIGHTS.read_bytes())
+    data[1000] ^= 0xFF
+    (bad / "yolov3-tiny.weights").write_bytes(bytes(data))
+    monkeypatch.setenv("QW_MODEL_DIR", str(bad))
+    assert zoo.locate("yolov3-tiny") is None
+    with pytest.raises(DownloadError, match="download=False"):
+        zoo.fetch("yolov3-tiny", download=False)
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_over_http_is_verified_and_cached(dirs, http_root, monkeypatch):
+    root, base = http_root
+    shutil.copy(TINY_WEIGHTS, root / "good.weights")
+    (root / "bad.weights").write_bytes(b"\0" * 100)
+    entry = zoo.ZOO["yolov3-tiny"]
+    monkeypatch.setitem(zoo.ZOO, "yolov3-tiny", zoo.ZooEntry(**{**entry.__dict__, "pypi_sdist": None,
+                        "urls": (f"{base}/missing.weights", f"{base}/bad.weights", f"{base}/good.weights")}))
+    cfg, weights = zoo.fetch("yolov3-tiny", progress=False)
+    assert weights == dirs / "cache" / "yolov3-tiny.weights"
+    assert zoo.sha256_of(weights) == entry.sha256
+    assert not list((dirs / "cache").glob(".*part*"))
+    assert zoo.locate("yolov3-tiny") == weights  # next time: found in the cache
+
+
+def test_every_source_failing_lists_each_reason(dirs, http_root, monkeypatch):
+    root, base = http_root
+    (root / "bad.weights").write_bytes(b"\1" * 64)
+    entry = zoo.ZOO["yolov3-tiny"]
+    monkeypatch.setitem(zoo.ZOO, "yolov3-tiny", zoo.ZooEntry(**{**entry.__dict__, "pypi_sdist": None,
+                        "urls": (f"{base}/bad.weights", f"{base}/nothing")}))
+    with pytest.raises(DownloadError, match=r"sha256 .* does not match.*; .*404"):
+        zoo.fetch("yolov3-tiny", progress=False)
+    assert not (dirs / "cache" / "yolov3-tiny.weights").exists()
+
+
+def test_unknown_model_name():
+    with pytest.raises(KeyError, match="known: yolov3-tiny"):
+        zoo.fetch("yolov9")
