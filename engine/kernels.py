@@ -9,12 +9,13 @@ is computed on the padded width Wp (the extra k-1 columns per row are junk and d
 GEMM). So each of the k*k im2col rows is a memcpy instead of a strided gather. Dropping the junk
 columns is fused with the bias and the activation into one cache-blocked epilogue pass.
 
-Elementwise and copy passes over big maps are split over THREADS threads (NumPy releases the GIL
-inside copies and ufuncs); the GEMMs are threaded by BLAS itself.
+Elementwise and copy passes can be split over THREADS threads (NumPy releases the GIL inside
+copies and ufuncs), but THREADS is 1: with a 2-thread OpenBLAS, its worker busy-waits on the second
+core for a while after every GEMM, and a second NumPy thread competing with it made every layer
+measured (conv epilogues, Winograd transforms, maxpool) 3-15% slower on 2 cores.
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from engine.layers.base import Scratch
 
-THREADS = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+THREADS = 1              # threads for parallel_for (see the module docstring); the GEMMs use BLAS's own
 PARALLEL_MIN = 1 << 16   # elements below which a pass runs in the calling thread only
 BLOCK = 1 << 16          # elements per cache block of an epilogue pass (256 KiB of float32)
 BAND = 1 << 19           # im2col floats per band of output rows (2 MiB): built, used and dropped in cache
@@ -40,8 +41,8 @@ def parallel_for(n: int, fn: Callable[[int, int], None], work: int) -> None:
     if parts <= 1:
         fn(0, n)
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(THREADS - 1, thread_name_prefix="qw-kernel")
+    if _pool is None or _pool._max_workers < parts - 1:
+        _pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="qw-kernel")
     bounds = [n * i // parts for i in range(parts + 1)]
     futures = [_pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
     fn(bounds[0], bounds[1])

@@ -117,7 +117,8 @@ def test_bias_act_strided_source_matches_reference():
     np.testing.assert_array_equal(y, leaky(ref.copy()))
 
 
-def test_parallel_for_covers_the_range_once():
+def test_parallel_for_covers_the_range_once(monkeypatch):
+    monkeypatch.setattr(kernels, "THREADS", 2)
     hits = np.zeros(1000, np.int64)
 
     def mark(lo, hi):
@@ -159,5 +160,18 @@ def test_maxpool_int8_uses_the_fill_value():
     assert y.dtype == np.int8 and (y == -100).all()
 
 
-def test_kernels_thread_count_is_sane():
-    assert 1 <= kernels.THREADS <= 2
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threaded_kernels_match_naive(monkeypatch, threads):
+    """The channel/row splits of im2col, the epilogue, Winograd and maxpool give the same result."""
+    monkeypatch.setattr(kernels, "THREADS", threads)
+    rng = np.random.default_rng(21)
+    x, wt, b = random_conv(rng, 3, 64, 64, 16, 3)
+    y = conv2d(x, wt.reshape(16, -1), b, 3, 1, 1, 1, Scratch(), act="leaky")
+    ref = conv2d_naive(x, wt, b, 1, 1)
+    assert_close(y, np.maximum(ref, 0.1 * ref), f"conv, {threads} threads")
+    x, wt, b = random_conv(rng, 64, 40, 40, 64, 3)
+    y = winograd.conv3x3(x, wt.reshape(64, -1), b, 1, Scratch())
+    ref = np.stack([conv2d_naive(x, wt[i:i + 1], b[i:i + 1], 1, 1)[0] for i in (0, 63)])
+    assert_close(y[[0, 63]], ref, f"winograd, {threads} threads")
+    x = rng.standard_normal((32, 64, 64)).astype(np.float32)
+    np.testing.assert_array_equal(maxpool(x, 2, 2, 1, scratch=Scratch()), x.reshape(32, 32, 2, 32, 2).max(axis=(2, 4)))
