@@ -16,8 +16,9 @@ measured (conv epilogues, Winograd transforms, maxpool) 3-15% slower on 2 cores.
 """
 from __future__ import annotations
 
+import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -29,6 +30,24 @@ BLOCK = 1 << 16          # elements per cache block of an epilogue pass (256 KiB
 BAND = 1 << 19           # im2col floats per band of output rows (2 MiB): built, used and dropped in cache
 F = np.float32
 _pool: ThreadPoolExecutor | None = None
+_derived: dict[tuple, tuple[tuple[weakref.ref, ...], Any]] = {}
+
+
+def derived(kind: str, arrays: tuple[np.ndarray, ...], make: Callable[[], Any]) -> Any:
+    """make(), cached per `kind` and identity of `arrays` (dropped when any of them dies).
+
+    For kernel forms of weights (bias-augmented, Winograd-transformed): a model's prepared weights
+    live as long as the model, so each is built once. An array modified in place after its first
+    use would keep its stale derived form: replace arrays, don't mutate them.
+    """
+    key = (kind,) + tuple(id(a) for a in arrays)
+    hit = _derived.get(key)
+    if hit is not None and all(r() is a for r, a in zip(hit[0], arrays)):
+        return hit[1]
+    value = make()
+    refs = tuple(weakref.ref(a, lambda _r, key=key: _derived.pop(key, None)) for a in arrays)
+    _derived[key] = (refs, value)
+    return value
 
 
 def parallel_for(n: int, fn: Callable[[int, int], None], work: int) -> None:
@@ -120,21 +139,26 @@ def im2col(x: np.ndarray, k: int, s: int, p: int, scratch: Scratch) -> tuple[np.
 
 def conv_stride1(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k: int, p: int, scratch: Scratch,
                  act: str | None) -> None:
-    """Stride-1 conv into y (n, Ho, Wo) by im2col + GEMM + in-place epilogue, in bands of output rows.
+    """Stride-1 conv into y (n, Ho, Wo) by im2col + GEMM + in-place activation, in bands of output rows.
 
     A band's columns (about BAND floats) are built, multiplied and dropped while they are still in
     cache, instead of writing the whole column matrix (k*k times the input) to memory and reading
-    it back. The GEMM writes straight into the band's rows of y (a BLAS matrix with row stride
-    Ho*Wo), so the bias and activation run in place on data that is still in cache.
+    it back. The bias rides in the GEMM (a row of ones under the columns, b as an extra weight
+    column), which writes straight into the band's rows of y (a BLAS matrix with row stride
+    Ho*Wo), so the activation runs in place on data that is still in cache.
     """
     c, h, w = x.shape
     n, ho, wo = y.shape
+    kk = c * k * k
+    wb = derived("bias-column", (w2d, b), lambda: np.ascontiguousarray(np.concatenate([w2d, b[:, None]], 1)))
     xp = pad_input(x, p, scratch) if p else x
     y2 = y.reshape(n, ho * wo)
-    rows = max(1, min(ho, BAND // (c * k * k * wo)))
+    rows = max(1, min(ho, BAND // (kk * wo)))
     for r0 in range(0, ho, rows):
         r1 = min(ho, r0 + rows)
-        cols = scratch.get("cols", (c, k, k, r1 - r0, wo))
+        length = (r1 - r0) * wo
+        flat = scratch.get("cols", (kk + 1, length))
+        cols = flat[:kk].reshape(c, k, k, r1 - r0, wo)
 
         def run(lo: int, hi: int, by_channel: bool = c >= THREADS) -> None:
             chans, kys = (slice(lo, hi), range(k)) if by_channel else (slice(None), range(lo, hi))
@@ -142,9 +166,11 @@ def conv_stride1(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k
                 for kx in range(k):
                     cols[chans, ky, kx] = xp[chans, r0 + ky:r1 + ky, kx:kx + wo]
 
-        parallel_for(c if c >= THREADS else k, run, cols.size)
-        np.matmul(w2d, cols.reshape(c * k * k, -1), out=y2[:, r0 * wo:r1 * wo])
-        bias_act(y[:, r0:r1], b, act)
+        parallel_for(c if c >= THREADS else k, run, flat.size)
+        flat[kk] = 1
+        np.matmul(wb, flat, out=y2[:, r0 * wo:r1 * wo])
+        if act not in (None, "linear"):
+            bias_act(y[:, r0:r1], None, act)
 
 
 FUSED_ACTS = ("linear", "leaky", "relu")

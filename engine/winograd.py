@@ -15,16 +15,13 @@ Float32 error is that of a GEMM with K = C plus a few roundings of the transform
 """
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 
-from engine.kernels import bias_act, parallel_for
+from engine.kernels import bias_act, derived, parallel_for
 from engine.layers.base import Scratch
 
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 _K = np.einsum("ia,jb->abij", _G, _G).reshape(9, 16)  # vec(G g G^T) = vec(g) @ _K
-_cache: dict[int, tuple[weakref.ref, np.ndarray]] = {}
 
 
 def suitable(c: int, h: int, w: int, n: int, k: int, s: int, p: int) -> bool:
@@ -45,18 +42,8 @@ def transform_weights(w2d: np.ndarray) -> np.ndarray:
 
 
 def cached_weights(w2d: np.ndarray) -> np.ndarray:
-    """transform_weights(w2d), cached per weight array (by identity; dropped when the array dies).
-
-    The prepared weights of a model live as long as the model, so this runs once per layer. An
-    array modified in place after its first use would keep its stale transform: don't.
-    """
-    key = id(w2d)
-    hit = _cache.get(key)
-    if hit is not None and hit[0]() is w2d:
-        return hit[1]
-    u = transform_weights(w2d)
-    _cache[key] = (weakref.ref(w2d, lambda _ref, key=key: _cache.pop(key, None)), u)
-    return u
+    """transform_weights(w2d), computed once per weight array (see kernels.derived)."""
+    return derived("winograd-2x2", (w2d,), lambda: transform_weights(w2d))
 
 
 # The tiles are transformed channels-last: on small maps (7x7 tiles) a (C, th, tw) layout would
