@@ -1,13 +1,13 @@
-"""Fast convolution kernels: im2col + one BLAS GEMM, or Winograd F(2x2,3x3), with scratch buffers.
+"""Fast convolution kernels: im2col + BLAS GEMM, or Winograd F(2x2,3x3), with scratch buffers.
 
 Layout: x is (C, H, W); weights are a (n, C*k*k) matrix in Darknet's [n][c][ky][kx] order, so the
 im2col rows are ordered (c, ky, kx).
 
-Stride-1 trick ("padded-width im2col"): on the zero-padded input flattened per channel, the patch
-offset (ky, kx) of every output pixel is one *contiguous* run starting at ky*Wp + kx, if the output
-is computed on the padded width Wp (the extra k-1 columns per row are junk and dropped after the
-GEMM). So each of the k*k im2col rows is a memcpy instead of a strided gather. Dropping the junk
-columns is fused with the bias and the activation into one cache-blocked epilogue pass.
+conv2d picks per layer shape: 1x1 stride 1 is one GEMM on the input itself; wide 3x3 stride-1
+layers use Winograd (`engine.winograd`); everything else runs im2col + GEMM in bands of output
+rows that stay in cache (`conv_banded`), with the bias as a ones row of the GEMM and the
+activation applied in place. `im2col` (whole map, padded-width trick for stride 1) is kept as a
+standalone helper.
 
 Elementwise and copy passes can be split over THREADS threads (NumPy releases the GIL inside
 copies and ufuncs), but THREADS is 1: with a 2-thread OpenBLAS, its worker busy-waits on the second
@@ -28,6 +28,7 @@ THREADS = 1              # threads for parallel_for (see the module docstring); 
 PARALLEL_MIN = 1 << 16   # elements below which a pass runs in the calling thread only
 BLOCK = 1 << 16          # elements per cache block of an epilogue pass (256 KiB of float32)
 BAND = 1 << 19           # im2col floats per band of output rows (2 MiB): built, used and dropped in cache
+MIN_BAND = 2048          # output pixels per band at least: narrower GEMMs lose more than the cache gains
 F = np.float32
 _pool: ThreadPoolExecutor | None = None
 _derived: dict[tuple, tuple[tuple[weakref.ref, ...], Any]] = {}
@@ -137,9 +138,9 @@ def im2col(x: np.ndarray, k: int, s: int, p: int, scratch: Scratch) -> tuple[np.
     return cols.reshape(c * k * k, ho * wo), ho, wo, wo
 
 
-def conv_stride1(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k: int, p: int, scratch: Scratch,
-                 act: str | None) -> None:
-    """Stride-1 conv into y (n, Ho, Wo) by im2col + GEMM + in-place activation, in bands of output rows.
+def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k: int, s: int, p: int,
+                scratch: Scratch, act: str | None) -> None:
+    """Conv into y (n, Ho, Wo) by im2col + GEMM + in-place activation, in bands of output rows.
 
     A band's columns (about BAND floats) are built, multiplied and dropped while they are still in
     cache, instead of writing the whole column matrix (k*k times the input) to memory and reading
@@ -153,7 +154,7 @@ def conv_stride1(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k
     wb = derived("bias-column", (w2d, b), lambda: np.ascontiguousarray(np.concatenate([w2d, b[:, None]], 1)))
     xp = pad_input(x, p, scratch) if p else x
     y2 = y.reshape(n, ho * wo)
-    rows = max(1, min(ho, BAND // (kk * wo)))
+    rows = min(ho, max(BAND // (kk * wo), -(-MIN_BAND // wo)))  # cache-sized, but wide enough for BLAS
     for r0 in range(0, ho, rows):
         r1 = min(ho, r0 + rows)
         length = (r1 - r0) * wo
@@ -164,7 +165,7 @@ def conv_stride1(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k
             chans, kys = (slice(lo, hi), range(k)) if by_channel else (slice(None), range(lo, hi))
             for ky in kys:
                 for kx in range(k):
-                    cols[chans, ky, kx] = xp[chans, r0 + ky:r1 + ky, kx:kx + wo]
+                    cols[chans, ky, kx] = xp[chans, r0 * s + ky:(r1 - 1) * s + ky + 1:s, kx:kx + (wo - 1) * s + 1:s]
 
         parallel_for(c if c >= THREADS else k, run, flat.size)
         flat[kk] = 1
@@ -241,17 +242,7 @@ def conv2d(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, k: int, s: int, p: int
             np.matmul(wg, xg.reshape(cg, h * w), out=yg.reshape(ng, h * w))
             bias_act(yg, bg, act)
             continue
-        if s == 1:
-            conv_stride1(xg, wg, bg, yg, k, p, scratch, act)
-            continue
-        cols, ho, wo, row = im2col(xg, k, s, p, scratch)
-        if row == wo:
-            np.matmul(wg, cols, out=yg.reshape(ng, ho * wo))
-            bias_act(yg, bg, act)
-        else:
-            acc = scratch.get("gemm", (ng, ho * row))
-            np.matmul(wg, cols, out=acc)
-            bias_act(yg, bg, act, src=acc.reshape(ng, ho, row)[:, :, :wo])
+        conv_banded(xg, wg, bg, yg, k, s, p, scratch, act)
     return y
 
 
