@@ -57,6 +57,18 @@ def test_conv2d_fused_activation_matches_naive_then_activation(act):
     assert (y < 0).any() == (act != "relu")
 
 
+@pytest.mark.parametrize("s,p", [(1, 1), (2, 1), (2, 0), (3, 2)])
+def test_conv2d_many_small_bands_match_naive(monkeypatch, s, p):
+    """Band edges (rows r0..r1 of the output, last band shorter) are exact for every stride."""
+    monkeypatch.setattr(kernels, "BAND", 64)
+    monkeypatch.setattr(kernels, "MIN_BAND", 1)
+    rng = np.random.default_rng(s * 10 + p)
+    x, wt, b = random_conv(rng, 3, 17, 11, 5, 3)
+    y = conv2d(x, wt.reshape(5, -1), b, 3, s, p, 1, Scratch(), act="leaky")
+    ref = conv2d_naive(x, wt, b, s, p)
+    assert_close(y, np.maximum(ref, 0.1 * ref), f"banded conv s{s} p{p}")
+
+
 def test_conv2d_refuses_an_activation_it_cannot_fuse():
     x, wt, b = random_conv(np.random.default_rng(0), 2, 4, 4, 2, 3)
     with pytest.raises(ValueError, match="mish"):
