@@ -94,10 +94,13 @@ def pad_input(x: np.ndarray, p: int, scratch: Scratch, name: str = "pad", extra_
 
 
 def im2col(x: np.ndarray, k: int, s: int, p: int, scratch: Scratch) -> tuple[np.ndarray, int, int, int]:
-    """Columns (C*k*k, L) for a GEMM, plus (Ho, Wo, row_width).
+    """Columns (C*k*k, L) of the whole map for one GEMM, plus (Ho, Wo, row_width).
 
-    For stride 1 the columns cover Ho rows of the *padded* width (row_width = W+2p > Wo); otherwise
-    row_width == Wo. Values are copied into a scratch buffer: valid until the next im2col.
+    For stride 1 the columns cover Ho rows of the *padded* width (row_width = W+2p > Wo): on the
+    zero-padded input flattened per channel, patch offset (ky, kx) of every output pixel is one
+    contiguous run starting at ky*Wp + kx, so each im2col row is a memcpy; the k-1 junk columns per
+    row are dropped after the GEMM. Otherwise row_width == Wo. Values live in a scratch buffer,
+    valid until the next call. (conv2d itself uses the cache-friendlier `conv_banded`.)
     """
     c, h, w = x.shape
     ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
@@ -107,34 +110,16 @@ def im2col(x: np.ndarray, k: int, s: int, p: int, scratch: Scratch) -> tuple[np.
         flat = xp.reshape(c, -1)
         length = ho * wp
         cols = scratch.get("cols", (c, k, k, length), x.dtype)
-
-        def run(lo: int, hi: int) -> None:  # k*k block copies over channels [lo, hi)
-            for ky in range(k):
-                for kx in range(k):
-                    off = ky * wp + kx
-                    cols[lo:hi, ky, kx, :] = flat[lo:hi, off:off + length]
-
-        if c >= THREADS:
-            parallel_for(c, run, cols.size)
-        else:  # e.g. 3-channel images: split the kernel rows instead
-
-            def run_rows(lo: int, hi: int) -> None:
-                for ky in range(lo, hi):
-                    for kx in range(k):
-                        off = ky * wp + kx
-                        cols[:, ky, kx, :] = flat[:, off:off + length]
-
-            parallel_for(k, run_rows, cols.size)
+        for ky in range(k):
+            for kx in range(k):
+                off = ky * wp + kx
+                cols[:, ky, kx, :] = flat[:, off:off + length]
         return cols.reshape(c * k * k, length), ho, wo, wp
     xp = pad_input(x, p, scratch) if p else x
     cols = scratch.get("cols", (c, k, k, ho, wo), x.dtype)
-
-    def run_strided(lo: int, hi: int) -> None:
-        for i in range(lo, hi):
-            ky, kx = divmod(i, k)
+    for ky in range(k):
+        for kx in range(k):
             cols[:, ky, kx] = xp[:, ky:ky + s * (ho - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
-
-    parallel_for(k * k, run_strided, cols.size)
     return cols.reshape(c * k * k, ho * wo), ho, wo, wo
 
 

@@ -69,6 +69,15 @@ def test_conv2d_many_small_bands_match_naive(monkeypatch, s, p):
     assert_close(y, np.maximum(ref, 0.1 * ref), f"banded conv s{s} p{p}")
 
 
+@pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 2, 1), (5, 1, 2), (1, 1, 0), (2, 2, 0)])
+def test_im2col_gemm_matches_naive(k, s, p):
+    rng = np.random.default_rng(k * 7 + s)
+    x, wt, b = random_conv(rng, 3, 9, 10, 4, k)
+    cols, ho, wo, row = kernels.im2col(x, k, s, p, Scratch())
+    y = (wt.reshape(4, -1) @ cols).reshape(4, ho, row)[:, :, :wo] + b[:, None, None]
+    assert_close(y, conv2d_naive(x, wt, b, s, p), f"im2col k{k} s{s} p{p}")
+
+
 def test_conv2d_refuses_an_activation_it_cannot_fuse():
     x, wt, b = random_conv(np.random.default_rng(0), 2, 4, 4, 2, 3)
     with pytest.raises(ValueError, match="mish"):
