@@ -1,0 +1,46 @@
+"""`python -m engine export MODEL [--weights W] --format onnx|weights -o OUT`.
+
+engine/cli.py wires it in with `add_export_parser(sub)`; `cmd_export(args)` returns the exit code
+and lets EngineError/ValueError propagate to the CLI's common handler (exit code 2).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+FORMATS = ("onnx", "weights")
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `export` subcommand to the subparsers of `python -m engine`."""
+    s = sub.add_parser("export", help="write a model as ONNX (float, BN folded) or as a Darknet .weights file",
+                       description="ONNX: one node group per Darknet layer, tensors named layer<i>. "
+                                   "weights: the Darknet .weights file of the (possibly edited) parameters, "
+                                   "e.g. from an engine model file.")
+    s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
+    s.add_argument("--weights", metavar="W")
+    s.add_argument("--format", choices=FORMATS, default="onnx")
+    s.add_argument("-o", "--output", required=True, metavar="OUT")
+    s.add_argument("--heads", choices=("raw", "activated"), default="raw",
+                   help="onnx: raw conv outputs feeding [yolo]/[region] (default), or with their activations")
+    s.add_argument("--opset", type=int, default=17, help="onnx: opset version (default 17; >= 18 uses Mish)")
+    s.add_argument("--all-outputs", action="store_true", help="onnx: expose every layer's output (debugging)")
+    s.add_argument("--dynamic-batch", action="store_true", help="onnx: symbolic batch dimension N instead of 1")
+    s.set_defaults(func=cmd_export)
+    return s
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.model import load
+    model = load(args.model, weights=args.weights)
+    if args.format == "weights":
+        model.save_weights(args.output)
+        print(f"wrote {args.output}: Darknet weights {model.header.major}.{model.header.minor}."
+              f"{model.header.revision}, {model.graph.total_params:,} floats", file=sys.stderr)
+        return 0
+    from engine.export import export_onnx
+    out = export_onnx(model, args.output, heads=args.heads, opset=args.opset, all_outputs=args.all_outputs,
+                      dynamic_batch=args.dynamic_batch)
+    print(f"wrote {out} ({out.stat().st_size:,} bytes): ONNX opset {args.opset}, heads={args.heads}: {model!r}",
+          file=sys.stderr)
+    return 0
