@@ -11,12 +11,26 @@ import numpy as np
 
 from engine.errors import EngineError
 
-MODES = ("float",)
+MODES = ("float", "hybrid", "int")
 
 
 def _load(args: argparse.Namespace):
     from engine.model import load
     return load(args.model, weights=args.weights, names=getattr(args, "names", None))
+
+
+def _executor(model, args: argparse.Namespace):
+    """The forward function for --mode (hybrid/int need --quantized)."""
+    if args.mode == "float":
+        if getattr(args, "quantized", None):
+            raise EngineError("--quantized given with --mode float: pass --mode hybrid or --mode int")
+        return model.forward
+    if not getattr(args, "quantized", None):
+        raise EngineError(f"--mode {args.mode} needs --quantized QMODEL (make one with `python -m engine quantize`)")
+    from engine.quant.executor import Executor
+    from engine.quant.qmodel import QuantizedModel
+    float_layers = [int(v) for v in args.float_layers.split(",") if v] if getattr(args, "float_layers", None) else None
+    return Executor(model, QuantizedModel.load(args.quantized), args.mode, float_layers).forward
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -50,13 +64,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     from engine.detect import detect_outputs
     model = _load(args)
+    forward = _executor(model, args)
     result: dict[str, dict] = {}
     failed = 0
     for image in args.images:
         name = Path(image).name
         try:
             pre = model.preprocess(image, args.resize)
-            dets = detect_outputs(model, model.forward(pre.x), pre, args.thresh, args.nms)
+            dets = detect_outputs(model, forward(pre.x), pre, args.thresh, args.nms)
         except EngineError as err:
             failed += 1
             result[name] = {"error": str(err), "detections": []}
@@ -76,6 +91,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def cmd_dump(args: argparse.Namespace) -> int:
     model = _load(args)
+    forward = _executor(model, args)
     if args.input is not None:
         try:
             x = np.load(args.input, allow_pickle=False)
@@ -86,12 +102,48 @@ def cmd_dump(args: argparse.Namespace) -> int:
     else:
         x = model.preprocess(args.image, args.resize).x
     try:
-        outs = model.forward(x)
+        outs = forward(x)
     except ValueError as err:
         raise EngineError(f"{args.input or args.image}: {err}") from err
     from engine.model import atomic_savez
     atomic_savez(args.output, {f"layer{i}": np.asarray(y, np.float32) for i, y in enumerate(outs)})
     print(f"wrote {args.output}: {len(outs)} layers", file=sys.stderr)
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from engine.calib.collect import collect
+    from engine.quant.fitness import model_size
+    from engine.quant.qmodel import quantize_model
+    model = _load(args)
+    stats = collect(model, args.calib, args.resize, progress=not args.quiet)
+    settings = json.loads(args.settings) if args.settings else {}
+    qm = quantize_model(model, stats, args.method, per_channel=args.per_channel, **settings)
+    qm.save(args.output)
+    size = model_size(model, qm)
+    print(f"wrote {args.output}: {qm.describe()}, calibrated on {stats.images} images; int8 {size.int8_bytes:,} "
+          f"bytes vs float {size.float_bytes:,} ({size.compression:.1f}% smaller)", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from engine.calib.collect import collect
+    from engine.quant.compare import compare
+    model = _load(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    from engine.calib import CALIBRATORS
+    unknown = [m for m in methods if m not in CALIBRATORS]
+    if unknown:
+        raise EngineError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(CALIBRATORS.names())}")
+    stats = collect(model, args.calib, args.resize, progress=not args.quiet)
+    table = compare(model, stats, args.images, methods, per_channel=args.per_channel, resize=args.resize,
+                    progress=not args.quiet)
+    if args.json:
+        print(json.dumps(table.to_dict(), indent=1, default=float))
+    else:
+        print(table)
+        print()
+        print(table.layer_table())
     return 0
 
 
@@ -116,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--mode", choices=MODES, default="float")
         s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox")
         s.add_argument("--names", metavar="FILE", help="class names, one per line (default: COCO/VOC by class count)")
+        s.add_argument("--quantized", metavar="QMODEL", help="quantized model file for --mode hybrid|int")
+        s.add_argument("--float-layers", metavar="I,J", help="keep these layers FLOAT in hybrid/int (mixed precision)")
 
     s = sub.add_parser("detect", help="detect objects in images")
     model_args(s)
@@ -132,6 +186,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--input", metavar="X.npy", help="a (3,H,W) float32 tensor used as is")
     s.add_argument("-o", "--output", required=True, metavar="OUT.npz")
     s.set_defaults(func=cmd_dump)
+
+    def calib_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
+        s.add_argument("--weights", metavar="W")
+        s.add_argument("--calib", required=True, metavar="DIR_OR_FILES", nargs="+",
+                       help="calibration images: a folder, or image files")
+        s.add_argument("--per-channel", action="store_true", help="per-output-channel weight scales")
+        s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox")
+        s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("quantize", help="calibrate and write a quantized model (int8 weights, scales)")
+    calib_args(s)
+    s.add_argument("--method", default="kl", help="calibration method: log2, kl, minmax, percentile, mse, yolo2_light")
+    s.add_argument("--settings", metavar="JSON", help='method settings, e.g. \'{"percentile": 99.9}\'')
+    s.add_argument("-o", "--output", required=True, metavar="QMODEL")
+    s.set_defaults(func=cmd_quantize)
+
+    s = sub.add_parser("compare", help="rank calibration methods by fitness to the FLOAT model")
+    calib_args(s)
+    s.add_argument("--images", required=True, metavar="DIR", help="evaluation images (folder or file)")
+    s.add_argument("--methods", default="log2,kl,minmax,percentile,mse")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_compare)
     return p
 
 

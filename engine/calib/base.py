@@ -1,0 +1,44 @@
+"""Calibrator registry and base class: a calibrator turns an AbsHistogram into a clipping threshold."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from engine.calib.histogram import AbsHistogram
+from engine.registry import Registry
+
+CALIBRATORS: Registry[type["Calibrator"]] = Registry("calibration method")
+
+
+class Calibrator:
+    """Chooses the threshold T (real values are clipped to [-T, T], scale = T / 127).
+
+    `threshold()` is a pure function of the histogram; statistics collection is separate
+    (engine/calib/collect.py), so one calibration pass serves every method.
+    """
+    name = "base"
+    power_of_two = False            # log2-style methods round the scale up to a power of two
+    weights = "minmax"              # how this method quantizes weights (see engine/quant/weights.py)
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+
+    def threshold(self, h: AbsHistogram) -> float:
+        raise NotImplementedError
+
+    def scale(self, h: AbsHistogram) -> float:
+        """real = q * scale. Empty / all-zero tensors get the scale of threshold 1 (any works)."""
+        t = self.threshold(h) if h.amax > 0 else 1.0
+        s = max(t, 1e-12) / 127.0
+        if self.power_of_two:
+            s = 2.0 ** math.ceil(math.log2(s) - 1e-12)   # T = 127 * 2**k gives exactly 2**k
+        return s
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in sorted(self.settings.items()))
+        return f"{self.name}({args})" if args else self.name
+
+
+def make(method: str, **settings: Any) -> Calibrator:
+    """A calibrator by registry key, e.g. make("percentile", percentile=99.9)."""
+    return CALIBRATORS.get(method)(**settings)

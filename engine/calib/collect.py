@@ -1,0 +1,102 @@
+"""One calibration pass: FLOAT forward over images, a histogram of |x| per tensor.
+
+Tensors are the network input ("input") and every layer output that a quantized path can
+quantize (heads such as [yolo] stay float). Statistics merge exactly, so batches can be
+collected anywhere (in-process or on Dask workers) and added up.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from engine.calib.histogram import AbsHistogram
+from engine.errors import EngineError
+from engine.image import ImageLike
+
+FLOAT_ONLY = ("yolo", "region", "detection", "softmax", "cost")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class CalibrationStats:
+    hists: dict[str, AbsHistogram] = field(default_factory=dict)
+    images: int = 0
+
+    def merge(self, other: "CalibrationStats") -> "CalibrationStats":
+        keys = self.hists.keys() | other.hists.keys()
+        empty = AbsHistogram()
+        return CalibrationStats({k: self.hists.get(k, empty).merge(other.hists.get(k, empty)) for k in keys},
+                                self.images + other.images)
+
+    def to_arrays(self, prefix: str = "calib") -> dict[str, np.ndarray]:
+        out = {f"{prefix}/images": np.array([self.images], np.int64)}
+        for k, h in self.hists.items():
+            for name, arr in h.to_arrays().items():
+                out[f"{prefix}/{k}/{name}"] = arr
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str = "calib") -> "CalibrationStats":
+        keys = {k.split("/")[1] for k in arrays if k.startswith(prefix + "/") and k.count("/") == 2}
+        hists = {k: AbsHistogram.from_arrays(arrays[f"{prefix}/{k}/counts"], arrays[f"{prefix}/{k}/meta"])
+                 for k in keys}
+        return cls(hists, int(arrays[f"{prefix}/images"][0]))
+
+
+def quantizable_ids(model) -> list[str]:
+    return ["input"] + [str(l.index) for l in model.layers if l.kind not in FLOAT_ONLY]
+
+
+def observe(model, x: np.ndarray, stats: CalibrationStats, outs: Sequence[np.ndarray] | None = None) -> None:
+    """Add one input tensor's activations to `stats` (runs the FLOAT forward unless outs are given)."""
+    outs = model.forward(x) if outs is None else outs
+    for nid in quantizable_ids(model):
+        y = x if nid == "input" else outs[int(nid)]
+        stats.hists.setdefault(nid, AbsHistogram()).observe(y)
+    stats.images += 1
+
+
+def image_list(source: str | Path | Iterable[ImageLike]) -> list[ImageLike]:
+    """A folder (its images, sorted), one image file, or a list of images / paths."""
+    if isinstance(source, (list, tuple)) and len(source) == 1 and isinstance(source[0], (str, Path)):
+        source = source[0]  # the CLI's nargs="+" with one folder
+    if isinstance(source, (list, tuple)) and all(isinstance(s, (str, Path)) and Path(s).is_dir() for s in source):
+        return [f for s in source for f in image_list(s)]
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise EngineError(f"{p}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            return files
+        if p.is_file():
+            return [p]
+        raise EngineError(f"{p}: no such calibration image or folder")
+    items = list(source)
+    if not items:
+        raise EngineError("calibration needs at least one image")
+    return items
+
+
+def collect(model, images, resize: str = "letterbox", progress: bool = True) -> CalibrationStats:
+    """Calibration statistics of `model` over images (folder, file or list), with a progress bar."""
+    items = image_list(images)
+    stats = CalibrationStats()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(items), desc="calibrating", unit="img")
+    try:
+        for item in items:
+            x = item if isinstance(item, np.ndarray) and item.shape == model.input_shape \
+                else model.preprocess(item, resize).x
+            observe(model, x, stats)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return stats

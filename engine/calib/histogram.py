@@ -1,0 +1,105 @@
+"""Mergeable histogram of |x|, the one statistic every activation calibrator reads.
+
+The range is [0, hi) with `nbins` equal bins and hi a power of two. When a value >= hi arrives,
+hi doubles and adjacent bin pairs are summed, which is exact, so histograms from different images,
+batches or Dask workers add up to exactly the histogram of all the data, in any order.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NBINS = 2048
+
+
+@dataclass
+class AbsHistogram:
+    nbins: int = NBINS
+    hi: float = 0.0                     # 0 while empty; otherwise a power of two > every |x| seen
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(NBINS, np.int64))
+    amax: float = 0.0                   # exact max |x|
+    lo_signed: float = 0.0              # exact signed min / max (for range-utilisation statistics)
+    hi_signed: float = 0.0
+    total: int = 0
+
+    @property
+    def bin_width(self) -> float:
+        return self.hi / self.nbins
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.linspace(0.0, self.hi, self.nbins + 1)
+
+    @property
+    def centers(self) -> np.ndarray:
+        return (np.arange(self.nbins) + 0.5) * self.bin_width
+
+    def _grow_to(self, hi: float) -> None:
+        while self.hi < hi:
+            pairs = self.counts.reshape(-1, 2).sum(axis=1)
+            self.counts = np.concatenate([pairs, np.zeros(self.nbins // 2, np.int64)])
+            self.hi *= 2
+
+    def observe(self, x: np.ndarray) -> None:
+        """Add the values of a float array."""
+        if x.size == 0:
+            return
+        xmin, xmax = float(x.min()), float(x.max())
+        amax = max(-xmin, xmax)
+        if not math.isfinite(amax):
+            raise ValueError("AbsHistogram.observe: values must be finite")
+        if self.total == 0:
+            self.lo_signed, self.hi_signed = xmin, xmax
+        else:
+            self.lo_signed, self.hi_signed = min(self.lo_signed, xmin), max(self.hi_signed, xmax)
+        self.total += x.size
+        self.amax = max(self.amax, amax)
+        if amax == 0:
+            self.counts[0] += x.size
+            return
+        need = 2.0 ** (math.floor(math.log2(amax)) + 1)     # smallest power of two > amax
+        if self.hi == 0:
+            self.hi = need
+        else:
+            self._grow_to(need)
+        idx = np.abs(x, dtype=np.float32)
+        idx *= np.float32(self.nbins / self.hi)            # exact: a power-of-two ratio
+        self.counts += np.bincount(idx.astype(np.intp).ravel(), minlength=self.nbins)[: self.nbins]
+
+    def merge(self, other: "AbsHistogram") -> "AbsHistogram":
+        """A new histogram of both data sets (exact)."""
+        if self.nbins != other.nbins:
+            raise ValueError(f"cannot merge histograms with {self.nbins} and {other.nbins} bins")
+        a, b = self.copy(), other.copy()
+        if a.total == 0:
+            return b
+        if b.total == 0:
+            return a
+        hi = max(a.hi, b.hi)
+        if hi:
+            if a.hi == 0:
+                a.hi = hi
+            if b.hi == 0:
+                b.hi = hi
+            a._grow_to(hi)
+            b._grow_to(hi)
+        a.counts = a.counts + b.counts
+        a.amax = max(a.amax, b.amax)
+        a.lo_signed, a.hi_signed = min(a.lo_signed, b.lo_signed), max(a.hi_signed, b.hi_signed)
+        a.total += b.total
+        return a
+
+    def copy(self) -> "AbsHistogram":
+        return AbsHistogram(self.nbins, self.hi, self.counts.copy(), self.amax, self.lo_signed, self.hi_signed,
+                            self.total)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"counts": self.counts, "meta": np.array([self.hi, self.amax, self.lo_signed, self.hi_signed,
+                                                         float(self.total)], np.float64)}
+
+    @classmethod
+    def from_arrays(cls, counts: np.ndarray, meta: np.ndarray) -> "AbsHistogram":
+        hi, amax, lo, hs, total = (float(v) for v in meta)
+        return cls(len(counts), hi, counts.astype(np.int64), amax, lo, hs, int(total))

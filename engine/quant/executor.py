@@ -1,0 +1,124 @@
+"""Run a model in FLOAT, HYBRID or INT mode, one layer at a time, with per-layer overrides.
+
+The precision of each layer is session policy decided here, not by the layer: FLOAT runs every
+layer in float; HYBRID runs conv/connected in int8 (float input quantized with its calibrated
+scale, int32 accumulation, dequantized output); INT runs every layer that has an int8 path on
+int8 tensors and dequantizes only where a float layer (a detection head, or a layer the user
+keeps FLOAT) reads an int8 tensor. Conversions happen at those boundaries and nowhere else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from engine.errors import EngineError
+from engine.quant.int_layers import HYBRID_LAYERS, INT_LAYERS
+from engine.quant.qmodel import QuantizedModel
+from engine.quant.qtensor import QTensor, quantize
+
+MODES = ("float", "hybrid", "int")
+FLOAT, INT8 = "float", "int8"
+
+
+@dataclass
+class Value:
+    """A layer output: float (f) and/or int8 (q). `float()` dequantizes lazily."""
+    f: np.ndarray | None = None
+    q: QTensor | None = None
+
+    def float(self) -> np.ndarray:
+        if self.f is None:
+            assert self.q is not None
+            self.f = self.q.dequantize()
+            self.f.flags.writeable = False
+        return self.f
+
+
+@dataclass
+class LayerRecord:
+    index: int
+    precision: str
+    stats: dict = field(default_factory=dict)
+
+
+class Executor:
+    """Precision policy + boundary conversions for one (model, quantized model, mode)."""
+
+    def __init__(self, model, qmodel: QuantizedModel | None = None, mode: str = "float",
+                 float_layers: Iterable[int] | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
+        if mode != "float" and qmodel is None:
+            raise EngineError(f"mode '{mode}' needs a quantized model (quantize one or load a .npz)")
+        if qmodel is not None:
+            qmodel.check_matches(model)
+        self.model, self.qmodel, self.mode = model, qmodel, mode
+        default = qmodel.float_layers if qmodel is not None else ()
+        self.float_layers = set(int(i) for i in (default if float_layers is None else float_layers))
+        bad = [i for i in self.float_layers if not 0 <= i < len(model.layers)]
+        if bad:
+            raise ValueError(f"float_layers {bad}: no such layers (0..{len(model.layers) - 1})")
+
+    def has_int_path(self, index: int, mode: str | None = None) -> bool:
+        kind = self.model.layers[index].kind
+        mode = mode or self.mode
+        if mode == "hybrid":
+            return kind in HYBRID_LAYERS
+        return kind in INT_LAYERS
+
+    def precision(self, index: int) -> str:
+        if self.mode == "float" or index in self.float_layers or not self.has_int_path(index):
+            return FLOAT
+        return INT8
+
+    def scale_of(self, producer: int) -> float:
+        return self.qmodel.scales["input" if producer < 0 else str(producer)]
+
+    def to_q(self, v: Value, producer: int, rec: dict) -> QTensor:
+        if v.q is not None:
+            return v.q
+        q, sat = quantize(v.float(), self.scale_of(producer))
+        rec["input_saturated"] = rec.get("input_saturated", 0) + sat
+        return QTensor(q, self.scale_of(producer))
+
+    def run_layer(self, index: int, inputs: list[Value], precision: str | None = None) -> tuple[Value, LayerRecord]:
+        """Run layer `index` on its input values in `precision` (default: the policy's)."""
+        layer = self.model.layers[index]
+        precision = precision or self.precision(index)
+        rec = LayerRecord(index, precision)
+        if precision == FLOAT:
+            return Value(f=self.model.run_layer(index, [v.float() for v in inputs])), rec
+        if self.qmodel is None:
+            raise EngineError(f"layer {index} [{layer.kind}]: int8 needs a quantized model")
+        lq = self.qmodel.layers.get(index)
+        if self.mode == "hybrid" and layer.kind in HYBRID_LAYERS:
+            y = HYBRID_LAYERS[layer.kind](layer, inputs[0].float(), lq, rec.stats)
+            y.flags.writeable = False
+            return Value(f=y), rec
+        if layer.kind not in INT_LAYERS:
+            raise EngineError(f"layer {index} [{layer.kind}] has no int8 path (it runs in float)")
+        xs = [self.to_q(v, src, rec.stats) for v, src in zip(inputs, layer.inputs)]
+        y_q = INT_LAYERS.get(layer.kind)(layer, xs, lq, self.qmodel.scales.get(str(index), 1.0), rec.stats)
+        y_q.q.flags.writeable = False
+        return Value(q=y_q), rec
+
+    def inputs_of(self, index: int, x: Value, values: list[Value]) -> list[Value]:
+        return [x if i < 0 else values[i] for i in self.model.layers[index].inputs]
+
+    def run(self, x: np.ndarray, stop: int | None = None) -> tuple[list[Value], list[LayerRecord]]:
+        """All layers 0..stop; returns their values and records."""
+        xv = Value(f=self.model.check_input(x))
+        values: list[Value] = []
+        records: list[LayerRecord] = []
+        last = len(self.model.layers) - 1 if stop is None else stop
+        for i in range(last + 1):
+            v, r = self.run_layer(i, self.inputs_of(i, xv, values))
+            values.append(v)
+            records.append(r)
+        return values, records
+
+    def forward(self, x: np.ndarray) -> list[np.ndarray]:
+        """Float views of every layer output (what detection decoding and fitness read)."""
+        return [v.float() for v in self.run(x)[0]]

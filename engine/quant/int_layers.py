@@ -1,0 +1,214 @@
+"""The int8 path of each Darknet layer type (INT mode), and the HYBRID convolution.
+
+Every function takes int8 QTensors and returns a QTensor, recording into `rec` what the
+Explorer shows: the int32 accumulator range and how many values saturated. Scale rules:
+conv / connected / shortcut / avgpool / crop requantize to their calibrated output scale;
+maxpool, upsample, reorg, dropout keep the input scale (they only move or select values);
+route concatenates at the largest input scale, rescaling the others (so nothing saturates).
+Activations: linear, leaky and relu are folded into the requantization (two multipliers, one
+rounding); other activations (logistic, mish, swish, ...) run as a float island between a
+dequantize and a quantize, and `rec["float_activation"]` says so.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from engine.layers.activations import activate
+from engine.layers.maxpool import maxpool
+from engine.layers.reorg import reorg_pj, space_to_depth
+from engine.layers.route import route_slices
+from engine.layers.upsample import upsample_nearest
+from engine.quant.intops import conv_int, gemm_int
+from engine.quant.qmodel import LayerQuant
+from engine.quant.qtensor import QTensor, quantize, quantize_multiplier, requantize
+from engine.registry import Registry
+
+INT_LAYERS: Registry[Callable] = Registry("int8 layer path")
+FOLDED = {"linear": None, "leaky": 0.1, "relu": 0.0}
+
+
+def _acc_stats(acc: np.ndarray, rec: dict) -> None:
+    rec["acc_min"], rec["acc_max"] = int(acc.min()), int(acc.max())
+
+
+def requantize_activation(acc: np.ndarray, acc_scale: np.ndarray, out_scale: float, activation: str,
+                          rec: dict) -> np.ndarray:
+    """int32 accumulators (n, ...) in per-channel `acc_scale` -> int8 in `out_scale`, activation applied."""
+    if activation in FOLDED:
+        m, sh = quantize_multiplier(acc_scale / out_scale)
+        slope = FOLDED[activation]
+        if slope is None:
+            q, sat = requantize(acc, m, sh)
+        elif slope == 0.0:
+            q, sat = requantize(acc, m, sh, np.zeros_like(m), np.zeros_like(sh))
+        else:
+            mn, shn = quantize_multiplier(acc_scale * slope / out_scale)
+            q, sat = requantize(acc, m, sh, mn, shn)
+    else:
+        shape = (-1,) + (1,) * (acc.ndim - 1)
+        y = activate((acc * acc_scale.reshape(shape)).astype(np.float32), activation)
+        q, sat = quantize(y, out_scale)
+        rec["float_activation"] = activation
+    rec["saturated"] = rec.get("saturated", 0) + sat
+    rec["total"] = rec.get("total", 0) + q.size
+    return q
+
+
+def rescale(x: QTensor, out_scale: float, rec: dict) -> np.ndarray:
+    """int8 in x.scale -> int8 in out_scale (identity when equal)."""
+    if x.scale == out_scale:
+        return x.q
+    m, sh = quantize_multiplier(x.scale / out_scale)
+    q, sat = requantize(x.q.astype(np.int32), m, sh, axis_channels=False)
+    rec["saturated"] = rec.get("saturated", 0) + sat
+    return q
+
+
+@INT_LAYERS.register("convolutional")
+def conv_forward_int(layer, xs: list[QTensor], lq: LayerQuant, out_scale: float, rec: dict) -> QTensor:
+    x = xs[0]
+    acc = conv_int(x.q, lq.w_f, _bias_for(lq, x.scale), layer.size, layer.stride, layer.padding, layer.groups)
+    _acc_stats(acc, rec)
+    return QTensor(requantize_activation(acc, x.scale * _wscale(lq), out_scale, layer.activation, rec), out_scale)
+
+
+def _wscale(lq: LayerQuant) -> np.ndarray:
+    return np.broadcast_to(lq.w_scale, (lq.w_q.shape[0],)).astype(np.float64)
+
+
+def _bias_for(lq: LayerQuant, in_scale: float) -> np.ndarray:
+    if in_scale == lq.in_scale:
+        return lq.b_q
+    # the producer ran at another scale (e.g. a mixed-precision override changed it): re-derive
+    from engine.quant.weights import quantize_bias
+    return quantize_bias(lq.b_q * lq.acc_scale, in_scale, lq.w_scale)
+
+
+def conv_forward_hybrid(layer, x: np.ndarray, lq: LayerQuant, rec: dict) -> np.ndarray:
+    """HYBRID: quantize the float input with the calibrated scale, int8 conv, int32 acc, dequantize."""
+    x_q, sat = quantize(x, lq.in_scale)
+    rec["input_saturated"] = sat
+    acc = conv_int(x_q, lq.w_f, lq.b_q, layer.size, layer.stride, layer.padding, layer.groups)
+    _acc_stats(acc, rec)
+    y = (acc * lq.acc_scale.reshape(-1, 1, 1)).astype(np.float32)
+    return activate(y, layer.activation)
+
+
+@INT_LAYERS.register("connected")
+def connected_forward_int(layer, xs: list[QTensor], lq: LayerQuant, out_scale: float, rec: dict) -> QTensor:
+    x = xs[0]
+    acc = gemm_int(lq.w_f, x.q.reshape(-1, 1).astype(np.float32))[:, 0] + _bias_for(lq, x.scale)
+    _acc_stats(acc, rec)
+    q = requantize_activation(acc, x.scale * _wscale(lq), out_scale, layer.activation, rec)
+    return QTensor(q.reshape(layer.out_shape), out_scale)
+
+
+def connected_forward_hybrid(layer, x: np.ndarray, lq: LayerQuant, rec: dict) -> np.ndarray:
+    x_q, sat = quantize(x, lq.in_scale)
+    rec["input_saturated"] = sat
+    acc = gemm_int(lq.w_f, x_q.reshape(-1, 1).astype(np.float32))[:, 0] + lq.b_q
+    _acc_stats(acc, rec)
+    return activate((acc * lq.acc_scale).astype(np.float32).reshape(layer.out_shape), layer.activation)
+
+
+HYBRID_LAYERS = {"convolutional": conv_forward_hybrid, "connected": connected_forward_hybrid}
+
+
+@INT_LAYERS.register("maxpool")
+def maxpool_forward_int(layer, xs, lq, out_scale, rec) -> QTensor:
+    x = xs[0]
+    return QTensor(maxpool(x.q, layer.size, layer.stride, layer.padding, fill=-128), x.scale)
+
+
+@INT_LAYERS.register("upsample")
+def upsample_forward_int(layer, xs, lq, out_scale, rec) -> QTensor:
+    x = xs[0]
+    if layer.scale != 1.0:
+        y = upsample_nearest(x.q, layer.stride)
+        return QTensor(y, x.scale * layer.scale)  # a constant factor is a change of scale, not of values
+    return QTensor(upsample_nearest(x.q, layer.stride), x.scale)
+
+
+@INT_LAYERS.register("reorg")
+def reorg_forward_int(layer, xs, lq, out_scale, rec) -> QTensor:
+    return QTensor(reorg_pj(xs[0].q, layer.stride), xs[0].scale)
+
+
+@INT_LAYERS.register("reorg3d")
+def reorg3d_forward_int(layer, xs, lq, out_scale, rec) -> QTensor:
+    return QTensor(space_to_depth(xs[0].q, layer.stride), xs[0].scale)
+
+
+@INT_LAYERS.register("dropout")
+def dropout_forward_int(layer, xs, lq, out_scale, rec) -> QTensor:
+    return xs[0]
+
+
+@INT_LAYERS.register("route")
+def route_forward_int(layer, xs: list[QTensor], lq, out_scale, rec) -> QTensor:
+    scale = max(x.scale for x in xs)
+    slices = route_slices(layer.in_shapes, layer.groups, layer.group_id)
+    parts = [rescale(QTensor(x.q[s], x.scale), scale, rec) for x, s in zip(xs, slices)]
+    return QTensor(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0), scale)
+
+
+@INT_LAYERS.register("shortcut")
+def shortcut_forward_int(layer, xs: list[QTensor], lq, out_scale: float, rec: dict) -> QTensor:
+    """out = sat8(round(a*Ma + b*Mb)) on the overlapping region, Ma/Mb 15-bit fixed-point ratios."""
+    a, b = xs
+    fa = _fixed(a.scale * layer.alpha / out_scale)
+    fb = _fixed(b.scale * layer.beta / out_scale)
+    v = a.q.astype(np.float64) * fa
+    c = min(a.q.shape[0], b.q.shape[0])
+    st = max(1, b.q.shape[2] // a.q.shape[2])
+    sample = max(1, a.q.shape[2] // b.q.shape[2])
+    src = b.q[:c, ::st, ::st]
+    dst = v[:c, ::sample, ::sample]
+    h, w = min(src.shape[1], dst.shape[1]), min(src.shape[2], dst.shape[2])
+    dst[:, :h, :w] += src[:, :h, :w].astype(np.float64) * fb
+    if layer.activation == "leaky":
+        np.maximum(v, v * _fixed(0.1), out=v)
+    elif layer.activation == "relu":
+        np.maximum(v, 0, out=v)
+    elif layer.activation != "linear":
+        y = activate((v * out_scale).astype(np.float32), layer.activation)
+        q, sat = quantize(y, out_scale)
+        rec["saturated"], rec["float_activation"] = sat, layer.activation
+        return QTensor(q, out_scale)
+    np.rint(v, out=v)
+    rec["saturated"] = int(np.count_nonzero(np.abs(v) > 127))
+    return QTensor(np.clip(v, -127, 127).astype(np.int8), out_scale)
+
+
+def _fixed(real: float) -> float:
+    """A real multiplier rounded to the 15-bit fixed point the integer path uses (exact float64)."""
+    from engine.quant.qtensor import multiplier_value
+    m, sh = quantize_multiplier(real)
+    return float(multiplier_value(m, sh))
+
+
+@INT_LAYERS.register("avgpool")
+def avgpool_forward_int(layer, xs, lq, out_scale: float, rec: dict) -> QTensor:
+    x = xs[0]
+    acc = x.q.reshape(x.q.shape[0], -1).sum(axis=1, dtype=np.int32)
+    _acc_stats(acc, rec)
+    hw = x.q.shape[1] * x.q.shape[2]
+    m, sh = quantize_multiplier(np.full(acc.shape, x.scale / (hw * out_scale)))
+    q, sat = requantize(acc, m, sh)
+    rec["saturated"] = sat
+    return QTensor(q.reshape(-1, 1, 1), out_scale)
+
+
+@INT_LAYERS.register("crop")
+def crop_forward_int(layer, xs, lq, out_scale: float, rec: dict) -> QTensor:
+    x = xs[0]
+    dy, dx = (x.q.shape[1] - layer.crop_height) // 2, (x.q.shape[2] - layer.crop_width) // 2
+    q = x.q[:, dy:dy + layer.crop_height, dx:dx + layer.crop_width]
+    if layer.noadjust:
+        return QTensor(np.ascontiguousarray(q), x.scale)
+    v = q.astype(np.float64) * _fixed(2 * x.scale / out_scale) - np.rint(1.0 / out_scale)
+    np.rint(v, out=v)
+    rec["saturated"] = int(np.count_nonzero(np.abs(v) > 127))
+    return QTensor(np.clip(v, -127, 127).astype(np.int8), out_scale)

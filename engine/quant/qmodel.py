@@ -1,0 +1,152 @@
+"""The quantized model ("int weight file"): int8 weights, int32 biases, scales and thresholds.
+
+`quantize_model(model, stats, method)` derives it from calibration statistics; `save`/`load`
+write one `.npz` that loads without pickle and round-trips exactly (the calibration histograms
+are kept too, so thresholds of other methods can be recomputed later).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from engine.calib import make
+from engine.calib.collect import CalibrationStats, quantizable_ids
+from engine.errors import EngineError, WeightsError
+from engine.quant.weights import QuantWeights, quantize_bias, quantize_weights
+
+QMODEL_FORMAT = "qwidgets-quantized-model/1"
+INT_WEIGHT_KINDS = ("convolutional", "connected")
+
+
+@dataclass
+class LayerQuant:
+    """Integer parameters of one conv / connected layer."""
+    w_q: np.ndarray          # int8, (n, C/g, k, k) or (out, in)
+    w_scale: np.ndarray      # float64 (n,) or (1,)
+    b_q: np.ndarray          # int32 (n,), in the accumulator scale in_scale * w_scale
+    in_scale: float          # scale of the input tensor the biases were quantized for
+    scheme: str
+
+    def __post_init__(self) -> None:
+        # int8 values as float32, laid out for the GEMM: (n, C/g*k*k). Exact (|q| <= 127).
+        self.w_f = np.ascontiguousarray(self.w_q.reshape(self.w_q.shape[0], -1), dtype=np.float32)
+
+    @property
+    def acc_scale(self) -> np.ndarray:
+        return self.in_scale * np.broadcast_to(self.w_scale, (self.w_q.shape[0],))
+
+    def dequantized_weights(self) -> np.ndarray:
+        shape = (-1,) + (1,) * (self.w_q.ndim - 1)
+        return (self.w_q.astype(np.float64) * np.broadcast_to(self.w_scale, (self.w_q.shape[0],)).reshape(shape)
+                ).astype(np.float32)
+
+
+@dataclass
+class QuantizedModel:
+    method: str
+    settings: dict[str, Any]
+    per_channel: bool
+    scales: dict[str, float]                      # node id ("input", "0", ...) -> activation scale
+    thresholds: dict[str, float]
+    layers: dict[int, LayerQuant]
+    model_name: str
+    cfg_text: str
+    fingerprint: str                              # sha256 of the float params it was made from
+    stats: CalibrationStats | None = None
+    float_layers: tuple[int, ...] = ()            # default mixed-precision override
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def check_matches(self, model) -> None:
+        if model.cfg.text != self.cfg_text:
+            raise EngineError(f"quantized model '{self.model_name}' was made for a different cfg than "
+                              f"'{model.graph.name}' (layers or shapes differ)")
+
+    def int8_bytes(self) -> int:
+        return sum(lq.w_q.size + 4 * lq.b_q.size + 4 * lq.w_scale.size for lq in self.layers.values())
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in sorted(self.settings.items()))
+        granularity = "per-channel" if self.per_channel else "per-tensor"
+        return f"{self.method}({args}) {granularity}" if args else f"{self.method} {granularity}"
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path) -> Path:
+        from engine.model import _text, atomic_savez
+        meta = {"method": self.method, "settings": self.settings, "per_channel": self.per_channel,
+                "scales": self.scales, "thresholds": self.thresholds, "model_name": self.model_name,
+                "fingerprint": self.fingerprint, "float_layers": list(self.float_layers), "meta": self.meta,
+                "in_scales": {str(i): lq.in_scale for i, lq in self.layers.items()},
+                "schemes": {str(i): lq.scheme for i, lq in self.layers.items()}}
+        arrays = {"format": _text(QMODEL_FORMAT), "meta": _text(json.dumps(meta)), "cfg": _text(self.cfg_text)}
+        for i, lq in self.layers.items():
+            arrays[f"layer{i}/w_q"] = lq.w_q
+            arrays[f"layer{i}/w_scale"] = lq.w_scale
+            arrays[f"layer{i}/b_q"] = lq.b_q
+        if self.stats is not None:
+            arrays.update(self.stats.to_arrays())
+        return atomic_savez(path, arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "QuantizedModel":
+        p = Path(path)
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                files = set(z.files)
+                if "format" not in files or bytes(z["format"]).decode() != QMODEL_FORMAT:
+                    raise WeightsError(f"{p}: not a quantized model file (expected format {QMODEL_FORMAT})")
+                meta = json.loads(bytes(z["meta"]).decode())
+                layers = {int(i): LayerQuant(z[f"layer{i}/w_q"], z[f"layer{i}/w_scale"], z[f"layer{i}/b_q"],
+                                             float(s), meta["schemes"][i]) for i, s in meta["in_scales"].items()}
+                arrays = {k: z[k] for k in files if k.startswith("calib/")}
+                stats = CalibrationStats.from_arrays(arrays) if arrays else None
+                cfg_text = bytes(z["cfg"]).decode("utf-8")
+        except (OSError, ValueError, KeyError) as err:
+            if isinstance(err, EngineError):
+                raise
+            raise WeightsError(f"{p}: cannot read quantized model: {err}") from err
+        return cls(meta["method"], meta["settings"], meta["per_channel"], meta["scales"], meta["thresholds"], layers,
+                   meta["model_name"], cfg_text, meta["fingerprint"], stats, tuple(meta["float_layers"]),
+                   meta.get("meta", {}))
+
+
+def fingerprint(model) -> str:
+    h = hashlib.sha256()
+    for p in model.params:
+        for k in sorted(p):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(p[k], np.float32).tobytes())
+    return h.hexdigest()
+
+
+def input_id(layer) -> str:
+    src = layer.inputs[0]
+    return "input" if src < 0 else str(src)
+
+
+def quantize_model(model, stats: CalibrationStats, method: str = "kl", per_channel: bool = False,
+                   float_layers: Iterable[int] = (), **settings: Any) -> QuantizedModel:
+    """Activation scales from `stats` with `method`, int8 weights / int32 biases for every conv and
+    connected layer. Raises EngineError if the statistics do not cover the model's tensors."""
+    calibrator = make(method, **settings)
+    missing = [nid for nid in quantizable_ids(model) if nid not in stats.hists]
+    if missing:
+        raise EngineError(f"calibration statistics lack tensors {', '.join(missing[:5])}: were they collected "
+                          f"for this model ({model.graph.name})?")
+    scales = {nid: calibrator.scale(h) for nid, h in stats.hists.items()}
+    thresholds = {nid: calibrator.threshold(h) if h.amax > 0 else 0.0 for nid, h in stats.hists.items()}
+    layers: dict[int, LayerQuant] = {}
+    for layer in model.layers:
+        if layer.kind not in INT_WEIGHT_KINDS:
+            continue
+        w, b = layer.fused(model.params[layer.index])
+        qw: QuantWeights = quantize_weights(w, calibrator.weights, per_channel and calibrator.weights != "yolo2_light")
+        in_scale = scales[input_id(layer)]
+        layers[layer.index] = LayerQuant(qw.w_q, qw.scale, quantize_bias(b, in_scale, qw.scale), in_scale, qw.scheme)
+    return QuantizedModel(method, calibrator.settings, per_channel and calibrator.weights != "yolo2_light", scales,
+                          thresholds, layers, model.graph.name, model.cfg.text, fingerprint(model), stats,
+                          tuple(sorted(int(i) for i in float_layers)))

@@ -1,0 +1,82 @@
+"""Weight quantization: symmetric int8, per tensor or per output channel; biases to int32.
+
+Schemes (chosen by the calibration method's `weights` attribute):
+* `minmax`: scale = max|w| / 127 (per tensor or per channel), round half to even;
+* `log2`: power-of-two scale from the densest 8-octave window of |w| (per tensor or channel);
+* `yolo2_light`: its exact rule (darknet-semantics.md C.1): octaves of the *signed* value
+  (negative weights are not counted), window of 8, multiplier 2**(14 - j*), truncation,
+  saturation at +-127, per tensor only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.calib.log2 import OCTAVES, SMALLEST_EXP, densest_window
+from engine.quant.qtensor import QMAX
+
+WEIGHT_SCHEMES = ("minmax", "log2", "yolo2_light")
+
+
+@dataclass
+class QuantWeights:
+    w_q: np.ndarray        # int8, same shape as the float weights
+    scale: np.ndarray      # float64 (n,) per channel, or (1,) per tensor
+    scheme: str
+
+    @property
+    def per_channel(self) -> bool:
+        return self.scale.size > 1
+
+
+def octave_counts(values: np.ndarray, signed: bool = False) -> np.ndarray:
+    """Counts of octave k: 2**(k-16) <= v < 2**(k-15), k = 0..31 (|v|, or v itself if signed)."""
+    v = values.astype(np.float64).ravel()
+    v = v[v > 0] if signed else np.abs(v[v != 0])
+    _, e = np.frexp(v)                       # v = f * 2**e, f in [0.5, 1)  =>  2**(e-1) <= v < 2**e
+    k = e - 1 - SMALLEST_EXP
+    k = k[(k >= 0) & (k < OCTAVES)]
+    return np.bincount(k, minlength=OCTAVES)
+
+
+def y2l_weight_multiplier(w: np.ndarray) -> float:
+    """yolo2_light's per-layer weight multiplier 2**(14 - j*) (get_distribution / 4)."""
+    return 2.0 ** (14 - densest_window(octave_counts(w, signed=True), 8))
+
+
+def _log2_scale(w: np.ndarray) -> float:
+    j = densest_window(octave_counts(w), 8)
+    top = 2.0 ** (j + 8 + SMALLEST_EXP)
+    return 2.0 ** np.ceil(np.log2(min(top, float(np.abs(w).max()) or top) / QMAX))
+
+
+def quantize_weights(w: np.ndarray, scheme: str = "minmax", per_channel: bool = False) -> QuantWeights:
+    """float32 (n, ...) -> QuantWeights. Raises ValueError for unknown schemes or non-finite weights."""
+    if scheme not in WEIGHT_SCHEMES:
+        raise ValueError(f"weight scheme {scheme!r}: expected one of {', '.join(WEIGHT_SCHEMES)}")
+    if not np.isfinite(w).all():
+        raise ValueError("weights must be finite to quantize")
+    n = w.shape[0]
+    rows = w.reshape(n, -1) if per_channel else w.reshape(1, -1)
+    if scheme == "yolo2_light":
+        if per_channel:
+            raise ValueError("yolo2_light quantizes weights per tensor only (one multiplier per layer)")
+        mult = y2l_weight_multiplier(w)
+        q = np.clip(np.trunc(w.astype(np.float64) * mult), -QMAX, QMAX).astype(np.int8)
+        return QuantWeights(q, np.array([1.0 / mult]), scheme)
+    if scheme == "minmax":
+        amax = np.abs(rows).max(axis=1).astype(np.float64)
+        scale = np.where(amax > 0, amax / QMAX, 1.0)
+    else:
+        scale = np.array([_log2_scale(r) if np.any(r) else 1.0 for r in rows])
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    q = np.clip(np.rint(w.astype(np.float64) / scale.reshape(shape if per_channel else ())), -QMAX, QMAX)
+    return QuantWeights(q.astype(np.int8), scale, scheme)
+
+
+def quantize_bias(b: np.ndarray, in_scale: float, w_scale: np.ndarray) -> np.ndarray:
+    """Biases in the accumulator scale: int32(round(b / (s_in * s_w))), saturated to int32."""
+    acc_scale = in_scale * np.broadcast_to(w_scale, b.shape)
+    q = np.rint(b.astype(np.float64) / acc_scale)
+    return np.clip(q, -(2 ** 31) + 1, 2 ** 31 - 1).astype(np.int32)
