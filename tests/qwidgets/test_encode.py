@@ -1,0 +1,108 @@
+"""_encode: arrays -> PNG bytes (sizes, pixel values) and histogram counts (equal to NumPy's)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qwidgets._encode import (DIVERGING, FLAT_GREY, GAP, feature_montage, heatmap_png, histogram_counts,
+                              histogram_png, weights_png)
+
+
+def png(data: bytes) -> np.ndarray:
+    im = Image.open(io.BytesIO(data))
+    assert im.format == "PNG"
+    return np.asarray(im)
+
+
+def tile(a: np.ndarray, i: int, cols: int, side: int) -> np.ndarray:
+    r, c = divmod(i, cols)
+    return a[r * (side + GAP):r * (side + GAP) + side, c * (side + GAP):c * (side + GAP) + side]
+
+
+def test_montage_size_follows_channels_cols_and_tile_size():
+    y = np.random.default_rng(0).random((10, 13, 13), dtype=np.float32)
+    a = png(feature_montage(y, cols=4, size=52))           # 13 px upscaled x4, 3 rows of 4
+    assert a.shape == (3 * 52 + 2 * GAP, 4 * 52 + 3 * GAP)
+    big = png(feature_montage(np.zeros((100, 416, 416), np.float32), max_channels=16, cols=8, size=64))
+    assert big.shape == (2 * 59 + GAP, 8 * 59 + 7 * GAP)   # 416 box-reduced by 7 -> 59 px tiles
+
+
+def test_montage_global_max_channel_is_white_and_min_channel_black():
+    y = np.zeros((3, 8, 8), np.float32)
+    y[1] = 5.0                      # constant global max
+    y[2, :, :4] = 2.5
+    a = png(feature_montage(y, cols=3, size=8, normalize="global"))
+    assert (tile(a, 0, 3, 8) == 0).all() and (tile(a, 1, 3, 8) == 255).all()
+    assert (tile(a, 2, 3, 8)[:, :4] == 128).all() and (tile(a, 2, 3, 8)[:, 4:] == 0).all()
+
+
+def test_montage_per_channel_stretches_each_channel():
+    y = np.stack([np.tile(np.linspace(0, s, 8, dtype=np.float32), (8, 1)) for s in (1.0, 100.0)])
+    y = np.concatenate([y, np.full((1, 8, 8), 7.0, np.float32)])
+    a = png(feature_montage(y, cols=3, size=8, normalize="channel"))
+    for i in (0, 1):                # both ramps span 0..255 whatever their scale
+        t = tile(a, i, 3, 8)
+        assert t[:, 0].max() == 0 and t[:, -1].min() == 255
+    assert (tile(a, 2, 3, 8) == FLAT_GREY).all()      # a constant channel has no contrast
+
+
+def test_montage_labels_and_bad_input():
+    y = np.random.default_rng(1).random((4, 16, 16), dtype=np.float32)
+    assert not np.array_equal(png(feature_montage(y, labels=True)), png(feature_montage(y)))
+    with pytest.raises(ValueError, match="normalize"):
+        feature_montage(y, normalize="median")
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        feature_montage(np.zeros((2, 3, 4, 5), np.float32))
+
+
+def test_heatmap_is_white_at_zero_red_positive_blue_negative():
+    d = np.zeros((6, 6), np.float32)
+    d[0, 0], d[5, 5] = 2.0, -2.0
+    a = png(heatmap_png(d, size=6))
+    assert a.shape == (6, 6, 3)
+    assert tuple(a[2, 2]) == tuple(DIVERGING[128]) and a[2, 2].min() > 240
+    assert tuple(a[0, 0]) == tuple(DIVERGING[-1]) and tuple(a[5, 5]) == tuple(DIVERGING[0])
+    chw = png(heatmap_png(np.ones((3, 4, 4), np.float32), cols=3, size=4))
+    assert chw.shape == (4, 3 * 4 + 2 * GAP, 3)
+
+
+@pytest.mark.parametrize("bins", [1, 16, 128])
+def test_histogram_counts_equal_numpy(bins):
+    x = np.random.default_rng(bins).standard_normal((8, 20, 20)).astype(np.float32)
+    counts, edges = histogram_counts(x, bins=bins)
+    ref_counts, ref_edges = np.histogram(x, bins=bins)
+    np.testing.assert_array_equal(counts, ref_counts)
+    np.testing.assert_array_equal(edges, ref_edges)
+
+
+def test_histogram_log2_bins_are_octaves_of_the_magnitude():
+    x = np.array([0.0, 0.3, -0.5, 1.0, 1.5, -2.0, 7.9, 8.0], np.float32)
+    counts, edges = histogram_counts(x, log2=True)
+    np.testing.assert_array_equal(edges, [0.25, 0.5, 1, 2, 4, 8, 16])
+    np.testing.assert_array_equal(counts, np.histogram(np.abs(x[x != 0]), edges)[0])
+    assert counts.sum() == 7                               # zeros are not counted
+    top, top_edges = histogram_counts(x, bins=2, log2=True)    # keep the top 2 octaves
+    np.testing.assert_array_equal(top_edges, [4, 8, 16])
+    np.testing.assert_array_equal(top, [1, 1])
+
+
+def test_histogram_png_size_and_markers_drawn():
+    x = np.random.default_rng(2).standard_normal(5000).astype(np.float32)
+    series = {"FLOAT": histogram_counts(x, 64), "INT": histogram_counts(np.round(x * 4) / 4, 64)}
+    plain = png(histogram_png(series, {}, width=300, height=120))
+    marked = png(histogram_png(series, {"minmax": float(np.abs(x).max()), "kl": 2.0}, width=300, height=120))
+    assert plain.shape == marked.shape == (120, 300, 3)
+    assert not np.array_equal(plain, marked)
+    logy = png(histogram_png(series, {}, log_y=True, width=300, height=120))
+    assert not np.array_equal(plain, logy)
+    assert png(histogram_png({"log2": histogram_counts(x, log2=True)}, {"t": 1.0}, log_x=True)).shape == (200, 480, 3)
+
+
+def test_weights_png_one_cell_per_filter_and_channel():
+    w = np.random.default_rng(3).standard_normal((5, 3, 3, 3)).astype(np.float32)
+    a = png(weights_png(w))                                  # 3x3 taps at 4 px + 1 px gaps
+    assert a.shape == (5 * 13 - 1, 3 * 13 - 1, 3)
+    assert png(weights_png(np.ones((40, 50, 1, 1), np.float32))).shape == (32 * 3, 32 * 3, 3)
