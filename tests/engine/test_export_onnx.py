@@ -193,6 +193,32 @@ def test_maxpool_darknet_padding_is_exact_on_negative_inputs():
     check_model(model, x, exact=True)
 
 
+DATA_MOVES = """
+[dropout]
+[reorg]
+stride=2
+[upsample]
+stride=2
+[reorg3d]
+stride=2
+[route]
+layers=1,3
+groups=2
+group_id=1
+[upsample]
+stride=3
+"""
+
+
+def test_reorg_route_upsample_are_exact_permutations():
+    """pj reorg (reinterpreting channel order), space-to-depth, route groups, nearest upsample."""
+    model = small_model(DATA_MOVES, 6, 10, c=8)
+    assert [l.out_shape for l in model.layers[1:]] == [(32, 3, 5), (32, 6, 10), (128, 3, 5), (80, 3, 5),
+                                                       (80, 9, 15)]
+    x = np.arange(np.prod(model.input_shape), dtype=np.float32).reshape(model.input_shape)
+    check_model(model, x, exact=True)
+
+
 ACTIVATIONS = ["leaky", "linear", "relu", "logistic", "mish", "swish", "relu6", "tanh", "elu", "selu",
                "relie", "ramp", "loggy", "hardtan"]
 
