@@ -84,6 +84,14 @@ class Model:
         self.params[index] = {**self.params[index], name: value.copy()}
         self._prepared.pop(index, None)
 
+    def shallow_copy(self) -> "Model":
+        """A copy whose parameter edits (`set_param`) never reach this model; arrays are shared until
+        replaced (set_param swaps in new arrays, never writes into old ones)."""
+        twin = Model(self.cfg, self.layers, list(self.params), self.header, name=self.graph.name,
+                     names=self.class_names, source=self.source)
+        twin._prepared = dict(self._prepared)
+        return twin
+
     def copy(self) -> "Model":
         """An independent copy (params copied), e.g. to edit without touching the original."""
         params = [{k: v.copy() for k, v in p.items()} for p in self.params]
@@ -134,6 +142,10 @@ class Model:
     # ----------------------------------------------------------------- files
     def save(self, path: str | Path) -> Path:
         """Write the engine model file (.npz: cfg text, graph JSON, header, params; loads without pickle)."""
+        return atomic_savez(path, self.to_arrays())
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The model file's arrays (also embedded in run records)."""
         arrays: dict[str, np.ndarray] = {
             "format": _text(MODEL_FORMAT), "cfg": _text(self.cfg.text),
             "graph": _text(json.dumps(self.graph.to_dict())),
@@ -145,7 +157,7 @@ class Model:
         for layer, p in zip(self.layers, self.params):
             for name, arr in p.items():
                 arrays[f"layer{layer.index}/{name}"] = np.asarray(arr, np.float32)
-        return atomic_savez(path, arrays)
+        return arrays
 
     def save_weights(self, path: str | Path) -> None:
         write_weights(path, self.layers, self.params, self.header)
@@ -198,37 +210,54 @@ def load_model_file(path: str | Path) -> Model:
     p = Path(path)
     try:
         with np.load(p, allow_pickle=False) as z:
-            files = set(z.files)
-            for key in ("format", "cfg", "header"):
-                if key not in files:
-                    raise WeightsError(f"{p}: not an engine model file (missing '{key}'; expected {MODEL_FORMAT})")
-            fmt = bytes(z["format"]).decode()
-            if fmt != MODEL_FORMAT:
-                raise WeightsError(f"{p}: format {fmt!r}, expected {MODEL_FORMAT!r}")
-            meta = json.loads(bytes(z["meta"]).decode()) if "meta" in files else {}
-            cfg = parse_cfg(bytes(z["cfg"]).decode("utf-8"), meta.get("cfg_path", p.name))
-            layers = build_layers(cfg)
-            h = [int(v) for v in z["header"]]
-            params: list[Params] = []
-            for layer in layers:
-                lp: Params = {}
-                for name, shape in layer.param_shapes():
-                    key = f"layer{layer.index}/{name}"
-                    if key not in files:
-                        raise WeightsError(f"{p}: missing array {key} for layer {layer.index} [{layer.kind}]")
-                    arr = z[key]
-                    if arr.shape != shape or arr.dtype != np.float32:
-                        raise WeightsError(f"{p}: {key} is {arr.dtype}{arr.shape}, expected float32{shape}")
-                    lp[name] = arr
-                params.append(lp)
+            return model_from_arrays(z, str(p))
     except (zipfile.BadZipFile, ValueError, OSError, KeyError) as err:
         if isinstance(err, EngineError):
             raise
         raise WeightsError(f"{p}: cannot read engine model file: {err}") from err
+
+
+def model_from_arrays(z, label: str, prefix: str = "") -> Model:
+    """A Model from model-file arrays (a mapping; keys optionally prefixed, as inside run records)."""
+    p = Path(label)
+    files = {k[len(prefix):] for k in z.keys() if k.startswith(prefix)} if prefix else set(z.keys())
+    z = _Prefixed(z, prefix)
+    for key in ("format", "cfg", "header"):
+        if key not in files:
+            raise WeightsError(f"{p}: not an engine model file (missing '{key}'; expected {MODEL_FORMAT})")
+    fmt = bytes(z["format"]).decode()
+    if fmt != MODEL_FORMAT:
+        raise WeightsError(f"{p}: format {fmt!r}, expected {MODEL_FORMAT!r}")
+    meta = json.loads(bytes(z["meta"]).decode()) if "meta" in files else {}
+    cfg = parse_cfg(bytes(z["cfg"]).decode("utf-8"), meta.get("cfg_path", p.name))
+    layers = build_layers(cfg)
+    h = [int(v) for v in z["header"]]
+    params: list[Params] = []
+    for layer in layers:
+        lp: Params = {}
+        for name, shape in layer.param_shapes():
+            key = f"layer{layer.index}/{name}"
+            if key not in files:
+                raise WeightsError(f"{p}: missing array {key} for layer {layer.index} [{layer.kind}]")
+            arr = z[key]
+            if arr.shape != shape or arr.dtype != np.float32:
+                raise WeightsError(f"{p}: {key} is {arr.dtype}{arr.shape}, expected float32{shape}")
+            lp[name] = arr
+        params.append(lp)
     from engine.weights import check_finite
     check_finite(params, layers, p.name)
     return Model(cfg, layers, params, WeightsHeader(*h), name=meta.get("name"), names=meta.get("class_names"),
-                 source=str(p))
+         source=str(p))
+
+
+class _Prefixed:
+    """Read-only view of a mapping's keys under a prefix."""
+
+    def __init__(self, z, prefix: str) -> None:
+        self.z, self.prefix = z, prefix
+
+    def __getitem__(self, key: str):
+        return self.z[self.prefix + key]
 
 
 def load(path: str | Path, weights: str | Path | None = None, *, names: str | Path | Sequence[str] | None = None,

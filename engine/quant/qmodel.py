@@ -61,6 +61,14 @@ class QuantizedModel:
     float_layers: tuple[int, ...] = ()            # default mixed-precision override
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def copy(self) -> "QuantizedModel":
+        """Independent containers (layers, scales) sharing the arrays; edits replace, never mutate."""
+        import copy as _copy
+        twin = _copy.copy(self)
+        twin.layers, twin.scales, twin.thresholds = dict(self.layers), dict(self.scales), dict(self.thresholds)
+        twin.meta = dict(self.meta)
+        return twin
+
     def check_matches(self, model) -> None:
         if model.cfg.text != self.cfg_text:
             raise EngineError(f"quantized model '{self.model_name}' was made for a different cfg than "
@@ -76,7 +84,11 @@ class QuantizedModel:
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:
-        from engine.model import _text, atomic_savez
+        from engine.model import atomic_savez
+        return atomic_savez(path, self.to_arrays())
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        from engine.model import _text
         meta = {"method": self.method, "settings": self.settings, "per_channel": self.per_channel,
                 "scales": self.scales, "thresholds": self.thresholds, "model_name": self.model_name,
                 "fingerprint": self.fingerprint, "float_layers": list(self.float_layers), "meta": self.meta,
@@ -89,26 +101,29 @@ class QuantizedModel:
             arrays[f"layer{i}/b_q"] = lq.b_q
         if self.stats is not None:
             arrays.update(self.stats.to_arrays())
-        return atomic_savez(path, arrays)
+        return arrays
 
     @classmethod
     def load(cls, path: str | Path) -> "QuantizedModel":
         p = Path(path)
         try:
             with np.load(p, allow_pickle=False) as z:
-                files = set(z.files)
-                if "format" not in files or bytes(z["format"]).decode() != QMODEL_FORMAT:
-                    raise WeightsError(f"{p}: not a quantized model file (expected format {QMODEL_FORMAT})")
-                meta = json.loads(bytes(z["meta"]).decode())
-                layers = {int(i): LayerQuant(z[f"layer{i}/w_q"], z[f"layer{i}/w_scale"], z[f"layer{i}/b_q"],
-                                             float(s), meta["schemes"][i]) for i, s in meta["in_scales"].items()}
-                arrays = {k: z[k] for k in files if k.startswith("calib/")}
-                stats = CalibrationStats.from_arrays(arrays) if arrays else None
-                cfg_text = bytes(z["cfg"]).decode("utf-8")
+                return cls.from_arrays({k: z[k] for k in z.files}, str(p))
         except (OSError, ValueError, KeyError) as err:
             if isinstance(err, EngineError):
                 raise
             raise WeightsError(f"{p}: cannot read quantized model: {err}") from err
+
+    @classmethod
+    def from_arrays(cls, z: dict, label: str = "<arrays>") -> "QuantizedModel":
+        if "format" not in z or bytes(z["format"]).decode() != QMODEL_FORMAT:
+            raise WeightsError(f"{label}: not a quantized model file (expected format {QMODEL_FORMAT})")
+        meta = json.loads(bytes(z["meta"]).decode())
+        layers = {int(i): LayerQuant(z[f"layer{i}/w_q"], z[f"layer{i}/w_scale"], z[f"layer{i}/b_q"],
+                                     float(s), meta["schemes"][i]) for i, s in meta["in_scales"].items()}
+        arrays = {k: z[k] for k in z if k.startswith("calib/")}
+        stats = CalibrationStats.from_arrays(arrays) if arrays else None
+        cfg_text = bytes(z["cfg"]).decode("utf-8")
         return cls(meta["method"], meta["settings"], meta["per_channel"], meta["scales"], meta["thresholds"], layers,
                    meta["model_name"], cfg_text, meta["fingerprint"], stats, tuple(meta["float_layers"]),
                    meta.get("meta", {}))

@@ -1,0 +1,402 @@
+"""The Session: one model + quantized model + image + execution state, stepped layer by layer.
+
+It is the single API the widgets call. Every executed layer's output is kept (float, and int8 +
+scale where the layer ran in int8), so any earlier layer can be inspected. CROSS runs the
+current layer in the other precision on the same inputs; `continue_from` runs the rest of the
+network from either result. Editing, sensitivity sweeps and run records live in
+engine/customize.py, engine/sensitivity.py and engine/records.py.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from engine.customize import CustomizeMixin
+from engine.detect import Detection, detect_outputs
+from engine.errors import EngineError
+from engine.image import ImageLike, Preprocessed
+from engine.inspect import TensorSummary, histogram, summarize
+from engine.quant.executor import FLOAT, INT8, Executor, LayerRecord, Value
+from engine.quant.fitness import ErrorStats, error_stats
+from engine.quant.qmodel import QuantizedModel
+
+
+class Mode(str, Enum):
+    FLOAT = "float"
+    HYBRID = "hybrid"
+    INT8 = "int"
+
+
+@dataclass
+class StepResult:
+    index: int
+    node_id: str
+    kind: str
+    precision: str
+    value: Value = field(repr=False)
+    record: LayerRecord = field(repr=False)
+    seconds: float = 0.0
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.value.float()
+
+
+@dataclass
+class CrossResult:
+    index: int
+    precision: str                 # what the session ran
+    other: str                     # what CROSS ran
+    y: np.ndarray = field(repr=False)
+    y_other: np.ndarray = field(repr=False)
+    value_other: Value = field(repr=False)
+    record_other: LayerRecord = field(repr=False)
+    diff: ErrorStats = None        # y_other against y
+
+    @property
+    def float_and_int(self) -> tuple[np.ndarray, np.ndarray]:
+        return (self.y, self.y_other) if self.precision == FLOAT else (self.y_other, self.y)
+
+
+@dataclass
+class ContinueResult:
+    source: str                    # "this" or "other"
+    index: int
+    detections: list[Detection]
+    values: list[Value] = field(repr=False)
+
+
+class Session(CustomizeMixin):
+    """Step, inspect, cross-run and customize a model on one image.
+
+        s = Session(model, quantized=qm, mode="int", image="dog.jpg")
+        s.run_to(12); s.output(12); s.cross(); s.step(); s.run(); s.detections()
+    """
+
+    def __init__(self, model, quantized: QuantizedModel | str | Path | None = None, mode: str | Mode = "float",
+                 image: ImageLike | Preprocessed | None = None, *, resize: str = "letterbox",
+                 float_layers=None, thresh: float = 0.25, nms: float = 0.45) -> None:
+        from engine.model import Model, load
+        if not isinstance(model, Model):
+            model = load(model)
+        if quantized is not None and not isinstance(quantized, QuantizedModel):
+            quantized = QuantizedModel.load(quantized)
+        self.original = model
+        self.model = model.shallow_copy()          # edits never reach the caller's model
+        self.qmodel = quantized.copy() if quantized is not None else None
+        self.resize, self.thresh, self.nms = resize, thresh, nms
+        self._callbacks: dict[str, list[Callable]] = {"step": [], "edit": [], "reset": []}
+        self._init_customize()
+        self.mode = Mode(mode).value
+        self.executor = Executor(self.model, self.qmodel, self.mode, float_layers)
+        self.pre: Preprocessed | None = None
+        self.values: list[Value] = []
+        self.records: list[LayerRecord] = []
+        self.timings: list[float] = []
+        self._float_ref: list[np.ndarray] | None = None
+        self.reset(image)
+
+    # ------------------------------------------------------------------ callbacks
+    def on_step(self, cb: Callable[[StepResult], Any]) -> Callable:
+        self._callbacks["step"].append(cb)
+        return cb
+
+    def on_edit(self, cb: Callable) -> Callable:
+        self._callbacks["edit"].append(cb)
+        return cb
+
+    def on_reset(self, cb: Callable[["Session"], Any]) -> Callable:
+        self._callbacks["reset"].append(cb)
+        return cb
+
+    def remove_callback(self, cb: Callable) -> None:
+        for cbs in self._callbacks.values():
+            if cb in cbs:
+                cbs.remove(cb)
+
+    def _fire(self, event: str, payload: Any) -> None:
+        for cb in list(self._callbacks[event]):
+            cb(payload)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def position(self) -> int:
+        """Index of the last executed layer (-1 before the first step)."""
+        return len(self.values) - 1
+
+    @property
+    def done(self) -> bool:
+        return len(self.values) == len(self.model.layers)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.layers)
+
+    @property
+    def float_layers(self) -> set[int]:
+        return set(self.executor.float_layers)
+
+    def set_mode(self, mode: str | Mode, float_layers=None) -> None:
+        """Change FLOAT/HYBRID/INT (and the mixed-precision override); restarts execution."""
+        mode = Mode(mode).value
+        self.executor = Executor(self.model, self.qmodel, mode,
+                                 self.executor.float_layers if float_layers is None else float_layers)
+        self.mode = mode
+        self.reset()
+
+    def set_quantized(self, quantized: QuantizedModel | str | Path | None) -> None:
+        if quantized is not None and not isinstance(quantized, QuantizedModel):
+            quantized = QuantizedModel.load(quantized)
+        self.qmodel = quantized.copy() if quantized is not None else None
+        mode = self.mode if self.qmodel is not None else "float"
+        self.executor = Executor(self.model, self.qmodel, mode, self.executor.float_layers)
+        self.mode = mode
+        self.reset()
+
+    def reset(self, image: ImageLike | Preprocessed | None = None) -> None:
+        """Back to before layer 0; with `image`, switch to that image (path, array, PIL, tensor)."""
+        if image is not None or self.pre is None:
+            self.pre = self._prepare(image)
+            self._float_ref = None
+        self.values, self.records, self.timings = [], [], []
+        self._fire("reset", self)
+
+    def _prepare(self, image) -> Preprocessed:
+        if image is None:
+            from engine.samples import sample
+            image = sample("dog")
+        if isinstance(image, Preprocessed):
+            return image
+        if isinstance(image, np.ndarray) and image.shape == self.model.input_shape and image.dtype == np.float32:
+            _, h, w = image.shape
+            return Preprocessed(self.model.check_input(image), w, h, "stretch")
+        return self.model.preprocess(image, self.resize)
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.pre.x
+
+    # ------------------------------------------------------------------ execution
+    def _check_index(self, index: int) -> int:
+        index = int(index)
+        if not 0 <= index < self.num_layers:
+            raise EngineError(f"layer {index} does not exist; this model has layers 0..{self.num_layers - 1}")
+        return index
+
+    def _inputs(self, index: int, values: list[Value] | None = None) -> list[Value]:
+        return self.executor.inputs_of(index, Value(f=self.pre.x), self.values if values is None else values)
+
+    def step(self) -> StepResult:
+        """Run the next layer. Raises EngineError at the end of the network."""
+        if self.done:
+            raise EngineError(f"all {self.num_layers} layers have run; reset() to start again")
+        i = len(self.values)
+        t0 = time.perf_counter()
+        value, rec = self.executor.run_layer(i, self._inputs(i))
+        dt = time.perf_counter() - t0
+        self.values.append(value)
+        self.records.append(rec)
+        self.timings.append(dt)
+        layer = self.model.layers[i]
+        result = StepResult(i, str(i), layer.kind, rec.precision, value, rec, dt)
+        self._fire("step", result)
+        return result
+
+    def run_to(self, index: int) -> StepResult:
+        """Execute up to and including layer `index` (restarting if it already ran past it)."""
+        index = self._check_index(index)
+        if index < self.position:
+            self.values, self.records, self.timings = self.values[:index], self.records[:index], self.timings[:index]
+        result = None
+        while self.position < index:
+            result = self.step()
+        if result is None:  # already exactly there
+            rec = self.records[index]
+            result = StepResult(index, str(index), self.model.layers[index].kind, rec.precision, self.values[index],
+                                rec, self.timings[index])
+        return result
+
+    def run(self) -> list[Detection]:
+        """Run to the end and return the detections."""
+        while not self.done:
+            self.step()
+        return self.detections()
+
+    def detections(self) -> list[Detection]:
+        if not self.done:
+            raise EngineError(f"detections need a full run: at layer {self.position} of {self.num_layers - 1}; "
+                              "call run()")
+        return detect_outputs(self.model, [v.float() for v in self.values], self.pre, self.thresh, self.nms)
+
+    def float_detections(self) -> list[Detection]:
+        return detect_outputs(self.model, self.float_reference(), self.pre, self.thresh, self.nms)
+
+    def float_reference(self) -> list[np.ndarray]:
+        """FLOAT outputs of the (edited) model on the same input, for fitness metrics."""
+        if self._float_ref is None:
+            self._float_ref = self.model.forward(self.pre.x)
+        return self._float_ref
+
+    # ------------------------------------------------------------------ inspection
+    def _executed(self, index: int) -> int:
+        index = self._check_index(index)
+        if index > self.position:
+            raise EngineError(f"layer {index} has not run yet (position {self.position}); run_to({index}) first")
+        return index
+
+    def output(self, index: int) -> np.ndarray:
+        """Float view of an executed layer's output (dequantized if it ran in int8). Read-only."""
+        return self.values[self._executed(index)].float()
+
+    def output_q(self, index: int):
+        """The int8 QTensor of an executed layer, or None if it ran in float."""
+        return self.values[self._executed(index)].q
+
+    def inputs(self, index: int) -> list[np.ndarray]:
+        """Float views of the inputs layer `index` reads (its producers' outputs, or the image tensor)."""
+        index = self._check_index(index)
+        if any(0 <= i and i > self.position for i in self.model.layers[index].inputs):
+            raise EngineError(f"the inputs of layer {index} have not all run yet; run_to({index - 1}) first")
+        return [v.float() for v in self._inputs(index)]
+
+    def precision(self, index: int) -> str:
+        return self.executor.precision(self._check_index(index))
+
+    def layer_info(self, index: int) -> dict[str, Any]:
+        index = self._check_index(index)
+        node = self.model.graph.node(index)
+        info = {"index": index, "id": node.id, "kind": node.kind, "inputs": list(node.inputs),
+                "in_shapes": [list(s) for s in node.in_shapes], "out_shape": list(node.out_shape),
+                "params": node.params, "macs": node.macs, "attrs": dict(node.attrs),
+                "precision": self.executor.precision(index), "mode": self.mode}
+        if self.qmodel is not None:
+            info["out_scale"] = self.qmodel.scales.get(str(index))
+            info["threshold"] = self.qmodel.thresholds.get(str(index))
+            lq = self.qmodel.layers.get(index)
+            if lq is not None:
+                info["in_scale"] = lq.in_scale
+                info["weight_scale"] = (float(lq.w_scale.min()), float(lq.w_scale.max()))
+                info["weight_scheme"] = lq.scheme
+                info["per_channel"] = lq.w_scale.size > 1
+        if index <= self.position:
+            info["seconds"] = self.timings[index]
+            info["record"] = dict(self.records[index].stats)
+        return info
+
+    def weights(self, index: int, kind: str = "float") -> dict[str, np.ndarray]:
+        """Copies of a layer's parameters: kind "float" (raw cfg params) or "int8" (w_q, b_q, w_scale)."""
+        index = self._check_index(index)
+        if kind == "float":
+            return {k: v.copy() for k, v in self.model.params[index].items()}
+        if kind == "int8":
+            lq = None if self.qmodel is None else self.qmodel.layers.get(index)
+            if lq is None:
+                raise EngineError(f"layer {index} [{self.model.layers[index].kind}] has no int8 weights")
+            return {"w_q": lq.w_q.copy(), "b_q": lq.b_q.copy(), "w_scale": np.array(lq.w_scale, copy=True)}
+        raise ValueError(f"kind={kind!r}: expected 'float' or 'int8'")
+
+    def summary(self, index: int) -> TensorSummary:
+        index = self._executed(index)
+        v, rec = self.values[index], self.records[index]
+        sat = rec.stats.get("saturated") if rec.precision == INT8 else None
+        return summarize(v.float(), v.q.q if v.q is not None else None, sat)
+
+    def histogram(self, index: int, which: str = "output", bins: int = 64, log2: bool = False):
+        """(counts, edges) of a layer's output, first input, or float weights."""
+        index = self._check_index(index)
+        if which == "output":
+            x = self.output(index)
+        elif which == "input":
+            x = self.inputs(index)[0]
+        elif which == "weights":
+            w = self.model.params[index].get("weights")
+            if w is None:
+                raise EngineError(f"layer {index} [{self.model.layers[index].kind}] has no weights")
+            x = w
+        else:
+            raise ValueError(f"which={which!r}: expected output, input or weights")
+        return histogram(x, bins=bins, log2=log2)
+
+    def fitness(self, index: int) -> dict[str, ErrorStats | None]:
+        """This layer against the FLOAT run: propagated (the session's output) and local (this layer
+        alone in int8 on the FLOAT run's inputs). Both None in FLOAT mode."""
+        index = self._executed(index)
+        if self.mode == "float":
+            return {"propagated": None, "local": None}
+        ref = self.float_reference()
+        v, rec = self.values[index], self.records[index]
+        sat = rec.stats.get("saturated", 0) + rec.stats.get("input_saturated", 0)
+        prop = error_stats(ref[index], v.float(), v.q.q if v.q is not None else None, sat)
+        local = None
+        if self.executor.precision(index) == INT8:
+            floats = [Value(f=y) for y in ref]
+            lv, lrec = self.executor.run_layer(index, self._inputs(index, floats))
+            lsat = lrec.stats.get("saturated", 0) + lrec.stats.get("input_saturated", 0)
+            local = error_stats(ref[index], lv.float(), lv.q.q if lv.q is not None else None, lsat)
+        return {"propagated": prop, "local": local}
+
+    def thresholds(self, index: int | str) -> dict[str, float]:
+        """The calibration threshold every registered method would pick for this tensor."""
+        from engine.calib import CALIBRATORS, make
+        if self.qmodel is None or self.qmodel.stats is None:
+            return {}
+        h = self.qmodel.stats.hists.get(str(index))
+        if h is None or h.amax == 0:
+            return {}
+        return {name: make(name).threshold(h) for name in CALIBRATORS.names()}
+
+    # ------------------------------------------------------------------ sweeps, records
+    def sensitivity(self, progress: bool = True, cancel=None):
+        """Rank layers by how much quantizing them alone hurts (engine/sensitivity.py)."""
+        from engine.sensitivity import sensitivity
+        return sensitivity(self, progress=progress, cancel=cancel)
+
+    def save_record(self, path: str | Path) -> Path:
+        from engine.records import save_record
+        return save_record(self, path)
+
+    @classmethod
+    def open_record(cls, path: str | Path) -> "Session":
+        from engine.records import open_record
+        return open_record(path)
+
+    # ------------------------------------------------------------------ CROSS
+    def other_precision(self, index: int) -> str:
+        return INT8 if self.executor.precision(index) == FLOAT else FLOAT
+
+    def cross(self, index: int | None = None) -> CrossResult:
+        """Run layer `index` (default: the current one) in the other precision on the same inputs."""
+        index = self.position if index is None else self._executed(index)
+        if index < 0:
+            raise EngineError("nothing has run yet: step() first, then CROSS the current layer")
+        other = self.other_precision(index)
+        if other == INT8:
+            if self.qmodel is None:
+                raise EngineError("CROSS to int8 needs a quantized model (Session(quantized=...))")
+            if not self.executor.has_int_path(index, "hybrid" if self.mode == "hybrid" else "int"):
+                kind = self.model.layers[index].kind
+                raise EngineError(f"layer {index} [{kind}] has no int8 path in {self.mode} mode (it always runs float)")
+        v_other, rec_other = self.executor.run_layer(index, self._inputs(index), other)
+        y, y_other = self.values[index].float(), v_other.float()
+        return CrossResult(index, self.records[index].precision, other, y, y_other, v_other, rec_other,
+                           error_stats(y, y_other, v_other.q.q if v_other.q is not None else None,
+                                       rec_other.stats.get("saturated", 0)))
+
+    def continue_from(self, source: str = "other", index: int | None = None) -> ContinueResult:
+        """Run the rest of the network from layer `index`'s output ("this") or its CROSS result
+        ("other"), without changing the session's own state; returns the detections."""
+        index = self.position if index is None else self._executed(index)
+        if source not in ("this", "other"):
+            raise ValueError(f"source={source!r}: expected 'this' or 'other'")
+        first = self.cross(index).value_other if source == "other" else self.values[index]
+        values = list(self.values[:index]) + [first]
+        for i in range(index + 1, self.num_layers):
+            v, _ = self.executor.run_layer(i, self._inputs(i, values))
+            values.append(v)
+        dets = detect_outputs(self.model, [v.float() for v in values], self.pre, self.thresh, self.nms)
+        return ContinueResult(source, index, dets, values)
