@@ -1,0 +1,78 @@
+"""GraphView, headless: cytoscape JSON of yolov3-tiny, highlight/selection classes, overlays."""
+from __future__ import annotations
+
+import pytest
+import traitlets
+
+from qwidgets.graph_view import RAMP, GraphView, graph_to_cytoscape, ramp_classes
+
+
+def click(view: GraphView, node_id: str) -> None:
+    """What the frontend sends for a node click (ipycytoscape's interaction message)."""
+    view.cyto._handle_interaction(view.cyto, {"widget": "node", "event": "click",
+                                              "data": {"data": {"id": node_id}}}, None)
+
+
+@pytest.fixture(scope="module")
+def view(tiny):
+    return GraphView(tiny.graph)
+
+
+def test_cytoscape_json_has_every_layer_and_the_route_edges(tiny):
+    d = graph_to_cytoscape(tiny.graph)
+    ids = [n["data"]["id"] for n in d["nodes"]]
+    assert len(ids) == 25 and ids[0] == "input" and ids[1:] == [str(i) for i in range(24)]
+    assert d["nodes"][1]["data"]["label"] == "0 conv" and d["nodes"][17]["data"]["kind"] == "yolo"
+    edges = {e["data"]["id"]: e["classes"].split() for e in d["edges"]}
+    assert len(edges) == 25                                 # 23 chain edges + 20 <- 8 + input -> 0
+    assert "input->0" in edges
+    assert set(edges["13->17"]) == {"flow", "route", "skip"}
+    assert set(edges["19->20"]) == {"flow", "route"}
+    assert set(edges["8->20"]) == {"flow", "route", "skip"}
+    assert edges["3->4"] == ["flow"]
+
+
+def test_view_builds_the_graph_once_with_dagre(view):
+    assert view.cyto.cytoscape_layout["name"] == "dagre"
+    assert len(view.cyto.graph.nodes) == 25 and len(view.cyto.graph.edges) == 25
+    assert view.cyto.layout.height == "520px"
+
+
+def test_current_node_moves_the_highlight_class(view):
+    view.current_node = "3"
+    assert "current" in view.nodes["3"].classes.split()
+    view.current_node = "4"
+    assert "current" not in view.nodes["3"].classes.split()
+    assert "current" in view.nodes["4"].classes.split()
+    with pytest.raises(traitlets.TraitError, match="no such node"):
+        view.current_node = "99"
+
+
+def test_node_click_sets_selected_node_and_calls_hooks(view):
+    seen = []
+    view.on_node_click(seen.append)
+    click(view, "17")
+    assert view.selected_node == "17" and seen == ["17"]
+    assert "picked" in view.nodes["17"].classes.split()
+    view.on_node_click(seen.append, remove=True)
+    click(view, "input")
+    assert view.selected_node == "input" and seen == ["17"]
+
+
+def test_overlay_values_restyle_without_rebuilding(view):
+    graph, nodes = view.cyto.graph, list(view.cyto.graph.nodes)
+    assert "t-convolutional" in view.nodes["0"].classes.split()
+    with view.hold_trait_notifications():
+        view.overlay = "sqnr"
+        view.overlay_values = {str(i): float(i) for i in range(24)}
+    assert "ov0" in view.nodes["0"].classes.split() and f"ov{len(RAMP) - 1}" in view.nodes["23"].classes.split()
+    assert "ov-none" in view.nodes["input"].classes.split()
+    assert view._overlay.value == "sqnr" and "sqnr" in view._legend.value
+    view.overlay = "type"
+    assert "t-convolutional" in view.nodes["0"].classes.split()
+    assert view.cyto.graph is graph and list(view.cyto.graph.nodes) == nodes
+
+
+def test_ramp_classes_ignore_missing_and_nan():
+    got = ramp_classes({"a": 0.0, "b": 1.0, "c": float("nan")}, ["a", "b", "c", "d"])
+    assert got == {"a": "ov0", "b": f"ov{len(RAMP) - 1}", "c": "ov-none", "d": "ov-none"}
