@@ -1,0 +1,136 @@
+"""Data for LayerPanel.show from a FLOAT run (and, optionally, an INT run's dequantized outputs).
+
+`layer_panel_data(model, outs, node_id, x=...)` reads the layer's structure from `model.graph`,
+its tensors from `outs` (what `model.forward(x)` returned) and its weights from `model.params`,
+and encodes them with `qwidgets._encode`. No widgets here: the Explorer will call the same
+functions with Session data.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from engine.graph import INPUT
+from qwidgets._encode import feature_montage, heatmap_png, histogram_counts, histogram_png, weights_png
+
+BINS = 128
+ATTR_KEYS = ("filters", "size", "stride", "padding", "groups", "batch_normalize", "activation", "layers", "from",
+             "classes", "mask")
+
+
+def tensor_stats(name: str, x: np.ndarray) -> dict[str, Any]:
+    """One statistics row: shape, min, max, mean, std, max|x|, zeros %."""
+    x = np.asarray(x)
+    flat = x.reshape(-1)
+    return {"tensor": name, "shape": "x".join(map(str, x.shape)), "min": float(flat.min()), "max": float(flat.max()),
+            "mean": float(flat.mean(dtype=np.float64)), "std": float(flat.std(dtype=np.float64)),
+            "max|x|": float(np.abs(flat).max()), "zeros %": 100.0 * float(np.count_nonzero(flat == 0)) / flat.size}
+
+
+def error_stats(y: np.ndarray, y_int: np.ndarray) -> dict[str, Any]:
+    """INT vs FLOAT row: SQNR = 10 log10(sum y^2 / sum (y_int - y)^2) in dB, max and mean |error|."""
+    err = y_int.astype(np.float64) - y
+    noise = float(np.sum(err * err))
+    signal = float(np.sum(np.square(y, dtype=np.float64)))
+    sqnr = float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-300) / noise)
+    return {"tensor": "INT - FLOAT", "shape": "x".join(map(str, y.shape)), "SQNR dB": sqnr,
+            "max|err|": float(np.abs(err).max()), "mean|err|": float(np.abs(err).mean())}
+
+
+def hist_percentile(counts: np.ndarray, edges: np.ndarray, q: float) -> float:
+    """Upper edge of the bin where the cumulative count reaches q percent (cheap, from the counts)."""
+    c = np.cumsum(counts)
+    if c[-1] == 0:
+        return float(edges[-1])
+    k = int(np.searchsorted(c, q / 100.0 * c[-1]))
+    return float(edges[min(k + 1, len(edges) - 1)])
+
+
+def hist_image(series: Mapping[str, np.ndarray], title: str, thresholds: Mapping[str, float] | None,
+               log2: bool, log_y: bool) -> bytes:
+    """Overlaid histograms of the named tensors with threshold markers (default: max|x|, p99.9)."""
+    counts = {k: histogram_counts(v, BINS, log2=log2) for k, v in series.items()}
+    if thresholds is None:
+        first = next(iter(series.values()))
+        c, e = counts[next(iter(series))]
+        thresholds = {"max|x|": float(np.abs(first).max())}
+        if not log2:
+            thresholds["p99.9"] = hist_percentile(c, e, 99.9)
+    return histogram_png(counts, thresholds, log_y=log_y, log_x=log2, title=title)
+
+
+def layer_input(model, outs: Sequence[np.ndarray], index: int, x: np.ndarray | None) -> np.ndarray | None:
+    """The layer's input: its single producer, or several concatenated along C when H, W agree."""
+    srcs = model.layers[index].inputs
+    if any(i < 0 for i in srcs) and x is None:
+        return None
+    xs = model.inputs_of(index, x, outs)
+    if len(xs) == 1:
+        return xs[0]
+    if all(a.ndim == 3 and a.shape[1:] == xs[0].shape[1:] for a in xs):
+        return np.concatenate(xs, axis=0)
+    return xs[0]
+
+
+def layer_info(model, node_id: str) -> dict[str, Any]:
+    """Structure of one node for the info table (id, kind, inputs, shapes, params, MACs, cfg keys)."""
+    if node_id == INPUT:
+        return {"id": INPUT, "kind": "input", "out_shape": tuple(model.input_shape)}
+    n = model.graph.node(node_id)
+    info: dict[str, Any] = {"id": n.id, "kind": n.kind, "inputs": ", ".join(n.inputs),
+                            "in_shapes": [tuple(s) for s in n.in_shapes], "out_shape": tuple(n.out_shape),
+                            "params": int(n.params), "MACs": int(n.macs)}
+    info.update({k: n.attrs[k] for k in ATTR_KEYS if k in n.attrs})
+    info["cfg line"] = n.line
+    return info
+
+
+def layer_panel_data(model, outs: Sequence[np.ndarray], node_id: str, x: np.ndarray | None = None, *,
+                     int_outs: Sequence[np.ndarray] | None = None, scales: Mapping[str, float] | None = None,
+                     thresholds: Mapping[str, float] | None = None, log2: bool = False,
+                     log_y: bool = False) -> tuple[dict[str, Any], dict[str, bytes], list[dict[str, Any]]]:
+    """(info, images, stats_rows) for `LayerPanel.show` of node `node_id`.
+
+    outs: FLOAT outputs of `model.forward(x)` (one (C, H, W) float32 per layer); x: the network
+    input (needed for the input of layer 0 and for node "input"); int_outs: the INT run's
+    dequantized outputs (adds FLOAT / INT / error images, an INT histogram series and an error
+    row); scales: shown in the info table; thresholds: label -> value markers on the output
+    histogram (default max|y| and p99.9); log2 / log_y: histogram bins and count axis.
+    Raises: KeyError for an unknown node id.
+    """
+    info = layer_info(model, node_id)
+    info["scales"] = dict(scales) if scales else "- (FLOAT run)"
+    images: dict[str, bytes] = {}
+    rows: list[dict[str, Any]] = []
+    if node_id == INPUT:
+        if x is not None:
+            images["output"] = feature_montage(x, labels=True, size=128, cols=3)
+            images["hist_output"] = hist_image({"input": x}, "network input", thresholds, log2, log_y)
+            rows.append(tensor_stats("input", x))
+        return info, images, rows
+    index = model.graph.node(node_id).index
+    y = outs[index]
+    xin = layer_input(model, outs, index, x)
+    if xin is not None:
+        images["input"] = feature_montage(xin, labels=True)
+        images["hist_input"] = hist_image({"FLOAT": xin}, f"layer {node_id} input", None, log2, log_y)
+        rows.append(tensor_stats("input", xin))
+    images["output"] = feature_montage(y, labels=True)
+    series = {"FLOAT": y}
+    rows.append(tensor_stats("output", y))
+    if int_outs is not None:
+        y_int = np.asarray(int_outs[index], np.float32)
+        series["INT"] = y_int
+        images["float"] = feature_montage(y, max_channels=16, cols=4, normalize="global")
+        images["int"] = feature_montage(y_int, max_channels=16, cols=4, normalize="global")
+        images["heatmap"] = heatmap_png(y_int - y, max_channels=16, cols=4)
+        rows.append(tensor_stats("output INT", y_int))
+        rows.append(error_stats(y, y_int))
+    images["hist_output"] = hist_image(series, f"layer {node_id} output", thresholds, log2, log_y)
+    w = model.params[index].get("weights")
+    if w is not None and w.ndim in (2, 4):
+        images["weights"] = weights_png(w)
+        images["hist_weights"] = hist_image({"weights": w}, f"layer {node_id} weights", None, log2, log_y)
+        rows.append(tensor_stats("weights", w))
+    return info, images, rows
