@@ -223,6 +223,12 @@ ACTIVATIONS = ["leaky", "linear", "relu", "logistic", "mish", "swish", "relu6", 
                "relie", "ramp", "loggy", "hardtan"]
 
 
+def test_every_engine_activation_has_an_onnx_form():
+    from engine.export.onnx_ops import ACTS
+    from engine.layers.activations import ACTIVATIONS as ENGINE_ACTIVATIONS
+    assert sorted(ENGINE_ACTIVATIONS.names()) == sorted(ACTIVATIONS) == sorted(ACTS.names())
+
+
 @pytest.mark.parametrize("opset", [17, 18])
 def test_every_activation_grouped_and_strided_convs_match(opset):
     convs = "".join(f"[convolutional]\nbatch_normalize={k % 2}\nfilters=6\nsize={1 + 2 * (k % 2)}\npad=1\n"
