@@ -61,8 +61,8 @@ def graph_to_cytoscape(graph: Graph) -> dict:
 def graph_style() -> list[dict]:
     """The cytoscape stylesheet: kind colours, overlay ramp, current / picked highlights, edge kinds."""
     style = [
-        {"selector": "node", "css": {"label": "data(label)", "shape": "round-rectangle", "width": 84, "height": 22,
-                                     "font-size": 11, "text-valign": "center", "text-halign": "center",
+        {"selector": "node", "css": {"label": "data(label)", "shape": "round-rectangle", "width": 84, "height": 20,
+                                     "font-size": 12, "text-valign": "center", "text-halign": "center",
                                      "background-color": OTHER_KIND, "border-width": 1, "border-color": "#636363"}},
         {"selector": "edge", "css": {"width": 1.5, "line-color": "#969696", "curve-style": "bezier",
                                      "target-arrow-shape": "triangle", "target-arrow-color": "#969696"}},
@@ -123,7 +123,7 @@ class GraphView(widgets.VBox):
         self._click_callbacks: list[Callable[[str], None]] = []
         self.cyto = CytoscapeWidget(layout=widgets.Layout(height=height, width="100%"))
         self.cyto.graph.add_graph_from_json(self.elements, directed=True)
-        self.cyto.set_layout(name="dagre", rankDir=rank_dir, nodeSep=12, rankSep=18, padding=8)
+        self.cyto.set_layout(name="dagre", rankDir=rank_dir, nodeSep=10, rankSep=10, padding=8)
         self.cyto.set_style(graph_style())
         self.cyto.on("node", "click", self._on_cyto_node_click)
         self.cyto.add_class("qw-graph-canvas")

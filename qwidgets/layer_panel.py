@@ -81,7 +81,8 @@ class LayerPanel(widgets.VBox):
                        for k, cap in IMAGE_SLOTS.items()}
         rows = [widgets.HBox([self._boxes[k] for k in row], layout=widgets.Layout(flex_flow="row wrap"))
                 for row in ROWS]
-        super().__init__(children=[self._title, widgets.HBox([self._info, self._stats]),
+        tables = widgets.HBox([self._info, self._stats], layout=widgets.Layout(flex_flow="row wrap"))
+        super().__init__(children=[self._title, tables,
                                    widgets.HBox([self._log2, self._log_y]), *rows], **kwargs)
         self.add_class("qw-layer-panel")
         traitlets.link((self, "hist_log2"), (self._log2, "value"))
@@ -99,7 +100,8 @@ class LayerPanel(widgets.VBox):
         nid = str(info.get("id", self.node_id))
         with self.hold_sync():
             kind = info.get("kind", "")
-            self._title.value = f"<b>layer {html.escape(nid)}</b> {html.escape(str(kind))}"
+            self._title.value = ("<b>network input</b>" if kind == "input"
+                                 else f"<b>layer {html.escape(nid)}</b> {html.escape(str(kind))}")
             self._info.value = info_html(info)
             self._stats.value = stats_html(stats_rows)
             for key, img in self.images.items():
