@@ -76,3 +76,17 @@ def test_overlay_values_restyle_without_rebuilding(view):
 def test_ramp_classes_ignore_missing_and_nan():
     got = ramp_classes({"a": 0.0, "b": 1.0, "c": float("nan")}, ["a", "b", "c", "d"])
     assert got == {"a": "ov0", "b": f"ov{len(RAMP) - 1}", "c": "ov-none", "d": "ov-none"}
+
+
+def test_shortcut_edges_get_their_class(shared):
+    from engine.cfg import read_cfg
+    from engine.graph import build_graph, build_layers
+    cfg = read_cfg(shared / "models" / "cfg" / "darknet53.cfg")
+    graph = build_graph("darknet53", (3, 256, 256), build_layers(cfg))
+    d = graph_to_cytoscape(graph)
+    shortcuts = [n for n in graph.nodes if n.kind == "shortcut"]
+    assert shortcuts
+    classes = {e["data"]["id"]: set(e["classes"].split()) for e in d["edges"]}
+    for n in shortcuts:
+        assert all("shortcut" in classes[f"{src}->{n.id}"] for src in n.inputs)
+        assert any("skip" in classes[f"{src}->{n.id}"] for src in n.inputs)
