@@ -35,7 +35,8 @@ def main() -> None:
     args = ap.parse_args()
     model = zoo.load("yolov3-tiny")
     outs = model.forward(model.preprocess(sample("dog")).x)
-    print(f"{'layer':>5} {'shape':>16} {'montage':>8} {'counts':>7} {'hist png':>8} {'total':>7}  (ms, best of {args.repeat})")
+    print(f"{'layer':>5} {'shape':>16} {'montage':>8} {'counts':>7} {'hist png':>8} {'total':>7}"
+          f"  (ms, best of {args.repeat})")
     worst = 0.0
     for i, y in enumerate(outs):
         counts = histogram_counts(y)
@@ -46,7 +47,8 @@ def main() -> None:
         total = t_m + t_c + t_h
         worst = max(worst, total)
         shape = "x".join(map(str, y.shape))
-        print(f"{i:>5} {shape:>16} {t_m:8.1f} {t_c:7.1f} {t_h:8.1f} {total:7.1f}{'  > target' if total > TARGET_MS else ''}")
+        flag = "  > target" if total > TARGET_MS else ""
+        print(f"{i:>5} {shape:>16} {t_m:8.1f} {t_c:7.1f} {t_h:8.1f} {total:7.1f}{flag}")
     print(f"worst layer: {worst:.1f} ms (target {TARGET_MS:.0f} ms)")
 
 

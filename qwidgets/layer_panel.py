@@ -88,7 +88,8 @@ class LayerPanel(widgets.VBox):
         traitlets.link((self, "hist_log2"), (self._log2, "value"))
         traitlets.link((self, "hist_log_y"), (self._log_y, "value"))
 
-    def show(self, info: Mapping[str, Any], images: Mapping[str, bytes], stats_rows: Sequence[Mapping[str, Any]]) -> None:
+    def show(self, info: Mapping[str, Any], images: Mapping[str, bytes],
+             stats_rows: Sequence[Mapping[str, Any]]) -> None:
         """Display one layer: `info` (key -> value), `images` (slot key -> PNG bytes), `stats_rows`.
 
         Keys of `images` must be slots of IMAGE_SLOTS; missing slots are hidden.
