@@ -4,8 +4,9 @@
   settings and runtime dirs) serving a temporary copy of `tests/browser/notebooks/` (autosave
   writes widget outputs back, so the originals are never served). Teardown: SIGTERM, wait,
   then SIGKILL the server's process group (the server and the kernels it started).
-- `page`: Debian's chromium (`/usr/bin/chromium`, or `$QW_CHROMIUM`) driven by Playwright with the
-  flags from docs/platform-notes; never `playwright install`. Console messages go to a log file.
+- `page`: Debian's chromium (`/usr/bin/chromium`, or `$QW_CHROMIUM`; checked by the `chromium`
+  fixture before the server starts) driven by Playwright with the flags from docs/platform-notes;
+  never `playwright install`. Console messages go to a log file. It closes before `lab` stops.
 - `artifacts`: screenshots and logs in `$QW_ARTIFACTS` or `<repo>/artifacts/browser/` (gitignored),
   one sub-folder per test.
 Missing chromium or playwright: a failure under CI (`CI=true`), a skip elsewhere.
@@ -165,16 +166,26 @@ def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-@pytest.fixture
-def page(artifacts):
-    """A chromium page (1400x1200) whose console messages are written to artifacts/console.log."""
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's chromium and the playwright package, checked before any server starts."""
     require(CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK),
             f"{CHROMIUM} not found: apt-get install chromium (never `playwright install`)")
     require(_has_module("playwright"), "the playwright Python package is not installed")
+    return CHROMIUM
+
+
+@pytest.fixture
+def page(chromium, lab, artifacts):
+    """A chromium page (1400x1200) for `lab`; console messages go to artifacts/console.log.
+
+    Depends on `lab` so that the browser closes before the server stops (no websocket errors
+    from the teardown in the console log).
+    """
     from playwright.sync_api import sync_playwright
     console = open(artifacts / "console.log", "w", encoding="utf-8")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        browser = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
         try:
             context = browser.new_context(viewport={"width": 1400, "height": 1200})
             pg = context.new_page()

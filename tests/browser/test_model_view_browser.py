@@ -42,7 +42,7 @@ def drawn_fraction(png: bytes) -> float:
     return float((a < 235).mean())
 
 
-def test_model_view_graph_panel_and_step(page, lab, artifacts):
+def test_model_view_graph_panel_and_step(chromium, page, lab, artifacts):
     t0 = time.perf_counter()
     page.goto(lab.notebook_url("model_view.ipynb"))
     page.get_by_text(KERNEL_IDLE).first.wait_for(timeout=60_000)
