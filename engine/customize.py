@@ -137,7 +137,13 @@ class CustomizeMixin:
 
         target: "float" (FLOAT mode default) or "int8" (HYBRID/INT default). Raises EditError.
         """
-        return self._edit_array(index, param, target, lambda w: apply_region(w, region, values, f"layer {index}"),
+        index = self._check_index(index)
+        target = target or self._default_target(index)
+        where = f"layer {index} [{self.model.layers[index].kind}] {target} {param}"
+        # validate the given values themselves: inserting 1.5 into int8 weights must not truncate silently
+        values = check_int8(values, where) if target == "int8" and param in ("weights", "w_q") else \
+            check_float(values, where) if target == "float" else values
+        return self._edit_array(index, param, target, lambda w: apply_region(w, region, values, where),
                                 f"set {param}[{region}]")
 
     def scale_filter(self, index: int, filt: int, factor: float, *, target: str | None = None) -> Edit:

@@ -34,3 +34,18 @@ def tiny(shared):
 def tiny_copy(tiny):
     """A private copy of yolov3-tiny that a test may edit."""
     return tiny.copy()
+
+
+@pytest.fixture(scope="session")
+def tiny_stats(tiny):
+    """Calibration statistics of yolov3-tiny on the four shared photos."""
+    from engine.calib.collect import collect
+    from helpers import IMAGES
+    return collect(tiny, sorted(IMAGES.glob("*.jpg")), progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_q(tiny, tiny_stats):
+    """yolov3-tiny quantized per channel with minmax (the best method on these photos)."""
+    from engine.quant.qmodel import quantize_model
+    return quantize_model(tiny, tiny_stats, "minmax", per_channel=True)
