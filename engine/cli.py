@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", default="log2,kl,minmax,percentile,mse")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_compare)
+
+    from engine.export.cli import add_export_parser
+    add_export_parser(sub)
     return p
 
 
