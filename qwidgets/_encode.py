@@ -260,10 +260,11 @@ def histogram_png(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: 
 
 
 def weights_png(w: np.ndarray, max_filters: int = 32, max_channels: int = 32, cell: int | None = None) -> bytes:
-    """PNG grid of conv weights: one row per filter, one column per input channel, diverging colours.
+    """PNG grid of conv weights: one column per filter, one row per input channel, diverging colours.
 
-    w: (n, c, k, k) (or (n, c) for a 1x1 / connected matrix). One symmetric scale (max|w| of the
-    shown part) for the whole grid. Each kernel is `cell` pixels (default: about 8 px per tap for
+    w: (n, c, k, k) (or (n, c) for a 1x1 / connected matrix). Columns = filters so that first
+    layers (16 filters x 3 channels) come out wide rather than tall. One symmetric scale (max|w| of
+    the shown part) for the whole grid. Each kernel is `cell` pixels (default: about 8 px per tap for
     k > 1, 3 px for 1x1) with a 1-pixel gap between kernels when k > 1.
     """
     w = np.asarray(w, np.float32)
@@ -280,5 +281,5 @@ def weights_png(w: np.ndarray, max_filters: int = 32, max_channels: int = 32, ce
     # pad every kernel with a light-grey gap, then lay (n, c) kernels out as one image
     rgb = np.pad(rgb, ((0, 0), (0, 0), (0, gap), (0, gap), (0, 0)), constant_values=200)
     ch, cw = rgb.shape[2], rgb.shape[3]
-    out = rgb.transpose(0, 2, 1, 3, 4).reshape(n * ch, c * cw, 3)
-    return to_png(out[:n * ch - gap, :c * cw - gap])
+    out = rgb.transpose(1, 2, 0, 3, 4).reshape(c * ch, n * cw, 3)     # rows: channels, columns: filters
+    return to_png(out[:c * ch - gap, :n * cw - gap])

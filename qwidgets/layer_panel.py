@@ -18,7 +18,7 @@ IMAGE_SLOTS = {
     "input": "input channels", "output": "output channels",
     "float": "FLOAT output", "int": "INT output", "heatmap": "error INT - FLOAT",
     "hist_input": "input histogram", "hist_output": "output histogram", "hist_weights": "weights histogram",
-    "weights": "weights (filters x input channels)",
+    "weights": "weights (columns: filters, rows: input channels)",
 }
 ROWS = [("input", "output"), ("float", "int", "heatmap"), ("hist_output", "hist_input"), ("hist_weights", "weights")]
 TABLE_CSS = ("<style>.qw-table td,.qw-table th{padding:1px 6px;text-align:right;font-size:12px}"
@@ -42,10 +42,12 @@ def fmt_value(v: Any) -> str:
     return str(v)
 
 
-def info_html(info: Mapping[str, Any]) -> str:
-    """Two-column HTML table key | value (values escaped)."""
-    rows = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
-                   f"<td style='text-align:left'>{html.escape(fmt_value(v))}</td></tr>" for k, v in info.items())
+def info_html(info: Mapping[str, Any], pairs_per_row: int = 2) -> str:
+    """HTML table of key | value cells, `pairs_per_row` pairs per row (values escaped)."""
+    cells = [f"<th style='text-align:left'>{html.escape(str(k))}</th>"
+             f"<td style='text-align:left'>{html.escape(fmt_value(v))}</td>" for k, v in info.items()]
+    rows = "".join("<tr>" + "".join(cells[i:i + pairs_per_row]) + "</tr>"
+                   for i in range(0, len(cells), pairs_per_row))
     return f"{TABLE_CSS}<table class='qw-table qw-info'>{rows}</table>"
 
 
@@ -77,7 +79,9 @@ class LayerPanel(widgets.VBox):
         self._log_y = widgets.Checkbox(description="log counts", indent=False, layout=widgets.Layout(width="110px"))
         self.images = {k: widgets.Image(format="png", layout=widgets.Layout(max_width="100%")) for k in IMAGE_SLOTS}
         self._boxes = {k: widgets.VBox([widgets.HTML(f"<small>{html.escape(cap)}</small>"), self.images[k]],
-                                       layout=widgets.Layout(display="none", margin="0 6px 6px 0"))
+                                       # flex-start: show PNGs at their own size, never stretched
+                                       layout=widgets.Layout(display="none", margin="0 6px 6px 0",
+                                                             align_items="flex-start"))
                        for k, cap in IMAGE_SLOTS.items()}
         rows = [widgets.HBox([self._boxes[k] for k in row], layout=widgets.Layout(flex_flow="row wrap"))
                 for row in ROWS]

@@ -70,6 +70,10 @@ def test_model_view_graph_panel_and_step(chromium, page, lab, artifacts):
     # layer 0: input + output montages, input/output/weights histograms, weight grid
     page.wait_for_function(PANEL_IMAGES_JS + " >= 6", timeout=30_000)
     assert "layer 0" in page.locator(".qw-layer-panel").inner_text()
+    page.set_viewport_size({"width": 1400, "height": 2400})      # room for the whole panel
+    page.wait_for_timeout(300)
+    page.locator(".qw-layer-panel").screenshot(path=str(artifacts / "02_panel_layer0.png"))
+    page.set_viewport_size({"width": 1400, "height": 1200})
     step.click()
     page.wait_for_function("() => document.querySelector('.qw-current').innerText === 'current: 1 (maxpool)'",
                            timeout=30_000)

@@ -103,6 +103,8 @@ def test_histogram_png_size_and_markers_drawn():
 
 def test_weights_png_one_cell_per_filter_and_channel():
     w = np.random.default_rng(3).standard_normal((5, 3, 3, 3)).astype(np.float32)
+    w[4, 0] = np.abs(w).max()                                # filter 4, channel 0: the full-red kernel
     a = png(weights_png(w))                                  # 3x3 taps at 4 px + 1 px gaps
-    assert a.shape == (5 * 13 - 1, 3 * 13 - 1, 3)
+    assert a.shape == (3 * 13 - 1, 5 * 13 - 1, 3)            # rows: channels, columns: filters
+    assert (a[0:12, 4 * 13:4 * 13 + 12] == DIVERGING[-1]).all()
     assert png(weights_png(np.ones((40, 50, 1, 1), np.float32))).shape == (32 * 3, 32 * 3, 3)
