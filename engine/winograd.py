@@ -21,6 +21,7 @@ from engine.kernels import bias_act, derived, parallel_for
 from engine.layers.base import Scratch
 
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+CF_TILES = 256  # at most this many tiles: channels-first GEMMs (see conv3x3)
 _K = np.einsum("ia,jb->abij", _G, _G).reshape(9, 16)  # vec(G g G^T) = vec(g) @ _K
 
 
@@ -116,24 +117,55 @@ def output_tiles(m: np.ndarray, y: np.ndarray, th: int, tw: int, scratch: Scratc
     parallel_for(th, run, s.size)
 
 
+def output_tiles_cf(m: np.ndarray, y: np.ndarray, th: int, tw: int, scratch: Scratch) -> None:
+    """output_tiles for channels-first products M (16, n, th*tw): contiguous maths, strided copies."""
+    n, ho, wo = y.shape
+    m5 = m.reshape(4, 4, n, th, tw)
+    s = scratch.get("wino_s", (2, 4, n, th, tw))
+    t = scratch.get("wino_t", (2, n, th, tw))
+    np.add(m5[1], m5[2], out=s[0])
+    np.subtract(m5[1], m5[2], out=s[1])
+    s[0] += m5[0]
+    s[1] -= m5[3]
+    for a in range(2):
+        sa = s[a]
+        rows = (ho - a + 1) // 2
+        np.add(sa[1], sa[2], out=t[0])
+        np.subtract(sa[1], sa[2], out=t[1])
+        t[0] += sa[0]
+        t[1] -= sa[3]
+        for b in range(2):
+            y[:, a::2, b::2] = t[b, :, :rows, :(wo - b + 1) // 2]
+
+
 def conv3x3(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, p: int, scratch: Scratch,
             act: str | None = None) -> np.ndarray:
     """3x3 stride-1 cross-correlation with padding p, + bias and a fused activation: new (n, Ho, Wo).
 
     x: (C, H, W) float32; w2d: (n, C*9) float32 (weights transformed once, see cached_weights);
     b: (n,); act: None or one of kernels.FUSED_ACTS.
+    The 16 GEMMs run as (tiles, C) @ (C, n) on big maps; with few tiles (<= CF_TILES) as
+    (n, C) @ (C, tiles) on a transposed copy of V, which OpenBLAS runs 5-15% faster there.
     """
     c, h, w = x.shape
     n = w2d.shape[0]
     ho, wo = h + 2 * p - 2, w + 2 * p - 2
     th, tw = (ho + 1) // 2, (wo + 1) // 2
-    u = cached_weights(w2d)
     v = input_tiles(x, p, th, tw, scratch)
-    m = scratch.get("wino_m", (16, th * tw, n))
-    np.matmul(v, u, out=m)
-    m[5] += b                                                # bias via the (1, 1) product
     y = np.empty((n, ho, wo), np.float32)
-    output_tiles(m, y, th, tw, scratch)
+    if th * tw <= CF_TILES:
+        u = derived("winograd-2x2-cf", (w2d,), lambda: np.ascontiguousarray(transform_weights(w2d).transpose(0, 2, 1)))
+        vt = scratch.get("wino_vt", (16, c, th * tw))
+        vt[...] = v.transpose(0, 2, 1)
+        m = scratch.get("wino_m", (16, n, th * tw))
+        np.matmul(u, vt, out=m)
+        m[5] += b[:, None]                                   # bias via the (1, 1) product
+        output_tiles_cf(m, y, th, tw, scratch)
+    else:
+        m = scratch.get("wino_m", (16, th * tw, n))
+        np.matmul(v, cached_weights(w2d), out=m)
+        m[5] += b                                            # bias via the (1, 1) product
+        output_tiles(m, y, th, tw, scratch)
     if act not in (None, "linear"):
         bias_act(y, None, act)
     return y

@@ -100,7 +100,9 @@ WINO_CASES = [  # (c, h, w, n, p)
 
 
 @pytest.mark.parametrize("c,h,w,n,p", WINO_CASES)
-def test_winograd_matches_naive(c, h, w, n, p):
+@pytest.mark.parametrize("cf_tiles", [0, 1 << 20])  # both GEMM orientations
+def test_winograd_matches_naive(monkeypatch, c, h, w, n, p, cf_tiles):
+    monkeypatch.setattr(winograd, "CF_TILES", cf_tiles)
     rng = np.random.default_rng(c * 1000 + h * 10 + w)
     x, wt, b = random_conv(rng, c, h, w, n, 3)
     y = winograd.conv3x3(x, wt.reshape(n, -1), b, p, Scratch())
