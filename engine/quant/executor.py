@@ -29,11 +29,14 @@ class Value:
     q: QTensor | None = None
 
     def float(self) -> np.ndarray:
-        if self.f is None:
-            assert self.q is not None
-            self.f = self.q.dequantize()
-            self.f.flags.writeable = False
-        return self.f
+        if self.f is not None:
+            return self.f
+        assert self.q is not None
+        # dequantized on demand, not kept: a session holds every layer's output, and a float copy
+        # of each int8 tensor would quadruple that memory
+        f = self.q.dequantize()
+        f.flags.writeable = False
+        return f
 
 
 @dataclass

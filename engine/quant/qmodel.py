@@ -32,9 +32,11 @@ class LayerQuant:
     in_scale: float          # scale of the input tensor the biases were quantized for
     scheme: str
 
-    def __post_init__(self) -> None:
-        # int8 values as float32, laid out for the GEMM: (n, C/g*k*k). Exact (|q| <= 127).
-        self.w_f = np.ascontiguousarray(self.w_q.reshape(self.w_q.shape[0], -1), dtype=np.float32)
+    @property
+    def w_f(self) -> np.ndarray:
+        """int8 values as float32, laid out for the GEMM: (n, C/g*k*k). Exact (|q| <= 127). Made on use,
+        not kept: a float32 copy of every int8 weight would quadruple the quantized model in memory."""
+        return np.ascontiguousarray(self.w_q.reshape(self.w_q.shape[0], -1), dtype=np.float32)
 
     @property
     def acc_scale(self) -> np.ndarray:
