@@ -64,9 +64,16 @@ class AbsHistogram:
             self.hi = need
         else:
             self._grow_to(need)
-        idx = np.abs(x, dtype=np.float32)
-        idx *= np.float32(self.nbins / self.hi)            # exact: a power-of-two ratio
-        self.counts += np.bincount(idx.astype(np.intp).ravel(), minlength=self.nbins)[: self.nbins]
+        factor = self.nbins / self.hi                      # a power of two: |x| * factor is exact
+        if x.dtype == np.float32 and factor < 2.0 ** 127:
+            idx = np.abs(x)
+            idx *= np.float32(factor)
+        else:
+            # float64 (a value just below hi must not round up to hi in float32) and tiny ranges
+            # (factor beyond float32) are binned in float64, which is exact for every float type
+            idx = np.abs(x.astype(np.float64))
+            idx *= factor
+        self.counts += np.bincount(idx.astype(np.intp).ravel(), minlength=self.nbins)
 
     def merge(self, other: "AbsHistogram") -> "AbsHistogram":
         """A new histogram of both data sets (exact)."""

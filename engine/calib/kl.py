@@ -54,6 +54,100 @@ def kl_divergence(counts: np.ndarray, i: int, levels: int = LEVELS) -> float:
     return float(np.sum(ps * np.log(ps / qs)))
 
 
+def _kl_all(counts: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`kl_divergence(counts, i)` for every i in `cands` at once, up to rounding (other summation order).
+
+    Returns (kl, uncertain): kl is inf where the reference returns inf; `uncertain` marks candidates
+    whose smoothing feasibility is too close to call, so the caller evaluates them exactly.
+    With p = counts/N (outliers in bin i-1), a/b the smoothing shares of p/q, q = v_g on the
+    non-empty bins of group g: KL = sum (p-a) log(p-a) - sum_g log(v_g - b) * sum_{j in g} (p_j - a)
+    (+ the bin i-1 term when it holds only outliers): the second sum needs 128 logs per candidate.
+    """
+    c = counts.astype(np.float64)
+    n_all = c.sum()
+    cum = np.concatenate([[0.0], np.cumsum(c)])
+    nzb = c > 0
+    cum_nz = np.concatenate([[0], np.cumsum(nzb)])
+    i = np.asarray(cands, np.int64)
+    kl = np.full(i.shape, np.inf)
+    uncertain = np.zeros(i.shape, bool)
+    if n_all == 0:
+        return kl, uncertain
+    pc = c / n_all                                   # p before the outliers are added (as the reference)
+    out_mass = n_all - cum[i]                        # outliers, an exact integer
+    nnz = cum_nz[i]
+    last_nz = nzb[i - 1]
+    special = ~last_nz & (out_mass > 0)              # bin i-1: p > 0 (outliers only), q = 0
+    zeros_q = i - nnz
+    nnz_p = nnz + special
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = EPS * (zeros_q - special) / nnz_p
+        b = EPS * zeros_q / nnz
+        bounds = np.linspace(0, i, LEVELS + 1, axis=1).astype(np.int64)
+        s_g = cum[bounds[:, 1:]] - cum[bounds[:, :-1]]
+        z_g = cum_nz[bounds[:, 1:]] - cum_nz[bounds[:, :-1]]
+        q_g = s_g / (z_g * cum[i][:, None])          # normalised q on the non-empty bins of group g
+        q_s = np.where(z_g > 0, q_g - b[:, None], np.inf)
+        p_last = (c[i - 1] + out_mass) / n_all
+        # smallest p among non-empty bins below i-1 (prefix minimum), then bin i-1
+        pmin_prefix = np.concatenate([[np.inf], np.minimum.accumulate(np.where(nzb, pc, np.inf))])[i - 1]
+        p_min = np.minimum(pmin_prefix, np.where(p_last > 0, p_last, np.inf)) - a
+        q_min = q_s.min(axis=1)
+    ok = (cum[i] > 0) & (nnz > 0) & (nnz_p > 0) & (a < 1) & (b < 1)
+    margin = 1e-9 * np.maximum(1e-300, np.maximum(pc.max(), 1e-300))
+    uncertain = ok & ((np.abs(p_min) <= margin) | (np.abs(q_min) <= 1e-9 * np.nanmax(np.where(z_g > 0, q_g, 0), axis=1)))
+    ok &= (p_min > 0) & (q_min > 0)
+    rows = np.flatnonzero(ok)
+    if rows.size == 0:
+        return kl, uncertain
+    i_r, a_r = i[rows], a[rows]
+    # sum over non-empty bins j < i-1 of (p_j - a) log(p_j - a): ragged rows of the non-empty bins
+    nz_idx = np.flatnonzero(nzb)
+    lens = cum_nz[i_r - 1]
+    starts = np.cumsum(lens) - lens
+    pos = np.arange(int(lens.sum())) - np.repeat(starts, lens)
+    ps = pc[nz_idx[pos]] - np.repeat(a_r, lens)
+    terms = ps * np.log(ps)
+    t1 = np.zeros(rows.size)
+    has = lens > 0
+    if terms.size:
+        t1[has] = np.add.reduceat(terms, starts[has])
+    pl = p_last[rows] - a_r
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1 += np.where(last_nz[rows], pl * np.log(np.where(last_nz[rows], pl, 1.0)), 0.0)
+        # sum_g log(q_g - b) * (mass of p - a over the group's non-empty bins)
+        ps_g = s_g[rows] / n_all - a_r[:, None] * z_g[rows]
+        ps_g[:, -1] += np.where(last_nz[rows], out_mass[rows] / n_all, 0.0)
+        t2 = np.where(z_g[rows] > 0, np.log(np.where(z_g[rows] > 0, q_s[rows], 1.0)) * ps_g, 0.0).sum(axis=1)
+        sp = special[rows]
+        t3 = np.where(sp, pl * np.log(np.where(sp, pl, 1.0) / EPS), 0.0)
+    kl[rows] = t1 - t2 + t3
+    return kl, uncertain
+
+
+def kl_best(counts: np.ndarray, cands: np.ndarray) -> int:
+    """The candidate with the least `kl_divergence` (first on ties), exactly as a loop over all of them.
+
+    `_kl_all` ranks every candidate; those within a tolerance of the minimum (far above its rounding
+    error) and the borderline ones are re-evaluated with `kl_divergence` itself, so the choice is the
+    reference's, including its tie-breaking.
+    """
+    cands = np.asarray(cands, np.int64)
+    approx, uncertain = _kl_all(counts, cands)
+    finite = np.isfinite(approx)
+    if finite.any():
+        lo = approx[finite].min()
+        near = (approx <= lo + 1e-9 * (1 + abs(lo))) | uncertain
+    else:
+        near = uncertain
+    check = np.flatnonzero(near)
+    if check.size == 0:
+        return int(cands[0])                          # every candidate is inf: argmin picks the first
+    exact = [kl_divergence(counts, int(cands[k])) for k in check]
+    return int(cands[check[int(np.argmin(exact))]]) if np.isfinite(min(exact)) or not finite.any() \
+        else int(cands[0])
+
+
 @CALIBRATORS.register("kl")
 class KLCalibrator(Calibrator):
     name = "kl"
@@ -67,7 +161,5 @@ class KLCalibrator(Calibrator):
         if used <= LEVELS:
             return h.amax
         counts = h.counts[:used]
-        cands = range(LEVELS, used + 1, self.stride)
-        divs = [kl_divergence(counts, i) for i in cands]
-        best = list(cands)[int(np.argmin(divs))]
+        best = kl_best(counts, np.arange(LEVELS, used + 1, self.stride))
         return min(h.amax, best * h.bin_width)

@@ -399,9 +399,49 @@ def test_histogram_tiny_and_zero_values_are_counted():
     h.observe(np.array([1e-30, -3e-31, 0.0], np.float32))
     assert h.total == 5 and int(h.counts.sum()) == 5 and h.counts[0] == 3
     assert h.hi > 1e-30
+    # ranges below 2**-116: nbins / hi is beyond float32 (this used to crash with negative bins)
+    h = AbsHistogram()
+    h.observe(np.array([1e-38, 0.0, -3e-39, 1e-44], np.float32))
+    assert int(h.counts.sum()) == 4 and h.counts[0] == 2 and h.hi == 2.0 ** -126
+    h.observe(np.array([5.0], np.float32))                      # grows by 129 doublings, exactly
+    assert int(h.counts.sum()) == 5 and h.counts[0] == 4
+
+
+def test_histogram_float64_values_just_below_the_range_are_not_lost():
+    h = AbsHistogram()
+    h.observe(np.array([0.99999999, 0.5, -0.999999999]))     # float32(0.99999999) == 1.0 == hi
+    assert h.hi == 1.0 and int(h.counts.sum()) == 3 and h.counts[-1] == 2
 
 
 # --------------------------------------------------------------------------- calibrators
+def calibration_histograms() -> list[AbsHistogram]:
+    rng = np.random.default_rng(5)
+    cases = [rng.standard_normal(60_000), np.concatenate([rng.random(10_000), [100.0]]),
+             rng.exponential(1.0, 40_000) * (rng.random(40_000) > 0.5),      # relu-like: half zeros
+             np.round(rng.random(30_000) * 255) / 255,                       # an 8-bit image: sparse bins
+             rng.standard_cauchy(20_000), rng.integers(0, 500, 5000).astype(float)]
+    return [hist_of(c.astype(np.float32)) for c in cases]
+
+
+def test_kl_vectorised_search_picks_the_reference_loops_threshold():
+    from engine.calib.kl import LEVELS, kl_best, kl_divergence
+    for h in calibration_histograms():
+        used = int(np.ceil(h.amax / h.bin_width))
+        counts, cands = h.counts[:used], np.arange(LEVELS, used + 1)
+        ref = int(cands[int(np.argmin([kl_divergence(counts, int(i)) for i in cands]))])
+        assert kl_best(counts, cands) == ref
+        for stride in (3, 16):
+            c2 = cands[::stride]
+            assert kl_best(counts, c2) == int(c2[int(np.argmin([kl_divergence(counts, int(i)) for i in c2]))])
+
+
+def test_y2l_vectorised_entropy_search_equals_the_loop():
+    from engine.calib.yolo2_light import rebin_to_y2l_grid, y2l_entropy_threshold, y2l_entropy_threshold_naive
+    for h in calibration_histograms()[::2] + [hist_of(np.random.default_rng(6).exponential(4.0, 20_000))]:
+        hist = rebin_to_y2l_grid(h)
+        assert y2l_entropy_threshold(hist) == y2l_entropy_threshold_naive(hist)
+
+
 def hist_of(*xs: np.ndarray) -> AbsHistogram:
     h = AbsHistogram()
     for x in xs:
