@@ -137,9 +137,10 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
     n, ho, wo = y.shape
     kk = c * k * k
     wb = derived("bias-column", (w2d, b), lambda: np.ascontiguousarray(np.concatenate([w2d, b[:, None]], 1)))
-    xp = pad_input(x, p, scratch) if p else x
     y2 = y.reshape(n, ho * wo)
     rows = min(ho, max(BAND // (kk * wo), -(-MIN_BAND // wo)))  # cache-sized, but wide enough for BLAS
+    # Output column j of kernel column kx reads input column j*s + kx - p: valid for j in [ja, jb).
+    jspan = [(max(0, -(-(p - kx) // s)), min(wo, (w - 1 + p - kx) // s + 1)) for kx in range(k)]
     for r0 in range(0, ho, rows):
         r1 = min(ho, r0 + rows)
         length = (r1 - r0) * wo
@@ -147,10 +148,27 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
         cols = flat[:kk].reshape(c, k, k, r1 - r0, wo)
 
         def run(lo: int, hi: int, by_channel: bool = c >= THREADS) -> None:
+            # im2col straight from x (no padded copy): in-image cells are copied, the rest zeroed
             chans, kys = (slice(lo, hi), range(k)) if by_channel else (slice(None), range(lo, hi))
             for ky in kys:
+                dy = ky - p
+                ra, rb = max(r0, -(dy // s)), min(r1, (h - 1 - dy) // s + 1)  # rows reading inside x
                 for kx in range(k):
-                    cols[chans, ky, kx] = xp[chans, r0 * s + ky:(r1 - 1) * s + ky + 1:s, kx:kx + (wo - 1) * s + 1:s]
+                    dst, (ja, jb) = cols[chans, ky, kx], jspan[kx]
+                    if ra >= rb or ja >= jb:
+                        dst[...] = 0
+                        continue
+                    dx = kx - p
+                    dst[:, ra - r0:rb - r0, ja:jb] = x[chans, ra * s + dy:(rb - 1) * s + dy + 1:s,
+                                                       ja * s + dx:(jb - 1) * s + dx + 1:s]
+                    if ra > r0:
+                        dst[:, :ra - r0] = 0
+                    if rb < r1:
+                        dst[:, rb - r0:] = 0
+                    if ja > 0:
+                        dst[:, ra - r0:rb - r0, :ja] = 0
+                    if jb < wo:
+                        dst[:, ra - r0:rb - r0, jb:] = 0
 
         parallel_for(c if c >= THREADS else k, run, flat.size)
         flat[kk] = 1
