@@ -22,7 +22,10 @@ ALIASES = {"conv": "convolutional", "max": "maxpool", "avg": "avgpool", "soft": 
 
 _MISSING = object()
 _SECTION_RE = re.compile(r"^\[([A-Za-z0-9_]+)\]$")
-_INT_RE = re.compile(r"^[+-]?\d+$")
+# 18 digits always fit an int64; longer values are refused as out of range (and int() of a
+# 4300+ digit string would raise a raw ValueError)
+_INT_RE = re.compile(r"^[+-]?\d{1,18}$")
+_LONG_INT_RE = re.compile(r"^[+-]?\d{19,}$")
 MAX_CFG_BYTES = 16 * 1024 * 1024
 
 
@@ -63,6 +66,9 @@ class Section:
         if key not in self.options:
             return self._default(key, default)  # type: ignore[return-value]
         value = self.options[key][0]
+        if _LONG_INT_RE.match(value):
+            raise self.error(f"{key}={value[:24]}...: {len(value.lstrip('+-'))} digits is out of range "
+                             "(at most 18)", key)
         if not _INT_RE.match(value):
             raise self.error(f"{key}={value}: expected an integer", key)
         return self._check_range(key, int(value), lo, hi)
@@ -79,7 +85,8 @@ class Section:
         items = self._items(key)
         bad = [v for v in items if not _INT_RE.match(v)]
         if bad:
-            raise self.error(f"{key}={self.raw(key)}: {bad[0]!r} is not an integer", key)
+            what = "is out of range (at most 18 digits)" if _LONG_INT_RE.match(bad[0]) else "is not an integer"
+            raise self.error(f"{key}={self.raw(key)[:40]}: {bad[0][:24]!r} {what}", key)
         return [int(v) for v in items]
 
     def get_float_list(self, key: str, default: object = _MISSING) -> list[float]:
@@ -96,6 +103,8 @@ class Section:
 
     def _to_float(self, key: str, value: str) -> float:
         try:
+            if "_" in value:  # Python's float() reads 1_0 as 10; Darknet's atof stops at the '_'
+                raise ValueError(value)
             number = float(value)
         except ValueError:
             raise self.error(f"{key}={value}: expected a number", key) from None
