@@ -6,6 +6,7 @@ consumer (`inputs`). Per-node numbers (SQNR, saturation, ...) are overlays kept 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
@@ -106,20 +107,59 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def build_layers(cfg: Cfg) -> list[Layer]:
-    """Build every layer of a parsed cfg, computing shapes; errors name file:line [section]."""
+# Up-front memory guard: a model whose float32 activations (all kept by `Model.forward`) + twice
+# its parameters (raw + the cached BN-folded copy) + largest conv workspace exceed this is refused
+# at build time, before anything is allocated (yolov4 at 608: ~1.3 GiB, vgg-16: ~1.2 GiB).
+MAX_MODEL_BYTES = 8 << 30
+
+
+def layer_bytes(layer: Layer) -> tuple[int, int, int]:
+    """(activation, parameter, im2col workspace) float32 bytes of one layer, in exact Python ints."""
+    act = 4 * math.prod(layer.out_shape)
+    par = 4 * sum(math.prod(s) for _, s in layer.param_shapes())
+    work = 0
+    if layer.kind == "convolutional":
+        c, _, h, w = layer.in_shapes[0][0], *layer.out_shape
+        work = 4 * (c // layer.groups) * layer.size * layer.size * h * w
+    return act, par, work
+
+
+def build_layers(cfg: Cfg, max_bytes: int = MAX_MODEL_BYTES) -> list[Layer]:
+    """Build every layer of a parsed cfg, computing shapes; errors name file:line [section].
+
+    Raises: CfgError for a malformed cfg, or for a model whose estimated float32 memory
+    (activations + 2 x parameters + the largest conv workspace) exceeds `max_bytes`, naming the layer
+    where the estimate crosses the limit.
+    """
     net = cfg.net
     shape = (net.get_int("channels", 3, lo=1, hi=4096), net.get_int("height", lo=1, hi=1 << 16),
              net.get_int("width", lo=1, hi=1 << 16))
+    total = 4 * math.prod(shape)
+    if total > max_bytes:
+        raise CfgError(f"{net.where()} input {shape[0]}x{shape[1]}x{shape[2]} (C x H x W) needs "
+                       f"{_gib(total)} as float32, more than the limit {_gib(max_bytes)}")
     layers: list[Layer] = []
     shapes: list[tuple[int, int, int]] = []
+    work = 0
     for i, sec in enumerate(cfg.layers):
         if sec.name not in LAYERS:
             raise CfgError(f"{sec.where()} unknown section [{sec.name}]; known: {', '.join(sorted(LAYERS.names()))}")
         layer = LAYERS.get(sec.name).build(BuildContext(i, sec, shape, shapes))
+        act, par, w = layer_bytes(layer)
+        total += act + 2 * par
+        work = max(work, w)
+        if total + work > max_bytes:
+            raise CfgError(f"{sec.where()} the model would need about {_gib(total + work)} of float32 memory "
+                           f"up to this layer, more than the limit {_gib(max_bytes)} (this layer: output "
+                           f"{'x'.join(map(str, layer.out_shape))} = {_gib(act)}, parameters {_gib(par)}, "
+                           f"conv workspace {_gib(w)}); check width/height/filters/size")
         layers.append(layer)
         shapes.append(layer.out_shape)
     return layers
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.3g} GiB" if n < (1 << 60) else f"{float(n):.3g} bytes"
 
 
 def build_graph(name: str, input_shape: tuple[int, int, int], layers: list[Layer]) -> Graph:
