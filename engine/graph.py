@@ -155,7 +155,18 @@ def build_layers(cfg: Cfg, max_bytes: int = MAX_MODEL_BYTES) -> list[Layer]:
                            f"conv workspace {_gib(w)}); check width/height/filters/size")
         layers.append(layer)
         shapes.append(layer.out_shape)
+    _check_heads_agree(cfg, layers)
     return layers
+
+
+def _check_heads_agree(cfg: Cfg, layers: list[Layer]) -> None:
+    """Detection heads are decoded into one (boxes, classes) table: their class counts must agree."""
+    heads = [l for l in layers if l.kind in DETECTION_KINDS]
+    for h in heads[1:]:
+        if h.classes != heads[0].classes:
+            raise CfgError(f"{cfg.layers[h.index].where('classes')} classes={h.classes}, but the first "
+                           f"detection head (layer {heads[0].index}) has classes={heads[0].classes}; "
+                           "all heads of a model must have the same number of classes")
 
 
 def _gib(n: int) -> str:
