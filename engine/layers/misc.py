@@ -34,7 +34,10 @@ class Softmax(Layer):
         groups = sec.get_int("groups", 1, lo=1)
         if (c * h * w) % groups:
             raise sec.error(f"groups={groups} does not divide the {c * h * w} inputs", "groups")
-        return _single(cls, ctx, groups=groups, temperature=sec.get_float("temperature", 1.0))
+        temperature = sec.get_float("temperature", 1.0)
+        if temperature <= 0:  # x / 0 gives NaN outputs; a negative one inverts the ranking
+            raise sec.error(f"temperature={sec.raw('temperature')}: must be > 0", "temperature")
+        return _single(cls, ctx, groups=groups, temperature=temperature)
 
     def forward_float(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
         x = xs[0]
