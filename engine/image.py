@@ -31,6 +31,7 @@ def open_image(source: ImageLike, *, max_pixels: int = MAX_PIXELS, name: str | N
     Raises: ImageError naming the file.
     """
     if isinstance(source, Image.Image):
+        _check_size(source.size[0], source.size[1], max_pixels, name or "<PIL image>")
         return _to_rgb(source, name or "<PIL image>")
     label = name or (str(source) if isinstance(source, (str, Path)) else "<image bytes>")
     try:
@@ -42,12 +43,7 @@ def open_image(source: ImageLike, *, max_pixels: int = MAX_PIXELS, name: str | N
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 im = Image.open(fp)
-                w, h = im.size
-                if w < 1 or h < 1:
-                    raise ImageError(f"{label}: image has no pixels ({w}x{h})")
-                if w * h > max_pixels:
-                    raise ImageError(f"{label}: {w}x{h} = {w * h} pixels exceeds the limit of "
-                                     f"{max_pixels} (possible decompression bomb)")
+                _check_size(im.size[0], im.size[1], max_pixels, label)
                 im.load()
         except ImageError:
             raise
@@ -58,6 +54,14 @@ def open_image(source: ImageLike, *, max_pixels: int = MAX_PIXELS, name: str | N
         except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt data inside Pillow
             raise ImageError(f"{label}: corrupt or truncated image data ({err})") from err
     return _to_rgb(im, label)
+
+
+def _check_size(w: int, h: int, max_pixels: int, label: str) -> None:
+    if w < 1 or h < 1:
+        raise ImageError(f"{label}: image has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageError(f"{label}: {w}x{h} = {w * h} pixels exceeds the limit of "
+                         f"{max_pixels} (possible decompression bomb)")
 
 
 def _to_rgb(im: Image.Image, label: str) -> Image.Image:
@@ -86,11 +90,13 @@ def image_to_array(source: ImageLike, **kw) -> np.ndarray:
 
 def _array_to_chw(a: np.ndarray) -> np.ndarray:
     if a.ndim == 3 and a.shape[0] == 3 and a.dtype == np.float32:
+        _check_size(a.shape[2], a.shape[1], MAX_PIXELS, f"image array {a.dtype} {a.shape}")
         return a  # already a planar float tensor
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
     if a.ndim != 3 or a.shape[2] not in (3, 4) or a.dtype != np.uint8:
         raise ImageError(f"image array: expected uint8 (H, W, 3|4) or float32 (3, H, W), got {a.dtype} {a.shape}")
+    _check_size(a.shape[1], a.shape[0], MAX_PIXELS, f"image array {a.dtype} {a.shape}")
     return np.ascontiguousarray(a[:, :, :3].transpose(2, 0, 1)).astype(np.float32) / np.float32(255)
 
 
