@@ -8,6 +8,7 @@ silently; we refuse both, saying how many floats were expected and found.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,16 +114,25 @@ def _count_message(label: str, layers: list[Layer], found: int, need: int) -> st
 def read_weights(path: str | Path, layers: list[Layer]) -> tuple[WeightsHeader, list[Params]]:
     """Read a `.weights` file for `layers`. Raises WeightsError (count mismatch, bad header, NaN/Inf)."""
     p = Path(path)
+    need = expected_floats(layers)
     try:
-        data = p.read_bytes()
+        with open(p, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):  # a FIFO or /dev/zero has no size and may never end
+                raise WeightsError(f"{p}: not a regular file")
+            size = st.st_size
+            header = read_header(f.read(20), p.name)
+            body = size - header.size
+            if body % 4:
+                raise WeightsError(f"{p.name}: {body} bytes after the {header.size}-byte header is not a whole "
+                                   f"number of float32 values (expected {4 * need} bytes)")
+            if body // 4 != need:  # decided from the size: a wrong (maybe huge) file is never read
+                raise WeightsError(_count_message(p.name, layers, body // 4, need))
+            f.seek(header.size)
+            data = f.read()
     except OSError as err:
         raise WeightsError(f"{p}: cannot read weights: {err.strerror or err}") from err
-    header = read_header(data, p.name)
-    body = len(data) - header.size
-    if body % 4:
-        raise WeightsError(f"{p.name}: {body} bytes after the {header.size}-byte header is not a whole number "
-                           f"of float32 values (expected {4 * expected_floats(layers)} bytes)")
-    flat = np.frombuffer(data, dtype="<f4", offset=header.size).astype(np.float32)  # own, writable copy
+    flat = np.frombuffer(data, dtype="<f4").astype(np.float32)  # own, writable copy
     return header, split_params(flat, layers, header, p.name)
 
 
