@@ -17,6 +17,7 @@ detections are computed by the same code in every backend, so the aggregated num
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -25,7 +26,7 @@ import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -78,6 +79,23 @@ def blas_threads() -> int:
     except ImportError:
         ob = _openblas()
         return int(ob[0]()) if ob is not None else 0
+
+
+@contextlib.contextmanager
+def blas_limit(n: int) -> Iterator[int]:
+    """Run a block with `n` BLAS threads, then restore the previous count.
+
+    Integer results (histograms, detections, agreement) do not depend on the BLAS thread count
+    here, but float64 reductions such as the SQNR's dot products may differ in the last bit when
+    OpenBLAS splits them over threads; a reference run that must match single-threaded Dask
+    workers bit for bit uses `with blas_limit(1):`.
+    """
+    before = blas_threads()
+    try:
+        yield set_blas_threads(n)
+    finally:
+        if before:
+            set_blas_threads(before)
 
 
 def threads_per_worker_blas(n_workers: int, cores: int | None = None) -> int:
@@ -526,3 +544,24 @@ def secure_local_cluster(n_workers: int = 2, blas_threads: int | None = None, **
         cluster.close()
         raise
     return cluster, client
+
+
+def temporary_tls(folder: str | Path) -> tuple[Any, list[str]]:
+    """Self-signed TLS for a `dask scheduler` + `dask worker` pair started by hand.
+
+    Writes `dask-tls.pem` (certificate, also the CA) and `dask-tls.key` (mode 0600) into `folder`
+    and returns (a `Security` for the Client, the CLI options for both commands):
+
+        dask scheduler --protocol tls --host 127.0.0.1 <opts>;  dask worker tls://127.0.0.1:8786 <opts>
+    """
+    from distributed.security import Security
+    sec = Security.temporary()
+    folder = Path(folder)
+    cert, key = folder / "dask-tls.pem", folder / "dask-tls.key"
+    for path, text in ((cert, sec.tls_ca_file), (key, sec.tls_client_key)):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    client_sec = Security(tls_ca_file=str(cert), tls_client_cert=str(cert), tls_client_key=str(key),
+                          require_encryption=True)
+    return client_sec, ["--tls-ca-file", str(cert), "--tls-cert", str(cert), "--tls-key", str(key)]

@@ -1,0 +1,165 @@
+"""Dask and in-process batch evaluation give identical numbers (calibration, agreement, comparison).
+
+One 2-worker `LocalCluster(security=True)` serves the module; a separately started TLS
+`dask scheduler` + 2 `dask worker` processes on 127.0.0.1 checks the same code on a real pair.
+The real yolov3-tiny weights run at a 256x256 input (`ModelSource(size=...)`, 0.38x the MACs of
+416x416) to keep this module fast on 2 shared cores; equality does not depend on the size.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+
+from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS  # noqa: E402
+
+from engine.augment import augment  # noqa: E402
+from engine.calib.collect import collect  # noqa: E402
+from engine.distributed import (DaskBackend, InProcess, ModelSource, blas_limit, blas_threads,  # noqa: E402
+                                collect_stats, compare_distributed, evaluate, load_source, secure_local_cluster,
+                                temporary_tls)
+from engine.quant.qmodel import quantize_model  # noqa: E402
+
+SOURCE = ModelSource(str(TINY_CFG), str(TINY_WEIGHTS), size=(256, 256))
+PHOTOS = sorted(IMAGES.glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    """yolov3-tiny (real weights) at 256x256, loaded in this process by the workers' own loader."""
+    return load_source(SOURCE)
+
+
+@pytest.fixture(scope="module")
+def stats(model, images):
+    with blas_limit(1):
+        return collect(model, images, progress=False)
+
+
+@pytest.fixture(scope="module")
+def qmodel(model, stats):
+    return quantize_model(model, stats, "minmax", per_channel=True)
+
+
+@pytest.fixture(scope="module")
+def images():
+    """8 images: the 4 photos (paths) + 4 augmentations (PIL images shipped to the workers)."""
+    extra = []
+    for k, p in enumerate(PHOTOS[:2]):
+        aug = augment(p, angle=10.0 + 5 * k, blur_radius=1.5, noise_sigma=8.0, seed=k)
+        extra += [aug["rotate"], aug["noise"]]
+    return PHOTOS + extra
+
+
+@pytest.fixture(scope="module")
+def dask_backend():
+    cluster, client = secure_local_cluster(n_workers=2)
+    try:
+        yield DaskBackend(client)
+    finally:
+        client.close()
+        cluster.close()
+
+
+def assert_stats_equal(a, b) -> None:
+    assert a.images == b.images
+    assert a.hists.keys() == b.hists.keys()
+    for k, h in a.hists.items():
+        g = b.hists[k]
+        assert (h.hi, h.amax, h.lo_signed, h.hi_signed, h.total) == (g.hi, g.amax, g.lo_signed, g.hi_signed, g.total), k
+        np.testing.assert_array_equal(h.counts, g.counts, err_msg=f"tensor {k}")
+
+
+def test_secure_cluster_uses_tls_and_one_blas_thread_per_worker(dask_backend):
+    client = dask_backend.client
+    assert client.scheduler.address.startswith("tls://")
+    assert dask_backend.n_workers == 2
+    threads = client.run(blas_threads)
+    assert set(threads.values()) == {1}, threads          # 2 workers on 2 cores: no oversubscription
+    env = client.run(lambda: os.environ.get("OPENBLAS_NUM_THREADS"))
+    assert set(env.values()) == {"1"}
+
+
+def test_collect_stats_dask_equals_in_process_collect(model, stats, images, dask_backend):
+    assert stats.images == 8
+    assert_stats_equal(stats, collect_stats(SOURCE, images, dask_backend, batch_size=3))
+    assert_stats_equal(stats, collect_stats(model, images, InProcess(), batch_size=5))
+
+
+def test_evaluate_dask_equals_in_process(model, qmodel, images, dask_backend):
+    from engine.detect import detect_outputs
+    from engine.quant.executor import Executor
+    from engine.quant.fitness import detection_agreement
+    res = evaluate(SOURCE, qmodel, images, ("hybrid", "int"), dask_backend, batch_size=2)
+    # the reference: a plain in-process loop over the engine's own API
+    inputs = [model.preprocess(i) for i in images]
+    truth = [detect_outputs(model, model.forward(pre.x), pre) for pre in inputs]
+    assert res.detections["float"] == truth
+    for mode in ("hybrid", "int"):
+        ex = Executor(model, qmodel, mode)
+        preds = [detect_outputs(model, ex.forward(pre.x), pre) for pre in inputs]
+        assert res.detections[mode] == preds, mode
+        assert res.agreement[mode] == detection_agreement(truth, preds), mode
+    assert len(res.images) == 8 and res.agreement["int"].matched > 0
+
+
+def test_evaluate_qmodel_file_on_workers_equals_object(model, qmodel, images, dask_backend, tmp_path):
+    path = qmodel.save(tmp_path / "q.npz")
+    a = evaluate(SOURCE, path, images[:3], ("int",), dask_backend, batch_size=1)
+    b = evaluate(model, qmodel, images[:3], ("int",), InProcess())
+    assert a.to_dict() == b.to_dict()
+
+
+def test_compare_distributed_equals_compare(model, stats, images, dask_backend):
+    from engine.quant.compare import compare
+    subset = [images[0], images[5]]
+    with blas_limit(1):   # the SQNR's float64 dot products: same BLAS threads as the workers, same bits
+        ref = compare(model, stats, subset, methods=("minmax", "log2"), per_channel=True, progress=False)
+    got = compare_distributed(SOURCE, stats, subset, ("minmax", "log2"), True, dask_backend, batch_size=1)
+    a, b = ref.to_dict(), got.to_dict()
+    a.pop("images"), b.pop("images")
+    assert repr(a) == repr(b)          # repr: NaN-safe equality of every number, ranking included
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_scheduler_and_two_workers_started_separately(model, tmp_path):
+    from distributed import Client
+    security, tls = temporary_tls(tmp_path)
+    dask = str(Path(sys.executable).with_name("dask"))
+    port = _free_port()
+    address = f"tls://127.0.0.1:{port}"
+    procs = [subprocess.Popen([dask, "scheduler", "--protocol", "tls", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard", *tls], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)]
+    try:
+        procs += [subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard",
+                                    "--host", "127.0.0.1", *tls], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL) for _ in range(2)]
+        with Client(address, security=security, timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+            backend = DaskBackend(client)
+            stats = collect_stats(SOURCE, PHOTOS, backend, batch_size=2)
+            assert set(client.run(blas_threads).values()) == {1}
+        assert_stats_equal(collect(model, PHOTOS, progress=False), stats)
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        deadline = time.monotonic() + 15
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
