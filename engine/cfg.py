@@ -173,10 +173,10 @@ def read_cfg(path: str | Path) -> Cfg:
     """Read and parse a cfg file. Raises CfgError for unreadable, binary or malformed files."""
     p = Path(path)
     try:
-        size = p.stat().st_size
-        if size > MAX_CFG_BYTES:
-            raise CfgError(f"{p}: {size} bytes is too large for a cfg (limit {MAX_CFG_BYTES})")
-        data = p.read_bytes()
+        with open(p, "rb") as f:
+            data = f.read(MAX_CFG_BYTES + 1)  # bounded: /dev/zero or a FIFO report size 0 and never end
+        if len(data) > MAX_CFG_BYTES:
+            raise CfgError(f"{p}: more than {MAX_CFG_BYTES} bytes is too large for a cfg")
     except OSError as err:
         raise CfgError(f"{p}: cannot read cfg: {err.strerror or err}") from err
     try:
