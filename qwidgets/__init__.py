@@ -1,8 +1,14 @@
 """qwidgets: Jupyter views over the engine's Session API (the engine never imports this package)."""
 from qwidgets.augment_view import AugmentView
+from qwidgets.controls import ExplorerControls
+from qwidgets.detections_view import DetectionsView
+from qwidgets.explorer import Explorer
 from qwidgets.explorer_preview import ModelView
 from qwidgets.graph_view import GraphView, graph_to_cytoscape
 from qwidgets.layer_panel import LayerPanel
+from qwidgets.quant_view import QuantizationView
+from qwidgets.weight_editor import WeightEditor
 from qwidgets.workspace_view import WorkspaceView
 
-__all__ = ["AugmentView", "GraphView", "LayerPanel", "ModelView", "WorkspaceView", "graph_to_cytoscape"]
+__all__ = ["AugmentView", "DetectionsView", "Explorer", "ExplorerControls", "GraphView", "LayerPanel", "ModelView",
+           "QuantizationView", "WeightEditor", "WorkspaceView", "graph_to_cytoscape"]

@@ -1,0 +1,207 @@
+"""ExplorerControls: mode, quantized model and image pickers, Run / Step / Run-to / Reset / CROSS /
+Continue, and the status line. Every handler reads the UI, makes one Session call and sets traits.
+
+Traits other views observe: `position` (the session's last executed layer, -1 = none), `mode`,
+`revision` (bumped when the session restarts: reset, new image, new mode or quantized model),
+`cross_result` (the last `CrossResult`), `continue_result` (the last `ContinueResult`) and `status`.
+`selected_node` is an input (the Explorer links it to the graph's selection) for Run-to-selected.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import ipywidgets as widgets
+import traitlets
+
+from engine.graph import INPUT
+from engine.samples import sample_images
+from qwidgets._errors import shows_errors
+
+MODES = [("FLOAT", "float"), ("HYBRID", "hybrid"), ("INT", "int")]
+PATH = "(path below)"
+UPLOAD = "(uploaded file)"
+
+
+def quantized_entries(workspace) -> list[tuple[str, str]]:
+    """(label, path) of the workspace's quantized models ([] without a workspace)."""
+    if workspace is None:
+        return []
+    return [(e.name, str(workspace.path_of(e.name))) for e in workspace.list("quantized")]
+
+
+class ExplorerControls(widgets.VBox):
+    """Buttons and pickers driving one Session; `status` is the Explorer's status line."""
+
+    position = traitlets.Int(-1, help="index of the last layer the session ran (-1 = none yet)")
+    mode = traitlets.Unicode("float", help="session mode: float, hybrid or int")
+    revision = traitlets.Int(0, help="bumped whenever the session restarts (reset, image, mode, model)")
+    selected_node = traitlets.Unicode("", help="node picked in the graph (target of Run to selected)")
+    cross_result = traitlets.Any(None, allow_none=True, help="the last CrossResult")
+    continue_result = traitlets.Any(None, allow_none=True, help="the last ContinueResult")
+    image_name = traitlets.Unicode("", help="name of the image last loaded through the picker")
+    status = traitlets.Unicode("", help="last message shown to the user")
+
+    def __init__(self, session, workspace=None, **kwargs) -> None:
+        self._session = session
+        self.workspace = workspace
+        b = widgets.Button
+        self.run_button = b(description="Run", icon="fast-forward", tooltip="run to the end")
+        self.step_button = b(description="Step", icon="step-forward", button_style="primary")
+        self.run_to_button = b(description="Run to selected", icon="forward", layout=widgets.Layout(width="140px"))
+        self.reset_button = b(description="Reset", icon="undo")
+        self.cross_button = b(description="CROSS", icon="exchange", tooltip="run the current layer in the other "
+                                                                           "precision on the same inputs")
+        self.continue_button = b(description="Continue", icon="play",
+                                 tooltip="run the rest of the network from the CROSS result")
+        self._mode = widgets.Dropdown(options=MODES, value=session.mode, description="Mode",
+                                      layout=widgets.Layout(width="180px"))
+        self._qm_pick = widgets.Dropdown(description="Quantized", layout=widgets.Layout(width="260px"))
+        self._qm_path = widgets.Text(placeholder="/path/to/quantized.npz", layout=widgets.Layout(width="220px"))
+        self.load_qm_button = b(description="Load", icon="folder-open", layout=widgets.Layout(width="80px"))
+        images = {p.stem: str(p) for p in sample_images()}
+        self._image_pick = widgets.Dropdown(options=[*images.items(), (PATH, PATH), (UPLOAD, UPLOAD)],
+                                            value=images.get("dog"), description="Image",
+                                            layout=widgets.Layout(width="220px"))
+        self._image_path = widgets.Text(placeholder="/path/to/image.jpg", layout=widgets.Layout(width="220px"))
+        self._upload = widgets.FileUpload(accept="image/*", multiple=False, description="Upload")
+        self.load_image_button = b(description="Use image", icon="image", layout=widgets.Layout(width="110px"))
+        self.current_label = widgets.Label()
+        self.current_label.add_class("qw-current")
+        self._status = widgets.Label()
+        self._status.add_class("qw-status")
+        buttons = widgets.HBox([self.step_button, self.run_button, self.run_to_button, self.reset_button,
+                                self.cross_button, self.continue_button, self.current_label])
+        pickers = widgets.HBox([self._mode, self._qm_pick, self._qm_path, self.load_qm_button,
+                                self._image_pick, self._image_path, self._upload, self.load_image_button],
+                               layout=widgets.Layout(flex_flow="row wrap"))
+        super().__init__(children=[pickers, buttons, self._status], **kwargs)
+        self.add_class("qw-controls")
+        self.refresh_quantized()
+        traitlets.link((self, "mode"), (self._mode, "value"))
+        traitlets.dlink((self, "status"), (self._status, "value"))
+        for button, handler in [(self.step_button, self._on_step_click), (self.run_button, self._on_run_click),
+                                (self.run_to_button, self._on_run_to_click),
+                                (self.reset_button, self._on_reset_click), (self.cross_button, self._on_cross_click),
+                                (self.continue_button, self._on_continue_click),
+                                (self.load_qm_button, self._on_load_qm_click),
+                                (self.load_image_button, self._on_load_image_click)]:
+            button.on_click(handler)
+        self.sync()
+
+    # ------------------------------------------------------------------ state from the session
+    def sync(self) -> None:
+        """Set the traits from the session (after a change made elsewhere, e.g. adopting a model)."""
+        s = self._session
+        with self.hold_sync():
+            self.mode = s.mode
+            self.position = s.position
+            self.current_label.value = self.current_text()
+
+    def current_text(self) -> str:
+        s = self._session
+        if s.position < 0:
+            return f"current: input ({s.mode})"
+        i = s.position
+        return f"current: {i} ({s.model.layers[i].kind}, {s.precision(i)})"
+
+    def refresh_quantized(self) -> None:
+        """Re-list the workspace's quantized models in the picker."""
+        self._qm_pick.options = [*quantized_entries(self.workspace), (PATH, PATH)]
+
+    def restarted(self, message: str) -> None:
+        """After the session restarted elsewhere too (e.g. a model was adopted): sync and bump `revision`."""
+        with self.hold_sync():
+            self.cross_result = None
+            self.continue_result = None
+            self.sync()
+            self.revision += 1
+            self.status = message
+
+    # ------------------------------------------------------------------ execution
+    @shows_errors
+    def _on_step_click(self, _button) -> None:
+        r = self._session.step()
+        self._moved(f"layer {r.index} [{r.kind}] ran in {r.precision} in {1000 * r.seconds:.0f} ms")
+
+    @shows_errors
+    def _on_run_click(self, _button) -> None:
+        dets = self._session.run()
+        self._moved(f"ran to the end: {len(dets)} detections ({self._session.mode})")
+
+    @shows_errors
+    def _on_run_to_click(self, _button) -> None:
+        nid = self.selected_node
+        if not nid or nid == INPUT:
+            raise ValueError("select a layer in the graph first (the input node has nothing to run)")
+        r = self._session.run_to(int(nid))
+        self._moved(f"ran to layer {r.index} [{r.kind}] ({r.precision})")
+
+    def _moved(self, message: str) -> None:
+        with self.hold_sync():
+            self.cross_result = None
+            self.status = message
+            self.position = self._session.position
+            self.current_label.value = self.current_text()
+
+    @shows_errors
+    def _on_reset_click(self, _button) -> None:
+        self._session.reset()
+        self.restarted("reset: no layer has run yet")
+
+    @shows_errors
+    def _on_cross_click(self, _button) -> None:
+        c = self._session.cross()
+        d = c.diff
+        self.cross_result = c
+        self.status = (f"CROSS layer {c.index}: ran {c.precision}, other {c.other}: SQNR {d.sqnr_db:.1f} dB, "
+                       f"max |diff| {d.max_abs:.4g}")
+
+    @shows_errors
+    def _on_continue_click(self, _button) -> None:
+        source = "other" if self.cross_result is not None else "this"
+        r = self._session.continue_from(source)
+        self.continue_result = r
+        self.status = (f"continued from layer {r.index} ({'CROSS result' if source == 'other' else 'this result'}):"
+                       f" {len(r.detections)} detections: {', '.join(d.name for d in r.detections) or 'none'}")
+
+    # ------------------------------------------------------------------ pickers
+    @traitlets.observe("mode")
+    def _on_mode_change(self, change) -> None:
+        self._set_mode(change.new)
+
+    @shows_errors
+    def _set_mode(self, mode: str) -> None:
+        if mode == self._session.mode:
+            return
+        try:
+            self._session.set_mode(mode)
+        finally:
+            if self.mode != self._session.mode:   # refused: the dropdown shows the session's mode again
+                self.mode = self._session.mode
+        self.restarted(f"mode {mode}: restarted from the input")
+
+    @shows_errors
+    def _on_load_qm_click(self, _button) -> None:
+        path = self._qm_path.value.strip() if self._qm_pick.value == PATH else self._qm_pick.value
+        if not path:
+            raise ValueError("type the path of a quantized model (.npz) or pick a workspace entry")
+        self._session.set_quantized(path)
+        self.restarted(f"quantized model {Path(path).name} loaded ({self._session.mode})")
+
+    @shows_errors
+    def _on_load_image_click(self, _button) -> None:
+        choice = self._image_pick.value
+        if choice == UPLOAD:
+            if not self._upload.value:
+                raise ValueError("choose a file with Upload first")
+            up = self._upload.value[0]
+            image, name = bytes(up["content"]), up["name"]
+        else:
+            image = self._image_path.value.strip() if choice == PATH else choice
+            if not image:
+                raise ValueError("type the path of an image")
+            name = Path(image).name
+        self._session.reset(image=image)
+        self.image_name = name
+        self.restarted(f"image {html.escape(name)}: restarted from the input")
