@@ -33,6 +33,11 @@ def open_image(source: ImageLike, *, max_pixels: int = MAX_PIXELS, name: str | N
     if isinstance(source, Image.Image):
         _check_size(source.size[0], source.size[1], max_pixels, name or "<PIL image>")
         return _to_rgb(source, name or "<PIL image>")
+    if not isinstance(source, (str, Path, bytes, bytearray)):
+        # open() would accept an int as a file descriptor and close it afterwards (maybe the
+        # kernel's own socket); anything else would fail with a raw TypeError
+        raise ImageError(f"{name or 'image'}: cannot read an image from a {type(source).__name__}; expected "
+                         "a file path, encoded bytes, a PIL image or a uint8 (H, W, 3) / float32 (3, H, W) array")
     label = name or (str(source) if isinstance(source, (str, Path)) else "<image bytes>")
     try:
         fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
