@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import engine  # noqa: E402
+from engine import winograd  # noqa: E402
 from engine.cfg import read_cfg  # noqa: E402
 from engine.graph import build_layers  # noqa: E402
 from engine.weights import random_params, write_weights  # noqa: E402
@@ -139,20 +140,31 @@ def layer_table(model: engine.Model, runs: int) -> list[dict]:
             model.run_layer(layer.index, xs)
             ts.append((time.perf_counter() - t) * 1e3)
         rows.append({"index": layer.index, "kind": layer.kind, "out_shape": list(layer.out_shape),
-                     "ms": float(np.median(ts)), "gmacs": layer.macs / 1e9})
+                     "ms": float(np.median(ts)), "gmacs": layer.macs / 1e9, "kernel": kernel_of(layer)})
     return rows
+
+
+def kernel_of(layer) -> str:
+    """Which conv kernel engine.kernels.conv2d picks for this layer (as its dispatch does)."""
+    if layer.kind != "convolutional":
+        return ""
+    (c, h, w), k, s, p = layer.in_shapes[0], layer.size, layer.stride, layer.padding
+    if layer.groups == 1 and winograd.suitable(c, h, w, layer.filters, k, s, p):
+        return "winograd"
+    return "gemm-1x1" if k == 1 and s == 1 and p == 0 else f"im2col-{k}x{k}/{s}"
 
 
 def print_layers(name: str, rows: list[dict]) -> None:
     total = sum(r["ms"] for r in rows)
     print(f"\nper-layer medians, {name} (sum {total:.1f} ms):")
-    print(f"{'idx':>4} {'kind':14} {'out shape':>16} {'ms':>7} {'%':>5} {'GMACs':>6} {'GFLOP/s':>8}")
+    print(f"{'idx':>4} {'kind':14} {'out shape':>16} {'ms':>7} {'%':>5} {'GMACs':>6} {'GFLOP/s':>8}  kernel")
     for r in rows:
         flops = 2e3 * r["gmacs"] / r["ms"] if r["gmacs"] and r["ms"] else 0.0
         shape = "x".join(map(str, r["out_shape"]))
-        print(f"{r['index']:>4} {r['kind']:14} {shape:>16} {r['ms']:7.2f} {100 * r['ms'] / total:5.1f} "
-              f"{r['gmacs']:6.3f} {flops:8.1f}" if flops else
-              f"{r['index']:>4} {r['kind']:14} {shape:>16} {r['ms']:7.2f} {100 * r['ms'] / total:5.1f}")
+        line = f"{r['index']:>4} {r['kind']:14} {shape:>16} {r['ms']:7.2f} {100 * r['ms'] / total:5.1f}"
+        if flops:
+            line += f" {r['gmacs']:6.3f} {flops:8.1f}  {r['kernel']}"
+        print(line)
 
 
 def peak_rss_mb(name: str, which: str, folder: Path) -> float:

@@ -9,13 +9,21 @@ rows that stay in cache (`conv_banded`), with the bias as a ones row of the GEMM
 activation applied in place. `im2col` (whole map, padded-width trick for stride 1) is kept as a
 standalone helper.
 
-Elementwise and copy passes can be split over THREADS threads (NumPy releases the GIL inside
-copies and ufuncs), but THREADS is 1: with a 2-thread OpenBLAS, its worker busy-waits on the second
-core for a while after every GEMM, and a second NumPy thread competing with it made every layer
-measured (conv epilogues, Winograd transforms, maxpool) 3-15% slower on 2 cores.
+Threads: a 2-thread OpenBLAS splits every GEMM call in two and joins, and its worker busy-waits
+after each call; a second NumPy thread then competes with it, and under CPU contention every join
+waits for a descheduled thread (measured 5-15x slower medians at load 10 on 2 cores). So inside
+`own_threads()` the kernels run BLAS single-threaded and spread *whole* work items (bands, Winograd
+GEMMs, row blocks, channel blocks) over as many threads as BLAS was allowed (OPENBLAS_NUM_THREADS,
+threadpoolctl), pulled dynamically from a shared counter. NumPy releases the GIL inside GEMMs,
+copies and ufuncs. If NumPy's OpenBLAS can't be found (another BLAS), BLAS keeps its own threads
+and the NumPy passes run in the calling thread.
 """
 from __future__ import annotations
 
+import ctypes
+import glob
+import os
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -24,13 +32,14 @@ import numpy as np
 
 from engine.layers.base import Scratch
 
-THREADS = 1              # threads for parallel_for (see the module docstring); the GEMMs use BLAS's own
 PARALLEL_MIN = 1 << 16   # elements below which a pass runs in the calling thread only
 BLOCK = 1 << 16          # elements per cache block of an epilogue pass (256 KiB of float32)
 BAND = 1 << 19           # im2col floats per band of output rows (2 MiB): built, used and dropped in cache
 MIN_BAND = 2048          # output pixels per band at least: narrower GEMMs lose more than the cache gains
 F = np.float32
 _pool: ThreadPoolExecutor | None = None
+_threads = 1             # threads for parallel_for/parallel_items: set by own_threads()
+_local = threading.local()  # .busy: this thread already runs a part of a parallel job
 _derived: dict[tuple, tuple[tuple[weakref.ref, ...], Any]] = {}
 
 
@@ -51,23 +60,102 @@ def derived(kind: str, arrays: tuple[np.ndarray, ...], make: Callable[[], Any]) 
     return value
 
 
+def _find_openblas() -> tuple[Callable[[], int], Callable[[int], None]] | None:
+    """(get_num_threads, set_num_threads) of the OpenBLAS bundled with NumPy wheels, or None."""
+    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libs, "*openblas*"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for stem, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", "")):
+            get = getattr(lib, f"{stem}_get_num_threads{suffix}", None)
+            put = getattr(lib, f"{stem}_set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                get.restype, put.argtypes = ctypes.c_int, [ctypes.c_int]
+                return get, put
+    return None
+
+
+_openblas = _find_openblas()
+
+
+class own_threads:
+    """Context: BLAS single-threaded, kernels on their own threads (as many as BLAS had).
+
+    Not reentrant across Python threads: run one forward at a time per process.
+    """
+
+    def __enter__(self) -> "own_threads":
+        global _threads
+        self.restore = 0
+        if _openblas is not None and _threads == 1 and not getattr(_local, "busy", False):
+            n = _openblas[0]()
+            if n > 1:
+                self.restore = n
+                _openblas[1](1)
+                _threads = n
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _threads
+        if self.restore:
+            _threads = 1
+            _openblas[1](self.restore)
+
+
+def _run_parts(parts: int, worker: Callable[[int], None]) -> None:
+    """worker(0) here and worker(1..parts-1) on the pool; nested jobs inside a part run inline."""
+    global _pool
+    if _pool is None or _pool._max_workers < parts - 1:
+        _pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="qw-kernel")
+
+    def part(i: int) -> None:
+        _local.busy = True
+        try:
+            worker(i)
+        finally:
+            _local.busy = False
+
+    futures = [_pool.submit(part, i) for i in range(1, parts)]
+    try:
+        part(0)
+    finally:
+        for f in futures:
+            f.result()
+
+
 def parallel_for(n: int, fn: Callable[[int, int], None], work: int) -> None:
-    """Run fn(lo, hi) over [0, n) split into THREADS contiguous parts (inline if `work` is small).
+    """Run fn(lo, hi) over [0, n) split into _threads contiguous parts (inline if `work` is small).
 
     `work` is the number of elements the whole job touches; the split only pays off for big jobs.
     """
-    global _pool
-    parts = min(THREADS, n) if work >= PARALLEL_MIN else 1
+    parts = min(_threads, n) if work >= PARALLEL_MIN and not getattr(_local, "busy", False) else 1
     if parts <= 1:
         fn(0, n)
         return
-    if _pool is None or _pool._max_workers < parts - 1:
-        _pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="qw-kernel")
     bounds = [n * i // parts for i in range(parts + 1)]
-    futures = [_pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
-    fn(bounds[0], bounds[1])
-    for f in futures:
-        f.result()
+    _run_parts(parts, lambda i: fn(bounds[i], bounds[i + 1]))
+
+
+def parallel_items(count: int, fn: Callable[[int, int], None]) -> None:
+    """fn(part, item) for item in [0, count), items pulled dynamically by _threads parts.
+
+    `part` (0.._threads-1) names per-thread scratch buffers. A descheduled thread only delays its
+    current item: the others keep pulling.
+    """
+    parts = min(_threads, count) if not getattr(_local, "busy", False) else 1
+    if parts <= 1:
+        for i in range(count):
+            fn(0, i)
+        return
+    items = iter(range(count))  # next() on a range iterator is atomic under the GIL
+
+    def worker(part: int) -> None:
+        for i in items:
+            fn(part, i)
+
+    _run_parts(parts, worker)
 
 
 def conv_out_size(n: int, k: int, s: int, p: int) -> int:
@@ -141,40 +229,37 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
     rows = min(ho, max(BAND // (kk * wo), -(-MIN_BAND // wo)))  # cache-sized, but wide enough for BLAS
     # Output column j of kernel column kx reads input column j*s + kx - p: valid for j in [ja, jb).
     jspan = [(max(0, -(-(p - kx) // s)), min(wo, (w - 1 + p - kx) // s + 1)) for kx in range(k)]
-    for r0 in range(0, ho, rows):
-        r1 = min(ho, r0 + rows)
-        length = (r1 - r0) * wo
-        flat = scratch.get("cols", (kk + 1, length))
+
+    def band(part: int, i: int) -> None:
+        r0, r1 = i * rows, min(ho, (i + 1) * rows)
+        flat = scratch.get(f"cols{part}", (kk + 1, (r1 - r0) * wo))
         cols = flat[:kk].reshape(c, k, k, r1 - r0, wo)
-
-        def run(lo: int, hi: int, by_channel: bool = c >= THREADS) -> None:
-            # im2col straight from x (no padded copy): in-image cells are copied, the rest zeroed
-            chans, kys = (slice(lo, hi), range(k)) if by_channel else (slice(None), range(lo, hi))
-            for ky in kys:
-                dy = ky - p
-                ra, rb = max(r0, -(dy // s)), min(r1, (h - 1 - dy) // s + 1)  # rows reading inside x
-                for kx in range(k):
-                    dst, (ja, jb) = cols[chans, ky, kx], jspan[kx]
-                    if ra >= rb or ja >= jb:
-                        dst[...] = 0
-                        continue
-                    dx = kx - p
-                    dst[:, ra - r0:rb - r0, ja:jb] = x[chans, ra * s + dy:(rb - 1) * s + dy + 1:s,
-                                                       ja * s + dx:(jb - 1) * s + dx + 1:s]
-                    if ra > r0:
-                        dst[:, :ra - r0] = 0
-                    if rb < r1:
-                        dst[:, rb - r0:] = 0
-                    if ja > 0:
-                        dst[:, ra - r0:rb - r0, :ja] = 0
-                    if jb < wo:
-                        dst[:, ra - r0:rb - r0, jb:] = 0
-
-        parallel_for(c if c >= THREADS else k, run, flat.size)
+        # im2col straight from x (no padded copy): in-image cells are copied, the rest zeroed
+        for ky in range(k):
+            dy = ky - p
+            ra, rb = max(r0, -(dy // s)), min(r1, (h - 1 - dy) // s + 1)  # rows reading inside x
+            for kx in range(k):
+                dst, (ja, jb) = cols[:, ky, kx], jspan[kx]
+                if ra >= rb or ja >= jb:
+                    dst[...] = 0
+                    continue
+                dx = kx - p
+                dst[:, ra - r0:rb - r0, ja:jb] = x[:, ra * s + dy:(rb - 1) * s + dy + 1:s,
+                                                   ja * s + dx:(jb - 1) * s + dx + 1:s]
+                if ra > r0:
+                    dst[:, :ra - r0] = 0
+                if rb < r1:
+                    dst[:, rb - r0:] = 0
+                if ja > 0:
+                    dst[:, ra - r0:rb - r0, :ja] = 0
+                if jb < wo:
+                    dst[:, ra - r0:rb - r0, jb:] = 0
         flat[kk] = 1
         np.matmul(wb, flat, out=y2[:, r0 * wo:r1 * wo])
         if act not in (None, "linear"):
             bias_act(y[:, r0:r1], None, act)
+
+    parallel_items(-(-ho // rows), band)
 
 
 FUSED_ACTS = ("linear", "leaky", "relu")
@@ -232,8 +317,18 @@ def conv2d(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, k: int, s: int, p: int
     ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
     if act is not None and act not in FUSED_ACTS:
         raise ValueError(f"conv2d: act={act!r} cannot be fused; use one of {FUSED_ACTS} or apply it after")
-    if groups == 1 and winograd.suitable(c, h, w, n, k, s, p):
-        return winograd.conv3x3(x, w2d, b, p, scratch, act)
+    with own_threads():
+        if groups == 1 and winograd.suitable(c, h, w, n, k, s, p):
+            return winograd.conv3x3(x, w2d, b, p, scratch, act)
+        return _conv_gemm(x, w2d, b, k, s, p, groups, scratch, act)
+
+
+def _conv_gemm(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, k: int, s: int, p: int, groups: int,
+               scratch: Scratch, act: str | None) -> np.ndarray:
+    """conv2d through GEMMs: 1x1 stride 1 directly on x (in row blocks of filters), else conv_banded."""
+    c, h, w = x.shape
+    n = w2d.shape[0]
+    ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
     y = np.empty((n, ho, wo), np.float32)
     cg, ng = c // groups, n // groups
     for g in range(groups):
@@ -242,11 +337,24 @@ def conv2d(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, k: int, s: int, p: int
         yg = y[g * ng:(g + 1) * ng]
         bg = b[g * ng:(g + 1) * ng]
         if k == 1 and s == 1 and p == 0:
-            np.matmul(wg, xg.reshape(cg, h * w), out=yg.reshape(ng, h * w))
-            bias_act(yg, bg, act)
+            _conv1x1(xg.reshape(cg, h * w), wg, bg, yg, act)
             continue
         conv_banded(xg, wg, bg, yg, k, s, p, scratch, act)
     return y
+
+
+def _conv1x1(x2: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, act: str | None) -> None:
+    """y = act(w2d @ x2 + b) in blocks of filter rows, one GEMM + in-cache epilogue per block."""
+    n = y.shape[0]
+    step = n if _threads == 1 else max(8, -(-n // (4 * _threads)))
+    y2 = y.reshape(n, -1)
+
+    def block(_part: int, i: int) -> None:
+        lo, hi = i * step, min(n, (i + 1) * step)
+        np.matmul(w2d[lo:hi], x2, out=y2[lo:hi])
+        bias_act(y[lo:hi], b[lo:hi], act)
+
+    parallel_items(-(-n // step), block)
 
 
 def conv2d_naive(x: np.ndarray, w: np.ndarray, b: np.ndarray, s: int, p: int, groups: int = 1) -> np.ndarray:

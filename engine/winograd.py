@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.kernels import bias_act, derived, parallel_for
+from engine.kernels import bias_act, derived, parallel_for, parallel_items
 from engine.layers.base import Scratch
 
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
@@ -123,19 +123,24 @@ def output_tiles_cf(m: np.ndarray, y: np.ndarray, th: int, tw: int, scratch: Scr
     m5 = m.reshape(4, 4, n, th, tw)
     s = scratch.get("wino_s", (2, 4, n, th, tw))
     t = scratch.get("wino_t", (2, n, th, tw))
-    np.add(m5[1], m5[2], out=s[0])
-    np.subtract(m5[1], m5[2], out=s[1])
-    s[0] += m5[0]
-    s[1] -= m5[3]
-    for a in range(2):
-        sa = s[a]
-        rows = (ho - a + 1) // 2
-        np.add(sa[1], sa[2], out=t[0])
-        np.subtract(sa[1], sa[2], out=t[1])
-        t[0] += sa[0]
-        t[1] -= sa[3]
-        for b in range(2):
-            y[:, a::2, b::2] = t[b, :, :rows, :(wo - b + 1) // 2]
+
+    def run(lo: int, hi: int) -> None:  # over filters
+        mm, ss, tt = m5[:, :, lo:hi], s[:, :, lo:hi], t[:, lo:hi]
+        np.add(mm[1], mm[2], out=ss[0])
+        np.subtract(mm[1], mm[2], out=ss[1])
+        ss[0] += mm[0]
+        ss[1] -= mm[3]
+        for a in range(2):
+            sa = ss[a]
+            rows = (ho - a + 1) // 2
+            np.add(sa[1], sa[2], out=tt[0])
+            np.subtract(sa[1], sa[2], out=tt[1])
+            tt[0] += sa[0]
+            tt[1] -= sa[3]
+            for b in range(2):
+                y[lo:hi, a::2, b::2] = tt[b, :, :rows, :(wo - b + 1) // 2]
+
+    parallel_for(n, run, s.size)
 
 
 def conv3x3(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, p: int, scratch: Scratch,
@@ -156,14 +161,19 @@ def conv3x3(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, p: int, scratch: Scra
     if th * tw <= CF_TILES:
         u = derived("winograd-2x2-cf", (w2d,), lambda: np.ascontiguousarray(transform_weights(w2d).transpose(0, 2, 1)))
         vt = scratch.get("wino_vt", (16, c, th * tw))
-        vt[...] = v.transpose(0, 2, 1)
         m = scratch.get("wino_m", (16, n, th * tw))
-        np.matmul(u, vt, out=m)
+
+        def gemm(_part: int, i: int) -> None:  # one of the 16 GEMMs per work item
+            vt[i] = v[i].T
+            np.matmul(u[i], vt[i], out=m[i])
+
+        parallel_items(16, gemm)
         m[5] += b[:, None]                                   # bias via the (1, 1) product
         output_tiles_cf(m, y, th, tw, scratch)
     else:
         m = scratch.get("wino_m", (16, th * tw, n))
-        np.matmul(v, cached_weights(w2d), out=m)
+        u = cached_weights(w2d)
+        parallel_items(16, lambda _part, i: np.matmul(v[i], u[i], out=m[i]))
         m[5] += b                                            # bias via the (1, 1) product
         output_tiles(m, y, th, tw, scratch)
     if act not in (None, "linear"):

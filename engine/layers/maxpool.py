@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.kernels import BLOCK, parallel_for
+from engine.kernels import BLOCK, own_threads, parallel_for
 from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape, refuse
 
 
@@ -57,7 +57,8 @@ def maxpool(x: np.ndarray, k: int, s: int, p: int, fill=-np.inf, scratch: Scratc
                 t[...] = r[:, :, cs(kx)]
                 np.maximum(yb, t, out=yb)
 
-    parallel_for(c, run, c * ho * wp)
+    with own_threads():
+        parallel_for(c, run, c * ho * wp)
     return y
 
 

@@ -142,7 +142,7 @@ def test_bias_act_strided_source_matches_reference():
 
 
 def test_parallel_for_covers_the_range_once(monkeypatch):
-    monkeypatch.setattr(kernels, "THREADS", 2)
+    monkeypatch.setattr(kernels, "_threads", 2)
     hits = np.zeros(1000, np.int64)
 
     def mark(lo, hi):
@@ -187,7 +187,7 @@ def test_maxpool_int8_uses_the_fill_value():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_threaded_kernels_match_naive(monkeypatch, threads):
     """The channel/row splits of im2col, the epilogue, Winograd and maxpool give the same result."""
-    monkeypatch.setattr(kernels, "THREADS", threads)
+    monkeypatch.setattr(kernels, "_threads", threads)
     rng = np.random.default_rng(21)
     x, wt, b = random_conv(rng, 3, 64, 64, 16, 3)
     y = conv2d(x, wt.reshape(16, -1), b, 3, 1, 1, 1, Scratch(), act="leaky")
@@ -199,3 +199,17 @@ def test_threaded_kernels_match_naive(monkeypatch, threads):
     assert_close(y[[0, 63]], ref, f"winograd, {threads} threads")
     x = rng.standard_normal((32, 64, 64)).astype(np.float32)
     np.testing.assert_array_equal(maxpool(x, 2, 2, 1, scratch=Scratch()), x.reshape(32, 32, 2, 32, 2).max(axis=(2, 4)))
+
+
+def test_own_threads_makes_blas_single_threaded_and_restores_it():
+    if kernels._openblas is None:
+        pytest.skip("NumPy's OpenBLAS not found: kernels keep BLAS threading")
+    get, put = kernels._openblas
+    before = get()
+    put(2)
+    try:
+        with kernels.own_threads():
+            assert get() == 1 and kernels._threads == 2
+        assert get() == 2 and kernels._threads == 1
+    finally:
+        put(before)
