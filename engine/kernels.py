@@ -227,6 +227,8 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
     wb = derived("bias-column", (w2d, b), lambda: np.ascontiguousarray(np.concatenate([w2d, b[:, None]], 1)))
     y2 = y.reshape(n, ho * wo)
     rows = min(ho, max(BAND // (kk * wo), -(-MIN_BAND // wo)))  # cache-sized, but wide enough for BLAS
+    if _threads > 1:
+        rows = min(rows, -(-ho // (2 * _threads)))  # >= 2 bands per thread, so all threads get work
     # Output column j of kernel column kx reads input column j*s + kx - p: valid for j in [ja, jb).
     jspan = [(max(0, -(-(p - kx) // s)), min(wo, (w - 1 + p - kx) // s + 1)) for kx in range(k)]
 
