@@ -7,9 +7,9 @@ Each 2x2 output tile comes from a 4x4 input tile d:  Y = A^T [ (G g G^T) . (B^T 
           [0 -1  1  0]         [1/2 -1/2  1/2]
           [0  1  0 -1]         [ 0    0    1 ]
 
-The 16 element-wise products summed over input channels are 16 GEMMs (tiles, C) @ (C, n), run as
-one batched `np.matmul`. The transforms only add and subtract, as strided slices over all tiles at
-once (rows first, then columns). The bias rides in the transformed domain: adding b to the (1, 1)
+The 16 element-wise products summed over input channels are 16 GEMMs (tiles, C) @ (C, n) or
+(n, C) @ (C, tiles), spread over the kernel threads (`kernels.parallel_items`). The transforms only
+add and subtract, as strided slices over all tiles at once (rows first, then columns). The bias rides in the transformed domain: adding b to the (1, 1)
 product adds b to all four outputs of a tile, since A^T e1 = (1, 1).
 Float32 error is that of a GEMM with K = C plus a few roundings of the transforms (~1e-6 relative).
 """
