@@ -78,7 +78,7 @@ class ExplorerControls(widgets.VBox):
         super().__init__(children=[pickers, buttons, self._status], **kwargs)
         self.add_class("qw-controls")
         self.refresh_quantized()
-        traitlets.link((self, "mode"), (self._mode, "value"))
+        self._mode.observe(self._on_mode_pick, names="value")
         traitlets.dlink((self, "status"), (self._status, "value"))
         for button, handler in [(self.step_button, self._on_step_click), (self.run_button, self._on_run_click),
                                 (self.run_to_button, self._on_run_to_click),
@@ -94,7 +94,7 @@ class ExplorerControls(widgets.VBox):
         """Set the traits from the session (after a change made elsewhere, e.g. adopting a model)."""
         s = self._session
         with self.hold_sync():
-            self.mode = s.mode
+            self.mode = self._mode.value = s.mode
             self.position = s.position
             self.current_label.value = self.current_text()
 
@@ -166,6 +166,10 @@ class ExplorerControls(widgets.VBox):
                        f" {len(r.detections)} detections: {', '.join(d.name for d in r.detections) or 'none'}")
 
     # ------------------------------------------------------------------ pickers
+    # the dropdown and the `mode` trait both ask for a mode; the session decides, both then show its mode
+    def _on_mode_pick(self, change) -> None:
+        self._set_mode(change.new)
+
     @traitlets.observe("mode")
     def _on_mode_change(self, change) -> None:
         self._set_mode(change.new)
@@ -173,12 +177,12 @@ class ExplorerControls(widgets.VBox):
     @shows_errors
     def _set_mode(self, mode: str) -> None:
         if mode == self._session.mode:
+            self.mode = self._mode.value = mode
             return
         try:
             self._session.set_mode(mode)
         finally:
-            if self.mode != self._session.mode:   # refused: the dropdown shows the session's mode again
-                self.mode = self._session.mode
+            self.mode = self._mode.value = self._session.mode     # refused: back to the session's mode
         self.restarted(f"mode {mode}: restarted from the input")
 
     @shows_errors

@@ -60,6 +60,8 @@ class Explorer(widgets.VBox):
         self.ids = [INPUT] + [n.id for n in session.model.graph.nodes]
         self._fitness: dict[int, Any] = {}
         self._dets_key: tuple | None = None
+        self._thresholds: dict[str, dict] = {}
+        self._thresholds_of = session.qmodel
         self._busy = False
         self.controls = ExplorerControls(session, workspace=workspace)
         self.graph = GraphView(session.model.graph, height=graph_height, layout=widgets.Layout(width="340px"))
@@ -161,6 +163,15 @@ class Explorer(widgets.VBox):
         self._dets_key = None
         self.update_views()
 
+    def thresholds(self, node_id: str) -> dict[str, float] | None:
+        """The calibration threshold of every method for a tensor (cached: a pure function of the
+        quantized model's histograms, which only change with a new quantized model)."""
+        if self.session.qmodel is not self._thresholds_of:
+            self._thresholds, self._thresholds_of = {}, self.session.qmodel
+        if node_id not in self._thresholds:
+            self._thresholds[node_id] = self.session.thresholds(node_id)
+        return self._thresholds[node_id] or None
+
     def update_views(self) -> None:
         """After the session moved: highlight, selection (the panel follows), overlay, detections."""
         node = self._node_of(self.session.position)
@@ -188,7 +199,7 @@ class Explorer(widgets.VBox):
         if i >= 0:
             info = s.layer_info(i)
             kw["scales"] = {k: info[k] for k in ("in_scale", "out_scale", "weight_scale") if info.get(k) is not None}
-            kw["thresholds"] = s.thresholds(i) or None
+            kw["thresholds"] = self.thresholds(node_id)
             cross = self.controls.cross_result
             if cross is not None and cross.index == i:
                 y_float, y_int = cross.float_and_int
@@ -199,7 +210,7 @@ class Explorer(widgets.VBox):
             if info.get("record"):
                 extra_rows.append({"tensor": f"record ({info['precision']})", **info["record"]})
         else:
-            kw["thresholds"] = s.thresholds(INPUT) or None
+            kw["thresholds"] = self.thresholds(INPUT)
         data, images, rows = layer_panel_data(s.model, ref, node_id, s.x, **kw)
         if i >= 0:
             data["precision"] = s.precision(i) + (" (ran)" if i <= s.position else " (not run yet)")

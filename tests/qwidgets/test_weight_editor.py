@@ -1,0 +1,86 @@
+"""WeightEditor on a yolov3-tiny Session: kernel grid, Apply + rerun diff, bulk edits, undo / redo, save."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import engine
+from qwidgets import WeightEditor
+
+
+@pytest.fixture
+def editor(tiny):
+    s = engine.Session(tiny)                       # FLOAT: float cfg weights, FloatText grid
+    we = WeightEditor(s)
+    we.layer = 2
+    return we
+
+
+def test_grid_shows_the_selected_kernel(editor):
+    s = editor._session
+    w = s.weights(2)["weights"]
+    assert editor.target == "float" and w.shape == (32, 16, 3, 3)
+    assert editor._filter.max == 31 and editor._channel.max == 15
+    editor.filter, editor.channel = 5, 7
+    np.testing.assert_array_equal(editor.grid_values(), w[5, 7])
+    editor._filter.value = 6                        # the slider drives the trait
+    assert editor.filter == 6
+    np.testing.assert_array_equal(editor.grid_values(), w[6, 7])
+
+
+def test_apply_writes_the_grid_and_shows_the_rerun_diff(editor):
+    s = editor._session
+    editor.filter, editor.channel = 1, 2
+    editor.cells[0].value = 2.5
+    editor.apply_button.click()
+    assert s.model.params[2]["weights"][1, 2, 0, 0] == np.float32(2.5)
+    assert s.position == 2 and editor.last_diff["layer"] == 2 and editor.last_diff["changed"] > 0
+    assert editor.heatmap.value[:4] == b"\x89PNG" and editor.revision == 1
+    assert editor.edits == ["layer 2 float weights: set weights[(1, 2)]"]
+    assert "values changed" in editor.status
+
+
+def test_bulk_edits_undo_and_redo(editor):
+    s = editor._session
+    w0 = s.weights(2)["weights"]
+    editor.filter = 3
+    editor._factor.value = 0.5
+    editor.scale_button.click()
+    np.testing.assert_allclose(s.weights(2)["weights"][3], w0[3] * 0.5, rtol=1e-6)
+    editor.zero_button.click()
+    assert not s.weights(2)["weights"][3].any()
+    editor._prune.value = 50.0
+    editor.prune_button.click()
+    assert (s.weights(2)["weights"] == 0).mean() >= 0.5 and len(editor.edits) == 3
+    for _ in range(3):
+        editor.undo_button.click()
+    np.testing.assert_array_equal(s.weights(2)["weights"], w0)
+    assert editor.edits == [] and editor.last_diff["changed"] > 0
+    editor.redo_button.click()
+    np.testing.assert_allclose(s.weights(2)["weights"][3], w0[3] * 0.5, rtol=1e-6)
+
+
+def test_bad_values_and_layers_without_weights_show_errors(editor):
+    s = editor._session
+    editor.cells[0].value = float("nan")
+    editor.apply_button.click()
+    assert editor.status.startswith("error:") and s.edits() == []
+    editor._factor.value = float("inf")
+    editor.scale_button.click()
+    assert editor.status.startswith("error: layer 2: scale factor must be finite")
+    editor.layer = 1                                # maxpool
+    assert editor.apply_button.disabled and "has no weights" in editor._title.value and editor.cells == []
+
+
+def test_save_as_writes_new_files_and_refuses_overwrite(editor, tmp_path):
+    path = tmp_path / "edited.npz"
+    editor._path.value = str(path)
+    editor.save_model_button.click()
+    assert path.is_file() and editor.status.startswith("saved the customized model")
+    editor.save_model_button.click()
+    assert editor.status.startswith("error:") and "exists" in editor.status
+    editor.save_quantized_button.click()            # FLOAT session: no quantized model
+    assert editor.status == "error: this session has no quantized model to save"
+    editor._path.value = ""
+    editor.save_model_button.click()
+    assert editor.status.startswith("error: type a path")
