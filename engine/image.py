@@ -138,10 +138,14 @@ def resize_image(x: np.ndarray, w: int, h: int) -> np.ndarray:
 
 
 def letterbox_size(im_w: int, im_h: int, net_w: int, net_h: int) -> tuple[int, int]:
-    """Darknet's letterbox inner size (new_w, new_h): integer division, float32 comparison."""
+    """Darknet's letterbox inner size (new_w, new_h): integer division, float32 comparison.
+
+    Unlike Darknet, a side is at least 1 pixel: a 2000x1 strip on a 16x16 input would be 0 rows
+    high in Darknet (an empty resize, then a division by zero when boxes are mapped back).
+    """
     if np.float32(net_w) / np.float32(im_w) < np.float32(net_h) / np.float32(im_h):
-        return net_w, (im_h * net_w) // im_w
-    return (im_w * net_h) // im_h, net_h
+        return net_w, max(1, (im_h * net_w) // im_w)
+    return max(1, (im_w * net_h) // im_h), net_h
 
 
 @dataclass(frozen=True)
