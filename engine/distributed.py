@@ -11,7 +11,10 @@ cfg + `.weights`) and load it once per process (`load_source`, an LRU keyed by p
 A quantized model object is broadcast once (`backend.share`); a path is loaded by the workers.
 Equality: calibration histograms merge exactly (engine/calib/histogram.py) and per-image
 detections are computed by the same code in every backend, so the aggregated numbers
-(`CalibrationStats`, `detection_agreement`) are identical, not merely close.
+(`CalibrationStats`, `detection_agreement`) are identical, not merely close, provided the
+BLAS thread count is the same: OpenBLAS may partition a GEMM differently with 2 threads than
+with 1 and change a float's last bit. Workers run 1 BLAS thread when workers >= cores, so the
+reference is `InProcess(blas_threads=1)` (or `with blas_limit(1):`).
 
 `dask` is imported only by `DaskBackend` / `secure_local_cluster`; the engine runs without it.
 """
@@ -212,8 +215,16 @@ def _unwrap(x: Any) -> Any:
 
 
 class InProcess:
-    """Runs batches one after another in this process (the reference every backend must equal)."""
+    """Runs batches one after another in this process (the reference every backend must equal).
+
+    `blas_threads`: run the batches with that many BLAS threads (then restore). Use the workers'
+    count (1) when results must equal a Dask run bit for bit: OpenBLAS may split a GEMM differently
+    with more threads, e.g. yolov3-tiny's 1x1 head convs at 224x224 then differ in the last bit.
+    """
     n_workers = 1
+
+    def __init__(self, blas_threads: int | None = None) -> None:
+        self.blas_threads = blas_threads
 
     def share(self, obj: Any) -> Any:
         return obj
@@ -227,12 +238,16 @@ class InProcess:
         batches = split(items, batch_size or len(items) or 1)
         bar = _bar(progress, len(items), desc)
         out = []
-        for b in batches:
-            out.append(fn(*args, b))
+        limit = blas_limit(self.blas_threads) if self.blas_threads else contextlib.nullcontext()
+        try:
+            with limit:
+                for b in batches:
+                    out.append(fn(*args, b))
+                    if bar is not None:
+                        bar.update(len(b))
+        finally:
             if bar is not None:
-                bar.update(len(b))
-        if bar is not None:
-            bar.close()
+                bar.close()
         return out
 
 

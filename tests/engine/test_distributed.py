@@ -26,6 +26,9 @@ from engine.calib.collect import collect  # noqa: E402
 from engine.distributed import (DaskBackend, InProcess, ModelSource, blas_limit, blas_threads,  # noqa: E402
                                 collect_stats, compare_distributed, evaluate, load_source, secure_local_cluster,
                                 temporary_tls)
+from engine.detect import detect_outputs  # noqa: E402
+from engine.quant.executor import Executor  # noqa: E402
+from engine.quant.fitness import detection_agreement  # noqa: E402
 from engine.quant.qmodel import quantize_model  # noqa: E402
 
 SOURCE = ModelSource(str(TINY_CFG), str(TINY_WEIGHTS), size=(256, 256))
@@ -91,30 +94,35 @@ def test_secure_cluster_uses_tls_and_one_blas_thread_per_worker(dask_backend):
 def test_collect_stats_dask_equals_in_process_collect(model, stats, images, dask_backend):
     assert stats.images == 8
     assert_stats_equal(stats, collect_stats(SOURCE, images, dask_backend, batch_size=3))
-    assert_stats_equal(stats, collect_stats(model, images, InProcess(), batch_size=5))
+    assert_stats_equal(stats, collect_stats(model, images, InProcess(blas_threads=1), batch_size=5))
 
 
 def test_evaluate_dask_equals_in_process(model, qmodel, images, dask_backend):
-    from engine.detect import detect_outputs
-    from engine.quant.executor import Executor
-    from engine.quant.fitness import detection_agreement
     res = evaluate(SOURCE, qmodel, images, ("hybrid", "int"), dask_backend, batch_size=2)
-    # the reference: a plain in-process loop over the engine's own API
-    inputs = [model.preprocess(i) for i in images]
-    truth = [detect_outputs(model, model.forward(pre.x), pre) for pre in inputs]
+    with blas_limit(1):   # 1 BLAS thread, like the workers
+        truth, preds = reference_detections(model, qmodel, images)
     assert res.detections["float"] == truth
     for mode in ("hybrid", "int"):
-        ex = Executor(model, qmodel, mode)
-        preds = [detect_outputs(model, ex.forward(pre.x), pre) for pre in inputs]
-        assert res.detections[mode] == preds, mode
-        assert res.agreement[mode] == detection_agreement(truth, preds), mode
+        assert res.detections[mode] == preds[mode], mode
+        assert res.agreement[mode] == detection_agreement(truth, preds[mode]), mode
     assert len(res.images) == 8 and res.agreement["int"].matched > 0
+
+
+def reference_detections(model, qmodel, images):
+    """A plain in-process loop over the engine's own API."""
+    inputs = [model.preprocess(i) for i in images]
+    truth = [detect_outputs(model, model.forward(pre.x), pre) for pre in inputs]
+    preds = {}
+    for mode in ("hybrid", "int"):
+        ex = Executor(model, qmodel, mode)
+        preds[mode] = [detect_outputs(model, ex.forward(pre.x), pre) for pre in inputs]
+    return truth, preds
 
 
 def test_evaluate_qmodel_file_on_workers_equals_object(model, qmodel, images, dask_backend, tmp_path):
     path = qmodel.save(tmp_path / "q.npz")
     a = evaluate(SOURCE, path, images[:3], ("int",), dask_backend, batch_size=1)
-    b = evaluate(model, qmodel, images[:3], ("int",), InProcess())
+    b = evaluate(model, qmodel, images[:3], ("int",), InProcess(blas_threads=1))
     assert a.to_dict() == b.to_dict()
 
 
