@@ -45,14 +45,15 @@ class ExplorerControls(widgets.VBox):
     def __init__(self, session, workspace=None, **kwargs) -> None:
         self._session = session
         self.workspace = workspace
-        b = widgets.Button
+        def b(**kw):
+            return widgets.Button(layout=kw.pop("layout", widgets.Layout(width="96px")), **kw)
         self.run_button = b(description="Run", icon="fast-forward", tooltip="run to the end")
         self.step_button = b(description="Step", icon="step-forward", button_style="primary")
-        self.run_to_button = b(description="Run to selected", icon="forward", layout=widgets.Layout(width="140px"))
+        self.run_to_button = b(description="Run to selected", icon="forward", layout=widgets.Layout(width="150px"))
         self.reset_button = b(description="Reset", icon="undo")
         self.cross_button = b(description="CROSS", icon="exchange", tooltip="run the current layer in the other "
                                                                            "precision on the same inputs")
-        self.continue_button = b(description="Continue", icon="play",
+        self.continue_button = b(description="Continue", icon="play", layout=widgets.Layout(width="110px"),
                                  tooltip="run the rest of the network from the CROSS result")
         self._mode = widgets.Dropdown(options=MODES, value=session.mode, description="Mode",
                                       layout=widgets.Layout(width="180px"))
@@ -65,7 +66,7 @@ class ExplorerControls(widgets.VBox):
                                             layout=widgets.Layout(width="220px"))
         self._image_path = widgets.Text(placeholder="/path/to/image.jpg", layout=widgets.Layout(width="220px"))
         self._upload = widgets.FileUpload(accept="image/*", multiple=False, description="Upload")
-        self.load_image_button = b(description="Use image", icon="image", layout=widgets.Layout(width="110px"))
+        self.load_image_button = b(description="Use image", icon="image", layout=widgets.Layout(width="120px"))
         self.current_label = widgets.Label()
         self.current_label.add_class("qw-current")
         self._status = widgets.Label()
@@ -107,7 +108,9 @@ class ExplorerControls(widgets.VBox):
 
     def refresh_quantized(self) -> None:
         """Re-list the workspace's quantized models in the picker."""
-        self._qm_pick.options = [*quantized_entries(self.workspace), (PATH, PATH)]
+        options = [*quantized_entries(self.workspace), (PATH, PATH)]
+        self._qm_pick.options = options
+        self._qm_pick.value = options[0][1]
 
     def restarted(self, message: str) -> None:
         """After the session restarted elsewhere too (e.g. a model was adopted): sync and bump `revision`."""

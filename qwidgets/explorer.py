@@ -72,7 +72,7 @@ class Explorer(widgets.VBox):
         self._follow = widgets.Checkbox(description="run to clicked layer", indent=False)
         self.tabs = widgets.Tab(children=[self.panel, self.weight_editor, self.detections, self.quant_view],
                                 titles=TABS, layout=widgets.Layout(flex="1 1 auto", min_width="480px"))
-        left = widgets.VBox([self._follow, self.graph])
+        left = widgets.VBox([self._follow, self.graph], layout=widgets.Layout(flex="0 0 350px", width="350px"))
         super().__init__(children=[self.controls, widgets.HBox([left, self.tabs])], **kwargs)
         self.add_class("qw-explorer")
         traitlets.link((self, "follow"), (self._follow, "value"))

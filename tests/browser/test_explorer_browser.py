@@ -1,0 +1,87 @@
+"""Explorer in JupyterLab + chromium: the graph canvas with all 24 layers (+ input), panel images, Step
+moves the highlight and updates the panel, CROSS reports in the status line, no "Error displaying
+widget". Screenshots in the artifacts folder (see conftest); with QW_UPDATE_DOCS=1 the loaded-and-stepped
+screenshot is also written to docs/explorer.png (the README's picture)."""
+from __future__ import annotations
+
+import io
+import os
+import re
+import time
+
+import pytest
+from PIL import Image
+
+from test_model_view_browser import KERNEL_IDLE, drawn_fraction, kernel_line, rerun_cell, run_all
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+PANEL_IMAGES_JS = """() => Array.from(document.querySelectorAll('.qw-explorer .qw-layer-panel img'))
+    .filter(i => i.src && i.complete && i.naturalWidth > 0 && i.offsetParent !== null).length"""
+CURRENT_JS = "() => document.querySelector('.qw-explorer .qw-current').innerText === {!r}"
+DOCS_PNG_MAX = 300_000
+
+
+def save_docs_png(png: bytes, path, max_height: int = 1100) -> None:
+    """A README-sized copy: the top of the Explorer (controls, graph, panel head), palette PNG, at most
+    DOCS_PNG_MAX bytes."""
+    im = Image.open(io.BytesIO(png)).convert("RGB")
+    im = im.crop((0, 0, im.width, min(im.height, max_height)))
+    for colours in (256, 128, 64):
+        buf = io.BytesIO()
+        im.quantize(colours).save(buf, format="PNG", optimize=True)
+        if buf.tell() <= DOCS_PNG_MAX:
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+
+
+def test_explorer_graph_panel_step_and_cross(chromium, page, lab, artifacts):
+    t0 = time.perf_counter()
+    page.goto(lab.notebook_url("explorer.ipynb"))
+    page.get_by_text(KERNEL_IDLE).first.wait_for(timeout=60_000)
+    run_all(page)
+
+    view = page.locator(".qw-explorer")
+    view.wait_for(timeout=120_000)
+    page.locator(".qw-explorer .qw-graph-canvas canvas").first.wait_for(timeout=30_000)
+    line = kernel_line(page, r"QW nodes=", timeout=60_000)
+    assert "QW nodes=25 layers=24 current=['input'] position=-1 panel=input" in line, line
+    assert page.locator(".qw-explorer .qw-current").inner_text() == "current: input (int)"
+    page.wait_for_function(PANEL_IMAGES_JS + " >= 2", timeout=30_000)
+    page.wait_for_timeout(800)           # dagre layout + fit animation
+    page.screenshot(path=str(artifacts / "01_loaded.png"), full_page=True)
+    graph_png = page.locator(".qw-explorer .qw-graph-canvas").screenshot(path=str(artifacts / "01_graph.png"))
+    assert drawn_fraction(graph_png) > 0.01, "the graph canvas looks empty"
+
+    step = view.locator(".qw-controls button", has_text=re.compile(r"^\s*Step$"))
+    step.click()
+    page.wait_for_function(CURRENT_JS.format("current: 0 (convolutional, int8)"), timeout=30_000)
+    # layer 0 in INT: input/output montages, FLOAT/INT/error images, histograms, weight grid
+    page.wait_for_function(PANEL_IMAGES_JS + " >= 8", timeout=30_000)
+    assert "layer 0" in view.locator(".qw-layer-panel").inner_text()
+    step.click()
+    page.wait_for_function(CURRENT_JS.format("current: 1 (maxpool, int8)"), timeout=30_000)
+    page.wait_for_function("() => document.querySelector('.qw-explorer .qw-layer-panel').innerText"
+                           ".includes('layer 1')", timeout=30_000)
+    page.wait_for_timeout(500)
+    after_png = page.locator(".qw-explorer .qw-graph-canvas").screenshot(path=str(artifacts / "02_graph_after_steps.png"))
+    assert after_png != graph_png, "the graph canvas did not change after Step"
+    page.set_viewport_size({"width": 1400, "height": 2600})          # room for the whole Explorer
+    page.wait_for_timeout(300)
+    stepped = page.locator(".qw-explorer").screenshot(path=str(artifacts / "02_explorer_after_steps.png"))
+
+    view.locator(".qw-controls button", has_text="CROSS").click()
+    page.wait_for_function("() => document.querySelector('.qw-explorer .qw-status').innerText"
+                           ".startsWith('CROSS layer 1: ran int8, other float')", timeout=30_000)
+    page.locator(".qw-explorer").screenshot(path=str(artifacts / "03_cross.png"))
+    page.set_viewport_size({"width": 1400, "height": 1200})
+    rerun_cell(page, 2)
+    line = kernel_line(page, r"current=\['1'\]")
+    assert "QW nodes=25 layers=24 current=['1'] position=1 panel=1" in line, line
+
+    assert page.get_by_text("Error displaying widget").count() == 0
+    if os.environ.get("QW_UPDATE_DOCS"):
+        from conftest import REPO
+        save_docs_png(stepped, REPO / "docs" / "explorer.png")
+    (artifacts / "timing.txt").write_text(f"browser test body: {time.perf_counter() - t0:.1f} s\n")
