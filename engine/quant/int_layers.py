@@ -20,9 +20,9 @@ from engine.layers.maxpool import maxpool
 from engine.layers.reorg import reorg_pj, space_to_depth
 from engine.layers.route import route_slices
 from engine.layers.upsample import upsample_nearest
-from engine.quant.intops import conv_int, gemm_int
+from engine.quant.intops import conv_int, conv_int_bands, gemm_int
 from engine.quant.qmodel import LayerQuant
-from engine.quant.qtensor import QTensor, quantize, quantize_multiplier, requantize
+from engine.quant.qtensor import QMAX, QTensor, multiplier_value, quantize, quantize_multiplier, requantize
 from engine.registry import Registry
 
 INT_LAYERS: Registry[Callable] = Registry("int8 layer path")
@@ -69,9 +69,66 @@ def rescale(x: QTensor, out_scale: float, rec: dict) -> np.ndarray:
 @INT_LAYERS.register("convolutional")
 def conv_forward_int(layer, xs: list[QTensor], lq: LayerQuant, out_scale: float, rec: dict) -> QTensor:
     x = xs[0]
-    acc = conv_int(x.q, lq.w_f, _bias_for(lq, x.scale), layer.size, layer.stride, layer.padding, layer.groups)
+    b_q = _bias_for(lq, x.scale)
+    acc_scale = x.scale * _wscale(lq)
+    if layer.groups == 1 and layer.activation in FOLDED:
+        q = _conv_requant_fused(layer, x.q, lq.w_f, b_q, acc_scale, out_scale, rec)
+        return QTensor(q, out_scale)
+    acc = conv_int(x.q, lq.w_f, b_q, layer.size, layer.stride, layer.padding, layer.groups)
     _acc_stats(acc, rec)
-    return QTensor(requantize_activation(acc, x.scale * _wscale(lq), out_scale, layer.activation, rec), out_scale)
+    return QTensor(requantize_activation(acc, acc_scale, out_scale, layer.activation, rec), out_scale)
+
+
+def _conv_requant_fused(layer, x_q: np.ndarray, w_f: np.ndarray, b_q: np.ndarray, acc_scale: np.ndarray,
+                        out_scale: float, rec: dict) -> np.ndarray:
+    """conv_int + requantize_activation (linear/leaky/relu), band by band while the sums are in cache.
+
+    Same numbers as the two-step path: u = acc + b is the exact int32 accumulator held in float64,
+    then requantize()'s rule on it (u*f_pos, max with u*f_neg, rint, saturate).
+    """
+    n = w_f.shape[0]
+    m, sh = quantize_multiplier(acc_scale / out_scale)
+    f_pos = multiplier_value(m, sh).reshape(-1, 1, 1)
+    slope = FOLDED[layer.activation]
+    f_neg = None
+    if slope:
+        mn, shn = quantize_multiplier(acc_scale * slope / out_scale)
+        f_neg = multiplier_value(mn, shn).reshape(-1, 1, 1)
+    b3 = b_q.astype(np.float64).reshape(-1, 1, 1)
+    y = np.empty((n,) + tuple(layer.out_shape[1:]), np.int8)
+    stats: list[tuple[int, int, int]] = []
+
+    f_low = f_pos if slope is None else (np.zeros_like(f_pos) if slope == 0.0 else f_neg)
+
+    def epilogue(part: int, r0: int, r1: int, acc: np.ndarray) -> None:
+        u = np.add(acc, b3, dtype=np.float64)
+        u2 = u.reshape(n, -1)
+        lo_c, hi_c = u2.min(axis=1), u2.max(axis=1)
+        v = np.multiply(u, f_pos)
+        if slope is not None:
+            if slope == 0.0:
+                np.maximum(v, 0.0, out=v)
+            else:
+                np.multiply(u, f_neg, out=u)
+                np.maximum(v, u, out=v)
+        np.rint(v, out=v)
+        # the rule is monotone in u per channel: only channels whose extreme accumulators round
+        # beyond +-127 can hold saturated values, so only those are counted and clipped
+        top = np.rint(hi_c * f_pos[:, 0, 0]) > QMAX
+        bottom = np.rint(np.where(lo_c < 0, lo_c * f_low[:, 0, 0], lo_c * f_pos[:, 0, 0])) < -QMAX
+        sat = 0
+        for ch in np.flatnonzero(top | bottom):
+            vc = v[ch]
+            sat += int(np.count_nonzero(vc > QMAX)) + int(np.count_nonzero(vc < -QMAX))
+            np.clip(vc, -QMAX, QMAX, out=vc)
+        y[:, r0:r1] = v
+        stats.append((int(lo_c.min()), int(hi_c.max()), sat))
+
+    conv_int_bands(x_q, w_f, layer.size, layer.stride, layer.padding, epilogue)
+    rec["acc_min"], rec["acc_max"] = min(t[0] for t in stats), max(t[1] for t in stats)
+    rec["saturated"] = rec.get("saturated", 0) + sum(t[2] for t in stats)
+    rec["total"] = rec.get("total", 0) + y.size
+    return y
 
 
 def _wscale(lq: LayerQuant) -> np.ndarray:
@@ -90,6 +147,21 @@ def conv_forward_hybrid(layer, x: np.ndarray, lq: LayerQuant, rec: dict) -> np.n
     """HYBRID: quantize the float input with the calibrated scale, int8 conv, int32 acc, dequantize."""
     x_q, sat = quantize(x, lq.in_scale)
     rec["input_saturated"] = sat
+    if layer.groups == 1:
+        scale3 = lq.acc_scale.reshape(-1, 1, 1)
+        b3 = lq.b_q.astype(np.float64).reshape(-1, 1, 1)
+        y = np.empty((lq.w_q.shape[0],) + tuple(layer.out_shape[1:]), np.float32)
+        ranges: list[tuple[int, int]] = []
+
+        def epilogue(part: int, r0: int, r1: int, acc: np.ndarray) -> None:
+            u = np.add(acc, b3, dtype=np.float64)        # the exact int32 accumulator, in float64
+            ranges.append((int(u.min()), int(u.max())))
+            np.multiply(u, scale3, out=u)
+            y[:, r0:r1] = u                              # float64 -> float32, as acc * scale did
+
+        conv_int_bands(x_q, lq.w_f, layer.size, layer.stride, layer.padding, epilogue)
+        rec["acc_min"], rec["acc_max"] = min(r[0] for r in ranges), max(r[1] for r in ranges)
+        return activate(y, layer.activation)
     acc = conv_int(x_q, lq.w_f, lq.b_q, layer.size, layer.stride, layer.padding, layer.groups)
     _acc_stats(acc, rec)
     y = (acc * lq.acc_scale.reshape(-1, 1, 1)).astype(np.float32)

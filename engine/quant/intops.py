@@ -8,9 +8,13 @@ the reference the property tests compare against bit for bit.
 """
 from __future__ import annotations
 
+import threading
+from typing import Callable
+
 import numpy as np
 
-from engine.kernels import conv_out_size
+from engine.kernels import BAND, MIN_BAND, conv_out_size, derived, own_threads, parallel_items
+from engine.layers.base import Scratch
 
 K_CHUNK = 1024  # 1024 * 127 * 127 = 16,516,096 < 2**24 = 16,777,216
 
@@ -51,6 +55,15 @@ def conv_int(x_q: np.ndarray, w_f: np.ndarray, b_q: np.ndarray, k: int, s: int, 
     c, h, w = x_q.shape
     n = w_f.shape[0]
     ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
+    if groups == 1:
+        out = np.empty((n, ho, wo), np.int32)
+
+        def store(part: int, r0: int, r1: int, band: np.ndarray) -> None:
+            out[:, r0:r1] = band                  # exact integers: the cast is exact
+
+        conv_int_bands(x_q, w_f, k, s, p, store)
+        out += b_q.astype(np.int32)[:, None, None]
+        return out
     acc = np.empty((n, ho * wo), np.int32)
     cg, ng = c // groups, n // groups
     for g in range(groups):
@@ -76,3 +89,101 @@ def conv_int_naive(x_q: np.ndarray, w_q: np.ndarray, b_q: np.ndarray, s: int, p:
             for ox in range(wo):
                 out[f, oy, ox] = int((xp[c0:c0 + cg, oy * s:oy * s + k, ox * s:ox * s + k] * w64[f]).sum()) + int(b_q[f])
     return out
+
+
+# --------------------------------------------------------------------------- fused, banded fast path
+EXACT_F32 = float(1 << 24)     # integers up to 2**24 are exact in float32
+_local = threading.local()
+
+
+def _scratch() -> Scratch:
+    s = getattr(_local, "scratch", None)
+    if s is None:
+        s = _local.scratch = Scratch()
+    return s
+
+
+def _row_abs_max(w_f: np.ndarray) -> float:
+    """max over filters of sum |w| (cached per weight array): bounds every partial sum of a row."""
+    return derived("int-row-abs-sum", (w_f,), lambda: float(np.abs(w_f).sum(axis=1, dtype=np.float64).max()))
+
+
+def _padded(x_q: np.ndarray, p: int, extra_rows: int, scratch: Scratch, name: str) -> np.ndarray:
+    """int8 (C, H, W) -> float32 (C, H+2p+extra_rows, W+2p) with zero border, in a scratch buffer."""
+    c, h, w = x_q.shape
+    xp = scratch.get(name, (c, h + 2 * p + extra_rows, w + 2 * p))
+    if p or extra_rows:
+        xp[:, :p] = 0
+        xp[:, p + h:] = 0
+        xp[:, p:p + h, :p] = 0
+        xp[:, p:p + h, p + w:] = 0
+    xp[:, p:p + h, p:p + w] = x_q
+    return xp
+
+
+def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
+                   epilogue: Callable[[int, int, int, np.ndarray], None]) -> None:
+    """Exact int8 conv (groups=1, no bias) in bands of output rows: epilogue(part, r0, r1, acc).
+
+    acc is a (n, r1-r0, Wo) view of the band's exact integer sums (float32, or float64 when
+    the K reduction had to be split), valid only during the call. The whole K reduction is one
+    float32 GEMM when max_f sum|w_f| * max|x| < 2**24 (every partial sum, in any order, is then an
+    exact float32 integer); otherwise it is split into K_CHUNK pieces summed in float64.
+    For stride 1 the columns have the padded width (contiguous copies, `engine.kernels.im2col`);
+    the k-1 extra columns per row are skipped by the view. Bands run on `parallel_items` threads
+    with BLAS single-threaded (`own_threads`), each band built, used and dropped in cache.
+    """
+    c, h, w = x_q.shape
+    n, kk = w_f.shape
+    ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
+    xmax = max(int(x_q.max()), -int(x_q.min())) if x_q.size else 0
+    one_gemm = _row_abs_max(w_f) * xmax < EXACT_F32
+    scratch = _scratch()
+    pointwise = k == 1 and s == 1 and p == 0
+    if pointwise:
+        xf = scratch.get("int-x", (c, h * w))
+        xf[...] = x_q.reshape(c, h * w)
+        row_w = w
+    elif s == 1 and (k - 1) * 16 <= wo:
+        # padded-width columns: contiguous copies, (k-1)/Wo extra GEMM columns (small maps gather instead)
+        xp = _padded(x_q, p, 1, scratch, "int-xp")      # one extra row: the last run overshoots by k-1
+        row_w = w + 2 * p
+        flat = xp.reshape(c, -1)
+    else:
+        xp = _padded(x_q, p, 0, scratch, "int-xp") if p else None
+        row_w = wo
+    rows = min(ho, max(BAND // (kk * row_w), -(-MIN_BAND // row_w)))
+
+    def band(part: int, i: int) -> None:
+        r0, r1 = i * rows, min(ho, (i + 1) * rows)
+        length = (r1 - r0) * row_w
+        if pointwise:
+            cols = xf[:, r0 * w:r1 * w]
+        elif row_w != wo:
+            cols = scratch.get(f"int-cols{part}", (kk, length))
+            c4 = cols.reshape(c, k, k, length)
+            for ky in range(k):
+                for kx in range(k):
+                    off = (r0 + ky) * row_w + kx
+                    c4[:, ky, kx] = flat[:, off:off + length]
+        else:
+            src = xp if xp is not None else x_q
+            cols = scratch.get(f"int-cols{part}", (kk, length))
+            c5 = cols.reshape(c, k, k, r1 - r0, wo)
+            for ky in range(k):
+                for kx in range(k):
+                    c5[:, ky, kx] = src[:, ky + s * r0:ky + s * (r1 - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
+        if one_gemm:
+            acc = scratch.get(f"int-acc{part}", (n, length))
+            np.matmul(w_f, cols, out=acc)
+        else:
+            acc = scratch.get(f"int-acc64{part}", (n, length), np.float64)
+            part32 = scratch.get(f"int-acc{part}", (n, length))
+            acc[...] = 0
+            for a in range(0, kk, K_CHUNK):
+                np.matmul(w_f[:, a:a + K_CHUNK], cols[a:a + K_CHUNK], out=part32)
+                acc += part32
+        epilogue(part, r0, r1, acc.reshape(n, r1 - r0, row_w)[:, :, :wo])
+
+    with own_threads():
+        parallel_items(-(-ho // rows), band)

@@ -221,11 +221,14 @@ def conv_case(draw):
     h, w = (side(max(1, k - 2 * p), k + 2), side(max(1, k - 2 * p), k + 2)) if big_k else \
         (side(max(1, k - 2 * p), 11), side(max(1, k - 2 * p), 11))
     c, n = cg * groups, ng * groups
-    extreme = draw(st.sampled_from(["random", "max", "min", "mixed", "max"]))
+    extreme = draw(st.sampled_from(["random", "max", "min", "mixed", "max", "small_w"]))
     rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
     if extreme == "random":
         x = rng.integers(-127, 128, (c, h, w)).astype(np.int8)
         wq = rng.integers(-127, 128, (n, cg, k, k)).astype(np.int8)
+    elif extreme == "small_w":  # |w| <= 3: a K > 1024 reduction still fits one exact float32 GEMM
+        x = rng.choice(np.array([-127, 127], np.int8), (c, h, w))
+        wq = rng.integers(-3, 4, (n, cg, k, k)).astype(np.int8)
     elif extreme == "max":      # every product +127*127: the largest partial sums
         x, wq = np.full((c, h, w), 127, np.int8), np.full((n, cg, k, k), 127, np.int8)
     elif extreme == "min":
@@ -262,6 +265,56 @@ def test_conv_int_is_exact_for_the_worst_case_sums(k, c):
     assert total > 2 ** 24
     assert got[:, 0, 0].tolist() == [total + 1, -total - 2 ** 20]
     np.testing.assert_array_equal(conv_int_naive(x, wq, b, 1, 0)[:, 0, 0], [total + 1, -total - 2 ** 20])
+
+
+@st.composite
+def layer_case(draw):
+    k = draw(st.sampled_from([1, 3]))
+    s = draw(st.sampled_from([1, 2]))
+    p = draw(st.sampled_from([0, k // 2]))
+    c, n = draw(st.integers(1, 12)), draw(st.integers(1, 6))
+    h, w = draw(st.integers(k, 40)), draw(st.integers(k, 40))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    x_q = rng.integers(-127, 128, (c, h, w)).astype(np.int8)
+    w_q = rng.integers(-127, 128, (n, c, k, k)).astype(np.int8)
+    per_channel = draw(st.booleans())
+    w_scale = rng.uniform(1e-3, 1e-2, n if per_channel else 1)
+    b_q = rng.integers(-(2 ** 18), 2 ** 18, n).astype(np.int32)
+    in_scale = draw(st.floats(1e-3, 1.0))
+    # output scales from "nothing saturates" to "most values saturate"
+    out_scale = in_scale * float(w_scale.max()) * draw(st.sampled_from([40.0, 300.0, 3000.0, 1e5]))
+    act = draw(st.sampled_from(["linear", "leaky", "relu"]))
+    return x_q, w_q, w_scale, b_q, in_scale, out_scale, k, s, p, act
+
+
+@FAST
+@given(layer_case())
+def test_fused_int_and_hybrid_conv_equal_the_two_step_reference(case):
+    from engine.quant.int_layers import conv_forward_hybrid, conv_forward_int, requantize_activation
+    from engine.quant.qmodel import LayerQuant
+    x_q, w_q, w_scale, b_q, in_scale, out_scale, k, s, p, act = case
+    n, _, h, w = w_q.shape[0], None, *x_q.shape[1:]
+    ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
+    layer = SimpleNamespace(size=k, stride=s, padding=p, groups=1, activation=act, out_shape=(n, ho, wo))
+    lq = LayerQuant(w_q, w_scale, b_q, in_scale, "minmax")
+    rec: dict = {}
+    y = conv_forward_int(layer, [QTensor(x_q, in_scale)], lq, out_scale, rec)
+    acc = conv_int_naive(x_q, w_q, b_q, s, p).astype(np.int32)
+    ref_rec: dict = {}
+    ref = requantize_activation(acc, in_scale * np.broadcast_to(w_scale, (n,)), out_scale, act, ref_rec)
+    np.testing.assert_array_equal(y.q, ref)
+    assert (rec["acc_min"], rec["acc_max"]) == (int(acc.min()), int(acc.max()))
+    assert (rec["saturated"], rec["total"]) == (ref_rec["saturated"], ref_rec["total"])
+    # HYBRID: float input quantized with in_scale, exact accumulators, dequantized, activation
+    xf = (x_q.astype(np.float32) * np.float32(in_scale)).astype(np.float32)
+    hrec: dict = {}
+    yh = conv_forward_hybrid(layer, xf, lq, hrec)
+    xq2, _ = quantize(xf, in_scale)
+    acc2 = conv_int_naive(xq2, w_q, b_q, s, p)
+    from engine.layers.activations import activate
+    expect = activate((acc2.astype(np.int32) * lq.acc_scale.reshape(-1, 1, 1)).astype(np.float32), act)
+    assert yh.dtype == np.float32 and np.array_equal(yh, expect)
+    assert (hrec["acc_min"], hrec["acc_max"]) == (int(acc2.min()), int(acc2.max()))
 
 
 # --------------------------------------------------------------------------- route / shortcut / maxpool
