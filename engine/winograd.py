@@ -29,11 +29,10 @@ def suitable(c: int, h: int, w: int, n: int, k: int, s: int, p: int) -> bool:
     """Whether Winograd beats im2col + GEMM for this layer (measured on 2 cores, AVX-512 OpenBLAS).
 
     It pays when the GEMMs dominate (many input and output channels); on big maps with few channels
-    the transforms' memory passes cost more than the multiplies saved. Measured break-even: 64
-    channels on 104x104 maps; 3-45% faster from 128 channels or 64 channels on <= 64x64 maps.
+    the transforms' memory passes cost more than the multiplies saved. Measured (CPU time, own
+    threads): 20-35% less from 64 channels (52x52 to 104x104 maps), 9% more at 32 channels on 208x208.
     """
-    return (k == 3 and s == 1 and p <= 2 and h + 2 * p >= 4 and w + 2 * p >= 4 and c >= 64 and n >= 64
-            and (c >= 128 or h * w <= 4096))
+    return k == 3 and s == 1 and p <= 2 and h + 2 * p >= 4 and w + 2 * p >= 4 and c >= 64 and n >= 64
 
 
 def transform_weights(w2d: np.ndarray) -> np.ndarray:
