@@ -20,7 +20,7 @@ from engine.layers.maxpool import maxpool
 from engine.layers.reorg import reorg_pj, space_to_depth
 from engine.layers.route import route_slices
 from engine.layers.upsample import upsample_nearest
-from engine.quant.intops import conv_int, conv_int_bands, gemm_int
+from engine.quant.intops import conv_int, conv_int_bands, gemm_int, row_abs_max
 from engine.quant.qmodel import LayerQuant
 from engine.quant.qtensor import QMAX, QTensor, multiplier_value, quantize, quantize_multiplier, requantize
 from engine.registry import Registry
@@ -72,7 +72,7 @@ def conv_forward_int(layer, xs: list[QTensor], lq: LayerQuant, out_scale: float,
     b_q = _bias_for(lq, x.scale)
     acc_scale = x.scale * _wscale(lq)
     if layer.groups == 1 and layer.activation in FOLDED:
-        q = _conv_requant_fused(layer, x.q, lq.w_f, b_q, acc_scale, out_scale, rec)
+        q = _conv_requant_fused(layer, x.q, lq.w_f, b_q, acc_scale, out_scale, rec, row_abs_max(lq.w_q))
         return QTensor(q, out_scale)
     acc = conv_int(x.q, lq.w_f, b_q, layer.size, layer.stride, layer.padding, layer.groups)
     _acc_stats(acc, rec)
@@ -80,7 +80,7 @@ def conv_forward_int(layer, xs: list[QTensor], lq: LayerQuant, out_scale: float,
 
 
 def _conv_requant_fused(layer, x_q: np.ndarray, w_f: np.ndarray, b_q: np.ndarray, acc_scale: np.ndarray,
-                        out_scale: float, rec: dict) -> np.ndarray:
+                        out_scale: float, rec: dict, w_bound: float | None = None) -> np.ndarray:
     """conv_int + requantize_activation (linear/leaky/relu), band by band while the sums are in cache.
 
     Same numbers as the two-step path: u = acc + b is the exact int32 accumulator held in float64,
@@ -111,20 +111,21 @@ def _conv_requant_fused(layer, x_q: np.ndarray, w_f: np.ndarray, b_q: np.ndarray
             else:
                 np.multiply(u, f_neg, out=u)
                 np.maximum(v, u, out=v)
-        np.rint(v, out=v)
         # the rule is monotone in u per channel: only channels whose extreme accumulators round
-        # beyond +-127 can hold saturated values, so only those are counted and clipped
+        # beyond +-127 can hold saturated values, so only those are counted and clipped.
+        # rint(v) > 127 <=> v >= 127.5 (127.5 rounds to 128), and clip-then-rint == rint-then-clip
+        # (integer bounds), so the rounding can be the final pass that also casts to int8.
         top = np.rint(hi_c * f_pos[:, 0, 0]) > QMAX
         bottom = np.rint(np.where(lo_c < 0, lo_c * f_low[:, 0, 0], lo_c * f_pos[:, 0, 0])) < -QMAX
         sat = 0
         for ch in np.flatnonzero(top | bottom):
             vc = v[ch]
-            sat += int(np.count_nonzero(vc > QMAX)) + int(np.count_nonzero(vc < -QMAX))
+            sat += int(np.count_nonzero(vc >= QMAX + 0.5)) + int(np.count_nonzero(vc <= -QMAX - 0.5))
             np.clip(vc, -QMAX, QMAX, out=vc)
-        y[:, r0:r1] = v
+        np.rint(v, out=y[:, r0:r1], casting="unsafe")   # integral values in [-127, 127]: exact cast
         stats.append((int(lo_c.min()), int(hi_c.max()), sat))
 
-    conv_int_bands(x_q, w_f, layer.size, layer.stride, layer.padding, epilogue)
+    conv_int_bands(x_q, w_f, layer.size, layer.stride, layer.padding, epilogue, w_bound)
     rec["acc_min"], rec["acc_max"] = min(t[0] for t in stats), max(t[1] for t in stats)
     rec["saturated"] = rec.get("saturated", 0) + sum(t[2] for t in stats)
     rec["total"] = rec.get("total", 0) + y.size
@@ -159,7 +160,7 @@ def conv_forward_hybrid(layer, x: np.ndarray, lq: LayerQuant, rec: dict) -> np.n
             np.multiply(u, scale3, out=u)
             y[:, r0:r1] = u                              # float64 -> float32, as acc * scale did
 
-        conv_int_bands(x_q, lq.w_f, layer.size, layer.stride, layer.padding, epilogue)
+        conv_int_bands(x_q, lq.w_f, layer.size, layer.stride, layer.padding, epilogue, row_abs_max(lq.w_q))
         rec["acc_min"], rec["acc_max"] = min(r[0] for r in ranges), max(r[1] for r in ranges)
         return activate(y, layer.activation)
     acc = conv_int(x_q, lq.w_f, lq.b_q, layer.size, layer.stride, layer.padding, layer.groups)

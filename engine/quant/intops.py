@@ -121,12 +121,19 @@ def _padded(x_q: np.ndarray, p: int, extra_rows: int, scratch: Scratch, name: st
     return xp
 
 
+def row_abs_max(w_q: np.ndarray) -> float:
+    """max over filters of sum |w| for int8 weights (n, ...), cached per array (`engine.kernels.derived`)."""
+    return derived("int-row-abs-sum", (w_q,),
+                   lambda: float(np.abs(w_q.reshape(w_q.shape[0], -1).astype(np.int64)).sum(axis=1).max()))
+
+
 def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
-                   epilogue: Callable[[int, int, int, np.ndarray], None]) -> None:
+                   epilogue: Callable[[int, int, int, np.ndarray], None], w_bound: float | None = None) -> None:
     """Exact int8 conv (groups=1, no bias) in bands of output rows: epilogue(part, r0, r1, acc).
 
     acc is a (n, r1-r0, Wo) view of the band's exact integer sums (float32, or float64 when
-    the K reduction had to be split), valid only during the call. The whole K reduction is one
+    the K reduction had to be split), valid only during the call. `w_bound`: max_f sum|w_f| if
+    known (e.g. `row_abs_max` of the int8 weights), else computed from w_f. The whole K reduction is one
     float32 GEMM when max_f sum|w_f| * max|x| < 2**24 (every partial sum, in any order, is then an
     exact float32 integer); otherwise it is split into K_CHUNK pieces summed in float64.
     For stride 1 the columns have the padded width (contiguous copies, `engine.kernels.im2col`);
@@ -137,7 +144,7 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
     n, kk = w_f.shape
     ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
     xmax = max(int(x_q.max()), -int(x_q.min())) if x_q.size else 0
-    one_gemm = _row_abs_max(w_f) * xmax < EXACT_F32
+    one_gemm = (_row_abs_max(w_f) if w_bound is None else w_bound) * xmax < EXACT_F32
     scratch = _scratch()
     pointwise = k == 1 and s == 1 and p == 0
     if pointwise:
