@@ -197,6 +197,22 @@ class ExplorerControls(widgets.VBox):
         self.restarted(f"quantized model {Path(path).name} loaded ({self._session.mode})")
 
     @shows_errors
+    def open_entry(self, entry) -> None:
+        """Use a workspace entry (`WorkspaceView.on_open`): a quantized model or an image."""
+        if self.workspace is None:
+            raise ValueError("no workspace: ExplorerControls(session, workspace=...)")
+        path = self.workspace.path_of(entry.name)
+        if entry.kind == "quantized":
+            self._session.set_quantized(path)
+        elif entry.kind == "image":
+            self._session.reset(image=path)
+            self.image_name = entry.name
+        else:
+            raise ValueError(f"entry {entry.name!r} is a {entry.kind}: the Explorer opens quantized models and "
+                             "images (start a new Session for another model)")
+        self.restarted(f"opened {entry.kind} {entry.name!r} ({self._session.mode})")
+
+    @shows_errors
     def _on_load_image_click(self, _button) -> None:
         choice = self._image_pick.value
         if choice == UPLOAD:

@@ -66,7 +66,8 @@ class DetectionsView(widgets.HBox):
             self.float_names = [d.name for d in float_dets]
             if dets is None:
                 self.images[1].value = b""
-                self._captions[1].value = f"<small><b>{html.escape(label)}</b>: run to the end to see detections</small>"
+                self._captions[1].value = (f"<small><b>{html.escape(label)}</b>: run to the end to see "
+                                           "detections</small>")
                 self.names = []
             else:
                 self.images[1].value = detections_png(image, dets)

@@ -96,6 +96,12 @@ class Explorer(widgets.VBox):
         self.status = (f"{session.model.graph.name}: {session.num_layers} layers, mode {session.mode}; "
                        "Step runs the next layer")
 
+    def connect_workspace(self, view) -> None:
+        """Open a `WorkspaceView`'s quantized models and images here (its Open button)."""
+        self.controls.workspace = view.workspace
+        self.controls.refresh_quantized()
+        view.on_open(self.controls.open_entry)
+
     # ------------------------------------------------------------------ helpers
     def _node_of(self, position: int) -> str:
         return self.ids[position + 1]

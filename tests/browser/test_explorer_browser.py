@@ -65,7 +65,8 @@ def test_explorer_graph_panel_step_and_cross(chromium, page, lab, artifacts):
     page.wait_for_function("() => document.querySelector('.qw-explorer .qw-layer-panel').innerText"
                            ".includes('layer 1')", timeout=30_000)
     page.wait_for_timeout(500)
-    after_png = page.locator(".qw-explorer .qw-graph-canvas").screenshot(path=str(artifacts / "02_graph_after_steps.png"))
+    after_png = page.locator(".qw-explorer .qw-graph-canvas").screenshot(
+        path=str(artifacts / "02_graph_after_steps.png"))
     assert after_png != graph_png, "the graph canvas did not change after Step"
     page.set_viewport_size({"width": 1400, "height": 2600})          # room for the whole Explorer
     page.wait_for_timeout(300)

@@ -165,3 +165,25 @@ def test_float_session_refuses_int_mode_in_the_status(tiny):
     ex.controls.step_button.click()
     ex.controls.cross_button.click()
     assert ex.status.startswith("error:") and "quantized model" in ex.status
+
+
+def test_workspace_entries_open_in_the_explorer(tiny, tiny_q, tmp_path):
+    from engine.samples import sample
+    from engine.workspace import Workspace
+    from qwidgets import WorkspaceView
+    ws = Workspace(tmp_path / "ws")
+    tiny_q.save(tmp_path / "q.npz")
+    ws.import_path(tmp_path / "q.npz", name="tiny-minmax", kind="quantized")
+    ws.import_path(sample("horses"), name="horses", kind="image")
+    ex = Explorer(engine.Session(tiny))
+    view = WorkspaceView(ws)
+    ex.connect_workspace(view)
+    assert ("tiny-minmax", str(ws.path_of("tiny-minmax"))) in ex.controls._qm_pick.options
+    ex.controls._qm_pick.value = str(ws.path_of("tiny-minmax"))
+    ex.controls.load_qm_button.click()
+    assert ex.session.qmodel is not None and ex.status.startswith("quantized model")
+    ex.controls.mode = "int"
+    view.selected = "horses"
+    view._open.click()
+    assert ex.status == "opened image 'horses' (int)" and ex.session.pre.image_w == 773   # horses.jpg
+    assert ex.session.position == -1 and ex.controls.image_name == "horses"
