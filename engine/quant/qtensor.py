@@ -36,10 +36,13 @@ def quantize(x: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
     if not scale > 0:
         raise ValueError(f"quantize: scale must be > 0, got {scale}")
     v = np.divide(x, np.float32(scale), dtype=np.float32)
-    np.rint(v, out=v)
-    saturated = int(np.count_nonzero(np.abs(v) > QMAX))
-    np.clip(v, -QMAX, QMAX, out=v)
-    return v.astype(np.int8), saturated
+    saturated = 0
+    if v.size and (v.max() >= QMAX + 0.5 or v.min() <= -QMAX - 0.5):   # rint(v) beyond +-127 (127.5 -> 128)
+        saturated = int(np.count_nonzero(v >= QMAX + 0.5)) + int(np.count_nonzero(v <= -QMAX - 0.5))
+        np.clip(v, -QMAX, QMAX, out=v)                                   # then rint: same as rint, clip
+    q = np.empty(v.shape, np.int8)
+    np.rint(v, out=q, casting="unsafe")                                  # integral and in range: exact
+    return q, saturated
 
 
 def dequantize(q: np.ndarray, scale) -> np.ndarray:
