@@ -175,8 +175,10 @@ class MonteCarloResult:
     def worst(self, k: int | None = None, mode: str | None = None) -> list[tuple[Variant, dict]]:
         """The k variants with the lowest mAP@0.5 (then most missed + extra, then index)."""
         mode = mode or self.modes[-1]
-        order = sorted(range(len(self.rows)), key=lambda i: (self.rows[i][mode]["map50"],
-                                                             -(self.rows[i][mode]["missed"] + self.rows[i][mode]["extra"]), i))
+        def key(i: int) -> tuple:
+            a = self.rows[i][mode]
+            return (a["map50"], -(a["missed"] + a["extra"]), i)
+        order = sorted(range(len(self.rows)), key=key)
         return [(self.variants[i], self.rows[i]) for i in order[: (k or self.worst_k)]]
 
     def report(self) -> str:
@@ -187,7 +189,8 @@ class MonteCarloResult:
             lines.append(f"{m:<7} mAP50 mean {s['mean']:.3f}  std {s['std']:.3f}  min {s['min']:.3f}  "
                          f"p5 {s['p5']:.3f}  p50 {s['p50']:.3f}  perfect {100 * s['perfect']:.0f}%  "
                          f"missed {s['missed']}  extra {s['extra']}")
-            lines.append("        histogram " + " ".join(f"{c}" for c in s["histogram"]["counts"]) + "  (10 bins on [0, 1])")
+            counts = " ".join(f"{c}" for c in s["histogram"]["counts"])
+            lines.append(f"        histogram {counts}  (10 bins on [0, 1])")
         lines.append(f"worst {self.modes[-1]}: " + ", ".join(
             f"#{v.index} ({self.labels[v.image]}, mAP {r[self.modes[-1]]['map50']:.2f})" for v, r in self.worst(5)))
         return "\n".join(lines)

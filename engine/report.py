@@ -45,15 +45,19 @@ class SizeSpeedReport:
         params = self.totals["float_bytes"] if mode == "float" else self.totals["int8_bytes"]
         ram = self.peak_activation_bytes[mode]
         ms = self.latency_ms(mode)
-        checks = {"flash": (params, flash_bytes), "ram": (ram, device_ram_bytes), "latency_ms": (ms, latency_budget_ms)}
+        checks = {"flash": (params, flash_bytes), "ram": (ram, device_ram_bytes),
+                  "latency_ms": (ms, latency_budget_ms)}
         out = {k: {"needed": need, "available": have, "ok": bool(need <= have)} for k, (need, have) in checks.items()}
         failed = [k for k, v in out.items() if not v["ok"]]
         out["mode"] = mode
         out["fits"] = not failed
-        out["verdict"] = (f"{mode.upper()} fits: {_mb(params)} params in {_mb(flash_bytes)} flash, {_mb(ram)} peak "
-                          f"activations in {_mb(device_ram_bytes)} RAM, {ms:.0f} ms <= {latency_budget_ms:.0f} ms"
-                          if not failed else f"{mode.upper()} does not fit: " + ", ".join(
-                              f"{k} needs {_fmt(k, out[k]['needed'])} > {_fmt(k, out[k]['available'])}" for k in failed))
+        if failed:
+            out["verdict"] = f"{mode.upper()} does not fit: " + ", ".join(
+                f"{k} needs {_fmt(k, out[k]['needed'])} > {_fmt(k, out[k]['available'])}" for k in failed)
+        else:
+            out["verdict"] = (f"{mode.upper()} fits: {_mb(params)} params in {_mb(flash_bytes)} flash, {_mb(ram)} "
+                              f"peak activations in {_mb(device_ram_bytes)} RAM, {ms:.0f} ms <= "
+                              f"{latency_budget_ms:.0f} ms")
         return out
 
     def to_dict(self) -> dict:
