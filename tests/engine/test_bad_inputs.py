@@ -38,6 +38,7 @@ RAW = (IndexError, ZeroDivisionError, MemoryError, RecursionError, AttributeErro
        OverflowError)
 # files whose expectation cannot be written on their first line
 HEADERLESS = {"binary_bytes.cfg": "CfgError: not a text cfg file"}
+MODEL_BUGS = "engine/model.py does not validate this yet (see tests/corpus/README.md, open issues)"
 
 
 def expect_error(cls: type[BaseException], fragment: str, fn, *args, **kwargs) -> BaseException:
@@ -94,7 +95,8 @@ def test_readme_lists_every_case():
     readme = (CORPUS / "README.md").read_text()
     ids = [p.stem for p in CFGS] + [c[0] for c in WEIGHTS_CASES] + [c[0] for c in IMAGE_CASES] + \
         [c[0] for c in OK_IMAGES] + [c[0] for c in WORKSPACE_NAMES] + [c[0] for c in EDIT_CASES] + \
-        [c[0] for c in FORWARD_CASES] + [c[0] for c in INT8_CASES]
+        [c[0] for c in FORWARD_CASES] + [c[0] for c in INT8_CASES] + [c[0] for c in MODEL_FILE_CASES] + \
+        ["m_pk_magic_only", "m_truncated_zip"]
     missing = [i for i in ids if f"`{i}`" not in readme]
     assert not missing, f"tests/corpus/README.md does not list {missing}"
     assert len(set(ids)) == len(ids) >= 50
@@ -172,6 +174,61 @@ def test_weights_16_byte_header_and_transposed_files_load_correctly(tmp_path):
     (tmp_path / "t.weights").write_bytes(header(1001, 0) + b.tobytes())
     t = engine.load(WEIGHTS_CFG, weights=tmp_path / "t.weights")  # [in][out] stored: transposed on load
     np.testing.assert_array_equal(t.params[3]["weights"], b[124 + 10 + 3:124 + 10 + 99].reshape(32, 3).T)
+
+
+# ---------------------------------------------------------------------------- engine model files
+def _text(s: str) -> np.ndarray:
+    return np.frombuffer(s.encode(), np.uint8)
+
+
+# (id, changes to the valid model file's arrays (None = delete the key), expected class, fragment, open bug)
+MODEL_FILE_CASES = [
+    ("m_format_wrong", {"format": _text("qwidgets-engine-model/9")}, WeightsError, "expected 'qwidgets-engine-model/1'",
+     False),
+    ("m_format_not_utf8", {"format": np.array([255, 254], np.uint8)}, WeightsError, "cannot read engine model file",
+     False),
+    ("m_missing_cfg", {"cfg": None}, WeightsError, "not an engine model file (missing 'cfg'", False),
+    ("m_cfg_no_layers", {"cfg": _text("[net]\nwidth=8\nheight=8\n")}, CfgError, "[net] has no layers after it",
+     False),
+    ("m_meta_bad_json", {"meta": _text("{")}, WeightsError, "cannot read engine model file", False),
+    ("m_params_float64", {"layer0/weights": np.zeros((4, 3, 3, 3))}, WeightsError,
+     "layer0/weights is float64(4, 3, 3, 3), expected float32(4, 3, 3, 3)", False),
+    ("m_params_wrong_shape", {"layer3/weights": np.zeros((32, 3), np.float32)}, WeightsError,
+     "layer3/weights is float32(32, 3), expected float32(3, 32)", False),
+    ("m_params_missing", {"layer3/weights": None}, WeightsError, "missing array layer3/weights for layer 3 [connected]",
+     False),
+    ("m_params_nan", {"layer0/biases": np.full(4, np.nan, np.float32)}, WeightsError,
+     "layer 0 [convolutional] biases holds 4 NaN/Inf values", False),
+    ("m_object_array", {"cfg": np.array([None], dtype=object)}, WeightsError, "cannot read engine model file", False),
+    ("m_meta_is_a_list", {"meta": _text("[1, 2]")}, WeightsError, "meta", True),
+    ("m_class_names_not_a_list", {"meta": _text('{"class_names": 5}')}, WeightsError, "class_names", True),
+    ("m_header_5_values", {"header": np.arange(5, dtype=np.uint64)}, WeightsError, "header", True),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=MODEL_BUGS))
+                                  if c[-1] else c for c in MODEL_FILE_CASES], ids=[c[0] for c in MODEL_FILE_CASES])
+def test_engine_model_file_corpus(case, tmp_path):
+    name, changes, cls, fragment, _ = case
+    arrays = engine.load(WEIGHTS_CFG, random_weights=0).to_arrays()
+    for key, value in changes.items():
+        if value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value
+    path = tmp_path / f"{name}.npz"
+    np.savez(path, **arrays)
+    expect_error(cls, fragment, engine.load, path)
+
+
+@pytest.mark.parametrize("data", [b"PK\x03\x04" + bytes(60), "TRUNCATED"], ids=["m_pk_magic_only", "m_truncated_zip"])
+def test_broken_zip_model_files(data, tmp_path):
+    path = tmp_path / "broken.npz"
+    if data == "TRUNCATED":
+        engine.load(WEIGHTS_CFG, random_weights=0).save(path)
+        data = path.read_bytes()[:300]
+    path.write_bytes(data)
+    expect_error(WeightsError, "broken.npz: cannot read engine model file", engine.load, path)
 
 
 # --------------------------------------------------------------------------------------- images
@@ -341,7 +398,6 @@ def tiny_model():
     return engine.load(WEIGHTS_CFG, random_weights=0)
 
 
-MODEL_BUGS = "engine/model.py does not validate this yet (see tests/corpus/README.md, open issues)"
 # (id, layer, param, value, expected class, fragment, known open bug)
 EDIT_CASES = [
     ("e_nan", 0, "weights", np.full((4, 3, 3, 3), np.nan), ValueError, "layer 0 [convolutional] weights: values "
