@@ -1,6 +1,6 @@
 """Explorer in JupyterLab + chromium: the graph canvas with all 24 layers (+ input), panel images, Step
 moves the highlight and updates the panel, CROSS reports in the status line, no "Error displaying
-widget". Screenshots in the artifacts folder (see conftest); with QW_UPDATE_DOCS=1 the loaded-and-stepped
+widget"; Run, then the Detections tab shows FLOAT and INT detections. Screenshots in the artifacts folder (see conftest); with QW_UPDATE_DOCS=1 the loaded-and-stepped
 screenshot is also written to docs/explorer.png (the README's picture)."""
 from __future__ import annotations
 
@@ -80,6 +80,15 @@ def test_explorer_graph_panel_step_and_cross(chromium, page, lab, artifacts):
     rerun_cell(page, 2)
     line = kernel_line(page, r"current=\['1'\]")
     assert "QW nodes=25 layers=24 current=['1'] position=1 panel=1" in line, line
+
+    view.locator(".qw-controls button", has_text=re.compile(r"^\s*Run$")).click()
+    page.wait_for_function("() => document.querySelector('.qw-explorer .qw-status').innerText"
+                           ".startsWith('ran to the end')", timeout=60_000)
+    view.locator(".lm-TabBar-tab", has_text="Detections").click()
+    page.wait_for_function("""() => Array.from(document.querySelectorAll('.qw-explorer .qw-detections img'))
+        .filter(i => i.complete && i.naturalWidth > 0 && i.offsetParent !== null).length === 2""", timeout=30_000)
+    assert "dog" in view.locator(".qw-detections").inner_text()
+    page.locator(".qw-explorer").screenshot(path=str(artifacts / "04_detections.png"))
 
     assert page.get_by_text("Error displaying widget").count() == 0
     if os.environ.get("QW_UPDATE_DOCS"):
