@@ -187,3 +187,17 @@ def test_workspace_entries_open_in_the_explorer(tiny, tiny_q, tmp_path):
     view._open.click()
     assert ex.status == "opened image 'horses' (int)" and ex.session.pre.image_w == 773   # horses.jpg
     assert ex.session.position == -1 and ex.controls.image_name == "horses"
+
+
+def test_sensitivity_ranks_and_log2_histograms_reach_the_views(explorer):
+    ex = explorer
+    ex.graph.overlay = "sensitivity_rank"
+    assert ex.graph.overlay_values == {}
+    ex.quant_view.sensitivity_ranks = {"0": 2.0, "4": 1.0}        # what the sweep button sets
+    assert ex.graph.overlay_values == {"0": 2.0, "4": 1.0}
+    assert "ov-none" not in ex.graph.nodes["4"].classes.split() and "ov-none" in ex.graph.nodes["2"].classes.split()
+    ex.controls.step_button.click()
+    before = ex.panel.images["hist_output"].value
+    ex.panel.hist_log2 = True
+    assert is_png(ex.panel.images["hist_output"].value) and ex.panel.images["hist_output"].value != before
+    ex.panel.hist_log2 = False
