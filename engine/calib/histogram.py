@@ -7,11 +7,22 @@ batches or Dask workers add up to exactly the histogram of all the data, in any 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
 NBINS = 2048
+_local = threading.local()
+
+
+def _buffer(name: str, n: int, dtype) -> np.ndarray:
+    """A per-thread work buffer of at least n elements (grown, never shrunk), as a 1-D view."""
+    buf = getattr(_local, name, None)
+    if buf is None or buf.size < n:
+        buf = np.empty(max(n, 1), dtype)
+        setattr(_local, name, buf)
+    return buf[:n]
 
 
 @dataclass
@@ -66,14 +77,17 @@ class AbsHistogram:
             self._grow_to(need)
         factor = self.nbins / self.hi                      # a power of two: |x| * factor is exact
         if x.dtype == np.float32 and factor < 2.0 ** 127:
-            idx = np.abs(x)
+            idx = _buffer("abs", x.size, np.float32)     # reused: no fresh pages per tensor
+            np.abs(x.reshape(-1), out=idx)
             idx *= np.float32(factor)
         else:
             # float64 (a value just below hi must not round up to hi in float32) and tiny ranges
             # (factor beyond float32) are binned in float64, which is exact for every float type
-            idx = np.abs(x.astype(np.float64))
+            idx = np.abs(x.astype(np.float64)).reshape(-1)
             idx *= factor
-        self.counts += np.bincount(idx.astype(np.intp).ravel(), minlength=self.nbins)
+        bins = _buffer("bins", idx.size, np.intp)
+        np.copyto(bins, idx, casting="unsafe")             # truncation = floor for values >= 0
+        self.counts += np.bincount(bins, minlength=self.nbins)
 
     def merge(self, other: "AbsHistogram") -> "AbsHistogram":
         """A new histogram of both data sets (exact)."""
