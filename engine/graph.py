@@ -108,28 +108,53 @@ def _jsonable(v: Any) -> Any:
 
 
 # Up-front memory guard: a model whose float32 activations (all kept by `Model.forward`) + twice
-# its parameters (raw + the cached BN-folded copy) + largest conv workspace exceed this is refused
+# its parameters (raw + the cached BN-folded copy) + largest conv/maxpool workspace exceed this is refused
 # at build time, before anything is allocated (yolov4 at 608: ~1.3 GiB, vgg-16: ~1.2 GiB).
 MAX_MODEL_BYTES = 8 << 30
 
 
+# Up-front compute guard: more multiply-adds (conv/connected) + comparisons (maxpool windows) than
+# this would keep a kernel busy for many minutes per forward (yolov4 at 608: 6.4e10; at 1280: 2.8e11).
+MAX_MODEL_OPS = 2 * 10 ** 12
+
+
 def layer_bytes(layer: Layer) -> tuple[int, int, int]:
-    """(activation, parameter, im2col workspace) float32 bytes of one layer, in exact Python ints."""
+    """(activation, parameter, workspace) float32 bytes of one layer, in exact Python ints.
+
+    The workspace is the conv im2col matrix or the maxpool padded input.
+    """
     act = 4 * math.prod(layer.out_shape)
     par = 4 * sum(math.prod(s) for _, s in layer.param_shapes())
     work = 0
     if layer.kind == "convolutional":
         c, _, h, w = layer.in_shapes[0][0], *layer.out_shape
         work = 4 * (c // layer.groups) * layer.size * layer.size * h * w
+    elif layer.kind == "maxpool":
+        work = 4 * layer.out_shape[0] * math.prod(_pool_padded(layer))
     return act, par, work
 
 
-def build_layers(cfg: Cfg, max_bytes: int = MAX_MODEL_BYTES) -> list[Layer]:
+def layer_ops(layer: Layer) -> int:
+    """Multiply-adds of conv/connected layers, window comparisons of maxpool (separable: rows, then
+    columns); other layers are linear in their output size."""
+    if layer.kind == "maxpool":
+        c, ho, wo = layer.out_shape
+        return c * ho * (_pool_padded(layer)[1] + wo) * layer.size
+    return max(layer.macs, math.prod(layer.out_shape))
+
+
+def _pool_padded(layer: Layer) -> tuple[int, int]:
+    (_, h, w), (_, ho, wo) = layer.in_shapes[0], layer.out_shape
+    k, s, top = layer.size, layer.stride, layer.padding // 2
+    return max((ho - 1) * s + k, top + h), max((wo - 1) * s + k, top + w)
+
+
+def build_layers(cfg: Cfg, max_bytes: int = MAX_MODEL_BYTES, max_ops: int = MAX_MODEL_OPS) -> list[Layer]:
     """Build every layer of a parsed cfg, computing shapes; errors name file:line [section].
 
     Raises: CfgError for a malformed cfg, or for a model whose estimated float32 memory
-    (activations + 2 x parameters + the largest conv workspace) exceeds `max_bytes`, naming the layer
-    where the estimate crosses the limit.
+    (activations + 2 x parameters + the largest conv/maxpool workspace) exceeds `max_bytes`, or whose
+    operations per forward pass exceed `max_ops`, naming the layer where an estimate crosses its limit.
     """
     net = cfg.net
     shape = (net.get_int("channels", 3, lo=1, hi=4096), net.get_int("height", lo=1, hi=1 << 16),
@@ -140,7 +165,7 @@ def build_layers(cfg: Cfg, max_bytes: int = MAX_MODEL_BYTES) -> list[Layer]:
                        f"{_gib(total)} as float32, more than the limit {_gib(max_bytes)}")
     layers: list[Layer] = []
     shapes: list[tuple[int, int, int]] = []
-    work = 0
+    work = ops = 0
     for i, sec in enumerate(cfg.layers):
         if sec.name not in LAYERS:
             raise CfgError(f"{sec.where()} unknown section [{sec.name}]; known: {', '.join(sorted(LAYERS.names()))}")
@@ -152,7 +177,12 @@ def build_layers(cfg: Cfg, max_bytes: int = MAX_MODEL_BYTES) -> list[Layer]:
             raise CfgError(f"{sec.where()} the model would need about {_gib(total + work)} of float32 memory "
                            f"up to this layer, more than the limit {_gib(max_bytes)} (this layer: output "
                            f"{'x'.join(map(str, layer.out_shape))} = {_gib(act)}, parameters {_gib(par)}, "
-                           f"conv workspace {_gib(w)}); check width/height/filters/size")
+                           f"workspace {_gib(w)}); check width/height/filters/size")
+        ops += layer_ops(layer)
+        if ops > max_ops:
+            raise CfgError(f"{sec.where()} the model would need about {ops:.3g} multiply-adds/comparisons per "
+                           f"forward pass up to this layer, more than the limit {max_ops:.3g} (this layer: "
+                           f"{layer_ops(layer):.3g}); check width/height/filters/size")
         layers.append(layer)
         shapes.append(layer.out_shape)
     _check_heads_agree(cfg, layers)
