@@ -157,6 +157,17 @@ class KLCalibrator(Calibrator):
         self.stride = max(1, int(stride))
 
     def threshold(self, h: AbsHistogram) -> float:
+        # scale() and quantize_model both ask for the threshold of the same histogram: remember the
+        # last answer, keyed by the histogram's full content (so it is exact, never stale)
+        key = (h.hi, h.amax, h.total, h.counts.tobytes())
+        memo = getattr(self, "_memo", None)
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        t = self._search(h)
+        self._memo = (key, t)
+        return t
+
+    def _search(self, h: AbsHistogram) -> float:
         used = int(np.ceil(h.amax / h.bin_width))
         if used <= LEVELS:
             return h.amax

@@ -121,4 +121,11 @@ class Yolo2LightCalibrator(Calibrator):
     weights = "yolo2_light"
 
     def threshold(self, h: AbsHistogram) -> float:
-        return min(h.amax, y2l_entropy_threshold(rebin_to_y2l_grid(h)))
+        # asked twice per tensor (scale() and quantize_model): remember the last answer by content
+        key = (h.hi, h.amax, h.total, h.counts.tobytes())
+        memo = getattr(self, "_memo", None)
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        t = min(h.amax, y2l_entropy_threshold(rebin_to_y2l_grid(h)))
+        self._memo = (key, t)
+        return t

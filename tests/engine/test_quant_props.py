@@ -547,3 +547,15 @@ def test_every_registered_method_gives_a_positive_finite_scale():
         assert np.isfinite(s) and s > 0, name
         # log2 rounds the threshold up to 127 * 2**k, which may pass amax (by less than 2x)
         assert make(name).threshold(h) <= h.amax * (2 if name == "log2" else 1) + 1e-9, name
+
+
+def test_threshold_memo_never_returns_a_stale_answer():
+    hs = calibration_histograms()[:3]
+    for name in ("kl", "yolo2_light"):
+        cal = make(name)
+        fresh = [make(name).threshold(h) for h in hs]
+        assert [cal.threshold(h) for h in hs + hs[::-1]] == fresh + fresh[::-1]
+        h = hs[0].copy()
+        before = cal.threshold(h)
+        h.observe(np.full(50_000, 0.75 * h.amax, np.float32))         # same object, new content
+        assert cal.threshold(h) == make(name).threshold(h) != before
