@@ -557,5 +557,5 @@ def test_threshold_memo_never_returns_a_stale_answer():
         assert [cal.threshold(h) for h in hs + hs[::-1]] == fresh + fresh[::-1]
         h = hs[0].copy()
         before = cal.threshold(h)
-        h.observe(np.full(50_000, 0.75 * h.amax, np.float32))         # same object, new content
+        h.observe(np.full(200_000, 3 * h.amax, np.float32))           # same object, new content
         assert cal.threshold(h) == make(name).threshold(h) != before
