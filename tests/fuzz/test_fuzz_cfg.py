@@ -8,6 +8,8 @@ examples in all (`FUZZ_EXAMPLES` below).
 """
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -147,6 +149,7 @@ def test_random_text_only_raises_cfg_errors(text):
 
 
 _TMP = Path(tempfile.mkdtemp(prefix="qw-fuzz-cfg-"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 
 
 @settings(FUZZ, max_examples=FUZZ_EXAMPLES["bytes"])

@@ -8,6 +8,8 @@ about 800 examples (`FUZZ_EXAMPLES`).
 from __future__ import annotations
 
 import struct
+import atexit
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +31,7 @@ FUZZ = settings(deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 CFGS = ("corpus-weights", "corpus-detector", "yolov3-tiny", "yolov4-tiny", "resnet18")
 _TMP = Path(tempfile.mkdtemp(prefix="qw-fuzz-weights-"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 
 
 @lru_cache(maxsize=None)
