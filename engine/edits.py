@@ -113,5 +113,12 @@ class Journal:
         self.done.append(edit)
         return edit
 
+    def peek_undo(self) -> Edit | None:
+        """The edit undo() would revert next (None if there is none)."""
+        return self.done[-1] if self.done else None
+
+    def peek_redo(self) -> Edit | None:
+        return self.undone[-1] if self.undone else None
+
     def __len__(self) -> int:
         return len(self.done)

@@ -162,19 +162,27 @@ class Session(CustomizeMixin):
         """Back to before layer 0; with `image`, switch to that image (path, array, PIL, tensor)."""
         if image is not None or self.pre is None:
             self.pre = self._prepare(image)
+            self.image = self._source_image
             self._float_ref = None
         self.values, self.records, self.timings = [], [], []
         self._fire("reset", self)
 
     def _prepare(self, image) -> Preprocessed:
+        """The network input for `image`; also sets `_source_image`, the decoded original (a PIL image)
+        or None when only a tensor is known."""
+        from engine.image import open_image
         if image is None:
             from engine.samples import sample
             image = sample("dog")
+        self._source_image = None
         if isinstance(image, Preprocessed):
             return image
         if isinstance(image, np.ndarray) and image.shape == self.model.input_shape and image.dtype == np.float32:
             _, h, w = image.shape
             return Preprocessed(self.model.check_input(image), w, h, "stretch")
+        if not isinstance(image, np.ndarray):
+            image = open_image(image)
+            self._source_image = image
         return self.model.preprocess(image, self.resize)
 
     @property
@@ -322,9 +330,10 @@ class Session(CustomizeMixin):
             raise ValueError(f"which={which!r}: expected output, input or weights")
         return histogram(x, bins=bins, log2=log2)
 
-    def fitness(self, index: int) -> dict[str, ErrorStats | None]:
+    def fitness(self, index: int, local: bool = True) -> dict[str, ErrorStats | None]:
         """This layer against the FLOAT run: propagated (the session's output) and local (this layer
-        alone in int8 on the FLOAT run's inputs). Both None in FLOAT mode."""
+        alone in int8 on the FLOAT run's inputs; skipped with local=False, which is much cheaper).
+        Both None in FLOAT mode."""
         index = self._executed(index)
         if self.mode == "float":
             return {"propagated": None, "local": None}
@@ -332,13 +341,13 @@ class Session(CustomizeMixin):
         v, rec = self.values[index], self.records[index]
         sat = rec.stats.get("saturated", 0) + rec.stats.get("input_saturated", 0)
         prop = error_stats(ref[index], v.float(), v.q.q if v.q is not None else None, sat)
-        local = None
-        if self.executor.precision(index) == INT8:
+        local_stats = None
+        if local and self.executor.precision(index) == INT8:
             floats = [Value(f=y) for y in ref]
             lv, lrec = self.executor.run_layer(index, self._inputs(index, floats))
             lsat = lrec.stats.get("saturated", 0) + lrec.stats.get("input_saturated", 0)
-            local = error_stats(ref[index], lv.float(), lv.q.q if lv.q is not None else None, lsat)
-        return {"propagated": prop, "local": local}
+            local_stats = error_stats(ref[index], lv.float(), lv.q.q if lv.q is not None else None, lsat)
+        return {"propagated": prop, "local": local_stats}
 
     def thresholds(self, index: int | str) -> dict[str, float]:
         """The calibration threshold every registered method would pick for this tensor."""

@@ -57,9 +57,13 @@ class DetectionsView(widgets.HBox):
         super().__init__(children=cols, **kwargs)
         self.add_class("qw-detections")
 
-    def show(self, pre: Preprocessed, float_dets: Sequence, dets: Sequence | None, label: str) -> None:
-        """Draw FLOAT detections and, unless `dets` is None (run not finished), `label`'s detections."""
-        image = image_from_input(pre)
+    def show(self, pre: Preprocessed, float_dets: Sequence, dets: Sequence | None, label: str,
+             image: Image.Image | None = None) -> None:
+        """Draw FLOAT detections and, unless `dets` is None (run not finished), `label`'s detections.
+
+        `image` is the original photo when known (Session.image); else it is rebuilt from the input.
+        """
+        image = image if image is not None else image_from_input(pre)
         with self.hold_sync():
             self.images[0].value = detections_png(image, float_dets)
             self._captions[0].value = f"<small><b>FLOAT</b>: {html.escape(names_text(float_dets))}</small>"

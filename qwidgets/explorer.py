@@ -239,7 +239,7 @@ class Explorer(widgets.VBox):
             return
         for i in range(s.position + 1):
             if i not in self._fitness:
-                self._fitness[i] = s.fitness(i)["propagated"]
+                self._fitness[i] = s.fitness(i, local=False)["propagated"]
         attr = FITNESS_OVERLAYS[overlay]
         self.graph.overlay_values = {str(i): float(getattr(f, attr)) for i, f in self._fitness.items()
                                      if f is not None}
@@ -256,9 +256,10 @@ class Explorer(widgets.VBox):
         if cont is not None:
             src = "CROSS result" if cont.source == "other" else "layer output"
             label = f"{s.mode.upper()}, continued from layer {cont.index} ({src})"
-            self.detections.show(s.pre, s.float_detections(), cont.detections, label)
+            self.detections.show(s.pre, s.float_detections(), cont.detections, label, getattr(s, "image", None))
         else:
-            self.detections.show(s.pre, s.float_detections(), s.detections() if s.done else None, s.mode.upper())
+            self.detections.show(s.pre, s.float_detections(), s.detections() if s.done else None, s.mode.upper(),
+                                 getattr(s, "image", None))
 
 
 class _Override(Sequence):

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from engine.augment import augment
 from engine.calib import CALIBRATORS
 from engine.calib.collect import collect
-from engine.quant.compare import CompareTable, MethodResult, compare
+from engine.quant.compare import CompareTable, compare
 from engine.samples import sample_images
 from qwidgets._encode import SERIES_COLOURS, to_png
 from qwidgets._errors import shows_errors
@@ -38,11 +38,6 @@ SQNR_CAP = 80.0             # dB; identical tensors (inf) are drawn at the cap
 def augmented_samples() -> list:
     """The bundled photos, each as original, rotate, blur, flip and flop (PIL images)."""
     return [im for p in sample_images() for im in augment(p).values()]
-
-
-def rank_results(results: Sequence[MethodResult]) -> list[MethodResult]:
-    """Best first, by `MethodResult.key()` descending (NaN last), as `engine.quant.compare.compare` ranks."""
-    return sorted(results, key=lambda r: tuple(-v if np.isfinite(v) else np.inf for v in r.key()))
 
 
 def ranked_html(table: CompareTable) -> str:
@@ -164,13 +159,11 @@ class QuantizationView(widgets.VBox):
             self._stats_cache = (key, collect(model, images, progress=False))
         stats = self._stats_cache[1]
         self.progress.value = 1
-        results = []
-        for m in methods:
-            self.status = f"comparing: {m} ..."
-            results += compare(model, stats, images, [m], per_channel=self._per_channel.value,
-                               progress=False).results
-            self.progress.value += 1
-        self.table = CompareTable(rank_results(results), compare_names(images))
+        def advance(result, done, total) -> None:
+            self.progress.value = 1 + done
+            self.status = f"compared {result.method} ({done}/{total}) ..."
+        self.table = compare(model, stats, images, methods, per_channel=self._per_channel.value, progress=False,
+                             on_method=advance)
         self.show_table(self.table)
         self.status = (f"compared {len(methods)} methods on {stats.images} images in "
                        f"{time.perf_counter() - t0:.1f} s: best {self.table.best.method}")
@@ -212,7 +205,3 @@ class QuantizationView(widgets.VBox):
         self.sensitivity_ranks = table.ranks()
         worst = ", ".join(f"{r.index} [{r.kind}]" for r in table.rows[:3])
         self.status = f"sensitivity: {len(table.rows)} layers ranked; hurt most when quantized: {worst}"
-
-
-def compare_names(images: Sequence) -> list[str]:
-    return [getattr(i, "name", None) or str(i)[:60] for i in images]

@@ -196,9 +196,9 @@ class WeightEditor(widgets.VBox):
 
     def _journal_step(self, name: str) -> None:
         s = self._session
-        pending = s.journal.done if name == "undo" else s.journal.undone
-        if pending and isinstance(pending[-1].layer, int) and s.position != pending[-1].layer:
-            s.run_to(pending[-1].layer)
+        pending = s.journal.peek_undo() if name == "undo" else s.journal.peek_redo()
+        if pending is not None and isinstance(pending.layer, int) and s.position != pending.layer:
+            s.run_to(pending.layer)
         edit = s.undo() if name == "undo" else s.redo()
         if isinstance(edit.layer, int):
             self.layer = edit.layer

@@ -7,7 +7,7 @@ detection agreement (mAP@0.5 vs FLOAT), then HYBRID agreement, then mean per-lay
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -102,15 +102,24 @@ def evaluate(model, qmodel: QuantizedModel, inputs, float_runs) -> tuple[dict[st
 
 
 def _mean(rows: list[list[float]]) -> np.ndarray:
+    """Column means ignoring inf/nan (a float layer has no int8 statistics: its column stays nan)."""
     a = np.array(rows, np.float64)
+    if not a.size:
+        return a
     a[np.isinf(a)] = np.nan
-    with np.errstate(all="ignore"):
-        return np.nanmean(a, axis=0) if a.size else a
+    ok = ~np.isnan(a)
+    sums = np.where(ok, a, 0.0).sum(axis=0)
+    counts = ok.sum(axis=0)
+    return np.divide(sums, counts, out=np.full(a.shape[1], np.nan), where=counts > 0)
 
 
 def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("log2", "kl", "minmax", "percentile", "mse"),
-            per_channel: bool = False, resize: str = "letterbox", progress: bool = True) -> CompareTable:
-    """Quantize with each method from the same statistics, evaluate on `images`, rank."""
+            per_channel: bool = False, resize: str = "letterbox", progress: bool = True,
+            on_method: Callable[[MethodResult, int, int], object] | None = None) -> CompareTable:
+    """Quantize with each method from the same statistics, evaluate on `images`, rank.
+
+    `on_method(result, done, total)` is called after each method (for widgets' progress bars).
+    """
     items = image_list(images)
     inputs = [model.preprocess(i, resize) for i in items]
     float_runs = []
@@ -129,6 +138,8 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
             results.append(MethodResult(method, qm.per_channel, agreement, layers, model_size(model, qm).to_dict(), qm))
             if bar is not None:
                 bar.update(1)
+            if on_method is not None:
+                on_method(results[-1], len(results), len(methods))
     finally:
         if bar is not None:
             bar.close()
