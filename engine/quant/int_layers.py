@@ -20,7 +20,7 @@ from engine.layers.maxpool import maxpool
 from engine.layers.reorg import reorg_pj, space_to_depth
 from engine.layers.route import route_slices
 from engine.layers.upsample import upsample_nearest
-from engine.quant.intops import conv_int, conv_int_bands, gemm_int, row_abs_max
+from engine.quant.intops import band_buffer, conv_int, conv_int_bands, gemm_int, row_abs_max
 from engine.quant.qmodel import LayerQuant
 from engine.quant.qtensor import QMAX, QTensor, multiplier_value, quantize, quantize_multiplier, requantize
 from engine.registry import Registry
@@ -101,10 +101,15 @@ def _conv_requant_fused(layer, x_q: np.ndarray, w_f: np.ndarray, b_q: np.ndarray
     f_low = f_pos if slope is None else (np.zeros_like(f_pos) if slope == 0.0 else f_neg)
 
     def epilogue(part: int, r0: int, r1: int, acc: np.ndarray) -> None:
-        u = np.add(acc, b3, dtype=np.float64)
+        # contiguous float64 work buffers: a strided copy, then in-place contiguous ufuncs (NumPy's
+        # ufuncs on strided or freshly allocated operands are several times slower)
+        u = band_buffer("u", part, acc.shape)
+        np.copyto(u, acc)
+        u += b3
         u2 = u.reshape(n, -1)
         lo_c, hi_c = u2.min(axis=1), u2.max(axis=1)
-        v = np.multiply(u, f_pos)
+        v = band_buffer("v", part, acc.shape)
+        np.multiply(u, f_pos, out=v)
         if slope is not None:
             if slope == 0.0:
                 np.maximum(v, 0.0, out=v)
@@ -155,7 +160,9 @@ def conv_forward_hybrid(layer, x: np.ndarray, lq: LayerQuant, rec: dict) -> np.n
         ranges: list[tuple[int, int]] = []
 
         def epilogue(part: int, r0: int, r1: int, acc: np.ndarray) -> None:
-            u = np.add(acc, b3, dtype=np.float64)        # the exact int32 accumulator, in float64
+            u = band_buffer("u", part, acc.shape)
+            np.copyto(u, acc)
+            u += b3                                      # the exact int32 accumulator, in float64
             ranges.append((int(u.min()), int(u.max())))
             np.multiply(u, scale3, out=u)
             y[:, r0:r1] = u                              # float64 -> float32, as acc * scale did

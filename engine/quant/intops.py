@@ -103,6 +103,11 @@ def _scratch() -> Scratch:
     return s
 
 
+def band_buffer(name: str, part: int, shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:
+    """A reusable contiguous work buffer for thread `part` of a banded pass (valid until its next use)."""
+    return _scratch().get(f"int-{name}{part}", shape, dtype)
+
+
 def _row_abs_max(w_f: np.ndarray) -> float:
     """max over filters of sum |w| (cached per weight array): bounds every partial sum of a row."""
     return derived("int-row-abs-sum", (w_f,), lambda: float(np.abs(w_f).sum(axis=1, dtype=np.float64).max()))
