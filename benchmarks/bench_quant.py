@@ -3,9 +3,10 @@
     PYTHONPATH=. .venv/bin/python benchmarks/bench_quant.py [--runs 25] [--layers] [--json]
 
 Latency: yolov3-tiny @416 with its real weights, quantized per-channel minmax from the shared images;
-FLOAT (`model.forward`), HYBRID and INT (`Executor.run`) alternate run by run after a warm-up, so all
-three see the same machine state; medians (and the median of the per-round INT/FLOAT ratios) are
-reported. Target: INT / FLOAT <= 1.2.
+FLOAT (`model.forward`), HYBRID and INT (`Executor.run`) alternate run by run after a warm-up (the
+order rotates every round), so all three see the same machine state; medians (and the median of the
+per-round INT/FLOAT ratios) are reported. Target: INT / FLOAT <= 1.2. `--layers` adds per-layer
+medians (each layer timed alone, executors alternating).
 Calibration: per image, `collect()` (FLOAT forward + |x| histograms of every tensor) plus the
 threshold search of each method (`quantize_model`, which also quantizes the weights), as a ratio to
 the FLOAT inference time of the same images (preprocessing included in both). Target: <= 2.
@@ -50,18 +51,20 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def layer_times(ex: Executor, x: np.ndarray, rounds: int) -> np.ndarray:
-    """Median time of each layer (seconds) over `rounds` runs of the executor."""
-    xv = Value(f=ex.model.check_input(x))
-    out = np.zeros((rounds, len(ex.model.layers)))
+def layer_times(exs: dict[str, Executor], x: np.ndarray, rounds: int) -> dict[str, np.ndarray]:
+    """Median time of each layer (seconds) per executor, executors alternating round by round."""
+    model = next(iter(exs.values())).model
+    xv = Value(f=model.check_input(x))
+    out = {k: np.zeros((rounds, len(model.layers))) for k in exs}
     for r in range(rounds):
-        values: list[Value] = []
-        for i in range(len(ex.model.layers)):
-            t = time.perf_counter()
-            v, _ = ex.run_layer(i, ex.inputs_of(i, xv, values))
-            out[r, i] = time.perf_counter() - t
-            values.append(v)
-    return np.median(out, axis=0)
+        for k, ex in exs.items():
+            values: list[Value] = []
+            for i in range(len(model.layers)):
+                t = time.perf_counter()
+                v, _ = ex.run_layer(i, ex.inputs_of(i, xv, values))
+                out[k][r, i] = time.perf_counter() - t
+                values.append(v)
+    return {k: np.median(v, axis=0) for k, v in out.items()}
 
 
 def latency(model, qm, x: np.ndarray, runs: int, layers: bool) -> dict:
@@ -71,15 +74,16 @@ def latency(model, qm, x: np.ndarray, runs: int, layers: bool) -> dict:
         fn()
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            times[k].append(timed(fn))
+    order = list(fns)
+    for r in range(runs):
+        for k in order[r % 3:] + order[:r % 3]:      # rotate: no mode always runs after the same one
+            times[k].append(timed(fns[k]))
     med = {k: float(np.median(v)) for k, v in times.items()}
     ratios = {m: float(np.median(np.array(times[m]) / np.array(times["float"]))) for m in ("hybrid", "int")}
     out = {"runs": runs, "median_s": med, "min_s": {k: float(np.min(v)) for k, v in times.items()},
            "int_over_float": ratios["int"], "hybrid_over_float": ratios["hybrid"]}
     if layers:
-        per = {k: layer_times(e, x, max(5, runs // 3)) for k, e in ex.items()}
+        per = layer_times(ex, x, max(5, runs // 3))
         out["layers_ms"] = [{"layer": i, "kind": l.kind, **{k: round(1e3 * float(v[i]), 2) for k, v in per.items()}}
                             for i, l in enumerate(model.layers)]
     return out

@@ -197,5 +197,9 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
                 acc += part32
         epilogue(part, r0, r1, acc.reshape(n, r1 - r0, row_w)[:, :, :wo])
 
-    with own_threads():
-        parallel_items(-(-ho // rows), band)
+    bands = -(-ho // rows)
+    if bands == 1:
+        band(0, 0)              # one GEMM (small maps): BLAS's own threads split it
+        return
+    with own_threads():         # several bands: BLAS single-threaded, bands on the kernel threads
+        parallel_items(bands, band)
