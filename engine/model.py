@@ -71,12 +71,17 @@ class Model:
 
     def set_param(self, index: int, name: str, value: np.ndarray) -> None:
         """Replace one parameter array (same shape, finite) and drop the cached kernel form."""
+        if not isinstance(index, (int, np.integer)) or not 0 <= index < len(self.layers):
+            raise KeyError(f"layer {index} does not exist; this model has layers 0..{len(self.layers) - 1}")
         layer = self.layers[index]
         old = self.params[index].get(name)
         if old is None:
             raise KeyError(f"layer {index} [{layer.kind}] has no parameter {name!r}; "
                            f"it has {', '.join(self.params[index]) or 'none'}")
-        value = np.asarray(value, dtype=np.float32)
+        raw = np.asarray(value)
+        if raw.dtype.kind not in "biuf":
+            raise ValueError(f"layer {index} [{layer.kind}] {name}: expected real numbers, got dtype {raw.dtype}")
+        value = raw.astype(np.float32)
         if value.shape != old.shape:
             raise ValueError(f"layer {index} [{layer.kind}] {name}: shape {value.shape} given, {old.shape} expected")
         if not np.isfinite(value).all():
@@ -122,6 +127,8 @@ class Model:
 
     def forward(self, x: np.ndarray, stop: int | None = None) -> list[np.ndarray]:
         """FLOAT forward of a (3, H, W) float32 tensor; returns outputs of layers 0..stop (default all)."""
+        if stop is not None and not (isinstance(stop, (int, np.integer)) and 0 <= stop < len(self.layers)):
+            raise ValueError(f"stop={stop}: expected a layer index 0..{len(self.layers) - 1}")
         x = self.check_input(x)
         outs: list[np.ndarray] = []
         last = len(self.layers) - 1 if stop is None else stop
@@ -229,9 +236,16 @@ def model_from_arrays(z, label: str, prefix: str = "") -> Model:
     if fmt != MODEL_FORMAT:
         raise WeightsError(f"{p}: format {fmt!r}, expected {MODEL_FORMAT!r}")
     meta = json.loads(bytes(z["meta"]).decode()) if "meta" in files else {}
+    if not isinstance(meta, dict):
+        raise WeightsError(f"{p}: 'meta' must be a JSON object, got {type(meta).__name__}")
+    names = meta.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise WeightsError(f"{p}: meta 'class_names' must be a list of strings")
     cfg = parse_cfg(bytes(z["cfg"]).decode("utf-8"), meta.get("cfg_path", p.name))
     layers = build_layers(cfg)
-    h = [int(v) for v in z["header"]]
+    h = [int(v) for v in np.asarray(z["header"]).ravel()]
+    if len(h) != 4:
+        raise WeightsError(f"{p}: 'header' holds {len(h)} values; expected 4 (major, minor, revision, seen)")
     params: list[Params] = []
     for layer in layers:
         lp: Params = {}
