@@ -38,7 +38,6 @@ RAW = (IndexError, ZeroDivisionError, MemoryError, RecursionError, AttributeErro
        OverflowError)
 # files whose expectation cannot be written on their first line
 HEADERLESS = {"binary_bytes.cfg": "CfgError: not a text cfg file"}
-MODEL_BUGS = "engine/model.py does not validate this yet (see tests/corpus/README.md, open issues)"
 
 
 def expect_error(cls: type[BaseException], fragment: str, fn, *args, **kwargs) -> BaseException:
@@ -206,8 +205,7 @@ MODEL_FILE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=MODEL_BUGS))
-                                  if c[-1] else c for c in MODEL_FILE_CASES], ids=[c[0] for c in MODEL_FILE_CASES])
+@pytest.mark.parametrize("case", MODEL_FILE_CASES, ids=[c[0] for c in MODEL_FILE_CASES])
 def test_engine_model_file_corpus(case, tmp_path):
     name, changes, cls, fragment, _ = case
     arrays = engine.load(WEIGHTS_CFG, random_weights=0).to_arrays()
@@ -418,8 +416,7 @@ EDIT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=MODEL_BUGS))
-                                  if c[-1] else c for c in EDIT_CASES], ids=[c[0] for c in EDIT_CASES])
+@pytest.mark.parametrize("case", EDIT_CASES, ids=[c[0] for c in EDIT_CASES])
 def test_float_edits_are_validated(case, tiny_model):
     _, layer, param, value, cls, fragment, _ = case
     before = [{k: v.copy() for k, v in p.items()} for p in tiny_model.params]
@@ -457,8 +454,7 @@ FORWARD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=MODEL_BUGS))
-                                  if c[-1] else c for c in FORWARD_CASES], ids=[c[0] for c in FORWARD_CASES])
+@pytest.mark.parametrize("case", FORWARD_CASES, ids=[c[0] for c in FORWARD_CASES])
 def test_forward_and_detect_arguments(case, tiny_model):
     _, method, args, kwargs, cls, fragment, _ = case
     expect_error(cls, fragment, getattr(tiny_model, method), *args, **kwargs)
