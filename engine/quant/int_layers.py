@@ -100,34 +100,35 @@ def _conv_requant_fused(layer, x_q: np.ndarray, w_f: np.ndarray, b_q: np.ndarray
 
     f_low = f_pos if slope is None else (np.zeros_like(f_pos) if slope == 0.0 else f_neg)
 
-    def epilogue(part: int, r0: int, r1: int, acc: np.ndarray) -> None:
+    def epilogue(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
         # contiguous float64 work buffers: a strided copy, then in-place contiguous ufuncs (NumPy's
         # ufuncs on strided or freshly allocated operands are several times slower)
         u = band_buffer("u", part, acc.shape)
         np.copyto(u, acc)
-        u += b3
-        u2 = u.reshape(n, -1)
+        u += b3[ch]
+        u2 = u.reshape(acc.shape[0], -1)
         lo_c, hi_c = u2.min(axis=1), u2.max(axis=1)
         v = band_buffer("v", part, acc.shape)
-        np.multiply(u, f_pos, out=v)
+        fp = f_pos[ch]
+        np.multiply(u, fp, out=v)
         if slope is not None:
             if slope == 0.0:
                 np.maximum(v, 0.0, out=v)
             else:
-                np.multiply(u, f_neg, out=u)
+                np.multiply(u, f_neg[ch], out=u)
                 np.maximum(v, u, out=v)
         # the rule is monotone in u per channel: only channels whose extreme accumulators round
         # beyond +-127 can hold saturated values, so only those are counted and clipped.
         # rint(v) > 127 <=> v >= 127.5 (127.5 rounds to 128), and clip-then-rint == rint-then-clip
         # (integer bounds), so the rounding can be the final pass that also casts to int8.
-        top = np.rint(hi_c * f_pos[:, 0, 0]) > QMAX
-        bottom = np.rint(np.where(lo_c < 0, lo_c * f_low[:, 0, 0], lo_c * f_pos[:, 0, 0])) < -QMAX
+        top = np.rint(hi_c * fp[:, 0, 0]) > QMAX
+        bottom = np.rint(np.where(lo_c < 0, lo_c * f_low[ch][:, 0, 0], lo_c * fp[:, 0, 0])) < -QMAX
         sat = 0
-        for ch in np.flatnonzero(top | bottom):
-            vc = v[ch]
+        for c_i in np.flatnonzero(top | bottom):
+            vc = v[c_i]
             sat += int(np.count_nonzero(vc >= QMAX + 0.5)) + int(np.count_nonzero(vc <= -QMAX - 0.5))
             np.clip(vc, -QMAX, QMAX, out=vc)
-        np.rint(v, out=y[:, r0:r1], casting="unsafe")   # integral values in [-127, 127]: exact cast
+        np.rint(v, out=y[ch, r0:r1], casting="unsafe")  # integral values in [-127, 127]: exact cast
         stats.append((int(lo_c.min()), int(hi_c.max()), sat))
 
     conv_int_bands(x_q, w_f, layer.size, layer.stride, layer.padding, epilogue, w_bound)
@@ -159,13 +160,13 @@ def conv_forward_hybrid(layer, x: np.ndarray, lq: LayerQuant, rec: dict) -> np.n
         y = np.empty((lq.w_q.shape[0],) + tuple(layer.out_shape[1:]), np.float32)
         ranges: list[tuple[int, int]] = []
 
-        def epilogue(part: int, r0: int, r1: int, acc: np.ndarray) -> None:
+        def epilogue(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
             u = band_buffer("u", part, acc.shape)
             np.copyto(u, acc)
-            u += b3                                      # the exact int32 accumulator, in float64
+            u += b3[ch]                                  # the exact int32 accumulator, in float64
             ranges.append((int(u.min()), int(u.max())))
-            np.multiply(u, scale3, out=u)
-            y[:, r0:r1] = u                              # float64 -> float32, as acc * scale did
+            np.multiply(u, scale3[ch], out=u)
+            y[ch, r0:r1] = u                             # float64 -> float32, as acc * scale did
 
         conv_int_bands(x_q, lq.w_f, layer.size, layer.stride, layer.padding, epilogue, row_abs_max(lq.w_q))
         rec["acc_min"], rec["acc_max"] = min(r[0] for r in ranges), max(r[1] for r in ranges)

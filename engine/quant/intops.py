@@ -58,8 +58,8 @@ def conv_int(x_q: np.ndarray, w_f: np.ndarray, b_q: np.ndarray, k: int, s: int, 
     if groups == 1:
         out = np.empty((n, ho, wo), np.int32)
 
-        def store(part: int, r0: int, r1: int, band: np.ndarray) -> None:
-            out[:, r0:r1] = band                  # exact integers: the cast is exact
+        def store(part: int, r0: int, r1: int, band: np.ndarray, ch: slice) -> None:
+            out[ch, r0:r1] = band                 # exact integers: the cast is exact
 
         conv_int_bands(x_q, w_f, k, s, p, store)
         out += b_q.astype(np.int32)[:, None, None]
@@ -133,17 +133,19 @@ def row_abs_max(w_q: np.ndarray) -> float:
 
 
 def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
-                   epilogue: Callable[[int, int, int, np.ndarray], None], w_bound: float | None = None) -> None:
-    """Exact int8 conv (groups=1, no bias) in bands of output rows: epilogue(part, r0, r1, acc).
+                   epilogue: Callable[[int, int, int, np.ndarray, slice], None], w_bound: float | None = None) -> None:
+    """Exact int8 conv (groups=1, no bias) in bands of output rows: epilogue(part, r0, r1, acc, ch).
 
-    acc is a (n, r1-r0, Wo) view of the band's exact integer sums (float32, or float64 when
+    acc is a (filters in ch, r1-r0, Wo) view of the band's exact integer sums (float32, or float64 when
     the K reduction had to be split), valid only during the call. `w_bound`: max_f sum|w_f| if
     known (e.g. `row_abs_max` of the int8 weights), else computed from w_f. The whole K reduction is one
     float32 GEMM when max_f sum|w_f| * max|x| < 2**24 (every partial sum, in any order, is then an
     exact float32 integer); otherwise it is split into K_CHUNK pieces summed in float64.
     For stride 1 the columns have the padded width (contiguous copies, `engine.kernels.im2col`);
     the k-1 extra columns per row are skipped by the view. Bands run on `parallel_items` threads
-    with BLAS single-threaded (`own_threads`), each band built, used and dropped in cache.
+    with BLAS single-threaded (`own_threads`, as the float kernels: a spinning 2-thread BLAS is what
+    suffers most on a busy machine), each band built, used and dropped in cache; a map that is a
+    single band (small maps, many filters) is split by filter halves instead.
     """
     c, h, w = x_q.shape
     n, kk = w_f.shape
@@ -165,8 +167,13 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
         xp = _padded(x_q, p, 0, scratch, "int-xp") if p else None
         row_w = wo
     rows = min(ho, max(BAND // (kk * row_w), -(-MIN_BAND // row_w)))
+    bands = -(-ho // rows)
+    fblocks = 2 if bands == 1 and n >= 32 else 1
 
-    def band(part: int, i: int) -> None:
+    def band(part: int, item: int) -> None:
+        i, fb = divmod(item, fblocks)
+        ch = slice(n * fb // fblocks, n * (fb + 1) // fblocks)
+        nf = ch.stop - ch.start
         r0, r1 = i * rows, min(ho, (i + 1) * rows)
         length = (r1 - r0) * row_w
         if pointwise:
@@ -185,21 +192,18 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
             for ky in range(k):
                 for kx in range(k):
                     c5[:, ky, kx] = src[:, ky + s * r0:ky + s * (r1 - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
+        wb = w_f[ch]
         if one_gemm:
-            acc = scratch.get(f"int-acc{part}", (n, length))
-            np.matmul(w_f, cols, out=acc)
+            acc = scratch.get(f"int-acc{part}", (nf, length))
+            np.matmul(wb, cols, out=acc)
         else:
-            acc = scratch.get(f"int-acc64{part}", (n, length), np.float64)
-            part32 = scratch.get(f"int-acc{part}", (n, length))
+            acc = scratch.get(f"int-acc64{part}", (nf, length), np.float64)
+            part32 = scratch.get(f"int-acc{part}", (nf, length))
             acc[...] = 0
             for a in range(0, kk, K_CHUNK):
-                np.matmul(w_f[:, a:a + K_CHUNK], cols[a:a + K_CHUNK], out=part32)
+                np.matmul(wb[:, a:a + K_CHUNK], cols[a:a + K_CHUNK], out=part32)
                 acc += part32
-        epilogue(part, r0, r1, acc.reshape(n, r1 - r0, row_w)[:, :, :wo])
+        epilogue(part, r0, r1, acc.reshape(nf, r1 - r0, row_w)[:, :, :wo], ch)
 
-    bands = -(-ho // rows)
-    if bands == 1:
-        band(0, 0)              # one GEMM (small maps): BLAS's own threads split it
-        return
-    with own_threads():         # several bands: BLAS single-threaded, bands on the kernel threads
-        parallel_items(bands, band)
+    with own_threads():
+        parallel_items(bands * fblocks, band)

@@ -216,7 +216,7 @@ def conv_case(draw):
     groups = draw(st.sampled_from([1, 1, 2, 3]))
     big_k = draw(st.booleans())      # C/g*k*k > K_CHUNK: the chunked reduction
     cg = (K_CHUNK // (k * k) + draw(st.integers(1, 2 * K_CHUNK // (k * k)))) if big_k else draw(st.integers(1, 6))
-    ng = draw(st.integers(1, 2 if big_k else 4))
+    ng = draw(st.integers(1, 2)) if big_k else draw(st.sampled_from([1, 2, 3, 4, 33]))
     side = (lambda lo, hi: draw(st.integers(lo, hi)))
     h, w = (side(max(1, k - 2 * p), k + 2), side(max(1, k - 2 * p), k + 2)) if big_k else \
         (side(max(1, k - 2 * p), 11), side(max(1, k - 2 * p), 11))
@@ -272,7 +272,8 @@ def layer_case(draw):
     k = draw(st.sampled_from([1, 3]))
     s = draw(st.sampled_from([1, 2]))
     p = draw(st.sampled_from([0, k // 2]))
-    c, n = draw(st.integers(1, 12)), draw(st.integers(1, 6))
+    c = draw(st.integers(1, 12))
+    n = draw(st.one_of(st.integers(1, 6), st.integers(32, 40)))   # >= 32 filters: split in halves on one band
     h, w = draw(st.integers(k, 40)), draw(st.integers(k, 40))
     rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
     x_q = rng.integers(-127, 128, (c, h, w)).astype(np.int8)
@@ -559,3 +560,13 @@ def test_threshold_memo_never_returns_a_stale_answer():
         before = cal.threshold(h)
         h.observe(np.full(200_000, 3 * h.amax, np.float32))           # same object, new content
         assert cal.threshold(h) == make(name).threshold(h) != before
+
+
+@pytest.mark.parametrize("n, c, hw, k, s, p", [(40, 8, 5, 3, 1, 1), (64, 3, 9, 1, 1, 0), (33, 5, 7, 3, 2, 1)])
+def test_conv_int_single_band_split_by_filters_equals_naive(n, c, hw, k, s, p):
+    rng = np.random.default_rng(n)
+    x = rng.integers(-127, 128, (c, hw, hw)).astype(np.int8)
+    wq = rng.integers(-127, 128, (n, c, k, k)).astype(np.int8)
+    b = rng.integers(-(2 ** 20), 2 ** 20, n).astype(np.int32)
+    got = conv_int(x, np.ascontiguousarray(wq.reshape(n, -1), dtype=np.float32), b, k, s, p)
+    np.testing.assert_array_equal(got.astype(np.int64), conv_int_naive(x, wq, b, s, p))
