@@ -18,25 +18,25 @@ THREADS = 2
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, str(THREADS))  # must happen before NumPy is imported
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import engine  # noqa: E402
-from engine import winograd  # noqa: E402
-from engine.cfg import read_cfg  # noqa: E402
-from engine.graph import build_layers  # noqa: E402
-from engine.weights import random_params, write_weights  # noqa: E402
+import engine
+from engine import winograd
+from engine.cfg import read_cfg
+from engine.graph import build_layers
+from engine.weights import random_params, write_weights
 
 SHARED = Path("/work/shared")
 TINY_CFG = SHARED / "models/yolov3-tiny.cfg"

@@ -25,8 +25,9 @@ import glob
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +87,7 @@ class own_threads:
     Not reentrant across Python threads: run one forward at a time per process.
     """
 
-    def __enter__(self) -> "own_threads":
+    def __enter__(self) -> None:
         global _threads
         self.restore = 0
         if _openblas is not None and _threads == 1 and not getattr(_local, "busy", False):
@@ -95,7 +96,6 @@ class own_threads:
                 self.restore = n
                 _openblas[1](1)
                 _threads = n
-        return self
 
     def __exit__(self, *exc: object) -> None:
         global _threads
@@ -316,7 +316,6 @@ def conv2d(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, k: int, s: int, p: int
 
     c, h, w = x.shape
     n = w2d.shape[0]
-    ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
     if act is not None and act not in FUSED_ACTS:
         raise ValueError(f"conv2d: act={act!r} cannot be fused; use one of {FUSED_ACTS} or apply it after")
     with own_threads():

@@ -105,7 +105,7 @@ class MaxPool(Layer):
     padding: int
 
     @classmethod
-    def build(cls, ctx: BuildContext) -> "MaxPool":
+    def build(cls, ctx: BuildContext) -> MaxPool:
         sec = ctx.section
         for key, default in (("maxpool_depth", "0"), ("antialiasing", "0"), ("out_channels", "1")):
             refuse(sec, key, default)
