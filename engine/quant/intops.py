@@ -1,9 +1,12 @@
 """Integer-exact int8 convolution / matrix product with int32 accumulation.
 
-Fast path: int8 values are held in float32 and multiplied with BLAS sgemm, with the reduction
-dimension K split into chunks of at most 1024. Every partial sum of a chunk is an integer of
-magnitude <= 1024 * 127 * 127 < 2**24, so float32 represents each one exactly and the chunk's
-result is the exact integer; chunks are then added in int32. `conv_int_naive` (int64 loops) is
+int8 values are held in float32 and multiplied with BLAS sgemm. A float32 GEMM is exact when
+every partial sum is an integer below 2**24 in magnitude, whatever the summation order: that
+holds when max_f sum_k |w[f, k]| * max|x| < 2**24 (checked per call from a cached weight bound),
+and always for reductions of at most K_CHUNK = 1024 terms (1024 * 127 * 127 < 2**24); otherwise
+K is split into such chunks summed in float64 (exact). `conv_int_bands` runs the conv in
+cache-sized bands of output rows and hands each band's exact sums to an epilogue (requantize /
+dequantize), `conv_int` returns the int32 accumulators, and `conv_int_naive` (int64 loops) is
 the reference the property tests compare against bit for bit.
 """
 from __future__ import annotations
