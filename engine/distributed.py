@@ -226,7 +226,7 @@ class InProcess:
     def __init__(self, blas_threads: int | None = None) -> None:
         self.blas_threads = blas_threads
 
-    def share(self, obj: Any) -> Any:
+    def share(self, obj: Any, key: Any = None) -> Any:
         return obj
 
     def portable(self, model_source: Any) -> Any:
@@ -284,9 +284,10 @@ class DaskBackend:
     def n_workers(self) -> int:
         return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
 
-    def share(self, obj: Any) -> Any:
-        """Broadcast `obj` to every worker once; tasks receive the worker's copy."""
-        key = id(obj)
+    def share(self, obj: Any, key: Any = None) -> Any:
+        """Broadcast `obj` to every worker once per `key` (default: the object's identity); tasks
+        receive the worker's copy."""
+        key = ("id", id(obj)) if key is None else key
         if key not in self._shared:    # obj is kept alive beside its future, so ids stay unique
             self._shared[key] = (obj, self.client.scatter(Payload(obj), broadcast=True, hash=False))
         return self._shared[key][1]
@@ -380,7 +381,8 @@ def _qmodel_arg(qmodel: Any, backend) -> Any:
     if isinstance(qmodel, (str, Path)):
         return ("path", str(Path(qmodel).resolve()))
     arrays = qmodel.to_arrays()               # int8 weights: ~4x smaller than the objects' float copies
-    return ("arrays", _token(arrays), backend.share(arrays))
+    token = _token(arrays)
+    return ("arrays", token, backend.share(arrays, key=("qmodel", token)))
 
 
 # ------------------------------------------------------------------------------ tasks (run on workers)
@@ -515,7 +517,7 @@ def compare_distributed(model_source: Any, stats: CalibrationStats, images,
     backend = backend or InProcess()
     items = _items(images)
     token = _token(stats.to_arrays())
-    stats_ref = (token, backend.share(stats))
+    stats_ref = (token, backend.share(stats, key=("stats", token)))
     rows = [r for part in backend.map_batches(compare_batch, items, batch_size, progress, "comparing",
                                               args=(backend.portable(model_source), stats_ref, tuple(methods),
                                                     per_channel, resize)) for r in part]

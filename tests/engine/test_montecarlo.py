@@ -24,6 +24,17 @@ PHOTOS = sorted(IMAGES.glob("*.jpg"))[:3]
 
 
 @pytest.fixture(scope="module")
+def dask_backend():
+    from engine.distributed import DaskBackend, secure_local_cluster
+    cluster, client = secure_local_cluster(2)
+    try:
+        yield DaskBackend(client)
+    finally:
+        client.close()
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
 def model():
     return load_source(SOURCE)
 
@@ -56,30 +67,18 @@ def test_render_is_deterministic_and_identity_without_changes():
     assert render(src, v).size == src.size
 
 
-def test_small_run_is_reproducible_and_backend_independent(model, qmodel):
-    from engine.distributed import DaskBackend, secure_local_cluster
+def test_small_run_is_reproducible_and_backend_independent(model, qmodel, dask_backend):
     a = run_montecarlo(model, qmodel, PHOTOS, 6, ("hybrid", "int"), InProcess(blas_threads=1), seed=3)
-    cluster, client = secure_local_cluster(2)
-    try:
-        b = run_montecarlo(SOURCE, qmodel, PHOTOS, 6, ("hybrid", "int"), DaskBackend(client), seed=3, batch_size=2)
-    finally:
-        client.close()
-        cluster.close()
+    b = run_montecarlo(SOURCE, qmodel, PHOTOS, 6, ("hybrid", "int"), dask_backend, seed=3, batch_size=2)
     assert repr(a.rows) == repr(b.rows) and a.variants == b.variants     # repr: NaN-safe (no matched box)
     assert a.summary("int")["n"] == 6
 
 
-def test_200_variants_complete_with_distribution_and_worst_cases(qmodel, tmp_path):
-    from engine.distributed import DaskBackend, secure_local_cluster
+def test_200_variants_complete_with_distribution_and_worst_cases(qmodel, dask_backend, tmp_path):
     from engine.workspace import Workspace
-    cluster, client = secure_local_cluster(2)
-    try:
-        t0 = time.perf_counter()
-        res = run_montecarlo(SOURCE, qmodel, PHOTOS, 200, ("hybrid",), DaskBackend(client), seed=0, worst_k=6)
-        elapsed = time.perf_counter() - t0
-    finally:
-        client.close()
-        cluster.close()
+    t0 = time.perf_counter()
+    res = run_montecarlo(SOURCE, qmodel, PHOTOS, 200, ("hybrid",), dask_backend, seed=0, worst_k=6)
+    elapsed = time.perf_counter() - t0
     s = res.summary()
     print(f"\n{res.report()}\n(wall {elapsed:.1f} s on 2 workers)")
     assert s["n"] == 200 and sum(s["histogram"]["counts"]) == 200
