@@ -13,7 +13,8 @@ QuantizeLinear/DequantizeLinear pairs placed where our executor quantizes:
 * mode "int": the output of every layer that requantizes in INT (conv, connected, shortcut,
   avgpool, crop, and route at the largest input scale) gets `Q(scale) -> DQ` with the scale that
   layer's int8 output has in `Executor(mode="int")`; maxpool / upsample / reorg / dropout keep
-  the grid of their input, so they need none. Detection heads stay float, as in INT.
+  the grid of their input, so they need none. Detection heads stay float, as in INT, and the
+  convs that feed them output their dequantized int32 accumulators (no output Q/DQ).
 
 Why the check uses a tolerance, not bit equality: (1) onnxruntime evaluates a DQ -> Conv in float32
 (or fuses it into an integer QLinearConv whose requantization uses a float multiplier), while
@@ -42,7 +43,8 @@ def int_output_scales(model, qmodel, ex) -> dict[int, float | None]:
     """Scale of each layer's int8 output under the executor's INT policy (None: float output).
 
     Mirrors engine/quant/int_layers.py: requantizing layers use their calibrated scale, shape-only
-    layers keep their input's, route takes the largest input scale.
+    layers keep their input's, route takes the largest input scale; a conv read only by detection
+    heads outputs its dequantized int32 accumulators (no output Q/DQ).
     """
     out: dict[int, float | None] = {}
 
@@ -52,7 +54,7 @@ def int_output_scales(model, qmodel, ex) -> dict[int, float | None]:
 
     for layer in model.layers:
         i = layer.index
-        if ex.precision(i) != "int8":
+        if ex.precision(i) != "int8" or ex.int32_out(i):
             out[i] = None
         elif layer.kind == "crop" and layer.noadjust or layer.kind in SCALE_KEEPING:
             out[i] = in_scale(layer.inputs[0]) * (layer.scale if layer.kind == "upsample" else 1.0)
@@ -137,7 +139,8 @@ def build_qdq(model, qmodel, *, mode: str = "int", heads: str = "raw", opset: in
         xs = ["input" if j < 0 else f"layer{j}" for j in layer.inputs]
         out = f"layer{i}"
         int8 = ex.precision(i) == "int8"
-        requant = mode == "int" and int8 and (layer.kind in REQUANTIZING or layer.kind == "route")
+        requant = (mode == "int" and int8 and (layer.kind in REQUANTIZING or layer.kind == "route")
+                   and int_scale[i] is not None)
         y = f"layer{i}_real" if requant else out
         if int8 and layer.kind in ("convolutional", "connected"):
             src = layer.inputs[0]
@@ -188,7 +191,8 @@ def check_qdq(model, qmodel, path: str | Path, images: Sequence, mode: str = "in
               optimize: bool = True) -> dict[str, dict]:
     """Run the exported QDQ graph in onnxruntime on `images` and compare each output head with our
     `Executor(mode)`: {"layer15": {"max_abs", "max_rel" (of the head's max |value|), "steps"
-    (max_abs / the head's INT output scale; nan in hybrid), "mean_abs"}}. Raises EngineError if
+    (max_abs / the head's INT output scale, or its calibrated scale when it gets dequantized int32
+    accumulators; nan in hybrid), "mean_abs"}}. Raises EngineError if
     onnxruntime is missing."""
     from engine.errors import EngineError
     from engine.quant.executor import Executor
@@ -216,6 +220,8 @@ def check_qdq(model, qmodel, path: str | Path, images: Sequence, mode: str = "in
             w["max_rel"] = max(w["max_rel"], float(d.max() / max(1e-12, float(np.abs(ref).max()))))
             w["mean_abs"] = max(w["mean_abs"], float(d.mean()))
     for n, w in worst.items():
-        s = scales.get(int(n[len("layer"):]))
+        i = int(n[len("layer"):])
+        # a head fed int32 accumulators has no int8 grid: count in its calibrated output scale
+        s = (scales.get(i) or qmodel.scales.get(str(i))) if mode == "int" else None
         w["steps"] = w["max_abs"] / s if s else float("nan")
     return worst

@@ -4,7 +4,8 @@ The precision of each layer is session policy decided here, not by the layer: FL
 layer in float; HYBRID runs conv/connected in int8 (float input quantized with its calibrated
 scale, int32 accumulation, dequantized output); INT runs every layer that has an int8 path on
 int8 tensors and dequantizes only where a float layer (a detection head, or a layer the user
-keeps FLOAT) reads an int8 tensor. Conversions happen at those boundaries and nowhere else.
+keeps FLOAT) reads an int8 tensor. A conv read only by detection heads hands them its int32
+accumulators dequantized (the int8 chain ends there). Conversions happen at these boundaries only.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Iterable
 import numpy as np
 
 from engine.errors import EngineError
-from engine.quant.int_layers import HYBRID_LAYERS, INT_LAYERS
+from engine.quant.int_layers import HEAD_LAYERS, HYBRID_LAYERS, INT_LAYERS
 from engine.quant.qmodel import QuantizedModel
 from engine.quant.qtensor import QTensor, quantize
 
@@ -46,6 +47,19 @@ class LayerRecord:
     stats: dict = field(default_factory=dict)
 
 
+HEAD_KINDS = ("yolo", "region", "detection", "softmax", "cost")
+
+
+def head_feeders(model) -> set[int]:
+    """Layers every reader of which is a detection head (their output leaves the int8 chain)."""
+    readers: dict[int, list[str]] = {i: [] for i in range(len(model.layers))}
+    for layer in model.layers:
+        for src in layer.inputs:
+            if src >= 0:
+                readers[src].append(layer.kind)
+    return {i for i, kinds in readers.items() if kinds and all(k in HEAD_KINDS for k in kinds)}
+
+
 class Executor:
     """Precision policy + boundary conversions for one (model, quantized model, mode)."""
 
@@ -63,6 +77,7 @@ class Executor:
         bad = [i for i in self.float_layers if not 0 <= i < len(model.layers)]
         if bad:
             raise ValueError(f"float_layers {bad}: no such layers (0..{len(model.layers) - 1})")
+        self.head_feeders = head_feeders(model)
 
     def has_int_path(self, index: int, mode: str | None = None) -> bool:
         kind = self.model.layers[index].kind
@@ -75,6 +90,11 @@ class Executor:
         if self.mode == "float" or index in self.float_layers or not self.has_int_path(index):
             return FLOAT
         return INT8
+
+    def int32_out(self, index: int) -> bool:
+        """INT mode: does this int8 layer hand its int32 accumulators, dequantized, to a head?"""
+        return (self.mode == "int" and index in self.head_feeders
+                and self.model.layers[index].kind in HEAD_LAYERS and self.precision(index) == INT8)
 
     def scale_of(self, producer: int) -> float:
         return self.qmodel.scales["input" if producer < 0 else str(producer)]
@@ -103,6 +123,10 @@ class Executor:
         if layer.kind not in INT_LAYERS:
             raise EngineError(f"layer {index} [{layer.kind}] has no int8 path (it runs in float)")
         xs = [self.to_q(v, src, rec.stats) for v, src in zip(inputs, layer.inputs)]
+        if index in self.head_feeders and layer.kind in HEAD_LAYERS:   # = self.int32_out(index)
+            y = HEAD_LAYERS[layer.kind](layer, xs, lq, rec.stats)
+            y.flags.writeable = False
+            return Value(f=y), rec
         y_q = INT_LAYERS.get(layer.kind)(layer, xs, lq, self.qmodel.scales.get(str(index), 1.0), rec.stats)
         y_q.q.flags.writeable = False
         return Value(q=y_q), rec

@@ -5,6 +5,8 @@ Explorer shows: the int32 accumulator range and how many values saturated. Scale
 conv / connected / shortcut / avgpool / crop requantize to their calibrated output scale;
 maxpool, upsample, reorg, dropout keep the input scale (they only move or select values);
 route concatenates at the largest input scale, rescaling the others (so nothing saturates).
+A conv / connected layer whose only readers are detection heads ([yolo], [region], ...) ends the
+int8 chain: its int32 accumulators are dequantized for the head (HEAD_LAYERS).
 Activations: linear, leaky and relu are folded into the requantization (two multipliers, one
 rounding); other activations (logistic, mish, swish, ...) run as a float island between a
 dequantize and a quantize, and `rec["float_activation"]` says so.
@@ -77,6 +79,22 @@ def conv_forward_int(layer, xs: list[QTensor], lq: LayerQuant, out_scale: float,
     acc = conv_int(x.q, lq.w_f, b_q, layer.size, layer.stride, layer.padding, layer.groups)
     _acc_stats(acc, rec)
     return QTensor(requantize_activation(acc, acc_scale, out_scale, layer.activation, rec), out_scale)
+
+
+def conv_forward_int_head(layer, xs: list[QTensor], lq: LayerQuant, rec: dict) -> np.ndarray:
+    """INT mode, a conv read only by detection heads: its exact int32 accumulators are dequantized
+    (acc * s_in * s_w) and the activation applied in float, instead of rounding the head's logits
+    to int8 first (what an NPU's last layer does: int32 out, dequantized by the host). The kernel
+    is HYBRID's, on the int8 input as it is."""
+    x = xs[0]
+    rec["output"] = "int32 dequantized for the head"
+    return _conv_dequantized(layer, x.q, lq, _bias_for(lq, x.scale), x.scale * _wscale(lq), rec)
+
+
+def connected_forward_int_head(layer, xs: list[QTensor], lq: LayerQuant, rec: dict) -> np.ndarray:
+    x = xs[0]
+    rec["output"] = "int32 dequantized for the head"
+    return _connected_dequantized(layer, x.q, lq, _bias_for(lq, x.scale), x.scale * _wscale(lq), rec)
 
 
 def _conv_requant_fused(layer, x_q: np.ndarray, w_f: np.ndarray, b_q: np.ndarray, acc_scale: np.ndarray,
@@ -154,9 +172,16 @@ def conv_forward_hybrid(layer, x: np.ndarray, lq: LayerQuant, rec: dict) -> np.n
     """HYBRID: quantize the float input with the calibrated scale, int8 conv, int32 acc, dequantize."""
     x_q, sat = quantize(x, lq.in_scale)
     rec["input_saturated"] = sat
+    return _conv_dequantized(layer, x_q, lq, lq.b_q, lq.acc_scale, rec)
+
+
+def _conv_dequantized(layer, x_q: np.ndarray, lq: LayerQuant, b_q: np.ndarray, acc_scale: np.ndarray,
+                      rec: dict) -> np.ndarray:
+    """int8 conv, exact int32 accumulators (+ b_q), times the per-channel acc_scale -> float32, activated."""
+    rec["saturated"], rec["total"] = 0, int(np.prod(layer.out_shape))   # nothing is rounded to int8
     if layer.groups == 1:
-        scale3 = lq.acc_scale.reshape(-1, 1, 1)
-        b3 = lq.b_q.astype(np.float64).reshape(-1, 1, 1)
+        scale3 = np.asarray(acc_scale, np.float64).reshape(-1, 1, 1)
+        b3 = b_q.astype(np.float64).reshape(-1, 1, 1)
         y = np.empty((lq.w_q.shape[0],) + tuple(layer.out_shape[1:]), np.float32)
         ranges: list[tuple[int, int]] = []
 
@@ -171,9 +196,9 @@ def conv_forward_hybrid(layer, x: np.ndarray, lq: LayerQuant, rec: dict) -> np.n
         conv_int_bands(x_q, lq.w_f, layer.size, layer.stride, layer.padding, epilogue, row_abs_max(lq.w_q))
         rec["acc_min"], rec["acc_max"] = min(r[0] for r in ranges), max(r[1] for r in ranges)
         return activate(y, layer.activation)
-    acc = conv_int(x_q, lq.w_f, lq.b_q, layer.size, layer.stride, layer.padding, layer.groups)
+    acc = conv_int(x_q, lq.w_f, b_q, layer.size, layer.stride, layer.padding, layer.groups)
     _acc_stats(acc, rec)
-    y = (acc * lq.acc_scale.reshape(-1, 1, 1)).astype(np.float32)
+    y = (acc * np.asarray(acc_scale, np.float64).reshape(-1, 1, 1)).astype(np.float32)
     return activate(y, layer.activation)
 
 
@@ -189,12 +214,20 @@ def connected_forward_int(layer, xs: list[QTensor], lq: LayerQuant, out_scale: f
 def connected_forward_hybrid(layer, x: np.ndarray, lq: LayerQuant, rec: dict) -> np.ndarray:
     x_q, sat = quantize(x, lq.in_scale)
     rec["input_saturated"] = sat
-    acc = gemm_int(lq.w_f, x_q.reshape(-1, 1).astype(np.float32))[:, 0] + lq.b_q
+    return _connected_dequantized(layer, x_q, lq, lq.b_q, lq.acc_scale, rec)
+
+
+def _connected_dequantized(layer, x_q: np.ndarray, lq: LayerQuant, b_q: np.ndarray, acc_scale: np.ndarray,
+                           rec: dict) -> np.ndarray:
+    rec["saturated"], rec["total"] = 0, int(np.prod(layer.out_shape))
+    acc = gemm_int(lq.w_f, x_q.reshape(-1, 1).astype(np.float32))[:, 0] + b_q
     _acc_stats(acc, rec)
-    return activate((acc * lq.acc_scale).astype(np.float32).reshape(layer.out_shape), layer.activation)
+    return activate((acc * acc_scale).astype(np.float32).reshape(layer.out_shape), layer.activation)
 
 
 HYBRID_LAYERS = {"convolutional": conv_forward_hybrid, "connected": connected_forward_hybrid}
+# INT mode, layers read only by detection heads: int8 in, int32 accumulators dequantized out
+HEAD_LAYERS = {"convolutional": conv_forward_int_head, "connected": connected_forward_int_head}
 
 
 @INT_LAYERS.register("maxpool")

@@ -12,13 +12,13 @@ import pytest
 import engine
 from engine.calib.collect import collect, quantizable_ids
 from engine.errors import EngineError, WeightsError
-from engine.quant.executor import FLOAT, INT8, Executor
+from engine.quant.executor import FLOAT, INT8, Executor, Value
 from engine.quant.fitness import local_stats, propagated_stats
 from engine.quant.intops import conv_int
 from engine.quant.qmodel import QuantizedModel, quantize_model
 from engine.quant.qtensor import quantize_multiplier
 from engine.quant.weights import quantize_weights, y2l_weight_multiplier
-from helpers import CFG_DIR, IMAGES
+from helpers import CFG_DIR, IMAGES, resized_cfg
 
 # darknet-semantics.md C.1: yolo2_light's weight multipliers for the 13 fused convs of yolov3-tiny
 Y2L_TINY_MULTIPLIERS = [4, 128, 128, 256, 512, 512, 256, 1024, 512, 256, 128, 1024, 256]
@@ -149,20 +149,6 @@ def test_mixed_precision_changes_only_what_it_should(tiny, tiny_q, dog):
     assert err(mixed[15]) < err(full[15])                # a float head is closer to FLOAT
 
 
-def resized_cfg(src: Path, size: int, folder: Path) -> Path:
-    lines, in_net = [], False
-    for line in src.read_text().splitlines():
-        s = line.strip()
-        if s.startswith("["):
-            in_net = s in ("[net]", "[network]")
-        if in_net and s.split("=", 1)[0].strip() in ("width", "height"):
-            line = f"{s.split('=', 1)[0].strip()}={size}"
-        lines.append(line)
-    out = folder / src.name
-    out.write_text("\n".join(lines) + "\n")
-    return out
-
-
 # one calibration method per model (the modes are what is under test; each method is covered once)
 @pytest.mark.parametrize("name, size, method, per_channel", [("yolov2", 128, "minmax", True), ("yolov3", 128, "log2", False),
                                                              ("yolov4-tiny", 160, "percentile", True)])
@@ -183,8 +169,14 @@ def test_every_mode_runs_on_zoo_cfgs_with_random_weights(name, size, method, per
             assert y.shape == ref[i].shape, f"{name} layer {i}"
             assert y.dtype == np.float32 and np.isfinite(y).all(), f"{name} {mode} layer {i} [{layer.kind}]"
             assert r.precision == ex.precision(i)
-            if mode == "int" and r.precision == INT8:
+            if mode == "int" and r.precision == INT8 and ex.int32_out(i):
+                # a conv read only by heads ends the int8 chain: dequantized int32 accumulators
+                assert v.q is None and r.stats["output"] == "int32 dequantized for the head"
+                assert all(model.layers[j].kind in ("yolo", "region") for j in readers(model, i))
+            elif mode == "int" and r.precision == INT8:
                 assert v.q is not None and v.q.q.dtype == np.int8 and v.q.q.min() >= -127
+        if mode == "int":
+            assert any(ex.int32_out(i) for i in range(len(model.layers))), name
         # int8 really ran where it should
         n_int = sum(r.precision == INT8 for r in records)
         assert n_int >= (sum(l.kind == "convolutional" for l in model.layers) if mode == "hybrid" else
@@ -196,6 +188,10 @@ def test_every_mode_runs_on_zoo_cfgs_with_random_weights(name, size, method, per
         assert cos > 0.9, f"{name} {method} {mode}: cosine {cos:.3f} at layer {head}"
     assert ({"shortcut", "upsample"} <= kinds if name == "yolov3" else True)
     assert ({"reorg", "region"} <= kinds if name == "yolov2" else True)
+
+
+def readers(model, i: int) -> list[int]:
+    return [layer.index for layer in model.layers if i in layer.inputs]
 
 
 # --------------------------------------------------------------------------- records and statistics
@@ -232,6 +228,30 @@ def test_int_records_hold_the_accumulator_range_and_saturation(tiny, tiny_q, dog
     assert {"input_saturated", "acc_min", "acc_max"} <= hrec[2].stats.keys()
 
 
+HEADS = (15, 22)     # yolov3-tiny's 1x1 linear convs read only by [yolo]
+
+
+def test_int_head_convs_dequantize_their_exact_int32_accumulators(tiny, tiny_q, dog):
+    ex = Executor(tiny, tiny_q, "int")
+    assert {i for i in range(len(tiny.layers)) if ex.int32_out(i)} == set(HEADS)
+    values, records = ex.run(dog.x)
+    for i in HEADS:
+        layer, lq, x = tiny.layers[i], tiny_q.layers[i], values[tiny.layers[i].inputs[0]].q
+        assert values[i].q is None and x is not None and x.q.dtype == np.int8
+        # independent: int64 sums of int8 products, then one float64 multiply per channel
+        assert layer.size == 1 and x.scale == lq.in_scale
+        acc = np.tensordot(lq.w_q[:, :, 0, 0].astype(np.int64), x.q.astype(np.int64), axes=(1, 0))
+        acc = acc + lq.b_q.astype(np.int64).reshape(-1, 1, 1)
+        assert (records[i].stats["acc_min"], records[i].stats["acc_max"]) == (acc.min(), acc.max())
+        want = (acc * (x.scale * np.broadcast_to(lq.w_scale, (acc.shape[0],))).reshape(-1, 1, 1)).astype(np.float32)
+        np.testing.assert_array_equal(values[i].f, want)
+    # the INT head conv is the HYBRID kernel on the same int8 input
+    hyb = Executor(tiny, tiny_q, "hybrid")
+    for i in HEADS:
+        y, _ = hyb.run_layer(i, [Value(f=values[tiny.layers[i].inputs[0]].q.dequantize())])
+        np.testing.assert_array_equal(y.f, values[i].f)
+
+
 def test_local_and_propagated_statistics(tiny, tiny_q, dog):
     ref = tiny.forward(dog.x)
     ex = Executor(tiny, tiny_q, "int")
@@ -245,6 +265,9 @@ def test_local_and_propagated_statistics(tiny, tiny_q, dog):
             continue
         s = local[i]
         assert s is not None and 15 < s.sqnr_db < 80 and 0.98 < s.cosine <= 1 + 1e-9, (i, s)
+        if i in HEADS:    # dequantized int32 accumulators: no int8 grid to use or saturate
+            assert np.isnan(s.range_use) and s.saturation == 0, (i, s)
+            continue
         assert 0 < s.range_use <= 1 and 0 <= s.saturation < 0.01
         assert prop[i].sqnr_db > 5, (i, prop[i])
     # errors accumulate: the network's int8 output is further from FLOAT than a layer run alone
