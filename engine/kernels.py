@@ -17,6 +17,11 @@ GEMMs, row blocks, channel blocks) over as many threads as BLAS was allowed (OPE
 threadpoolctl), pulled dynamically from a shared counter. NumPy releases the GIL inside GEMMs,
 copies and ufuncs. If NumPy's OpenBLAS can't be found (another BLAS), BLAS keeps its own threads
 and the NumPy passes run in the calling thread.
+
+Determinism: OpenBLAS's float32 results depend on the GEMM's shape (its small-matrix and edge
+kernels sum in other orders), so the work is cut into the same GEMMs whatever the thread count
+(`SPLIT`); threads only decide who runs which piece. A forward on 1 thread (a Dask worker) and on
+2 (a notebook) gives the same bits, so distributed statistics equal in-process ones exactly.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ PARALLEL_MIN = 1 << 16   # elements below which a pass runs in the calling threa
 BLOCK = 1 << 16          # elements per cache block of an epilogue pass (256 KiB of float32)
 BAND = 1 << 19           # im2col floats per band of output rows (2 MiB): built, used and dropped in cache
 MIN_BAND = 2048          # output pixels per band at least: narrower GEMMs lose more than the cache gains
+SPLIT = 4                # a conv is cut into at least this many GEMMs, whatever the thread count
 F = np.float32
 _pool: ThreadPoolExecutor | None = None
 _threads = 1             # threads for parallel_for/parallel_items: set by own_threads()
@@ -227,8 +233,7 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
     wb = derived("bias-column", (w2d, b), lambda: np.ascontiguousarray(np.concatenate([w2d, b[:, None]], 1)))
     y2 = y.reshape(n, ho * wo)
     rows = min(ho, max(BAND // (kk * wo), -(-MIN_BAND // wo)))  # cache-sized, but wide enough for BLAS
-    if _threads > 1:
-        rows = min(rows, -(-ho // (2 * _threads)))  # >= 2 bands per thread, so all threads get work
+    rows = min(rows, -(-ho // SPLIT))  # enough bands for the threads (see the module docstring)
     # Output column j of kernel column kx reads input column j*s + kx - p: valid for j in [ja, jb).
     jspan = [(max(0, -(-(p - kx) // s)), min(wo, (w - 1 + p - kx) // s + 1)) for kx in range(k)]
 
@@ -347,7 +352,7 @@ def _conv_gemm(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, k: int, s: int, p:
 def _conv1x1(x2: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, act: str | None) -> None:
     """y = act(w2d @ x2 + b) in blocks of filter rows, one GEMM + in-cache epilogue per block."""
     n = y.shape[0]
-    step = n if _threads == 1 else max(8, -(-n // (4 * _threads)))
+    step = max(8, -(-n // (2 * SPLIT)))   # fixed blocks: the same GEMMs on any number of threads
     y2 = y.reshape(n, -1)
 
     def block(_part: int, i: int) -> None:

@@ -75,3 +75,18 @@ def match_detections(ours: list[dict], ref: list[dict], min_iou: float) -> list[
         else:
             pairs.append((r, None))
     return pairs
+
+
+def resized_cfg(src: Path, size: int, folder: Path) -> Path:
+    """A copy of `src` with [net] width/height set to `size`."""
+    lines, in_net = [], False
+    for line in src.read_text().splitlines():
+        s = line.strip()
+        if s.startswith("["):
+            in_net = s in ("[net]", "[network]")
+        if in_net and s.split("=", 1)[0].strip() in ("width", "height"):
+            line = f"{s.split('=', 1)[0].strip()}={size}"
+        lines.append(line)
+    out = folder / src.name
+    out.write_text("\n".join(lines) + "\n")
+    return out

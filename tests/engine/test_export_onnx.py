@@ -19,7 +19,7 @@ import pytest
 import engine
 from engine.errors import EngineError, UnsupportedError
 from engine.model import from_cfg_text, normalise_random
-from helpers import CFG_DIR, REFERENCE, ROOT, max_rel_diff
+from helpers import CFG_DIR, REFERENCE, ROOT, max_rel_diff, resized_cfg
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -50,21 +50,6 @@ def compare(outs: list[np.ndarray], got: dict[str, np.ndarray]) -> dict[str, flo
         diffs[name] = 0.0 if np.array_equal(y, ref) else max_rel_diff(y, ref)
         assert diffs[name] <= TOL, f"{name}: max rel diff {diffs[name]:.2e} > {TOL}"
     return diffs
-
-
-def resized_cfg(src: Path, size: int, folder: Path) -> Path:
-    """A copy of `src` with [net] width/height set to `size`."""
-    lines, in_net = [], False
-    for line in src.read_text().splitlines():
-        s = line.strip()
-        if s.startswith("["):
-            in_net = s in ("[net]", "[network]")
-        if in_net and s.split("=", 1)[0].strip() in ("width", "height"):
-            line = f"{s.split('=', 1)[0].strip()}={size}"
-        lines.append(line)
-    out = folder / src.name
-    out.write_text("\n".join(lines) + "\n")
-    return out
 
 
 # --------------------------------------------------------------------------- real yolov3-tiny

@@ -213,3 +213,24 @@ def test_own_threads_makes_blas_single_threaded_and_restores_it():
         assert get() == 2 and kernels._threads == 1
     finally:
         put(before)
+
+
+@pytest.mark.parametrize("name, size", [("yolov3-tiny", 416), ("yolov3", 160), ("yolov4-tiny", 224)])
+def test_float_forward_is_bit_identical_on_1_and_2_threads(tiny, name, size, tmp_path):
+    """OpenBLAS sums in another order for another GEMM shape; the kernels cut the same GEMMs on any
+    thread count, so a single-threaded Dask worker and a 2-thread notebook agree bit for bit."""
+    import engine
+    from engine.distributed import blas_limit
+    from helpers import CFG_DIR, resized_cfg
+    if name == "yolov3-tiny":
+        model = tiny
+    else:
+        model = engine.load(resized_cfg(CFG_DIR / f"{name}.cfg", size, tmp_path), random_weights=0)
+    x = np.random.default_rng(5).random(model.input_shape, dtype=np.float32)
+    with blas_limit(1):
+        one = model.forward(x)
+    with blas_limit(2):
+        assert kernels._openblas is None or kernels._openblas[0]() == 2
+        two = model.forward(x)
+    for i, (a, b) in enumerate(zip(one, two)):
+        assert np.array_equal(a, b), f"{name} layer {i} [{model.layers[i].kind}]: max |diff| {np.abs(a - b).max():.3g}"
