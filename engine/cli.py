@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_compare)
 
     from engine.export.cli import add_export_parser
+    from engine.report import add_report_parser
+    add_report_parser(sub)
     add_export_parser(sub)
     return p
 

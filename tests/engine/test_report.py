@@ -1,14 +1,13 @@
 """Size and speed report: totals equal the graph / model_size figures, timings per mode, fit verdicts, CLI."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 
 from engine.quant.fitness import model_size
-from engine.report import add_report_parser, cmd_report, size_speed_report
+from engine.report import size_speed_report
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +44,16 @@ def test_fits_names_what_does_not_fit(report):
     assert report.fits(64 << 20, 20 << 20, 1e6, mode="float")["flash"]["ok"] is False   # 33.8 MiB of float32
 
 
-def test_report_cli_prints_json_with_a_fit(tiny_q, tmp_path, capsys):
-    from helpers import TINY_CFG, TINY_WEIGHTS
+def test_report_cli_prints_json_with_a_fit(tiny_q, tmp_path):
+    """Through `python -m engine report` itself, as a user types it."""
+    import subprocess
+    import sys
+    from helpers import ROOT, TINY_CFG, TINY_WEIGHTS
     q = tiny_q.save(tmp_path / "q.npz")
-    p = argparse.ArgumentParser()
-    add_report_parser(p.add_subparsers(dest="command"))
-    args = p.parse_args(["report", str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "-q", str(q), "--repeats", "1",
-                         "--ram", "8", "--flash", "16", "--budget-ms", "100000", "--json"])
-    assert args.func(args) == 0 and args.func is cmd_report
-    doc = json.loads(capsys.readouterr().out)
+    out = subprocess.run([sys.executable, "-m", "engine", "report", str(TINY_CFG), "--weights", str(TINY_WEIGHTS),
+                          "-q", str(q), "--repeats", "1", "--ram", "8", "--flash", "16", "--budget-ms", "100000",
+                          "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
     assert doc["fit"]["fits"] is True and doc["totals"]["int8_bytes"] == tiny_q.int8_bytes()
     assert [r["index"] for r in doc["rows"]] == list(range(24))
