@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.edits import Edit, EditError, Journal, apply_region, check_float, check_int8, prune_mask
+from engine.edits import (Edit, EditError, Journal, apply_region, check_float, check_int8, check_int32, check_number,
+                          prune_mask)
 from engine.errors import EngineError
 from engine.quant.fitness import ErrorStats, error_stats
 from engine.quant.qmodel import LayerQuant, input_id
@@ -36,6 +37,34 @@ class CustomizeMixin:
 
     def _init_customize(self) -> None:
         self.journal = Journal()
+        self.stale_from: int | None = None
+        self.model_version = 0      # bumped by every float edit, undo or redo (calibration caches key on it)
+
+    # ------------------------------------------------------------------ stale outputs
+    def _first_affected(self, edit: Edit) -> int:
+        """The first layer whose output an edit changes: the edited layer, or for a scale edit the
+        tensor's producer (it requantizes into that scale; its readers come later)."""
+        if edit.target == "scale":
+            return 0 if edit.layer == "input" else int(edit.layer)
+        return int(edit.layer)
+
+    def _mark_stale(self, edit: Edit) -> None:
+        j = self._first_affected(edit)
+        if j <= self.position:
+            self.stale_from = j if self.stale_from is None else min(self.stale_from, j)
+
+    def refresh(self) -> int | None:
+        """Re-execute the executed layers an edit (or undo / redo) made stale, from the first one
+        to the current position, so every kept output reflects the current parameters. Returns the
+        first re-executed layer (None if nothing was stale). step(), run(), detections(),
+        continue_from() and save_record() call it first, so results never mix old and new weights."""
+        first = self.stale_from
+        if first is None:
+            return None
+        for i in range(first, self.position + 1):
+            self.values[i], self.records[i] = self.executor.run_layer(i, self._inputs(i))
+        self.stale_from = None
+        return first
 
     # ------------------------------------------------------------------ snapshots
     def _snapshot(self, layers_params=(), lqs=(), scales=()) -> dict[str, Any]:
@@ -56,27 +85,68 @@ class CustomizeMixin:
             self.qmodel.scales[s] = v
         if snap["params"]:
             self._float_ref = None
+            self.model_version += 1
 
     def _commit(self, edit: Edit) -> Edit:
         self._restore(edit.new)
         self.journal.push(edit)
+        self._mark_stale(edit)
         self._fire("edit", edit)
         return edit
 
     def undo(self) -> Edit:
         edit = self.journal.pop_undo()
         self._restore(edit.old)
+        self._mark_stale(edit)
         self._fire("edit", edit)
         return edit
 
     def redo(self) -> Edit:
         edit = self.journal.pop_redo()
         self._restore(edit.new)
+        self._mark_stale(edit)
         self._fire("edit", edit)
         return edit
 
     def edits(self) -> list[str]:
         return [e.summary() for e in self.journal.done]
+
+    def quantized_edits(self) -> list[Edit]:
+        """Applied int8 and scale edits: they belong to the current quantized model."""
+        return [e for e in self.journal.done if e.target != "float"]
+
+    def _rebase_edits(self, drop_quantized: bool) -> int:
+        """After the quantized model changed: keep float edits (their layers' int8 weights re-derived in
+        the new model's scheme, undo/redo snapshots rewritten against it), drop int8 / scale edits.
+        Returns how many edits were dropped."""
+        done = [e for e in self.journal.done if e.target == "float"]
+        redo = [e for e in self.journal.undone if e.target == "float"]
+        dropped = len(self.journal.done) - len(done) + len(self.journal.undone) - len(redo)
+        if dropped and not drop_quantized:
+            raise EngineError(
+                f"{dropped} int8/scale edit(s) belong to the current quantized model and would be lost; "
+                "save_quantized() keeps them, or switch with drop_edits=True")
+        params: dict[int, dict] = {}
+        lqs: dict[int, LayerQuant | None] = {}
+        for e in done + redo[::-1]:            # application order: done, then the redo stack top first
+            i = int(e.layer)
+            base = params.get(i, dict(self.original.params[i]))
+            params[i] = {**base, e.param: e.new["params"][(i, e.param)]}
+            if self.qmodel is None:
+                e.old["lqs"], e.new["lqs"] = {}, {}
+                continue
+            old_lq = lqs.get(i, self.qmodel.layers.get(i))
+            new_lq = self._requantized(i, params[i])
+            e.old["lqs"] = {i: old_lq} if old_lq is not None or new_lq is not None else {}
+            e.new["lqs"] = {i: new_lq} if new_lq is not None else {}
+            lqs[i] = new_lq
+        # (_requantized reads only the scheme, granularity and input scale of the new model's layer,
+        # which no float edit changes.) The new quantized model takes the lqs of the *done* state:
+        self.journal.done, self.journal.undone = done, redo
+        if self.qmodel is not None:
+            for e in done:
+                self._restore({"params": {}, "lqs": e.new["lqs"], "scales": {}})
+        return dropped
 
     # ------------------------------------------------------------------ targets
     def _default_target(self, index: int) -> str:
@@ -118,9 +188,8 @@ class CustomizeMixin:
                 new_lq = LayerQuant(new_q, lq.w_scale, lq.b_q, lq.in_scale, lq.scheme)
             elif param in ("biases", "b_q"):
                 param = "b_q"
-                b = np.asarray(make(lq.b_q.astype(np.int64)))
-                if not np.isfinite(b.astype(np.float64)).all() or np.abs(b).max() >= 2 ** 31:
-                    raise EditError(f"{where}: int32 biases must be finite integers below 2**31 in magnitude")
+                # float64 work copy: an int64 one would turn NaN into garbage and 2.7 into 2 silently
+                b = check_int32(make(lq.b_q.astype(np.float64)), where)
                 new_lq = LayerQuant(lq.w_q, lq.w_scale, b.astype(np.int32).reshape(lq.b_q.shape), lq.in_scale,
                                     lq.scheme)
             else:
@@ -141,14 +210,15 @@ class CustomizeMixin:
         target = target or self._default_target(index)
         where = f"layer {index} [{self.model.layers[index].kind}] {target} {param}"
         # validate the given values themselves: inserting 1.5 into int8 weights must not truncate silently
-        values = check_int8(values, where) if target == "int8" and param in ("weights", "w_q") else \
-            check_float(values, where) if target == "float" else values
+        if target == "int8":
+            values = check_int8(values, where) if param in ("weights", "w_q") else check_int32(values, where)
+        elif target == "float":
+            values = check_float(values, where)
         return self._edit_array(index, param, target, lambda w: apply_region(w, region, values, where),
                                 f"set {param}[{region}]")
 
     def scale_filter(self, index: int, filt: int, factor: float, *, target: str | None = None) -> Edit:
-        if not np.isfinite(factor):
-            raise EditError(f"layer {index}: scale factor must be finite, got {factor}")
+        factor = check_number(factor, f"layer {index}: scale factor")
 
         def make(w):
             self._check_filter(index, w, filt)
@@ -182,8 +252,7 @@ class CustomizeMixin:
         nid = str(node_id)
         if self.qmodel is None or nid not in self.qmodel.scales:
             raise EditError(f"tensor {nid!r} has no activation scale (quantized model needed)")
-        if not (np.isfinite(scale) and scale > 0):
-            raise EditError(f"tensor {nid}: scale must be finite and > 0, got {scale}")
+        scale = check_number(scale, f"tensor {nid}: scale", positive=True)
         readers = [l.index for l in self.model.layers if l.index in self.qmodel.layers and input_id(l) == nid]
         old = self._snapshot((), readers, [nid])
         lqs = {}
@@ -195,7 +264,7 @@ class CustomizeMixin:
         return self._commit(Edit(nid, "scale", "scale", old, new, f"scale {old['scales'][nid]:.6g} -> {scale:.6g}"))
 
     def set_threshold(self, node_id: str | int, threshold: float) -> Edit:
-        return self.set_scale(node_id, float(threshold) / 127.0)
+        return self.set_scale(node_id, check_number(threshold, f"tensor {node_id}: threshold", positive=True) / 127.0)
 
     # ------------------------------------------------------------------ rerun / save
     def rerun(self, continue_to_end: bool = False) -> RerunResult:
@@ -208,17 +277,28 @@ class CustomizeMixin:
             raise EngineError("nothing has run yet: step() to a layer before rerun()")
         before = self.values[i].float()
         dets_before = None
-        if continue_to_end:  # the old output of layer i carried through the rest of the network
-            dets_before = self.detections() if self.done else self.continue_from("this", i).detections
-        value, rec = self.executor.run_layer(i, self._inputs(i))
-        self.values[i], self.records[i] = value, rec
-        after = value.float()
+        if continue_to_end:  # the old outputs carried through the rest of the network
+            dets_before = self._detections_as_kept()
+        # an edit of an earlier layer reaches layer i through the layers in between: re-execute them
+        first = min(i, self.stale_from if self.stale_from is not None else i)
+        for j in range(first, i + 1):
+            self.values[j], self.records[j] = self.executor.run_layer(j, self._inputs(j))
+        self.stale_from = None
+        after = self.values[i].float()
         result = RerunResult(i, before, after, error_stats(before, after), int(np.count_nonzero(before != after)))
         if continue_to_end:
             del self.values[i + 1:], self.records[i + 1:], self.timings[i + 1:]
             result.detections_before = dets_before
             result.detections_after = self.run()
         return result
+
+    def _detections_as_kept(self) -> list:
+        """Detections of the kept outputs as they are (stale or not), run to the end if needed."""
+        from engine.detect import detect_outputs
+        values = list(self.values)
+        for j in range(len(values), self.num_layers):
+            values.append(self.executor.run_layer(j, self._inputs(j, values))[0])
+        return detect_outputs(self.model, [v.float() for v in values], self.pre, self.thresh, self.nms)
 
     def save_model(self, path: str | Path, overwrite: bool = False) -> Path:
         """Save the customized float model as a new engine model file (never over the original)."""

@@ -59,6 +59,37 @@ def check_int8(values: np.ndarray, where: str) -> np.ndarray:
     return arr.astype(np.int8)
 
 
+def check_int32(values, where: str) -> np.ndarray:
+    """int32 accumulator-scale values (biases): finite whole numbers below 2**31 in magnitude."""
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError) as err:
+        raise EditError(f"{where}: int32 values must be numbers ({err})") from None
+    if arr.dtype.kind not in "iubf":
+        raise EditError(f"{where}: int32 values must be integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise EditError(f"{where}: int32 values must be finite integers (NaN/Inf given)")
+        if (arr != np.round(arr)).any():
+            raise EditError(f"{where}: int32 values must be whole numbers, got e.g. "
+                            f"{arr[arr != np.round(arr)].ravel()[0]}")
+    if arr.size and np.abs(arr.astype(np.float64)).max() >= 2 ** 31:
+        raise EditError(f"{where}: int32 values must be below 2**31 in magnitude")
+    return arr.astype(np.int64)
+
+
+def check_number(value, where: str, *, positive: bool = False) -> float:
+    """One finite float (a scale factor, a scale, a threshold), or an EditError naming `where`."""
+    rule = "must be finite and > 0" if positive else "must be finite"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise EditError(f"{where} must be a number, got {value!r}") from None
+    if not np.isfinite(v) or (positive and v <= 0):
+        raise EditError(f"{where} {rule}, got {value!r}")
+    return v
+
+
 def apply_region(base: np.ndarray, region, values, where: str) -> np.ndarray:
     """A copy of `base` with base[region] = values (broadcast); region is an index tuple or slice."""
     out = base.copy()

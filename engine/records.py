@@ -1,12 +1,14 @@
 """Run records: a session's model, quantized model, mode, image, edits and results in one file.
 
-A record stores the (customized) float model and quantized model, the network input tensor, the
-mode and mixed-precision override, the position reached, the edit history (descriptions), the
-per-layer statistics and the detections. Reopening restores a Session at the same position; its
+A record stores the (customized) float model and quantized model, the network input tensor and
+the original image (lossless PNG) with its file name, the mode and mixed-precision override, the
+position reached, the edit history (descriptions; the undo journal is not kept), the per-layer
+statistics and the detections. Reopening restores a Session at the same position; its
 outputs are recomputed (the engine is deterministic) and equal the saved statistics.
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -32,6 +34,10 @@ def save_record(session, path: str | Path) -> Path:
             "detections": [d.to_dict() for d in session.detections()] if session.done else None,
             "model_name": session.model.graph.name, "image_name": getattr(session, "image_name", None)}
     arrays = {"format": _text(RECORD_FORMAT), "meta": _text(json.dumps(meta, default=float)), "input": session.pre.x}
+    if getattr(session, "image", None) is not None:
+        buf = io.BytesIO()
+        session.image.convert("RGB").save(buf, format="PNG")
+        arrays["image_png"] = np.frombuffer(buf.getvalue(), np.uint8)
     arrays.update({f"model/{k}": v for k, v in session.model.to_arrays().items()})
     if session.qmodel is not None:
         arrays.update({f"qmodel/{k}": v for k, v in session.qmodel.to_arrays().items()})
@@ -59,6 +65,10 @@ def open_record(path: str | Path):
     session = Session(model, qmodel, meta["mode"], pre, resize=meta["resize"], float_layers=meta["float_layers"],
                       thresh=meta["thresh"], nms=meta["nms"])
     session.history = meta["edits"]
+    session.image_name = meta.get("image_name")
+    if "image_png" in arrays:
+        from engine.image import open_image
+        session.image = open_image(arrays["image_png"].tobytes())
     session.saved = meta
     if meta["position"] >= 0:
         try:

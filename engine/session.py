@@ -149,32 +149,51 @@ class Session(CustomizeMixin):
         self.mode = mode
         self.reset()
 
-    def set_quantized(self, quantized: QuantizedModel | str | Path | None) -> None:
+    def set_quantized(self, quantized: QuantizedModel | str | Path | None, *, drop_edits: bool = False) -> int:
+        """Switch to another quantized model (or None); restarts execution.
+
+        Float edits carry over: their layers' int8 weights are re-derived in the new model's scheme
+        and undo / redo keep working. int8 and scale edits belong to the current quantized model:
+        EngineError unless `drop_edits` (save_quantized() first to keep them). Returns the number
+        of dropped edits.
+        """
         if quantized is not None and not isinstance(quantized, QuantizedModel):
             quantized = QuantizedModel.load(quantized)
+        if quantized is not None:
+            quantized.check_matches(self.model)
+        dropped = len(self.journal.done) + len(self.journal.undone) - sum(
+            e.target == "float" for e in self.journal.done + self.journal.undone)
+        if dropped and not drop_edits:
+            self._rebase_edits(drop_quantized=False)        # raises, naming what would be lost
         self.qmodel = quantized.copy() if quantized is not None else None
+        self._rebase_edits(drop_quantized=True)
         mode = self.mode if self.qmodel is not None else "float"
         self.executor = Executor(self.model, self.qmodel, mode, self.executor.float_layers)
         self.mode = mode
         self.reset()
+        return dropped
 
     def reset(self, image: ImageLike | Preprocessed | None = None) -> None:
         """Back to before layer 0; with `image`, switch to that image (path, array, PIL, tensor)."""
         if image is not None or self.pre is None:
             self.pre = self._prepare(image)
             self.image = self._source_image
+            self.image_name = self._source_name
             self._float_ref = None
         self.values, self.records, self.timings = [], [], []
+        self.stale_from = None
         self._fire("reset", self)
 
     def _prepare(self, image) -> Preprocessed:
         """The network input for `image`; also sets `_source_image`, the decoded original (a PIL image)
-        or None when only a tensor is known."""
+        or None when only a tensor is known, and `_source_name` (the file name, if any)."""
         from engine.image import open_image
         if image is None:
             from engine.samples import sample
             image = sample("dog")
         self._source_image = None
+        name = image if isinstance(image, (str, Path)) else getattr(image, "filename", None)
+        self._source_name = Path(name).name if name else None
         if isinstance(image, Preprocessed):
             return image
         if isinstance(image, np.ndarray) and image.shape == self.model.input_shape and image.dtype == np.float32:
@@ -203,6 +222,7 @@ class Session(CustomizeMixin):
         """Run the next layer. Raises EngineError at the end of the network."""
         if self.done:
             raise EngineError(f"all {self.num_layers} layers have run; reset() to start again")
+        self.refresh()
         i = len(self.values)
         t0 = time.perf_counter()
         value, rec = self.executor.run_layer(i, self._inputs(i))
@@ -220,10 +240,13 @@ class Session(CustomizeMixin):
         index = self._check_index(index)
         if index < self.position:
             self.values, self.records, self.timings = self.values[:index], self.records[:index], self.timings[:index]
+            if self.stale_from is not None and self.stale_from > self.position:
+                self.stale_from = None
         result = None
         while self.position < index:
             result = self.step()
         if result is None:  # already exactly there
+            self.refresh()
             rec = self.records[index]
             result = StepResult(index, str(index), self.model.layers[index].kind, rec.precision, self.values[index],
                                 rec, self.timings[index])
@@ -231,6 +254,7 @@ class Session(CustomizeMixin):
 
     def run(self) -> list[Detection]:
         """Run to the end and return the detections."""
+        self.refresh()
         while not self.done:
             self.step()
         return self.detections()
@@ -239,6 +263,7 @@ class Session(CustomizeMixin):
         if not self.done:
             raise EngineError(f"detections need a full run: at layer {self.position} of {self.num_layers - 1}; "
                               "call run()")
+        self.refresh()
         return detect_outputs(self.model, [v.float() for v in self.values], self.pre, self.thresh, self.nms)
 
     def float_detections(self) -> list[Detection]:
@@ -359,6 +384,39 @@ class Session(CustomizeMixin):
             return {}
         return {name: make(name).threshold(h) for name in CALIBRATORS.names()}
 
+    # ------------------------------------------------------------------ calibration, comparison
+    def calibration_stats(self, images, *, key: str | None = None,
+                          on_image: Callable[[int, int], Any] | None = None):
+        """|x| histograms of the current (edited) FLOAT model over `images` (folder, file or list).
+
+        Cached per (`key`, model version) when a key names the image set: a float edit, undo or
+        redo bumps the version, so statistics never describe weights the model no longer has.
+        `on_image(done, total)` follows the pass.
+        """
+        from engine.calib.collect import collect
+        cache_key = (key, self.model_version)
+        cached = getattr(self, "_calib_cache", None)
+        if key is not None and cached is not None and cached[0] == cache_key:
+            return cached[1]
+        stats = collect(self.model, images, resize=self.resize, progress=False, on_image=on_image)
+        if key is not None:
+            self._calib_cache = (cache_key, stats)
+        return stats
+
+    def compare_methods(self, images, methods, *, per_channel: bool = True, key: str | None = None,
+                        on_progress: Callable[[str, int, int], Any] | None = None):
+        """Calibrate once on `images`, quantize with each method, rank them by agreement with FLOAT
+        on the same images (engine.quant.compare). on_progress(phase, done, total), phase
+        "calibrate" (per image) then "compare" (per method). Returns a CompareTable."""
+        from engine.quant.compare import compare
+        from engine.calib.collect import image_list
+        items = image_list(images)
+        note = (lambda phase: (lambda done, total: on_progress(phase, done, total))) if on_progress else None
+        stats = self.calibration_stats(items, key=key, on_image=note("calibrate") if note else None)
+        on_method = (lambda result, done, total: on_progress("compare", done, total)) if on_progress else None
+        return compare(self.model, stats, items, list(methods), per_channel=per_channel, resize=self.resize,
+                       progress=False, on_method=on_method)
+
     # ------------------------------------------------------------------ sweeps, records
     def sensitivity(self, progress: bool = True, cancel=None):
         """Rank layers by how much quantizing them alone hurts (engine/sensitivity.py)."""
@@ -367,6 +425,7 @@ class Session(CustomizeMixin):
 
     def save_record(self, path: str | Path) -> Path:
         from engine.records import save_record
+        self.refresh()   # the record's statistics must be those of the model it stores
         return save_record(self, path)
 
     @classmethod
@@ -402,6 +461,7 @@ class Session(CustomizeMixin):
         index = self.position if index is None else self._executed(index)
         if source not in ("this", "other"):
             raise ValueError(f"source={source!r}: expected 'this' or 'other'")
+        self.refresh()
         first = self.cross(index).value_other if source == "other" else self.values[index]
         values = list(self.values[:index]) + [first]
         for i in range(index + 1, self.num_layers):

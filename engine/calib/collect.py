@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -81,8 +81,12 @@ def image_list(source: str | Path | Iterable[ImageLike]) -> list[ImageLike]:
     return items
 
 
-def collect(model, images, resize: str = "letterbox", progress: bool = True) -> CalibrationStats:
-    """Calibration statistics of `model` over images (folder, file or list), with a progress bar."""
+def collect(model, images, resize: str = "letterbox", progress: bool = True,
+            on_image: Callable[[int, int], object] | None = None) -> CalibrationStats:
+    """Calibration statistics of `model` over images (folder, file or list), with a progress bar.
+
+    `on_image(done, total)` is called after each image (for widgets' progress bars).
+    """
     items = image_list(images)
     stats = CalibrationStats()
     bar = None
@@ -96,6 +100,8 @@ def collect(model, images, resize: str = "letterbox", progress: bool = True) -> 
             observe(model, x, stats)
             if bar is not None:
                 bar.update(1)
+            if on_image is not None:
+                on_image(stats.images, len(items))
     finally:
         if bar is not None:
             bar.close()

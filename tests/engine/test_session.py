@@ -60,6 +60,21 @@ def test_run_to_backwards_restarts_and_matches(tiny, tiny_q):
     np.testing.assert_array_equal(s.output(15), y15)
 
 
+def assert_cross_equals_reference(s, i: int, mode: str) -> None:
+    """CROSS at layer i == an Executor run whose policy differs from the session's only at layer i."""
+    c = s.cross(i)
+    if s.records[i].precision == INT8:   # reference: the same mode with only layer i kept FLOAT
+        ref_mode, float_layers = mode, sorted(s.float_layers | {i})
+    else:                                # reference: only layer i int8, everything before it as in this session
+        ref_mode = "hybrid" if mode == "hybrid" else "int"
+        float_layers = [j for j in range(s.num_layers) if j != i] if mode == "float" else \
+            [j for j in range(s.num_layers) if j != i and s.records[j].precision == FLOAT] + \
+            [j for j in range(i + 1, s.num_layers)]
+    full, _ = Executor(s.model, s.qmodel, ref_mode, float_layers).run(s.x, stop=i)
+    np.testing.assert_array_equal(c.y_other, full[i].float(), err_msg=f"{mode} layer {i}")
+    assert c.diff is not None
+
+
 @pytest.mark.parametrize("mode", ["float", "hybrid", "int"])
 def test_cross_equals_full_run_in_the_other_precision(tiny, tiny_q, mode):
     s = Session(tiny, tiny_q, mode, IMAGES / "dog.jpg")
@@ -73,18 +88,8 @@ def test_cross_equals_full_run_in_the_other_precision(tiny, tiny_q, mode):
             with pytest.raises(EngineError, match="no int8 path"):
                 s.cross(i)
             continue
-        c = s.cross(i)
+        assert_cross_equals_reference(s, i, mode)
         crossed += 1
-        if this == INT8:   # reference: the same mode with only layer i kept FLOAT
-            ref_mode, float_layers = mode, [i]
-        else:              # reference: only layer i int8, everything before it as in this session
-            ref_mode = "hybrid" if mode == "hybrid" else "int"
-            float_layers = [j for j in range(s.num_layers) if j != i] if mode == "float" else \
-                [j for j in range(s.num_layers) if j != i and s.records[j].precision == FLOAT] + \
-                [j for j in range(i + 1, s.num_layers)]
-        full, _ = Executor(tiny, tiny_q, ref_mode, float_layers).run(s.x, stop=i)
-        np.testing.assert_array_equal(c.y_other, full[i].float(), err_msg=f"{mode} layer {i}")
-        assert c.diff is not None
     assert crossed >= 13
 
 
@@ -125,12 +130,15 @@ def test_int8_edit_and_rerun_in_int_mode(tiny, tiny_q):
     s = Session(tiny, tiny_q, "int", IMAGES / "dog.jpg")
     s.run_to(2)
     before = s.output_q(2).q.copy()
+    original = int(tiny_q.layers[2].w_q[0, 0, 1, 1])
+    assert original != 127
     s.edit_weights(2, (0, 0, 1, 1), 127)
     assert s.weights(2, "int8")["w_q"][0, 0, 1, 1] == 127
-    s.rerun()
+    result = s.rerun()
     after = s.output_q(2).q
-    assert set(np.flatnonzero((before != after).any(axis=(1, 2)))) <= {0}
-    assert tiny_q.layers[2].w_q[0, 0, 1, 1] != 127 or True  # the session's copy is edited, not tiny_q
+    assert set(np.flatnonzero((before != after).any(axis=(1, 2)))) == {0}   # only filter 0's channel moved
+    assert result.changed == int(np.count_nonzero(before != after)) > 0
+    assert tiny_q.layers[2].w_q[0, 0, 1, 1] == original     # the session's copy is edited, not tiny_q
     s.undo()
     s.rerun()
     np.testing.assert_array_equal(s.output_q(2).q, before)
@@ -146,6 +154,14 @@ def test_int8_edit_and_rerun_in_int_mode(tiny, tiny_q):
     (lambda s: s.prune(2, 1.5), "fraction"),
     (lambda s: s.set_scale("2", -1.0), "scale must be finite and > 0"),
     (lambda s: s.edit_weights(1, (0,), 1.0, target="float"), "no such parameter"),
+    (lambda s: s.edit_weights(2, 0, np.nan, param="biases", target="int8"), "int32 values must be finite"),
+    (lambda s: s.edit_weights(2, 0, 2.7, param="biases", target="int8"), "whole numbers"),
+    (lambda s: s.edit_weights(2, 0, 1e20, param="biases", target="int8"), "below 2\\*\\*31"),
+    (lambda s: s.edit_weights(2, 0, "x", param="biases", target="int8"), "must be integers"),
+    (lambda s: s.set_scale("2", "abc"), "scale must be a number, got 'abc'"),
+    (lambda s: s.set_threshold("2", None), "threshold must be a number"),
+    (lambda s: s.scale_filter(2, 0, "x"), "scale factor must be a number"),
+    (lambda s: s.scale_filter(2, 0, float("inf")), "scale factor must be finite"),
 ])
 def test_bad_edits_are_refused_and_leave_no_trace(tiny, tiny_q, call, match):
     s = Session(tiny, tiny_q, "int", IMAGES / "dog.jpg")
@@ -197,6 +213,8 @@ def test_record_round_trip_restores_state_and_results(tiny, tiny_q, tmp_path):
     back = Session.open_record(path)
     assert back.mode == "int" and back.float_layers == {15, 22} and back.done
     assert back.history == s.edits()
+    assert s.image_name == back.image_name == "person.jpg"
+    np.testing.assert_array_equal(np.asarray(back.image), np.asarray(s.image))    # the original, lossless
     for i in range(s.num_layers):
         np.testing.assert_array_equal(back.output(i), s.output(i))
     assert [d.to_dict() for d in back.detections()] == back.saved["detections"]
@@ -214,17 +232,127 @@ def test_sensitivity_sweep_ranks_and_can_be_cancelled(tiny, tiny_q):
 
 
 @pytest.mark.parametrize("name", ["yolov2.cfg", "yolov3.cfg", "yolov4-tiny.cfg"])
-def test_session_on_other_models_with_random_weights(name):
+def test_session_on_other_models_with_random_weights(name, tmp_path):
     from engine.calib.collect import collect
     from engine.quant.qmodel import quantize_model
-    model = engine.load(CFG_DIR / name, random_weights=0)
+    from helpers import resized_cfg
+    model = engine.load(resized_cfg(CFG_DIR / name, 256, tmp_path), random_weights=0)   # 256: CI time
     rng = np.random.default_rng(0)
     imgs = [rng.random(model.input_shape, dtype=np.float32) for _ in range(2)]
     qm = quantize_model(model, collect(model, imgs, progress=False), "minmax", per_channel=True)
+    convs = [l.index for l in model.layers if l.kind == "convolutional"]
+    probes = sorted({convs[0], len(model.layers) // 2, convs[-1]})
     for mode in MODES:
         s = Session(model, qm, mode, imgs[0])
-        s.run_to(len(model.layers) // 2)
-        c = s.cross() if s.precision(s.position) == INT8 or s.executor.has_int_path(s.position) else None
+        ref, _ = Executor(model, qm, mode).run(imgs[0])      # STEP == the executor's whole run, bit for bit
+        s.run_to(probes[0])
+        for i in probes:
+            s.run_to(i)
+            if s.precision(i) == INT8 or s.executor.has_int_path(i, "hybrid" if mode == "hybrid" else "int"):
+                assert_cross_equals_reference(s, i, mode)
         s.run()
-        assert all(np.isfinite(s.output(i)).all() for i in range(s.num_layers)), (name, mode)
-        assert c is None or c.y_other.shape == s.output(c.index).shape
+        for i in range(s.num_layers):
+            assert np.isfinite(s.output(i)).all(), (name, mode, i)
+            np.testing.assert_array_equal(s.output(i), ref[i].float(), err_msg=f"{name} {mode} layer {i}")
+
+
+def test_int32_bias_edit_is_exact_and_undoes(tiny, tiny_q):
+    s = Session(tiny, tiny_q, "int", IMAGES / "dog.jpg")
+    b = s.weights(2, "int8")["b_q"]
+    s.edit_weights(2, 3, 12345.0, param="biases", target="int8")        # a whole float is accepted exactly
+    assert s.weights(2, "int8")["b_q"][3] == 12345 and s.weights(2, "int8")["b_q"].dtype == np.int32
+    s.undo()
+    np.testing.assert_array_equal(s.weights(2, "int8")["b_q"], b)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_edit_of_an_earlier_layer_reaches_later_outputs_on_run(tiny, tiny_q, mode):
+    """Kept outputs that predate an edit are re-executed before anything builds on them."""
+    s = Session(tiny, tiny_q, mode, IMAGES / "dog.jpg")
+    s.run_to(8)
+    s.zero_filter(4, 3)                       # layer 4 ran with the old weights
+    assert s.stale_from == 4
+    s.run()
+    assert s.stale_from is None
+    fresh = Session(s.model, s.qmodel, mode, IMAGES / "dog.jpg")   # the edited model, run from scratch
+    fresh.run()
+    for i in range(s.num_layers):
+        np.testing.assert_array_equal(s.output(i), fresh.output(i), err_msg=f"{mode} layer {i}")
+    assert [d.to_dict() for d in s.detections()] == [d.to_dict() for d in fresh.detections()]
+
+
+def test_rerun_after_an_earlier_edit_reexecutes_the_layers_in_between(tiny, tiny_q):
+    s = Session(tiny, tiny_q, "int", IMAGES / "dog.jpg")
+    s.run_to(6)
+    before = s.output(6).copy()
+    s.zero_filter(2, 0)
+    result = s.rerun()
+    assert s.stale_from is None and result.index == 6 and result.changed > 0
+    fresh = Session(s.model, s.qmodel, "int", IMAGES / "dog.jpg")
+    fresh.run_to(6)
+    np.testing.assert_array_equal(s.output(6), fresh.output(6))
+    np.testing.assert_array_equal(result.before, before)
+    s.undo()                                  # undo makes the kept outputs stale again
+    assert s.stale_from == 2
+    s.rerun()
+    np.testing.assert_array_equal(s.output(6), before)
+
+
+def test_edit_after_the_position_leaves_kept_outputs_valid(tiny, tiny_q):
+    s = Session(tiny, tiny_q, "int", IMAGES / "dog.jpg")
+    s.run_to(3)
+    s.zero_filter(8, 0)
+    assert s.stale_from is None
+    s.set_scale("2", s.qmodel.scales["2"] * 2)    # layer 2 requantizes into this scale: stale from 2
+    assert s.stale_from == 2
+
+
+def test_record_of_an_edited_session_replays_what_it_stores(tiny, tiny_q, tmp_path):
+    s = Session(tiny, tiny_q, "hybrid", IMAGES / "dog.jpg")
+    s.run()
+    s.prune(12, 0.3)                          # after a full run: every kept output from 12 on is stale
+    path = s.save_record(tmp_path / "edited.npz")
+    back = Session.open_record(path)
+    for i in range(s.num_layers):
+        np.testing.assert_array_equal(back.output(i), s.output(i), err_msg=f"layer {i}")
+    assert back.saved["stats"][20]["max"] == s.summary(20).to_dict()["max"]
+
+
+def test_switching_quantized_model_keeps_float_edits_undoable_and_guards_int8_edits(tiny, tiny_q, tiny_stats):
+    from engine.quant.qmodel import quantize_model
+    other = quantize_model(tiny, tiny_stats, "percentile", per_channel=True)
+    s = Session(tiny, tiny_q, "int", IMAGES / "dog.jpg")
+    s.zero_filter(6, 1, target="float")       # float edit: carried over, re-derived in the new model
+    s.edit_weights(2, (0, 0, 0, 0), 5, target="int8")
+    with pytest.raises(EngineError, match="1 int8/scale edit"):
+        s.set_quantized(other)
+    assert s.qmodel.method == tiny_q.method and len(s.journal) == 2    # nothing switched
+    assert s.set_quantized(other, drop_edits=True) == 1
+    assert s.qmodel.method == "percentile" and [e.target for e in s.journal.done] == ["float"]
+    assert not s.qmodel.layers[6].w_q[1].any()                   # the zeroed filter, in the new scheme
+    assert s.qmodel.layers[2].w_q[0, 0, 0, 0] == other.layers[2].w_q[0, 0, 0, 0]
+    s.undo()                                  # restores the *new* model's own layer 6, bit for bit
+    np.testing.assert_array_equal(s.qmodel.layers[6].w_q, other.layers[6].w_q)
+    assert s.qmodel.layers[6].in_scale == other.layers[6].in_scale
+    s.run()
+    fresh = Session(tiny, other, "int", IMAGES / "dog.jpg")
+    fresh.run()
+    for i in range(s.num_layers):
+        np.testing.assert_array_equal(s.output(i), fresh.output(i), err_msg=f"layer {i}")
+    s.redo()
+    assert not s.qmodel.layers[6].w_q[1].any()
+
+
+def test_calibration_stats_follow_float_edits(tiny, tiny_q):
+    from engine.calib.collect import collect
+    s = Session(tiny, tiny_q, "int", IMAGES / "dog.jpg")
+    images = [IMAGES / "dog.jpg"]
+    seen = []
+    a = s.calibration_stats(images, key="dog", on_image=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 1)] and s.calibration_stats(images, key="dog") is a       # cached
+    s.scale_filter(0, 0, 2.0, target="float")
+    b = s.calibration_stats(images, key="dog")
+    assert b is not a
+    ref = collect(s.model, images, progress=False)
+    np.testing.assert_array_equal(b.hists["0"].counts, ref.hists["0"].counts)
+    assert not np.array_equal(a.hists["0"].counts, b.hists["0"].counts)    # a's histogram is of the old weights
