@@ -127,11 +127,16 @@ class Section:
 
 @dataclass
 class Cfg:
-    """A parsed cfg: the `[net]` section, the layer sections in order, and the source text."""
+    """A parsed cfg: the `[net]` section, the layer sections in order, and the source text.
+
+    `path` is the name errors cite (the file name); `file` the absolute path it was read from
+    (None for text parsed from memory), for whoever must find the file again.
+    """
     path: str
     net: Section
     layers: list[Section]
     text: str
+    file: str | None = None
 
 
 def parse_cfg(text: str, path: str = "<cfg>") -> Cfg:
@@ -186,4 +191,6 @@ def read_cfg(path: str | Path) -> Cfg:
                        "did you pass the .weights file instead?") from err
     if "\x00" in text:
         raise CfgError(f"{p}: contains NUL bytes; not a text cfg file")
-    return parse_cfg(text, p.name)
+    cfg = parse_cfg(text, p.name)
+    cfg.file = str(p.resolve())
+    return cfg

@@ -121,11 +121,14 @@ class CustomizeMixin:
         Returns how many edits were dropped."""
         done = [e for e in self.journal.done if e.target == "float"]
         redo = [e for e in self.journal.undone if e.target == "float"]
-        dropped = len(self.journal.done) - len(done) + len(self.journal.undone) - len(redo)
+        applied, undone = len(self.journal.done) - len(done), len(self.journal.undone) - len(redo)
+        dropped = applied + undone
         if dropped and not drop_quantized:
+            what = " and ".join(part for part in (f"{applied} applied" if applied else "",
+                                                   f"{undone} undone (redoable)" if undone else "") if part)
             raise EngineError(
-                f"{dropped} int8/scale edit(s) belong to the current quantized model and would be lost; "
-                "save_quantized() keeps them, or switch with drop_edits=True")
+                f"{dropped} int8/scale edit(s) ({what}) belong to the current quantized model and would be "
+                "lost; save_quantized() keeps the applied ones, or switch with drop_edits=True")
         params: dict[int, dict] = {}
         lqs: dict[int, LayerQuant | None] = {}
         for e in done + redo[::-1]:            # application order: done, then the redo stack top first
@@ -305,6 +308,13 @@ class CustomizeMixin:
         p = self._check_target(path, overwrite)
         return self.model.save(p)
 
+    def save_weights(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Save the customized float model as a Darknet `.weights` file (for the same cfg; loads in
+        Darknet and OpenCV), never over the original unless asked."""
+        p = self._check_target(path, overwrite)
+        self.model.save_weights(p)
+        return p
+
     def save_quantized(self, path: str | Path, overwrite: bool = False) -> Path:
         if self.qmodel is None:
             raise EngineError("this session has no quantized model to save")
@@ -313,7 +323,7 @@ class CustomizeMixin:
 
     def _check_target(self, path: str | Path, overwrite: bool) -> Path:
         p = Path(path)
-        sources = {Path(self.original.source).resolve(), Path(self.original.cfg.path).resolve()}
+        sources = {Path(f).resolve() for f in (self.original.source, self.original.cfg.file) if f}
         if p.resolve() in sources and not overwrite:
             raise EngineError(f"{p} is the original model: save the customized model under a new name "
                               "(or pass overwrite=True)")

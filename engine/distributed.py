@@ -143,8 +143,8 @@ def as_source(src: Any, size: tuple[int, int] | None = None) -> "ModelSource | A
 
 def source_of(model) -> ModelSource:
     """The files a worker can load `model` from (raises ValueError if it has none, e.g. random weights)."""
-    cfg, weights = model.cfg.path, model.source
-    if weights and Path(weights).is_file() and Path(cfg).is_file():
+    cfg, weights = model.cfg.file, model.source
+    if weights and Path(weights).is_file() and cfg and Path(cfg).is_file():
         src = ModelSource(cfg, None if weights == cfg else weights)
     elif weights and Path(weights).is_file():
         src = ModelSource(weights)

@@ -55,7 +55,8 @@ def open_image(source: ImageLike, *, max_pixels: int = MAX_PIXELS, name: str | N
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise ImageError(f"{label}: refused as a possible decompression bomb: {err}") from err
         except UnidentifiedImageError as err:
-            raise ImageError(f"{label}: not a decodable image ({err})") from err
+            # Pillow's message names the BytesIO object (a memory address, different every run)
+            raise ImageError(f"{label}: not a decodable image (not a format Pillow can read)") from err
         except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt data inside Pillow
             raise ImageError(f"{label}: corrupt or truncated image data ({err})") from err
     return _to_rgb(im, label)

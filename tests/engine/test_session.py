@@ -184,6 +184,20 @@ def test_prune_and_save_customized_model_reproduces_outputs(tiny, tiny_q, tmp_pa
         np.testing.assert_array_equal(y, s.output(i), err_msg=f"layer {i}")
 
 
+def test_save_weights_refuses_the_original_and_reloads_the_edit(tiny, tmp_path):
+    from helpers import TINY_CFG, TINY_WEIGHTS
+    s = Session(tiny, None, "float", IMAGES / "dog.jpg")
+    s.zero_filter(13, 7)
+    for original in (TINY_WEIGHTS, s.original.cfg.file):
+        with pytest.raises(EngineError, match="original model"):
+            s.save_weights(original)
+    path = s.save_weights(tmp_path / "edited.weights")
+    assert path.stat().st_size == TINY_WEIGHTS.stat().st_size
+    s.run()
+    for i, y in enumerate(engine.load(TINY_CFG, weights=path).forward(s.x)):
+        np.testing.assert_array_equal(y, s.output(i), err_msg=f"layer {i}")
+
+
 def test_scale_edit_rederives_reader_biases_and_undoes(tiny, tiny_q):
     s = Session(tiny, tiny_q, "hybrid", IMAGES / "dog.jpg")
     old = s.qmodel.scales["11"]

@@ -26,6 +26,19 @@ def test_model_dir_copy_is_used_without_network(dirs, monkeypatch):
     assert weights == TINY_WEIGHTS and cfg.name == "yolov3-tiny.cfg"
 
 
+def test_zoo_model_knows_where_its_files_are_from_any_directory(dirs, monkeypatch, tmp_path):
+    """model.cfg.file is absolute: a Dask worker or a save-guard must find the cfg whatever the cwd."""
+    from pathlib import Path
+    from engine.distributed import source_of
+    monkeypatch.setenv("QW_MODEL_DIR", str(TINY_WEIGHTS.parent))
+    monkeypatch.chdir(tmp_path)
+    model = zoo.load("yolov3-tiny", download=False)
+    assert Path(model.cfg.file).is_absolute() and Path(model.cfg.file).is_file()
+    assert model.cfg.path == "yolov3-tiny.cfg"              # errors still cite the short name
+    src = source_of(model)
+    assert Path(src.path).is_file() and Path(src.weights) == TINY_WEIGHTS
+
+
 def test_corrupt_local_copy_is_ignored(dirs, monkeypatch):
     bad = dirs / "models"
     bad.mkdir()
