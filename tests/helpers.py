@@ -90,3 +90,22 @@ def resized_cfg(src: Path, size: int, folder: Path) -> Path:
     out = folder / src.name
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def reorg_cpu(x: np.ndarray, s: int) -> np.ndarray:
+    """pj blas.c:reorg_cpu(x, w, h, c, batch=1, stride, forward=0) as called by forward_reorg_layer."""
+    c, h, w = x.shape
+    flat = x.reshape(-1)
+    out = np.empty_like(flat)
+    out_c = c // (s * s)
+    for k in range(c):
+        for j in range(h):
+            for i in range(w):
+                in_index = i + w * (j + h * k)
+                c2 = k % out_c
+                offset = k // out_c
+                w2 = i * s + offset % s
+                h2 = j * s + offset // s
+                out_index = w2 + w * s * (h2 + h * s * c2)
+                out[in_index] = flat[out_index]
+    return out.reshape(c * s * s, h // s, w // s)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -111,21 +112,35 @@ class QuantizedModel:
         try:
             with np.load(p, allow_pickle=False) as z:
                 return cls.from_arrays({k: z[k] for k in z.files}, str(p))
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             if isinstance(err, EngineError):
                 raise
             raise WeightsError(f"{p}: cannot read quantized model: {err}") from err
 
     @classmethod
     def from_arrays(cls, z: dict, label: str = "<arrays>") -> "QuantizedModel":
-        if "format" not in z or bytes(z["format"]).decode() != QMODEL_FORMAT:
+        from engine.quant.qfile import check_layers, read_meta
+        try:
+            fmt = bytes(z["format"]).decode() if "format" in z else None
+        except (TypeError, ValueError, UnicodeDecodeError):
+            fmt = None
+        if fmt != QMODEL_FORMAT:
             raise WeightsError(f"{label}: not a quantized model file (expected format {QMODEL_FORMAT})")
-        meta = json.loads(bytes(z["meta"]).decode())
+        meta = read_meta(z, label)
+        if "cfg" not in z:
+            raise WeightsError(f"{label}: quantized model file lacks its cfg text")
+        try:
+            cfg_text = bytes(z["cfg"]).decode("utf-8")
+        except (TypeError, ValueError, UnicodeDecodeError) as err:
+            raise WeightsError(f"{label}: the embedded cfg is not UTF-8 text ({err})") from None
+        check_layers(z, meta, cfg_text, label)
         layers = {int(i): LayerQuant(z[f"layer{i}/w_q"], z[f"layer{i}/w_scale"], z[f"layer{i}/b_q"],
                                      float(s), meta["schemes"][i]) for i, s in meta["in_scales"].items()}
         arrays = {k: z[k] for k in z if k.startswith("calib/")}
-        stats = CalibrationStats.from_arrays(arrays) if arrays else None
-        cfg_text = bytes(z["cfg"]).decode("utf-8")
+        try:
+            stats = CalibrationStats.from_arrays(arrays) if arrays else None
+        except (KeyError, ValueError, TypeError, IndexError) as err:
+            raise WeightsError(f"{label}: calibration histograms are damaged ({err})") from None
         return cls(meta["method"], meta["settings"], meta["per_channel"], meta["scales"], meta["thresholds"], layers,
                    meta["model_name"], cfg_text, meta["fingerprint"], stats, tuple(meta["float_layers"]),
                    meta.get("meta", {}))

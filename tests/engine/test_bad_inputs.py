@@ -95,7 +95,8 @@ def test_readme_lists_every_case():
     ids = [p.stem for p in CFGS] + [c[0] for c in WEIGHTS_CASES] + [c[0] for c in IMAGE_CASES] + \
         [c[0] for c in OK_IMAGES] + [c[0] for c in WORKSPACE_NAMES] + [c[0] for c in EDIT_CASES] + \
         [c[0] for c in FORWARD_CASES] + [c[0] for c in INT8_CASES] + [c[0] for c in MODEL_FILE_CASES] + \
-        ["m_pk_magic_only", "m_truncated_zip"]
+        ["m_pk_magic_only", "m_truncated_zip"] + [c[0] for c in QMODEL_FILE_CASES] + \
+        [c[0] for c in SESSION_EDIT_CASES]
     missing = [i for i in ids if f"`{i}`" not in readme]
     assert not missing, f"tests/corpus/README.md does not list {missing}"
     assert len(set(ids)) == len(ids) >= 50
@@ -437,7 +438,7 @@ INT8_CASES = [
 
 @pytest.mark.parametrize("case", INT8_CASES, ids=[c[0] for c in INT8_CASES])
 def test_int8_edit_values_are_validated(case):
-    """The shared validator only; the Session-level int8 edit cases are a TODO (corpus README)."""
+    """The shared validator; the same values through the Session are the s_* cases below."""
     _, value, fragment = case
     expect_error(EditError, fragment, check_int8, value, "layer 0 w_q")
 
@@ -469,3 +470,124 @@ def test_process_survives_the_whole_corpus():
     finally:
         os.close(r)
         os.close(w)
+
+
+# ------------------------------------------------------------------ quantized model files, Session edits
+@pytest.fixture(scope="module")
+def corpus_q():
+    """(model, quantized model) for tests/corpus/weights/tiny.cfg, random weights, minmax per channel."""
+    from engine.calib.collect import collect
+    from engine.quant.qmodel import quantize_model
+    model = engine.load(WEIGHTS_CFG, random_weights=0)
+    xs = [np.random.default_rng(i).random(model.input_shape, dtype=np.float32) for i in range(2)]
+    return model, quantize_model(model, collect(model, xs, progress=False), "minmax", per_channel=True)
+
+
+def _meta(arrays: dict, **changes) -> dict:
+    import json
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    for key, value in changes.items():
+        if value is _DROP:
+            meta.pop(key)
+        elif isinstance(value, dict) and isinstance(meta.get(key), dict):
+            meta[key] = {**meta[key], **value}
+        else:
+            meta[key] = value
+    return {**arrays, "meta": _text(json.dumps(meta))}
+
+
+_DROP = object()
+# (id, arrays -> arrays (or raw bytes), fragment); every case raises WeightsError
+QMODEL_FILE_CASES = [
+    ("qm_truncated", lambda a, raw: raw[:len(raw) // 2], "cannot read quantized model"),
+    ("qm_text_file", lambda a, raw: b"not a zip at all\n", "cannot read quantized model"),
+    ("qm_wrong_format", lambda a, raw: {**a, "format": _text("qwidgets-engine-model/1")}, "not a quantized model file"),
+    ("qm_meta_not_json", lambda a, raw: {**a, "meta": _text("{oops")}, "meta is missing or not JSON"),
+    ("qm_meta_is_a_list", lambda a, raw: {**a, "meta": _text("[1, 2]")}, "meta must be a JSON object, got list"),
+    ("qm_meta_lacks_method", lambda a, raw: _meta(a, method=_DROP), "meta lacks 'method'"),
+    ("qm_per_channel_string", lambda a, raw: _meta(a, per_channel="yes"), "'per_channel' must be bool, got str"),
+    ("qm_scale_nan", lambda a, raw: _meta(a, scales={"0": float("nan")}), "scales of 0 must be finite and > 0"),
+    ("qm_scale_zero", lambda a, raw: _meta(a, scales={"input": 0.0}), "scales of input must be finite and > 0"),
+    ("qm_scale_string", lambda a, raw: _meta(a, scales={"2": "0.1"}), "scales of 2 must be finite and > 0"),
+    ("qm_threshold_negative", lambda a, raw: _meta(a, thresholds={"0": -1.0}), "thresholds of 0 must be finite and >= 0"),
+    ("qm_in_scale_inf", lambda a, raw: _meta(a, in_scales={"0": float("inf")}), "in_scales of 0 must be finite"),
+    ("qm_scale_of_unknown_tensor", lambda a, raw: _meta(a, scales={"99": 0.1}), "scales name tensors the cfg does not have: 99"),
+    ("qm_float_layers_strings", lambda a, raw: _meta(a, float_layers=["3"]), "float_layers must be layer indices"),
+    ("qm_layer_out_of_range", lambda a, raw: _meta(a, in_scales={"9": 0.1}, schemes={"9": "minmax"}),
+     "quantized layer '9' is not a layer of the cfg (0..3)"),
+    ("qm_layer_of_maxpool", lambda a, raw: _meta(a, in_scales={"1": 0.1}, schemes={"1": "minmax"}),
+     "layer 1 [maxpool] has no weights to quantize"),
+    ("qm_missing_b_q", lambda a, raw: {k: v for k, v in a.items() if k != "layer2/b_q"}, "layer 2 [convolutional]: array b_q is missing"),
+    ("qm_w_q_int16", lambda a, raw: {**a, "layer0/w_q": a["layer0/w_q"].astype(np.int16)}, "w_q must be int8 of shape (4, 3, 3, 3), got int16"),
+    ("qm_w_q_wrong_shape", lambda a, raw: {**a, "layer3/w_q": a["layer3/w_q"].T.copy()}, "layer 3 [connected]: w_q must be int8 of shape (3, 32)"),
+    ("qm_w_q_minus_128", lambda a, raw: {**a, "layer0/w_q": np.full_like(a["layer0/w_q"], -128)}, "holds -128"),
+    ("qm_b_q_float", lambda a, raw: {**a, "layer0/b_q": a["layer0/b_q"].astype(np.float32)}, "b_q must be int32 of shape (4,), got float32"),
+    ("qm_w_scale_negative", lambda a, raw: {**a, "layer0/w_scale": -a["layer0/w_scale"]}, "w_scale must be finite and > 0"),
+    ("qm_w_scale_wrong_length", lambda a, raw: {**a, "layer0/w_scale": a["layer0/w_scale"][:2]}, "w_scale must be 1 or 4 floats"),
+    ("qm_cfg_garbage", lambda a, raw: {**a, "cfg": _text("[net]\nwidth=abc\n")}, "the embedded cfg does not build"),
+    ("qm_histogram_damaged", lambda a, raw: {k: v for k, v in a.items() if k != "calib/images"}, "calibration histograms are damaged"),
+]
+
+
+@pytest.mark.parametrize("case", QMODEL_FILE_CASES, ids=[c[0] for c in QMODEL_FILE_CASES])
+def test_quantized_model_file_corpus(case, corpus_q, tmp_path):
+    from engine.quant.qmodel import QuantizedModel
+    _, mutate, fragment = case
+    _, qm = corpus_q
+    good = qm.save(tmp_path / "good.npz")
+    out = mutate(qm.to_arrays(), good.read_bytes())
+    bad = tmp_path / "bad.npz"
+    if isinstance(out, bytes):
+        bad.write_bytes(out)
+    else:
+        np.savez(bad, **out)
+    err = expect_error(WeightsError, fragment, QuantizedModel.load, bad)
+    assert str(bad) in str(err)                     # the message names the file
+
+
+def test_quantized_model_for_another_cfg_is_refused_by_the_session(corpus_q):
+    from engine.session import Session
+    _, qm = corpus_q
+    other = engine.load(DETECTOR_CFG, random_weights=0)
+    expect_error(EngineError, "was made for a different cfg", Session, other, qm, "int")
+
+
+# (id, call on an INT Session of the corpus model, error class, fragment)
+SESSION_EDIT_CASES = [
+    ("s_w_q_128", lambda s: s.edit_weights(0, (0, 0, 0, 0), 128, target="int8"), EditError, "[-127, 127]"),
+    ("s_w_q_nan", lambda s: s.edit_weights(0, (0, 0, 0, 0), np.nan, target="int8"), EditError, "finite integers"),
+    ("s_w_q_fraction", lambda s: s.edit_weights(0, (0, 0, 0, 0), 0.5, target="int8"), EditError, "whole numbers"),
+    ("s_w_q_bad_region", lambda s: s.edit_weights(0, (9, 0, 0, 0), 1, target="int8"), EditError, "not valid for shape (4, 3, 3, 3)"),
+    ("s_w_q_bad_values_shape", lambda s: s.edit_weights(0, 0, np.zeros((2, 2)), target="int8"), EditError, "do not fit"),
+    ("s_b_q_nan", lambda s: s.edit_weights(0, 1, np.nan, param="biases", target="int8"), EditError, "int32 values must be finite"),
+    ("s_b_q_fraction", lambda s: s.edit_weights(0, 1, 0.25, param="biases", target="int8"), EditError, "whole numbers, got e.g. 0.25"),
+    ("s_b_q_huge", lambda s: s.edit_weights(0, 1, 2.0 ** 31, param="biases", target="int8"), EditError, "below 2**31"),
+    ("s_b_q_string", lambda s: s.edit_weights(0, 1, "7", param="biases", target="int8"), EditError, "must be integers, got dtype <U1"),
+    ("s_int8_edit_of_maxpool", lambda s: s.edit_weights(1, 0, 1, target="int8"), EditError, "has no int8 weights"),
+    ("s_scale_zero", lambda s: s.set_scale("0", 0.0), EditError, "tensor 0: scale must be finite and > 0, got 0.0"),
+    ("s_scale_nan", lambda s: s.set_scale("input", float("nan")), EditError, "must be finite and > 0, got nan"),
+    ("s_scale_string", lambda s: s.set_scale("0", "big"), EditError, "scale must be a number, got 'big'"),
+    ("s_threshold_negative", lambda s: s.set_threshold("2", -3), EditError, "threshold must be finite and > 0"),
+    ("s_scale_unknown_tensor", lambda s: s.set_scale("99", 0.1), EditError, "tensor '99' has no activation scale"),
+    ("s_filter_out_of_range", lambda s: s.zero_filter(0, 9, target="int8"), EditError, "filter 9 does not exist (0..3)"),
+    ("s_scale_factor_inf", lambda s: s.scale_filter(0, 0, float("inf"), target="int8"), EditError, "scale factor must be finite"),
+    ("s_prune_negative", lambda s: s.prune(0, -0.1, target="int8"), EditError, "prune fraction -0.1"),
+    ("s_layer_out_of_range", lambda s: s.edit_weights(99, 0, 1, target="int8"), EngineError, "layer 99 does not exist; this model has layers 0..3"),
+    ("s_bad_target", lambda s: s.edit_weights(0, 0, 1, target="int4"), ValueError, "target='int4'"),
+]
+
+
+@pytest.mark.parametrize("case", SESSION_EDIT_CASES, ids=[c[0] for c in SESSION_EDIT_CASES])
+def test_session_int8_and_scale_edits_are_validated(case, corpus_q):
+    """A refused edit leaves the quantized model, the float model and the undo journal unchanged."""
+    from engine.session import Session
+    _, call, cls, fragment = case
+    model, qm = corpus_q
+    s = Session(model, qm, "int", np.random.default_rng(9).random(model.input_shape, dtype=np.float32))
+    s.run()
+    before = s.qmodel.to_arrays()
+    with np.errstate(all="ignore"):
+        expect_error(cls, fragment, call, s)
+    after = s.qmodel.to_arrays()
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+    assert len(s.journal) == 0 and s.stale_from is None

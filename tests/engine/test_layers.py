@@ -10,25 +10,7 @@ from engine.layers.route import Route
 from engine.layers.shortcut import shortcut_add
 from engine.layers.upsample import upsample_nearest
 from engine.layers.yolo import yolo_activate
-
-
-def reorg_cpu(x: np.ndarray, s: int) -> np.ndarray:
-    """pj blas.c:reorg_cpu(x, w, h, c, batch=1, stride, forward=0) as called by forward_reorg_layer."""
-    c, h, w = x.shape
-    flat = x.reshape(-1)
-    out = np.empty_like(flat)
-    out_c = c // (s * s)
-    for k in range(c):
-        for j in range(h):
-            for i in range(w):
-                in_index = i + w * (j + h * k)
-                c2 = k % out_c
-                offset = k // out_c
-                w2 = i * s + offset % s
-                h2 = j * s + offset // s
-                out_index = w2 + w * s * (h2 + h * s * c2)
-                out[in_index] = flat[out_index]
-    return out.reshape(c * s * s, h // s, w // s)
+from helpers import reorg_cpu
 
 
 def test_reorg_matches_darknet_loop():

@@ -16,7 +16,8 @@ from hypothesis.extra.numpy import arrays
 from engine.calib import AbsHistogram, make
 from engine.kernels import conv_out_size
 from engine.layers.maxpool import maxpool_naive, maxpool_out_size
-from engine.quant.int_layers import maxpool_forward_int, route_forward_int, shortcut_forward_int
+from engine.quant.int_layers import (maxpool_forward_int, reorg3d_forward_int, reorg_forward_int, route_forward_int,
+                                     shortcut_forward_int, upsample_forward_int)
 from engine.quant.intops import K_CHUNK, conv_int, conv_int_naive
 from engine.quant.qtensor import (QMAX, QTensor, dequantize, multiplier_value, quantize, quantize_multiplier,
                                   requantize, requantize_naive)
@@ -409,6 +410,42 @@ def test_maxpool_int_equals_naive_loop(c, h, w, ks, pad, seed):
     ref = maxpool_naive(x.q.astype(np.float64), k, s, p)
     assert y.scale == 0.25 and y.q.dtype == np.int8
     np.testing.assert_array_equal(y.q.astype(np.float64), ref)
+
+
+def upsample_naive(x: np.ndarray, s: int) -> np.ndarray:
+    c, h, w = x.shape
+    y = np.empty((c, h * s, w * s), x.dtype)
+    for k in range(c):
+        for j in range(h * s):
+            for i in range(w * s):
+                y[k, j, i] = x[k, j // s, i // s]
+    return y
+
+
+@FAST
+@given(st.integers(1, 5), st.integers(1, 7), st.integers(1, 7), st.integers(1, 3), st.sampled_from([1.0, 0.5]),
+       st.integers(0, 2 ** 32 - 1))
+def test_upsample_int_equals_naive_loop_and_keeps_the_grid(c, h, w, s, scale, seed):
+    x = QTensor(np.random.default_rng(seed).integers(-127, 128, (c, h, w)).astype(np.int8), 0.125)
+    y = upsample_forward_int(SimpleNamespace(stride=s, scale=scale), [x], None, 1.0, {})
+    np.testing.assert_array_equal(y.q, upsample_naive(x.q, s))
+    assert y.q.dtype == np.int8 and y.scale == 0.125 * scale       # [upsample] scale= is a change of grid
+
+
+@FAST
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4), st.sampled_from([1, 2, 3]), st.integers(0, 2 ** 32 - 1))
+def test_reorg_int_equals_darknet_loops(groups, hb, wb, s, seed):
+    """[reorg] (pj mapping) against the transcribed C loop; [reorg3d] against the space-to-depth formula."""
+    from helpers import reorg_cpu
+    c, h, w = groups * s * s, hb * s, wb * s
+    x = QTensor(np.random.default_rng(seed).integers(-127, 128, (c, h, w)).astype(np.int8), 0.5)
+    y = reorg_forward_int(SimpleNamespace(stride=s), [x], None, 1.0, {})
+    np.testing.assert_array_equal(y.q, reorg_cpu(x.q, s))
+    z = reorg3d_forward_int(SimpleNamespace(stride=s), [x], None, 1.0, {})
+    for oy in range(s):                            # out[(oy*s + ox)*C + c, j, i] = in[c, j*s + oy, i*s + ox]
+        for ox in range(s):
+            np.testing.assert_array_equal(z.q[(oy * s + ox) * c:(oy * s + ox + 1) * c], x.q[:, oy::s, ox::s])
+    assert y.scale == z.scale == 0.5 and y.q.dtype == z.q.dtype == np.int8
 
 
 # --------------------------------------------------------------------------- histograms
