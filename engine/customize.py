@@ -15,7 +15,7 @@ import numpy as np
 
 from engine.edits import (Edit, EditError, Journal, apply_region, check_float, check_int8, check_int32, check_number,
                           prune_mask)
-from engine.errors import EngineError
+from engine.errors import EditsWouldBeLost, EngineError
 from engine.quant.fitness import ErrorStats, error_stats
 from engine.quant.qmodel import LayerQuant, input_id
 from engine.quant.weights import quantize_bias, quantize_weights
@@ -64,6 +64,7 @@ class CustomizeMixin:
         for i in range(first, self.position + 1):
             self.values[i], self.records[i] = self.executor.run_layer(i, self._inputs(i))
         self.stale_from = None
+        self._fire("refresh", first)
         return first
 
     # ------------------------------------------------------------------ snapshots
@@ -126,9 +127,9 @@ class CustomizeMixin:
         if dropped and not drop_quantized:
             what = " and ".join(part for part in (f"{applied} applied" if applied else "",
                                                    f"{undone} undone (redoable)" if undone else "") if part)
-            raise EngineError(
+            raise EditsWouldBeLost(
                 f"{dropped} int8/scale edit(s) ({what}) belong to the current quantized model and would be "
-                "lost; save_quantized() keeps the applied ones, or switch with drop_edits=True")
+                "lost; save_quantized() keeps the applied ones, or switch with drop_edits=True", applied, undone)
         params: dict[int, dict] = {}
         lqs: dict[int, LayerQuant | None] = {}
         for e in done + redo[::-1]:            # application order: done, then the redo stack top first
@@ -287,6 +288,7 @@ class CustomizeMixin:
         for j in range(first, i + 1):
             self.values[j], self.records[j] = self.executor.run_layer(j, self._inputs(j))
         self.stale_from = None
+        self._fire("refresh", first)
         after = self.values[i].float()
         result = RerunResult(i, before, after, error_stats(before, after), int(np.count_nonzero(before != after)))
         if continue_to_end:

@@ -24,3 +24,16 @@ class UnsupportedError(EngineError, NotImplementedError):
 
 class DownloadError(EngineError, OSError):
     """A model download failed or its checksum did not match."""
+
+
+class EditsWouldBeLost(EngineError):
+    """Switching the session's quantized model (or model) would discard edits; `applied` and
+    `undone` (still redoable) count them. Pass drop_edits=True to switch anyway."""
+
+    def __init__(self, message: str, applied: int, undone: int) -> None:
+        super().__init__(message)
+        self.applied, self.undone = applied, undone
+
+    @property
+    def count(self) -> int:
+        return self.applied + self.undone

@@ -18,7 +18,7 @@ import numpy as np
 
 from engine.customize import CustomizeMixin
 from engine.detect import Detection, detect_outputs
-from engine.errors import EngineError
+from engine.errors import EditsWouldBeLost, EngineError
 from engine.image import ImageLike, Preprocessed
 from engine.inspect import TensorSummary, histogram, summarize
 from engine.quant.executor import FLOAT, INT8, Executor, LayerRecord, Value
@@ -90,7 +90,7 @@ class Session(CustomizeMixin):
         self.model = model.shallow_copy()          # edits never reach the caller's model
         self.qmodel = quantized.copy() if quantized is not None else None
         self.resize, self.thresh, self.nms = resize, thresh, nms
-        self._callbacks: dict[str, list[Callable]] = {"step": [], "edit": [], "reset": []}
+        self._callbacks: dict[str, list[Callable]] = {"step": [], "edit": [], "reset": [], "refresh": []}
         self._init_customize()
         self.mode = Mode(mode).value
         self.executor = Executor(self.model, self.qmodel, self.mode, float_layers)
@@ -112,6 +112,12 @@ class Session(CustomizeMixin):
 
     def on_reset(self, cb: Callable[["Session"], Any]) -> Callable:
         self._callbacks["reset"].append(cb)
+        return cb
+
+    def on_refresh(self, cb: Callable[[int], Any]) -> Callable:
+        """cb(first) after kept outputs from layer `first` to the position were re-executed (an edit had
+        made them stale: refresh(), rerun(), or anything that refreshes first)."""
+        self._callbacks["refresh"].append(cb)
         return cb
 
     def remove_callback(self, cb: Callable) -> None:
@@ -172,6 +178,38 @@ class Session(CustomizeMixin):
         self.mode = mode
         self.reset()
         return dropped
+
+    def set_model(self, model, quantized: QuantizedModel | str | Path | None = None, *,
+                  drop_edits: bool = False) -> int:
+        """Open another model (a Model, or a path engine.load takes) in this session, with an optional
+        quantized model made for it; restarts execution on the same image. Every edit belongs to the
+        old model: EditsWouldBeLost unless `drop_edits`. Returns the number of dropped edits."""
+        from engine.edits import Journal
+        from engine.model import Model, load
+        applied, undone = len(self.journal.done), len(self.journal.undone)
+        if applied + undone and not drop_edits:
+            raise EditsWouldBeLost(f"{applied + undone} edit(s) of model '{self.model.graph.name}' would be lost; "
+                                   "save_model()/save_quantized() keep them, or switch with drop_edits=True",
+                                   applied, undone)
+        model = model if isinstance(model, Model) else load(model)
+        if quantized is not None and not isinstance(quantized, QuantizedModel):
+            quantized = QuantizedModel.load(quantized)
+        mode = self.mode if quantized is not None else "float"
+        executor = Executor(model, quantized, mode)          # validates the pair before anything changes
+        source = self.image if self.image is not None else None
+        if source is None and model.input_shape != self.model.input_shape:
+            raise EngineError(f"the session's input is a {self.model.input_shape} tensor without its image; "
+                              f"'{model.graph.name}' needs {model.input_shape}: reset(image=...) with a new image")
+        self.original, self.model = model, model.shallow_copy()
+        self.qmodel = quantized.copy() if quantized is not None else None
+        self.executor = Executor(self.model, self.qmodel, mode, executor.float_layers)
+        self.mode = mode
+        self.journal, self.stale_from, self.model_version = Journal(), None, self.model_version + 1
+        if source is not None:          # the same image, preprocessed for the new model's input size
+            self.pre = self.model.preprocess(source, self.resize)
+        self._float_ref = None
+        self.reset()
+        return applied + undone
 
     def reset(self, image: ImageLike | Preprocessed | None = None) -> None:
         """Back to before layer 0; with `image`, switch to that image (path, array, PIL, tensor)."""
@@ -322,16 +360,23 @@ class Session(CustomizeMixin):
         return info
 
     def weights(self, index: int, kind: str = "float") -> dict[str, np.ndarray]:
-        """Copies of a layer's parameters: kind "float" (raw cfg params) or "int8" (w_q, b_q, w_scale)."""
+        """Copies of a layer's parameters: kind "float" (raw cfg params), "fused" (batch norm folded
+        in: the weights and biases the int8 ones approximate) or "int8" (w_q, b_q, w_scale)."""
         index = self._check_index(index)
         if kind == "float":
             return {k: v.copy() for k, v in self.model.params[index].items()}
+        if kind == "fused":
+            layer = self.model.layers[index]
+            if layer.kind not in ("convolutional", "connected"):
+                raise EngineError(f"layer {index} [{layer.kind}] has no weights")
+            w, b = layer.fused(self.model.params[index])
+            return {"weights": np.array(w, dtype=np.float32), "biases": np.array(b, dtype=np.float32)}
         if kind == "int8":
             lq = None if self.qmodel is None else self.qmodel.layers.get(index)
             if lq is None:
                 raise EngineError(f"layer {index} [{self.model.layers[index].kind}] has no int8 weights")
             return {"w_q": lq.w_q.copy(), "b_q": lq.b_q.copy(), "w_scale": np.array(lq.w_scale, copy=True)}
-        raise ValueError(f"kind={kind!r}: expected 'float' or 'int8'")
+        raise ValueError(f"kind={kind!r}: expected 'float', 'fused' or 'int8'")
 
     def summary(self, index: int) -> TensorSummary:
         index = self._executed(index)

@@ -370,3 +370,40 @@ def test_calibration_stats_follow_float_edits(tiny, tiny_q):
     ref = collect(s.model, images, progress=False)
     np.testing.assert_array_equal(b.hists["0"].counts, ref.hists["0"].counts)
     assert not np.array_equal(a.hists["0"].counts, b.hists["0"].counts)    # a's histogram is of the old weights
+
+
+def test_set_model_opens_another_model_on_the_same_image(tiny, tiny_q, tmp_path):
+    from engine.errors import EditsWouldBeLost
+    from helpers import TINY_CFG, TINY_WEIGHTS, resized_cfg
+    s = Session(tiny, tiny_q, "int", IMAGES / "horses.jpg")
+    s.zero_filter(2, 0)
+    with pytest.raises(EditsWouldBeLost) as err:
+        s.set_model(TINY_CFG)
+    assert (err.value.applied, err.value.undone) == (1, 0) and len(s.journal) == 1 and s.mode == "int"
+    small = engine.load(resized_cfg(TINY_CFG, 320, tmp_path), weights=TINY_WEIGHTS)
+    assert s.set_model(small, drop_edits=True) == 1
+    assert s.mode == "float" and s.qmodel is None and len(s.journal) == 0 and s.x.shape == (3, 320, 320)
+    assert s.image_name == "horses.jpg"
+    fresh = Session(small, None, "float", IMAGES / "horses.jpg")
+    assert [d.to_dict() for d in s.run()] == [d.to_dict() for d in fresh.run()]
+    with pytest.raises(EngineError, match="different cfg"):      # tiny_q was made for the 416 cfg: refused
+        s.set_model(small, tiny_q)
+    assert s.model.input_shape == (3, 320, 320) and s.qmodel is None   # and nothing changed
+    s.set_model(tiny, tiny_q)
+    assert s.qmodel.method == tiny_q.method and s.x.shape == (3, 416, 416)
+
+
+def test_refresh_event_and_fused_weights(tiny, tiny_q):
+    s = Session(tiny, tiny_q, "hybrid", IMAGES / "dog.jpg")
+    seen = []
+    s.on_refresh(seen.append)
+    s.run_to(5)
+    s.scale_filter(2, 1, 0.5, target="float")
+    s.step()                                   # refreshes 2..5 first, then runs 6
+    assert seen == [2] and s.position == 6
+    fused = s.weights(2, "fused")
+    w, b = tiny.layers[2].fused(s.model.params[2])
+    np.testing.assert_array_equal(fused["weights"], w)
+    np.testing.assert_array_equal(fused["biases"], b)
+    with pytest.raises(EngineError, match=r"layer 1 \[maxpool\] has no weights"):
+        s.weights(1, "fused")
