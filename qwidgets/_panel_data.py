@@ -33,13 +33,18 @@ def tensor_stats(name: str, x: np.ndarray) -> dict[str, Any]:
 
 
 def error_stats(y: np.ndarray, y_int: np.ndarray) -> dict[str, Any]:
-    """INT vs FLOAT row: SQNR = 10 log10(sum y^2 / sum (y_int - y)^2) in dB, max and mean |error|."""
-    err = y_int.astype(np.float64) - y
-    noise = float(np.sum(err * err))
-    signal = float(np.sum(np.square(y, dtype=np.float64)))
+    """INT vs FLOAT row: SQNR = 10 log10(sum y^2 / sum (y_int - y)^2) in dB, max and mean |error|.
+
+    float32 work with BLAS dots, as in `tensor_stats`: display precision is plenty, and float64 copies
+    of a 4.7 M-value weight tensor would cost a Step ~50 ms. Identical tensors give exactly +inf.
+    """
+    y = np.asarray(y, np.float32).reshape(-1)
+    err = np.asarray(y_int, np.float32).reshape(-1) - y
+    noise, signal = float(np.dot(err, err)), float(np.dot(y, y))
     sqnr = float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-300) / noise)
-    return {"tensor": "INT - FLOAT", "shape": "x".join(map(str, y.shape)), "SQNR dB": sqnr,
-            "max|err|": float(np.abs(err).max()), "mean|err|": float(np.abs(err).mean())}
+    abs_err = np.abs(err)
+    return {"tensor": "INT - FLOAT", "shape": "x".join(map(str, np.shape(y_int))), "SQNR dB": sqnr,
+            "max|err|": float(abs_err.max()), "mean|err|": float(abs_err.mean(dtype=np.float64))}
 
 
 def hist_percentile(counts: np.ndarray, edges: np.ndarray, q: float) -> float:
@@ -65,17 +70,22 @@ def hist_image(series: Mapping[str, np.ndarray], title: str, thresholds: Mapping
     return histogram_png(counts, thresholds, log_y=log_y, log_x=log2, title=title)
 
 
-def layer_input(model, outs: Sequence[np.ndarray], index: int, x: np.ndarray | None) -> np.ndarray | None:
-    """The layer's input: its single producer, or several concatenated along C when H, W agree."""
-    srcs = model.layers[index].inputs
-    if any(i < 0 for i in srcs) and x is None:
-        return None
-    xs = model.inputs_of(index, x, outs)
+def join_inputs(xs: Sequence[np.ndarray]) -> np.ndarray:
+    """A layer's inputs as one tensor: the single one, or several concatenated along C when H, W agree
+    (a route's concatenation), else the first."""
     if len(xs) == 1:
         return xs[0]
     if all(a.ndim == 3 and a.shape[1:] == xs[0].shape[1:] for a in xs):
         return np.concatenate(xs, axis=0)
     return xs[0]
+
+
+def layer_input(model, outs: Sequence[np.ndarray], index: int, x: np.ndarray | None) -> np.ndarray | None:
+    """The layer's input (see `join_inputs`) from a FLOAT run's outputs."""
+    srcs = model.layers[index].inputs
+    if any(i < 0 for i in srcs) and x is None:
+        return None
+    return join_inputs(model.inputs_of(index, x, outs))
 
 
 def layer_info(model, node_id: str) -> dict[str, Any]:

@@ -11,8 +11,8 @@ import traitlets
 from PIL import Image
 
 from engine.augment import BASIC, augment, save_augmented, to_png
-from engine.errors import EngineError
 from engine.workspace import Workspace
+from qwidgets._errors import report
 
 THUMB = 160  # pixels, longest side of a preview
 
@@ -64,8 +64,8 @@ class AugmentView(widgets.VBox):
         try:
             self.images = augment(self.workspace.path_of(self.image_name),
                                   angle=self.angle, blur_radius=self.blur_radius)
-        except (EngineError, OSError, ValueError) as err:
-            self.status = f"error: {err}"
+        except Exception as err:     # noqa: BLE001 - the widget boundary (qwidgets._errors)
+            report(self, err, "AugmentView: preview")
             return
         with self.hold_sync():
             for key, img in self.thumbnails.items():
@@ -77,8 +77,8 @@ class AugmentView(widgets.VBox):
     def _on_refresh_click(self, _button) -> None:
         try:
             names = [e.name for e in self.workspace.list("image")]
-        except (EngineError, OSError) as err:
-            self.status = f"error: {err}"
+        except Exception as err:     # noqa: BLE001 - the widget boundary (qwidgets._errors)
+            report(self, err, "AugmentView: list images")
             return
         keep = self.image_name if self.image_name in names else (names[0] if names else None)
         self._picker.options = names
@@ -94,8 +94,8 @@ class AugmentView(widgets.VBox):
         try:
             entry = save_augmented(self.workspace, self.set_name.strip(), self.images,
                                    stem=self.image_name, parent=self.image_name, params=params)
-        except (EngineError, OSError) as err:
-            self.status = f"error: {err}"
+        except Exception as err:     # noqa: BLE001 - the widget boundary (qwidgets._errors)
+            report(self, err, "AugmentView: save")
             return
         self.saved = entry.name
         self.status = f"saved image set {entry.name!r}: {len(entry.files)} images"

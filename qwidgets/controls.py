@@ -5,6 +5,10 @@ Traits other views observe: `position` (the session's last executed layer, -1 = 
 `revision` (bumped when the session restarts: reset, new image, new mode or quantized model),
 `cross_result` (the last `CrossResult`), `continue_result` (the last `ContinueResult`) and `status`.
 `selected_node` is an input (the Explorer links it to the graph's selection) for Run-to-selected.
+
+Switching the quantized model (Load, or Open of a workspace entry) goes through `SwitchGuard`: when
+int8 / scale edits would be lost the engine's message is shown and the button asks for a confirming
+click. Open of an image set adds its images to the Image picker.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ import traitlets
 
 from engine.graph import INPUT
 from engine.samples import sample_images
-from qwidgets._errors import shows_errors
+from qwidgets._confirm import Refused, SwitchGuard, dropped_text
+from qwidgets._errors import ErrorDetails, Message, shows_errors
 
 MODES = [("FLOAT", "float"), ("HYBRID", "hybrid"), ("INT", "int")]
 PATH = "(path below)"
@@ -40,11 +45,13 @@ class ExplorerControls(widgets.VBox):
     cross_result = traitlets.Any(None, allow_none=True, help="the last CrossResult")
     continue_result = traitlets.Any(None, allow_none=True, help="the last ContinueResult")
     image_name = traitlets.Unicode("", help="name of the image last loaded through the picker")
-    status = traitlets.Unicode("", help="last message shown to the user")
+    status = Message("", help="last message shown to the user (repeats notify too)")
+    error_details = Message("", help="traceback of the last unexpected error (collapsed section)")
 
     def __init__(self, session, workspace=None, **kwargs) -> None:
         self._session = session
         self.workspace = workspace
+        self._load_guard, self._open_guard = SwitchGuard(), SwitchGuard()
         def b(**kw):
             return widgets.Button(layout=kw.pop("layout", widgets.Layout(width="96px")), **kw)
         self.run_button = b(description="Run", icon="fast-forward", tooltip="run to the end")
@@ -71,16 +78,20 @@ class ExplorerControls(widgets.VBox):
         self.current_label.add_class("qw-current")
         self._status = widgets.Label()
         self._status.add_class("qw-status")
+        self._details = ErrorDetails()
         buttons = widgets.HBox([self.step_button, self.run_button, self.run_to_button, self.reset_button,
                                 self.cross_button, self.continue_button, self.current_label])
         pickers = widgets.HBox([self._mode, self._qm_pick, self._qm_path, self.load_qm_button,
                                 self._image_pick, self._image_path, self._upload, self.load_image_button],
                                layout=widgets.Layout(flex_flow="row wrap"))
-        super().__init__(children=[pickers, buttons, self._status], **kwargs)
+        super().__init__(children=[pickers, buttons, self._status, self._details], **kwargs)
         self.add_class("qw-controls")
         self.refresh_quantized()
         self._mode.observe(self._on_mode_pick, names="value")
+        self._qm_pick.observe(self._on_qm_target_change, names="value")
+        self._qm_path.observe(self._on_qm_target_change, names="value")
         traitlets.dlink((self, "status"), (self._status, "value"))
+        traitlets.dlink((self, "error_details"), (self._details, "text"))
         for button, handler in [(self.step_button, self._on_step_click), (self.run_button, self._on_run_click),
                                 (self.run_to_button, self._on_run_to_click),
                                 (self.reset_button, self._on_reset_click), (self.cross_button, self._on_cross_click),
@@ -104,7 +115,7 @@ class ExplorerControls(widgets.VBox):
         if s.position < 0:
             return f"current: input ({s.mode})"
         i = s.position
-        return f"current: {i} ({s.model.layers[i].kind}, {s.precision(i)})"
+        return f"current: {i} ({s.model.layers[i].kind}, {s.precision(i)})" + stale_note(s)
 
     def refresh_quantized(self) -> None:
         """Re-list the workspace's quantized models in the picker."""
@@ -188,29 +199,69 @@ class ExplorerControls(widgets.VBox):
             self.mode = self._mode.value = self._session.mode     # refused: back to the session's mode
         self.restarted(f"mode {mode}: restarted from the input")
 
+    def _on_qm_target_change(self, _change) -> None:
+        # a confirmation is for one model: another pick needs its own
+        self._load_guard.disarm()
+        self.load_qm_button.description = "Load"
+
     @shows_errors
     def _on_load_qm_click(self, _button) -> None:
         path = self._qm_path.value.strip() if self._qm_pick.value == PATH else self._qm_pick.value
         if not path:
             raise ValueError("type the path of a quantized model (.npz) or pick a workspace entry")
-        self._session.set_quantized(path)
-        self.restarted(f"quantized model {Path(path).name} loaded ({self._session.mode})")
+        try:
+            dropped = self._load_guard.switch(self._session, path, path)
+        except Refused as ask:
+            self.load_qm_button.description = ask.label
+            self.status = f"error: {ask.message}"
+            return
+        finally:
+            if self._load_guard.armed is None:
+                self.load_qm_button.description = "Load"
+        self.restarted(f"quantized model {Path(path).name} loaded ({self._session.mode}){dropped_text(dropped)}")
 
     @shows_errors
-    def open_entry(self, entry) -> None:
-        """Use a workspace entry (`WorkspaceView.on_open`): a quantized model or an image."""
+    def open_entry(self, entry) -> str | None:
+        """Use a workspace entry (`WorkspaceView.on_open`): a quantized model, an image, or an image set
+        (its images join the Image picker). Returns a label for the Open button when switching the
+        quantized model needs a confirming click (int8 / scale edits would be dropped), else None."""
         if self.workspace is None:
             raise ValueError("no workspace: ExplorerControls(session, workspace=...)")
         path = self.workspace.path_of(entry.name)
+        dropped = 0
         if entry.kind == "quantized":
-            self._session.set_quantized(path)
+            try:
+                dropped = self._open_guard.switch(self._session, path, entry.name)
+            except Refused as ask:
+                self.status = f"error: {ask.message}"
+                return ask.label
         elif entry.kind == "image":
             self._session.reset(image=path)
             self.image_name = entry.name
+        elif entry.kind == "imageset":
+            self.offer_images(entry.name, [path / f for f in entry.files] if path.is_dir() else [path])
+            return None
         else:
-            raise ValueError(f"entry {entry.name!r} is a {entry.kind}: the Explorer opens quantized models and "
-                             "images (start a new Session for another model)")
-        self.restarted(f"opened {entry.kind} {entry.name!r} ({self._session.mode})")
+            # the Session API has no way to swap its model (its journal, quantized model, caches and
+            # the views' graph all belong to one model): a new Session is the honest answer
+            raise ValueError(f"entry {entry.name!r} is a {entry.kind}: open it as a new session, "
+                             f"Explorer(engine.Session({load_snippet(path, entry.files)}))")
+        self._open_guard.disarm()
+        self.restarted(f"opened {entry.kind} {entry.name!r} ({self._session.mode}){dropped_text(dropped)}")
+        return None
+
+    def disarm_open(self) -> None:
+        """Forget a pending Open confirmation (the workspace selection moved on)."""
+        self._open_guard.disarm()
+
+    def offer_images(self, label: str, paths: list) -> None:
+        """Add images to the Image picker as '<label>/<file>' (first one selected) without running them."""
+        new = [(f"{label}/{Path(p).name}", str(p)) for p in paths]
+        keep = [o for o in self._image_pick.options if o[1] not in {v for _, v in new} and o[1] not in (PATH, UPLOAD)]
+        self._image_pick.options = [*keep, *new, (PATH, PATH), (UPLOAD, UPLOAD)]
+        self._image_pick.value = new[0][1]
+        self.status = (f"image set {label!r}: {len(new)} images added to the Image picker; "
+                       "pick one and click 'Use image'")
 
     @shows_errors
     def _on_load_image_click(self, _button) -> None:
@@ -228,3 +279,22 @@ class ExplorerControls(widgets.VBox):
         self._session.reset(image=image)
         self.image_name = name
         self.restarted(f"image {html.escape(name)}: restarted from the input")
+
+
+def stale_note(session) -> str:
+    """' (outputs from layer N on predate an edit: Rerun or Run)' while kept outputs are stale, else ''."""
+    first = getattr(session, "stale_from", None)
+    if first is None or first > session.position:
+        return ""
+    return f" (outputs from layer {first} on predate an edit: Rerun or Run)"
+
+
+def load_snippet(path: Path, files) -> str:
+    """Python that loads a workspace model entry: its engine .npz, or `engine.load(cfg, weights=...)`."""
+    if not path.is_dir():
+        return repr(str(path))
+    cfg = next((f for f in files if f.endswith(".cfg")), None)
+    weights = next((f for f in files if f.endswith(".weights")), None)
+    if cfg is None or weights is None:
+        return repr(str(path))
+    return f"engine.load({str(path / cfg)!r}, weights={str(path / weights)!r})"

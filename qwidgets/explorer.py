@@ -1,26 +1,32 @@
 """Explorer(session): the graph, layer panel, controls, weight editor, detections and quantization views
 composed over one Session. Everything runs in the kernel; the views only talk to the Session API.
 
+The views follow the *session*, not the buttons: the Explorer registers the session's step / edit /
+reset callbacks (`qwidgets._sync.SessionFollower`) and `on_session_events` is the one place that
+updates the controls, the graph highlight and selection, the panel, the weight editor, the overlay
+and the detections. A Step click and `session.step()` in a cell therefore look the same; a click's
+events are delivered once, after its handler (a Run click redraws once, not 24 times).
+
 State flow (traitlets):
-    controls.position --(id)--> graph.current_node --> graph.selected_node (the panel follows a step)
     graph.selected_node --> controls.selected_node (Run to selected), weight_editor.layer, panel
-    controls.revision / weight_editor.revision / quant_view.adopted --> full refresh (new run state)
+    weight_editor.layer --> graph.selected_node (Undo shows the layer it restored)
     controls.cross_result --> the panel shows FLOAT vs INT of the CROSS run
     graph.overlay (+ session fitness per executed layer, quant_view.sensitivity_ranks) --> overlay_values
-    every view's status --> the one status line (controls)
+    every view's status / error_details --> the one status line (controls); repeats show again
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import ipywidgets as widgets
-import numpy as np
 import traitlets
 
 from engine.graph import INPUT
-from qwidgets._errors import shows_errors
-from qwidgets._panel_data import layer_panel_data
-from qwidgets.controls import ExplorerControls
+from qwidgets._confirm import dropped_text
+from qwidgets._errors import Message, shows_errors
+from qwidgets._session_panel import SessionPanelData
+from qwidgets._sync import SessionFollower
+from qwidgets.controls import ExplorerControls, stale_note
 from qwidgets.detections_view import DetectionsView
 from qwidgets.graph_view import GraphView
 from qwidgets.layer_panel import LayerPanel
@@ -31,27 +37,15 @@ FITNESS_OVERLAYS = {"sqnr": "sqnr_db", "saturation": "saturation", "range_use": 
 TABS = ("Layer", "Weights", "Detections", "Quantization")
 
 
-class _Outputs(Sequence):
-    """A lazy list of a session's executed outputs (float views), with optional overrides by index."""
-
-    def __init__(self, session, override: dict[int, np.ndarray] | None = None) -> None:
-        self._s, self._override = session, override or {}
-
-    def __getitem__(self, i):
-        return self._override[i] if i in self._override else self._s.output(i)
-
-    def __len__(self) -> int:
-        return self._s.position + 1
-
-
 class Explorer(widgets.VBox):
     """Step / inspect / CROSS / edit / compare one Session in the notebook.
 
         s = Session(model, quantized=qm, mode="int")
-        Explorer(s)          # then click Step, select layers, CROSS, edit weights, compare methods
+        Explorer(s)          # then click Step (or call s.step()), select layers, CROSS, edit, compare
     """
 
-    status = traitlets.Unicode("", help="the status line (engine errors appear here)")
+    status = Message("", help="the status line (engine errors appear here)")
+    error_details = Message("", help="traceback of the last unexpected error (collapsed section)")
     follow = traitlets.Bool(False, help="clicking a node also runs the session to that layer")
 
     def __init__(self, session, workspace=None, calibration_images: Sequence | None = None,
@@ -60,15 +54,13 @@ class Explorer(widgets.VBox):
         self.ids = [INPUT] + [n.id for n in session.model.graph.nodes]
         self._fitness: dict[int, Any] = {}
         self._dets_key: tuple | None = None
-        self._thresholds: dict[str, dict] = {}
-        self._thresholds_of = session.qmodel
-        self._busy = False
+        self._panel_data = SessionPanelData(session)
         self.controls = ExplorerControls(session, workspace=workspace)
         self.graph = GraphView(session.model.graph, height=graph_height, layout=widgets.Layout(width="340px"))
         self.panel = LayerPanel()
-        self.weight_editor = WeightEditor(session)
+        self.weight_editor = WeightEditor(session, workspace=workspace)
         self.detections = DetectionsView()
-        self.quant_view = QuantizationView(session, images=calibration_images)
+        self.quant_view = QuantizationView(session, images=calibration_images, workspace=workspace)
         self._follow = widgets.Checkbox(description="run to clicked layer", indent=False)
         self.tabs = widgets.Tab(children=[self.panel, self.weight_editor, self.detections, self.quant_view],
                                 titles=TABS, layout=widgets.Layout(flex="1 1 auto", min_width="480px"))
@@ -77,30 +69,43 @@ class Explorer(widgets.VBox):
         self.add_class("qw-explorer")
         traitlets.link((self, "follow"), (self._follow, "value"))
         traitlets.link((self, "status"), (self.controls, "status"))
+        traitlets.dlink((self, "error_details"), (self.controls, "error_details"))
         for view in (self.weight_editor, self.quant_view):
             traitlets.dlink((view, "status"), (self.controls, "status"))
+            traitlets.dlink((view, "error_details"), (self.controls, "error_details"))
         traitlets.dlink((self.graph, "selected_node"), (self.controls, "selected_node"))
-        traitlets.dlink((self.controls, "position"), (self.graph, "current_node"), transform=self._node_of)
-        self.controls.observe(self._on_position_change, names="position")
-        self.controls.observe(self._on_revision_change, names="revision")
         self.controls.observe(self._on_cross_result_change, names="cross_result")
         self.controls.observe(self._on_continue_result_change, names="continue_result")
         self.graph.observe(self._on_selected_node_change, names="selected_node")
         self.graph.observe(self._on_overlay_change, names=["overlay"])
         self.graph.on_node_click(self._on_node_click)
         self.panel.observe(self._on_hist_options_change, names=["hist_log2", "hist_log_y"])
-        self.weight_editor.observe(self._on_edit_revision_change, names="revision")
+        self.weight_editor.observe(self._on_editor_layer_change, names="layer")
         self.quant_view.observe(self._on_adopted_change, names="adopted")
         self.quant_view.observe(self._on_overlay_change, names="sensitivity_ranks")
+        self._follower = SessionFollower(session, self.on_session_events)
+        # Rerun (and Continue, which re-executes stale outputs first) change kept outputs without a
+        # session event: the same update, batched with the handler's own events
+        self.weight_editor.observe(lambda _c: self._follower.note("rerun"), names="revision")
         self.refresh()
         self.status = (f"{session.model.graph.name}: {session.num_layers} layers, mode {session.mode}; "
                        "Step runs the next layer")
 
     def connect_workspace(self, view) -> None:
-        """Open a `WorkspaceView`'s quantized models and images here (its Open button)."""
-        self.controls.workspace = view.workspace
+        """Use a `WorkspaceView`'s workspace here: its quantized models and image sets in the pickers, its
+        Open button, and Save into it."""
+        ws = view.workspace
+        self.controls.workspace = self.weight_editor.workspace = self.quant_view.workspace = ws
         self.controls.refresh_quantized()
+        self.quant_view.refresh_image_sets()
         view.on_open(self.controls.open_entry)
+        # a confirmation asked by Open is for the entry then selected (the view relabels its button too)
+        view.observe(lambda _c: self.controls.disarm_open(), names="selected")
+
+    def close(self) -> None:
+        """Stop following the session, then close the widgets."""
+        self._follower.close()
+        super().close()
 
     # ------------------------------------------------------------------ helpers
     def _node_of(self, position: int) -> str:
@@ -108,27 +113,49 @@ class Explorer(widgets.VBox):
 
     @property
     def position(self) -> int:
-        return self.controls.position
+        return self.session.position
 
     def _index(self, node_id: str) -> int:
         return -1 if node_id in ("", INPUT) else int(node_id)
 
+    def thresholds(self, node_id: str) -> dict[str, float] | None:
+        """Every calibration method's threshold for a tensor (cached per quantized model)."""
+        return self._panel_data.thresholds(node_id)
+
+    # ------------------------------------------------------------------ the session moved
+    @shows_errors
+    def on_session_events(self, events: frozenset, from_code: bool) -> None:
+        """Follow the session after `events` ("step", "edit", "reset"): from a click's handler (its status
+        is already set) or from code (then the status line says what happened)."""
+        s = self.session
+        if events & {"reset", "edit", "rerun"}:
+            self._fitness, self._dets_key = {}, None
+        if "edit" in events:
+            self._panel_data.invalidate()
+        self._fitness = {k: v for k, v in self._fitness.items() if k <= s.position}
+        with self.controls.hold_sync():
+            if events & {"reset", "edit", "step"}:
+                self.controls.cross_result = None        # a CROSS pair describes the state before the event
+            if "reset" in events:
+                self.controls.continue_result = None
+        self.update_views(follow=bool(events & {"step", "reset"}))
+        if from_code:
+            self.status = self._from_code_text(events)
+
+    def _from_code_text(self, events: frozenset) -> str:
+        s = self.session
+        if "edit" in events:
+            n = len(s.edits())
+            return f"weights changed from code ({n} edit{'s' if n != 1 else ''} applied){stale_note(s)}"
+        where = "no layer has run yet" if s.position < 0 else f"at layer {s.position}"
+        verb = "restarted" if "reset" in events and s.position < 0 else "moved"
+        return f"session {verb} from code: {where} ({s.mode})"
+
     # ------------------------------------------------------------------ reactions
-    def _on_position_change(self, change) -> None:
-        if self._busy:
-            return
-        self._fitness = {k: v for k, v in self._fitness.items() if k <= change.new}
-        self.update_views()
-
-    def _on_revision_change(self, _change) -> None:
-        self.refresh()
-
-    def _on_edit_revision_change(self, _change) -> None:
-        self.refresh()
-
     def _on_adopted_change(self, change) -> None:
         if change.new:
-            self.controls.restarted(f"adopted {change.new}: INT mode, restarted from the input")
+            self.controls.restarted(f"adopted {change.new}: {self.session.mode.upper()} mode, restarted from "
+                                    f"the input{dropped_text(self.quant_view.dropped_edits)}")
 
     def _on_node_click(self, node_id: str) -> None:
         if self.follow and node_id != INPUT:
@@ -137,6 +164,10 @@ class Explorer(widgets.VBox):
     def _on_selected_node_change(self, change) -> None:
         self.weight_editor.layer = self._index(change.new)
         self.show_node(change.new)
+
+    def _on_editor_layer_change(self, change) -> None:
+        if change.new >= 0 and self.graph.selected_node != str(change.new):
+            self.graph.selected_node = str(change.new)
 
     def _on_hist_options_change(self, _change) -> None:
         self.show_node(self.graph.selected_node)
@@ -151,6 +182,7 @@ class Explorer(widgets.VBox):
 
     def _on_continue_result_change(self, change) -> None:
         if change.new is not None:
+            self._follower.note("rerun")
             self.update_detections(force=True)
             self.tabs.selected_index = TABS.index("Detections")
 
@@ -159,70 +191,36 @@ class Explorer(widgets.VBox):
 
     # ------------------------------------------------------------------ updates
     def refresh(self) -> None:
-        """Everything from the session state (after reset, a new image / mode / model, or an edit)."""
-        self._busy = True
-        try:
-            self.controls.sync()
-        finally:
-            self._busy = False
-        self._fitness = {}
-        self._dets_key = None
+        """Everything from the session state, as after a restart."""
+        self._fitness, self._dets_key = {}, None
         self.update_views()
 
-    def thresholds(self, node_id: str) -> dict[str, float] | None:
-        """The calibration threshold of every method for a tensor (cached: a pure function of the
-        quantized model's histograms, which only change with a new quantized model)."""
-        if self.session.qmodel is not self._thresholds_of:
-            self._thresholds, self._thresholds_of = {}, self.session.qmodel
-        if node_id not in self._thresholds:
-            self._thresholds[node_id] = self.session.thresholds(node_id)
-        return self._thresholds[node_id] or None
-
-    def update_views(self) -> None:
-        """After the session moved: highlight, selection (the panel follows), overlay, detections."""
+    def update_views(self, follow: bool = True) -> None:
+        """Detections, controls, then highlight the session's layer; with `follow`, select it too (the
+        panel and the weight editor follow a step), else re-show the selected layer (after an edit);
+        then the overlay. Detections go first: on a finished run they re-execute outputs an edit made
+        stale (`Session.detections`), and everything after should show that."""
+        self.update_detections()
+        self.controls.sync()
         node = self._node_of(self.session.position)
         with self.graph.hold_sync():
             self.graph.current_node = node
-            if self.graph.selected_node != node:
+            if follow and self.graph.selected_node != node:
                 self.graph.selected_node = node        # -> weight editor layer + panel
             else:
                 self.weight_editor.refresh()
-                self.show_node(node)
+                self.show_node(self.graph.selected_node)
         self.update_overlay()
-        self.update_detections()
 
     @shows_errors
     def show_node(self, node_id: str) -> None:
-        """Fill the layer panel for `node_id` from the session (FLOAT reference + this mode's outputs)."""
-        s = self.session
+        """Fill the layer panel for `node_id` (FLOAT reference + this mode's run; `_session_panel`)."""
         if not node_id:
             self.panel.clear()
             return
-        ref = s.float_reference()
-        i = self._index(node_id)
-        kw: dict[str, Any] = {"log2": self.panel.hist_log2, "log_y": self.panel.hist_log_y}
-        extra_rows: list[dict] = []
-        if i >= 0:
-            info = s.layer_info(i)
-            kw["scales"] = {k: info[k] for k in ("in_scale", "out_scale", "weight_scale") if info.get(k) is not None}
-            kw["thresholds"] = self.thresholds(node_id)
-            cross = self.controls.cross_result
-            if cross is not None and cross.index == i:
-                y_float, y_int = cross.float_and_int
-                ref = _Override(ref, i, y_float)
-                kw["int_outs"] = _Override(ref, i, y_int)
-            elif s.mode != "float" and i <= s.position:
-                kw["int_outs"] = _Outputs(s)
-            if info.get("record"):
-                extra_rows.append({"tensor": f"record ({info['precision']})", **info["record"]})
-        else:
-            kw["thresholds"] = self.thresholds(INPUT)
-        data, images, rows = layer_panel_data(s.model, ref, node_id, s.x, **kw)
-        if i >= 0:
-            data["precision"] = s.precision(i) + (" (ran)" if i <= s.position else " (not run yet)")
-            if self.controls.cross_result is not None and self.controls.cross_result.index == i:
-                data["CROSS"] = f"{self.controls.cross_result.precision} vs {self.controls.cross_result.other}"
-        self.panel.show(data, images, rows + extra_rows)
+        data, images, rows = self._panel_data.data(node_id, cross=self.controls.cross_result,
+                                                   log2=self.panel.hist_log2, log_y=self.panel.hist_log_y)
+        self.panel.show(data, images, rows)
 
     @shows_errors
     def update_overlay(self) -> None:
@@ -249,7 +247,7 @@ class Explorer(widgets.VBox):
         """FLOAT vs this mode's detections (when the run is complete, or from Continue)."""
         s = self.session
         cont = self.controls.continue_result
-        key = (self.controls.revision, self.weight_editor.revision, s.done, id(cont))
+        key = (self.controls.revision, self.weight_editor.revision, s.done, id(cont))    # None after events
         if key == self._dets_key and not force:
             return
         self._dets_key = key
@@ -260,16 +258,3 @@ class Explorer(widgets.VBox):
         else:
             self.detections.show(s.pre, s.float_detections(), s.detections() if s.done else None, s.mode.upper(),
                                  getattr(s, "image", None))
-
-
-class _Override(Sequence):
-    """`base` with element `index` replaced by `value` (for CROSS images in the panel)."""
-
-    def __init__(self, base: Sequence, index: int, value: np.ndarray) -> None:
-        self._base, self._index, self._value = base, index, value
-
-    def __getitem__(self, i):
-        return self._value if i == self._index else self._base[i]
-
-    def __len__(self) -> int:
-        return len(self._base)

@@ -7,22 +7,19 @@ Session calls.
 """
 from __future__ import annotations
 
-import logging
 import time
 
 import ipywidgets as widgets
 import numpy as np
 import traitlets
 
-from engine.errors import EngineError
 from engine.graph import INPUT
 from engine.image import ImageLike
 from engine.samples import sample
+from qwidgets._errors import report
 from qwidgets._panel_data import layer_panel_data
 from qwidgets.graph_view import GraphView
 from qwidgets.layer_panel import LayerPanel
-
-log = logging.getLogger(__name__)
 
 
 class ModelView(widgets.VBox):
@@ -94,9 +91,9 @@ class ModelView(widgets.VBox):
         try:
             info, images, rows = layer_panel_data(self.model, self._outs, node_id, self.x,
                                                   log2=self.panel.hist_log2, log_y=self.panel.hist_log_y)
-        except (EngineError, KeyError, ValueError) as err:
-            log.debug("panel data for %s failed", node_id, exc_info=True)
-            self.status = f"error: layer {node_id}: {err}"
+        except Exception as err:     # noqa: BLE001 - the widget boundary (qwidgets._errors)
+            report(self, err, f"ModelView.show_node({node_id!r})")
+            self.status = f"error: layer {node_id}: {self.status.removeprefix('error: ')}"
             return
         self.panel.show(info, images, rows)
 

@@ -1,38 +1,44 @@
 """QuantizationView: compare calibration methods on the session's model, pick and adopt the best.
 
-Compare = one calibration pass (`engine.calib.collect.collect`) over the chosen image set, then
-`engine.quant.compare.compare` once per method so the `IntProgress` advances per method; the
-per-method results are ranked with the engine's own `MethodResult.key()` (INT mAP@0.5 vs FLOAT,
-then HYBRID, then mean SQNR). The view shows the ranked table, a per-layer SQNR chart (one line
-per method, PNG) and "Adopt best" (`session.set_quantized(best.qmodel)` + INT mode). A second
-button runs the session's sensitivity sweep (the bar advances per layer) for the graph overlay.
+Compare = `session.compare_methods(images, methods, key=<image set>, on_progress=...)`: one calibration
+pass over the chosen image set (cached by the session per image-set key and model version, so a weight
+edit recalibrates), then one quantize + evaluate per method, ranked by the engine (INT mAP@0.5 vs
+FLOAT, then HYBRID, then mean SQNR). The bar advances per calibration image and per method (max =
+images + methods; cached statistics count as done). The image set is the given images, the bundled
+photos (with or without augmentations), a path, or an image set of a connected workspace.
+
+The view shows the ranked table, a per-layer SQNR chart (one line per method, PNG) and "Adopt best"
+(`set_quantized(best.qmodel)` + INT mode; a second click confirms dropping int8 / scale edits). A
+second button runs the session's sensitivity sweep (the bar advances per layer) for the graph overlay.
 """
 from __future__ import annotations
 
-import html
+import os
 import time
-from typing import Sequence
+import uuid
+from typing import TYPE_CHECKING, Sequence
 
 import ipywidgets as widgets
-import numpy as np
 import traitlets
-from PIL import Image, ImageDraw
 
 from engine.augment import augment
 from engine.calib import CALIBRATORS
-from engine.calib.collect import collect
-from engine.quant.compare import CompareTable, compare
 from engine.samples import sample_images
-from qwidgets._encode import SERIES_COLOURS, to_png
-from qwidgets._errors import shows_errors
-from qwidgets.layer_panel import TABLE_CSS
+from qwidgets._confirm import Refused, SwitchGuard, dropped_text
+from qwidgets._errors import ErrorDetails, Message, shows_errors
+from qwidgets._quant_render import SQNR_CAP, ranked_html, sqnr_chart_png
+
+if TYPE_CHECKING:
+    from engine.quant.compare import CompareTable
+
+__all__ = ["QuantizationView", "SQNR_CAP", "augmented_samples", "ranked_html", "sqnr_chart_png"]
 
 DEFAULT_METHODS = ("minmax", "percentile", "kl")
 SAMPLES_AUGMENTED = "bundled samples + augmentations"
 SAMPLES = "bundled samples"
 GIVEN = "given images"
 PATH = "folder / file below"
-SQNR_CAP = 80.0             # dB; identical tensors (inf) are drawn at the cap
+WORKSPACE = "ws:"           # dropdown values of workspace image sets: "ws:<entry name>"
 
 
 def augmented_samples() -> list:
@@ -40,75 +46,30 @@ def augmented_samples() -> list:
     return [im for p in sample_images() for im in augment(p).values()]
 
 
-def ranked_html(table: CompareTable) -> str:
-    """HTML table: rank, method, INT / HYBRID agreement with FLOAT, mean SQNR, int8 size."""
-    head = ("<tr><th>rank</th><th>method</th><th>INT mAP50</th><th>HYBRID mAP50</th><th>INT found</th>"
-            "<th>extra</th><th>mean INT SQNR</th><th>int8 MB</th></tr>")
-    rows = []
-    for k, r in enumerate(table.results, 1):
-        a, h = r.agreement["int"], r.agreement["hybrid"]
-        rows.append(f"<tr><td>{k}</td><td>{html.escape(r.method)}</td><td>{a.map50:.3f}</td><td>{h.map50:.3f}</td>"
-                    f"<td>{a.matched}/{a.matched + a.missed}</td><td>{a.extra}</td><td>{r.mean_sqnr:.1f} dB</td>"
-                    f"<td>{r.size['int8_bytes'] / 1e6:.2f}</td></tr>")
-    return f"{TABLE_CSS}<table class='qw-table qw-ranking'>{head}{''.join(rows)}</table>"
-
-
-def sqnr_chart_png(series: dict[str, Sequence[float]], width: int = 640, height: int = 220,
-                   title: str = "INT SQNR per layer (dB, propagated)") -> bytes:
-    """Line chart PNG: x = layer index, y = SQNR dB, one line per method; NaN gaps, inf at SQNR_CAP."""
-    im = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(im)
-    left, right, top, bottom = 34, width - 90, 16, height - 18
-    vals = {k: np.minimum(np.asarray(v, np.float64), SQNR_CAP) for k, v in series.items()}
-    finite = np.concatenate([v[np.isfinite(v)] for v in vals.values()] + [np.zeros(0)])
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    lo, hi = np.floor(lo / 10) * 10, max(np.ceil(hi / 10) * 10, np.floor(lo / 10) * 10 + 10)
-    n = max(len(v) for v in vals.values()) if vals else 1
-    px = lambda i: left + i * (right - left) / max(1, n - 1)           # noqa: E731
-    py = lambda v: bottom - (v - lo) * (bottom - top) / (hi - lo)     # noqa: E731
-    for tick in np.arange(lo, hi + 1e-9, 10):
-        y = py(tick)
-        draw.line([(left, y), (right, y)], fill=(230, 230, 230))
-        draw.text((2, y - 6), f"{tick:.0f}", fill=(0, 0, 0))
-    draw.line([(left, bottom), (right, bottom)], fill=(0, 0, 0))
-    for i in range(0, n, max(1, n // 12)):
-        draw.text((px(i) - 4, bottom + 3), str(i), fill=(0, 0, 0))
-    for k, (label, v) in enumerate(vals.items()):
-        colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
-        pts = [(px(i), py(y)) if np.isfinite(y) else None for i, y in enumerate(v)]
-        for a, b in zip(pts, pts[1:]):
-            if a is not None and b is not None:
-                draw.line([a, b], fill=colour, width=2)
-        for p in pts:
-            if p is not None:
-                draw.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=colour)
-        draw.rectangle([right + 8, top + 14 * k + 3, right + 16, top + 14 * k + 10], fill=colour)
-        draw.text((right + 20, top + 14 * k), label, fill=(0, 0, 0))
-    draw.text((left, 2), title, fill=(0, 0, 0))
-    return to_png(im)
-
-
 class QuantizationView(widgets.VBox):
     """Method comparison with a progress bar, ranked table, SQNR chart, Adopt best; sensitivity sweep."""
 
     ranking = traitlets.List(traitlets.Unicode(), help="methods of the last comparison, best first")
     adopted = traitlets.Unicode("", help="method of the quantized model last adopted into the session")
+    dropped_edits = traitlets.Int(0, help="int8/scale edits the last adoption dropped (confirmed by a 2nd click)")
     sensitivity_ranks = traitlets.Dict(help="node id -> sensitivity rank (1 = hurts most), from the last sweep")
-    status = traitlets.Unicode("", help="last message shown to the user")
+    status = Message("", help="last message shown to the user (repeats notify too)")
+    error_details = Message("", help="traceback of the last unexpected error (collapsed section)")
 
     def __init__(self, session, images: Sequence | None = None, methods: Sequence[str] = DEFAULT_METHODS,
-                 **kwargs) -> None:
+                 workspace=None, **kwargs) -> None:
         self._session = session
         self._given = list(images) if images is not None else None
+        self._given_key = f"{GIVEN}:{uuid.uuid4().hex}"      # another view's given images are other images
+        self.workspace = workspace
         self.table: CompareTable | None = None
-        self._stats_cache: tuple[str, object] | None = None
+        self._image_counts: dict[str, int] = {}      # image-set key -> images seen by its calibration
+        self._adopt_guard = SwitchGuard()
         names = CALIBRATORS.names()
         self.method_boxes = {m: widgets.Checkbox(value=m in methods, description=m, indent=False,
                                                  layout=widgets.Layout(width="110px")) for m in names}
         self._per_channel = widgets.Checkbox(value=True, description="per-channel weights", indent=False)
-        options = ([GIVEN] if self._given is not None else []) + [SAMPLES_AUGMENTED, SAMPLES, PATH]
-        self._images = widgets.Dropdown(options=options, value=options[0], description="Images",
-                                        layout=widgets.Layout(width="360px"))
+        self._images = widgets.Dropdown(description="Images", layout=widgets.Layout(width="360px"))
         self._path = widgets.Text(placeholder="/path/to/calibration/images", layout=widgets.Layout(width="260px"))
         self.compare_button = widgets.Button(description="Compare", icon="bar-chart", button_style="primary")
         self.adopt_button = widgets.Button(description="Adopt best", icon="check", disabled=True)
@@ -119,13 +80,16 @@ class QuantizationView(widgets.VBox):
         self._table = widgets.HTML()
         self.chart = widgets.Image(format="png")
         self._status = widgets.Label()
+        self._details = ErrorDetails()
         super().__init__(children=[
             widgets.HBox(list(self.method_boxes.values()), layout=widgets.Layout(flex_flow="row wrap")),
             widgets.HBox([self._per_channel, self._images, self._path]),
             widgets.HBox([self.compare_button, self.progress, self.adopt_button, self.sensitivity_button]),
-            self._table, self.chart, self._status], **kwargs)
+            self._table, self.chart, self._status, self._details], **kwargs)
         self.add_class("qw-quant-view")
+        self.refresh_image_sets()
         traitlets.dlink((self, "status"), (self._status, "value"))
+        traitlets.dlink((self, "error_details"), (self._details, "text"))
         self.compare_button.on_click(self._on_compare_click)
         self.adopt_button.on_click(self._on_adopt_click)
         self.sensitivity_button.on_click(self._on_sensitivity_click)
@@ -133,44 +97,73 @@ class QuantizationView(widgets.VBox):
     def methods(self) -> list[str]:
         return [m for m, box in self.method_boxes.items() if box.value]
 
-    def _image_set(self) -> tuple[str, list]:
+    # ------------------------------------------------------------------ image sets
+    @shows_errors
+    def refresh_image_sets(self) -> None:
+        """Re-list the choices, with the image sets of the connected workspace (if any)."""
+        options = ([(GIVEN, GIVEN)] if self._given is not None else []) + [
+            (SAMPLES_AUGMENTED, SAMPLES_AUGMENTED), (SAMPLES, SAMPLES), (PATH, PATH)]
+        if self.workspace is not None:
+            options += [(f"workspace: {e.name} ({len(e.files)} images)", WORKSPACE + e.name)
+                        for e in self.workspace.list("imageset")]
+        keep = self._images.value if self._images.value in [v for _, v in options] else options[0][1]
+        self._images.options = options
+        self._images.value = keep
+
+    def _image_set(self) -> tuple[str | None, str, list]:
+        """(cache key or None, label, images). The key names the set's content, so the session's cached
+        calibration statistics are reused only for the same images."""
         choice = self._images.value
         if choice == GIVEN:
-            return choice, list(self._given)
+            return self._given_key, choice, list(self._given)
         if choice == SAMPLES:
-            return choice, list(sample_images())
+            return choice, choice, list(sample_images())
         if choice == PATH:
             path = self._path.value.strip()
             if not path:
                 raise ValueError("type a folder (or file) of calibration images")
-            return f"{PATH}:{path}", [path]
-        return choice, augmented_samples()
+            # a folder's mtime changes when files are added, removed or renamed in it
+            key = f"path:{path}:{os.stat(path).st_mtime_ns}" if os.path.exists(path) else None
+            return key, path, [path]
+        if choice.startswith(WORKSPACE):
+            if self.workspace is None:
+                raise ValueError("no workspace connected")
+            entry = self.workspace.info(choice[len(WORKSPACE):])
+            folder = self.workspace.path_of(entry.name)
+            images = [folder / f for f in entry.files] if folder.is_dir() else [folder]
+            return f"workspace:{entry.name}:{entry.sha256}", f"workspace set {entry.name!r}", images
+        return choice, choice, augmented_samples()
 
+    # ------------------------------------------------------------------ compare, adopt
     @shows_errors
     def _on_compare_click(self, _button) -> None:
         methods = self.methods()
         if not methods:
             raise ValueError("tick at least one calibration method")
-        key, images = self._image_set()
-        model, t0 = self._session.model, time.perf_counter()
-        self.progress.max, self.progress.value = len(methods) + 1, 0
-        self.status = f"calibrating on {key} ..."
-        if self._stats_cache is None or self._stats_cache[0] != key:
-            self._stats_cache = (key, collect(model, images, progress=False))
-        stats = self._stats_cache[1]
-        self.progress.value = 1
-        def advance(result, done, total) -> None:
-            self.progress.value = 1 + done
-            self.status = f"compared {result.method} ({done}/{total}) ..."
-        self.table = compare(model, stats, images, methods, per_channel=self._per_channel.value, progress=False,
-                             on_method=advance)
-        self.show_table(self.table)
-        self.status = (f"compared {len(methods)} methods on {stats.images} images in "
-                       f"{time.perf_counter() - t0:.1f} s: best {self.table.best.method}")
+        key, label, images = self._image_set()
+        n, t0 = len(methods), time.perf_counter()
+        self.progress.max, self.progress.value = self._image_counts.get(key, 0) + n, 0
+        self.status = f"calibrating on {label} ..."
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            if phase == "calibrate":
+                if key is not None:
+                    self._image_counts[key] = total
+                self.progress.max, self.progress.value = total + n, done
+                self.status = f"calibrating on {label}: image {done}/{total} ..."
+            else:           # statistics cached for this image set: the image part of the bar counts as done
+                self.progress.value = self.progress.max - n + done
+                self.status = f"compared {done}/{total} methods ..."
+        table = self._session.compare_methods(images, methods, per_channel=self._per_channel.value, key=key,
+                                              on_progress=on_progress)
+        self.show_table(table)
+        self.status = (f"compared {n} methods on {len(table.images)} images in "
+                       f"{time.perf_counter() - t0:.1f} s: best {table.best.method}")
 
     def show_table(self, table: CompareTable) -> None:
         """Display a CompareTable (also usable with a table computed elsewhere)."""
         self.table = table
+        self._adopt_guard.disarm()
         with self.hold_sync():
             self._table.value = ranked_html(table)
             self.chart.value = sqnr_chart_png({r.method: [row["int_sqnr"] for row in r.layers]
@@ -184,13 +177,22 @@ class QuantizationView(widgets.VBox):
         if self.table is None:
             raise ValueError("run Compare first")
         best = self.table.best
-        self._session.set_quantized(best.qmodel)
+        try:
+            dropped = self._adopt_guard.switch(self._session, best.qmodel, id(best.qmodel))
+        except Refused as ask:
+            self.adopt_button.description = ask.label
+            self.status = f"error: {ask.message}"
+            return
+        self.adopt_button.description = f"Adopt {best.method}"
         if self._session.mode == "float":
             self._session.set_mode("int")
+        self.dropped_edits = dropped
         self.adopted = ""          # a second adoption of the same method still notifies
         self.adopted = best.method
-        self.status = f"adopted {best.method} ({'per-channel' if best.per_channel else 'per-tensor'}); mode INT"
+        self.status = (f"adopted {best.method} ({'per-channel' if best.per_channel else 'per-tensor'}); "
+                       f"mode {self._session.mode.upper()}{dropped_text(dropped)}")
 
+    # ------------------------------------------------------------------ sensitivity
     @shows_errors
     def _on_sensitivity_click(self, _button) -> None:
         s = self._session

@@ -3,10 +3,19 @@
 The kernel `weights[filter, channel]` (k x k) is a grid of `FloatText` (FLOAT mode: the float cfg
 weights) or `IntText` (HYBRID / INT: the int8 `w_q`). Apply writes the grid with
 `session.edit_weights`; Scale / Zero filter and Prune are `scale_filter` / `zero_filter` / `prune`.
-After each edit the layer is re-executed on the same inputs (`session.rerun()`): the panel shows
-the SQNR / max |diff| / changed values of after vs before and an error heat map. If the session is
-not at the edited layer it first runs to it, so the diff is always "this layer, before vs after".
-Errors (an int8 value of 300, NaN, a bad path) go to `status`.
+Values typed but not applied survive slider moves, Steps and mode changes (`KernelGrid`) until Apply
+or Discard.
+
+After an edit the session re-executes what it changed (`session.rerun()`: from the edited layer to
+the current one, diff of the current layer, after vs before): the panel shows SQNR / max |diff| /
+changed values and an error heat map. If the edited layer has not run yet, the session first runs
+forward to it (never back: that would drop the outputs after it), so the diff shows the edit; the
+session's step events move the other views with it, even when the engine then rejects the edit.
+Undo / redo never move the session. Kept outputs that predate an edit (`session.stale_from`, e.g. after
+an edit from code) are named above the buttons; Rerun re-executes them.
+
+Save writes new files (`save_model` / `save_quantized`); with a workspace connected, a plain name
+stores new workspace entries with their lineage instead (`qwidgets._save_model`).
 """
 from __future__ import annotations
 
@@ -19,9 +28,9 @@ import traitlets
 
 from engine.edits import Edit
 from qwidgets._encode import heatmap_png
-from qwidgets._errors import shows_errors
-
-CELL = widgets.Layout(width="82px")
+from qwidgets._errors import ErrorDetails, Message, shows_errors
+from qwidgets._kernel_grid import KernelGrid, key_text
+from qwidgets._save_model import save_as
 
 
 class WeightEditor(widgets.VBox):
@@ -33,20 +42,23 @@ class WeightEditor(widgets.VBox):
     target = traitlets.Unicode("float", help="'float' (cfg weights) or 'int8' (w_q), from the session mode")
     last_diff = traitlets.Dict(help="after vs before of the last rerun: sqnr_db, max_abs, changed, layer")
     edits = traitlets.List(traitlets.Unicode(), help="summaries of the applied edits (session journal)")
-    revision = traitlets.Int(0, help="bumped after every edit / undo / redo (other views refresh)")
-    status = traitlets.Unicode("", help="last message shown to the user")
+    revision = traitlets.Int(0, help="bumped after every edit / undo / redo / rerun")
+    workspace = traitlets.Any(None, allow_none=True, help="a connected engine Workspace: Save stores entries")
+    status = Message("", help="last message shown to the user (repeats notify too)")
+    error_details = Message("", help="traceback of the last unexpected error (collapsed section)")
 
-    def __init__(self, session, **kwargs) -> None:
+    def __init__(self, session, workspace=None, **kwargs) -> None:
         self._session = session
         self._w: np.ndarray | None = None
         self._title = widgets.HTML("<b>weights</b>: select a convolutional layer")
         self._filter = widgets.IntSlider(description="filter", min=0, max=0, continuous_update=False)
         self._channel = widgets.IntSlider(description="channel", min=0, max=0, continuous_update=False)
-        self.cells: list[widgets.Widget] = []
-        self._grid = widgets.GridBox(layout=widgets.Layout(grid_gap="2px"))
+        self.grid = KernelGrid()
         b = widgets.Button
         self.apply_button = b(description="Apply", icon="check", button_style="primary",
                               tooltip="write the grid into the weights and rerun the layer")
+        self.discard_button = b(description="Discard typed", icon="times",
+                                tooltip="forget the values typed into this kernel and show its weights")
         self._factor = widgets.FloatText(value=0.5, description="factor", layout=widgets.Layout(width="160px"))
         self.scale_button = b(description="Scale filter", icon="arrows-v")
         self.zero_button = b(description="Zero filter", icon="eraser")
@@ -55,30 +67,44 @@ class WeightEditor(widgets.VBox):
         self.prune_button = b(description="Prune layer", icon="scissors")
         self.undo_button = b(description="Undo", icon="undo")
         self.redo_button = b(description="Redo", icon="repeat")
+        self.rerun_button = b(description="Rerun", icon="refresh",
+                              tooltip="re-execute the kept outputs that predate an edit, diff the current layer")
         self._path = widgets.Text(placeholder="/path/to/new-model.npz", description="Save as")
         self.save_model_button = b(description="Save model", icon="save")
         self.save_quantized_button = b(description="Save quantized", icon="save")
+        self._notes = widgets.HTML()         # unapplied kernels, stale outputs
         self._diff = widgets.HTML()
         self.heatmap = widgets.Image(format="png")
         self._journal = widgets.HTML()
         self._status = widgets.Label()
+        self._details = ErrorDetails()
         super().__init__(children=[
-            self._title, widgets.HBox([self._filter, self._channel]), self._grid,
-            widgets.HBox([self.apply_button, self.undo_button, self.redo_button]),
+            self._title, widgets.HBox([self._filter, self._channel]), self.grid, self._notes,
+            widgets.HBox([self.apply_button, self.discard_button, self.undo_button, self.redo_button,
+                          self.rerun_button]),
             widgets.HBox([self._factor, self.scale_button, self.zero_button, self._prune, self.prune_button]),
             self._diff, self.heatmap, self._journal,
-            widgets.HBox([self._path, self.save_model_button, self.save_quantized_button]), self._status], **kwargs)
+            widgets.HBox([self._path, self.save_model_button, self.save_quantized_button]), self._status,
+            self._details], **kwargs)
         self.add_class("qw-weight-editor")
         traitlets.link((self, "filter"), (self._filter, "value"))
         traitlets.link((self, "channel"), (self._channel, "value"))
         traitlets.dlink((self, "status"), (self._status, "value"))
+        traitlets.dlink((self, "error_details"), (self._details, "text"))
         for button, handler in [(self.apply_button, self._on_apply_click), (self.scale_button, self._on_scale_click),
+                                (self.discard_button, self._on_discard_click),
                                 (self.zero_button, self._on_zero_click), (self.prune_button, self._on_prune_click),
                                 (self.undo_button, self._on_undo_click), (self.redo_button, self._on_redo_click),
+                                (self.rerun_button, self._on_rerun_click),
                                 (self.save_model_button, self._on_save_model_click),
                                 (self.save_quantized_button, self._on_save_quantized_click)]:
             button.on_click(handler)
+        self.workspace = workspace
         self.refresh()
+
+    @property
+    def cells(self) -> list[widgets.Widget]:
+        return self.grid.cells
 
     # ------------------------------------------------------------------ display
     def _default_target(self) -> str:
@@ -94,21 +120,26 @@ class WeightEditor(widgets.VBox):
     def _on_kernel_change(self, _change) -> None:
         self._show_kernel()
 
+    @traitlets.observe("workspace")
+    def _on_workspace_change(self, change) -> None:
+        self._path.placeholder = ("new entry name (or /path/to/file.npz)" if change.new is not None
+                                  else "/path/to/new-model.npz")
+
     @shows_errors
     def refresh(self) -> None:
-        """Reload the layer's weights from the session (after a layer, mode or model change)."""
+        """Reload the layer's weights from the session (after a layer, mode, model or weight change)."""
         s, i = self._session, self.layer
         self._w = None
         kind = s.model.layers[i].kind if 0 <= i < s.num_layers else ""
         w = s.model.params[i].get("weights") if kind else None
         enabled = w is not None and w.ndim in (2, 4)
-        for wdg in (self._filter, self._channel, self.apply_button, self.scale_button, self.zero_button,
-                    self.prune_button):
+        for wdg in (self._filter, self._channel, self.apply_button, self.discard_button, self.scale_button,
+                    self.zero_button, self.prune_button):
             wdg.disabled = not enabled
         if not enabled:
             self._title.value = (f"<b>layer {i}</b> [{html.escape(kind)}] has no weights" if kind
                                  else "<b>weights</b>: select a convolutional layer")
-            self._set_cells(np.zeros((0, 0)), "float")
+            self._show(None, np.zeros((0, 0)), "float")
             return
         self.target = self._default_target()
         self._w = s.weights(i, "int8")["w_q"] if self.target == "int8" else s.weights(i, "float")["weights"]
@@ -121,64 +152,92 @@ class WeightEditor(widgets.VBox):
             self._show_kernel()
 
     def kernel(self) -> np.ndarray:
-        """The shown kernel, (kh, kw) (1 x 1 for [connected] layers)."""
+        """The shown kernel's weights, (kh, kw) (1 x 1 for [connected] layers)."""
         if self._w is None:
             return np.zeros((0, 0))
         k = self._w[self.filter, self.channel]
         return np.asarray(k).reshape(1, 1) if np.ndim(k) == 0 else np.asarray(k)
 
+    def kernel_key(self) -> tuple:
+        return (self.layer, self.target, self.filter, self.channel)
+
     def _show_kernel(self) -> None:
         if self._w is not None:
-            self._set_cells(self.kernel(), self.target)
+            self._show(self.kernel_key(), self.kernel(), self.target)
 
-    def _set_cells(self, k: np.ndarray, target: str) -> None:
-        cls = widgets.IntText if target == "int8" else widgets.FloatText
-        flat = k.reshape(-1)
-        if len(self.cells) != flat.size or (self.cells and not isinstance(self.cells[0], cls)):
-            self.cells = [cls(layout=CELL) for _ in range(flat.size)]
-            self._grid.children = self.cells
-            self._grid.layout.grid_template_columns = f"repeat({max(1, k.shape[1] if k.ndim == 2 else 1)}, 84px)"
-        for cell, v in zip(self.cells, flat):
-            cell.value = int(v) if target == "int8" else float(v)
+    def _show(self, key: tuple | None, k: np.ndarray, target: str) -> None:
+        news = self.grid.show(key, k, target)
+        if news:
+            self.status = news
+        self.show_notes()
+
+    def show_notes(self) -> None:
+        """The notes above the buttons: kernels with unapplied values, kept outputs that predate an edit."""
+        s, notes = self._session, []
+        if self.grid.unapplied:
+            notes.append("unapplied typed values: " + "; ".join(key_text(k) for k in self.grid.unapplied))
+        if s.stale_from is not None and s.stale_from <= s.position:
+            notes.append(f"outputs from layer {s.stale_from} to {s.position} predate your edit: Rerun (or Run)")
+        self._notes.value = "".join(f"<div style='color:#b35900'><small>{html.escape(n)}</small></div>"
+                                    for n in notes)
 
     def grid_values(self) -> np.ndarray:
         """The grid as typed by the user, in the kernel's shape."""
-        k = self.kernel()
-        return np.array([c.value for c in self.cells], np.float64).reshape(k.shape)
+        return self.grid.values()
 
     # ------------------------------------------------------------------ edits
     def _edit_and_rerun(self, make_edit: Callable[[], Edit]) -> None:
         s, i = self._session, self.layer
-        if s.position != i:
-            s.run_to(i)        # the diff compares this layer's output before and after the edit
+        if s.position < i:
+            s.run_to(i)        # forward only, so the diff shows this layer before and after the edit
         edit = make_edit()
-        self._rerun(f"{edit.summary()}")
+        self._rerun(edit.summary())
 
     def _rerun(self, what: str) -> None:
-        r = self._session.rerun()
+        s = self._session
+        first = s.stale_from
+        if first is None or s.position < 0:
+            self._after_edit(f"{what}; no executed output depends on it yet: Step or Run to see it")
+            return
+        r = s.rerun()
         d = r.diff
-        diff = {"layer": r.index, "sqnr_db": float(d.sqnr_db), "max_abs": float(d.max_abs), "changed": r.changed,
-                "size": int(r.after.size)}
+        span = f"layers {first}..{r.index}" if first < r.index else f"layer {r.index}"
+        self.last_diff = {"layer": r.index, "sqnr_db": float(d.sqnr_db), "max_abs": float(d.max_abs),
+                          "changed": r.changed, "size": int(r.after.size)}
         with self.hold_sync():
-            self.last_diff = diff
-            self._diff.value = (f"<b>{html.escape(what)}</b><br>layer {r.index} output after vs before: "
-                                f"SQNR {d.sqnr_db:.1f} dB, max |diff| {d.max_abs:.4g}, "
+            self._diff.value = (f"<b>{html.escape(what)}</b><br>reran {span}; layer {r.index} output after vs "
+                                f"before: SQNR {d.sqnr_db:.1f} dB, max |diff| {d.max_abs:.4g}, "
                                 f"{r.changed:,} of {r.after.size:,} values changed")
             self.heatmap.value = heatmap_png(r.after - r.before, max_channels=16, cols=4) if r.after.ndim == 3 else b""
+        self._after_edit(f"{what}; reran {span}: {r.changed:,} values changed (layer {r.index} output)")
+
+    def _after_edit(self, message: str) -> None:
+        with self.hold_sync():
             self.edits = self._session.edits()
             self._journal.value = "<small>edits: " + html.escape("; ".join(self.edits) or "none") + "</small>"
             self.refresh()
             self.revision += 1
-            self.status = f"{what}; reran layer {r.index}: {r.changed:,} values changed"
+            self.status = message
 
     @shows_errors
     def _on_apply_click(self, _button) -> None:
         values = self.grid_values()
-        if self.target == "int8":
-            if not np.all(values == np.rint(values)):
-                raise ValueError("int8 weights must be integers")
-        region = (self.filter, self.channel)
-        self._edit_and_rerun(lambda: self._session.edit_weights(self.layer, region, values, target=self.target))
+        if self.target == "int8" and not np.all(values == np.rint(values)):
+            raise ValueError("int8 weights must be integers")
+        layer, region, target = self.layer, (self.filter, self.channel), self.target
+
+        def edit() -> Edit:
+            e = self._session.edit_weights(layer, region, values, target=target)
+            self.grid.forget_shown()         # the typed values are the weights now
+            return e
+        self._edit_and_rerun(edit)
+
+    @shows_errors
+    def _on_discard_click(self, _button) -> None:
+        had = self.grid.discard_shown(self.target)
+        self.show_notes()
+        self.status = (f"discarded the typed values of {key_text(self.kernel_key())}" if had
+                       else "nothing typed in this kernel")
 
     @shows_errors
     def _on_scale_click(self, _button) -> None:
@@ -196,18 +255,10 @@ class WeightEditor(widgets.VBox):
 
     def _journal_step(self, name: str) -> None:
         s = self._session
-        pending = s.journal.peek_undo() if name == "undo" else s.journal.peek_redo()
-        if pending is not None and isinstance(pending.layer, int) and s.position != pending.layer:
-            s.run_to(pending.layer)
         edit = s.undo() if name == "undo" else s.redo()
         if isinstance(edit.layer, int):
-            self.layer = edit.layer
-            self._rerun(f"{name}: {edit.summary()}")
-        else:
-            with self.hold_sync():
-                self.edits = s.edits()
-                self.revision += 1
-                self.status = f"{name}: {edit.summary()}"
+            self.layer = edit.layer          # show the weights the step restored
+        self._rerun(f"{name}: {edit.summary()}")
 
     @shows_errors
     def _on_undo_click(self, _button) -> None:
@@ -218,15 +269,21 @@ class WeightEditor(widgets.VBox):
         self._journal_step("redo")
 
     @shows_errors
+    def _on_rerun_click(self, _button) -> None:
+        s = self._session
+        if s.position < 0:
+            raise ValueError("nothing has run yet: Step first")
+        if s.stale_from is None:
+            self.status = "nothing to rerun: the kept outputs already use the current weights"
+            return
+        self._rerun("rerun")
+
+    # ------------------------------------------------------------------ save
+    @shows_errors
     def _on_save_model_click(self, _button) -> None:
-        path = self._path.value.strip()
-        if not path:
-            raise ValueError("type a path for the new model file (.npz)")
-        self.status = f"saved the customized model to {self._session.save_model(path)}"
+        self.status = save_as(self._session, self.workspace, self._path.value)
 
     @shows_errors
     def _on_save_quantized_click(self, _button) -> None:
-        path = self._path.value.strip()
-        if not path:
-            raise ValueError("type a path for the new quantized model file (.npz)")
-        self.status = f"saved the quantized model to {self._session.save_quantized(path)}"
+        self.status = save_as(self._session, self.workspace, self._path.value, quantized_only=True)
+

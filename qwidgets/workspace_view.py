@@ -1,8 +1,10 @@
 """WorkspaceView: list, upload, import, rename, delete, export and open workspace entries.
 
-Every callback reads the UI, makes one `engine.workspace.Workspace` call and sets traits; errors
-(EngineError, OSError) are shown in the status label, never as a traceback. Deleting takes two
-clicks: Delete arms a confirmation row naming the entry, and only its Confirm button deletes.
+Every callback reads the UI, makes one `engine.workspace.Workspace` call and sets traits; errors are
+shown in the status label, never as a traceback (`qwidgets._errors.report`: unexpected ones also keep
+their traceback in a collapsed section). Deleting takes two clicks: Delete arms a confirmation row
+naming the entry, and only its Confirm button deletes. An Open callback may ask for a confirming
+click by returning a label: the Open button shows it until the next click or selection change.
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from typing import Callable
 import ipywidgets as widgets
 import traitlets
 
-from engine.errors import EngineError
 from engine.workspace import KINDS, Entry, Workspace
+from qwidgets._errors import ErrorDetails, Message, report
 
 ALL = "all"
 ACCEPT = ".cfg,.weights,.npz,.zip,.json,.csv,.txt,.names,.png,.jpg,.jpeg,.bmp,.gif,.tif,.tiff,.webp"
@@ -30,11 +32,12 @@ class WorkspaceView(widgets.VBox):
     entries = traitlets.List(traitlets.Unicode(), help="names of the listed entries")
     selected = traitlets.Unicode(None, allow_none=True, help="name of the selected entry")
     pending_delete = traitlets.Unicode(None, allow_none=True, help="entry awaiting delete confirmation")
-    status = traitlets.Unicode("", help="last message shown to the user")
+    status = Message("", help="last message shown to the user (repeats notify too)")
+    error_details = Message("", help="traceback of the last unexpected error (collapsed section)")
 
     def __init__(self, workspace: Workspace | None = None, **kwargs) -> None:
         self.workspace = workspace or Workspace()
-        self._open_callbacks: list[Callable[[Entry], None]] = []
+        self._open_callbacks: list[Callable[[Entry], str | None]] = []
         self._kind = widgets.Dropdown(options=[ALL, *KINDS], value=ALL, description="Kind")
         self._list = widgets.Select(options=[], rows=10, layout=widgets.Layout(width="100%"))
         self._info = widgets.HTML()
@@ -58,13 +61,15 @@ class WorkspaceView(widgets.VBox):
         self._open = widgets.Button(description="Open", icon="folder-open", button_style="primary")
         self._link = widgets.HTML()
         self._status = widgets.Label()
+        self._details = ErrorDetails()
         super().__init__(children=[
             widgets.HBox([self._kind, self._upload, self._upload_kind]), self._list, self._info,
             widgets.HBox([self._path, self._import]),
             widgets.HBox([self._new_name, self._rename, self._delete, self._export, self._open]),
-            self._confirm_row, self._link, self._status], **kwargs)
+            self._confirm_row, self._link, self._status, self._details], **kwargs)
         traitlets.link((self._kind, "value"), (self, "kind_filter"))
         traitlets.dlink((self, "status"), (self._status, "value"))
+        traitlets.dlink((self, "error_details"), (self._details, "text"))
         self._list.observe(self._on_list_change, names="value")
         self._upload.observe(self._on_upload_change, names="value")
         for button, handler in [(self._import, self._on_import_click), (self._rename, self._on_rename_click),
@@ -74,8 +79,9 @@ class WorkspaceView(widgets.VBox):
             button.on_click(handler)
         self.refresh()
 
-    def on_open(self, callback: Callable[[Entry], None]) -> None:
-        """Call `callback(entry)` when Open is clicked (the Explorer hooks in here)."""
+    def on_open(self, callback: Callable[[Entry], str | None]) -> None:
+        """Call `callback(entry)` when Open is clicked (the Explorer hooks in here). A callback that
+        returns a string asks for a confirming click: the Open button shows it as its label."""
         self._open_callbacks.append(callback)
 
     def refresh(self) -> None:
@@ -95,6 +101,7 @@ class WorkspaceView(widgets.VBox):
     def _on_list_change(self, change) -> None:
         self.selected = change.new
         self.pending_delete = None
+        self._open.description = "Open"
         self._link.value = ""
         self._info.value = self._describe(change.new) if change.new else ""
 
@@ -136,26 +143,32 @@ class WorkspaceView(widgets.VBox):
     def _on_export_click(self, _button) -> None:
         if not self._need_selection("export"):
             return
-        path = self._guard(self.workspace.export, self.selected)
-        if path is None:
-            return
+        done = self._guard(self._export_entry, self.selected)
+        if done is not None:
+            self._link.value, self.status = done
+
+    def _export_entry(self, name: str) -> tuple[str, str]:
+        """(link HTML, status) after exporting `name`; the zip's stat and read can fail too (a full or
+        vanished disk), so all of it runs inside the guard."""
+        path = self.workspace.export(name)
         size = path.stat().st_size
         if size <= MAX_INLINE_DOWNLOAD:
             b64 = base64.b64encode(path.read_bytes()).decode("ascii")
-            self._link.value = (f'<a download="{html.escape(path.name)}" href="data:application/zip;'
-                                f'base64,{b64}">Download {html.escape(path.name)}</a>')
+            link = (f'<a download="{html.escape(path.name)}" href="data:application/zip;'
+                    f'base64,{b64}">Download {html.escape(path.name)}</a>')
         else:
-            self._link.value = f"Exported to <code>{html.escape(str(path))}</code>"
-        self.status = f"exported {self.selected!r} to {path} ({size} bytes)"
+            link = f"Exported to <code>{html.escape(str(path))}</code>"
+        return link, f"exported {name!r} to {path} ({size} bytes)"
 
     def _on_open_click(self, _button) -> None:
         if not self._need_selection("open"):
             return
         entry = self._guard(self.workspace.info, self.selected)
-        for callback in self._open_callbacks if entry is not None else ():
-            callback(entry)
-        if entry is not None:
-            self.status = f"opened {entry.name!r}"
+        if entry is None:
+            return
+        self.status = f"opened {entry.name!r}"        # a callback's own message (it may fail) comes after
+        asks = [label for cb in self._open_callbacks if isinstance(label := self._guard(cb, entry), str)]
+        self._open.description = asks[0] if asks else "Open"
 
     # ----- helpers -----------------------------------------------------------------------------
     def _refresh(self) -> None:
@@ -190,11 +203,11 @@ class WorkspaceView(widgets.VBox):
                                    f"</td></tr>" for k, v in rows) + "</table>"
 
     def _guard(self, fn, *args, **kwargs):
-        """Run one engine call; on a user-facing error show it and return None."""
+        """Run one call; on any error show it in the status line (`report`) and return None."""
         try:
             return fn(*args, **kwargs)
-        except (EngineError, OSError) as err:
-            self.status = f"error: {err}"
+        except Exception as err:     # noqa: BLE001 - the widget boundary: nothing escapes a callback
+            report(self, err, f"WorkspaceView: {getattr(fn, '__name__', fn)}")
             return None
 
 

@@ -1,6 +1,12 @@
 """Explorer in JupyterLab + chromium: the graph canvas with all 24 layers (+ input), panel images, Step
 moves the highlight and updates the panel, CROSS reports in the status line, no "Error displaying
-widget"; Run, then the Detections tab shows FLOAT and INT detections. Screenshots in the artifacts folder (see conftest); with QW_UPDATE_DOCS=1 the loaded-and-stepped
+widget"; Run, then the Detections tab shows FLOAT and INT detections; a `session.run_to(3)` in a cell
+moves the rendered highlight, the panel and the controls like a click.
+
+The graph is checked as rendered: cytoscape.js registers itself on its container element
+(`el._cyreg.cy`), and ipycytoscape's container is the widget's own element, the one carrying our
+`qw-graph-canvas` class; node count and the `current` / `picked` classes are read from that instance.
+Screenshots in the artifacts folder (see conftest); with QW_UPDATE_DOCS=1 the loaded-and-stepped
 screenshot is also written to docs/explorer.png (the README's picture)."""
 from __future__ import annotations
 
@@ -19,6 +25,21 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 PANEL_IMAGES_JS = """() => Array.from(document.querySelectorAll('.qw-explorer .qw-layer-panel img'))
     .filter(i => i.src && i.complete && i.naturalWidth > 0 && i.offsetParent !== null).length"""
 CURRENT_JS = "() => document.querySelector('.qw-explorer .qw-current').innerText === {!r}"
+# the rendered graph: null until cytoscape has drawn it
+GRAPH_JS = """() => {
+    const el = document.querySelector('.qw-explorer .qw-graph-canvas');
+    const cy = el && el._cyreg && el._cyreg.cy;
+    if (!cy || cy.nodes().length === 0) return null;
+    const ids = sel => cy.nodes(sel).map(n => n.id());
+    return {nodes: cy.nodes().length, edges: cy.edges().length, current: ids('.current'), picked: ids('.picked')};
+}"""
+
+
+def wait_for_graph(page, current: str, timeout: float = 30_000) -> dict:
+    """The rendered graph once exactly node `current` carries the highlight (and is picked: the panel follows)."""
+    page.wait_for_function(f"() => {{ const g = ({GRAPH_JS})(); return g !== null && g.current.length === 1 "
+                           f"&& g.current[0] === {current!r} && g.picked[0] === {current!r}; }}", timeout=timeout)
+    return page.evaluate(GRAPH_JS)
 DOCS_PNG_MAX = 300_000
 
 
@@ -46,7 +67,9 @@ def test_explorer_graph_panel_step_and_cross(chromium, page, lab, artifacts):
     view.wait_for(timeout=120_000)
     page.locator(".qw-explorer .qw-graph-canvas canvas").first.wait_for(timeout=30_000)
     line = kernel_line(page, r"QW nodes=", timeout=60_000)
-    assert "QW nodes=25 layers=24 current=['input'] position=-1 panel=input" in line, line
+    assert "position=-1 panel=input" in line, line
+    graph = wait_for_graph(page, "input")
+    assert graph["nodes"] == 25 and graph["edges"] == 25, graph          # input + 24 layers, as rendered
     assert page.locator(".qw-explorer .qw-current").inner_text() == "current: input (int)"
     page.wait_for_function(PANEL_IMAGES_JS + " >= 2", timeout=30_000)
     page.wait_for_timeout(800)           # dagre layout + fit animation
@@ -57,6 +80,7 @@ def test_explorer_graph_panel_step_and_cross(chromium, page, lab, artifacts):
     step = view.locator(".qw-controls button", has_text=re.compile(r"^\s*Step$"))
     step.click()
     page.wait_for_function(CURRENT_JS.format("current: 0 (convolutional, int8)"), timeout=30_000)
+    wait_for_graph(page, "0")                                            # Step moved the rendered highlight
     # layer 0 in INT: input/output montages, FLOAT/INT/error images, histograms, weight grid
     page.wait_for_function(PANEL_IMAGES_JS + " >= 8", timeout=30_000)
     assert "layer 0" in view.locator(".qw-layer-panel").inner_text()
@@ -64,10 +88,9 @@ def test_explorer_graph_panel_step_and_cross(chromium, page, lab, artifacts):
     page.wait_for_function(CURRENT_JS.format("current: 1 (maxpool, int8)"), timeout=30_000)
     page.wait_for_function("() => document.querySelector('.qw-explorer .qw-layer-panel').innerText"
                            ".includes('layer 1')", timeout=30_000)
+    assert wait_for_graph(page, "1")["current"] == ["1"]
     page.wait_for_timeout(500)
-    after_png = page.locator(".qw-explorer .qw-graph-canvas").screenshot(
-        path=str(artifacts / "02_graph_after_steps.png"))
-    assert after_png != graph_png, "the graph canvas did not change after Step"
+    page.locator(".qw-explorer .qw-graph-canvas").screenshot(path=str(artifacts / "02_graph_after_steps.png"))
     page.set_viewport_size({"width": 1400, "height": 2600})          # room for the whole Explorer
     page.wait_for_timeout(300)
     stepped = page.locator(".qw-explorer").screenshot(path=str(artifacts / "02_explorer_after_steps.png"))
@@ -79,7 +102,7 @@ def test_explorer_graph_panel_step_and_cross(chromium, page, lab, artifacts):
     page.set_viewport_size({"width": 1400, "height": 1200})
     rerun_cell(page, 2)
     line = kernel_line(page, r"current=\['1'\]")
-    assert "QW nodes=25 layers=24 current=['1'] position=1 panel=1" in line, line
+    assert "current=['1'] position=1 panel=1" in line, line
 
     view.locator(".qw-controls button", has_text=re.compile(r"^\s*Run$")).click()
     page.wait_for_function("() => document.querySelector('.qw-explorer .qw-status').innerText"
@@ -89,6 +112,15 @@ def test_explorer_graph_panel_step_and_cross(chromium, page, lab, artifacts):
         .filter(i => i.complete && i.naturalWidth > 0 && i.offsetParent !== null).length === 2""", timeout=30_000)
     assert "dog" in view.locator(".qw-detections").inner_text()
     page.locator(".qw-explorer").screenshot(path=str(artifacts / "04_detections.png"))
+
+    rerun_cell(page, 3)                                  # ex.session.run_to(3) from code, no click
+    page.wait_for_function(CURRENT_JS.format("current: 3 (maxpool, int8)"), timeout=30_000)
+    wait_for_graph(page, "3")
+    page.wait_for_function("() => document.querySelector('.qw-explorer .qw-status').innerText"
+                           ".startsWith('session moved from code: at layer 3')", timeout=30_000)
+    page.wait_for_function("() => document.querySelector('.qw-explorer .qw-layer-panel').innerText"
+                           ".includes('layer 3')", timeout=30_000)
+    page.locator(".qw-explorer").screenshot(path=str(artifacts / "05_code_driven.png"))
 
     assert page.get_by_text("Error displaying widget").count() == 0
     if os.environ.get("QW_UPDATE_DOCS"):

@@ -20,7 +20,7 @@ def test_compare_two_methods_ranks_them_and_adopt_sets_the_best(tiny):
     assert qv.adopt_button.disabled
     qv.compare_button.click()
     assert qv.status.startswith("compared 2 methods on 1 images"), qv.status
-    assert qv.progress.value == qv.progress.max == 3
+    assert qv.progress.value == qv.progress.max == 3            # 1 image + 2 methods
     assert sorted(qv.ranking) == ["log2", "minmax"] and qv.ranking[0] == qv.table.best.method
     assert "<table class='qw-table qw-ranking'>" in qv._table.value and qv._table.value.count("<tr>") == 3
     assert Image.open(io.BytesIO(qv.chart.value)).size == (640, 220)
@@ -56,8 +56,12 @@ def test_sensitivity_button_advances_the_bar_and_sets_ranks(tiny, monkeypatch):
             rows.append(SensitivityRow(i, "convolutional", 1.0 - k / 10, 30.0, 1.0, 30.0, rank=k + 1))
         return SensitivityTable(rows, "int")
     monkeypatch.setattr(s, "sensitivity", fake_sweep)
+    seen = []
+    qv.progress.observe(lambda c: seen.append(c.new), names="value")
     qv.sensitivity_button.click()
-    assert qv.sensitivity_ranks == {"0": 1.0, "2": 2.0, "4": 3.0} and qv.progress.value == qv.progress.max
+    # one step per swept layer while the sweep runs, then full: the bar moved *during* the sweep
+    assert seen == [1, 2, 3, s.num_layers] and qv.progress.max == s.num_layers
+    assert qv.sensitivity_ranks == {"0": 1.0, "2": 2.0, "4": 3.0}
     assert "hurt most when quantized: 0 [convolutional]" in qv.status
 
 
@@ -65,3 +69,71 @@ def test_sqnr_chart_handles_nan_and_inf():
     png = sqnr_chart_png({"a": [10.0, np.nan, 30.0, np.inf], "b": [5.0, 6.0, 7.0, 8.0]}, width=300, height=120)
     a = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     assert a.shape == (120, 300, 3) and (a != 255).any()
+
+
+def bar_values(qv) -> list:
+    seen = []
+    qv.progress.observe(lambda c: seen.append((c.new, qv.progress.max)), names="value")
+    return seen
+
+
+def test_compare_bar_advances_per_image_then_per_method_and_recalibrates_after_an_edit(tiny):
+    s = engine.Session(tiny)
+    qv = QuantizationView(s, images=[sample("dog"), sample("horses")], methods=("minmax",))
+    seen = bar_values(qv)
+    qv.compare_button.click()
+    assert seen == [(1, 3), (2, 3), (3, 3)], seen            # image 1, image 2, then the method
+    assert qv.status.startswith("compared 1 methods on 2 images")
+    seen.clear()
+    qv.compare_button.click()                                 # same images, same weights: statistics reused
+    assert seen == [(0, 3), (3, 3)], seen
+    s.edit_weights(0, (0, 0), np.zeros((3, 3)), target="float")
+    seen.clear()
+    qv.compare_button.click()                                 # the edit changed every activation: recalibrate
+    assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)], seen
+
+
+def test_workspace_image_sets_are_offered_as_calibration_images(tiny, tmp_path):
+    from engine.workspace import Workspace
+    ws = Workspace(tmp_path / "ws")
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for name in ("dog", "horses"):
+        (folder / f"{name}.jpg").write_bytes(sample(name).read_bytes())
+    ws.import_path(folder, name="calib-set")
+    qv = QuantizationView(engine.Session(tiny), methods=("minmax",))
+    assert "ws:calib-set" not in [v for _, v in qv._images.options]
+    qv.workspace = ws
+    qv.refresh_image_sets()
+    assert ("workspace: calib-set (2 images)", "ws:calib-set") in qv._images.options
+    qv._images.value = "ws:calib-set"
+    qv.compare_button.click()
+    assert qv.status.startswith("compared 1 methods on 2 images"), qv.status
+    assert qv.progress.value == qv.progress.max == 3
+
+
+def outputs(session) -> list:
+    session.run()
+    return [session.output(i).copy() for i in range(session.num_layers)]
+
+
+def test_adopt_with_int8_edits_asks_first_then_drops_them_and_float_undo_stays_exact(tiny, tiny_q):
+    s = engine.Session(tiny, tiny_q, "int")
+    s.edit_weights(2, (1, 1), np.full((3, 3), 0.25), target="float")
+    s.edit_weights(4, (0, 0), np.ones((3, 3)), target="int8")
+    qv = QuantizationView(s, images=[sample("dog")], methods=("minmax",))
+    qv.compare_button.click()
+    best, before = qv.table.best, s.qmodel
+    qv.adopt_button.click()
+    assert qv.status.startswith("error: 1 int8/scale edit(s)") and "would be lost" in qv.status   # the engine's words
+    assert qv.status.endswith("Click 'Confirm: drop 1 edit' to switch anyway")
+    assert qv.adopt_button.description == "Confirm: drop 1 edit"
+    assert s.qmodel is before and len(s.edits()) == 2 and qv.adopted == ""      # nothing switched
+    qv.adopt_button.click()
+    assert qv.adopted == "minmax" and s.qmodel is not before and qv.adopt_button.description == "Adopt minmax"
+    assert qv.status.endswith("; dropped 1 int8/scale edit (float edits kept)") and qv.dropped_edits == 1
+    assert s.edits() == ["layer 2 float weights: set weights[(1, 1)]"]
+    s.undo()                                              # the float edit carried over: undo is still exact
+    expected = outputs(engine.Session(tiny, best.qmodel, "int"))
+    for i, (a, b) in enumerate(zip(outputs(s), expected)):
+        assert np.array_equal(a, b), f"layer {i}"

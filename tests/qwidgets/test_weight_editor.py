@@ -84,3 +84,28 @@ def test_save_as_writes_new_files_and_refuses_overwrite(editor, tmp_path):
     editor._path.value = ""
     editor.save_model_button.click()
     assert editor.status.startswith("error: type a path")
+
+
+def test_typed_values_survive_slider_moves_until_applied_or_discarded(editor):
+    s = editor._session
+    w = s.weights(2)["weights"]
+    editor.filter, editor.channel = 1, 2
+    editor.cells[0].value = 2.5
+    editor._filter.value = 3                        # the slider: another kernel in the same cells
+    np.testing.assert_array_equal(editor.grid_values(), w[3, 2])
+    assert editor.grid.unapplied == [(2, "float", 1, 2)]
+    assert editor.status == "kept your unapplied values for layer 2 float filter 1 channel 2: go back to it to " \
+                            "Apply or Discard"
+    editor.cells[1].value = -1.0
+    editor._channel.value = 0
+    assert editor.grid.unapplied == [(2, "float", 1, 2), (2, "float", 3, 2)]
+    editor._filter.value, editor._channel.value = 1, 2
+    assert editor.grid_values()[0, 0] == 2.5 and editor.status.startswith("restored your unapplied values")
+    editor.apply_button.click()                     # applies this kernel; the other one stays pending
+    assert s.model.params[2]["weights"][1, 2, 0, 0] == np.float32(2.5)
+    assert editor.grid.unapplied == [(2, "float", 3, 2)] and "filter 3 channel 2" in editor._notes.value
+    editor._filter.value = 3
+    assert editor.grid_values()[0, 1] == -1.0
+    editor.discard_button.click()
+    np.testing.assert_array_equal(editor.grid_values(), w[3, 2])
+    assert editor.grid.unapplied == [] and editor._notes.value == "" and len(s.edits()) == 1

@@ -131,3 +131,27 @@ def test_refresh_sees_other_writers_and_survives_a_corrupt_index(view):
     (view.workspace.root / ".qw-index.json").write_text("garbage")
     view.refresh()
     assert view.status.startswith("error: ") and "unreadable workspace index" in view.status
+
+
+def test_export_read_errors_and_bugs_show_in_the_status(view, monkeypatch):
+    view._list.value = "run1"
+    vanished = view.workspace.root / "exports" / "gone.zip"
+    monkeypatch.setattr(view.workspace, "export", lambda name: vanished)     # written, then removed by someone
+    view._export.click()
+    assert view.status.startswith("error: [Errno 2] No such file or directory") and view._link.value == ""
+
+    def bug(name):
+        raise TypeError("unsupported operand (simulated)")
+    monkeypatch.setattr(view.workspace, "export", bug)
+    view._export.click()
+    assert view.status == "error: TypeError: unsupported operand (simulated)"
+    assert "Traceback" in view.error_details and view._details.layout.display == "flex"
+
+
+def test_open_callback_errors_stay_in_the_view(view):
+    def broken(entry):
+        raise RuntimeError("callback failed (simulated)")
+    view.on_open(broken)
+    view._list.value = "dog"
+    view._open.click()
+    assert view.status == "error: RuntimeError: callback failed (simulated)"

@@ -1,0 +1,159 @@
+"""Layer-panel data of a Session's node: the FLOAT reference against what this mode's run computed.
+
+Everything comes from the Session API: `float_reference()` (FLOAT outputs of the edited model),
+`layer_info`, `output` / `inputs` (the tensors the session's run produced and fed the layer),
+`weights(i)` / `weights(i, "int8")` and `thresholds(tensor id)`. In HYBRID / INT the three
+histograms overlay the run on FLOAT:
+
+- input: the FLOAT reference input vs the input the run fed the layer (its producers' dequantized
+  outputs), with every calibration method's threshold for that tensor (id = the producer's node id,
+  or "input"; concatenated multi-input routes get the default markers);
+- output: FLOAT vs the run's output (or the CROSS pair), with the output tensor's thresholds;
+- weights: the BN-folded FLOAT weights (what the int8 weights approximate) vs w_q * w_scale.
+
+Weight data changes only with an edit or another quantized model, so it is cached (`invalidate()`
+after an edit): a Step to a big conv does not recompute a 4.7 M-value histogram twice.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from engine.graph import INPUT
+from qwidgets._encode import feature_montage, heatmap_png, weights_png
+from qwidgets._panel_data import error_stats, hist_image, join_inputs, layer_info, layer_panel_data, tensor_stats
+
+Panel = tuple[dict[str, Any], dict[str, bytes], list[dict[str, Any]]]
+
+
+def dequantized(w_q: np.ndarray, w_scale: np.ndarray) -> np.ndarray:
+    """w_q * w_scale as float32 (real = q * scale), per output filter (axis 0) when per-channel."""
+    scale = np.asarray(w_scale, np.float32).reshape(-1)
+    if scale.size == 1:
+        return w_q.astype(np.float32) * scale[0]
+    return w_q.astype(np.float32) * scale.reshape((-1,) + (1,) * (w_q.ndim - 1))
+
+
+def run_label(session) -> str:
+    """'INT' or 'HYBRID': the name of what the session's run computed, next to FLOAT."""
+    return "HYBRID" if session.mode == "hybrid" else "INT"
+
+
+def fused_weights(session, index: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The layer's BN-folded float weights (what its int8 weights approximate) in `shape`."""
+    return session.weights(index, "fused")["weights"].reshape(shape)
+
+
+class SessionPanelData:
+    """`data(node_id, ...)` -> (info, images, stats rows) for `LayerPanel.show`; caches thresholds and weights."""
+
+    def __init__(self, session) -> None:
+        self._s = session
+        self._qmodel = session.qmodel
+        self._thresholds: dict[str, dict] = {}
+        self._weights: dict[tuple, tuple[dict, list]] = {}
+
+    def invalidate(self) -> None:
+        """After an edit: the weights (float or int8) changed."""
+        self._weights.clear()
+
+    def _check_qmodel(self) -> None:
+        if self._s.qmodel is not self._qmodel:      # another quantized model: other weights and statistics
+            self._thresholds, self._weights, self._qmodel = {}, {}, self._s.qmodel
+
+    def thresholds(self, tensor_id: str) -> dict[str, float] | None:
+        """Every calibration method's threshold for a tensor (a pure function of the quantized model's
+        histograms, cached until the quantized model changes); None without statistics."""
+        self._check_qmodel()
+        if tensor_id not in self._thresholds:
+            self._thresholds[tensor_id] = self._s.thresholds(tensor_id)
+        return self._thresholds[tensor_id] or None
+
+    def data(self, node_id: str, *, cross=None, log2: bool = False, log_y: bool = False) -> Panel:
+        s = self._s
+        ref = s.float_reference()
+        if node_id == INPUT:
+            return layer_panel_data(s.model, ref, INPUT, s.x, thresholds=self.thresholds(INPUT), log2=log2,
+                                    log_y=log_y)
+        i = int(node_id)
+        info = s.layer_info(i)
+        ran, use_int = i <= s.position, s.mode != "float"
+        data = layer_info(s.model, node_id)
+        scales = {k: info[k] for k in ("in_scale", "out_scale", "weight_scale") if info.get(k) is not None}
+        data["scales"] = scales or "- (FLOAT run)"
+        images: dict[str, bytes] = {}
+        rows: list[dict[str, Any]] = []
+        self._input(i, info["inputs"], ref, use_int, images, rows, log2, log_y)
+        self._output(i, ref, cross, use_int and ran, images, rows, log2, log_y)
+        w_images, w_rows = self._weights_part(i, info, use_int, log2, log_y)
+        images.update(w_images)
+        rows += w_rows
+        if info.get("record"):
+            rows.append({"tensor": f"record ({info['precision']})", **info["record"]})
+        data["precision"] = info["precision"] + (" (ran)" if ran else " (not run yet)")
+        if cross is not None and cross.index == i:
+            data["CROSS"] = f"{cross.precision} vs {cross.other}"
+        if s.stale_from is not None and s.stale_from <= i <= s.position:
+            data["stale"] = f"this output predates an edit (from layer {s.stale_from} on): Rerun or Run"
+        return data, images, rows
+
+    def _input(self, i: int, producers: list[str], ref, use_int: bool, images, rows, log2, log_y) -> None:
+        s = self._s
+        x = join_inputs([s.x if p == INPUT else ref[int(p)] for p in producers])
+        series = {"FLOAT": x}
+        # the run's input differs from FLOAT only behind a quantized producer; the network input is the
+        # same tensor in every mode (a layer quantizes it itself)
+        if use_int and producers != [INPUT] and all(p == INPUT or int(p) <= s.position for p in producers):
+            x_run = join_inputs(s.inputs(i))
+            series[run_label(s)] = x_run
+            rows.append(tensor_stats(f"input {run_label(s)}", x_run))
+        marks = self.thresholds(producers[0]) if len(producers) == 1 else None
+        images["input"] = feature_montage(x, labels=True)
+        images["hist_input"] = hist_image(series, f"layer {i} input", marks, log2, log_y)
+        rows.insert(0, tensor_stats("input", x))
+
+    def _output(self, i: int, ref, cross, with_run: bool, images, rows, log2, log_y) -> None:
+        y, y_int = ref[i], None
+        if cross is not None and cross.index == i:
+            y, y_int = cross.float_and_int
+        elif with_run:
+            y_int = self._s.output(i)
+        images["output"] = feature_montage(y, labels=True)
+        rows.append(tensor_stats("output", y))
+        series = {"FLOAT": y}
+        if y_int is not None:
+            y_int = np.asarray(y_int, np.float32)
+            series[run_label(self._s)] = y_int
+            images["float"] = feature_montage(y, max_channels=16, cols=4, normalize="global")
+            images["int"] = feature_montage(y_int, max_channels=16, cols=4, normalize="global")
+            images["heatmap"] = heatmap_png(y_int - y, max_channels=16, cols=4)
+            rows.append(tensor_stats(f"output {run_label(self._s)}", y_int))
+            rows.append(error_stats(y, y_int))
+        images["hist_output"] = hist_image(series, f"layer {i} output", self.thresholds(str(i)), log2, log_y)
+
+    def _weights_part(self, i: int, info: dict, use_int: bool, log2: bool, log_y: bool) -> tuple[dict, list]:
+        self._check_qmodel()
+        with_int = use_int and "weight_scheme" in info          # layer_info names a scheme iff int8 weights exist
+        key = (i, with_int, log2, log_y)
+        if key not in self._weights:
+            self._weights[key] = self._compute_weights(i, with_int, log2, log_y)
+        return self._weights[key]
+
+    def _compute_weights(self, i: int, with_int: bool, log2: bool, log_y: bool) -> tuple[dict, list]:
+        s = self._s
+        w = s.weights(i).get("weights")
+        if w is None or w.ndim not in (2, 4):
+            return {}, []
+        images, rows = {"weights": weights_png(w)}, [tensor_stats("weights", w)]
+        if not with_int:
+            images["hist_weights"] = hist_image({"weights": w}, f"layer {i} weights", None, log2, log_y)
+            return images, rows
+        q = s.weights(i, "int8")
+        w_int = dequantized(q["w_q"], q["w_scale"])
+        w_fused = fused_weights(s, i, w_int.shape)
+        images["hist_weights"] = hist_image({"FLOAT (BN folded)": w_fused, "INT8 w_q*scale": w_int},
+                                            f"layer {i} weights", None, log2, log_y)
+        rows.append(tensor_stats("weights INT8 (w_q*scale)", w_int))
+        rows.append({**error_stats(w_fused, w_int), "tensor": "weights INT8 - folded FLOAT"})
+        return images, rows

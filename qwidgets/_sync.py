@@ -1,0 +1,93 @@
+"""Views follow a Session through its callbacks, whoever drives it: a button or a notebook cell.
+
+`SessionFollower(session, update)` registers `on_step` / `on_edit` / `on_reset` / `on_refresh` and
+calls `update(events, from_code)` with the set of event names ("step", "edit", "reset", and "rerun"
+for kept outputs re-executed after an edit) that happened:
+
+- while a widget handler drives the session (`holding(session)`, entered by `shows_errors`), events
+  are collected and delivered once when the outermost handler returns (`from_code=False`): a Run
+  click steps 24 layers but redraws once, after the handler has set its own status;
+- otherwise the session was driven from code. Without a running event loop (a script, a headless
+  test) the update is immediate; in a Jupyter kernel (an asyncio loop runs the cell) it is queued
+  with `call_soon`, so `s.run()` in a cell redraws once when the cell returns, not per layer.
+
+The engine stays widget-free: it only calls plain callables.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from typing import Any, Callable, Iterator
+
+Update = Callable[[frozenset, bool], Any]
+EVENTS = ("step", "edit", "reset")
+
+_held: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+# WeakSet values: a follower references its session, so a strong value would keep the key alive forever
+_followers: "weakref.WeakKeyDictionary[Any, weakref.WeakSet[SessionFollower]]" = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def holding(session: Any) -> Iterator[None]:
+    """Hold `session`'s events for its followers until the outermost `holding` block ends."""
+    if session is None:
+        yield
+        return
+    _held[session] = _held.get(session, 0) + 1
+    try:
+        yield
+    finally:
+        _held[session] -= 1
+        if _held[session] == 0:
+            del _held[session]
+            for follower in list(_followers.get(session, ())):
+                follower.flush(from_code=False)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class SessionFollower:
+    """Deliver a session's step / edit / reset events to `update(events, from_code)` (see the module doc)."""
+
+    def __init__(self, session: Any, update: Update) -> None:
+        self._session, self._update = session, update
+        self._pending: set[str] = set()
+        self._scheduled = False
+        self._callbacks = [session.on_step(lambda _r: self.note("step")),
+                           session.on_edit(lambda _e: self.note("edit")),
+                           session.on_reset(lambda _s: self.note("reset")),
+                           # kept outputs re-executed after an edit (refresh / rerun, from code too)
+                           session.on_refresh(lambda _first: self.note("rerun"))]
+        _followers.setdefault(session, weakref.WeakSet()).add(self)
+
+    def note(self, event: str) -> None:
+        """Record an event (the session's own, or one a view knows of, such as "rerun") for delivery."""
+        self._pending.add(event)
+        if self._session in _held:
+            return                      # the handler driving the session flushes when it returns
+        loop = _running_loop()
+        if loop is None:
+            self.flush(from_code=True)
+        elif not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self.flush, True)
+
+    def flush(self, from_code: bool) -> None:
+        """Deliver the pending events now (no-op if none, or once closed)."""
+        self._scheduled = False
+        events, self._pending = frozenset(self._pending), set()
+        if events and self._callbacks:
+            self._update(events, from_code)
+
+    def close(self) -> None:
+        """Stop following (the session keeps no reference to the views)."""
+        for cb in self._callbacks:
+            self._session.remove_callback(cb)
+        self._callbacks, self._pending = [], set()        # a flush already queued on the loop does nothing
+        _followers.get(self._session, weakref.WeakSet()).discard(self)

@@ -1,0 +1,45 @@
+"""The Explorer's layer panel in HYBRID / INT: input and weights histograms overlay the run on FLOAT."""
+from __future__ import annotations
+
+import numpy as np
+
+import engine
+from qwidgets import Explorer
+
+
+def rows_by_name(ex) -> dict:
+    return {r["tensor"]: r for r in ex._panel_data.data(ex.graph.selected_node)[2]}
+
+
+def test_int_panel_overlays_input_with_its_thresholds_and_int8_weights(tiny, tiny_q, monkeypatch):
+    s = engine.Session(tiny, tiny_q, "int")
+    asked = []
+    thresholds = s.thresholds
+    monkeypatch.setattr(s, "thresholds", lambda tid: (asked.append(str(tid)), thresholds(tid))[1])
+    ex = Explorer(s)
+    s.run_to(2)                                           # layer 2: conv reading maxpool 1's int8 output
+    assert ex.panel.node_id == "2" and {"1", "2"} <= set(asked)    # input tensor = producer "1", output "2"
+    rows = rows_by_name(ex)
+    x_run = s.inputs(2)[0]
+    assert rows["input INT"]["max"] == float(x_run.max()) and rows["input"]["max"] != rows["input INT"]["max"]
+    q = s.weights(2, "int8")
+    w_int = q["w_q"].astype(np.float32) * q["w_scale"].astype(np.float32).reshape(-1, 1, 1, 1)
+    assert rows["weights INT8 (w_q*scale)"]["max|x|"] == float(np.abs(w_int).max())
+    assert 20 < rows["weights INT8 - folded FLOAT"]["SQNR dB"] < 80      # int8 weights approximate BN-folded ones
+    for key in ("hist_input", "hist_output", "hist_weights"):
+        assert ex.panel.images[key].value[:4] == b"\x89PNG", key
+
+
+def test_float_panel_shows_plain_weights_and_an_edit_refreshes_the_cached_weights(tiny, tiny_q):
+    s = engine.Session(tiny, tiny_q, "float")
+    ex = Explorer(s)
+    s.run_to(2)
+    rows = rows_by_name(ex)
+    assert "input INT" not in rows and "weights INT8 (w_q*scale)" not in rows
+    before = ex.panel.images["hist_weights"].value
+    s.set_mode("int")
+    s.run_to(2)
+    assert "weights INT8 (w_q*scale)" in rows_by_name(ex) and ex.panel.images["hist_weights"].value != before
+    int_hist = ex.panel.images["hist_weights"].value
+    s.edit_weights(2, 0, np.zeros(s.weights(2, "int8")["w_q"][0].shape), target="int8")   # zero filter 0
+    assert ex.panel.images["hist_weights"].value != int_hist
