@@ -2,7 +2,8 @@
 
 Usage: python tools/run_notebooks.py [notebooks/NN_name.ipynb ...]
 Cells marked `# NBVAL_CHECK_OUTPUT` keep their outputs (nbval compares them in CI); other outputs
-are cleared so the repository does not carry megabytes of images.
+are cleared so the repository does not carry megabytes of images, and so is the saved widget state
+(`metadata.widgets`, about 1 MB for the Explorer), which nbval does not use.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def run(path: Path) -> None:
         if cell.cell_type == "code" and "NBVAL_CHECK_OUTPUT" not in cell.source:
             cell.outputs = []
             cell.execution_count = None
+    nb.metadata.pop("widgets", None)
     nbformat.write(nb, path)
     print(f"executed {path}")
 
