@@ -15,6 +15,11 @@ per core (scheduling, TLS, pickling, stragglers), not how well OpenBLAS threads 
     speedup    = T_inprocess / T_dask
     efficiency = T_inprocess / (n_workers * T_dask)       (1.0 = perfect; target >= 0.8)
 
+The peer measured in the same run: two plain processes (no Dask, no TLS) each doing half the
+images at once. Their efficiency is the ceiling this host allows for the job (two cores share the
+memory bandwidth and the L3 that im2col, maxpool and histograms stream through); `dask_vs_ceiling`
+= T_pair / T_dask is what distribution itself costs.
+
 Cluster start and the workers' first model load are excluded (one warm-up batch per worker);
 timed runs alternate (in-process, Dask, Dask, in-process, ...) and medians are reported. The
 load average is printed: other users' jobs on the same 2 cores slow both backends and make the
@@ -58,6 +63,41 @@ def image_set(n: int, folder: Path) -> list[str]:
     return out
 
 
+_WORKER: dict = {}
+
+
+def _pair_job(task: str, images: list[str], qmodel_path: str | None) -> float:
+    """In a plain worker process: the same job as in-process on `images` (model cached per process)."""
+    from engine.quant.qmodel import QuantizedModel
+    backend = _WORKER.setdefault("backend", InProcess(blas_threads=1))
+    if task == "calib":
+        t0 = time.perf_counter()
+        collect_stats(SOURCE, images, backend)
+    else:
+        qm = _WORKER.setdefault(qmodel_path, QuantizedModel.load(qmodel_path))
+        t0 = time.perf_counter()
+        evaluate(SOURCE, qm, images, ("int",), backend)
+    return time.perf_counter() - t0
+
+
+def pair_ceiling(task: str, images: list[str], qmodel_path: str, repeats: int) -> list[float]:
+    """Wall time of two plain processes (no Dask) each doing half the images at the same time: what
+    two cores of this host give for this job when nothing is distributed (memory bandwidth and the
+    shared L3 included). Each process warms up (model load) first."""
+    import concurrent.futures
+    import multiprocessing
+    half = len(images) // 2
+    parts = [images[:half], images[half:]]
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_pair_job, [task, task], [images[:2], images[2:4]], [qmodel_path] * 2))   # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            list(pool.map(_pair_job, [task, task], parts, [qmodel_path] * 2))
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def timed(fn) -> tuple[float, object]:
     t0 = time.perf_counter()
     result = fn()
@@ -84,6 +124,7 @@ def main() -> int:
             images = image_set(args.images, Path(tmp))
             model = load_source(SOURCE)
             qmodel = quantize_model(model, collect(model, images[:4], progress=False), "minmax", per_channel=True)
+            qmodel_path = str(qmodel.save(Path(tmp) / "q.npz"))
             # warm-up: the workers load the model (and the quantized model) once
             evaluate(SOURCE, qmodel, images[:2], ("int",), backend, batch_size=1)
             jobs = {"calib": (lambda be: collect_stats(SOURCE, images, be, args.batch_size)),
@@ -101,9 +142,12 @@ def main() -> int:
                         repr(sorted((k, v.tolist()) for k, v in ref.to_arrays().items())) ==
                         repr(sorted((k, v.tolist()) for k, v in got.to_arrays().items())))
                 m_in, m_dk = statistics.median(t_in), statistics.median(t_dk)
+                t_pair = pair_ceiling(task, images, qmodel_path, args.repeats)
+                m_pair = statistics.median(t_pair)
                 results[task] = {"in_process_s": t_in, "dask_s": t_dk, "median_in_process_s": m_in,
                                  "median_dask_s": m_dk, "speedup": m_in / m_dk, "efficiency": m_in / (2 * m_dk),
-                                 "identical_results": same}
+                                 "identical_results": same, "pair_s": t_pair, "median_pair_s": m_pair,
+                                 "ceiling_efficiency": m_in / (2 * m_pair), "dask_vs_ceiling": m_pair / m_dk}
     finally:
         client.close()
         cluster.close()
@@ -120,6 +164,8 @@ def main() -> int:
               f"speedup {r['speedup']:.2f}   efficiency {r['efficiency']:.2f} (target >= 0.8)   "
               f"identical results: {r['identical_results']}   runs in/dask: "
               + " ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(r["in_process_s"], r["dask_s"])))
+        print(f"{'':<6} two plain processes at once (no Dask) {r['median_pair_s']:.2f} s: this host's ceiling "
+              f"efficiency {r['ceiling_efficiency']:.2f}; Dask reaches {r['dask_vs_ceiling']:.2f} of it")
     busy = max(load0[0], results["loadavg_after"][0])
     print(f"load average before {load0[0]:.1f}, after {results['loadavg_after'][0]:.1f} on {os.cpu_count()} cores"
           + ("  -> the host is shared and busy: both timings are inflated, efficiency is a lower bound"
