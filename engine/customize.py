@@ -300,10 +300,11 @@ class CustomizeMixin:
     def _detections_as_kept(self) -> list:
         """Detections of the kept outputs as they are (stale or not), run to the end if needed."""
         from engine.detect import detect_outputs
+        from engine.quant.executor import FloatView
         values = list(self.values)
         for j in range(len(values), self.num_layers):
             values.append(self.executor.run_layer(j, self._inputs(j, values))[0])
-        return detect_outputs(self.model, [v.float() for v in values], self.pre, self.thresh, self.nms)
+        return detect_outputs(self.model, FloatView(values), self.pre, self.thresh, self.nms)
 
     def save_model(self, path: str | Path, overwrite: bool = False) -> Path:
         """Save the customized float model as a new engine model file (never over the original)."""

@@ -142,13 +142,12 @@ def candidates(model, outs: Sequence[np.ndarray], thresh: float) -> tuple[Candid
     """Decode every detection head of `model` from its outputs (network-relative boxes)."""
     _, net_h, net_w = model.input_shape
     parts, kind = [], "default"
-    for layer in model.layers:
-        y = outs[layer.index]
+    for layer in model.layers:       # outs may dequantize on access: read the heads only
         if layer.kind == "yolo":
-            parts.append(decode_yolo(y, layer.mask, layer.anchors, layer.classes, net_w, net_h, thresh))
+            parts.append(decode_yolo(outs[layer.index], layer.mask, layer.anchors, layer.classes, net_w, net_h, thresh))
             kind = layer.nms_kind if layer.nms_kind == "greedynms" else kind
         elif layer.kind == "region":
-            parts.append(decode_region(y, layer.num, layer.anchors, layer.classes, thresh))
+            parts.append(decode_region(outs[layer.index], layer.num, layer.anchors, layer.classes, thresh))
     return merge(parts, model.num_classes), kind
 
 

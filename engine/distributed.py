@@ -470,14 +470,14 @@ def evaluate(model_source: Any, qmodel: Any, images, modes: Sequence[str] = ("hy
 # ------------------------------------------------------------------------------ method comparison
 def _method_rows(model, qm, pre, outs) -> dict:
     """One image, one quantized model: what `engine.quant.compare.evaluate` gathers per image."""
-    from engine.quant.executor import Executor
+    from engine.quant.executor import Executor, FloatView
     from engine.quant.fitness import local_stats, propagated_stats
     row: dict[str, Any] = {}
     for mode in ("hybrid", "int"):
         ex = Executor(model, qm, mode)
         values, records = ex.run(pre.x)
         prop = propagated_stats(outs, values, records)
-        row[mode] = detect_outputs(model, [v.float() for v in values], pre)
+        row[mode] = detect_outputs(model, FloatView(values), pre)
         row[f"{mode}_sqnr"] = [s.sqnr_db for s in prop]
         if mode == "int":
             row["saturation"] = [s.saturation for s in prop]

@@ -21,7 +21,7 @@ from engine.detect import Detection, detect_outputs
 from engine.errors import EditsWouldBeLost, EngineError
 from engine.image import ImageLike, Preprocessed
 from engine.inspect import TensorSummary, histogram, summarize
-from engine.quant.executor import FLOAT, INT8, Executor, LayerRecord, Value
+from engine.quant.executor import FLOAT, INT8, Executor, FloatView, LayerRecord, Value
 from engine.quant.fitness import ErrorStats, error_stats
 from engine.quant.qmodel import QuantizedModel
 
@@ -302,7 +302,7 @@ class Session(CustomizeMixin):
             raise EngineError(f"detections need a full run: at layer {self.position} of {self.num_layers - 1}; "
                               "call run()")
         self.refresh()
-        return detect_outputs(self.model, [v.float() for v in self.values], self.pre, self.thresh, self.nms)
+        return detect_outputs(self.model, FloatView(self.values), self.pre, self.thresh, self.nms)
 
     def float_detections(self) -> list[Detection]:
         return detect_outputs(self.model, self.float_reference(), self.pre, self.thresh, self.nms)
@@ -512,5 +512,5 @@ class Session(CustomizeMixin):
         for i in range(index + 1, self.num_layers):
             v, _ = self.executor.run_layer(i, self._inputs(i, values))
             values.append(v)
-        dets = detect_outputs(self.model, [v.float() for v in values], self.pre, self.thresh, self.nms)
+        dets = detect_outputs(self.model, FloatView(values), self.pre, self.thresh, self.nms)
         return ContinueResult(source, index, dets, values)

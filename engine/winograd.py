@@ -142,23 +142,34 @@ def output_tiles_cf(m: np.ndarray, y: np.ndarray, th: int, tw: int, scratch: Scr
     parallel_for(n, run, s.size)
 
 
-def conv3x3(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, p: int, scratch: Scratch,
-            act: str | None = None) -> np.ndarray:
+def prepare_weights(w2d: np.ndarray, c: int, h: int, w: int, p: int) -> np.ndarray:
+    """The transformed weights conv3x3 uses for a (C, h, w) input with padding p, in the layout it
+    picks for that map size: (16, n, C) channels-first on small maps, else (16, C, n)."""
+    th, tw = (h + 2 * p - 1) // 2, (w + 2 * p - 1) // 2
+    u = transform_weights(w2d)
+    return np.ascontiguousarray(u.transpose(0, 2, 1)) if th * tw <= CF_TILES else u
+
+
+def conv3x3(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, p: int, scratch: Scratch,
+            act: str | None = None, u: np.ndarray | None = None) -> np.ndarray:
     """3x3 stride-1 cross-correlation with padding p, + bias and a fused activation: new (n, Ho, Wo).
 
-    x: (C, H, W) float32; w2d: (n, C*9) float32 (weights transformed once, see cached_weights);
-    b: (n,); act: None or one of kernels.FUSED_ACTS.
+    x: (C, H, W) float32; w2d: (n, C*9) float32, transformed once per array (see cached_weights),
+    or u: the transformed weights already made for this map size (`prepare_weights`; a model keeps
+    them instead of w2d). b: (n,); act: None or one of kernels.FUSED_ACTS.
     The 16 GEMMs run as (tiles, C) @ (C, n) on big maps; with few tiles (<= CF_TILES) as
     (n, C) @ (C, tiles) on a transposed copy of V, which OpenBLAS runs 5-15% faster there.
     """
     c, h, w = x.shape
-    n = w2d.shape[0]
+    n = b.shape[0]
     ho, wo = h + 2 * p - 2, w + 2 * p - 2
     th, tw = (ho + 1) // 2, (wo + 1) // 2
     v = input_tiles(x, p, th, tw, scratch)
     y = np.empty((n, ho, wo), np.float32)
     if th * tw <= CF_TILES:
-        u = derived("winograd-2x2-cf", (w2d,), lambda: np.ascontiguousarray(transform_weights(w2d).transpose(0, 2, 1)))
+        if u is None:
+            u = derived("winograd-2x2-cf", (w2d,),
+                        lambda: np.ascontiguousarray(transform_weights(w2d).transpose(0, 2, 1)))
         vt = scratch.get("wino_vt", (16, c, th * tw))
         m = scratch.get("wino_m", (16, n, th * tw))
 
@@ -171,7 +182,7 @@ def conv3x3(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, p: int, scratch: Scra
         output_tiles_cf(m, y, th, tw, scratch)
     else:
         m = scratch.get("wino_m", (16, th * tw, n))
-        u = cached_weights(w2d)
+        u = cached_weights(w2d) if u is None else u
         parallel_items(16, lambda _part, i: np.matmul(v[i], u[i], out=m[i]))
         m[5] += b                                            # bias via the (1, 1) product
         output_tiles(m, y, th, tw, scratch)

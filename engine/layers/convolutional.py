@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from engine import winograd
 from engine.kernels import FUSED_ACTS, conv2d, conv_out_size
 from engine.layers.activations import activate, activation_key
 from engine.layers.base import LAYERS, BuildContext, Layer, Params, Scratch, check_shape, refuse
@@ -15,9 +16,12 @@ BN_EPS = 1e-6
 
 
 class FusedConv(NamedTuple):
-    """Kernel-ready conv parameters: w (n, C/g*k*k) and b (n,), float32, BN folded in."""
-    w: np.ndarray
+    """Kernel-ready conv parameters, float32, BN folded in: w (n, C/g*k*k) and b (n,); for a layer
+    that runs Winograd, `wino` (its transformed weights) *instead of* w: one kernel form per layer,
+    not two (yolov3 at 416 keeps 190 MB less)."""
+    w: np.ndarray | None
     b: np.ndarray
+    wino: np.ndarray | None = None
 
 
 def fold_batchnorm(w: np.ndarray, biases: np.ndarray, scales: np.ndarray, mean: np.ndarray,
@@ -95,14 +99,19 @@ class Convolutional(Layer):
 
     def prepare(self, params: Params) -> FusedConv:
         w, b = self.fused(params)
-        return FusedConv(np.ascontiguousarray(w.reshape(self.filters, -1)), b)
+        w2d = np.ascontiguousarray(w.reshape(self.filters, -1))
+        c, h, wd = self.in_shapes[0]
+        if self.groups == 1 and winograd.suitable(c, h, wd, self.filters, self.size, self.stride, self.padding):
+            return FusedConv(None, b, winograd.prepare_weights(w2d, c, h, wd, self.padding))
+        return FusedConv(w2d, b)
 
     def linear_float(self, x: np.ndarray, prep: FusedConv, scratch: Scratch) -> np.ndarray:
         """Convolution + folded bias, before the activation."""
-        return conv2d(x, prep.w, prep.b, self.size, self.stride, self.padding, self.groups, scratch)
+        return conv2d(x, prep.w, prep.b, self.size, self.stride, self.padding, self.groups, scratch,
+                      wino=prep.wino)
 
     def forward_float(self, xs: list[np.ndarray], prep: FusedConv, scratch: Scratch) -> np.ndarray:
         if self.activation in FUSED_ACTS:  # applied in the kernel's bias pass, while the data is in cache
             return conv2d(xs[0], prep.w, prep.b, self.size, self.stride, self.padding, self.groups, scratch,
-                          act=self.activation)
+                          act=self.activation, wino=prep.wino)
         return activate(self.linear_float(xs[0], prep, scratch), self.activation)

@@ -13,7 +13,7 @@ import numpy as np
 
 from engine.calib.collect import CalibrationStats, image_list
 from engine.detect import detect_outputs
-from engine.quant.executor import Executor
+from engine.quant.executor import Executor, FloatView
 from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
 from engine.quant.qmodel import QuantizedModel, quantize_model
 
@@ -83,7 +83,7 @@ def evaluate(model, qmodel: QuantizedModel, inputs, float_runs) -> tuple[dict[st
         local, sat, use = [], [], []
         for pre, (outs, _) in zip(inputs, float_runs):
             values, records = ex.run(pre.x)
-            preds.append(detect_outputs(model, [v.float() for v in values], pre))
+            preds.append(detect_outputs(model, FloatView(values), pre))
             prop = propagated_stats(outs, values, records)
             sqnr.append([s.sqnr_db for s in prop])
             if mode == "int":
