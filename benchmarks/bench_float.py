@@ -115,12 +115,17 @@ class OpenCV:
 
 
 def interleaved(fns: dict[str, callable], runs: int, warmup: int) -> dict[str, list[float]]:
+    """Times of each engine, alternating run by run; the order rotates every round so neither
+    engine always runs right after the other. (Idle gaps between runs were tried: the cores then
+    drop to low-power states and both engines get 20-50% slower, so runs follow back to back.)
+    """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
+    items = list(fns.items())
+    for r in range(runs):
+        for k, fn in items[r % len(items):] + items[:r % len(items)]:
             t = time.perf_counter()
             fn()
             times[k].append((time.perf_counter() - t) * 1e3)
