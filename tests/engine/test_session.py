@@ -407,3 +407,58 @@ def test_refresh_event_and_fused_weights(tiny, tiny_q):
     np.testing.assert_array_equal(fused["biases"], b)
     with pytest.raises(EngineError, match=r"layer 1 \[maxpool\] has no weights"):
         s.weights(1, "fused")
+
+
+def test_inspection_apis_against_independent_computations(tiny, tiny_q):
+    """layer_info / summary / histogram / inputs / weights / fitness / thresholds of an INT session,
+    each recomputed here from first principles (NumPy on the kept tensors, the graph, the files)."""
+    from engine.calib import CALIBRATORS, make
+    s = Session(tiny, tiny_q, "int", IMAGES / "dog.jpg")
+    s.run_to(12)
+    info = s.layer_info(12)
+    layer, lq = tiny.layers[12], tiny_q.layers[12]
+    assert (info["kind"], info["inputs"], info["out_shape"]) == ("convolutional", ["11"], [1024, 13, 13])   # graph node ids
+    assert info["macs"] == 1024 * 512 * 9 * 13 * 13 and info["params"] == 1024 * 512 * 9 + 4 * 1024
+    assert info["in_scale"] == lq.in_scale == tiny_q.scales["11"] and info["out_scale"] == tiny_q.scales["12"]
+    assert info["precision"] == INT8 and info["per_channel"] and info["record"]["total"] == 1024 * 13 * 13
+    q = s.output_q(12)
+    y = (q.q.astype(np.float32) * np.float32(q.scale)).astype(np.float64)     # real = q * scale, in float32
+    np.testing.assert_array_equal(s.output(12), y.astype(np.float32))
+    summ = s.summary(12)
+    assert (summ.min, summ.max) == (float(y.min()), float(y.max())) and abs(summ.mean - y.mean()) < 1e-9
+    assert summ.range_use == np.abs(q.q.astype(int)).max() / 127 and summ.zeros == float((q.q == 0).mean())
+    counts, edges = s.histogram(12, bins=32)
+    ref_counts, ref_edges = np.histogram(s.output(12), bins=32, range=(y.min(), y.max()))
+    np.testing.assert_array_equal(counts, ref_counts)
+    np.testing.assert_allclose(edges, ref_edges)
+    log_counts, log_edges = s.histogram(12, bins=32, log2=True)
+    assert log_counts.sum() == y.size and np.all(np.log2(log_edges) == np.round(np.log2(log_edges)))
+    np.testing.assert_array_equal(s.inputs(12)[0], s.output(11))
+    w = s.weights(12, "int8")
+    np.testing.assert_array_equal(w["w_q"], lq.w_q)
+    w["w_q"][0] = 0                                        # a copy: the session's weights are untouched
+    assert s.weights(12, "int8")["w_q"][0].any()
+    fit = s.fitness(12)
+    ref = tiny.forward(s.x)[12].astype(np.float64)
+    e = s.output(12).astype(np.float64) - ref
+    assert abs(fit["propagated"].sqnr_db - 10 * np.log10((ref ** 2).sum() / (e ** 2).sum())) < 1e-9
+    assert abs(fit["propagated"].max_abs - np.abs(e).max()) < 1e-12
+    assert fit["local"].sqnr_db > fit["propagated"].sqnr_db       # alone on FLOAT inputs: less error
+    th = s.thresholds("12")
+    assert set(th) == set(CALIBRATORS.names())
+    for name, t in th.items():
+        assert t == make(name).threshold(tiny_q.stats.hists["12"])
+    assert th["minmax"] == tiny_q.stats.hists["12"].amax
+
+
+def test_continue_from_equals_an_executor_run_with_that_layer_crossed(tiny, tiny_q):
+    s = Session(tiny, tiny_q, "int", IMAGES / "dog.jpg")
+    s.run_to(8)
+    other = s.continue_from("other")
+    ref, _ = Executor(tiny, tiny_q, "int", float_layers=[8]).run(s.x)      # layer 8 FLOAT, the rest INT
+    for i in range(s.num_layers):
+        np.testing.assert_array_equal(other.values[i].float(), ref[i].float(), err_msg=f"layer {i}")
+    this = s.continue_from("this")
+    assert [d.to_dict() for d in this.detections] == [d.to_dict() for d in Session(tiny, tiny_q, "int",
+                                                                                IMAGES / "dog.jpg").run()]
+    assert s.position == 8
