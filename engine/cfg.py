@@ -174,6 +174,40 @@ def parse_cfg(text: str, path: str = "<cfg>") -> Cfg:
     return Cfg(path, sections[0], sections[1:], text)
 
 
+def with_input_size(text: str, width: int, height: int) -> str:
+    """cfg text with [net] width= / height= set (added if absent); the layers are untouched.
+
+    Convolutional nets run at any input size their strides divide (Darknet's own `-width/-height`);
+    edge devices often want 320 or 256 instead of the 416 or 608 a cfg ships with.
+    """
+    m = re.search(r"^\s*\[(?!net\]|network\])", text, flags=re.M)
+    head, tail = (text[:m.start()], text[m.start():]) if m else (text, "")
+    for key, v in (("width", width), ("height", height)):
+        head, n = re.subn(rf"^(\s*{key}\s*=).*$", rf"\g<1>{int(v)}", head, flags=re.M)
+        if n == 0:
+            head = head.rstrip("\n") + f"\n{key}={int(v)}\n"
+    return head + tail
+
+
+def parse_size(size: int | str | Sequence[int]) -> tuple[int, int]:
+    """416, "416", "320x256" (width x height) or (320, 256) -> (width, height). Raises ValueError."""
+    if isinstance(size, str):
+        parts = size.lower().split("x")
+        try:
+            vals = [int(v) for v in parts]
+        except ValueError:
+            raise ValueError(f"size {size!r}: expected N or WIDTHxHEIGHT, e.g. 416 or 320x256") from None
+    elif isinstance(size, int):
+        vals = [size]
+    else:
+        vals = [int(v) for v in size]
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or not all(1 <= v <= 8192 for v in vals):
+        raise ValueError(f"size {size!r}: expected a width and height between 1 and 8192")
+    return vals[0], vals[1]
+
+
 def read_cfg(path: str | Path) -> Cfg:
     """Read and parse a cfg file. Raises CfgError for unreadable, binary or malformed files."""
     p = Path(path)

@@ -16,7 +16,10 @@ MODES = ("float", "hybrid", "int")
 
 def _load(args: argparse.Namespace):
     from engine.model import load
-    return load(args.model, weights=args.weights, names=getattr(args, "names", None))
+    return load(args.model, weights=args.weights, names=getattr(args, "names", None), size=getattr(args, "size", None))
+
+
+SIZE_HELP = "input size WIDTHxHEIGHT or N (default: the cfg's [net] width/height), e.g. 320 or 320x256"
 
 
 def _executor(model, args: argparse.Namespace):
@@ -34,9 +37,11 @@ def _executor(model, args: argparse.Namespace):
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from engine.cfg import read_cfg
+    from engine.cfg import parse_cfg, parse_size, read_cfg, with_input_size
     from engine.graph import build_graph, build_layers
     cfg = read_cfg(args.cfg)
+    if args.size:
+        cfg = parse_cfg(with_input_size(cfg.text, *parse_size(args.size)), cfg.path)
     layers = build_layers(cfg)
     net = cfg.net
     graph = build_graph(Path(args.cfg).stem, (net.get_int("channels", 3), net.get_int("height"),
@@ -153,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("info", help="table of layers: index, type, inputs, output shape, params, MACs")
     s.add_argument("cfg")
+    s.add_argument("--size", help=SIZE_HELP)
     s.add_argument("--json", action="store_true", help="the graph as JSON")
     s.set_defaults(func=cmd_info)
 
@@ -170,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--names", metavar="FILE", help="class names, one per line (default: COCO/VOC by class count)")
         s.add_argument("--quantized", metavar="QMODEL", help="quantized model file for --mode hybrid|int")
         s.add_argument("--float-layers", metavar="I,J", help="keep these layers FLOAT in hybrid/int (mixed precision)")
+        s.add_argument("--size", help=SIZE_HELP)
 
     s = sub.add_parser("detect", help="detect objects in images")
     model_args(s)
@@ -194,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="calibration images: a folder, or image files")
         s.add_argument("--per-channel", action="store_true", help="per-output-channel weight scales")
         s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox")
+        s.add_argument("--size", help=SIZE_HELP)
         s.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("quantize", help="calibrate and write a quantized model (int8 weights, scales)")

@@ -156,20 +156,9 @@ def source_of(model) -> ModelSource:
     return replace(src, size=(w, h), fingerprint=fingerprint(model))
 
 
-def _resized_cfg_text(text: str, size: tuple[int, int]) -> str:
-    """Replace width= / height= of the [net] section (everything before the second section)."""
-    m = re.search(r"^\s*\[(?!net\]|network\])", text, flags=re.M)
-    head, tail = (text[:m.start()], text[m.start():]) if m else (text, "")
-    for key, v in (("width", size[0]), ("height", size[1])):
-        head, n = re.subn(rf"^(\s*{key}\s*=).*$", rf"\g<1>{int(v)}", head, flags=re.M)
-        if n == 0:
-            head += f"\n{key}={int(v)}\n"
-    return head + tail
-
-
 @lru_cache(maxsize=2)
 def _load_cached(src: ModelSource, stamp: tuple):
-    from engine.cfg import parse_cfg, read_cfg
+    from engine.cfg import parse_cfg, read_cfg, with_input_size
     from engine.graph import build_layers
     from engine.model import Model, is_model_file, load
     from engine.weights import read_weights
@@ -183,7 +172,7 @@ def _load_cached(src: ModelSource, stamp: tuple):
         if src.size is not None and model.input_shape[1:] != (src.size[1], src.size[0]):
             raise ValueError(f"{path}: an engine model file has a fixed input size; size={src.size} cannot apply")
     else:
-        cfg = parse_cfg(_resized_cfg_text(read_cfg(path).text, src.size), str(path))
+        cfg = parse_cfg(with_input_size(read_cfg(path).text, *src.size), str(path))
         layers = build_layers(cfg)
         header, params = read_weights(src.weights, layers)
         model = Model(cfg, layers, params, header, source=str(src.weights))

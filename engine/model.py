@@ -89,6 +89,24 @@ class Model:
         self.params[index] = {**self.params[index], name: value.copy()}
         self._prepared.pop(index, None)
 
+    def resized(self, width: int, height: int) -> "Model":
+        """The same weights at another input size (a new Model; arrays shared). Raises WeightsError
+        when a layer's parameters depend on the size ([connected] after convolutions)."""
+        from engine.cfg import parse_cfg, with_input_size
+        if self.input_shape[1:] == (height, width):
+            return self
+        cfg = parse_cfg(with_input_size(self.cfg.text, width, height), self.cfg.path)
+        cfg.file = self.cfg.file
+        layers = build_layers(cfg)
+        for layer, params in zip(layers, self.params):
+            for name, shape in layer.param_shapes():
+                if params[name].shape != tuple(shape):
+                    raise WeightsError(f"{layer.where()}: {name} must be {tuple(shape)} at {width}x{height} but the "
+                                       f"model holds {params[name].shape}; a model with [{layer.kind}] layers runs "
+                                       "at its own input size only")
+        return Model(cfg, layers, self.params, self.header, name=self.graph.name, names=self.class_names,
+                     source=self.source)
+
     def shallow_copy(self) -> "Model":
         """A copy whose parameter edits (`set_param`) never reach this model; arrays are shared until
         replaced (set_param swaps in new arrays, never writes into old ones)."""
@@ -275,11 +293,17 @@ class _Prefixed:
 
 
 def load(path: str | Path, weights: str | Path | None = None, *, names: str | Path | Sequence[str] | None = None,
-         random_weights: bool | int = False) -> Model:
+         random_weights: bool | int = False, size: int | str | Sequence[int] | None = None) -> Model:
     """Load a model: a cfg with `weights=` (or `random_weights=seed`), or an engine model file.
 
-    Raises: CfgError / WeightsError naming the file and what was expected.
+    `size`: run at another input size than the cfg's [net] width/height: 320, "320x256" (width x
+    height) or (320, 256); the weights are the same (Darknet's `-width -height`).
+    Raises: CfgError / WeightsError naming the file and what was expected; ValueError for a bad size.
     """
+    if size is not None:
+        from engine.cfg import parse_size
+        width, height = parse_size(size)
+        return load(path, weights, names=names, random_weights=random_weights).resized(width, height)
     p = Path(path)
     if not p.exists():
         raise CfgError(f"{p}: no such model file")

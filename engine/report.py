@@ -182,6 +182,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
                                    "per layer and mode; with --ram/--flash/--budget-ms a fit verdict.")
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
     s.add_argument("--weights", metavar="W")
+    s.add_argument("--size", help="input size WIDTHxHEIGHT or N (default: the cfg's), e.g. 320")
     s.add_argument("--quantized", "-q", required=True, metavar="QMODEL", help="quantized model .npz")
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--image", help="image to time on (default: a bundled sample)")
@@ -197,7 +198,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 def cmd_report(args: argparse.Namespace) -> int:
     from engine.model import load
     from engine.quant.qmodel import QuantizedModel
-    model = load(args.model, weights=args.weights)
+    model = load(args.model, weights=args.weights, size=args.size)
     rep = size_speed_report(model, QuantizedModel.load(args.quantized), args.repeats, args.image)
     fit = None
     if None not in (args.ram, args.flash, args.budget_ms):

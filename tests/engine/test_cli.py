@@ -84,3 +84,23 @@ def test_detect_reports_bad_image_and_continues(tmp_path):
     assert res.returncode == 1 and "bad.jpg: not a decodable image" in res.stderr
     data = json.loads(res.stdout)["images"]
     assert "error" in data["bad.jpg"] and len(data["dog.jpg"]["detections"]) == 6
+
+
+def test_size_option_runs_info_and_detect_at_320(tmp_path):
+    import json as _json
+    import subprocess
+    import sys
+    from helpers import IMAGES, ROOT, TINY_CFG, TINY_WEIGHTS
+    run = lambda *a: subprocess.run([sys.executable, "-m", "engine", *a], cwd=ROOT, capture_output=True,  # noqa: E731
+                                    text=True, timeout=300)
+    info = run("info", str(TINY_CFG), "--size", "320", "--json")
+    assert info.returncode == 0, info.stderr
+    nodes = _json.loads(info.stdout)["nodes"]
+    assert [n for n in nodes if n["id"] == "15"][0]["out_shape"] == [255, 10, 10]
+    det = run("detect", str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "--size", "320", str(IMAGES / "dog.jpg"),
+              "--json")
+    assert det.returncode == 0, det.stderr
+    names = {d["name"] for d in _json.loads(det.stdout)["images"]["dog.jpg"]["detections"]}
+    assert {"dog", "bicycle", "car"} <= names
+    bad = run("detect", str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "--size", "big", str(IMAGES / "dog.jpg"))
+    assert bad.returncode == 2 and bad.stderr.startswith("error: size 'big'")

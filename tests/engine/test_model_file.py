@@ -75,3 +75,22 @@ def test_forward_rejects_wrong_input(tiny):
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         tiny.forward(bad)
+
+
+def test_load_at_another_size_shares_weights_and_refuses_connected_layers(tmp_path):
+    import engine
+    from engine.errors import WeightsError
+    from helpers import CFG_DIR, TINY_CFG, TINY_WEIGHTS
+    m = engine.load(TINY_CFG, weights=TINY_WEIGHTS, size="320x256")
+    assert m.input_shape == (3, 256, 320) and m.layers[15].out_shape == (255, 8, 10)
+    base = engine.load(TINY_CFG, weights=TINY_WEIGHTS)
+    assert all(np.array_equal(a[k], b[k]) for a, b in zip(m.params, base.params) for k in a)
+    path = m.save(tmp_path / "t320.npz")
+    back = engine.load(path)
+    assert back.input_shape == (3, 256, 320)                      # the size travels with the model file
+    assert engine.load(path, size=416).input_shape == (3, 416, 416)
+    with pytest.raises(WeightsError, match=r"\[connected\].*must be \(4096, 16384\) at 320x320"):
+        engine.load(CFG_DIR / "alexnet.cfg", random_weights=0, size=320)
+    for bad in ("abc", "0", "320x", (1, 2, 3)):
+        with pytest.raises(ValueError, match="size"):
+            engine.load(TINY_CFG, weights=TINY_WEIGHTS, size=bad)

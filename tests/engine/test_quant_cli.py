@@ -129,9 +129,9 @@ def test_quant_cli_errors_are_one_clear_line(capsys, tmp_path, args, fragment):
 
 def test_quantized_model_of_another_cfg_is_refused(capsys, qfile, tmp_path):
     other = QuantizedModel.load(qfile)
-    # a consistent file for another cfg (same layers at 320x320): its own arrays check out on load,
-    # then pairing it with the 416 model is refused (a cfg with other filters is refused on load already)
-    other.cfg_text = other.cfg_text.replace("width=416", "width=320", 1).replace("height=416", "height=320", 1)
+    # a consistent file for another cfg (same shapes, another activation): its own arrays check out on
+    # load, then pairing it with the model is refused (a cfg with other filters is refused on load already)
+    other.cfg_text = other.cfg_text.replace("activation=leaky", "activation=relu", 1)
     assert other.cfg_text != QuantizedModel.load(qfile).cfg_text
     bad = other.save(tmp_path / "other.npz")
     rc, _, err = cli(capsys, "detect", *MODEL, DOG, "--mode", "int", "--quantized", bad)

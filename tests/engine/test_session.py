@@ -386,11 +386,16 @@ def test_set_model_opens_another_model_on_the_same_image(tiny, tiny_q, tmp_path)
     assert s.image_name == "horses.jpg"
     fresh = Session(small, None, "float", IMAGES / "horses.jpg")
     assert [d.to_dict() for d in s.run()] == [d.to_dict() for d in fresh.run()]
-    with pytest.raises(EngineError, match="different cfg"):      # tiny_q was made for the 416 cfg: refused
-        s.set_model(small, tiny_q)
+    other = tiny_q.copy()
+    other.cfg_text = other.cfg_text.replace("activation=leaky", "activation=relu", 1)
+    with pytest.raises(EngineError, match="different cfg"):      # another network: refused
+        s.set_model(tiny, other)
     assert s.model.input_shape == (3, 320, 320) and s.qmodel is None   # and nothing changed
-    s.set_model(tiny, tiny_q)
-    assert s.qmodel.method == tiny_q.method and s.x.shape == (3, 416, 416)
+    s.set_model(small, tiny_q)           # calibrated at 416, deployed at 320: same int8 weights and scales
+    assert s.qmodel.method == tiny_q.method and s.mode == "float" and s.x.shape == (3, 320, 320)
+    s.set_mode("int")
+    int_dets = s.run()
+    assert {d.name for d in int_dets} == {d.name for d in fresh.run()}        # horses at 320, INT as FLOAT
 
 
 def test_refresh_event_and_fused_weights(tiny, tiny_q):

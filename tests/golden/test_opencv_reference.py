@@ -63,6 +63,21 @@ def test_yolov3_tiny_matches_live_opencv_on_every_layer(tiny):
         assert max_rel_diff(outs[i], r) <= TOL, f"layer {i}"
 
 
+@pytest.mark.parametrize("size", ["320", "256x192"])
+def test_yolov3_tiny_at_another_input_size_matches_live_opencv(size):
+    """engine.load(..., size=) against OpenCV fed a blob of that size (its importer follows the blob)."""
+    import engine
+    model = engine.load(TINY_CFG, weights=TINY_WEIGHTS, size=size)
+    w, h = (int(v) for v in (size.split("x") if "x" in size else (size, size)))
+    assert model.input_shape == (3, h, w)
+    x = np.random.default_rng(6).random(model.input_shape, dtype=np.float32)
+    ref = opencv_layer_outputs(TINY_CFG, TINY_WEIGHTS, x)
+    outs = model.forward(x)
+    assert set(ref) == set(range(24)) - {16, 23}
+    for i, r in ref.items():
+        assert outs[i].shape == r.shape and max_rel_diff(outs[i], r) <= TOL, f"layer {i}"
+
+
 def _route_view(model, outs, ref, i):
     """OpenCV can return a recycled buffer for an output that only a later [route] reads; then check
     layer i through the part of that route's (matching) output that holds it."""
