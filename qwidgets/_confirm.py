@@ -1,13 +1,14 @@
-"""Switching a session's quantized model when that would drop int8 / scale edits: a second click confirms.
+"""Switching a session's quantized model, or its model, when that would drop edits: a second click confirms.
 
 `Session.set_quantized(q)` keeps float edits but refuses (EditsWouldBeLost, with the applied and undone
-counts) while the session holds int8 or scale edits of the current quantized model, which belong to it. The first click shows the
-engine's message and arms the guard for that target; the next click for the same target passes
-`drop_edits=True`. Any other target, or a successful switch, disarms it.
+counts) while the session holds int8 or scale edits of the current quantized model, which belong to it.
+`Session.set_model(m)` refuses while the session holds any edit: every edit belongs to the old model.
+The first click shows the engine's message and arms the guard for that target; the next click for the
+same target passes `drop_edits=True`. Any other target, or a successful switch, disarms it.
 """
 from __future__ import annotations
 
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 from engine.errors import EditsWouldBeLost
 
@@ -21,38 +22,62 @@ class Refused(Exception):
 
 
 class SwitchGuard:
-    """Two-click `set_quantized` for one button (one guard per button)."""
+    """Two-click `set_quantized` / `set_model` for one button (one guard per button)."""
 
     def __init__(self) -> None:
         self.armed: tuple | None = None         # (target, edits named) the next click confirms
 
     def switch(self, session: Any, quantized: Any, target: Hashable) -> int:
-        """`session.set_quantized(quantized)`; returns the number of dropped edits.
+        """`session.set_quantized(quantized)`; returns the number of dropped (int8 / scale) edits.
 
         Raises: Refused when int8/scale edits would be lost and this target is not armed yet (the
         guard is armed by the refusal); EngineError / OSError / ValueError for anything else.
         """
+        return self._guarded(("quantized", target), lambda drop: session.set_quantized(quantized, drop_edits=drop),
+                             lambda: quantized_pending(session))
+
+    def switch_model(self, session: Any, model: Any, target: Hashable) -> int:
+        """`session.set_model(model)`: a Model, a path engine.load reads, or a zero-argument callable
+        returning either (called by every click, so a click that fails to load disarms like any
+        failure). Returns the number of dropped edits (all of them: they belong to the old model).
+
+        Raises: Refused when edits would be lost and this target is not armed yet; EngineError /
+        OSError / ValueError for anything else (a model that does not load).
+        """
+        return self._guarded(("model", target),
+                             lambda drop: session.set_model(model() if callable(model) else model, drop_edits=drop),
+                             lambda: model_pending(session))
+
+    def _guarded(self, target: Hashable, call: Callable[[bool], int], pending: Callable[[], tuple]) -> int:
         # the confirmation is for this target and the edits the label named: more edits meanwhile ask again
         armed, self.armed = self.armed, None
         try:
-            return session.set_quantized(quantized, drop_edits=armed is not None and armed[0] == target
-                                         and armed[1] == self._pending(session))
+            return call(armed is not None and armed == (target, pending()))
         except EditsWouldBeLost as err:
             self.armed = (target, (err.applied, err.undone))
             n = err.count
             label = f"Confirm: drop {n} edit{'s' if n != 1 else ''}"
             raise Refused(f"{err}. Click '{label}' to switch anyway", label) from err
 
-    @staticmethod
-    def _pending(session: Any) -> tuple[int, int]:
-        """(applied, undone) int8/scale edits now: what a confirmation must still match."""
-        undone = sum(e.target != "float" for e in session.journal.undone)
-        return len(session.quantized_edits()), undone
-
     def disarm(self) -> None:
         self.armed = None
 
 
-def dropped_text(n: int) -> str:
-    """'' or '; dropped N int8/scale edit(s) (float edits kept)'."""
-    return f"; dropped {n} int8/scale edit{'s' if n != 1 else ''} (float edits kept)" if n else ""
+def quantized_pending(session: Any) -> tuple[int, int]:
+    """(applied, undone) int8/scale edits now: what a quantized-model confirmation must still match."""
+    undone = sum(e.target != "float" for e in session.journal.undone)
+    return len(session.quantized_edits()), undone
+
+
+def model_pending(session: Any) -> tuple[int, int]:
+    """(applied, undone) edits of any kind now: what a model confirmation must still match."""
+    return len(session.journal.done), len(session.journal.undone)
+
+
+def dropped_text(n: int, float_kept: bool = True) -> str:
+    """'' or '; dropped N int8/scale edit(s) (float edits kept)' (a quantized-model switch), or
+    '; dropped N edit(s)' (`float_kept=False`: a model switch drops every edit)."""
+    if not n:
+        return ""
+    s = "s" if n != 1 else ""
+    return f"; dropped {n} int8/scale edit{s} (float edits kept)" if float_kept else f"; dropped {n} edit{s}"

@@ -1,19 +1,23 @@
-"""ExplorerControls: mode, quantized model and image pickers, Run / Step / Run-to / Reset / CROSS /
+"""ExplorerControls: mode, quantized model, model and image pickers, Run / Step / Run-to / Reset / CROSS /
 Continue, and the status line. Every handler reads the UI, makes one Session call and sets traits.
 
 Traits other views observe: `position` (the session's last executed layer, -1 = none), `mode`,
-`revision` (bumped when the session restarts: reset, new image, new mode or quantized model),
+`revision` (bumped when the session restarts: reset, new image, new mode, quantized model or model),
 `cross_result` (the last `CrossResult`), `continue_result` (the last `ContinueResult`) and `status`.
 `selected_node` is an input (the Explorer links it to the graph's selection) for Run-to-selected.
 
 Switching the quantized model (Load, or Open of a workspace entry) goes through `SwitchGuard`: when
 int8 / scale edits would be lost the engine's message is shown and the button asks for a confirming
-click. Open of an image set adds its images to the Image picker.
+click. Opening another model (Open model with a path, or Open of a workspace model entry) is
+`Session.set_model` through the same guard: it drops every edit, so any edit asks for the confirming
+click. The Explorer rebuilds its model-bound views after the switch (`Explorer.on_model_change`).
+Open of an image set adds its images to the Image picker.
 """
 from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import Sequence
 
 import ipywidgets as widgets
 import traitlets
@@ -22,6 +26,7 @@ from engine.graph import INPUT
 from engine.samples import sample_images
 from qwidgets._confirm import Refused, SwitchGuard, dropped_text
 from qwidgets._errors import ErrorDetails, Message, shows_errors
+from qwidgets._open_model import model_source, opened_text
 
 MODES = [("FLOAT", "float"), ("HYBRID", "hybrid"), ("INT", "int")]
 PATH = "(path below)"
@@ -51,7 +56,7 @@ class ExplorerControls(widgets.VBox):
     def __init__(self, session, workspace=None, **kwargs) -> None:
         self._session = session
         self.workspace = workspace
-        self._load_guard, self._open_guard = SwitchGuard(), SwitchGuard()
+        self._load_guard, self._open_guard, self._model_guard = SwitchGuard(), SwitchGuard(), SwitchGuard()
         def b(**kw):
             return widgets.Button(layout=kw.pop("layout", widgets.Layout(width="96px")), **kw)
         self.run_button = b(description="Run", icon="fast-forward", tooltip="run to the end")
@@ -67,6 +72,11 @@ class ExplorerControls(widgets.VBox):
         self._qm_pick = widgets.Dropdown(description="Quantized", layout=widgets.Layout(width="260px"))
         self._qm_path = widgets.Text(placeholder="/path/to/quantized.npz", layout=widgets.Layout(width="220px"))
         self.load_qm_button = b(description="Load", icon="folder-open", layout=widgets.Layout(width="80px"))
+        self._model_path = widgets.Text(placeholder="/path/to/model.npz or .cfg", description="Model",
+                                        layout=widgets.Layout(width="280px"))
+        self.open_model_button = b(description="Open model", icon="folder-open",
+                                   layout=widgets.Layout(width="120px"),
+                                   tooltip="open another model in this session (drops its edits)")
         images = {p.stem: str(p) for p in sample_images()}
         self._image_pick = widgets.Dropdown(options=[*images.items(), (PATH, PATH), (UPLOAD, UPLOAD)],
                                             value=images.get("dog"), description="Image",
@@ -82,7 +92,8 @@ class ExplorerControls(widgets.VBox):
         buttons = widgets.HBox([self.step_button, self.run_button, self.run_to_button, self.reset_button,
                                 self.cross_button, self.continue_button, self.current_label])
         pickers = widgets.HBox([self._mode, self._qm_pick, self._qm_path, self.load_qm_button,
-                                self._image_pick, self._image_path, self._upload, self.load_image_button],
+                                self._image_pick, self._image_path, self._upload, self.load_image_button,
+                                self._model_path, self.open_model_button],
                                layout=widgets.Layout(flex_flow="row wrap"))
         super().__init__(children=[pickers, buttons, self._status, self._details], **kwargs)
         self.add_class("qw-controls")
@@ -90,6 +101,7 @@ class ExplorerControls(widgets.VBox):
         self._mode.observe(self._on_mode_pick, names="value")
         self._qm_pick.observe(self._on_qm_target_change, names="value")
         self._qm_path.observe(self._on_qm_target_change, names="value")
+        self._model_path.observe(self._on_model_path_change, names="value")
         traitlets.dlink((self, "status"), (self._status, "value"))
         traitlets.dlink((self, "error_details"), (self._details, "text"))
         for button, handler in [(self.step_button, self._on_step_click), (self.run_button, self._on_run_click),
@@ -97,6 +109,7 @@ class ExplorerControls(widgets.VBox):
                                 (self.reset_button, self._on_reset_click), (self.cross_button, self._on_cross_click),
                                 (self.continue_button, self._on_continue_click),
                                 (self.load_qm_button, self._on_load_qm_click),
+                                (self.open_model_button, self._on_open_model_click),
                                 (self.load_image_button, self._on_load_image_click)]:
             button.on_click(handler)
         self.sync()
@@ -131,6 +144,13 @@ class ExplorerControls(widgets.VBox):
             self.sync()
             self.revision += 1
             self.status = message
+
+    def model_changed(self) -> None:
+        """After the session opened another model: confirmations asked for the old model's edits are void."""
+        for guard in (self._load_guard, self._open_guard, self._model_guard):
+            guard.disarm()
+        self.load_qm_button.description = "Load"
+        self.open_model_button.description = "Open model"
 
     # ------------------------------------------------------------------ execution
     @shows_errors
@@ -222,13 +242,15 @@ class ExplorerControls(widgets.VBox):
 
     @shows_errors
     def open_entry(self, entry) -> str | None:
-        """Use a workspace entry (`WorkspaceView.on_open`): a quantized model, an image, or an image set
-        (its images join the Image picker). Returns a label for the Open button when switching the
-        quantized model needs a confirming click (int8 / scale edits would be dropped), else None."""
+        """Use a workspace entry (`WorkspaceView.on_open`): a model, a quantized model, an image, or an
+        image set (its images join the Image picker). Returns a label for the Open button when the switch
+        needs a confirming click (edits would be dropped), else None."""
         if self.workspace is None:
             raise ValueError("no workspace: ExplorerControls(session, workspace=...)")
         path = self.workspace.path_of(entry.name)
         dropped = 0
+        if entry.kind == "model":
+            return self._open_model(self._open_guard, path, entry.files, entry.name)
         if entry.kind == "quantized":
             try:
                 dropped = self._open_guard.switch(self._session, path, entry.name)
@@ -242,12 +264,36 @@ class ExplorerControls(widgets.VBox):
             self.offer_images(entry.name, [path / f for f in entry.files] if path.is_dir() else [path])
             return None
         else:
-            # the Session API has no way to swap its model (its journal, quantized model, caches and
-            # the views' graph all belong to one model): a new Session is the honest answer
-            raise ValueError(f"entry {entry.name!r} is a {entry.kind}: open it as a new session, "
-                             f"Explorer(engine.Session({load_snippet(path, entry.files)}))")
+            raise ValueError(f"entry {entry.name!r} is a {entry.kind}: the Explorer opens models, quantized "
+                             "models, images and image sets")
         self._open_guard.disarm()
         self.restarted(f"opened {entry.kind} {entry.name!r} ({self._session.mode}){dropped_text(dropped)}")
+        return None
+
+    def _on_model_path_change(self, _change) -> None:
+        self._model_guard.disarm()            # a confirmation is for one model
+        self.open_model_button.description = "Open model"
+
+    @shows_errors
+    def _on_open_model_click(self, _button) -> None:
+        path = self._model_path.value.strip()
+        if not path:
+            raise ValueError("type the path of a model: an engine .npz, or a Darknet .cfg with its .weights beside it")
+        label = "Open model"         # also after an error: the guard is disarmed by then
+        try:
+            label = self._open_model(self._model_guard, path, None, Path(path).name) or label
+        finally:
+            self.open_model_button.description = label
+
+    def _open_model(self, guard: SwitchGuard, path: str | Path, files: Sequence[str] | None, label: str) -> str | None:
+        """`set_model` through `guard`; the Explorer then rebuilds its views (session reset event). Returns
+        the confirming label when edits would be dropped, else None."""
+        try:
+            dropped = guard.switch_model(self._session, lambda: model_source(path, files), str(path))
+        except Refused as ask:
+            self.status = f"error: {ask.message}"
+            return ask.label
+        self.restarted(f"opened model {label!r}: {opened_text(self._session, dropped)}")
         return None
 
     def disarm_open(self) -> None:
@@ -288,13 +334,3 @@ def stale_note(session) -> str:
         return ""
     return f" (outputs from layer {first} on predate an edit: Rerun or Run)"
 
-
-def load_snippet(path: Path, files) -> str:
-    """Python that loads a workspace model entry: its engine .npz, or `engine.load(cfg, weights=...)`."""
-    if not path.is_dir():
-        return repr(str(path))
-    cfg = next((f for f in files if f.endswith(".cfg")), None)
-    weights = next((f for f in files if f.endswith(".weights")), None)
-    if cfg is None or weights is None:
-        return repr(str(path))
-    return f"engine.load({str(path / cfg)!r}, weights={str(path / weights)!r})"

@@ -7,6 +7,12 @@ updates the controls, the graph highlight and selection, the panel, the weight e
 and the detections. A Step click and `session.step()` in a cell therefore look the same; a click's
 events are delivered once, after its handler (a Run click redraws once, not 24 times).
 
+The views are built for one model. When the session opens another (`Session.set_model`: the controls'
+Open model, a workspace model entry, or a cell), the reset event finds `session.model` replaced and
+`on_model_change` is the one place that rebuilds what depends on it: node ids, the graph elements
+(never rebuilt otherwise), the panel caches, the weight editor, the quantization view and the controls'
+pending confirmations. Then the usual update selects the new input.
+
 State flow (traitlets):
     graph.selected_node --> controls.selected_node (Run to selected), weight_editor.layer, panel
     weight_editor.layer --> graph.selected_node (Undo shows the layer it restored)
@@ -24,6 +30,7 @@ import traitlets
 from engine.graph import INPUT
 from qwidgets._confirm import dropped_text
 from qwidgets._errors import Message, shows_errors
+from qwidgets._open_model import opened_text
 from qwidgets._session_panel import SessionPanelData
 from qwidgets._sync import SessionFollower
 from qwidgets.controls import ExplorerControls, stale_note
@@ -51,6 +58,7 @@ class Explorer(widgets.VBox):
     def __init__(self, session, workspace=None, calibration_images: Sequence | None = None,
                  graph_height: str = "620px", **kwargs) -> None:
         self.session = session
+        self._model = session.model           # the model the views are built for (see on_model_change)
         self.ids = [INPUT] + [n.id for n in session.model.graph.nodes]
         self._fitness: dict[int, Any] = {}
         self._dets_key: tuple | None = None
@@ -128,6 +136,9 @@ class Explorer(widgets.VBox):
         """Follow the session after `events` ("step", "edit", "reset"): from a click's handler (its status
         is already set) or from code (then the status line says what happened)."""
         s = self.session
+        new_model = s.model is not self._model
+        if new_model:
+            self.on_model_change()
         if events & {"reset", "edit", "rerun"}:
             self._fitness, self._dets_key = {}, None
         if "edit" in events:
@@ -140,7 +151,21 @@ class Explorer(widgets.VBox):
                 self.controls.continue_result = None
         self.update_views(follow=bool(events & {"step", "reset"}))
         if from_code:
-            self.status = self._from_code_text(events)
+            self.status = (f"session opened another model from code: {opened_text(s)}" if new_model
+                           else self._from_code_text(events))
+
+    def on_model_change(self) -> None:
+        """The session opened another model: rebuild or forget everything that belonged to the old one.
+        The caller (`on_session_events`) then updates the views, which selects the new input."""
+        s = self.session
+        self._model = s.model
+        self.ids = [INPUT] + [n.id for n in s.model.graph.nodes]
+        self._fitness, self._dets_key = {}, None
+        self._panel_data = SessionPanelData(s)       # weights / thresholds cached per layer index
+        self.controls.model_changed()
+        self.weight_editor.model_changed()
+        self.quant_view.model_changed()
+        self.graph.set_graph(s.model.graph)          # clears the selection: the panel empties until then
 
     def _from_code_text(self, events: frozenset) -> str:
         s = self.session

@@ -1,9 +1,10 @@
-"""GraphView: the Darknet layer graph in ipycytoscape (dagre layout), built once, restyled after.
+"""GraphView: the Darknet layer graph in ipycytoscape (dagre layout), built once per model, restyled after.
 
 `graph_to_cytoscape(graph)` is a pure function of the engine's `Graph`. The view then only changes
 node `classes`: `current` (the layer the session is at), `picked` (the selected layer) and one
 colour class per node for the overlay ("type" colours by layer kind; a metric colours by value
-on an 8-step ramp, `ov0`..`ov7`, grey `ov-none` for nodes without a value).
+on an 8-step ramp, `ov0`..`ov7`, grey `ov-none` for nodes without a value). Only `set_graph` (the
+session opened another model) rebuilds the elements; `generation` counts the builds.
 """
 from __future__ import annotations
 
@@ -104,8 +105,9 @@ def ramp_classes(values: Mapping[str, float], ids: list[str]) -> dict[str, str]:
 class GraphView(widgets.VBox):
     """Layer graph with an overlay dropdown; clicking a node sets `selected_node`.
 
-    The cytoscape graph is created once in `__init__`; trait changes only rewrite node classes.
-    `on_node_click(cb)` registers `cb(node_id)` for node clicks (plain callables, no engine logic).
+    The cytoscape graph is built in `__init__` and again only by `set_graph` (another model); trait
+    changes only rewrite node classes. `on_node_click(cb)` registers `cb(node_id)` for node clicks
+    (plain callables, no engine logic).
     """
 
     selected_node = traitlets.Unicode("", help="id of the node the user picked ('' = none)")
@@ -114,27 +116,52 @@ class GraphView(widgets.VBox):
     overlay_values = traitlets.Dict(help="node id -> metric value for the current overlay")
     overlay_options = traitlets.List(traitlets.Unicode(), default_value=list(OVERLAYS),
                                      help="choices of the overlay dropdown")
+    generation = traitlets.Int(0, help="how many times the elements were built (1 + model changes)")
 
     def __init__(self, graph: Graph, height: str = "520px", rank_dir: str = "TB", **kwargs) -> None:
-        self.graph = graph
-        self.elements = graph_to_cytoscape(graph)
-        self.node_ids = [n["data"]["id"] for n in self.elements["nodes"]]
-        self._kinds = {n["data"]["id"]: n["data"]["kind"] for n in self.elements["nodes"]}
         self._click_callbacks: list[Callable[[str], None]] = []
         self.cyto = CytoscapeWidget(layout=widgets.Layout(height=height, width="100%"))
-        self.cyto.graph.add_graph_from_json(self.elements, directed=True)
+        self._build(graph)
         self.cyto.set_layout(name="dagre", rankDir=rank_dir, nodeSep=10, rankSep=10, padding=8)
         self.cyto.set_style(graph_style())
         self.cyto.on("node", "click", self._on_cyto_node_click)
         self.cyto.add_class("qw-graph-canvas")
-        self.nodes = {n.data["id"]: n for n in self.cyto.graph.nodes}
-        self._base = {n["data"]["id"]: n["classes"] for n in self.elements["nodes"]}
         self._overlay = widgets.Dropdown(description="Colour", layout=widgets.Layout(width="260px"))
         self._legend = widgets.HTML()
         super().__init__(children=[widgets.HBox([self._overlay, self._legend]), self.cyto], **kwargs)
         self.add_class("qw-graph-view")
         self._overlay.options = list(self.overlay_options)
         traitlets.link((self, "overlay"), (self._overlay, "value"))
+        self._restyle()
+
+    def _build(self, graph: Graph) -> None:
+        self.graph = graph
+        self.elements = graph_to_cytoscape(graph)
+        self.node_ids = [n["data"]["id"] for n in self.elements["nodes"]]
+        self._kinds = {n["data"]["id"]: n["data"]["kind"] for n in self.elements["nodes"]}
+        self._base = {n["data"]["id"]: n["classes"] for n in self.elements["nodes"]}
+        with self.cyto.graph.hold_sync():             # one message, not one per node
+            self.cyto.graph.add_graph_from_json(self.elements, directed=True)
+        self.nodes = {n.data["id"]: n for n in self.cyto.graph.nodes}
+        self.generation += 1
+
+    def set_graph(self, graph: Graph) -> None:
+        """Show another model's graph (the session opened another model): the one rebuild of the elements.
+
+        The selection, highlight and overlay values named the old model's nodes: they are cleared (the
+        owner selects again). The frontend re-runs the dagre layout when the element lists change.
+        """
+        self.selected_node = self.current_node = ""
+        self.overlay_values = {}
+        old = [*self.cyto.graph.nodes, *self.cyto.graph.edges]
+        # two messages: on the first the frontend removes the old elements (in promise callbacks, so after
+        # the message), then the second adds the new ones, which reuse ids like "input" and "0". In one
+        # message the adds would come first and cytoscape refuses a second element with an id.
+        with self.cyto.graph.hold_sync():
+            self.cyto.graph.clear()
+        self._build(graph)
+        for element in old:
+            element.close()
         self._restyle()
 
     def on_node_click(self, callback: Callable[[str], None], remove: bool = False) -> None:

@@ -192,6 +192,19 @@ class QuantizationView(widgets.VBox):
         self.status = (f"adopted {best.method} ({'per-channel' if best.per_channel else 'per-tensor'}); "
                        f"mode {self._session.mode.upper()}{dropped_text(dropped)}")
 
+    def model_changed(self) -> None:
+        """After the session opened another model: the comparison, its Adopt and the sensitivity ranks were
+        the old model's. (Cached calibration statistics are the session's, keyed by its model version.)"""
+        self.table = None
+        self._adopt_guard.disarm()
+        with self.hold_sync():
+            self._table.value = ""
+            self.chart.value = b""
+            self.progress.value = 0
+            self.adopt_button.disabled, self.adopt_button.description = True, "Adopt best"
+            self.ranking, self.adopted, self.dropped_edits = [], "", 0
+            self.sensitivity_ranks = {}
+
     # ------------------------------------------------------------------ sensitivity
     @shows_errors
     def _on_sensitivity_click(self, _button) -> None:

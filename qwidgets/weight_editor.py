@@ -112,6 +112,19 @@ class WeightEditor(widgets.VBox):
         has_int = s.qmodel is not None and self.layer in s.qmodel.layers
         return "int8" if s.mode != "float" and has_int else "float"
 
+    def model_changed(self) -> None:
+        """After the session opened another model: its typed values, last diff and journal were the old
+        model's (the session dropped the edits), and no layer is selected until the owner picks one."""
+        self.grid.discard_all(self.target)
+        with self.hold_sync():
+            self.edits, self.last_diff = [], {}
+            self._diff.value = self._journal.value = ""
+            self.heatmap.value = b""
+        if self.layer != -1:
+            self.layer = -1           # refreshes
+        else:
+            self.refresh()
+
     @traitlets.observe("layer")
     def _on_layer_change(self, _change) -> None:
         self.refresh()

@@ -1,7 +1,8 @@
 """Explorer in JupyterLab + chromium: the graph canvas with all 24 layers (+ input), panel images, Step
 moves the highlight and updates the panel, CROSS reports in the status line, no "Error displaying
 widget"; Run, then the Detections tab shows FLOAT and INT detections; a `session.run_to(3)` in a cell
-moves the rendered highlight, the panel and the controls like a click.
+moves the rendered highlight, the panel and the controls like a click; a `session.set_model(...)` in a
+cell (yolov2-tiny) replaces the rendered graph (17 nodes) and Step still moves its highlight.
 
 The graph is checked as rendered: cytoscape.js registers itself on its container element
 (`el._cyreg.cy`), and ipycytoscape's container is the widget's own element, the one carrying our
@@ -59,6 +60,9 @@ def save_docs_png(png: bytes, path, max_height: int = 1100) -> None:
 
 def test_explorer_graph_panel_step_and_cross(chromium, page, lab, artifacts):
     t0 = time.perf_counter()
+    errors: list[str] = []          # what the frontend threw or logged as an error (e.g. a duplicate element id)
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.goto(lab.notebook_url("explorer.ipynb"))
     page.get_by_text(KERNEL_IDLE).first.wait_for(timeout=60_000)
     run_all(page)
@@ -121,6 +125,20 @@ def test_explorer_graph_panel_step_and_cross(chromium, page, lab, artifacts):
     page.wait_for_function("() => document.querySelector('.qw-explorer .qw-layer-panel').innerText"
                            ".includes('layer 3')", timeout=30_000)
     page.locator(".qw-explorer").screenshot(path=str(artifacts / "05_code_driven.png"))
+
+    rerun_cell(page, 4)                                  # ex.session.set_model(yolov2-tiny) from code
+    page.wait_for_function("() => document.querySelector('.qw-explorer .qw-status').innerText"
+                           ".startsWith('session opened another model from code: yolov2-tiny')", timeout=60_000)
+    page.wait_for_function(f"() => {{ const g = ({GRAPH_JS})(); return g !== null && g.nodes === 17; }}",
+                           timeout=30_000)
+    graph = wait_for_graph(page, "input")
+    assert graph["nodes"] == 17 and graph["edges"] == 16, graph          # input + 16 layers, old ids gone
+    step.click()                                         # the rebuilt nodes follow a step like the first ones
+    page.wait_for_function(CURRENT_JS.format("current: 0 (convolutional, float)"), timeout=30_000)
+    wait_for_graph(page, "0")
+    page.wait_for_timeout(800)                           # dagre layout + fit animation
+    page.locator(".qw-explorer").screenshot(path=str(artifacts / "06_other_model.png"))
+    assert errors == [], errors
 
     assert page.get_by_text("Error displaying widget").count() == 0
     if os.environ.get("QW_UPDATE_DOCS"):

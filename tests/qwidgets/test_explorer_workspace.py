@@ -1,5 +1,5 @@
-"""Explorer + workspace: switching quantized models with int8 edits (two clicks), image sets, model
-entries, and saving the customized model into the workspace with its lineage."""
+"""Explorer + workspace: switching quantized models with int8 edits (two clicks), image sets, and saving
+the customized model into the workspace with its lineage (model entries: test_explorer_model.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -65,7 +65,7 @@ def test_open_quantized_with_int8_edits_relabels_the_open_button(tiny, tiny_q, w
     assert ex.status.startswith("opened quantized 'tiny-minmax' (int); dropped 2 int8/scale edits")
 
 
-def test_open_image_set_offers_its_images_and_a_model_entry_says_how_to_open_it(tiny, tiny_q, ws, tmp_path):
+def test_open_image_set_offers_its_images(tiny, tiny_q, ws):
     s = engine.Session(tiny, tiny_q, "int")
     ex, view = connected(s, ws)
     s.step()
@@ -77,20 +77,6 @@ def test_open_image_set_offers_its_images_and_a_model_entry_says_how_to_open_it(
     ex.controls._image_pick.value = str(ws.path_of("photos") / "horses.jpg")
     ex.controls.load_image_button.click()
     assert s.pre.image_w == 773 and ex.controls.image_name == "horses.jpg"
-    tiny.save(tmp_path / "tiny.npz")
-    ws.import_path(tmp_path / "tiny.npz", name="tiny-model", kind="model")
-    view.refresh()
-    view._list.value = "tiny-model"
-    view._open.click()
-    assert ex.status == ("error: entry 'tiny-model' is a model: open it as a new session, "
-                         f"Explorer(engine.Session({str(ws.path_of('tiny-model'))!r}))")
-    ws.import_path(TINY_CFG, weights=TINY_WEIGHTS, name="tiny-darknet")
-    view.refresh()
-    view._list.value = "tiny-darknet"
-    view._open.click()
-    folder = ws.path_of("tiny-darknet")
-    assert ex.status.endswith(f"Explorer(engine.Session(engine.load({str(folder / 'yolov3-tiny.cfg')!r}, "
-                              f"weights={str(folder / 'yolov3-tiny.weights')!r})))")
 
 
 def test_save_into_the_workspace_keeps_lineage_and_reloads_bit_for_bit(tiny_q, ws):
