@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import engine  # noqa: E402
+from engine import winograd  # noqa: E402
 from engine.augment import augment  # noqa: E402
 from engine.calib.collect import collect  # noqa: E402
 from engine.quant.executor import Executor, Value  # noqa: E402
@@ -69,19 +70,26 @@ def layer_times(exs: dict[str, Executor], x: np.ndarray, rounds: int) -> dict[st
 
 def latency(model, qm, x: np.ndarray, runs: int, layers: bool) -> dict:
     ex = {"float": Executor(model), "hybrid": Executor(model, qm, "hybrid"), "int": Executor(model, qm, "int")}
-    fns = {"float": lambda: model.forward(x), "hybrid": lambda: ex["hybrid"].run(x), "int": lambda: ex["int"].run(x)}
+    # the like-for-like peer of INT: FLOAT on the same im2col GEMMs (INT cannot use Winograd: its sums
+    # must stay integer-exact in float32)
+    with winograd.disabled():
+        plain = engine.load(TINY_CFG, weights=TINY_WEIGHTS)
+        plain.forward(x)
+    fns = {"float": lambda: model.forward(x), "float_im2col": lambda: plain.forward(x),
+           "hybrid": lambda: ex["hybrid"].run(x), "int": lambda: ex["int"].run(x)}
     for fn in fns.values():      # warm-up: prepared weights, scratch buffers, derived caches
         fn()
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     order = list(fns)
     for r in range(runs):
-        for k in order[r % 3:] + order[:r % 3]:      # rotate: no mode always runs after the same one
+        for k in order[r % len(order):] + order[:r % len(order)]:   # rotate: no mode always follows the same
             times[k].append(timed(fns[k]))
     med = {k: float(np.median(v)) for k, v in times.items()}
-    ratios = {m: float(np.median(np.array(times[m]) / np.array(times["float"]))) for m in ("hybrid", "int")}
+    ratio = lambda a, b: float(np.median(np.array(times[a]) / np.array(times[b])))  # noqa: E731
     out = {"runs": runs, "median_s": med, "min_s": {k: float(np.min(v)) for k, v in times.items()},
-           "int_over_float": ratios["int"], "hybrid_over_float": ratios["hybrid"]}
+           "int_over_float": ratio("int", "float"), "hybrid_over_float": ratio("hybrid", "float"),
+           "int_over_float_im2col": ratio("int", "float_im2col")}
     if layers:
         per = layer_times(ex, x, max(5, runs // 3))
         out["layers_ms"] = [{"layer": i, "kind": l.kind, **{k: round(1e3 * float(v[i]), 2) for k, v in per.items()}}
@@ -139,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     med = lat["median_s"]
     print(f"yolov3-tiny@416, {lat['runs']} interleaved rounds, BLAS threads {result['blas_threads']}")
-    print(f"  FLOAT {1e3 * med['float']:.1f} ms   HYBRID {1e3 * med['hybrid']:.1f} ms   INT {1e3 * med['int']:.1f} ms")
+    print(f"  FLOAT {1e3 * med['float']:.1f} ms   HYBRID {1e3 * med['hybrid']:.1f} ms   INT {1e3 * med['int']:.1f} ms"
+          f"   (FLOAT without Winograd {1e3 * med['float_im2col']:.1f} ms)")
     print(f"  INT/FLOAT {lat['int_over_float']:.2f} (target <= {TARGETS['int_over_float']})   "
-          f"HYBRID/FLOAT {lat['hybrid_over_float']:.2f}")
+          f"HYBRID/FLOAT {lat['hybrid_over_float']:.2f}   INT/FLOAT-im2col {lat['int_over_float_im2col']:.2f} "
+          "(the same GEMMs, so the cost of integer exactness and requantization)")
     print(f"calibration on {cal['images']} images: collect {1e3 * cal['collect_s_per_image']:.0f} ms/image vs "
           f"FLOAT inference {1e3 * cal['float_inference_s_per_image']:.0f} ms/image ({cal['collect_over_float']:.2f}x)")
     for m, r in cal["calibration_over_float"].items():

@@ -4,7 +4,8 @@
   montage PNG and histogram counts, plus the summary statistics), per yolov3-tiny layer, in each
   mode — target <= 150 ms;
 * peak RSS of a yolov3 (random weights) FLOAT and INT session that keeps every layer's output, at
-  416 and at the cfg's own 608, each measured in a fresh subprocess — target <= 1.0 GiB.
+  416 and at the cfg's own 608, each measured in a fresh subprocess — target <= 1.0 GiB; also FLOAT
+  with QW_WINOGRAD=0 (im2col only: the Winograd-transformed weights are 16/9 of the 3x3 weights).
 
     python benchmarks/bench_session.py [--repeats 3] [--json]
 """
@@ -48,7 +49,7 @@ def step_and_panel_times(mode: str, repeats: int) -> list[float]:
     return times
 
 
-def session_peak_rss(mode: str, size: int) -> tuple[int, int]:
+def session_peak_rss(mode: str, size: int, winograd: bool = True) -> tuple[int, int]:
     """Peak RSS of a process that only loads the model files and runs a session in `mode` (the model
     and quantized model are prepared in another process, so calibration memory is not counted).
     FLOAT keeps float32 outputs, INT int8 ones (4x smaller): FLOAT is the worst case. The session
@@ -76,7 +77,7 @@ def session_peak_rss(mode: str, size: int) -> tuple[int, int]:
                "kept = sum(v.q.q.nbytes if v.q is not None else v.f.nbytes for v in s.values)\n"
                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, kept)\n")
         out = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, cwd=ROOT, check=True,
-                             env=env)
+                             env={**env, "QW_WINOGRAD": "1" if winograd else "0"})
     peak, kept = (int(v) for v in out.stdout.split())
     return peak, kept
 
@@ -92,8 +93,8 @@ def main() -> None:
         figures[f"step_panel_ms_{mode}"] = {"median": float(np.median(t)), "p90": float(np.percentile(t, 90)),
                                             "max": float(t.max())}
     for size in (416, 608):
-        for mode in ("float", "int"):
-            peak, kept = session_peak_rss(mode, size)
+        for mode in ("float", "int", "float-no-winograd"):
+            peak, kept = session_peak_rss(mode.split("-")[0], size, winograd=not mode.endswith("no-winograd"))
             figures[f"yolov3_{size}_{mode}_session_peak_rss_gib"] = peak / 2 ** 30
             figures[f"yolov3_{size}_{mode}_kept_outputs_gib"] = kept / 2 ** 30
     if args.json:
@@ -105,7 +106,7 @@ def main() -> None:
         print(f"step + panel data, yolov3-tiny {mode:>6}: median {f['median']:.1f} ms, p90 {f['p90']:.1f} ms, "
               f"max {f['max']:.1f} ms   (target <= 150 ms median)")
     for size in (416, 608):
-        for mode in ("float", "int"):
+        for mode in ("float", "int", "float-no-winograd"):
             print(f"yolov3 @{size} {mode.upper()} session keeping all outputs: peak RSS "
                   f"{figures[f'yolov3_{size}_{mode}_session_peak_rss_gib']:.2f} GiB (outputs kept: "
                   f"{figures[f'yolov3_{size}_{mode}_kept_outputs_gib']:.2f} GiB; target <= 1.0 GiB)")

@@ -309,7 +309,8 @@ def bias_act(y: np.ndarray, b: np.ndarray | None, act: str | None, src: np.ndarr
 
 
 def conv2d(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, k: int, s: int, p: int, groups: int,
-           scratch: Scratch, act: str | None = None, wino: np.ndarray | None = None) -> np.ndarray:
+           scratch: Scratch, act: str | None = None, wino: np.ndarray | None = None,
+           choose: bool = True) -> np.ndarray:
     """Float cross-correlation + per-channel bias (+ optional fused activation): (C, H, W) -> new (n, Ho, Wo).
 
     w2d: (n, C/groups*k*k) float32; b: (n,) float32. `act` (one of FUSED_ACTS, or None for none) is
@@ -317,7 +318,8 @@ def conv2d(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, k: int, s: int,
     3x3 stride-1 convolutions with many channels on small maps go through Winograd F(2x2,3x3)
     (`engine.winograd`), which needs 16/36 of the multiplies; the rest through im2col + GEMM.
     `wino`: the Winograd weights made for this layer (`winograd.prepare_weights`), when the caller
-    keeps them instead of w2d (then w2d may be None).
+    keeps them instead of w2d (then w2d may be None). `choose=False`: the caller already chose (a
+    model decides once per layer, when it prepares it), so w2d always runs im2col + GEMM.
     """
     from engine import winograd  # late import: winograd imports this module's helpers
 
@@ -328,7 +330,7 @@ def conv2d(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, k: int, s: int,
         if wino is not None:
             return winograd.conv3x3(x, None, b, p, scratch, act, u=wino)
         n = w2d.shape[0]
-        if groups == 1 and winograd.suitable(c, h, w, n, k, s, p):
+        if choose and groups == 1 and winograd.suitable(c, h, w, n, k, s, p):
             return winograd.conv3x3(x, w2d, b, p, scratch, act)
         return _conv_gemm(x, w2d, b, k, s, p, groups, scratch, act)
 

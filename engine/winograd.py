@@ -15,6 +15,10 @@ Float32 error is that of a GEMM with K = C plus a few roundings of the transform
 """
 from __future__ import annotations
 
+import contextlib
+import os
+from typing import Iterator
+
 import numpy as np
 
 from engine.kernels import bias_act, derived, parallel_for, parallel_items
@@ -25,6 +29,23 @@ CF_TILES = 256  # at most this many tiles: channels-first GEMMs (see conv3x3)
 _K = np.einsum("ia,jb->abij", _G, _G).reshape(9, 16)  # vec(G g G^T) = vec(g) @ _K
 
 
+# Winograd trades memory for speed: a model keeps each such layer's transformed weights, 16/9 the size
+# of its 3x3 weights (yolov3: +0.15 GiB over im2col). QW_WINOGRAD=0 (or `disabled()` around the load
+# and first forward of a model) keeps every conv on im2col + GEMM: less memory, slower 3x3 layers.
+ENABLED = os.environ.get("QW_WINOGRAD", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Models that prepare their layers inside this block use im2col + GEMM for good."""
+    global ENABLED
+    before, ENABLED = ENABLED, False
+    try:
+        yield
+    finally:
+        ENABLED = before
+
+
 def suitable(c: int, h: int, w: int, n: int, k: int, s: int, p: int) -> bool:
     """Whether Winograd beats im2col + GEMM for this layer (measured on 2 cores, AVX-512 OpenBLAS).
 
@@ -32,7 +53,7 @@ def suitable(c: int, h: int, w: int, n: int, k: int, s: int, p: int) -> bool:
     the transforms' memory passes cost more than the multiplies saved. Measured (CPU time, own
     threads): 20-35% less from 64 channels (52x52 to 104x104 maps), 9% more at 32 channels on 208x208.
     """
-    return k == 3 and s == 1 and p <= 2 and h + 2 * p >= 4 and w + 2 * p >= 4 and c >= 64 and n >= 64
+    return ENABLED and k == 3 and s == 1 and p <= 2 and h + 2 * p >= 4 and w + 2 * p >= 4 and c >= 64 and n >= 64
 
 
 def transform_weights(w2d: np.ndarray) -> np.ndarray:

@@ -108,10 +108,10 @@ class Convolutional(Layer):
     def linear_float(self, x: np.ndarray, prep: FusedConv, scratch: Scratch) -> np.ndarray:
         """Convolution + folded bias, before the activation."""
         return conv2d(x, prep.w, prep.b, self.size, self.stride, self.padding, self.groups, scratch,
-                      wino=prep.wino)
+                      wino=prep.wino, choose=False)
 
     def forward_float(self, xs: list[np.ndarray], prep: FusedConv, scratch: Scratch) -> np.ndarray:
         if self.activation in FUSED_ACTS:  # applied in the kernel's bias pass, while the data is in cache
             return conv2d(xs[0], prep.w, prep.b, self.size, self.stride, self.padding, self.groups, scratch,
-                          act=self.activation, wino=prep.wino)
+                          act=self.activation, wino=prep.wino, choose=False)
         return activate(self.linear_float(xs[0], prep, scratch), self.activation)

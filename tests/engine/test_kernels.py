@@ -234,3 +234,24 @@ def test_float_forward_is_bit_identical_on_1_and_2_threads(tiny, name, size, tmp
         two = model.forward(x)
     for i, (a, b) in enumerate(zip(one, two)):
         assert np.array_equal(a, b), f"{name} layer {i} [{model.layers[i].kind}]: max |diff| {np.abs(a - b).max():.3g}"
+
+
+def test_winograd_can_be_turned_off_per_model_for_memory(tiny):
+    """A model prepared inside winograd.disabled() keeps im2col weights for good (less memory) and
+    agrees with the Winograd model to float32 rounding (and with OpenCV, as every FLOAT path must)."""
+    import engine
+    from helpers import TINY_CFG, TINY_WEIGHTS, max_rel_diff
+    x = np.random.default_rng(8).random(tiny.input_shape, dtype=np.float32)
+    with winograd.disabled():
+        plain = engine.load(TINY_CFG, weights=TINY_WEIGHTS)
+        plain.forward(x)                                   # layers are prepared on first use
+    assert winograd.ENABLED
+    a, b = tiny.forward(x), plain.forward(x)               # after the block: still im2col
+    convs = [l.index for l in tiny.layers if l.kind == "convolutional"]
+    assert {i for i in convs if tiny.prepared(i).wino is not None} == {6, 8, 10, 12, 14, 21}
+    assert all(plain.prepared(i).wino is None and plain.prepared(i).w is not None for i in convs)
+    kept = lambda m: sum(a.nbytes for i in convs for a in (m.prepared(i).w, m.prepared(i).wino)  # noqa: E731
+                         if a is not None)
+    assert kept(plain) < 0.6 * kept(tiny)                  # 16/9 the 3x3 weights saved
+    for i in range(len(a)):
+        assert max_rel_diff(b[i], a[i]) <= 1e-5, f"layer {i}"
