@@ -181,9 +181,10 @@ class Session(CustomizeMixin):
 
     def set_model(self, model, quantized: QuantizedModel | str | Path | None = None, *,
                   drop_edits: bool = False) -> int:
-        """Open another model (a Model, or a path engine.load takes) in this session, with an optional
-        quantized model made for it; restarts execution on the same image. Every edit belongs to the
-        old model: EditsWouldBeLost unless `drop_edits`. Returns the number of dropped edits."""
+        """Open another model (a Model, a path engine.load takes, or a zero-argument loader returning
+        either, called only once the switch is allowed) in this session, with an optional quantized
+        model made for it; restarts execution on the same image. Every edit belongs to the old model:
+        EditsWouldBeLost unless `drop_edits`. Returns the number of dropped edits."""
         from engine.edits import Journal
         from engine.model import Model, load
         applied, undone = len(self.journal.done), len(self.journal.undone)
@@ -191,6 +192,8 @@ class Session(CustomizeMixin):
             raise EditsWouldBeLost(f"{applied + undone} edit(s) of model '{self.model.graph.name}' would be lost; "
                                    "save_model()/save_quantized() keep them, or switch with drop_edits=True",
                                    applied, undone)
+        if callable(model) and not isinstance(model, Model):
+            model = model()          # e.g. a cfg + its weights: nothing is read for a refused switch
         model = model if isinstance(model, Model) else load(model)
         if quantized is not None and not isinstance(quantized, QuantizedModel):
             quantized = QuantizedModel.load(quantized)

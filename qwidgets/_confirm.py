@@ -37,15 +37,16 @@ class SwitchGuard:
                              lambda: quantized_pending(session))
 
     def switch_model(self, session: Any, model: Any, target: Hashable) -> int:
-        """`session.set_model(model)`: a Model, a path engine.load reads, or a zero-argument callable
-        returning either (called by every click, so a click that fails to load disarms like any
-        failure). Returns the number of dropped edits (all of them: they belong to the old model).
+        """`session.set_model(model)`: a Model, a path engine.load reads, or a zero-argument loader
+        returning either (the session calls it only once the switch is allowed, so a refused click
+        reads nothing; a loader that fails disarms like any failure). Returns the number of dropped
+        edits (all of them: they belong to the old model).
 
         Raises: Refused when edits would be lost and this target is not armed yet; EngineError /
         OSError / ValueError for anything else (a model that does not load).
         """
         return self._guarded(("model", target),
-                             lambda drop: session.set_model(model() if callable(model) else model, drop_edits=drop),
+                             lambda drop: session.set_model(model, drop_edits=drop),
                              lambda: model_pending(session))
 
     def _guarded(self, target: Hashable, call: Callable[[bool], int], pending: Callable[[], tuple]) -> int:

@@ -2,10 +2,8 @@
 
 A model entry is stored either as one engine `.npz` (the entry's path is that file) or as a folder with a
 Darknet `.cfg`, its `.weights` and maybe a `.names` file. `Session.set_model` takes a Model or a path
-`engine.load` reads alone, which covers the `.npz` only: that one is passed as its path, so the engine
-reads it only once the switch is allowed (a switch refused because of edits costs nothing). A cfg needs
-its weights, so it is loaded here first, also by a click that is then refused (about 0.1 s for
-yolov3-tiny; `set_model` taking `weights=` would avoid it).
+`engine.load` reads alone, or a loader it calls only once the switch is allowed; the controls hand it
+`lambda: model_source(...)`, so a switch refused because of edits reads no file.
 """
 from __future__ import annotations
 

@@ -467,3 +467,18 @@ def test_continue_from_equals_an_executor_run_with_that_layer_crossed(tiny, tiny
     assert [d.to_dict() for d in this.detections] == [d.to_dict() for d in Session(tiny, tiny_q, "int",
                                                                                 IMAGES / "dog.jpg").run()]
     assert s.position == 8
+
+
+def test_set_model_calls_a_loader_only_when_the_switch_is_allowed(tiny, tiny_q):
+    from engine.errors import EditsWouldBeLost
+    calls = []
+
+    def loader():
+        calls.append(1)
+        return tiny
+    s = Session(tiny, tiny_q, "float", IMAGES / "dog.jpg")
+    s.zero_filter(0, 0)
+    with pytest.raises(EditsWouldBeLost):
+        s.set_model(loader)
+    assert calls == []                       # a refused switch reads nothing
+    assert s.set_model(loader, drop_edits=True) == 1 and calls == [1]
