@@ -44,15 +44,25 @@ def check_float(values: np.ndarray, where: str) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def check_int8(values: np.ndarray, where: str) -> np.ndarray:
-    arr = np.asarray(values)
+def _whole_numbers(values, where: str, what: str) -> np.ndarray:
+    """`values` as an array of integers or integral floats; EditError naming `what` (int8 / int32) else."""
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError) as err:
+        raise EditError(f"{where}: {what} values must be numbers ({err})") from None
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
-            raise EditError(f"{where}: int8 values must be finite integers (NaN/Inf given)")
+            raise EditError(f"{where}: {what} values must be finite integers (NaN/Inf given)")
         if (arr != np.round(arr)).any():
-            raise EditError(f"{where}: int8 values must be whole numbers, got e.g. {arr[arr != np.round(arr)].ravel()[0]}")
+            raise EditError(f"{where}: {what} values must be whole numbers, got e.g. "
+                            f"{arr[arr != np.round(arr)].ravel()[0]}")
     elif arr.dtype.kind not in "iub":
-        raise EditError(f"{where}: int8 values must be integers, got dtype {arr.dtype}")
+        raise EditError(f"{where}: {what} values must be integers, got dtype {arr.dtype}")
+    return arr
+
+
+def check_int8(values: np.ndarray, where: str) -> np.ndarray:
+    arr = _whole_numbers(values, where, "int8")
     lo, hi = int(arr.min(initial=0)), int(arr.max(initial=0))
     if lo < -QMAX or hi > QMAX:
         raise EditError(f"{where}: int8 values must be in [-{QMAX}, {QMAX}] (symmetric int8), got {lo}..{hi}")
@@ -61,18 +71,7 @@ def check_int8(values: np.ndarray, where: str) -> np.ndarray:
 
 def check_int32(values, where: str) -> np.ndarray:
     """int32 accumulator-scale values (biases): finite whole numbers below 2**31 in magnitude."""
-    try:
-        arr = np.asarray(values)
-    except (TypeError, ValueError) as err:
-        raise EditError(f"{where}: int32 values must be numbers ({err})") from None
-    if arr.dtype.kind not in "iubf":
-        raise EditError(f"{where}: int32 values must be integers, got dtype {arr.dtype}")
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all():
-            raise EditError(f"{where}: int32 values must be finite integers (NaN/Inf given)")
-        if (arr != np.round(arr)).any():
-            raise EditError(f"{where}: int32 values must be whole numbers, got e.g. "
-                            f"{arr[arr != np.round(arr)].ravel()[0]}")
+    arr = _whole_numbers(values, where, "int32")
     if arr.size and np.abs(arr.astype(np.float64)).max() >= 2 ** 31:
         raise EditError(f"{where}: int32 values must be below 2**31 in magnitude")
     return arr.astype(np.int64)
