@@ -116,20 +116,26 @@ class CustomizeMixin:
         """Applied int8 and scale edits: they belong to the current quantized model."""
         return [e for e in self.journal.done if e.target != "float"]
 
-    def _rebase_edits(self, drop_quantized: bool) -> int:
-        """After the quantized model changed: keep float edits (their layers' int8 weights re-derived in
-        the new model's scheme, undo/redo snapshots rewritten against it), drop int8 / scale edits.
-        Returns how many edits were dropped."""
-        done = [e for e in self.journal.done if e.target == "float"]
-        redo = [e for e in self.journal.undone if e.target == "float"]
-        applied, undone = len(self.journal.done) - len(done), len(self.journal.undone) - len(redo)
-        dropped = applied + undone
-        if dropped and not drop_quantized:
+    def quantized_edit_counts(self) -> tuple[int, int]:
+        """(applied, undone but redoable) int8 / scale edits: what a change of quantized model drops."""
+        return len(self.quantized_edits()), sum(e.target != "float" for e in self.journal.undone)
+
+    def _check_quantized_edits_may_go(self, drop: bool) -> int:
+        """How many int8 / scale edits a change of quantized model drops; EditsWouldBeLost unless `drop`."""
+        applied, undone = self.quantized_edit_counts()
+        if applied + undone and not drop:
             what = " and ".join(part for part in (f"{applied} applied" if applied else "",
                                                    f"{undone} undone (redoable)" if undone else "") if part)
             raise EditsWouldBeLost(
-                f"{dropped} int8/scale edit(s) ({what}) belong to the current quantized model and would be "
-                "lost; save_quantized() keeps the applied ones, or switch with drop_edits=True", applied, undone)
+                f"{applied + undone} int8/scale edit(s) ({what}) belong to the current quantized model and would "
+                "be lost; save_quantized() keeps the applied ones, or switch with drop_edits=True", applied, undone)
+        return applied + undone
+
+    def _rebase_edits(self) -> None:
+        """After the quantized model changed: keep float edits (their layers' int8 weights re-derived in
+        the new model's scheme, undo/redo snapshots rewritten against it), drop int8 / scale edits."""
+        done = [e for e in self.journal.done if e.target == "float"]
+        redo = [e for e in self.journal.undone if e.target == "float"]
         params: dict[int, dict] = {}
         lqs: dict[int, LayerQuant | None] = {}
         for e in done + redo[::-1]:            # application order: done, then the redo stack top first
@@ -150,7 +156,6 @@ class CustomizeMixin:
         if self.qmodel is not None:
             for e in done:
                 self._restore({"params": {}, "lqs": e.new["lqs"], "scales": {}})
-        return dropped
 
     # ------------------------------------------------------------------ targets
     def _default_target(self, index: int) -> str:
@@ -283,12 +288,10 @@ class CustomizeMixin:
         dets_before = None
         if continue_to_end:  # the old outputs carried through the rest of the network
             dets_before = self._detections_as_kept()
-        # an edit of an earlier layer reaches layer i through the layers in between: re-execute them
-        first = min(i, self.stale_from if self.stale_from is not None else i)
-        for j in range(first, i + 1):
-            self.values[j], self.records[j] = self.executor.run_layer(j, self._inputs(j))
-        self.stale_from = None
-        self._fire("refresh", first)
+        # layer i runs again whatever it was; an edit of an earlier layer reaches it through the
+        # layers in between, which refresh() re-executes with it
+        self.stale_from = i if self.stale_from is None else min(i, self.stale_from)
+        self.refresh()
         after = self.values[i].float()
         result = RerunResult(i, before, after, error_stats(before, after), int(np.count_nonzero(before != after)))
         if continue_to_end:

@@ -99,6 +99,7 @@ class Session(CustomizeMixin):
         self.records: list[LayerRecord] = []
         self.timings: list[float] = []
         self._float_ref: list[np.ndarray] | None = None
+        self._calib_cache: tuple = (None, None)     # ((image-set key, model version), CalibrationStats)
         self.reset(image)
 
     # ------------------------------------------------------------------ callbacks
@@ -160,19 +161,16 @@ class Session(CustomizeMixin):
 
         Float edits carry over: their layers' int8 weights are re-derived in the new model's scheme
         and undo / redo keep working. int8 and scale edits belong to the current quantized model:
-        EngineError unless `drop_edits` (save_quantized() first to keep them). Returns the number
-        of dropped edits.
+        EditsWouldBeLost unless `drop_edits` (save_quantized() first to keep them). Returns the
+        number of dropped edits.
         """
         if quantized is not None and not isinstance(quantized, QuantizedModel):
             quantized = QuantizedModel.load(quantized)
         if quantized is not None:
             quantized.check_matches(self.model)
-        dropped = len(self.journal.done) + len(self.journal.undone) - sum(
-            e.target == "float" for e in self.journal.done + self.journal.undone)
-        if dropped and not drop_edits:
-            self._rebase_edits(drop_quantized=False)        # raises, naming what would be lost
+        dropped = self._check_quantized_edits_may_go(drop_edits)
         self.qmodel = quantized.copy() if quantized is not None else None
-        self._rebase_edits(drop_quantized=True)
+        self._rebase_edits()
         mode = self.mode if self.qmodel is not None else "float"
         self.executor = Executor(self.model, self.qmodel, mode, self.executor.float_layers)
         self.mode = mode
@@ -198,18 +196,15 @@ class Session(CustomizeMixin):
         if quantized is not None and not isinstance(quantized, QuantizedModel):
             quantized = QuantizedModel.load(quantized)
         mode = self.mode if quantized is not None else "float"
-        executor = Executor(model, quantized, mode)          # validates the pair before anything changes
-        source = self.image if self.image is not None else None
-        if source is None and model.input_shape != self.model.input_shape:
+        twin, qtwin = model.shallow_copy(), quantized.copy() if quantized is not None else None
+        executor = Executor(twin, qtwin, mode)          # validates the pair before anything changes
+        if self.image is None and model.input_shape != self.model.input_shape:
             raise EngineError(f"the session's input is a {self.model.input_shape} tensor without its image; "
                               f"'{model.graph.name}' needs {model.input_shape}: reset(image=...) with a new image")
-        self.original, self.model = model, model.shallow_copy()
-        self.qmodel = quantized.copy() if quantized is not None else None
-        self.executor = Executor(self.model, self.qmodel, mode, executor.float_layers)
-        self.mode = mode
-        self.journal, self.stale_from, self.model_version = Journal(), None, self.model_version + 1
-        if source is not None:          # the same image, preprocessed for the new model's input size
-            self.pre = self.model.preprocess(source, self.resize)
+        self.original, self.model, self.qmodel, self.executor, self.mode = model, twin, qtwin, executor, mode
+        self.journal, self.model_version = Journal(), self.model_version + 1
+        if self.image is not None:      # the same image, preprocessed for the new model's input size
+            self.pre = self.model.preprocess(self.image, self.resize)
         self._float_ref = None
         self.reset()
         return applied + undone
@@ -443,9 +438,8 @@ class Session(CustomizeMixin):
         """
         from engine.calib.collect import collect
         cache_key = (key, self.model_version)
-        cached = getattr(self, "_calib_cache", None)
-        if key is not None and cached is not None and cached[0] == cache_key:
-            return cached[1]
+        if key is not None and self._calib_cache[0] == cache_key:
+            return self._calib_cache[1]
         stats = collect(self.model, images, resize=self.resize, progress=False, on_image=on_image)
         if key is not None:
             self._calib_cache = (cache_key, stats)
@@ -459,9 +453,9 @@ class Session(CustomizeMixin):
         from engine.quant.compare import compare
         from engine.calib.collect import image_list
         items = image_list(images)
-        note = (lambda phase: (lambda done, total: on_progress(phase, done, total))) if on_progress else None
-        stats = self.calibration_stats(items, key=key, on_image=note("calibrate") if note else None)
-        on_method = (lambda result, done, total: on_progress("compare", done, total)) if on_progress else None
+        on_image = (lambda done, total: on_progress("calibrate", done, total)) if on_progress else None
+        on_method = (lambda _result, done, total: on_progress("compare", done, total)) if on_progress else None
+        stats = self.calibration_stats(items, key=key, on_image=on_image)
         return compare(self.model, stats, items, list(methods), per_channel=per_channel, resize=self.resize,
                        progress=False, on_method=on_method)
 

@@ -66,8 +66,7 @@ class SwitchGuard:
 
 def quantized_pending(session: Any) -> tuple[int, int]:
     """(applied, undone) int8/scale edits now: what a quantized-model confirmation must still match."""
-    undone = sum(e.target != "float" for e in session.journal.undone)
-    return len(session.quantized_edits()), undone
+    return session.quantized_edit_counts()
 
 
 def model_pending(session: Any) -> tuple[int, int]:

@@ -106,9 +106,10 @@ class Executor:
         return INT8
 
     def int32_out(self, index: int) -> bool:
-        """INT mode: does this int8 layer hand its int32 accumulators, dequantized, to a head?"""
-        return (self.mode == "int" and index in self.head_feeders
-                and self.model.layers[index].kind in HEAD_LAYERS and self.precision(index) == INT8)
+        """When this layer runs its INT path, does it hand its int32 accumulators, dequantized, to a
+        detection head (instead of an int8 tensor)? A property of the graph, whatever the mode: CROSS
+        from FLOAT runs the same INT path."""
+        return index in self.head_feeders and self.model.layers[index].kind in HEAD_LAYERS
 
     def scale_of(self, producer: int) -> float:
         return self.qmodel.scales["input" if producer < 0 else str(producer)]
@@ -137,7 +138,7 @@ class Executor:
         if layer.kind not in INT_LAYERS:
             raise EngineError(f"layer {index} [{layer.kind}] has no int8 path (it runs in float)")
         xs = [self.to_q(v, src, rec.stats) for v, src in zip(inputs, layer.inputs)]
-        if index in self.head_feeders and layer.kind in HEAD_LAYERS:   # = self.int32_out(index)
+        if self.int32_out(index):
             y = HEAD_LAYERS[layer.kind](layer, xs, lq, rec.stats)
             y.flags.writeable = False
             return Value(f=y), rec
