@@ -163,12 +163,20 @@ def output_tiles_cf(m: np.ndarray, y: np.ndarray, th: int, tw: int, scratch: Scr
     parallel_for(n, run, s.size)
 
 
+def _channels_first(h: int, w: int, p: int) -> bool:
+    """The layout conv3x3 picks for an (h, w) map with padding p: channels-first when it has few tiles."""
+    return ((h + 2 * p - 1) // 2) * ((w + 2 * p - 1) // 2) <= CF_TILES
+
+
+def _laid_out(u: np.ndarray, channels_first: bool) -> np.ndarray:
+    """transform_weights' (16, C, n) as conv3x3 reads it: (16, n, C) when channels-first."""
+    return np.ascontiguousarray(u.transpose(0, 2, 1)) if channels_first else u
+
+
 def prepare_weights(w2d: np.ndarray, c: int, h: int, w: int, p: int) -> np.ndarray:
     """The transformed weights conv3x3 uses for a (C, h, w) input with padding p, in the layout it
     picks for that map size: (16, n, C) channels-first on small maps, else (16, C, n)."""
-    th, tw = (h + 2 * p - 1) // 2, (w + 2 * p - 1) // 2
-    u = transform_weights(w2d)
-    return np.ascontiguousarray(u.transpose(0, 2, 1)) if th * tw <= CF_TILES else u
+    return _laid_out(transform_weights(w2d), _channels_first(h, w, p))
 
 
 def conv3x3(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, p: int, scratch: Scratch,
@@ -185,12 +193,13 @@ def conv3x3(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, p: int, scratc
     n = b.shape[0]
     ho, wo = h + 2 * p - 2, w + 2 * p - 2
     th, tw = (ho + 1) // 2, (wo + 1) // 2
+    cf = _channels_first(h, w, p)
+    if u is None:     # a standalone call: the weights transformed once per array (kernels.derived)
+        u = cached_weights(w2d) if not cf else \
+            derived("winograd-2x2-cf", (w2d,), lambda: _laid_out(transform_weights(w2d), True))
     v = input_tiles(x, p, th, tw, scratch)
     y = np.empty((n, ho, wo), np.float32)
-    if th * tw <= CF_TILES:
-        if u is None:
-            u = derived("winograd-2x2-cf", (w2d,),
-                        lambda: np.ascontiguousarray(transform_weights(w2d).transpose(0, 2, 1)))
+    if cf:
         vt = scratch.get("wino_vt", (16, c, th * tw))
         m = scratch.get("wino_m", (16, n, th * tw))
 
@@ -203,7 +212,6 @@ def conv3x3(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, p: int, scratc
         output_tiles_cf(m, y, th, tw, scratch)
     else:
         m = scratch.get("wino_m", (16, th * tw, n))
-        u = cached_weights(w2d) if u is None else u
         parallel_items(16, lambda _part, i: np.matmul(v[i], u[i], out=m[i]))
         m[5] += b                                            # bias via the (1, 1) product
         output_tiles(m, y, th, tw, scratch)
