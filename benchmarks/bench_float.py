@@ -56,18 +56,10 @@ def limit_blas_threads() -> str:
 
 
 def resized_cfg(src: Path, size: int, folder: Path) -> Path:
-    """A copy of `src` with width/height set to `size` in [net]."""
-    lines, in_net = [], False
-    for line in src.read_text().splitlines():
-        s = line.strip()
-        if s.startswith("["):
-            in_net = s in ("[net]", "[network]")
-        key = s.split("=", 1)[0].strip()
-        if in_net and key in ("width", "height"):
-            line = f"{key}={size}"
-        lines.append(line)
+    """A copy of `src` with width/height set to `size` in [net] (OpenCV reads it too)."""
+    from engine.cfg import with_input_size
     out = folder / src.name
-    out.write_text("\n".join(lines) + "\n")
+    out.write_text(with_input_size(src.read_text(), size, size))
     return out
 
 

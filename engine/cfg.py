@@ -138,6 +138,12 @@ class Cfg:
     text: str
     file: str | None = None
 
+    def resized(self, width: int, height: int) -> "Cfg":
+        """This cfg with [net] width / height replaced (see with_input_size); same path and file."""
+        cfg = parse_cfg(with_input_size(self.text, width, height), self.path)
+        cfg.file = self.file
+        return cfg
+
 
 def parse_cfg(text: str, path: str = "<cfg>") -> Cfg:
     """Parse cfg text. Raises CfgError naming `path:line` for anything Darknet would misread."""

@@ -37,11 +37,11 @@ def _executor(model, args: argparse.Namespace):
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from engine.cfg import parse_cfg, parse_size, read_cfg, with_input_size
+    from engine.cfg import parse_size, read_cfg
     from engine.graph import build_graph, build_layers
     cfg = read_cfg(args.cfg)
     if args.size:
-        cfg = parse_cfg(with_input_size(cfg.text, *parse_size(args.size)), cfg.path)
+        cfg = cfg.resized(*parse_size(args.size))
     layers = build_layers(cfg)
     net = cfg.net
     graph = build_graph(Path(args.cfg).stem, (net.get_int("channels", 3), net.get_int("height"),

@@ -25,7 +25,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path

@@ -92,11 +92,9 @@ class Model:
     def resized(self, width: int, height: int) -> "Model":
         """The same weights at another input size (a new Model; arrays shared). Raises WeightsError
         when a layer's parameters depend on the size ([connected] after convolutions)."""
-        from engine.cfg import parse_cfg, with_input_size
         if self.input_shape[1:] == (height, width):
             return self
-        cfg = parse_cfg(with_input_size(self.cfg.text, width, height), self.cfg.path)
-        cfg.file = self.cfg.file
+        cfg = self.cfg.resized(width, height)
         layers = build_layers(cfg)
         for layer, params in zip(layers, self.params):
             for name, shape in layer.param_shapes():

@@ -78,17 +78,10 @@ def match_detections(ours: list[dict], ref: list[dict], min_iou: float) -> list[
 
 
 def resized_cfg(src: Path, size: int, folder: Path) -> Path:
-    """A copy of `src` with [net] width/height set to `size`."""
-    lines, in_net = [], False
-    for line in src.read_text().splitlines():
-        s = line.strip()
-        if s.startswith("["):
-            in_net = s in ("[net]", "[network]")
-        if in_net and s.split("=", 1)[0].strip() in ("width", "height"):
-            line = f"{s.split('=', 1)[0].strip()}={size}"
-        lines.append(line)
+    """A copy of `src` with [net] width/height set to `size` (engine.cfg.with_input_size)."""
+    from engine.cfg import with_input_size
     out = folder / src.name
-    out.write_text("\n".join(lines) + "\n")
+    out.write_text(with_input_size(src.read_text(), size, size))
     return out
 
 

@@ -4,7 +4,6 @@ and local/propagated error statistics."""
 from __future__ import annotations
 
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -421,7 +421,7 @@ def test_inspection_apis_against_independent_computations(tiny, tiny_q):
     s = Session(tiny, tiny_q, "int", IMAGES / "dog.jpg")
     s.run_to(12)
     info = s.layer_info(12)
-    layer, lq = tiny.layers[12], tiny_q.layers[12]
+    lq = tiny_q.layers[12]
     assert (info["kind"], info["inputs"], info["out_shape"]) == ("convolutional", ["11"], [1024, 13, 13])   # graph node ids
     assert info["macs"] == 1024 * 512 * 9 * 13 * 13 and info["params"] == 1024 * 512 * 9 + 4 * 1024
     assert info["in_scale"] == lq.in_scale == tiny_q.scales["11"] and info["out_scale"] == tiny_q.scales["12"]

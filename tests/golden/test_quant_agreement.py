@@ -7,7 +7,6 @@ extra detections and per-class AP; `compare()`'s ranking.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from engine.augment import augment
