@@ -1,7 +1,6 @@
 """Test configuration: the engine is imported from the source tree; ../shared must be beside the repo."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -12,8 +11,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from helpers import SHARED, TINY_CFG, TINY_WEIGHTS  # noqa: E402
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ IMAGES = SHARED / "images"
 REFERENCE = SHARED / "reference"
 TINY_CFG = SHARED / "models" / "yolov3-tiny.cfg"
 TINY_WEIGHTS = MODELS / "yolov3-tiny.weights"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ACTIVATION_PREFIXES = ("leaky", "mish", "relu", "logistic", "swish", "tanh", "elu", "selu", "relu6")
 
 
@@ -102,3 +103,14 @@ def reorg_cpu(x: np.ndarray, s: int) -> np.ndarray:
                 out_index = w2 + w * s * (h2 + h * s * c2)
                 out[in_index] = flat[out_index]
     return out.reshape(c * s * s, h // s, w // s)
+
+
+def require(ok: bool, why: str, what: str = "test", hint: str = "") -> None:
+    """Skip when a prerequisite is missing on a developer's machine; fail in CI, which installs them all
+    (`.ci/run`), so nothing CI can run is ever skipped there."""
+    if ok:
+        return
+    import pytest
+    if IN_CI:
+        pytest.fail(f"{what} prerequisite missing in CI: {why}{hint}")
+    pytest.skip(why)

@@ -13,6 +13,7 @@ Missing chromium or playwright: a failure under CI (`CI=true`), a skip elsewhere
 """
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import shutil
@@ -28,13 +29,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers import require as ci_require
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 NOTEBOOKS = HERE / "notebooks"
 CHROMIUM = Path(os.environ.get("QW_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SERVER_START_TIMEOUT = 60.0
 SERVER_STOP_TIMEOUT = 10.0
 
@@ -42,12 +44,7 @@ SERVER_STOP_TIMEOUT = 10.0
 collect_ignore_glob = ["notebooks/*"]
 
 
-def require(ok: bool, why: str) -> None:
-    if ok:
-        return
-    if IN_CI:
-        pytest.fail(f"browser test prerequisite missing in CI: {why}")
-    pytest.skip(why)
+require = functools.partial(ci_require, what="browser test")
 
 
 def free_port() -> int:

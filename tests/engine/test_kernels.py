@@ -202,8 +202,8 @@ def test_threaded_kernels_match_naive(monkeypatch, threads):
 
 
 def test_own_threads_makes_blas_single_threaded_and_restores_it():
-    if kernels._openblas is None:
-        pytest.skip("NumPy's OpenBLAS not found: kernels keep BLAS threading")
+    from helpers import require
+    require(kernels._openblas is not None, "NumPy's OpenBLAS not found: kernels keep BLAS threading")
     get, put = kernels._openblas
     before = get()
     put(2)

@@ -9,6 +9,7 @@ process group and every process it started (by pid), then `userdel -r` the users
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -26,20 +27,16 @@ from pathlib import Path
 
 import pytest
 
+from helpers import require as ci_require
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY_CONFIG = REPO / "deploy" / "jupyterhub" / "jupyterhub_config.py"
 PREFIX = Path(os.environ.get("QW_HUB_PREFIX", "/opt/qw-hub"))
 VENV = Path(os.environ.get("QW_HUB_VENV", PREFIX / "venv"))
 PROXY = Path(os.environ.get("QW_HUB_PROXY", PREFIX / "node_modules" / ".bin" / "configurable-http-proxy"))
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def require(ok: bool, why: str) -> None:
-    if ok:
-        return
-    if IN_CI:
-        pytest.fail(f"hub test prerequisite missing in CI: {why} (run .ci/setup-hub.sh as root)")
-    pytest.skip(why)
+require = functools.partial(ci_require, what="hub test", hint=" (run .ci/setup-hub.sh as root)")
 
 
 def free_port() -> int:
