@@ -74,7 +74,7 @@ printf '%s\n' '{"ServerApp": {"tornado_settings": {"websocket_max_message_size":
     > "$PREFIX/venv/etc/jupyter/jupyter_server_config.json"
 
 # The tutorial notebooks, read-only for everybody; the hub's pre-spawn hook copies them into each
-# user's workspace on first use (engine.workspace.ensure_tutorials).
+# user's workspace on first use (engine.workspace.store.ensure_tutorials).
 rm -rf "$PREFIX/tutorials"
 mkdir -p "$PREFIX/tutorials"
 cp "$REPO"/notebooks/*.ipynb "$PREFIX/tutorials/"
@@ -82,6 +82,6 @@ chmod -R a+rX,a-w "$PREFIX/tutorials"
 chmod u+w "$PREFIX/tutorials"   # root may refresh it on the next run
 
 chmod -R a+rX "$PREFIX"
-(cd / && "$PREFIX/venv/bin/python" -c "import engine.workspace, jupyterhub, ipykernel") \
-    || { echo "setup-hub.sh: the venv cannot import engine.workspace" >&2; exit 1; }
+(cd / && "$PREFIX/venv/bin/python" -c "import engine.workspace.store, jupyterhub, ipykernel") \
+    || { echo "setup-hub.sh: the venv cannot import engine.workspace.store" >&2; exit 1; }
 echo "setup-hub.sh: ready: $PREFIX/venv, $PREFIX/node_modules/.bin/configurable-http-proxy"

@@ -3,7 +3,7 @@
     PYTHONPATH=. .venv/bin/python benchmarks/bench_dask.py [--images 64] [--repeats 3] [--tasks calib,eval] [--json]
 
 Workload: yolov3-tiny @416 (real weights) on N images = the shared photos and seeded synthetic
-variants of them (engine.montecarlo), written as PNG files, so both backends read and decode
+variants of them (engine.scale.montecarlo), written as PNG files, so both backends read and decode
 the same files. `calib` = `collect_stats` (FLOAT forward + histograms per image); `eval` =
 `evaluate(..., modes=("int",))` (FLOAT + INT forward, detections, agreement per image).
 
@@ -44,9 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.calib.collect import collect  # noqa: E402
-from engine.distributed import (DaskBackend, InProcess, ModelSource, blas_threads, collect_stats,  # noqa: E402
+from engine.scale.backends import (DaskBackend, InProcess, ModelSource, blas_threads, collect_stats,  # noqa: E402
                                 evaluate, load_source, secure_local_cluster)
-from engine.montecarlo import make_variants, render, source_image  # noqa: E402
+from engine.scale.montecarlo import make_variants, render, source_image  # noqa: E402
 from engine.quant.qmodel import quantize_model  # noqa: E402
 
 SHARED = Path(os.environ.get("QW_SHARED", ROOT.parent / "shared"))

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from engine import zoo
-from engine.samples import sample
+from engine.imaging.samples import sample
 from qwidgets._encode import feature_montage, histogram_counts, histogram_png
 
 TARGET_MS = 30.0

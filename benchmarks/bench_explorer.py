@@ -57,7 +57,7 @@ def main() -> None:
     from engine import zoo
     from engine.calib.collect import collect
     from engine.quant.qmodel import quantize_model
-    from engine.samples import sample, sample_images
+    from engine.imaging.samples import sample, sample_images
     from qwidgets import Explorer
 
     model = zoo.load("yolov3-tiny", progress=False)

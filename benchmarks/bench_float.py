@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import engine
-from engine import winograd
-from engine.cfg import read_cfg
+from engine.kernels import winograd
+from engine.darknet.cfg import read_cfg
 from engine.graph import build_layers
-from engine.weights import random_params, write_weights
+from engine.darknet.weights import random_params, write_weights
 
 SHARED = Path("/work/shared")
 TINY_CFG = SHARED / "models/yolov3-tiny.cfg"
@@ -57,7 +57,7 @@ def limit_blas_threads() -> str:
 
 def resized_cfg(src: Path, size: int, folder: Path) -> Path:
     """A copy of `src` with width/height set to `size` in [net] (OpenCV reads it too)."""
-    from engine.cfg import with_input_size
+    from engine.darknet.cfg import with_input_size
     out = folder / src.name
     out.write_text(with_input_size(src.read_text(), size, size))
     return out
@@ -142,7 +142,7 @@ def layer_table(model: engine.Model, runs: int) -> list[dict]:
 
 
 def kernel_of(layer) -> str:
-    """Which conv kernel engine.kernels.conv2d picks for this layer (as its dispatch does)."""
+    """Which conv kernel engine.kernels.gemm.conv2d picks for this layer (as its dispatch does)."""
     if layer.kind != "convolutional":
         return ""
     (c, h, w), k, s, p = layer.in_shapes[0], layer.size, layer.stride, layer.padding

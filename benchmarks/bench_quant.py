@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import engine  # noqa: E402
-from engine import winograd  # noqa: E402
-from engine.augment import augment  # noqa: E402
+from engine.kernels import winograd  # noqa: E402
+from engine.imaging.augment import augment  # noqa: E402
 from engine.calib.collect import collect  # noqa: E402
 from engine.quant.executor import Executor, Value  # noqa: E402
 from engine.quant.qmodel import quantize_model  # noqa: E402

@@ -31,7 +31,7 @@ def step_and_panel_times(mode: str, repeats: int) -> list[float]:
     from engine import zoo
     from engine.calib.collect import collect
     from engine.quant.qmodel import quantize_model
-    from engine.samples import sample, sample_images
+    from engine.imaging.samples import sample, sample_images
     from qwidgets._encode import feature_montage, histogram_counts
     model = zoo.load("yolov3-tiny", progress=False)
     qm = quantize_model(model, collect(model, sample_images(), progress=False), "minmax", per_channel=True)
@@ -62,7 +62,7 @@ def session_peak_rss(mode: str, size: int, winograd: bool = True) -> tuple[int, 
         prep = ("import numpy as np, engine\n"
                 "from engine.calib.collect import collect\nfrom engine.quant.qmodel import quantize_model\n"
                 "from pathlib import Path\n"
-                "from engine.cfg import with_input_size\n"
+                "from engine.darknet.cfg import with_input_size\n"
                 f"text = Path(r'{ROOT.parent / 'shared/models/cfg/yolov3.cfg'}').read_text()\n"
                 f"Path(r'{tmp}/yolov3.cfg').write_text(with_input_size(text, {size}, {size}))\n"
                 f"m = engine.load(r'{tmp}/yolov3.cfg', random_weights=0)\n"

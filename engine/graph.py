@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
-from engine.cfg import Cfg
+from engine.darknet.cfg import Cfg
 from engine.errors import CfgError
 from engine.layers import LAYERS, BuildContext, Layer
 

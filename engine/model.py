@@ -12,14 +12,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engine.cfg import Cfg, parse_cfg, read_cfg
+from engine.darknet.cfg import Cfg, parse_cfg, read_cfg
 from engine.errors import CfgError, EngineError, WeightsError
 from engine.graph import Graph, build_graph, build_layers
-from engine.image import ImageLike, Preprocessed, preprocess
+from engine.darknet.image import ImageLike, Preprocessed, preprocess
 from engine.layers import Layer, Scratch
 from engine.layers.activations import activate
 from engine.layers.base import Params
-from engine.weights import WeightsHeader, random_params, read_weights, split_params, write_weights
+from engine.darknet.weights import WeightsHeader, random_params, read_weights, split_params, write_weights
 
 MODEL_FORMAT = "qwidgets-engine-model/1"
 DATA_DIR = Path(__file__).parent / "data"
@@ -158,7 +158,7 @@ class Model:
 
     def detect(self, image: ImageLike, thresh: float = 0.25, nms: float = 0.45, resize: str = "letterbox"):
         """Preprocess, FLOAT forward, decode, NMS: a list of Detection in original-image pixels."""
-        from engine.detect import detect_outputs
+        from engine.darknet.detect import detect_outputs
         pre = self.preprocess(image, resize)
         return detect_outputs(self, self.forward(pre.x), pre, thresh, nms)
 
@@ -274,7 +274,7 @@ def model_from_arrays(z, label: str, prefix: str = "") -> Model:
                 raise WeightsError(f"{p}: {key} is {arr.dtype}{arr.shape}, expected float32{shape}")
             lp[name] = arr
         params.append(lp)
-    from engine.weights import check_finite
+    from engine.darknet.weights import check_finite
     check_finite(params, layers, p.name)
     return Model(cfg, layers, params, WeightsHeader(*h), name=meta.get("name"), names=meta.get("class_names"),
          source=str(p))
@@ -299,7 +299,7 @@ def load(path: str | Path, weights: str | Path | None = None, *, names: str | Pa
     Raises: CfgError / WeightsError naming the file and what was expected; ValueError for a bad size.
     """
     if size is not None:
-        from engine.cfg import parse_size
+        from engine.darknet.cfg import parse_size
         width, height = parse_size(size)
         return load(path, weights, names=names, random_weights=random_weights).resized(width, height)
     p = Path(path)

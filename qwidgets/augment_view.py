@@ -1,8 +1,8 @@
 """AugmentView: preview the augmentations of a workspace image and save them as an image set.
 
-Picking an image or moving a slider recomputes the set with `engine.augment.augment` (sliders
+Picking an image or moving a slider recomputes the set with `engine.imaging.augment.augment` (sliders
 update on release, not while dragging) and shows PNG thumbnails; Save stores the full-size set
-with `engine.augment.save_augmented` as an `imageset` usable for calibration.
+with `engine.imaging.augment.save_augmented` as an `imageset` usable for calibration.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import ipywidgets as widgets
 import traitlets
 from PIL import Image
 
-from engine.augment import BASIC, augment, save_augmented, to_png
+from engine.imaging.augment import BASIC, augment, save_augmented, to_png
 from engine.workspace import Workspace
 from qwidgets._errors import report
 

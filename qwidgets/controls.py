@@ -23,7 +23,7 @@ import ipywidgets as widgets
 import traitlets
 
 from engine.graph import INPUT
-from engine.samples import sample_images
+from engine.imaging.samples import sample_images
 from qwidgets._confirm import Refused, SwitchGuard, dropped_text
 from qwidgets._errors import ErrorDetails, Message, shows_errors
 from qwidgets._open_model import model_source, opened_text

@@ -1,6 +1,6 @@
 """DetectionsView: FLOAT detections and the current mode's detections side by side, as PNGs.
 
-A pure view: `show(pre, float_dets, dets, label)` draws the boxes with `engine.draw.draw_detections`
+A pure view: `show(pre, float_dets, dets, label)` draws the boxes with `engine.imaging.draw.draw_detections`
 on the session's image and sends PNG bytes. The image is recovered from the network input
 (`Preprocessed`: the letterboxed tensor and the original size), so the view needs no path and
 works for every image a session can take (file, upload, array).
@@ -15,8 +15,8 @@ import numpy as np
 import traitlets
 from PIL import Image
 
-from engine.draw import draw_detections
-from engine.image import Preprocessed
+from engine.imaging.draw import draw_detections
+from engine.darknet.image import Preprocessed
 from qwidgets._encode import to_png
 
 MAX_SIDE = 416          # PNG size cap: the comm carries the bytes

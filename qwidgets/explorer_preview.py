@@ -14,8 +14,8 @@ import numpy as np
 import traitlets
 
 from engine.graph import INPUT
-from engine.image import ImageLike
-from engine.samples import sample
+from engine.darknet.image import ImageLike
+from engine.imaging.samples import sample
 from qwidgets._errors import report
 from qwidgets._panel_data import layer_panel_data
 from qwidgets.graph_view import GraphView

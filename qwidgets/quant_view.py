@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Sequence
 import ipywidgets as widgets
 import traitlets
 
-from engine.augment import augment
+from engine.imaging.augment import augment
 from engine.calib import CALIBRATORS
-from engine.samples import sample_images
+from engine.imaging.samples import sample_images
 from qwidgets._confirm import Refused, SwitchGuard, dropped_text
 from qwidgets._errors import ErrorDetails, Message, shows_errors
 from qwidgets._quant_render import SQNR_CAP, ranked_html, sqnr_chart_png

@@ -26,7 +26,7 @@ import ipywidgets as widgets
 import numpy as np
 import traitlets
 
-from engine.edits import Edit
+from engine.session.edits import Edit
 from qwidgets._encode import heatmap_png
 from qwidgets._errors import ErrorDetails, Message, shows_errors
 from qwidgets._kernel_grid import KernelGrid, key_text

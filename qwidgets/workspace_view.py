@@ -1,6 +1,6 @@
 """WorkspaceView: list, upload, import, rename, delete, export and open workspace entries.
 
-Every callback reads the UI, makes one `engine.workspace.Workspace` call and sets traits; errors are
+Every callback reads the UI, makes one `engine.workspace.store.Workspace` call and sets traits; errors are
 shown in the status label, never as a traceback (`qwidgets._errors.report`: unexpected ones also keep
 their traceback in a collapsed section). Deleting takes two clicks: Delete arms a confirmation row
 naming the entry, and only its Confirm button deletes. An Open callback may ask for a confirming

@@ -79,8 +79,8 @@ def match_detections(ours: list[dict], ref: list[dict], min_iou: float) -> list[
 
 
 def resized_cfg(src: Path, size: int, folder: Path) -> Path:
-    """A copy of `src` with [net] width/height set to `size` (engine.cfg.with_input_size)."""
-    from engine.cfg import with_input_size
+    """A copy of `src` with [net] width/height set to `size` (engine.darknet.cfg.with_input_size)."""
+    from engine.darknet.cfg import with_input_size
     out = folder / src.name
     out.write_text(with_input_size(src.read_text(), size, size))
     return out

@@ -6,7 +6,7 @@ from helpers import ROOT
 
 
 def test_engine_imports_no_widget_modules():
-    code = ("import sys, engine, engine.cli, engine.zoo, engine.detect\n"
+    code = ("import sys, engine, engine.cli.main, engine.zoo, engine.darknet.detect\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('ipywidgets', 'traitlets', 'IPython', "
             "'ipycytoscape', 'qwidgets')]\nprint(bad)\nassert not bad, bad")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

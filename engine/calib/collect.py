@@ -14,7 +14,7 @@ import numpy as np
 
 from engine.calib.histogram import AbsHistogram
 from engine.errors import EngineError
-from engine.image import ImageLike
+from engine.darknet.image import ImageLike
 
 FLOAT_ONLY = ("yolo", "region", "detection", "softmax", "cost")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")

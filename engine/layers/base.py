@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engine.cfg import Section
+from engine.darknet.cfg import Section
 from engine.errors import CfgError, UnsupportedError
 from engine.registry import Registry
 

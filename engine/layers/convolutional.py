@@ -6,8 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine import winograd
-from engine.kernels import FUSED_ACTS, conv2d, conv_out_size
+from engine.kernels import winograd
+from engine.kernels.gemm import FUSED_ACTS, conv2d, conv_out_size
 from engine.layers.activations import activate, activation_key
 from engine.layers.base import LAYERS, BuildContext, Layer, Params, Scratch, check_shape, refuse
 

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engine.calib.collect import CalibrationStats, image_list
-from engine.detect import detect_outputs
+from engine.darknet.detect import detect_outputs
 from engine.quant.executor import Executor, FloatView
 from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
 from engine.quant.qmodel import QuantizedModel, quantize_model

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.detect import Detection
+from engine.darknet.detect import Detection
 from engine.quant.executor import INT8, Executor, Value
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine.kernels import BAND, MIN_BAND, conv_out_size, derived, own_threads, parallel_items
+from engine.kernels.gemm import BAND, MIN_BAND, conv_out_size, derived, own_threads, parallel_items
 from engine.layers.base import Scratch
 
 K_CHUNK = 1024  # 1024 * 127 * 127 = 16,516,096 < 2**24 = 16,777,216
@@ -130,7 +130,7 @@ def _padded(x_q: np.ndarray, p: int, extra_rows: int, scratch: Scratch, name: st
 
 
 def row_abs_max(w_q: np.ndarray) -> float:
-    """max over filters of sum |w| for int8 weights (n, ...), cached per array (`engine.kernels.derived`)."""
+    """max over filters of sum |w| for int8 weights (n, ...), cached per array (`engine.kernels.gemm.derived`)."""
     return derived("int-row-abs-sum", (w_q,),
                    lambda: float(np.abs(w_q.reshape(w_q.shape[0], -1).astype(np.int64)).sum(axis=1).max()))
 
@@ -144,7 +144,7 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
     known (e.g. `row_abs_max` of the int8 weights), else computed from w_f. The whole K reduction is one
     float32 GEMM when max_f sum|w_f| * max|x| < 2**24 (every partial sum, in any order, is then an
     exact float32 integer); otherwise it is split into K_CHUNK pieces summed in float64.
-    For stride 1 the columns have the padded width (contiguous copies, `engine.kernels.im2col`);
+    For stride 1 the columns have the padded width (contiguous copies, `engine.kernels.gemm.im2col`);
     the k-1 extra columns per row are skipped by the view. Bands run on `parallel_items` threads
     with BLAS single-threaded (`own_threads`, as the float kernels: a spinning 2-thread BLAS is what
     suffers most on a busy machine), each band built, used and dropped in cache; a map that is a

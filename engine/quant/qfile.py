@@ -53,7 +53,7 @@ def read_meta(z: dict, label: str) -> dict:
 
 def check_layers(z: dict, meta: dict, cfg_text: str, label: str) -> None:
     """int8 weights / int32 biases / scales of every quantized layer against the file's own cfg."""
-    from engine.cfg import parse_cfg
+    from engine.darknet.cfg import parse_cfg
     from engine.graph import build_layers
     try:
         layers = build_layers(parse_cfg(cfg_text, f"{label} (embedded cfg)"))

@@ -76,7 +76,7 @@ class QuantizedModel:
         """The quantized model belongs to `model`'s cfg. The input size may differ: int8 weights do not
         depend on it, and activation scales calibrated at 416 serve a 320 deployment (calibrate at the
         deployment size for the closest fit)."""
-        from engine.cfg import with_input_size
+        from engine.darknet.cfg import with_input_size
         if model.cfg.text != self.cfg_text and \
                 with_input_size(model.cfg.text, 1, 1) != with_input_size(self.cfg_text, 1, 1):
             raise EngineError(f"quantized model '{self.model_name}' was made for a different cfg than "

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from engine.augment import BASIC, add_noise, augment, save_augmented, to_png
+from engine.imaging.augment import BASIC, add_noise, augment, save_augmented, to_png
 from engine.errors import ImageError
 from engine.workspace import Workspace, WorkspaceError
 

@@ -1,7 +1,7 @@
 """Bad-input corpus (tests/corpus/README.md): every malformed input gives the engine's own clear error.
 
 Each case goes through a public entry point (`engine.load`, `Model.forward/detect/set_param`,
-`engine.image.open_image`, `python -m engine`, `Workspace`) and must raise the expected error
+`engine.darknet.image.open_image`, `python -m engine`, `Workspace`) and must raise the expected error
 class with a message naming the file / line / layer and the offending value, never a raw
 IndexError, ZeroDivisionError, MemoryError, ... ("handled correctly" cases check the result).
 """
@@ -20,10 +20,10 @@ import pytest
 from PIL import Image
 
 import engine
-from engine.edits import EditError, check_int8
+from engine.session.edits import EditError, check_int8
 from engine.errors import CfgError, EngineError, ImageError, UnsupportedError, WeightsError
-from engine.image import image_to_array, open_image
-from engine.uploads import WorkspaceError
+from engine.darknet.image import image_to_array, open_image
+from engine.workspace.uploads import WorkspaceError
 from engine.workspace import Workspace
 from helpers import ROOT, TINY_WEIGHTS
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.cfg import parse_cfg
+from engine.darknet.cfg import parse_cfg
 from engine.errors import CfgError, UnsupportedError
 from engine.graph import build_layers
 
@@ -99,7 +99,7 @@ def test_unsupported_darknet_features_are_refused_not_ignored():
 
 
 def test_read_cfg_rejects_binary_files(tmp_path):
-    from engine.cfg import read_cfg
+    from engine.darknet.cfg import read_cfg
     p = tmp_path / "w.cfg"
     p.write_bytes(b"\x00\x00\x00\x00\x02\x00\xff\xfe")
     with pytest.raises(CfgError, match="w.cfg"):

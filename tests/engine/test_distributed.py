@@ -21,12 +21,12 @@ pytest.importorskip("distributed")
 
 from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS  # noqa: E402
 
-from engine.augment import augment  # noqa: E402
+from engine.imaging.augment import augment  # noqa: E402
 from engine.calib.collect import collect  # noqa: E402
-from engine.distributed import (DaskBackend, InProcess, ModelSource, blas_limit, blas_threads,  # noqa: E402
+from engine.scale.backends import (DaskBackend, InProcess, ModelSource, blas_limit, blas_threads,  # noqa: E402
                                 collect_stats, compare_distributed, evaluate, load_source, secure_local_cluster,
                                 temporary_tls)
-from engine.detect import detect_outputs  # noqa: E402
+from engine.darknet.detect import detect_outputs  # noqa: E402
 from engine.quant.executor import Executor  # noqa: E402
 from engine.quant.fitness import detection_agreement  # noqa: E402
 from engine.quant.qmodel import quantize_model  # noqa: E402

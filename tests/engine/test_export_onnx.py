@@ -386,14 +386,14 @@ def test_missing_onnx_raises_engine_error_naming_the_extra(monkeypatch, tiny):
 
 def test_engine_and_export_import_without_onnx():
     code = ("import sys; sys.modules['onnx'] = None; sys.modules['onnxruntime'] = None\n"
-            "import engine, engine.export, engine.export.cli\nprint('ok')")
+            "import engine, engine.export, engine.cli.export\nprint('ok')")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
 def test_export_cli_writes_onnx_and_weights(tmp_path):
     import argparse
-    from engine.export.cli import add_export_parser
+    from engine.cli.export import add_export_parser
     parser = argparse.ArgumentParser()
     add_export_parser(parser.add_subparsers(dest="command", required=True))
     cfg = tmp_path / "s.cfg"

@@ -11,7 +11,7 @@ import pytest
 
 import engine
 from engine.model import from_cfg_text
-from engine.weights import WeightsHeader
+from engine.darknet.weights import WeightsHeader
 from helpers import TINY_CFG, TINY_WEIGHTS, max_rel_diff, opencv_layer_outputs
 
 TOL = 1e-4

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from engine.errors import ImageError
-from engine.image import image_to_array, letterbox, letterbox_size, open_image, preprocess, resize_image
+from engine.darknet.image import image_to_array, letterbox, letterbox_size, open_image, preprocess, resize_image
 from helpers import IMAGES, REFERENCE
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import kernels, winograd
-from engine.kernels import bias_act, conv2d, conv2d_naive, conv_out_size, parallel_for
+from engine.kernels import gemm as kernels, winograd
+from engine.kernels.gemm import bias_act, conv2d, conv2d_naive, conv_out_size, parallel_for
 from engine.layers.activations import leaky
 from engine.layers.base import Scratch
 from engine.layers.maxpool import maxpool, maxpool_naive, maxpool_out_size
@@ -220,7 +220,7 @@ def test_float_forward_is_bit_identical_on_1_and_2_threads(tiny, name, size, tmp
     """OpenBLAS sums in another order for another GEMM shape; the kernels cut the same GEMMs on any
     thread count, so a single-threaded Dask worker and a 2-thread notebook agree bit for bit."""
     import engine
-    from engine.distributed import blas_limit
+    from engine.scale.backends import blas_limit
     from helpers import CFG_DIR, resized_cfg
     if name == "yolov3-tiny":
         model = tiny

@@ -15,8 +15,8 @@ from PIL import Image
 from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS
 
 from engine.calib.collect import collect
-from engine.distributed import InProcess, ModelSource, blas_limit, load_source
-from engine.montecarlo import RANGES, Variant, make_variants, render, run_montecarlo, save_worst_cases
+from engine.scale.backends import InProcess, ModelSource, blas_limit, load_source
+from engine.scale.montecarlo import RANGES, Variant, make_variants, render, run_montecarlo, save_worst_cases
 from engine.quant.qmodel import quantize_model
 
 SOURCE = ModelSource(str(TINY_CFG), str(TINY_WEIGHTS), size=(224, 224))
@@ -25,7 +25,7 @@ PHOTOS = sorted(IMAGES.glob("*.jpg"))[:3]
 
 @pytest.fixture(scope="module")
 def dask_backend():
-    from engine.distributed import DaskBackend, secure_local_cluster
+    from engine.scale.backends import DaskBackend, secure_local_cluster
     cluster, client = secure_local_cluster(2)
     try:
         yield DaskBackend(client)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.quant.executor import Executor
 from engine.quant.qmodel import QuantizedModel
 from helpers import IMAGES, ROOT, TINY_CFG, TINY_WEIGHTS
@@ -81,7 +81,7 @@ def test_detect_int_json_matches_the_executor(capsys, qfile, tiny):
     rc, out, err = cli(capsys, "detect", *MODEL, DOG, "--mode", "int", "--quantized", qfile, "--json")
     assert rc == 0, err
     dets = json.loads(out)["images"]["dog.jpg"]["detections"]
-    from engine.detect import detect_outputs
+    from engine.darknet.detect import detect_outputs
     pre = tiny.preprocess(DOG)
     expect = detect_outputs(tiny, Executor(tiny, QuantizedModel.load(qfile), "int").forward(pre.x), pre)
     assert [d["class_id"] for d in dets] == [d.class_id for d in expect]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from engine.calib import AbsHistogram, make
-from engine.kernels import conv_out_size
+from engine.kernels.gemm import conv_out_size
 from engine.layers.maxpool import maxpool_naive, maxpool_out_size
 from engine.quant.int_layers import (maxpool_forward_int, reorg3d_forward_int, reorg_forward_int, route_forward_int,
                                      shortcut_forward_int, upsample_forward_int)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from engine.quant.fitness import model_size
-from engine.report import size_speed_report
+from engine.quant.report import size_speed_report
 
 
 @pytest.fixture(scope="module")

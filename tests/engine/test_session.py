@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine.edits import EditError
+from engine.session.edits import EditError
 from engine.errors import EngineError
 from engine.quant.executor import FLOAT, INT8, Executor
 from engine.session import Session

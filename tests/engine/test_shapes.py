@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import engine
-from engine.cfg import read_cfg
+from engine.darknet.cfg import read_cfg
 from helpers import CFG_DIR
 
 ALL_CFGS = sorted(p.name for p in CFG_DIR.glob("*.cfg"))

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import engine
-from engine.cfg import parse_cfg
+from engine.darknet.cfg import parse_cfg
 from engine.errors import WeightsError
 from engine.graph import build_layers
-from engine.weights import WeightsHeader, expected_floats, random_params, read_weights, write_weights
+from engine.darknet.weights import WeightsHeader, expected_floats, random_params, read_weights, write_weights
 from helpers import TINY_CFG, TINY_WEIGHTS
 
 CFG = "[net]\nwidth=8\nheight=8\nchannels=3\n[convolutional]\nfilters=4\nsize=3\npad=1\nbatch_normalize=1\n" \

@@ -327,7 +327,7 @@ def test_rename_moves_folder_and_keeps_metadata(ws):
 
 def test_interrupted_rename_is_rolled_forward(ws, monkeypatch):
     ws.save_bytes("old", "record", {"r.txt": b"data"})
-    import engine.workspace as wsmod
+    import engine.workspace.store as wsmod
 
     def die(*_a):
         raise KeyboardInterrupt("killed between journal and folder move")
@@ -527,7 +527,7 @@ def test_ensure_tutorials_copies_once_and_keeps_user_edits(tmp_path):
 
 
 def test_engine_workspace_imports_no_widget_modules():
-    out = subprocess.run([sys.executable, "-c", "import sys, engine.workspace, engine.augment; "
+    out = subprocess.run([sys.executable, "-c", "import sys, engine.workspace.store, engine.imaging.augment; "
                           "print(sorted(m for m in sys.modules if m.split('.')[0] in "
                           "('ipywidgets', 'traitlets', 'IPython')))"],
                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=True)
@@ -538,7 +538,7 @@ def test_open_root_is_warned_about_not_changed(tmp_path, caplog):
     root = tmp_path / "shared"
     root.mkdir(mode=0o755)
     os.chmod(root, 0o755)
-    with caplog.at_level("WARNING", logger="engine.workspace"):
+    with caplog.at_level("WARNING", logger="engine.workspace.store"):
         Workspace(root)
     assert "readable by other users (mode 755)" in caplog.text
     assert stat.S_IMODE(root.stat().st_mode) == 0o755

@@ -19,12 +19,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cfgs import base_texts
-from engine.cfg import parse_cfg, read_cfg
+from engine.darknet.cfg import parse_cfg, read_cfg
 from engine.errors import CfgError, EngineError, UnsupportedError
 from engine.graph import build_graph, build_layers
-from engine.image import Preprocessed
+from engine.darknet.image import Preprocessed
 from engine.model import Model
-from engine.weights import random_params
+from engine.darknet.weights import random_params
 
 FUZZ_EXAMPLES = {"mutations": 1000, "text": 300, "bytes": 200}
 FUZZ = settings(deadline=None, derandomize=True, database=None, print_blob=True,
@@ -119,7 +119,7 @@ def check_accepted(text: str, label: str, note=event) -> None:
         assert [y.shape for y in outs] == [layer.out_shape for layer in layers]
         assert all(y.dtype == np.float32 for y in outs)
         if any(layer.kind in ("yolo", "region") for layer in layers):
-            from engine.detect import detect_outputs
+            from engine.darknet.detect import detect_outputs
             pre = Preprocessed(x, 40, 30, "letterbox")
             for d in detect_outputs(model, outs, pre, thresh=0.5, nms=0.45):
                 assert 0 <= d.class_id < model.num_classes

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from engine.errors import ImageError
-from engine.image import image_to_array, open_image
+from engine.darknet.image import image_to_array, open_image
 
 FUZZ = settings(deadline=None, derandomize=True, database=None, max_examples=300,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

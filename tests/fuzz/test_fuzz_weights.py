@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cfgs import base_texts
-from engine.cfg import parse_cfg
+from engine.darknet.cfg import parse_cfg
 from engine.errors import EngineError, WeightsError
 from engine.graph import build_layers
 from engine.model import Model
-from engine.weights import WeightsHeader, expected_floats, read_header, read_weights
+from engine.darknet.weights import WeightsHeader, expected_floats, read_header, read_weights
 
 FUZZ_EXAMPLES = {"mutations": 600, "headers": 200}
 FUZZ = settings(deadline=None, derandomize=True, database=None, print_blob=True,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.augment import augment
+from engine.imaging.augment import augment
 from engine.calib.collect import collect
-from engine.detect import detect_outputs
+from engine.darknet.detect import detect_outputs
 from engine.quant.compare import compare
 from engine.quant.executor import Executor
 from engine.quant.fitness import detection_agreement

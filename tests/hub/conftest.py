@@ -230,9 +230,9 @@ def hub(hub_users, tutorials_dir, tmp_path):
                        (VENV / "bin" / "jupyterhub-singleuser", "jupyterhub-singleuser in the hub venv"),
                        (PROXY, "configurable-http-proxy")]:
         require(path.exists(), f"{what}: {path} not found")
-    check = subprocess.run([str(VENV / "bin" / "python"), "-c", "import engine.workspace"], cwd="/",
+    check = subprocess.run([str(VENV / "bin" / "python"), "-c", "import engine.workspace.store"], cwd="/",
                            capture_output=True, text=True)
-    require(check.returncode == 0, f"the hub venv cannot import engine.workspace: {check.stderr[-500:]}")
+    require(check.returncode == 0, f"the hub venv cannot import engine.workspace.store: {check.stderr[-500:]}")
 
     token, port = secrets.token_hex(24), free_port()
     data = tmp_path / "hub-data"

@@ -13,13 +13,13 @@ import pytest
 pytestmark = [pytest.mark.hub, pytest.mark.timeout(180)]
 
 WRITE = """
-import json, os, pwd, engine.workspace
+import json, os, pwd, engine.workspace.store
 from engine.workspace import Workspace
 ws = Workspace()
 e = ws.save_bytes("secret-{user}", "record", {{"run.json": json.dumps({{"owner": "{user}"}}).encode()}})
 print(json.dumps({{"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(),
                   "name": pwd.getpwuid(os.getuid()).pw_name, "root": str(ws.root),
-                  "file": str(ws.path_of(e.name)), "engine": engine.workspace.__file__,
+                  "file": str(ws.path_of(e.name)), "engine": engine.workspace.store.__file__,
                   "entries": [x.name for x in ws.list()],
                   "tutorials": sorted(os.listdir(ws.root / "tutorials"))}}))
 """

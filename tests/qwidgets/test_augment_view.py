@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.augment import BASIC, augment
+from engine.imaging.augment import BASIC, augment
 from engine.workspace import Workspace
 from qwidgets.augment_view import THUMB, AugmentView
 

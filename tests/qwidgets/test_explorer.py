@@ -168,7 +168,7 @@ def test_float_session_refuses_int_mode_in_the_status(tiny):
 
 
 def test_workspace_entries_open_in_the_explorer(tiny, tiny_q, tmp_path):
-    from engine.samples import sample
+    from engine.imaging.samples import sample
     from engine.workspace import Workspace
     from qwidgets import WorkspaceView
     ws = Workspace(tmp_path / "ws")

@@ -7,7 +7,7 @@ import pytest
 
 import engine
 from engine.quant.qmodel import QuantizedModel
-from engine.samples import sample
+from engine.imaging.samples import sample
 from engine.workspace import Workspace
 from helpers import TINY_CFG, TINY_WEIGHTS
 from qwidgets import Explorer, WorkspaceView

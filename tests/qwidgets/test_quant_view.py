@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image
 
 import engine
-from engine.samples import sample
-from engine.sensitivity import SensitivityRow, SensitivityTable
+from engine.imaging.samples import sample
+from engine.quant.sensitivity import SensitivityRow, SensitivityTable
 from qwidgets import QuantizationView
 from qwidgets.quant_view import sqnr_chart_png
 

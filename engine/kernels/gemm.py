@@ -4,7 +4,7 @@ Layout: x is (C, H, W); weights are a (n, C*k*k) matrix in Darknet's [n][c][ky][
 im2col rows are ordered (c, ky, kx).
 
 conv2d picks per layer shape: 1x1 stride 1 is one GEMM on the input itself; wide 3x3 stride-1
-layers use Winograd (`engine.winograd`); everything else runs im2col + GEMM in bands of output
+layers use Winograd (`engine.kernels.winograd`); everything else runs im2col + GEMM in bands of output
 rows that stay in cache (`conv_banded`), with the bias as a ones row of the GEMM and the
 activation applied in place. `im2col` (whole map, padded-width trick for stride 1) is kept as a
 standalone helper.
@@ -316,12 +316,12 @@ def conv2d(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, k: int, s: int,
     w2d: (n, C/groups*k*k) float32; b: (n,) float32. `act` (one of FUSED_ACTS, or None for none) is
     applied in the same pass as the bias; other activations are the caller's business.
     3x3 stride-1 convolutions with many channels on small maps go through Winograd F(2x2,3x3)
-    (`engine.winograd`), which needs 16/36 of the multiplies; the rest through im2col + GEMM.
+    (`engine.kernels.winograd`), which needs 16/36 of the multiplies; the rest through im2col + GEMM.
     `wino`: the Winograd weights made for this layer (`winograd.prepare_weights`), when the caller
     keeps them instead of w2d (then w2d may be None). `choose=False`: the caller already chose (a
     model decides once per layer, when it prepares it), so w2d always runs im2col + GEMM.
     """
-    from engine import winograd  # late import: winograd imports this module's helpers
+    from engine.kernels import winograd  # late import: winograd imports this module's helpers
 
     c, h, w = x.shape
     if act is not None and act not in FUSED_ACTS:

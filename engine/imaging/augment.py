@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from engine.image import ImageLike, open_image
+from engine.darknet.image import ImageLike, open_image
 
-if TYPE_CHECKING:  # engine.workspace is only needed by save_augmented's callers
-    from engine.workspace import Entry, Workspace
+if TYPE_CHECKING:  # engine.workspace.store is only needed by save_augmented's callers
+    from engine.workspace.store import Entry, Workspace
 
 BASIC = ("original", "rotate", "blur", "flip", "flop")
 ROTATE_RESAMPLE = Image.Resampling.BICUBIC

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from engine.atomic import atomic_write, file_lock, fsync_dir, pid_alive, sweep_temp_files
-from engine.uploads import (Limits, WorkspaceError, check_name, check_size)
-from engine.workspace_files import KINDS, check_entry_files, group_uploads, read_import
+from engine.workspace.uploads import (Limits, WorkspaceError, check_name, check_size)
+from engine.workspace.entries import KINDS, check_entry_files, group_uploads, read_import
 
 __all__ = ["Entry", "KINDS", "Limits", "Workspace", "WorkspaceError", "atomic_write",
            "default_root", "ensure_tutorials"]

@@ -5,7 +5,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-from engine.image import ImageLike, open_image
+from engine.darknet.image import ImageLike, open_image
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190)]

@@ -16,11 +16,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine.customize import CustomizeMixin
-from engine.detect import Detection, detect_outputs
+from engine.session.editing import CustomizeMixin
+from engine.darknet.detect import Detection, detect_outputs
 from engine.errors import EditsWouldBeLost, EngineError
-from engine.image import ImageLike, Preprocessed
-from engine.inspect import TensorSummary, histogram, summarize
+from engine.darknet.image import ImageLike, Preprocessed
+from engine.session.stats import TensorSummary, histogram, summarize
 from engine.quant.executor import FLOAT, INT8, Executor, FloatView, LayerRecord, Value
 from engine.quant.fitness import ErrorStats, error_stats
 from engine.quant.qmodel import QuantizedModel
@@ -183,7 +183,7 @@ class Session(CustomizeMixin):
         either, called only once the switch is allowed) in this session, with an optional quantized
         model made for it; restarts execution on the same image. Every edit belongs to the old model:
         EditsWouldBeLost unless `drop_edits`. Returns the number of dropped edits."""
-        from engine.edits import Journal
+        from engine.session.edits import Journal
         from engine.model import Model, load
         applied, undone = len(self.journal.done), len(self.journal.undone)
         if applied + undone and not drop_edits:
@@ -223,9 +223,9 @@ class Session(CustomizeMixin):
     def _prepare(self, image) -> Preprocessed:
         """The network input for `image`; also sets `_source_image`, the decoded original (a PIL image)
         or None when only a tensor is known, and `_source_name` (the file name, if any)."""
-        from engine.image import open_image
+        from engine.darknet.image import open_image
         if image is None:
-            from engine.samples import sample
+            from engine.imaging.samples import sample
             image = sample("dog")
         self._source_image = None
         name = image if isinstance(image, (str, Path)) else getattr(image, "filename", None)
@@ -462,17 +462,17 @@ class Session(CustomizeMixin):
     # ------------------------------------------------------------------ sweeps, records
     def sensitivity(self, progress: bool = True, cancel=None):
         """Rank layers by how much quantizing them alone hurts (engine/sensitivity.py)."""
-        from engine.sensitivity import sensitivity
+        from engine.quant.sensitivity import sensitivity
         return sensitivity(self, progress=progress, cancel=cancel)
 
     def save_record(self, path: str | Path) -> Path:
-        from engine.records import save_record
+        from engine.session.records import save_record
         self.refresh()   # the record's statistics must be those of the model it stores
         return save_record(self, path)
 
     @classmethod
     def open_record(cls, path: str | Path) -> "Session":
-        from engine.records import open_record
+        from engine.session.records import open_record
         return open_record(path)
 
     # ------------------------------------------------------------------ CROSS

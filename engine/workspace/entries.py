@@ -1,6 +1,6 @@
 """Which files make a valid entry of each workspace kind, and how uploads/imports become entries.
 
-Used by `engine.workspace`; content checks live in `engine.uploads`.
+Used by `engine.workspace.store`; content checks live in `engine.workspace.uploads`.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from engine.uploads import (IMAGE_EXTS, TEXT_EXTS, Limits, WorkspaceError, check_cfg, check_image,
+from engine.workspace.uploads import (IMAGE_EXTS, TEXT_EXTS, Limits, WorkspaceError, check_cfg, check_image,
                             check_json, check_name, check_npz, check_size, check_text,
                             check_weights, extension, read_zip_images)
 

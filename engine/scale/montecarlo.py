@@ -11,7 +11,7 @@ is recorded, so any variant can be re-rendered exactly (`render`). Sources are f
 fit the network input (the letterbox would shrink them anyway), so blur radii and noise are in
 network-input pixels and a variant costs little more than the two forward passes.
 Per variant, FLOAT's detections are the ground truth of `detection_agreement`.
-Batches of variants run through an `engine.distributed` backend (in-process or Dask).
+Batches of variants run through an `engine.scale.backends` backend (in-process or Dask).
 """
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from engine.augment import ROTATE_RESAMPLE, SCALE_RESAMPLE, add_noise, to_png
+from engine.imaging.augment import ROTATE_RESAMPLE, SCALE_RESAMPLE, add_noise, to_png
 from engine.calib.collect import image_list
-from engine.detect import detect_outputs
-from engine.distributed import InProcess, _unwrap, label_of, load_source, resolve_qmodel, _qmodel_arg
-from engine.image import open_image
+from engine.darknet.detect import detect_outputs
+from engine.scale.backends import InProcess, _unwrap, label_of, load_source, resolve_qmodel, _qmodel_arg
+from engine.darknet.image import open_image
 from engine.quant.fitness import detection_agreement
 
 GREY = (127, 127, 127)

@@ -1,6 +1,6 @@
 """Batch evaluation in-process or on a Dask cluster, with results equal to the in-process ones.
 
-    from engine.distributed import DaskBackend, InProcess, collect_stats, evaluate, secure_local_cluster
+    from engine.scale.backends import DaskBackend, InProcess, collect_stats, evaluate, secure_local_cluster
     cluster, client = secure_local_cluster(n_workers=2)          # TLS, processes, 1 thread each
     stats = collect_stats("yolov3-tiny", images, DaskBackend(client))   # == collect(model, images)
     res = evaluate("yolov3-tiny", qmodel, images, ("hybrid", "int"), DaskBackend(client))
@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from engine.calib.collect import CalibrationStats, collect, image_list
-from engine.detect import Detection, detect_outputs
+from engine.darknet.detect import Detection, detect_outputs
 from engine.quant.fitness import Agreement, detection_agreement
 
 log = logging.getLogger(__name__)
@@ -157,10 +157,10 @@ def source_of(model) -> ModelSource:
 
 @lru_cache(maxsize=2)
 def _load_cached(src: ModelSource, stamp: tuple):
-    from engine.cfg import parse_cfg, read_cfg, with_input_size
+    from engine.darknet.cfg import parse_cfg, read_cfg, with_input_size
     from engine.graph import build_layers
     from engine.model import Model, is_model_file, load
-    from engine.weights import read_weights
+    from engine.darknet.weights import read_weights
     path = Path(src.path)
     if not path.exists() and src.weights is None:
         from engine.zoo import fetch

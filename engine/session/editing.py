@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.edits import (Edit, EditError, Journal, apply_region, check_float, check_int8, check_int32, check_number,
+from engine.session.edits import (Edit, EditError, Journal, apply_region, check_float, check_int8, check_int32, check_number,
                           prune_mask)
 from engine.errors import EditsWouldBeLost, EngineError
 from engine.quant.fitness import ErrorStats, error_stats
@@ -302,7 +302,7 @@ class CustomizeMixin:
 
     def _detections_as_kept(self) -> list:
         """Detections of the kept outputs as they are (stale or not), run to the end if needed."""
-        from engine.detect import detect_outputs
+        from engine.darknet.detect import detect_outputs
         from engine.quant.executor import FloatView
         values = list(self.values)
         for j in range(len(values), self.num_layers):

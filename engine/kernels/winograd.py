@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from engine.kernels import bias_act, derived, parallel_for, parallel_items
+from engine.kernels.gemm import bias_act, derived, parallel_for, parallel_items
 from engine.layers.base import Scratch
 
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])

@@ -3,7 +3,7 @@
 Every function raises `WorkspaceError` naming the file (or zip member) and what was expected.
 File types are decided by extension, then verified by content: a `.cfg` must be UTF-8 text with a
 `[net]` section, a `.weights` file must have a plausible Darknet header and a whole number of
-float32 values, images are fully decoded by `engine.image.open_image` (which refuses
+float32 values, images are fully decoded by `engine.darknet.image.open_image` (which refuses
 decompression bombs), and zips are read member by member with hard limits on count and size.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from engine.errors import EngineError, ImageError
-from engine.image import MAX_PIXELS, open_image
+from engine.darknet.image import MAX_PIXELS, open_image
 
 MiB = 1 << 20
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")

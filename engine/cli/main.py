@@ -37,7 +37,7 @@ def _executor(model, args: argparse.Namespace):
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from engine.cfg import parse_size, read_cfg
+    from engine.darknet.cfg import parse_size, read_cfg
     from engine.graph import build_graph, build_layers
     cfg = read_cfg(args.cfg)
     if args.size:
@@ -67,7 +67,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from engine.detect import detect_outputs
+    from engine.darknet.detect import detect_outputs
     model = _load(args)
     forward = _executor(model, args)
     result: dict[str, dict] = {}
@@ -218,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_compare)
 
-    from engine.export.cli import add_export_parser
-    from engine.report import add_report_parser
+    from engine.cli.export import add_export_parser
+    from engine.quant.report import add_report_parser
     add_report_parser(sub)
     add_export_parser(sub)
     return p

@@ -144,7 +144,7 @@ def size_speed_report(model, qmodel, repeats: int = 3, image=None, modes: Sequen
     if repeats < 1:
         raise ValueError(f"repeats={repeats}: expected >= 1")
     from engine.quant.executor import Executor
-    from engine.samples import sample_images
+    from engine.imaging.samples import sample_images
     x = model.preprocess(image if image is not None else sample_images()[0]).x
     lat = time_layers(model, qmodel, x, modes, repeats)
     sizes = layer_bytes(model, qmodel)

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.image import Preprocessed
+from engine.darknet.image import Preprocessed
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine.detect import detect_outputs
+from engine.darknet.detect import detect_outputs
 from engine.errors import EngineError
 from engine.quant.executor import Executor
 from engine.quant.fitness import detection_agreement, error_stats

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngineError, WeightsError
-from engine.image import Preprocessed
+from engine.darknet.image import Preprocessed
 
 RECORD_FORMAT = "qwidgets-run-record/1"
 
@@ -48,7 +48,7 @@ def open_record(path: str | Path):
     """A Session restored from a record, at the saved position. Raises WeightsError for bad files."""
     from engine.model import model_from_arrays
     from engine.quant.qmodel import QuantizedModel
-    from engine.session import Session
+    from engine.session.session import Session
     p = Path(path)
     try:
         with np.load(p, allow_pickle=False) as z:
@@ -67,7 +67,7 @@ def open_record(path: str | Path):
     session.history = meta["edits"]
     session.image_name = meta.get("image_name")
     if "image_png" in arrays:
-        from engine.image import open_image
+        from engine.darknet.image import open_image
         session.image = open_image(arrays["image_png"].tobytes())
     session.saved = meta
     if meta["position"] >= 0:
