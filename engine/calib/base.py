@@ -26,9 +26,16 @@ class Calibrator:
     def threshold(self, h: AbsHistogram) -> float:
         raise NotImplementedError
 
+    # the calibration rules of engine/calib/views.py (one-sided histograms, shared scales, an
+    # unclipped first layer); yolo2_light turns them off to stay that tool's exact reproduction
+    rules: tuple[str, ...] = ("one_sided", "shared_scales", "first_layer")
+
     def scale(self, h: AbsHistogram) -> float:
         """real = q * scale. Empty / all-zero tensors get the scale of threshold 1 (any works)."""
-        t = self.threshold(h) if h.amax > 0 else 1.0
+        return self.scale_for(self.threshold(h) if h.amax > 0 else 1.0)
+
+    def scale_for(self, t: float) -> float:
+        """The scale of threshold t (rounded up to a power of two for power-of-two methods)."""
         s = max(t, 1e-12) / 127.0
         if self.power_of_two:
             s = 2.0 ** math.ceil(math.log2(s) - 1e-12)   # T = 127 * 2**k gives exactly 2**k

@@ -1,7 +1,8 @@
 """One calibration pass: FLOAT forward over images, a histogram of |x| per tensor.
 
 Tensors are the network input ("input") and every layer output that a quantized path can
-quantize (heads such as [yolo] stay float). Statistics merge exactly, so batches can be
+quantize (heads such as [yolo] stay float); leaky / relu outputs also get a histogram of their
+positive side (key "<id>+"), what the one-sided rule of engine/calib/views.py reads. Statistics merge exactly, so batches can be
 collected anywhere (in-process or on Dask workers) and added up.
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ from engine.errors import EngineError
 from engine.darknet.image import ImageLike
 
 FLOAT_ONLY = ("yolo", "region", "detection", "softmax", "cost")
+ONE_SIDED_ACTIVATIONS = ("leaky", "relu", "relu6")
+POSITIVE_PASS = ("maxpool", "upsample", "reorg", "reorg3d", "dropout", "route")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -50,12 +53,33 @@ def quantizable_ids(model) -> list[str]:
     return ["input"] + [str(l.index) for l in model.layers if l.kind not in FLOAT_ONLY]
 
 
+def positive_key(nid: str) -> str:
+    """Key of a tensor's positive-side histogram (values > 0 only) in CalibrationStats."""
+    return nid + "+"
+
+
+def one_sided_ids(model) -> set[str]:
+    """Tensors whose negatives are small by construction: leaky / relu outputs and the layers that
+    only move or select them. Their positive side is histogrammed too (engine/calib/views.py)."""
+    out: set[str] = set()
+    for layer in model.layers:
+        if layer.kind in ("convolutional", "connected"):
+            if getattr(layer, "activation", None) in ONE_SIDED_ACTIVATIONS:
+                out.add(str(layer.index))
+        elif layer.kind in POSITIVE_PASS and layer.inputs and all(s >= 0 and str(s) in out for s in layer.inputs):
+            out.add(str(layer.index))
+    return out
+
+
 def observe(model, x: np.ndarray, stats: CalibrationStats, outs: Sequence[np.ndarray] | None = None) -> None:
     """Add one input tensor's activations to `stats` (runs the FLOAT forward unless outs are given)."""
     outs = model.forward(x) if outs is None else outs
+    sided = one_sided_ids(model)
     for nid in quantizable_ids(model):
         y = x if nid == "input" else outs[int(nid)]
         stats.hists.setdefault(nid, AbsHistogram()).observe(y)
+        if nid in sided:
+            stats.hists.setdefault(positive_key(nid), AbsHistogram()).observe(y[y > 0])
     stats.images += 1
 
 

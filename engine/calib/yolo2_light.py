@@ -119,6 +119,7 @@ def rebin_to_y2l_grid(h: AbsHistogram) -> np.ndarray:
 class Yolo2LightCalibrator(Calibrator):
     name = "yolo2_light"
     weights = "yolo2_light"
+    rules = ()
 
     def threshold(self, h: AbsHistogram) -> float:
         # asked twice per tensor (scale() and quantize_model): remember the last answer by content

