@@ -217,7 +217,7 @@ def load_model_file(path: str | Path) -> Model:
     """An engine model file, read member by member with every size checked before reading (see
     engine.npzfile). Raises WeightsError (or CfgError for its embedded cfg) naming the file."""
     from engine.npzfile import NpzReader
-    with NpzReader(path, str(path), what="engine model file") as z:
+    with NpzReader(path, str(path), what="engine model file", kind="model") as z:
         return model_from_arrays(z, str(path))
 
 

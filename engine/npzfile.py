@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import zipfile
 import zlib
 from pathlib import Path
@@ -26,6 +27,12 @@ GiB = 1 << 30
 MAX_MEMBERS = 100_000           # yolov4 with calibration histograms has ~2,000
 MAX_ARRAY_BYTES = 4 * GiB       # any one array, even when its shape was checked against a cfg
 MAX_TEXT_BYTES = 64 << 20       # format / meta / cfg / graph text members
+MAX_UNKNOWN_BYTES = 1 << 20     # all members a file type does not define, together (newer versions)
+# what each file type may hold; anything else is tolerated only while small (MAX_UNKNOWN_BYTES)
+_MODEL_KEYS = r"(?:format|cfg|graph|meta|header|layer\d+/(?:weights|biases|scales|rolling_mean|rolling_variance))"
+_QMODEL_KEYS = r"(?:format|meta|cfg|layer\d+/(?:w_q|w_scale|b_q)|calib/images|calib/[^/]+/(?:counts|meta))"
+KNOWN = {"model": re.compile(f"^{_MODEL_KEYS}$"), "quantized": re.compile(f"^{_QMODEL_KEYS}$"),
+         "record": re.compile(f"^(?:format|meta|input|image_png|model/{_MODEL_KEYS}|qmodel/{_QMODEL_KEYS})$")}
 _HEADER_MAX = 1 << 16           # .npy headers are < 100 bytes in practice; numpy allows 10,000
 _ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, zlib.error,
            NotImplementedError, RuntimeError, UnicodeDecodeError, SyntaxError, TypeError)
@@ -41,9 +48,10 @@ class NpzReader:
     """
 
     def __init__(self, source: str | os.PathLike | bytes, label: str | None = None, *,
-                 error: type[WeightsError] = WeightsError, what: str = "file") -> None:
+                 error: type[WeightsError] = WeightsError, what: str = "file", kind: str | None = None) -> None:
         self.label = label or str(source)
         self.error, self.what = error, what
+        self._known = KNOWN[kind] if kind else None
         self._headers: dict[str, tuple[tuple[int, ...], np.dtype, bool, zipfile.ZipInfo]] = {}
         try:
             if isinstance(source, (bytes, bytearray, memoryview)):
@@ -88,6 +96,12 @@ class NpzReader:
                 raise self.fail(f"cannot read {self.what}: member {key!r} declares shape {shape} {dtype} = {declared} bytes but holds "
                                 f"{max(info.file_size - offset, 0)} bytes (damaged or forged header)")
             self._headers[key] = (shape, dtype, fortran, info)
+        if self._known is not None:
+            extra = [k for k in self._headers if not self._known.match(k)]
+            size = sum(self.nbytes(k) for k in extra)
+            if size > MAX_UNKNOWN_BYTES:
+                raise self.fail(f"cannot read {self.what}: members {', '.join(map(repr, extra[:3]))} hold "
+                                f"{size} bytes that are no part of a {self.what} (limit {MAX_UNKNOWN_BYTES}); refused")
 
     # ----- mapping ---------------------------------------------------------------------
     def keys(self) -> list[str]:

@@ -115,7 +115,7 @@ class QuantizedModel:
         """Read a quantized model file; every member's size and shape is checked before it is read
         (engine.npzfile). Raises WeightsError naming the file."""
         from engine.npzfile import NpzReader
-        with NpzReader(path, str(path), what="quantized model") as z:
+        with NpzReader(path, str(path), what="quantized model", kind="quantized") as z:
             return cls.from_arrays(z, str(path))
 
     @classmethod

@@ -1,0 +1,342 @@
+"""Reliability corpus (issue 16; listed in tests/corpus/README.md, "Reliability round 2").
+
+One or more cases per defect class: files and crash safety (temp names, FIFO/device/folder
+targets, missing folders), names and paths (symlinks out of a workspace, hand-edited index
+names, Unicode normalisation), untrusted files (forged sizes and shapes, truncated/empty/malformed
+records and quantized models, implausible values). Each case goes through a public entry point
+and must raise the listed EngineError subclass with the fragment (and the file's name where one
+is involved), leave nothing behind, and use little memory.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import tracemalloc
+import unicodedata
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import engine
+from engine.atomic import atomic_savez, atomic_write, sweep_temp_files, temp_path
+from engine.errors import EngineError, FileError, WeightsError
+from engine.npzfile import NpzReader
+from engine.workspace import Workspace, WorkspaceError
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT / "tests" / "corpus"
+WEIGHTS_CFG = CORPUS / "weights" / "tiny.cfg"
+RAW = (IndexError, ZeroDivisionError, MemoryError, RecursionError, AttributeError, TypeError, KeyError,
+       struct.error, OverflowError, EOFError, UnicodeDecodeError, zipfile.BadZipFile, FileNotFoundError)
+
+
+def expect(cls, fragment, fn, *args, **kwargs) -> BaseException:
+    try:
+        fn(*args, **kwargs)
+    except cls as err:
+        assert isinstance(err, EngineError), f"{type(err).__name__} is not an EngineError"
+        assert fragment in str(err), f"{fragment!r} not in {str(err)!r}"
+        return err
+    except RAW as err:  # pragma: no cover - the failure report
+        pytest.fail(f"raw {type(err).__name__}: {err}")
+    pytest.fail(f"no {cls.__name__} raised")
+
+
+def litter(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".qwtmp-" in p.name or p.name.endswith(".tmp"))
+
+
+@pytest.fixture(scope="module")
+def corpus_q():
+    from engine.calib.collect import collect
+    from engine.quant.qmodel import quantize_model
+    model = engine.load(WEIGHTS_CFG, random_weights=0)
+    xs = [np.random.default_rng(i).random(model.input_shape, dtype=np.float32) for i in range(2)]
+    return model, quantize_model(model, collect(model, xs, progress=False), "minmax", per_channel=True)
+
+
+# ------------------------------------------------------------------------------ files and crash safety
+def test_f_temp_name_is_recognisable_unique_and_bounded(tmp_path):
+    import threading
+    names = set()
+
+    def make():
+        names.add(temp_path(tmp_path / ("n" * 250)).name)
+    threads = [threading.Thread(target=make) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(names) == 8
+    for n in names:
+        assert f".qwtmp-{os.getpid()}-" in n and len(n.encode()) <= 240
+
+
+def test_f_250_char_name_saves(tmp_path, corpus_q):
+    model, qm = corpus_q
+    long = tmp_path / ("m" * 246 + ".npz")
+    assert len(long.name) == 250
+    model.save(long)
+    assert engine.load(long).layers[0].kind == "convolutional" and litter(tmp_path) == []
+    qm.save(long)
+    assert litter(tmp_path) == []
+
+
+@pytest.mark.parametrize("case", ["f_fifo", "f_dev_null", "f_folder", "f_missing_folder"])
+def test_f_refused_targets(case, tmp_path, corpus_q):
+    model, qm = corpus_q
+    target = {"f_fifo": tmp_path / "pipe", "f_dev_null": Path("/dev/null"), "f_folder": tmp_path / "dir",
+              "f_missing_folder": tmp_path / "missing" / "m.npz"}[case]
+    if case == "f_fifo":
+        os.mkfifo(target)
+    if case == "f_folder":
+        target.mkdir()
+    fragment = {"f_fifo": "is a FIFO", "f_dev_null": "is a device node", "f_folder": "is a folder",
+                "f_missing_folder": "does not exist"}[case]
+    for save in (model.save, qm.save, model.save_weights, lambda p: atomic_write(p, b"x")):
+        err = expect(FileError, fragment, save, target)
+        assert str(target) in str(err)
+    assert litter(tmp_path) == [] and not (tmp_path / "missing").exists()
+    if case == "f_fifo":
+        assert Path(target).is_fifo()
+
+
+def test_f_dead_writers_temp_files_are_reclaimed_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    leftovers = [f".m.npz.qwtmp-{dead}-{dead}-0123abcd", f".m.npz.tmp{dead}",        # this and older writers
+                 f".idx.json.{dead}.k2j_x9.tmp", f".yolov3.weights.part{dead}"]
+    live = [f".m.npz.qwtmp-{os.getpid()}-1-00ff00ff", f".m.npz.qwtmp-1-1-00ff00ff"]  # us, and pid 1
+    for n in leftovers + live + ["user.tmp", ".hidden"]:
+        (tmp_path / n).write_bytes(b"x" * 10)
+    atomic_write(tmp_path / "m.npz", b"new")      # the next save into the folder reclaims them
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(live + ["user.tmp", ".hidden", "m.npz"])
+    assert sweep_temp_files(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------ untrusted files
+def _npy_header(shape, dtype="<f4") -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def _with_member(good: bytes, name: str, payload: bytes, declared_size: int | None = None) -> bytes:
+    """`good` (an .npz) plus member `name`; `declared_size` forges the sizes the zip directory claims."""
+    buf = io.BytesIO(good)
+    with zipfile.ZipFile(buf, "a", zipfile.ZIP_STORED) as zf:
+        zf.writestr(name, payload)
+    data = bytearray(buf.getvalue())
+    if declared_size is not None:
+        with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+            info, pos = zf.getinfo(name), zf.start_dir
+        struct.pack_into("<I", data, info.header_offset + 22, declared_size)   # local header: size
+        while data[pos:pos + 4] == b"PK\x01\x02":                              # central directory
+            n, extra, comment = struct.unpack_from("<3H", data, pos + 28)
+            if data[pos + 46:pos + 46 + n] == name.encode():
+                struct.pack_into("<I", data, pos + 24, declared_size)
+            pos += 46 + n + extra + comment
+    return bytes(data)
+
+
+def _replace_member(good: bytes, name: str, payload: bytes) -> bytes:
+    src = zipfile.ZipFile(io.BytesIO(good))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for info in src.infolist():
+            zf.writestr(info.filename, payload if info.filename == name else src.read(info.filename))
+    return out.getvalue()
+
+
+TERA = (1 << 40) // 4
+# (id, which file, mutation of its bytes, fragment); every case: WeightsError naming the file, < 64 MB peak
+UNTRUSTED_CASES = [
+    ("u_model_terabyte_shape", "model", lambda b: _replace_member(b, "layer0/weights.npy", _npy_header((TERA,)) + b"\0" * 64),
+     "declares shape"),
+    ("u_model_3gb_extra_member", "model", lambda b: _with_member(b, "junk.npy", _npy_header((3 << 28,)) + b"\0" * 64,
+                                                                  declared_size=len(_npy_header((3 << 28,))) + (3 << 30)),
+     "no part of a engine model file"),
+    ("u_qmodel_3gb_extra_member", "qmodel", lambda b: _with_member(b, "junk.npy", _npy_header((3 << 28,)) + b"\0" * 64,
+                                                                    declared_size=len(_npy_header((3 << 28,))) + (3 << 30)),
+     "no part of a quantized model"),
+    ("u_qmodel_3gb_w_q", "qmodel", lambda b: _with_member(b, "layer0/extra.npy", _npy_header((3 << 30,), "|i1"),
+                                                           declared_size=len(_npy_header((3 << 30,), "|i1")) + (3 << 30)),
+     "no part of a quantized model"),
+    ("u_qmodel_terabyte_histogram", "qmodel", lambda b: _replace_member(b, "calib/0/counts.npy", _npy_header((TERA,), "<i8")),
+     "declares shape"),
+    ("u_qmodel_object_array", "qmodel", lambda b: _replace_member(b, "meta.npy", _npy_header((1,), "|O") + b"\0" * 8),
+     "pickled data is never loaded"),
+    ("u_qmodel_scale_1e-45", "qmodel", lambda b: _meta_edit(b, scales={"0": 1e-45}), "plausible scale"),
+    ("u_qmodel_scale_1e30", "qmodel", lambda b: _meta_edit(b, scales={"input": 1e30}), "plausible scale"),
+    ("u_qmodel_in_scale_1e-300", "qmodel", lambda b: _meta_edit(b, in_scales={"0": 1e-300}), "plausible scale"),
+    ("u_qmodel_float_layers_999", "qmodel", lambda b: _meta_edit(b, float_layers=[999]), "float_layers [999]"),
+    ("u_qmodel_w_scale_1e-40", "qmodel", lambda b: _array_edit(b, "layer0/w_scale", lambda a: a * 0 + 1e-40), "plausible"),
+    ("u_qmodel_empty", "qmodel", lambda b: b"", "cannot read quantized model"),
+    ("u_qmodel_truncated_half", "qmodel", lambda b: b[:len(b) // 2], "cannot read quantized model"),
+    ("u_model_member_not_npy", "model", lambda b: _with_member(b, "notes.txt", b"hello"), "is not a .npy array"),
+]
+
+
+def _meta_edit(good: bytes, **changes) -> bytes:
+    z = dict(np.load(io.BytesIO(good), allow_pickle=False))
+    meta = json.loads(bytes(z["meta"]).decode())
+    for k, v in changes.items():
+        meta[k] = {**meta[k], **v} if isinstance(v, dict) else v
+    z["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    out = io.BytesIO()
+    np.savez(out, **z)
+    return out.getvalue()
+
+
+def _array_edit(good: bytes, key: str, fn) -> bytes:
+    z = dict(np.load(io.BytesIO(good), allow_pickle=False))
+    z[key] = fn(z[key])
+    out = io.BytesIO()
+    np.savez(out, **z)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("case", UNTRUSTED_CASES, ids=[c[0] for c in UNTRUSTED_CASES])
+def test_u_untrusted_model_files(case, corpus_q, tmp_path):
+    from engine.quant.qmodel import QuantizedModel
+    _, which, mutate, fragment = case
+    model, qm = corpus_q
+    good = (model if which == "model" else qm).save(tmp_path / "good.npz").read_bytes()
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(mutate(good))
+    load = engine.load if which == "model" else QuantizedModel.load
+    tracemalloc.start()
+    try:
+        err = expect(WeightsError, fragment, load, bad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(bad) in str(err) and peak < 64 << 20
+
+
+def test_u_upload_check_refuses_forged_npz(corpus_q, tmp_path):
+    model, _ = corpus_q
+    good = model.save(tmp_path / "good.npz").read_bytes()
+    ws = Workspace(tmp_path / "ws")
+    huge = _with_member(good, "junk.npy", _npy_header((3 << 28,)) + b"\0" * 64,
+                        declared_size=len(_npy_header((3 << 28,))) + (3 << 30))
+    expect(WorkspaceError, "possible zip bomb", ws.save_bytes, "m", "model", {"m.npz": huge})
+    terabyte = _replace_member(good, "layer0/weights.npy", _npy_header((TERA,)))
+    expect(WorkspaceError, "declares shape", ws.save_bytes, "m", "model", {"m.npz": terabyte})
+    assert ws.list() == []
+    ws.save_bytes("m", "model", {"m.npz": good})       # the genuine file is accepted
+    assert engine.load(ws.path_of("m")).layers[0].kind == "convolutional"
+
+
+def test_u_npz_reader_checks_headers_before_reading(tmp_path):
+    path = atomic_savez(tmp_path / "a.npz", {"x": np.arange(6, dtype=np.int16).reshape(2, 3),
+                                              "f": np.asfortranarray(np.arange(6.0).reshape(2, 3))})
+    with NpzReader(path) as r:
+        assert r.shape("x") == (2, 3) and r.dtype("x") == np.int16 and r.nbytes("x") == 12
+        assert np.array_equal(r["x"], np.arange(6).reshape(2, 3))
+        assert np.array_equal(r["f"], np.arange(6.0).reshape(2, 3))
+        expect(WeightsError, "more than the 8 bytes allowed", r.read, "x", 8)
+        expect(WeightsError, "array 'y' is missing", r.read, "y")
+
+
+# ------------------------------------------------------------------------------ names and paths
+def _ws_with_entry(tmp_path) -> Workspace:
+    ws = Workspace(tmp_path / "ws")
+    ws.save_bytes("r", "record", {"a.txt": b"mine", "b.txt": b"also mine"})
+    return ws
+
+
+def test_p_symlinked_file_is_never_followed(tmp_path):
+    ws = _ws_with_entry(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("other user's data")
+    target = ws.root / ws.info("r").path / "a.txt"
+    target.unlink()
+    target.symlink_to(secret)
+    for call in (lambda: ws.read_bytes("r", "a.txt"), lambda: ws.export_bytes("r"), lambda: ws.export("r"),
+                 lambda: ws.path_of("r", "a.txt"), lambda: ws.path_of("r")):
+        expect(WorkspaceError, "symlink", call)
+    assert ws.read_bytes("r", "b.txt") == b"also mine"
+
+
+def test_p_symlinked_entry_folder_and_kind_folder_are_refused(tmp_path):
+    ws = _ws_with_entry(tmp_path)
+    other = Workspace(tmp_path / "other")
+    other.save_bytes("x", "record", {"a.txt": b"theirs"})
+    folder = ws.root / ws.info("r").path
+    for p in folder.iterdir():
+        p.unlink()
+    folder.rmdir()
+    folder.symlink_to(other.root / other.info("x").path)
+    expect(WorkspaceError, "symlink", ws.read_bytes, "r", "a.txt")
+    expect(WorkspaceError, "symlink", ws.export_bytes, "r")
+    # a linked kind folder: a save must not land in the other workspace
+    (ws.root / "images").symlink_to(other.root / "records")
+    png = _png()
+    expect(WorkspaceError, "is a symlink or not a folder", ws.save_bytes, "img", "image", {"i.png": png})
+    assert sorted(p.name for p in (other.root / "records").iterdir()) == ["x"]
+
+
+def _png() -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_p_hand_edited_index_names_are_validated(tmp_path):
+    ws = _ws_with_entry(tmp_path)
+    doc = json.loads((ws.root / ".qw-index.json").read_text())
+    doc["entries"]["../../x"] = {**doc["entries"]["r"], "name": "../../x"}
+    doc["entries"]["r"]["files"] = ["../../../etc/passwd"]
+    (ws.root / ".qw-index.json").write_text(json.dumps(doc))
+    out = tmp_path / "exports"
+    expect(WorkspaceError, "path separator", ws.export, "../../x", out)
+    expect(WorkspaceError, "path separator", ws.read_bytes, "r", "../../../etc/passwd")
+    assert not out.exists() and not (tmp_path / "x.zip").exists()
+    assert ws.list() == []   # both records are refused (and logged), the listing still works
+
+
+def test_p_nfd_and_nfc_spellings_are_one_name(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    nfd, nfc = unicodedata.normalize("NFD", "café"), "café"
+    assert nfd != nfc
+    ws.save_bytes(nfd, "record", {nfd + ".txt": b"1"})
+    assert ws.exists(nfc) and ws.read_bytes(nfc, nfc + ".txt") == b"1" == ws.read_bytes(nfd, nfd + ".txt")
+    expect(WorkspaceError, "already exists", ws.save_bytes, nfc, "record", {"x.txt": b"2"})
+    ws.rename(nfc, nfd + "2")
+    assert [e.name for e in ws.list()] == [nfc + "2"]
+    ws.delete(nfd + "2", confirm=True)
+    assert ws.list() == []
+
+
+def test_p_names_differing_only_by_normalisation_are_not_collapsed(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    nfd, nfc = unicodedata.normalize("NFD", "é.txt"), "é.txt"
+    expect(WorkspaceError, "Unicode NFC normalisation", ws.save_bytes, "r", "record", {nfd: b"1", nfc: b"2"})
+    expect(WorkspaceError, "Unicode NFC normalisation", ws.add_upload, {nfd: b"1", nfc: b"2"})
+    assert ws.list() == []
+
+
+def test_p_interrupted_overwrite_leaves_no_orphan_folder(tmp_path):
+    """The journal states of a killed overwrite (before and after the commit) are both cleaned up."""
+    ws = _ws_with_entry(tmp_path)
+    old = ws.info("r").path
+    for committed in (False, True):
+        orphan = f"records/r~{'abcdef' if committed else '123456'}"
+        (ws.root / orphan).mkdir()
+        (ws.root / orphan / "a.txt").write_bytes(b"new")
+        doc = json.loads((ws.root / ".qw-index.json").read_text())
+        doc["pending"] = [{"name": "r", "new": orphan, "old": old}]
+        if committed:
+            doc["entries"]["r"]["path"] = orphan
+        (ws.root / ".qw-index.json").write_text(json.dumps(doc))
+        ws = Workspace(ws.root)                       # opening the workspace finishes the job
+        keep = orphan if committed else old
+        assert sorted(os.listdir(ws.root / "records")) == [keep.split("/")[1]]
+        assert ws.info("r").path == keep and "pending" not in json.loads((ws.root / ".qw-index.json").read_text())
+        old = keep
