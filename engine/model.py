@@ -86,7 +86,12 @@ class Model:
             raise ValueError(f"layer {index} [{layer.kind}] {name}: shape {value.shape} given, {old.shape} expected")
         if not np.isfinite(value).all():
             raise ValueError(f"layer {index} [{layer.kind}] {name}: values must be finite (NaN/Inf given)")
-        self.params[index] = {**self.params[index], name: value.copy()}
+        self.replace_param(index, name, value.copy())
+
+    def replace_param(self, index: int, name: str, value: np.ndarray) -> None:
+        """Swap in an array this model held or set_param validated (undo / redo restore snapshots):
+        no copy, no check; the cached kernel form of the layer is dropped."""
+        self.params[index] = {**self.params[index], name: value}
         self._prepared.pop(index, None)
 
     def resized(self, width: int, height: int) -> "Model":

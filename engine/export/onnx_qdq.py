@@ -33,8 +33,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from engine.errors import UnsupportedError
+from engine.quant.modes import QUANT_MODES
 
-QDQ_MODES = ("hybrid", "int")
+QDQ_MODES = QUANT_MODES
 SCALE_KEEPING = ("maxpool", "upsample", "reorg", "reorg3d", "dropout")
 REQUANTIZING = ("convolutional", "connected", "shortcut", "avgpool", "crop")
 

@@ -16,6 +16,7 @@ from engine.darknet.detect import detect_outputs
 from engine.quant.executor import Executor, FloatView
 from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
 from engine.quant.qmodel import QuantizedModel, quantize_model
+from engine.quant.modes import QUANT_MODES
 
 
 @dataclass
@@ -77,7 +78,7 @@ def evaluate(model, qmodel: QuantizedModel, inputs, float_runs) -> tuple[dict[st
     agreement: dict[str, Agreement] = {}
     per_layer: dict[str, list] = {}
     truth = [dets for _, dets in float_runs]
-    for mode in ("hybrid", "int"):
+    for mode in QUANT_MODES:
         ex = Executor(model, qmodel, mode)
         preds, sqnr = [], []
         local, sat, use = [], [], []

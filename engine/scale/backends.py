@@ -35,9 +35,9 @@ import numpy as np
 from engine.calib.collect import CalibrationStats, collect, image_list
 from engine.darknet.detect import Detection, detect_outputs
 from engine.quant.fitness import Agreement, detection_agreement
+from engine.quant.modes import MODES, QUANT_MODES
 
 log = logging.getLogger(__name__)
-MODES = ("float", "hybrid", "int")
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -461,7 +461,7 @@ def _method_rows(model, qm, pre, outs) -> dict:
     from engine.quant.executor import Executor, FloatView
     from engine.quant.fitness import local_stats, propagated_stats
     row: dict[str, Any] = {}
-    for mode in ("hybrid", "int"):
+    for mode in QUANT_MODES:
         ex = Executor(model, qm, mode)
         values, records = ex.run(pre.x)
         prop = propagated_stats(outs, values, records)
@@ -515,7 +515,7 @@ def compare_distributed(model_source: Any, stats: CalibrationStats, images,
     for method in methods:
         qm = quantize_model(model, stats, method, per_channel=per_channel)
         per = [r[method] for r in rows]
-        agreement = {mode: detection_agreement(truth, [p[mode] for p in per]) for mode in ("hybrid", "int")}
+        agreement = {mode: detection_agreement(truth, [p[mode] for p in per]) for mode in QUANT_MODES}
         keys = ("hybrid_sqnr", "int_sqnr", "int_local_sqnr", "saturation", "range_use")
         means = {k: _mean([p[k] for p in per]) for k in keys}
         layers = [{"layer": i, "kind": l.kind, **{k: float(means[k][i]) for k in keys}}

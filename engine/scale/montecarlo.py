@@ -30,6 +30,7 @@ from engine.darknet.detect import detect_outputs
 from engine.scale.backends import InProcess, _unwrap, label_of, load_source, resolve_qmodel, _qmodel_arg
 from engine.darknet.image import open_image
 from engine.quant.fitness import detection_agreement
+from engine.quant.modes import QUANT_MODES
 
 GREY = (127, 127, 127)
 # name: (low, high) of a uniform draw; flips are Bernoulli with these probabilities
@@ -209,7 +210,7 @@ def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200
 
     Raises ValueError for modes other than hybrid/int or an empty image list.
     """
-    bad = [m for m in modes if m not in ("hybrid", "int")]
+    bad = [m for m in modes if m not in QUANT_MODES]
     if bad or not modes:
         raise ValueError(f"modes {list(modes)}: expected hybrid and/or int (FLOAT is the reference)")
     backend = backend or InProcess()
