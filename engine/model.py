@@ -14,7 +14,8 @@ import numpy as np
 
 from engine.darknet.cfg import Cfg, parse_cfg, read_cfg
 from engine.errors import CfgError, EngineError, WeightsError
-from engine.graph import Graph, build_graph, build_layers
+from engine.darknet.build import build_graph, build_layers
+from engine.graph import Graph
 from engine.darknet.image import ImageLike, Preprocessed, preprocess
 from engine.layers import Layer, Scratch
 from engine.layers.activations import activate
@@ -48,7 +49,7 @@ class Model:
 
     @property
     def num_classes(self) -> int:
-        heads = [l for l in self.layers if l.kind in ("yolo", "region", "detection")]
+        heads = [l for l in self.layers if l.is_head]
         return getattr(heads[0], "classes", 0) if heads else self.layers[-1].out_shape[0]
 
     def layer(self, key: int | str) -> Layer:

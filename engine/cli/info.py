@@ -44,7 +44,7 @@ def add_dump_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from engine.darknet.cfg import parse_size, read_cfg
-    from engine.graph import build_graph, build_layers
+    from engine.darknet.build import build_graph, build_layers
     cfg = read_cfg(args.cfg)
     if args.size:
         cfg = cfg.resized(*parse_size(args.size))

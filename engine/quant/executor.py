@@ -61,17 +61,15 @@ class LayerRecord:
     stats: dict = field(default_factory=dict)
 
 
-HEAD_KINDS = ("yolo", "region", "detection", "softmax", "cost")
-
-
 def head_feeders(model) -> set[int]:
-    """Layers every reader of which is a detection head (their output leaves the int8 chain)."""
-    readers: dict[int, list[str]] = {i: [] for i in range(len(model.layers))}
+    """Layers every reader of which always runs float (a detection head, softmax, cost): their output
+    leaves the int8 chain."""
+    readers: dict[int, list] = {i: [] for i in range(len(model.layers))}
     for layer in model.layers:
         for src in layer.inputs:
             if src >= 0:
-                readers[src].append(layer.kind)
-    return {i for i, kinds in readers.items() if kinds and all(k in HEAD_KINDS for k in kinds)}
+                readers[src].append(layer)
+    return {i for i, rs in readers.items() if rs and all(r.float_only for r in rs)}
 
 
 class Executor:

@@ -38,7 +38,7 @@ def layer_weights(model, qmodel, index: int, kind: str = "float") -> dict[str, n
         return {k: v.copy() for k, v in model.params[index].items()}
     if kind == "fused":
         layer = model.layers[index]
-        if layer.kind not in ("convolutional", "connected"):
+        if not layer.int8_weights:
             raise EngineError(f"layer {index} [{layer.kind}] has no weights")
         w, b = layer.fused(model.params[index])
         return {"weights": np.array(w, dtype=np.float32), "biases": np.array(b, dtype=np.float32)}
