@@ -97,7 +97,7 @@ def check_layers(z, meta: dict, cfg_text: str, label: str) -> None:
     Shapes and dtypes are compared from the .npy headers before any array is read."""
     z = open_arrays(z, label)
     from engine.darknet.cfg import parse_cfg
-    from engine.graph import build_layers
+    from engine.darknet.build import build_layers
     try:
         layers = build_layers(parse_cfg(cfg_text, f"{label} (embedded cfg)"))
     except EngineError as err:
@@ -117,7 +117,7 @@ def check_layers(z, meta: dict, cfg_text: str, label: str) -> None:
             raise WeightsError(f"{label}: quantized layer {key!r} is not a layer of the cfg (0..{len(layers) - 1})")
         layer = layers[int(key)]
         where = f"{label}: layer {key} [{layer.kind}]"
-        if layer.kind not in ("convolutional", "connected"):
+        if not layer.int8_weights:
             raise WeightsError(f"{where} has no weights to quantize")
         for name in ("w_q", "w_scale", "b_q"):
             if f"layer{key}/{name}" not in z:
