@@ -340,3 +340,154 @@ def test_p_interrupted_overwrite_leaves_no_orphan_folder(tmp_path):
         assert sorted(os.listdir(ws.root / "records")) == [keep.split("/")[1]]
         assert ws.info("r").path == keep and "pending" not in json.loads((ws.root / ".qw-index.json").read_text())
         old = keep
+
+
+# ------------------------------------------------------------------------------ run records
+@pytest.fixture(scope="module")
+def good_record(corpus_q, tmp_path_factory) -> bytes:
+    from engine.session import Session
+    model, qm = corpus_q
+    s = Session(model, qm, "int", np.random.default_rng(5).random(model.input_shape, dtype=np.float32))
+    s.run()
+    return s.save_record(tmp_path_factory.mktemp("rec") / "good.npz").read_bytes()
+
+
+def _record_edit(good: bytes, *, drop=(), meta=None, arrays=None) -> bytes:
+    z = dict(np.load(io.BytesIO(good), allow_pickle=False))
+    for k in drop:
+        z.pop(k)
+    if meta is not None:
+        m = json.loads(bytes(z["meta"]).decode())
+        m.update(meta)
+        z["meta"] = np.frombuffer(json.dumps(m).encode(), np.uint8)
+    z.update(arrays or {})
+    out = io.BytesIO()
+    np.savez(out, **z)
+    return out.getvalue()
+
+
+def _nan_input(good: bytes) -> bytes:
+    x = np.load(io.BytesIO(good))["input"].copy()
+    x[0, 0, 0] = np.nan
+    return _record_edit(good, arrays={"input": x})
+
+
+# (id, mutation of a valid record's bytes, fragment); each: RecordError (a WeightsError) naming the file
+RECORD_CASES = [
+    ("r_empty", lambda b: b"", "cannot read run record"),
+    ("r_truncated", lambda b: b[:len(b) // 3], "cannot read run record"),
+    ("r_truncated_tail", lambda b: b[:-10], "cannot read run record"),
+    ("r_not_a_zip", lambda b: b"hello world" * 10, "cannot read run record"),
+    ("r_format_not_utf8", lambda b: _record_edit(b, arrays={"format": np.frombuffer(b"\xff\xfe", np.uint8)}),
+     "not a run record"),
+    ("r_meta_not_json", lambda b: _record_edit(b, arrays={"meta": np.frombuffer(b"{nope", np.uint8)}), "not JSON"),
+    ("r_meta_not_utf8", lambda b: _record_edit(b, arrays={"meta": np.frombuffer(b"\xff{}", np.uint8)}), "not UTF-8"),
+    ("r_meta_is_a_list", lambda b: _record_edit(b, arrays={"meta": np.frombuffer(b"[1]", np.uint8)}),
+     "meta must be a JSON object"),
+    ("r_meta_lacks_mode", lambda b: _drop_meta_key(b, "mode"), "meta lacks 'mode'"),
+    ("r_mode_bogus", lambda b: _record_edit(b, meta={"mode": "bogus"}), "'mode' = 'bogus'"),
+    ("r_position_string", lambda b: _record_edit(b, meta={"position": "3"}), "'position' = '3'"),
+    ("r_position_past_end", lambda b: _record_edit(b, meta={"position": 99}), "a layer index -1..3"),
+    ("r_float_layers_999", lambda b: _record_edit(b, meta={"float_layers": [999]}), "'float_layers'"),
+    ("r_image_w_negative", lambda b: _record_edit(b, meta={"image_w": -5}), "'image_w' = '-5'"),
+    ("r_image_h_float", lambda b: _record_edit(b, meta={"image_h": 2.5}), "'image_h'"),
+    ("r_thresh_nan_string", lambda b: _record_edit(b, meta={"thresh": "nan"}), "'thresh'"),
+    ("r_edits_not_list", lambda b: _record_edit(b, meta={"edits": {"a": 1}}), "'edits'"),
+    ("r_nan_input", _nan_input, "input holds 1 NaN/Inf values"),
+    ("r_input_missing", lambda b: _record_edit(b, drop=["input"]), "lacks its input tensor"),
+    ("r_input_wrong_shape", lambda b: _record_edit(b, arrays={"input": np.zeros((3, 4, 4), np.float32)}),
+     "this model expects float32 (3, 8, 8)"),
+    ("r_input_terabyte_shape", lambda b: _replace_member(b, "input.npy", _npy_header((3, 1 << 19, 1 << 19))),
+     "declares shape"),
+    ("r_model_array_missing", lambda b: _record_edit(b, drop=["model/layer0/weights"]), "missing array layer0/weights"),
+    ("r_qmodel_scale_1e30", lambda b: _record_qmeta(b, scales={"0": 1e30}), "plausible scale"),
+    ("r_int_mode_without_qmodel", lambda b: _record_edit(b, drop=[k for k in np.load(io.BytesIO(b)).files
+                                                                  if k.startswith("qmodel/")]),
+     "does not describe a valid session"),
+    ("r_3gb_extra_member", lambda b: _with_member(b, "junk.npy", _npy_header((3 << 28,)) + b"\0" * 64,
+                                                  declared_size=len(_npy_header((3 << 28,))) + (3 << 30)),
+     "no part of a run record"),
+    ("r_image_png_garbage", lambda b: _record_edit(b, arrays={"image_png": np.frombuffer(b"not a png", np.uint8)}),
+     "does not describe a valid session"),
+]
+
+
+def _drop_meta_key(good: bytes, key: str) -> bytes:
+    m = json.loads(bytes(np.load(io.BytesIO(good))["meta"]).decode())
+    m.pop(key)
+    return _record_edit(good, arrays={"meta": np.frombuffer(json.dumps(m).encode(), np.uint8)})
+
+
+def _record_qmeta(good: bytes, **changes) -> bytes:
+    m = json.loads(bytes(np.load(io.BytesIO(good))["qmodel/meta"]).decode())
+    for k, v in changes.items():
+        m[k] = {**m[k], **v}
+    return _record_edit(good, arrays={"qmodel/meta": np.frombuffer(json.dumps(m).encode(), np.uint8)})
+
+
+@pytest.mark.parametrize("case", RECORD_CASES, ids=[c[0] for c in RECORD_CASES])
+def test_r_open_record_refuses_bad_records(case, good_record, tmp_path):
+    from engine.errors import RecordError
+    from engine.session import Session
+    _, mutate, fragment = case
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(mutate(good_record))
+    tracemalloc.start()
+    try:
+        err = expect(RecordError, fragment, Session.open_record, bad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(bad) in str(err) and peak < 64 << 20
+
+
+def test_r_good_record_still_opens(good_record, tmp_path):
+    from engine.session import Session
+    p = tmp_path / "r.npz"
+    p.write_bytes(good_record)
+    s = Session.open_record(p)
+    assert s.done and s.mode == "int" and s.position == 3
+
+
+# ------------------------------------------------------------------------------ Session API misuse
+# (id, call on an INT Session of the corpus model at layer 1, error class name, fragment)
+API_CASES = [
+    ("a_zero_filter_float_index", lambda s, d: s.zero_filter(0, 2.7), "EditError", "filter 2.7 must be an integer"),
+    ("a_scale_filter_str_index", lambda s, d: s.scale_filter(0, "a", 2.0), "EditError", "filter 'a' must be an integer"),
+    ("a_prune_str_fraction", lambda s, d: s.prune(0, "x"), "EditError", "prune fraction must be a number"),
+    ("a_edit_weights_str_values", lambda s, d: s.edit_weights(0, 0, "abc"), "EditError", "must be integers"),
+    ("a_edit_weights_str_layer", lambda s, d: s.edit_weights("0", 0, 1.0), "ArgumentError", "layer '0': expected an integer"),
+    ("a_set_quantized_int", lambda s, d: s.set_quantized(42), "ArgumentError", "quantized=42"),
+    ("a_set_mode_bogus", lambda s, d: s.set_mode("bogus"), "ArgumentError", "mode='bogus': expected one of float, hybrid, int"),
+    ("a_set_mode_float_layers_99", lambda s, d: s.set_mode("hybrid", float_layers=[99]), "ArgumentError", "float_layers=[99]"),
+    ("a_save_record_missing_folder", lambda s, d: s.save_record(d / "missing" / "r.npz"), "FileError", "does not exist"),
+    ("a_save_record_onto_folder", lambda s, d: s.save_record(d), "FileError", "is a folder"),
+    ("a_run_to_str", lambda s, d: s.run_to("3"), "ArgumentError", "layer '3': expected an integer layer index 0..3"),
+    ("a_run_to_float", lambda s, d: s.run_to(2.5), "ArgumentError", "layer 2.5: expected an integer"),
+    ("a_run_to_bool", lambda s, d: s.run_to(True), "ArgumentError", "layer True: expected an integer"),
+    ("a_set_scale_1e-300", lambda s, d: s.set_scale("0", 1e-300), "EditError", "scale 1e-300 is not plausible"),
+    ("a_set_threshold_1e300", lambda s, d: s.set_threshold("0", 1e300), "EditError", "is not plausible"),
+    ("a_histogram_bins_negative", lambda s, d: s.histogram(0, bins=-1), "ArgumentError", "bins=-1"),
+    ("a_session_thresh_nan", lambda s, d: type(s)(s.model, s.qmodel, "int", s.x, thresh=float("nan")),
+     "ArgumentError", "thresh=nan"),
+]
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=[c[0] for c in API_CASES])
+def test_a_session_misuse_is_refused_and_changes_nothing(case, corpus_q, tmp_path):
+    from engine.session import Session
+    _, call, cls_name, fragment = case
+    model, qm = corpus_q
+    s = Session(model, qm, "int", np.random.default_rng(9).random(model.input_shape, dtype=np.float32))
+    s.run_to(1)
+    before = s.qmodel.to_arrays()
+    err = expect(EngineError, fragment, call, s, tmp_path)
+    assert type(err).__name__ == cls_name
+    after = s.qmodel.to_arrays()
+    assert all(np.array_equal(before[k], after[k]) for k in before) and len(s.journal) == 0
+    assert s.position == 1 and litter(tmp_path) == []
+
+
+def test_a_edit_error_is_an_engine_error():
+    from engine.session.edits import EditError
+    assert issubclass(EditError, EngineError) and issubclass(EditError, ValueError)
