@@ -491,3 +491,108 @@ def test_a_session_misuse_is_refused_and_changes_nothing(case, corpus_q, tmp_pat
 def test_a_edit_error_is_an_engine_error():
     from engine.session.edits import EditError
     assert issubclass(EditError, EngineError) and issubclass(EditError, ValueError)
+
+
+# ------------------------------------------------------------------------------ CLI
+def cli(capsys, *args) -> tuple[int, str, str]:
+    from engine.cli.main import main
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:          # argparse refusals
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def cli_files(corpus_q, tmp_path_factory):
+    """A corpus model as cfg + .weights and as a model file, and a tiny PNG."""
+    model, qm = corpus_q
+    d = tmp_path_factory.mktemp("cli")
+    model.save_weights(d / "tiny.weights")
+    (d / "tiny.cfg").write_text(WEIGHTS_CFG.read_text())
+    model.save(d / "tiny.npz")
+    qm.save(d / "q.npz")
+    (d / "img.png").write_bytes(_png())
+    return d
+
+
+# (id, argv (with {d} = the files folder, {t} = a fresh folder), fragment in stderr)
+CLI_CASES = [
+    ("c_report_ram_1e308", ["report", "{d}/tiny.npz", "-q", "{d}/q.npz", "--ram", "1e308", "--flash", "inf",
+                            "--budget-ms", "nan"], "argument --ram: '1e308': expected a finite size in MiB"),
+    ("c_report_flash_inf", ["report", "{d}/tiny.npz", "-q", "{d}/q.npz", "--flash", "inf"], "argument --flash: 'inf'"),
+    ("c_report_budget_nan", ["report", "{d}/tiny.npz", "-q", "{d}/q.npz", "--budget-ms", "nan"], "argument --budget-ms: 'nan'"),
+    ("c_report_repeats_zero", ["report", "{d}/tiny.npz", "-q", "{d}/q.npz", "--repeats", "0"], "argument --repeats"),
+    ("c_quantize_bogus_setting", ["quantize", "{d}/tiny.npz", "--calib", "{d}/img.png", "--settings", '{"bogus": 1}',
+                                  "-o", "{t}/q.npz"], "'bogus' is not a setting of method"),
+    ("c_quantize_settings_not_json", ["quantize", "{d}/tiny.npz", "--calib", "{d}/img.png", "--settings", "{x",
+                                      "-o", "{t}/q.npz"], "--settings '{x': not JSON"),
+    ("c_detect_cfg_without_weights", ["detect", "{d}/tiny.cfg", "{d}/img.png"], "pass its weights with --weights FILE"),
+    ("c_convert_onto_fifo", ["convert", "{d}/tiny.cfg", "{d}/tiny.weights", "-o", "{t}/fifo"], "is a FIFO"),
+    ("c_convert_onto_dev_null", ["convert", "{d}/tiny.cfg", "{d}/tiny.weights", "-o", "/dev/null"], "is a device node"),
+    ("c_convert_into_missing_folder", ["convert", "{d}/tiny.cfg", "{d}/tiny.weights", "-o", "{t}/no/m.npz"],
+     "does not exist; create it first"),
+    ("c_dump_onto_folder", ["dump", "{d}/tiny.npz", "--image", "{d}/img.png", "-o", "{t}"], "is a folder"),
+    ("c_export_onto_fifo", ["export", "{d}/tiny.npz", "--format", "weights", "-o", "{t}/fifo"], "is a FIFO"),
+    ("c_detect_save_into_missing_folder", ["detect", "{d}/tiny.npz", "{d}/img.png", "--save", "{t}/no/out"],
+     "does not exist; create it first"),
+]
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_c_cli_refusals_are_one_clear_line(case, cli_files, tmp_path, capsys):
+    _, argv, fragment = case
+    os.mkfifo(tmp_path / "fifo")
+    code, out, err = cli(capsys, *[a.replace("{d}", str(cli_files)).replace("{t}", str(tmp_path)) for a in argv])
+    assert code == 2 and fragment in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]     # nothing written, no temp file
+
+
+def test_c_detect_missing_image_does_not_claim_0_detections(cli_files, capsys):
+    code, out, err = cli(capsys, "detect", cli_files / "tiny.npz", cli_files / "missing.png", cli_files / "img.png")
+    assert code == 1 and "missing.png: cannot open image" in err
+    assert "missing.png" not in out and "img.png:" in out
+
+
+def test_c_dump_prints_what_it_wrote(cli_files, tmp_path, capsys):
+    code, _, err = cli(capsys, "dump", cli_files / "tiny.npz", "--image", cli_files / "img.png", "-o", tmp_path / "o.npz")
+    with np.load(tmp_path / "o.npz") as z:
+        assert code == 0 and z.files == ["layer0", "layer1", "layer2", "layer3"]
+    assert f"wrote {tmp_path / 'o.npz'} ({(tmp_path / 'o.npz').stat().st_size:,} bytes)" in err
+    assert "4 layers" in err
+
+
+def test_c_cli_process_prints_no_traceback(cli_files, tmp_path):
+    import subprocess
+    import sys
+    os.mkfifo(tmp_path / "fifo")
+    res = subprocess.run([sys.executable, "-m", "engine", "convert", str(cli_files / "tiny.cfg"),
+                          str(cli_files / "tiny.weights"), "-o", str(tmp_path / "fifo")],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("error: -o/--output") and "Traceback" not in res.stderr
+
+
+def test_c_detect_save_draws_labelled_boxes_in_class_colours(tmp_path, capsys):
+    """yolov3-tiny on the dog photo: each box --json reports is drawn in its class colour on a copy
+    of the image, saved under the image's name; the pixels away from boxes are unchanged."""
+    from PIL import Image
+    from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS
+    from engine.imaging.draw import PALETTE
+    src = tmp_path / "dog.png"
+    Image.open(IMAGES / "dog.jpg").convert("RGB").save(src)
+    code, out, err = cli(capsys, "detect", TINY_CFG, "--weights", TINY_WEIGHTS, src, "--json", "--save", tmp_path / "out")
+    dets = json.loads(out)["images"]["dog.png"]["detections"]
+    assert code == 0 and {d["name"] for d in dets} >= {"dog", "bicycle"}
+    assert f"saved {tmp_path / 'out' / 'dog.png'}" in err
+    drawn = np.asarray(Image.open(tmp_path / "out" / "dog.png").convert("RGB")).astype(int)
+    orig = np.asarray(Image.open(src)).astype(int)
+    assert drawn.shape == orig.shape
+    def edge(d):
+        return int(min(d["y2"], orig.shape[0] - 1)), int(max(d["x1"], 0)), int(min(d["x2"], orig.shape[1] - 1))
+    for d in dets:   # the bottom edge of each box (labels sit at the top) holds its class colour
+        y2, x1, x2 = edge(d)
+        row = drawn[y2, x1 + 1:x2]
+        colours = [PALETTE[o["class_id"] % len(PALETTE)] for o in dets if edge(o) == edge(d)]  # same box, 2 classes
+        assert max((np.abs(row - c).max(axis=1) == 0).mean() for c in colours) > 0.3, d
+    assert (drawn[5:20, 5:20] == orig[5:20, 5:20]).all()   # top-left corner: no box there
