@@ -101,7 +101,7 @@ class NpzReader:
             size = sum(self.nbytes(k) for k in extra)
             if size > MAX_UNKNOWN_BYTES:
                 raise self.fail(f"cannot read {self.what}: members {', '.join(map(repr, extra[:3]))} hold "
-                                f"{size} bytes that are no part of a {self.what} (limit {MAX_UNKNOWN_BYTES}); refused")
+                                f"{size} bytes, but no {self.what} uses them (limit {MAX_UNKNOWN_BYTES} bytes); refused")
 
     # ----- mapping ---------------------------------------------------------------------
     def keys(self) -> list[str]:

@@ -159,13 +159,13 @@ UNTRUSTED_CASES = [
      "declares shape"),
     ("u_model_3gb_extra_member", "model", lambda b: _with_member(b, "junk.npy", _npy_header((3 << 28,)) + b"\0" * 64,
                                                                   declared_size=len(_npy_header((3 << 28,))) + (3 << 30)),
-     "no part of a engine model file"),
+     "no engine model file uses them"),
     ("u_qmodel_3gb_extra_member", "qmodel", lambda b: _with_member(b, "junk.npy", _npy_header((3 << 28,)) + b"\0" * 64,
                                                                     declared_size=len(_npy_header((3 << 28,))) + (3 << 30)),
-     "no part of a quantized model"),
+     "no quantized model uses them"),
     ("u_qmodel_3gb_w_q", "qmodel", lambda b: _with_member(b, "layer0/extra.npy", _npy_header((3 << 30,), "|i1"),
                                                            declared_size=len(_npy_header((3 << 30,), "|i1")) + (3 << 30)),
-     "no part of a quantized model"),
+     "no quantized model uses them"),
     ("u_qmodel_terabyte_histogram", "qmodel", lambda b: _replace_member(b, "calib/0/counts.npy", _npy_header((TERA,), "<i8")),
      "declares shape"),
     ("u_qmodel_object_array", "qmodel", lambda b: _replace_member(b, "meta.npy", _npy_header((1,), "|O") + b"\0" * 8),
@@ -406,7 +406,7 @@ RECORD_CASES = [
      "does not describe a valid session"),
     ("r_3gb_extra_member", lambda b: _with_member(b, "junk.npy", _npy_header((3 << 28,)) + b"\0" * 64,
                                                   declared_size=len(_npy_header((3 << 28,))) + (3 << 30)),
-     "no part of a run record"),
+     "no run record uses them"),
     ("r_image_png_garbage", lambda b: _record_edit(b, arrays={"image_png": np.frombuffer(b"not a png", np.uint8)}),
      "does not describe a valid session"),
 ]
@@ -596,3 +596,16 @@ def test_c_detect_save_draws_labelled_boxes_in_class_colours(tmp_path, capsys):
         colours = [PALETTE[o["class_id"] % len(PALETTE)] for o in dets if edge(o) == edge(d)]  # same box, 2 classes
         assert max((np.abs(row - c).max(axis=1) == 0).mean() for c in colours) > 0.3, d
     assert (drawn[5:20, 5:20] == orig[5:20, 5:20]).all()   # top-left corner: no box there
+
+
+def test_corpus_readme_lists_every_reliability_case():
+    readme = (CORPUS / "README.md").read_text()
+    section = readme[readme.index("## Reliability round 2"):]
+    ids = [c[0] for c in UNTRUSTED_CASES + RECORD_CASES + CLI_CASES] + [c[0] for c in API_CASES] + \
+        ["f_fifo", "f_dev_null", "f_folder", "f_missing_folder"] + \
+        [name for name in globals() if name.startswith("test_") and name[5:7] in ("f_", "p_", "u_", "c_", "a_")
+         and name not in ("test_u_untrusted_model_files", "test_c_cli_refusals_are_one_clear_line",
+                          "test_a_session_misuse_is_refused_and_changes_nothing", "test_f_refused_targets")]
+    missing = [i for i in ids if f"`{i}`" not in section]
+    assert not missing, f"tests/corpus/README.md does not list {missing}"
+    assert len(set(ids)) == len(ids) >= 80
