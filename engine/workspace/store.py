@@ -20,11 +20,10 @@ index does not reference when the next writer (or `Workspace()`) finds the journ
 a killed overwrite never leaves an orphaned entry folder. Temp files and staging folders of dead
 writers are reclaimed on open and by every transaction.
 
-Isolation: entry files are read component by component with O_NOFOLLOW (engine.workspace.paths),
-folders written into must be real directories, and entry names, file names and folder paths read
-back from the index are validated like user input. Names are NFC-normalised once, at the boundary
-(every public method), so NFD and NFC spellings are one name; two different names that normalise
-to the same one are refused, never silently merged.
+Isolation (engine.workspace.paths): entry files are read with O_NOFOLLOW at every component, folders
+written into must be real directories, names and paths read back from the index are validated like
+user input. Names are NFC-normalised at every public method; names that differ only by
+normalisation are refused, never merged. See docs/reliability.md.
 """
 from __future__ import annotations
 
@@ -143,38 +142,25 @@ class Workspace:
         return nfc(file)
 
     def read_bytes(self, name: str, file: str | None = None) -> bytes:
-        """One file of entry `name` (symlinks refused). Never a raw FileNotFoundError: if a concurrent
-        overwrite replaced the entry's folder after the index was read, the index is read again."""
-        for _ in range(8):
-            entry = self.info(name)
-            fname = self._pick(entry, file)
-            self._folder(entry)
-            try:
-                return read_file(self.root, entry.path, fname, self._read_limit, f"entry {entry.name!r}")
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                raise WorkspaceError(f"entry {entry.name!r}: cannot read {fname!r}: {err.strerror or err}") from None
-        raise WorkspaceError(f"entry {name!r}: its files were replaced or deleted while reading; try again")
+        """One file of entry `name` (symlinks refused). Never a raw FileNotFoundError (see _read_files)."""
+        _, files = self._read_files(name, lambda entry: [self._pick(entry, file)])
+        return next(iter(files.values()))
 
-    def _read_all(self, name: str) -> tuple[Entry, dict[str, bytes]]:
-        """Metadata and every file of entry `name`, all from one version of it (see read_bytes)."""
+    def _read_files(self, name: str, which) -> tuple[Entry, dict[str, bytes]]:
+        """Entry `name` and its files `which(entry)`, all of one version: if a concurrent overwrite
+        replaced the entry's folder after the index was read, the index is read again."""
+        limit = max(self.limits.weights, self.limits.record, self.limits.image, self.limits.cfg)
         for _ in range(8):
             entry = self.info(name)
+            files = which(entry)
             self._folder(entry)
             try:
-                return entry, {f: read_file(self.root, entry.path, f, self._read_limit, f"entry {entry.name!r}")
-                               for f in entry.files}
+                return entry, {f: read_file(self.root, entry.path, f, limit, f"entry {entry.name!r}") for f in files}
             except FileNotFoundError:
                 continue
             except OSError as err:
                 raise WorkspaceError(f"entry {entry.name!r}: cannot read its files: {err.strerror or err}") from None
         raise WorkspaceError(f"entry {name!r}: its files were replaced or deleted while reading; try again")
-
-    @property
-    def _read_limit(self) -> int:
-        lim = self.limits
-        return max(lim.weights, lim.record, lim.image, lim.cfg)
 
     # ----- adding --------------------------------------------------------------------------
     def save_bytes(self, name: str, kind: str, files: Mapping[str, bytes], *, source: str = "",
@@ -286,7 +272,7 @@ class Workspace:
         """(`<name>.zip`, zip bytes) of entry `name`, for a download link."""
         import io
         import zipfile
-        entry, files = self._read_all(name)
+        entry, files = self._read_files(name, lambda e: e.files)
         name = entry.name                      # validated: a plain, NFC, single path component
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -338,7 +324,8 @@ class Workspace:
 
     def _read_doc(self) -> dict:
         try:
-            raw = (self.root / INDEX).read_bytes()
+            with os.fdopen(os.open(self.root / INDEX, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+                raw = f.read()       # never through a link (e.g. to another user's index)
         except FileNotFoundError:
             return {"entries": {}, "pending": []}
         except OSError as err:
@@ -372,7 +359,7 @@ class Workspace:
                 if self._roll_forward(index) | self._finish_pending(index, doc["pending"]):
                     self._write_index(index)
                 yield index  # the block writes the index itself, at its commit point
-        except TimeoutError as err:
+        except OSError as err:   # lock timeout, a linked lock file, a failed rename: one clear error
             raise WorkspaceError(f"workspace {self.root}: {err}") from err
 
     def _roll_forward(self, index: dict[str, dict]) -> bool:

@@ -126,7 +126,8 @@ def check_npz(label: str, data: bytes, limits: Limits, limit: int | None = None)
         with NpzReader(bytes(data), label, what="NumPy .npz archive") as r:
             total = sum(r.nbytes(k) for k in r.keys())
     except WeightsError as err:
-        raise WorkspaceError(str(err)) from None
+        reason = str(err).removeprefix(f"{label}: ")
+        raise WorkspaceError(f"{label}: not a NumPy .npz archive the engine accepts ({reason})") from None
     if total > 4 * limit:
         raise WorkspaceError(f"{label}: its arrays hold {total} bytes uncompressed, more than 4x the npz "
                              f"limit of {limit} bytes (possible zip bomb)")
