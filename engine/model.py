@@ -242,7 +242,7 @@ def model_from_arrays(z, label: str, prefix: str = "") -> Model:
         raise WeightsError(f"{p}: format {fmt!r}, expected {MODEL_FORMAT!r}")
     try:
         meta = json.loads(r.text("meta")) if "meta" in r else {}
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:   # RecursionError: '[[[[...' nested 100,000 deep
         raise WeightsError(f"{p}: cannot read engine model file: 'meta' is not JSON ({err})") from None
     if not isinstance(meta, dict):
         raise WeightsError(f"{p}: 'meta' must be a JSON object, got {type(meta).__name__}")

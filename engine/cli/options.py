@@ -51,6 +51,18 @@ def number(what: str, lo: float, hi: float, *, lo_open: bool = True):
     return parse
 
 
+def layer_list(text: str, n: int) -> list[int]:
+    """--float-layers '15,22' as layer indices of a model with `n` layers."""
+    try:
+        layers = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise EngineError(f"--float-layers {text!r}: expected comma-separated layer indices, e.g. 15,22") from None
+    bad = [i for i in layers if not 0 <= i < n]
+    if bad:
+        raise EngineError(f"--float-layers {text!r}: {bad} are not layers of this model (0..{n - 1})")
+    return layers
+
+
 def positive_int(text: str) -> int:
     """An argparse `type=` for an integer 1..1,000,000 (repeats, counts)."""
     try:
@@ -89,5 +101,5 @@ def forward_for(model, args: argparse.Namespace):
         raise EngineError(f"--mode {args.mode} needs --quantized QMODEL (make one with `python -m engine quantize`)")
     from engine.quant.executor import Executor
     from engine.quant.qmodel import QuantizedModel
-    float_layers = [int(v) for v in args.float_layers.split(",") if v] if getattr(args, "float_layers", None) else None
+    float_layers = layer_list(args.float_layers, len(model.layers)) if getattr(args, "float_layers", None) else None
     return Executor(model, QuantizedModel.load(args.quantized), args.mode, float_layers).forward

@@ -56,7 +56,7 @@ def method_settings(method: str, text: str | None) -> dict:
         return {}
     try:
         settings = json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise EngineError(f"--settings {text!r}: not JSON ({err}); e.g. '{{\"percentile\": 99.9}}'") from None
     if not isinstance(settings, dict):
         raise EngineError(f"--settings {text!r}: expected a JSON object of method settings")

@@ -64,7 +64,7 @@ def read_meta(z, label: str) -> dict:
     text = read_text(z, "meta", label)
     try:
         meta = json.loads(text) if text is not None else None
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:   # RecursionError: '[[[[...' nested 100,000 deep
         raise WeightsError(f"{label}: quantized model meta is missing or not JSON ({err})") from None
     if text is None:
         raise WeightsError(f"{label}: quantized model meta is missing or not JSON (no UTF-8 'meta' member)")

@@ -74,7 +74,7 @@ def read_record(path: str | Path) -> RecordContents:
             raise RecordError(f"{p}: not a run record (expected format {RECORD_FORMAT})")
         try:
             meta = json.loads(z.text("meta")) if "meta" in z else None
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:   # RecursionError: '[[[[...' nested deep
             raise RecordError(f"{p}: run record meta is not JSON ({err})") from None
         try:
             model = model_from_arrays(z, label, prefix="model/")

@@ -334,7 +334,7 @@ class Workspace:
             doc = json.loads(raw.decode("utf-8"))
             if doc.get("format") != FORMAT or not isinstance(doc.get("entries"), dict):
                 raise ValueError(f"expected format {FORMAT!r} with an 'entries' object")
-        except (ValueError, AttributeError) as err:
+        except (ValueError, AttributeError, RecursionError) as err:
             # never overwrite an index we cannot read: it is the only record of the entries
             raise WorkspaceError(f"{self.root / INDEX}: unreadable workspace index ({err}); "
                                  "fix or move it away") from err

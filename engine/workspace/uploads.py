@@ -151,7 +151,7 @@ def check_json(label: str, data: bytes, limit: int) -> None:
     check_size(label, len(data), limit, "JSON file")
     try:
         json.loads(_utf8(label, data, "a JSON document"))
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise WorkspaceError(f"{label}: not valid JSON ({err})") from err
 
 
