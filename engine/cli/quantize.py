@@ -46,7 +46,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from engine.calib.collect import collect
-    from engine.quant.compare import compare
+    from engine.scale.compare import compare
     model = load_model(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     from engine.calib import CALIBRATORS

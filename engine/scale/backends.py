@@ -8,7 +8,7 @@
 
 A backend maps a task function over batches of images (`map_batches`), broadcasts an object once
 (`share`) and says what a worker loads for a model (`portable`); the algorithms that run on it
-(engine/scale/evaluate.py, engine/quant/compare.py, engine/scale/montecarlo.py) are written once.
+(engine/scale/evaluate.py, engine/scale/compare.py, engine/scale/montecarlo.py) are written once.
 One task is a *batch* of images (a task costs ~2 ms of scheduling here, an image ~0.1-0.3 s).
 Equality: calibration histograms merge exactly (engine/calib/histogram.py) and per-image
 detections are computed by the same code in every backend, so the aggregated numbers

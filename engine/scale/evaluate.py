@@ -17,6 +17,7 @@ from engine.darknet.detect import Detection, detect_outputs
 from engine.quant.fitness import Agreement, detection_agreement
 from engine.quant.modes import MODES, Mode
 from engine.scale.backends import InProcess, label_of, qmodel_ref, shippable_items
+from engine.scale.compare import compare
 from engine.scale.sources import load_source, resolve_qmodel
 
 
@@ -97,8 +98,7 @@ def compare_distributed(model_source: Any, stats: CalibrationStats, images,
                         methods: Sequence[str] = ("log2", "kl", "minmax", "percentile", "mse"),
                         per_channel: bool = False, backend=None, batch_size: int | None = None,
                         resize: str = "letterbox", progress: bool = False):
-    """`engine.quant.compare.compare` on `backend` (the same algorithm: same numbers, same ranking),
+    """`engine.scale.compare.compare` on `backend` (the same algorithm: same numbers, same ranking),
     for a model given as a source a worker can load (zoo name, path, (cfg, weights), or a Model)."""
-    from engine.quant.compare import compare
     return compare(model_source, stats, images, methods, per_channel=per_channel, resize=resize, progress=progress,
                    backend=backend, batch_size=batch_size)
