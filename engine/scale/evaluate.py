@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from engine.calib.collect import CalibrationStats, collect
 from engine.darknet.detect import Detection, detect_outputs
 from engine.quant.fitness import Agreement, detection_agreement
-from engine.quant.modes import MODES, Mode
+from engine.quant.modes import MODES, QUANT_MODES, Mode
 from engine.scale.backends import InProcess, label_of, qmodel_ref, shippable_items
 from engine.scale.compare import compare
 from engine.scale.sources import load_source, resolve_qmodel
@@ -71,7 +71,7 @@ class EvalResult:
         return "\n".join(rows)
 
 
-def evaluate(model_source: Any, qmodel: Any, images, modes: Sequence[str] = ("hybrid", "int"), backend=None,
+def evaluate(model_source: Any, qmodel: Any, images, modes: Sequence[str] = QUANT_MODES, backend=None,
              batch_size: int | None = None, thresh: float = 0.25, nms: float = 0.45, resize: str = "letterbox",
              progress: bool = False) -> EvalResult:
     """FLOAT vs quantized detections per image and `detection_agreement` per mode.
