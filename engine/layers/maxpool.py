@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.kernels.gemm import BLOCK, own_threads, parallel_for
+from engine.kernels.gemm import BLOCK
+from engine.kernels.threads import own_threads, parallel_for
 from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape, refuse
 
 
