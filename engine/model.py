@@ -126,11 +126,16 @@ class Model:
                      source=self.source)
 
     # ----------------------------------------------------------------- inference
-    def check_input(self, x: np.ndarray) -> np.ndarray:
+    def check_input(self, x: np.ndarray, batch: bool = False) -> np.ndarray:
+        """A read-only float32 view of one input (C, H, W) (or, with `batch`, also (N, C, H, W));
+        ValueError otherwise."""
         x = np.asarray(x)
-        if x.shape != self.input_shape:
+        batched = batch and x.ndim == 4 and x.shape[1:] == self.input_shape and x.shape[0] > 0
+        if x.shape != self.input_shape and not batched:
             c, h, w = self.input_shape
-            raise ValueError(f"input tensor has shape {x.shape}; this model expects ({c}, {h}, {w}) float32 (C, H, W)")
+            also = f" or a batch (N, {c}, {h}, {w}) with N >= 1" if batch else ""
+            raise ValueError(f"input tensor has shape {x.shape}; this model expects ({c}, {h}, {w}) float32 "
+                             f"(C, H, W){also}")
         x = x.astype(np.float32, copy=False)
         if not np.isfinite(x).all():
             raise ValueError("input tensor contains NaN/Inf")
@@ -144,18 +149,46 @@ class Model:
         y.flags.writeable = False  # later layers and viewers must never modify a kept output
         return y
 
+    def run_layer_batch(self, index: int, xs: list[np.ndarray]) -> np.ndarray:
+        """Run one layer on batched inputs (N, C, H, W each): output (N, C', H', W'), read-only.
+
+        Image k of the result equals run_layer on image k bit for bit: a layer with a
+        `forward_float_batch` (channel-wise layers: the batch is more channels) runs the batch at
+        once; any other runs image by image with the very kernels and GEMM shapes of a single
+        forward (BLAS sums a wider GEMM in another order, so batching convs into one GEMM would
+        change bits).
+        """
+        layer, prep = self.layers[index], self.prepared(index)
+        batch = getattr(layer, "forward_float_batch", None)
+        if batch is not None:
+            y = batch(xs, prep, self.scratch)
+        else:
+            n = xs[0].shape[0]
+            first = layer.forward_float([x[0] for x in xs], prep, self.scratch)
+            y = np.empty((n,) + first.shape, first.dtype)
+            y[0] = first
+            for k in range(1, n):
+                y[k] = layer.forward_float([x[k] for x in xs], prep, self.scratch)
+        y.flags.writeable = False
+        return y
+
     def inputs_of(self, index: int, x: np.ndarray, outs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [x if i < 0 else outs[i] for i in self.layers[index].inputs]
 
     def forward(self, x: np.ndarray, stop: int | None = None) -> list[np.ndarray]:
-        """FLOAT forward of a (3, H, W) float32 tensor; returns outputs of layers 0..stop (default all)."""
+        """FLOAT forward; returns outputs of layers 0..stop (default all).
+
+        x: one (3, H, W) float32 tensor (outputs (C, H, W)), or a batch (N, 3, H, W) (outputs
+        (N, C, H, W), image k bit-identical to a forward of image k alone).
+        """
         if stop is not None and not (isinstance(stop, (int, np.integer)) and 0 <= stop < len(self.layers)):
             raise ValueError(f"stop={stop}: expected a layer index 0..{len(self.layers) - 1}")
-        x = self.check_input(x)
+        x = self.check_input(x, batch=True)
+        run = self.run_layer_batch if x.ndim == 4 else self.run_layer
         outs: list[np.ndarray] = []
         last = len(self.layers) - 1 if stop is None else stop
         for i in range(last + 1):
-            outs.append(self.run_layer(i, self.inputs_of(i, x, outs)))
+            outs.append(run(i, self.inputs_of(i, x, outs)))
         return outs
 
     def preprocess(self, image: ImageLike, resize: str = "letterbox") -> Preprocessed:

@@ -74,7 +74,7 @@ def method_settings(method: str, text: str | None) -> dict:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from engine.calib.collect import collect
-    from engine.quant.compare import compare
+    from engine.scale.compare import compare
     model = load_model(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     from engine.calib import CALIBRATORS

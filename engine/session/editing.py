@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from engine.errors import EditsWouldBeLost, EngineError
+from engine.quant.modes import Mode
 from engine.quant.qmodel import LayerQuant, input_id
 from engine.quant.weights import quantize_bias, quantize_weights
 from engine.session.edits import (Edit, EditError, Journal, apply_region, check_float, check_int8, check_int32,
@@ -124,7 +125,7 @@ class Editor:
     # ------------------------------------------------------------------ targets
     def default_target(self, index: int, mode: str) -> str:
         has_int = self.qmodel is not None and index in self.qmodel.layers
-        return "int8" if mode != "float" and has_int else "float"
+        return "int8" if mode != Mode.FLOAT and has_int else "float"
 
     def _requantized(self, index: int, params: dict[str, np.ndarray]) -> LayerQuant | None:
         """The layer's int8 weights re-derived from edited float params (same scheme, granularity)."""

@@ -81,11 +81,11 @@ class CompareTable:
         return "\n".join(rows)
 
 
-def method_rows(model, qmodel: QuantizedModel, pre, float_outs) -> dict:
-    """One image, one quantized model: detections and per-layer statistics in HYBRID and INT."""
+def method_rows(model, executors: dict[str, Executor], pre, float_outs) -> dict:
+    """One image, one quantized model (its executor per quantized mode): detections and per-layer
+    statistics in HYBRID and INT."""
     row: dict = {}
-    for mode in QUANT_MODES:
-        ex = Executor(model, qmodel, mode)
+    for mode, ex in executors.items():
         values, records = ex.run(pre.x)
         prop = propagated_stats(float_outs, values, records)
         row[mode] = detect_outputs(model, FloatView(values), pre)
@@ -101,13 +101,14 @@ def compare_batch(source, qrefs: tuple, resize: str, batch: list) -> list[dict]:
     """The task: per image, FLOAT detections and `method_rows` of every (method, quantized model
     reference) in `qrefs` (a tuple: Dask resolves shared futures inside tuples)."""
     model = load_source(source)
-    qms = [(method, resolve_qmodel(ref)) for method, ref in qrefs]
+    executors = {method: {mode: Executor(model, resolve_qmodel(ref), mode) for mode in QUANT_MODES}
+                 for method, ref in qrefs}
     out = []
     for item in batch:
         pre = model.preprocess(item, resize)
         outs = model.forward(pre.x)
         out.append({Mode.FLOAT.value: detect_outputs(model, outs, pre),
-                    **{method: method_rows(model, qm, pre, outs) for method, qm in qms}})
+                    **{method: method_rows(model, exs, pre, outs) for method, exs in executors.items()}})
     return out
 
 
