@@ -322,6 +322,9 @@ def load(path: str | Path, weights: str | Path | None = None, *, names: str | Pa
     p = Path(path)
     if not p.exists():
         raise CfgError(f"{p}: no such model file")
+    if not (p.is_file() or p.is_dir()):   # opening a FIFO would block forever, /dev/zero never ends
+        raise CfgError(f"{p}: cannot read cfg: not a regular file (a FIFO, socket or device); expected a "
+                       ".cfg or an engine model file")
     class_names = read_names(names) if isinstance(names, (str, Path)) else names
     if is_model_file(p):
         if weights is not None:

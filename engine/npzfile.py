@@ -177,15 +177,16 @@ class NpzReader:
 
 def _open_regular(path: Path, reader: NpzReader) -> BinaryIO:
     """Open `path` for reading if it is a regular file (a FIFO would block, /dev/zero never ends)."""
-    try:
-        f = open(path, "rb")
+    import stat
+    try:   # O_NONBLOCK: opening a FIFO without a writer must not hang; regular files ignore it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         raise reader.fail(f"cannot read {reader.what}: {err.strerror or err}") from None
-    import stat
-    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-        f.close()
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
         raise reader.fail(f"cannot read {reader.what}: not a regular file")
-    return f
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def _read_header(f) -> tuple[tuple[int, ...], np.dtype, bool, int]:

@@ -611,9 +611,26 @@ def test_corpus_readme_lists_every_reliability_case():
     section = readme[readme.index("## Reliability round 2"):]
     ids = [c[0] for c in UNTRUSTED_CASES + RECORD_CASES + CLI_CASES] + [c[0] for c in API_CASES] + \
         ["f_fifo", "f_dev_null", "f_folder", "f_missing_folder"] + \
+        ["u_load_fifo", "u_qmodel_fifo", "r_open_record_fifo", "u_load_dev_zero"] + \
         [name for name in globals() if name.startswith("test_") and name[5:7] in ("f_", "p_", "u_", "c_", "a_")
          and name not in ("test_u_untrusted_model_files", "test_c_cli_refusals_are_one_clear_line",
-                          "test_a_session_misuse_is_refused_and_changes_nothing", "test_f_refused_targets")]
+                          "test_a_session_misuse_is_refused_and_changes_nothing", "test_f_refused_targets")
+         or name == "test_u_special_files_are_refused_without_blocking"]
     missing = [i for i in ids if f"`{i}`" not in section]
     assert not missing, f"tests/corpus/README.md does not list {missing}"
     assert len(set(ids)) == len(ids) >= 80
+
+
+@pytest.mark.parametrize("case", ["u_load_fifo", "u_qmodel_fifo", "r_open_record_fifo", "u_load_dev_zero"])
+def test_u_special_files_are_refused_without_blocking(case, tmp_path):
+    """Opening a FIFO without a writer would block forever; /dev/zero never ends."""
+    from engine.errors import CfgError
+    from engine.quant.qmodel import QuantizedModel
+    from engine.session import Session
+    path = Path("/dev/zero") if case == "u_load_dev_zero" else tmp_path / "fifo"
+    if case != "u_load_dev_zero":
+        os.mkfifo(path)
+    load = {"u_load_fifo": engine.load, "u_qmodel_fifo": QuantizedModel.load, "r_open_record_fifo": Session.open_record,
+            "u_load_dev_zero": engine.load}[case]
+    err = expect(CfgError, "not a regular file", load, path)
+    assert str(path) in str(err)
