@@ -17,7 +17,6 @@ from engine.calib.histogram import AbsHistogram
 from engine.errors import EngineError
 from engine.darknet.image import ImageLike
 
-FLOAT_ONLY = ("yolo", "region", "detection", "softmax", "cost")
 ONE_SIDED_ACTIVATIONS = ("leaky", "relu", "relu6")
 POSITIVE_PASS = ("maxpool", "upsample", "reorg", "reorg3d", "dropout", "route")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -50,7 +49,7 @@ class CalibrationStats:
 
 
 def quantizable_ids(model) -> list[str]:
-    return ["input"] + [str(l.index) for l in model.layers if l.kind not in FLOAT_ONLY]
+    return ["input"] + [str(l.index) for l in model.layers if not l.float_only]
 
 
 def positive_key(nid: str) -> str:
