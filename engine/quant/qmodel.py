@@ -160,18 +160,28 @@ def input_id(layer) -> str:
 
 def quantize_model(model, stats: CalibrationStats, method: str = "kl", per_channel: bool = False,
                    float_layers: Iterable[int] = (), rules: Iterable[str] | None = None,
-                   **settings: Any) -> QuantizedModel:
+                   images=None, **settings: Any) -> QuantizedModel:
     """Activation scales from `stats` with `method`, int8 weights / int32 biases for every conv and
     connected layer. `rules`: the calibration rules of engine/calib/views.py (default: the method's;
-    () calibrates every tensor on its own |x| histogram). Raises EngineError if the statistics do not
-    cover the model's tensors."""
-    calibrator = make(method, **settings)
+    () calibrates every tensor on its own |x| histogram). `images`: calibration images for methods
+    that run the model (`auto`). Raises EngineError if the statistics do not cover the model's tensors."""
+    try:
+        calibrator = make(method, **settings)
+    except (TypeError, ValueError) as err:
+        raise EngineError(f"method {method!r}: {err}") from None
     missing = [nid for nid in quantizable_ids(model) if nid not in stats.hists]
     if missing:
         raise EngineError(f"calibration statistics lack tensors {', '.join(missing[:5])}: were they collected "
                           f"for this model ({model.graph.name})?")
+    meta: dict[str, Any] = {} if rules is None else {"rules": list(rules)}
     try:
-        scales, thresholds, _ = activation_scales(model, stats, calibrator, rules)
+        if getattr(calibrator, "needs_images", False):
+            if images is None:
+                raise EngineError(f"method {method!r} runs the model to choose: pass images=... (calibration images)")
+            from engine.calib.auto import choose
+            scales, thresholds, meta["auto"] = choose(model, stats, calibrator, images, per_channel, rules)
+        else:
+            scales, thresholds, _ = activation_scales(model, stats, calibrator, rules)
     except ValueError as err:
         raise EngineError(f"quantize_model: {err}") from None
     layers: dict[int, LayerQuant] = {}
@@ -182,7 +192,19 @@ def quantize_model(model, stats: CalibrationStats, method: str = "kl", per_chann
         qw: QuantWeights = quantize_weights(w, calibrator.weights, per_channel and calibrator.weights != "yolo2_light")
         in_scale = scales[input_id(layer)]
         layers[layer.index] = LayerQuant(qw.w_q, qw.scale, quantize_bias(b, in_scale, qw.scale), in_scale, qw.scheme)
-    meta = {} if rules is None else {"rules": list(rules)}
     return QuantizedModel(method, calibrator.settings, per_channel and calibrator.weights != "yolo2_light", scales,
                           thresholds, layers, model.graph.name, model.cfg.text, fingerprint(model), stats,
                           tuple(sorted(int(i) for i in float_layers)), meta)
+
+
+def rescaled(model, qmodel: QuantizedModel, scales: dict[str, float]) -> QuantizedModel:
+    """A copy of `qmodel` with some activation scales replaced; the int32 biases of the layers whose
+    input scale changed are re-derived from the float biases (int8 weights are unchanged)."""
+    twin = qmodel.copy()
+    twin.scales.update(scales)
+    for i, lq in qmodel.layers.items():
+        s_in = twin.scales[input_id(model.layers[i])]
+        if s_in != lq.in_scale:
+            _, b = model.layers[i].fused(model.params[i])
+            twin.layers[i] = LayerQuant(lq.w_q, lq.w_scale, quantize_bias(b, s_in, lq.w_scale), s_in, lq.scheme)
+    return twin

@@ -1,0 +1,80 @@
+"""Calibration methods x refinements on a validation set of variants of the shared photos.
+
+Calibrates yolov3-tiny (per channel) on the 4 photos of ../shared/images, scores INT and HYBRID
+detections against FLOAT's (thresh 0.25) on variants of them (engine/quant/valset.py: crops, a
+mirror, scale, brightness, contrast, noise, JPEG, blur, 2x2 mosaics): COCO mAP@0.5, mAP@[.5:.95],
+lost (FLOAT detections with no match at IoU 0.5) and extra, and the calibration time (statistics +
+thresholds + refinements) over a plain FLOAT pass on the same photos.
+
+    python benchmarks/bench_calibrators.py [--methods kl,log2,...] [--configs plain,rules,...]
+
+configs: `plain` (every tensor on its own |x| histogram, the former behaviour), `rules` (the default
+calibration rules, engine/calib/views.py), `mixed` (rules + the mixed-precision search for
+--target on the first half of the variants, scored on all).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.model import load  # noqa: E402
+from engine.calib.collect import collect, image_list  # noqa: E402
+from engine.quant.mixed import search  # noqa: E402
+from engine.quant.qmodel import quantize_model  # noqa: E402
+from engine.quant.scoring import Scorer  # noqa: E402
+from engine.quant.valset import variants  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--methods", default="minmax,mse,percentile,kl,log2,yolo2_light,auto")
+    p.add_argument("--configs", default="plain,rules")
+    p.add_argument("--images", default=str(SHARED / "images"))
+    p.add_argument("--models", default=str(SHARED / "models"))
+    p.add_argument("--target", type=float, default=0.95)
+    args = p.parse_args(argv)
+    model = load(Path(args.models) / "yolov3-tiny.cfg", Path(args.models) / "yolov3-tiny.weights")
+    photos = image_list(args.images)
+    t0 = time.perf_counter()
+    for f in photos:
+        model.forward(model.preprocess(f).x)
+    float_pass = time.perf_counter() - t0
+    vs = variants(args.images)
+    scorer = Scorer(model, vs)
+    print(f"validation: {len(vs)} variants of {len(photos)} photos, {scorer.n_truth} FLOAT detections at 0.25; "
+          f"FLOAT pass over the photos {float_pass:.2f} s")
+    head = (f"{'method':<12}{'config':<8}{'INT mAP50':>10}{'INT mAP':>9}{'lost':>6}{'extra':>6}"
+            f"{'HYB mAP50':>10}{'HYB mAP':>9}{'lost':>6}{'calib/FLOAT':>13}")
+    print(head)
+    for method in [m for m in args.methods.split(",") if m]:
+        for config in [c for c in args.configs.split(",") if c]:
+            if method == "yolo2_light" and config != "plain":
+                continue                      # yolo2_light has no rules: it is the exact reproduction
+            t = time.perf_counter()
+            stats = collect(model, photos, progress=False)
+            kw = {"rules": ()} if config == "plain" else {}
+            if method == "auto":
+                kw["images"] = photos
+            qm = quantize_model(model, stats, method, per_channel=True, **kw)
+            calib = time.perf_counter() - t
+            note = ""
+            if config == "mixed":
+                half = Scorer(model, vs[::2])
+                res = search(model, qm, half, target=args.target)
+                qm = res.apply(qm)
+                note = f"  float_layers={list(qm.float_layers)}"
+            a, h = scorer.score(qm, "int"), scorer.score(qm, "hybrid")
+            print(f"{method:<12}{config:<8}{a.map50:>10.3f}{a.map50_95:>9.3f}{a.missed:>6}{a.extra:>6}"
+                  f"{h.map50:>10.3f}{h.map50_95:>9.3f}{h.missed:>6}{calib / float_pass:>12.1f}x{note}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

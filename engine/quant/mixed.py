@@ -1,0 +1,134 @@
+"""Accuracy-aware mixed precision: the fewest layers kept FLOAT for a target agreement with FLOAT.
+
+As NNCF's / Quark's / Intel Neural Compressor's accuracy-aware loops do: measure each int8 layer's
+sensitivity on validation images (the agreement gained when only that layer is kept FLOAT), then
+keep layers FLOAT greedily, most sensitive first, re-measuring the whole network after each one,
+until the agreement (COCO mAP@[.5:.95] of the quantized detections against FLOAT's, and at most
+`max_lost` lost FLOAT detections) reaches the target. Every step is a point of the trade-off curve.
+A conv is kept FLOAT together with the maxpool / route / upsample layers after it, up to the next
+weight layer (else its output would still be rounded to int8 by the layer reading it).
+
+    result = engine.quant.mixed.search(model, qmodel, images, target=0.95)
+    result.float_layers, result.curve, result.apply(qmodel)
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+from engine.calib.views import readers
+from engine.errors import EngineError
+from engine.quant.executor import Executor
+from engine.quant.fitness import Agreement
+from engine.quant.qmodel import QuantizedModel
+from engine.quant.scoring import Scorer
+
+WEIGHT_KINDS = ("convolutional", "connected")
+
+
+@dataclass
+class CurvePoint:
+    layers_float: int                  # how many weight layers are kept FLOAT (with the layers up to the next one)
+    added: int | None                  # the layer added at this step (None for the all-int8 start)
+    map50_95: float
+    map50: float
+    lost: int
+    extra: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class MixedResult:
+    float_layers: tuple[int, ...]      # the smallest set found that meets the target (or all tried)
+    curve: list[CurvePoint]
+    sensitivity: dict[int, float]      # layer -> mAP@[.5:.95] gained when only it is kept FLOAT
+    target: float
+    met: bool
+    mode: str
+    images: int = 0
+    base: Agreement | None = field(default=None, repr=False)
+
+    def apply(self, qmodel: QuantizedModel) -> QuantizedModel:
+        """A copy of `qmodel` whose default float_layers are this result's."""
+        twin = qmodel.copy()
+        twin.float_layers = tuple(sorted(self.float_layers))
+        twin.meta["mixed_precision"] = self.to_dict()
+        return twin
+
+    def to_dict(self) -> dict:
+        return {"float_layers": list(self.float_layers), "target": self.target, "met": self.met, "mode": self.mode,
+                "images": self.images, "curve": [p.to_dict() for p in self.curve],
+                "sensitivity": {str(k): v for k, v in self.sensitivity.items()}}
+
+    def table(self) -> str:
+        lines = [f"{'FLOAT layers':>12}  {'added':>6}  {'mAP@[.5:.95]':>12}  {'mAP50':>6}  {'lost':>4}  {'extra':>5}"]
+        for p in self.curve:
+            lines.append(f"{p.layers_float:>12}  {'-' if p.added is None else p.added:>6}  {p.map50_95:>12.3f}  "
+                         f"{p.map50:>6.3f}  {p.lost:>4}  {p.extra:>5}")
+        verdict = "met" if self.met else "NOT met (every candidate tried)"
+        lines.append(f"target mAP@[.5:.95] >= {self.target} ({self.mode}, {self.images} images): {verdict}; "
+                     f"float_layers = {list(self.float_layers)}")
+        return "\n".join(lines)
+
+
+def _point(n: int, added: int | None, a: Agreement) -> CurvePoint:
+    return CurvePoint(n, added, a.map50_95, a.map50, a.missed, a.extra)
+
+
+def _unit(model, index: int) -> set[int]:
+    """A weight layer and the layers after it up to the next weight layer (maxpool, route, upsample):
+    kept FLOAT alone, the conv's output would still be rounded to int8 by the int8 layer reading it."""
+    rd = readers(model)
+    out, todo = {index}, [index]
+    while todo:
+        for r in rd.get(str(todo.pop()), []):
+            layer = model.layers[r]
+            if r not in out and layer.kind not in WEIGHT_KINDS and not layer.float_only:
+                out.add(r)
+                todo.append(r)
+    return out
+
+
+def search(model, qmodel: QuantizedModel, images: Sequence | Scorer, target: float = 0.95, mode: str = "int",
+           max_lost: int = 0, max_layers: int | None = None,
+           on_step: Callable[[CurvePoint], object] | None = None) -> MixedResult:
+    """Greedy accuracy-aware search (see the module doc). `images`: validation images (anything
+    engine.quant.scoring.Scorer takes) or a ready Scorer. Layers already in qmodel.float_layers stay
+    FLOAT. Raises EngineError for a target outside (0, 1] or a mode without int8 layers."""
+    if not 0 < target <= 1:
+        raise EngineError(f"target={target}: expected a mAP@[.5:.95] in (0, 1]")
+    if mode not in ("int", "hybrid"):
+        raise EngineError(f"mode={mode!r}: mixed precision searches 'int' or 'hybrid'")
+    scorer = images if isinstance(images, Scorer) else Scorer(model, images)
+    fixed = set(qmodel.float_layers)
+    ex = Executor(model, qmodel, mode)
+    candidates = [l.index for l in model.layers
+                  if l.kind in WEIGHT_KINDS and l.index not in fixed and ex.has_int_path(l.index)]
+    unit = {i: _unit(model, i) for i in candidates}
+
+    def ok(a: Agreement) -> bool:
+        return a.map50_95 >= target and a.missed <= max_lost
+
+    base = scorer.score(qmodel, mode, sorted(fixed))
+    curve = [_point(0, None, base)]
+    if on_step is not None:
+        on_step(curve[-1])
+    sens: dict[int, float] = {}
+    if not ok(base):
+        for i in candidates:
+            sens[i] = scorer.score(qmodel, mode, sorted(fixed | unit[i])).map50_95 - base.map50_95
+    order = sorted(sens, key=lambda i: (-sens[i], i))
+    kept: list[int] = []
+    current = base
+    for i in order:
+        if ok(current) or (max_layers is not None and len(kept) >= max_layers):
+            break
+        kept.extend(sorted(unit[i]))
+        current = scorer.score(qmodel, mode, sorted(fixed | set(kept)))
+        curve.append(_point(len(curve), i, current))
+        if on_step is not None:
+            on_step(curve[-1])
+    return MixedResult(tuple(sorted(fixed | set(kept))), curve, sens, target, ok(current), mode,
+                       len(scorer.inputs), base)

@@ -1,0 +1,86 @@
+"""`auto` (per-tensor method chosen by the error at the heads) and the accuracy-aware mixed-precision
+search, on real yolov3-tiny and the shared photos; the CLI options that expose them."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from engine.calib import make
+from engine.calib.auto import CANDIDATES, head_error
+from engine.calib.collect import quantizable_ids
+from engine.errors import EngineError
+from engine.quant.executor import head_feeders
+from engine.quant.mixed import search
+from engine.quant.qmodel import QuantizedModel, quantize_model
+from engine.quant.scoring import Scorer
+from helpers import IMAGES, ROOT, TINY_CFG, TINY_WEIGHTS
+
+DOG, HORSES = IMAGES / "dog.jpg", IMAGES / "horses.jpg"
+
+
+def test_auto_picks_per_tensor_and_never_does_worse_than_its_start(tiny, tiny_stats):
+    qm = quantize_model(tiny, tiny_stats, "auto", per_channel=True, images=[DOG], candidates="minmax,kl,mse",
+                        probe_images=1)
+    choice = qm.meta["auto"]
+    assert set(choice) == set(quantizable_ids(tiny)) and set(choice.values()) <= {"minmax", "kl", "mse"}
+    x = tiny.preprocess(DOG).x
+    feeders = sorted(head_feeders(tiny))
+    outs = tiny.forward(x)
+    ref = [{i: outs[i] for i in feeders}]
+    start = quantize_model(tiny, tiny_stats, "minmax", per_channel=True)
+    assert head_error(tiny, qm, [x], ref, feeders) <= head_error(tiny, start, [x], ref, feeders)
+    for nid, m in choice.items():                      # each tensor carries its chosen method's threshold
+        assert qm.thresholds[nid] == quantize_model(tiny, tiny_stats, m, per_channel=True).thresholds[nid]
+    with pytest.raises(EngineError, match="images="):
+        quantize_model(tiny, tiny_stats, "auto")
+    with pytest.raises(EngineError, match="auto candidates"):
+        quantize_model(tiny, tiny_stats, "auto", images=[DOG], candidates="minmax,nope")
+    assert tuple(make("auto").candidates) == CANDIDATES
+
+
+@pytest.fixture(scope="module")
+def bad_q(tiny, tiny_stats):
+    """|x| KL per tensor without the calibration rules: loses detections, so there is something to fix."""
+    return quantize_model(tiny, tiny_stats, "kl", rules=())
+
+
+def test_mixed_search_meets_its_target_with_few_float_layers(tiny, bad_q, tmp_path):
+    scorer = Scorer(tiny, [DOG, HORSES])
+    base = scorer.score(bad_q, "int")
+    assert base.map50_95 < 0.4
+    res = search(tiny, bad_q, scorer, target=0.6, max_lost=5)
+    assert res.met and 0 < len(res.curve) - 1 < 13
+    assert res.curve[0].added is None and res.curve[0].map50_95 == base.map50_95
+    assert [p.layers_float for p in res.curve] == list(range(len(res.curve)))
+    final = scorer.score(bad_q, "int", res.float_layers)            # the curve's last point, re-measured
+    assert (final.map50_95, final.missed) == (res.curve[-1].map50_95, res.curve[-1].lost)
+    assert final.map50_95 >= 0.6 and final.missed <= 5
+    assert all(p.map50_95 < 0.6 or p.lost > 5 for p in res.curve[:-1])   # it stopped at the first success
+    first = res.curve[1].added
+    assert res.sensitivity[first] == max(res.sensitivity.values())
+    out = res.apply(bad_q)
+    out.save(tmp_path / "m.npz")
+    back = QuantizedModel.load(tmp_path / "m.npz")
+    assert back.float_layers == res.float_layers and back.meta["mixed_precision"]["met"] is True
+    with pytest.raises(EngineError, match="target"):
+        search(tiny, bad_q, scorer, target=1.5)
+
+
+def test_cli_quantize_auto_prints_its_choice_and_mixed_options(tmp_path):
+    out = tmp_path / "q.npz"
+    res = subprocess.run([sys.executable, "-m", "engine", "quantize", str(TINY_CFG), "--weights", str(TINY_WEIGHTS),
+                          "--calib", str(DOG), "--method", "auto", "--settings", '{"candidates": "minmax,kl"}',
+                          "--per-channel", "--quiet", "-o", str(out)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "auto chose: " in res.stderr and QuantizedModel.load(out).meta["auto"]["0"] in ("minmax", "kl")
+    res = subprocess.run([sys.executable, "-m", "engine", "quantize", str(TINY_CFG), "--weights", str(TINY_WEIGHTS),
+                          "--calib", str(DOG), "--target-map", "0.9", "-o", str(out)], capture_output=True,
+                         text=True, cwd=ROOT, timeout=600)
+    assert res.returncode == 2 and "--target-map and --val go together" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "engine", "quantize", "--help"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=600)
+    assert "default: minmax" in " ".join(res.stdout.split())
