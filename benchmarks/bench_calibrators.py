@@ -9,12 +9,13 @@ thresholds + refinements) over a plain FLOAT pass on the same photos.
     python benchmarks/bench_calibrators.py [--methods kl,log2,...] [--configs plain,rules,...]
 
 configs: `plain` (every tensor on its own |x| histogram, the former behaviour), `rules` (the default
-calibration rules, engine/calib/views.py), `mixed` (rules + the mixed-precision search for
+calibration rules, engine/calib/views.py), `bias` (rules + bias correction), `mixed` (rules + the mixed-precision search for
 --target on the first half of the variants, scored on all).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,10 +27,11 @@ from engine.model import load  # noqa: E402
 from engine.calib.collect import collect, image_list  # noqa: E402
 from engine.quant.mixed import search  # noqa: E402
 from engine.quant.qmodel import quantize_model  # noqa: E402
+from engine.quant.refine import bias_correction  # noqa: E402
 from engine.quant.scoring import Scorer  # noqa: E402
 from engine.quant.valset import variants  # noqa: E402
 
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("QW_SHARED", ROOT.parent / "shared"))
 
 
 def main(argv=None) -> int:
@@ -63,6 +65,8 @@ def main(argv=None) -> int:
             if method == "auto":
                 kw["images"] = photos
             qm = quantize_model(model, stats, method, per_channel=True, **kw)
+            if config == "bias":
+                qm = bias_correction(model, qm, photos)
             calib = time.perf_counter() - t
             note = ""
             if config == "mixed":

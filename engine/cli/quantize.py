@@ -24,6 +24,9 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-rules", action="store_true",
                    help="calibrate every tensor on its own |x| histogram (no one-sided / shared-scale / first-layer "
                         "rules; yolo2_light never uses them)")
+    s.add_argument("--refine", choices=("bias",), action="append", default=[],
+                   help="refinement after calibration: bias = per-channel bias correction (NNCF FastBiasCorrection "
+                        "style) on the calibration images")
     s.add_argument("--target-map", type=number("--target-map", 0.0, 1.0), metavar="MAP",
                    help="keep the fewest layers FLOAT (greedy by measured sensitivity) so INT detections on --val "
                         "reach this mAP@[.5:.95] against FLOAT with no lost detection; prints the trade-off curve")
@@ -56,6 +59,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.method == "auto":
         extra["images"] = args.calib
     qm = quantize_model(model, stats, args.method, per_channel=args.per_channel, **extra, **settings)
+    if "bias" in args.refine:
+        from engine.quant.refine import bias_correction
+        qm = bias_correction(model, qm, args.calib, args.resize)
     if "auto" in qm.meta:
         print(auto_choice_text(qm.meta["auto"]), file=sys.stderr)
     if args.target_map is not None:
