@@ -40,7 +40,8 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("compare", help="rank calibration methods by fitness to the FLOAT model")
     add_calib_args(s)
     s.add_argument("--images", required=True, metavar="DIR", help="evaluation images (folder or file)")
-    s.add_argument("--methods", default="log2,kl,minmax,percentile,mse")
+    s.add_argument("--methods", default="log2,kl,minmax,percentile,mse",
+                   help="comma-separated methods to rank (auto too: it chooses on the --calib images)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_compare)
 
@@ -123,7 +124,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise EngineError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(CALIBRATORS.names())}")
     stats = collect(model, args.calib, args.resize, progress=not args.quiet)
     table = compare(model, stats, args.images, methods, per_channel=args.per_channel, resize=args.resize,
-                    progress=not args.quiet)
+                    progress=not args.quiet, calib_images=args.calib)
     if args.json:
         print(json.dumps(table.to_dict(), indent=1, default=float))
     else:

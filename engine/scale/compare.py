@@ -143,18 +143,20 @@ def method_result(model, method: str, qm: QuantizedModel, rows: list[dict]) -> M
 def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("log2", "kl", "minmax", "percentile", "mse"),
             per_channel: bool = False, resize: str = "letterbox", progress: bool = True,
             on_method: Callable[[MethodResult, int, int], object] | None = None, *, backend=None,
-            batch_size: int | None = None) -> CompareTable:
+            batch_size: int | None = None, calib_images=None) -> CompareTable:
     """Quantize with each method from the same statistics, evaluate on `images`, rank.
 
     `model`: a Model, or (with a Dask backend) anything engine.scale.sources.as_source takes.
     `backend`: where the per-image work runs (default InProcess(): here, in order).
     `on_method(result, done, total)` is called as each method's result is ready (widgets' progress).
+    `calib_images`: what methods that run the model (`auto`) choose on (default: the evaluation images).
     """
     backend = backend or InProcess()
     source = backend.portable(model)
     model = load_source(model)
     items = shippable_items(images)
-    qms = {m: quantize_model(model, stats, m, per_channel=per_channel) for m in methods}
+    qms = {m: quantize_model(model, stats, m, per_channel=per_channel,
+                             **({"images": calib_images or items} if m == "auto" else {})) for m in methods}
     qrefs = tuple((m, qmodel_ref(qm, backend)) for m, qm in qms.items())
     rows = [r for part in backend.map_batches(compare_batch, items, batch_size, progress, "comparing",
                                               args=(source, qrefs, resize)) for r in part]
