@@ -60,8 +60,9 @@ def test_compare_ranks_methods_by_int_then_hybrid_agreement(table):
     assert keys == sorted(keys, key=lambda k: tuple(-v for v in k)), keys
     d = table.to_dict()
     assert d["ranking"] == ranked and d["best"] == BEST and len(d["methods"]) == len(METHODS)
-    # the worst methods really are worse: clipping-heavy KL loses detections in INT
-    assert table.best.agreement["int"].map50 > table.results[-1].agreement["int"].map50
+    # the worst methods really are worse: with the calibration rules every method finds every box at
+    # IoU 0.5 here, so the ranking is decided by box precision (mAP@[.5:.95])
+    assert table.best.agreement["int"].map50_95 > table.results[-1].agreement["int"].map50_95
 
 
 def test_every_method_reported_with_iou_90_counts(tiny, table, calib_stats, float_dets):
