@@ -1,6 +1,6 @@
 """`python -m engine export MODEL [--weights W] --format onnx|weights -o OUT`.
 
-engine/cli.py wires it in with `add_export_parser(sub)`; `cmd_export(args)` returns the exit code
+engine/cli/main.py wires it in with `add_export_parser(sub)`; `cmd_export(args)` returns the exit code
 and lets EngineError/ValueError propagate to the CLI's common handler (exit code 2).
 """
 from __future__ import annotations
