@@ -75,8 +75,9 @@ def _candidate_pairs(boxes: np.ndarray, t: float) -> np.ndarray:
     level = np.floor(np.log2(area[regular])).astype(np.int64)
     # areas two levels apart or more differ by > 2**(D-1); that exceeds 1/t from D = floor(log2(1/t)) + 2
     reach = int(np.floor(np.log2(1 / t))) + 1 if t < 1 else 1
-    # the strict bound, widened against rounding (at t = 1 only rounding lets IoU exceed t: duplicates)
-    gap = (0.5 - t / (1 + t)) * (1 + 1e-9) + 1e-9
+    # the strict bound, widened against rounding; at least 1e-3 (near t = 1 only rounding lets IoU
+    # exceed t, for near-duplicates; a wider window only adds candidates, the exact IoU decides)
+    gap = max(0.5 - t / (1 + t), 1e-3) * (1 + 1e-9)
     order = np.argsort(level, kind="stable")
     groups = {}
     for part in np.split(order, np.flatnonzero(np.diff(level[order])) + 1):
@@ -113,6 +114,9 @@ def _join(xa: np.ndarray, ya: np.ndarray, xb: np.ndarray, yb: np.ndarray, rx: np
     order = np.argsort(key, kind="stable")
     key = key[order]
     row, xs = np.floor(ya), xa - x0
+    # keys and bases carry rounding of a few ulps of their magnitude: widen the window by that
+    slack = 8 * np.finfo(np.float64).eps * (float(np.abs(key).max()) + (float(row.max()) + 2) * width)
+    rx = rx + slack
     found_i, found_j = [], []
     for dy in (-1.0, 0.0, 1.0):
         base = (row + dy) * width + xs
