@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from engine.cli.options import add_calib_args, load_model
+from engine.cli.options import add_calib_args, load_model, output_path
 from engine.errors import EngineError
 
 
@@ -33,15 +33,43 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from engine.calib.collect import collect
     from engine.quant.fitness import model_size
     from engine.quant.qmodel import quantize_model
+    output_path(args.output)                        # before the slow calibration, not after it
+    settings = method_settings(args.method, args.settings)
     model = load_model(args)
     stats = collect(model, args.calib, args.resize, progress=not args.quiet)
-    settings = json.loads(args.settings) if args.settings else {}
     qm = quantize_model(model, stats, args.method, per_channel=args.per_channel, **settings)
     qm.save(args.output)
     size = model_size(model, qm)
     print(f"wrote {args.output}: {qm.describe()}, calibrated on {stats.images} images; int8 {size.int8_bytes:,} "
           f"bytes vs float {size.float_bytes:,} ({size.compression:.1f}% smaller)", file=sys.stderr)
     return 0
+
+
+def method_settings(method: str, text: str | None) -> dict:
+    """--settings as the keyword arguments the calibrator `method` declares, each a finite number,
+    bool or string; an unknown key (a typo) is refused instead of being stored in the model file."""
+    import inspect
+    import math
+    from engine.calib import CALIBRATORS
+    cls = CALIBRATORS.get(method)            # EngineError listing the known methods
+    if not text:
+        return {}
+    try:
+        settings = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise EngineError(f"--settings {text!r}: not JSON ({err}); e.g. '{{\"percentile\": 99.9}}'") from None
+    if not isinstance(settings, dict):
+        raise EngineError(f"--settings {text!r}: expected a JSON object of method settings")
+    known = [n for n, p in inspect.signature(cls.__init__).parameters.items()
+             if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise EngineError(f"--settings: {', '.join(map(repr, unknown))} is not a setting of method {method!r} "
+                          f"(its settings: {', '.join(known) or 'none'})")
+    for k, v in settings.items():
+        if not (isinstance(v, (bool, str)) or (isinstance(v, (int, float)) and math.isfinite(v))):
+            raise EngineError(f"--settings: {k}={v!r}: expected a finite number, true/false or a string")
+    return settings
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

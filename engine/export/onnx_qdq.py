@@ -180,9 +180,8 @@ def export_qdq(model, qmodel, path: str | Path, *, mode: str = "int", heads: str
     proto = build_qdq(model, qmodel, mode=mode, heads=heads, opset=opset, all_outputs=all_outputs)
     if check:
         onnx.checker.check_model(proto)
-    p = Path(path)
-    onnx.save_model(proto, str(p))
-    return p
+    from engine.atomic import atomic_write
+    return atomic_write(Path(path), proto.SerializeToString())
 
 
 def check_qdq(model, qmodel, path: str | Path, images: Sequence, mode: str = "int",

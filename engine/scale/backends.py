@@ -229,10 +229,9 @@ def temporary_tls(folder: str | Path) -> tuple[Any, list[str]]:
     sec = Security.temporary()
     folder = Path(folder)
     cert, key = folder / "dask-tls.pem", folder / "dask-tls.key"
+    from engine.atomic import atomic_write
     for path, text in ((cert, sec.tls_ca_file), (key, sec.tls_client_key)):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        atomic_write(path, text, mode=0o600)   # created 0600: the key is never readable by others
     client_sec = Security(tls_ca_file=str(cert), tls_client_cert=str(cert), tls_client_key=str(key),
                           require_encryption=True)
     return client_sec, ["--tls-ca-file", str(cert), "--tls-cert", str(cert), "--tls-key", str(key)]

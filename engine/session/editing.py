@@ -204,6 +204,8 @@ class Editor:
                                 f"zero filter {filt}", mode)
 
     def prune(self, index: int, fraction: float, target: str | None, mode: str) -> Edit:
+        fraction = check_number(fraction, f"layer {index}: prune fraction")
+
         def make(w):
             out = w.copy()
             out[prune_mask(w, fraction)] = 0
@@ -213,6 +215,9 @@ class Editor:
 
     @staticmethod
     def _check_filter(index: int, w: np.ndarray, filt: int) -> None:
+        from engine.session.arguments import is_integer
+        if not is_integer(filt):
+            raise EditError(f"layer {index}: filter {filt!r} must be an integer index (0..{w.shape[0] - 1})")
         if not 0 <= int(filt) < w.shape[0]:
             raise EditError(f"layer {index}: filter {filt} does not exist (0..{w.shape[0] - 1})")
 
@@ -221,6 +226,9 @@ class Editor:
         if self.qmodel is None or nid not in self.qmodel.scales:
             raise EditError(f"tensor {nid!r} has no activation scale (quantized model needed)")
         scale = check_number(scale, f"tensor {nid}: scale", positive=True)
+        from engine.quant.qfile import SCALE_MAX, SCALE_MIN
+        if not SCALE_MIN <= scale <= SCALE_MAX:   # 1e-300 would underflow to 0: silently no detections
+            raise EditError(f"tensor {nid}: scale {scale:g} is not plausible; expected [{SCALE_MIN:g}, {SCALE_MAX:g}]")
         readers = [l.index for l in self.model.layers if l.index in self.qmodel.layers and input_id(l) == nid]
         old = self._snapshot((), readers, [nid])
         lqs = {}

@@ -16,11 +16,12 @@ import numpy as np
 
 from engine.darknet.detect import Detection, detect_outputs
 from engine.darknet.image import ImageLike, Preprocessed
-from engine.errors import EditsWouldBeLost, EngineError
+from engine.errors import ArgumentError, EditsWouldBeLost, EngineError
 from engine.quant.executor import Executor, FloatView, Value
 from engine.quant.fitness import ErrorStats, error_stats
 from engine.quant.modes import Mode
 from engine.quant.qmodel import QuantizedModel
+from engine.session import arguments
 from engine.session.editing import Editor
 from engine.session.calibration import CalibrationCache
 from engine.session.inputs import session_input
@@ -44,12 +45,12 @@ class Session(LayerStepper):
         from engine.model import Model, load
         if not isinstance(model, Model):
             model = load(model)
-        if quantized is not None and not isinstance(quantized, QuantizedModel):
-            quantized = QuantizedModel.load(quantized)
+        quantized = arguments.quantized(quantized)
+        thresh, nms = arguments.unit_interval(thresh, "thresh"), arguments.unit_interval(nms, "nms")
         # the session edits private copies: edits never reach the caller's model
         self.editor = Editor(model.shallow_copy(), quantized.copy() if quantized is not None else None, model)
-        self.mode = Mode(mode).value
-        super().__init__(Executor(self.model, self.qmodel, self.mode, float_layers))
+        self.mode = arguments.mode(mode)
+        super().__init__(self._executor(self.mode, float_layers))
         self.resize, self.thresh, self.nms = resize, thresh, nms
         self._float_ref: list[np.ndarray] | None = None
         self._calibration = CalibrationCache()
@@ -85,11 +86,18 @@ class Session(LayerStepper):
 
     def set_mode(self, mode: str | Mode, float_layers=None) -> None:
         """Change FLOAT/HYBRID/INT (and the mixed-precision override); restarts execution."""
-        mode = Mode(mode).value
-        self.executor = Executor(self.model, self.qmodel, mode,
-                                 self.executor.float_layers if float_layers is None else float_layers)
+        mode = arguments.mode(mode)
+        self.executor = self._executor(mode, self.executor.float_layers if float_layers is None else float_layers)
         self.mode = mode
         self.reset()
+
+    def _executor(self, mode: str, float_layers) -> Executor:
+        try:
+            return Executor(self.model, self.qmodel, mode, float_layers)
+        except EngineError:
+            raise
+        except (ValueError, TypeError) as err:   # float_layers naming no layer, a wrong type
+            raise ArgumentError(f"float_layers={float_layers!r}: {err}") from None
 
     def set_quantized(self, quantized: QuantizedModel | str | Path | None, *, drop_edits: bool = False) -> int:
         """Switch to another quantized model (or None); restarts execution.
@@ -99,8 +107,7 @@ class Session(LayerStepper):
         EditsWouldBeLost unless `drop_edits` (save_quantized() first to keep them). Returns the
         number of dropped edits.
         """
-        if quantized is not None and not isinstance(quantized, QuantizedModel):
-            quantized = QuantizedModel.load(quantized)
+        quantized = arguments.quantized(quantized)
         if quantized is not None:
             quantized.check_matches(self.model)
         dropped = self.editor.check_quantized_edits_may_go(drop_edits)
@@ -242,23 +249,26 @@ class Session(LayerStepper):
     @classmethod
     def open_record(cls, path: str | Path) -> "Session":
         """A Session restored from a run record, at the saved position. Raises WeightsError for bad files."""
-        from engine.errors import WeightsError
+        from engine.errors import RecordError
         from engine.session.records import read_record
-        rec = read_record(path)
+        rec = read_record(path)   # every value checked; RecordError naming the file otherwise
         meta = rec.meta
-        session = cls(rec.model, rec.qmodel, meta["mode"], rec.pre, resize=meta["resize"],
-                      float_layers=meta["float_layers"], thresh=meta["thresh"], nms=meta["nms"])
+        try:
+            session = cls(rec.model, rec.qmodel, meta["mode"], rec.pre, resize=meta["resize"],
+                          float_layers=meta["float_layers"], thresh=meta["thresh"], nms=meta["nms"])
+            if rec.image_png is not None:
+                from engine.darknet.image import open_image
+                session.image = open_image(rec.image_png, name=f"{path}:image_png")
+        except (EngineError, ValueError) as err:   # e.g. an int mode without a quantized model
+            raise RecordError(f"{path}: the record does not describe a valid session: {err}") from None
         session.history = meta["edits"]
         session.image_name = meta.get("image_name")
-        if rec.image_png is not None:
-            from engine.darknet.image import open_image
-            session.image = open_image(rec.image_png)
         session.saved = meta
         if meta["position"] >= 0:
             try:
                 session.run_to(meta["position"])
             except EngineError as err:
-                raise WeightsError(f"{path}: the record does not replay: {err}") from err
+                raise RecordError(f"{path}: the record does not replay: {err}") from err
         return session
 
     # ------------------------------------------------------------------ CROSS

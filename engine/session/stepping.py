@@ -13,8 +13,9 @@ from typing import Any, Callable
 import numpy as np
 
 from engine.darknet.image import Preprocessed
-from engine.errors import EngineError
+from engine.errors import ArgumentError, EngineError
 from engine.quant.executor import INT8, Executor, LayerRecord, Value
+from engine.session import arguments
 from engine.session.results import StepResult
 from engine.session.stats import TensorSummary, histogram, summarize
 
@@ -79,10 +80,8 @@ class LayerStepper:
 
     # ------------------------------------------------------------------ execution
     def _check_index(self, index: int) -> int:
-        index = int(index)
-        if not 0 <= index < self.num_layers:
-            raise EngineError(f"layer {index} does not exist; this model has layers 0..{self.num_layers - 1}")
-        return index
+        """An integer layer index in range: run_to("3"), run_to(2.5), run_to(True) are refused."""
+        return arguments.layer_index(index, self.num_layers)
 
     def _inputs(self, index: int, values: list[Value] | None = None) -> list[Value]:
         return self.executor.inputs_of(index, Value(f=self.pre.x), self.values if values is None else values)
@@ -179,5 +178,5 @@ class LayerStepper:
                 raise EngineError(f"layer {index} [{self.executor.model.layers[index].kind}] has no weights")
             x = w
         else:
-            raise ValueError(f"which={which!r}: expected output, input or weights")
-        return histogram(x, bins=bins, log2=log2)
+            raise ArgumentError(f"which={which!r}: expected output, input or weights")
+        return histogram(x, bins=arguments.count(bins, "bins"), log2=log2)
