@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from engine.model import load  # noqa: E402
 from engine.calib.collect import collect, image_list  # noqa: E402
 from engine.quant.mixed import search  # noqa: E402
-from engine.quant.qmodel import quantize_model  # noqa: E402
+from engine.quant.autoquant import quantize  # noqa: E402
 from engine.quant.refine import bias_correction  # noqa: E402
 from engine.quant.scoring import Scorer  # noqa: E402
 from engine.quant.valset import variants  # noqa: E402
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
             kw = {"rules": ()} if config == "plain" else {}
             if method == "auto":
                 kw["images"] = photos
-            qm = quantize_model(model, stats, method, per_channel=True, **kw)
+            qm = quantize(model, stats, method, per_channel=True, **kw)
             if config == "bias":
                 qm = bias_correction(model, qm, photos)
             calib = time.perf_counter() - t

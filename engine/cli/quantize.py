@@ -49,7 +49,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from engine.calib.collect import collect
     from engine.quant.fitness import model_size
-    from engine.quant.qmodel import quantize_model
+    from engine.quant.autoquant import quantize
     output_path(args.output)                        # before the slow calibration, not after it
     settings = method_settings(args.method, args.settings)
     if (args.target_map is None) != (args.val is None):
@@ -59,7 +59,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     extra = {"rules": ()} if args.no_rules else {}
     if args.method == "auto":
         extra["images"] = args.calib
-    qm = quantize_model(model, stats, args.method, per_channel=args.per_channel, **extra, **settings)
+    qm = quantize(model, stats, args.method, per_channel=args.per_channel, **extra, **settings)
     if "bias" in args.refine:
         from engine.quant.refine import bias_correction
         qm = bias_correction(model, qm, args.calib, args.resize)

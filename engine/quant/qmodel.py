@@ -160,11 +160,11 @@ def input_id(layer) -> str:
 
 def quantize_model(model, stats: CalibrationStats, method: str = "kl", per_channel: bool = False,
                    float_layers: Iterable[int] = (), rules: Iterable[str] | None = None,
-                   images=None, **settings: Any) -> QuantizedModel:
+                   **settings: Any) -> QuantizedModel:
     """Activation scales from `stats` with `method`, int8 weights / int32 biases for every conv and
     connected layer. `rules`: the calibration rules of engine/calib/views.py (default: the method's;
-    () calibrates every tensor on its own |x| histogram). `images`: calibration images for methods
-    that run the model (`auto`). Raises EngineError if the statistics do not cover the model's tensors."""
+    () calibrates every tensor on its own |x| histogram); `auto` goes through engine.quant.autoquant.
+    Raises EngineError if the statistics do not cover the model's tensors."""
     try:
         calibrator = make(method, **settings)
     except (TypeError, ValueError) as err:
@@ -174,14 +174,11 @@ def quantize_model(model, stats: CalibrationStats, method: str = "kl", per_chann
         raise EngineError(f"calibration statistics lack tensors {', '.join(missing[:5])}: were they collected "
                           f"for this model ({model.graph.name})?")
     meta: dict[str, Any] = {} if rules is None else {"rules": list(rules)}
+    if getattr(calibrator, "needs_images", False):
+        raise EngineError(f"method {method!r} runs the model to choose: use engine.quant.autoquant.quantize(model, "
+                          f"stats, {method!r}, images=...)")
     try:
-        if getattr(calibrator, "needs_images", False):
-            if images is None:
-                raise EngineError(f"method {method!r} runs the model to choose: pass images=... (calibration images)")
-            from engine.calib.auto import choose
-            scales, thresholds, meta["auto"] = choose(model, stats, calibrator, images, per_channel, rules)
-        else:
-            scales, thresholds, _ = activation_scales(model, stats, calibrator, rules)
+        scales, thresholds, _ = activation_scales(model, stats, calibrator, rules)
     except ValueError as err:
         raise EngineError(f"quantize_model: {err}") from None
     layers: dict[int, LayerQuant] = {}

@@ -21,7 +21,8 @@ from engine.darknet.detect import detect_outputs
 from engine.quant.executor import Executor, FloatView
 from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
 from engine.quant.modes import QUANT_MODES, Mode
-from engine.quant.qmodel import QuantizedModel, quantize_model
+from engine.quant.autoquant import quantize
+from engine.quant.qmodel import QuantizedModel
 from engine.scale.backends import InProcess, label_of, qmodel_ref, shippable_items
 from engine.scale.sources import load_source, resolve_qmodel
 
@@ -155,8 +156,8 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
     source = backend.portable(model)
     model = load_source(model)
     items = shippable_items(images)
-    qms = {m: quantize_model(model, stats, m, per_channel=per_channel,
-                             **({"images": calib_images or items} if m == "auto" else {})) for m in methods}
+    qms = {m: quantize(model, stats, m, per_channel=per_channel,
+                       **({"images": calib_images or items} if m == "auto" else {})) for m in methods}
     qrefs = tuple((m, qmodel_ref(qm, backend)) for m, qm in qms.items())
     rows = [r for part in backend.map_batches(compare_batch, items, batch_size, progress, "comparing",
                                               args=(source, qrefs, resize)) for r in part]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from engine.calib import make
-from engine.calib.auto import CANDIDATES, head_error
+from engine.calib.auto import CANDIDATES
+from engine.quant.autoquant import head_error, quantize
 from engine.calib.collect import quantizable_ids
 from engine.errors import EngineError
 from engine.quant.executor import head_feeders
@@ -22,7 +23,7 @@ DOG, HORSES = IMAGES / "dog.jpg", IMAGES / "horses.jpg"
 
 
 def test_auto_picks_per_tensor_and_never_does_worse_than_its_start(tiny, tiny_stats):
-    qm = quantize_model(tiny, tiny_stats, "auto", per_channel=True, images=[DOG], candidates="minmax,kl,mse",
+    qm = quantize(tiny, tiny_stats, "auto", per_channel=True, images=[DOG], candidates="minmax,kl,mse",
                         probe_images=1)
     choice = qm.meta["auto"]
     assert set(choice) == set(quantizable_ids(tiny)) and set(choice.values()) <= {"minmax", "kl", "mse"}
@@ -34,10 +35,13 @@ def test_auto_picks_per_tensor_and_never_does_worse_than_its_start(tiny, tiny_st
     assert head_error(tiny, qm, [x], ref, feeders) <= head_error(tiny, start, [x], ref, feeders)
     for nid, m in choice.items():                      # each tensor carries its chosen method's threshold
         assert qm.thresholds[nid] == quantize_model(tiny, tiny_stats, m, per_channel=True).thresholds[nid]
+    assert qm.method == "auto" and qm.describe().startswith("auto(")
     with pytest.raises(EngineError, match="images="):
+        quantize(tiny, tiny_stats, "auto")
+    with pytest.raises(EngineError, match="autoquant"):
         quantize_model(tiny, tiny_stats, "auto")
     with pytest.raises(EngineError, match="auto candidates"):
-        quantize_model(tiny, tiny_stats, "auto", images=[DOG], candidates="minmax,nope")
+        quantize(tiny, tiny_stats, "auto", images=[DOG], candidates="minmax,nope")
     assert tuple(make("auto").candidates) == CANDIDATES
 
 
