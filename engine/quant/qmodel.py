@@ -158,7 +158,7 @@ def input_id(layer) -> str:
     return "input" if src < 0 else str(src)
 
 
-def quantize_model(model, stats: CalibrationStats, method: str = "kl", per_channel: bool = False,
+def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_channel: bool = False,
                    float_layers: Iterable[int] = (), rules: Iterable[str] | None = None,
                    **settings: Any) -> QuantizedModel:
     """Activation scales from `stats` with `method`, int8 weights / int32 biases for every conv and
