@@ -9,7 +9,7 @@ from engine.cli.options import add_calib_args, load_model, number, output_path
 from engine.errors import EngineError
 
 DEFAULT_METHOD = "minmax"
-METHOD_NAMES = ("minmax", "percentile", "mse", "kl", "log2", "yolo2_light", "auto")
+METHOD_NAMES = ("minmax", "percentile", "mse", "kl", "log2", "aciq", "yolo2_light", "auto")
 
 
 def add_quantize_parser(sub: argparse._SubParsersAction) -> None:

@@ -49,3 +49,19 @@ def test_log2_weight_scales_are_the_least_error_power_of_two(tiny):
         assert s == cands[int(np.argmin(errs))]
     q = quantize_weights(w, "log2", per_channel=True)
     assert np.all(np.log2(q.scale) == np.round(np.log2(q.scale)))
+
+
+def test_aciq_clips_a_laplace_sample_at_9_89_b(tiny, tiny_stats):
+    from engine.calib.histogram import AbsHistogram
+    rng = np.random.default_rng(0)
+    x = rng.laplace(0.0, 0.5, 400_000).astype(np.float32)
+    h = AbsHistogram()
+    h.observe(x)
+    t = make("aciq").threshold(h)
+    assert t == pytest.approx(9.89 * np.abs(x.astype(np.float64)).mean(), rel=2e-3)
+    assert t < h.amax
+    qm = quantize_model(tiny, tiny_stats, "aciq", per_channel=True)
+    assert qm.thresholds["2"] == pytest.approx(min(tiny_stats.hists["3+"].amax, 9.89 * float(
+        (tiny_stats.hists["3+"].counts * tiny_stats.hists["3+"].centers).sum() / tiny_stats.hists["3+"].counts.sum())))
+    with pytest.raises(ValueError, match="aciq bits"):
+        make("aciq", bits=9)
