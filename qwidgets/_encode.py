@@ -159,33 +159,6 @@ def heatmap_png(diff: np.ndarray, vmax: float | None = None, max_channels: int =
     return to_png(_tile(rgb, cols))
 
 
-def histogram_counts(x: np.ndarray, bins: int | Sequence[float] = 128, log2: bool = False,
-                     range: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Histogram of `x` as (counts int64, edges float64); only these cross the comm.
-
-    log2=False: `np.histogram(x, bins, range)` (equal-width bins over [min, max] by default).
-    log2=True: octaves of |x| for x != 0: bin k counts 2**e_k <= |x| < 2**(e_k + 1), edges are
-    consecutive powers of two spanning the data (`bins`, when an int, keeps the top `bins`
-    octaves; smaller magnitudes are dropped). Zeros are not counted in log2 mode.
-    """
-    x = np.asarray(x).reshape(-1)
-    if not log2:
-        counts, edges = np.histogram(x, bins=bins, range=range)
-        return counts.astype(np.int64), edges.astype(np.float64)
-    a = np.abs(x[x != 0]).astype(np.float64)
-    a = a[np.isfinite(a)]
-    if a.size == 0:
-        return np.zeros(1, np.int64), np.array([0.5, 1.0])
-    _, e = np.frexp(a)          # a = m * 2**e with 0.5 <= m < 1, so floor(log2 a) = e - 1 exactly
-    e = e.astype(np.int64) - 1
-    lo, hi = int(e.min()), int(e.max())
-    if isinstance(bins, (int, np.integer)) and hi - lo + 1 > bins:
-        lo = hi - int(bins) + 1
-        e = e[e >= lo]
-    counts = np.bincount(e - lo, minlength=hi - lo + 1).astype(np.int64)
-    return counts, np.ldexp(1.0, np.arange(lo, hi + 2)).astype(np.float64)
-
-
 def _hist_x_range(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: Mapping[str, float],
                   log_x: bool) -> tuple[float, float]:
     vals = [float(v) for _, edges in series.values() for v in (edges[0], edges[-1])]
@@ -203,7 +176,7 @@ def histogram_png(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: 
                   title: str = "") -> bytes:
     """PNG of overlaid histograms with vertical threshold markers (Pillow only).
 
-    series: label -> (counts, edges) as from `histogram_counts` (FLOAT, INT, ...), drawn as
+    series: label -> (counts, edges) as from `engine.session.stats.histogram_counts` (FLOAT, INT, ...), drawn as
     translucent step areas in their own colour on one shared x axis. markers: label -> x value
     (e.g. a calibration threshold per method), drawn as vertical lines and named in the legend.
     log_y: y = log10(1 + count); log_x: x axis in log2 (for log2-bin histograms; x > 0 only).

@@ -22,7 +22,8 @@ import numpy as np
 
 from engine.graph import INPUT
 from qwidgets._encode import feature_montage, heatmap_png, weights_png
-from qwidgets._panel_data import error_stats, hist_image, join_inputs, layer_info, layer_panel_data, tensor_stats
+from engine.session.stats import error_row, tensor_row
+from qwidgets._panel_data import hist_image, join_inputs, layer_info, layer_panel_data
 
 Panel = tuple[dict[str, Any], dict[str, bytes], list[dict[str, Any]]]
 
@@ -107,29 +108,34 @@ class SessionPanelData:
         if use_int and producers != [INPUT] and all(p == INPUT or int(p) <= s.position for p in producers):
             x_run = join_inputs(s.inputs(i))
             series[run_label(s)] = x_run
-            rows.append(tensor_stats(f"input {run_label(s)}", x_run))
+            rows.append(tensor_row(f"input {run_label(s)}", x_run))
         marks = self.thresholds(producers[0]) if len(producers) == 1 else None
         images["input"] = feature_montage(x, labels=True)
         images["hist_input"] = hist_image(series, f"layer {i} input", marks, log2, log_y)
-        rows.insert(0, tensor_stats("input", x))
+        rows.insert(0, tensor_row("input", x))
 
     def _output(self, i: int, ref, cross, with_run: bool, images, rows, log2, log_y) -> None:
-        y, y_int = ref[i], None
+        y, y_int, stats = ref[i], None, None
+        ref_label, run = "output FLOAT reference", run_label(self._s)
         if cross is not None and cross.index == i:
+            # after CROSS the pair is this run's input through both precisions, not the FLOAT network
             y, y_int = cross.float_and_int
+            ref_label, run = "output CROSS FLOAT (same inputs)", "CROSS INT8"
         elif with_run:
             y_int = self._s.output(i)
+            # the very ErrorStats the graph overlay colours by: one SQNR per layer in every view
+            stats = self._s.fitness(i, local=False)["propagated"]
         images["output"] = feature_montage(y, labels=True)
-        rows.append(tensor_stats("output", y))
+        rows.append(tensor_row(ref_label, y))
         series = {"FLOAT": y}
         if y_int is not None:
             y_int = np.asarray(y_int, np.float32)
-            series[run_label(self._s)] = y_int
+            series[run] = y_int
             images["float"] = feature_montage(y, max_channels=16, cols=4, normalize="global")
             images["int"] = feature_montage(y_int, max_channels=16, cols=4, normalize="global")
             images["heatmap"] = heatmap_png(y_int - y, max_channels=16, cols=4)
-            rows.append(tensor_stats(f"output {run_label(self._s)}", y_int))
-            rows.append(error_stats(y, y_int))
+            rows.append(tensor_row(f"output {run}", y_int))
+            rows.append(error_row(f"{run} - FLOAT", y, y_int, stats))
         images["hist_output"] = hist_image(series, f"layer {i} output", self.thresholds(str(i)), log2, log_y)
 
     def _weights_part(self, i: int, info: dict, use_int: bool, log2: bool, log_y: bool) -> tuple[dict, list]:
@@ -145,7 +151,7 @@ class SessionPanelData:
         w = s.weights(i).get("weights")
         if w is None or w.ndim not in (2, 4):
             return {}, []
-        images, rows = {"weights": weights_png(w)}, [tensor_stats("weights", w)]
+        images, rows = {"weights": weights_png(w)}, [tensor_row("weights (cfg file, before BN fold)", w)]
         if not with_int:
             images["hist_weights"] = hist_image({"weights": w}, f"layer {i} weights", None, log2, log_y)
             return images, rows
@@ -154,6 +160,7 @@ class SessionPanelData:
         w_fused = fused_weights(s, i, w_int.shape)
         images["hist_weights"] = hist_image({"FLOAT (BN folded)": w_fused, "INT8 w_q*scale": w_int},
                                             f"layer {i} weights", None, log2, log_y)
-        rows.append(tensor_stats("weights INT8 (w_q*scale)", w_int))
-        rows.append({**error_stats(w_fused, w_int), "tensor": "weights INT8 - folded FLOAT"})
+        rows.append(tensor_row("weights FLOAT (BN folded)", w_fused))
+        rows.append(tensor_row("weights INT8 (w_q*scale, BN folded)", w_int))
+        rows.append(error_row("weights INT8 - folded FLOAT", w_fused, w_int))
         return images, rows

@@ -81,9 +81,13 @@ class ExplorerControls(widgets.VBox):
         self._image_pick = widgets.Dropdown(options=[*images.items(), (PATH, PATH), (UPLOAD, UPLOAD)],
                                             value=images.get("dog"), description="Image",
                                             layout=widgets.Layout(width="220px"))
-        self._image_path = widgets.Text(placeholder="/path/to/image.jpg", layout=widgets.Layout(width="220px"))
+        # Enter (or leaving the box) opens a typed path: continuous updates would open every prefix
+        self._image_path = widgets.Text(placeholder="/path/to/image.jpg + Enter", continuous_update=False,
+                                        layout=widgets.Layout(width="220px"))
         self._upload = widgets.FileUpload(accept="image/*", multiple=False, description="Upload")
-        self.load_image_button = b(description="Use image", icon="image", layout=widgets.Layout(width="120px"))
+        self.load_image_button = b(description="Use image", icon="image", layout=widgets.Layout(width="120px"),
+                                   tooltip="open the picked image again (picking one already opens it)")
+        self._offering = False
         self.current_label = widgets.Label()
         self.current_label.add_class("qw-current")
         self._status = widgets.Label()
@@ -102,6 +106,10 @@ class ExplorerControls(widgets.VBox):
         self._qm_pick.observe(self._on_qm_target_change, names="value")
         self._qm_path.observe(self._on_qm_target_change, names="value")
         self._model_path.observe(self._on_model_path_change, names="value")
+        # picking an image opens it; typing a path (Enter) or uploading a file opens that (issue 18 item 2)
+        self._image_pick.observe(self._on_image_pick, names="value")
+        self._image_path.observe(self._on_image_path, names="value")
+        self._upload.observe(self._on_upload, names="value")
         traitlets.dlink((self, "status"), (self._status, "value"))
         traitlets.dlink((self, "error_details"), (self._details, "text"))
         for button, handler in [(self.step_button, self._on_step_click), (self.run_button, self._on_run_click),
@@ -305,9 +313,35 @@ class ExplorerControls(widgets.VBox):
         new = [(f"{label}/{Path(p).name}", str(p)) for p in paths]
         keep = [o for o in self._image_pick.options if o[1] not in {v for _, v in new} and o[1] not in (PATH, UPLOAD)]
         self._image_pick.options = [*keep, *new, (PATH, PATH), (UPLOAD, UPLOAD)]
-        self._image_pick.value = new[0][1]
+        self._offering = True
+        try:
+            self._image_pick.value = new[0][1]
+        finally:
+            self._offering = False
         self.status = (f"image set {label!r}: {len(new)} images added to the Image picker; "
-                       "pick one and click 'Use image'")
+                       "pick one there to open it")
+
+    def _on_image_pick(self, change) -> None:
+        if not self._offering and change.new not in (PATH, UPLOAD):
+            self._on_load_image_click(None)
+
+    def _on_image_path(self, change) -> None:
+        if change.new.strip():
+            self._offering = True           # the path box decides: the picker only shows where it came from
+            try:
+                self._image_pick.value = PATH
+            finally:
+                self._offering = False
+            self._on_load_image_click(None)
+
+    def _on_upload(self, change) -> None:
+        if change.new:
+            self._offering = True
+            try:
+                self._image_pick.value = UPLOAD
+            finally:
+                self._offering = False
+            self._on_load_image_click(None)
 
     @shows_errors
     def _on_load_image_click(self, _button) -> None:

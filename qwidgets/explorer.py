@@ -40,7 +40,8 @@ from qwidgets.layer_panel import LayerPanel
 from qwidgets.quant_view import QuantizationView
 from qwidgets.weight_editor import WeightEditor
 
-FITNESS_OVERLAYS = {"sqnr": "sqnr_db", "saturation": "saturation", "range_use": "range_use"}
+# overlay -> (ErrorStats field, factor to the unit the legend names)
+FITNESS_OVERLAYS = {"sqnr": ("sqnr_db", 1.0), "saturation": ("saturation", 100.0), "range_use": ("range_use", 100.0)}
 TABS = ("Layer", "Weights", "Detections", "Quantization")
 
 
@@ -56,7 +57,7 @@ class Explorer(widgets.VBox):
     follow = traitlets.Bool(False, help="clicking a node also runs the session to that layer")
 
     def __init__(self, session, workspace=None, calibration_images: Sequence | None = None,
-                 graph_height: str = "620px", **kwargs) -> None:
+                 graph_height: str | None = None, graph_width: int = 560, **kwargs) -> None:
         self.session = session
         self._model = session.model           # the model the views are built for (see on_model_change)
         self.ids = [INPUT] + [n.id for n in session.model.graph.nodes]
@@ -64,7 +65,8 @@ class Explorer(widgets.VBox):
         self._dets_key: tuple | None = None
         self._panel_data = SessionPanelData(session)
         self.controls = ExplorerControls(session, workspace=workspace)
-        self.graph = GraphView(session.model.graph, height=graph_height, layout=widgets.Layout(width="340px"))
+        self.graph = GraphView(session.model.graph, height=graph_height, width_px=graph_width,
+                               layout=widgets.Layout(width=f"{graph_width}px"))
         self.panel = LayerPanel()
         self.weight_editor = WeightEditor(session, workspace=workspace)
         self.detections = DetectionsView()
@@ -72,7 +74,8 @@ class Explorer(widgets.VBox):
         self._follow = widgets.Checkbox(description="run to clicked layer", indent=False)
         self.tabs = widgets.Tab(children=[self.panel, self.weight_editor, self.detections, self.quant_view],
                                 titles=TABS, layout=widgets.Layout(flex="1 1 auto", min_width="480px"))
-        left = widgets.VBox([self._follow, self.graph], layout=widgets.Layout(flex="0 0 350px", width="350px"))
+        left = widgets.VBox([self._follow, self.graph], layout=widgets.Layout(flex=f"0 0 {graph_width + 10}px",
+                                                                               width=f"{graph_width + 10}px"))
         super().__init__(children=[self.controls, widgets.HBox([left, self.tabs])], **kwargs)
         self.add_class("qw-explorer")
         traitlets.link((self, "follow"), (self._follow, "value"))
@@ -146,8 +149,9 @@ class Explorer(widgets.VBox):
         self._fitness = {k: v for k, v in self._fitness.items() if k <= s.position}
         with self.controls.hold_sync():
             if events & {"reset", "edit", "step"}:
-                self.controls.cross_result = None        # a CROSS pair describes the state before the event
-            if "reset" in events:
+                # a CROSS pair and a Continue run describe the state before the event: the Detections tab
+                # must show the session's own detections after a Run, not the earlier CROSS continuation
+                self.controls.cross_result = None
                 self.controls.continue_result = None
         self.update_views(follow=bool(events & {"step", "reset"}))
         if from_code:
@@ -228,9 +232,12 @@ class Explorer(widgets.VBox):
         self.update_detections()
         self.controls.sync()
         node = self._node_of(self.session.position)
+        # the selection follows the session only while it was on the session's layer (or empty): a layer the
+        # user picked stays picked through Step, so "Run to selected" still means that layer
+        tracking = self.graph.selected_node in ("", self.graph.current_node) or self.graph.current_node == ""
         with self.graph.hold_sync():
             self.graph.current_node = node
-            if follow and self.graph.selected_node != node:
+            if follow and tracking and self.graph.selected_node != node:
                 self.graph.selected_node = node        # -> weight editor layer + panel
             else:
                 self.weight_editor.refresh()
@@ -263,8 +270,8 @@ class Explorer(widgets.VBox):
         for i in range(s.position + 1):
             if i not in self._fitness:
                 self._fitness[i] = s.fitness(i, local=False)["propagated"]
-        attr = FITNESS_OVERLAYS[overlay]
-        self.graph.overlay_values = {str(i): float(getattr(f, attr)) for i, f in self._fitness.items()
+        attr, factor = FITNESS_OVERLAYS[overlay]
+        self.graph.overlay_values = {str(i): float(getattr(f, attr)) * factor for i, f in self._fitness.items()
                                      if f is not None}
 
     @shows_errors
