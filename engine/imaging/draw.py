@@ -1,9 +1,9 @@
 """Draw detections on an image with Pillow (for notebooks and the Explorer)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from engine.darknet.image import ImageLike, open_image
 
@@ -11,16 +11,37 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190)]
 
 
-def draw_detections(image: ImageLike, detections: Sequence, width: int = 3) -> Image.Image:
-    """A copy of `image` with each detection's box and 'name score' label (colour by class)."""
+def class_colors(*detection_lists: Sequence) -> dict[int, tuple[int, int, int]]:
+    """A distinct colour per class present in the lists (first seen, first colour), not class_id % 10:
+    two classes in one picture never share a colour while there are at most len(PALETTE) of them."""
+    out: dict[int, tuple[int, int, int]] = {}
+    for dets in detection_lists:
+        for d in dets:
+            if d.class_id not in out:
+                out[d.class_id] = PALETTE[len(out) % len(PALETTE)]
+    return out
+
+
+def draw_detections(image: ImageLike, detections: Sequence, width: int = 3, *, scale: float = 1.0,
+                    font_size: int | None = None, colors: Mapping[int, tuple] | None = None,
+                    labels: Sequence[str] | None = None) -> Image.Image:
+    """A copy of `image` with each detection's box and 'name score' label (colour by class).
+
+    scale: boxes are multiplied by it (draw on a resized image at a readable size); font_size: label
+    text height in pixels (default: Pillow's small bitmap font); colors: class_id -> RGB (default by
+    class_id); labels: one text per detection instead of 'name score'."""
     im = open_image(image).copy()
     draw = ImageDraw.Draw(im)
-    for d in detections:
-        color = PALETTE[d.class_id % len(PALETTE)]
-        box = [max(0, d.x1), max(0, d.y1), min(im.width - 1, d.x2), min(im.height - 1, d.y2)]
+    font = ImageFont.load_default(size=font_size) if font_size else None
+    th = (font_size or 10) + 2
+    for k, d in enumerate(detections):
+        color = (colors or {}).get(d.class_id, PALETTE[d.class_id % len(PALETTE)])
+        box = [max(0, d.x1 * scale), max(0, d.y1 * scale), min(im.width - 1, d.x2 * scale),
+               min(im.height - 1, d.y2 * scale)]
         draw.rectangle(box, outline=color, width=width)
-        label = f"{d.name} {d.score:.2f}"
-        tw = draw.textlength(label)
-        draw.rectangle([box[0], max(0, box[1] - 12), box[0] + tw + 4, max(12, box[1])], fill=color)
-        draw.text((box[0] + 2, max(0, box[1] - 12)), label, fill=(0, 0, 0))
+        label = labels[k] if labels is not None else f"{d.name} {d.score:.2f}"
+        tw = draw.textlength(label, font=font)
+        top = max(0, box[1] - th)
+        draw.rectangle([box[0], top, box[0] + tw + 4, top + th], fill=color)
+        draw.text((box[0] + 2, top), label, fill=(0, 0, 0), font=font)
     return im

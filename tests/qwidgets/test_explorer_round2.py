@@ -58,3 +58,38 @@ def test_picking_or_typing_an_image_opens_it(tiny, tiny_q):
     c._image_pick.value = next(v for _, v in c._image_pick.options if v.endswith("horses.jpg"))
     assert s.image_name == "horses.jpg" and s.position == -1
     assert horses.endswith(s.image_name) and before >= 1
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    import io
+    from PIL import Image
+    return Image.open(io.BytesIO(data)).size
+
+
+def iou_np(a, b) -> float:
+    import numpy as np
+    a, b = np.array([a.x1, a.y1, a.x2, a.y2]), np.array([b.x1, b.y1, b.x2, b.y2])
+    wh = np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None)
+    inter = wh.prod()
+    return float(inter / ((a[2:] - a[:2]).prod() + (b[2:] - b[:2]).prod() - inter))
+
+
+def test_detections_tab_lists_matched_shifted_lost_and_extra(tiny, tiny_kl_pt):
+    """Item 9: horses, FLOAT 7 and INT fewer, and nothing said which were lost; pictures at two sizes."""
+    s = engine.Session(tiny, tiny_kl_pt, "int", image=IMAGES / "horses.jpg")
+    ex = Explorer(s)
+    ex.controls.run_button.click()
+    view = ex.detections
+    fd, rd = s.float_detections(), s.detections()
+    assert len(rd) < len(fd)
+    lost = {m.index for m in view.diff.matches if m.status == "lost"}
+    # independent check: a FLOAT box is lost iff no INT box of its class overlaps it with IoU >= 0.5
+    # (greedy pairing could only add losses; on this image no two FLOAT boxes compete for one INT box)
+    assert lost == {i for i, d in enumerate(fd)
+                    if max([iou_np(d, o) for o in rd if o.class_id == d.class_id], default=0) < 0.5}
+    assert view.counts["lost"] == len(lost) >= 1
+    assert sum(view.counts[k] for k in ("matched", "shifted", "lost")) == len(fd)
+    for status in ("lost", "matched" if view.counts["matched"] else "shifted"):
+        assert f">{status}</td>" in view.table.value
+    assert png_size(view.images[0].value) == png_size(view.images[1].value)
+    assert max(png_size(view.images[0].value)) == 480

@@ -1,0 +1,80 @@
+"""Detection diff and 'why was it lost' (engine/quant/explain.py) on yolov3-tiny quantized with kl per tensor,
+which loses detections on the shared photos. Fixes are checked with the detect CLI, recoveries with an
+independent full INT run."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from engine.cli.main import main
+from engine.darknet.detect import detect_outputs
+from engine.quant.executor import Executor
+from engine.quant.explain import Explainer, loss, match_detections
+from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS
+
+
+def iou_np(a: dict, b: dict) -> float:
+    a = np.array([a["x1"], a["y1"], a["x2"], a["y2"]])
+    b = np.array([b["x1"], b["y1"], b["x2"], b["y2"]])
+    wh = np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None)
+    inter = wh.prod()
+    return float(inter / ((a[2:] - a[:2]).prod() + (b[2:] - b[:2]).prod() - inter))
+
+
+@pytest.fixture(scope="module")
+def horses(tiny, tiny_kl_pt):
+    pre = tiny.preprocess(IMAGES / "horses.jpg", "letterbox")
+    e = Explainer(tiny, tiny_kl_pt, "int", pre)
+    return e, e.explain_all()
+
+
+@pytest.fixture(scope="module")
+def kl_file(tiny_kl_pt, tmp_path_factory):
+    return str(tiny_kl_pt.save(tmp_path_factory.mktemp("q") / "tiny_kl_pt.npz"))
+
+
+def test_match_statuses_follow_iou_and_class():
+    from engine.darknet.detect import Detection
+
+    def det(c, x1, score=0.5):
+        return Detection(c, f"c{c}", score, score, 0, 0, 0, 0, x1, 0.0, x1 + 10.0, 10.0)
+    f = [det(0, 0), det(0, 100), det(1, 200), det(2, 300, 0.4)]
+    r = [det(0, 0.2), det(0, 103), det(2, 300), det(5, 500)]      # IoU 0.96, 0.54, -, same box other class
+    d = match_detections(f, r)
+    assert [m.status for m in d.matches] == ["matched", "shifted", "lost", "matched"]
+    assert d.matches[1].iou == pytest.approx(7 / 13) and d.matches[2].other is None
+    assert [o.class_id for o in d.extra] == [5] and d.counts() == {"matched": 2, "shifted": 1, "lost": 1, "extra": 1}
+
+
+def test_culprits_are_ranked_and_recovery_is_true_to_a_full_run(tiny, tiny_kl_pt, horses):
+    e, (explanations, _extra) = horses
+    explained = [x for x in explanations if x.match.status != "matched"]
+    assert any(x.match.status == "lost" for x in explained)
+    for x in explained:
+        recs = [r for _, r in x.culprits]
+        assert recs == sorted(recs, reverse=True) and len(recs) == len(e.candidates)
+    x = max(explained, key=lambda x: x.culprits[0][1])
+    layer, rec = x.culprits[0]
+    assert rec > 0.05
+    # independent: the whole network again with that one layer FLOAT (no reuse of the INT prefix)
+    outs = Executor(tiny, tiny_kl_pt, "int", [layer]).forward(e.pre.x)
+    base = Executor(tiny, tiny_kl_pt, "int").forward(e.pre.x)
+    d = x.match.det
+    low = [detect_outputs(tiny, o, e.pre, 0.01, 0.45) for o in (base, outs)]
+    assert rec == pytest.approx((loss(d, low[0]) - loss(d, low[1])) / loss(d, low[0]), abs=1e-12)
+
+
+def test_fix_brings_the_detection_back_in_the_detect_cli(horses, kl_file, capsys):
+    e, (explanations, _extra) = horses
+    fixed = [x for x in explanations if x.match.status in ("lost", "shifted") and x.fix]
+    assert any(x.match.status == "lost" for x in fixed)
+    for x in fixed:
+        assert set(x.fix) <= set(e.candidates) and len(x.fix) <= 6
+        rc = main(["detect", str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "--quantized", kl_file, "--mode", "int",
+                   "--float-layers", ",".join(map(str, x.fix)), "--json", str(IMAGES / "horses.jpg")])
+        assert rc == 0
+        dets = json.loads(capsys.readouterr().out)["images"]["horses.jpg"]["detections"]
+        d = x.match.det.to_dict()
+        assert any(o["class_id"] == d["class_id"] and iou_np(o, d) >= 0.5 for o in dets), (x.fix, d)
