@@ -256,3 +256,37 @@ def weights_png(w: np.ndarray, max_filters: int = 32, max_channels: int = 32, ce
     ch, cw = rgb.shape[2], rgb.shape[3]
     out = rgb.transpose(1, 2, 0, 3, 4).reshape(c * ch, n * cw, 3)     # rows: channels, columns: filters
     return to_png(out[:c * ch - gap, :n * cw - gap])
+
+
+def bar_chart_png(labels: Sequence[str], values: Sequence[float], title: str, x_label: str,
+                  width: int = 480, bar_h: int = 18, lo: float | None = None, hi: float | None = None,
+                  colour: tuple[int, int, int] = (214, 39, 40)) -> bytes:
+    """Horizontal bars, one per label (top = first), value written at the bar end, x axis with ticks and
+    `x_label` (its unit and direction). lo/hi: the axis range (default 0 .. max(values))."""
+    from PIL import ImageFont
+    font = ImageFont.load_default(size=12)
+    n = max(1, len(labels))
+    left, right, top = 110, width - 60, 24
+    height = top + n * (bar_h + 4) + 40
+    im = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(im)
+    draw.text((6, 4), title, fill=(0, 0, 0), font=font)
+    vals = [float(v) for v in values]
+    lo = min(0.0, min(vals, default=0.0)) if lo is None else lo
+    hi = max(vals + [lo + 1e-9]) if hi is None else hi
+    span = (hi - lo) or 1.0
+
+    def px(v: float) -> float:
+        return left + (min(max(v, lo), hi) - lo) / span * (right - left)
+    for k, (label, v) in enumerate(zip(labels, vals)):
+        y = top + k * (bar_h + 4)
+        draw.text((6, y + 2), label, fill=(0, 0, 0), font=font)
+        draw.rectangle([px(max(lo, 0.0)), y, px(v), y + bar_h], fill=colour)
+        draw.text((px(v) + 4, y + 2), f"{v:.2f}", fill=(0, 0, 0), font=font)
+    axis_y = top + n * (bar_h + 4) + 2
+    draw.line([(left, axis_y), (right, axis_y)], fill=(0, 0, 0))
+    for t in np.linspace(lo, hi, 5):
+        draw.line([(px(t), axis_y), (px(t), axis_y + 4)], fill=(0, 0, 0))
+        draw.text((px(t) - 10, axis_y + 5), f"{t:.2g}", fill=(0, 0, 0), font=font)
+    draw.text((left, axis_y + 20), x_label, fill=(0, 0, 0), font=font)
+    return to_png(im)

@@ -35,6 +35,7 @@ from qwidgets._session_panel import SessionPanelData
 from qwidgets._sync import SessionFollower
 from qwidgets.controls import ExplorerControls, stale_note
 from qwidgets.detections_view import DetectionsView
+from qwidgets.explain_view import ExplainView
 from qwidgets.graph_view import GraphView
 from qwidgets.layer_panel import LayerPanel
 from qwidgets.quant_view import QuantizationView
@@ -42,7 +43,7 @@ from qwidgets.weight_editor import WeightEditor
 
 # overlay -> (ErrorStats field, factor to the unit the legend names)
 FITNESS_OVERLAYS = {"sqnr": ("sqnr_db", 1.0), "saturation": ("saturation", 100.0), "range_use": ("range_use", 100.0)}
-TABS = ("Layer", "Weights", "Detections", "Quantization")
+TABS = ("Layer", "Weights", "Detections", "Explain", "Quantization")
 
 
 class Explorer(widgets.VBox):
@@ -57,7 +58,9 @@ class Explorer(widgets.VBox):
     follow = traitlets.Bool(False, help="clicking a node also runs the session to that layer")
 
     def __init__(self, session, workspace=None, calibration_images: Sequence | None = None,
-                 graph_height: str | None = None, graph_width: int = 560, **kwargs) -> None:
+                 graph_height: str | None = None, graph_width: int = 560, background: bool = True,
+                 **kwargs) -> None:
+        """background: long work (Explain) runs in a thread with a Cancel button; False runs it inline."""
         self.session = session
         self._model = session.model           # the model the views are built for (see on_model_change)
         self.ids = [INPUT] + [n.id for n in session.model.graph.nodes]
@@ -71,8 +74,11 @@ class Explorer(widgets.VBox):
         self.weight_editor = WeightEditor(session, workspace=workspace)
         self.detections = DetectionsView()
         self.quant_view = QuantizationView(session, images=calibration_images, workspace=workspace)
+        self.explain_view = ExplainView(session, background=background)
         self._follow = widgets.Checkbox(description="run to clicked layer", indent=False)
-        self.tabs = widgets.Tab(children=[self.panel, self.weight_editor, self.detections, self.quant_view],
+        self.graph.overlay_options = [*self.graph.overlay_options, "recovery"]
+        self.tabs = widgets.Tab(children=[self.panel, self.weight_editor, self.detections, self.explain_view,
+                                          self.quant_view],
                                 titles=TABS, layout=widgets.Layout(flex="1 1 auto", min_width="480px"))
         left = widgets.VBox([self._follow, self.graph], layout=widgets.Layout(flex=f"0 0 {graph_width + 10}px",
                                                                                width=f"{graph_width + 10}px"))
@@ -81,7 +87,7 @@ class Explorer(widgets.VBox):
         traitlets.link((self, "follow"), (self._follow, "value"))
         traitlets.link((self, "status"), (self.controls, "status"))
         traitlets.dlink((self, "error_details"), (self.controls, "error_details"))
-        for view in (self.weight_editor, self.quant_view):
+        for view in (self.weight_editor, self.quant_view, self.explain_view):
             traitlets.dlink((view, "status"), (self.controls, "status"))
             traitlets.dlink((view, "error_details"), (self.controls, "error_details"))
         traitlets.dlink((self.graph, "selected_node"), (self.controls, "selected_node"))
@@ -94,6 +100,7 @@ class Explorer(widgets.VBox):
         self.weight_editor.observe(self._on_editor_layer_change, names="layer")
         self.quant_view.observe(self._on_adopted_change, names="adopted")
         self.quant_view.observe(self._on_overlay_change, names="sensitivity_ranks")
+        self.explain_view.observe(self._on_recoveries_change, names="recoveries")
         self._follower = SessionFollower(session, self.on_session_events)
         # Rerun (and Continue, which re-executes stale outputs first) change kept outputs without a
         # session event: the same update, batched with the handler's own events
@@ -169,6 +176,7 @@ class Explorer(widgets.VBox):
         self.controls.model_changed()
         self.weight_editor.model_changed()
         self.quant_view.model_changed()
+        self.explain_view.model_changed()
         self.graph.set_graph(s.model.graph)          # clears the selection: the panel empties until then
 
     def _from_code_text(self, events: frozenset) -> str:
@@ -218,6 +226,11 @@ class Explorer(widgets.VBox):
     def _on_overlay_change(self, _change) -> None:
         self.update_overlay()
 
+    def _on_recoveries_change(self, change) -> None:
+        if change.new:
+            self.graph.overlay = "recovery"          # the culprits in graph colours
+        self.update_overlay()
+
     # ------------------------------------------------------------------ updates
     def refresh(self) -> None:
         """Everything from the session state, as after a restart."""
@@ -260,6 +273,9 @@ class Explorer(widgets.VBox):
         overlay = self.graph.overlay
         if overlay == "sensitivity_rank":
             self.graph.overlay_values = dict(self.quant_view.sensitivity_ranks)
+            return
+        if overlay == "recovery":
+            self.graph.overlay_values = dict(self.explain_view.recoveries)
             return
         if overlay not in FITNESS_OVERLAYS:
             return

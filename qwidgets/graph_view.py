@@ -56,6 +56,9 @@ OVERLAY_META = {
                               "high", fixed=(0.0, 1.0), hint="run layers in INT or HYBRID (Step / Run) to see it"),
     "range_use": OverlayMeta("int8 range used, max|q| / 127, % (low wastes resolution)", "{:.0f} %", "low",
                              fixed=(0.0, 100.0), hint="run layers in INT or HYBRID (Step / Run) to see it"),
+    "recovery": OverlayMeta("recovery of the picked detection with this layer FLOAT, % (higher = more to "
+                            "blame)", "{:.0f} %", "high", fixed=(0.0, 100.0),
+                            hint="click Explain in the Explain tab and pick a detection"),
     "sensitivity_rank": OverlayMeta("sensitivity rank (1 = quantizing this layer alone hurts most)", "#{:.0f}",
                                     "low", hint="run the sensitivity sweep in the Quantization tab to see it"),
 }

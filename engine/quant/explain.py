@@ -121,7 +121,7 @@ class Explainer:
     layer that differs (the prefix is the base run's, bit for bit)."""
 
     def __init__(self, model, qmodel, mode: str, pre, *, thresh: float = 0.25, nms: float = 0.45,
-                 float_layers: Sequence[int] = (), on_progress: Callable[[int, int], object] | None = None) -> None:
+                 float_layers: Sequence[int] = ()) -> None:
         if mode not in ("int", "hybrid"):
             raise ValueError(f"mode={mode!r}: explain compares an 'int' or 'hybrid' run with FLOAT")
         self.model, self.qmodel, self.mode, self.pre = model, qmodel, mode, pre
@@ -135,7 +135,6 @@ class Explainer:
         self.dets, _ = self._detections(self.values)
         self._runs[frozenset()] = self._detections(self.values)
         self.candidates = [i for i in range(len(model.layers)) if self.executor.precision(i) == INT8]
-        self._on_progress = on_progress
 
     def _detections(self, values) -> tuple[list[Detection], list[Detection]]:
         outs = [v.float() for v in values]
@@ -157,15 +156,16 @@ class Explainer:
     def diff(self) -> DetectionDiff:
         return match_detections(self.float_dets, self.dets)
 
-    def culprits(self, m: Match) -> list[tuple[int, float]]:
-        """Every candidate layer with its recovery for this detection, best first (ties: earlier layer)."""
+    def culprits(self, m: Match, step: Callable[[], object] | None = None) -> list[tuple[int, float]]:
+        """Every candidate layer with its recovery for this detection, best first (ties: earlier layer).
+        `step()` is called after each layer (progress; it may raise to cancel)."""
         d = m.det
         d0 = loss(d, self._runs[frozenset()][1])
         out = []
-        for n, i in enumerate(self.candidates):
+        for i in self.candidates:
             out.append((i, (d0 - loss(d, self.run_with([i])[1])) / d0 if d0 > 0 else 0.0))
-            if self._on_progress:
-                self._on_progress(n + 1, len(self.candidates))
+            if step is not None:
+                step()
         return sorted(out, key=lambda t: (-t[1], t[0]))
 
     def fix(self, m: Match, culprits: Sequence[tuple[int, float]], max_size: int | None = None) -> list[int] | None:
@@ -189,16 +189,25 @@ class Explainer:
         ex = Executor(self.model, self.qmodel, self.mode, self.base | set(layers))
         return is_back(d, detect_outputs(self.model, ex.forward(self.pre.x), self.pre, self.thresh, self.nms))
 
-    def explain(self, m: Match) -> Explanation:
+    def explain(self, m: Match, step: Callable[[], object] | None = None) -> Explanation:
         if m.status == "matched":
             return Explanation(m)
-        c = self.culprits(m)
+        c = self.culprits(m, step)
         return Explanation(m, c, self.fix(m, c))
 
-    def explain_all(self) -> tuple[list[Explanation], list[Detection]]:
-        """An Explanation per FLOAT detection (culprits for shifted and lost ones) and the extra detections."""
+    def explain_all(self, on_progress: Callable[[int, int], object] | None = None
+                    ) -> tuple[list[Explanation], list[Detection]]:
+        """An Explanation per FLOAT detection (culprits for shifted and lost ones) and the extra detections.
+        on_progress(done, total) counts substitution runs (it may raise to cancel)."""
         diff = self.diff()
-        return [self.explain(m) for m in diff.matches], diff.extra
+        total = sum(m.status != "matched" for m in diff.matches) * len(self.candidates)
+        done = [0]
+
+        def step() -> None:
+            done[0] += 1
+            if on_progress is not None:
+                on_progress(done[0], total)
+        return [self.explain(m, step) for m in diff.matches], diff.extra
 
 
 def detection_dict(d: Detection) -> dict:

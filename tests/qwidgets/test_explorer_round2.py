@@ -93,3 +93,46 @@ def test_detections_tab_lists_matched_shifted_lost_and_extra(tiny, tiny_kl_pt):
         assert f">{status}</td>" in view.table.value
     assert png_size(view.images[0].value) == png_size(view.images[1].value)
     assert max(png_size(view.images[0].value)) == 480
+
+
+def test_explain_tab_ranks_culprits_colours_the_graph_and_one_click_fixes(tiny, tiny_kl_pt):
+    """Why was it lost: culprits as a bar chart and graph colours; Keep fix FLOAT re-runs and finds it."""
+    s = engine.Session(tiny, tiny_kl_pt, "int", image=IMAGES / "horses.jpg")
+    ex = Explorer(s, background=False)
+    ex.controls.run_button.click()
+    view = ex.explain_view
+    view.explain_button.click()
+    assert "fix: keep FLOAT" in view.table.value and "lost" in view.table.value
+    assert view.task.text.startswith("explaining") and "done in" in view.task.text
+    with_fix = [k for k, e in enumerate(view.explanations) if e.match.status == "lost" and e.fix]
+    assert with_fix
+    view.pick.value = with_fix[0]
+    e = view.explanations[with_fix[0]]
+    assert view.chart.value[:4] == b"\x89PNG" and ex.graph.overlay == "recovery"
+    best_layer, best = e.culprits[0]
+    assert ex.graph.overlay_values[str(best_layer)] == 100 * best
+    assert [o[1] for o in ex.graph.worst_list.options][0] == str(best_layer)     # most to blame first
+    view.apply_button.click()
+    assert set(e.fix) <= s.float_layers and s.done
+    target = e.match.det
+    m = [m for m in ex.detections.diff.matches if m.det == target][0]
+    assert m.status != "lost", view.status
+
+
+def test_long_task_cancel_stops_between_units():
+    from qwidgets._long_task import LongTask
+    task = LongTask(background=False)
+    seen = []
+
+    def work(tick):
+        for k in range(10):
+            seen.append(k)
+            if k == 3:
+                task.cancel()
+            tick(k + 1, 10)
+        return "finished"
+    results = []
+    task.start(work, results.append, what="counting")
+    assert results == [None] and task.cancelled and seen == [0, 1, 2, 3] and "cancelled" in task.text
+    task.start(lambda tick: (tick(1, 2), tick(2, 2), 42)[-1], results.append, what="two")
+    assert results[-1] == 42 and "2 / 2" not in task.text and "done" in task.text
