@@ -173,18 +173,27 @@ def _hist_x_range(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: 
 
 def histogram_png(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: Mapping[str, float] | None = None,
                   log_y: bool = False, log_x: bool = False, width: int = 480, height: int = 200,
-                  title: str = "") -> bytes:
+                  title: str = "", in_use: str | None = None) -> bytes:
     """PNG of overlaid histograms with vertical threshold markers (Pillow only).
 
-    series: label -> (counts, edges) as from `engine.session.stats.histogram_counts` (FLOAT, INT, ...), drawn as
-    translucent step areas in their own colour on one shared x axis. markers: label -> x value
-    (e.g. a calibration threshold per method), drawn as vertical lines and named in the legend.
+    series: label -> (counts, edges) as from `engine.session.stats.histogram_counts` (FLOAT, INT, ...),
+    drawn as translucent step areas in their own colour on one shared x axis. markers: label -> x value
+    (e.g. a calibration threshold per method), drawn as vertical lines and named in the legend, which
+    sits below the plot (it never covers a line); `in_use` names the marker the quantized model uses
+    (drawn thicker, starred in the legend). Axes: 5 x ticks, 3 y ticks (counts).
     log_y: y = log10(1 + count); log_x: x axis in log2 (for log2-bin histograms; x > 0 only).
     """
+    from PIL import ImageFont
+    font = ImageFont.load_default(size=11)
     markers = dict(markers or {})
-    im = Image.new("RGB", (width, height), (255, 255, 255))
+    legend = [(k, SERIES_COLOURS[i % len(SERIES_COLOURS)], "") for i, k in enumerate(series)]
+    legend += [(("* " if k == in_use else "") + k, MARKER_COLOURS[i % len(MARKER_COLOURS)], f" {v:.3g}")
+               for i, (k, v) in enumerate(markers.items())]
+    per_row = 3
+    legend_h = 14 * (-(-len(legend) // per_row))
+    im = Image.new("RGB", (width, height + legend_h), (255, 255, 255))
     draw = ImageDraw.Draw(im, "RGBA")
-    left, right, top, bottom = 8, width - 8, 16 if title else 6, height - 16
+    left, right, top, bottom = 48, width - 10, 16 if title else 6, height - 30
     lo, hi = _hist_x_range(series, markers, log_x)
     fx = (np.log2 if log_x else (lambda v: np.asarray(v, np.float64)))
     x0, x1 = float(fx(lo)), float(fx(hi))
@@ -196,6 +205,7 @@ def histogram_png(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: 
           for k, (c, _) in series.items()}
     ymax = max([float(y.max()) for y in ys.values() if y.size] + [1e-12])
     draw.line([(left, bottom), (right, bottom)], fill=(0, 0, 0))
+    draw.line([(left, top), (left, bottom)], fill=(0, 0, 0))
     for i, (label, (_, edges)) in enumerate(series.items()):
         colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
         xs = px(np.asarray(edges, np.float64))
@@ -209,26 +219,31 @@ def histogram_png(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: 
         if not np.isfinite(v) or (log_x and v <= 0):
             continue
         x = float(px(np.float64(v)))
-        draw.line([(x, top), (x, bottom)], fill=MARKER_COLOURS[i % len(MARKER_COLOURS)] + (255,), width=2)
-    fmt = (lambda v: f"{v:.3g}")
-    draw.text((left, bottom + 3), fmt(lo), fill=(0, 0, 0))
-    tw = draw.textlength(fmt(hi))
-    draw.text((right - tw, bottom + 3), fmt(hi), fill=(0, 0, 0))
-    if not log_x and lo < 0 < hi:
-        zx = float(px(np.float64(0.0)))
-        draw.line([(zx, bottom), (zx, bottom + 3)], fill=(0, 0, 0))
-        draw.text((zx - 3, bottom + 3), "0", fill=(0, 0, 0))
+        draw.line([(x, top), (x, bottom)], fill=MARKER_COLOURS[i % len(MARKER_COLOURS)] + (255,),
+                  width=4 if label == in_use else 2)
+    # x ticks: 5 values (octaves on a log2 axis), y ticks: 0, half, max count
+    ticks = (np.exp2(np.linspace(x0, x1, 5)) if log_x else np.linspace(lo, hi, 5))
+    for t in ticks:
+        x = float(px(np.float64(t)))
+        draw.line([(x, bottom), (x, bottom + 3)], fill=(0, 0, 0))
+        text = f"{t:.3g}"
+        tw = draw.textlength(text, font=font)
+        draw.text((min(max(0, x - tw / 2), width - tw), bottom + 4), text, fill=(0, 0, 0), font=font)
+    for frac in (0.0, 0.5, 1.0):
+        y = bottom - frac * (bottom - top)
+        count = (10 ** (frac * ymax) - 1) if log_y else frac * ymax
+        text = f"{count:.3g}"
+        draw.line([(left - 3, y), (left, y)], fill=(0, 0, 0))
+        draw.text((left - 4 - draw.textlength(text, font=font), y - 6), text, fill=(0, 0, 0), font=font)
+    draw.text((left, bottom + 16), ("|x|, log2 axis" if log_x else "value") + ("   count, log axis" if log_y
+              else "   (y: count)"), fill=(90, 90, 90), font=font)
     if title:
-        draw.text((left, 2), title + ("  (log y)" if log_y else ""), fill=(0, 0, 0))
-    legend = [(k, SERIES_COLOURS[i % len(SERIES_COLOURS)], "") for i, k in enumerate(series)]
-    legend += [(k, MARKER_COLOURS[i % len(MARKER_COLOURS)], f" {fmt(v)}") for i, (k, v) in enumerate(markers.items())]
-    y = top
-    for label, colour, suffix in legend:
-        text = f"{label}{suffix}"
-        tw = draw.textlength(text)
-        draw.rectangle([right - tw - 14, y + 2, right - tw - 6, y + 9], fill=colour + (255,))
-        draw.text((right - tw, y), text, fill=(0, 0, 0))
-        y += 12
+        draw.text((left, 1), title, fill=(0, 0, 0), font=font)
+    for k, (label, colour, suffix) in enumerate(legend):
+        r, c = divmod(k, per_row)
+        x, y = 8 + c * (width // per_row), height + r * 14
+        draw.rectangle([x, y + 3, x + 8, y + 11], fill=colour + (255,))
+        draw.text((x + 12, y), f"{label}{suffix}", fill=(0, 0, 0), font=font)
     return to_png(im)
 
 
@@ -290,3 +305,44 @@ def bar_chart_png(labels: Sequence[str], values: Sequence[float], title: str, x_
         draw.text((px(t) - 10, axis_y + 5), f"{t:.2g}", fill=(0, 0, 0), font=font)
     draw.text((left, axis_y + 20), x_label, fill=(0, 0, 0), font=font)
     return to_png(im)
+
+
+def framed_png(png: bytes, title: str, bar: str | None = None, lo: float = 0.0, hi: float = 1.0,
+               unit: str = "") -> bytes:
+    """`png` with a title line above and a labelled colour bar below.
+
+    bar: "grey" (black = lo .. white = hi), "channel" (grey, each channel's own min .. max),
+    "diverging" (blue = lo .. white = 0 .. red = hi) or None (title only)."""
+    from PIL import ImageFont
+    font = ImageFont.load_default(size=12)
+    src = Image.open(io.BytesIO(png)).convert("RGB")
+    width = max(src.width, 260)
+    bar_h = 0 if bar is None else 34
+    out = Image.new("RGB", (width, 18 + src.height + bar_h), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    draw.text((2, 2), title, fill=(0, 0, 0), font=font)
+    out.paste(src, (0, 18))
+    if bar is not None:
+        y0, x0, x1 = 18 + src.height + 4, 40, width - 40
+        t = np.linspace(0.0, 1.0, x1 - x0)
+        if bar == "diverging":
+            strip = DIVERGING[np.clip((t * (DIVERGING.shape[0] - 1)).round().astype(int), 0, DIVERGING.shape[0] - 1)]
+        else:
+            g = (t * 255).round().astype(np.uint8)
+            strip = np.stack([g, g, g], axis=1)
+        out.paste(Image.fromarray(np.repeat(strip[None], 10, axis=0)), (x0, y0))
+        draw.rectangle([x0 - 1, y0 - 1, x1, y0 + 10], outline=(0, 0, 0))
+        if bar == "channel":
+            labels = [(x0, "each channel's min"), (x1, "its max")]
+        elif bar == "diverging":
+            labels = [(x0, f"{lo:.3g}{unit}"), ((x0 + x1) // 2, "0"), (x1, f"+{hi:.3g}{unit}")]
+        else:
+            labels = [(x0, f"{lo:.3g}{unit}"), (x1, f"{hi:.3g}{unit}")]
+        for x, text in labels:
+            tw = draw.textlength(text, font=font)
+            draw.text((min(max(2, x - tw / 2), width - tw - 2), y0 + 13), text, fill=(0, 0, 0), font=font)
+    return to_png(out)
+
+
+def channels_note(c: int, shown: int) -> str:
+    return f"channels 0-{shown - 1} of {c}" if shown < c else f"all {c} channels"

@@ -20,14 +20,22 @@ ATTR_KEYS = ("filters", "size", "stride", "padding", "groups", "batch_normalize"
              "classes", "mask")
 
 
+IN_USE = "in use (127 x scale)"
+
+
 def hist_image(series: Mapping[str, np.ndarray], title: str, thresholds: Mapping[str, float] | None,
-               log2: bool, log_y: bool) -> bytes:
-    """Overlaid histograms of the named tensors with threshold markers (default: max|x|, p99.9)."""
+               log2: bool, log_y: bool, in_use: float | None = None) -> bytes:
+    """Overlaid histograms of the named tensors with threshold markers (default: max|x|, p99.9) and the
+    threshold the quantized model uses (`in_use`, drawn thicker)."""
     counts = {k: histogram_counts(v, BINS, log2=log2) for k, v in series.items()}
     if thresholds is None:
         first = next(iter(series))
         thresholds = default_markers(series[first], *counts[first], log2)
-    return histogram_png(counts, thresholds, log_y=log_y, log_x=log2, title=title)
+    marks = dict(thresholds)
+    if in_use is not None:
+        marks[IN_USE] = in_use
+    return histogram_png(counts, marks, log_y=log_y, log_x=log2, title=title,
+                         in_use=IN_USE if in_use is not None else None)
 
 
 def join_inputs(xs: Sequence[np.ndarray]) -> np.ndarray:

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from engine.graph import INPUT
-from qwidgets._encode import feature_montage, heatmap_png, weights_png
-from engine.session.stats import error_row, tensor_row
+from qwidgets._encode import channels_note, feature_montage, framed_png, heatmap_png, weights_png
+from engine.session.stats import error_row, tensor_row, threshold_in_use
 from qwidgets._panel_data import hist_image, join_inputs, layer_info, layer_panel_data
 
 Panel = tuple[dict[str, Any], dict[str, bytes], list[dict[str, Any]]]
@@ -44,6 +44,20 @@ def run_label(session) -> str:
 def fused_weights(session, index: int, shape: tuple[int, ...]) -> np.ndarray:
     """The layer's BN-folded float weights (what its int8 weights approximate) in `shape`."""
     return session.weights(index, "fused")["weights"].reshape(shape)
+
+
+def scales_text(info: dict) -> dict[str, str]:
+    """The quantization scales of a layer in words (real value = int8 value x scale)."""
+    out = {}
+    if info.get("in_scale") is not None:
+        out["input scale"] = f"{info['in_scale']:.4g} (real = q x scale)"
+    if info.get("out_scale") is not None:
+        out["output scale"] = f"{info['out_scale']:.4g} (clips at +-{127 * info['out_scale']:.4g})"
+    if info.get("weight_scale") is not None:
+        lo, hi = info["weight_scale"]
+        out["weight scale"] = (f"{lo:.4g} .. {hi:.4g} (per filter, min .. max)" if info.get("per_channel")
+                               else f"{lo:.4g} (one for the layer)")
+    return out or {"scales": "- (FLOAT run)"}
 
 
 class SessionPanelData:
@@ -81,8 +95,7 @@ class SessionPanelData:
         info = s.layer_info(i)
         ran, use_int = i <= s.position, s.mode != "float"
         data = layer_info(s.model, node_id)
-        scales = {k: info[k] for k in ("in_scale", "out_scale", "weight_scale") if info.get(k) is not None}
-        data["scales"] = scales or "- (FLOAT run)"
+        data.update(scales_text(info))
         images: dict[str, bytes] = {}
         rows: list[dict[str, Any]] = []
         self._input(i, info["inputs"], ref, use_int, images, rows, log2, log_y)
@@ -110,8 +123,10 @@ class SessionPanelData:
             series[run_label(s)] = x_run
             rows.append(tensor_row(f"input {run_label(s)}", x_run))
         marks = self.thresholds(producers[0]) if len(producers) == 1 else None
-        images["input"] = feature_montage(x, labels=True)
-        images["hist_input"] = hist_image(series, f"layer {i} input", marks, log2, log_y)
+        images["input"] = framed_png(feature_montage(x, labels=True),
+                                     f"layer {i} input, {channels_note(x.shape[0], min(64, x.shape[0]))}", "channel")
+        used = threshold_in_use(s.qmodel, producers[0]) if use_int and len(producers) == 1 else None
+        images["hist_input"] = hist_image(series, f"layer {i} input", marks, log2, log_y, used)
         rows.insert(0, tensor_row("input", x))
 
     def _output(self, i: int, ref, cross, with_run: bool, images, rows, log2, log_y) -> None:
@@ -125,18 +140,26 @@ class SessionPanelData:
             y_int = self._s.output(i)
             # the very ErrorStats the graph overlay colours by: one SQNR per layer in every view
             stats = self._s.fitness(i, local=False)["propagated"]
-        images["output"] = feature_montage(y, labels=True)
+        images["output"] = framed_png(feature_montage(y, labels=True),
+                                      f"layer {i} output (FLOAT), {channels_note(y.shape[0], min(64, y.shape[0]))}",
+                                      "channel")
         rows.append(tensor_row(ref_label, y))
         series = {"FLOAT": y}
         if y_int is not None:
             y_int = np.asarray(y_int, np.float32)
             series[run] = y_int
-            images["float"] = feature_montage(y, max_channels=16, cols=4, normalize="global")
-            images["int"] = feature_montage(y_int, max_channels=16, cols=4, normalize="global")
-            images["heatmap"] = heatmap_png(y_int - y, max_channels=16, cols=4)
+            shown = channels_note(y.shape[0], min(16, y.shape[0]))
+            images["float"] = framed_png(feature_montage(y, max_channels=16, cols=4, normalize="global"),
+                                         f"FLOAT, {shown}", "grey", float(y[:16].min()), float(y[:16].max()))
+            images["int"] = framed_png(feature_montage(y_int, max_channels=16, cols=4, normalize="global"),
+                                       f"{run}, {shown}", "grey", float(y_int[:16].min()), float(y_int[:16].max()))
+            vmax = float(np.abs(y_int[:16] - y[:16]).max())
+            images["heatmap"] = framed_png(heatmap_png(y_int - y, max_channels=16, cols=4, vmax=vmax),
+                                           f"{run} - FLOAT, {shown}", "diverging", -vmax, vmax)
             rows.append(tensor_row(f"output {run}", y_int))
             rows.append(error_row(f"{run} - FLOAT", y, y_int, stats))
-        images["hist_output"] = hist_image(series, f"layer {i} output", self.thresholds(str(i)), log2, log_y)
+        used = threshold_in_use(self._s.qmodel, str(i)) if self._s.mode != "float" else None
+        images["hist_output"] = hist_image(series, f"layer {i} output", self.thresholds(str(i)), log2, log_y, used)
 
     def _weights_part(self, i: int, info: dict, use_int: bool, log2: bool, log_y: bool) -> tuple[dict, list]:
         self._check_qmodel()

@@ -57,6 +57,7 @@ class ExplorerControls(widgets.VBox):
         self._session = session
         self.workspace = workspace
         self._load_guard, self._open_guard, self._model_guard = SwitchGuard(), SwitchGuard(), SwitchGuard()
+        self._compared: list[tuple[str, object]] = []
         def b(**kw):
             return widgets.Button(layout=kw.pop("layout", widgets.Layout(width="96px")), **kw)
         self.run_button = b(description="Run", icon="fast-forward", tooltip="run to the end")
@@ -139,10 +140,17 @@ class ExplorerControls(widgets.VBox):
         return f"current: {i} ({s.model.layers[i].kind}, {s.precision(i)})" + stale_note(s)
 
     def refresh_quantized(self) -> None:
-        """Re-list the workspace's quantized models in the picker."""
-        options = [*quantized_entries(self.workspace), (PATH, PATH)]
+        """Re-list the quantized models in the picker: the last comparison's (in memory), the workspace's,
+        then the path box."""
+        options = [*self._compared, *quantized_entries(self.workspace), (PATH, PATH)]
         self._qm_pick.options = options
         self._qm_pick.value = options[0][1]
+
+    def offer_quantized(self, models: dict) -> None:
+        """Offer in-memory quantized models (label -> QuantizedModel), e.g. every method Compare produced
+        (issue 18 item 12: the picker offered only the path box after a comparison)."""
+        self._compared = [(label, qm) for label, qm in models.items()]
+        self.refresh_quantized()
 
     def restarted(self, message: str) -> None:
         """After the session restarted elsewhere too (e.g. a model was adopted): sync and bump `revision`."""
@@ -237,16 +245,17 @@ class ExplorerControls(widgets.VBox):
         path = self._qm_path.value.strip() if self._qm_pick.value == PATH else self._qm_pick.value
         if not path:
             raise ValueError("type the path of a quantized model (.npz) or pick a workspace entry")
+        label = self._qm_pick.label if not isinstance(path, str) else Path(path).name
         try:
-            dropped = self._load_guard.switch(self._session, path, path)
+            dropped = self._load_guard.switch(self._session, path, path if isinstance(path, str) else id(path))
         except Refused as ask:
             self.load_qm_button.description = ask.label
-            self.status = f"error: {ask.message}"
+            self.status = f"confirm: {ask.message}"
             return
         finally:
             if self._load_guard.armed is None:
                 self.load_qm_button.description = "Load"
-        self.restarted(f"quantized model {Path(path).name} loaded ({self._session.mode}){dropped_text(dropped)}")
+        self.restarted(f"quantized model {label} loaded ({self._session.mode}){dropped_text(dropped)}")
 
     @shows_errors
     def open_entry(self, entry) -> str | None:
@@ -263,7 +272,7 @@ class ExplorerControls(widgets.VBox):
             try:
                 dropped = self._open_guard.switch(self._session, path, entry.name)
             except Refused as ask:
-                self.status = f"error: {ask.message}"
+                self.status = f"confirm: {ask.message}"
                 return ask.label
         elif entry.kind == "image":
             self._session.reset(image=path)
@@ -299,7 +308,7 @@ class ExplorerControls(widgets.VBox):
         try:
             dropped = guard.switch_model(self._session, lambda: model_source(path, files), str(path))
         except Refused as ask:
-            self.status = f"error: {ask.message}"
+            self.status = f"confirm: {ask.message}"
             return ask.label
         self.restarted(f"opened model {label!r}: {opened_text(self._session, dropped)}")
         return None

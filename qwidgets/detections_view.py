@@ -20,6 +20,7 @@ from engine.imaging.draw import class_colors, draw_detections
 from engine.quant.explain import DetectionDiff, match_detections
 from qwidgets._encode import to_png
 from qwidgets.layer_panel import TABLE_CSS
+from qwidgets._png_image import PngImage
 
 MAX_SIDE = 480          # display size of both pictures (the comm carries the PNG bytes)
 FONT = 14               # label text height in pixels at display size
@@ -82,8 +83,7 @@ class DetectionsView(widgets.VBox):
     counts = traitlets.Dict(help="matched / shifted / lost / extra counts of the last diff")
 
     def __init__(self, **kwargs) -> None:
-        self.images = [widgets.Image(format="png", layout=widgets.Layout(width=f"{MAX_SIDE}px"))
-                       for _ in range(2)]
+        self.images = [PngImage(layout=widgets.Layout(width=f"{MAX_SIDE}px")) for _ in range(2)]
         self._captions = [widgets.HTML("<small>FLOAT</small>"), widgets.HTML("<small>run to the end (Run) to see "
                                                                                  "this mode's detections</small>")]
         self.table = widgets.HTML()

@@ -21,6 +21,7 @@ from qwidgets._encode import bar_chart_png
 from qwidgets._errors import Message, shows_errors
 from qwidgets._long_task import LongTask
 from qwidgets.layer_panel import TABLE_CSS
+from qwidgets._png_image import PngImage
 
 TOP = 8
 
@@ -61,7 +62,7 @@ class ExplainView(widgets.VBox):
                                            disabled=True, layout=widgets.Layout(width="230px"))
         self.table = widgets.HTML("<small>Explain ranks, for each detection the INT or HYBRID run lost or "
                                   "shifted, the layers whose FLOAT execution recovers it (one run per layer).</small>")
-        self.chart = widgets.Image(format="png", layout=widgets.Layout(display="none"))
+        self.chart = PngImage()
         super().__init__(children=[widgets.HBox([self.explain_button, self.task]), self.table,
                                    widgets.HBox([self.pick, self.apply_button]), self.chart], **kwargs)
         self.add_class("qw-explain-view")
@@ -108,7 +109,7 @@ class ExplainView(widgets.VBox):
 
     def _show(self, e: Explanation | None) -> None:
         if e is None or not e.culprits:
-            self.chart.value, self.chart.layout.display = b"", "none"
+            self.chart.value = b""
             self.recoveries, self.apply_button.disabled = {}, True
             return
         top = e.culprits[:TOP]
@@ -118,7 +119,6 @@ class ExplainView(widgets.VBox):
                                          "run one layer FLOAT",
                                          "recovery: % of the score/IoU loss regained (higher = more to blame)",
                                          lo=min(0.0, 100 * min(r for _, r in top)), hi=100.0)
-        self.chart.layout.display = "flex"
         self.recoveries = {str(i): 100.0 * r for i, r in e.culprits}
         self.apply_button.disabled = not e.fix
         self.apply_button.description = (f"Keep {', '.join(map(str, e.fix))} FLOAT and re-run" if e.fix

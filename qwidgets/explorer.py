@@ -73,7 +73,8 @@ class Explorer(widgets.VBox):
         self.panel = LayerPanel()
         self.weight_editor = WeightEditor(session, workspace=workspace)
         self.detections = DetectionsView()
-        self.quant_view = QuantizationView(session, images=calibration_images, workspace=workspace)
+        self.quant_view = QuantizationView(session, images=calibration_images, workspace=workspace,
+                                           background=background)
         self.explain_view = ExplainView(session, background=background)
         self._follow = widgets.Checkbox(description="run to clicked layer", indent=False)
         self.graph.overlay_options = [*self.graph.overlay_options, "recovery"]
@@ -82,7 +83,10 @@ class Explorer(widgets.VBox):
                                 titles=TABS, layout=widgets.Layout(flex="1 1 auto", min_width="480px"))
         left = widgets.VBox([self._follow, self.graph], layout=widgets.Layout(flex=f"0 0 {graph_width + 10}px",
                                                                                width=f"{graph_width + 10}px"))
-        super().__init__(children=[self.controls, widgets.HBox([left, self.tabs])], **kwargs)
+        # labels wrap instead of running off the page (long status and confirmation lines)
+        css = widgets.HTML("<style>.qw-explorer .qw-status{white-space:normal !important;height:auto !important;"
+                           "line-height:1.35}.qw-explorer .widget-button{overflow:visible}</style>")
+        super().__init__(children=[css, self.controls, widgets.HBox([left, self.tabs])], **kwargs)
         self.add_class("qw-explorer")
         traitlets.link((self, "follow"), (self._follow, "value"))
         traitlets.link((self, "status"), (self.controls, "status"))
@@ -99,6 +103,7 @@ class Explorer(widgets.VBox):
         self.panel.observe(self._on_hist_options_change, names=["hist_log2", "hist_log_y"])
         self.weight_editor.observe(self._on_editor_layer_change, names="layer")
         self.quant_view.observe(self._on_adopted_change, names="adopted")
+        self.quant_view.observe(self._on_ranking_change, names="ranking")
         self.quant_view.observe(self._on_overlay_change, names="sensitivity_ranks")
         self.explain_view.observe(self._on_recoveries_change, names="recoveries")
         self._follower = SessionFollower(session, self.on_session_events)
@@ -193,6 +198,11 @@ class Explorer(widgets.VBox):
         if change.new:
             self.controls.restarted(f"adopted {change.new}: {self.session.mode.upper()} mode, restarted from "
                                     f"the input{dropped_text(self.quant_view.dropped_edits)}")
+
+    def _on_ranking_change(self, _change) -> None:
+        table = self.quant_view.table
+        models = {} if table is None else {f"compared: {r.method}": r.qmodel for r in table.results}
+        self.controls.offer_quantized(models)
 
     def _on_node_click(self, node_id: str) -> None:
         if self.follow and node_id != INPUT:

@@ -85,7 +85,9 @@ class LayerPanel(widgets.VBox):
                        for k, cap in IMAGE_SLOTS.items()}
         rows = [widgets.HBox([self._boxes[k] for k in row], layout=widgets.Layout(flex_flow="row wrap"))
                 for row in ROWS]
-        tables = widgets.HBox([self._info, self._stats], layout=widgets.Layout(flex_flow="row wrap"))
+        # stacked, the statistics table scrolling on its own: side by side it ran off a 782 px panel
+        self._stats.layout = widgets.Layout(overflow="auto", max_width="100%")
+        tables = widgets.VBox([self._info, self._stats])
         super().__init__(children=[self._title, tables,
                                    widgets.HBox([self._log2, self._log_y]), *rows], **kwargs)
         self.add_class("qw-layer-panel")

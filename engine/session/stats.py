@@ -123,3 +123,13 @@ def error_row(name: str, ref: np.ndarray, y: np.ndarray, stats=None) -> dict[str
     err = np.abs(np.asarray(y, np.float32).reshape(-1) - np.asarray(ref, np.float32).reshape(-1))
     return {"tensor": name, "shape": "x".join(map(str, np.shape(y))), "SQNR dB": st.sqnr_db,
             "max|err|": st.max_abs, "mean|err|": float(err.mean(dtype=np.float64)) if err.size else 0.0}
+
+
+def threshold_in_use(qmodel, tensor_id: str) -> float | None:
+    """The clipping threshold the quantized model applies to a tensor: 127 * its scale (values beyond
+    saturate); None without a quantized model or a scale for that tensor."""
+    from engine.quant.qtensor import QMAX
+    if qmodel is None:
+        return None
+    scale = qmodel.scales.get(str(tensor_id))
+    return None if scale is None else float(QMAX * scale)

@@ -136,3 +136,123 @@ def test_long_task_cancel_stops_between_units():
     assert results == [None] and task.cancelled and seen == [0, 1, 2, 3] and "cancelled" in task.text
     task.start(lambda tick: (tick(1, 2), tick(2, 2), 42)[-1], results.append, what="two")
     assert results[-1] == 42 and "2 / 2" not in task.text and "done" in task.text
+
+
+def test_maps_have_titles_and_colour_bars_and_note_the_channels_shown(tiny, tiny_q):
+    """Item 7: no colour bars, a heat map without title, layer 12 showing 64 of 1024 channels silently."""
+    import io
+    import numpy as np
+    from PIL import Image
+    s = engine.Session(tiny, tiny_q, "int")
+    ex = Explorer(s)
+    s.run_to(12)
+    ex.graph.selected_node = "12"
+    imgs = ex.panel.images
+    out = np.asarray(Image.open(io.BytesIO(imgs["output"].value)).convert("RGB"))
+    # the colour bar is a black-to-white ramp under the montage: its row rises monotonically
+    grey = out[-25, 42:-42].astype(int)                 # the bar spans x 40 .. width - 40, 10 px tall
+    assert np.all(grey[:, 0] == grey[:, 1]) and grey.shape[0] > 150
+    assert np.all(np.diff(grey[:, 0]) >= 0) and grey[0, 0] < 20 and grey[-1, 0] > 235
+    heat = np.asarray(Image.open(io.BytesIO(imgs["heatmap"].value)).convert("RGB"))
+    row = heat[-25].astype(int)
+    assert (row[:, 2] - row[:, 0]).max() > 100 and (row[:, 0] - row[:, 2]).max() > 100     # blue .. red
+    rows = {r["tensor"]: r for r in ex._panel_data.data("12")[2]}
+    assert "output FLOAT reference" in rows
+    from qwidgets._encode import channels_note
+    assert channels_note(1024, 64) == "channels 0-63 of 1024"
+
+
+def test_histogram_marks_the_threshold_in_use_and_keeps_the_legend_off_the_plot(tiny, tiny_q):
+    """Item 8: the legend covered the threshold lines; the threshold in use was not marked."""
+    import numpy as np
+    from engine.session.stats import threshold_in_use
+    from qwidgets._encode import histogram_png
+    from engine.session.stats import histogram_counts
+    x = np.linspace(-1, 1, 1000)
+    c = histogram_counts(x, 32)
+    plain = histogram_png({"FLOAT": c}, {"kl": 0.5}, height=200)
+    used = histogram_png({"FLOAT": c}, {"kl": 0.5, "in use": 0.8}, height=200, in_use="in use")
+    import io
+    from PIL import Image
+    a, b = (np.asarray(Image.open(io.BytesIO(p)).convert("RGB")) for p in (plain, used))
+    assert a.shape[0] > 200 and b.shape[0] > 200             # the legend is below the 200 px plot
+    # in the plot area the in-use line is 4 px wide
+    col = int(48 + (0.8 - (-1)) / 2 * (480 - 10 - 48))
+    assert (np.abs(b[100, col - 3:col + 3].astype(int) - 255).sum(axis=1) > 30).sum() >= 3
+    assert threshold_in_use(tiny_q, "4") == 127 * tiny_q.scales["4"]
+
+
+def test_no_empty_images_before_the_first_compare_or_edit(tiny, tiny_q):
+    """Item 10: broken-image icons in the Weights and Quantization tabs."""
+    ex = Explorer(engine.Session(tiny, tiny_q, "int"))
+    assert ex.weight_editor.heatmap.value == b"" and ex.weight_editor.heatmap.layout.display == "none"
+    assert ex.quant_view.chart.value == b"" and ex.quant_view.chart.layout.display == "none"
+    assert ex.detections.images[1].layout.display == "none"
+
+
+def test_compare_offers_its_models_in_the_quantized_picker_and_sensitivity_is_a_table(tiny, tiny_q):
+    """Items 12 and 13."""
+    from engine.imaging.samples import sample
+    s = engine.Session(tiny, tiny_q, "int")
+    ex = Explorer(s, calibration_images=[sample("dog")], background=False)
+    qv = ex.quant_view
+    for m, box in qv.method_boxes.items():
+        box.value = m in ("minmax", "kl")
+    qv.compare_button.click()
+    labels = [o[0] for o in ex.controls._qm_pick.options]
+    assert "compared: minmax" in labels and "compared: kl" in labels, labels
+    ex.controls._qm_pick.value = dict(ex.controls._qm_pick.options)["compared: kl"]
+    ex.controls.load_qm_button.click()
+    assert s.qmodel.method == "kl" and "compared: kl loaded" in ex.status
+    assert qv.cancel_button.disabled                     # enabled only while work runs
+
+
+def test_weight_editor_names_the_tap_old_and_new_and_highlights_it(tiny, tiny_q):
+    """Item 14."""
+    s = engine.Session(tiny, tiny_q, "int")
+    ex = Explorer(s)
+    we = ex.weight_editor
+    ex.graph.selected_node = "2"
+    assert we.target == "int8" and "weight scale of filter 0" in we._real.value
+    q = s.weights(2, "int8")
+    assert f"{float(q['w_scale'][0]):.5g}" in we._real.value
+    old = int(we.kernel()[1, 2])
+    we.cells[5].value = old + 3
+    we.apply_button.click()
+    assert f"tap (1, 2) {old} -> {old + 3}" in ex.status
+    assert we.edited_cells == [5] and "qw-edited" in we.cells[5]._dom_classes
+    assert "qw-edited" not in we.cells[0]._dom_classes
+
+
+def test_sensitivity_sweep_shows_a_ranked_table_and_chart_and_can_cancel(tiny, monkeypatch):
+    """Item 13: the sweep's result was one status line; long work had no estimate and no cancel."""
+    from engine.quant.sensitivity import SensitivityRow, SensitivityTable
+    from qwidgets.quant_view import QuantizationView
+    s = engine.Session(tiny)
+    qv = QuantizationView(s)
+    calls = []
+
+    def sweep(progress, cancel):
+        rows = []
+        for k, i in enumerate((4, 0, 2)):
+            calls.append(i)
+            if cancel():
+                break
+            rows.append(SensitivityRow(i, "convolutional", 0.5 + k / 10, 20.0 + k, 1.0, 30.0, rank=k + 1))
+        return SensitivityTable(rows, "int")
+    monkeypatch.setattr(s, "sensitivity", sweep)
+    qv.sensitivity_button.click()
+    t = qv.sensitivity_table.value
+    assert t.count("<tr>") == 4 and "1 = hurts most" in t and t.index("<td>4</td>") < t.index("<td>0</td>")
+    assert qv.sensitivity_chart.value[:4] == b"\x89PNG" and qv.status.startswith("sensitivity: 3 layers ranked")
+    # Cancel: the sweep asks cancel() after each layer; a click in between stops it
+    calls.clear()
+    monkeypatch.setattr(qv.progress, "value", 0)
+    orig = sweep
+
+    def sweep_and_click(progress, cancel):
+        qv.cancel_button.click()
+        return orig(progress, cancel)
+    monkeypatch.setattr(s, "sensitivity", sweep_and_click)
+    qv.sensitivity_button.click()
+    assert calls == [4] and qv.status == "sensitivity sweep cancelled"
