@@ -103,6 +103,9 @@ class SessionPanelData:
         w_images, w_rows = self._weights_part(i, info, use_int, log2, log_y)
         images.update(w_images)
         rows += w_rows
+        # tensor statistics, then the error rows, then the run's record: one table each
+        rows = ([r for r in rows if "min" in r] + [r for r in rows if "SQNR dB" in r]
+                + [r for r in rows if "min" not in r and "SQNR dB" not in r])
         if info.get("record"):
             rows.append({"tensor": f"record ({info['precision']})", **info["record"]})
         data["precision"] = info["precision"] + (" (ran)" if ran else " (not run yet)")

@@ -84,6 +84,10 @@ class ExplainView(widgets.VBox):
             return Explainer(*args, **opts).explain_all(tick)
         self.task.start(work, self._done, what="explaining (one run per layer and detection)")
 
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until Explain finished (a script clicking the button calls this)."""
+        self.task.wait(timeout)
+
     def _done(self, result) -> None:
         self.explain_button.disabled = False
         if self.task.error is not None:

@@ -69,6 +69,7 @@ class QuantizationView(widgets.VBox):
         self._session = session
         self.background = background
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._given = list(images) if images is not None else None
         self._given_key = f"{GIVEN}:{uuid.uuid4().hex}"      # another view's given images are other images
         self.workspace = workspace
@@ -209,9 +210,15 @@ class QuantizationView(widgets.VBox):
                 self.cancel_button.disabled = True
                 self.compare_button.disabled = self.sensitivity_button.disabled = False
         if self.background:
-            threading.Thread(target=body, daemon=True, name=f"qwidgets-{what}").start()
+            self._thread = threading.Thread(target=body, daemon=True, name=f"qwidgets-{what}")
+            self._thread.start()
         else:
             body()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the running Compare or sweep finished (a script clicking the buttons calls this)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def show_table(self, table: CompareTable) -> None:
         """Display a CompareTable (also usable with a table computed elsewhere)."""
