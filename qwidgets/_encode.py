@@ -302,7 +302,7 @@ def bar_chart_png(labels: Sequence[str], values: Sequence[float], title: str, x_
     draw.line([(left, axis_y), (right, axis_y)], fill=(0, 0, 0))
     for t in np.linspace(lo, hi, 5):
         draw.line([(px(t), axis_y), (px(t), axis_y + 4)], fill=(0, 0, 0))
-        draw.text((px(t) - 10, axis_y + 5), f"{t:.2g}", fill=(0, 0, 0), font=font)
+        draw.text((px(t) - 10, axis_y + 5), f"{t:.4g}", fill=(0, 0, 0), font=font)
     draw.text((left, axis_y + 20), x_label, fill=(0, 0, 0), font=font)
     return to_png(im)
 

@@ -3,16 +3,36 @@
 The work runs in a background thread so the kernel keeps handling widget messages (the Cancel click
 arrives while it runs); the work calls `tick(done, total)` after each unit and stops with `Cancelled`
 when Cancel was clicked. The estimate is the mean time per unit so far times the units left.
-`background=False` runs inline (headless tests, scripts): same ticks, no thread.
+`background=False` runs inline (headless tests, scripts): same ticks, no thread. The result is handed to
+`on_done` on the kernel's main thread (`finish_on`).
 """
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any, Callable
 
 import ipywidgets as widgets
 import traitlets
+
+
+def main_loop() -> asyncio.AbstractEventLoop | None:
+    """The kernel's event loop when called from its main thread (a Jupyter kernel), else None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def finish_on(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., Any], *args: Any) -> None:
+    """Run fn(*args) on the kernel's loop (the main thread) when there is one, else here. Results change
+    many views that observe each other; doing that from the worker thread while the main thread handles
+    a frontend message mixed two states (a graph coloured by one metric and labelled by another)."""
+    if loop is not None and loop.is_running():
+        loop.call_soon_threadsafe(fn, *args)
+    else:
+        fn(*args)
 
 
 class Cancelled(Exception):
@@ -54,6 +74,7 @@ class LongTask(widgets.HBox):
         self.progress.value, self.progress.max = 0, 1
         self.text = f"{what} ..."
         t0 = time.perf_counter()
+        loop = main_loop() if self.background else None
 
         def tick(done: int, total: int) -> None:
             if self._stop.is_set():
@@ -77,7 +98,7 @@ class LongTask(widgets.HBox):
             finally:
                 self.running = False
                 self.cancel_button.disabled = True
-            on_done(result)
+            finish_on(loop, on_done, result)
 
         if self.background:
             self.thread = threading.Thread(target=run, daemon=True, name="qwidgets-long-task")
@@ -86,6 +107,7 @@ class LongTask(widgets.HBox):
             run()
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until the work finished (tests, scripts)."""
+        """Block until the work finished (tests, scripts; not from a kernel cell while the loop must run
+        `on_done`: there the result arrives after the cell)."""
         if self.thread is not None:
             self.thread.join(timeout)

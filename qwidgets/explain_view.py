@@ -22,6 +22,7 @@ from qwidgets._errors import Message, shows_errors
 from qwidgets._long_task import LongTask
 from qwidgets.layer_panel import TABLE_CSS
 from qwidgets._png_image import PngImage
+from qwidgets.graph_view import SHORT
 
 TOP = 8
 
@@ -82,7 +83,7 @@ class ExplainView(widgets.VBox):
 
         def work(tick):
             return Explainer(*args, **opts).explain_all(tick)
-        self.task.start(work, self._done, what="explaining (one run per layer and detection)")
+        self.task.start(work, self._done, what="explaining")
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until Explain finished (a script clicking the button calls this)."""
@@ -118,7 +119,7 @@ class ExplainView(widgets.VBox):
             return
         top = e.culprits[:TOP]
         kinds = self._session.model.layers
-        self.chart.value = bar_chart_png([f"{i} {kinds[i].kind[:5]}" for i, _ in top], [100 * r for _, r in top],
+        self.chart.value = bar_chart_png([f"{i} {SHORT.get(kinds[i].kind, kinds[i].kind)}" for i, _ in top], [100 * r for _, r in top],
                                          f"{e.match.det.name} {e.match.det.score:.2f} ({e.match.status}): "
                                          "run one layer FLOAT",
                                          "recovery: % of the score/IoU loss regained (higher = more to blame)",

@@ -29,7 +29,7 @@ from engine.imaging.samples import sample_images
 from qwidgets._confirm import Refused, SwitchGuard, dropped_text
 from qwidgets._encode import bar_chart_png
 from qwidgets._errors import ErrorDetails, Message, report, shows_errors
-from qwidgets._long_task import Cancelled
+from qwidgets._long_task import Cancelled, finish_on, main_loop
 from qwidgets._sync import holding
 from qwidgets._quant_render import SQNR_CAP, ranked_html, sqnr_chart_png
 from qwidgets._png_image import PngImage
@@ -197,18 +197,30 @@ class QuantizationView(widgets.VBox):
         self.cancel_button.disabled = False
         self.compare_button.disabled = self.sensitivity_button.disabled = True
 
+        loop = main_loop() if self.background else None
+
+        def finish(result, err) -> None:
+            with holding(self._session):
+                self.cancel_button.disabled = True
+                self.compare_button.disabled = self.sensitivity_button.disabled = False
+                if isinstance(err, Cancelled):
+                    self.status = f"{what} cancelled"
+                elif err is not None:
+                    report(self, err, f"QuantizationView.{what}")
+                else:
+                    try:
+                        done(result)
+                    except Exception as e:      # noqa: BLE001 - the widget boundary
+                        report(self, e, f"QuantizationView.{what}")
+
         def body() -> None:
+            result, error = None, None
             try:
                 with holding(self._session):
                     result = work()
-                    done(result)
-            except Cancelled:
-                self.status = f"{what} cancelled"
-            except Exception as err:        # noqa: BLE001 - the widget boundary (a thread has no caller)
-                report(self, err, f"QuantizationView.{what}")
-            finally:
-                self.cancel_button.disabled = True
-                self.compare_button.disabled = self.sensitivity_button.disabled = False
+            except Exception as err:        # noqa: BLE001 - handed to finish (the widget boundary)
+                error = err
+            finish_on(loop, finish, result, error)
         if self.background:
             self._thread = threading.Thread(target=body, daemon=True, name=f"qwidgets-{what}")
             self._thread.start()
@@ -216,7 +228,8 @@ class QuantizationView(widgets.VBox):
             body()
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until the running Compare or sweep finished (a script clicking the buttons calls this)."""
+        """Block until the running Compare or sweep finished (a script without an event loop; in a kernel
+        the result is shown once the cell returns)."""
         if self._thread is not None:
             self._thread.join(timeout)
 
