@@ -61,7 +61,7 @@ def timed(page, action, condition: str, timeout: float = 60_000) -> float:
 
 
 def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
-    from test_model_view_browser import KERNEL_IDLE, run_all
+    from notebook_page import KERNEL_IDLE, run_all
     from test_explorer_round2_browser import button, click_node
     out: dict[str, list[float]] = {k: [] for k in ("Explorer(s) shown", "Step", "node click", "Apply edit",
                                                    "tab switch", "colour switch")}

@@ -1,6 +1,6 @@
 """`python -m engine export MODEL [--weights W] --format onnx|weights -o OUT`.
 
-engine/cli.py wires it in with `add_export_parser(sub)`; `cmd_export(args)` returns the exit code
+engine/cli/main.py wires it in with `add_export_parser(sub)`; `cmd_export(args)` returns the exit code
 and lets EngineError/ValueError propagate to the CLI's common handler (exit code 2).
 """
 from __future__ import annotations
@@ -31,8 +31,9 @@ def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.model import load
-    model = load(args.model, weights=args.weights)
+    from engine.cli.options import load_model, output_path
+    output_path(args.output)
+    model = load_model(args)
     if args.format == "weights":
         model.save_weights(args.output)
         print(f"wrote {args.output}: Darknet weights {model.header.major}.{model.header.minor}."

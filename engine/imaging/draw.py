@@ -22,26 +22,30 @@ def class_colors(*detection_lists: Sequence) -> dict[int, tuple[int, int, int]]:
     return out
 
 
-def draw_detections(image: ImageLike, detections: Sequence, width: int = 3, *, scale: float = 1.0,
+def draw_detections(image: ImageLike, detections: Sequence, width: int | None = None, *, scale: float = 1.0,
                     font_size: int | None = None, colors: Mapping[int, tuple] | None = None,
                     labels: Sequence[str] | None = None) -> Image.Image:
     """A copy of `image` with each detection's box and 'name score' label (colour by class).
 
-    scale: boxes are multiplied by it (draw on a resized image at a readable size); font_size: label
-    text height in pixels (default: Pillow's small bitmap font); colors: class_id -> RGB (default by
-    class_id); labels: one text per detection instead of 'name score'."""
+    Line width and label size follow the image size (default: about 1/200 and 1/40 of its
+    shorter side), label text is black or white, whichever reads on the class colour.
+    scale: boxes are multiplied by it (draw on a resized image); font_size: label text size in pixels;
+    colors: class_id -> RGB (default by class_id); labels: one text per detection instead of 'name score'."""
     im = open_image(image).copy()
     draw = ImageDraw.Draw(im)
-    font = ImageFont.load_default(size=font_size) if font_size else None
-    th = (font_size or 10) + 2
+    side = min(im.width, im.height)
+    width = width or max(2, round(side / 200))
+    font = ImageFont.load_default(size=font_size or max(10, round(side / 40)))
     for k, d in enumerate(detections):
         color = (colors or {}).get(d.class_id, PALETTE[d.class_id % len(PALETTE)])
         box = [max(0, d.x1 * scale), max(0, d.y1 * scale), min(im.width - 1, d.x2 * scale),
                min(im.height - 1, d.y2 * scale)]
         draw.rectangle(box, outline=color, width=width)
         label = labels[k] if labels is not None else f"{d.name} {d.score:.2f}"
-        tw = draw.textlength(label, font=font)
-        top = max(0, box[1] - th)
-        draw.rectangle([box[0], top, box[0] + tw + 4, top + th], fill=color)
-        draw.text((box[0] + 2, top), label, fill=(0, 0, 0), font=font)
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        th, tw = bottom - top + 4, right - left + 6
+        y = box[1] - th if box[1] >= th else box[1]          # above the box, inside it at the top edge
+        draw.rectangle([box[0], y, box[0] + tw, y + th], fill=color)
+        ink = (0, 0, 0) if 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] > 140 else (255, 255, 255)
+        draw.text((box[0] + 3, y + 2 - top), label, fill=ink, font=font)
     return im

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from engine.darknet.cfg import Section
+from engine.kernels.scratch import Scratch
 from engine.errors import CfgError, UnsupportedError
 from engine.registry import Registry
 
@@ -20,29 +21,6 @@ Params = dict[str, np.ndarray]
 MAX_ELEMENTS = 1 << 31  # a single activation bigger than this is a cfg mistake, not a model
 
 LAYERS: Registry[type["Layer"]] = Registry("layer type")
-
-
-class Scratch:
-    """Reusable float32 work buffers (im2col columns, padded inputs, GEMM outputs).
-
-    One per model; layers run one at a time, so a named buffer is reused by every layer and only
-    grows to the largest request. This avoids page-faulting fresh memory on every call.
-    """
-
-    def __init__(self) -> None:
-        self._bufs: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
-        n = int(np.prod(shape))
-        key = f"{name}:{np.dtype(dtype).str}"
-        buf = self._bufs.get(key)
-        if buf is None or buf.size < n:
-            buf = np.empty(n, dtype)
-            self._bufs[key] = buf
-        return buf[:n].reshape(shape)
-
-    def clear(self) -> None:
-        self._bufs.clear()
 
 
 @dataclass
@@ -78,6 +56,13 @@ class BuildContext:
 class Layer:
     """Common fields. Subclasses add their cfg keys as dataclass fields (Darknet spelling)."""
     kind: ClassVar[str] = "layer"
+    # Kind traits: what the rest of the engine asks of a layer type (no lists of kinds elsewhere).
+    is_head: ClassVar[bool] = False       # a detection head: its output is decoded into boxes
+    float_only: ClassVar[bool] = False    # runs in float in every mode and is never calibrated
+    int8_weights: ClassVar[bool] = False  # its weights have an int8 form in a quantized model
+    shape_only: ClassVar[bool] = False    # selects or moves input values (no arithmetic): an int8
+    #                                       output keeps its input's scale
+    is_loss: ClassVar[bool] = False       # training only: never chosen as the network output
     index: int
     inputs: tuple[int, ...]                  # producer layer indices; -1 is the network input
     in_shapes: tuple[Shape, ...]
@@ -128,6 +113,14 @@ def check_shape(sec: Section, shape: tuple[int, ...], what: str = "output") -> S
     return (c, h, w)
 
 
+def single_input(cls: type[Layer], ctx: BuildContext, **fields) -> Layer:
+    """A layer reading the previous layer's output, with its own `out_shape` (default: the same shape)."""
+    src, shape = ctx.previous()
+    out = fields.pop("out_shape", shape)
+    return cls(index=ctx.index, inputs=(src,), in_shapes=(shape,), out_shape=out, line=ctx.section.line,
+               source=ctx.section.path, **fields)
+
+
 def refuse(sec: Section, key: str, default: str) -> None:
     """Raise UnsupportedError if `key` is set to anything but its inert default."""
     if sec.has(key) and sec.raw(key) != default:
@@ -135,4 +128,4 @@ def refuse(sec: Section, key: str, default: str) -> None:
                                f"supported by this engine (only {key}={default})")
 
 
-__all__ = ["LAYERS", "Layer", "BuildContext", "Scratch", "Shape", "Params", "check_shape", "refuse", "CfgError"]
+__all__ = ["LAYERS", "Layer", "BuildContext", "Scratch", "Shape", "Params", "check_shape", "single_input", "refuse", "CfgError"]

@@ -15,11 +15,11 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from engine.errors import EngineError
+from engine.quant.modes import MODES, Mode
 from engine.quant.int_layers import HEAD_LAYERS, HYBRID_LAYERS, INT_LAYERS
 from engine.quant.qmodel import QuantizedModel
 from engine.quant.qtensor import QTensor, quantize
 
-MODES = ("float", "hybrid", "int")
 FLOAT, INT8 = "float", "int8"
 
 
@@ -61,17 +61,15 @@ class LayerRecord:
     stats: dict = field(default_factory=dict)
 
 
-HEAD_KINDS = ("yolo", "region", "detection", "softmax", "cost")
-
-
 def head_feeders(model) -> set[int]:
-    """Layers every reader of which is a detection head (their output leaves the int8 chain)."""
-    readers: dict[int, list[str]] = {i: [] for i in range(len(model.layers))}
+    """Layers every reader of which always runs float (a detection head, softmax, cost): their output
+    leaves the int8 chain."""
+    readers: dict[int, list] = {i: [] for i in range(len(model.layers))}
     for layer in model.layers:
         for src in layer.inputs:
             if src >= 0:
-                readers[src].append(layer.kind)
-    return {i for i, kinds in readers.items() if kinds and all(k in HEAD_KINDS for k in kinds)}
+                readers[src].append(layer)
+    return {i for i, rs in readers.items() if rs and all(r.float_only for r in rs)}
 
 
 class Executor:
@@ -81,7 +79,7 @@ class Executor:
                  float_layers: Iterable[int] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
-        if mode != "float" and qmodel is None:
+        if mode != Mode.FLOAT and qmodel is None:
             raise EngineError(f"mode '{mode}' needs a quantized model (quantize one or load a .npz)")
         if qmodel is not None:
             qmodel.check_matches(model)
@@ -96,12 +94,12 @@ class Executor:
     def has_int_path(self, index: int, mode: str | None = None) -> bool:
         kind = self.model.layers[index].kind
         mode = mode or self.mode
-        if mode == "hybrid":
+        if mode == Mode.HYBRID:
             return kind in HYBRID_LAYERS
         return kind in INT_LAYERS
 
     def precision(self, index: int) -> str:
-        if self.mode == "float" or index in self.float_layers or not self.has_int_path(index):
+        if self.mode == Mode.FLOAT or index in self.float_layers or not self.has_int_path(index):
             return FLOAT
         return INT8
 
@@ -131,7 +129,7 @@ class Executor:
         if self.qmodel is None:
             raise EngineError(f"layer {index} [{layer.kind}]: int8 needs a quantized model")
         lq = self.qmodel.layers.get(index)
-        if self.mode == "hybrid" and layer.kind in HYBRID_LAYERS:
+        if self.mode == Mode.HYBRID and layer.kind in HYBRID_LAYERS:
             y = HYBRID_LAYERS[layer.kind](layer, inputs[0].float(), lq, rec.stats)
             y.flags.writeable = False
             return Value(f=y), rec
@@ -162,5 +160,13 @@ class Executor:
         return values, records
 
     def forward(self, x: np.ndarray) -> list[np.ndarray]:
-        """Float views of every layer output (what detection decoding and fitness read)."""
-        return [v.float() for v in self.run(x)[0]]
+        """Float views of every layer output (what detection decoding and fitness read).
+
+        x: (3, H, W), or a batch (N, 3, H, W): then every output is (N, C, H, W), image k equal to
+        a forward of image k alone bit for bit (the batch runs image by image)."""
+        xb = np.asarray(x)
+        if xb.ndim != 4:
+            return [v.float() for v in self.run(x)[0]]
+        self.model.check_input(xb, batch=True)
+        per = [self.forward(xb[k]) for k in range(xb.shape[0])]
+        return [np.stack(outs) for outs in zip(*per)]

@@ -16,6 +16,7 @@ from engine.darknet.detect import detect_outputs
 from engine.errors import EngineError
 from engine.quant.executor import Executor
 from engine.quant.fitness import detection_agreement, error_stats
+from engine.quant.modes import Mode
 
 
 @dataclass
@@ -47,7 +48,7 @@ class SensitivityTable:
 
 
 def _head_sqnr(model, ref, outs) -> float:
-    heads = [l.index - 1 for l in model.layers if l.kind in ("yolo", "region")] or [len(model.layers) - 1]
+    heads = [l.inputs[0] for l in model.layers if l.is_head] or [len(model.layers) - 1]
     vals = [error_stats(ref[i], outs[i]).sqnr_db for i in heads]
     vals = [min(v, 200.0) for v in vals]
     return float(np.mean(vals))
@@ -56,7 +57,7 @@ def _head_sqnr(model, ref, outs) -> float:
 def sensitivity(session, progress: bool = True, cancel: threading.Event | Callable[[], bool] | None = None
                 ) -> SensitivityTable:
     """Sweep every int8-capable layer (cancellable: set the Event or return True from the callable)."""
-    if session.mode == "float" or session.qmodel is None:
+    if session.mode == Mode.FLOAT or session.qmodel is None:
         raise EngineError("the sensitivity sweep needs HYBRID or INT mode and a quantized model")
     model, pre = session.model, session.pre
     base = Executor(model, session.qmodel, session.mode, ())

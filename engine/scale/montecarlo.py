@@ -27,9 +27,11 @@ from PIL import Image, ImageEnhance, ImageFilter
 from engine.imaging.augment import ROTATE_RESAMPLE, SCALE_RESAMPLE, add_noise, to_png
 from engine.calib.collect import image_list
 from engine.darknet.detect import detect_outputs
-from engine.scale.backends import InProcess, _unwrap, label_of, load_source, resolve_qmodel, _qmodel_arg
+from engine.scale.backends import InProcess, label_of, qmodel_ref
+from engine.scale.sources import load_source, resolve_qmodel, unwrap
 from engine.darknet.image import open_image
 from engine.quant.fitness import detection_agreement
+from engine.quant.modes import QUANT_MODES
 
 GREY = (127, 127, 127)
 # name: (low, high) of a uniform draw; flips are Bernoulli with these probabilities
@@ -129,7 +131,7 @@ def variant_batch(source: Any, qref: Any, sources_ref: Any, modes: tuple[str, ..
     from engine.quant.executor import Executor
     model = load_source(source)
     qm = resolve_qmodel(qref)
-    sources = _unwrap(sources_ref)
+    sources = unwrap(sources_ref)
     _, h, w = model.input_shape
     runners = {m: Executor(model, qm, m).forward for m in modes}
     rows = []
@@ -139,8 +141,8 @@ def variant_batch(source: Any, qref: Any, sources_ref: Any, modes: tuple[str, ..
         row: dict[str, Any] = {"float_dets": len(truth)}
         for m, run in runners.items():
             a = detection_agreement([truth], [detect_outputs(model, run(pre.x), pre, thresh, nms)])
-            row[m] = {"map50": a.map50, "matched": a.matched, "missed": a.missed, "extra": a.extra,
-                      "mean_iou": a.mean_iou}
+            row[m] = {"map50": a.map50, "map50_95": a.map50_95, "matched": a.matched, "missed": a.missed,
+                      "extra": a.extra, "mean_iou": a.mean_iou}
         rows.append(row)
     return rows
 
@@ -167,9 +169,11 @@ class MonteCarloResult:
         counts, edges = np.histogram(s, bins=bins, range=(0.0, 1.0))
         pct = {f"p{q}": float(np.percentile(s, q)) for q in (5, 25, 50, 75, 95)} if s.size else {}
         errors = {k: int(sum(r[mode or self.modes[-1]][k] for r in self.rows)) for k in ("matched", "missed", "extra")}
+        coco = [r[mode or self.modes[-1]].get("map50_95", np.nan) for r in self.rows]
         return {"mode": mode or self.modes[-1], "n": int(s.size), "mean": float(s.mean()) if s.size else float("nan"),
                 "std": float(s.std()) if s.size else float("nan"), "min": float(s.min()) if s.size else float("nan"),
-                **pct, "perfect": float(np.mean(s == 1.0)) if s.size else float("nan"), **errors,
+                "mean_map50_95": float(np.mean(coco)) if coco else float("nan"), **pct,
+                "perfect": float(np.mean(s == 1.0)) if s.size else float("nan"), **errors,
                 "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}}
 
     def worst(self, k: int | None = None, mode: str | None = None) -> list[tuple[Variant, dict]]:
@@ -186,7 +190,8 @@ class MonteCarloResult:
                  f"{self.seconds:.1f} s"]
         for m in self.modes:
             s = self.summary(m)
-            lines.append(f"{m:<7} mAP50 mean {s['mean']:.3f}  std {s['std']:.3f}  min {s['min']:.3f}  "
+            lines.append(f"{m:<7} mAP50 mean {s['mean']:.3f}  mAP@[.5:.95] {s['mean_map50_95']:.3f}  "
+                         f"std {s['std']:.3f}  min {s['min']:.3f}  "
                          f"p5 {s['p5']:.3f}  p50 {s['p50']:.3f}  perfect {100 * s['perfect']:.0f}%  "
                          f"missed {s['missed']}  extra {s['extra']}")
             counts = " ".join(f"{c}" for c in s["histogram"]["counts"])
@@ -209,7 +214,7 @@ def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200
 
     Raises ValueError for modes other than hybrid/int or an empty image list.
     """
-    bad = [m for m in modes if m not in ("hybrid", "int")]
+    bad = [m for m in modes if m not in QUANT_MODES]
     if bad or not modes:
         raise ValueError(f"modes {list(modes)}: expected hybrid and/or int (FLOAT is the reference)")
     backend = backend or InProcess()
@@ -219,7 +224,7 @@ def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200
     sources_ref = sources if all_paths else backend.share(sources)     # images themselves: sent once
     t0 = time.perf_counter()
     parts = backend.map_batches(variant_batch, variants, batch_size, progress, "variants",
-                                args=(backend.portable(model_source), _qmodel_arg(qmodel, backend), sources_ref,
+                                args=(backend.portable(model_source), qmodel_ref(qmodel, backend), sources_ref,
                                       tuple(modes), thresh, nms))
     rows = [r for p in parts for r in p]
     _, h, w = load_source(model_source).input_shape

@@ -1,77 +1,38 @@
 """The Session: one model + quantized model + image + execution state, stepped layer by layer.
 
-It is the single API the widgets call. Every executed layer's output is kept (float, and int8 +
-scale where the layer ran in int8), so any earlier layer can be inspected. CROSS runs the
-current layer in the other precision on the same inputs; `continue_from` runs the rest of the
-network from either result. Editing, sensitivity sweeps and run records live in
-engine/customize.py, engine/sensitivity.py and engine/records.py.
+It is the single API the widgets call. Stepping and the kept outputs are its LayerStepper base
+(engine/session/stepping.py, self-contained). CROSS runs the current layer in the other precision
+on the same inputs; `continue_from` runs the rest of the network from either result
+(engine/session/precision.py). Edits are made by the session's Editor (engine/session/editing.py,
+composition); this facade decides which kept outputs they make stale. Sensitivity sweeps live in
+engine/quant/sensitivity.py, the run-record file format in engine/session/records.py.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from engine.session.editing import CustomizeMixin
 from engine.darknet.detect import Detection, detect_outputs
-from engine.errors import EditsWouldBeLost, EngineError
 from engine.darknet.image import ImageLike, Preprocessed
-from engine.session.stats import TensorSummary, histogram, summarize
-from engine.quant.executor import FLOAT, INT8, Executor, FloatView, LayerRecord, Value
+from engine.errors import ArgumentError, EditsWouldBeLost, EngineError
+from engine.quant.executor import Executor, FloatView, Value
 from engine.quant.fitness import ErrorStats, error_stats
+from engine.quant.modes import Mode
 from engine.quant.qmodel import QuantizedModel
+from engine.session import arguments
+from engine.session.editing import Editor
+from engine.session.calibration import CalibrationCache
+from engine.session.inputs import session_input
+from engine.session.layer_data import calibrator_thresholds, layer_info, layer_weights
+from engine.session.precision import cross_layer, layer_fitness, other_precision, run_rest
+from engine.session.edits import Edit, Journal
+from engine.session.results import ContinueResult, CrossResult, RerunResult
+from engine.session.stepping import LayerStepper
 
 
-class Mode(str, Enum):
-    FLOAT = "float"
-    HYBRID = "hybrid"
-    INT8 = "int"
-
-
-@dataclass
-class StepResult:
-    index: int
-    node_id: str
-    kind: str
-    precision: str
-    value: Value = field(repr=False)
-    record: LayerRecord = field(repr=False)
-    seconds: float = 0.0
-
-    @property
-    def y(self) -> np.ndarray:
-        return self.value.float()
-
-
-@dataclass
-class CrossResult:
-    index: int
-    precision: str                 # what the session ran
-    other: str                     # what CROSS ran
-    y: np.ndarray = field(repr=False)
-    y_other: np.ndarray = field(repr=False)
-    value_other: Value = field(repr=False)
-    record_other: LayerRecord = field(repr=False)
-    diff: ErrorStats = None        # y_other against y
-
-    @property
-    def float_and_int(self) -> tuple[np.ndarray, np.ndarray]:
-        return (self.y, self.y_other) if self.precision == FLOAT else (self.y_other, self.y)
-
-
-@dataclass
-class ContinueResult:
-    source: str                    # "this" or "other"
-    index: int
-    detections: list[Detection]
-    values: list[Value] = field(repr=False)
-
-
-class Session(CustomizeMixin):
+class Session(LayerStepper):
     """Step, inspect, cross-run and customize a model on one image.
 
         s = Session(model, quantized=qm, mode="int", image="dog.jpg")
@@ -84,65 +45,40 @@ class Session(CustomizeMixin):
         from engine.model import Model, load
         if not isinstance(model, Model):
             model = load(model)
-        if quantized is not None and not isinstance(quantized, QuantizedModel):
-            quantized = QuantizedModel.load(quantized)
-        self.original = model
-        self.model = model.shallow_copy()          # edits never reach the caller's model
-        self.qmodel = quantized.copy() if quantized is not None else None
+        quantized = arguments.quantized(quantized)
+        thresh, nms = arguments.unit_interval(thresh, "thresh"), arguments.unit_interval(nms, "nms")
+        # the session edits private copies: edits never reach the caller's model
+        self.editor = Editor(model.shallow_copy(), quantized.copy() if quantized is not None else None, model)
+        self.mode = arguments.mode(mode)
+        super().__init__(self._executor(self.mode, float_layers))
         self.resize, self.thresh, self.nms = resize, thresh, nms
-        self._callbacks: dict[str, list[Callable]] = {"step": [], "edit": [], "reset": [], "refresh": []}
-        self._init_customize()
-        self.mode = Mode(mode).value
-        self.executor = Executor(self.model, self.qmodel, self.mode, float_layers)
-        self.pre: Preprocessed | None = None
-        self.values: list[Value] = []
-        self.records: list[LayerRecord] = []
-        self.timings: list[float] = []
         self._float_ref: list[np.ndarray] | None = None
-        self._calib_cache: tuple = (None, None)     # ((image-set key, model version), CalibrationStats)
+        self._calibration = CalibrationCache()
         self.reset(image)
-
-    # ------------------------------------------------------------------ callbacks
-    def on_step(self, cb: Callable[[StepResult], Any]) -> Callable:
-        self._callbacks["step"].append(cb)
-        return cb
-
-    def on_edit(self, cb: Callable) -> Callable:
-        self._callbacks["edit"].append(cb)
-        return cb
-
-    def on_reset(self, cb: Callable[["Session"], Any]) -> Callable:
-        self._callbacks["reset"].append(cb)
-        return cb
-
-    def on_refresh(self, cb: Callable[[int], Any]) -> Callable:
-        """cb(first) after kept outputs from layer `first` to the position were re-executed (an edit had
-        made them stale: refresh(), rerun(), or anything that refreshes first)."""
-        self._callbacks["refresh"].append(cb)
-        return cb
-
-    def remove_callback(self, cb: Callable) -> None:
-        for cbs in self._callbacks.values():
-            if cb in cbs:
-                cbs.remove(cb)
-
-    def _fire(self, event: str, payload: Any) -> None:
-        for cb in list(self._callbacks[event]):
-            cb(payload)
 
     # ------------------------------------------------------------------ state
     @property
-    def position(self) -> int:
-        """Index of the last executed layer (-1 before the first step)."""
-        return len(self.values) - 1
+    def model(self):
+        """The session's (edited) float model: a copy of `original`."""
+        return self.editor.model
 
     @property
-    def done(self) -> bool:
-        return len(self.values) == len(self.model.layers)
+    def qmodel(self) -> QuantizedModel | None:
+        return self.editor.qmodel
 
     @property
-    def num_layers(self) -> int:
-        return len(self.model.layers)
+    def original(self):
+        """The model the session was opened with; edits never reach it."""
+        return self.editor.original
+
+    @property
+    def journal(self) -> Journal:
+        return self.editor.journal
+
+    @property
+    def model_version(self) -> int:
+        """Bumped by every float edit, undo or redo, and by set_model (calibration caches key on it)."""
+        return self.editor.version
 
     @property
     def float_layers(self) -> set[int]:
@@ -150,11 +86,18 @@ class Session(CustomizeMixin):
 
     def set_mode(self, mode: str | Mode, float_layers=None) -> None:
         """Change FLOAT/HYBRID/INT (and the mixed-precision override); restarts execution."""
-        mode = Mode(mode).value
-        self.executor = Executor(self.model, self.qmodel, mode,
-                                 self.executor.float_layers if float_layers is None else float_layers)
+        mode = arguments.mode(mode)
+        self.executor = self._executor(mode, self.executor.float_layers if float_layers is None else float_layers)
         self.mode = mode
         self.reset()
+
+    def _executor(self, mode: str, float_layers) -> Executor:
+        try:
+            return Executor(self.model, self.qmodel, mode, float_layers)
+        except EngineError:
+            raise
+        except (ValueError, TypeError) as err:   # float_layers naming no layer, a wrong type
+            raise ArgumentError(f"float_layers={float_layers!r}: {err}") from None
 
     def set_quantized(self, quantized: QuantizedModel | str | Path | None, *, drop_edits: bool = False) -> int:
         """Switch to another quantized model (or None); restarts execution.
@@ -164,14 +107,12 @@ class Session(CustomizeMixin):
         EditsWouldBeLost unless `drop_edits` (save_quantized() first to keep them). Returns the
         number of dropped edits.
         """
-        if quantized is not None and not isinstance(quantized, QuantizedModel):
-            quantized = QuantizedModel.load(quantized)
+        quantized = arguments.quantized(quantized)
         if quantized is not None:
             quantized.check_matches(self.model)
-        dropped = self._check_quantized_edits_may_go(drop_edits)
-        self.qmodel = quantized.copy() if quantized is not None else None
-        self._rebase_edits()
-        mode = self.mode if self.qmodel is not None else "float"
+        dropped = self.editor.check_quantized_edits_may_go(drop_edits)
+        self.editor.switch_quantized(quantized.copy() if quantized is not None else None)
+        mode = self.mode if self.qmodel is not None else Mode.FLOAT.value
         self.executor = Executor(self.model, self.qmodel, mode, self.executor.float_layers)
         self.mode = mode
         self.reset()
@@ -183,7 +124,6 @@ class Session(CustomizeMixin):
         either, called only once the switch is allowed) in this session, with an optional quantized
         model made for it; restarts execution on the same image. Every edit belongs to the old model:
         EditsWouldBeLost unless `drop_edits`. Returns the number of dropped edits."""
-        from engine.session.edits import Journal
         from engine.model import Model, load
         applied, undone = len(self.journal.done), len(self.journal.undone)
         if applied + undone and not drop_edits:
@@ -195,14 +135,14 @@ class Session(CustomizeMixin):
         model = model if isinstance(model, Model) else load(model)
         if quantized is not None and not isinstance(quantized, QuantizedModel):
             quantized = QuantizedModel.load(quantized)
-        mode = self.mode if quantized is not None else "float"
+        mode = self.mode if quantized is not None else Mode.FLOAT.value
         twin, qtwin = model.shallow_copy(), quantized.copy() if quantized is not None else None
         executor = Executor(twin, qtwin, mode)          # validates the pair before anything changes
         if self.image is None and model.input_shape != self.model.input_shape:
             raise EngineError(f"the session's input is a {self.model.input_shape} tensor without its image; "
                               f"'{model.graph.name}' needs {model.input_shape}: reset(image=...) with a new image")
-        self.original, self.model, self.qmodel, self.executor, self.mode = model, twin, qtwin, executor, mode
-        self.journal, self.model_version = Journal(), self.model_version + 1
+        self.editor = Editor(twin, qtwin, model, self.editor.version + 1)
+        self.executor, self.mode = executor, mode
         if self.image is not None:      # the same image, preprocessed for the new model's input size
             self.pre = self.model.preprocess(self.image, self.resize)
         self._float_ref = None
@@ -212,82 +152,13 @@ class Session(CustomizeMixin):
     def reset(self, image: ImageLike | Preprocessed | None = None) -> None:
         """Back to before layer 0; with `image`, switch to that image (path, array, PIL, tensor)."""
         if image is not None or self.pre is None:
-            self.pre = self._prepare(image)
-            self.image = self._source_image
-            self.image_name = self._source_name
+            self.pre, self.image, self.image_name = session_input(self.model, image, self.resize)
             self._float_ref = None
         self.values, self.records, self.timings = [], [], []
         self.stale_from = None
         self._fire("reset", self)
 
-    def _prepare(self, image) -> Preprocessed:
-        """The network input for `image`; also sets `_source_image`, the decoded original (a PIL image)
-        or None when only a tensor is known, and `_source_name` (the file name, if any)."""
-        from engine.darknet.image import open_image
-        if image is None:
-            from engine.imaging.samples import sample
-            image = sample("dog")
-        self._source_image = None
-        name = image if isinstance(image, (str, Path)) else getattr(image, "filename", None)
-        self._source_name = Path(name).name if name else None
-        if isinstance(image, Preprocessed):
-            return image
-        if isinstance(image, np.ndarray) and image.shape == self.model.input_shape and image.dtype == np.float32:
-            _, h, w = image.shape
-            return Preprocessed(self.model.check_input(image), w, h, "stretch")
-        if not isinstance(image, np.ndarray):
-            image = open_image(image)
-            self._source_image = image
-        return self.model.preprocess(image, self.resize)
-
-    @property
-    def x(self) -> np.ndarray:
-        return self.pre.x
-
     # ------------------------------------------------------------------ execution
-    def _check_index(self, index: int) -> int:
-        index = int(index)
-        if not 0 <= index < self.num_layers:
-            raise EngineError(f"layer {index} does not exist; this model has layers 0..{self.num_layers - 1}")
-        return index
-
-    def _inputs(self, index: int, values: list[Value] | None = None) -> list[Value]:
-        return self.executor.inputs_of(index, Value(f=self.pre.x), self.values if values is None else values)
-
-    def step(self) -> StepResult:
-        """Run the next layer. Raises EngineError at the end of the network."""
-        if self.done:
-            raise EngineError(f"all {self.num_layers} layers have run; reset() to start again")
-        self.refresh()
-        i = len(self.values)
-        t0 = time.perf_counter()
-        value, rec = self.executor.run_layer(i, self._inputs(i))
-        dt = time.perf_counter() - t0
-        self.values.append(value)
-        self.records.append(rec)
-        self.timings.append(dt)
-        layer = self.model.layers[i]
-        result = StepResult(i, str(i), layer.kind, rec.precision, value, rec, dt)
-        self._fire("step", result)
-        return result
-
-    def run_to(self, index: int) -> StepResult:
-        """Execute up to and including layer `index` (restarting if it already ran past it)."""
-        index = self._check_index(index)
-        if index < self.position:
-            self.values, self.records, self.timings = self.values[:index], self.records[:index], self.timings[:index]
-            if self.stale_from is not None and self.stale_from > self.position:
-                self.stale_from = None
-        result = None
-        while self.position < index:
-            result = self.step()
-        if result is None:  # already exactly there
-            self.refresh()
-            rec = self.records[index]
-            result = StepResult(index, str(index), self.model.layers[index].kind, rec.precision, self.values[index],
-                                rec, self.timings[index])
-        return result
-
     def run(self) -> list[Detection]:
         """Run to the end and return the detections."""
         self.refresh()
@@ -300,7 +171,7 @@ class Session(CustomizeMixin):
             raise EngineError(f"detections need a full run: at layer {self.position} of {self.num_layers - 1}; "
                               "call run()")
         self.refresh()
-        return detect_outputs(self.model, FloatView(self.values), self.pre, self.thresh, self.nms)
+        return self._detections_of(self.values)
 
     def float_detections(self) -> list[Detection]:
         return detect_outputs(self.model, self.float_reference(), self.pre, self.thresh, self.nms)
@@ -312,46 +183,9 @@ class Session(CustomizeMixin):
         return self._float_ref
 
     # ------------------------------------------------------------------ inspection
-    def _executed(self, index: int) -> int:
-        index = self._check_index(index)
-        if index > self.position:
-            raise EngineError(f"layer {index} has not run yet (position {self.position}); run_to({index}) first")
-        return index
-
-    def output(self, index: int) -> np.ndarray:
-        """Float view of an executed layer's output (dequantized if it ran in int8). Read-only."""
-        return self.values[self._executed(index)].float()
-
-    def output_q(self, index: int):
-        """The int8 QTensor of an executed layer, or None if it ran in float."""
-        return self.values[self._executed(index)].q
-
-    def inputs(self, index: int) -> list[np.ndarray]:
-        """Float views of the inputs layer `index` reads (its producers' outputs, or the image tensor)."""
-        index = self._check_index(index)
-        if any(0 <= i and i > self.position for i in self.model.layers[index].inputs):
-            raise EngineError(f"the inputs of layer {index} have not all run yet; run_to({index - 1}) first")
-        return [v.float() for v in self._inputs(index)]
-
-    def precision(self, index: int) -> str:
-        return self.executor.precision(self._check_index(index))
-
     def layer_info(self, index: int) -> dict[str, Any]:
         index = self._check_index(index)
-        node = self.model.graph.node(index)
-        info = {"index": index, "id": node.id, "kind": node.kind, "inputs": list(node.inputs),
-                "in_shapes": [list(s) for s in node.in_shapes], "out_shape": list(node.out_shape),
-                "params": node.params, "macs": node.macs, "attrs": dict(node.attrs),
-                "precision": self.executor.precision(index), "mode": self.mode}
-        if self.qmodel is not None:
-            info["out_scale"] = self.qmodel.scales.get(str(index))
-            info["threshold"] = self.qmodel.thresholds.get(str(index))
-            lq = self.qmodel.layers.get(index)
-            if lq is not None:
-                info["in_scale"] = lq.in_scale
-                info["weight_scale"] = (float(lq.w_scale.min()), float(lq.w_scale.max()))
-                info["weight_scheme"] = lq.scheme
-                info["per_channel"] = lq.w_scale.size > 1
+        info = layer_info(self.model, self.qmodel, self.executor, index)
         if index <= self.position:
             info["seconds"] = self.timings[index]
             info["record"] = dict(self.records[index].stats)
@@ -360,72 +194,21 @@ class Session(CustomizeMixin):
     def weights(self, index: int, kind: str = "float") -> dict[str, np.ndarray]:
         """Copies of a layer's parameters: kind "float" (raw cfg params), "fused" (batch norm folded
         in: the weights and biases the int8 ones approximate) or "int8" (w_q, b_q, w_scale)."""
-        index = self._check_index(index)
-        if kind == "float":
-            return {k: v.copy() for k, v in self.model.params[index].items()}
-        if kind == "fused":
-            layer = self.model.layers[index]
-            if layer.kind not in ("convolutional", "connected"):
-                raise EngineError(f"layer {index} [{layer.kind}] has no weights")
-            w, b = layer.fused(self.model.params[index])
-            return {"weights": np.array(w, dtype=np.float32), "biases": np.array(b, dtype=np.float32)}
-        if kind == "int8":
-            lq = None if self.qmodel is None else self.qmodel.layers.get(index)
-            if lq is None:
-                raise EngineError(f"layer {index} [{self.model.layers[index].kind}] has no int8 weights")
-            return {"w_q": lq.w_q.copy(), "b_q": lq.b_q.copy(), "w_scale": np.array(lq.w_scale, copy=True)}
-        raise ValueError(f"kind={kind!r}: expected 'float', 'fused' or 'int8'")
-
-    def summary(self, index: int) -> TensorSummary:
-        index = self._executed(index)
-        v, rec = self.values[index], self.records[index]
-        sat = rec.stats.get("saturated") if rec.precision == INT8 else None
-        return summarize(v.float(), v.q.q if v.q is not None else None, sat)
-
-    def histogram(self, index: int, which: str = "output", bins: int = 64, log2: bool = False):
-        """(counts, edges) of a layer's output, first input, or float weights."""
-        index = self._check_index(index)
-        if which == "output":
-            x = self.output(index)
-        elif which == "input":
-            x = self.inputs(index)[0]
-        elif which == "weights":
-            w = self.model.params[index].get("weights")
-            if w is None:
-                raise EngineError(f"layer {index} [{self.model.layers[index].kind}] has no weights")
-            x = w
-        else:
-            raise ValueError(f"which={which!r}: expected output, input or weights")
-        return histogram(x, bins=bins, log2=log2)
+        return layer_weights(self.model, self.qmodel, self._check_index(index), kind)
 
     def fitness(self, index: int, local: bool = True) -> dict[str, ErrorStats | None]:
         """This layer against the FLOAT run: propagated (the session's output) and local (this layer
         alone in int8 on the FLOAT run's inputs; skipped with local=False, which is much cheaper).
         Both None in FLOAT mode."""
         index = self._executed(index)
-        if self.mode == "float":
+        if self.mode == Mode.FLOAT:
             return {"propagated": None, "local": None}
-        ref = self.float_reference()
-        v, rec = self.values[index], self.records[index]
-        sat = rec.stats.get("saturated", 0) + rec.stats.get("input_saturated", 0)
-        prop = error_stats(ref[index], v.float(), v.q.q if v.q is not None else None, sat)
-        local_stats = None
-        if local and self.executor.precision(index) == INT8:
-            floats = [Value(f=y) for y in ref]
-            lv, lrec = self.executor.run_layer(index, self._inputs(index, floats))
-            lsat = lrec.stats.get("saturated", 0) + lrec.stats.get("input_saturated", 0)
-            local_stats = error_stats(ref[index], lv.float(), lv.q.q if lv.q is not None else None, lsat)
-        return {"propagated": prop, "local": local_stats}
+        return layer_fitness(self.executor, index, self.values[index], self.records[index], self.float_reference(),
+                             self._inputs, local)
 
     def thresholds(self, index: int | str) -> dict[str, float]:
         """The calibration threshold every registered method would pick for this tensor."""
-        from engine.calib import CALIBRATORS, make
-        if self.qmodel is None or self.qmodel.stats is None:
-            return {}
-        h = self.qmodel.stats.hists.get(str(index))
-        if h is None or h.amax == 0:
-            return {}
-        return {name: make(name).threshold(h) for name in CALIBRATORS.names()}
+        return calibrator_thresholds(self.qmodel, index)
 
     # ------------------------------------------------------------------ calibration, comparison
     def calibration_stats(self, images, *, key: str | None = None,
@@ -436,21 +219,14 @@ class Session(CustomizeMixin):
         redo bumps the version, so statistics never describe weights the model no longer has.
         `on_image(done, total)` follows the pass.
         """
-        from engine.calib.collect import collect
-        cache_key = (key, self.model_version)
-        if key is not None and self._calib_cache[0] == cache_key:
-            return self._calib_cache[1]
-        stats = collect(self.model, images, resize=self.resize, progress=False, on_image=on_image)
-        if key is not None:
-            self._calib_cache = (cache_key, stats)
-        return stats
+        return self._calibration.stats(self.model, images, self.resize, key, self.model_version, on_image)
 
     def compare_methods(self, images, methods, *, per_channel: bool = True, key: str | None = None,
                         on_progress: Callable[[str, int, int], Any] | None = None):
         """Calibrate once on `images`, quantize with each method, rank them by agreement with FLOAT
-        on the same images (engine.quant.compare). on_progress(phase, done, total), phase
+        on the same images (engine.scale.compare). on_progress(phase, done, total), phase
         "calibrate" (per image) then "compare" (per method). Returns a CompareTable."""
-        from engine.quant.compare import compare
+        from engine.scale.compare import compare
         from engine.calib.collect import image_list
         items = image_list(images)
         on_image = (lambda done, total: on_progress("calibrate", done, total)) if on_progress else None
@@ -472,30 +248,39 @@ class Session(CustomizeMixin):
 
     @classmethod
     def open_record(cls, path: str | Path) -> "Session":
-        from engine.session.records import open_record
-        return open_record(path)
+        """A Session restored from a run record, at the saved position. Raises WeightsError for bad files."""
+        from engine.errors import RecordError
+        from engine.session.records import read_record
+        rec = read_record(path)   # every value checked; RecordError naming the file otherwise
+        meta = rec.meta
+        try:
+            session = cls(rec.model, rec.qmodel, meta["mode"], rec.pre, resize=meta["resize"],
+                          float_layers=meta["float_layers"], thresh=meta["thresh"], nms=meta["nms"])
+            if rec.image_png is not None:
+                from engine.darknet.image import open_image
+                session.image = open_image(rec.image_png, name=f"{path}:image_png")
+        except (EngineError, ValueError) as err:   # e.g. an int mode without a quantized model
+            raise RecordError(f"{path}: the record does not describe a valid session: {err}") from None
+        session.history = meta["edits"]
+        session.image_name = meta.get("image_name")
+        session.saved = meta
+        if meta["position"] >= 0:
+            try:
+                session.run_to(meta["position"])
+            except EngineError as err:
+                raise RecordError(f"{path}: the record does not replay: {err}") from err
+        return session
 
     # ------------------------------------------------------------------ CROSS
     def other_precision(self, index: int) -> str:
-        return INT8 if self.executor.precision(index) == FLOAT else FLOAT
+        return other_precision(self.executor, index)
 
     def cross(self, index: int | None = None) -> CrossResult:
         """Run layer `index` (default: the current one) in the other precision on the same inputs."""
         index = self.position if index is None else self._executed(index)
         if index < 0:
             raise EngineError("nothing has run yet: step() first, then CROSS the current layer")
-        other = self.other_precision(index)
-        if other == INT8:
-            if self.qmodel is None:
-                raise EngineError("CROSS to int8 needs a quantized model (Session(quantized=...))")
-            if not self.executor.has_int_path(index, "hybrid" if self.mode == "hybrid" else "int"):
-                kind = self.model.layers[index].kind
-                raise EngineError(f"layer {index} [{kind}] has no int8 path in {self.mode} mode (it always runs float)")
-        v_other, rec_other = self.executor.run_layer(index, self._inputs(index), other)
-        y, y_other = self.values[index].float(), v_other.float()
-        return CrossResult(index, self.records[index].precision, other, y, y_other, v_other, rec_other,
-                           error_stats(y, y_other, v_other.q.q if v_other.q is not None else None,
-                                       rec_other.stats.get("saturated", 0)))
+        return cross_layer(self.executor, index, self._inputs(index), self.values[index], self.records[index])
 
     def continue_from(self, source: str = "other", index: int | None = None) -> ContinueResult:
         """Run the rest of the network from layer `index`'s output ("this") or its CROSS result
@@ -505,9 +290,103 @@ class Session(CustomizeMixin):
             raise ValueError(f"source={source!r}: expected 'this' or 'other'")
         self.refresh()
         first = self.cross(index).value_other if source == "other" else self.values[index]
-        values = list(self.values[:index]) + [first]
-        for i in range(index + 1, self.num_layers):
-            v, _ = self.executor.run_layer(i, self._inputs(i, values))
-            values.append(v)
-        dets = detect_outputs(self.model, FloatView(values), self.pre, self.thresh, self.nms)
-        return ContinueResult(source, index, dets, values)
+        values = run_rest(self.executor, self.values[:index] + [first], self._inputs)
+        return ContinueResult(source, index, self._detections_of(values), values)
+
+    def _detections_of(self, values: list[Value]) -> list[Detection]:
+        return detect_outputs(self.model, FloatView(values), self.pre, self.thresh, self.nms)
+
+    # ------------------------------------------------------------------ edits (made by self.editor)
+    def _edited(self, edit: Edit) -> Edit:
+        """After an edit, undo or redo: kept outputs from the first affected layer on are stale (a
+        scale edit affects the tensor's producer, which requantizes into it)."""
+        if edit.target == "float":
+            self._float_ref = None
+        j = 0 if edit.layer == "input" else int(edit.layer)
+        if j <= self.position:
+            self.stale_from = j if self.stale_from is None else min(self.stale_from, j)
+        self._fire("edit", edit)
+        return edit
+
+    def edit_weights(self, index: int, region, values, *, param: str = "weights", target: str | None = None) -> Edit:
+        """Set weights[region] = values: one weight (tuple index), a slice, or a whole filter (int).
+
+        target: "float" (FLOAT mode default) or "int8" (HYBRID/INT default). Raises EditError.
+        """
+        return self._edited(self.editor.edit_weights(self._check_index(index), region, values, param, target,
+                                                     self.mode))
+
+    def scale_filter(self, index: int, filt: int, factor: float, *, target: str | None = None) -> Edit:
+        return self._edited(self.editor.scale_filter(self._check_index(index), filt, factor, target, self.mode))
+
+    def zero_filter(self, index: int, filt: int, *, target: str | None = None) -> Edit:
+        return self._edited(self.editor.zero_filter(self._check_index(index), filt, target, self.mode))
+
+    def prune(self, index: int, fraction: float, *, target: str | None = None) -> Edit:
+        """Zero the `fraction` of the layer's weights with the smallest magnitude."""
+        return self._edited(self.editor.prune(self._check_index(index), fraction, target, self.mode))
+
+    def set_scale(self, node_id: str | int, scale: float) -> Edit:
+        """Change an activation scale (real = q * scale) and re-derive the biases of its int8 readers."""
+        return self._edited(self.editor.set_scale(node_id, scale))
+
+    def set_threshold(self, node_id: str | int, threshold: float) -> Edit:
+        from engine.session.edits import check_number
+        return self.set_scale(node_id, check_number(threshold, f"tensor {node_id}: threshold", positive=True) / 127.0)
+
+    def undo(self) -> Edit:
+        return self._edited(self.editor.undo())
+
+    def redo(self) -> Edit:
+        return self._edited(self.editor.redo())
+
+    def edits(self) -> list[str]:
+        return self.editor.summaries()
+
+    def quantized_edits(self) -> list[Edit]:
+        """Applied int8 and scale edits: they belong to the current quantized model."""
+        return self.editor.quantized_edits()
+
+    def quantized_edit_counts(self) -> tuple[int, int]:
+        """(applied, undone but redoable) int8 / scale edits: what a change of quantized model drops."""
+        return self.editor.quantized_edit_counts()
+
+    def rerun(self, continue_to_end: bool = False) -> RerunResult:
+        """Re-execute the current layer with the edits on the same inputs; diff against before.
+
+        With continue_to_end, the remaining layers run too and detections before/after are given.
+        """
+        i = self.position
+        if i < 0:
+            raise EngineError("nothing has run yet: step() to a layer before rerun()")
+        before = self.values[i].float()
+        dets_before = None
+        if continue_to_end:  # the old outputs carried through the rest of the network, stale or not
+            dets_before = self._detections_of(run_rest(self.executor, self.values, self._inputs))
+        # layer i runs again whatever it was; an edit of an earlier layer reaches it through the
+        # layers in between, which refresh() re-executes with it
+        self.stale_from = i if self.stale_from is None else min(i, self.stale_from)
+        self.refresh()
+        after = self.values[i].float()
+        result = RerunResult(i, before, after, error_stats(before, after), int(np.count_nonzero(before != after)))
+        if continue_to_end:
+            del self.values[i + 1:], self.records[i + 1:], self.timings[i + 1:]
+            result.detections_before = dets_before
+            result.detections_after = self.run()
+        return result
+
+    def save_model(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Save the customized float model as a new engine model file (never over the original)."""
+        return self.model.save(self.editor.check_target(path, overwrite))
+
+    def save_weights(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Save the customized float model as a Darknet `.weights` file (for the same cfg; loads in
+        Darknet and OpenCV), never over the original unless asked."""
+        p = self.editor.check_target(path, overwrite)
+        self.model.save_weights(p)
+        return p
+
+    def save_quantized(self, path: str | Path, overwrite: bool = False) -> Path:
+        if self.qmodel is None:
+            raise EngineError("this session has no quantized model to save")
+        return self.qmodel.save(self.editor.check_target(path, overwrite))

@@ -20,7 +20,7 @@ import re
 import pytest
 
 from test_explorer_browser import save_docs_png
-from test_model_view_browser import KERNEL_IDLE, kernel_line, rerun_cell, run_all
+from notebook_page import KERNEL_IDLE, kernel_line, rerun_cell, run_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
 

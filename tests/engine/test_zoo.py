@@ -29,7 +29,7 @@ def test_model_dir_copy_is_used_without_network(dirs, monkeypatch):
 def test_zoo_model_knows_where_its_files_are_from_any_directory(dirs, monkeypatch, tmp_path):
     """model.cfg.file is absolute: a Dask worker or a save-guard must find the cfg whatever the cwd."""
     from pathlib import Path
-    from engine.scale.backends import source_of
+    from engine.scale.sources import source_of
     monkeypatch.setenv("QW_MODEL_DIR", str(TINY_WEIGHTS.parent))
     monkeypatch.chdir(tmp_path)
     model = zoo.load("yolov3-tiny", download=False)
@@ -74,7 +74,7 @@ def test_download_over_http_is_verified_and_cached(dirs, http_root, monkeypatch)
     cfg, weights = zoo.fetch("yolov3-tiny", progress=False)
     assert weights == dirs / "cache" / "yolov3-tiny.weights"
     assert zoo.sha256_of(weights) == entry.sha256
-    assert not list((dirs / "cache").glob(".*part*"))
+    assert not list((dirs / "cache").glob(".*qwtmp*"))
     assert zoo.locate("yolov3-tiny") == weights  # next time: found in the cache
 
 

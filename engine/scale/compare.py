@@ -1,0 +1,167 @@
+"""Compare calibration methods on the same statistics and images; rank them by fitness to FLOAT.
+
+One calibration pass serves every method (thresholds are pure functions of the histograms).
+Each method is run in HYBRID and INT on the evaluation images; the table ranks methods by INT
+detection agreement (COCO mAP@[.5:.95] vs FLOAT, then mAP@0.5), then HYBRID agreement, then
+fewer lost detections, then mean per-layer SQNR.
+
+One algorithm, any backend: `compare_batch` does the per-image work (it runs where the backend
+puts it: this process, or a Dask worker), `compare` quantizes, ships the quantized models,
+gathers the rows and ranks. engine.scale.evaluate.compare_distributed is this function.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from engine.calib.collect import CalibrationStats
+from engine.darknet.detect import detect_outputs
+from engine.quant.executor import Executor, FloatView
+from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
+from engine.quant.modes import QUANT_MODES, Mode
+from engine.quant.qmodel import QuantizedModel, quantize_model
+from engine.scale.backends import InProcess, label_of, qmodel_ref, shippable_items
+from engine.scale.sources import load_source, resolve_qmodel
+
+LAYER_KEYS = ("hybrid_sqnr", "int_sqnr", "int_local_sqnr", "saturation", "range_use")
+
+
+@dataclass
+class MethodResult:
+    method: str
+    per_channel: bool
+    agreement: dict[str, Agreement]            # mode -> agreement with FLOAT
+    layers: list[dict]                         # per layer: kind, sqnr per mode (propagated), local int sqnr, ...
+    size: dict
+    qmodel: QuantizedModel = field(repr=False, default=None)
+
+    @property
+    def mean_sqnr(self) -> float:
+        vals = [r["int_sqnr"] for r in self.layers if np.isfinite(r.get("int_sqnr", np.nan))]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    def key(self) -> tuple:
+        a, h = self.agreement[Mode.INT8], self.agreement[Mode.HYBRID]
+        return (a.map50_95, a.map50, h.map50_95, -a.missed, self.mean_sqnr)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "per_channel": self.per_channel, "mean_int_sqnr_db": self.mean_sqnr,
+                "agreement": {m: a.to_dict() for m, a in self.agreement.items()}, "size": self.size,
+                "layers": self.layers}
+
+
+@dataclass
+class CompareTable:
+    results: list[MethodResult]                # ranked, best first
+    images: list[str]
+
+    @property
+    def best(self) -> MethodResult:
+        return self.results[0]
+
+    def to_dict(self) -> dict:
+        return {"ranking": [r.method for r in self.results], "best": self.best.method,
+                "images": self.images, "methods": [r.to_dict() for r in self.results]}
+
+    def __str__(self) -> str:
+        lines = [f"{'rank':<5}{'method':<13}{'INT mAP':>8}{'INT mAP50':>10}{'HYB mAP':>8}{'HYB mAP50':>10}"
+                 f"{'INT found':>10}{'lost':>5}{'extra':>6}{'mean SQNR':>11}{'int8 MB':>9}"]
+        for k, r in enumerate(self.results, 1):
+            a, h = r.agreement[Mode.INT8], r.agreement[Mode.HYBRID]
+            lines.append(f"{k:<5}{r.method:<13}{a.map50_95:>8.3f}{a.map50:>10.3f}{h.map50_95:>8.3f}{h.map50:>10.3f}"
+                         f"{a.matched:>6}/{a.matched + a.missed:<3}{a.missed:>5}{a.extra:>6}{r.mean_sqnr:>9.1f}dB"
+                         f"{r.size['int8_bytes'] / 1e6:>9.2f}")
+        lines.append("mAP = COCO mAP@[.5:.95] of the quantized detections against FLOAT's; lost = FLOAT detections "
+                     "with no match at IoU 0.5")
+        lines.append(f"most fit to FLOAT: {self.best.method}")
+        return "\n".join(lines)
+
+    def layer_table(self) -> str:
+        head = f"{'layer':<16}" + "".join(f"{r.method:>13}" for r in self.results)
+        rows = [head + "   (INT propagated SQNR, dB)"]
+        for i, first in enumerate(self.results[0].layers):
+            rows.append(f"{i:>3} {first['kind']:<12}" + "".join(f"{r.layers[i]['int_sqnr']:>13.1f}" for r in self.results))
+        return "\n".join(rows)
+
+
+def method_rows(model, executors: dict[str, Executor], pre, float_outs) -> dict:
+    """One image, one quantized model (its executor per quantized mode): detections and per-layer
+    statistics in HYBRID and INT."""
+    row: dict = {}
+    for mode, ex in executors.items():
+        values, records = ex.run(pre.x)
+        prop = propagated_stats(float_outs, values, records)
+        row[mode] = detect_outputs(model, FloatView(values), pre)
+        row[f"{mode}_sqnr"] = [s.sqnr_db for s in prop]
+        if mode == Mode.INT8:
+            row["saturation"] = [s.saturation for s in prop]
+            row["range_use"] = [s.range_use for s in prop]
+            row["int_local_sqnr"] = [s.sqnr_db if s else np.nan for s in local_stats(ex, pre.x, float_outs)]
+    return row
+
+
+def compare_batch(source, qrefs: tuple, resize: str, batch: list) -> list[dict]:
+    """The task: per image, FLOAT detections and `method_rows` of every (method, quantized model
+    reference) in `qrefs` (a tuple: Dask resolves shared futures inside tuples)."""
+    model = load_source(source)
+    executors = {method: {mode: Executor(model, resolve_qmodel(ref), mode) for mode in QUANT_MODES}
+                 for method, ref in qrefs}
+    out = []
+    for item in batch:
+        pre = model.preprocess(item, resize)
+        outs = model.forward(pre.x)
+        out.append({Mode.FLOAT.value: detect_outputs(model, outs, pre),
+                    **{method: method_rows(model, exs, pre, outs) for method, exs in executors.items()}})
+    return out
+
+
+def _mean(rows: list[list[float]]) -> np.ndarray:
+    """Column means ignoring inf/nan (a float layer has no int8 statistics: its column stays nan)."""
+    a = np.array(rows, np.float64)
+    if not a.size:
+        return a
+    a[np.isinf(a)] = np.nan
+    ok = ~np.isnan(a)
+    sums = np.where(ok, a, 0.0).sum(axis=0)
+    counts = ok.sum(axis=0)
+    return np.divide(sums, counts, out=np.full(a.shape[1], np.nan), where=counts > 0)
+
+
+def method_result(model, method: str, qm: QuantizedModel, rows: list[dict]) -> MethodResult:
+    """Agreement with FLOAT per mode and per-layer statistics averaged over the images' rows."""
+    truth = [r[Mode.FLOAT.value] for r in rows]
+    per = [r[method] for r in rows]
+    agreement = {mode: detection_agreement(truth, [p[mode] for p in per]) for mode in QUANT_MODES}
+    means = {k: _mean([p[k] for p in per]) for k in LAYER_KEYS}
+    layers = [{"layer": i, "kind": l.kind, **{k: float(means[k][i]) for k in LAYER_KEYS}}
+              for i, l in enumerate(model.layers)]
+    return MethodResult(method, qm.per_channel, agreement, layers, model_size(model, qm).to_dict(), qm)
+
+
+def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("log2", "kl", "minmax", "percentile", "mse"),
+            per_channel: bool = False, resize: str = "letterbox", progress: bool = True,
+            on_method: Callable[[MethodResult, int, int], object] | None = None, *, backend=None,
+            batch_size: int | None = None) -> CompareTable:
+    """Quantize with each method from the same statistics, evaluate on `images`, rank.
+
+    `model`: a Model, or (with a Dask backend) anything engine.scale.sources.as_source takes.
+    `backend`: where the per-image work runs (default InProcess(): here, in order).
+    `on_method(result, done, total)` is called as each method's result is ready (widgets' progress).
+    """
+    backend = backend or InProcess()
+    source = backend.portable(model)
+    model = load_source(model)
+    items = shippable_items(images)
+    qms = {m: quantize_model(model, stats, m, per_channel=per_channel) for m in methods}
+    qrefs = tuple((m, qmodel_ref(qm, backend)) for m, qm in qms.items())
+    rows = [r for part in backend.map_batches(compare_batch, items, batch_size, progress, "comparing",
+                                              args=(source, qrefs, resize)) for r in part]
+    results = []
+    for method, qm in qms.items():
+        results.append(method_result(model, method, qm, rows))
+        if on_method is not None:
+            on_method(results[-1], len(results), len(qms))
+    results.sort(key=lambda r: tuple(-v if np.isfinite(v) else np.inf for v in r.key()))
+    return CompareTable(results, [label_of(i, k) for k, i in enumerate(items)])
