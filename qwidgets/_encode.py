@@ -180,7 +180,8 @@ def histogram_png(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: 
     drawn as translucent step areas in their own colour on one shared x axis. markers: label -> x value
     (e.g. a calibration threshold per method), drawn as vertical lines and named in the legend, which
     sits below the plot (it never covers a line); `in_use` names the marker the quantized model uses
-    (drawn thicker, starred in the legend). Axes: 5 x ticks, 3 y ticks (counts).
+    (drawn thicker, starred in the legend). Axes: 5 x ticks, 3 y ticks (counts). The image is width x height
+with the legend inside it (the plot shrinks by one 14 px line per 3 legend entries).
     log_y: y = log10(1 + count); log_x: x axis in log2 (for log2-bin histograms; x > 0 only).
     """
     from PIL import ImageFont
@@ -191,9 +192,9 @@ def histogram_png(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: 
                for i, (k, v) in enumerate(markers.items())]
     per_row = 3
     legend_h = 14 * (-(-len(legend) // per_row))
-    im = Image.new("RGB", (width, height + legend_h), (255, 255, 255))
+    im = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(im, "RGBA")
-    left, right, top, bottom = 48, width - 10, 16 if title else 6, height - 30
+    left, right, top, bottom = 48, width - 10, 16 if title else 6, height - 30 - legend_h
     lo, hi = _hist_x_range(series, markers, log_x)
     fx = (np.log2 if log_x else (lambda v: np.asarray(v, np.float64)))
     x0, x1 = float(fx(lo)), float(fx(hi))
@@ -241,7 +242,7 @@ def histogram_png(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: 
         draw.text((left, 1), title, fill=(0, 0, 0), font=font)
     for k, (label, colour, suffix) in enumerate(legend):
         r, c = divmod(k, per_row)
-        x, y = 8 + c * (width // per_row), height + r * 14
+        x, y = 8 + c * (width // per_row), height - legend_h + r * 14
         draw.rectangle([x, y + 3, x + 8, y + 11], fill=colour + (255,))
         draw.text((x + 12, y), f"{label}{suffix}", fill=(0, 0, 0), font=font)
     return to_png(im)

@@ -110,9 +110,10 @@ class Explanation:
     def to_dict(self, top: int | None = None) -> dict:
         d, m = self.match.det, self.match
         culprits = self.culprits if top is None else self.culprits[:top]
-        return {"class_id": d.class_id, "name": d.name, "score": d.score, "x1": d.x1, "y1": d.y1, "x2": d.x2,
-                "y2": d.y2, "status": m.status, "iou": m.iou, "int_score": m.int_score,
-                "culprits": [{"layer": i, "recovery": r} for i, r in culprits], "fix": self.fix}
+        return {**detection_dict(d), "status": m.status, "iou": float(m.iou),
+                "int_score": None if m.int_score is None else float(m.int_score),
+                "culprits": [{"layer": int(i), "recovery": float(r)} for i, r in culprits],
+                "fix": None if self.fix is None else [int(i) for i in self.fix]}
 
 
 class Explainer:
@@ -211,7 +212,8 @@ class Explainer:
 
 
 def detection_dict(d: Detection) -> dict:
-    return {"class_id": d.class_id, "name": d.name, "score": d.score, "x1": d.x1, "y1": d.y1, "x2": d.x2, "y2": d.y2}
+    return {"class_id": int(d.class_id), "name": d.name, "score": float(d.score), "x1": float(d.x1),
+            "y1": float(d.y1), "x2": float(d.x2), "y2": float(d.y2)}
 
 
 def explain_report(image: str, explanations: Sequence[Explanation], extra: Sequence[Detection],

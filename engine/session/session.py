@@ -235,6 +235,48 @@ class Session(LayerStepper):
         return compare(self.model, stats, items, list(methods), per_channel=per_channel, resize=self.resize,
                        progress=False, on_method=on_method)
 
+    # ------------------------------------------------------------------ detection diff, explain
+    def detection_diff(self):
+        """FLOAT vs this run's detections on this image: each FLOAT detection matched (IoU >= 0.9),
+        shifted or lost, and the run's extra ones (`engine.quant.explain.DetectionDiff`)."""
+        from engine.quant.explain import match_detections
+        return match_detections(self.float_detections(), self.detections())
+
+    def explain(self, detection=None, *, on_progress: Callable[[int, int], Any] | None = None):
+        """Why this INT / HYBRID run shifts or loses FLOAT detections (`engine.quant.explain`).
+
+        detection: an index into `float_detections()` or one of its Detections -> its `Explanation`
+        (culprit layers ranked by the share of its score/IoU loss that running that one layer FLOAT
+        recovers, and a fix set of FLOAT layers that brings it back, verified by a full run); None ->
+        (an Explanation per FLOAT detection, the run's extra detections). The session's FLOAT layers
+        stay FLOAT in every run. on_progress(done, total) follows the substitution runs."""
+        from engine.quant.explain import Explainer
+        if self.mode == Mode.FLOAT or self.qmodel is None:
+            raise EngineError("explain compares an INT or HYBRID run with FLOAT: set_mode('int') (or 'hybrid') "
+                              "with a quantized model first")
+        ex = Explainer(self.model, self.qmodel, Mode(self.mode).value, self.pre, thresh=self.thresh, nms=self.nms,
+                       float_layers=sorted(self.float_layers))
+        if detection is None:
+            return ex.explain_all(on_progress)
+        matches = ex.diff().matches
+        if isinstance(detection, Detection):
+            found = [m for m in matches if m.det == detection]
+            if not found:
+                raise EngineError(f"explain: {detection.name} {detection.score:.2f} is not one of this image's "
+                                  f"{len(matches)} FLOAT detections (pass an index or a float_detections() item)")
+            return ex.explain(found[0])
+        k = int(detection)
+        if not 0 <= k < len(matches):
+            raise EngineError(f"explain: detection {k} does not exist; this image has FLOAT detections "
+                              f"0..{len(matches) - 1}")
+        done = [0]
+
+        def step() -> None:
+            done[0] += 1
+            if on_progress is not None:
+                on_progress(done[0], len(ex.candidates))
+        return ex.explain(matches[k], step)
+
     # ------------------------------------------------------------------ sweeps, records
     def sensitivity(self, progress: bool = True, cancel=None):
         """Rank layers by how much quantizing them alone hurts (engine/sensitivity.py)."""

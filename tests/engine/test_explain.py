@@ -78,3 +78,58 @@ def test_fix_brings_the_detection_back_in_the_detect_cli(horses, kl_file, capsys
         dets = json.loads(capsys.readouterr().out)["images"]["horses.jpg"]["detections"]
         d = x.match.det.to_dict()
         assert any(o["class_id"] == d["class_id"] and iou_np(o, d) >= 0.5 for o in dets), (x.fix, d)
+
+
+def test_explain_cli_contract_and_its_fixes_hold_in_detect(kl_file, capsys):
+    """The issue's contract, key for key; every fix it prints brings its detection back in `detect`."""
+    rc = main(["explain", str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "--quantized", kl_file,
+               "--image", str(IMAGES / "dog.jpg"), "--mode", "int", "--top", "3", "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc) == {"image", "detections", "extra"} and doc["image"] == "dog.jpg"
+    keys = {"class_id", "name", "score", "x1", "y1", "x2", "y2", "status", "iou", "int_score", "culprits", "fix"}
+    assert doc["detections"] and all(set(d) == keys for d in doc["detections"])
+    statuses = {d["status"] for d in doc["detections"]}
+    assert statuses <= {"matched", "shifted", "lost"} and "lost" in statuses
+    for d in doc["detections"]:
+        if d["status"] == "matched":
+            assert d["culprits"] == [] and d["fix"] is None and d["iou"] >= 0.9
+            continue
+        assert 1 <= len(d["culprits"]) <= 3 and set(d["culprits"][0]) == {"layer", "recovery"}
+        recs = [c["recovery"] for c in d["culprits"]]
+        assert recs == sorted(recs, reverse=True)
+        assert (d["int_score"] is None) == (d["status"] == "lost")
+    fixed = [d for d in doc["detections"] if d["fix"]]
+    assert fixed
+    for d in fixed:
+        assert main(["detect", str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "--quantized", kl_file, "--mode",
+                     "int", "--float-layers", ",".join(map(str, d["fix"])), "--json", str(IMAGES / "dog.jpg")]) == 0
+        found = json.loads(capsys.readouterr().out)["images"]["dog.jpg"]["detections"]
+        assert any(o["class_id"] == d["class_id"] and iou_np(o, d) >= 0.5 for o in found), d
+
+
+def test_session_explain_one_detection_and_bad_arguments(tiny, tiny_kl_pt, horses):
+    import engine
+    from engine.errors import EngineError
+    s = engine.Session(tiny, tiny_kl_pt, "int", image=IMAGES / "horses.jpg")
+    s.run()
+    diff = s.detection_diff()
+    _, (explanations, _extra) = horses
+    assert [m.status for m in diff.matches] == [x.match.status for x in explanations]
+    k = next(i for i, m in enumerate(diff.matches) if m.status == "lost")
+    seen = []
+    x = s.explain(k, on_progress=lambda done, total: seen.append((done, total)))
+    assert x.culprits == explanations[k].culprits and x.fix == explanations[k].fix
+    assert seen[-1][0] == seen[-1][1] == len(x.culprits)
+    with pytest.raises(EngineError, match="detections 0..6"):
+        s.explain(99)
+    s.set_mode("float")
+    with pytest.raises(EngineError, match="INT or HYBRID"):
+        s.explain(0)
+
+
+def test_explain_cli_refuses_a_missing_image(kl_file, capsys):
+    rc = main(["explain", str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "--quantized", kl_file,
+               "--image", "/nonexistent/x.jpg", "--json"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "/nonexistent/x.jpg" in err and "Traceback" not in err

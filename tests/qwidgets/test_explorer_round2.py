@@ -175,10 +175,17 @@ def test_histogram_marks_the_threshold_in_use_and_keeps_the_legend_off_the_plot(
     import io
     from PIL import Image
     a, b = (np.asarray(Image.open(io.BytesIO(p)).convert("RGB")) for p in (plain, used))
-    assert a.shape[0] > 200 and b.shape[0] > 200             # the legend is below the 200 px plot
-    # in the plot area the in-use line is 4 px wide
-    col = int(48 + (0.8 - (-1)) / 2 * (480 - 10 - 48))
-    assert (np.abs(b[100, col - 3:col + 3].astype(int) - 255).sum(axis=1) > 30).sum() >= 3
+    assert a.shape == b.shape == (200, 480, 3)
+    # the legend (one line: FLOAT, kl, in use) sits under the x axis: the plot ends at y = 200 - 30 - 14
+    # no legend text inside the plot (the old legend sat top right, over the markers): no black pixels there
+    assert not (b[20:150, 300:470] < 60).all(axis=2).any()
+    assert (b[172:200] < 60).all(axis=2).any()                   # the legend text is below the axis
+    # in the plot area the in-use line is 4 px wide, kl's 2 px (marker colours 1 and 0)
+    from qwidgets._encode import MARKER_COLOURS
+    row = b[100].astype(int)
+    width = {name: int((np.abs(row - np.array(MARKER_COLOURS[k])).sum(axis=1) == 0).sum())
+             for k, name in enumerate(("kl", "in use"))}
+    assert width == {"kl": 2, "in use": 4}, width
     assert threshold_in_use(tiny_q, "4") == 127 * tiny_q.scales["4"]
 
 

@@ -43,7 +43,7 @@ def test_view_builds_the_graph_once_on_a_grid_that_fits_the_panel_width(view):
 def test_yolov3_grid_reads_at_zoom_one_and_the_wheel_is_bounded(shared):
     """Issue 18 item 16: yolov3 opened at zoom 0.12 and 12 wheel notches reached 3e13."""
     from engine.darknet.cfg import read_cfg
-    from engine.graph import build_graph, build_layers
+    from engine.darknet.build import build_graph, build_layers
     graph = build_graph("yolov3", (3, 416, 416), build_layers(read_cfg(shared / "models" / "cfg" / "yolov3.cfg")))
     v = GraphView(graph)
     cols, rows = v.cyto.cytoscape_layout["cols"], v.cyto.cytoscape_layout["rows"]
