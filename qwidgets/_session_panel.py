@@ -87,10 +87,10 @@ class SessionPanelData:
 
     def data(self, node_id: str, *, cross=None, log2: bool = False, log_y: bool = False) -> Panel:
         s = self._s
-        ref = s.float_reference()
-        if node_id == INPUT:
-            return layer_panel_data(s.model, ref, INPUT, s.x, thresholds=self.thresholds(INPUT), log2=log2,
+        if node_id == INPUT:        # the input alone: no FLOAT forward (Explorer(s) on yolov3 waited for one)
+            return layer_panel_data(s.model, [], INPUT, s.x, thresholds=self.thresholds(INPUT), log2=log2,
                                     log_y=log_y)
+        ref = s.float_reference()
         i = int(node_id)
         info = s.layer_info(i)
         ran, use_int = i <= s.position, s.mode != "float"

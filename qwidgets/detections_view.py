@@ -96,6 +96,15 @@ class DetectionsView(widgets.VBox):
                          **kwargs)
         self.add_class("qw-detections")
 
+    def clear(self) -> None:
+        """Nothing to compare yet (the run is not complete)."""
+        with self.hold_sync():
+            for img in self.images:
+                img.value = b""
+            self._captions[0].value = "<small><b>FLOAT</b></small>"
+            self._captions[1].value = "<small>run to the end (Run) to compare this mode's detections</small>"
+            self.float_names, self.names, self.counts, self.diff, self.table.value = [], [], {}, None, ""
+
     def show(self, pre: Preprocessed, float_dets: Sequence, dets: Sequence | None, label: str,
              image: Image.Image | None = None) -> None:
         """Draw FLOAT detections and, unless `dets` is None (run not finished), `label`'s detections.

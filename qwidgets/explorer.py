@@ -100,6 +100,7 @@ class Explorer(widgets.VBox):
         self.graph.observe(self._on_selected_node_change, names="selected_node")
         self.graph.observe(self._on_overlay_change, names=["overlay"])
         self.graph.on_node_click(self._on_node_click)
+        self.tabs.observe(self._on_tab_change, names="selected_index")
         self.panel.observe(self._on_hist_options_change, names=["hist_log2", "hist_log_y"])
         self.weight_editor.observe(self._on_editor_layer_change, names="layer")
         self.quant_view.observe(self._on_adopted_change, names="adopted")
@@ -198,6 +199,11 @@ class Explorer(widgets.VBox):
         if change.new:
             self.controls.restarted(f"adopted {change.new}: {self.session.mode.upper()} mode, restarted from "
                                     f"the input{dropped_text(self.quant_view.dropped_edits)}")
+
+    @shows_errors
+    def _on_tab_change(self, change) -> None:
+        if change.new == TABS.index("Detections"):
+            self.update_detections()
 
     def _on_ranking_change(self, _change) -> None:
         table = self.quant_view.table
@@ -309,6 +315,13 @@ class Explorer(widgets.VBox):
         if key == self._dets_key and not force:
             return
         self._dets_key = key
+        if cont is None and not s.done and self.tabs.selected_index != TABS.index("Detections"):
+            # nothing to compare yet: FLOAT detections (a whole FLOAT forward + NMS) wait until the tab is
+            # shown or the run is complete, so Explorer(s) and Steps do not pay for them
+            self._dets_key = None
+            if self.detections.names or self.detections.float_names:
+                self.detections.clear()
+            return
         if cont is not None:
             src = "CROSS result" if cont.source == "other" else "layer output"
             label = f"{s.mode.upper()}, continued from layer {cont.index} ({src})"

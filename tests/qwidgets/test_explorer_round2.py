@@ -263,3 +263,18 @@ def test_sensitivity_sweep_shows_a_ranked_table_and_chart_and_can_cancel(tiny, m
     monkeypatch.setattr(s, "sensitivity", sweep_and_click)
     qv.sensitivity_button.click()
     assert calls == [4] and qv.status == "sensitivity sweep cancelled"
+
+
+def test_explorer_builds_without_a_float_forward_and_the_detections_tab_fills_on_demand(tiny, tiny_q, monkeypatch):
+    """Item 16: Explorer(s) on yolov3 took 33 s computing FLOAT detections up front."""
+    s = engine.Session(tiny, tiny_q, "int")
+    calls = []
+    forward = s.model.forward
+    monkeypatch.setattr(s.model, "forward", lambda *a, **k: (calls.append(1), forward(*a, **k))[1])
+    ex = Explorer(s)
+    assert calls == [] and ex.panel.node_id == "input"         # the input panel needs no FLOAT forward
+    ex.controls.step_button.click()
+    assert len(calls) == 1                          # layer 0's panel: the FLOAT reference, once
+    assert ex.detections.float_names == []
+    ex.tabs.selected_index = 2                      # Detections: FLOAT detections now, from the same reference
+    assert ex.detections.float_names and len(calls) == 1
