@@ -74,6 +74,27 @@ def diff_html(diff: DetectionDiff, run_label: str) -> str:
     return f"{TABLE_CSS}<div>{head}</div>{table}"
 
 
+def heads_html(rows: Sequence) -> str:
+    """Head analysis (engine.quant.heads): per head and anchor, SQNR dB of x/y, w/h, objectness, class
+    scores; cells below 10 dB red, 10-20 dB orange (higher is better)."""
+    if not rows:
+        return ""
+    parts = list(dict.fromkeys(r.part for r in rows))
+    cells: dict[tuple, dict] = {}
+    for r in rows:
+        cells.setdefault((r.layer, r.anchor, r.anchor_wh), {})[r.part] = r.sqnr_db
+
+    def cell(v: float) -> str:
+        bg = "#f4a582" if v < 10 else ("#fddbc7" if v < 20 else "#ffffff")
+        return f"<td style='background:{bg}'>{v:.1f}</td>"
+    body = "".join(f"<tr><td>{layer}</td><td>{a} ({wh[0]:g}x{wh[1]:g} px)</td>"
+                   + "".join(cell(v[p]) for p in parts) + "</tr>" for (layer, a, wh), v in cells.items())
+    head = "".join(f"<th>{html.escape(p)}</th>" for p in parts)
+    return (f"{TABLE_CSS}<div><b>Head analysis</b>: SQNR of each part of the head output vs FLOAT, dB "
+            "(higher is better; red &lt; 10 dB)</div><table class='qw-table qw-heads'><tr><th>head layer</th>"
+            f"<th>anchor</th>{head}</tr>{body}</table>")
+
+
 class DetectionsView(widgets.VBox):
     """Two images at the same size, FLOAT (left) and the session's mode (right), boxes numbered as in the
     diff table below them (matched / shifted / lost / extra, from `engine.quant.explain`)."""
@@ -88,12 +109,14 @@ class DetectionsView(widgets.VBox):
                                                                                  "this mode's detections</small>")]
         self.table = widgets.HTML()
         self.table.add_class("qw-diff-table")
+        self.heads = widgets.HTML()
+        self.heads.add_class("qw-heads-table")
         self.diff: DetectionDiff | None = None
         cols = [widgets.VBox([c, i], layout=widgets.Layout(margin="0 8px 0 0", align_items="flex-start",
                                                            flex="0 0 auto"))
                 for c, i in zip(self._captions, self.images)]
-        super().__init__(children=[widgets.HBox(cols, layout=widgets.Layout(flex_flow="row wrap")), self.table],
-                         **kwargs)
+        super().__init__(children=[widgets.HBox(cols, layout=widgets.Layout(flex_flow="row wrap")), self.table,
+                                   self.heads], **kwargs)
         self.add_class("qw-detections")
 
     def clear(self) -> None:
@@ -104,6 +127,11 @@ class DetectionsView(widgets.VBox):
             self._captions[0].value = "<small><b>FLOAT</b></small>"
             self._captions[1].value = "<small>run to the end (Run) to compare this mode's detections</small>"
             self.float_names, self.names, self.counts, self.diff, self.table.value = [], [], {}, None, ""
+            self.heads.value = ""
+
+    def show_heads(self, rows: Sequence) -> None:
+        """The head analysis table (empty rows: hidden)."""
+        self.heads.value = heads_html(rows)
 
     def show(self, pre: Preprocessed, float_dets: Sequence, dets: Sequence | None, label: str,
              image: Image.Image | None = None) -> None:

@@ -28,6 +28,7 @@ import ipywidgets as widgets
 import traitlets
 
 from engine.graph import INPUT
+from engine.quant.heads import head_errors
 from qwidgets._confirm import dropped_text
 from qwidgets._errors import Message, shows_errors
 from qwidgets._open_model import opened_text
@@ -36,6 +37,7 @@ from qwidgets._sync import SessionFollower
 from qwidgets.controls import ExplorerControls, stale_note
 from qwidgets.detections_view import DetectionsView
 from qwidgets.explain_view import ExplainView
+from qwidgets.images_view import WorstImagesView
 from qwidgets.graph_view import GraphView
 from qwidgets.layer_panel import LayerPanel
 from qwidgets.quant_view import QuantizationView
@@ -43,7 +45,7 @@ from qwidgets.weight_editor import WeightEditor
 
 # overlay -> (ErrorStats field, factor to the unit the legend names)
 FITNESS_OVERLAYS = {"sqnr": ("sqnr_db", 1.0), "saturation": ("saturation", 100.0), "range_use": ("range_use", 100.0)}
-TABS = ("Layer", "Weights", "Detections", "Explain", "Quantization")
+TABS = ("Layer", "Weights", "Detections", "Explain", "Images", "Quantization")
 
 
 class Explorer(widgets.VBox):
@@ -76,10 +78,11 @@ class Explorer(widgets.VBox):
         self.quant_view = QuantizationView(session, images=calibration_images, workspace=workspace,
                                            background=background)
         self.explain_view = ExplainView(session, background=background)
+        self.images_view = WorstImagesView(session, images=calibration_images, background=background)
         self._follow = widgets.Checkbox(description="run to clicked layer", indent=False)
         self.graph.overlay_options = [*self.graph.overlay_options, "recovery"]
         self.tabs = widgets.Tab(children=[self.panel, self.weight_editor, self.detections, self.explain_view,
-                                          self.quant_view],
+                                          self.images_view, self.quant_view],
                                 titles=TABS, layout=widgets.Layout(flex="1 1 auto", min_width="480px"))
         left = widgets.VBox([self._follow, self.graph], layout=widgets.Layout(flex=f"0 0 {graph_width + 10}px",
                                                                                width=f"{graph_width + 10}px"))
@@ -91,7 +94,7 @@ class Explorer(widgets.VBox):
         traitlets.link((self, "follow"), (self._follow, "value"))
         traitlets.link((self, "status"), (self.controls, "status"))
         traitlets.dlink((self, "error_details"), (self.controls, "error_details"))
-        for view in (self.weight_editor, self.quant_view, self.explain_view):
+        for view in (self.weight_editor, self.quant_view, self.explain_view, self.images_view):
             traitlets.dlink((view, "status"), (self.controls, "status"))
             traitlets.dlink((view, "error_details"), (self.controls, "error_details"))
         traitlets.dlink((self.graph, "selected_node"), (self.controls, "selected_node"))
@@ -329,3 +332,8 @@ class Explorer(widgets.VBox):
         else:
             self.detections.show(s.pre, s.float_detections(), s.detections() if s.done else None, s.mode.upper(),
                                  getattr(s, "image", None))
+        heads = []
+        if s.done and cont is None and s.mode != "float":
+            outs = {i: s.output(i) for i, layer in enumerate(s.model.layers) if getattr(layer, "is_head", False)}
+            heads = head_errors(s.model, s.float_reference(), outs)
+        self.detections.show_heads(heads)

@@ -133,3 +133,34 @@ def test_explain_cli_refuses_a_missing_image(kl_file, capsys):
                "--image", "/nonexistent/x.jpg", "--json"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and "/nonexistent/x.jpg" in err and "Traceback" not in err
+
+
+def test_head_errors_split_each_anchor_into_its_parts(tiny, tiny_kl_pt):
+    """x/y, w/h, objectness and class SQNR per anchor, checked against a direct float64 computation."""
+    from engine.quant.heads import PARTS, head_errors
+    pre = tiny.preprocess(IMAGES / "horses.jpg", "letterbox")
+    ref = tiny.forward(pre.x)
+    run = Executor(tiny, tiny_kl_pt, "int").forward(pre.x)
+    rows = head_errors(tiny, ref, run)
+    heads = [i for i, layer in enumerate(tiny.layers) if layer.kind == "yolo"]
+    assert sorted({r.layer for r in rows}) == heads and len(rows) == len(heads) * 3 * len(PARTS)
+    r = next(r for r in rows if r.layer == heads[1] and r.part == "objectness" and r.anchor == tiny.layers[heads[1]].mask[2])
+    a = 2 * (85) + 4                                     # anchor slot 2 of the head, channel 4 = objectness
+    f, q = ref[heads[1]][a].astype(np.float64), run[heads[1]][a].astype(np.float64)
+    assert r.sqnr_db == pytest.approx(10 * np.log10((f * f).sum() / ((q - f) ** 2).sum()), rel=1e-9)
+    assert r.anchor_wh == tuple(float(v) for v in tiny.layers[heads[1]].anchors[2 * r.anchor:2 * r.anchor + 2])
+
+
+def test_rank_images_puts_the_worst_agreement_first(tiny, tiny_kl_pt):
+    from engine.quant.worst_images import rank_images
+    images = sorted(IMAGES.glob("*.jpg"))
+    rows = rank_images(tiny, tiny_kl_pt, "int", images)
+    assert [r.map50 for r in rows] == sorted(r.map50 for r in rows) and len(rows) == len(images)
+    by_name = {r.name: r for r in rows}
+    assert by_name["scream.jpg"].n_float == 0 and by_name["scream.jpg"].map50 == 1.0
+    # independent count for one image: FLOAT boxes with no same-class INT box at IoU >= 0.5 are lost
+    pre = tiny.preprocess(IMAGES / "horses.jpg", "letterbox")
+    f = [d.to_dict() for d in detect_outputs(tiny, tiny.forward(pre.x), pre, 0.25, 0.45)]
+    q = [d.to_dict() for d in detect_outputs(tiny, Executor(tiny, tiny_kl_pt, "int").forward(pre.x), pre, 0.25, 0.45)]
+    lost = sum(not any(o["class_id"] == d["class_id"] and iou_np(o, d) >= 0.5 for o in q) for d in f)
+    assert by_name["horses.jpg"].lost == lost and by_name["horses.jpg"].n_float == len(f)

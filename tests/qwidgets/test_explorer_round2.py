@@ -278,3 +278,28 @@ def test_explorer_builds_without_a_float_forward_and_the_detections_tab_fills_on
     assert ex.detections.float_names == []
     ex.tabs.selected_index = 2                      # Detections: FLOAT detections now, from the same reference
     assert ex.detections.float_names and len(calls) == 1
+
+
+def test_images_tab_ranks_worst_first_and_a_pick_opens_the_image(tiny, tiny_kl_pt):
+    s = engine.Session(tiny, tiny_kl_pt, "int")
+    images = sorted(IMAGES.glob("*.jpg"))
+    ex = Explorer(s, calibration_images=images, background=False)
+    view = ex.images_view
+    view.rank_button.click()
+    assert [r.map50 for r in view.rows] == sorted(r.map50 for r in view.rows) and len(view.rows) == 4
+    assert "mAP@0.5 vs FLOAT" in view.table.value and view.chart.value[:4] == b"\x89PNG"
+    worst = view.pick.options[0][1]
+    view.pick.value = worst
+    assert s.image_name == images[worst].name and s.position == -1 and ex.graph.current_node == "input"
+
+
+def test_detections_tab_shows_the_head_analysis_after_a_run(tiny, tiny_kl_pt):
+    s = engine.Session(tiny, tiny_kl_pt, "int", image=IMAGES / "horses.jpg")
+    ex = Explorer(s)
+    ex.controls.run_button.click()
+    t = ex.detections.heads.value
+    assert "Head analysis" in t and t.count("<tr>") == 1 + 6          # 2 heads x 3 anchors
+    for part in ("x/y", "w/h", "objectness", "class"):
+        assert f"<th>{part}</th>" in t
+    ex.controls.reset_button.click()
+    assert ex.detections.heads.value == ""
