@@ -60,7 +60,7 @@ class Explorer(widgets.VBox):
     follow = traitlets.Bool(False, help="clicking a node also runs the session to that layer")
 
     def __init__(self, session, workspace=None, calibration_images: Sequence | None = None,
-                 graph_height: str | None = None, graph_width: int = 560, background: bool = True,
+                 graph_height: str | None = None, graph_width: int = 500, background: bool = True,
                  **kwargs) -> None:
         """background: long work (Explain) runs in a thread with a Cancel button; False runs it inline."""
         self.session = session

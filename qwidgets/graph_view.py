@@ -32,8 +32,8 @@ class OverlayMeta:
     """How a metric is written on nodes and in the legend: unit, which end is bad, a fixed scale or not."""
 
     def __init__(self, title: str, fmt: str, worse: str, fixed: tuple[float, float] | None = None,
-                 hint: str = "") -> None:
-        self.title, self.fmt, self.worse, self.fixed, self.hint = title, fmt, worse, fixed, hint
+                 hint: str = "", ends: tuple[str, str] = ("good", "bad")) -> None:
+        self.title, self.fmt, self.worse, self.fixed, self.hint, self.ends = title, fmt, worse, fixed, hint, ends
 
     def text(self, v: float) -> str:
         return self.fmt.format(v)
@@ -58,9 +58,11 @@ OVERLAY_META = {
                              fixed=(0.0, 100.0), hint="run layers in INT or HYBRID (Step / Run) to see it"),
     "recovery": OverlayMeta("recovery of the picked detection with this layer FLOAT, % (higher = more to "
                             "blame)", "{:.0f} %", "high", fixed=(0.0, 100.0),
-                            hint="click Explain in the Explain tab and pick a detection"),
+                            hint="click Explain in the Explain tab and pick a detection",
+                            ends=("not to blame", "to blame")),
     "sensitivity_rank": OverlayMeta("sensitivity rank (1 = quantizing this layer alone hurts most)", "#{:.0f}",
-                                    "low", hint="run the sensitivity sweep in the Quantization tab to see it"),
+                                    "low", hint="run the sensitivity sweep in the Quantization tab to see it",
+                                    ends=("least sensitive", "most sensitive")),
 }
 SHORT = {"convolutional": "conv", "connected": "fc", "upsample": "up", "shortcut": "shortcut"}
 KIND_COLOURS = {"input": "#bdbdbd", "convolutional": "#6baed6", "maxpool": "#fd8d3c", "avgpool": "#fdae6b",
@@ -382,4 +384,6 @@ class GraphView(widgets.VBox):
             lo, hi = min(finite.values()), max(finite.values())
         good, bad = (lo, hi) if (meta is None or meta.worse == "high") else (hi, lo)
         fmt = meta.text if meta else (lambda v: f"{v:.3g}")
-        return (f"<small>{title}<br>good {html.escape(fmt(good))} {swatches} {html.escape(fmt(bad))} bad</small>")
+        lo_word, hi_word = meta.ends if meta else ("good", "bad")
+        return (f"<small>{title}<br>{lo_word} {html.escape(fmt(good))} {swatches} {html.escape(fmt(bad))} "
+                f"{hi_word}</small>")

@@ -23,7 +23,7 @@ IMAGE_SLOTS = {
 ROWS = [("input", "output"), ("float", "int", "heatmap"), ("hist_output", "hist_input"), ("hist_weights", "weights")]
 TABLE_CSS = ("<style>.qw-table{margin-bottom:6px}.qw-table td,.qw-table th{padding:1px 6px;text-align:right;"
              "font-size:12px;line-height:1.3}.qw-table th{background:#f0f0f0}"
-             ".qw-table td:first-child{text-align:left;white-space:nowrap}</style>")
+             ".qw-table td:first-child{text-align:left;max-width:150px}</style>")
 
 
 def fmt_value(v: Any) -> str:

@@ -56,7 +56,8 @@ def docs(png_path, name: str) -> None:
 def test_explorer_round2_in_the_browser(chromium, page, lab, artifacts):
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    page.set_viewport_size({"width": 1600, "height": 1300})
+    # 1600 px wide as in the issue; tall, so element screenshots of the whole Explorer are painted
+    page.set_viewport_size({"width": 1600, "height": 2000})
     page.goto(lab.notebook_url("explorer_round2.ipynb"))
     page.get_by_text(KERNEL_IDLE).first.wait_for(timeout=60_000)
     run_all(page)
@@ -82,7 +83,6 @@ def test_explorer_round2_in_the_browser(chromium, page, lab, artifacts):
     button(page, "Fit").click()
     page.wait_for_function(f"() => {CY}.zoom() < 1.5", timeout=30_000)
     page.screenshot(path=str(artifacts / "01_loaded.png"), full_page=True)
-    docs(artifacts / "01_loaded.png", "explorer.png")
 
     # item 3: a real click on node 12, three Steps, Run to selected
     click_node(page, "12")
@@ -103,7 +103,7 @@ def test_explorer_round2_in_the_browser(chromium, page, lab, artifacts):
     assert page.locator(".qw-explorer .qw-worst option").count() == 5
     page.wait_for_timeout(500)
     page.locator(".qw-explorer").screenshot(path=str(artifacts / "02_sqnr_layer12.png"))
-    docs(artifacts / "02_sqnr_layer12.png", "gallery/graph_sqnr_and_layer_panel.png")
+    docs(artifacts / "02_sqnr_layer12.png", "explorer.png")
 
     # item 1: CROSS -> Continue -> Run
     button(page, "CROSS").click()
@@ -148,6 +148,15 @@ def test_explorer_round2_in_the_browser(chromium, page, lab, artifacts):
         rerun_cell(page, 2)
         line = kernel_line(page, r"float_layers=\[\d")
         assert "position=23" in line, line
+
+    # worst images over the set: ranked in the background, table + chart
+    page.locator(".qw-explorer .lm-TabBar-tab", has_text="Images").click()
+    button(page, "Rank images").click()
+    page.wait_for_function("() => document.querySelector('.qw-explorer .qw-worst-images') !== null", timeout=300_000)
+    page.wait_for_function("() => Array.from(document.querySelectorAll('.qw-explorer .qw-images-view img'))"
+                           ".some(i => i.naturalWidth > 0)", timeout=30_000)
+    page.locator(".qw-explorer").screenshot(path=str(artifacts / "05_worst_images.png"))
+    docs(artifacts / "05_worst_images.png", "gallery/worst_images.png")
 
     # item 2: a pick in the Image dropdown opens the image
     page.locator(".qw-explorer .qw-controls select").nth(2).select_option(label="horses")
