@@ -9,11 +9,12 @@ weights) use a blue-white-red diverging LUT that is symmetric around 0 (white = 
 """
 from __future__ import annotations
 
+import functools
 import io
 from typing import Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 GAP = 2                      # pixels between montage tiles
 GAP_GREY = 48                # colour of the gaps (dark grey, distinct from black data)
@@ -33,6 +34,12 @@ def _diverging_lut(n: int = 256) -> np.ndarray:
 
 
 DIVERGING = _diverging_lut()
+
+
+@functools.lru_cache(maxsize=8)
+def font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's built-in scalable font at `size` px (loaded once per size: a load per label cost ms)."""
+    return ImageFont.load_default(size=size)
 
 
 def to_png(im: Image.Image | np.ndarray) -> bytes:
@@ -100,7 +107,7 @@ def _label_tiles(im: Image.Image, n: int, cols: int, h: int, w: int, first: int 
 
 
 def feature_montage(y: np.ndarray, max_channels: int = 64, cols: int = 8, size: int = 64,
-                    normalize: str = "channel", labels: bool = False) -> bytes:
+                    normalize: str = "channel", labels: bool = False, as_image: bool = False) -> bytes | Image.Image:
     """PNG montage of the first `max_channels` channels of a feature map, grey levels.
 
     y: (C, H, W) or (H, W), any real dtype. Each tile is the channel resized so its longest side
@@ -131,7 +138,7 @@ def feature_montage(y: np.ndarray, max_channels: int = 64, cols: int = 8, size: 
     im = Image.fromarray(_tile(tiles, cols))
     if labels:
         _label_tiles(im, tiles.shape[0], max(1, min(cols, tiles.shape[0])), tiles.shape[1], tiles.shape[2])
-    return to_png(im)
+    return im if as_image else to_png(im)
 
 
 def diverging_rgb(x: np.ndarray, vmax: float | None = None) -> np.ndarray:
@@ -145,7 +152,7 @@ def diverging_rgb(x: np.ndarray, vmax: float | None = None) -> np.ndarray:
 
 
 def heatmap_png(diff: np.ndarray, vmax: float | None = None, max_channels: int = 64, cols: int = 8,
-                size: int = 64) -> bytes:
+                size: int = 64, as_image: bool = False) -> bytes | Image.Image:
     """PNG error heat map of `diff` (e.g. INT - FLOAT), diverging LUT symmetric around 0.
 
     diff: (C, H, W) (one tile per channel, like `feature_montage`) or (H, W). One colour scale
@@ -156,7 +163,8 @@ def heatmap_png(diff: np.ndarray, vmax: float | None = None, max_channels: int =
     if vmax is None:
         vmax = float(np.abs(d).max())
     rgb = diverging_rgb(_fit(d.astype(np.float32, copy=False), size), vmax)
-    return to_png(_tile(rgb, cols))
+    tiled = _tile(rgb, cols)
+    return Image.fromarray(tiled) if as_image else to_png(tiled)
 
 
 def _hist_x_range(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: Mapping[str, float],
@@ -184,8 +192,7 @@ def histogram_png(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: 
 with the legend inside it (the plot shrinks by one 14 px line per 3 legend entries).
     log_y: y = log10(1 + count); log_x: x axis in log2 (for log2-bin histograms; x > 0 only).
     """
-    from PIL import ImageFont
-    font = ImageFont.load_default(size=11)
+    fnt = font(11)
     markers = dict(markers or {})
     legend = [(k, SERIES_COLOURS[i % len(SERIES_COLOURS)], "") for i, k in enumerate(series)]
     legend += [(("* " if k == in_use else "") + k, MARKER_COLOURS[i % len(MARKER_COLOURS)], f" {v:.3g}")
@@ -228,23 +235,23 @@ with the legend inside it (the plot shrinks by one 14 px line per 3 legend entri
         x = float(px(np.float64(t)))
         draw.line([(x, bottom), (x, bottom + 3)], fill=(0, 0, 0))
         text = f"{t:.3g}"
-        tw = draw.textlength(text, font=font)
-        draw.text((min(max(0, x - tw / 2), width - tw), bottom + 4), text, fill=(0, 0, 0), font=font)
+        tw = draw.textlength(text, font=fnt)
+        draw.text((min(max(0, x - tw / 2), width - tw), bottom + 4), text, fill=(0, 0, 0), font=fnt)
     for frac in (0.0, 0.5, 1.0):
         y = bottom - frac * (bottom - top)
         count = (10 ** (frac * ymax) - 1) if log_y else frac * ymax
         text = f"{count:.3g}"
         draw.line([(left - 3, y), (left, y)], fill=(0, 0, 0))
-        draw.text((left - 4 - draw.textlength(text, font=font), y - 6), text, fill=(0, 0, 0), font=font)
+        draw.text((left - 4 - draw.textlength(text, font=fnt), y - 6), text, fill=(0, 0, 0), font=fnt)
     draw.text((left, bottom + 16), ("|x|, log2 axis" if log_x else "value") + ("   count, log axis" if log_y
-              else "   (y: count)"), fill=(90, 90, 90), font=font)
+              else "   (y: count)"), fill=(90, 90, 90), font=fnt)
     if title:
-        draw.text((left, 1), title, fill=(0, 0, 0), font=font)
+        draw.text((left, 1), title, fill=(0, 0, 0), font=fnt)
     for k, (label, colour, suffix) in enumerate(legend):
         r, c = divmod(k, per_row)
         x, y = 8 + c * (width // per_row), height - legend_h + r * 14
         draw.rectangle([x, y + 3, x + 8, y + 11], fill=colour + (255,))
-        draw.text((x + 12, y), f"{label}{suffix}", fill=(0, 0, 0), font=font)
+        draw.text((x + 12, y), f"{label}{suffix}", fill=(0, 0, 0), font=fnt)
     return to_png(im)
 
 
@@ -279,14 +286,13 @@ def bar_chart_png(labels: Sequence[str], values: Sequence[float], title: str, x_
                   colour: tuple[int, int, int] = (214, 39, 40)) -> bytes:
     """Horizontal bars, one per label (top = first), value written at the bar end, x axis with ticks and
     `x_label` (its unit and direction). lo/hi: the axis range (default 0 .. max(values))."""
-    from PIL import ImageFont
-    font = ImageFont.load_default(size=12)
+    fnt = font(12)
     n = max(1, len(labels))
     left, right, top = 110, width - 60, 24
     height = top + n * (bar_h + 4) + 40
     im = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(im)
-    draw.text((6, 4), title, fill=(0, 0, 0), font=font)
+    draw.text((6, 4), title, fill=(0, 0, 0), font=fnt)
     vals = [float(v) for v in values]
     lo = min(0.0, min(vals, default=0.0)) if lo is None else lo
     hi = max(vals + [lo + 1e-9]) if hi is None else hi
@@ -296,32 +302,31 @@ def bar_chart_png(labels: Sequence[str], values: Sequence[float], title: str, x_
         return left + (min(max(v, lo), hi) - lo) / span * (right - left)
     for k, (label, v) in enumerate(zip(labels, vals)):
         y = top + k * (bar_h + 4)
-        draw.text((6, y + 2), label, fill=(0, 0, 0), font=font)
+        draw.text((6, y + 2), label, fill=(0, 0, 0), font=fnt)
         draw.rectangle([px(max(lo, 0.0)), y, px(v), y + bar_h], fill=colour)
-        draw.text((px(v) + 4, y + 2), f"{v:.2f}", fill=(0, 0, 0), font=font)
+        draw.text((px(v) + 4, y + 2), f"{v:.2f}", fill=(0, 0, 0), font=fnt)
     axis_y = top + n * (bar_h + 4) + 2
     draw.line([(left, axis_y), (right, axis_y)], fill=(0, 0, 0))
     for t in np.linspace(lo, hi, 5):
         draw.line([(px(t), axis_y), (px(t), axis_y + 4)], fill=(0, 0, 0))
-        draw.text((px(t) - 10, axis_y + 5), f"{t:.4g}", fill=(0, 0, 0), font=font)
-    draw.text((left, axis_y + 20), x_label, fill=(0, 0, 0), font=font)
+        draw.text((px(t) - 10, axis_y + 5), f"{t:.4g}", fill=(0, 0, 0), font=fnt)
+    draw.text((left, axis_y + 20), x_label, fill=(0, 0, 0), font=fnt)
     return to_png(im)
 
 
-def framed_png(png: bytes, title: str, bar: str | None = None, lo: float = 0.0, hi: float = 1.0,
+def framed_png(png: bytes | Image.Image, title: str, bar: str | None = None, lo: float = 0.0, hi: float = 1.0,
                unit: str = "") -> bytes:
     """`png` with a title line above and a labelled colour bar below.
 
     bar: "grey" (black = lo .. white = hi), "channel" (grey, each channel's own min .. max),
     "diverging" (blue = lo .. white = 0 .. red = hi) or None (title only)."""
-    from PIL import ImageFont
-    font = ImageFont.load_default(size=12)
-    src = Image.open(io.BytesIO(png)).convert("RGB")
+    fnt = font(12)
+    src = (png if isinstance(png, Image.Image) else Image.open(io.BytesIO(png))).convert("RGB")
     width = max(src.width, 260)
     bar_h = 0 if bar is None else 34
     out = Image.new("RGB", (width, 18 + src.height + bar_h), (255, 255, 255))
     draw = ImageDraw.Draw(out)
-    draw.text((2, 2), title, fill=(0, 0, 0), font=font)
+    draw.text((2, 2), title, fill=(0, 0, 0), font=fnt)
     out.paste(src, (0, 18))
     if bar is not None:
         y0, x0, x1 = 18 + src.height + 4, 40, width - 40
@@ -340,8 +345,8 @@ def framed_png(png: bytes, title: str, bar: str | None = None, lo: float = 0.0, 
         else:
             labels = [(x0, f"{lo:.3g}{unit}"), (x1, f"{hi:.3g}{unit}")]
         for x, text in labels:
-            tw = draw.textlength(text, font=font)
-            draw.text((min(max(2, x - tw / 2), width - tw - 2), y0 + 13), text, fill=(0, 0, 0), font=font)
+            tw = draw.textlength(text, font=fnt)
+            draw.text((min(max(2, x - tw / 2), width - tw - 2), y0 + 13), text, fill=(0, 0, 0), font=fnt)
     return to_png(out)
 
 

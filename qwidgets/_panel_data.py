@@ -2,8 +2,8 @@
 
 `layer_panel_data(model, outs, node_id, x=...)` reads the layer's structure from `model.graph`,
 its tensors from `outs` (what `model.forward(x)` returned) and its weights from `model.params`,
-and encodes them with `qwidgets._encode`; every number comes from `engine.session.stats`. No widgets here: the Explorer will call the same
-functions with Session data.
+and encodes them with `qwidgets._encode`; every number comes from `engine.session.stats`.
+No widgets here (`_session_panel` builds on it for the Explorer).
 """
 from __future__ import annotations
 

@@ -126,7 +126,7 @@ class SessionPanelData:
             series[run_label(s)] = x_run
             rows.append(tensor_row(f"input {run_label(s)}", x_run))
         marks = self.thresholds(producers[0]) if len(producers) == 1 else None
-        images["input"] = framed_png(feature_montage(x, labels=True),
+        images["input"] = framed_png(feature_montage(x, labels=True, as_image=True),
                                      f"layer {i} input, {channels_note(x.shape[0], min(64, x.shape[0]))}", "channel")
         used = threshold_in_use(s.qmodel, producers[0]) if use_int and len(producers) == 1 else None
         images["hist_input"] = hist_image(series, f"layer {i} input", marks, log2, log_y, used)
@@ -143,7 +143,7 @@ class SessionPanelData:
             y_int = self._s.output(i)
             # the very ErrorStats the graph overlay colours by: one SQNR per layer in every view
             stats = self._s.fitness(i, local=False)["propagated"]
-        images["output"] = framed_png(feature_montage(y, labels=True),
+        images["output"] = framed_png(feature_montage(y, labels=True, as_image=True),
                                       f"layer {i} output (FLOAT), {channels_note(y.shape[0], min(64, y.shape[0]))}",
                                       "channel")
         rows.append(tensor_row(ref_label, y))
@@ -152,12 +152,13 @@ class SessionPanelData:
             y_int = np.asarray(y_int, np.float32)
             series[run] = y_int
             shown = channels_note(y.shape[0], min(16, y.shape[0]))
-            images["float"] = framed_png(feature_montage(y, max_channels=16, cols=4, normalize="global"),
-                                         f"FLOAT, {shown}", "grey", float(y[:16].min()), float(y[:16].max()))
-            images["int"] = framed_png(feature_montage(y_int, max_channels=16, cols=4, normalize="global"),
-                                       f"{run}, {shown}", "grey", float(y_int[:16].min()), float(y_int[:16].max()))
+            grid = {"max_channels": 16, "cols": 4, "normalize": "global", "as_image": True}
+            images["float"] = framed_png(feature_montage(y, **grid), f"FLOAT, {shown}", "grey",
+                                         float(y[:16].min()), float(y[:16].max()))
+            images["int"] = framed_png(feature_montage(y_int, **grid), f"{run}, {shown}", "grey",
+                                       float(y_int[:16].min()), float(y_int[:16].max()))
             vmax = float(np.abs(y_int[:16] - y[:16]).max())
-            images["heatmap"] = framed_png(heatmap_png(y_int - y, max_channels=16, cols=4, vmax=vmax),
+            images["heatmap"] = framed_png(heatmap_png(y_int - y, max_channels=16, cols=4, vmax=vmax, as_image=True),
                                            f"{run} - FLOAT, {shown}", "diverging", -vmax, vmax)
             rows.append(tensor_row(f"output {run}", y_int))
             rows.append(error_row(f"{run} - FLOAT", y, y_int, stats))

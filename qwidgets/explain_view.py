@@ -119,7 +119,8 @@ class ExplainView(widgets.VBox):
             return
         top = e.culprits[:TOP]
         kinds = self._session.model.layers
-        self.chart.value = bar_chart_png([f"{i} {SHORT.get(kinds[i].kind, kinds[i].kind)}" for i, _ in top], [100 * r for _, r in top],
+        self.chart.value = bar_chart_png([f"{i} {SHORT.get(kinds[i].kind, kinds[i].kind)}" for i, _ in top],
+                                         [100 * r for _, r in top],
                                          f"{e.match.det.name} {e.match.det.score:.2f} ({e.match.status}): "
                                          "run one layer FLOAT",
                                          "recovery: % of the score/IoU loss regained (higher = more to blame)",

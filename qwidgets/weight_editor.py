@@ -258,8 +258,9 @@ class WeightEditor(widgets.VBox):
                 diff = r.after - r.before
                 vmax = float(np.abs(diff[:16]).max())
                 self.heatmap.value = framed_png(
-                    heatmap_png(diff, max_channels=16, cols=4, vmax=vmax),
-                    f"layer {r.index} output after - before the edit, {channels_note(diff.shape[0], min(16, diff.shape[0]))}",
+                    heatmap_png(diff, max_channels=16, cols=4, vmax=vmax, as_image=True),
+                    f"layer {r.index} output after - before the edit, "
+                    f"{channels_note(diff.shape[0], min(16, diff.shape[0]))}",
                     "diverging", -vmax, vmax)
             else:
                 self.heatmap.value = b""

@@ -144,7 +144,8 @@ def test_head_errors_split_each_anchor_into_its_parts(tiny, tiny_kl_pt):
     rows = head_errors(tiny, ref, run)
     heads = [i for i, layer in enumerate(tiny.layers) if layer.kind == "yolo"]
     assert sorted({r.layer for r in rows}) == heads and len(rows) == len(heads) * 3 * len(PARTS)
-    r = next(r for r in rows if r.layer == heads[1] and r.part == "objectness" and r.anchor == tiny.layers[heads[1]].mask[2])
+    slot2 = tiny.layers[heads[1]].mask[2]
+    r = next(r for r in rows if r.layer == heads[1] and r.part == "objectness" and r.anchor == slot2)
     a = 2 * (85) + 4                                     # anchor slot 2 of the head, channel 4 = objectness
     f, q = ref[heads[1]][a].astype(np.float64), run[heads[1]][a].astype(np.float64)
     assert r.sqnr_db == pytest.approx(10 * np.log10((f * f).sum() / ((q - f) ** 2).sum()), rel=1e-9)
