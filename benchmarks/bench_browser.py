@@ -3,7 +3,8 @@
 For yolov3-tiny (kl per tensor, INT) and random-weight yolov3 (416, INT), times from the click to the
 frame where its result is in the DOM (polling on requestAnimationFrame): Step, node click (panel of the
 clicked layer), Apply of a weight edit, tab switch, colour switch; and `Explorer(s)` (the cell that
-builds the session and the view, to the rendered graph). Prints medians (goal: <= 150 ms on yolov3-tiny,
+builds the session and the view, to the rendered graph). The first click on a layer the run has not
+reached pays the session's FLOAT reference forward (seconds on yolov3): it is in the max. Prints medians (goal: <= 150 ms on yolov3-tiny,
 <= 300 ms on yolov3; Explorer(s) <= 3 s on yolov3). Not a test: figures, no assertions.
 
     python benchmarks/bench_browser.py [--repeat 5] [--models tiny,yolov3]
@@ -53,7 +54,7 @@ def start_lab(tmp: Path, model: str) -> Lab:
     return lab
 
 
-def timed(page, action, condition: str, timeout: float = 60_000) -> float:
+def timed(page, action, condition: str, timeout: float = 300_000) -> float:
     t0 = time.perf_counter()
     action()
     page.wait_for_function(condition, timeout=timeout, polling="raf")
