@@ -49,8 +49,8 @@ class LongTask(widgets.HBox):
 
     def __init__(self, background: bool = True, **kwargs) -> None:
         self.background = background
-        self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="260px"))
-        self._label = widgets.Label()
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="150px"))
+        self._label = widgets.Label(layout=widgets.Layout(width="auto", min_width="240px"))
         self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True,
                                             layout=widgets.Layout(width="90px"))
         super().__init__(children=[self.progress, self._label, self.cancel_button], **kwargs)
