@@ -13,6 +13,7 @@ import io
 import json
 import os
 import struct
+import time
 import tracemalloc
 import unicodedata
 import zipfile
@@ -108,11 +109,17 @@ def test_f_dead_writers_temp_files_are_reclaimed_live_ones_kept(tmp_path):
     import sys
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    leftovers = [f".m.npz.qwtmp-{dead}-{dead}-0123abcd", f".m.npz.tmp{dead}",        # this and older writers
-                 f".idx.json.{dead}.k2j_x9.tmp", f".yolov3.weights.part{dead}"]
-    live = [f".m.npz.qwtmp-{os.getpid()}-1-00ff00ff", f".m.npz.qwtmp-1-1-00ff00ff"]  # us, and pid 1
+    from engine.atomic import _HOST
+    other = "ffff" if _HOST != "ffff" else "eeee"
+    leftovers = [f".m.npz.qwtmp-{dead}-{dead}-{_HOST}abcdef", f".m.npz.tmp{dead}",     # this and older writers
+                 f".idx.json.{dead}.k2j_x9.tmp", f".yolov3.weights.part{dead}",
+                 f".m.npz.qwtmp-{dead}-7-{other}000000.old"[:-4]]                     # another host's, 2 days old
+    live = [f".m.npz.qwtmp-{os.getpid()}-1-{_HOST}00ff00", f".m.npz.qwtmp-1-1-{_HOST}00ff00",  # us, and pid 1
+            f".m.npz.qwtmp-{dead}-7-{other}111111"]                                 # another host's, recent
     for n in leftovers + live + ["user.tmp", ".hidden"]:
         (tmp_path / n).write_bytes(b"x" * 10)
+    old = time.time() - 2 * 24 * 3600
+    os.utime(tmp_path / leftovers[-1], (old, old))
     atomic_write(tmp_path / "m.npz", b"new")      # the next save into the folder reclaims them
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(live + ["user.tmp", ".hidden", "m.npz"])
     assert sweep_temp_files(tmp_path) == []
