@@ -66,7 +66,7 @@ def test_compare_json_contract(capsys):
         assert set(m) == {"method", "per_channel", "mean_int_sqnr_db", "agreement", "size", "layers"}
         assert m["per_channel"] is True and set(m["agreement"]) == {"hybrid", "int"}
         for a in m["agreement"].values():
-            assert set(a) == {"map50", "per_class", "matched", "missed", "extra", "mean_iou"}
+            assert set(a) == {"map50", "map50_95", "per_class", "matched", "missed", "extra", "mean_iou"}
             assert a["matched"] + a["missed"] == 6                               # dog.jpg: 6 FLOAT detections
         assert set(m["size"]) == {"float_bytes", "int8_bytes", "compression_pct"}
         assert 70 < m["size"]["compression_pct"] < 76
