@@ -265,7 +265,11 @@ class Workspace:
             folder = real_dir(self.root, "exports")
         else:
             folder = Path(dest).expanduser()
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as err:   # e.g. dest is an existing file or FIFO
+                raise WorkspaceError(f"export {name!r}: cannot use {folder} as the destination folder: "
+                                     f"{err.strerror or err}") from None
         return atomic_write(folder / filename, data)
 
     def export_bytes(self, name: str) -> tuple[str, bytes]:

@@ -641,3 +641,13 @@ def test_u_special_files_are_refused_without_blocking(case, tmp_path):
             "u_load_dev_zero": engine.load}[case]
     err = expect(CfgError, "not a regular file", load, path)
     assert str(path) in str(err)
+
+
+def test_p_workspace_import_and_export_refuse_special_files(tmp_path):
+    ws = _ws_with_entry(tmp_path)
+    os.mkfifo(tmp_path / "pipe.jpg")
+    expect(WorkspaceError, "not a regular file", ws.import_path, tmp_path / "pipe.jpg")
+    (tmp_path / "afile").write_text("x")
+    expect(WorkspaceError, "cannot use", ws.export, "r", tmp_path / "afile")
+    expect(WorkspaceError, "cannot use", ws.export, "r", tmp_path / "pipe.jpg")
+    assert [e.name for e in ws.list()] == ["r"]
