@@ -23,7 +23,6 @@ import textwrap
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import engine
