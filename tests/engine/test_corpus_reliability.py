@@ -477,6 +477,11 @@ API_CASES = [
     ("a_set_scale_1e-300", lambda s, d: s.set_scale("0", 1e-300), "EditError", "scale 1e-300 is not plausible"),
     ("a_set_threshold_1e300", lambda s, d: s.set_threshold("0", 1e300), "EditError", "is not plausible"),
     ("a_histogram_bins_negative", lambda s, d: s.histogram(0, bins=-1), "ArgumentError", "bins=-1"),
+    ("a_continue_from_bogus", lambda s, d: s.continue_from("x"), "ArgumentError", "source='x'"),
+    ("a_weights_kind_bogus", lambda s, d: s.weights(0, "bogus"), "ArgumentError", "kind='bogus'"),
+    ("a_compare_unknown_method", lambda s, d: s.compare_methods([s.x], ["bogus"]), "UnknownNameError",
+     "unknown calibration method 'bogus'; known:"),
+    ("a_set_model_int", lambda s, d: s.set_model(42), "ArgumentError", "model=42"),
     ("a_session_thresh_nan", lambda s, d: type(s)(s.model, s.qmodel, "int", s.x, thresh=float("nan")),
      "ArgumentError", "thresh=nan"),
 ]
