@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -75,7 +74,7 @@ def test_map_matches_pycocotools_on_jittered_boxes(real_dets, seed):
                 continue
             for _ in range(1 + (rng.random() < 0.2)):
                 j = rng.normal(0, 0.06 * (d.x2 - d.x1), 4)
-                out.append(replace(d, x1=d.x1 + j[0], y1=d.y1 + j[1], x2=d.x2 + j[2], y2=d.y2 + j[3],
+                out.append(d._replace(x1=d.x1 + j[0], y1=d.y1 + j[1], x2=d.x2 + j[2], y2=d.y2 + j[3],
                                    score=float(rng.uniform(0.2, 1.0))))
         preds.append(out)
     ours, ref = coco_map(truth, preds), pycoco(truth, preds)

@@ -137,7 +137,7 @@ def test_quantized_model_of_another_cfg_is_refused(capsys, qfile, tmp_path):
     rc, _, err = cli(capsys, "detect", *MODEL, DOG, "--mode", "int", "--quantized", bad)
     assert rc == 2 and "was made for a different cfg than 'yolov3-tiny'" in err, err
     rc, _, err = cli(capsys, "detect", *MODEL, DOG, "--mode", "int", "--quantized", qfile, "--float-layers", "99")
-    assert rc == 2 and "--float-layers '99': [99] are not layers of this model (0..23)" in err
+    assert rc == 2 and "--float-layers '99': [99] are not layers of this model (0..23)" in err, err
 
 
 def test_python_dash_m_engine_quantize_end_to_end(tmp_path):
