@@ -143,7 +143,7 @@ def build_int8(model, qmodel, *, heads: str = "raw", opset: int = 17, all_output
         elif layer.kind == "upsample":
             y = b.op("Resize", [xs[0], "", b.const([1.0, 1.0, layer.stride, layer.stride], np.float32)], "resize",
                      mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
-            g = (gs[0][0] * layer.scale, gs[0][1])
+            g = (float(np.float32(gs[0][0] * layer.scale)), gs[0][1])
         elif layer.kind == "route":
             y, g = _route(b, layer, xs, gs, qmodel)
         elif layer.kind in ("reorg", "reorg3d"):

@@ -189,6 +189,7 @@ def quantize_model(model, stats: CalibrationStats, method: str = "kl", per_chann
         raise EngineError(f"calibration statistics lack tensors {', '.join(missing[:5])}: were they collected "
                           f"for this model ({model.graph.name})?")
     scales, zero_points = prof.activation_params(stats, calibrator)
+    prof.tie_grids(model, scales, zero_points)
     pre_scales, pre_zero_points = prof.extra_params(model, stats, calibrator)
     scheme, per_channel = prof.weight_choice(calibrator, per_channel)
     thresholds = {nid: calibrator.threshold(h) if h.amax > 0 else 0.0 for nid, h in stats.hists.items()}

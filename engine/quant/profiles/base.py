@@ -37,6 +37,9 @@ class Profile:
         """Scales (and zero points, asymmetric profiles) of every calibrated tensor."""
         return {nid: calibrator.scale(h) for nid, h in stats.hists.items()}, {}
 
+    def tie_grids(self, model, scales: dict[str, float], zero_points: dict[str, int]) -> None:
+        """Make the stored grid of each tensor the one it has at run time (in place), where they differ."""
+
     def extra_params(self, model, stats, calibrator) -> tuple[dict[str, float], dict[str, int]]:
         """Scales / zero points of tensors Darknet does not name (e.g. pre-activation), keyed by layer."""
         return {}, {}

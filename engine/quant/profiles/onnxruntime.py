@@ -73,6 +73,19 @@ class OrtProfile(Profile):
             scales[nid], zps[nid] = asym.asym_params(*clipped_range(h, calibrator))
         return scales, zps
 
+    def tie_grids(self, model, scales, zero_points):
+        """Layers that only move values (maxpool, upsample, reorg, dropout, a one-input route) run on their
+        input's grid: store that grid, so a conv reading them has its bias quantized for the right scale."""
+        for layer in model.layers:
+            src = layer.inputs[0] if layer.inputs else None
+            keeps = layer.kind in ("maxpool", "upsample", "reorg", "reorg3d", "dropout") or \
+                (layer.kind == "route" and len(layer.inputs) == 1)
+            if keeps and src is not None:
+                nid = "input" if src < 0 else str(src)
+                factor = layer.scale if layer.kind == "upsample" else 1.0
+                scales[str(layer.index)] = float(np.float32(scales[nid] * factor))
+                zero_points[str(layer.index)] = zero_points[nid]
+
     def extra_params(self, model, stats, calibrator):
         """A leaky conv's pre-activation grid, from its output's: leaky maps [lo/0.1, hi] onto [lo, hi]."""
         pre_s, pre_z = {}, {}
@@ -101,7 +114,7 @@ class OrtProfile(Profile):
         if kind == "maxpool":
             return QTensor(maxpool(x.q, layer.size, layer.stride, layer.padding, fill=0), x.scale, x.zero_point)
         if kind == "upsample":
-            return QTensor(upsample_nearest(x.q, layer.stride), x.scale * layer.scale, x.zero_point)
+            return QTensor(upsample_nearest(x.q, layer.stride), float(np.float32(x.scale * layer.scale)), x.zero_point)
         if kind == "reorg":
             return QTensor(reorg_pj(x.q, layer.stride), x.scale, x.zero_point)
         if kind == "reorg3d":
