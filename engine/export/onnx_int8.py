@@ -10,10 +10,11 @@ Per Darknet layer (the profile's rules, engine/quant/profiles/onnxruntime.py):
   zero point 0 for `avx2_u8s8`; int32 bias), then `com.microsoft.QLinearLeakyRelu` (alpha 0.1) from the
   pre-activation grid to the output grid for leaky; relu is the clamp of a zero-point-0 grid;
 * route: Slice for groups, Concat when every input is on the output grid, else `com.microsoft.QLinearConcat`;
+* shortcut (equal shapes, linear): `com.microsoft.QLinearAdd`;
 * maxpool: uint8 MaxPool; upsample: uint8 Resize (nearest, asymmetric, floor); reorg: Reshape/Transpose;
 * every exposed `layer<i>` is a float32 DequantizeLinear of the layer's uint8 tensor (`layer<i>_q`);
   detection heads stay float (raw head inputs, or activated with `heads="activated"`).
-Layers outside these (shortcut, other activations, connected, avgpool) raise UnsupportedError: the file
+Layers outside these (other shortcuts and activations, connected, avgpool) raise UnsupportedError: the file
 would not be integer end to end, or not bit-exact.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from engine.errors import EngineError, UnsupportedError
 
 FORMAT = "onnx-int8"
 MS = "com.microsoft"
-INT_KINDS = ("convolutional", "maxpool", "upsample", "route", "reorg", "reorg3d", "dropout")
+INT_KINDS = ("convolutional", "maxpool", "upsample", "route", "reorg", "reorg3d", "dropout", "shortcut")
 
 
 def _grid_consts(b, scale: float, zp: int) -> tuple[str, str]:
@@ -146,6 +147,14 @@ def build_int8(model, qmodel, *, heads: str = "raw", opset: int = 17, all_output
             g = (float(np.float32(gs[0][0] * layer.scale)), gs[0][1])
         elif layer.kind == "route":
             y, g = _route(b, layer, xs, gs, qmodel)
+        elif layer.kind == "shortcut":
+            from engine.quant.profiles.onnxruntime import qlinear_add_fits, tensor_grid
+            if not qlinear_add_fits(layer):
+                raise UnsupportedError(f"{layer.where()}: only a linear shortcut of two equal shapes with weights 1 "
+                                       f"is a QLinearAdd")
+            g = tensor_grid(qmodel, str(i))
+            y = b.op("QLinearAdd", [xs[0], *_grid_consts(b, *gs[0]), xs[1], *_grid_consts(b, *gs[1]),
+                                    *_grid_consts(b, *g)], "qadd", domain=MS)
         elif layer.kind in ("reorg", "reorg3d"):
             y = b.name("reorg")
             EMITTERS.get(layer.kind)(b, layer, model.params[i], xs, y)

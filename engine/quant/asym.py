@@ -109,3 +109,23 @@ def leaky_f32(alpha: float) -> Callable[[np.ndarray], np.ndarray]:
 
 def apply_lut(q: np.ndarray, table: np.ndarray) -> np.ndarray:
     return table[q.view(np.uint8)]
+
+
+def _fma32(x: np.ndarray, y, z) -> np.ndarray:
+    """float32 fused multiply-add (one rounding): x*y is exact in float64 for these operands (an 8-bit
+    integer times a float32), so the float64 sum rounded to float32 is the FMA except at ~2**-29 of ties."""
+    return (np.asarray(x, np.float64) * np.float64(y) + np.asarray(z, np.float64)).astype(F32)
+
+
+def qlinear_add(a: np.ndarray, sa: float, za: int, b: np.ndarray, sb: float, zb: int, sc: float, zc: int,
+                dtype: str = "uint8") -> tuple[np.ndarray, int]:
+    """QLinearAdd as MLAS's AVX2 kernel computes it (qladd_avx2.cpp): ratios rA = sA/sC, rB = sB/sC in
+    float32, fixed = zC - (rA*zA + rB*zB), then fma(a, rA, fma(b, rB, fixed)), rounded half to even,
+    saturated by the int16 and uint8 packs. (The SSE2 and NEON kernels differ.)"""
+    qmin, qmax = RANGES[dtype]
+    ra, rb = F32(F32(sa) / F32(sc)), F32(F32(sb) / F32(sc))
+    fixed = F32(F32(zc) - _fma32(ra, F32(za), F32(rb) * F32(zb)))
+    t = _fma32(b.astype(F32), rb, fixed)
+    v = np.rint(_fma32(a.astype(F32), ra, t))
+    saturated = int(np.count_nonzero((v < qmin) | (v > qmax)))
+    return np.clip(v, qmin, qmax).astype(DTYPES[dtype]), saturated

@@ -100,3 +100,39 @@ def test_leaky_and_concat_lookup_tables_equal_ort(seed):
     ref_c = np.concatenate([asym.apply_lut(x, asym.build_lut(xs, xz, ys, yz)),
                             asym.apply_lut(x2, asym.build_lut(s2, z2, ys, yz))], axis=1)
     assert np.array_equal(ref_c, c_ort)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_qlinear_add_equals_ort_avx2_kernel(seed):
+    from onnx import TensorProto as T, helper as h
+    rng = np.random.default_rng(seed)
+    sa, sb, sc = (_scale(rng) for _ in range(3))
+    za, zb, zc = (int(v) for v in rng.integers(0, 256, 3))
+    a, b = (rng.integers(0, 256, (1, 3, 17, 19)).astype(np.uint8) for _ in range(2))
+    sess = _session([h.make_node("QLinearAdd", ["a", "sa", "za", "b", "sb", "zb", "sc", "zc"], ["c"],
+                                 domain="com.microsoft")],
+                    [_vi("a", T.UINT8), _vi("b", T.UINT8)], [_vi("c", T.UINT8)],
+                    {"sa": np.float32(sa), "za": np.uint8(za), "sb": np.float32(sb), "zb": np.uint8(zb),
+                     "sc": np.float32(sc), "zc": np.uint8(zc)})
+    ours, _ = asym.qlinear_add(a, sa, za, b, sb, zb, sc, zc)
+    assert np.array_equal(ours, sess.run(None, {"a": a, "b": b})[0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_u8s8_pair_saturation_equals_ort_on_this_cpu(seed):
+    """avx2_u8s8's accumulator against QLinearConv with int8 weights (on a VNNI/ARM CPU ORT would not
+    saturate and this test would fail: the profile is for AVX2 without VNNI, like this host)."""
+    from engine.quant.profiles.avx2_u8s8 import pair_saturation_correction
+    rng = np.random.default_rng(seed)
+    c, n, k = int(rng.integers(2, 9)), 4, 3
+    x = rng.integers(120, 256, (c, 8, 9)).astype(np.uint8)
+    w = (rng.choice([-1, 1], (n, c, k, k)) * rng.integers(60, 128, (n, c, k, k))).astype(np.int8)
+    xs, ws, xz, yz = 0.02, np.full(n, 0.01, np.float32), int(rng.integers(0, 40)), 128
+    b = rng.integers(-5000, 5000, n).astype(np.int32)
+    acc = conv_int_naive(x.astype(np.int64) - xz, w, b, 1, 1)
+    ys = float(np.float32(np.abs(acc).max() * xs * 0.01 / 120))
+    sat = acc + pair_saturation_correction(x, xz, w, 1, 1)
+    got = _qlinearconv(x, xs, xz, w, ws, ys, yz, b, k, 1, 1, signed_w=True)
+    ref, _ = asym.requantize_output(sat, asym.conv_output_scales(xs, ws, ys), yz)
+    exact, _ = asym.requantize_output(acc, asym.conv_output_scales(xs, ws, ys), yz)
+    assert np.array_equal(ref, got) and not np.array_equal(exact, got)

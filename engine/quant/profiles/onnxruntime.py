@@ -11,7 +11,8 @@ Per layer (engine/quant/asym.py holds the float32 rules, each checked against OR
   whose grid differs); a single input (with or without groups) is a Slice and keeps its grid;
 * maxpool (uint8 MaxPool), upsample (Resize nearest), reorg: values moved, grid kept;
 * heads: the conv feeding [yolo]/[region] is a QLinearConv to its own uint8 grid, dequantized;
-* shortcut and other activations: a float32 island (DequantizeLinear, float op, QuantizeLinear),
+* shortcut (same shapes, linear): QLinearAdd with the AVX2 kernel's float32 FMA formula;
+* other shortcuts and other activations: a float32 island (DequantizeLinear, float op, QuantizeLinear),
   not part of the exported integer graph.
 """
 from __future__ import annotations
@@ -31,6 +32,12 @@ from engine.quant.qtensor import QTensor
 LEAKY = 0.1
 KINDS = ("convolutional", "maxpool", "upsample", "route", "reorg", "reorg3d", "dropout", "shortcut")
 LINEAR_OUT = ("linear", "relu")
+
+
+def qlinear_add_fits(layer) -> bool:
+    """A shortcut that is a plain QLinearAdd: same shapes, weights 1, linear activation."""
+    return (layer.kind == "shortcut" and len(layer.in_shapes) == 2 and layer.in_shapes[0] == layer.in_shapes[1]
+            and layer.alpha == 1.0 and layer.beta == 1.0 and layer.activation == "linear")
 
 
 def tensor_grid(qmodel, nid: str) -> tuple[float, int]:
@@ -58,7 +65,8 @@ class OrtProfile(Profile):
         "rounding": "half to even (cvtps2dq), clamp in float before rounding, + zero point",
         "leaky": "QLinearLeakyRelu: QLinearConv to a pre-activation grid, then a 256-entry float32-built table",
         "route/concat": "Concat if grids equal, else QLinearConcat (float32-built table per differing input)",
-        "shortcut": "float32 island (DequantizeLinear, Add, QuantizeLinear); not exported",
+        "shortcut": "QLinearAdd, AVX2 kernel: fma(a, sA/sC, fma(b, sB/sC, zC - (sA/sC*zA + sB/sC*zB))), half-even, "
+                    "saturating packs (SSE2/NEON kernels differ); other shortcuts: a float32 island, not exported",
         "upsample": "Resize nearest on uint8, grid kept",
         "maxpool": "uint8 MaxPool, grid kept",
         "heads": "QLinearConv to a uint8 grid, DequantizeLinear for [yolo]/[region]",
@@ -123,7 +131,13 @@ class OrtProfile(Profile):
             return x
         if kind == "route":
             return self._route(layer, xs, qmodel, rec)
-        return self._float_island(layer, xs, qmodel, rec)                      # shortcut
+        if qlinear_add_fits(layer):
+            s, z = tensor_grid(qmodel, i)
+            q, sat = asym.qlinear_add(xs[0].q, xs[0].scale, xs[0].zero_point, xs[1].q, xs[1].scale,
+                                      xs[1].zero_point, s, z)
+            rec["saturated"], rec["total"] = sat, q.size
+            return QTensor(q, s, z)
+        return self._float_island(layer, xs, qmodel, rec)                      # other shortcuts
 
     def _route(self, layer, xs, qmodel, rec):
         slices = route_slices(layer.in_shapes, layer.groups, layer.group_id)
