@@ -37,7 +37,12 @@ def error_stats(ref: np.ndarray, y: np.ndarray, q: np.ndarray | None = None, sat
     ny = float(np.linalg.norm(y.astype(np.float64)))
     nr = float(np.sqrt(sig))
     cos = float(r @ y.astype(np.float64).ravel() / (nr * ny)) if nr > 0 and ny > 0 else float(nr == ny)
-    use = float(np.abs(q.astype(np.int16)).max() / 127) if q is not None and q.size else float("nan")
+    if q is None or not q.size:
+        use = float("nan")
+    elif q.dtype == np.uint8:           # asymmetric profiles: the share of the 256 codes spanned
+        use = float(int(q.max()) - int(q.min())) / 255
+    else:
+        use = float(np.abs(q.astype(np.int16)).max() / 127)
     return ErrorStats(sqnr, cos, noise / max(1, r.size), float(np.abs(e).max()) if e.size else 0.0, use,
                       saturated / max(1, r.size))
 

@@ -255,3 +255,21 @@ def test_qwidgets_profile_is_the_default_and_unchanged(small):
     va, vb = _run(model, a), _run(model, b)
     for x, y in zip(va, vb):
         assert x.q.q.dtype == np.int8 and np.array_equal(x.q.q, y.q.q)
+
+
+def test_yolo2_light_hybrid_conv_equals_c_semantics(small):
+    """C.3: x truncated to int8, int32 sums, trunc(/32) to int16, times float 32*s_in*s_w, + float bias, leaky."""
+    model, stats = small
+    qm = quantize_model(model, stats, "minmax", profile="yolo2_light")
+    x = np.random.default_rng(2).random((3, 20, 20), dtype=np.float32)
+    values, _ = Executor(model, qm, "hybrid").run(x)
+    lq, inp = qm.layers[7], values[6].f
+    xq = np.clip(np.trunc(inp * F(1 / lq.in_scale)), -127, 127).astype(np.int8)
+    acc = conv_int_naive(xq, lq.w_q, np.zeros(7, np.int32), 1, 1)
+    mult = F(32 * lq.in_scale * float(lq.w_scale[0]))
+    ref = np.empty(acc.shape, np.float32)
+    for idx, a in np.ndenumerate(acc):
+        y = F(max(-32767, min(32767, int(a / 32)))) * mult + F(float(lq.b_q[idx[0]]) * float(lq.acc_scale[idx[0]]))
+        ref[idx] = y if y > 0 else F(0.1) * y
+    np.testing.assert_allclose(values[7].f, ref, rtol=1e-6, atol=1e-6)
+    assert Executor(model, qm, "hybrid").precision(0) == "float"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.layers.activations import activate
 from engine.layers.route import route_slices
 from engine.quant.intops import conv_int
 from engine.quant.profiles.qwidgets import QwidgetsProfile
@@ -66,6 +67,21 @@ class Yolo2LightProfile(QwidgetsProfile):
             return QTensor(np.concatenate(parts, axis=0) if len(parts) > 1 else np.ascontiguousarray(parts[0]),
                            xs[0].scale)
         return super().run(layer, xs, lq, qmodel, rec)
+
+    def hybrid(self, layer, x, lq, qmodel, rec):
+        """yolo2_light's CPU path (C.3): the float input truncated to int8, int32 sums, trunc(/32) to int16,
+        dequantized with the float 32 * s_in * s_w, float bias, float activation."""
+        if layer.kind != "convolutional" or layer.groups != 1:
+            return super().hybrid(layer, x, lq, qmodel, rec)
+        xq, sat = self.quantize(x, lq.in_scale)
+        rec["input_saturated"] = sat
+        acc = conv_int(xq.q, lq.w_f, np.zeros(lq.w_q.shape[0], np.int32), layer.size, layer.stride, layer.padding)
+        rec["acc_min"], rec["acc_max"] = int(acc.min()), int(acc.max())
+        acc16 = np.clip(np.trunc(acc / R_MULT), -32767, 32767).astype(np.float32)
+        y = acc16 * np.float32(R_MULT * lq.in_scale * float(np.asarray(lq.w_scale).ravel()[0]))
+        y += (lq.b_q.astype(np.float64) * lq.acc_scale).astype(np.float32).reshape(-1, 1, 1)
+        rec["saturated"], rec["total"] = 0, y.size
+        return activate(y, layer.activation)
 
     def _conv(self, layer, x, lq, out_scale, rec):
         acc = conv_int(x.q, lq.w_f, np.zeros(lq.w_q.shape[0], np.int32), layer.size, layer.stride, layer.padding)
