@@ -44,8 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.calib.collect import collect  # noqa: E402
-from engine.scale.backends import (DaskBackend, InProcess, ModelSource, blas_threads, collect_stats,  # noqa: E402
-                                evaluate, load_source, secure_local_cluster)
+from engine.scale.backends import DaskBackend, InProcess, blas_threads, secure_local_cluster  # noqa: E402
+from engine.scale.evaluate import collect_stats, evaluate  # noqa: E402
+from engine.scale.sources import ModelSource, load_source  # noqa: E402
 from engine.scale.montecarlo import make_variants, render, source_image  # noqa: E402
 from engine.quant.qmodel import quantize_model  # noqa: E402
 

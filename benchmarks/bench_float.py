@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import engine
 from engine.kernels import winograd
 from engine.darknet.cfg import read_cfg
-from engine.graph import build_layers
+from engine.darknet.build import build_layers
 from engine.darknet.weights import random_params, write_weights
 
 SHARED = Path("/work/shared")

@@ -10,7 +10,8 @@ This package imports no widget code; the views in `qwidgets` talk to it through 
 from engine.errors import CfgError, EngineError, ImageError, UnsupportedError, WeightsError
 from engine.graph import Graph, Node
 from engine.model import Model, load
-from engine.session.session import Mode, Session
+from engine.quant.modes import Mode
+from engine.session.session import Session
 
 __all__ = ["load", "Model", "Session", "Mode", "Graph", "Node", "EngineError", "CfgError", "WeightsError", "ImageError",
            "UnsupportedError"]

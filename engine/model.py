@@ -14,7 +14,8 @@ import numpy as np
 
 from engine.darknet.cfg import Cfg, parse_cfg, read_cfg
 from engine.errors import CfgError, EngineError, WeightsError
-from engine.graph import Graph, build_graph, build_layers
+from engine.darknet.build import build_graph, build_layers
+from engine.graph import Graph
 from engine.darknet.image import ImageLike, Preprocessed, preprocess
 from engine.layers import Layer, Scratch
 from engine.layers.activations import activate
@@ -48,7 +49,7 @@ class Model:
 
     @property
     def num_classes(self) -> int:
-        heads = [l for l in self.layers if l.kind in ("yolo", "region", "detection")]
+        heads = [l for l in self.layers if l.is_head]
         return getattr(heads[0], "classes", 0) if heads else self.layers[-1].out_shape[0]
 
     def layer(self, key: int | str) -> Layer:
@@ -86,7 +87,12 @@ class Model:
             raise ValueError(f"layer {index} [{layer.kind}] {name}: shape {value.shape} given, {old.shape} expected")
         if not np.isfinite(value).all():
             raise ValueError(f"layer {index} [{layer.kind}] {name}: values must be finite (NaN/Inf given)")
-        self.params[index] = {**self.params[index], name: value.copy()}
+        self.replace_param(index, name, value.copy())
+
+    def replace_param(self, index: int, name: str, value: np.ndarray) -> None:
+        """Swap in an array this model held or set_param validated (undo / redo restore snapshots):
+        no copy, no check; the cached kernel form of the layer is dropped."""
+        self.params[index] = {**self.params[index], name: value}
         self._prepared.pop(index, None)
 
     def resized(self, width: int, height: int) -> "Model":

@@ -16,7 +16,6 @@ from engine.calib.histogram import AbsHistogram
 from engine.errors import EngineError
 from engine.darknet.image import ImageLike
 
-FLOAT_ONLY = ("yolo", "region", "detection", "softmax", "cost")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -47,7 +46,7 @@ class CalibrationStats:
 
 
 def quantizable_ids(model) -> list[str]:
-    return ["input"] + [str(l.index) for l in model.layers if l.kind not in FLOAT_ONLY]
+    return ["input"] + [str(l.index) for l in model.layers if not l.float_only]
 
 
 def observe(model, x: np.ndarray, stats: CalibrationStats, outs: Sequence[np.ndarray] | None = None) -> None:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError, UnsupportedError
-from engine.graph import DETECTION_KINDS
 
 HEADS = ("raw", "activated")
 MIN_OPSET = 13          # Slice/Pad/Clip/Resize take their parameters as inputs; Softmax is single-axis
@@ -42,7 +41,7 @@ def exported_layers(model, heads: str) -> list[int]:
     """Indices of the layers that get ONNX nodes: all, except unconsumed heads when heads="raw"."""
     consumed = {i for layer in model.layers for i in layer.inputs}
     return [l.index for l in model.layers
-            if not (heads == "raw" and l.kind in DETECTION_KINDS and l.index not in consumed)]
+            if not (heads == "raw" and l.is_head and l.index not in consumed)]
 
 
 def output_layers(model, heads: str, all_outputs: bool) -> list[int]:
@@ -119,7 +118,7 @@ def head_info(model, heads: str) -> list[dict]:
     emitted = set(exported_layers(model, heads))
     info = []
     for layer in model.layers:
-        if layer.kind not in DETECTION_KINDS:
+        if not layer.is_head:
             continue
         attrs = {k: list(v) if isinstance(v, tuple) else v for k, v in layer.attrs().items()}
         activated = layer.index in emitted

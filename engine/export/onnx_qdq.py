@@ -33,10 +33,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from engine.errors import UnsupportedError
+from engine.quant.modes import QUANT_MODES
 
-QDQ_MODES = ("hybrid", "int")
-SCALE_KEEPING = ("maxpool", "upsample", "reorg", "reorg3d", "dropout")
-REQUANTIZING = ("convolutional", "connected", "shortcut", "avgpool", "crop")
+QDQ_MODES = QUANT_MODES
 
 
 def int_output_scales(model, qmodel, ex) -> dict[int, float | None]:
@@ -56,7 +55,7 @@ def int_output_scales(model, qmodel, ex) -> dict[int, float | None]:
         i = layer.index
         if ex.precision(i) != "int8" or ex.int32_out(i):
             out[i] = None
-        elif layer.kind == "crop" and layer.noadjust or layer.kind in SCALE_KEEPING:
+        elif layer.shape_only:
             out[i] = in_scale(layer.inputs[0]) * (layer.scale if layer.kind == "upsample" else 1.0)
         elif layer.kind == "route":
             out[i] = max(in_scale(s) for s in layer.inputs)
@@ -139,10 +138,9 @@ def build_qdq(model, qmodel, *, mode: str = "int", heads: str = "raw", opset: in
         xs = ["input" if j < 0 else f"layer{j}" for j in layer.inputs]
         out = f"layer{i}"
         int8 = ex.precision(i) == "int8"
-        requant = (mode == "int" and int8 and (layer.kind in REQUANTIZING or layer.kind == "route")
-                   and int_scale[i] is not None)
+        requant = mode == "int" and int8 and not layer.shape_only and int_scale[i] is not None
         y = f"layer{i}_real" if requant else out
-        if int8 and layer.kind in ("convolutional", "connected"):
+        if int8 and layer.int8_weights:
             src = layer.inputs[0]
             if mode == "hybrid":
                 s_in = qmodel.layers[i].in_scale

@@ -78,6 +78,13 @@ class BuildContext:
 class Layer:
     """Common fields. Subclasses add their cfg keys as dataclass fields (Darknet spelling)."""
     kind: ClassVar[str] = "layer"
+    # Kind traits: what the rest of the engine asks of a layer type (no lists of kinds elsewhere).
+    is_head: ClassVar[bool] = False       # a detection head: its output is decoded into boxes
+    float_only: ClassVar[bool] = False    # runs in float in every mode and is never calibrated
+    int8_weights: ClassVar[bool] = False  # its weights have an int8 form in a quantized model
+    shape_only: ClassVar[bool] = False    # selects or moves input values (no arithmetic): an int8
+    #                                       output keeps its input's scale
+    is_loss: ClassVar[bool] = False       # training only: never chosen as the network output
     index: int
     inputs: tuple[int, ...]                  # producer layer indices; -1 is the network input
     in_shapes: tuple[Shape, ...]
@@ -128,6 +135,14 @@ def check_shape(sec: Section, shape: tuple[int, ...], what: str = "output") -> S
     return (c, h, w)
 
 
+def single_input(cls: type[Layer], ctx: BuildContext, **fields) -> Layer:
+    """A layer reading the previous layer's output, with its own `out_shape` (default: the same shape)."""
+    src, shape = ctx.previous()
+    out = fields.pop("out_shape", shape)
+    return cls(index=ctx.index, inputs=(src,), in_shapes=(shape,), out_shape=out, line=ctx.section.line,
+               source=ctx.section.path, **fields)
+
+
 def refuse(sec: Section, key: str, default: str) -> None:
     """Raise UnsupportedError if `key` is set to anything but its inert default."""
     if sec.has(key) and sec.raw(key) != default:
@@ -135,4 +150,4 @@ def refuse(sec: Section, key: str, default: str) -> None:
                                f"supported by this engine (only {key}={default})")
 
 
-__all__ = ["LAYERS", "Layer", "BuildContext", "Scratch", "Shape", "Params", "check_shape", "refuse", "CfgError"]
+__all__ = ["LAYERS", "Layer", "BuildContext", "Scratch", "Shape", "Params", "check_shape", "single_input", "refuse", "CfgError"]

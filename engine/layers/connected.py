@@ -24,6 +24,7 @@ class FusedDense(NamedTuple):
 @dataclass(kw_only=True)
 class Connected(Layer):
     kind = "connected"
+    int8_weights = True
     output: int
     activation: str
     batch_normalize: int

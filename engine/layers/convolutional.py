@@ -41,6 +41,7 @@ def fold_batchnorm(w: np.ndarray, biases: np.ndarray, scales: np.ndarray, mean: 
 @dataclass(kw_only=True)
 class Convolutional(Layer):
     kind = "convolutional"
+    int8_weights = True
     filters: int
     size: int
     stride: int

@@ -100,6 +100,7 @@ def maxpool_naive(x: np.ndarray, k: int, s: int, p: int) -> np.ndarray:
 @dataclass(kw_only=True)
 class MaxPool(Layer):
     kind = "maxpool"
+    shape_only = True
     size: int
     stride: int
     padding: int

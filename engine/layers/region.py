@@ -35,6 +35,8 @@ def region_activate(x: np.ndarray, num: int, coords: int, classes: int, softmax:
 @dataclass(kw_only=True)
 class Region(Layer):
     kind = "region"
+    is_head = True
+    float_only = True
     anchors: tuple[float, ...]
     num: int
     classes: int

@@ -21,6 +21,7 @@ def upsample_nearest(x: np.ndarray, stride: int) -> np.ndarray:
 @dataclass(kw_only=True)
 class Upsample(Layer):
     kind = "upsample"
+    shape_only = True           # its `scale` factor multiplies the int8 output scale, not the values
     stride: int
     scale: float
 

@@ -32,6 +32,8 @@ def yolo_activate(x: np.ndarray, n_anchors: int, classes: int, scale_x_y: float 
 @dataclass(kw_only=True)
 class Yolo(Layer):
     kind = "yolo"
+    is_head = True
+    float_only = True
     mask: tuple[int, ...]
     anchors: tuple[float, ...]
     classes: int

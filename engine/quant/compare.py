@@ -3,6 +3,10 @@
 One calibration pass serves every method (thresholds are pure functions of the histograms).
 Each method is run in HYBRID and INT on the evaluation images; the table ranks methods by INT
 detection agreement (mAP@0.5 vs FLOAT), then HYBRID agreement, then mean per-layer SQNR.
+
+One algorithm, any backend: `compare_batch` does the per-image work (it runs where the backend
+puts it: this process, or a Dask worker), `compare` quantizes, ships the quantized models,
+gathers the rows and ranks. engine.scale.evaluate.compare_distributed is this function.
 """
 from __future__ import annotations
 
@@ -11,11 +15,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from engine.calib.collect import CalibrationStats, image_list
+from engine.calib.collect import CalibrationStats
 from engine.darknet.detect import detect_outputs
 from engine.quant.executor import Executor, FloatView
 from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
+from engine.quant.modes import QUANT_MODES, Mode
 from engine.quant.qmodel import QuantizedModel, quantize_model
+from engine.scale.backends import InProcess, label_of, qmodel_ref, shippable_items
+from engine.scale.sources import load_source, resolve_qmodel
+
+LAYER_KEYS = ("hybrid_sqnr", "int_sqnr", "int_local_sqnr", "saturation", "range_use")
 
 
 @dataclass
@@ -33,7 +42,7 @@ class MethodResult:
         return float(np.mean(vals)) if vals else float("nan")
 
     def key(self) -> tuple:
-        return (self.agreement["int"].map50, self.agreement["hybrid"].map50, self.mean_sqnr)
+        return (self.agreement[Mode.INT8].map50, self.agreement[Mode.HYBRID].map50, self.mean_sqnr)
 
     def to_dict(self) -> dict:
         return {"method": self.method, "per_channel": self.per_channel, "mean_int_sqnr_db": self.mean_sqnr,
@@ -58,7 +67,7 @@ class CompareTable:
         lines = [f"{'rank':<5}{'method':<13}{'INT mAP50':>10}{'HYB mAP50':>10}{'INT found':>10}{'extra':>7}"
                  f"{'mean SQNR':>11}{'int8 MB':>9}"]
         for k, r in enumerate(self.results, 1):
-            a, h = r.agreement["int"], r.agreement["hybrid"]
+            a, h = r.agreement[Mode.INT8], r.agreement[Mode.HYBRID]
             lines.append(f"{k:<5}{r.method:<13}{a.map50:>10.3f}{h.map50:>10.3f}{a.matched:>6}/{a.matched + a.missed:<3}"
                          f"{a.extra:>7}{r.mean_sqnr:>9.1f}dB{r.size['int8_bytes'] / 1e6:>9.2f}")
         lines.append(f"most fit to FLOAT: {self.best.method}")
@@ -72,33 +81,34 @@ class CompareTable:
         return "\n".join(rows)
 
 
-def evaluate(model, qmodel: QuantizedModel, inputs, float_runs) -> tuple[dict[str, Agreement], list[dict]]:
-    """Agreement per mode and per-layer statistics averaged over the inputs."""
-    agreement: dict[str, Agreement] = {}
-    per_layer: dict[str, list] = {}
-    truth = [dets for _, dets in float_runs]
-    for mode in ("hybrid", "int"):
+def method_rows(model, qmodel: QuantizedModel, pre, float_outs) -> dict:
+    """One image, one quantized model: detections and per-layer statistics in HYBRID and INT."""
+    row: dict = {}
+    for mode in QUANT_MODES:
         ex = Executor(model, qmodel, mode)
-        preds, sqnr = [], []
-        local, sat, use = [], [], []
-        for pre, (outs, _) in zip(inputs, float_runs):
-            values, records = ex.run(pre.x)
-            preds.append(detect_outputs(model, FloatView(values), pre))
-            prop = propagated_stats(outs, values, records)
-            sqnr.append([s.sqnr_db for s in prop])
-            if mode == "int":
-                sat.append([s.saturation for s in prop])
-                use.append([s.range_use for s in prop])
-                local.append([s.sqnr_db if s else np.nan for s in local_stats(ex, pre.x, outs)])
-        agreement[mode] = detection_agreement(truth, preds)
-        per_layer[f"{mode}_sqnr"] = _mean(sqnr)
-        if mode == "int":
-            per_layer["int_local_sqnr"] = _mean(local)
-            per_layer["saturation"] = _mean(sat)
-            per_layer["range_use"] = _mean(use)
-    layers = [{"layer": i, "kind": l.kind, **{k: float(v[i]) for k, v in per_layer.items()}}
-              for i, l in enumerate(model.layers)]
-    return agreement, layers
+        values, records = ex.run(pre.x)
+        prop = propagated_stats(float_outs, values, records)
+        row[mode] = detect_outputs(model, FloatView(values), pre)
+        row[f"{mode}_sqnr"] = [s.sqnr_db for s in prop]
+        if mode == Mode.INT8:
+            row["saturation"] = [s.saturation for s in prop]
+            row["range_use"] = [s.range_use for s in prop]
+            row["int_local_sqnr"] = [s.sqnr_db if s else np.nan for s in local_stats(ex, pre.x, float_outs)]
+    return row
+
+
+def compare_batch(source, qrefs: tuple, resize: str, batch: list) -> list[dict]:
+    """The task: per image, FLOAT detections and `method_rows` of every (method, quantized model
+    reference) in `qrefs` (a tuple: Dask resolves shared futures inside tuples)."""
+    model = load_source(source)
+    qms = [(method, resolve_qmodel(ref)) for method, ref in qrefs]
+    out = []
+    for item in batch:
+        pre = model.preprocess(item, resize)
+        outs = model.forward(pre.x)
+        out.append({Mode.FLOAT.value: detect_outputs(model, outs, pre),
+                    **{method: method_rows(model, qm, pre, outs) for method, qm in qms}})
+    return out
 
 
 def _mean(rows: list[list[float]]) -> np.ndarray:
@@ -113,35 +123,39 @@ def _mean(rows: list[list[float]]) -> np.ndarray:
     return np.divide(sums, counts, out=np.full(a.shape[1], np.nan), where=counts > 0)
 
 
+def method_result(model, method: str, qm: QuantizedModel, rows: list[dict]) -> MethodResult:
+    """Agreement with FLOAT per mode and per-layer statistics averaged over the images' rows."""
+    truth = [r[Mode.FLOAT.value] for r in rows]
+    per = [r[method] for r in rows]
+    agreement = {mode: detection_agreement(truth, [p[mode] for p in per]) for mode in QUANT_MODES}
+    means = {k: _mean([p[k] for p in per]) for k in LAYER_KEYS}
+    layers = [{"layer": i, "kind": l.kind, **{k: float(means[k][i]) for k in LAYER_KEYS}}
+              for i, l in enumerate(model.layers)]
+    return MethodResult(method, qm.per_channel, agreement, layers, model_size(model, qm).to_dict(), qm)
+
+
 def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("log2", "kl", "minmax", "percentile", "mse"),
             per_channel: bool = False, resize: str = "letterbox", progress: bool = True,
-            on_method: Callable[[MethodResult, int, int], object] | None = None) -> CompareTable:
+            on_method: Callable[[MethodResult, int, int], object] | None = None, *, backend=None,
+            batch_size: int | None = None) -> CompareTable:
     """Quantize with each method from the same statistics, evaluate on `images`, rank.
 
-    `on_method(result, done, total)` is called after each method (for widgets' progress bars).
+    `model`: a Model, or (with a Dask backend) anything engine.scale.sources.as_source takes.
+    `backend`: where the per-image work runs (default InProcess(): here, in order).
+    `on_method(result, done, total)` is called as each method's result is ready (widgets' progress).
     """
-    items = image_list(images)
-    inputs = [model.preprocess(i, resize) for i in items]
-    float_runs = []
-    for pre in inputs:
-        outs = model.forward(pre.x)
-        float_runs.append((outs, detect_outputs(model, outs, pre)))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(methods), desc="comparing methods", unit="method")
+    backend = backend or InProcess()
+    source = backend.portable(model)
+    model = load_source(model)
+    items = shippable_items(images)
+    qms = {m: quantize_model(model, stats, m, per_channel=per_channel) for m in methods}
+    qrefs = tuple((m, qmodel_ref(qm, backend)) for m, qm in qms.items())
+    rows = [r for part in backend.map_batches(compare_batch, items, batch_size, progress, "comparing",
+                                              args=(source, qrefs, resize)) for r in part]
     results = []
-    try:
-        for method in methods:
-            qm = quantize_model(model, stats, method, per_channel=per_channel)
-            agreement, layers = evaluate(model, qm, inputs, float_runs)
-            results.append(MethodResult(method, qm.per_channel, agreement, layers, model_size(model, qm).to_dict(), qm))
-            if bar is not None:
-                bar.update(1)
-            if on_method is not None:
-                on_method(results[-1], len(results), len(methods))
-    finally:
-        if bar is not None:
-            bar.close()
+    for method, qm in qms.items():
+        results.append(method_result(model, method, qm, rows))
+        if on_method is not None:
+            on_method(results[-1], len(results), len(qms))
     results.sort(key=lambda r: tuple(-v if np.isfinite(v) else np.inf for v in r.key()))
-    return CompareTable(results, [getattr(i, "name", str(i)) for i in items])
+    return CompareTable(results, [label_of(i, k) for k, i in enumerate(items)])

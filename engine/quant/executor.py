@@ -16,11 +16,11 @@ import numpy as np
 
 from engine.errors import EngineError
 from engine.quant.int_layers import HEAD_LAYERS, HYBRID_LAYERS
+from engine.quant.modes import MODES, Mode
 from engine.quant.profiles import get_profile
 from engine.quant.qmodel import QuantizedModel
 from engine.quant.qtensor import QTensor
 
-MODES = ("float", "hybrid", "int")
 FLOAT, INT8 = "float", "int8"
 
 
@@ -62,17 +62,15 @@ class LayerRecord:
     stats: dict = field(default_factory=dict)
 
 
-HEAD_KINDS = ("yolo", "region", "detection", "softmax", "cost")
-
-
 def head_feeders(model) -> set[int]:
-    """Layers every reader of which is a detection head (their output leaves the int8 chain)."""
-    readers: dict[int, list[str]] = {i: [] for i in range(len(model.layers))}
+    """Layers every reader of which always runs float (a detection head, softmax, cost): their output
+    leaves the int8 chain."""
+    readers: dict[int, list] = {i: [] for i in range(len(model.layers))}
     for layer in model.layers:
         for src in layer.inputs:
             if src >= 0:
-                readers[src].append(layer.kind)
-    return {i for i, kinds in readers.items() if kinds and all(k in HEAD_KINDS for k in kinds)}
+                readers[src].append(layer)
+    return {i for i, rs in readers.items() if rs and all(r.float_only for r in rs)}
 
 
 class Executor:
@@ -82,7 +80,7 @@ class Executor:
                  float_layers: Iterable[int] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
-        if mode != "float" and qmodel is None:
+        if mode != Mode.FLOAT and qmodel is None:
             raise EngineError(f"mode '{mode}' needs a quantized model (quantize one or load a .npz)")
         if qmodel is not None:
             qmodel.check_matches(model)
@@ -101,12 +99,12 @@ class Executor:
         mode = mode or self.mode
         if self.profile.runs_float(layer):
             return False
-        if mode == "hybrid":
+        if mode == Mode.HYBRID:
             return layer.kind in HYBRID_LAYERS
         return self.profile.has_int_path(layer.kind)
 
     def precision(self, index: int) -> str:
-        if self.mode == "float" or index in self.float_layers or not self.has_int_path(index):
+        if self.mode == Mode.FLOAT or index in self.float_layers or not self.has_int_path(index):
             return FLOAT
         return INT8
 
@@ -140,11 +138,11 @@ class Executor:
         if self.qmodel is None:
             raise EngineError(f"layer {index} [{layer.kind}]: int8 needs a quantized model")
         lq = self.qmodel.layers.get(index)
-        if self.mode == "hybrid" and layer.kind in HYBRID_LAYERS:
+        if self.mode == Mode.HYBRID and layer.kind in HYBRID_LAYERS:
             y = self.profile.hybrid(layer, inputs[0].float(), lq, self.qmodel, rec.stats)
             y.flags.writeable = False
             return Value(f=y), rec
-        if not self.has_int_path(index, "int"):
+        if not self.has_int_path(index, Mode.INT8):
             raise EngineError(f"layer {index} [{layer.kind}] has no int8 path in profile "
                               f"'{self.profile.name}' (it runs in float)")
         xs = [self.to_q(v, src, rec.stats) for v, src in zip(inputs, layer.inputs)]

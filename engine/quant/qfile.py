@@ -76,7 +76,7 @@ def _check_profile(meta: dict, label: str) -> None:
 def check_layers(z: dict, meta: dict, cfg_text: str, label: str) -> None:
     """int8 weights / int32 biases / scales of every quantized layer against the file's own cfg."""
     from engine.darknet.cfg import parse_cfg
-    from engine.graph import build_layers
+    from engine.darknet.build import build_layers
     try:
         layers = build_layers(parse_cfg(cfg_text, f"{label} (embedded cfg)"))
     except EngineError as err:
@@ -102,7 +102,7 @@ def check_layers(z: dict, meta: dict, cfg_text: str, label: str) -> None:
             raise WeightsError(f"{label}: quantized layer {key!r} is not a layer of the cfg (0..{len(layers) - 1})")
         layer = layers[int(key)]
         where = f"{label}: layer {key} [{layer.kind}]"
-        if layer.kind not in ("convolutional", "connected"):
+        if not layer.int8_weights:
             raise WeightsError(f"{where} has no weights to quantize")
         arrays = {}
         for name in ("w_q", "w_scale", "b_q"):

@@ -21,7 +21,6 @@ from engine.errors import EngineError, WeightsError
 from engine.quant.weights import QuantWeights, quantize_bias, quantize_weights
 
 QMODEL_FORMAT = "qwidgets-quantized-model/1"
-INT_WEIGHT_KINDS = ("convolutional", "connected")
 
 
 @dataclass
@@ -195,7 +194,7 @@ def quantize_model(model, stats: CalibrationStats, method: str = "kl", per_chann
     thresholds = {nid: calibrator.threshold(h) if h.amax > 0 else 0.0 for nid, h in stats.hists.items()}
     layers: dict[int, LayerQuant] = {}
     for layer in model.layers:
-        if layer.kind not in INT_WEIGHT_KINDS:
+        if not layer.int8_weights:
             continue
         w, b = layer.fused(model.params[layer.index])
         qw: QuantWeights = quantize_weights(w, scheme, per_channel)

@@ -47,7 +47,7 @@ class SensitivityTable:
 
 
 def _head_sqnr(model, ref, outs) -> float:
-    heads = [l.index - 1 for l in model.layers if l.kind in ("yolo", "region")] or [len(model.layers) - 1]
+    heads = [l.inputs[0] for l in model.layers if l.is_head] or [len(model.layers) - 1]
     vals = [error_stats(ref[i], outs[i]).sqnr_db for i in heads]
     vals = [min(v, 200.0) for v in vals]
     return float(np.mean(vals))

@@ -1,14 +1,15 @@
-"""Batch evaluation in-process or on a Dask cluster, with results equal to the in-process ones.
+"""Where batches run: `InProcess` (the reference) or `DaskBackend` (a Dask cluster), same results.
 
-    from engine.scale.backends import DaskBackend, InProcess, collect_stats, evaluate, secure_local_cluster
+    from engine.scale.backends import DaskBackend, secure_local_cluster
+    from engine.scale.evaluate import collect_stats, evaluate
     cluster, client = secure_local_cluster(n_workers=2)          # TLS, processes, 1 thread each
     stats = collect_stats("yolov3-tiny", images, DaskBackend(client))   # == collect(model, images)
     res = evaluate("yolov3-tiny", qmodel, images, ("hybrid", "int"), DaskBackend(client))
 
+A backend maps a task function over batches of images (`map_batches`), broadcasts an object once
+(`share`) and says what a worker loads for a model (`portable`); the algorithms that run on it
+(engine/scale/evaluate.py, engine/quant/compare.py, engine/scale/montecarlo.py) are written once.
 One task is a *batch* of images (a task costs ~2 ms of scheduling here, an image ~0.1-0.3 s).
-Workers never receive the 35 MB model: they get a `ModelSource` (zoo name, engine `.npz`, or
-cfg + `.weights`) and load it once per process (`load_source`, an LRU keyed by path + mtime).
-A quantized model object is broadcast once (`backend.share`); a path is loaded by the workers.
 Equality: calibration histograms merge exactly (engine/calib/histogram.py) and per-image
 detections are computed by the same code in every backend, so the aggregated numbers
 (`CalibrationStats`, `detection_agreement`) are identical, not merely close, provided the
@@ -21,23 +22,16 @@ reference is `InProcess(blas_threads=1)` (or `with blas_limit(1):`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
-from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
-
-from engine.calib.collect import CalibrationStats, collect, image_list
-from engine.darknet.detect import Detection, detect_outputs
-from engine.quant.fitness import Agreement, detection_agreement
+from engine.calib.collect import image_list
+from engine.scale.sources import ModelSource, Payload, as_source, source_of, token
 
 log = logging.getLogger(__name__)
-MODES = ("float", "hybrid", "int")
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -106,102 +100,7 @@ def threads_per_worker_blas(n_workers: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, n_workers))
 
 
-# ------------------------------------------------------------------------------ model sources
-@dataclass(frozen=True)
-class ModelSource:
-    """What a worker loads: a zoo name, an engine `.npz`, or a cfg (+ `weights`).
-
-    `size=(width, height)` overrides the cfg's input size (the same weights at another
-    resolution, multiples of 32 for YOLO). `fingerprint` (sha256 of the float params, as in
-    QuantizedModel) is checked once per worker when given, so an edited model is never replaced
-    by a stale file silently.
-    """
-    path: str
-    weights: str | None = None
-    size: tuple[int, int] | None = None
-    fingerprint: str | None = None
-
-    def stamp(self) -> tuple:
-        files = [p for p in (self.path, self.weights) if p and Path(p).exists()]
-        return tuple((p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in files)
-
-
-def as_source(src: Any, size: tuple[int, int] | None = None) -> "ModelSource | Any":
-    """A ModelSource from a zoo name / path / (cfg, weights) / ModelSource; a Model passes through."""
-    if isinstance(src, ModelSource):
-        return replace(src, size=size) if size else src
-    if isinstance(src, (str, Path)):
-        return ModelSource(str(src), None, size)
-    if isinstance(src, tuple) and len(src) == 2:
-        return ModelSource(str(src[0]), str(src[1]), size)
-    if hasattr(src, "forward") and hasattr(src, "cfg"):
-        return src
-    raise TypeError(f"model source {type(src).__name__}: expected a zoo name, a path, (cfg, weights), "
-                    "a ModelSource or a Model")
-
-
-def source_of(model) -> ModelSource:
-    """The files a worker can load `model` from (raises ValueError if it has none, e.g. random weights)."""
-    cfg, weights = model.cfg.file, model.source
-    if weights and Path(weights).is_file() and cfg and Path(cfg).is_file():
-        src = ModelSource(cfg, None if weights == cfg else weights)
-    elif weights and Path(weights).is_file():
-        src = ModelSource(weights)
-    else:
-        raise ValueError(f"model {model.graph.name!r} (source {weights!r}) has no file a worker can load; "
-                         "save it first (model.save('m.npz')) and pass the path")
-    c, h, w = model.input_shape
-    from engine.quant.qmodel import fingerprint
-    return replace(src, size=(w, h), fingerprint=fingerprint(model))
-
-
-@lru_cache(maxsize=2)
-def _load_cached(src: ModelSource, stamp: tuple):
-    from engine.darknet.cfg import parse_cfg, read_cfg, with_input_size
-    from engine.graph import build_layers
-    from engine.model import Model, is_model_file, load
-    from engine.darknet.weights import read_weights
-    path = Path(src.path)
-    if not path.exists() and src.weights is None:
-        from engine.zoo import fetch
-        cfg_path, weights = fetch(src.path, download=False)
-        src, path = replace(src, path=str(cfg_path), weights=str(weights)), cfg_path
-    if src.size is None or is_model_file(path):
-        model = load(path, weights=src.weights)
-        if src.size is not None and model.input_shape[1:] != (src.size[1], src.size[0]):
-            raise ValueError(f"{path}: an engine model file has a fixed input size; size={src.size} cannot apply")
-    else:
-        cfg = parse_cfg(with_input_size(read_cfg(path).text, *src.size), str(path))
-        layers = build_layers(cfg)
-        header, params = read_weights(src.weights, layers)
-        model = Model(cfg, layers, params, header, source=str(src.weights))
-    if src.fingerprint is not None:
-        from engine.quant.qmodel import fingerprint
-        if fingerprint(model) != src.fingerprint:
-            raise ValueError(f"{src.path}: the file's parameters differ from the client's model "
-                             "(edited in memory?); save the edited model and pass that file")
-    return model
-
-
-def load_source(src: Any):
-    """The Model for a source, loaded once per process (LRU of 2, keyed by the files' mtimes)."""
-    src = as_source(src)
-    if not isinstance(src, ModelSource):
-        return src
-    return _load_cached(src, src.stamp())
-
-
 # ------------------------------------------------------------------------------ backends
-@dataclass(frozen=True)
-class Payload:
-    """A wrapper so `scatter` ships one object (it would split a dict or list into many futures)."""
-    obj: Any
-
-
-def _unwrap(x: Any) -> Any:
-    return x.obj if isinstance(x, Payload) else x
-
-
 class InProcess:
     """Runs batches one after another in this process (the reference every backend must equal).
 
@@ -324,57 +223,8 @@ def _bar(progress: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="img")
 
 
-# ------------------------------------------------------------------------------ quantized models
-def _token(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(arrays):
-        h.update(k.encode())
-        h.update(np.ascontiguousarray(arrays[k]).tobytes())
-    return h.hexdigest()
-
-
-@lru_cache(maxsize=4)
-def _qmodel_from_file(path: str, stamp: tuple):
-    from engine.quant.qmodel import QuantizedModel
-    return QuantizedModel.load(path)
-
-
-_QCACHE: dict[tuple, Any] = {}
-
-
-def _cached(key: tuple, make: Callable[[], Any], keep: int = 8) -> Any:
-    if key not in _QCACHE:
-        while len(_QCACHE) >= keep:
-            _QCACHE.pop(next(iter(_QCACHE)))
-        _QCACHE[key] = make()
-    return _QCACHE[key]
-
-
-def resolve_qmodel(ref: Any):
-    """The QuantizedModel a reference stands for: ("path", p) is loaded once per worker process,
-    ("arrays", token, arrays) is rebuilt once per token; objects pass through. (References are
-    tuples because Dask replaces futures inside tuples, not inside other objects.)"""
-    if not isinstance(ref, tuple):
-        return ref
-    if ref[0] == "path":
-        st = os.stat(ref[1])
-        return _qmodel_from_file(ref[1], (st.st_mtime_ns, st.st_size))
-    from engine.quant.qmodel import QuantizedModel
-    return _cached(("qmodel", ref[1]), lambda: QuantizedModel.from_arrays(_unwrap(ref[2])))
-
-
-def _qmodel_arg(qmodel: Any, backend) -> Any:
-    if qmodel is None or isinstance(backend, InProcess) and not isinstance(qmodel, (str, Path)):
-        return qmodel
-    if isinstance(qmodel, (str, Path)):
-        return ("path", str(Path(qmodel).resolve()))
-    arrays = qmodel.to_arrays()               # int8 weights: ~4x smaller than the objects' float copies
-    token = _token(arrays)
-    return ("arrays", token, backend.share(arrays, key=("qmodel", token)))
-
-
-# ------------------------------------------------------------------------------ tasks (run on workers)
-def _items(images) -> list:
+# ------------------------------------------------------------------------------ what tasks receive
+def shippable_items(images) -> list:
     """Images as shippable items: paths become strings, PIL images / arrays pass as they are."""
     return [str(i) if isinstance(i, Path) else i for i in image_list(images)]
 
@@ -383,146 +233,16 @@ def label_of(item: Any, k: int) -> str:
     return Path(item).name if isinstance(item, (str, Path)) else f"image{k}"
 
 
-def calib_batch(source: Any, resize: str, batch: list) -> CalibrationStats:
-    """Calibration statistics of one batch (the in-process `collect`, unchanged)."""
-    return collect(load_source(source), batch, resize, progress=False)
-
-
-def detect_batch(source: Any, qref: Any, modes: tuple[str, ...], thresh: float, nms: float, resize: str,
-                 batch: list) -> list[dict[str, list[Detection]]]:
-    """Per image {mode: detections}; FLOAT always included (it is the ground truth)."""
-    from engine.quant.executor import Executor
-    model = load_source(source)
-    qm = resolve_qmodel(qref)
-    runners = {m: (model.forward if m == "float" else Executor(model, qm, m).forward) for m in modes}
-    out = []
-    for item in batch:
-        pre = model.preprocess(item, resize)
-        out.append({m: detect_outputs(model, run(pre.x), pre, thresh, nms) for m, run in runners.items()})
-    return out
-
-
-# ------------------------------------------------------------------------------ public API
-def collect_stats(model_source: Any, images, backend=None, batch_size: int | None = None,
-                  resize: str = "letterbox", progress: bool = False) -> CalibrationStats:
-    """Calibration statistics over `images`, batches merged in order: equal to `collect(model, images)`."""
-    backend = backend or InProcess()
-    parts = backend.map_batches(calib_batch, _items(images), batch_size, progress, "calibrating",
-                                args=(backend.portable(model_source), resize))
-    stats = CalibrationStats()
-    for p in parts:
-        stats = stats.merge(p)
-    return stats
-
-
-@dataclass
-class EvalResult:
-    images: list[str]
-    detections: dict[str, list[list[Detection]]]      # mode -> per image
-    agreement: dict[str, Agreement]                   # quantized mode -> agreement with FLOAT
-
-    def to_dict(self) -> dict:
-        return {"images": self.images, "agreement": {m: a.to_dict() for m, a in self.agreement.items()},
-                "detections": {m: [[d.to_dict() for d in ds] for ds in per] for m, per in self.detections.items()}}
-
-    def summary(self) -> str:
-        rows = [f"{'mode':<8}{'mAP50':>8}{'matched':>9}{'missed':>8}{'extra':>7}{'mean IoU':>10}"]
-        for m, a in self.agreement.items():
-            rows.append(f"{m:<8}{a.map50:>8.3f}{a.matched:>9}{a.missed:>8}{a.extra:>7}{a.mean_iou:>10.3f}")
-        return "\n".join(rows)
-
-
-def evaluate(model_source: Any, qmodel: Any, images, modes: Sequence[str] = ("hybrid", "int"), backend=None,
-             batch_size: int | None = None, thresh: float = 0.25, nms: float = 0.45, resize: str = "letterbox",
-             progress: bool = False) -> EvalResult:
-    """FLOAT vs quantized detections per image and `detection_agreement` per mode.
-
-    qmodel: a QuantizedModel (broadcast once) or the path of its `.npz` (loaded by each worker).
-    Raises ValueError for an unknown mode.
-    """
-    bad = [m for m in modes if m not in MODES]
-    if bad:
-        raise ValueError(f"modes {bad}: expected some of {', '.join(MODES)}")
-    backend = backend or InProcess()
-    run_modes = tuple(["float"] + [m for m in modes if m != "float"])
-    items = _items(images)
-    parts = backend.map_batches(detect_batch, items, batch_size, progress, "evaluating",
-                                args=(backend.portable(model_source), _qmodel_arg(qmodel, backend), run_modes,
-                                      thresh, nms, resize))
-    per_image = [d for p in parts for d in p]
-    dets = {m: [d[m] for d in per_image] for m in run_modes}
-    agreement = {m: detection_agreement(dets["float"], dets[m]) for m in run_modes if m != "float"}
-    return EvalResult([label_of(i, k) for k, i in enumerate(items)], dets, agreement)
-
-
-# ------------------------------------------------------------------------------ method comparison
-def _method_rows(model, qm, pre, outs) -> dict:
-    """One image, one quantized model: what `engine.quant.compare.evaluate` gathers per image."""
-    from engine.quant.executor import Executor, FloatView
-    from engine.quant.fitness import local_stats, propagated_stats
-    row: dict[str, Any] = {}
-    for mode in ("hybrid", "int"):
-        ex = Executor(model, qm, mode)
-        values, records = ex.run(pre.x)
-        prop = propagated_stats(outs, values, records)
-        row[mode] = detect_outputs(model, FloatView(values), pre)
-        row[f"{mode}_sqnr"] = [s.sqnr_db for s in prop]
-        if mode == "int":
-            row["saturation"] = [s.saturation for s in prop]
-            row["range_use"] = [s.range_use for s in prop]
-            row["int_local_sqnr"] = [s.sqnr_db if s else np.nan for s in local_stats(ex, pre.x, outs)]
-    return row
-
-
-def compare_batch(source: Any, stats_ref: tuple, methods: tuple[str, ...], per_channel: bool, resize: str,
-                  batch: list) -> list[dict]:
-    """Per image: FLOAT detections and, per method, the rows of `_method_rows` (quantized on the worker,
-    once per statistics token; quantization is deterministic, so it equals the client's)."""
-    from engine.quant.qmodel import quantize_model
-    model = load_source(source)
-    token, stats = stats_ref[0], _unwrap(stats_ref[1])
-    key = source.stamp() if isinstance(source, ModelSource) else id(source)
-    qms = {m: _cached(("quantize", token, m, per_channel, key),
-                      lambda m=m: quantize_model(model, stats, m, per_channel=per_channel)) for m in methods}
-    out = []
-    for item in batch:
-        pre = model.preprocess(item, resize)
-        outs = model.forward(pre.x)
-        out.append({"float": detect_outputs(model, outs, pre), **{m: _method_rows(model, qm, pre, outs)
-                                                                   for m, qm in qms.items()}})
-    return out
-
-
-def compare_distributed(model_source: Any, stats: CalibrationStats, images,
-                        methods: Sequence[str] = ("log2", "kl", "minmax", "percentile", "mse"),
-                        per_channel: bool = False, backend=None, batch_size: int | None = None,
-                        resize: str = "letterbox", progress: bool = False):
-    """`engine.quant.compare.compare` with the per-image work spread over `backend`; returns the
-    same CompareTable (same numbers, same ranking) as the in-process function."""
-    from engine.quant.compare import CompareTable, MethodResult, _mean
-    from engine.quant.fitness import model_size
-    from engine.quant.qmodel import quantize_model
-    backend = backend or InProcess()
-    items = _items(images)
-    token = _token(stats.to_arrays())
-    stats_ref = (token, backend.share(stats, key=("stats", token)))
-    rows = [r for part in backend.map_batches(compare_batch, items, batch_size, progress, "comparing",
-                                              args=(backend.portable(model_source), stats_ref, tuple(methods),
-                                                    per_channel, resize)) for r in part]
-    model = load_source(model_source)
-    truth = [r["float"] for r in rows]
-    results = []
-    for method in methods:
-        qm = quantize_model(model, stats, method, per_channel=per_channel)
-        per = [r[method] for r in rows]
-        agreement = {mode: detection_agreement(truth, [p[mode] for p in per]) for mode in ("hybrid", "int")}
-        keys = ("hybrid_sqnr", "int_sqnr", "int_local_sqnr", "saturation", "range_use")
-        means = {k: _mean([p[k] for p in per]) for k in keys}
-        layers = [{"layer": i, "kind": l.kind, **{k: float(means[k][i]) for k in keys}}
-                  for i, l in enumerate(model.layers)]
-        results.append(MethodResult(method, qm.per_channel, agreement, layers, model_size(model, qm).to_dict(), qm))
-    results.sort(key=lambda r: tuple(-v if np.isfinite(v) else np.inf for v in r.key()))
-    return CompareTable(results, [label_of(i, k) for k, i in enumerate(items)])
+def qmodel_ref(qmodel: Any, backend) -> Any:
+    """What a task receives for a quantized model (engine.scale.sources.resolve_qmodel turns it back):
+    the object itself in this process, else its file path or its arrays broadcast once."""
+    if qmodel is None or isinstance(backend, InProcess) and not isinstance(qmodel, (str, Path)):
+        return qmodel
+    if isinstance(qmodel, (str, Path)):
+        return ("path", str(Path(qmodel).resolve()))
+    arrays = qmodel.to_arrays()               # int8 weights: ~4x smaller than the objects' float copies
+    key = token(arrays)
+    return ("arrays", key, backend.share(arrays, key=("qmodel", key)))
 
 
 # ------------------------------------------------------------------------------ clusters

@@ -27,9 +27,11 @@ from PIL import Image, ImageEnhance, ImageFilter
 from engine.imaging.augment import ROTATE_RESAMPLE, SCALE_RESAMPLE, add_noise, to_png
 from engine.calib.collect import image_list
 from engine.darknet.detect import detect_outputs
-from engine.scale.backends import InProcess, _unwrap, label_of, load_source, resolve_qmodel, _qmodel_arg
+from engine.scale.backends import InProcess, label_of, qmodel_ref
+from engine.scale.sources import load_source, resolve_qmodel, unwrap
 from engine.darknet.image import open_image
 from engine.quant.fitness import detection_agreement
+from engine.quant.modes import QUANT_MODES
 
 GREY = (127, 127, 127)
 # name: (low, high) of a uniform draw; flips are Bernoulli with these probabilities
@@ -129,7 +131,7 @@ def variant_batch(source: Any, qref: Any, sources_ref: Any, modes: tuple[str, ..
     from engine.quant.executor import Executor
     model = load_source(source)
     qm = resolve_qmodel(qref)
-    sources = _unwrap(sources_ref)
+    sources = unwrap(sources_ref)
     _, h, w = model.input_shape
     runners = {m: Executor(model, qm, m).forward for m in modes}
     rows = []
@@ -209,7 +211,7 @@ def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200
 
     Raises ValueError for modes other than hybrid/int or an empty image list.
     """
-    bad = [m for m in modes if m not in ("hybrid", "int")]
+    bad = [m for m in modes if m not in QUANT_MODES]
     if bad or not modes:
         raise ValueError(f"modes {list(modes)}: expected hybrid and/or int (FLOAT is the reference)")
     backend = backend or InProcess()
@@ -219,7 +221,7 @@ def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200
     sources_ref = sources if all_paths else backend.share(sources)     # images themselves: sent once
     t0 = time.perf_counter()
     parts = backend.map_batches(variant_batch, variants, batch_size, progress, "variants",
-                                args=(backend.portable(model_source), _qmodel_arg(qmodel, backend), sources_ref,
+                                args=(backend.portable(model_source), qmodel_ref(qmodel, backend), sources_ref,
                                       tuple(modes), thresh, nms))
     rows = [r for p in parts for r in p]
     _, h, w = load_source(model_source).input_shape

@@ -3,18 +3,21 @@
 A record stores the (customized) float model and quantized model, the network input tensor and
 the original image (lossless PNG) with its file name, the mode and mixed-precision override, the
 position reached, the edit history (descriptions; the undo journal is not kept), the per-layer
-statistics and the detections. Reopening restores a Session at the same position; its
-outputs are recomputed (the engine is deterministic) and equal the saved statistics.
+statistics and the detections. This module only writes and reads the file: `Session.open_record`
+builds the Session from what `read_record` returns (its outputs are recomputed, the engine being
+deterministic, and equal the saved statistics).
 """
 from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from engine.errors import EngineError, WeightsError
+from engine.errors import WeightsError
 from engine.darknet.image import Preprocessed
 
 RECORD_FORMAT = "qwidgets-run-record/1"
@@ -44,11 +47,19 @@ def save_record(session, path: str | Path) -> Path:
     return atomic_savez(path, arrays)
 
 
-def open_record(path: str | Path):
-    """A Session restored from a record, at the saved position. Raises WeightsError for bad files."""
+@dataclass
+class RecordContents:
+    model: Any                   # engine.model.Model
+    qmodel: Any                  # QuantizedModel or None
+    pre: Preprocessed            # the network input and how it was made
+    meta: dict                   # mode, float_layers, position, thresh, nms, edits, stats, detections, ...
+    image_png: bytes | None      # the original image, lossless
+
+
+def read_record(path: str | Path) -> RecordContents:
+    """The contents of a run record. Raises WeightsError for a file that is not one."""
     from engine.model import model_from_arrays
     from engine.quant.qmodel import QuantizedModel
-    from engine.session.session import Session
     p = Path(path)
     try:
         with np.load(p, allow_pickle=False) as z:
@@ -62,17 +73,5 @@ def open_record(path: str | Path):
     qarrays = {k[len("qmodel/"):]: v for k, v in arrays.items() if k.startswith("qmodel/")}
     qmodel = QuantizedModel.from_arrays(qarrays, str(p)) if qarrays else None
     pre = Preprocessed(arrays["input"], meta["image_w"], meta["image_h"], meta["resize"])
-    session = Session(model, qmodel, meta["mode"], pre, resize=meta["resize"], float_layers=meta["float_layers"],
-                      thresh=meta["thresh"], nms=meta["nms"])
-    session.history = meta["edits"]
-    session.image_name = meta.get("image_name")
-    if "image_png" in arrays:
-        from engine.darknet.image import open_image
-        session.image = open_image(arrays["image_png"].tobytes())
-    session.saved = meta
-    if meta["position"] >= 0:
-        try:
-            session.run_to(meta["position"])
-        except EngineError as err:
-            raise WeightsError(f"{p}: the record does not replay: {err}") from err
-    return session
+    png = arrays["image_png"].tobytes() if "image_png" in arrays else None
+    return RecordContents(model, qmodel, pre, meta, png)

@@ -3,75 +3,33 @@
 It is the single API the widgets call. Every executed layer's output is kept (float, and int8 +
 scale where the layer ran in int8), so any earlier layer can be inspected. CROSS runs the
 current layer in the other precision on the same inputs; `continue_from` runs the rest of the
-network from either result. Editing, sensitivity sweeps and run records live in
-engine/customize.py, engine/sensitivity.py and engine/records.py.
+network from either result. Edits are made by the session's Editor (engine/session/editing.py);
+this facade decides which kept outputs they make stale. Sensitivity sweeps live in
+engine/quant/sensitivity.py, the run-record file format in engine/session/records.py.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from engine.session.editing import CustomizeMixin
 from engine.darknet.detect import Detection, detect_outputs
-from engine.errors import EditsWouldBeLost, EngineError
 from engine.darknet.image import ImageLike, Preprocessed
-from engine.session.stats import TensorSummary, histogram, summarize
+from engine.errors import EditsWouldBeLost, EngineError
 from engine.quant.executor import FLOAT, INT8, Executor, FloatView, LayerRecord, Value
 from engine.quant.fitness import ErrorStats, error_stats
+from engine.quant.modes import Mode
 from engine.quant.qmodel import QuantizedModel
+from engine.session.editing import Editor
+from engine.session.layer_data import calibrator_thresholds, layer_info, layer_weights
+from engine.session.edits import Edit, Journal
+from engine.session.results import ContinueResult, CrossResult, RerunResult, StepResult
+from engine.session.stats import TensorSummary, histogram, summarize
 
 
-class Mode(str, Enum):
-    FLOAT = "float"
-    HYBRID = "hybrid"
-    INT8 = "int"
-
-
-@dataclass
-class StepResult:
-    index: int
-    node_id: str
-    kind: str
-    precision: str
-    value: Value = field(repr=False)
-    record: LayerRecord = field(repr=False)
-    seconds: float = 0.0
-
-    @property
-    def y(self) -> np.ndarray:
-        return self.value.float()
-
-
-@dataclass
-class CrossResult:
-    index: int
-    precision: str                 # what the session ran
-    other: str                     # what CROSS ran
-    y: np.ndarray = field(repr=False)
-    y_other: np.ndarray = field(repr=False)
-    value_other: Value = field(repr=False)
-    record_other: LayerRecord = field(repr=False)
-    diff: ErrorStats = None        # y_other against y
-
-    @property
-    def float_and_int(self) -> tuple[np.ndarray, np.ndarray]:
-        return (self.y, self.y_other) if self.precision == FLOAT else (self.y_other, self.y)
-
-
-@dataclass
-class ContinueResult:
-    source: str                    # "this" or "other"
-    index: int
-    detections: list[Detection]
-    values: list[Value] = field(repr=False)
-
-
-class Session(CustomizeMixin):
+class Session:
     """Step, inspect, cross-run and customize a model on one image.
 
         s = Session(model, quantized=qm, mode="int", image="dog.jpg")
@@ -86,12 +44,11 @@ class Session(CustomizeMixin):
             model = load(model)
         if quantized is not None and not isinstance(quantized, QuantizedModel):
             quantized = QuantizedModel.load(quantized)
-        self.original = model
-        self.model = model.shallow_copy()          # edits never reach the caller's model
-        self.qmodel = quantized.copy() if quantized is not None else None
+        # the session edits private copies: edits never reach the caller's model
+        self.editor = Editor(model.shallow_copy(), quantized.copy() if quantized is not None else None, model)
         self.resize, self.thresh, self.nms = resize, thresh, nms
         self._callbacks: dict[str, list[Callable]] = {"step": [], "edit": [], "reset": [], "refresh": []}
-        self._init_customize()
+        self.stale_from: int | None = None        # first kept output an edit made stale (refresh() re-runs it)
         self.mode = Mode(mode).value
         self.executor = Executor(self.model, self.qmodel, self.mode, float_layers)
         self.pre: Preprocessed | None = None
@@ -132,6 +89,29 @@ class Session(CustomizeMixin):
 
     # ------------------------------------------------------------------ state
     @property
+    def model(self):
+        """The session's (edited) float model: a copy of `original`."""
+        return self.editor.model
+
+    @property
+    def qmodel(self) -> QuantizedModel | None:
+        return self.editor.qmodel
+
+    @property
+    def original(self):
+        """The model the session was opened with; edits never reach it."""
+        return self.editor.original
+
+    @property
+    def journal(self) -> Journal:
+        return self.editor.journal
+
+    @property
+    def model_version(self) -> int:
+        """Bumped by every float edit, undo or redo, and by set_model (calibration caches key on it)."""
+        return self.editor.version
+
+    @property
     def position(self) -> int:
         """Index of the last executed layer (-1 before the first step)."""
         return len(self.values) - 1
@@ -168,10 +148,9 @@ class Session(CustomizeMixin):
             quantized = QuantizedModel.load(quantized)
         if quantized is not None:
             quantized.check_matches(self.model)
-        dropped = self._check_quantized_edits_may_go(drop_edits)
-        self.qmodel = quantized.copy() if quantized is not None else None
-        self._rebase_edits()
-        mode = self.mode if self.qmodel is not None else "float"
+        dropped = self.editor.check_quantized_edits_may_go(drop_edits)
+        self.editor.switch_quantized(quantized.copy() if quantized is not None else None)
+        mode = self.mode if self.qmodel is not None else Mode.FLOAT.value
         self.executor = Executor(self.model, self.qmodel, mode, self.executor.float_layers)
         self.mode = mode
         self.reset()
@@ -183,7 +162,6 @@ class Session(CustomizeMixin):
         either, called only once the switch is allowed) in this session, with an optional quantized
         model made for it; restarts execution on the same image. Every edit belongs to the old model:
         EditsWouldBeLost unless `drop_edits`. Returns the number of dropped edits."""
-        from engine.session.edits import Journal
         from engine.model import Model, load
         applied, undone = len(self.journal.done), len(self.journal.undone)
         if applied + undone and not drop_edits:
@@ -195,14 +173,14 @@ class Session(CustomizeMixin):
         model = model if isinstance(model, Model) else load(model)
         if quantized is not None and not isinstance(quantized, QuantizedModel):
             quantized = QuantizedModel.load(quantized)
-        mode = self.mode if quantized is not None else "float"
+        mode = self.mode if quantized is not None else Mode.FLOAT.value
         twin, qtwin = model.shallow_copy(), quantized.copy() if quantized is not None else None
         executor = Executor(twin, qtwin, mode)          # validates the pair before anything changes
         if self.image is None and model.input_shape != self.model.input_shape:
             raise EngineError(f"the session's input is a {self.model.input_shape} tensor without its image; "
                               f"'{model.graph.name}' needs {model.input_shape}: reset(image=...) with a new image")
-        self.original, self.model, self.qmodel, self.executor, self.mode = model, twin, qtwin, executor, mode
-        self.journal, self.model_version = Journal(), self.model_version + 1
+        self.editor = Editor(twin, qtwin, model, self.editor.version + 1)
+        self.executor, self.mode = executor, mode
         if self.image is not None:      # the same image, preprocessed for the new model's input size
             self.pre = self.model.preprocess(self.image, self.resize)
         self._float_ref = None
@@ -338,20 +316,7 @@ class Session(CustomizeMixin):
 
     def layer_info(self, index: int) -> dict[str, Any]:
         index = self._check_index(index)
-        node = self.model.graph.node(index)
-        info = {"index": index, "id": node.id, "kind": node.kind, "inputs": list(node.inputs),
-                "in_shapes": [list(s) for s in node.in_shapes], "out_shape": list(node.out_shape),
-                "params": node.params, "macs": node.macs, "attrs": dict(node.attrs),
-                "precision": self.executor.precision(index), "mode": self.mode}
-        if self.qmodel is not None:
-            info["out_scale"] = self.qmodel.scales.get(str(index))
-            info["threshold"] = self.qmodel.thresholds.get(str(index))
-            lq = self.qmodel.layers.get(index)
-            if lq is not None:
-                info["in_scale"] = lq.in_scale
-                info["weight_scale"] = (float(lq.w_scale.min()), float(lq.w_scale.max()))
-                info["weight_scheme"] = lq.scheme
-                info["per_channel"] = lq.w_scale.size > 1
+        info = layer_info(self.model, self.qmodel, self.executor, index)
         if index <= self.position:
             info["seconds"] = self.timings[index]
             info["record"] = dict(self.records[index].stats)
@@ -360,21 +325,7 @@ class Session(CustomizeMixin):
     def weights(self, index: int, kind: str = "float") -> dict[str, np.ndarray]:
         """Copies of a layer's parameters: kind "float" (raw cfg params), "fused" (batch norm folded
         in: the weights and biases the int8 ones approximate) or "int8" (w_q, b_q, w_scale)."""
-        index = self._check_index(index)
-        if kind == "float":
-            return {k: v.copy() for k, v in self.model.params[index].items()}
-        if kind == "fused":
-            layer = self.model.layers[index]
-            if layer.kind not in ("convolutional", "connected"):
-                raise EngineError(f"layer {index} [{layer.kind}] has no weights")
-            w, b = layer.fused(self.model.params[index])
-            return {"weights": np.array(w, dtype=np.float32), "biases": np.array(b, dtype=np.float32)}
-        if kind == "int8":
-            lq = None if self.qmodel is None else self.qmodel.layers.get(index)
-            if lq is None:
-                raise EngineError(f"layer {index} [{self.model.layers[index].kind}] has no int8 weights")
-            return {"w_q": lq.w_q.copy(), "b_q": lq.b_q.copy(), "w_scale": np.array(lq.w_scale, copy=True)}
-        raise ValueError(f"kind={kind!r}: expected 'float', 'fused' or 'int8'")
+        return layer_weights(self.model, self.qmodel, self._check_index(index), kind)
 
     def summary(self, index: int) -> TensorSummary:
         index = self._executed(index)
@@ -403,7 +354,7 @@ class Session(CustomizeMixin):
         alone in int8 on the FLOAT run's inputs; skipped with local=False, which is much cheaper).
         Both None in FLOAT mode."""
         index = self._executed(index)
-        if self.mode == "float":
+        if self.mode == Mode.FLOAT:
             return {"propagated": None, "local": None}
         ref = self.float_reference()
         v, rec = self.values[index], self.records[index]
@@ -419,13 +370,7 @@ class Session(CustomizeMixin):
 
     def thresholds(self, index: int | str) -> dict[str, float]:
         """The calibration threshold every registered method would pick for this tensor."""
-        from engine.calib import CALIBRATORS, make
-        if self.qmodel is None or self.qmodel.stats is None:
-            return {}
-        h = self.qmodel.stats.hists.get(str(index))
-        if h is None or h.amax == 0:
-            return {}
-        return {name: make(name).threshold(h) for name in CALIBRATORS.names()}
+        return calibrator_thresholds(self.qmodel, index)
 
     # ------------------------------------------------------------------ calibration, comparison
     def calibration_stats(self, images, *, key: str | None = None,
@@ -472,8 +417,25 @@ class Session(CustomizeMixin):
 
     @classmethod
     def open_record(cls, path: str | Path) -> "Session":
-        from engine.session.records import open_record
-        return open_record(path)
+        """A Session restored from a run record, at the saved position. Raises WeightsError for bad files."""
+        from engine.errors import WeightsError
+        from engine.session.records import read_record
+        rec = read_record(path)
+        meta = rec.meta
+        session = cls(rec.model, rec.qmodel, meta["mode"], rec.pre, resize=meta["resize"],
+                      float_layers=meta["float_layers"], thresh=meta["thresh"], nms=meta["nms"])
+        session.history = meta["edits"]
+        session.image_name = meta.get("image_name")
+        if rec.image_png is not None:
+            from engine.darknet.image import open_image
+            session.image = open_image(rec.image_png)
+        session.saved = meta
+        if meta["position"] >= 0:
+            try:
+                session.run_to(meta["position"])
+            except EngineError as err:
+                raise WeightsError(f"{path}: the record does not replay: {err}") from err
+        return session
 
     # ------------------------------------------------------------------ CROSS
     def other_precision(self, index: int) -> str:
@@ -488,7 +450,7 @@ class Session(CustomizeMixin):
         if other == INT8:
             if self.qmodel is None:
                 raise EngineError("CROSS to int8 needs a quantized model (Session(quantized=...))")
-            if not self.executor.has_int_path(index, "hybrid" if self.mode == "hybrid" else "int"):
+            if not self.executor.has_int_path(index, Mode.HYBRID if self.mode == Mode.HYBRID else Mode.INT8):
                 kind = self.model.layers[index].kind
                 raise EngineError(f"layer {index} [{kind}] has no int8 path in {self.mode} mode (it always runs float)")
         v_other, rec_other = self.executor.run_layer(index, self._inputs(index), other)
@@ -511,3 +473,115 @@ class Session(CustomizeMixin):
             values.append(v)
         dets = detect_outputs(self.model, FloatView(values), self.pre, self.thresh, self.nms)
         return ContinueResult(source, index, dets, values)
+
+    # ------------------------------------------------------------------ edits (made by self.editor)
+    def _edited(self, edit: Edit) -> Edit:
+        """After an edit, undo or redo: kept outputs from the first affected layer on are stale (a
+        scale edit affects the tensor's producer, which requantizes into it)."""
+        if edit.target == "float":
+            self._float_ref = None
+        j = 0 if edit.layer == "input" else int(edit.layer)
+        if j <= self.position:
+            self.stale_from = j if self.stale_from is None else min(self.stale_from, j)
+        self._fire("edit", edit)
+        return edit
+
+    def edit_weights(self, index: int, region, values, *, param: str = "weights", target: str | None = None) -> Edit:
+        """Set weights[region] = values: one weight (tuple index), a slice, or a whole filter (int).
+
+        target: "float" (FLOAT mode default) or "int8" (HYBRID/INT default). Raises EditError.
+        """
+        return self._edited(self.editor.edit_weights(self._check_index(index), region, values, param, target,
+                                                     self.mode))
+
+    def scale_filter(self, index: int, filt: int, factor: float, *, target: str | None = None) -> Edit:
+        return self._edited(self.editor.scale_filter(self._check_index(index), filt, factor, target, self.mode))
+
+    def zero_filter(self, index: int, filt: int, *, target: str | None = None) -> Edit:
+        return self._edited(self.editor.zero_filter(self._check_index(index), filt, target, self.mode))
+
+    def prune(self, index: int, fraction: float, *, target: str | None = None) -> Edit:
+        """Zero the `fraction` of the layer's weights with the smallest magnitude."""
+        return self._edited(self.editor.prune(self._check_index(index), fraction, target, self.mode))
+
+    def set_scale(self, node_id: str | int, scale: float) -> Edit:
+        """Change an activation scale (real = q * scale) and re-derive the biases of its int8 readers."""
+        return self._edited(self.editor.set_scale(node_id, scale))
+
+    def set_threshold(self, node_id: str | int, threshold: float) -> Edit:
+        from engine.session.edits import check_number
+        return self.set_scale(node_id, check_number(threshold, f"tensor {node_id}: threshold", positive=True) / 127.0)
+
+    def undo(self) -> Edit:
+        return self._edited(self.editor.undo())
+
+    def redo(self) -> Edit:
+        return self._edited(self.editor.redo())
+
+    def edits(self) -> list[str]:
+        return self.editor.summaries()
+
+    def quantized_edits(self) -> list[Edit]:
+        """Applied int8 and scale edits: they belong to the current quantized model."""
+        return self.editor.quantized_edits()
+
+    def quantized_edit_counts(self) -> tuple[int, int]:
+        """(applied, undone but redoable) int8 / scale edits: what a change of quantized model drops."""
+        return self.editor.quantized_edit_counts()
+
+    def refresh(self) -> int | None:
+        """Re-execute the executed layers an edit (or undo / redo) made stale, from the first one
+        to the current position, so every kept output reflects the current parameters. Returns the
+        first re-executed layer (None if nothing was stale). step(), run(), detections(),
+        continue_from() and save_record() call it first, so results never mix old and new weights."""
+        first = self.stale_from
+        if first is None:
+            return None
+        for i in range(first, self.position + 1):
+            self.values[i], self.records[i] = self.executor.run_layer(i, self._inputs(i))
+        self.stale_from = None
+        self._fire("refresh", first)
+        return first
+
+    def rerun(self, continue_to_end: bool = False) -> RerunResult:
+        """Re-execute the current layer with the edits on the same inputs; diff against before.
+
+        With continue_to_end, the remaining layers run too and detections before/after are given.
+        """
+        i = self.position
+        if i < 0:
+            raise EngineError("nothing has run yet: step() to a layer before rerun()")
+        before = self.values[i].float()
+        dets_before = None
+        if continue_to_end:  # the old outputs carried through the rest of the network, stale or not
+            values = list(self.values)
+            for j in range(len(values), self.num_layers):
+                values.append(self.executor.run_layer(j, self._inputs(j, values))[0])
+            dets_before = detect_outputs(self.model, FloatView(values), self.pre, self.thresh, self.nms)
+        # layer i runs again whatever it was; an edit of an earlier layer reaches it through the
+        # layers in between, which refresh() re-executes with it
+        self.stale_from = i if self.stale_from is None else min(i, self.stale_from)
+        self.refresh()
+        after = self.values[i].float()
+        result = RerunResult(i, before, after, error_stats(before, after), int(np.count_nonzero(before != after)))
+        if continue_to_end:
+            del self.values[i + 1:], self.records[i + 1:], self.timings[i + 1:]
+            result.detections_before = dets_before
+            result.detections_after = self.run()
+        return result
+
+    def save_model(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Save the customized float model as a new engine model file (never over the original)."""
+        return self.model.save(self.editor.check_target(path, overwrite))
+
+    def save_weights(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Save the customized float model as a Darknet `.weights` file (for the same cfg; loads in
+        Darknet and OpenCV), never over the original unless asked."""
+        p = self.editor.check_target(path, overwrite)
+        self.model.save_weights(p)
+        return p
+
+    def save_quantized(self, path: str | Path, overwrite: bool = False) -> Path:
+        if self.qmodel is None:
+            raise EngineError("this session has no quantized model to save")
+        return self.qmodel.save(self.editor.check_target(path, overwrite))

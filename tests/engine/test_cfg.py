@@ -5,7 +5,7 @@ import pytest
 
 from engine.darknet.cfg import parse_cfg
 from engine.errors import CfgError, UnsupportedError
-from engine.graph import build_layers
+from engine.darknet.build import build_layers
 
 NET = "[net]\nwidth=32\nheight=32\nchannels=3\n"
 

@@ -23,9 +23,10 @@ from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS  # noqa: E402
 
 from engine.imaging.augment import augment  # noqa: E402
 from engine.calib.collect import collect  # noqa: E402
-from engine.scale.backends import (DaskBackend, InProcess, ModelSource, blas_limit, blas_threads,  # noqa: E402
-                                collect_stats, compare_distributed, evaluate, load_source, secure_local_cluster,
-                                temporary_tls)
+from engine.scale.backends import (DaskBackend, InProcess, blas_limit, blas_threads,  # noqa: E402
+                                  secure_local_cluster, temporary_tls)
+from engine.scale.evaluate import collect_stats, compare_distributed, evaluate  # noqa: E402
+from engine.scale.sources import ModelSource, load_source  # noqa: E402
 from engine.darknet.detect import detect_outputs  # noqa: E402
 from engine.quant.executor import Executor  # noqa: E402
 from engine.quant.fitness import detection_agreement  # noqa: E402

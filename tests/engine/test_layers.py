@@ -37,7 +37,7 @@ def test_shortcut_unequal_shapes_follow_pj():
 
 def test_route_groups_take_the_group_slice():
     from engine.darknet.cfg import parse_cfg
-    from engine.graph import build_layers
+    from engine.darknet.build import build_layers
     layers = build_layers(parse_cfg("[net]\nwidth=4\nheight=4\nchannels=4\n[convolutional]\nfilters=6\n"
                                     "[route]\nlayers=-1\ngroups=3\ngroup_id=2\n", "g.cfg"))
     route = layers[1]

@@ -15,7 +15,8 @@ from PIL import Image
 from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS
 
 from engine.calib.collect import collect
-from engine.scale.backends import InProcess, ModelSource, blas_limit, load_source
+from engine.scale.backends import InProcess, blas_limit
+from engine.scale.sources import ModelSource, load_source
 from engine.scale.montecarlo import RANGES, Variant, make_variants, render, run_montecarlo, save_worst_cases
 from engine.quant.qmodel import quantize_model
 

@@ -9,7 +9,7 @@ import pytest
 import engine
 from engine.darknet.cfg import parse_cfg
 from engine.errors import WeightsError
-from engine.graph import build_layers
+from engine.darknet.build import build_layers
 from engine.darknet.weights import WeightsHeader, expected_floats, random_params, read_weights, write_weights
 from helpers import TINY_CFG, TINY_WEIGHTS
 

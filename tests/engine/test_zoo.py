@@ -29,7 +29,7 @@ def test_model_dir_copy_is_used_without_network(dirs, monkeypatch):
 def test_zoo_model_knows_where_its_files_are_from_any_directory(dirs, monkeypatch, tmp_path):
     """model.cfg.file is absolute: a Dask worker or a save-guard must find the cfg whatever the cwd."""
     from pathlib import Path
-    from engine.scale.backends import source_of
+    from engine.scale.sources import source_of
     monkeypatch.setenv("QW_MODEL_DIR", str(TINY_WEIGHTS.parent))
     monkeypatch.chdir(tmp_path)
     model = zoo.load("yolov3-tiny", download=False)

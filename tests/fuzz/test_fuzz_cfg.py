@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from cfgs import base_texts
 from engine.darknet.cfg import parse_cfg, read_cfg
 from engine.errors import CfgError, EngineError, UnsupportedError
-from engine.graph import build_graph, build_layers
+from engine.darknet.build import build_graph, build_layers
 from engine.darknet.image import Preprocessed
 from engine.model import Model
 from engine.darknet.weights import random_params

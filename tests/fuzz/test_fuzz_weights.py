@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from cfgs import base_texts
 from engine.darknet.cfg import parse_cfg
 from engine.errors import EngineError, WeightsError
-from engine.graph import build_layers
+from engine.darknet.build import build_layers
 from engine.model import Model
 from engine.darknet.weights import WeightsHeader, expected_floats, read_header, read_weights
 

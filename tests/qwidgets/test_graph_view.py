@@ -80,7 +80,7 @@ def test_ramp_classes_ignore_missing_and_nan():
 
 def test_shortcut_edges_get_their_class(shared):
     from engine.darknet.cfg import read_cfg
-    from engine.graph import build_graph, build_layers
+    from engine.darknet.build import build_graph, build_layers
     cfg = read_cfg(shared / "models" / "cfg" / "darknet53.cfg")
     graph = build_graph("darknet53", (3, 256, 256), build_layers(cfg))
     d = graph_to_cytoscape(graph)

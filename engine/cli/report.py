@@ -1,0 +1,48 @@
+"""`report`: size and speed per layer and in total, FLOAT/HYBRID/INT, and a device-fit verdict."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from engine.quant.modes import MODES
+from engine.quant.report import size_speed_report
+
+
+def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `report` subcommand to the subparsers of `python -m engine`."""
+    s = sub.add_parser("report", help="size and speed per layer and in total, FLOAT/HYBRID/INT; device fit",
+                       description="Params, MACs, float32 and int8 bytes, compression and measured latency "
+                                   "per layer and mode; with --ram/--flash/--budget-ms a fit verdict.")
+    s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
+    s.add_argument("--weights", metavar="W")
+    s.add_argument("--size", help="input size WIDTHxHEIGHT or N (default: the cfg's), e.g. 320")
+    s.add_argument("--quantized", "-q", required=True, metavar="QMODEL", help="quantized model .npz")
+    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--image", help="image to time on (default: a bundled sample)")
+    s.add_argument("--ram", type=float, metavar="MiB", help="device RAM for activations")
+    s.add_argument("--flash", type=float, metavar="MiB", help="device flash for parameters")
+    s.add_argument("--budget-ms", type=float, help="latency budget")
+    s.add_argument("--mode", choices=MODES, default="int", help="mode the fit verdict is for (default int)")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(func=cmd_report)
+    return s
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from engine.model import load
+    from engine.quant.qmodel import QuantizedModel
+    model = load(args.model, weights=args.weights, size=args.size)
+    rep = size_speed_report(model, QuantizedModel.load(args.quantized), args.repeats, args.image)
+    fit = None
+    if None not in (args.ram, args.flash, args.budget_ms):
+        fit = rep.fits(int(args.ram * 2**20), int(args.flash * 2**20), args.budget_ms, args.mode)
+    if args.json:
+        print(json.dumps({**rep.to_dict(), "fit": fit}, indent=1, default=float))
+    else:
+        print(rep.text())
+        if fit is not None:
+            print(fit["verdict"])
+    if fit is None and any(v is not None for v in (args.ram, args.flash, args.budget_ms)):
+        print("note: the fit verdict needs all of --ram, --flash and --budget-ms", file=sys.stderr)
+    return 0

@@ -1,0 +1,61 @@
+"""What a layer is, independent of any run: its graph node, quantization and parameter arrays.
+
+Plain functions of (model, quantized model, executor) the Session's inspection methods
+(`layer_info`, `weights`, `thresholds`) answer with; the views reach them through the Session.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from engine.errors import EngineError
+
+
+def layer_info(model, qmodel, executor, index: int) -> dict[str, Any]:
+    """Graph facts, precision and quantization parameters of layer `index` (a checked index)."""
+    node = model.graph.node(index)
+    info = {"index": index, "id": node.id, "kind": node.kind, "inputs": list(node.inputs),
+            "in_shapes": [list(s) for s in node.in_shapes], "out_shape": list(node.out_shape),
+            "params": node.params, "macs": node.macs, "attrs": dict(node.attrs),
+            "precision": executor.precision(index), "mode": executor.mode}
+    if qmodel is not None:
+        info["out_scale"] = qmodel.scales.get(str(index))
+        info["threshold"] = qmodel.thresholds.get(str(index))
+        lq = qmodel.layers.get(index)
+        if lq is not None:
+            info["in_scale"] = lq.in_scale
+            info["weight_scale"] = (float(lq.w_scale.min()), float(lq.w_scale.max()))
+            info["weight_scheme"] = lq.scheme
+            info["per_channel"] = lq.w_scale.size > 1
+    return info
+
+
+def layer_weights(model, qmodel, index: int, kind: str = "float") -> dict[str, np.ndarray]:
+    """Copies of a layer's parameters: kind "float" (raw cfg params), "fused" (batch norm folded
+    in: the weights and biases the int8 ones approximate) or "int8" (w_q, b_q, w_scale)."""
+    if kind == "float":
+        return {k: v.copy() for k, v in model.params[index].items()}
+    if kind == "fused":
+        layer = model.layers[index]
+        if not layer.int8_weights:
+            raise EngineError(f"layer {index} [{layer.kind}] has no weights")
+        w, b = layer.fused(model.params[index])
+        return {"weights": np.array(w, dtype=np.float32), "biases": np.array(b, dtype=np.float32)}
+    if kind == "int8":
+        lq = None if qmodel is None else qmodel.layers.get(index)
+        if lq is None:
+            raise EngineError(f"layer {index} [{model.layers[index].kind}] has no int8 weights")
+        return {"w_q": lq.w_q.copy(), "b_q": lq.b_q.copy(), "w_scale": np.array(lq.w_scale, copy=True)}
+    raise ValueError(f"kind={kind!r}: expected 'float', 'fused' or 'int8'")
+
+
+def calibrator_thresholds(qmodel, node_id: int | str) -> dict[str, float]:
+    """The threshold every registered calibration method would pick for this tensor ({} without stats)."""
+    from engine.calib import CALIBRATORS, make
+    if qmodel is None or qmodel.stats is None:
+        return {}
+    h = qmodel.stats.hists.get(str(node_id))
+    if h is None or h.amax == 0:
+        return {}
+    return {name: make(name).threshold(h) for name in CALIBRATORS.names()}
