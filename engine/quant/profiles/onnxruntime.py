@@ -86,7 +86,7 @@ class OrtProfile(Profile):
         input's grid: store that grid, so a conv reading them has its bias quantized for the right scale."""
         for layer in model.layers:
             src = layer.inputs[0] if layer.inputs else None
-            keeps = layer.kind in ("maxpool", "upsample", "reorg", "reorg3d", "dropout") or \
+            keeps = (layer.shape_only and self.has_int_path(layer.kind)) or \
                 (layer.kind == "route" and len(layer.inputs) == 1)
             if keeps and src is not None:
                 nid = "input" if src < 0 else str(src)
