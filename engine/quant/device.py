@@ -75,14 +75,21 @@ def _device_outputs(model, qmodel, x: np.ndarray) -> tuple[dict[str, np.ndarray]
         return None, None, str(err)
 
 
-def sim_vs_device(model, qmodel, x: np.ndarray, device: bool = True) -> DeviceTable:
-    """The per-layer table described in the module docstring, for one input `x` (C, H, W) float32."""
+def sim_vs_device(model, qmodel, x: np.ndarray, device: bool = True, float_layers=None) -> DeviceTable:
+    """The per-layer table described in the module docstring, for one input `x` (C, H, W) float32.
+    From a Session: `sim_vs_device(s.model, s.qmodel, s.x, float_layers=s.executor.float_layers)`
+    (a runtime cannot run layers kept FLOAT inside its integer graph: the device columns stay empty then)."""
     from engine.quant.executor import FLOAT, Executor, Value
     x = model.check_input(x)
     float_outs = Executor(model).forward(x)
-    ex = Executor(model, qmodel, "int")
+    ex = Executor(model, qmodel, "int", float_layers)
     values, _ = ex.run(x)
-    dev, runtime, note = _device_outputs(model, qmodel, x) if device else (None, None, "not requested")
+    if not device:
+        dev, runtime, note = None, None, "not requested"
+    elif ex.float_layers:
+        dev, runtime, note = None, None, f"layers {sorted(ex.float_layers)} are kept FLOAT"
+    else:
+        dev, runtime, note = _device_outputs(model, qmodel, x)
     table = DeviceTable(qmodel.profile, runtime, note=note)
     xv = Value(f=x)
     for layer in model.layers:

@@ -50,3 +50,10 @@ def test_profiles_without_runtime_leave_device_columns_empty(tiny, tiny_q):
     table = sim_vs_device(tiny, tiny_q, tiny.preprocess(PHOTO).x)
     assert table.runtime is None and "no runtime" in table.note
     assert all(r.get("device_mismatched") is None for r in table.rows)
+
+
+def test_layers_kept_float_run_float_and_leave_the_device_out(tiny, tiny_stats):
+    qm = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="onnxruntime")
+    table = sim_vs_device(tiny, qm, tiny.preprocess(PHOTO).x, float_layers=[4])
+    assert table.runtime is None and "layers [4] are kept FLOAT" in table.note
+    assert table.rows[4]["precision"] == "float" and table.rows[4]["local_cos"] == 1.0
