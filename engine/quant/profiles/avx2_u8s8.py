@@ -38,19 +38,24 @@ def pair_saturation_correction(x_u8: np.ndarray, zp: int, w_q: np.ndarray, strid
     xp = np.full((c, h + 2 * pad, w + 2 * pad), zp, np.int32)
     xp[:, pad:pad + h, pad:pad + w] = x_u8
     kk = k * k * c
-
-    def row(r: int) -> np.ndarray:
-        if r >= kk:
-            return np.zeros((ho, wo), np.int32)
-        pos, ic = divmod(r, c)
-        ky, kx = divmod(pos, k)
-        return xp[ic, ky:ky + stride * (ho - 1) + 1:stride, kx:kx + stride * (wo - 1) + 1:stride]
-
+    # the K-order rows of the raw im2col, only for the pair columns that can saturate
+    cols = np.flatnonzero(risky.any(axis=0))
+    rows = np.zeros((2, len(cols), ho, wo), np.int32)
+    for side in (0, 1):
+        for t, r in enumerate(2 * cols + side):
+            if r < kk:
+                pos, ic = divmod(int(r), c)
+                ky, kx = divmod(pos, k)
+                rows[side, t] = xp[ic, ky:ky + stride * (ho - 1) + 1:stride, kx:kx + stride * (wo - 1) + 1:stride]
+    f_idx, j_idx = np.nonzero(risky[:, cols])                  # j_idx indexes `cols`
     corr = np.zeros((n, ho, wo), np.int64)
-    for j in np.flatnonzero(risky.any(axis=0)):
-        f = np.flatnonzero(risky[:, j])
-        p = a[f, j, None, None] * row(2 * j) + b[f, j, None, None] * row(2 * j + 1)
-        corr[f] += np.clip(p, -32768, 32767) - p
+    step = max(1, (1 << 22) // (ho * wo))                      # ~16 MB of int32 pair sums at a time
+    for s0 in range(0, len(f_idx), step):
+        f, j = f_idx[s0:s0 + step], j_idx[s0:s0 + step]
+        p = a[f, cols[j], None, None] * rows[0, j] + b[f, cols[j], None, None] * rows[1, j]
+        d = np.clip(p, -32768, 32767) - p
+        starts = np.flatnonzero(np.r_[True, f[1:] != f[:-1]])   # np.nonzero gives f in ascending runs
+        corr[f[starts]] += np.add.reduceat(d, starts, axis=0)
     return corr
 
 
