@@ -136,3 +136,14 @@ def test_u8s8_pair_saturation_equals_ort_on_this_cpu(seed):
     ref, _ = asym.requantize_output(sat, asym.conv_output_scales(xs, ws, ys), yz)
     exact, _ = asym.requantize_output(acc, asym.conv_output_scales(xs, ws, ys), yz)
     assert np.array_equal(ref, got) and not np.array_equal(exact, got)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_uint8_grid_equals_ort_quantizer(seed):
+    """Scale and zero point of a calibrated range: ORT's own quantizer (quant_utils.compute_scale_zp)."""
+    from onnxruntime.quantization.quant_utils import compute_scale_zp
+    rng = np.random.default_rng(seed)
+    lo, hi = -float(rng.exponential(2.0)) * (seed % 3 != 0), float(rng.exponential(10.0))
+    zp, scale = compute_scale_zp(np.array(lo, np.float32), np.array(hi, np.float32), np.array(0, np.uint8),
+                                 np.array(255, np.uint8))
+    assert asym.asym_params(float(np.float32(lo)), float(np.float32(hi))) == (float(scale), int(zp))
