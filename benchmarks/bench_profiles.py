@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("QW_SHARED", ROOT.parent / "shared"))
-RUNS = [("qwidgets", "minmax"), ("onnxruntime", "minmax"), ("avx2_u8s8", "minmax"), ("yolo2_light", "minmax"),
+RUNS = [("qwidgets", "minmax"), ("onnxruntime", "minmax"), ("avx2_u8s8", "minmax"), ("ort_reduce_range", "minmax"),
+        ("yolo2_light", "minmax"),
         ("yolo2_light", "yolo2_light")]
 
 
@@ -49,6 +50,7 @@ def main() -> None:
     from engine.darknet.detect import detect_outputs
     from engine.quant.executor import Executor
     from engine.quant.fitness import detection_agreement
+    from engine.quant.profiles import get_profile
     from engine.quant.qmodel import quantize_model
     model = engine.load(SHARED / "models" / "yolov3-tiny.cfg", weights=SHARED / "models" / "yolov3-tiny.weights")
     photos = sorted((SHARED / "images").glob("*.jpg"))
@@ -71,7 +73,7 @@ def main() -> None:
         coco = float(np.mean([detection_agreement(truth, preds, t).map50 for t in np.arange(0.5, 0.96, 0.05)]))
         row = {"profile": profile, "method": method, "map50": a50.map50, "map50_95": coco, "found": a50.matched,
                "of": a50.matched + a50.missed, "extra": a50.extra, "int_ms": 1000 * statistics.median(times)}
-        if qm.profile in ("onnxruntime", "avx2_u8s8"):
+        if get_profile(qm.profile).exportable:
             from engine.export.onnx_int8 import build_int8, run_ort
             proto = build_int8(model, qm, all_outputs=True)
             mism = total = 0

@@ -197,7 +197,8 @@ def quantize_model(model, stats: CalibrationStats, method: str = "kl", per_chann
         if not layer.int8_weights:
             continue
         w, b = layer.fused(model.params[layer.index])
-        qw: QuantWeights = quantize_weights(w, scheme, per_channel)
+        qw: QuantWeights = quantize_weights(w, scheme, per_channel, **(
+            {"qmax": prof.weight_qmax} if prof.weight_qmax != 127 else {}))
         in_scale = scales[input_id(layer)]
         layers[layer.index] = LayerQuant(qw.w_q, qw.scale, quantize_bias(b, in_scale, qw.scale), in_scale, qw.scheme)
     return QuantizedModel(method, calibrator.settings, per_channel, scales,

@@ -64,6 +64,16 @@ def test_avx2_u8s8_profile_models_int16_saturation_bit_for_bit(tiny, tiny_stats)
     assert np.count_nonzero(exact[2] != sat[2]) > 100
 
 
+def test_reduce_range_profile_has_7bit_weights_and_no_saturation(tiny, tiny_stats):
+    qm = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="ort_reduce_range")
+    assert all(int(np.abs(lq.w_q).max()) == 63 for lq in qm.layers.values())
+    from engine.quant.profiles.avx2_u8s8 import pair_saturation_correction
+    assert all(pair_saturation_correction(np.full((lq.w_q.shape[1], 4, 4), 255, np.uint8), 0, lq.w_q, 1, 0)
+               is None for lq in qm.layers.values() if lq.w_q.shape[2] == 1)
+    proto = build_int8(tiny, qm, all_outputs=True)
+    assert not any(_mismatches(tiny, qm, proto, tiny.preprocess(PHOTOS[3]).x).values())
+
+
 @pytest.mark.parametrize("name, size", [("yolov4-tiny", 320), ("yolov2-tiny", 320), ("yolov3", 256)])
 def test_random_weight_models_equal_ort_layer_by_layer(name, size, tmp_path):
     """yolov4-tiny: route groups; yolov2-tiny: stride-1 maxpool, [region]; yolov3: 23 QLinearAdd shortcuts."""

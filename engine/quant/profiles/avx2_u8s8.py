@@ -79,3 +79,16 @@ class Avx2U8S8Profile(OrtProfile):
         def corrected(part, r0, r1, acc, ch):
             epilogue(part, r0, r1, acc + corr[ch, r0:r1], ch)
         super().accumulate(layer, x, lq, b_q, corrected)
+
+
+class OrtReduceRangeProfile(Avx2U8S8Profile):
+    """ONNX Runtime's advice for AVX2/AVX512 without VNNI: 7-bit weights (`reduce_range`), so that no pair
+    of uint8 x int8 products can leave int16 (255 * (63 + 63) = 32130 <= 32767): exact int32 sums again."""
+    name = "ort_reduce_range"
+    title = "ONNX Runtime, 7-bit int8 weights (reduce_range) on AVX2 without VNNI"
+    weight_qmax = 63
+    rules = dict(Avx2U8S8Profile.rules, **{
+        "weights": "7-bit: int8 in [-63, 63] (reduce_range), exported as int8, per channel or per tensor",
+        "accumulator": "u8 x s8 pairs in int16 (vpmaddubsw) can no longer saturate: exact int32",
+        "source": "onnxruntime quantization docs (reduce_range for AVX2/AVX512 without VNNI); verified on this host",
+    })

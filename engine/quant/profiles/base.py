@@ -26,6 +26,7 @@ class Profile:
     asymmetric = False              # activations uint8 with a zero point (else int8 symmetric)
     int32_heads = True              # a conv read only by detection heads hands them dequantized int32
     exportable: str | None = None   # an `export --format` that runs this profile's arithmetic
+    weight_qmax = 127               # weights in [-weight_qmax, weight_qmax] (63: 7-bit reduce_range)
 
     # ---------------------------------------------------------------- quantization
     def weight_choice(self, calibrator, per_channel: bool) -> tuple[str, bool]:
