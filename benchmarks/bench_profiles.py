@@ -87,11 +87,11 @@ def main() -> None:
         print(json.dumps({"images": len(images), "truth_detections": sum(map(len, truth)), "rows": rows}, indent=1))
         return
     print(f"yolov3-tiny, {len(images)} validation images, {sum(map(len, truth))} FLOAT detections at 0.25")
-    print(f"{'profile':<13}{'method':<13}{'mAP50':>7}{'mAP50-95':>10}{'found':>9}{'extra':>7}{'INT ms':>8}"
+    print(f"{'profile':<18}{'method':<13}{'mAP50':>7}{'mAP50-95':>10}{'found':>9}{'extra':>7}{'INT ms':>8}"
           f"{'ORT mismatched':>22}")
     for r in rows:
         ort_cell = f"{r['ort_mismatched']}/{r['ort_elements']}" if "ort_mismatched" in r else "-"
-        print(f"{r['profile']:<13}{r['method']:<13}{r['map50']:>7.3f}{r['map50_95']:>10.3f}"
+        print(f"{r['profile']:<18}{r['method']:<13}{r['map50']:>7.3f}{r['map50_95']:>10.3f}"
               f"{r['found']:>5}/{r['of']:<3}{r['extra']:>7}{r['int_ms']:>8.0f}{ort_cell:>22}")
 
 
