@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from engine.errors import EngineError
-from engine.quant.int_layers import HEAD_LAYERS, HYBRID_LAYERS
+from engine.quant.int_layers import HEAD_LAYERS
 from engine.quant.modes import MODES, Mode
 from engine.quant.profiles import get_profile
 from engine.quant.qmodel import QuantizedModel
@@ -100,7 +100,7 @@ class Executor:
         if self.profile.runs_float(layer):
             return False
         if mode == Mode.HYBRID:
-            return layer.kind in HYBRID_LAYERS
+            return self.profile.has_hybrid_path(layer.kind)
         return self.profile.has_int_path(layer.kind)
 
     def precision(self, index: int) -> str:
@@ -138,7 +138,7 @@ class Executor:
         if self.qmodel is None:
             raise EngineError(f"layer {index} [{layer.kind}]: int8 needs a quantized model")
         lq = self.qmodel.layers.get(index)
-        if self.mode == Mode.HYBRID and layer.kind in HYBRID_LAYERS:
+        if self.mode == Mode.HYBRID and self.profile.has_hybrid_path(layer.kind):
             y = self.profile.hybrid(layer, inputs[0].float(), lq, self.qmodel, rec.stats)
             y.flags.writeable = False
             return Value(f=y), rec

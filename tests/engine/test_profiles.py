@@ -273,3 +273,18 @@ def test_yolo2_light_hybrid_conv_equals_c_semantics(small):
         ref[idx] = y if y > 0 else F(0.1) * y
     np.testing.assert_allclose(values[7].f, ref, rtol=1e-6, atol=1e-6)
     assert Executor(model, qm, "hybrid").precision(0) == "float"
+
+
+def test_connected_layers_run_float_under_onnxruntime(tmp_path):
+    cfg = CFG.split("[maxpool]")[0] + "[connected]\noutput=5\nactivation=leaky\n"
+    path = tmp_path / "fc.cfg"
+    path.write_text(cfg)
+    model = engine.load(path, random_weights=1)
+    stats = CalibrationStats()
+    observe(model, np.random.default_rng(0).random((3, 20, 20), dtype=np.float32), stats)
+    qm = quantize_model(model, stats, "minmax", profile="onnxruntime")
+    x = np.random.default_rng(1).random((3, 20, 20), dtype=np.float32)
+    for mode in ("hybrid", "int"):
+        ex = Executor(model, qm, mode)
+        assert ex.precision(2) == "float" and ex.precision(0) == "int8"
+        np.testing.assert_allclose(ex.forward(x)[2], model.run_layer(2, [ex.forward(x)[1]]), rtol=1e-5, atol=1e-6)

@@ -49,6 +49,11 @@ class Profile:
     def has_int_path(self, kind: str) -> bool:
         raise NotImplementedError
 
+    def has_hybrid_path(self, kind: str) -> bool:
+        """HYBRID mode: the kinds this profile runs as int8 on float activations (conv, connected)."""
+        from engine.quant.int_layers import HYBRID_LAYERS
+        return kind in HYBRID_LAYERS
+
     def runs_float(self, layer) -> bool:
         """Layers this target keeps in float although their kind has an integer path."""
         return False

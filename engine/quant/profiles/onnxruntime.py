@@ -107,6 +107,9 @@ class OrtProfile(Profile):
     def has_int_path(self, kind: str) -> bool:
         return kind in KINDS
 
+    def has_hybrid_path(self, kind: str) -> bool:
+        return kind == "convolutional"
+
     def quantize(self, x, scale, zero_point=0):
         q, sat = asym.quantize_linear(x, scale, zero_point)
         return QTensor(q, scale, zero_point), sat
@@ -224,8 +227,6 @@ class OrtProfile(Profile):
 
     def hybrid(self, layer, x, lq, qmodel, rec):
         """HYBRID: the float input on its uint8 grid, exact integer conv, float32 dequantized sums, float activation."""
-        if layer.kind != "convolutional":
-            raise NotImplementedError
         src = layer.inputs[0]
         nid = "input" if src < 0 else str(src)
         xq, sat = self.quantize(x, *tensor_grid(qmodel, nid))
