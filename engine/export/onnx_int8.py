@@ -13,7 +13,9 @@ Per Darknet layer (the profile's rules, engine/quant/profiles/onnxruntime.py):
 * shortcut (equal shapes, linear): `com.microsoft.QLinearAdd`;
 * maxpool: uint8 MaxPool; upsample: uint8 Resize (nearest, asymmetric, floor); reorg: Reshape/Transpose;
 * every exposed `layer<i>` is a float32 DequantizeLinear of the layer's uint8 tensor (`layer<i>_q`);
-  detection heads stay float (raw head inputs, or activated with `heads="activated"`).
+  a conv read only by detection heads is a ConvInteger whose int32 sums (+ bias) are cast to float32 and
+  multiplied by the float32 x_scale * w_scale[c]; the heads stay float (raw head inputs, or activated with
+  `heads="activated"`).
 Layers outside these (other shortcuts and activations, connected, avgpool) raise UnsupportedError: the file
 would not be integer end to end, or not bit-exact.
 """
@@ -64,6 +66,28 @@ def _conv(b, layer, lq, x: str, grid: tuple[float, int], qmodel, signed: bool) -
         y = b.op("QLinearLeakyRelu", [y, *_grid_consts(b, *mid), *_grid_consts(b, *out)], "qleaky", domain=MS,
                  alpha=0.1)
     return y, out
+
+
+def _head_conv(b, layer, lq, x: str, grid: tuple[float, int], signed: bool, out: str) -> None:
+    """ConvInteger (int32 sums) + int32 bias, Cast to float32, Mul by float32 x_scale * w_scale[c] -> `out`."""
+    from engine.quant.profiles.onnxruntime import _bias_for
+    if layer.activation != "linear":
+        raise UnsupportedError(f"{layer.where()}: a head conv with activation '{layer.activation}' is not exported")
+    onnx = b.onnx
+    n = lq.w_q.shape[0]
+    w, wz = (lq.w_q, np.int8(0)) if signed else ((lq.w_q.astype(np.int16) + 128).astype(np.uint8), np.uint8(128))
+    ws = np.broadcast_to(np.asarray(lq.w_scale, np.float64), (n,)).astype(np.float32)
+    scale = np.multiply(np.float32(grid[0]), ws, dtype=np.float32).reshape(1, n, 1, 1)
+    names = [b.name(w_) for w_ in ("weights", "bias", "scale")]
+    for arr, name in ((w, names[0]), (_bias_for(lq, grid[0]).astype(np.int32).reshape(1, n, 1, 1), names[1]),
+                      (scale, names[2])):
+        b.initializers.append(onnx.numpy_helper.from_array(np.ascontiguousarray(arr), name))
+    k, s, p = layer.size, layer.stride, layer.padding
+    acc = b.op("ConvInteger", [x, names[0], b.const(np.uint8(grid[1]), np.uint8), b.const(wz, wz.dtype)], "convint",
+               kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p], group=layer.groups, dilations=[1, 1])
+    acc = b.op("Add", [acc, names[1]], "bias")
+    f = b.op("Cast", [acc], "float", to=onnx.TensorProto.FLOAT)
+    b.op("Mul", [f, names[2]], "dequantize", output=out)
 
 
 def _maxpool(b, layer, x: str) -> str:
@@ -137,6 +161,9 @@ def build_int8(model, qmodel, *, heads: str = "raw", opset: int = 17, all_output
             raise UnsupportedError(f"{layer.where()}: [{layer.kind}] has no integer ONNX export "
                                    f"(supported: {', '.join(INT_KINDS)})")
         xs, gs = [q_names[j] for j in layer.inputs], [grid[j] for j in layer.inputs]
+        if ex.int32_out(i):
+            _head_conv(b, layer, qmodel.layers[i], xs[0], gs[0], profile.signed_weights, f"layer{i}")
+            continue
         if layer.kind == "convolutional":
             y, g = _conv(b, layer, qmodel.layers[i], xs[0], gs[0], qmodel, profile.signed_weights)
         elif layer.kind == "maxpool":

@@ -38,8 +38,10 @@ def test_yolov3_tiny_every_layer_equals_ort_bit_for_bit(tiny, tiny_ort, tmp_path
     path = export_int8(tiny, tiny_ort, tmp_path / "tiny-int8.onnx", all_outputs=True)
     proto = onnx.load(str(path))
     convs = [n for n in proto.graph.node if n.op_type == "QLinearConv"]
+    heads = [n for n in proto.graph.node if n.op_type == "ConvInteger"]     # the two convs feeding [yolo]
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
-    assert len(convs) == 13 and all(inits[n.input[3]].dtype == np.uint8 for n in convs)
+    assert len(convs) == 11 and all(inits[n.input[3]].dtype == np.uint8 for n in convs)
+    assert len(heads) == 2 and all(inits[n.input[1]].dtype == np.uint8 for n in heads)
     assert not [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     assert sum(n.op_type == "QLinearLeakyRelu" for n in proto.graph.node) == 11
     assert sum(n.op_type == "QLinearConcat" for n in proto.graph.node) == 1
@@ -55,6 +57,7 @@ def test_avx2_u8s8_profile_models_int16_saturation_bit_for_bit(tiny, tiny_stats)
     proto = build_int8(tiny, qm, all_outputs=True)
     weights = {t.name: t.data_type for t in proto.graph.initializer}
     assert {weights[n.input[3]] for n in proto.graph.node if n.op_type == "QLinearConv"} == {3}   # INT8
+    assert {weights[n.input[1]] for n in proto.graph.node if n.op_type == "ConvInteger"} == {3}
     x = tiny.preprocess(PHOTOS[0]).x
     assert not any(_mismatches(tiny, qm, proto, x).values())
     # the saturation is real: the same weights without it (the onnxruntime profile's exact sums) differ

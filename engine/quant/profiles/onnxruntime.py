@@ -10,7 +10,8 @@ Per layer (engine/quant/asym.py holds the float32 rules, each checked against OR
 * route: Concat when every input shares the output grid, else QLinearConcat (a table per input
   whose grid differs); a single input (with or without groups) is a Slice and keeps its grid;
 * maxpool (uint8 MaxPool), upsample (Resize nearest), reorg: values moved, grid kept;
-* heads: the conv feeding [yolo]/[region] is a QLinearConv to its own uint8 grid, dequantized;
+* heads: the conv feeding [yolo]/[region] is a ConvInteger whose int32 sums (+ int32 bias) are cast to
+  float32 and multiplied by the float32 `x_scale * w_scale[c]` (no uint8 rounding of box logits);
 * shortcut (same shapes, linear): QLinearAdd with the AVX2 kernel's float32 FMA formula;
 * other shortcuts and other activations: a float32 island (DequantizeLinear, float op, QuantizeLinear),
   not part of the exported integer graph.
@@ -54,7 +55,7 @@ class OrtProfile(Profile):
     name = "onnxruntime"
     title = "ONNX Runtime CPU (QOperator: QLinearConv, QLinearLeakyRelu, QLinearConcat)"
     asymmetric = True
-    int32_heads = False
+    int32_heads = True              # ConvInteger + Add + Cast + Mul: the head's int32 sums, dequantized
     exportable = "onnx-int8"
     signed_weights = False          # exported weights: uint8 with zero point 128
     rules = {
@@ -69,7 +70,8 @@ class OrtProfile(Profile):
                     "saturating packs (SSE2/NEON kernels differ); other shortcuts: a float32 island, not exported",
         "upsample": "Resize nearest on uint8, grid kept",
         "maxpool": "uint8 MaxPool, grid kept",
-        "heads": "QLinearConv to a uint8 grid, DequantizeLinear for [yolo]/[region]",
+        "heads": "ConvInteger (int32 sums) + int32 bias, Cast, Mul by float32 x_scale*w_scale: dequantized "
+                 "int32 for [yolo]/[region]",
         "source": "onnxruntime qlinearconv.cc, mlas QuantizeLinear/RequantizeOutput, qlinear_lookup_table.cc, "
                   "qlinear_concat.cc; verified op by op (tests/engine/test_profiles_ort.py)",
     }
@@ -115,7 +117,31 @@ class OrtProfile(Profile):
         return QTensor(q, scale, zero_point), sat
 
     def run_head(self, layer, xs, lq, qmodel, rec):
-        raise AssertionError("onnxruntime heads read a uint8 tensor (int32_heads is False)")
+        """A conv read only by detection heads: float32(acc + bias) * float32(x_scale * w_scale[c]), activated."""
+        x = xs[0]
+        if layer.kind != "convolutional":
+            raise NotImplementedError(f"{layer.where()}: no int32 head path in profile '{self.name}'")
+        n = lq.w_q.shape[0]
+        scale = np.multiply(np.float32(x.scale), _wscale(lq).astype(np.float32), dtype=np.float32).reshape(-1, 1, 1)
+        b3 = _bias_for(lq, x.scale).astype(np.float64).reshape(-1, 1, 1)
+        f = np.empty((n,) + tuple(layer.out_shape[1:]), np.float32)
+        ranges: list[tuple[int, int]] = []
+
+        def epilogue(part, r0, r1, acc, ch):
+            u = acc + b3[ch]
+            ranges.append((int(u.min()), int(u.max())))
+            np.multiply(u.astype(np.float32), scale[ch], out=f[ch, r0:r1])
+
+        if layer.groups == 1:
+            self.accumulate(layer, x, lq, None, epilogue)
+        else:
+            xc = x.q.astype(np.int16) - np.int16(x.zero_point)
+            acc = conv_int(xc, lq.w_f, np.zeros(n, np.int32), layer.size, layer.stride, layer.padding, layer.groups)
+            epilogue(0, 0, f.shape[1], acc.astype(np.float64), slice(0, n))
+        rec["acc_min"], rec["acc_max"] = min(r[0] for r in ranges), max(r[1] for r in ranges)
+        rec["saturated"], rec["total"] = 0, f.size
+        rec["output"] = "int32 dequantized for the head"
+        return activate(f, layer.activation)
 
     def run(self, layer, xs, lq, qmodel, rec):
         kind, i = layer.kind, str(layer.index)
