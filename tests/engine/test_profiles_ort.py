@@ -147,3 +147,18 @@ def test_uint8_grid_equals_ort_quantizer(seed):
     zp, scale = compute_scale_zp(np.array(lo, np.float32), np.array(hi, np.float32), np.array(0, np.uint8),
                                  np.array(255, np.uint8))
     assert asym.asym_params(float(np.float32(lo)), float(np.float32(hi))) == (float(scale), int(zp))
+
+
+def test_convinteger_with_int8_weights_does_not_saturate():
+    """ConvInteger (the head convs) runs int8 weights as MLAS's A operand: exact int32, unlike QLinearConv."""
+    from onnx import TensorProto as T, helper as h
+    x = np.full((1, 8, 4, 4), 255, np.uint8)
+    for wv in (127, -127):
+        sess = _session([h.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["acc"])],
+                        [_vi("x", T.UINT8)], [_vi("acc", T.INT32)],
+                        {"w": np.full((2, 8, 1, 1), wv, np.int8), "xz": np.uint8(0), "wz": np.int8(0)})
+        assert sess.run(None, {"x": x})[0][0, 0, 0, 0] == 255 * wv * 8
+        w = np.full((2, 8, 1, 1), wv, np.int8)
+        conv = _qlinearconv(x[0], 1.0, 0, w, np.ones(2, np.float32), 2 ** 12, 128, np.zeros(2, np.int32), 1, 1, 0,
+                            signed_w=True)
+        assert conv[0, 0, 0] == 128 + np.sign(wv) * 32                    # QLinearConv: saturated pairs

@@ -65,8 +65,8 @@ class Avx2U8S8Profile(OrtProfile):
     signed_weights = True
     rules = dict(OrtProfile.rules, **{
         "weights": "int8 [-127, 127] exported as int8 (zero point 0), per channel or per tensor",
-        "accumulator": "pairs of u8 x s8 products saturated to int16 (vpmaddubsw), then int32; "
-                       "channels-last pair order",
+        "accumulator": "QLinearConv: pairs of u8 x s8 products saturated to int16 (vpmaddubsw), then int32, "
+                       "channels-last pair order; ConvInteger (heads): exact int32",
         "source": "onnxruntime docs (quantization: 'saturation on AVX2/AVX512 without VNNI, use reduce_range'), "
                   "mlas qgemm_kernel_avx2; pair order found and verified on this host",
     })

@@ -133,7 +133,9 @@ class OrtProfile(Profile):
             np.multiply(u.astype(np.float32), scale[ch], out=f[ch, r0:r1])
 
         if layer.groups == 1:
-            self.accumulate(layer, x, lq, None, epilogue)
+            # ConvInteger hands MLAS the weights as its A operand (sign flipped to uint8): the u8 x u8 kernel,
+            # exact int32 even with int8 weights on AVX2 (no vpmaddubsw pairs; checked against ORT)
+            OrtProfile.accumulate(self, layer, x, lq, None, epilogue)
         else:
             xc = x.q.astype(np.int16) - np.int16(x.zero_point)
             acc = conv_int(xc, lq.w_f, np.zeros(n, np.int32), layer.size, layer.stride, layer.padding, layer.groups)
