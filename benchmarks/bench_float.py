@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import engine
-from engine.kernels import winograd
+from engine.kernels.conv import choice
 from engine.darknet.cfg import read_cfg
 from engine.darknet.build import build_layers
 from engine.darknet.weights import random_params, write_weights
@@ -142,13 +142,11 @@ def layer_table(model: engine.Model, runs: int) -> list[dict]:
 
 
 def kernel_of(layer) -> str:
-    """Which conv kernel engine.kernels.gemm.conv2d picks for this layer (as its dispatch does)."""
+    """Which conv kernel engine.kernels.conv picks for this layer."""
     if layer.kind != "convolutional":
         return ""
     (c, h, w), k, s, p = layer.in_shapes[0], layer.size, layer.stride, layer.padding
-    if layer.groups == 1 and winograd.suitable(c, h, w, layer.filters, k, s, p):
-        return "winograd"
-    return "gemm-1x1" if k == 1 and s == 1 and p == 0 else f"im2col-{k}x{k}/{s}"
+    return choice(c, h, w, layer.filters, k, s, p, layer.groups)
 
 
 def print_layers(name: str, rows: list[dict]) -> None:

@@ -7,11 +7,12 @@
 
 This package imports no widget code; the views in `qwidgets` talk to it through its API.
 """
-from engine.errors import CfgError, EngineError, ImageError, UnsupportedError, WeightsError
+from engine.errors import (ArgumentError, CfgError, EditError, EngineError, FileError, ImageError, RecordError,
+                           UnsupportedError, WeightsError)
 from engine.graph import Graph, Node
 from engine.model import Model, load
 from engine.quant.modes import Mode
 from engine.session.session import Session
 
 __all__ = ["load", "Model", "Session", "Mode", "Graph", "Node", "EngineError", "CfgError", "WeightsError", "ImageError",
-           "UnsupportedError"]
+           "UnsupportedError", "RecordError", "ArgumentError", "EditError", "FileError"]

@@ -1,10 +1,15 @@
-"""Crash-safe file writes and an inter-process lock (POSIX: fcntl.flock, os.replace).
+"""The one crash-safe file writer, its temp-file reclaiming, and an inter-process lock.
 
-`atomic_write` writes to a temporary file in the target's directory, fsyncs it and renames it over
-the target with `os.replace`, which POSIX makes atomic on one filesystem: a reader (or a process
-that survives a SIGKILL of the writer) sees either the whole old file or the whole new one.
-Temporary files are named `.<target>.<pid>.<random>.tmp` so that `sweep_temp_files` can remove
-the leftovers of writers that died, without touching those of writers still running.
+`atomic_write` writes to a temporary file in the target's directory, fsyncs it, renames it over
+the target with `os.replace` (atomic on one POSIX filesystem) and fsyncs the directory: a reader,
+or a process that survives a SIGKILL of the writer, sees either the whole old file or the whole new
+one. Every writer of the engine (models, quantized models, run records, .weights, the workspace
+index, zoo downloads) goes through it.
+
+Temp names are `.<target, cut to 200 bytes>.qwtmp-<pid>-<thread id>-<random>`: unique per process
+AND thread, at most 240 bytes whatever the target name, and recognisable, so `sweep_temp_files`
+(run by every write and by the workspace on open) removes those of writers that died, never those
+of a writer still running.
 """
 from __future__ import annotations
 
@@ -12,14 +17,25 @@ import contextlib
 import errno
 import fcntl
 import os
-import tempfile
+import re
+import secrets
+import stat
+import threading
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Union
+from typing import BinaryIO, Callable, Iterator, Mapping, Union
+
+from engine.errors import FileError
 
 Data = Union[bytes, bytearray, memoryview, str, Callable[[BinaryIO], None]]
 
-_TMP_SUFFIX = ".tmp"
+TMP_MARK = ".qwtmp-"
+_NAME_BYTES = 200  # of the target name kept in a temp name: 1 + 200 + 39 < 255, the NAME_MAX
+_TMP_RE = re.compile(r"^\..*\.qwtmp-(\d+)-(\d+)-[0-9a-f]+$", re.S)
+# names of earlier versions of this writer, reclaimed too: '.<name>.<pid>.<rand>.tmp' (atomic_write),
+# '.<name>.tmp<pid>' (atomic_savez, write_weights) and '.<name>.part<pid>' (zoo downloads)
+_LEGACY_RE = (re.compile(r"^\..*\.(\d+)\.[A-Za-z0-9_]+\.tmp$", re.S),
+              re.compile(r"^\..*\.(?:tmp|part)(\d+)$", re.S))
 
 
 def _read_umask() -> int:
@@ -41,23 +57,70 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def temp_path(target: str | os.PathLike) -> Path:
+    """A fresh temp path beside `target` that `sweep_temp_files` recognises (see the module doc)."""
+    t = Path(target)
+    cut = t.name.encode("utf-8", "surrogateescape")[:_NAME_BYTES].decode("utf-8", "ignore")
+    return t.with_name(f".{cut}{TMP_MARK}{os.getpid()}-{threading.get_native_id()}-{secrets.token_hex(4)}")
+
+
+def check_target(path: str | os.PathLike, what: str = "output") -> Path:
+    """`path` if it can be replaced by a new regular file: its folder exists and it is absent or a
+    regular file. A FIFO, device node, socket or folder is refused (replacing /dev/null or a named
+    pipe a user pointed `-o` at is never what they meant). Raises FileError naming the path."""
+    target = Path(path)
+    if not str(path) or target.name in ("", ".", ".."):
+        raise FileError(f"{what} {str(path)!r}: not a file name")
+    parent = target.parent
+    try:
+        pst = parent.stat()
+    except FileNotFoundError:
+        raise FileError(f"{what} {target}: the folder {parent} does not exist; create it first") from None
+    except OSError as err:
+        raise FileError(f"{what} {target}: cannot use the folder {parent}: {err.strerror or err}") from None
+    if not stat.S_ISDIR(pst.st_mode):
+        raise FileError(f"{what} {target}: {parent} is not a folder")
+    try:
+        st = target.stat()
+    except FileNotFoundError:
+        return target
+    except OSError as err:
+        raise FileError(f"{what} {target}: {err.strerror or err}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise FileError(f"{what} {target}: is a folder; expected a file name (e.g. {target / 'out.npz'})")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device node"
+                if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
+                "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise FileError(f"{what} {target}: exists and is {kind}; refusing to replace it "
+                        "(expected a regular file or a new name)")
+    return target
+
+
 def atomic_write(path: str | os.PathLike, data: Data, *, mode: int | None = None) -> Path:
-    """Replace `path` with `data` atomically: temp file in the same directory + fsync + os.replace.
+    """Replace `path` with `data` atomically: temp file in the same folder + fsync + os.replace +
+    folder fsync.
 
     `data` is bytes, a str (written as UTF-8) or a callback `f(fileobj)` that writes into the
     binary temp file (for large or streamed content). If the callback raises, or the process is
-    killed, the old file is left untouched. The new file gets `mode`, else the old file's mode,
-    else 0o666 minus the umask (like `open(path, "w")`).
-    Raises: OSError from the filesystem; whatever the callback raises.
+    killed, the old file is left untouched (a killed writer's temp file is reclaimed by the next
+    write into that folder). The new file gets `mode`, else the old file's mode, else 0o666 minus
+    the umask (like `open(path, "w")`).
+    Raises: FileError for a missing folder, a target that is a folder/FIFO/device, or an OS error
+    (permissions, disk full); whatever the callback raises.
     """
-    target = Path(path)
+    target = check_target(path)
+    sweep_temp_files(target.parent)
     if mode is None:
         try:
             mode = target.stat().st_mode & 0o7777
         except FileNotFoundError:
             mode = 0o666 & ~_UMASK
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=_TMP_SUFFIX,
-                               dir=target.parent)
+    tmp = temp_path(target)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise FileError(f"output {target}: cannot create a file in {target.parent}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(data):
@@ -68,35 +131,64 @@ def atomic_write(path: str | os.PathLike, data: Data, *, mode: int | None = None
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, FileError):
+            raise FileError(f"output {target}: write failed: {err.strerror or err}") from err
         raise
     fsync_dir(target.parent)
     return target
 
 
+def atomic_savez(path: str | os.PathLike, arrays: Mapping[str, object]) -> Path:
+    """`np.savez(path, **arrays)` through `atomic_write` (uncompressed; loads without pickle)."""
+    import numpy as np
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
 def pid_alive(pid: int) -> bool:
     """True if a process with this pid exists (on this machine)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
+    except OverflowError:
+        return False
     return True
 
 
+def temp_owner(name: str) -> int | None:
+    """The writer pid encoded in an atomic-write temp file name, or None if `name` is not one."""
+    for rx in (_TMP_RE,) + _LEGACY_RE:
+        m = rx.match(name)
+        if m:
+            return int(m.group(1))
+    return None
+
+
 def sweep_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Remove `atomic_write` temp files in `directory` whose writer process is gone; return them."""
+    """Remove atomic-write temp files in `directory` whose writer process is gone; return them.
+
+    Never raises: a folder we cannot list or a file we cannot delete (read-only share) is left.
+    """
     removed = []
-    for p in Path(directory).glob(f".*{_TMP_SUFFIX}"):
-        parts = p.name.split(".")  # ['', target..., pid, random+suffix stem, 'tmp']
-        pid = parts[-3] if len(parts) >= 4 else ""
-        if pid.isdigit() and not pid_alive(int(pid)):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                removed.append(p)
+    try:
+        names = [e.name for e in os.scandir(directory) if e.name.startswith(".")]
+    except OSError:
+        return removed
+    for name in names:
+        pid = temp_owner(name)
+        if pid is not None and pid != os.getpid() and not pid_alive(pid):
+            p = Path(directory) / name
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.lstat(p).st_mode):
+                    p.unlink()
+                    removed.append(p)
     return removed
 
 
@@ -109,7 +201,7 @@ def file_lock(path: str | os.PathLike, *, timeout: float = 30.0, shared: bool = 
     process dies (the kernel drops it with the descriptor), so a killed writer never blocks others.
     Raises: TimeoutError after `timeout` seconds of waiting.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         deadline = time.monotonic() + timeout

@@ -1,4 +1,18 @@
-"""The engine's error types: one base class so the UI can catch everything it should show."""
+"""The engine's error types: one hierarchy under EngineError, so `except EngineError` catches every
+refusal the UI or CLI should show (and nothing else). Every message names what was refused: the
+file (and line / array / member), the layer, or the argument, and what was expected.
+
+    EngineError
+      CfgError (ValueError) > WeightsError > RecordError     bad .cfg / weights, model, quantized model / run record
+      ImageError (ValueError)                                 an image cannot be used
+      ArgumentError (ValueError)                              a bad argument to an API call or CLI option
+      EditError (ValueError)                                  a refused edit (the session is unchanged)
+      FileError (OSError)                                     a file cannot be written/read where asked
+      UnsupportedError (NotImplementedError)                  valid Darknet this engine does not implement
+      DownloadError (OSError)                                 a download failed or its checksum did not match
+      EditsWouldBeLost                                        a switch would discard edits
+      WorkspaceError (ValueError, in engine.workspace)        a refused workspace operation
+"""
 from __future__ import annotations
 
 
@@ -16,6 +30,23 @@ class WeightsError(CfgError):
 
 class ImageError(EngineError, ValueError):
     """An image cannot be decoded or is unusable (corrupt, too large, empty)."""
+
+
+class RecordError(WeightsError):
+    """A run record is truncated, malformed or holds implausible values. The message names the file."""
+
+
+class ArgumentError(EngineError, ValueError):
+    """A bad argument to an engine call (wrong type, out of range, unknown choice); names the argument."""
+
+
+class EditError(EngineError, ValueError):
+    """An edit was refused (bad values, region, layer or tensor); nothing was changed."""
+
+
+class FileError(EngineError, OSError):
+    """A file cannot be written or read where asked: missing folder, a folder/FIFO/device in the way,
+    permissions, a symlink leading out of the workspace. The message names the path."""
 
 
 class UnsupportedError(EngineError, NotImplementedError):

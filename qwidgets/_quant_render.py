@@ -14,7 +14,7 @@ from qwidgets._encode import SERIES_COLOURS, to_png
 from qwidgets.layer_panel import TABLE_CSS
 
 if TYPE_CHECKING:
-    from engine.quant.compare import CompareTable
+    from engine.scale.compare import CompareTable
 
 SQNR_CAP = 80.0             # dB; identical tensors (inf) are drawn at the cap
 

@@ -29,7 +29,7 @@ from qwidgets._errors import ErrorDetails, Message, shows_errors
 from qwidgets._quant_render import SQNR_CAP, ranked_html, sqnr_chart_png
 
 if TYPE_CHECKING:
-    from engine.quant.compare import CompareTable
+    from engine.scale.compare import CompareTable
 
 __all__ = ["QuantizationView", "SQNR_CAP", "augmented_samples", "ranked_html", "sqnr_chart_png"]
 

@@ -6,8 +6,12 @@ import json
 import sys
 from pathlib import Path
 
-from engine.cli.options import add_model_args, forward_for, load_model
-from engine.errors import EngineError
+from engine.cli.options import add_model_args, forward_for, load_model, number
+from engine.errors import EngineError, FileError
+
+# formats Pillow writes that keep the input's extension; anything else is saved as .png
+_SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF",
+                 ".tiff": "TIFF", ".webp": "WEBP"}
 
 
 def add_detect_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,14 +19,18 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("detect", help="detect objects in images")
     add_model_args(s)
     s.add_argument("images", nargs="+", metavar="IMAGE")
-    s.add_argument("--thresh", type=float, default=0.25)
-    s.add_argument("--nms", type=float, default=0.45)
+    s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25)
+    s.add_argument("--nms", type=number("IoU", 0, 1, lo_open=False), default=0.45)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--save", metavar="DIR", help="also write each image with its boxes drawn and labelled "
+                   "(colour by class) into DIR (created if absent), under the image's own file name")
     s.set_defaults(func=cmd_detect)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from engine.darknet.detect import detect_outputs
+    save_dir = save_folder(args.save) if args.save else None
+    written: set[str] = set()      # names this run saved: two inputs photo.jpg get photo.jpg, photo-1.jpg
     model = load_model(args)
     forward = forward_for(model, args)
     result: dict[str, dict] = {}
@@ -32,6 +40,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         try:
             pre = model.preprocess(image, args.resize)
             dets = detect_outputs(model, forward(pre.x), pre, args.thresh, args.nms)
+            if save_dir is not None:
+                out = save_drawn(image, dets, save_dir, written)
+                print(f"saved {out}", file=sys.stderr)
         except EngineError as err:
             failed += 1
             result[name] = {"error": str(err), "detections": []}
@@ -42,8 +53,40 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(json.dumps({"images": result}, indent=1))
     else:
         for name, r in result.items():
+            if "error" in r:        # reported on stderr above; "0 detections" would be a lie
+                continue
             print(f"{name}: {len(r['detections'])} detections")
             for d in r["detections"]:
                 print(f"  {d['name']}: {100 * d['score']:.0f}%  box ({d['x1']:.0f}, {d['y1']:.0f}) - "
                       f"({d['x2']:.0f}, {d['y2']:.0f})")
     return 1 if failed else 0
+
+
+def save_folder(path: str) -> Path:
+    """--save DIR: created if absent (its parent must exist); anything but a folder is refused."""
+    folder = Path(path)
+    try:
+        folder.mkdir(exist_ok=True)
+    except FileNotFoundError:
+        raise FileError(f"--save {folder}: the folder {folder.parent} does not exist; create it first") from None
+    except OSError as err:
+        raise FileError(f"--save {folder}: {err.strerror or err}") from None
+    if not folder.is_dir():
+        raise FileError(f"--save {folder}: exists and is not a folder")
+    return folder
+
+
+def save_drawn(image: str, dets, folder: Path, written: set[str]) -> Path:
+    """Write `image` with `dets` drawn into `folder` atomically, under its own name (unique in this run)."""
+    from engine.atomic import atomic_write
+    from engine.imaging.draw import draw_detections
+    src = Path(image)
+    ext = src.suffix.lower() if src.suffix.lower() in _SAVE_FORMATS else ".png"
+    stem, n = src.stem, 1
+    name = stem + ext
+    while name in written:
+        name, n = f"{stem}-{n}{ext}", n + 1
+    drawn = draw_detections(image, dets)
+    out = atomic_write(folder / name, lambda f: drawn.save(f, format=_SAVE_FORMATS[ext]))
+    written.add(name)
+    return out

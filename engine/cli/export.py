@@ -34,8 +34,9 @@ def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.model import load
-    model = load(args.model, weights=args.weights)
+    from engine.cli.options import load_model, output_path
+    output_path(args.output)
+    model = load_model(args)
     if args.format == "weights":
         model.save_weights(args.output)
         print(f"wrote {args.output}: Darknet weights {model.header.major}.{model.header.minor}."

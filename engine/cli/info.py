@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.cli.options import SIZE_HELP, add_model_args, forward_for, load_model
+from engine.cli.options import SIZE_HELP, add_model_args, forward_for, load_model, output_path
 from engine.errors import EngineError
 
 
@@ -66,6 +66,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    output_path(args.output)
     model = load_model(args)
     out = model.save(args.output)
     print(f"wrote {out} ({out.stat().st_size:,} bytes): {model!r}", file=sys.stderr)
@@ -73,6 +74,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
+    output_path(args.output)
     model = load_model(args)
     forward = forward_for(model, args)
     if args.input is not None:
@@ -89,6 +91,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise EngineError(f"{args.input or args.image}: {err}") from err
     from engine.model import atomic_savez
-    atomic_savez(args.output, {f"layer{i}": np.asarray(y, np.float32) for i, y in enumerate(outs)})
-    print(f"wrote {args.output}: {len(outs)} layers", file=sys.stderr)
+    out = atomic_savez(args.output, {f"layer{i}": np.asarray(y, np.float32) for i, y in enumerate(outs)})
+    print(f"wrote {out} ({out.stat().st_size:,} bytes): the outputs of {len(outs)} layers as layer0..layer{len(outs) - 1}",
+          file=sys.stderr)
     return 0

@@ -31,5 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EngineError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:   # a file the OS refused (permissions, disk full): one line, no traceback
+        print(f"error: {err.filename or ''}{': ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

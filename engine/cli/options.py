@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 
 from engine.errors import EngineError
 from engine.quant.modes import MODES, Mode
@@ -33,9 +35,60 @@ def add_calib_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def number(what: str, lo: float, hi: float, *, lo_open: bool = True):
+    """An argparse `type=` for a finite number in (lo, hi] ([lo, hi] if not lo_open): '1e308',
+    'inf' and 'nan' are refused by argparse with a one-line message naming the option."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(v) or v > hi or (v <= lo if lo_open else v < lo):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a finite {what} in {'(' if lo_open else '['}"
+                                             f"{lo:g}, {hi:g}]")
+        return v
+    parse.__name__ = what   # argparse names the type in some messages
+    return parse
+
+
+def layer_list(text: str, n: int) -> list[int]:
+    """--float-layers '15,22' as layer indices of a model with `n` layers."""
+    try:
+        layers = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise EngineError(f"--float-layers {text!r}: expected comma-separated layer indices, e.g. 15,22") from None
+    bad = [i for i in layers if not 0 <= i < n]
+    if bad:
+        raise EngineError(f"--float-layers {text!r}: {bad} are not layers of this model (0..{n - 1})")
+    return layers
+
+
+def positive_int(text: str) -> int:
+    """An argparse `type=` for an integer 1..1,000,000 (repeats, counts)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= v <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer in [1, 1000000]")
+    return v
+
+
+def output_path(path: str) -> Path:
+    """-o/--output checked before any work: its folder exists and it is a regular file or new
+    (a FIFO, device node or folder is refused). Raises FileError."""
+    from engine.atomic import check_target
+    return check_target(path, "-o/--output")
+
+
 def load_model(args: argparse.Namespace):
-    from engine.model import load
-    return load(args.model, weights=args.weights, names=getattr(args, "names", None), size=getattr(args, "size", None))
+    from engine.model import is_model_file, load
+    weights = getattr(args, "weights", None)
+    if weights is None and not getattr(args, "random_weights", None) and Path(args.model).is_file() \
+            and not is_model_file(args.model):
+        raise EngineError(f"{args.model} is a .cfg: pass its weights with --weights FILE (or give an engine "
+                          "model file made by `python -m engine convert`)")
+    return load(args.model, weights=weights, names=getattr(args, "names", None), size=getattr(args, "size", None))
 
 
 def forward_for(model, args: argparse.Namespace):
@@ -48,5 +101,5 @@ def forward_for(model, args: argparse.Namespace):
         raise EngineError(f"--mode {args.mode} needs --quantized QMODEL (make one with `python -m engine quantize`)")
     from engine.quant.executor import Executor
     from engine.quant.qmodel import QuantizedModel
-    float_layers = [int(v) for v in args.float_layers.split(",") if v] if getattr(args, "float_layers", None) else None
+    float_layers = layer_list(args.float_layers, len(model.layers)) if getattr(args, "float_layers", None) else None
     return Executor(model, QuantizedModel.load(args.quantized), args.mode, float_layers).forward

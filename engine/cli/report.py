@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from engine.cli.options import number, positive_int
 from engine.quant.modes import MODES
 from engine.quant.report import size_speed_report
 
@@ -18,11 +19,12 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     s.add_argument("--weights", metavar="W")
     s.add_argument("--size", help="input size WIDTHxHEIGHT or N (default: the cfg's), e.g. 320")
     s.add_argument("--quantized", "-q", required=True, metavar="QMODEL", help="quantized model .npz")
-    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--repeats", type=positive_int, default=3)
     s.add_argument("--image", help="image to time on (default: a bundled sample)")
-    s.add_argument("--ram", type=float, metavar="MiB", help="device RAM for activations")
-    s.add_argument("--flash", type=float, metavar="MiB", help="device flash for parameters")
-    s.add_argument("--budget-ms", type=float, help="latency budget")
+    s.add_argument("--ram", type=number("size in MiB", 0, 2.0 ** 30), metavar="MiB", help="device RAM for activations")
+    s.add_argument("--flash", type=number("size in MiB", 0, 2.0 ** 30), metavar="MiB",
+                   help="device flash for parameters")
+    s.add_argument("--budget-ms", type=number("latency in ms", 0, 1e9), help="latency budget")
     s.add_argument("--mode", choices=MODES, default="int", help="mode the fit verdict is for (default int)")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=cmd_report)

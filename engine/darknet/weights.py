@@ -138,11 +138,11 @@ def read_weights(path: str | Path, layers: list[Layer]) -> tuple[WeightsHeader, 
 
 def write_weights(path: str | Path, layers: list[Layer], params: list[Params],
                   header: WeightsHeader | None = None) -> None:
-    """Write a Darknet `.weights` file atomically (temp file + rename)."""
+    """Write a Darknet `.weights` file through the one atomic writer (engine.atomic)."""
+    from engine.atomic import atomic_write
     header = header or WeightsHeader()
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+
+    def write(f) -> None:
         f.write(header.pack())
         for layer, lp in zip(layers, params):
             for name, shape in layer.param_shapes():
@@ -150,9 +150,7 @@ def write_weights(path: str | Path, layers: list[Layer], params: list[Params],
                 if header.transpose and layer.kind == "connected" and name == "weights":
                     arr = arr.T
                 f.write(np.ascontiguousarray(arr).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
+    atomic_write(path, write)
 
 
 def random_params(layers: list[Layer], seed: int = 0) -> list[Params]:

@@ -144,7 +144,12 @@ def export_onnx(model, path: str | Path, *, heads: str = "raw", opset: int = 17,
     big = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_BYTES
     if check and not big:
         onnx.checker.check_model(proto)
-    onnx.save_model(proto, str(p), save_as_external_data=big, location=f"{p.name}.data" if big else None)
+    from engine.atomic import atomic_write, check_target
+    if big:   # a proto over 2 GB cannot be serialised in one piece: onnx writes the .data file itself
+        check_target(p)
+        onnx.save_model(proto, str(p), save_as_external_data=True, location=f"{p.name}.data")
+    else:
+        atomic_write(p, proto.SerializeToString())
     if check and big:
         onnx.checker.check_model(str(p))
     return p

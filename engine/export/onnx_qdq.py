@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from engine.errors import UnsupportedError
-from engine.quant.modes import QUANT_MODES
+from engine.quant.modes import QUANT_MODES, Mode
 
 QDQ_MODES = QUANT_MODES
 
@@ -130,7 +130,7 @@ def build_qdq(model, qmodel, *, mode: str = "int", heads: str = "raw", opset: in
     onnx = onnx_float.import_onnx()
     qmodel.check_matches(model)
     ex = Executor(model, qmodel, mode)
-    int_scale = int_output_scales(model, qmodel, Executor(model, qmodel, "int")) if mode == "int" else {}
+    int_scale = int_output_scales(model, qmodel, Executor(model, qmodel, Mode.INT8)) if mode == Mode.INT8 else {}
     b = GraphBuilder(onnx, opset)
     for i in onnx_float.exported_layers(model, heads):
         layer = model.layers[i]
@@ -138,11 +138,11 @@ def build_qdq(model, qmodel, *, mode: str = "int", heads: str = "raw", opset: in
         xs = ["input" if j < 0 else f"layer{j}" for j in layer.inputs]
         out = f"layer{i}"
         int8 = ex.precision(i) == "int8"
-        requant = mode == "int" and int8 and not layer.shape_only and int_scale[i] is not None
+        requant = mode == Mode.INT8 and int8 and not layer.shape_only and int_scale[i] is not None
         y = f"layer{i}_real" if requant else out
         if int8 and layer.int8_weights:
             src = layer.inputs[0]
-            if mode == "hybrid":
+            if mode == Mode.HYBRID:
                 s_in = qmodel.layers[i].in_scale
             else:
                 s_in = int_scale.get(src) if src >= 0 and int_scale.get(src) is not None else \
@@ -180,9 +180,8 @@ def export_qdq(model, qmodel, path: str | Path, *, mode: str = "int", heads: str
     proto = build_qdq(model, qmodel, mode=mode, heads=heads, opset=opset, all_outputs=all_outputs)
     if check:
         onnx.checker.check_model(proto)
-    p = Path(path)
-    onnx.save_model(proto, str(p))
-    return p
+    from engine.atomic import atomic_write
+    return atomic_write(Path(path), proto.SerializeToString())
 
 
 def check_qdq(model, qmodel, path: str | Path, images: Sequence, mode: str = "int",
@@ -204,7 +203,7 @@ def check_qdq(model, qmodel, path: str | Path, images: Sequence, mode: str = "in
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     ex = Executor(model, qmodel, mode)
-    scales = int_output_scales(model, qmodel, ex) if mode == "int" else {}
+    scales = int_output_scales(model, qmodel, ex) if mode == Mode.INT8 else {}
     worst: dict[str, dict] = {n: {"max_abs": 0.0, "max_rel": 0.0, "mean_abs": 0.0} for n in names}
     for image in images:
         x = model.preprocess(image).x
@@ -220,6 +219,6 @@ def check_qdq(model, qmodel, path: str | Path, images: Sequence, mode: str = "in
     for n, w in worst.items():
         i = int(n[len("layer"):])
         # a head fed int32 accumulators has no int8 grid: count in its calibrated output scale
-        s = (scales.get(i) or qmodel.scales.get(str(i))) if mode == "int" else None
+        s = (scales.get(i) or qmodel.scales.get(str(i))) if mode == Mode.INT8 else None
         w["steps"] = w["max_abs"] / s if s else float("nan")
     return worst

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from engine.darknet.image import ImageLike, open_image
 
@@ -11,16 +11,25 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190)]
 
 
-def draw_detections(image: ImageLike, detections: Sequence, width: int = 3) -> Image.Image:
-    """A copy of `image` with each detection's box and 'name score' label (colour by class)."""
+def draw_detections(image: ImageLike, detections: Sequence, width: int | None = None) -> Image.Image:
+    """A copy of `image` with each detection's box and 'name score' label (colour by class).
+
+    Line width and label size follow the image size (default: about 1/200 and 1/40 of its
+    shorter side), label text is black or white, whichever reads on the class colour."""
     im = open_image(image).copy()
     draw = ImageDraw.Draw(im)
+    side = min(im.width, im.height)
+    width = width or max(2, round(side / 200))
+    font = ImageFont.load_default(size=max(10, round(side / 40)))
     for d in detections:
         color = PALETTE[d.class_id % len(PALETTE)]
         box = [max(0, d.x1), max(0, d.y1), min(im.width - 1, d.x2), min(im.height - 1, d.y2)]
         draw.rectangle(box, outline=color, width=width)
         label = f"{d.name} {d.score:.2f}"
-        tw = draw.textlength(label)
-        draw.rectangle([box[0], max(0, box[1] - 12), box[0] + tw + 4, max(12, box[1])], fill=color)
-        draw.text((box[0] + 2, max(0, box[1] - 12)), label, fill=(0, 0, 0))
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        th, tw = bottom - top + 4, right - left + 6
+        y = box[1] - th if box[1] >= th else box[1]          # above the box, inside it at the top edge
+        draw.rectangle([box[0], y, box[0] + tw, y + th], fill=color)
+        ink = (0, 0, 0) if 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] > 140 else (255, 255, 255)
+        draw.text((box[0] + 3, y + 2 - top), label, fill=ink, font=font)
     return im

@@ -1,167 +1,29 @@
-"""Fast convolution kernels: im2col + BLAS GEMM, or Winograd F(2x2,3x3), with scratch buffers.
+"""im2col + BLAS GEMM convolution kernels (float32), with fused bias and activation epilogues.
 
 Layout: x is (C, H, W); weights are a (n, C*k*k) matrix in Darknet's [n][c][ky][kx] order, so the
-im2col rows are ordered (c, ky, kx).
-
-conv2d picks per layer shape: 1x1 stride 1 is one GEMM on the input itself; wide 3x3 stride-1
-layers use Winograd (`engine.kernels.winograd`); everything else runs im2col + GEMM in bands of output
-rows that stay in cache (`conv_banded`), with the bias as a ones row of the GEMM and the
-activation applied in place. `im2col` (whole map, padded-width trick for stride 1) is kept as a
-standalone helper.
-
-Threads: a 2-thread OpenBLAS splits every GEMM call in two and joins, and its worker busy-waits
-after each call; a second NumPy thread then competes with it, and under CPU contention every join
-waits for a descheduled thread (measured 5-15x slower medians at load 10 on 2 cores). So inside
-`own_threads()` the kernels run BLAS single-threaded and spread *whole* work items (bands, Winograd
-GEMMs, row blocks, channel blocks) over as many threads as BLAS was allowed (OPENBLAS_NUM_THREADS,
-threadpoolctl), pulled dynamically from a shared counter. NumPy releases the GIL inside GEMMs,
-copies and ufuncs. If NumPy's OpenBLAS can't be found (another BLAS), BLAS keeps its own threads
-and the NumPy passes run in the calling thread.
+im2col rows are ordered (c, ky, kx). 1x1 stride 1 is one GEMM on the input itself (`conv1x1`);
+everything else runs im2col + GEMM in bands of output rows that stay in cache (`conv_banded`),
+with the bias as a ones row of the GEMM and the activation applied in place. `im2col` (whole map,
+padded-width trick for stride 1) is kept as a standalone helper. Which kernel a layer gets is
+decided in `engine.kernels.conv`.
 
 Determinism: OpenBLAS's float32 results depend on the GEMM's shape (its small-matrix and edge
 kernels sum in other orders), so the work is cut into the same GEMMs whatever the thread count
-(`SPLIT`); threads only decide who runs which piece. A forward on 1 thread (a Dask worker) and on
-2 (a notebook) gives the same bits, so distributed statistics equal in-process ones exactly.
+(`SPLIT`); threads (`engine.kernels.threads`) only decide who runs which piece. A forward on 1
+thread (a Dask worker) and on 2 (a notebook) gives the same bits.
 """
 from __future__ import annotations
 
-import ctypes
-import glob
-import os
-import threading
-import weakref
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-
 import numpy as np
 
-from engine.layers.base import Scratch
+from engine.kernels.scratch import Scratch, derived
+from engine.kernels.threads import parallel_for, parallel_items
 
-PARALLEL_MIN = 1 << 16   # elements below which a pass runs in the calling thread only
 BLOCK = 1 << 16          # elements per cache block of an epilogue pass (256 KiB of float32)
 BAND = 1 << 19           # im2col floats per band of output rows (2 MiB): built, used and dropped in cache
 MIN_BAND = 2048          # output pixels per band at least: narrower GEMMs lose more than the cache gains
 SPLIT = 4                # a conv is cut into at least this many GEMMs, whatever the thread count
 F = np.float32
-_pool: ThreadPoolExecutor | None = None
-_threads = 1             # threads for parallel_for/parallel_items: set by own_threads()
-_local = threading.local()  # .busy: this thread already runs a part of a parallel job
-_derived: dict[tuple, tuple[tuple[weakref.ref, ...], Any]] = {}
-
-
-def derived(kind: str, arrays: tuple[np.ndarray, ...], make: Callable[[], Any]) -> Any:
-    """make(), cached per `kind` and identity of `arrays` (dropped when any of them dies).
-
-    For kernel forms of weights (bias-augmented, Winograd-transformed): a model's prepared weights
-    live as long as the model, so each is built once. An array modified in place after its first
-    use would keep its stale derived form: replace arrays, don't mutate them.
-    """
-    key = (kind,) + tuple(id(a) for a in arrays)
-    hit = _derived.get(key)
-    if hit is not None and all(r() is a for r, a in zip(hit[0], arrays)):
-        return hit[1]
-    value = make()
-    refs = tuple(weakref.ref(a, lambda _r, key=key: _derived.pop(key, None)) for a in arrays)
-    _derived[key] = (refs, value)
-    return value
-
-
-def _find_openblas() -> tuple[Callable[[], int], Callable[[int], None]] | None:
-    """(get_num_threads, set_num_threads) of the OpenBLAS bundled with NumPy wheels, or None."""
-    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-    for path in sorted(glob.glob(os.path.join(libs, "*openblas*"))):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for stem, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", "")):
-            get = getattr(lib, f"{stem}_get_num_threads{suffix}", None)
-            put = getattr(lib, f"{stem}_set_num_threads{suffix}", None)
-            if get is not None and put is not None:
-                get.restype, put.argtypes = ctypes.c_int, [ctypes.c_int]
-                return get, put
-    return None
-
-
-_openblas = _find_openblas()
-
-
-class own_threads:
-    """Context: BLAS single-threaded, kernels on their own threads (as many as BLAS had).
-
-    Not reentrant across Python threads: run one forward at a time per process.
-    """
-
-    def __enter__(self) -> None:
-        global _threads
-        self.restore = 0
-        if _openblas is not None and _threads == 1 and not getattr(_local, "busy", False):
-            n = _openblas[0]()
-            if n > 1:
-                self.restore = n
-                _openblas[1](1)
-                _threads = n
-
-    def __exit__(self, *exc: object) -> None:
-        global _threads
-        if self.restore:
-            _threads = 1
-            _openblas[1](self.restore)
-
-
-def _run_parts(parts: int, worker: Callable[[int], None]) -> None:
-    """worker(0) here and worker(1..parts-1) on the pool; nested jobs inside a part run inline."""
-    global _pool
-    if _pool is None or _pool._max_workers < parts - 1:
-        _pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="qw-kernel")
-
-    def part(i: int) -> None:
-        _local.busy = True
-        try:
-            worker(i)
-        finally:
-            _local.busy = False
-
-    futures = [_pool.submit(part, i) for i in range(1, parts)]
-    try:
-        part(0)
-    finally:
-        for f in futures:
-            f.result()
-
-
-def parallel_for(n: int, fn: Callable[[int, int], None], work: int) -> None:
-    """Run fn(lo, hi) over [0, n) split into _threads contiguous parts (inline if `work` is small).
-
-    `work` is the number of elements the whole job touches; the split only pays off for big jobs.
-    """
-    parts = min(_threads, n) if work >= PARALLEL_MIN and not getattr(_local, "busy", False) else 1
-    if parts <= 1:
-        fn(0, n)
-        return
-    bounds = [n * i // parts for i in range(parts + 1)]
-    _run_parts(parts, lambda i: fn(bounds[i], bounds[i + 1]))
-
-
-def parallel_items(count: int, fn: Callable[[int, int], None]) -> None:
-    """fn(part, item) for item in [0, count), items pulled dynamically by _threads parts.
-
-    `part` (0.._threads-1) names per-thread scratch buffers. A descheduled thread only delays its
-    current item: the others keep pulling.
-    """
-    parts = min(_threads, count) if not getattr(_local, "busy", False) else 1
-    if parts <= 1:
-        for i in range(count):
-            fn(0, i)
-        return
-    items = iter(range(count))  # next() on a range iterator is atomic under the GIL
-
-    def worker(part: int) -> None:
-        for i in items:
-            fn(part, i)
-
-    _run_parts(parts, worker)
 
 
 def conv_out_size(n: int, k: int, s: int, p: int) -> int:
@@ -308,34 +170,7 @@ def bias_act(y: np.ndarray, b: np.ndarray | None, act: str | None, src: np.ndarr
     return y
 
 
-def conv2d(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, k: int, s: int, p: int, groups: int,
-           scratch: Scratch, act: str | None = None, wino: np.ndarray | None = None,
-           choose: bool = True) -> np.ndarray:
-    """Float cross-correlation + per-channel bias (+ optional fused activation): (C, H, W) -> new (n, Ho, Wo).
-
-    w2d: (n, C/groups*k*k) float32; b: (n,) float32. `act` (one of FUSED_ACTS, or None for none) is
-    applied in the same pass as the bias; other activations are the caller's business.
-    3x3 stride-1 convolutions with many channels on small maps go through Winograd F(2x2,3x3)
-    (`engine.kernels.winograd`), which needs 16/36 of the multiplies; the rest through im2col + GEMM.
-    `wino`: the Winograd weights made for this layer (`winograd.prepare_weights`), when the caller
-    keeps them instead of w2d (then w2d may be None). `choose=False`: the caller already chose (a
-    model decides once per layer, when it prepares it), so w2d always runs im2col + GEMM.
-    """
-    from engine.kernels import winograd  # late import: winograd imports this module's helpers
-
-    c, h, w = x.shape
-    if act is not None and act not in FUSED_ACTS:
-        raise ValueError(f"conv2d: act={act!r} cannot be fused; use one of {FUSED_ACTS} or apply it after")
-    with own_threads():
-        if wino is not None:
-            return winograd.conv3x3(x, None, b, p, scratch, act, u=wino)
-        n = w2d.shape[0]
-        if choose and groups == 1 and winograd.suitable(c, h, w, n, k, s, p):
-            return winograd.conv3x3(x, w2d, b, p, scratch, act)
-        return _conv_gemm(x, w2d, b, k, s, p, groups, scratch, act)
-
-
-def _conv_gemm(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, k: int, s: int, p: int, groups: int,
+def conv_gemm(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, k: int, s: int, p: int, groups: int,
                scratch: Scratch, act: str | None) -> np.ndarray:
     """conv2d through GEMMs: 1x1 stride 1 directly on x (in row blocks of filters), else conv_banded."""
     c, h, w = x.shape
@@ -349,13 +184,13 @@ def _conv_gemm(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, k: int, s: int, p:
         yg = y[g * ng:(g + 1) * ng]
         bg = b[g * ng:(g + 1) * ng]
         if k == 1 and s == 1 and p == 0:
-            _conv1x1(xg.reshape(cg, h * w), wg, bg, yg, act)
+            conv1x1(xg.reshape(cg, h * w), wg, bg, yg, act)
             continue
         conv_banded(xg, wg, bg, yg, k, s, p, scratch, act)
     return y
 
 
-def _conv1x1(x2: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, act: str | None) -> None:
+def conv1x1(x2: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, act: str | None) -> None:
     """y = act(w2d @ x2 + b) in blocks of filter rows, one GEMM + in-cache epilogue per block."""
     n = y.shape[0]
     step = max(8, -(-n // (2 * SPLIT)))   # fixed blocks: the same GEMMs on any number of threads

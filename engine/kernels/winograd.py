@@ -8,7 +8,7 @@ Each 2x2 output tile comes from a 4x4 input tile d:  Y = A^T [ (G g G^T) . (B^T 
           [0  1  0 -1]         [ 0    0    1 ]
 
 The 16 element-wise products summed over input channels are 16 GEMMs (tiles, C) @ (C, n) or
-(n, C) @ (C, tiles), spread over the kernel threads (`kernels.parallel_items`). The transforms only
+(n, C) @ (C, tiles), spread over the kernel threads (`threads.parallel_items`). The transforms only
 add and subtract, as strided slices over all tiles at once (rows first, then columns). The bias rides in the transformed domain: adding b to the (1, 1)
 product adds b to all four outputs of a tile, since A^T e1 = (1, 1).
 Float32 error is that of a GEMM with K = C plus a few roundings of the transforms (~1e-6 relative).
@@ -21,8 +21,9 @@ from typing import Iterator
 
 import numpy as np
 
-from engine.kernels.gemm import bias_act, derived, parallel_for, parallel_items
-from engine.layers.base import Scratch
+from engine.kernels.gemm import bias_act
+from engine.kernels.scratch import Scratch, derived
+from engine.kernels.threads import parallel_for, parallel_items
 
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 CF_TILES = 256  # at most this many tiles: channels-first GEMMs (see conv3x3)
@@ -65,7 +66,7 @@ def transform_weights(w2d: np.ndarray) -> np.ndarray:
 
 
 def cached_weights(w2d: np.ndarray) -> np.ndarray:
-    """transform_weights(w2d), computed once per weight array (see kernels.derived)."""
+    """transform_weights(w2d), computed once per weight array (see scratch.derived)."""
     return derived("winograd-2x2", (w2d,), lambda: transform_weights(w2d))
 
 
@@ -185,7 +186,7 @@ def conv3x3(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, p: int, scratc
 
     x: (C, H, W) float32; w2d: (n, C*9) float32, transformed once per array (see cached_weights),
     or u: the transformed weights already made for this map size (`prepare_weights`; a model keeps
-    them instead of w2d). b: (n,); act: None or one of kernels.FUSED_ACTS.
+    them instead of w2d). b: (n,); act: None or one of gemm.FUSED_ACTS.
     The 16 GEMMs run as (tiles, C) @ (C, n) on big maps; with few tiles (<= CF_TILES) as
     (n, C) @ (C, tiles) on a transposed copy of V, which OpenBLAS runs 5-15% faster there.
     """
@@ -194,7 +195,7 @@ def conv3x3(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, p: int, scratc
     ho, wo = h + 2 * p - 2, w + 2 * p - 2
     th, tw = (ho + 1) // 2, (wo + 1) // 2
     cf = _channels_first(h, w, p)
-    if u is None:     # a standalone call: the weights transformed once per array (kernels.derived)
+    if u is None:     # a standalone call: the weights transformed once per array (scratch.derived)
         u = cached_weights(w2d) if not cf else \
             derived("winograd-2x2-cf", (w2d,), lambda: _laid_out(transform_weights(w2d), True))
     v = input_tiles(x, p, th, tw, scratch)

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from engine.darknet.cfg import Section
+from engine.kernels.scratch import Scratch
 from engine.errors import CfgError, UnsupportedError
 from engine.registry import Registry
 
@@ -20,29 +21,6 @@ Params = dict[str, np.ndarray]
 MAX_ELEMENTS = 1 << 31  # a single activation bigger than this is a cfg mistake, not a model
 
 LAYERS: Registry[type["Layer"]] = Registry("layer type")
-
-
-class Scratch:
-    """Reusable float32 work buffers (im2col columns, padded inputs, GEMM outputs).
-
-    One per model; layers run one at a time, so a named buffer is reused by every layer and only
-    grows to the largest request. This avoids page-faulting fresh memory on every call.
-    """
-
-    def __init__(self) -> None:
-        self._bufs: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
-        n = int(np.prod(shape))
-        key = f"{name}:{np.dtype(dtype).str}"
-        buf = self._bufs.get(key)
-        if buf is None or buf.size < n:
-            buf = np.empty(n, dtype)
-            self._bufs[key] = buf
-        return buf[:n].reshape(shape)
-
-    def clear(self) -> None:
-        self._bufs.clear()
 
 
 @dataclass

@@ -7,7 +7,8 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.kernels import winograd
-from engine.kernels.gemm import FUSED_ACTS, conv2d, conv_out_size
+from engine.kernels.conv import choice, conv2d
+from engine.kernels.gemm import FUSED_ACTS, conv_out_size
 from engine.layers.activations import activate, activation_key
 from engine.layers.base import LAYERS, BuildContext, Layer, Params, Scratch, check_shape, refuse
 
@@ -102,7 +103,7 @@ class Convolutional(Layer):
         w, b = self.fused(params)
         w2d = np.ascontiguousarray(w.reshape(self.filters, -1))
         c, h, wd = self.in_shapes[0]
-        if self.groups == 1 and winograd.suitable(c, h, wd, self.filters, self.size, self.stride, self.padding):
+        if choice(c, h, wd, self.filters, self.size, self.stride, self.padding, self.groups) == "winograd":
             return FusedConv(None, b, winograd.prepare_weights(w2d, c, h, wd, self.padding))
         return FusedConv(w2d, b)
 

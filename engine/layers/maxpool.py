@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.kernels.gemm import BLOCK, own_threads, parallel_for
+from engine.kernels.gemm import BLOCK
+from engine.kernels.threads import own_threads, parallel_for
 from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape, refuse
 
 
@@ -123,3 +124,9 @@ class MaxPool(Layer):
 
     def forward_float(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
         return maxpool(xs[0], self.size, self.stride, self.padding, scratch=scratch)
+
+    def forward_float_batch(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
+        """(N, C, H, W): channels are pooled independently, so a batch is N*C channels."""
+        n, c, h, w = xs[0].shape
+        y = maxpool(xs[0].reshape(n * c, h, w), self.size, self.stride, self.padding, scratch=scratch)
+        return y.reshape((n, c) + y.shape[1:])

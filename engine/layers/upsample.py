@@ -42,3 +42,9 @@ class Upsample(Layer):
         if self.scale != 1.0:
             y *= np.float32(self.scale)
         return y
+
+    def forward_float_batch(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
+        """(N, C, H, W): channel-wise, so a batch is N*C channels."""
+        n, c, h, w = xs[0].shape
+        y = self.forward_float([xs[0].reshape(n * c, h, w)], prep, scratch)
+        return y.reshape(n, c, h * self.stride, w * self.stride)

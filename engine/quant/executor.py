@@ -170,5 +170,13 @@ class Executor:
         return values, records
 
     def forward(self, x: np.ndarray) -> list[np.ndarray]:
-        """Float views of every layer output (what detection decoding and fitness read)."""
-        return [v.float() for v in self.run(x)[0]]
+        """Float views of every layer output (what detection decoding and fitness read).
+
+        x: (3, H, W), or a batch (N, 3, H, W): then every output is (N, C, H, W), image k equal to
+        a forward of image k alone bit for bit (the batch runs image by image)."""
+        xb = np.asarray(x)
+        if xb.ndim != 4:
+            return [v.float() for v in self.run(x)[0]]
+        self.model.check_input(xb, batch=True)
+        per = [self.forward(xb[k]) for k in range(xb.shape[0])]
+        return [np.stack(outs) for outs in zip(*per)]

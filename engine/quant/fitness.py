@@ -2,8 +2,8 @@
 
 Per layer (SQNR, cosine, MSE, max abs error, range utilisation, saturation rate), either
 *local* (the layer alone in int8 on the FLOAT run's inputs) or *propagated* (the quantized
-network's output at that layer). End to end: mAP@0.5 of the quantized detections with the
-FLOAT detections as ground truth, per class and mean, and model size.
+network's output at that layer). End to end: COCO mAP@0.5 and mAP@[.5:.95] of the quantized
+detections with the FLOAT detections as ground truth (engine/quant/metrics.py), and model size.
 """
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from typing import Sequence
 import numpy as np
 
 from engine.darknet.detect import Detection
+from engine.kernels.threads import own_threads, parallel_items
 from engine.quant.executor import INT8, Executor, Value
+from engine.quant.metrics import coco_map
 
 
 @dataclass
@@ -29,22 +31,48 @@ class ErrorStats:
         return asdict(self)
 
 
+STATS_BLOCK = 1 << 15   # elements per block of error_stats: its float64 copies stay in L2
+
+
+def _sums(ref: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float, float]:
+    """(r.r, e.e, y.y, r.y, max|e|) in float64 with e = y - r, over fixed blocks.
+
+    This is most of a method comparison's statistics time. Whole-tensor float64 copies (4 per call
+    before) cost memory passes, and a 2-thread BLAS dot product spins and joins on a busy machine
+    (measured 3x slower than 1 thread at load 10): so blocks are converted while in cache, their
+    dots run on single-threaded BLAS, blocks are spread over the kernel threads, and the partial
+    sums are added in block order, which makes the result the same on any thread count.
+    """
+    r, yv = ref.reshape(-1), y.reshape(-1)
+    n = r.size
+    count = -(-n // STATS_BLOCK)
+    parts = np.zeros((count, 6))
+
+    def block(_part: int, i: int) -> None:
+        lo, hi = i * STATS_BLOCK, min(n, (i + 1) * STATS_BLOCK)
+        rb, yb = r[lo:hi].astype(np.float64), yv[lo:hi].astype(np.float64)
+        eb = yb - rb
+        parts[i] = rb @ rb, eb @ eb, yb @ yb, rb @ yb, eb.max(), -eb.min()
+
+    with own_threads():
+        parallel_items(count, block)
+    rr, ee, yy, ry = (float(v) for v in parts[:, :4].sum(axis=0))
+    return rr, ee, yy, ry, float(parts[:, 4:].max()) if count else 0.0
+
+
 def error_stats(ref: np.ndarray, y: np.ndarray, q: np.ndarray | None = None, saturated: int = 0) -> ErrorStats:
-    r = ref.astype(np.float64).ravel()
-    e = y.astype(np.float64).ravel() - r
-    sig, noise = float(r @ r), float(e @ e)
+    """ref (FLOAT) vs y (quantized run, dequantized): sums in float64 (see _sums)."""
+    sig, noise, yy, ry, max_abs = _sums(ref, y)
     sqnr = float("inf") if noise == 0 else (10 * np.log10(sig / noise) if sig > 0 else float("-inf"))
-    ny = float(np.linalg.norm(y.astype(np.float64)))
-    nr = float(np.sqrt(sig))
-    cos = float(r @ y.astype(np.float64).ravel() / (nr * ny)) if nr > 0 and ny > 0 else float(nr == ny)
+    ny, nr = float(np.sqrt(yy)), float(np.sqrt(sig))
+    cos = float(ry / (nr * ny)) if nr > 0 and ny > 0 else float(nr == ny)
     if q is None or not q.size:
         use = float("nan")
     elif q.dtype == np.uint8:           # asymmetric profiles: the share of the 256 codes spanned
         use = float(int(q.max()) - int(q.min())) / 255
     else:
-        use = float(np.abs(q.astype(np.int16)).max() / 127)
-    return ErrorStats(sqnr, cos, noise / max(1, r.size), float(np.abs(e).max()) if e.size else 0.0, use,
-                      saturated / max(1, r.size))
+        use = max(int(q.max()), -int(q.min())) / 127
+    return ErrorStats(sqnr, cos, noise / max(1, ref.size), max_abs, use, saturated / max(1, ref.size))
 
 
 def propagated_stats(float_outs: Sequence[np.ndarray], values: Sequence[Value], records) -> list[ErrorStats]:
@@ -71,31 +99,15 @@ def local_stats(ex: Executor, x: np.ndarray, float_outs: Sequence[np.ndarray]) -
     return out
 
 
-def _iou(a: Detection, b: Detection) -> float:
-    ix = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
-    iy = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
-    inter = ix * iy
-    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
-    """VOC all-point interpolated AP."""
-    r = np.concatenate([[0.0], recall, [1.0]])
-    p = np.concatenate([[0.0], precision, [0.0]])
-    p = np.maximum.accumulate(p[::-1])[::-1]
-    idx = np.flatnonzero(r[1:] != r[:-1])
-    return float(np.sum((r[idx + 1] - r[idx]) * p[idx + 1]))
-
-
 @dataclass
 class Agreement:
-    map50: float                       # mean AP over classes present in the FLOAT detections
-    per_class: dict[str, float]
-    matched: int                       # FLOAT detections found (IoU >= 0.5, same class)
-    missed: int
+    map50: float                       # COCO mAP@0.5 over classes present in the FLOAT detections
+    per_class: dict[str, float]        # AP@0.5 per class
+    matched: int                       # FLOAT detections found (IoU >= iou, same class)
+    missed: int                        # FLOAT detections lost
     extra: int
     mean_iou: float                    # of the matched pairs
+    map50_95: float = float("nan")     # COCO mAP averaged over IoU 0.50:0.95
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,40 +115,29 @@ class Agreement:
 
 def detection_agreement(truth: Sequence[Sequence[Detection]], preds: Sequence[Sequence[Detection]],
                         iou: float = 0.5) -> Agreement:
-    """mAP@iou of `preds` against `truth` (FLOAT detections as ground truth), over a set of images."""
-    classes = sorted({d.class_id for dets in truth for d in dets})
+    """COCO mAP@0.5 and mAP@[.5:.95] of `preds` against `truth` (FLOAT detections as ground truth)
+    over a set of images (engine/quant/metrics.py); matched / missed / extra counted at IoU `iou`."""
+    r = coco_map(truth, preds)
     names = {d.class_id: d.name for dets in list(truth) + list(preds) for d in dets}
-    per_class: dict[str, float] = {}
-    matched = missed = extra = 0
+    per_class = {names.get(k, str(k)): float(ap[0]) for k, ap in r.per_class.items()}
+    if iou == 0.5:
+        matched, ious = r.tp50, r.ious50
+    else:
+        _, ious_all = _matches_at(truth, preds, iou)
+        matched, ious = len(ious_all), ious_all
+    return Agreement(r.map50, per_class, matched, r.n_truth - matched, r.n_preds - matched,
+                     float(np.mean(ious)) if ious else float("nan"), r.map50_95)
+
+
+def _matches_at(truth, preds, iou: float) -> tuple[int, list[float]]:
+    from engine.quant.metrics import match
     ious: list[float] = []
-    for k in classes:
-        scored = []   # (score, is_true_positive)
-        n_truth = 0
-        for gts, ps in zip(truth, preds):
-            gt = [d for d in gts if d.class_id == k]
-            n_truth += len(gt)
-            used = [False] * len(gt)
-            for p in sorted((d for d in ps if d.class_id == k), key=lambda d: -d.score):
-                cands = [(_iou(p, g), j) for j, g in enumerate(gt) if not used[j]]
-                best = max(cands, default=(0.0, -1))
-                tp = best[0] >= iou
-                if tp:
-                    used[best[1]] = True
-                    ious.append(best[0])
-                scored.append((p.score, tp))
-        scored.sort(key=lambda t: -t[0])
-        tps = np.cumsum([t for _, t in scored]) if scored else np.zeros(0)
-        fps = np.cumsum([not t for _, t in scored]) if scored else np.zeros(0)
-        recall = tps / max(1, n_truth)
-        precision = tps / np.maximum(1, tps + fps)
-        per_class[names.get(k, str(k))] = average_precision(recall, precision) if scored else 0.0
-        tp_total = int(tps[-1]) if scored else 0
-        matched += tp_total
-        missed += n_truth - tp_total
-        extra += len(scored) - tp_total
-    extra += sum(1 for ps in preds for d in ps if d.class_id not in classes)
-    map50 = float(np.mean(list(per_class.values()))) if per_class else float(not any(preds))
-    return Agreement(map50, per_class, matched, missed, extra, float(np.mean(ious)) if ious else float("nan"))
+    for gts, ps in zip(truth, preds):
+        for k in {d.class_id for d in gts}:
+            dt = sorted((d for d in ps if d.class_id == k), key=lambda d: -d.score)
+            tp, miou = match(dt, [d for d in gts if d.class_id == k], np.array([iou]))
+            ious.extend(miou[0][tp[0]].tolist())
+    return len(ious), ious
 
 
 @dataclass

@@ -16,8 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-from engine.kernels.gemm import BAND, MIN_BAND, conv_out_size, derived, own_threads, parallel_items
-from engine.layers.base import Scratch
+from engine.kernels.gemm import BAND, MIN_BAND, conv_out_size
+from engine.kernels.scratch import Scratch, derived
+from engine.kernels.threads import own_threads, parallel_items
 
 EXACT_F32 = float(1 << 24)     # integers up to 2**24 are exact in float32
 K_CHUNK = 1024  # 1024 * 127 * 127 = 16,516,096 < 2**24 = 16,777,216
@@ -137,7 +138,7 @@ def _padded(x_q: np.ndarray, p: int, extra_rows: int, scratch: Scratch, name: st
 
 
 def row_abs_max(w_q: np.ndarray) -> float:
-    """max over filters of sum |w| for int8 weights (n, ...), cached per array (`engine.kernels.gemm.derived`)."""
+    """max over filters of sum |w| for int8 weights (n, ...), cached per array (`engine.kernels.scratch.derived`)."""
     return derived("int-row-abs-sum", (w_q,),
                    lambda: float(np.abs(w_q.reshape(w_q.shape[0], -1).astype(np.int64)).sum(axis=1).max()))
 

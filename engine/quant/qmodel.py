@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -121,35 +120,29 @@ class QuantizedModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "QuantizedModel":
-        p = Path(path)
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                return cls.from_arrays({k: z[k] for k in z.files}, str(p))
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            if isinstance(err, EngineError):
-                raise
-            raise WeightsError(f"{p}: cannot read quantized model: {err}") from err
+        """Read a quantized model file; every member's size and shape is checked before it is read
+        (engine.npzfile). Raises WeightsError naming the file."""
+        from engine.npzfile import NpzReader
+        with NpzReader(path, str(path), what="quantized model", kind="quantized") as z:
+            return cls.from_arrays(z, str(path))
 
     @classmethod
-    def from_arrays(cls, z: dict, label: str = "<arrays>") -> "QuantizedModel":
-        from engine.quant.qfile import check_layers, read_meta
-        try:
-            fmt = bytes(z["format"]).decode() if "format" in z else None
-        except (TypeError, ValueError, UnicodeDecodeError):
-            fmt = None
-        if fmt != QMODEL_FORMAT:
+    def from_arrays(cls, z, label: str = "<arrays>") -> "QuantizedModel":
+        """From a mapping of arrays or an engine.npzfile reader. Raises WeightsError naming `label`."""
+        from engine.quant.qfile import check_layers, open_arrays, read_calibration, read_meta, read_text
+        z = open_arrays(z, label)
+        if read_text(z, "format", label) != QMODEL_FORMAT:
             raise WeightsError(f"{label}: not a quantized model file (expected format {QMODEL_FORMAT})")
         meta = read_meta(z, label)
         if "cfg" not in z:
             raise WeightsError(f"{label}: quantized model file lacks its cfg text")
-        try:
-            cfg_text = bytes(z["cfg"]).decode("utf-8")
-        except (TypeError, ValueError, UnicodeDecodeError) as err:
-            raise WeightsError(f"{label}: the embedded cfg is not UTF-8 text ({err})") from None
+        cfg_text = read_text(z, "cfg", label)
+        if cfg_text is None:
+            raise WeightsError(f"{label}: the embedded cfg is not UTF-8 text")
         check_layers(z, meta, cfg_text, label)
         layers = {int(i): LayerQuant(z[f"layer{i}/w_q"], z[f"layer{i}/w_scale"], z[f"layer{i}/b_q"],
                                      float(s), meta["schemes"][i]) for i, s in meta["in_scales"].items()}
-        arrays = {k: z[k] for k in z if k.startswith("calib/")}
+        arrays = read_calibration(z, label)
         try:
             stats = CalibrationStats.from_arrays(arrays) if arrays else None
         except (KeyError, ValueError, TypeError, IndexError) as err:

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.quant.modes import MODES
+from engine.quant.modes import MODES, Mode
 
 
 @dataclass
@@ -39,7 +39,7 @@ class SizeSpeedReport:
     def fits(self, device_ram_bytes: int, flash_bytes: int, latency_budget_ms: float, mode: str = "int") -> dict:
         """Does `mode` fit? Flash holds the parameters (int8 form for hybrid/int); RAM holds the peak
         of live activations; latency is this machine's measured median (scale it for the device)."""
-        params = self.totals["float_bytes"] if mode == "float" else self.totals["int8_bytes"]
+        params = self.totals["float_bytes"] if mode == Mode.FLOAT else self.totals["int8_bytes"]
         ram = self.peak_activation_bytes[mode]
         ms = self.latency_ms(mode)
         checks = {"flash": (params, flash_bytes), "ram": (ram, device_ram_bytes),
@@ -116,7 +116,7 @@ def peak_activations(model, itemsize) -> int:
 def time_layers(model, qmodel, x: np.ndarray, modes: Sequence[str], repeats: int) -> dict[str, np.ndarray]:
     """Median seconds per layer per mode, modes interleaved within each repeat (after one warm-up)."""
     from engine.quant.executor import Executor, Value
-    exs = {m: Executor(model, qmodel if m != "float" else None, m) for m in modes}
+    exs = {m: Executor(model, qmodel if m != Mode.FLOAT else None, m) for m in modes}
     times = {m: np.zeros((repeats, len(model.layers))) for m in modes}
     for r in range(-1, repeats):                # r = -1: warm-up (caches, prepared weights)
         for m, ex in exs.items():

@@ -16,6 +16,7 @@ from engine.darknet.detect import detect_outputs
 from engine.errors import EngineError
 from engine.quant.executor import Executor
 from engine.quant.fitness import detection_agreement, error_stats
+from engine.quant.modes import Mode
 
 
 @dataclass
@@ -56,7 +57,7 @@ def _head_sqnr(model, ref, outs) -> float:
 def sensitivity(session, progress: bool = True, cancel: threading.Event | Callable[[], bool] | None = None
                 ) -> SensitivityTable:
     """Sweep every int8-capable layer (cancellable: set the Event or return True from the callable)."""
-    if session.mode == "float" or session.qmodel is None:
+    if session.mode == Mode.FLOAT or session.qmodel is None:
         raise EngineError("the sensitivity sweep needs HYBRID or INT mode and a quantized model")
     model, pre = session.model, session.pre
     base = Executor(model, session.qmodel, session.mode, ())

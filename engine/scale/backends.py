@@ -8,7 +8,7 @@
 
 A backend maps a task function over batches of images (`map_batches`), broadcasts an object once
 (`share`) and says what a worker loads for a model (`portable`); the algorithms that run on it
-(engine/scale/evaluate.py, engine/quant/compare.py, engine/scale/montecarlo.py) are written once.
+(engine/scale/evaluate.py, engine/scale/compare.py, engine/scale/montecarlo.py) are written once.
 One task is a *batch* of images (a task costs ~2 ms of scheduling here, an image ~0.1-0.3 s).
 Equality: calibration histograms merge exactly (engine/calib/histogram.py) and per-image
 detections are computed by the same code in every backend, so the aggregated numbers
@@ -26,9 +26,10 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from engine.calib.collect import image_list
+from engine.kernels.threads import blas_limit, blas_threads, set_blas_threads  # noqa: F401  (public here too)
 from engine.scale.sources import ModelSource, Payload, as_source, source_of, token
 
 log = logging.getLogger(__name__)
@@ -36,62 +37,7 @@ BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 # ------------------------------------------------------------------------------ BLAS threads
-def _openblas() -> tuple[Callable[[], int], Callable[[int], None]] | None:
-    """(get, set) of the OpenBLAS that NumPy loaded, through ctypes (no threadpoolctl needed)."""
-    import ctypes
-    try:
-        with open("/proc/self/maps") as f:
-            libs = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ln.split()[-1].startswith("/")})
-    except OSError:
-        return None
-    for path in libs:
-        lib = ctypes.CDLL(path)
-        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
-            get, put = f"{prefix}_get_num_threads{suffix}", f"{prefix}_set_num_threads{suffix}"
-            if hasattr(lib, get) and hasattr(lib, put):
-                return getattr(lib, get), getattr(lib, put)
-    return None
-
-
-def set_blas_threads(n: int) -> int:
-    """Limit BLAS threads of this process to `n` (threadpoolctl if installed, else OpenBLAS via
-    ctypes); returns the count now in effect (0 if it cannot be controlled)."""
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(n, user_api="blas")
-    except ImportError:
-        ob = _openblas()
-        if ob is not None:
-            ob[1](int(n))
-    return blas_threads()
-
-
-def blas_threads() -> int:
-    """BLAS threads of this process (0 if unknown)."""
-    try:
-        from threadpoolctl import threadpool_info
-        info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-        return int(info[0]["num_threads"]) if info else 0
-    except ImportError:
-        ob = _openblas()
-        return int(ob[0]()) if ob is not None else 0
-
-
-@contextlib.contextmanager
-def blas_limit(n: int) -> Iterator[int]:
-    """Run a block with `n` BLAS threads, then restore the previous count.
-
-    Integer results (histograms, detections, agreement) do not depend on the BLAS thread count
-    here, but float64 reductions such as the SQNR's dot products may differ in the last bit when
-    OpenBLAS splits them over threads; a reference run that must match single-threaded Dask
-    workers bit for bit uses `with blas_limit(1):`.
-    """
-    before = blas_threads()
-    try:
-        yield set_blas_threads(n)
-    finally:
-        if before:
-            set_blas_threads(before)
+# blas_limit / blas_threads / set_blas_threads: the engine's one control, engine.kernels.threads
 
 
 def threads_per_worker_blas(n_workers: int, cores: int | None = None) -> int:
@@ -283,10 +229,9 @@ def temporary_tls(folder: str | Path) -> tuple[Any, list[str]]:
     sec = Security.temporary()
     folder = Path(folder)
     cert, key = folder / "dask-tls.pem", folder / "dask-tls.key"
+    from engine.atomic import atomic_write
     for path, text in ((cert, sec.tls_ca_file), (key, sec.tls_client_key)):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        atomic_write(path, text, mode=0o600)   # created 0600: the key is never readable by others
     client_sec = Security(tls_ca_file=str(cert), tls_client_cert=str(cert), tls_client_key=str(key),
                           require_encryption=True)
     return client_sec, ["--tls-ca-file", str(cert), "--tls-cert", str(cert), "--tls-key", str(key)]

@@ -15,8 +15,9 @@ from typing import Any, Sequence
 from engine.calib.collect import CalibrationStats, collect
 from engine.darknet.detect import Detection, detect_outputs
 from engine.quant.fitness import Agreement, detection_agreement
-from engine.quant.modes import MODES, Mode
+from engine.quant.modes import MODES, QUANT_MODES, Mode
 from engine.scale.backends import InProcess, label_of, qmodel_ref, shippable_items
+from engine.scale.compare import compare
 from engine.scale.sources import load_source, resolve_qmodel
 
 
@@ -70,7 +71,7 @@ class EvalResult:
         return "\n".join(rows)
 
 
-def evaluate(model_source: Any, qmodel: Any, images, modes: Sequence[str] = ("hybrid", "int"), backend=None,
+def evaluate(model_source: Any, qmodel: Any, images, modes: Sequence[str] = QUANT_MODES, backend=None,
              batch_size: int | None = None, thresh: float = 0.25, nms: float = 0.45, resize: str = "letterbox",
              progress: bool = False) -> EvalResult:
     """FLOAT vs quantized detections per image and `detection_agreement` per mode.
@@ -97,8 +98,7 @@ def compare_distributed(model_source: Any, stats: CalibrationStats, images,
                         methods: Sequence[str] = ("log2", "kl", "minmax", "percentile", "mse"),
                         per_channel: bool = False, backend=None, batch_size: int | None = None,
                         resize: str = "letterbox", progress: bool = False):
-    """`engine.quant.compare.compare` on `backend` (the same algorithm: same numbers, same ranking),
+    """`engine.scale.compare.compare` on `backend` (the same algorithm: same numbers, same ranking),
     for a model given as a source a worker can load (zoo name, path, (cfg, weights), or a Model)."""
-    from engine.quant.compare import compare
     return compare(model_source, stats, images, methods, per_channel=per_channel, resize=resize, progress=progress,
                    backend=backend, batch_size=batch_size)

@@ -141,8 +141,8 @@ def variant_batch(source: Any, qref: Any, sources_ref: Any, modes: tuple[str, ..
         row: dict[str, Any] = {"float_dets": len(truth)}
         for m, run in runners.items():
             a = detection_agreement([truth], [detect_outputs(model, run(pre.x), pre, thresh, nms)])
-            row[m] = {"map50": a.map50, "matched": a.matched, "missed": a.missed, "extra": a.extra,
-                      "mean_iou": a.mean_iou}
+            row[m] = {"map50": a.map50, "map50_95": a.map50_95, "matched": a.matched, "missed": a.missed,
+                      "extra": a.extra, "mean_iou": a.mean_iou}
         rows.append(row)
     return rows
 
@@ -169,9 +169,11 @@ class MonteCarloResult:
         counts, edges = np.histogram(s, bins=bins, range=(0.0, 1.0))
         pct = {f"p{q}": float(np.percentile(s, q)) for q in (5, 25, 50, 75, 95)} if s.size else {}
         errors = {k: int(sum(r[mode or self.modes[-1]][k] for r in self.rows)) for k in ("matched", "missed", "extra")}
+        coco = [r[mode or self.modes[-1]].get("map50_95", np.nan) for r in self.rows]
         return {"mode": mode or self.modes[-1], "n": int(s.size), "mean": float(s.mean()) if s.size else float("nan"),
                 "std": float(s.std()) if s.size else float("nan"), "min": float(s.min()) if s.size else float("nan"),
-                **pct, "perfect": float(np.mean(s == 1.0)) if s.size else float("nan"), **errors,
+                "mean_map50_95": float(np.mean(coco)) if coco else float("nan"), **pct,
+                "perfect": float(np.mean(s == 1.0)) if s.size else float("nan"), **errors,
                 "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}}
 
     def worst(self, k: int | None = None, mode: str | None = None) -> list[tuple[Variant, dict]]:
@@ -188,7 +190,8 @@ class MonteCarloResult:
                  f"{self.seconds:.1f} s"]
         for m in self.modes:
             s = self.summary(m)
-            lines.append(f"{m:<7} mAP50 mean {s['mean']:.3f}  std {s['std']:.3f}  min {s['min']:.3f}  "
+            lines.append(f"{m:<7} mAP50 mean {s['mean']:.3f}  mAP@[.5:.95] {s['mean_map50_95']:.3f}  "
+                         f"std {s['std']:.3f}  min {s['min']:.3f}  "
                          f"p5 {s['p5']:.3f}  p50 {s['p50']:.3f}  perfect {100 * s['perfect']:.0f}%  "
                          f"missed {s['missed']}  extra {s['extra']}")
             counts = " ".join(f"{c}" for c in s["histogram"]["counts"])

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from engine.errors import EditsWouldBeLost, EngineError
+from engine.quant.modes import Mode
 from engine.quant.qmodel import LayerQuant, input_id
 from engine.quant.weights import quantize_bias, quantize_weights
 from engine.session.edits import (Edit, EditError, Journal, apply_region, check_float, check_int8, check_int32,
@@ -124,7 +125,7 @@ class Editor:
     # ------------------------------------------------------------------ targets
     def default_target(self, index: int, mode: str) -> str:
         has_int = self.qmodel is not None and index in self.qmodel.layers
-        return "int8" if mode != "float" and has_int else "float"
+        return "int8" if mode != Mode.FLOAT and has_int else "float"
 
     def _requantized(self, index: int, params: dict[str, np.ndarray]) -> LayerQuant | None:
         """The layer's int8 weights re-derived from edited float params (same scheme, granularity)."""
@@ -203,6 +204,8 @@ class Editor:
                                 f"zero filter {filt}", mode)
 
     def prune(self, index: int, fraction: float, target: str | None, mode: str) -> Edit:
+        fraction = check_number(fraction, f"layer {index}: prune fraction")
+
         def make(w):
             out = w.copy()
             out[prune_mask(w, fraction)] = 0
@@ -212,6 +215,9 @@ class Editor:
 
     @staticmethod
     def _check_filter(index: int, w: np.ndarray, filt: int) -> None:
+        from engine.session.arguments import is_integer
+        if not is_integer(filt):
+            raise EditError(f"layer {index}: filter {filt!r} must be an integer index (0..{w.shape[0] - 1})")
         if not 0 <= int(filt) < w.shape[0]:
             raise EditError(f"layer {index}: filter {filt} does not exist (0..{w.shape[0] - 1})")
 
@@ -220,6 +226,9 @@ class Editor:
         if self.qmodel is None or nid not in self.qmodel.scales:
             raise EditError(f"tensor {nid!r} has no activation scale (quantized model needed)")
         scale = check_number(scale, f"tensor {nid}: scale", positive=True)
+        from engine.quant.qfile import SCALE_MAX, SCALE_MIN
+        if not SCALE_MIN <= scale <= SCALE_MAX:   # 1e-300 would underflow to 0: silently no detections
+            raise EditError(f"tensor {nid}: scale {scale:g} is not plausible; expected [{SCALE_MIN:g}, {SCALE_MAX:g}]")
         readers = [l.index for l in self.model.layers if l.index in self.qmodel.layers and input_id(l) == nid]
         old = self._snapshot((), readers, [nid])
         lqs = {}

@@ -12,13 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from engine.errors import EditError  # noqa: F401  (re-exported; an EngineError since issue 16)
 from engine.quant.qtensor import QMAX
 
 TARGETS = ("float", "int8", "scale")
 
-
-class EditError(ValueError):
-    """An edit that cannot be applied (NaN/Inf, out of int8 range, wrong shape or index)."""
 
 
 @dataclass

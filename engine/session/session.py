@@ -1,15 +1,14 @@
 """The Session: one model + quantized model + image + execution state, stepped layer by layer.
 
-It is the single API the widgets call. Every executed layer's output is kept (float, and int8 +
-scale where the layer ran in int8), so any earlier layer can be inspected. CROSS runs the
-current layer in the other precision on the same inputs; `continue_from` runs the rest of the
-network from either result. Edits are made by the session's Editor (engine/session/editing.py);
-this facade decides which kept outputs they make stale. Sensitivity sweeps live in
+It is the single API the widgets call. Stepping and the kept outputs are its LayerStepper base
+(engine/session/stepping.py, self-contained). CROSS runs the current layer in the other precision
+on the same inputs; `continue_from` runs the rest of the network from either result
+(engine/session/precision.py). Edits are made by the session's Editor (engine/session/editing.py,
+composition); this facade decides which kept outputs they make stale. Sensitivity sweeps live in
 engine/quant/sensitivity.py, the run-record file format in engine/session/records.py.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,19 +16,23 @@ import numpy as np
 
 from engine.darknet.detect import Detection, detect_outputs
 from engine.darknet.image import ImageLike, Preprocessed
-from engine.errors import EditsWouldBeLost, EngineError
-from engine.quant.executor import FLOAT, INT8, Executor, FloatView, LayerRecord, Value
+from engine.errors import ArgumentError, EditsWouldBeLost, EngineError
+from engine.quant.executor import Executor, FloatView, Value
 from engine.quant.fitness import ErrorStats, error_stats
 from engine.quant.modes import Mode
 from engine.quant.qmodel import QuantizedModel
+from engine.session import arguments
 from engine.session.editing import Editor
+from engine.session.calibration import CalibrationCache
+from engine.session.inputs import session_input
 from engine.session.layer_data import calibrator_thresholds, layer_info, layer_weights
+from engine.session.precision import cross_layer, layer_fitness, other_precision, run_rest
 from engine.session.edits import Edit, Journal
-from engine.session.results import ContinueResult, CrossResult, RerunResult, StepResult
-from engine.session.stats import TensorSummary, histogram, summarize
+from engine.session.results import ContinueResult, CrossResult, RerunResult
+from engine.session.stepping import LayerStepper
 
 
-class Session:
+class Session(LayerStepper):
     """Step, inspect, cross-run and customize a model on one image.
 
         s = Session(model, quantized=qm, mode="int", image="dog.jpg")
@@ -42,50 +45,16 @@ class Session:
         from engine.model import Model, load
         if not isinstance(model, Model):
             model = load(model)
-        if quantized is not None and not isinstance(quantized, QuantizedModel):
-            quantized = QuantizedModel.load(quantized)
+        quantized = arguments.quantized(quantized)
+        thresh, nms = arguments.unit_interval(thresh, "thresh"), arguments.unit_interval(nms, "nms")
         # the session edits private copies: edits never reach the caller's model
         self.editor = Editor(model.shallow_copy(), quantized.copy() if quantized is not None else None, model)
+        self.mode = arguments.mode(mode)
+        super().__init__(self._executor(self.mode, float_layers))
         self.resize, self.thresh, self.nms = resize, thresh, nms
-        self._callbacks: dict[str, list[Callable]] = {"step": [], "edit": [], "reset": [], "refresh": []}
-        self.stale_from: int | None = None        # first kept output an edit made stale (refresh() re-runs it)
-        self.mode = Mode(mode).value
-        self.executor = Executor(self.model, self.qmodel, self.mode, float_layers)
-        self.pre: Preprocessed | None = None
-        self.values: list[Value] = []
-        self.records: list[LayerRecord] = []
-        self.timings: list[float] = []
         self._float_ref: list[np.ndarray] | None = None
-        self._calib_cache: tuple = (None, None)     # ((image-set key, model version), CalibrationStats)
+        self._calibration = CalibrationCache()
         self.reset(image)
-
-    # ------------------------------------------------------------------ callbacks
-    def on_step(self, cb: Callable[[StepResult], Any]) -> Callable:
-        self._callbacks["step"].append(cb)
-        return cb
-
-    def on_edit(self, cb: Callable) -> Callable:
-        self._callbacks["edit"].append(cb)
-        return cb
-
-    def on_reset(self, cb: Callable[["Session"], Any]) -> Callable:
-        self._callbacks["reset"].append(cb)
-        return cb
-
-    def on_refresh(self, cb: Callable[[int], Any]) -> Callable:
-        """cb(first) after kept outputs from layer `first` to the position were re-executed (an edit had
-        made them stale: refresh(), rerun(), or anything that refreshes first)."""
-        self._callbacks["refresh"].append(cb)
-        return cb
-
-    def remove_callback(self, cb: Callable) -> None:
-        for cbs in self._callbacks.values():
-            if cb in cbs:
-                cbs.remove(cb)
-
-    def _fire(self, event: str, payload: Any) -> None:
-        for cb in list(self._callbacks[event]):
-            cb(payload)
 
     # ------------------------------------------------------------------ state
     @property
@@ -112,29 +81,23 @@ class Session:
         return self.editor.version
 
     @property
-    def position(self) -> int:
-        """Index of the last executed layer (-1 before the first step)."""
-        return len(self.values) - 1
-
-    @property
-    def done(self) -> bool:
-        return len(self.values) == len(self.model.layers)
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.model.layers)
-
-    @property
     def float_layers(self) -> set[int]:
         return set(self.executor.float_layers)
 
     def set_mode(self, mode: str | Mode, float_layers=None) -> None:
         """Change FLOAT/HYBRID/INT (and the mixed-precision override); restarts execution."""
-        mode = Mode(mode).value
-        self.executor = Executor(self.model, self.qmodel, mode,
-                                 self.executor.float_layers if float_layers is None else float_layers)
+        mode = arguments.mode(mode)
+        self.executor = self._executor(mode, self.executor.float_layers if float_layers is None else float_layers)
         self.mode = mode
         self.reset()
+
+    def _executor(self, mode: str, float_layers) -> Executor:
+        try:
+            return Executor(self.model, self.qmodel, mode, float_layers)
+        except EngineError:
+            raise
+        except (ValueError, TypeError) as err:   # float_layers naming no layer, a wrong type
+            raise ArgumentError(f"float_layers={float_layers!r}: {err}") from None
 
     def set_quantized(self, quantized: QuantizedModel | str | Path | None, *, drop_edits: bool = False) -> int:
         """Switch to another quantized model (or None); restarts execution.
@@ -144,8 +107,7 @@ class Session:
         EditsWouldBeLost unless `drop_edits` (save_quantized() first to keep them). Returns the
         number of dropped edits.
         """
-        if quantized is not None and not isinstance(quantized, QuantizedModel):
-            quantized = QuantizedModel.load(quantized)
+        quantized = arguments.quantized(quantized)
         if quantized is not None:
             quantized.check_matches(self.model)
         dropped = self.editor.check_quantized_edits_may_go(drop_edits)
@@ -190,82 +152,13 @@ class Session:
     def reset(self, image: ImageLike | Preprocessed | None = None) -> None:
         """Back to before layer 0; with `image`, switch to that image (path, array, PIL, tensor)."""
         if image is not None or self.pre is None:
-            self.pre = self._prepare(image)
-            self.image = self._source_image
-            self.image_name = self._source_name
+            self.pre, self.image, self.image_name = session_input(self.model, image, self.resize)
             self._float_ref = None
         self.values, self.records, self.timings = [], [], []
         self.stale_from = None
         self._fire("reset", self)
 
-    def _prepare(self, image) -> Preprocessed:
-        """The network input for `image`; also sets `_source_image`, the decoded original (a PIL image)
-        or None when only a tensor is known, and `_source_name` (the file name, if any)."""
-        from engine.darknet.image import open_image
-        if image is None:
-            from engine.imaging.samples import sample
-            image = sample("dog")
-        self._source_image = None
-        name = image if isinstance(image, (str, Path)) else getattr(image, "filename", None)
-        self._source_name = Path(name).name if name else None
-        if isinstance(image, Preprocessed):
-            return image
-        if isinstance(image, np.ndarray) and image.shape == self.model.input_shape and image.dtype == np.float32:
-            _, h, w = image.shape
-            return Preprocessed(self.model.check_input(image), w, h, "stretch")
-        if not isinstance(image, np.ndarray):
-            image = open_image(image)
-            self._source_image = image
-        return self.model.preprocess(image, self.resize)
-
-    @property
-    def x(self) -> np.ndarray:
-        return self.pre.x
-
     # ------------------------------------------------------------------ execution
-    def _check_index(self, index: int) -> int:
-        index = int(index)
-        if not 0 <= index < self.num_layers:
-            raise EngineError(f"layer {index} does not exist; this model has layers 0..{self.num_layers - 1}")
-        return index
-
-    def _inputs(self, index: int, values: list[Value] | None = None) -> list[Value]:
-        return self.executor.inputs_of(index, Value(f=self.pre.x), self.values if values is None else values)
-
-    def step(self) -> StepResult:
-        """Run the next layer. Raises EngineError at the end of the network."""
-        if self.done:
-            raise EngineError(f"all {self.num_layers} layers have run; reset() to start again")
-        self.refresh()
-        i = len(self.values)
-        t0 = time.perf_counter()
-        value, rec = self.executor.run_layer(i, self._inputs(i))
-        dt = time.perf_counter() - t0
-        self.values.append(value)
-        self.records.append(rec)
-        self.timings.append(dt)
-        layer = self.model.layers[i]
-        result = StepResult(i, str(i), layer.kind, rec.precision, value, rec, dt)
-        self._fire("step", result)
-        return result
-
-    def run_to(self, index: int) -> StepResult:
-        """Execute up to and including layer `index` (restarting if it already ran past it)."""
-        index = self._check_index(index)
-        if index < self.position:
-            self.values, self.records, self.timings = self.values[:index], self.records[:index], self.timings[:index]
-            if self.stale_from is not None and self.stale_from > self.position:
-                self.stale_from = None
-        result = None
-        while self.position < index:
-            result = self.step()
-        if result is None:  # already exactly there
-            self.refresh()
-            rec = self.records[index]
-            result = StepResult(index, str(index), self.model.layers[index].kind, rec.precision, self.values[index],
-                                rec, self.timings[index])
-        return result
-
     def run(self) -> list[Detection]:
         """Run to the end and return the detections."""
         self.refresh()
@@ -278,7 +171,7 @@ class Session:
             raise EngineError(f"detections need a full run: at layer {self.position} of {self.num_layers - 1}; "
                               "call run()")
         self.refresh()
-        return detect_outputs(self.model, FloatView(self.values), self.pre, self.thresh, self.nms)
+        return self._detections_of(self.values)
 
     def float_detections(self) -> list[Detection]:
         return detect_outputs(self.model, self.float_reference(), self.pre, self.thresh, self.nms)
@@ -290,30 +183,6 @@ class Session:
         return self._float_ref
 
     # ------------------------------------------------------------------ inspection
-    def _executed(self, index: int) -> int:
-        index = self._check_index(index)
-        if index > self.position:
-            raise EngineError(f"layer {index} has not run yet (position {self.position}); run_to({index}) first")
-        return index
-
-    def output(self, index: int) -> np.ndarray:
-        """Float view of an executed layer's output (dequantized if it ran in int8). Read-only."""
-        return self.values[self._executed(index)].float()
-
-    def output_q(self, index: int):
-        """The int8 QTensor of an executed layer, or None if it ran in float."""
-        return self.values[self._executed(index)].q
-
-    def inputs(self, index: int) -> list[np.ndarray]:
-        """Float views of the inputs layer `index` reads (its producers' outputs, or the image tensor)."""
-        index = self._check_index(index)
-        if any(0 <= i and i > self.position for i in self.model.layers[index].inputs):
-            raise EngineError(f"the inputs of layer {index} have not all run yet; run_to({index - 1}) first")
-        return [v.float() for v in self._inputs(index)]
-
-    def precision(self, index: int) -> str:
-        return self.executor.precision(self._check_index(index))
-
     def layer_info(self, index: int) -> dict[str, Any]:
         index = self._check_index(index)
         info = layer_info(self.model, self.qmodel, self.executor, index)
@@ -327,28 +196,6 @@ class Session:
         in: the weights and biases the int8 ones approximate) or "int8" (w_q, b_q, w_scale)."""
         return layer_weights(self.model, self.qmodel, self._check_index(index), kind)
 
-    def summary(self, index: int) -> TensorSummary:
-        index = self._executed(index)
-        v, rec = self.values[index], self.records[index]
-        sat = rec.stats.get("saturated") if rec.precision == INT8 else None
-        return summarize(v.float(), v.q.q if v.q is not None else None, sat)
-
-    def histogram(self, index: int, which: str = "output", bins: int = 64, log2: bool = False):
-        """(counts, edges) of a layer's output, first input, or float weights."""
-        index = self._check_index(index)
-        if which == "output":
-            x = self.output(index)
-        elif which == "input":
-            x = self.inputs(index)[0]
-        elif which == "weights":
-            w = self.model.params[index].get("weights")
-            if w is None:
-                raise EngineError(f"layer {index} [{self.model.layers[index].kind}] has no weights")
-            x = w
-        else:
-            raise ValueError(f"which={which!r}: expected output, input or weights")
-        return histogram(x, bins=bins, log2=log2)
-
     def fitness(self, index: int, local: bool = True) -> dict[str, ErrorStats | None]:
         """This layer against the FLOAT run: propagated (the session's output) and local (this layer
         alone in int8 on the FLOAT run's inputs; skipped with local=False, which is much cheaper).
@@ -356,17 +203,8 @@ class Session:
         index = self._executed(index)
         if self.mode == Mode.FLOAT:
             return {"propagated": None, "local": None}
-        ref = self.float_reference()
-        v, rec = self.values[index], self.records[index]
-        sat = rec.stats.get("saturated", 0) + rec.stats.get("input_saturated", 0)
-        prop = error_stats(ref[index], v.float(), v.q.q if v.q is not None else None, sat)
-        local_stats = None
-        if local and self.executor.precision(index) == INT8:
-            floats = [Value(f=y) for y in ref]
-            lv, lrec = self.executor.run_layer(index, self._inputs(index, floats))
-            lsat = lrec.stats.get("saturated", 0) + lrec.stats.get("input_saturated", 0)
-            local_stats = error_stats(ref[index], lv.float(), lv.q.q if lv.q is not None else None, lsat)
-        return {"propagated": prop, "local": local_stats}
+        return layer_fitness(self.executor, index, self.values[index], self.records[index], self.float_reference(),
+                             self._inputs, local)
 
     def thresholds(self, index: int | str) -> dict[str, float]:
         """The calibration threshold every registered method would pick for this tensor."""
@@ -381,21 +219,14 @@ class Session:
         redo bumps the version, so statistics never describe weights the model no longer has.
         `on_image(done, total)` follows the pass.
         """
-        from engine.calib.collect import collect
-        cache_key = (key, self.model_version)
-        if key is not None and self._calib_cache[0] == cache_key:
-            return self._calib_cache[1]
-        stats = collect(self.model, images, resize=self.resize, progress=False, on_image=on_image)
-        if key is not None:
-            self._calib_cache = (cache_key, stats)
-        return stats
+        return self._calibration.stats(self.model, images, self.resize, key, self.model_version, on_image)
 
     def compare_methods(self, images, methods, *, per_channel: bool = True, key: str | None = None,
                         on_progress: Callable[[str, int, int], Any] | None = None):
         """Calibrate once on `images`, quantize with each method, rank them by agreement with FLOAT
-        on the same images (engine.quant.compare). on_progress(phase, done, total), phase
+        on the same images (engine.scale.compare). on_progress(phase, done, total), phase
         "calibrate" (per image) then "compare" (per method). Returns a CompareTable."""
-        from engine.quant.compare import compare
+        from engine.scale.compare import compare
         from engine.calib.collect import image_list
         items = image_list(images)
         on_image = (lambda done, total: on_progress("calibrate", done, total)) if on_progress else None
@@ -418,46 +249,38 @@ class Session:
     @classmethod
     def open_record(cls, path: str | Path) -> "Session":
         """A Session restored from a run record, at the saved position. Raises WeightsError for bad files."""
-        from engine.errors import WeightsError
+        from engine.errors import RecordError
         from engine.session.records import read_record
-        rec = read_record(path)
+        rec = read_record(path)   # every value checked; RecordError naming the file otherwise
         meta = rec.meta
-        session = cls(rec.model, rec.qmodel, meta["mode"], rec.pre, resize=meta["resize"],
-                      float_layers=meta["float_layers"], thresh=meta["thresh"], nms=meta["nms"])
+        try:
+            session = cls(rec.model, rec.qmodel, meta["mode"], rec.pre, resize=meta["resize"],
+                          float_layers=meta["float_layers"], thresh=meta["thresh"], nms=meta["nms"])
+            if rec.image_png is not None:
+                from engine.darknet.image import open_image
+                session.image = open_image(rec.image_png, name=f"{path}:image_png")
+        except (EngineError, ValueError) as err:   # e.g. an int mode without a quantized model
+            raise RecordError(f"{path}: the record does not describe a valid session: {err}") from None
         session.history = meta["edits"]
         session.image_name = meta.get("image_name")
-        if rec.image_png is not None:
-            from engine.darknet.image import open_image
-            session.image = open_image(rec.image_png)
         session.saved = meta
         if meta["position"] >= 0:
             try:
                 session.run_to(meta["position"])
             except EngineError as err:
-                raise WeightsError(f"{path}: the record does not replay: {err}") from err
+                raise RecordError(f"{path}: the record does not replay: {err}") from err
         return session
 
     # ------------------------------------------------------------------ CROSS
     def other_precision(self, index: int) -> str:
-        return INT8 if self.executor.precision(index) == FLOAT else FLOAT
+        return other_precision(self.executor, index)
 
     def cross(self, index: int | None = None) -> CrossResult:
         """Run layer `index` (default: the current one) in the other precision on the same inputs."""
         index = self.position if index is None else self._executed(index)
         if index < 0:
             raise EngineError("nothing has run yet: step() first, then CROSS the current layer")
-        other = self.other_precision(index)
-        if other == INT8:
-            if self.qmodel is None:
-                raise EngineError("CROSS to int8 needs a quantized model (Session(quantized=...))")
-            if not self.executor.has_int_path(index, Mode.HYBRID if self.mode == Mode.HYBRID else Mode.INT8):
-                kind = self.model.layers[index].kind
-                raise EngineError(f"layer {index} [{kind}] has no int8 path in {self.mode} mode (it always runs float)")
-        v_other, rec_other = self.executor.run_layer(index, self._inputs(index), other)
-        y, y_other = self.values[index].float(), v_other.float()
-        return CrossResult(index, self.records[index].precision, other, y, y_other, v_other, rec_other,
-                           error_stats(y, y_other, v_other.q.q if v_other.q is not None else None,
-                                       rec_other.stats.get("saturated", 0)))
+        return cross_layer(self.executor, index, self._inputs(index), self.values[index], self.records[index])
 
     def continue_from(self, source: str = "other", index: int | None = None) -> ContinueResult:
         """Run the rest of the network from layer `index`'s output ("this") or its CROSS result
@@ -467,12 +290,11 @@ class Session:
             raise ValueError(f"source={source!r}: expected 'this' or 'other'")
         self.refresh()
         first = self.cross(index).value_other if source == "other" else self.values[index]
-        values = list(self.values[:index]) + [first]
-        for i in range(index + 1, self.num_layers):
-            v, _ = self.executor.run_layer(i, self._inputs(i, values))
-            values.append(v)
-        dets = detect_outputs(self.model, FloatView(values), self.pre, self.thresh, self.nms)
-        return ContinueResult(source, index, dets, values)
+        values = run_rest(self.executor, self.values[:index] + [first], self._inputs)
+        return ContinueResult(source, index, self._detections_of(values), values)
+
+    def _detections_of(self, values: list[Value]) -> list[Detection]:
+        return detect_outputs(self.model, FloatView(values), self.pre, self.thresh, self.nms)
 
     # ------------------------------------------------------------------ edits (made by self.editor)
     def _edited(self, edit: Edit) -> Edit:
@@ -529,20 +351,6 @@ class Session:
         """(applied, undone but redoable) int8 / scale edits: what a change of quantized model drops."""
         return self.editor.quantized_edit_counts()
 
-    def refresh(self) -> int | None:
-        """Re-execute the executed layers an edit (or undo / redo) made stale, from the first one
-        to the current position, so every kept output reflects the current parameters. Returns the
-        first re-executed layer (None if nothing was stale). step(), run(), detections(),
-        continue_from() and save_record() call it first, so results never mix old and new weights."""
-        first = self.stale_from
-        if first is None:
-            return None
-        for i in range(first, self.position + 1):
-            self.values[i], self.records[i] = self.executor.run_layer(i, self._inputs(i))
-        self.stale_from = None
-        self._fire("refresh", first)
-        return first
-
     def rerun(self, continue_to_end: bool = False) -> RerunResult:
         """Re-execute the current layer with the edits on the same inputs; diff against before.
 
@@ -554,10 +362,7 @@ class Session:
         before = self.values[i].float()
         dets_before = None
         if continue_to_end:  # the old outputs carried through the rest of the network, stale or not
-            values = list(self.values)
-            for j in range(len(values), self.num_layers):
-                values.append(self.executor.run_layer(j, self._inputs(j, values))[0])
-            dets_before = detect_outputs(self.model, FloatView(values), self.pre, self.thresh, self.nms)
+            dets_before = self._detections_of(run_rest(self.executor, self.values, self._inputs))
         # layer i runs again whatever it was; an edit of an earlier layer reaches it through the
         # layers in between, which refresh() re-executes with it
         self.stale_from = i if self.stale_from is None else min(i, self.stale_from)

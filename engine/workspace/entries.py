@@ -5,9 +5,9 @@ Used by `engine.workspace.store`; content checks live in `engine.workspace.uploa
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from engine.workspace.uploads import (IMAGE_EXTS, TEXT_EXTS, Limits, WorkspaceError, check_cfg, check_image,
                             check_json, check_name, check_npz, check_size, check_text,
@@ -25,6 +25,38 @@ ALLOWED = {
     "imageset": IMAGE_EXTS,
     "record": (".json", ".csv", ".txt", ".log", ".md", ".npz") + IMAGE_EXTS,
 }
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Metadata of one workspace entry, as stored in the index.
+
+    `sha256` is the file's hash for one-file entries; for several files it is the sha256 of the
+    `sha256sum`-style manifest (`"<hex>  <file>\\n"` lines sorted by file name). `path` is the
+    entry's folder relative to the workspace root.
+    """
+    name: str
+    kind: str
+    created: str                       # ISO 8601, UTC
+    source: str                        # where it came from: upload file name, import path, parent
+    method: str                        # how it was made: upload, import, augment, quantize:<calib>...
+    parent: str | None                 # entry it was derived from (customized/quantized models)
+    files: tuple[str, ...]
+    size: int                          # bytes, all files
+    sha256: str
+    path: str
+    checksums: Mapping[str, str] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["files"], d["checksums"], d["meta"] = list(self.files), dict(self.checksums), dict(self.meta)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Entry":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**{**known, "files": tuple(d.get("files", ()))})
 
 
 @dataclass
@@ -60,8 +92,11 @@ def check_entry_files(name: str, kind: str, files: Mapping[str, bytes], limits: 
     if not files:
         raise WorkspaceError(f"entry {name!r}: no files given")
     clean: dict[str, bytes] = {}
-    for fname, data in files.items():
-        fname = check_name(fname, f"entry {name!r}: file name")
+    for raw, data in files.items():
+        fname = check_name(raw, f"entry {name!r}: file name")
+        if fname in clean:  # 'café' typed two ways would silently become one file
+            raise WorkspaceError(f"entry {name!r}: file names {raw!r} and another one are the same name after "
+                                 "Unicode NFC normalisation; rename one")
         ext = extension(fname)
         if ext not in ALLOWED[kind]:
             raise WorkspaceError(f"entry {name!r}: file {fname!r} has type {ext or '(none)'!r}; "
@@ -95,8 +130,13 @@ def group_uploads(uploads: Mapping[str, bytes], kind: str | None, limits: Limits
     if not uploads:
         raise WorkspaceError("upload: no files")
     by_ext: dict[str, dict[str, bytes]] = {}
-    for fname, data in uploads.items():
-        fname = check_name(fname, "uploaded file name")
+    seen: set[str] = set()
+    for raw, data in uploads.items():
+        fname = check_name(raw, "uploaded file name")
+        if fname in seen:
+            raise WorkspaceError(f"upload: file names {raw!r} and another one are the same name after Unicode "
+                                 "NFC normalisation; rename one")
+        seen.add(fname)
         by_ext.setdefault(_upload_class(fname), {})[fname] = bytes(data)
     groups: list[Group] = []
     images = by_ext.pop("image", {})

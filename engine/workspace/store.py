@@ -15,27 +15,33 @@ then commits the index; a writer killed at any moment leaves the old entry and a
 entry (overwrite=True) gives the new folder a fresh name and removes the old one only after the
 commit. A rename is journaled (`moving_from`) and rolled forward by the next writer if it died.
 Nothing is deleted except by `delete(name, confirm=True)` and the replaced folder of an overwrite.
+An overwrite is journaled too (`pending` in the index: new and old folder): whichever folder the
+index does not reference when the next writer (or `Workspace()`) finds the journal is removed, so
+a killed overwrite never leaves an orphaned entry folder. Temp files and staging folders of dead
+writers are reclaimed on open and by every transaction.
+
+Isolation (engine.workspace.paths): entry files are read with O_NOFOLLOW at every component, folders
+written into must be real directories, names and paths read back from the index are validated like
+user input. Names are NFC-normalised at every public method; names that differ only by
+normalisation are refused, never merged. See docs/reliability.md.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import secrets
-import shutil
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from engine.atomic import atomic_write, file_lock, fsync_dir, pid_alive, sweep_temp_files
 from engine.workspace.uploads import (Limits, WorkspaceError, check_name, check_size)
-from engine.workspace.entries import KINDS, check_entry_files, group_uploads, read_import
+from engine.workspace.entries import KINDS, Entry, check_entry_files, group_uploads, read_import
+from engine.workspace.folders import combined, now, rmtree, stage_files
+from engine.workspace.paths import check_entry_record, is_plain_file, nfc, read_file, real_dir, tree_has_links
 
-__all__ = ["Entry", "KINDS", "Limits", "Workspace", "WorkspaceError", "atomic_write",
-           "default_root", "ensure_tutorials"]
+__all__ = ["Entry", "KINDS", "Limits", "Workspace", "WorkspaceError", "atomic_write", "default_root"]
 
 log = logging.getLogger(__name__)
 INDEX, LOCK, STAGING = ".qw-index.json", ".qw-index.lock", ".qw-staging"
@@ -46,38 +52,6 @@ def default_root() -> Path:
     """`$QW_WORKSPACE` if set, else `~/qwidgets-workspace`."""
     env = os.environ.get("QW_WORKSPACE")
     return Path(env).expanduser() if env else Path.home() / "qwidgets-workspace"
-
-
-@dataclass(frozen=True)
-class Entry:
-    """Metadata of one workspace entry, as stored in the index.
-
-    `sha256` is the file's hash for one-file entries; for several files it is the sha256 of the
-    `sha256sum`-style manifest (`"<hex>  <file>\\n"` lines sorted by file name). `path` is the
-    entry's folder relative to the workspace root.
-    """
-    name: str
-    kind: str
-    created: str                       # ISO 8601, UTC
-    source: str                        # where it came from: upload file name, import path, parent
-    method: str                        # how it was made: upload, import, augment, quantize:<calib>...
-    parent: str | None                 # entry it was derived from (customized/quantized models)
-    files: tuple[str, ...]
-    size: int                          # bytes, all files
-    sha256: str
-    path: str
-    checksums: Mapping[str, str] = field(default_factory=dict)
-    meta: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["files"], d["checksums"], d["meta"] = list(self.files), dict(self.checksums), dict(self.meta)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Entry":
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**{**known, "files": tuple(d.get("files", ()))})
 
 
 class Workspace:
@@ -100,41 +74,93 @@ class Workspace:
             # not changed behind the user's back, but on a shared server this leaks their files
             log.warning("workspace root %s is readable by other users (mode %o); chmod 700 it",
                         self.root, self.root.stat().st_mode & 0o777)
+        self._recover()
+
+    def _recover(self) -> None:
+        """Reclaim what killed writers left (temp files, staging folders, a half-done overwrite or
+        rename). Best effort: a read-only or broken workspace is reported by the first real call."""
+        try:
+            self._sweep()
+            doc = self._read_doc()
+            if doc.get("pending") or any(isinstance(d, dict) and "moving_from" in d
+                                         for d in doc["entries"].values()):
+                with self._transaction():
+                    pass
+        except (OSError, WorkspaceError) as err:
+            log.warning("workspace %s: recovery skipped: %s", self.root, err)
 
     # ----- reading -------------------------------------------------------------------------
     def list(self, kind: str | None = None) -> list[Entry]:
         """Entries sorted by name, optionally only one kind."""
         if kind is not None and kind not in KINDS:
             raise WorkspaceError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
-        entries = (Entry.from_dict(d) for d in self._read_index().values())
+        entries = []
+        for name, d in self._read_index().items():
+            try:
+                entries.append(self._entry(name, d))
+            except WorkspaceError as err:   # one hand-damaged entry must not hide the others
+                log.warning("%s", err)
         return sorted((e for e in entries if kind in (None, e.kind)), key=lambda e: e.name)
 
     def info(self, name: str) -> Entry:
         """Metadata of entry `name`."""
+        name = nfc(name)
         index = self._read_index()
         if name not in index:
             raise WorkspaceError(f"entry {name!r}: not in workspace {self.root} "
                                  f"(entries: {', '.join(sorted(index)[:10]) or 'none'})")
-        return Entry.from_dict(index[name])
+        return self._entry(name, index[name])
 
     def exists(self, name: str) -> bool:
-        return name in self._read_index()
+        return nfc(name) in self._read_index()
+
+    def _entry(self, name: str, d: Any) -> Entry:
+        check_entry_record(name, d, KINDS, str(self.root / INDEX))
+        return Entry.from_dict({**d, "name": name})
 
     def path_of(self, name: str, file: str | None = None) -> Path:
         """Folder of entry `name`, or one of its files (default: the only file of a one-file entry)."""
         entry = self.info(name)
         folder = self._folder(entry)
+        files = entry.files if file is None and len(entry.files) > 1 else [self._pick(entry, file, folder=True)]
+        for f in files:  # a path handed out must not lead through a link out of the root
+            if not is_plain_file(self.root, entry.path, f, f"entry {entry.name!r}") and os.path.lexists(folder / f):
+                raise WorkspaceError(f"entry {entry.name!r}: file {f!r} is not a regular file")
+        if file is None and len(entry.files) > 1:
+            if tree_has_links(folder):
+                raise WorkspaceError(f"entry {entry.name!r}: its folder holds a symlink; refused")
+            return folder
+        return folder / files[0]
+
+    def _pick(self, entry: Entry, file: str | None, folder: bool = False) -> str:
         if file is None:
-            return folder / entry.files[0] if len(entry.files) == 1 else folder
-        if file not in entry.files:
-            raise WorkspaceError(f"entry {name!r}: has no file {file!r} (files: {', '.join(entry.files)})")
-        return folder / file
+            if len(entry.files) != 1 and not folder:
+                raise WorkspaceError(f"entry {entry.name!r}: has {len(entry.files)} files; pass file=")
+            return entry.files[0]
+        if nfc(file) not in entry.files:
+            raise WorkspaceError(f"entry {entry.name!r}: has no file {file!r} (files: {', '.join(entry.files)})")
+        return nfc(file)
 
     def read_bytes(self, name: str, file: str | None = None) -> bytes:
-        path = self.path_of(name, file)
-        if path.is_dir():
-            raise WorkspaceError(f"entry {name!r}: has {len(self.info(name).files)} files; pass file=")
-        return path.read_bytes()
+        """One file of entry `name` (symlinks refused). Never a raw FileNotFoundError (see _read_files)."""
+        _, files = self._read_files(name, lambda entry: [self._pick(entry, file)])
+        return next(iter(files.values()))
+
+    def _read_files(self, name: str, which) -> tuple[Entry, dict[str, bytes]]:
+        """Entry `name` and its files `which(entry)`, all of one version: if a concurrent overwrite
+        replaced the entry's folder after the index was read, the index is read again."""
+        limit = max(self.limits.weights, self.limits.record, self.limits.image, self.limits.cfg)
+        for _ in range(8):
+            entry = self.info(name)
+            files = which(entry)
+            self._folder(entry)
+            try:
+                return entry, {f: read_file(self.root, entry.path, f, limit, f"entry {entry.name!r}") for f in files}
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise WorkspaceError(f"entry {entry.name!r}: cannot read its files: {err.strerror or err}") from None
+        raise WorkspaceError(f"entry {name!r}: its files were replaced or deleted while reading; try again")
 
     # ----- adding --------------------------------------------------------------------------
     def save_bytes(self, name: str, kind: str, files: Mapping[str, bytes], *, source: str = "",
@@ -164,14 +190,16 @@ class Workspace:
         model, `.json`/`.csv`/`.txt` a record. Everything is validated before anything is saved.
         """
         groups = group_uploads(uploads, kind, self.limits)
+        name = nfc(name)
         if name is not None:
             if len(groups) != 1:
                 raise WorkspaceError(f"name {name!r}: the upload makes {len(groups)} entries "
                                      f"({', '.join(g.name for g in groups)}); a name fits only one")
             groups[0].name = name
-        names = [g.name for g in groups]
         for g in groups:
             g.name = check_name(g.name, "entry name")
+        names = [g.name for g in groups]
+        for g in groups:
             if names.count(g.name) > 1:
                 raise WorkspaceError(f"upload: several files would become entry {g.name!r}; "
                                      "upload them separately or as one image set")
@@ -197,19 +225,20 @@ class Workspace:
     # ----- changing ------------------------------------------------------------------------
     def rename(self, old: str, new: str) -> Entry:
         """Rename entry `old` to `new` (its folder moves too); `new` must not exist."""
-        new = check_name(new, "new entry name")
+        new, old = check_name(new, "new entry name"), nfc(old)
         with self._transaction() as index:
             if old not in index:
                 raise WorkspaceError(f"entry {old!r}: not in workspace {self.root}; cannot rename")
             if new in index:
                 raise WorkspaceError(f"entry {new!r}: already exists; cannot rename {old!r} to it")
-            d = dict(index[old])
+            d = dict(self._entry(old, index[old]).to_dict())
             src = d["path"]
             src_folder = self._inside(src)    # refuse a bad index path before changing anything
             d.update(name=new, path=self._free_path(d["kind"], new), moving_from=src)
             del index[old]
             index[new] = d
             self._write_index(index)          # journal first: a crash here is rolled forward
+            real_dir(self.root, KINDS[d["kind"]])
             os.rename(src_folder, self.root / d["path"])
             del d["moving_from"]
             self._write_index(index)
@@ -217,12 +246,13 @@ class Workspace:
 
     def delete(self, name: str, *, confirm: bool = False) -> Entry:
         """Delete entry `name` and its files. Refused unless `confirm=True` is passed."""
+        name = nfc(name)
         if confirm is not True:
             raise WorkspaceError(f"entry {name!r}: delete needs confirm=True; nothing was deleted")
         with self._transaction() as index:
             if name not in index:
                 raise WorkspaceError(f"entry {name!r}: not in workspace {self.root}; nothing deleted")
-            self._inside(index[name]["path"])  # refuse a bad index path before changing anything
+            self._entry(name, index[name])    # refuse a bad index record before changing anything
             d = index.pop(name)
             self._write_index(index)          # unindex first: a crash leaves files, never a dangling entry
             self._remove_folder(d["path"])
@@ -231,19 +261,23 @@ class Workspace:
     def export(self, name: str, dest: str | os.PathLike | None = None) -> Path:
         """Write `<dest>/<name>.zip` (files + `qwidgets-entry.json` metadata); default dest `<root>/exports`."""
         filename, data = self.export_bytes(name)
-        folder = Path(dest).expanduser() if dest is not None else self.root / "exports"
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if dest is None:
+            folder = real_dir(self.root, "exports")
+        else:
+            folder = Path(dest).expanduser()
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         return atomic_write(folder / filename, data)
 
     def export_bytes(self, name: str) -> tuple[str, bytes]:
         """(`<name>.zip`, zip bytes) of entry `name`, for a download link."""
         import io
         import zipfile
-        entry = self.info(name)
+        entry, files = self._read_files(name, lambda e: e.files)
+        name = entry.name                      # validated: a plain, NFC, single path component
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for f in entry.files:
-                zf.write(self._folder(entry) / f, f"{name}/{f}")
+            for f, data in files.items():
+                zf.writestr(f"{name}/{f}", data)
             zf.writestr(f"{name}/qwidgets-entry.json", json.dumps(entry.to_dict(), indent=1))
         return f"{name}.zip", buf.getvalue()
 
@@ -252,54 +286,66 @@ class Workspace:
                       parent: str | None = None, meta: Mapping[str, Any] | None = None,
                       overwrite: bool = False) -> Entry:
         """Store files that `check_entry_files` has already accepted."""
+        parent = nfc(parent)
         if parent is not None and not self.exists(parent):
             raise WorkspaceError(f"entry {name!r}: parent {parent!r} is not in the workspace")
         if not overwrite and self.exists(name):
             raise WorkspaceError(f"entry {name!r}: already exists; pass overwrite=True or pick another name")
-        stage, checksums = self._stage(clean)
-        fields = dict(name=name, kind=kind, created=_now(), source=source, method=method, parent=parent,
+        stage, checksums = stage_files(real_dir(self.root, STAGING), clean)
+        fields = dict(name=name, kind=kind, created=now(), source=source, method=method, parent=parent,
                       files=tuple(sorted(clean)), size=sum(len(b) for b in clean.values()),
-                      sha256=_combined(checksums), checksums=checksums, meta=dict(meta or {}))
+                      sha256=combined(checksums), checksums=checksums, meta=dict(meta or {}))
         try:
             return self._commit(stage, fields, overwrite)
         finally:
             if stage.exists():
-                shutil.rmtree(stage, ignore_errors=True)
+                rmtree(stage)
 
-    def _inside(self, rel: str) -> Path:
-        """Root-relative folder path from the index, refused if it leads out of the root.
+    def _inside(self, rel: object) -> Path:
+        """Root-relative entry folder from the index (`<kind folder>/<name>`), refused otherwise.
 
         The index is a plain file the user (or a bug) can edit: a path such as `../../x` must
         never be read, moved or deleted.
         """
-        folder = (self.root / rel).resolve()
-        root = self.root.resolve()
-        if folder == root or not folder.is_relative_to(root):
+        parts = rel.split("/") if isinstance(rel, str) else []
+        if (len(parts) != 2 or parts[0] not in KINDS.values() or parts[1] in ("", ".", "..")
+                or parts[1].startswith(".") or "\\" in parts[1] or "\x00" in parts[1]):
             raise WorkspaceError(f"index path {rel!r} is outside the workspace {self.root}; fix {INDEX}")
-        return folder
+        return self.root / parts[0] / parts[1]
 
     def _folder(self, entry: Entry) -> Path:
-        if not all("/" not in f and f not in ("", ".", "..") for f in entry.files):
-            raise WorkspaceError(f"entry {entry.name!r}: file names {entry.files} in {INDEX} are not plain names")
-        return self._inside(entry.path)
+        folder = self._inside(entry.path)
+        if os.path.islink(folder):
+            raise WorkspaceError(f"entry {entry.name!r}: its folder {entry.path} is a symlink; refused")
+        return folder
 
     def _read_index(self) -> dict[str, dict]:
+        return self._read_doc()["entries"]
+
+    def _read_doc(self) -> dict:
         try:
-            raw = (self.root / INDEX).read_text("utf-8")
+            with os.fdopen(os.open(self.root / INDEX, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+                raw = f.read()       # never through a link (e.g. to another user's index)
         except FileNotFoundError:
-            return {}
+            return {"entries": {}, "pending": []}
+        except OSError as err:
+            raise WorkspaceError(f"{self.root / INDEX}: cannot read the workspace index: {err.strerror or err}") from None
         try:
-            doc = json.loads(raw)
+            doc = json.loads(raw.decode("utf-8"))
             if doc.get("format") != FORMAT or not isinstance(doc.get("entries"), dict):
                 raise ValueError(f"expected format {FORMAT!r} with an 'entries' object")
-        except (ValueError, AttributeError) as err:
+        except (ValueError, AttributeError, RecursionError) as err:
             # never overwrite an index we cannot read: it is the only record of the entries
             raise WorkspaceError(f"{self.root / INDEX}: unreadable workspace index ({err}); "
                                  "fix or move it away") from err
-        return doc["entries"]
+        if not isinstance(doc.get("pending"), list):
+            doc["pending"] = []
+        return doc
 
-    def _write_index(self, index: Mapping[str, dict]) -> None:
+    def _write_index(self, index: Mapping[str, dict], pending: list | None = None) -> None:
         doc = {"format": FORMAT, "version": 1, "entries": dict(sorted(index.items()))}
+        if pending:
+            doc["pending"] = pending
         atomic_write(self.root / INDEX, json.dumps(doc, indent=1, ensure_ascii=False), mode=0o600)
 
     @contextlib.contextmanager
@@ -308,11 +354,12 @@ class Workspace:
         try:
             with file_lock(self.root / LOCK, timeout=60):
                 self._sweep()
-                index = self._read_index()
-                if self._roll_forward(index):
+                doc = self._read_doc()
+                index = doc["entries"]
+                if self._roll_forward(index) | self._finish_pending(index, doc["pending"]):
                     self._write_index(index)
                 yield index  # the block writes the index itself, at its commit point
-        except TimeoutError as err:
+        except OSError as err:   # lock timeout, a linked lock file, a failed rename: one clear error
             raise WorkspaceError(f"workspace {self.root}: {err}") from err
 
     def _roll_forward(self, index: dict[str, dict]) -> bool:
@@ -326,33 +373,30 @@ class Workspace:
                 os.rename(self._inside(src), self._inside(d["path"]))
         return changed
 
-    def _sweep(self) -> None:
-        """Remove staging folders and index temp files left by writers that were killed."""
-        sweep_temp_files(self.root)
-        staging = self.root / STAGING
-        for p in staging.glob("*") if staging.exists() else ():
-            pid = p.name.split("-", 1)[0]
-            if pid.isdigit() and not pid_alive(int(pid)):
-                shutil.rmtree(p, ignore_errors=True)
+    def _finish_pending(self, index: dict[str, dict], pending: list) -> bool:
+        """Finish or undo saves whose writer died: remove whichever folder the index does not use."""
+        referenced = {d.get("path") for d in index.values() if isinstance(d, dict)}
+        for p in pending:
+            if not isinstance(p, dict):
+                continue
+            entry = index.get(p.get("name"))
+            committed = isinstance(entry, dict) and entry.get("path") == p.get("new")
+            garbage = p.get("old") if committed else p.get("new")
+            if isinstance(garbage, str) and garbage not in referenced:
+                with contextlib.suppress(WorkspaceError):
+                    if os.path.lexists(self._inside(garbage)):
+                        log.warning("removing %s left by an interrupted save of %r", garbage, p.get("name"))
+                        self._remove_folder(garbage)
+        return bool(pending)
 
-    def _stage(self, files: Mapping[str, bytes]) -> tuple[Path, dict[str, str]]:
-        staging = self.root / STAGING
-        staging.mkdir(exist_ok=True, mode=0o700)
-        stage = staging / f"{os.getpid()}-{secrets.token_hex(6)}"
-        stage.mkdir(mode=0o700)
-        checksums = {}
-        for fname, data in sorted(files.items()):
-            digest = hashlib.sha256()
-            with open(stage / fname, "xb") as f:
-                view = memoryview(data)
-                for i in range(0, len(view), 1 << 20):  # chunks: hashing and writing interleave
-                    digest.update(view[i:i + (1 << 20)])
-                    f.write(view[i:i + (1 << 20)])
-                f.flush()
-                os.fsync(f.fileno())
-            checksums[fname] = digest.hexdigest()
-        fsync_dir(stage)
-        return stage, checksums
+    def _sweep(self) -> None:
+        """Remove staging folders and temp files left by writers that were killed (pid gone)."""
+        sweep_temp_files(self.root)
+        staging = real_dir(self.root, STAGING, create=False)
+        for p in staging.iterdir() if staging.exists() else ():
+            pid = p.name.split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+                rmtree(p)
 
     def _commit(self, stage: Path, fields: dict, overwrite: bool) -> Entry:
         with self._transaction() as index:
@@ -360,66 +404,34 @@ class Workspace:
             if old is not None and not overwrite:
                 raise WorkspaceError(f"entry {fields['name']!r}: already exists (created meanwhile by "
                                      "another writer); pass overwrite=True or pick another name")
+            if old is not None:
+                self._entry(fields["name"], old)  # a bad index record is never deleted from
             rel = self._free_path(fields["kind"], fields["name"])
-            (self.root / rel).parent.mkdir(exist_ok=True, mode=0o700)
+            real_dir(self.root, KINDS[fields["kind"]])
+            # journal first: if killed below, the next writer removes whichever folder is unused
+            journal = [{"name": fields["name"], "new": rel, "old": old["path"] if old else None}]
+            self._write_index(index, journal)
             os.rename(stage, self.root / rel)
             fsync_dir((self.root / rel).parent)
             entry = Entry(path=rel, **fields)
             index[entry.name] = entry.to_dict()
-            self._write_index(index)
+            self._write_index(index, journal)  # the commit point
             if old is not None:
                 self._remove_folder(old["path"])
+            self._write_index(index)
         return entry
 
     def _free_path(self, kind: str, name: str) -> str:
         rel = f"{KINDS[kind]}/{name}"
-        while (self.root / rel).exists():    # a replaced entry or a crash leftover holds the name
+        while os.path.lexists(self.root / rel):  # a replaced entry or a crash leftover holds the name
             rel = f"{KINDS[kind]}/{name}~{secrets.token_hex(3)}"
         return rel
 
     def _remove_folder(self, rel: str) -> None:
         folder = self._inside(rel)
-        if folder.exists():
-            trash = self.root / STAGING / f"{os.getpid()}-trash-{secrets.token_hex(6)}"
-            trash.parent.mkdir(exist_ok=True, mode=0o700)
+        if os.path.lexists(folder):
+            trash = real_dir(self.root, STAGING) / f"{os.getpid()}-trash-{secrets.token_hex(6)}"
             os.rename(folder, trash)          # atomic; the slow rmtree happens out of sight
-            shutil.rmtree(trash, ignore_errors=True)
+            rmtree(trash)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _combined(checksums: Mapping[str, str]) -> str:
-    if len(checksums) == 1:
-        return next(iter(checksums.values()))
-    manifest = "".join(f"{h}  {f}\n" for f, h in sorted(checksums.items()))
-    return hashlib.sha256(manifest.encode("utf-8")).hexdigest()
-
-
-def ensure_tutorials(src_dir: str | os.PathLike, workspace: Workspace | None = None,
-                     subdir: str = "tutorials") -> list[Path]:
-    """Copy the tutorial files of `src_dir` into `<workspace>/<subdir>/` if not there yet.
-
-    Meant for first use on a shared hub: the shared copy is read-only, the user's copy is theirs
-    (mode 0600) and is never overwritten, so their edits survive later calls. Hidden files and
-    checkpoints are skipped. Returns the files copied by this call.
-    Raises: WorkspaceError if `src_dir` is not a readable directory.
-    """
-    src = Path(src_dir)
-    if not src.is_dir():
-        raise WorkspaceError(f"tutorials source {src}: not a directory")
-    ws = workspace or Workspace()
-    dest_root = ws.root / check_name(subdir, "tutorials folder")
-    copied = []
-    for f in sorted(src.rglob("*")):
-        rel = f.relative_to(src)
-        if any(part.startswith(".") for part in rel.parts) or not f.is_file():
-            continue
-        target = dest_root / rel
-        if target.exists():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        check_size(str(f), f.stat().st_size, ws.limits.record, "tutorial file")
-        copied.append(atomic_write(target, f.read_bytes(), mode=0o600))
-    return copied

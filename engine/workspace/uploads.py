@@ -115,17 +115,22 @@ def check_weights(label: str, data: bytes, limits: Limits) -> None:
 
 
 def check_npz(label: str, data: bytes, limits: Limits, limit: int | None = None) -> None:
-    """An engine model / record .npz: a zip archive whose members are all .npy arrays."""
-    check_size(label, len(data), limit or limits.weights, "npz")
+    """An engine model / record .npz: a zip archive whose members are all .npy arrays (no pickled
+    objects), each .npy header declaring exactly the bytes its member holds, and at most 4x the
+    file limit uncompressed in all (a compressed member declaring gigabytes is refused unread)."""
+    from engine.errors import WeightsError
+    from engine.npzfile import NpzReader
+    limit = limit or limits.weights
+    check_size(label, len(data), limit, "npz")
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError) as err:
-        raise WorkspaceError(f"{label}: not a NumPy .npz archive ({err})") from err
-    bad = [n for n in names if not n.endswith(".npy")]
-    if not names or bad:
-        raise WorkspaceError(f"{label}: expected an .npz holding only .npy arrays, found "
-                             f"{bad[:3] or 'no members'}")
+        with NpzReader(bytes(data), label, what="NumPy .npz archive") as r:
+            total = sum(r.nbytes(k) for k in r.keys())
+    except WeightsError as err:
+        reason = str(err).removeprefix(f"{label}: ")
+        raise WorkspaceError(f"{label}: not a NumPy .npz archive the engine accepts ({reason})") from None
+    if total > 4 * limit:
+        raise WorkspaceError(f"{label}: its arrays hold {total} bytes uncompressed, more than 4x the npz "
+                             f"limit of {limit} bytes (possible zip bomb)")
 
 
 def check_image(label: str, data: bytes, limits: Limits) -> None:
@@ -146,7 +151,7 @@ def check_json(label: str, data: bytes, limit: int) -> None:
     check_size(label, len(data), limit, "JSON file")
     try:
         json.loads(_utf8(label, data, "a JSON document"))
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise WorkspaceError(f"{label}: not valid JSON ({err})") from err
 
 

@@ -19,7 +19,7 @@ import time
 import pytest
 from PIL import Image
 
-from test_model_view_browser import KERNEL_IDLE, drawn_fraction, kernel_line, rerun_cell, run_all
+from notebook_page import KERNEL_IDLE, drawn_fraction, kernel_line, rerun_cell, run_all
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 import engine
 from engine.session.edits import EditError, check_int8
-from engine.errors import CfgError, EngineError, ImageError, UnsupportedError, WeightsError
+from engine.errors import ArgumentError, CfgError, EngineError, ImageError, UnsupportedError, WeightsError
 from engine.darknet.image import image_to_array, open_image
 from engine.workspace.uploads import WorkspaceError
 from engine.workspace import Workspace
@@ -572,7 +572,7 @@ SESSION_EDIT_CASES = [
     ("s_filter_out_of_range", lambda s: s.zero_filter(0, 9, target="int8"), EditError, "filter 9 does not exist (0..3)"),
     ("s_scale_factor_inf", lambda s: s.scale_filter(0, 0, float("inf"), target="int8"), EditError, "scale factor must be finite"),
     ("s_prune_negative", lambda s: s.prune(0, -0.1, target="int8"), EditError, "prune fraction -0.1"),
-    ("s_layer_out_of_range", lambda s: s.edit_weights(99, 0, 1, target="int8"), EngineError, "layer 99 does not exist; this model has layers 0..3"),
+    ("s_layer_out_of_range", lambda s: s.edit_weights(99, 0, 1, target="int8"), ArgumentError, "layer 99 does not exist; this model has layers 0..3"),
     ("s_bad_target", lambda s: s.edit_weights(0, 0, 1, target="int4"), ValueError, "target='int4'"),
 ]
 

@@ -67,7 +67,7 @@ def test_dump_input_tensor_gives_every_layer(tmp_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (("info", "missing.cfg"), "missing.cfg: cannot read cfg"),
-    (("detect", TINY_CFG, IMAGES / "dog.jpg"), "pass weights="),
+    (("detect", TINY_CFG, IMAGES / "dog.jpg"), "pass its weights with --weights FILE"),
     (("detect", TINY_CFG, "--weights", TINY_CFG, IMAGES / "dog.jpg"), "looks like a text cfg"),
     (("dump", TINY_CFG, "--weights", TINY_WEIGHTS, "--input", TINY_CFG, "-o", "/tmp/x.npz"), "cannot read a .npy"),
 ])

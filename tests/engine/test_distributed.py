@@ -128,7 +128,7 @@ def test_evaluate_qmodel_file_on_workers_equals_object(model, qmodel, images, da
 
 
 def test_compare_distributed_equals_compare(model, stats, images, dask_backend):
-    from engine.quant.compare import compare
+    from engine.scale.compare import compare
     subset = [images[0], images[5]]
     with blas_limit(1):   # the SQNR's float64 dot products: same BLAS threads as the workers, same bits
         ref = compare(model, stats, subset, methods=("minmax", "log2"), per_channel=True, progress=False)

@@ -4,10 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.kernels import gemm as kernels, winograd
-from engine.kernels.gemm import bias_act, conv2d, conv2d_naive, conv_out_size, parallel_for
+from engine.kernels import gemm as kernels, scratch, threads, winograd
+from engine.kernels.conv import conv2d
+from engine.kernels.gemm import bias_act, conv2d_naive, conv_out_size
+from engine.kernels.scratch import Scratch
+from engine.kernels.threads import parallel_for
 from engine.layers.activations import leaky
-from engine.layers.base import Scratch
 from engine.layers.maxpool import maxpool, maxpool_naive, maxpool_out_size
 
 RTOL = 1e-4
@@ -126,9 +128,9 @@ def test_winograd_weight_cache_follows_the_array():
     w2 = w1 * 2
     np.testing.assert_allclose(winograd.cached_weights(w2), 2 * u1, rtol=1e-6)
     key = ("winograd-2x2", id(w1))
-    assert key in kernels._derived
+    assert key in scratch._derived
     del w1
-    assert key not in kernels._derived  # dropped with its array
+    assert key not in scratch._derived  # dropped with its array
 
 
 def test_bias_act_strided_source_matches_reference():
@@ -142,7 +144,7 @@ def test_bias_act_strided_source_matches_reference():
 
 
 def test_parallel_for_covers_the_range_once(monkeypatch):
-    monkeypatch.setattr(kernels, "_threads", 2)
+    monkeypatch.setattr(threads, "_threads", 2)
     hits = np.zeros(1000, np.int64)
 
     def mark(lo, hi):
@@ -184,35 +186,40 @@ def test_maxpool_int8_uses_the_fill_value():
     assert y.dtype == np.int8 and (y == -100).all()
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_threaded_kernels_match_naive(monkeypatch, threads):
+@pytest.mark.parametrize("count", [1, 2])
+def test_threaded_kernels_match_naive(monkeypatch, count):
     """The channel/row splits of im2col, the epilogue, Winograd and maxpool give the same result."""
-    monkeypatch.setattr(kernels, "_threads", threads)
+    monkeypatch.setattr(threads, "_threads", count)
     rng = np.random.default_rng(21)
     x, wt, b = random_conv(rng, 3, 64, 64, 16, 3)
     y = conv2d(x, wt.reshape(16, -1), b, 3, 1, 1, 1, Scratch(), act="leaky")
     ref = conv2d_naive(x, wt, b, 1, 1)
-    assert_close(y, np.maximum(ref, 0.1 * ref), f"conv, {threads} threads")
+    assert_close(y, np.maximum(ref, 0.1 * ref), f"conv, {count} threads")
     x, wt, b = random_conv(rng, 64, 40, 40, 64, 3)
     y = winograd.conv3x3(x, wt.reshape(64, -1), b, 1, Scratch())
     ref = np.stack([conv2d_naive(x, wt[i:i + 1], b[i:i + 1], 1, 1)[0] for i in (0, 63)])
-    assert_close(y[[0, 63]], ref, f"winograd, {threads} threads")
+    assert_close(y[[0, 63]], ref, f"winograd, {count} threads")
     x = rng.standard_normal((32, 64, 64)).astype(np.float32)
     np.testing.assert_array_equal(maxpool(x, 2, 2, 1, scratch=Scratch()), x.reshape(32, 32, 2, 32, 2).max(axis=(2, 4)))
 
 
 def test_own_threads_makes_blas_single_threaded_and_restores_it():
     from helpers import require
-    require(kernels._openblas is not None, "NumPy's OpenBLAS not found: kernels keep BLAS threading")
-    get, put = kernels._openblas
-    before = get()
-    put(2)
-    try:
-        with kernels.own_threads():
-            assert get() == 1 and kernels._threads == 2
-        assert get() == 2 and kernels._threads == 1
-    finally:
-        put(before)
+    require(bool(threads._kernel_blas()), "no BLAS found by threadpoolctl: kernels keep BLAS threading")
+    with threads.blas_limit(2):
+        assert threads.blas_threads() == 2
+        with threads.own_threads():
+            assert threads.blas_threads() == 1 and threads.kernel_threads() == 2
+        assert threads.blas_threads() == 2 and threads.kernel_threads() == 1
+
+
+def test_blas_limit_is_the_one_control_backends_use():
+    from engine.scale import backends
+    assert backends.blas_limit is threads.blas_limit and backends.set_blas_threads is threads.set_blas_threads
+    before = threads.blas_threads()
+    with backends.blas_limit(1) as n:
+        assert n == 1 and threads.blas_threads() == 1
+    assert threads.blas_threads() == before
 
 
 @pytest.mark.parametrize("name, size", [("yolov3-tiny", 416), ("yolov3", 160), ("yolov4-tiny", 224)])
@@ -230,7 +237,7 @@ def test_float_forward_is_bit_identical_on_1_and_2_threads(tiny, name, size, tmp
     with blas_limit(1):
         one = model.forward(x)
     with blas_limit(2):
-        assert kernels._openblas is None or kernels._openblas[0]() == 2
+        assert threads.blas_threads() in (0, 2)
         two = model.forward(x)
     for i, (a, b) in enumerate(zip(one, two)):
         assert np.array_equal(a, b), f"{name} layer {i} [{model.layers[i].kind}]: max |diff| {np.abs(a - b).max():.3g}"

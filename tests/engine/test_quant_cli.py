@@ -66,7 +66,7 @@ def test_compare_json_contract(capsys):
         assert set(m) == {"method", "per_channel", "mean_int_sqnr_db", "agreement", "size", "layers"}
         assert m["per_channel"] is True and set(m["agreement"]) == {"hybrid", "int"}
         for a in m["agreement"].values():
-            assert set(a) == {"map50", "per_class", "matched", "missed", "extra", "mean_iou"}
+            assert set(a) == {"map50", "map50_95", "per_class", "matched", "missed", "extra", "mean_iou"}
             assert a["matched"] + a["missed"] == 6                               # dog.jpg: 6 FLOAT detections
         assert set(m["size"]) == {"float_bytes", "int8_bytes", "compression_pct"}
         assert 70 < m["size"]["compression_pct"] < 76
@@ -137,7 +137,7 @@ def test_quantized_model_of_another_cfg_is_refused(capsys, qfile, tmp_path):
     rc, _, err = cli(capsys, "detect", *MODEL, DOG, "--mode", "int", "--quantized", bad)
     assert rc == 2 and "was made for a different cfg than 'yolov3-tiny'" in err, err
     rc, _, err = cli(capsys, "detect", *MODEL, DOG, "--mode", "int", "--quantized", qfile, "--float-layers", "99")
-    assert rc == 2 and "float_layers [99]: no such layers (0..23)" in err
+    assert rc == 2 and "--float-layers '99': [99] are not layers of this model (0..23)" in err, err
 
 
 def test_python_dash_m_engine_quantize_end_to_end(tmp_path):

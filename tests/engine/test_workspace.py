@@ -403,7 +403,7 @@ def test_atomic_write_killed_mid_write_keeps_old_file(tmp_path):
         print("done", flush=True)
     """, str(target), stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"
-    temps = list(tmp_path.glob(".model.weights.*.tmp"))
+    temps = list(tmp_path.glob(".model.weights.qwtmp-*"))
     assert len(temps) == 1 and temps[0].stat().st_size >= 300_000  # really mid-write
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)

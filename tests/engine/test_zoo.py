@@ -74,7 +74,7 @@ def test_download_over_http_is_verified_and_cached(dirs, http_root, monkeypatch)
     cfg, weights = zoo.fetch("yolov3-tiny", progress=False)
     assert weights == dirs / "cache" / "yolov3-tiny.weights"
     assert zoo.sha256_of(weights) == entry.sha256
-    assert not list((dirs / "cache").glob(".*part*"))
+    assert not list((dirs / "cache").glob(".*qwtmp*"))
     assert zoo.locate("yolov3-tiny") == weights  # next time: found in the cache
 
 

@@ -12,7 +12,7 @@ import pytest
 from engine.imaging.augment import augment
 from engine.calib.collect import collect
 from engine.darknet.detect import detect_outputs
-from engine.quant.compare import compare
+from engine.scale.compare import compare
 from engine.quant.executor import Executor
 from engine.quant.fitness import detection_agreement
 from helpers import IMAGES

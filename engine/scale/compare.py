@@ -2,7 +2,8 @@
 
 One calibration pass serves every method (thresholds are pure functions of the histograms).
 Each method is run in HYBRID and INT on the evaluation images; the table ranks methods by INT
-detection agreement (mAP@0.5 vs FLOAT), then HYBRID agreement, then mean per-layer SQNR.
+detection agreement (COCO mAP@[.5:.95] vs FLOAT, then mAP@0.5), then HYBRID agreement, then
+fewer lost detections, then mean per-layer SQNR.
 
 One algorithm, any backend: `compare_batch` does the per-image work (it runs where the backend
 puts it: this process, or a Dask worker), `compare` quantizes, ships the quantized models,
@@ -42,7 +43,8 @@ class MethodResult:
         return float(np.mean(vals)) if vals else float("nan")
 
     def key(self) -> tuple:
-        return (self.agreement[Mode.INT8].map50, self.agreement[Mode.HYBRID].map50, self.mean_sqnr)
+        a, h = self.agreement[Mode.INT8], self.agreement[Mode.HYBRID]
+        return (a.map50_95, a.map50, h.map50_95, -a.missed, self.mean_sqnr)
 
     def to_dict(self) -> dict:
         return {"method": self.method, "per_channel": self.per_channel, "mean_int_sqnr_db": self.mean_sqnr,
@@ -64,12 +66,15 @@ class CompareTable:
                 "images": self.images, "methods": [r.to_dict() for r in self.results]}
 
     def __str__(self) -> str:
-        lines = [f"{'rank':<5}{'method':<13}{'INT mAP50':>10}{'HYB mAP50':>10}{'INT found':>10}{'extra':>7}"
-                 f"{'mean SQNR':>11}{'int8 MB':>9}"]
+        lines = [f"{'rank':<5}{'method':<13}{'INT mAP':>8}{'INT mAP50':>10}{'HYB mAP':>8}{'HYB mAP50':>10}"
+                 f"{'INT found':>10}{'lost':>5}{'extra':>6}{'mean SQNR':>11}{'int8 MB':>9}"]
         for k, r in enumerate(self.results, 1):
             a, h = r.agreement[Mode.INT8], r.agreement[Mode.HYBRID]
-            lines.append(f"{k:<5}{r.method:<13}{a.map50:>10.3f}{h.map50:>10.3f}{a.matched:>6}/{a.matched + a.missed:<3}"
-                         f"{a.extra:>7}{r.mean_sqnr:>9.1f}dB{r.size['int8_bytes'] / 1e6:>9.2f}")
+            lines.append(f"{k:<5}{r.method:<13}{a.map50_95:>8.3f}{a.map50:>10.3f}{h.map50_95:>8.3f}{h.map50:>10.3f}"
+                         f"{a.matched:>6}/{a.matched + a.missed:<3}{a.missed:>5}{a.extra:>6}{r.mean_sqnr:>9.1f}dB"
+                         f"{r.size['int8_bytes'] / 1e6:>9.2f}")
+        lines.append("mAP = COCO mAP@[.5:.95] of the quantized detections against FLOAT's; lost = FLOAT detections "
+                     "with no match at IoU 0.5")
         lines.append(f"most fit to FLOAT: {self.best.method}")
         return "\n".join(lines)
 
@@ -81,11 +86,11 @@ class CompareTable:
         return "\n".join(rows)
 
 
-def method_rows(model, qmodel: QuantizedModel, pre, float_outs) -> dict:
-    """One image, one quantized model: detections and per-layer statistics in HYBRID and INT."""
+def method_rows(model, executors: dict[str, Executor], pre, float_outs) -> dict:
+    """One image, one quantized model (its executor per quantized mode): detections and per-layer
+    statistics in HYBRID and INT."""
     row: dict = {}
-    for mode in QUANT_MODES:
-        ex = Executor(model, qmodel, mode)
+    for mode, ex in executors.items():
         values, records = ex.run(pre.x)
         prop = propagated_stats(float_outs, values, records)
         row[mode] = detect_outputs(model, FloatView(values), pre)
@@ -101,13 +106,14 @@ def compare_batch(source, qrefs: tuple, resize: str, batch: list) -> list[dict]:
     """The task: per image, FLOAT detections and `method_rows` of every (method, quantized model
     reference) in `qrefs` (a tuple: Dask resolves shared futures inside tuples)."""
     model = load_source(source)
-    qms = [(method, resolve_qmodel(ref)) for method, ref in qrefs]
+    executors = {method: {mode: Executor(model, resolve_qmodel(ref), mode) for mode in QUANT_MODES}
+                 for method, ref in qrefs}
     out = []
     for item in batch:
         pre = model.preprocess(item, resize)
         outs = model.forward(pre.x)
         out.append({Mode.FLOAT.value: detect_outputs(model, outs, pre),
-                    **{method: method_rows(model, qm, pre, outs) for method, qm in qms}})
+                    **{method: method_rows(model, exs, pre, outs) for method, exs in executors.items()}})
     return out
 
 

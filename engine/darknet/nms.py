@@ -1,0 +1,176 @@
+"""Darknet's greedy per-class NMS (`do_nms_sort`), vectorised, with the same results bit for bit.
+
+Darknet, per class k: sort the candidates by probability (ties: lower index first), walk down the
+list, and zero every later box whose overlap with a still-standing box exceeds `nms`. Done literally
+that is one IoU call per kept box and class: 158,181 calls (32 s) on a random-weight yolov3 @416.
+
+Here, in three vectorised steps:
+1. The overlap graph, once for all classes: the pairs of boxes whose overlap exceeds `nms`. Boxes
+   only pair with boxes of similar size near them (see `_candidate_pairs`), so a k-d tree per size
+   level finds the candidates and the exact overlap (Darknet's formula, in float64) decides.
+2. Per class, each edge points from the box that comes first in Darknet's order to the other.
+3. Greedy suppression as a fixed point over all classes at once: a box with a kept predecessor is
+   suppressed, a box whose predecessors are all suppressed is kept; repeat. Every round decides at
+   least the first undecided box of each class, and in practice nearly all of them: 5-12 rounds.
+
+Memory is bounded by the edges (pairs above `nms`: ~6 per box on random yolov3), never N x N.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+LEVELS_PER_OCTAVE = 2   # size levels: boxes only pair with boxes of a few levels around their own
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of centre-format boxes a and b (broadcast: (4,) with (N, 4), or (N, 4) pairwise), as
+    Darknet's `box_iou`. Symmetric bit for bit: min, max, + and * commute exactly in IEEE."""
+    a, b = np.asarray(a).T, np.asarray(b).T
+    with np.errstate(over="ignore", invalid="ignore"):  # inf/huge boxes: union inf or NaN -> IoU 0
+        return _iou(a, b)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    ow = np.minimum(a[0] + a[2] / 2, b[0] + b[2] / 2) - np.maximum(a[0] - a[2] / 2, b[0] - b[2] / 2)
+    oh = np.minimum(a[1] + a[3] / 2, b[1] + b[3] / 2) - np.maximum(a[1] - a[3] / 2, b[1] - b[3] / 2)
+    inter = np.where((ow < 0) | (oh < 0), 0.0, ow * oh)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def box_diou(a: np.ndarray, b: np.ndarray, beta: float = 0.6) -> np.ndarray:
+    """AB's DIoU used by `nms_kind=greedynms`: IoU - (d^2/c^2)^beta (broadcast as box_iou)."""
+    iou = box_iou(a, b)
+    a, b = np.asarray(a).T, np.asarray(b).T
+    with np.errstate(over="ignore", invalid="ignore"):
+        return iou - _diou_penalty(a, b, beta)
+
+
+def _diou_penalty(a: np.ndarray, b: np.ndarray, beta: float) -> np.ndarray:
+    cw = np.maximum(a[0] + a[2] / 2, b[0] + b[2] / 2) - np.minimum(a[0] - a[2] / 2, b[0] - b[2] / 2)
+    ch = np.maximum(a[1] + a[3] / 2, b[1] + b[3] / 2) - np.minimum(a[1] - a[3] / 2, b[1] - b[3] / 2)
+    c2 = cw * cw + ch * ch
+    d2 = (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2
+    ratio = np.divide(d2, c2, out=np.zeros_like(d2), where=c2 > 0)
+    return ratio ** beta
+
+
+def _candidate_pairs(boxes: np.ndarray, t: float) -> np.ndarray:
+    """Pairs (P, 2) of box indices, i < j, that include every pair with IoU > t (0 < t).
+
+    Two bounds prune the pairs. (1) IoU <= min(area)/max(area), so the areas are within a ratio t.
+    (2) IoU > t means inter > t * (Aa + Ab - inter), so inter > tau * (Aa + Ab) with tau = t/(1+t);
+    with inter <= ow * min(h) and Aa + Ab >= (wa + wb) * min(h), the overlap width ow exceeds
+    tau * (wa + wb), and as ow <= (wa + wb)/2 - |cxa - cxb|:  |cxa - cxb| < (1/2 - tau)(wa + wb),
+    likewise in y. So boxes are grouped in area levels (octaves); a level pairs with itself and the
+    `reach` levels below it, found by a k-d tree on centres scaled so that the bound (2), with the
+    two levels' largest w and h, is a Chebyshev distance of 1. Boxes with a zero, infinite or NaN
+    side are left out: their IoU is never > t (no intersection, or an infinite/NaN union gives 0).
+    """
+    w, h = boxes[:, 2], boxes[:, 3]
+    with np.errstate(over="ignore"):
+        area = w * h
+    regular = np.flatnonzero(np.isfinite(boxes).all(1) & (w > 0) & (h > 0) & np.isfinite(area) & (area > 0))
+    if regular.size < 2:
+        return np.zeros((0, 2), np.int64)
+    level = np.floor(np.log2(area[regular])).astype(np.int64)
+    # areas two levels apart or more differ by > 2**(D-1); that exceeds 1/t from D = floor(log2(1/t)) + 2
+    reach = int(np.floor(np.log2(1 / t))) + 1 if t < 1 else 1
+    half_gap = 0.5 - t / (1 + t)
+    order = np.argsort(level, kind="stable")
+    groups = {}
+    for part in np.split(order, np.flatnonzero(np.diff(level[order])) + 1):
+        members = regular[part]
+        groups[int(level[part[0]])] = (members, float(w[members].max()), float(h[members].max()))
+    out = []
+    for la, (ma, wa, ha) in groups.items():
+        for lb in range(la - reach, la + 1):
+            if lb not in groups:
+                continue
+            mb, wb, hb = groups[lb]
+            # the strict bound, widened by a relative 1e-9 against rounding in the centres
+            scale = np.array([half_gap * (wa + wb), half_gap * (ha + hb)]) * (1 + 1e-9) + 1e-300
+            ta = cKDTree(boxes[ma, :2] / scale)
+            if lb == la:
+                p = ta.query_pairs(1.0, p=np.inf, output_type="ndarray")
+                if p.size:
+                    out.append(np.stack([ma[p[:, 0]], ma[p[:, 1]]], 1))
+                continue
+            d = ta.sparse_distance_matrix(cKDTree(boxes[mb, :2] / scale), 1.0, p=np.inf, output_type="ndarray")
+            if d.size:
+                out.append(np.stack([ma[d["i"]], mb[d["j"]]], 1))
+    if not out:
+        return np.zeros((0, 2), np.int64)
+    pairs = np.concatenate(out)
+    return np.stack([np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])], 1)
+
+
+def overlap_pairs(boxes: np.ndarray, nms: float, kind: str = "default") -> np.ndarray:
+    """Pairs (E, 2), i < j, whose overlap (IoU, or DIoU for greedynms) exceeds `nms` > 0."""
+    pairs = _candidate_pairs(boxes, nms)
+    if not pairs.size:
+        return pairs
+    if kind == "greedynms":                   # DIoU <= IoU: the IoU candidates contain them all
+        return pairs[box_diou(boxes[pairs[:, 0]], boxes[pairs[:, 1]]) > nms]
+    # box_iou's arithmetic on per-box edge columns (the same float64 values, computed once per box)
+    cx, cy, w, h = (np.ascontiguousarray(c) for c in boxes.T)
+    x1, x2, y1, y2, area = cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2, w * h
+    i, j = pairs[:, 0], pairs[:, 1]
+    ow = np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j])
+    oh = np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j])
+    inter = np.where((ow < 0) | (oh < 0), 0.0, ow * oh)
+    union = area[i] + area[j] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return pairs[iou > nms]
+
+
+def nms_sort(c, nms: float, kind: str = "default") -> np.ndarray:
+    """Darknet `do_nms_sort` on Candidates c: per class, greedy by probability; returns the
+    filtered probs (N, K) (a copy; suppressed entries set to 0)."""
+    probs = c.probs.copy()
+    if nms <= 0 or probs.shape[0] < 2:
+        return probs
+    edges = overlap_pairs(np.asarray(c.boxes, np.float64), nms, kind)
+    if not edges.size:
+        return probs
+    k = probs.shape[1]
+    u, v = edges[:, 0], edges[:, 1]
+    # (edge, class) where both boxes stand in that class; direction by Darknet's order in the class
+    stands = probs > 0
+    e, cls = np.nonzero(stands[u] & stands[v])
+    if not e.size:
+        return probs
+    flat = probs.reshape(-1)
+    iu, iv = u[e] * k + cls, v[e] * k + cls
+    first_u = flat[iu] >= flat[iv]        # a tie goes to the lower index (stable sort), and u < v
+    src, dst = np.where(first_u, iu, iv), np.where(first_u, iv, iu)
+    suppressed = _greedy(src, dst, probs.size)
+    probs.reshape(-1)[suppressed] = 0.0
+    return probs
+
+
+def _greedy(src: np.ndarray, dst: np.ndarray, n: int) -> np.ndarray:
+    """Nodes suppressed by greedy NMS over the DAG src -> dst (src comes first in its class).
+
+    A node is kept iff none of its predecessors is kept. Nodes without edges are kept and never
+    looked at. Returns the indices of the suppressed nodes.
+    """
+    UNDECIDED, KEPT, SUPPRESSED = 0, 1, 2
+    state = np.zeros(n, np.int8)
+    blocked = np.zeros(n, bool)           # scratch: has an undecided predecessor this round
+    while src.size:
+        # keep: undecided sources none of whose predecessors is undecided (the rest are suppressed)
+        blocked[dst] = True
+        s_und = state[src] == UNDECIDED
+        fresh = src[s_und & ~blocked[src]]
+        blocked[dst] = False
+        state[fresh] = KEPT
+        # suppress: targets of a kept source
+        hit = state[src] == KEPT
+        state[dst[hit]] = SUPPRESSED
+        # drop edges that can no longer change anything: decided target, or suppressed source
+        live = (state[dst] == UNDECIDED) & (state[src] != SUPPRESSED)
+        src, dst = src[live], dst[live]
+    return np.flatnonzero(state == SUPPRESSED)

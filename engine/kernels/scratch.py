@@ -1,0 +1,52 @@
+"""Memory the kernels keep between calls: reusable work buffers and weight forms derived once.
+
+`Scratch`: named float32 (or other dtype) buffers, one set per model; layers run one at a time, so
+a buffer is reused by every layer and only grows to the largest request (no page faults on fresh
+memory per call). `derived`: a kernel form of weights (bias-augmented, Winograd-transformed, an
+int8 bound) computed once per weight array and dropped with it.
+"""
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+_derived: dict[tuple, tuple[tuple[weakref.ref, ...], Any]] = {}
+
+
+class Scratch:
+    """Reusable work buffers (im2col columns, padded inputs, GEMM outputs), by name and dtype."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+        n = int(np.prod(shape))
+        key = f"{name}:{np.dtype(dtype).str}"
+        buf = self._bufs.get(key)
+        if buf is None or buf.size < n:
+            buf = np.empty(n, dtype)
+            self._bufs[key] = buf
+        return buf[:n].reshape(shape)
+
+    def clear(self) -> None:
+        self._bufs.clear()
+
+
+def derived(kind: str, arrays: tuple[np.ndarray, ...], make: Callable[[], Any]) -> Any:
+    """make(), cached per `kind` and identity of `arrays` (dropped when any of them dies).
+
+    A model's prepared weights live as long as the model, so each form is built once. An array
+    modified in place after its first use would keep its stale derived form: replace arrays,
+    don't mutate them.
+    """
+    key = (kind,) + tuple(id(a) for a in arrays)
+    hit = _derived.get(key)
+    if hit is not None and all(r() is a for r, a in zip(hit[0], arrays)):
+        return hit[1]
+    value = make()
+    refs = tuple(weakref.ref(a, lambda _r, key=key: _derived.pop(key, None)) for a in arrays)
+    _derived[key] = (refs, value)
+    return value

@@ -1,0 +1,167 @@
+"""The one BLAS thread control of the engine, and the kernels' own worker threads.
+
+BLAS threads are read and set through `threadpoolctl` (`blas_threads`, `set_blas_threads`,
+`blas_limit`): whatever BLAS NumPy (and SciPy) loaded, no ctypes guessing at library symbols.
+
+Why the kernels run their own threads: a 2-thread OpenBLAS splits every GEMM call in two and
+joins, and its worker busy-waits after each call; a second NumPy thread then competes with it,
+and under CPU contention every join waits for a descheduled thread (measured 5-15x slower medians
+at load 10 on 2 cores). So inside `own_threads()` the kernels run BLAS single-threaded and spread
+*whole* work items (bands, Winograd GEMMs, row blocks, channel blocks) over as many threads as BLAS
+was allowed, pulled dynamically from a shared counter. NumPy releases the GIL inside GEMMs,
+copies and ufuncs. If no BLAS can be controlled, BLAS keeps its own threads and the NumPy passes
+run in the calling thread.
+
+Determinism is the kernels' business (gemm.SPLIT): threads only decide who runs which piece.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+PARALLEL_MIN = 1 << 16   # elements below which a pass runs in the calling thread only
+_pool: ThreadPoolExecutor | None = None
+_threads = 1             # threads for parallel_for/parallel_items: set by own_threads()
+_local = threading.local()  # .busy: this thread already runs a part of a parallel job
+_numpy_blas: list | None = None
+
+
+def _blas_libs(numpy_only: bool = False) -> list:
+    """threadpoolctl's controllers of the loaded BLAS libraries; with numpy_only, the one NumPy's
+    wheel bundles (in numpy.libs/ beside numpy/) if it can be told apart, else all of them."""
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    if not numpy_only:
+        return libs
+    site = os.path.realpath(os.path.dirname(os.path.dirname(np.__file__)))
+    own = [lib for lib in libs if os.path.realpath(os.path.dirname(lib.filepath)) in
+           (os.path.join(site, "numpy.libs"), os.path.join(site, "numpy", ".dylibs"))]
+    return own or libs
+
+
+def _kernel_blas() -> list:
+    """NumPy's BLAS (looked up once: the kernels toggle it around every conv)."""
+    global _numpy_blas
+    if _numpy_blas is None:
+        _numpy_blas = _blas_libs(numpy_only=True)
+    return _numpy_blas
+
+
+def blas_threads() -> int:
+    """BLAS threads of this process, as NumPy's BLAS has them (0 if no BLAS can be controlled)."""
+    libs = _blas_libs(numpy_only=True)
+    return int(libs[0].get_num_threads()) if libs else 0
+
+
+def set_blas_threads(n: int) -> int:
+    """Limit every loaded BLAS to `n` threads; returns the count now in effect (0 if none)."""
+    for lib in _blas_libs():
+        lib.set_num_threads(int(n))
+    return blas_threads()
+
+
+@contextlib.contextmanager
+def blas_limit(n: int) -> Iterator[int]:
+    """Run a block with `n` BLAS threads, then restore the previous count.
+
+    Float64 reductions such as the SQNR's dot products may differ in the last bit when BLAS
+    splits them over threads; a reference run that must match single-threaded Dask workers bit
+    for bit uses `with blas_limit(1):`. (The conv kernels give the same bits on any count.)
+    """
+    before = blas_threads()
+    try:
+        yield set_blas_threads(n)
+    finally:
+        if before:
+            set_blas_threads(before)
+
+
+class own_threads:
+    """Context: BLAS single-threaded, kernels on their own threads (as many as BLAS had).
+
+    Not reentrant across Python threads: run one forward at a time per process.
+    """
+
+    def __enter__(self) -> None:
+        global _threads
+        self.restore = 0
+        if _threads == 1 and not getattr(_local, "busy", False):
+            libs = _kernel_blas()
+            n = libs[0].get_num_threads() if libs else 1
+            if n > 1:
+                self.restore = n
+                for lib in libs:
+                    lib.set_num_threads(1)
+                _threads = n
+
+    def __exit__(self, *exc: object) -> None:
+        global _threads
+        if self.restore:
+            _threads = 1
+            for lib in _kernel_blas():
+                lib.set_num_threads(self.restore)
+
+
+def kernel_threads() -> int:
+    """Threads the parallel passes use right now (inside own_threads: what BLAS had; else 1)."""
+    return _threads
+
+
+def _run_parts(parts: int, worker: Callable[[int], None]) -> None:
+    """worker(0) here and worker(1..parts-1) on the pool; nested jobs inside a part run inline."""
+    global _pool
+    if _pool is None or _pool._max_workers < parts - 1:
+        _pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="qw-kernel")
+
+    def part(i: int) -> None:
+        _local.busy = True
+        try:
+            worker(i)
+        finally:
+            _local.busy = False
+
+    futures = [_pool.submit(part, i) for i in range(1, parts)]
+    try:
+        part(0)
+    finally:
+        for f in futures:
+            f.result()
+
+
+def parallel_for(n: int, fn: Callable[[int, int], None], work: int) -> None:
+    """Run fn(lo, hi) over [0, n) split into _threads contiguous parts (inline if `work` is small).
+
+    `work` is the number of elements the whole job touches; the split only pays off for big jobs.
+    """
+    parts = min(_threads, n) if work >= PARALLEL_MIN and not getattr(_local, "busy", False) else 1
+    if parts <= 1:
+        fn(0, n)
+        return
+    bounds = [n * i // parts for i in range(parts + 1)]
+    _run_parts(parts, lambda i: fn(bounds[i], bounds[i + 1]))
+
+
+def parallel_items(count: int, fn: Callable[[int, int], None]) -> None:
+    """fn(part, item) for item in [0, count), items pulled dynamically by _threads parts.
+
+    `part` (0.._threads-1) names per-thread scratch buffers. A descheduled thread only delays its
+    current item: the others keep pulling.
+    """
+    parts = min(_threads, count) if not getattr(_local, "busy", False) else 1
+    if parts <= 1:
+        for i in range(count):
+            fn(0, i)
+        return
+    items = iter(range(count))  # next() on a range iterator is atomic under the GIL
+
+    def worker(part: int) -> None:
+        for i in items:
+            fn(part, i)
+
+    _run_parts(parts, worker)

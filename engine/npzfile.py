@@ -1,0 +1,288 @@
+"""Bounded, lazy reading of untrusted .npz files (engine models, quantized models, run records).
+
+`np.load` of an .npz reads any member in full when asked and trusts the shape each .npy header
+declares. A hostile or damaged file (a multi-GB extra member, a header declaring terabytes, a
+zip bomb, a truncated archive) must be refused quickly and with little memory. `NpzReader`
+therefore opens the zip directory, parses every member's .npy header (a few hundred bytes each)
+and checks that the declared shape x itemsize is exactly what the member holds, all before any
+array data is read; callers compare `shape(key)` with what the model needs and only then read the
+array, whose size is capped again. Object (pickled) arrays are never loaded. Every problem raises
+the caller's error class (a WeightsError subclass) naming the file and the member.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import zipfile
+import zlib
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from engine.errors import WeightsError
+
+GiB = 1 << 30
+MAX_MEMBERS = 100_000           # yolov4 with calibration histograms has ~2,000
+MAX_ARRAY_BYTES = 4 * GiB       # any one array, even when its shape was checked against a cfg
+MAX_TEXT_BYTES = 64 << 20       # format / meta / cfg / graph text members
+MAX_UNKNOWN_BYTES = 1 << 20     # all members a file type does not define, together (newer versions)
+# what each file type may hold; anything else is tolerated only while small (MAX_UNKNOWN_BYTES)
+_MODEL_KEYS = r"(?:format|cfg|graph|meta|header|layer\d+/(?:weights|biases|scales|rolling_mean|rolling_variance))"
+_QMODEL_KEYS = r"(?:format|meta|cfg|layer\d+/(?:w_q|w_scale|b_q)|calib/images|calib/[^/]+/(?:counts|meta))"
+KNOWN = {"model": re.compile(f"^{_MODEL_KEYS}$"), "quantized": re.compile(f"^{_QMODEL_KEYS}$"),
+         "record": re.compile(f"^(?:format|meta|input|image_png|model/{_MODEL_KEYS}|qmodel/{_QMODEL_KEYS})$")}
+_HEADER_MAX = 1 << 16           # .npy headers are < 100 bytes in practice; numpy allows 10,000
+_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, zlib.error,
+           NotImplementedError, RuntimeError, UnicodeDecodeError, SyntaxError, TypeError)
+
+
+class NpzReader:
+    """Read-only mapping over an .npz file: `keys()`, `in`, `shape(k)`, `dtype(k)`, `[k]`, `text(k)`.
+
+    `source`: a path or the file's bytes. `error`: the WeightsError subclass to raise.
+    Raises `error` naming `label` for an unreadable/truncated archive, a member that is not a
+    .npy array, a header whose shape does not match the member's size, object arrays, too many
+    members, or (at read time) an array over `max_bytes`.
+    """
+
+    def __init__(self, source: str | os.PathLike | bytes, label: str | None = None, *,
+                 error: type[WeightsError] = WeightsError, what: str = "file", kind: str | None = None) -> None:
+        self.label = label or str(source)
+        self.error, self.what = error, what
+        self._known = KNOWN[kind] if kind else None
+        self._headers: dict[str, tuple[tuple[int, ...], np.dtype, bool, zipfile.ZipInfo]] = {}
+        try:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                import io
+                self._zf = zipfile.ZipFile(io.BytesIO(bytes(source)))
+            else:
+                self._zf = zipfile.ZipFile(_open_regular(Path(source), self))
+        except _ERRORS as err:
+            if isinstance(err, WeightsError):
+                raise
+            raise self.fail(f"cannot read {what}: {_reason(err)}") from None
+        try:
+            self._scan()
+        except BaseException:
+            self._zf.close()
+            raise
+
+    def fail(self, message: str) -> WeightsError:
+        return self.error(f"{self.label}: {message}")
+
+    def _scan(self) -> None:
+        infos = self._zf.infolist()
+        if not infos:
+            raise self.fail(f"cannot read {self.what}: the archive is empty")
+        if len(infos) > MAX_MEMBERS:
+            raise self.fail(f"cannot read {self.what}: {len(infos)} members, more than the limit {MAX_MEMBERS}")
+        for info in infos:
+            if not info.filename.endswith(".npy"):
+                raise self.fail(f"cannot read {self.what}: member {info.filename!r} is not a .npy array")
+            key = info.filename[:-4]
+            try:
+                with self._zf.open(info) as f:
+                    shape, dtype, fortran, offset = _read_header(f)
+            except _ERRORS as err:
+                raise self.fail(f"cannot read {self.what}: member {key!r} is not a readable .npy array "
+                                f"({_reason(err)})") from None
+            if dtype.hasobject:
+                raise self.fail(f"cannot read {self.what}: member {key!r} holds Python objects "
+                                "(pickled data is never loaded)")
+            declared = math.prod(shape) * dtype.itemsize
+            if declared + offset != info.file_size:
+                raise self.fail(f"cannot read {self.what}: member {key!r} declares shape {shape} {dtype} = {declared} bytes but holds "
+                                f"{max(info.file_size - offset, 0)} bytes (damaged or forged header)")
+            self._headers[key] = (shape, dtype, fortran, info)
+        if self._known is not None:
+            extra = [k for k in self._headers if not self._known.match(k)]
+            size = sum(self.nbytes(k) for k in extra)
+            if size > MAX_UNKNOWN_BYTES:
+                raise self.fail(f"cannot read {self.what}: members {', '.join(map(repr, extra[:3]))} hold "
+                                f"{size} bytes, but no {self.what} uses them (limit {MAX_UNKNOWN_BYTES} bytes); refused")
+
+    # ----- mapping ---------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        return list(self._headers)
+
+    files = property(keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._headers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers)
+
+    def __len__(self) -> int:
+        return len(self._headers)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._header(key)[0]
+
+    def dtype(self, key: str) -> np.dtype:
+        return self._header(key)[1]
+
+    def nbytes(self, key: str) -> int:
+        shape, dtype, _, _ = self._header(key)
+        return math.prod(shape) * dtype.itemsize
+
+    def _header(self, key: str):
+        if key not in self._headers:
+            raise self.fail(f"array {key!r} is missing")
+        return self._headers[key]
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.read(key)
+
+    def read(self, key: str, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+        """Array `key`, refused (before reading) if it declares more than `max_bytes`."""
+        shape, dtype, fortran, info = self._header(key)
+        n = math.prod(shape) * dtype.itemsize
+        if n > max_bytes:
+            raise self.fail(f"array {key!r} declares {shape} {dtype} = {n} bytes, more than the "
+                            f"{max_bytes} bytes allowed for it")
+        buf = np.empty(n, np.uint8)  # filled in place: peak memory is the array plus one chunk
+        try:
+            with self._zf.open(info) as f:
+                _read_header(f)
+                _read_into(f, buf)
+        except _ERRORS as err:
+            raise self.fail(f"array {key!r} is damaged ({_reason(err)})") from None
+        return buf.view(dtype).reshape(shape, order="F" if fortran else "C")
+
+    def text(self, key: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
+        """A UTF-8 text member (stored as a uint8 vector)."""
+        if key not in self._headers:
+            raise self.fail(f"array {key!r} is missing")
+        shape, dtype = self.shape(key), self.dtype(key)
+        if dtype != np.uint8 or len(shape) != 1:
+            raise self.fail(f"cannot read {self.what}: {key!r} must be UTF-8 text (a uint8 vector), "
+                            f"got {dtype} {shape}")
+        try:
+            return bytes(self.read(key, max_bytes)).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise self.fail(f"cannot read {self.what}: {key!r} is not UTF-8 text (byte {err.start})") from None
+
+    def close(self) -> None:
+        self._zf.close()
+
+    def __enter__(self) -> "NpzReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _open_regular(path: Path, reader: NpzReader) -> BinaryIO:
+    """Open `path` for reading if it is a regular file (a FIFO would block, /dev/zero never ends)."""
+    import stat
+    try:   # O_NONBLOCK: opening a FIFO without a writer must not hang; regular files ignore it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise reader.fail(f"cannot read {reader.what}: {err.strerror or err}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise reader.fail(f"cannot read {reader.what}: not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _read_header(f) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = fmt.read_array_header_1_0(f, max_header_size=_HEADER_MAX)
+    elif version == (2, 0):
+        shape, fortran, dtype = fmt.read_array_header_2_0(f, max_header_size=_HEADER_MAX)
+    else:
+        raise ValueError(f".npy format version {version} is not supported")
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"bad shape {shape}")
+    return tuple(shape), np.dtype(dtype), bool(fortran), f.tell()
+
+
+def _read_into(f, buf: np.ndarray) -> None:
+    view, pos = memoryview(buf), 0
+    while pos < len(buf):
+        got = f.readinto(view[pos:pos + (1 << 22)])
+        if not got:
+            raise EOFError(f"the member ends after {pos} of {len(buf)} bytes")
+        pos += got
+
+
+def _reason(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+class ArrayDict(NpzReader):
+    """The `NpzReader` interface over arrays already in memory (`to_arrays()` output, tests)."""
+
+    def __init__(self, arrays, label: str = "<arrays>", *, error: type[WeightsError] = WeightsError,
+                 what: str = "file") -> None:
+        self.label, self.error, self.what = label, error, what
+        self._arrays = arrays
+        self._headers = {}
+        for k in arrays.keys():
+            a = np.asarray(arrays[k])
+            if a.dtype.hasobject:
+                raise self.fail(f"cannot read {what}: array {k!r} holds Python objects")
+            self._headers[k] = (tuple(a.shape), a.dtype, False, None)
+
+    def read(self, key: str, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+        if self.nbytes(key) > max_bytes:
+            raise self.fail(f"array {key!r} holds {self.nbytes(key)} bytes, more than the {max_bytes} allowed")
+        return np.asarray(self._arrays[key])
+
+    def close(self) -> None:
+        pass
+
+
+class SubReader:
+    """The members of a reader under `prefix` ('model/', 'qmodel/' in run records), prefix removed."""
+
+    def __init__(self, reader: NpzReader, prefix: str) -> None:
+        self.reader, self.prefix = reader, prefix
+        self.label, self.error, self.what = reader.label, reader.error, reader.what
+        self.fail = reader.fail
+
+    def keys(self) -> list[str]:
+        n = len(self.prefix)
+        return [k[n:] for k in self.reader.keys() if k.startswith(self.prefix)]
+
+    files = property(keys)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.prefix + key in self.reader
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.reader.read(self.prefix + key)
+
+    def shape(self, key: str):
+        return self.reader.shape(self.prefix + key)
+
+    def dtype(self, key: str):
+        return self.reader.dtype(self.prefix + key)
+
+    def nbytes(self, key: str) -> int:
+        return self.reader.nbytes(self.prefix + key)
+
+    def read(self, key: str, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+        return self.reader.read(self.prefix + key, max_bytes)
+
+    def text(self, key: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
+        return self.reader.text(self.prefix + key, max_bytes)
+
+
+def as_reader(z, label: str, *, error: type[WeightsError] = WeightsError, what: str = "file",
+              prefix: str = ""):
+    """`z` (an NpzReader, a SubReader or a mapping of arrays) as a reader, optionally under `prefix`."""
+    r = z if isinstance(z, (NpzReader, SubReader)) else ArrayDict(z, label, error=error, what=what)
+    return SubReader(r, prefix) if prefix else r

@@ -1,0 +1,37 @@
+"""Score quantized models against FLOAT on a fixed image set (FLOAT run once, reused by every score).
+
+What benchmarks, `auto` and the mixed-precision search share: `Scorer(model, images)` preprocesses
+the images and keeps FLOAT detections; `score(qmodel, mode, float_layers)` runs the quantized
+network and returns its `Agreement` (COCO mAP@0.5, mAP@[.5:.95], lost and extra detections).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from engine.darknet.detect import detect_outputs
+from engine.quant.executor import Executor, FloatView
+from engine.quant.fitness import Agreement, detection_agreement
+
+
+def _as_input(item):
+    return getattr(item, "image", item)          # a valset.Variant or any ImageLike
+
+
+class Scorer:
+    def __init__(self, model, images: Sequence, resize: str = "letterbox", thresh: float = 0.25,
+                 nms: float = 0.45) -> None:
+        self.model, self.thresh, self.nms = model, thresh, nms
+        self.inputs = [model.preprocess(_as_input(i), resize) for i in images]
+        self.names = [getattr(i, "name", str(k)) for k, i in enumerate(images)]
+        self.truth = [detect_outputs(model, model.forward(p.x), p, thresh, nms) for p in self.inputs]
+
+    @property
+    def n_truth(self) -> int:
+        return sum(len(t) for t in self.truth)
+
+    def detections(self, qmodel, mode: str = "int", float_layers: Iterable[int] | None = None) -> list:
+        ex = Executor(self.model, qmodel, mode, float_layers)
+        return [detect_outputs(self.model, FloatView(ex.run(p.x)[0]), p, self.thresh, self.nms) for p in self.inputs]
+
+    def score(self, qmodel, mode: str = "int", float_layers: Iterable[int] | None = None) -> Agreement:
+        return detection_agreement(self.truth, self.detections(qmodel, mode, float_layers))

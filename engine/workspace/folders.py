@@ -1,0 +1,53 @@
+"""Entry folders on disk: staging new files, removing folders safely, checksums and timestamps."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Mapping
+
+from engine.atomic import fsync_dir
+
+
+def stage_files(staging: Path, files: Mapping[str, bytes]) -> tuple[Path, dict[str, str]]:
+    """Write and fsync `files` into a new private folder `<staging>/<pid>-<random>`; return it and
+    the files' sha256."""
+    stage = staging / f"{os.getpid()}-{secrets.token_hex(6)}"
+    stage.mkdir(mode=0o700)
+    checksums = {}
+    for fname, data in sorted(files.items()):
+        digest = hashlib.sha256()
+        with open(stage / fname, "xb") as f:
+            view = memoryview(data)
+            for i in range(0, len(view), 1 << 20):  # chunks: hashing and writing interleave
+                digest.update(view[i:i + (1 << 20)])
+                f.write(view[i:i + (1 << 20)])
+            f.flush()
+            os.fsync(f.fileno())
+        checksums[fname] = digest.hexdigest()
+    fsync_dir(stage)
+    return stage, checksums
+
+
+def rmtree(path: Path) -> None:
+    """Remove a folder tree, or just the link if `path` is a symlink (never what it points to)."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def combined(checksums: Mapping[str, str]) -> str:
+    if len(checksums) == 1:
+        return next(iter(checksums.values()))
+    manifest = "".join(f"{h}  {f}\n" for f, h in sorted(checksums.items()))
+    return hashlib.sha256(manifest.encode("utf-8")).hexdigest()

@@ -1,0 +1,38 @@
+"""Copy the tutorial notebooks into a user's workspace on first use (never overwriting their edits)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from engine.atomic import atomic_write
+from engine.workspace.paths import real_dir
+from engine.workspace.store import Workspace
+from engine.workspace.uploads import WorkspaceError, check_name, check_size
+
+
+def ensure_tutorials(src_dir: str | os.PathLike, workspace: Workspace | None = None,
+                     subdir: str = "tutorials") -> list[Path]:
+    """Copy the tutorial files of `src_dir` into `<workspace>/<subdir>/` if not there yet.
+
+    Meant for first use on a shared hub: the shared copy is read-only, the user's copy is theirs
+    (mode 0600) and is never overwritten, so their edits survive later calls. Hidden files and
+    checkpoints are skipped. Returns the files copied by this call.
+    Raises: WorkspaceError if `src_dir` is not a readable directory.
+    """
+    src = Path(src_dir)
+    if not src.is_dir():
+        raise WorkspaceError(f"tutorials source {src}: not a directory")
+    ws = workspace or Workspace()
+    dest_root = real_dir(ws.root, check_name(subdir, "tutorials folder"))
+    copied = []
+    for f in sorted(src.rglob("*")):
+        rel = f.relative_to(src)
+        if any(part.startswith(".") for part in rel.parts) or not f.is_file():
+            continue
+        target = dest_root / rel
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        check_size(str(f), f.stat().st_size, ws.limits.record, "tutorial file")
+        copied.append(atomic_write(target, f.read_bytes(), mode=0o600))
+    return copied

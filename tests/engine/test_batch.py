@@ -1,0 +1,56 @@
+"""Batched FLOAT forward: (N, 3, H, W) in, (N, C, H, W) per layer out, image k bit-identical to a
+forward of image k alone."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import engine
+from helpers import CFG_DIR, IMAGES, resized_cfg
+
+
+def photo_batch(model: engine.Model) -> np.ndarray:
+    xs = [model.preprocess(p).x for p in sorted(IMAGES.glob("*.jpg"))[:3]]
+    return np.stack(xs)
+
+
+def assert_batch_equals_singles(model: engine.Model, xb: np.ndarray) -> None:
+    batch = model.forward(xb)
+    assert len(batch) == len(model.layers)
+    for k in range(xb.shape[0]):
+        single = model.forward(xb[k])
+        for i, (b, s) in enumerate(zip(batch, single)):
+            assert b.shape == (xb.shape[0],) + s.shape, (i, b.shape, s.shape)
+            assert np.array_equal(b[k], s), f"image {k}, layer {i} [{model.layers[i].kind}]: " \
+                                            f"max |diff| {np.abs(b[k] - s).max():.3g}"
+
+
+def test_yolov3_tiny_batch_equals_single_forwards_bit_for_bit(tiny):
+    xb = photo_batch(tiny)
+    assert_batch_equals_singles(tiny, xb)
+    # images differ, so the batch axis really carries three different results
+    out = tiny.forward(xb)[-1]
+    assert not np.array_equal(out[0], out[1])
+
+
+def test_random_yolov4_tiny_batch_equals_single_forwards(tmp_path):
+    """yolov4-tiny: route groups (group_id), leaky convs on 3x3 and 1x1, two heads."""
+    model = engine.load(resized_cfg(CFG_DIR / "yolov4-tiny.cfg", 224, tmp_path), random_weights=1)
+    xb = np.random.default_rng(2).random((2,) + model.input_shape, dtype=np.float32)
+    assert_batch_equals_singles(model, xb)
+
+
+def test_batch_of_one_and_stop(tiny):
+    x = photo_batch(tiny)[1]
+    one = tiny.forward(x[None], stop=9)
+    ref = tiny.forward(x, stop=9)
+    assert len(one) == 10
+    for a, b in zip(one, ref):
+        assert a.shape == (1,) + b.shape and np.array_equal(a[0], b)
+        assert not a.flags.writeable
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 416, 416), (2, 3, 416, 320), (2, 1, 3, 416, 416), (416, 416)])
+def test_batch_of_a_wrong_shape_is_refused_with_the_expected_shape(tiny, shape):
+    with pytest.raises(ValueError, match=r"expects \(3, 416, 416\).*or a batch \(N, 3, 416, 416\)"):
+        tiny.forward(np.zeros(shape, np.float32))

@@ -1,0 +1,64 @@
+"""fitness.error_stats (blockwise float64 sums) against the plain whole-tensor formulation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.kernels import threads
+from engine.quant import fitness
+from engine.quant.fitness import error_stats
+
+
+def plain_error_stats(ref, y, q=None, saturated=0):
+    """The formulation before (whole-tensor float64 copies, one BLAS dot each), the reference here."""
+    r = ref.astype(np.float64).ravel()
+    e = y.astype(np.float64).ravel() - r
+    sig, noise = float(r @ r), float(e @ e)
+    sqnr = float("inf") if noise == 0 else (10 * np.log10(sig / noise) if sig > 0 else float("-inf"))
+    ny = float(np.linalg.norm(y.astype(np.float64)))
+    nr = float(np.sqrt(sig))
+    cos = float(r @ y.astype(np.float64).ravel() / (nr * ny)) if nr > 0 and ny > 0 else float(nr == ny)
+    use = float(np.abs(q.astype(np.int16)).max() / 127) if q is not None and q.size else float("nan")
+    return np.array([sqnr, cos, noise / max(1, r.size), float(np.abs(e).max()) if e.size else 0.0, use,
+                     saturated / max(1, r.size)])
+
+
+def as_array(s: fitness.ErrorStats) -> np.ndarray:
+    return np.array([s.sqnr_db, s.cosine, s.mse, s.max_abs, s.range_use, s.saturation])
+
+
+def quantized(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    q = np.clip(np.round(ref / np.abs(ref).max() * 127), -128, 127).astype(np.int8)
+    q.flat[0] = -128                                   # |-128| must not wrap in int8
+    return q, (q.astype(np.float32) * (np.abs(ref).max() / 127)).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(64, 13, 13), (16, 416, 416), (255, 26, 26), (1, 1, 1)])
+def test_error_stats_equal_the_plain_formulation_to_float64_rounding(shape):
+    rng = np.random.default_rng(sum(shape))
+    ref = rng.standard_normal(shape).astype(np.float32)
+    q, y = quantized(ref)
+    got, want = as_array(error_stats(ref, y, q, 7)), plain_error_stats(ref, y, q, 7)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert got[3] == want[3] and got[4] == want[4] == 128 / 127 and got[5] == want[5]  # max|e|, range, saturation
+
+
+def test_error_stats_are_the_same_bits_on_1_and_2_threads(monkeypatch):
+    rng = np.random.default_rng(1)
+    ref = rng.standard_normal((32, 104, 104)).astype(np.float32)
+    q, y = quantized(ref)
+    with threads.blas_limit(1):
+        one = as_array(error_stats(ref, y, q))
+    with threads.blas_limit(2):
+        two = as_array(error_stats(ref, y, q))
+    assert np.array_equal(one, two)
+    monkeypatch.setattr(fitness, "STATS_BLOCK", 1000)       # another block size: same values to rounding
+    np.testing.assert_allclose(as_array(error_stats(ref, y, q)), one, rtol=1e-12)
+
+
+def test_error_stats_edge_cases_match():
+    z = np.zeros((4, 2, 2), np.float32)
+    one = np.ones((4, 2, 2), np.float32)
+    for ref, y in ((z, z), (one, one), (z, one), (one, z), (one, -one), (z[:0], z[:0])):
+        got, want = as_array(error_stats(ref, y)), plain_error_stats(ref, y)
+        assert np.array_equal(got, want, equal_nan=True), (ref.shape, got, want)

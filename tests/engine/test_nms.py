@@ -1,0 +1,112 @@
+"""The vectorised NMS against Darknet's literal O(n^2) `do_nms_sort`, kept here as the reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.darknet.detect import Candidates, detect_outputs
+from engine.darknet.nms import box_diou, box_iou, nms_sort, overlap_pairs
+
+
+def naive_nms_sort(c: Candidates, nms: float, kind: str = "default") -> np.ndarray:
+    """Darknet do_nms_sort as written: per class, sort (stable), greedy, one IoU row per kept box."""
+    probs = c.probs.copy()
+    overlap = box_diou if kind == "greedynms" else box_iou
+    if nms <= 0:
+        return probs
+    for k in range(probs.shape[1]):
+        idx = np.flatnonzero(probs[:, k] > 0)
+        idx = idx[np.argsort(-probs[idx, k], kind="stable")]
+        for pos, i in enumerate(idx):
+            if probs[i, k] == 0:
+                continue
+            rest = idx[pos + 1:]
+            rest = rest[probs[rest, k] > 0]
+            if rest.size:
+                probs[rest[overlap(c.boxes[i], c.boxes[rest]) > nms], k] = 0.0
+    return probs
+
+
+def yolo_like(rng: np.random.Generator, grid: int, anchors: list[tuple[float, float]], classes: int,
+              levels: int = 0) -> Candidates:
+    """Boxes on a grid of cells (dense, overlapping neighbours, like a head), probs with ties."""
+    n = grid * grid * len(anchors)
+    cell = np.arange(n) // len(anchors)
+    an = np.array(anchors)[np.arange(n) % len(anchors)]
+    boxes = np.stack([(cell % grid + rng.random(n)) / grid, (cell // grid + rng.random(n)) / grid,
+                      an[:, 0] * np.exp(rng.normal(0, 0.3, n)), an[:, 1] * np.exp(rng.normal(0, 0.3, n))], 1)
+    probs = rng.random((n, classes))
+    if levels:                                   # few distinct values: many exact ties
+        probs = np.round(probs * levels) / levels
+    probs[probs < 0.3] = 0.0
+    return Candidates(boxes, probs.max(1), probs)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("nms", [0.3, 0.45, 0.7])
+def test_nms_equals_darknet_loop_on_dense_grids(seed, nms):
+    rng = np.random.default_rng(seed)
+    c = yolo_like(rng, 13, [(0.1, 0.12), (0.25, 0.2), (0.6, 0.5)], 5, levels=4 if seed % 2 else 0)
+    ref = naive_nms_sort(c, nms)
+    got = nms_sort(c, nms)
+    assert np.array_equal(got, ref)
+    assert 0 < np.count_nonzero(got) < np.count_nonzero(c.probs)  # NMS removed some, kept some
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nms_equals_darknet_loop_with_duplicates_ties_and_degenerate_boxes(seed):
+    rng = np.random.default_rng(100 + seed)
+    n = 300
+    boxes = np.column_stack([rng.random((n, 2)), rng.uniform(0.01, 0.5, (n, 2))])
+    boxes[50:80] = boxes[20:50]                  # exact duplicates: IoU 1
+    boxes[80:90, 2] = 0.0                        # zero width
+    boxes[90:95, 3] = np.inf                     # infinite height
+    boxes[95:100, 2:] = 1e300                    # areas that overflow to inf
+    probs = np.round(rng.random((n, 3)) * 3) / 3  # values 0, 1/3, 2/3, 1: heavy ties
+    probs[60:70] = probs[30:40]                  # duplicate boxes with tied probabilities
+    c = Candidates(boxes, probs.max(1), probs)
+    for nms in (0.1, 0.45, 0.9, 1.0):
+        assert np.array_equal(nms_sort(c, nms), naive_nms_sort(c, nms)), nms
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_greedynms_diou_equals_darknet_loop(seed):
+    rng = np.random.default_rng(200 + seed)
+    c = yolo_like(rng, 10, [(0.15, 0.15), (0.4, 0.3)], 4, levels=5)
+    for nms in (0.2, 0.45):
+        assert np.array_equal(nms_sort(c, nms, "greedynms"), naive_nms_sort(c, nms, "greedynms"))
+
+
+def test_overlap_pairs_are_exactly_the_pairs_above_threshold():
+    rng = np.random.default_rng(7)
+    c = yolo_like(rng, 9, [(0.05, 0.3), (0.3, 0.05), (0.2, 0.2), (0.9, 0.8)], 1)  # extreme aspect ratios too
+    for nms in (0.05, 0.3, 0.6):
+        full = box_iou(c.boxes[:, None, :], c.boxes[None, :, :]) if False else \
+            np.stack([box_iou(b, c.boxes) for b in c.boxes])
+        i, j = np.nonzero(np.triu(full > nms, 1))
+        got = overlap_pairs(c.boxes, nms)
+        assert sorted(map(tuple, got.tolist())) == sorted(zip(i.tolist(), j.tolist()))
+
+
+def test_pairwise_iou_is_symmetric_and_equals_the_row_form():
+    rng = np.random.default_rng(3)
+    a = np.column_stack([rng.random((500, 2)), rng.uniform(0.01, 0.4, (500, 2))])
+    b = a[rng.permutation(500)]
+    assert np.array_equal(box_iou(a, b), box_iou(b, a))
+    assert np.array_equal(box_iou(a, b), np.array([box_iou(x, y[None])[0] for x, y in zip(a, b)]))
+
+
+def test_random_weight_detections_equal_the_darknet_loop():
+    """A random-weight yolov3-tiny: nearly every box passes, as the pathological case of the issue."""
+    import engine
+    from helpers import TINY_CFG
+    model = engine.load(TINY_CFG, random_weights=3)
+    x = np.random.default_rng(0).random(model.input_shape, dtype=np.float32)
+    outs = model.forward(x)
+    from engine.darknet.detect import candidates
+    c, kind = candidates(model, outs, 0.2)
+    assert c.probs.shape[0] > 1000 and np.count_nonzero(c.probs) > 10000
+    assert np.array_equal(nms_sort(c, 0.45, kind), naive_nms_sort(c, 0.45, kind))
+    pre = model.preprocess(np.zeros((416, 416, 3), np.uint8))
+    dets = detect_outputs(model, outs, pre, 0.2, 0.45)
+    assert len(dets) == np.count_nonzero(naive_nms_sort(c, 0.45, kind) > 0.2)

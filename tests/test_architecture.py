@@ -1,0 +1,175 @@
+"""The floor plan, enforced (docs/architecture.md): what engine/ may import, no import cycles, small
+modules, a small engine/ root, and Darknet layer kinds known by their classes, not by lists.
+
+Imports are read with `ast`, at module level and inside functions alike (a lazy import is still a
+dependency). Each rule is a function of a source tree, so the self-checks below run it on a
+synthetic tree that breaks it: a rule that cannot fail would prove nothing.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+
+from helpers import ROOT
+
+WIDGET_PACKAGES = ("qwidgets", "ipywidgets", "traitlets", "IPython", "ipycytoscape")
+MAX_LINES = 450
+MAX_ROOT_MODULES = 12
+MAX_YOLO_MODULES = 3         # engine modules outside engine/layers/ that spell the literal "yolo"
+
+
+def modules(root: Path, package: str) -> dict[str, Path]:
+    """Dotted module name -> file, for every .py file of `package` under `root`."""
+    out = {}
+    for path in sorted((root / package).rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def imported_names(path: Path, module: str, known: set[str] = frozenset()) -> set[str]:
+    """Every module name `path` imports, anywhere in the file (relative imports resolved).
+
+    `from pkg import name` depends on pkg/__init__ (which defines `name`), unless `pkg.name` is one
+    of the `known` modules: then, as with `import pkg.name`, on that module only.
+    """
+    tree = ast.parse(path.read_text(), str(path))
+    is_package = path.name == "__init__.py"
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = module.split(".")
+                anchor = anchor[:len(anchor) - node.level + (1 if is_package else 0)]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                names.add(sub if sub in known else base)
+    return names
+
+
+def import_graph(root: Path, package: str) -> tuple[nx.DiGraph, dict[str, set[str]]]:
+    """(edges between the package's modules, every name each module imports)."""
+    mods = modules(root, package)
+    graph, raw = nx.DiGraph(), {}
+    graph.add_nodes_from(mods)
+    for name, path in mods.items():
+        raw[name] = imported_names(path, name, set(mods))
+        for target in raw[name]:
+            if target in mods and target != name:
+                graph.add_edge(name, target)
+    return graph, raw
+
+
+def widget_imports(raw: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} imports {t}" for m, targets in raw.items() for t in targets
+                  if t.split(".")[0] in WIDGET_PACKAGES)
+
+
+def cycles(graph: nx.DiGraph) -> list[list[str]]:
+    return sorted(sorted(c) for c in nx.simple_cycles(graph))
+
+
+def long_modules(root: Path, packages: tuple[str, ...], limit: int = MAX_LINES) -> list[str]:
+    out = []
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            n = len(path.read_text().splitlines())
+            if n > limit:
+                out.append(f"{path.relative_to(root)}: {n} lines")
+    return out
+
+
+def root_modules(root: Path, package: str) -> list[str]:
+    return sorted(p.name for p in (root / package).glob("*.py"))
+
+
+def modules_spelling(root: Path, package: str, literal: str, outside: str) -> list[str]:
+    """Modules (outside the subpackage `outside`) whose code holds the string constant `literal`."""
+    out = []
+    for name, path in modules(root, package).items():
+        if name == f"{package}.{outside}" or name.startswith(f"{package}.{outside}."):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        if any(isinstance(n, ast.Constant) and n.value == literal for n in ast.walk(tree)):
+            out.append(name)
+    return sorted(out)
+
+
+# ------------------------------------------------------------------------------ the rules on engine/
+def test_engine_never_imports_widget_code():
+    _, raw = import_graph(ROOT, "engine")
+    assert widget_imports(raw) == []
+
+
+# The performance helper's split of engine/kernels/gemm.py (scratch, threads, gemm, conv: the conv
+# chooser imports both kernels) removes this one; delete the entry when it lands.
+TOLERATED_CYCLES = [["engine.kernels.gemm", "engine.kernels.winograd"]]
+
+
+def test_no_import_cycle_among_engine_modules():
+    graph, _ = import_graph(ROOT, "engine")
+    assert graph.number_of_edges() > 100          # the graph really was read
+    assert [c for c in cycles(graph) if c not in TOLERATED_CYCLES] == []
+
+
+def test_no_module_over_the_line_limit():
+    assert long_modules(ROOT, ("engine", "qwidgets")) == []
+
+
+def test_engine_root_stays_small():
+    names = root_modules(ROOT, "engine")
+    assert "__init__.py" in names and len(names) <= MAX_ROOT_MODULES, names
+
+
+def test_layer_kinds_are_traits_not_lists():
+    spelled = modules_spelling(ROOT, "engine", "yolo", outside="layers")
+    assert len(spelled) <= MAX_YOLO_MODULES, spelled
+
+
+# ------------------------------------------------------------------------------ self-checks: the rules fail
+def write(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_the_rules_catch_a_synthetic_violation_of_each(tmp_path):
+    write(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/a.py": "from pkg import b\n",
+        "pkg/b.py": "def lazy():\n    from pkg.sub.c import f\n    return f\n",   # cycle via a function
+        "pkg/sub/__init__.py": "",
+        "pkg/sub/c.py": "from ..a import b\nimport ipywidgets\n",                 # relative import closes it
+        "pkg/d.py": "KIND = 'yolo'\n" + "x = 1\n" * (MAX_LINES + 1),
+        "pkg/e.py": "def f(layer):\n    return layer.kind == 'yolo'\n",
+        "pkg/layers/__init__.py": "",
+        "pkg/layers/yolo.py": "kind = 'yolo'\n",
+    })
+    graph, raw = import_graph(tmp_path, "pkg")
+    assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.sub.c"]]
+    assert widget_imports(raw) == ["pkg.sub.c imports ipywidgets"]
+    assert long_modules(tmp_path, ("pkg",)) == [f"pkg/d.py: {MAX_LINES + 2} lines"]
+    assert modules_spelling(tmp_path, "pkg", "yolo", outside="layers") == ["pkg.d", "pkg.e"]
+    assert len(modules_spelling(tmp_path, "pkg", "yolo", outside="nothing")) == 3
+    write(tmp_path, {f"pkg/m{i}.py": "" for i in range(MAX_ROOT_MODULES)})
+    assert len(root_modules(tmp_path, "pkg")) > MAX_ROOT_MODULES
+
+
+def test_a_clean_synthetic_tree_passes_and_from_package_import_name_counts_its_init(tmp_path):
+    write(tmp_path, {"pkg/__init__.py": "", "pkg/a.py": "import numpy\n\ndef f():\n    from pkg import b\n    return b\n",
+                     "pkg/b.py": "import os\n"})
+    graph, raw = import_graph(tmp_path, "pkg")
+    assert sorted(graph.edges) == [("pkg.a", "pkg.b")]
+    assert cycles(graph) == [] and widget_imports(raw) == [] and long_modules(tmp_path, ("pkg",)) == []
+    write(tmp_path, {"pkg/__init__.py": "from pkg.b import g\n", "pkg/b.py": "def g():\n    from pkg import g\n"})
+    graph, _ = import_graph(tmp_path, "pkg")
+    assert cycles(graph) == [["pkg", "pkg.b"]]          # `g` is a name pkg/__init__ defines
