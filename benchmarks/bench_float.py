@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_float.py [--runs 30] [--layers] [--json]
 
-Models: yolov3-tiny @416 with its real weights (target ours/OpenCV <= 0.8) and yolov3 @416 with
+Models: yolov3-tiny @416 with its real weights (target ours/OpenCV <= 1.0, moonshot 0.8) and yolov3 @416 with
 random weights written to a temporary `.weights` file that both engines load (target <= 0.9).
 Both engines run with 2 threads: `cv2.setNumThreads(2)`, and OpenBLAS through threadpoolctl if it
 is installed, else OPENBLAS_NUM_THREADS=2 set before NumPy is imported. Timed runs alternate
@@ -43,7 +43,7 @@ TINY_CFG = SHARED / "models/yolov3-tiny.cfg"
 TINY_WEIGHTS = SHARED / "models/yolov3-tiny.weights"
 YOLOV3_CFG = SHARED / "models/cfg/yolov3.cfg"
 DOG_INPUT = SHARED / "reference/opencv-yolov3-tiny-dog.npz"
-TARGETS = {"yolov3-tiny": 0.8, "yolov3": 0.9}
+TARGETS = {"yolov3-tiny": 1.0, "yolov3": 0.9}   # performance round 2 (tiny moonshot: 0.8)
 
 
 def limit_blas_threads() -> str:

@@ -109,15 +109,10 @@ def test_engine_never_imports_widget_code():
     assert widget_imports(raw) == []
 
 
-# The performance helper's split of engine/kernels/gemm.py (scratch, threads, gemm, conv: the conv
-# chooser imports both kernels) removes this one; delete the entry when it lands.
-TOLERATED_CYCLES = [["engine.kernels.gemm", "engine.kernels.winograd"]]
-
-
 def test_no_import_cycle_among_engine_modules():
     graph, _ = import_graph(ROOT, "engine")
     assert graph.number_of_edges() > 100          # the graph really was read
-    assert [c for c in cycles(graph) if c not in TOLERATED_CYCLES] == []
+    assert cycles(graph) == []
 
 
 def test_no_module_over_the_line_limit():

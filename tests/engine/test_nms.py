@@ -110,3 +110,17 @@ def test_random_weight_detections_equal_the_darknet_loop():
     pre = model.preprocess(np.zeros((416, 416, 3), np.uint8))
     dets = detect_outputs(model, outs, pre, 0.2, 0.45)
     assert len(dets) == np.count_nonzero(naive_nms_sort(c, 0.45, kind) > 0.2)
+
+
+def test_tiny_and_far_boxes_near_threshold_one():
+    """Scaled coordinates get large (tiny boxes, nms near 1): the grid join must still find every pair."""
+    rng = np.random.default_rng(11)
+    n = 200
+    centre = rng.random((n, 2)) * 1e3
+    boxes = np.column_stack([centre, rng.uniform(1e-7, 2e-7, (n, 2))])
+    boxes[100:150] = boxes[:50]
+    boxes[150:200, :2] = boxes[:50, :2] + 1e-9               # near-duplicates
+    probs = np.round(rng.random((n, 2)) * 4) / 4
+    c = Candidates(boxes, probs.max(1), probs)
+    for nms in (0.5, 0.99, 0.999999, 1.0):
+        assert np.array_equal(nms_sort(c, nms), naive_nms_sort(c, nms)), nms

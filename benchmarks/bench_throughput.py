@@ -1,0 +1,71 @@
+"""Images per second over a set of images: ours (one at a time, batched) against OpenCV DNN (one at
+a time, blobs of 8), in one run, 2 threads each.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_throughput.py [--images 64] [--rounds 2]
+
+yolov3-tiny @416 with its real weights; the inputs are the shared photos letterboxed (repeated to
+--images). Each engine/mode processes the whole set once per round, modes alternating round by
+round; the best round of each is reported (throughput: the machine's quietest moment counts).
+Target of the performance issue: ours >= 1.3x OpenCV's best rate.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import engine  # noqa: E402
+from bench_float import THREADS, TINY_CFG, TINY_WEIGHTS, OpenCV, limit_blas_threads  # noqa: E402
+
+BLOB = 8
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args(argv)
+    limit_blas_threads()
+    model = engine.load(TINY_CFG, TINY_WEIGHTS)
+    photos = sorted(Path("/work/shared/images").glob("*.jpg"))
+    base = [model.preprocess(p).x for p in photos]
+    xs = np.stack([base[i % len(base)] for i in range(args.images)])
+    cv = OpenCV(TINY_CFG, TINY_WEIGHTS, model.input_shape)
+
+    def cv_blobs(size: int) -> None:
+        for i in range(0, len(xs), size):
+            cv.net.setInput(xs[i:i + size])
+            cv.net.forward(cv.outs)
+
+    modes = {
+        "ours, one at a time": lambda: [model.forward(x) for x in xs],
+        f"ours, batches of {BLOB}": lambda: [model.forward(xs[i:i + BLOB]) for i in range(0, len(xs), BLOB)],
+        "OpenCV, one at a time": lambda: cv_blobs(1),
+        f"OpenCV, blobs of {BLOB}": lambda: cv_blobs(BLOB),
+    }
+    cv_blobs(BLOB)
+    model.forward(xs[:2])
+    best = {k: 0.0 for k in modes}
+    items = list(modes.items())
+    for r in range(args.rounds):
+        for name, fn in items[r % len(items):] + items[:r % len(items)]:
+            t = time.perf_counter()
+            fn()
+            best[name] = max(best[name], len(xs) / (time.perf_counter() - t))
+    cv_best = max(v for k, v in best.items() if k.startswith("OpenCV"))
+    ours_best = max(v for k, v in best.items() if k.startswith("ours"))
+    print(f"yolov3-tiny @416, {len(xs)} images, best of {args.rounds} rounds, {THREADS} threads")
+    for name, rate in best.items():
+        print(f"  {name:24} {rate:7.2f} images/s")
+    print(f"  ours best / OpenCV best = {ours_best / cv_best:.2f}x (target >= 1.3x)")
+
+
+if __name__ == "__main__":
+    main()
