@@ -17,34 +17,10 @@ import numpy as np
 from engine.calib import make
 from engine.calib.collect import CalibrationStats, quantizable_ids
 from engine.errors import EngineError, WeightsError
+from engine.quant.layerquant import LayerQuant
 from engine.quant.weights import QuantWeights, quantize_bias, quantize_weights
 
 QMODEL_FORMAT = "qwidgets-quantized-model/1"
-
-
-@dataclass
-class LayerQuant:
-    """Integer parameters of one conv / connected layer."""
-    w_q: np.ndarray          # int8, (n, C/g, k, k) or (out, in)
-    w_scale: np.ndarray      # float64 (n,) or (1,)
-    b_q: np.ndarray          # int32 (n,), in the accumulator scale in_scale * w_scale
-    in_scale: float          # scale of the input tensor the biases were quantized for
-    scheme: str
-
-    @property
-    def w_f(self) -> np.ndarray:
-        """int8 values as float32, laid out for the GEMM: (n, C/g*k*k). Exact (|q| <= 127). Made on use,
-        not kept: a float32 copy of every int8 weight would quadruple the quantized model in memory."""
-        return np.ascontiguousarray(self.w_q.reshape(self.w_q.shape[0], -1), dtype=np.float32)
-
-    @property
-    def acc_scale(self) -> np.ndarray:
-        return self.in_scale * np.broadcast_to(self.w_scale, (self.w_q.shape[0],))
-
-    def dequantized_weights(self) -> np.ndarray:
-        shape = (-1,) + (1,) * (self.w_q.ndim - 1)
-        return (self.w_q.astype(np.float64) * np.broadcast_to(self.w_scale, (self.w_q.shape[0],)).reshape(shape)
-                ).astype(np.float32)
 
 
 @dataclass
