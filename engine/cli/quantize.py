@@ -15,6 +15,9 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
     add_calib_args(s)
     s.add_argument("--method", default="kl", help="calibration method: log2, kl, minmax, percentile, mse, yolo2_light")
     s.add_argument("--settings", metavar="JSON", help='method settings, e.g. \'{"percentile": 99.9}\'')
+    s.add_argument("--profile", default="qwidgets", metavar="NAME",
+                   help="device profile, the integer rules of the target: qwidgets (default), onnxruntime, "
+                        "avx2_u8s8, ort_reduce_range, yolo2_light (docs/profiles.md)")
     s.add_argument("-o", "--output", required=True, metavar="QMODEL")
     s.set_defaults(func=cmd_quantize)
 
@@ -32,12 +35,14 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from engine.calib.collect import collect
     from engine.quant.fitness import model_size
+    from engine.quant.profiles import get_profile
     from engine.quant.qmodel import quantize_model
+    get_profile(args.profile)                       # an unknown profile fails before the calibration pass
     output_path(args.output)                        # before the slow calibration, not after it
     settings = method_settings(args.method, args.settings)
     model = load_model(args)
     stats = collect(model, args.calib, args.resize, progress=not args.quiet)
-    qm = quantize_model(model, stats, args.method, per_channel=args.per_channel, **settings)
+    qm = quantize_model(model, stats, args.method, per_channel=args.per_channel, profile=args.profile, **settings)
     qm.save(args.output)
     size = model_size(model, qm)
     print(f"wrote {args.output}: {qm.describe()}, calibrated on {stats.images} images; int8 {size.int8_bytes:,} "

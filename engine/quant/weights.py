@@ -45,14 +45,16 @@ def y2l_weight_multiplier(w: np.ndarray) -> float:
     return 2.0 ** (14 - densest_window(octave_counts(w, signed=True), 8))
 
 
-def _log2_scale(w: np.ndarray) -> float:
+def _log2_scale(w: np.ndarray, qmax: int = QMAX) -> float:
     j = densest_window(octave_counts(w), 8)
     top = 2.0 ** (j + 8 + SMALLEST_EXP)
-    return 2.0 ** np.ceil(np.log2(min(top, float(np.abs(w).max()) or top) / QMAX))
+    return 2.0 ** np.ceil(np.log2(min(top, float(np.abs(w).max()) or top) / qmax))
 
 
-def quantize_weights(w: np.ndarray, scheme: str = "minmax", per_channel: bool = False) -> QuantWeights:
-    """float32 (n, ...) -> QuantWeights. Raises ValueError for unknown schemes or non-finite weights."""
+def quantize_weights(w: np.ndarray, scheme: str = "minmax", per_channel: bool = False,
+                     qmax: int = QMAX) -> QuantWeights:
+    """float32 (n, ...) -> QuantWeights in [-qmax, qmax] (127; 63 for 7-bit `reduce_range` weights).
+    Raises ValueError for unknown schemes or non-finite weights."""
     if scheme not in WEIGHT_SCHEMES:
         raise ValueError(f"weight scheme {scheme!r}: expected one of {', '.join(WEIGHT_SCHEMES)}")
     if not np.isfinite(w).all():
@@ -67,11 +69,11 @@ def quantize_weights(w: np.ndarray, scheme: str = "minmax", per_channel: bool = 
         return QuantWeights(q, np.array([1.0 / mult]), scheme)
     if scheme == "minmax":
         amax = np.abs(rows).max(axis=1).astype(np.float64)
-        scale = np.where(amax > 0, amax / QMAX, 1.0)
+        scale = np.where(amax > 0, amax / qmax, 1.0)
     else:
-        scale = np.array([_log2_scale(r) if np.any(r) else 1.0 for r in rows])
+        scale = np.array([_log2_scale(r, qmax) if np.any(r) else 1.0 for r in rows])
     shape = (-1,) + (1,) * (w.ndim - 1)
-    q = np.clip(np.rint(w.astype(np.float64) / scale.reshape(shape if per_channel else ())), -QMAX, QMAX)
+    q = np.clip(np.rint(w.astype(np.float64) / scale.reshape(shape if per_channel else ())), -qmax, qmax)
     return QuantWeights(q.astype(np.int8), scale, scheme)
 
 

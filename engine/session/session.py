@@ -42,9 +42,7 @@ class Session(LayerStepper):
     def __init__(self, model, quantized: QuantizedModel | str | Path | None = None, mode: str | Mode = "float",
                  image: ImageLike | Preprocessed | None = None, *, resize: str = "letterbox",
                  float_layers=None, thresh: float = 0.25, nms: float = 0.45) -> None:
-        from engine.model import Model, load
-        if not isinstance(model, Model):
-            model = load(model)
+        model = arguments.model(model)
         quantized = arguments.quantized(quantized)
         thresh, nms = arguments.unit_interval(thresh, "thresh"), arguments.unit_interval(nms, "nms")
         # the session edits private copies: edits never reach the caller's model
@@ -124,7 +122,7 @@ class Session(LayerStepper):
         either, called only once the switch is allowed) in this session, with an optional quantized
         model made for it; restarts execution on the same image. Every edit belongs to the old model:
         EditsWouldBeLost unless `drop_edits`. Returns the number of dropped edits."""
-        from engine.model import Model, load
+        from engine.model import Model
         applied, undone = len(self.journal.done), len(self.journal.undone)
         if applied + undone and not drop_edits:
             raise EditsWouldBeLost(f"{applied + undone} edit(s) of model '{self.model.graph.name}' would be lost; "
@@ -132,9 +130,8 @@ class Session(LayerStepper):
                                    applied, undone)
         if callable(model) and not isinstance(model, Model):
             model = model()          # e.g. a cfg + its weights: nothing is read for a refused switch
-        model = model if isinstance(model, Model) else load(model)
-        if quantized is not None and not isinstance(quantized, QuantizedModel):
-            quantized = QuantizedModel.load(quantized)
+        model = arguments.model(model)
+        quantized = arguments.quantized(quantized)
         mode = self.mode if quantized is not None else Mode.FLOAT.value
         twin, qtwin = model.shallow_copy(), quantized.copy() if quantized is not None else None
         executor = Executor(twin, qtwin, mode)          # validates the pair before anything changes
@@ -329,7 +326,7 @@ class Session(LayerStepper):
         ("other"), without changing the session's own state; returns the detections."""
         index = self.position if index is None else self._executed(index)
         if source not in ("this", "other"):
-            raise ValueError(f"source={source!r}: expected 'this' or 'other'")
+            raise ArgumentError(f"source={source!r}: expected 'this' or 'other'")
         self.refresh()
         first = self.cross(index).value_other if source == "other" else self.values[index]
         values = run_rest(self.executor, self.values[:index] + [first], self._inputs)
