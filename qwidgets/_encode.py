@@ -16,6 +16,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from engine.imaging.augment import to_png as _engine_png
+
 GAP = 2                      # pixels between montage tiles
 GAP_GREY = 48                # colour of the gaps (dark grey, distinct from black data)
 FLAT_GREY = 128              # per-channel normalisation of a constant channel: no contrast to show
@@ -43,12 +45,8 @@ def font(size: int) -> ImageFont.FreeTypeFont:
 
 
 def to_png(im: Image.Image | np.ndarray) -> bytes:
-    """PNG bytes of a PIL image or a uint8 (H, W) / (H, W, 3) array (fast zlib level)."""
-    if isinstance(im, np.ndarray):
-        im = Image.fromarray(im)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    """PNG bytes at zlib's fastest level (the engine's encoder; views redraw on every step)."""
+    return _engine_png(im, compress_level=1)
 
 
 def _as_chw(y: np.ndarray, name: str) -> np.ndarray:
