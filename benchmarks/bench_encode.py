@@ -15,7 +15,8 @@ import numpy as np
 
 from engine import zoo
 from engine.imaging.samples import sample
-from qwidgets._encode import feature_montage, histogram_counts, histogram_png
+from engine.session.stats import histogram_counts
+from qwidgets._encode import feature_montage, histogram_png
 
 TARGET_MS = 30.0
 

@@ -32,7 +32,8 @@ def step_and_panel_times(mode: str, repeats: int) -> list[float]:
     from engine.calib.collect import collect
     from engine.quant.qmodel import quantize_model
     from engine.imaging.samples import sample, sample_images
-    from qwidgets._encode import feature_montage, histogram_counts
+    from engine.session.stats import histogram_counts
+    from qwidgets._encode import feature_montage
     model = zoo.load("yolov3-tiny", progress=False)
     qm = quantize_model(model, collect(model, sample_images(), progress=False), "minmax", per_channel=True)
     times = []

@@ -9,16 +9,20 @@ index, zoo downloads) goes through it.
 Temp names are `.<target, cut to 200 bytes>.qwtmp-<pid>-<thread id>-<random>`: unique per process
 AND thread, at most 240 bytes whatever the target name, and recognisable, so `sweep_temp_files`
 (run by every write and by the workspace on open) removes those of writers that died, never those
-of a writer still running.
+of a writer still running. The random part starts with 4 hex digits of the host name's hash: on a
+folder shared by several machines (a hub's NFS home) a pid is only judged on its own host; temp
+files of other hosts are removed after a day.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import secrets
+import socket
 import stat
 import threading
 import time
@@ -31,7 +35,9 @@ Data = Union[bytes, bytearray, memoryview, str, Callable[[BinaryIO], None]]
 
 TMP_MARK = ".qwtmp-"
 _NAME_BYTES = 200  # of the target name kept in a temp name: 1 + 200 + 39 < 255, the NAME_MAX
-_TMP_RE = re.compile(r"^\..*\.qwtmp-(\d+)-(\d+)-[0-9a-f]+$", re.S)
+_TMP_RE = re.compile(r"^\..*\.qwtmp-(\d+)-(\d+)-([0-9a-f]{4})[0-9a-f]*$", re.S)
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:4]
+_FOREIGN_AGE = 24 * 3600     # seconds after which another host's temp file is taken as abandoned
 # names of earlier versions of this writer, reclaimed too: '.<name>.<pid>.<rand>.tmp' (atomic_write),
 # '.<name>.tmp<pid>' (atomic_savez, write_weights) and '.<name>.part<pid>' (zoo downloads)
 _LEGACY_RE = (re.compile(r"^\..*\.(\d+)\.[A-Za-z0-9_]+\.tmp$", re.S),
@@ -61,7 +67,7 @@ def temp_path(target: str | os.PathLike) -> Path:
     """A fresh temp path beside `target` that `sweep_temp_files` recognises (see the module doc)."""
     t = Path(target)
     cut = t.name.encode("utf-8", "surrogateescape")[:_NAME_BYTES].decode("utf-8", "ignore")
-    return t.with_name(f".{cut}{TMP_MARK}{os.getpid()}-{threading.get_native_id()}-{secrets.token_hex(4)}")
+    return t.with_name(f".{cut}{TMP_MARK}{os.getpid()}-{threading.get_native_id()}-{_HOST}{secrets.token_hex(3)}")
 
 
 def check_target(path: str | os.PathLike, what: str = "output") -> Path:
@@ -162,12 +168,15 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def temp_owner(name: str) -> int | None:
-    """The writer pid encoded in an atomic-write temp file name, or None if `name` is not one."""
-    for rx in (_TMP_RE,) + _LEGACY_RE:
+def temp_owner(name: str) -> tuple[int, bool] | None:
+    """(writer pid, written on this host) from an atomic-write temp file name; None if not one."""
+    m = _TMP_RE.match(name)
+    if m:
+        return int(m.group(1)), m.group(3) == _HOST
+    for rx in _LEGACY_RE:   # earlier names carry no host: judged as local
         m = rx.match(name)
         if m:
-            return int(m.group(1))
+            return int(m.group(1)), True
     return None
 
 
@@ -182,13 +191,17 @@ def sweep_temp_files(directory: str | os.PathLike) -> list[Path]:
     except OSError:
         return removed
     for name in names:
-        pid = temp_owner(name)
-        if pid is not None and pid != os.getpid() and not pid_alive(pid):
-            p = Path(directory) / name
-            with contextlib.suppress(OSError):
-                if stat.S_ISREG(os.lstat(p).st_mode):
-                    p.unlink()
-                    removed.append(p)
+        owner = temp_owner(name)
+        if owner is None:
+            continue
+        pid, local = owner
+        p = Path(directory) / name
+        with contextlib.suppress(OSError):
+            st = os.lstat(p)
+            dead = (pid != os.getpid() and not pid_alive(pid)) if local else time.time() - st.st_mtime > _FOREIGN_AGE
+            if dead and stat.S_ISREG(st.st_mode):
+                p.unlink()
+                removed.append(p)
     return removed
 
 

@@ -6,6 +6,7 @@ file (and line / array / member), the layer, or the argument, and what was expec
       CfgError (ValueError) > WeightsError > RecordError     bad .cfg / weights, model, quantized model / run record
       ImageError (ValueError)                                 an image cannot be used
       ArgumentError (ValueError)                              a bad argument to an API call or CLI option
+        UnknownNameError (KeyError)                           a name no registry knows (calibration method...)
       EditError (ValueError)                                  a refused edit (the session is unchanged)
       FileError (OSError)                                     a file cannot be written/read where asked
       UnsupportedError (NotImplementedError)                  valid Darknet this engine does not implement
@@ -38,6 +39,13 @@ class RecordError(WeightsError):
 
 class ArgumentError(EngineError, ValueError):
     """A bad argument to an engine call (wrong type, out of range, unknown choice); names the argument."""
+
+
+class UnknownNameError(ArgumentError, KeyError):
+    """A name a registry does not know (calibration method, layer kind); the message lists the known ones."""
+
+    def __str__(self) -> str:   # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class EditError(EngineError, ValueError):

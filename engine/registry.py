@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
+from engine.errors import UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -26,7 +28,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise KeyError(f"unknown {self.what} {name!r}; known: {', '.join(sorted(self._items))}") from None
+            raise UnknownNameError(f"unknown {self.what} {name!r}; known: {', '.join(sorted(self._items))}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

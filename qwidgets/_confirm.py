@@ -58,10 +58,24 @@ class SwitchGuard:
             self.armed = (target, (err.applied, err.undone))
             n = err.count
             label = f"Confirm: drop {n} edit{'s' if n != 1 else ''}"
-            raise Refused(f"{err}. Click '{label}' to switch anyway", label) from err
+            raise Refused(confirm_text(err.applied, err.undone, target[0], label), label) from err
 
     def disarm(self) -> None:
         self.armed = None
+
+
+def confirm_text(applied: int, undone: int, what: str, label: str) -> str:
+    """Plain words for the confirmation (no Python, no 'error:'): what would go, what keeps it, what to click.
+    Undone edits are named as such: they are only the redo history, nothing the model still holds."""
+    kind = "int8/scale " if what == "quantized" else ""
+    parts = []
+    if applied:
+        parts.append(f"{applied} applied {kind}edit{'s' if applied != 1 else ''}")
+    if undone:
+        parts.append(f"{undone} undone edit{'s' if undone != 1 else ''} (redo history only)")
+    keep = "Save keeps the applied ones. " if applied else ""
+    target = "quantized model" if what == "quantized" else "model"
+    return f"switching the {target} drops {' and '.join(parts)}. {keep}Click '{label}' to switch anyway"
 
 
 def quantized_pending(session: Any) -> tuple[int, int]:

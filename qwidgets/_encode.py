@@ -9,11 +9,14 @@ weights) use a blue-white-red diverging LUT that is symmetric around 0 (white = 
 """
 from __future__ import annotations
 
+import functools
 import io
 from typing import Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
+
+from engine.imaging.augment import to_png as _engine_png
 
 GAP = 2                      # pixels between montage tiles
 GAP_GREY = 48                # colour of the gaps (dark grey, distinct from black data)
@@ -35,13 +38,15 @@ def _diverging_lut(n: int = 256) -> np.ndarray:
 DIVERGING = _diverging_lut()
 
 
+@functools.lru_cache(maxsize=8)
+def font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's built-in scalable font at `size` px (loaded once per size: a load per label cost ms)."""
+    return ImageFont.load_default(size=size)
+
+
 def to_png(im: Image.Image | np.ndarray) -> bytes:
-    """PNG bytes of a PIL image or a uint8 (H, W) / (H, W, 3) array (fast zlib level)."""
-    if isinstance(im, np.ndarray):
-        im = Image.fromarray(im)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    """PNG bytes at zlib's fastest level (the engine's encoder; views redraw on every step)."""
+    return _engine_png(im, compress_level=1)
 
 
 def _as_chw(y: np.ndarray, name: str) -> np.ndarray:
@@ -100,7 +105,7 @@ def _label_tiles(im: Image.Image, n: int, cols: int, h: int, w: int, first: int 
 
 
 def feature_montage(y: np.ndarray, max_channels: int = 64, cols: int = 8, size: int = 64,
-                    normalize: str = "channel", labels: bool = False) -> bytes:
+                    normalize: str = "channel", labels: bool = False, as_image: bool = False) -> bytes | Image.Image:
     """PNG montage of the first `max_channels` channels of a feature map, grey levels.
 
     y: (C, H, W) or (H, W), any real dtype. Each tile is the channel resized so its longest side
@@ -131,7 +136,7 @@ def feature_montage(y: np.ndarray, max_channels: int = 64, cols: int = 8, size: 
     im = Image.fromarray(_tile(tiles, cols))
     if labels:
         _label_tiles(im, tiles.shape[0], max(1, min(cols, tiles.shape[0])), tiles.shape[1], tiles.shape[2])
-    return to_png(im)
+    return im if as_image else to_png(im)
 
 
 def diverging_rgb(x: np.ndarray, vmax: float | None = None) -> np.ndarray:
@@ -145,7 +150,7 @@ def diverging_rgb(x: np.ndarray, vmax: float | None = None) -> np.ndarray:
 
 
 def heatmap_png(diff: np.ndarray, vmax: float | None = None, max_channels: int = 64, cols: int = 8,
-                size: int = 64) -> bytes:
+                size: int = 64, as_image: bool = False) -> bytes | Image.Image:
     """PNG error heat map of `diff` (e.g. INT - FLOAT), diverging LUT symmetric around 0.
 
     diff: (C, H, W) (one tile per channel, like `feature_montage`) or (H, W). One colour scale
@@ -156,34 +161,8 @@ def heatmap_png(diff: np.ndarray, vmax: float | None = None, max_channels: int =
     if vmax is None:
         vmax = float(np.abs(d).max())
     rgb = diverging_rgb(_fit(d.astype(np.float32, copy=False), size), vmax)
-    return to_png(_tile(rgb, cols))
-
-
-def histogram_counts(x: np.ndarray, bins: int | Sequence[float] = 128, log2: bool = False,
-                     range: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Histogram of `x` as (counts int64, edges float64); only these cross the comm.
-
-    log2=False: `np.histogram(x, bins, range)` (equal-width bins over [min, max] by default).
-    log2=True: octaves of |x| for x != 0: bin k counts 2**e_k <= |x| < 2**(e_k + 1), edges are
-    consecutive powers of two spanning the data (`bins`, when an int, keeps the top `bins`
-    octaves; smaller magnitudes are dropped). Zeros are not counted in log2 mode.
-    """
-    x = np.asarray(x).reshape(-1)
-    if not log2:
-        counts, edges = np.histogram(x, bins=bins, range=range)
-        return counts.astype(np.int64), edges.astype(np.float64)
-    a = np.abs(x[x != 0]).astype(np.float64)
-    a = a[np.isfinite(a)]
-    if a.size == 0:
-        return np.zeros(1, np.int64), np.array([0.5, 1.0])
-    _, e = np.frexp(a)          # a = m * 2**e with 0.5 <= m < 1, so floor(log2 a) = e - 1 exactly
-    e = e.astype(np.int64) - 1
-    lo, hi = int(e.min()), int(e.max())
-    if isinstance(bins, (int, np.integer)) and hi - lo + 1 > bins:
-        lo = hi - int(bins) + 1
-        e = e[e >= lo]
-    counts = np.bincount(e - lo, minlength=hi - lo + 1).astype(np.int64)
-    return counts, np.ldexp(1.0, np.arange(lo, hi + 2)).astype(np.float64)
+    tiled = _tile(rgb, cols)
+    return Image.fromarray(tiled) if as_image else to_png(tiled)
 
 
 def _hist_x_range(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: Mapping[str, float],
@@ -200,18 +179,27 @@ def _hist_x_range(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: 
 
 def histogram_png(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: Mapping[str, float] | None = None,
                   log_y: bool = False, log_x: bool = False, width: int = 480, height: int = 200,
-                  title: str = "") -> bytes:
+                  title: str = "", in_use: str | None = None) -> bytes:
     """PNG of overlaid histograms with vertical threshold markers (Pillow only).
 
-    series: label -> (counts, edges) as from `histogram_counts` (FLOAT, INT, ...), drawn as
-    translucent step areas in their own colour on one shared x axis. markers: label -> x value
-    (e.g. a calibration threshold per method), drawn as vertical lines and named in the legend.
+    series: label -> (counts, edges) as from `engine.session.stats.histogram_counts` (FLOAT, INT, ...),
+    drawn as translucent step areas in their own colour on one shared x axis. markers: label -> x value
+    (e.g. a calibration threshold per method), drawn as vertical lines and named in the legend, which
+    sits below the plot (it never covers a line); `in_use` names the marker the quantized model uses
+    (drawn thicker, starred in the legend). Axes: 5 x ticks, 3 y ticks (counts). The image is width x height
+with the legend inside it (the plot shrinks by one 14 px line per 3 legend entries).
     log_y: y = log10(1 + count); log_x: x axis in log2 (for log2-bin histograms; x > 0 only).
     """
+    fnt = font(11)
     markers = dict(markers or {})
+    legend = [(k, SERIES_COLOURS[i % len(SERIES_COLOURS)], "") for i, k in enumerate(series)]
+    legend += [(("* " if k == in_use else "") + k, MARKER_COLOURS[i % len(MARKER_COLOURS)], f" {v:.3g}")
+               for i, (k, v) in enumerate(markers.items())]
+    per_row = 3
+    legend_h = 14 * (-(-len(legend) // per_row))
     im = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(im, "RGBA")
-    left, right, top, bottom = 8, width - 8, 16 if title else 6, height - 16
+    left, right, top, bottom = 48, width - 10, 16 if title else 6, height - 30 - legend_h
     lo, hi = _hist_x_range(series, markers, log_x)
     fx = (np.log2 if log_x else (lambda v: np.asarray(v, np.float64)))
     x0, x1 = float(fx(lo)), float(fx(hi))
@@ -223,6 +211,7 @@ def histogram_png(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: 
           for k, (c, _) in series.items()}
     ymax = max([float(y.max()) for y in ys.values() if y.size] + [1e-12])
     draw.line([(left, bottom), (right, bottom)], fill=(0, 0, 0))
+    draw.line([(left, top), (left, bottom)], fill=(0, 0, 0))
     for i, (label, (_, edges)) in enumerate(series.items()):
         colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
         xs = px(np.asarray(edges, np.float64))
@@ -236,26 +225,31 @@ def histogram_png(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: 
         if not np.isfinite(v) or (log_x and v <= 0):
             continue
         x = float(px(np.float64(v)))
-        draw.line([(x, top), (x, bottom)], fill=MARKER_COLOURS[i % len(MARKER_COLOURS)] + (255,), width=2)
-    fmt = (lambda v: f"{v:.3g}")
-    draw.text((left, bottom + 3), fmt(lo), fill=(0, 0, 0))
-    tw = draw.textlength(fmt(hi))
-    draw.text((right - tw, bottom + 3), fmt(hi), fill=(0, 0, 0))
-    if not log_x and lo < 0 < hi:
-        zx = float(px(np.float64(0.0)))
-        draw.line([(zx, bottom), (zx, bottom + 3)], fill=(0, 0, 0))
-        draw.text((zx - 3, bottom + 3), "0", fill=(0, 0, 0))
+        draw.line([(x, top), (x, bottom)], fill=MARKER_COLOURS[i % len(MARKER_COLOURS)] + (255,),
+                  width=4 if label == in_use else 2)
+    # x ticks: 5 values (octaves on a log2 axis), y ticks: 0, half, max count
+    ticks = (np.exp2(np.linspace(x0, x1, 5)) if log_x else np.linspace(lo, hi, 5))
+    for t in ticks:
+        x = float(px(np.float64(t)))
+        draw.line([(x, bottom), (x, bottom + 3)], fill=(0, 0, 0))
+        text = f"{t:.3g}"
+        tw = draw.textlength(text, font=fnt)
+        draw.text((min(max(0, x - tw / 2), width - tw), bottom + 4), text, fill=(0, 0, 0), font=fnt)
+    for frac in (0.0, 0.5, 1.0):
+        y = bottom - frac * (bottom - top)
+        count = (10 ** (frac * ymax) - 1) if log_y else frac * ymax
+        text = f"{count:.3g}"
+        draw.line([(left - 3, y), (left, y)], fill=(0, 0, 0))
+        draw.text((left - 4 - draw.textlength(text, font=fnt), y - 6), text, fill=(0, 0, 0), font=fnt)
+    draw.text((left, bottom + 16), ("|x|, log2 axis" if log_x else "value") + ("   count, log axis" if log_y
+              else "   (y: count)"), fill=(90, 90, 90), font=fnt)
     if title:
-        draw.text((left, 2), title + ("  (log y)" if log_y else ""), fill=(0, 0, 0))
-    legend = [(k, SERIES_COLOURS[i % len(SERIES_COLOURS)], "") for i, k in enumerate(series)]
-    legend += [(k, MARKER_COLOURS[i % len(MARKER_COLOURS)], f" {fmt(v)}") for i, (k, v) in enumerate(markers.items())]
-    y = top
-    for label, colour, suffix in legend:
-        text = f"{label}{suffix}"
-        tw = draw.textlength(text)
-        draw.rectangle([right - tw - 14, y + 2, right - tw - 6, y + 9], fill=colour + (255,))
-        draw.text((right - tw, y), text, fill=(0, 0, 0))
-        y += 12
+        draw.text((left, 1), title, fill=(0, 0, 0), font=fnt)
+    for k, (label, colour, suffix) in enumerate(legend):
+        r, c = divmod(k, per_row)
+        x, y = 8 + c * (width // per_row), height - legend_h + r * 14
+        draw.rectangle([x, y + 3, x + 8, y + 11], fill=colour + (255,))
+        draw.text((x + 12, y), f"{label}{suffix}", fill=(0, 0, 0), font=fnt)
     return to_png(im)
 
 
@@ -283,3 +277,76 @@ def weights_png(w: np.ndarray, max_filters: int = 32, max_channels: int = 32, ce
     ch, cw = rgb.shape[2], rgb.shape[3]
     out = rgb.transpose(1, 2, 0, 3, 4).reshape(c * ch, n * cw, 3)     # rows: channels, columns: filters
     return to_png(out[:c * ch - gap, :n * cw - gap])
+
+
+def bar_chart_png(labels: Sequence[str], values: Sequence[float], title: str, x_label: str,
+                  width: int = 480, bar_h: int = 18, lo: float | None = None, hi: float | None = None,
+                  colour: tuple[int, int, int] = (214, 39, 40)) -> bytes:
+    """Horizontal bars, one per label (top = first), value written at the bar end, x axis with ticks and
+    `x_label` (its unit and direction). lo/hi: the axis range (default 0 .. max(values))."""
+    fnt = font(12)
+    n = max(1, len(labels))
+    left, right, top = 110, width - 60, 24
+    height = top + n * (bar_h + 4) + 40
+    im = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(im)
+    draw.text((6, 4), title, fill=(0, 0, 0), font=fnt)
+    vals = [float(v) for v in values]
+    lo = min(0.0, min(vals, default=0.0)) if lo is None else lo
+    hi = max(vals + [lo + 1e-9]) if hi is None else hi
+    span = (hi - lo) or 1.0
+
+    def px(v: float) -> float:
+        return left + (min(max(v, lo), hi) - lo) / span * (right - left)
+    for k, (label, v) in enumerate(zip(labels, vals)):
+        y = top + k * (bar_h + 4)
+        draw.text((6, y + 2), label, fill=(0, 0, 0), font=fnt)
+        draw.rectangle([px(max(lo, 0.0)), y, px(v), y + bar_h], fill=colour)
+        draw.text((px(v) + 4, y + 2), f"{v:.2f}", fill=(0, 0, 0), font=fnt)
+    axis_y = top + n * (bar_h + 4) + 2
+    draw.line([(left, axis_y), (right, axis_y)], fill=(0, 0, 0))
+    for t in np.linspace(lo, hi, 5):
+        draw.line([(px(t), axis_y), (px(t), axis_y + 4)], fill=(0, 0, 0))
+        draw.text((px(t) - 10, axis_y + 5), f"{t:.4g}", fill=(0, 0, 0), font=fnt)
+    draw.text((left, axis_y + 20), x_label, fill=(0, 0, 0), font=fnt)
+    return to_png(im)
+
+
+def framed_png(png: bytes | Image.Image, title: str, bar: str | None = None, lo: float = 0.0, hi: float = 1.0,
+               unit: str = "") -> bytes:
+    """`png` with a title line above and a labelled colour bar below.
+
+    bar: "grey" (black = lo .. white = hi), "channel" (grey, each channel's own min .. max),
+    "diverging" (blue = lo .. white = 0 .. red = hi) or None (title only)."""
+    fnt = font(12)
+    src = (png if isinstance(png, Image.Image) else Image.open(io.BytesIO(png))).convert("RGB")
+    width = max(src.width, 260)
+    bar_h = 0 if bar is None else 34
+    out = Image.new("RGB", (width, 18 + src.height + bar_h), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    draw.text((2, 2), title, fill=(0, 0, 0), font=fnt)
+    out.paste(src, (0, 18))
+    if bar is not None:
+        y0, x0, x1 = 18 + src.height + 4, 40, width - 40
+        t = np.linspace(0.0, 1.0, x1 - x0)
+        if bar == "diverging":
+            strip = DIVERGING[np.clip((t * (DIVERGING.shape[0] - 1)).round().astype(int), 0, DIVERGING.shape[0] - 1)]
+        else:
+            g = (t * 255).round().astype(np.uint8)
+            strip = np.stack([g, g, g], axis=1)
+        out.paste(Image.fromarray(np.repeat(strip[None], 10, axis=0)), (x0, y0))
+        draw.rectangle([x0 - 1, y0 - 1, x1, y0 + 10], outline=(0, 0, 0))
+        if bar == "channel":
+            labels = [(x0, "each channel's min"), (x1, "its max")]
+        elif bar == "diverging":
+            labels = [(x0, f"{lo:.3g}{unit}"), ((x0 + x1) // 2, "0"), (x1, f"+{hi:.3g}{unit}")]
+        else:
+            labels = [(x0, f"{lo:.3g}{unit}"), (x1, f"{hi:.3g}{unit}")]
+        for x, text in labels:
+            tw = draw.textlength(text, font=fnt)
+            draw.text((min(max(2, x - tw / 2), width - tw - 2), y0 + 13), text, fill=(0, 0, 0), font=fnt)
+    return to_png(out)
+
+
+def channels_note(c: int, shown: int) -> str:
+    return f"channels 0-{shown - 1} of {c}" if shown < c else f"all {c} channels"

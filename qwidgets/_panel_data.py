@@ -2,8 +2,8 @@
 
 `layer_panel_data(model, outs, node_id, x=...)` reads the layer's structure from `model.graph`,
 its tensors from `outs` (what `model.forward(x)` returned) and its weights from `model.params`,
-and encodes them with `qwidgets._encode`. No widgets here: the Explorer will call the same
-functions with Session data.
+and encodes them with `qwidgets._encode`; every number comes from `engine.session.stats`.
+No widgets here (`_session_panel` builds on it for the Explorer).
 """
 from __future__ import annotations
 
@@ -12,62 +12,30 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from engine.graph import INPUT
-from qwidgets._encode import feature_montage, heatmap_png, histogram_counts, histogram_png, weights_png
+from engine.session.stats import default_markers, error_row, histogram_counts, tensor_row
+from qwidgets._encode import feature_montage, heatmap_png, histogram_png, weights_png
 
 BINS = 128
 ATTR_KEYS = ("filters", "size", "stride", "padding", "groups", "batch_normalize", "activation", "layers", "from",
              "classes", "mask")
 
 
-def tensor_stats(name: str, x: np.ndarray) -> dict[str, Any]:
-    """One statistics row: shape, min, max, mean, std, max|x|, zeros %."""
-    x = np.asarray(x, np.float32)
-    flat = x.reshape(-1)
-    lo, hi = float(flat.min()), float(flat.max())
-    mean = float(flat.mean(dtype=np.float64))
-    # one BLAS dot instead of a float64 copy: display precision is plenty (var = E[x^2] - mean^2)
-    var = max(0.0, float(np.dot(flat, flat)) / flat.size - mean * mean)
-    return {"tensor": name, "shape": "x".join(map(str, x.shape)), "min": lo, "max": hi, "mean": mean,
-            "std": var ** 0.5, "max|x|": max(-lo, hi),
-            "zeros %": 100.0 * (flat.size - np.count_nonzero(flat)) / flat.size}
-
-
-def error_stats(y: np.ndarray, y_int: np.ndarray) -> dict[str, Any]:
-    """INT vs FLOAT row: SQNR = 10 log10(sum y^2 / sum (y_int - y)^2) in dB, max and mean |error|.
-
-    float32 work with BLAS dots, as in `tensor_stats`: display precision is plenty, and float64 copies
-    of a 4.7 M-value weight tensor would cost a Step ~50 ms. Identical tensors give exactly +inf.
-    """
-    y = np.asarray(y, np.float32).reshape(-1)
-    err = np.asarray(y_int, np.float32).reshape(-1) - y
-    noise, signal = float(np.dot(err, err)), float(np.dot(y, y))
-    sqnr = float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-300) / noise)
-    abs_err = np.abs(err)
-    return {"tensor": "INT - FLOAT", "shape": "x".join(map(str, np.shape(y_int))), "SQNR dB": sqnr,
-            "max|err|": float(abs_err.max()), "mean|err|": float(abs_err.mean(dtype=np.float64))}
-
-
-def hist_percentile(counts: np.ndarray, edges: np.ndarray, q: float) -> float:
-    """Upper edge of the bin where the cumulative count reaches q percent (cheap, from the counts)."""
-    c = np.cumsum(counts)
-    if c[-1] == 0:
-        return float(edges[-1])
-    k = int(np.searchsorted(c, q / 100.0 * c[-1]))
-    return float(edges[min(k + 1, len(edges) - 1)])
+IN_USE = "in use (127 x scale)"
 
 
 def hist_image(series: Mapping[str, np.ndarray], title: str, thresholds: Mapping[str, float] | None,
-               log2: bool, log_y: bool) -> bytes:
-    """Overlaid histograms of the named tensors with threshold markers (default: max|x|, p99.9)."""
+               log2: bool, log_y: bool, in_use: float | None = None) -> bytes:
+    """Overlaid histograms of the named tensors with threshold markers (default: max|x|, p99.9) and the
+    threshold the quantized model uses (`in_use`, drawn thicker)."""
     counts = {k: histogram_counts(v, BINS, log2=log2) for k, v in series.items()}
     if thresholds is None:
         first = next(iter(series))
-        c, e = counts[first]
-        if log2:
-            thresholds = {"max|x|": float(np.abs(series[first]).max())}
-        else:   # linear edges span exactly [min, max] of the data
-            thresholds = {"max|x|": max(-float(e[0]), float(e[-1])), "p99.9": hist_percentile(c, e, 99.9)}
-    return histogram_png(counts, thresholds, log_y=log_y, log_x=log2, title=title)
+        thresholds = default_markers(series[first], *counts[first], log2)
+    marks = dict(thresholds)
+    if in_use is not None:
+        marks[IN_USE] = in_use
+    return histogram_png(counts, marks, log_y=log_y, log_x=log2, title=title,
+                         in_use=IN_USE if in_use is not None else None)
 
 
 def join_inputs(xs: Sequence[np.ndarray]) -> np.ndarray:
@@ -122,7 +90,7 @@ def layer_panel_data(model, outs: Sequence[np.ndarray], node_id: str, x: np.ndar
         if x is not None:
             images["output"] = feature_montage(x, labels=True, size=128, cols=3)
             images["hist_output"] = hist_image({"input": x}, "network input", thresholds, log2, log_y)
-            rows.append(tensor_stats("input", x))
+            rows.append(tensor_row("input", x))
         return info, images, rows
     index = model.graph.node(node_id).index
     y = outs[index]
@@ -130,22 +98,22 @@ def layer_panel_data(model, outs: Sequence[np.ndarray], node_id: str, x: np.ndar
     if xin is not None:
         images["input"] = feature_montage(xin, labels=True)
         images["hist_input"] = hist_image({"FLOAT": xin}, f"layer {node_id} input", None, log2, log_y)
-        rows.append(tensor_stats("input", xin))
+        rows.append(tensor_row("input", xin))
     images["output"] = feature_montage(y, labels=True)
     series = {"FLOAT": y}
-    rows.append(tensor_stats("output", y))
+    rows.append(tensor_row("output", y))
     if int_outs is not None:
         y_int = np.asarray(int_outs[index], np.float32)
         series["INT"] = y_int
         images["float"] = feature_montage(y, max_channels=16, cols=4, normalize="global")
         images["int"] = feature_montage(y_int, max_channels=16, cols=4, normalize="global")
         images["heatmap"] = heatmap_png(y_int - y, max_channels=16, cols=4)
-        rows.append(tensor_stats("output INT", y_int))
-        rows.append(error_stats(y, y_int))
+        rows.append(tensor_row("output INT", y_int))
+        rows.append(error_row("INT - FLOAT", y, y_int))
     images["hist_output"] = hist_image(series, f"layer {node_id} output", thresholds, log2, log_y)
     w = model.params[index].get("weights")
     if w is not None and w.ndim in (2, 4):
         images["weights"] = weights_png(w)
         images["hist_weights"] = hist_image({"weights": w}, f"layer {node_id} weights", None, log2, log_y)
-        rows.append(tensor_stats("weights", w))
+        rows.append(tensor_row("weights", w))
     return info, images, rows

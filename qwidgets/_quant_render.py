@@ -63,5 +63,6 @@ def sqnr_chart_png(series: dict[str, Sequence[float]], width: int = 640, height:
                 draw.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=colour)
         draw.rectangle([right + 8, top + 14 * k + 3, right + 16, top + 14 * k + 10], fill=colour)
         draw.text((right + 20, top + 14 * k), label, fill=(0, 0, 0))
-    draw.text((left, 2), title, fill=(0, 0, 0))
+    draw.text((left, 2), title + "; higher is better", fill=(0, 0, 0))
+    draw.text((right + 8, bottom + 3), "layer index", fill=(0, 0, 0))       # the x axis's name
     return to_png(im)

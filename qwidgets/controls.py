@@ -57,6 +57,7 @@ class ExplorerControls(widgets.VBox):
         self._session = session
         self.workspace = workspace
         self._load_guard, self._open_guard, self._model_guard = SwitchGuard(), SwitchGuard(), SwitchGuard()
+        self._compared: list[tuple[str, object]] = []
         def b(**kw):
             return widgets.Button(layout=kw.pop("layout", widgets.Layout(width="96px")), **kw)
         self.run_button = b(description="Run", icon="fast-forward", tooltip="run to the end")
@@ -81,9 +82,13 @@ class ExplorerControls(widgets.VBox):
         self._image_pick = widgets.Dropdown(options=[*images.items(), (PATH, PATH), (UPLOAD, UPLOAD)],
                                             value=images.get("dog"), description="Image",
                                             layout=widgets.Layout(width="220px"))
-        self._image_path = widgets.Text(placeholder="/path/to/image.jpg", layout=widgets.Layout(width="220px"))
+        # Enter (or leaving the box) opens a typed path: continuous updates would open every prefix
+        self._image_path = widgets.Text(placeholder="/path/to/image.jpg + Enter", continuous_update=False,
+                                        layout=widgets.Layout(width="220px"))
         self._upload = widgets.FileUpload(accept="image/*", multiple=False, description="Upload")
-        self.load_image_button = b(description="Use image", icon="image", layout=widgets.Layout(width="120px"))
+        self.load_image_button = b(description="Use image", icon="image", layout=widgets.Layout(width="120px"),
+                                   tooltip="open the picked image again (picking one already opens it)")
+        self._offering = False
         self.current_label = widgets.Label()
         self.current_label.add_class("qw-current")
         self._status = widgets.Label()
@@ -102,6 +107,10 @@ class ExplorerControls(widgets.VBox):
         self._qm_pick.observe(self._on_qm_target_change, names="value")
         self._qm_path.observe(self._on_qm_target_change, names="value")
         self._model_path.observe(self._on_model_path_change, names="value")
+        # picking an image opens it; typing a path (Enter) or uploading a file opens that (issue 18 item 2)
+        self._image_pick.observe(self._on_image_pick, names="value")
+        self._image_path.observe(self._on_image_path, names="value")
+        self._upload.observe(self._on_upload, names="value")
         traitlets.dlink((self, "status"), (self._status, "value"))
         traitlets.dlink((self, "error_details"), (self._details, "text"))
         for button, handler in [(self.step_button, self._on_step_click), (self.run_button, self._on_run_click),
@@ -131,10 +140,17 @@ class ExplorerControls(widgets.VBox):
         return f"current: {i} ({s.model.layers[i].kind}, {s.precision(i)})" + stale_note(s)
 
     def refresh_quantized(self) -> None:
-        """Re-list the workspace's quantized models in the picker."""
-        options = [*quantized_entries(self.workspace), (PATH, PATH)]
+        """Re-list the quantized models in the picker: the last comparison's (in memory), the workspace's,
+        then the path box."""
+        options = [*self._compared, *quantized_entries(self.workspace), (PATH, PATH)]
         self._qm_pick.options = options
         self._qm_pick.value = options[0][1]
+
+    def offer_quantized(self, models: dict) -> None:
+        """Offer in-memory quantized models (label -> QuantizedModel), e.g. every method Compare produced
+        (issue 18 item 12: the picker offered only the path box after a comparison)."""
+        self._compared = [(label, qm) for label, qm in models.items()]
+        self.refresh_quantized()
 
     def restarted(self, message: str) -> None:
         """After the session restarted elsewhere too (e.g. a model was adopted): sync and bump `revision`."""
@@ -229,16 +245,17 @@ class ExplorerControls(widgets.VBox):
         path = self._qm_path.value.strip() if self._qm_pick.value == PATH else self._qm_pick.value
         if not path:
             raise ValueError("type the path of a quantized model (.npz) or pick a workspace entry")
+        label = self._qm_pick.label if not isinstance(path, str) else Path(path).name
         try:
-            dropped = self._load_guard.switch(self._session, path, path)
+            dropped = self._load_guard.switch(self._session, path, path if isinstance(path, str) else id(path))
         except Refused as ask:
             self.load_qm_button.description = ask.label
-            self.status = f"error: {ask.message}"
+            self.status = f"confirm: {ask.message}"
             return
         finally:
             if self._load_guard.armed is None:
                 self.load_qm_button.description = "Load"
-        self.restarted(f"quantized model {Path(path).name} loaded ({self._session.mode}){dropped_text(dropped)}")
+        self.restarted(f"quantized model {label} loaded ({self._session.mode}){dropped_text(dropped)}")
 
     @shows_errors
     def open_entry(self, entry) -> str | None:
@@ -255,7 +272,7 @@ class ExplorerControls(widgets.VBox):
             try:
                 dropped = self._open_guard.switch(self._session, path, entry.name)
             except Refused as ask:
-                self.status = f"error: {ask.message}"
+                self.status = f"confirm: {ask.message}"
                 return ask.label
         elif entry.kind == "image":
             self._session.reset(image=path)
@@ -291,7 +308,7 @@ class ExplorerControls(widgets.VBox):
         try:
             dropped = guard.switch_model(self._session, lambda: model_source(path, files), str(path))
         except Refused as ask:
-            self.status = f"error: {ask.message}"
+            self.status = f"confirm: {ask.message}"
             return ask.label
         self.restarted(f"opened model {label!r}: {opened_text(self._session, dropped)}")
         return None
@@ -305,9 +322,35 @@ class ExplorerControls(widgets.VBox):
         new = [(f"{label}/{Path(p).name}", str(p)) for p in paths]
         keep = [o for o in self._image_pick.options if o[1] not in {v for _, v in new} and o[1] not in (PATH, UPLOAD)]
         self._image_pick.options = [*keep, *new, (PATH, PATH), (UPLOAD, UPLOAD)]
-        self._image_pick.value = new[0][1]
+        self._offering = True
+        try:
+            self._image_pick.value = new[0][1]
+        finally:
+            self._offering = False
         self.status = (f"image set {label!r}: {len(new)} images added to the Image picker; "
-                       "pick one and click 'Use image'")
+                       "pick one there to open it")
+
+    def _on_image_pick(self, change) -> None:
+        if not self._offering and change.new not in (PATH, UPLOAD):
+            self._on_load_image_click(None)
+
+    def _on_image_path(self, change) -> None:
+        if change.new.strip():
+            self._offering = True           # the path box decides: the picker only shows where it came from
+            try:
+                self._image_pick.value = PATH
+            finally:
+                self._offering = False
+            self._on_load_image_click(None)
+
+    def _on_upload(self, change) -> None:
+        if change.new:
+            self._offering = True
+            try:
+                self._image_pick.value = UPLOAD
+            finally:
+                self._offering = False
+            self._on_load_image_click(None)
 
     @shows_errors
     def _on_load_image_click(self, _button) -> None:

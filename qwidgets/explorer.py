@@ -28,6 +28,7 @@ import ipywidgets as widgets
 import traitlets
 
 from engine.graph import INPUT
+from engine.quant.heads import head_errors
 from qwidgets._confirm import dropped_text
 from qwidgets._errors import Message, shows_errors
 from qwidgets._open_model import opened_text
@@ -35,13 +36,16 @@ from qwidgets._session_panel import SessionPanelData
 from qwidgets._sync import SessionFollower
 from qwidgets.controls import ExplorerControls, stale_note
 from qwidgets.detections_view import DetectionsView
+from qwidgets.explain_view import ExplainView
+from qwidgets.images_view import WorstImagesView
 from qwidgets.graph_view import GraphView
 from qwidgets.layer_panel import LayerPanel
 from qwidgets.quant_view import QuantizationView
 from qwidgets.weight_editor import WeightEditor
 
-FITNESS_OVERLAYS = {"sqnr": "sqnr_db", "saturation": "saturation", "range_use": "range_use"}
-TABS = ("Layer", "Weights", "Detections", "Quantization")
+# overlay -> (ErrorStats field, factor to the unit the legend names)
+FITNESS_OVERLAYS = {"sqnr": ("sqnr_db", 1.0), "saturation": ("saturation", 100.0), "range_use": ("range_use", 100.0)}
+TABS = ("Layer", "Weights", "Detections", "Explain", "Images", "Quantization")
 
 
 class Explorer(widgets.VBox):
@@ -56,7 +60,9 @@ class Explorer(widgets.VBox):
     follow = traitlets.Bool(False, help="clicking a node also runs the session to that layer")
 
     def __init__(self, session, workspace=None, calibration_images: Sequence | None = None,
-                 graph_height: str = "620px", **kwargs) -> None:
+                 graph_height: str | None = None, graph_width: int = 500, background: bool = True,
+                 **kwargs) -> None:
+        """background: long work (Explain) runs in a thread with a Cancel button; False runs it inline."""
         self.session = session
         self._model = session.model           # the model the views are built for (see on_model_change)
         self.ids = [INPUT] + [n.id for n in session.model.graph.nodes]
@@ -64,21 +70,31 @@ class Explorer(widgets.VBox):
         self._dets_key: tuple | None = None
         self._panel_data = SessionPanelData(session)
         self.controls = ExplorerControls(session, workspace=workspace)
-        self.graph = GraphView(session.model.graph, height=graph_height, layout=widgets.Layout(width="340px"))
+        self.graph = GraphView(session.model.graph, height=graph_height, width_px=graph_width,
+                               layout=widgets.Layout(width=f"{graph_width}px"))
         self.panel = LayerPanel()
         self.weight_editor = WeightEditor(session, workspace=workspace)
         self.detections = DetectionsView()
-        self.quant_view = QuantizationView(session, images=calibration_images, workspace=workspace)
+        self.quant_view = QuantizationView(session, images=calibration_images, workspace=workspace,
+                                           background=background)
+        self.explain_view = ExplainView(session, background=background)
+        self.images_view = WorstImagesView(session, images=calibration_images, background=background)
         self._follow = widgets.Checkbox(description="run to clicked layer", indent=False)
-        self.tabs = widgets.Tab(children=[self.panel, self.weight_editor, self.detections, self.quant_view],
+        self.graph.overlay_options = [*self.graph.overlay_options, "recovery"]
+        self.tabs = widgets.Tab(children=[self.panel, self.weight_editor, self.detections, self.explain_view,
+                                          self.images_view, self.quant_view],
                                 titles=TABS, layout=widgets.Layout(flex="1 1 auto", min_width="480px"))
-        left = widgets.VBox([self._follow, self.graph], layout=widgets.Layout(flex="0 0 350px", width="350px"))
-        super().__init__(children=[self.controls, widgets.HBox([left, self.tabs])], **kwargs)
+        left = widgets.VBox([self._follow, self.graph], layout=widgets.Layout(flex=f"0 0 {graph_width + 10}px",
+                                                                               width=f"{graph_width + 10}px"))
+        # labels wrap instead of running off the page (long status and confirmation lines)
+        css = widgets.HTML("<style>.qw-explorer .qw-status{white-space:normal !important;height:auto !important;"
+                           "line-height:1.35}.qw-explorer .widget-button{overflow:visible}</style>")
+        super().__init__(children=[css, self.controls, widgets.HBox([left, self.tabs])], **kwargs)
         self.add_class("qw-explorer")
         traitlets.link((self, "follow"), (self._follow, "value"))
         traitlets.link((self, "status"), (self.controls, "status"))
         traitlets.dlink((self, "error_details"), (self.controls, "error_details"))
-        for view in (self.weight_editor, self.quant_view):
+        for view in (self.weight_editor, self.quant_view, self.explain_view, self.images_view):
             traitlets.dlink((view, "status"), (self.controls, "status"))
             traitlets.dlink((view, "error_details"), (self.controls, "error_details"))
         traitlets.dlink((self.graph, "selected_node"), (self.controls, "selected_node"))
@@ -87,10 +103,13 @@ class Explorer(widgets.VBox):
         self.graph.observe(self._on_selected_node_change, names="selected_node")
         self.graph.observe(self._on_overlay_change, names=["overlay"])
         self.graph.on_node_click(self._on_node_click)
+        self.tabs.observe(self._on_tab_change, names="selected_index")
         self.panel.observe(self._on_hist_options_change, names=["hist_log2", "hist_log_y"])
         self.weight_editor.observe(self._on_editor_layer_change, names="layer")
         self.quant_view.observe(self._on_adopted_change, names="adopted")
+        self.quant_view.observe(self._on_ranking_change, names="ranking")
         self.quant_view.observe(self._on_overlay_change, names="sensitivity_ranks")
+        self.explain_view.observe(self._on_recoveries_change, names="recoveries")
         self._follower = SessionFollower(session, self.on_session_events)
         # Rerun (and Continue, which re-executes stale outputs first) change kept outputs without a
         # session event: the same update, batched with the handler's own events
@@ -146,8 +165,9 @@ class Explorer(widgets.VBox):
         self._fitness = {k: v for k, v in self._fitness.items() if k <= s.position}
         with self.controls.hold_sync():
             if events & {"reset", "edit", "step"}:
-                self.controls.cross_result = None        # a CROSS pair describes the state before the event
-            if "reset" in events:
+                # a CROSS pair and a Continue run describe the state before the event: the Detections tab
+                # must show the session's own detections after a Run, not the earlier CROSS continuation
+                self.controls.cross_result = None
                 self.controls.continue_result = None
         self.update_views(follow=bool(events & {"step", "reset"}))
         if from_code:
@@ -165,6 +185,7 @@ class Explorer(widgets.VBox):
         self.controls.model_changed()
         self.weight_editor.model_changed()
         self.quant_view.model_changed()
+        self.explain_view.model_changed()
         self.graph.set_graph(s.model.graph)          # clears the selection: the panel empties until then
 
     def _from_code_text(self, events: frozenset) -> str:
@@ -181,6 +202,16 @@ class Explorer(widgets.VBox):
         if change.new:
             self.controls.restarted(f"adopted {change.new}: {self.session.mode.upper()} mode, restarted from "
                                     f"the input{dropped_text(self.quant_view.dropped_edits)}")
+
+    @shows_errors
+    def _on_tab_change(self, change) -> None:
+        if change.new == TABS.index("Detections"):
+            self.update_detections()
+
+    def _on_ranking_change(self, _change) -> None:
+        table = self.quant_view.table
+        models = {} if table is None else {f"compared: {r.method}": r.qmodel for r in table.results}
+        self.controls.offer_quantized(models)
 
     def _on_node_click(self, node_id: str) -> None:
         if self.follow and node_id != INPUT:
@@ -214,6 +245,11 @@ class Explorer(widgets.VBox):
     def _on_overlay_change(self, _change) -> None:
         self.update_overlay()
 
+    def _on_recoveries_change(self, change) -> None:
+        if change.new:
+            self.graph.overlay = "recovery"          # the culprits in graph colours
+        self.update_overlay()
+
     # ------------------------------------------------------------------ updates
     def refresh(self) -> None:
         """Everything from the session state, as after a restart."""
@@ -228,9 +264,12 @@ class Explorer(widgets.VBox):
         self.update_detections()
         self.controls.sync()
         node = self._node_of(self.session.position)
+        # the selection follows the session only while it was on the session's layer (or empty): a layer the
+        # user picked stays picked through Step, so "Run to selected" still means that layer
+        tracking = self.graph.selected_node in ("", self.graph.current_node) or self.graph.current_node == ""
         with self.graph.hold_sync():
             self.graph.current_node = node
-            if follow and self.graph.selected_node != node:
+            if follow and tracking and self.graph.selected_node != node:
                 self.graph.selected_node = node        # -> weight editor layer + panel
             else:
                 self.weight_editor.refresh()
@@ -254,6 +293,9 @@ class Explorer(widgets.VBox):
         if overlay == "sensitivity_rank":
             self.graph.overlay_values = dict(self.quant_view.sensitivity_ranks)
             return
+        if overlay == "recovery":
+            self.graph.overlay_values = dict(self.explain_view.recoveries)
+            return
         if overlay not in FITNESS_OVERLAYS:
             return
         s = self.session
@@ -263,8 +305,8 @@ class Explorer(widgets.VBox):
         for i in range(s.position + 1):
             if i not in self._fitness:
                 self._fitness[i] = s.fitness(i, local=False)["propagated"]
-        attr = FITNESS_OVERLAYS[overlay]
-        self.graph.overlay_values = {str(i): float(getattr(f, attr)) for i, f in self._fitness.items()
+        attr, factor = FITNESS_OVERLAYS[overlay]
+        self.graph.overlay_values = {str(i): float(getattr(f, attr)) * factor for i, f in self._fitness.items()
                                      if f is not None}
 
     @shows_errors
@@ -276,6 +318,13 @@ class Explorer(widgets.VBox):
         if key == self._dets_key and not force:
             return
         self._dets_key = key
+        if cont is None and not s.done and self.tabs.selected_index != TABS.index("Detections"):
+            # nothing to compare yet: FLOAT detections (a whole FLOAT forward + NMS) wait until the tab is
+            # shown or the run is complete, so Explorer(s) and Steps do not pay for them
+            self._dets_key = None
+            if self.detections.names or self.detections.float_names:
+                self.detections.clear()
+            return
         if cont is not None:
             src = "CROSS result" if cont.source == "other" else "layer output"
             label = f"{s.mode.upper()}, continued from layer {cont.index} ({src})"
@@ -283,3 +332,8 @@ class Explorer(widgets.VBox):
         else:
             self.detections.show(s.pre, s.float_detections(), s.detections() if s.done else None, s.mode.upper(),
                                  getattr(s, "image", None))
+        heads = []
+        if s.done and cont is None and s.mode != "float":
+            outs = {i: s.output(i) for i, layer in enumerate(s.model.layers) if getattr(layer, "is_head", False)}
+            heads = head_errors(s.model, s.float_reference(), outs)
+        self.detections.show_heads(heads)

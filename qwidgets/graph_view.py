@@ -1,10 +1,15 @@
 """GraphView: the Darknet layer graph in ipycytoscape (dagre layout), built once per model, restyled after.
 
 `graph_to_cytoscape(graph)` is a pure function of the engine's `Graph`. The view then only changes
-node `classes`: `current` (the layer the session is at), `picked` (the selected layer) and one
-colour class per node for the overlay ("type" colours by layer kind; a metric colours by value
-on an 8-step ramp, `ov0`..`ov7`, grey `ov-none` for nodes without a value). Only `set_graph` (the
-session opened another model) rebuilds the elements; `generation` counts the builds.
+node `classes`: `current` (the layer the session is at), `picked` (the selected layer), `found` (the
+layer typed in Find) and one colour class per node for the overlay ("type" colours by layer kind; a
+metric colours by value on an 8-step ramp from good `ov0` to bad `ov7`, grey `ov-none` for nodes
+without a value), and the label of nodes whose metric changed (index, kind and the metric value).
+Only `set_graph` (the session opened another model) rebuilds the elements; `generation` counts them.
+
+Layout: layers in execution order on a grid as wide as the panel (`grid_shape`), so a 107-layer yolov3
+reads at zoom ~1 instead of a 3000 px tall dagre column squeezed to zoom 0.12; the canvas height grows
+with the rows. The wheel zoom is bounded (MIN_ZOOM..MAX_ZOOM) and gentle (WHEEL).
 """
 from __future__ import annotations
 
@@ -19,13 +24,53 @@ from ipycytoscape import CytoscapeWidget
 from engine.graph import INPUT, Graph
 
 OVERLAYS = ["type", "sqnr", "saturation", "range_use", "sensitivity_rank"]
+MIN_ZOOM, MAX_ZOOM, WHEEL = 0.4, 3.0, 0.15
+NODE_W, NODE_H, CELL_W, CELL_H = 104, 30, 118, 44
+
+
+class OverlayMeta:
+    """How a metric is written on nodes and in the legend: unit, which end is bad, a fixed scale or not."""
+
+    def __init__(self, title: str, fmt: str, worse: str, fixed: tuple[float, float] | None = None,
+                 hint: str = "", ends: tuple[str, str] = ("good", "bad")) -> None:
+        self.title, self.fmt, self.worse, self.fixed, self.hint, self.ends = title, fmt, worse, fixed, hint, ends
+
+    def text(self, v: float) -> str:
+        return self.fmt.format(v)
+
+    def badness(self, values: Mapping[str, float]) -> dict[str, float]:
+        """node -> 0 (best) .. 1 (worst) on this metric's scale (fixed, or the range of the values)."""
+        lo, hi = self.fixed if self.fixed else (min(values.values()), max(values.values()))
+        out = {}
+        for k, v in values.items():
+            t = 0.0 if hi == lo else (min(max(v, lo), hi) - lo) / (hi - lo)
+            out[k] = t if self.worse == "high" else 1.0 - t
+        return out
+
+
+OVERLAY_META = {
+    "sqnr": OverlayMeta("SQNR of the layer output vs FLOAT, dB (higher is better)", "{:.1f} dB", "low",
+                        hint="run layers in INT or HYBRID (Step / Run) to see it"),
+    # a fixed scale: a rate of 1e-7 is negligible and must not look as bad as 1 %
+    "saturation": OverlayMeta("saturated values, % of the tensor (lower is better; scale 0 .. 1 %)", "{:.2g} %",
+                              "high", fixed=(0.0, 1.0), hint="run layers in INT or HYBRID (Step / Run) to see it"),
+    "range_use": OverlayMeta("int8 range used, max|q| / 127, % (low wastes resolution)", "{:.0f} %", "low",
+                             fixed=(0.0, 100.0), hint="run layers in INT or HYBRID (Step / Run) to see it"),
+    "recovery": OverlayMeta("recovery of the picked detection with this layer FLOAT, % (higher = more to "
+                            "blame)", "{:.0f} %", "high", fixed=(0.0, 100.0),
+                            hint="click Explain in the Explain tab and pick a detection",
+                            ends=("not to blame", "to blame")),
+    "sensitivity_rank": OverlayMeta("sensitivity rank (1 = quantizing this layer alone hurts most)", "#{:.0f}",
+                                    "low", hint="run the sensitivity sweep in the Quantization tab to see it",
+                                    ends=("least sensitive", "most sensitive")),
+}
 SHORT = {"convolutional": "conv", "connected": "fc", "upsample": "up", "shortcut": "shortcut"}
 KIND_COLOURS = {"input": "#bdbdbd", "convolutional": "#6baed6", "maxpool": "#fd8d3c", "avgpool": "#fdae6b",
                 "route": "#74c476", "shortcut": "#9e9ac8", "upsample": "#fdd0a2", "yolo": "#f768a1",
                 "region": "#f768a1", "detection": "#f768a1", "connected": "#9ecae1"}
 OTHER_KIND = "#d9d9d9"
-# 8-step sequential ramp, low -> high (viridis samples)
-RAMP = ["#440154", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d", "#a0da39", "#fde725"]
+# 8-step sequential ramp, good -> bad (pale yellow -> dark red); labels keep a white outline on every step
+RAMP = ["#ffffcc", "#ffeda0", "#fed976", "#feb24c", "#fd8d3c", "#fc4e2a", "#e31a1c", "#b10026"]
 # edges that do not come from the layer just before: route / shortcut inputs
 LINK_KINDS = ("route", "shortcut")
 
@@ -59,11 +104,26 @@ def graph_to_cytoscape(graph: Graph) -> dict:
     return {"nodes": nodes, "edges": edges}
 
 
+def grid_shape(n_nodes: int, width_px: int) -> tuple[int, int]:
+    """(cols, rows) of the execution-order grid that fits `width_px` at zoom 1."""
+    cols = max(2, min(n_nodes, (width_px - 16) // CELL_W))
+    return cols, -(-n_nodes // cols)
+
+
+def canvas_height(rows: int, max_px: int = 1100) -> int:
+    """Pixels for `rows` grid rows at zoom 1 (bounded: taller graphs pan)."""
+    return max(240, min(max_px, rows * CELL_H + 24))
+
+
 def graph_style() -> list[dict]:
-    """The cytoscape stylesheet: kind colours, overlay ramp, current / picked highlights, edge kinds."""
+    """The cytoscape stylesheet: kind colours, overlay ramp, current / picked / found highlights, edge kinds.
+
+    Text is black with a white outline on every fill, so it reads on the darkest ramp step too."""
     style = [
-        {"selector": "node", "css": {"label": "data(label)", "shape": "round-rectangle", "width": 84, "height": 20,
-                                     "font-size": 12, "text-valign": "center", "text-halign": "center",
+        {"selector": "node", "css": {"label": "data(label)", "shape": "round-rectangle", "width": NODE_W,
+                                     "height": NODE_H, "font-size": 12, "text-valign": "center",
+                                     "text-halign": "center", "text-wrap": "wrap", "color": "#000000",
+                                     "text-outline-color": "#ffffff", "text-outline-width": 2,
                                      "background-color": OTHER_KIND, "border-width": 1, "border-color": "#636363"}},
         {"selector": "edge", "css": {"width": 1.5, "line-color": "#969696", "curve-style": "bezier",
                                      "target-arrow-shape": "triangle", "target-arrow-color": "#969696"}},
@@ -73,33 +133,38 @@ def graph_style() -> list[dict]:
     ]
     style += [{"selector": f"node.t-{_kind_class(k)[2:]}", "css": {"background-color": col}}
               for k, col in KIND_COLOURS.items()]
-    style += [{"selector": f"node.ov{i}", "css": {"background-color": col, "color": "#ffffff" if i < 4 else "#000000"}}
-              for i, col in enumerate(RAMP)]
+    style += [{"selector": f"node.ov{i}", "css": {"background-color": col}} for i, col in enumerate(RAMP)]
     style += [
-        {"selector": "node.ov-none", "css": {"background-color": "#f0f0f0", "color": "#969696"}},
-        {"selector": "node.picked", "css": {"border-width": 3, "border-color": "#08519c"}},
-        {"selector": "node.current", "css": {"border-width": 4, "border-color": "#e6550d", "font-weight": "bold",
-                                             "underlay-color": "#e6550d", "underlay-opacity": 0.35,
-                                             "underlay-padding": 6}},
+        {"selector": "node.ov-none", "css": {"background-color": "#f0f0f0", "color": "#737373"}},
+        {"selector": "node.picked", "css": {"border-width": 4, "border-color": "#08519c"}},
+        {"selector": "node.current", "css": {"border-width": 4, "border-color": "#000000", "font-weight": "bold",
+                                             "underlay-color": "#2171b5", "underlay-opacity": 0.5,
+                                             "underlay-padding": 5}},
+        {"selector": "node.found", "css": {"underlay-color": "#31a354", "underlay-opacity": 0.7,
+                                           "underlay-padding": 8}},
     ]
     return style
 
 
-def ramp_classes(values: Mapping[str, float], ids: list[str]) -> dict[str, str]:
-    """Overlay class per node id: ov0..ov7 by value between the min and max finite value, else ov-none."""
-    finite = {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
+def finite_values(values: Mapping[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
+
+
+def ramp_classes(values: Mapping[str, float], ids: list[str], meta: OverlayMeta | None = None) -> dict[str, str]:
+    """Overlay class per node id: ov0 (best) .. ov7 (worst) on the metric's scale, else ov-none.
+    Without `meta`: by value between the min and max finite value (low = ov0)."""
+    finite = finite_values(values)
     if not finite:
         return {i: "ov-none" for i in ids}
-    lo, hi = min(finite.values()), max(finite.values())
+    bad = (meta or OverlayMeta("", "{}", "high")).badness(finite)
     steps = len(RAMP)
-    out = {}
-    for i in ids:
-        if i not in finite:
-            out[i] = "ov-none"
-        else:
-            t = 0.0 if hi == lo else (finite[i] - lo) / (hi - lo)
-            out[i] = f"ov{min(steps - 1, int(t * steps))}"
-    return out
+    return {i: f"ov{min(steps - 1, int(bad[i] * steps))}" if i in finite else "ov-none" for i in ids}
+
+
+def worst(values: Mapping[str, float], meta: OverlayMeta, n: int = 5) -> list[tuple[str, float]]:
+    """The n worst (node, value) pairs, worst first."""
+    finite = finite_values(values)
+    return sorted(finite.items(), key=lambda kv: kv[1], reverse=meta.worse == "high")[:n]
 
 
 class GraphView(widgets.VBox):
@@ -118,21 +183,76 @@ class GraphView(widgets.VBox):
                                      help="choices of the overlay dropdown")
     generation = traitlets.Int(0, help="how many times the elements were built (1 + model changes)")
 
-    def __init__(self, graph: Graph, height: str = "520px", rank_dir: str = "TB", **kwargs) -> None:
+    found_node = traitlets.Unicode("", help="id of the node typed in Find ('' = none), highlighted")
+
+    def __init__(self, graph: Graph, height: str | None = None, width_px: int = 560, **kwargs) -> None:
+        """height: the canvas height (default: what the grid needs at zoom 1, at most 1100 px);
+        width_px: the width the grid is laid out for (the panel's)."""
         self._click_callbacks: list[Callable[[str], None]] = []
-        self.cyto = CytoscapeWidget(layout=widgets.Layout(height=height, width="100%"))
+        self._labels: dict[str, str] = {}
+        self.width_px = width_px
+        cols, rows = grid_shape(len(graph.nodes) + 1, width_px)
+        self.cyto = CytoscapeWidget(layout=widgets.Layout(height=height or f"{canvas_height(rows)}px", width="100%"))
+        self.cyto.min_zoom, self.cyto.max_zoom, self.cyto.wheel_sensitivity = MIN_ZOOM, MAX_ZOOM, WHEEL
         self._build(graph)
-        self.cyto.set_layout(name="dagre", rankDir=rank_dir, nodeSep=10, rankSep=10, padding=8)
         self.cyto.set_style(graph_style())
         self.cyto.on("node", "click", self._on_cyto_node_click)
         self.cyto.add_class("qw-graph-canvas")
-        self._overlay = widgets.Dropdown(description="Colour", layout=widgets.Layout(width="260px"))
+        self._overlay = widgets.Dropdown(description="Colour", layout=widgets.Layout(width="230px"))
+        self._find = widgets.Text(placeholder="layer #", description="Find", continuous_update=False,
+                                  layout=widgets.Layout(width="150px"))
+        self._fit = widgets.Button(description="Fit", icon="expand", layout=widgets.Layout(width="64px"),
+                                   tooltip="lay the graph out again to fit the canvas")
         self._legend = widgets.HTML()
-        super().__init__(children=[widgets.HBox([self._overlay, self._legend]), self.cyto], **kwargs)
+        self._legend.add_class("qw-legend")
+        self.worst_list = widgets.Select(rows=5, layout=widgets.Layout(width="100%", display="none"))
+        self.worst_list.add_class("qw-worst")
+        self._worst_title = widgets.HTML()
+        super().__init__(children=[widgets.HBox([self._overlay, self._find, self._fit]), self._legend,
+                                   self._worst_title, self.worst_list, self.cyto], **kwargs)
         self.add_class("qw-graph-view")
         self._overlay.options = list(self.overlay_options)
         traitlets.link((self, "overlay"), (self._overlay, "value"))
+        self._find.observe(self._on_find, names="value")
+        self._fit.on_click(lambda _b: self.cyto.relayout())
+        self.worst_list.observe(self._on_worst_pick, names="value")
         self._restyle()
+
+    def _grid_layout(self) -> None:
+        cols, rows = grid_shape(len(self.node_ids), self.width_px)
+        self.cyto.set_layout(name="grid", cols=cols, rows=rows, fit=True, padding=10, avoidOverlap=True,
+                             condense=False)
+
+    def find(self, text: str | int) -> str:
+        """Select and highlight the layer with this index ('input' too); returns its node id.
+        Raises: ValueError naming the valid range for anything else."""
+        t = str(text).strip()
+        if t not in self._kinds:
+            raise ValueError(f"find {t!r}: no such layer; type 'input' or an index 0..{len(self.node_ids) - 2}")
+        self.found_node = t
+        self.selected_node = t
+        return t
+
+    def _on_find(self, change) -> None:
+        if not change.new.strip():
+            return
+        try:
+            self.find(change.new)
+            self._find.description = "Find"
+        except ValueError:
+            self._find.description = "no such"
+
+    def _on_worst_pick(self, change) -> None:
+        if change.new:
+            self.selected_node = change.new
+
+    def node_label(self, node_id: str) -> str:
+        """The text on a node: index + kind, and the coloured metric's value when it has one."""
+        base = self._base_labels[node_id]
+        v = self.overlay_values.get(node_id) if self.overlay in OVERLAY_META else None
+        if v is None or not np.isfinite(v):
+            return base
+        return f"{base}\n{OVERLAY_META[self.overlay].text(float(v))}"
 
     def _build(self, graph: Graph) -> None:
         self.graph = graph
@@ -140,6 +260,10 @@ class GraphView(widgets.VBox):
         self.node_ids = [n["data"]["id"] for n in self.elements["nodes"]]
         self._kinds = {n["data"]["id"]: n["data"]["kind"] for n in self.elements["nodes"]}
         self._base = {n["data"]["id"]: n["classes"] for n in self.elements["nodes"]}
+        self._base_labels = {n["data"]["id"]: n["data"]["label"] for n in self.elements["nodes"]}
+        self._base_tips = {n["data"]["id"]: n["data"]["tooltip"] for n in self.elements["nodes"]}
+        self._labels = dict(self._base_labels)
+        self._grid_layout()
         with self.cyto.graph.hold_sync():             # one message, not one per node
             self.cyto.graph.add_graph_from_json(self.elements, directed=True)
         self.nodes = {n.data["id"]: n for n in self.cyto.graph.nodes}
@@ -151,7 +275,7 @@ class GraphView(widgets.VBox):
         The selection, highlight and overlay values named the old model's nodes: they are cleared (the
         owner selects again). The frontend re-runs the dagre layout when the element lists change.
         """
-        self.selected_node = self.current_node = ""
+        self.selected_node = self.current_node = self.found_node = ""
         self.overlay_values = {}
         old = [*self.cyto.graph.nodes, *self.cyto.graph.edges]
         # two messages: on the first the frontend removes the old elements (in promise callbacks, so after
@@ -185,7 +309,7 @@ class GraphView(widgets.VBox):
         self._overlay.options = list(change.new)
         self.overlay = keep
 
-    @traitlets.validate("selected_node", "current_node")
+    @traitlets.validate("selected_node", "current_node", "found_node")
     def _validate_node(self, proposal) -> str:
         value = proposal.value
         if value and value not in self._kinds:
@@ -193,7 +317,7 @@ class GraphView(widgets.VBox):
                                        f"'input', '0'..'{len(self.node_ids) - 2}'")
         return value
 
-    @traitlets.observe("selected_node", "current_node", "overlay", "overlay_values")
+    @traitlets.observe("selected_node", "current_node", "found_node", "overlay", "overlay_values")
     def _on_state_change(self, _change) -> None:
         self._restyle()
 
@@ -202,7 +326,7 @@ class GraphView(widgets.VBox):
         if self.overlay == "type":
             colour = {i: "t-" + _kind_class(k)[2:] for i, k in self._kinds.items()}
         else:
-            colour = ramp_classes(self.overlay_values, self.node_ids)
+            colour = ramp_classes(self.overlay_values, self.node_ids, OVERLAY_META.get(self.overlay))
         out = {}
         for i in self.node_ids:
             cls = [self._base[i], colour[i]]
@@ -210,23 +334,56 @@ class GraphView(widgets.VBox):
                 cls.append("picked")
             if i == self.current_node:
                 cls.append("current")
+            if i == self.found_node:
+                cls.append("found")
             out[i] = " ".join(cls)
         return out
 
     def _restyle(self) -> None:
-        # only changed classes are synced: a step touches two nodes, not the whole graph
+        # only changed classes and labels are synced: a step touches two nodes, not the whole graph
         for i, cls in self.node_classes().items():
             node = self.nodes[i]
             if node.classes != cls:
                 node.classes = cls
+            label = self.node_label(i)
+            if self._labels.get(i) != label:
+                self._labels[i] = label
+                tip = self._base_tips[i] + (f"; {self.overlay}: {label.split(chr(10))[-1]}" if "\n" in label else "")
+                node.data = {**node.data, "label": label, "tooltip": tip}
         self._legend.value = self._legend_html()
+        self._update_worst()
+
+    def _update_worst(self) -> None:
+        meta = OVERLAY_META.get(self.overlay)
+        items = worst(self.overlay_values, meta) if meta else []
+        options = [(f"{k} {self._kinds[k]}: {meta.text(v)}", k) for k, v in items]
+        with self.worst_list.hold_trait_notifications():
+            if list(self.worst_list.options) != options:
+                self.worst_list.options = options
+                self.worst_list.value = None
+        self.worst_list.layout.display = "flex" if options else "none"
+        self._worst_title.value = (f"<small><b>worst {len(options)}</b> (click to select)</small>" if options else "")
 
     def _legend_html(self) -> str:
         if self.overlay == "type":
-            return ""
-        finite = [float(v) for v in self.overlay_values.values() if v is not None and np.isfinite(v)]
+            kinds = sorted({k for k in self._kinds.values()})
+            return "<small>" + " ".join(
+                f'<span style="background:{KIND_COLOURS.get(k, OTHER_KIND)};padding:0 4px;border:1px solid #999">'
+                f"{html.escape(SHORT.get(k, k))}</span>" for k in kinds) + "</small>"
+        meta = OVERLAY_META.get(self.overlay)
+        title = html.escape(meta.title if meta else self.overlay)
+        finite = finite_values(self.overlay_values)
         if not finite:
-            return f"<small>{html.escape(self.overlay)}: no values yet</small>"
-        swatches = "".join(f'<span style="background:{c};display:inline-block;width:12px;height:12px"></span>'
+            hint = f": no values yet ({html.escape(meta.hint)})" if meta and meta.hint else ": no values yet"
+            return f"<small>{title}{hint}</small>"
+        swatches = "".join(f'<span style="background:{c};display:inline-block;width:14px;height:12px"></span>'
                            for c in RAMP)
-        return (f"<small>{html.escape(self.overlay)}: {min(finite):.3g} {swatches} {max(finite):.3g}</small>")
+        if meta and meta.fixed:
+            lo, hi = meta.fixed
+        else:
+            lo, hi = min(finite.values()), max(finite.values())
+        good, bad = (lo, hi) if (meta is None or meta.worse == "high") else (hi, lo)
+        fmt = meta.text if meta else (lambda v: f"{v:.3g}")
+        lo_word, hi_word = meta.ends if meta else ("good", "bad")
+        return (f"<small>{title}<br>{lo_word} {html.escape(fmt(good))} {swatches} {html.escape(fmt(bad))} "
+                f"{hi_word}</small>")

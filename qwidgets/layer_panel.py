@@ -21,8 +21,9 @@ IMAGE_SLOTS = {
     "weights": "weights (columns: filters, rows: input channels)",
 }
 ROWS = [("input", "output"), ("float", "int", "heatmap"), ("hist_output", "hist_input"), ("hist_weights", "weights")]
-TABLE_CSS = ("<style>.qw-table td,.qw-table th{padding:1px 6px;text-align:right;font-size:12px}"
-             ".qw-table th{background:#f0f0f0}.qw-table td:first-child{text-align:left}</style>")
+TABLE_CSS = ("<style>.qw-table{margin-bottom:6px}.qw-table td,.qw-table th{padding:1px 6px;text-align:right;"
+             "font-size:12px;line-height:1.3}.qw-table th{background:#f0f0f0}"
+             ".qw-table td:first-child{text-align:left;max-width:150px}</style>")
 
 
 def fmt_value(v: Any) -> str:
@@ -52,16 +53,24 @@ def info_html(info: Mapping[str, Any], pairs_per_row: int = 2) -> str:
 
 
 def stats_html(rows: Sequence[Mapping[str, Any]]) -> str:
-    """HTML table of dict rows; the columns are the union of the keys in first-seen order."""
+    """HTML tables of dict rows: one table per run of rows with the same columns (tensor statistics,
+    then error rows), so no table carries the union of both and runs off a 780 px panel."""
     if not rows:
         return ""
-    cols: list[str] = []
+    groups: list[list[Mapping[str, Any]]] = []
     for r in rows:
-        cols += [k for k in r if k not in cols]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt_value(r.get(c, '')))}</td>" for c in cols) + "</tr>"
-                   for r in rows)
-    return f"{TABLE_CSS}<table class='qw-table qw-stats'><tr>{head}</tr>{body}</table>"
+        if groups and list(groups[-1][0]) == list(r):
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    tables = []
+    for group in groups:
+        cols = list(group[0])
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt_value(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+                       for r in group)
+        tables.append(f"<table class='qw-table qw-stats'><tr>{head}</tr>{body}</table>")
+    return TABLE_CSS + "".join(tables)
 
 
 class LayerPanel(widgets.VBox):
@@ -85,7 +94,9 @@ class LayerPanel(widgets.VBox):
                        for k, cap in IMAGE_SLOTS.items()}
         rows = [widgets.HBox([self._boxes[k] for k in row], layout=widgets.Layout(flex_flow="row wrap"))
                 for row in ROWS]
-        tables = widgets.HBox([self._info, self._stats], layout=widgets.Layout(flex_flow="row wrap"))
+        # stacked, the statistics table scrolling on its own: side by side it ran off a 782 px panel
+        self._stats.layout = widgets.Layout(overflow="auto", max_width="100%")
+        tables = widgets.VBox([self._info, self._stats])
         super().__init__(children=[self._title, tables,
                                    widgets.HBox([self._log2, self._log_y]), *rows], **kwargs)
         self.add_class("qw-layer-panel")

@@ -13,7 +13,9 @@ second button runs the session's sensitivity sweep (the bar advances per layer) 
 """
 from __future__ import annotations
 
+import html
 import os
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Sequence
@@ -25,8 +27,12 @@ from engine.imaging.augment import augment
 from engine.calib import CALIBRATORS
 from engine.imaging.samples import sample_images
 from qwidgets._confirm import Refused, SwitchGuard, dropped_text
-from qwidgets._errors import ErrorDetails, Message, shows_errors
+from qwidgets._encode import bar_chart_png
+from qwidgets._errors import ErrorDetails, Message, report, shows_errors
+from qwidgets._long_task import Cancelled, finish_on, main_loop
+from qwidgets._sync import holding
 from qwidgets._quant_render import SQNR_CAP, ranked_html, sqnr_chart_png
+from qwidgets._png_image import PngImage
 
 if TYPE_CHECKING:
     from engine.scale.compare import CompareTable
@@ -57,8 +63,13 @@ class QuantizationView(widgets.VBox):
     error_details = Message("", help="traceback of the last unexpected error (collapsed section)")
 
     def __init__(self, session, images: Sequence | None = None, methods: Sequence[str] = DEFAULT_METHODS,
-                 workspace=None, **kwargs) -> None:
+                 workspace=None, background: bool = False, **kwargs) -> None:
+        """background: Compare and the sensitivity sweep run in a thread, so Cancel can stop them (the
+        Explorer turns it on; False runs them inside the click, as scripts and tests expect)."""
         self._session = session
+        self.background = background
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._given = list(images) if images is not None else None
         self._given_key = f"{GIVEN}:{uuid.uuid4().hex}"      # another view's given images are other images
         self.workspace = workspace
@@ -72,20 +83,29 @@ class QuantizationView(widgets.VBox):
         self._images = widgets.Dropdown(description="Images", layout=widgets.Layout(width="360px"))
         self._path = widgets.Text(placeholder="/path/to/calibration/images", layout=widgets.Layout(width="260px"))
         self.compare_button = widgets.Button(description="Compare", icon="bar-chart", button_style="primary")
-        self.adopt_button = widgets.Button(description="Adopt best", icon="check", disabled=True)
+        self.adopt_button = widgets.Button(description="Adopt best", icon="check", disabled=True,
+                                           layout=widgets.Layout(width="auto", min_width="200px"))
+        self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True,
+                                            layout=widgets.Layout(width="90px"))
+        self.cancel_button.on_click(lambda _b: self._stop.set())
+        self.sensitivity_table = widgets.HTML()
+        self.sensitivity_chart = PngImage()
         self.sensitivity_button = widgets.Button(description="Sensitivity sweep", icon="sort-amount-desc",
                                                  layout=widgets.Layout(width="160px"))
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="",
                                             layout=widgets.Layout(width="300px"))
         self._table = widgets.HTML()
-        self.chart = widgets.Image(format="png")
+        self.chart = PngImage()
         self._status = widgets.Label()
+        self._status.add_class("qw-status")
         self._details = ErrorDetails()
         super().__init__(children=[
             widgets.HBox(list(self.method_boxes.values()), layout=widgets.Layout(flex_flow="row wrap")),
             widgets.HBox([self._per_channel, self._images, self._path]),
-            widgets.HBox([self.compare_button, self.progress, self.adopt_button, self.sensitivity_button]),
-            self._table, self.chart, self._status, self._details], **kwargs)
+            widgets.HBox([self.compare_button, self.progress, self.cancel_button, self.adopt_button,
+                          self.sensitivity_button], layout=widgets.Layout(flex_flow="row wrap")),
+            self._status, self._table, self.chart, self.sensitivity_table, self.sensitivity_chart,
+            self._details], **kwargs)
         self.add_class("qw-quant-view")
         self.refresh_image_sets()
         traitlets.dlink((self, "status"), (self._status, "value"))
@@ -145,20 +165,73 @@ class QuantizationView(widgets.VBox):
         self.progress.max, self.progress.value = self._image_counts.get(key, 0) + n, 0
         self.status = f"calibrating on {label} ..."
 
+        def left(done: int, total: int) -> str:
+            return f", ~{(time.perf_counter() - t0) / done * (total - done):.0f} s left" if done else ""
+
         def on_progress(phase: str, done: int, total: int) -> None:
+            if self._stop.is_set():
+                raise Cancelled()
             if phase == "calibrate":
                 if key is not None:
                     self._image_counts[key] = total
                 self.progress.max, self.progress.value = total + n, done
-                self.status = f"calibrating on {label}: image {done}/{total} ..."
+                self.status = (f"calibrating on {label}: image {done}/{total}"
+                               f"{left(self.progress.value, self.progress.max)} ...")
             else:           # statistics cached for this image set: the image part of the bar counts as done
                 self.progress.value = self.progress.max - n + done
-                self.status = f"compared {done}/{total} methods ..."
-        table = self._session.compare_methods(images, methods, per_channel=self._per_channel.value, key=key,
-                                              on_progress=on_progress)
-        self.show_table(table)
-        self.status = (f"compared {n} methods on {len(table.images)} images in "
-                       f"{time.perf_counter() - t0:.1f} s: best {table.best.method}")
+                self.status = f"compared {done}/{total} methods{left(self.progress.value, self.progress.max)} ..."
+
+        def work():
+            return self._session.compare_methods(images, methods, per_channel=self._per_channel.value, key=key,
+                                                 on_progress=on_progress)
+
+        def done(table) -> None:
+            self.show_table(table)
+            self.status = (f"compared {n} methods on {len(table.images)} images in "
+                           f"{time.perf_counter() - t0:.1f} s: best {table.best.method}")
+        self._run(work, done, "compare")
+
+    def _run(self, work, done, what: str) -> None:
+        """work() then done(result), in a thread when `background` (Cancel stops it between units)."""
+        self._stop.clear()
+        self.cancel_button.disabled = False
+        self.compare_button.disabled = self.sensitivity_button.disabled = True
+
+        loop = main_loop() if self.background else None
+
+        def finish(result, err) -> None:
+            with holding(self._session):
+                self.cancel_button.disabled = True
+                self.compare_button.disabled = self.sensitivity_button.disabled = False
+                if isinstance(err, Cancelled):
+                    self.status = f"{what} cancelled"
+                elif err is not None:
+                    report(self, err, f"QuantizationView.{what}")
+                else:
+                    try:
+                        done(result)
+                    except Exception as e:      # noqa: BLE001 - the widget boundary
+                        report(self, e, f"QuantizationView.{what}")
+
+        def body() -> None:
+            result, error = None, None
+            try:
+                with holding(self._session):
+                    result = work()
+            except Exception as err:        # noqa: BLE001 - handed to finish (the widget boundary)
+                error = err
+            finish_on(loop, finish, result, error)
+        if self.background:
+            self._thread = threading.Thread(target=body, daemon=True, name=f"qwidgets-{what}")
+            self._thread.start()
+        else:
+            body()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the running Compare or sweep finished (a script without an event loop; in a kernel
+        the result is shown once the cell returns)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def show_table(self, table: CompareTable) -> None:
         """Display a CompareTable (also usable with a table computed elsewhere)."""
@@ -181,7 +254,7 @@ class QuantizationView(widgets.VBox):
             dropped = self._adopt_guard.switch(self._session, best.qmodel, id(best.qmodel))
         except Refused as ask:
             self.adopt_button.description = ask.label
-            self.status = f"error: {ask.message}"
+            self.status = f"confirm: {ask.message}"
             return
         self.adopt_button.description = f"Adopt {best.method}"
         if self._session.mode == "float":
@@ -204,6 +277,7 @@ class QuantizationView(widgets.VBox):
             self.adopt_button.disabled, self.adopt_button.description = True, "Adopt best"
             self.ranking, self.adopted, self.dropped_edits = [], "", 0
             self.sensitivity_ranks = {}
+            self.sensitivity_table.value, self.sensitivity_chart.value = "", b""
 
     # ------------------------------------------------------------------ sensitivity
     @shows_errors
@@ -211,12 +285,38 @@ class QuantizationView(widgets.VBox):
         s = self._session
         self.progress.value, self.progress.max = 0, max(1, s.num_layers)
         self.status = "sensitivity sweep ..."
+        t0 = time.perf_counter()
 
-        def tick() -> bool:             # called once per swept layer: advance the bar, never cancel
+        def tick() -> bool:             # called once per swept layer: advance the bar; True stops the sweep
             self.progress.value = min(self.progress.max, self.progress.value + 1)
-            return False
-        table = s.sensitivity(progress=False, cancel=tick)
-        self.progress.value = self.progress.max
-        self.sensitivity_ranks = table.ranks()
-        worst = ", ".join(f"{r.index} [{r.kind}]" for r in table.rows[:3])
-        self.status = f"sensitivity: {len(table.rows)} layers ranked; hurt most when quantized: {worst}"
+            done = self.progress.value
+            self.status = (f"sensitivity sweep: layer {done}/{self.progress.max}, "
+                           f"~{(time.perf_counter() - t0) / done * (self.progress.max - done):.0f} s left")
+            return self._stop.is_set()
+
+        def done(table) -> None:
+            if self._stop.is_set():
+                self.status = "sensitivity sweep cancelled"
+                return
+            self.progress.value = self.progress.max
+            self.sensitivity_ranks = table.ranks()
+            self.show_sensitivity(table)
+            worst = ", ".join(f"{r.index} [{r.kind}]" for r in table.rows[:3])
+            self.status = f"sensitivity: {len(table.rows)} layers ranked; hurt most when quantized: {worst}"
+        self._run(lambda: s.sensitivity(progress=False, cancel=tick), done, "sensitivity")
+
+    def show_sensitivity(self, table) -> None:
+        """The sweep as a table (every layer, rank order) and a bar chart of the 10 that hurt most."""
+        rows = "".join(f"<tr><td>{r.rank}</td><td>{r.index}</td><td>{html.escape(r.kind)}</td>"
+                       f"<td>{r.only_quantized_map50:.3f}</td><td>{r.only_quantized_sqnr:.1f}</td>"
+                       f"<td>{r.only_float_map50:.3f}</td></tr>" for r in table.rows)
+        self.sensitivity_table.value = (
+            "<div style='max-height:260px;overflow-y:auto'><table class='qw-table qw-sensitivity'><tr><th>rank "
+            "(1 = hurts most)</th><th>layer</th><th>kind</th><th>mAP@0.5 vs FLOAT, only this layer INT8</th>"
+            "<th>head SQNR dB, same run</th><th>mAP@0.5, all but this layer INT8</th></tr>"
+            f"{rows}</table></div>")
+        top = table.rows[:10]
+        self.sensitivity_chart.value = bar_chart_png(
+            [f"{r.index} {r.kind[:5]}" for r in top], [1.0 - r.only_quantized_map50 for r in top],
+            "sensitivity: the 10 layers that hurt most when quantized alone",
+            "mAP@0.5 lost vs FLOAT (1 - agreement; higher = more sensitive)", lo=0.0, hi=1.0)

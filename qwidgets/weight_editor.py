@@ -27,10 +27,11 @@ import numpy as np
 import traitlets
 
 from engine.session.edits import Edit
-from qwidgets._encode import heatmap_png
+from qwidgets._encode import channels_note, framed_png, heatmap_png
 from qwidgets._errors import ErrorDetails, Message, shows_errors
 from qwidgets._kernel_grid import KernelGrid, key_text
 from qwidgets._save_model import save_as
+from qwidgets._png_image import PngImage
 
 
 class WeightEditor(widgets.VBox):
@@ -73,13 +74,21 @@ class WeightEditor(widgets.VBox):
         self.save_model_button = b(description="Save model", icon="save")
         self.save_quantized_button = b(description="Save quantized", icon="save")
         self._notes = widgets.HTML()         # unapplied kernels, stale outputs
+        self._real = widgets.HTML()          # int8 grid: its scale and the real values q x scale
+        self._style = widgets.HTML("<style>.qw-edited input{background:#fff3b0;font-weight:bold;"
+                                   "border:2px solid #e6550d}</style>")
+        self.edited_cells: list[int] = []    # flat indexes of the cells the last Apply changed
+        self._marked_key: tuple | None = None
         self._diff = widgets.HTML()
-        self.heatmap = widgets.Image(format="png")
+        # its own size, never stretched to the panel (a 16-tile map blown up reads as pixel mush)
+        self.heatmap = PngImage(layout=widgets.Layout(width="auto", max_width="100%", object_fit="none"))
         self._journal = widgets.HTML()
         self._status = widgets.Label()
+        self._status.add_class("qw-status")
         self._details = ErrorDetails()
         super().__init__(children=[
-            self._title, widgets.HBox([self._filter, self._channel]), self.grid, self._notes,
+            self._style, self._title, widgets.HBox([self._filter, self._channel]), self.grid, self._real,
+            self._notes,
             widgets.HBox([self.apply_button, self.discard_button, self.undo_button, self.redo_button,
                           self.rerun_button]),
             widgets.HBox([self._factor, self.scale_button, self.zero_button, self._prune, self.prune_button]),
@@ -182,7 +191,31 @@ class WeightEditor(widgets.VBox):
         news = self.grid.show(key, k, target)
         if news:
             self.status = news
+        if key != self._marked_key:
+            self.mark_edited([])             # the marks belong to the kernel they were made in
+        self._real.value = self._real_values_html(k) if key is not None and target == "int8" else ""
         self.show_notes()
+
+    def _real_values_html(self, k: np.ndarray) -> str:
+        """Under an int8 grid: the filter's weight scale and each tap's real value q x scale."""
+        q = self._session.weights(self.layer, "int8")
+        scale = np.asarray(q["w_scale"], np.float64).reshape(-1)
+        sc = float(scale[self.filter] if scale.size > 1 else scale[0])
+        real = np.asarray(k, np.float64) * sc
+        rows = "".join("<tr>" + "".join(f"<td>{v:.4g}</td>" for v in row) + "</tr>" for row in real.reshape(k.shape))
+        which = f"filter {self.filter}" if scale.size > 1 else "the layer (per tensor)"
+        return (f"<small>int8 values q; weight scale of {which}: {sc:.5g}; real value = q x scale:</small>"
+                f"<table class='qw-table'>{rows}</table>")
+
+    def mark_edited(self, cells: list[int]) -> None:
+        """Highlight these cells (flat indexes) as changed by the last Apply."""
+        self.edited_cells = list(cells)
+        self._marked_key = self.kernel_key() if cells else None
+        for n, cell in enumerate(self.grid.cells):
+            if n in cells:
+                cell.add_class("qw-edited")
+            else:
+                cell.remove_class("qw-edited")
 
     def show_notes(self) -> None:
         """The notes above the buttons: kernels with unapplied values, kept outputs that predate an edit."""
@@ -199,12 +232,12 @@ class WeightEditor(widgets.VBox):
         return self.grid.values()
 
     # ------------------------------------------------------------------ edits
-    def _edit_and_rerun(self, make_edit: Callable[[], Edit]) -> None:
+    def _edit_and_rerun(self, make_edit: Callable[[], Edit], what: str | None = None) -> None:
         s, i = self._session, self.layer
         if s.position < i:
             s.run_to(i)        # forward only, so the diff shows this layer before and after the edit
         edit = make_edit()
-        self._rerun(edit.summary())
+        self._rerun(what or edit.summary())
 
     def _rerun(self, what: str) -> None:
         s = self._session
@@ -221,7 +254,16 @@ class WeightEditor(widgets.VBox):
             self._diff.value = (f"<b>{html.escape(what)}</b><br>reran {span}; layer {r.index} output after vs "
                                 f"before: SQNR {d.sqnr_db:.1f} dB, max |diff| {d.max_abs:.4g}, "
                                 f"{r.changed:,} of {r.after.size:,} values changed")
-            self.heatmap.value = heatmap_png(r.after - r.before, max_channels=16, cols=4) if r.after.ndim == 3 else b""
+            if r.after.ndim == 3:
+                diff = r.after - r.before
+                vmax = float(np.abs(diff[:16]).max())
+                self.heatmap.value = framed_png(
+                    heatmap_png(diff, max_channels=16, cols=4, vmax=vmax, as_image=True),
+                    f"layer {r.index} output after - before the edit, "
+                    f"{channels_note(diff.shape[0], min(16, diff.shape[0]))}",
+                    "diverging", -vmax, vmax)
+            else:
+                self.heatmap.value = b""
         self._after_edit(f"{what}; reran {span}: {r.changed:,} values changed (layer {r.index} output)")
 
     def _after_edit(self, message: str) -> None:
@@ -238,12 +280,20 @@ class WeightEditor(widgets.VBox):
         if self.target == "int8" and not np.all(values == np.rint(values)):
             raise ValueError("int8 weights must be integers")
         layer, region, target = self.layer, (self.filter, self.channel), self.target
+        old = np.asarray(self.kernel(), np.float64).reshape(values.shape)
+        changed = [int(n) for n in np.flatnonzero(old.reshape(-1) != values.reshape(-1))]
+        kw = values.shape[1] if values.ndim == 2 else 1
+        taps = ", ".join(f"tap ({n // kw}, {n % kw}) {old.reshape(-1)[n]:.4g} -> {values.reshape(-1)[n]:.4g}"
+                         for n in changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        what = (f"layer {layer} {target} filter {region[0]} channel {region[1]}: "
+                + (taps or "no value changed"))
 
         def edit() -> Edit:
             e = self._session.edit_weights(layer, region, values, target=target)
             self.grid.forget_shown()         # the typed values are the weights now
             return e
-        self._edit_and_rerun(edit)
+        self._edit_and_rerun(edit, what)
+        self.mark_edited(changed)
 
     @shows_errors
     def _on_discard_click(self, _button) -> None:

@@ -42,6 +42,13 @@ def tiny_stats(tiny):
 
 
 @pytest.fixture(scope="session")
+def tiny_kl_pt(tiny, tiny_stats):
+    """yolov3-tiny quantized per tensor with kl: it loses detections (the explain / diff examples)."""
+    from engine.quant.qmodel import quantize_model
+    return quantize_model(tiny, tiny_stats, "kl", per_channel=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_q(tiny, tiny_stats):
     """yolov3-tiny quantized per channel with minmax (the best method on these photos)."""
     from engine.quant.qmodel import quantize_model

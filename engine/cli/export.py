@@ -1,4 +1,4 @@
-"""`python -m engine export MODEL [--weights W] --format onnx|weights -o OUT`.
+"""`python -m engine export MODEL [--weights W] --format onnx|weights|onnx-int8 [--quantized Q] -o OUT`.
 
 engine/cli/main.py wires it in with `add_export_parser(sub)`; `cmd_export(args)` returns the exit code
 and lets EngineError/ValueError propagate to the CLI's common handler (exit code 2).
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-FORMATS = ("onnx", "weights")
+FORMATS = ("onnx", "weights", "onnx-int8")
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -16,11 +16,14 @@ def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     s = sub.add_parser("export", help="write a model as ONNX (float, BN folded) or as a Darknet .weights file",
                        description="ONNX: one node group per Darknet layer, tensors named layer<i>. "
                                    "weights: the Darknet .weights file of the (possibly edited) parameters, "
-                                   "e.g. from an engine model file.")
+                                   "e.g. from an engine model file. onnx-int8: the integer graph (QLinearConv, "
+                                   "QLinearLeakyRelu, ...) of a model quantized with --profile onnxruntime "
+                                   "(or avx2_u8s8), bit-exact with 'dump --mode int' in ONNX Runtime.")
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
     s.add_argument("--weights", metavar="W")
     s.add_argument("--format", choices=FORMATS, default="onnx")
     s.add_argument("-o", "--output", required=True, metavar="OUT")
+    s.add_argument("--quantized", metavar="Q", help="onnx-int8: the quantized model file (from quantize --profile)")
     s.add_argument("--heads", choices=("raw", "activated"), default="raw",
                    help="onnx: raw conv outputs feeding [yolo]/[region] (default), or with their activations")
     s.add_argument("--opset", type=int, default=17, help="onnx: opset version (default 17; >= 18 uses Mish)")
@@ -39,9 +42,26 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}: Darknet weights {model.header.major}.{model.header.minor}."
               f"{model.header.revision}, {model.graph.total_params:,} floats", file=sys.stderr)
         return 0
+    if args.format == "onnx-int8":
+        return _export_int8(args, model)
     from engine.export import export_onnx
     out = export_onnx(model, args.output, heads=args.heads, opset=args.opset, all_outputs=args.all_outputs,
                       dynamic_batch=args.dynamic_batch)
     print(f"wrote {out} ({out.stat().st_size:,} bytes): ONNX opset {args.opset}, heads={args.heads}: {model!r}",
           file=sys.stderr)
+    return 0
+
+
+def _export_int8(args: argparse.Namespace, model) -> int:
+    from engine.errors import EngineError
+    from engine.export.onnx_int8 import export_int8
+    from engine.quant.qmodel import QuantizedModel
+    if not args.quantized:
+        raise EngineError("--format onnx-int8 needs --quantized Q (a model quantized with --profile onnxruntime)")
+    if args.dynamic_batch:
+        raise EngineError("--dynamic-batch: the onnx-int8 export has a batch of 1")
+    qm = QuantizedModel.load(args.quantized)
+    out = export_int8(model, qm, args.output, heads=args.heads, opset=args.opset, all_outputs=args.all_outputs)
+    print(f"wrote {out} ({out.stat().st_size:,} bytes): integer ONNX opset {args.opset}, profile {qm.profile}, "
+          f"{qm.describe()}: {model!r}", file=sys.stderr)
     return 0

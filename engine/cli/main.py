@@ -1,4 +1,4 @@
-"""Command line: `python -m engine info|convert|detect|dump|quantize|compare|report|export ...`
+"""Command line: `python -m engine info|convert|detect|dump|quantize|compare|report|export|explain ...`
 (a contract other tools rely on). This module assembles the parser from one module per
 subcommand family and dispatches; shared options live in engine/cli/options.py."""
 from __future__ import annotations
@@ -8,6 +8,7 @@ import sys
 from typing import Sequence
 
 from engine.cli.detect import add_detect_parser
+from engine.cli.explain import add_explain_parser
 from engine.cli.export import add_export_parser
 from engine.cli.info import add_convert_parser, add_dump_parser, add_info_parser
 from engine.cli.quantize import add_compare_parser, add_quantize_parser
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine", description="Darknet models in NumPy")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (add_info_parser, add_convert_parser, add_detect_parser, add_dump_parser, add_quantize_parser,
-                add_compare_parser, add_report_parser, add_export_parser):
+                add_compare_parser, add_report_parser, add_export_parser, add_explain_parser):
         add(sub)
     return p
 

@@ -71,13 +71,17 @@ def add_noise(im: Image.Image, sigma: float, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(x + noise), 0, 255).astype(np.uint8), "RGB")
 
 
-def to_png(im: Image.Image, max_side: int | None = None) -> bytes:
-    """PNG bytes of `im` (for `ipywidgets.Image` or an image set), shrunk to fit `max_side` if given."""
+def to_png(im: Image.Image | np.ndarray, max_side: int | None = None, compress_level: int = 6) -> bytes:
+    """PNG bytes of `im` (a PIL image or a uint8 (H, W) / (H, W, 3) array), shrunk to fit `max_side` if given.
+
+    Views redraw on every step, so they ask for `compress_level=1` (zlib's fastest)."""
+    if isinstance(im, np.ndarray):
+        im = Image.fromarray(im)
     if max_side is not None and max(im.size) > max_side:
         im = im.copy()
         im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
-    im.save(buf, format="PNG")
+    im.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 

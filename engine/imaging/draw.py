@@ -1,7 +1,7 @@
 """Draw detections on an image with Pillow (for notebooks and the Explorer)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -11,21 +11,37 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190)]
 
 
-def draw_detections(image: ImageLike, detections: Sequence, width: int | None = None) -> Image.Image:
+def class_colors(*detection_lists: Sequence) -> dict[int, tuple[int, int, int]]:
+    """A distinct colour per class present in the lists (first seen, first colour), not class_id % 10:
+    two classes in one picture never share a colour while there are at most len(PALETTE) of them."""
+    out: dict[int, tuple[int, int, int]] = {}
+    for dets in detection_lists:
+        for d in dets:
+            if d.class_id not in out:
+                out[d.class_id] = PALETTE[len(out) % len(PALETTE)]
+    return out
+
+
+def draw_detections(image: ImageLike, detections: Sequence, width: int | None = None, *, scale: float = 1.0,
+                    font_size: int | None = None, colors: Mapping[int, tuple] | None = None,
+                    labels: Sequence[str] | None = None) -> Image.Image:
     """A copy of `image` with each detection's box and 'name score' label (colour by class).
 
     Line width and label size follow the image size (default: about 1/200 and 1/40 of its
-    shorter side), label text is black or white, whichever reads on the class colour."""
+    shorter side), label text is black or white, whichever reads on the class colour.
+    scale: boxes are multiplied by it (draw on a resized image); font_size: label text size in pixels;
+    colors: class_id -> RGB (default by class_id); labels: one text per detection instead of 'name score'."""
     im = open_image(image).copy()
     draw = ImageDraw.Draw(im)
     side = min(im.width, im.height)
     width = width or max(2, round(side / 200))
-    font = ImageFont.load_default(size=max(10, round(side / 40)))
-    for d in detections:
-        color = PALETTE[d.class_id % len(PALETTE)]
-        box = [max(0, d.x1), max(0, d.y1), min(im.width - 1, d.x2), min(im.height - 1, d.y2)]
+    font = ImageFont.load_default(size=font_size or max(10, round(side / 40)))
+    for k, d in enumerate(detections):
+        color = (colors or {}).get(d.class_id, PALETTE[d.class_id % len(PALETTE)])
+        box = [max(0, d.x1 * scale), max(0, d.y1 * scale), min(im.width - 1, d.x2 * scale),
+               min(im.height - 1, d.y2 * scale)]
         draw.rectangle(box, outline=color, width=width)
-        label = f"{d.name} {d.score:.2f}"
+        label = labels[k] if labels is not None else f"{d.name} {d.score:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
         th, tw = bottom - top + 4, right - left + 6
         y = box[1] - th if box[1] >= th else box[1]          # above the box, inside it at the top edge

@@ -15,10 +15,11 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from engine.errors import EngineError
+from engine.quant.int_layers import HEAD_LAYERS
 from engine.quant.modes import MODES, Mode
-from engine.quant.int_layers import HEAD_LAYERS, HYBRID_LAYERS, INT_LAYERS
+from engine.quant.profiles import get_profile
 from engine.quant.qmodel import QuantizedModel
-from engine.quant.qtensor import QTensor, quantize
+from engine.quant.qtensor import QTensor
 
 FLOAT, INT8 = "float", "int8"
 
@@ -90,13 +91,17 @@ class Executor:
         if bad:
             raise ValueError(f"float_layers {bad}: no such layers (0..{len(model.layers) - 1})")
         self.head_feeders = head_feeders(model)
+        # the device profile's integer rules (engine/quant/profiles): qwidgets unless the model says otherwise
+        self.profile = get_profile(qmodel.profile if qmodel is not None else None)
 
     def has_int_path(self, index: int, mode: str | None = None) -> bool:
-        kind = self.model.layers[index].kind
+        layer = self.model.layers[index]
         mode = mode or self.mode
+        if self.profile.runs_float(layer):
+            return False
         if mode == Mode.HYBRID:
-            return kind in HYBRID_LAYERS
-        return kind in INT_LAYERS
+            return self.profile.has_hybrid_path(layer.kind)
+        return self.profile.has_int_path(layer.kind)
 
     def precision(self, index: int) -> str:
         if self.mode == Mode.FLOAT or index in self.float_layers or not self.has_int_path(index):
@@ -107,17 +112,21 @@ class Executor:
         """When this layer runs its INT path, does it hand its int32 accumulators, dequantized, to a
         detection head (instead of an int8 tensor)? A property of the graph, whatever the mode: CROSS
         from FLOAT runs the same INT path."""
-        return index in self.head_feeders and self.model.layers[index].kind in HEAD_LAYERS
+        return (self.profile.int32_heads and index in self.head_feeders
+                and self.model.layers[index].kind in HEAD_LAYERS)
 
     def scale_of(self, producer: int) -> float:
         return self.qmodel.scales["input" if producer < 0 else str(producer)]
 
+    def zero_point_of(self, producer: int) -> int:
+        return int(self.qmodel.zero_points.get("input" if producer < 0 else str(producer), 0))
+
     def to_q(self, v: Value, producer: int, rec: dict) -> QTensor:
         if v.q is not None:
             return v.q
-        q, sat = quantize(v.float(), self.scale_of(producer))
+        q, sat = self.profile.quantize(v.float(), self.scale_of(producer), self.zero_point_of(producer))
         rec["input_saturated"] = rec.get("input_saturated", 0) + sat
-        return QTensor(q, self.scale_of(producer))
+        return q
 
     def run_layer(self, index: int, inputs: list[Value], precision: str | None = None) -> tuple[Value, LayerRecord]:
         """Run layer `index` on its input values in `precision` (default: the policy's)."""
@@ -129,18 +138,19 @@ class Executor:
         if self.qmodel is None:
             raise EngineError(f"layer {index} [{layer.kind}]: int8 needs a quantized model")
         lq = self.qmodel.layers.get(index)
-        if self.mode == Mode.HYBRID and layer.kind in HYBRID_LAYERS:
-            y = HYBRID_LAYERS[layer.kind](layer, inputs[0].float(), lq, rec.stats)
+        if self.mode == Mode.HYBRID and self.profile.has_hybrid_path(layer.kind):
+            y = self.profile.hybrid(layer, inputs[0].float(), lq, self.qmodel, rec.stats)
             y.flags.writeable = False
             return Value(f=y), rec
-        if layer.kind not in INT_LAYERS:
-            raise EngineError(f"layer {index} [{layer.kind}] has no int8 path (it runs in float)")
+        if not self.has_int_path(index, Mode.INT8):
+            raise EngineError(f"layer {index} [{layer.kind}] has no int8 path in profile "
+                              f"'{self.profile.name}' (it runs in float)")
         xs = [self.to_q(v, src, rec.stats) for v, src in zip(inputs, layer.inputs)]
         if self.int32_out(index):
-            y = HEAD_LAYERS[layer.kind](layer, xs, lq, rec.stats)
+            y = self.profile.run_head(layer, xs, lq, self.qmodel, rec.stats)
             y.flags.writeable = False
             return Value(f=y), rec
-        y_q = INT_LAYERS.get(layer.kind)(layer, xs, lq, self.qmodel.scales.get(str(index), 1.0), rec.stats)
+        y_q = self.profile.run(layer, xs, lq, self.qmodel, rec.stats)
         y_q.q.flags.writeable = False
         return Value(q=y_q), rec
 

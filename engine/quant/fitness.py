@@ -66,7 +66,12 @@ def error_stats(ref: np.ndarray, y: np.ndarray, q: np.ndarray | None = None, sat
     sqnr = float("inf") if noise == 0 else (10 * np.log10(sig / noise) if sig > 0 else float("-inf"))
     ny, nr = float(np.sqrt(yy)), float(np.sqrt(sig))
     cos = float(ry / (nr * ny)) if nr > 0 and ny > 0 else float(nr == ny)
-    use = max(int(q.max()), -int(q.min())) / 127 if q is not None and q.size else float("nan")
+    if q is None or not q.size:
+        use = float("nan")
+    elif q.dtype == np.uint8:           # asymmetric profiles: the share of the 256 codes spanned
+        use = float(int(q.max()) - int(q.min())) / 255
+    else:
+        use = max(int(q.max()), -int(q.min())) / 127
     return ErrorStats(sqnr, cos, noise / max(1, ref.size), max_abs, use, saturated / max(1, ref.size))
 
 

@@ -23,7 +23,7 @@ from engine.layers.reorg import reorg_pj, space_to_depth
 from engine.layers.route import route_slices
 from engine.layers.upsample import upsample_nearest
 from engine.quant.intops import band_buffer, conv_int, conv_int_bands, gemm_int, row_abs_max
-from engine.quant.qmodel import LayerQuant
+from engine.quant.layerquant import LayerQuant
 from engine.quant.qtensor import QMAX, QTensor, multiplier_value, quantize, quantize_multiplier, requantize
 from engine.registry import Registry
 

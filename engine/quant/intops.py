@@ -20,17 +20,25 @@ from engine.kernels.gemm import BAND, MIN_BAND, conv_out_size
 from engine.kernels.scratch import Scratch, derived
 from engine.kernels.threads import own_threads, parallel_items
 
+EXACT_F32 = float(1 << 24)     # integers up to 2**24 are exact in float32
 K_CHUNK = 1024  # 1024 * 127 * 127 = 16,516,096 < 2**24 = 16,777,216
 
 
+def k_chunk(xmax: int) -> int:
+    """Longest reduction whose float32 partial sums stay exact for |w| <= 127 and |x| <= xmax
+    (K_CHUNK for int8 inputs; 518 for zero-point-centred uint8 inputs, |x - zp| <= 255)."""
+    return K_CHUNK if xmax <= 127 else max(1, int((EXACT_F32 - 1) // (127 * xmax)))
+
+
 def gemm_int(w_f: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """(n, K) @ (K, N) of int8-valued float32 arrays -> exact int32 (n, N)."""
+    """(n, K) @ (K, N) of integer-valued float32 arrays (|w| <= 127, |x| <= 255) -> exact int32 (n, N)."""
     k = w_f.shape[1]
-    if k <= K_CHUNK:
+    chunk = k_chunk(int(np.abs(cols).max()) if cols.size else 0)
+    if k <= chunk:
         return (w_f @ cols).astype(np.int32)
     acc = np.zeros((w_f.shape[0], cols.shape[1]), np.int32)
-    for a in range(0, k, K_CHUNK):
-        part = w_f[:, a:a + K_CHUNK] @ cols[a:a + K_CHUNK]
+    for a in range(0, k, chunk):
+        part = w_f[:, a:a + chunk] @ cols[a:a + chunk]
         np.add(acc, part, out=acc, casting="unsafe")  # part is integral: the cast is exact
     return acc
 
@@ -96,7 +104,6 @@ def conv_int_naive(x_q: np.ndarray, w_q: np.ndarray, b_q: np.ndarray, s: int, p:
 
 
 # --------------------------------------------------------------------------- fused, banded fast path
-EXACT_F32 = float(1 << 24)     # integers up to 2**24 are exact in float32
 _local = threading.local()
 
 
@@ -156,6 +163,7 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
     ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
     xmax = max(int(x_q.max()), -int(x_q.min())) if x_q.size else 0
     one_gemm = (_row_abs_max(w_f) if w_bound is None else w_bound) * xmax < EXACT_F32
+    chunk = k_chunk(xmax)
     scratch = _scratch()
     pointwise = k == 1 and s == 1 and p == 0
     if pointwise:
@@ -204,8 +212,8 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
             acc = scratch.get(f"int-acc64{part}", (nf, length), np.float64)
             part32 = scratch.get(f"int-acc{part}", (nf, length))
             acc[...] = 0
-            for a in range(0, kk, K_CHUNK):
-                np.matmul(wb[:, a:a + K_CHUNK], cols[a:a + K_CHUNK], out=part32)
+            for a in range(0, kk, chunk):
+                np.matmul(wb[:, a:a + chunk], cols[a:a + chunk], out=part32)
                 acc += part32
         epilogue(part, r0, r1, acc.reshape(nf, r1 - r0, row_w)[:, :, :wo], ch)
 

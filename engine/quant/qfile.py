@@ -88,7 +88,29 @@ def read_meta(z, label: str) -> dict:
         raise WeightsError(f"{label}: quantized model meta 'meta' must be a JSON object")
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in meta["float_layers"]):
         raise WeightsError(f"{label}: float_layers must be layer indices, got {meta['float_layers']!r}")
+    _check_profile(meta, label)
     return meta
+
+
+def _check_profile(meta: dict, label: str) -> None:
+    """The optional device-profile fields (absent in files written before profiles: 'qwidgets')."""
+    from engine.quant.profiles import PROFILES
+    profile = meta.get("profile", "qwidgets")
+    if not isinstance(profile, str) or profile not in PROFILES:
+        raise WeightsError(f"{label}: quantized model meta 'profile' is {profile!r}; known profiles: "
+                           f"{', '.join(PROFILES.names())}")
+    lo, hi = (0, 255) if PROFILES.get(profile).asymmetric else (0, 0)
+    for key in ("zero_points", "pre_zero_points"):
+        zps = meta.get(key, {})
+        if not isinstance(zps, dict):
+            raise WeightsError(f"{label}: quantized model meta '{key}' must be dict, got {type(zps).__name__}")
+        bad = [k for k, v in zps.items() if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi)]
+        if bad:
+            raise WeightsError(f"{label}: {key} of {', '.join(bad[:5])} must be integers in [{lo}, {hi}] for "
+                               f"profile '{profile}', got {zps[bad[0]]!r}")
+    pre = meta.get("pre_scales", {})
+    if not isinstance(pre, dict) or not all(_positive(v) for v in pre.values()):
+        raise WeightsError(f"{label}: quantized model meta 'pre_scales' must map layers to finite scales > 0")
 
 
 def check_layers(z, meta: dict, cfg_text: str, label: str) -> None:
@@ -106,9 +128,18 @@ def check_layers(z, meta: dict, cfg_text: str, label: str) -> None:
     if bad_float:
         raise WeightsError(f"{label}: float_layers {bad_float[:5]} are not layers of the cfg (0..{len(layers) - 1})")
     expected_ids = {"input"} | {str(layer.index) for layer in layers}
-    unknown = sorted(set(meta["scales"]) - expected_ids, key=str)
-    if unknown:
-        raise WeightsError(f"{label}: scales name tensors the cfg does not have: {', '.join(unknown[:5])}")
+    for key in ("scales", "zero_points", "pre_scales", "pre_zero_points"):
+        unknown = sorted(set(meta.get(key, {})) - expected_ids, key=str)
+        if unknown:
+            raise WeightsError(f"{label}: {key} name tensors the cfg does not have: {', '.join(unknown[:5])}")
+    from engine.quant.profiles import PROFILES
+    if PROFILES.get(meta.get("profile", "qwidgets")).asymmetric:
+        need = [str(layer.index) for layer in layers if layer.kind == "convolutional" and layer.activation == "leaky"
+                and str(layer.index) in meta["scales"]]
+        lacking = [i for i in need if i not in meta.get("pre_scales", {}) or i not in meta.get("pre_zero_points", {})]
+        if lacking:
+            raise WeightsError(f"{label}: profile '{meta['profile']}' needs the pre-activation grid (pre_scales, "
+                               f"pre_zero_points) of leaky conv layers {', '.join(lacking[:5])}")
     for key, scheme in meta["schemes"].items():
         if key not in meta["in_scales"] or not isinstance(scheme, str):
             raise WeightsError(f"{label}: schemes/in_scales disagree at layer {key!r}")

@@ -18,34 +18,10 @@ from engine.calib import make
 from engine.calib.collect import CalibrationStats, quantizable_ids
 from engine.calib.views import activation_scales
 from engine.errors import EngineError, WeightsError
+from engine.quant.layerquant import LayerQuant
 from engine.quant.weights import QuantWeights, quantize_bias, quantize_weights
 
 QMODEL_FORMAT = "qwidgets-quantized-model/1"
-
-
-@dataclass
-class LayerQuant:
-    """Integer parameters of one conv / connected layer."""
-    w_q: np.ndarray          # int8, (n, C/g, k, k) or (out, in)
-    w_scale: np.ndarray      # float64 (n,) or (1,)
-    b_q: np.ndarray          # int32 (n,), in the accumulator scale in_scale * w_scale
-    in_scale: float          # scale of the input tensor the biases were quantized for
-    scheme: str
-
-    @property
-    def w_f(self) -> np.ndarray:
-        """int8 values as float32, laid out for the GEMM: (n, C/g*k*k). Exact (|q| <= 127). Made on use,
-        not kept: a float32 copy of every int8 weight would quadruple the quantized model in memory."""
-        return np.ascontiguousarray(self.w_q.reshape(self.w_q.shape[0], -1), dtype=np.float32)
-
-    @property
-    def acc_scale(self) -> np.ndarray:
-        return self.in_scale * np.broadcast_to(self.w_scale, (self.w_q.shape[0],))
-
-    def dequantized_weights(self) -> np.ndarray:
-        shape = (-1,) + (1,) * (self.w_q.ndim - 1)
-        return (self.w_q.astype(np.float64) * np.broadcast_to(self.w_scale, (self.w_q.shape[0],)).reshape(shape)
-                ).astype(np.float32)
 
 
 @dataclass
@@ -62,12 +38,18 @@ class QuantizedModel:
     stats: CalibrationStats | None = None
     float_layers: tuple[int, ...] = ()            # default mixed-precision override
     meta: dict[str, Any] = field(default_factory=dict)
+    profile: str = "qwidgets"                     # device profile (engine/quant/profiles): the integer rules
+    zero_points: dict[str, int] = field(default_factory=dict)      # asymmetric profiles: tensor id -> zp
+    pre_scales: dict[str, float] = field(default_factory=dict)     # layer id -> pre-activation grid
+    pre_zero_points: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> "QuantizedModel":
         """Independent containers (layers, scales) sharing the arrays; edits replace, never mutate."""
         import copy as _copy
         twin = _copy.copy(self)
         twin.layers, twin.scales, twin.thresholds = dict(self.layers), dict(self.scales), dict(self.thresholds)
+        twin.zero_points, twin.pre_scales = dict(self.zero_points), dict(self.pre_scales)
+        twin.pre_zero_points = dict(self.pre_zero_points)
         twin.meta = dict(self.meta)
         return twin
 
@@ -87,7 +69,8 @@ class QuantizedModel:
     def describe(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in sorted(self.settings.items()))
         granularity = "per-channel" if self.per_channel else "per-tensor"
-        return f"{self.method}({args}) {granularity}" if args else f"{self.method} {granularity}"
+        text = f"{self.method}({args}) {granularity}" if args else f"{self.method} {granularity}"
+        return text if self.profile == "qwidgets" else f"{text} [{self.profile}]"
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:
@@ -100,7 +83,9 @@ class QuantizedModel:
                 "scales": self.scales, "thresholds": self.thresholds, "model_name": self.model_name,
                 "fingerprint": self.fingerprint, "float_layers": list(self.float_layers), "meta": self.meta,
                 "in_scales": {str(i): lq.in_scale for i, lq in self.layers.items()},
-                "schemes": {str(i): lq.scheme for i, lq in self.layers.items()}}
+                "schemes": {str(i): lq.scheme for i, lq in self.layers.items()},
+                "profile": self.profile, "zero_points": self.zero_points, "pre_scales": self.pre_scales,
+                "pre_zero_points": self.pre_zero_points}
         arrays = {"format": _text(QMODEL_FORMAT), "meta": _text(json.dumps(meta)), "cfg": _text(self.cfg_text)}
         for i, lq in self.layers.items():
             arrays[f"layer{i}/w_q"] = lq.w_q
@@ -141,7 +126,8 @@ class QuantizedModel:
             raise WeightsError(f"{label}: calibration histograms are damaged ({err})") from None
         return cls(meta["method"], meta["settings"], meta["per_channel"], meta["scales"], meta["thresholds"], layers,
                    meta["model_name"], cfg_text, meta["fingerprint"], stats, tuple(meta["float_layers"]),
-                   meta.get("meta", {}))
+                   meta.get("meta", {}), meta.get("profile", "qwidgets"), meta.get("zero_points", {}),
+                   meta.get("pre_scales", {}), meta.get("pre_zero_points", {}))
 
 
 def fingerprint(model) -> str:
@@ -158,6 +144,7 @@ def input_id(layer) -> str:
     return "input" if src < 0 else str(src)
 
 
+<<<<<<< HEAD
 def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_channel: bool = False,
                    float_layers: Iterable[int] = (), rules: Iterable[str] | None = None,
                    **settings: Any) -> QuantizedModel:
@@ -169,10 +156,22 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
         calibrator = make(method, **settings)
     except (TypeError, ValueError) as err:
         raise EngineError(f"method {method!r}: {err}") from None
+=======
+def quantize_model(model, stats: CalibrationStats, method: str = "kl", per_channel: bool = False,
+                   float_layers: Iterable[int] = (), profile: str = "qwidgets", **settings: Any) -> QuantizedModel:
+    """Activation scales from `stats` with `method`, int8 weights / int32 biases for every conv and
+    connected layer, for the device `profile` (engine/quant/profiles: symmetric int8 or uint8 with zero
+    points, weight scheme). Raises EngineError if the statistics do not cover the model's tensors or the
+    profile is unknown."""
+    from engine.quant.profiles import get_profile
+    prof = get_profile(profile)
+    calibrator = make(method, **settings)
+>>>>>>> main
     missing = [nid for nid in quantizable_ids(model) if nid not in stats.hists]
     if missing:
         raise EngineError(f"calibration statistics lack tensors {', '.join(missing[:5])}: were they collected "
                           f"for this model ({model.graph.name})?")
+<<<<<<< HEAD
     meta: dict[str, Any] = {} if rules is None else {"rules": list(rules)}
     if getattr(calibrator, "needs_images", False):
         raise EngineError(f"method {method!r} runs the model to choose: use engine.quant.autoquant.quantize(model, "
@@ -181,16 +180,25 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
         scales, thresholds, _ = activation_scales(model, stats, calibrator, rules)
     except ValueError as err:
         raise EngineError(f"quantize_model: {err}") from None
+=======
+    scales, zero_points = prof.activation_params(stats, calibrator)
+    prof.tie_grids(model, scales, zero_points)
+    pre_scales, pre_zero_points = prof.extra_params(model, stats, calibrator)
+    scheme, per_channel = prof.weight_choice(calibrator, per_channel)
+    thresholds = {nid: calibrator.threshold(h) if h.amax > 0 else 0.0 for nid, h in stats.hists.items()}
+>>>>>>> main
     layers: dict[int, LayerQuant] = {}
     for layer in model.layers:
         if not layer.int8_weights:
             continue
         w, b = layer.fused(model.params[layer.index])
-        qw: QuantWeights = quantize_weights(w, calibrator.weights, per_channel and calibrator.weights != "yolo2_light")
+        qw: QuantWeights = quantize_weights(w, scheme, per_channel, **(
+            {"qmax": prof.weight_qmax} if prof.weight_qmax != 127 else {}))
         in_scale = scales[input_id(layer)]
         layers[layer.index] = LayerQuant(qw.w_q, qw.scale, quantize_bias(b, in_scale, qw.scale), in_scale, qw.scheme)
-    return QuantizedModel(method, calibrator.settings, per_channel and calibrator.weights != "yolo2_light", scales,
+    return QuantizedModel(method, calibrator.settings, per_channel, scales,
                           thresholds, layers, model.graph.name, model.cfg.text, fingerprint(model), stats,
+<<<<<<< HEAD
                           tuple(sorted(int(i) for i in float_layers)), meta)
 
 
@@ -205,3 +213,7 @@ def rescaled(model, qmodel: QuantizedModel, scales: dict[str, float]) -> Quantiz
             _, b = model.layers[i].fused(model.params[i])
             twin.layers[i] = LayerQuant(lq.w_q, lq.w_scale, quantize_bias(b, s_in, lq.w_scale), s_in, lq.scheme)
     return twin
+=======
+                          tuple(sorted(int(i) for i in float_layers)), profile=prof.name, zero_points=zero_points,
+                          pre_scales=pre_scales, pre_zero_points=pre_zero_points)
+>>>>>>> main

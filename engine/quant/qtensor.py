@@ -19,11 +19,16 @@ MULT_BITS = 15
 
 @dataclass
 class QTensor:
-    """An int8 tensor and its per-tensor scale (real = q * scale). q: (C, H, W) int8."""
+    """An integer tensor and its per-tensor grid: real = (q - zero_point) * scale. q: (C, H, W) int8
+    (symmetric profiles, zero_point 0) or uint8 / int8 with a zero point (asymmetric profiles)."""
     q: np.ndarray
     scale: float
+    zero_point: int = 0
 
     def dequantize(self) -> np.ndarray:
+        if self.zero_point:
+            d = (self.q.astype(np.int32) - np.int32(self.zero_point)).astype(np.float32)
+            return np.multiply(d, np.float32(self.scale), dtype=np.float32)
         return dequantize(self.q, self.scale)
 
     @property

@@ -45,24 +45,26 @@ def y2l_weight_multiplier(w: np.ndarray) -> float:
     return 2.0 ** (14 - densest_window(octave_counts(w, signed=True), 8))
 
 
-def log2_scales(rows: np.ndarray, tries: int = 4) -> np.ndarray:
+def log2_scales(rows: np.ndarray, tries: int = 4, qmax: int = QMAX) -> np.ndarray:
     """Per row, the power-of-two scale with the least squared rounding + clipping error, among the
     one that clips nothing and the `tries - 1` finer ones. (The densest-octave-window rule of
     yolo2_light clipped the largest weights of most yolov3-tiny layers: 0.60 vs 0.79 mAP@[.5:.95].)"""
     r = rows.astype(np.float64)
     amax = np.abs(r).max(axis=1)
-    top = np.ceil(np.log2(np.where(amax > 0, amax, 1.0) / QMAX))
+    top = np.ceil(np.log2(np.where(amax > 0, amax, 1.0) / qmax))
     best, best_err = 2.0 ** top, np.full(r.shape[0], np.inf)
     for j in range(tries):
         s = 2.0 ** (top - j)
-        err = ((np.clip(np.rint(r / s[:, None]), -QMAX, QMAX) * s[:, None] - r) ** 2).sum(axis=1)
+        err = ((np.clip(np.rint(r / s[:, None]), -qmax, qmax) * s[:, None] - r) ** 2).sum(axis=1)
         better = err < best_err
         best, best_err = np.where(better, s, best), np.where(better, err, best_err)
     return np.where(amax > 0, best, 1.0)
 
 
-def quantize_weights(w: np.ndarray, scheme: str = "minmax", per_channel: bool = False) -> QuantWeights:
-    """float32 (n, ...) -> QuantWeights. Raises ValueError for unknown schemes or non-finite weights."""
+def quantize_weights(w: np.ndarray, scheme: str = "minmax", per_channel: bool = False,
+                     qmax: int = QMAX) -> QuantWeights:
+    """float32 (n, ...) -> QuantWeights in [-qmax, qmax] (127; 63 for 7-bit `reduce_range` weights).
+    Raises ValueError for unknown schemes or non-finite weights."""
     if scheme not in WEIGHT_SCHEMES:
         raise ValueError(f"weight scheme {scheme!r}: expected one of {', '.join(WEIGHT_SCHEMES)}")
     if not np.isfinite(w).all():
@@ -77,11 +79,11 @@ def quantize_weights(w: np.ndarray, scheme: str = "minmax", per_channel: bool = 
         return QuantWeights(q, np.array([1.0 / mult]), scheme)
     if scheme == "minmax":
         amax = np.abs(rows).max(axis=1).astype(np.float64)
-        scale = np.where(amax > 0, amax / QMAX, 1.0)
+        scale = np.where(amax > 0, amax / qmax, 1.0)
     else:
-        scale = log2_scales(rows)
+        scale = log2_scales(rows, qmax=qmax)
     shape = (-1,) + (1,) * (w.ndim - 1)
-    q = np.clip(np.rint(w.astype(np.float64) / scale.reshape(shape if per_channel else ())), -QMAX, QMAX)
+    q = np.clip(np.rint(w.astype(np.float64) / scale.reshape(shape if per_channel else ())), -qmax, qmax)
     return QuantWeights(q.astype(np.int8), scale, scheme)
 
 

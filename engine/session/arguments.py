@@ -36,6 +36,16 @@ def mode(value) -> str:
         raise ArgumentError(f"mode={value!r}: expected one of {', '.join(MODES)}") from None
 
 
+def model(value):
+    """A Model, or a path `engine.load` takes (a cfg needs its weights: pass a Model then)."""
+    from engine.model import Model, load
+    if isinstance(value, Model):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return load(value)
+    raise ArgumentError(f"model={value!r}: expected an engine Model or a model file path, got {type(value).__name__}")
+
+
 def quantized(value):
     """A QuantizedModel, a path to a quantized model file, or None."""
     from engine.quant.qmodel import QuantizedModel

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine.errors import EditsWouldBeLost, EngineError
+from engine.errors import ArgumentError, EditsWouldBeLost, EngineError
 from engine.quant.modes import Mode
 from engine.quant.qmodel import LayerQuant, input_id
 from engine.quant.weights import quantize_bias, quantize_weights
@@ -168,7 +168,7 @@ class Editor:
             old = self._snapshot((), [index])
             new = {"params": {}, "lqs": {index: new_lq}, "scales": {}}
         else:
-            raise ValueError(f"target={target!r}: expected 'float' or 'int8'")
+            raise ArgumentError(f"target={target!r}: expected 'float' or 'int8'")
         return self._commit(Edit(index, target, param, old, new, description))
 
     # ------------------------------------------------------------------ edits (index already checked)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import EngineError
+from engine.errors import ArgumentError, EngineError
 
 
 def layer_info(model, qmodel, executor, index: int) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def layer_weights(model, qmodel, index: int, kind: str = "float") -> dict[str, n
         if lq is None:
             raise EngineError(f"layer {index} [{model.layers[index].kind}] has no int8 weights")
         return {"w_q": lq.w_q.copy(), "b_q": lq.b_q.copy(), "w_scale": np.array(lq.w_scale, copy=True)}
-    raise ValueError(f"kind={kind!r}: expected 'float', 'fused' or 'int8'")
+    raise ArgumentError(f"kind={kind!r}: expected 'float', 'fused' or 'int8'")
 
 
 def calibrator_thresholds(qmodel, node_id: int | str) -> dict[str, float]:

@@ -42,9 +42,7 @@ class Session(LayerStepper):
     def __init__(self, model, quantized: QuantizedModel | str | Path | None = None, mode: str | Mode = "float",
                  image: ImageLike | Preprocessed | None = None, *, resize: str = "letterbox",
                  float_layers=None, thresh: float = 0.25, nms: float = 0.45) -> None:
-        from engine.model import Model, load
-        if not isinstance(model, Model):
-            model = load(model)
+        model = arguments.model(model)
         quantized = arguments.quantized(quantized)
         thresh, nms = arguments.unit_interval(thresh, "thresh"), arguments.unit_interval(nms, "nms")
         # the session edits private copies: edits never reach the caller's model
@@ -124,7 +122,7 @@ class Session(LayerStepper):
         either, called only once the switch is allowed) in this session, with an optional quantized
         model made for it; restarts execution on the same image. Every edit belongs to the old model:
         EditsWouldBeLost unless `drop_edits`. Returns the number of dropped edits."""
-        from engine.model import Model, load
+        from engine.model import Model
         applied, undone = len(self.journal.done), len(self.journal.undone)
         if applied + undone and not drop_edits:
             raise EditsWouldBeLost(f"{applied + undone} edit(s) of model '{self.model.graph.name}' would be lost; "
@@ -132,9 +130,8 @@ class Session(LayerStepper):
                                    applied, undone)
         if callable(model) and not isinstance(model, Model):
             model = model()          # e.g. a cfg + its weights: nothing is read for a refused switch
-        model = model if isinstance(model, Model) else load(model)
-        if quantized is not None and not isinstance(quantized, QuantizedModel):
-            quantized = QuantizedModel.load(quantized)
+        model = arguments.model(model)
+        quantized = arguments.quantized(quantized)
         mode = self.mode if quantized is not None else Mode.FLOAT.value
         twin, qtwin = model.shallow_copy(), quantized.copy() if quantized is not None else None
         executor = Executor(twin, qtwin, mode)          # validates the pair before anything changes
@@ -235,6 +232,48 @@ class Session(LayerStepper):
         return compare(self.model, stats, items, list(methods), per_channel=per_channel, resize=self.resize,
                        progress=False, on_method=on_method)
 
+    # ------------------------------------------------------------------ detection diff, explain
+    def detection_diff(self):
+        """FLOAT vs this run's detections on this image: each FLOAT detection matched (IoU >= 0.9),
+        shifted or lost, and the run's extra ones (`engine.quant.explain.DetectionDiff`)."""
+        from engine.quant.explain import match_detections
+        return match_detections(self.float_detections(), self.detections())
+
+    def explain(self, detection=None, *, on_progress: Callable[[int, int], Any] | None = None):
+        """Why this INT / HYBRID run shifts or loses FLOAT detections (`engine.quant.explain`).
+
+        detection: an index into `float_detections()` or one of its Detections -> its `Explanation`
+        (culprit layers ranked by the share of its score/IoU loss that running that one layer FLOAT
+        recovers, and a fix set of FLOAT layers that brings it back, verified by a full run); None ->
+        (an Explanation per FLOAT detection, the run's extra detections). The session's FLOAT layers
+        stay FLOAT in every run. on_progress(done, total) follows the substitution runs."""
+        from engine.quant.explain import Explainer
+        if self.mode == Mode.FLOAT or self.qmodel is None:
+            raise EngineError("explain compares an INT or HYBRID run with FLOAT: set_mode('int') (or 'hybrid') "
+                              "with a quantized model first")
+        ex = Explainer(self.model, self.qmodel, Mode(self.mode).value, self.pre, thresh=self.thresh, nms=self.nms,
+                       float_layers=sorted(self.float_layers))
+        if detection is None:
+            return ex.explain_all(on_progress)
+        matches = ex.diff().matches
+        if isinstance(detection, Detection):
+            found = [m for m in matches if m.det == detection]
+            if not found:
+                raise EngineError(f"explain: {detection.name} {detection.score:.2f} is not one of this image's "
+                                  f"{len(matches)} FLOAT detections (pass an index or a float_detections() item)")
+            return ex.explain(found[0])
+        k = int(detection)
+        if not 0 <= k < len(matches):
+            raise EngineError(f"explain: detection {k} does not exist; this image has FLOAT detections "
+                              f"0..{len(matches) - 1}")
+        done = [0]
+
+        def step() -> None:
+            done[0] += 1
+            if on_progress is not None:
+                on_progress(done[0], len(ex.candidates))
+        return ex.explain(matches[k], step)
+
     # ------------------------------------------------------------------ sweeps, records
     def sensitivity(self, progress: bool = True, cancel=None):
         """Rank layers by how much quantizing them alone hurts (engine/sensitivity.py)."""
@@ -287,7 +326,7 @@ class Session(LayerStepper):
         ("other"), without changing the session's own state; returns the detections."""
         index = self.position if index is None else self._executed(index)
         if source not in ("this", "other"):
-            raise ValueError(f"source={source!r}: expected 'this' or 'other'")
+            raise ArgumentError(f"source={source!r}: expected 'this' or 'other'")
         self.refresh()
         first = self.cross(index).value_other if source == "other" else self.values[index]
         values = run_rest(self.executor, self.values[:index] + [first], self._inputs)

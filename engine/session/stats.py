@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any, Sequence
 
 import numpy as np
+
+from engine.quant.fitness import error_stats
 
 
 @dataclass
@@ -46,3 +49,87 @@ def histogram(x: np.ndarray, bins: int = 64, log2: bool = False, lo: float | Non
     if hi <= lo:
         hi = lo + 1.0
     return np.histogram(x, bins=bins, range=(lo, hi))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What the Explorer's panels show. Every number a view displays is computed here (or by Session), so two
+# views can never disagree: the graph overlay's SQNR and the layer panel's SQNR row both come from
+# `engine.quant.fitness.error_stats` on the same tensors.
+
+def histogram_counts(x: np.ndarray, bins: int | Sequence[float] = 128, log2: bool = False,
+                     range: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Histogram of `x` as (counts int64, edges float64) for display.
+
+    log2=False: `np.histogram(x, bins, range)` (equal-width bins over [min, max] by default).
+    log2=True: octaves of |x| for x != 0: bin k counts 2**e_k <= |x| < 2**(e_k + 1), edges are
+    consecutive powers of two spanning the data (`bins`, when an int, keeps the top `bins`
+    octaves; smaller magnitudes are dropped). Zeros are not counted in log2 mode.
+    """
+    x = np.asarray(x).reshape(-1)
+    if not log2:
+        counts, edges = np.histogram(x, bins=bins, range=range)
+        return counts.astype(np.int64), edges.astype(np.float64)
+    a = np.abs(x[x != 0]).astype(np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return np.zeros(1, np.int64), np.array([0.5, 1.0])
+    _, e = np.frexp(a)          # a = m * 2**e with 0.5 <= m < 1, so floor(log2 a) = e - 1 exactly
+    e = e.astype(np.int64) - 1
+    lo, hi = int(e.min()), int(e.max())
+    if isinstance(bins, (int, np.integer)) and hi - lo + 1 > bins:
+        lo = hi - int(bins) + 1
+        e = e[e >= lo]
+    counts = np.bincount(e - lo, minlength=hi - lo + 1).astype(np.int64)
+    return counts, np.ldexp(1.0, np.arange(lo, hi + 2)).astype(np.float64)
+
+
+def hist_percentile(counts: np.ndarray, edges: np.ndarray, q: float) -> float:
+    """Upper edge of the bin where the cumulative count reaches q percent (cheap, from the counts)."""
+    c = np.cumsum(counts)
+    if c[-1] == 0:
+        return float(edges[-1])
+    k = int(np.searchsorted(c, q / 100.0 * c[-1]))
+    return float(edges[min(k + 1, len(edges) - 1)])
+
+
+def default_markers(x: np.ndarray, counts: np.ndarray, edges: np.ndarray, log2: bool) -> dict[str, float]:
+    """Markers for a histogram without calibration thresholds: max|x| (and p99.9 on linear bins)."""
+    if log2:
+        return {"max|x|": float(np.abs(x).max()) if np.size(x) else 0.0}
+    # linear edges span exactly [min, max] of the data
+    return {"max|x|": max(-float(edges[0]), float(edges[-1])), "p99.9 |x|": hist_percentile(counts, edges, 99.9)}
+
+
+def tensor_row(name: str, x: np.ndarray) -> dict[str, Any]:
+    """One statistics-table row: shape, min, max, mean, std, max|x|, zeros %."""
+    x = np.asarray(x, np.float32)
+    flat = x.reshape(-1)
+    lo, hi = float(flat.min()), float(flat.max())
+    mean = float(flat.mean(dtype=np.float64))
+    # one BLAS dot instead of a float64 copy: display precision is plenty (var = E[x^2] - mean^2)
+    var = max(0.0, float(np.dot(flat, flat)) / flat.size - mean * mean)
+    return {"tensor": name, "shape": "x".join(map(str, x.shape)), "min": lo, "max": hi, "mean": mean,
+            "std": var ** 0.5, "max|x|": max(-lo, hi),
+            "zeros %": 100.0 * (flat.size - np.count_nonzero(flat)) / flat.size}
+
+
+def error_row(name: str, ref: np.ndarray, y: np.ndarray, stats=None) -> dict[str, Any]:
+    """An error row of `y` against `ref`: SQNR (dB, higher is better), max and mean |error|.
+
+    `stats`: the `ErrorStats` already computed for these tensors (e.g. `Session.fitness`), so the row
+    shows exactly the number the graph overlay colours by; else `error_stats(ref, y)`.
+    """
+    st = stats if stats is not None else error_stats(np.asarray(ref), np.asarray(y))
+    err = np.abs(np.asarray(y, np.float32).reshape(-1) - np.asarray(ref, np.float32).reshape(-1))
+    return {"tensor": name, "shape": "x".join(map(str, np.shape(y))), "SQNR dB": st.sqnr_db,
+            "max|err|": st.max_abs, "mean|err|": float(err.mean(dtype=np.float64)) if err.size else 0.0}
+
+
+def threshold_in_use(qmodel, tensor_id: str) -> float | None:
+    """The clipping threshold the quantized model applies to a tensor: 127 * its scale (values beyond
+    saturate); None without a quantized model or a scale for that tensor."""
+    from engine.quant.qtensor import QMAX
+    if qmodel is None:
+        return None
+    scale = qmodel.scales.get(str(tensor_id))
+    return None if scale is None else float(QMAX * scale)

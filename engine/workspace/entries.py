@@ -196,6 +196,8 @@ def read_import(path: Path, kind: str | None, weights: str | os.PathLike | None,
         raise WorkspaceError(f"import {path}: no such file or directory")
     if path.is_dir():
         return _import_dir(path, kind, limits)
+    if not path.is_file():   # reading a FIFO would block, a device never ends
+        raise WorkspaceError(f"import {path}: not a regular file (a FIFO, socket or device); nothing imported")
     ext = extension(path.name)
     if ext == ".zip":
         check_size(str(path), path.stat().st_size, limits.zip_file, "zip")

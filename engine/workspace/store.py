@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from engine.atomic import atomic_write, file_lock, fsync_dir, pid_alive, sweep_temp_files
-from engine.workspace.uploads import (Limits, WorkspaceError, check_name, check_size)
+from engine.workspace.uploads import Limits, WorkspaceError, check_name
 from engine.workspace.entries import KINDS, Entry, check_entry_files, group_uploads, read_import
 from engine.workspace.folders import combined, now, rmtree, stage_files
 from engine.workspace.paths import check_entry_record, is_plain_file, nfc, read_file, real_dir, tree_has_links
@@ -265,7 +265,11 @@ class Workspace:
             folder = real_dir(self.root, "exports")
         else:
             folder = Path(dest).expanduser()
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as err:   # e.g. dest is an existing file or FIFO
+                raise WorkspaceError(f"export {name!r}: cannot use {folder} as the destination folder: "
+                                     f"{err.strerror or err}") from None
         return atomic_write(folder / filename, data)
 
     def export_bytes(self, name: str) -> tuple[str, bytes]:

@@ -573,7 +573,7 @@ SESSION_EDIT_CASES = [
     ("s_scale_factor_inf", lambda s: s.scale_filter(0, 0, float("inf"), target="int8"), EditError, "scale factor must be finite"),
     ("s_prune_negative", lambda s: s.prune(0, -0.1, target="int8"), EditError, "prune fraction -0.1"),
     ("s_layer_out_of_range", lambda s: s.edit_weights(99, 0, 1, target="int8"), ArgumentError, "layer 99 does not exist; this model has layers 0..3"),
-    ("s_bad_target", lambda s: s.edit_weights(0, 0, 1, target="int4"), ValueError, "target='int4'"),
+    ("s_bad_target", lambda s: s.edit_weights(0, 0, 1, target="int4"), ArgumentError, "target='int4'"),
 ]
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import struct
+import time
 import tracemalloc
 import unicodedata
 import zipfile
@@ -108,11 +109,17 @@ def test_f_dead_writers_temp_files_are_reclaimed_live_ones_kept(tmp_path):
     import sys
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    leftovers = [f".m.npz.qwtmp-{dead}-{dead}-0123abcd", f".m.npz.tmp{dead}",        # this and older writers
-                 f".idx.json.{dead}.k2j_x9.tmp", f".yolov3.weights.part{dead}"]
-    live = [f".m.npz.qwtmp-{os.getpid()}-1-00ff00ff", f".m.npz.qwtmp-1-1-00ff00ff"]  # us, and pid 1
+    from engine.atomic import _HOST
+    other = "ffff" if _HOST != "ffff" else "eeee"
+    leftovers = [f".m.npz.qwtmp-{dead}-{dead}-{_HOST}abcdef", f".m.npz.tmp{dead}",     # this and older writers
+                 f".idx.json.{dead}.k2j_x9.tmp", f".yolov3.weights.part{dead}",
+                 f".m.npz.qwtmp-{dead}-7-{other}000000.old"[:-4]]                     # another host's, 2 days old
+    live = [f".m.npz.qwtmp-{os.getpid()}-1-{_HOST}00ff00", f".m.npz.qwtmp-1-1-{_HOST}00ff00",  # us, and pid 1
+            f".m.npz.qwtmp-{dead}-7-{other}111111"]                                 # another host's, recent
     for n in leftovers + live + ["user.tmp", ".hidden"]:
         (tmp_path / n).write_bytes(b"x" * 10)
+    old = time.time() - 2 * 24 * 3600
+    os.utime(tmp_path / leftovers[-1], (old, old))
     atomic_write(tmp_path / "m.npz", b"new")      # the next save into the folder reclaims them
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(live + ["user.tmp", ".hidden", "m.npz"])
     assert sweep_temp_files(tmp_path) == []
@@ -470,6 +477,11 @@ API_CASES = [
     ("a_set_scale_1e-300", lambda s, d: s.set_scale("0", 1e-300), "EditError", "scale 1e-300 is not plausible"),
     ("a_set_threshold_1e300", lambda s, d: s.set_threshold("0", 1e300), "EditError", "is not plausible"),
     ("a_histogram_bins_negative", lambda s, d: s.histogram(0, bins=-1), "ArgumentError", "bins=-1"),
+    ("a_continue_from_bogus", lambda s, d: s.continue_from("x"), "ArgumentError", "source='x'"),
+    ("a_weights_kind_bogus", lambda s, d: s.weights(0, "bogus"), "ArgumentError", "kind='bogus'"),
+    ("a_compare_unknown_method", lambda s, d: s.compare_methods([s.x], ["bogus"]), "UnknownNameError",
+     "unknown calibration method 'bogus'; known:"),
+    ("a_set_model_int", lambda s, d: s.set_model(42), "ArgumentError", "model=42"),
     ("a_session_thresh_nan", lambda s, d: type(s)(s.model, s.qmodel, "int", s.x, thresh=float("nan")),
      "ArgumentError", "thresh=nan"),
 ]
@@ -634,3 +646,13 @@ def test_u_special_files_are_refused_without_blocking(case, tmp_path):
             "u_load_dev_zero": engine.load}[case]
     err = expect(CfgError, "not a regular file", load, path)
     assert str(path) in str(err)
+
+
+def test_p_workspace_import_and_export_refuse_special_files(tmp_path):
+    ws = _ws_with_entry(tmp_path)
+    os.mkfifo(tmp_path / "pipe.jpg")
+    expect(WorkspaceError, "not a regular file", ws.import_path, tmp_path / "pipe.jpg")
+    (tmp_path / "afile").write_text("x")
+    expect(WorkspaceError, "cannot use", ws.export, "r", tmp_path / "afile")
+    expect(WorkspaceError, "cannot use", ws.export, "r", tmp_path / "pipe.jpg")
+    assert [e.name for e in ws.list()] == ["r"]

@@ -23,7 +23,6 @@ import textwrap
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import engine
@@ -147,20 +146,25 @@ def check_loads(kind: str, target: Path, versions: set[float]) -> None:
 def test_sigkill_during_save_leaves_old_or_new_file_and_no_litter(kind, cfg, versions, tmp_path):
     rng = random.Random(16)
     target = tmp_path / ("ws" if kind == "workspace" else f"{kind}.npz")
-    mid_write = 0
-    for _ in range(KILLS_PER_KIND):
+    mid_write = 0       # kills that caught a save half-written (its temp file or staging folder present)
+    for attempt in range(KILLS_PER_KIND + 4):
+        if attempt >= KILLS_PER_KIND and mid_write:
+            break
         proc = child(kind, target, cfg)
         try:
             assert proc.stdout.readline().strip() == "ready"
             threading.Event().wait(rng.uniform(0.0, 0.4))
-            if kind != "workspace":
-                mid_write += bool(litter(tmp_path))
+            staging = target / ".qw-staging"
+            writing = any(staging.glob(f"{proc.pid}-*")) if kind == "workspace" else \
+                any(f"qwtmp-{proc.pid}-" in n for n in litter(tmp_path))
             proc.send_signal(signal.SIGKILL)
         finally:
             proc.kill()
             proc.wait(30)
         assert proc.returncode == -signal.SIGKILL
+        mid_write += writing
         check_loads(kind, target, versions)
+    assert mid_write >= 1, "no kill landed in the middle of a save"
     if kind == "workspace":
         return
     # the next save into the folder reclaims the killed writers' temp files

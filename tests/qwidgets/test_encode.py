@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qwidgets._encode import (DIVERGING, FLAT_GREY, GAP, feature_montage, heatmap_png, histogram_counts,
+from engine.session.stats import histogram_counts
+from qwidgets._encode import (DIVERGING, FLAT_GREY, GAP, feature_montage, heatmap_png,
                               histogram_png, weights_png)
 
 

@@ -50,7 +50,7 @@ def test_open_model_entry_with_int8_edits_asks_then_switches_to_the_new_input_si
     before, cells = s.model, ex.graph.cyto.graph.nodes[:]
     open_entry(view, "tiny-320")
     assert view._open.description == "Confirm: drop 1 edit" and s.model is before
-    assert ex.status.startswith("error: 1 edit(s) of model 'yolov3-tiny' would be lost")
+    assert ex.status.startswith("confirm: switching the model drops 1 applied edit.")
     assert ex.graph.generation == 1 and ex.graph.cyto.graph.nodes == cells          # nothing rebuilt yet
     view._open.click()
     assert view._open.description == "Open" and s.edits() == [] and s.x.shape == (3, 320, 320)

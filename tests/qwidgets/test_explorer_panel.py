@@ -24,7 +24,7 @@ def test_int_panel_overlays_input_with_its_thresholds_and_int8_weights(tiny, tin
     assert rows["input INT"]["max"] == float(x_run.max()) and rows["input"]["max"] != rows["input INT"]["max"]
     q = s.weights(2, "int8")
     w_int = q["w_q"].astype(np.float32) * q["w_scale"].astype(np.float32).reshape(-1, 1, 1, 1)
-    assert rows["weights INT8 (w_q*scale)"]["max|x|"] == float(np.abs(w_int).max())
+    assert rows["weights INT8 (w_q*scale, BN folded)"]["max|x|"] == float(np.abs(w_int).max())
     assert 20 < rows["weights INT8 - folded FLOAT"]["SQNR dB"] < 80      # int8 weights approximate BN-folded ones
     for key in ("hist_input", "hist_output", "hist_weights"):
         assert ex.panel.images[key].value[:4] == b"\x89PNG", key
@@ -35,11 +35,39 @@ def test_float_panel_shows_plain_weights_and_an_edit_refreshes_the_cached_weight
     ex = Explorer(s)
     s.run_to(2)
     rows = rows_by_name(ex)
-    assert "input INT" not in rows and "weights INT8 (w_q*scale)" not in rows
+    assert "input INT" not in rows and "weights INT8 (w_q*scale, BN folded)" not in rows
     before = ex.panel.images["hist_weights"].value
     s.set_mode("int")
     s.run_to(2)
-    assert "weights INT8 (w_q*scale)" in rows_by_name(ex) and ex.panel.images["hist_weights"].value != before
+    assert "weights INT8 (w_q*scale, BN folded)" in rows_by_name(ex) and ex.panel.images["hist_weights"].value != before
     int_hist = ex.panel.images["hist_weights"].value
     s.edit_weights(2, 0, np.zeros(s.weights(2, "int8")["w_q"][0].shape), target="int8")   # zero filter 0
     assert ex.panel.images["hist_weights"].value != int_hist
+
+
+def test_graph_overlay_and_layer_panel_show_the_same_sqnr_for_a_layer(tiny, tiny_q):
+    """One statistic, one number: the overlay's SQNR and the panel's error row come from the engine's
+    error_stats on the same tensors, checked here against a float64 SQNR computed independently."""
+    s = engine.Session(tiny, tiny_q, "int")
+    ex = Explorer(s)
+    ex.graph.overlay = "sqnr"
+    s.run_to(4)
+    for node in ("2", "4"):
+        ex.graph.selected_node = node
+        row = rows_by_name(ex)["INT - FLOAT"]
+        ref = s.float_reference()[int(node)].astype(np.float64)
+        err = s.output(int(node)).astype(np.float64) - ref
+        independent = 10 * np.log10((ref * ref).sum() / (err * err).sum())
+        assert row["SQNR dB"] == ex.graph.overlay_values[node]
+        assert abs(row["SQNR dB"] - independent) < 1e-9
+        assert f"{row['SQNR dB']:.1f}" in ex.graph.node_label(node)   # the number written on the node too
+
+
+def test_weights_rows_say_which_weights_they_are(tiny, tiny_q):
+    s = engine.Session(tiny, tiny_q, "int")
+    ex = Explorer(s)
+    s.run_to(2)
+    rows = rows_by_name(ex)
+    fused = s.weights(2, "fused")["weights"]
+    assert rows["weights FLOAT (BN folded)"]["max"] == float(fused.max())
+    assert rows["weights (cfg file, before BN fold)"]["max"] == float(s.weights(2)["weights"].max())

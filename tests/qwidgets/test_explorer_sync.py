@@ -17,8 +17,9 @@ def ex(tiny, tiny_q):
 
 @pytest.fixture
 def explorer(ex):
-    """The shared Explorer, reset, no edits, no typed values."""
+    """The shared Explorer, reset, nothing selected (so Step selects what it runs), no edits, no typed values."""
     ex.controls.reset_button.click()
+    ex.graph.selected_node = ""
     ex.weight_editor.grid.discard_all(ex.weight_editor.target)
     yield ex
     while ex.session.edits():

@@ -39,7 +39,7 @@ def test_load_with_int8_edits_asks_for_a_second_click(tiny, tiny_q, ws):
     before = s.qmodel
     ex.controls._qm_pick.value = str(ws.path_of("tiny-minmax"))
     ex.controls.load_qm_button.click()
-    assert ex.status.startswith("error: 1 int8/scale edit(s)") and s.qmodel is before
+    assert ex.status.startswith("confirm: switching the quantized model drops 1 applied int8/scale edit") and s.qmodel is before
     assert ex.controls.load_qm_button.description == "Confirm: drop 1 edit"
     ex.controls.load_qm_button.click()
     assert s.qmodel is not before and s.edits() == [] and ex.controls.load_qm_button.description == "Load"
@@ -52,7 +52,7 @@ def test_open_quantized_with_int8_edits_relabels_the_open_button(tiny, tiny_q, w
     s.edit_weights(4, (0, 0), np.ones((3, 3)), target="int8")
     view._list.value = "tiny-minmax"
     view._open.click()
-    assert view._open.description == "Confirm: drop 1 edit" and ex.status.startswith("error: 1 int8/scale edit(s)")
+    assert view._open.description == "Confirm: drop 1 edit" and ex.status.startswith("confirm: switching the quantized model drops 1 applied int8/scale edit")
     view._list.value = "photos"
     view._list.value = "tiny-minmax"                      # selected again: the confirmation was forgotten
     view._open.click()

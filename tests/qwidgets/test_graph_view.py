@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import traitlets
 
-from qwidgets.graph_view import RAMP, GraphView, graph_to_cytoscape, ramp_classes
+from qwidgets.graph_view import (CELL_H, CELL_W, MAX_ZOOM, MIN_ZOOM, OVERLAY_META, RAMP, GraphView, graph_to_cytoscape,
+                                 ramp_classes)
 
 
 def click(view: GraphView, node_id: str) -> None:
@@ -32,10 +33,29 @@ def test_cytoscape_json_has_every_layer_and_the_route_edges(tiny):
     assert edges["3->4"] == ["flow"]
 
 
-def test_view_builds_the_graph_once_with_dagre(view):
-    assert view.cyto.cytoscape_layout["name"] == "dagre"
+def test_view_builds_the_graph_once_on_a_grid_that_fits_the_panel_width(view):
+    lay = view.cyto.cytoscape_layout
+    assert lay["name"] == "grid" and lay["cols"] == 4 and lay["rows"] == 7      # 25 nodes, 560 px / 118 px
     assert len(view.cyto.graph.nodes) == 25 and len(view.cyto.graph.edges) == 25
-    assert view.cyto.layout.height == "520px"
+    assert view.cyto.layout.height == f"{7 * 44 + 24}px"          # every row at zoom 1
+
+
+def test_yolov3_grid_reads_at_zoom_one_and_the_wheel_is_bounded(shared):
+    """Issue 18 item 16: yolov3 opened at zoom 0.12 and 12 wheel notches reached 3e13."""
+    from engine.darknet.cfg import read_cfg
+    from engine.darknet.build import build_graph, build_layers
+    graph = build_graph("yolov3", (3, 416, 416), build_layers(read_cfg(shared / "models" / "cfg" / "yolov3.cfg")))
+    v = GraphView(graph)
+    cols, rows = v.cyto.cytoscape_layout["cols"], v.cyto.cytoscape_layout["rows"]
+    assert cols * rows >= 108 and cols * CELL_W <= 560
+    height = int(v.cyto.layout.height[:-2])
+    # the fitted zoom is bounded by the canvas height over the grid's height: no smaller than 0.75
+    assert height / (rows * CELL_H) >= 0.75
+    assert (v.cyto.min_zoom, v.cyto.max_zoom) == (MIN_ZOOM, MAX_ZOOM) and 0 < MIN_ZOOM < 1 < MAX_ZOOM <= 4
+    assert v.cyto.wheel_sensitivity <= 0.2
+    assert v.find(80) == "80" and v.selected_node == "80" and "found" in v.nodes["80"].classes.split()
+    with pytest.raises(ValueError, match="0..106"):
+        v.find("107")
 
 
 def test_current_node_moves_the_highlight_class(view):
@@ -65,9 +85,15 @@ def test_overlay_values_restyle_without_rebuilding(view):
     with view.hold_trait_notifications():
         view.overlay = "sqnr"
         view.overlay_values = {str(i): float(i) for i in range(24)}
-    assert "ov0" in view.nodes["0"].classes.split() and f"ov{len(RAMP) - 1}" in view.nodes["23"].classes.split()
+    # SQNR: low is bad, so layer 0 (0 dB) is the worst ramp step and layer 23 the best
+    assert f"ov{len(RAMP) - 1}" in view.nodes["0"].classes.split() and "ov0" in view.nodes["23"].classes.split()
     assert "ov-none" in view.nodes["input"].classes.split()
-    assert view._overlay.value == "sqnr" and "sqnr" in view._legend.value
+    assert view._overlay.value == "sqnr" and "dB (higher is better)" in view._legend.value
+    assert view.node_label("4") == "4 conv\n4.0 dB" and view.nodes["4"].data["label"] == "4 conv\n4.0 dB"
+    assert "sqnr: 4.0 dB" in view.nodes["4"].data["tooltip"]
+    assert [o[1] for o in view.worst_list.options] == ["0", "1", "2", "3", "4"]       # worst first
+    view.worst_list.value = "2"
+    assert view.selected_node == "2"
     view.overlay = "type"
     assert "t-convolutional" in view.nodes["0"].classes.split()
     assert view.cyto.graph is graph and list(view.cyto.graph.nodes) == nodes
@@ -90,3 +116,20 @@ def test_shortcut_edges_get_their_class(shared):
     for n in shortcuts:
         assert all("shortcut" in classes[f"{src}->{n.id}"] for src in n.inputs)
         assert any("skip" in classes[f"{src}->{n.id}"] for src in n.inputs)
+
+
+def test_saturation_legend_has_units_and_a_fixed_scale():
+    """Issue 18 item 5: a rate of 7e-7 was auto-scaled to the brightest colour."""
+    meta = OVERLAY_META["saturation"]
+    got = ramp_classes({"a": 7.22e-05, "b": 0.0}, ["a", "b"], meta)      # percent
+    assert got == {"a": "ov0", "b": "ov0"}
+    assert ramp_classes({"a": 2.0}, ["a"], meta) == {"a": f"ov{len(RAMP) - 1}"}
+    assert "%" in meta.title and "lower is better" in meta.title
+    assert "1 = " in OVERLAY_META["sensitivity_rank"].title
+
+
+def test_legend_without_values_says_how_to_get_them(view):
+    view.overlay = "sensitivity_rank"
+    view.overlay_values = {}
+    assert "sensitivity sweep" in view._legend.value
+    view.overlay = "type"

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from engine.imaging.samples import sample
-from qwidgets._panel_data import error_stats, layer_panel_data
+from engine.session.stats import error_row
+from qwidgets._panel_data import layer_panel_data
 from qwidgets.layer_panel import IMAGE_SLOTS, LayerPanel
 
 
@@ -41,4 +42,4 @@ def test_panel_data_with_int_outputs_fills_compare_images(tiny, run):
 
 def test_error_stats_exact_match_is_infinite_sqnr():
     y = np.ones((2, 3, 3), np.float32)
-    assert error_stats(y, y)["SQNR dB"] == float("inf")
+    assert error_row("e", y, y)["SQNR dB"] == float("inf")

@@ -1,0 +1,59 @@
+"""`explain`: which FLOAT detections an INT / HYBRID run shifts or loses on one image, the layers to blame
+and a set of layers whose FLOAT execution brings each back (engine/quant/explain.py).
+
+    python -m engine explain MODEL --weights W --quantized Q --image IMG [--mode int|hybrid] [--top 5] --json
+
+JSON: {"image", "detections": [{"class_id", "name", "score", "x1", "y1", "x2", "y2", "status", "iou",
+"int_score", "culprits": [{"layer", "recovery"}], "fix"}], "extra": [...]}. `fix` is verified: `detect
+--mode int --float-layers <fix>` on that image finds the detection again."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from engine.cli.options import SIZE_HELP, layer_list, load_model, number, positive_int
+
+
+def add_explain_parser(sub: argparse._SubParsersAction) -> None:
+    """Add `explain`."""
+    s = sub.add_parser("explain", help="why an int8 run loses or shifts detections: culprit layers and a fix")
+    s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
+    s.add_argument("--weights", metavar="W")
+    s.add_argument("--quantized", required=True, metavar="Q", help="quantized model file")
+    s.add_argument("--image", required=True, metavar="IMG")
+    s.add_argument("--mode", choices=("int", "hybrid"), default="int")
+    s.add_argument("--top", type=positive_int, default=5, help="culprits listed per detection (default 5)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--float-layers", metavar="I,J", help="layers FLOAT in every run (mixed precision)")
+    s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25)
+    s.add_argument("--nms", type=number("IoU", 0, 1, lo_open=False), default=0.45)
+    s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox")
+    s.add_argument("--names", metavar="FILE", help="class names, one per line")
+    s.add_argument("--size", help=SIZE_HELP)
+    s.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from engine.quant.explain import Explainer, explain_report
+    from engine.quant.qmodel import QuantizedModel
+    model = load_model(args)
+    qm = QuantizedModel.load(args.quantized)
+    base = layer_list(args.float_layers, len(model.layers)) if args.float_layers else sorted(qm.float_layers)
+    pre = model.preprocess(args.image, args.resize)
+    ex = Explainer(model, qm, args.mode, pre, thresh=args.thresh, nms=args.nms, float_layers=base)
+    explanations, extra = ex.explain_all()
+    report = explain_report(Path(args.image).name, explanations, extra, args.top)
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(f"{report['image']}: {len(explanations)} FLOAT detections, {len(extra)} extra in {args.mode.upper()}")
+    for d in report["detections"]:
+        line = f"  {d['name']} {d['score']:.2f}: {d['status']} (IoU {d['iou']:.2f})"
+        if d["culprits"]:
+            line += "; culprits " + ", ".join(f"{c['layer']} ({100 * c['recovery']:.0f}%)" for c in d["culprits"])
+            line += f"; fix: keep {d['fix']} FLOAT" if d["fix"] else "; no fix found"
+        print(line)
+    for d in report["extra"]:
+        print(f"  extra {d['name']} {d['score']:.2f}")
+    return 0

@@ -1,0 +1,115 @@
+"""Simulation vs device, layer by layer: what RKNN-Toolkit2's accuracy analysis shows, for any profile.
+
+    from engine.quant.device import sim_vs_device
+    table = sim_vs_device(model, qmodel, x)          # x: (C, H, W) float32 network input
+    table.rows[12]["propagated_cos"], table.rows[12]["device_mismatched"]
+    print(table.to_text())
+
+Per Darknet layer:
+* `local_*`: the layer run alone in INT on the FLOAT outputs of its inputs (quantized with their grids)
+  vs its FLOAT output: the error this layer adds by itself;
+* `propagated_*`: the whole INT run vs FLOAT at this layer: the error accumulated up to here;
+* `device_*` (when the profile has a runtime and it is installed, i.e. `onnxruntime` / `avx2_u8s8` with
+  onnxruntime): the runtime's output of this layer (the onnx-int8 export with every layer exposed) vs our
+  INT: mismatched elements and the largest difference in output steps (0 and 0 when bit-exact), and
+  the runtime's own error against FLOAT (`device_cos`).
+`*_cos` is the cosine similarity (1 = same direction), `*_max` the largest absolute difference.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+COLUMNS = ("layer", "kind", "precision", "local_cos", "local_max", "propagated_cos", "propagated_max",
+           "device_cos", "device_mismatched", "device_steps")
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    na, nb = float(np.linalg.norm(a64)), float(np.linalg.norm(b64))
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(a64 @ b64 / (na * nb))
+
+
+@dataclass
+class DeviceTable:
+    profile: str
+    runtime: str | None                     # "onnxruntime 1.x" when the device columns were measured
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""
+
+    def worst(self, column: str = "local_cos", n: int = 5) -> list[dict[str, Any]]:
+        """The n layers with the lowest value of a cosine column (the first suspects)."""
+        rows = [r for r in self.rows if r.get(column) is not None]
+        return sorted(rows, key=lambda r: r[column])[:n]
+
+    def to_text(self) -> str:
+        head = f"profile {self.profile}; device: {self.runtime or 'not measured (' + self.note + ')'}"
+        lines = [head, "  ".join(f"{c:>17}" if i > 2 else f"{c:>10}" for i, c in enumerate(COLUMNS))]
+        for r in self.rows:
+            cells = []
+            for i, c in enumerate(COLUMNS):
+                v = r.get(c)
+                text = "-" if v is None else (f"{v:.6f}" if isinstance(v, float) else str(v))
+                cells.append(f"{text:>17}" if i > 2 else f"{text:>10}")
+            lines.append("  ".join(cells))
+        return "\n".join(lines)
+
+
+def _device_outputs(model, qmodel, x: np.ndarray) -> tuple[dict[str, np.ndarray] | None, str | None, str]:
+    from engine.errors import EngineError, UnsupportedError
+    from engine.quant.profiles import get_profile
+    if get_profile(qmodel.profile).exportable is None:
+        return None, None, f"profile '{qmodel.profile}' has no runtime to run"
+    try:
+        import onnxruntime
+        from engine.export.onnx_int8 import build_int8, run_ort
+        proto = build_int8(model, qmodel, all_outputs=True)
+        return run_ort(proto, x), f"onnxruntime {onnxruntime.__version__}", ""
+    except ImportError:
+        return None, None, "onnxruntime is not installed"
+    except (EngineError, UnsupportedError) as err:
+        return None, None, str(err)
+
+
+def sim_vs_device(model, qmodel, x: np.ndarray, device: bool = True, float_layers=None) -> DeviceTable:
+    """The per-layer table described in the module docstring, for one input `x` (C, H, W) float32.
+    From a Session: `sim_vs_device(s.model, s.qmodel, s.x, float_layers=s.executor.float_layers)`
+    (a runtime cannot run layers kept FLOAT inside its integer graph: the device columns stay empty then)."""
+    from engine.quant.executor import FLOAT, Executor, Value
+    x = model.check_input(x)
+    float_outs = Executor(model).forward(x)
+    ex = Executor(model, qmodel, "int", float_layers)
+    values, _ = ex.run(x)
+    if not device:
+        dev, runtime, note = None, None, "not requested"
+    elif ex.float_layers:
+        dev, runtime, note = None, None, f"layers {sorted(ex.float_layers)} are kept FLOAT"
+    else:
+        dev, runtime, note = _device_outputs(model, qmodel, x)
+    table = DeviceTable(qmodel.profile, runtime, note=note)
+    xv = Value(f=x)
+    for layer in model.layers:
+        i = layer.index
+        ref = float_outs[i]
+        sim = values[i].float()
+        row: dict[str, Any] = {"layer": i, "kind": layer.kind, "precision": ex.precision(i)}
+        if ex.precision(i) == FLOAT:
+            local = ref
+        else:
+            ins = [xv if j < 0 else Value(f=float_outs[j]) for j in layer.inputs]
+            local = ex.run_layer(i, ins)[0].float()
+        row["local_cos"], row["local_max"] = cosine(local, ref), float(np.abs(local - ref).max())
+        row["propagated_cos"], row["propagated_max"] = cosine(sim, ref), float(np.abs(sim - ref).max())
+        y = dev.get(f"layer{i}") if dev is not None else None
+        if y is not None:
+            step = values[i].q.scale if values[i].q is not None else None
+            diff = np.abs(y.astype(np.float64) - sim)
+            row["device_cos"] = cosine(y, ref)
+            row["device_mismatched"] = int(np.count_nonzero(y != sim))
+            row["device_steps"] = float(diff.max() / step) if step else float(diff.max())
+        table.rows.append(row)
+    return table

@@ -1,0 +1,232 @@
+"""Which FLOAT detections a quantized run keeps, shifts or loses, and which layers to blame.
+
+`match_detections(float_dets, dets)`: each FLOAT detection against the run's detections of the same
+class (greedy, highest FLOAT score first, best IoU among the unused ones): "matched" (IoU >= 0.9),
+"shifted" (0.5 <= IoU < 0.9) or "lost" (no same-class box with IoU >= 0.5); run detections left over
+are "extra".
+
+`Explainer`: for a shifted or lost detection, the layers ranked by how much running that one layer in
+FLOAT (its output substituted, every other layer as the run had it) recovers the detection, and a
+small set of layers whose FLOAT execution brings it back. Quality of a run for detection d is
+q = max over same-class boxes b of score(b) * IoU(b, d), read from detections at a low threshold
+(`MEASURE_THRESH`) so partial recoveries count; FLOAT's own quality is d.score.
+recovery(L) = (q_L - q_run) / (d.score - q_run). The fix set grows in culprit order (one layer at a
+time) until the detection is back (same class, IoU >= 0.5 with the FLOAT box, at the session's
+threshold), is pruned of layers it does not need, and is verified by a fresh full INT/HYBRID run with
+those layers FLOAT, exactly what `python -m engine detect --mode int --float-layers ...` computes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from engine.darknet.detect import Detection, detect_outputs
+from engine.quant.executor import INT8, Executor, Value
+
+MATCH_IOU = 0.9          # at or above: "matched"
+SAME_IOU = 0.5           # below: not the same object ("lost")
+MEASURE_THRESH = 0.01    # detection threshold used to measure partial recoveries
+
+
+def box_iou(a: Detection, b: Detection) -> float:
+    ix = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
+    iy = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
+    inter = ix * iy
+    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class Match:
+    """One FLOAT detection and what the run made of it."""
+    index: int                       # position in the FLOAT detections (score order)
+    det: Detection                   # the FLOAT detection
+    status: str                      # "matched" | "shifted" | "lost"
+    iou: float                       # IoU with the partner (best same-class IoU when lost)
+    other: Detection | None          # the run's partner box (None when lost)
+
+    @property
+    def int_score(self) -> float | None:
+        return None if self.other is None else self.other.score
+
+
+@dataclass
+class DetectionDiff:
+    matches: list[Match]
+    extra: list[Detection]           # run detections no FLOAT detection claimed
+
+    def counts(self) -> dict[str, int]:
+        out = {"matched": 0, "shifted": 0, "lost": 0}
+        for m in self.matches:
+            out[m.status] += 1
+        return {**out, "extra": len(self.extra)}
+
+
+def match_detections(float_dets: Sequence[Detection], dets: Sequence[Detection],
+                     match_iou: float = MATCH_IOU, same_iou: float = SAME_IOU) -> DetectionDiff:
+    """Pair each FLOAT detection with the run's same-class box of highest IoU (see the module doc)."""
+    used = [False] * len(dets)
+    matches = []
+    order = sorted(range(len(float_dets)), key=lambda i: -float_dets[i].score)
+    found: dict[int, Match] = {}
+    for i in order:
+        d = float_dets[i]
+        best, best_j = 0.0, -1
+        for j, o in enumerate(dets):
+            if not used[j] and o.class_id == d.class_id:
+                v = box_iou(d, o)
+                if v > best:
+                    best, best_j = v, j
+        if best >= same_iou:
+            used[best_j] = True
+            found[i] = Match(i, d, "matched" if best >= match_iou else "shifted", best, dets[best_j])
+        else:
+            found[i] = Match(i, d, "lost", best, None)
+    matches = [found[i] for i in range(len(float_dets))]
+    return DetectionDiff(matches, [o for j, o in enumerate(dets) if not used[j]])
+
+
+def loss(d: Detection, dets: Sequence[Detection]) -> float:
+    """Score and IoU loss of d in `dets` (see the module doc): 0 = as FLOAT, 2 = nothing there."""
+    best = max(((o.score * box_iou(d, o), o) for o in dets if o.class_id == d.class_id), default=(0.0, None),
+               key=lambda t: t[0])[1]
+    if best is None or box_iou(d, best) == 0:
+        return 2.0
+    return max(0.0, d.score - best.score) / d.score + (1.0 - box_iou(d, best))
+
+
+def is_back(d: Detection, dets: Sequence[Detection]) -> bool:
+    """Found again: a same-class box with IoU >= 0.5 among detections at the session's threshold."""
+    return any(o.class_id == d.class_id and box_iou(d, o) >= SAME_IOU for o in dets)
+
+
+@dataclass
+class Explanation:
+    """Why one FLOAT detection is shifted or lost, and which FLOAT layers bring it back."""
+    match: Match
+    culprits: list[tuple[int, float]] = field(default_factory=list)   # (layer, recovery), best first
+    fix: list[int] | None = None
+
+    def to_dict(self, top: int | None = None) -> dict:
+        d, m = self.match.det, self.match
+        culprits = self.culprits if top is None else self.culprits[:top]
+        return {**detection_dict(d), "status": m.status, "iou": float(m.iou),
+                "int_score": None if m.int_score is None else float(m.int_score),
+                "culprits": [{"layer": int(i), "recovery": float(r)} for i, r in culprits],
+                "fix": None if self.fix is None else [int(i) for i in self.fix]}
+
+
+class Explainer:
+    """Substitution runs over one image: the run (mode, quantized model, base FLOAT layers) and the same
+    run with extra layers in FLOAT. Runs are memoised per set of extra layers and restart from the first
+    layer that differs (the prefix is the base run's, bit for bit)."""
+
+    def __init__(self, model, qmodel, mode: str, pre, *, thresh: float = 0.25, nms: float = 0.45,
+                 float_layers: Sequence[int] = ()) -> None:
+        if mode not in ("int", "hybrid"):
+            raise ValueError(f"mode={mode!r}: explain compares an 'int' or 'hybrid' run with FLOAT")
+        self.model, self.qmodel, self.mode, self.pre = model, qmodel, mode, pre
+        self.thresh, self.nms = thresh, nms
+        self.base = frozenset(int(i) for i in float_layers)
+        self.executor = Executor(model, qmodel, mode, self.base)
+        self._x = Value(f=model.check_input(pre.x))
+        self.values = self.executor.run(pre.x)[0]
+        self.float_dets = detect_outputs(model, model.forward(pre.x), pre, thresh, nms)
+        self._runs: dict[frozenset, tuple[list[Detection], list[Detection]]] = {}
+        self.dets, _ = self._detections(self.values)
+        self._runs[frozenset()] = self._detections(self.values)
+        self.candidates = [i for i in range(len(model.layers)) if self.executor.precision(i) == INT8]
+
+    def _detections(self, values) -> tuple[list[Detection], list[Detection]]:
+        outs = [v.float() for v in values]
+        return (detect_outputs(self.model, outs, self.pre, self.thresh, self.nms),
+                detect_outputs(self.model, outs, self.pre, MEASURE_THRESH, self.nms))
+
+    def run_with(self, extra) -> tuple[list[Detection], list[Detection]]:
+        """(detections at the threshold, detections at MEASURE_THRESH) with `extra` layers also FLOAT."""
+        key = frozenset(int(i) for i in extra) - self.base
+        if key not in self._runs:
+            ex = Executor(self.model, self.qmodel, self.mode, self.base | key)
+            start = min(key)
+            values = list(self.values[:start])
+            for i in range(start, len(self.model.layers)):
+                values.append(ex.run_layer(i, ex.inputs_of(i, self._x, values))[0])
+            self._runs[key] = self._detections(values)
+        return self._runs[key]
+
+    def diff(self) -> DetectionDiff:
+        return match_detections(self.float_dets, self.dets)
+
+    def culprits(self, m: Match, step: Callable[[], object] | None = None) -> list[tuple[int, float]]:
+        """Every candidate layer with its recovery for this detection, best first (ties: earlier layer).
+        `step()` is called after each layer (progress; it may raise to cancel)."""
+        d = m.det
+        d0 = loss(d, self._runs[frozenset()][1])
+        out = []
+        for i in self.candidates:
+            out.append((i, (d0 - loss(d, self.run_with([i])[1])) / d0 if d0 > 0 else 0.0))
+            if step is not None:
+                step()
+        return sorted(out, key=lambda t: (-t[1], t[0]))
+
+    def fix(self, m: Match, culprits: Sequence[tuple[int, float]], max_size: int | None = None) -> list[int] | None:
+        """A small set of layers whose FLOAT execution brings the detection back, or None."""
+        d = m.det
+        chosen: list[int] = []
+        for layer, _ in culprits[:max_size or len(culprits)]:
+            chosen.append(layer)
+            if is_back(d, self.run_with(chosen)[0]):
+                break
+        else:
+            return None
+        for layer in list(reversed(chosen[:-1])):        # drop layers the set does not need
+            rest = [i for i in chosen if i != layer]
+            if is_back(d, self.run_with(rest)[0]):
+                chosen = rest
+        return sorted(chosen) if self.verify(d, chosen) else None
+
+    def verify(self, d: Detection, layers: Sequence[int]) -> bool:
+        """A fresh full run with `layers` (plus the base) FLOAT, as `detect --float-layers` computes it."""
+        ex = Executor(self.model, self.qmodel, self.mode, self.base | set(layers))
+        return is_back(d, detect_outputs(self.model, ex.forward(self.pre.x), self.pre, self.thresh, self.nms))
+
+    def explain(self, m: Match, step: Callable[[], object] | None = None) -> Explanation:
+        if m.status == "matched":
+            return Explanation(m)
+        c = self.culprits(m, step)
+        return Explanation(m, c, self.fix(m, c))
+
+    def explain_all(self, on_progress: Callable[[int, int], object] | None = None
+                    ) -> tuple[list[Explanation], list[Detection]]:
+        """An Explanation per FLOAT detection (culprits for shifted and lost ones) and the extra detections.
+        on_progress(done, total) counts substitution runs (it may raise to cancel)."""
+        diff = self.diff()
+        total = sum(m.status != "matched" for m in diff.matches) * len(self.candidates)
+        done = [0]
+
+        def step() -> None:
+            done[0] += 1
+            if on_progress is not None:
+                on_progress(done[0], total)
+        return [self.explain(m, step) for m in diff.matches], diff.extra
+
+
+def detection_dict(d: Detection) -> dict:
+    return {"class_id": int(d.class_id), "name": d.name, "score": float(d.score), "x1": float(d.x1),
+            "y1": float(d.y1), "x2": float(d.x2), "y2": float(d.y2)}
+
+
+def explain_report(image: str, explanations: Sequence[Explanation], extra: Sequence[Detection],
+                   top: int = 5) -> dict:
+    """The `python -m engine explain --json` document."""
+    return {"image": image, "detections": [e.to_dict(top) for e in explanations],
+            "extra": [detection_dict(d) for d in extra]}
+
+
+def layer_recoveries(explanations: Sequence[Explanation]) -> dict[int, float]:
+    """Per layer, the best recovery over the explained detections (for graph colours)."""
+    out: dict[int, float] = {}
+    for e in explanations:
+        for layer, r in e.culprits:
+            out[layer] = max(out.get(layer, float("-inf")), r)
+    return out

@@ -1,0 +1,34 @@
+"""`LayerQuant`: the integer parameters of one conv / connected layer of a quantized model.
+
+Its own module so the integer layer paths (int_layers, device profiles) read it without importing the
+quantized-model file code (engine/quant/qmodel.py re-exports it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class LayerQuant:
+    """Integer parameters of one conv / connected layer."""
+    w_q: np.ndarray          # int8, (n, C/g, k, k) or (out, in)
+    w_scale: np.ndarray      # float64 (n,) or (1,)
+    b_q: np.ndarray          # int32 (n,), in the accumulator scale in_scale * w_scale
+    in_scale: float          # scale of the input tensor the biases were quantized for
+    scheme: str
+
+    @property
+    def w_f(self) -> np.ndarray:
+        """int8 values as float32, laid out for the GEMM: (n, C/g*k*k). Exact (|q| <= 127). Made on use,
+        not kept: a float32 copy of every int8 weight would quadruple the quantized model in memory."""
+        return np.ascontiguousarray(self.w_q.reshape(self.w_q.shape[0], -1), dtype=np.float32)
+
+    @property
+    def acc_scale(self) -> np.ndarray:
+        return self.in_scale * np.broadcast_to(self.w_scale, (self.w_q.shape[0],))
+
+    def dequantized_weights(self) -> np.ndarray:
+        shape = (-1,) + (1,) * (self.w_q.ndim - 1)
+        return (self.w_q.astype(np.float64) * np.broadcast_to(self.w_scale, (self.w_q.shape[0],)).reshape(shape)
+                ).astype(np.float32)

@@ -1,0 +1,288 @@
+"""`onnxruntime`: ONNX Runtime's CPU integer kernels on the graph `export --format onnx-int8` writes.
+
+uint8 activations with a zero point; weights symmetric in [-127, 127] stored as uint8 with zero
+point 128 (ORT's u8 x u8 kernels widen to int16 and accumulate exactly in int32 on every x86
+target; the u8 x s8 kernels of AVX2 without VNNI saturate pair sums at int16, see avx2_u8s8.py).
+Per layer (engine/quant/asym.py holds the float32 rules, each checked against ORT):
+* conv: QLinearConv (int32 sum + bias, float32 requantization, half-to-even, clamp);
+  leaky: QLinearConv to a pre-activation grid, then QLinearLeakyRelu's 256-entry table;
+  relu: the output grid has zero point 0, so the clamp is the relu; linear: QLinearConv alone;
+* route: Concat when every input shares the output grid, else QLinearConcat (a table per input
+  whose grid differs); a single input (with or without groups) is a Slice and keeps its grid;
+* maxpool (uint8 MaxPool), upsample (Resize nearest), reorg: values moved, grid kept;
+* heads: the conv feeding [yolo]/[region] is a ConvInteger whose int32 sums (+ int32 bias) are cast to
+  float32 and multiplied by the float32 `x_scale * w_scale[c]` (no uint8 rounding of box logits);
+* shortcut (same shapes, linear): QLinearAdd with the AVX2 kernel's float32 FMA formula;
+* other shortcuts and other activations: a float32 island (DequantizeLinear, float op, QuantizeLinear),
+  not part of the exported integer graph.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine.layers.activations import activate
+from engine.layers.maxpool import maxpool
+from engine.layers.reorg import reorg_pj, space_to_depth
+from engine.layers.route import route_slices
+from engine.layers.upsample import upsample_nearest
+from engine.quant import asym
+from engine.quant.intops import band_buffer, conv_int, conv_int_bands, row_abs_max
+from engine.quant.profiles.base import Profile
+from engine.quant.qtensor import QTensor
+
+LEAKY = 0.1
+KINDS = ("convolutional", "maxpool", "upsample", "route", "reorg", "reorg3d", "dropout", "shortcut")
+LINEAR_OUT = ("linear", "relu")
+
+
+def qlinear_add_fits(layer) -> bool:
+    """A shortcut that is a plain QLinearAdd: same shapes, weights 1, linear activation."""
+    return (layer.kind == "shortcut" and len(layer.in_shapes) == 2 and layer.in_shapes[0] == layer.in_shapes[1]
+            and layer.alpha == 1.0 and layer.beta == 1.0 and layer.activation == "linear")
+
+
+def tensor_grid(qmodel, nid: str) -> tuple[float, int]:
+    return qmodel.scales[nid], int(qmodel.zero_points.get(nid, 0))
+
+
+def clipped_range(h, calibrator) -> tuple[float, float]:
+    """The signed range [lo, hi] a calibrator keeps of a tensor: its threshold T clips both sides."""
+    t = calibrator.threshold(h) if h.amax > 0 else 0.0
+    return max(h.lo_signed, -t), min(h.hi_signed, t)
+
+
+class OrtProfile(Profile):
+    name = "onnxruntime"
+    title = "ONNX Runtime CPU (QOperator: QLinearConv, QLinearLeakyRelu, QLinearConcat)"
+    asymmetric = True
+    int32_heads = True              # ConvInteger + Add + Cast + Mul: the head's int32 sums, dequantized
+    exportable = "onnx-int8"
+    signed_weights = False          # exported weights: uint8 with zero point 128
+    rules = {
+        "activations": "uint8 with zero point, per tensor (ORT quantizer's MinMax rule on the calibrated range)",
+        "weights": "int8 values [-127, 127] exported as uint8 with zero point 128, per channel or per tensor",
+        "accumulator": "int32, exact (u8 x u8 kernel widens to int16 products: no saturation)",
+        "requantization": "float32: float(acc + bias) * ((x_scale * w_scale) / y_scale), MlasRequantizeOutput",
+        "rounding": "half to even (cvtps2dq), clamp in float before rounding, + zero point",
+        "leaky": "QLinearLeakyRelu: QLinearConv to a pre-activation grid, then a 256-entry float32-built table",
+        "route/concat": "Concat if grids equal, else QLinearConcat (float32-built table per differing input)",
+        "shortcut": "QLinearAdd, AVX2 kernel: fma(a, sA/sC, fma(b, sB/sC, zC - (sA/sC*zA + sB/sC*zB))), half-even, "
+                    "saturating packs (SSE2/NEON kernels differ); other shortcuts: a float32 island, not exported",
+        "upsample": "Resize nearest on uint8, grid kept",
+        "maxpool": "uint8 MaxPool, grid kept",
+        "heads": "ConvInteger (int32 sums) + int32 bias, Cast, Mul by float32 x_scale*w_scale: dequantized "
+                 "int32 for [yolo]/[region]",
+        "source": "onnxruntime qlinearconv.cc, mlas QuantizeLinear/RequantizeOutput, qlinear_lookup_table.cc, "
+                  "qlinear_concat.cc; verified op by op (tests/engine/test_profiles_ort.py)",
+    }
+
+    # ---------------------------------------------------------------- quantization
+    def activation_params(self, stats, calibrator):
+        scales, zps = {}, {}
+        for nid, h in stats.hists.items():
+            scales[nid], zps[nid] = asym.asym_params(*clipped_range(h, calibrator))
+        return scales, zps
+
+    def tie_grids(self, model, scales, zero_points):
+        """Layers that only move values (maxpool, upsample, reorg, dropout, a one-input route) run on their
+        input's grid: store that grid, so a conv reading them has its bias quantized for the right scale."""
+        for layer in model.layers:
+            src = layer.inputs[0] if layer.inputs else None
+            keeps = (layer.shape_only and self.has_int_path(layer.kind)) or \
+                (layer.kind == "route" and len(layer.inputs) == 1)
+            if keeps and src is not None:
+                nid = "input" if src < 0 else str(src)
+                factor = layer.scale if layer.kind == "upsample" else 1.0
+                scales[str(layer.index)] = float(np.float32(scales[nid] * factor))
+                zero_points[str(layer.index)] = zero_points[nid]
+
+    def extra_params(self, model, stats, calibrator):
+        """A leaky conv's pre-activation grid, from its output's: leaky maps [lo/0.1, hi] onto [lo, hi]."""
+        pre_s, pre_z = {}, {}
+        for layer in model.layers:
+            if layer.kind == "convolutional" and layer.activation == "leaky" and str(layer.index) in stats.hists:
+                lo, hi = clipped_range(stats.hists[str(layer.index)], calibrator)
+                pre_s[str(layer.index)], pre_z[str(layer.index)] = asym.asym_params(lo / LEAKY, hi)
+        return pre_s, pre_z
+
+    # ---------------------------------------------------------------- execution
+    def has_int_path(self, kind: str) -> bool:
+        return kind in KINDS
+
+    def has_hybrid_path(self, kind: str) -> bool:
+        return kind == "convolutional"
+
+    def quantize(self, x, scale, zero_point=0):
+        q, sat = asym.quantize_linear(x, scale, zero_point)
+        return QTensor(q, scale, zero_point), sat
+
+    def run_head(self, layer, xs, lq, qmodel, rec):
+        """A conv read only by detection heads: float32(acc + bias) * float32(x_scale * w_scale[c]), activated."""
+        x = xs[0]
+        if layer.kind != "convolutional":
+            raise NotImplementedError(f"{layer.where()}: no int32 head path in profile '{self.name}'")
+        n = lq.w_q.shape[0]
+        scale = np.multiply(np.float32(x.scale), _wscale(lq).astype(np.float32), dtype=np.float32).reshape(-1, 1, 1)
+        b3 = _bias_for(lq, x.scale).astype(np.float64).reshape(-1, 1, 1)
+        f = np.empty((n,) + tuple(layer.out_shape[1:]), np.float32)
+        ranges: list[tuple[int, int]] = []
+
+        def epilogue(part, r0, r1, acc, ch):
+            u = acc + b3[ch]
+            ranges.append((int(u.min()), int(u.max())))
+            np.multiply(u.astype(np.float32), scale[ch], out=f[ch, r0:r1])
+
+        if layer.groups == 1:
+            # ConvInteger hands MLAS the weights as its A operand (sign flipped to uint8): the u8 x u8 kernel,
+            # exact int32 even with int8 weights on AVX2 (no vpmaddubsw pairs; checked against ORT)
+            OrtProfile.accumulate(self, layer, x, lq, None, epilogue)
+        else:
+            xc = x.q.astype(np.int16) - np.int16(x.zero_point)
+            acc = conv_int(xc, lq.w_f, np.zeros(n, np.int32), layer.size, layer.stride, layer.padding, layer.groups)
+            epilogue(0, 0, f.shape[1], acc.astype(np.float64), slice(0, n))
+        rec["acc_min"], rec["acc_max"] = min(r[0] for r in ranges), max(r[1] for r in ranges)
+        rec["saturated"], rec["total"] = 0, f.size
+        rec["output"] = "int32 dequantized for the head"
+        return activate(f, layer.activation)
+
+    def run(self, layer, xs, lq, qmodel, rec):
+        kind, i = layer.kind, str(layer.index)
+        x = xs[0]
+        if kind == "convolutional":
+            return self._conv(layer, x, lq, qmodel, rec)
+        if kind == "maxpool":
+            return QTensor(maxpool(x.q, layer.size, layer.stride, layer.padding, fill=0), x.scale, x.zero_point)
+        if kind == "upsample":
+            return QTensor(upsample_nearest(x.q, layer.stride), float(np.float32(x.scale * layer.scale)), x.zero_point)
+        if kind == "reorg":
+            return QTensor(reorg_pj(x.q, layer.stride), x.scale, x.zero_point)
+        if kind == "reorg3d":
+            return QTensor(space_to_depth(x.q, layer.stride), x.scale, x.zero_point)
+        if kind == "dropout":
+            return x
+        if kind == "route":
+            return self._route(layer, xs, qmodel, rec)
+        if qlinear_add_fits(layer):
+            s, z = tensor_grid(qmodel, i)
+            q, sat = asym.qlinear_add(xs[0].q, xs[0].scale, xs[0].zero_point, xs[1].q, xs[1].scale,
+                                      xs[1].zero_point, s, z)
+            rec["saturated"], rec["total"] = sat, q.size
+            return QTensor(q, s, z)
+        return self._float_island(layer, xs, qmodel, rec)                      # other shortcuts
+
+    def _route(self, layer, xs, qmodel, rec):
+        slices = route_slices(layer.in_shapes, layer.groups, layer.group_id)
+        if len(xs) == 1:
+            x = xs[0]
+            return QTensor(np.ascontiguousarray(x.q[slices[0]]), x.scale, x.zero_point)
+        s, z = tensor_grid(qmodel, str(layer.index))
+        parts = []
+        for x, sl in zip(xs, slices):
+            part = x.q[sl]
+            if (x.scale, x.zero_point) != (s, z):
+                part = asym.apply_lut(part, asym.build_lut(x.scale, x.zero_point, s, z))
+                rec["lookup_tables"] = rec.get("lookup_tables", 0) + 1
+            parts.append(part)
+        return QTensor(np.concatenate(parts, axis=0), s, z)
+
+    def _float_island(self, layer, xs, qmodel, rec):
+        from engine.layers.shortcut import shortcut_add
+        a, b = (x.dequantize() for x in xs)
+        y = activate(shortcut_add(a, b, layer.alpha, layer.beta).astype(np.float32), layer.activation)
+        s, z = tensor_grid(qmodel, str(layer.index))
+        q, sat = self.quantize(y, s, z)
+        rec["saturated"], rec["float_activation"] = sat, f"{layer.kind} (float32 island)"
+        return q
+
+    # ---------------------------------------------------------------- convolution
+    def accumulate(self, layer, x: QTensor, lq, b_q, epilogue) -> None:
+        """Exact int32 `sum (x - zp) * w` band by band (the u8 x u8 kernel); epilogue(part, r0, r1, acc, ch)."""
+        xc = x.q.astype(np.int16) - np.int16(x.zero_point)       # padding with zp is padding with 0 here
+        conv_int_bands(xc, lq.w_f, layer.size, layer.stride, layer.padding, epilogue, row_abs_max(lq.w_q))
+
+    def _conv(self, layer, x, lq, qmodel, rec):
+        i = str(layer.index)
+        b_q = _bias_for(lq, x.scale)
+        act = layer.activation
+        leaky = act == "leaky"
+        if leaky:
+            ys, yz = qmodel.pre_scales[i], int(qmodel.pre_zero_points[i])
+        else:
+            ys, yz = tensor_grid(qmodel, i)
+        island = act not in LINEAR_OUT and not leaky
+        if act == "relu" and yz != 0:
+            island = True                      # the clamp is a relu only when the zero point is 0
+        scales = asym.conv_output_scales(x.scale, _wscale(lq), ys)
+        n = lq.w_q.shape[0]
+        shape = (n,) + tuple(layer.out_shape[1:])
+        stats: list[tuple[int, int, int]] = []
+        if island:
+            acc_scale = (np.float32(x.scale) * _wscale(lq).astype(np.float32)).reshape(-1, 1, 1)
+            f = np.empty(shape, np.float32)
+        else:
+            y = np.empty(shape, np.uint8)
+        b3 = b_q.astype(np.float64).reshape(-1, 1, 1)
+
+        def epilogue(part, r0, r1, acc, ch):
+            u = band_buffer("u", part, acc.shape)
+            np.copyto(u, acc)
+            u += b3[ch]                                            # exact int32 acc + bias, in float64
+            stats.append((int(u.min()), int(u.max()), 0))
+            if island:
+                f[ch, r0:r1] = u.astype(np.float32) * acc_scale[ch]
+                return
+            _, sat = asym.requantize_output(u, scales[ch], yz, out=y[ch, r0:r1])
+            stats[-1] = stats[-1][:2] + (sat,)
+
+        if layer.groups == 1:
+            self.accumulate(layer, x, lq, b_q, epilogue)
+        else:
+            xc = x.q.astype(np.int16) - np.int16(x.zero_point)
+            acc = conv_int(xc, lq.w_f, b_q, layer.size, layer.stride, layer.padding, layer.groups)
+            epilogue(0, 0, shape[1], acc.astype(np.float64) - b3, slice(0, n))
+        rec["acc_min"], rec["acc_max"] = min(t[0] for t in stats), max(t[1] for t in stats)
+        rec["saturated"] = rec.get("saturated", 0) + sum(t[2] for t in stats)
+        rec["total"] = rec.get("total", 0) + int(np.prod(shape))
+        s, z = tensor_grid(qmodel, i)
+        if island:
+            q, sat = self.quantize(activate(f, act), s, z)
+            rec["saturated"] += sat
+            rec["float_activation"] = act
+            return q
+        if leaky:
+            y = asym.apply_lut(y, asym.build_lut(ys, yz, s, z, asym.leaky_f32(LEAKY)))
+        return QTensor(y, s, z)
+
+    def hybrid(self, layer, x, lq, qmodel, rec):
+        """HYBRID: the float input on its uint8 grid, exact integer conv, float32 dequantized sums, float activation."""
+        src = layer.inputs[0]
+        nid = "input" if src < 0 else str(src)
+        xq, sat = self.quantize(x, *tensor_grid(qmodel, nid))
+        rec["input_saturated"] = sat
+        n = lq.w_q.shape[0]
+        acc_scale = (np.float32(xq.scale) * _wscale(lq).astype(np.float32)).reshape(-1, 1, 1)
+        b3 = _bias_for(lq, xq.scale).astype(np.float64).reshape(-1, 1, 1)
+        f = np.empty((n,) + tuple(layer.out_shape[1:]), np.float32)
+
+        def epilogue(part, r0, r1, acc, ch):
+            f[ch, r0:r1] = (acc + b3[ch]).astype(np.float32) * acc_scale[ch]
+
+        if layer.groups == 1:
+            self.accumulate(layer, xq, lq, None, epilogue)
+        else:
+            xc = xq.q.astype(np.int16) - np.int16(xq.zero_point)
+            acc = conv_int(xc, lq.w_f, np.zeros(n, np.int32), layer.size, layer.stride, layer.padding, layer.groups)
+            epilogue(0, 0, f.shape[1], acc.astype(np.float64), slice(0, n))
+        rec["saturated"], rec["total"] = 0, f.size
+        return activate(f, layer.activation)
+
+
+def _wscale(lq) -> np.ndarray:
+    return np.broadcast_to(lq.w_scale, (lq.w_q.shape[0],)).astype(np.float64)
+
+
+def _bias_for(lq, in_scale: float) -> np.ndarray:
+    if in_scale == lq.in_scale:
+        return lq.b_q
+    from engine.quant.weights import quantize_bias
+    return quantize_bias(lq.b_q * lq.acc_scale, in_scale, lq.w_scale)

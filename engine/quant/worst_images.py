@@ -1,0 +1,60 @@
+"""Which images of a set an INT / HYBRID model gets most wrong: per-image agreement with FLOAT.
+
+`rank_images(model, qmodel, mode, images)`: for every image, FLOAT and the quantized run's detections,
+COCO mAP@0.5 and mAP@[.5:.95] of the run against FLOAT (FLOAT as ground truth, engine/quant/metrics.py),
+and the lost / shifted / extra counts of `match_detections`; sorted worst first (lowest mAP@0.5, then
+mAP@[.5:.95], then most lost).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from engine.darknet.detect import detect_outputs
+from engine.quant.executor import Executor
+from engine.quant.explain import match_detections
+from engine.quant.fitness import detection_agreement
+
+
+@dataclass
+class ImageAgreement:
+    index: int                 # position in the given image list
+    name: str
+    map50: float
+    map50_95: float
+    n_float: int
+    lost: int
+    shifted: int
+    extra: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def image_name(image, k: int) -> str:
+    """A file's name, a PIL image's file name, else 'image k'."""
+    if isinstance(image, (str, Path)):
+        return Path(image).name
+    name = getattr(image, "filename", None)
+    return Path(name).name if name else f"image {k}"
+
+
+def rank_images(model, qmodel, mode: str, images: Sequence, *, float_layers: Sequence[int] = (),
+                resize: str = "letterbox", thresh: float = 0.25, nms: float = 0.45,
+                on_progress: Callable[[int, int], Any] | None = None) -> list[ImageAgreement]:
+    """Per-image agreement of the quantized run with FLOAT, worst first (see the module doc).
+    on_progress(done, total) after each image (it may raise to cancel)."""
+    ex = Executor(model, qmodel, mode, float_layers)
+    rows = []
+    for k, image in enumerate(images):
+        pre = model.preprocess(image, resize)
+        f = detect_outputs(model, model.forward(pre.x), pre, thresh, nms)
+        d = detect_outputs(model, ex.forward(pre.x), pre, thresh, nms)
+        a = detection_agreement([f], [d])
+        c = match_detections(f, d).counts()
+        rows.append(ImageAgreement(k, image_name(image, k), float(a.map50), float(a.map50_95), len(f), c["lost"],
+                                   c["shifted"], c["extra"]))
+        if on_progress is not None:
+            on_progress(k + 1, len(images))
+    return sorted(rows, key=lambda r: (r.map50, r.map50_95, -r.lost, r.index))

@@ -1,0 +1,113 @@
+"""LongTask: progress bar + 'done / total, ~N s left' + Cancel for work that takes seconds to minutes.
+
+The work runs in a background thread so the kernel keeps handling widget messages (the Cancel click
+arrives while it runs); the work calls `tick(done, total)` after each unit and stops with `Cancelled`
+when Cancel was clicked. The estimate is the mean time per unit so far times the units left.
+`background=False` runs inline (headless tests, scripts): same ticks, no thread. The result is handed to
+`on_done` on the kernel's main thread (`finish_on`).
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any, Callable
+
+import ipywidgets as widgets
+import traitlets
+
+
+def main_loop() -> asyncio.AbstractEventLoop | None:
+    """The kernel's event loop when called from its main thread (a Jupyter kernel), else None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def finish_on(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., Any], *args: Any) -> None:
+    """Run fn(*args) on the kernel's loop (the main thread) when there is one, else here. Results change
+    many views that observe each other; doing that from the worker thread while the main thread handles
+    a frontend message mixed two states (a graph coloured by one metric and labelled by another)."""
+    if loop is not None and loop.is_running():
+        loop.call_soon_threadsafe(fn, *args)
+    else:
+        fn(*args)
+
+
+class Cancelled(Exception):
+    """The user clicked Cancel; the work stopped between two units."""
+
+
+class LongTask(widgets.HBox):
+    """`start(work, on_done)`: work(tick) -> result runs, then on_done(result) (or on_done(None) when
+    cancelled; `cancelled` tells which). `running` is True in between."""
+
+    running = traitlets.Bool(False)
+    cancelled = traitlets.Bool(False)
+    text = traitlets.Unicode("")
+
+    def __init__(self, background: bool = True, **kwargs) -> None:
+        self.background = background
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="150px"))
+        self._label = widgets.Label(layout=widgets.Layout(width="auto", min_width="240px"))
+        self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True,
+                                            layout=widgets.Layout(width="90px"))
+        super().__init__(children=[self.progress, self._label, self.cancel_button], **kwargs)
+        self.add_class("qw-long-task")
+        self.cancel_button.on_click(lambda _b: self.cancel())
+        traitlets.dlink((self, "text"), (self._label, "value"))
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+    def start(self, work: Callable[[Callable[[int, int], None]], Any], on_done: Callable[[Any], None],
+              what: str = "working") -> None:
+        if self.running:
+            raise RuntimeError("a long task is already running: wait for it or click Cancel")
+        self._stop.clear()
+        self.cancelled, self.running, self.error = False, True, None
+        self.cancel_button.disabled = False
+        self.progress.value, self.progress.max = 0, 1
+        self.text = f"{what} ..."
+        t0 = time.perf_counter()
+        loop = main_loop() if self.background else None
+
+        def tick(done: int, total: int) -> None:
+            if self._stop.is_set():
+                raise Cancelled()
+            elapsed = time.perf_counter() - t0
+            left = elapsed / done * (total - done) if done else float("nan")
+            self.progress.max, self.progress.value = max(1, total), min(done, max(1, total))
+            self.text = f"{what}: {done} / {total}, {elapsed:.0f} s" + (f", ~{left:.0f} s left" if done else "")
+
+        def run() -> None:
+            result = None
+            try:
+                result = work(tick)
+                self.text = f"{what}: done in {time.perf_counter() - t0:.1f} s"
+            except Cancelled:
+                self.cancelled = True
+                self.text = f"{what}: cancelled after {time.perf_counter() - t0:.0f} s"
+            except BaseException as err:          # shown by on_done's caller through `error`
+                self.error = err
+                self.text = f"{what}: error: {err}"
+            finally:
+                self.running = False
+                self.cancel_button.disabled = True
+            finish_on(loop, on_done, result)
+
+        if self.background:
+            self.thread = threading.Thread(target=run, daemon=True, name="qwidgets-long-task")
+            self.thread.start()
+        else:
+            run()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the work finished (tests, scripts; not from a kernel cell while the loop must run
+        `on_done`: there the result arrives after the cell)."""
+        if self.thread is not None:
+            self.thread.join(timeout)

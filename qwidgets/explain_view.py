@@ -1,0 +1,147 @@
+"""ExplainView: why did the quantized run lose or shift a detection, and which layers bring it back.
+
+"Explain" runs `engine.quant.explain.Explainer` on the session's image, mode (INT or HYBRID), quantized
+model and FLOAT layers, in a `LongTask` (progress, estimate, Cancel). The result is a table (every FLOAT
+detection: status, IoU, the run's score, top culprits, fix set) and, for the detection picked in the
+list, a bar chart of its culprits (recovery = fraction of its score/IoU loss regained with that one layer
+FLOAT) and the same numbers as graph colours (`recoveries`, node id -> % , for the "recovery" overlay).
+"Keep fix FLOAT and re-run" adds the picked detection's fix set to the session's FLOAT layers
+(`Session.set_mode(mode, float_layers=...)`) and runs to the end: the Detections tab then shows it back.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import ipywidgets as widgets
+import traitlets
+
+from engine.quant.explain import Explainer, Explanation
+from qwidgets._encode import bar_chart_png
+from qwidgets._errors import Message, shows_errors
+from qwidgets._long_task import LongTask
+from qwidgets.layer_panel import TABLE_CSS
+from qwidgets._png_image import PngImage
+from qwidgets.graph_view import SHORT
+
+TOP = 8
+
+
+def explain_table_html(explanations: list[Explanation], extra: list, run: str) -> str:
+    rows = []
+    for k, e in enumerate(explanations):
+        m = e.match
+        top = ", ".join(f"{i} ({100 * r:.0f}%)" for i, r in e.culprits[:3]) or "-"
+        fix = "-" if m.status == "matched" else (", ".join(map(str, e.fix)) if e.fix else "none found")
+        rows.append(f"<tr><td>{k + 1}</td><td>{html.escape(m.det.name)}</td><td>{m.det.score:.2f}</td>"
+                    f"<td>{m.status}</td><td>{m.iou:.2f}</td>"
+                    f"<td>{'-' if m.other is None else f'{m.other.score:.2f}'}</td><td>{top}</td><td>{fix}</td></tr>")
+    rows += [f"<tr><td>+{k + 1}</td><td>{html.escape(d.name)}</td><td>-</td><td>extra</td><td>-</td>"
+             f"<td>{d.score:.2f}</td><td>-</td><td>-</td></tr>" for k, d in enumerate(extra)]
+    return (f"{TABLE_CSS}<table class='qw-table qw-explain'><tr><th>#</th><th>class</th><th>FLOAT score</th>"
+            f"<th>status</th><th>IoU</th><th>{html.escape(run)} score</th><th>top culprits (recovery)</th>"
+            f"<th>fix: keep FLOAT</th></tr>{''.join(rows)}</table>")
+
+
+class ExplainView(widgets.VBox):
+    """Explain lost / shifted detections of the session's run; keep a fix FLOAT and re-run."""
+
+    recoveries = traitlets.Dict(help="node id -> recovery % of the picked detection (graph overlay)")
+    status = Message("", help="last message shown to the user")
+    error_details = Message("", help="traceback of the last unexpected error")
+    revision = traitlets.Int(0, help="bumped when a fix was applied (the session re-ran)")
+
+    def __init__(self, session, background: bool = True, **kwargs) -> None:
+        self._session = session
+        self.explanations: list[Explanation] = []
+        self.extra: list = []
+        self.explain_button = widgets.Button(description="Explain lost / shifted", icon="search",
+                                             button_style="primary", layout=widgets.Layout(width="200px"))
+        self.task = LongTask(background=background)
+        self.pick = widgets.Dropdown(description="Detection", layout=widgets.Layout(width="360px"))
+        self.apply_button = widgets.Button(description="Keep fix FLOAT and re-run", icon="wrench",
+                                           disabled=True, layout=widgets.Layout(width="230px"))
+        self.table = widgets.HTML("<small>Explain ranks, for each detection the INT or HYBRID run lost or "
+                                  "shifted, the layers whose FLOAT execution recovers it (one run per layer).</small>")
+        self.chart = PngImage()
+        super().__init__(children=[widgets.HBox([self.explain_button, self.task]), self.table,
+                                   widgets.HBox([self.pick, self.apply_button]), self.chart], **kwargs)
+        self.add_class("qw-explain-view")
+        self.explain_button.on_click(self._on_explain_click)
+        self.apply_button.on_click(self._on_apply_click)
+        self.pick.observe(self._on_pick, names="value")
+
+    @shows_errors
+    def _on_explain_click(self, _button) -> None:
+        s = self._session
+        if s.mode not in ("int", "hybrid") or s.qmodel is None:
+            raise ValueError("Explain compares an INT or HYBRID run with FLOAT: pick mode INT or HYBRID "
+                             "and a quantized model first")
+        args = (s.model, s.qmodel, s.mode, s.pre)
+        opts: dict[str, Any] = {"thresh": s.thresh, "nms": s.nms, "float_layers": sorted(s.float_layers)}
+        self.explain_button.disabled = True
+
+        def work(tick):
+            return Explainer(*args, **opts).explain_all(tick)
+        self.task.start(work, self._done, what="explaining")
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until Explain finished (a script clicking the button calls this)."""
+        self.task.wait(timeout)
+
+    def _done(self, result) -> None:
+        self.explain_button.disabled = False
+        if self.task.error is not None:
+            self.status = f"error: {self.task.error}"
+            return
+        if result is None:
+            self.status = "explain cancelled"
+            return
+        self.explanations, self.extra = result
+        run = self._session.mode.upper()
+        self.table.value = explain_table_html(self.explanations, self.extra, run)
+        options = [(f"{k + 1} {e.match.det.name} {e.match.det.score:.2f} ({e.match.status})", k)
+                   for k, e in enumerate(self.explanations) if e.match.status != "matched"]
+        self.pick.options = options
+        self.pick.value = options[0][1] if options else None
+        if not options:
+            self._show(None)
+        lost = sum(e.match.status == "lost" for e in self.explanations)
+        self.status = f"explained: {len(options)} shifted or lost detections ({lost} lost)"
+
+    def _on_pick(self, change) -> None:
+        self._show(None if change.new is None else self.explanations[change.new])
+
+    def _show(self, e: Explanation | None) -> None:
+        if e is None or not e.culprits:
+            self.chart.value = b""
+            self.recoveries, self.apply_button.disabled = {}, True
+            return
+        top = e.culprits[:TOP]
+        kinds = self._session.model.layers
+        self.chart.value = bar_chart_png([f"{i} {SHORT.get(kinds[i].kind, kinds[i].kind)}" for i, _ in top],
+                                         [100 * r for _, r in top],
+                                         f"{e.match.det.name} {e.match.det.score:.2f} ({e.match.status}): "
+                                         "run one layer FLOAT",
+                                         "recovery: % of the score/IoU loss regained (higher = more to blame)",
+                                         lo=min(0.0, 100 * min(r for _, r in top)), hi=100.0)
+        self.recoveries = {str(i): 100.0 * r for i, r in e.culprits}
+        self.apply_button.disabled = not e.fix
+        self.apply_button.description = (f"Keep {', '.join(map(str, e.fix))} FLOAT and re-run" if e.fix
+                                          else "no fix found")
+
+    @shows_errors
+    def _on_apply_click(self, _button) -> None:
+        e = self.explanations[self.pick.value]
+        s = self._session
+        layers = sorted(set(s.float_layers) | set(e.fix))
+        s.set_mode(s.mode, float_layers=layers)
+        dets = s.run()
+        self.revision += 1
+        self.status = (f"layers {', '.join(map(str, e.fix))} kept FLOAT (FLOAT layers now {layers}); re-ran: "
+                       f"{len(dets)} detections")
+
+    def model_changed(self) -> None:
+        self.explanations, self.extra = [], []
+        self.table.value, self.pick.options = "", []
+        self._show(None)

@@ -1,0 +1,97 @@
+"""`export --format onnx-int8`: ONNX Runtime's integer kernels give, layer by layer, exactly our INT executor's
+numbers under the `onnxruntime` profile (and `avx2_u8s8` on this AVX2 host): 0 mismatched elements."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+import engine  # noqa: E402
+from helpers import CFG_DIR, IMAGES, resized_cfg  # noqa: E402
+
+from engine.calib.collect import collect  # noqa: E402
+from engine.errors import EngineError, UnsupportedError  # noqa: E402
+from engine.export.onnx_int8 import build_int8, export_int8, run_ort  # noqa: E402
+from engine.quant.executor import Executor  # noqa: E402
+from engine.quant.qmodel import quantize_model  # noqa: E402
+
+PHOTOS = sorted(IMAGES.glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def tiny_ort(tiny, tiny_stats):
+    return quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="onnxruntime")
+
+
+def _mismatches(model, qm, proto, x, optimize=True) -> dict[str, int]:
+    ours = Executor(model, qm, "int").forward(x)
+    got = run_ort(proto, np.ascontiguousarray(x), optimize=optimize)
+    assert got, "no outputs"
+    return {n: int(np.count_nonzero(ours[int(n[5:])] != y)) + (ours[int(n[5:])].shape != y.shape) * 10 ** 9
+            for n, y in got.items()}
+
+
+def test_yolov3_tiny_every_layer_equals_ort_bit_for_bit(tiny, tiny_ort, tmp_path):
+    import onnx
+    path = export_int8(tiny, tiny_ort, tmp_path / "tiny-int8.onnx", all_outputs=True)
+    proto = onnx.load(str(path))
+    convs = [n for n in proto.graph.node if n.op_type == "QLinearConv"]
+    heads = [n for n in proto.graph.node if n.op_type == "ConvInteger"]     # the two convs feeding [yolo]
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    assert len(convs) == 11 and all(inits[n.input[3]].dtype == np.uint8 for n in convs)
+    assert len(heads) == 2 and all(inits[n.input[1]].dtype == np.uint8 for n in heads)
+    assert not [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    assert sum(n.op_type == "QLinearLeakyRelu" for n in proto.graph.node) == 11
+    assert sum(n.op_type == "QLinearConcat" for n in proto.graph.node) == 1
+    expected = [f"layer{i}" for i, l in enumerate(tiny.layers) if l.kind != "yolo"]
+    assert [o.name for o in proto.graph.output] == expected
+    for k, x in enumerate([tiny.preprocess(p).x for p in PHOTOS] + [tiny.preprocess(PHOTOS[1]).x[:, :, ::-1]]):
+        bad = _mismatches(tiny, tiny_ort, str(path), x, optimize=k % 2 == 0)
+        assert set(bad) == set(expected) and not any(bad.values()), bad
+
+
+def test_avx2_u8s8_profile_models_int16_saturation_bit_for_bit(tiny, tiny_stats):
+    qm = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="avx2_u8s8")
+    proto = build_int8(tiny, qm, all_outputs=True)
+    weights = {t.name: t.data_type for t in proto.graph.initializer}
+    assert {weights[n.input[3]] for n in proto.graph.node if n.op_type == "QLinearConv"} == {3}   # INT8
+    assert {weights[n.input[1]] for n in proto.graph.node if n.op_type == "ConvInteger"} == {3}
+    x = tiny.preprocess(PHOTOS[0]).x
+    assert not any(_mismatches(tiny, qm, proto, x).values())
+    # the saturation is real: the same weights without it (the onnxruntime profile's exact sums) differ
+    exact = Executor(tiny, quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="onnxruntime"),
+                     "int").forward(x)
+    sat = Executor(tiny, qm, "int").forward(x)
+    assert np.count_nonzero(exact[2] != sat[2]) > 100
+
+
+def test_reduce_range_profile_has_7bit_weights_and_no_saturation(tiny, tiny_stats):
+    qm = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="ort_reduce_range")
+    assert all(int(np.abs(lq.w_q).max()) == 63 for lq in qm.layers.values())
+    from engine.quant.profiles.avx2_u8s8 import pair_saturation_correction
+    assert all(pair_saturation_correction(np.full((lq.w_q.shape[1], 4, 4), 255, np.uint8), 0, lq.w_q, 1, 0)
+               is None for lq in qm.layers.values() if lq.w_q.shape[2] == 1)
+    proto = build_int8(tiny, qm, all_outputs=True)
+    assert not any(_mismatches(tiny, qm, proto, tiny.preprocess(PHOTOS[3]).x).values())
+
+
+@pytest.mark.parametrize("name, size", [("yolov4-tiny", 320), ("yolov2-tiny", 320), ("yolov3", 256)])
+def test_random_weight_models_equal_ort_layer_by_layer(name, size, tmp_path):
+    """yolov4-tiny: route groups; yolov2-tiny: stride-1 maxpool, [region]; yolov3: 23 QLinearAdd shortcuts."""
+    model = engine.load(resized_cfg(CFG_DIR / f"{name}.cfg", size, tmp_path), random_weights=7)
+    qm = quantize_model(model, collect(model, PHOTOS[:2], progress=False), "minmax", per_channel=True,
+                        profile="onnxruntime")
+    proto = build_int8(model, qm, all_outputs=True)
+    bad = _mismatches(model, qm, proto, model.preprocess(PHOTOS[2]).x)
+    assert len(bad) == sum(l.kind not in ("yolo", "region") for l in model.layers) and not any(bad.values()), bad
+
+
+def test_export_refuses_other_profiles_and_float_islands(tiny, tiny_q, tmp_path):
+    with pytest.raises(EngineError, match="profile 'qwidgets': quantize with --profile onnxruntime"):
+        build_int8(tiny, tiny_q)
+    model = engine.load(resized_cfg(CFG_DIR / "yolov3-tiny-prn.cfg", 160, tmp_path), random_weights=1)
+    qm = quantize_model(model, collect(model, PHOTOS[:1], progress=False), "minmax", profile="onnxruntime")
+    with pytest.raises(UnsupportedError, match=r"yolov3-tiny-prn.cfg:\d+ \[shortcut\] \(layer 13\): only a linear shortcut"):
+        build_int8(model, qm)

@@ -1,0 +1,64 @@
+"""CLI contract of device profiles: quantize --profile, export --format onnx-int8 [--all-outputs], and ORT's
+layer<i> against `dump --mode int` on a real photo and an input array: 0 mismatched elements."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from engine.cli.main import main
+from engine.quant.qmodel import QuantizedModel
+from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS
+
+MODEL = [str(TINY_CFG), "--weights", str(TINY_WEIGHTS)]
+DOG = str(IMAGES / "dog.jpg")
+
+
+def _cli(capsys, *args):
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_quantize_export_dump_agree_with_onnxruntime(capsys, tmp_path, tiny):
+    pytest.importorskip("onnxruntime")
+    q, onnx_path, x_path, d_path = (tmp_path / n for n in ("q.npz", "t.onnx", "x.npy", "d.npz"))
+    rc, _, err = _cli(capsys, "quantize", *MODEL, "--calib", IMAGES, "--method", "minmax", "--per-channel",
+                      "--profile", "onnxruntime", "-o", q, "--quiet")
+    assert rc == 0 and "[onnxruntime]" in err
+    assert QuantizedModel.load(q).profile == "onnxruntime"
+    rc, _, err = _cli(capsys, "export", *MODEL, "--quantized", q, "--format", "onnx-int8", "--all-outputs",
+                      "-o", onnx_path)
+    assert rc == 0 and "profile onnxruntime" in err
+    np.save(x_path, tiny.preprocess(sorted(IMAGES.glob("*.jpg"))[-1]).x)
+    assert _cli(capsys, "dump", *MODEL, "--mode", "int", "--quantized", q, "--input", x_path, "-o", d_path)[0] == 0
+    from engine.export.onnx_int8 import run_ort
+    got = run_ort(str(onnx_path), np.load(x_path))
+    with np.load(d_path) as dump:
+        assert len(got) == 22
+        for name, y in got.items():
+            assert y.dtype == dump[name].dtype == np.float32
+            assert np.count_nonzero(y != dump[name]) == 0, name
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["quantize", *MODEL, "--calib", DOG, "--profile", "npu9", "-o", "q.npz", "--quiet"],
+     "profile 'npu9': unknown device profile 'npu9'; known: "),
+    (["export", *MODEL, "--format", "onnx-int8", "-o", "t.onnx"], "--format onnx-int8 needs --quantized Q"),
+])
+def test_profile_cli_errors_are_one_clear_line(capsys, tmp_path, args, fragment):
+    os.chdir(tmp_path)
+    rc, out, err = _cli(capsys, *args)
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+    assert not (tmp_path / "q.npz").exists() and not (tmp_path / "t.onnx").exists()
+
+
+def test_export_int8_of_a_qwidgets_model_is_refused(capsys, tmp_path):
+    q = tmp_path / "q.npz"
+    assert _cli(capsys, "quantize", *MODEL, "--calib", DOG, "--method", "minmax", "-o", q, "--quiet")[0] == 0
+    rc, _, err = _cli(capsys, "export", *MODEL, "--quantized", q, "--format", "onnx-int8", "-o", tmp_path / "t.onnx")
+    assert rc == 2 and "uses profile 'qwidgets': quantize with --profile onnxruntime" in err
+    assert not (tmp_path / "t.onnx").exists()
