@@ -21,7 +21,6 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
                         "mAP@[.5:.95] on our validation variants, see docs/quantization.md; auto picks per tensor "
                         "by the error at the detection heads and prints its choice)")
     s.add_argument("--settings", metavar="JSON", help='method settings, e.g. \'{"percentile": 99.9}\'')
-<<<<<<< HEAD
     s.add_argument("--no-rules", action="store_true",
                    help="calibrate every tensor on its own |x| histogram (no one-sided / shared-scale / first-layer "
                         "rules; yolo2_light never uses them)")
@@ -32,11 +31,9 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
                    help="keep the fewest layers FLOAT (greedy by measured sensitivity) so INT detections on --val "
                         "reach this mAP@[.5:.95] against FLOAT with no lost detection; prints the trade-off curve")
     s.add_argument("--val", nargs="+", metavar="DIR_OR_FILES", help="validation images for --target-map")
-=======
     s.add_argument("--profile", default="qwidgets", metavar="NAME",
                    help="device profile, the integer rules of the target: qwidgets (default), onnxruntime, "
                         "avx2_u8s8, ort_reduce_range, yolo2_light (docs/profiles.md)")
->>>>>>> main
     s.add_argument("-o", "--output", required=True, metavar="QMODEL")
     s.set_defaults(func=cmd_quantize)
 
@@ -55,24 +52,19 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from engine.calib.collect import collect
     from engine.quant.fitness import model_size
-<<<<<<< HEAD
     from engine.quant.autoquant import quantize
-=======
     from engine.quant.profiles import get_profile
-    from engine.quant.qmodel import quantize_model
     get_profile(args.profile)                       # an unknown profile fails before the calibration pass
->>>>>>> main
     output_path(args.output)                        # before the slow calibration, not after it
     settings = method_settings(args.method, args.settings)
     if (args.target_map is None) != (args.val is None):
         raise EngineError("--target-map and --val go together: the search scores INT detections on --val")
     model = load_model(args)
     stats = collect(model, args.calib, args.resize, progress=not args.quiet)
-<<<<<<< HEAD
     extra = {"rules": ()} if args.no_rules else {}
     if args.method == "auto":
         extra["images"] = args.calib
-    qm = quantize(model, stats, args.method, per_channel=args.per_channel, **extra, **settings)
+    qm = quantize(model, stats, args.method, per_channel=args.per_channel, profile=args.profile, **extra, **settings)
     if "bias" in args.refine:
         from engine.quant.refine import bias_correction
         qm = bias_correction(model, qm, args.calib, args.resize)
@@ -84,9 +76,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         res = search(model, qm, image_list(args.val), target=args.target_map)
         qm = res.apply(qm)
         print(res.table(), file=sys.stderr)
-=======
-    qm = quantize_model(model, stats, args.method, per_channel=args.per_channel, profile=args.profile, **settings)
->>>>>>> main
     qm.save(args.output)
     size = model_size(model, qm)
     print(f"wrote {args.output}: {qm.describe()}, calibrated on {stats.images} images; int8 {size.int8_bytes:,} "

@@ -18,16 +18,18 @@ from engine.quant.qmodel import QuantizedModel, quantize_model, rescaled
 
 
 def quantize(model, stats, method: str = "minmax", per_channel: bool = False, images=None,
-             rules=None, **settings: Any) -> QuantizedModel:
+             rules=None, profile: str = "qwidgets", **settings: Any) -> QuantizedModel:
     """quantize_model, plus `auto` (which runs the model on `images`, its choice in meta["auto"])."""
     if method != "auto":
-        return quantize_model(model, stats, method, per_channel=per_channel, rules=rules, **settings)
+        return quantize_model(model, stats, method, per_channel=per_channel, rules=rules, profile=profile, **settings)
     if images is None:
         raise EngineError("method 'auto' runs the model to choose: pass images=... (calibration images)")
     try:
         calibrator = make("auto", **settings)
     except (TypeError, ValueError) as err:
         raise EngineError(f"method 'auto': {err}") from None
+    if profile != "qwidgets":
+        raise EngineError(f"method 'auto' chooses symmetric int8 scales (profile qwidgets), not for profile {profile!r}")
     qm = quantize_model(model, stats, calibrator.candidates[0], per_channel=per_channel, rules=rules)
     scales, thresholds, choice = choose(model, stats, calibrator, images, per_channel, rules)
     qm = rescaled(model, qm, scales)

@@ -144,49 +144,42 @@ def input_id(layer) -> str:
     return "input" if src < 0 else str(src)
 
 
-<<<<<<< HEAD
 def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_channel: bool = False,
-                   float_layers: Iterable[int] = (), rules: Iterable[str] | None = None,
+                   float_layers: Iterable[int] = (), rules: Iterable[str] | None = None, profile: str = "qwidgets",
                    **settings: Any) -> QuantizedModel:
     """Activation scales from `stats` with `method`, int8 weights / int32 biases for every conv and
-    connected layer. `rules`: the calibration rules of engine/calib/views.py (default: the method's;
-    () calibrates every tensor on its own |x| histogram); `auto` goes through engine.quant.autoquant.
-    Raises EngineError if the statistics do not cover the model's tensors."""
+    connected layer, for the device `profile` (engine/quant/profiles: symmetric int8 or uint8 with zero
+    points, weight scheme). `rules`: the calibration rules of engine/calib/views.py (default: the
+    method's; () calibrates every tensor on its own |x| histogram); they apply to profiles with symmetric
+    activations. `auto` goes through engine.quant.autoquant. Raises EngineError if the statistics do
+    not cover the model's tensors or the profile is unknown."""
+    from engine.quant.profiles import get_profile
+    from engine.quant.profiles.base import Profile
+    prof = get_profile(profile)
     try:
         calibrator = make(method, **settings)
     except (TypeError, ValueError) as err:
         raise EngineError(f"method {method!r}: {err}") from None
-=======
-def quantize_model(model, stats: CalibrationStats, method: str = "kl", per_channel: bool = False,
-                   float_layers: Iterable[int] = (), profile: str = "qwidgets", **settings: Any) -> QuantizedModel:
-    """Activation scales from `stats` with `method`, int8 weights / int32 biases for every conv and
-    connected layer, for the device `profile` (engine/quant/profiles: symmetric int8 or uint8 with zero
-    points, weight scheme). Raises EngineError if the statistics do not cover the model's tensors or the
-    profile is unknown."""
-    from engine.quant.profiles import get_profile
-    prof = get_profile(profile)
-    calibrator = make(method, **settings)
->>>>>>> main
     missing = [nid for nid in quantizable_ids(model) if nid not in stats.hists]
     if missing:
         raise EngineError(f"calibration statistics lack tensors {', '.join(missing[:5])}: were they collected "
                           f"for this model ({model.graph.name})?")
-<<<<<<< HEAD
     meta: dict[str, Any] = {} if rules is None else {"rules": list(rules)}
     if getattr(calibrator, "needs_images", False):
         raise EngineError(f"method {method!r} runs the model to choose: use engine.quant.autoquant.quantize(model, "
                           f"stats, {method!r}, images=...)")
-    try:
-        scales, thresholds, _ = activation_scales(model, stats, calibrator, rules)
-    except ValueError as err:
-        raise EngineError(f"quantize_model: {err}") from None
-=======
-    scales, zero_points = prof.activation_params(stats, calibrator)
+    if type(prof).activation_params is Profile.activation_params:      # symmetric: the calibration rules
+        try:
+            scales, thresholds, _ = activation_scales(model, stats, calibrator, rules)
+        except ValueError as err:
+            raise EngineError(f"quantize_model: {err}") from None
+        zero_points: dict[str, int] = {}
+    else:
+        scales, zero_points = prof.activation_params(stats, calibrator)
+        thresholds = {nid: calibrator.threshold(h) if h.amax > 0 else 0.0 for nid, h in stats.hists.items()}
     prof.tie_grids(model, scales, zero_points)
     pre_scales, pre_zero_points = prof.extra_params(model, stats, calibrator)
     scheme, per_channel = prof.weight_choice(calibrator, per_channel)
-    thresholds = {nid: calibrator.threshold(h) if h.amax > 0 else 0.0 for nid, h in stats.hists.items()}
->>>>>>> main
     layers: dict[int, LayerQuant] = {}
     for layer in model.layers:
         if not layer.int8_weights:
@@ -198,8 +191,8 @@ def quantize_model(model, stats: CalibrationStats, method: str = "kl", per_chann
         layers[layer.index] = LayerQuant(qw.w_q, qw.scale, quantize_bias(b, in_scale, qw.scale), in_scale, qw.scheme)
     return QuantizedModel(method, calibrator.settings, per_channel, scales,
                           thresholds, layers, model.graph.name, model.cfg.text, fingerprint(model), stats,
-<<<<<<< HEAD
-                          tuple(sorted(int(i) for i in float_layers)), meta)
+                          tuple(sorted(int(i) for i in float_layers)), profile=prof.name, zero_points=zero_points,
+                          pre_scales=pre_scales, pre_zero_points=pre_zero_points, meta=meta)
 
 
 def rescaled(model, qmodel: QuantizedModel, scales: dict[str, float]) -> QuantizedModel:
@@ -213,7 +206,3 @@ def rescaled(model, qmodel: QuantizedModel, scales: dict[str, float]) -> Quantiz
             _, b = model.layers[i].fused(model.params[i])
             twin.layers[i] = LayerQuant(lq.w_q, lq.w_scale, quantize_bias(b, s_in, lq.w_scale), s_in, lq.scheme)
     return twin
-=======
-                          tuple(sorted(int(i) for i in float_layers)), profile=prof.name, zero_points=zero_points,
-                          pre_scales=pre_scales, pre_zero_points=pre_zero_points)
->>>>>>> main
