@@ -175,8 +175,10 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
             raise EngineError(f"quantize_model: {err}") from None
         zero_points: dict[str, int] = {}
     else:
-        scales, zero_points = prof.activation_params(stats, calibrator)
-        thresholds = {nid: calibrator.threshold(h) if h.amax > 0 else 0.0 for nid, h in stats.hists.items()}
+        base = CalibrationStats({k: h for k, h in stats.hists.items() if k in set(quantizable_ids(model))},
+                                stats.images)          # not the positive-side histograms ("<id>+")
+        scales, zero_points = prof.activation_params(base, calibrator)
+        thresholds = {nid: calibrator.threshold(h) if h.amax > 0 else 0.0 for nid, h in base.hists.items()}
     prof.tie_grids(model, scales, zero_points)
     pre_scales, pre_zero_points = prof.extra_params(model, stats, calibrator)
     scheme, per_channel = prof.weight_choice(calibrator, per_channel)
