@@ -1,10 +1,12 @@
 """Calibrator registry and base class: a calibrator turns an AbsHistogram into a clipping threshold."""
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
 from engine.calib.histogram import AbsHistogram
+from engine.errors import ArgumentError
 from engine.registry import Registry
 
 CALIBRATORS: Registry[type["Calibrator"]] = Registry("calibration method")
@@ -46,6 +48,21 @@ class Calibrator:
         return f"{self.name}({args})" if args else self.name
 
 
+def known_settings(cls: type[Calibrator]) -> list[str]:
+    """The keyword settings a calibrator class declares in its constructor."""
+    params = inspect.signature(cls.__init__).parameters.items()
+    return [n for n, p in params if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
 def make(method: str, **settings: Any) -> Calibrator:
-    """A calibrator by registry key, e.g. make("percentile", percentile=99.9)."""
-    return CALIBRATORS.get(method)(**settings)
+    """A calibrator by registry key, e.g. make("percentile", percentile=99.9).
+
+    An unknown setting (a typo) is refused: it would otherwise be stored in the quantized model's
+    meta and silently change nothing."""
+    cls = CALIBRATORS.get(method)
+    known = known_settings(cls)
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise ArgumentError(f"{', '.join(map(repr, unknown))} is not a setting of method {method!r} "
+                            f"(its settings: {', '.join(known) or 'none'})")
+    return cls(**settings)

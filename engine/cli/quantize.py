@@ -94,9 +94,9 @@ def auto_choice_text(choice: dict) -> str:
 def method_settings(method: str, text: str | None) -> dict:
     """--settings as the keyword arguments the calibrator `method` declares, each a finite number,
     bool or string; an unknown key (a typo) is refused instead of being stored in the model file."""
-    import inspect
     import math
     from engine.calib import CALIBRATORS
+    from engine.calib.base import known_settings
     cls = CALIBRATORS.get(method)            # EngineError listing the known methods
     if not text:
         return {}
@@ -106,8 +106,7 @@ def method_settings(method: str, text: str | None) -> dict:
         raise EngineError(f"--settings {text!r}: not JSON ({err}); e.g. '{{\"percentile\": 99.9}}'") from None
     if not isinstance(settings, dict):
         raise EngineError(f"--settings {text!r}: expected a JSON object of method settings")
-    known = [n for n, p in inspect.signature(cls.__init__).parameters.items()
-             if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    known = known_settings(cls)
     unknown = sorted(set(settings) - set(known))
     if unknown:
         raise EngineError(f"--settings: {', '.join(map(repr, unknown))} is not a setting of method {method!r} "

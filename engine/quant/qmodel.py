@@ -158,6 +158,8 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
     prof = get_profile(profile)
     try:
         calibrator = make(method, **settings)
+    except EngineError:
+        raise                               # already names the method and what was expected
     except (TypeError, ValueError) as err:
         raise EngineError(f"method {method!r}: {err}") from None
     missing = [nid for nid in quantizable_ids(model) if nid not in stats.hists]

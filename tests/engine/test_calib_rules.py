@@ -65,3 +65,13 @@ def test_aciq_clips_a_laplace_sample_at_9_89_b(tiny, tiny_stats):
         (tiny_stats.hists["3+"].counts * tiny_stats.hists["3+"].centers).sum() / tiny_stats.hists["3+"].counts.sum())))
     with pytest.raises(ValueError, match="aciq bits"):
         make("aciq", bits=9)
+
+
+def test_unknown_method_setting_is_refused_by_the_api_too(tiny, tiny_stats):
+    # a typo would otherwise be stored in the quantized model's meta and change nothing
+    from engine.errors import ArgumentError
+    with pytest.raises(ArgumentError, match="'bogus' is not a setting of method 'kl' \\(its settings: stride\\)"):
+        make("kl", bogus=1)
+    with pytest.raises(ArgumentError, match="'percentil' is not a setting of method 'percentile'"):
+        quantize_model(tiny, tiny_stats, "percentile", percentil=99.9)
+    assert make("percentile", percentile=99.9).describe() == "percentile(percentile=99.9)"
