@@ -58,4 +58,6 @@ def calibrator_thresholds(qmodel, node_id: int | str) -> dict[str, float]:
     h = qmodel.stats.hists.get(str(node_id))
     if h is None or h.amax == 0:
         return {}
-    return {name: make(name).threshold(h) for name in CALIBRATORS.names()}
+    # `auto` has no threshold of its own: it picks one of the others per tensor by running the model
+    return {name: make(name).threshold(h) for name in CALIBRATORS.names()
+            if not getattr(CALIBRATORS.get(name), "needs_images", False)}

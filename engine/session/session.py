@@ -204,7 +204,10 @@ class Session(LayerStepper):
                              self._inputs, local)
 
     def thresholds(self, index: int | str) -> dict[str, float]:
-        """The calibration threshold every registered method would pick for this tensor."""
+        """The calibration threshold every registered method would pick for tensor `index` (a layer
+        index, its node id "12", or "input"); {} when the quantized model keeps no statistics."""
+        if index != "input":
+            index = self._check_index(int(index) if isinstance(index, str) and index.isdigit() else index)
         return calibrator_thresholds(self.qmodel, index)
 
     # ------------------------------------------------------------------ calibration, comparison

@@ -450,10 +450,15 @@ def test_inspection_apis_against_independent_computations(tiny, tiny_q):
     assert abs(fit["propagated"].max_abs - np.abs(e).max()) < 1e-12
     assert fit["local"].sqnr_db > fit["propagated"].sqnr_db       # alone on FLOAT inputs: less error
     th = s.thresholds("12")
-    assert set(th) == set(CALIBRATORS.names())
+    assert set(th) == set(CALIBRATORS.names()) - {"auto"}
     for name, t in th.items():
         assert t == make(name).threshold(tiny_q.stats.hists["12"])
     assert th["minmax"] == tiny_q.stats.hists["12"].amax
+    assert s.thresholds(12) == th
+    from engine.errors import ArgumentError
+    for bad in (99, -1, 2.5, True, "99"):
+        with pytest.raises(ArgumentError, match="layer"):
+            s.thresholds(bad)
 
 
 def test_continue_from_equals_an_executor_run_with_that_layer_crossed(tiny, tiny_q):
