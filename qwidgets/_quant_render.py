@@ -19,14 +19,21 @@ if TYPE_CHECKING:
 SQNR_CAP = 80.0             # dB; identical tensors (inf) are drawn at the cap
 
 
+def _profile(qmodel) -> str:
+    return "-" if qmodel is None else qmodel.profile
+
+
 def ranked_html(table: CompareTable) -> str:
-    """HTML table: rank, method, INT / HYBRID agreement with FLOAT, mean SQNR, int8 size."""
-    head = ("<tr><th>rank</th><th>method</th><th>INT mAP50</th><th>HYBRID mAP50</th><th>INT found</th>"
+    """HTML table: rank, method, profile, INT mAP@[.5:.95] / mAP@0.5 / lost vs FLOAT, HYBRID, SQNR, int8 size."""
+    head = ("<tr><th>rank</th><th>method</th><th>profile</th><th>INT mAP@[.5:.95]</th><th>INT mAP@0.5</th>"
+            "<th>INT lost</th><th>HYBRID mAP@[.5:.95]</th><th>HYBRID mAP@0.5</th><th>INT found</th>"
             "<th>extra</th><th>mean INT SQNR</th><th>int8 MB</th></tr>")
     rows = []
     for k, r in enumerate(table.results, 1):
         a, h = r.agreement["int"], r.agreement["hybrid"]
-        rows.append(f"<tr><td>{k}</td><td>{html.escape(r.method)}</td><td>{a.map50:.3f}</td><td>{h.map50:.3f}</td>"
+        rows.append(f"<tr><td>{k}</td><td>{html.escape(r.method)}</td><td>{html.escape(_profile(r.qmodel))}</td>"
+                    f"<td>{a.map50_95:.3f}</td><td>{a.map50:.3f}</td><td>{a.missed}</td>"
+                    f"<td>{h.map50_95:.3f}</td><td>{h.map50:.3f}</td>"
                     f"<td>{a.matched}/{a.matched + a.missed}</td><td>{a.extra}</td><td>{r.mean_sqnr:.1f} dB</td>"
                     f"<td>{r.size['int8_bytes'] / 1e6:.2f}</td></tr>")
     return f"{TABLE_CSS}<table class='qw-table qw-ranking'>{head}{''.join(rows)}</table>"
@@ -65,4 +72,5 @@ def sqnr_chart_png(series: dict[str, Sequence[float]], width: int = 640, height:
         draw.text((right + 20, top + 14 * k), label, fill=(0, 0, 0))
     draw.text((left, 2), title + "; higher is better", fill=(0, 0, 0))
     draw.text((right + 8, bottom + 3), "layer index", fill=(0, 0, 0))       # the x axis's name
+    draw.text((2, 2), "dB", fill=(0, 0, 0))                                  # the y axis's name
     return to_png(im)

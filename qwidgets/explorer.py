@@ -263,6 +263,7 @@ class Explorer(widgets.VBox):
         stale (`Session.detections`), and everything after should show that."""
         self.update_detections()
         self.controls.sync()
+        self.quant_view.refresh_header()
         node = self._node_of(self.session.position)
         # the selection follows the session only while it was on the session's layer (or empty): a layer the
         # user picked stays picked through Step, so "Run to selected" still means that layer

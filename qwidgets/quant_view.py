@@ -59,6 +59,7 @@ class QuantizationView(widgets.VBox):
     adopted = traitlets.Unicode("", help="method of the quantized model last adopted into the session")
     dropped_edits = traitlets.Int(0, help="int8/scale edits the last adoption dropped (confirmed by a 2nd click)")
     sensitivity_ranks = traitlets.Dict(help="node id -> sensitivity rank (1 = hurts most), from the last sweep")
+    profile = traitlets.Unicode("", help="device profile of the session's quantized model ('' when none)")
     status = Message("", help="last message shown to the user (repeats notify too)")
     error_details = Message("", help="traceback of the last unexpected error (collapsed section)")
 
@@ -99,7 +100,8 @@ class QuantizationView(widgets.VBox):
         self._status = widgets.Label()
         self._status.add_class("qw-status")
         self._details = ErrorDetails()
-        super().__init__(children=[
+        self.header = widgets.HTML()
+        super().__init__(children=[self.header,
             widgets.HBox(list(self.method_boxes.values()), layout=widgets.Layout(flex_flow="row wrap")),
             widgets.HBox([self._per_channel, self._images, self._path]),
             widgets.HBox([self.compare_button, self.progress, self.cancel_button, self.adopt_button,
@@ -108,11 +110,20 @@ class QuantizationView(widgets.VBox):
             self._details], **kwargs)
         self.add_class("qw-quant-view")
         self.refresh_image_sets()
+        self.refresh_header()
         traitlets.dlink((self, "status"), (self._status, "value"))
         traitlets.dlink((self, "error_details"), (self._details, "text"))
         self.compare_button.on_click(self._on_compare_click)
         self.adopt_button.on_click(self._on_adopt_click)
         self.sensitivity_button.on_click(self._on_sensitivity_click)
+
+    def refresh_header(self) -> None:
+        """The header names the session's quantized model and its device profile (the integer rules)."""
+        q = self._session.qmodel
+        self.profile = "" if q is None else q.profile
+        self.header.value = ("<b>quantized model:</b> none (Compare, then Adopt)" if q is None else
+                             f"<b>quantized model:</b> {html.escape(q.method)}, <b>device profile:</b> "
+                             f"{html.escape(q.profile)}")
 
     def methods(self) -> list[str]:
         return [m for m, box in self.method_boxes.items() if box.value]
@@ -262,8 +273,9 @@ class QuantizationView(widgets.VBox):
         self.dropped_edits = dropped
         self.adopted = ""          # a second adoption of the same method still notifies
         self.adopted = best.method
+        self.refresh_header()
         self.status = (f"adopted {best.method} ({'per-channel' if best.per_channel else 'per-tensor'}); "
-                       f"mode {self._session.mode.upper()}{dropped_text(dropped)}")
+                       f"profile {best.qmodel.profile}; mode {self._session.mode.upper()}{dropped_text(dropped)}")
 
     def model_changed(self) -> None:
         """After the session opened another model: the comparison, its Adopt and the sensitivity ranks were
@@ -278,6 +290,7 @@ class QuantizationView(widgets.VBox):
             self.ranking, self.adopted, self.dropped_edits = [], "", 0
             self.sensitivity_ranks = {}
             self.sensitivity_table.value, self.sensitivity_chart.value = "", b""
+        self.refresh_header()
 
     # ------------------------------------------------------------------ sensitivity
     @shows_errors

@@ -138,3 +138,20 @@ def test_adopt_with_int8_edits_asks_first_then_drops_them_and_float_undo_stays_e
     expected = outputs(engine.Session(tiny, best.qmodel, "int"))
     for i, (a, b) in enumerate(zip(outputs(s), expected)):
         assert np.array_equal(a, b), f"layer {i}"
+
+
+def test_compare_table_shows_coco_map_map50_lost_and_the_profile(tiny):
+    s = engine.Session(tiny)
+    qv = QuantizationView(s, images=[sample("dog")], methods=("minmax",))
+    assert "none" in qv.header.value and qv.profile == ""
+    qv.compare_button.click()
+    r = qv.table.results[0]
+    a, h = r.agreement["int"], r.agreement["hybrid"]
+    cells = qv._table.value.split("<tr>")[2]
+    for text in ("mAP@[.5:.95]", "mAP@0.5", "INT lost", "profile"):
+        assert text in qv._table.value
+    assert (f"<td>{r.qmodel.profile}</td><td>{a.map50_95:.3f}</td><td>{a.map50:.3f}</td><td>{a.missed}</td>"
+            f"<td>{h.map50_95:.3f}</td><td>{h.map50:.3f}</td>") in cells
+    qv.adopt_button.click()
+    assert qv.profile == s.qmodel.profile == r.qmodel.profile
+    assert f"device profile:</b> {s.qmodel.profile}" in qv.header.value and "profile " in qv.status
