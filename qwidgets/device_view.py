@@ -1,0 +1,108 @@
+"""DeviceView: our INT simulation vs FLOAT and vs the profile's runtime, layer by layer.
+
+"Compare with device" runs `engine.quant.device.sim_vs_device` on the session's model, quantized model,
+input and FLOAT layers in a `LongTask` (one unit: the engine runs every layer; Cancel drops the result).
+The table shows the engine's columns: FLOAT vs our INT (the layer alone: `local_*`; the whole run up to
+it: `propagated_*`, cosine similarity and max |difference|) and our INT vs the runtime (mismatched
+elements, largest difference in output steps, the runtime's cosine vs FLOAT), or the engine's note when
+the device columns were not measured (a profile without a runtime, onnxruntime missing, layers kept
+FLOAT). Two graph overlays come from the same rows: `device_mismatched` and `propagated_cos`.
+"""
+from __future__ import annotations
+
+import html
+
+import ipywidgets as widgets
+import traitlets
+
+from engine.quant.device import DeviceTable, sim_vs_device
+from qwidgets._errors import Message, shows_errors
+from qwidgets._long_task import LongTask
+from qwidgets.layer_panel import TABLE_CSS
+
+OVERLAYS = ("device_mismatched", "propagated_cos")      # graph colourings (graph_view.OVERLAY_META)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+
+
+def device_html(table: DeviceTable) -> str:
+    """Every layer's row of the engine's table; the header says whether the runtime was measured."""
+    cols = ("layer", "kind", "precision", "local_cos", "local_max", "propagated_cos", "propagated_max",
+            "device_mismatched", "device_steps", "device_cos")
+    rows = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in table.rows)
+    device = (f"runtime <b>{html.escape(table.runtime)}</b>" if table.runtime else
+              f"<b>device columns not measured:</b> {html.escape(table.note, quote=False)}")
+    return (f"{TABLE_CSS}<div>profile <b>{html.escape(table.profile)}</b>; {device}</div>"
+            "<div style='max-height:320px;overflow-y:auto'><table class='qw-table qw-device'><tr><th>layer</th>"
+            "<th>kind</th><th>precision</th><th>FLOAT vs INT, layer alone: cosine</th><th>max |diff|</th>"
+            "<th>FLOAT vs INT, propagated: cosine</th><th>max |diff|</th><th>INT vs runtime: mismatched "
+            "elements</th><th>max diff (output steps)</th><th>runtime vs FLOAT: cosine</th></tr>"
+            f"{rows}</table></div>")
+
+
+class DeviceView(widgets.VBox):
+    """Compare with device (LongTask), the per-layer table, overlay values for the graph."""
+
+    overlays = traitlets.Dict(help="overlay name -> {node id: value} from the last table (graph colours)")
+    status = Message("", help="last message shown to the user")
+    error_details = Message("", help="traceback of the last unexpected error")
+
+    def __init__(self, session, background: bool = True, **kwargs) -> None:
+        self._session = session
+        self.result: DeviceTable | None = None
+        self.run_button = widgets.Button(description="Compare with device", icon="microchip",
+                                         button_style="primary", layout=widgets.Layout(width="200px"))
+        self.task = LongTask(background=background)
+        self.table = widgets.HTML("<small>Runs the session's input through FLOAT, our INT simulation and the "
+                                  "quantized model's device runtime (ONNX Runtime, every layer exposed).</small>")
+        super().__init__(children=[widgets.HBox([self.run_button, self.task]), self.table], **kwargs)
+        self.add_class("qw-device-view")
+        self.run_button.on_click(self._on_run_click)
+
+    @shows_errors
+    def _on_run_click(self, _button) -> None:
+        s = self._session
+        if s.qmodel is None:
+            raise ValueError("no quantized model: Compare and Adopt one in the Quantization tab first")
+        args = (s.model, s.qmodel, s.x)
+        float_layers = sorted(s.executor.float_layers)
+        self.run_button.disabled = True
+
+        def work(tick):
+            tick(0, 1)
+            table = sim_vs_device(*args, float_layers=float_layers)
+            tick(1, 1)
+            return table
+        self.task.start(work, self._done, what="simulation vs device")
+
+    def wait(self, timeout: float | None = None) -> None:
+        self.task.wait(timeout)
+
+    def _done(self, table) -> None:
+        self.run_button.disabled = False
+        if self.task.error is not None:
+            self.status = f"error: {self.task.error}"
+            return
+        if table is None:
+            self.status = "device comparison cancelled"
+            return
+        self.show(table)
+        if table.runtime:
+            bad = [r["layer"] for r in table.rows if r.get("device_mismatched")]
+            self.status = (f"device ({table.runtime}, profile {table.profile}): "
+                           + (f"layers {bad} differ from our INT" if bad else "bit-exact with our INT"))
+        else:
+            self.status = f"profile {table.profile}: device not measured ({table.note})"
+
+    def show(self, table: DeviceTable) -> None:
+        self.result = table
+        self.table.value = device_html(table)
+        self.overlays = {name: {str(r["layer"]): r[name] for r in table.rows if r.get(name) is not None}
+                         for name in OVERLAYS}
+
+    def model_changed(self) -> None:
+        self.result, self.table.value, self.overlays = None, "", {}

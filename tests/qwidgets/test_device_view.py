@@ -1,0 +1,42 @@
+"""DeviceView on real yolov3-tiny: the table and overlays are sim_vs_device's numbers; a profile without a
+runtime says so."""
+from __future__ import annotations
+
+import pytest
+
+import engine
+from engine.imaging.samples import sample
+from engine.quant.device import sim_vs_device
+from engine.quant.qmodel import quantize_model
+from qwidgets.device_view import DeviceView
+
+
+def test_onnxruntime_profile_table_and_overlays_are_the_engine_rows(tiny, tiny_stats):
+    pytest.importorskip("onnxruntime")
+    qm = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="onnxruntime")
+    s = engine.Session(tiny, qm, mode="int", image=sample("dog"))
+    view = DeviceView(s, background=False)
+    view.run_button.click()
+    ref = sim_vs_device(tiny, qm, s.x)
+    assert view.result.rows == ref.rows and view.result.runtime == ref.runtime
+    assert "bit-exact with our INT" in view.status and "onnxruntime" in view.status
+    rows = view.table.value.split("<tr>")[2:]
+    assert len(rows) == len(tiny.layers)
+    r = ref.rows[12]
+    assert rows[12].startswith(f"<td>12</td><td>{r['kind']}</td><td>{r['precision']}</td><td>{r['local_cos']:.4f}</td>"
+                               f"<td>{r['local_max']:.4f}</td><td>{r['propagated_cos']:.4f}</td>"
+                               f"<td>{r['propagated_max']:.4f}</td><td>{r['device_mismatched']}</td>")
+    assert view.overlays["propagated_cos"] == {str(r["layer"]): r["propagated_cos"] for r in ref.rows}
+    assert view.overlays["device_mismatched"]["12"] == 0 == r["device_mismatched"]
+
+
+def test_profile_without_runtime_gets_a_note(tiny, tiny_q):
+    s = engine.Session(tiny, tiny_q, mode="int", image=sample("dog"))
+    view = DeviceView(s, background=False)
+    view.run_button.click()
+    assert "device columns not measured:</b> profile 'qwidgets' has no runtime" in view.table.value
+    assert view.status == "profile qwidgets: device not measured (profile 'qwidgets' has no runtime to run)"
+    assert "device_mismatched" not in view.overlays or view.overlays["device_mismatched"] == {}
+    view2 = DeviceView(engine.Session(tiny), background=False)
+    view2.run_button.click()
+    assert view2.status.startswith("error: no quantized model")
