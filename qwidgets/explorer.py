@@ -36,7 +36,9 @@ from qwidgets._session_panel import SessionPanelData
 from qwidgets._sync import SessionFollower
 from qwidgets.controls import ExplorerControls, stale_note
 from qwidgets.detections_view import DetectionsView
+from qwidgets.device_view import OVERLAYS as DEVICE_OVERLAYS, DeviceView
 from qwidgets.explain_view import ExplainView
+from qwidgets.mixed_view import MixedPrecisionView
 from qwidgets.images_view import WorstImagesView
 from qwidgets.graph_view import GraphView
 from qwidgets.layer_panel import LayerPanel
@@ -45,7 +47,7 @@ from qwidgets.weight_editor import WeightEditor
 
 # overlay -> (ErrorStats field, factor to the unit the legend names)
 FITNESS_OVERLAYS = {"sqnr": ("sqnr_db", 1.0), "saturation": ("saturation", 100.0), "range_use": ("range_use", 100.0)}
-TABS = ("Layer", "Weights", "Detections", "Explain", "Images", "Quantization")
+TABS = ("Layer", "Weights", "Detections", "Explain", "Images", "Quantization", "Mixed precision", "Device")
 
 
 class Explorer(widgets.VBox):
@@ -79,10 +81,12 @@ class Explorer(widgets.VBox):
                                            background=background)
         self.explain_view = ExplainView(session, background=background)
         self.images_view = WorstImagesView(session, images=calibration_images, background=background)
+        self.mixed_view = MixedPrecisionView(session, images=calibration_images, background=background)
+        self.device_view = DeviceView(session, background=background)
         self._follow = widgets.Checkbox(description="run to clicked layer", indent=False)
-        self.graph.overlay_options = [*self.graph.overlay_options, "recovery"]
+        self.graph.overlay_options = [*self.graph.overlay_options, "recovery", *DEVICE_OVERLAYS]
         self.tabs = widgets.Tab(children=[self.panel, self.weight_editor, self.detections, self.explain_view,
-                                          self.images_view, self.quant_view],
+                                          self.images_view, self.quant_view, self.mixed_view, self.device_view],
                                 titles=TABS, layout=widgets.Layout(flex="1 1 auto", min_width="480px"))
         left = widgets.VBox([self._follow, self.graph], layout=widgets.Layout(flex=f"0 0 {graph_width + 10}px",
                                                                                width=f"{graph_width + 10}px"))
@@ -94,7 +98,8 @@ class Explorer(widgets.VBox):
         traitlets.link((self, "follow"), (self._follow, "value"))
         traitlets.link((self, "status"), (self.controls, "status"))
         traitlets.dlink((self, "error_details"), (self.controls, "error_details"))
-        for view in (self.weight_editor, self.quant_view, self.explain_view, self.images_view):
+        for view in (self.weight_editor, self.quant_view, self.explain_view, self.images_view, self.mixed_view,
+                     self.device_view):
             traitlets.dlink((view, "status"), (self.controls, "status"))
             traitlets.dlink((view, "error_details"), (self.controls, "error_details"))
         traitlets.dlink((self.graph, "selected_node"), (self.controls, "selected_node"))
@@ -110,6 +115,7 @@ class Explorer(widgets.VBox):
         self.quant_view.observe(self._on_ranking_change, names="ranking")
         self.quant_view.observe(self._on_overlay_change, names="sensitivity_ranks")
         self.explain_view.observe(self._on_recoveries_change, names="recoveries")
+        self.device_view.observe(self._on_overlay_change, names="overlays")
         self._follower = SessionFollower(session, self.on_session_events)
         # Rerun (and Continue, which re-executes stale outputs first) change kept outputs without a
         # session event: the same update, batched with the handler's own events
@@ -186,6 +192,8 @@ class Explorer(widgets.VBox):
         self.weight_editor.model_changed()
         self.quant_view.model_changed()
         self.explain_view.model_changed()
+        self.mixed_view.model_changed()
+        self.device_view.model_changed()
         self.graph.set_graph(s.model.graph)          # clears the selection: the panel empties until then
 
     def _from_code_text(self, events: frozenset) -> str:
@@ -296,6 +304,9 @@ class Explorer(widgets.VBox):
             return
         if overlay == "recovery":
             self.graph.overlay_values = dict(self.explain_view.recoveries)
+            return
+        if overlay in DEVICE_OVERLAYS:
+            self.graph.overlay_values = dict(self.device_view.overlays.get(overlay, {}))
             return
         if overlay not in FITNESS_OVERLAYS:
             return

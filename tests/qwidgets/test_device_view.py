@@ -40,3 +40,24 @@ def test_profile_without_runtime_gets_a_note(tiny, tiny_q):
     view2 = DeviceView(engine.Session(tiny), background=False)
     view2.run_button.click()
     assert view2.status.startswith("error: no quantized model")
+
+
+def test_explorer_has_the_tabs_and_colours_the_graph_by_device_rows(tiny, tiny_stats):
+    pytest.importorskip("onnxruntime")
+    from qwidgets import Explorer
+    from qwidgets.explorer import TABS
+    qm = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="onnxruntime")
+    s = engine.Session(tiny, qm, mode="int", image=sample("dog"))
+    ex = Explorer(s, background=False)
+    assert ex.tabs.children[TABS.index("Mixed precision")] is ex.mixed_view
+    assert ex.tabs.children[TABS.index("Device")] is ex.device_view
+    assert "device profile:</b> onnxruntime" in ex.quant_view.header.value
+    assert {"device_mismatched", "propagated_cos"} <= set(ex.graph.overlay_options)
+    ex.device_view.run_button.click()
+    assert "bit-exact" in ex.status
+    ref = sim_vs_device(tiny, qm, s.x)
+    ex.graph.overlay = "propagated_cos"
+    assert ex.graph.overlay_values == {str(r["layer"]): r["propagated_cos"] for r in ref.rows}
+    ex.graph.overlay = "device_mismatched"
+    assert ex.graph.overlay_values == {str(r["layer"]): r["device_mismatched"] for r in ref.rows
+                                       if r.get("device_mismatched") is not None}
