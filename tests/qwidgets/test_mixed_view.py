@@ -56,3 +56,20 @@ def _cancelling(start, task):
             return work(tick)
         return start(cancelled_work, on_done, what)
     return wrapped
+
+
+def test_explorer_mixed_tab_keeps_the_result_float_and_the_session_follows(tiny, tiny_stats):
+    from qwidgets import Explorer
+    from qwidgets.explorer import TABS
+    bad = quantize_model(tiny, tiny_stats, "kl", rules=())
+    s = engine.Session(tiny, bad, mode="int", image=sample("dog"))
+    ex = Explorer(s, calibration_images=[sample("dog")], background=False)
+    view = ex.tabs.children[TABS.index("Mixed precision")]
+    view.target.value, view.max_layers.value = 0.9, 1
+    view.search_button.click()
+    assert ex.status.startswith("mixed precision: ") and view.result.curve[0].added is None
+    view.keep_button.click()
+    assert s.float_layers == set(view.result.float_layers) and "FLOAT layers now" in ex.status
+    s.run()
+    kept = view.result.float_layers
+    assert kept and [r.precision for r in s.records if r.index in kept] == ["float"] * len(kept)
