@@ -17,8 +17,9 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("quantize", help="calibrate and write a quantized model (int8 weights, scales)")
     add_calib_args(s)
     s.add_argument("--method", default=DEFAULT_METHOD,
-                   help=f"calibration method: {', '.join(METHOD_NAMES)} (default: {DEFAULT_METHOD}, the best INT "
-                        "mAP@[.5:.95] on our validation variants, see docs/quantization.md; auto picks per tensor "
+                   help=f"calibration method: {', '.join(METHOD_NAMES)} (default: {DEFAULT_METHOD}: the best HYBRID "
+                        "and within .006 of the best INT mAP@[.5:.95] (aciq) on our validation variants; "
+                        "see docs/quantization.md; auto picks per tensor "
                         "by the error at the detection heads and prints its choice)")
     s.add_argument("--settings", metavar="JSON", help='method settings, e.g. \'{"percentile": 99.9}\'')
     s.add_argument("--no-rules", action="store_true",
