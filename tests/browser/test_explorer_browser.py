@@ -114,7 +114,10 @@ def test_explorer_graph_panel_step_and_cross(chromium, page, lab, artifacts):
     view.locator(".lm-TabBar-tab", has_text="Detections").click()
     page.wait_for_function("""() => Array.from(document.querySelectorAll('.qw-explorer .qw-detections img'))
         .filter(i => i.complete && i.naturalWidth > 0 && i.offsetParent !== null).length === 2""", timeout=30_000)
-    assert "dog" in view.locator(".qw-detections").inner_text()
+    # the tab fills FLOAT first and the run's side after it (two redraws): wait for the run's labels
+    page.wait_for_function("() => document.querySelector('.qw-explorer .qw-detections').innerText"
+                           ".includes('dog') && !document.querySelector('.qw-explorer .qw-detections').innerText"
+                           ".includes('run to the end')", timeout=30_000)
     page.locator(".qw-explorer").screenshot(path=str(artifacts / "04_detections.png"))
 
     rerun_cell(page, 3)                                  # ex.session.run_to(3) from code, no click
