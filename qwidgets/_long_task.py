@@ -111,3 +111,12 @@ class LongTask(widgets.HBox):
         `on_done`: there the result arrives after the cell)."""
         if self.thread is not None:
             self.thread.join(timeout)
+
+    def failure(self, result: Any, what: str) -> str | None:
+        """The status line for a run that did not produce `result` (its error, or "<what> cancelled"),
+        or None when it did: every view's `on_done` starts with this."""
+        if self.error is not None:
+            return f"error: {self.error}"
+        if result is None:
+            return f"{what} cancelled"
+        return None

@@ -84,11 +84,9 @@ class DeviceView(widgets.VBox):
 
     def _done(self, table) -> None:
         self.run_button.disabled = False
-        if self.task.error is not None:
-            self.status = f"error: {self.task.error}"
-            return
-        if table is None:
-            self.status = "device comparison cancelled"
+        failure = self.task.failure(table, "device comparison")
+        if failure is not None:
+            self.status = failure
             return
         self.show(table)
         if table.runtime:

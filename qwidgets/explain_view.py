@@ -91,11 +91,9 @@ class ExplainView(widgets.VBox):
 
     def _done(self, result) -> None:
         self.explain_button.disabled = False
-        if self.task.error is not None:
-            self.status = f"error: {self.task.error}"
-            return
-        if result is None:
-            self.status = "explain cancelled"
+        failure = self.task.failure(result, "explain")
+        if failure is not None:
+            self.status = failure
             return
         self.explanations, self.extra = result
         run = self._session.mode.upper()

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Sequence
 
 import ipywidgets as widgets
-import traitlets
 
 from engine.imaging.samples import sample_images
 from engine.quant.worst_images import ImageAgreement, rank_images
@@ -89,11 +88,9 @@ class WorstImagesView(widgets.VBox):
 
     def _done(self, rows) -> None:
         self.rank_button.disabled = False
-        if self.task.error is not None:
-            self.status = f"error: {self.task.error}"
-            return
-        if rows is None:
-            self.status = "ranking cancelled"
+        failure = self.task.failure(rows, "ranking")
+        if failure is not None:
+            self.status = failure
             return
         self.rows = rows
         self.table.value = ranking_html(rows)

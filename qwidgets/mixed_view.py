@@ -104,11 +104,9 @@ class MixedPrecisionView(widgets.VBox):
 
     def _done(self, result) -> None:
         self.search_button.disabled = False
-        if self.task.error is not None:
-            self.status = f"error: {self.task.error}"
-            return
-        if result is None:
-            self.status = "mixed-precision search cancelled"
+        failure = self.task.failure(result, "mixed-precision search")
+        if failure is not None:
+            self.status = failure
             return
         self.show(result)
         self.status = (f"mixed precision: {len(result.float_layers)} layers FLOAT -> mAP@[.5:.95] "
