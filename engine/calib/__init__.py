@@ -3,6 +3,4 @@ from engine.calib import aciq, auto, kl, log2, minmax, mse, percentile, yolo2_li
 from engine.calib.base import CALIBRATORS, Calibrator, make
 from engine.calib.histogram import AbsHistogram
 
-METHODS = ("log2", "kl", "minmax", "percentile", "mse", "yolo2_light")
-
-__all__ = ["CALIBRATORS", "Calibrator", "make", "AbsHistogram", "METHODS"]
+__all__ = ["CALIBRATORS", "Calibrator", "make", "AbsHistogram"]
