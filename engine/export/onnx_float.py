@@ -16,6 +16,7 @@ of every head are stored as JSON in the model's metadata (`darknet_heads`) for d
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,7 @@ def export_onnx(model, path: str | Path, *, heads: str = "raw", opset: int = 17,
     `heads`: "raw" (outputs = the conv outputs feeding [yolo]/[region]) or "activated" (outputs =
     the head layers with Darknet's sigmoids/softmax). `all_outputs=True` also exposes every layer's
     `layer{i}` tensor (debugging). `check` runs `onnx.checker` on the result. Models over ~1.8 GB
-    store their weights in `<path>.data` beside the file.
+    store their weights in a side file `<name>.<8 hex>.data` beside it (`write_with_external_data`).
 
     Raises: EngineError (onnx missing), UnsupportedError (a layer has no ONNX form), ValueError.
     """
@@ -144,12 +145,72 @@ def export_onnx(model, path: str | Path, *, heads: str = "raw", opset: int = 17,
     big = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_BYTES
     if check and not big:
         onnx.checker.check_model(proto)
-    from engine.atomic import atomic_write, check_target
-    if big:   # a proto over 2 GB cannot be serialised in one piece: onnx writes the .data file itself
-        check_target(p)
-        onnx.save_model(proto, str(p), save_as_external_data=True, location=f"{p.name}.data")
+    from engine.atomic import atomic_write
+    if big:   # a proto over 2 GB cannot be serialised in one piece: weights go to a side file
+        write_with_external_data(proto, p)
+        if check:
+            onnx.checker.check_model(str(p))
     else:
         atomic_write(p, proto.SerializeToString())
-    if check and big:
-        onnx.checker.check_model(str(p))
+    return p
+
+
+def _external_location(path: Path) -> str | None:
+    """The side-file name an existing ONNX file at `path` refers to, or None (absent, unreadable)."""
+    onnx = import_onnx()
+    try:
+        old = onnx.load(str(path), load_external_data=False)
+    except Exception:   # an unreadable old file has no side file worth keeping track of
+        return None
+    for t in old.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                return entry.value
+    return None
+
+
+def write_with_external_data(proto, path: str | Path, *, min_bytes: int = 1024) -> Path:
+    """Write `proto` as `path` plus a side file holding every initializer of `min_bytes` or more,
+    crash-safe as a pair.
+
+    The side file gets a fresh name (`<name>.<8 hex>.data`) and is written (atomically) before the
+    ONNX file that names it replaces the old one, so a reader, or a process surviving a crash of
+    the writer, always finds an ONNX file whose side file is complete: the old pair or the new one,
+    never the new weights under the old graph. The old side file is removed once the new ONNX file
+    is in place; if the ONNX write fails, the new side file is removed. `proto` is modified (its
+    large tensors become external references).
+    """
+    import secrets
+    from engine.atomic import atomic_write, check_target
+    onnx = import_onnx()
+    from onnx.external_data_helper import set_external_data
+    p = check_target(Path(path))
+    old_location = _external_location(p) if p.exists() else None
+    location = f"{p.name}.{secrets.token_hex(4)}.data"
+    data_path = p.with_name(location)
+    tensors = [t for t in proto.graph.initializer if t.HasField("raw_data") and len(t.raw_data) >= min_bytes]
+
+    def write_data(f) -> None:
+        offset = 0
+        for t in tensors:
+            pad = -offset % 4096      # page-aligned, as onnx's own writer does, for mmap readers
+            f.write(b"\0" * pad)
+            offset += pad
+            f.write(t.raw_data)
+            set_external_data(t, location=location, offset=offset, length=len(t.raw_data))
+            offset += len(t.raw_data)
+            t.ClearField("raw_data")
+            t.data_location = onnx.TensorProto.EXTERNAL
+
+    atomic_write(data_path, write_data)
+    try:
+        atomic_write(p, proto.SerializeToString())
+    except BaseException:
+        data_path.unlink(missing_ok=True)
+        raise
+    # only a side file this writer names (or the former fixed `<name>.data`), never any path the old
+    # file pointed at: a hostile ONNX file must not make an export delete an unrelated file
+    if old_location and old_location != location and re.fullmatch(
+            re.escape(p.name) + r"(\.[0-9a-f]{8})?\.data", old_location):
+        p.with_name(old_location).unlink(missing_ok=True)
     return p

@@ -409,3 +409,53 @@ def test_export_cli_writes_onnx_and_weights(tmp_path):
     for p, q in zip(model.params, again.params):
         for k in p:
             np.testing.assert_array_equal(p[k], q[k])
+
+
+def test_external_data_export_is_a_crash_safe_pair(tiny, tiny_dog, tmp_path, monkeypatch):
+    """Models over ~1.8 GB keep their weights in a side file (forced here with a 1 kB limit): the
+    pair loads in ORT with the engine's outputs, a re-export replaces both and removes the old side
+    file, and a crash while writing the ONNX file leaves the old pair whole and nothing behind."""
+    import engine.atomic
+    import engine.export.onnx_float as of
+    monkeypatch.setattr(of, "EXTERNAL_DATA_BYTES", 1000)
+    x, outs = tiny_dog
+    path = tmp_path / "tiny.onnx"
+    export_onnx(tiny, path)
+    first = sorted(p.name for p in tmp_path.iterdir())
+    assert len(first) == 2 and re.fullmatch(r"tiny\.onnx\.[0-9a-f]{8}\.data", first[1]), first
+    assert path.stat().st_size < 1_000_000 < (tmp_path / first[1]).stat().st_size
+    assert compare(outs, run_ort(path, x))["layer22"] <= TOL
+
+    export_onnx(tiny, path)              # a re-export: a new side file, the old one gone
+    second = sorted(p.name for p in tmp_path.iterdir())
+    assert len(second) == 2 and second[1] != first[1]
+    real_write = engine.atomic.atomic_write
+
+    def crash_on_onnx(target, data, **kw):
+        if str(target).endswith(".onnx"):
+            raise KeyboardInterrupt("killed while writing the ONNX file")
+        return real_write(target, data, **kw)
+
+    monkeypatch.setattr(engine.atomic, "atomic_write", crash_on_onnx)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(tiny, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == second     # no new side file, no temp file
+    assert compare(outs, run_ort(path, x))["layer22"] <= TOL        # the old pair still runs
+
+
+def test_external_data_export_never_deletes_a_foreign_file_the_old_onnx_names(tiny, tmp_path, monkeypatch):
+    """A hostile old ONNX file naming another file as its side file must not make an export delete it."""
+    import onnx
+    import engine.export.onnx_float as of
+    monkeypatch.setattr(of, "EXTERNAL_DATA_BYTES", 1000)
+    victim = tmp_path / "precious.bin"
+    victim.write_bytes(b"keep me")
+    proto = build_onnx(tiny)
+    t = proto.graph.initializer[0]
+    from onnx.external_data_helper import set_external_data
+    set_external_data(t, location="precious.bin", offset=0, length=4)
+    t.ClearField("raw_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    (tmp_path / "tiny.onnx").write_bytes(proto.SerializeToString())
+    export_onnx(tiny, tmp_path / "tiny.onnx")
+    assert victim.read_bytes() == b"keep me"
