@@ -1,4 +1,4 @@
-"""`python -m engine export MODEL [--weights W] --format onnx|weights|onnx-int8 [--quantized Q] -o OUT`.
+"""`python -m engine export MODEL [--weights W] --format onnx|weights|onnx-int8 [--quantized Q] [--size N] -o OUT`.
 
 engine/cli/main.py wires it in with `add_export_parser(sub)`; `cmd_export(args)` returns the exit code
 and lets EngineError/ValueError propagate to the CLI's common handler (exit code 2).
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from engine.cli.options import SIZE_HELP
 
 FORMATS = ("onnx", "weights", "onnx-int8")
 
@@ -29,6 +31,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     s.add_argument("--opset", type=int, default=17, help="onnx: opset version (default 17; >= 18 uses Mish)")
     s.add_argument("--all-outputs", action="store_true", help="onnx: expose every layer's output (debugging)")
     s.add_argument("--dynamic-batch", action="store_true", help="onnx: symbolic batch dimension N instead of 1")
+    s.add_argument("--size", help=SIZE_HELP + "; the exported input shape (the weights do not depend on it)")
     s.set_defaults(func=cmd_export)
     return s
 

@@ -459,3 +459,22 @@ def test_external_data_export_never_deletes_a_foreign_file_the_old_onnx_names(ti
     (tmp_path / "tiny.onnx").write_bytes(proto.SerializeToString())
     export_onnx(tiny, tmp_path / "tiny.onnx")
     assert victim.read_bytes() == b"keep me"
+
+
+def test_export_cli_size_sets_the_input_shape(tmp_path):
+    """`export --size 320x256` exports the network at that input size, equal to the engine's forward there."""
+    import argparse
+    import onnx
+    from engine.cli.export import add_export_parser
+    parser = argparse.ArgumentParser()
+    add_export_parser(parser.add_subparsers(dest="command", required=True))
+    cfg = ROOT.parent / "shared" / "models" / "yolov3-tiny.cfg"
+    weights = cfg.with_suffix(".weights")
+    out = tmp_path / "t320.onnx"
+    args = parser.parse_args(["export", str(cfg), "--weights", str(weights), "--size", "320x256", "-o", str(out)])
+    assert args.func(args) == 0
+    dims = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 256, 320]
+    model = engine.load(cfg, weights=weights, size="320x256")
+    x = model.preprocess(np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8)).x
+    assert compare(model.forward(x), run_ort(out, x))["layer22"] <= TOL
