@@ -1,0 +1,160 @@
+"""The ONNX Runtime batch backend (engine/export/ort_backend.py) against the NumPy engine on the real
+yolov3-tiny and the shared photos: FLOAT head outputs within 1e-4 relative, INT (profile onnxruntime)
+identical and so identical detections, the same compare table, Monte Carlo and worst-image rankings, and
+clear errors for what ORT cannot run."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from helpers import IMAGES  # noqa: E402
+
+from engine.darknet.detect import detect_outputs  # noqa: E402
+from engine.errors import ArgumentError, EngineError  # noqa: E402
+from engine.export import ort_backend  # noqa: E402
+from engine.export.ort_backend import forward_on, resolve  # noqa: E402
+from engine.kernels.threads import blas_limit  # noqa: E402
+from engine.quant.executor import Executor  # noqa: E402
+from engine.quant.qmodel import quantize_model  # noqa: E402
+
+PHOTOS = sorted(IMAGES.glob("*.jpg"))
+HEADS = (15, 16, 22, 23)          # the raw head convs and the [yolo] layers of yolov3-tiny
+
+
+@pytest.fixture(scope="module")
+def tiny_ort(tiny, tiny_stats):
+    return quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny):
+    pres = [tiny.preprocess(p) for p in PHOTOS]
+    flipped = tiny.preprocess(PHOTOS[1])
+    flipped.x = np.ascontiguousarray(flipped.x[:, :, ::-1])       # a variant: mirrored letterbox
+    return pres + [flipped]
+
+
+def test_float_heads_within_1e4_relative_of_numpy(tiny, inputs):
+    run = forward_on("onnxruntime", tiny, None, "float")
+    worst = 0.0
+    for pre in inputs:
+        ours, theirs = tiny.forward(pre.x), run(pre.x)
+        for h in HEADS:
+            assert theirs[h].shape == ours[h].shape and theirs[h].dtype == np.float32
+            rel = float(np.abs(theirs[h] - ours[h]).max() / np.abs(ours[h]).max())
+            worst = max(worst, rel)
+            assert rel < 1e-4, (h, rel)
+    assert worst > 0          # a different runtime: not the same bits (the test compares two computations)
+    dets = [(len(detect_outputs(tiny, tiny.forward(p.x), p)), len(detect_outputs(tiny, run(p.x), p))) for p in inputs]
+    assert all(a == b and a > 0 for a, b in dets), dets
+
+
+def test_int_identical_to_numpy_whatever_the_thread_count(tiny, tiny_ort, inputs):
+    ex = Executor(tiny, tiny_ort, "int")
+    total = 0
+    for threads in (1, 2):
+        with blas_limit(threads):
+            run = forward_on("onnxruntime", tiny, tiny_ort, "int")
+            for pre in inputs:
+                ours, theirs = ex.forward(pre.x), run(pre.x)
+                for h in HEADS:
+                    assert np.array_equal(ours[h], theirs[h]), (threads, h)
+                d_ours, d_ort = detect_outputs(tiny, ours, pre), detect_outputs(tiny, theirs, pre)
+                assert d_ours == d_ort
+                total += len(d_ours)
+    assert total > 20
+
+
+def test_sessions_cached_in_memory_and_rebuilt_after_an_edit(tiny_copy, tiny_ort, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ort_backend.clear_sessions()
+    a = ort_backend.session(tiny_copy, None, "float")
+    assert ort_backend.session(tiny_copy, None, "float") is a
+    tiny_copy.params[0]["weights"] = tiny_copy.params[0]["weights"] * 0.5
+    assert ort_backend.session(tiny_copy, None, "float") is not a
+    assert list(tmp_path.iterdir()) == []          # nothing written
+
+
+def test_errors_name_why_and_what_to_use(tiny, tiny_q, tiny_ort):
+    with pytest.raises(EngineError, match="profile 'qwidgets'.*profile='onnxruntime'.*backend='numpy'"):
+        forward_on("onnxruntime", tiny, tiny_q, "int")
+    with pytest.raises(EngineError, match="HYBRID.*no ONNX Runtime form"):
+        forward_on("onnxruntime", tiny, tiny_ort, "hybrid")
+    with pytest.raises(EngineError, match=r"layers \[4, 5\] run FLOAT between int8 layers"):
+        forward_on("onnxruntime", tiny, tiny_ort, "int", float_layers=[4, 5])
+    with pytest.raises(ArgumentError, match="backend='ort'.*numpy, onnxruntime, auto"):
+        forward_on("ort", tiny, tiny_ort, "int")
+    assert resolve("auto", tiny, tiny_q, "int") == "numpy"          # auto falls back, explicitly asked for
+    assert resolve("auto", tiny, tiny_ort, "int") == "onnxruntime"
+    assert resolve("auto", tiny, tiny_ort, "int", [4, 5]) == "numpy"
+
+
+def test_compare_same_table_on_both_backends(tiny, tiny_stats):
+    from engine.scale.compare import compare
+    images = PHOTOS[:2]
+    tables = {b: compare(tiny, tiny_stats, images, ["minmax", "kl"], per_channel=True, progress=False, backend=b,
+                         profile="onnxruntime") for b in ("numpy", "onnxruntime")}
+    a, b = tables["numpy"], tables["onnxruntime"]
+    assert [r.method for r in a.results] == [r.method for r in b.results] == ["minmax", "kl"]
+    for ra, rb in zip(a.results, b.results):
+        for mode in ("int", "hybrid"):
+            x, y = ra.agreement[mode], rb.agreement[mode]
+            assert (x.matched, x.missed, x.extra) == (y.matched, y.missed, y.extra)
+            assert abs(x.map50_95 - y.map50_95) < 1e-3 and abs(x.map50 - y.map50) < 1e-3
+        for la, lb in zip(ra.layers, rb.layers):
+            for k in ("int_sqnr", "hybrid_sqnr", "int_local_sqnr"):
+                assert la[k] == pytest.approx(lb[k], abs=1e-3, nan_ok=True), (la["layer"], k)
+            assert la["range_use"] == pytest.approx(lb["range_use"], nan_ok=True)   # codes recovered exactly
+            assert np.isnan(lb["saturation"])                                       # not measured on ORT
+    assert b.results[0].agreement["int"].matched > 10
+
+
+def test_compare_refuses_int_on_ort_for_the_qwidgets_profile(tiny, tiny_stats):
+    from engine.scale.compare import compare
+    with pytest.raises(EngineError, match="profile 'qwidgets'"):
+        compare(tiny, tiny_stats, PHOTOS[:1], ["minmax"], progress=False, backend="onnxruntime")
+
+
+def test_montecarlo_on_ort_equals_numpy_int(tiny, tiny_ort):
+    from engine.scale.montecarlo import run_montecarlo
+    res = {b: run_montecarlo(tiny, tiny_ort, PHOTOS, n_variants=6, modes=("int",), seed=3, backend=b)
+           for b in ("numpy", "onnxruntime")}
+    rows_np, rows_ort = res["numpy"].rows, res["onnxruntime"].rows
+    assert [r["float_dets"] for r in rows_np] == [r["float_dets"] for r in rows_ort]
+    assert sum(r["float_dets"] for r in rows_ort) > 5
+    for x, y in zip(rows_np, rows_ort):
+        assert {k: x["int"][k] for k in ("matched", "missed", "extra")} == \
+               {k: y["int"][k] for k in ("matched", "missed", "extra")}
+        assert abs(x["int"]["map50"] - y["int"]["map50"]) < 1e-6
+    with pytest.raises(EngineError, match="HYBRID"):
+        run_montecarlo(tiny, tiny_ort, PHOTOS, n_variants=2, modes=("hybrid",), backend="onnxruntime")
+
+
+def test_worst_images_and_mixed_search_on_ort(tiny, tiny_ort):
+    from engine.quant.mixed import search
+    from engine.quant.worst_images import rank_images
+    a = rank_images(tiny, tiny_ort, "int", PHOTOS)
+    b = rank_images(tiny, tiny_ort, "int", PHOTOS, backend="onnxruntime")
+    assert [(r.name, r.n_float, r.lost, r.shifted, r.extra) for r in a] == \
+           [(r.name, r.n_float, r.lost, r.shifted, r.extra) for r in b]
+    res = search(tiny, tiny_ort, PHOTOS, target=0.99, max_layers=1, backend="auto")
+    ref = search(tiny, tiny_ort, PHOTOS, target=0.99, max_layers=1)
+    assert [(p.added, p.lost, p.extra) for p in res.curve] == [(p.added, p.lost, p.extra) for p in ref.curve]
+    with pytest.raises(EngineError, match="run FLOAT between int8 layers.*'auto'"):
+        search(tiny, tiny_ort, PHOTOS, target=0.99, max_layers=1, backend="onnxruntime")
+
+
+def test_cli_compare_backend(tiny, capsys):
+    from helpers import TINY_CFG, TINY_WEIGHTS
+    from engine.cli.main import main
+    common = [str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "--calib", str(PHOTOS[0]), "--images", str(PHOTOS[0]),
+              "--methods", "minmax", "--quiet", "--json"]
+    assert main(["compare", *common, "--backend", "onnxruntime"]) == 2
+    assert "--profile onnxruntime" in capsys.readouterr().err
+    assert main(["compare", *common, "--backend", "onnxruntime", "--profile", "onnxruntime"]) == 0
+    import json
+    out = json.loads(capsys.readouterr().out)
+    assert out["best"] == "minmax" and out["methods"][0]["agreement"]["int"]["matched"] > 0
