@@ -32,8 +32,8 @@ def tiny_ort(tiny, tiny_stats):
 @pytest.fixture(scope="module")
 def inputs(tiny):
     pres = [tiny.preprocess(p) for p in PHOTOS]
-    flipped = tiny.preprocess(PHOTOS[1])
-    flipped.x = np.ascontiguousarray(flipped.x[:, :, ::-1])       # a variant: mirrored letterbox
+    from dataclasses import replace
+    flipped = replace(pres[1], x=np.ascontiguousarray(pres[1].x[:, :, ::-1]))   # a variant: mirrored letterbox
     return pres + [flipped]
 
 
@@ -48,8 +48,13 @@ def test_float_heads_within_1e4_relative_of_numpy(tiny, inputs):
             worst = max(worst, rel)
             assert rel < 1e-4, (h, rel)
     assert worst > 0          # a different runtime: not the same bits (the test compares two computations)
-    dets = [(len(detect_outputs(tiny, tiny.forward(p.x), p)), len(detect_outputs(tiny, run(p.x), p))) for p in inputs]
-    assert all(a == b and a > 0 for a, b in dets), dets
+    n = 0
+    for p in inputs:
+        a, b = detect_outputs(tiny, tiny.forward(p.x), p), detect_outputs(tiny, run(p.x), p)
+        assert [d.class_id for d in a] == [d.class_id for d in b]
+        assert np.allclose([d[2:] for d in a], [d[2:] for d in b], rtol=1e-4, atol=1e-3) if a else not b
+        n += len(a)
+    assert n > 15
 
 
 def test_int_identical_to_numpy_whatever_the_thread_count(tiny, tiny_ort, inputs):
@@ -106,7 +111,7 @@ def test_compare_same_table_on_both_backends(tiny, tiny_stats):
             assert abs(x.map50_95 - y.map50_95) < 1e-3 and abs(x.map50 - y.map50) < 1e-3
         for la, lb in zip(ra.layers, rb.layers):
             for k in ("int_sqnr", "hybrid_sqnr", "int_local_sqnr"):
-                assert la[k] == pytest.approx(lb[k], abs=1e-3, nan_ok=True), (la["layer"], k)
+                assert la[k] == pytest.approx(lb[k], rel=1e-3, nan_ok=True), (la["layer"], k)   # dB
             assert la["range_use"] == pytest.approx(lb["range_use"], nan_ok=True)   # codes recovered exactly
             assert np.isnan(lb["saturation"])                                       # not measured on ORT
     assert b.results[0].agreement["int"].matched > 10
