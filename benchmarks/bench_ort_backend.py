@@ -44,6 +44,8 @@ def inputs(model, n: int) -> list:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--montecarlo", type=int, default=24, metavar="N",
+                    help="also time run_montecarlo over N variants (INT) on each backend (0: skip)")
     args = ap.parse_args(argv)
     limit_blas_threads()
     from engine.calib.collect import collect
@@ -109,6 +111,26 @@ def main(argv: list[str] | None = None) -> None:
     print(f"agreement: FLOAT heads max rel diff {rel:.2e} (limit 1e-4); FLOAT detections same classes: "
           f"{'yes' if same_float_classes else 'no'}; INT heads identical: {'yes' if same_int else 'no'}; "
           f"INT detections identical: {'yes' if same_dets else 'no'} ({sum(map(len, d_np))} detections)")
+    if args.montecarlo:
+        montecarlo(model, qm, photos, args.montecarlo)
+
+
+def montecarlo(model, qm, photos, n: int) -> None:
+    """run_montecarlo (INT) on each backend, one after the other, twice in alternating order."""
+    from engine.scale.montecarlo import run_montecarlo
+    took: dict[str, list[float]] = {"numpy": [], "onnxruntime": []}
+    rows = {}
+    for order in (("numpy", "onnxruntime"), ("onnxruntime", "numpy")):
+        for b in order:
+            t = time.perf_counter()
+            rows[b] = run_montecarlo(model, qm, photos, n_variants=n, modes=("int",), seed=0, backend=b).rows
+            took[b].append(time.perf_counter() - t)
+    same = [(r["float_dets"], r["int"]["matched"], r["int"]["missed"], r["int"]["extra"]) for r in rows["numpy"]] == \
+           [(r["float_dets"], r["int"]["matched"], r["int"]["missed"], r["int"]["extra"]) for r in rows["onnxruntime"]]
+    a, b = min(took["numpy"]), min(took["onnxruntime"])
+    print(f"run_montecarlo, {n} variants, INT (FLOAT + INT per variant, render and decode included; best of 2): "
+          f"numpy {n / a:.2f} variants/s, onnxruntime {n / b:.2f} variants/s ({a / b:.2f}x); "
+          f"same matched/missed/extra: {'yes' if same else 'no'}")
 
 
 class _Full:

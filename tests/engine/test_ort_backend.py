@@ -163,3 +163,25 @@ def test_cli_compare_backend(tiny, capsys):
     import json
     out = json.loads(capsys.readouterr().out)
     assert out["best"] == "minmax" and out["methods"][0]["agreement"]["int"]["matched"] > 0
+
+
+def test_cli_montecarlo_and_worst_images_on_ort(tiny, tiny_ort, tmp_path, capsys):
+    import json
+    from helpers import TINY_CFG, TINY_WEIGHTS
+    from engine.cli.main import main
+    q = tmp_path / "q.npz"
+    tiny_ort.save(q)
+    model = [str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "--quantized", str(q), "--images", *map(str, PHOTOS)]
+    assert main(["montecarlo", *model, "--variants", "4", "--seed", "1", "--backend", "onnxruntime", "--json"]) == 0
+    mc = json.loads(capsys.readouterr().out)
+    assert len(mc["variants"]) == 4 and mc["summary"]["int"]["n"] == 4
+    assert main(["montecarlo", *model, "--variants", "4", "--modes", "hybrid", "--backend", "onnxruntime"]) == 2
+    assert "HYBRID" in capsys.readouterr().err
+    assert main(["worst-images", *model, "--backend", "onnxruntime", "--json"]) == 0
+    ranked = json.loads(capsys.readouterr().out)["images"]
+    from engine.quant.worst_images import rank_images
+    assert ranked == [r.to_dict() for r in rank_images(tiny, tiny_ort, "int", PHOTOS, backend="onnxruntime")]
+    assert {r["name"] for r in ranked} == {p.name for p in PHOTOS}
+    assert main(["worst-images", *model, "--float-layers", "4,5", "--backend", "onnxruntime"]) == 2
+    assert "layers [4, 5] run FLOAT between int8 layers" in capsys.readouterr().err
+    assert main(["worst-images", *model, "--float-layers", "4,5", "--backend", "auto"]) == 0
