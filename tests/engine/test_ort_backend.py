@@ -185,3 +185,15 @@ def test_cli_montecarlo_and_worst_images_on_ort(tiny, tiny_ort, tmp_path, capsys
     assert main(["worst-images", *model, "--float-layers", "4,5", "--backend", "onnxruntime"]) == 2
     assert "layers [4, 5] run FLOAT between int8 layers" in capsys.readouterr().err
     assert main(["worst-images", *model, "--float-layers", "4,5", "--backend", "auto"]) == 0
+
+
+def test_session_compare_methods_backend(tiny):
+    from engine import Session
+    s = Session(tiny, image=PHOTOS[0])
+    a = s.compare_methods(PHOTOS[:1], ["minmax"], backend="onnxruntime", profile="onnxruntime")
+    b = s.compare_methods(PHOTOS[:1], ["minmax"], profile="onnxruntime")
+    x, y = a.best.agreement["int"], b.best.agreement["int"]
+    assert a.best.qmodel.profile == "onnxruntime" and (x.matched, x.missed, x.extra) == (y.matched, y.missed, y.extra)
+    assert x.matched > 3
+    with pytest.raises(EngineError, match="profile 'qwidgets'"):
+        s.compare_methods(PHOTOS[:1], ["minmax"], backend="onnxruntime")
