@@ -60,9 +60,12 @@ def test_float_heads_within_1e4_relative_of_numpy(tiny, inputs):
 def test_int_identical_to_numpy_whatever_the_thread_count(tiny, tiny_ort, inputs):
     ex = Executor(tiny, tiny_ort, "int")
     total = 0
+    floats = {}
     for threads in (1, 2):
         with blas_limit(threads):
             run = forward_on("onnxruntime", tiny, tiny_ort, "int")
+            run_float = forward_on("onnxruntime", tiny, None, "float")
+            floats[threads] = [np.array(run_float(pre.x)[h]) for pre in inputs[:2] for h in HEADS]
             for pre in inputs:
                 ours, theirs = ex.forward(pre.x), run(pre.x)
                 for h in HEADS:
@@ -71,6 +74,17 @@ def test_int_identical_to_numpy_whatever_the_thread_count(tiny, tiny_ort, inputs
                 assert d_ours == d_ort
                 total += len(d_ours)
     assert total > 20
+    assert all(np.array_equal(a, b) for a, b in zip(floats[1], floats[2]))   # ORT FLOAT: same bits too
+
+
+def test_evaluate_inprocess_runtime_equals_numpy_int(tiny, tiny_ort):
+    from engine.scale.backends import InProcess
+    from engine.scale.evaluate import evaluate
+    a = evaluate(tiny, tiny_ort, PHOTOS[:3], ("int",), InProcess())
+    b = evaluate(tiny, tiny_ort, PHOTOS[:3], ("int",), InProcess(runtime="onnxruntime"))
+    assert a.detections["int"] == b.detections["int"] and sum(map(len, b.detections["int"])) > 10
+    with pytest.raises(ArgumentError, match="backend='gpu'"):
+        InProcess(runtime="gpu")
 
 
 def test_sessions_cached_in_memory_and_rebuilt_after_an_edit(tiny_copy, tiny_ort, tmp_path, monkeypatch):
