@@ -85,18 +85,30 @@ def why_not(model, qmodel, mode: str, float_layers: Sequence[int] | None = None)
     return None
 
 
-def resolve(backend: str, model, qmodel, mode: str, float_layers: Sequence[int] | None = None) -> str:
+def resolve(backend: str, model, qmodel, mode: str, float_layers: Sequence[int] | None = None,
+            all_outputs: bool = False) -> str:
     """"numpy" or "onnxruntime" for one mode. backend="onnxruntime" raises EngineError naming why ORT
-    cannot run it; "auto" falls back to NumPy instead."""
+    cannot run it; "auto" falls back to NumPy instead. On ORT the session is built here (and cached,
+    `all_outputs` as the caller will run it): a layer without an ONNX form is found now, not mid-batch."""
     if check_backend(backend) == "numpy":
         return "numpy"
     reason = why_not(model, qmodel, mode, float_layers)
     if reason is None:
-        return ORT
+        try:
+            session(model, qmodel, mode, _float_layers(qmodel, float_layers), all_outputs)
+            return ORT
+        except UnsupportedError as err:
+            reason = str(err)
     if backend == "auto":
         return "numpy"
     raise EngineError(f"backend='onnxruntime' cannot run {mode.upper()} with the NumPy engine's results: {reason}; "
                       f"use backend='numpy' (--backend numpy), or 'auto' to run on ORT only what it can")
+
+
+def _float_layers(qmodel, float_layers: Sequence[int] | None) -> Sequence[int]:
+    if float_layers is None:
+        return qmodel.float_layers if qmodel is not None else ()
+    return float_layers
 
 
 class HeadOutputs(Sequence):
@@ -145,15 +157,12 @@ def _build(model, qmodel, mode: str, float_layers: tuple, all_outputs: bool, thr
     import onnxruntime as ort
     from engine.export.onnx_float import build_onnx
     from engine.export.onnx_int8 import build_int8
-    try:
-        if mode == Mode.FLOAT:
-            proto = build_onnx(model, heads="raw", all_outputs=all_outputs)
-        else:
-            twin = qmodel.copy()
-            twin.float_layers = float_layers
-            proto = build_int8(model, twin, heads="raw", all_outputs=all_outputs)
-    except UnsupportedError as err:
-        raise UnsupportedError(f"backend='onnxruntime': {err}; use backend='numpy' (or 'auto')") from None
+    if mode == Mode.FLOAT:
+        proto = build_onnx(model, heads="raw", all_outputs=all_outputs)
+    else:
+        twin = qmodel.copy()
+        twin.float_layers = float_layers
+        proto = build_int8(model, twin, heads="raw", all_outputs=all_outputs)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -187,9 +196,7 @@ def clear_sessions() -> None:
 def ort_forward(model, qmodel, mode: str, float_layers: Sequence[int] | None = None,
                 all_outputs: bool = False) -> Callable[[np.ndarray], Sequence[np.ndarray]]:
     """x (3, H, W) -> HeadOutputs of one ORT run (its session built or taken from the cache now)."""
-    if float_layers is None:
-        float_layers = qmodel.float_layers if qmodel is not None else ()
-    sess, names, layers = session(model, qmodel, mode, float_layers, all_outputs)
+    sess, names, layers = session(model, qmodel, mode, _float_layers(qmodel, float_layers), all_outputs)
     feed_shape = (1, *model.input_shape)
 
     def run(x: np.ndarray) -> Sequence[np.ndarray]:
@@ -222,7 +229,7 @@ def forward_on(backend: str, model, qmodel, mode: str, float_layers: Sequence[in
                all_outputs: bool = False) -> Callable[[np.ndarray], Sequence[np.ndarray]]:
     """The forward function of `mode` on the runtime `backend` resolves to (see `resolve`):
     x (3, H, W) -> every layer's output (NumPy), or HeadOutputs (ORT; every layer with all_outputs)."""
-    if resolve(backend, model, qmodel, mode, float_layers) == ORT:
+    if resolve(backend, model, qmodel, mode, float_layers, all_outputs) == ORT:
         return ort_forward(model, qmodel, mode, float_layers, all_outputs)
     if mode == Mode.FLOAT:
         return model.forward

@@ -120,7 +120,8 @@ def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list) 
     executors = {method: {mode: Executor(model, qm, mode) for mode in QUANT_MODES} for method, qm in qms.items()}
     float_run = forward_on(runtime, model, None, Mode.FLOAT.value, all_outputs=True)
     int_runs = {method: ort_forward(model, qm, Mode.INT8.value, all_outputs=True)
-                if resolve(runtime, model, qm, Mode.INT8.value) == ORT else None for method, qm in qms.items()}
+                if resolve(runtime, model, qm, Mode.INT8.value, all_outputs=True) == ORT else None
+                for method, qm in qms.items()}
     out = []
     for item in batch:
         pre = model.preprocess(item, resize)
@@ -176,8 +177,8 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
     qms = {m: quantize(model, stats, m, per_channel=per_channel, profile=profile,
                        **({"images": calib_images or items} if m == "auto" else {})) for m in methods}
     for qm in qms.values():              # refused here, before the per-image work
-        resolve(runtime, model, qm, Mode.INT8.value)
-    resolve(runtime, model, None, Mode.FLOAT.value)
+        resolve(runtime, model, qm, Mode.INT8.value, all_outputs=True)
+    resolve(runtime, model, None, Mode.FLOAT.value, all_outputs=True)
     qrefs = tuple((m, qmodel_ref(qm, backend)) for m, qm in qms.items())
     rows = [r for part in backend.map_batches(compare_batch, items, batch_size, progress, "comparing",
                                               args=(source, qrefs, resize, runtime)) for r in part]

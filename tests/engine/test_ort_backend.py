@@ -211,3 +211,18 @@ def test_session_compare_methods_backend(tiny):
     assert x.matched > 3
     with pytest.raises(EngineError, match="profile 'qwidgets'"):
         s.compare_methods(PHOTOS[:1], ["minmax"], backend="onnxruntime")
+
+
+def test_a_layer_without_an_integer_onnx_form_is_refused_or_falls_back_with_auto(tmp_path):
+    import engine
+    from helpers import CFG_DIR, resized_cfg
+    from engine.calib.collect import collect
+    model = engine.load(resized_cfg(CFG_DIR / "yolov3-tiny-prn.cfg", 160, tmp_path), random_weights=1)
+    qm = quantize_model(model, collect(model, PHOTOS[:1], progress=False), "minmax", profile="onnxruntime")
+    with pytest.raises(EngineError, match=r"cannot run INT.*\[shortcut\] \(layer 13\): only a linear shortcut.*"
+                                          r"backend='numpy'"):
+        forward_on("onnxruntime", model, qm, "int")
+    x = model.preprocess(PHOTOS[0]).x
+    run = forward_on("auto", model, qm, "int")          # falls back: the NumPy executor
+    assert np.array_equal(run(x)[-1], Executor(model, qm, "int").forward(x)[-1])
+    assert resolve("auto", model, qm, "float") == "onnxruntime"
