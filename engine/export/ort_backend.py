@@ -15,12 +15,14 @@ The detection heads ([yolo], [region]) are left out of the ONNX graphs ("raw" he
 engine's own layer code on ORT's head inputs, so decoding sees the same activations as a NumPy run.
 Sessions are built in memory (no file is written) and cached per (model, quantized model, mode, float
 layers, input size, outputs, threads); ORT's intra-op threads = the engine's BLAS thread count, with
-spinning off (a busy shared host). INT results do not depend on the thread count (integer sums).
+spinning off (a busy shared host). INT results do not depend on the thread count (integer sums); FLOAT
+gave the same bits on 1 and 2 threads too (tests/engine/test_ort_backend.py).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import OrderedDict
 from typing import Any, Callable, Sequence
 
@@ -33,6 +35,7 @@ BACKENDS = ("numpy", "onnxruntime", "auto")
 ORT = "onnxruntime"
 CACHE_SIZE = 6
 _SESSIONS: "OrderedDict[tuple, Any]" = OrderedDict()
+_LOCK = threading.Lock()       # a view's worker thread and the notebook may ask for sessions at once
 
 
 def check_backend(name: Any) -> str:
@@ -179,14 +182,15 @@ def session(model, qmodel, mode: str, float_layers: Sequence[int] = (), all_outp
     fl = tuple(sorted(int(i) for i in float_layers))
     threads = _threads()
     key = _key(model, qmodel, mode, fl, all_outputs, threads)
-    if key in _SESSIONS:
-        _SESSIONS.move_to_end(key)
-        return _SESSIONS[key]
-    built = _build(model, qmodel, mode, fl, all_outputs, threads)
-    _SESSIONS[key] = built
-    while len(_SESSIONS) > CACHE_SIZE:
-        _SESSIONS.popitem(last=False)
-    return built
+    with _LOCK:
+        if key in _SESSIONS:
+            _SESSIONS.move_to_end(key)
+            return _SESSIONS[key]
+        built = _build(model, qmodel, mode, fl, all_outputs, threads)
+        _SESSIONS[key] = built
+        while len(_SESSIONS) > CACHE_SIZE:
+            _SESSIONS.popitem(last=False)
+        return built
 
 
 def clear_sessions() -> None:

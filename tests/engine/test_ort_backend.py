@@ -226,3 +226,12 @@ def test_a_layer_without_an_integer_onnx_form_is_refused_or_falls_back_with_auto
     run = forward_on("auto", model, qm, "int")          # falls back: the NumPy executor
     assert np.array_equal(run(x)[-1], Executor(model, qm, "int").forward(x)[-1])
     assert resolve("auto", model, qm, "float") == "onnxruntime"
+
+
+def test_cli_quantize_target_map_backend(tmp_path, capsys):
+    from helpers import TINY_CFG, TINY_WEIGHTS
+    from engine.cli.main import main
+    base = ["quantize", str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "--calib", str(PHOTOS[0]), "--per-channel",
+            "--quiet", "--target-map", "0.999", "--val", str(PHOTOS[0]), "--backend", "onnxruntime"]
+    assert main([*base, "-o", str(tmp_path / "a.npz")]) == 2          # profile qwidgets: INT is not ORT's
+    assert "profile 'qwidgets'" in capsys.readouterr().err and not (tmp_path / "a.npz").exists()
