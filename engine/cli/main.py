@@ -1,4 +1,5 @@
-"""Command line: `python -m engine info|convert|detect|dump|quantize|compare|report|export|explain ...`
+"""Command line: `python -m engine info|convert|detect|dump|quantize|compare|report|export|explain|montecarlo|
+worst-images ...`
 (a contract other tools rely on). This module assembles the parser from one module per
 subcommand family and dispatches; shared options live in engine/cli/options.py."""
 from __future__ import annotations
@@ -7,6 +8,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from engine.cli.batch import add_montecarlo_parser, add_worst_parser
 from engine.cli.detect import add_detect_parser
 from engine.cli.explain import add_explain_parser
 from engine.cli.export import add_export_parser
@@ -20,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine", description="Darknet models in NumPy")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (add_info_parser, add_convert_parser, add_detect_parser, add_dump_parser, add_quantize_parser,
-                add_compare_parser, add_report_parser, add_export_parser, add_explain_parser):
+                add_compare_parser, add_report_parser, add_export_parser, add_explain_parser, add_montecarlo_parser,
+                add_worst_parser):
         add(sub)
     return p
 

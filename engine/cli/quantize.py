@@ -32,6 +32,7 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
                    help="keep the fewest layers FLOAT (greedy by measured sensitivity) so INT detections on --val "
                         "reach this mAP@[.5:.95] against FLOAT with no lost detection; prints the trade-off curve")
     s.add_argument("--val", nargs="+", metavar="DIR_OR_FILES", help="validation images for --target-map")
+    add_backend_arg(s, "--target-map's runs")
     s.add_argument("--profile", default="qwidgets", metavar="NAME",
                    help="device profile, the integer rules of the target: qwidgets (default), onnxruntime, "
                         "avx2_u8s8, ort_reduce_range, yolo2_light (docs/profiles.md)")
@@ -47,7 +48,17 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--methods", default="log2,kl,minmax,percentile,mse",
                    help="comma-separated methods to rank (auto too: it chooses on the --calib images)")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--profile", default="qwidgets", metavar="NAME",
+                   help="device profile every method quantizes for (default qwidgets; onnxruntime lets "
+                        "--backend onnxruntime run INT on ORT's integer kernels)")
+    add_backend_arg(s, "the FLOAT and INT runs (HYBRID and the per-layer statistics stay on numpy)")
     s.set_defaults(func=cmd_compare)
+
+
+def add_backend_arg(s: argparse.ArgumentParser, what: str) -> None:
+    s.add_argument("--backend", choices=("numpy", "onnxruntime", "auto"), default="numpy",
+                   help=f"where {what} execute: numpy (default), onnxruntime (FLOAT, and INT for --profile "
+                        "onnxruntime; an error names what ORT cannot run), auto (ORT where it can)")
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -74,7 +85,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.target_map is not None:
         from engine.calib.collect import image_list
         from engine.quant.mixed import search
-        res = search(model, qm, image_list(args.val), target=args.target_map)
+        res = search(model, qm, image_list(args.val), target=args.target_map, backend=args.backend)
         qm = res.apply(qm)
         print(res.table(), file=sys.stderr)
     qm.save(args.output)
@@ -121,15 +132,23 @@ def method_settings(method: str, text: str | None) -> dict:
 def cmd_compare(args: argparse.Namespace) -> int:
     from engine.calib.collect import collect
     from engine.scale.compare import compare
+    from engine.quant.profiles import get_profile
+    get_profile(args.profile)                       # an unknown profile fails before the calibration pass
     model = load_model(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     from engine.calib import CALIBRATORS
     unknown = [m for m in methods if m not in CALIBRATORS]
     if unknown:
         raise EngineError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(CALIBRATORS.names())}")
+    if args.backend == "onnxruntime":               # a combination ORT cannot run fails before the work
+        from engine.export.ort_backend import ort_missing
+        why = ort_missing() or (None if get_profile(args.profile).exportable == "onnx-int8" else
+                                f"INT under profile '{args.profile}' is not what ORT's integer kernels compute")
+        if why:
+            raise EngineError(f"--backend onnxruntime: {why}; pass --profile onnxruntime, or --backend numpy|auto")
     stats = collect(model, args.calib, args.resize, progress=not args.quiet)
     table = compare(model, stats, args.images, methods, per_channel=args.per_channel, resize=args.resize,
-                    progress=not args.quiet, calib_images=args.calib)
+                    progress=not args.quiet, calib_images=args.calib, backend=args.backend, profile=args.profile)
     if args.json:
         print(json.dumps(table.to_dict(), indent=1, default=float))
     else:

@@ -205,7 +205,9 @@ def build_int8(model, qmodel, *, heads: str = "raw", opset: int = 17, all_output
     onnx.helper.set_model_props(proto, {
         "darknet_heads": json.dumps(onnx_float.head_info(model, heads)),
         "quantization": json.dumps({"profile": qmodel.profile, "method": qmodel.method,
-                                    "per_channel": qmodel.per_channel})})
+                                    "per_channel": qmodel.per_channel}),
+        # each int8 tensor's (scale, zero point): a reader recovers the uint8 codes of a `layer<i>` output
+        "grids": json.dumps({str(i): [float(g[0]), int(g[1])] for i, g in grid.items() if i >= 0})})
     return proto
 
 

@@ -93,15 +93,18 @@ def _unit(model, index: int) -> set[int]:
 
 def search(model, qmodel: QuantizedModel, images: Sequence | Scorer, target: float = 0.95, mode: str = "int",
            max_lost: int = 0, max_layers: int | None = None,
-           on_step: Callable[[CurvePoint], object] | None = None) -> MixedResult:
+           on_step: Callable[[CurvePoint], object] | None = None, backend: str = "numpy") -> MixedResult:
     """Greedy accuracy-aware search (see the module doc). `images`: validation images (anything
     engine.quant.scoring.Scorer takes) or a ready Scorer. Layers already in qmodel.float_layers stay
-    FLOAT. Raises EngineError for a target outside (0, 1] or a mode without int8 layers."""
+    FLOAT. `backend` (for a Scorer made here): "auto" runs FLOAT and the all-int8 runs on ONNX Runtime
+    (INT, profile onnxruntime) and the mixed sets on NumPy; "onnxruntime" refuses the mixed sets (the
+    integer ONNX graph cannot hold FLOAT layers between int8 ones). Raises EngineError for a target
+    outside (0, 1] or a mode without int8 layers."""
     if not 0 < target <= 1:
         raise EngineError(f"target={target}: expected a mAP@[.5:.95] in (0, 1]")
     if mode not in ("int", "hybrid"):
         raise EngineError(f"mode={mode!r}: mixed precision searches 'int' or 'hybrid'")
-    scorer = images if isinstance(images, Scorer) else Scorer(model, images)
+    scorer = images if isinstance(images, Scorer) else Scorer(model, images, backend=backend)
     fixed = set(qmodel.float_layers)
     ex = Executor(model, qmodel, mode)
     candidates = [l.index for l in model.layers

@@ -18,18 +18,30 @@ def _as_input(item):
 
 
 class Scorer:
+    """`backend`: "numpy" | "onnxruntime" | "auto", where FLOAT and the scored runs execute
+    (engine/export/ort_backend.py): with "onnxruntime" a run ORT cannot compute exactly (HYBRID, another
+    profile, layers kept FLOAT between int8 layers) raises EngineError; "auto" runs those on NumPy."""
+
     def __init__(self, model, images: Sequence, resize: str = "letterbox", thresh: float = 0.25,
-                 nms: float = 0.45) -> None:
-        self.model, self.thresh, self.nms = model, thresh, nms
+                 nms: float = 0.45, backend: str = "numpy") -> None:
+        from engine.export.ort_backend import check_backend, forward_on
+        self.model, self.thresh, self.nms, self.backend = model, thresh, nms, check_backend(backend)
         self.inputs = [model.preprocess(_as_input(i), resize) for i in images]
         self.names = [getattr(i, "name", str(k)) for k, i in enumerate(images)]
-        self.truth = [detect_outputs(model, model.forward(p.x), p, thresh, nms) for p in self.inputs]
+        run = forward_on(backend, model, None, "float")
+        self.truth = [detect_outputs(model, run(p.x), p, thresh, nms) for p in self.inputs]
 
     @property
     def n_truth(self) -> int:
         return sum(len(t) for t in self.truth)
 
     def detections(self, qmodel, mode: str = "int", float_layers: Iterable[int] | None = None) -> list:
+        from engine.export.ort_backend import ORT, ort_forward, resolve
+        if float_layers is not None:
+            float_layers = list(float_layers)
+        if self.backend != "numpy" and resolve(self.backend, self.model, qmodel, mode, float_layers) == ORT:
+            run = ort_forward(self.model, qmodel, mode, float_layers)
+            return [detect_outputs(self.model, run(p.x), p, self.thresh, self.nms) for p in self.inputs]
         ex = Executor(self.model, qmodel, mode, float_layers)
         return [detect_outputs(self.model, FloatView(ex.run(p.x)[0]), p, self.thresh, self.nms) for p in self.inputs]
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from engine.darknet.detect import detect_outputs
-from engine.quant.executor import Executor
 from engine.quant.explain import match_detections
 from engine.quant.fitness import detection_agreement
 
@@ -42,15 +41,19 @@ def image_name(image, k: int) -> str:
 
 def rank_images(model, qmodel, mode: str, images: Sequence, *, float_layers: Sequence[int] = (),
                 resize: str = "letterbox", thresh: float = 0.25, nms: float = 0.45,
-                on_progress: Callable[[int, int], Any] | None = None) -> list[ImageAgreement]:
+                on_progress: Callable[[int, int], Any] | None = None, backend: str = "numpy") -> list[ImageAgreement]:
     """Per-image agreement of the quantized run with FLOAT, worst first (see the module doc).
-    on_progress(done, total) after each image (it may raise to cancel)."""
-    ex = Executor(model, qmodel, mode, float_layers)
+    on_progress(done, total) after each image (it may raise to cancel). backend: "numpy" |
+    "onnxruntime" | "auto", where FLOAT and the quantized run execute (engine/export/ort_backend.py;
+    EngineError when ORT cannot run `mode` with "onnxruntime")."""
+    from engine.export.ort_backend import forward_on
+    run_float = forward_on(backend, model, None, "float")
+    run = forward_on(backend, model, qmodel, mode, float_layers)
     rows = []
     for k, image in enumerate(images):
         pre = model.preprocess(image, resize)
-        f = detect_outputs(model, model.forward(pre.x), pre, thresh, nms)
-        d = detect_outputs(model, ex.forward(pre.x), pre, thresh, nms)
+        f = detect_outputs(model, run_float(pre.x), pre, thresh, nms)
+        d = detect_outputs(model, run(pre.x), pre, thresh, nms)
         a = detection_agreement([f], [d])
         c = match_detections(f, d).counts()
         rows.append(ImageAgreement(k, image_name(image, k), float(a.map50), float(a.map50_95), len(f), c["lost"],

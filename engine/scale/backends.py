@@ -53,11 +53,14 @@ class InProcess:
     `blas_threads`: run the batches with that many BLAS threads (then restore). Use the workers'
     count (1) when results must equal a Dask run bit for bit: OpenBLAS may split a GEMM differently
     with more threads, e.g. yolov3-tiny's 1x1 head convs at 224x224 then differ in the last bit.
+    `runtime`: what computes the forwards, "numpy" | "onnxruntime" | "auto" (engine/export/ort_backend.py).
     """
     n_workers = 1
 
-    def __init__(self, blas_threads: int | None = None) -> None:
+    def __init__(self, blas_threads: int | None = None, runtime: str = "numpy") -> None:
+        from engine.export.ort_backend import check_backend
         self.blas_threads = blas_threads
+        self.runtime = check_backend(runtime)
 
     def share(self, obj: Any, key: Any = None) -> Any:
         return obj
@@ -90,10 +93,13 @@ class DaskBackend:
     On creation it limits BLAS threads on every worker (now and joining later, via a worker
     plugin) to `threads_per_worker_blas(workers on that host, host cores)` unless `blas_threads`
     is given: several single-threaded workers per host must not each start a BLAS pool per core.
+    `runtime`: what computes the forwards on the workers (engine/export/ort_backend.py).
     """
 
-    def __init__(self, client, blas_threads: int | None = None) -> None:
+    def __init__(self, client, blas_threads: int | None = None, runtime: str = "numpy") -> None:
+        from engine.export.ort_backend import check_backend
         self.client = client
+        self.runtime = check_backend(runtime)
         self._shared: dict[int, Any] = {}
         from distributed.diagnostics.plugin import WorkerPlugin
 

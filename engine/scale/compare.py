@@ -18,12 +18,13 @@ import numpy as np
 
 from engine.calib.collect import CalibrationStats
 from engine.darknet.detect import detect_outputs
-from engine.quant.executor import Executor, FloatView
+from engine.quant.executor import Executor, FloatView, LayerRecord
 from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
 from engine.quant.modes import QUANT_MODES, Mode
 from engine.quant.autoquant import quantize
 from engine.quant.qmodel import QuantizedModel
 from engine.scale.backends import InProcess, label_of, qmodel_ref, shippable_items
+from engine.export.ort_backend import ORT, forward_on, int_values, ort_forward, resolve, split_backend
 from engine.scale.sources import load_source, resolve_qmodel
 
 LAYER_KEYS = ("hybrid_sqnr", "int_sqnr", "int_local_sqnr", "saturation", "range_use")
@@ -87,34 +88,47 @@ class CompareTable:
         return "\n".join(rows)
 
 
-def method_rows(model, executors: dict[str, Executor], pre, float_outs) -> dict:
+def method_rows(model, executors: dict[str, Executor], pre, float_outs, int_run=None) -> dict:
     """One image, one quantized model (its executor per quantized mode): detections and per-layer
-    statistics in HYBRID and INT."""
+    statistics in HYBRID and INT. `int_run`: an ONNX Runtime INT forward with every layer's output
+    (engine/export/ort_backend.py) that replaces the executor's INT run; its saturation column is then NaN
+    (not measured: ORT does not report how many values it clipped)."""
     row: dict = {}
     for mode, ex in executors.items():
-        values, records = ex.run(pre.x)
+        if mode == Mode.INT8 and int_run is not None:
+            values = int_values(ex, int_run(pre.x), int_run.grids)
+            records = [LayerRecord(i, ex.precision(i)) for i in range(len(values))]
+        else:
+            values, records = ex.run(pre.x)
         prop = propagated_stats(float_outs, values, records)
         row[mode] = detect_outputs(model, FloatView(values), pre)
         row[f"{mode}_sqnr"] = [s.sqnr_db for s in prop]
         if mode == Mode.INT8:
-            row["saturation"] = [s.saturation for s in prop]
+            local = local_stats(ex, pre.x, float_outs)
+            row["saturation"] = [s.saturation if int_run is None else np.nan for s in prop]
             row["range_use"] = [s.range_use for s in prop]
-            row["int_local_sqnr"] = [s.sqnr_db if s else np.nan for s in local_stats(ex, pre.x, float_outs)]
+            row["int_local_sqnr"] = [s.sqnr_db if s else np.nan for s in local]
     return row
 
 
-def compare_batch(source, qrefs: tuple, resize: str, batch: list) -> list[dict]:
+def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list) -> list[dict]:
     """The task: per image, FLOAT detections and `method_rows` of every (method, quantized model
-    reference) in `qrefs` (a tuple: Dask resolves shared futures inside tuples)."""
+    reference) in `qrefs` (a tuple: Dask resolves shared futures inside tuples). `runtime`: where
+    FLOAT and INT run (engine/export/ort_backend.py); HYBRID and the local statistics run on NumPy."""
     model = load_source(source)
-    executors = {method: {mode: Executor(model, resolve_qmodel(ref), mode) for mode in QUANT_MODES}
-                 for method, ref in qrefs}
+    qms = {method: resolve_qmodel(ref) for method, ref in qrefs}
+    executors = {method: {mode: Executor(model, qm, mode) for mode in QUANT_MODES} for method, qm in qms.items()}
+    float_run = forward_on(runtime, model, None, Mode.FLOAT.value, all_outputs=True)
+    int_runs = {method: ort_forward(model, qm, Mode.INT8.value, all_outputs=True)
+                if resolve(runtime, model, qm, Mode.INT8.value, all_outputs=True) == ORT else None
+                for method, qm in qms.items()}
     out = []
     for item in batch:
         pre = model.preprocess(item, resize)
-        outs = model.forward(pre.x)
+        outs = list(float_run(pre.x))
         out.append({Mode.FLOAT.value: detect_outputs(model, outs, pre),
-                    **{method: method_rows(model, exs, pre, outs) for method, exs in executors.items()}})
+                    **{method: method_rows(model, exs, pre, outs, int_runs[method])
+                       for method, exs in executors.items()}})
     return out
 
 
@@ -144,23 +158,30 @@ def method_result(model, method: str, qm: QuantizedModel, rows: list[dict]) -> M
 def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("log2", "kl", "minmax", "percentile", "mse"),
             per_channel: bool = False, resize: str = "letterbox", progress: bool = True,
             on_method: Callable[[MethodResult, int, int], object] | None = None, *, backend=None,
-            batch_size: int | None = None, calib_images=None) -> CompareTable:
+            batch_size: int | None = None, calib_images=None, profile: str = "qwidgets") -> CompareTable:
     """Quantize with each method from the same statistics, evaluate on `images`, rank.
 
     `model`: a Model, or (with a Dask backend) anything engine.scale.sources.as_source takes.
-    `backend`: where the per-image work runs (default InProcess(): here, in order).
+    `backend`: where the per-image work runs (default InProcess(): here, in order), or a runtime name
+    "numpy" | "onnxruntime" | "auto" (engine/export/ort_backend.py: FLOAT and INT on ONNX Runtime, INT only
+    with profile="onnxruntime"; HYBRID and the local statistics stay on NumPy).
     `on_method(result, done, total)` is called as each method's result is ready (widgets' progress).
     `calib_images`: what methods that run the model (`auto`) choose on (default: the evaluation images).
+    `profile`: the device profile every method quantizes for (engine/quant/profiles).
     """
+    backend, runtime = split_backend(backend)
     backend = backend or InProcess()
     source = backend.portable(model)
     model = load_source(model)
     items = shippable_items(images)
-    qms = {m: quantize(model, stats, m, per_channel=per_channel,
+    qms = {m: quantize(model, stats, m, per_channel=per_channel, profile=profile,
                        **({"images": calib_images or items} if m == "auto" else {})) for m in methods}
+    for qm in qms.values():              # refused here, before the per-image work
+        resolve(runtime, model, qm, Mode.INT8.value, all_outputs=True)
+    resolve(runtime, model, None, Mode.FLOAT.value, all_outputs=True)
     qrefs = tuple((m, qmodel_ref(qm, backend)) for m, qm in qms.items())
     rows = [r for part in backend.map_batches(compare_batch, items, batch_size, progress, "comparing",
-                                              args=(source, qrefs, resize)) for r in part]
+                                              args=(source, qrefs, resize, runtime)) for r in part]
     results = []
     for method, qm in qms.items():
         results.append(method_result(model, method, qm, rows))

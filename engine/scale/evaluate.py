@@ -18,6 +18,7 @@ from engine.quant.fitness import Agreement, detection_agreement
 from engine.quant.modes import MODES, QUANT_MODES, Mode
 from engine.scale.backends import InProcess, label_of, qmodel_ref, shippable_items
 from engine.scale.compare import compare
+from engine.export.ort_backend import forward_on, resolve, split_backend
 from engine.scale.sources import load_source, resolve_qmodel
 
 
@@ -28,12 +29,12 @@ def calib_batch(source: Any, resize: str, batch: list) -> CalibrationStats:
 
 
 def detect_batch(source: Any, qref: Any, modes: tuple[str, ...], thresh: float, nms: float, resize: str,
-                 batch: list) -> list[dict[str, list[Detection]]]:
-    """Per image {mode: detections}; FLOAT always included (it is the ground truth)."""
-    from engine.quant.executor import Executor
+                 runtime: str, batch: list) -> list[dict[str, list[Detection]]]:
+    """Per image {mode: detections}; FLOAT always included (it is the ground truth). `runtime`:
+    numpy | onnxruntime | auto (engine/export/ort_backend.py)."""
     model = load_source(source)
     qm = resolve_qmodel(qref)
-    runners = {m: (model.forward if m == Mode.FLOAT else Executor(model, qm, m).forward) for m in modes}
+    runners = {m: forward_on(runtime, model, qm, m) for m in modes}
     out = []
     for item in batch:
         pre = model.preprocess(item, resize)
@@ -77,21 +78,32 @@ def evaluate(model_source: Any, qmodel: Any, images, modes: Sequence[str] = QUAN
     """FLOAT vs quantized detections per image and `detection_agreement` per mode.
 
     qmodel: a QuantizedModel (broadcast once) or the path of its `.npz` (loaded by each worker).
-    Raises ValueError for an unknown mode.
+    backend: "numpy" | "onnxruntime" | "auto" (in this process), or an InProcess / DaskBackend (its
+    `runtime`). Raises ValueError for an unknown mode, EngineError for a mode ORT cannot run.
     """
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f"modes {bad}: expected some of {', '.join(MODES)}")
+    backend, runtime = split_backend(backend)
     backend = backend or InProcess()
     run_modes = tuple([Mode.FLOAT.value] + [m for m in modes if m != Mode.FLOAT])
+    if runtime == "onnxruntime":          # refused here, before any work is shipped
+        model, qm = load_source(model_source), resolve_qmodel(_qm_object(qmodel))
+        for m in run_modes:
+            resolve(runtime, model, qm, m)
     items = shippable_items(images)
     parts = backend.map_batches(detect_batch, items, batch_size, progress, "evaluating",
                                 args=(backend.portable(model_source), qmodel_ref(qmodel, backend), run_modes,
-                                      thresh, nms, resize))
+                                      thresh, nms, resize, runtime))
     per_image = [d for p in parts for d in p]
     dets = {m: [d[m] for d in per_image] for m in run_modes}
     agreement = {m: detection_agreement(dets[Mode.FLOAT], dets[m]) for m in run_modes if m != Mode.FLOAT}
     return EvalResult([label_of(i, k) for k, i in enumerate(items)], dets, agreement)
+
+
+def _qm_object(qmodel: Any) -> Any:
+    from pathlib import Path
+    return ("path", str(qmodel)) if isinstance(qmodel, (str, Path)) else qmodel
 
 
 def compare_distributed(model_source: Any, stats: CalibrationStats, images,

@@ -28,6 +28,7 @@ from engine.imaging.augment import ROTATE_RESAMPLE, SCALE_RESAMPLE, add_noise, t
 from engine.calib.collect import image_list
 from engine.darknet.detect import detect_outputs
 from engine.scale.backends import InProcess, label_of, qmodel_ref
+from engine.export.ort_backend import forward_on, resolve, split_backend
 from engine.scale.sources import load_source, resolve_qmodel, unwrap
 from engine.darknet.image import open_image
 from engine.quant.fitness import detection_agreement
@@ -126,18 +127,19 @@ def source_image(sources: Sequence, k: int, size: tuple[int, int]) -> Image.Imag
 
 
 def variant_batch(source: Any, qref: Any, sources_ref: Any, modes: tuple[str, ...], thresh: float, nms: float,
-                  batch: list[Variant]) -> list[dict]:
-    """Per variant: {mode: agreement dict (+ "float_dets")}; runs on a worker or in-process."""
-    from engine.quant.executor import Executor
+                  runtime: str, batch: list[Variant]) -> list[dict]:
+    """Per variant: {mode: agreement dict (+ "float_dets")}; runs on a worker or in-process, FLOAT and
+    each mode on `runtime` (numpy | onnxruntime | auto: engine/export/ort_backend.py)."""
     model = load_source(source)
     qm = resolve_qmodel(qref)
     sources = unwrap(sources_ref)
     _, h, w = model.input_shape
-    runners = {m: Executor(model, qm, m).forward for m in modes}
+    float_run = forward_on(runtime, model, None, "float")
+    runners = {m: forward_on(runtime, model, qm, m) for m in modes}
     rows = []
     for v in batch:
         pre = model.preprocess(render(source_image(sources, v.image, (w, h)), v))
-        truth = detect_outputs(model, model.forward(pre.x), pre, thresh, nms)
+        truth = detect_outputs(model, float_run(pre.x), pre, thresh, nms)
         row: dict[str, Any] = {"float_dets": len(truth)}
         for m, run in runners.items():
             a = detection_agreement([truth], [detect_outputs(model, run(pre.x), pre, thresh, nms)])
@@ -212,11 +214,19 @@ def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200
                    progress: bool = False) -> MonteCarloResult:
     """Render `n_variants` seeded variants of `images`, run FLOAT and each mode, agreement per variant.
 
-    Raises ValueError for modes other than hybrid/int or an empty image list.
+    backend: "numpy" | "onnxruntime" | "auto" (in this process), or an InProcess / DaskBackend (its
+    `runtime`): with "onnxruntime", FLOAT and INT (profile onnxruntime) run on ONNX Runtime.
+    Raises ValueError for modes other than hybrid/int or an empty image list, EngineError for a mode
+    ORT cannot run with backend="onnxruntime" (HYBRID, INT under another profile).
     """
     bad = [m for m in modes if m not in QUANT_MODES]
     if bad or not modes:
         raise ValueError(f"modes {list(modes)}: expected hybrid and/or int (FLOAT is the reference)")
+    backend, runtime = split_backend(backend)
+    if runtime == "onnxruntime":            # refused before any variant is rendered
+        model, qm = load_source(model_source), resolve_qmodel(_qm_ref(qmodel))
+        for m in ("float", *modes):
+            resolve(runtime, model, qm, m)
     backend = backend or InProcess()
     sources = [str(i) if isinstance(i, Path) else i for i in image_list(images)]
     variants = make_variants(len(sources), n_variants, seed, ranges)
@@ -225,12 +235,16 @@ def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200
     t0 = time.perf_counter()
     parts = backend.map_batches(variant_batch, variants, batch_size, progress, "variants",
                                 args=(backend.portable(model_source), qmodel_ref(qmodel, backend), sources_ref,
-                                      tuple(modes), thresh, nms))
+                                      tuple(modes), thresh, nms, runtime))
     rows = [r for p in parts for r in p]
     _, h, w = load_source(model_source).input_shape
     return MonteCarloResult(variants, rows, tuple(modes), seed, sources,
                             [label_of(s, k) for k, s in enumerate(sources)], time.perf_counter() - t0, worst_k,
                             (w, h))
+
+
+def _qm_ref(qmodel: Any) -> Any:
+    return ("path", str(qmodel)) if isinstance(qmodel, (str, Path)) else qmodel
 
 
 def save_worst_cases(result: MonteCarloResult, workspace, name: str, k: int | None = None,

@@ -222,10 +222,12 @@ class Session(LayerStepper):
         return self._calibration.stats(self.model, images, self.resize, key, self.model_version, on_image)
 
     def compare_methods(self, images, methods, *, per_channel: bool = True, key: str | None = None,
-                        on_progress: Callable[[str, int, int], Any] | None = None):
+                        on_progress: Callable[[str, int, int], Any] | None = None, backend: str = "numpy",
+                        profile: str = "qwidgets"):
         """Calibrate once on `images`, quantize with each method, rank them by agreement with FLOAT
         on the same images (engine.scale.compare). on_progress(phase, done, total), phase
-        "calibrate" (per image) then "compare" (per method). Returns a CompareTable."""
+        "calibrate" (per image) then "compare" (per method). backend: "numpy" | "onnxruntime" | "auto"
+        (FLOAT and INT on ONNX Runtime; INT needs profile="onnxruntime"). Returns a CompareTable."""
         from engine.scale.compare import compare
         from engine.calib.collect import image_list
         items = image_list(images)
@@ -233,7 +235,7 @@ class Session(LayerStepper):
         on_method = (lambda _result, done, total: on_progress("compare", done, total)) if on_progress else None
         stats = self.calibration_stats(items, key=key, on_image=on_image)
         return compare(self.model, stats, items, list(methods), per_channel=per_channel, resize=self.resize,
-                       progress=False, on_method=on_method)
+                       progress=False, on_method=on_method, backend=backend, profile=profile)
 
     # ------------------------------------------------------------------ detection diff, explain
     def detection_diff(self):

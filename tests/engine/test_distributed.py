@@ -172,3 +172,15 @@ def test_scheduler_and_two_workers_started_separately(model, tmp_path):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def test_dask_workers_run_int_on_onnxruntime_identically(model, stats, images, dask_backend):
+    """DaskBackend(client, runtime="onnxruntime"): each worker builds its ORT session once; INT of an
+    onnxruntime-profile model equals the in-process NumPy INT detections."""
+    pytest.importorskip("onnxruntime")
+    from engine.scale.backends import DaskBackend
+    qm = quantize_model(model, stats, "minmax", per_channel=True, profile="onnxruntime")
+    ort = DaskBackend(dask_backend.client, runtime="onnxruntime")
+    a = evaluate(SOURCE, qm, images[:4], ("int",), ort, batch_size=2)
+    b = evaluate(model, qm, images[:4], ("int",), InProcess(blas_threads=1))
+    assert a.detections["int"] == b.detections["int"] and sum(map(len, a.detections["int"])) > 5

@@ -1,0 +1,89 @@
+"""`montecarlo` (seeded variants of a few images, agreement with FLOAT) and `worst-images` (an image set
+ranked worst first), the batch evaluations that `--backend numpy|onnxruntime|auto` can run on ONNX Runtime.
+
+    python -m engine montecarlo MODEL --weights W --quantized Q --images DIR [--variants 200] [--modes int]
+                                [--seed 0] [--backend numpy|onnxruntime|auto] [--json]
+    python -m engine worst-images MODEL --weights W --quantized Q --images DIR [--mode int|hybrid]
+                                  [--float-layers I,J] [--backend ...] [--json]
+
+montecarlo --json prints engine.scale.montecarlo.MonteCarloResult.to_dict(); worst-images --json prints
+{"mode", "images": [{"index", "name", "map50", "map50_95", "n_float", "lost", "shifted", "extra"}]}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from engine.cli.options import SIZE_HELP, layer_list, load_model, number, positive_int
+from engine.cli.quantize import add_backend_arg
+
+
+def _common(s: argparse.ArgumentParser) -> None:
+    s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
+    s.add_argument("--weights", metavar="W")
+    s.add_argument("--quantized", required=True, metavar="Q", help="quantized model file")
+    s.add_argument("--images", required=True, nargs="+", metavar="DIR_OR_FILES")
+    s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25)
+    s.add_argument("--nms", type=number("IoU", 0, 1, lo_open=False), default=0.45)
+    s.add_argument("--names", metavar="FILE", help="class names, one per line")
+    s.add_argument("--size", help=SIZE_HELP)
+    s.add_argument("--json", action="store_true")
+
+
+def add_montecarlo_parser(sub: argparse._SubParsersAction) -> None:
+    """Add `montecarlo`."""
+    s = sub.add_parser("montecarlo", help="agreement with FLOAT over seeded synthetic variants of a few images")
+    _common(s)
+    s.add_argument("--variants", type=positive_int, default=200, help="how many variants (default 200)")
+    s.add_argument("--modes", default="int", help="comma-separated: hybrid and/or int (default int)")
+    s.add_argument("--seed", type=int, default=0)
+    add_backend_arg(s, "FLOAT and the quantized runs")
+    s.set_defaults(func=cmd_montecarlo)
+
+
+def add_worst_parser(sub: argparse._SubParsersAction) -> None:
+    """Add `worst-images`."""
+    s = sub.add_parser("worst-images", help="images ranked worst first by agreement of the int8 run with FLOAT")
+    _common(s)
+    s.add_argument("--mode", choices=("int", "hybrid"), default="int")
+    s.add_argument("--float-layers", metavar="I,J", help="layers FLOAT in the quantized run (mixed precision)")
+    s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox")
+    add_backend_arg(s, "FLOAT and the quantized run")
+    s.set_defaults(func=cmd_worst)
+
+
+def cmd_montecarlo(args: argparse.Namespace) -> int:
+    from engine.calib.collect import image_list
+    from engine.quant.qmodel import QuantizedModel
+    from engine.scale.montecarlo import run_montecarlo
+    model = load_model(args)
+    qm = QuantizedModel.load(args.quantized)
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    res = run_montecarlo(model, qm, image_list(args.images), n_variants=args.variants, modes=modes, seed=args.seed,
+                         thresh=args.thresh, nms=args.nms, backend=args.backend)
+    print(json.dumps(_finite(res.to_dict()), indent=1) if args.json else res.report())
+    return 0
+
+
+def cmd_worst(args: argparse.Namespace) -> int:
+    from engine.calib.collect import image_list
+    from engine.quant.qmodel import QuantizedModel
+    from engine.quant.worst_images import rank_images
+    model = load_model(args)
+    qm = QuantizedModel.load(args.quantized)
+    fl = layer_list(args.float_layers, len(model.layers)) if args.float_layers else sorted(qm.float_layers)
+    rows = rank_images(model, qm, args.mode, image_list(args.images), float_layers=fl, resize=args.resize,
+                       thresh=args.thresh, nms=args.nms, backend=args.backend)
+    if args.json:
+        print(json.dumps({"mode": args.mode, "images": [r.to_dict() for r in rows]}, indent=1))
+        return 0
+    print(f"{'name':<28}{'mAP50':>7}{'mAP':>7}{'FLOAT':>7}{'lost':>6}{'shifted':>8}{'extra':>6}   ({args.mode}, worst first)")
+    for r in rows:
+        print(f"{r.name[:27]:<28}{r.map50:>7.3f}{r.map50_95:>7.3f}{r.n_float:>7}{r.lost:>6}{r.shifted:>8}{r.extra:>6}")
+    return 0
+
+
+def _finite(x):
+    """JSON has no NaN (a mean IoU with no matched pair): None instead."""
+    from engine.scale.montecarlo import _jsonable
+    return _jsonable(x)

@@ -1,0 +1,241 @@
+"""Which runtime computes a batch evaluation's forwards: the NumPy engine or ONNX Runtime.
+
+    run = forward_on("onnxruntime", model, qmodel, "int")     # ORT's integer kernels (profile onnxruntime)
+    dets = detect_outputs(model, run(pre.x), pre)               # == the NumPy INT run's detections
+
+`backend="numpy"` (the default) is the engine itself. `"onnxruntime"` runs FLOAT as the exporter's float
+graph (engine/export/onnx_float.py, BN folded: head outputs within 1e-4 relative of ours) and INT as its
+integer graph (engine/export/onnx_int8.py: QLinearConv/ConvInteger, bit-exact with our INT executor when the
+quantized model's profile is `onnxruntime`, so the detections are identical). What ORT cannot compute the
+NumPy engine's way raises an EngineError saying why and what to use: HYBRID, INT under another profile,
+layers kept FLOAT between int8 layers, layers the exporter has no ONNX form for. `"auto"` runs each mode on
+ORT when it can and on NumPy otherwise. STEP, CROSS and editing always run on NumPy.
+
+The detection heads ([yolo], [region]) are left out of the ONNX graphs ("raw" heads) and run by the
+engine's own layer code on ORT's head inputs, so decoding sees the same activations as a NumPy run.
+Sessions are built in memory (no file is written) and cached per (model, quantized model, mode, float
+layers, input size, outputs, threads); ORT's intra-op threads = the engine's BLAS thread count, with
+spinning off (a busy shared host). INT results do not depend on the thread count (integer sums); FLOAT
+gave the same bits on 1 and 2 threads too (tests/engine/test_ort_backend.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from engine.errors import ArgumentError, EngineError, UnsupportedError
+from engine.quant.modes import Mode
+
+BACKENDS = ("numpy", "onnxruntime", "auto")
+ORT = "onnxruntime"
+CACHE_SIZE = 6
+_SESSIONS: "OrderedDict[tuple, Any]" = OrderedDict()
+_LOCK = threading.Lock()       # a view's worker thread and the notebook may ask for sessions at once
+
+
+def check_backend(name: Any) -> str:
+    """The runtime name, or ArgumentError listing the valid ones."""
+    if name not in BACKENDS:
+        raise ArgumentError(f"backend={name!r}: expected one of {', '.join(BACKENDS)}")
+    return name
+
+
+def split_backend(backend: Any) -> tuple[Any, str]:
+    """(where batches run, runtime) from a `backend` argument: a runtime name (or None) runs in this
+    process (None is returned: the caller's InProcess()); an InProcess / DaskBackend object brings its
+    own `runtime` attribute (default numpy)."""
+    if backend is None or isinstance(backend, str):
+        return None, check_backend(backend or "numpy")
+    return backend, check_backend(getattr(backend, "runtime", "numpy"))
+
+
+def ort_missing() -> str | None:
+    """Why ORT cannot run here at all (a package missing), or None."""
+    for mod, why in (("onnxruntime", "pip install onnxruntime"), ("onnx", "pip install 'qwidgets[reference]'")):
+        try:
+            __import__(mod)
+        except ImportError:
+            return f"the '{mod}' package is not installed ({why})"
+    return None
+
+
+def why_not(model, qmodel, mode: str, float_layers: Sequence[int] | None = None) -> str | None:
+    """Why `mode` cannot run on ONNX Runtime with the NumPy engine's results, or None if it can.
+    (A layer the exporter has no ONNX form for is found when the graph is built.)"""
+    missing = ort_missing()
+    if missing:
+        return missing
+    if mode == Mode.FLOAT:
+        return None
+    if mode == Mode.HYBRID:
+        return "HYBRID (int8 weights on float activations) has no ONNX Runtime form"
+    from engine.export.onnx_int8 import FORMAT, INT_KINDS
+    from engine.quant.executor import Executor
+    from engine.quant.profiles import get_profile
+    if get_profile(qmodel.profile).exportable != FORMAT:
+        return (f"INT under profile '{qmodel.profile}' is not what ORT's integer kernels compute (they compute the "
+                f"'onnxruntime' profile's rules): quantize with profile='onnxruntime' (--profile onnxruntime)")
+    ex = Executor(model, qmodel, mode, float_layers)
+    inner = [i for i, l in enumerate(model.layers) if l.kind in INT_KINDS and ex.precision(i) == "float"]
+    if inner:
+        return (f"layers {inner} run FLOAT between int8 layers (mixed precision); the integer ONNX graph cannot "
+                f"hold them bit-exactly")
+    return None
+
+
+def resolve(backend: str, model, qmodel, mode: str, float_layers: Sequence[int] | None = None,
+            all_outputs: bool = False) -> str:
+    """"numpy" or "onnxruntime" for one mode. backend="onnxruntime" raises EngineError naming why ORT
+    cannot run it; "auto" falls back to NumPy instead. On ORT the session is built here (and cached,
+    `all_outputs` as the caller will run it): a layer without an ONNX form is found now, not mid-batch."""
+    if check_backend(backend) == "numpy":
+        return "numpy"
+    reason = why_not(model, qmodel, mode, float_layers)
+    if reason is None:
+        try:
+            session(model, qmodel, mode, _float_layers(qmodel, float_layers), all_outputs)
+            return ORT
+        except UnsupportedError as err:
+            reason = str(err)
+    if backend == "auto":
+        return "numpy"
+    raise EngineError(f"backend='onnxruntime' cannot run {mode.upper()} with the NumPy engine's results: {reason}; "
+                      f"use backend='numpy' (--backend numpy), or 'auto' to run on ORT only what it can")
+
+
+def _float_layers(qmodel, float_layers: Sequence[int] | None) -> Sequence[int]:
+    if float_layers is None:
+        return qmodel.float_layers if qmodel is not None else ()
+    return float_layers
+
+
+class HeadOutputs(Sequence):
+    """Layer outputs of one ORT run, as `Model.forward` lists them: ORT's `layer<i>` tensors, and the
+    detection heads computed by the engine's layer code on demand (raw heads are not in the graph)."""
+
+    def __init__(self, model, got: dict[int, np.ndarray]) -> None:
+        self.model, self.got = model, got
+
+    def __len__(self) -> int:
+        return len(self.model.layers)
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        index = range(len(self))[index]
+        if index not in self.got:
+            layer = self.model.layers[index]
+            if not layer.is_head or any(j < 0 or j not in self.got and not self.model.layers[j].is_head
+                                        for j in layer.inputs):
+                raise EngineError(f"layer {index} [{layer.kind}] is not an output of this ONNX Runtime run "
+                                  "(ask for all_outputs=True)")
+            y = self.model.run_layer(index, [self[j] for j in layer.inputs])
+            y.flags.writeable = False
+            self.got[index] = y
+        return self.got[index]
+
+
+def _threads() -> int:
+    from engine.kernels.threads import blas_threads
+    return max(1, blas_threads())
+
+
+def _key(model, qmodel, mode: str, float_layers: tuple, all_outputs: bool, threads: int) -> tuple:
+    from engine.quant.qmodel import fingerprint
+    qkey = None
+    if mode != Mode.FLOAT:
+        h = hashlib.sha256()
+        for k, v in sorted(qmodel.to_arrays().items()):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(v).tobytes())
+        qkey = h.hexdigest()
+    # the content, not the object: a model edited in memory gets a new session
+    return (fingerprint(model), model.input_shape, qkey, mode, float_layers, all_outputs, threads)
+
+
+def _build(model, qmodel, mode: str, float_layers: tuple, all_outputs: bool, threads: int):
+    import onnxruntime as ort
+    from engine.export.onnx_float import build_onnx
+    from engine.export.onnx_int8 import build_int8
+    if mode == Mode.FLOAT:
+        proto = build_onnx(model, heads="raw", all_outputs=all_outputs)
+    else:
+        twin = qmodel.copy()
+        twin.float_layers = float_layers
+        proto = build_int8(model, twin, heads="raw", all_outputs=all_outputs)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return sess, names, [int(n[5:]) for n in names]
+
+
+def session(model, qmodel, mode: str, float_layers: Sequence[int] = (), all_outputs: bool = False):
+    """(InferenceSession, output names, layer indices), built once per key (module doc) and kept in memory."""
+    fl = tuple(sorted(int(i) for i in float_layers))
+    threads = _threads()
+    key = _key(model, qmodel, mode, fl, all_outputs, threads)
+    with _LOCK:
+        if key in _SESSIONS:
+            _SESSIONS.move_to_end(key)
+            return _SESSIONS[key]
+        built = _build(model, qmodel, mode, fl, all_outputs, threads)
+        _SESSIONS[key] = built
+        while len(_SESSIONS) > CACHE_SIZE:
+            _SESSIONS.popitem(last=False)
+        return built
+
+
+def clear_sessions() -> None:
+    _SESSIONS.clear()
+
+
+def ort_forward(model, qmodel, mode: str, float_layers: Sequence[int] | None = None,
+                all_outputs: bool = False) -> Callable[[np.ndarray], Sequence[np.ndarray]]:
+    """x (3, H, W) -> HeadOutputs of one ORT run (its session built or taken from the cache now)."""
+    sess, names, layers = session(model, qmodel, mode, _float_layers(qmodel, float_layers), all_outputs)
+    feed_shape = (1, *model.input_shape)
+
+    def run(x: np.ndarray) -> Sequence[np.ndarray]:
+        x = model.check_input(x)
+        ys = sess.run(names, {"input": np.ascontiguousarray(x, np.float32).reshape(feed_shape)})
+        return HeadOutputs(model, {i: y[0] for i, y in zip(layers, ys)})
+    meta = sess.get_modelmeta().custom_metadata_map
+    run.grids = {int(k): (v[0], int(v[1])) for k, v in json.loads(meta.get("grids", "{}")).items()}
+    return run
+
+
+def int_values(ex, outs: Sequence[np.ndarray], grids: dict[int, tuple[float, int]]) -> list:
+    """An ORT INT run's outputs (all_outputs) as the executor's Values: each int8 layer's uint8 codes
+    recovered exactly from ORT's dequantized float32 ((q - zp) * scale, q <= 255) beside the floats."""
+    from engine.quant.executor import INT8, Value
+    from engine.quant.qtensor import QTensor
+    values = []
+    for i in range(len(outs)):
+        f = outs[i]
+        if ex.precision(i) == INT8 and not ex.int32_out(i) and i in grids:
+            scale, zp = grids[i]
+            q = (np.rint(f / np.float32(scale)) + zp).astype(np.uint8)
+            values.append(Value(f=f, q=QTensor(q, scale, zp)))
+        else:
+            values.append(Value(f=f))
+    return values
+
+
+def forward_on(backend: str, model, qmodel, mode: str, float_layers: Sequence[int] | None = None,
+               all_outputs: bool = False) -> Callable[[np.ndarray], Sequence[np.ndarray]]:
+    """The forward function of `mode` on the runtime `backend` resolves to (see `resolve`):
+    x (3, H, W) -> every layer's output (NumPy), or HeadOutputs (ORT; every layer with all_outputs)."""
+    if resolve(backend, model, qmodel, mode, float_layers, all_outputs) == ORT:
+        return ort_forward(model, qmodel, mode, float_layers, all_outputs)
+    if mode == Mode.FLOAT:
+        return model.forward
+    from engine.quant.executor import Executor
+    return Executor(model, qmodel, mode, float_layers).forward
