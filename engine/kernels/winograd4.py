@@ -11,6 +11,7 @@ with Lavin's points 0, +-1, +-2:
           [0  4  0 -5  0  1]       [  0     0     1  ]
 
 The 36 products summed over input channels are 36 GEMMs (n, C) @ (C, tiles) on the kernel threads.
+Work buffers share the names of F(2x2)'s (one conv runs at a time), so a model holds one set.
 Transforms are sums with small integer weights over strided views of all tiles at once, channels
 last (C-long contiguous runs), rows first then columns; the bias rides on product (1, 1), which
 A^T e1 = (1, 1, 1, 1) spreads to all 16 outputs of a tile. Float32 error: that of a K = C GEMM plus
@@ -90,9 +91,9 @@ def input_tiles(x: np.ndarray, p: int, th: int, tw: int, scratch: Scratch) -> np
     """V = B^T d B for every 6x6 input tile (stride 4): (36, th*tw, C) float32 in scratch, index 6*b + a."""
     c, h, w = x.shape
     hp, wp = 4 * th + 2, 4 * tw + 2
-    xp = scratch.get("wino4_pad", (hp, wp, c))
-    r = scratch.get("wino4_rows", (6, th, wp, c))
-    v = scratch.get("wino4_v", (6, 6, th, tw, c))
+    xp = scratch.get("wino_pad", (hp, wp, c))
+    r = scratch.get("wino_rows", (6, th, wp, c))
+    v = scratch.get("wino_v", (6, 6, th, tw, c))
     xp[:p] = 0
     xp[p + h:] = 0
     xp[p:p + h, :p] = 0
@@ -132,7 +133,7 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
     ho, wo = h + 2 * p - 2, w + 2 * p - 2
     th, tw = tiles_of(h, w, p)
     v = input_tiles(x, p, th, tw, scratch)
-    m = scratch.get("wino4_m", (36, n, th * tw))
+    m = scratch.get("wino_m", (36, n, th * tw))
     # (n, C) @ (C, tiles): V's transpose is a view BLAS reads as it is (no copy)
     parallel_items(36, lambda _part, i: np.matmul(u[i], v[i].T, out=m[i]))
     m[7] += b[:, None]                                     # bias via product (a, b) = (1, 1)
@@ -150,7 +151,7 @@ def output_tiles(m: np.ndarray, y: np.ndarray, th: int, tw: int, scratch: Scratc
     into y, no transposes (measured 5-25% faster than channels-last products)."""
     n, ho, wo = y.shape
     m6 = m.reshape(6, 6, n, th, tw)
-    z = scratch.get("wino4_z", (6, 4, n, th, tw))
+    z = scratch.get("wino_s", (6, 4, n, th, tw))
     rows_i = [(ho - i + 3) // 4 for i in range(4)]
     cols_j = [(wo - j + 3) // 4 for j in range(4) if j < wo]
 

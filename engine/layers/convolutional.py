@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.kernels.conv import choice, conv2d, prepare_winograd
-from engine.kernels.gemm import FUSED_ACTS, conv_out_size
+from engine.kernels.gemm import FUSED_ACTS, conv_out_size, with_bias_column
 from engine.layers.activations import activate, activation_key
 from engine.layers.base import LAYERS, BuildContext, Layer, Params, Scratch, check_shape, refuse
 
@@ -105,6 +105,8 @@ class Convolutional(Layer):
         kind = choice(c, h, wd, self.filters, self.size, self.stride, self.padding, self.groups)
         if kind.startswith("winograd"):
             return FusedConv(None, b, prepare_winograd(kind, w2d, c, h, wd, self.padding))
+        if kind.startswith("im2col") and self.groups == 1:  # the GEMM's [w | b] form, held once
+            return FusedConv(with_bias_column(w2d, b), b)
         return FusedConv(w2d, b)
 
     def linear_float(self, x: np.ndarray, prep: FusedConv, scratch: Scratch) -> np.ndarray:
