@@ -7,6 +7,7 @@ probability with suppression when IoU > nms, and boxes are mapped back through t
 from __future__ import annotations
 
 import gc
+import operator
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
@@ -154,6 +155,7 @@ class Detections(SequenceABC):
         self.labels = labels
         self.values = values
         self._rows: list[Detection] | None = None
+        self._one: dict[int, Detection] = {}   # items read singly: the same object on every read
 
     def _all(self) -> list[Detection]:
         if self._rows is None:
@@ -163,10 +165,13 @@ class Detections(SequenceABC):
             gc.disable()
             try:
                 new = tuple.__new__
-                self._rows = [new(Detection, row) for row in zip(*cols)]
+                rows = [new(Detection, row) for row in zip(*cols)]
             finally:
                 if paused:
                     gc.enable()
+            for i, d in self._one.items():   # identity is kept (callers may key on id(d))
+                rows[i] = d
+            self._rows = rows
         return self._rows
 
     def __len__(self) -> int:
@@ -175,8 +180,16 @@ class Detections(SequenceABC):
     def __getitem__(self, index):
         if self._rows is not None or isinstance(index, slice):
             return self._all()[index]
-        k = int(self.class_ids[index])               # IndexError as a list raises it
-        return Detection(k, self.labels[k], *self.values[:, index].tolist())
+        n = len(self.class_ids)
+        i = operator.index(index)
+        if not -n <= i < n:
+            raise IndexError("Detections index out of range")
+        i %= n
+        d = self._one.get(i)
+        if d is None:
+            k = int(self.class_ids[i])
+            d = self._one[i] = Detection(k, self.labels[k], *self.values[:, i].tolist())
+        return d
 
     def __iter__(self):
         return iter(self._all())

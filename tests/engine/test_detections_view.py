@@ -27,6 +27,8 @@ def test_lazy_items_equal_the_built_list_field_for_field(low_thresh):
     built = list(detect_outputs(model, outs, pre, 0.005, 0.45))
     assert one_by_one == built and all(type(d) is Detection for d in built)
     assert lazy[-1] == built[-1] and lazy[3:7] == built[3:7]
+    assert lazy[5] is lazy[5] and lazy[-1] is lazy[len(lazy) - 1]   # one object per item (id-keyed callers)
+    assert lazy[5] is list(lazy)[5] and lazy[6] is list(lazy)[6]
     scores = [d.score for d in built]
     assert scores == sorted(scores, reverse=True)
     for d in built[:20]:   # boxes in pixels follow from the relative box, as Darknet maps them back
