@@ -7,6 +7,8 @@ probability with suppression when IoU > nms, and boxes are mapped back through t
 from __future__ import annotations
 
 import gc
+import operator
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
@@ -115,15 +117,16 @@ def candidates(model, outs: Sequence[np.ndarray], thresh: float) -> tuple[Candid
 
 
 def detect_outputs(model, outs: Sequence[np.ndarray], pre: Preprocessed, thresh: float = 0.25,
-                   nms: float = 0.45) -> list[Detection]:
-    """Detections (sorted by score, highest first) from a forward pass's outputs."""
+                   nms: float = 0.45) -> "Detections":
+    """Detections (sorted by score, highest first) from a forward pass's outputs: a `Detections`
+    (a read-only list view; see there)."""
     if not 0 <= thresh < 1:
         raise ValueError(f"thresh={thresh}: expected 0 <= thresh < 1")
     if not 0 <= nms <= 1:
         raise ValueError(f"nms={nms}: expected 0 <= nms <= 1")
     c, kind = candidates(model, outs, thresh)
     if c.boxes.shape[0] == 0:
-        return []
+        return Detections(np.zeros(0, np.int64), [], np.zeros((10, 0)))
     c.boxes = correct_boxes(c.boxes, pre)
     probs = nms_sort(c, nms, kind)
     i, k = np.nonzero(probs > thresh)
@@ -133,15 +136,76 @@ def detect_outputs(model, outs: Sequence[np.ndarray], pre: Preprocessed, thresh:
     cx, cy, bw, bh = c.boxes[i].T
     names = model.class_names
     label = [names[j] if j < len(names) else f"class_{j}" for j in range(int(k.max(initial=-1)) + 1)]
-    cols = [k.tolist(), [label[j] for j in k.tolist()], score.tolist(), c.objectness[i].tolist(),
-            cx.tolist(), cy.tolist(), bw.tolist(), bh.tolist(), ((cx - bw / 2) * pre.image_w).tolist(),
-            ((cy - bh / 2) * pre.image_h).tolist(), ((cx + bw / 2) * pre.image_w).tolist(),
-            ((cy + bh / 2) * pre.image_h).tolist()]
-    paused = gc.isenabled()   # many small objects: the cyclic GC would rescan them over and over
-    gc.disable()
-    try:
-        new = tuple.__new__
-        return [new(Detection, row) for row in zip(*cols)]
-    finally:
-        if paused:
-            gc.enable()
+    return Detections(k, label, np.stack([score, c.objectness[i], cx, cy, bw, bh, (cx - bw / 2) * pre.image_w,
+                                          (cy - bh / 2) * pre.image_h, (cx + bw / 2) * pre.image_w,
+                                          (cy + bh / 2) * pre.image_h]).astype(np.float64))
+
+
+class Detections(SequenceABC):
+    """The detections of one image, highest score first: a read-only list of `Detection` kept as
+    arrays and turned into tuples on first use (an untrained yolov3 gives 150k+ detections, and
+    building them all took longer than decode + NMS; a caller that reads the top few, or only
+    `len`, never pays for the rest). Equal to a list of the same Detections; `+` and slices give lists.
+
+    Arrays: `class_ids` (N,) int, `values` (10, N) float64: score, objectness, cx, cy, w, h, x1, y1, x2, y2.
+    """
+
+    def __init__(self, class_ids: np.ndarray, labels: list[str], values: np.ndarray) -> None:
+        self.class_ids = class_ids
+        self.labels = labels
+        self.values = values
+        self._rows: list[Detection] | None = None
+        self._one: dict[int, Detection] = {}   # items read singly: the same object on every read
+
+    def _all(self) -> list[Detection]:
+        if self._rows is None:
+            k = self.class_ids.tolist()
+            cols = [k, [self.labels[j] for j in k]] + [v.tolist() for v in self.values]
+            paused = gc.isenabled()   # many small objects: the cyclic GC would rescan them over and over
+            gc.disable()
+            try:
+                new = tuple.__new__
+                rows = [new(Detection, row) for row in zip(*cols)]
+            finally:
+                if paused:
+                    gc.enable()
+            for i, d in self._one.items():   # identity is kept (callers may key on id(d))
+                rows[i] = d
+            self._rows = rows
+        return self._rows
+
+    def __len__(self) -> int:
+        return len(self.class_ids)
+
+    def __getitem__(self, index):
+        if self._rows is not None or isinstance(index, slice):
+            return self._all()[index]
+        n = len(self.class_ids)
+        i = operator.index(index)
+        if not -n <= i < n:
+            raise IndexError("Detections index out of range")
+        i %= n
+        d = self._one.get(i)
+        if d is None:
+            k = int(self.class_ids[i])
+            d = self._one[i] = Detection(k, self.labels[k], *self.values[:, i].tolist())
+        return d
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, Detections)):
+            return self._all() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  (mutable-list semantics: unhashable, like a list)
+
+    def __add__(self, other) -> list[Detection]:
+        return self._all() + list(other)
+
+    def __radd__(self, other) -> list[Detection]:
+        return list(other) + self._all()
+
+    def __repr__(self) -> str:
+        return repr(self._all())

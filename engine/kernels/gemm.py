@@ -92,7 +92,7 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
     c, h, w = x.shape
     n, ho, wo = y.shape
     kk = c * k * k
-    wb = derived("bias-column", (w2d, b), lambda: np.ascontiguousarray(np.concatenate([w2d, b[:, None]], 1)))
+    wb = _augmented(w2d, b)
     y2 = y.reshape(n, ho * wo)
     rows = min(ho, max(BAND // (kk * wo), -(-MIN_BAND // wo)))  # cache-sized, but wide enough for BLAS
     rows = min(rows, -(-ho // SPLIT))  # enough bands for the threads (see the module docstring)
@@ -129,6 +129,25 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
             bias_act(y[:, r0:r1], None, act)
 
     parallel_items(-(-ho // rows), band)
+
+
+def with_bias_column(w2d: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """w2d (n, K) as the first K columns of a new (n, K+1) matrix whose last column is b: the form
+    conv_banded multiplies, so a model that keeps this view holds its weights once, not twice."""
+    wb = np.empty((w2d.shape[0], w2d.shape[1] + 1), np.float32)
+    wb[:, :-1] = w2d
+    wb[:, -1] = b
+    return wb[:, :-1]
+
+
+def _augmented(w2d: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[w2d | b] (n, K+1): the matrix w2d is a view of (see with_bias_column), else made once per arrays."""
+    base = w2d.base
+    if (isinstance(base, np.ndarray) and base.dtype == np.float32 and base.flags.c_contiguous
+            and base.shape == (w2d.shape[0], w2d.shape[1] + 1) and base.ctypes.data == w2d.ctypes.data
+            and np.array_equal(base[:, -1], b)):
+        return base
+    return derived("bias-column", (w2d, b), lambda: np.ascontiguousarray(np.concatenate([w2d, b[:, None]], 1)))
 
 
 FUSED_ACTS = ("linear", "leaky", "relu")

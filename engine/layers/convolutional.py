@@ -6,9 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.kernels import winograd
-from engine.kernels.conv import choice, conv2d
-from engine.kernels.gemm import FUSED_ACTS, conv_out_size
+from engine.kernels.conv import choice, conv2d, prepare_winograd
+from engine.kernels.gemm import FUSED_ACTS, conv_out_size, with_bias_column
 from engine.layers.activations import activate, activation_key
 from engine.layers.base import LAYERS, BuildContext, Layer, Params, Scratch, check_shape, refuse
 
@@ -103,8 +102,11 @@ class Convolutional(Layer):
         w, b = self.fused(params)
         w2d = np.ascontiguousarray(w.reshape(self.filters, -1))
         c, h, wd = self.in_shapes[0]
-        if choice(c, h, wd, self.filters, self.size, self.stride, self.padding, self.groups) == "winograd":
-            return FusedConv(None, b, winograd.prepare_weights(w2d, c, h, wd, self.padding))
+        kind = choice(c, h, wd, self.filters, self.size, self.stride, self.padding, self.groups)
+        if kind.startswith("winograd"):
+            return FusedConv(None, b, prepare_winograd(kind, w2d, c, h, wd, self.padding))
+        if kind.startswith("im2col") and self.groups == 1:  # the GEMM's [w | b] form, held once
+            return FusedConv(with_bias_column(w2d, b), b)
         return FusedConv(w2d, b)
 
     def linear_float(self, x: np.ndarray, prep: FusedConv, scratch: Scratch) -> np.ndarray:

@@ -54,3 +54,19 @@ def test_batch_of_one_and_stop(tiny):
 def test_batch_of_a_wrong_shape_is_refused_with_the_expected_shape(tiny, shape):
     with pytest.raises(ValueError, match=r"expects \(3, 416, 416\).*or a batch \(N, 3, 416, 416\)"):
         tiny.forward(np.zeros(shape, np.float32))
+
+
+def test_batch_on_two_kernel_threads_equals_single_forwards_on_one(tiny):
+    """The batch runs whole images on the kernel threads (BLAS single-threaded in each): image k
+    equals a forward of image k alone on 1 thread, for every layer, bit for bit."""
+    from engine.kernels import threads
+    from helpers import require
+    require(bool(threads._kernel_blas()), "no BLAS found by threadpoolctl: thread count cannot be set")
+    xb = np.concatenate([photo_batch(tiny), np.random.default_rng(3).random((2,) + tiny.input_shape,
+                                                                           dtype=np.float32)])
+    with threads.blas_limit(2):
+        batch = tiny.forward(xb)
+    with threads.blas_limit(1):
+        for k in range(xb.shape[0]):
+            for i, s in enumerate(tiny.forward(xb[k])):
+                assert np.array_equal(batch[i][k], s), f"image {k}, layer {i}"
