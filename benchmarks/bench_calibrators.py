@@ -10,7 +10,9 @@ thresholds + refinements) over a plain FLOAT pass on the same photos.
 
 configs: `plain` (every tensor on its own |x| histogram, the former behaviour), `rules` (the default
 calibration rules, engine/calib/views.py), `bias` (rules + bias correction), `mixed` (rules + the mixed-precision search for
---target on the first half of the variants, scored on all).
+--target on the first half of the variants, scored on all); refinements combine with `+`:
+`cle` (cross-layer equalization, weight ranges), `cle_act` (CLE on activation ranges), `asym` (uint8
+activations with zero points, profile qwidgets_asym), e.g. `cle+asym+bias`; `plain+asym` without rules.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from engine.model import load  # noqa: E402
 from engine.calib.collect import collect, image_list  # noqa: E402
 from engine.quant.mixed import search  # noqa: E402
 from engine.quant.autoquant import quantize  # noqa: E402
-from engine.quant.refine import bias_correction  # noqa: E402
+from engine.quant.refine import attach_equalization, bias_correction, equalize  # noqa: E402
 from engine.quant.scoring import Scorer  # noqa: E402
 from engine.quant.valset import variants  # noqa: E402
 
@@ -52,30 +54,40 @@ def main(argv=None) -> int:
     scorer = Scorer(model, vs)
     print(f"validation: {len(vs)} variants of {len(photos)} photos, {scorer.n_truth} FLOAT detections at 0.25; "
           f"FLOAT pass over the photos {float_pass:.2f} s")
-    head = (f"{'method':<12}{'config':<8}{'INT mAP50':>10}{'INT mAP':>9}{'lost':>6}{'extra':>6}"
+    head = (f"{'method':<12}{'config':<16}{'INT mAP50':>10}{'INT mAP':>9}{'lost':>6}{'extra':>6}"
             f"{'HYB mAP50':>10}{'HYB mAP':>9}{'lost':>6}{'calib/FLOAT':>13}")
     print(head)
     for method in [m for m in args.methods.split(",") if m]:
         for config in [c for c in args.configs.split(",") if c]:
             if method == "yolo2_light" and config != "plain":
                 continue                      # yolo2_light has no rules: it is the exact reproduction
+            parts = set(config.split("+"))
             t = time.perf_counter()
-            stats = collect(model, photos, progress=False)
-            kw = {"rules": ()} if config == "plain" else {}
+            qmodel_of = model
+            spec = None
+            if parts & {"cle", "cle_act"}:
+                mode = "activations" if "cle_act" in parts else "weights"
+                qmodel_of, spec = equalize(model, mode, photos)
+            stats = collect(qmodel_of, photos, progress=False)
+            kw = {"rules": ()} if "plain" in parts else {}
             if method == "auto":
                 kw["images"] = photos
-            qm = quantize(model, stats, method, per_channel=True, **kw)
-            if config == "bias":
+            if "asym" in parts:
+                kw["profile"] = "qwidgets_asym"
+            qm = quantize(qmodel_of, stats, method, per_channel=True, **kw)
+            if spec is not None:
+                qm = attach_equalization(qm, spec, mode)
+            if "bias" in parts:
                 qm = bias_correction(model, qm, photos)
             calib = time.perf_counter() - t
             note = ""
-            if config == "mixed":
+            if "mixed" in parts:
                 half = Scorer(model, vs[::2])
                 res = search(model, qm, half, target=args.target)
                 qm = res.apply(qm)
                 note = f"  float_layers={list(qm.float_layers)}"
             a, h = scorer.score(qm, "int"), scorer.score(qm, "hybrid")
-            print(f"{method:<12}{config:<8}{a.map50:>10.3f}{a.map50_95:>9.3f}{a.missed:>6}{a.extra:>6}"
+            print(f"{method:<12}{config:<16}{a.map50:>10.3f}{a.map50_95:>9.3f}{a.missed:>6}{a.extra:>6}"
                   f"{h.map50:>10.3f}{h.map50_95:>9.3f}{h.missed:>6}{calib / float_pass:>12.1f}x{note}", flush=True)
     return 0
 

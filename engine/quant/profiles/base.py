@@ -34,14 +34,15 @@ class Profile:
         y2l = calibrator.weights == "yolo2_light"
         return calibrator.weights, per_channel and not y2l
 
-    def activation_params(self, stats, calibrator) -> tuple[dict[str, float], dict[str, int]]:
-        """Scales (and zero points, asymmetric profiles) of every calibrated tensor."""
+    def activation_params(self, stats, calibrator, thresholds=None) -> tuple[dict[str, float], dict[str, int]]:
+        """Scales (and zero points, asymmetric profiles) of every calibrated tensor (`thresholds`: the clip
+        the calibration rules chose per tensor, instead of the calibrator on the tensor's own histogram)."""
         return {nid: calibrator.scale(h) for nid, h in stats.hists.items()}, {}
 
     def tie_grids(self, model, scales: dict[str, float], zero_points: dict[str, int]) -> None:
         """Make the stored grid of each tensor the one it has at run time (in place), where they differ."""
 
-    def extra_params(self, model, stats, calibrator) -> tuple[dict[str, float], dict[str, int]]:
+    def extra_params(self, model, stats, calibrator, thresholds=None) -> tuple[dict[str, float], dict[str, int]]:
         """Scales / zero points of tensors Darknet does not name (e.g. pre-activation), keyed by layer."""
         return {}, {}
 

@@ -26,6 +26,8 @@ def _channel_means(x: np.ndarray) -> np.ndarray:
 def bias_correction(model, qmodel: QuantizedModel, images: Sequence, resize: str = "letterbox") -> QuantizedModel:
     """A copy of `qmodel` with the int32 biases of every conv (groups 1) / connected layer corrected.
     The per-layer shifts (in output units) are kept in meta["bias_correction"]."""
+    from engine.quant.executor import equalized_for
+    model = equalized_for(model, qmodel)       # a cross-layer-equalized model's own float activations
     targets = [i for i, lq in qmodel.layers.items()
                if model.layers[i].kind == "connected" or getattr(model.layers[i], "groups", 1) == 1]
     sums: dict[int, list[np.ndarray]] = {i: [0.0, 0.0] for i in targets}
