@@ -24,6 +24,7 @@ class Profile:
     title = ""
     rules: dict[str, str] = {}
     asymmetric = False              # activations uint8 with a zero point (else int8 symmetric)
+    pre_activation_grid = False     # a leaky conv needs its pre-activation grid (pre_scales) stored
     int32_heads = True              # a conv read only by detection heads hands them dequantized int32
     exportable: str | None = None   # an `export --format` that runs this profile's arithmetic
     weight_qmax = 127               # weights in [-weight_qmax, weight_qmax] (63: 7-bit reduce_range)

@@ -57,6 +57,7 @@ class OrtProfile(Profile):
     name = "onnxruntime"
     title = "ONNX Runtime CPU (QOperator: QLinearConv, QLinearLeakyRelu, QLinearConcat)"
     asymmetric = True
+    pre_activation_grid = True      # QLinearLeakyRelu reads the conv's output on a pre-activation grid
     int32_heads = True              # ConvInteger + Add + Cast + Mul: the head's int32 sums, dequantized
     exportable = "onnx-int8"
     signed_weights = False          # exported weights: uint8 with zero point 128

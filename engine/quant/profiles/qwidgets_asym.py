@@ -61,6 +61,7 @@ class QwidgetsAsymProfile(OrtProfile):
     name = "qwidgets_asym"
     title = "qwidgets engine, uint8 activations with zero points (leaky folded)"
     exportable = None
+    pre_activation_grid = False     # leaky is folded into the requantization
     signed_weights = True
     rules = {
         "activations": "uint8 with zero point, per tensor, range from the calibrator and the calibration rules",
