@@ -12,7 +12,8 @@ configs: `plain` (every tensor on its own |x| histogram, the former behaviour), 
 calibration rules, engine/calib/views.py), `bias` (rules + bias correction), `mixed` (rules + the mixed-precision search for
 --target on the first half of the variants, scored on all); refinements combine with `+`:
 `cle` (cross-layer equalization, weight ranges), `cle_act` (CLE on activation ranges), `asym` (uint8
-activations with zero points, profile qwidgets_asym), e.g. `cle+asym+bias`; `plain+asym` without rules.
+activations with zero points, profile qwidgets_asym), `ort` (profile onnxruntime), e.g. `cle+asym+bias`;
+`plain+asym` without the rules.
 """
 from __future__ import annotations
 
@@ -74,6 +75,8 @@ def main(argv=None) -> int:
                 kw["images"] = photos
             if "asym" in parts:
                 kw["profile"] = "qwidgets_asym"
+            if "ort" in parts:
+                kw["profile"] = "onnxruntime"
             qm = quantize(qmodel_of, stats, method, per_channel=True, **kw)
             if spec is not None:
                 qm = attach_equalization(qm, spec, mode)

@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.calib.collect import image_list
 from engine.quant.qmodel import LayerQuant, QuantizedModel, input_id
-from engine.quant.qtensor import dequantize, quantize
+from engine.quant.profiles import get_profile
 
 
 def _channel_means(x: np.ndarray) -> np.ndarray:
@@ -32,16 +32,17 @@ def bias_correction(model, qmodel: QuantizedModel, images: Sequence, resize: str
                if model.layers[i].kind == "connected" or getattr(model.layers[i], "groups", 1) == 1]
     sums: dict[int, list[np.ndarray]] = {i: [0.0, 0.0] for i in targets}
     items = image_list(images)
+    profile = get_profile(qmodel.profile)       # the input grid the int8 layer really reads (zero points too)
     for item in items:
         x = item if isinstance(item, np.ndarray) else model.preprocess(item, resize).x
         outs = model.forward(x)
         for i in targets:
             src = model.layers[i].inputs[0]
             xin = x if src < 0 else outs[src]
-            s = qmodel.scales[input_id(model.layers[i])]
-            q, _ = quantize(xin, s)
+            nid = input_id(model.layers[i])
+            q, _ = profile.quantize(xin, qmodel.scales[nid], int(qmodel.zero_points.get(nid, 0)))
             sums[i][0] = sums[i][0] + _channel_means(xin)
-            sums[i][1] = sums[i][1] + _channel_means(dequantize(q, s))
+            sums[i][1] = sums[i][1] + _channel_means(q.dequantize())
     twin = qmodel.copy()
     shifts = {}
     for i in targets:
