@@ -105,10 +105,11 @@ def image_list(source: str | Path | Iterable[ImageLike]) -> list[ImageLike]:
 
 
 def collect(model, images, resize: str = "letterbox", progress: bool = True,
-            on_image: Callable[[int, int], object] | None = None) -> CalibrationStats:
+            on_image: Callable[[int, int], object] | None = None, keep=None) -> CalibrationStats:
     """Calibration statistics of `model` over images (folder, file or list), with a progress bar.
 
-    `on_image(done, total)` is called after each image (for widgets' progress bars).
+    `on_image(done, total)` is called after each image (for widgets' progress bars). `keep`: an
+    engine.calib.floats.FloatOutputs that keeps the FLOAT inputs the refinements read.
     """
     items = image_list(images)
     stats = CalibrationStats()
@@ -120,7 +121,10 @@ def collect(model, images, resize: str = "letterbox", progress: bool = True,
         for item in items:
             x = item if isinstance(item, np.ndarray) and item.shape == model.input_shape \
                 else model.preprocess(item, resize).x
-            observe(model, x, stats)
+            outs = model.forward(x)
+            observe(model, x, stats, outs)
+            if keep is not None:
+                keep.add(x, outs)
             if bar is not None:
                 bar.update(1)
             if on_image is not None:

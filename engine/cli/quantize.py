@@ -25,9 +25,10 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-rules", action="store_true",
                    help="calibrate every tensor on its own |x| histogram (no one-sided / shared-scale / first-layer "
                         "rules; yolo2_light never uses them)")
-    s.add_argument("--refine", choices=("bias",), action="append", default=[],
-                   help="refinement after calibration: bias = per-channel bias correction (NNCF FastBiasCorrection "
-                        "style) on the calibration images")
+    s.add_argument("--refine", choices=("bias", "eq"), action="append", default=[],
+                   help="refinement after calibration (repeatable): eq = per-layer threshold search on the local "
+                        "output error (ncnn's EQ), bias = per-channel bias correction (NNCF FastBiasCorrection "
+                        "style); both on the calibration images, eq first")
     s.add_argument("--target-map", type=number("--target-map", 0.0, 1.0), metavar="MAP",
                    help="keep the fewest layers FLOAT (greedy by measured sensitivity) so INT detections on --val "
                         "reach this mAP@[.5:.95] against FLOAT with no lost detection; prints the trade-off curve")
@@ -61,14 +62,21 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if (args.target_map is None) != (args.val is None):
         raise EngineError("--target-map and --val go together: the search scores INT detections on --val")
     model = load_model(args)
-    stats = collect(model, args.calib, args.resize, progress=not args.quiet)
+    keep = None
+    if args.refine:                                  # the refinements read the calibration pass's FLOAT outputs
+        from engine.calib.floats import FloatOutputs
+        keep = FloatOutputs(model)
+    stats = collect(model, args.calib, args.resize, progress=not args.quiet, keep=keep)
     extra = {"rules": ()} if args.no_rules else {}
     if args.method == "auto":
         extra["images"] = args.calib
     qm = quantize(model, stats, args.method, per_channel=args.per_channel, profile=args.profile, **extra, **settings)
+    if "eq" in args.refine:
+        from engine.quant.refine import eq_search
+        qm = eq_search(model, qm, keep)
     if "bias" in args.refine:
         from engine.quant.refine import bias_correction
-        qm = bias_correction(model, qm, args.calib, args.resize)
+        qm = bias_correction(model, qm, args.calib, args.resize, floats=keep)
     if "auto" in qm.meta:
         print(auto_choice_text(qm.meta["auto"]), file=sys.stderr)
     if args.target_map is not None:

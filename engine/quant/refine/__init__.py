@@ -1,6 +1,7 @@
 """Refinements applied to a quantized model after calibration (each a switch, measured alone)."""
 from engine.quant.refine.bias import bias_correction
+from engine.quant.refine.eq import eq_search
 
-REFINEMENTS = ("bias",)
+REFINEMENTS = ("bias", "eq")
 
-__all__ = ["bias_correction", "REFINEMENTS"]
+__all__ = ["bias_correction", "eq_search", "REFINEMENTS"]
