@@ -9,8 +9,10 @@ thresholds + refinements) over a plain FLOAT pass on the same photos.
     python benchmarks/bench_calibrators.py [--methods kl,log2,...] [--configs plain,rules,...]
 
 configs: `plain` (every tensor on its own |x| histogram, the former behaviour), `rules` (the default
-calibration rules, engine/calib/views.py), `bias` (rules + bias correction), `mixed` (rules + the mixed-precision search for
---target on the first half of the variants, scored on all).
+calibration rules, engine/calib/views.py), `bias` (rules + bias correction), `eq` (rules + the EQ
+threshold search, engine/quant/refine/eq.py), `eqbias` (rules + eq + bias), `mixed` (rules + the
+mixed-precision search for --target on the first half of the variants, scored on all). The
+refinements read the FLOAT outputs the calibration pass kept (no second FLOAT pass).
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ from engine.model import load  # noqa: E402
 from engine.calib.collect import collect, image_list  # noqa: E402
 from engine.quant.mixed import search  # noqa: E402
 from engine.quant.autoquant import quantize  # noqa: E402
-from engine.quant.refine import bias_correction  # noqa: E402
+from engine.calib.floats import FloatOutputs  # noqa: E402
+from engine.quant.refine import bias_correction, eq_search  # noqa: E402
 from engine.quant.scoring import Scorer  # noqa: E402
 from engine.quant.valset import variants  # noqa: E402
 
@@ -60,13 +63,16 @@ def main(argv=None) -> int:
             if method == "yolo2_light" and config != "plain":
                 continue                      # yolo2_light has no rules: it is the exact reproduction
             t = time.perf_counter()
-            stats = collect(model, photos, progress=False)
+            keep = FloatOutputs(model) if config in ("bias", "eq", "eqbias") else None
+            stats = collect(model, photos, progress=False, keep=keep)
             kw = {"rules": ()} if config == "plain" else {}
             if method == "auto":
                 kw["images"] = photos
             qm = quantize(model, stats, method, per_channel=True, **kw)
-            if config == "bias":
-                qm = bias_correction(model, qm, photos)
+            if config in ("eq", "eqbias"):
+                qm = eq_search(model, qm, keep)
+            if config in ("bias", "eqbias"):
+                qm = bias_correction(model, qm, photos, floats=keep)
             calib = time.perf_counter() - t
             note = ""
             if config == "mixed":

@@ -76,9 +76,11 @@ def observe(model, x: np.ndarray, stats: CalibrationStats, outs: Sequence[np.nda
     sided = one_sided_ids(model)
     for nid in quantizable_ids(model):
         y = x if nid == "input" else outs[int(nid)]
-        stats.hists.setdefault(nid, AbsHistogram()).observe(y)
+        h = stats.hists.setdefault(nid, AbsHistogram())
         if nid in sided:
-            stats.hists.setdefault(positive_key(nid), AbsHistogram()).observe(y[y > 0])
+            h.observe_with_positive(stats.hists.setdefault(positive_key(nid), AbsHistogram()), y)
+        else:
+            h.observe(y)
     stats.images += 1
 
 
