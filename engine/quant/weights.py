@@ -9,6 +9,7 @@ Schemes (chosen by the calibration method's `weights` attribute):
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,6 +99,25 @@ def quantize_weights(w: np.ndarray, scheme: str = "minmax", per_channel: bool = 
     shape = (-1,) + (1,) * (w.ndim - 1)
     q = np.clip(np.rint(w.astype(np.float64) / scale.reshape(shape if per_channel else ())), -qmax, qmax)
     return QuantWeights(q.astype(np.int8), scale, scheme)
+
+
+_FUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def fused_params(model, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """layer.fused(params) of `model`'s layer `index` (BN-folded float32 weights, biases), kept while
+    that layer's params dict is the model's: edits replace the dict (Model.replace_param), never
+    write into it. Calibration folds each layer once instead of once per step (quantize, rescale,
+    bias correction). The arrays are read-only."""
+    per = _FUSED.setdefault(model, {})
+    params = model.params[index]
+    hit = per.get(index)
+    if hit is not None and hit[0] is params:
+        return hit[1], hit[2]
+    w, b = model.layers[index].fused(params)
+    w.flags.writeable = b.flags.writeable = False
+    per[index] = (params, w, b)
+    return w, b
 
 
 def quantize_bias(b: np.ndarray, in_scale: float, w_scale: np.ndarray) -> np.ndarray:

@@ -96,3 +96,14 @@ def test_log2_weight_scales_equal_the_float64_evaluation(tiny):
     assert len({float(v) for c in chosen for v in c}) >= 2      # the search does not always keep the top scale
     tiny_w = np.array([[1e-39, -3e-39, 0.0], [0.0, 0.0, 0.0], [1.0, -0.5, 0.25]], np.float32)
     assert np.array_equal(log2_scales(tiny_w), _log2_scales_float64(tiny_w))
+
+
+def test_fused_params_follow_parameter_edits(tiny_copy):
+    from engine.quant.weights import fused_params
+    w, b = fused_params(tiny_copy, 0)
+    assert fused_params(tiny_copy, 0)[0] is w                  # folded once
+    ref_w, ref_b = tiny_copy.layers[0].fused(tiny_copy.params[0])
+    assert np.array_equal(w, ref_w) and np.array_equal(b, ref_b) and not w.flags.writeable
+    tiny_copy.set_param(0, "biases", tiny_copy.params[0]["biases"] + 1)
+    w2, b2 = fused_params(tiny_copy, 0)
+    assert np.array_equal(b2, tiny_copy.layers[0].fused(tiny_copy.params[0])[1]) and not np.array_equal(b2, b)

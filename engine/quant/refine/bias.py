@@ -20,6 +20,7 @@ from engine.calib.floats import FloatOutputs
 from engine.errors import ArgumentError
 from engine.quant.qmodel import LayerQuant, QuantizedModel, input_id
 from engine.quant.qtensor import dequantize, quantize
+from engine.quant.weights import fused_params
 
 
 def _channel_means(x: np.ndarray) -> np.ndarray:
@@ -61,7 +62,7 @@ def bias_correction(model, qmodel: QuantizedModel, images: Sequence | None = Non
     shifts = {}
     for i in targets:
         lq = qmodel.layers[i]
-        w, _ = model.layers[i].fused(model.params[i])
+        w, _ = fused_params(model, i)
         n = w.shape[0]
         s_f = w.reshape(n, w.shape[1], -1).sum(axis=2) if w.ndim == 4 else w.reshape(n, -1)
         s_q = lq.dequantized_weights().astype(np.float64)

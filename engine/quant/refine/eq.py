@@ -32,7 +32,7 @@ from engine.layers.activations import activate
 from engine.layers.convolutional import BN_EPS
 from engine.quant.layerquant import LayerQuant
 from engine.quant.qmodel import QuantizedModel, input_id
-from engine.quant.weights import quantize_bias
+from engine.quant.weights import fused_params, quantize_bias
 from engine.quant.qtensor import QMAX
 
 LINEAR_STEPS = 4          # candidates 2**(j/4): steps of 19%, over [0.5, 2] as ncnn
@@ -202,7 +202,7 @@ def eq_search(model, qmodel: QuantizedModel, floats: FloatOutputs | None = None,
     for i, lq in qmodel.layers.items():          # re-derive the int32 biases of the layers whose input scale changed
         s_in = twin.scales[input_id(model.layers[i])]
         if s_in != lq.in_scale:
-            b = biases[i] if i in biases else model.layers[i].fused(model.params[i])[1]
+            b = biases[i] if i in biases else fused_params(model, i)[1]
             twin.layers[i] = LayerQuant(lq.w_q, lq.w_scale, quantize_bias(b, s_in, lq.w_scale), s_in, lq.scheme)
     twin.thresholds.update({n: s * QMAX for n, s in new_scales.items()})
     twin.meta["eq"] = report
