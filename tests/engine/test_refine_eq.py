@@ -124,3 +124,24 @@ def test_bias_correction_on_kept_float_outputs_equals_a_new_float_pass(tiny, tin
     assert kept.meta["bias_correction"] == fresh.meta["bias_correction"]
     with pytest.raises(ArgumentError, match="images=..."):
         bias_correction(tiny, qm)
+
+
+@pytest.mark.parametrize("size,stride,pad", [(3, 1, 1), (3, 2, 1), (1, 1, 0), (2, 2, 0)])
+def test_sampled_windows_are_the_im2col_rows(size, stride, pad):
+    from types import SimpleNamespace
+    from engine.kernels.gemm import conv_out_size
+    from engine.quant.refine.eq import _positions
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 11, 9)).astype(np.float32)
+    ho, wo = conv_out_size(11, size, stride, pad), conv_out_size(9, size, stride, pad)
+    y = np.arange(ho * wo, dtype=np.float32).reshape(1, ho, wo)       # the output names its position
+    layer = SimpleNamespace(size=size, stride=stride, padding=pad)
+    rows, outs, weights = _positions(layer, x, y, 6, 1.5, rng)
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad)))
+    for r, o in zip(rows, outs[:, 0].astype(int)):
+        oy, ox = divmod(o, wo)
+        want = xp[:, oy * stride:oy * stride + size, ox * stride:ox * stride + size].reshape(-1)
+        assert np.array_equal(r, want)
+    assert weights.sum() == pytest.approx(ho * wo)                     # strata weights cover every position
+    all_rows, _, w1 = _positions(layer, x, y, ho * wo, 1.5, rng)
+    assert all_rows.shape == (ho * wo, 5 * size * size) and np.all(w1 == 1)

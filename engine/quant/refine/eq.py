@@ -50,14 +50,16 @@ def _positions(layer, x: np.ndarray, y: np.ndarray, n: int, clip_at: float, rng
     (rounding error only, statistically alike); each sampled uniformly without replacement, all of the
     first taken when it fits in half the budget, weights = stratum size / sampled count."""
     k, s, p = layer.size, layer.stride, layer.padding
-    xp = np.pad(x, ((0, 0), (p, p), (p, p))) if p else x
-    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::s, ::s]   # (C, Ho, Wo, k, k)
-    ho, wo = win.shape[1], win.shape[2]
+    ho, wo = y.shape[1], y.shape[2]
     flat_y = y.reshape(y.shape[0], -1)
     if n >= ho * wo:                    # every position, exactly
+        xp = np.pad(x, ((0, 0), (p, p), (p, p))) if p else x
+        win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::s, ::s]  # (C, Ho, Wo, k, k)
         rows = win.transpose(1, 2, 0, 3, 4).reshape(ho * wo, -1)
         return np.ascontiguousarray(rows, np.float32), flat_y.T, np.ones(ho * wo)
-    amax = np.lib.stride_tricks.sliding_window_view(np.abs(xp).max(axis=0), (k, k))[::s, ::s].max(axis=(2, 3))
+    cmax = np.abs(x).max(axis=0)        # only this 2-D map is padded, not the input
+    cmax = np.pad(cmax, p) if p else cmax
+    amax = np.lib.stride_tricks.sliding_window_view(cmax, (k, k))[::s, ::s][:ho, :wo].max(axis=(2, 3))
     clipped = amax.ravel() > clip_at
     picks, weights = [], []
     hot = np.flatnonzero(clipped)
@@ -69,7 +71,14 @@ def _positions(layer, x: np.ndarray, y: np.ndarray, n: int, clip_at: float, rng
         picks.append(pick)
         weights.append(np.full(pick.size, stratum.size / pick.size))
     idx = np.concatenate(picks)
-    rows = win[:, idx // wo, idx % wo].transpose(1, 0, 2, 3).reshape(idx.size, -1)
+    # the sampled windows gathered from x itself, zero outside it (the conv's zero padding)
+    d = np.arange(k)
+    yy = (idx // wo * s - p)[:, None, None] + d[None, :, None]          # (m, k, 1)
+    xx = (idx % wo * s - p)[:, None, None] + d[None, None, :]           # (m, 1, k)
+    inside = (yy >= 0) & (yy < x.shape[1]) & (xx >= 0) & (xx < x.shape[2])
+    g = x[:, np.clip(yy, 0, x.shape[1] - 1), np.clip(xx, 0, x.shape[2] - 1)]   # (C, m, k, k)
+    g = np.where(inside[None], g, np.float32(0))
+    rows = g.transpose(1, 0, 2, 3).reshape(idx.size, -1)
     return np.ascontiguousarray(rows, np.float32), flat_y[:, idx].T, np.concatenate(weights)
 
 
