@@ -12,7 +12,7 @@ one whose int8 output is closest (cosine) to the FLOAT output, averaged over up 
   the tensor's scale group (tensors sharing one scale are searched together);
 * as in ncnn the inputs are FLOAT (each layer alone), so the groups are independent and every
   candidate of a group is evaluated in one batched matmul on im2col rows. To fit `budget` (the
-  search's multiply-adds as a fraction of those layers' FLOAT ones, at least 2**26 per layer) it
+  search's multiply-adds as a fraction of those layers' FLOAT ones, at least 2**24 per layer) it
   reads 32 random output channels of each layer (each channel's error curve takes its shape from
   the same input error field) and, where needed, a sample of output positions in two strata:
   windows holding a value some candidate clips (all of them when they fit) and the rest, each
@@ -38,7 +38,7 @@ from engine.quant.qtensor import QMAX
 LINEAR_STEPS = 4          # candidates 2**(j/4): steps of 19%, over [0.5, 2] as ncnn
 MIN_POSITIONS = 8         # per image and layer, however small the budget
 MIN_CHANNELS = 32
-MIN_MACS = 1 << 26        # a small layer is searched on enough data however small its share of the budget
+MIN_MACS = 1 << 24        # a small layer is searched on enough data however small its share of the budget
 MAX_IMAGES = 50           # as ncnn's EQ
 
 
