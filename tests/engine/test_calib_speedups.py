@@ -107,3 +107,18 @@ def test_fused_params_follow_parameter_edits(tiny_copy):
     tiny_copy.set_param(0, "biases", tiny_copy.params[0]["biases"] + 1)
     w2, b2 = fused_params(tiny_copy, 0)
     assert np.array_equal(b2, tiny_copy.layers[0].fused(tiny_copy.params[0])[1]) and not np.array_equal(b2, b)
+
+
+def test_fake_quantized_equals_quantize_then_dequantize(tiny, tiny_q):
+    from engine.quant.qtensor import dequantize, quantize
+    from engine.quant.refine.bias import fake_quantized
+    x = tiny.preprocess(IMAGES / "dog.jpg").x
+    outs = tiny.forward(x)
+    checked = 0
+    for nid, s in tiny_q.scales.items():
+        y = x if nid == "input" else outs[int(nid)]
+        for scale in (s, s / 3):                                  # / 3: saturating values too
+            q, sat = quantize(y, scale)
+            assert np.array_equal(fake_quantized(y, scale), dequantize(q, scale))
+            checked += sat > 0
+    assert checked >= 5

@@ -19,12 +19,22 @@ from engine.calib.collect import image_list
 from engine.calib.floats import FloatOutputs
 from engine.errors import ArgumentError
 from engine.quant.qmodel import LayerQuant, QuantizedModel, input_id
-from engine.quant.qtensor import dequantize, quantize
+from engine.quant.qtensor import QMAX
 from engine.quant.weights import fused_params
 
 
 def _channel_means(x: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], -1).astype(np.float64).mean(axis=1) if x.ndim == 3 else x.astype(np.float64).ravel()
+
+
+def fake_quantized(x: np.ndarray, scale: float) -> np.ndarray:
+    """dequantize(quantize(x, scale)) bit for bit, in four in-place float32 passes: clipping before
+    rounding gives the same integers, and float32(q) * float32(scale) is what dequantize computes."""
+    v = np.divide(x, np.float32(scale), dtype=np.float32)
+    np.clip(v, -QMAX, QMAX, out=v)
+    np.rint(v, out=v)
+    v *= np.float32(scale)
+    return v
 
 
 def _float_pass(model, items, resize):
@@ -55,9 +65,8 @@ def bias_correction(model, qmodel: QuantizedModel, images: Sequence | None = Non
         for i in targets:
             xin = outs[model.layers[i].inputs[0]]
             s = qmodel.scales[input_id(model.layers[i])]
-            q, _ = quantize(xin, s)
             sums[i][0] = sums[i][0] + _channel_means(xin)
-            sums[i][1] = sums[i][1] + _channel_means(dequantize(q, s))
+            sums[i][1] = sums[i][1] + _channel_means(fake_quantized(xin, s))
     twin = qmodel.copy()
     shifts = {}
     for i in targets:

@@ -129,16 +129,24 @@ class _Reader:
         self.weights = np.concatenate(weights)
         self.ref = np.concatenate(refs).astype(np.float64)                  # FLOAT output at those positions
         self.energy = max(float((self.weights[:, None] * self.ref ** 2).sum()), 1e-30)
+        self.ref32, self.weights32 = self.ref.astype(np.float32), self.weights.astype(np.float32)
 
     def errors(self, scales: np.ndarray) -> np.ndarray:
-        """Relative squared output error for each candidate input scale, in one batched matmul."""
+        """Relative squared output error for each candidate input scale, in one batched matmul
+        (float32 throughout: an estimate, not the integer path itself)."""
+        k, (p, ck) = scales.size, self.rows.shape
+        q = np.multiply(self.rows[None], (1.0 / scales).astype(np.float32).reshape(-1, 1, 1))   # (K, P, C*k*k)
+        np.rint(q, out=q)
+        np.clip(q, -QMAX, QMAX, out=q)
+        acc = (q.reshape(k * p, ck) @ self.w_q).reshape(k, p, -1)                                # (K, P, n_s)
         s = scales.reshape(-1, 1, 1)
-        q = np.clip(np.rint(self.rows[None] / s.astype(np.float32)), -QMAX, QMAX)        # (K, P, C*k*k)
-        acc = (q.reshape(-1, q.shape[2]) @ self.w_q).astype(np.float64).reshape(q.shape[0], q.shape[1], -1)
-        b_q = np.clip(np.rint(self.b_s / (s * self.w_scale)), -(2 ** 31) + 1, 2 ** 31 - 1)  # int32 bias per scale
-        y = activate(((acc + b_q) * (s * self.w_scale)).astype(np.float32), self.layer.activation)
-        d = y.astype(np.float64) - self.ref[None]
-        return (self.weights[None, :, None] * d * d).sum(axis=(1, 2)) / self.energy
+        b_q = np.clip(np.rint(self.b_s / (s * self.w_scale)), -(2 ** 31) + 1, 2 ** 31 - 1)   # int32 bias per scale
+        acc += b_q.astype(np.float32)
+        acc *= (s * self.w_scale).astype(np.float32)
+        y = activate(acc, self.layer.activation)
+        y -= self.ref32[None]
+        np.square(y, out=y)
+        return np.einsum("kpn,p->k", y, self.weights32, dtype=np.float64) / self.energy
 
 
 def candidate_scales(s0: float, cap: float, power_of_two: bool) -> np.ndarray:
