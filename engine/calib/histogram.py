@@ -25,6 +25,17 @@ def _buffer(name: str, n: int, dtype) -> np.ndarray:
     return buf[:n]
 
 
+def _min_positive(x: np.ndarray, pos: np.ndarray) -> float:
+    """The smallest value > 0 of x (which has one). For float32, positive floats order as their bit
+    patterns and bits - 1 sends +0 and every negative (sign bit set) above them: one integer min,
+    where np.min(x, where=pos) takes 20x longer."""
+    if x.dtype == np.float32 and x.flags.c_contiguous:
+        bits = _buffer("bits", x.size, np.uint32)
+        np.subtract(x.reshape(-1).view(np.uint32), np.uint32(1), out=bits)
+        return float(np.array(int(bits.min()) + 1, np.uint32).view(np.float32))
+    return float(np.min(x, where=pos, initial=np.inf))
+
+
 @dataclass
 class AbsHistogram:
     nbins: int = NBINS
@@ -118,7 +129,7 @@ class AbsHistogram:
         if n_pos == 0:
             self.counts += np.bincount(self._bins(x, absolute=True), minlength=self.nbins)
             return
-        pmin = float(np.min(x, where=pos, initial=np.inf))
+        pmin = _min_positive(x, pos)
         positive._add_range(pmin, xmax, n_pos)
         if positive.hi != self.hi or positive.nbins != self.nbins:
             self.counts += np.bincount(self._bins(x, absolute=True), minlength=self.nbins)

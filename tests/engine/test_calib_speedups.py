@@ -52,7 +52,8 @@ def test_collect_histograms_equal_the_two_pass_histograms(tiny, tiny_stats):
         _same(tiny_stats.hists[key], h)
 
 
-@pytest.mark.parametrize("case", ["leaky", "negatives_dominate", "no_positives", "zeros", "float64", "growing"])
+@pytest.mark.parametrize("case", ["leaky", "negatives_dominate", "no_positives", "zeros", "float64", "growing",
+                                  "signed_zeros_subnormals", "strided"])
 def test_edge_cases_equal_the_two_pass_histograms(case):
     rng = np.random.default_rng(3)
     base = rng.standard_normal((4, 50, 50)).astype(np.float32) * 3
@@ -64,6 +65,8 @@ def test_edge_cases_equal_the_two_pass_histograms(case):
         "zeros": [np.zeros((3, 4, 4), np.float32), leaky, np.zeros(5, np.float32)],
         "float64": [leaky.astype(np.float64), base.astype(np.float64)],
         "growing": [leaky * 1e-3, leaky, leaky * 1e3, np.float32(2.0) ** np.arange(-20, 12, dtype=np.float32)],
+        "signed_zeros_subnormals": [np.array([-0.0, 0.0, 1e-45, -1e-45, 3e-39, -2.0, 5.0], np.float32), leaky],
+        "strided": [leaky[:, ::2, ::3], leaky.transpose(2, 0, 1)],                # not C-contiguous
     }[case]
     for got, want in zip(_one_pass(values), _two_pass(values)):
         _same(got, want)
