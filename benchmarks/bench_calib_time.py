@@ -55,7 +55,7 @@ def calibrate(model, photos, method: str, refinements: set[str]) -> dict[str, fl
     times["thresholds+weights"] = time.perf_counter() - t
     if "eq" in refinements:
         t = time.perf_counter()
-        qm = refine.eq_search(qmodel_of, qm, keep)
+        qm = refine.eq_search(model, qm, keep)       # the original: eq finds the equalized twin itself
         times["eq"] = time.perf_counter() - t
     if "bias" in refinements:
         t = time.perf_counter()

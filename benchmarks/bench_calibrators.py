@@ -9,10 +9,12 @@ thresholds + refinements) over a plain FLOAT pass on the same photos.
     python benchmarks/bench_calibrators.py [--methods kl,log2,...] [--configs plain,rules,...]
 
 configs: `plain` (every tensor on its own |x| histogram, the former behaviour), `rules` (the default
-calibration rules, engine/calib/views.py), `bias` (rules + bias correction), `eq` (rules + the EQ
-threshold search, engine/quant/refine/eq.py), `eqbias` (rules + eq + bias), `mixed` (rules + the
-mixed-precision search for --target on the first half of the variants, scored on all). The
-refinements read the FLOAT outputs the calibration pass kept (no second FLOAT pass).
+calibration rules, engine/calib/views.py), `bias` (rules + bias correction), `mixed` (rules + the mixed-precision search for
+--target on the first half of the variants, scored on all); refinements combine with `+`:
+`cle` (cross-layer equalization, weight ranges), `cle_act` (CLE on activation ranges), `eq` (the EQ
+threshold search, engine/quant/refine/eq.py), `asym` (uint8 activations with zero points, profile
+qwidgets_asym), `ort` (profile onnxruntime), e.g. `cle+asym+bias`, `eq+bias`; `plain+asym` without
+the rules. Bias correction and eq read the FLOAT outputs the calibration pass kept.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from engine.calib.collect import collect, image_list  # noqa: E402
 from engine.quant.mixed import search  # noqa: E402
 from engine.quant.autoquant import quantize  # noqa: E402
 from engine.calib.floats import FloatOutputs  # noqa: E402
-from engine.quant.refine import bias_correction, eq_search  # noqa: E402
+from engine.quant.refine import attach_equalization, bias_correction, eq_search, equalize  # noqa: E402
 from engine.quant.scoring import Scorer  # noqa: E402
 from engine.quant.valset import variants  # noqa: E402
 
@@ -55,33 +57,45 @@ def main(argv=None) -> int:
     scorer = Scorer(model, vs)
     print(f"validation: {len(vs)} variants of {len(photos)} photos, {scorer.n_truth} FLOAT detections at 0.25; "
           f"FLOAT pass over the photos {float_pass:.2f} s")
-    head = (f"{'method':<12}{'config':<8}{'INT mAP50':>10}{'INT mAP':>9}{'lost':>6}{'extra':>6}"
+    head = (f"{'method':<12}{'config':<16}{'INT mAP50':>10}{'INT mAP':>9}{'lost':>6}{'extra':>6}"
             f"{'HYB mAP50':>10}{'HYB mAP':>9}{'lost':>6}{'calib/FLOAT':>13}")
     print(head)
     for method in [m for m in args.methods.split(",") if m]:
         for config in [c for c in args.configs.split(",") if c]:
             if method == "yolo2_light" and config != "plain":
                 continue                      # yolo2_light has no rules: it is the exact reproduction
+            parts = set(config.split("+"))
             t = time.perf_counter()
-            keep = FloatOutputs(model) if config in ("bias", "eq", "eqbias") else None
-            stats = collect(model, photos, progress=False, keep=keep)
-            kw = {"rules": ()} if config == "plain" else {}
+            qmodel_of = model
+            spec = None
+            if parts & {"cle", "cle_act"}:
+                mode = "activations" if "cle_act" in parts else "weights"
+                qmodel_of, spec = equalize(model, mode, photos)
+            keep = FloatOutputs(qmodel_of) if parts & {"bias", "eq"} else None
+            stats = collect(qmodel_of, photos, progress=False, keep=keep)
+            kw = {"rules": ()} if "plain" in parts else {}
             if method == "auto":
                 kw["images"] = photos
-            qm = quantize(model, stats, method, per_channel=True, **kw)
-            if config in ("eq", "eqbias"):
+            if "asym" in parts:
+                kw["profile"] = "qwidgets_asym"
+            if "ort" in parts:
+                kw["profile"] = "onnxruntime"
+            qm = quantize(qmodel_of, stats, method, per_channel=True, **kw)
+            if spec is not None:
+                qm = attach_equalization(qm, spec, mode)
+            if "eq" in parts:
                 qm = eq_search(model, qm, keep)
-            if config in ("bias", "eqbias"):
+            if "bias" in parts:
                 qm = bias_correction(model, qm, photos, floats=keep)
             calib = time.perf_counter() - t
             note = ""
-            if config == "mixed":
+            if "mixed" in parts:
                 half = Scorer(model, vs[::2])
                 res = search(model, qm, half, target=args.target)
                 qm = res.apply(qm)
                 note = f"  float_layers={list(qm.float_layers)}"
             a, h = scorer.score(qm, "int"), scorer.score(qm, "hybrid")
-            print(f"{method:<12}{config:<8}{a.map50:>10.3f}{a.map50_95:>9.3f}{a.missed:>6}{a.extra:>6}"
+            print(f"{method:<12}{config:<16}{a.map50:>10.3f}{a.map50_95:>9.3f}{a.missed:>6}{a.extra:>6}"
                   f"{h.map50:>10.3f}{h.map50_95:>9.3f}{h.missed:>6}{calib / float_pass:>12.1f}x{note}", flush=True)
     return 0
 

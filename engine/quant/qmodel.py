@@ -150,8 +150,8 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
     """Activation scales from `stats` with `method`, int8 weights / int32 biases for every conv and
     connected layer, for the device `profile` (engine/quant/profiles: symmetric int8 or uint8 with zero
     points, weight scheme). `rules`: the calibration rules of engine/calib/views.py (default: the
-    method's; () calibrates every tensor on its own |x| histogram); they apply to profiles with symmetric
-    activations. `auto` goes through engine.quant.autoquant. Raises EngineError if the statistics do
+    method's; () calibrates every tensor on its own |x| histogram); with asymmetric activations the rules'
+    threshold clips each tensor's own signed range. `auto` goes through engine.quant.autoquant. Raises EngineError if the statistics do
     not cover the model's tensors or the profile is unknown."""
     from engine.quant.profiles import get_profile
     from engine.quant.profiles.base import Profile
@@ -176,13 +176,16 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
         except ValueError as err:
             raise EngineError(f"quantize_model: {err}") from None
         zero_points: dict[str, int] = {}
-    else:
+    else:       # asymmetric: the rules' threshold clips each tensor's own signed range (rules=(): as before)
         base = CalibrationStats({k: h for k, h in stats.hists.items() if k in set(quantizable_ids(model))},
                                 stats.images)          # not the positive-side histograms ("<id>+")
-        scales, zero_points = prof.activation_params(base, calibrator)
-        thresholds = {nid: calibrator.threshold(h) if h.amax > 0 else 0.0 for nid, h in base.hists.items()}
+        try:
+            _, thresholds, _ = activation_scales(model, stats, calibrator, rules)
+        except ValueError as err:
+            raise EngineError(f"quantize_model: {err}") from None
+        scales, zero_points = prof.activation_params(base, calibrator, thresholds)
     prof.tie_grids(model, scales, zero_points)
-    pre_scales, pre_zero_points = prof.extra_params(model, stats, calibrator)
+    pre_scales, pre_zero_points = prof.extra_params(model, stats, calibrator, thresholds)
     scheme, per_channel = prof.weight_choice(calibrator, per_channel)
     layers: dict[int, LayerQuant] = {}
     for layer in model.layers:

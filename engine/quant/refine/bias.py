@@ -19,6 +19,7 @@ from engine.calib.collect import image_list
 from engine.calib.floats import FloatOutputs
 from engine.errors import ArgumentError
 from engine.quant.qmodel import LayerQuant, QuantizedModel, input_id
+from engine.quant.profiles import get_profile
 from engine.quant.qtensor import QMAX
 from engine.quant.weights import fused_params
 
@@ -49,6 +50,8 @@ def bias_correction(model, qmodel: QuantizedModel, images: Sequence | None = Non
     """A copy of `qmodel` with the int32 biases of every conv (groups 1) / connected layer corrected.
     The FLOAT inputs come from `floats` (kept by the calibration pass, if it kept every image) or a
     FLOAT pass over `images`. The per-layer shifts (in output units) are kept in meta["bias_correction"]."""
+    from engine.quant.executor import equalized_for
+    model = equalized_for(model, qmodel)       # a cross-layer-equalized model's own float activations
     targets = [i for i, lq in qmodel.layers.items()
                if model.layers[i].kind == "connected" or getattr(model.layers[i], "groups", 1) == 1]
     sums: dict[int, list[np.ndarray]] = {i: [0.0, 0.0] for i in targets}
@@ -59,14 +62,20 @@ def bias_correction(model, qmodel: QuantizedModel, images: Sequence | None = Non
     else:
         raise ArgumentError("bias_correction needs the calibration images (images=...) or the FLOAT inputs the "
                             "calibration pass kept (floats=...)")
+    profile = get_profile(qmodel.profile)       # the input grid the int8 layer really reads (zero points too)
     count = 0
     for outs in per_image:
         count += 1
         for i in targets:
             xin = outs[model.layers[i].inputs[0]]
-            s = qmodel.scales[input_id(model.layers[i])]
+            nid = input_id(model.layers[i])
+            if profile.name == "qwidgets":
+                xq = fake_quantized(xin, qmodel.scales[nid])
+            else:
+                q, _ = profile.quantize(xin, qmodel.scales[nid], int(qmodel.zero_points.get(nid, 0)))
+                xq = q.dequantize()
             sums[i][0] = sums[i][0] + _channel_means(xin)
-            sums[i][1] = sums[i][1] + _channel_means(fake_quantized(xin, s))
+            sums[i][1] = sums[i][1] + _channel_means(xq)
     twin = qmodel.copy()
     shifts = {}
     for i in targets:

@@ -169,6 +169,8 @@ def eq_search(model, qmodel: QuantizedModel, floats: FloatOutputs | None = None,
     if qmodel.stats is None:
         raise EngineError("eq needs the quantized model's calibration statistics (it caps thresholds at the "
                           "largest |x| seen)")
+    from engine.quant.executor import equalized_for
+    model = equalized_for(model, qmodel)       # a cross-layer-equalized model's own weights and activations
     if floats is None:
         if images is None:
             raise ArgumentError("eq needs the calibration images' FLOAT inputs: pass floats=... or images=...")
