@@ -95,18 +95,18 @@ def test_eq_refuses_bad_arguments(tiny, tiny_stats, tiny_q, floats):
         eq_search(tiny, bare, floats)
 
 
-def test_cli_quantize_refine_eq_then_bias(tmp_path):
+def test_cli_quantize_refine_cle_eq_bias(tmp_path):
     import subprocess
     import sys
     from engine.quant.qmodel import QuantizedModel
     from helpers import ROOT, TINY_CFG, TINY_WEIGHTS
     out = tmp_path / "q.npz"
     res = subprocess.run([sys.executable, "-m", "engine", "quantize", str(TINY_CFG), "--weights", str(TINY_WEIGHTS),
-                          "--calib", str(IMAGES / "dog.jpg"), "--method", "kl", "--refine", "eq", "--refine", "bias",
+                          "--calib", str(IMAGES / "dog.jpg"), "--method", "kl", "--refine", "cle", "--refine", "eq", "--refine", "bias",
                           "--quiet", "-o", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stderr
     qm = QuantizedModel.load(out)
-    assert qm.method == "kl" and qm.meta["eq"] and "15" in qm.meta["bias_correction"]
+    assert qm.method == "kl" and qm.meta["eq"] and "15" in qm.meta["bias_correction"] and qm.meta["equalization"]
     moved = [k for k, v in qm.meta["eq"].items() if v[1] != v[0]]
     assert moved and all(qm.thresholds[k] == pytest.approx(qm.meta["eq"][k][1]) for k in moved)
     bad = subprocess.run([sys.executable, "-m", "engine", "quantize", str(TINY_CFG), "--weights", str(TINY_WEIGHTS),
@@ -145,3 +145,17 @@ def test_sampled_windows_are_the_im2col_rows(size, stride, pad):
     assert weights.sum() == pytest.approx(ho * wo)                     # strata weights cover every position
     all_rows, _, w1 = _positions(layer, x, y, ho * wo, 1.5, rng)
     assert all_rows.shape == (ho * wo, 5 * size * size) and np.all(w1 == 1)
+
+
+def test_eq_after_cross_layer_equalization(tiny, tiny_stats):
+    from engine.calib.collect import collect
+    from engine.quant.refine import attach_equalization, equalize
+    twin, spec = equalize(tiny, "weights", PHOTOS)
+    keep = FloatOutputs(twin)
+    stats = collect(twin, PHOTOS, progress=False, keep=keep)
+    qm = attach_equalization(quantize_model(twin, stats, "kl", per_channel=True), spec, "weights")
+    eq = eq_search(tiny, qm, keep)                            # finds the equalized twin itself
+    changed = [i for i in qm.layers if eq.layers[i].in_scale != qm.layers[i].in_scale]
+    assert len(changed) >= 2
+    for i in changed:
+        assert _local_error(tiny, eq, keep, i) <= _local_error(tiny, qm, keep, i), i
