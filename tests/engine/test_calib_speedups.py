@@ -125,3 +125,44 @@ def test_fake_quantized_equals_quantize_then_dequantize(tiny, tiny_q):
             assert np.array_equal(fake_quantized(y, scale), dequantize(q, scale))
             checked += sat > 0
     assert checked >= 5
+
+
+def _equalization_scales_former(model, mode, images=None, sweeps=20):
+    """The former sweep: fold the weights of the equalized model after every step."""
+    from engine.quant.refine.equalize import channel_maxima, equalized, pairs
+
+    def fused_w(m, i):
+        return m.layers[i].fused(m.params[i])[0].astype(np.float64)
+
+    pr = pairs(model)
+    acts = channel_maxima(model, images, pr) if mode == "activations" else {}
+    total = {p: np.ones(model.layers[p].filters) for p in pr}
+    work = model
+    for _ in range(sweeps):
+        moved = 0.0
+        for p, cons in pr.items():
+            n = model.layers[p].filters
+            r1 = np.abs(fused_w(work, p)).reshape(n, -1).max(axis=1) if mode == "weights" else acts[p] / total[p]
+            r2 = np.zeros(n)
+            for c, off in cons:
+                r2 = np.maximum(r2, np.abs(fused_w(work, c)[:, off:off + n]).max(axis=(0, 2, 3)))
+            ok = (r1 > 0) & (r2 > 0)
+            s = np.ones(n)
+            s[ok] = np.sqrt(r1[ok] / r2[ok])
+            total[p] = total[p] * s
+            work = equalized(work, {str(p): s})
+            moved = max(moved, float(np.abs(np.log(s)).max()))
+        if moved < 1e-4:
+            break
+    return total
+
+
+@pytest.mark.parametrize("mode", ["weights", "activations"])
+def test_equalization_scales_equal_the_former_sweep(tiny, mode):
+    from engine.quant.refine.equalize import equalization_scales
+    images = [IMAGES / "dog.jpg"] if mode == "activations" else None
+    got, want = equalization_scales(tiny, mode, images), _equalization_scales_former(tiny, mode, images)
+    assert got.keys() == want.keys() and len(got) >= 5
+    for p in want:
+        assert np.array_equal(got[p], want[p]), p
+    assert any(np.abs(np.log(s)).max() > 0.1 for s in got.values())

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.errors import EngineError
+from engine.layers.convolutional import BN_EPS
 
 HOMOGENEOUS = ("linear", "relu", "leaky")
 COMMUTING = ("maxpool", "upsample", "dropout")
@@ -109,25 +110,87 @@ def equalization_scales(model, mode: str = "weights", images: Sequence | None = 
         raise EngineError("equalization mode 'activations' measures per-channel output ranges: pass images=...")
     acts = channel_maxima(model, images, pr, resize) if mode == "activations" else {}
     total = {p: np.ones(model.layers[p].filters) for p in pr}
-    work = model
+    ranges = _Ranges(model)
     for _ in range(sweeps):
         moved = 0.0
         for p, cons in pr.items():
             n = model.layers[p].filters
             if mode == "weights":
-                r1 = np.abs(_fused_w(work, p)).reshape(n, -1).max(axis=1)
+                r1 = ranges.out_ranges(p)
             else:
                 r1 = acts[p] / total[p]
-            r2 = _in_ranges(work, cons, n)
+            r2 = np.zeros(n)
+            for c, off in cons:
+                r2 = np.maximum(r2, ranges.in_ranges(c)[off:off + n])
             ok = (r1 > 0) & (r2 > 0)
             s = np.ones(n)
             s[ok] = np.sqrt(r1[ok] / r2[ok])
             total[p] = total[p] * s
-            work = equalized(work, {str(p): s})
+            ranges.apply(p, s, cons)
             moved = max(moved, float(np.abs(np.log(s)).max()))
         if moved < 1e-4:
             break
     return total
+
+
+class _Ranges:
+    """The per-channel weight ranges the sweep reads, kept up to date as `equalized` would change the
+    params, without folding whole weight tensors or copying the model at every step. Rounding is
+    monotonic and symmetric, so max |float32(w * g)| over a channel is float32(max |w| * |g|): the
+    ranges equal those of the folded weights of the equalized model, bit for bit."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.params = {i: dict(p) for i, p in enumerate(model.params)}
+        self.row_max: dict[int, np.ndarray] = {}        # per output channel, max |raw w|
+        self.ch_max: dict[int, np.ndarray] = {}         # per (output, input) channel, max |raw w|
+
+    def _gain(self, i: int) -> np.ndarray | None:
+        layer, prm = self.model.layers[i], self.params[i]
+        if not layer.batch_normalize:
+            return None
+        d = np.sqrt(prm["rolling_variance"].astype(np.float64)) + BN_EPS      # as fold_batchnorm
+        return np.abs(prm["scales"].astype(np.float64) / d)
+
+    def _folded(self, m: np.ndarray, gain: np.ndarray | None) -> np.ndarray:
+        if gain is None:
+            return m.astype(np.float64)
+        return (m.astype(np.float64) * gain.reshape((-1,) + (1,) * (m.ndim - 1))).astype(np.float32).astype(np.float64)
+
+    def out_ranges(self, i: int) -> np.ndarray:
+        if i not in self.row_max:
+            w = self.params[i]["weights"]
+            self.row_max[i] = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
+        return self._folded(self.row_max[i], self._gain(i))
+
+    def in_ranges(self, i: int) -> np.ndarray:
+        if i not in self.ch_max:
+            w = self.params[i]["weights"]
+            self.ch_max[i] = np.abs(w).reshape(w.shape[0], w.shape[1], -1).max(axis=2)
+        return self._folded(self.ch_max[i], self._gain(i)).max(axis=0)
+
+    def apply(self, p: int, s: np.ndarray, cons) -> None:
+        """The param updates of equalized(model, {p: s}), on the arrays the ranges are read from."""
+        prm = self.params[p]
+        if self.model.layers[p].batch_normalize:
+            prm["scales"] = (prm["scales"] / s).astype(np.float32)
+            prm["biases"] = (prm["biases"] / s).astype(np.float32)
+        else:
+            prm["weights"] = (prm["weights"] / s.reshape(-1, 1, 1, 1)).astype(np.float32)
+            prm["biases"] = (prm["biases"] / s).astype(np.float32)
+            self.row_max.pop(p, None)
+            self.ch_max.pop(p, None)
+        for c, off in cons:
+            w = self.params[c]["weights"].copy()
+            w[:, off:off + len(s)] *= s.reshape(1, -1, 1, 1).astype(np.float32)
+            self.params[c]["weights"] = w
+            part = np.abs(w[:, off:off + len(s)]).reshape(w.shape[0], len(s), -1).max(axis=2)
+            if c in self.ch_max:
+                self.ch_max[c][:, off:off + len(s)] = part
+            if c in self.ch_max:
+                self.row_max[c] = self.ch_max[c].max(axis=1)      # max over channels of channel maxima
+            else:
+                self.row_max.pop(c, None)
 
 
 def equalized(model, spec: dict) -> "object":
