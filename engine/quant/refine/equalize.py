@@ -134,63 +134,47 @@ def equalization_scales(model, mode: str = "weights", images: Sequence | None = 
 
 
 class _Ranges:
-    """The per-channel weight ranges the sweep reads, kept up to date as `equalized` would change the
-    params, without folding whole weight tensors or copying the model at every step. Rounding is
-    monotonic and symmetric, so max |float32(w * g)| over a channel is float32(max |w| * |g|): the
-    ranges equal those of the folded weights of the equalized model, bit for bit."""
+    """The per-channel weight ranges the sweep reads, kept exactly as `equalized` would change them,
+    without folding whole weight tensors or copying the model at every step. float32 rounding is
+    monotonic and symmetric, so the largest |w| of a channel after w * s (or w / s, or the BN fold
+    w * g) is that operation applied to the channel's largest |w|: the ranges equal those of the
+    folded weights of the equalized model, bit for bit."""
 
     def __init__(self, model) -> None:
         self.model = model
-        self.params = {i: dict(p) for i, p in enumerate(model.params)}
-        self.row_max: dict[int, np.ndarray] = {}        # per output channel, max |raw w|
-        self.ch_max: dict[int, np.ndarray] = {}         # per (output, input) channel, max |raw w|
+        self.scales = {i: p["scales"] for i, p in enumerate(model.params) if "scales" in p}
+        self.ch_max: dict[int, np.ndarray] = {}         # per (output, input) channel, max |raw w|, float32
 
-    def _gain(self, i: int) -> np.ndarray | None:
-        layer, prm = self.model.layers[i], self.params[i]
-        if not layer.batch_normalize:
-            return None
-        d = np.sqrt(prm["rolling_variance"].astype(np.float64)) + BN_EPS      # as fold_batchnorm
-        return np.abs(prm["scales"].astype(np.float64) / d)
+    def _channel_max(self, i: int) -> np.ndarray:
+        if i not in self.ch_max:
+            w = self.model.params[i]["weights"]
+            self.ch_max[i] = np.abs(w).reshape(w.shape[0], w.shape[1], -1).max(axis=2)
+        return self.ch_max[i]
 
-    def _folded(self, m: np.ndarray, gain: np.ndarray | None) -> np.ndarray:
-        if gain is None:
+    def _folded(self, i: int, m: np.ndarray) -> np.ndarray:
+        """max |fused weight| from max |raw weight| (rows = output channels), as float64."""
+        if not self.model.layers[i].batch_normalize:
             return m.astype(np.float64)
+        d = np.sqrt(self.model.params[i]["rolling_variance"].astype(np.float64)) + BN_EPS   # as fold_batchnorm
+        gain = np.abs(self.scales[i].astype(np.float64) / d)
         return (m.astype(np.float64) * gain.reshape((-1,) + (1,) * (m.ndim - 1))).astype(np.float32).astype(np.float64)
 
     def out_ranges(self, i: int) -> np.ndarray:
-        if i not in self.row_max:
-            w = self.params[i]["weights"]
-            self.row_max[i] = np.abs(w).reshape(w.shape[0], -1).max(axis=1)
-        return self._folded(self.row_max[i], self._gain(i))
+        return self._folded(i, self._channel_max(i).max(axis=1))
 
     def in_ranges(self, i: int) -> np.ndarray:
-        if i not in self.ch_max:
-            w = self.params[i]["weights"]
-            self.ch_max[i] = np.abs(w).reshape(w.shape[0], w.shape[1], -1).max(axis=2)
-        return self._folded(self.ch_max[i], self._gain(i)).max(axis=0)
+        return self._folded(i, self._channel_max(i)).max(axis=0)
 
     def apply(self, p: int, s: np.ndarray, cons) -> None:
-        """The param updates of equalized(model, {p: s}), on the arrays the ranges are read from."""
-        prm = self.params[p]
-        if self.model.layers[p].batch_normalize:
-            prm["scales"] = (prm["scales"] / s).astype(np.float32)
-            prm["biases"] = (prm["biases"] / s).astype(np.float32)
-        else:
-            prm["weights"] = (prm["weights"] / s.reshape(-1, 1, 1, 1)).astype(np.float32)
-            prm["biases"] = (prm["biases"] / s).astype(np.float32)
-            self.row_max.pop(p, None)
-            self.ch_max.pop(p, None)
-        for c, off in cons:
-            w = self.params[c]["weights"].copy()
-            w[:, off:off + len(s)] *= s.reshape(1, -1, 1, 1).astype(np.float32)
-            self.params[c]["weights"] = w
-            part = np.abs(w[:, off:off + len(s)]).reshape(w.shape[0], len(s), -1).max(axis=2)
-            if c in self.ch_max:
-                self.ch_max[c][:, off:off + len(s)] = part
-            if c in self.ch_max:
-                self.row_max[c] = self.ch_max[c].max(axis=1)      # max over channels of channel maxima
-            else:
-                self.row_max.pop(c, None)
+        """The param updates of equalized(model, {p: s}), on the ranges."""
+        if self.model.layers[p].batch_normalize:      # gamma / s (beta / s changes no weight range)
+            self.scales[p] = (self.scales[p] / s).astype(np.float32)
+        else:                                         # weights / s per output channel
+            self.ch_max[p] = (self._channel_max(p) / s.reshape(-1, 1)).astype(np.float32)
+        s32 = s.astype(np.float32)
+        for c, off in cons:                           # consumers' input channels * s, in float32
+            m = self._channel_max(c)
+            m[:, off:off + len(s)] *= s32.reshape(1, -1)
 
 
 def equalized(model, spec: dict) -> "object":
