@@ -51,7 +51,7 @@ def calibrate(model, photos, method: str, refinements: set[str]) -> dict[str, fl
     t = time.perf_counter()
     qm = quantize(qmodel_of, stats, method, per_channel=True)
     if spec is not None:
-        qm = refine.attach_equalization(qm, spec, "weights")
+        qm = refine.attach_equalization(qm, spec, "weights", model, qmodel_of)
     times["thresholds+weights"] = time.perf_counter() - t
     if "eq" in refinements:
         t = time.perf_counter()

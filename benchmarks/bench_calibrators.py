@@ -82,7 +82,7 @@ def main(argv=None) -> int:
                 kw["profile"] = "onnxruntime"
             qm = quantize(qmodel_of, stats, method, per_channel=True, **kw)
             if spec is not None:
-                qm = attach_equalization(qm, spec, mode)
+                qm = attach_equalization(qm, spec, mode, model, qmodel_of)
             if "eq" in parts:
                 qm = eq_search(model, qm, keep)
             if "bias" in parts:

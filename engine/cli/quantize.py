@@ -83,7 +83,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     qm = quantize(model, stats, args.method, per_channel=args.per_channel, profile=args.profile, **extra, **settings)
     if spec is not None:
         from engine.quant.refine import attach_equalization
-        qm = attach_equalization(qm, spec, cle_mode)
+        qm = attach_equalization(qm, spec, cle_mode, source, model)
         model = source                        # from here on the executor equalizes the float model itself
     if "eq" in args.refine:
         from engine.quant.refine import eq_search

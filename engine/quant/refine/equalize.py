@@ -212,8 +212,13 @@ def equalize(model, mode: str = "weights", images: Sequence | None = None, resiz
     return equalized(model, spec), spec
 
 
-def attach(qmodel, spec: dict, mode: str = "weights"):
+def attach(qmodel, spec: dict, mode: str = "weights", source=None, equalized_model=None):
+    """A copy of `qmodel` recording `spec`. Given the original `source` model and the `equalized_model`
+    that was calibrated, the executor and the refinements reuse that model (its folded and prepared
+    weights) instead of equalizing `source` again."""
     twin = qmodel.copy()
     twin.meta["equalization"] = spec
     twin.meta["equalization_mode"] = mode
+    if source is not None and equalized_model is not None:
+        twin.__dict__["_equalized"] = (source, spec, equalized_model)     # engine.quant.executor.equalized_for
     return twin
