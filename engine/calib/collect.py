@@ -72,15 +72,26 @@ def one_sided_ids(model) -> set[str]:
 
 def observe(model, x: np.ndarray, stats: CalibrationStats, outs: Sequence[np.ndarray] | None = None) -> None:
     """Add one input tensor's activations to `stats` (runs the FLOAT forward unless outs are given)."""
+    from engine.kernels.threads import own_threads, parallel_items
     outs = model.forward(x) if outs is None else outs
     sided = one_sided_ids(model)
-    for nid in quantizable_ids(model):
-        y = x if nid == "input" else outs[int(nid)]
-        h = stats.hists.setdefault(nid, AbsHistogram())
+    ids = quantizable_ids(model)
+    for nid in ids:                      # created here, filled by the workers: one tensor per work item
+        stats.hists.setdefault(nid, AbsHistogram())
         if nid in sided:
-            h.observe_with_positive(stats.hists.setdefault(positive_key(nid), AbsHistogram()), y)
+            stats.hists.setdefault(positive_key(nid), AbsHistogram())
+    tensors = [x if nid == "input" else outs[int(nid)] for nid in ids]
+    order = sorted(range(len(ids)), key=lambda k: -tensors[k].size)     # largest first: balanced threads
+
+    def one(_part: int, k: int) -> None:
+        nid, y = ids[order[k]], tensors[order[k]]
+        if nid in sided:
+            stats.hists[nid].observe_with_positive(stats.hists[positive_key(nid)], y)
         else:
-            h.observe(y)
+            stats.hists[nid].observe(y)
+
+    with own_threads():                  # each histogram filled by one thread: same counts in any order
+        parallel_items(len(ids), one)
     stats.images += 1
 
 

@@ -159,3 +159,15 @@ def test_eq_after_cross_layer_equalization(tiny, tiny_stats):
     assert len(changed) >= 2
     for i in changed:
         assert _local_error(tiny, eq, keep, i) <= _local_error(tiny, qm, keep, i), i
+
+
+def test_eq_and_bias_are_the_same_on_one_thread(tiny, tiny_stats, floats):
+    from engine.kernels.threads import blas_limit
+    from engine.quant.refine import bias_correction
+    qm = quantize_model(tiny, tiny_stats, "kl", per_channel=True)
+    many = bias_correction(tiny, eq_search(tiny, qm, floats), floats=floats)
+    with blas_limit(1):                                       # the work items then run in this thread, in order
+        one = bias_correction(tiny, eq_search(tiny, qm, floats), floats=floats)
+    assert many.scales == one.scales and many.meta["eq"] == one.meta["eq"]
+    for i in qm.layers:
+        assert np.array_equal(many.layers[i].b_q, one.layers[i].b_q)

@@ -63,10 +63,13 @@ def bias_correction(model, qmodel: QuantizedModel, images: Sequence | None = Non
         raise ArgumentError("bias_correction needs the calibration images (images=...) or the FLOAT inputs the "
                             "calibration pass kept (floats=...)")
     profile = get_profile(qmodel.profile)       # the input grid the int8 layer really reads (zero points too)
+    from engine.kernels.threads import own_threads, parallel_items
     count = 0
     for outs in per_image:
         count += 1
-        for i in targets:
+
+        def one(_part: int, k: int, outs=outs) -> None:     # one target per work item: same sums in any order
+            i = targets[k]
             xin = outs[model.layers[i].inputs[0]]
             nid = input_id(model.layers[i])
             if profile.name == "qwidgets":
@@ -76,6 +79,9 @@ def bias_correction(model, qmodel: QuantizedModel, images: Sequence | None = Non
                 xq = q.dequantize()
             sums[i][0] = sums[i][0] + _channel_means(xin)
             sums[i][1] = sums[i][1] + _channel_means(xq)
+
+        with own_threads():
+            parallel_items(len(targets), one)
     twin = qmodel.copy()
     shifts = {}
     for i in targets:

@@ -196,6 +196,7 @@ def eq_search(model, qmodel: QuantizedModel, floats: FloatOutputs | None = None,
     new_scales: dict[str, float] = {}
     biases: dict[int, np.ndarray] = {}
     report: dict[str, list[float]] = {}
+    jobs = []
     for src, members in groups.items():
         layers = sorted(readers.get(src, []))
         if not layers or any(vs[n].full_range for n in members):
@@ -203,14 +204,25 @@ def eq_search(model, qmodel: QuantizedModel, floats: FloatOutputs | None = None,
         s0 = float(qmodel.scales[members[0]])
         cap = max(qmodel.stats.hists[n].amax for n in members) / QMAX
         cands = candidate_scales(s0, cap, power_of_two)
-        if cands.size < 2:
-            continue
+        if cands.size >= 2:
+            jobs.append((src, members, layers, s0, cands))
+    errs: dict[int, np.ndarray] = {}
+
+    def one(_part: int, j: int) -> None:     # groups are independent (FLOAT inputs): one per work item
+        src, members, layers, s0, cands = jobs[j]
         err = np.zeros(cands.size)
         for i in layers:
             r = _Reader(model, qmodel, i, floats.inputs(model.layers[i].inputs[0])[:n_img],
                         floats.inputs(i)[:n_img], budget, cands.size, float(cands[0]) * QMAX, seed + i)
             biases[i] = r.b
             err += r.errors(cands)
+        errs[j] = err
+
+    from engine.kernels.threads import own_threads, parallel_items
+    with own_threads():
+        parallel_items(len(jobs), one)
+    for j, (src, members, layers, s0, cands) in enumerate(jobs):
+        err = errs[j]
         k0, k = int(np.flatnonzero(cands == s0)[0]), int(np.argmin(err))
         if err[k] < err[k0]:
             new_scales.update({n: float(cands[k]) for n in members})
