@@ -11,9 +11,10 @@ thresholds + refinements) over a plain FLOAT pass on the same photos.
 configs: `plain` (every tensor on its own |x| histogram, the former behaviour), `rules` (the default
 calibration rules, engine/calib/views.py), `bias` (rules + bias correction), `mixed` (rules + the mixed-precision search for
 --target on the first half of the variants, scored on all); refinements combine with `+`:
-`cle` (cross-layer equalization, weight ranges), `cle_act` (CLE on activation ranges), `asym` (uint8
-activations with zero points, profile qwidgets_asym), `ort` (profile onnxruntime), e.g. `cle+asym+bias`;
-`plain+asym` without the rules.
+`cle` (cross-layer equalization, weight ranges), `cle_act` (CLE on activation ranges), `eq` (the EQ
+threshold search, engine/quant/refine/eq.py), `asym` (uint8 activations with zero points, profile
+qwidgets_asym), `ort` (profile onnxruntime), e.g. `cle+asym+bias`, `eq+bias`; `plain+asym` without
+the rules. Bias correction and eq read the FLOAT outputs the calibration pass kept.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from engine.model import load  # noqa: E402
 from engine.calib.collect import collect, image_list  # noqa: E402
 from engine.quant.mixed import search  # noqa: E402
 from engine.quant.autoquant import quantize  # noqa: E402
-from engine.quant.refine import attach_equalization, bias_correction, equalize  # noqa: E402
+from engine.calib.floats import FloatOutputs  # noqa: E402
+from engine.quant.refine import attach_equalization, bias_correction, eq_search, equalize  # noqa: E402
 from engine.quant.scoring import Scorer  # noqa: E402
 from engine.quant.valset import second_variants, variants  # noqa: E402
 
@@ -71,7 +73,8 @@ def main(argv=None) -> int:
             if parts & {"cle", "cle_act"}:
                 mode = "activations" if "cle_act" in parts else "weights"
                 qmodel_of, spec = equalize(model, mode, photos)
-            stats = collect(qmodel_of, photos, progress=False)
+            keep = FloatOutputs(qmodel_of) if parts & {"bias", "eq"} else None
+            stats = collect(qmodel_of, photos, progress=False, keep=keep)
             kw = {"rules": ()} if "plain" in parts else {}
             if method == "auto":
                 kw["images"] = photos
@@ -81,9 +84,11 @@ def main(argv=None) -> int:
                 kw["profile"] = "onnxruntime"
             qm = quantize(qmodel_of, stats, method, per_channel=True, **kw)
             if spec is not None:
-                qm = attach_equalization(qm, spec, mode)
+                qm = attach_equalization(qm, spec, mode, model, qmodel_of)
+            if "eq" in parts:
+                qm = eq_search(model, qm, keep)
             if "bias" in parts:
-                qm = bias_correction(model, qm, photos)
+                qm = bias_correction(model, qm, photos, floats=keep)
             calib = time.perf_counter() - t
             note = ""
             if "mixed" in parts:

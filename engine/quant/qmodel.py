@@ -19,7 +19,7 @@ from engine.calib.collect import CalibrationStats, quantizable_ids
 from engine.calib.views import activation_scales
 from engine.errors import EngineError, WeightsError
 from engine.quant.layerquant import LayerQuant
-from engine.quant.weights import QuantWeights, quantize_bias, quantize_weights
+from engine.quant.weights import QuantWeights, fused_params, quantize_bias, quantize_weights
 
 QMODEL_FORMAT = "qwidgets-quantized-model/1"
 
@@ -191,7 +191,7 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
     for layer in model.layers:
         if not layer.int8_weights:
             continue
-        w, b = layer.fused(model.params[layer.index])
+        w, b = fused_params(model, layer.index)
         qw: QuantWeights = quantize_weights(w, scheme, per_channel, **(
             {"qmax": prof.weight_qmax} if prof.weight_qmax != 127 else {}))
         in_scale = scales[input_id(layer)]
@@ -210,6 +210,6 @@ def rescaled(model, qmodel: QuantizedModel, scales: dict[str, float]) -> Quantiz
     for i, lq in qmodel.layers.items():
         s_in = twin.scales[input_id(model.layers[i])]
         if s_in != lq.in_scale:
-            _, b = model.layers[i].fused(model.params[i])
+            _, b = fused_params(model, i)
             twin.layers[i] = LayerQuant(lq.w_q, lq.w_scale, quantize_bias(b, s_in, lq.w_scale), s_in, lq.scheme)
     return twin

@@ -1,8 +1,10 @@
-"""Refinements applied around calibration (each a switch, measured alone): bias correction after it,
-cross-layer equalization before it (the equalized float model is what gets calibrated)."""
+"""Refinements applied around calibration (each a switch, measured alone): bias correction and the EQ
+threshold search after it, cross-layer equalization before it (the equalized float model is what
+gets calibrated)."""
 from engine.quant.refine.bias import bias_correction
+from engine.quant.refine.eq import eq_search
 from engine.quant.refine.equalize import attach as attach_equalization, equalize
 
-REFINEMENTS = ("bias", "cle", "cle_act")
+REFINEMENTS = ("bias", "cle", "cle_act", "eq")
 
-__all__ = ["bias_correction", "equalize", "attach_equalization", "REFINEMENTS"]
+__all__ = ["bias_correction", "eq_search", "equalize", "attach_equalization", "REFINEMENTS"]

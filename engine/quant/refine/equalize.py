@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.errors import EngineError
+from engine.layers.convolutional import BN_EPS
 
 HOMOGENEOUS = ("linear", "relu", "leaky")
 COMMUTING = ("maxpool", "upsample", "dropout")
@@ -109,25 +110,71 @@ def equalization_scales(model, mode: str = "weights", images: Sequence | None = 
         raise EngineError("equalization mode 'activations' measures per-channel output ranges: pass images=...")
     acts = channel_maxima(model, images, pr, resize) if mode == "activations" else {}
     total = {p: np.ones(model.layers[p].filters) for p in pr}
-    work = model
+    ranges = _Ranges(model)
     for _ in range(sweeps):
         moved = 0.0
         for p, cons in pr.items():
             n = model.layers[p].filters
             if mode == "weights":
-                r1 = np.abs(_fused_w(work, p)).reshape(n, -1).max(axis=1)
+                r1 = ranges.out_ranges(p)
             else:
                 r1 = acts[p] / total[p]
-            r2 = _in_ranges(work, cons, n)
+            r2 = np.zeros(n)
+            for c, off in cons:
+                r2 = np.maximum(r2, ranges.in_ranges(c)[off:off + n])
             ok = (r1 > 0) & (r2 > 0)
             s = np.ones(n)
             s[ok] = np.sqrt(r1[ok] / r2[ok])
             total[p] = total[p] * s
-            work = equalized(work, {str(p): s})
+            ranges.apply(p, s, cons)
             moved = max(moved, float(np.abs(np.log(s)).max()))
         if moved < 1e-4:
             break
     return total
+
+
+class _Ranges:
+    """The per-channel weight ranges the sweep reads, kept exactly as `equalized` would change them,
+    without folding whole weight tensors or copying the model at every step. float32 rounding is
+    monotonic and symmetric, so the largest |w| of a channel after w * s (or w / s, or the BN fold
+    w * g) is that operation applied to the channel's largest |w|: the ranges equal those of the
+    folded weights of the equalized model, bit for bit."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.scales = {i: p["scales"] for i, p in enumerate(model.params) if "scales" in p}
+        self.ch_max: dict[int, np.ndarray] = {}         # per (output, input) channel, max |raw w|, float32
+
+    def _channel_max(self, i: int) -> np.ndarray:
+        if i not in self.ch_max:
+            w = self.model.params[i]["weights"]
+            self.ch_max[i] = np.abs(w).reshape(w.shape[0], w.shape[1], -1).max(axis=2)
+        return self.ch_max[i]
+
+    def _folded(self, i: int, m: np.ndarray) -> np.ndarray:
+        """max |fused weight| from max |raw weight| (rows = output channels), as float64."""
+        if not self.model.layers[i].batch_normalize:
+            return m.astype(np.float64)
+        d = np.sqrt(self.model.params[i]["rolling_variance"].astype(np.float64)) + BN_EPS   # as fold_batchnorm
+        gain = np.abs(self.scales[i].astype(np.float64) / d)
+        return (m.astype(np.float64) * gain.reshape((-1,) + (1,) * (m.ndim - 1))).astype(np.float32).astype(np.float64)
+
+    def out_ranges(self, i: int) -> np.ndarray:
+        return self._folded(i, self._channel_max(i).max(axis=1))
+
+    def in_ranges(self, i: int) -> np.ndarray:
+        return self._folded(i, self._channel_max(i)).max(axis=0)
+
+    def apply(self, p: int, s: np.ndarray, cons) -> None:
+        """The param updates of equalized(model, {p: s}), on the ranges."""
+        if self.model.layers[p].batch_normalize:      # gamma / s (beta / s changes no weight range)
+            self.scales[p] = (self.scales[p] / s).astype(np.float32)
+        else:                                         # weights / s per output channel
+            self.ch_max[p] = (self._channel_max(p) / s.reshape(-1, 1)).astype(np.float32)
+        s32 = s.astype(np.float32)
+        for c, off in cons:                           # consumers' input channels * s, in float32
+            m = self._channel_max(c)
+            m[:, off:off + len(s)] *= s32.reshape(1, -1)
 
 
 def equalized(model, spec: dict) -> "object":
@@ -165,8 +212,13 @@ def equalize(model, mode: str = "weights", images: Sequence | None = None, resiz
     return equalized(model, spec), spec
 
 
-def attach(qmodel, spec: dict, mode: str = "weights"):
+def attach(qmodel, spec: dict, mode: str = "weights", source=None, equalized_model=None):
+    """A copy of `qmodel` recording `spec`. Given the original `source` model and the `equalized_model`
+    that was calibrated, the executor and the refinements reuse that model (its folded and prepared
+    weights) instead of equalizing `source` again."""
     twin = qmodel.copy()
     twin.meta["equalization"] = spec
     twin.meta["equalization_mode"] = mode
+    if source is not None and equalized_model is not None:
+        twin.__dict__["_equalized"] = (source, spec, equalized_model)     # engine.quant.executor.equalized_for
     return twin
