@@ -72,13 +72,26 @@ def one_sided_ids(model) -> set[str]:
 
 def observe(model, x: np.ndarray, stats: CalibrationStats, outs: Sequence[np.ndarray] | None = None) -> None:
     """Add one input tensor's activations to `stats` (runs the FLOAT forward unless outs are given)."""
+    from engine.kernels.threads import own_threads, parallel_items
     outs = model.forward(x) if outs is None else outs
     sided = one_sided_ids(model)
-    for nid in quantizable_ids(model):
-        y = x if nid == "input" else outs[int(nid)]
-        stats.hists.setdefault(nid, AbsHistogram()).observe(y)
+    ids = quantizable_ids(model)
+    for nid in ids:                      # created here, filled by the workers: one tensor per work item
+        stats.hists.setdefault(nid, AbsHistogram())
         if nid in sided:
-            stats.hists.setdefault(positive_key(nid), AbsHistogram()).observe(y[y > 0])
+            stats.hists.setdefault(positive_key(nid), AbsHistogram())
+    tensors = [x if nid == "input" else outs[int(nid)] for nid in ids]
+    order = sorted(range(len(ids)), key=lambda k: -tensors[k].size)     # largest first: balanced threads
+
+    def one(_part: int, k: int) -> None:
+        nid, y = ids[order[k]], tensors[order[k]]
+        if nid in sided:
+            stats.hists[nid].observe_with_positive(stats.hists[positive_key(nid)], y)
+        else:
+            stats.hists[nid].observe(y)
+
+    with own_threads():                  # each histogram filled by one thread: same counts in any order
+        parallel_items(len(ids), one)
     stats.images += 1
 
 
@@ -105,10 +118,11 @@ def image_list(source: str | Path | Iterable[ImageLike]) -> list[ImageLike]:
 
 
 def collect(model, images, resize: str = "letterbox", progress: bool = True,
-            on_image: Callable[[int, int], object] | None = None) -> CalibrationStats:
+            on_image: Callable[[int, int], object] | None = None, keep=None) -> CalibrationStats:
     """Calibration statistics of `model` over images (folder, file or list), with a progress bar.
 
-    `on_image(done, total)` is called after each image (for widgets' progress bars).
+    `on_image(done, total)` is called after each image (for widgets' progress bars). `keep`: an
+    engine.calib.floats.FloatOutputs that keeps the FLOAT inputs the refinements read.
     """
     items = image_list(images)
     stats = CalibrationStats()
@@ -120,7 +134,10 @@ def collect(model, images, resize: str = "letterbox", progress: bool = True,
         for item in items:
             x = item if isinstance(item, np.ndarray) and item.shape == model.input_shape \
                 else model.preprocess(item, resize).x
-            observe(model, x, stats)
+            outs = model.forward(x)
+            observe(model, x, stats, outs)
+            if keep is not None:
+                keep.add(x, outs)
             if bar is not None:
                 bar.update(1)
             if on_image is not None:

@@ -25,6 +25,17 @@ def _buffer(name: str, n: int, dtype) -> np.ndarray:
     return buf[:n]
 
 
+def _min_positive(x: np.ndarray, pos: np.ndarray) -> float:
+    """The smallest value > 0 of x (which has one). For float32, positive floats order as their bit
+    patterns and bits - 1 sends +0 and every negative (sign bit set) above them: one integer min,
+    where np.min(x, where=pos) takes 20x longer."""
+    if x.dtype == np.float32 and x.flags.c_contiguous:
+        bits = _buffer("bits", x.size, np.uint32)
+        np.subtract(x.reshape(-1).view(np.uint32), np.uint32(1), out=bits)
+        return float(np.array(int(bits.min()) + 1, np.uint32).view(np.float32))
+    return float(np.min(x, where=pos, initial=np.inf))
+
+
 @dataclass
 class AbsHistogram:
     nbins: int = NBINS
@@ -57,7 +68,12 @@ class AbsHistogram:
         """Add the values of a float array."""
         if x.size == 0:
             return
-        xmin, xmax = float(x.min()), float(x.max())
+        if self._add_range(float(x.min()), float(x.max()), x.size):
+            self.counts += np.bincount(self._bins(x, absolute=True), minlength=self.nbins)
+
+    def _add_range(self, xmin: float, xmax: float, size: int) -> bool:
+        """Update the exact statistics and grow the range for values in [xmin, xmax]; False when they
+        are all zero (then already counted in bin 0)."""
         amax = max(-xmin, xmax)
         if not math.isfinite(amax):
             raise ValueError("AbsHistogram.observe: values must be finite")
@@ -65,29 +81,69 @@ class AbsHistogram:
             self.lo_signed, self.hi_signed = xmin, xmax
         else:
             self.lo_signed, self.hi_signed = min(self.lo_signed, xmin), max(self.hi_signed, xmax)
-        self.total += x.size
+        self.total += size
         self.amax = max(self.amax, amax)
         if amax == 0:
-            self.counts[0] += x.size
-            return
+            self.counts[0] += size
+            return False
         need = 2.0 ** (math.floor(math.log2(amax)) + 1)     # smallest power of two > amax
         if self.hi == 0:
             self.hi = need
         else:
             self._grow_to(need)
-        factor = self.nbins / self.hi                      # a power of two: |x| * factor is exact
+        return True
+
+    def _bins(self, x: np.ndarray, absolute: bool) -> np.ndarray:
+        """Bin indices of |x| (absolute) or of x truncated toward zero (signed, in (-nbins, nbins))."""
+        factor = self.nbins / self.hi                      # a power of two: x * factor is exact
         if x.dtype == np.float32 and factor < 2.0 ** 127:
             idx = _buffer("abs", x.size, np.float32)     # reused: no fresh pages per tensor
-            np.abs(x.reshape(-1), out=idx)
-            idx *= np.float32(factor)
+            if absolute:
+                np.abs(x.reshape(-1), out=idx)
+                idx *= np.float32(factor)
+            else:
+                np.multiply(x.reshape(-1), np.float32(factor), out=idx)
         else:
             # float64 (a value just below hi must not round up to hi in float32) and tiny ranges
             # (factor beyond float32) are binned in float64, which is exact for every float type
-            idx = np.abs(x.astype(np.float64)).reshape(-1)
+            idx = x.astype(np.float64).reshape(-1)
+            if absolute:
+                np.abs(idx, out=idx)
             idx *= factor
         bins = _buffer("bins", idx.size, np.intp)
-        np.copyto(bins, idx, casting="unsafe")             # truncation = floor for values >= 0
-        self.counts += np.bincount(bins, minlength=self.nbins)
+        np.copyto(bins, idx, casting="unsafe")             # truncation toward zero (= floor for |x|)
+        return bins
+
+    def observe_with_positive(self, positive: "AbsHistogram", x: np.ndarray) -> None:
+        """observe(x) here and positive.observe(x[x > 0]), with one binning pass when both ranges agree
+        (the usual case: a leaky output's largest |x| is positive). Same counts as the two calls:
+        x truncated toward zero gives |x|'s bin on both sides, and the positive side's bin 0 is the
+        positive count minus its other bins."""
+        if x.size == 0:
+            return
+        xmin, xmax = float(x.min()), float(x.max())
+        pos = x > 0
+        n_pos = int(np.count_nonzero(pos))
+        if not self._add_range(xmin, xmax, x.size):
+            return                                         # all zero: nothing positive either
+        if n_pos == 0:
+            self.counts += np.bincount(self._bins(x, absolute=True), minlength=self.nbins)
+            return
+        pmin = _min_positive(x, pos)
+        positive._add_range(pmin, xmax, n_pos)
+        if positive.hi != self.hi or positive.nbins != self.nbins:
+            self.counts += np.bincount(self._bins(x, absolute=True), minlength=self.nbins)
+            positive.counts += np.bincount(positive._bins(x[pos], absolute=True), minlength=positive.nbins)
+            return
+        n = self.nbins
+        bins = self._bins(x, absolute=False)
+        bins += n
+        c = np.bincount(bins, minlength=2 * n)
+        upper = c[n + 1:2 * n]
+        self.counts[0] += c[n]
+        self.counts[1:] += upper + c[n - 1:0:-1]
+        positive.counts[1:] += upper
+        positive.counts[0] += n_pos - int(upper.sum())
 
     def merge(self, other: "AbsHistogram") -> "AbsHistogram":
         """A new histogram of both data sets (exact)."""

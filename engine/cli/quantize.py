@@ -25,17 +25,21 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-rules", action="store_true",
                    help="calibrate every tensor on its own |x| histogram (no one-sided / shared-scale / first-layer "
                         "rules; yolo2_light never uses them)")
-    s.add_argument("--refine", choices=("bias",), action="append", default=[],
-                   help="refinement after calibration: bias = per-channel bias correction (NNCF FastBiasCorrection "
-                        "style) on the calibration images")
+    s.add_argument("--refine", choices=("bias", "cle", "cle_act", "eq"), action="append", default=[],
+                   help="refinement (repeatable): bias = per-channel bias correction (NNCF FastBiasCorrection "
+                        "style) on the calibration images; cle = cross-layer equalization of conv -> leaky -> "
+                        "[maxpool] -> conv chains before calibration (Nagel et al., weight ranges), cle_act = the same "
+                        "balancing per-channel output ranges on the calibration images; eq = per-layer threshold "
+                        "search on the local output error (ncnn's EQ), before bias (docs/quantization.md)")
     s.add_argument("--target-map", type=number("--target-map", 0.0, 1.0), metavar="MAP",
                    help="keep the fewest layers FLOAT (greedy by measured sensitivity) so INT detections on --val "
                         "reach this mAP@[.5:.95] against FLOAT with no lost detection; prints the trade-off curve")
     s.add_argument("--val", nargs="+", metavar="DIR_OR_FILES", help="validation images for --target-map")
     add_backend_arg(s, "--target-map's runs")
     s.add_argument("--profile", default="qwidgets", metavar="NAME",
-                   help="device profile, the integer rules of the target: qwidgets (default), onnxruntime, "
-                        "avx2_u8s8, ort_reduce_range, yolo2_light (docs/profiles.md)")
+                   help="device profile, the integer rules of the target: qwidgets (default), qwidgets_asym (uint8 "
+                        "activations with zero points, any --method), onnxruntime, avx2_u8s8, ort_reduce_range, "
+                        "yolo2_light (docs/profiles.md)")
     s.add_argument("-o", "--output", required=True, metavar="QMODEL")
     s.set_defaults(func=cmd_quantize)
 
@@ -71,15 +75,33 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     settings = method_settings(args.method, args.settings)
     if (args.target_map is None) != (args.val is None):
         raise EngineError("--target-map and --val go together: the search scores INT detections on --val")
+    if "cle" in args.refine and "cle_act" in args.refine:
+        raise EngineError("--refine cle and --refine cle_act are two ways to equalize the same layers: choose one")
     model = load_model(args)
-    stats = collect(model, args.calib, args.resize, progress=not args.quiet)
+    source, spec = model, None
+    if "cle" in args.refine or "cle_act" in args.refine:
+        from engine.quant.refine import equalize
+        cle_mode = "activations" if "cle_act" in args.refine else "weights"
+        model, spec = equalize(source, cle_mode, args.calib, args.resize)   # the equalized model is calibrated
+    keep = None
+    if "bias" in args.refine or "eq" in args.refine:     # they read the calibration pass's FLOAT outputs
+        from engine.calib.floats import FloatOutputs
+        keep = FloatOutputs(model)
+    stats = collect(model, args.calib, args.resize, progress=not args.quiet, keep=keep)
     extra = {"rules": ()} if args.no_rules else {}
     if args.method == "auto":
         extra["images"] = args.calib
     qm = quantize(model, stats, args.method, per_channel=args.per_channel, profile=args.profile, **extra, **settings)
+    if spec is not None:
+        from engine.quant.refine import attach_equalization
+        qm = attach_equalization(qm, spec, cle_mode, source, model)
+        model = source                        # from here on the executor equalizes the float model itself
+    if "eq" in args.refine:
+        from engine.quant.refine import eq_search
+        qm = eq_search(model, qm, keep)
     if "bias" in args.refine:
         from engine.quant.refine import bias_correction
-        qm = bias_correction(model, qm, args.calib, args.resize)
+        qm = bias_correction(model, qm, args.calib, args.resize, floats=keep)
     if "auto" in qm.meta:
         print(auto_choice_text(qm.meta["auto"]), file=sys.stderr)
     if args.target_map is not None:

@@ -62,6 +62,21 @@ class LayerRecord:
     stats: dict = field(default_factory=dict)
 
 
+def equalized_for(model, qmodel: QuantizedModel):
+    """The float model a quantized model's layers belong to: `model` itself, or its cross-layer-equalized
+    twin (engine/quant/refine/equalize.py) when the quantized model was made from one (kept on the qmodel)."""
+    spec = qmodel.meta.get("equalization")
+    if not spec:
+        return model
+    cached = qmodel.__dict__.get("_equalized")
+    if cached is not None and cached[0] is model and cached[1] is spec:
+        return cached[2]
+    from engine.quant.refine.equalize import equalized
+    twin = equalized(model, spec)
+    qmodel.__dict__["_equalized"] = (model, spec, twin)
+    return twin
+
+
 def head_feeders(model) -> set[int]:
     """Layers every reader of which always runs float (a detection head, softmax, cost): their output
     leaves the int8 chain."""
@@ -84,6 +99,7 @@ class Executor:
             raise EngineError(f"mode '{mode}' needs a quantized model (quantize one or load a .npz)")
         if qmodel is not None:
             qmodel.check_matches(model)
+            model = equalized_for(model, qmodel)
         self.model, self.qmodel, self.mode = model, qmodel, mode
         default = qmodel.float_layers if qmodel is not None else ()
         self.float_layers = set(int(i) for i in (default if float_layers is None else float_layers))

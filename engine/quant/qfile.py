@@ -133,7 +133,7 @@ def check_layers(z, meta: dict, cfg_text: str, label: str) -> None:
         if unknown:
             raise WeightsError(f"{label}: {key} name tensors the cfg does not have: {', '.join(unknown[:5])}")
     from engine.quant.profiles import PROFILES
-    if PROFILES.get(meta.get("profile", "qwidgets")).asymmetric:
+    if PROFILES.get(meta.get("profile", "qwidgets")).pre_activation_grid:
         need = [str(layer.index) for layer in layers if layer.kind == "convolutional" and layer.activation == "leaky"
                 and str(layer.index) in meta["scales"]]
         lacking = [i for i in need if i not in meta.get("pre_scales", {}) or i not in meta.get("pre_zero_points", {})]

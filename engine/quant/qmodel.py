@@ -19,7 +19,7 @@ from engine.calib.collect import CalibrationStats, quantizable_ids
 from engine.calib.views import activation_scales
 from engine.errors import EngineError, WeightsError
 from engine.quant.layerquant import LayerQuant
-from engine.quant.weights import QuantWeights, quantize_bias, quantize_weights
+from engine.quant.weights import QuantWeights, fused_params, quantize_bias, quantize_weights
 
 QMODEL_FORMAT = "qwidgets-quantized-model/1"
 
@@ -150,8 +150,8 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
     """Activation scales from `stats` with `method`, int8 weights / int32 biases for every conv and
     connected layer, for the device `profile` (engine/quant/profiles: symmetric int8 or uint8 with zero
     points, weight scheme). `rules`: the calibration rules of engine/calib/views.py (default: the
-    method's; () calibrates every tensor on its own |x| histogram); they apply to profiles with symmetric
-    activations. `auto` goes through engine.quant.autoquant. Raises EngineError if the statistics do
+    method's; () calibrates every tensor on its own |x| histogram); with asymmetric activations the rules'
+    threshold clips each tensor's own signed range. `auto` goes through engine.quant.autoquant. Raises EngineError if the statistics do
     not cover the model's tensors or the profile is unknown."""
     from engine.quant.profiles import get_profile
     from engine.quant.profiles.base import Profile
@@ -176,19 +176,22 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
         except ValueError as err:
             raise EngineError(f"quantize_model: {err}") from None
         zero_points: dict[str, int] = {}
-    else:
+    else:       # asymmetric: the rules' threshold clips each tensor's own signed range (rules=(): as before)
         base = CalibrationStats({k: h for k, h in stats.hists.items() if k in set(quantizable_ids(model))},
                                 stats.images)          # not the positive-side histograms ("<id>+")
-        scales, zero_points = prof.activation_params(base, calibrator)
-        thresholds = {nid: calibrator.threshold(h) if h.amax > 0 else 0.0 for nid, h in base.hists.items()}
+        try:
+            _, thresholds, _ = activation_scales(model, stats, calibrator, rules)
+        except ValueError as err:
+            raise EngineError(f"quantize_model: {err}") from None
+        scales, zero_points = prof.activation_params(base, calibrator, thresholds)
     prof.tie_grids(model, scales, zero_points)
-    pre_scales, pre_zero_points = prof.extra_params(model, stats, calibrator)
+    pre_scales, pre_zero_points = prof.extra_params(model, stats, calibrator, thresholds)
     scheme, per_channel = prof.weight_choice(calibrator, per_channel)
     layers: dict[int, LayerQuant] = {}
     for layer in model.layers:
         if not layer.int8_weights:
             continue
-        w, b = layer.fused(model.params[layer.index])
+        w, b = fused_params(model, layer.index)
         qw: QuantWeights = quantize_weights(w, scheme, per_channel, **(
             {"qmax": prof.weight_qmax} if prof.weight_qmax != 127 else {}))
         in_scale = scales[input_id(layer)]
@@ -207,6 +210,6 @@ def rescaled(model, qmodel: QuantizedModel, scales: dict[str, float]) -> Quantiz
     for i, lq in qmodel.layers.items():
         s_in = twin.scales[input_id(model.layers[i])]
         if s_in != lq.in_scale:
-            _, b = model.layers[i].fused(model.params[i])
+            _, b = fused_params(model, i)
             twin.layers[i] = LayerQuant(lq.w_q, lq.w_scale, quantize_bias(b, s_in, lq.w_scale), s_in, lq.scheme)
     return twin

@@ -9,6 +9,7 @@ Schemes (chosen by the calibration method's `weights` attribute):
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,14 +49,27 @@ def y2l_weight_multiplier(w: np.ndarray) -> float:
 def log2_scales(rows: np.ndarray, tries: int = 4, qmax: int = QMAX) -> np.ndarray:
     """Per row, the power-of-two scale with the least squared rounding + clipping error, among the
     one that clips nothing and the `tries - 1` finer ones. (The densest-octave-window rule of
-    yolo2_light clipped the largest weights of most yolov3-tiny layers: 0.60 vs 0.79 mAP@[.5:.95].)"""
-    r = rows.astype(np.float64)
-    amax = np.abs(r).max(axis=1)
+    yolo2_light clipped the largest weights of most yolov3-tiny layers: 0.60 vs 0.79 mAP@[.5:.95].)
+
+    Evaluated in float32 for float32 weights: dividing by a power of two, rounding, clipping and
+    multiplying back are exact there, so only the squared differences round (summed in float64);
+    tests/engine/test_weights.py checks the choice against the float64 evaluation on yolov3-tiny."""
+    amax = np.abs(rows).max(axis=1).astype(np.float64)
     top = np.ceil(np.log2(np.where(amax > 0, amax, 1.0) / qmax))
+    # float32 only while every scale and its inverse are normal float32 numbers
+    work = np.float32 if rows.dtype == np.float32 and np.all(np.abs(top) < 100) else np.float64
+    r = rows.astype(work, copy=False)
     best, best_err = 2.0 ** top, np.full(r.shape[0], np.inf)
+    d = np.empty_like(r)
     for j in range(tries):
         s = 2.0 ** (top - j)
-        err = ((np.clip(np.rint(r / s[:, None]), -qmax, qmax) * s[:, None] - r) ** 2).sum(axis=1)
+        np.multiply(r, (1.0 / s).astype(work)[:, None], out=d)
+        np.rint(d, out=d)
+        np.clip(d, -qmax, qmax, out=d)
+        d *= s.astype(work)[:, None]
+        d -= r
+        np.square(d, out=d)
+        err = d.sum(axis=1, dtype=np.float64)
         better = err < best_err
         best, best_err = np.where(better, s, best), np.where(better, err, best_err)
     return np.where(amax > 0, best, 1.0)
@@ -85,6 +99,25 @@ def quantize_weights(w: np.ndarray, scheme: str = "minmax", per_channel: bool = 
     shape = (-1,) + (1,) * (w.ndim - 1)
     q = np.clip(np.rint(w.astype(np.float64) / scale.reshape(shape if per_channel else ())), -qmax, qmax)
     return QuantWeights(q.astype(np.int8), scale, scheme)
+
+
+_FUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def fused_params(model, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """layer.fused(params) of `model`'s layer `index` (BN-folded float32 weights, biases), kept while
+    that layer's params dict is the model's: edits replace the dict (Model.replace_param), never
+    write into it. Calibration folds each layer once instead of once per step (quantize, rescale,
+    bias correction). The arrays are read-only."""
+    per = _FUSED.setdefault(model, {})
+    params = model.params[index]
+    hit = per.get(index)
+    if hit is not None and hit[0] is params:
+        return hit[1], hit[2]
+    w, b = model.layers[index].fused(params)
+    w.flags.writeable = b.flags.writeable = False
+    per[index] = (params, w, b)
+    return w, b
 
 
 def quantize_bias(b: np.ndarray, in_scale: float, w_scale: np.ndarray) -> np.ndarray:

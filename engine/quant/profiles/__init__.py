@@ -6,7 +6,8 @@
 `qwidgets` (the default) is the engine's own rules; `onnxruntime` is bit-exact with ONNX Runtime's
 CPU integer kernels on the graph `export --format onnx-int8` writes; `avx2_u8s8` is the same runtime
 with signed 8-bit weights on an AVX2 CPU without VNNI (int16-saturating pair sums), `ort_reduce_range`
-the same with 7-bit weights, as ONNX Runtime advises for such CPUs; `yolo2_light`
+the same with 7-bit weights, as ONNX Runtime advises for such CPUs; `qwidgets_asym` the engine's own
+rules with uint8 activations and zero points (leaky folded); `yolo2_light`
 is that engine's INT path. docs/profiles.md has every rule and its source.
 """
 from __future__ import annotations
@@ -31,8 +32,9 @@ def _register() -> None:
     from engine.quant.profiles.avx2_u8s8 import Avx2U8S8Profile, OrtReduceRangeProfile
     from engine.quant.profiles.onnxruntime import OrtProfile
     from engine.quant.profiles.qwidgets import QwidgetsProfile
+    from engine.quant.profiles.qwidgets_asym import QwidgetsAsymProfile
     from engine.quant.profiles.yolo2_light import Yolo2LightProfile
-    for cls in (QwidgetsProfile, OrtProfile, Avx2U8S8Profile, OrtReduceRangeProfile, Yolo2LightProfile):
+    for cls in (QwidgetsProfile, QwidgetsAsymProfile, OrtProfile, Avx2U8S8Profile, OrtReduceRangeProfile, Yolo2LightProfile):
         PROFILES.register(cls.name)(cls())
 
 

@@ -24,6 +24,7 @@ class Profile:
     title = ""
     rules: dict[str, str] = {}
     asymmetric = False              # activations uint8 with a zero point (else int8 symmetric)
+    pre_activation_grid = False     # a leaky conv needs its pre-activation grid (pre_scales) stored
     int32_heads = True              # a conv read only by detection heads hands them dequantized int32
     exportable: str | None = None   # an `export --format` that runs this profile's arithmetic
     weight_qmax = 127               # weights in [-weight_qmax, weight_qmax] (63: 7-bit reduce_range)
@@ -34,14 +35,15 @@ class Profile:
         y2l = calibrator.weights == "yolo2_light"
         return calibrator.weights, per_channel and not y2l
 
-    def activation_params(self, stats, calibrator) -> tuple[dict[str, float], dict[str, int]]:
-        """Scales (and zero points, asymmetric profiles) of every calibrated tensor."""
+    def activation_params(self, stats, calibrator, thresholds=None) -> tuple[dict[str, float], dict[str, int]]:
+        """Scales (and zero points, asymmetric profiles) of every calibrated tensor (`thresholds`: the clip
+        the calibration rules chose per tensor, instead of the calibrator on the tensor's own histogram)."""
         return {nid: calibrator.scale(h) for nid, h in stats.hists.items()}, {}
 
     def tie_grids(self, model, scales: dict[str, float], zero_points: dict[str, int]) -> None:
         """Make the stored grid of each tensor the one it has at run time (in place), where they differ."""
 
-    def extra_params(self, model, stats, calibrator) -> tuple[dict[str, float], dict[str, int]]:
+    def extra_params(self, model, stats, calibrator, thresholds=None) -> tuple[dict[str, float], dict[str, int]]:
         """Scales / zero points of tensors Darknet does not name (e.g. pre-activation), keyed by layer."""
         return {}, {}
 

@@ -45,9 +45,11 @@ def tensor_grid(qmodel, nid: str) -> tuple[float, int]:
     return qmodel.scales[nid], int(qmodel.zero_points.get(nid, 0))
 
 
-def clipped_range(h, calibrator) -> tuple[float, float]:
-    """The signed range [lo, hi] a calibrator keeps of a tensor: its threshold T clips both sides."""
-    t = calibrator.threshold(h) if h.amax > 0 else 0.0
+def clipped_range(h, calibrator, t: float | None = None) -> tuple[float, float]:
+    """The signed range [lo, hi] a calibrator keeps of a tensor: its threshold T clips both sides (T given:
+    the threshold the calibration rules chose, engine/calib/views.py)."""
+    if t is None:
+        t = calibrator.threshold(h) if h.amax > 0 else 0.0
     return max(h.lo_signed, -t), min(h.hi_signed, t)
 
 
@@ -55,6 +57,7 @@ class OrtProfile(Profile):
     name = "onnxruntime"
     title = "ONNX Runtime CPU (QOperator: QLinearConv, QLinearLeakyRelu, QLinearConcat)"
     asymmetric = True
+    pre_activation_grid = True      # QLinearLeakyRelu reads the conv's output on a pre-activation grid
     int32_heads = True              # ConvInteger + Add + Cast + Mul: the head's int32 sums, dequantized
     exportable = "onnx-int8"
     signed_weights = False          # exported weights: uint8 with zero point 128
@@ -77,10 +80,11 @@ class OrtProfile(Profile):
     }
 
     # ---------------------------------------------------------------- quantization
-    def activation_params(self, stats, calibrator):
+    def activation_params(self, stats, calibrator, thresholds=None):
         scales, zps = {}, {}
         for nid, h in stats.hists.items():
-            scales[nid], zps[nid] = asym.asym_params(*clipped_range(h, calibrator))
+            t = None if thresholds is None else thresholds[nid]
+            scales[nid], zps[nid] = asym.asym_params(*clipped_range(h, calibrator, t))
         return scales, zps
 
     def tie_grids(self, model, scales, zero_points):
@@ -96,12 +100,13 @@ class OrtProfile(Profile):
                 scales[str(layer.index)] = float(np.float32(scales[nid] * factor))
                 zero_points[str(layer.index)] = zero_points[nid]
 
-    def extra_params(self, model, stats, calibrator):
+    def extra_params(self, model, stats, calibrator, thresholds=None):
         """A leaky conv's pre-activation grid, from its output's: leaky maps [lo/0.1, hi] onto [lo, hi]."""
         pre_s, pre_z = {}, {}
         for layer in model.layers:
-            if layer.kind == "convolutional" and layer.activation == "leaky" and str(layer.index) in stats.hists:
-                lo, hi = clipped_range(stats.hists[str(layer.index)], calibrator)
+            nid = str(layer.index)
+            if layer.kind == "convolutional" and layer.activation == "leaky" and nid in stats.hists:
+                lo, hi = clipped_range(stats.hists[nid], calibrator, None if thresholds is None else thresholds[nid])
                 pre_s[str(layer.index)], pre_z[str(layer.index)] = asym.asym_params(lo / LEAKY, hi)
         return pre_s, pre_z
 

@@ -1,0 +1,205 @@
+"""`qwidgets_asym`: the engine's integer rules with uint8 activations and a zero point per tensor.
+
+Why: a leaky output spans about [-0.1 T, T]; a symmetric int8 grid spends half its 255 codes on
+[-T, 0]. With real = (q - zp) * scale, q in [0, 255], the grid covers [lo, hi] = the calibrated
+range (any calibrator, with the calibration rules: T from the rule's histogram clips the top,
+the tensor's own minimum (clipped at -T) the bottom), about 1.8x finer for leaky outputs.
+Arithmetic (integer-exact, as the symmetric `qwidgets` path; naive references in
+tests/engine/test_asym_calib.py):
+* quantize: q = sat_[0,255](rint_half_even(x / scale) + zp);
+* conv: exact int32 `sum w * (x - zp_in) + b` (b quantized in s_in * s_w), then the 15-bit
+  fixed-point multiplier of `s_in * s_w / s_out` (and of `0.1 * ...` for negative sums: leaky
+  folded, one rounding), + zp_out, saturated to [0, 255];
+* maxpool (padding = code 0, the grid's minimum), upsample, reorg, dropout, a one-input route:
+  codes moved, grid kept; a multi-input route: each input whose grid differs from the route's own
+  is requantized `zp_out + rint((q - zp_in) * M)` with M the fixed-point `s_in / s_out`;
+* heads: int32 accumulators dequantized (acc * s_in * s_w) for [yolo]/[region], as `qwidgets`;
+* other activations and shortcuts: a float island (dequantize, float op, quantize).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engine.layers.activations import activate
+from engine.layers.route import route_slices
+from engine.quant.intops import band_buffer, conv_int
+from engine.quant.profiles.onnxruntime import OrtProfile, _bias_for, _wscale, tensor_grid
+from engine.quant.qtensor import QTensor, multiplier_value, quantize_multiplier
+
+QLO, QHI = 0, 255
+FOLDED = {"linear": None, "leaky": 0.1, "relu": 0.0}
+
+
+def quantize_u8(x: np.ndarray, scale: float, zp: int) -> tuple[np.ndarray, int]:
+    """float -> (uint8 codes, saturated count): rint_half_even(x / scale) + zp, saturated to [0, 255]."""
+    v = np.divide(x, np.float32(scale), dtype=np.float32).astype(np.float64)
+    np.rint(v, out=v)
+    v += zp
+    sat = int(np.count_nonzero((v < QLO) | (v > QHI)))
+    return np.clip(v, QLO, QHI).astype(np.uint8), sat
+
+
+def fixed(real) -> np.ndarray:
+    """Real multipliers as the exact float64 value of their 15-bit fixed-point form."""
+    m, sh = quantize_multiplier(real)
+    return multiplier_value(m, sh)
+
+
+def requantize_u8(u: np.ndarray, f_pos: np.ndarray, f_neg: np.ndarray | None, zp: int) -> tuple[np.ndarray, int]:
+    """Exact integer sums u (float64, (n, ...)) -> uint8: max(u*f_pos, u*f_neg) rounded half to even, + zp,
+    saturated (f_neg None: linear; 0: relu). u*f is exact in float64 (|u| < 2**31, f has 15 bits)."""
+    v = u * f_pos
+    if f_neg is not None:
+        np.maximum(v, u * f_neg, out=v)
+    np.rint(v, out=v)
+    v += zp
+    sat = int(np.count_nonzero((v < QLO) | (v > QHI)))
+    return np.clip(v, QLO, QHI).astype(np.uint8), sat
+
+
+class QwidgetsAsymProfile(OrtProfile):
+    name = "qwidgets_asym"
+    title = "qwidgets engine, uint8 activations with zero points (leaky folded)"
+    exportable = None
+    pre_activation_grid = False     # leaky is folded into the requantization
+    signed_weights = True
+    rules = {
+        "activations": "uint8 with zero point, per tensor, range from the calibrator and the calibration rules",
+        "weights": "int8 symmetric [-127, 127], per tensor or per output channel",
+        "accumulator": "int32, exact: sum w * (x - zp)",
+        "requantization": "15-bit fixed-point multiplier s_in*s_w/s_out, + zero point",
+        "rounding": "half to even, then saturate to [0, 255]",
+        "leaky": "folded into requantization (second multiplier for negative sums), one rounding",
+        "route/concat": "inputs on another grid requantized to the route's grid (fixed point, + zero point)",
+        "shortcut": "float island (dequantize, add, quantize)",
+        "upsample": "copy, grid kept",
+        "maxpool": "uint8 max (padding code 0), grid kept",
+        "heads": "int32 accumulators dequantized for [yolo]/[region]",
+        "source": "engine/quant/profiles/qwidgets_asym.py, docs/quantization.md",
+    }
+
+    def activation_params(self, stats, calibrator, thresholds=None):
+        """As `onnxruntime` (the calibrated [lo, hi] on 256 codes); power-of-two methods (log2) get their scale
+        rounded up to a power of two and the zero point recomputed for the same lower end."""
+        scales, zps = super().activation_params(stats, calibrator, thresholds)
+        if calibrator.power_of_two:
+            for nid, s in scales.items():
+                lo = -zps[nid] * s
+                p2 = 2.0 ** math.ceil(math.log2(s) - 1e-12)
+                scales[nid], zps[nid] = p2, int(np.clip(np.rint(-lo / p2), QLO, QHI))
+        return scales, zps
+
+    def extra_params(self, model, stats, calibrator, thresholds=None):
+        return {}, {}                   # leaky is folded: no pre-activation grid
+
+    def has_hybrid_path(self, kind: str) -> bool:
+        return kind == "convolutional"
+
+    def quantize(self, x, scale, zero_point=0):
+        q, sat = quantize_u8(x, scale, int(zero_point))
+        return QTensor(q, scale, int(zero_point)), sat
+
+    def run(self, layer, xs, lq, qmodel, rec):
+        if layer.kind == "convolutional":
+            return self._conv(layer, xs[0], lq, qmodel, rec)
+        if layer.kind == "route" and len(xs) > 1:
+            return self._route(layer, xs, qmodel, rec)
+        if layer.kind == "shortcut":
+            return self._float_island(layer, xs, qmodel, rec)
+        return super().run(layer, xs, lq, qmodel, rec)
+
+    def _route(self, layer, xs, qmodel, rec):
+        s, z = tensor_grid(qmodel, str(layer.index))
+        parts = []
+        for x, sl in zip(xs, route_slices(layer.in_shapes, layer.groups, layer.group_id)):
+            part = x.q[sl]
+            if (x.scale, x.zero_point) != (s, z):
+                part, sat = requantize_u8(part.astype(np.float64) - x.zero_point, fixed(x.scale / s), None, z)
+                rec["saturated"] = rec.get("saturated", 0) + sat
+            parts.append(part)
+        return QTensor(np.concatenate(parts, axis=0), s, z)
+
+    def _sums(self, layer, x: QTensor, lq, b_q, epilogue) -> None:
+        """epilogue(part, r0, r1, u, ch) with u the exact float64 `sum w * (x - zp) + b`."""
+        n = lq.w_q.shape[0]
+        b3 = b_q.astype(np.float64).reshape(-1, 1, 1)
+
+        def with_bias(part, r0, r1, acc, ch):
+            u = band_buffer("u", part, acc.shape)
+            np.copyto(u, acc)
+            u += b3[ch]
+            epilogue(part, r0, r1, u, ch)
+
+        if layer.groups == 1:
+            self.accumulate(layer, x, lq, None, with_bias)
+        else:
+            xc = x.q.astype(np.int16) - np.int16(x.zero_point)
+            acc = conv_int(xc, lq.w_f, np.zeros(n, np.int32), layer.size, layer.stride, layer.padding, layer.groups)
+            with_bias(0, 0, acc.shape[1], acc.astype(np.float64), slice(0, n))
+
+    def _conv(self, layer, x, lq, qmodel, rec):
+        s, z = tensor_grid(qmodel, str(layer.index))
+        acc_scale = x.scale * _wscale(lq)
+        n = lq.w_q.shape[0]
+        shape = (n,) + tuple(layer.out_shape[1:])
+        act = layer.activation
+        folded = act in FOLDED
+        if folded:
+            f_pos = fixed(acc_scale / s).reshape(-1, 1, 1)
+            slope = FOLDED[act]
+            f_neg = None if slope is None else (np.zeros_like(f_pos) if slope == 0 else
+                                               fixed(acc_scale * slope / s).reshape(-1, 1, 1))
+            y = np.empty(shape, np.uint8)
+        else:
+            f = np.empty(shape, np.float32)
+        a3 = acc_scale.reshape(-1, 1, 1)
+        stats: list[tuple[int, int, int]] = []
+
+        def epilogue(part, r0, r1, u, ch):
+            stats.append((int(u.min()), int(u.max()), 0))
+            if not folded:
+                f[ch, r0:r1] = (u * a3[ch]).astype(np.float32)
+                return
+            y[ch, r0:r1], sat = requantize_u8(u, f_pos[ch], None if f_neg is None else f_neg[ch], z)
+            stats[-1] = stats[-1][:2] + (sat,)
+
+        self._sums(layer, x, lq, _bias_for(lq, x.scale), epilogue)
+        rec["acc_min"], rec["acc_max"] = min(t[0] for t in stats), max(t[1] for t in stats)
+        rec["saturated"] = rec.get("saturated", 0) + sum(t[2] for t in stats)
+        rec["total"] = rec.get("total", 0) + int(np.prod(shape))
+        if folded:
+            return QTensor(y, s, z)
+        q, sat = self.quantize(activate(f, act), s, z)
+        rec["saturated"] += sat
+        rec["float_activation"] = act
+        return q
+
+    def _dequantized(self, layer, x: QTensor, lq, rec) -> np.ndarray:
+        n = lq.w_q.shape[0]
+        a3 = (x.scale * _wscale(lq)).reshape(-1, 1, 1)
+        f = np.empty((n,) + tuple(layer.out_shape[1:]), np.float32)
+        ranges: list[tuple[int, int]] = []
+
+        def epilogue(part, r0, r1, u, ch):
+            ranges.append((int(u.min()), int(u.max())))
+            f[ch, r0:r1] = (u * a3[ch]).astype(np.float32)
+
+        self._sums(layer, x, lq, _bias_for(lq, x.scale), epilogue)
+        rec["acc_min"], rec["acc_max"] = min(r[0] for r in ranges), max(r[1] for r in ranges)
+        rec["saturated"], rec["total"] = 0, f.size
+        return activate(f, layer.activation)
+
+    def run_head(self, layer, xs, lq, qmodel, rec):
+        if layer.kind != "convolutional":
+            raise NotImplementedError(f"{layer.where()}: no int32 head path in profile '{self.name}'")
+        rec["output"] = "int32 dequantized for the head"
+        return self._dequantized(layer, xs[0], lq, rec)
+
+    def hybrid(self, layer, x, lq, qmodel, rec):
+        """HYBRID: the float input on its uint8 grid, exact integer conv, dequantized sums, float activation."""
+        src = layer.inputs[0]
+        xq, sat = self.quantize(x, *tensor_grid(qmodel, "input" if src < 0 else str(src)))
+        rec["input_saturated"] = sat
+        return self._dequantized(layer, xq, lq, rec)

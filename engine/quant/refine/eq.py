@@ -1,0 +1,240 @@
+"""EQ: per-layer threshold search on the local output error (ncnn2table's `method=eq`).
+
+ncnn starts from KL thresholds and, for every conv in turn, tries 100 input scales in
+[0.5, 2] x the start on the FLOAT input of that conv (extracted from the float net), keeping the
+one whose int8 output is closest (cosine) to the FLOAT output, averaged over up to 50 images. Here:
+
+* any calibrator's thresholds are the start (the quantized model's), the candidates are 2**(j/4)
+  times the start's scale for j = -4..4 (powers of two only for power-of-two methods: 2**j, j = -3..1),
+  never above the largest |x| seen (a threshold past it clips nothing and only coarsens the grid);
+* the error is the squared L2 distance of the layer's output (int8 input, int8 weights, int32
+  bias, activation) to FLOAT, relative to FLOAT's energy, summed over the int8 layers that read
+  the tensor's scale group (tensors sharing one scale are searched together);
+* as in ncnn the inputs are FLOAT (each layer alone), so the groups are independent and every
+  candidate of a group is evaluated in one batched matmul on im2col rows. To fit `budget` (the
+  search's multiply-adds as a fraction of those layers' FLOAT ones, at least 2**24 per layer) it
+  reads 32 random output channels of each layer (each channel's error curve takes its shape from
+  the same input error field) and, where needed, a sample of output positions in two strata:
+  windows holding a value some candidate clips (all of them when they fit) and the rest, each
+  weighted by its size, so the sampled error estimates the full one without the rare clipped
+  outliers being missed. Checked against the full error in tests/engine/test_refine_eq.py.
+The first-layer rule (the image and the first conv's output are never clipped) is kept.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine.calib import make
+from engine.calib.floats import FloatOutputs, float_outputs
+from engine.calib.views import RULES, views
+from engine.errors import ArgumentError, EngineError
+from engine.layers.activations import activate
+from engine.layers.convolutional import BN_EPS
+from engine.quant.layerquant import LayerQuant
+from engine.quant.qmodel import QuantizedModel, input_id
+from engine.quant.weights import fused_params, quantize_bias
+from engine.quant.qtensor import QMAX
+
+LINEAR_STEPS = 4          # candidates 2**(j/4): steps of 19%, over [0.5, 2] as ncnn
+MIN_POSITIONS = 8         # per image and layer, however small the budget
+MIN_CHANNELS = 32
+MIN_MACS = 1 << 24        # a small layer is searched on enough data however small its share of the budget
+MAX_IMAGES = 50           # as ncnn's EQ
+
+
+def _positions(layer, x: np.ndarray, y: np.ndarray, n: int, clip_at: float, rng
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(im2col rows (m, C*k*k) float32, FLOAT outputs (m, filters), weights (m,)) of about n output
+    positions of a conv with input x and output y. Two strata: the positions whose window holds a value
+    some candidate clips (|x| > clip_at: rare, and where the candidates differ most) and the others
+    (rounding error only, statistically alike); each sampled uniformly without replacement, all of the
+    first taken when it fits in half the budget, weights = stratum size / sampled count."""
+    k, s, p = layer.size, layer.stride, layer.padding
+    ho, wo = y.shape[1], y.shape[2]
+    flat_y = y.reshape(y.shape[0], -1)
+    if n >= ho * wo:                    # every position, exactly
+        xp = np.pad(x, ((0, 0), (p, p), (p, p))) if p else x
+        win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::s, ::s]  # (C, Ho, Wo, k, k)
+        rows = win.transpose(1, 2, 0, 3, 4).reshape(ho * wo, -1)
+        return np.ascontiguousarray(rows, np.float32), flat_y.T, np.ones(ho * wo)
+    cmax = np.abs(x).max(axis=0)        # only this 2-D map is padded, not the input
+    cmax = np.pad(cmax, p) if p else cmax
+    amax = np.lib.stride_tricks.sliding_window_view(cmax, (k, k))[::s, ::s][:ho, :wo].max(axis=(2, 3))
+    clipped = amax.ravel() > clip_at
+    picks, weights = [], []
+    hot = np.flatnonzero(clipped)
+    take_hot = min(hot.size, max(n // 2, n - int((~clipped).sum())))
+    for stratum, take in ((hot, take_hot), (np.flatnonzero(~clipped), n - take_hot)):
+        if take <= 0 or stratum.size == 0:
+            continue
+        pick = stratum if take >= stratum.size else rng.choice(stratum, size=take, replace=False)
+        picks.append(pick)
+        weights.append(np.full(pick.size, stratum.size / pick.size))
+    idx = np.concatenate(picks)
+    # the sampled windows gathered from x itself, zero outside it (the conv's zero padding)
+    d = np.arange(k)
+    yy = (idx // wo * s - p)[:, None, None] + d[None, :, None]          # (m, k, 1)
+    xx = (idx % wo * s - p)[:, None, None] + d[None, None, :]           # (m, 1, k)
+    inside = (yy >= 0) & (yy < x.shape[1]) & (xx >= 0) & (xx < x.shape[2])
+    g = x[:, np.clip(yy, 0, x.shape[1] - 1), np.clip(xx, 0, x.shape[2] - 1)]   # (C, m, k, k)
+    g = np.where(inside[None], g, np.float32(0))
+    rows = g.transpose(1, 0, 2, 3).reshape(idx.size, -1)
+    return np.ascontiguousarray(rows, np.float32), flat_y[:, idx].T, np.concatenate(weights)
+
+
+def fused_bias(layer, params) -> np.ndarray:
+    """The BN-folded float32 bias alone (as layer.fused computes it, without folding the weights)."""
+    if not getattr(layer, "batch_normalize", 0):
+        return params["biases"].astype(np.float32)
+    d = np.sqrt(params["rolling_variance"].astype(np.float64)) + BN_EPS
+    gain = params["scales"].astype(np.float64) / d
+    return (params["biases"].astype(np.float64) - gain * params["rolling_mean"].astype(np.float64)).astype(np.float32)
+
+
+class _Reader:
+    """One int8-weight layer reading a searched tensor: its sampled FLOAT input rows and output."""
+
+    def __init__(self, model, qmodel: QuantizedModel, index: int, inputs: list[np.ndarray],
+                 outputs: list[np.ndarray], budget: float, candidates: int, clip_at: float, seed: int) -> None:
+        layer, lq = model.layers[index], qmodel.layers[index]
+        self.layer, self.lq = layer, lq
+        b = fused_bias(layer, model.params[index])
+        n = lq.w_q.shape[0]
+        rng = np.random.default_rng(seed)
+        total = layer.out_shape[1] * layer.out_shape[2] if layer.kind != "connected" else 1
+        # a random subset of output channels with every position rather than every channel at a few
+        # positions: each channel's error curve has the shape the input's error field gives it, while
+        # the positions that decide it (clipped outliers) are rare
+        n_s = min(n, MIN_CHANNELS)
+        macs = max(budget * total * lq.w_q[0].size * n * len(inputs), MIN_MACS)
+        per_image = int(macs / (max(candidates, 1) * lq.w_q[0].size * n_s * len(inputs)))
+        per_image = min(total, max(MIN_POSITIONS, per_image))
+        chans = np.sort(rng.choice(n, size=n_s, replace=False)) if n_s < n else np.arange(n)
+        self.w_q = np.ascontiguousarray(lq.w_q.reshape(n, -1)[chans].T, np.float32)   # (C*k*k, n_s), integers
+        self.w_scale = np.broadcast_to(np.asarray(lq.w_scale, np.float64), (n,))[chans]
+        self.b = b.astype(np.float64)
+        self.b_s = self.b[chans]
+        rows, refs, weights = [], [], []
+        for x, y in zip(inputs, outputs):
+            if layer.kind == "connected":
+                rows.append(x.reshape(1, -1).astype(np.float32))
+                refs.append(y.reshape(1, -1)[:, chans])
+                weights.append(np.ones(1))
+                continue
+            r, f, wt = _positions(layer, x, y, per_image, clip_at, rng)
+            rows.append(r)
+            refs.append(f[:, chans])
+            weights.append(wt)
+        self.rows = np.concatenate(rows)
+        self.weights = np.concatenate(weights)
+        self.ref = np.concatenate(refs).astype(np.float64)                  # FLOAT output at those positions
+        self.energy = max(float((self.weights[:, None] * self.ref ** 2).sum()), 1e-30)
+        self.ref32, self.weights32 = self.ref.astype(np.float32), self.weights.astype(np.float32)
+
+    def errors(self, scales: np.ndarray) -> np.ndarray:
+        """Relative squared output error for each candidate input scale, in one batched matmul
+        (float32 throughout: an estimate, not the integer path itself)."""
+        k, (p, ck) = scales.size, self.rows.shape
+        q = np.multiply(self.rows[None], (1.0 / scales).astype(np.float32).reshape(-1, 1, 1))   # (K, P, C*k*k)
+        np.rint(q, out=q)
+        np.clip(q, -QMAX, QMAX, out=q)
+        acc = (q.reshape(k * p, ck) @ self.w_q).reshape(k, p, -1)                                # (K, P, n_s)
+        s = scales.reshape(-1, 1, 1)
+        b_q = np.clip(np.rint(self.b_s / (s * self.w_scale)), -(2 ** 31) + 1, 2 ** 31 - 1)   # int32 bias per scale
+        acc += b_q.astype(np.float32)
+        acc *= (s * self.w_scale).astype(np.float32)
+        y = activate(acc, self.layer.activation)
+        y -= self.ref32[None]
+        np.square(y, out=y)
+        return np.einsum("kpn,p->k", y, self.weights32, dtype=np.float64) / self.energy
+
+
+def candidate_scales(s0: float, cap: float, power_of_two: bool) -> np.ndarray:
+    """The start's scale and its multiples 2**(j/4) (2**j for power-of-two methods) up to scale `cap`."""
+    steps = np.arange(-3, 2) if power_of_two else np.arange(-LINEAR_STEPS, LINEAR_STEPS + 1) / LINEAR_STEPS
+    cands = s0 * 2.0 ** steps
+    return np.unique(np.concatenate([[s0], cands[cands <= cap * (1 + 1e-9)]]))
+
+
+def eq_search(model, qmodel: QuantizedModel, floats: FloatOutputs | None = None, images=None,
+              budget: float = 0.1, resize: str = "letterbox", seed: int = 0) -> QuantizedModel:
+    """A copy of `qmodel` whose activation thresholds are searched per scale group for the least
+    local output error of the int8 layers reading them (FLOAT inputs). The FLOAT inputs come from
+    `floats` (kept by the calibration pass) or a FLOAT pass over `images`. The start, chosen and
+    errors per group are in meta["eq"] = {group: [T start, T chosen, error start, error chosen]}."""
+    if not (isinstance(budget, (int, float)) and np.isfinite(budget) and budget > 0):
+        raise ArgumentError(f"eq budget={budget!r}: expected a positive fraction of the FLOAT multiply-adds")
+    if qmodel.profile != "qwidgets" or qmodel.zero_points:
+        raise EngineError(f"eq searches symmetric int8 scales (profile qwidgets), not profile {qmodel.profile!r}")
+    if qmodel.stats is None:
+        raise EngineError("eq needs the quantized model's calibration statistics (it caps thresholds at the "
+                          "largest |x| seen)")
+    from engine.quant.executor import equalized_for
+    model = equalized_for(model, qmodel)       # a cross-layer-equalized model's own weights and activations
+    if floats is None:
+        if images is None:
+            raise ArgumentError("eq needs the calibration images' FLOAT inputs: pass floats=... or images=...")
+        floats = float_outputs(model, images, resize, MAX_IMAGES)
+    if len(floats) == 0:
+        raise EngineError("eq: no FLOAT inputs were kept (no calibration images, or over the memory cap)")
+    cal = make(qmodel.method, **qmodel.settings) if qmodel.method != "auto" else None
+    power_of_two = bool(getattr(cal, "power_of_two", False))
+    rules = tuple(qmodel.meta.get("rules", cal.rules if cal is not None else RULES))
+    vs = views(model, qmodel.stats, rules)
+    groups: dict[str, list[str]] = {}
+    for nid, v in vs.items():
+        groups.setdefault(v.source.rstrip("+"), []).append(nid)
+    readers: dict[str, list[int]] = {}
+    for i, lq in qmodel.layers.items():
+        layer = model.layers[i]
+        if i in qmodel.float_layers or getattr(layer, "groups", 1) != 1:
+            continue
+        nid = input_id(layer)
+        if nid in vs:
+            readers.setdefault(vs[nid].source.rstrip("+"), []).append(i)
+    n_img = min(len(floats), MAX_IMAGES)
+    new_scales: dict[str, float] = {}
+    biases: dict[int, np.ndarray] = {}
+    report: dict[str, list[float]] = {}
+    jobs = []
+    for src, members in groups.items():
+        layers = sorted(readers.get(src, []))
+        if not layers or any(vs[n].full_range for n in members):
+            continue                       # nothing int8 reads it, or the first-layer rule: never clipped
+        s0 = float(qmodel.scales[members[0]])
+        cap = max(qmodel.stats.hists[n].amax for n in members) / QMAX
+        cands = candidate_scales(s0, cap, power_of_two)
+        if cands.size >= 2:
+            jobs.append((src, members, layers, s0, cands))
+    errs: dict[int, np.ndarray] = {}
+
+    def one(_part: int, j: int) -> None:     # groups are independent (FLOAT inputs): one per work item
+        src, members, layers, s0, cands = jobs[j]
+        err = np.zeros(cands.size)
+        for i in layers:
+            r = _Reader(model, qmodel, i, floats.inputs(model.layers[i].inputs[0])[:n_img],
+                        floats.inputs(i)[:n_img], budget, cands.size, float(cands[0]) * QMAX, seed + i)
+            biases[i] = r.b
+            err += r.errors(cands)
+        errs[j] = err
+
+    from engine.kernels.threads import own_threads, parallel_items
+    with own_threads():
+        parallel_items(len(jobs), one)
+    for j, (src, members, layers, s0, cands) in enumerate(jobs):
+        err = errs[j]
+        k0, k = int(np.flatnonzero(cands == s0)[0]), int(np.argmin(err))
+        if err[k] < err[k0]:
+            new_scales.update({n: float(cands[k]) for n in members})
+        report[src] = [s0 * QMAX, float(cands[k] if err[k] < err[k0] else s0) * QMAX, float(err[k0]),
+                       float(min(err[k], err[k0]))]
+    twin = qmodel.copy()
+    twin.scales.update(new_scales)
+    for i, lq in qmodel.layers.items():          # re-derive the int32 biases of the layers whose input scale changed
+        s_in = twin.scales[input_id(model.layers[i])]
+        if s_in != lq.in_scale:
+            b = biases[i] if i in biases else fused_params(model, i)[1]
+            twin.layers[i] = LayerQuant(lq.w_q, lq.w_scale, quantize_bias(b, s_in, lq.w_scale), s_in, lq.scheme)
+    twin.thresholds.update({n: s * QMAX for n, s in new_scales.items()})
+    twin.meta["eq"] = report
+    return twin
