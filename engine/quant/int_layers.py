@@ -22,7 +22,7 @@ from engine.layers.maxpool import maxpool
 from engine.layers.reorg import reorg_pj, space_to_depth
 from engine.layers.route import route_slices
 from engine.layers.upsample import upsample_nearest
-from engine.quant.intops import band_buffer, conv_int, conv_int_bands, gemm_int, row_abs_max
+from engine.quant.intops import EXACT_F32, band_buffer, conv_int, conv_int_bands, gemm_int, row_abs_max
 from engine.quant.layerquant import LayerQuant
 from engine.quant.qtensor import QMAX, QTensor, multiplier_value, quantize, quantize_multiplier, requantize
 from engine.registry import Registry
@@ -101,59 +101,91 @@ def _conv_requant_fused(layer, x_q: np.ndarray, w_f: np.ndarray, b_q: np.ndarray
                         out_scale: float, rec: dict, w_bound: float | None = None) -> np.ndarray:
     """conv_int + requantize_activation (linear/leaky/relu), band by band while the sums are in cache.
 
-    Same numbers as the two-step path: u = acc + b is the exact int32 accumulator held in float64,
-    then requantize()'s rule on it (u*f_pos, max with u*f_neg, rint, saturate).
+    Same numbers as the two-step path: u = acc + b is the exact int32 accumulator, then requantize()'s
+    rule on it (u*f_pos in float64, max with u*f_neg, rint, saturate) — see `requant_epilogue`.
     """
     n = w_f.shape[0]
     m, sh = quantize_multiplier(acc_scale / out_scale)
-    f_pos = multiplier_value(m, sh).reshape(-1, 1, 1)
+    f_pos = multiplier_value(m, sh)
     slope = FOLDED[layer.activation]
     f_neg = None
     if slope:
         mn, shn = quantize_multiplier(acc_scale * slope / out_scale)
-        f_neg = multiplier_value(mn, shn).reshape(-1, 1, 1)
-    b3 = b_q.astype(np.float64).reshape(-1, 1, 1)
+        f_neg = multiplier_value(mn, shn)
     y = np.empty((n,) + tuple(layer.out_shape[1:]), np.int8)
-    stats: list[tuple[int, int, int]] = []
-
-    f_low = f_pos if slope is None else (np.zeros_like(f_pos) if slope == 0.0 else f_neg)
-
-    def epilogue(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
-        # contiguous float64 work buffers: a strided copy, then in-place contiguous ufuncs (NumPy's
-        # ufuncs on strided or freshly allocated operands are several times slower)
-        u = band_buffer("u", part, acc.shape)
-        np.copyto(u, acc)
-        u += b3[ch]
-        u2 = u.reshape(acc.shape[0], -1)
-        lo_c, hi_c = u2.min(axis=1), u2.max(axis=1)
-        v = band_buffer("v", part, acc.shape)
-        fp = f_pos[ch]
-        np.multiply(u, fp, out=v)
-        if slope is not None:
-            if slope == 0.0:
-                np.maximum(v, 0.0, out=v)
-            else:
-                np.multiply(u, f_neg[ch], out=u)
-                np.maximum(v, u, out=v)
-        # the rule is monotone in u per channel: only channels whose extreme accumulators round
-        # beyond +-127 can hold saturated values, so only those are counted and clipped.
-        # rint(v) > 127 <=> v >= 127.5 (127.5 rounds to 128), and clip-then-rint == rint-then-clip
-        # (integer bounds), so the rounding can be the final pass that also casts to int8.
-        top = np.rint(hi_c * fp[:, 0, 0]) > QMAX
-        bottom = np.rint(np.where(lo_c < 0, lo_c * f_low[ch][:, 0, 0], lo_c * fp[:, 0, 0])) < -QMAX
-        sat = 0
-        for c_i in np.flatnonzero(top | bottom):
-            vc = v[c_i]
-            sat += int(np.count_nonzero(vc >= QMAX + 0.5)) + int(np.count_nonzero(vc <= -QMAX - 0.5))
-            np.clip(vc, -QMAX, QMAX, out=vc)
-        np.rint(v, out=y[ch, r0:r1], casting="unsafe")  # integral values in [-127, 127]: exact cast
-        stats.append((int(lo_c.min()), int(hi_c.max()), sat))
-
-    conv_int_bands(x_q, w_f, layer.size, layer.stride, layer.padding, epilogue, w_bound)
+    epilogue, stats = requant_epilogue(y, b_q, f_pos, f_neg, slope)
+    conv_int_bands(x_q, w_f, layer.size, layer.stride, layer.padding, epilogue, w_bound, full_width=True)
     rec["acc_min"], rec["acc_max"] = min(t[0] for t in stats), max(t[1] for t in stats)
     rec["saturated"] = rec.get("saturated", 0) + sum(t[2] for t in stats)
     rec["total"] = rec.get("total", 0) + y.size
     return y
+
+
+def _add_bias(part: int, acc: np.ndarray, b_q: np.ndarray, ch: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """acc (float32 exact integers, or float64; a contiguous `full_width` band) + b_q[ch] ->
+    (u, min, max per channel): u holds the exact int32 accumulators as floats, min / max are exact
+    integral float64.
+
+    In place in float32 when every |acc + b| < 2**24 (known from the per-channel extremes, which the
+    statistics need anyway): every sum is then an exact float32 integer; else in float64."""
+    b = b_q[ch].astype(np.float64)
+    a2 = acc.reshape(acc.shape[0], -1)
+    lo = a2.min(axis=1).astype(np.float64) + b
+    hi = a2.max(axis=1).astype(np.float64) + b
+    if acc.dtype == np.float32 and (not lo.size or max(float(hi.max()), -float(lo.min())) < EXACT_F32):
+        acc += b.astype(np.float32).reshape(-1, 1, 1)
+        return acc, lo, hi
+    u = band_buffer("u", part, acc.shape)
+    np.copyto(u, acc)
+    u += b.reshape(-1, 1, 1)
+    return u, lo, hi
+
+
+def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: np.ndarray | None,
+                     slope: float | None):
+    """A `full_width` epilogue for `conv_int_bands` writing int8 into y (n, Ho, Wo): q = sat8(rint(u*f)),
+    u = acc + b the exact accumulator, f = f_pos (u >= 0) or f_neg (u < 0; relu: 0) per channel, the
+    product formed in float64 (exact: |u| < 2**31, 15-bit multipliers), as requantize() does.
+    Returns (epilogue, stats): stats collects (acc min, acc max, saturated) per band.
+    Passes: bias (float32, in place), min / max, one exact cast to float64, products in place, max,
+    rint in place, one strided cast to int8."""
+    fp3 = f_pos.reshape(-1, 1, 1)
+    fn3 = None if f_neg is None else f_neg.reshape(-1, 1, 1)
+    f_low = f_pos if slope is None else (np.zeros_like(f_pos) if slope == 0.0 else f_neg)
+    stats: list[tuple[int, int, int]] = []
+
+    def epilogue(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
+        u, lo_c, hi_c = _add_bias(part, acc, b_q, ch)
+        fp = f_pos[ch]
+        v = band_buffer("v", part, u.shape)
+        np.copyto(v, u)          # one cast to float64: mixed-type ufuncs cast in slow buffered loops
+        if slope is not None and slope != 0.0:
+            w = band_buffer("w", part, u.shape)
+            np.multiply(v, fn3[ch], out=w)
+        np.multiply(v, fp3[ch], out=v)
+        if slope is not None:
+            if slope == 0.0:
+                np.maximum(v, 0.0, out=v)
+            else:
+                np.maximum(v, w, out=v)
+        # the rule is monotone in u per channel: only channels whose extreme accumulators round
+        # beyond +-127 can hold saturated values, so only those are counted and clipped.
+        # rint(v) > 127 <=> v >= 127.5 (127.5 rounds to 128), and clip-then-rint == rint-then-clip
+        # (integer bounds). Counted on the valid columns only (the band may be padded-width).
+        top = np.rint(hi_c * fp) > QMAX
+        bottom = np.rint(np.where(lo_c < 0, lo_c * f_low[ch], lo_c * fp)) < -QMAX
+        wo = y.shape[2]
+        sat = 0
+        for c_i in np.flatnonzero(top | bottom):
+            vc = v[c_i]
+            valid = vc[:, :wo]
+            sat += int(np.count_nonzero(valid >= QMAX + 0.5)) + int(np.count_nonzero(valid <= -QMAX - 0.5))
+            np.clip(vc, -QMAX, QMAX, out=vc)
+        np.rint(v, out=v)
+        y[ch, r0:r1] = v[:, :, :wo]                    # integral, in [-127, 127]: the cast is exact
+        stats.append((int(lo_c.min()), int(hi_c.max()), sat))
+
+    return epilogue, stats
 
 
 def _wscale(lq: LayerQuant) -> np.ndarray:
@@ -181,19 +213,19 @@ def _conv_dequantized(layer, x_q: np.ndarray, lq: LayerQuant, b_q: np.ndarray, a
     rec["saturated"], rec["total"] = 0, int(np.prod(layer.out_shape))   # nothing is rounded to int8
     if layer.groups == 1:
         scale3 = np.asarray(acc_scale, np.float64).reshape(-1, 1, 1)
-        b3 = b_q.astype(np.float64).reshape(-1, 1, 1)
         y = np.empty((lq.w_q.shape[0],) + tuple(layer.out_shape[1:]), np.float32)
         ranges: list[tuple[int, int]] = []
 
         def epilogue(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
-            u = band_buffer("u", part, acc.shape)
-            np.copyto(u, acc)
-            u += b3[ch]                                  # the exact int32 accumulator, in float64
-            ranges.append((int(u.min()), int(u.max())))
-            np.multiply(u, scale3[ch], out=u)
-            y[ch, r0:r1] = u                             # float64 -> float32, as acc * scale did
+            u, lo, hi = _add_bias(part, acc, b_q, ch)    # the exact int32 accumulators
+            ranges.append((int(lo.min()), int(hi.max())))
+            v = band_buffer("v", part, u.shape)
+            np.copyto(v, u)
+            np.multiply(v, scale3[ch], out=v)            # in float64, rounded once to float32 (as acc * scale)
+            y[ch, r0:r1] = v[:, :, :y.shape[2]]
 
-        conv_int_bands(x_q, lq.w_f, layer.size, layer.stride, layer.padding, epilogue, row_abs_max(lq.w_q))
+        conv_int_bands(x_q, lq.w_f, layer.size, layer.stride, layer.padding, epilogue, row_abs_max(lq.w_q),
+                       full_width=True)
         rec["acc_min"], rec["acc_max"] = min(r[0] for r in ranges), max(r[1] for r in ranges)
         return activate(y, layer.activation)
     acc = conv_int(x_q, lq.w_f, b_q, layer.size, layer.stride, layer.padding, layer.groups)

@@ -144,7 +144,8 @@ def row_abs_max(w_q: np.ndarray) -> float:
 
 
 def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
-                   epilogue: Callable[[int, int, int, np.ndarray, slice], None], w_bound: float | None = None) -> None:
+                   epilogue: Callable[[int, int, int, np.ndarray, slice], None], w_bound: float | None = None,
+                   full_width: bool = False) -> None:
     """Exact int8 conv (groups=1, no bias) in bands of output rows: epilogue(part, r0, r1, acc, ch).
 
     acc is a (filters in ch, r1-r0, Wo) view of the band's exact integer sums (float32, or float64 when
@@ -157,6 +158,10 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
     with BLAS single-threaded (`own_threads`, as the float kernels: a spinning 2-thread BLAS is what
     suffers most on a busy machine), each band built, used and dropped in cache; a map that is a
     single band (small maps, many filters) is split by filter halves instead.
+    `full_width`: hand the epilogue the whole contiguous (filters, rows, row width) band instead of
+    its (.., :Wo) view, the columns past Wo (padded-width columns) overwritten with column 0's sums,
+    so per-channel min / max over the whole band are those of the valid outputs; contiguous
+    operands make the epilogue's NumPy passes ~20% cheaper. The epilogue writes [..., :Wo].
     """
     c, h, w = x_q.shape
     n, kk = w_f.shape
@@ -215,7 +220,12 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
             for a in range(0, kk, chunk):
                 np.matmul(wb[:, a:a + chunk], cols[a:a + chunk], out=part32)
                 acc += part32
-        epilogue(part, r0, r1, acc.reshape(nf, r1 - r0, row_w)[:, :, :wo], ch)
+        acc3 = acc.reshape(nf, r1 - r0, row_w)
+        if not full_width:
+            acc3 = acc3[:, :, :wo]
+        elif row_w != wo:
+            acc3[:, :, wo:] = acc3[:, :, :1]
+        epilogue(part, r0, r1, acc3, ch)
 
     with own_threads():
         parallel_items(bands * fblocks, band)
