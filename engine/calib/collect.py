@@ -15,6 +15,7 @@ import numpy as np
 
 from engine.calib.histogram import AbsHistogram
 from engine.errors import EngineError
+from engine.kernels.threads import own_threads, parallel_items
 from engine.darknet.image import ImageLike
 
 ONE_SIDED_ACTIVATIONS = ("leaky", "relu", "relu6")
@@ -74,11 +75,22 @@ def observe(model, x: np.ndarray, stats: CalibrationStats, outs: Sequence[np.nda
     """Add one input tensor's activations to `stats` (runs the FLOAT forward unless outs are given)."""
     outs = model.forward(x) if outs is None else outs
     sided = one_sided_ids(model)
+    tasks = []
     for nid in quantizable_ids(model):
         y = x if nid == "input" else outs[int(nid)]
-        stats.hists.setdefault(nid, AbsHistogram()).observe(y)
+        tasks.append((stats.hists.setdefault(nid, AbsHistogram()), y, False))
         if nid in sided:
-            stats.hists.setdefault(positive_key(nid), AbsHistogram()).observe(y[y > 0])
+            tasks.append((stats.hists.setdefault(positive_key(nid), AbsHistogram()), y, True))
+    # each histogram is filled by one thread (its own buffers, engine/calib/histogram.py), so the
+    # counts are those of a sequential pass; largest tensors first keeps the two threads busy
+    tasks.sort(key=lambda t: -t[1].size)
+
+    def fill(_part: int, i: int) -> None:
+        hist, y, positive = tasks[i]
+        hist.observe(y[y > 0] if positive else y)
+
+    with own_threads():
+        parallel_items(len(tasks), fill)
     stats.images += 1
 
 

@@ -99,7 +99,7 @@ def method_rows(model, executors: dict[str, Executor], pre, float_outs) -> dict:
         if mode == Mode.INT8:
             row["saturation"] = [s.saturation for s in prop]
             row["range_use"] = [s.range_use for s in prop]
-            row["int_local_sqnr"] = [s.sqnr_db if s else np.nan for s in local_stats(ex, pre.x, float_outs)]
+            row["int_local_sqnr"] = [s.sqnr_db if s else np.nan for s in local_stats(ex, pre.x, float_outs, prop)]
     return row
 
 
