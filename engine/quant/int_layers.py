@@ -22,7 +22,7 @@ from engine.layers.maxpool import maxpool
 from engine.layers.reorg import reorg_pj, space_to_depth
 from engine.layers.route import route_slices
 from engine.layers.upsample import upsample_nearest
-from engine.quant.intops import EXACT_F32, band_buffer, conv_int, conv_int_bands, gemm_int, row_abs_max
+from engine.quant.intops import EXACT_F32, band_buffer, conv_int, conv_int_fused, gemm_int
 from engine.quant.layerquant import LayerQuant
 from engine.quant.qtensor import QMAX, QTensor, multiplier_value, quantize, quantize_multiplier, requantize
 from engine.registry import Registry
@@ -74,7 +74,7 @@ def conv_forward_int(layer, xs: list[QTensor], lq: LayerQuant, out_scale: float,
     b_q = _bias_for(lq, x.scale)
     acc_scale = x.scale * _wscale(lq)
     if layer.groups == 1 and layer.activation in FOLDED:
-        q = _conv_requant_fused(layer, x.q, lq.w_f, b_q, acc_scale, out_scale, rec, row_abs_max(lq.w_q))
+        q = _conv_requant_fused(layer, x.q, lq, b_q, acc_scale, out_scale, rec)
         return QTensor(q, out_scale)
     acc = conv_int(x.q, lq.w_f, b_q, layer.size, layer.stride, layer.padding, layer.groups)
     _acc_stats(acc, rec)
@@ -97,14 +97,14 @@ def connected_forward_int_head(layer, xs: list[QTensor], lq: LayerQuant, rec: di
     return _connected_dequantized(layer, x.q, lq, _bias_for(lq, x.scale), x.scale * _wscale(lq), rec)
 
 
-def _conv_requant_fused(layer, x_q: np.ndarray, w_f: np.ndarray, b_q: np.ndarray, acc_scale: np.ndarray,
-                        out_scale: float, rec: dict, w_bound: float | None = None) -> np.ndarray:
+def _conv_requant_fused(layer, x_q: np.ndarray, lq: LayerQuant, b_q: np.ndarray, acc_scale: np.ndarray,
+                        out_scale: float, rec: dict) -> np.ndarray:
     """conv_int + requantize_activation (linear/leaky/relu), band by band while the sums are in cache.
 
     Same numbers as the two-step path: u = acc + b is the exact int32 accumulator, then requantize()'s
     rule on it (u*f_pos in float64, max with u*f_neg, rint, saturate) — see `requant_epilogue`.
     """
-    n = w_f.shape[0]
+    n = lq.w_q.shape[0]
     m, sh = quantize_multiplier(acc_scale / out_scale)
     f_pos = multiplier_value(m, sh)
     slope = FOLDED[layer.activation]
@@ -114,7 +114,7 @@ def _conv_requant_fused(layer, x_q: np.ndarray, w_f: np.ndarray, b_q: np.ndarray
         f_neg = multiplier_value(mn, shn)
     y = np.empty((n,) + tuple(layer.out_shape[1:]), np.int8)
     epilogue, stats = requant_epilogue(y, b_q, f_pos, f_neg, slope)
-    conv_int_bands(x_q, w_f, layer.size, layer.stride, layer.padding, epilogue, w_bound, full_width=True)
+    conv_int_fused(x_q, lq.w_q, lambda: lq.w_f, layer.size, layer.stride, layer.padding, epilogue)
     rec["acc_min"], rec["acc_max"] = min(t[0] for t in stats), max(t[1] for t in stats)
     rec["saturated"] = rec.get("saturated", 0) + sum(t[2] for t in stats)
     rec["total"] = rec.get("total", 0) + y.size
@@ -157,8 +157,11 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
     def epilogue(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
         u, lo_c, hi_c = _add_bias(part, acc, b_q, ch)
         fp = f_pos[ch]
-        v = band_buffer("v", part, u.shape)
-        np.copyto(v, u)          # one cast to float64: mixed-type ufuncs cast in slow buffered loops
+        if u.dtype == np.float64 and u is not acc:       # already a float64 work buffer
+            v = u
+        else:
+            v = band_buffer("v", part, u.shape)
+            np.copyto(v, u)      # one cast to float64: mixed-type ufuncs cast in slow buffered loops
         if slope is not None and slope != 0.0:
             w = band_buffer("w", part, u.shape)
             np.multiply(v, fn3[ch], out=w)
@@ -219,13 +222,16 @@ def _conv_dequantized(layer, x_q: np.ndarray, lq: LayerQuant, b_q: np.ndarray, a
         def epilogue(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
             u, lo, hi = _add_bias(part, acc, b_q, ch)    # the exact int32 accumulators
             ranges.append((int(lo.min()), int(hi.max())))
-            v = band_buffer("v", part, u.shape)
-            np.copyto(v, u)
+            if u.dtype == np.float64 and u is not acc:
+                v = u
+            else:
+                v = band_buffer("v", part, u.shape)
+                np.copyto(v, u)
             np.multiply(v, scale3[ch], out=v)            # in float64, rounded once to float32 (as acc * scale)
             y[ch, r0:r1] = v[:, :, :y.shape[2]]
 
-        conv_int_bands(x_q, lq.w_f, layer.size, layer.stride, layer.padding, epilogue, row_abs_max(lq.w_q),
-                       full_width=True)
+        conv_int_fused(x_q, lq.w_q, lambda: lq.w_f, layer.size, layer.stride, layer.padding,
+                       epilogue)
         rec["acc_min"], rec["acc_max"] = min(r[0] for r in ranges), max(r[1] for r in ranges)
         return activate(y, layer.activation)
     acc = conv_int(x_q, lq.w_f, b_q, layer.size, layer.stride, layer.padding, layer.groups)

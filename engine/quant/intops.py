@@ -229,3 +229,29 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
 
     with own_threads():
         parallel_items(bands * fblocks, band)
+
+
+def conv_int_fused(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarray], k: int, s: int, p: int,
+                   epilogue: Callable[[int, int, int, np.ndarray, slice], None]) -> str:
+    """Exact int8 conv (groups=1, no bias) handing exact accumulators to a `full_width` epilogue, by
+    the faster exact kernel: integer Winograd (engine/quant/intwinograd.py) for big 3x3 stride-1
+    layers, else `conv_int_bands`. `w_f()` gives the GEMM weights (only built when used).
+    Returns the kernel's name. The accumulators, hence every result, are the same either way."""
+    from engine.quant import intwinograd
+    c, h, w = x_q.shape
+    n = w_q.shape[0]
+    if intwinograd.suitable(c, h, w, n, k, s, p):
+        acc = intwinograd.conv3x3_acc(x_q, w_q, _scratch())
+        if acc is not None:
+            blocks = 4 if n >= 128 else 1
+            edges = [n * i // blocks for i in range(blocks + 1)]
+
+            def block(part: int, i: int) -> None:
+                ch = slice(edges[i], edges[i + 1])
+                epilogue(part, 0, acc.shape[1], acc[ch], ch)
+
+            with own_threads():
+                parallel_items(blocks, block)
+            return "winograd"
+    conv_int_bands(x_q, w_f(), k, s, p, epilogue, row_abs_max(w_q), full_width=True)
+    return "im2col"
