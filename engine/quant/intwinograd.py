@@ -26,6 +26,7 @@ from engine.kernels.threads import own_threads, parallel_items
 EXACT_F32 = float(1 << 24)
 BLOCK = 64                      # channels per block of the cached weight bounds
 _G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], np.int64)    # 2G
+_K2 = np.einsum("ai,bj->ijab", _G2, _G2).reshape(9, 16).astype(np.float32)   # vec(g) @ _K2 = vec(U')
 
 
 def suitable(c: int, h: int, w: int, n: int, k: int, s: int, p: int, groups: int = 1) -> bool:
@@ -35,19 +36,30 @@ def suitable(c: int, h: int, w: int, n: int, k: int, s: int, p: int, groups: int
 
 
 class Weights:
-    """U' = (2G) g (2G)^T of int8 weights (n, C, 3, 3) as float32 (16, n, C), and per-position,
-    per-filter sums of |U'| over blocks of BLOCK channels (16, n, blocks) for the exactness bounds."""
+    """U' = (2G) g (2G)^T of int8 weights (n, C, 3, 3) as float32 (16, n, C), and the sums of |U'| the
+    exactness bounds read: per position (max over filters), and per block of BLOCK channels."""
 
     def __init__(self, w_q: np.ndarray) -> None:
         n, c = w_q.shape[:2]
-        u = np.einsum("ai,bj,fcij->abfc", _G2, _G2, w_q.astype(np.int64), optimize=True).reshape(16, n, c)
-        self.u = np.ascontiguousarray(u, dtype=np.float32)          # |U'| <= 1143: exact
+        # one BLAS product (n*C, 9) @ (9, 16) in float32: integers below 2**11, every sum exact
+        u = np.matmul(w_q.reshape(n * c, 9).astype(np.float32), _K2)
+        self.u = np.ascontiguousarray(u.T.reshape(16, n, c))      # |U'| <= 1143: exact
         self.u.flags.writeable = False
-        blocks = -(-c // BLOCK)
-        pad = np.zeros((16, n, blocks * BLOCK), np.int64)
-        pad[:, :, :c] = np.abs(u)
-        self.block_sums = pad.reshape(16, n, blocks, BLOCK).sum(axis=3)
-        self.row_sums = self.block_sums.sum(axis=2).max(axis=1)       # (16,) max_f sum_c |U'|
+        # (16,) max_f sum_c |U'| (float64 sums of integers: exact)
+        self.row_sums = np.abs(self.u).sum(axis=2, dtype=np.float64).max(axis=1)
+        self._block_sums: np.ndarray | None = None
+
+    @property
+    def block_sums(self) -> np.ndarray:
+        """(16, n, blocks) sums of |U'| per BLOCK channels, made on the first layer that needs a split."""
+        if self._block_sums is None:
+            c = self.u.shape[2]
+            blocks = -(-c // BLOCK)
+            pad = np.zeros(self.u.shape[:2] + (blocks * BLOCK,), np.float32)
+            np.abs(self.u, out=pad[:, :, :c])
+            # sums of at most BLOCK * 1143 < 2**24: exact in float32
+            self._block_sums = pad.reshape(pad.shape[:2] + (blocks, BLOCK)).sum(axis=3).astype(np.int64)
+        return self._block_sums
 
     def chunks(self, p: int, vmax: float) -> list[tuple[int, int]] | None:
         """Channel ranges whose float32 sums are exact for position p with |V| <= vmax (None: a single
