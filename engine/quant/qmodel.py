@@ -18,6 +18,7 @@ from engine.calib import make
 from engine.calib.collect import CalibrationStats, quantizable_ids
 from engine.calib.views import activation_scales
 from engine.errors import EngineError, WeightsError
+from engine.kernels.scratch import derived
 from engine.quant.layerquant import LayerQuant
 from engine.quant.weights import QuantWeights, quantize_bias, quantize_weights
 
@@ -131,12 +132,33 @@ class QuantizedModel:
 
 
 def fingerprint(model) -> str:
+    arrays = tuple(p[k] for p in model.params for k in sorted(p))
+    return derived("model-fingerprint", arrays, lambda: _fingerprint(model)) if arrays else _fingerprint(model)
+
+
+def _fingerprint(model) -> str:
     h = hashlib.sha256()
     for p in model.params:
         for k in sorted(p):
             h.update(k.encode())
             h.update(np.ascontiguousarray(p[k], np.float32).tobytes())
     return h.hexdigest()
+
+
+def layer_weights(layer, params: dict, scheme: str, per_channel: bool, qmax: int) -> tuple[np.ndarray, QuantWeights]:
+    """(BN-folded float biases, int8 weights) of a conv / connected layer, made once per parameter
+    arrays and weight choice (`engine.kernels.scratch.derived`; edits replace arrays): quantizing
+    with several methods (a method comparison) shares them, and with them the kernels' derived forms
+    of the int8 weights (float32 GEMM weights, integer Winograd weights)."""
+    def make() -> tuple[np.ndarray, QuantWeights]:
+        w, b = layer.fused(params)
+        qw = quantize_weights(w, scheme, per_channel, **({"qmax": qmax} if qmax != 127 else {}))
+        for arr in (b, qw.w_q, qw.scale):           # shared by every quantized model made from them
+            if isinstance(arr, np.ndarray):
+                arr.flags.writeable = False
+        return b, qw
+    arrays = tuple(params[k] for k in sorted(params))
+    return derived(f"quant-weights:{layer.kind}:{scheme}:{per_channel}:{qmax}", arrays, make)
 
 
 def input_id(layer) -> str:
@@ -188,9 +210,7 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
     for layer in model.layers:
         if not layer.int8_weights:
             continue
-        w, b = layer.fused(model.params[layer.index])
-        qw: QuantWeights = quantize_weights(w, scheme, per_channel, **(
-            {"qmax": prof.weight_qmax} if prof.weight_qmax != 127 else {}))
+        b, qw = layer_weights(layer, model.params[layer.index], scheme, per_channel, prof.weight_qmax)
         in_scale = scales[input_id(layer)]
         layers[layer.index] = LayerQuant(qw.w_q, qw.scale, quantize_bias(b, in_scale, qw.scale), in_scale, qw.scheme)
     return QuantizedModel(method, calibrator.settings, per_channel, scales,
