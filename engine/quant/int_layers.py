@@ -144,42 +144,81 @@ def _add_bias(part: int, acc: np.ndarray, b_q: np.ndarray, ch: slice) -> tuple[n
 def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: np.ndarray | None,
                      slope: float | None):
     """A `full_width` epilogue for `conv_int_bands` writing int8 into y (n, Ho, Wo): q = sat8(rint(u*f)),
-    u = acc + b the exact accumulator, f = f_pos (u >= 0) or f_neg (u < 0; relu: 0) per channel, the
-    product formed in float64 (exact: |u| < 2**31, 15-bit multipliers), as requantize() does.
+    u = acc + b the exact accumulator, f = f_pos (u >= 0) or f_neg (u < 0; relu: 0) per channel:
+    requantize()'s rule, whose float64 evaluation is exact (|u| < 2**31, 15-bit multipliers).
     Returns (epilogue, stats): stats collects (acc min, acc max, saturated) per band.
-    Passes: bias (float32, in place), min / max, one exact cast to float64, products in place, max,
-    rint in place, one strided cast to int8."""
+
+    Float32 fast path, exact by construction. When u is an exact float32 integer and the
+    multipliers are exact in float32, v = fl32(u * f) is the exact product P rounded once, and every
+    half-integer below 2**22 is a float32 number; rounding is monotone and keeps such numbers, so v
+    and P never lie on opposite sides of a half-integer: rint(v) != rint(P) only if v IS a
+    half-integer and P is not. Those elements (|v - rint(v)| == 0.5, found by one max / min) are
+    recomputed in float64; channels that may saturate (from their exact extremes) are computed in
+    float64 whole. max(fl32(a), fl32(b)) = fl32(max(a, b)), so leaky / relu keep the argument.
+    """
     fp3 = f_pos.reshape(-1, 1, 1)
     fn3 = None if f_neg is None else f_neg.reshape(-1, 1, 1)
     f_low = f_pos if slope is None else (np.zeros_like(f_pos) if slope == 0.0 else f_neg)
+    exact32 = all(f is None or np.array_equal(f.astype(np.float32).astype(np.float64), f) for f in (f_pos, f_neg))
+    fp32 = fp3.astype(np.float32)
+    fn32 = None if fn3 is None else fn3.astype(np.float32)
+    leaky = slope is not None and slope != 0.0
     stats: list[tuple[int, int, int]] = []
+
+    def rule64(v: np.ndarray, ch: slice, cs=slice(None)) -> np.ndarray:
+        """The requantization products of float64 v (channels cs of band channels ch), in place."""
+        w = np.multiply(v, fn3[ch][cs]) if leaky else None
+        np.multiply(v, fp3[ch][cs], out=v)
+        if slope == 0.0:
+            np.maximum(v, 0.0, out=v)
+        elif leaky:
+            np.maximum(v, w, out=v)
+        return v
 
     def epilogue(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
         u, lo_c, hi_c = _add_bias(part, acc, b_q, ch)
         fp = f_pos[ch]
+        wo = y.shape[2]
+        # the rule is monotone in u per channel: only channels whose extreme accumulators round
+        # beyond +-127 can hold saturated values. rint(v) > 127 <=> v >= 127.5 (127.5 rounds to 128)
+        top = np.rint(hi_c * fp) > QMAX
+        bottom = np.rint(np.where(lo_c < 0, lo_c * f_low[ch], lo_c * fp)) < -QMAX
+        flagged = np.flatnonzero(top | bottom)
+        sat = 0
+        if u.dtype == np.float32 and exact32:
+            v = band_buffer("v32", part, u.shape, np.float32)
+            r = band_buffer("r32", part, u.shape, np.float32)
+            np.multiply(u, fp32[ch], out=v)
+            if leaky:
+                np.multiply(u, fn32[ch], out=r)
+                np.maximum(v, r, out=v)
+            elif slope == 0.0:
+                np.maximum(v, 0.0, out=v)
+            if flagged.size:               # keep the int8 cast in range; recomputed exactly below
+                v[flagged] = np.clip(v[flagged], -QMAX, QMAX)
+            np.rint(v, out=r)
+            y[ch, r0:r1] = r[:, :, :wo]
+            np.subtract(v, r, out=v)       # exact, in [-0.5, 0.5]
+            if v.max() >= 0.5 or v.min() <= -0.5:
+                cs, ys, xs = np.nonzero(np.abs(v[:, :, :wo]) == 0.5)
+                tie = rule64(u[cs, ys, xs].astype(np.float64).reshape(-1, 1, 1), ch, cs)
+                y[ch.start + cs, r0 + ys, xs] = np.clip(np.rint(tie), -QMAX, QMAX).reshape(-1)
+            if flagged.size:
+                vf = rule64(u[flagged].astype(np.float64), ch, flagged)
+                valid = vf[:, :, :wo]
+                sat = int(np.count_nonzero(valid >= QMAX + 0.5)) + int(np.count_nonzero(valid <= -QMAX - 0.5))
+                np.clip(valid, -QMAX, QMAX, out=valid)
+                y[ch.start + flagged, r0:r1] = np.rint(valid)
+            stats.append((int(lo_c.min()), int(hi_c.max()), sat))
+            return
         if u.dtype == np.float64 and u is not acc:       # already a float64 work buffer
             v = u
         else:
             v = band_buffer("v", part, u.shape)
             np.copyto(v, u)      # one cast to float64: mixed-type ufuncs cast in slow buffered loops
-        if slope is not None and slope != 0.0:
-            w = band_buffer("w", part, u.shape)
-            np.multiply(v, fn3[ch], out=w)
-        np.multiply(v, fp3[ch], out=v)
-        if slope is not None:
-            if slope == 0.0:
-                np.maximum(v, 0.0, out=v)
-            else:
-                np.maximum(v, w, out=v)
-        # the rule is monotone in u per channel: only channels whose extreme accumulators round
-        # beyond +-127 can hold saturated values, so only those are counted and clipped.
-        # rint(v) > 127 <=> v >= 127.5 (127.5 rounds to 128), and clip-then-rint == rint-then-clip
-        # (integer bounds). Counted on the valid columns only (the band may be padded-width).
-        top = np.rint(hi_c * fp) > QMAX
-        bottom = np.rint(np.where(lo_c < 0, lo_c * f_low[ch], lo_c * fp)) < -QMAX
-        wo = y.shape[2]
-        sat = 0
-        for c_i in np.flatnonzero(top | bottom):
+        rule64(v, ch)
+        # clip-then-rint == rint-then-clip (integer bounds); counted on the valid columns only
+        for c_i in flagged:
             vc = v[c_i]
             valid = vc[:, :wo]
             sat += int(np.count_nonzero(valid >= QMAX + 0.5)) + int(np.count_nonzero(valid <= -QMAX - 0.5))

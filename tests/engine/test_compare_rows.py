@@ -176,3 +176,54 @@ def test_fused_int_conv_counts_saturation_like_the_naive_loop():
     want, sat = _requant_naive(acc, 0.05 * w_scale, 0.02, 0.1)
     np.testing.assert_array_equal(got.q, want)
     assert sat > 100 and rec["saturated"] == sat
+
+
+@pytest.mark.parametrize("activation", ["leaky", "linear", "relu"])
+def test_fused_int_conv_filter_halves_with_saturation(activation):
+    """A small map with 64 filters runs as one band split by filter halves: the second half's channel
+    offsets must reach the multipliers of its own channels (saturated and float32-tie elements)."""
+    rng = np.random.default_rng(11)
+    c, n, h, w = 9, 64, 6, 7
+    x_q = rng.integers(-127, 128, (c, h, w)).astype(np.int8)
+    w_q = rng.integers(-127, 128, (n, c, 3, 3)).astype(np.int8)
+    b_q = rng.integers(-500, 500, n).astype(np.int32)
+    w_scale = np.geomspace(0.0005, 0.02, n)            # channel-dependent: a wrong offset shows
+    lq = LayerQuant(w_q, w_scale, b_q, 0.05, "per_channel")
+    from engine.quant.qtensor import QTensor
+    layer = _Conv(n, c, h, w, 3, 1, activation)
+    rec: dict = {}
+    got = conv_forward_int(layer, [QTensor(x_q, 0.05)], lq, 0.3, rec)
+    acc = conv_int_naive(x_q, w_q, b_q, 1, 1)
+    want, sat = _requant_naive(acc, 0.05 * w_scale, 0.3, FOLDED[activation])
+    np.testing.assert_array_equal(got.q, want)
+    assert sat > 0 and rec["saturated"] == sat
+
+
+@pytest.mark.parametrize("slope", [None, 0.1])
+def test_requant_epilogue_float32_ties_are_recomputed_exactly(slope):
+    """Accumulators whose float32 product lands exactly on a half-integer while the exact product does
+    not (u * m = 201 * 2**23 + d, found by a divisor search): the epilogue must round them as the
+    integer rule does, not as float32 alone would."""
+    from engine.quant.int_layers import requant_epilogue
+    from engine.quant.qtensor import multiplier_value
+    cases = [(29176, 57791), (24595, 68555), (20373, 82762), (16810, 100304)]   # (m, u), shift 24
+    m = np.array([c[0] for c in cases])
+    sh = np.full(4, 24)
+    f = multiplier_value(m, sh)
+    rng = np.random.default_rng(2)
+    acc = rng.integers(-120000, 120000, (4, 6, 8)).astype(np.int64)
+    for k, (_, u) in enumerate(cases):
+        acc[k, 0, :4] = [u, -u, u, u - 1]
+        assert np.rint(np.float32(u) * np.float32(f[k])) != requantize_naive(u, int(m[k]), 24)
+    f_neg = None
+    if slope:
+        mn, shn = quantize_multiplier(f * slope)
+        f_neg = multiplier_value(mn, shn)
+    y = np.empty(acc.shape, np.int8)
+    epilogue, stats = requant_epilogue(y, np.zeros(4, np.int32), f, f_neg, slope)
+    epilogue(0, 0, 6, acc.astype(np.float32), slice(0, 4))
+    want = np.empty(acc.shape, np.int64)
+    for (k, i, j), a in np.ndenumerate(acc):
+        mm, ss = (int(m[k]), 24) if a >= 0 or not slope else (int(mn[k]), int(shn[k]))
+        want[k, i, j] = requantize_naive(int(a), mm, ss)
+    np.testing.assert_array_equal(y, want)
