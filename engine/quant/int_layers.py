@@ -122,7 +122,7 @@ def _conv_requant_fused(layer, x_q: np.ndarray, lq: LayerQuant, b_q: np.ndarray,
 
 
 def _add_bias(part: int, acc: np.ndarray, b_q: np.ndarray, ch: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """acc (float32 exact integers, or float64; a contiguous `full_width` band) + b_q[ch] ->
+    """acc (float32 exact integers, int32 or float64; a contiguous `full_width` band) + b_q[ch] ->
     (u, min, max per channel): u holds the exact int32 accumulators as floats, min / max are exact
     integral float64.
 
@@ -132,7 +132,11 @@ def _add_bias(part: int, acc: np.ndarray, b_q: np.ndarray, ch: slice) -> tuple[n
     a2 = acc.reshape(acc.shape[0], -1)
     lo = a2.min(axis=1).astype(np.float64) + b
     hi = a2.max(axis=1).astype(np.float64) + b
-    if acc.dtype == np.float32 and (not lo.size or max(float(hi.max()), -float(lo.min())) < EXACT_F32):
+    if acc.dtype != np.float64 and (not lo.size or max(float(hi.max()), -float(lo.min())) < EXACT_F32):
+        if acc.dtype != np.float32:        # int32 (integer Winograd): one exact cast to float32
+            u = band_buffer("u32", part, acc.shape, np.float32)
+            np.copyto(u, acc)
+            acc = u
         acc += b.astype(np.float32).reshape(-1, 1, 1)
         return acc, lo, hi
     u = band_buffer("u", part, acc.shape)
