@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.kernels.scratch import Scratch, derived
+from engine.kernels.scratch import Scratch
 from engine.kernels.threads import own_threads, parallel_items
+from engine.quant.intcache import kept
 
 EXACT_F32 = float(1 << 24)
 BLOCK = 64                      # channels per block of the cached weight bounds
@@ -84,7 +85,7 @@ class Weights:
 
 
 def weights(w_q: np.ndarray) -> Weights:
-    return derived("int-winograd-2x2", (w_q,), lambda: Weights(w_q))
+    return kept("int-winograd-2x2", w_q, lambda: Weights(w_q))
 
 
 def input_tiles(x_q: np.ndarray, th: int, tw: int, scratch: Scratch) -> np.ndarray:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.kernels.scratch import derived
+from engine.quant.intcache import kept
 
 
 @dataclass
@@ -23,16 +23,14 @@ class LayerQuant:
     @property
     def w_f(self) -> np.ndarray:
         """int8 values as float32, laid out for the GEMM: (n, C/g*k*k). Exact (|q| <= 127). Kept while
-        w_q lives (`engine.kernels.scratch.derived`; edits replace w_q, never write into it): made on
-        every use it cost ~5% of an INT forward. The float model keeps its float32 weights as well,
-        so this at most doubles the weights' memory of a session (yolov3: +0.23 GiB)."""
+        w_q lives, within the int8 kernels' memory budget (engine/quant/intcache.py)."""
         w_q = self.w_q
 
         def make() -> np.ndarray:
             w = np.ascontiguousarray(w_q.reshape(w_q.shape[0], -1), dtype=np.float32)
             w.flags.writeable = False          # shared by every use
             return w
-        return derived("int-w-f32", (w_q,), make)
+        return kept("int-w-f32", w_q, make)
 
     @property
     def acc_scale(self) -> np.ndarray:

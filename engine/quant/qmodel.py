@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -145,20 +146,33 @@ def _fingerprint(model) -> str:
     return h.hexdigest()
 
 
+_shared_weights: dict[tuple, tuple] = {}
+
+
 def layer_weights(layer, params: dict, scheme: str, per_channel: bool, qmax: int) -> tuple[np.ndarray, QuantWeights]:
-    """(BN-folded float biases, int8 weights) of a conv / connected layer, made once per parameter
-    arrays and weight choice (`engine.kernels.scratch.derived`; edits replace arrays): quantizing
-    with several methods (a method comparison) shares them, and with them the kernels' derived forms
-    of the int8 weights (float32 GEMM weights, integer Winograd weights)."""
-    def make() -> tuple[np.ndarray, QuantWeights]:
-        w, b = layer.fused(params)
-        qw = quantize_weights(w, scheme, per_channel, **({"qmax": qmax} if qmax != 127 else {}))
-        for arr in (b, qw.w_q, qw.scale):           # shared by every quantized model made from them
-            if isinstance(arr, np.ndarray):
-                arr.flags.writeable = False
-        return b, qw
+    """(BN-folded float biases, int8 weights) of a conv / connected layer, shared while a quantized
+    model still holds them: quantizing again from the same parameter arrays (edits replace arrays)
+    with the same weight choice returns the same int8 array. So the methods of a comparison share
+    their weights, and with them the int8 kernels' kept forms (engine/quant/intcache.py); only a weak
+    reference is kept here, so the int8 weights die with the last quantized model using them."""
     arrays = tuple(params[k] for k in sorted(params))
-    return derived(f"quant-weights:{layer.kind}:{scheme}:{per_channel}:{qmax}", arrays, make)
+    key = (layer.kind, scheme, per_channel, qmax) + tuple(id(a) for a in arrays)
+    hit = _shared_weights.get(key)
+    if hit is not None:
+        refs, w_ref, scale, b = hit
+        w_q = w_ref()
+        if w_q is not None and all(r() is a for r, a in zip(refs, arrays)):
+            return b, QuantWeights(w_q, scale, scheme)
+    w, b = layer.fused(params)
+    qw = quantize_weights(w, scheme, per_channel, **({"qmax": qmax} if qmax != 127 else {}))
+    for arr in (b, qw.w_q, qw.scale):           # shared by every quantized model made from them
+        if isinstance(arr, np.ndarray):
+            arr.flags.writeable = False
+    if len(_shared_weights) > 4096:              # entries of dead arrays: drop them now and then
+        for k in [k for k, v in _shared_weights.items() if v[1]() is None]:
+            del _shared_weights[k]
+    _shared_weights[key] = (tuple(weakref.ref(a) for a in arrays), weakref.ref(qw.w_q), qw.scale, b)
+    return b, qw
 
 
 def input_id(layer) -> str:
