@@ -6,8 +6,9 @@ holds when max_f sum_k |w[f, k]| * max|x| < 2**24 (checked per call from a cache
 and always for reductions of at most K_CHUNK = 1024 terms (1024 * 127 * 127 < 2**24); otherwise
 K is split into such chunks summed in float64 (exact). `conv_int_bands` runs the conv in
 cache-sized bands of output rows and hands each band's exact sums to an epilogue (requantize /
-dequantize), `conv_int` returns the int32 accumulators, and `conv_int_naive` (int64 loops) is
-the reference the property tests compare against bit for bit.
+dequantize), `conv_int_fused` picks it or the integer Winograd (engine/quant/intwinograd.py) for an
+epilogue, `conv_int` returns the int32 accumulators, and `conv_int_naive` (int64 loops) is the
+reference the property tests compare against bit for bit.
 """
 from __future__ import annotations
 
