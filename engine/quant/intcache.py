@@ -3,7 +3,7 @@ within a memory budget.
 
 Made on every use they cost 5-15% of an INT forward, so they are kept while their int8 array lives
 (edits replace arrays, never write into them). A yolov3 would keep ~0.37 GiB of them on top of its
-float and int8 weights; beyond QW_INT_CACHE_MB (default 256) MiB they are made per use instead, so a
+float and int8 weights; beyond QW_INT_CACHE_MB (default 128) MiB they are made per use instead, so a
 big model's INT session stays within its memory goal and only runs slower.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-BUDGET = int(float(os.environ.get("QW_INT_CACHE_MB", "256")) * (1 << 20))
+BUDGET = int(float(os.environ.get("QW_INT_CACHE_MB", "128")) * (1 << 20))
 _lock = threading.Lock()
 _kept: dict[tuple[str, int], tuple[weakref.ref, Any, int]] = {}
 _used = [0]
