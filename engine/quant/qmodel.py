@@ -149,7 +149,7 @@ def _fingerprint(model) -> str:
 _shared_weights: dict[tuple, tuple] = {}
 
 
-def layer_weights(layer, params: dict, scheme: str, per_channel: bool, qmax: int) -> tuple[np.ndarray, QuantWeights]:
+def shared_int8_weights(layer, params: dict, scheme: str, per_channel: bool, qmax: int) -> tuple[np.ndarray, QuantWeights]:
     """(BN-folded float biases, int8 weights) of a conv / connected layer, shared while a quantized
     model still holds them: quantizing again from the same parameter arrays (edits replace arrays)
     with the same weight choice returns the same int8 array. So the methods of a comparison share
@@ -224,7 +224,7 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
     for layer in model.layers:
         if not layer.int8_weights:
             continue
-        b, qw = layer_weights(layer, model.params[layer.index], scheme, per_channel, prof.weight_qmax)
+        b, qw = shared_int8_weights(layer, model.params[layer.index], scheme, per_channel, prof.weight_qmax)
         in_scale = scales[input_id(layer)]
         layers[layer.index] = LayerQuant(qw.w_q, qw.scale, quantize_bias(b, in_scale, qw.scale), in_scale, qw.scheme)
     return QuantizedModel(method, calibrator.settings, per_channel, scales,
