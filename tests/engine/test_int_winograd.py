@@ -81,3 +81,23 @@ def test_int_layer_uses_winograd_and_equals_the_im2col_kernel(tiny, tiny_q):
                                  layer.activation, {})
     np.testing.assert_array_equal(got.q, want)
     assert rec["acc_min"] == int(acc.min()) and rec["acc_max"] == int(acc.max())
+
+
+def test_methods_share_int8_weights_and_kept_forms_die_with_them(tiny, tiny_stats):
+    import gc
+    from engine.quant import intcache
+    from engine.quant.layerquant import LayerQuant
+    from engine.quant.qmodel import quantize_model
+    a = quantize_model(tiny, tiny_stats, "minmax", per_channel=True)
+    b = quantize_model(tiny, tiny_stats, "kl", per_channel=True)
+    assert a.layers[12].w_q is b.layers[12].w_q and not a.layers[12].w_q.flags.writeable
+    assert quantize_model(tiny, tiny_stats, "kl", per_channel=False).layers[12].w_q is not a.layers[12].w_q
+    w_q = np.random.default_rng(0).integers(-127, 128, (128, 128, 3, 3)).astype(np.int8)
+    lq = LayerQuant(w_q, np.full(128, 0.01), np.zeros(128, np.int32), 0.1, "per_channel")
+    before = intcache.used_bytes()
+    w_f = lq.w_f
+    assert lq.w_f is w_f and intcache.used_bytes() == before + w_f.nbytes
+    np.testing.assert_array_equal(w_f, w_q.reshape(128, -1))
+    del lq, w_q, w_f
+    gc.collect()
+    assert intcache.used_bytes() == before
