@@ -15,6 +15,7 @@ import numpy as np
 
 from engine.calib.histogram import AbsHistogram
 from engine.errors import EngineError
+from engine.kernels.threads import own_threads, parallel_items
 from engine.darknet.image import ImageLike
 
 ONE_SIDED_ACTIVATIONS = ("leaky", "relu", "relu6")

@@ -7,6 +7,7 @@ int8 bound) computed once per weight array and dropped with it.
 """
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +24,7 @@ class Scratch:
         self._bufs: dict[str, np.ndarray] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
-        n = int(np.prod(shape))
+        n = math.prod(shape)          # not np.prod: ~5 us per call, and kernels call this per band
         key = f"{name}:{np.dtype(dtype).str}"
         buf = self._bufs.get(key)
         if buf is None or buf.size < n:

@@ -6,8 +6,9 @@ holds when max_f sum_k |w[f, k]| * max|x| < 2**24 (checked per call from a cache
 and always for reductions of at most K_CHUNK = 1024 terms (1024 * 127 * 127 < 2**24); otherwise
 K is split into such chunks summed in float64 (exact). `conv_int_bands` runs the conv in
 cache-sized bands of output rows and hands each band's exact sums to an epilogue (requantize /
-dequantize), `conv_int` returns the int32 accumulators, and `conv_int_naive` (int64 loops) is
-the reference the property tests compare against bit for bit.
+dequantize), `conv_int_fused` picks it or the integer Winograd (engine/quant/intwinograd.py) for an
+epilogue, `conv_int` returns the int32 accumulators, and `conv_int_naive` (int64 loops) is the
+reference the property tests compare against bit for bit.
 """
 from __future__ import annotations
 
@@ -144,7 +145,8 @@ def row_abs_max(w_q: np.ndarray) -> float:
 
 
 def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
-                   epilogue: Callable[[int, int, int, np.ndarray, slice], None], w_bound: float | None = None) -> None:
+                   epilogue: Callable[[int, int, int, np.ndarray, slice], None], w_bound: float | None = None,
+                   full_width: bool = False) -> None:
     """Exact int8 conv (groups=1, no bias) in bands of output rows: epilogue(part, r0, r1, acc, ch).
 
     acc is a (filters in ch, r1-r0, Wo) view of the band's exact integer sums (float32, or float64 when
@@ -157,6 +159,10 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
     with BLAS single-threaded (`own_threads`, as the float kernels: a spinning 2-thread BLAS is what
     suffers most on a busy machine), each band built, used and dropped in cache; a map that is a
     single band (small maps, many filters) is split by filter halves instead.
+    `full_width`: hand the epilogue the whole contiguous (filters, rows, row width) band instead of
+    its (.., :Wo) view, the columns past Wo (padded-width columns) overwritten with column 0's sums,
+    so per-channel min / max over the whole band are those of the valid outputs; contiguous
+    operands make the epilogue's NumPy passes ~20% cheaper. The epilogue writes [..., :Wo].
     """
     c, h, w = x_q.shape
     n, kk = w_f.shape
@@ -215,7 +221,38 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
             for a in range(0, kk, chunk):
                 np.matmul(wb[:, a:a + chunk], cols[a:a + chunk], out=part32)
                 acc += part32
-        epilogue(part, r0, r1, acc.reshape(nf, r1 - r0, row_w)[:, :, :wo], ch)
+        acc3 = acc.reshape(nf, r1 - r0, row_w)
+        if not full_width:
+            acc3 = acc3[:, :, :wo]
+        elif row_w != wo:
+            acc3[:, :, wo:] = acc3[:, :, :1]
+        epilogue(part, r0, r1, acc3, ch)
 
     with own_threads():
         parallel_items(bands * fblocks, band)
+
+
+def conv_int_fused(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarray], k: int, s: int, p: int,
+                   epilogue: Callable[[int, int, int, np.ndarray, slice], None]) -> str:
+    """Exact int8 conv (groups=1, no bias) handing exact accumulators to a `full_width` epilogue, by
+    the faster exact kernel: integer Winograd (engine/quant/intwinograd.py) for big 3x3 stride-1
+    layers, else `conv_int_bands`. `w_f()` gives the GEMM weights (only built when used).
+    Returns the kernel's name. The accumulators, hence every result, are the same either way."""
+    from engine.quant import intwinograd
+    c, h, w = x_q.shape
+    n = w_q.shape[0]
+    if intwinograd.suitable(c, h, w, n, k, s, p):
+        acc = intwinograd.conv3x3_acc(x_q, w_q, _scratch())
+        if acc is not None:
+            blocks = 4 if n >= 128 else 1
+            edges = [n * i // blocks for i in range(blocks + 1)]
+
+            def block(part: int, i: int) -> None:
+                ch = slice(edges[i], edges[i + 1])
+                epilogue(part, 0, acc.shape[1], acc[ch], ch)
+
+            with own_threads():
+                parallel_items(blocks, block)
+            return "winograd"
+    conv_int_bands(x_q, w_f(), k, s, p, epilogue, row_abs_max(w_q), full_width=True)
+    return "im2col"

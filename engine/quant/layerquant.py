@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.quant.intcache import kept
+
 
 @dataclass
 class LayerQuant:
@@ -20,9 +22,15 @@ class LayerQuant:
 
     @property
     def w_f(self) -> np.ndarray:
-        """int8 values as float32, laid out for the GEMM: (n, C/g*k*k). Exact (|q| <= 127). Made on use,
-        not kept: a float32 copy of every int8 weight would quadruple the quantized model in memory."""
-        return np.ascontiguousarray(self.w_q.reshape(self.w_q.shape[0], -1), dtype=np.float32)
+        """int8 values as float32, laid out for the GEMM: (n, C/g*k*k). Exact (|q| <= 127). Kept while
+        w_q lives, within the int8 kernels' memory budget (engine/quant/intcache.py)."""
+        w_q = self.w_q
+
+        def make() -> np.ndarray:
+            w = np.ascontiguousarray(w_q.reshape(w_q.shape[0], -1), dtype=np.float32)
+            w.flags.writeable = False          # shared by every use
+            return w
+        return kept("int-w-f32", w_q, make)
 
     @property
     def acc_scale(self) -> np.ndarray:

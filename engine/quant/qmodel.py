@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,6 +19,7 @@ from engine.calib import make
 from engine.calib.collect import CalibrationStats, quantizable_ids
 from engine.calib.views import activation_scales
 from engine.errors import EngineError, WeightsError
+from engine.kernels.scratch import derived
 from engine.quant.layerquant import LayerQuant
 from engine.quant.weights import QuantWeights, fused_params, quantize_bias, quantize_weights
 
@@ -131,12 +133,47 @@ class QuantizedModel:
 
 
 def fingerprint(model) -> str:
+    arrays = tuple(p[k] for p in model.params for k in sorted(p))
+    return derived("model-fingerprint", arrays, lambda: _fingerprint(model)) if arrays else _fingerprint(model)
+
+
+def _fingerprint(model) -> str:
     h = hashlib.sha256()
     for p in model.params:
         for k in sorted(p):
             h.update(k.encode())
             h.update(np.ascontiguousarray(p[k], np.float32).tobytes())
     return h.hexdigest()
+
+
+_shared_weights: dict[tuple, tuple] = {}
+
+
+def shared_int8_weights(model, layer, scheme: str, per_channel: bool, qmax: int) -> tuple[np.ndarray, QuantWeights]:
+    """(BN-folded float biases, int8 weights) of a conv / connected layer, shared while a quantized
+    model still holds them: quantizing again from the same parameter arrays (edits replace arrays)
+    with the same weight choice returns the same int8 array. So the methods of a comparison share
+    their weights, and with them the int8 kernels' kept forms (engine/quant/intcache.py); only a weak
+    reference is kept here, so the int8 weights die with the last quantized model using them."""
+    params = model.params[layer.index]
+    arrays = tuple(params[k] for k in sorted(params))
+    key = (layer.kind, scheme, per_channel, qmax) + tuple(id(a) for a in arrays)
+    hit = _shared_weights.get(key)
+    if hit is not None:
+        refs, w_ref, scale, b = hit
+        w_q = w_ref()
+        if w_q is not None and all(r() is a for r, a in zip(refs, arrays)):
+            return b, QuantWeights(w_q, scale, scheme)
+    w, b = fused_params(model, layer.index)
+    qw = quantize_weights(w, scheme, per_channel, **({"qmax": qmax} if qmax != 127 else {}))
+    for arr in (b, qw.w_q, qw.scale):           # shared by every quantized model made from them
+        if isinstance(arr, np.ndarray):
+            arr.flags.writeable = False
+    if len(_shared_weights) > 4096:              # entries of dead arrays: drop them now and then
+        for k in [k for k, v in _shared_weights.items() if v[1]() is None]:
+            del _shared_weights[k]
+    _shared_weights[key] = (tuple(weakref.ref(a) for a in arrays), weakref.ref(qw.w_q), qw.scale, b)
+    return b, qw
 
 
 def input_id(layer) -> str:
@@ -191,9 +228,7 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
     for layer in model.layers:
         if not layer.int8_weights:
             continue
-        w, b = fused_params(model, layer.index)
-        qw: QuantWeights = quantize_weights(w, scheme, per_channel, **(
-            {"qmax": prof.weight_qmax} if prof.weight_qmax != 127 else {}))
+        b, qw = shared_int8_weights(model, layer, scheme, per_channel, prof.weight_qmax)
         in_scale = scales[input_id(layer)]
         layers[layer.index] = LayerQuant(qw.w_q, qw.scale, quantize_bias(b, in_scale, qw.scale), in_scale, qw.scheme)
     return QuantizedModel(method, calibrator.settings, per_channel, scales,

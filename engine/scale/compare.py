@@ -104,7 +104,7 @@ def method_rows(model, executors: dict[str, Executor], pre, float_outs, int_run=
         row[mode] = detect_outputs(model, FloatView(values), pre)
         row[f"{mode}_sqnr"] = [s.sqnr_db for s in prop]
         if mode == Mode.INT8:
-            local = local_stats(ex, pre.x, float_outs)
+            local = local_stats(ex, pre.x, float_outs, prop)   # ORT's INT values equal the executor's
             row["saturation"] = [s.saturation if int_run is None else np.nan for s in prop]
             row["range_use"] = [s.range_use for s in prop]
             row["int_local_sqnr"] = [s.sqnr_db if s else np.nan for s in local]

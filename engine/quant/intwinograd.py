@@ -1,0 +1,171 @@
+"""Integer-exact Winograd F(2x2, 3x3) for int8 3x3 stride-1 convolutions (INT and HYBRID).
+
+The float engine runs its big 3x3 layers with Winograd (16 multiplies per 2x2 outputs, not 36); the
+int8 path ran them as im2col GEMMs, 2.25x the multiplies. This is the same algorithm kept exact:
+
+    Y = A^T [ U . V ] A,  V = B^T d B,  U = G g G^T   (engine/kernels/winograd.py has the matrices)
+
+* V has integer entries (B is 0/+-1): |V| <= 4 * 127, exact in float32;
+* U has halves; U' = (2G) g (2G)^T = 4U is an integer (|U'| <= 9 * 127), transformed once per int8
+  weight array in int64;
+* the 16 products sum over input channels as float32 GEMMs, exact while every partial sum is below
+  2**24: max_f sum_c |U'[p, f, c]| * max |V[p]| < 2**24 per position p, checked per call from cached
+  per-block weight sums; where it fails the channels are split into chunks that pass, summed in
+  float64 (exact); a single 64-channel block that cannot pass sends the layer back to im2col;
+* the output transform adds integers in int32 (int64 when its sums could reach 2**31), and
+  A^T M A = 4 * (the exact accumulator), so an arithmetic shift by 2 gives the int32 accumulators
+  bit for bit (property tests: tests/engine/test_int_winograd.py against conv_int_naive).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine.kernels.scratch import Scratch
+from engine.kernels.threads import own_threads, parallel_items
+from engine.quant.intcache import kept
+
+EXACT_F32 = float(1 << 24)
+BLOCK = 64                      # channels per block of the cached weight bounds
+_G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], np.int64)    # 2G
+_K2 = np.einsum("ai,bj->ijab", _G2, _G2).reshape(9, 16).astype(np.float32)   # vec(g) @ _K2 = vec(U')
+
+
+def suitable(c: int, h: int, w: int, n: int, k: int, s: int, p: int, groups: int = 1) -> bool:
+    """3x3, stride 1, 'same' padding, and enough channels that the GEMMs dominate the transforms
+    (the float kernels' rule; measured with the int8 epilogues: 10% less CPU at 64 -> 128 on 52x52,
+    20-40% less from 128 input channels on 13x13 to 26x26 maps)."""
+    return groups == 1 and k == 3 and s == 1 and p == 1 and h >= 2 and w >= 2 and c >= 64 and n >= 64
+
+
+class Weights:
+    """U' = (2G) g (2G)^T of int8 weights (n, C, 3, 3) as float32 (16, n, C), and the sums of |U'| the
+    exactness bounds read: per position (max over filters), and per block of BLOCK channels."""
+
+    def __init__(self, w_q: np.ndarray) -> None:
+        n, c = w_q.shape[:2]
+        # one BLAS product (n*C, 9) @ (9, 16) in float32: integers below 2**11, every sum exact
+        u = np.matmul(w_q.reshape(n * c, 9).astype(np.float32), _K2)
+        self.u = np.ascontiguousarray(u.T.reshape(16, n, c))      # |U'| <= 1143: exact
+        self.u.flags.writeable = False
+        # (16,) max_f sum_c |U'| (float64 sums of integers: exact)
+        self.row_sums = np.abs(self.u).sum(axis=2, dtype=np.float64).max(axis=1)
+        self._block_sums: np.ndarray | None = None
+
+    @property
+    def block_sums(self) -> np.ndarray:
+        """(16, n, blocks) sums of |U'| per BLOCK channels, made on the first layer that needs a split."""
+        if self._block_sums is None:
+            c = self.u.shape[2]
+            blocks = -(-c // BLOCK)
+            pad = np.zeros(self.u.shape[:2] + (blocks * BLOCK,), np.float32)
+            np.abs(self.u, out=pad[:, :, :c])
+            # sums of at most BLOCK * 1143 < 2**24: exact in float32
+            self._block_sums = pad.reshape(pad.shape[:2] + (blocks, BLOCK)).sum(axis=3).astype(np.int64)
+        return self._block_sums
+
+    def chunks(self, p: int, vmax: float) -> list[tuple[int, int]] | None:
+        """Channel ranges whose float32 sums are exact for position p with |V| <= vmax (None: a single
+        block is already too large)."""
+        c = self.u.shape[2]
+        if self.row_sums[p] * vmax < EXACT_F32:
+            return [(0, c)]
+        out, start, acc = [], 0, np.zeros(self.block_sums.shape[1], np.int64)
+        for j in range(self.block_sums.shape[2]):
+            nxt = acc + self.block_sums[p, :, j]
+            if nxt.max() * vmax >= EXACT_F32:
+                if j == start:
+                    return None
+                out.append((start * BLOCK, j * BLOCK))
+                start, nxt = j, self.block_sums[p, :, j].copy()
+                if nxt.max() * vmax >= EXACT_F32:
+                    return None
+            acc = nxt
+        out.append((start * BLOCK, c))
+        return out
+
+
+def weights(w_q: np.ndarray) -> Weights:
+    return kept("int-winograd-2x2", w_q, lambda: Weights(w_q))
+
+
+def input_tiles(x_q: np.ndarray, th: int, tw: int, scratch: Scratch) -> np.ndarray:
+    """V = B^T d B of every 4x4 tile (stride 2) of the int8 input padded by 1: (16, th*tw, C) float32.
+    Channels-last, so small maps run C-long inner loops (as the float kernel does)."""
+    c, h, w = x_q.shape
+    hp, wp = 2 * th + 2, 2 * tw + 2
+    xp = scratch.get("iw_pad", (hp, wp, c))
+    xp[...] = 0
+    xp[1:1 + h, 1:1 + w] = x_q.transpose(1, 2, 0)             # int8 -> float32 once per layer input
+    d = [xp[a:a + 2 * th:2] for a in range(4)]               # tile row a of every tile: (th, wp, C)
+    r = scratch.get("iw_rows", (4, th, wp, c))
+    np.subtract(d[0], d[2], out=r[0])
+    np.add(d[1], d[2], out=r[1])
+    np.subtract(d[2], d[1], out=r[2])
+    np.subtract(d[1], d[3], out=r[3])
+    e = [r[:, :, b:b + 2 * tw:2] for b in range(4)]           # tile column b: (4, th, tw, C)
+    v = scratch.get("iw_v", (4, 4, th, tw, c))
+    np.subtract(e[0], e[2], out=v[:, 0])
+    np.add(e[1], e[2], out=v[:, 1])
+    np.subtract(e[2], e[1], out=v[:, 2])
+    np.subtract(e[1], e[3], out=v[:, 3])
+    return v.reshape(16, th * tw, c)
+
+
+def conv3x3_acc(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch) -> np.ndarray | None:
+    """Exact int32 accumulators (n, H, W) of the 3x3 stride-1 pad-1 conv of int8 x_q (C, H, W) with
+    int8 w_q (n, C, 3, 3), no bias; None when a channel block's sums cannot be kept exact."""
+    c, h, w = x_q.shape
+    wt = weights(w_q)
+    n = w_q.shape[0]
+    th, tw = (h + 1) // 2, (w + 1) // 2
+    t = th * tw
+    v = input_tiles(x_q, th, tw, scratch)
+    v2 = v.reshape(16, -1)
+    vmax = np.maximum(v2.max(axis=1), -v2.min(axis=1)).astype(np.float64)
+    plans = [wt.chunks(p, float(vmax[p])) for p in range(16)]
+    if any(pl is None for pl in plans):
+        return None
+    bound = float((wt.row_sums * vmax).max())
+    m = scratch.get("iw_m", (16, n, t), np.int32 if 9 * bound < 2.0 ** 31 else np.int64)
+
+    def gemm(part: int, p: int) -> None:
+        vt = scratch.get(f"iw_vt{part}", (c, t))
+        vt[...] = v[p].T
+        out = scratch.get(f"iw_out{part}", (n, t))
+        plan = plans[p]
+        if len(plan) == 1:
+            np.matmul(wt.u[p], vt, out=out)
+            m[p] = out                                          # exact integers: exact cast
+            return
+        acc = scratch.get(f"iw_acc{part}", (n, t), np.float64)
+        acc[...] = 0
+        for a, b in plan:
+            np.matmul(wt.u[p, :, a:b], vt[a:b], out=out)
+            acc += out
+        m[p] = acc
+
+    with own_threads():
+        parallel_items(16, gemm)
+    return _output_tiles(m, n, h, w, th, tw, scratch)
+
+
+def _output_tiles(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch: Scratch) -> np.ndarray:
+    """A^T M A per tile, integer adds, then / 4 (exact): the accumulators (n, h, w) int32."""
+    m5 = m.reshape(4, 4, n, th, tw)
+    s = scratch.get("iw_s", (2, 4, n, th, tw), m.dtype)
+    tt = scratch.get("iw_t", (2, n, th, tw), m.dtype)
+    np.add(m5[1], m5[2], out=s[0])
+    np.subtract(m5[1], m5[2], out=s[1])
+    s[0] += m5[0]
+    s[1] -= m5[3]
+    y = np.empty((n, h, w), np.int32)
+    for a in range(2):
+        sa = s[a]
+        rows = (h - a + 1) // 2
+        np.add(sa[1], sa[2], out=tt[0])
+        np.subtract(sa[1], sa[2], out=tt[1])
+        tt[0] += sa[0]
+        tt[1] -= sa[3]
+        for b in range(2):
+            y[:, a::2, b::2] = tt[b, :, :rows, :(w - b + 1) // 2] >> 2   # 4 * acc: the shift is exact
+    return y

@@ -1,0 +1,103 @@
+"""Integer Winograd F(2x2, 3x3) (engine/quant/intwinograd.py) against the naive int64 loops: the exact
+int32 accumulators, bit for bit, through the single-GEMM path, the channel-chunked float64 path and
+the fallback to im2col; and the INT layer through it against the im2col kernel."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.quant import intwinograd
+from engine.quant.intops import _scratch, conv_int, conv_int_naive
+
+
+def _data(seed: int, c: int, n: int, h: int, w: int, xmax: int = 127, wmax: int = 127):
+    rng = np.random.default_rng(seed)
+    x_q = rng.integers(-xmax, xmax + 1, (c, h, w)).astype(np.int8)
+    w_q = rng.integers(-wmax, wmax + 1, (n, c, 3, 3)).astype(np.int8)
+    return x_q, w_q
+
+
+@pytest.mark.parametrize("c,n,h,w", [(128, 64, 13, 13), (130, 66, 8, 11), (128, 64, 6, 7)])
+def test_winograd_accumulators_equal_naive_loops(c, n, h, w):
+    x_q, w_q = _data(c + h, c, n, h, w, xmax=20, wmax=20)       # small values: one float32 GEMM per position
+    got = intwinograd.conv3x3_acc(x_q, w_q, _scratch())
+    want = conv_int_naive(x_q, w_q, np.zeros(n, np.int32), 1, 1)
+    assert got is not None and got.dtype == np.int32
+    np.testing.assert_array_equal(got, want)
+
+
+def test_full_range_values_take_the_chunked_float64_path_and_stay_exact():
+    x_q, w_q = _data(3, 256, 64, 9, 9)             # |x|, |w| up to 127: sum_c |U'| * |V| far above 2**24
+    wt = intwinograd.weights(w_q)
+    v = intwinograd.input_tiles(x_q, 5, 5, _scratch()).reshape(16, -1)
+    plans = [wt.chunks(p, float(np.abs(v[p]).max())) for p in range(16)]
+    assert any(pl is not None and len(pl) > 1 for pl in plans)       # the split path is exercised
+    got = intwinograd.conv3x3_acc(x_q, w_q, _scratch())
+    want = conv_int_naive(x_q, w_q, np.zeros(64, np.int32), 1, 1)
+    if got is None:       # a 64-channel block too large for float32: the caller runs im2col
+        assert any(pl is None for pl in plans)
+    else:
+        np.testing.assert_array_equal(got, want)
+
+
+def test_chunks_keep_every_partial_sum_below_2_24():
+    x_q, w_q = _data(4, 512, 64, 5, 5)
+    wt = intwinograd.weights(w_q)
+    u = wt.u.astype(np.int64)
+    for vmax in (50.0, 127.0, 300.0):
+        for p in range(16):
+            plan = wt.chunks(p, vmax)
+            if plan is None:
+                continue
+            assert plan[0][0] == 0 and plan[-1][1] == 512
+            assert all(a[1] == b[0] for a, b in zip(plan, plan[1:]))
+            for a, b in plan:
+                assert np.abs(u[p, :, a:b]).sum(axis=1).max() * vmax < 2 ** 24
+
+
+def test_impossible_block_returns_none():
+    x_q = np.full((128, 6, 6), 127, np.int8)
+    w_q = np.full((64, 128, 3, 3), 127, np.int8)     # 64 channels * 1143 * 508 > 2**24 in one block
+    assert intwinograd.conv3x3_acc(x_q, w_q, _scratch()) is None
+
+
+def test_int_layer_uses_winograd_and_equals_the_im2col_kernel(tiny, tiny_q):
+    """INT layer 21 of yolov3-tiny (384 -> 256 @ 26x26) via conv_forward_int equals the im2col kernel
+    plus the naive Python-integer requantization rule."""
+    from engine.quant.executor import Executor
+    from engine.quant.int_layers import conv_forward_int, requantize_activation
+    from engine.quant.qtensor import QTensor
+    from helpers import IMAGES
+    ex = Executor(tiny, tiny_q, "int")
+    x = tiny.preprocess(sorted(IMAGES.glob("*.jpg"))[0]).x
+    values, _ = ex.run(x, stop=20)
+    layer, lq = tiny.layers[21], tiny_q.layers[21]
+    xq = values[20].q
+    assert intwinograd.suitable(*xq.q.shape, lq.w_q.shape[0], 3, layer.stride, layer.padding)
+    rec: dict = {}
+    got = conv_forward_int(layer, [xq], lq, tiny_q.scales["21"], rec)
+    acc = conv_int(xq.q, lq.w_f, lq.b_q, 3, 1, 1)
+    want = requantize_activation(acc, xq.scale * np.broadcast_to(lq.w_scale, (256,)), tiny_q.scales["21"],
+                                 layer.activation, {})
+    np.testing.assert_array_equal(got.q, want)
+    assert rec["acc_min"] == int(acc.min()) and rec["acc_max"] == int(acc.max())
+
+
+def test_methods_share_int8_weights_and_kept_forms_die_with_them(tiny, tiny_stats):
+    import gc
+    from engine.quant import intcache
+    from engine.quant.layerquant import LayerQuant
+    from engine.quant.qmodel import quantize_model
+    a = quantize_model(tiny, tiny_stats, "minmax", per_channel=True)
+    b = quantize_model(tiny, tiny_stats, "kl", per_channel=True)
+    assert a.layers[12].w_q is b.layers[12].w_q and not a.layers[12].w_q.flags.writeable
+    assert quantize_model(tiny, tiny_stats, "kl", per_channel=False).layers[12].w_q is not a.layers[12].w_q
+    w_q = np.random.default_rng(0).integers(-127, 128, (128, 128, 3, 3)).astype(np.int8)
+    lq = LayerQuant(w_q, np.full(128, 0.01), np.zeros(128, np.int32), 0.1, "per_channel")
+    before = intcache.used_bytes()
+    w_f = lq.w_f
+    assert lq.w_f is w_f and intcache.used_bytes() == before + w_f.nbytes
+    np.testing.assert_array_equal(w_f, w_q.reshape(128, -1))
+    del lq, w_q, w_f
+    gc.collect()
+    assert intcache.used_bytes() == before
