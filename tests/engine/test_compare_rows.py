@@ -62,7 +62,7 @@ def qms(tiny, tiny_stats):
 
 def test_compare_rows_equal_a_plain_recomputation(tiny, qms):
     photos = sorted(IMAGES.glob("*.jpg"))[:2]
-    got = compare_batch(tiny, tuple(qms.items()), "letterbox", photos)
+    got = compare_batch(tiny, tuple(qms.items()), "letterbox", "numpy", photos)
     for item, row in zip(photos, got):
         pre = tiny.preprocess(item)
         outs = tiny.forward(pre.x)
