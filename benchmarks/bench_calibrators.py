@@ -34,7 +34,7 @@ from engine.quant.autoquant import quantize  # noqa: E402
 from engine.calib.floats import FloatOutputs  # noqa: E402
 from engine.quant.refine import attach_equalization, bias_correction, eq_search, equalize  # noqa: E402
 from engine.quant.scoring import Scorer  # noqa: E402
-from engine.quant.valset import variants  # noqa: E402
+from engine.quant.valset import second_variants, variants  # noqa: E402
 
 SHARED = Path(os.environ.get("QW_SHARED", ROOT.parent / "shared"))
 
@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--images", default=str(SHARED / "images"))
     p.add_argument("--models", default=str(SHARED / "models"))
     p.add_argument("--target", type=float, default=0.95)
+    p.add_argument("--second", action="store_true",
+                   help="score on valset.second_variants (other parameters and seeds) instead: a check for overfitting")
     args = p.parse_args(argv)
     model = load(Path(args.models) / "yolov3-tiny.cfg", Path(args.models) / "yolov3-tiny.weights")
     photos = image_list(args.images)
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
     for f in photos:
         model.forward(model.preprocess(f).x)
     float_pass = time.perf_counter() - t0
-    vs = variants(args.images)
+    vs = second_variants(args.images) if args.second else variants(args.images)
     scorer = Scorer(model, vs)
     print(f"validation: {len(vs)} variants of {len(photos)} photos, {scorer.n_truth} FLOAT detections at 0.25; "
           f"FLOAT pass over the photos {float_pass:.2f} s")

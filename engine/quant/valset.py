@@ -79,3 +79,29 @@ def variants(source: str | list[ImageLike], kinds: Iterable[str] = KINDS, mosaic
     orders = [(0, 1, 2, 3), (3, 2, 1, 0), (1, 3, 0, 2), (2, 0, 3, 1)]
     out += [Variant(f"mosaic{m}", mosaic(photos, order=orders[m % 4])) for m in range(mosaics)]
     return out
+
+
+def second_variants(source: str | list[ImageLike]) -> list[Variant]:
+    """A differently parameterised set (other crop windows, intensities, noise seeds, JPEG quality, blur
+    radius, rotations and mosaic orders): a choice made on `variants` should carry over to it."""
+    items = image_list(source)
+    photos = [open_image(i) for i in items]
+    names = [getattr(i, "stem", None) or getattr(i, "name", None) or f"image{k}" for k, i in enumerate(items)]
+    out = []
+    for k, (n, im) in enumerate(zip(names, photos)):
+        w, h = im.size
+        kinds = {
+            "crop2": im.crop((0, int(0.1 * h), int(0.8 * w), h)),
+            "dark2": ImageEnhance.Brightness(im).enhance(0.7),
+            "bright2": ImageEnhance.Brightness(im).enhance(1.25),
+            "contrast2": ImageEnhance.Contrast(im).enhance(1.3),
+            "noise2": add_noise(im, 8.0, 100 + k),
+            "jpeg2": _jpeg(im, 30),
+            "blur2": im.filter(ImageFilter.GaussianBlur(1.5)),
+            "rotate": im.rotate(6, resample=Image.Resampling.BILINEAR, expand=False),
+            "scale2": im.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.BILINEAR).resize((w, h)),
+        }
+        out += [Variant(f"{n}:{kind}", v) for kind, v in kinds.items()]
+    orders = [(2, 3, 0, 1), (0, 2, 1, 3)]
+    out += [Variant(f"mosaic2-{m}", mosaic(photos, size=640, order=orders[m])) for m in range(2)]
+    return out

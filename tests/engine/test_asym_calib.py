@@ -170,3 +170,11 @@ def test_asymmetric_activations_agree_better_with_float_on_variants(tiny, tiny_s
     asy = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="qwidgets_asym")
     a, b = scorer.score(sym, "int"), scorer.score(asy, "int")
     assert b.map50_95 > a.map50_95 + 0.02 and b.missed < a.missed, (a, b)
+
+
+def test_log2_keeps_power_of_two_scales_with_zero_points(small):
+    model, stats = small
+    qm = quantize_model(model, stats, "log2", per_channel=True, profile="qwidgets_asym")
+    for nid, s in qm.scales.items():
+        assert np.log2(s) == np.round(np.log2(s)), nid
+    assert any(z > 0 for z in qm.zero_points.values())          # leaky outputs keep their lower end

@@ -18,6 +18,8 @@ tests/engine/test_asym_calib.py):
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from engine.layers.activations import activate
@@ -77,6 +79,17 @@ class QwidgetsAsymProfile(OrtProfile):
         "heads": "int32 accumulators dequantized for [yolo]/[region]",
         "source": "engine/quant/profiles/qwidgets_asym.py, docs/quantization.md",
     }
+
+    def activation_params(self, stats, calibrator, thresholds=None):
+        """As `onnxruntime` (the calibrated [lo, hi] on 256 codes); power-of-two methods (log2) get their scale
+        rounded up to a power of two and the zero point recomputed for the same lower end."""
+        scales, zps = super().activation_params(stats, calibrator, thresholds)
+        if calibrator.power_of_two:
+            for nid, s in scales.items():
+                lo = -zps[nid] * s
+                p2 = 2.0 ** math.ceil(math.log2(s) - 1e-12)
+                scales[nid], zps[nid] = p2, int(np.clip(np.rint(-lo / p2), QLO, QHI))
+        return scales, zps
 
     def extra_params(self, model, stats, calibrator, thresholds=None):
         return {}, {}                   # leaky is folded: no pre-activation grid
