@@ -224,13 +224,19 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
     prof.tie_grids(model, scales, zero_points)
     pre_scales, pre_zero_points = prof.extra_params(model, stats, calibrator, thresholds)
     scheme, per_channel = prof.weight_choice(calibrator, per_channel)
-    layers: dict[int, LayerQuant] = {}
-    for layer in model.layers:
-        if not layer.int8_weights:
-            continue
+    from engine.kernels.threads import own_threads, parallel_items
+    weighted = [layer for layer in model.layers if layer.int8_weights]
+    done: dict[int, LayerQuant] = {}
+
+    def one(_part: int, k: int) -> None:        # one layer per work item: the same arrays on any thread
+        layer = weighted[k]
         b, qw = shared_int8_weights(model, layer, scheme, per_channel, prof.weight_qmax)
         in_scale = scales[input_id(layer)]
-        layers[layer.index] = LayerQuant(qw.w_q, qw.scale, quantize_bias(b, in_scale, qw.scale), in_scale, qw.scheme)
+        done[layer.index] = LayerQuant(qw.w_q, qw.scale, quantize_bias(b, in_scale, qw.scale), in_scale, qw.scheme)
+
+    with own_threads():
+        parallel_items(len(weighted), one)
+    layers = {layer.index: done[layer.index] for layer in weighted}
     return QuantizedModel(method, calibrator.settings, per_channel, scales,
                           thresholds, layers, model.graph.name, model.cfg.text, fingerprint(model), stats,
                           tuple(sorted(int(i) for i in float_layers)), profile=prof.name, zero_points=zero_points,

@@ -166,3 +166,16 @@ def test_equalization_scales_equal_the_former_sweep(tiny, mode):
     for p in want:
         assert np.array_equal(got[p], want[p]), p
     assert any(np.abs(np.log(s)).max() > 0.1 for s in got.values())
+
+
+@pytest.mark.parametrize("method", ["minmax", "log2"])
+def test_quantize_model_is_the_same_on_one_thread(tiny, tiny_stats, method):
+    from engine.kernels.threads import blas_limit
+    from engine.quant.qmodel import quantize_model
+    many = quantize_model(tiny, tiny_stats, method, per_channel=True)
+    with blas_limit(1):
+        one = quantize_model(tiny, tiny_stats, method, per_channel=True)
+    assert list(many.layers) == list(one.layers) and many.scales == one.scales
+    for i, lq in many.layers.items():
+        assert np.array_equal(lq.w_q, one.layers[i].w_q) and np.array_equal(lq.w_scale, one.layers[i].w_scale)
+        assert np.array_equal(lq.b_q, one.layers[i].b_q)

@@ -207,9 +207,13 @@ def equalized(model, spec: dict) -> "object":
 def equalize(model, mode: str = "weights", images: Sequence | None = None, resize: str = "letterbox"):
     """(equalized model, spec): calibrate and quantize the equalized model, then store the spec in the
     quantized model's meta["equalization"] (`attach`)."""
+    from engine.kernels.threads import own_threads, parallel_items
     scales = equalization_scales(model, mode, images, resize=resize)
     spec = {str(p): [float(v) for v in s] for p, s in scales.items()}
-    return equalized(model, spec), spec
+    twin = equalized(model, spec)
+    with own_threads():                 # the calibration pass needs its kernel weights: one layer per work item
+        parallel_items(len(twin.layers), lambda _part, i: twin.prepared(i))
+    return twin, spec
 
 
 def attach(qmodel, spec: dict, mode: str = "weights", source=None, equalized_model=None):
