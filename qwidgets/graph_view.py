@@ -63,6 +63,8 @@ OVERLAY_META = {
     "device_mismatched": OverlayMeta("elements where the device runtime differs from our INT (lower is better)",
                                      "{:.0f}", "high", hint="click Compare with device in the Device tab",
                                      ends=("bit-exact", "most mismatched")),
+    "propagated_sqnr": OverlayMeta("SQNR of the INT run vs FLOAT at this layer, propagated, dB (higher is better)",
+                                   "{:.1f} dB", "low", hint="click Compare with device in the Device tab"),
     "propagated_cos": OverlayMeta("cosine of the INT run vs FLOAT at this layer, propagated (1 = same)", "{:.4f}",
                                   "low", hint="click Compare with device in the Device tab"),
     "sensitivity_rank": OverlayMeta("sensitivity rank (1 = quantizing this layer alone hurts most)", "#{:.0f}",
