@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import threading
+
 import ipywidgets as widgets
 import traitlets
 
@@ -71,6 +73,7 @@ class Explorer(widgets.VBox):
         self._fitness: dict[int, Any] = {}
         self._dets_key: tuple | None = None
         self._panel_data = SessionPanelData(session)
+        self._panel_stale = False            # a layer was selected while the Layer tab was hidden
         self.controls = ExplorerControls(session, workspace=workspace)
         self.graph = GraphView(session.model.graph, height=graph_height, width_px=graph_width,
                                layout=widgets.Layout(width=f"{graph_width}px"))
@@ -120,9 +123,28 @@ class Explorer(widgets.VBox):
         # Rerun (and Continue, which re-executes stale outputs first) change kept outputs without a
         # session event: the same update, batched with the handler's own events
         self.weight_editor.observe(lambda _c: self._follower.note("rerun"), names="revision")
+        self._closed, self._background = False, background
         self.refresh()
         self.status = (f"{session.model.graph.name}: {session.num_layers} layers, mode {session.mode}; "
                        "Step runs the next layer")
+        if background:
+            self._warm_thresholds()
+
+    def _warm_thresholds(self) -> None:
+        """Every calibration method's threshold per tensor is a property of the quantized model (tens of ms
+        per tensor): computed once, in a background thread while the user looks at the graph, so that a
+        Step or a click finds them cached (`SessionPanelData.thresholds`; a miss computes it in place)."""
+        data, ids = self._panel_data, [INPUT] + [str(i) for i in range(self.session.num_layers)]
+
+        def work() -> None:
+            for t in ids:
+                if self._closed or data is not self._panel_data:
+                    return
+                try:
+                    data.thresholds(t)
+                except Exception:               # noqa: BLE001 - the panel computes (and reports) it in place
+                    return
+        threading.Thread(target=work, name="qw-thresholds", daemon=True).start()
 
     def connect_workspace(self, view) -> None:
         """Use a `WorkspaceView`'s workspace here: its quantized models and image sets in the pickers, its
@@ -137,6 +159,7 @@ class Explorer(widgets.VBox):
 
     def close(self) -> None:
         """Stop following the session, then close the widgets."""
+        self._closed = True
         self._follower.close()
         super().close()
 
@@ -168,6 +191,8 @@ class Explorer(widgets.VBox):
             self._fitness, self._dets_key = {}, None
         if "edit" in events:
             self._panel_data.invalidate()
+        elif events & {"reset", "rerun"}:
+            self._panel_data.memo.clear()        # those tensors are gone: free their results now
         self._fitness = {k: v for k, v in self._fitness.items() if k <= s.position}
         with self.controls.hold_sync():
             if events & {"reset", "edit", "step"}:
@@ -188,6 +213,8 @@ class Explorer(widgets.VBox):
         self.ids = [INPUT] + [n.id for n in s.model.graph.nodes]
         self._fitness, self._dets_key = {}, None
         self._panel_data = SessionPanelData(s)       # weights / thresholds cached per layer index
+        if self._background:
+            self._warm_thresholds()
         self.controls.model_changed()
         self.weight_editor.model_changed()
         self.quant_view.model_changed()
@@ -215,6 +242,8 @@ class Explorer(widgets.VBox):
     def _on_tab_change(self, change) -> None:
         if change.new == TABS.index("Detections"):
             self.update_detections()
+        elif change.new == TABS.index("Layer") and self._panel_stale:
+            self.show_node(self.graph.selected_node)
 
     def _on_ranking_change(self, _change) -> None:
         table = self.quant_view.table
@@ -291,6 +320,11 @@ class Explorer(widgets.VBox):
         if not node_id:
             self.panel.clear()
             return
+        if self.tabs.selected_index != TABS.index("Layer"):
+            # encode only what is visible: the panel is drawn when its tab is shown (`_on_tab_change`)
+            self._panel_stale = True
+            return
+        self._panel_stale = False
         data, images, rows = self._panel_data.data(node_id, cross=self.controls.cross_result,
                                                    log2=self.panel.hist_log2, log_y=self.panel.hist_log_y)
         self.panel.show(data, images, rows)

@@ -31,6 +31,7 @@ def explorer(ex):
     """The shared Explorer, reset, INT mode, no follow, no edits."""
     ex.follow = False
     ex.graph.overlay = "type"
+    ex.tabs.selected_index = 0                   # the Layer tab: the panel is drawn only while it is shown
     if ex.session.mode != "int":
         ex.controls.mode = "int"
     ex.controls.reset_button.click()
@@ -90,6 +91,25 @@ def test_apply_edits_int8_weights_reruns_and_undo_restores(explorer):
     assert ex.status.startswith("undo: layer 4 int8 w_q")
     we.redo_button.click()
     assert s.weights(4, "int8")["w_q"][0, 0][1, 1] == new[1, 1] and len(s.edits()) == 1
+
+
+def test_the_panel_is_drawn_only_while_its_tab_is_shown(explorer):
+    ex, s = explorer, explorer.session
+    ex.controls.step_button.click()
+    assert ex.panel.node_id == "0"
+    ex.tabs.selected_index = 1                                      # Weights: the panel is hidden
+    hist = ex.panel.images["hist_output"].value
+    ex.controls.step_button.click()
+    ex.controls.step_button.click()
+    assert s.position == 2 and ex.weight_editor.layer == 2          # the visible tab follows
+    assert ex.panel.node_id == "0" and ex.panel.images["hist_output"].value == hist     # nothing encoded
+    ex.tabs.selected_index = 0
+    assert ex.panel.node_id == "2" and "layer 2" in ex.panel._title.value
+    # drawn now, from the same engine numbers as a panel drawn at once
+    from qwidgets._session_panel import SessionPanelData
+    _, images, rows = SessionPanelData(s).data("2")
+    assert ex.panel.images["hist_output"].value == images["hist_output"]
+    assert ex.panel._stats.value.count("<tr>") >= len(rows)
 
 
 def test_run_draws_detections_and_reset_goes_back_to_the_input(explorer):
