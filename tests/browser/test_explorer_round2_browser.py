@@ -131,7 +131,7 @@ def test_explorer_round2_in_the_browser(chromium, page, lab, artifacts):
                            timeout=30_000)
     text = det.inner_text()
     assert "continued" not in text and "CROSS" not in text, text
-    rerun_cell(page, 2)
+    rerun_cell(page, 3)
     line = kernel_line(page, r"QW position=23")
     n_int = int(re.search(r"dets=(\d+)", line).group(1))
     assert f"INT: {n_int} detections" in text, (text, line)
@@ -156,7 +156,7 @@ def test_explorer_round2_in_the_browser(chromium, page, lab, artifacts):
         keep.click()
         page.wait_for_function("() => document.querySelector('.qw-explorer .qw-controls .qw-status')"
                                ".innerText.includes('kept FLOAT')", timeout=120_000)
-        rerun_cell(page, 2)
+        rerun_cell(page, 3)
         line = kernel_line(page, r"float_layers=\[\d")
         assert "position=23" in line, line
 
