@@ -152,12 +152,11 @@ class SessionPanelData:
             rows.append(self._row(f"input {run_label(s)}", run_tokens, x_run))
         marks = self.thresholds(producers[0]) if len(producers) == 1 else None
         c = srcs[0].shape[0] if len(srcs) == 1 else sum(a.shape[0] for a in srcs)
-        montage = self.memo.get(srcs, "montage",
-                                lambda: feature_montage(x_of(), labels=True, as_image=True))
-        images["input"] = framed_png(montage, f"layer {i} input, {channels_note(c, min(64, c))}", "channel")
+        title = f"layer {i} input, {channels_note(c, min(64, c))}"
+        images["input"] = self.memo.get(srcs, ("png", title), lambda: framed_png(self.memo.get(
+            srcs, "montage", lambda: feature_montage(x_of(), labels=True, as_image=True)), title, "channel"))
         used = threshold_in_use(s.qmodel, producers[0]) if use_int and len(producers) == 1 else None
-        counts = {k: self._counts(t, arrays[k], log2) for k, t in series_tokens.items()}
-        images["hist_input"] = hist_image(arrays, f"layer {i} input", marks, log2, log_y, used, counts)
+        images["hist_input"] = self._hist_png(series_tokens, arrays, f"layer {i} input", marks, log2, log_y, used)
         rows.insert(0, self._row("input", srcs, x_of))
 
     def _output(self, i: int, ref, cross, with_run: bool, images, rows, log2, log_y) -> None:
@@ -177,22 +176,29 @@ class SessionPanelData:
             y_int_of = _once(lambda: np.asarray(self._s.output(i), np.float32))
             # the very ErrorStats the graph overlay colours by: one SQNR per layer in every view
             stats = self._s.fitness(i, local=False)["propagated"]
-        montage = self.memo.get(ref_tokens, "montage", lambda: feature_montage(y, labels=True, as_image=True))
-        images["output"] = framed_png(montage, f"layer {i} output (FLOAT), "
-                                      f"{channels_note(y.shape[0], min(64, y.shape[0]))}", "channel")
+        title = f"layer {i} output (FLOAT), {channels_note(y.shape[0], min(64, y.shape[0]))}"
+        images["output"] = self.memo.get(ref_tokens, ("png", title), lambda: framed_png(self.memo.get(
+            ref_tokens, "montage", lambda: feature_montage(y, labels=True, as_image=True)), title, "channel"))
         rows.append(self._row(ref_label, ref_tokens, y_of))
-        series = {"FLOAT": y_of}
-        counts = {"FLOAT": self._counts(ref_tokens, y_of, log2)}
+        series, series_tokens = {"FLOAT": y_of}, {"FLOAT": ref_tokens}
         if y_int_of is not None:
-            series[run] = y_int_of
-            counts[run] = self._counts(run_tokens, y_int_of, log2)
+            series[run], series_tokens[run] = y_int_of, run_tokens
             pair = [*ref_tokens, *run_tokens]
             images.update(self.memo.get(pair, ("maps", run), lambda: _maps(y, y_int_of(), run)))
             rows.append(self._row(f"output {run}", run_tokens, y_int_of))
             rows.append(self.memo.get(pair, ("error", run), lambda: error_row(f"{run} - FLOAT", y, y_int_of(), stats)))
         used = threshold_in_use(self._s.qmodel, str(i)) if self._s.mode != "float" else None
-        images["hist_output"] = hist_image(series, f"layer {i} output", self.thresholds(str(i)), log2, log_y, used,
-                                           counts)
+        images["hist_output"] = self._hist_png(series_tokens, series, f"layer {i} output", self.thresholds(str(i)),
+                                               log2, log_y, used)
+
+    def _hist_png(self, tokens: dict[str, Sequence[Any]], arrays: dict, title: str, marks, log2: bool, log_y: bool,
+                  used: float | None) -> bytes:
+        """The histogram picture, remembered for these very tensors and markers."""
+        everything = [t for ts in tokens.values() for t in ts]
+        key = ("hist png", tuple(tokens), tuple(len(t) for t in tokens.values()), title,
+               tuple(sorted((marks or {}).items())), log2, log_y, used)
+        return self.memo.get(everything, key, lambda: hist_image(
+            arrays, title, marks, log2, log_y, used, {k: self._counts(t, arrays[k], log2) for k, t in tokens.items()}))
 
     def _weights_part(self, i: int, info: dict, use_int: bool, log2: bool, log_y: bool) -> tuple[dict, list]:
         self._check_qmodel()
