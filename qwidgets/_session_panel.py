@@ -25,7 +25,8 @@ import numpy as np
 
 from engine.graph import INPUT
 from qwidgets._encode import channels_note, feature_montage, framed_png, heatmap_png, weights_png
-from engine.session.stats import error_row, histogram_counts, tensor_row, threshold_in_use
+from engine.quant.qtensor import QTensor
+from engine.session.stats import error_row, histogram_counts, qtensor_histogram_counts, tensor_row, threshold_in_use
 from qwidgets._memo import IdentityMemo
 from qwidgets._panel_data import BINS, hist_image, join_inputs, layer_info, layer_panel_data
 
@@ -89,6 +90,9 @@ class SessionPanelData:
         return q if q is not None else s.output(int(producer))
 
     def _counts(self, tokens: Sequence[Any], array, log2: bool) -> tuple:
+        if not log2 and len(tokens) == 1 and isinstance(tokens[0], QTensor):
+            # an int8 output: count its 256 codes, not the float copy (same counts, engine.session.stats)
+            return self.memo.get(tokens, ("hist", BINS, log2), lambda: qtensor_histogram_counts(tokens[0], BINS))
         return self.memo.get(tokens, ("hist", BINS, log2), lambda: histogram_counts(array(), BINS, log2=log2))
 
     def _row(self, name: str, tokens: Sequence[Any], array) -> dict:
