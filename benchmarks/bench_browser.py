@@ -8,8 +8,8 @@ runs on every requestAnimationFrame), so Playwright's own round trips are not co
 - node click (a real mouse click on the node; off-screen nodes are centred first, untimed): to the
   panel of that layer with its pictures decoded; layers visited before and never visited are reported
   apart (the first visit computes, a revisit reuses the remembered results);
-- Apply of a weight edit (typed first, untimed): to the status line naming the change and the decoded
-  after-vs-before map;
+- Apply of a weight edit (typed first, untimed) in the last convolution the Steps ran: to the status line
+  naming the change and the decoded after-vs-before map;
 - tab switch (a real click on the tab): to the tab shown with its pictures decoded;
 - colour switch (the Colour dropdown): to the node labels with the metric;
 - `Explorer(s) shown`: from the start of the cell that builds the Explorer (the kernel's clock) to the
@@ -146,11 +146,15 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
                 xy = node_xy(page, node)
                 t = timed(page, lambda: page.mouse.click(*xy), panel_of(node))
                 out["node click (new)" if node in fresh else "node click (visited)"].append(t["done"])
+            # the edit goes to the last convolution the session has run (as after Step, Step, edit): Apply
+            # re-executes it and the kept outputs after it
+            conv = str(page.evaluate(f"() => Math.max(...{CY}.nodes().filter(n => n.data('kind') === "
+                                     f"'convolutional' && +n.id() <= {repeat - 1}).map(n => +n.id()))"))
             page.locator(".qw-explorer .lm-TabBar-tab", has_text="Weights").click()
-            xy = node_xy(page, "0")
+            xy = node_xy(page, conv)
             page.mouse.click(*xy)
             page.wait_for_function("() => document.querySelector('.qw-explorer .qw-weight-editor')"
-                                   ".innerText.includes('layer 0')", timeout=60_000)
+                                   f".innerText.includes('layer {conv} ')", timeout=60_000)
             apply = page.locator(".qw-explorer .qw-weight-editor button", has_text="Apply").first
             for k in range(repeat):
                 cell = page.locator(".qw-explorer .qw-weight-editor input[type=number]").first
