@@ -85,7 +85,9 @@ def test_explorer_round2_in_the_browser(chromium, page, lab, artifacts):
     page.wait_for_function(f"() => {CY}.zoom() < 1.5", timeout=30_000)
     page.screenshot(path=str(artifacts / "01_loaded.png"), full_page=True)
 
-    # item 3: a real click on node 12, three Steps, Run to selected
+    # item 3: a real click on node 12, three Steps, Run to selected (the mouse comes from outside the graph:
+    # after the zoom and Fit it rested on node 12 without a mouseover)
+    page.mouse.move(5, 5)
     click_node(page, "12")
     page.wait_for_function("() => document.querySelector('.qw-explorer .qw-layer-panel').innerText"
                            ".includes('layer 12')", timeout=30_000)
@@ -93,7 +95,8 @@ def test_explorer_round2_in_the_browser(chromium, page, lab, artifacts):
     # left no tooltip behind (ipycytoscape's click tooltip stayed over the neighbours until the next click)
     page.wait_for_function("() => document.querySelector('.qw-explorer .qw-hover').innerText"
                            ".includes('12 [convolutional]')", timeout=30_000)
-    page.mouse.move(5, 5)
+    box = canvas.bounding_box()                 # the mouse leaves the node for the graph's empty corner
+    page.mouse.move(box["x"] + box["width"] - 4, box["y"] + box["height"] - 4, steps=4)
     page.wait_for_function("() => document.querySelector('.qw-explorer .qw-hover').innerText.trim() === ''",
                            timeout=30_000)
     tips = page.evaluate("() => Array.from(document.querySelectorAll('[data-tippy-root], .tippy-popper'))"
