@@ -112,6 +112,7 @@ def panel_of(node: str) -> str:
 
 
 def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from notebook_page import KERNEL_IDLE, kernel_line, rerun_cell, run_all
     out: dict[str, list[float]] = {k: [] for k in (
         "Explorer(s) shown", "Step -> status", "Step -> panel", "node click (new)", "node click (visited)",
@@ -144,7 +145,12 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
             fresh = [str(i) for i in range(n - 1, repeat, -max(1, (n - repeat) // (repeat + 1)))][:repeat]
             for node in fresh + [str(k) for k in range(repeat)]:
                 xy = node_xy(page, node)
-                t = timed(page, lambda: page.mouse.click(*xy), panel_of(node))
+                try:
+                    t = timed(page, lambda: page.mouse.click(*xy), panel_of(node), timeout=120_000)
+                except PlaywrightTimeout:
+                    print(f"  node {node}: no panel after 120 s (title {page.evaluate(f'() => {PANEL_TITLE}')!r}, "
+                          f"status {page.evaluate(f'() => {STATUS}')[:80]!r})", flush=True)
+                    continue
                 out["node click (new)" if node in fresh else "node click (visited)"].append(t["done"])
             # the edit goes to the last convolution the session has run (as after Step, Step, edit): Apply
             # re-executes it and the kept outputs after it
