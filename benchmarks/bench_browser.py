@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,13 +96,17 @@ def centre_of(page, locator) -> tuple[float, float]:
 
 
 def node_xy(page, node_id: str) -> tuple[float, float]:
-    """The node's position on screen after centring it in the canvas if it is not fully visible."""
+    """The node's position on screen, panned first to the middle of the part of the canvas that is inside
+    the window when it is not fully there (a tall yolov3 canvas runs below the window)."""
     return tuple(page.evaluate(f"""() => {{
         const cy = {CY}; const n = cy.getElementById({node_id!r});
-        const box = cy.container().getBoundingClientRect(); let p = n.renderedPosition();
-        const w = n.renderedWidth(), h = n.renderedHeight();
-        if (p.x - w / 2 < 0 || p.y - h / 2 < 0 || p.x + w / 2 > box.width || p.y + h / 2 > box.height) {{
-            cy.center(n); p = n.renderedPosition(); }}
+        const box = cy.container().getBoundingClientRect();
+        const top = Math.max(box.top, 0), bottom = Math.min(box.bottom, window.innerHeight);
+        const left = Math.max(box.left, 0), right = Math.min(box.right, window.innerWidth);
+        let p = n.renderedPosition(); const w = n.renderedWidth(), h = n.renderedHeight();
+        const x = box.left + p.x, y = box.top + p.y;
+        if (x - w / 2 < left || x + w / 2 > right || y - h / 2 < top || y + h / 2 > bottom) {{
+            cy.panBy({{x: (left + right) / 2 - x, y: (top + bottom) / 2 - y}}); p = n.renderedPosition(); }}
         return [box.left + p.x, box.top + p.y]; }}"""))
 
 
