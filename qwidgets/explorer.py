@@ -24,8 +24,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import threading
-
 import ipywidgets as widgets
 import traitlets
 
@@ -35,7 +33,7 @@ from qwidgets._confirm import dropped_text
 from qwidgets._errors import Message, shows_errors
 from qwidgets._open_model import opened_text
 from qwidgets._session_panel import SessionPanelData
-from qwidgets._sync import SessionFollower
+from qwidgets._sync import SessionFollower, running_loop
 from qwidgets.controls import ExplorerControls, stale_note
 from qwidgets.detections_view import DetectionsView
 from qwidgets.device_view import OVERLAYS as DEVICE_OVERLAYS, DeviceView
@@ -112,6 +110,7 @@ class Explorer(widgets.VBox):
         self.graph.observe(self._on_overlay_change, names=["overlay"])
         self.graph.on_node_click(self._on_node_click)
         self.tabs.observe(self._on_tab_change, names="selected_index")
+        self.weight_editor.active = self.tabs.selected_index == TABS.index("Weights")
         self.panel.observe(self._on_hist_options_change, names=["hist_log2", "hist_log_y"])
         self.weight_editor.observe(self._on_editor_layer_change, names="layer")
         self.quant_view.observe(self._on_adopted_change, names="adopted")
@@ -132,19 +131,23 @@ class Explorer(widgets.VBox):
 
     def _warm_thresholds(self) -> None:
         """Every calibration method's threshold per tensor is a property of the quantized model (tens of ms
-        per tensor): computed once, in a background thread while the user looks at the graph, so that a
-        Step or a click finds them cached (`SessionPanelData.thresholds`; a miss computes it in place)."""
+        per tensor): computed once, one tensor per turn of the kernel's event loop while the user looks at
+        the graph, so that a Step or a click finds them cached (a miss computes it in place). Not in a
+        thread: engine code shares its kernel thread pool, and a click waits at most one tensor."""
+        loop = running_loop()
+        if loop is None:                      # a script or a test: computed when first shown
+            return
         data, ids = self._panel_data, [INPUT] + [str(i) for i in range(self.session.num_layers)]
 
-        def work() -> None:
-            for t in ids:
-                if self._closed or data is not self._panel_data:
-                    return
-                try:
-                    data.thresholds(t)
-                except Exception:               # noqa: BLE001 - the panel computes (and reports) it in place
-                    return
-        threading.Thread(target=work, name="qw-thresholds", daemon=True).start()
+        def warm(k: int) -> None:
+            if self._closed or data is not self._panel_data or k >= len(ids):
+                return
+            try:
+                data.thresholds(ids[k])
+            except Exception:                 # noqa: BLE001 - the panel computes (and reports) it in place
+                return
+            loop.call_later(0.01, warm, k + 1)
+        loop.call_later(0.2, warm, 0)
 
     def connect_workspace(self, view) -> None:
         """Use a `WorkspaceView`'s workspace here: its quantized models and image sets in the pickers, its
@@ -240,6 +243,7 @@ class Explorer(widgets.VBox):
 
     @shows_errors
     def _on_tab_change(self, change) -> None:
+        self.weight_editor.active = change.new == TABS.index("Weights")
         if change.new == TABS.index("Detections"):
             self.update_detections()
         elif change.new == TABS.index("Layer") and self._panel_stale:
