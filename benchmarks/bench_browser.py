@@ -168,6 +168,7 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
             page.wait_for_function("() => document.querySelector('.qw-explorer .qw-weight-editor')"
                                    f".innerText.includes('layer {conv} ')", timeout=60_000)
             apply = page.locator(".qw-explorer .qw-weight-editor button", has_text="Apply").first
+            print(f"  ({model}: Steps, node clicks done; Apply in layer {conv})", flush=True)
             for k in range(repeat):
                 cell = page.locator(".qw-explorer .qw-weight-editor input[type=number]").first
                 cell.fill(str(10 + k))
@@ -176,6 +177,7 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
                 t = timed(page, lambda: page.mouse.click(*xy),
                           f"{STATUS}.includes('-> {10 + k}') && {IMAGES_DONE}({CURRENT_TAB})")
                 out["Apply edit"].append(t["done"])
+            print(f"  ({model}: Apply done)", flush=True)
             tabs = ["Layer", "Detections", "Weights", "Quantization"] * repeat
             for k in range(repeat):
                 tab = tabs[k]
