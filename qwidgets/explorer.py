@@ -147,7 +147,7 @@ class Explorer(widgets.VBox):
             except Exception:                 # noqa: BLE001 - the panel computes (and reports) it in place
                 return
             loop.call_later(0.01, warm, k + 1)
-        loop.call_later(0.2, warm, 0)
+        loop.call_later(1.0, warm, 0)         # after the browser has drawn the Explorer
 
     def connect_workspace(self, view) -> None:
         """Use a `WorkspaceView`'s workspace here: its quantized models and image sets in the pickers, its
