@@ -173,11 +173,13 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
             print(f"  ({model}: Steps, node clicks done; Apply in layer {conv})", flush=True)
             for k in range(repeat):
                 cell = page.locator(".qw-explorer .qw-weight-editor input[type=number]").first
-                cell.fill(str(10 + k))
+                # a value the tap does not hold yet (typing the current one changes nothing: no '-> v')
+                v = (int(float(cell.input_value() or 0)) + 7) % 100
+                cell.fill(str(v))
                 cell.press("Tab")                   # the typed value reaches the kernel before the click
                 xy = centre_of(page, apply)
                 t = timed(page, lambda: page.mouse.click(*xy),
-                          f"{STATUS}.includes('-> {10 + k}') && {IMAGES_DONE}({CURRENT_TAB})")
+                          f"{STATUS}.includes('-> {v}') && {IMAGES_DONE}({CURRENT_TAB})")
                 out["Apply edit"].append(t["done"])
             print(f"  ({model}: Apply done)", flush=True)
             tabs = ["Layer", "Detections", "Weights", "Quantization"] * repeat
