@@ -174,7 +174,7 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
             for k in range(repeat):
                 cell = page.locator(".qw-explorer .qw-weight-editor input[type=number]").first
                 # a value the tap does not hold yet (typing the current one changes nothing: no '-> v')
-                v = (int(float(cell.input_value() or 0)) + 7) % 100
+                v = 10 + k if cell.input_value().strip() != str(10 + k) else 50 + k
                 cell.fill(str(v))
                 cell.press("Tab")                   # the typed value reaches the kernel before the click
                 xy = centre_of(page, apply)
