@@ -95,13 +95,25 @@ def _tile(tiles: np.ndarray, cols: int) -> np.ndarray:
 
 
 def _label_tiles(im: Image.Image, n: int, cols: int, h: int, w: int, first: int = 0) -> None:
-    draw = ImageDraw.Draw(im)
+    """Channel numbers in the tiles' corners (with a dark shadow), pasted from a cached mask: rendering
+    64 labels with Pillow's text drawing cost more than the montage itself, on every Step."""
     fill = 255 if im.mode == "L" else (255, 255, 0)
+    shadow, text = _label_masks(n, cols, h, w, first)
+    im.paste(0 if im.mode == "L" else (0, 0, 0), (0, 0), shadow)
+    im.paste(fill, (0, 0), text)
+
+
+@functools.lru_cache(maxsize=32)
+def _label_masks(n: int, cols: int, h: int, w: int, first: int) -> tuple[Image.Image, Image.Image]:
+    size = (cols * (w + GAP) - GAP, (-(-n // cols)) * (h + GAP) - GAP)
+    shadow, text = Image.new("L", size, 0), Image.new("L", size, 0)
+    ds, dt = ImageDraw.Draw(shadow), ImageDraw.Draw(text)
     for i in range(n):
         r, c = divmod(i, cols)
         x, y = c * (w + GAP) + 1, r * (h + GAP)
-        draw.text((x + 1, y + 1), str(first + i), fill=0 if im.mode == "L" else (0, 0, 0))
-        draw.text((x, y), str(first + i), fill=fill)
+        ds.text((x + 1, y + 1), str(first + i), fill=255)
+        dt.text((x, y), str(first + i), fill=255)
+    return shadow, text
 
 
 def feature_montage(y: np.ndarray, max_channels: int = 64, cols: int = 8, size: int = 64,
@@ -319,12 +331,16 @@ def framed_png(png: bytes | Image.Image, title: str, bar: str | None = None, lo:
     bar: "grey" (black = lo .. white = hi), "channel" (grey, each channel's own min .. max),
     "diverging" (blue = lo .. white = 0 .. red = hi) or None (title only)."""
     fnt = font(12)
-    src = (png if isinstance(png, Image.Image) else Image.open(io.BytesIO(png))).convert("RGB")
+    src = png if isinstance(png, Image.Image) else Image.open(io.BytesIO(png))
+    # grey maps stay one byte per pixel: a third of the PNG to encode and send
+    mode = "L" if src.mode == "L" and bar in (None, "grey", "channel") else "RGB"
+    src = src.convert(mode)
     width = max(src.width, 260)
     bar_h = 0 if bar is None else 34
-    out = Image.new("RGB", (width, 18 + src.height + bar_h), (255, 255, 255))
+    out = Image.new(mode, (width, 18 + src.height + bar_h), 255 if mode == "L" else (255, 255, 255))
+    black = 0 if mode == "L" else (0, 0, 0)
     draw = ImageDraw.Draw(out)
-    draw.text((2, 2), title, fill=(0, 0, 0), font=fnt)
+    draw.text((2, 2), title, fill=black, font=fnt)
     out.paste(src, (0, 18))
     if bar is not None:
         y0, x0, x1 = 18 + src.height + 4, 40, width - 40
@@ -334,8 +350,8 @@ def framed_png(png: bytes | Image.Image, title: str, bar: str | None = None, lo:
         else:
             g = (t * 255).round().astype(np.uint8)
             strip = np.stack([g, g, g], axis=1)
-        out.paste(Image.fromarray(np.repeat(strip[None], 10, axis=0)), (x0, y0))
-        draw.rectangle([x0 - 1, y0 - 1, x1, y0 + 10], outline=(0, 0, 0))
+        out.paste(Image.fromarray(np.repeat(strip[None], 10, axis=0)).convert(mode), (x0, y0))
+        draw.rectangle([x0 - 1, y0 - 1, x1, y0 + 10], outline=black)
         if bar == "channel":
             labels = [(x0, "each channel's min"), (x1, "its max")]
         elif bar == "diverging":
@@ -344,7 +360,7 @@ def framed_png(png: bytes | Image.Image, title: str, bar: str | None = None, lo:
             labels = [(x0, f"{lo:.3g}{unit}"), (x1, f"{hi:.3g}{unit}")]
         for x, text in labels:
             tw = draw.textlength(text, font=fnt)
-            draw.text((min(max(2, x - tw / 2), width - tw - 2), y0 + 13), text, fill=(0, 0, 0), font=fnt)
+            draw.text((min(max(2, x - tw / 2), width - tw - 2), y0 + 13), text, fill=black, font=fnt)
     return to_png(out)
 
 

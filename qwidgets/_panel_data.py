@@ -23,14 +23,19 @@ ATTR_KEYS = ("filters", "size", "stride", "padding", "groups", "batch_normalize"
 IN_USE = "in use (127 x scale)"
 
 
-def hist_image(series: Mapping[str, np.ndarray], title: str, thresholds: Mapping[str, float] | None,
-               log2: bool, log_y: bool, in_use: float | None = None) -> bytes:
+def hist_image(series: Mapping[str, Any], title: str, thresholds: Mapping[str, float] | None,
+               log2: bool, log_y: bool, in_use: float | None = None,
+               counts: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> bytes:
     """Overlaid histograms of the named tensors with threshold markers (default: max|x|, p99.9) and the
-    threshold the quantized model uses (`in_use`, drawn thicker)."""
-    counts = {k: histogram_counts(v, BINS, log2=log2) for k, v in series.items()}
+    threshold the quantized model uses (`in_use`, drawn thicker). A series is an array or a callable
+    returning it (then only called when needed); `counts`: their `histogram_counts` already computed."""
+    def array(v):
+        return v() if callable(v) else v
+    if counts is None:
+        counts = {k: histogram_counts(array(v), BINS, log2=log2) for k, v in series.items()}
     if thresholds is None:
         first = next(iter(series))
-        thresholds = default_markers(series[first], *counts[first], log2)
+        thresholds = default_markers(array(series[first]) if log2 else None, *counts[first], log2)
     marks = dict(thresholds)
     if in_use is not None:
         marks[IN_USE] = in_use

@@ -12,18 +12,23 @@ histograms overlay the run on FLOAT:
 - weights: the BN-folded FLOAT weights (what the int8 weights approximate) vs w_q * w_scale.
 
 Weight data changes only with an edit or another quantized model, so it is cached (`invalidate()`
-after an edit): a Step to a big conv does not recompute a 4.7 M-value histogram twice.
+after an edit): a Step to a big conv does not recompute a 4.7 M-value histogram twice. Tensor results
+(histogram counts, statistics rows, montages, the FLOAT / run / error maps) are remembered per tensor
+identity (`qwidgets._memo`): after a Step the new layer's input is the output the panel showed one Step
+before, and a click on a visited layer recomputes nothing but the PNG frames.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from engine.graph import INPUT
 from qwidgets._encode import channels_note, feature_montage, framed_png, heatmap_png, weights_png
-from engine.session.stats import error_row, tensor_row, threshold_in_use
-from qwidgets._panel_data import hist_image, join_inputs, layer_info, layer_panel_data
+from engine.quant.qtensor import QTensor
+from engine.session.stats import error_row, histogram_counts, qtensor_histogram_counts, tensor_row, threshold_in_use
+from qwidgets._memo import IdentityMemo
+from qwidgets._panel_data import BINS, hist_image, join_inputs, layer_info, layer_panel_data
 
 Panel = tuple[dict[str, Any], dict[str, bytes], list[dict[str, Any]]]
 
@@ -68,10 +73,31 @@ class SessionPanelData:
         self._qmodel = session.qmodel
         self._thresholds: dict[str, dict] = {}
         self._weights: dict[tuple, tuple[dict, list]] = {}
+        self.memo = IdentityMemo()
 
     def invalidate(self) -> None:
         """After an edit: the weights (float or int8) changed."""
         self._weights.clear()
+        self.memo.clear()
+
+    def _run_token(self, producer: str) -> Any:
+        """The object that stands for a tensor of this mode's run: the int8 QTensor (its float view is a
+        fresh array per call), else the float output itself; the network input is `s.x`."""
+        s = self._s
+        if producer == INPUT:
+            return s.x
+        q = s.output_q(int(producer))
+        return q if q is not None else s.output(int(producer))
+
+    def _counts(self, tokens: Sequence[Any], array, log2: bool) -> tuple:
+        if not log2 and len(tokens) == 1 and isinstance(tokens[0], QTensor):
+            # an int8 output: count its 256 codes, not the float copy (same counts, engine.session.stats)
+            return self.memo.get(tokens, ("hist", BINS, log2), lambda: qtensor_histogram_counts(tokens[0], BINS))
+        return self.memo.get(tokens, ("hist", BINS, log2), lambda: histogram_counts(array(), BINS, log2=log2))
+
+    def _row(self, name: str, tokens: Sequence[Any], array) -> dict:
+        row = self.memo.get(tokens, "row", lambda: tensor_row("", array()))
+        return {**row, "tensor": name}
 
     def _check_qmodel(self) -> None:
         if self._s.qmodel is not self._qmodel:      # another quantized model: other weights and statistics
@@ -117,53 +143,66 @@ class SessionPanelData:
 
     def _input(self, i: int, producers: list[str], ref, use_int: bool, images, rows, log2, log_y) -> None:
         s = self._s
-        x = join_inputs([s.x if p == INPUT else ref[int(p)] for p in producers])
-        series = {"FLOAT": x}
+        srcs = [s.x if p == INPUT else ref[int(p)] for p in producers]
+        x_of = _once(lambda: join_inputs(srcs))
+        series_tokens = {"FLOAT": srcs}
+        arrays: dict[str, Callable[[], np.ndarray]] = {"FLOAT": x_of}
         # the run's input differs from FLOAT only behind a quantized producer; the network input is the
         # same tensor in every mode (a layer quantizes it itself)
         if use_int and producers != [INPUT] and all(p == INPUT or int(p) <= s.position for p in producers):
-            x_run = join_inputs(s.inputs(i))
-            series[run_label(s)] = x_run
-            rows.append(tensor_row(f"input {run_label(s)}", x_run))
+            run_tokens = [self._run_token(p) for p in producers]
+            x_run = _once(lambda: join_inputs(s.inputs(i)))
+            series_tokens[run_label(s)], arrays[run_label(s)] = run_tokens, x_run
+            rows.append(self._row(f"input {run_label(s)}", run_tokens, x_run))
         marks = self.thresholds(producers[0]) if len(producers) == 1 else None
-        images["input"] = framed_png(feature_montage(x, labels=True, as_image=True),
-                                     f"layer {i} input, {channels_note(x.shape[0], min(64, x.shape[0]))}", "channel")
+        c = srcs[0].shape[0] if len(srcs) == 1 else sum(a.shape[0] for a in srcs)
+        title = f"layer {i} input, {channels_note(c, min(64, c))}"
+        images["input"] = self.memo.get(srcs, ("png", title), lambda: framed_png(self.memo.get(
+            srcs, "montage", lambda: feature_montage(x_of(), labels=True, as_image=True)), title, "channel"))
         used = threshold_in_use(s.qmodel, producers[0]) if use_int and len(producers) == 1 else None
-        images["hist_input"] = hist_image(series, f"layer {i} input", marks, log2, log_y, used)
-        rows.insert(0, tensor_row("input", x))
+        images["hist_input"] = self._hist_png(series_tokens, arrays, f"layer {i} input", marks, log2, log_y, used)
+        rows.insert(0, self._row("input", srcs, x_of))
 
     def _output(self, i: int, ref, cross, with_run: bool, images, rows, log2, log_y) -> None:
-        y, y_int, stats = ref[i], None, None
+        y, stats = ref[i], None
+        y_of = _once(lambda: y)
         ref_label, run = "output FLOAT reference", run_label(self._s)
+        ref_tokens, run_tokens, y_int_of = [y], None, None
         if cross is not None and cross.index == i:
             # after CROSS the pair is this run's input through both precisions, not the FLOAT network
             y, y_int = cross.float_and_int
+            y_int = np.asarray(y_int, np.float32)
+            y_of, y_int_of = _once(lambda: y), _once(lambda: y_int)
+            ref_tokens, run_tokens = [y], [y_int]
             ref_label, run = "output CROSS FLOAT (same inputs)", "CROSS INT8"
         elif with_run:
-            y_int = self._s.output(i)
+            run_tokens = [self._run_token(str(i))]
+            y_int_of = _once(lambda: np.asarray(self._s.output(i), np.float32))
             # the very ErrorStats the graph overlay colours by: one SQNR per layer in every view
             stats = self._s.fitness(i, local=False)["propagated"]
-        images["output"] = framed_png(feature_montage(y, labels=True, as_image=True),
-                                      f"layer {i} output (FLOAT), {channels_note(y.shape[0], min(64, y.shape[0]))}",
-                                      "channel")
-        rows.append(tensor_row(ref_label, y))
-        series = {"FLOAT": y}
-        if y_int is not None:
-            y_int = np.asarray(y_int, np.float32)
-            series[run] = y_int
-            shown = channels_note(y.shape[0], min(16, y.shape[0]))
-            grid = {"max_channels": 16, "cols": 4, "normalize": "global", "as_image": True}
-            images["float"] = framed_png(feature_montage(y, **grid), f"FLOAT, {shown}", "grey",
-                                         float(y[:16].min()), float(y[:16].max()))
-            images["int"] = framed_png(feature_montage(y_int, **grid), f"{run}, {shown}", "grey",
-                                       float(y_int[:16].min()), float(y_int[:16].max()))
-            vmax = float(np.abs(y_int[:16] - y[:16]).max())
-            images["heatmap"] = framed_png(heatmap_png(y_int - y, max_channels=16, cols=4, vmax=vmax, as_image=True),
-                                           f"{run} - FLOAT, {shown}", "diverging", -vmax, vmax)
-            rows.append(tensor_row(f"output {run}", y_int))
-            rows.append(error_row(f"{run} - FLOAT", y, y_int, stats))
+        title = f"layer {i} output (FLOAT), {channels_note(y.shape[0], min(64, y.shape[0]))}"
+        images["output"] = self.memo.get(ref_tokens, ("png", title), lambda: framed_png(self.memo.get(
+            ref_tokens, "montage", lambda: feature_montage(y, labels=True, as_image=True)), title, "channel"))
+        rows.append(self._row(ref_label, ref_tokens, y_of))
+        series, series_tokens = {"FLOAT": y_of}, {"FLOAT": ref_tokens}
+        if y_int_of is not None:
+            series[run], series_tokens[run] = y_int_of, run_tokens
+            pair = [*ref_tokens, *run_tokens]
+            images.update(self.memo.get(pair, ("maps", run), lambda: _maps(y, y_int_of(), run)))
+            rows.append(self._row(f"output {run}", run_tokens, y_int_of))
+            rows.append(self.memo.get(pair, ("error", run), lambda: error_row(f"{run} - FLOAT", y, y_int_of(), stats)))
         used = threshold_in_use(self._s.qmodel, str(i)) if self._s.mode != "float" else None
-        images["hist_output"] = hist_image(series, f"layer {i} output", self.thresholds(str(i)), log2, log_y, used)
+        images["hist_output"] = self._hist_png(series_tokens, series, f"layer {i} output", self.thresholds(str(i)),
+                                               log2, log_y, used)
+
+    def _hist_png(self, tokens: dict[str, Sequence[Any]], arrays: dict, title: str, marks, log2: bool, log_y: bool,
+                  used: float | None) -> bytes:
+        """The histogram picture, remembered for these very tensors and markers."""
+        everything = [t for ts in tokens.values() for t in ts]
+        key = ("hist png", tuple(tokens), tuple(len(t) for t in tokens.values()), title,
+               tuple(sorted((marks or {}).items())), log2, log_y, used)
+        return self.memo.get(everything, key, lambda: hist_image(
+            arrays, title, marks, log2, log_y, used, {k: self._counts(t, arrays[k], log2) for k, t in tokens.items()}))
 
     def _weights_part(self, i: int, info: dict, use_int: bool, log2: bool, log_y: bool) -> tuple[dict, list]:
         self._check_qmodel()
@@ -191,3 +230,27 @@ class SessionPanelData:
         rows.append(tensor_row("weights INT8 (w_q*scale, BN folded)", w_int))
         rows.append(error_row("weights INT8 - folded FLOAT", w_fused, w_int))
         return images, rows
+
+
+def _once(f: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+    """f, called at most once (a tensor built only when a memo misses, then shared)."""
+    box: list = []
+
+    def get() -> np.ndarray:
+        if not box:
+            box.append(f())
+        return box[0]
+    return get
+
+
+def _maps(y: np.ndarray, y_int: np.ndarray, run: str) -> dict[str, bytes]:
+    """FLOAT, run and run - FLOAT maps of the first 16 channels, one grey scale each, with colour bars."""
+    shown = channels_note(y.shape[0], min(16, y.shape[0]))
+    grid = {"max_channels": 16, "cols": 4, "normalize": "global", "as_image": True}
+    vmax = float(np.abs(y_int[:16] - y[:16]).max())
+    return {"float": framed_png(feature_montage(y, **grid), f"FLOAT, {shown}", "grey",
+                                float(y[:16].min()), float(y[:16].max())),
+            "int": framed_png(feature_montage(y_int, **grid), f"{run}, {shown}", "grey",
+                              float(y_int[:16].min()), float(y_int[:16].max())),
+            "heatmap": framed_png(heatmap_png(y_int - y, max_channels=16, cols=4, vmax=vmax, as_image=True),
+                                  f"{run} - FLOAT, {shown}", "diverging", -vmax, vmax)}

@@ -45,7 +45,7 @@ def holding(session: Any) -> Iterator[None]:
                 follower.flush(from_code=False)
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
+def running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
@@ -71,7 +71,7 @@ class SessionFollower:
         self._pending.add(event)
         if self._session in _held:
             return                      # the handler driving the session flushes when it returns
-        loop = _running_loop()
+        loop = running_loop()
         if loop is None:
             self.flush(from_code=True)
         elif not self._scheduled:

@@ -3,10 +3,11 @@
 "Compare with device" runs `engine.quant.device.sim_vs_device` on the session's model, quantized model,
 input and FLOAT layers in a `LongTask` (one unit: the engine runs every layer; Cancel drops the result).
 The table shows the engine's columns: FLOAT vs our INT (the layer alone: `local_*`; the whole run up to
-it: `propagated_*`, cosine similarity and max |difference|) and our INT vs the runtime (mismatched
-elements, largest difference in output steps, the runtime's cosine vs FLOAT), or the engine's note when
-the device columns were not measured (a profile without a runtime, onnxruntime missing, layers kept
-FLOAT). Two graph overlays come from the same rows: `device_mismatched` and `propagated_cos`.
+it: `propagated_*`, SQNR in dB, cosine similarity and max |difference|) and our INT vs the runtime
+(mismatched elements, largest difference in output steps, the runtime's SQNR vs FLOAT), or the engine's
+note when the device columns were not measured (a profile without a runtime, onnxruntime missing, layers
+kept FLOAT). Graph overlays come from the same rows: `device_mismatched`, `propagated_sqnr` (dB, the
+scale of the graph's `sqnr` colouring) and `propagated_cos`.
 """
 from __future__ import annotations
 
@@ -20,27 +21,30 @@ from qwidgets._errors import Message, shows_errors
 from qwidgets._long_task import LongTask
 from qwidgets.layer_panel import TABLE_CSS
 
-OVERLAYS = ("device_mismatched", "propagated_cos")      # graph colourings (graph_view.OVERLAY_META)
+OVERLAYS = ("device_mismatched", "propagated_sqnr", "propagated_cos")   # graph colourings (graph_view.OVERLAY_META)
+COLS = ("layer", "kind", "precision", "local_sqnr", "local_cos", "local_max", "propagated_sqnr", "propagated_cos",
+        "propagated_max", "device_mismatched", "device_steps", "device_sqnr")
 
 
-def _cell(v) -> str:
+def _cell(v, column: str = "") -> str:
     if v is None:
         return "-"
+    if column.endswith("_sqnr"):
+        return f"{v:.1f} dB"
     return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
 
 
 def device_html(table: DeviceTable) -> str:
     """Every layer's row of the engine's table; the header says whether the runtime was measured."""
-    cols = ("layer", "kind", "precision", "local_cos", "local_max", "propagated_cos", "propagated_max",
-            "device_mismatched", "device_steps", "device_cos")
-    rows = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in table.rows)
+    rows = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c), c)}</td>" for c in COLS) + "</tr>" for r in table.rows)
     device = (f"runtime <b>{html.escape(table.runtime)}</b>" if table.runtime else
               f"<b>device columns not measured:</b> {html.escape(table.note, quote=False)}")
     return (f"{TABLE_CSS}<div>profile <b>{html.escape(table.profile)}</b>; {device}</div>"
             "<div style='max-height:320px;overflow-y:auto'><table class='qw-table qw-device'><tr><th>layer</th>"
-            "<th>kind</th><th>precision</th><th>FLOAT vs INT, layer alone: cosine</th><th>max |diff|</th>"
-            "<th>FLOAT vs INT, propagated: cosine</th><th>max |diff|</th><th>INT vs runtime: mismatched "
-            "elements</th><th>max diff (output steps)</th><th>runtime vs FLOAT: cosine</th></tr>"
+            "<th>kind</th><th>precision</th><th>FLOAT vs INT, layer alone: SQNR (dB, higher is better)</th>"
+            "<th>cosine</th><th>max |diff|</th><th>FLOAT vs INT, propagated: SQNR (dB)</th><th>cosine</th>"
+            "<th>max |diff|</th><th>INT vs runtime: mismatched elements</th><th>max diff (output steps)</th>"
+            "<th>runtime vs FLOAT: SQNR (dB)</th></tr>"
             f"{rows}</table></div>")
 
 

@@ -33,7 +33,7 @@ from qwidgets._confirm import dropped_text
 from qwidgets._errors import Message, shows_errors
 from qwidgets._open_model import opened_text
 from qwidgets._session_panel import SessionPanelData
-from qwidgets._sync import SessionFollower
+from qwidgets._sync import SessionFollower, running_loop
 from qwidgets.controls import ExplorerControls, stale_note
 from qwidgets.detections_view import DetectionsView
 from qwidgets.device_view import OVERLAYS as DEVICE_OVERLAYS, DeviceView
@@ -71,6 +71,7 @@ class Explorer(widgets.VBox):
         self._fitness: dict[int, Any] = {}
         self._dets_key: tuple | None = None
         self._panel_data = SessionPanelData(session)
+        self._panel_stale = False            # a layer was selected while the Layer tab was hidden
         self.controls = ExplorerControls(session, workspace=workspace)
         self.graph = GraphView(session.model.graph, height=graph_height, width_px=graph_width,
                                layout=widgets.Layout(width=f"{graph_width}px"))
@@ -109,6 +110,7 @@ class Explorer(widgets.VBox):
         self.graph.observe(self._on_overlay_change, names=["overlay"])
         self.graph.on_node_click(self._on_node_click)
         self.tabs.observe(self._on_tab_change, names="selected_index")
+        self.weight_editor.active = self.tabs.selected_index == TABS.index("Weights")
         self.panel.observe(self._on_hist_options_change, names=["hist_log2", "hist_log_y"])
         self.weight_editor.observe(self._on_editor_layer_change, names="layer")
         self.quant_view.observe(self._on_adopted_change, names="adopted")
@@ -120,9 +122,32 @@ class Explorer(widgets.VBox):
         # Rerun (and Continue, which re-executes stale outputs first) change kept outputs without a
         # session event: the same update, batched with the handler's own events
         self.weight_editor.observe(lambda _c: self._follower.note("rerun"), names="revision")
+        self._closed, self._background = False, background
         self.refresh()
         self.status = (f"{session.model.graph.name}: {session.num_layers} layers, mode {session.mode}; "
                        "Step runs the next layer")
+        if background:
+            self._warm_thresholds()
+
+    def _warm_thresholds(self) -> None:
+        """Every calibration method's threshold per tensor is a property of the quantized model (tens of ms
+        per tensor): computed once, one tensor per turn of the kernel's event loop while the user looks at
+        the graph, so that a Step or a click finds them cached (a miss computes it in place). Not in a
+        thread: engine code shares its kernel thread pool, and a click waits at most one tensor."""
+        loop = running_loop()
+        if loop is None:                      # a script or a test: computed when first shown
+            return
+        data, ids = self._panel_data, [INPUT] + [str(i) for i in range(self.session.num_layers)]
+
+        def warm(k: int) -> None:
+            if self._closed or data is not self._panel_data or k >= len(ids):
+                return
+            try:
+                data.thresholds(ids[k])
+            except Exception:                 # noqa: BLE001 - the panel computes (and reports) it in place
+                return
+            loop.call_later(0.01, warm, k + 1)
+        loop.call_later(1.0, warm, 0)         # after the browser has drawn the Explorer
 
     def connect_workspace(self, view) -> None:
         """Use a `WorkspaceView`'s workspace here: its quantized models and image sets in the pickers, its
@@ -137,6 +162,7 @@ class Explorer(widgets.VBox):
 
     def close(self) -> None:
         """Stop following the session, then close the widgets."""
+        self._closed = True
         self._follower.close()
         super().close()
 
@@ -168,6 +194,8 @@ class Explorer(widgets.VBox):
             self._fitness, self._dets_key = {}, None
         if "edit" in events:
             self._panel_data.invalidate()
+        elif events & {"reset", "rerun"}:
+            self._panel_data.memo.clear()        # those tensors are gone: free their results now
         self._fitness = {k: v for k, v in self._fitness.items() if k <= s.position}
         with self.controls.hold_sync():
             if events & {"reset", "edit", "step"}:
@@ -188,6 +216,8 @@ class Explorer(widgets.VBox):
         self.ids = [INPUT] + [n.id for n in s.model.graph.nodes]
         self._fitness, self._dets_key = {}, None
         self._panel_data = SessionPanelData(s)       # weights / thresholds cached per layer index
+        if self._background:
+            self._warm_thresholds()
         self.controls.model_changed()
         self.weight_editor.model_changed()
         self.quant_view.model_changed()
@@ -213,8 +243,11 @@ class Explorer(widgets.VBox):
 
     @shows_errors
     def _on_tab_change(self, change) -> None:
+        self.weight_editor.active = change.new == TABS.index("Weights")
         if change.new == TABS.index("Detections"):
             self.update_detections()
+        elif change.new == TABS.index("Layer") and self._panel_stale:
+            self.show_node(self.graph.selected_node)
 
     def _on_ranking_change(self, _change) -> None:
         table = self.quant_view.table
@@ -291,6 +324,11 @@ class Explorer(widgets.VBox):
         if not node_id:
             self.panel.clear()
             return
+        if self.tabs.selected_index != TABS.index("Layer"):
+            # encode only what is visible: the panel is drawn when its tab is shown (`_on_tab_change`)
+            self._panel_stale = True
+            return
+        self._panel_stale = False
         data, images, rows = self._panel_data.data(node_id, cross=self.controls.cross_result,
                                                    log2=self.panel.hist_log2, log_y=self.panel.hist_log_y)
         self.panel.show(data, images, rows)

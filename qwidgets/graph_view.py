@@ -63,6 +63,8 @@ OVERLAY_META = {
     "device_mismatched": OverlayMeta("elements where the device runtime differs from our INT (lower is better)",
                                      "{:.0f}", "high", hint="click Compare with device in the Device tab",
                                      ends=("bit-exact", "most mismatched")),
+    "propagated_sqnr": OverlayMeta("SQNR of the INT run vs FLOAT at this layer, propagated, dB (higher is better)",
+                                   "{:.1f} dB", "low", hint="click Compare with device in the Device tab"),
     "propagated_cos": OverlayMeta("cosine of the INT run vs FLOAT at this layer, propagated (1 = same)", "{:.4f}",
                                   "low", hint="click Compare with device in the Device tab"),
     "sensitivity_rank": OverlayMeta("sensitivity rank (1 = quantizing this layer alone hurts most)", "#{:.0f}",
@@ -202,6 +204,15 @@ class GraphView(widgets.VBox):
         self._build(graph)
         self.cyto.set_style(graph_style())
         self.cyto.on("node", "click", self._on_cyto_node_click)
+        # ipycytoscape's own tooltip opens on click and stays until the next click, over the neighbours:
+        # off (no data key is named ""); the hovered node's text goes to a fixed-height line above the
+        # canvas instead, written on mouseover and cleared on mouseout (it never covers a node)
+        self.cyto.tooltip_source = ""
+        self.cyto.on("node", "mouseover", self._on_cyto_hover)
+        self.cyto.on("node", "mouseout", self._on_cyto_unhover)
+        self.hover = widgets.HTML("", layout=widgets.Layout(height="20px", overflow="hidden", width="100%"))
+        self.hover.add_class("qw-hover")
+        self.hovered_node = ""
         self.cyto.add_class("qw-graph-canvas")
         self._overlay = widgets.Dropdown(description="Colour", layout=widgets.Layout(width="230px"))
         self._find = widgets.Text(placeholder="layer #", description="Find", continuous_update=False,
@@ -214,7 +225,7 @@ class GraphView(widgets.VBox):
         self.worst_list.add_class("qw-worst")
         self._worst_title = widgets.HTML()
         super().__init__(children=[widgets.HBox([self._overlay, self._find, self._fit]), self._legend,
-                                   self._worst_title, self.worst_list, self.cyto], **kwargs)
+                                   self._worst_title, self.worst_list, self.hover, self.cyto], **kwargs)
         self.add_class("qw-graph-view")
         self._overlay.options = list(self.overlay_options)
         traitlets.link((self, "overlay"), (self._overlay, "value"))
@@ -308,6 +319,24 @@ class GraphView(widgets.VBox):
         for cb in list(self._click_callbacks):
             cb(node_id)
 
+    def tooltip(self, node_id: str) -> str:
+        """The hover text of a node: shape, params, MACs, and the coloured metric when it has a value."""
+        label = self._labels.get(node_id, "")
+        extra = f"; {self.overlay}: {label.split(chr(10))[-1]}" if "\n" in label else ""
+        return self._base_tips[node_id] + extra
+
+    def _on_cyto_hover(self, event: dict) -> None:
+        node_id = str(event.get("data", {}).get("id", ""))
+        if node_id in self.nodes:
+            self.hovered_node = node_id
+            self.hover.value = f"<small style='white-space:nowrap'>{html.escape(self.tooltip(node_id))}</small>"
+
+    def _on_cyto_unhover(self, event: dict) -> None:
+        node_id = str(event.get("data", {}).get("id", ""))
+        if node_id == self.hovered_node or node_id not in self.nodes:
+            self.hovered_node = ""
+            self.hover.value = ""
+
     @traitlets.observe("overlay_options")
     def _on_overlay_options_change(self, change) -> None:
         keep = self.overlay if self.overlay in change.new else (change.new[0] if change.new else "")
@@ -353,8 +382,9 @@ class GraphView(widgets.VBox):
             label = self.node_label(i)
             if self._labels.get(i) != label:
                 self._labels[i] = label
-                tip = self._base_tips[i] + (f"; {self.overlay}: {label.split(chr(10))[-1]}" if "\n" in label else "")
-                node.data = {**node.data, "label": label, "tooltip": tip}
+                node.data = {**node.data, "label": label, "tooltip": self.tooltip(i)}
+                if i == self.hovered_node:
+                    self.hover.value = f"<small style='white-space:nowrap'>{html.escape(self.tooltip(i))}</small>"
         self._legend.value = self._legend_html()
         self._update_worst()
 

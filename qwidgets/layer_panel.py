@@ -116,14 +116,15 @@ class LayerPanel(widgets.VBox):
         nid = str(info.get("id", self.node_id))
         with self.hold_sync():
             kind = info.get("kind", "")
-            self._title.value = ("<b>network input</b>" if kind == "input"
-                                 else f"<b>layer {html.escape(nid)}</b> {html.escape(str(kind))}")
             self._info.value = info_html(info)
             self._stats.value = stats_html(stats_rows)
             for key, img in self.images.items():
                 data = images.get(key, b"")
                 img.value = data
                 self._boxes[key].layout.display = "flex" if data else "none"
+            # the title goes last: it never names a layer while the pictures still show the previous one
+            self._title.value = ("<b>network input</b>" if kind == "input"
+                                 else f"<b>layer {html.escape(nid)}</b> {html.escape(str(kind))}")
             self.node_id = nid
 
     def clear(self) -> None:

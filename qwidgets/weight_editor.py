@@ -44,12 +44,15 @@ class WeightEditor(widgets.VBox):
     last_diff = traitlets.Dict(help="after vs before of the last rerun: sqnr_db, max_abs, changed, layer")
     edits = traitlets.List(traitlets.Unicode(), help="summaries of the applied edits (session journal)")
     revision = traitlets.Int(0, help="bumped after every edit / undo / redo / rerun")
+    active = traitlets.Bool(True, help="shown: False defers filling the grid until it is shown (the Explorer's "
+                                       "Weights tab)")
     workspace = traitlets.Any(None, allow_none=True, help="a connected engine Workspace: Save stores entries")
     status = Message("", help="last message shown to the user (repeats notify too)")
     error_details = Message("", help="traceback of the last unexpected error (collapsed section)")
 
     def __init__(self, session, workspace=None, **kwargs) -> None:
         self._session = session
+        self._pending_show: tuple | None = None
         self._w: np.ndarray | None = None
         self._title = widgets.HTML("<b>weights</b>: select a convolutional layer")
         self._filter = widgets.IntSlider(description="filter", min=0, max=0, continuous_update=False)
@@ -113,7 +116,19 @@ class WeightEditor(widgets.VBox):
 
     @property
     def cells(self) -> list[widgets.Widget]:
+        self._flush_show()
         return self.grid.cells
+
+    @traitlets.observe("active")
+    def _on_active_change(self, change) -> None:
+        if change.new:
+            self._flush_show()
+
+    def _flush_show(self) -> None:
+        """Fill the grid with the kernel whose display waited for the tab to be shown."""
+        if self._pending_show is not None:
+            args, self._pending_show = self._pending_show, None
+            self._show(*args, now=True)
 
     # ------------------------------------------------------------------ display
     def _default_target(self) -> str:
@@ -187,7 +202,15 @@ class WeightEditor(widgets.VBox):
         if self._w is not None:
             self._show(self.kernel_key(), self.kernel(), self.target)
 
-    def _show(self, key: tuple | None, k: np.ndarray, target: str) -> None:
+    def _show(self, key: tuple | None, k: np.ndarray, target: str, now: bool = False) -> None:
+        if not (self.active or now or self.grid.typed()):
+            # hidden tab: the grid (a widget message per cell, new cells per kernel shape) is filled when
+            # the tab is shown or the cells are read (`cells`), with the kernel selected by then; typed
+            # values are kept at once (the grid stashes them when another kernel is shown)
+            self._pending_show = (key, k, target)
+            self.show_notes()                 # one line, and it names stale outputs: kept current
+            return
+        self._pending_show = None
         news = self.grid.show(key, k, target)
         if news:
             self.status = news
@@ -229,6 +252,7 @@ class WeightEditor(widgets.VBox):
 
     def grid_values(self) -> np.ndarray:
         """The grid as typed by the user, in the kernel's shape."""
+        self._flush_show()
         return self.grid.values()
 
     # ------------------------------------------------------------------ edits

@@ -2,7 +2,7 @@
 
     from engine.quant.device import sim_vs_device
     table = sim_vs_device(model, qmodel, x)          # x: (C, H, W) float32 network input
-    table.rows[12]["propagated_cos"], table.rows[12]["device_mismatched"]
+    table.rows[12]["propagated_sqnr"], table.rows[12]["device_mismatched"]
     print(table.to_text())
 
 Per Darknet layer:
@@ -12,8 +12,10 @@ Per Darknet layer:
 * `device_*` (when the profile has a runtime and it is installed, i.e. `onnxruntime` / `avx2_u8s8` with
   onnxruntime): the runtime's output of this layer (the onnx-int8 export with every layer exposed) vs our
   INT: mismatched elements and the largest difference in output steps (0 and 0 when bit-exact), and
-  the runtime's own error against FLOAT (`device_cos`).
-`*_cos` is the cosine similarity (1 = same direction), `*_max` the largest absolute difference.
+  the runtime's own error against FLOAT (`device_sqnr`, `device_cos`).
+`*_sqnr` is the SQNR against FLOAT in dB (10 log10 of signal over error energy; higher is better, inf when
+equal; the number the graph's sqnr colouring and the layer panel use), `*_cos` the cosine similarity
+(1 = same direction), `*_max` the largest absolute difference.
 """
 from __future__ import annotations
 
@@ -22,8 +24,14 @@ from typing import Any
 
 import numpy as np
 
-COLUMNS = ("layer", "kind", "precision", "local_cos", "local_max", "propagated_cos", "propagated_max",
-           "device_cos", "device_mismatched", "device_steps")
+COLUMNS = ("layer", "kind", "precision", "local_sqnr", "local_cos", "local_max", "propagated_sqnr", "propagated_cos",
+           "propagated_max", "device_sqnr", "device_cos", "device_mismatched", "device_steps")
+
+
+def sqnr_db(ref: np.ndarray, y: np.ndarray) -> float:
+    """SQNR of `y` against `ref` in dB: `engine.quant.fitness.error_stats`, the one definition every view uses."""
+    from engine.quant.fitness import error_stats
+    return float(error_stats(np.asarray(ref, np.float32), np.asarray(y, np.float32)).sqnr_db)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -42,7 +50,7 @@ class DeviceTable:
     note: str = ""
 
     def worst(self, column: str = "local_cos", n: int = 5) -> list[dict[str, Any]]:
-        """The n layers with the lowest value of a cosine column (the first suspects)."""
+        """The n layers with the lowest value of a cosine or SQNR column (the first suspects)."""
         rows = [r for r in self.rows if r.get(column) is not None]
         return sorted(rows, key=lambda r: r[column])[:n]
 
@@ -102,13 +110,15 @@ def sim_vs_device(model, qmodel, x: np.ndarray, device: bool = True, float_layer
         else:
             ins = [xv if j < 0 else Value(f=float_outs[j]) for j in layer.inputs]
             local = ex.run_layer(i, ins)[0].float()
-        row["local_cos"], row["local_max"] = cosine(local, ref), float(np.abs(local - ref).max())
-        row["propagated_cos"], row["propagated_max"] = cosine(sim, ref), float(np.abs(sim - ref).max())
+        row["local_sqnr"], row["local_cos"] = sqnr_db(ref, local), cosine(local, ref)
+        row["local_max"] = float(np.abs(local - ref).max())
+        row["propagated_sqnr"], row["propagated_cos"] = sqnr_db(ref, sim), cosine(sim, ref)
+        row["propagated_max"] = float(np.abs(sim - ref).max())
         y = dev.get(f"layer{i}") if dev is not None else None
         if y is not None:
             step = values[i].q.scale if values[i].q is not None else None
             diff = np.abs(y.astype(np.float64) - sim)
-            row["device_cos"] = cosine(y, ref)
+            row["device_sqnr"], row["device_cos"] = sqnr_db(ref, y), cosine(y, ref)
             row["device_mismatched"] = int(np.count_nonzero(y != sim))
             row["device_steps"] = float(diff.max() / step) if step else float(diff.max())
         table.rows.append(row)

@@ -125,6 +125,8 @@ def test_explorer_graph_panel_step_and_cross(chromium, page, lab, artifacts):
     wait_for_graph(page, "3")
     page.wait_for_function("() => document.querySelector('.qw-explorer .qw-status').innerText"
                            ".startsWith('session moved from code: at layer 3')", timeout=30_000)
+    # the panel is drawn when its tab is shown (the Detections tab was in front)
+    view.locator(".lm-TabBar-tab", has_text="Layer").click()
     page.wait_for_function("() => document.querySelector('.qw-explorer .qw-layer-panel').innerText"
                            ".includes('layer 3')", timeout=30_000)
     page.locator(".qw-explorer").screenshot(path=str(artifacts / "05_code_driven.png"))

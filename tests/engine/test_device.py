@@ -28,11 +28,17 @@ def test_onnxruntime_profile_device_columns_are_exact_and_errors_are_real(tiny, 
         i = r["layer"]
         assert r["propagated_cos"] == pytest.approx(cosine(int_outs[i], float_outs[i]), abs=1e-12)
         assert r["propagated_max"] == pytest.approx(float(np.abs(int_outs[i] - float_outs[i]).max()))
+        # SQNR in dB, naive float64 sums (signal energy over error energy)
+        ref64, err64 = float_outs[i].astype(np.float64), int_outs[i].astype(np.float64) - float_outs[i]
+        assert r["propagated_sqnr"] == pytest.approx(10 * np.log10((ref64 ** 2).sum() / (err64 ** 2).sum()), abs=1e-6)
+        if r["precision"] == "int8":     # bit-exact runtime: its SQNR vs FLOAT is ours
+            assert r["device_sqnr"] == pytest.approx(r["propagated_sqnr"], abs=1e-9)
     # quantization error is there, and local error (one layer alone) is below the accumulated one deep down
     assert 0.98 < table.rows[22]["propagated_cos"] < 0.99999
     assert table.rows[12]["local_cos"] > table.rows[12]["propagated_cos"]
+    assert table.rows[12]["local_sqnr"] > table.rows[12]["propagated_sqnr"] > 10
     assert table.worst("local_cos", 1)[0]["layer"] == min(ints, key=lambda r: r["local_cos"])["layer"]
-    assert "device_mismatched" in table.to_text()
+    assert "device_mismatched" in table.to_text() and "propagated_sqnr" in table.to_text()
 
 
 def test_device_column_catches_a_simulator_that_ignores_int16_saturation(tiny, tiny_stats, monkeypatch):

@@ -23,10 +23,14 @@ def test_onnxruntime_profile_table_and_overlays_are_the_engine_rows(tiny, tiny_s
     rows = view.table.value.split("<tr>")[2:]
     assert len(rows) == len(tiny.layers)
     r = ref.rows[12]
-    assert rows[12].startswith(f"<td>12</td><td>{r['kind']}</td><td>{r['precision']}</td><td>{r['local_cos']:.4f}</td>"
-                               f"<td>{r['local_max']:.4f}</td><td>{r['propagated_cos']:.4f}</td>"
-                               f"<td>{r['propagated_max']:.4f}</td><td>{r['device_mismatched']}</td>")
+    assert rows[12] == (f"<td>12</td><td>{r['kind']}</td><td>{r['precision']}</td><td>{r['local_sqnr']:.1f} dB</td>"
+                        f"<td>{r['local_cos']:.4f}</td><td>{r['local_max']:.4f}</td>"
+                        f"<td>{r['propagated_sqnr']:.1f} dB</td><td>{r['propagated_cos']:.4f}</td>"
+                        f"<td>{r['propagated_max']:.4f}</td><td>{r['device_mismatched']}</td><td>0.0000</td>"
+                        f"<td>{r['device_sqnr']:.1f} dB</td></tr>")
+    assert "propagated: SQNR (dB)" in view.table.value and 10 < r["propagated_sqnr"] < 60
     assert view.overlays["propagated_cos"] == {str(r["layer"]): r["propagated_cos"] for r in ref.rows}
+    assert view.overlays["propagated_sqnr"] == {str(r["layer"]): r["propagated_sqnr"] for r in ref.rows}
     assert view.overlays["device_mismatched"]["12"] == 0 == r["device_mismatched"]
 
 
@@ -52,12 +56,15 @@ def test_explorer_has_the_tabs_and_colours_the_graph_by_device_rows(tiny, tiny_s
     assert ex.tabs.children[TABS.index("Mixed precision")] is ex.mixed_view
     assert ex.tabs.children[TABS.index("Device")] is ex.device_view
     assert "device profile:</b> onnxruntime" in ex.quant_view.header.value
-    assert {"device_mismatched", "propagated_cos"} <= set(ex.graph.overlay_options)
+    assert {"device_mismatched", "propagated_sqnr", "propagated_cos"} <= set(ex.graph.overlay_options)
     ex.device_view.run_button.click()
     assert "bit-exact" in ex.status
     ref = sim_vs_device(tiny, qm, s.x)
     ex.graph.overlay = "propagated_cos"
     assert ex.graph.overlay_values == {str(r["layer"]): r["propagated_cos"] for r in ref.rows}
+    ex.graph.overlay = "propagated_sqnr"
+    assert ex.graph.overlay_values == {str(r["layer"]): r["propagated_sqnr"] for r in ref.rows}
+    assert ex.graph.node_label("12").endswith(f"{ref.rows[12]['propagated_sqnr']:.1f} dB")
     ex.graph.overlay = "device_mismatched"
     assert ex.graph.overlay_values == {str(r["layer"]): r["device_mismatched"] for r in ref.rows
                                        if r.get("device_mismatched") is not None}

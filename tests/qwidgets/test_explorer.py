@@ -31,6 +31,8 @@ def explorer(ex):
     """The shared Explorer, reset, INT mode, no follow, no edits."""
     ex.follow = False
     ex.graph.overlay = "type"
+    ex.tabs.selected_index = 0                   # the Layer tab: the panel is drawn only while it is shown
+    ex.graph.selected_node = ""                  # no pick left by a test: the selection follows the session
     if ex.session.mode != "int":
         ex.controls.mode = "int"
     ex.controls.reset_button.click()
@@ -90,6 +92,34 @@ def test_apply_edits_int8_weights_reruns_and_undo_restores(explorer):
     assert ex.status.startswith("undo: layer 4 int8 w_q")
     we.redo_button.click()
     assert s.weights(4, "int8")["w_q"][0, 0][1, 1] == new[1, 1] and len(s.edits()) == 1
+
+
+def test_the_panel_is_drawn_only_while_its_tab_is_shown(explorer):
+    ex, s = explorer, explorer.session
+    ex.controls.step_button.click()
+    assert ex.panel.node_id == "0"
+    ex.tabs.selected_index = 1                                      # Weights: the panel is hidden
+    hist = ex.panel.images["hist_output"].value
+    ex.controls.step_button.click()
+    ex.controls.step_button.click()
+    assert s.position == 2 and ex.weight_editor.layer == 2          # the visible tab follows
+    assert ex.panel.node_id == "0" and ex.panel.images["hist_output"].value == hist     # nothing encoded
+    assert "layer 2" in ex.weight_editor._title.value and len(ex.weight_editor.grid.cells) == 9    # shown
+    ex.tabs.selected_index = 0
+    assert ex.panel.node_id == "2" and "layer 2" in ex.panel._title.value
+    # drawn now, from the same engine numbers as a panel drawn at once
+    from qwidgets._session_panel import SessionPanelData
+    _, images, rows = SessionPanelData(s).data("2")
+    assert ex.panel.images["hist_output"].value == images["hist_output"]
+    assert ex.panel._stats.value.count("<tr>") >= len(rows)
+    # and the other way round: the hidden Weights tab's grid waits, and is filled when the tab is shown
+    ex.graph.selected_node = "4"
+    shown = [c.value for c in ex.weight_editor.grid.cells]
+    assert ex.weight_editor.layer == 4 and ex.weight_editor._pending_show is not None
+    ex.tabs.selected_index = 1
+    k = s.weights(4, "int8")["w_q"][0, 0].reshape(-1)
+    assert [c.value for c in ex.weight_editor.grid.cells] == k.tolist() != shown
+    ex.tabs.selected_index = 0
 
 
 def test_run_draws_detections_and_reset_goes_back_to_the_input(explorer):

@@ -219,6 +219,7 @@ def test_weight_editor_names_the_tap_old_and_new_and_highlights_it(tiny, tiny_q)
     s = engine.Session(tiny, tiny_q, "int")
     ex = Explorer(s)
     we = ex.weight_editor
+    ex.tabs.selected_index = 1                   # the Weights tab: its grid is filled while it is shown
     ex.graph.selected_node = "2"
     assert we.target == "int8" and "weight scale of filter 0" in we._real.value
     q = s.weights(2, "int8")

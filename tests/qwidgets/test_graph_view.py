@@ -133,3 +133,22 @@ def test_legend_without_values_says_how_to_get_them(view):
     view.overlay_values = {}
     assert "sensitivity sweep" in view._legend.value
     view.overlay = "type"
+
+
+def test_hover_line_follows_the_mouse_and_no_click_tooltip_lingers(view):
+    # the frontend sends {"event", "widget", "data": node json} for the registered node events
+    def send(event: str, node: str) -> None:
+        view.cyto._handle_interaction(view.cyto, {"widget": "node", "event": event, "data": {"data": {"id": node}}}, [])
+    # ipycytoscape opens its tooltip on click from the data key named by tooltip_source and never hides it
+    # on mouseout: no node has a data key "" (the default source "tooltip" showed it)
+    assert view.cyto.tooltip_source == "" and all("" not in n.data for n in view.cyto.graph.nodes)
+    view.overlay = "sqnr"
+    view.overlay_values = {"4": 21.25}
+    send("mouseover", "4")
+    assert view.hovered_node == "4" and "4 [convolutional] out" in view.hover.value
+    assert "sqnr: 21.2 dB" in view.hover.value
+    send("mouseover", "5")
+    send("mouseout", "4")                    # the late mouseout of the previous node keeps the new one
+    assert view.hovered_node == "5" and "5 [maxpool]" in view.hover.value
+    send("mouseout", "5")
+    assert view.hovered_node == "" and view.hover.value == ""

@@ -1,0 +1,55 @@
+"""IdentityMemo and the layer panel's remembered results: reused only for the very same tensors, never
+after the session replaced them (an edit), and the reuse changes no byte of what is shown."""
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+
+import engine
+from engine.imaging.samples import sample
+from qwidgets._memo import IdentityMemo
+from qwidgets._session_panel import SessionPanelData
+
+
+def test_identity_memo_reuses_only_the_same_live_object():
+    memo, calls = IdentityMemo(size=2), []
+
+    def f(a):
+        calls.append(1)
+        return float(a.sum())
+    a = np.arange(4.0)
+    assert memo.get([a], "sum", lambda: f(a)) == 6.0 and memo.get([a], "sum", lambda: f(a)) == 6.0
+    assert len(calls) == 1 and memo.hits == 1
+    b = a.copy()                                  # equal values, another tensor: computed again
+    assert memo.get([b], "sum", lambda: f(b)) == 6.0 and len(calls) == 2
+    assert memo.get([a], "other", lambda: 1) == 1 and len(calls) == 2        # `extra` is part of the key
+    old_id = id(a)
+    del a
+    gc.collect()
+    c = np.zeros(4)                               # may reuse the freed id: the weak reference tells them apart
+    assert memo.get([c], "sum", lambda: f(c)) == 0.0
+    assert len(memo._d) <= 2 and (id(c) != old_id or len(calls) == 3)
+
+
+def test_panel_revisit_reuses_results_and_an_edit_recomputes(tiny, tiny_q):
+    s = engine.Session(tiny, tiny_q, mode="int", image=sample("dog"))
+    s.run_to(4)
+    panel = SessionPanelData(s)
+    first = panel.data("3")
+    misses = panel.memo.misses
+    again = panel.data("3")
+    assert panel.memo.misses == misses and panel.memo.hits > 0          # nothing recomputed
+    assert again[1] == first[1] and again[2] == first[2]
+    # a fresh panel (no memo) draws the very same bytes
+    assert SessionPanelData(s).data("3")[1] == first[1]
+    # Step: layer 4's input is layer 3's output, already counted and drawn
+    panel.data("4")
+    # an edit re-executes layers 2..4: new tensors, so nothing remembered matches (no invalidate() needed
+    # for layer 3, which has no weights of its own)
+    w = s.weights(2, "int8")["w_q"][0]
+    s.edit_weights(2, (0, 0), np.clip(w[0] + 40, -127, 127), target="int8")
+    s.rerun()
+    after = panel.data("3")
+    assert after[1]["hist_output"] != first[1]["hist_output"]
+    assert after[2] != first[2]
