@@ -25,6 +25,7 @@ import traitlets
 
 from engine.imaging.augment import augment
 from engine.calib import CALIBRATORS
+from engine.quant.profiles import PROFILES
 from engine.imaging.samples import sample_images
 from qwidgets._confirm import Refused, SwitchGuard, dropped_text
 from qwidgets._encode import bar_chart_png
@@ -81,6 +82,10 @@ class QuantizationView(widgets.VBox):
         self.method_boxes = {m: widgets.Checkbox(value=m in methods, description=m, indent=False,
                                                  layout=widgets.Layout(width="110px")) for m in names}
         self._per_channel = widgets.Checkbox(value=True, description="per-channel weights", indent=False)
+        # the integer rules the compared models follow: qwidgets_asym (uint8 zero points) is the best INT on
+        # our validation variants, onnxruntime what ORT runs (docs/quantization.md, docs/profiles.md)
+        self.profile_choice = widgets.Dropdown(options=PROFILES.names(), value="qwidgets", description="Profile",
+                                               layout=widgets.Layout(width="230px"))
         self._images = widgets.Dropdown(description="Images", layout=widgets.Layout(width="360px"))
         self._path = widgets.Text(placeholder="/path/to/calibration/images", layout=widgets.Layout(width="260px"))
         self.compare_button = widgets.Button(description="Compare", icon="bar-chart", button_style="primary")
@@ -103,7 +108,8 @@ class QuantizationView(widgets.VBox):
         self.header = widgets.HTML()
         super().__init__(children=[self.header,
             widgets.HBox(list(self.method_boxes.values()), layout=widgets.Layout(flex_flow="row wrap")),
-            widgets.HBox([self._per_channel, self._images, self._path]),
+            widgets.HBox([self._per_channel, self.profile_choice, self._images, self._path],
+                         layout=widgets.Layout(flex_flow="row wrap")),
             widgets.HBox([self.compare_button, self.progress, self.cancel_button, self.adopt_button,
                           self.sensitivity_button], layout=widgets.Layout(flex_flow="row wrap")),
             self._status, self._table, self.chart, self.sensitivity_table, self.sensitivity_chart,
@@ -194,7 +200,7 @@ class QuantizationView(widgets.VBox):
 
         def work():
             return self._session.compare_methods(images, methods, per_channel=self._per_channel.value, key=key,
-                                                 on_progress=on_progress)
+                                                 on_progress=on_progress, profile=self.profile_choice.value)
 
         def done(table) -> None:
             self.show_table(table)

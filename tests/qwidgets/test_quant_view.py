@@ -155,3 +155,26 @@ def test_compare_table_shows_coco_map_map50_lost_and_the_profile(tiny):
     qv.adopt_button.click()
     assert qv.profile == s.qmodel.profile == r.qmodel.profile
     assert f"device profile:</b> {s.qmodel.profile}" in qv.header.value and "profile " in qv.status
+
+
+def test_compare_follows_the_chosen_device_profile(tiny):
+    """The Profile dropdown decides the integer rules of the compared models: with qwidgets_asym the
+    adopted model has uint8 zero points, and its INT detections are those of a model quantized directly
+    with that profile."""
+    from engine.calib.collect import collect
+    from engine.quant.qmodel import quantize_model
+    s = engine.Session(tiny, image=sample("horses"))
+    qv = QuantizationView(s, images=[sample("dog")], methods=("minmax",))
+    assert "qwidgets_asym" in qv.profile_choice.options and qv.profile_choice.value == "qwidgets"
+    qv.profile_choice.value = "qwidgets_asym"
+    qv.compare_button.click()
+    assert qv.table.best.qmodel.profile == "qwidgets_asym", qv.status
+    assert qv.table.best.qmodel.zero_points and any(z != 0 for z in qv.table.best.qmodel.zero_points.values())
+    qv.adopt_button.click()
+    assert s.qmodel.profile == "qwidgets_asym"
+    direct = quantize_model(tiny, collect(tiny, [sample("dog")], progress=False), "minmax", per_channel=True,
+                            profile="qwidgets_asym")
+    s.run()
+    other = engine.Session(tiny, direct, "int", image=sample("horses"))
+    other.run()
+    assert len(other.detections()) >= 3 and s.detections() == other.detections()
