@@ -137,14 +137,9 @@ class OrtProfile(Profile):
             ranges.append((int(u.min()), int(u.max())))
             np.multiply(u.astype(np.float32), scale[ch], out=f[ch, r0:r1])
 
-        if layer.groups == 1:
-            # ConvInteger hands MLAS the weights as its A operand (sign flipped to uint8): the u8 x u8 kernel,
-            # exact int32 even with int8 weights on AVX2 (no vpmaddubsw pairs; checked against ORT)
-            OrtProfile.accumulate(self, layer, x, lq, None, epilogue)
-        else:
-            xc = x.q.astype(np.int16) - np.int16(x.zero_point)
-            acc = conv_int(xc, lq.w_f, np.zeros(n, np.int32), layer.size, layer.stride, layer.padding, layer.groups)
-            epilogue(0, 0, f.shape[1], acc.astype(np.float64), slice(0, n))
+        # ConvInteger hands MLAS the weights as its A operand (sign flipped to uint8): the u8 x u8 kernel,
+        # exact int32 even with int8 weights on AVX2 (no vpmaddubsw pairs; checked against ORT)
+        self.accumulate_any(layer, x, lq, epilogue, lambda *a: OrtProfile.accumulate(self, *a))
         rec["acc_min"], rec["acc_max"] = min(r[0] for r in ranges), max(r[1] for r in ranges)
         rec["saturated"], rec["total"] = 0, f.size
         rec["output"] = "int32 dequantized for the head"
@@ -205,6 +200,17 @@ class OrtProfile(Profile):
         xc = x.q.astype(np.int16) - np.int16(x.zero_point)       # padding with zp is padding with 0 here
         conv_int_bands(xc, lq.w_f, layer.size, layer.stride, layer.padding, epilogue, row_abs_max(lq.w_q))
 
+    def accumulate_any(self, layer, x: QTensor, lq, epilogue, accumulate=None) -> None:
+        """`accumulate` (default: this profile's) for an ungrouped conv; a grouped conv is one exact naive
+        int32 pass over every channel, handed to `epilogue(0, 0, H, acc, all channels)` whole."""
+        if layer.groups == 1:
+            (accumulate or self.accumulate)(layer, x, lq, None, epilogue)
+            return
+        n = lq.w_q.shape[0]
+        xc = x.q.astype(np.int16) - np.int16(x.zero_point)
+        acc = conv_int(xc, lq.w_f, np.zeros(n, np.int32), layer.size, layer.stride, layer.padding, layer.groups)
+        epilogue(0, 0, acc.shape[1], acc.astype(np.float64), slice(0, n))
+
     def _conv(self, layer, x, lq, qmodel, rec):
         i = str(layer.index)
         b_q = _bias_for(lq, x.scale)
@@ -239,12 +245,7 @@ class OrtProfile(Profile):
             _, sat = asym.requantize_output(u, scales[ch], yz, out=y[ch, r0:r1])
             stats[-1] = stats[-1][:2] + (sat,)
 
-        if layer.groups == 1:
-            self.accumulate(layer, x, lq, b_q, epilogue)
-        else:
-            xc = x.q.astype(np.int16) - np.int16(x.zero_point)
-            acc = conv_int(xc, lq.w_f, b_q, layer.size, layer.stride, layer.padding, layer.groups)
-            epilogue(0, 0, shape[1], acc.astype(np.float64) - b3, slice(0, n))
+        self.accumulate_any(layer, x, lq, epilogue)
         rec["acc_min"], rec["acc_max"] = min(t[0] for t in stats), max(t[1] for t in stats)
         rec["saturated"] = rec.get("saturated", 0) + sum(t[2] for t in stats)
         rec["total"] = rec.get("total", 0) + int(np.prod(shape))
@@ -272,12 +273,7 @@ class OrtProfile(Profile):
         def epilogue(part, r0, r1, acc, ch):
             f[ch, r0:r1] = (acc + b3[ch]).astype(np.float32) * acc_scale[ch]
 
-        if layer.groups == 1:
-            self.accumulate(layer, xq, lq, None, epilogue)
-        else:
-            xc = xq.q.astype(np.int16) - np.int16(xq.zero_point)
-            acc = conv_int(xc, lq.w_f, np.zeros(n, np.int32), layer.size, layer.stride, layer.padding, layer.groups)
-            epilogue(0, 0, f.shape[1], acc.astype(np.float64), slice(0, n))
+        self.accumulate_any(layer, xq, lq, epilogue)
         rec["saturated"], rec["total"] = 0, f.size
         return activate(f, layer.activation)
 

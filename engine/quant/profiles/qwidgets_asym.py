@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.layers.activations import activate
 from engine.layers.route import route_slices
-from engine.quant.intops import band_buffer, conv_int
+from engine.quant.intops import band_buffer
 from engine.quant.profiles.onnxruntime import OrtProfile, _bias_for, _wscale, tensor_grid
 from engine.quant.qtensor import QTensor, multiplier_value, quantize_multiplier
 
@@ -123,7 +123,6 @@ class QwidgetsAsymProfile(OrtProfile):
 
     def _sums(self, layer, x: QTensor, lq, b_q, epilogue) -> None:
         """epilogue(part, r0, r1, u, ch) with u the exact float64 `sum w * (x - zp) + b`."""
-        n = lq.w_q.shape[0]
         b3 = b_q.astype(np.float64).reshape(-1, 1, 1)
 
         def with_bias(part, r0, r1, acc, ch):
@@ -132,12 +131,7 @@ class QwidgetsAsymProfile(OrtProfile):
             u += b3[ch]
             epilogue(part, r0, r1, u, ch)
 
-        if layer.groups == 1:
-            self.accumulate(layer, x, lq, None, with_bias)
-        else:
-            xc = x.q.astype(np.int16) - np.int16(x.zero_point)
-            acc = conv_int(xc, lq.w_f, np.zeros(n, np.int32), layer.size, layer.stride, layer.padding, layer.groups)
-            with_bias(0, 0, acc.shape[1], acc.astype(np.float64), slice(0, n))
+        self.accumulate_any(layer, x, lq, with_bias)
 
     def _conv(self, layer, x, lq, qmodel, rec):
         s, z = tensor_grid(qmodel, str(layer.index))
