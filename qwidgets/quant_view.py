@@ -25,7 +25,7 @@ import traitlets
 
 from engine.imaging.augment import augment
 from engine.calib import CALIBRATORS
-from engine.quant.profiles import PROFILES
+from engine.quant.profiles import DEFAULT as DEFAULT_PROFILE, PROFILES
 from engine.imaging.samples import sample_images
 from qwidgets._confirm import Refused, SwitchGuard, dropped_text
 from qwidgets._encode import bar_chart_png
@@ -84,7 +84,7 @@ class QuantizationView(widgets.VBox):
         self._per_channel = widgets.Checkbox(value=True, description="per-channel weights", indent=False)
         # the integer rules the compared models follow: qwidgets_asym (uint8 zero points) is the best INT on
         # our validation variants, onnxruntime what ORT runs (docs/quantization.md, docs/profiles.md)
-        self.profile_choice = widgets.Dropdown(options=PROFILES.names(), value="qwidgets", description="Profile",
+        self.profile_choice = widgets.Dropdown(options=PROFILES.names(), value=DEFAULT_PROFILE, description="Profile",
                                                layout=widgets.Layout(width="230px"))
         self._images = widgets.Dropdown(description="Images", layout=widgets.Layout(width="360px"))
         self._path = widgets.Text(placeholder="/path/to/calibration/images", layout=widgets.Layout(width="260px"))
