@@ -72,23 +72,37 @@ def cached_weights(w2d: np.ndarray) -> np.ndarray:
 
 # The tiles are transformed channels-last: on small maps (7x7 tiles) a (C, th, tw) layout would
 # make NumPy run thousands of 7-element inner loops; (th, tw, C) gives C-long contiguous ones.
-def input_tiles(x: np.ndarray, p: int, th: int, tw: int, scratch: Scratch) -> np.ndarray:
-    """V = B^T d B for every 4x4 input tile (stride 2): (16, th*tw, C) float32 in scratch."""
+def padded_channels_last(x: np.ndarray, p: int, hp: int, wp: int, scratch: Scratch) -> np.ndarray:
+    """The (hp, wp, C) channels-last buffer the input tiles are read from, in scratch, its padding
+    zeroed; `copy_tile_rows` fills the inside, tile rows by tile rows."""
     c, h, w = x.shape
-    hp, wp = 2 * th + 2, 2 * tw + 2
     xp = scratch.get("wino_pad", (hp, wp, c))
-    r = scratch.get("wino_rows", (4, th, wp, c))
-    v = scratch.get("wino_v", (4, 4, th, tw, c))
     xp[:p] = 0
     xp[p + h:] = 0
     xp[p:p + h, :p] = 0
     xp[p:p + h, p + w:] = 0
+    return xp
+
+
+def copy_tile_rows(xp: np.ndarray, x: np.ndarray, p: int, m: int, lo: int, hi: int) -> None:
+    """Copy into `xp` the rows of x (C, h, w) that tile rows lo..hi read (tiles m apart, 3x3 kernel).
+    Rows shared at a part boundary get the same values from both threads."""
+    h, w = x.shape[1:]
+    a0, a1 = max(m * lo, p), min(m * hi + 2, p + h)
+    if a1 > a0:
+        xp[a0:a1, p:p + w] = x[:, a0 - p:a1 - p].transpose(1, 2, 0)
+
+
+def input_tiles(x: np.ndarray, p: int, th: int, tw: int, scratch: Scratch) -> np.ndarray:
+    """V = B^T d B for every 4x4 input tile (stride 2): (16, th*tw, C) float32 in scratch."""
+    c, h, w = x.shape
+    hp, wp = 2 * th + 2, 2 * tw + 2
+    xp = padded_channels_last(x, p, hp, wp, scratch)
+    r = scratch.get("wino_rows", (4, th, wp, c))
+    v = scratch.get("wino_v", (4, 4, th, tw, c))
 
     def run(lo: int, hi: int) -> None:  # over tile rows
-        a0, a1 = max(2 * lo, p), min(2 * hi + 2, p + h)  # padded rows these tiles read (shared rows
-        # at a part boundary get the same values from both threads)
-        if a1 > a0:
-            xp[a0:a1, p:p + w] = x[:, a0 - p:a1 - p].transpose(1, 2, 0)
+        copy_tile_rows(xp, x, p, 2, lo, hi)
         d = [xp[a + 2 * lo:a + 2 * hi:2] for a in range(4)]  # tile row a of every tile: (rows, wp, C)
         rs = r[:, lo:hi]
         np.subtract(d[0], d[2], out=rs[0])

@@ -25,6 +25,7 @@ import numpy as np
 from engine.kernels.gemm import bias_act
 from engine.kernels.scratch import Scratch
 from engine.kernels.threads import parallel_for, parallel_items
+from engine.kernels.winograd import copy_tile_rows, padded_channels_last
 
 F = np.float32
 _BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -91,19 +92,12 @@ def input_tiles(x: np.ndarray, p: int, th: int, tw: int, scratch: Scratch) -> np
     """V = B^T d B for every 6x6 input tile (stride 4): (36, th*tw, C) float32 in scratch, index 6*b + a."""
     c, h, w = x.shape
     hp, wp = 4 * th + 2, 4 * tw + 2
-    xp = scratch.get("wino_pad", (hp, wp, c))
+    xp = padded_channels_last(x, p, hp, wp, scratch)
     r = scratch.get("wino_rows", (6, th, wp, c))
     v = scratch.get("wino_v", (6, 6, th, tw, c))
-    xp[:p] = 0
-    xp[p + h:] = 0
-    xp[p:p + h, :p] = 0
-    xp[p:p + h, p + w:] = 0
 
     def run(lo: int, hi: int) -> None:  # over tile rows
-        a0, a1 = max(4 * lo, p), min(4 * hi + 2, p + h)   # padded rows these tiles read (rows shared
-        # at a part boundary get the same values from both threads)
-        if a1 > a0:
-            xp[a0:a1, p:p + w] = x[:, a0 - p:a1 - p].transpose(1, 2, 0)
+        copy_tile_rows(xp, x, p, 4, lo, hi)
         rows = hi - lo
         d = [xp[a + 4 * lo:a + 4 * hi:4] for a in range(6)]          # tile row a: (rows, wp, C)
         tmp = np.empty((2, rows, wp, c), F)
