@@ -124,3 +124,37 @@ def test_tiny_and_far_boxes_near_threshold_one():
     c = Candidates(boxes, probs.max(1), probs)
     for nms in (0.5, 0.99, 0.999999, 1.0):
         assert np.array_equal(nms_sort(c, nms), naive_nms_sort(c, nms)), nms
+
+
+@pytest.mark.parametrize("classes", [1, 63, 64, 65, 130])
+def test_nms_across_64_bit_word_boundaries_with_equal_scores(classes):
+    """Classes are packed 64 per word: 1, 63-65 and 130 classes, scores tied across boxes and classes."""
+    rng = np.random.default_rng(classes)
+    c = yolo_like(rng, 8, [(0.15, 0.15), (0.3, 0.25)], classes, levels=3)
+    c.probs[:, classes // 2] = 0.5                        # one class where every box ties
+    for nms in (0.2, 0.45):
+        ref = naive_nms_sort(c, nms)
+        assert np.array_equal(nms_sort(c, nms), ref)
+        assert np.count_nonzero(ref[:, classes // 2]) < c.probs.shape[0]   # the tied class was thinned
+
+
+def test_nms_long_chain_needs_many_rounds():
+    """Boxes in a row, each overlapping the next, scores falling along the row: greedy keeps every
+    other box, and each round of the fixed point settles only the front of the chain."""
+    n = 200
+    boxes = np.column_stack([np.arange(n) * 0.3, np.zeros(n), np.ones(n), np.ones(n)])  # IoU 0.54 with the next
+    probs = np.linspace(0.9, 0.3, n)[:, None].repeat(2, 1)
+    probs[:, 1] = probs[::-1, 1]                          # class 1: the chain runs the other way
+    c = Candidates(boxes, probs.max(1), probs)
+    got = nms_sort(c, 0.45)
+    assert np.array_equal(got, naive_nms_sort(c, 0.45))
+    assert np.array_equal(got[:, 0] > 0, np.arange(n) % 2 == 0)
+
+
+def test_detections_order_equals_a_stable_sort_with_ties():
+    from engine.darknet.detect import score_order
+    rng = np.random.default_rng(5)
+    for levels in (1, 3, 50, 0):
+        s = rng.random(20000) if not levels else np.round(rng.random(20000) * levels) / levels + 0.3
+        assert np.array_equal(score_order(s), np.argsort(-s, kind="stable"))
+    assert score_order(np.zeros(0)).size == 0
