@@ -19,6 +19,7 @@ from qwidgets._encode import bar_chart_png
 from qwidgets._errors import Message, shows_errors
 from qwidgets._long_task import LongTask
 from qwidgets._png_image import PngImage
+from qwidgets.backend_choice import BackendChoice
 from qwidgets.layer_panel import TABLE_CSS
 
 SAMPLES = "bundled samples"
@@ -48,13 +49,15 @@ class WorstImagesView(widgets.VBox):
         self._set = widgets.Dropdown(options=(["given images"] if images is not None else []) + [SAMPLES, PATH],
                                      description="Images", layout=widgets.Layout(width="300px"))
         self._path = widgets.Text(placeholder="/path/to/images", layout=widgets.Layout(width="260px"))
+        self.backend = BackendChoice()
         self.rank_button = widgets.Button(description="Rank images", icon="sort-amount-asc", button_style="primary")
         self.task = LongTask(background=background)
         self.table = widgets.HTML("<small>Ranks every image of the set by how well the session's quantized run "
                                   "agrees with FLOAT (worst first); pick one below to open it.</small>")
         self.chart = PngImage()
         self.pick = widgets.Select(rows=6, layout=widgets.Layout(width="420px", display="none"))
-        super().__init__(children=[widgets.HBox([self._set, self._path]), widgets.HBox([self.rank_button, self.task]),
+        super().__init__(children=[widgets.HBox([self._set, self._path]),
+                                   widgets.HBox([self.backend, self.rank_button, self.task]),
                                    self.table, self.pick, self.chart], **kwargs)
         self.add_class("qw-images-view")
         self.rank_button.on_click(self._on_rank_click)
@@ -77,7 +80,8 @@ class WorstImagesView(widgets.VBox):
             raise ValueError("ranking compares the INT or HYBRID run with FLOAT: pick mode INT or HYBRID first")
         items = self._images()
         args = (s.model, s.qmodel, str(s.mode))
-        opts = {"float_layers": sorted(s.float_layers), "resize": s.resize, "thresh": s.thresh, "nms": s.nms}
+        opts = {"float_layers": sorted(s.float_layers), "resize": s.resize, "thresh": s.thresh, "nms": s.nms,
+                "backend": self.backend.value}
         self.rank_button.disabled = True
         self._items = items
         self.task.start(lambda tick: rank_images(*args, items, on_progress=tick, **opts), self._done,

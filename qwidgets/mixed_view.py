@@ -21,6 +21,7 @@ from qwidgets._encode import bar_chart_png
 from qwidgets._errors import Message, shows_errors
 from qwidgets._long_task import LongTask
 from qwidgets._png_image import PngImage
+from qwidgets.backend_choice import BackendChoice
 from qwidgets.layer_panel import TABLE_CSS
 from qwidgets.quant_view import GIVEN, SAMPLES, SAMPLES_AUGMENTED, augmented_samples
 
@@ -58,6 +59,7 @@ class MixedPrecisionView(widgets.VBox):
         options = ([GIVEN] if self._given is not None else []) + [SAMPLES, SAMPLES_AUGMENTED]
         self.images = widgets.Dropdown(options=options, value=options[0], description="Images",
                                        layout=widgets.Layout(width="330px"))
+        self.backend = BackendChoice()
         self.search_button = widgets.Button(description="Search", icon="sliders", button_style="primary",
                                             layout=widgets.Layout(width="120px"))
         self.task = LongTask(background=background)
@@ -67,7 +69,7 @@ class MixedPrecisionView(widgets.VBox):
                                   "quantized run agrees with FLOAT to the target (COCO mAP@[.5:.95]).</small>")
         self.chart = PngImage()
         super().__init__(children=[widgets.HBox([self.target, self.max_layers, self.images]),
-                                   widgets.HBox([self.search_button, self.task, self.keep_button]),
+                                   widgets.HBox([self.backend, self.search_button, self.task, self.keep_button]),
                                    self.table, self.chart], **kwargs)
         self.add_class("qw-mixed-view")
         self.search_button.on_click(self._on_search_click)
@@ -85,7 +87,8 @@ class MixedPrecisionView(widgets.VBox):
             raise ValueError("no quantized model: Compare and Adopt one in the Quantization tab first")
         mode = s.mode if s.mode in ("int", "hybrid") else "int"
         args = (s.model, s.qmodel, self._images())
-        opts = {"target": float(self.target.value), "mode": mode, "max_layers": self.max_layers.value or None}
+        opts = {"target": float(self.target.value), "mode": mode, "max_layers": self.max_layers.value or None,
+                "backend": self.backend.value}
         total = 1 + sum(l.kind in WEIGHT_KINDS for l in s.model.layers)
         self.search_button.disabled = self.keep_button.disabled = True
 

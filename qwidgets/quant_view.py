@@ -28,6 +28,7 @@ from engine.calib import CALIBRATORS
 from engine.quant.profiles import DEFAULT as DEFAULT_PROFILE, PROFILES
 from engine.imaging.samples import sample_images
 from qwidgets._confirm import Refused, SwitchGuard, dropped_text
+from qwidgets.backend_choice import BackendChoice
 from qwidgets._encode import bar_chart_png
 from qwidgets._errors import ErrorDetails, Message, report, shows_errors
 from qwidgets._long_task import Cancelled, finish_on, main_loop
@@ -88,6 +89,7 @@ class QuantizationView(widgets.VBox):
                                                layout=widgets.Layout(width="230px"))
         self._images = widgets.Dropdown(description="Images", layout=widgets.Layout(width="360px"))
         self._path = widgets.Text(placeholder="/path/to/calibration/images", layout=widgets.Layout(width="260px"))
+        self.backend = BackendChoice()   # where Compare's FLOAT / INT / HYBRID runs execute
         self.compare_button = widgets.Button(description="Compare", icon="bar-chart", button_style="primary")
         self.adopt_button = widgets.Button(description="Adopt best", icon="check", disabled=True,
                                            layout=widgets.Layout(width="auto", min_width="200px"))
@@ -108,7 +110,7 @@ class QuantizationView(widgets.VBox):
         self.header = widgets.HTML()
         super().__init__(children=[self.header,
             widgets.HBox(list(self.method_boxes.values()), layout=widgets.Layout(flex_flow="row wrap")),
-            widgets.HBox([self._per_channel, self.profile_choice, self._images, self._path],
+            widgets.HBox([self._per_channel, self.profile_choice, self.backend, self._images, self._path],
                          layout=widgets.Layout(flex_flow="row wrap")),
             widgets.HBox([self.compare_button, self.progress, self.cancel_button, self.adopt_button,
                           self.sensitivity_button], layout=widgets.Layout(flex_flow="row wrap")),
@@ -200,7 +202,8 @@ class QuantizationView(widgets.VBox):
 
         def work():
             return self._session.compare_methods(images, methods, per_channel=self._per_channel.value, key=key,
-                                                 on_progress=on_progress, profile=self.profile_choice.value)
+                                                 on_progress=on_progress, profile=self.profile_choice.value,
+                                                 backend=self.backend.value)
 
         def done(table) -> None:
             self.show_table(table)
