@@ -3,7 +3,8 @@
 "Rank images" runs `engine.quant.worst_images.rank_images` (FLOAT vs the session's mode and quantized
 model, per image: mAP@0.5, mAP@[.5:.95], lost, shifted, extra) in a `LongTask` (progress, estimate,
 Cancel), then shows a table and a bar chart, worst first. Picking an image in the list opens it in the
-session (`Session.reset(image=...)`).
+session (`Session.reset(image=...)`). The Backend dropdown (`BackendChoice`) says where FLOAT and the
+quantized run execute (`backend=`: numpy, onnxruntime, auto); the engine's refusal shows as status.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 "Search" runs `engine.quant.mixed.search` (the session's model and quantized model, the chosen image set,
 the target mAP@[.5:.95], the session's INT or HYBRID mode) in a `LongTask`: the bar advances per step
 of the greedy search (the start plus one per layer kept FLOAT; the total is the number of weight layers,
-an upper bound), Cancel stops it between steps. The result is the trade-off curve as a table (layers
+an upper bound), Cancel stops it between steps. The Backend dropdown is passed as `search(backend=...)`. The result is the trade-off curve as a table (layers
 kept FLOAT -> mAP@[.5:.95], mAP@0.5, lost, extra: the engine's numbers) and a bar chart, and "Keep these
 FLOAT" sets the session's FLOAT layers to the result's (`Session.set_mode(mode, float_layers=...)`).
 """

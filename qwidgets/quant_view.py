@@ -5,7 +5,9 @@ pass over the chosen image set (cached by the session per image-set key and mode
 edit recalibrates), then one quantize + evaluate per method, ranked by the engine (INT mAP@0.5 vs
 FLOAT, then HYBRID, then mean SQNR). The bar advances per calibration image and per method (max =
 images + methods; cached statistics count as done). The image set is the given images, the bundled
-photos (with or without augmentations), a path, or an image set of a connected workspace.
+photos (with or without augmentations), a path, or an image set of a connected workspace. The Profile and
+Backend dropdowns go to `compare_methods(profile=, backend=)` (INT on ONNX Runtime needs profile onnxruntime;
+the engine says so in the status line otherwise).
 
 The view shows the ranked table, a per-layer SQNR chart (one line per method, PNG) and "Adopt best"
 (`set_quantized(best.qmodel)` + INT mode; a second click confirms dropping int8 / scale edits). A
