@@ -34,7 +34,8 @@ from engine.kernels.threads import parallel_for, parallel_items
 
 F = np.float32
 POINTS = {2: (0, 1, -1), 4: (0, 1, -1, 2, -2), 6: (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2))}
-BLOCK = 1 << 18          # floats of D per input-transform GEMM (1 MiB): fixed blocks, any thread count
+BLOCK = 1 << 18          # floats of D (or of M) per transform GEMM at most (1 MiB)
+SPLIT = 4                # a transform is cut into a multiple of this many equal GEMMs: balanced on 1, 2, 4 threads
 
 
 @lru_cache(maxsize=None)
@@ -117,6 +118,13 @@ def _padded(x: np.ndarray, p: int, hp: int, wp: int, scratch: Scratch) -> np.nda
     return xp
 
 
+def _block(count: int, size: int) -> int:
+    """Channels (or filters) per transform GEMM: a function of the layer's shape only (the same GEMMs
+    on any thread count), in a multiple of SPLIT equal blocks of at most BLOCK floats."""
+    blocks = -(-max(SPLIT, -(-count * size // BLOCK)) // SPLIT) * SPLIT
+    return max(1, -(-count // blocks))
+
+
 def input_transform(x: np.ndarray, p: int, m: int, scratch: Scratch) -> np.ndarray:
     """V (t^2, C, tiles) for every t x t input tile (m apart), in scratch."""
     c, h, w = x.shape
@@ -128,7 +136,7 @@ def input_transform(x: np.ndarray, p: int, m: int, scratch: Scratch) -> np.ndarr
     view = as_strided(xp, (t, t, c, th, tw), (s2, s1, s0, m * s1, m * s2), writeable=False)  # [x, y, c, ty, tx]
     kb, _ = kron(m)
     v = scratch.get("wino_v", (t * t, c, tiles))
-    cb = max(1, min(c, BLOCK // (t * t * tiles)))     # channels per GEMM: from the shape only
+    cb = _block(c, t * t * tiles)
 
     def block(part: int, i: int) -> None:  # a channel block: (t^2, cb*tiles) of V, row stride C*tiles
         c0, c1 = i * cb, min(c, (i + 1) * cb)
@@ -174,7 +182,7 @@ def output_transform(mm: np.ndarray, y: np.ndarray, m: int, th: int, tw: int, ac
     n = mm.shape[1]
     tiles = th * tw
     _, kat = kron(m)
-    nb = max(1, min(n, BLOCK // (t * t * tiles)))
+    nb = _block(n, t * t * tiles)
     chunk = {4: np.complex128, 2: np.float64}.get(m)
     m2 = mm.reshape(t * t, n * tiles)
     leaky, relu = act == "leaky", act == "relu"
