@@ -1,9 +1,10 @@
 """The conv chooser: which kernel runs a float convolution layer, and the call that runs it.
 
-3x3 stride-1 layers with many channels go through Winograd: F(4x4,3x3) with its transforms as GEMMs
-(`engine.kernels.winograd_gemm`, 36/144 of the multiplies) on mid-sized maps, F(2x2,3x3)
-(`engine.kernels.winograd`, 16/36) on the others; 1x1 stride-1 layers are one GEMM on the input; the rest im2col + GEMM in cache-sized bands
-(`engine.kernels.gemm`). A model decides once per layer, when it prepares its weights (`choice`),
+3x3 stride-1 layers with many channels go through Winograd with its transforms as GEMMs
+(`engine.kernels.winograd_gemm`): F(4x4,3x3) (36/144 of the multiplies) on mid-sized maps, F(2x2,3x3)
+(16/36) on the others (3-10% faster than `engine.kernels.winograd`'s NumPy-pass F(2x2), the
+alternative `bench_conv_kernels.py` measures); 1x1 stride-1 layers are one GEMM on the input; the
+rest im2col + GEMM in cache-sized bands (`engine.kernels.gemm`). A model decides once per layer, when it prepares its weights (`choice`),
 and keeps one kernel form of them.
 """
 from __future__ import annotations
@@ -57,13 +58,9 @@ def conv2d(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, k: int, s: int,
                 wino = derived(kind, (w2d,), lambda: prepare_winograd(kind, w2d, c, h, w, p))
         if wino is None:
             return conv_gemm(x, w2d, b, k, s, p, groups, scratch, act)
-        if wino.shape[0] == 36:       # F(4x4) weights are (36, n, C); F(2x2) ones have 16 planes
-            return winograd_gemm.conv3x3(x, wino, b, p, scratch, act)
-        return winograd.conv3x3(x, None, b, p, scratch, act, u=wino)
+        return winograd_gemm.conv3x3(x, wino, b, p, scratch, act)   # F(4x4): 36 planes, F(2x2): 16
 
 
 def prepare_winograd(kind: str, w2d: np.ndarray, c: int, h: int, w: int, p: int) -> np.ndarray:
     """The transformed weights conv2d runs for a layer `choice` gave a Winograd kind."""
-    if kind == "winograd-4x4":
-        return winograd_gemm.transform_weights(w2d, 4)
-    return winograd.prepare_weights(w2d, c, h, w, p)
+    return winograd_gemm.transform_weights(w2d, 4 if kind == "winograd-4x4" else 2)
