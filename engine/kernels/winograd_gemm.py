@@ -61,8 +61,7 @@ def matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             if l != j:
                 poly = [a - pl * b for a, b in zip([Fraction(0)] + poly, poly + [Fraction(0)])]
         bt.append(poly + [Fraction(0)] * (t - len(poly)))
-    to = lambda rows: np.array([[float(v) for v in r] for r in rows], np.float64)
-    return to(bt), to(g), to(at)
+    return tuple(np.array([[float(v) for v in r] for r in rows], np.float64) for rows in (bt, g, at))
 
 
 @lru_cache(maxsize=None)
