@@ -1,16 +1,17 @@
 """The conv chooser: which kernel runs a float convolution layer, and the call that runs it.
 
-3x3 stride-1 layers with many channels go through Winograd: F(4x4,3x3) (`engine.kernels.winograd4`,
-36/144 of the multiplies) on mid-sized maps, F(2x2,3x3) (`engine.kernels.winograd`, 16/36) on the
-others; 1x1 stride-1 layers are one GEMM on the input; the rest im2col + GEMM in cache-sized bands
-(`engine.kernels.gemm`). A model decides once per layer, when it prepares its weights (`choice`),
+3x3 stride-1 layers with many channels go through Winograd with its transforms as GEMMs
+(`engine.kernels.winograd_gemm`): F(4x4,3x3) (36/144 of the multiplies) on mid-sized maps, F(2x2,3x3)
+(16/36) on the others (3-10% faster than `engine.kernels.winograd`'s NumPy-pass F(2x2), the
+alternative `bench_conv_kernels.py` measures); 1x1 stride-1 layers are one GEMM on the input; the
+rest im2col + GEMM in cache-sized bands (`engine.kernels.gemm`). A model decides once per layer, when it prepares its weights (`choice`),
 and keeps one kernel form of them.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from engine.kernels import winograd, winograd4
+from engine.kernels import winograd, winograd_gemm
 from engine.kernels.gemm import FUSED_ACTS, conv_gemm
 from engine.kernels.scratch import Scratch, derived
 from engine.kernels.threads import own_threads
@@ -21,16 +22,18 @@ def choice(c: int, h: int, w: int, n: int, k: int, s: int, p: int, groups: int =
     'winograd', 'gemm-1x1' or 'im2col-kxk/s'.
 
     F(4x4) where it measured faster than both F(2x2) and im2col (CPU time of each kernel on the
-    layer's shape, 1 and 2 threads, yolov3-tiny and yolov3 at 416; docs/performance.md): maps of
-    40 to ~110 pixels a side, and 26-pixel maps with >= 384 input channels. On 13-pixel maps its
-    6x6 tiles waste half their outputs (F(2x2) wins); on 208-pixel maps with <= 32 channels the
-    transforms cost more than the multiplies saved (im2col wins).
+    layer's shape, 1 and 2 threads, yolov3-tiny and yolov3 at 416; `bench_conv_kernels.py`,
+    docs/performance.md): maps of 40 pixels a side and more from 32 input channels (with its GEMM
+    transforms it beats im2col from 32->64 @104 on), and 26-pixel maps with >= 384 input channels.
+    On 13-pixel maps its 6x6 tiles waste half their outputs (F(2x2) wins); with 16 input channels
+    the transforms cost more than the multiplies saved (im2col wins).
     """
-    if groups == 1 and winograd.suitable(c, h, w, n, k, s, p):
+    if groups == 1 and k == 3 and s == 1 and p <= 2 and winograd.ENABLED:
         side = min(h, w) + 2 * p - 2
-        if p <= 2 and (40 <= side and h * w <= 110 * 110 or side >= 24 and c >= 384):
+        if c >= 32 and n >= 64 and (side >= 40 or side >= 24 and c >= 384):
             return "winograd-4x4"
-        return "winograd"
+        if winograd.suitable(c, h, w, n, k, s, p):
+            return "winograd"
     return "gemm-1x1" if k == 1 and s == 1 and p == 0 else f"im2col-{k}x{k}/{s}"
 
 
@@ -55,13 +58,9 @@ def conv2d(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, k: int, s: int,
                 wino = derived(kind, (w2d,), lambda: prepare_winograd(kind, w2d, c, h, w, p))
         if wino is None:
             return conv_gemm(x, w2d, b, k, s, p, groups, scratch, act)
-        if wino.shape[0] == 36:       # F(4x4) weights are (36, n, C); F(2x2) ones have 16 planes
-            return winograd4.conv3x3(x, wino, b, p, scratch, act)
-        return winograd.conv3x3(x, None, b, p, scratch, act, u=wino)
+        return winograd_gemm.conv3x3(x, wino, b, p, scratch, act)   # F(4x4): 36 planes, F(2x2): 16
 
 
 def prepare_winograd(kind: str, w2d: np.ndarray, c: int, h: int, w: int, p: int) -> np.ndarray:
     """The transformed weights conv2d runs for a layer `choice` gave a Winograd kind."""
-    if kind == "winograd-4x4":
-        return winograd4.transform_weights(w2d)
-    return winograd.prepare_weights(w2d, c, h, w, p)
+    return winograd_gemm.transform_weights(w2d, 4 if kind == "winograd-4x4" else 2)

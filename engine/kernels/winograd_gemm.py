@@ -1,0 +1,207 @@
+"""Winograd F(m x m, 3x3) for 3x3 stride-1 layers with every stage a BLAS GEMM (m = 2, 4 or 6).
+
+Each m x m output tile comes from a t x t input tile d (t = m + 2, tiles m apart):
+Y = A^T [ (G g G^T) . (B^T d B) ] A, with Toom-Cook points 0, +-1, +-2 (m = 4: Lavin's matrices),
+and +-1/2 for m = 6 (the set OpenCV and NNPACK use). A 2-D transform is linear in the tile, so it is
+one GEMM with the Kronecker product of the 1-D matrices: V = (B^T (x) B^T) D over all tiles and
+channels at once, and Y^T = M^T (A (x) A) over all tiles and filters. Why not the separable sums of
+NumPy passes: ~40 passes over the tile arrays cost more than the multiplies they save (measured on
+yolov3-tiny's layers, one thread: 64->128 @52 2.6 vs 3.9 ms CPU, 32->64 @104 4.2 vs 6.4 ms for
+im2col), while a (t^2 x t^2) GEMM runs near BLAS peak.
+
+Layout: the padded input (C, Hp, Wp) is read as a strided (t, t, C, th, tw) view and copied once into
+D (t^2, C*tiles); V = K_B @ D is already the (t^2, C, tiles) stack the t^2 products need:
+M[i] = U[i] (n, C) @ V[i] (C, tiles). The output transform reads M transposed, (n*tiles, t^2) @ K_A^T,
+so each tile's m x m outputs come out contiguous; the activation runs on them, and the tile rows move
+into place as one copy of m-float chunks (a complex128 view for m = 4, float64 for m = 2). The bias
+rides on the product of point 1 x point 1, which A^T spreads to every output of a tile.
+
+Determinism: each stage is cut into the same GEMMs (fixed channel / filter blocks) whatever the
+thread count; threads only decide who runs which. Float32 error: a K = C GEMM plus the transforms'
+roundings (~1e-6 relative for m = 4 on real layers, more for m = 6), checked against the direct conv
+in tests. Which layers use which m is `engine.kernels.conv.choice`'s business.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from functools import lru_cache
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from engine.kernels.scratch import Scratch
+from engine.kernels.threads import parallel_for, parallel_items
+
+F = np.float32
+POINTS = {2: (0, 1, -1), 4: (0, 1, -1, 2, -2), 6: (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2))}
+BLOCK = 1 << 18          # floats of D (or of M) per transform GEMM at most (1 MiB)
+SPLIT = 4                # a transform is cut into a multiple of this many equal GEMMs: balanced on 1, 2, 4 threads
+
+
+@lru_cache(maxsize=None)
+def matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B^T (t x t), G (t x 3), A^T (m x t)) of F(m, 3) by Toom-Cook over POINTS[m] and infinity,
+    in exact rationals, as float64. G[j] = p_j^k / prod_{l != j}(p_j - p_l); B^T's rows are the
+    coefficients of prod_{l != j}(x - p_l) (and of prod_l (x - p_l) for infinity), Lavin's form."""
+    pts = [Fraction(p) for p in POINTS[m]]
+    t = m + 2
+    at = [[p ** i for p in pts] + [Fraction(int(i == m - 1))] for i in range(m)]
+    g = []
+    for j, pj in enumerate(pts):
+        f = Fraction(1)
+        for l, pl in enumerate(pts):
+            if l != j:
+                f *= pj - pl
+        g.append([pj ** k / f for k in range(3)])
+    g.append([Fraction(0), Fraction(0), Fraction(1)])
+    bt = []
+    for j in range(t):
+        poly = [Fraction(1)]                 # coefficients, lowest degree first
+        for l, pl in enumerate(pts):
+            if l != j:
+                poly = [a - pl * b for a, b in zip([Fraction(0)] + poly, poly + [Fraction(0)])]
+        bt.append(poly + [Fraction(0)] * (t - len(poly)))
+    return tuple(np.array([[float(v) for v in r] for r in rows], np.float64) for rows in (bt, g, at))
+
+
+@lru_cache(maxsize=None)
+def kron(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """K_B (t^2, t^2) with V[t*b + a] = sum B^T[a, y] B^T[b, x] d[y, x] (D index t*x + y), and
+    K_A^T (t^2, m^2) with Y[m*i + j] = sum A^T[i, a] A^T[j, b] M[t*b + a]: float32, C-contiguous."""
+    bt, _, at = matrices(m)
+    t = m + 2
+    kb = np.einsum("bx,ay->baxy", bt, bt).reshape(t * t, t * t)
+    ka = np.einsum("ia,jb->ijba", at, at).reshape(m * m, t * t)
+    return np.ascontiguousarray(kb, F), np.ascontiguousarray(ka.T, F)
+
+
+def transform_weights(w2d: np.ndarray, m: int = 4) -> np.ndarray:
+    """(n, C*9) 3x3 kernels -> U (t^2, n, C) float32, index t*b + a for (G g G^T)[a, b]; float64 math."""
+    _, g, _ = matrices(m)
+    n = w2d.shape[0]
+    gw = w2d.astype(np.float64).reshape(n, -1, 3, 3)
+    u = np.einsum("ai,ncij,bj->banc", g, gw, g, optimize=True)
+    return np.ascontiguousarray(u.reshape((m + 2) ** 2, n, -1), dtype=F)
+
+
+def tile_size(u: np.ndarray) -> int:
+    """m of weights made by transform_weights (t^2 planes)."""
+    t = int(round(u.shape[0] ** 0.5))
+    if t * t != u.shape[0] or t - 2 not in POINTS:
+        raise ValueError(f"winograd_gemm: {u.shape[0]} weight planes is no F(m x m, 3x3) with m in {sorted(POINTS)}")
+    return t - 2
+
+
+def bias_index(m: int) -> int:
+    """Product index t*b + a of point 1 x point 1 (the column of A^T that is all ones)."""
+    k = POINTS[m].index(1)
+    return (m + 2) * k + k
+
+
+def tiles_of(h: int, w: int, p: int, m: int) -> tuple[int, int]:
+    return (h + 2 * p - 2 + m - 1) // m, (w + 2 * p - 2 + m - 1) // m
+
+
+def _padded(x: np.ndarray, p: int, hp: int, wp: int, scratch: Scratch) -> np.ndarray:
+    c, h, w = x.shape
+    xp = scratch.get("wino_pad", (c, hp, wp))
+
+    def run(lo: int, hi: int) -> None:
+        xp[lo:hi, :p] = 0
+        xp[lo:hi, p + h:] = 0
+        xp[lo:hi, p:p + h, :p] = 0
+        xp[lo:hi, p:p + h, p + w:] = 0
+        xp[lo:hi, p:p + h, p:p + w] = x[lo:hi]
+
+    parallel_for(c, run, xp.size)
+    return xp
+
+
+def _block(count: int, size: int) -> int:
+    """Channels (or filters) per transform GEMM: a function of the layer's shape only (the same GEMMs
+    on any thread count), in a multiple of SPLIT equal blocks of at most BLOCK floats."""
+    blocks = -(-max(SPLIT, -(-count * size // BLOCK)) // SPLIT) * SPLIT
+    return max(1, -(-count // blocks))
+
+
+def input_transform(x: np.ndarray, p: int, m: int, scratch: Scratch) -> np.ndarray:
+    """V (t^2, C, tiles) for every t x t input tile (m apart), in scratch."""
+    c, h, w = x.shape
+    t = m + 2
+    th, tw = tiles_of(h, w, p, m)
+    tiles = th * tw
+    xp = _padded(x, p, m * th + 2, m * tw + 2, scratch)
+    s0, s1, s2 = xp.strides
+    view = as_strided(xp, (t, t, c, th, tw), (s2, s1, s0, m * s1, m * s2), writeable=False)  # [x, y, c, ty, tx]
+    kb, _ = kron(m)
+    v = scratch.get("wino_v", (t * t, c, tiles))
+    cb = _block(c, t * t * tiles)
+
+    def block(part: int, i: int) -> None:  # a channel block: (t^2, cb*tiles) of V, row stride C*tiles
+        c0, c1 = i * cb, min(c, (i + 1) * cb)
+        d = scratch.get(f"wino_d{part}", (t, t, c1 - c0, th, tw))
+        d[...] = view[:, :, c0:c1]
+        np.matmul(kb, d.reshape(t * t, -1), out=v.reshape(t * t, c * tiles)[:, c0 * tiles:c1 * tiles])
+
+    parallel_items(-(-c // cb), block)
+    return v
+
+
+def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratch,
+            act: str | None = None) -> np.ndarray:
+    """3x3 stride-1 cross-correlation with padding p, + bias and a fused activation: new (n, Ho, Wo).
+
+    x: (C, H, W) float32; u: `transform_weights(w2d, m)`, (t^2, n, C); b: (n,); act: None or one of
+    gemm.FUSED_ACTS.
+    """
+    m = tile_size(u)
+    t = m + 2
+    c, h, w = x.shape
+    n = b.shape[0]
+    ho, wo = h + 2 * p - 2, w + 2 * p - 2
+    th, tw = tiles_of(h, w, p, m)
+    tiles = th * tw
+    v = input_transform(x, p, m, scratch)
+    mm = scratch.get("wino_m", (t * t, n, tiles))
+    parallel_items(t * t, lambda _part, i: np.matmul(u[i], v[i], out=mm[i]))
+    mm[bias_index(m)] += b[:, None]
+    exact = ho == m * th and wo == m * tw
+    y = np.empty((n, ho, wo), F)
+    yt = y if exact else scratch.get("wino_y", (n, m * th, m * tw))
+    output_transform(mm, yt, m, th, tw, act, scratch)
+    if not exact:
+        y[...] = yt[:, :ho, :wo]
+    return y
+
+
+def output_transform(mm: np.ndarray, y: np.ndarray, m: int, th: int, tw: int, act: str | None,
+                     scratch: Scratch) -> None:
+    """y (n, m*th, m*tw) = act(A^T M A) of the products mm (t^2, n, tiles), in fixed filter blocks."""
+    t = m + 2
+    n = mm.shape[1]
+    tiles = th * tw
+    _, kat = kron(m)
+    nb = _block(n, t * t * tiles)
+    chunk = {4: np.complex128, 2: np.float64}.get(m)
+    m2 = mm.reshape(t * t, n * tiles)
+    leaky, relu = act == "leaky", act == "relu"
+
+    def block(part: int, i: int) -> None:
+        n0, n1 = i * nb, min(n, (i + 1) * nb)
+        k = n1 - n0
+        z = scratch.get(f"wino_z{part}", (k * tiles, m * m))
+        np.matmul(m2[:, n0 * tiles:n1 * tiles].T, kat, out=z)
+        if leaky:
+            tmp = scratch.get(f"wino_t{part}", z.shape)
+            np.multiply(z, F(0.1), out=tmp)
+            np.maximum(z, tmp, out=z)
+        elif relu:
+            np.maximum(z, F(0), out=z)
+        z5 = z.reshape(k, th, tw, m, m)                    # [f, ty, tx, i, j]
+        dst = y[n0:n1].reshape(k, th, m, tw, m)            # [f, ty, i, tx, j]
+        if chunk is not None:   # move each tile row's m floats as one element
+            dst.view(chunk)[..., 0].transpose(0, 1, 3, 2)[...] = z5.view(chunk)[..., 0]
+        else:
+            dst.transpose(0, 1, 3, 2, 4)[...] = z5
+
+    parallel_items(-(-n // nb), block)

@@ -1,0 +1,98 @@
+"""Winograd F(m x m, 3x3) with GEMM transforms (m = 2, 4, 6) against the direct conv (float64 loops),
+its matrices against Lavin's, and where the chooser uses it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.kernels import threads, winograd_gemm
+from engine.kernels.conv import choice, conv2d
+from engine.kernels.gemm import conv2d_naive
+from engine.kernels.scratch import Scratch
+
+RTOL = 1e-4
+
+CASES = [  # (c, h, w, n, p): partial tiles in both directions, 1-pixel maps, padding 0 and 2
+    (3, 13, 13, 5, 1), (4, 1, 1, 2, 1), (2, 2, 3, 3, 1), (3, 6, 6, 2, 0), (3, 7, 5, 2, 2), (5, 26, 26, 4, 1),
+    (2, 4, 9, 3, 1), (8, 17, 10, 6, 1), (6, 9, 14, 7, 0), (40, 12, 16, 9, 1),
+]
+
+
+def random_conv(rng, c, h, w, n):
+    x = rng.standard_normal((c, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((n, c, 3, 3)) / np.sqrt(c * 9)).astype(np.float32)
+    return x, wt, rng.standard_normal(n).astype(np.float32)
+
+
+def assert_close(y, ref, what, rtol=RTOL):
+    assert y.shape == ref.shape, f"{what}: shape {y.shape}, expected {ref.shape}"
+    err = float(np.abs(y.astype(np.float64) - ref).max())
+    tol = rtol * max(1.0, float(np.abs(ref).max()))
+    assert err <= tol, f"{what}: max |diff| {err:.3g} > {tol:.3g}"
+
+
+def test_f4x4_matrices_are_lavins():
+    bt, g, at = winograd_gemm.matrices(4)
+    assert np.array_equal(bt, [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                               [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]])
+    assert np.allclose(g, [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                           [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], rtol=0, atol=1e-15)
+    assert np.array_equal(at, [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]])
+
+
+@pytest.mark.parametrize("m", [2, 4, 6])
+def test_1d_transforms_compute_a_correlation(m):
+    """A^T [(G g) . (B^T d)] = the m outputs of d (m+2) correlated with g (3), in float64."""
+    bt, g, at = winograd_gemm.matrices(m)
+    rng = np.random.default_rng(m)
+    d, k = rng.standard_normal(m + 2), rng.standard_normal(3)
+    ref = np.array([d[i:i + 3] @ k for i in range(m)])
+    assert np.allclose(at @ ((g @ k) * (bt @ d)), ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("m", [2, 4, 6])
+@pytest.mark.parametrize("c,h,w,n,p", CASES)
+def test_winograd_gemm_matches_the_direct_conv(m, c, h, w, n, p):
+    rng = np.random.default_rng(c * 1000 + h * 10 + w)
+    x, wt, b = random_conv(rng, c, h, w, n)
+    u = winograd_gemm.transform_weights(wt.reshape(n, -1), m)
+    y = winograd_gemm.conv3x3(x, u, b, p, Scratch(), act="leaky")
+    ref = conv2d_naive(x, wt, b, 1, p)
+    assert_close(y, np.maximum(ref, 0.1 * ref), f"F({m}x{m}) c{c} {h}x{w} n{n} p{p}")
+
+
+def test_weights_of_no_winograd_shape_are_refused():
+    with pytest.raises(ValueError, match="25 weight planes"):
+        winograd_gemm.conv3x3(np.zeros((1, 4, 4), np.float32), np.zeros((25, 1, 1), np.float32),
+                              np.zeros(1, np.float32), 1, Scratch())
+
+
+@pytest.mark.parametrize("c,side,n", [(64, 52, 128), (32, 104, 64)])
+def test_f4x4_on_real_layer_shapes_matches_naive_and_is_thread_independent(c, side, n):
+    """yolov3-tiny layers 6 (64 -> 128 @52) and 4 (32 -> 64 @104), leaky, through conv2d: the chooser
+    picks F(4x4); first and last filters against the direct conv; 1 and 2 threads give the same bits
+    (several channel and filter blocks: the blocks are the same GEMMs on any thread count)."""
+    from helpers import require
+    require(bool(threads._kernel_blas()), "no BLAS found by threadpoolctl: thread count cannot be set")
+    rng = np.random.default_rng(c)
+    x, wt, b = random_conv(rng, c, side, side, n)
+    assert choice(c, side, side, n, 3, 1, 1) == "winograd-4x4"
+    with threads.blas_limit(1):
+        one = conv2d(x, wt.reshape(n, -1), b, 3, 1, 1, 1, Scratch(), act="leaky")
+    with threads.blas_limit(2):
+        y = conv2d(x, wt.reshape(n, -1), b, 3, 1, 1, 1, Scratch(), act="leaky")
+    assert np.array_equal(y, one)
+    ref = conv2d_naive(x, wt[[0, n - 1]], b[[0, n - 1]], 1, 1)
+    assert_close(y[[0, n - 1]], np.maximum(ref, 0.1 * ref), f"F(4x4) {c}->{n} @{side}, leaky")
+
+
+def test_chooser_keeps_f2x2_on_13_pixel_maps_and_im2col_on_few_channels():
+    assert choice(256, 13, 13, 512, 3, 1, 1) == "winograd"        # 6x6 tiles would waste half
+    assert choice(128, 26, 26, 256, 3, 1, 1) == "winograd"
+    assert choice(384, 26, 26, 256, 3, 1, 1) == "winograd-4x4"
+    assert choice(128, 52, 52, 256, 3, 1, 1) == "winograd-4x4"
+    assert choice(32, 104, 104, 64, 3, 1, 1) == "winograd-4x4"
+    assert choice(32, 208, 208, 64, 3, 1, 1) == "winograd-4x4"
+    assert choice(16, 208, 208, 32, 3, 1, 1) == "im2col-3x3/1"
+    assert choice(3, 416, 416, 16, 3, 1, 1) == "im2col-3x3/1"
+    assert choice(32, 104, 104, 64, 3, 2, 1) == "im2col-3x3/2"
