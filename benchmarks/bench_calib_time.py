@@ -40,13 +40,14 @@ def calibrate(model, photos, method: str, refinements: set[str]) -> dict[str, fl
     """Seconds per stage of one calibration with `refinements`."""
     times: dict[str, float] = {}
     t = time.perf_counter()
-    qmodel_of, spec = model, None
+    qmodel_of, spec, forward = model, None, None
     if "cle" in refinements and HAS_CLE:
         qmodel_of, spec = refine.equalize(model, "weights", photos)
+        forward = refine.derived_forward(model, spec)        # as `quantize --refine cle` calibrates
         times["cle"] = time.perf_counter() - t
         t = time.perf_counter()
     keep = FloatOutputs(qmodel_of) if refinements & {"eq", "bias"} else None
-    stats = collect(qmodel_of, photos, progress=False, keep=keep)
+    stats = collect(qmodel_of, photos, progress=False, keep=keep, forward=forward)
     times["statistics"] = time.perf_counter() - t
     t = time.perf_counter()
     qm = quantize(qmodel_of, stats, method, per_channel=True)

@@ -38,10 +38,10 @@ def fake_quantized(x: np.ndarray, scale: float) -> np.ndarray:
     return v
 
 
-def _float_pass(model, items, resize):
+def _float_pass(model, forward, items, resize):
     for item in items:
         x = item if isinstance(item, np.ndarray) else model.preprocess(item, resize).x
-        outs = model.forward(x)
+        outs = forward(x)
         yield {**dict(enumerate(outs)), -1: x}
 
 
@@ -50,15 +50,16 @@ def bias_correction(model, qmodel: QuantizedModel, images: Sequence | None = Non
     """A copy of `qmodel` with the int32 biases of every conv (groups 1) / connected layer corrected.
     The FLOAT inputs come from `floats` (kept by the calibration pass, if it kept every image) or a
     FLOAT pass over `images`. The per-layer shifts (in output units) are kept in meta["bias_correction"]."""
-    from engine.quant.executor import equalized_for
-    model = equalized_for(model, qmodel)       # a cross-layer-equalized model's own float activations
+    from engine.quant.executor import equalized_for, float_forward
+    forward = float_forward(model, qmodel)     # a cross-layer-equalized model's own float activations
+    model = equalized_for(model, qmodel)
     targets = [i for i, lq in qmodel.layers.items()
                if model.layers[i].kind == "connected" or getattr(model.layers[i], "groups", 1) == 1]
     sums: dict[int, list[np.ndarray]] = {i: [0.0, 0.0] for i in targets}
     if floats is not None and floats.complete and len(floats):
         per_image = floats.images                       # {producer: FLOAT output}, -1 = the image
     elif images is not None:
-        per_image = _float_pass(model, image_list(images), resize)
+        per_image = _float_pass(model, forward, image_list(images), resize)
     else:
         raise ArgumentError("bias_correction needs the calibration images (images=...) or the FLOAT inputs the "
                             "calibration pass kept (floats=...)")

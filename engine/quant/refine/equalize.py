@@ -206,14 +206,61 @@ def equalized(model, spec: dict) -> "object":
 
 def equalize(model, mode: str = "weights", images: Sequence | None = None, resize: str = "letterbox"):
     """(equalized model, spec): calibrate and quantize the equalized model, then store the spec in the
-    quantized model's meta["equalization"] (`attach`)."""
+    quantized model's meta["equalization"] (`attach`). The calibration pass runs `model` itself, its
+    outputs rescaled per channel (`derived_forward(model, spec)`): the twin's kernel weights are never
+    prepared for it, and those of `model` are prepared once whatever the number of calibrations."""
     from engine.kernels.threads import own_threads, parallel_items
     scales = equalization_scales(model, mode, images, resize=resize)
     spec = {str(p): [float(v) for v in s] for p, s in scales.items()}
     twin = equalized(model, spec)
-    with own_threads():                 # the calibration pass needs its kernel weights: one layer per work item
-        parallel_items(len(twin.layers), lambda _part, i: twin.prepared(i))
+    with own_threads():                 # the calibration pass needs the kernel weights: one layer per work item
+        parallel_items(len(model.layers), lambda _part, i: model.prepared(i))
     return twin, spec
+
+
+def channel_factors(model, spec: dict) -> dict[int, np.ndarray]:
+    """layer -> float32 per-channel factor f: the equalized twin's output of that layer is the original
+    output times f (within float32 rounding) and every other layer's output is the original's. A rescaled
+    producer's f is 1 / s; maxpool / upsample / dropout pass their input's f on (each commutes with a
+    positive per-channel scale), a route concatenates its inputs' (1 for the others); its consumers undo it."""
+    pr = pairs(model)
+    out: dict[int, np.ndarray] = {}
+    for layer in model.layers:
+        i = layer.index
+        if str(i) in spec and i in pr:
+            out[i] = (1.0 / np.asarray(spec[str(i)], np.float64)).astype(np.float32)
+        elif layer.kind in COMMUTING and layer.inputs[0] in out:
+            out[i] = out[layer.inputs[0]]
+        elif layer.kind == "route" and any(s in out for s in layer.inputs):
+            out[i] = np.concatenate([out[s] if s in out else np.ones(shape[0], np.float32)
+                                     for s, shape in zip(layer.inputs, layer.in_shapes)])
+    return out
+
+
+def rescaled_outputs(outs: Sequence[np.ndarray], factors: dict[int, np.ndarray]) -> list[np.ndarray]:
+    """`outs` (a FLOAT forward of the original model, one image (C, H, W) or a batch) with the layers of
+    `factors` multiplied per channel: the equalized twin's outputs, read-only, the others shared."""
+    from engine.kernels.threads import own_threads, parallel_items
+    out = list(outs)
+    keys = sorted(factors, key=lambda i: -outs[i].size)           # largest first: balanced threads
+
+    def one(_part: int, k: int) -> None:
+        i = keys[k]
+        y = np.multiply(outs[i], factors[i].reshape(-1, 1, 1), dtype=np.float32)
+        y.flags.writeable = False
+        out[i] = y
+
+    with own_threads():
+        parallel_items(len(keys), one)
+    return out
+
+
+def derived_forward(model, spec: dict):
+    """x -> the FLOAT outputs of `equalized(model, spec)`, computed as `model`'s forward rescaled per channel
+    (`channel_factors`): what the calibration pass of an equalized model runs instead of the twin's own
+    forward (equal within float32 rounding; tests/engine/test_calib_equalized.py compares them)."""
+    factors = channel_factors(model, spec)
+    return lambda x: rescaled_outputs(model.forward(x), factors)
 
 
 def attach(qmodel, spec: dict, mode: str = "weights", source=None, equalized_model=None):
