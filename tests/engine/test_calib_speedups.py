@@ -179,3 +179,26 @@ def test_quantize_model_is_the_same_on_one_thread(tiny, tiny_stats, method):
     for i, lq in many.layers.items():
         assert np.array_equal(lq.w_q, one.layers[i].w_q) and np.array_equal(lq.w_scale, one.layers[i].w_scale)
         assert np.array_equal(lq.b_q, one.layers[i].b_q)
+
+
+@pytest.mark.parametrize("scheme", ["minmax", "log2"])
+def test_blocked_weight_quantization_equals_the_whole_array_one(tiny, scheme):
+    """quantize_weights and log2_scales work in cache-sized row blocks: the same scales and int8 weights
+    as the former whole-array arithmetic, per channel and per tensor, on every layer."""
+    from engine.quant.weights import quantize_weights
+    for layer in tiny.layers:
+        if not layer.int8_weights:
+            continue
+        w, _ = layer.fused(tiny.params[layer.index])
+        for per_channel in (True, False):
+            got = quantize_weights(w, scheme, per_channel)
+            rows = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
+            if scheme == "minmax":
+                amax = np.abs(rows).max(axis=1).astype(np.float64)
+                scale = np.where(amax > 0, amax / 127, 1.0)
+            else:
+                scale = _log2_scales_float64(rows)
+            shape = (-1,) + (1,) * (w.ndim - 1)
+            want = np.clip(np.rint(w.astype(np.float64) / scale.reshape(shape if per_channel else ())), -127, 127)
+            assert np.array_equal(got.scale, scale), layer.index
+            assert got.w_q.dtype == np.int8 and np.array_equal(got.w_q, want.astype(np.int8)), layer.index
