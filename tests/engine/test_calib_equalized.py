@@ -44,7 +44,8 @@ def both(tiny, cle):
 
 def test_derived_outputs_are_the_twins_own(tiny, cle):
     twin, spec = cle
-    assert not twin._prepared                          # equalize no longer prepares the twin's kernels
+    # equalize no longer prepares the twin's kernels (every conv of yolov3-tiny is rescaled)
+    assert not [i for i in twin._prepared if twin.layers[i].kind == "convolutional"]
     x = tiny.preprocess(PHOTOS[0]).x
     plain, own, derived = tiny.forward(x), twin.forward(x), derived_forward(tiny, spec)(x)
     factors = channel_factors(tiny, spec)
