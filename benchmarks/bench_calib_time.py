@@ -8,6 +8,9 @@ and bias correction (both reading the kept outputs). The median of those ratios 
 the median of each stage over the median FLOAT pass.
 
     python benchmarks/bench_calib_time.py [--methods minmax,kl,log2] [--rounds 5] [--refine cle,eq,bias]
+                                          [--profile qwidgets_asym]
+
+EQ searches symmetric int8 scales only: under an asymmetric profile every refinement is cle + bias.
 """
 from __future__ import annotations
 
@@ -36,24 +39,25 @@ def float_pass(model, photos) -> None:
         model.forward(model.preprocess(f).x)
 
 
-def calibrate(model, photos, method: str, refinements: set[str]) -> dict[str, float]:
+def calibrate(model, photos, method: str, refinements: set[str], profile: str = "qwidgets") -> dict[str, float]:
     """Seconds per stage of one calibration with `refinements`."""
     times: dict[str, float] = {}
     t = time.perf_counter()
-    qmodel_of, spec = model, None
+    qmodel_of, spec, forward = model, None, None
     if "cle" in refinements and HAS_CLE:
         qmodel_of, spec = refine.equalize(model, "weights", photos)
+        forward = refine.derived_forward(model, spec)        # as `quantize --refine cle` calibrates
         times["cle"] = time.perf_counter() - t
         t = time.perf_counter()
     keep = FloatOutputs(qmodel_of) if refinements & {"eq", "bias"} else None
-    stats = collect(qmodel_of, photos, progress=False, keep=keep)
+    stats = collect(qmodel_of, photos, progress=False, keep=keep, forward=forward)
     times["statistics"] = time.perf_counter() - t
     t = time.perf_counter()
-    qm = quantize(qmodel_of, stats, method, per_channel=True)
+    qm = quantize(qmodel_of, stats, method, per_channel=True, profile=profile)
     if spec is not None:
         qm = refine.attach_equalization(qm, spec, "weights", model, qmodel_of)
     times["thresholds+weights"] = time.perf_counter() - t
-    if "eq" in refinements:
+    if "eq" in refinements and profile == "qwidgets":
         t = time.perf_counter()
         qm = refine.eq_search(model, qm, keep)       # the original: eq finds the equalized twin itself
         times["eq"] = time.perf_counter() - t
@@ -69,6 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default="minmax,kl,log2")
     p.add_argument("--refine", default="cle,eq,bias")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--profile", default="qwidgets")
     p.add_argument("--images", default=str(SHARED / "images"))
     p.add_argument("--models", default=str(SHARED / "models"))
     args = p.parse_args(argv)
@@ -76,9 +81,11 @@ def main(argv=None) -> int:
     photos = image_list(args.images)
     methods = [m for m in args.methods.split(",") if m]
     refinements = {r for r in args.refine.split(",") if r}
+    if args.profile != "qwidgets":
+        refinements.discard("eq")
     float_pass(model, photos)                               # warm-up: prepared weights, scratch buffers
     for m in methods:
-        calibrate(model, photos, m, refinements)
+        calibrate(model, photos, m, refinements, args.profile)
     floats: list[float] = []
     runs: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     ratios: dict[str, list[float]] = {m: [] for m in methods}
@@ -92,7 +99,7 @@ def main(argv=None) -> int:
     before = timed_float()
     for _ in range(args.rounds):
         for m in methods:
-            runs[m].append(calibrate(model, photos, m, refinements))
+            runs[m].append(calibrate(model, photos, m, refinements, args.profile))
             after = timed_float()
             # each calibration against the FLOAT passes just before and after it: the load of the
             # shared machine drifts, and a ratio of neighbours cancels most of it
@@ -101,7 +108,7 @@ def main(argv=None) -> int:
     f = statistics.median(floats)
     used = sorted(refinements & ({"eq", "bias"} | ({"cle"} if HAS_CLE else set())))
     print(f"{len(photos)} photos, {args.rounds} interleaved rounds, refinements: {', '.join(used)}"
-          f"{'' if HAS_CLE or 'cle' not in refinements else ' (no CLE in this tree)'}; "
+          f"{'' if HAS_CLE or 'cle' not in refinements else ' (no CLE in this tree)'}, profile {args.profile}; "
           f"plain FLOAT pass median {f:.3f} s")
     for m in methods:
         stages = ", ".join(f"{k} {statistics.median(r[k] for r in runs[m]) / f:.2f}" for k in runs[m][0])

@@ -119,12 +119,16 @@ def image_list(source: str | Path | Iterable[ImageLike]) -> list[ImageLike]:
 
 
 def collect(model, images, resize: str = "letterbox", progress: bool = True,
-            on_image: Callable[[int, int], object] | None = None, keep=None) -> CalibrationStats:
+            on_image: Callable[[int, int], object] | None = None, keep=None,
+            forward: Callable[[np.ndarray], Sequence[np.ndarray]] | None = None) -> CalibrationStats:
     """Calibration statistics of `model` over images (folder, file or list), with a progress bar.
 
     `on_image(done, total)` is called after each image (for widgets' progress bars). `keep`: an
-    engine.calib.floats.FloatOutputs that keeps the FLOAT inputs the refinements read.
+    engine.calib.floats.FloatOutputs that keeps the FLOAT inputs the refinements read. `forward`:
+    what computes `model`'s FLOAT outputs of an input (default model.forward; a cross-layer-equalized
+    twin's are its source's rescaled, engine/quant/refine/equalize.py `derived_forward`).
     """
+    forward = model.forward if forward is None else forward
     items = image_list(images)
     stats = CalibrationStats()
     bar = None
@@ -135,7 +139,7 @@ def collect(model, images, resize: str = "letterbox", progress: bool = True,
         for item in items:
             x = item if isinstance(item, np.ndarray) and item.shape == model.input_shape \
                 else model.preprocess(item, resize).x
-            outs = model.forward(x)
+            outs = forward(x)
             observe(model, x, stats, outs)
             if keep is not None:
                 keep.add(x, outs)

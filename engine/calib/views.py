@@ -87,13 +87,20 @@ def views(model, stats: CalibrationStats, rules=RULES) -> dict[str, TensorView]:
 def activation_scales(model, stats: CalibrationStats, calibrator, rules=None) -> tuple[dict, dict, dict]:
     """(scales, thresholds, sources) of every quantizable tensor; rules default to the calibrator's."""
     rules = calibrator.rules if rules is None else tuple(rules)
+    from engine.kernels.threads import own_threads, parallel_items
     vs = views(model, stats, rules)
+    first: dict[tuple[str, bool], object] = {}
+    for v in vs.values():     # a shared group's histogram is searched once
+        first.setdefault((v.source, v.full_range), v)
+    keys = list(first)
     memo: dict[tuple[str, bool], float] = {}
-    thresholds = {}
-    for nid, v in vs.items():
-        key = (v.source, v.full_range)
-        if key not in memo:   # a shared group's histogram is searched once
-            memo[key] = (v.hist.amax if v.full_range else calibrator.threshold(v.hist)) if v.hist.amax > 0 else 0.0
-        thresholds[nid] = memo[key]
+
+    def one(_part: int, k: int) -> None:      # one group per work item: searches are pure functions of a histogram
+        v = first[keys[k]]
+        memo[keys[k]] = (v.hist.amax if v.full_range else calibrator.threshold(v.hist)) if v.hist.amax > 0 else 0.0
+
+    with own_threads():
+        parallel_items(len(keys), one)
+    thresholds = {nid: memo[(v.source, v.full_range)] for nid, v in vs.items()}
     scales = {nid: calibrator.scale_for(t) if t > 0 else calibrator.scale_for(1.0) for nid, t in thresholds.items()}
     return scales, thresholds, {nid: v.source for nid, v in vs.items()}

@@ -78,16 +78,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if "cle" in args.refine and "cle_act" in args.refine:
         raise EngineError("--refine cle and --refine cle_act are two ways to equalize the same layers: choose one")
     model = load_model(args)
-    source, spec = model, None
+    source, spec, forward = model, None, None
     if "cle" in args.refine or "cle_act" in args.refine:
-        from engine.quant.refine import equalize
+        from engine.quant.refine import derived_forward, equalize
         cle_mode = "activations" if "cle_act" in args.refine else "weights"
         model, spec = equalize(source, cle_mode, args.calib, args.resize)   # the equalized model is calibrated
+        forward = derived_forward(source, spec)          # on the source's forward, rescaled per channel
     keep = None
     if "bias" in args.refine or "eq" in args.refine:     # they read the calibration pass's FLOAT outputs
         from engine.calib.floats import FloatOutputs
         keep = FloatOutputs(model)
-    stats = collect(model, args.calib, args.resize, progress=not args.quiet, keep=keep)
+    stats = collect(model, args.calib, args.resize, progress=not args.quiet, keep=keep, forward=forward)
     extra = {"rules": ()} if args.no_rules else {}
     if args.method == "auto":
         extra["images"] = args.calib

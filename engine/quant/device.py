@@ -87,9 +87,9 @@ def sim_vs_device(model, qmodel, x: np.ndarray, device: bool = True, float_layer
     """The per-layer table described in the module docstring, for one input `x` (C, H, W) float32.
     From a Session: `sim_vs_device(s.model, s.qmodel, s.x, float_layers=s.executor.float_layers)`
     (a runtime cannot run layers kept FLOAT inside its integer graph: the device columns stay empty then)."""
-    from engine.quant.executor import FLOAT, Executor, Value
+    from engine.quant.executor import FLOAT, Executor, Value, reference_outputs
     x = model.check_input(x)
-    float_outs = Executor(model).forward(x)
+    float_outs = reference_outputs(model, qmodel, Executor(model).forward(x))    # equalized twin's, if CLE
     ex = Executor(model, qmodel, "int", float_layers)
     values, _ = ex.run(x)
     if not device:

@@ -77,6 +77,27 @@ def equalized_for(model, qmodel: QuantizedModel):
     return twin
 
 
+def float_forward(model, qmodel: QuantizedModel | None):
+    """x -> the FLOAT outputs the layers of `qmodel` are compared with: `model.forward`, or for a
+    cross-layer-equalized quantized model the equalized twin's, as `model`'s rescaled per channel
+    (equal to the original at every chain end and head; engine/quant/refine/equalize.py)."""
+    spec = qmodel.meta.get("equalization") if qmodel is not None else None
+    if not spec:
+        return model.forward
+    from engine.quant.refine.equalize import derived_forward
+    return derived_forward(model, spec)
+
+
+def reference_outputs(model, qmodel: QuantizedModel | None, outs: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+    """`outs` (a FLOAT forward of `model`) as the references of `qmodel`'s layers: themselves, or for a
+    cross-layer-equalized quantized model the equalized twin's outputs (`float_forward`)."""
+    spec = qmodel.meta.get("equalization") if qmodel is not None else None
+    if not spec:
+        return outs
+    from engine.quant.refine.equalize import channel_factors, rescaled_outputs
+    return rescaled_outputs(outs, channel_factors(model, spec))
+
+
 def head_feeders(model) -> set[int]:
     """Layers every reader of which always runs float (a detection head, softmax, cost): their output
     leaves the int8 chain."""

@@ -144,7 +144,7 @@ def _fingerprint(model) -> str:
     for p in model.params:
         for k in sorted(p):
             h.update(k.encode())
-            h.update(np.ascontiguousarray(p[k], np.float32).tobytes())
+            h.update(np.ascontiguousarray(p[k], np.float32).reshape(-1).view(np.uint8))     # its buffer: no copy
     return h.hexdigest()
 
 

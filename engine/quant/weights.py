@@ -54,6 +54,9 @@ def log2_scales(rows: np.ndarray, tries: int = 4, qmax: int = QMAX) -> np.ndarra
     Evaluated in float32 for float32 weights: dividing by a power of two, rounding, clipping and
     multiplying back are exact there, so only the squared differences round (summed in float64);
     tests/engine/test_weights.py checks the choice against the float64 evaluation on yolov3-tiny."""
+    step = _block_rows(rows)
+    if rows.shape[0] > step:            # rows are independent: blocks that stay in cache through the tries
+        return np.concatenate([log2_scales(rows[lo:lo + step], tries, qmax) for lo in range(0, rows.shape[0], step)])
     amax = np.abs(rows).max(axis=1).astype(np.float64)
     top = np.ceil(np.log2(np.where(amax > 0, amax, 1.0) / qmax))
     # float32 only while every scale and its inverse are normal float32 numbers
@@ -96,9 +99,21 @@ def quantize_weights(w: np.ndarray, scheme: str = "minmax", per_channel: bool = 
         scale = np.where(amax > 0, amax / qmax, 1.0)
     else:
         scale = log2_scales(rows, qmax=qmax)
-    shape = (-1,) + (1,) * (w.ndim - 1)
-    q = np.clip(np.rint(w.astype(np.float64) / scale.reshape(shape if per_channel else ())), -qmax, qmax)
-    return QuantWeights(q.astype(np.int8), scale, scheme)
+    flat = w.reshape(n, -1)
+    q = np.empty(flat.shape, np.int8)
+    step = _block_rows(flat)
+    for lo in range(0, n, step):        # rint(w / scale) clipped, in float64, a cache-sized block at a time
+        blk = np.divide(flat[lo:lo + step], (scale[lo:lo + step] if per_channel else scale).reshape(-1, 1),
+                        dtype=np.float64)
+        np.rint(blk, out=blk)
+        np.clip(blk, -qmax, qmax, out=blk)
+        q[lo:lo + step] = blk
+    return QuantWeights(q.reshape(w.shape), scale, scheme)
+
+
+def _block_rows(rows: np.ndarray, nbytes: int = 1 << 20) -> int:
+    """Rows of a 2-D weight array per block of about `nbytes` (float32; at least one row)."""
+    return max(1, nbytes // (4 * max(1, rows.shape[1])))
 
 
 _FUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -18,7 +18,7 @@ import numpy as np
 
 from engine.calib.collect import CalibrationStats
 from engine.darknet.detect import detect_outputs
-from engine.quant.executor import Executor, FloatView, LayerRecord
+from engine.quant.executor import Executor, FloatView, LayerRecord, reference_outputs
 from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
 from engine.quant.modes import QUANT_MODES, Mode
 from engine.quant.autoquant import quantize
@@ -94,6 +94,8 @@ def method_rows(model, executors: dict[str, Executor], pre, float_outs, int_run=
     (engine/export/ort_backend.py) that replaces the executor's INT run; its saturation column is then NaN
     (not measured: ORT does not report how many values it clipped)."""
     row: dict = {}
+    if executors:        # a cross-layer-equalized model's layers compare with the equalized twin's outputs
+        float_outs = reference_outputs(model, next(iter(executors.values())).qmodel, float_outs)
     for mode, ex in executors.items():
         if mode == Mode.INT8 and int_run is not None:
             values = int_values(ex, int_run(pre.x), int_run.grids)

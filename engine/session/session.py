@@ -17,7 +17,7 @@ import numpy as np
 from engine.darknet.detect import Detection, detect_outputs
 from engine.darknet.image import ImageLike, Preprocessed
 from engine.errors import ArgumentError, EditsWouldBeLost, EngineError
-from engine.quant.executor import Executor, FloatView, Value
+from engine.quant.executor import Executor, FloatView, Value, reference_outputs
 from engine.quant.fitness import ErrorStats, error_stats
 from engine.quant.modes import Mode
 from engine.quant.qmodel import QuantizedModel
@@ -174,10 +174,16 @@ class Session(LayerStepper):
         return detect_outputs(self.model, self.float_reference(), self.pre, self.thresh, self.nms)
 
     def float_reference(self) -> list[np.ndarray]:
-        """FLOAT outputs of the (edited) model on the same input, for fitness metrics."""
+        """FLOAT outputs of the (edited) model on the same input, the references of the quantized model's
+        layers: for a cross-layer-equalized one the equalized twin's (`reference_outputs`: rescaled per
+        channel inside the equalized chains, the same arrays at every chain end and head)."""
         if self._float_ref is None:
             self._float_ref = self.model.forward(self.pre.x)
-        return self._float_ref
+        kept = self.__dict__.get("_reference")
+        if kept is None or kept[0] is not self._float_ref or kept[1] is not self.qmodel:
+            kept = self._reference = (self._float_ref, self.qmodel, reference_outputs(self.model, self.qmodel,
+                                                                                     self._float_ref))
+        return kept[2]
 
     # ------------------------------------------------------------------ inspection
     def layer_info(self, index: int) -> dict[str, Any]:

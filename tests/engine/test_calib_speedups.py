@@ -179,3 +179,56 @@ def test_quantize_model_is_the_same_on_one_thread(tiny, tiny_stats, method):
     for i, lq in many.layers.items():
         assert np.array_equal(lq.w_q, one.layers[i].w_q) and np.array_equal(lq.w_scale, one.layers[i].w_scale)
         assert np.array_equal(lq.b_q, one.layers[i].b_q)
+
+
+@pytest.mark.parametrize("scheme", ["minmax", "log2"])
+def test_blocked_weight_quantization_equals_the_whole_array_one(tiny, scheme):
+    """quantize_weights and log2_scales work in cache-sized row blocks: the same scales and int8 weights
+    as the former whole-array arithmetic, per channel and per tensor, on every layer."""
+    from engine.quant.weights import quantize_weights
+    for layer in tiny.layers:
+        if not layer.int8_weights:
+            continue
+        w, _ = layer.fused(tiny.params[layer.index])
+        for per_channel in (True, False):
+            got = quantize_weights(w, scheme, per_channel)
+            rows = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
+            if scheme == "minmax":
+                amax = np.abs(rows).max(axis=1).astype(np.float64)
+                scale = np.where(amax > 0, amax / 127, 1.0)
+            else:
+                scale = _log2_scales_float64(rows)
+            shape = (-1,) + (1,) * (w.ndim - 1)
+            want = np.clip(np.rint(w.astype(np.float64) / scale.reshape(shape if per_channel else ())), -127, 127)
+            assert np.array_equal(got.scale, scale), layer.index
+            assert got.w_q.dtype == np.int8 and np.array_equal(got.w_q, want.astype(np.int8)), layer.index
+
+
+def _mse_threshold_direct(h):
+    """The former mse search: every candidate evaluated term by term."""
+    from engine.calib.mse import expected_mse
+    used = int(np.ceil(h.amax / h.bin_width))
+    cands = np.minimum(np.arange(max(1, used // 64), used + 1) * h.bin_width, h.amax)
+    return float(cands[int(np.argmin(expected_mse(h.counts[:used], h.centers[:used], cands)))])
+
+
+def test_mse_thresholds_equal_the_direct_search(tiny_stats):
+    """mse ranks its candidates from prefix sums and evaluates only the nearly best term by term:
+    the threshold of the search over every candidate, on every histogram of the four photos and on
+    shapes that leave several candidates close (flat, two spikes, one bin, a long tail)."""
+    from engine.calib.mse import MSECalibrator
+    cal = MSECalibrator()
+    hists = list(tiny_stats.hists.values())
+    rng = np.random.default_rng(5)
+    for values in (np.ones(1000), np.r_[np.full(500, 0.01), np.full(500, 3.0)], np.full(7, 2.5),
+                   rng.standard_t(2, 20000), rng.uniform(0, 1, 5000), np.r_[rng.normal(0, 1, 10000), 400.0]):
+        h = AbsHistogram()
+        h.observe(values.astype(np.float32))
+        hists.append(h)
+    clipped = 0
+    for h in hists:
+        if h.amax > 0:
+            t = cal.threshold(h)
+            assert t == _mse_threshold_direct(h)
+            clipped += t < h.amax
+    assert len(hists) > 40 and clipped > 20

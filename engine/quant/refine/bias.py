@@ -38,10 +38,23 @@ def fake_quantized(x: np.ndarray, scale: float) -> np.ndarray:
     return v
 
 
-def _float_pass(model, items, resize):
+def tap_sums(w: np.ndarray, dtype) -> np.ndarray:
+    """(n, C) sums over the kernel window of conv weights (n, C, k, k) (connected weights (n, C): themselves)
+    in `dtype`, a running sum over the k*k taps: int8 weights summed exactly in int32 (times the weight
+    scale: the sum of the dequantized weights the device multiplies with), float32 ones in float64."""
+    if w.ndim != 4:
+        return w.reshape(w.shape[0], -1).astype(dtype)
+    v = w.reshape(w.shape[0] * w.shape[1], -1)
+    acc = v[:, 0].astype(dtype)
+    for j in range(1, v.shape[1]):
+        acc += v[:, j]
+    return acc.reshape(w.shape[0], w.shape[1])
+
+
+def _float_pass(model, forward, items, resize):
     for item in items:
         x = item if isinstance(item, np.ndarray) else model.preprocess(item, resize).x
-        outs = model.forward(x)
+        outs = forward(x)
         yield {**dict(enumerate(outs)), -1: x}
 
 
@@ -50,15 +63,16 @@ def bias_correction(model, qmodel: QuantizedModel, images: Sequence | None = Non
     """A copy of `qmodel` with the int32 biases of every conv (groups 1) / connected layer corrected.
     The FLOAT inputs come from `floats` (kept by the calibration pass, if it kept every image) or a
     FLOAT pass over `images`. The per-layer shifts (in output units) are kept in meta["bias_correction"]."""
-    from engine.quant.executor import equalized_for
-    model = equalized_for(model, qmodel)       # a cross-layer-equalized model's own float activations
+    from engine.quant.executor import equalized_for, float_forward
+    forward = float_forward(model, qmodel)     # a cross-layer-equalized model's own float activations
+    model = equalized_for(model, qmodel)
     targets = [i for i, lq in qmodel.layers.items()
                if model.layers[i].kind == "connected" or getattr(model.layers[i], "groups", 1) == 1]
     sums: dict[int, list[np.ndarray]] = {i: [0.0, 0.0] for i in targets}
     if floats is not None and floats.complete and len(floats):
         per_image = floats.images                       # {producer: FLOAT output}, -1 = the image
     elif images is not None:
-        per_image = _float_pass(model, image_list(images), resize)
+        per_image = _float_pass(model, forward, image_list(images), resize)
     else:
         raise ArgumentError("bias_correction needs the calibration images (images=...) or the FLOAT inputs the "
                             "calibration pass kept (floats=...)")
@@ -84,15 +98,22 @@ def bias_correction(model, qmodel: QuantizedModel, images: Sequence | None = Non
             parallel_items(len(targets), one)
     twin = qmodel.copy()
     shifts = {}
+    weight_sums: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def sums_of(_part: int, k: int) -> None:      # one target per work item
+        i = targets[k]
+        lq = qmodel.layers[i]
+        w_scale = np.broadcast_to(np.asarray(lq.w_scale, np.float64), (lq.w_q.shape[0],))
+        weight_sums[i] = (tap_sums(fused_params(model, i)[0], np.float64),
+                          tap_sums(lq.w_q, np.int32) * w_scale[:, None])
+
+    with own_threads():
+        parallel_items(len(targets), sums_of)
     for i in targets:
         lq = qmodel.layers[i]
-        w, _ = fused_params(model, i)
-        n = w.shape[0]
-        s_f = w.reshape(n, w.shape[1], -1).sum(axis=2) if w.ndim == 4 else w.reshape(n, -1)
-        s_q = lq.dequantized_weights().astype(np.float64)
-        s_q = s_q.reshape(n, s_q.shape[1], -1).sum(axis=2) if s_q.ndim == 4 else s_q.reshape(n, -1)
+        s_f, s_q = weight_sums[i]
         m_f, m_q = sums[i][0] / count, sums[i][1] / count
-        e = s_q @ m_q - s_f.astype(np.float64) @ m_f
+        e = s_q @ m_q - s_f @ m_f
         b_q = np.clip(lq.b_q.astype(np.int64) - np.rint(e / lq.acc_scale).astype(np.int64),
                       -(2 ** 31) + 1, 2 ** 31 - 1).astype(np.int32)
         twin.layers[i] = LayerQuant(lq.w_q, lq.w_scale, b_q, lq.in_scale, lq.scheme)

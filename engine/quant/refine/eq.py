@@ -169,12 +169,13 @@ def eq_search(model, qmodel: QuantizedModel, floats: FloatOutputs | None = None,
     if qmodel.stats is None:
         raise EngineError("eq needs the quantized model's calibration statistics (it caps thresholds at the "
                           "largest |x| seen)")
-    from engine.quant.executor import equalized_for
-    model = equalized_for(model, qmodel)       # a cross-layer-equalized model's own weights and activations
+    from engine.quant.executor import equalized_for, float_forward
+    forward = float_forward(model, qmodel)     # a cross-layer-equalized model's own weights and activations
+    model = equalized_for(model, qmodel)
     if floats is None:
         if images is None:
             raise ArgumentError("eq needs the calibration images' FLOAT inputs: pass floats=... or images=...")
-        floats = float_outputs(model, images, resize, MAX_IMAGES)
+        floats = float_outputs(model, images, resize, MAX_IMAGES, forward=forward)
     if len(floats) == 0:
         raise EngineError("eq: no FLOAT inputs were kept (no calibration images, or over the memory cap)")
     cal = make(qmodel.method, **qmodel.settings) if qmodel.method != "auto" else None

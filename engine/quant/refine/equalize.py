@@ -110,7 +110,7 @@ def equalization_scales(model, mode: str = "weights", images: Sequence | None = 
         raise EngineError("equalization mode 'activations' measures per-channel output ranges: pass images=...")
     acts = channel_maxima(model, images, pr, resize) if mode == "activations" else {}
     total = {p: np.ones(model.layers[p].filters) for p in pr}
-    ranges = _Ranges(model)
+    ranges = _Ranges(model, {p for p in pr} | {c for cons in pr.values() for c, _ in cons})
     for _ in range(sweeps):
         moved = 0.0
         for p, cons in pr.items():
@@ -140,30 +140,45 @@ class _Ranges:
     w * g) is that operation applied to the channel's largest |w|: the ranges equal those of the
     folded weights of the equalized model, bit for bit."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, layers=()) -> None:
+        from engine.kernels.threads import own_threads, parallel_items
         self.model = model
         self.scales = {i: p["scales"] for i, p in enumerate(model.params) if "scales" in p}
         self.ch_max: dict[int, np.ndarray] = {}         # per (output, input) channel, max |raw w|, float32
+        todo = sorted(layers, key=lambda i: -model.params[i]["weights"].size)
+        with own_threads():                             # one layer per work item (largest first)
+            parallel_items(len(todo), lambda _part, k: self._channel_max(todo[k]))
 
     def _channel_max(self, i: int) -> np.ndarray:
         if i not in self.ch_max:
             w = self.model.params[i]["weights"]
-            self.ch_max[i] = np.abs(w).reshape(w.shape[0], w.shape[1], -1).max(axis=2)
+            v = w.reshape(w.shape[0] * w.shape[1], -1)
+            m = np.abs(v[:, 0])                         # a running maximum over the k*k taps: no |w| copy
+            for j in range(1, v.shape[1]):
+                np.maximum(m, np.abs(v[:, j]), out=m)
+            self.ch_max[i] = m.reshape(w.shape[0], w.shape[1])
         return self.ch_max[i]
 
-    def _folded(self, i: int, m: np.ndarray) -> np.ndarray:
-        """max |fused weight| from max |raw weight| (rows = output channels), as float64."""
+    def _gain(self, i: int) -> np.ndarray | None:
+        """|BN gain| per output channel as fold_batchnorm computes it (float64), None without BN."""
         if not self.model.layers[i].batch_normalize:
-            return m.astype(np.float64)
+            return None
         d = np.sqrt(self.model.params[i]["rolling_variance"].astype(np.float64)) + BN_EPS   # as fold_batchnorm
-        gain = np.abs(self.scales[i].astype(np.float64) / d)
-        return (m.astype(np.float64) * gain.reshape((-1,) + (1,) * (m.ndim - 1))).astype(np.float32).astype(np.float64)
+        return np.abs(self.scales[i].astype(np.float64) / d)
 
     def out_ranges(self, i: int) -> np.ndarray:
-        return self._folded(i, self._channel_max(i).max(axis=1))
+        """max |fused weight| per output channel, as float64."""
+        m, gain = self._channel_max(i).max(axis=1), self._gain(i)
+        return m.astype(np.float64) if gain is None else (m * gain).astype(np.float32).astype(np.float64)
 
     def in_ranges(self, i: int) -> np.ndarray:
-        return self._folded(i, self._channel_max(i)).max(axis=0)
+        """max |fused weight| per input channel, as float64. The float32 rounding of the folded weights
+        is monotonic, so it is applied to the column maxima of the float64 products, not to the matrix:
+        the same values in two passes over it instead of five."""
+        m, gain = self._channel_max(i), self._gain(i)
+        if gain is None:
+            return m.max(axis=0).astype(np.float64)
+        return np.multiply(m, gain[:, None]).max(axis=0).astype(np.float32).astype(np.float64)
 
     def apply(self, p: int, s: np.ndarray, cons) -> None:
         """The param updates of equalized(model, {p: s}), on the ranges."""
@@ -206,14 +221,61 @@ def equalized(model, spec: dict) -> "object":
 
 def equalize(model, mode: str = "weights", images: Sequence | None = None, resize: str = "letterbox"):
     """(equalized model, spec): calibrate and quantize the equalized model, then store the spec in the
-    quantized model's meta["equalization"] (`attach`)."""
+    quantized model's meta["equalization"] (`attach`). The calibration pass runs `model` itself, its
+    outputs rescaled per channel (`derived_forward(model, spec)`): the twin's kernel weights are never
+    prepared for it, and those of `model` are prepared once whatever the number of calibrations."""
     from engine.kernels.threads import own_threads, parallel_items
     scales = equalization_scales(model, mode, images, resize=resize)
     spec = {str(p): [float(v) for v in s] for p, s in scales.items()}
     twin = equalized(model, spec)
-    with own_threads():                 # the calibration pass needs its kernel weights: one layer per work item
-        parallel_items(len(twin.layers), lambda _part, i: twin.prepared(i))
+    with own_threads():                 # the calibration pass needs the kernel weights: one layer per work item
+        parallel_items(len(model.layers), lambda _part, i: model.prepared(i))
     return twin, spec
+
+
+def channel_factors(model, spec: dict) -> dict[int, np.ndarray]:
+    """layer -> float32 per-channel factor f: the equalized twin's output of that layer is the original
+    output times f (within float32 rounding) and every other layer's output is the original's. A rescaled
+    producer's f is 1 / s; maxpool / upsample / dropout pass their input's f on (each commutes with a
+    positive per-channel scale), a route concatenates its inputs' (1 for the others); its consumers undo it."""
+    pr = pairs(model)
+    out: dict[int, np.ndarray] = {}
+    for layer in model.layers:
+        i = layer.index
+        if str(i) in spec and i in pr:
+            out[i] = (1.0 / np.asarray(spec[str(i)], np.float64)).astype(np.float32)
+        elif layer.kind in COMMUTING and layer.inputs[0] in out:
+            out[i] = out[layer.inputs[0]]
+        elif layer.kind == "route" and any(s in out for s in layer.inputs):
+            out[i] = np.concatenate([out[s] if s in out else np.ones(shape[0], np.float32)
+                                     for s, shape in zip(layer.inputs, layer.in_shapes)])
+    return out
+
+
+def rescaled_outputs(outs: Sequence[np.ndarray], factors: dict[int, np.ndarray]) -> list[np.ndarray]:
+    """`outs` (a FLOAT forward of the original model, one image (C, H, W) or a batch) with the layers of
+    `factors` multiplied per channel: the equalized twin's outputs, read-only, the others shared."""
+    from engine.kernels.threads import own_threads, parallel_items
+    out = list(outs)
+    keys = sorted(factors, key=lambda i: -outs[i].size)           # largest first: balanced threads
+
+    def one(_part: int, k: int) -> None:
+        i = keys[k]
+        y = np.multiply(outs[i], factors[i].reshape(-1, 1, 1), dtype=np.float32)
+        y.flags.writeable = False
+        out[i] = y
+
+    with own_threads():
+        parallel_items(len(keys), one)
+    return out
+
+
+def derived_forward(model, spec: dict):
+    """x -> the FLOAT outputs of `equalized(model, spec)`, computed as `model`'s forward rescaled per channel
+    (`channel_factors`): what the calibration pass of an equalized model runs instead of the twin's own
+    forward (equal within float32 rounding; tests/engine/test_calib_equalized.py compares them)."""
+    factors = channel_factors(model, spec)
+    return lambda x: rescaled_outputs(model.forward(x), factors)
 
 
 def attach(qmodel, spec: dict, mode: str = "weights", source=None, equalized_model=None):
