@@ -75,23 +75,38 @@ def error_stats(ref: np.ndarray, y: np.ndarray, q: np.ndarray | None = None, sat
     return ErrorStats(sqnr, cos, noise / max(1, ref.size), max_abs, use, saturated / max(1, ref.size))
 
 
-def propagated_stats(float_outs: Sequence[np.ndarray], values: Sequence[Value], records) -> list[ErrorStats]:
+def value_stats(ref: np.ndarray, v: Value, sat: int, memo=None) -> ErrorStats:
+    """error_stats of a layer value against its FLOAT reference; with a memo (engine/quant/layermemo.py),
+    taken from an identical comparison already made there (same arrays, same grid, same saturation)."""
+    if memo is None:
+        return error_stats(ref, v.float(), v.q.q if v.q is not None else None, sat)
+    a = v.q.q if v.q is not None else v.f
+    key = ("stats", id(ref), id(a), None if v.q is None else (v.q.scale, v.q.zero_point), sat)
+    hit = memo.get(key)
+    if hit is None:
+        hit = error_stats(ref, v.float(), v.q.q if v.q is not None else None, sat)
+        memo.put(key, hit, ref, a)
+    return hit
+
+
+def propagated_stats(float_outs: Sequence[np.ndarray], values: Sequence[Value], records,
+                     memo=None) -> list[ErrorStats]:
     """Quantized network vs FLOAT network, layer by layer, on the same input."""
     out = []
     for ref, v, rec in zip(float_outs, values, records):
         sat = rec.stats.get("saturated", 0) + rec.stats.get("input_saturated", 0)
-        out.append(error_stats(ref, v.float(), v.q.q if v.q is not None else None, sat))
+        out.append(value_stats(ref, v, sat, memo))
     return out
 
 
 def local_stats(ex: Executor, x: np.ndarray, float_outs: Sequence[np.ndarray],
-                propagated: Sequence[ErrorStats] | None = None) -> list[ErrorStats | None]:
+                propagated: Sequence[ErrorStats] | None = None, memo=None) -> list[ErrorStats | None]:
     """Each int8 layer alone, on FLOAT inputs (quantized with their calibrated scales), vs FLOAT.
 
     `propagated`: `propagated_stats` of a run of the same executor on the same x; a layer that reads
     only the network input has the same inputs there, so its statistics are taken, not recomputed
-    (layer 0, the costliest int8 layer of a YOLO)."""
-    xv = Value(f=ex.model.check_input(x))
+    (layer 0, the costliest int8 layer of a YOLO). `memo`: see Executor.run_layer."""
+    xv = Value(f=ex.checked_input(x, memo))
     floats = [Value(f=y) for y in float_outs]
     out: list[ErrorStats | None] = []
     for i, ref in enumerate(float_outs):
@@ -101,9 +116,9 @@ def local_stats(ex: Executor, x: np.ndarray, float_outs: Sequence[np.ndarray],
         if propagated is not None and all(src < 0 for src in ex.model.layers[i].inputs):
             out.append(propagated[i])
             continue
-        v, rec = ex.run_layer(i, ex.inputs_of(i, xv, floats))
+        v, rec = ex.run_layer(i, ex.inputs_of(i, xv, floats), memo=memo)
         sat = rec.stats.get("saturated", 0) + rec.stats.get("input_saturated", 0)
-        out.append(error_stats(ref, v.float(), v.q.q if v.q is not None else None, sat))
+        out.append(value_stats(ref, v, sat, memo))
     return out
 
 

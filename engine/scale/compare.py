@@ -19,6 +19,7 @@ import numpy as np
 from engine.calib.collect import CalibrationStats
 from engine.darknet.detect import detect_outputs
 from engine.quant.executor import Executor, FloatView, LayerRecord
+from engine.quant.layermemo import LayerMemo
 from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
 from engine.quant.modes import QUANT_MODES, Mode
 from engine.quant.autoquant import quantize
@@ -88,23 +89,24 @@ class CompareTable:
         return "\n".join(rows)
 
 
-def method_rows(model, executors: dict[str, Executor], pre, float_outs, int_run=None) -> dict:
+def method_rows(model, executors: dict[str, Executor], pre, float_outs, int_run=None, memo=None) -> dict:
     """One image, one quantized model (its executor per quantized mode): detections and per-layer
     statistics in HYBRID and INT. `int_run`: an ONNX Runtime INT forward with every layer's output
     (engine/export/ort_backend.py) that replaces the executor's INT run; its saturation column is then NaN
-    (not measured: ORT does not report how many values it clipped)."""
+    (not measured: ORT does not report how many values it clipped). `memo`: a LayerMemo shared by
+    the methods on this image (engine/quant/layermemo.py): what they compute alike is computed once."""
     row: dict = {}
     for mode, ex in executors.items():
         if mode == Mode.INT8 and int_run is not None:
             values = int_values(ex, int_run(pre.x), int_run.grids)
             records = [LayerRecord(i, ex.precision(i)) for i in range(len(values))]
         else:
-            values, records = ex.run(pre.x)
-        prop = propagated_stats(float_outs, values, records)
+            values, records = ex.run(pre.x, memo=memo)
+        prop = propagated_stats(float_outs, values, records, memo)
         row[mode] = detect_outputs(model, FloatView(values), pre)
         row[f"{mode}_sqnr"] = [s.sqnr_db for s in prop]
         if mode == Mode.INT8:
-            local = local_stats(ex, pre.x, float_outs, prop)   # ORT's INT values equal the executor's
+            local = local_stats(ex, pre.x, float_outs, prop, memo)   # ORT's INT values equal the executor's
             row["saturation"] = [s.saturation if int_run is None else np.nan for s in prop]
             row["range_use"] = [s.range_use for s in prop]
             row["int_local_sqnr"] = [s.sqnr_db if s else np.nan for s in local]
@@ -126,8 +128,9 @@ def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list) 
     for item in batch:
         pre = model.preprocess(item, resize)
         outs = list(float_run(pre.x))
+        memo = LayerMemo()              # this image's shared layer results, dropped with it
         out.append({Mode.FLOAT.value: detect_outputs(model, outs, pre),
-                    **{method: method_rows(model, exs, pre, outs, int_runs[method])
+                    **{method: method_rows(model, exs, pre, outs, int_runs[method], memo)
                        for method, exs in executors.items()}})
     return out
 
