@@ -178,11 +178,12 @@ class Executor:
             ins = tuple((id(a), None if v.f is not None else (v.q.scale, v.q.zero_point))
                         for a, v in zip(arrays, inputs))
         out_scale = self.qmodel.scales.get(str(index)) if path == INT8 else None
-        key = (path, self.profile.name, id(layer), ins, lq_token(lq), out_scale, self.int32_out(index))
+        # the model too: FLOAT layers read its params, and a CLE twin shares the layer objects
+        key = (path, self.profile.name, id(self.model), index, ins, lq_token(lq), out_scale, self.int32_out(index))
         hit = memo.get(key)
         if hit is None:
             v, rec = self._run_layer(index, inputs, precision)
-            memo.put(key, (v, dict(rec.stats)), layer, *arrays)
+            memo.put(key, (v, dict(rec.stats)), self.model, *arrays)
         else:
             v, rec = hit[0], LayerRecord(index, precision, dict(hit[1]))
         if rec0.get("input_saturated"):
@@ -221,7 +222,7 @@ class Executor:
         hit = memo.get(key)
         if hit is None:
             hit = self.model.check_input(x)
-            memo.put(key, hit, x)
+            memo.put(key, hit, x, self.model)
         return hit
 
     def inputs_of(self, index: int, x: Value, values: list[Value]) -> list[Value]:

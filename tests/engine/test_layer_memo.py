@@ -89,3 +89,16 @@ def test_a_full_memo_stores_nothing_and_changes_nothing(tiny, qms):
     assert memo.used == 0 and memo.hits == 0
     for g, w in zip(got, want):
         assert np.array_equal(Value.float(g), Value.float(w))
+
+
+def test_models_sharing_layer_objects_do_not_share_float_layers(tiny, qms):
+    """A shallow copy (or a CLE twin) shares the layer objects but not the params: a layer kept FLOAT
+    reads the params, so its result is never taken from the other model's run."""
+    x = tiny.preprocess(sorted(IMAGES.glob("*.jpg"))[0]).x
+    twin = tiny.shallow_copy()
+    twin.set_param(0, "biases", tiny.params[0]["biases"] + 0.5)
+    memo = layermemo.LayerMemo()
+    a, _ = Executor(tiny, qms["minmax"], "int", float_layers=[0]).run(x, stop=0, memo=memo)
+    b, _ = Executor(twin, qms["minmax"], "int", float_layers=[0]).run(x, stop=0, memo=memo)
+    want, _ = Executor(twin, qms["minmax"], "int", float_layers=[0]).run(x, stop=0)
+    assert b[0] is not a[0] and np.array_equal(b[0].f, want[0].f) and not np.array_equal(a[0].f, b[0].f)
