@@ -113,8 +113,12 @@ def kernel_threads() -> int:
     return _threads
 
 
-def _run_parts(parts: int, worker: Callable[[int], None]) -> None:
-    """worker(0) here and worker(1..parts-1) on the pool; nested jobs inside a part run inline."""
+def _run_parts(parts: int, worker: Callable[[int], None], dynamic: bool = False) -> None:
+    """worker(0) here and worker(1..parts-1) on the pool; nested jobs inside a part run inline.
+
+    `dynamic`: the workers pull from a shared queue, so when worker(0) returns the work is all taken;
+    a pool part not started by then is cancelled instead of waited for (on a busy host, waiting for
+    a descheduled thread to start only to find nothing left costs a time slice per pass)."""
     global _pool
     if _pool is None or _pool._max_workers < parts - 1:
         _pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="qw-kernel")
@@ -131,7 +135,8 @@ def _run_parts(parts: int, worker: Callable[[int], None]) -> None:
         part(0)
     finally:
         for f in futures:
-            f.result()
+            if not (dynamic and f.cancel()):
+                f.result()
 
 
 def parallel_for(n: int, fn: Callable[[int, int], None], work: int) -> None:
@@ -164,4 +169,4 @@ def parallel_items(count: int, fn: Callable[[int, int], None]) -> None:
         for i in items:
             fn(part, i)
 
-    _run_parts(parts, worker)
+    _run_parts(parts, worker, dynamic=True)

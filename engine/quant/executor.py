@@ -16,6 +16,7 @@ import numpy as np
 
 from engine.errors import EngineError
 from engine.quant.int_layers import HEAD_LAYERS
+from engine.quant.layermemo import lq_token
 from engine.quant.modes import MODES, Mode
 from engine.quant.profiles import get_profile
 from engine.quant.qmodel import QuantizedModel
@@ -158,17 +159,60 @@ class Executor:
     def zero_point_of(self, producer: int) -> int:
         return int(self.qmodel.zero_points.get("input" if producer < 0 else str(producer), 0))
 
-    def to_q(self, v: Value, producer: int, rec: dict) -> QTensor:
+    def to_q(self, v: Value, producer: int, rec: dict, memo=None) -> QTensor:
         if v.q is not None:
             return v.q
-        q, sat = self.profile.quantize(v.float(), self.scale_of(producer), self.zero_point_of(producer))
+        f, scale, zp = v.float(), self.scale_of(producer), self.zero_point_of(producer)
+        key = ("quantize", self.profile.name, id(f), scale, zp)
+        hit = memo.get(key) if memo is not None else None
+        if hit is None:
+            hit = self.profile.quantize(f, scale, zp)
+            if memo is not None:
+                memo.put(key, hit, f)
+        q, sat = hit
         rec["input_saturated"] = rec.get("input_saturated", 0) + sat
         return q
 
-    def run_layer(self, index: int, inputs: list[Value], precision: str | None = None) -> tuple[Value, LayerRecord]:
-        """Run layer `index` on its input values in `precision` (default: the policy's)."""
-        layer = self.model.layers[index]
+    def run_layer(self, index: int, inputs: list[Value], precision: str | None = None,
+                  memo=None) -> tuple[Value, LayerRecord]:
+        """Run layer `index` on its input values in `precision` (default: the policy's).
+
+        memo: an engine.quant.layermemo.LayerMemo shared with executors of other quantized models on
+        the same input: a layer whose inputs and parameters equal one already run there is taken
+        from it (the same Value, a copy of its record)."""
         precision = precision or self.precision(index)
+        if memo is None or not self.profile.memo_safe:
+            return self._run_layer(index, inputs, precision)
+        layer = self.model.layers[index]
+        lq = self.qmodel.layers.get(index) if self.qmodel is not None and precision != FLOAT else None
+        path = FLOAT if precision == FLOAT else (Mode.HYBRID.value if self.mode == Mode.HYBRID
+                                                 and self.profile.has_hybrid_path(layer.kind) else INT8)
+        if path == INT8:
+            rec0: dict = {}
+            qs = [self.to_q(v, src, rec0, memo) for v, src in zip(inputs, layer.inputs)]
+            arrays = [q.q for q in qs]
+            ins = tuple((id(q.q), q.scale, q.zero_point) for q in qs)
+            inputs = [Value(q=q) for q in qs]
+        else:
+            rec0 = {}
+            arrays = [v.f if v.f is not None else v.q.q for v in inputs]
+            ins = tuple((id(a), None if v.f is not None else (v.q.scale, v.q.zero_point))
+                        for a, v in zip(arrays, inputs))
+        out_scale = self.qmodel.scales.get(str(index)) if path == INT8 else None
+        # the model too: FLOAT layers read its params, and a CLE twin shares the layer objects
+        key = (path, self.profile.name, id(self.model), index, ins, lq_token(lq), out_scale, self.int32_out(index))
+        hit = memo.get(key)
+        if hit is None:
+            v, rec = self._run_layer(index, inputs, precision)
+            memo.put(key, (v, dict(rec.stats)), self.model, *arrays)
+        else:
+            v, rec = hit[0], LayerRecord(index, precision, dict(hit[1]))
+        if rec0.get("input_saturated"):
+            rec.stats["input_saturated"] = rec.stats.get("input_saturated", 0) + rec0["input_saturated"]
+        return v, rec
+
+    def _run_layer(self, index: int, inputs: list[Value], precision: str) -> tuple[Value, LayerRecord]:
+        layer = self.model.layers[index]
         rec = LayerRecord(index, precision)
         if precision == FLOAT:
             return Value(f=self.model.run_layer(index, [v.float() for v in inputs])), rec
@@ -191,17 +235,28 @@ class Executor:
         y_q.q.flags.writeable = False
         return Value(q=y_q), rec
 
+    def checked_input(self, x: np.ndarray, memo=None) -> np.ndarray:
+        """model.check_input(x); with a memo, the same view for the same x (so layer results on it are shared)."""
+        if memo is None:
+            return self.model.check_input(x)
+        key = ("input", id(x), id(self.model))
+        hit = memo.get(key)
+        if hit is None:
+            hit = self.model.check_input(x)
+            memo.put(key, hit, x, self.model)
+        return hit
+
     def inputs_of(self, index: int, x: Value, values: list[Value]) -> list[Value]:
         return [x if i < 0 else values[i] for i in self.model.layers[index].inputs]
 
-    def run(self, x: np.ndarray, stop: int | None = None) -> tuple[list[Value], list[LayerRecord]]:
-        """All layers 0..stop; returns their values and records."""
-        xv = Value(f=self.model.check_input(x))
+    def run(self, x: np.ndarray, stop: int | None = None, memo=None) -> tuple[list[Value], list[LayerRecord]]:
+        """All layers 0..stop; returns their values and records (`memo`: see run_layer)."""
+        xv = Value(f=self.checked_input(x, memo))
         values: list[Value] = []
         records: list[LayerRecord] = []
         last = len(self.model.layers) - 1 if stop is None else stop
         for i in range(last + 1):
-            v, r = self.run_layer(i, self.inputs_of(i, xv, values))
+            v, r = self.run_layer(i, self.inputs_of(i, xv, values), memo=memo)
             values.append(v)
             records.append(r)
         return values, records

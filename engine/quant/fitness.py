@@ -15,7 +15,9 @@ import numpy as np
 from engine.darknet.detect import Detection
 from engine.kernels.threads import own_threads, parallel_items
 from engine.quant.executor import INT8, Executor, Value
+from engine.quant.intops import band_buffer
 from engine.quant.metrics import coco_map
+from engine.quant.qtensor import QTensor
 
 
 @dataclass
@@ -34,35 +36,74 @@ class ErrorStats:
 STATS_BLOCK = 1 << 15   # elements per block of error_stats: its float64 copies stay in L2
 
 
-def _sums(ref: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float, float]:
+def _sums(ref: np.ndarray, y: np.ndarray | QTensor, rr: float | None = None) -> tuple[float, float, float, float, float]:
     """(r.r, e.e, y.y, r.y, max|e|) in float64 with e = y - r, over fixed blocks.
 
     This is most of a method comparison's statistics time. Whole-tensor float64 copies (4 per call
     before) cost memory passes, and a 2-thread BLAS dot product spins and joins on a busy machine
-    (measured 3x slower than 1 thread at load 10): so blocks are converted while in cache, their
-    dots run on single-threaded BLAS, blocks are spread over the kernel threads, and the partial
-    sums are added in block order, which makes the result the same on any thread count.
+    (measured 3x slower than 1 thread at load 10): so blocks are converted while in cache into
+    per-thread buffers, their dots run on single-threaded BLAS, blocks are spread over the kernel
+    threads, and the partial sums are added in block order, which makes the result the same on any
+    thread count. r.y = r.r + r.e (one dot fewer); `rr`: r.r when known (the same FLOAT reference
+    is compared with every method and mode: `value_stats` keeps it in a memo). `y` an int8 QTensor:
+    dequantized block by block (QTensor.dequantize's float32 values), never as a whole float copy.
     """
-    r, yv = ref.reshape(-1), y.reshape(-1)
+    qt = y if isinstance(y, QTensor) else None
+    r, yv = ref.reshape(-1), (qt.q if qt is not None else y).reshape(-1)
     n = r.size
     count = -(-n // STATS_BLOCK)
     parts = np.zeros((count, 6))
 
-    def block(_part: int, i: int) -> None:
+    def block(part: int, i: int) -> None:
         lo, hi = i * STATS_BLOCK, min(n, (i + 1) * STATS_BLOCK)
-        rb, yb = r[lo:hi].astype(np.float64), yv[lo:hi].astype(np.float64)
-        eb = yb - rb
-        parts[i] = rb @ rb, eb @ eb, yb @ yb, rb @ yb, eb.max(), -eb.min()
+        rb, eb = band_buffer("stats-r", part, (hi - lo,)), band_buffer("stats-e", part, (hi - lo,))
+        np.copyto(rb, r[lo:hi])
+        if qt is None:
+            np.copyto(eb, yv[lo:hi])
+        else:
+            np.copyto(eb, dequantized_block(yv[lo:hi], qt, band_buffer("stats-y", part, (hi - lo,), np.float32)))
+        yy = eb @ eb
+        eb -= rb                   # exact: float32 values, their difference in float64
+        parts[i] = (rb @ rb if rr is None else 0.0), eb @ eb, yy, rb @ eb, eb.max(), -eb.min()
 
     with own_threads():
         parallel_items(count, block)
-    rr, ee, yy, ry = (float(v) for v in parts[:, :4].sum(axis=0))
-    return rr, ee, yy, ry, float(parts[:, 4:].max()) if count else 0.0
+    rsum, ee, yy, re = (float(v) for v in parts[:, :4].sum(axis=0))
+    rsum = rsum if rr is None else rr
+    return rsum, ee, yy, rsum + re, float(parts[:, 4:].max()) if count else 0.0
 
 
-def error_stats(ref: np.ndarray, y: np.ndarray, q: np.ndarray | None = None, saturated: int = 0) -> ErrorStats:
-    """ref (FLOAT) vs y (quantized run, dequantized): sums in float64 (see _sums)."""
-    sig, noise, yy, ry, max_abs = _sums(ref, y)
+def dequantized_block(qb: np.ndarray, qt: QTensor, out: np.ndarray) -> np.ndarray:
+    """qt.dequantize() of the elements qb of qt.q, into float32 `out` (the same float32 values)."""
+    if qt.zero_point:
+        return np.multiply((qb.astype(np.int32) - np.int32(qt.zero_point)).astype(np.float32),
+                           np.float32(qt.scale), out=out)
+    return np.multiply(qb, np.float32(qt.scale), out=out, dtype=np.float32)
+
+
+def ref_power(ref: np.ndarray) -> float:
+    """r.r of a FLOAT reference, the same sums in the same order as `_sums` (so the same bits)."""
+    r = ref.reshape(-1)
+    n = r.size
+    count = -(-n // STATS_BLOCK)
+    parts = np.zeros((count, 6))
+
+    def block(part: int, i: int) -> None:
+        lo, hi = i * STATS_BLOCK, min(n, (i + 1) * STATS_BLOCK)
+        rb = band_buffer("stats-r", part, (hi - lo,))
+        np.copyto(rb, r[lo:hi])
+        parts[i, 0] = rb @ rb
+
+    with own_threads():
+        parallel_items(count, block)
+    return float(parts[:, :4].sum(axis=0)[0])
+
+
+def error_stats(ref: np.ndarray, y: np.ndarray | QTensor, q: np.ndarray | None = None, saturated: int = 0,
+                rr: float | None = None) -> ErrorStats:
+    """ref (FLOAT) vs y (quantized run, dequantized, or its QTensor): sums in float64 (see _sums;
+    rr: r.r if known)."""
+    sig, noise, yy, ry, max_abs = _sums(ref, y, rr)
     sqnr = float("inf") if noise == 0 else (10 * np.log10(sig / noise) if sig > 0 else float("-inf"))
     ny, nr = float(np.sqrt(yy)), float(np.sqrt(sig))
     cos = float(ry / (nr * ny)) if nr > 0 and ny > 0 else float(nr == ny)
@@ -75,23 +116,43 @@ def error_stats(ref: np.ndarray, y: np.ndarray, q: np.ndarray | None = None, sat
     return ErrorStats(sqnr, cos, noise / max(1, ref.size), max_abs, use, saturated / max(1, ref.size))
 
 
-def propagated_stats(float_outs: Sequence[np.ndarray], values: Sequence[Value], records) -> list[ErrorStats]:
+def value_stats(ref: np.ndarray, v: Value, sat: int, memo=None) -> ErrorStats:
+    """error_stats of a layer value against its FLOAT reference; with a memo (engine/quant/layermemo.py),
+    taken from an identical comparison already made there (same arrays, same grid, same saturation)."""
+    y = v.q if v.f is None else v.f
+    if memo is None:
+        return error_stats(ref, y, v.q.q if v.q is not None else None, sat)
+    a = v.f if v.f is not None else v.q.q
+    key = ("stats", id(ref), id(a), None if v.f is not None else (v.q.scale, v.q.zero_point), sat)
+    hit = memo.get(key)
+    if hit is None:
+        rr = memo.get(("r.r", id(ref)))
+        if rr is None:
+            rr = ref_power(ref)
+            memo.put(("r.r", id(ref)), rr, ref)
+        hit = error_stats(ref, y, v.q.q if v.q is not None else None, sat, rr)
+        memo.put(key, hit, ref, a)
+    return hit
+
+
+def propagated_stats(float_outs: Sequence[np.ndarray], values: Sequence[Value], records,
+                     memo=None) -> list[ErrorStats]:
     """Quantized network vs FLOAT network, layer by layer, on the same input."""
     out = []
     for ref, v, rec in zip(float_outs, values, records):
         sat = rec.stats.get("saturated", 0) + rec.stats.get("input_saturated", 0)
-        out.append(error_stats(ref, v.float(), v.q.q if v.q is not None else None, sat))
+        out.append(value_stats(ref, v, sat, memo))
     return out
 
 
 def local_stats(ex: Executor, x: np.ndarray, float_outs: Sequence[np.ndarray],
-                propagated: Sequence[ErrorStats] | None = None) -> list[ErrorStats | None]:
+                propagated: Sequence[ErrorStats] | None = None, memo=None) -> list[ErrorStats | None]:
     """Each int8 layer alone, on FLOAT inputs (quantized with their calibrated scales), vs FLOAT.
 
     `propagated`: `propagated_stats` of a run of the same executor on the same x; a layer that reads
     only the network input has the same inputs there, so its statistics are taken, not recomputed
-    (layer 0, the costliest int8 layer of a YOLO)."""
-    xv = Value(f=ex.model.check_input(x))
+    (layer 0, the costliest int8 layer of a YOLO). `memo`: see Executor.run_layer."""
+    xv = Value(f=ex.checked_input(x, memo))
     floats = [Value(f=y) for y in float_outs]
     out: list[ErrorStats | None] = []
     for i, ref in enumerate(float_outs):
@@ -101,9 +162,9 @@ def local_stats(ex: Executor, x: np.ndarray, float_outs: Sequence[np.ndarray],
         if propagated is not None and all(src < 0 for src in ex.model.layers[i].inputs):
             out.append(propagated[i])
             continue
-        v, rec = ex.run_layer(i, ex.inputs_of(i, xv, floats))
+        v, rec = ex.run_layer(i, ex.inputs_of(i, xv, floats), memo=memo)
         sat = rec.stats.get("saturated", 0) + rec.stats.get("input_saturated", 0)
-        out.append(error_stats(ref, v.float(), v.q.q if v.q is not None else None, sat))
+        out.append(value_stats(ref, v, sat, memo))
     return out
 
 

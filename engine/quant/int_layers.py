@@ -271,12 +271,16 @@ def _conv_dequantized(layer, x_q: np.ndarray, lq: LayerQuant, b_q: np.ndarray, a
                 v = band_buffer("v", part, u.shape)
                 np.copyto(v, u)
             np.multiply(v, scale3[ch], out=v)            # in float64, rounded once to float32 (as acc * scale)
-            y[ch, r0:r1] = v[:, :, :y.shape[2]]
+            yb = y[ch, r0:r1]
+            yb[...] = v[:, :, :y.shape[2]]
+            if fused:                                    # elementwise, in place: the band while in cache
+                activate(yb, layer.activation)
 
+        fused = layer.activation in FOLDED
         conv_int_fused(x_q, lq.w_q, lambda: lq.w_f, layer.size, layer.stride, layer.padding,
                        epilogue)
         rec["acc_min"], rec["acc_max"] = min(r[0] for r in ranges), max(r[1] for r in ranges)
-        return activate(y, layer.activation)
+        return y if fused else activate(y, layer.activation)
     acc = conv_int(x_q, lq.w_f, b_q, layer.size, layer.stride, layer.padding, layer.groups)
     _acc_stats(acc, rec)
     y = (acc * np.asarray(acc_scale, np.float64).reshape(-1, 1, 1)).astype(np.float32)

@@ -12,6 +12,8 @@ gathers the rows and ranks. engine.scale.evaluate.compare_distributed is this fu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -19,6 +21,7 @@ import numpy as np
 from engine.calib.collect import CalibrationStats
 from engine.darknet.detect import detect_outputs
 from engine.quant.executor import Executor, FloatView, LayerRecord, reference_outputs
+from engine.quant.layermemo import LayerMemo
 from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
 from engine.quant.modes import QUANT_MODES, Mode
 from engine.quant.autoquant import quantize
@@ -27,6 +30,7 @@ from engine.scale.backends import InProcess, label_of, qmodel_ref, shippable_ite
 from engine.export.ort_backend import ORT, forward_on, int_values, ort_forward, resolve, split_backend
 from engine.scale.sources import load_source, resolve_qmodel
 
+KEEP_BYTES = 512 << 20     # FLOAT outputs kept from calibration for the comparison (yolov3-tiny @416: 15 images)
 LAYER_KEYS = ("hybrid_sqnr", "int_sqnr", "int_local_sqnr", "saturation", "range_use")
 
 
@@ -88,11 +92,12 @@ class CompareTable:
         return "\n".join(rows)
 
 
-def method_rows(model, executors: dict[str, Executor], pre, float_outs, int_run=None) -> dict:
+def method_rows(model, executors: dict[str, Executor], pre, float_outs, int_run=None, memo=None) -> dict:
     """One image, one quantized model (its executor per quantized mode): detections and per-layer
     statistics in HYBRID and INT. `int_run`: an ONNX Runtime INT forward with every layer's output
     (engine/export/ort_backend.py) that replaces the executor's INT run; its saturation column is then NaN
-    (not measured: ORT does not report how many values it clipped)."""
+    (not measured: ORT does not report how many values it clipped). `memo`: a LayerMemo shared by
+    the methods on this image (engine/quant/layermemo.py): what they compute alike is computed once."""
     row: dict = {}
     if executors:        # a cross-layer-equalized model's layers compare with the equalized twin's outputs
         float_outs = reference_outputs(model, next(iter(executors.values())).qmodel, float_outs)
@@ -101,22 +106,44 @@ def method_rows(model, executors: dict[str, Executor], pre, float_outs, int_run=
             values = int_values(ex, int_run(pre.x), int_run.grids)
             records = [LayerRecord(i, ex.precision(i)) for i in range(len(values))]
         else:
-            values, records = ex.run(pre.x)
-        prop = propagated_stats(float_outs, values, records)
+            values, records = ex.run(pre.x, memo=memo)
+        prop = propagated_stats(float_outs, values, records, memo)
         row[mode] = detect_outputs(model, FloatView(values), pre)
         row[f"{mode}_sqnr"] = [s.sqnr_db for s in prop]
         if mode == Mode.INT8:
-            local = local_stats(ex, pre.x, float_outs, prop)   # ORT's INT values equal the executor's
+            local = local_stats(ex, pre.x, float_outs, prop, memo)   # ORT's INT values equal the executor's
             row["saturation"] = [s.saturation if int_run is None else np.nan for s in prop]
             row["range_use"] = [s.range_use for s in prop]
             row["int_local_sqnr"] = [s.sqnr_db if s else np.nan for s in local]
     return row
 
 
-def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list) -> list[dict]:
+class KeptForwards:
+    """The FLOAT outputs of a calibration pass (engine.calib.collect's `keep`), image by image in pass
+    order, up to `max_bytes`: `compare` takes them as its FLOAT reference instead of running FLOAT
+    again on the same images (same model, same preprocessing: the same arrays bit for bit)."""
+
+    def __init__(self, max_bytes: int = KEEP_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.outputs: list[tuple[np.ndarray, list[np.ndarray]] | None] = []    # (input, outputs)
+
+    def add(self, x: np.ndarray, outs) -> None:
+        size = sum(o.nbytes for o in outs)
+        keep = self.nbytes + size <= self.max_bytes
+        self.outputs.append((x, list(outs)) if keep else None)
+        self.nbytes += size if keep else 0
+
+
+def _item_key(item) -> tuple:
+    return ("path", str(item)) if isinstance(item, (str, Path)) else ("object", id(item))
+
+
+def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list, kept: dict | None = None) -> list[dict]:
     """The task: per image, FLOAT detections and `method_rows` of every (method, quantized model
     reference) in `qrefs` (a tuple: Dask resolves shared futures inside tuples). `runtime`: where
-    FLOAT and INT run (engine/export/ort_backend.py); HYBRID and the local statistics run on NumPy."""
+    FLOAT and INT run (engine/export/ort_backend.py); HYBRID and the local statistics run on NumPy.
+    `kept`: FLOAT outputs already computed here for some items (by `_item_key`), numpy runtime only."""
     model = load_source(source)
     qms = {method: resolve_qmodel(ref) for method, ref in qrefs}
     executors = {method: {mode: Executor(model, qm, mode) for mode in QUANT_MODES} for method, qm in qms.items()}
@@ -127,9 +154,13 @@ def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list) 
     out = []
     for item in batch:
         pre = model.preprocess(item, resize)
-        outs = list(float_run(pre.x))
+        hit = kept.get(_item_key(item)) if kept else None
+        # only for the very input it was computed on (an array item may be preprocessed differently)
+        same = hit is not None and hit[0].shape == pre.x.shape and np.array_equal(hit[0], pre.x)
+        outs = hit[1] if same else list(float_run(pre.x))
+        memo = LayerMemo()              # this image's shared layer results, dropped with it
         out.append({Mode.FLOAT.value: detect_outputs(model, outs, pre),
-                    **{method: method_rows(model, exs, pre, outs, int_runs[method])
+                    **{method: method_rows(model, exs, pre, outs, int_runs[method], memo)
                        for method, exs in executors.items()}})
     return out
 
@@ -160,7 +191,8 @@ def method_result(model, method: str, qm: QuantizedModel, rows: list[dict]) -> M
 def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("log2", "kl", "minmax", "percentile", "mse"),
             per_channel: bool = False, resize: str = "letterbox", progress: bool = True,
             on_method: Callable[[MethodResult, int, int], object] | None = None, *, backend=None,
-            batch_size: int | None = None, calib_images=None, profile: str = "qwidgets") -> CompareTable:
+            batch_size: int | None = None, calib_images=None, profile: str = "qwidgets",
+            float_outputs: KeptForwards | None = None) -> CompareTable:
     """Quantize with each method from the same statistics, evaluate on `images`, rank.
 
     `model`: a Model, or (with a Dask backend) anything engine.scale.sources.as_source takes.
@@ -170,6 +202,8 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
     `on_method(result, done, total)` is called as each method's result is ready (widgets' progress).
     `calib_images`: what methods that run the model (`auto`) choose on (default: the evaluation images).
     `profile`: the device profile every method quantizes for (engine/quant/profiles).
+    `float_outputs`: the FLOAT outputs of a calibration pass over the same `images` (KeptForwards),
+    used as the reference where kept (in-process NumPy runs only).
     """
     backend, runtime = split_backend(backend)
     backend = backend or InProcess()
@@ -182,7 +216,12 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
         resolve(runtime, model, qm, Mode.INT8.value, all_outputs=True)
     resolve(runtime, model, None, Mode.FLOAT.value, all_outputs=True)
     qrefs = tuple((m, qmodel_ref(qm, backend)) for m, qm in qms.items())
-    rows = [r for part in backend.map_batches(compare_batch, items, batch_size, progress, "comparing",
+    task = compare_batch
+    if float_outputs is not None and isinstance(backend, InProcess) and runtime == "numpy" \
+            and len(float_outputs.outputs) == len(items):
+        kept = {_item_key(i): o for i, o in zip(items, float_outputs.outputs) if o is not None}
+        task = partial(compare_batch, kept=kept)
+    rows = [r for part in backend.map_batches(task, items, batch_size, progress, "comparing",
                                               args=(source, qrefs, resize, runtime)) for r in part]
     results = []
     for method, qm in qms.items():

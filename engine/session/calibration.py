@@ -15,11 +15,13 @@ class CalibrationCache:
         self._stats = None
 
     def stats(self, model, images, resize: str, key: str | None, version: int,
-              on_image: Callable[[int, int], Any] | None = None):
+              on_image: Callable[[int, int], Any] | None = None, keep=None):
+        """`keep`: given the pass's FLOAT outputs when it runs (not on a cache hit), e.g.
+        engine.scale.compare.KeptForwards."""
         from engine.calib.collect import collect
         if key is not None and self._key == (key, version):
             return self._stats
-        stats = collect(model, images, resize=resize, progress=False, on_image=on_image)
+        stats = collect(model, images, resize=resize, progress=False, on_image=on_image, keep=keep)
         if key is not None:
             self._key, self._stats = (key, version), stats
         return stats

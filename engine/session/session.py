@@ -218,14 +218,14 @@ class Session(LayerStepper):
 
     # ------------------------------------------------------------------ calibration, comparison
     def calibration_stats(self, images, *, key: str | None = None,
-                          on_image: Callable[[int, int], Any] | None = None):
+                          on_image: Callable[[int, int], Any] | None = None, keep=None):
         """|x| histograms of the current (edited) FLOAT model over `images` (folder, file or list).
 
         Cached per (`key`, model version) when a key names the image set: a float edit, undo or
         redo bumps the version, so statistics never describe weights the model no longer has.
         `on_image(done, total)` follows the pass.
         """
-        return self._calibration.stats(self.model, images, self.resize, key, self.model_version, on_image)
+        return self._calibration.stats(self.model, images, self.resize, key, self.model_version, on_image, keep)
 
     def compare_methods(self, images, methods, *, per_channel: bool = True, key: str | None = None,
                         on_progress: Callable[[str, int, int], Any] | None = None, backend: str = "numpy",
@@ -234,14 +234,16 @@ class Session(LayerStepper):
         on the same images (engine.scale.compare). on_progress(phase, done, total), phase
         "calibrate" (per image) then "compare" (per method). backend: "numpy" | "onnxruntime" | "auto"
         (FLOAT and INT on ONNX Runtime; INT needs profile="onnxruntime"). Returns a CompareTable."""
-        from engine.scale.compare import compare
+        from engine.scale.compare import KeptForwards, compare
         from engine.calib.collect import image_list
         items = image_list(images)
         on_image = (lambda done, total: on_progress("calibrate", done, total)) if on_progress else None
         on_method = (lambda _result, done, total: on_progress("compare", done, total)) if on_progress else None
-        stats = self.calibration_stats(items, key=key, on_image=on_image)
+        # the calibration pass runs FLOAT on the same images: its outputs are the comparison's reference
+        keep = KeptForwards() if backend == "numpy" else None
+        stats = self.calibration_stats(items, key=key, on_image=on_image, keep=keep)
         return compare(self.model, stats, items, list(methods), per_channel=per_channel, resize=self.resize,
-                       progress=False, on_method=on_method, backend=backend, profile=profile)
+                       progress=False, on_method=on_method, backend=backend, profile=profile, float_outputs=keep)
 
     # ------------------------------------------------------------------ detection diff, explain
     def detection_diff(self):

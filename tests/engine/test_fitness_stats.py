@@ -62,3 +62,23 @@ def test_error_stats_edge_cases_match():
     for ref, y in ((z, z), (one, one), (z, one), (one, z), (one, -one), (z[:0], z[:0])):
         got, want = as_array(error_stats(ref, y)), plain_error_stats(ref, y)
         assert np.array_equal(got, want, equal_nan=True), (ref.shape, got, want)
+
+
+@pytest.mark.parametrize("zero_point", [0, 3])
+def test_error_stats_of_a_qtensor_and_a_known_rr_are_the_same_bits(zero_point):
+    """The int8 tensor dequantized block by block, and r.r kept from an earlier call, change nothing."""
+    from engine.quant.qtensor import QTensor
+    rng = np.random.default_rng(5)
+    ref = rng.standard_normal((24, 77, 91)).astype(np.float32)
+    q, _ = quantized(ref)
+    if zero_point:
+        q = (q.astype(np.int16) + 128).astype(np.uint8)
+    qt = QTensor(q, 0.0173, zero_point)
+    want = as_array(error_stats(ref, qt.dequantize(), q, 5))
+    assert np.array_equal(as_array(error_stats(ref, qt, q, 5)), want)
+    rr = fitness.ref_power(ref)
+    r64 = ref.astype(np.float64).ravel()
+    np.testing.assert_allclose(rr, float(r64 @ r64), rtol=1e-13)
+    assert np.array_equal(as_array(error_stats(ref, qt, q, 5, rr=rr)), want)
+    if not zero_point:
+        np.testing.assert_allclose(want, plain_error_stats(ref, qt.dequantize(), q, 5), rtol=1e-12)

@@ -28,6 +28,9 @@ class Profile:
     int32_heads = True              # a conv read only by detection heads hands them dequantized int32
     exportable: str | None = None   # an `export --format` that runs this profile's arithmetic
     weight_qmax = 127               # weights in [-weight_qmax, weight_qmax] (63: 7-bit reduce_range)
+    # run / run_head / hybrid read only the layer, its inputs, its LayerQuant and the layer's own output
+    # scale (qmodel.scales[str(index)]): results can be shared across quantized models (layermemo.py)
+    memo_safe = False
 
     # ---------------------------------------------------------------- quantization
     def weight_choice(self, calibrator, per_channel: bool) -> tuple[str, bool]:

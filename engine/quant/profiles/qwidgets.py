@@ -10,6 +10,7 @@ from engine.quant.qtensor import QTensor, quantize
 class QwidgetsProfile(Profile):
     name = "qwidgets"
     title = "qwidgets engine (default)"
+    memo_safe = True
     rules = {
         "activations": "int8 symmetric [-127, 127], per tensor",
         "weights": "int8 symmetric [-127, 127], per tensor or per output channel",
