@@ -150,7 +150,8 @@ def overlap_pairs(boxes: np.ndarray, nms: float, kind: str = "default") -> np.nd
         return pairs[box_diou(boxes[pairs[:, 0]], boxes[pairs[:, 1]]) > nms]
     # box_iou's arithmetic on per-box edge columns (the same float64 values, computed once per box)
     cx, cy, w, h = (np.ascontiguousarray(c) for c in boxes.T)
-    x1, x2, y1, y2, area = cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2, w * h
+    with np.errstate(over="ignore"):       # exp() of a wild logit gives inf boxes, as in Darknet
+        x1, x2, y1, y2, area = cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2, w * h
     i, j = pairs[:, 0], pairs[:, 1]
     ow = np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j])
     oh = np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j])
