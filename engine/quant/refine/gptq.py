@@ -48,6 +48,19 @@ def input_gram(layer, inputs: list[np.ndarray]) -> tuple[np.ndarray, int]:
     return h, rows
 
 
+def inverse_upper_factor(h: np.ndarray) -> np.ndarray:
+    """The upper triangular U with H^-1 = U^T U (row i of U over U[i, i] is the OBS update of column i onto
+    the columns after it, H restricted to columns i..d-1). With J the reversal, J H J = L L^T gives
+    U = J L^-1 J: one Cholesky and one triangular inverse (d^3 / 3 each), not an inverse and a Cholesky."""
+    from scipy.linalg import lapack
+    rev = h[::-1, ::-1]
+    low = np.linalg.cholesky(rev)
+    inv, info = lapack.dtrtri(low, lower=1)
+    if info != 0:
+        raise EngineError(f"gptq: the damped input Gram matrix is singular (lapack dtrtri info {info})")
+    return np.ascontiguousarray(inv[::-1, ::-1])
+
+
 def gptq_round(w: np.ndarray, scale: np.ndarray, h: np.ndarray, damp: float = 0.01, block: int = BLOCK,
                qmax: int = QMAX) -> np.ndarray:
     """int8 codes (n, d) of weights w (n, d) on per-row scales `scale` (n,), rounded in column order with
@@ -60,9 +73,7 @@ def gptq_round(w: np.ndarray, scale: np.ndarray, h: np.ndarray, damp: float = 0.
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     h[np.diag_indices(d)] += damp * float(np.mean(np.diag(h)))
-    # upper Cholesky factor U of H^-1 (H^-1 = U^T U): row i of U, divided by U[i, i], is the OBS update of
-    # column i onto the columns after it, for H restricted to columns i..d-1
-    u = np.linalg.cholesky(np.linalg.inv(h)).T
+    u = inverse_upper_factor(h)
     q = np.zeros((n, d))
     for i1 in range(0, d, block):
         i2 = min(i1 + block, d)
