@@ -30,8 +30,8 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
                         "style) on the calibration images; cle = cross-layer equalization of conv -> leaky -> "
                         "[maxpool] -> conv chains before calibration (Nagel et al., weight ranges), cle_act = the same "
                         "balancing per-channel output ranges on the calibration images; eq = per-layer threshold "
-                        "search on the local output error (ncnn's EQ; int8 scales, or uint8 scale + zero point with --profile "
-                        "qwidgets_asym), before bias; gptq = weight rounding fitted to each conv's calibration inputs "
+                        "search on the local output error (ncnn's EQ; int8 scales, or uint8 scale + zero point "
+                        "with --profile qwidgets_asym), before bias; gptq = weight rounding fitted to each conv's calibration inputs "
                         "(GPTQ/OBQ error compensation, per-channel scales kept), before eq (docs/quantization.md)")
     s.add_argument("--target-map", type=number("--target-map", 0.0, 1.0), metavar="MAP",
                    help="keep the fewest layers FLOAT (greedy by measured sensitivity) so INT detections on --val "

@@ -93,7 +93,8 @@ def test_eq_on_uint8_zero_point_grids(tiny, tiny_stats, floats, method):
     for layer in tiny.layers:                                 # shared grids stay shared
         src = "input" if layer.inputs[0] < 0 else str(layer.inputs[0])
         if layer.kind == "maxpool":
-            assert (eq.scales[str(layer.index)], eq.zero_points[str(layer.index)]) == (eq.scales[src], eq.zero_points[src])
+            nid = str(layer.index)
+            assert (eq.scales[nid], eq.zero_points[nid]) == (eq.scales[src], eq.zero_points[src])
     assert all(v[3] <= v[2] for v in eq.meta["eq"].values())
 
 
