@@ -112,3 +112,24 @@ def test_gptq_rejects_bad_arguments(tiny, tiny_stats):
         gptq_rounding(tiny, qm, images=PHOTOS, damp=0)
     with pytest.raises(ArgumentError, match="FLOAT inputs"):
         gptq_rounding(tiny, qm)
+
+
+def test_cli_quantize_refine_gptq_eq_on_uint8_grids(tmp_path):
+    import subprocess
+    import sys
+    from engine.quant.qmodel import QuantizedModel
+    from helpers import ROOT, TINY_CFG, TINY_WEIGHTS
+    out, plain = tmp_path / "g.npz", tmp_path / "p.npz"
+    base = [sys.executable, "-m", "engine", "quantize", str(TINY_CFG), "--weights", str(TINY_WEIGHTS),
+            "--calib", str(IMAGES / "dog.jpg"), "--per-channel", "--profile", "qwidgets_asym", "--quiet"]
+    res = subprocess.run(base + ["--refine", "gptq", "--refine", "eq", "-o", str(out)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run(base + ["-o", str(plain)], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert res.returncode == 0, res.stderr
+    g, p = QuantizedModel.load(out), QuantizedModel.load(plain)
+    assert g.profile == "qwidgets_asym" and sorted(g.meta["gptq"], key=int) == [str(i) for i in sorted(p.layers)]
+    assert all(v[1] < v[0] for v in g.meta["gptq"].values())
+    assert all(not np.array_equal(g.layers[i].w_q, p.layers[i].w_q) for i in p.layers)
+    moved = [k for k, v in g.meta["eq"].items() if v[1] != v[0]]
+    assert moved and all(g.thresholds[k] == pytest.approx(g.meta["eq"][k][1]) for k in moved)
