@@ -21,7 +21,7 @@ from helpers import IMAGES
 PHOTOS = sorted(IMAGES.glob("*.jpg"))
 
 
-def obs_reference(w, s, h, damp):
+def obs_reference(w, s, h, damp, qmax=127):
     w = np.array(w, np.float64)
     h = np.array(h, np.float64)
     dead = np.diag(h) == 0
@@ -32,7 +32,7 @@ def obs_reference(w, s, h, damp):
     for i in range(d):
         hinv = np.linalg.inv(h[i:, i:])
         for r in range(n):                               # row by row, plain Python arithmetic per weight
-            code = int(min(127, max(-127, round(w[r, i] / s[r]))))
+            code = int(min(qmax, max(-qmax, round(w[r, i] / s[r]))))
             q[r, i] = code
             e = (w[r, i] - code * s[r]) / hinv[0, 0]
             for c in range(1, d - i):
@@ -65,6 +65,9 @@ def test_gptq_round_equals_the_textbook_obs_loop_on_random_data():
     h[:, 7] = h[7, :] = 0                                          # a column no input reaches
     for block in (4, 128):
         assert np.array_equal(gptq_round(w, s, h, 0.01, block=block), obs_reference(w, s, h, 0.01))
+    # a 7-bit (reduce_range) weight range on the same scales: codes saturate at 63 as the reference's do
+    q63 = gptq_round(w, s, h, 0.01, qmax=63)
+    assert np.array_equal(q63, obs_reference(w, s, h, 0.01, qmax=63)) and np.abs(q63).max() == 63
 
 
 def test_gptq_round_equals_the_reference_on_yolov3_tiny_layer_0(tiny, floats):

@@ -5,7 +5,7 @@ loses detections on our variants (docs/quantization.md), so rounding every weigh
 level is not free. Rounding is chosen here to minimise the layer's output error on the calibration
 images instead, ||(W' - W) X||^2 with X the conv's im2col input rows (FLOAT, the layer alone, as EQ and
 bias correction read them). The per-channel scales are kept (only the integers change, within
-[-127, 127]), so int32 biases, the integer paths and every profile are untouched.
+the profile's [-weight_qmax, weight_qmax]), so int32 biases, the integer paths and every profile are untouched.
 
 The algorithm is GPTQ's: H = X^T X + damp * mean(diag) * I over the input columns; columns are
 rounded in order and each rounding error is spread over the columns not yet rounded by the optimal
@@ -113,6 +113,8 @@ def gptq_rounding(model, qmodel: QuantizedModel, floats: FloatOutputs | None = N
         raise EngineError("gptq: no FLOAT inputs were kept (no calibration images, or over the memory cap)")
     targets = [i for i in sorted(qmodel.layers) if i not in qmodel.float_layers
                and model.layers[i].kind == "convolutional" and model.layers[i].groups == 1]
+    from engine.quant.profiles import get_profile
+    qmax = get_profile(qmodel.profile).weight_qmax       # 63 for a reduce_range target: codes stay in its range
     new: dict[int, LayerQuant] = {}
     report: dict[str, list[float]] = {}
 
@@ -124,7 +126,7 @@ def gptq_rounding(model, qmodel: QuantizedModel, floats: FloatOutputs | None = N
         wf = w.reshape(n, -1).astype(np.float64)
         h, _ = input_gram(layer, floats.inputs(layer.inputs[0])[:MAX_IMAGES])
         scale = np.broadcast_to(np.asarray(lq.w_scale, np.float64), (n,))
-        q = gptq_round(wf, scale, h, damp)
+        q = gptq_round(wf, scale, h, damp, qmax=qmax)
         near = lq.w_q.reshape(n, -1).astype(np.float64) * scale[:, None] - wf
         mine = q.astype(np.float64) * scale[:, None] - wf
         energy = max(_quadratic(wf, h), 1e-30)
