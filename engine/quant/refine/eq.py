@@ -7,6 +7,8 @@ one whose int8 output is closest (cosine) to the FLOAT output, averaged over up 
 * any calibrator's thresholds are the start (the quantized model's), the candidates are 2**(j/4)
   times the start's scale for j = -4..4 (powers of two only for power-of-two methods: 2**j, j = -3..1),
   never above the largest |x| seen (a threshold past it clips nothing and only coarsens the grid);
+  uint8 grids with a zero point (profile qwidgets_asym): (scale, zero point) pairs moving the upper
+  end of the range as above and the lower end by {1, 2**-.5, .5} (candidate_grids);
 * the error is the squared L2 distance of the layer's output (int8 input, int8 weights, int32
   bias, activation) to FLOAT, relative to FLOAT's energy, summed over the int8 layers that read
   the tensor's scale group (tensors sharing one scale are searched together);
