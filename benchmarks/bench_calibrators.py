@@ -12,7 +12,7 @@ configs: `plain` (every tensor on its own |x| histogram, the former behaviour), 
 calibration rules, engine/calib/views.py), `bias` (rules + bias correction), `mixed` (rules + the mixed-precision search for
 --target on the first half of the variants, scored on all); refinements combine with `+`:
 `cle` (cross-layer equalization, weight ranges), `cle_act` (CLE on activation ranges), `eq` (the EQ
-threshold search, engine/quant/refine/eq.py), `asym` (uint8 activations with zero points, profile
+threshold search, engine/quant/refine/eq.py), `gptq` (GPTQ weight rounding, engine/quant/refine/gptq.py), `asym` (uint8 activations with zero points, profile
 qwidgets_asym), `ort` (profile onnxruntime), e.g. `cle+asym+bias`, `eq+bias`; `plain+asym` without
 the rules. Bias correction and eq read the FLOAT outputs the calibration pass kept.
 """
@@ -32,7 +32,7 @@ from engine.calib.collect import collect, image_list  # noqa: E402
 from engine.quant.mixed import search  # noqa: E402
 from engine.quant.autoquant import quantize  # noqa: E402
 from engine.calib.floats import FloatOutputs  # noqa: E402
-from engine.quant.refine import attach_equalization, bias_correction, eq_search, equalize  # noqa: E402
+from engine.quant.refine import attach_equalization, bias_correction, eq_search, equalize, gptq_rounding  # noqa: E402
 from engine.quant.scoring import Scorer  # noqa: E402
 from engine.quant.valset import second_variants, variants  # noqa: E402
 
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
             if parts & {"cle", "cle_act"}:
                 mode = "activations" if "cle_act" in parts else "weights"
                 qmodel_of, spec = equalize(model, mode, photos)
-            keep = FloatOutputs(qmodel_of) if parts & {"bias", "eq"} else None
+            keep = FloatOutputs(qmodel_of) if parts & {"bias", "eq", "gptq"} else None
             stats = collect(qmodel_of, photos, progress=False, keep=keep)
             kw = {"rules": ()} if "plain" in parts else {}
             if method == "auto":
@@ -85,6 +85,8 @@ def main(argv=None) -> int:
             qm = quantize(qmodel_of, stats, method, per_channel=True, **kw)
             if spec is not None:
                 qm = attach_equalization(qm, spec, mode, model, qmodel_of)
+            if "gptq" in parts:
+                qm = gptq_rounding(model, qm, keep)
             if "eq" in parts:
                 qm = eq_search(model, qm, keep)
             if "bias" in parts:

@@ -25,12 +25,14 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-rules", action="store_true",
                    help="calibrate every tensor on its own |x| histogram (no one-sided / shared-scale / first-layer "
                         "rules; yolo2_light never uses them)")
-    s.add_argument("--refine", choices=("bias", "cle", "cle_act", "eq"), action="append", default=[],
+    s.add_argument("--refine", choices=("bias", "cle", "cle_act", "eq", "gptq"), action="append", default=[],
                    help="refinement (repeatable): bias = per-channel bias correction (NNCF FastBiasCorrection "
                         "style) on the calibration images; cle = cross-layer equalization of conv -> leaky -> "
                         "[maxpool] -> conv chains before calibration (Nagel et al., weight ranges), cle_act = the same "
                         "balancing per-channel output ranges on the calibration images; eq = per-layer threshold "
-                        "search on the local output error (ncnn's EQ), before bias (docs/quantization.md)")
+                        "search on the local output error (ncnn's EQ; int8 scales, or uint8 scale + zero point "
+                        "with --profile qwidgets_asym), before bias; gptq = weight rounding fitted to each conv's calibration inputs "
+                        "(GPTQ/OBQ error compensation, per-channel scales kept), before eq (docs/quantization.md)")
     s.add_argument("--target-map", type=number("--target-map", 0.0, 1.0), metavar="MAP",
                    help="keep the fewest layers FLOAT (greedy by measured sensitivity) so INT detections on --val "
                         "reach this mAP@[.5:.95] against FLOAT with no lost detection; prints the trade-off curve")
@@ -85,7 +87,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         model, spec = equalize(source, cle_mode, args.calib, args.resize)   # the equalized model is calibrated
         forward = derived_forward(source, spec)          # on the source's forward, rescaled per channel
     keep = None
-    if "bias" in args.refine or "eq" in args.refine:     # they read the calibration pass's FLOAT outputs
+    if {"bias", "eq", "gptq"} & set(args.refine):       # they read the calibration pass's FLOAT outputs
         from engine.calib.floats import FloatOutputs
         keep = FloatOutputs(model)
     stats = collect(model, args.calib, args.resize, progress=not args.quiet, keep=keep, forward=forward)
@@ -97,6 +99,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         from engine.quant.refine import attach_equalization
         qm = attach_equalization(qm, spec, cle_mode, source, model)
         model = source                        # from here on the executor equalizes the float model itself
+    if "gptq" in args.refine:
+        from engine.quant.refine import gptq_rounding
+        qm = gptq_rounding(model, qm, keep)
     if "eq" in args.refine:
         from engine.quant.refine import eq_search
         qm = eq_search(model, qm, keep)

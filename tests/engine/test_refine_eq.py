@@ -15,7 +15,7 @@ import pytest
 from engine.calib.floats import FloatOutputs, float_outputs
 from engine.errors import ArgumentError, EngineError
 from engine.quant.executor import Executor, Value
-from engine.quant.qmodel import quantize_model
+from engine.quant.qmodel import input_id, quantize_model
 from engine.quant.refine.eq import eq_search, fused_bias
 from helpers import IMAGES
 
@@ -66,6 +66,38 @@ def test_eq_never_raises_a_layers_full_local_error(tiny, tiny_stats, floats, met
     assert eq.meta["eq"] and all(len(v) == 4 and v[3] <= v[2] for v in eq.meta["eq"].values())
 
 
+@pytest.mark.parametrize("method", ["minmax", "kl"])
+def test_eq_on_uint8_zero_point_grids(tiny, tiny_stats, floats, method):
+    # qwidgets_asym: (scale, zero point) pairs; measured as above on the profile's exact integer HYBRID conv
+    from engine.quant.asym import asym_params
+    qm = quantize_model(tiny, tiny_stats, method, per_channel=True, profile="qwidgets_asym")
+    eq = eq_search(tiny, qm, floats)
+    moved = [n for n in qm.scales if (eq.scales[n], eq.zero_points[n]) != (qm.scales[n], qm.zero_points[n])]
+    assert moved, eq.meta["eq"]
+    changed = [i for i in qm.layers if input_id(tiny.layers[i]) in moved]
+    assert changed
+    for i in changed:
+        before, after = _local_error(tiny, qm, floats, i), _local_error(tiny, eq, floats, i)
+        assert after <= before * 1.02, (method, i, before, after)    # sampled estimate vs the full error
+        acc = eq.layers[i].acc_scale
+        assert eq.layers[i].in_scale == eq.scales[input_id(tiny.layers[i])]
+        assert np.all(np.abs(eq.layers[i].b_q * acc - fused_bias(tiny.layers[i], tiny.params[i])) <= 0.5 * acc + 1e-6)
+    for n in moved:                                            # every grid is ORT's rule for its own range
+        s, z = eq.scales[n], eq.zero_points[n]
+        assert 0 <= z <= 255
+        lo, hi = -z * s, (255 - z) * s
+        assert hi <= max(tiny_stats.hists[n].hi_signed, qm.thresholds[n]) + s     # the zero point rounds: one step
+        assert abs(asym_params(lo, hi)[0] - s) <= 1e-6 * s
+    for nid in ("input", "0"):
+        assert (eq.scales[nid], eq.zero_points[nid]) == (qm.scales[nid], qm.zero_points[nid])
+    for layer in tiny.layers:                                 # shared grids stay shared
+        src = "input" if layer.inputs[0] < 0 else str(layer.inputs[0])
+        if layer.kind == "maxpool":
+            nid = str(layer.index)
+            assert (eq.scales[nid], eq.zero_points[nid]) == (eq.scales[src], eq.zero_points[src])
+    assert all(v[3] <= v[2] for v in eq.meta["eq"].values())
+
+
 def test_kept_float_outputs_equal_a_fresh_forward(tiny, floats):
     # the calibration pass hands its own arrays to the refinements: a later forward must not overwrite them
     x = tiny.preprocess(PHOTOS[0]).x
@@ -87,7 +119,7 @@ def test_eq_refuses_bad_arguments(tiny, tiny_stats, tiny_q, floats):
     with pytest.raises(ArgumentError, match="floats=... or images="):
         eq_search(tiny, tiny_q)
     ort = quantize_model(tiny, tiny_stats, "minmax", profile="onnxruntime")
-    with pytest.raises(EngineError, match="onnxruntime"):
+    with pytest.raises(EngineError, match="onnxruntime"):       # its leaky tables need a pre-activation grid too
         eq_search(tiny, ort, floats)
     bare = tiny_q.copy()
     bare.stats = None

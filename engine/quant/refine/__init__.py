@@ -1,10 +1,12 @@
-"""Refinements applied around calibration (each a switch, measured alone): bias correction and the EQ
-threshold search after it, cross-layer equalization before it (the equalized float model is what
-gets calibrated)."""
+"""Refinements applied around calibration (each a switch, measured alone): after it, GPTQ weight rounding,
+the EQ threshold search and bias correction (in that order); before it, cross-layer equalization (the
+equalized float model is what gets calibrated)."""
 from engine.quant.refine.bias import bias_correction
 from engine.quant.refine.eq import eq_search
 from engine.quant.refine.equalize import attach as attach_equalization, derived_forward, equalize
+from engine.quant.refine.gptq import gptq_rounding
 
-REFINEMENTS = ("bias", "cle", "cle_act", "eq")
+REFINEMENTS = ("bias", "cle", "cle_act", "eq", "gptq")
 
-__all__ = ["bias_correction", "eq_search", "equalize", "attach_equalization", "derived_forward", "REFINEMENTS"]
+__all__ = ["bias_correction", "eq_search", "equalize", "attach_equalization", "derived_forward", "gptq_rounding",
+           "REFINEMENTS"]

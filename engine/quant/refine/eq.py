@@ -7,6 +7,8 @@ one whose int8 output is closest (cosine) to the FLOAT output, averaged over up 
 * any calibrator's thresholds are the start (the quantized model's), the candidates are 2**(j/4)
   times the start's scale for j = -4..4 (powers of two only for power-of-two methods: 2**j, j = -3..1),
   never above the largest |x| seen (a threshold past it clips nothing and only coarsens the grid);
+  uint8 grids with a zero point (profile qwidgets_asym): (scale, zero point) pairs moving the upper
+  end of the range as above and the lower end by {1, 2**-.5, .5} (candidate_grids);
 * the error is the squared L2 distance of the layer's output (int8 input, int8 weights, int32
   bias, activation) to FLOAT, relative to FLOAT's energy, summed over the int8 layers that read
   the tensor's scale group (tensors sharing one scale are searched together);
@@ -22,6 +24,8 @@ The first-layer rule (the image and the first conv's output are never clipped) i
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from engine.calib import make
@@ -33,6 +37,7 @@ from engine.layers.convolutional import BN_EPS
 from engine.quant.layerquant import LayerQuant
 from engine.quant.qmodel import QuantizedModel, input_id
 from engine.quant.weights import fused_params, quantize_bias
+from engine.quant.asym import asym_params
 from engine.quant.qtensor import QMAX
 
 LINEAR_STEPS = 4          # candidates 2**(j/4): steps of 19%, over [0.5, 2] as ncnn
@@ -40,6 +45,8 @@ MIN_POSITIONS = 8         # per image and layer, however small the budget
 MIN_CHANNELS = 32
 MIN_MACS = 1 << 24        # a small layer is searched on enough data however small its share of the budget
 MAX_IMAGES = 50           # as ncnn's EQ
+QHI = 255                 # uint8 codes of the asymmetric grids
+LOWER_FACTORS = (1.0, 2 ** -0.5, 0.5)    # uint8 grids: the lower end kept or clipped (leaky's negatives are small)
 
 
 def _positions(layer, x: np.ndarray, y: np.ndarray, n: int, clip_at: float, rng
@@ -131,13 +138,18 @@ class _Reader:
         self.energy = max(float((self.weights[:, None] * self.ref ** 2).sum()), 1e-30)
         self.ref32, self.weights32 = self.ref.astype(np.float32), self.weights.astype(np.float32)
 
-    def errors(self, scales: np.ndarray) -> np.ndarray:
-        """Relative squared output error for each candidate input scale, in one batched matmul
+    def errors(self, scales: np.ndarray, zero_points: np.ndarray | None = None) -> np.ndarray:
+        """Relative squared output error for each candidate input scale (and zero point: uint8 grids,
+        q = sat_[0,255](rint(x / s) + zp), the conv summing w * (q - zp)), in one batched matmul
         (float32 throughout: an estimate, not the integer path itself)."""
         k, (p, ck) = scales.size, self.rows.shape
         q = np.multiply(self.rows[None], (1.0 / scales).astype(np.float32).reshape(-1, 1, 1))   # (K, P, C*k*k)
         np.rint(q, out=q)
-        np.clip(q, -QMAX, QMAX, out=q)
+        if zero_points is None:
+            np.clip(q, -QMAX, QMAX, out=q)
+        else:                               # clip to the codes [0, 255] shifted by -zp: the same as q - zp after
+            z = zero_points.astype(np.float32).reshape(-1, 1, 1)
+            np.clip(q, -z, 255 - z, out=q)
         acc = (q.reshape(k * p, ck) @ self.w_q).reshape(k, p, -1)                                # (K, P, n_s)
         s = scales.reshape(-1, 1, 1)
         b_q = np.clip(np.rint(self.b_s / (s * self.w_scale)), -(2 ** 31) + 1, 2 ** 31 - 1)   # int32 bias per scale
@@ -156,16 +168,61 @@ def candidate_scales(s0: float, cap: float, power_of_two: bool) -> np.ndarray:
     return np.unique(np.concatenate([[s0], cands[cands <= cap * (1 + 1e-9)]]))
 
 
+def candidate_grids(s0: float, zp0: int, lo_cap: float, hi_cap: float, power_of_two: bool
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 grids (scales, zero points, upper ends) to try for a tensor on the grid (s0, zp0), i.e. [lo0, hi0]
+    = [-zp0 s0, (255 - zp0) s0]: the start first, then the upper end hi0 * 2**(j/4) (j = -4..4, never past the
+    largest value seen, hi_cap) crossed with the lower end lo0 * {1, 2**-.5, .5} (never below the smallest,
+    lo_cap). Each (lo, hi) gets ONNX Runtime's rule (engine/quant/asym.py); power-of-two methods round the
+    scale up to a power of two and recompute the zero point for the same lower end."""
+    lo0, hi0 = -zp0 * s0, (QHI - zp0) * s0
+    out = {(float(s0), int(zp0)): hi0}
+    for lf in LOWER_FACTORS:
+        lo = max(lo0 * lf, min(lo_cap, 0.0))
+        for j in range(-LINEAR_STEPS, LINEAR_STEPS + 1):
+            hi = hi0 * 2.0 ** (j / LINEAR_STEPS)
+            if hi > max(hi_cap, hi0) * (1 + 1e-9) or hi <= 0:
+                continue
+            s, zp = asym_params(lo, hi)
+            if power_of_two:
+                s = 2.0 ** math.ceil(math.log2(s) - 1e-12)
+                zp = int(np.clip(np.rint(-lo / s), 0, QHI))
+            out.setdefault((float(s), int(zp)), hi)
+    keys = list(out)
+    return (np.array([k[0] for k in keys]), np.array([k[1] for k in keys], np.int64),
+            np.array([out[k] for k in keys]))
+
+
+def _groups(model, qmodel: QuantizedModel, vs) -> tuple[dict[str, list[str]], dict[str, list[int]]]:
+    """(scale group -> member tensors, scale group -> int8 layers reading it)."""
+    groups: dict[str, list[str]] = {}
+    for nid, v in vs.items():
+        groups.setdefault(v.source.rstrip("+"), []).append(nid)
+    readers: dict[str, list[int]] = {}
+    for i in qmodel.layers:
+        layer = model.layers[i]
+        if i in qmodel.float_layers or getattr(layer, "groups", 1) != 1:
+            continue
+        nid = input_id(layer)
+        if nid in vs:
+            readers.setdefault(vs[nid].source.rstrip("+"), []).append(i)
+    return groups, readers
+
+
 def eq_search(model, qmodel: QuantizedModel, floats: FloatOutputs | None = None, images=None,
               budget: float = 0.1, resize: str = "letterbox", seed: int = 0) -> QuantizedModel:
     """A copy of `qmodel` whose activation thresholds are searched per scale group for the least
     local output error of the int8 layers reading them (FLOAT inputs). The FLOAT inputs come from
-    `floats` (kept by the calibration pass) or a FLOAT pass over `images`. The start, chosen and
-    errors per group are in meta["eq"] = {group: [T start, T chosen, error start, error chosen]}."""
+    `floats` (kept by the calibration pass) or a FLOAT pass over `images`. Symmetric int8 (profile
+    qwidgets): candidate scales; uint8 with zero points (qwidgets_asym): candidate (scale, zero point)
+    pairs moving both ends of the range (candidate_grids). The start, chosen and errors per group are in
+    meta["eq"] = {group: [T start, T chosen, error start, error chosen]} (T: the range's upper end)."""
     if not (isinstance(budget, (int, float)) and np.isfinite(budget) and budget > 0):
         raise ArgumentError(f"eq budget={budget!r}: expected a positive fraction of the FLOAT multiply-adds")
-    if qmodel.profile != "qwidgets" or qmodel.zero_points:
-        raise EngineError(f"eq searches symmetric int8 scales (profile qwidgets), not profile {qmodel.profile!r}")
+    asym = qmodel.profile == "qwidgets_asym"
+    if not asym and (qmodel.profile != "qwidgets" or qmodel.zero_points):
+        raise EngineError(f"eq searches the grids of profiles qwidgets (int8) and qwidgets_asym (uint8 + zero "
+                          f"point), not profile {qmodel.profile!r}")
     if qmodel.stats is None:
         raise EngineError("eq needs the quantized model's calibration statistics (it caps thresholds at the "
                           "largest |x| seen)")
@@ -182,60 +239,59 @@ def eq_search(model, qmodel: QuantizedModel, floats: FloatOutputs | None = None,
     power_of_two = bool(getattr(cal, "power_of_two", False))
     rules = tuple(qmodel.meta.get("rules", cal.rules if cal is not None else RULES))
     vs = views(model, qmodel.stats, rules)
-    groups: dict[str, list[str]] = {}
-    for nid, v in vs.items():
-        groups.setdefault(v.source.rstrip("+"), []).append(nid)
-    readers: dict[str, list[int]] = {}
-    for i, lq in qmodel.layers.items():
-        layer = model.layers[i]
-        if i in qmodel.float_layers or getattr(layer, "groups", 1) != 1:
-            continue
-        nid = input_id(layer)
-        if nid in vs:
-            readers.setdefault(vs[nid].source.rstrip("+"), []).append(i)
+    groups, readers = _groups(model, qmodel, vs)
     n_img = min(len(floats), MAX_IMAGES)
-    new_scales: dict[str, float] = {}
     biases: dict[int, np.ndarray] = {}
-    report: dict[str, list[float]] = {}
     jobs = []
     for src, members in groups.items():
         layers = sorted(readers.get(src, []))
         if not layers or any(vs[n].full_range for n in members):
             continue                       # nothing int8 reads it, or the first-layer rule: never clipped
         s0 = float(qmodel.scales[members[0]])
-        cap = max(qmodel.stats.hists[n].amax for n in members) / QMAX
-        cands = candidate_scales(s0, cap, power_of_two)
-        if cands.size >= 2:
-            jobs.append((src, members, layers, s0, cands))
+        hists = [qmodel.stats.hists[n] for n in members]
+        if asym:
+            scales, zps, tops = candidate_grids(s0, int(qmodel.zero_points.get(members[0], 0)),
+                                                min(h.lo_signed for h in hists), max(h.hi_signed for h in hists),
+                                                power_of_two)
+        else:
+            scales = candidate_scales(s0, max(h.amax for h in hists) / QMAX, power_of_two)
+            zps, tops = None, scales * QMAX
+        if scales.size >= 2:
+            jobs.append((src, members, layers, scales, zps, tops))
     errs: dict[int, np.ndarray] = {}
 
     def one(_part: int, j: int) -> None:     # groups are independent (FLOAT inputs): one per work item
-        src, members, layers, s0, cands = jobs[j]
-        err = np.zeros(cands.size)
+        src, members, layers, scales, zps, tops = jobs[j]
+        err = np.zeros(scales.size)
         for i in layers:
             r = _Reader(model, qmodel, i, floats.inputs(model.layers[i].inputs[0])[:n_img],
-                        floats.inputs(i)[:n_img], budget, cands.size, float(cands[0]) * QMAX, seed + i)
+                        floats.inputs(i)[:n_img], budget, scales.size, float(tops.min()), seed + i)
             biases[i] = r.b
-            err += r.errors(cands)
+            err += r.errors(scales, zps)
         errs[j] = err
 
     from engine.kernels.threads import own_threads, parallel_items
     with own_threads():
         parallel_items(len(jobs), one)
-    for j, (src, members, layers, s0, cands) in enumerate(jobs):
-        err = errs[j]
-        k0, k = int(np.flatnonzero(cands == s0)[0]), int(np.argmin(err))
-        if err[k] < err[k0]:
-            new_scales.update({n: float(cands[k]) for n in members})
-        report[src] = [s0 * QMAX, float(cands[k] if err[k] < err[k0] else s0) * QMAX, float(err[k0]),
-                       float(min(err[k], err[k0]))]
     twin = qmodel.copy()
-    twin.scales.update(new_scales)
+    report: dict[str, list[float]] = {}
+    for j, (src, members, layers, scales, zps, tops) in enumerate(jobs):
+        err = errs[j]
+        s0 = float(qmodel.scales[members[0]])
+        k0 = 0 if asym else int(np.flatnonzero(scales == s0)[0])    # the start
+        k = int(np.argmin(err))
+        k = k if err[k] < err[k0] else k0
+        for n in members if k != k0 else ():    # a member on a multiple of the group's scale (upsample) keeps it
+            s_n = float(qmodel.scales[n])
+            twin.scales[n] = float(scales[k]) if s_n == s0 else float(scales[k]) * s_n / s0
+            if asym:
+                twin.zero_points[n] = int(zps[k])
+            twin.thresholds[n] = float(tops[k]) if asym else twin.scales[n] * QMAX
+        report[src] = [float(tops[k0]), float(tops[k]), float(err[k0]), float(err[k])]
     for i, lq in qmodel.layers.items():          # re-derive the int32 biases of the layers whose input scale changed
         s_in = twin.scales[input_id(model.layers[i])]
         if s_in != lq.in_scale:
             b = biases[i] if i in biases else fused_params(model, i)[1]
             twin.layers[i] = LayerQuant(lq.w_q, lq.w_scale, quantize_bias(b, s_in, lq.w_scale), s_in, lq.scheme)
-    twin.thresholds.update({n: s * QMAX for n, s in new_scales.items()})
     twin.meta["eq"] = report
     return twin
