@@ -73,7 +73,8 @@ class SessionPanelData:
         self._qmodel = session.qmodel
         self._thresholds: dict[str, dict] = {}
         self._weights: dict[tuple, tuple[dict, list]] = {}
-        self.memo = IdentityMemo()
+        # a layer's FLOAT-side results (4 entries) for every layer of yolov3 (107) fit, with room for runs
+        self.memo = IdentityMemo(size=1024)
 
     def invalidate(self) -> None:
         """After an edit: the weights (float or int8) changed."""
@@ -141,6 +142,24 @@ class SessionPanelData:
             data["stale"] = f"this output predates an edit (from layer {s.stale_from} on): Rerun or Run"
         return data, images, rows
 
+    def warm(self, node_id: str, *, log2: bool = False, log_y: bool = False) -> None:
+        """Compute ahead what `data(node_id)` will need whatever the run does: the FLOAT reference's output
+        picture, statistics row and histogram counts (remembered for that very tensor) and the weights part
+        (kept until an edit). `data` then finds them; its results are the same with or without this."""
+        if node_id == INPUT:
+            return
+        s, i = self._s, int(node_id)
+        y = s.float_reference()[i]
+        self._float_output_png(i, y, [y])
+        self._row("", [y], lambda: y)
+        self._counts([y], lambda: y, log2)
+        self._weights_part(i, s.layer_info(i), s.mode != "float", log2, log_y)
+
+    def _float_output_png(self, i: int, y: np.ndarray, tokens: list) -> bytes:
+        title = f"layer {i} output (FLOAT), {channels_note(y.shape[0], min(64, y.shape[0]))}"
+        return self.memo.get(tokens, ("png", title), lambda: framed_png(self.memo.get(
+            tokens, "montage", lambda: feature_montage(y, labels=True, as_image=True)), title, "channel"))
+
     def _input(self, i: int, producers: list[str], ref, use_int: bool, images, rows, log2, log_y) -> None:
         s = self._s
         srcs = [s.x if p == INPUT else ref[int(p)] for p in producers]
@@ -180,9 +199,7 @@ class SessionPanelData:
             y_int_of = _once(lambda: np.asarray(self._s.output(i), np.float32))
             # the very ErrorStats the graph overlay colours by: one SQNR per layer in every view
             stats = self._s.fitness(i, local=False)["propagated"]
-        title = f"layer {i} output (FLOAT), {channels_note(y.shape[0], min(64, y.shape[0]))}"
-        images["output"] = self.memo.get(ref_tokens, ("png", title), lambda: framed_png(self.memo.get(
-            ref_tokens, "montage", lambda: feature_montage(y, labels=True, as_image=True)), title, "channel"))
+        images["output"] = self._float_output_png(i, y, ref_tokens)
         rows.append(self._row(ref_label, ref_tokens, y_of))
         series, series_tokens = {"FLOAT": y_of}, {"FLOAT": ref_tokens}
         if y_int_of is not None:

@@ -33,7 +33,7 @@ from qwidgets._confirm import dropped_text
 from qwidgets._errors import Message, shows_errors
 from qwidgets._open_model import opened_text
 from qwidgets._session_panel import SessionPanelData
-from qwidgets._sync import SessionFollower, running_loop
+from qwidgets._sync import SessionFollower, idle_for, running_loop
 from qwidgets.controls import ExplorerControls, stale_note
 from qwidgets.detections_view import DetectionsView
 from qwidgets.device_view import OVERLAYS as DEVICE_OVERLAYS, DeviceView
@@ -47,6 +47,7 @@ from qwidgets.weight_editor import WeightEditor
 
 # overlay -> (ErrorStats field, factor to the unit the legend names)
 FITNESS_OVERLAYS = {"sqnr": ("sqnr_db", 1.0), "saturation": ("saturation", 100.0), "range_use": ("range_use", 100.0)}
+WARM_IDLE = 1.0      # seconds without a click before background warm-up goes on (`_warm_thresholds`)
 TABS = ("Layer", "Weights", "Detections", "Explain", "Images", "Quantization", "Mixed precision", "Device")
 
 
@@ -122,7 +123,7 @@ class Explorer(widgets.VBox):
         # Rerun (and Continue, which re-executes stale outputs first) change kept outputs without a
         # session event: the same update, batched with the handler's own events
         self.weight_editor.observe(lambda _c: self._follower.note("rerun"), names="revision")
-        self._closed, self._background = False, background
+        self._closed, self._background, self._warm_generation = False, background, 0
         self.refresh()
         self.status = (f"{session.model.graph.name}: {session.num_layers} layers, mode {session.mode}; "
                        "Step runs the next layer")
@@ -130,20 +131,32 @@ class Explorer(widgets.VBox):
             self._warm_thresholds()
 
     def _warm_thresholds(self) -> None:
-        """Every calibration method's threshold per tensor is a property of the quantized model (tens of ms
-        per tensor): computed once, one tensor per turn of the kernel's event loop while the user looks at
-        the graph, so that a Step or a click finds them cached (a miss computes it in place). Not in a
-        thread: engine code shares its kernel thread pool, and a click waits at most one tensor."""
+        """Work a click would otherwise wait for, done one piece per turn of the kernel's event loop while
+        the user looks at the graph: every calibration method's threshold per tensor (a property of the
+        quantized model, tens of ms each), then the FLOAT reference forward, then per layer, in execution
+        order, its FLOAT output picture, statistics and histogram and its weights part
+        (`SessionPanelData.warm`). A Step or a click finds them cached (a miss computes in place; the
+        panel is the same either way). Not in a thread: engine code shares its kernel thread pool. A piece
+        waits while a widget handler ran in the last WARM_IDLE seconds, so clicks in a row never queue
+        behind it; an edit or another model starts it again (`_panel_data` is replaced or invalidated)."""
         loop = running_loop()
         if loop is None:                      # a script or a test: computed when first shown
             return
-        data, ids = self._panel_data, [INPUT] + [str(i) for i in range(self.session.num_layers)]
+        self._warm_generation += 1
+        data, gen, n = self._panel_data, self._warm_generation, self.session.num_layers
+        tasks = ([lambda t=t: data.thresholds(t) for t in [INPUT] + [str(i) for i in range(n)]]
+                 + [lambda i=i: data.warm(str(i), log2=self.panel.hist_log2, log_y=self.panel.hist_log_y)
+                    for i in range(n)])
 
         def warm(k: int) -> None:
-            if self._closed or data is not self._panel_data or k >= len(ids):
+            if self._closed or gen != self._warm_generation or k >= len(tasks):
+                return
+            wait = WARM_IDLE - idle_for(self.session)
+            if wait > 0:
+                loop.call_later(wait, warm, k)
                 return
             try:
-                data.thresholds(ids[k])
+                tasks[k]()
             except Exception:                 # noqa: BLE001 - the panel computes (and reports) it in place
                 return
             loop.call_later(0.01, warm, k + 1)
@@ -194,6 +207,8 @@ class Explorer(widgets.VBox):
             self._fitness, self._dets_key = {}, None
         if "edit" in events:
             self._panel_data.invalidate()
+            if self._background:
+                self._warm_thresholds()          # the weights and the FLOAT reference changed
         elif events & {"reset", "rerun"}:
             self._panel_data.memo.clear()        # those tensors are gone: free their results now
         self._fitness = {k: v for k, v in self._fitness.items() if k <= s.position}

@@ -53,3 +53,27 @@ def test_panel_revisit_reuses_results_and_an_edit_recomputes(tiny, tiny_q):
     after = panel.data("3")
     assert after[1]["hist_output"] != first[1]["hist_output"]
     assert after[2] != first[2]
+
+
+def test_warm_ahead_gives_the_panel_a_cold_panel_draws_and_saves_its_float_work(tiny, tiny_q):
+    s = engine.Session(tiny, tiny_q, mode="int", image=sample("dog"))
+    s.run_to(3)
+    warm, cold = SessionPanelData(s), SessionPanelData(s)
+    for i in range(s.num_layers):
+        warm.warm(str(i))
+    ahead = warm.memo.misses
+    # a visited layer (its run side is new), the next one a Step reaches, and a big layer never run
+    for node in ("2", "4", "12"):
+        hot, fresh = warm.data(node), cold.data(node)
+        assert hot[1] == fresh[1] and hot[2] == fresh[2] and hot[0] == fresh[0], node
+    assert (12, True, False, False) in warm._weights            # layer 12's 4.7 M weights: counted ahead
+    # the FLOAT side (output picture, row, counts) came from the warm-up: fewer misses than the cold panel
+    assert warm.memo.misses - ahead < cold.memo.misses
+    # a rerun after an edit: results of the new tensors are computed, never the warmed old ones reused
+    w = s.weights(2, "int8")["w_q"][0]
+    s.edit_weights(2, (0, 0), np.clip(w[0] + 40, -127, 127), target="int8")
+    s.rerun()
+    warm.invalidate()
+    for i in range(s.num_layers):
+        warm.warm(str(i))
+    assert warm.data("3")[1:] == SessionPanelData(s).data("3")[1:]
