@@ -77,3 +77,43 @@ def test_warm_ahead_gives_the_panel_a_cold_panel_draws_and_saves_its_float_work(
     for i in range(s.num_layers):
         warm.warm(str(i))
     assert warm.data("3")[1:] == SessionPanelData(s).data("3")[1:]
+
+
+def test_explorer_warms_in_the_background_only_while_the_user_is_idle(tiny, tiny_q, monkeypatch):
+    import asyncio
+    import time
+
+    import qwidgets.explorer as explorer_module
+    from qwidgets import Explorer
+    from qwidgets._sync import _held
+    monkeypatch.setattr(explorer_module, "WARM_IDLE", 0.3)
+
+    async def run():
+        ex = Explorer(engine.Session(tiny, tiny_q, "int"), background=True)
+        data, pieces = ex._panel_data, []
+        for name in ("warm", "thresholds"):
+            f = getattr(data, name)
+            # a piece of the warm-up runs outside every handler (the panel's own calls run inside one)
+            monkeypatch.setattr(data, name, lambda *a, f=f, **k: (
+                ex.session in _held or pieces.append(time.monotonic()), f(*a, **k))[1])
+        ex.controls.step_button.click()
+        clicks = [time.monotonic()]
+        while len(pieces) < 10:
+            await asyncio.sleep(0.02)
+        ex.controls.step_button.click()            # mid-way: the warm-up pauses again
+        clicks.append(time.monotonic())
+        convs = [i for i, layer in enumerate(tiny.layers) if layer.kind == "convolutional"]
+        for _ in range(3000):
+            if all((i, True, False, False) in data._weights for i in convs):
+                break
+            await asyncio.sleep(0.02)
+        ex.close()
+        return ex, data, pieces, clicks, convs
+
+    ex, data, pieces, clicks, convs = asyncio.run(run())
+    assert all((i, True, False, False) in data._weights for i in convs)
+    for t in clicks:
+        assert not [p for p in pieces if t < p < t + 0.3], "a warm-up piece ran right after a click"
+    assert min(pieces) >= clicks[0] + 0.3
+    # what the warm-up left behind draws the same panel as a cold one
+    assert data.data("12")[1:] == SessionPanelData(ex.session).data("12")[1:]
