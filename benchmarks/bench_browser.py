@@ -100,9 +100,8 @@ def node_xy(page, node_id: str) -> tuple[float, float]:
     the window when it is not fully there (a tall yolov3 canvas runs below the window)."""
     return tuple(page.evaluate(f"""() => {{
         const cy = {CY}; const n = cy.getElementById({node_id!r});
-        // cytoscape caches where its container is on the page and maps clicks with it: after the panel
-        // beside it grew (yolov3's big layers), a click on layer 106 selected layer 94 until a resize
-        cy.resize();
+        // no cy.resize() here (a user's click gets none): cytoscape maps clicks with the canvas position it
+        // measured before, so the Explorer keeps everything above the canvas at one height (GraphView)
         const box = cy.container().getBoundingClientRect();
         const top = Math.max(box.top, 0), bottom = Math.min(box.bottom, window.innerHeight);
         const left = Math.max(box.left, 0), right = Math.min(box.right, window.innerWidth);

@@ -92,9 +92,11 @@ class Explorer(widgets.VBox):
                                 titles=TABS, layout=widgets.Layout(flex="1 1 auto", min_width="480px"))
         left = widgets.VBox([self._follow, self.graph], layout=widgets.Layout(flex=f"0 0 {graph_width + 10}px",
                                                                                width=f"{graph_width + 10}px"))
-        # labels wrap instead of running off the page (long status and confirmation lines)
+        # labels wrap instead of running off the page (long status and confirmation lines); the status keeps
+        # two lines' height, so a one- or two-line message does not move the graph canvas below it
+        # (cytoscape maps clicks with the canvas position it measured earlier: `GraphView._legend`)
         css = widgets.HTML("<style>.qw-explorer .qw-status{white-space:normal !important;height:auto !important;"
-                           "line-height:1.35}.qw-explorer .widget-button{overflow:visible}</style>")
+                           "line-height:1.35;min-height:2.7em}.qw-explorer .widget-button{overflow:visible}</style>")
         super().__init__(children=[css, self.controls, widgets.HBox([left, self.tabs])], **kwargs)
         self.add_class("qw-explorer")
         traitlets.link((self, "follow"), (self._follow, "value"))
