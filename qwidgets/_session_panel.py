@@ -76,10 +76,20 @@ class SessionPanelData:
         # a layer's FLOAT-side results (4 entries) for every layer of yolov3 (107) fit, with room for runs
         self.memo = IdentityMemo(size=1024)
 
-    def invalidate(self) -> None:
-        """After an edit: the weights (float or int8) changed."""
-        self._weights.clear()
-        self.memo.clear()
+    def invalidate(self, edits: Sequence[Any] | None = None) -> None:
+        """After edits (`engine.session.edits.Edit`, with `layer` and `target`; None: anything may have
+        changed): forget the weights part of the edited layers. The memo needs no clearing for correctness
+        (its results are tied to tensor identities, and a rerun makes new tensors); it is emptied after a
+        FLOAT edit, whose new FLOAT reference leaves every FLOAT-side result behind. After an int8 or scale
+        edit the FLOAT side stays valid and is kept (the background warm-up need not redo it)."""
+        if edits is None:
+            self._weights.clear()
+            self.memo.clear()
+            return
+        layers = {str(e.layer) for e in edits}
+        self._weights = {k: v for k, v in self._weights.items() if str(k[0]) not in layers}
+        if any(e.target == "float" for e in edits):
+            self.memo.clear()
 
     def _run_token(self, producer: str) -> Any:
         """The object that stands for a tensor of this mode's run: the int8 QTensor (its float view is a

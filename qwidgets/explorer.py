@@ -47,7 +47,7 @@ from qwidgets.weight_editor import WeightEditor
 
 # overlay -> (ErrorStats field, factor to the unit the legend names)
 FITNESS_OVERLAYS = {"sqnr": ("sqnr_db", 1.0), "saturation": ("saturation", 100.0), "range_use": ("range_use", 100.0)}
-WARM_IDLE = 1.0      # seconds without a click before background warm-up goes on (`_warm_thresholds`)
+WARM_IDLE = 1.5      # seconds without a click before background warm-up goes on (`_warm_thresholds`)
 TABS = ("Layer", "Weights", "Detections", "Explain", "Images", "Quantization", "Mixed precision", "Device")
 
 
@@ -121,6 +121,10 @@ class Explorer(widgets.VBox):
         self.quant_view.observe(self._on_overlay_change, names="sensitivity_ranks")
         self.explain_view.observe(self._on_recoveries_change, names="recoveries")
         self.device_view.observe(self._on_overlay_change, names="overlays")
+        # edits since the last update, so the panel forgets only those layers (registered before the
+        # follower: without an event loop it delivers at once, and the edit must be listed by then)
+        self._edits: list = []
+        self._edit_cb = session.on_edit(self._edits.append)
         self._follower = SessionFollower(session, self.on_session_events)
         # Rerun (and Continue, which re-executes stale outputs first) change kept outputs without a
         # session event: the same update, batched with the handler's own events
@@ -179,6 +183,7 @@ class Explorer(widgets.VBox):
         """Stop following the session, then close the widgets."""
         self._closed = True
         self._follower.close()
+        self.session.remove_callback(self._edit_cb)
         super().close()
 
     # ------------------------------------------------------------------ helpers
@@ -207,12 +212,13 @@ class Explorer(widgets.VBox):
             self.on_model_change()
         if events & {"reset", "edit", "rerun"}:
             self._fitness, self._dets_key = {}, None
+        edits, self._edits[:] = list(self._edits), []
         if "edit" in events:
-            self._panel_data.invalidate()
+            self._panel_data.invalidate(edits or None)      # none listed: forget everything
             if self._background:
-                self._warm_thresholds()          # the weights and the FLOAT reference changed
-        elif events & {"reset", "rerun"}:
-            self._panel_data.memo.clear()        # those tensors are gone: free their results now
+                self._warm_thresholds()          # the edited layers' weights (and a FLOAT edit's reference)
+        elif "reset" in events:
+            self._panel_data.memo.clear()        # another image or mode: those tensors are gone, free their results
         self._fitness = {k: v for k, v in self._fitness.items() if k <= s.position}
         with self.controls.hold_sync():
             if events & {"reset", "edit", "step"}:

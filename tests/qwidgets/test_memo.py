@@ -117,3 +117,27 @@ def test_explorer_warms_in_the_background_only_while_the_user_is_idle(tiny, tiny
     assert min(pieces) >= clicks[0] + 0.3
     # what the warm-up left behind draws the same panel as a cold one
     assert data.data("12")[1:] == SessionPanelData(ex.session).data("12")[1:]
+
+
+def test_an_int8_edit_forgets_only_its_layer_and_the_panel_stays_equal_to_a_cold_one(tiny, tiny_q):
+    s = engine.Session(tiny, tiny_q, mode="int", image=sample("dog"))
+    s.run_to(4)
+    panel = SessionPanelData(s)
+    for node in ("2", "3", "4", "12"):
+        panel.data(node)
+    kept12, old2 = panel._weights[(12, True, False, False)], panel._weights[(2, True, False, False)]
+    w = s.weights(2, "int8")["w_q"][0]
+    edit = s.edit_weights(2, (0, 0), np.clip(w[0] + 40, -127, 127), target="int8")
+    s.rerun()
+    panel.invalidate([edit])
+    for node in ("2", "3", "4", "12"):
+        assert panel.data(node)[1:] == SessionPanelData(s).data(node)[1:], node
+    assert panel._weights[(12, True, False, False)] is kept12               # another layer: kept
+    assert panel._weights[(2, True, False, False)] != old2                  # the edited layer: drawn again
+    # a FLOAT edit changes the FLOAT reference: everything is recomputed, and equal to a cold panel again
+    fw = s.weights(4, "float")["weights"][0]
+    edit = s.edit_weights(4, (0, 0), fw[0] * 3, target="float")
+    s.rerun()
+    panel.invalidate([edit])
+    for node in ("3", "4", "12"):
+        assert panel.data(node)[1:] == SessionPanelData(s).data(node)[1:], node
