@@ -47,7 +47,7 @@ from qwidgets.weight_editor import WeightEditor
 
 # overlay -> (ErrorStats field, factor to the unit the legend names)
 FITNESS_OVERLAYS = {"sqnr": ("sqnr_db", 1.0), "saturation": ("saturation", 100.0), "range_use": ("range_use", 100.0)}
-WARM_IDLE = 1.5      # seconds without a click before background warm-up goes on (`_warm_thresholds`)
+WARM_IDLE = 3.0      # seconds without a click before background warm-up goes on (`_warm_thresholds`)
 TABS = ("Layer", "Weights", "Detections", "Explain", "Images", "Quantization", "Mixed precision", "Device")
 
 
@@ -144,7 +144,8 @@ class Explorer(widgets.VBox):
         (`SessionPanelData.warm`). A Step or a click finds them cached (a miss computes in place; the
         panel is the same either way). Not in a thread: engine code shares its kernel thread pool. A piece
         waits while a widget handler ran in the last WARM_IDLE seconds, so clicks in a row never queue
-        behind it; an edit or another model starts it again (`_panel_data` is replaced or invalidated)."""
+        behind it. Another model starts it again; after an edit it goes on where it was (what it already
+        did for other layers stays valid; an edited layer is computed when shown)."""
         loop = running_loop()
         if loop is None:                      # a script or a test: computed when first shown
             return
@@ -215,8 +216,6 @@ class Explorer(widgets.VBox):
         edits, self._edits[:] = list(self._edits), []
         if "edit" in events:
             self._panel_data.invalidate(edits or None)      # none listed: forget everything
-            if self._background:
-                self._warm_thresholds()          # the edited layers' weights (and a FLOAT edit's reference)
         elif "reset" in events:
             self._panel_data.memo.clear()        # another image or mode: those tensors are gone, free their results
         self._fitness = {k: v for k, v in self._fitness.items() if k <= s.position}
