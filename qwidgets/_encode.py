@@ -44,6 +44,27 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
+@functools.lru_cache(maxsize=4096)
+def _text_mask(text: str, size: int) -> tuple[Image.Image, int]:
+    """`text` rendered once as an "L" coverage mask, and its width (a FreeType render per label cost a
+    millisecond: ~60 labels per layer panel, most of them repeated from one Step to the next)."""
+    fnt = font(size)
+    left, top, right, bottom = fnt.getbbox(text)
+    mask = Image.new("L", (max(1, right), max(1, bottom)), 0)
+    ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=fnt)
+    return mask, int(round(fnt.getlength(text)))
+
+
+def draw_text(im: Image.Image, xy: tuple[float, float], text: str, fill, size: int) -> None:
+    """Pillow's `ImageDraw.text(xy, text, fill, font(size))` at whole-pixel `xy`, from the cached mask."""
+    if text:
+        im.paste(fill, (int(round(xy[0])), int(round(xy[1]))), _text_mask(text, size)[0])
+
+
+def text_width(text: str, size: int) -> int:
+    return _text_mask(text, size)[1] if text else 0
+
+
 def to_png(im: Image.Image | np.ndarray) -> bytes:
     """PNG bytes at zlib's fastest level (the engine's encoder; views redraw on every step)."""
     return _engine_png(im, compress_level=1)
@@ -202,7 +223,6 @@ def histogram_png(series: Mapping[str, tuple[np.ndarray, np.ndarray]], markers: 
 with the legend inside it (the plot shrinks by one 14 px line per 3 legend entries).
     log_y: y = log10(1 + count); log_x: x axis in log2 (for log2-bin histograms; x > 0 only).
     """
-    fnt = font(11)
     markers = dict(markers or {})
     legend = [(k, SERIES_COLOURS[i % len(SERIES_COLOURS)], "") for i, k in enumerate(series)]
     legend += [(("* " if k == in_use else "") + k, MARKER_COLOURS[i % len(MARKER_COLOURS)], f" {v:.3g}")
@@ -245,23 +265,23 @@ with the legend inside it (the plot shrinks by one 14 px line per 3 legend entri
         x = float(px(np.float64(t)))
         draw.line([(x, bottom), (x, bottom + 3)], fill=(0, 0, 0))
         text = f"{t:.3g}"
-        tw = draw.textlength(text, font=fnt)
-        draw.text((min(max(0, x - tw / 2), width - tw), bottom + 4), text, fill=(0, 0, 0), font=fnt)
+        tw = text_width(text, 11)
+        draw_text(im, (min(max(0, x - tw / 2), width - tw), bottom + 4), text, (0, 0, 0), 11)
     for frac in (0.0, 0.5, 1.0):
         y = bottom - frac * (bottom - top)
         count = (10 ** (frac * ymax) - 1) if log_y else frac * ymax
         text = f"{count:.3g}"
         draw.line([(left - 3, y), (left, y)], fill=(0, 0, 0))
-        draw.text((left - 4 - draw.textlength(text, font=fnt), y - 6), text, fill=(0, 0, 0), font=fnt)
-    draw.text((left, bottom + 16), ("|x|, log2 axis" if log_x else "value") + ("   count, log axis" if log_y
-              else "   (y: count)"), fill=(90, 90, 90), font=fnt)
+        draw_text(im, (left - 4 - text_width(text, 11), y - 6), text, (0, 0, 0), 11)
+    draw_text(im, (left, bottom + 16), ("|x|, log2 axis" if log_x else "value") + ("   count, log axis" if log_y
+              else "   (y: count)"), (90, 90, 90), 11)
     if title:
-        draw.text((left, 1), title, fill=(0, 0, 0), font=fnt)
+        draw_text(im, (left, 1), title, (0, 0, 0), 11)
     for k, (label, colour, suffix) in enumerate(legend):
         r, c = divmod(k, per_row)
         x, y = 8 + c * (width // per_row), height - legend_h + r * 14
         draw.rectangle([x, y + 3, x + 8, y + 11], fill=colour + (255,))
-        draw.text((x + 12, y), f"{label}{suffix}", fill=(0, 0, 0), font=fnt)
+        draw_text(im, (x + 12, y), f"{label}{suffix}", (0, 0, 0), 11)
     return to_png(im)
 
 
@@ -330,7 +350,6 @@ def framed_png(png: bytes | Image.Image, title: str, bar: str | None = None, lo:
 
     bar: "grey" (black = lo .. white = hi), "channel" (grey, each channel's own min .. max),
     "diverging" (blue = lo .. white = 0 .. red = hi) or None (title only)."""
-    fnt = font(12)
     src = png if isinstance(png, Image.Image) else Image.open(io.BytesIO(png))
     # grey maps stay one byte per pixel: a third of the PNG to encode and send
     mode = "L" if src.mode == "L" and bar in (None, "grey", "channel") else "RGB"
@@ -340,7 +359,7 @@ def framed_png(png: bytes | Image.Image, title: str, bar: str | None = None, lo:
     out = Image.new(mode, (width, 18 + src.height + bar_h), 255 if mode == "L" else (255, 255, 255))
     black = 0 if mode == "L" else (0, 0, 0)
     draw = ImageDraw.Draw(out)
-    draw.text((2, 2), title, fill=black, font=fnt)
+    draw_text(out, (2, 2), title, black, 12)
     out.paste(src, (0, 18))
     if bar is not None:
         y0, x0, x1 = 18 + src.height + 4, 40, width - 40
@@ -359,8 +378,8 @@ def framed_png(png: bytes | Image.Image, title: str, bar: str | None = None, lo:
         else:
             labels = [(x0, f"{lo:.3g}{unit}"), (x1, f"{hi:.3g}{unit}")]
         for x, text in labels:
-            tw = draw.textlength(text, font=fnt)
-            draw.text((min(max(2, x - tw / 2), width - tw - 2), y0 + 13), text, fill=black, font=fnt)
+            tw = text_width(text, 12)
+            draw_text(out, (min(max(2, x - tw / 2), width - tw - 2), y0 + 13), text, black, 12)
     return to_png(out)
 
 

@@ -73,12 +73,23 @@ class SessionPanelData:
         self._qmodel = session.qmodel
         self._thresholds: dict[str, dict] = {}
         self._weights: dict[tuple, tuple[dict, list]] = {}
-        self.memo = IdentityMemo()
+        # a layer's FLOAT-side results (4 entries) for every layer of yolov3 (107) fit, with room for runs
+        self.memo = IdentityMemo(size=1024)
 
-    def invalidate(self) -> None:
-        """After an edit: the weights (float or int8) changed."""
-        self._weights.clear()
-        self.memo.clear()
+    def invalidate(self, edits: Sequence[Any] | None = None) -> None:
+        """After edits (`engine.session.edits.Edit`, with `layer` and `target`; None: anything may have
+        changed): forget the weights part of the edited layers. The memo needs no clearing for correctness
+        (its results are tied to tensor identities, and a rerun makes new tensors); it is emptied after a
+        FLOAT edit, whose new FLOAT reference leaves every FLOAT-side result behind. After an int8 or scale
+        edit the FLOAT side stays valid and is kept (the background warm-up need not redo it)."""
+        if edits is None:
+            self._weights.clear()
+            self.memo.clear()
+            return
+        layers = {str(e.layer) for e in edits}
+        self._weights = {k: v for k, v in self._weights.items() if str(k[0]) not in layers}
+        if any(e.target == "float" for e in edits):
+            self.memo.clear()
 
     def _run_token(self, producer: str) -> Any:
         """The object that stands for a tensor of this mode's run: the int8 QTensor (its float view is a
@@ -141,6 +152,24 @@ class SessionPanelData:
             data["stale"] = f"this output predates an edit (from layer {s.stale_from} on): Rerun or Run"
         return data, images, rows
 
+    def warm(self, node_id: str, *, log2: bool = False, log_y: bool = False) -> None:
+        """Compute ahead what `data(node_id)` will need whatever the run does: the FLOAT reference's output
+        picture, statistics row and histogram counts (remembered for that very tensor) and the weights part
+        (kept until an edit). `data` then finds them; its results are the same with or without this."""
+        if node_id == INPUT:
+            return
+        s, i = self._s, int(node_id)
+        y = s.float_reference()[i]
+        self._float_output_png(i, y, [y])
+        self._row("", [y], lambda: y)
+        self._counts([y], lambda: y, log2)
+        self._weights_part(i, s.layer_info(i), s.mode != "float", log2, log_y)
+
+    def _float_output_png(self, i: int, y: np.ndarray, tokens: list) -> bytes:
+        title = f"layer {i} output (FLOAT), {channels_note(y.shape[0], min(64, y.shape[0]))}"
+        return self.memo.get(tokens, ("png", title), lambda: framed_png(self.memo.get(
+            tokens, "montage", lambda: feature_montage(y, labels=True, as_image=True)), title, "channel"))
+
     def _input(self, i: int, producers: list[str], ref, use_int: bool, images, rows, log2, log_y) -> None:
         s = self._s
         srcs = [s.x if p == INPUT else ref[int(p)] for p in producers]
@@ -180,9 +209,7 @@ class SessionPanelData:
             y_int_of = _once(lambda: np.asarray(self._s.output(i), np.float32))
             # the very ErrorStats the graph overlay colours by: one SQNR per layer in every view
             stats = self._s.fitness(i, local=False)["propagated"]
-        title = f"layer {i} output (FLOAT), {channels_note(y.shape[0], min(64, y.shape[0]))}"
-        images["output"] = self.memo.get(ref_tokens, ("png", title), lambda: framed_png(self.memo.get(
-            ref_tokens, "montage", lambda: feature_montage(y, labels=True, as_image=True)), title, "channel"))
+        images["output"] = self._float_output_png(i, y, ref_tokens)
         rows.append(self._row(ref_label, ref_tokens, y_of))
         series, series_tokens = {"FLOAT": y_of}, {"FLOAT": ref_tokens}
         if y_int_of is not None:
@@ -247,10 +274,13 @@ def _maps(y: np.ndarray, y_int: np.ndarray, run: str) -> dict[str, bytes]:
     """FLOAT, run and run - FLOAT maps of the first 16 channels, one grey scale each, with colour bars."""
     shown = channels_note(y.shape[0], min(16, y.shape[0]))
     grid = {"max_channels": 16, "cols": 4, "normalize": "global", "as_image": True}
-    vmax = float(np.abs(y_int[:16] - y[:16]).max())
+    # only the 16 shown channels: a whole-tensor difference was 4x the work on yolov3's 64-channel maps
+    y, y_int = y[:16], y_int[:16]
+    diff = y_int - y
+    vmax = float(np.abs(diff).max())
     return {"float": framed_png(feature_montage(y, **grid), f"FLOAT, {shown}", "grey",
-                                float(y[:16].min()), float(y[:16].max())),
+                                float(y.min()), float(y.max())),
             "int": framed_png(feature_montage(y_int, **grid), f"{run}, {shown}", "grey",
-                              float(y_int[:16].min()), float(y_int[:16].max())),
-            "heatmap": framed_png(heatmap_png(y_int - y, max_channels=16, cols=4, vmax=vmax, as_image=True),
+                              float(y_int.min()), float(y_int.max())),
+            "heatmap": framed_png(heatmap_png(diff, max_channels=16, cols=4, vmax=vmax, as_image=True),
                                   f"{run} - FLOAT, {shown}", "diverging", -vmax, vmax)}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import weakref
 from typing import Any, Callable, Iterator
 
@@ -24,6 +25,8 @@ Update = Callable[[frozenset, bool], Any]
 EVENTS = ("step", "edit", "reset")
 
 _held: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+# when a widget handler last finished driving each session (background warm-up waits for a quiet user)
+_last_active: "weakref.WeakKeyDictionary[Any, float]" = weakref.WeakKeyDictionary()
 # WeakSet values: a follower references its session, so a strong value would keep the key alive forever
 _followers: "weakref.WeakKeyDictionary[Any, weakref.WeakSet[SessionFollower]]" = weakref.WeakKeyDictionary()
 
@@ -41,8 +44,15 @@ def holding(session: Any) -> Iterator[None]:
         _held[session] -= 1
         if _held[session] == 0:
             del _held[session]
+            _last_active[session] = time.monotonic()
             for follower in list(_followers.get(session, ())):
                 follower.flush(from_code=False)
+
+
+def idle_for(session: Any) -> float:
+    """Seconds since a widget handler last drove `session` (inf if none ever did)."""
+    t = _last_active.get(session)
+    return float("inf") if t is None else time.monotonic() - t
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:

@@ -33,7 +33,7 @@ from qwidgets._confirm import dropped_text
 from qwidgets._errors import Message, shows_errors
 from qwidgets._open_model import opened_text
 from qwidgets._session_panel import SessionPanelData
-from qwidgets._sync import SessionFollower, running_loop
+from qwidgets._sync import SessionFollower, idle_for, running_loop
 from qwidgets.controls import ExplorerControls, stale_note
 from qwidgets.detections_view import DetectionsView
 from qwidgets.device_view import OVERLAYS as DEVICE_OVERLAYS, DeviceView
@@ -47,6 +47,7 @@ from qwidgets.weight_editor import WeightEditor
 
 # overlay -> (ErrorStats field, factor to the unit the legend names)
 FITNESS_OVERLAYS = {"sqnr": ("sqnr_db", 1.0), "saturation": ("saturation", 100.0), "range_use": ("range_use", 100.0)}
+WARM_IDLE = 3.0      # seconds without a click before background warm-up goes on (`_warm_thresholds`)
 TABS = ("Layer", "Weights", "Detections", "Explain", "Images", "Quantization", "Mixed precision", "Device")
 
 
@@ -91,9 +92,11 @@ class Explorer(widgets.VBox):
                                 titles=TABS, layout=widgets.Layout(flex="1 1 auto", min_width="480px"))
         left = widgets.VBox([self._follow, self.graph], layout=widgets.Layout(flex=f"0 0 {graph_width + 10}px",
                                                                                width=f"{graph_width + 10}px"))
-        # labels wrap instead of running off the page (long status and confirmation lines)
+        # labels wrap instead of running off the page (long status and confirmation lines); the status keeps
+        # two lines' height, so a one- or two-line message does not move the graph canvas below it
+        # (cytoscape maps clicks with the canvas position it measured earlier: `GraphView._legend`)
         css = widgets.HTML("<style>.qw-explorer .qw-status{white-space:normal !important;height:auto !important;"
-                           "line-height:1.35}.qw-explorer .widget-button{overflow:visible}</style>")
+                           "line-height:1.35;min-height:2.7em}.qw-explorer .widget-button{overflow:visible}</style>")
         super().__init__(children=[css, self.controls, widgets.HBox([left, self.tabs])], **kwargs)
         self.add_class("qw-explorer")
         traitlets.link((self, "follow"), (self._follow, "value"))
@@ -118,11 +121,15 @@ class Explorer(widgets.VBox):
         self.quant_view.observe(self._on_overlay_change, names="sensitivity_ranks")
         self.explain_view.observe(self._on_recoveries_change, names="recoveries")
         self.device_view.observe(self._on_overlay_change, names="overlays")
+        # edits since the last update, so the panel forgets only those layers (registered before the
+        # follower: without an event loop it delivers at once, and the edit must be listed by then)
+        self._edits: list = []
+        self._edit_cb = session.on_edit(self._edits.append)
         self._follower = SessionFollower(session, self.on_session_events)
         # Rerun (and Continue, which re-executes stale outputs first) change kept outputs without a
         # session event: the same update, batched with the handler's own events
         self.weight_editor.observe(lambda _c: self._follower.note("rerun"), names="revision")
-        self._closed, self._background = False, background
+        self._closed, self._background, self._warm_generation = False, background, 0
         self.refresh()
         self.status = (f"{session.model.graph.name}: {session.num_layers} layers, mode {session.mode}; "
                        "Step runs the next layer")
@@ -130,20 +137,33 @@ class Explorer(widgets.VBox):
             self._warm_thresholds()
 
     def _warm_thresholds(self) -> None:
-        """Every calibration method's threshold per tensor is a property of the quantized model (tens of ms
-        per tensor): computed once, one tensor per turn of the kernel's event loop while the user looks at
-        the graph, so that a Step or a click finds them cached (a miss computes it in place). Not in a
-        thread: engine code shares its kernel thread pool, and a click waits at most one tensor."""
+        """Work a click would otherwise wait for, done one piece per turn of the kernel's event loop while
+        the user looks at the graph: every calibration method's threshold per tensor (a property of the
+        quantized model, tens of ms each), then the FLOAT reference forward, then per layer, in execution
+        order, its FLOAT output picture, statistics and histogram and its weights part
+        (`SessionPanelData.warm`). A Step or a click finds them cached (a miss computes in place; the
+        panel is the same either way). Not in a thread: engine code shares its kernel thread pool. A piece
+        waits while a widget handler ran in the last WARM_IDLE seconds, so clicks in a row never queue
+        behind it. Another model starts it again; after an edit it goes on where it was (what it already
+        did for other layers stays valid; an edited layer is computed when shown)."""
         loop = running_loop()
         if loop is None:                      # a script or a test: computed when first shown
             return
-        data, ids = self._panel_data, [INPUT] + [str(i) for i in range(self.session.num_layers)]
+        self._warm_generation += 1
+        data, gen, n = self._panel_data, self._warm_generation, self.session.num_layers
+        tasks = ([lambda t=t: data.thresholds(t) for t in [INPUT] + [str(i) for i in range(n)]]
+                 + [lambda i=i: data.warm(str(i), log2=self.panel.hist_log2, log_y=self.panel.hist_log_y)
+                    for i in range(n)])
 
         def warm(k: int) -> None:
-            if self._closed or data is not self._panel_data or k >= len(ids):
+            if self._closed or gen != self._warm_generation or k >= len(tasks):
+                return
+            wait = WARM_IDLE - idle_for(self.session)
+            if wait > 0:
+                loop.call_later(wait, warm, k)
                 return
             try:
-                data.thresholds(ids[k])
+                tasks[k]()
             except Exception:                 # noqa: BLE001 - the panel computes (and reports) it in place
                 return
             loop.call_later(0.01, warm, k + 1)
@@ -164,6 +184,7 @@ class Explorer(widgets.VBox):
         """Stop following the session, then close the widgets."""
         self._closed = True
         self._follower.close()
+        self.session.remove_callback(self._edit_cb)
         super().close()
 
     # ------------------------------------------------------------------ helpers
@@ -192,10 +213,11 @@ class Explorer(widgets.VBox):
             self.on_model_change()
         if events & {"reset", "edit", "rerun"}:
             self._fitness, self._dets_key = {}, None
+        edits, self._edits[:] = list(self._edits), []
         if "edit" in events:
-            self._panel_data.invalidate()
-        elif events & {"reset", "rerun"}:
-            self._panel_data.memo.clear()        # those tensors are gone: free their results now
+            self._panel_data.invalidate(edits or None)      # none listed: forget everything
+        elif "reset" in events:
+            self._panel_data.memo.clear()        # another image or mode: those tensors are gone, free their results
         self._fitness = {k: v for k, v in self._fitness.items() if k <= s.position}
         with self.controls.hold_sync():
             if events & {"reset", "edit", "step"}:

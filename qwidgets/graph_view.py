@@ -219,13 +219,17 @@ class GraphView(widgets.VBox):
                                   layout=widgets.Layout(width="150px"))
         self._fit = widgets.Button(description="Fit", icon="expand", layout=widgets.Layout(width="64px"),
                                    tooltip="lay the graph out again to fit the canvas")
-        self._legend = widgets.HTML()
+        # the legend keeps one height (3 lines, then it scrolls) whatever the colouring: cytoscape maps
+        # clicks with the page position of its canvas measured earlier (it re-measures on resize and scroll
+        # only), so anything above the canvas that changed height made a click select another node
+        self._legend = widgets.HTML(layout=widgets.Layout(height="64px", overflow_y="auto"))
         self._legend.add_class("qw-legend")
         self.worst_list = widgets.Select(rows=5, layout=widgets.Layout(width="100%", display="none"))
         self.worst_list.add_class("qw-worst")
         self._worst_title = widgets.HTML()
+        # the worst list appears with a metric colouring: below the canvas, so it never moves it (see _legend)
         super().__init__(children=[widgets.HBox([self._overlay, self._find, self._fit]), self._legend,
-                                   self._worst_title, self.worst_list, self.hover, self.cyto], **kwargs)
+                                   self.hover, self.cyto, self._worst_title, self.worst_list], **kwargs)
         self.add_class("qw-graph-view")
         self._overlay.options = list(self.overlay_options)
         traitlets.link((self, "overlay"), (self._overlay, "value"))

@@ -279,12 +279,12 @@ class WeightEditor(widgets.VBox):
                                 f"before: SQNR {d.sqnr_db:.1f} dB, max |diff| {d.max_abs:.4g}, "
                                 f"{r.changed:,} of {r.after.size:,} values changed")
             if r.after.ndim == 3:
-                diff = r.after - r.before
-                vmax = float(np.abs(diff[:16]).max())
+                diff = r.after[:16] - r.before[:16]      # the shown channels only
+                vmax = float(np.abs(diff).max())
                 self.heatmap.value = framed_png(
                     heatmap_png(diff, max_channels=16, cols=4, vmax=vmax, as_image=True),
                     f"layer {r.index} output after - before the edit, "
-                    f"{channels_note(diff.shape[0], min(16, diff.shape[0]))}",
+                    f"{channels_note(r.after.shape[0], min(16, r.after.shape[0]))}",
                     "diverging", -vmax, vmax)
             else:
                 self.heatmap.value = b""

@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
 
 CY = "document.querySelector('.qw-explorer .qw-graph-canvas')._cyreg.cy"
 STATUS = "document.querySelector('.qw-explorer .qw-controls .qw-status').innerText"
+PANEL_TITLE = "document.querySelector('.qw-explorer .qw-layer-panel').firstElementChild.innerText"
 BROKEN_JS = """() => Array.from(document.querySelectorAll('.qw-explorer img'))
     .filter(i => i.offsetParent !== null && !(i.complete && i.naturalWidth > 0)).length"""
 
@@ -110,11 +111,21 @@ def test_explorer_round2_in_the_browser(chromium, page, lab, artifacts):
     wait_status(page, "ran to layer 12 ")
 
     # sqnr colouring: dB on nodes, legend with unit and direction, worst list
+    top = page.evaluate(f"() => {CY}.container().getBoundingClientRect().top")
     page.locator(".qw-explorer .qw-graph-view select").first.select_option("sqnr")
     page.wait_for_function(f"() => {CY}.getElementById('12').data('label').endsWith(' dB')", timeout=30_000)
     legend = page.locator(".qw-explorer .qw-legend").inner_text()
     assert "dB (higher is better)" in legend and "good" in legend and "bad" in legend, legend
     assert page.locator(".qw-explorer .qw-worst option").count() == 5
+    # cytoscape keeps the canvas's page position it measured before and maps clicks with it (it re-measures
+    # on resize and scroll only): the sqnr legend and worst list used to push the canvas down, and these
+    # real clicks then selected another node or none. The canvas stays put, and the clicks land.
+    moved = page.evaluate(f"() => {CY}.container().getBoundingClientRect().top") - top
+    assert abs(moved) < 1, f"the canvas moved {moved} px when the colouring changed"
+    for node in ("7", "12"):
+        click_node(page, node)
+        page.wait_for_function(f"() => {PANEL_TITLE}.trim().startsWith('layer {node} ')", timeout=30_000)
+        assert page.evaluate(f"() => {CY}.nodes('.picked').map(n => n.id())") == [node], (node, moved)
     page.wait_for_timeout(500)
     page.locator(".qw-explorer").screenshot(path=str(artifacts / "02_sqnr_layer12.png"))
     docs(artifacts / "02_sqnr_layer12.png", "explorer.png")

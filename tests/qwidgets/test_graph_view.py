@@ -152,3 +152,15 @@ def test_hover_line_follows_the_mouse_and_no_click_tooltip_lingers(view):
     assert view.hovered_node == "5" and "5 [maxpool]" in view.hover.value
     send("mouseout", "5")
     assert view.hovered_node == "" and view.hover.value == ""
+
+
+def test_nothing_above_the_canvas_changes_height_with_the_colouring(view):
+    # cytoscape maps clicks with the canvas position it measured earlier (the browser test clicks after a
+    # colouring change): above the canvas only fixed-height rows; the worst list (shown for metrics) is below
+    above = view.children[:view.children.index(view.cyto)]
+    assert view.worst_list not in above and view._worst_title not in above
+    assert view._legend in above and view._legend.layout.height and view.hover.layout.height
+    view.overlay = "sqnr"
+    view.overlay_values = {"0": 10.0, "1": 30.0}
+    assert view.worst_list.layout.display == "flex"
+    assert view.children.index(view.worst_list) > view.children.index(view.cyto)

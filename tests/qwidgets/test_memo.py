@@ -53,3 +53,91 @@ def test_panel_revisit_reuses_results_and_an_edit_recomputes(tiny, tiny_q):
     after = panel.data("3")
     assert after[1]["hist_output"] != first[1]["hist_output"]
     assert after[2] != first[2]
+
+
+def test_warm_ahead_gives_the_panel_a_cold_panel_draws_and_saves_its_float_work(tiny, tiny_q):
+    s = engine.Session(tiny, tiny_q, mode="int", image=sample("dog"))
+    s.run_to(3)
+    warm, cold = SessionPanelData(s), SessionPanelData(s)
+    for i in range(s.num_layers):
+        warm.warm(str(i))
+    ahead = warm.memo.misses
+    # a visited layer (its run side is new), the next one a Step reaches, and a big layer never run
+    for node in ("2", "4", "12"):
+        hot, fresh = warm.data(node), cold.data(node)
+        assert hot[1] == fresh[1] and hot[2] == fresh[2] and hot[0] == fresh[0], node
+    assert (12, True, False, False) in warm._weights            # layer 12's 4.7 M weights: counted ahead
+    # the FLOAT side (output picture, row, counts) came from the warm-up: fewer misses than the cold panel
+    assert warm.memo.misses - ahead < cold.memo.misses
+    # a rerun after an edit: results of the new tensors are computed, never the warmed old ones reused
+    w = s.weights(2, "int8")["w_q"][0]
+    s.edit_weights(2, (0, 0), np.clip(w[0] + 40, -127, 127), target="int8")
+    s.rerun()
+    warm.invalidate()
+    for i in range(s.num_layers):
+        warm.warm(str(i))
+    assert warm.data("3")[1:] == SessionPanelData(s).data("3")[1:]
+
+
+def test_explorer_warms_in_the_background_only_while_the_user_is_idle(tiny, tiny_q, monkeypatch):
+    import asyncio
+    import time
+
+    import qwidgets.explorer as explorer_module
+    from qwidgets import Explorer
+    from qwidgets._sync import _held
+    monkeypatch.setattr(explorer_module, "WARM_IDLE", 0.3)
+
+    async def run():
+        ex = Explorer(engine.Session(tiny, tiny_q, "int"), background=True)
+        data, pieces = ex._panel_data, []
+        for name in ("warm", "thresholds"):
+            f = getattr(data, name)
+            # a piece of the warm-up runs outside every handler (the panel's own calls run inside one)
+            monkeypatch.setattr(data, name, lambda *a, f=f, **k: (
+                ex.session in _held or pieces.append(time.monotonic()), f(*a, **k))[1])
+        ex.controls.step_button.click()
+        clicks = [time.monotonic()]
+        while len(pieces) < 10:
+            await asyncio.sleep(0.02)
+        ex.controls.step_button.click()            # mid-way: the warm-up pauses again
+        clicks.append(time.monotonic())
+        convs = [i for i, layer in enumerate(tiny.layers) if layer.kind == "convolutional"]
+        for _ in range(3000):
+            if all((i, True, False, False) in data._weights for i in convs):
+                break
+            await asyncio.sleep(0.02)
+        ex.close()
+        return ex, data, pieces, clicks, convs
+
+    ex, data, pieces, clicks, convs = asyncio.run(run())
+    assert all((i, True, False, False) in data._weights for i in convs)
+    for t in clicks:
+        assert not [p for p in pieces if t < p < t + 0.3], "a warm-up piece ran right after a click"
+    assert min(pieces) >= clicks[0] + 0.3
+    # what the warm-up left behind draws the same panel as a cold one
+    assert data.data("12")[1:] == SessionPanelData(ex.session).data("12")[1:]
+
+
+def test_an_int8_edit_forgets_only_its_layer_and_the_panel_stays_equal_to_a_cold_one(tiny, tiny_q):
+    s = engine.Session(tiny, tiny_q, mode="int", image=sample("dog"))
+    s.run_to(4)
+    panel = SessionPanelData(s)
+    for node in ("2", "3", "4", "12"):
+        panel.data(node)
+    kept12, old2 = panel._weights[(12, True, False, False)], panel._weights[(2, True, False, False)]
+    w = s.weights(2, "int8")["w_q"][0]
+    edit = s.edit_weights(2, (0, 0), np.clip(w[0] + 40, -127, 127), target="int8")
+    s.rerun()
+    panel.invalidate([edit])
+    for node in ("2", "3", "4", "12"):
+        assert panel.data(node)[1:] == SessionPanelData(s).data(node)[1:], node
+    assert panel._weights[(12, True, False, False)] is kept12               # another layer: kept
+    assert panel._weights[(2, True, False, False)] != old2                  # the edited layer: drawn again
+    # a FLOAT edit changes the FLOAT reference: everything is recomputed, and equal to a cold panel again
+    fw = s.weights(4, "float")["weights"][0]
+    edit = s.edit_weights(4, (0, 0), fw[0] * 3, target="float")
+    s.rerun()
+    panel.invalidate([edit])
+    for node in ("3", "4", "12"):
+        assert panel.data(node)[1:] == SessionPanelData(s).data(node)[1:], node
