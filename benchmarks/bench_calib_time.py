@@ -10,7 +10,8 @@ the median of each stage over the median FLOAT pass.
     python benchmarks/bench_calib_time.py [--methods minmax,kl,log2] [--rounds 5] [--refine cle,eq,bias]
                                           [--profile qwidgets_asym]
 
-EQ searches symmetric int8 scales only: under an asymmetric profile every refinement is cle + bias.
+EQ searches the grids of qwidgets (int8) and qwidgets_asym (uint8 + zero point); under other profiles every
+refinement is cle + bias.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def calibrate(model, photos, method: str, refinements: set[str], profile: str = 
     if spec is not None:
         qm = refine.attach_equalization(qm, spec, "weights", model, qmodel_of)
     times["thresholds+weights"] = time.perf_counter() - t
-    if "eq" in refinements and profile == "qwidgets":
+    if "eq" in refinements and profile in ("qwidgets", "qwidgets_asym"):
         t = time.perf_counter()
         qm = refine.eq_search(model, qm, keep)       # the original: eq finds the equalized twin itself
         times["eq"] = time.perf_counter() - t
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     photos = image_list(args.images)
     methods = [m for m in args.methods.split(",") if m]
     refinements = {r for r in args.refine.split(",") if r}
-    if args.profile != "qwidgets":
+    if args.profile not in ("qwidgets", "qwidgets_asym"):
         refinements.discard("eq")
     float_pass(model, photos)                               # warm-up: prepared weights, scratch buffers
     for m in methods:
