@@ -29,6 +29,7 @@ from functools import lru_cache
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from engine.kernels.winograd import WEIGHT_BLOCK
 from engine.kernels.scratch import Scratch
 from engine.kernels.threads import parallel_for, parallel_items
 
@@ -79,9 +80,17 @@ def transform_weights(w2d: np.ndarray, m: int = 4) -> np.ndarray:
     """(n, C*9) 3x3 kernels -> U (t^2, n, C) float32, index t*b + a for (G g G^T)[a, b]; float64 math."""
     _, g, _ = matrices(m)
     n = w2d.shape[0]
-    gw = w2d.astype(np.float64).reshape(n, -1, 3, 3)
-    u = np.einsum("ai,ncij,bj->banc", g, gw, g, optimize=True)
-    return np.ascontiguousarray(u.reshape((m + 2) ** 2, n, -1), dtype=F)
+    c = w2d.shape[1] // 9
+    t = m + 2
+    out = np.empty((t, t, n, c), F)
+    # in blocks of input channels written straight into the result: at once, the float64 temporaries
+    # were several times the result (a yolov3 session's RSS peak); each element's arithmetic is the same
+    step = max(1, WEIGHT_BLOCK // (9 * n))
+    for c0 in range(0, c, step):
+        c1 = min(c, c0 + step)
+        gw = w2d[:, 9 * c0:9 * c1].astype(np.float64).reshape(n, -1, 3, 3)
+        out[:, :, :, c0:c1] = np.einsum("ai,ncij,bj->banc", g, gw, g, optimize=True)
+    return out.reshape(t * t, n, c)
 
 
 def tile_size(u: np.ndarray) -> int:
