@@ -29,8 +29,8 @@ def test_winograd_accumulators_equal_naive_loops(c, n, h, w):
 def test_full_range_values_take_the_chunked_float64_path_and_stay_exact():
     x_q, w_q = _data(3, 256, 64, 9, 9)             # |x|, |w| up to 127: sum_c |U'| * |V| far above 2**24
     wt = intwinograd.weights(w_q)
-    v = intwinograd.input_tiles(x_q, 5, 5, _scratch()).reshape(16, -1)
-    plans = [wt.chunks(p, float(np.abs(v[p]).max())) for p in range(16)]
+    v = intwinograd.input_tiles(x_q, _scratch()).reshape(16, -1)
+    plans = [wt.chunks(p, float(np.abs(v[intwinograd._PERM[p]]).max())) for p in range(16)]
     assert any(pl is not None and len(pl) > 1 for pl in plans)       # the split path is exercised
     got = intwinograd.conv3x3_acc(x_q, w_q, _scratch())
     want = conv_int_naive(x_q, w_q, np.zeros(64, np.int32), 1, 1)
@@ -38,6 +38,26 @@ def test_full_range_values_take_the_chunked_float64_path_and_stay_exact():
         assert any(pl is None for pl in plans)
     else:
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("c,h,w", [(3, 5, 7), (70, 8, 6)])
+def test_gemm_input_transform_equals_naive_integer_tiles(c, h, w):
+    """V from the K_B GEMM equals B^T d B of every padded 4x4 tile in Python-int loops (Lavin's B^T,
+    the matrix U' is made for), after this module's position order and signs."""
+    x_q, _ = _data(c * h, c, 1, h, w)
+    got = intwinograd.input_tiles(x_q, _scratch())
+    bt = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    th, tw = (h + 1) // 2, (w + 1) // 2
+    xp = np.zeros((c, 2 * th + 2, 2 * tw + 2), np.int64)
+    xp[:, 1:1 + h, 1:1 + w] = x_q
+    rng = np.random.default_rng(c)
+    for ch, ty, tx in zip(rng.integers(0, c, 12), rng.integers(0, th, 12), rng.integers(0, tw, 12)):
+        d = xp[ch, 2 * ty:2 * ty + 4, 2 * tx:2 * tx + 4].tolist()
+        for a in range(4):
+            for b in range(4):
+                want = sum(bt[a][i] * d[i][j] * bt[b][j] for i in range(4) for j in range(4))
+                q = intwinograd._PERM[4 * a + b]
+                assert got[q, ch, ty * tw + tx] * intwinograd._SIGN[4 * a + b] == want
 
 
 def test_chunks_keep_every_partial_sum_below_2_24():
