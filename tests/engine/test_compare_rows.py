@@ -55,6 +55,18 @@ def plain_row(model, qm, pre, outs) -> dict:
     return row
 
 
+def assert_matches_plain(row: dict, model, qms: dict, pre, outs) -> None:
+    """Every method's part of a compare_batch row equals plain_row, value for value."""
+    for method, qm in qms.items():
+        want = plain_row(model, qm, pre, outs)
+        assert set(row[method]) == set(want)
+        for key, value in want.items():
+            if key in ("hybrid", "int"):
+                assert row[method][key] == value, (method, key)
+            else:
+                np.testing.assert_array_equal(np.array(row[method][key]), np.array(value), err_msg=f"{method} {key}")
+
+
 @pytest.fixture(scope="module")
 def qms(tiny, tiny_stats):
     return {m: quantize_model(tiny, tiny_stats, m, per_channel=m == "minmax") for m in METHODS}
@@ -67,14 +79,8 @@ def test_compare_rows_equal_a_plain_recomputation(tiny, qms):
         pre = tiny.preprocess(item)
         outs = tiny.forward(pre.x)
         assert row["float"] == detect_outputs(tiny, outs, pre)
-        for method, qm in qms.items():
-            want = plain_row(tiny, qm, pre, outs)
-            assert set(row[method]) == set(want)
-            for key, value in want.items():
-                if key in ("hybrid", "int"):
-                    assert row[method][key] == value, (method, key)
-                else:
-                    np.testing.assert_array_equal(np.array(row[method][key]), np.array(value), err_msg=f"{method} {key}")
+        assert_matches_plain(row, tiny, qms, pre, outs)
+        for method in qms:
             # layer 0 reads the image: its local statistics are the propagated ones, which are real numbers
             assert np.isfinite(row[method]["int_local_sqnr"][0])
             assert row[method]["int_local_sqnr"][0] == row[method]["int_sqnr"][0]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from helpers import IMAGES
-from test_compare_rows import plain_row
+from test_compare_rows import assert_matches_plain
 
 from engine.darknet.detect import detect_outputs
 from engine.quant import layermemo
@@ -45,14 +45,7 @@ def test_shared_rows_equal_a_plain_recomputation_and_the_memo_is_used(tiny, qms,
     pre = tiny.preprocess(photo)
     outs = tiny.forward(pre.x)
     assert row["float"] == detect_outputs(tiny, outs, pre)
-    for method, qm in qms.items():
-        want = plain_row(tiny, qm, pre, outs)
-        assert set(row[method]) == set(want)
-        for key, value in want.items():
-            if key in ("hybrid", "int"):
-                assert row[method][key] == value, (method, key)
-            else:
-                np.testing.assert_array_equal(np.array(row[method][key]), np.array(value), err_msg=f"{method} {key}")
+    assert_matches_plain(row, tiny, qms, pre, outs)
 
 
 def test_a_memo_hit_needs_equal_inputs_and_parameters(tiny, qms):
