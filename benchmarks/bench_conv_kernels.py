@@ -1,6 +1,5 @@
 """The float kernels of a 3x3 stride-1 conv on every such layer shape of yolov3-tiny and yolov3 @416:
-im2col + GEMM, Winograd F(2x2,3x3) (NumPy-pass transforms), and Winograd F(m x m,3x3) with GEMM
-transforms for m = 2, 4, 6 (G(mxm), `kernels.winograd_gemm`), next to what `kernels.conv.choice` picks.
+im2col + GEMM and Winograd F(m x m,3x3) with GEMM transforms for m = 2, 4, 6 (G(mxm), `kernels.winograd_gemm`), next to what `kernels.conv.choice` picks.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_conv_kernels.py [--threads 1] [--runs 11]
 
@@ -33,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     from threadpoolctl import threadpool_limits
     threadpool_limits(args.threads)
-    from engine.kernels import winograd, winograd_gemm
+    from engine.kernels import winograd_gemm
     from engine.kernels.conv import choice
     from engine.kernels.gemm import conv_gemm
     from engine.kernels.scratch import Scratch
@@ -43,15 +42,13 @@ def main(argv: list[str] | None = None) -> None:
     scratch = Scratch()
     print(f"3x3 stride-1 conv kernels, {'CPU' if args.threads == 1 else 'wall'} ms, {args.threads} thread(s), "
           f"medians of {args.runs}")
-    names = ("im2col", "F(2x2)", "G(2x2)", "G(4x4)", "G(6x6)")
+    names = ("im2col", "G(2x2)", "G(4x4)", "G(6x6)")
     print(f"{'C':>5} {'side':>5} {'n':>5} " + " ".join(f"{k:>8}" for k in names) + "  fastest   chooser")
     for c, h, n in SHAPES:
         x = rng.standard_normal((c, h, h), dtype=np.float32)
         w2d = (rng.standard_normal((n, c * 9), dtype=np.float32) / np.sqrt(c * 9)).astype(np.float32)
         b = rng.standard_normal(n, dtype=np.float32)
-        u2 = winograd.prepare_weights(w2d, c, h, h, 1)
-        fns = {"im2col": lambda: conv_gemm(x, w2d, b, 3, 1, 1, 1, scratch, "leaky"),
-               "F(2x2)": lambda: winograd.conv3x3(x, None, b, 1, scratch, "leaky", u=u2)}
+        fns = {"im2col": lambda: conv_gemm(x, w2d, b, 3, 1, 1, 1, scratch, "leaky")}
         for m in (2, 4, 6):
             um = winograd_gemm.transform_weights(w2d, m)
             fns[f"G({m}x{m})"] = lambda um=um: winograd_gemm.conv3x3(x, um, b, 1, scratch, "leaky")
@@ -66,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
                     times[k].append((clock() - t) * 1e3)
         med = {k: float(np.median(v)) for k, v in times.items()}
         best = min(med, key=med.get)
-        pick = {"winograd": "F(2x2)", "winograd-4x4": "G(4x4)"}.get(choice(c, h, h, n, 3, 1, 1), "im2col")
+        pick = {"winograd": "G(2x2)", "winograd-4x4": "G(4x4)"}.get(choice(c, h, h, n, 3, 1, 1), "im2col")
         print(f"{c:>5} {h:>5} {n:>5} " + " ".join(f"{med[k]:8.2f}" for k in names) + f"  {best:8}  {pick}",
               flush=True)
 

@@ -2,8 +2,7 @@
 
 3x3 stride-1 layers with many channels go through Winograd with its transforms as GEMMs
 (`engine.kernels.winograd_gemm`): F(4x4,3x3) (36/144 of the multiplies) on mid-sized maps, F(2x2,3x3)
-(16/36) on the others (3-10% faster than `engine.kernels.winograd`'s NumPy-pass F(2x2), the
-alternative `bench_conv_kernels.py` measures); 1x1 stride-1 layers are one GEMM on the input; the
+(16/36) on the others (`engine.kernels.winograd` holds the switch and the F(2x2) suitability rule); 1x1 stride-1 layers are one GEMM on the input; the
 rest im2col + GEMM in cache-sized bands (`engine.kernels.gemm`). A model decides once per layer, when it prepares its weights (`choice`),
 and keeps one kernel form of them.
 """

@@ -3,7 +3,7 @@
 The float engine runs its big 3x3 layers with Winograd (16 multiplies per 2x2 outputs, not 36); the
 int8 path ran them as im2col GEMMs, 2.25x the multiplies. This is the same algorithm kept exact:
 
-    Y = A^T [ U . V ] A,  V = B^T d B,  U = G g G^T   (engine/kernels/winograd.py has the matrices)
+    Y = A^T [ U . V ] A,  V = B^T d B,  U = G g G^T   (engine/kernels/winograd_gemm.py derives the matrices)
 
 * V has integer entries (B is 0/+-1): |V| <= 4 * 127, exact in float32;
 * U has halves; U' = (2G) g (2G)^T = 4U is an integer (|U'| <= 9 * 127), transformed once per int8

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.kernels import gemm as kernels, scratch, threads, winograd
+from engine.kernels import gemm as kernels, scratch, threads, winograd, winograd_gemm
 from engine.kernels.conv import conv2d
 from engine.kernels.gemm import bias_act, conv2d_naive, conv_out_size
 from engine.kernels.scratch import Scratch
@@ -102,13 +102,12 @@ WINO_CASES = [  # (c, h, w, n, p)
 
 
 @pytest.mark.parametrize("c,h,w,n,p", WINO_CASES)
-@pytest.mark.parametrize("cf_tiles", [0, 1 << 20])  # both GEMM orientations
-def test_winograd_matches_naive(monkeypatch, c, h, w, n, p, cf_tiles):
-    monkeypatch.setattr(winograd, "CF_TILES", cf_tiles)
+@pytest.mark.parametrize("m", [2, 4])  # the tile sizes the chooser uses
+def test_winograd_matches_naive(c, h, w, n, p, m):
     rng = np.random.default_rng(c * 1000 + h * 10 + w)
     x, wt, b = random_conv(rng, c, h, w, n, 3)
-    y = winograd.conv3x3(x, wt.reshape(n, -1), b, p, Scratch())
-    assert_close(y, conv2d_naive(x, wt, b, 1, p), f"winograd c{c} {h}x{w} n{n} p{p}")
+    y = winograd_gemm.conv3x3(x, winograd_gemm.transform_weights(wt.reshape(n, -1), m), b, p, Scratch())
+    assert_close(y, conv2d_naive(x, wt, b, 1, p), f"winograd F({m}x{m}) c{c} {h}x{w} n{n} p{p}")
 
 
 def test_winograd_is_used_for_wide_layers_and_matches_naive_with_leaky():
@@ -123,11 +122,13 @@ def test_winograd_is_used_for_wide_layers_and_matches_naive_with_leaky():
 def test_winograd_weight_cache_follows_the_array():
     rng = np.random.default_rng(5)
     w1 = rng.standard_normal((4, 18)).astype(np.float32)
-    u1 = winograd.cached_weights(w1)
-    assert winograd.cached_weights(w1) is u1
+    def cached(w):              # as conv2d keeps a layer's Winograd weights
+        return scratch.derived("winograd", (w,), lambda: winograd_gemm.transform_weights(w, 2))
+    u1 = cached(w1)
+    assert cached(w1) is u1
     w2 = w1 * 2
-    np.testing.assert_allclose(winograd.cached_weights(w2), 2 * u1, rtol=1e-6)
-    key = ("winograd-2x2", id(w1))
+    np.testing.assert_allclose(cached(w2), 2 * u1, rtol=1e-6)
+    key = ("winograd", id(w1))
     assert key in scratch._derived
     del w1
     assert key not in scratch._derived  # dropped with its array
@@ -196,7 +197,7 @@ def test_threaded_kernels_match_naive(monkeypatch, count):
     ref = conv2d_naive(x, wt, b, 1, 1)
     assert_close(y, np.maximum(ref, 0.1 * ref), f"conv, {count} threads")
     x, wt, b = random_conv(rng, 64, 40, 40, 64, 3)
-    y = winograd.conv3x3(x, wt.reshape(64, -1), b, 1, Scratch())
+    y = winograd_gemm.conv3x3(x, winograd_gemm.transform_weights(wt.reshape(64, -1), 2), b, 1, Scratch())
     ref = np.stack([conv2d_naive(x, wt[i:i + 1], b[i:i + 1], 1, 1)[0] for i in (0, 63)])
     assert_close(y[[0, 63]], ref, f"winograd, {count} threads")
     x = rng.standard_normal((32, 64, 64)).astype(np.float32)

@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from engine.kernels import winograd
+from engine.kernels import winograd_gemm
 from engine.npzfile import NpzReader
 from engine.quant.executor import Executor
 from engine.quant.qmodel import QuantizedModel, quantize_model
@@ -57,15 +57,15 @@ def test_a_compressed_file_is_read_in_full(tiny, tiny_stats, tmp_path):
 
 
 @pytest.mark.parametrize("c,n", [(512, 1024), (64, 128), (3, 64), (37, 29)])
-def test_winograd_weights_in_channel_blocks_equal_one_block(monkeypatch, c, n):
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_weights_in_channel_blocks_equal_one_block(monkeypatch, c, n, m):
     w = np.random.default_rng(c).standard_normal((n, c * 9), dtype=np.float32)
-    monkeypatch.setattr(winograd, "WEIGHT_BLOCK", 1 << 40)
-    whole = [winograd.transform_weights(w, cf) for cf in (False, True)]
-    monkeypatch.setattr(winograd, "WEIGHT_BLOCK", 9 * n * 5)        # 5 channels per block, a ragged last one
-    for cf, ref in zip((False, True), whole):
-        got = winograd.transform_weights(w, cf)
-        assert np.array_equal(got, ref) and got.flags.c_contiguous
-    assert np.array_equal(whole[1], whole[0].transpose(0, 2, 1))
+    monkeypatch.setattr(winograd_gemm, "WEIGHT_BLOCK", 1 << 40)
+    whole = winograd_gemm.transform_weights(w, m)
+    monkeypatch.setattr(winograd_gemm, "WEIGHT_BLOCK", 9 * n * 5)   # 5 channels per block, a ragged last one
+    got = winograd_gemm.transform_weights(w, m)
+    assert np.array_equal(got, whole) and got.flags.c_contiguous
+    _, g_mat, _ = winograd_gemm.matrices(m)
     g = w.astype(np.float64).reshape(n, c, 3, 3)                      # U = G g G^T, per kernel
-    ref = np.einsum("ai,ncij,bj->abcn", winograd._G, g, winograd._G).reshape(16, c, n)
-    assert np.allclose(whole[0], ref, rtol=1e-6, atol=1e-6)
+    ref = np.einsum("ai,ncij,bj->banc", g_mat, g, g_mat).reshape((m + 2) ** 2, n, c)
+    assert np.allclose(whole, ref, rtol=1e-6, atol=1e-6)
