@@ -49,6 +49,13 @@ QHI = 255                 # uint8 codes of the asymmetric grids
 LOWER_FACTORS = (1.0, 2 ** -0.5, 0.5)    # uint8 grids: the lower end kept or clipped (leaky's negatives are small)
 
 
+def window_rows(x: np.ndarray, k: int, s: int, p: int, ho: int, wo: int) -> np.ndarray:
+    """im2col rows (Ho*Wo, C*k*k) of a conv's input x (C, H, W), channel-major as the weights are laid out."""
+    xp = np.pad(x, ((0, 0), (p, p), (p, p))) if p else x
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::s, ::s][:, :ho, :wo]
+    return win.transpose(1, 2, 0, 3, 4).reshape(ho * wo, -1)
+
+
 def _positions(layer, x: np.ndarray, y: np.ndarray, n: int, clip_at: float, rng
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(im2col rows (m, C*k*k) float32, FLOAT outputs (m, filters), weights (m,)) of about n output
@@ -60,10 +67,7 @@ def _positions(layer, x: np.ndarray, y: np.ndarray, n: int, clip_at: float, rng
     ho, wo = y.shape[1], y.shape[2]
     flat_y = y.reshape(y.shape[0], -1)
     if n >= ho * wo:                    # every position, exactly
-        xp = np.pad(x, ((0, 0), (p, p), (p, p))) if p else x
-        win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::s, ::s]  # (C, Ho, Wo, k, k)
-        rows = win.transpose(1, 2, 0, 3, 4).reshape(ho * wo, -1)
-        return np.ascontiguousarray(rows, np.float32), flat_y.T, np.ones(ho * wo)
+        return np.ascontiguousarray(window_rows(x, k, s, p, ho, wo), np.float32), flat_y.T, np.ones(ho * wo)
     cmax = np.abs(x).max(axis=0)        # only this 2-D map is padded, not the input
     cmax = np.pad(cmax, p) if p else cmax
     amax = np.lib.stride_tricks.sliding_window_view(cmax, (k, k))[::s, ::s][:ho, :wo].max(axis=(2, 3))

@@ -25,6 +25,7 @@ from engine.errors import ArgumentError, EngineError
 from engine.quant.layerquant import LayerQuant
 from engine.quant.qmodel import QuantizedModel
 from engine.quant.qtensor import QMAX
+from engine.quant.refine.eq import window_rows
 from engine.quant.weights import fused_params
 
 BLOCK = 128
@@ -40,9 +41,7 @@ def input_gram(layer, inputs: list[np.ndarray]) -> tuple[np.ndarray, int]:
     h = np.zeros((d, d))
     rows = 0
     for x in inputs:
-        xp = np.pad(x, ((0, 0), (p, p), (p, p))) if p else x
-        win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::s, ::s][:, :ho, :wo]
-        r = np.ascontiguousarray(win.transpose(1, 2, 0, 3, 4).reshape(ho * wo, d), np.float64)
+        r = np.ascontiguousarray(window_rows(x, k, s, p, ho, wo), np.float64)
         h += r.T @ r
         rows += r.shape[0]
     return h, rows
