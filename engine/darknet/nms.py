@@ -6,8 +6,8 @@ that is one IoU call per kept box and class: 158,181 calls (32 s) on a random-we
 
 Here, in three vectorised steps:
 1. The overlap graph, once for all classes: the pairs of boxes whose overlap exceeds `nms`. Boxes
-   only pair with boxes of similar size near them (see `_candidate_pairs`), so a grid join per
-   area level finds the candidates and the exact overlap (Darknet's formula, in float64) decides.
+   only pair with boxes of similar size near them (`overlaps.candidate_pairs`: one batched grid
+   join over half-octave area bins), and the exact overlap (Darknet's formula, float64) decides.
 2. Per edge, the classes where it points from u to v (u first in Darknet's order) and from v to
    u, as bit rows of 64-bit words (one gather of the two probability rows per edge, no per-class
    index arrays).
@@ -22,6 +22,8 @@ edges above `nms`), never N x N.
 from __future__ import annotations
 
 import numpy as np
+
+from engine.darknet.overlaps import candidate_pairs
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -57,93 +59,9 @@ def _diou_penalty(a: np.ndarray, b: np.ndarray, beta: float) -> np.ndarray:
     return ratio ** beta
 
 
-def _candidate_pairs(boxes: np.ndarray, t: float) -> np.ndarray:
-    """Pairs (P, 2) of box indices, i < j, that include every pair with IoU > t (0 < t).
-
-    Two bounds prune the pairs. (1) IoU <= min(area)/max(area), so the areas are within a ratio t.
-    (2) IoU > t means inter > t * (Aa + Ab - inter), so inter > tau * (Aa + Ab) with tau = t/(1+t);
-    with inter <= ow * min(h) and Aa + Ab >= (wa + wb) * min(h), the overlap width ow exceeds
-    tau * (wa + wb), and as ow <= (wa + wb)/2 - |cxa - cxb|:  |cxa - cxb| < (1/2 - tau)(wa + wb),
-    likewise in y. So boxes are grouped in area levels (octaves); a level pairs with itself and the
-    `reach` levels below it through a grid join (`_join`) on centres scaled by the two levels'
-    largest bound (2), each box searching with its own bound. Boxes with a zero, infinite or NaN
-    side are left out: their IoU is never > t (no intersection, or an infinite/NaN union gives 0).
-    """
-    w, h = boxes[:, 2], boxes[:, 3]
-    with np.errstate(over="ignore"):
-        area = w * h
-    regular = np.flatnonzero(np.isfinite(boxes).all(1) & (w > 0) & (h > 0) & np.isfinite(area) & (area > 0))
-    if regular.size < 2:
-        return np.zeros((0, 2), np.int64)
-    level = np.floor(np.log2(area[regular])).astype(np.int64)
-    # areas two levels apart or more differ by > 2**(D-1); that exceeds 1/t from D = floor(log2(1/t)) + 2
-    reach = int(np.floor(np.log2(1 / t))) + 1 if t < 1 else 1
-    # the strict bound, widened against rounding; at least 1e-3 (near t = 1 only rounding lets IoU
-    # exceed t, for near-duplicates; a wider window only adds candidates, the exact IoU decides)
-    gap = max(0.5 - t / (1 + t), 1e-3) * (1 + 1e-9)
-    order = np.argsort(level, kind="stable")
-    groups = {}
-    for part in np.split(order, np.flatnonzero(np.diff(level[order])) + 1):
-        members = regular[part]
-        groups[int(level[part[0]])] = (members, float(w[members].max()), float(h[members].max()))
-    out = []
-    for la, (ma, wa, ha) in groups.items():
-        for lb in range(la - reach, la + 1):
-            if lb not in groups:
-                continue
-            mb, wb, hb = groups[lb]
-            sx, sy = gap * (wa + wb), gap * (ha + hb)   # the largest bound of the two levels: scale 1
-            i, j = _join(boxes[ma, 0] / sx, boxes[ma, 1] / sy, boxes[mb, 0] / sx, boxes[mb, 1] / sy,
-                         gap * (w[ma] + wb) / sx + 1e-12, gap * (h[ma] + hb) / sy + 1e-12, lb == la)
-            if i.size:
-                out.append(np.stack([ma[i], mb[j]], 1))
-    if not out:
-        return np.zeros((0, 2), np.int64)
-    pairs = np.concatenate(out)
-    return np.stack([np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])], 1)
-
-
-def _join(xa: np.ndarray, ya: np.ndarray, xb: np.ndarray, yb: np.ndarray, rx: np.ndarray, ry: np.ndarray,
-          same: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i, j) with |xa_i - xb_j| <= rx_i and |ya_i - yb_j| <= ry_i, for rx, ry <= 1.
-
-    B is sorted by (row = floor(y), x) into one key; for each A point and each of the 3 rows
-    around it, the B points within rx are one contiguous key range (two searchsorted calls for
-    all points at once), expanded into pairs and filtered in y. `same` (A is B): i < j only.
-    """
-    x0 = min(xa.min(), xb.min())
-    width = max(xa.max(), xb.max()) - x0 + 4.0          # rows never overlap in the key
-    key = np.floor(yb) * width + (xb - x0)
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    row, xs = np.floor(ya), xa - x0
-    # keys and bases carry rounding of a few ulps of their magnitude: widen the window by that
-    slack = 8 * np.finfo(np.float64).eps * (float(np.abs(key).max()) + (float(row.max()) + 2) * width)
-    rx = rx + slack
-    found_i, found_j = [], []
-    for dy in (-1.0, 0.0, 1.0):
-        base = (row + dy) * width + xs
-        lo = np.searchsorted(key, base - rx, "left")
-        count = np.searchsorted(key, base + rx, "right") - lo
-        total = int(count.sum())
-        if not total:
-            continue
-        i = np.repeat(np.arange(xa.size), count)
-        first = np.cumsum(count) - count                   # where each point's run starts in the output
-        j = order[np.repeat(lo - first, count) + np.arange(total)]
-        ok = np.abs(ya[i] - yb[j]) <= ry[i]
-        if same:
-            ok &= i < j
-        found_i.append(i[ok])
-        found_j.append(j[ok])
-    if not found_i:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(found_i), np.concatenate(found_j)
-
-
 def overlap_pairs(boxes: np.ndarray, nms: float, kind: str = "default") -> np.ndarray:
     """Pairs (E, 2), i < j, whose overlap (IoU, or DIoU for greedynms) exceeds `nms` > 0."""
-    pairs = _candidate_pairs(boxes, nms)
+    pairs = candidate_pairs(boxes, nms)
     if not pairs.size:
         return pairs
     if kind == "greedynms":                   # DIoU <= IoU: the IoU candidates contain them all
