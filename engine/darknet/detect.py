@@ -131,27 +131,52 @@ def detect_outputs(model, outs: Sequence[np.ndarray], pre: Preprocessed, thresh:
     probs = nms_sort(c, nms, kind)
     flat = np.flatnonzero(probs > thresh)       # 15x faster than the 2-D np.nonzero here
     score = probs.reshape(-1)[flat]
-    flat = flat[score_order(score)]             # highest first; ties keep (box, class) order
+    order = score_order(score)                  # highest first; ties keep (box, class) order
+    flat = flat[order]
     i, k = np.divmod(flat, probs.shape[1])
     names = model.class_names
     label = [names[j] if j < len(names) else f"class_{j}" for j in range(int(k.max(initial=-1)) + 1)]
     values = np.empty((10, i.size))
-    values[0] = probs.reshape(-1)[flat]
-    values[1] = c.objectness[i]
-    b = c.boxes[i]                              # one gather of the (cx, cy, w, h) rows
-    values[2:6] = b.T
-    half_w, half_h = b[:, 2] / 2, b[:, 3] / 2
-    values[6] = (b[:, 0] - half_w) * pre.image_w
-    values[7] = (b[:, 1] - half_h) * pre.image_h
-    values[8] = (b[:, 0] + half_w) * pre.image_w
-    values[9] = (b[:, 1] + half_h) * pre.image_h
+    np.take(score, order, out=values[0])
+    np.take(c.objectness, i, out=values[1])
+    np.take(np.ascontiguousarray(c.boxes.T), i, axis=1, out=values[2:6])   # 4 contiguous gathers
+    cx, cy, w, h = values[2:6]
+    half_w, half_h = w / 2, h / 2
+    np.multiply(cx - half_w, pre.image_w, out=values[6])
+    np.multiply(cy - half_h, pre.image_h, out=values[7])
+    np.multiply(cx + half_w, pre.image_w, out=values[8])
+    np.multiply(cy + half_h, pre.image_h, out=values[9])
     return Detections(k, label, values)
 
 
 def score_order(score: np.ndarray) -> np.ndarray:
     """The permutation sorting `score` highest first, equal scores in index order: what a stable
-    argsort of -score gives, at the cost of an unstable one (3x faster on 150k scores) plus a
-    lexsort of the tied runs only."""
+    argsort of -score gives. Positive finite scores (detections') as one np.sort of 64-bit keys,
+    the score's top bits then the index (SIMD-sorted, 2-3x faster than an argsort of 150k floats),
+    then a lexsort of the runs where two different scores shared those top bits (a few in 150k
+    scores from float32 products). Other scores: an unstable argsort plus a lexsort of tied runs."""
+    n = score.size
+    bits = max(int(n - 1).bit_length(), 1)
+    u = np.ascontiguousarray(score, np.float64).view(np.uint64)
+    if n > 1 and int(u.max()) < 0x7FF0000000000000:     # +0.0 .. the largest finite: bits monotonic
+        key = (np.uint64(0x7FF0000000000000) - u) >> np.uint64(bits) << np.uint64(bits)
+        key |= np.arange(n, dtype=np.uint64)
+        key.sort()
+        order = (key & np.uint64((1 << bits) - 1)).astype(np.intp)
+        s = score[order]
+        wrong = s[1:] > s[:-1]                  # only where two different scores share the top bits
+        if wrong.any():
+            top = key >> np.uint64(bits)
+            run = np.cumsum(np.concatenate(([True], top[1:] != top[:-1])))   # runs of equal top bits
+            bad = np.zeros(int(run[-1]) + 1, bool)
+            bad[run[1:][wrong]] = True
+            pos = np.flatnonzero(bad[run])
+            order[pos] = order[pos][np.lexsort((order[pos], -s[pos], run[pos]))]
+        return order
+    return _score_order_ties(score)
+
+
+def _score_order_ties(score: np.ndarray) -> np.ndarray:
     order = np.argsort(-score)
     s = score[order]
     tie = s[1:] == s[:-1]

@@ -158,3 +158,17 @@ def test_detections_order_equals_a_stable_sort_with_ties():
         s = rng.random(20000) if not levels else np.round(rng.random(20000) * levels) / levels + 0.3
         assert np.array_equal(score_order(s), np.argsort(-s, kind="stable"))
     assert score_order(np.zeros(0)).size == 0
+
+
+def test_score_order_when_different_scores_share_their_top_bits():
+    """The packed-key sort keeps a score's top bits only: scores a few ulps apart, out of index
+    order, in runs among exact ties, must still come out as the stable argsort; negative and NaN
+    scores take the argsort path."""
+    from engine.darknet.detect import score_order
+    rng = np.random.default_rng(8)
+    base = np.float32(rng.random(3000)).astype(np.float64) * np.float32(rng.random(3000))
+    near = base[rng.integers(0, 40, 5000)] * (1 + rng.integers(-6, 7, 5000) * 2.0 ** -52)  # few-ulp neighbours
+    s = np.concatenate([base, near, base[:500]])[rng.permutation(8500)]
+    assert np.array_equal(score_order(s), np.argsort(-s, kind="stable"))
+    for bad in (np.array([0.5, -0.25, 0.5, np.nan, 0.1]), np.array([0.0, -0.0, 0.3, 0.0])):
+        assert np.array_equal(score_order(bad), np.argsort(-bad, kind="stable"))
