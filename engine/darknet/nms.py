@@ -83,13 +83,13 @@ def overlap_pairs(boxes: np.ndarray, nms: float, kind: str = "default") -> np.nd
 def nms_sort(c, nms: float, kind: str = "default") -> np.ndarray:
     """Darknet `do_nms_sort` on Candidates c: per class, greedy by probability; returns the
     filtered probs (N, K) (a copy; suppressed entries set to 0)."""
-    probs = c.probs.copy()
+    probs = c.probs
     if nms <= 0 or probs.shape[0] < 2:
-        return probs
+        return probs.copy()
     edges = overlap_pairs(np.asarray(c.boxes, np.float64), nms, kind)
-    if edges.size:
-        probs[_suppressed(probs, edges[:, 0], edges[:, 1])] = 0.0
-    return probs
+    if not edges.size:
+        return probs.copy()
+    return np.where(_suppressed(probs, edges[:, 0], edges[:, 1]), 0.0, probs)   # the copy, zeroed
 
 
 BLOCK = 8192   # edges per block when comparing probabilities: 2 x 8192 x K float64 rows at a time
@@ -98,14 +98,17 @@ BLOCK = 8192   # edges per block when comparing probabilities: 2 x 8192 x K floa
 def _directed(probs: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per edge (u < v), the classes where both boxes stand, as bit rows (E, W) of 64-bit words:
     `fwd` where u comes first in the class (higher probability; a tie goes to the lower index,
-    as the stable sort), `bwd` where v does."""
-    k = probs.shape[1]
-    fwd = np.zeros((u.size, (k + 63) // 64), np.uint64)
-    bwd = np.zeros_like(fwd)
+    as the stable sort), `bwd` where v does. One comparison per (edge, class): where both stand
+    (> 0, so not NaN), pu >= pv or else pv > pu; the standing bits are packed once per box."""
+    words = (probs.shape[1] + 63) // 64
+    stand = np.zeros((probs.shape[0], words), np.uint64)
+    _pack(probs > 0, stand)
+    both = stand[u] & stand[v]
+    fwd = np.zeros((u.size, words), np.uint64)
     for s in range(0, u.size, BLOCK):
-        pu, pv = probs[u[s:s + BLOCK]], probs[v[s:s + BLOCK]]
-        _pack((pv > 0) & (pu >= pv), fwd[s:s + BLOCK])      # pu >= pv > 0: both stand
-        _pack((pu > 0) & (pv > pu), bwd[s:s + BLOCK])
+        _pack(probs[u[s:s + BLOCK]] >= probs[v[s:s + BLOCK]], fwd[s:s + BLOCK])
+    bwd = ~fwd & both                           # the padding bits of ~fwd: cleared by `both`
+    fwd &= both
     return fwd, bwd
 
 
