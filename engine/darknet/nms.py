@@ -16,8 +16,8 @@ Here, in three vectorised steps:
    Every round decides at least the first undecided box of each class, and in practice nearly all
    (11 rounds on random yolov3, the later ones on a few hundred edges).
 
-Memory is bounded by the candidate pairs (~30 per box on random yolov3 @416, ~3 of which are
-edges above `nms`), never N x N.
+Memory is bounded by the candidate pairs (~26 per box on random yolov3 @416, ~3 of which are
+edges above `nms`) and the join's copies of the boxes (~4 per box), never N x N.
 """
 from __future__ import annotations
 
