@@ -172,3 +172,17 @@ def test_score_order_when_different_scores_share_their_top_bits():
     assert np.array_equal(score_order(s), np.argsort(-s, kind="stable"))
     for bad in (np.array([0.5, -0.25, 0.5, np.nan, 0.1]), np.array([0.0, -0.0, 0.3, 0.0])):
         assert np.array_equal(score_order(bad), np.argsort(-bad, kind="stable"))
+
+
+def test_nms_with_nan_and_infinite_probabilities():
+    """A NaN probability stands in no class (Darknet's `> 0` is false) and an infinite one ties
+    with other infinities: the one-comparison bit rows must still give the loop's result."""
+    rng = np.random.default_rng(31)
+    c = yolo_like(rng, 10, [(0.15, 0.15), (0.3, 0.25)], 5, levels=4)
+    c.probs[rng.random(c.probs.shape) < 0.1] = np.nan
+    c.probs[rng.random(c.probs.shape) < 0.05] = np.inf
+    c.probs[rng.random(c.probs.shape[0]) < 0.5, 0] = np.inf      # class 0: many tied infinities
+    for nms in (0.3, 0.6):
+        ref = naive_nms_sort(c, nms)
+        assert np.array_equal(nms_sort(c, nms), ref, equal_nan=True)
+        assert np.count_nonzero(ref == np.inf) < np.count_nonzero(c.probs == np.inf)   # infinities suppressed too
