@@ -9,7 +9,7 @@ then each lost detection: variant, class, FLOAT score, INT score (its IoU).
 
     python benchmarks/bench_lost.py [--method minmax] [--configs asym,asym+gptq,...]
 
-configs: `+`-joined parts, `asym` (profile qwidgets_asym), `gptq`, `eq`, `bias` (engine/quant/refine),
+configs: `+`-joined parts, `asym` (profile qwidgets_asym), `gptq`, `eq`, `bias`, `head` (engine/quant/refine),
 applied in that order; `wonly` = only the weights int8 (the conv weights replaced by their dequantized
 int8 values, activations FLOAT: what weight rounding alone costs).
 """
@@ -34,7 +34,7 @@ from engine.quant.autoquant import quantize  # noqa: E402
 from engine.quant.executor import Executor, FloatView  # noqa: E402
 from engine.quant.explain import box_iou, match_detections  # noqa: E402
 from engine.quant.fitness import detection_agreement  # noqa: E402
-from engine.quant.refine import bias_correction, eq_search, gptq_rounding  # noqa: E402
+from engine.quant.refine import bias_correction, eq_search, gptq_rounding, head_bias_correction  # noqa: E402
 from engine.quant.scoring import Scorer  # noqa: E402
 from engine.quant.valset import second_variants, variants  # noqa: E402
 
@@ -98,6 +98,8 @@ def main(argv=None) -> int:
             qm = eq_search(model, qm, keep)
         if "bias" in parts:
             qm = bias_correction(model, qm, floats=keep)
+        if "head" in parts or "headscore" in parts:
+            qm = head_bias_correction(model, qm, floats=keep, boxes="head" in parts)
         twin = weights_only(model, qm) if "wonly" in parts else None
         for k, scorer in scorers.items():
             a, d, lost = report(scorer, [v.name for v in sets[k]], qm, twin)
