@@ -35,6 +35,7 @@ from engine.quant.executor import Executor, FloatView  # noqa: E402
 from engine.quant.explain import box_iou, match_detections  # noqa: E402
 from engine.quant.fitness import detection_agreement  # noqa: E402
 from engine.quant.refine import bias_correction, eq_search, gptq_rounding, head_bias_correction  # noqa: E402
+from engine.quant.refine.gptq_int import gptq_int_rounding  # noqa: E402
 from engine.quant.scoring import Scorer  # noqa: E402
 from engine.quant.valset import second_variants, variants  # noqa: E402
 
@@ -94,6 +95,12 @@ def main(argv=None) -> int:
                       profile="qwidgets_asym" if "asym" in parts else "qwidgets")
         if "gptq" in parts:
             qm = gptq_rounding(model, qm, keep)
+        if "gint" in parts:
+            qm = gptq_int_rounding(model, qm, keep)
+            print(qm.meta["gptq_int"], flush=True)
+        if "gint8" in parts:
+            qm = gptq_int_rounding(model, qm, keep, min_rows=8)
+            print(qm.meta["gptq_int"], flush=True)
         if "eq" in parts:
             qm = eq_search(model, qm, keep)
         if "bias" in parts:
