@@ -9,8 +9,8 @@ then each lost detection: variant, class, FLOAT score, INT score (its IoU).
 
     python benchmarks/bench_lost.py [--method minmax] [--configs asym,asym+gptq,...]
 
-configs: `+`-joined parts, `asym` (profile qwidgets_asym), `gptq`, `eq`, `bias`, `head` (engine/quant/refine),
-applied in that order; `wonly` = only the weights int8 (the conv weights replaced by their dequantized
+configs: `+`-joined parts, `asym` (profile qwidgets_asym), `gptq`, `eq`, `bias`, `head` (engine/quant/refine;
+`headbox`: head with the box channels corrected too), applied in that order; `wonly` = only the weights int8 (the conv weights replaced by their dequantized
 int8 values, activations FLOAT: what weight rounding alone costs).
 """
 from __future__ import annotations
@@ -35,7 +35,6 @@ from engine.quant.executor import Executor, FloatView  # noqa: E402
 from engine.quant.explain import box_iou, match_detections  # noqa: E402
 from engine.quant.fitness import detection_agreement  # noqa: E402
 from engine.quant.refine import bias_correction, eq_search, gptq_rounding, head_bias_correction  # noqa: E402
-from engine.quant.refine.gptq_int import gptq_int_rounding  # noqa: E402
 from engine.quant.scoring import Scorer  # noqa: E402
 from engine.quant.valset import second_variants, variants  # noqa: E402
 
@@ -95,18 +94,12 @@ def main(argv=None) -> int:
                       profile="qwidgets_asym" if "asym" in parts else "qwidgets")
         if "gptq" in parts:
             qm = gptq_rounding(model, qm, keep)
-        if "gint" in parts:
-            qm = gptq_int_rounding(model, qm, keep)
-            print(qm.meta["gptq_int"], flush=True)
-        if "gint8" in parts:
-            qm = gptq_int_rounding(model, qm, keep, min_rows=8)
-            print(qm.meta["gptq_int"], flush=True)
         if "eq" in parts:
             qm = eq_search(model, qm, keep)
         if "bias" in parts:
             qm = bias_correction(model, qm, floats=keep)
-        if "head" in parts or "headscore" in parts:
-            qm = head_bias_correction(model, qm, floats=keep, boxes="head" in parts)
+        if "head" in parts or "headbox" in parts:
+            qm = head_bias_correction(model, qm, floats=keep, boxes="headbox" in parts)
         twin = weights_only(model, qm) if "wonly" in parts else None
         for k, scorer in scorers.items():
             a, d, lost = report(scorer, [v.name for v in sets[k]], qm, twin)
