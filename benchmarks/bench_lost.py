@@ -10,8 +10,8 @@ then each lost detection: variant, class, FLOAT score, INT score (its IoU).
     python benchmarks/bench_lost.py [--method minmax] [--configs asym,asym+gptq,...]
 
 configs: `+`-joined parts, `asym` (profile qwidgets_asym), `gptq`, `eq`, `bias`, `head` (engine/quant/refine;
-`headbox`: head with the box channels corrected too), applied in that order; `wonly` = only the weights int8 (the conv weights replaced by their dequantized
-int8 values, activations FLOAT: what weight rounding alone costs).
+`headbox`: head with the box channels corrected too), applied in that order; `wonly` = only the weights int8
+(the conv weights replaced by their dequantized int8 values, activations FLOAT: what weight rounding alone costs).
 """
 from __future__ import annotations
 

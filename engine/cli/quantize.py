@@ -32,9 +32,9 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
                         "balancing per-channel output ranges on the calibration images; eq = per-layer threshold "
                         "search on the local output error (ncnn's EQ; int8 scales, or uint8 scale + zero point "
                         "with --profile qwidgets_asym), before bias; gptq = weight rounding fitted to each conv's calibration inputs "
-                        "(GPTQ/OBQ error compensation, per-channel scales kept), before eq; head = the detection heads' "
-                        "objectness / class bias shift measured through the INT network, weighted by the FLOAT score, "
-                        "last (docs/quantization.md)")
+                        "(GPTQ/OBQ error compensation, per-channel scales kept), before eq; head = the "
+                        "detection heads' objectness / class bias shift measured through the INT network, "
+                        "weighted by the FLOAT score, last (docs/quantization.md)")
     s.add_argument("--target-map", type=number("--target-map", 0.0, 1.0), metavar="MAP",
                    help="keep the fewest layers FLOAT (greedy by measured sensitivity) so INT detections on --val "
                         "reach this mAP@[.5:.95] against FLOAT with no lost detection; prints the trade-off curve")

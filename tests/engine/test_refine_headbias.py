@@ -132,3 +132,19 @@ def test_head_bias_correction_recovers_a_lost_detection(tiny, asym, floats):
 def test_head_bias_correction_needs_the_calibration_images(tiny, asym):
     with pytest.raises(ArgumentError, match="calibration images"):
         head_bias_correction(tiny, asym)
+
+
+def test_cli_quantize_refine_head(tmp_path):
+    import subprocess
+    import sys
+    from engine.quant.qmodel import QuantizedModel
+    from helpers import ROOT, TINY_CFG, TINY_WEIGHTS
+    out = tmp_path / "h.npz"
+    res = subprocess.run([sys.executable, "-m", "engine", "quantize", str(TINY_CFG), "--weights", str(TINY_WEIGHTS),
+                          "--calib", str(IMAGES / "dog.jpg"), "--per-channel", "--profile", "qwidgets_asym", "--quiet",
+                          "--refine", "head", "-o", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert res.returncode == 0, res.stderr
+    qm = QuantizedModel.load(out)
+    assert sorted(qm.meta["head_bias"]) == ["15", "22"]
+    assert all(len(v["objectness"]) == 3 and abs(v["class"]) < 1 for v in qm.meta["head_bias"].values())
+    assert any(abs(o) > 1e-3 for v in qm.meta["head_bias"].values() for o in v["objectness"])
