@@ -98,8 +98,9 @@ def main(argv=None) -> int:
             qm = eq_search(model, qm, keep)
         if "bias" in parts:
             qm = bias_correction(model, qm, floats=keep)
-        if "head" in parts or "headbox" in parts:
-            qm = head_bias_correction(model, qm, floats=keep, boxes="headbox" in parts)
+        if parts & {"head", "headbox", "headslope"}:
+            qm = head_bias_correction(model, qm, floats=keep, boxes="headbox" in parts,
+                                      weighting="slope" if "headslope" in parts else "score")
         twin = weights_only(model, qm) if "wonly" in parts else None
         for k, scorer in scorers.items():
             a, d, lost = report(scorer, [v.name for v in sets[k]], qm, twin)

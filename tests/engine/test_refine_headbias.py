@@ -30,9 +30,11 @@ def sig(v: float) -> float:
     return 1.0 / (1.0 + math.exp(-v))
 
 
-def naive_shifts(f, q, anchors, classes):
+def naive_shifts(f, q, anchors, classes, slope=False):
     """Per anchor: objectness shift weighted by sigmoid(FLOAT obj); the head's class shift weighted by
-    sigmoid(obj) * sigmoid(class), over every anchor, class and position; one value at a time."""
+    sigmoid(obj) * sigmoid(class), over every anchor, class and position; one value at a time. `slope`:
+    weights = the squared derivative of the score sigmoid(obj) * sigmoid(class) in that logit (the best
+    class for objectness)."""
     per = 5 + classes
     f = f.reshape(anchors, per, -1)
     q = q.reshape(anchors, per, -1)
@@ -40,11 +42,14 @@ def naive_shifts(f, q, anchors, classes):
     for a in range(anchors):
         num = den = 0.0
         for p in range(f.shape[2]):
-            w = sig(float(f[a, 4, p]))
+            so = sig(float(f[a, 4, p]))
+            best = max(sig(float(f[a, 5 + c, p])) for c in range(classes))
+            w = (so * (1 - so) * best) ** 2 if slope else so
             num += w * (float(q[a, 4, p]) - float(f[a, 4, p]))
             den += w
             for c in range(classes):
-                wc = w * sig(float(f[a, 5 + c, p]))
+                sc = sig(float(f[a, 5 + c, p]))
+                wc = (so * sc * (1 - sc)) ** 2 if slope else so * sc
                 cls_num += wc * (float(q[a, 5 + c, p]) - float(f[a, 5 + c, p]))
                 cls_den += wc
         obj.append((num, den))
@@ -63,6 +68,11 @@ def test_head_shifts_equal_the_position_by_position_sums():
     for i, (n_, d_) in enumerate(obj):
         assert num[i, 4] == pytest.approx(n_, rel=1e-9) and den[i, 4] == pytest.approx(d_, rel=1e-9)
     assert np.allclose(num[:, 5:], cn, rtol=1e-9) and np.allclose(den[:, 5:], cd, rtol=1e-9)
+    ns, ds = (v.reshape(a, 5 + k) for v in head_shifts(f, q, a, k, weighting="slope"))
+    obj, (cn, cd) = naive_shifts(f, q, a, k, slope=True)
+    assert np.allclose(ns[:, 4], [o[0] for o in obj], rtol=1e-9)
+    assert np.allclose(ds[:, 4], [o[1] for o in obj], rtol=1e-9)
+    assert np.allclose(ns[:, 5:], cn, rtol=1e-9) and np.allclose(ds[:, 5:], cd, rtol=1e-9)
     nb, db = head_shifts(f, q, a, k, boxes=True)
     d = (q - f).reshape(a, 5 + k, -1).astype(np.float64)
     assert np.allclose(nb.reshape(a, -1)[:, :4], d[:, :4].sum(axis=2)) and np.all(db.reshape(a, -1)[:, :4] == 30)
@@ -132,6 +142,8 @@ def test_head_bias_correction_recovers_a_lost_detection(tiny, asym, floats):
 def test_head_bias_correction_needs_the_calibration_images(tiny, asym):
     with pytest.raises(ArgumentError, match="calibration images"):
         head_bias_correction(tiny, asym)
+    with pytest.raises(ArgumentError, match="weighting"):
+        head_bias_correction(tiny, asym, images=PHOTOS, weighting="mean")
 
 
 def test_cli_quantize_refine_head(tmp_path):
