@@ -4,10 +4,10 @@ A FLOAT pass (preprocess + forward of each photo) runs between every two calibra
 calibration's time is divided by the mean of the FLOAT passes around it; per method, a calibration
 with every refinement: cross-layer equalization when the tree has it (data-free, `weights` mode),
 the statistics pass keeping its FLOAT outputs, thresholds + int8 weights, the EQ threshold search
-and bias correction (both reading the kept outputs). The median of those ratios is printed, with
-the median of each stage over the median FLOAT pass.
+and bias correction (both reading the kept outputs), and head bias correction (one INT pass) when asked.
+The median of those ratios is printed, with the median of each stage over the median FLOAT pass.
 
-    python benchmarks/bench_calib_time.py [--methods minmax,kl,log2] [--rounds 5] [--refine cle,eq,bias]
+    python benchmarks/bench_calib_time.py [--methods minmax,kl,log2] [--rounds 5] [--refine cle,eq,bias,head]
                                           [--profile qwidgets_asym]
 
 EQ searches the grids of qwidgets (int8) and qwidgets_asym (uint8 + zero point); under other profiles every
@@ -50,7 +50,7 @@ def calibrate(model, photos, method: str, refinements: set[str], profile: str = 
         forward = refine.derived_forward(model, spec)        # as `quantize --refine cle` calibrates
         times["cle"] = time.perf_counter() - t
         t = time.perf_counter()
-    keep = FloatOutputs(qmodel_of) if refinements & {"eq", "bias"} else None
+    keep = FloatOutputs(qmodel_of) if refinements & {"eq", "bias", "head"} else None
     stats = collect(qmodel_of, photos, progress=False, keep=keep, forward=forward)
     times["statistics"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -66,6 +66,10 @@ def calibrate(model, photos, method: str, refinements: set[str], profile: str = 
         t = time.perf_counter()
         qm = refine.bias_correction(model, qm, photos, floats=keep)
         times["bias"] = time.perf_counter() - t
+    if "head" in refinements:
+        t = time.perf_counter()
+        qm = refine.head_bias_correction(model, qm, floats=keep, images=photos)
+        times["head"] = time.perf_counter() - t
     return times
 
 
@@ -107,7 +111,7 @@ def main(argv=None) -> int:
             ratios[m].append(sum(runs[m][-1].values()) / ((before + after) / 2))
             before = after
     f = statistics.median(floats)
-    used = sorted(refinements & ({"eq", "bias"} | ({"cle"} if HAS_CLE else set())))
+    used = sorted(refinements & ({"eq", "bias", "head"} | ({"cle"} if HAS_CLE else set())))
     print(f"{len(photos)} photos, {args.rounds} interleaved rounds, refinements: {', '.join(used)}"
           f"{'' if HAS_CLE or 'cle' not in refinements else ' (no CLE in this tree)'}, profile {args.profile}; "
           f"plain FLOAT pass median {f:.3f} s")

@@ -9,9 +9,9 @@ then each lost detection: variant, class, FLOAT score, INT score (its IoU).
 
     python benchmarks/bench_lost.py [--method minmax] [--configs asym,asym+gptq,...]
 
-configs: `+`-joined parts, `asym` (profile qwidgets_asym), `gptq`, `eq`, `bias` (engine/quant/refine),
-applied in that order; `wonly` = only the weights int8 (the conv weights replaced by their dequantized
-int8 values, activations FLOAT: what weight rounding alone costs).
+configs: `+`-joined parts, `asym` (profile qwidgets_asym), `gptq`, `eq`, `bias`, `head` (engine/quant/refine;
+`headbox`: head with the box channels corrected too), applied in that order; `wonly` = only the weights int8
+(the conv weights replaced by their dequantized int8 values, activations FLOAT: what weight rounding alone costs).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from engine.quant.autoquant import quantize  # noqa: E402
 from engine.quant.executor import Executor, FloatView  # noqa: E402
 from engine.quant.explain import box_iou, match_detections  # noqa: E402
 from engine.quant.fitness import detection_agreement  # noqa: E402
-from engine.quant.refine import bias_correction, eq_search, gptq_rounding  # noqa: E402
+from engine.quant.refine import bias_correction, eq_search, gptq_rounding, head_bias_correction  # noqa: E402
 from engine.quant.scoring import Scorer  # noqa: E402
 from engine.quant.valset import second_variants, variants  # noqa: E402
 
@@ -98,6 +98,9 @@ def main(argv=None) -> int:
             qm = eq_search(model, qm, keep)
         if "bias" in parts:
             qm = bias_correction(model, qm, floats=keep)
+        if parts & {"head", "headbox", "headslope"}:
+            qm = head_bias_correction(model, qm, floats=keep, boxes="headbox" in parts,
+                                      weighting="slope" if "headslope" in parts else "score")
         twin = weights_only(model, qm) if "wonly" in parts else None
         for k, scorer in scorers.items():
             a, d, lost = report(scorer, [v.name for v in sets[k]], qm, twin)

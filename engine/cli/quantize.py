@@ -25,14 +25,16 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-rules", action="store_true",
                    help="calibrate every tensor on its own |x| histogram (no one-sided / shared-scale / first-layer "
                         "rules; yolo2_light never uses them)")
-    s.add_argument("--refine", choices=("bias", "cle", "cle_act", "eq", "gptq"), action="append", default=[],
+    s.add_argument("--refine", choices=("bias", "cle", "cle_act", "eq", "gptq", "head"), action="append", default=[],
                    help="refinement (repeatable): bias = per-channel bias correction (NNCF FastBiasCorrection "
                         "style) on the calibration images; cle = cross-layer equalization of conv -> leaky -> "
                         "[maxpool] -> conv chains before calibration (Nagel et al., weight ranges), cle_act = the same "
                         "balancing per-channel output ranges on the calibration images; eq = per-layer threshold "
                         "search on the local output error (ncnn's EQ; int8 scales, or uint8 scale + zero point "
                         "with --profile qwidgets_asym), before bias; gptq = weight rounding fitted to each conv's calibration inputs "
-                        "(GPTQ/OBQ error compensation, per-channel scales kept), before eq (docs/quantization.md)")
+                        "(GPTQ/OBQ error compensation, per-channel scales kept), before eq; head = the "
+                        "detection heads' objectness / class bias shift measured through the INT network, "
+                        "weighted by the FLOAT score, last (docs/quantization.md)")
     s.add_argument("--target-map", type=number("--target-map", 0.0, 1.0), metavar="MAP",
                    help="keep the fewest layers FLOAT (greedy by measured sensitivity) so INT detections on --val "
                         "reach this mAP@[.5:.95] against FLOAT with no lost detection; prints the trade-off curve")
@@ -87,7 +89,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         model, spec = equalize(source, cle_mode, args.calib, args.resize)   # the equalized model is calibrated
         forward = derived_forward(source, spec)          # on the source's forward, rescaled per channel
     keep = None
-    if {"bias", "eq", "gptq"} & set(args.refine):       # they read the calibration pass's FLOAT outputs
+    if {"bias", "eq", "gptq", "head"} & set(args.refine):       # they read the calibration pass's FLOAT outputs
         from engine.calib.floats import FloatOutputs
         keep = FloatOutputs(model)
     stats = collect(model, args.calib, args.resize, progress=not args.quiet, keep=keep, forward=forward)
@@ -108,6 +110,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if "bias" in args.refine:
         from engine.quant.refine import bias_correction
         qm = bias_correction(model, qm, args.calib, args.resize, floats=keep)
+    if "head" in args.refine:
+        from engine.quant.refine import head_bias_correction
+        qm = head_bias_correction(model, qm, floats=keep, images=args.calib, resize=args.resize)
     if "auto" in qm.meta:
         print(auto_choice_text(qm.meta["auto"]), file=sys.stderr)
     if args.target_map is not None:

@@ -5,8 +5,9 @@ from engine.quant.refine.bias import bias_correction
 from engine.quant.refine.eq import eq_search
 from engine.quant.refine.equalize import attach as attach_equalization, derived_forward, equalize
 from engine.quant.refine.gptq import gptq_rounding
+from engine.quant.refine.headbias import head_bias_correction
 
-REFINEMENTS = ("bias", "cle", "cle_act", "eq", "gptq")
+REFINEMENTS = ("bias", "cle", "cle_act", "eq", "gptq", "head")
 
 __all__ = ["bias_correction", "eq_search", "equalize", "attach_equalization", "derived_forward", "gptq_rounding",
-           "REFINEMENTS"]
+           "head_bias_correction", "REFINEMENTS"]
