@@ -1,0 +1,205 @@
+"""The INT convolutions' requantization epilogue in float32, exact, and its certificate.
+
+q = sat8(rint(u * f)) (round half to even), u the exact int32 accumulator, f = m * 2**-shift a 15-bit
+fixed-point multiplier per channel, a second one (leaky) or 0 (relu) for u < 0: `qtensor.requantize`'s
+rule, whose float64 evaluation is exact. The GEMMs hand u over as exact float32 integers, so the
+epilogue runs in float32 (half the bytes of float64 per pass) and must still give that rule's bits.
+
+Why float32 is exact except at known accumulators. With |u| < 2**24 and f exact in float32,
+v = fl32(u * f) is the exact product P rounded once. Rounding is monotone and keeps every float32
+number, and every half-integer below 2**22 is one: v and P never lie on opposite sides of a
+half-integer h, so rint(v) != rint(P) only when v == h while P != h, i.e. |P - h| <= ulp(h) / 2.
+For one channel and multiplier that confines the "spurious ties" to u in [(h - ulp) / f,
+(h + ulp) / f] for the 128 half-integers 0.5 <= |h| <= 127.5 a non-saturating channel can reach:
+a few candidates each, checked once in float64 (`spurious_ties`, cached per multipliers). On
+yolov3-tiny they are 1-5 accumulator values per channel, almost never inside a band's
+[min, max] of that channel, so a band needs no per-element tie test at all (it used to take three
+passes: v - rint(v), its max and min); where one is inside, its elements are found and recomputed.
+Channels whose extremes may saturate run the float64 rule whole.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine.quant.intops import EXACT_F32, band_buffer
+from engine.quant.qtensor import QMAX
+
+_HALF = np.arange(int(QMAX) + 1) + 0.5          # 0.5 .. 127.5
+_TIES: dict[tuple, tuple[np.ndarray, np.ndarray] | None] = {}
+_TIES_MAX = 512                                 # cached multiplier sets (one per layer and scales)
+MAX_WINDOW = 64                                 # candidates per half-integer before giving up
+
+
+def _side(f: np.ndarray, negative: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """(channel, u) of the spurious ties of fl32(u * f[c]) for u >= 0 (or u < 0 when `negative`)."""
+    h = -_HALF if negative else _HALF
+    sp = np.spacing(np.abs(h).astype(np.float32)).astype(np.float64)      # ulp above |h|: >= the ulp below
+    f2 = f[:, None]
+    start = np.floor((h - sp) / f2) - 1                                    # -1 / +2: margin for the divisions
+    count = int((np.floor((h + sp) / f2) - start).max()) + 2
+    if count > MAX_WINDOW:
+        return None                                                        # a tiny multiplier: test per element
+    u = start[:, :, None] + np.arange(count)                               # (n, 128, count)
+    ok = (u < 0) if negative else (u >= 0)
+    ok &= np.abs(u) < EXACT_F32
+    exact = np.rint(u * f[:, None, None])                                  # |u| < 2**24, 15-bit f: exact
+    fast = np.rint((u.astype(np.float32) * f.astype(np.float32)[:, None, None]).astype(np.float64))
+    c, _, _ = np.nonzero(ok & (exact != fast))
+    return c, u[ok & (exact != fast)]
+
+
+def spurious_ties(f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | None
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every accumulator u (|u| < 2**24) whose float32 requantization rint(max(fl32(u*f_pos), fl32(u*f_neg)))
+    (f_neg: leaky; relu: max with 0; linear: f_pos for all u) differs from the exact rule while the exact
+    |u * f| < 127.5 + 1 ulp: (channels sorted, u as float64), or None when a multiplier is so small
+    that the candidates are too many (then the caller tests every element). Cached per multipliers."""
+    key = (f_pos.tobytes(), None if f_neg is None else f_neg.tobytes(), slope)
+    if key in _TIES:
+        return _TIES[key]
+    f_pos = np.asarray(f_pos, np.float64)
+    sides = [_side(f_pos, False)]
+    if slope is None:
+        sides.append(_side(f_pos, True))
+    elif slope != 0.0:
+        sides.append(_side(np.asarray(f_neg, np.float64), True))
+    out = None
+    if all(s is not None for s in sides):
+        chan = np.concatenate([s[0] for s in sides])
+        val = np.concatenate([s[1] for s in sides])
+        order = np.lexsort((val, chan))
+        out = (chan[order], val[order])
+    if len(_TIES) >= _TIES_MAX:
+        _TIES.pop(next(iter(_TIES)))
+    _TIES[key] = out
+    return out
+
+
+def ties_in_band(ties: tuple[np.ndarray, np.ndarray], ch: slice, lo: np.ndarray, hi: np.ndarray
+                 ) -> list[tuple[int, float]]:
+    """The (channel within the band, u) of `ties` inside the band's per-channel [lo, hi]."""
+    chan, val = ties
+    i0, i1 = np.searchsorted(chan, (ch.start, ch.stop))
+    if i0 == i1:
+        return []
+    c = chan[i0:i1] - ch.start
+    v = val[i0:i1]
+    inside = (v >= lo[c]) & (v <= hi[c])
+    return list(zip(c[inside].tolist(), v[inside].tolist()))
+
+
+def add_bias(part: int, acc: np.ndarray, b_q: np.ndarray, ch: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """acc (float32 exact integers, int32 or float64; a contiguous `full_width` band) + b_q[ch] ->
+    (u, min, max per channel): u holds the exact int32 accumulators as floats, min / max are exact
+    integral float64.
+
+    In place in float32 when every |acc + b| < 2**24 (known from the per-channel extremes, which the
+    statistics need anyway): every sum is then an exact float32 integer; else in float64."""
+    b = b_q[ch].astype(np.float64)
+    a2 = acc.reshape(acc.shape[0], -1)
+    lo = a2.min(axis=1).astype(np.float64) + b
+    hi = a2.max(axis=1).astype(np.float64) + b
+    if acc.dtype != np.float64 and (not lo.size or max(float(hi.max()), -float(lo.min())) < EXACT_F32):
+        if acc.dtype != np.float32:        # int32 (integer Winograd): one exact cast to float32
+            u = band_buffer("u32", part, acc.shape, np.float32)
+            np.copyto(u, acc)
+            acc = u
+        acc += b.astype(np.float32).reshape(-1, 1, 1)
+        return acc, lo, hi
+    u = band_buffer("u", part, acc.shape)
+    np.copyto(u, acc)
+    u += b.reshape(-1, 1, 1)
+    return u, lo, hi
+
+
+def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: np.ndarray | None,
+                     slope: float | None):
+    """A `full_width` epilogue for `conv_int_bands` writing int8 into y (n, Ho, Wo): q = sat8(rint(u*f)),
+    u = acc + b the exact accumulator, f = f_pos (u >= 0) or f_neg (u < 0; relu: 0) per channel.
+    Returns (epilogue, stats): stats collects (acc min, acc max, saturated) per band.
+
+    Float32 where exact (module docstring): the spurious ties inside a band's range are recomputed
+    in float64; max(fl32(a), fl32(b)) = fl32(max(a, b)), so leaky / relu keep the argument.
+    """
+    fp3 = f_pos.reshape(-1, 1, 1)
+    fn3 = None if f_neg is None else f_neg.reshape(-1, 1, 1)
+    f_low = f_pos if slope is None else (np.zeros_like(f_pos) if slope == 0.0 else f_neg)
+    exact32 = all(f is None or np.array_equal(f.astype(np.float32).astype(np.float64), f) for f in (f_pos, f_neg))
+    ties = spurious_ties(f_pos, f_neg, slope) if exact32 else None
+    fp32 = fp3.astype(np.float32)
+    fn32 = None if fn3 is None else fn3.astype(np.float32)
+    leaky = slope is not None and slope != 0.0
+    stats: list[tuple[int, int, int]] = []
+
+    def rule64(v: np.ndarray, ch: slice, cs=slice(None)) -> np.ndarray:
+        """The requantization products of float64 v (channels cs of band channels ch), in place."""
+        w = np.multiply(v, fn3[ch][cs]) if leaky else None
+        np.multiply(v, fp3[ch][cs], out=v)
+        if slope == 0.0:
+            np.maximum(v, 0.0, out=v)
+        elif leaky:
+            np.maximum(v, w, out=v)
+        return v
+
+    def epilogue(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
+        u, lo_c, hi_c = add_bias(part, acc, b_q, ch)
+        fp = f_pos[ch]
+        wo = y.shape[2]
+        # the rule is monotone in u per channel: only channels whose extreme accumulators round
+        # beyond +-127 can hold saturated values. rint(v) > 127 <=> v >= 127.5 (127.5 rounds to 128)
+        top = np.rint(hi_c * fp) > QMAX
+        bottom = np.rint(np.where(lo_c < 0, lo_c * f_low[ch], lo_c * fp)) < -QMAX
+        flagged = np.flatnonzero(top | bottom)
+        sat = 0
+        if u.dtype == np.float32 and exact32:
+            v = band_buffer("v32", part, u.shape, np.float32)
+            r = band_buffer("r32", part, u.shape, np.float32)
+            np.multiply(u, fp32[ch], out=v)
+            if leaky:
+                np.multiply(u, fn32[ch], out=r)
+                np.maximum(v, r, out=v)
+            elif slope == 0.0:
+                np.maximum(v, 0.0, out=v)
+            if flagged.size:               # keep the int8 cast in range; recomputed exactly below
+                v[flagged] = np.clip(v[flagged], -QMAX, QMAX)
+            np.rint(v, out=r)
+            y[ch, r0:r1] = r[:, :, :wo]
+            if ties is not None:
+                for c_i, val in ties_in_band(ties, ch, lo_c, hi_c):
+                    at = np.flatnonzero(u[c_i] == val)       # contiguous channel band: one fast scan
+                    if at.size:
+                        ys, xs = np.divmod(at, u.shape[2])
+                        keep = xs < wo
+                        f = f_pos[ch.start + c_i] if val >= 0 else f_low[ch.start + c_i]
+                        y[ch.start + c_i, r0 + ys[keep], xs[keep]] = max(-QMAX, min(QMAX, round(val * float(f))))
+            else:                          # every element: |v - rint(v)| == 0.5 marks a possible tie
+                np.subtract(v, r, out=v)   # exact, in [-0.5, 0.5]
+                if v.max() >= 0.5 or v.min() <= -0.5:
+                    cs, ys, xs = np.nonzero(np.abs(v[:, :, :wo]) == 0.5)
+                    tie = rule64(u[cs, ys, xs].astype(np.float64).reshape(-1, 1, 1), ch, cs)
+                    y[ch.start + cs, r0 + ys, xs] = np.clip(np.rint(tie), -QMAX, QMAX).reshape(-1)
+            if flagged.size:
+                vf = rule64(u[flagged].astype(np.float64), ch, flagged)
+                valid = vf[:, :, :wo]
+                sat = int(np.count_nonzero(valid >= QMAX + 0.5)) + int(np.count_nonzero(valid <= -QMAX - 0.5))
+                np.clip(valid, -QMAX, QMAX, out=valid)
+                y[ch.start + flagged, r0:r1] = np.rint(valid)
+            stats.append((int(lo_c.min()), int(hi_c.max()), sat))
+            return
+        if u.dtype == np.float64 and u is not acc:       # already a float64 work buffer
+            v = u
+        else:
+            v = band_buffer("v", part, u.shape)
+            np.copyto(v, u)      # one cast to float64: mixed-type ufuncs cast in slow buffered loops
+        rule64(v, ch)
+        # clip-then-rint == rint-then-clip (integer bounds); counted on the valid columns only
+        for c_i in flagged:
+            vc = v[c_i]
+            valid = vc[:, :wo]
+            sat += int(np.count_nonzero(valid >= QMAX + 0.5)) + int(np.count_nonzero(valid <= -QMAX - 0.5))
+            np.clip(vc, -QMAX, QMAX, out=vc)
+        np.rint(v, out=v)
+        y[ch, r0:r1] = v[:, :, :wo]                    # integral, in [-127, 127]: the cast is exact
+        stats.append((int(lo_c.min()), int(hi_c.max()), sat))
+
+    return epilogue, stats
