@@ -112,6 +112,23 @@ def add_bias(part: int, acc: np.ndarray, b_q: np.ndarray, ch: slice) -> tuple[np
     return u, lo, hi
 
 
+def saturation_bounds(f_pos: np.ndarray, f_low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel, the integer accumulators beyond which the rule saturates: u > hi[c] gives
+    rint(u * f_pos) > 127 (u * f_pos >= 127.5: 127.5 rounds to 128), u < lo[c] gives
+    rint(u * f_low) < -127 (f_low: the multiplier of u < 0; 0 for relu, never). Exact float64
+    integers, clamped to the int32 range."""
+    top = float(1 << 31)
+    hi = np.minimum(np.floor(127.5 / f_pos), top)
+    hi -= hi * f_pos >= 127.5                       # the division rounded up onto the boundary
+    hi += (hi + 1) * f_pos < 127.5                  # or below it
+    with np.errstate(divide="ignore"):
+        lo = np.maximum(np.ceil(-127.5 / np.where(f_low > 0, f_low, np.nan)), -top)
+    lo = np.where(np.isnan(lo), -top - 1, lo)
+    lo += lo * f_low <= -127.5
+    lo -= ((lo - 1) * f_low > -127.5) & (f_low > 0)
+    return hi, lo
+
+
 def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: np.ndarray | None,
                      slope: float | None):
     """A `full_width` epilogue for `conv_int_bands` writing int8 into y (n, Ho, Wo): q = sat8(rint(u*f)),
@@ -119,7 +136,9 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
     Returns (epilogue, stats): stats collects (acc min, acc max, saturated) per band.
 
     Float32 where exact (module docstring): the spurious ties inside a band's range are recomputed
-    in float64; max(fl32(a), fl32(b)) = fl32(max(a, b)), so leaky / relu keep the argument.
+    in float64; max(fl32(a), fl32(b)) = fl32(max(a, b)), so leaky / relu keep the argument. Every
+    per-channel threshold is computed here once, so that a band whose channels can neither saturate
+    nor hold a tie (the usual case) costs its seven NumPy passes and a dozen small calls.
     """
     fp3 = f_pos.reshape(-1, 1, 1)
     fn3 = None if f_neg is None else f_neg.reshape(-1, 1, 1)
@@ -129,7 +148,22 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
     fp32 = fp3.astype(np.float32)
     fn32 = None if fn3 is None else fn3.astype(np.float32)
     leaky = slope is not None and slope != 0.0
+    b64 = b_q.astype(np.float64)
+    b32 = b_q.astype(np.float32).reshape(-1, 1, 1)
+    sat_hi, sat_lo = saturation_bounds(f_pos, f_low)
+    # a band needs a closer look only where a channel's [min, max] reaches a saturating accumulator
+    # or one of the channel's spurious ties: hi >= watch_hi or lo <= watch_lo
+    watch_hi, watch_lo = sat_hi + 1, sat_lo - 1
+    if ties is not None and ties[0].size:
+        chan, val = ties
+        pos, neg = val >= 0, val < 0
+        first_pos = np.full(f_pos.shape, np.inf)
+        np.minimum.at(first_pos, chan[pos], val[pos])
+        last_neg = np.full(f_pos.shape, -np.inf)
+        np.maximum.at(last_neg, chan[neg], val[neg])
+        watch_hi, watch_lo = np.minimum(watch_hi, first_pos), np.maximum(watch_lo, last_neg)
     stats: list[tuple[int, int, int]] = []
+    none = np.zeros(0, np.intp)
 
     def rule64(v: np.ndarray, ch: slice, cs=slice(None)) -> np.ndarray:
         """The requantization products of float64 v (channels cs of band channels ch), in place."""
@@ -142,16 +176,28 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
         return v
 
     def epilogue(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
-        u, lo_c, hi_c = add_bias(part, acc, b_q, ch)
-        fp = f_pos[ch]
+        a2 = acc.reshape(acc.shape[0], -1)
+        raw_lo, raw_hi = a2.min(axis=1), a2.max(axis=1)
+        lo_c, hi_c = raw_lo + b64[ch], raw_hi + b64[ch]        # float64: exact
+        lo_min, hi_max = float(lo_c.min()), float(hi_c.max())
         wo = y.shape[2]
-        # the rule is monotone in u per channel: only channels whose extreme accumulators round
-        # beyond +-127 can hold saturated values. rint(v) > 127 <=> v >= 127.5 (127.5 rounds to 128)
-        top = np.rint(hi_c * fp) > QMAX
-        bottom = np.rint(np.where(lo_c < 0, lo_c * f_low[ch], lo_c * fp)) < -QMAX
-        flagged = np.flatnonzero(top | bottom)
+        flagged, tie_list = none, []
+        if ((hi_c >= watch_hi[ch]) | (lo_c <= watch_lo[ch])).any():
+            # the rule is monotone in u per channel: only channels whose extremes pass a saturation
+            # bound can hold saturated values
+            flagged = np.flatnonzero((hi_c > sat_hi[ch]) | (lo_c < sat_lo[ch]))
+            if ties is not None:
+                tie_list = ties_in_band(ties, ch, lo_c, hi_c)
         sat = 0
-        if u.dtype == np.float32 and exact32:
+        fast = (exact32 and acc.dtype != np.float64 and -EXACT_F32 < lo_min and hi_max < EXACT_F32
+                and (acc.dtype == np.float32 or (-EXACT_F32 < float(raw_lo.min()) and float(raw_hi.max()) < EXACT_F32)))
+        if fast:
+            if acc.dtype == np.float32:
+                u = acc
+            else:                          # int32 (integer Winograd): one exact cast to float32
+                u = band_buffer("u32", part, acc.shape, np.float32)
+                np.copyto(u, acc)
+            u += b32[ch]                   # exact float32 integers: |u| < 2**24
             v = band_buffer("v32", part, u.shape, np.float32)
             r = band_buffer("r32", part, u.shape, np.float32)
             np.multiply(u, fp32[ch], out=v)
@@ -165,7 +211,7 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
             np.rint(v, out=r)
             y[ch, r0:r1] = r[:, :, :wo]
             if ties is not None:
-                for c_i, val in ties_in_band(ties, ch, lo_c, hi_c):
+                for c_i, val in tie_list:
                     at = np.flatnonzero(u[c_i] == val)       # contiguous channel band: one fast scan
                     if at.size:
                         ys, xs = np.divmod(at, u.shape[2])
@@ -184,13 +230,11 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
                 sat = int(np.count_nonzero(valid >= QMAX + 0.5)) + int(np.count_nonzero(valid <= -QMAX - 0.5))
                 np.clip(valid, -QMAX, QMAX, out=valid)
                 y[ch.start + flagged, r0:r1] = np.rint(valid)
-            stats.append((int(lo_c.min()), int(hi_c.max()), sat))
+            stats.append((int(lo_min), int(hi_max), sat))
             return
-        if u.dtype == np.float64 and u is not acc:       # already a float64 work buffer
-            v = u
-        else:
-            v = band_buffer("v", part, u.shape)
-            np.copyto(v, u)      # one cast to float64: mixed-type ufuncs cast in slow buffered loops
+        v = band_buffer("v", part, acc.shape)
+        np.copyto(v, acc)        # one cast to float64: mixed-type ufuncs cast in slow buffered loops
+        v += b64[ch].reshape(-1, 1, 1)
         rule64(v, ch)
         # clip-then-rint == rint-then-clip (integer bounds); counted on the valid columns only
         for c_i in flagged:
@@ -200,6 +244,6 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
             np.clip(vc, -QMAX, QMAX, out=vc)
         np.rint(v, out=v)
         y[ch, r0:r1] = v[:, :, :wo]                    # integral, in [-127, 127]: the cast is exact
-        stats.append((int(lo_c.min()), int(hi_c.max()), sat))
+        stats.append((int(lo_min), int(hi_max), sat))
 
     return epilogue, stats

@@ -136,3 +136,22 @@ def test_saturating_channels_and_bias_stay_exact():
                     for c in range(5)])
     assert stats[0][2] == int(np.count_nonzero(np.abs(raw) > 127)) > 0
     assert (stats[0][0], stats[0][1]) == (int(u.min()), int(u.max()))
+
+
+@pytest.mark.parametrize("slope", [None, 0.1, 0.0])
+def test_saturation_bounds_are_the_last_unsaturated_accumulators(slope):
+    from engine.quant.requant32 import saturation_bounds
+    m, sh, f, mn, shn, f_neg = _multipliers(slope, [24, 24, 24, 24, 14, 20, 27, 30], 9)
+    f_low = f if slope is None else (f * 0 if slope == 0.0 else f_neg)
+    hi, lo = saturation_bounds(f, f_low)
+    for c in range(len(f)):
+        u = np.arange(int(hi[c]) - 3, int(hi[c]) + 4)
+        q = _reference(u, int(m[c]), int(sh[c]), int(mn[c]), int(shn[c]), slope)
+        raw = _int_rule(u, int(m[c]), int(sh[c]))
+        assert np.all((raw > 127) == (u > hi[c])) and q.max() == 127
+        if slope == 0.0:
+            assert lo[c] < -(2 ** 31)
+            continue
+        u = np.arange(int(lo[c]) - 3, int(lo[c]) + 4)
+        raw = _int_rule(u, int(m[c] if slope is None else mn[c]), int(sh[c] if slope is None else shn[c]))
+        assert np.all((raw < -127) == (u < lo[c]))
