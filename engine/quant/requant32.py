@@ -25,8 +25,8 @@ from engine.quant.intops import EXACT_F32, band_buffer
 from engine.quant.qtensor import QMAX
 
 _HALF = np.arange(int(QMAX) + 1) + 0.5          # 0.5 .. 127.5
-_TIES: dict[tuple, tuple[np.ndarray, np.ndarray] | None] = {}
-_TIES_MAX = 512                                 # cached multiplier sets (one per layer and scales)
+_PLANS: dict[tuple, "Plan"] = {}
+_PLANS_MAX = 512                                 # cached multiplier sets (one per layer and scales)
 MAX_WINDOW = 64                                 # candidates per half-integer before giving up
 
 
@@ -48,31 +48,62 @@ def _side(f: np.ndarray, negative: bool) -> tuple[np.ndarray, np.ndarray] | None
     return c, u[ok & (exact != fast)]
 
 
+def _ties(f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | None
+           ) -> tuple[np.ndarray, np.ndarray] | None:
+    sides = [_side(f_pos, False)]
+    if slope is None:
+        sides.append(_side(f_pos, True))
+    elif slope != 0.0:
+        sides.append(_side(np.asarray(f_neg, np.float64), True))
+    if any(s is None for s in sides):
+        return None
+    chan = np.concatenate([s[0] for s in sides])
+    val = np.concatenate([s[1] for s in sides])
+    order = np.lexsort((val, chan))
+    return chan[order], val[order]
+
+
+class Plan:
+    """What the epilogue of one multiplier set needs, computed once (cached per multipliers): the
+    spurious ties, the saturation bounds, and the watch bounds a band's [min, max] is checked against."""
+
+    def __init__(self, f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | None) -> None:
+        self.f_low = f_pos if slope is None else (np.zeros_like(f_pos) if slope == 0.0 else f_neg)
+        self.exact32 = all(f is None or np.array_equal(f.astype(np.float32).astype(np.float64), f)
+                           for f in (f_pos, f_neg))
+        self.ties = _ties(f_pos, f_neg, slope) if self.exact32 else None
+        self.sat_hi, self.sat_lo = saturation_bounds(f_pos, self.f_low)
+        # a band needs a closer look only where a channel's [min, max] reaches a saturating
+        # accumulator or one of the channel's spurious ties: hi >= watch_hi or lo <= watch_lo
+        self.watch_hi, self.watch_lo = self.sat_hi + 1, self.sat_lo - 1
+        if self.ties is not None and self.ties[0].size:
+            chan, val = self.ties
+            pos, neg = val >= 0, val < 0
+            first_pos = np.full(f_pos.shape, np.inf)
+            np.minimum.at(first_pos, chan[pos], val[pos])
+            last_neg = np.full(f_pos.shape, -np.inf)
+            np.maximum.at(last_neg, chan[neg], val[neg])
+            self.watch_hi = np.minimum(self.watch_hi, first_pos)
+            self.watch_lo = np.maximum(self.watch_lo, last_neg)
+
+
+def plan(f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | None) -> Plan:
+    key = (f_pos.tobytes(), None if f_neg is None else f_neg.tobytes(), slope)
+    hit = _PLANS.get(key)
+    if hit is None:
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.pop(next(iter(_PLANS)))
+        hit = _PLANS[key] = Plan(np.asarray(f_pos, np.float64), f_neg, slope)
+    return hit
+
+
 def spurious_ties(f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | None
                   ) -> tuple[np.ndarray, np.ndarray] | None:
     """Every accumulator u (|u| < 2**24) whose float32 requantization rint(max(fl32(u*f_pos), fl32(u*f_neg)))
     (f_neg: leaky; relu: max with 0; linear: f_pos for all u) differs from the exact rule while the exact
     |u * f| < 127.5 + 1 ulp: (channels sorted, u as float64), or None when a multiplier is so small
     that the candidates are too many (then the caller tests every element). Cached per multipliers."""
-    key = (f_pos.tobytes(), None if f_neg is None else f_neg.tobytes(), slope)
-    if key in _TIES:
-        return _TIES[key]
-    f_pos = np.asarray(f_pos, np.float64)
-    sides = [_side(f_pos, False)]
-    if slope is None:
-        sides.append(_side(f_pos, True))
-    elif slope != 0.0:
-        sides.append(_side(np.asarray(f_neg, np.float64), True))
-    out = None
-    if all(s is not None for s in sides):
-        chan = np.concatenate([s[0] for s in sides])
-        val = np.concatenate([s[1] for s in sides])
-        order = np.lexsort((val, chan))
-        out = (chan[order], val[order])
-    if len(_TIES) >= _TIES_MAX:
-        _TIES.pop(next(iter(_TIES)))
-    _TIES[key] = out
-    return out
+    return plan(f_pos, f_neg, slope).ties
 
 
 def ties_in_band(ties: tuple[np.ndarray, np.ndarray], ch: slice, lo: np.ndarray, hi: np.ndarray
@@ -142,28 +173,17 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
     """
     fp3 = f_pos.reshape(-1, 1, 1)
     fn3 = None if f_neg is None else f_neg.reshape(-1, 1, 1)
-    f_low = f_pos if slope is None else (np.zeros_like(f_pos) if slope == 0.0 else f_neg)
-    exact32 = all(f is None or np.array_equal(f.astype(np.float32).astype(np.float64), f) for f in (f_pos, f_neg))
-    ties = spurious_ties(f_pos, f_neg, slope) if exact32 else None
+    pl = plan(f_pos, f_neg, slope)
+    f_low, exact32, ties = pl.f_low, pl.exact32, pl.ties
+    sat_hi, sat_lo, watch_hi, watch_lo = pl.sat_hi, pl.sat_lo, pl.watch_hi, pl.watch_lo
     fp32 = fp3.astype(np.float32)
     fn32 = None if fn3 is None else fn3.astype(np.float32)
     leaky = slope is not None and slope != 0.0
     b64 = b_q.astype(np.float64)
     b32 = b_q.astype(np.float32).reshape(-1, 1, 1)
-    sat_hi, sat_lo = saturation_bounds(f_pos, f_low)
-    # a band needs a closer look only where a channel's [min, max] reaches a saturating accumulator
-    # or one of the channel's spurious ties: hi >= watch_hi or lo <= watch_lo
-    watch_hi, watch_lo = sat_hi + 1, sat_lo - 1
-    if ties is not None and ties[0].size:
-        chan, val = ties
-        pos, neg = val >= 0, val < 0
-        first_pos = np.full(f_pos.shape, np.inf)
-        np.minimum.at(first_pos, chan[pos], val[pos])
-        last_neg = np.full(f_pos.shape, -np.inf)
-        np.maximum.at(last_neg, chan[neg], val[neg])
-        watch_hi, watch_lo = np.minimum(watch_hi, first_pos), np.maximum(watch_lo, last_neg)
     stats: list[tuple[int, int, int]] = []
     none = np.zeros(0, np.intp)
+    bufs: dict = {}
 
     def rule64(v: np.ndarray, ch: slice, cs=slice(None)) -> np.ndarray:
         """The requantization products of float64 v (channels cs of band channels ch), in place."""
@@ -178,7 +198,8 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
     def epilogue(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
         a2 = acc.reshape(acc.shape[0], -1)
         raw_lo, raw_hi = a2.min(axis=1), a2.max(axis=1)
-        lo_c, hi_c = raw_lo + b64[ch], raw_hi + b64[ch]        # float64: exact
+        bc = b64[ch]
+        lo_c, hi_c = raw_lo + bc, raw_hi + bc                  # float64: exact
         lo_min, hi_max = float(lo_c.min()), float(hi_c.max())
         wo = y.shape[2]
         flagged, tie_list = none, []
@@ -198,8 +219,12 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
                 u = band_buffer("u32", part, acc.shape, np.float32)
                 np.copyto(u, acc)
             u += b32[ch]                   # exact float32 integers: |u| < 2**24
-            v = band_buffer("v32", part, u.shape, np.float32)
-            r = band_buffer("r32", part, u.shape, np.float32)
+            key = (part, u.shape)
+            vr = bufs.get(key)
+            if vr is None:                 # the part's work buffers, looked up once per layer call
+                vr = bufs[key] = (band_buffer("v32", part, u.shape, np.float32),
+                                  band_buffer("r32", part, u.shape, np.float32))
+            v, r = vr
             np.multiply(u, fp32[ch], out=v)
             if leaky:
                 np.multiply(u, fn32[ch], out=r)
