@@ -115,7 +115,8 @@ def _conv_requant_fused(layer, x_q: np.ndarray, lq: LayerQuant, b_q: np.ndarray,
         f_neg = multiplier_value(mn, shn)
     y = np.empty((n,) + tuple(layer.out_shape[1:]), np.int8)
     epilogue, stats = requant_epilogue(y, b_q, f_pos, f_neg, slope)
-    conv_int_fused(x_q, lq.w_q, lambda: lq.w_f, layer.size, layer.stride, layer.padding, epilogue)
+    conv_int_fused(x_q, lq.w_q, lambda: lq.w_f, layer.size, layer.stride, layer.padding, epilogue,
+                   bias=b_q, on_fold=epilogue.fold_bias)
     rec["acc_min"], rec["acc_max"] = min(t[0] for t in stats), max(t[1] for t in stats)
     rec["saturated"] = rec.get("saturated", 0) + sum(t[2] for t in stats)
     rec["total"] = rec.get("total", 0) + y.size

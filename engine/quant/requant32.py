@@ -184,6 +184,12 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
     stats: list[tuple[int, int, int]] = []
     none = np.zeros(0, np.intp)
     bufs: dict = {}
+    folded = False
+
+    def fold_bias() -> None:
+        """The kernel adds the bias in its GEMM (`intops.conv_int_bands`): acc is u already."""
+        nonlocal folded, b64
+        folded, b64 = True, np.zeros_like(b64)
 
     def rule64(v: np.ndarray, ch: slice, cs=slice(None)) -> np.ndarray:
         """The requantization products of float64 v (channels cs of band channels ch), in place."""
@@ -218,7 +224,8 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
             else:                          # int32 (integer Winograd): one exact cast to float32
                 u = band_buffer("u32", part, acc.shape, np.float32)
                 np.copyto(u, acc)
-            u += b32[ch]                   # exact float32 integers: |u| < 2**24
+            if not folded:
+                u += b32[ch]               # exact float32 integers: |u| < 2**24
             key = (part, u.shape)
             vr = bufs.get(key)
             if vr is None:                 # the part's work buffers, looked up once per layer call
@@ -271,4 +278,5 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
         y[ch, r0:r1] = v[:, :, :wo]                    # integral, in [-127, 127]: the cast is exact
         stats.append((int(lo_min), int(hi_max), sat))
 
+    epilogue.fold_bias = fold_bias      # type: ignore[attr-defined]
     return epilogue, stats

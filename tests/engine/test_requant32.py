@@ -155,3 +155,31 @@ def test_saturation_bounds_are_the_last_unsaturated_accumulators(slope):
         u = np.arange(int(lo[c]) - 3, int(lo[c]) + 4)
         raw = _int_rule(u, int(m[c] if slope is None else mn[c]), int(sh[c] if slope is None else shn[c]))
         assert np.all((raw < -127) == (u < lo[c]))
+
+
+@pytest.mark.parametrize("k,s,p,big_bias", [(3, 1, 1, False), (3, 2, 1, False), (1, 1, 0, False), (3, 1, 1, True)])
+def test_bias_folded_into_the_gemm_gives_the_naive_accumulators(k, s, p, big_bias):
+    """conv_int_bands(bias=, on_fold=) adds the bias as one more GEMM column when every partial sum
+    stays below 2**24 (then the epilogue sees acc + b), and leaves it to the epilogue otherwise."""
+    from engine.kernels.gemm import conv_out_size
+    from engine.quant.intops import conv_int_bands, conv_int_naive, row_abs_max
+    rng = np.random.default_rng(4)
+    c, n, h, w = 5, 12, 23, 37
+    x_q = rng.integers(-127, 128, (c, h, w)).astype(np.int8)
+    w_q = rng.integers(-127, 128, (n, c, k, k)).astype(np.int8)
+    b_q = rng.integers(-(2 ** 15), 2 ** 15, n).astype(np.int32)
+    if big_bias:
+        b_q[3] = 2 ** 24
+    ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
+    got = np.zeros((n, ho, wo), np.int64)
+    folds = []
+
+    def epilogue(part, r0, r1, acc, ch):
+        got[ch, r0:r1] = acc[:, :, :wo]
+
+    w_f = w_q.reshape(n, -1).astype(np.float32)
+    conv_int_bands(x_q, w_f, k, s, p, epilogue, row_abs_max(w_q), full_width=True, bias=b_q,
+                   on_fold=lambda: folds.append(1))
+    want = conv_int_naive(x_q, w_q, b_q, s, p)
+    assert folds == ([] if big_bias else [1])
+    np.testing.assert_array_equal(got + (b_q[:, None, None] if big_bias else 0), want)
