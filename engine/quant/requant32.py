@@ -25,6 +25,7 @@ from engine.quant.intops import EXACT_F32, band_buffer
 from engine.quant.qtensor import QMAX
 
 _HALF = np.arange(int(QMAX) + 1) + 0.5          # 0.5 .. 127.5
+_MIN, _MAX, _ANY = np.minimum.reduce, np.maximum.reduce, np.logical_or.reduce
 _PLANS: dict[tuple, "Plan"] = {}
 _PLANS_MAX = 512                                 # cached multiplier sets (one per layer and scales)
 MAX_WINDOW = 64                                 # candidates per half-integer before giving up
@@ -203,13 +204,14 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
 
     def epilogue(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
         a2 = acc.reshape(acc.shape[0], -1)
-        raw_lo, raw_hi = a2.min(axis=1), a2.max(axis=1)
+        # ufunc.reduce, not ndarray.min/max: the methods' Python wrappers cost ~1 us a call, per band
+        raw_lo, raw_hi = _MIN(a2, axis=1), _MAX(a2, axis=1)
         bc = b64[ch]
         lo_c, hi_c = raw_lo + bc, raw_hi + bc                  # float64: exact
-        lo_min, hi_max = float(lo_c.min()), float(hi_c.max())
+        lo_min, hi_max = float(_MIN(lo_c)), float(_MAX(hi_c))
         wo = y.shape[2]
         flagged, tie_list = none, []
-        if ((hi_c >= watch_hi[ch]) | (lo_c <= watch_lo[ch])).any():
+        if _ANY((hi_c >= watch_hi[ch]) | (lo_c <= watch_lo[ch])):
             # the rule is monotone in u per channel: only channels whose extremes pass a saturation
             # bound can hold saturated values
             flagged = np.flatnonzero((hi_c > sat_hi[ch]) | (lo_c < sat_lo[ch]))
@@ -217,7 +219,7 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
                 tie_list = ties_in_band(ties, ch, lo_c, hi_c)
         sat = 0
         fast = (exact32 and acc.dtype != np.float64 and -EXACT_F32 < lo_min and hi_max < EXACT_F32
-                and (acc.dtype == np.float32 or (-EXACT_F32 < float(raw_lo.min()) and float(raw_hi.max()) < EXACT_F32)))
+                and (acc.dtype == np.float32 or (-EXACT_F32 < float(_MIN(raw_lo)) and float(_MAX(raw_hi)) < EXACT_F32)))
         if fast:
             if acc.dtype == np.float32:
                 u = acc
