@@ -183,3 +183,19 @@ def test_bias_folded_into_the_gemm_gives_the_naive_accumulators(k, s, p, big_bia
     want = conv_int_naive(x_q, w_q, b_q, s, p)
     assert folds == ([] if big_bias else [1])
     np.testing.assert_array_equal(got + (b_q[:, None, None] if big_bias else 0), want)
+
+
+def test_route_rescale_table_saturates_and_counts_like_requantize():
+    """rescale() looks int8 values up in a 256-entry table of requantize()'s rule: equal to the rule on
+    every element, saturation counted the same, for a growing and a shrinking scale."""
+    from engine.quant.int_layers import rescale
+    from engine.quant.qtensor import QTensor, requantize
+    rng = np.random.default_rng(8)
+    x = rng.integers(-128, 128, (7, 9, 11)).astype(np.int8)
+    for ratio in (0.37, 2.9):
+        rec: dict = {}
+        got = rescale(QTensor(x[2:6], 1.0), 1.0 / ratio, rec)
+        m, sh = quantize_multiplier(ratio)
+        want, sat = requantize(x[2:6].astype(np.int32), m, sh, axis_channels=False)
+        np.testing.assert_array_equal(got, want)
+        assert rec["saturated"] == sat and (sat > 0) == (ratio > 1)
