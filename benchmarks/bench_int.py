@@ -6,7 +6,8 @@ yolov3-tiny @416 with its real weights on dog.jpg, quantized per channel with mi
 photos. One session per mode; each round resets and runs every session (the order rotates), so all
 modes see the same machine; medians and the median of the per-round ratios are printed.
 Target: INT / FLOAT <= 1.2. `--layers` adds per-layer medians (each layer timed alone, modes
-alternating) with the kernel each int8 conv used. `--cpu` times process CPU instead of wall clock
+alternating) with the kernel each int8 conv used, and for each int8 conv its kernel alone (the exact
+accumulators, handed to an epilogue that does nothing): INT ms minus that is the requantization. `--cpu` times process CPU instead of wall clock
 (steadier on a shared host; run it with OPENBLAS_NUM_THREADS=1 to compare single-thread work).
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import engine  # noqa: E402
 from engine.calib.collect import collect  # noqa: E402
-from engine.quant import intwinograd  # noqa: E402
+from engine.quant import intops, intwinograd  # noqa: E402
 from engine.quant.executor import Executor, Value  # noqa: E402
 from engine.quant.qmodel import quantize_model  # noqa: E402
 from engine.session import Session  # noqa: E402
@@ -80,22 +81,32 @@ def main(argv: list[str] | None = None) -> int:
         x = sessions["float"].pre.x
         xv = Value(f=model.check_input(x))
         rounds = max(5, args.runs // 3)
-        per = {m: np.zeros((rounds, len(model.layers))) for m in MODES}
+        per = {m: np.zeros((rounds, len(model.layers))) for m in MODES + ("kernel",)}
         for r in range(rounds):
             for m, ex in exs.items():
                 values: list[Value] = []
                 for i in range(len(model.layers)):
+                    ins = ex.inputs_of(i, xv, values)
                     t0 = clock()
-                    v, _ = ex.run_layer(i, ex.inputs_of(i, xv, values))
+                    v, _ = ex.run_layer(i, ins)
                     per[m][r, i] = clock() - t0
                     values.append(v)
+                    layer = model.layers[i]
+                    if m == "int" and v.q is not None and layer.kind == "convolutional" and layer.groups == 1:
+                        x_q, lq = ex.to_q(ins[0], layer.inputs[0], {}).q, qm.layers[i]
+                        t0 = clock()
+                        intops.conv_int_fused(x_q, lq.w_q, lambda: lq.w_f, layer.size, layer.stride,
+                                              layer.padding, lambda *a: None)
+                        per["kernel"][r, i] = clock() - t0
         med = {m: 1e3 * np.median(v, axis=0) for m, v in per.items()}
-        print(f"{'layer':<16}{'int8 kernel':>16}{'FLOAT ms':>10}{'HYBRID ms':>11}{'INT ms':>9}")
+        print(f"{'layer':<16}{'int8 kernel':>16}{'FLOAT ms':>10}{'HYBRID ms':>11}{'INT ms':>9}{'(kernel)':>10}")
         for i, layer in enumerate(model.layers):
             shape = model.layers[layer.inputs[0]].out_shape if layer.inputs[0] >= 0 else model.input_shape
+            kern = f"{med['kernel'][i]:>10.2f}" if med["kernel"][i] else ""
             print(f"{i:>3} {layer.kind:<12}{kernel_of(model, layer, shape):>16}{med['float'][i]:>10.2f}"
-                  f"{med['hybrid'][i]:>11.2f}{med['int'][i]:>9.2f}")
-        print(f"{'sum':<28}{med['float'].sum():>10.2f}{med['hybrid'].sum():>11.2f}{med['int'].sum():>9.2f}")
+                  f"{med['hybrid'][i]:>11.2f}{med['int'][i]:>9.2f}{kern}")
+        print(f"{'sum':<28}{med['float'].sum():>10.2f}{med['hybrid'].sum():>11.2f}{med['int'].sum():>9.2f}"
+              f"{med['kernel'].sum():>10.2f}")
     return 0
 
 

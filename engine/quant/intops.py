@@ -22,6 +22,7 @@ from engine.kernels.scratch import Scratch, derived
 from engine.kernels.threads import own_threads, parallel_items
 
 EXACT_F32 = float(1 << 24)     # integers up to 2**24 are exact in float32
+FOLD_MAX = 1 << 18             # weights (floats) small enough to keep a copy with the bias column
 K_CHUNK = 1024  # 1024 * 127 * 127 = 16,516,096 < 2**24 = 16,777,216
 
 
@@ -146,7 +147,8 @@ def row_abs_max(w_q: np.ndarray) -> float:
 
 def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
                    epilogue: Callable[[int, int, int, np.ndarray, slice], None], w_bound: float | None = None,
-                   full_width: bool = False) -> None:
+                   full_width: bool = False, bias: np.ndarray | None = None,
+                   on_fold: Callable[[], None] | None = None) -> None:
     """Exact int8 conv (groups=1, no bias) in bands of output rows: epilogue(part, r0, r1, acc, ch).
 
     acc is a (filters in ch, r1-r0, Wo) view of the band's exact integer sums (float32, or float64 when
@@ -163,18 +165,31 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
     its (.., :Wo) view, the columns past Wo (padded-width columns) overwritten with column 0's sums,
     so per-channel min / max over the whole band are those of the valid outputs; contiguous
     operands make the epilogue's NumPy passes ~20% cheaper. The epilogue writes [..., :Wo].
+    `bias` (int, (n,)) with `on_fold`: when the weights are small (FOLD_MAX floats) and every partial
+    sum stays exact with the bias added (max_f sum|w_f| * max|x| + max|b| < 2**24), the bias becomes
+    one more GEMM column against a row of ones, on_fold() is called before the first band, and acc
+    then holds the sums with the bias (one NumPy pass fewer in the epilogue); else nothing changes.
     """
     c, h, w = x_q.shape
     n, kk = w_f.shape
     ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
     xmax = max(int(x_q.max()), -int(x_q.min())) if x_q.size else 0
-    one_gemm = (_row_abs_max(w_f) if w_bound is None else w_bound) * xmax < EXACT_F32
+    bound = (_row_abs_max(w_f) if w_bound is None else w_bound) * xmax
+    one_gemm = bound < EXACT_F32
     chunk = k_chunk(xmax)
+    fold = (bias is not None and on_fold is not None and one_gemm and w_f.size <= FOLD_MAX
+            and bound + float(np.abs(bias).max(initial=0)) < EXACT_F32)
+    if fold:
+        w_f = derived("int-w-bias", (w_f, bias), lambda: np.concatenate([w_f, bias.astype(np.float32)[:, None]], axis=1))
+        on_fold()
+    kb = kk + fold                   # GEMM rows: the bias row of ones last
     scratch = _scratch()
     pointwise = k == 1 and s == 1 and p == 0
     if pointwise:
-        xf = scratch.get("int-x", (c, h * w))
-        xf[...] = x_q.reshape(c, h * w)
+        xf = scratch.get("int-x" + "b" * fold, (c + fold, h * w))
+        xf[:c] = x_q.reshape(c, h * w)
+        if fold:
+            xf[c] = 1.0
         row_w = w
     elif s == 1 and (k - 1) * 16 <= wo:
         # padded-width columns: contiguous copies, (k-1)/Wo extra GEMM columns (small maps gather instead)
@@ -197,19 +212,21 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
         if pointwise:
             cols = xf[:, r0 * w:r1 * w]
         elif row_w != wo:
-            cols = scratch.get(f"int-cols{part}", (kk, length))
-            c4 = cols.reshape(c, k, k, length)
+            cols = scratch.get(f"int-cols{part}", (kb, length))
+            c4 = cols[:kk].reshape(c, k, k, length)
             for ky in range(k):
                 for kx in range(k):
                     off = (r0 + ky) * row_w + kx
                     c4[:, ky, kx] = flat[:, off:off + length]
         else:
             src = xp if xp is not None else x_q
-            cols = scratch.get(f"int-cols{part}", (kk, length))
-            c5 = cols.reshape(c, k, k, r1 - r0, wo)
+            cols = scratch.get(f"int-cols{part}", (kb, length))
+            c5 = cols[:kk].reshape(c, k, k, r1 - r0, wo)
             for ky in range(k):
                 for kx in range(k):
                     c5[:, ky, kx] = src[:, ky + s * r0:ky + s * (r1 - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
+        if fold and not pointwise:
+            cols[kk] = 1.0
         wb = w_f[ch]
         if one_gemm:
             acc = scratch.get(f"int-acc{part}", (nf, length))
@@ -233,11 +250,13 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
 
 
 def conv_int_fused(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarray], k: int, s: int, p: int,
-                   epilogue: Callable[[int, int, int, np.ndarray, slice], None]) -> str:
+                   epilogue: Callable[[int, int, int, np.ndarray, slice], None], bias: np.ndarray | None = None,
+                   on_fold: Callable[[], None] | None = None) -> str:
     """Exact int8 conv (groups=1, no bias) handing exact accumulators to a `full_width` epilogue, by
     the faster exact kernel: integer Winograd (engine/quant/intwinograd.py) for big 3x3 stride-1
     layers, else `conv_int_bands`. `w_f()` gives the GEMM weights (only built when used).
-    Returns the kernel's name. The accumulators, hence every result, are the same either way."""
+    Returns the kernel's name. The accumulators, hence every result, are the same either way.
+    `bias` / `on_fold`: see `conv_int_bands` (the Winograd kernel never folds)."""
     from engine.quant import intwinograd
     c, h, w = x_q.shape
     n = w_q.shape[0]
@@ -254,5 +273,5 @@ def conv_int_fused(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarra
             with own_threads():
                 parallel_items(blocks, block)
             return "winograd"
-    conv_int_bands(x_q, w_f(), k, s, p, epilogue, row_abs_max(w_q), full_width=True)
+    conv_int_bands(x_q, w_f(), k, s, p, epilogue, row_abs_max(w_q), full_width=True, bias=bias, on_fold=on_fold)
     return "im2col"

@@ -109,8 +109,9 @@ def input_tiles(x_q: np.ndarray, scratch: Scratch) -> np.ndarray:
 
 
 def conv3x3_acc(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch) -> np.ndarray | None:
-    """Exact int32 accumulators (n, H, W) of the 3x3 stride-1 pad-1 conv of int8 x_q (C, H, W) with
-    int8 w_q (n, C, 3, 3), no bias; None when a channel block's sums cannot be kept exact."""
+    """Exact accumulators (n, H, W) of the 3x3 stride-1 pad-1 conv of int8 x_q (C, H, W) with int8
+    w_q (n, C, 3, 3), no bias: int32, or float32 exact integers (`_float32_path`, when its bound
+    holds); None when a channel block's sums cannot be kept exact."""
     c, h, w = x_q.shape
     wt = weights(w_q)
     n = w_q.shape[0]
@@ -122,7 +123,10 @@ def conv3x3_acc(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch) -> np.ndarra
     plans = [wt.chunks(p, float(vmax[p])) for p in range(16)]
     if any(pl is None for pl in plans):
         return None
-    bound = float((wt.row_sums * vmax).max())
+    bounds = wt.row_sums * vmax
+    if h % 2 == 0 and w % 2 == 0 and all(len(pl) == 1 for pl in plans) and _output_bound(bounds) < EXACT_F32:
+        return _float32_path(v, wt, n, h, w, th, tw, scratch)
+    bound = float(bounds.max())
     m = scratch.get("iw_m", (16, n, t), np.int32 if 9 * bound < 2.0 ** 31 else np.int64)
 
     def gemm(part: int, p: int) -> None:
@@ -143,6 +147,52 @@ def conv3x3_acc(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch) -> np.ndarra
     with own_threads():
         parallel_items(16, gemm)
     return _output_tiles(m, n, h, w, th, tw, scratch)
+
+
+# A^T (x) A^T / 4 as (16, 4): Y[2i + j] = sum_p KA[p, 2i + j] M[p] for p = 4a + b, Lavin's A^T (this
+# module's M); the 1/4 makes the GEMM's result the accumulators themselves (a power of two: exact)
+_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
+_KA = np.ascontiguousarray(np.einsum("ia,jb->abij", _AT, _AT).reshape(16, 4) / 4, np.float32)
+_SETS = ((0, 1, 2), (1, 2, 3))           # the rows (columns) of M that output row (column) 0 / 1 reads
+
+
+def _output_bound(bounds: np.ndarray) -> float:
+    """Largest sum of the 9 bounds |M[p]| <= bounds[p] one output adds: every partial sum of the output
+    transform, in any order, lies below it (the 1/4 scales the sums and float32's grid alike)."""
+    b = np.asarray(bounds, np.float64).reshape(4, 4)
+    return float(max(b[np.ix_(r, c)].sum() for r in _SETS for c in _SETS))
+
+
+def _float32_path(v: np.ndarray, wt: Weights, n: int, h: int, w: int, th: int, tw: int,
+                  scratch: Scratch) -> np.ndarray:
+    """Even maps whose products and output sums all stay below 2**24 (`_output_bound`; yolov3-tiny's
+    64 -> 128 @52): every GEMM writes its exact float32 integers straight into M, and the output
+    transform is one float32 GEMM per filter block with A^T (x) A^T / 4, exact by the same bound: the
+    accumulators come out as float32 (n, h, w), with no int32 copies, adds and shifts over M (4x the
+    output's size) and no cast back to float for the epilogue."""
+    t = th * tw
+    m = scratch.get("iw_mf", (16, n, t))
+
+    def gemm(part: int, p: int) -> None:
+        np.matmul(wt.u[p], v[_PERM[p]], out=m[p])
+
+    y = np.empty((n, h, w), np.float32)
+    m2 = m.reshape(16, n * t)
+    nb = max(1, min(n, (1 << 18) // (16 * t)))          # filters per output GEMM: M's block ~1 MiB
+
+    def out_block(part: int, i: int) -> None:
+        n0, n1 = i * nb, min(n, (i + 1) * nb)
+        k = n1 - n0
+        z = scratch.get(f"iw_z{part}", (k * t, 4))
+        np.matmul(m2[:, n0 * t:n1 * t].T, _KA, out=z)
+        # [f, ty, tx, i, j] -> y[f, 2ty + i, 2tx + j]: each tile row's two floats move as one float64
+        dst = y[n0:n1].reshape(k, th, 2, tw, 2)
+        dst.view(np.float64)[..., 0].transpose(0, 1, 3, 2)[...] = z.reshape(k, th, tw, 2, 2).view(np.float64)[..., 0]
+
+    with own_threads():
+        parallel_items(16, gemm)
+        parallel_items(-(-n // nb), out_block)
+    return y
 
 
 def _output_tiles(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch: Scratch) -> np.ndarray:

@@ -121,3 +121,19 @@ def test_methods_share_int8_weights_and_kept_forms_die_with_them(tiny, tiny_stat
     del lq, w_q, w_f
     gc.collect()
     assert intcache.used_bytes() == before
+
+
+@pytest.mark.parametrize("c,n,h,w", [(64, 72, 12, 10), (96, 64, 26, 26)])
+def test_even_maps_with_small_sums_take_the_float32_path_exactly(c, n, h, w):
+    """Even maps whose output sums stay below 2**24 come out of one float32 output GEMM (A^T (x) A^T / 4)
+    as float32 exact integers, equal to the naive loops; larger values keep the int32 transform."""
+    x_q, w_q = _data(c + w, c, n, h, w, xmax=6, wmax=6)
+    got = intwinograd.conv3x3_acc(x_q, w_q, _scratch())
+    want = conv_int_naive(x_q, w_q, np.zeros(n, np.int32), 1, 1)
+    assert got is not None and got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    x_q, w_q = _data(c + w, c, n, h, w, xmax=100, wmax=100)
+    got = intwinograd.conv3x3_acc(x_q, w_q, _scratch())
+    if got is not None:
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, conv_int_naive(x_q, w_q, np.zeros(n, np.int32), 1, 1))

@@ -1,0 +1,284 @@
+"""The INT convolutions' requantization epilogue in float32, exact, and its certificate.
+
+q = sat8(rint(u * f)) (round half to even), u the exact int32 accumulator, f = m * 2**-shift a 15-bit
+fixed-point multiplier per channel, a second one (leaky) or 0 (relu) for u < 0: `qtensor.requantize`'s
+rule, whose float64 evaluation is exact. The GEMMs hand u over as exact float32 integers, so the
+epilogue runs in float32 (half the bytes of float64 per pass) and must still give that rule's bits.
+
+Why float32 is exact except at known accumulators. With |u| < 2**24 and f exact in float32,
+v = fl32(u * f) is the exact product P rounded once. Rounding is monotone and keeps every float32
+number, and every half-integer below 2**22 is one: v and P never lie on opposite sides of a
+half-integer h, so rint(v) != rint(P) only when v == h while P != h, i.e. |P - h| <= ulp(h) / 2.
+For one channel and multiplier that confines the "spurious ties" to u in [(h - ulp) / f,
+(h + ulp) / f] for the 128 half-integers 0.5 <= |h| <= 127.5 a non-saturating channel can reach:
+a few candidates each, checked once in float64 (`spurious_ties`, cached per multipliers). On
+yolov3-tiny they are 1-5 accumulator values per channel, almost never inside a band's
+[min, max] of that channel, so a band needs no per-element tie test at all (it used to take three
+passes: v - rint(v), its max and min); where one is inside, its elements are found and recomputed.
+Channels whose extremes may saturate run the float64 rule whole.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine.quant.intops import EXACT_F32, band_buffer
+from engine.quant.qtensor import QMAX
+
+_HALF = np.arange(int(QMAX) + 1) + 0.5          # 0.5 .. 127.5
+_MIN, _MAX, _ANY = np.minimum.reduce, np.maximum.reduce, np.logical_or.reduce
+_PLANS: dict[tuple, "Plan"] = {}
+_PLANS_MAX = 512                                 # cached multiplier sets (one per layer and scales)
+MAX_WINDOW = 64                                 # candidates per half-integer before giving up
+
+
+def _side(f: np.ndarray, negative: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """(channel, u) of the spurious ties of fl32(u * f[c]) for u >= 0 (or u < 0 when `negative`)."""
+    h = -_HALF if negative else _HALF
+    sp = np.spacing(np.abs(h).astype(np.float32)).astype(np.float64)      # ulp above |h|: >= the ulp below
+    f2 = f[:, None]
+    start = np.floor((h - sp) / f2) - 1                                    # -1 / +2: margin for the divisions
+    count = int((np.floor((h + sp) / f2) - start).max()) + 2
+    if count > MAX_WINDOW:
+        return None                                                        # a tiny multiplier: test per element
+    u = start[:, :, None] + np.arange(count)                               # (n, 128, count)
+    ok = (u < 0) if negative else (u >= 0)
+    ok &= np.abs(u) < EXACT_F32
+    exact = np.rint(u * f[:, None, None])                                  # |u| < 2**24, 15-bit f: exact
+    fast = np.rint((u.astype(np.float32) * f.astype(np.float32)[:, None, None]).astype(np.float64))
+    c, _, _ = np.nonzero(ok & (exact != fast))
+    return c, u[ok & (exact != fast)]
+
+
+def _ties(f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | None
+           ) -> tuple[np.ndarray, np.ndarray] | None:
+    sides = [_side(f_pos, False)]
+    if slope is None:
+        sides.append(_side(f_pos, True))
+    elif slope != 0.0:
+        sides.append(_side(np.asarray(f_neg, np.float64), True))
+    if any(s is None for s in sides):
+        return None
+    chan = np.concatenate([s[0] for s in sides])
+    val = np.concatenate([s[1] for s in sides])
+    order = np.lexsort((val, chan))
+    return chan[order], val[order]
+
+
+class Plan:
+    """What the epilogue of one multiplier set needs, computed once (cached per multipliers): the
+    spurious ties, the saturation bounds, and the watch bounds a band's [min, max] is checked against."""
+
+    def __init__(self, f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | None) -> None:
+        self.f_low = f_pos if slope is None else (np.zeros_like(f_pos) if slope == 0.0 else f_neg)
+        self.exact32 = all(f is None or np.array_equal(f.astype(np.float32).astype(np.float64), f)
+                           for f in (f_pos, f_neg))
+        self.ties = _ties(f_pos, f_neg, slope) if self.exact32 else None
+        self.sat_hi, self.sat_lo = saturation_bounds(f_pos, self.f_low)
+        # a band needs a closer look only where a channel's [min, max] reaches a saturating
+        # accumulator or one of the channel's spurious ties: hi >= watch_hi or lo <= watch_lo
+        self.watch_hi, self.watch_lo = self.sat_hi + 1, self.sat_lo - 1
+        if self.ties is not None and self.ties[0].size:
+            chan, val = self.ties
+            pos, neg = val >= 0, val < 0
+            first_pos = np.full(f_pos.shape, np.inf)
+            np.minimum.at(first_pos, chan[pos], val[pos])
+            last_neg = np.full(f_pos.shape, -np.inf)
+            np.maximum.at(last_neg, chan[neg], val[neg])
+            self.watch_hi = np.minimum(self.watch_hi, first_pos)
+            self.watch_lo = np.maximum(self.watch_lo, last_neg)
+
+
+def plan(f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | None) -> Plan:
+    key = (f_pos.tobytes(), None if f_neg is None else f_neg.tobytes(), slope)
+    hit = _PLANS.get(key)
+    if hit is None:
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.pop(next(iter(_PLANS)))
+        hit = _PLANS[key] = Plan(np.asarray(f_pos, np.float64), f_neg, slope)
+    return hit
+
+
+def spurious_ties(f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | None
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every accumulator u (|u| < 2**24) whose float32 requantization rint(max(fl32(u*f_pos), fl32(u*f_neg)))
+    (f_neg: leaky; relu: max with 0; linear: f_pos for all u) differs from the exact rule while the exact
+    |u * f| < 127.5 + 1 ulp: (channels sorted, u as float64), or None when a multiplier is so small
+    that the candidates are too many (then the caller tests every element). Cached per multipliers."""
+    return plan(f_pos, f_neg, slope).ties
+
+
+def ties_in_band(ties: tuple[np.ndarray, np.ndarray], ch: slice, lo: np.ndarray, hi: np.ndarray
+                 ) -> list[tuple[int, float]]:
+    """The (channel within the band, u) of `ties` inside the band's per-channel [lo, hi]."""
+    chan, val = ties
+    i0, i1 = np.searchsorted(chan, (ch.start, ch.stop))
+    if i0 == i1:
+        return []
+    c = chan[i0:i1] - ch.start
+    v = val[i0:i1]
+    inside = (v >= lo[c]) & (v <= hi[c])
+    return list(zip(c[inside].tolist(), v[inside].tolist()))
+
+
+def add_bias(part: int, acc: np.ndarray, b_q: np.ndarray, ch: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """acc (float32 exact integers, int32 or float64; a contiguous `full_width` band) + b_q[ch] ->
+    (u, min, max per channel): u holds the exact int32 accumulators as floats, min / max are exact
+    integral float64.
+
+    In place in float32 when every |acc + b| < 2**24 (known from the per-channel extremes, which the
+    statistics need anyway): every sum is then an exact float32 integer; else in float64."""
+    b = b_q[ch].astype(np.float64)
+    a2 = acc.reshape(acc.shape[0], -1)
+    lo = a2.min(axis=1).astype(np.float64) + b
+    hi = a2.max(axis=1).astype(np.float64) + b
+    if acc.dtype != np.float64 and (not lo.size or max(float(hi.max()), -float(lo.min())) < EXACT_F32):
+        if acc.dtype != np.float32:        # int32 (integer Winograd): one exact cast to float32
+            u = band_buffer("u32", part, acc.shape, np.float32)
+            np.copyto(u, acc)
+            acc = u
+        acc += b.astype(np.float32).reshape(-1, 1, 1)
+        return acc, lo, hi
+    u = band_buffer("u", part, acc.shape)
+    np.copyto(u, acc)
+    u += b.reshape(-1, 1, 1)
+    return u, lo, hi
+
+
+def saturation_bounds(f_pos: np.ndarray, f_low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel, the integer accumulators beyond which the rule saturates: u > hi[c] gives
+    rint(u * f_pos) > 127 (u * f_pos >= 127.5: 127.5 rounds to 128), u < lo[c] gives
+    rint(u * f_low) < -127 (f_low: the multiplier of u < 0; 0 for relu, never). Exact float64
+    integers, clamped to the int32 range."""
+    top = float(1 << 31)
+    hi = np.minimum(np.floor(127.5 / f_pos), top)
+    hi -= hi * f_pos >= 127.5                       # the division rounded up onto the boundary
+    hi += (hi + 1) * f_pos < 127.5                  # or below it
+    with np.errstate(divide="ignore"):
+        lo = np.maximum(np.ceil(-127.5 / np.where(f_low > 0, f_low, np.nan)), -top)
+    lo = np.where(np.isnan(lo), -top - 1, lo)
+    lo += lo * f_low <= -127.5
+    lo -= ((lo - 1) * f_low > -127.5) & (f_low > 0)
+    return hi, lo
+
+
+def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: np.ndarray | None,
+                     slope: float | None):
+    """A `full_width` epilogue for `conv_int_bands` writing int8 into y (n, Ho, Wo): q = sat8(rint(u*f)),
+    u = acc + b the exact accumulator, f = f_pos (u >= 0) or f_neg (u < 0; relu: 0) per channel.
+    Returns (epilogue, stats): stats collects (acc min, acc max, saturated) per band.
+
+    Float32 where exact (module docstring): the spurious ties inside a band's range are recomputed
+    in float64; max(fl32(a), fl32(b)) = fl32(max(a, b)), so leaky / relu keep the argument. Every
+    per-channel threshold is computed here once, so that a band whose channels can neither saturate
+    nor hold a tie (the usual case) costs its seven NumPy passes and a dozen small calls.
+    """
+    fp3 = f_pos.reshape(-1, 1, 1)
+    fn3 = None if f_neg is None else f_neg.reshape(-1, 1, 1)
+    pl = plan(f_pos, f_neg, slope)
+    f_low, exact32, ties = pl.f_low, pl.exact32, pl.ties
+    sat_hi, sat_lo, watch_hi, watch_lo = pl.sat_hi, pl.sat_lo, pl.watch_hi, pl.watch_lo
+    fp32 = fp3.astype(np.float32)
+    fn32 = None if fn3 is None else fn3.astype(np.float32)
+    leaky = slope is not None and slope != 0.0
+    b64 = b_q.astype(np.float64)
+    b32 = b_q.astype(np.float32).reshape(-1, 1, 1)
+    stats: list[tuple[int, int, int]] = []
+    none = np.zeros(0, np.intp)
+    bufs: dict = {}
+    folded = False
+
+    def fold_bias() -> None:
+        """The kernel adds the bias in its GEMM (`intops.conv_int_bands`): acc is u already."""
+        nonlocal folded, b64
+        folded, b64 = True, np.zeros_like(b64)
+
+    def rule64(v: np.ndarray, ch: slice, cs=slice(None)) -> np.ndarray:
+        """The requantization products of float64 v (channels cs of band channels ch), in place."""
+        w = np.multiply(v, fn3[ch][cs]) if leaky else None
+        np.multiply(v, fp3[ch][cs], out=v)
+        if slope == 0.0:
+            np.maximum(v, 0.0, out=v)
+        elif leaky:
+            np.maximum(v, w, out=v)
+        return v
+
+    def epilogue(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
+        a2 = acc.reshape(acc.shape[0], -1)
+        # ufunc.reduce, not ndarray.min/max: the methods' Python wrappers cost ~1 us a call, per band
+        raw_lo, raw_hi = _MIN(a2, axis=1), _MAX(a2, axis=1)
+        bc = b64[ch]
+        lo_c, hi_c = raw_lo + bc, raw_hi + bc                  # float64: exact
+        lo_min, hi_max = float(_MIN(lo_c)), float(_MAX(hi_c))
+        wo = y.shape[2]
+        flagged, tie_list = none, []
+        if _ANY((hi_c >= watch_hi[ch]) | (lo_c <= watch_lo[ch])):
+            # the rule is monotone in u per channel: only channels whose extremes pass a saturation
+            # bound can hold saturated values
+            flagged = np.flatnonzero((hi_c > sat_hi[ch]) | (lo_c < sat_lo[ch]))
+            if ties is not None:
+                tie_list = ties_in_band(ties, ch, lo_c, hi_c)
+        sat = 0
+        fast = (exact32 and acc.dtype != np.float64 and -EXACT_F32 < lo_min and hi_max < EXACT_F32
+                and (acc.dtype == np.float32 or (-EXACT_F32 < float(_MIN(raw_lo)) and float(_MAX(raw_hi)) < EXACT_F32)))
+        if fast:
+            if acc.dtype == np.float32:
+                u = acc
+            else:                          # int32 (integer Winograd): one exact cast to float32
+                u = band_buffer("u32", part, acc.shape, np.float32)
+                np.copyto(u, acc)
+            if not folded:
+                u += b32[ch]               # exact float32 integers: |u| < 2**24
+            key = (part, u.shape)
+            vr = bufs.get(key)
+            if vr is None:                 # the part's work buffers, looked up once per layer call
+                vr = bufs[key] = (band_buffer("v32", part, u.shape, np.float32),
+                                  band_buffer("r32", part, u.shape, np.float32))
+            v, r = vr
+            np.multiply(u, fp32[ch], out=v)
+            if leaky:
+                np.multiply(u, fn32[ch], out=r)
+                np.maximum(v, r, out=v)
+            elif slope == 0.0:
+                np.maximum(v, 0.0, out=v)
+            if flagged.size:               # keep the int8 cast in range; recomputed exactly below
+                v[flagged] = np.clip(v[flagged], -QMAX, QMAX)
+            np.rint(v, out=r)
+            y[ch, r0:r1] = r[:, :, :wo]
+            if ties is not None:
+                for c_i, val in tie_list:
+                    at = np.flatnonzero(u[c_i] == val)       # contiguous channel band: one fast scan
+                    if at.size:
+                        ys, xs = np.divmod(at, u.shape[2])
+                        keep = xs < wo
+                        f = f_pos[ch.start + c_i] if val >= 0 else f_low[ch.start + c_i]
+                        y[ch.start + c_i, r0 + ys[keep], xs[keep]] = max(-QMAX, min(QMAX, round(val * float(f))))
+            else:                          # every element: |v - rint(v)| == 0.5 marks a possible tie
+                np.subtract(v, r, out=v)   # exact, in [-0.5, 0.5]
+                if v.max() >= 0.5 or v.min() <= -0.5:
+                    cs, ys, xs = np.nonzero(np.abs(v[:, :, :wo]) == 0.5)
+                    tie = rule64(u[cs, ys, xs].astype(np.float64).reshape(-1, 1, 1), ch, cs)
+                    y[ch.start + cs, r0 + ys, xs] = np.clip(np.rint(tie), -QMAX, QMAX).reshape(-1)
+            if flagged.size:
+                vf = rule64(u[flagged].astype(np.float64), ch, flagged)
+                valid = vf[:, :, :wo]
+                sat = int(np.count_nonzero(valid >= QMAX + 0.5)) + int(np.count_nonzero(valid <= -QMAX - 0.5))
+                np.clip(valid, -QMAX, QMAX, out=valid)
+                y[ch.start + flagged, r0:r1] = np.rint(valid)
+            stats.append((int(lo_min), int(hi_max), sat))
+            return
+        v = band_buffer("v", part, acc.shape)
+        np.copyto(v, acc)        # one cast to float64: mixed-type ufuncs cast in slow buffered loops
+        v += b64[ch].reshape(-1, 1, 1)
+        rule64(v, ch)
+        # clip-then-rint == rint-then-clip (integer bounds); counted on the valid columns only
+        for c_i in flagged:
+            vc = v[c_i]
+            valid = vc[:, :wo]
+            sat += int(np.count_nonzero(valid >= QMAX + 0.5)) + int(np.count_nonzero(valid <= -QMAX - 0.5))
+            np.clip(vc, -QMAX, QMAX, out=vc)
+        np.rint(v, out=v)
+        y[ch, r0:r1] = v[:, :, :wo]                    # integral, in [-127, 127]: the cast is exact
+        stats.append((int(lo_min), int(hi_max), sat))
+
+    epilogue.fold_bias = fold_bias      # type: ignore[attr-defined]
+    return epilogue, stats
