@@ -232,6 +232,11 @@ def ort_forward(model, qmodel, mode: str, float_layers: Sequence[int] | None = N
     return run
 
 
+def feed_size(*runs: Callable) -> int:
+    """How many images to preprocess at a time for these forwards (the largest `batch`; 1 on NumPy)."""
+    return max([getattr(r, "batch", 1) for r in runs] or [1])
+
+
 def forward_each(run: Callable, xs: Sequence[np.ndarray]) -> Iterator[Sequence[np.ndarray]]:
     """Each input's outputs in order, as `run(x)` gives them for one (3, H, W) input `x`: a run with a
     `batch` (ORT) is fed stacked batches of that many, a NumPy forward one image at a time (lazily: one
