@@ -41,10 +41,11 @@ def pres(tiny):
 def test_image_k_of_a_batch_is_a_batch_of_one_run(tiny, tiny_ort, pres, mode, all_outputs):
     xb = np.stack([p.x for p in pres])
     layers = range(len(tiny.layers)) if all_outputs else HEADS
+    by_threads = {}
     for threads in (1, 2):
         with blas_limit(threads):
             run = forward_on("onnxruntime", tiny, tiny_ort if mode == "int" else None, mode, all_outputs=all_outputs)
-            batch = run(xb)
+            batch = by_threads[threads] = run(xb)
             for i in layers:
                 assert batch[i].shape == (len(pres), *tiny.layers[i].out_shape) and batch[i].dtype == np.float32
             for k, pre in enumerate(pres):
@@ -53,6 +54,7 @@ def test_image_k_of_a_batch_is_a_batch_of_one_run(tiny, tiny_ort, pres, mode, al
                 for i in layers:
                     assert one[i].shape == tiny.layers[i].out_shape
                     assert np.array_equal(batch[i][k], one[i]) and np.array_equal(view[i], one[i]), (threads, k, i)
+    assert all(np.array_equal(by_threads[1][i], by_threads[2][i]) for i in layers)    # whatever the thread count
     if mode == "int":                                # the NumPy executor's batched forward, identical
         ours = Executor(tiny, tiny_ort, "int").forward(xb)
         for i in layers:
