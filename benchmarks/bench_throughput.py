@@ -139,7 +139,8 @@ def int_and_ort_modes(model, photos, xs, no_ort: bool) -> dict:
                     outs[h]
         f(xs[:size])                     # warm-up (the ORT session is built by forward_on)
         return f
-    runs = {"FLOAT": forward_on("onnxruntime", model, None, "float"), "INT": forward_on("onnxruntime", model, qm, "int")}
+    runs = {"FLOAT": forward_on("onnxruntime", model, None, "float"),
+            "INT": forward_on("onnxruntime", model, qm, "int")}
     for kind, run in runs.items():
         modes[f"ORT {kind}, one at a time"] = on_ort(run, 1)
         modes[f"ORT {kind}, batches of {BLOB}"] = on_ort(run, BLOB)
