@@ -120,8 +120,10 @@ def _route(b, layer, xs: list[str], grids: list[tuple[float, int]], qmodel) -> t
     return b.op("QLinearConcat", ins, "qconcat", domain=MS, axis=1), out
 
 
-def build_int8(model, qmodel, *, heads: str = "raw", opset: int = 17, all_outputs: bool = False) -> Any:
-    """The integer ModelProto of `model` under `qmodel` (profile onnxruntime or avx2_u8s8)."""
+def build_int8(model, qmodel, *, heads: str = "raw", opset: int = 17, all_outputs: bool = False,
+               dynamic_batch: bool = False) -> Any:
+    """The integer ModelProto of `model` under `qmodel` (profile onnxruntime or avx2_u8s8); `dynamic_batch`:
+    a symbolic batch axis `N` instead of 1."""
     from engine.export import onnx_float
     from engine.export import onnx_heads  # noqa: F401  (registers the head emitters)
     from engine.export.onnx_graph import GraphBuilder
@@ -193,10 +195,11 @@ def build_int8(model, qmodel, *, heads: str = "raw", opset: int = 17, all_output
         if i in outputs or float_readers:
             b.op("DequantizeLinear", [y, *_grid_consts(b, *g)], "dq", output=f"layer{i}")
     value = onnx.helper.make_tensor_value_info
+    batch: int | str = "N" if dynamic_batch else 1
     graph = onnx.helper.make_graph(
         b.nodes, f"{model.graph.name}-int8-{qmodel.profile}",
-        [value("input", onnx.TensorProto.FLOAT, [1, *model.input_shape])],
-        [value(f"layer{i}", onnx.TensorProto.FLOAT, [1, *model.layers[i].out_shape]) for i in outputs],
+        [value("input", onnx.TensorProto.FLOAT, [batch, *model.input_shape])],
+        [value(f"layer{i}", onnx.TensorProto.FLOAT, [batch, *model.layers[i].out_shape]) for i in outputs],
         b.initializers, doc_string=f"Darknet {model.graph.name}, integer ({qmodel.describe()}) exported by qwidgets")
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset),
                                                          onnx.helper.make_opsetid(MS, 1)],

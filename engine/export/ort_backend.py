@@ -15,8 +15,16 @@ The detection heads ([yolo], [region]) are left out of the ONNX graphs ("raw" he
 engine's own layer code on ORT's head inputs, so decoding sees the same activations as a NumPy run.
 Sessions are built in memory (no file is written) and cached per (model, quantized model, mode, float
 layers, input size, outputs, threads); ORT's intra-op threads = the engine's BLAS thread count, with
-spinning off (a busy shared host). INT results do not depend on the thread count (integer sums); FLOAT
-gave the same bits on 1 and 2 threads too (tests/engine/test_ort_backend.py).
+spinning off (a busy shared host), and ORT's full graph optimization (ENABLE_ALL: FLOAT still within
+1e-4, INT still identical). INT results do not depend on the thread count (integer sums); FLOAT gave
+the same bits on 1 and 2 threads too (tests/engine/test_ort_backend.py).
+
+Batches: the graphs have a symbolic batch axis, so a run takes one (3, H, W) input (outputs (C, H, W),
+as before) or a batch (N, 3, H, W) (outputs (N, C, H, W), as `Model.forward`); image k of a batch gives
+the bits of a batch-of-one run of image k (ORT runs a conv image by image). `run.batch` is the batch a
+caller should feed (`BATCH`, fewer when every layer's output is kept, so that a batch's outputs fit in
+`BATCH_BYTES`); NumPy forwards have none (one image at a time). `forward_each(run, xs)` yields each
+image's outputs, batching when the run has a `batch`: what batch evaluation (engine/scale/) loops over.
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -34,6 +42,8 @@ from engine.quant.modes import Mode
 BACKENDS = ("numpy", "onnxruntime", "auto")
 ORT = "onnxruntime"
 CACHE_SIZE = 6
+BATCH = 8                      # measured: benchmarks/bench_throughput.py (docs/performance.md)
+BATCH_BYTES = 256 << 20        # a batch's kept outputs at most (all_outputs: yolov3 runs one image per call)
 _SESSIONS: "OrderedDict[tuple, Any]" = OrderedDict()
 _LOCK = threading.Lock()       # a view's worker thread and the notebook may ask for sessions at once
 
@@ -118,8 +128,12 @@ class HeadOutputs(Sequence):
     """Layer outputs of one ORT run, as `Model.forward` lists them: ORT's `layer<i>` tensors, and the
     detection heads computed by the engine's layer code on demand (raw heads are not in the graph)."""
 
-    def __init__(self, model, got: dict[int, np.ndarray]) -> None:
-        self.model, self.got = model, got
+    def __init__(self, model, got: dict[int, np.ndarray], batched: bool = False) -> None:
+        self.model, self.got, self.batched = model, got, batched
+
+    def image(self, k: int) -> "HeadOutputs":
+        """Image k of a batched run, as a batch-of-one run of it would give (heads computed per image)."""
+        return HeadOutputs(self.model, {i: y[k] for i, y in self.got.items() if not self.model.layers[i].is_head})
 
     def __len__(self) -> int:
         return len(self.model.layers)
@@ -132,7 +146,8 @@ class HeadOutputs(Sequence):
                                         for j in layer.inputs):
                 raise EngineError(f"layer {index} [{layer.kind}] is not an output of this ONNX Runtime run "
                                   "(ask for all_outputs=True)")
-            y = self.model.run_layer(index, [self[j] for j in layer.inputs])
+            run = self.model.run_layer_batch if self.batched else self.model.run_layer
+            y = run(index, [self[j] for j in layer.inputs])
             y.flags.writeable = False
             self.got[index] = y
         return self.got[index]
@@ -161,12 +176,13 @@ def _build(model, qmodel, mode: str, float_layers: tuple, all_outputs: bool, thr
     from engine.export.onnx_float import build_onnx
     from engine.export.onnx_int8 import build_int8
     if mode == Mode.FLOAT:
-        proto = build_onnx(model, heads="raw", all_outputs=all_outputs)
+        proto = build_onnx(model, heads="raw", all_outputs=all_outputs, dynamic_batch=True)
     else:
         twin = qmodel.copy()
         twin.float_layers = float_layers
-        proto = build_int8(model, twin, heads="raw", all_outputs=all_outputs)
+        proto = build_int8(model, twin, heads="raw", all_outputs=all_outputs, dynamic_batch=True)
     opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -199,17 +215,41 @@ def clear_sessions() -> None:
 
 def ort_forward(model, qmodel, mode: str, float_layers: Sequence[int] | None = None,
                 all_outputs: bool = False) -> Callable[[np.ndarray], Sequence[np.ndarray]]:
-    """x (3, H, W) -> HeadOutputs of one ORT run (its session built or taken from the cache now)."""
+    """x (3, H, W) or (N, 3, H, W) -> HeadOutputs of one ORT run (its session built or taken from the
+    cache now); outputs (C, H, W), or (N, C, H, W) for a batch."""
     sess, names, layers = session(model, qmodel, mode, _float_layers(qmodel, float_layers), all_outputs)
-    feed_shape = (1, *model.input_shape)
 
     def run(x: np.ndarray) -> Sequence[np.ndarray]:
-        x = model.check_input(x)
-        ys = sess.run(names, {"input": np.ascontiguousarray(x, np.float32).reshape(feed_shape)})
+        x = model.check_input(x, batch=True)
+        ys = sess.run(names, {"input": np.ascontiguousarray(x, np.float32).reshape((-1, *model.input_shape))})
+        if x.ndim == 4:
+            return HeadOutputs(model, dict(zip(layers, ys)), batched=True)
         return HeadOutputs(model, {i: y[0] for i, y in zip(layers, ys)})
     meta = sess.get_modelmeta().custom_metadata_map
     run.grids = {int(k): (v[0], int(v[1])) for k, v in json.loads(meta.get("grids", "{}")).items()}
+    per_image = sum(4 * int(np.prod(model.layers[i].out_shape)) for i in layers)
+    run.batch = max(1, min(BATCH, BATCH_BYTES // max(1, per_image)))
     return run
+
+
+def feed_size(*runs: Callable) -> int:
+    """How many images to preprocess at a time for these forwards (the largest `batch`; 1 on NumPy)."""
+    return max([getattr(r, "batch", 1) for r in runs] or [1])
+
+
+def forward_each(run: Callable, xs: Sequence[np.ndarray]) -> Iterator[Sequence[np.ndarray]]:
+    """Each input's outputs in order, as `run(x)` gives them for one (3, H, W) input `x`: a run with a
+    `batch` (ORT) is fed stacked batches of that many, a NumPy forward one image at a time (lazily: one
+    image's outputs alive at once)."""
+    size = getattr(run, "batch", 1)
+    for start in range(0, len(xs), size):
+        chunk = xs[start:start + size]
+        if len(chunk) == 1:
+            yield run(chunk[0])
+            continue
+        outs = run(np.stack(chunk))
+        for k in range(len(chunk)):
+            yield outs.image(k)
 
 
 def int_values(ex, outs: Sequence[np.ndarray], grids: dict[int, tuple[float, int]]) -> list:
@@ -232,7 +272,8 @@ def int_values(ex, outs: Sequence[np.ndarray], grids: dict[int, tuple[float, int
 def forward_on(backend: str, model, qmodel, mode: str, float_layers: Sequence[int] | None = None,
                all_outputs: bool = False) -> Callable[[np.ndarray], Sequence[np.ndarray]]:
     """The forward function of `mode` on the runtime `backend` resolves to (see `resolve`):
-    x (3, H, W) -> every layer's output (NumPy), or HeadOutputs (ORT; every layer with all_outputs)."""
+    x (3, H, W) or (N, 3, H, W) -> every layer's output (NumPy), or HeadOutputs (ORT; every layer with
+    all_outputs; `run.batch` images per call suit it best: `forward_each`)."""
     if resolve(backend, model, qmodel, mode, float_layers, all_outputs) == ORT:
         return ort_forward(model, qmodel, mode, float_layers, all_outputs)
     if mode == Mode.FLOAT:

@@ -28,8 +28,12 @@ class Scorer:
         self.model, self.thresh, self.nms, self.backend = model, thresh, nms, check_backend(backend)
         self.inputs = [model.preprocess(_as_input(i), resize) for i in images]
         self.names = [getattr(i, "name", str(k)) for k, i in enumerate(images)]
-        run = forward_on(backend, model, None, "float")
-        self.truth = [detect_outputs(model, run(p.x), p, thresh, nms) for p in self.inputs]
+        self.truth = self._detect(forward_on(backend, model, None, "float"))
+
+    def _detect(self, run) -> list:
+        from engine.export.ort_backend import forward_each    # ORT: in batches; NumPy: one at a time
+        return [detect_outputs(self.model, outs, p, self.thresh, self.nms)
+                for outs, p in zip(forward_each(run, [p.x for p in self.inputs]), self.inputs)]
 
     @property
     def n_truth(self) -> int:
@@ -40,8 +44,7 @@ class Scorer:
         if float_layers is not None:
             float_layers = list(float_layers)
         if self.backend != "numpy" and resolve(self.backend, self.model, qmodel, mode, float_layers) == ORT:
-            run = ort_forward(self.model, qmodel, mode, float_layers)
-            return [detect_outputs(self.model, run(p.x), p, self.thresh, self.nms) for p in self.inputs]
+            return self._detect(ort_forward(self.model, qmodel, mode, float_layers))
         ex = Executor(self.model, qmodel, mode, float_layers)
         return [detect_outputs(self.model, FloatView(ex.run(p.x)[0]), p, self.thresh, self.nms) for p in self.inputs]
 

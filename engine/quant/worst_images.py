@@ -46,18 +46,21 @@ def rank_images(model, qmodel, mode: str, images: Sequence, *, float_layers: Seq
     on_progress(done, total) after each image (it may raise to cancel). backend: "numpy" |
     "onnxruntime" | "auto", where FLOAT and the quantized run execute (engine/export/ort_backend.py;
     EngineError when ORT cannot run `mode` with "onnxruntime")."""
-    from engine.export.ort_backend import forward_on
+    from engine.export.ort_backend import feed_size, forward_each, forward_on
     run_float = forward_on(backend, model, None, "float")
     run = forward_on(backend, model, qmodel, mode, float_layers)
     rows = []
-    for k, image in enumerate(images):
-        pre = model.preprocess(image, resize)
-        f = detect_outputs(model, run_float(pre.x), pre, thresh, nms)
-        d = detect_outputs(model, run(pre.x), pre, thresh, nms)
-        a = detection_agreement([f], [d])
-        c = match_detections(f, d).counts()
-        rows.append(ImageAgreement(k, image_name(image, k), float(a.map50), float(a.map50_95), len(f), c["lost"],
-                                   c["shifted"], c["extra"]))
-        if on_progress is not None:
-            on_progress(k + 1, len(images))
+    size = feed_size(run_float, run)              # ORT runs images in batches, NumPy one at a time
+    for start in range(0, len(images), size):
+        pres = [model.preprocess(image, resize) for image in images[start:start + size]]
+        xs = [p.x for p in pres]
+        fs = [detect_outputs(model, outs, pre, thresh, nms) for outs, pre in zip(forward_each(run_float, xs), pres)]
+        for k, (f, outs, pre) in enumerate(zip(fs, forward_each(run, xs), pres), start):
+            d = detect_outputs(model, outs, pre, thresh, nms)
+            a = detection_agreement([f], [d])
+            c = match_detections(f, d).counts()
+            rows.append(ImageAgreement(k, image_name(images[k], k), float(a.map50), float(a.map50_95), len(f),
+                                       c["lost"], c["shifted"], c["extra"]))
+            if on_progress is not None:
+                on_progress(k + 1, len(images))
     return sorted(rows, key=lambda r: (r.map50, r.map50_95, -r.lost, r.index))

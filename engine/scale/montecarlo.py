@@ -28,7 +28,7 @@ from engine.imaging.augment import ROTATE_RESAMPLE, SCALE_RESAMPLE, add_noise, t
 from engine.calib.collect import image_list
 from engine.darknet.detect import detect_outputs
 from engine.scale.backends import InProcess, label_of, qmodel_ref
-from engine.export.ort_backend import forward_on, resolve, split_backend
+from engine.export.ort_backend import feed_size, forward_each, forward_on, resolve, split_backend
 from engine.scale.sources import load_source, resolve_qmodel, unwrap
 from engine.darknet.image import open_image
 from engine.quant.fitness import detection_agreement
@@ -137,15 +137,18 @@ def variant_batch(source: Any, qref: Any, sources_ref: Any, modes: tuple[str, ..
     float_run = forward_on(runtime, model, None, "float")
     runners = {m: forward_on(runtime, model, qm, m) for m in modes}
     rows = []
-    for v in batch:
-        pre = model.preprocess(render(source_image(sources, v.image, (w, h)), v))
-        truth = detect_outputs(model, float_run(pre.x), pre, thresh, nms)
-        row: dict[str, Any] = {"float_dets": len(truth)}
+    size = feed_size(float_run, *runners.values())      # ORT runs variants in batches, NumPy one at a time
+    for start in range(0, len(batch), size):
+        pres = [model.preprocess(render(source_image(sources, v.image, (w, h)), v)) for v in batch[start:start + size]]
+        xs = [p.x for p in pres]
+        truths = [detect_outputs(model, outs, pre, thresh, nms) for outs, pre in zip(forward_each(float_run, xs), pres)]
+        chunk: list[dict[str, Any]] = [{"float_dets": len(t)} for t in truths]
         for m, run in runners.items():
-            a = detection_agreement([truth], [detect_outputs(model, run(pre.x), pre, thresh, nms)])
-            row[m] = {"map50": a.map50, "map50_95": a.map50_95, "matched": a.matched, "missed": a.missed,
-                      "extra": a.extra, "mean_iou": a.mean_iou}
-        rows.append(row)
+            for row, truth, outs, pre in zip(chunk, truths, forward_each(run, xs), pres):
+                a = detection_agreement([truth], [detect_outputs(model, outs, pre, thresh, nms)])
+                row[m] = {"map50": a.map50, "map50_95": a.map50_95, "matched": a.matched, "missed": a.missed,
+                          "extra": a.extra, "mean_iou": a.mean_iou}
+        rows.extend(chunk)
     return rows
 
 
