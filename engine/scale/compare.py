@@ -107,11 +107,11 @@ def method_rows(model, executors: dict[str, Executor], pre, float_outs, int_run=
             records = [LayerRecord(i, ex.precision(i)) for i in range(len(values))]
         else:
             values, records = ex.run(pre.x, memo=memo)
-        prop = propagated_stats(float_outs, values, records, memo)
+        prop = propagated_stats(float_outs, values, records, memo, sqnr_only=True)   # what the table reads
         row[mode] = detect_outputs(model, FloatView(values), pre)
         row[f"{mode}_sqnr"] = [s.sqnr_db for s in prop]
         if mode == Mode.INT8:
-            local = local_stats(ex, pre.x, float_outs, prop, memo)   # ORT's INT values equal the executor's
+            local = local_stats(ex, pre.x, float_outs, prop, memo, sqnr_only=True)   # ORT's INT values: the executor's
             row["saturation"] = [s.saturation if int_run is None else np.nan for s in prop]
             row["range_use"] = [s.range_use for s in prop]
             row["int_local_sqnr"] = [s.sqnr_db if s else np.nan for s in local]
