@@ -21,7 +21,7 @@ import numpy as np
 from engine.calib.collect import CalibrationStats
 from engine.darknet.detect import detect_outputs
 from engine.quant.executor import Executor, FloatView, LayerRecord, reference_outputs
-from engine.quant.layermemo import LayerMemo
+from engine.quant.layermemo import LayerMemo, acc_layers
 from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
 from engine.quant.modes import QUANT_MODES, Mode
 from engine.quant.autoquant import quantize
@@ -151,6 +151,7 @@ def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list, 
     int_runs = {method: ort_forward(model, qm, Mode.INT8.value, all_outputs=True)
                 if resolve(runtime, model, qm, Mode.INT8.value, all_outputs=True) == ORT else None
                 for method, qm in qms.items()}
+    shared = acc_layers(model, list(qms.values()))
     out = []
     for item in batch:
         pre = model.preprocess(item, resize)
@@ -158,7 +159,7 @@ def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list, 
         # only for the very input it was computed on (an array item may be preprocessed differently)
         same = hit is not None and hit[0].shape == pre.x.shape and np.array_equal(hit[0], pre.x)
         outs = hit[1] if same else list(float_run(pre.x))
-        memo = LayerMemo()              # this image's shared layer results, dropped with it
+        memo = LayerMemo(share_acc=shared)      # this image's shared layer results, dropped with it
         out.append({Mode.FLOAT.value: detect_outputs(model, outs, pre),
                     **{method: method_rows(model, exs, pre, outs, int_runs[method], memo)
                        for method, exs in executors.items()}})
