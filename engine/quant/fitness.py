@@ -34,6 +34,7 @@ class ErrorStats:
 
 
 STATS_BLOCK = 1 << 15   # elements per block of error_stats: its float64 copies stay in L2
+SERIAL_BLOCKS = 4       # fewer blocks than this run in the calling thread
 
 
 def _sums(ref: np.ndarray, y: np.ndarray | QTensor, rr: float | None = None,
@@ -80,13 +81,24 @@ def _sums(ref: np.ndarray, y: np.ndarray | QTensor, rr: float | None = None,
     if noise_only and rr is None:
         raise ValueError("noise_only needs r.r (rr)")
     with own_threads():
-        parallel_items(count, lean if noise_only else block)
+        _blocks(count, lean if noise_only else block)
     if noise_only:
         nan = float("nan")
         return rr, float(parts[:, :4].sum(axis=0)[1]), nan, nan, nan
     rsum, ee, yy, re = (float(v) for v in parts[:, :4].sum(axis=0))
     rsum = rsum if rr is None else rr
     return rsum, ee, yy, rsum + re, float(parts[:, 4:].max()) if count else 0.0
+
+
+def _blocks(count: int, fn) -> None:
+    """fn(part, i) for every block: on the kernel threads, or here for a few blocks (a small layer's
+    statistics are not worth a thread hand-off, which on a busy host can wait a time slice). The sums
+    are added in block order afterwards, so this changes no bit."""
+    if count < SERIAL_BLOCKS:
+        for i in range(count):
+            fn(0, i)
+    else:
+        parallel_items(count, fn)
 
 
 def dequantized_block(qb: np.ndarray, qt: QTensor, out: np.ndarray) -> np.ndarray:
@@ -111,7 +123,7 @@ def ref_power(ref: np.ndarray) -> float:
         parts[i, 0] = rb @ rb
 
     with own_threads():
-        parallel_items(count, block)
+        _blocks(count, block)
     return float(parts[:, :4].sum(axis=0)[0])
 
 

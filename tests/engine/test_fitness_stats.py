@@ -111,3 +111,17 @@ def test_sqnr_only_gives_the_full_statistics_bits(kind):
                 got, want = as_array(s), as_array(full)
                 assert np.array_equal(got[[0, 2, 4, 5]], want[[0, 2, 4, 5]], equal_nan=True), (n, got, want)
                 assert np.isnan(s.cosine) and np.isnan(s.max_abs)
+
+
+def test_statistics_in_the_calling_thread_or_on_the_kernel_threads_are_the_same_bits(monkeypatch):
+    """A few blocks run in the calling thread (SERIAL_BLOCKS), more on the kernel threads: same bits."""
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal((16, 52, 52)).astype(np.float32)          # 43264 values: 2 blocks
+    q, y = quantized(ref)
+    assert 1 < -(-ref.size // fitness.STATS_BLOCK) < fitness.SERIAL_BLOCKS
+    with threads.blas_limit(2):
+        here = as_array(error_stats(ref, y, q)), as_array(error_stats(ref, y, q, sqnr_only=True))
+        monkeypatch.setattr(fitness, "SERIAL_BLOCKS", 1)
+        pool = as_array(error_stats(ref, y, q)), as_array(error_stats(ref, y, q, sqnr_only=True))
+    for a, b in zip(here, pool):
+        assert np.array_equal(a, b, equal_nan=True)
