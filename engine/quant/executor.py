@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.errors import EngineError
 from engine.quant.int_layers import HEAD_LAYERS
-from engine.quant.layermemo import lq_token
+from engine.quant.layermemo import lq_token, sharing_acc
 from engine.quant.modes import MODES, Mode
 from engine.quant.profiles import get_profile
 from engine.quant.qmodel import QuantizedModel
@@ -203,7 +203,11 @@ class Executor:
         key = (path, self.profile.name, id(self.model), index, ins, lq_token(lq), out_scale, self.int32_out(index))
         hit = memo.get(key)
         if hit is None:
-            v, rec = self._run_layer(index, inputs, precision)
+            if path == INT8 and index in memo.share_acc:     # the conv's accumulators are kept / taken there
+                with sharing_acc(memo):
+                    v, rec = self._run_layer(index, inputs, precision)
+            else:
+                v, rec = self._run_layer(index, inputs, precision)
             memo.put(key, (v, dict(rec.stats)), self.model, *arrays)
         else:
             v, rec = hit[0], LayerRecord(index, precision, dict(hit[1]))

@@ -34,9 +34,11 @@ class ErrorStats:
 
 
 STATS_BLOCK = 1 << 15   # elements per block of error_stats: its float64 copies stay in L2
+SERIAL_BLOCKS = 4       # fewer blocks than this run in the calling thread
 
 
-def _sums(ref: np.ndarray, y: np.ndarray | QTensor, rr: float | None = None) -> tuple[float, float, float, float, float]:
+def _sums(ref: np.ndarray, y: np.ndarray | QTensor, rr: float | None = None,
+          noise_only: bool = False) -> tuple[float, float, float, float, float]:
     """(r.r, e.e, y.y, r.y, max|e|) in float64 with e = y - r, over fixed blocks.
 
     This is most of a method comparison's statistics time. Whole-tensor float64 copies (4 per call
@@ -47,12 +49,22 @@ def _sums(ref: np.ndarray, y: np.ndarray | QTensor, rr: float | None = None) -> 
     thread count. r.y = r.r + r.e (one dot fewer); `rr`: r.r when known (the same FLOAT reference
     is compared with every method and mode: `value_stats` keeps it in a memo). `y` an int8 QTensor:
     dequantized block by block (QTensor.dequantize's float32 values), never as a whole float copy.
+    `noise_only` (with rr): e.e alone, y.y / r.y / max|e| NaN; e is the same float64 difference (one
+    subtraction with float64 operands), summed by the same dot, so e.e has the same bits.
     """
     qt = y if isinstance(y, QTensor) else None
     r, yv = ref.reshape(-1), (qt.q if qt is not None else y).reshape(-1)
     n = r.size
     count = -(-n // STATS_BLOCK)
     parts = np.zeros((count, 6))
+
+    def lean(part: int, i: int) -> None:
+        lo, hi = i * STATS_BLOCK, min(n, (i + 1) * STATS_BLOCK)
+        eb = band_buffer("stats-e", part, (hi - lo,))
+        yb = yv[lo:hi] if qt is None else dequantized_block(yv[lo:hi], qt, band_buffer("stats-y", part, (hi - lo,),
+                                                                                         np.float32))
+        np.subtract(yb, r[lo:hi], out=eb, dtype=np.float64)     # float64(y) - float64(r), as `block`
+        parts[i, 1] = eb @ eb
 
     def block(part: int, i: int) -> None:
         lo, hi = i * STATS_BLOCK, min(n, (i + 1) * STATS_BLOCK)
@@ -66,11 +78,27 @@ def _sums(ref: np.ndarray, y: np.ndarray | QTensor, rr: float | None = None) -> 
         eb -= rb                   # exact: float32 values, their difference in float64
         parts[i] = (rb @ rb if rr is None else 0.0), eb @ eb, yy, rb @ eb, eb.max(), -eb.min()
 
+    if noise_only and rr is None:
+        raise ValueError("noise_only needs r.r (rr)")
     with own_threads():
-        parallel_items(count, block)
+        _blocks(count, lean if noise_only else block)
+    if noise_only:
+        nan = float("nan")
+        return rr, float(parts[:, :4].sum(axis=0)[1]), nan, nan, nan
     rsum, ee, yy, re = (float(v) for v in parts[:, :4].sum(axis=0))
     rsum = rsum if rr is None else rr
     return rsum, ee, yy, rsum + re, float(parts[:, 4:].max()) if count else 0.0
+
+
+def _blocks(count: int, fn) -> None:
+    """fn(part, i) for every block: on the kernel threads, or here for a few blocks (a small layer's
+    statistics are not worth a thread hand-off, which on a busy host can wait a time slice). The sums
+    are added in block order afterwards, so this changes no bit."""
+    if count < SERIAL_BLOCKS:
+        for i in range(count):
+            fn(0, i)
+    else:
+        parallel_items(count, fn)
 
 
 def dequantized_block(qb: np.ndarray, qt: QTensor, out: np.ndarray) -> np.ndarray:
@@ -95,18 +123,23 @@ def ref_power(ref: np.ndarray) -> float:
         parts[i, 0] = rb @ rb
 
     with own_threads():
-        parallel_items(count, block)
+        _blocks(count, block)
     return float(parts[:, :4].sum(axis=0)[0])
 
 
 def error_stats(ref: np.ndarray, y: np.ndarray | QTensor, q: np.ndarray | None = None, saturated: int = 0,
-                rr: float | None = None) -> ErrorStats:
+                rr: float | None = None, sqnr_only: bool = False) -> ErrorStats:
     """ref (FLOAT) vs y (quantized run, dequantized, or its QTensor): sums in float64 (see _sums;
-    rr: r.r if known)."""
-    sig, noise, yy, ry, max_abs = _sums(ref, y, rr)
+    rr: r.r if known). `sqnr_only`: SQNR, MSE, range use and saturation alone (the same bits),
+    cosine and max_abs NaN: a method comparison's table reads no more, and this is half its cost."""
+    if sqnr_only and rr is None:
+        rr = ref_power(ref)
+    sig, noise, yy, ry, max_abs = _sums(ref, y, rr, noise_only=sqnr_only)
     sqnr = float("inf") if noise == 0 else (10 * np.log10(sig / noise) if sig > 0 else float("-inf"))
     ny, nr = float(np.sqrt(yy)), float(np.sqrt(sig))
     cos = float(ry / (nr * ny)) if nr > 0 and ny > 0 else float(nr == ny)
+    if sqnr_only:
+        cos = float("nan")
     if q is None or not q.size:
         use = float("nan")
     elif q.dtype == np.uint8:           # asymmetric profiles: the share of the 256 codes spanned
@@ -116,42 +149,44 @@ def error_stats(ref: np.ndarray, y: np.ndarray | QTensor, q: np.ndarray | None =
     return ErrorStats(sqnr, cos, noise / max(1, ref.size), max_abs, use, saturated / max(1, ref.size))
 
 
-def value_stats(ref: np.ndarray, v: Value, sat: int, memo=None) -> ErrorStats:
+def value_stats(ref: np.ndarray, v: Value, sat: int, memo=None, sqnr_only: bool = False) -> ErrorStats:
     """error_stats of a layer value against its FLOAT reference; with a memo (engine/quant/layermemo.py),
     taken from an identical comparison already made there (same arrays, same grid, same saturation)."""
     y = v.q if v.f is None else v.f
     if memo is None:
-        return error_stats(ref, y, v.q.q if v.q is not None else None, sat)
+        return error_stats(ref, y, v.q.q if v.q is not None else None, sat, sqnr_only=sqnr_only)
     a = v.f if v.f is not None else v.q.q
-    key = ("stats", id(ref), id(a), None if v.f is not None else (v.q.scale, v.q.zero_point), sat)
+    key = ("stats", id(ref), id(a), None if v.f is not None else (v.q.scale, v.q.zero_point), sat, sqnr_only)
     hit = memo.get(key)
     if hit is None:
         rr = memo.get(("r.r", id(ref)))
         if rr is None:
             rr = ref_power(ref)
             memo.put(("r.r", id(ref)), rr, ref)
-        hit = error_stats(ref, y, v.q.q if v.q is not None else None, sat, rr)
+        hit = error_stats(ref, y, v.q.q if v.q is not None else None, sat, rr, sqnr_only)
         memo.put(key, hit, ref, a)
     return hit
 
 
 def propagated_stats(float_outs: Sequence[np.ndarray], values: Sequence[Value], records,
-                     memo=None) -> list[ErrorStats]:
-    """Quantized network vs FLOAT network, layer by layer, on the same input."""
+                     memo=None, sqnr_only: bool = False) -> list[ErrorStats]:
+    """Quantized network vs FLOAT network, layer by layer, on the same input (`sqnr_only`: see error_stats)."""
     out = []
     for ref, v, rec in zip(float_outs, values, records):
         sat = rec.stats.get("saturated", 0) + rec.stats.get("input_saturated", 0)
-        out.append(value_stats(ref, v, sat, memo))
+        out.append(value_stats(ref, v, sat, memo, sqnr_only))
     return out
 
 
 def local_stats(ex: Executor, x: np.ndarray, float_outs: Sequence[np.ndarray],
-                propagated: Sequence[ErrorStats] | None = None, memo=None) -> list[ErrorStats | None]:
+                propagated: Sequence[ErrorStats] | None = None, memo=None,
+                sqnr_only: bool = False) -> list[ErrorStats | None]:
     """Each int8 layer alone, on FLOAT inputs (quantized with their calibrated scales), vs FLOAT.
 
     `propagated`: `propagated_stats` of a run of the same executor on the same x; a layer that reads
     only the network input has the same inputs there, so its statistics are taken, not recomputed
-    (layer 0, the costliest int8 layer of a YOLO). `memo`: see Executor.run_layer."""
+    (layer 0, the costliest int8 layer of a YOLO). `memo`: see Executor.run_layer; `sqnr_only`: see
+    error_stats (an entry taken from `propagated` is passed on as it is)."""
     xv = Value(f=ex.checked_input(x, memo))
     floats = [Value(f=y) for y in float_outs]
     out: list[ErrorStats | None] = []
@@ -164,7 +199,7 @@ def local_stats(ex: Executor, x: np.ndarray, float_outs: Sequence[np.ndarray],
             continue
         v, rec = ex.run_layer(i, ex.inputs_of(i, xv, floats), memo=memo)
         sat = rec.stats.get("saturated", 0) + rec.stats.get("input_saturated", 0)
-        out.append(value_stats(ref, v, sat, memo))
+        out.append(value_stats(ref, v, sat, memo, sqnr_only))
     return out
 
 

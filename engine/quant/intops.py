@@ -20,6 +20,7 @@ import numpy as np
 from engine.kernels.gemm import BAND, MIN_BAND, conv_out_size
 from engine.kernels.scratch import Scratch, derived
 from engine.kernels.threads import own_threads, parallel_items
+from engine.quant.layermemo import acc_memo
 
 EXACT_F32 = float(1 << 24)     # integers up to 2**24 are exact in float32
 FOLD_MAX = 1 << 18             # weights (floats) small enough to keep a copy with the bias column
@@ -256,7 +257,40 @@ def conv_int_fused(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarra
     the faster exact kernel: integer Winograd (engine/quant/intwinograd.py) for big 3x3 stride-1
     layers, else `conv_int_bands`. `w_f()` gives the GEMM weights (only built when used).
     Returns the kernel's name. The accumulators, hence every result, are the same either way.
-    `bias` / `on_fold`: see `conv_int_bands` (the Winograd kernel never folds)."""
+    `bias` / `on_fold`: see `conv_int_bands` (the Winograd kernel never folds).
+    Inside `layermemo.sharing_acc(memo)`: the accumulators of this (x_q, w_q) are kept in the memo
+    band by band, or taken from it ("memo"): the epilogue sees the same bands either way. There the
+    bias is never folded, so the kept accumulators are shared by methods whose biases differ."""
+    memo = acc_memo()
+    if memo is None:
+        return _conv_int_fused(x_q, w_q, w_f, k, s, p, epilogue, bias, on_fold)
+    key = ("acc", id(x_q), id(w_q), k, s, p)
+    bands = memo.get(key)
+    if bands is None:
+        bands = []
+
+        def keep(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
+            bands.append((r0, r1, ch, acc.copy()))     # before the epilogue, which may add the bias in place
+            epilogue(part, r0, r1, acc, ch)
+
+        kernel = _conv_int_fused(x_q, w_q, w_f, k, s, p, keep)
+        memo.put(key, bands, x_q, w_q)
+        return kernel
+
+    def replay(part: int, i: int) -> None:
+        r0, r1, ch, acc = bands[i]
+        buf = band_buffer("replay", part, acc.shape, acc.dtype)
+        np.copyto(buf, acc)
+        epilogue(part, r0, r1, buf, ch)
+
+    with own_threads():
+        parallel_items(len(bands), replay)
+    return "memo"
+
+
+def _conv_int_fused(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarray], k: int, s: int, p: int,
+                    epilogue: Callable[[int, int, int, np.ndarray, slice], None], bias: np.ndarray | None = None,
+                    on_fold: Callable[[], None] | None = None) -> str:
     from engine.quant import intwinograd
     c, h, w = x_q.shape
     n = w_q.shape[0]

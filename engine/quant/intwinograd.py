@@ -22,7 +22,7 @@ import numpy as np
 
 from engine.kernels import winograd_gemm
 from engine.kernels.scratch import Scratch
-from engine.kernels.threads import own_threads, parallel_items
+from engine.kernels.threads import PARALLEL_MIN, own_threads, parallel_items
 from engine.quant.intcache import kept
 
 EXACT_F32 = float(1 << 24)
@@ -196,22 +196,33 @@ def _float32_path(v: np.ndarray, wt: Weights, n: int, h: int, w: int, th: int, t
 
 
 def _output_tiles(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch: Scratch) -> np.ndarray:
-    """A^T M A per tile, integer adds, then / 4 (exact): the accumulators (n, h, w) int32."""
+    """A^T M A per tile, integer adds, then / 4 (exact): the accumulators (n, h, w) int32. Channel
+    blocks on the kernel threads (every operation is per channel: the same integers on any split)."""
     m5 = m.reshape(4, 4, n, th, tw)
     s = scratch.get("iw_s", (2, 4, n, th, tw), m.dtype)
     tt = scratch.get("iw_t", (2, n, th, tw), m.dtype)
-    np.add(m5[1], m5[2], out=s[0])
-    np.subtract(m5[1], m5[2], out=s[1])
-    s[0] += m5[0]
-    s[1] -= m5[3]
     y = np.empty((n, h, w), np.int32)
-    for a in range(2):
-        sa = s[a]
-        rows = (h - a + 1) // 2
-        np.add(sa[1], sa[2], out=tt[0])
-        np.subtract(sa[1], sa[2], out=tt[1])
-        tt[0] += sa[0]
-        tt[1] -= sa[3]
-        for b in range(2):
-            y[:, a::2, b::2] = tt[b, :, :rows, :(w - b + 1) // 2] >> 2   # 4 * acc: the shift is exact
+
+    def channels(lo: int, hi: int) -> None:
+        c = slice(lo, hi)
+        s0, s1 = s[0][:, c], s[1][:, c]
+        np.add(m5[1][:, c], m5[2][:, c], out=s0)
+        np.subtract(m5[1][:, c], m5[2][:, c], out=s1)
+        s0 += m5[0][:, c]
+        s1 -= m5[3][:, c]
+        t0, t1 = tt[0][c], tt[1][c]
+        for a in range(2):
+            sa = s[a][:, c]
+            rows = (h - a + 1) // 2
+            np.add(sa[1], sa[2], out=t0)
+            np.subtract(sa[1], sa[2], out=t1)
+            t0 += sa[0]
+            t1 -= sa[3]
+            for b, t in enumerate((t0, t1)):
+                y[c, a::2, b::2] = t[:, :rows, :(w - b + 1) // 2] >> 2   # 4 * acc: the shift is exact
+
+    blocks = min(n, 4) if m.size >= PARALLEL_MIN else 1       # pulled dynamically: a late thread delays nothing
+    edges = [n * i // blocks for i in range(blocks + 1)]
+    with own_threads():
+        parallel_items(blocks, lambda _part, i: channels(edges[i], edges[i + 1]))
     return y

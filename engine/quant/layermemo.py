@@ -12,11 +12,19 @@ parameters). Every array whose id is in a stored key is kept alive by the memo, 
 while the memo lives; lookups with ids of other live objects can only match their own entries. Create
 one per input (e.g. per image) and drop it afterwards; past `budget` bytes of kept results it stops
 storing (lookups go on), so memory stays bounded whatever the model.
+
+Accumulators: two methods can feed a conv the same int8 input with the same weights and still requantize
+to different output grids (yolov3-tiny's layer 2: its input grid is layer 0's, the same for minmax, kl
+and mse; its output grid is not). The layer results differ, the int32 accumulators do not: for the
+layers `acc_layers` names, the integer conv keeps its accumulators here (`sharing_acc`, read by
+engine/quant/intops.py) and the next method runs only its epilogue on them.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Hashable
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Hashable, Iterator
 
 import numpy as np
 
@@ -50,8 +58,9 @@ def _nbytes(value: Any) -> int:
 class LayerMemo:
     """Results keyed by (kind, input identities, parameters); see the module docstring."""
 
-    def __init__(self, budget: int = BUDGET) -> None:
+    def __init__(self, budget: int = BUDGET, share_acc: frozenset[int] = frozenset()) -> None:
         self.budget = budget
+        self.share_acc = share_acc          # layers whose accumulators are kept (acc_layers)
         self.used = 0
         self.hits = 0
         self._entries: dict[Hashable, Any] = {}
@@ -74,3 +83,40 @@ class LayerMemo:
             self._pinned.setdefault(id(p), p)
         self._entries[key] = value
         self.used += size
+
+
+_acc_memo: ContextVar[LayerMemo | None] = ContextVar("layermemo_acc", default=None)
+
+
+@contextmanager
+def sharing_acc(memo: LayerMemo) -> Iterator[None]:
+    """Inside: the integer conv kernels keep and take their accumulators in `memo` (`acc_memo`)."""
+    token = _acc_memo.set(memo)
+    try:
+        yield
+    finally:
+        _acc_memo.reset(token)
+
+
+def acc_memo() -> LayerMemo | None:
+    return _acc_memo.get()
+
+
+def acc_layers(model, qmodels) -> frozenset[int]:
+    """Layers where two of `qmodels` (quantized models of `model`) run the same integer conv (same int8
+    parameters, same input grids) into different output grids: their accumulators are worth keeping.
+    Where the output grids agree too, the whole layer result is shared already."""
+    out = set()
+    for layer in model.layers:
+        i = layer.index
+        groups: dict[tuple, set] = {}
+        for qm in qmodels:
+            lq = qm.layers.get(i)
+            if lq is None:
+                continue
+            names = ["input" if s < 0 else str(s) for s in layer.inputs]
+            grids = tuple((qm.scales.get(n), qm.zero_points.get(n, 0)) for n in names)
+            groups.setdefault((qm.profile, lq_token(lq), grids), set()).add(qm.scales.get(str(i)))
+        if any(len(outs) > 1 for outs in groups.values()):
+            out.add(i)
+    return frozenset(out)

@@ -36,10 +36,37 @@ class QTensor:
         return self.q.shape
 
 
+QUANTIZE_BLOCK = 1 << 16   # elements per work item of a big quantize() on the kernel threads
+
+
 def quantize(x: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
-    """float32 -> (int8 array, number of saturated values). Rounds half to even, saturates at +-127."""
+    """float32 -> (int8 array, number of saturated values). Rounds half to even, saturates at +-127.
+    A big contiguous x is quantized in blocks on the kernel threads (elementwise: the same int8 and
+    the same count on any thread count)."""
     if not scale > 0:
         raise ValueError(f"quantize: scale must be > 0, got {scale}")
+    if x.size >= 4 * QUANTIZE_BLOCK and x.flags.c_contiguous:
+        return _quantize_blocks(x, scale)
+    return _quantize(x, scale)
+
+
+def _quantize_blocks(x: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
+    from engine.kernels.threads import own_threads, parallel_items
+    q = np.empty(x.shape, np.int8)
+    xf, qf = x.reshape(-1), q.reshape(-1)
+    count = -(-x.size // QUANTIZE_BLOCK)
+    sats = [0] * count
+
+    def block(_part: int, i: int) -> None:
+        sl = slice(i * QUANTIZE_BLOCK, (i + 1) * QUANTIZE_BLOCK)
+        qf[sl], sats[i] = _quantize(xf[sl], scale)
+
+    with own_threads():
+        parallel_items(count, block)
+    return q, sum(sats)
+
+
+def _quantize(x: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
     v = np.divide(x, np.float32(scale), dtype=np.float32)
     saturated = 0
     if v.size and (v.max() >= QMAX + 0.5 or v.min() <= -QMAX - 0.5):   # rint(v) beyond +-127 (127.5 -> 128)

@@ -21,7 +21,7 @@ import numpy as np
 from engine.calib.collect import CalibrationStats
 from engine.darknet.detect import detect_outputs
 from engine.quant.executor import Executor, FloatView, LayerRecord, reference_outputs
-from engine.quant.layermemo import LayerMemo
+from engine.quant.layermemo import LayerMemo, acc_layers
 from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
 from engine.quant.modes import QUANT_MODES, Mode
 from engine.quant.autoquant import quantize
@@ -107,11 +107,11 @@ def method_rows(model, executors: dict[str, Executor], pre, float_outs, int_run=
             records = [LayerRecord(i, ex.precision(i)) for i in range(len(values))]
         else:
             values, records = ex.run(pre.x, memo=memo)
-        prop = propagated_stats(float_outs, values, records, memo)
+        prop = propagated_stats(float_outs, values, records, memo, sqnr_only=True)   # what the table reads
         row[mode] = detect_outputs(model, FloatView(values), pre)
         row[f"{mode}_sqnr"] = [s.sqnr_db for s in prop]
         if mode == Mode.INT8:
-            local = local_stats(ex, pre.x, float_outs, prop, memo)   # ORT's INT values equal the executor's
+            local = local_stats(ex, pre.x, float_outs, prop, memo, sqnr_only=True)   # ORT's INT values: the executor's
             row["saturation"] = [s.saturation if int_run is None else np.nan for s in prop]
             row["range_use"] = [s.range_use for s in prop]
             row["int_local_sqnr"] = [s.sqnr_db if s else np.nan for s in local]
@@ -151,6 +151,7 @@ def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list, 
     int_runs = {method: ort_forward(model, qm, Mode.INT8.value, all_outputs=True)
                 if resolve(runtime, model, qm, Mode.INT8.value, all_outputs=True) == ORT else None
                 for method, qm in qms.items()}
+    shared = acc_layers(model, list(qms.values()))
     out = []
     for item in batch:
         pre = model.preprocess(item, resize)
@@ -158,7 +159,7 @@ def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list, 
         # only for the very input it was computed on (an array item may be preprocessed differently)
         same = hit is not None and hit[0].shape == pre.x.shape and np.array_equal(hit[0], pre.x)
         outs = hit[1] if same else list(float_run(pre.x))
-        memo = LayerMemo()              # this image's shared layer results, dropped with it
+        memo = LayerMemo(share_acc=shared)      # this image's shared layer results, dropped with it
         out.append({Mode.FLOAT.value: detect_outputs(model, outs, pre),
                     **{method: method_rows(model, exs, pre, outs, int_runs[method], memo)
                        for method, exs in executors.items()}})

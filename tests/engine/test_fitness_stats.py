@@ -82,3 +82,46 @@ def test_error_stats_of_a_qtensor_and_a_known_rr_are_the_same_bits(zero_point):
     assert np.array_equal(as_array(error_stats(ref, qt, q, 5, rr=rr)), want)
     if not zero_point:
         np.testing.assert_allclose(want, plain_error_stats(ref, qt.dequantize(), q, 5), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["float", "qtensor", "uint8", "edges"])
+def test_sqnr_only_gives_the_full_statistics_bits(kind):
+    """compare's lean statistics (e.e alone, r.r known): SQNR, MSE, range use and saturation are the
+    very bits of the full computation, on 1 and 2 threads; cosine and max|e| are not computed."""
+    from engine.quant.qtensor import QTensor
+    rng = np.random.default_rng(9)
+    ref = rng.standard_normal((40, 52, 61)).astype(np.float32)
+    q, y = quantized(ref)
+    cases = [(ref, y, None)]
+    if kind == "qtensor":
+        cases = [(ref, QTensor(q, 0.0231), q)]
+    elif kind == "uint8":
+        u8 = (q.astype(np.int16) + 128).astype(np.uint8)
+        cases = [(ref, QTensor(u8, 0.0173, 3), u8)]
+    elif kind == "edges":
+        z, one = np.zeros((4, 2, 2), np.float32), np.ones((4, 2, 2), np.float32)
+        cases = [(a, b, None) for a, b in ((z, z), (one, one), (z, one), (one, z), (one, -one), (z[:0], z[:0]))]
+    for r, yy, qq in cases:
+        full = error_stats(r, yy, qq, 3)
+        for n in (1, 2):
+            with threads.blas_limit(n):
+                lean = error_stats(r, yy, qq, 3, sqnr_only=True)
+                lean_rr = error_stats(r, yy, qq, 3, rr=fitness.ref_power(r), sqnr_only=True)
+            for s in (lean, lean_rr):
+                got, want = as_array(s), as_array(full)
+                assert np.array_equal(got[[0, 2, 4, 5]], want[[0, 2, 4, 5]], equal_nan=True), (n, got, want)
+                assert np.isnan(s.cosine) and np.isnan(s.max_abs)
+
+
+def test_statistics_in_the_calling_thread_or_on_the_kernel_threads_are_the_same_bits(monkeypatch):
+    """A few blocks run in the calling thread (SERIAL_BLOCKS), more on the kernel threads: same bits."""
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal((16, 52, 52)).astype(np.float32)          # 43264 values: 2 blocks
+    q, y = quantized(ref)
+    assert 1 < -(-ref.size // fitness.STATS_BLOCK) < fitness.SERIAL_BLOCKS
+    with threads.blas_limit(2):
+        here = as_array(error_stats(ref, y, q)), as_array(error_stats(ref, y, q, sqnr_only=True))
+        monkeypatch.setattr(fitness, "SERIAL_BLOCKS", 1)
+        pool = as_array(error_stats(ref, y, q)), as_array(error_stats(ref, y, q, sqnr_only=True))
+    for a, b in zip(here, pool):
+        assert np.array_equal(a, b, equal_nan=True)

@@ -26,6 +26,19 @@ def test_winograd_accumulators_equal_naive_loops(c, n, h, w):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("threads_", [1, 2])
+def test_output_transform_by_channel_blocks_equals_naive_loops(threads_):
+    """A map big enough for the output transform to run by channel blocks on the kernel threads
+    (70 filters: uneven blocks; odd H and W: partial tiles): the same accumulators on 1 and 2 threads."""
+    from engine.kernels import threads
+    c, n, h, w = 64, 70, 17, 23
+    assert 16 * n * ((h + 1) // 2) * ((w + 1) // 2) >= threads.PARALLEL_MIN
+    x_q, w_q = _data(17, c, n, h, w, xmax=20, wmax=20)
+    with threads.blas_limit(threads_):
+        got = intwinograd.conv3x3_acc(x_q, w_q, _scratch())
+    np.testing.assert_array_equal(got, conv_int_naive(x_q, w_q, np.zeros(n, np.int32), 1, 1))
+
+
 def test_full_range_values_take_the_chunked_float64_path_and_stay_exact():
     x_q, w_q = _data(3, 256, 64, 9, 9)             # |x|, |w| up to 127: sum_c |U'| * |V| far above 2**24
     wt = intwinograd.weights(w_q)

@@ -95,3 +95,35 @@ def test_models_sharing_layer_objects_do_not_share_float_layers(tiny, qms):
     b, _ = Executor(twin, qms["minmax"], "int", float_layers=[0]).run(x, stop=0, memo=memo)
     want, _ = Executor(twin, qms["minmax"], "int", float_layers=[0]).run(x, stop=0)
     assert b[0] is not a[0] and np.array_equal(b[0].f, want[0].f) and not np.array_equal(a[0].f, b[0].f)
+
+
+def test_kept_accumulators_are_used_and_change_no_value(tiny, qms, monkeypatch):
+    """yolov3-tiny's layer 2 reads layer 0's grid (the same for minmax, kl, mse) and writes each
+    method's own grid: its accumulators are computed once per input (INT run, local run) and the
+    other methods run only their epilogue on them; every row still equals the plain recomputation,
+    and every INT layer value equals that of a run that keeps nothing."""
+    from engine.quant import intops
+    assert 2 in layermemo.acc_layers(tiny, list(qms.values()))
+    assert 0 not in layermemo.acc_layers(tiny, list(qms.values()))     # same out grid too: the layer is shared
+    kernels: list[tuple] = []
+    real = intops._conv_int_fused
+
+    def counted(x_q, w_q, *a, **k):
+        kernels.append((id(x_q), id(w_q)))
+        return real(x_q, w_q, *a, **k)
+
+    monkeypatch.setattr(intops, "_conv_int_fused", counted)
+    photo = sorted(IMAGES.glob("*.jpg"))[2]
+    pre = tiny.preprocess(photo)
+    memo = layermemo.LayerMemo(share_acc=layermemo.acc_layers(tiny, list(qms.values())))
+    runs = [Executor(tiny, qm, "int").run(pre.x, stop=4, memo=memo)[0] for qm in qms.values()]
+    w2 = qms["minmax"].layers[2].w_q
+    assert sum(w == id(w2) for _, w in kernels) == 1                 # layer 2's conv ran once for three methods
+    assert len({runs[k][2].q.scale for k in range(3)}) == 3             # into three grids
+    for qm, got in zip(qms.values(), runs):
+        want, _ = Executor(tiny, qm, "int").run(pre.x, stop=4)
+        for g, w in zip(got, want):
+            assert np.array_equal(g.q.q, w.q.q) and g.q.scale == w.q.scale
+    monkeypatch.undo()
+    row = compare_batch(tiny, tuple(qms.items()), "letterbox", "numpy", [photo])[0]
+    assert_matches_plain(row, tiny, qms, pre, tiny.forward(pre.x))

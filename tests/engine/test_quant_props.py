@@ -607,3 +607,21 @@ def test_conv_int_single_band_split_by_filters_equals_naive(n, c, hw, k, s, p):
     b = rng.integers(-(2 ** 20), 2 ** 20, n).astype(np.int32)
     got = conv_int(x, np.ascontiguousarray(wq.reshape(n, -1), dtype=np.float32), b, k, s, p)
     np.testing.assert_array_equal(got.astype(np.int64), conv_int_naive(x, wq, b, s, p))
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_big_quantize_in_blocks_equals_the_elementwise_rule(n_threads):
+    """A tensor past 4 blocks is quantized block by block on the kernel threads: the int8 values and
+    the saturation count are those of the one-pass rule (ties to even, +-127), on any thread count."""
+    from engine.kernels import threads
+    from engine.quant import qtensor
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((17, 131, 137)) * 40).astype(np.float32)       # not a multiple of the block
+    x.flat[::97] = np.float32(0.5) * rng.integers(-400, 400, x.flat[::97].size)   # ties and saturations
+    assert x.size >= 4 * qtensor.QUANTIZE_BLOCK
+    with threads.blas_limit(n_threads):
+        q, sat = qtensor.quantize(x, 0.5)
+    v = x.astype(np.float64) / np.float64(np.float32(0.5))
+    want = np.clip(np.rint(v), -127, 127).astype(np.int8)
+    np.testing.assert_array_equal(q, want)
+    assert sat == int(np.count_nonzero(np.abs(np.rint(v)) > 127)) > 0
