@@ -137,7 +137,7 @@ def _act_into(yy: np.ndarray, y: np.ndarray, row0: int, act: str | None, scratch
 def _padded(x: np.ndarray, p: int, hp: int, wp: int, scratch: Scratch) -> np.ndarray:
     """x in a zero border: (C, hp, wp) with x at (p, p); rows past the input are zero too."""
     c, h, w = x.shape
-    xp = scratch.get("wrows_pad", (c, hp, wp))
+    xp = scratch.get("wino_pad", (c, hp, wp))   # shared with winograd_gemm: layers run one at a time
 
     def run(lo: int, hi: int) -> None:
         xp[lo:hi, :p] = 0
