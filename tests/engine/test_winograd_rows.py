@@ -44,11 +44,14 @@ def test_rows_winograd_matches_the_direct_conv(m, c, h, w, n, p):
         assert_close(y, want, f"F({m}, 3) rows c{c} {h}x{w} n{n} p{p} act {act}")
 
 
-def test_band_rows_split_a_large_map_into_several_bands():
-    """The (4, 61, 300) case above runs more than one band, the last one partial."""
+def test_band_rows_split_a_large_map_into_several_bands_balanced_on_two_threads():
+    """The (4, 61, 300) case above runs more than one band, the last one partial; on yolov3-tiny's
+    layer 4 (18 tile rows, bands of at most 2) 18 bands of 1 beat 9 of 2 (5 against 4 per thread)."""
     th = -(-61 // winograd_rows.M_ROWS)
-    rows = winograd_rows.band_rows(4, 300)
+    rows = winograd_rows.band_rows(4, 300, th)
     assert 1 <= rows < th and th % rows != 0
+    assert winograd_rows.band_rows(32, 104, 18) == 1
+    assert winograd_rows.band_rows(16, 208, 35) == 2     # 18 bands, the last of 1 row: 9 / 8.5
 
 
 def test_weights_that_do_not_fit_the_input_are_refused():
