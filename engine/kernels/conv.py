@@ -2,7 +2,9 @@
 
 3x3 stride-1 layers with many channels go through Winograd with its transforms as GEMMs
 (`engine.kernels.winograd_gemm`): F(4x4,3x3) (36/144 of the multiplies) on mid-sized maps, F(2x2,3x3)
-(16/36) on the others (`engine.kernels.winograd` holds the switch and the F(2x2) suitability rule); 1x1 stride-1 layers are one GEMM on the input; the
+(16/36) on the others (`engine.kernels.winograd` holds the switch and the F(2x2) suitability rule);
+those with 16-32 input channels on large maps go through F(6, 3) down the rows only
+(`engine.kernels.winograd_rows`, 8/18); 1x1 stride-1 layers are one GEMM on the input; the
 rest im2col + GEMM in cache-sized bands (`engine.kernels.gemm`). A model decides once per layer, when it prepares its weights (`choice`),
 and keeps one kernel form of them.
 """
@@ -10,15 +12,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.kernels import winograd, winograd_gemm
+from engine.kernels import winograd, winograd_gemm, winograd_rows
 from engine.kernels.gemm import FUSED_ACTS, conv_gemm
 from engine.kernels.scratch import Scratch, derived
 from engine.kernels.threads import own_threads
 
 
 def choice(c: int, h: int, w: int, n: int, k: int, s: int, p: int, groups: int = 1) -> str:
-    """The kernel conv2d uses for a (C, H, W) input and n filters of k x k: 'winograd-4x4',
-    'winograd', 'gemm-1x1' or 'im2col-kxk/s'.
+    """The kernel conv2d uses for a (C, H, W) input and n filters of k x k: 'winograd-rows',
+    'winograd-4x4', 'winograd', 'gemm-1x1' or 'im2col-kxk/s'.
+
+    F(6, 3) down the rows for 16-32 input channels on maps of 96 pixels a side and more (CPU time,
+    one thread: 0.73-0.78x the best of im2col and F(4x4) on 16->32 @208, 32->64 @104 and 32->64
+    @208; with 64 channels F(4x4) wins, with 3 im2col).
 
     F(4x4) where it measured faster than both F(2x2) and im2col (CPU time of each kernel on the
     layer's shape, 1 and 2 threads, yolov3-tiny and yolov3 at 416; `bench_conv_kernels.py`,
@@ -29,6 +35,8 @@ def choice(c: int, h: int, w: int, n: int, k: int, s: int, p: int, groups: int =
     """
     if groups == 1 and k == 3 and s == 1 and p <= 2 and winograd.ENABLED:
         side = min(h, w) + 2 * p - 2
+        if 16 <= c <= 32 and n >= 16 and side >= 96:
+            return "winograd-rows"
         if c >= 32 and n >= 64 and (side >= 40 or side >= 24 and c >= 384):
             return "winograd-4x4"
         if winograd.suitable(c, h, w, n, k, s, p):
@@ -57,9 +65,13 @@ def conv2d(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, k: int, s: int,
                 wino = derived(kind, (w2d,), lambda: prepare_winograd(kind, w2d, c, h, w, p))
         if wino is None:
             return conv_gemm(x, w2d, b, k, s, p, groups, scratch, act)
+        if winograd_rows.is_rows_form(wino):
+            return winograd_rows.conv3x3(x, wino, b, p, scratch, act)
         return winograd_gemm.conv3x3(x, wino, b, p, scratch, act)   # F(4x4): 36 planes, F(2x2): 16
 
 
 def prepare_winograd(kind: str, w2d: np.ndarray, c: int, h: int, w: int, p: int) -> np.ndarray:
     """The transformed weights conv2d runs for a layer `choice` gave a Winograd kind."""
+    if kind == "winograd-rows":
+        return winograd_rows.transform_weights(w2d)
     return winograd_gemm.transform_weights(w2d, 4 if kind == "winograd-4x4" else 2)

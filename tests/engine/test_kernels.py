@@ -256,7 +256,7 @@ def test_winograd_can_be_turned_off_per_model_for_memory(tiny):
     assert winograd.ENABLED
     a, b = tiny.forward(x), plain.forward(x)               # after the block: still im2col
     convs = [l.index for l in tiny.layers if l.kind == "convolutional"]
-    assert {i for i in convs if tiny.prepared(i).wino is not None} == {4, 6, 8, 10, 12, 14, 21}
+    assert {i for i in convs if tiny.prepared(i).wino is not None} == {2, 4, 6, 8, 10, 12, 14, 21}
     assert all(plain.prepared(i).wino is None and plain.prepared(i).w is not None for i in convs)
     kept = lambda m: sum(a.nbytes for i in convs for a in (m.prepared(i).w, m.prepared(i).wino)  # noqa: E731
                          if a is not None)
