@@ -173,16 +173,34 @@ class SessionPanelData:
 
     def warm(self, node_id: str, *, log2: bool = False, log_y: bool = False) -> None:
         """Compute ahead what `data(node_id)` will need whatever the run does: the FLOAT reference's output
-        picture, statistics row and histogram counts (remembered for that very tensor) and the weights part
-        (kept until an edit). `data` then finds them; its results are the same with or without this."""
+        and input pictures, statistics rows and histogram counts (remembered for those very tensors) and
+        the weights part (kept until an edit). `data` then finds them; its results are the same with or without this."""
         if node_id == INPUT:
             return
         s, i = self._s, int(node_id)
-        y = s.float_reference()[i]
+        ref = s.float_reference()
+        y = ref[i]
         self._float_output_png(i, y, [y])
         self._row("", [y], lambda: y)
         self._counts([y], lambda: y, log2)
-        self._weights_part(i, s.layer_info(i), s.mode != "float", log2, log_y)
+        info = s.layer_info(i)
+        # the input picture too: framed under this layer's title (a route's or shortcut's joined inputs
+        # are a tensor of their own: montage, row and counts)
+        srcs, x_of, _ = self._float_input(i, info["inputs"], ref)
+        self._row("", srcs, x_of)
+        self._counts(srcs, x_of, log2)
+        self._weights_part(i, info, s.mode != "float", log2, log_y)
+
+    def _float_input(self, i: int, producers: list[str], ref) -> tuple[list, Callable[[], np.ndarray], bytes]:
+        """The FLOAT input tensors, their joined array (built on demand) and the input picture."""
+        s = self._s
+        srcs = [s.x if p == INPUT else ref[int(p)] for p in producers]
+        x_of = _once(lambda: join_inputs(srcs))
+        c = srcs[0].shape[0] if len(srcs) == 1 else sum(a.shape[0] for a in srcs)
+        title = f"layer {i} input, {channels_note(c, min(64, c))}"
+        png = self.memo.get(srcs, ("png", title), lambda: framed_png(self.memo.get(
+            srcs, "montage", lambda: feature_montage(x_of(), labels=True, as_image=True)), title, "channel"))
+        return srcs, x_of, png
 
     def _float_output_png(self, i: int, y: np.ndarray, tokens: list) -> bytes:
         title = f"layer {i} output (FLOAT), {channels_note(y.shape[0], min(64, y.shape[0]))}"
@@ -191,8 +209,7 @@ class SessionPanelData:
 
     def _input(self, i: int, producers: list[str], ref, use_int: bool, images, rows, log2, log_y) -> None:
         s = self._s
-        srcs = [s.x if p == INPUT else ref[int(p)] for p in producers]
-        x_of = _once(lambda: join_inputs(srcs))
+        srcs, x_of, images["input"] = self._float_input(i, producers, ref)
         series_tokens = {"FLOAT": srcs}
         arrays: dict[str, Callable[[], np.ndarray]] = {"FLOAT": x_of}
         # the run's input differs from FLOAT only behind a quantized producer; the network input is the
@@ -203,10 +220,6 @@ class SessionPanelData:
             series_tokens[run_label(s)], arrays[run_label(s)] = run_tokens, x_run
             rows.append(self._row(f"input {run_label(s)}", run_tokens, x_run))
         marks = self.thresholds(producers[0]) if len(producers) == 1 else None
-        c = srcs[0].shape[0] if len(srcs) == 1 else sum(a.shape[0] for a in srcs)
-        title = f"layer {i} input, {channels_note(c, min(64, c))}"
-        images["input"] = self.memo.get(srcs, ("png", title), lambda: framed_png(self.memo.get(
-            srcs, "montage", lambda: feature_montage(x_of(), labels=True, as_image=True)), title, "channel"))
         used = threshold_in_use(s.qmodel, producers[0]) if use_int and len(producers) == 1 else None
         images["hist_input"] = self._hist_png(series_tokens, arrays, f"layer {i} input", marks, log2, log_y, used)
         rows.insert(0, self._row("input", srcs, x_of))
