@@ -11,6 +11,8 @@ from engine.quant.fitness import STATS_BLOCK, dequantized_block, error_stats
 from engine.quant.intops import band_buffer
 from engine.quant.qtensor import QTensor
 
+CODE_BLOCK = 1 << 16     # codes per bincount of code_counts
+
 
 @dataclass
 class TensorSummary:
@@ -91,7 +93,11 @@ def code_counts(qt) -> np.ndarray:
     q = np.ascontiguousarray(qt.q).reshape(-1)
     if q.dtype not in (np.int8, np.uint8):
         raise TypeError(f"qtensor_histogram_counts: expected int8 or uint8 codes, got {q.dtype}")
-    return np.bincount(q.view(np.uint8), minlength=256)
+    # in blocks: bincount widens its input to intp, a 22 MB temporary for a yolov3 208x208x64 map
+    u, out = q.view(np.uint8), np.zeros(256, np.int64)
+    for lo in range(0, u.size, CODE_BLOCK):
+        out += np.bincount(u[lo:lo + CODE_BLOCK], minlength=256)
+    return out
 
 
 def code_values(qt) -> np.ndarray:
