@@ -201,7 +201,8 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
                 xy = centre_of(page, page.locator(".qw-explorer .lm-TabBar-tab", has_text=tab).first)
                 t = timed(page, lambda: page.mouse.click(*xy),
                           "Array.from(document.querySelectorAll('.qw-explorer .lm-TabBar-tab.lm-mod-current'))"
-                          f".some(t => t.innerText.trim() === {tab!r}) && {IMAGES_DONE}({CURRENT_TAB})", name=f"tab {tab}")
+                          f".some(t => t.innerText.trim() === {tab!r}) && {IMAGES_DONE}({CURRENT_TAB})",
+                          name=f"tab {tab}")
                 out["tab switch"].append(t["done"])
             for k in range(repeat):
                 colour = ["sqnr", "type"][k % 2]

@@ -104,7 +104,8 @@ def test_int8_tensors_are_read_as_codes_and_draw_what_their_float_copies_draw(ti
     # and those rows are the statistics of the float copies
     rows = {r["tensor"]: r for r in codes.data(str(route))[2]}
     x = join_inputs(inputs(route))
-    assert rows["input INT"]["max"] == tensor_row("", x)["max"] and rows["input INT"]["shape"] == "x".join(map(str, x.shape))
+    assert rows["input INT"]["max"] == tensor_row("", x)["max"]
+    assert rows["input INT"]["shape"] == "x".join(map(str, x.shape))
     rows = {r["tensor"]: r for r in codes.data("13")[2]}
     y, ref = output(13), s.float_reference()[13]
     assert rows["INT - FLOAT"]["mean|err|"] == pytest.approx(error_row("", ref, y)["mean|err|"], rel=1e-9)
