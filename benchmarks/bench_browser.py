@@ -23,6 +23,7 @@ yolov3): it shows in the max. Not a test: figures, no assertions.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import secrets
@@ -45,6 +46,7 @@ PANEL_TITLE = "document.querySelector('.qw-explorer .qw-layer-panel').firstEleme
 IMAGES_DONE = ("(root => Array.from(root.querySelectorAll('img')).filter(i => i.offsetParent !== null)"
                ".every(i => i.complete && i.naturalWidth > 0))")
 CURRENT_TAB = "document.querySelector('.qw-explorer')"        # hidden tabs' pictures have no offsetParent
+LOG = None           # --log FILE: one JSON line per timed interaction
 GRAPH_DRAWN = ("(() => { const el = document.querySelector('.qw-explorer .qw-graph-canvas');"
                " return !!(el && el._cyreg && el._cyreg.cy.nodes().length > 1 && el.querySelector('canvas')); })()")
 
@@ -72,10 +74,11 @@ def start_lab(tmp: Path, model: str) -> Lab:
 
 
 def stamp(page) -> None:
-    page.evaluate("() => { window.__qwT0 = performance.now(); window.__qwT = {}; }")
+    page.evaluate("() => { window.__qwT0 = performance.now(); window.__qwWall0 = Date.now(); window.__qwT = {}; }")
 
 
-def timed(page, action, done: str, marks: dict[str, str] | None = None, timeout: float = 300_000) -> dict[str, float]:
+def timed(page, action, done: str, marks: dict[str, str] | None = None, timeout: float = 300_000,
+          name: str = "") -> dict[str, float]:
     """Seconds from just before `action()` to the first animation frame where the JS expression `done` is
     true; `marks`: name -> expression, each stamped at the first frame it holds (before `done`)."""
     marks = marks or {}
@@ -87,6 +90,8 @@ def timed(page, action, done: str, marks: dict[str, str] | None = None, timeout:
                            timeout=timeout, polling="raf")
     t = page.evaluate("() => Object.fromEntries(Object.entries(window.__qwT).map(([k, v]) => "
                       "[k, (v - window.__qwT0) / 1000]))")
+    if LOG is not None:           # --log: input time on the wall clock, to line up with a kernel-side log
+        LOG.write(json.dumps({"name": name, "wall0": page.evaluate("() => window.__qwWall0") / 1000, **t}) + "\n")
     return t
 
 
@@ -152,7 +157,7 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
             for k in range(repeat):
                 xy = centre_of(page, step)
                 t = timed(page, lambda: page.mouse.click(*xy), panel_of(str(k)),
-                          {"status": f"{STATUS}.startsWith('layer {k} ')"})
+                          {"status": f"{STATUS}.startsWith('layer {k} ')"}, name=f"step {k}")
                 out["Step -> status"].append(t["status"])
                 out["Step -> panel"].append(t["done"])
             page.locator(".qw-explorer .qw-graph-canvas").scroll_into_view_if_needed()
@@ -160,7 +165,8 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
             for node in fresh + [str(k) for k in range(repeat)]:
                 xy = node_xy(page, node)
                 try:
-                    t = timed(page, lambda: page.mouse.click(*xy), panel_of(node), timeout=120_000)
+                    t = timed(page, lambda: page.mouse.click(*xy), panel_of(node), timeout=120_000,
+                              name=f"node {node} {'new' if node in fresh else 'visited'}")
                 except PlaywrightTimeout:
                     print(f"  node {node}: no panel after 120 s (title {page.evaluate(f'() => {PANEL_TITLE}')!r}, "
                           f"status {page.evaluate(f'() => {STATUS}')[:80]!r})", flush=True)
@@ -186,7 +192,7 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
                 cell.press("Tab")                   # the typed value reaches the kernel before the click
                 xy = centre_of(page, apply)
                 t = timed(page, lambda: page.mouse.click(*xy),
-                          f"{STATUS}.includes('-> {v}') && {IMAGES_DONE}({CURRENT_TAB})")
+                          f"{STATUS}.includes('-> {v}') && {IMAGES_DONE}({CURRENT_TAB})", name=f"apply {v}")
                 out["Apply edit"].append(t["done"])
             print(f"  ({model}: Apply done)", flush=True)
             tabs = ["Layer", "Detections", "Weights", "Quantization"] * repeat
@@ -195,7 +201,8 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
                 xy = centre_of(page, page.locator(".qw-explorer .lm-TabBar-tab", has_text=tab).first)
                 t = timed(page, lambda: page.mouse.click(*xy),
                           "Array.from(document.querySelectorAll('.qw-explorer .lm-TabBar-tab.lm-mod-current'))"
-                          f".some(t => t.innerText.trim() === {tab!r}) && {IMAGES_DONE}({CURRENT_TAB})")
+                          f".some(t => t.innerText.trim() === {tab!r}) && {IMAGES_DONE}({CURRENT_TAB})",
+                          name=f"tab {tab}")
                 out["tab switch"].append(t["done"])
             for k in range(repeat):
                 colour = ["sqnr", "type"][k % 2]
@@ -203,7 +210,7 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
                         else f"!{CY}.getElementById('0').data('label').includes('dB')")
                 t = timed(page, lambda: page.evaluate(
                     "c => { const s = document.querySelector('.qw-explorer .qw-graph-view select'); s.value = c;"
-                    " s.dispatchEvent(new Event('change', {bubbles: true})); }", colour), cond)
+                    " s.dispatchEvent(new Event('change', {bubbles: true})); }", colour), cond, name=f"colour {colour}")
                 out["colour switch"].append(t["done"])
         finally:
             browser.close()
@@ -215,7 +222,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--models", default="tiny,yolov3")
+    ap.add_argument("--log", help="write one JSON line per timed interaction (name, wall-clock input time, "
+                    "seconds to each mark) to this file")
     args = ap.parse_args()
+    global LOG
+    LOG = open(args.log, "a") if args.log else None
     from playwright.sync_api import sync_playwright
     goal = {"tiny": 0.150, "yolov3": 0.300}
     with sync_playwright() as pw:

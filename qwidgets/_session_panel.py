@@ -26,7 +26,8 @@ import numpy as np
 from engine.graph import INPUT
 from qwidgets._encode import channels_note, feature_montage, framed_png, heatmap_png, weights_png
 from engine.quant.qtensor import QTensor
-from engine.session.stats import error_row, histogram_counts, qtensor_histogram_counts, tensor_row, threshold_in_use
+from engine.session.stats import (code_counts, error_row, histogram_counts, qtensor_histogram_counts, qtensor_row,
+                                  tensor_row, threshold_in_use)
 from qwidgets._memo import IdentityMemo
 from qwidgets._panel_data import BINS, hist_image, join_inputs, layer_info, layer_panel_data
 
@@ -100,14 +101,32 @@ class SessionPanelData:
         q = s.output_q(int(producer))
         return q if q is not None else s.output(int(producer))
 
+    def _codes(self, tokens: Sequence[Any]) -> tuple[list, list, tuple] | None:
+        """(QTensors, their code counts, joined shape) when the tensor `tokens` stand for is int8 codes
+        only (one output, or a route's concatenation: `join_inputs`), else None. Its row and histogram
+        then come from the 256 code counts, with no float copy of the tensor."""
+        if not all(isinstance(t, QTensor) for t in tokens):
+            return None
+        qts = list(tokens)
+        if len(qts) > 1 and not all(t.q.ndim == 3 and t.q.shape[1:] == qts[0].q.shape[1:] for t in qts):
+            qts = qts[:1]                   # join_inputs shows the first input alone
+        shape = (sum(t.q.shape[0] for t in qts), *qts[0].q.shape[1:]) if len(qts) > 1 else qts[0].q.shape
+        return qts, [self.memo.get([t], "codes", lambda t=t: code_counts(t)) for t in qts], shape
+
     def _counts(self, tokens: Sequence[Any], array, log2: bool) -> tuple:
-        if not log2 and len(tokens) == 1 and isinstance(tokens[0], QTensor):
-            # an int8 output: count its 256 codes, not the float copy (same counts, engine.session.stats)
-            return self.memo.get(tokens, ("hist", BINS, log2), lambda: qtensor_histogram_counts(tokens[0], BINS))
+        codes = None if log2 else self._codes(tokens)
+        if codes is not None:
+            # int8 codes: count the 256 codes, not the float copy (same counts, engine.session.stats)
+            qts, ns, _ = codes
+            return self.memo.get(tokens, ("hist", BINS, log2), lambda: qtensor_histogram_counts(qts, BINS, codes=ns))
         return self.memo.get(tokens, ("hist", BINS, log2), lambda: histogram_counts(array(), BINS, log2=log2))
 
     def _row(self, name: str, tokens: Sequence[Any], array) -> dict:
-        row = self.memo.get(tokens, "row", lambda: tensor_row("", array()))
+        codes = self._codes(tokens)
+        if codes is not None:
+            row = self.memo.get(tokens, "row", lambda: qtensor_row("", *codes))
+        else:
+            row = self.memo.get(tokens, "row", lambda: tensor_row("", array()))
         return {**row, "tensor": name}
 
     def _check_qmodel(self) -> None:
@@ -154,16 +173,34 @@ class SessionPanelData:
 
     def warm(self, node_id: str, *, log2: bool = False, log_y: bool = False) -> None:
         """Compute ahead what `data(node_id)` will need whatever the run does: the FLOAT reference's output
-        picture, statistics row and histogram counts (remembered for that very tensor) and the weights part
-        (kept until an edit). `data` then finds them; its results are the same with or without this."""
+        and input pictures, statistics rows and histogram counts (remembered for those very tensors) and
+        the weights part (kept until an edit). `data` then finds them; its results are the same with or without this."""
         if node_id == INPUT:
             return
         s, i = self._s, int(node_id)
-        y = s.float_reference()[i]
+        ref = s.float_reference()
+        y = ref[i]
         self._float_output_png(i, y, [y])
         self._row("", [y], lambda: y)
         self._counts([y], lambda: y, log2)
-        self._weights_part(i, s.layer_info(i), s.mode != "float", log2, log_y)
+        info = s.layer_info(i)
+        # the input picture too: framed under this layer's title (a route's or shortcut's joined inputs
+        # are a tensor of their own: montage, row and counts)
+        srcs, x_of, _ = self._float_input(i, info["inputs"], ref)
+        self._row("", srcs, x_of)
+        self._counts(srcs, x_of, log2)
+        self._weights_part(i, info, s.mode != "float", log2, log_y)
+
+    def _float_input(self, i: int, producers: list[str], ref) -> tuple[list, Callable[[], np.ndarray], bytes]:
+        """The FLOAT input tensors, their joined array (built on demand) and the input picture."""
+        s = self._s
+        srcs = [s.x if p == INPUT else ref[int(p)] for p in producers]
+        x_of = _once(lambda: join_inputs(srcs))
+        c = srcs[0].shape[0] if len(srcs) == 1 else sum(a.shape[0] for a in srcs)
+        title = f"layer {i} input, {channels_note(c, min(64, c))}"
+        png = self.memo.get(srcs, ("png", title), lambda: framed_png(self.memo.get(
+            srcs, "montage", lambda: feature_montage(x_of(), labels=True, as_image=True)), title, "channel"))
+        return srcs, x_of, png
 
     def _float_output_png(self, i: int, y: np.ndarray, tokens: list) -> bytes:
         title = f"layer {i} output (FLOAT), {channels_note(y.shape[0], min(64, y.shape[0]))}"
@@ -172,8 +209,7 @@ class SessionPanelData:
 
     def _input(self, i: int, producers: list[str], ref, use_int: bool, images, rows, log2, log_y) -> None:
         s = self._s
-        srcs = [s.x if p == INPUT else ref[int(p)] for p in producers]
-        x_of = _once(lambda: join_inputs(srcs))
+        srcs, x_of, images["input"] = self._float_input(i, producers, ref)
         series_tokens = {"FLOAT": srcs}
         arrays: dict[str, Callable[[], np.ndarray]] = {"FLOAT": x_of}
         # the run's input differs from FLOAT only behind a quantized producer; the network input is the
@@ -184,10 +220,6 @@ class SessionPanelData:
             series_tokens[run_label(s)], arrays[run_label(s)] = run_tokens, x_run
             rows.append(self._row(f"input {run_label(s)}", run_tokens, x_run))
         marks = self.thresholds(producers[0]) if len(producers) == 1 else None
-        c = srcs[0].shape[0] if len(srcs) == 1 else sum(a.shape[0] for a in srcs)
-        title = f"layer {i} input, {channels_note(c, min(64, c))}"
-        images["input"] = self.memo.get(srcs, ("png", title), lambda: framed_png(self.memo.get(
-            srcs, "montage", lambda: feature_montage(x_of(), labels=True, as_image=True)), title, "channel"))
         used = threshold_in_use(s.qmodel, producers[0]) if use_int and len(producers) == 1 else None
         images["hist_input"] = self._hist_png(series_tokens, arrays, f"layer {i} input", marks, log2, log_y, used)
         rows.insert(0, self._row("input", srcs, x_of))
@@ -196,7 +228,7 @@ class SessionPanelData:
         y, stats = ref[i], None
         y_of = _once(lambda: y)
         ref_label, run = "output FLOAT reference", run_label(self._s)
-        ref_tokens, run_tokens, y_int_of = [y], None, None
+        ref_tokens, run_tokens, y_int_of, qt = [y], None, None, None
         if cross is not None and cross.index == i:
             # after CROSS the pair is this run's input through both precisions, not the FLOAT network
             y, y_int = cross.float_and_int
@@ -206,6 +238,9 @@ class SessionPanelData:
             ref_label, run = "output CROSS FLOAT (same inputs)", "CROSS INT8"
         elif with_run:
             run_tokens = [self._run_token(str(i))]
+            qt = run_tokens[0] if isinstance(run_tokens[0], QTensor) else None
+            # an int8 output is read as codes (row, histogram, error row, the 16 channels of the maps):
+            # its whole float copy is made only if something else asks for it
             y_int_of = _once(lambda: np.asarray(self._s.output(i), np.float32))
             # the very ErrorStats the graph overlay colours by: one SQNR per layer in every view
             stats = self._s.fitness(i, local=False)["propagated"]
@@ -215,9 +250,12 @@ class SessionPanelData:
         if y_int_of is not None:
             series[run], series_tokens[run] = y_int_of, run_tokens
             pair = [*ref_tokens, *run_tokens]
-            images.update(self.memo.get(pair, ("maps", run), lambda: _maps(y, y_int_of(), run)))
+            head = ((lambda: QTensor(qt.q[:16], qt.scale, qt.zero_point).dequantize()) if qt is not None
+                    else (lambda: y_int_of()[:16]))
+            images.update(self.memo.get(pair, ("maps", run), lambda: _maps(y, head(), run)))
             rows.append(self._row(f"output {run}", run_tokens, y_int_of))
-            rows.append(self.memo.get(pair, ("error", run), lambda: error_row(f"{run} - FLOAT", y, y_int_of(), stats)))
+            rows.append(self.memo.get(pair, ("error", run), lambda: error_row(
+                f"{run} - FLOAT", y, qt if qt is not None else y_int_of(), stats)))
         used = threshold_in_use(self._s.qmodel, str(i)) if self._s.mode != "float" else None
         images["hist_output"] = self._hist_png(series_tokens, series, f"layer {i} output", self.thresholds(str(i)),
                                                log2, log_y, used)
@@ -271,7 +309,8 @@ def _once(f: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
 
 
 def _maps(y: np.ndarray, y_int: np.ndarray, run: str) -> dict[str, bytes]:
-    """FLOAT, run and run - FLOAT maps of the first 16 channels, one grey scale each, with colour bars."""
+    """FLOAT, run and run - FLOAT maps of the first 16 channels, one grey scale each, with colour bars
+    (`y_int`: the run's output, or only its first 16 channels)."""
     shown = channels_note(y.shape[0], min(16, y.shape[0]))
     grid = {"max_channels": 16, "cols": 4, "normalize": "global", "as_image": True}
     # only the 16 shown channels: a whole-tensor difference was 4x the work on yolov3's 64-channel maps

@@ -6,7 +6,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engine.quant.fitness import error_stats
+from engine.kernels.threads import own_threads, parallel_items
+from engine.quant.fitness import STATS_BLOCK, dequantized_block, error_stats
+from engine.quant.intops import band_buffer
+from engine.quant.qtensor import QTensor
+
+CODE_BLOCK = 1 << 16     # codes per bincount of code_counts
 
 
 @dataclass
@@ -83,25 +88,69 @@ def histogram_counts(x: np.ndarray, bins: int | Sequence[float] = 128, log2: boo
     return counts, np.ldexp(1.0, np.arange(lo, hi + 2)).astype(np.float64)
 
 
-def qtensor_histogram_counts(qt, bins: int | Sequence[float] = 128,
-                             range: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """`histogram_counts(qt.dequantize(), bins)` of an int8 / uint8 `QTensor` without its float copy.
-
-    Every element is one of at most 256 real values, the dequantized codes: the codes are counted once
-    (a bincount over the bytes), then those values, computed by the same `dequantize`, are binned by
-    `np.histogram` with their counts as weights. Same edges (the min and max of the values present are
-    the float tensor's), same bin for every value: the same counts, several times faster on big tensors.
-    """
-    from engine.quant.qtensor import QTensor
+def code_counts(qt) -> np.ndarray:
+    """How many elements of an int8 / uint8 `QTensor` hold each code (256 counts, index = the code's byte)."""
     q = np.ascontiguousarray(qt.q).reshape(-1)
     if q.dtype not in (np.int8, np.uint8):
         raise TypeError(f"qtensor_histogram_counts: expected int8 or uint8 codes, got {q.dtype}")
-    n = np.bincount(q.view(np.uint8), minlength=256)
-    codes = np.arange(256, dtype=np.uint8).view(q.dtype)
-    values = QTensor(codes.reshape(1, 1, -1), qt.scale, qt.zero_point).dequantize().reshape(-1)
-    present = n > 0
-    counts, edges = np.histogram(values[present], bins=bins, range=range, weights=n[present])
-    return np.rint(counts).astype(np.int64), edges.astype(np.float64)
+    # in blocks: bincount widens its input to intp, a 22 MB temporary for a yolov3 208x208x64 map
+    u, out = q.view(np.uint8), np.zeros(256, np.int64)
+    for lo in range(0, u.size, CODE_BLOCK):
+        out += np.bincount(u[lo:lo + CODE_BLOCK], minlength=256)
+    return out
+
+
+def code_values(qt) -> np.ndarray:
+    """The 256 real values of `qt`'s codes in byte order, computed by `QTensor.dequantize` (float32)."""
+    codes = np.arange(256, dtype=np.uint8).view(np.asarray(qt.q).dtype)
+    return QTensor(codes.reshape(1, 1, -1), qt.scale, qt.zero_point).dequantize().reshape(-1)
+
+
+def qtensor_histogram_counts(qt, bins: int | Sequence[float] = 128,
+                             range: tuple[float, float] | None = None,
+                             codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`histogram_counts(qt.dequantize(), bins)` of an int8 / uint8 `QTensor` without its float copy.
+
+    Every element is one of at most 256 real values, the dequantized codes: the codes are counted once
+    (a bincount over the bytes; `codes`: that `code_counts(qt)` already made), then those values,
+    computed by the same `dequantize`, are binned by `np.histogram` with their counts as weights. Same
+    edges (the min and max of the values present are the float tensor's), same bin for every value:
+    the same counts, several times faster on big tensors. `qt` may be a list of QTensors (a route's
+    concatenated inputs, `codes` then a list too): one histogram of all their values.
+    """
+    qts = list(qt) if isinstance(qt, (list, tuple)) else [qt]
+    ns = list(codes) if isinstance(qt, (list, tuple)) and codes is not None else (
+        [codes] if codes is not None else [code_counts(q) for q in qts])
+    parts = [(code_values(q)[n > 0], n[n > 0]) for q, n in zip(qts, ns)]
+    if range is None and len(parts) > 1:
+        # np.histogram's default range is the data's (min, max), as float32 scalars (float32 edges): the
+        # same edges for every part
+        range = (min((v.min() for v, _ in parts), key=float), max((v.max() for v, _ in parts), key=float))
+    out = None
+    for values, n in parts:
+        counts, edges = np.histogram(values, bins=bins, range=range, weights=n)
+        out = counts if out is None else out + counts
+    return np.rint(out).astype(np.int64), edges.astype(np.float64)
+
+
+def qtensor_row(name: str, qts, codes: Sequence[np.ndarray] | None = None,
+                shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """`tensor_row(name, x)` of the dequantized values of int8 QTensors (one, or a route's concatenated
+    inputs) from their code counts (`code_counts`, computed here unless given): no float copy and no
+    pass over the elements beyond the bincount. Sums in float64 (tensor_row's std uses a float32 dot:
+    the two agree to display precision)."""
+    qts = list(qts) if isinstance(qts, (list, tuple)) else [qts]
+    ns = list(codes) if codes is not None else [code_counts(q) for q in qts]
+    vals = [code_values(q).astype(np.float64) for q in qts]
+    total = sum(int(n.sum()) for n in ns)
+    lo = min(float(v[n > 0].min()) for v, n in zip(vals, ns))
+    hi = max(float(v[n > 0].max()) for v, n in zip(vals, ns))
+    mean = sum(float(n @ v) for v, n in zip(vals, ns)) / total
+    var = max(0.0, sum(float(n @ (v * v)) for v, n in zip(vals, ns)) / total - mean * mean)
+    zeros = sum(int(n[v == 0].sum()) for v, n in zip(vals, ns))
+    shape = shape if shape is not None else qts[0].q.shape
+    return {"tensor": name, "shape": "x".join(map(str, shape)), "min": lo, "max": hi, "mean": mean,
+            "std": var ** 0.5, "max|x|": max(-lo, hi), "zeros %": 100.0 * zeros / total}
 
 
 def hist_percentile(counts: np.ndarray, edges: np.ndarray, q: float) -> float:
@@ -134,16 +183,44 @@ def tensor_row(name: str, x: np.ndarray) -> dict[str, Any]:
             "zeros %": 100.0 * (flat.size - np.count_nonzero(flat)) / flat.size}
 
 
-def error_row(name: str, ref: np.ndarray, y: np.ndarray, stats=None) -> dict[str, Any]:
+def error_row(name: str, ref: np.ndarray, y, stats=None) -> dict[str, Any]:
     """An error row of `y` against `ref`: SQNR (dB, higher is better), max and mean |error|.
 
     `stats`: the `ErrorStats` already computed for these tensors (e.g. `Session.fitness`), so the row
-    shows exactly the number the graph overlay colours by; else `error_stats(ref, y)`.
+    shows exactly the number the graph overlay colours by; else `error_stats(ref, y)`. `y` may be the
+    run's int8 QTensor: then mean |error| is summed block by block (`mean_abs_error`), never over a
+    whole float copy.
     """
+    if isinstance(y, QTensor):
+        st = stats if stats is not None else error_stats(np.asarray(ref), y)
+        return {"tensor": name, "shape": "x".join(map(str, y.q.shape)), "SQNR dB": st.sqnr_db,
+                "max|err|": st.max_abs, "mean|err|": mean_abs_error(np.asarray(ref, np.float32), y)}
     st = stats if stats is not None else error_stats(np.asarray(ref), np.asarray(y))
     err = np.abs(np.asarray(y, np.float32).reshape(-1) - np.asarray(ref, np.float32).reshape(-1))
     return {"tensor": name, "shape": "x".join(map(str, np.shape(y))), "SQNR dB": st.sqnr_db,
             "max|err|": st.max_abs, "mean|err|": float(err.mean(dtype=np.float64)) if err.size else 0.0}
+
+
+def mean_abs_error(ref: np.ndarray, qt) -> float:
+    """mean |qt.dequantize() - ref| (float32 differences, float64 sums), in blocks that stay in cache, on
+    the kernel threads; the partial sums are added in block order (the same result on any thread count)."""
+    r, q = ref.reshape(-1), np.asarray(qt.q).reshape(-1)
+    n = r.size
+    if n == 0:
+        return 0.0
+    count = -(-n // STATS_BLOCK)
+    sums = np.zeros(count)
+
+    def block(part: int, i: int) -> None:
+        lo, hi = i * STATS_BLOCK, min(n, (i + 1) * STATS_BLOCK)
+        e = dequantized_block(q[lo:hi], qt, band_buffer("mae-y", part, (hi - lo,), np.float32))
+        np.subtract(e, r[lo:hi], out=e)
+        np.abs(e, out=e)
+        sums[i] = e.sum(dtype=np.float64)
+
+    with own_threads():
+        parallel_items(count, block)
+    return float(sums.sum()) / n
 
 
 def threshold_in_use(qmodel, tensor_id: str) -> float | None:

@@ -49,3 +49,47 @@ def test_equals_numpy_for_every_grid_range_and_edges(zero_point, dtype):
 def test_refuses_float_codes():
     with pytest.raises(TypeError, match="int8 or uint8"):
         qtensor_histogram_counts(QTensor(np.zeros((1, 2, 2), np.float32), 1.0))
+
+
+def test_route_inputs_histogram_row_and_error_row_from_codes(tiny, tiny_q):
+    """A route's concatenated int8 inputs (two grids): one histogram from both parts' code counts equals
+    np.histogram of the concatenated float copy; qtensor_row equals tensor_row; the error row of a QTensor
+    (mean |err| in blocks) equals the float one."""
+    from engine.session.stats import code_counts, error_row, qtensor_row, tensor_row
+    s = engine.Session(tiny, tiny_q, mode="int", image=sample("dog"))
+    s.run_to(20)
+    route = next(i for i in range(21) if tiny.layers[i].kind == "route" and len(tiny.layers[i].inputs) == 2)
+    parts = [s.output_q(p) for p in tiny.layers[route].inputs]
+    assert None not in parts and parts[0].scale != parts[1].scale
+    x = np.concatenate([p.dequantize() for p in parts])
+    c, e = qtensor_histogram_counts(parts, 128, codes=[code_counts(p) for p in parts])
+    c_ref, e_ref = np.histogram(x, bins=128)
+    np.testing.assert_array_equal(e, e_ref)
+    np.testing.assert_array_equal(c, c_ref)
+    row, ref_row = qtensor_row("in", parts, shape=x.shape), tensor_row("in", x)
+    assert row.keys() == ref_row.keys() and row["shape"] == ref_row["shape"]
+    for k in ("min", "max", "max|x|", "zeros %"):
+        assert row[k] == ref_row[k], k
+    # float64 sums from the codes: the exact moments (tensor_row's float32 dot is off by ~1e-5 here)
+    x64 = x.astype(np.float64)
+    assert row["mean"] == pytest.approx(x64.mean(), rel=1e-12)
+    assert row["std"] == pytest.approx(x64.std(), rel=1e-9)
+    assert row["std"] == pytest.approx(ref_row["std"], rel=1e-4)
+    ref = s.float_reference()[route - 1]
+    qt = s.output_q(route - 1)
+    got, want = error_row("e", ref, qt), error_row("e", ref, qt.dequantize())
+    assert got["shape"] == want["shape"] and got["SQNR dB"] == want["SQNR dB"] and got["max|err|"] == want["max|err|"]
+    assert got["mean|err|"] == pytest.approx(want["mean|err|"], rel=1e-9) and got["mean|err|"] > 0
+
+
+def test_mean_abs_error_same_on_any_block_split(monkeypatch):
+    import engine.quant.fitness as fitness
+    from engine.session import stats
+    rng = np.random.default_rng(3)
+    qt = QTensor(rng.integers(-127, 128, (3, 50, 41)).astype(np.int8), 0.02, 0)
+    ref = rng.normal(0, 1, qt.q.shape).astype(np.float32)
+    want = float(np.abs(qt.dequantize() - ref).astype(np.float64).mean())
+    for block in (1 << 15, 1000, 7):
+        monkeypatch.setattr(stats, "STATS_BLOCK", block)
+        assert stats.mean_abs_error(ref, qt) == pytest.approx(want, rel=1e-12)
+    assert fitness.STATS_BLOCK == 1 << 15

@@ -397,6 +397,22 @@ def test_shortcut_int_equals_fraction_reference_incl_unequal_shapes(ca, cb, hw, 
     assert rec["saturated"] == saturated
 
 
+@pytest.mark.parametrize("act", ["linear", "leaky", "relu"])
+@pytest.mark.parametrize("ca, cb, ha, hb", [(5, 3, 4, 4), (3, 6, 6, 3), (4, 4, 3, 6)])
+def test_shortcut_int_in_channel_blocks_equals_fraction_reference(monkeypatch, act, ca, cb, ha, hb):
+    """Blocks of one or two channels (several threads, the added tensor ending inside a block)."""
+    import engine.quant.int_layers as il
+    monkeypatch.setattr(il, "SHORTCUT_BLOCK", 2 * ha * ha)        # 2 channels per block
+    rng = np.random.default_rng(ca * 100 + hb)
+    a = QTensor(rng.integers(-127, 128, (ca, ha, ha)).astype(np.int8), 0.03)
+    b = QTensor(rng.integers(-127, 128, (cb, hb, hb)).astype(np.int8), 0.05)
+    rec: dict = {}
+    y = shortcut_forward_int(SimpleNamespace(alpha=1.0, beta=1.0, activation=act), [a, b], None, 0.04, rec)
+    ref, saturated = naive_shortcut(a, b, 1.0, 1.0, 0.04, act)
+    np.testing.assert_array_equal(y.q.astype(np.int64), ref)
+    assert rec["saturated"] == saturated > 0
+
+
 @FAST
 @given(st.integers(1, 4), st.integers(1, 12), st.integers(1, 12), st.sampled_from([(2, 2), (2, 1), (3, 1), (3, 2), (5, 1)]),
        st.sampled_from([None, 0, 1, 2]), st.integers(0, 2 ** 32 - 1))

@@ -109,3 +109,17 @@ def test_weights_png_one_cell_per_filter_and_channel():
     assert a.shape == (3 * 13 - 1, 5 * 13 - 1, 3)            # rows: channels, columns: filters
     assert (a[0:12, 4 * 13:4 * 13 + 12] == DIVERGING[-1]).all()
     assert png(weights_png(np.ones((40, 50, 1, 1), np.float32))).shape == (32 * 3, 32 * 3, 3)
+
+
+def test_a_run_length_encoded_histogram_png_decodes_to_the_drawn_pixels():
+    from qwidgets._encode import histogram_png, to_png
+    rng = np.random.default_rng(1)
+    counts, edges = np.histogram(rng.normal(size=5000), bins=64)
+    png = histogram_png({"FLOAT": (counts, edges), "INT": (counts[::-1], edges)}, {"kl": 1.0, "max": 2.5},
+                        title="layer 3 output", in_use="kl")
+    im = Image.open(io.BytesIO(png))
+    pixels = np.asarray(im.convert("RGB"))
+    assert im.size == (480, 200) and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 4
+    # the same pixels as the default (filtered, deflate) encoding
+    again = np.asarray(Image.open(io.BytesIO(to_png(Image.fromarray(pixels)))).convert("RGB"))
+    np.testing.assert_array_equal(pixels, again)

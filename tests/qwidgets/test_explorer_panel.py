@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import engine
 from qwidgets import Explorer
@@ -71,3 +72,40 @@ def test_weights_rows_say_which_weights_they_are(tiny, tiny_q):
     fused = s.weights(2, "fused")["weights"]
     assert rows["weights FLOAT (BN folded)"]["max"] == float(fused.max())
     assert rows["weights (cfg file, before BN fold)"]["max"] == float(s.weights(2)["weights"].max())
+
+
+def test_int8_tensors_are_read_as_codes_and_draw_what_their_float_copies_draw(tiny, tiny_q, monkeypatch):
+    """An INT layer's output and a route's two int8 inputs: rows, histograms and maps from the codes, never
+    from the run's whole float copies, and the same pictures as the float path (rows to display precision)."""
+    from engine.imaging.samples import sample
+    from engine.session.stats import error_row, tensor_row
+    from qwidgets._panel_data import join_inputs
+    from qwidgets._session_panel import SessionPanelData
+    s = engine.Session(tiny, tiny_q, "int", image=sample("dog"))
+    s.run_to(20)
+    route = next(i for i in range(21) if tiny.layers[i].kind == "route" and len(tiny.layers[i].inputs) == 2)
+    floats = SessionPanelData(s)
+    monkeypatch.setattr(floats, "_codes", lambda tokens: None)           # the float path, as before
+    want = {n: floats.data(str(n)) for n in (route, 13)}
+    copies: list = []
+    output, inputs = s.output, s.inputs
+    monkeypatch.setattr(s, "output", lambda i: (copies.append(("output", i)), output(i))[1])
+    monkeypatch.setattr(s, "inputs", lambda i: (copies.append(("inputs", i)), inputs(i))[1])
+    codes = SessionPanelData(s)
+    for n in (route, 13):
+        info, images, rows = codes.data(str(n))
+        assert images == want[n][1] and info == want[n][0], n
+        got, ref = {r["tensor"]: r for r in rows}, {r["tensor"]: r for r in want[n][2]}
+        assert got.keys() == ref.keys()
+        for name, row in got.items():
+            for k, v in row.items():
+                assert v == ref[name][k] if isinstance(v, str) else np.isclose(v, ref[name][k], rtol=1e-4), (n, name, k)
+    assert copies == []
+    # and those rows are the statistics of the float copies
+    rows = {r["tensor"]: r for r in codes.data(str(route))[2]}
+    x = join_inputs(inputs(route))
+    assert rows["input INT"]["max"] == tensor_row("", x)["max"]
+    assert rows["input INT"]["shape"] == "x".join(map(str, x.shape))
+    rows = {r["tensor"]: r for r in codes.data("13")[2]}
+    y, ref = output(13), s.float_reference()[13]
+    assert rows["INT - FLOAT"]["mean|err|"] == pytest.approx(error_row("", ref, y)["mean|err|"], rel=1e-9)

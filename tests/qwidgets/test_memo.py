@@ -141,3 +141,23 @@ def test_an_int8_edit_forgets_only_its_layer_and_the_panel_stays_equal_to_a_cold
     panel.invalidate([edit])
     for node in ("3", "4", "12"):
         assert panel.data(node)[1:] == SessionPanelData(s).data(node)[1:], node
+
+
+def test_warm_ahead_covers_every_float_input_picture_row_and_counts(tiny, tiny_q, monkeypatch):
+    """After the warm-up a FLOAT panel computes nothing from tensors but its histogram picture: input and
+    output pictures, rows and counts were ready, a route's or shortcut's joined inputs too."""
+    s = engine.Session(tiny, tiny_q, mode="float", image=sample("dog"))
+    warm = SessionPanelData(s)
+    for i in range(s.num_layers):
+        warm.warm(str(i))
+    computed: list = []
+    get = warm.memo.get
+    monkeypatch.setattr(warm.memo, "get", lambda tokens, extra, compute: get(
+        tokens, extra, lambda: (computed.append(extra), compute())[1]))
+    joined = [i for i in range(s.num_layers) if len(tiny.layers[i].inputs) > 1]
+    assert joined
+    for node in ["0", "5", str(s.num_layers - 1), *map(str, joined)]:
+        computed.clear()
+        data = warm.data(node)
+        assert [e for e in computed if not (isinstance(e, tuple) and e[0] == "hist png")] == [], node
+        assert data[1:] == SessionPanelData(s).data(node)[1:], node
