@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.darknet.overlaps import candidate_pairs
+from engine.kernels.threads import own_threads, parallel_items
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -70,14 +71,23 @@ def overlap_pairs(boxes: np.ndarray, nms: float, kind: str = "default") -> np.nd
     cx, cy, w, h = (np.ascontiguousarray(c) for c in boxes.T)
     with np.errstate(over="ignore"):       # exp() of a wild logit gives inf boxes, as in Darknet
         x1, x2, y1, y2, area = cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2, w * h
-    i, j = pairs[:, 0], pairs[:, 1]
-    ow = np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j])
-    oh = np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j])
-    inter = np.where((ow < 0) | (oh < 0), 0.0, ow * oh)
-    union = area[i] + area[j] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    return pairs[iou > nms]
+    keep = np.empty(pairs.shape[0], bool)
+
+    def chunk(_part: int, c: int) -> None:   # fixed chunks on the kernel threads: same bits
+        i, j = pairs[c * CHUNK:(c + 1) * CHUNK, 0], pairs[c * CHUNK:(c + 1) * CHUNK, 1]
+        ow = np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j])
+        oh = np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j])
+        inter = np.where((ow < 0) | (oh < 0), 0.0, ow * oh)
+        union = area[i] + area[j] - inter
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        np.greater(iou, nms, out=keep[c * CHUNK:(c + 1) * CHUNK])
+
+    parallel_items(-(-pairs.shape[0] // CHUNK), chunk)
+    return pairs[keep]
+
+
+CHUNK = 1 << 16   # candidate pairs per IoU chunk
 
 
 def nms_sort(c, nms: float, kind: str = "default") -> np.ndarray:
@@ -86,13 +96,14 @@ def nms_sort(c, nms: float, kind: str = "default") -> np.ndarray:
     probs = c.probs
     if nms <= 0 or probs.shape[0] < 2:
         return probs.copy()
-    edges = overlap_pairs(np.asarray(c.boxes, np.float64), nms, kind)
-    if not edges.size:
-        return probs.copy()
-    return np.where(_suppressed(probs, edges[:, 0], edges[:, 1]), 0.0, probs)   # the copy, zeroed
+    with own_threads():                         # NumPy releases the GIL: chunks on 2 cores
+        edges = overlap_pairs(np.asarray(c.boxes, np.float64), nms, kind)
+        if not edges.size:
+            return probs.copy()
+        return np.where(_suppressed(probs, edges[:, 0], edges[:, 1]), 0.0, probs)   # the copy, zeroed
 
 
-BLOCK = 8192   # edges per block when comparing probabilities: 2 x 8192 x K float64 rows at a time
+BLOCK = 4096   # edges per block when comparing probabilities: 2 x 4096 x K float64 rows at a time
 
 
 def _directed(probs: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -105,8 +116,12 @@ def _directed(probs: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarr
     _pack(probs > 0, stand)
     both = stand[u] & stand[v]
     fwd = np.zeros((u.size, words), np.uint64)
-    for s in range(0, u.size, BLOCK):
-        _pack(probs[u[s:s + BLOCK]] >= probs[v[s:s + BLOCK]], fwd[s:s + BLOCK])
+
+    def block(_part: int, b: int) -> None:
+        s = slice(b * BLOCK, (b + 1) * BLOCK)
+        _pack(probs[u[s]] >= probs[v[s]], fwd[s])
+
+    parallel_items(-(-u.size // BLOCK), block)
     bwd = ~fwd & both                           # the padding bits of ~fwd: cleared by `both`
     fwd &= both
     return fwd, bwd

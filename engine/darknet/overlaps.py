@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.kernels.threads import parallel_items
+
 BINS = 2                  # area bins per octave (finer bins: fewer candidates, more bin pairs)
 MARGIN = 2.0 ** -20       # relative loosening of every bound against rounding in the IoU
 CONDITION = 2.0 ** 16     # |centre| + side <= CONDITION * side: the fast path's rounding argument
@@ -120,17 +122,19 @@ def _binned_pairs(cx: np.ndarray, cy: np.ndarray, w: np.ndarray, h: np.ndarray,
     r_hi = np.clip(np.floor(yq + ry), 0, CELLS + 1).astype(np.int64)
     base = pq << 42
     same = a[pq] == bq
-    found_i, found_j = [], []
-    for dr in range(3):
+    found: list = [None] * 3
+
+    def scan(_part: int, dr: int) -> None:    # one row of the windows: the 3 run on the kernel threads
         row = (r_lo + dr) << 24
         lo = np.searchsorted(key, base | row | c_lo, "left")
         count = np.where(r_lo + dr <= r_hi, np.searchsorted(key, base | row | c_hi, "right") - lo, 0)
         i = np.repeat(iq, count)
         j = jd[_ranges(lo, count)]
         ok = ~np.repeat(same, count) | (i < j)
-        found_i.append(i[ok])
-        found_j.append(j[ok])
-    return np.concatenate(found_i), np.concatenate(found_j)
+        found[dr] = i[ok], j[ok]
+
+    parallel_items(3, scan)
+    return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
 
 
 def _level_pairs(boxes: np.ndarray, regular: np.ndarray, t: float) -> np.ndarray:

@@ -186,3 +186,23 @@ def test_nms_with_nan_and_infinite_probabilities():
         ref = naive_nms_sort(c, nms)
         assert np.array_equal(nms_sort(c, nms), ref, equal_nan=True)
         assert np.count_nonzero(ref == np.inf) < np.count_nonzero(c.probs == np.inf)   # infinities suppressed too
+
+
+def test_nms_is_the_same_on_one_or_two_kernel_threads():
+    """The candidate rows, IoU chunks and comparison blocks run on the kernel threads (own_threads):
+    a big dense case (several chunks and blocks) gives the same bits on 1 and 2 threads."""
+    from engine.darknet import nms as nms_module
+    from engine.kernels.threads import blas_limit
+    rng = np.random.default_rng(21)
+    c = yolo_like(rng, 40, [(0.03, 0.04), (0.06, 0.05), (0.1, 0.12)], 20, levels=6)   # 4800 boxes
+    old = nms_module.CHUNK, nms_module.BLOCK
+    nms_module.CHUNK, nms_module.BLOCK = 4096, 512                 # many chunks and blocks
+    try:
+        with blas_limit(1):
+            one = nms_sort(c, 0.3)
+        with blas_limit(2):
+            two = nms_sort(c, 0.3)
+    finally:
+        nms_module.CHUNK, nms_module.BLOCK = old
+    assert np.array_equal(one, two)
+    assert np.array_equal(one, naive_nms_sort(c, 0.3))
