@@ -96,7 +96,10 @@ class Explorer(widgets.VBox):
         # two lines' height, so a one- or two-line message does not move the graph canvas below it
         # (cytoscape maps clicks with the canvas position it measured earlier: `GraphView._legend`)
         css = widgets.HTML("<style>.qw-explorer .qw-status{white-space:normal !important;height:auto !important;"
-                           "line-height:1.35;min-height:2.7em}.qw-explorer .widget-button{overflow:visible}</style>")
+                           "line-height:1.35;min-height:2.7em}.qw-explorer .widget-button{overflow:visible}"
+                           # the hover line is rewritten on every mouseover: strict containment keeps that
+                           # change from dirtying the page's layout before cytoscape's mousedown reads it
+                           ".qw-hover{contain:strict}</style>")
         super().__init__(children=[css, self.controls, widgets.HBox([left, self.tabs])], **kwargs)
         self.add_class("qw-explorer")
         traitlets.link((self, "follow"), (self._follow, "value"))
