@@ -111,7 +111,9 @@ def tiles_of(h: int, w: int, p: int, m: int) -> tuple[int, int]:
     return (h + 2 * p - 2 + m - 1) // m, (w + 2 * p - 2 + m - 1) // m
 
 
-def _padded(x: np.ndarray, p: int, hp: int, wp: int, scratch: Scratch) -> np.ndarray:
+def padded(x: np.ndarray, p: int, hp: int, wp: int, scratch: Scratch) -> np.ndarray:
+    """x in a zero border: (C, hp, wp) with x at (p, p); rows and columns past the input are zero too.
+    One scratch buffer for both Winograd kernels (this one and winograd_rows): layers run one at a time."""
     c, h, w = x.shape
     xp = scratch.get("wino_pad", (c, hp, wp))
 
@@ -139,7 +141,7 @@ def input_transform(x: np.ndarray, p: int, m: int, scratch: Scratch) -> np.ndarr
     t = m + 2
     th, tw = tiles_of(h, w, p, m)
     tiles = th * tw
-    xp = _padded(x, p, m * th + 2, m * tw + 2, scratch)
+    xp = padded(x, p, m * th + 2, m * tw + 2, scratch)
     s0, s1, s2 = xp.strides
     view = as_strided(xp, (t, t, c, th, tw), (s2, s1, s0, m * s1, m * s2), writeable=False)  # [x, y, c, ty, tx]
     kb, _ = kron(m)

@@ -24,9 +24,9 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from engine.kernels.scratch import Scratch
-from engine.kernels.threads import parallel_for, parallel_items
+from engine.kernels.threads import parallel_items
 from engine.kernels.winograd import WEIGHT_BLOCK
-from engine.kernels.winograd_gemm import POINTS, matrices
+from engine.kernels.winograd_gemm import POINTS, matrices, padded
 
 F = np.float32
 M_ROWS = 6               # output rows per tile: F(6, 3) measured faster than F(4, 3) on every shape it runs
@@ -86,7 +86,7 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
         raise ValueError(f"winograd_rows: input {x.shape} with padding {p} gives no output")
     th = -(-ho // m)
     wp = w + 2 * p
-    xp = _padded(x, p, m * th + 2, wp, scratch)
+    xp = padded(x, p, m * th + 2, wp, scratch)
     bt, _, at = (a.astype(F) for a in matrices(m))
     k1 = POINTS[m].index(1)
     bias = b.reshape(n, 1)
@@ -136,18 +136,3 @@ def _act_into(yy: np.ndarray, y: np.ndarray, row0: int, act: str | None, scratch
             np.maximum(src, F(0), out=src)
         dst[...] = src
 
-
-def _padded(x: np.ndarray, p: int, hp: int, wp: int, scratch: Scratch) -> np.ndarray:
-    """x in a zero border: (C, hp, wp) with x at (p, p); rows past the input are zero too."""
-    c, h, w = x.shape
-    xp = scratch.get("wino_pad", (c, hp, wp))   # shared with winograd_gemm: layers run one at a time
-
-    def run(lo: int, hi: int) -> None:
-        xp[lo:hi, :p] = 0
-        xp[lo:hi, p + h:] = 0
-        xp[lo:hi, p:p + h, :p] = 0
-        xp[lo:hi, p:p + h, p + w:] = 0
-        xp[lo:hi, p:p + h, p:p + w] = x[lo:hi]
-
-    parallel_for(c, run, xp.size)
-    return xp
