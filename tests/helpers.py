@@ -114,3 +114,38 @@ def require(ok: bool, why: str, what: str = "test", hint: str = "") -> None:
     if IN_CI:
         pytest.fail(f"{what} prerequisite missing in CI: {why}{hint}")
     pytest.skip(why)
+
+
+def random_conv3x3(rng: np.random.Generator, c: int, h: int, w: int, n: int):
+    """A float32 3x3 conv for kernel tests: input (c, h, w), weights (n, c, 3, 3) scaled by the fan-in
+    (outputs of order 1), bias (n,)."""
+    x = rng.standard_normal((c, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((n, c, 3, 3)) / np.sqrt(c * 9)).astype(np.float32)
+    return x, wt, rng.standard_normal(n).astype(np.float32)
+
+
+def assert_close(y: np.ndarray, ref: np.ndarray, what: str, rtol: float = 1e-4) -> None:
+    """y against a float64 reference: max |diff| within rtol of max(1, max |ref|)."""
+    assert y.shape == ref.shape, f"{what}: shape {y.shape}, expected {ref.shape}"
+    err = float(np.abs(y.astype(np.float64) - ref).max())
+    tol = rtol * max(1.0, float(np.abs(ref).max()))
+    assert err <= tol, f"{what}: max |diff| {err:.3g} > {tol:.3g}"
+
+
+def assert_kernel_on_layer(kind: str, c: int, side: int, n: int, what: str) -> None:
+    """A real layer's shape (c -> n @side, 3x3 stride 1, leaky) through `conv2d`: the chooser picks
+    `kind`; 1 and 2 threads give the same bits; first and last filters against the direct conv."""
+    from engine.kernels import threads
+    from engine.kernels.conv import choice, conv2d
+    from engine.kernels.gemm import conv2d_naive
+    from engine.kernels.scratch import Scratch
+    require(bool(threads._kernel_blas()), "no BLAS found by threadpoolctl: thread count cannot be set")
+    x, wt, b = random_conv3x3(np.random.default_rng(c), c, side, side, n)
+    assert choice(c, side, side, n, 3, 1, 1) == kind
+    with threads.blas_limit(1):
+        one = conv2d(x, wt.reshape(n, -1), b, 3, 1, 1, 1, Scratch(), act="leaky")
+    with threads.blas_limit(2):
+        y = conv2d(x, wt.reshape(n, -1), b, 3, 1, 1, 1, Scratch(), act="leaky")
+    assert np.array_equal(y, one)
+    ref = conv2d_naive(x, wt[[0, n - 1]], b[[0, n - 1]], 1, 1)
+    assert_close(y[[0, n - 1]], np.maximum(ref, 0.1 * ref), f"{what} {c}->{n} @{side}, leaky")

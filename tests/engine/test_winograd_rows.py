@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.kernels import threads, winograd_rows
-from engine.kernels.conv import choice, conv2d
+from engine.kernels import winograd_rows
+from engine.kernels.conv import choice
 from engine.kernels.gemm import conv2d_naive
 from engine.kernels.scratch import Scratch
-
-RTOL = 1e-4
+from helpers import assert_close, assert_kernel_on_layer, random_conv3x3
 
 CASES = [  # (c, h, w, n, p): partial last tile rows, 1-row maps, padding 0 and 2, several bands
     (3, 13, 13, 5, 1), (4, 1, 1, 2, 1), (2, 2, 3, 3, 1), (3, 6, 6, 2, 0), (3, 7, 5, 2, 2), (5, 26, 26, 4, 1),
@@ -18,24 +17,11 @@ CASES = [  # (c, h, w, n, p): partial last tile rows, 1-row maps, padding 0 and 
 ]
 
 
-def random_conv(rng, c, h, w, n):
-    x = rng.standard_normal((c, h, w)).astype(np.float32)
-    wt = (rng.standard_normal((n, c, 3, 3)) / np.sqrt(c * 9)).astype(np.float32)
-    return x, wt, rng.standard_normal(n).astype(np.float32)
-
-
-def assert_close(y, ref, what, rtol=RTOL):
-    assert y.shape == ref.shape, f"{what}: shape {y.shape}, expected {ref.shape}"
-    err = float(np.abs(y.astype(np.float64) - ref).max())
-    tol = rtol * max(1.0, float(np.abs(ref).max()))
-    assert err <= tol, f"{what}: max |diff| {err:.3g} > {tol:.3g}"
-
-
 @pytest.mark.parametrize("m", [4, 6])
 @pytest.mark.parametrize("c,h,w,n,p", CASES)
 def test_rows_winograd_matches_the_direct_conv(m, c, h, w, n, p):
     rng = np.random.default_rng(c * 1000 + h * 10 + w)
-    x, wt, b = random_conv(rng, c, h, w, n)
+    x, wt, b = random_conv3x3(rng, c, h, w, n)
     u = winograd_rows.transform_weights(wt.reshape(n, -1), m)
     assert u.shape == (m + 2, n, 3 * c) and winograd_rows.is_rows_form(u)
     ref = conv2d_naive(x, wt, b, 1, p)
@@ -67,18 +53,7 @@ def test_real_layer_shapes_match_naive_and_are_thread_independent(c, side, n):
     """yolov3-tiny layers 2 (16 -> 32 @208) and 4 (32 -> 64 @104), leaky, through conv2d: the chooser
     picks the rows kernel; first and last filters against the direct conv; 1 and 2 threads give the
     same bits (bands are the same GEMMs on any thread count)."""
-    from helpers import require
-    require(bool(threads._kernel_blas()), "no BLAS found by threadpoolctl: thread count cannot be set")
-    rng = np.random.default_rng(c)
-    x, wt, b = random_conv(rng, c, side, side, n)
-    assert choice(c, side, side, n, 3, 1, 1) == "winograd-rows"
-    with threads.blas_limit(1):
-        one = conv2d(x, wt.reshape(n, -1), b, 3, 1, 1, 1, Scratch(), act="leaky")
-    with threads.blas_limit(2):
-        y = conv2d(x, wt.reshape(n, -1), b, 3, 1, 1, 1, Scratch(), act="leaky")
-    assert np.array_equal(y, one)
-    ref = conv2d_naive(x, wt[[0, n - 1]], b[[0, n - 1]], 1, 1)
-    assert_close(y[[0, n - 1]], np.maximum(ref, 0.1 * ref), f"rows {c}->{n} @{side}, leaky")
+    assert_kernel_on_layer("winograd-rows", c, side, n, "rows")
 
 
 def test_chooser_gives_rows_to_few_channels_on_large_maps_only():
