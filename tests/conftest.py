@@ -54,3 +54,22 @@ def tiny_q(tiny, tiny_stats):
     """yolov3-tiny quantized per channel with minmax (the best method on these photos)."""
     from engine.quant.qmodel import quantize_model
     return quantize_model(tiny, tiny_stats, "minmax", per_channel=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_ort(tiny, tiny_stats):
+    """yolov3-tiny quantized per channel with minmax under the `onnxruntime` profile (ORT's integer rules)."""
+    from engine.quant.qmodel import quantize_model
+    return quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="onnxruntime")
+
+
+@pytest.fixture(scope="session")
+def photo_inputs(tiny):
+    """The four shared photos letterboxed for yolov3-tiny, and a fifth input: photo 1 mirrored."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from helpers import IMAGES
+    pres = [tiny.preprocess(p) for p in sorted(IMAGES.glob("*.jpg"))]
+    return pres + [replace(pres[1], x=np.ascontiguousarray(pres[1].x[:, :, ::-1]))]

@@ -24,23 +24,10 @@ PHOTOS = sorted(IMAGES.glob("*.jpg"))
 HEADS = (15, 16, 22, 23)          # the raw head convs and the [yolo] layers of yolov3-tiny
 
 
-@pytest.fixture(scope="module")
-def tiny_ort(tiny, tiny_stats):
-    return quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def inputs(tiny):
-    pres = [tiny.preprocess(p) for p in PHOTOS]
-    from dataclasses import replace
-    flipped = replace(pres[1], x=np.ascontiguousarray(pres[1].x[:, :, ::-1]))   # a variant: mirrored letterbox
-    return pres + [flipped]
-
-
-def test_float_heads_within_1e4_relative_of_numpy(tiny, inputs):
+def test_float_heads_within_1e4_relative_of_numpy(tiny, photo_inputs):
     run = forward_on("onnxruntime", tiny, None, "float")
     worst = 0.0
-    for pre in inputs:
+    for pre in photo_inputs:
         ours, theirs = tiny.forward(pre.x), run(pre.x)
         for h in HEADS:
             assert theirs[h].shape == ours[h].shape and theirs[h].dtype == np.float32
@@ -49,7 +36,7 @@ def test_float_heads_within_1e4_relative_of_numpy(tiny, inputs):
             assert rel < 1e-4, (h, rel)
     assert worst > 0          # a different runtime: not the same bits (the test compares two computations)
     n = 0
-    for p in inputs:
+    for p in photo_inputs:
         a, b = detect_outputs(tiny, tiny.forward(p.x), p), detect_outputs(tiny, run(p.x), p)
         assert [d.class_id for d in a] == [d.class_id for d in b]
         assert np.allclose([d[2:] for d in a], [d[2:] for d in b], rtol=1e-4, atol=1e-3) if a else not b
@@ -57,7 +44,7 @@ def test_float_heads_within_1e4_relative_of_numpy(tiny, inputs):
     assert n > 15
 
 
-def test_int_identical_to_numpy_whatever_the_thread_count(tiny, tiny_ort, inputs):
+def test_int_identical_to_numpy_whatever_the_thread_count(tiny, tiny_ort, photo_inputs):
     ex = Executor(tiny, tiny_ort, "int")
     total = 0
     floats = {}
@@ -65,8 +52,8 @@ def test_int_identical_to_numpy_whatever_the_thread_count(tiny, tiny_ort, inputs
         with blas_limit(threads):
             run = forward_on("onnxruntime", tiny, tiny_ort, "int")
             run_float = forward_on("onnxruntime", tiny, None, "float")
-            floats[threads] = [np.array(run_float(pre.x)[h]) for pre in inputs[:2] for h in HEADS]
-            for pre in inputs:
+            floats[threads] = [np.array(run_float(pre.x)[h]) for pre in photo_inputs[:2] for h in HEADS]
+            for pre in photo_inputs:
                 ours, theirs = ex.forward(pre.x), run(pre.x)
                 for h in HEADS:
                     assert np.array_equal(ours[h], theirs[h]), (threads, h)

@@ -5,8 +5,6 @@ INT identical; batch evaluation feeds ORT `run.batch` images per call with the p
 NumPy engine."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
@@ -19,27 +17,15 @@ from engine.export import ort_backend  # noqa: E402
 from engine.export.ort_backend import forward_each, forward_on  # noqa: E402
 from engine.kernels.threads import blas_limit  # noqa: E402
 from engine.quant.executor import Executor  # noqa: E402
-from engine.quant.qmodel import quantize_model  # noqa: E402
 
 PHOTOS = sorted(IMAGES.glob("*.jpg"))
 HEADS = (15, 16, 22, 23)          # the raw head convs and the [yolo] layers of yolov3-tiny
 
 
-@pytest.fixture(scope="module")
-def tiny_ort(tiny, tiny_stats):
-    return quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def pres(tiny):
-    pres = [tiny.preprocess(p) for p in PHOTOS]
-    return pres + [replace(pres[1], x=np.ascontiguousarray(pres[1].x[:, :, ::-1]))]   # 5: a mirrored variant
-
-
 @pytest.mark.parametrize("mode", ["float", "int"])
 @pytest.mark.parametrize("all_outputs", [False, True])
-def test_image_k_of_a_batch_is_a_batch_of_one_run(tiny, tiny_ort, pres, mode, all_outputs):
-    xb = np.stack([p.x for p in pres])
+def test_image_k_of_a_batch_is_a_batch_of_one_run(tiny, tiny_ort, photo_inputs, mode, all_outputs):
+    xb = np.stack([p.x for p in photo_inputs])
     layers = range(len(tiny.layers)) if all_outputs else HEADS
     by_threads = {}
     for threads in (1, 2):
@@ -47,8 +33,8 @@ def test_image_k_of_a_batch_is_a_batch_of_one_run(tiny, tiny_ort, pres, mode, al
             run = forward_on("onnxruntime", tiny, tiny_ort if mode == "int" else None, mode, all_outputs=all_outputs)
             batch = by_threads[threads] = run(xb)
             for i in layers:
-                assert batch[i].shape == (len(pres), *tiny.layers[i].out_shape) and batch[i].dtype == np.float32
-            for k, pre in enumerate(pres):
+                assert batch[i].shape == (len(photo_inputs), *tiny.layers[i].out_shape) and batch[i].dtype == np.float32
+            for k, pre in enumerate(photo_inputs):
                 one = run(pre.x)
                 view = batch.image(k)
                 for i in layers:
@@ -65,7 +51,7 @@ def test_image_k_of_a_batch_is_a_batch_of_one_run(tiny, tiny_ort, pres, mode, al
         assert 0 < worst < 1e-4                      # two computations, within 1e-4 relative
 
 
-def test_forward_each_feeds_run_batch_images_per_call(tiny, pres, monkeypatch):
+def test_forward_each_feeds_run_batch_images_per_call(tiny, photo_inputs, monkeypatch):
     run = forward_on("onnxruntime", tiny, None, "float")
     assert run.batch == ort_backend.BATCH            # yolov3-tiny's head inputs: 8 images are ~3 MB
     per_image = 4 * sum(int(np.prod(tiny.layers[i].out_shape)) for i in range(len(tiny.layers))
@@ -79,7 +65,7 @@ def test_forward_each_feeds_run_batch_images_per_call(tiny, pres, monkeypatch):
         calls.append(x.shape)
         return kept(x)
     recorded.batch = kept.batch
-    xs = [p.x for p in pres]
+    xs = [p.x for p in photo_inputs]
     got = list(forward_each(recorded, xs))
     assert calls == [(2, 3, 416, 416), (2, 3, 416, 416), (3, 416, 416)]
     for outs, x in zip(got, xs):
