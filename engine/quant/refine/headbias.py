@@ -30,12 +30,9 @@ import numpy as np
 
 from engine.calib.floats import FloatOutputs, float_outputs
 from engine.errors import ArgumentError, EngineError
+from engine.layers.activations import logistic
 from engine.quant.layerquant import LayerQuant
 from engine.quant.qmodel import QuantizedModel
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
 
 
 def head_convs(model, qmodel: QuantizedModel) -> list[tuple[int, int, int]]:
@@ -63,8 +60,8 @@ def head_shifts(f: np.ndarray, q: np.ndarray, anchors: int, classes: int,
     num, den = np.zeros((anchors, per)), np.zeros((anchors, per))
     if boxes:
         num[:, :4], den[:, :4] = d[:, :4].sum(axis=2), d.shape[2]
-    obj = _sigmoid(f[:, 4])                                  # (A, P)
-    cls = _sigmoid(f[:, 5:])                                 # (A, classes, P)
+    obj = logistic(f[:, 4].copy())                           # (A, P); logistic works in place
+    cls = logistic(f[:, 5:].copy())                          # (A, classes, P)
     if weighting not in ("score", "slope"):
         raise ArgumentError(f"head bias weighting={weighting!r}: expected 'score' or 'slope'")
     if weighting == "slope":
