@@ -17,9 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from engine.kernels.threads import own_threads, parallel_items
+from engine.kernels.threads import own_threads, parallel_for, parallel_items
 from engine.layers.activations import activate
-from engine.kernels.threads import own_threads, parallel_for
 from engine.layers.maxpool import maxpool, maxpool_out_size
 from engine.layers.reorg import reorg_pj, space_to_depth
 from engine.layers.route import route_slices
