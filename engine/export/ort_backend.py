@@ -252,6 +252,13 @@ def forward_each(run: Callable, xs: Sequence[np.ndarray]) -> Iterator[Sequence[n
             yield outs.image(k)
 
 
+def detect_each(model, run: Callable, pres: Sequence, thresh: float, nms: float) -> list:
+    """The detections of each preprocessed image through `run`, fed as `forward_each` feeds it."""
+    from engine.darknet.detect import detect_outputs
+    outs_each = forward_each(run, [p.x for p in pres])
+    return [detect_outputs(model, outs, pre, thresh, nms) for outs, pre in zip(outs_each, pres)]
+
+
 def int_values(ex, outs: Sequence[np.ndarray], grids: dict[int, tuple[float, int]]) -> list:
     """An ORT INT run's outputs (all_outputs) as the executor's Values: each int8 layer's uint8 codes
     recovered exactly from ORT's dequantized float32 ((q - zp) * scale, q <= 255) beside the floats."""

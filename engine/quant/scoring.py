@@ -31,9 +31,8 @@ class Scorer:
         self.truth = self._detect(forward_on(backend, model, None, "float"))
 
     def _detect(self, run) -> list:
-        from engine.export.ort_backend import forward_each    # ORT: in batches; NumPy: one at a time
-        return [detect_outputs(self.model, outs, p, self.thresh, self.nms)
-                for outs, p in zip(forward_each(run, [p.x for p in self.inputs]), self.inputs)]
+        from engine.export.ort_backend import detect_each     # ORT: in batches; NumPy: one at a time
+        return detect_each(self.model, run, self.inputs, self.thresh, self.nms)
 
     @property
     def n_truth(self) -> int:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from engine.darknet.detect import detect_outputs
 from engine.quant.explain import match_detections
 from engine.quant.fitness import detection_agreement
 
@@ -46,17 +45,15 @@ def rank_images(model, qmodel, mode: str, images: Sequence, *, float_layers: Seq
     on_progress(done, total) after each image (it may raise to cancel). backend: "numpy" |
     "onnxruntime" | "auto", where FLOAT and the quantized run execute (engine/export/ort_backend.py;
     EngineError when ORT cannot run `mode` with "onnxruntime")."""
-    from engine.export.ort_backend import feed_size, forward_each, forward_on
+    from engine.export.ort_backend import detect_each, feed_size, forward_on
     run_float = forward_on(backend, model, None, "float")
     run = forward_on(backend, model, qmodel, mode, float_layers)
     rows = []
     size = feed_size(run_float, run)              # ORT runs images in batches, NumPy one at a time
     for start in range(0, len(images), size):
         pres = [model.preprocess(image, resize) for image in images[start:start + size]]
-        xs = [p.x for p in pres]
-        fs = [detect_outputs(model, outs, pre, thresh, nms) for outs, pre in zip(forward_each(run_float, xs), pres)]
-        for k, (f, outs, pre) in enumerate(zip(fs, forward_each(run, xs), pres), start):
-            d = detect_outputs(model, outs, pre, thresh, nms)
+        fs = detect_each(model, run_float, pres, thresh, nms)
+        for k, (f, d) in enumerate(zip(fs, detect_each(model, run, pres, thresh, nms)), start):
             a = detection_agreement([f], [d])
             c = match_detections(f, d).counts()
             rows.append(ImageAgreement(k, image_name(images[k], k), float(a.map50), float(a.map50_95), len(f),

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from engine.calib.collect import CalibrationStats, collect
-from engine.darknet.detect import Detection, detect_outputs
+from engine.darknet.detect import Detection
 from engine.quant.fitness import Agreement, detection_agreement
 from engine.quant.modes import MODES, QUANT_MODES, Mode
 from engine.scale.backends import InProcess, label_of, qmodel_ref, shippable_items
 from engine.scale.compare import compare
-from engine.export.ort_backend import feed_size, forward_each, forward_on, resolve, split_backend
+from engine.export.ort_backend import detect_each, feed_size, forward_on, resolve, split_backend
 from engine.scale.sources import load_source, resolve_qmodel
 
 
@@ -39,8 +39,7 @@ def detect_batch(source: Any, qref: Any, modes: tuple[str, ...], thresh: float, 
     size = feed_size(*runners.values())           # ORT runs images in batches, NumPy one at a time
     for start in range(0, len(batch), size):
         pres = [model.preprocess(item, resize) for item in batch[start:start + size]]
-        dets = {m: [detect_outputs(model, outs, pre, thresh, nms)
-                    for outs, pre in zip(forward_each(run, [p.x for p in pres]), pres)] for m, run in runners.items()}
+        dets = {m: detect_each(model, run, pres, thresh, nms) for m, run in runners.items()}
         out.extend({m: dets[m][k] for m in runners} for k in range(len(pres)))
     return out
 

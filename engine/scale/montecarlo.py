@@ -26,9 +26,8 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from engine.imaging.augment import ROTATE_RESAMPLE, SCALE_RESAMPLE, add_noise, to_png
 from engine.calib.collect import image_list
-from engine.darknet.detect import detect_outputs
 from engine.scale.backends import InProcess, label_of, qmodel_ref
-from engine.export.ort_backend import feed_size, forward_each, forward_on, resolve, split_backend
+from engine.export.ort_backend import detect_each, feed_size, forward_on, resolve, split_backend
 from engine.scale.sources import load_source, resolve_qmodel, unwrap
 from engine.darknet.image import open_image
 from engine.quant.fitness import detection_agreement
@@ -140,12 +139,11 @@ def variant_batch(source: Any, qref: Any, sources_ref: Any, modes: tuple[str, ..
     size = feed_size(float_run, *runners.values())      # ORT runs variants in batches, NumPy one at a time
     for start in range(0, len(batch), size):
         pres = [model.preprocess(render(source_image(sources, v.image, (w, h)), v)) for v in batch[start:start + size]]
-        xs = [p.x for p in pres]
-        truths = [detect_outputs(model, outs, pre, thresh, nms) for outs, pre in zip(forward_each(float_run, xs), pres)]
+        truths = detect_each(model, float_run, pres, thresh, nms)
         chunk: list[dict[str, Any]] = [{"float_dets": len(t)} for t in truths]
         for m, run in runners.items():
-            for row, truth, outs, pre in zip(chunk, truths, forward_each(run, xs), pres):
-                a = detection_agreement([truth], [detect_outputs(model, outs, pre, thresh, nms)])
+            for row, truth, dets in zip(chunk, truths, detect_each(model, run, pres, thresh, nms)):
+                a = detection_agreement([truth], [dets])
                 row[m] = {"map50": a.map50, "map50_95": a.map50_95, "matched": a.matched, "missed": a.missed,
                           "extra": a.extra, "mean_iou": a.mean_iou}
         rows.extend(chunk)
