@@ -92,7 +92,7 @@ def code_counts(qt) -> np.ndarray:
     """How many elements of an int8 / uint8 `QTensor` hold each code (256 counts, index = the code's byte)."""
     q = np.ascontiguousarray(qt.q).reshape(-1)
     if q.dtype not in (np.int8, np.uint8):
-        raise TypeError(f"qtensor_histogram_counts: expected int8 or uint8 codes, got {q.dtype}")
+        raise TypeError(f"code_counts: expected int8 or uint8 codes, got {q.dtype}")
     # in blocks: bincount widens its input to intp, a 22 MB temporary for a yolov3 208x208x64 map
     u, out = q.view(np.uint8), np.zeros(256, np.int64)
     for lo in range(0, u.size, CODE_BLOCK):

@@ -49,6 +49,10 @@ def test_equals_numpy_for_every_grid_range_and_edges(zero_point, dtype):
 def test_refuses_float_codes():
     with pytest.raises(TypeError, match="int8 or uint8"):
         qtensor_histogram_counts(QTensor(np.zeros((1, 2, 2), np.float32), 1.0))
+    from engine.session.stats import code_counts
+    # the message names the function the caller called, not its caller
+    with pytest.raises(TypeError, match=r"^code_counts: expected int8 or uint8 codes, got float32"):
+        code_counts(QTensor(np.zeros((1, 2, 2), np.float32), 1.0))
 
 
 def test_route_inputs_histogram_row_and_error_row_from_codes(tiny, tiny_q):
