@@ -17,6 +17,7 @@ multiplied back: a finer shared grid for the small channels) before calibration.
 lost, extra and the score RMS / mean on both sets (as bench_lost.py).
 
     python benchmarks/bench_lost_sources.py [--method minmax] [--config asym|asym+gptq|sym|sym+gptq] [--per-layer]
+    python benchmarks/bench_lost_sources.py --config asym+gptq --exact 0,1      (conv 0's output unrounded)
     python benchmarks/bench_lost_sources.py --regrid 0:0.7,0:0.5,13:0.7 | --act-eq 0:0.5,0:1
 """
 from __future__ import annotations
@@ -132,6 +133,8 @@ def main(argv=None) -> int:
     ap.add_argument("--per-layer", action="store_true", help="also each activation tensor / conv alone")
     ap.add_argument("--regrid", default="", help="ID:F,... (see the module doc)")
     ap.add_argument("--act-eq", default="", help="P:A,... (see the module doc)")
+    ap.add_argument("--exact", default="", help="tensor ids left unrounded in the simulated runs (e.g. 0,1: what a "
+                    "wider grid for them would leave)")
     ap.add_argument("--images", default=str(SHARED / "images"))
     ap.add_argument("--models", default=str(SHARED / "models"))
     args = ap.parse_args(argv)
@@ -161,6 +164,8 @@ def main(argv=None) -> int:
                       f"{np.sqrt((diff[low] ** 2).mean()):.4f} mean {diff[low].mean():+.4f}", flush=True)
         return 0
     grids = grid_points(model, qm)
+    for i in [int(v) for v in args.exact.split(",") if v]:
+        grids.pop(i, None)
     s_in = float(qm.scales["input"])
     in_grid = (s_in, int(qm.zero_points.get("input", 0)), *((0, 255) if qm.zero_points else (-127, 127)))
     twin = weights_only(model, qm)
