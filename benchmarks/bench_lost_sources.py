@@ -18,6 +18,7 @@ lost, extra and the score RMS / mean on both sets (as bench_lost.py).
 
     python benchmarks/bench_lost_sources.py [--method minmax] [--config asym|asym+gptq|sym|sym+gptq] [--per-layer]
     python benchmarks/bench_lost_sources.py --config asym+gptq --exact 0,1      (conv 0's output unrounded)
+    python benchmarks/bench_lost_sources.py --config asym --leave-one-out    (calibrated on 3 of the 4 photos)
     python benchmarks/bench_lost_sources.py --regrid 0:0.7,0:0.5,13:0.7 | --act-eq 0:0.5,0:1
 """
 from __future__ import annotations
@@ -135,6 +136,8 @@ def main(argv=None) -> int:
     ap.add_argument("--act-eq", default="", help="P:A,... (see the module doc)")
     ap.add_argument("--exact", default="", help="tensor ids left unrounded in the simulated runs (e.g. 0,1: what a "
                     "wider grid for them would leave)")
+    ap.add_argument("--leave-one-out", action="store_true", help="INT lost / score RMS on both sets when the "
+                    "config is calibrated on each 3 of the 4 photos: how much the counts move with the calibration")
     ap.add_argument("--images", default=str(SHARED / "images"))
     ap.add_argument("--models", default=str(SHARED / "models"))
     args = ap.parse_args(argv)
@@ -146,6 +149,23 @@ def main(argv=None) -> int:
                   profile="qwidgets_asym" if "asym" in parts else "qwidgets")
     if "gptq" in parts:
         qm = gptq_rounding(model, qm, keep)
+    if args.leave_one_out:
+        photos = image_list(args.images)
+        sets = {"first": variants(args.images), "second": second_variants(args.images)}
+        scorers = {k: Scorer(model, v) for k, v in sets.items()}
+        for out in range(len(photos)):
+            some = photos[:out] + photos[out + 1:]
+            kp = FloatOutputs(model)
+            q = quantize(model, collect(model, some, progress=False, keep=kp), args.method, per_channel=True,
+                         profile="qwidgets_asym" if "asym" in parts else "qwidgets")
+            q = gptq_rounding(model, q, kp) if "gptq" in parts else q
+            for k, scorer in scorers.items():
+                a, d, _ = report(scorer, [v.name for v in sets[k]], q)
+                diff = d[:, 1] - d[:, 0]
+                print(f"{args.config} without {Path(photos[out]).name:<14}{k:<7} INT mAP {a.map50_95:.3f} lost "
+                      f"{a.missed} extra {a.extra} | score rms {np.sqrt((diff ** 2).mean()):.4f} mean "
+                      f"{diff.mean():+.4f}", flush=True)
+        return 0
     if args.regrid or args.act_eq:
         sets = {"first": variants(args.images), "second": second_variants(args.images)}
         scorers = {k: Scorer(model, v) for k, v in sets.items()}
