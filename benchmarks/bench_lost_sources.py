@@ -6,7 +6,8 @@ rounding switched on: the activation grid of one tensor (fake quantization with 
 zero point, FLOAT weights), or the int8 weights of one conv (dequantized, FLOAT activations). Printed: RMS and
 mean of (run - FLOAT) score per source, and for the runs with every activation / every weight / both (the last
 approximates the INT run: the integer path's only other roundings are the 15-bit requantization multipliers).
-The sum of the per-source variances against the all-on variance says whether the sources add up independently.
+Each line also splits ln score = ln objectness + ln class probability: the RMS of each part's change (which logit
+the error sits in). The sum of the per-source variances against the all-on variance says whether the sources add up independently.
 Also the FLOAT score histogram near .25 and, for an unbiased error of RMS s, the expected lost count
 sum_d P(score_d + e < .25), e ~ N(0, s): what spread 0 lost on both sets asks for.
 
@@ -166,6 +167,8 @@ def main(argv=None) -> int:
                       f"{a.missed} extra {a.extra} | score rms {np.sqrt((diff ** 2).mean()):.4f} mean "
                       f"{diff.mean():+.4f}", flush=True)
         return 0
+    if (args.regrid or args.act_eq) and "asym" not in parts:
+        ap.error("--regrid / --act-eq move uint8 zero-point grids: use them with --config asym[+gptq]")
     if args.regrid or args.act_eq:
         sets = {"first": variants(args.images), "second": second_variants(args.images)}
         scorers = {k: Scorer(model, v) for k, v in sets.items()}
