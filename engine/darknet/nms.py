@@ -93,14 +93,18 @@ CHUNK = 1 << 16   # candidate pairs per IoU chunk
 def nms_sort(c, nms: float, kind: str = "default") -> np.ndarray:
     """Darknet `do_nms_sort` on Candidates c: per class, greedy by probability; returns the
     filtered probs (N, K) (a copy; suppressed entries set to 0)."""
+    gone = nms_suppressed(c, nms, kind)
+    return c.probs.copy() if gone is None else np.where(gone, 0.0, c.probs)   # the copy, zeroed
+
+
+def nms_suppressed(c, nms: float, kind: str = "default") -> np.ndarray | None:
+    """The (box, class) entries `nms_sort` zeroes, (N, K) bool, or None if it zeroes none."""
     probs = c.probs
     if nms <= 0 or probs.shape[0] < 2:
-        return probs.copy()
+        return None
     with own_threads():                         # NumPy releases the GIL: chunks on 2 cores
         edges = overlap_pairs(np.asarray(c.boxes, np.float64), nms, kind)
-        if not edges.size:
-            return probs.copy()
-        return np.where(_suppressed(probs, edges[:, 0], edges[:, 1]), 0.0, probs)   # the copy, zeroed
+        return _suppressed(probs, edges[:, 0], edges[:, 1]) if edges.size else None
 
 
 BLOCK = 4096   # edges per block when comparing probabilities: 2 x 4096 x K float64 rows at a time
@@ -135,6 +139,14 @@ def _nonzero_rows(m: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.bitwise_or.reduce(m, axis=1) if m.shape[1] > 1 else m[:, 0])
 
 
+def _group_order(keys: np.ndarray, n: int) -> np.ndarray:
+    """A permutation grouping equal keys in [0, n) (any order inside a group does): NumPy's stable
+    sort is a radix sort on 16-bit keys, 5-8x faster than its timsort on 44k int64 keys."""
+    if n <= 1 << 16:
+        return np.argsort(keys.astype(np.uint16), kind="stable")
+    return np.argsort(keys, kind="stable")
+
+
 def _suppressed(probs: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """The (box, class) entries greedy NMS suppresses, (N, K) bool, given the overlapping pairs.
 
@@ -149,7 +161,7 @@ def _suppressed(probs: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     fwd, bwd = _directed(probs, u, v)
     src, dst, mask = np.concatenate([u, v]), np.concatenate([v, u]), np.concatenate([fwd, bwd])
     rows = _nonzero_rows(mask)
-    rows = rows[np.argsort(dst[rows], kind="stable")]
+    rows = rows[_group_order(dst[rows], n)]
     src, dst, mask = src[rows], dst[rows], mask[rows]
     undecided = np.full((n, mask.shape[1]), ~np.uint64(0))
     suppressed = np.zeros_like(undecided)
