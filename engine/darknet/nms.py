@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.darknet.overlaps import candidate_pairs
+from engine.darknet.overlaps import candidate_ij
 from engine.kernels.threads import own_threads, parallel_items
 
 
@@ -62,19 +62,20 @@ def _diou_penalty(a: np.ndarray, b: np.ndarray, beta: float) -> np.ndarray:
 
 def overlap_pairs(boxes: np.ndarray, nms: float, kind: str = "default") -> np.ndarray:
     """Pairs (E, 2), i < j, whose overlap (IoU, or DIoU for greedynms) exceeds `nms` > 0."""
-    pairs = candidate_pairs(boxes, nms)
-    if not pairs.size:
-        return pairs
+    pi, pj = candidate_ij(boxes, nms)         # each pair once, in either order
+    if not pi.size:
+        return np.zeros((0, 2), np.int64)
     if kind == "greedynms":                   # DIoU <= IoU: the IoU candidates contain them all
-        return pairs[box_diou(boxes[pairs[:, 0]], boxes[pairs[:, 1]]) > nms]
+        keep = box_diou(boxes[pi], boxes[pj]) > nms
+        return _ordered(pi[keep], pj[keep])
     # box_iou's arithmetic on per-box edge columns (the same float64 values, computed once per box)
     cx, cy, w, h = (np.ascontiguousarray(c) for c in boxes.T)
     with np.errstate(over="ignore"):       # exp() of a wild logit gives inf boxes, as in Darknet
         x1, x2, y1, y2, area = cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2, w * h
-    keep = np.empty(pairs.shape[0], bool)
+    keep = np.empty(pi.size, bool)
 
     def chunk(_part: int, c: int) -> None:   # fixed chunks on the kernel threads: same bits
-        i, j = pairs[c * CHUNK:(c + 1) * CHUNK, 0], pairs[c * CHUNK:(c + 1) * CHUNK, 1]
+        i, j = pi[c * CHUNK:(c + 1) * CHUNK], pj[c * CHUNK:(c + 1) * CHUNK]
         ow = np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j])
         oh = np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j])
         inter = np.where((ow < 0) | (oh < 0), 0.0, ow * oh)
@@ -83,8 +84,13 @@ def overlap_pairs(boxes: np.ndarray, nms: float, kind: str = "default") -> np.nd
             iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
         np.greater(iou, nms, out=keep[c * CHUNK:(c + 1) * CHUNK])
 
-    parallel_items(-(-pairs.shape[0] // CHUNK), chunk)
-    return pairs[keep]
+    parallel_items(-(-pi.size // CHUNK), chunk)
+    return _ordered(pi[keep], pj[keep])
+
+
+def _ordered(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """(E, 2) pairs with the lower index first (the IoU is symmetric bit for bit: either order)."""
+    return np.stack([np.minimum(i, j), np.maximum(i, j)], 1)
 
 
 CHUNK = 1 << 16   # candidate pairs per IoU chunk
