@@ -117,14 +117,16 @@ BLOCK = 4096   # edges per block when comparing probabilities: 2 x 4096 x K floa
 
 
 def _directed(probs: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per edge (u < v), the classes where both boxes stand, as bit rows (E, W) of 64-bit words:
+    """Per edge (u < v), the classes where both boxes stand, as bit columns (W, E) of 64-bit words:
     `fwd` where u comes first in the class (higher probability; a tie goes to the lower index,
     as the stable sort), `bwd` where v does. One comparison per (edge, class): where both stand
-    (> 0, so not NaN), pu >= pv or else pv > pu; the standing bits are packed once per box."""
+    (> 0, so not NaN), pu >= pv or else pv > pu; the standing bits are packed once per box.
+    Word-major (W, E): gathers and compressions of 1-D word rows are 5-10x faster than of (E, 2) rows."""
     words = (probs.shape[1] + 63) // 64
     stand = np.zeros((probs.shape[0], words), np.uint64)
     _pack(probs > 0, stand)
-    both = stand[u] & stand[v]
+    stand = np.ascontiguousarray(stand.T)
+    both = _take(stand, u) & _take(stand, v)
     fwd = np.zeros((u.size, words), np.uint64)
 
     def block(_part: int, b: int) -> None:
@@ -132,6 +134,7 @@ def _directed(probs: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarr
         _pack(probs[u[s]] >= probs[v[s]], fwd[s])
 
     parallel_items(-(-u.size // BLOCK), block)
+    fwd = np.ascontiguousarray(fwd.T)
     bwd = ~fwd & both                           # the padding bits of ~fwd: cleared by `both`
     fwd &= both
     return fwd, bwd
@@ -141,8 +144,13 @@ def _pack(bits: np.ndarray, out: np.ndarray) -> None:
     out.view(np.uint8)[:, :(bits.shape[1] + 7) // 8] = np.packbits(bits, axis=1)
 
 
-def _nonzero_rows(m: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(np.bitwise_or.reduce(m, axis=1) if m.shape[1] > 1 else m[:, 0])
+def _take(words: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Columns idx of a word-major (W, M) array."""
+    return words[0][idx][None] if words.shape[0] == 1 else np.take(words, idx, axis=1)
+
+
+def _nonzero_cols(m: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.bitwise_or.reduce(m, axis=0) if m.shape[0] > 1 else m[0])
 
 
 def _group_order(keys: np.ndarray, n: int) -> np.ndarray:
@@ -165,23 +173,23 @@ def _suppressed(probs: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """
     n, k = probs.shape
     fwd, bwd = _directed(probs, u, v)
-    src, dst, mask = np.concatenate([u, v]), np.concatenate([v, u]), np.concatenate([fwd, bwd])
-    rows = _nonzero_rows(mask)
-    rows = rows[_group_order(dst[rows], n)]
-    src, dst, mask = src[rows], dst[rows], mask[rows]
-    undecided = np.full((n, mask.shape[1]), ~np.uint64(0))
+    src, dst, mask = np.concatenate([u, v]), np.concatenate([v, u]), np.concatenate([fwd, bwd], axis=1)
+    cols = _nonzero_cols(mask)
+    cols = cols[_group_order(dst[cols], n)]
+    src, dst, mask = src[cols], dst[cols], _take(mask, cols)
+    undecided = np.full((mask.shape[0], n), ~np.uint64(0))   # word-major (W, N), as the edges
     suppressed = np.zeros_like(undecided)
     while dst.size:
         starts = np.flatnonzero(np.concatenate(([True], dst[1:] != dst[:-1])))
         targets = dst[starts]                                # unique: dst stays sorted
         blocked = np.zeros_like(undecided)
-        blocked[targets] = np.bitwise_or.reduceat(mask, starts, axis=0)
+        blocked[:, targets] = np.bitwise_or.reduceat(mask, starts, axis=1)
         kept = undecided & ~blocked
-        hit = np.bitwise_or.reduceat(mask & kept[src], starts, axis=0)
+        hit = np.bitwise_or.reduceat(mask & _take(kept, src), starts, axis=1)
         undecided &= ~kept
-        suppressed[targets] |= hit
-        undecided[targets] &= ~hit
-        mask &= undecided[src] & undecided[dst]
-        rows = _nonzero_rows(mask)
-        src, dst, mask = src[rows], dst[rows], mask[rows]
-    return np.unpackbits(suppressed.view(np.uint8), axis=1, count=k).view(bool)
+        suppressed[:, targets] |= hit
+        undecided[:, targets] &= ~hit
+        mask &= _take(undecided, src) & _take(undecided, dst)
+        cols = _nonzero_cols(mask)
+        src, dst, mask = src[cols], dst[cols], _take(mask, cols)
+    return np.unpackbits(np.ascontiguousarray(suppressed.T).view(np.uint8), axis=1, count=k).view(bool)
