@@ -93,7 +93,7 @@ def _ordered(i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return np.stack([np.minimum(i, j), np.maximum(i, j)], 1)
 
 
-CHUNK = 1 << 16   # candidate pairs per IoU chunk
+CHUNK = 1 << 14   # candidate pairs per IoU chunk (temporaries of 128 kB: cache-sized; 1 << 16: 5% slower)
 
 
 def nms_sort(c, nms: float, kind: str = "default") -> np.ndarray:
@@ -113,7 +113,7 @@ def nms_suppressed(c, nms: float, kind: str = "default") -> np.ndarray | None:
         return _suppressed(probs, edges[:, 0], edges[:, 1]) if edges.size else None
 
 
-BLOCK = 4096   # edges per block when comparing probabilities: 2 x 4096 x K float64 rows at a time
+BLOCK = 1024   # edges per block when comparing probabilities: 2 x 1024 x K float64 rows (2 x 655 kB at K = 80)
 
 
 def _directed(probs: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
