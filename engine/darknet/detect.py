@@ -16,6 +16,7 @@ import numpy as np
 
 from engine.darknet.image import Preprocessed
 from engine.darknet.nms import box_diou, box_iou, nms_sort, nms_suppressed  # noqa: F401  (re-exported)
+from engine.kernels.threads import own_threads, parallel_items
 
 
 class Detection(NamedTuple):
@@ -164,14 +165,8 @@ def detect_outputs(model, outs: Sequence[np.ndarray], pre: Preprocessed, thresh:
     flat = np.flatnonzero(alive)                # 15x faster than the 2-D np.nonzero here
     score = probs.reshape(-1)[flat]
     order = score_order(score)                  # highest first; ties keep (box, class) order
-    flat = flat[order]
-    i, k = np.divmod(flat, probs.shape[1])
-    names = model.class_names
-    label = [names[j] if j < len(names) else f"class_{j}" for j in range(int(k.max(initial=-1)) + 1)]
-    values = np.empty((10, i.size))
-    np.take(score, order, out=values[0])
     # per box first (objectness, cx, cy, w, h, pixel corners: the same arithmetic, once a box rather
-    # than once a detection), then one gather of 9 contiguous rows
+    # than once a detection), then gathered per detection in blocks on the kernel threads
     table = np.empty((9, probs.shape[0]))
     table[0] = c.objectness
     table[1:5] = c.boxes.T
@@ -181,8 +176,24 @@ def detect_outputs(model, outs: Sequence[np.ndarray], pre: Preprocessed, thresh:
     np.multiply(cy - half_h, pre.image_h, out=table[6])
     np.multiply(cx + half_w, pre.image_w, out=table[7])
     np.multiply(cy + half_h, pre.image_h, out=table[8])
-    np.take(table, i, axis=1, out=values[1:])
+    n, classes = order.size, probs.shape[1]
+    values, k = np.empty((10, n)), np.empty(n, np.intp)
+
+    def block(_part: int, b: int) -> None:   # mode="clip": take's default mode buffers `out`
+        s = slice(b * TAIL, (b + 1) * TAIL)
+        o = order[s]
+        np.take(score, o, out=values[0, s], mode="clip")
+        i, k[s] = np.divmod(np.take(flat, o, mode="clip"), classes)
+        np.take(table, i, axis=1, out=values[1:, s], mode="clip")
+
+    with own_threads():
+        parallel_items(-(-n // TAIL), block)
+    names = model.class_names
+    label = [names[j] if j < len(names) else f"class_{j}" for j in range(int(k.max(initial=-1)) + 1)]
     return Detections(k, label, values)
+
+
+TAIL = 1 << 14   # detections per block of the final gathers
 
 
 def score_order(score: np.ndarray) -> np.ndarray:
