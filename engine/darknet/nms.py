@@ -164,7 +164,8 @@ def _group_order(keys: np.ndarray, n: int) -> np.ndarray:
 def _suppressed(probs: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """The (box, class) entries greedy NMS suppresses, (N, K) bool, given the overlapping pairs.
 
-    Each directed edge src -> dst carries the bit row of the classes where src comes first. A node
+    Each directed edge src -> dst carries the bits of the classes where src comes first (a column
+    of the word-major (W, E) mask). A node
     (box, class) is kept iff none of its predecessors is kept: as a fixed point, all classes at once
     in 64-bit words, edges grouped by target so that "has a live predecessor" is one OR-reduceat.
     A round keeps every undecided node without an undecided predecessor and suppresses the targets
