@@ -209,9 +209,9 @@ def test_nms_is_the_same_on_one_or_two_kernel_threads():
 
 
 def test_detect_outputs_same_on_one_or_two_threads_and_equal_to_the_loop(monkeypatch):
-    """The final gathers run in blocks on the kernel threads, the [yolo] heads write into one probs
-    array: a random-weight yolov3-tiny gives the same Detections on 1 and 2 threads, in many small
-    blocks, equal to the loop's survivors sorted by a stable argsort of -score."""
+    """The final gathers run in blocks, the [yolo] heads write into one probs array, the NMS passes
+    run on the kernel threads: a random-weight yolov3-tiny gives the same Detections on 1 and 2
+    threads, in many small blocks, equal to the loop's survivors sorted by a stable argsort of -score."""
     import engine
     from engine.darknet import detect as detect_module
     from engine.darknet.detect import candidates, correct_boxes
