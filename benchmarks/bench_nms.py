@@ -1,10 +1,12 @@
 """Detection decode + NMS against a FLOAT forward of the same model, measured interleaved in one run.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_nms.py [--runs 7] [--json]
+        [--models yolov3,yolov3-tiny,yolov3-tiny-random,yolov2-random] [--thresh 0.25]
 
 The hard case of the performance issue: yolov3 @416 with random weights, where nearly every one of
 the 10,647 boxes passes the threshold in many of the 80 classes (Darknet's literal per-class NMS
-took 32 s there). Also yolov3-tiny with its real weights on the dog photo. Target: decode + NMS
+took 32 s there). Also yolov3-tiny with its real weights on the dog photo, and on request yolov3-tiny
+and yolov2 ([region]) with random weights, and a lower --thresh (0.005: COCO-style evaluation). Target: decode + NMS
 (`detect_outputs`: decode, NMS, the `Detections` view) <= 10% of one FLOAT forward. The view
 builds its Detection tuples on first read; the time to build all of them is printed too.
 """
@@ -34,22 +36,28 @@ TARGET = 0.10
 def load(name: str) -> engine.Model:
     if name == "yolov3-tiny":
         return engine.load(TINY_CFG, TINY_WEIGHTS)
-    return engine.load(YOLOV3_CFG, random_weights=0, size=416)   # boxes of sane sizes that overlap
+    if name == "yolov3-tiny-random":
+        return engine.load(TINY_CFG, random_weights=0)
+    if name == "yolov2-random":
+        return engine.load(YOLOV3_CFG.with_name("yolov2.cfg"), random_weights=0, size=416)
+    if name == "yolov3":
+        return engine.load(YOLOV3_CFG, random_weights=0, size=416)   # boxes of sane sizes that overlap
+    raise SystemExit(f"--models: unknown model {name!r} (yolov3, yolov3-tiny, yolov3-tiny-random, yolov2-random)")
 
 
-def case(name: str, runs: int) -> dict:
+def case(name: str, runs: int, thresh: float = 0.25) -> dict:
     model = load(name)
     pre = model.preprocess(IMAGE)
     outs = model.forward(pre.x)
-    c, kind = candidates(model, outs, 0.25)
+    c, kind = candidates(model, outs, thresh)
 
     def nms_only() -> None:
-        c2, _ = candidates(model, outs, 0.25)
+        c2, _ = candidates(model, outs, thresh)
         c2.boxes = correct_boxes(c2.boxes, pre)
         nms_sort(c2, 0.45, kind)
 
-    fns = {"forward": lambda: model.forward(pre.x), "decode+nms": lambda: detect_outputs(model, outs, pre, 0.25, 0.45),
-           "arrays": nms_only, "all tuples": lambda: list(detect_outputs(model, outs, pre, 0.25, 0.45))}
+    fns = {"forward": lambda: model.forward(pre.x), "decode+nms": lambda: detect_outputs(model, outs, pre, thresh, 0.45),
+           "arrays": nms_only, "all tuples": lambda: list(detect_outputs(model, outs, pre, thresh, 0.45))}
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         fn()
@@ -59,8 +67,8 @@ def case(name: str, runs: int) -> dict:
             fn()
             times[k].append((time.perf_counter() - t) * 1e3)
     med = {k: float(np.median(v)) for k, v in times.items()}
-    dets = detect_outputs(model, outs, pre, 0.25, 0.45)
-    return {"model": name, "boxes": int(c.probs.shape[0]), "box_class_pairs": int(np.count_nonzero(c.probs)),
+    dets = detect_outputs(model, outs, pre, thresh, 0.45)
+    return {"model": name, "thresh": thresh, "boxes": int(c.probs.shape[0]), "box_class_pairs": int(np.count_nonzero(c.probs)),
             "detections": len(dets), "forward_ms": med["forward"], "decode_nms_ms": med["decode+nms"],
             "arrays_ms": med["arrays"], "all_tuples_ms": med["all tuples"], "fraction": med["decode+nms"] / med["forward"], "runs": runs}
 
@@ -69,16 +77,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--models", default="yolov3,yolov3-tiny")
+    ap.add_argument("--thresh", type=float, default=0.25)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     blas = limit_blas_threads()
-    results = [case(n.strip(), args.runs) for n in args.models.split(",") if n.strip()]
+    results = [case(n.strip(), args.runs, args.thresh) for n in args.models.split(",") if n.strip()]
     if args.json:
         print(json.dumps({"threads": THREADS, "blas_threads": blas, "results": results}, indent=1))
         return
     for r in results:
         verdict = "meets" if r["fraction"] <= TARGET else "MISSES"
-        print(f"{r['model']} @416 ({'random' if r['model'] == 'yolov3' else 'real'} weights): {r['boxes']} boxes, "
+        print(f"{r['model']} @416 ({'real' if r['model'] == 'yolov3-tiny' else 'random'} weights, thresh {r['thresh']}): {r['boxes']} boxes, "
               f"{r['box_class_pairs']} (box, class) pairs above thresh, {r['detections']} detections after NMS")
         print(f"  FLOAT forward {r['forward_ms']:8.1f} ms   decode+NMS {r['decode_nms_ms']:7.1f} ms   "
               f"= {100 * r['fraction']:.1f}% of a forward (target <= {100 * TARGET:.0f}%: {verdict}); "

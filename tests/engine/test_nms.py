@@ -206,3 +206,35 @@ def test_nms_is_the_same_on_one_or_two_kernel_threads():
         nms_module.CHUNK, nms_module.BLOCK = old
     assert np.array_equal(one, two)
     assert np.array_equal(one, naive_nms_sort(c, 0.3))
+
+
+def test_detect_outputs_same_on_one_or_two_threads_and_equal_to_the_loop(monkeypatch):
+    """The final gathers run in blocks, the [yolo] heads write into one probs array, the NMS passes
+    run on the kernel threads: a random-weight yolov3-tiny gives the same Detections on 1 and 2
+    threads, in many small blocks, equal to the loop's survivors sorted by a stable argsort of -score."""
+    import engine
+    from engine.darknet import detect as detect_module
+    from engine.darknet.detect import candidates, correct_boxes
+    from engine.kernels.threads import blas_limit
+    from helpers import TINY_CFG
+    model = engine.load(TINY_CFG, random_weights=5)
+    x = np.random.default_rng(1).random(model.input_shape, dtype=np.float32)
+    outs = model.forward(x)
+    pre = model.preprocess(np.zeros((300, 500, 3), np.uint8))
+    monkeypatch.setattr(detect_module, "TAIL", 1000)
+    with blas_limit(1):
+        one = detect_outputs(model, outs, pre, 0.2, 0.45)
+    with blas_limit(2):
+        two = detect_outputs(model, outs, pre, 0.2, 0.45)
+    assert len(one) > 5000
+    assert np.array_equal(one.class_ids, two.class_ids) and np.array_equal(one.values, two.values)
+    c, kind = candidates(model, outs, 0.2)
+    c.boxes = correct_boxes(c.boxes, pre)
+    ref = naive_nms_sort(c, 0.45, kind)
+    flat = np.flatnonzero(ref > 0.2)
+    flat = flat[np.argsort(-ref.reshape(-1)[flat], kind="stable")]
+    i, k = np.divmod(flat, ref.shape[1])
+    assert np.array_equal(one.class_ids, k)
+    assert np.array_equal(one.values[0], ref.reshape(-1)[flat]) and np.array_equal(one.values[1], c.objectness[i])
+    assert np.array_equal(one.values[2:6], c.boxes[i].T)
+    assert np.array_equal(one.values[6], (c.boxes[i, 0] - c.boxes[i, 2] / 2) * 500)

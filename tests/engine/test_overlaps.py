@@ -65,3 +65,17 @@ def test_ties_at_exact_threshold_are_not_pairs():
     boxes = np.array([[0.0, 0.0, 1.0, 1.0], [0.5, 0.0, 1.0, 1.0], [0.25, 0.0, 1.0, 1.0]])
     assert box_iou(boxes[0], boxes[1:2])[0] == 1 / 3
     assert set(map(tuple, overlap_pairs(boxes, 1 / 3).tolist())) == naive_pairs(boxes, 1 / 3) == {(0, 2), (1, 2)}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_candidate_ij_proposes_each_pair_once(seed):
+    """Pairs within one area bin are searched from one member only (after its place in the sorted
+    data): no pair twice, in either order, no box with itself; duplicate boxes (equal keys) too."""
+    boxes = mixed_boxes(np.random.default_rng(40 + seed), 600)
+    boxes[300:340] = boxes[200:240]                            # exact duplicates share a cell and column
+    for t in (0.3, 0.45, 0.7):
+        i, j = overlaps.candidate_ij(boxes, t)
+        assert np.all(i != j)
+        pairs = set(zip(np.minimum(i, j).tolist(), np.maximum(i, j).tolist()))
+        assert len(pairs) == i.size
+        assert naive_pairs(boxes, t) <= pairs
