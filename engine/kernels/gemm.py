@@ -96,6 +96,7 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
     y2 = y.reshape(n, ho * wo)
     rows = min(ho, max(BAND // (kk * wo), -(-MIN_BAND // wo)))  # cache-sized, but wide enough for BLAS
     rows = min(rows, -(-ho // SPLIT))  # enough bands for the threads (see the module docstring)
+    rows = even_bands(ho, rows)
     # Output column j of kernel column kx reads input column j*s + kx - p: valid for j in [ja, jb).
     jspan = [(max(0, -(-(p - kx) // s)), min(wo, (w - 1 + p - kx) // s + 1)) for kx in range(k)]
 
@@ -129,6 +130,19 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
             bias_act(y[:, r0:r1], None, act)
 
     parallel_items(-(-ho // rows), band)
+
+
+def even_bands(total: int, rows: int) -> int:
+    """Rows per band for `total` rows in bands of at most `rows`: an even number of equal bands.
+
+    Why: 416 rows in bands of 46 left a 2-row tenth band, so on 2 threads one ran 5 full bands and the
+    other 4 and a sliver (yolov3-tiny layer 0); 10 bands of 42 (the last 38) split 5 / 5. A function
+    of the shape only, so the GEMMs are the same on any thread count."""
+    bands = -(-total // rows)
+    if bands > 1:
+        bands += bands % 2
+        rows = -(-total // bands)
+    return rows
 
 
 def with_bias_column(w2d: np.ndarray, b: np.ndarray) -> np.ndarray:

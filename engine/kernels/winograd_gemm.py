@@ -174,23 +174,30 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
     tiles = th * tw
     v = input_transform(x, p, m, scratch)
     mm = scratch.get("wino_m", (t * t, n, tiles))
-    parallel_items(t * t, lambda _part, i: np.matmul(u[i], v[i], out=mm[i]))
-    mm[bias_index(m)] += b[:, None]
-    exact = ho == m * th and wo == m * tw
+    ib, bias = bias_index(m), b[:, None]
+
+    def product(_part: int, i: int) -> None:
+        np.matmul(u[i], v[i], out=mm[i])
+        if i == ib:          # here, not as a pass after the join: one thread would run it alone
+            mm[i] += bias
+
+    parallel_items(t * t, product)
     y = np.empty((n, ho, wo), F)
-    yt = y if exact else scratch.get("wino_y", (n, m * th, m * tw))
-    output_transform(mm, yt, m, th, tw, act, scratch)
-    if not exact:
-        y[...] = yt[:, :ho, :wo]
+    output_transform(mm, y, m, th, tw, act, scratch)
     return y
 
 
 def output_transform(mm: np.ndarray, y: np.ndarray, m: int, th: int, tw: int, act: str | None,
                      scratch: Scratch) -> None:
-    """y (n, m*th, m*tw) = act(A^T M A) of the products mm (t^2, n, tiles), in fixed filter blocks."""
+    """y (n, Ho, Wo) = act(A^T M A) of the products mm (t^2, n, tiles), in fixed filter blocks.
+
+    Ho <= m*th, Wo <= m*tw: where the tiles stick out of y (13 px maps in 2x2 tiles, 26 px in 4x4),
+    a block's tiles go to a per-thread buffer and its filters are cropped into y in the same item,
+    cache-hot and on both threads (a crop of the whole map after the join ran on one thread)."""
     t = m + 2
-    n = mm.shape[1]
+    n, ho, wo = y.shape
     tiles = th * tw
+    exact = ho == m * th and wo == m * tw
     _, kat = kron(m)
     nb = _block(n, t * t * tiles)
     chunk = {4: np.complex128, 2: np.float64}.get(m)
@@ -209,10 +216,13 @@ def output_transform(mm: np.ndarray, y: np.ndarray, m: int, th: int, tw: int, ac
         elif relu:
             np.maximum(z, F(0), out=z)
         z5 = z.reshape(k, th, tw, m, m)                    # [f, ty, tx, i, j]
-        dst = y[n0:n1].reshape(k, th, m, tw, m)            # [f, ty, i, tx, j]
+        full = y[n0:n1] if exact else scratch.get(f"wino_y{part}", (k, m * th, m * tw))
+        dst = full.reshape(k, th, m, tw, m)                # [f, ty, i, tx, j]
         if chunk is not None:   # move each tile row's m floats as one element
             dst.view(chunk)[..., 0].transpose(0, 1, 3, 2)[...] = z5.view(chunk)[..., 0]
         else:
             dst.transpose(0, 1, 3, 2, 4)[...] = z5
+        if not exact:
+            y[n0:n1] = full[:, :ho, :wo]
 
     parallel_items(-(-n // nb), block)
