@@ -111,21 +111,25 @@ def tiles_of(h: int, w: int, p: int, m: int) -> tuple[int, int]:
     return (h + 2 * p - 2 + m - 1) // m, (w + 2 * p - 2 + m - 1) // m
 
 
-def padded(x: np.ndarray, p: int, hp: int, wp: int, scratch: Scratch) -> np.ndarray:
+def padded(x: np.ndarray, p: int, hp: int, wp: int, scratch: Scratch, threaded: bool = True) -> np.ndarray:
     """x in a zero border: (C, hp, wp) with x at (p, p); rows and columns past the input are zero too.
-    One scratch buffer for both Winograd kernels (this one and winograd_rows): layers run one at a time."""
+    One scratch buffer for both Winograd kernels (this one and winograd_rows): layers run one at a time.
+    `threaded=False`: only the buffer; the caller fills channel ranges with `pad_channels`."""
     c, h, w = x.shape
     xp = scratch.get("wino_pad", (c, hp, wp))
-
-    def run(lo: int, hi: int) -> None:
-        xp[lo:hi, :p] = 0
-        xp[lo:hi, p + h:] = 0
-        xp[lo:hi, p:p + h, :p] = 0
-        xp[lo:hi, p:p + h, p + w:] = 0
-        xp[lo:hi, p:p + h, p:p + w] = x[lo:hi]
-
-    parallel_for(c, run, xp.size)
+    if threaded:
+        parallel_for(c, lambda lo, hi: pad_channels(x, xp, p, lo, hi), xp.size)
     return xp
+
+
+def pad_channels(x: np.ndarray, xp: np.ndarray, p: int, lo: int, hi: int) -> None:
+    """Channels [lo, hi) of x into the padded buffer xp at (p, p), zeros around them."""
+    h, w = x.shape[1:]
+    xp[lo:hi, :p] = 0
+    xp[lo:hi, p + h:] = 0
+    xp[lo:hi, p:p + h, :p] = 0
+    xp[lo:hi, p:p + h, p + w:] = 0
+    xp[lo:hi, p:p + h, p:p + w] = x[lo:hi]
 
 
 def _block(count: int, size: int) -> int:
@@ -141,7 +145,7 @@ def input_transform(x: np.ndarray, p: int, m: int, scratch: Scratch) -> np.ndarr
     t = m + 2
     th, tw = tiles_of(h, w, p, m)
     tiles = th * tw
-    xp = padded(x, p, m * th + 2, m * tw + 2, scratch)
+    xp = padded(x, p, m * th + 2, m * tw + 2, scratch, threaded=False)  # each block pads its channels
     s0, s1, s2 = xp.strides
     view = as_strided(xp, (t, t, c, th, tw), (s2, s1, s0, m * s1, m * s2), writeable=False)  # [x, y, c, ty, tx]
     kb, _ = kron(m)
@@ -150,6 +154,7 @@ def input_transform(x: np.ndarray, p: int, m: int, scratch: Scratch) -> np.ndarr
 
     def block(part: int, i: int) -> None:  # a channel block: (t^2, cb*tiles) of V, row stride C*tiles
         c0, c1 = i * cb, min(c, (i + 1) * cb)
+        pad_channels(x, xp, p, c0, c1)    # here, not in a pass of its own: one hand-off fewer, cache-hot
         d = scratch.get(f"wino_d{part}", (t, t, c1 - c0, th, tw))
         d[...] = view[:, :, c0:c1]
         np.matmul(kb, d.reshape(t * t, -1), out=v.reshape(t * t, c * tiles)[:, c0 * tiles:c1 * tiles])
