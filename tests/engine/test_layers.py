@@ -99,3 +99,19 @@ def test_head_route_and_upsample_on_kernel_threads_match_loops(threads_):
     assert np.abs(y - ref).max() < 1e-6
     np.testing.assert_array_equal(cat, np.concatenate(parts))
     np.testing.assert_array_equal(up, parts[0][:, :13, :13].repeat(2, 1).repeat(2, 2))
+
+
+@pytest.mark.parametrize("threads_", [1, 2])
+def test_shortcut_of_equal_shapes_is_the_rounded_sum_on_any_thread_count(threads_):
+    """yolov3's shortcuts (equal shapes, alpha = beta = 1) add by channel ranges on the kernel threads:
+    each value is the float32 rounding of the exact sum (float64 holds it exactly), as the serial
+    copy-then-add gave; int8 inputs still take the general path (summed in float32, no wrap-around)."""
+    from engine.kernels.threads import blas_limit
+    rng = np.random.default_rng(9)
+    prev, add = (rng.standard_normal((64, 52, 52)).astype(np.float32) for _ in range(2))
+    with blas_limit(threads_):
+        y = shortcut_add(prev, add)
+    assert y.dtype == np.float32 and y is not prev
+    np.testing.assert_array_equal(y, (prev.astype(np.float64) + add).astype(np.float32))
+    big = np.full((2, 3, 3), 100, np.int8)
+    assert (shortcut_add(big, big) == 200).all()
