@@ -96,6 +96,7 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
     y2 = y.reshape(n, ho * wo)
     rows = min(ho, max(BAND // (kk * wo), -(-MIN_BAND // wo)))  # cache-sized, but wide enough for BLAS
     rows = min(rows, -(-ho // SPLIT))  # enough bands for the threads (see the module docstring)
+    rows = even_bands(ho, rows)
     # Output column j of kernel column kx reads input column j*s + kx - p: valid for j in [ja, jb).
     jspan = [(max(0, -(-(p - kx) // s)), min(wo, (w - 1 + p - kx) // s + 1)) for kx in range(k)]
 
@@ -129,6 +130,24 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
             bias_act(y[:, r0:r1], None, act)
 
     parallel_items(-(-ho // rows), band)
+
+
+def two_thread_span(total: int, rows: int) -> int:
+    """Rows the busier of 2 threads runs when they take bands of `rows` (the last one shorter) in turn."""
+    bands = -(-total // rows)
+    last = total - (bands - 1) * rows
+    return (bands // 2) * rows + (last if bands % 2 else 0)
+
+
+def even_bands(total: int, rows: int) -> int:
+    """Rows per band for `total` rows in bands of at most `rows`, chosen so 2 threads split them evenly.
+
+    Why: 416 rows in bands of 46 were 9 x 46 + 2, so on 2 threads one ran 5 full bands and the other
+    4 and a sliver (yolov3-tiny layer 0: 230 rows against 186); bands of 42 split 210 / 206. Among
+    rows*3/4..rows (not narrower: each band costs its own NumPy calls) the band height whose busier
+    thread runs the fewest rows, the largest on ties. A function of the shape only, so the GEMMs are
+    the same on any thread count."""
+    return min(range(max(1, -(-3 * rows // 4)), rows + 1), key=lambda r: (two_thread_span(total, r), -r))
 
 
 def with_bias_column(w2d: np.ndarray, b: np.ndarray) -> np.ndarray:

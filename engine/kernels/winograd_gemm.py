@@ -111,21 +111,25 @@ def tiles_of(h: int, w: int, p: int, m: int) -> tuple[int, int]:
     return (h + 2 * p - 2 + m - 1) // m, (w + 2 * p - 2 + m - 1) // m
 
 
-def padded(x: np.ndarray, p: int, hp: int, wp: int, scratch: Scratch) -> np.ndarray:
+def padded(x: np.ndarray, p: int, hp: int, wp: int, scratch: Scratch, threaded: bool = True) -> np.ndarray:
     """x in a zero border: (C, hp, wp) with x at (p, p); rows and columns past the input are zero too.
-    One scratch buffer for both Winograd kernels (this one and winograd_rows): layers run one at a time."""
+    One scratch buffer for both Winograd kernels (this one and winograd_rows): layers run one at a time.
+    `threaded=False`: only the buffer; the caller fills channel ranges with `pad_channels`."""
     c, h, w = x.shape
     xp = scratch.get("wino_pad", (c, hp, wp))
-
-    def run(lo: int, hi: int) -> None:
-        xp[lo:hi, :p] = 0
-        xp[lo:hi, p + h:] = 0
-        xp[lo:hi, p:p + h, :p] = 0
-        xp[lo:hi, p:p + h, p + w:] = 0
-        xp[lo:hi, p:p + h, p:p + w] = x[lo:hi]
-
-    parallel_for(c, run, xp.size)
+    if threaded:
+        parallel_for(c, lambda lo, hi: pad_channels(x, xp, p, lo, hi), xp.size)
     return xp
+
+
+def pad_channels(x: np.ndarray, xp: np.ndarray, p: int, lo: int, hi: int) -> None:
+    """Channels [lo, hi) of x into the padded buffer xp at (p, p), zeros around them."""
+    h, w = x.shape[1:]
+    xp[lo:hi, :p] = 0
+    xp[lo:hi, p + h:] = 0
+    xp[lo:hi, p:p + h, :p] = 0
+    xp[lo:hi, p:p + h, p + w:] = 0
+    xp[lo:hi, p:p + h, p:p + w] = x[lo:hi]
 
 
 def _block(count: int, size: int) -> int:
@@ -141,7 +145,7 @@ def input_transform(x: np.ndarray, p: int, m: int, scratch: Scratch) -> np.ndarr
     t = m + 2
     th, tw = tiles_of(h, w, p, m)
     tiles = th * tw
-    xp = padded(x, p, m * th + 2, m * tw + 2, scratch)
+    xp = padded(x, p, m * th + 2, m * tw + 2, scratch, threaded=False)  # each block pads its channels
     s0, s1, s2 = xp.strides
     view = as_strided(xp, (t, t, c, th, tw), (s2, s1, s0, m * s1, m * s2), writeable=False)  # [x, y, c, ty, tx]
     kb, _ = kron(m)
@@ -150,6 +154,7 @@ def input_transform(x: np.ndarray, p: int, m: int, scratch: Scratch) -> np.ndarr
 
     def block(part: int, i: int) -> None:  # a channel block: (t^2, cb*tiles) of V, row stride C*tiles
         c0, c1 = i * cb, min(c, (i + 1) * cb)
+        pad_channels(x, xp, p, c0, c1)    # here, not in a pass of its own: one hand-off fewer, cache-hot
         d = scratch.get(f"wino_d{part}", (t, t, c1 - c0, th, tw))
         d[...] = view[:, :, c0:c1]
         np.matmul(kb, d.reshape(t * t, -1), out=v.reshape(t * t, c * tiles)[:, c0 * tiles:c1 * tiles])
@@ -174,23 +179,30 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
     tiles = th * tw
     v = input_transform(x, p, m, scratch)
     mm = scratch.get("wino_m", (t * t, n, tiles))
-    parallel_items(t * t, lambda _part, i: np.matmul(u[i], v[i], out=mm[i]))
-    mm[bias_index(m)] += b[:, None]
-    exact = ho == m * th and wo == m * tw
+    ib, bias = bias_index(m), b[:, None]
+
+    def product(_part: int, i: int) -> None:
+        np.matmul(u[i], v[i], out=mm[i])
+        if i == ib:          # here, not as a pass after the join: one thread would run it alone
+            mm[i] += bias
+
+    parallel_items(t * t, product)
     y = np.empty((n, ho, wo), F)
-    yt = y if exact else scratch.get("wino_y", (n, m * th, m * tw))
-    output_transform(mm, yt, m, th, tw, act, scratch)
-    if not exact:
-        y[...] = yt[:, :ho, :wo]
+    output_transform(mm, y, m, th, tw, act, scratch)
     return y
 
 
 def output_transform(mm: np.ndarray, y: np.ndarray, m: int, th: int, tw: int, act: str | None,
                      scratch: Scratch) -> None:
-    """y (n, m*th, m*tw) = act(A^T M A) of the products mm (t^2, n, tiles), in fixed filter blocks."""
+    """y (n, Ho, Wo) = act(A^T M A) of the products mm (t^2, n, tiles), in fixed filter blocks.
+
+    Ho <= m*th, Wo <= m*tw: where the tiles stick out of y (13 px maps in 2x2 tiles, 26 px in 4x4),
+    a block's tiles go to a per-thread buffer and its filters are cropped into y in the same item,
+    cache-hot and on both threads (a crop of the whole map after the join ran on one thread)."""
     t = m + 2
-    n = mm.shape[1]
+    n, ho, wo = y.shape
     tiles = th * tw
+    exact = ho == m * th and wo == m * tw
     _, kat = kron(m)
     nb = _block(n, t * t * tiles)
     chunk = {4: np.complex128, 2: np.float64}.get(m)
@@ -209,10 +221,13 @@ def output_transform(mm: np.ndarray, y: np.ndarray, m: int, th: int, tw: int, ac
         elif relu:
             np.maximum(z, F(0), out=z)
         z5 = z.reshape(k, th, tw, m, m)                    # [f, ty, tx, i, j]
-        dst = y[n0:n1].reshape(k, th, m, tw, m)            # [f, ty, i, tx, j]
+        full = y[n0:n1] if exact else scratch.get(f"wino_y{part}", (k, m * th, m * tw))
+        dst = full.reshape(k, th, m, tw, m)                # [f, ty, i, tx, j]
         if chunk is not None:   # move each tile row's m floats as one element
             dst.view(chunk)[..., 0].transpose(0, 1, 3, 2)[...] = z5.view(chunk)[..., 0]
         else:
             dst.transpose(0, 1, 3, 2, 4)[...] = z5
+        if not exact:
+            y[n0:n1] = full[:, :ho, :wo]
 
     parallel_items(-(-n // nb), block)

@@ -9,12 +9,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.kernels.threads import own_threads, parallel_for
 from engine.layers.activations import activate, activation_key
 from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, refuse
 
 
 def shortcut_add(prev: np.ndarray, add: np.ndarray, alpha: float = 1.0, beta: float = 1.0) -> np.ndarray:
-    """out = alpha*prev + beta*add on the overlapping channels/grid (new array, prev's shape)."""
+    """out = alpha*prev + beta*add on the overlapping channels/grid (new array, prev's shape).
+
+    Equal shapes with alpha = beta = 1 (every yolov3 shortcut): one add per channel range on the
+    kernel threads, the same sums as the copy-then-add below (23 serial passes of up to 64x208x208
+    in a yolov3 forward before)."""
+    if alpha == 1.0 and beta == 1.0 and prev.shape == add.shape and prev.dtype == add.dtype == np.float32:
+        out = np.empty(prev.shape, np.float32)
+        with own_threads():
+            parallel_for(out.shape[0], lambda lo, hi: np.add(prev[lo:hi], add[lo:hi], out=out[lo:hi]), out.size)
+        return out
     out = prev.astype(np.float32, copy=True)
     if alpha != 1.0:
         out *= np.float32(alpha)

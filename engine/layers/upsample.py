@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import UnsupportedError
+from engine.kernels.threads import own_threads, parallel_for
 from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape
 
 
@@ -13,7 +14,12 @@ def upsample_nearest(x: np.ndarray, stride: int) -> np.ndarray:
     """out[c, y, x] = in[c, y//s, x//s]; one broadcast copy instead of two repeats."""
     c, h, w = x.shape
     y = np.empty((c, h, stride, w, stride), x.dtype)
-    y[...] = x[:, :, None, :, None]
+
+    def run(lo: int, hi: int) -> None:   # on the kernel threads by channels (a serial pass otherwise)
+        y[lo:hi] = x[lo:hi, :, None, :, None]
+
+    with own_threads():
+        parallel_for(c, run, y.size)
     return y.reshape(c, h * stride, w * stride)
 
 

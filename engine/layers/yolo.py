@@ -10,22 +10,36 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.kernels.threads import own_threads, parallel_for
 from engine.layers.activations import logistic
 from engine.layers.base import LAYERS, BuildContext, Layer, Scratch
 
 
 def yolo_activate(x: np.ndarray, n_anchors: int, classes: int, scale_x_y: float = 1.0,
                   new_coords: int = 0) -> np.ndarray:
-    """(A*(5+K), H, W) raw head -> same shape with Darknet's in-layer activations applied."""
+    """(A*(5+K), H, W) raw head -> same shape with Darknet's in-layer activations applied.
+
+    On the kernel threads by ranges of channels (elementwise: the same bits on any thread count);
+    in one thread the 26 px head of yolov3-tiny was 0.5 ms of serial work after the last conv."""
     c, h, w = x.shape
-    y = x.astype(np.float32, copy=True).reshape(n_anchors, 5 + classes, h, w)
-    if not new_coords:
-        logistic(y[:, 0:2])
-        logistic(y[:, 4:])
-    if scale_x_y != 1.0:
-        s = np.float32(scale_x_y)
-        y[:, 0:2] = y[:, 0:2] * s - np.float32(0.5 * (scale_x_y - 1.0))
-    return y.reshape(c, h, w)
+    per = 5 + classes
+    y = np.empty((c, h, w), np.float32)
+    s, shift = np.float32(scale_x_y), np.float32(0.5 * (scale_x_y - 1.0))
+
+    def run(lo: int, hi: int) -> None:
+        y[lo:hi] = x[lo:hi]
+        for a in range(lo // per, -(-hi // per)):
+            base = a * per
+            xy = y[max(lo, base):min(hi, base + 2)]         # this anchor's x, y planes in [lo, hi)
+            if not new_coords:
+                logistic(xy)
+                logistic(y[max(lo, base + 4):min(hi, base + per)])
+            if scale_x_y != 1.0:
+                xy[...] = xy * s - shift
+
+    with own_threads():
+        parallel_for(c, run, y.size)
+    return y
 
 
 @LAYERS.register("yolo")

@@ -71,6 +71,19 @@ def test_conv2d_many_small_bands_match_naive(monkeypatch, s, p):
     assert_close(y, np.maximum(ref, 0.1 * ref), f"banded conv s{s} p{p}")
 
 
+def test_even_bands_never_leave_one_thread_more_rows():
+    """yolov3-tiny layer 0: 416 rows in bands of at most 46 were 9 x 46 + 2 (230 rows on one thread,
+    186 on the other); now bands of 42 (210 / 206). The busier thread never gets more rows than with
+    the cache-sized bands, checked against a plain sum over the bands each thread takes in turn."""
+    assert kernels.even_bands(416, 46) == 42
+    for total in range(1, 160):
+        for rows in range(1, total + 2):
+            r = kernels.even_bands(total, rows)
+            spans = [sum(min(h, total - i) for i in range(j * h, total, 2 * h)) for h in (r, rows) for j in (0, 1)]
+            assert 3 * rows <= 4 * r <= 4 * rows and max(spans[:2]) <= max(spans[2:]), (total, rows, r)
+            assert kernels.two_thread_span(total, r) == max(spans[:2])
+
+
 @pytest.mark.parametrize("k,s,p", [(3, 1, 1), (3, 2, 1), (5, 1, 2), (1, 1, 0), (2, 2, 0)])
 def test_im2col_gemm_matches_naive(k, s, p):
     rng = np.random.default_rng(k * 7 + s)

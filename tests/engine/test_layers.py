@@ -77,3 +77,41 @@ def test_activations_match_formulas(name):
            "mish": x * np.tanh(np.log1p(np.exp(x.astype(np.float64)))), "swish": x / (1 + np.exp(-x.astype(np.float64))),
            "linear": x}[name]
     np.testing.assert_allclose(activate(x.copy(), name), ref, rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("threads_", [1, 2])
+def test_head_route_and_upsample_on_kernel_threads_match_loops(threads_):
+    """yolov3-tiny's 26 px head, its 384-channel route and 13 -> 26 upsample run by channel ranges on
+    the kernel threads: against per-element loops (the sigmoid in float64) and NumPy's concatenate /
+    repeat, on 1 and 2 threads; ranges that cut an anchor's planes in the middle included."""
+    from engine.kernels.threads import blas_limit
+    from engine.layers.route import concat_channels
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((3 * 85, 26, 26)) * 6).astype(np.float32)
+    with blas_limit(threads_):
+        y = yolo_activate(x, 3, 80, scale_x_y=1.05)
+        parts = [rng.standard_normal((c, 26, 26)).astype(np.float32) for c in (128, 256)]
+        cat = concat_channels(parts)
+        up = upsample_nearest(parts[0][:, :13, :13], 2)
+    ref = x.astype(np.float64).reshape(3, 85, 26, 26)
+    sig = 1 / (1 + np.exp(-ref))
+    ref = np.concatenate([sig[:, :2] * 1.05 - 0.025, ref[:, 2:4], sig[:, 4:]], axis=1).reshape(x.shape)
+    assert np.abs(y - ref).max() < 1e-6
+    np.testing.assert_array_equal(cat, np.concatenate(parts))
+    np.testing.assert_array_equal(up, parts[0][:, :13, :13].repeat(2, 1).repeat(2, 2))
+
+
+@pytest.mark.parametrize("threads_", [1, 2])
+def test_shortcut_of_equal_shapes_is_the_rounded_sum_on_any_thread_count(threads_):
+    """yolov3's shortcuts (equal shapes, alpha = beta = 1) add by channel ranges on the kernel threads:
+    each value is the float32 rounding of the exact sum (float64 holds it exactly), as the serial
+    copy-then-add gave; int8 inputs still take the general path (summed in float32, no wrap-around)."""
+    from engine.kernels.threads import blas_limit
+    rng = np.random.default_rng(9)
+    prev, add = (rng.standard_normal((64, 52, 52)).astype(np.float32) for _ in range(2))
+    with blas_limit(threads_):
+        y = shortcut_add(prev, add)
+    assert y.dtype == np.float32 and y is not prev
+    np.testing.assert_array_equal(y, (prev.astype(np.float64) + add).astype(np.float32))
+    big = np.full((2, 3, 3), 100, np.int8)
+    assert (shortcut_add(big, big) == 200).all()

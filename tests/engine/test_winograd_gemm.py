@@ -71,3 +71,11 @@ def test_chooser_keeps_f2x2_on_13_pixel_maps_and_im2col_on_few_channels():
     assert choice(16, 52, 52, 32, 3, 1, 1) == "im2col-3x3/1"
     assert choice(3, 416, 416, 16, 3, 1, 1) == "im2col-3x3/1"
     assert choice(32, 104, 104, 64, 3, 2, 1) == "im2col-3x3/2"
+
+
+@pytest.mark.parametrize("kind,c,side,n", [("winograd", 256, 13, 512), ("winograd-4x4", 384, 26, 256)])
+def test_tiles_sticking_out_are_cropped_per_filter_block(kind, c, side, n):
+    """yolov3-tiny layers 10 (F(2x2) on 13 px: 7x7 tiles of 2 = 14 px) and 21 (F(4x4) on 26 px: 28 px):
+    each filter block crops its own tiles into y inside its item; against the direct conv, and the
+    same bits on 1 and 2 threads."""
+    assert_kernel_on_layer(kind, c, side, n, kind)
