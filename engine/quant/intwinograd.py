@@ -19,6 +19,8 @@ int8 path ran them as im2col GEMMs, 2.25x the multiplies. This is the same algor
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from engine.kernels import winograd_gemm
@@ -28,6 +30,7 @@ from engine.quant.intcache import kept
 
 EXACT_F32 = float(1 << 24)
 _MIN, _MAX = np.minimum.reduce, np.maximum.reduce
+Epilogue = Callable[[int, int, int, np.ndarray, slice], None]
 BLOCK = 64                      # channels per block of the cached weight bounds
 _G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], np.int64)    # 2G
 _K2 = np.einsum("ai,bj->ijab", _G2, _G2).reshape(9, 16).astype(np.float32)   # vec(g) @ _K2 = vec(U')
@@ -112,8 +115,39 @@ def input_tiles(x_q: np.ndarray, scratch: Scratch) -> np.ndarray:
 
 def conv3x3_acc(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch) -> np.ndarray | None:
     """Exact accumulators (n, H, W) of the 3x3 stride-1 pad-1 conv of int8 x_q (C, H, W) with int8
-    w_q (n, C, 3, 3), no bias: float32 exact integers (`_output_f32`, when the output transform's sums
-    stay below 2**24) or int32; None when a channel block's sums cannot be kept exact.
+    w_q (n, C, 3, 3), no bias: float32 exact integers or int32; None when a channel block's sums
+    cannot be kept exact (`_run`)."""
+    got = _run(x_q, w_q, scratch, None)
+    return None if got is None else got[0]
+
+
+def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch, epilogue: Epilogue) -> bool:
+    """The same accumulators handed to epilogue(part, 0, H, acc, ch) by blocks of filters ch (the
+    contract of `intops.conv_int_bands`' epilogues): on the float32 path each block right after its
+    output GEMM, while it is in cache, on the thread that made it; otherwise by 4 blocks afterwards.
+    False (nothing run) when a channel block's sums cannot be kept exact: the caller runs im2col."""
+    got = _run(x_q, w_q, scratch, epilogue)
+    if got is None:
+        return False
+    acc, done = got
+    if not done:
+        n = acc.shape[0]
+        blocks = 4 if n >= 128 else 1
+        edges = [n * i // blocks for i in range(blocks + 1)]
+
+        def block(part: int, i: int) -> None:
+            ch = slice(edges[i], edges[i + 1])
+            epilogue(part, 0, acc.shape[1], acc[ch], ch)
+
+        with own_threads():
+            parallel_items(blocks, block)
+    return True
+
+
+def _run(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch, epilogue: Epilogue | None
+         ) -> tuple[np.ndarray, bool] | None:
+    """(accumulators, whether `epilogue` already ran on them) or None. The accumulators are float32
+    exact integers (`_output_f32`, when the output transform's sums stay below 2**24) or int32.
 
     The products go into a float32 M (exact: the per-position bound of `Weights.chunks`; a chunked
     position's float64 sums are checked below 2**24 before they are stored), and each GEMM item takes
@@ -158,13 +192,13 @@ def conv3x3_acc(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch) -> np.ndarra
     with own_threads():
         parallel_items(16, gemm)
     if np.isinf(mmax).any():
-        return _int64_path(v, wt, plans, n, h, w, th, tw, scratch)
+        return _int64_path(v, wt, plans, n, h, w, th, tw, scratch), False
     if _output_bound(mmax) < EXACT_F32:
-        return _output_f32(m, n, h, w, th, tw, scratch)
+        return _output_f32(m, n, h, w, th, tw, scratch, epilogue), epilogue is not None
     mi = scratch.get("iw_m", (16, n, t), np.int32)                # |M| < 2**24: 9 of them fit int32
     with own_threads():
         parallel_items(16, lambda _part, p: np.copyto(mi[p], m[p], casting="unsafe"))
-    return _output_tiles(mi, n, h, w, th, tw, scratch)
+    return _output_tiles(mi, n, h, w, th, tw, scratch), False
 
 
 def _plane_max(v: np.ndarray) -> np.ndarray:
@@ -216,7 +250,8 @@ def _output_bound(bounds: np.ndarray) -> float:
     return float(max(b[np.ix_(r, c)].sum() for r in _SETS for c in _SETS))
 
 
-def _output_f32(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch: Scratch) -> np.ndarray:
+def _output_f32(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch: Scratch,
+                epilogue: Epilogue | None = None) -> np.ndarray:
     """Y = A^T M A / 4 as one float32 GEMM per filter block with A^T (x) A^T / 4, exact when every sum
     of the (at most 9) terms an output adds stays below 2**24 (`_output_bound` of M's actual maxima):
     the accumulators come out as float32 (n, h, w), with no int32 copies, adds and shifts over M (4x
@@ -239,6 +274,8 @@ def _output_f32(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch
         d5.view(np.float64)[..., 0].transpose(0, 1, 3, 2)[...] = z.reshape(k, th, tw, 2, 2).view(np.float64)[..., 0]
         if not even:
             y[n0:n1] = dst[:, :h, :w]
+        if epilogue is not None:            # the block while in cache (its filters only: any split)
+            epilogue(part, 0, h, y[n0:n1], slice(n0, n1))
 
     with own_threads():
         parallel_items(-(-n // nb), out_block)

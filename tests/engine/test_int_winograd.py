@@ -192,3 +192,30 @@ def test_chunked_sums_past_2_24_take_the_int64_path_exactly(monkeypatch):
     got = intwinograd.conv3x3_acc(x_q, w_q, _scratch())
     assert calls and got is not None and got.dtype == np.int32
     np.testing.assert_array_equal(got, conv_int_naive(x_q, w_q, np.zeros(n, np.int32), 1, 1))
+
+
+@pytest.mark.parametrize("threads_", [1, 2])
+@pytest.mark.parametrize("c,n,h,w,xmax", [(64, 200, 26, 26, 20), (64, 130, 13, 13, 20), (16, 136, 15, 17, 127)])
+def test_fused_epilogue_sees_the_naive_accumulators_by_filter_blocks(threads_, c, n, h, w, xmax):
+    """conv3x3_fused hands every filter exactly once to the epilogue, as (filters, H, W) blocks of the
+    naive loops' accumulators: right after each output GEMM block on the float32 path (small sums,
+    even and odd maps), afterwards by blocks on the int32 path (+-127 on alike channels); 1 and 2 threads."""
+    from engine.kernels import threads
+    if xmax == 127:
+        rng = np.random.default_rng(1)
+        x_q = np.broadcast_to(rng.choice([-127, 127], (h, w)).astype(np.int8), (c, h, w)).copy()
+        w_q = np.broadcast_to(rng.choice([-127, 127], (n, 1, 3, 3)).astype(np.int8), (n, c, 3, 3)).copy()
+    else:
+        x_q, w_q = _data(n + h, c, n, h, w, xmax=xmax, wmax=xmax)
+    got = np.full((n, h, w), -1 << 40, np.int64)
+    seen = np.zeros(n, int)
+
+    def epilogue(part, r0, r1, acc, ch):
+        assert (r0, r1) == (0, h) and acc.shape[0] == ch.stop - ch.start and acc.shape[1] == h
+        got[ch] = acc[:, :, :w]
+        seen[ch] += 1
+
+    with threads.blas_limit(threads_):
+        assert intwinograd.conv3x3_fused(x_q, w_q, _scratch(), epilogue)
+    assert (seen == 1).all()
+    np.testing.assert_array_equal(got, conv_int_naive(x_q, w_q, np.zeros(n, np.int32), 1, 1))
