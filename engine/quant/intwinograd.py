@@ -260,7 +260,11 @@ def _output_f32(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch
     t = th * tw
     y = np.empty((n, h, w), np.float32)
     m2 = m.reshape(16, n * t)
-    nb = max(1, min(n, (1 << 18) // (16 * t)))          # filters per output GEMM: M's block ~1 MiB
+    # filters per output GEMM: M's block ~1 MiB, and an even count of >= 4 blocks from 128 filters, so
+    # 2 threads share the output GEMMs and their epilogues evenly (one block would leave a core idle)
+    blocks = max(4 if n >= 128 else 1, -(-n // max(1, (1 << 18) // (16 * t))))
+    blocks += blocks > 1 and blocks % 2 == 1
+    nb = -(-n // blocks)
     even = h == 2 * th and w == 2 * tw
 
     def out_block(part: int, i: int) -> None:
