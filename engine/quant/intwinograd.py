@@ -12,14 +12,11 @@ int8 path ran them as im2col GEMMs, 2.25x the multiplies. This is the same algor
   2**24: max_f sum_c |U'[p, f, c]| * max |V[p]| < 2**24 per position p, checked per call from cached
   per-block weight sums; where it fails the channels are split into chunks that pass, summed in
   float64 (exact); a single 64-channel block that cannot pass sends the layer back to im2col;
-* A^T M A = 4 * (the exact accumulator): the output transform is one float32 GEMM with
-  (A^T (x) A^T) / 4 when the 9 terms of every output sum below 2**24 by M's actual maxima (the usual
-  case), else integer adds in int32 (int64 past a float32 M) and an arithmetic shift by 2; either
-  way the accumulators bit for bit (tests/engine/test_int_winograd.py against conv_int_naive).
+* the output transform adds integers in int32 (int64 when its sums could reach 2**31), and
+  A^T M A = 4 * (the exact accumulator), so an arithmetic shift by 2 gives the int32 accumulators
+  bit for bit (property tests: tests/engine/test_int_winograd.py against conv_int_naive).
 """
 from __future__ import annotations
-
-from typing import Callable
 
 import numpy as np
 
@@ -29,8 +26,6 @@ from engine.kernels.threads import PARALLEL_MIN, own_threads, parallel_items
 from engine.quant.intcache import kept
 
 EXACT_F32 = float(1 << 24)
-_MIN, _MAX = np.minimum.reduce, np.maximum.reduce
-Epilogue = Callable[[int, int, int, np.ndarray, slice], None]
 BLOCK = 64                      # channels per block of the cached weight bounds
 _G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], np.int64)    # 2G
 _K2 = np.einsum("ai,bj->ijab", _G2, _G2).reshape(9, 16).astype(np.float32)   # vec(g) @ _K2 = vec(U')
@@ -115,121 +110,39 @@ def input_tiles(x_q: np.ndarray, scratch: Scratch) -> np.ndarray:
 
 def conv3x3_acc(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch) -> np.ndarray | None:
     """Exact accumulators (n, H, W) of the 3x3 stride-1 pad-1 conv of int8 x_q (C, H, W) with int8
-    w_q (n, C, 3, 3), no bias: float32 exact integers or int32; None when a channel block's sums
-    cannot be kept exact (`_run`)."""
-    got = _run(x_q, w_q, scratch, None)
-    return None if got is None else got[0]
-
-
-def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch, epilogue: Epilogue) -> bool:
-    """The same accumulators handed to epilogue(part, 0, H, acc, ch) by blocks of filters ch (the
-    contract of `intops.conv_int_bands`' epilogues): on the float32 path each block right after its
-    output GEMM, while it is in cache, on the thread that made it; otherwise by 4 blocks afterwards.
-    False (nothing run) when a channel block's sums cannot be kept exact: the caller runs im2col."""
-    got = _run(x_q, w_q, scratch, epilogue)
-    if got is None:
-        return False
-    acc, done = got
-    if not done:
-        n = acc.shape[0]
-        blocks = 4 if n >= 128 else 1
-        edges = [n * i // blocks for i in range(blocks + 1)]
-
-        def block(part: int, i: int) -> None:
-            ch = slice(edges[i], edges[i + 1])
-            epilogue(part, 0, acc.shape[1], acc[ch], ch)
-
-        with own_threads():
-            parallel_items(blocks, block)
-    return True
-
-
-def _run(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch, epilogue: Epilogue | None
-         ) -> tuple[np.ndarray, bool] | None:
-    """(accumulators, whether `epilogue` already ran on them) or None. The accumulators are float32
-    exact integers (`_output_f32`, when the output transform's sums stay below 2**24) or int32.
-
-    The products go into a float32 M (exact: the per-position bound of `Weights.chunks`; a chunked
-    position's float64 sums are checked below 2**24 before they are stored), and each GEMM item takes
-    its plane's actual max |M[p]| while it is in cache. The output transform adds at most 9 of those
-    per output: its bound from the actual maxima (`_output_bound`) is ~10x below 2**24 on
-    yolov3-tiny's six Winograd layers, where the a priori one (weights x max |V|) is 0.6-6.7x above."""
+    w_q (n, C, 3, 3), no bias: int32, or float32 exact integers (`_float32_path`, when its bound
+    holds); None when a channel block's sums cannot be kept exact."""
     c, h, w = x_q.shape
     wt = weights(w_q)
     n = w_q.shape[0]
     th, tw = (h + 1) // 2, (w + 1) // 2
     t = th * tw
     v = input_tiles(x_q, scratch)
-    vmax = _plane_max(v)[_PERM]
+    v2 = v.reshape(16, -1)
+    vmax = np.maximum(v2.max(axis=1), -v2.min(axis=1)).astype(np.float64)[_PERM]
     plans = [wt.chunks(p, float(vmax[p])) for p in range(16)]
     if any(pl is None for pl in plans):
         return None
-    m = scratch.get("iw_mf", (16, n, t))
-    # the a priori bounds (weights x max |V|) already keep the output sums exact (yolov3-tiny's layer 6):
-    # no need for the actual maxima
-    a_priori = all(len(pl) == 1 for pl in plans) and _output_bound(wt.row_sums * vmax) < EXACT_F32
-    mmax = np.zeros(16)
+    bounds = wt.row_sums * vmax
+    if h % 2 == 0 and w % 2 == 0 and all(len(pl) == 1 for pl in plans) and _output_bound(bounds) < EXACT_F32:
+        return _float32_path(v, wt, n, h, w, th, tw, scratch)
+    bound = float(bounds.max())
+    m = scratch.get("iw_m", (16, n, t), np.int32 if 9 * bound < 2.0 ** 31 else np.int64)
 
     def gemm(part: int, p: int) -> None:
         vt = v[_PERM[p]]                                        # (C, tiles), contiguous
+        out = scratch.get(f"iw_out{part}", (n, t))
         plan = plans[p]
         if len(plan) == 1:
-            np.matmul(wt.u[p], vt, out=m[p])
-        else:
-            out = scratch.get(f"iw_out{part}", (n, t))
-            acc = scratch.get(f"iw_acc{part}", (n, t), np.float64)
-            acc[...] = 0
-            for a, b in plan:
-                np.matmul(wt.u[p, :, a:b], vt[a:b], out=out)
-                acc += out
-            if max(float(_MAX(acc, None)), -float(_MIN(acc, None))) >= EXACT_F32:
-                mmax[p] = np.inf                                # not exact in float32: the int64 path
-                return
-            m[p] = acc                                          # integers below 2**24: exact
-        if not a_priori:
-            mmax[p] = max(float(_MAX(m[p], None)), -float(_MIN(m[p], None)))
-
-    with own_threads():
-        parallel_items(16, gemm)
-    if np.isinf(mmax).any():
-        return _int64_path(v, wt, plans, n, h, w, th, tw, scratch), False
-    if _output_bound(mmax) < EXACT_F32:
-        return _output_f32(m, n, h, w, th, tw, scratch, epilogue), epilogue is not None
-    mi = scratch.get("iw_m", (16, n, t), np.int32)                # |M| < 2**24: 9 of them fit int32
-    with own_threads():
-        parallel_items(16, lambda _part, p: np.copyto(mi[p], m[p], casting="unsafe"))
-    return _output_tiles(mi, n, h, w, th, tw, scratch), False
-
-
-def _plane_max(v: np.ndarray) -> np.ndarray:
-    """max |V| of each of the 16 planes (float64), planes on the kernel threads: two serial passes over
-    V (4x the input) were ~1 ms of a yolov3-tiny INT forward with a second core idle."""
-    out = np.empty(16)
-
-    def plane(_part: int, p: int) -> None:
-        out[p] = max(float(_MAX(v[p], None)), -float(_MIN(v[p], None)))
-
-    with own_threads():
-        parallel_items(16, plane)
-    return out
-
-
-def _int64_path(v: np.ndarray, wt: Weights, plans: list, n: int, h: int, w: int, th: int, tw: int,
-                scratch: Scratch) -> np.ndarray:
-    """A chunked position whose sums reach 2**24 (full-range values on many channels): M in int64,
-    every position's float32 / float64 sums cast exactly, then the integer output transform."""
-    t = th * tw
-    m = scratch.get("iw_m64", (16, n, t), np.int64)
-
-    def gemm(part: int, p: int) -> None:
-        vt = v[_PERM[p]]
-        out = scratch.get(f"iw_out{part}", (n, t))
+            np.matmul(wt.u[p], vt, out=out)
+            m[p] = out                                          # exact integers: exact cast
+            return
         acc = scratch.get(f"iw_acc{part}", (n, t), np.float64)
         acc[...] = 0
-        for a, b in plans[p]:
+        for a, b in plan:
             np.matmul(wt.u[p, :, a:b], vt[a:b], out=out)
             acc += out
-        m[p] = acc                                              # float64 integers below 2**53: exact
+        m[p] = acc
 
     with own_threads():
         parallel_items(16, gemm)
@@ -250,22 +163,22 @@ def _output_bound(bounds: np.ndarray) -> float:
     return float(max(b[np.ix_(r, c)].sum() for r in _SETS for c in _SETS))
 
 
-def _output_f32(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch: Scratch,
-                epilogue: Epilogue | None = None) -> np.ndarray:
-    """Y = A^T M A / 4 as one float32 GEMM per filter block with A^T (x) A^T / 4, exact when every sum
-    of the (at most 9) terms an output adds stays below 2**24 (`_output_bound` of M's actual maxima):
-    the accumulators come out as float32 (n, h, w), with no int32 copies, adds and shifts over M (4x
-    the output's size) and no cast back to float for the epilogue. Odd maps: the tiles' last row /
-    column is cut in the copy into y (filter blocks on the kernel threads; each block is its own)."""
+def _float32_path(v: np.ndarray, wt: Weights, n: int, h: int, w: int, th: int, tw: int,
+                  scratch: Scratch) -> np.ndarray:
+    """Even maps whose products and output sums all stay below 2**24 (`_output_bound`; yolov3-tiny's
+    64 -> 128 @52): every GEMM writes its exact float32 integers straight into M, and the output
+    transform is one float32 GEMM per filter block with A^T (x) A^T / 4, exact by the same bound: the
+    accumulators come out as float32 (n, h, w), with no int32 copies, adds and shifts over M (4x the
+    output's size) and no cast back to float for the epilogue."""
     t = th * tw
+    m = scratch.get("iw_mf", (16, n, t))
+
+    def gemm(part: int, p: int) -> None:
+        np.matmul(wt.u[p], v[_PERM[p]], out=m[p])
+
     y = np.empty((n, h, w), np.float32)
     m2 = m.reshape(16, n * t)
-    # filters per output GEMM: M's block ~1 MiB, and an even count of >= 4 blocks from 128 filters, so
-    # 2 threads share the output GEMMs and their epilogues evenly (one block would leave a core idle)
-    blocks = max(4 if n >= 128 else 1, -(-n // max(1, (1 << 18) // (16 * t))))
-    blocks += blocks > 1 and blocks % 2 == 1
-    nb = -(-n // blocks)
-    even = h == 2 * th and w == 2 * tw
+    nb = max(1, min(n, (1 << 18) // (16 * t)))          # filters per output GEMM: M's block ~1 MiB
 
     def out_block(part: int, i: int) -> None:
         n0, n1 = i * nb, min(n, (i + 1) * nb)
@@ -273,15 +186,11 @@ def _output_f32(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch
         z = scratch.get(f"iw_z{part}", (k * t, 4))
         np.matmul(m2[:, n0 * t:n1 * t].T, _KA, out=z)
         # [f, ty, tx, i, j] -> y[f, 2ty + i, 2tx + j]: each tile row's two floats move as one float64
-        dst = y[n0:n1] if even else scratch.get(f"iw_y{part}", (k, 2 * th, 2 * tw))
-        d5 = dst.reshape(k, th, 2, tw, 2)
-        d5.view(np.float64)[..., 0].transpose(0, 1, 3, 2)[...] = z.reshape(k, th, tw, 2, 2).view(np.float64)[..., 0]
-        if not even:
-            y[n0:n1] = dst[:, :h, :w]
-        if epilogue is not None:            # the block while in cache (its filters only: any split)
-            epilogue(part, 0, h, y[n0:n1], slice(n0, n1))
+        dst = y[n0:n1].reshape(k, th, 2, tw, 2)
+        dst.view(np.float64)[..., 0].transpose(0, 1, 3, 2)[...] = z.reshape(k, th, tw, 2, 2).view(np.float64)[..., 0]
 
     with own_threads():
+        parallel_items(16, gemm)
         parallel_items(-(-n // nb), out_block)
     return y
 
