@@ -19,7 +19,7 @@ import numpy as np
 
 from engine.kernels.gemm import BAND, MIN_BAND, conv_out_size
 from engine.kernels.scratch import Scratch, derived
-from engine.kernels.threads import own_threads, parallel_for, parallel_items
+from engine.kernels.threads import own_threads, parallel_items
 from engine.quant.layermemo import acc_memo
 
 EXACT_F32 = float(1 << 24)     # integers up to 2**24 are exact in float32
@@ -131,17 +131,12 @@ def _padded(x_q: np.ndarray, p: int, extra_rows: int, scratch: Scratch, name: st
     """int8 (C, H, W) -> float32 (C, H+2p+extra_rows, W+2p) with zero border, in a scratch buffer."""
     c, h, w = x_q.shape
     xp = scratch.get(name, (c, h + 2 * p + extra_rows, w + 2 * p))
-
-    def run(lo: int, hi: int) -> None:      # channel blocks on the kernel threads (layer 2: 0.7 M values)
-        if p or extra_rows:
-            xp[lo:hi, :p] = 0
-            xp[lo:hi, p + h:] = 0
-            xp[lo:hi, p:p + h, :p] = 0
-            xp[lo:hi, p:p + h, p + w:] = 0
-        xp[lo:hi, p:p + h, p:p + w] = x_q[lo:hi]
-
-    with own_threads():
-        parallel_for(c, run, xp.size)
+    if p or extra_rows:
+        xp[:, :p] = 0
+        xp[:, p + h:] = 0
+        xp[:, p:p + h, :p] = 0
+        xp[:, p:p + h, p + w:] = 0
+    xp[:, p:p + h, p:p + w] = x_q
     return xp
 
 
@@ -207,11 +202,6 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
         row_w = wo
     rows = min(ho, max(BAND // (kk * row_w), -(-MIN_BAND // row_w)))
     bands = -(-ho // rows)
-    if bands > 1 and bands % 2:
-        # an even count (a function of the shape only): 2 threads get equal shares (yolov3-tiny layer 2:
-        # 13 -> 14 bands; the thread with the odd band out set the layer's wall time)
-        rows = -(-ho // (bands + 1))
-        bands = -(-ho // rows)
     fblocks = 2 if bands == 1 and n >= 32 else 1
 
     def band(part: int, item: int) -> None:
