@@ -150,3 +150,23 @@ def test_even_maps_with_small_sums_take_the_float32_path_exactly(c, n, h, w):
     if got is not None:
         assert got.dtype == np.int32
         np.testing.assert_array_equal(got, conv_int_naive(x_q, w_q, np.zeros(n, np.int32), 1, 1))
+
+
+@pytest.mark.parametrize("h,w", [(16, 16), (15, 17)])
+def test_worst_case_output_sums_take_the_int32_transform_exactly(h, w):
+    """Near the worst case of the output transform: x and w at +-127, every channel alike (no
+    cancellation across channels), 16 channels: each product sum is exact in float32 (16 * 1143 * 508
+    < 2**24) but 9 of them add up to ~3 * 2**24, past float32's integers: the integer transform runs
+    and the accumulators are the naive loops', even and odd maps."""
+    rng = np.random.default_rng(0)
+    c, n = 16, 8
+    x_q = np.broadcast_to(rng.choice([-127, 127], (h, w)).astype(np.int8), (c, h, w)).copy()
+    w_q = np.broadcast_to(rng.choice([-127, 127], (n, 1, 3, 3)).astype(np.int8), (n, c, 3, 3)).copy()
+    wt = intwinograd.weights(w_q)
+    v = intwinograd.input_tiles(x_q, _scratch())
+    m = np.array([np.abs(wt.u[p].astype(np.float64) @ v[intwinograd._PERM[p]].astype(np.float64)).max()
+                  for p in range(16)])
+    assert intwinograd._output_bound(m) > 2 * 2**24            # the actual sums, not only the bound, are past 2**24
+    got = intwinograd.conv3x3_acc(x_q, w_q, _scratch())
+    assert got is not None and got.dtype == np.int32
+    np.testing.assert_array_equal(got, conv_int_naive(x_q, w_q, np.zeros(n, np.int32), 1, 1))
