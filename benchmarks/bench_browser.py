@@ -41,7 +41,7 @@ from conftest import CHROMIUM, CHROMIUM_ARGS, NOTEBOOKS, Lab, _stop, _wait_ready
 
 CY = "document.querySelector('.qw-explorer .qw-graph-canvas')._cyreg.cy"
 STATUS = "document.querySelector('.qw-explorer .qw-controls .qw-status').innerText"
-PANEL_TITLE = "document.querySelector('.qw-explorer .qw-layer-panel').firstElementChild.innerText"
+PANEL_TITLE = "document.querySelector('.qw-explorer .qw-layer-panel .qw-panel-title').innerText"
 # every <img> shown under `root` is decoded
 IMAGES_DONE = ("(root => Array.from(root.querySelectorAll('img')).filter(i => i.offsetParent !== null)"
                ".every(i => i.complete && i.naturalWidth > 0))")
