@@ -41,7 +41,7 @@ from conftest import CHROMIUM, CHROMIUM_ARGS, NOTEBOOKS, Lab, _stop, _wait_ready
 
 CY = "document.querySelector('.qw-explorer .qw-graph-canvas')._cyreg.cy"
 STATUS = "document.querySelector('.qw-explorer .qw-controls .qw-status').innerText"
-PANEL_TITLE = "document.querySelector('.qw-explorer .qw-layer-panel').firstElementChild.innerText"
+PANEL_TITLE = "document.querySelector('.qw-explorer .qw-layer-panel .qw-panel-title').innerText"
 # every <img> shown under `root` is decoded
 IMAGES_DONE = ("(root => Array.from(root.querySelectorAll('img')).filter(i => i.offsetParent !== null)"
                ".every(i => i.complete && i.naturalWidth > 0))")
@@ -185,7 +185,9 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
             apply = page.locator(".qw-explorer .qw-weight-editor button", has_text="Apply").first
             print(f"  ({model}: Steps, node clicks done; Apply in layer {conv})", flush=True)
             for k in range(repeat):
-                cell = page.locator(".qw-explorer .qw-weight-editor input[type=number]").first
+                # a cell of the kernel grid (filled when the tab is shown; before that the first number
+                # input of the editor is its "factor" field, and Apply then changed nothing: a timeout)
+                cell = page.locator(".qw-explorer .qw-weight-editor .widget-gridbox input[type=number]").first
                 # a value the tap does not hold yet (typing the current one changes nothing: no '-> v')
                 v = 10 + k if cell.input_value().strip() != str(10 + k) else 50 + k
                 cell.fill(str(v))

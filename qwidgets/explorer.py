@@ -284,8 +284,9 @@ class Explorer(widgets.VBox):
             self.controls.run_to_button.click()
 
     def _on_selected_node_change(self, change) -> None:
-        self.weight_editor.layer = self._index(change.new)
+        # the visible view first: its message is not queued behind the other tab's
         self.show_node(change.new)
+        self.weight_editor.layer = self._index(change.new)
 
     def _on_editor_layer_change(self, change) -> None:
         if change.new >= 0 and self.graph.selected_node != str(change.new):
@@ -339,8 +340,8 @@ class Explorer(widgets.VBox):
             if follow and tracking and self.graph.selected_node != node:
                 self.graph.selected_node = node        # -> weight editor layer + panel
             else:
-                self.weight_editor.refresh()
                 self.show_node(self.graph.selected_node)
+                self.weight_editor.refresh()
         self.update_overlay()
 
     @shows_errors

@@ -1,12 +1,20 @@
 """LayerPanel: a pure view of one layer, fed with already-computed data.
 
 `show(info, images, stats_rows)` fills an info table, PNG images and a statistics table; it does
-no computation (the data comes from `qwidgets._panel_data.layer_panel_data` today, from the
-Session in the Explorer later). Image slots without data are hidden, so a FLOAT-only run shows
-no empty INT boxes.
+no computation (the data comes from `qwidgets._panel_data.layer_panel_data`, or from the Session in
+the Explorer: `qwidgets._session_panel`). Image slots without data are left out, so a FLOAT-only run
+shows no empty INT boxes.
+
+A panel update is one widget message: one HTML widget carries the title, the info and statistics
+tables and the pictures (PNGs as data: URIs). Each widget message is a hop through the kernel's IOPub
+thread, the Jupyter server and the page, with a view update and a frame each: with an Image widget
+per picture a Step sent ~30 messages and the last one reached the page 80-160 ms after the kernel sent
+it (docs/browser-latency.md, round 5). The style sheet is a widget of its own, sent once: a <style>
+element in an updated value makes the page recompute the style of the whole document.
 """
 from __future__ import annotations
 
+import base64
 import html
 from typing import Any, Mapping, Sequence
 
@@ -21,6 +29,10 @@ IMAGE_SLOTS = {
     "weights": "weights (columns: filters, rows: input channels)",
 }
 ROWS = [("input", "output"), ("float", "int", "heatmap"), ("hist_output", "hist_input"), ("hist_weights", "weights")]
+PANEL_CSS = ("<style>.qw-layer-panel .qw-row{display:flex;flex-flow:row wrap;line-height:1.3}"
+             ".qw-layer-panel .qw-pic{display:flex;flex-direction:column;align-items:flex-start;margin:0 6px 6px 0;"
+             "max-width:100%}.qw-layer-panel .qw-pic img{max-width:100%;height:auto}"
+             ".qw-layer-panel .qw-stats-scroll{overflow:auto;max-width:100%}</style>")
 TABLE_CSS = ("<style>.qw-table{margin-bottom:6px}.qw-table td,.qw-table th{padding:1px 6px;text-align:right;"
              "font-size:12px;line-height:1.3}.qw-table th{background:#f0f0f0}"
              ".qw-table td:first-child{text-align:left;max-width:150px}</style>")
@@ -44,17 +56,17 @@ def fmt_value(v: Any) -> str:
 
 
 def info_html(info: Mapping[str, Any], pairs_per_row: int = 2) -> str:
-    """HTML table of key | value cells, `pairs_per_row` pairs per row (values escaped)."""
+    """HTML table of key | value cells, `pairs_per_row` pairs per row (values escaped); styled by TABLE_CSS."""
     cells = [f"<th style='text-align:left'>{html.escape(str(k))}</th>"
              f"<td style='text-align:left'>{html.escape(fmt_value(v))}</td>" for k, v in info.items()]
     rows = "".join("<tr>" + "".join(cells[i:i + pairs_per_row]) + "</tr>"
                    for i in range(0, len(cells), pairs_per_row))
-    return f"{TABLE_CSS}<table class='qw-table qw-info'>{rows}</table>"
+    return f"<table class='qw-table qw-info'>{rows}</table>"
 
 
 def stats_html(rows: Sequence[Mapping[str, Any]]) -> str:
     """HTML tables of dict rows: one table per run of rows with the same columns (tensor statistics,
-    then error rows), so no table carries the union of both and runs off a 780 px panel."""
+    then error rows), so no table carries the union of both and runs off a 780 px panel; styled by TABLE_CSS."""
     if not rows:
         return ""
     groups: list[list[Mapping[str, Any]]] = []
@@ -70,69 +82,94 @@ def stats_html(rows: Sequence[Mapping[str, Any]]) -> str:
         body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt_value(r.get(c, '')))}</td>" for c in cols) + "</tr>"
                        for r in group)
         tables.append(f"<table class='qw-table qw-stats'><tr>{head}</tr>{body}</table>")
-    return TABLE_CSS + "".join(tables)
+    return "".join(tables)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk.
+    Raises: ValueError when `data` is not a PNG."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise ValueError(f"LayerPanel: picture is not a PNG (starts with {data[:8]!r})")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def pictures_html(images: Mapping[str, bytes]) -> str:
+    """The slots of `images` that hold bytes, in ROWS order with their captions, as <img> tags with data:
+    URIs. Width and height are written on each tag, so the panel keeps its height while they decode."""
+    rows = []
+    for row in ROWS:
+        cells = []
+        for key in row:
+            data = images.get(key, b"")
+            if data:
+                w, h = png_size(data)
+                cells.append(f"<div class='qw-pic qw-pic-{key}'><small>{html.escape(IMAGE_SLOTS[key])}</small>"
+                             f"<img width='{w}' height='{h}' alt='{html.escape(IMAGE_SLOTS[key])}' "
+                             f"src='data:image/png;base64,{base64.b64encode(data).decode('ascii')}'></div>")
+        if cells:
+            rows.append(f"<div class='qw-row'>{''.join(cells)}</div>")
+    return "".join(rows)
 
 
 class LayerPanel(widgets.VBox):
-    """Info table, feature-map montages, FLOAT/INT/error images, histograms and a statistics table."""
+    """Info table, feature-map montages, FLOAT/INT/error images, histograms and a statistics table.
+
+    `images` holds the PNG bytes of each slot shown (b"" when left out); `title`, `info`, `stats` and
+    `pictures` the HTML of the parts that the one content widget carries (`content_html()`)."""
 
     node_id = traitlets.Unicode("", help="id of the layer shown ('' = nothing yet)")
     hist_log2 = traitlets.Bool(False, help="ask for log2 (octave) histogram bins; the feeder recomputes")
     hist_log_y = traitlets.Bool(False, help="ask for a log-scale count axis; the feeder recomputes")
 
     def __init__(self, **kwargs) -> None:
-        self._title = widgets.HTML("<b>no layer selected</b>")
-        self._info = widgets.HTML()
-        self._stats = widgets.HTML()
+        self.images: dict[str, bytes] = {k: b"" for k in IMAGE_SLOTS}
+        self.title, self.info, self.stats, self.pictures = "<b>no layer selected</b>", "", "", ""
+        # a style element applies wherever it sits: hidden, it takes no line
+        self._css = widgets.HTML(TABLE_CSS + PANEL_CSS, layout=widgets.Layout(display="none"))
+        self._content = widgets.HTML(self.content_html(), layout=widgets.Layout(max_width="100%"))
         self._log2 = widgets.Checkbox(description="log2 bins", indent=False, layout=widgets.Layout(width="110px"))
         self._log_y = widgets.Checkbox(description="log counts", indent=False, layout=widgets.Layout(width="110px"))
-        self.images = {k: widgets.Image(format="png", layout=widgets.Layout(max_width="100%")) for k in IMAGE_SLOTS}
-        self._boxes = {k: widgets.VBox([widgets.HTML(f"<small>{html.escape(cap)}</small>"), self.images[k]],
-                                       # flex-start: show PNGs at their own size, never stretched
-                                       layout=widgets.Layout(display="none", margin="0 6px 6px 0",
-                                                             align_items="flex-start"))
-                       for k, cap in IMAGE_SLOTS.items()}
-        rows = [widgets.HBox([self._boxes[k] for k in row], layout=widgets.Layout(flex_flow="row wrap"))
-                for row in ROWS]
-        # stacked, the statistics table scrolling on its own: side by side it ran off a 782 px panel
-        self._stats.layout = widgets.Layout(overflow="auto", max_width="100%")
-        tables = widgets.VBox([self._info, self._stats])
-        super().__init__(children=[self._title, tables,
-                                   widgets.HBox([self._log2, self._log_y]), *rows], **kwargs)
+        # the histogram options above the content: between the tables and the pictures they would split the
+        # content into two widgets, two messages per update
+        options = widgets.HBox([widgets.HTML("<small>histograms:</small>"), self._log2, self._log_y])
+        super().__init__(children=[self._css, options, self._content], **kwargs)
         self.add_class("qw-layer-panel")
         traitlets.link((self, "hist_log2"), (self._log2, "value"))
         traitlets.link((self, "hist_log_y"), (self._log_y, "value"))
+
+    def content_html(self) -> str:
+        """Title, info table, statistics tables (scrolling on their own: side by side with the info they ran
+        off a 782 px panel), then the pictures."""
+        return (f"<div class='qw-panel-title'>{self.title}</div>{self.info}"
+                f"<div class='qw-stats-scroll'>{self.stats}</div>{self.pictures}")
 
     def show(self, info: Mapping[str, Any], images: Mapping[str, bytes],
              stats_rows: Sequence[Mapping[str, Any]]) -> None:
         """Display one layer: `info` (key -> value), `images` (slot key -> PNG bytes), `stats_rows`.
 
-        Keys of `images` must be slots of IMAGE_SLOTS; missing slots are hidden.
-        Raises: KeyError for an unknown image key.
+        Keys of `images` must be slots of IMAGE_SLOTS; missing slots are left out.
+        Raises: KeyError for an unknown image key; ValueError for bytes that are not a PNG.
         """
         unknown = set(images) - set(IMAGE_SLOTS)
         if unknown:
             raise KeyError(f"LayerPanel.show: unknown image keys {sorted(unknown)}; slots are {list(IMAGE_SLOTS)}")
         nid = str(info.get("id", self.node_id))
+        kind = info.get("kind", "")
+        self.pictures = pictures_html(images)
+        self.images = {k: images.get(k, b"") for k in IMAGE_SLOTS}
+        self.info, self.stats = info_html(info), stats_html(stats_rows)
+        self.title = ("<b>network input</b>" if kind == "input"
+                      else f"<b>layer {html.escape(nid)}</b> {html.escape(str(kind))}")
+        self._update(nid)
+
+    def _update(self, nid: str) -> None:
+        # one value: the title never names a layer while the pictures still show another
         with self.hold_sync():
-            kind = info.get("kind", "")
-            self._info.value = info_html(info)
-            self._stats.value = stats_html(stats_rows)
-            for key, img in self.images.items():
-                data = images.get(key, b"")
-                img.value = data
-                self._boxes[key].layout.display = "flex" if data else "none"
-            # the title goes last: it never names a layer while the pictures still show the previous one
-            self._title.value = ("<b>network input</b>" if kind == "input"
-                                 else f"<b>layer {html.escape(nid)}</b> {html.escape(str(kind))}")
+            self._content.value = self.content_html()
             self.node_id = nid
 
     def clear(self) -> None:
         """Show nothing (e.g. after a model change)."""
-        with self.hold_sync():
-            self._title.value = "<b>no layer selected</b>"
-            self._info.value = self._stats.value = ""
-            for key, img in self.images.items():
-                img.value = b""
-                self._boxes[key].layout.display = "none"
-            self.node_id = ""
+        self.images = {k: b"" for k in IMAGE_SLOTS}
+        self.title, self.info, self.stats, self.pictures = "<b>no layer selected</b>", "", "", ""
+        self._update("")

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
 
 CY = "document.querySelector('.qw-explorer .qw-graph-canvas')._cyreg.cy"
 STATUS = "document.querySelector('.qw-explorer .qw-controls .qw-status').innerText"
-PANEL_TITLE = "document.querySelector('.qw-explorer .qw-layer-panel').firstElementChild.innerText"
+PANEL_TITLE = "document.querySelector('.qw-explorer .qw-layer-panel .qw-panel-title').innerText"
 BROKEN_JS = """() => Array.from(document.querySelectorAll('.qw-explorer img'))
     .filter(i => i.offsetParent !== null && !(i.complete && i.naturalWidth > 0)).length"""
 

@@ -53,8 +53,8 @@ def test_step_moves_position_highlight_and_panel(explorer):
     assert ex.controls.current_label.value == "current: 1 (maxpool, int8)"
     assert ex.status.startswith("layer 1 [maxpool] ran in int8")
     for key in ("input", "output", "float", "int", "heatmap", "hist_output"):   # INT mode: FLOAT vs INT shown
-        assert is_png(ex.panel.images[key].value), key
-    assert "SQNR dB" in ex.panel._stats.value
+        assert is_png(ex.panel.images[key]), key
+    assert "SQNR dB" in ex.panel.stats
 
 
 def test_cross_shows_the_other_precision_of_the_current_layer(explorer):
@@ -65,7 +65,7 @@ def test_cross_shows_the_other_precision_of_the_current_layer(explorer):
     c = ex.controls.cross_result
     assert c.index == 2 and c.precision == "int8" and c.other == "float"
     assert ex.status.startswith("CROSS layer 2: ran int8, other float: SQNR")
-    assert "int8 vs float" in ex.panel._info.value and ex.panel.node_id == "2"
+    assert "int8 vs float" in ex.panel.info and ex.panel.node_id == "2"
     y_float, y_int = c.float_and_int
     assert not np.array_equal(y_float, y_int)
     ex.controls.continue_button.click()                     # the rest of the network from the FLOAT result
@@ -99,19 +99,19 @@ def test_the_panel_is_drawn_only_while_its_tab_is_shown(explorer):
     ex.controls.step_button.click()
     assert ex.panel.node_id == "0"
     ex.tabs.selected_index = 1                                      # Weights: the panel is hidden
-    hist = ex.panel.images["hist_output"].value
+    hist = ex.panel.images["hist_output"]
     ex.controls.step_button.click()
     ex.controls.step_button.click()
     assert s.position == 2 and ex.weight_editor.layer == 2          # the visible tab follows
-    assert ex.panel.node_id == "0" and ex.panel.images["hist_output"].value == hist     # nothing encoded
+    assert ex.panel.node_id == "0" and ex.panel.images["hist_output"] == hist     # nothing encoded
     assert "layer 2" in ex.weight_editor._title.value and len(ex.weight_editor.grid.cells) == 9    # shown
     ex.tabs.selected_index = 0
-    assert ex.panel.node_id == "2" and "layer 2" in ex.panel._title.value
+    assert ex.panel.node_id == "2" and "layer 2" in ex.panel.title
     # drawn now, from the same engine numbers as a panel drawn at once
     from qwidgets._session_panel import SessionPanelData
     _, images, rows = SessionPanelData(s).data("2")
-    assert ex.panel.images["hist_output"].value == images["hist_output"]
-    assert ex.panel._stats.value.count("<tr>") >= len(rows)
+    assert ex.panel.images["hist_output"] == images["hist_output"]
+    assert ex.panel.stats.count("<tr>") >= len(rows)
     # and the other way round: the hidden Weights tab's grid waits, and is filled when the tab is shown
     ex.graph.selected_node = "4"
     shown = [c.value for c in ex.weight_editor.grid.cells]
@@ -143,7 +143,7 @@ def test_mode_change_restarts_the_session(explorer):
     assert ex.controls.current_label.value.startswith("current: 0 (convolutional, ")
     ex.controls.mode = "float"
     ex.controls.step_button.click()
-    assert s.mode == "float" and ex.panel.images["int"].value == b""       # FLOAT: no INT images
+    assert s.mode == "float" and ex.panel.images["int"] == b""       # FLOAT: no INT images
     ex.controls._mode.value = "int"                                         # the dropdown, as a user picks it
     assert s.mode == "int" and ex.controls.mode == "int" and s.position == -1
 
@@ -182,7 +182,7 @@ def test_node_click_selects_and_with_follow_runs_to_it(explorer):
     ex, s = explorer, explorer.session
     click_node(ex, "13")
     assert ex.graph.selected_node == "13" and ex.panel.node_id == "13" and s.position == -1
-    assert "not run yet" in ex.panel._info.value
+    assert "not run yet" in ex.panel.info
     ex.follow = True
     click_node(ex, "5")
     assert s.position == 5 and ex.graph.current_node == "5" and ex.panel.node_id == "5"
@@ -227,7 +227,7 @@ def test_sensitivity_ranks_and_log2_histograms_reach_the_views(explorer):
     assert ex.graph.overlay_values == {"0": 2.0, "4": 1.0}
     assert "ov-none" not in ex.graph.nodes["4"].classes.split() and "ov-none" in ex.graph.nodes["2"].classes.split()
     ex.controls.step_button.click()
-    before = ex.panel.images["hist_output"].value
+    before = ex.panel.images["hist_output"]
     ex.panel.hist_log2 = True
-    assert is_png(ex.panel.images["hist_output"].value) and ex.panel.images["hist_output"].value != before
+    assert is_png(ex.panel.images["hist_output"]) and ex.panel.images["hist_output"] != before
     ex.panel.hist_log2 = False

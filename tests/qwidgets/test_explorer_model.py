@@ -67,7 +67,7 @@ def test_open_model_entry_with_int8_edits_asks_then_switches_to_the_new_input_si
     for _ in range(2):
         ex.controls.step_button.click()
     assert ex.status.startswith("layer 1 [maxpool] ran in float") and ex.panel.node_id == "1"
-    assert "16x160x160" in ex.panel._info.value and ex.graph.current_node == "1"
+    assert "16x160x160" in ex.panel.info and ex.graph.current_node == "1"
     assert ex.graph.generation == 2                                  # steps restyle, never rebuild
 
 

@@ -28,7 +28,7 @@ def test_int_panel_overlays_input_with_its_thresholds_and_int8_weights(tiny, tin
     assert rows["weights INT8 (w_q*scale, BN folded)"]["max|x|"] == float(np.abs(w_int).max())
     assert 20 < rows["weights INT8 - folded FLOAT"]["SQNR dB"] < 80      # int8 weights approximate BN-folded ones
     for key in ("hist_input", "hist_output", "hist_weights"):
-        assert ex.panel.images[key].value[:4] == b"\x89PNG", key
+        assert ex.panel.images[key][:4] == b"\x89PNG", key
 
 
 def test_float_panel_shows_plain_weights_and_an_edit_refreshes_the_cached_weights(tiny, tiny_q):
@@ -37,13 +37,13 @@ def test_float_panel_shows_plain_weights_and_an_edit_refreshes_the_cached_weight
     s.run_to(2)
     rows = rows_by_name(ex)
     assert "input INT" not in rows and "weights INT8 (w_q*scale, BN folded)" not in rows
-    before = ex.panel.images["hist_weights"].value
+    before = ex.panel.images["hist_weights"]
     s.set_mode("int")
     s.run_to(2)
-    assert "weights INT8 (w_q*scale, BN folded)" in rows_by_name(ex) and ex.panel.images["hist_weights"].value != before
-    int_hist = ex.panel.images["hist_weights"].value
+    assert "weights INT8 (w_q*scale, BN folded)" in rows_by_name(ex) and ex.panel.images["hist_weights"] != before
+    int_hist = ex.panel.images["hist_weights"]
     s.edit_weights(2, 0, np.zeros(s.weights(2, "int8")["w_q"][0].shape), target="int8")   # zero filter 0
-    assert ex.panel.images["hist_weights"].value != int_hist
+    assert ex.panel.images["hist_weights"] != int_hist
 
 
 def test_graph_overlay_and_layer_panel_show_the_same_sqnr_for_a_layer(tiny, tiny_q):

@@ -148,12 +148,12 @@ def test_maps_have_titles_and_colour_bars_and_note_the_channels_shown(tiny, tiny
     s.run_to(12)
     ex.graph.selected_node = "12"
     imgs = ex.panel.images
-    out = np.asarray(Image.open(io.BytesIO(imgs["output"].value)).convert("RGB"))
+    out = np.asarray(Image.open(io.BytesIO(imgs["output"])).convert("RGB"))
     # the colour bar is a black-to-white ramp under the montage: its row rises monotonically
     grey = out[-25, 42:-42].astype(int)                 # the bar spans x 40 .. width - 40, 10 px tall
     assert np.all(grey[:, 0] == grey[:, 1]) and grey.shape[0] > 150
     assert np.all(np.diff(grey[:, 0]) >= 0) and grey[0, 0] < 20 and grey[-1, 0] > 235
-    heat = np.asarray(Image.open(io.BytesIO(imgs["heatmap"].value)).convert("RGB"))
+    heat = np.asarray(Image.open(io.BytesIO(imgs["heatmap"])).convert("RGB"))
     row = heat[-25].astype(int)
     assert (row[:, 2] - row[:, 0]).max() > 100 and (row[:, 0] - row[:, 2]).max() > 100     # blue .. red
     rows = {r["tensor"]: r for r in ex._panel_data.data("12")[2]}

@@ -114,7 +114,7 @@ def test_code_edit_names_the_stale_outputs_until_rerun(explorer):
     assert s.stale_from == 2 and note in ex.status and note in ex.controls.current_label.value
     assert "outputs from layer 2 to 5 predate your edit" in we._notes.value
     ex.graph.selected_node = "3"
-    assert "predates an edit" in ex.panel._info.value
+    assert "predates an edit" in ex.panel.info
     we.rerun_button.click()
     assert s.stale_from is None and we.last_diff["layer"] == 5 and "reran layers 2..5" in ex.status
     assert "predate" not in ex.controls.current_label.value and we._notes.value == ""

@@ -35,7 +35,8 @@ def test_panel_data_with_int_outputs_fills_compare_images(tiny, run):
     assert 30 < err["SQNR dB"] < 80 and err["max|err|"] <= 1 / 16 + 1e-6
     panel = LayerPanel()
     panel.show(info, images, rows)
-    assert panel.node_id == "4" and all(b.layout.display == "flex" for b in panel._boxes.values())
+    assert panel.node_id == "4" and panel.images == images
+    assert all(f"qw-pic-{k}'" in panel._content.value for k in IMAGE_SLOTS)      # every slot shown
     with pytest.raises(KeyError, match="unknown image keys"):
         panel.show(info, {"nope": b""}, rows)
 
