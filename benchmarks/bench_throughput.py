@@ -12,8 +12,11 @@ engine or ORT backend, named) >= 1.3x OpenCV's best. INT: the NumPy engine's int
 integer kernels on a model quantized (minmax, per channel, on the 4 photos) with profile
 `onnxruntime`, where the two give identical outputs. The ORT backend runs as batch evaluation uses it
 (`engine.export.ort_backend.forward_on`, heads decoded by the engine's [yolo] code): one image per
-call, and batches of 8 (what `forward_each` feeds it); its agreement with the NumPy engine on the
-run's images is printed (FLOAT heads' max relative difference, INT identical or not).
+call (one 2-thread session), and batches of 8 (what `forward_each` feeds it: two threads, each running
+one image at a time on a single-threaded session, `ort_backend.run_split`); its agreement with the NumPy
+engine on the run's images is printed (FLOAT heads' max relative difference, INT identical or not).
+`--cv-split` adds a check of the peer's fairness, not the target's peer: OpenCV as two nets of one
+thread each, side by side on halves of each chunk (the way our batches run).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import engine  # noqa: E402
 from bench_float import THREADS, TINY_CFG, TINY_WEIGHTS, OpenCV, limit_blas_threads  # noqa: E402
 
 BLOB = 8
+CV_SPLIT = "(check) OpenCV 2 nets x 1 thr"   # not the target's peer: a fairness check
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime backend")
+    ap.add_argument("--cv-split", action="store_true", help="also OpenCV as 2 single-thread nets side by side")
     args = ap.parse_args(argv)
     limit_blas_threads()
     model = engine.load(TINY_CFG, TINY_WEIGHTS)
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
         "OpenCV, one at a time": lambda chunk: cv_blobs(1, chunk),
         f"OpenCV, blobs of {BLOB}": lambda chunk: cv_blobs(BLOB, chunk),
     }
+    if args.cv_split:
+        modes[CV_SPLIT] = cv_split(model)
     modes.update(int_and_ort_modes(model, photos, xs, args.no_ort))
     cv_blobs(BLOB, xs[:BLOB])
     model.forward(xs[:2])
@@ -90,6 +97,31 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  ORT not run: {ORT_SKIPPED[0]}")
 
 
+def cv_split(model):
+    """OpenCV as two nets of one thread each, one per Python thread, on the halves of a chunk (cv2
+    releases the GIL in forward); `cv2.setNumThreads` is process-wide: back to THREADS after each chunk."""
+    import cv2
+    from concurrent.futures import ThreadPoolExecutor
+    nets = [OpenCV(TINY_CFG, TINY_WEIGHTS, model.input_shape) for _ in range(2)]
+    pool = ThreadPoolExecutor(1)
+
+    def half(cv, images):
+        for x in images:
+            cv.net.setInput(x[None])
+            cv.net.forward(cv.outs)
+
+    def run(chunk):
+        cv2.setNumThreads(1)
+        try:
+            h = len(chunk) // 2
+            other = pool.submit(half, nets[1], chunk[h:])
+            half(nets[0], chunk[:h])
+            other.result()
+        finally:
+            cv2.setNumThreads(THREADS)
+    return run
+
+
 def report_ratios(label: str, rate: dict[str, float]) -> None:
     """Ours (NumPy or ORT, whichever is faster) / OpenCV, FLOAT; INT beside it; `label`: best or median."""
     def top(prefix: str) -> tuple[str, float]:
@@ -101,6 +133,9 @@ def report_ratios(label: str, rate: dict[str, float]) -> None:
     ours_name, ours = (ort_name, ort_rate) if ort_rate > np_rate else (np_name, np_rate)
     print(f"  [{label}] ours best = {ours_name} {ours:.2f} / OpenCV best = {cv_name} {cv:.2f}: "
           f"{ours / cv:.2f}x (target >= 1.3x); NumPy alone {np_rate / cv:.2f}x")
+    if CV_SPLIT in rate:
+        print(f"  [{label}] fairness check: OpenCV as 2 nets x 1 thread {rate[CV_SPLIT]:.2f} = "
+              f"{rate[CV_SPLIT] / cv:.2f}x its best of the two above; ours / it {ours / rate[CV_SPLIT]:.2f}x")
     int_np_name, int_np = top("ours INT")
     int_ort_name, int_ort = top("ORT INT")
     if ort_name:

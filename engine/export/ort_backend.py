@@ -17,7 +17,9 @@ Sessions are built in memory (no file is written) and cached per (model, quantiz
 layers, input size, outputs, threads); ORT's intra-op threads = the engine's BLAS thread count, with
 spinning off (a busy shared host), and ORT's full graph optimization (ENABLE_ALL: FLOAT still within
 1e-4, INT still identical). INT results do not depend on the thread count (integer sums); FLOAT gave
-the same bits on 1 and 2 threads too (tests/engine/test_ort_backend.py).
+the same bits on 1 and 2 threads too (tests/engine/test_ort_backend.py). A batch of 2+ images with 2+
+threads runs instead on a single-threaded session, one image per thread side by side (`run_split`): on
+2 cores 1.05-1.11x the images/s of one 2-thread session (benchmarks/bench_throughput.py), same bits.
 
 Batches: the graphs have a symbolic batch axis, so a run takes one (3, H, W) input (outputs (C, H, W),
 as before) or a batch (N, 3, H, W) (outputs (N, C, H, W), as `Model.forward`); image k of a batch gives
