@@ -7,7 +7,8 @@ yolov3-tiny @416 with its real weights; the inputs are the shared photos letterb
 --images). Each engine/mode processes the whole set once per round, chunk by chunk: every mode
 runs on a chunk of 8 images before the next chunk (order rotated), so a load swing on the shared host
 hits all modes alike; the median and the best round of each are reported (quote the ratios of rates
-measured in the same run). Target of the performance issue: our best rate (NumPy
+measured in the same run; images per process CPU second beside them: work per image, steadier than
+wall clock on a shared host, but a runtime whose idle threads spin is charged for it). Target of the performance issue: our best rate (NumPy
 engine or ORT backend, named) >= 1.3x OpenCV's best. INT: the NumPy engine's int8 executor and ORT's
 integer kernels on a model quantized (minmax, per channel, on the 4 photos) with profile
 `onnxruntime`, where the two give identical outputs. The ORT backend runs as batch evaluation uses it
@@ -21,6 +22,7 @@ thread each, side by side on halves of each chunk (the way our batches run).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -69,25 +71,29 @@ def main(argv: list[str] | None = None) -> None:
     cv_blobs(BLOB, xs[:BLOB])
     model.forward(xs[:2])
     rates: dict[str, list[float]] = {k: [] for k in modes}
+    per_cpu: dict[str, list[float]] = {k: [] for k in modes}
     items = list(modes.items())
     for r in range(args.rounds):
-        spent = dict.fromkeys(modes, 0.0)
+        spent, cpu = dict.fromkeys(modes, 0.0), dict.fromkeys(modes, 0.0)
         # every mode on each chunk of 8 images in turn (order rotated): a load swing on the shared host
         # hits all modes alike, so the ratios of one run hold even when the rates move
         for c, start in enumerate(range(0, len(xs), BLOB)):
             chunk, turn = xs[start:start + BLOB], (r + c) % len(items)
             for name, fn in items[turn:] + items[:turn]:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 fn(chunk)
                 spent[name] += time.perf_counter() - t
+                cpu[name] += time.process_time() - c
         for name, sec in spent.items():
             rates[name].append(len(xs) / sec)
+            per_cpu[name].append(len(xs) / cpu[name])
     best = {k: max(v) for k, v in rates.items()}
     med = {k: float(np.median(v)) for k, v in rates.items()}
-    print(f"yolov3-tiny @416, {len(xs)} images, {args.rounds} interleaved rounds, {THREADS} threads")
-    print(f"  {'':30} {'median':>8} {'best':>8}  images/s")
+    print(f"yolov3-tiny @416, {len(xs)} images, {args.rounds} interleaved rounds, {THREADS} threads, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"  {'':30} {'median':>8} {'best':>8}  images/s   (median images per process CPU second)")
     for name in rates:
-        print(f"  {name:30} {med[name]:8.2f} {best[name]:8.2f}")
+        print(f"  {name:30} {med[name]:8.2f} {best[name]:8.2f}   ({np.median(per_cpu[name]):.2f})")
     for label, rate in (("best", best), ("median", med)):
         report_ratios(label, rate)
     if ORT_AGREEMENT:
