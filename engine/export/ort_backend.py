@@ -17,7 +17,9 @@ Sessions are built in memory (no file is written) and cached per (model, quantiz
 layers, input size, outputs, threads); ORT's intra-op threads = the engine's BLAS thread count, with
 spinning off (a busy shared host), and ORT's full graph optimization (ENABLE_ALL: FLOAT still within
 1e-4, INT still identical). INT results do not depend on the thread count (integer sums); FLOAT gave
-the same bits on 1 and 2 threads too (tests/engine/test_ort_backend.py).
+the same bits on 1 and 2 threads too (tests/engine/test_ort_backend.py). A batch of 2+ images with 2+
+threads runs instead on a single-threaded session, one image per thread side by side (`run_split`): on
+2 cores 1.05-1.11x the images/s of one 2-thread session (benchmarks/bench_throughput.py), same bits.
 
 Batches: the graphs have a symbolic batch axis, so a run takes one (3, H, W) input (outputs (C, H, W),
 as before) or a batch (N, 3, H, W) (outputs (N, C, H, W), as `Model.forward`); image k of a batch gives
@@ -32,6 +34,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -46,6 +49,7 @@ BATCH = 8                      # measured: benchmarks/bench_throughput.py (docs/
 BATCH_BYTES = 256 << 20        # a batch's kept outputs at most (all_outputs: yolov3 runs one image per call)
 _SESSIONS: "OrderedDict[tuple, Any]" = OrderedDict()
 _LOCK = threading.Lock()       # a view's worker thread and the notebook may ask for sessions at once
+_POOL: ThreadPoolExecutor | None = None   # run_split's helper threads (engine BLAS threads - 1)
 
 
 def check_backend(name: Any) -> str:
@@ -193,10 +197,12 @@ def _build(model, qmodel, mode: str, float_layers: tuple, all_outputs: bool, thr
     return sess, names, [int(n[5:]) for n in names]
 
 
-def session(model, qmodel, mode: str, float_layers: Sequence[int] = (), all_outputs: bool = False):
-    """(InferenceSession, output names, layer indices), built once per key (module doc) and kept in memory."""
+def session(model, qmodel, mode: str, float_layers: Sequence[int] = (), all_outputs: bool = False,
+            threads: int | None = None):
+    """(InferenceSession, output names, layer indices), built once per key (module doc) and kept in memory;
+    `threads`: its intra-op threads (default the engine's BLAS thread count)."""
     fl = tuple(sorted(int(i) for i in float_layers))
-    threads = _threads()
+    threads = threads or _threads()
     key = _key(model, qmodel, mode, fl, all_outputs, threads)
     with _LOCK:
         if key in _SESSIONS:
@@ -213,15 +219,54 @@ def clear_sessions() -> None:
     _SESSIONS.clear()
 
 
+def run_split(sess, names: list[str], shapes: list[tuple], xb: np.ndarray, workers: int) -> list[np.ndarray]:
+    """`sess.run(names, {"input": xb})` with the images shared by `workers` threads (this one and the
+    pool's), each running one image at a time on the single-threaded session `sess` and pulling the next
+    when done: a descheduled thread holds up one image, not half the batch. ORT releases the GIL in a
+    run and computes each image as a batch-of-one run would (tested), and writes it straight into image
+    k of the batch's outputs (IO binding; `shapes`: each output's shape for one image)."""
+    global _POOL
+    n = len(xb)
+    parts = min(workers, n)
+    with _LOCK:
+        if _POOL is None or _POOL._max_workers < parts - 1:
+            _POOL = ThreadPoolExecutor(parts - 1, thread_name_prefix="qw-ort")
+    outs = [np.empty((n, *shape), np.float32) for shape in shapes]
+    items = iter(range(n))                   # next() on a range iterator is atomic under the GIL
+
+    def worker() -> None:
+        bind = sess.io_binding()
+        for k in items:
+            bind.bind_cpu_input("input", xb[k:k + 1])
+            for name, out in zip(names, outs):
+                bind.bind_output(name, "cpu", 0, np.float32, [1, *out.shape[1:]], out[k:k + 1].ctypes.data)
+            sess.run_with_iobinding(bind)
+    futures = [_POOL.submit(worker) for _ in range(parts - 1)]
+    try:
+        worker()
+    finally:
+        for f in futures:
+            if not f.cancel():               # a pool thread not started yet finds nothing left: skip it
+                f.result()
+    return outs
+
+
 def ort_forward(model, qmodel, mode: str, float_layers: Sequence[int] | None = None,
                 all_outputs: bool = False) -> Callable[[np.ndarray], Sequence[np.ndarray]]:
     """x (3, H, W) or (N, 3, H, W) -> HeadOutputs of one ORT run (its session built or taken from the
     cache now); outputs (C, H, W), or (N, C, H, W) for a batch."""
-    sess, names, layers = session(model, qmodel, mode, _float_layers(qmodel, float_layers), all_outputs)
+    fl = _float_layers(qmodel, float_layers)
+    threads = _threads()
+    sess, names, layers = session(model, qmodel, mode, fl, all_outputs)
+    shapes = [tuple(model.layers[i].out_shape) for i in layers]
 
     def run(x: np.ndarray) -> Sequence[np.ndarray]:
         x = model.check_input(x, batch=True)
-        ys = sess.run(names, {"input": np.ascontiguousarray(x, np.float32).reshape((-1, *model.input_shape))})
+        xb = np.ascontiguousarray(x, np.float32).reshape((-1, *model.input_shape))
+        if threads > 1 and len(xb) > 1:     # images side by side, one intra-op thread each
+            ys = run_split(session(model, qmodel, mode, fl, all_outputs, threads=1)[0], names, shapes, xb, threads)
+        else:
+            ys = sess.run(names, {"input": xb})
         if x.ndim == 4:
             return HeadOutputs(model, dict(zip(layers, ys)), batched=True)
         return HeadOutputs(model, {i: y[0] for i, y in zip(layers, ys)})

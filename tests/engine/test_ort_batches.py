@@ -51,6 +51,37 @@ def test_image_k_of_a_batch_is_a_batch_of_one_run(tiny, tiny_ort, photo_inputs, 
         assert 0 < worst < 1e-4                      # two computations, within 1e-4 relative
 
 
+@pytest.mark.parametrize("mode", ["float", "int"])
+def test_two_threads_run_a_batch_image_by_image_side_by_side(tiny, tiny_ort, photo_inputs, mode, monkeypatch):
+    """With 2 engine threads a batch goes to `run_split`: two Python threads, each one image at a time on a
+    single-threaded session, writing image k of the outputs; 5, 3 and 2 images give every image's bits of a
+    batch-of-one run, in order; with 1 thread (and for one image) no split."""
+    qm = tiny_ort if mode == "int" else None
+    splits = []
+    real = ort_backend.run_split
+
+    def spy(sess, names, shapes, xb, workers):
+        splits.append((len(xb), workers, sess.get_session_options().intra_op_num_threads))
+        return real(sess, names, shapes, xb, workers)
+    monkeypatch.setattr(ort_backend, "run_split", spy)
+    xs = np.stack([p.x for p in photo_inputs])
+    with blas_limit(2):
+        run = forward_on("onnxruntime", tiny, qm, mode)
+        ones = [run(x) for x in xs]
+        assert splits == []                              # one image: the 2-thread session, no split
+        for lo, hi in ((0, 5), (0, 3), (3, 5)):
+            batch = run(xs[lo:hi])
+            assert splits[-1] == (hi - lo, 2, 1)
+            for k in range(lo, hi):
+                for i in HEADS:
+                    assert np.array_equal(batch[i][k - lo], ones[k][i]), (k, i)
+    assert len({float(ones[k][15].sum()) for k in range(5)}) == 5        # five different images
+    with blas_limit(1):
+        one_thread = forward_on("onnxruntime", tiny, qm, mode)(xs)
+    assert len(splits) == 3                              # 1 thread: one run of the whole batch
+    assert all(np.array_equal(one_thread[i][3:], batch[i]) for i in HEADS)
+
+
 def test_forward_each_feeds_run_batch_images_per_call(tiny, photo_inputs, monkeypatch):
     run = forward_on("onnxruntime", tiny, None, "float")
     assert run.batch == ort_backend.BATCH            # yolov3-tiny's head inputs: 8 images are ~3 MB
