@@ -209,6 +209,9 @@ class GraphView(widgets.VBox):
         cols, rows = grid_shape(len(graph.nodes) + 1, width_px)
         self.cyto = CytoscapeWidget(layout=widgets.Layout(height=height or f"{canvas_height(rows)}px", width="100%"))
         self.cyto.min_zoom, self.cyto.max_zoom, self.cyto.wheel_sensitivity = MIN_ZOOM, MAX_ZOOM, WHEEL
+        # nodes stay where the grid put them: a grabbable node sent `grabbed` true / false to the kernel on
+        # every click (two requests and their echoes, the first queued before the click's own message)
+        self.cyto.auto_ungrabify = True
         self._build(graph)
         self.cyto.set_style(graph_style())
         self.cyto.on("node", "click", self._on_cyto_node_click)
