@@ -22,6 +22,7 @@ import traitlets
 from ipycytoscape import CytoscapeWidget
 
 from engine.graph import INPUT, Graph
+from qwidgets._focus import FocusKeeper, request_age
 
 OVERLAYS = ["type", "sqnr", "saturation", "range_use", "sensitivity_rank"]
 MIN_ZOOM, MAX_ZOOM, WHEEL = 0.4, 3.0, 0.15
@@ -78,14 +79,6 @@ KIND_COLOURS = {"input": "#bdbdbd", "convolutional": "#6baed6", "maxpool": "#fd8
 OTHER_KIND = "#d9d9d9"
 # 8-step sequential ramp, good -> bad (pale yellow -> dark red); labels keep a white outline on every step
 RAMP = ["#ffffcc", "#ffeda0", "#fed976", "#feb24c", "#fd8d3c", "#fc4e2a", "#e31a1c", "#b10026"]
-# Cytoscape's mousedown blurs the focused element, so after a node click <body> has the focus; JupyterLab
-# answers the next mousedown anywhere in the notebook by focusing the notebook and then its cell, and each
-# focus change re-styles the whole notebook (40-140 ms before cytoscape sees the press, at load 10). With
-# the focus kept inside the cell (the focus keeper, focused by the kernel on each node click) that mousedown
-# costs 2-16 ms. The keeper is fixed-positioned (the owner's stylesheet: Explorer), so focusing it never
-# scrolls the notebook.
-GRAPH_CSS = (".qw-focus-keeper{position:fixed !important;left:0;top:0;opacity:0;pointer-events:none;"
-             "overflow:hidden}.qw-focus-keeper:focus{outline:none}")
 # edges that do not come from the layer just before: route / shortcut inputs
 LINK_KINDS = ("route", "shortcut")
 
@@ -235,12 +228,7 @@ class GraphView(widgets.VBox):
         # only), so anything above the canvas that changed height made a click select another node
         self._legend = widgets.HTML(layout=widgets.Layout(height="64px", overflow_y="auto"))
         self._legend.add_class("qw-legend")
-        # keyboard focus kept inside the notebook after a node click (`_on_cyto_node_click`): a button out of
-        # the tab order, fixed-positioned (focusing it never scrolls), invisible and never under the mouse
-        self.focus_keeper = widgets.Button(description="", tabbable=False, tooltip="",
-                                           layout=widgets.Layout(width="1px", height="1px", padding="0",
-                                                                 margin="0", border="0"))
-        self.focus_keeper.add_class("qw-focus-keeper")
+        self.focus_keeper = FocusKeeper()      # the keyboard focus after a node click (qwidgets._focus)
         self.worst_list = widgets.Select(rows=5, layout=widgets.Layout(width="100%", display="none"))
         self.worst_list.add_class("qw-worst")
         self._worst_title = widgets.HTML()
@@ -337,8 +325,7 @@ class GraphView(widgets.VBox):
         node_id = str(event.get("data", {}).get("id", ""))
         if node_id not in self.nodes:
             return
-        # first, so it lands one round trip after the click (before the user can be typing elsewhere)
-        self.focus_keeper.focus()
+        self.focus_keeper.keep(request_age())      # first: it lands one round trip after the click
         self.selected_node = node_id
         for cb in list(self._click_callbacks):
             cb(node_id)
