@@ -182,6 +182,13 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
             page.mouse.click(*xy)
             page.wait_for_function("() => document.querySelector('.qw-explorer .qw-weight-editor')"
                                    f".innerText.includes('layer {conv} ')", timeout=60_000)
+            # the editor may show that layer already: let the click's focus land before typing (a kernel that
+            # handles a click within 0.5 s moves the keyboard focus to the graph's focus keeper)
+            try:
+                page.wait_for_function("() => !!document.activeElement && "
+                                       "document.activeElement.classList.contains('qw-focus-keeper')", timeout=2000)
+            except PlaywrightTimeout:
+                pass                                # a late click moves no focus
             apply = page.locator(".qw-explorer .qw-weight-editor button", has_text="Apply").first
             print(f"  ({model}: Steps, node clicks done; Apply in layer {conv})", flush=True)
             for k in range(repeat):

@@ -31,6 +31,7 @@ from engine.graph import INPUT
 from engine.quant.heads import head_errors
 from qwidgets._confirm import dropped_text
 from qwidgets._errors import Message, shows_errors
+from qwidgets._focus import CSS as FOCUS_KEEPER_CSS
 from qwidgets._open_model import opened_text
 from qwidgets._session_panel import SessionPanelData
 from qwidgets._sync import SessionFollower, idle_for, running_loop
@@ -99,7 +100,7 @@ class Explorer(widgets.VBox):
                            "line-height:1.35;min-height:2.7em}.qw-explorer .widget-button{overflow:visible}"
                            # the hover line is rewritten on every mouseover: strict containment keeps that
                            # change from dirtying the page's layout before cytoscape's mousedown reads it
-                           ".qw-hover{contain:strict}</style>")
+                           f".qw-hover{{contain:strict}}{FOCUS_KEEPER_CSS}</style>")
         super().__init__(children=[css, self.controls, widgets.HBox([left, self.tabs])], **kwargs)
         self.add_class("qw-explorer")
         traitlets.link((self, "follow"), (self._follow, "value"))

@@ -22,6 +22,7 @@ import traitlets
 from ipycytoscape import CytoscapeWidget
 
 from engine.graph import INPUT, Graph
+from qwidgets._focus import FocusKeeper, request_age
 
 OVERLAYS = ["type", "sqnr", "saturation", "range_use", "sensitivity_rank"]
 MIN_ZOOM, MAX_ZOOM, WHEEL = 0.4, 3.0, 0.15
@@ -201,6 +202,9 @@ class GraphView(widgets.VBox):
         cols, rows = grid_shape(len(graph.nodes) + 1, width_px)
         self.cyto = CytoscapeWidget(layout=widgets.Layout(height=height or f"{canvas_height(rows)}px", width="100%"))
         self.cyto.min_zoom, self.cyto.max_zoom, self.cyto.wheel_sensitivity = MIN_ZOOM, MAX_ZOOM, WHEEL
+        # nodes stay where the grid put them: a grabbable node sent `grabbed` true / false to the kernel on
+        # every click (two requests and their echoes, the first queued before the click's own message)
+        self.cyto.auto_ungrabify = True
         self._build(graph)
         self.cyto.set_style(graph_style())
         self.cyto.on("node", "click", self._on_cyto_node_click)
@@ -224,12 +228,14 @@ class GraphView(widgets.VBox):
         # only), so anything above the canvas that changed height made a click select another node
         self._legend = widgets.HTML(layout=widgets.Layout(height="64px", overflow_y="auto"))
         self._legend.add_class("qw-legend")
+        self.focus_keeper = FocusKeeper()      # the keyboard focus after a node click (qwidgets._focus)
         self.worst_list = widgets.Select(rows=5, layout=widgets.Layout(width="100%", display="none"))
         self.worst_list.add_class("qw-worst")
         self._worst_title = widgets.HTML()
         # the worst list appears with a metric colouring: below the canvas, so it never moves it (see _legend)
-        super().__init__(children=[widgets.HBox([self._overlay, self._find, self._fit]), self._legend,
-                                   self.hover, self.cyto, self._worst_title, self.worst_list], **kwargs)
+        super().__init__(children=[widgets.HBox([self._overlay, self._find, self._fit]),
+                                   self._legend, self.hover, self.cyto, self._worst_title, self.worst_list,
+                                   self.focus_keeper], **kwargs)
         self.add_class("qw-graph-view")
         self._overlay.options = list(self.overlay_options)
         traitlets.link((self, "overlay"), (self._overlay, "value"))
@@ -319,6 +325,7 @@ class GraphView(widgets.VBox):
         node_id = str(event.get("data", {}).get("id", ""))
         if node_id not in self.nodes:
             return
+        self.focus_keeper.keep(request_age())      # first: it lands one round trip after the click
         self.selected_node = node_id
         for cb in list(self._click_callbacks):
             cb(node_id)

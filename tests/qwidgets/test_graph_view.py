@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import traitlets
 
+from qwidgets._focus import MAX_AGE, message_age
 from qwidgets.graph_view import (CELL_H, CELL_W, MAX_ZOOM, MIN_ZOOM, OVERLAY_META, RAMP, GraphView, graph_to_cytoscape,
                                  ramp_classes)
 
@@ -164,3 +165,26 @@ def test_nothing_above_the_canvas_changes_height_with_the_colouring(view):
     view.overlay_values = {"0": 10.0, "1": 30.0}
     assert view.worst_list.layout.display == "flex"
     assert view.children.index(view.worst_list) > view.children.index(view.cyto)
+
+
+def test_a_fresh_node_click_keeps_the_keyboard_focus_in_the_graph(view, monkeypatch):
+    # cytoscape's mousedown leaves <body> focused and JupyterLab then refocuses the notebook and its cell on
+    # the next mousedown (three whole-notebook restyles): the click handler focuses the keeper instead,
+    # only when the click message is fresh (a late focus would take the keyboard from another field)
+    import datetime as dt
+    import qwidgets.graph_view as gv
+    sent = []
+    monkeypatch.setattr(view.focus_keeper, "send", sent.append)
+    assert view.focus_keeper.tabbable is False and "qw-focus-keeper" in view.focus_keeper._dom_classes
+    assert view.cyto.auto_ungrabify is True          # no grabbed true / false messages around each click
+    now = dt.datetime(2026, 12, 3, 22, 0, 0, tzinfo=dt.timezone.utc)
+    header = {"header": {"date": "2026-12-03T21:59:59.900Z"}}
+    assert message_age(header, now) == pytest.approx(0.1)
+    assert message_age({"header": {"date": now - dt.timedelta(seconds=2)}}, now) == pytest.approx(2.0)
+    assert message_age({}, now) is None and message_age({"header": {"date": "no date"}}, now) is None
+    for age, focused in ((0.1, True), (MAX_AGE + 0.5, False), (-(MAX_AGE + 0.5), False), (None, False)):
+        sent.clear()
+        monkeypatch.setattr(gv, "request_age", lambda age=age: age)
+        click(view, "9")
+        assert view.selected_node == "9"
+        assert sent == ([{"do": "focus"}] if focused else []), (age, sent)
