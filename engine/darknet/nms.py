@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.darknet.overlaps import candidate_ij
+from engine.darknet.overlaps import candidate_ij, ordered_pairs
 from engine.kernels.threads import own_threads, parallel_items
 
 
@@ -67,7 +67,7 @@ def overlap_pairs(boxes: np.ndarray, nms: float, kind: str = "default") -> np.nd
         return np.zeros((0, 2), np.int64)
     if kind == "greedynms":                   # DIoU <= IoU: the IoU candidates contain them all
         keep = box_diou(boxes[pi], boxes[pj]) > nms
-        return _ordered(pi[keep], pj[keep])
+        return ordered_pairs(pi[keep], pj[keep])
     # box_iou's arithmetic on per-box edge columns (the same float64 values, computed once per box)
     cx, cy, w, h = (np.ascontiguousarray(c) for c in boxes.T)
     with np.errstate(over="ignore"):       # exp() of a wild logit gives inf boxes, as in Darknet
@@ -85,12 +85,7 @@ def overlap_pairs(boxes: np.ndarray, nms: float, kind: str = "default") -> np.nd
         np.greater(iou, nms, out=keep[c * CHUNK:(c + 1) * CHUNK])
 
     parallel_items(-(-pi.size // CHUNK), chunk)
-    return _ordered(pi[keep], pj[keep])
-
-
-def _ordered(i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """(E, 2) pairs with the lower index first (the IoU is symmetric bit for bit: either order)."""
-    return np.stack([np.minimum(i, j), np.maximum(i, j)], 1)
+    return ordered_pairs(pi[keep], pj[keep])
 
 
 CHUNK = 1 << 14   # candidate pairs per IoU chunk (temporaries of 128 kB: cache-sized; 1 << 16: 5% slower)

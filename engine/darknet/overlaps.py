@@ -36,7 +36,11 @@ COLUMNS = 8               # key columns per cell in x (measured: 1 -> 8 cut the 
 def candidate_pairs(boxes: np.ndarray, t: float) -> np.ndarray:
     """Pairs (P, 2) of box indices, i < j, that include every pair with IoU > t (0 < t).
     Boxes with a zero, infinite or NaN side are left out: their IoU is never > t."""
-    i, j = candidate_ij(boxes, t)
+    return ordered_pairs(*candidate_ij(boxes, t))
+
+
+def ordered_pairs(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """(P, 2) pairs with the lower index first, from two index arrays holding each pair in either order."""
     return np.stack([np.minimum(i, j), np.maximum(i, j)], 1)
 
 
