@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,17 +78,69 @@ def stamp(page) -> None:
     page.evaluate("() => { window.__qwT0 = performance.now(); window.__qwWall0 = Date.now(); window.__qwT = {}; }")
 
 
-def timed(page, action, done: str, marks: dict[str, str] | None = None, timeout: float = 300_000,
+class WaitFailed(Exception):
+    """A timed interaction whose result never showed: the message is a diagnostic of the page."""
+
+
+# what the page shows, for a wait that failed: the status lines, the panel title, the keyboard focus, the
+# element under the last click, the visible pictures that are not decoded
+DESCRIBE = ("(el => el ? el.tagName.toLowerCase() + (typeof el.className === 'string' && el.className.trim() ? "
+            "'.' + el.className.trim().split(/\\s+/).slice(0, 3).join('.') : '') + (el.innerText ? ' ' + "
+            "JSON.stringify(el.innerText.slice(0, 30)) : '') : null)")
+DIAGNOSE = f"""() => {{
+    const q = s => document.querySelector(s), text = s => (q(s) ? q(s).innerText : null);
+    const describe = {DESCRIBE};
+    const imgs = Array.from(q('.qw-explorer').querySelectorAll('img')).filter(i => i.offsetParent !== null);
+    return {{status: text('.qw-explorer .qw-controls .qw-status'),
+             editor_status: text('.qw-explorer .qw-weight-editor .qw-status'),
+             panel_title: text('.qw-explorer .qw-layer-panel .qw-panel-title'),
+             focus: describe(document.activeElement), clicked: window.__qwHit || null,
+             pictures: imgs.length,
+             not_decoded: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).slice(0, 5).map(i =>
+                 ({{src: (i.src || '').slice(0, 40), complete: i.complete, width: i.naturalWidth,
+                    box: [i.width, i.height]}}))}};
+}}"""
+ARTIFACTS = ROOT / "artifacts" / "bench_browser"
+
+
+def diagnose(page, name: str) -> str:
+    """One line on what the page shows now (DIAGNOSE), and a screenshot under ARTIFACTS."""
+    try:
+        state = page.evaluate(DIAGNOSE)
+    except Exception as e:                  # noqa: BLE001 (a diagnostic must not raise)
+        state = {"evaluate": repr(e)[:200]}
+    shot = ARTIFACTS / (re.sub(r"[^\w.-]+", "_", name) + ".png")
+    try:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot), full_page=True)
+        state["screenshot"] = str(shot)
+    except Exception as e:                  # noqa: BLE001
+        state["screenshot"] = repr(e)[:200]
+    return json.dumps(state)
+
+
+def aim(page, xy: tuple[float, float]) -> tuple[float, float]:
+    """`xy`, after noting the element under it in window.__qwHit (for `diagnose`; untimed, before `timed`)."""
+    page.evaluate(f"([x, y]) => {{ window.__qwHit = {DESCRIBE}(document.elementFromPoint(x, y)); }}", list(xy))
+    return xy
+
+
+def timed(page, action, done: str, marks: dict[str, str] | None = None, timeout: float = 60_000,
           name: str = "") -> dict[str, float]:
     """Seconds from just before `action()` to the first animation frame where the JS expression `done` is
-    true; `marks`: name -> expression, each stamped at the first frame it holds (before `done`)."""
+    true; `marks`: name -> expression, each stamped at the first frame it holds (before `done`).
+    Raises: WaitFailed with a diagnostic of the page when `done` did not hold within `timeout` ms."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     marks = marks or {}
     checks = "".join(f"if (!T[{k!r}] && ({v})) T[{k!r}] = now; " for k, v in marks.items())
     stamp(page)
     action()
-    page.wait_for_function(f"() => {{ const T = window.__qwT, now = performance.now(); {checks}"
-                           f"if (!T.done && ({done})) T.done = now; return !!T.done; }}",
-                           timeout=timeout, polling="raf")
+    try:
+        page.wait_for_function(f"() => {{ const T = window.__qwT, now = performance.now(); {checks}"
+                               f"if (!T.done && ({done})) T.done = now; return !!T.done; }}",
+                               timeout=timeout, polling="raf")
+    except PlaywrightTimeout:
+        raise WaitFailed(f"{name}: not shown after {timeout / 1000:.0f} s; {diagnose(page, name)}") from None
     t = page.evaluate("() => Object.fromEntries(Object.entries(window.__qwT).map(([k, v]) => "
                       "[k, (v - window.__qwT0) / 1000]))")
     if LOG is not None:           # --log: input time on the wall clock, to line up with a kernel-side log
@@ -133,12 +186,24 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
     from notebook_page import KERNEL_IDLE, kernel_line, rerun_cell, run_all
     out: dict[str, list[float]] = {k: [] for k in (
         "Explorer(s) shown", "Step -> status", "Step -> panel", "node click (new)", "node click (visited)",
-        "Apply edit", "tab switch", "colour switch", "stale canvas position")}
+        "Apply edit", "tab switch", "colour switch", "stale canvas position", "failed waits")}
+    # a click's result is on screen in well under a second (a first FLOAT forward on yolov3: seconds); a
+    # wait that runs out is a finding: its diagnostic is printed and the bench goes on with the next click
+    wait = 30_000 if model == "tiny" else 120_000
+
+    def failed(e: WaitFailed, extra: str = "") -> None:
+        out["failed waits"].append(1)
+        print(f"  FAILED {e}" + (f"; {extra}" if extra else ""), flush=True)
     with tempfile.TemporaryDirectory() as d:
         lab = start_lab(Path(d), model)
+        console = None
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_context(viewport={"width": 1600, "height": 2000}).new_page()
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            console = open(ARTIFACTS / f"console-{model}.log", "w", encoding="utf-8")
+            page.on("console", lambda m: console.write(f"{time.time():.3f} [{m.type}] {m.text}\n"))
+            page.on("pageerror", lambda e: console.write(f"{time.time():.3f} [pageerror] {e}\n"))
             page.goto(lab.notebook_url("explorer_round2.ipynb"))
             page.get_by_text(KERNEL_IDLE).first.wait_for(timeout=60_000)
             # Explorer(s): the kernel stamps the cell's start (QW_T0), the page the first frame with the graph
@@ -155,21 +220,24 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
             step = page.locator(".qw-explorer button", has_text=re.compile(r"^\s*Step\s*$")).first
             step.scroll_into_view_if_needed()
             for k in range(repeat):
-                xy = centre_of(page, step)
-                t = timed(page, lambda: page.mouse.click(*xy), panel_of(str(k)),
-                          {"status": f"{STATUS}.startsWith('layer {k} ')"}, name=f"step {k}")
+                xy = aim(page, centre_of(page, step))
+                try:
+                    t = timed(page, lambda: page.mouse.click(*xy), panel_of(str(k)),
+                              {"status": f"{STATUS}.startsWith('layer {k} ')"}, timeout=wait, name=f"step {k}")
+                except WaitFailed as e:
+                    failed(e)
+                    continue
                 out["Step -> status"].append(t["status"])
                 out["Step -> panel"].append(t["done"])
             page.locator(".qw-explorer .qw-graph-canvas").scroll_into_view_if_needed()
             fresh = [str(i) for i in range(n - 1, repeat, -max(1, (n - repeat) // (repeat + 1)))][:repeat]
             for node in fresh + [str(k) for k in range(repeat)]:
-                xy = node_xy(page, node)
+                xy = aim(page, node_xy(page, node))
                 try:
-                    t = timed(page, lambda: page.mouse.click(*xy), panel_of(node), timeout=120_000,
+                    t = timed(page, lambda: page.mouse.click(*xy), panel_of(node), timeout=wait,
                               name=f"node {node} {'new' if node in fresh else 'visited'}")
-                except PlaywrightTimeout:
-                    print(f"  node {node}: no panel after 120 s (title {page.evaluate(f'() => {PANEL_TITLE}')!r}, "
-                          f"status {page.evaluate(f'() => {STATUS}')[:80]!r})", flush=True)
+                except WaitFailed as e:
+                    failed(e)
                     continue
                 out["node click (new)" if node in fresh else "node click (visited)"].append(t["done"])
             out["stale canvas position"].append(page.evaluate("() => window.__qwStale || 0"))
@@ -199,30 +267,46 @@ def bench_model(pw, model: str, repeat: int) -> dict[str, list[float]]:
                 v = 10 + k if cell.input_value().strip() != str(10 + k) else 50 + k
                 cell.fill(str(v))
                 cell.press("Tab")                   # the typed value reaches the kernel before the click
-                xy = centre_of(page, apply)
-                t = timed(page, lambda: page.mouse.click(*xy),
-                          f"{STATUS}.includes('-> {v}') && {IMAGES_DONE}({CURRENT_TAB})", name=f"apply {v}")
+                xy = aim(page, centre_of(page, apply))
+                try:
+                    t = timed(page, lambda: page.mouse.click(*xy),
+                              f"{STATUS}.includes('-> {v}') && {IMAGES_DONE}({CURRENT_TAB})", timeout=wait,
+                              name=f"apply {v}")
+                except WaitFailed as e:
+                    failed(e, f"typed {v}, the cell shows {cell.input_value()!r}")
+                    continue
                 out["Apply edit"].append(t["done"])
             print(f"  ({model}: Apply done)", flush=True)
             tabs = ["Layer", "Detections", "Weights", "Quantization"] * repeat
             for k in range(repeat):
                 tab = tabs[k]
-                xy = centre_of(page, page.locator(".qw-explorer .lm-TabBar-tab", has_text=tab).first)
-                t = timed(page, lambda: page.mouse.click(*xy),
-                          "Array.from(document.querySelectorAll('.qw-explorer .lm-TabBar-tab.lm-mod-current'))"
-                          f".some(t => t.innerText.trim() === {tab!r}) && {IMAGES_DONE}({CURRENT_TAB})",
-                          name=f"tab {tab}")
+                xy = aim(page, centre_of(page, page.locator(".qw-explorer .lm-TabBar-tab", has_text=tab).first))
+                try:
+                    t = timed(page, lambda: page.mouse.click(*xy),
+                              "Array.from(document.querySelectorAll('.qw-explorer .lm-TabBar-tab.lm-mod-current'))"
+                              f".some(t => t.innerText.trim() === {tab!r}) && {IMAGES_DONE}({CURRENT_TAB})",
+                              timeout=wait, name=f"tab {tab}")
+                except WaitFailed as e:
+                    failed(e)
+                    continue
                 out["tab switch"].append(t["done"])
             for k in range(repeat):
                 colour = ["sqnr", "type"][k % 2]
                 cond = (f"{CY}.getElementById('0').data('label').endsWith(' dB')" if colour == "sqnr"
                         else f"!{CY}.getElementById('0').data('label').includes('dB')")
-                t = timed(page, lambda: page.evaluate(
-                    "c => { const s = document.querySelector('.qw-explorer .qw-graph-view select'); s.value = c;"
-                    " s.dispatchEvent(new Event('change', {bubbles: true})); }", colour), cond, name=f"colour {colour}")
+                try:
+                    t = timed(page, lambda: page.evaluate(
+                        "c => { const s = document.querySelector('.qw-explorer .qw-graph-view select'); s.value = c;"
+                        " s.dispatchEvent(new Event('change', {bubbles: true})); }", colour), cond, timeout=wait,
+                        name=f"colour {colour}")
+                except WaitFailed as e:
+                    failed(e)
+                    continue
                 out["colour switch"].append(t["done"])
         finally:
             browser.close()
+            if console is not None:
+                console.close()
             _stop(lab.proc)
     return out
 
@@ -245,6 +329,8 @@ def main() -> int:
             print(f"\n{model} (median of {args.repeat}; goal {1000 * goal.get(model, 0.15):.0f} ms per click; "
                   f"load average {load:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)", flush=True)
             stale = res.pop("stale canvas position")
+            fails = len(res.pop("failed waits"))
+            print(f"  waits that ran out ({'30' if model == 'tiny' else '120'} s each, diagnostics above): {fails}")
             print(f"  cytoscape's cached canvas position was off before {sum(stale)} of "
                   f"{len(res['node click (new)']) + len(res['node click (visited)'])} node clicks (re-measured first)")
             for name, ts in res.items():
