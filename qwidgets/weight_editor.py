@@ -58,6 +58,7 @@ class WeightEditor(widgets.VBox):
         self._filter = widgets.IntSlider(description="filter", min=0, max=0, continuous_update=False)
         self._channel = widgets.IntSlider(description="channel", min=0, max=0, continuous_update=False)
         self.grid = KernelGrid()
+        self.grid.add_class(f"qw-grid-{self.grid.model_id}")     # the scope of the marks' style sheet
         b = widgets.Button
         self.apply_button = b(description="Apply", icon="check", button_style="primary",
                               tooltip="write the grid into the weights and rerun the layer")
@@ -78,8 +79,10 @@ class WeightEditor(widgets.VBox):
         self.save_quantized_button = b(description="Save quantized", icon="save")
         self._notes = widgets.HTML()         # unapplied kernels, stale outputs
         self._real = widgets.HTML()          # int8 grid: its scale and the real values q x scale
-        self._style = widgets.HTML("<style>.qw-edited input{background:#fff3b0;font-weight:bold;"
-                                   "border:2px solid #e6550d}</style>")
+        # the cells the last Apply changed are marked by this style sheet, never by a class on the cell: any
+        # message to a cell's model makes its view rewrite the text box, dropping what the user is typing
+        # there (ipywidgets' IntText/FloatText update()), e.g. the next value, typed while Apply runs
+        self._style = widgets.HTML()
         self.edited_cells: list[int] = []    # flat indexes of the cells the last Apply changed
         self._marked_key: tuple | None = None
         self._diff = widgets.HTML()
@@ -231,14 +234,20 @@ class WeightEditor(widgets.VBox):
                 f"<table class='qw-table'>{rows}</table>")
 
     def mark_edited(self, cells: list[int]) -> None:
-        """Highlight these cells (flat indexes) as changed by the last Apply."""
-        self.edited_cells = list(cells)
+        """Highlight these cells (flat indexes) as changed by the last Apply (`marks_css`; the cells' own
+        models get no message, see `_style`)."""
+        self.edited_cells = sorted(set(int(n) for n in cells))
         self._marked_key = self.kernel_key() if cells else None
-        for n, cell in enumerate(self.grid.cells):
-            if n in cells:
-                cell.add_class("qw-edited")
-            else:
-                cell.remove_class("qw-edited")
+        css = self.marks_css()
+        self._style.value = f"<style>{css}</style>" if css else ""
+
+    def marks_css(self) -> str:
+        """The style sheet marking `edited_cells`: the grid's children n (1-based) of this editor's grid."""
+        if not self.edited_cells:
+            return ""
+        scope = f".qw-grid-{self.grid.model_id}"
+        sel = ",".join(f"{scope} > :nth-child({n + 1}) input" for n in self.edited_cells)
+        return f"{sel}{{background:#fff3b0;font-weight:bold;border:2px solid #e6550d}}"
 
     def show_notes(self) -> None:
         """The notes above the buttons: kernels with unapplied values, kept outputs that predate an edit."""

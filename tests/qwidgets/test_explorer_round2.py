@@ -2,6 +2,8 @@
 clicks. Each test fails on the code before the fix."""
 from __future__ import annotations
 
+import ipywidgets as widgets
+
 import engine
 from helpers import IMAGES
 from qwidgets import Explorer
@@ -228,8 +230,35 @@ def test_weight_editor_names_the_tap_old_and_new_and_highlights_it(tiny, tiny_q)
     we.cells[5].value = old + 3
     we.apply_button.click()
     assert f"tap (1, 2) {old} -> {old + 3}" in ex.status
-    assert we.edited_cells == [5] and "qw-edited" in we.cells[5]._dom_classes
-    assert "qw-edited" not in we.cells[0]._dom_classes
+    assert we.edited_cells == [5]
+    assert f".qw-grid-{we.grid.model_id} > :nth-child(6) input" in we._style.value
+    assert f"qw-grid-{we.grid.model_id}" in we.grid._dom_classes and "nth-child(1)" not in we._style.value
+
+
+def test_apply_sends_nothing_to_the_cells_the_user_may_be_typing_in(tiny, tiny_q, monkeypatch):
+    """Any message to a cell's model makes its browser view rewrite the text box (ipywidgets' update()),
+    dropping text typed but not committed yet: the next value, typed while Apply runs, was lost that way
+    (the cells' 'qw-edited' classes, sent after the status line; tests/browser/test_weight_edit_browser.py).
+    An Apply of the value the cell already holds changes nothing in the cells' models."""
+    s = engine.Session(tiny, tiny_q, "int")
+    ex = Explorer(s)
+    we = ex.weight_editor
+    ex.tabs.selected_index = 1
+    ex.graph.selected_node = "2"
+    sent, send = [], widgets.Widget._send
+
+    def recording(self, msg, buffers=None):
+        sent.append((self, msg))
+        return send(self, msg, buffers)
+    monkeypatch.setattr(widgets.Widget, "_send", recording)
+    for value in (int(we.kernel()[0, 0]) + 3, int(we.kernel()[0, 0]) + 5):
+        we.cells[0].value = value               # committed by the browser before the click
+        sent.clear()
+        we.apply_button.click()
+        assert f"-> {value}" in ex.status
+        to_cells = [m for w, m in sent if any(w is c for c in we.cells)]
+        assert to_cells == [], to_cells
+        assert we.edited_cells == [0] and "nth-child(1) input" in we._style.value
 
 
 def test_sensitivity_sweep_shows_a_ranked_table_and_chart_and_can_cancel(tiny, monkeypatch):
