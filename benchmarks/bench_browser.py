@@ -16,7 +16,10 @@ runs on every requestAnimationFrame), so Playwright's own round trips are not co
   first frame with the graph drawn (the page's clock; one machine, one wall clock).
 Prints medians (goal: <= 150 ms on yolov3-tiny, <= 300 ms on yolov3; Explorer(s) <= 3 s on yolov3) and
 the load average. The first click that needs the session's FLOAT reference pays its forward (seconds on
-yolov3): it shows in the max. Not a test: figures, no assertions.
+yolov3): it shows in the max. Not a test: figures, no assertions. A result that never shows (30 s on
+yolov3-tiny, 120 s on yolov3) is printed as FAILED with what the page shows (status lines, focus, the
+element under the click, undecoded pictures; a screenshot and the console log in artifacts/bench_browser/)
+and the bench goes on.
 
     python benchmarks/bench_browser.py [--repeat 5] [--models tiny,yolov3]
 """
