@@ -38,8 +38,8 @@ from engine.quant.explain import box_iou, match_detections  # noqa: E402
 from engine.quant.fitness import detection_agreement  # noqa: E402
 from engine.quant.refine import head_bias_correction  # noqa: E402
 from engine.quant.refine.headbias import head_convs  # noqa: E402
-from engine.quant.refine.margin import NearErrors, margin_stats, near_errors, shift_heads  # noqa: E402
-from engine.quant.valset import Variant, random_variants, second_variants, variants  # noqa: E402
+from engine.quant.refine.margin import NearErrors, fit_shifts, margin_stats, near_errors, shift_heads  # noqa: E402
+from engine.quant.valset import fitting_images, random_variants, second_variants, variants  # noqa: E402
 
 SHARED = Path(os.environ.get("QW_SHARED", ROOT.parent / "shared"))
 
@@ -126,22 +126,22 @@ def measure(name, cached, band, rng):
     return per
 
 
-def settings(stats, ks, resid=None):
-    """name -> {conv: (obj shift, cls shift)} from the fitting set's stats (`resid`: the stats after the
-    near-threshold bias correction, for the margin on top of it)."""
-    out = {"none": {c: (0.0, 0.0) for c in stats}}
-    out["bias obj+cls"] = {c: (-s["dobj"][0], -s["dcls"][0]) for c, s in stats.items()}
-    if resid is not None:
-        for k in ks:
-            out[f"bias+margin k={k:g}"] = {c: (-s["dobj"][0] + k * resid[c]["e_robust"][1] - resid[c]["e_robust"][0],
-                                               -s["dcls"][0]) for c, s in stats.items()}
-    out["margin mean e"] = {c: (-s["e"][0], 0.0) for c, s in stats.items()}
+def settings(errs: dict, ks, obj_only=()) -> dict:
+    """name -> {conv: (obj shift, cls shift)} fitted on the fitting set's errors ({conv: NearErrors}):
+    "bias" = the near-threshold bias correction (fit_shifts with k = 0: objectness and class means),
+    "margin k" = fit_shifts(k) (what `--refine margin` writes), "obj margin k" = objectness only, k robust
+    deviations of the uncorrected e (no class correction)."""
+    out = {"none": {c: (0.0, 0.0) for c in errs}}
+    out["bias"] = {c: fit_shifts(v, 0.0)[:2] for c, v in errs.items()}
     for k in ks:
-        out[f"margin k={k:g}"] = {c: (k * s["e_robust"][1] - s["e_robust"][0], 0.0) for c, s in stats.items()}
+        out[f"margin k={k:g}"] = {c: fit_shifts(v, k)[:2] for c, v in errs.items()}
+    for k in obj_only:
+        out[f"obj margin k={k:g}"] = {c: (k * margin_stats(v)["e_robust"][1] - margin_stats(v)["e_robust"][0], 0.0)
+                                      for c, v in errs.items()}
     return out
 
 
-def run(model, photos, fit_items, sets, ks, band, base, label, verify, show=()):
+def run(model, photos, fit_items, sets, ks, band, base, label, verify, show=(), obj_only=()):
     stats = collect(model, photos, progress=False, keep=(keep := FloatOutputs(model)))
     qm = quantize(model, stats, "minmax", per_channel=True,
                   profile="qwidgets" if "sym" in base.split("+") else "qwidgets_asym")
@@ -155,15 +155,12 @@ def run(model, photos, fit_items, sets, ks, band, base, label, verify, show=()):
     cached = {k: Cached(model, qm, v, heads) for k, v in sets.items()}
     for k, c in cached.items():
         measure(k, c, band, rng)
-    st = {c: margin_stats(NearErrors.concat(p)) for c, p in fit_err.items()}
-    bias = vector(heads, {c: (-s["dobj"][0], -s["dcls"][0]) for c, s in st.items()})
-    corrected = [{c: q[c] + bias[c][:, None, None].astype(np.float32) for c in q} for q in fit.q]
-    resid = {c: margin_stats(NearErrors.concat([near_errors(f[c], q[c], a, k, band) for f, q in zip(fit.f, corrected)]))
-             for c, a, k in heads}
+    errs = {c: NearErrors.concat(p) for c, p in fit_err.items()}
     print("  fit, after the bias correction: " + ", ".join(
-        f"head {c} e median {r['e_robust'][0]:+.3f} rsd {r['e_robust'][1]:.3f}" for c, r in resid.items()))
+        f"head {c} e median {r['after_bias']['e_robust'][0]:+.3f} rsd {r['after_bias']['e_robust'][1]:.3f}"
+        for c, r in ((c, fit_shifts(v, 0.0)[2]) for c, v in errs.items())))
     rows = {}
-    for name, sh in settings(st, ks, resid).items():
+    for name, sh in settings(errs, ks, obj_only).items():
         desc = ", ".join(f"{c}: {o:+.3f}/{cl:+.3f}" for c, (o, cl) in sh.items())
         res = {k: c.score(vector(heads, sh), show=name in show) for k, c in cached.items()}
         rows[name] = res
@@ -183,6 +180,7 @@ def run(model, photos, fit_items, sets, ks, band, base, label, verify, show=()):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ks", default="0,0.5,1,1.5,2,3")
+    ap.add_argument("--obj-only", default="", help="k values of the objectness-only margin (no class correction)")
     ap.add_argument("--band", default="0.15,0.40")
     ap.add_argument("--base", default="asym")
     ap.add_argument("--fit-per-photo", type=int, default=10)
@@ -204,8 +202,9 @@ def main(argv=None) -> int:
     if args.leave_one_out:
         runs = [([p for p in photos if p != out], f"without {out.name}") for out in photos]
     for cal, label in runs:
-        fit_items = [Variant(p.stem, p) for p in cal] + random_variants(cal, args.fit_per_photo, seed=1)
-        run(model, cal, fit_items, sets, ks, band, args.base, label, args.verify, args.show.split(","))
+        fit_items = fitting_images(cal, args.fit_per_photo, seed=1)
+        run(model, cal, fit_items, sets, ks, band, args.base, label, args.verify, args.show.split(","),
+            [float(k) for k in args.obj_only.split(",") if k])
     return 0
 
 

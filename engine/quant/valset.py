@@ -142,3 +142,12 @@ def random_variants(source: str | list[ImageLike], per_photo: int, seed: int) ->
                 v = _jpeg(v, int(rng.integers(15, 90)))
             out.append(Variant(f"{n}:r{seed}-{j}", v))
     return out
+
+
+def fitting_images(source: str | list[ImageLike], per_photo: int = 20, seed: int = 1) -> list[Variant]:
+    """The calibration photos themselves and `per_photo` random compositions of each (seed 1): what a setting
+    measured through the INT network (engine/quant/refine/margin.py) is fitted on. Validation sets use other
+    seeds and the named variants above."""
+    items = image_list(source)
+    names = [getattr(i, "stem", None) or getattr(i, "name", None) or f"image{k}" for k, i in enumerate(items)]
+    return [Variant(n, open_image(i)) for n, i in zip(names, items)] + random_variants(items, per_photo, seed)

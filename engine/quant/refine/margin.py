@@ -39,17 +39,26 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 @dataclass
 class NearErrors:
-    """Per selected position (a FLOAT score in the band): FLOAT score, INT - FLOAT objectness and best-class
-    logits, and the objectness-equivalent error e (see the module)."""
+    """Per selected position (a FLOAT score in the band): FLOAT score, FLOAT objectness and best-class logits,
+    their INT - FLOAT differences, and the objectness-equivalent error e (see the module)."""
     score: np.ndarray
+    fobj: np.ndarray
+    fcls: np.ndarray
     dobj: np.ndarray
     dcls: np.ndarray
-    e: np.ndarray
+
+    @property
+    def e(self) -> np.ndarray:
+        return self.fobj + self.dobj - _logit(self.score / _sigmoid(self.fcls + self.dcls))
+
+    def shifted(self, d_obj: float, d_cls: float) -> "NearErrors":
+        """The errors once the INT objectness / class logits move by d_obj / d_cls."""
+        return NearErrors(self.score, self.fobj, self.fcls, self.dobj + d_obj, self.dcls + d_cls)
 
     @classmethod
     def concat(cls, parts: list["NearErrors"]) -> "NearErrors":
         return cls(*(np.concatenate([getattr(p, k) for p in parts]) if parts else np.zeros(0)
-                     for k in ("score", "dobj", "dcls", "e")))
+                     for k in ("score", "fobj", "fcls", "dobj", "dcls")))
 
 
 def near_errors(f: np.ndarray, q: np.ndarray, anchors: int, classes: int,
@@ -64,9 +73,7 @@ def near_errors(f: np.ndarray, q: np.ndarray, anchors: int, classes: int,
     qc = np.take_along_axis(q[:, 5:], k[:, None], axis=1)[:, 0]
     s_f = _sigmoid(f[:, 4]) * _sigmoid(fc)
     sel = (s_f >= band[0]) & (s_f <= band[1])
-    qo, fo = q[:, 4][sel], f[:, 4][sel]
-    e = qo - _logit(s_f[sel] / _sigmoid(qc[sel]))
-    return NearErrors(s_f[sel], qo - fo, qc[sel] - fc[sel], e)
+    return NearErrors(s_f[sel], f[:, 4][sel], fc[sel], q[:, 4][sel] - f[:, 4][sel], qc[sel] - fc[sel])
 
 
 def margin_stats(errors: NearErrors) -> dict:
@@ -122,19 +129,33 @@ def shift_heads(model, qmodel: QuantizedModel, shifts: dict[int, tuple[float, fl
     return twin
 
 
-def head_margin(model, qmodel: QuantizedModel, images, k: float = 1.0, resize: str = "letterbox",
+def fit_shifts(errors: NearErrors, k: float) -> tuple[float, float, dict]:
+    """(objectness shift, class shift, report) of one head: first the near-threshold bias correction (minus the
+    mean INT - FLOAT objectness and best-class logit), then the margin on what is left: objectness += k * s(e)
+    - m(e) of the corrected errors (robust centre and spread, margin_stats)."""
+    before = margin_stats(errors)
+    d_obj, d_cls = -before["dobj"][0], -before["dcls"][0]
+    after = margin_stats(errors.shifted(d_obj, d_cls))
+    m, sd = after["e_robust"]
+    d_obj += k * sd - m
+    return d_obj, d_cls, {"k": float(k), "objectness_shift": d_obj, "class_shift": d_cls, "before": before,
+                          "after_bias": after}
+
+
+def head_margin(model, qmodel: QuantizedModel, images, k: float = 2.0, resize: str = "letterbox",
                 band: tuple[float, float] = (0.15, 0.40)) -> QuantizedModel:
-    """`qmodel` with each head's objectness biases moved by k * s(e) - m(e) (robust, see margin_stats), e on `images`
-    (augmentations of the calibration images). meta["head_margin"]: per head conv, k, the shift and the stats."""
+    """`qmodel` with each head's objectness and class biases moved as fit_shifts says, the errors measured on
+    `images` (the calibration images and augmentations of them: valset.fitting_images). k = 0: the
+    near-threshold bias correction alone. meta["head_margin"]: per head conv, the shifts and the statistics."""
     if not np.isfinite(k) or k < 0:
         raise ArgumentError(f"head margin k={k}: expected a finite number >= 0")
     errs = collect_near_errors(model, qmodel, images, resize, band)
     shifts, report = {}, {}
     for c, v in errs.items():
-        if v.e.size < 20:
-            raise EngineError(f"head margin: only {v.e.size} positions of head conv {c} score in {band} on the "
-                              f"fitting images (20 needed): give more or other images")
-        st = margin_stats(v)
-        shifts[c] = (k * st["e_robust"][1] - st["e_robust"][0], 0.0)
-        report[str(c)] = {"k": float(k), "objectness_shift": shifts[c][0], "band": list(band), **st}
+        if v.score.size < 20:
+            raise EngineError(f"head margin: only {v.score.size} positions of head conv {c} score in {band} on "
+                              f"the fitting images (20 needed): give more or other images")
+        d_obj, d_cls, report[str(c)] = fit_shifts(v, k)
+        report[str(c)]["band"] = list(band)
+        shifts[c] = (d_obj, d_cls)
     return shift_heads(model, qmodel, shifts, "head_margin", report)
