@@ -25,7 +25,8 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-rules", action="store_true",
                    help="calibrate every tensor on its own |x| histogram (no one-sided / shared-scale / first-layer "
                         "rules; yolo2_light never uses them)")
-    s.add_argument("--refine", choices=("bias", "cle", "cle_act", "eq", "gptq", "head"), action="append", default=[],
+    s.add_argument("--refine", choices=("bias", "cle", "cle_act", "eq", "gptq", "head", "margin"), action="append",
+                   default=[],
                    help="refinement (repeatable): bias = per-channel bias correction (NNCF FastBiasCorrection "
                         "style) on the calibration images; cle = cross-layer equalization of conv -> leaky -> "
                         "[maxpool] -> conv chains before calibration (Nagel et al., weight ranges), cle_act = the same "
@@ -34,7 +35,13 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
                         "with --profile qwidgets_asym), before bias; gptq = weight rounding fitted to each conv's calibration inputs "
                         "(GPTQ/OBQ error compensation, per-channel scales kept), before eq; head = the "
                         "detection heads' objectness / class bias shift measured through the INT network, "
-                        "weighted by the FLOAT score, last (docs/quantization.md)")
+                        "weighted by the FLOAT score, after gptq / eq / bias; margin = the heads' near-threshold "
+                        "objectness / class bias measured through the INT network on the calibration images and "
+                        "augmentations of them, removed, plus a recall margin of --margin-k robust deviations on "
+                        "objectness, last (docs/quantization.md)")
+    s.add_argument("--margin-k", type=number("--margin-k", 0.0, 10.0, lo_open=False), default=2.0, metavar="K",
+                   help="--refine margin: objectness margin in robust standard deviations of the near-threshold "
+                        "INT - FLOAT error (default 2; 0 = the bias correction alone)")
     s.add_argument("--target-map", type=number("--target-map", 0.0, 1.0), metavar="MAP",
                    help="keep the fewest layers FLOAT (greedy by measured sensitivity) so INT detections on --val "
                         "reach this mAP@[.5:.95] against FLOAT with no lost detection; prints the trade-off curve")
@@ -113,6 +120,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if "head" in args.refine:
         from engine.quant.refine import head_bias_correction
         qm = head_bias_correction(model, qm, floats=keep, images=args.calib, resize=args.resize)
+    if "margin" in args.refine:
+        from engine.quant.refine import head_margin
+        from engine.quant.valset import fitting_images
+        qm = head_margin(model, qm, fitting_images(args.calib), args.margin_k, args.resize)
     if "auto" in qm.meta:
         print(auto_choice_text(qm.meta["auto"]), file=sys.stderr)
     if args.target_map is not None:

@@ -105,3 +105,49 @@ def second_variants(source: str | list[ImageLike]) -> list[Variant]:
     orders = [(2, 3, 0, 1), (0, 2, 1, 3)]
     out += [Variant(f"mosaic2-{m}", mosaic(photos, size=640, order=orders[m])) for m in range(2)]
     return out
+
+
+def random_variants(source: str | list[ImageLike], per_photo: int, seed: int) -> list[Variant]:
+    """`per_photo` random compositions of every photo, a deterministic function of `seed`: a crop window of
+    60-100% of each side, a mirror, a down-up scale, brightness / contrast, noise, JPEG, blur and a small
+    rotation, each drawn independently. Two seeds give two disjoint sets: one to fit a setting on, one to
+    check it on."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    items = image_list(source)
+    photos = [open_image(i) for i in items]
+    names = [getattr(i, "stem", None) or getattr(i, "name", None) or f"image{k}" for k, i in enumerate(items)]
+    out = []
+    for n, im in zip(names, photos):
+        w, h = im.size
+        for j in range(per_photo):
+            fw, fh = rng.uniform(0.6, 1.0, 2)
+            x0, y0 = rng.uniform(0, 1 - fw) * w, rng.uniform(0, 1 - fh) * h
+            v = im.crop((int(x0), int(y0), int(x0 + fw * w), int(y0 + fh * h)))
+            if rng.random() < 0.5:
+                v = v.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            if rng.random() < 0.3:
+                f = rng.uniform(1.5, 3.0)
+                v = v.resize((max(1, int(v.width / f)), max(1, int(v.height / f))),
+                             Image.Resampling.BILINEAR).resize(v.size)
+            v = ImageEnhance.Brightness(v).enhance(rng.uniform(0.6, 1.4))
+            v = ImageEnhance.Contrast(v).enhance(rng.uniform(0.7, 1.3))
+            if rng.random() < 0.3:
+                v = v.rotate(rng.uniform(-8, 8), resample=Image.Resampling.BILINEAR, expand=False)
+            if rng.random() < 0.3:
+                v = v.filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 2.0)))
+            if rng.random() < 0.5:
+                v = add_noise(v, rng.uniform(3, 12), int(rng.integers(1 << 30)))
+            if rng.random() < 0.5:
+                v = _jpeg(v, int(rng.integers(15, 90)))
+            out.append(Variant(f"{n}:r{seed}-{j}", v))
+    return out
+
+
+def fitting_images(source: str | list[ImageLike], per_photo: int = 20, seed: int = 1) -> list[Variant]:
+    """The calibration photos themselves and `per_photo` random compositions of each (seed 1): what a setting
+    measured through the INT network (engine/quant/refine/margin.py) is fitted on. Validation sets use other
+    seeds and the named variants above."""
+    items = image_list(source)
+    names = [getattr(i, "stem", None) or getattr(i, "name", None) or f"image{k}" for k, i in enumerate(items)]
+    return [Variant(n, open_image(i)) for n, i in zip(names, items)] + random_variants(items, per_photo, seed)
