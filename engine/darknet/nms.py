@@ -76,13 +76,22 @@ def overlap_pairs(boxes: np.ndarray, nms: float, kind: str = "default") -> np.nd
 
     def chunk(_part: int, c: int) -> None:   # fixed chunks on the kernel threads: same bits
         i, j = pi[c * CHUNK:(c + 1) * CHUNK], pj[c * CHUNK:(c + 1) * CHUNK]
-        ow = np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j])
-        oh = np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j])
-        inter = np.where((ow < 0) | (oh < 0), 0.0, ow * oh)
-        union = area[i] + area[j] - inter
-        with np.errstate(invalid="ignore", divide="ignore"):
-            iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        np.greater(iou, nms, out=keep[c * CHUNK:(c + 1) * CHUNK])
+        # box_iou's values, in place and masked rather than zeroed: a negative overlap (IoU 0) or a
+        # union <= 0 or NaN (box_iou's 0) fails the test whatever the quotient (15% fewer passes)
+        with np.errstate(all="ignore"):    # inf/NaN boxes: masked out below, as box_iou zeroes them
+            ow = np.minimum(x2[i], x2[j])
+            ow -= np.maximum(x1[i], x1[j])
+            oh = np.minimum(y2[i], y2[j])
+            oh -= np.maximum(y1[i], y1[j])
+            ok = ow >= 0
+            ok &= oh >= 0
+            ow *= oh                                # the intersection, where ok
+            union = area[i] + area[j]
+            union -= ow
+            ok &= union > 0
+            np.divide(ow, union, out=ow)
+            ok &= ow > nms
+        keep[c * CHUNK:(c + 1) * CHUNK] = ok
 
     parallel_items(-(-pi.size // CHUNK), chunk)
     return ordered_pairs(pi[keep], pj[keep])
