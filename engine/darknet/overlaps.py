@@ -145,11 +145,16 @@ def _binned_pairs(cx: np.ndarray, cy: np.ndarray, w: np.ndarray, h: np.ndarray,
     found: list = [None] * 3
 
     def scan(_part: int, dr: int) -> None:    # one row of the windows: the 3 run on the kernel threads
-        row = (r_lo + dr) << 24
-        lo = np.maximum(np.searchsorted(key, base | row | c_lo, "left"), mine)
-        count = np.where(r_lo + dr <= r_hi, np.searchsorted(key, base | row | c_hi, "right") - lo, 0)
+        # the third row only for the windows that reach it (about half): the searches are most of the time
+        q = np.flatnonzero(r_lo + dr <= r_hi) if dr == 2 else slice(None)
+        b, c0, c1, lo0 = base[q], c_lo[q], c_hi[q], mine[q]
+        row = (r_lo[q] + dr) << 24
+        lo = np.maximum(np.searchsorted(key, b | row | c0, "left"), lo0)
+        count = np.searchsorted(key, b | row | c1, "right") - lo
+        if dr == 1:
+            count[r_lo + 1 > r_hi] = 0
         np.maximum(count, 0, out=count)
-        found[dr] = np.repeat(iq, count), jd[_ranges(lo, count)]
+        found[dr] = np.repeat(iq[q], count), jd[_ranges(lo, count)]
 
     parallel_items(3, scan)
     return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
