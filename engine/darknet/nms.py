@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.darknet.overlaps import candidate_ij, ordered_pairs
+from engine.darknet.overlaps import candidate_parts, ordered_pairs
 from engine.kernels.threads import own_threads, parallel_items
 
 
@@ -62,20 +62,23 @@ def _diou_penalty(a: np.ndarray, b: np.ndarray, beta: float) -> np.ndarray:
 
 def overlap_pairs(boxes: np.ndarray, nms: float, kind: str = "default") -> np.ndarray:
     """Pairs (E, 2), i < j, whose overlap (IoU, or DIoU for greedynms) exceeds `nms` > 0."""
-    pi, pj = candidate_ij(boxes, nms)         # each pair once, in either order
-    if not pi.size:
+    parts = candidate_parts(boxes, nms)       # each pair once, in either order
+    if not sum(i.size for i, _ in parts):
         return np.zeros((0, 2), np.int64)
     if kind == "greedynms":                   # DIoU <= IoU: the IoU candidates contain them all
+        pi, pj = np.concatenate([i for i, _ in parts]), np.concatenate([j for _, j in parts])
         keep = box_diou(boxes[pi], boxes[pj]) > nms
         return ordered_pairs(pi[keep], pj[keep])
     # box_iou's arithmetic on per-box edge columns (the same float64 values, computed once per box)
     cx, cy, w, h = (np.ascontiguousarray(c) for c in boxes.T)
     with np.errstate(over="ignore"):       # exp() of a wild logit gives inf boxes, as in Darknet
         x1, x2, y1, y2, area = cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2, w * h
-    keep = np.empty(pi.size, bool)
+    keeps = [np.empty(i.size, bool) for i, _ in parts]
+    items = [(p, c) for p, (i, _) in enumerate(parts) for c in range(-(-i.size // CHUNK))]
 
-    def chunk(_part: int, c: int) -> None:   # fixed chunks on the kernel threads: same bits
-        i, j = pi[c * CHUNK:(c + 1) * CHUNK], pj[c * CHUNK:(c + 1) * CHUNK]
+    def chunk(_part: int, item: int) -> None:   # fixed chunks on the kernel threads: same bits
+        p, c = items[item]
+        i, j = parts[p][0][c * CHUNK:(c + 1) * CHUNK], parts[p][1][c * CHUNK:(c + 1) * CHUNK]
         # box_iou's values, in place and masked rather than zeroed: a negative overlap (IoU 0) or a
         # union <= 0 or NaN (box_iou's 0) fails the test whatever the quotient (15% fewer passes)
         with np.errstate(all="ignore"):    # inf/NaN boxes: masked out below, as box_iou zeroes them
@@ -91,10 +94,10 @@ def overlap_pairs(boxes: np.ndarray, nms: float, kind: str = "default") -> np.nd
             ok &= union > 0
             np.divide(ow, union, out=ow)
             ok &= ow > nms
-        keep[c * CHUNK:(c + 1) * CHUNK] = ok
+        keeps[p][c * CHUNK:(c + 1) * CHUNK] = ok
 
-    parallel_items(-(-pi.size // CHUNK), chunk)
-    return ordered_pairs(pi[keep], pj[keep])
+    parallel_items(len(items), chunk)
+    return np.concatenate([ordered_pairs(i[k], j[k]) for (i, j), k in zip(parts, keeps)])
 
 
 CHUNK = 1 << 14   # candidate pairs per IoU chunk (temporaries of 128 kB: cache-sized; 1 << 16: 5% slower)
