@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.darknet.overlaps import candidate_ij, ordered_pairs
+from engine.darknet.overlaps import candidate_parts, ordered_pairs
 from engine.kernels.threads import own_threads, parallel_items
 
 
@@ -62,30 +62,42 @@ def _diou_penalty(a: np.ndarray, b: np.ndarray, beta: float) -> np.ndarray:
 
 def overlap_pairs(boxes: np.ndarray, nms: float, kind: str = "default") -> np.ndarray:
     """Pairs (E, 2), i < j, whose overlap (IoU, or DIoU for greedynms) exceeds `nms` > 0."""
-    pi, pj = candidate_ij(boxes, nms)         # each pair once, in either order
-    if not pi.size:
+    parts = candidate_parts(boxes, nms)       # each pair once, in either order
+    if not sum(i.size for i, _ in parts):
         return np.zeros((0, 2), np.int64)
     if kind == "greedynms":                   # DIoU <= IoU: the IoU candidates contain them all
+        pi, pj = np.concatenate([i for i, _ in parts]), np.concatenate([j for _, j in parts])
         keep = box_diou(boxes[pi], boxes[pj]) > nms
         return ordered_pairs(pi[keep], pj[keep])
     # box_iou's arithmetic on per-box edge columns (the same float64 values, computed once per box)
     cx, cy, w, h = (np.ascontiguousarray(c) for c in boxes.T)
     with np.errstate(over="ignore"):       # exp() of a wild logit gives inf boxes, as in Darknet
         x1, x2, y1, y2, area = cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2, w * h
-    keep = np.empty(pi.size, bool)
+    keeps = [np.empty(i.size, bool) for i, _ in parts]
+    items = [(p, c) for p, (i, _) in enumerate(parts) for c in range(-(-i.size // CHUNK))]
 
-    def chunk(_part: int, c: int) -> None:   # fixed chunks on the kernel threads: same bits
-        i, j = pi[c * CHUNK:(c + 1) * CHUNK], pj[c * CHUNK:(c + 1) * CHUNK]
-        ow = np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j])
-        oh = np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j])
-        inter = np.where((ow < 0) | (oh < 0), 0.0, ow * oh)
-        union = area[i] + area[j] - inter
-        with np.errstate(invalid="ignore", divide="ignore"):
-            iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        np.greater(iou, nms, out=keep[c * CHUNK:(c + 1) * CHUNK])
+    def chunk(_part: int, item: int) -> None:   # fixed chunks on the kernel threads: same bits
+        p, c = items[item]
+        i, j = parts[p][0][c * CHUNK:(c + 1) * CHUNK], parts[p][1][c * CHUNK:(c + 1) * CHUNK]
+        # box_iou's values, in place and masked rather than zeroed: a negative overlap (IoU 0) or a
+        # union <= 0 or NaN (box_iou's 0) fails the test whatever the quotient (15% fewer passes)
+        with np.errstate(all="ignore"):    # inf/NaN boxes: masked out below, as box_iou zeroes them
+            ow = np.minimum(x2[i], x2[j])
+            ow -= np.maximum(x1[i], x1[j])
+            oh = np.minimum(y2[i], y2[j])
+            oh -= np.maximum(y1[i], y1[j])
+            ok = ow >= 0
+            ok &= oh >= 0
+            ow *= oh                                # the intersection, where ok
+            union = area[i] + area[j]
+            union -= ow
+            ok &= union > 0
+            np.divide(ow, union, out=ow)
+            ok &= ow > nms
+        keeps[p][c * CHUNK:(c + 1) * CHUNK] = ok
 
-    parallel_items(-(-pi.size // CHUNK), chunk)
-    return ordered_pairs(pi[keep], pj[keep])
+    parallel_items(len(items), chunk)
+    return np.concatenate([ordered_pairs(i[k], j[k]) for (i, j), k in zip(parts, keeps)])
 
 
 CHUNK = 1 << 14   # candidate pairs per IoU chunk (temporaries of 128 kB: cache-sized; 1 << 16: 5% slower)
@@ -123,10 +135,18 @@ def _directed(probs: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarr
     stand = np.ascontiguousarray(stand.T)
     both = _take(stand, u) & _take(stand, v)
     fwd = np.zeros((u.size, words), np.uint64)
+    scratch = {}
 
-    def block(_part: int, b: int) -> None:
+    def block(part: int, b: int) -> None:
         s = slice(b * BLOCK, (b + 1) * BLOCK)
-        _pack(probs[u[s]] >= probs[v[s]], fwd[s])
+        m = min(BLOCK, u.size - b * BLOCK)
+        if part not in scratch:                 # per-thread rows reused block after block
+            scratch[part] = (np.empty((BLOCK, probs.shape[1])), np.empty((BLOCK, probs.shape[1])),
+                             np.empty((BLOCK, probs.shape[1]), bool))
+        pu, pv, ge = (a[:m] for a in scratch[part])
+        np.take(probs, u[s], axis=0, out=pu, mode="clip")
+        np.take(probs, v[s], axis=0, out=pv, mode="clip")
+        _pack(np.greater_equal(pu, pv, out=ge), fwd[s])
 
     parallel_items(-(-u.size // BLOCK), block)
     fwd = np.ascontiguousarray(fwd.T)
@@ -179,12 +199,15 @@ def _suppressed(probs: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         starts = np.flatnonzero(np.concatenate(([True], dst[1:] != dst[:-1])))
         targets = dst[starts]                                # unique: dst stays sorted
         blocked = np.zeros_like(undecided)
-        blocked[:, targets] = np.bitwise_or.reduceat(mask, starts, axis=1)
+        reached = np.bitwise_or.reduceat(mask, starts, axis=1)
+        for w in range(blocked.shape[0]):       # 1-D scatters per word row: 5x faster than [:, targets]
+            blocked[w][targets] = reached[w]
         kept = undecided & ~blocked
         hit = np.bitwise_or.reduceat(mask & _take(kept, src), starts, axis=1)
         undecided &= ~kept
-        suppressed[:, targets] |= hit
-        undecided[:, targets] &= ~hit
+        for w in range(hit.shape[0]):
+            suppressed[w][targets] |= hit[w]
+            undecided[w][targets] &= ~hit[w]
         mask &= _take(undecided, src) & _take(undecided, dst)
         cols = _nonzero_cols(mask)
         src, dst, mask = src[cols], dst[cols], _take(mask, cols)

@@ -47,17 +47,28 @@ def ordered_pairs(i: np.ndarray, j: np.ndarray) -> np.ndarray:
 def candidate_ij(boxes: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
     """`candidate_pairs` as two index arrays, each pair once but in either order (i != j): the
     caller orders only the pairs its exact test keeps."""
+    parts = candidate_parts(boxes, t)
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate([i for i, _ in parts]), np.concatenate([j for _, j in parts])
+
+
+def candidate_parts(boxes: np.ndarray, t: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`candidate_ij`'s pairs as a few (i, j) parts, not concatenated (a caller that tests them
+    chunk by chunk saves the copies: 1.4 ms of 214k pairs on random yolov3)."""
     w, h = boxes[:, 2], boxes[:, 3]
     with np.errstate(over="ignore", invalid="ignore"):
         area = w * h
     regular = np.flatnonzero(np.isfinite(boxes).all(1) & (w > 0) & (h > 0) & np.isfinite(area) & (area > 0))
     if regular.size < 2:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return []
     cx, cy, bw, bh = (np.ascontiguousarray(c) for c in boxes[regular].T)
     if t < MIN_T or not _well_conditioned(cx, bw) or not _well_conditioned(cy, bh):
-        return _pairs_of(_level_pairs(boxes, regular, t))
-    i, j = _binned_pairs(cx, cy, bw, bh, t)
-    return regular[i], regular[j]
+        return [_pairs_of(_level_pairs(boxes, regular, t))]
+    parts = _binned_pairs(cx, cy, bw, bh, t)
+    if regular.size == boxes.shape[0]:        # every box regular: the indices are the boxes' already
+        return parts
+    return [(regular[i], regular[j]) for i, j in parts]
 
 
 def _pairs_of(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +91,7 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def _binned_pairs(cx: np.ndarray, cy: np.ndarray, w: np.ndarray, h: np.ndarray,
-                  t: float) -> tuple[np.ndarray, np.ndarray]:
+                  t: float) -> list[tuple[np.ndarray, np.ndarray]]:
     tl = t * (1 - MARGIN)
     gap = max(0.5 - tl / (1 + tl), 1e-3) * (1 + MARGIN)
     level = np.floor(BINS * np.log2(w * h)).astype(np.int64)
@@ -102,7 +113,7 @@ def _binned_pairs(cx: np.ndarray, cy: np.ndarray, w: np.ndarray, h: np.ndarray,
         ok &= _bin_ratio(*stats[name], a, b) > tl
     a, b = a[ok], b[ok]
     if a.size >= 2 ** 21:                    # the key's pair field; never near on real inputs
-        return _pairs_of(_level_pairs(np.column_stack([cx, cy, w, h]), np.arange(w.size), t))
+        return [_pairs_of(_level_pairs(np.column_stack([cx, cy, w, h]), np.arange(w.size), t))]
     # one grid per bin pair: cells one window wide (at most CELLS a side), origin at the pair's corner
     wide = 1 + 1e-6                          # rounding of the scaled coordinates: 1e-7 cells of slack
     x0 = np.minimum(stats["x"][0][a], stats["x"][0][b])
@@ -145,14 +156,19 @@ def _binned_pairs(cx: np.ndarray, cy: np.ndarray, w: np.ndarray, h: np.ndarray,
     found: list = [None] * 3
 
     def scan(_part: int, dr: int) -> None:    # one row of the windows: the 3 run on the kernel threads
-        row = (r_lo + dr) << 24
-        lo = np.maximum(np.searchsorted(key, base | row | c_lo, "left"), mine)
-        count = np.where(r_lo + dr <= r_hi, np.searchsorted(key, base | row | c_hi, "right") - lo, 0)
+        # the third row only for the windows that reach it (about half): the searches are most of the time
+        q = np.flatnonzero(r_lo + dr <= r_hi) if dr == 2 else slice(None)
+        b, c0, c1, lo0 = base[q], c_lo[q], c_hi[q], mine[q]
+        row = (r_lo[q] + dr) << 24
+        lo = np.maximum(np.searchsorted(key, b | row | c0, "left"), lo0)
+        count = np.searchsorted(key, b | row | c1, "right") - lo
+        if dr == 1:
+            count[r_lo + 1 > r_hi] = 0
         np.maximum(count, 0, out=count)
-        found[dr] = np.repeat(iq, count), jd[_ranges(lo, count)]
+        found[dr] = np.repeat(iq[q], count), jd[_ranges(lo, count)]
 
     parallel_items(3, scan)
-    return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+    return found
 
 
 def _level_pairs(boxes: np.ndarray, regular: np.ndarray, t: float) -> np.ndarray:
