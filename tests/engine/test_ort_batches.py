@@ -163,9 +163,9 @@ def test_a_static_batch_graph_gives_the_batches_bits_a_partial_last_batch_includ
 
 
 def test_backend_sessions_do_not_spin(tiny, tiny_ort):
-    """Spinning intra-op threads measured slower on this shared host (bench_ort_sessions.py: 0.73-0.96x of
-    the same layout without) and would burn a core behind an idle notebook kernel: every session the
-    backend builds, 1 or 2 threads, FLOAT or INT, has it off."""
+    """Spinning intra-op threads measured slower on this shared host (bench_ort_sessions.py: 0.83-0.99x the
+    speed of the same layout without, 10-28% more CPU per image) and would burn a core behind an idle
+    notebook kernel: every session the backend builds, 1 or 2 threads, FLOAT or INT, has it off."""
     ort_backend.clear_sessions()
     for qm, mode in ((None, "float"), (tiny_ort, "int")):
         for threads in (1, 2):
