@@ -17,10 +17,13 @@ setting before this study):
 
   sym|st8 2t spin|nospin b8   one 2-thread session, one run on the chunk of 8 (symbolic N / static 8)
   sym|st1 2t spin|nospin 1x8  one 2-thread session, one run per image
+  sym 2t spin<US>us b8|1x8    with --spin-us: spinning bounded to US microseconds
+                              (`session.intra_op.spin_duration_us`, ORT >= 1.26)
   split sym|st1 1t            two 1-thread sessions' worth: `ort_backend.run_split` (a 1-thread session
                               has no pool, so spinning does not apply)
 
-Before timing it checks that every layout gives the symbolic graph's bits on the chunk (FLOAT, and INT
+--no-stop drops force_spinning_stop (ORT's default: the pool spins on after a run, into whatever runs
+next, the peer included). Before timing it checks that every layout gives the symbolic graph's bits on the chunk (FLOAT, and INT
 with --int: the integer graph of a model quantized under profile onnxruntime).
 """
 from __future__ import annotations
@@ -41,6 +44,7 @@ import engine  # noqa: E402
 from bench_float import THREADS, TINY_CFG, TINY_WEIGHTS, OpenCV, limit_blas_threads  # noqa: E402
 
 BLOB = 8
+NO_STOP = [False]          # --no-stop: spinning sessions keep spinning after a run (ORT's default)
 
 
 def with_batch(proto, n: int):
@@ -57,7 +61,7 @@ def with_batch(proto, n: int):
     return p
 
 
-def make_session(proto, threads: int, spin: bool):
+def make_session(proto, threads: int, spin: bool, spin_us: int = 0):
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -65,13 +69,15 @@ def make_session(proto, threads: int, spin: bool):
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    opts.add_session_config_entry("session.force_spinning_stop", "1")
+    opts.add_session_config_entry("session.force_spinning_stop", "0" if spin and NO_STOP[0] else "1")
+    if spin_us:                                     # ORT >= 1.26: how long an idle thread spins
+        opts.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
     opts.log_severity_level = 3
     sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return sess, [o.name for o in sess.get_outputs()]
 
 
-def configs(model, proto, prefix: str) -> dict:
+def configs(model, proto, prefix: str, spin_us: int = 0) -> dict:
     from engine.export.ort_backend import run_split
     sym, st1, st8 = with_batch(proto, "N"), with_batch(proto, 1), with_batch(proto, BLOB)
     out: dict = {}
@@ -91,6 +97,9 @@ def configs(model, proto, prefix: str) -> dict:
         out[f"{prefix}st8 2t {tag} b8"] = batch(*make_session(st8, THREADS, spin))
         out[f"{prefix}sym 2t {tag} 1x8"] = each(*make_session(sym, THREADS, spin))
         out[f"{prefix}st1 2t {tag} 1x8"] = each(*make_session(st1, THREADS, spin))
+    if spin_us:
+        out[f"{prefix}sym 2t spin{spin_us}us b8"] = batch(*make_session(sym, THREADS, True, spin_us))
+        out[f"{prefix}sym 2t spin{spin_us}us 1x8"] = each(*make_session(sym, THREADS, True, spin_us))
     out[f"{prefix}split sym 1t"] = split(*make_session(sym, 1, False))
     out[f"{prefix}split st1 1t"] = split(*make_session(st1, 1, False))
     return out
@@ -115,9 +124,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--int", action="store_true", help="also the integer graph (profile onnxruntime)")
+    ap.add_argument("--spin-us", type=int, default=0, metavar="US",
+                    help="also spinning bounded to US microseconds (session.intra_op.spin_duration_us)")
+    ap.add_argument("--no-stop", action="store_true",
+                    help="spinning sessions without force_spinning_stop: they spin on after each run, into "
+                         "whatever runs next (OpenCV included), as ORT does by default")
     ap.add_argument("--only", default="", help="comma-separated substrings: keep configurations naming one")
     args = ap.parse_args(argv)
     limit_blas_threads()
+    NO_STOP[0] = args.no_stop
     from engine.export.onnx_float import build_onnx
     model = engine.load(TINY_CFG, TINY_WEIGHTS)
     photos = sorted(Path("/work/shared/images").glob("*.jpg"))
@@ -132,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                 cv.net.forward(cv.outs)
         return f
     modes = {"OpenCV, one at a time": cv_blobs(1), f"OpenCV, blobs of {BLOB}": cv_blobs(BLOB)}
-    fl = configs(model, build_onnx(model, heads="raw", dynamic_batch=True), "FLOAT ")
+    fl = configs(model, build_onnx(model, heads="raw", dynamic_batch=True), "FLOAT ", args.spin_us)
     print("FLOAT layouts on one chunk vs 'sym 2t spin b8':", same_bits(fl, xs[:BLOB]), flush=True)
     modes.update(fl)
     if args.int:
@@ -141,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         from engine.quant.qmodel import quantize_model
         qm = quantize_model(model, collect(model, photos, progress=False), "minmax", per_channel=True,
                             profile="onnxruntime")
-        it = configs(model, build_int8(model, qm, heads="raw", dynamic_batch=True), "INT ")
+        it = configs(model, build_int8(model, qm, heads="raw", dynamic_batch=True), "INT ", args.spin_us)
         print("INT layouts on one chunk vs 'sym 2t spin b8':", same_bits(it, xs[:BLOB]), flush=True)
         modes.update(it)
     if args.only:
