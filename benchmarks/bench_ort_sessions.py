@@ -23,8 +23,8 @@ setting before this study):
                               has no pool, so spinning does not apply)
 
 --no-stop drops force_spinning_stop (ORT's default: the pool spins on after a run, into whatever runs
-next, the peer included). Before timing it checks that every layout gives the symbolic graph's bits on the chunk (FLOAT, and INT
-with --int: the integer graph of a model quantized under profile onnxruntime).
+next, the peer included). Before timing it checks that every layout gives the symbolic graph's bits on
+the chunk (FLOAT, and INT with --int: the integer graph of a model quantized under profile onnxruntime).
 """
 from __future__ import annotations
 
