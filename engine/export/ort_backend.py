@@ -20,6 +20,8 @@ spinning off (a busy shared host), and ORT's full graph optimization (ENABLE_ALL
 the same bits on 1 and 2 threads too (tests/engine/test_ort_backend.py). A batch of 2+ images with 2+
 threads runs instead on a single-threaded session, one image per thread side by side (`run_split`): on
 2 cores 1.05-1.11x the images/s of one 2-thread session (benchmarks/bench_throughput.py), same bits.
+A static batch axis, or spinning (scoped to runs by `session.force_spinning_stop`), measured no faster in
+any layout on this shared host and spinning costs CPU (benchmarks/bench_ort_sessions.py, docs/performance.md).
 
 Batches: the graphs have a symbolic batch axis, so a run takes one (3, H, W) input (outputs (C, H, W),
 as before) or a batch (N, 3, H, W) (outputs (N, C, H, W), as `Model.forward`); image k of a batch gives

@@ -129,3 +129,46 @@ def test_batched_monte_carlo_and_evaluate_equal_numpy(tiny, tiny_ort):
     b = evaluate(tiny, tiny_ort, images, ("int",), InProcess(runtime="onnxruntime"))
     assert a.detections["int"] == b.detections["int"] and sum(map(len, b.detections["int"])) > 30
     assert [len(d) for d in a.detections["float"]] == [len(d) for d in b.detections["float"]]
+
+
+@pytest.mark.parametrize("mode", ["float", "int"])
+def test_a_static_batch_graph_gives_the_batches_bits_a_partial_last_batch_included(tiny, tiny_ort, photo_inputs, mode):
+    """The backend keeps a symbolic batch axis (benchmarks/bench_ort_sessions.py: a static one measured no
+    faster). The bits do not depend on it: the static graph `export` writes by default (batch 1), run by
+    ORT with its default options (all cores, intra-op spinning on), gives for every image the bits of the
+    backend's batches, 11 images fed by `forward_each` as 8 + a last partial batch of 3 (2 threads:
+    `run_split` on the single-threaded symbolic session)."""
+    from engine.export.onnx_float import build_onnx
+    from engine.export.onnx_int8 import build_int8, run_ort
+    qm = tiny_ort if mode == "int" else None
+    proto = build_onnx(tiny, heads="raw") if mode == "float" else build_int8(tiny, qm, heads="raw")
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 416, 416]
+    xs = [p.x for p in photo_inputs] * 2 + [photo_inputs[0].x]           # 11 inputs; input k is photo k % 5
+    calls = []
+    with blas_limit(2):
+        run = forward_on("onnxruntime", tiny, qm, mode)
+
+        def recorded(x):
+            calls.append(len(x))
+            return run(x)
+        recorded.batch = run.batch
+        got = list(forward_each(recorded, xs))
+    assert calls == [8, 3]
+    static = [run_ort(proto, x) for x in xs[:5]]
+    assert sorted(static[0]) == ["layer15", "layer22"]                   # the raw head convs
+    for k, outs in enumerate(got):
+        for name, y in static[k % 5].items():
+            assert np.array_equal(outs[int(name[5:])], y), (k, name)
+    assert not np.array_equal(static[0]["layer15"], static[1]["layer15"])
+
+
+def test_backend_sessions_do_not_spin(tiny, tiny_ort):
+    """Spinning intra-op threads measured slower on this shared host (bench_ort_sessions.py: 0.83-0.99x the
+    speed of the same layout without, 10-28% more CPU per image) and would burn a core behind an idle
+    notebook kernel: every session the backend builds, 1 or 2 threads, FLOAT or INT, has it off."""
+    ort_backend.clear_sessions()
+    for qm, mode in ((None, "float"), (tiny_ort, "int")):
+        for threads in (1, 2):
+            opts = ort_backend.session(tiny, qm, mode, threads=threads)[0].get_session_options()
+            assert opts.intra_op_num_threads == threads
+            assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
