@@ -1,5 +1,5 @@
 """Integer Winograd F(2x2, 3x3) (engine/quant/intwinograd.py) against the naive int64 loops: the exact
-int32 accumulators, bit for bit, through the single-GEMM path, the channel-chunked float64 path and
+int32 accumulators, bit for bit, through the single-GEMM path, the channel-chunked path (per-block bounds) and
 the fallback to im2col; and the INT layer through it against the im2col kernel."""
 from __future__ import annotations
 
