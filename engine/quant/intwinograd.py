@@ -10,8 +10,9 @@ int8 path ran them as im2col GEMMs, 2.25x the multiplies. This is the same algor
   weight array in int64;
 * the 16 products sum over input channels as float32 GEMMs, exact while every partial sum is below
   2**24: max_f sum_c |U'[p, f, c]| * max |V[p]| < 2**24 per position p, checked per call from cached
-  per-block weight sums; where it fails the channels are split into chunks that pass, summed in
-  float64 (exact); a single 64-channel block that cannot pass sends the layer back to im2col;
+  per-block weight sums and per-block max |V| (sum_j (sum_{c in block j} |U'|) * max_{c in j} |V|);
+  where it fails the channels are split into chunks that pass, summed in int32 / int64 (exact); a
+  single 64-channel block that cannot pass sends the layer back to im2col;
 * the output transform adds integers in int32 (int64 when its sums could reach 2**31), and
   A^T M A = 4 * (the exact accumulator), so an arithmetic shift by 2 gives the int32 accumulators
   bit for bit (property tests: tests/engine/test_int_winograd.py against conv_int_naive).
@@ -70,21 +71,25 @@ class Weights:
             self._block_sums = pad.reshape(pad.shape[:2] + (blocks, BLOCK)).sum(axis=3).astype(np.int64)
         return self._block_sums
 
-    def chunks(self, p: int, vmax: float) -> list[tuple[int, int]] | None:
-        """Channel ranges whose float32 sums are exact for position p with |V| <= vmax (None: a single
-        block is already too large)."""
+    def chunks(self, p: int, vmax: float, vblock: np.ndarray | None = None) -> list[tuple[int, int]] | None:
+        """Channel ranges whose float32 sums are exact for position p with |V| <= vmax, and <= vblock[j]
+        in channel block j when given (a tighter bound: a partial sum over any channels is at most
+        sum_j (sum of |U'| over block j) * vblock[j]); None: a single block is already too large."""
         c = self.u.shape[2]
         if self.row_sums[p] * vmax < EXACT_F32:
             return [(0, c)]
-        out, start, acc = [], 0, np.zeros(self.block_sums.shape[1], np.int64)
-        for j in range(self.block_sums.shape[2]):
-            nxt = acc + self.block_sums[p, :, j]
-            if nxt.max() * vmax >= EXACT_F32:
+        blocks = self.block_sums.shape[2]
+        vb = np.full(blocks, vmax) if vblock is None else np.asarray(vblock, np.float64)
+        part = self.block_sums[p] * vb                          # (n, blocks): exact float64 integers
+        out, start, acc = [], 0, np.zeros(part.shape[0])
+        for j in range(blocks):
+            nxt = acc + part[:, j]
+            if nxt.max() >= EXACT_F32:
                 if j == start:
                     return None
                 out.append((start * BLOCK, j * BLOCK))
-                start, nxt = j, self.block_sums[p, :, j].copy()
-                if nxt.max() * vmax >= EXACT_F32:
+                start, nxt = j, part[:, j].copy()
+                if nxt.max() >= EXACT_F32:
                     return None
             acc = nxt
         out.append((start * BLOCK, c))
@@ -118,9 +123,15 @@ def conv3x3_acc(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch) -> np.ndarra
     th, tw = (h + 1) // 2, (w + 1) // 2
     t = th * tw
     v = input_tiles(x_q, scratch)
-    v2 = v.reshape(16, -1)
-    vmax = np.maximum(v2.max(axis=1), -v2.min(axis=1)).astype(np.float64)[_PERM]
-    plans = [wt.chunks(p, float(vmax[p])) for p in range(16)]
+    if c % BLOCK == 0:                     # the same two reductions, per channel block: tighter bounds
+        v3 = v.reshape(16, c // BLOCK, -1)
+        vblock = np.maximum(v3.max(axis=2), -v3.min(axis=2)).astype(np.float64)[_PERM]
+        vmax = vblock.max(axis=1)
+    else:
+        v2 = v.reshape(16, -1)
+        vmax = np.maximum(v2.max(axis=1), -v2.min(axis=1)).astype(np.float64)[_PERM]
+        vblock = [None] * 16
+    plans = [wt.chunks(p, float(vmax[p]), vblock[p]) for p in range(16)]
     if any(pl is None for pl in plans):
         return None
     bounds = wt.row_sums * vmax
@@ -137,12 +148,16 @@ def conv3x3_acc(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch) -> np.ndarra
             np.matmul(wt.u[p], vt, out=out)
             m[p] = out                                          # exact integers: exact cast
             return
-        acc = scratch.get(f"iw_acc{part}", (n, t), np.float64)
-        acc[...] = 0
-        for a, b in plan:
+        # each chunk's sums are exact float32 integers; they add in M's integer type (two fast
+        # passes, where a float64 accumulator took mixed-type buffered ones)
+        cast = scratch.get(f"iw_cast{part}", (n, t), m.dtype)
+        for k, (a, b) in enumerate(plan):
             np.matmul(wt.u[p, :, a:b], vt[a:b], out=out)
-            acc += out
-        m[p] = acc
+            if k == 0:
+                m[p] = out
+            else:
+                cast[...] = out
+                m[p] += cast
 
     with own_threads():
         parallel_items(16, gemm)

@@ -161,6 +161,26 @@ def saturation_bounds(f_pos: np.ndarray, f_low: np.ndarray) -> tuple[np.ndarray,
     return hi, lo
 
 
+def _saturate32(r: np.ndarray, flagged: np.ndarray, wo: int) -> tuple[int, bool | set]:
+    """Clip the rounded float32 band r (channels, rows, width) to +-127 and count the valid columns
+    (< wo) beyond it: in every channel (returns True) or in the `flagged` ones (returns their set).
+    Exact with the tie table: rounding is monotone, so rint(fl32(P)) > 127 iff P >= 127.5 except where
+    fl32(P) == 127.5 while P < 127.5, a spurious tie at h = 127.5 that the caller's tie fix finds and
+    subtracts where it was counted; unflagged channels reach no saturating accumulator."""
+    if 4 * flagged.size >= r.shape[0]:            # most channels: whole-band passes beat fancy copies
+        valid = r[:, :, :wo]
+        sat = int(np.count_nonzero(valid > QMAX)) + int(np.count_nonzero(valid < -QMAX))
+        np.clip(r, -QMAX, QMAX, out=r)
+        return sat, True
+    sat = 0
+    for c in flagged.tolist():
+        rc = r[c]
+        valid = rc[:, :wo]
+        sat += int(np.count_nonzero(valid > QMAX)) + int(np.count_nonzero(valid < -QMAX))
+        np.clip(rc, -QMAX, QMAX, out=rc)
+    return sat, set(flagged.tolist())
+
+
 def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: np.ndarray | None,
                      slope: float | None):
     """A `full_width` epilogue for `conv_int_bands` writing int8 into y (n, Ho, Wo): q = sat8(rint(u*f)),
@@ -240,9 +260,12 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
                 np.maximum(v, r, out=v)
             elif slope == 0.0:
                 np.maximum(v, 0.0, out=v)
-            if flagged.size:               # keep the int8 cast in range; recomputed exactly below
+            if flagged.size and ties is None:   # keep the int8 cast in range; recomputed exactly below
                 v[flagged] = np.clip(v[flagged], -QMAX, QMAX)
             np.rint(v, out=r)
+            counted = None
+            if flagged.size and ties is not None:
+                sat, counted = _saturate32(r, flagged, wo)
             y[ch, r0:r1] = r[:, :, :wo]
             if ties is not None:
                 for c_i, val in tie_list:
@@ -251,7 +274,12 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
                         ys, xs = np.divmod(at, u.shape[2])
                         keep = xs < wo
                         f = f_pos[ch.start + c_i] if val >= 0 else f_low[ch.start + c_i]
-                        y[ch.start + c_i, r0 + ys[keep], xs[keep]] = max(-QMAX, min(QMAX, round(val * float(f))))
+                        q = round(val * float(f))
+                        y[ch.start + c_i, r0 + ys[keep], xs[keep]] = max(-QMAX, min(QMAX, q))
+                        if counted is not None and (counted is True or c_i in counted) \
+                                and abs(q) <= QMAX < abs(round(float(np.float32(val) * np.float32(f)))):
+                            sat -= int(np.count_nonzero(keep))   # a tie at +-127.5 counted as saturated
+                flagged = none             # saturated exactly in float32 (`_saturate32`)
             else:                          # every element: |v - rint(v)| == 0.5 marks a possible tie
                 np.subtract(v, r, out=v)   # exact, in [-0.5, 0.5]
                 if v.max() >= 0.5 or v.min() <= -0.5:

@@ -1,5 +1,5 @@
 """Integer Winograd F(2x2, 3x3) (engine/quant/intwinograd.py) against the naive int64 loops: the exact
-int32 accumulators, bit for bit, through the single-GEMM path, the channel-chunked float64 path and
+int32 accumulators, bit for bit, through the single-GEMM path, the channel-chunked path (per-block bounds) and
 the fallback to im2col; and the INT layer through it against the im2col kernel."""
 from __future__ import annotations
 
@@ -170,3 +170,39 @@ def test_worst_case_output_sums_take_the_int32_transform_exactly(h, w):
     got = intwinograd.conv3x3_acc(x_q, w_q, _scratch())
     assert got is not None and got.dtype == np.int32
     np.testing.assert_array_equal(got, conv_int_naive(x_q, w_q, np.zeros(n, np.int32), 1, 1))
+
+
+def test_per_block_input_ranges_keep_one_gemm_exact():
+    """A block of 64 channels with full-range inputs next to three with small ones: the global bound
+    (sum |U'| * max |V|) is far above 2**24, the per-block bound is not, so each position runs as one
+    float32 GEMM, and the accumulators still equal the naive loops; a block bound over 2**24 splits."""
+    rng = np.random.default_rng(21)
+    c, n, h, w = 256, 64, 10, 12
+    x_q = rng.integers(-3, 4, (c, h, w)).astype(np.int8)
+    x_q[64:128] = rng.integers(-127, 128, (64, h, w))
+    w_q = rng.integers(-127, 128, (n, c, 3, 3)).astype(np.int8)
+    wt = intwinograd.weights(w_q)
+    v = intwinograd.input_tiles(x_q, _scratch())
+    v3 = v.reshape(16, 4, -1)
+    vblock = np.maximum(v3.max(axis=2), -v3.min(axis=2)).astype(np.float64)[intwinograd._PERM]
+    vmax = vblock.max(axis=1)
+    assert max(wt.row_sums * vmax) > 2 ** 24
+    assert all(wt.chunks(p, float(vmax[p]), vblock[p]) == [(0, c)] for p in range(16))
+    u = np.abs(wt.u.astype(np.int64))                       # the bound the single GEMM relies on
+    for p in range(16):
+        per_block = u[p].reshape(n, 4, 64).sum(axis=2) * vblock[p]
+        assert per_block.sum(axis=1).max() < 2 ** 24
+    np.testing.assert_array_equal(intwinograd.conv3x3_acc(x_q, w_q, _scratch()),
+                                  conv_int_naive(x_q, w_q, np.zeros(n, np.int32), 1, 1))
+    x_q[128:] = rng.integers(-127, 128, (128, h, w))        # three full-range blocks: positions split
+    got = intwinograd.conv3x3_acc(x_q, w_q, _scratch())
+    v3 = intwinograd.input_tiles(x_q, _scratch()).reshape(16, 4, -1)
+    vblock = np.maximum(v3.max(axis=2), -v3.min(axis=2)).astype(np.float64)[intwinograd._PERM]
+    plans = [wt.chunks(p, float(vblock[p].max()), vblock[p]) for p in range(16)]
+    assert any(pl is not None and len(pl) > 1 for pl in plans)
+    for p, pl in enumerate(plans):                          # every chunk within the per-block bound
+        for a, b in pl or []:
+            per_block = u[p][:, a:b].reshape(n, -1, 64).sum(axis=2) * vblock[p][a // 64:b // 64]
+            assert per_block.sum(axis=1).max() < 2 ** 24
+    if got is not None:
+        np.testing.assert_array_equal(got, conv_int_naive(x_q, w_q, np.zeros(n, np.int32), 1, 1))

@@ -199,3 +199,47 @@ def test_route_rescale_table_saturates_and_counts_like_requantize():
         want, sat = requantize(x[2:6].astype(np.int32), m, sh, axis_channels=False)
         np.testing.assert_array_equal(got, want)
         assert rec["saturated"] == sat and (sat > 0) == (ratio > 1)
+
+
+def _ties_at_127_5(count: int, sh: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """15-bit multipliers m with an accumulator u0 whose float32 product u0 * m / 2**sh is 127.5 while
+    the exact one is just below (a spurious tie that float32 rounds to 128, i.e. saturated)."""
+    target = int(127.5 * 2 ** sh)
+    ms, us = [], []
+    for m in range(1 << 14, 1 << 15):
+        u0 = target // m
+        if 0 < target - u0 * m <= 1 << (sh - 19) and np.float32(u0) * np.float32(m / 2 ** sh) == np.float32(127.5):
+            ms.append(m)
+            us.append(u0)
+            if len(ms) == count:
+                break
+    return np.array(ms), np.array(us)
+
+
+@pytest.mark.parametrize("flag_all", [True, False])
+def test_saturation_counted_in_float32_with_ties_at_127_5(flag_all):
+    """Saturating channels are clipped and counted in float32: exact, including accumulators whose
+    float32 product is the spurious tie 127.5 (exactly 127, not saturated), in flagged channels (most
+    channels: whole-band count; one: per channel) and in an unflagged one; columns past wo ignored."""
+    m, u0 = _ties_at_127_5(6)
+    assert m.size == 6
+    sh = np.full(m.size, 24)
+    f = multiplier_value(m, sh)
+    rng = np.random.default_rng(12)
+    n, rows, width, wo = m.size, 9, 40, 33
+    acc = np.stack([rng.integers(-int(u0[c]), int(u0[c]), (rows, width)) for c in range(n)])
+    for c in range(n):
+        acc[c, c % rows, 2:5] = u0[c]                       # the tie at +127.5 (exactly 127)
+        acc[c, (c + 3) % rows, 6] = -u0[c]                  # and at -127.5 (linear: the same multiplier)
+        if flag_all or c == 1:
+            acc[c, (c + 5) % rows, 7:9] = 3 * u0[c]          # saturating: this channel is flagged
+            acc[c, (c + 6) % rows, 10] = -2 * u0[c]
+    acc[:, :, wo:] = acc[:, :, :1]                          # full_width: columns past wo repeat column 0
+    y = np.empty((n, rows, wo), np.int8)
+    epilogue, stats = requant_epilogue(y, np.zeros(n, np.int32), f, None, None)
+    epilogue(0, 0, rows, acc.astype(np.float32), slice(0, n))
+    want = np.stack([_reference(acc[c, :, :wo], int(m[c]), 24, 0, 1, None) for c in range(n)])
+    np.testing.assert_array_equal(y, want)
+    raw = np.stack([_int_rule(acc[c, :, :wo], int(m[c]), 24) for c in range(n)])
+    assert stats[0][2] == int(np.count_nonzero(np.abs(raw) > 127)) == (3 * n if flag_all else 3)
+    assert np.count_nonzero(want == 127) > np.count_nonzero(raw > 127)    # the ties stay unsaturated
