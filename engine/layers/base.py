@@ -101,6 +101,18 @@ class Layer:
     def forward_float(self, xs: list[np.ndarray], prep: Any, scratch: Scratch) -> np.ndarray:
         raise NotImplementedError
 
+    # A producer and a 2x2 stride-2 [maxpool] after it can run as one pass (Model.forward fuses them):
+    @property
+    def pools_2x2_blocks(self) -> bool:
+        """This layer's output is the maxima of disjoint 2x2 blocks of its one input (even map)."""
+        return False
+
+    def forward_float_pooled(self, xs: list[np.ndarray], prep: Any,
+                             scratch: Scratch) -> tuple[np.ndarray, np.ndarray] | None:
+        """(forward_float(...), the 2x2 maxima of that output) in one pass, or None if this layer
+        cannot; the pair has the very bits of the two layers run one after the other."""
+        return None
+
 
 def check_shape(sec: Section, shape: tuple[int, ...], what: str = "output") -> Shape:
     """Refuse empty or absurdly large shapes with the layer's location."""
