@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.kernels.pool import pool2x2, pool2x2_pass, pool2x2_rows
+from engine.kernels.tails import Tail
 from engine.kernels.scratch import Scratch, derived
 from engine.kernels.threads import parallel_for, parallel_items
 
@@ -81,15 +81,15 @@ def im2col(x: np.ndarray, k: int, s: int, p: int, scratch: Scratch) -> tuple[np.
 
 
 def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k: int, s: int, p: int,
-                scratch: Scratch, act: str | None, pooled: np.ndarray | None = None) -> None:
+                scratch: Scratch, act: str | None, tail: Tail | None = None) -> None:
     """Conv into y (n, Ho, Wo) by im2col + GEMM + in-place activation, in bands of output rows.
 
     A band's columns (about BAND floats) are built, multiplied and dropped while they are still in
     cache, instead of writing the whole column matrix (k*k times the input) to memory and reading
     it back. The bias rides in the GEMM (a row of ones under the columns, b as an extra weight
     column), which writes straight into the band's rows of y (a BLAS matrix with row stride
-    Ho*Wo), so the activation runs in place on data that is still in cache. `pooled` (n, Ho/2, Wo/2):
-    also the 2x2 stride-2 maxima of y, each band's pooled while in cache (`engine.kernels.pool`).
+    Ho*Wo), so the activation runs in place on data that is still in cache. `tail`: the fused next layer
+    (`engine.kernels.tails`), run on each band in its item.
     """
     c, h, w = x.shape
     n, ho, wo = y.shape
@@ -99,7 +99,7 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
     rows = min(ho, max(BAND // (kk * wo), -(-MIN_BAND // wo)))  # cache-sized, but wide enough for BLAS
     rows = min(rows, -(-ho // SPLIT))  # enough bands for the threads (see the module docstring)
     rows = even_bands(ho, rows)
-    pool_bands = pooled is not None and rows % 2 == 0   # odd bands would split a row pair: a pass after
+    tail_bands = tail is not None and (rows % 2 == 0 or not tail.even_rows)  # else a pass after the bands
     # Output column j of kernel column kx reads input column j*s + kx - p: valid for j in [ja, jb).
     jspan = [(max(0, -(-(p - kx) // s)), min(wo, (w - 1 + p - kx) // s + 1)) for kx in range(k)]
 
@@ -131,12 +131,12 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
         np.matmul(wb, flat, out=y2[:, r0 * wo:r1 * wo])
         if act not in (None, "linear"):
             bias_act(y[:, r0:r1], None, act)
-        if pool_bands:
-            pool2x2_rows(y, pooled, r0, r1, scratch, part)
+        if tail_bands:
+            tail.rows(y, r0, r1, scratch, part)
 
     parallel_items(-(-ho // rows), band)
-    if pooled is not None and not pool_bands:
-        pool2x2_pass(y, pooled, scratch)
+    if tail is not None and not tail_bands:
+        tail.rest(y, scratch)
 
 
 def two_thread_span(total: int, rows: int) -> int:
@@ -216,9 +216,9 @@ def bias_act(y: np.ndarray, b: np.ndarray | None, act: str | None, src: np.ndarr
 
 
 def conv_gemm(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, k: int, s: int, p: int, groups: int,
-               scratch: Scratch, act: str | None, pooled: np.ndarray | None = None) -> np.ndarray:
+               scratch: Scratch, act: str | None, tail: Tail | None = None) -> np.ndarray:
     """conv2d through GEMMs: 1x1 stride 1 directly on x (in row blocks of filters), else conv_banded.
-    `pooled`: also the output's 2x2 stride-2 maxima (see conv_banded)."""
+    `tail`: the fused next layer (see conv_banded; grouped convs run it after their groups)."""
     c, h, w = x.shape
     n = w2d.shape[0]
     ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
@@ -229,18 +229,20 @@ def conv_gemm(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, k: int, s: int, p: 
         wg = w2d[g * ng:(g + 1) * ng] if groups > 1 else w2d
         yg = y[g * ng:(g + 1) * ng]
         bg = b[g * ng:(g + 1) * ng]
-        pg = None if pooled is None else pooled[g * ng:(g + 1) * ng]
+        tg = tail if groups == 1 else None
         if k == 1 and s == 1 and p == 0:
-            conv1x1(xg.reshape(cg, h * w), wg, bg, yg, act, pg, scratch)
+            conv1x1(xg.reshape(cg, h * w), wg, bg, yg, act, tg, scratch)
             continue
-        conv_banded(xg, wg, bg, yg, k, s, p, scratch, act, pg)
+        conv_banded(xg, wg, bg, yg, k, s, p, scratch, act, tg)
+    if tail is not None and groups > 1:
+        tail.rest(y, scratch)
     return y
 
 
 def conv1x1(x2: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, act: str | None,
-            pooled: np.ndarray | None = None, scratch: Scratch | None = None) -> None:
+            tail: Tail | None = None, scratch: Scratch | None = None) -> None:
     """y = act(w2d @ x2 + b) in blocks of filter rows, one GEMM + in-cache epilogue per block
-    (+ its 2x2 stride-2 maxima into `pooled`, with `scratch`)."""
+    (+ the fused next layer's `tail` on the block, with `scratch`)."""
     n = y.shape[0]
     step = max(8, -(-n // (2 * SPLIT)))   # fixed blocks: the same GEMMs on any number of threads
     y2 = y.reshape(n, -1)
@@ -249,8 +251,8 @@ def conv1x1(x2: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, act: 
         lo, hi = i * step, min(n, (i + 1) * step)
         np.matmul(w2d[lo:hi], x2, out=y2[lo:hi])
         bias_act(y[lo:hi], b[lo:hi], act)
-        if pooled is not None:
-            pool2x2(y[lo:hi], pooled[lo:hi], scratch, part)
+        if tail is not None:
+            tail.chans(y, lo, hi, scratch, part)
 
     parallel_items(-(-n // step), block)
 

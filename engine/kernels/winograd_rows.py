@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from engine.kernels.pool import pool2x2_rows
+from engine.kernels.tails import Tail
 from engine.kernels.scratch import Scratch
 from engine.kernels.threads import parallel_items
 from engine.kernels.winograd import WEIGHT_BLOCK
@@ -70,12 +70,12 @@ def band_rows(c: int, wo: int, th: int, m: int = M_ROWS) -> int:
 
 
 def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratch,
-            act: str | None = None, pooled: np.ndarray | None = None) -> np.ndarray:
+            act: str | None = None, tail: Tail | None = None) -> np.ndarray:
     """3x3 stride-1 cross-correlation with padding p, + bias and a fused activation: new (n, Ho, Wo).
 
     x: (C, H, W) float32; u: `transform_weights(w2d, m)`, (m + 2, n, 3C); b: (n,); act: None or one
-    of gemm.FUSED_ACTS. `pooled` (n, Ho/2, Wo/2), Ho even: also y's 2x2 stride-2 maxima, each band's
-    (m * rows output rows: even) pooled in its item while in cache (`engine.kernels.pool`).
+    of gemm.FUSED_ACTS. `tail`: the fused next layer (`engine.kernels.tails`), run on each band's
+    m * rows output rows (even: whole row pairs) in its item, while in cache.
     """
     t = u.shape[0]
     m = t - 2
@@ -114,8 +114,8 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
         yy = scratch.get(f"wrows_y{part}", (m, n, rr, wo))
         np.matmul(at, mm.reshape(t, -1), out=yy.reshape(m, -1))
         _act_into(yy, y, m * r0, act, scratch, part)
-        if pooled is not None:
-            pool2x2_rows(y, pooled, m * r0, min(ho, m * r1), scratch, part)
+        if tail is not None:
+            tail.rows(y, m * r0, min(ho, m * r1), scratch, part)
 
     parallel_items(-(-th // rows), band)
     return y

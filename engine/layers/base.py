@@ -101,16 +101,21 @@ class Layer:
     def forward_float(self, xs: list[np.ndarray], prep: Any, scratch: Scratch) -> np.ndarray:
         raise NotImplementedError
 
-    # A producer and a 2x2 stride-2 [maxpool] after it can run as one pass (Model.forward fuses them):
+    # A layer and the next one can run as one pass (Model.forward fuses them, engine.kernels.tails):
     @property
-    def pools_2x2_blocks(self) -> bool:
-        """This layer's output is the maxima of disjoint 2x2 blocks of its one input (even map)."""
+    def is_tail(self) -> bool:
+        """Whether this layer's float forward can run as a tail on the pieces of its first input,
+        elementwise or on disjoint blocks, in the work items of the kernel that writes them."""
         return False
 
-    def forward_float_pooled(self, xs: list[np.ndarray], prep: Any,
-                             scratch: Scratch) -> tuple[np.ndarray, np.ndarray] | None:
-        """(forward_float(...), the 2x2 maxima of that output) in one pass, or None if this layer
-        cannot; the pair has the very bits of the two layers run one after the other."""
+    def tail(self, others: list[np.ndarray]) -> Any:
+        """The `engine.kernels.tails.Tail` that computes this layer (is_tail) into a new output array;
+        `others`: its inputs after the first."""
+        raise NotImplementedError
+
+    def forward_float_tail(self, xs: list[np.ndarray], prep: Any, scratch: Scratch, tail: Any) -> np.ndarray | None:
+        """forward_float(...) that also runs the next layer's `tail` on each piece of its output, or
+        None if this layer cannot; the pair has the very bits of the two layers run one after the other."""
         return None
 
 

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.kernels import pool
+from engine.kernels.tails import Tail
 from engine.kernels.conv import choice, conv2d, prepare_winograd
 from engine.kernels.gemm import FUSED_ACTS, conv_out_size, with_bias_column
 from engine.layers.activations import activate, activation_key
@@ -115,17 +115,14 @@ class Convolutional(Layer):
         return conv2d(x, prep.w, prep.b, self.size, self.stride, self.padding, self.groups, scratch,
                       wino=prep.wino, choose=False)
 
-    def forward_float_pooled(self, xs: list[np.ndarray], prep: FusedConv,
-                             scratch: Scratch) -> tuple[np.ndarray, np.ndarray] | None:
-        """The output and its 2x2 stride-2 maxima, each band (or filter block) pooled by the kernel's
-        work item that wrote it, in cache: no pass of its own for the [maxpool] after this layer."""
-        n, ho, wo = self.out_shape
-        if self.activation not in FUSED_ACTS or not pool.fits(ho, wo):
+    def forward_float_tail(self, xs: list[np.ndarray], prep: FusedConv, scratch: Scratch,
+                           tail: Tail) -> np.ndarray | None:
+        """The output, each band (or filter block) also run through the next layer's `tail` by the
+        kernel's work item that wrote it, in cache: no pass (nor hand-off) of its own for that layer."""
+        if self.activation not in FUSED_ACTS:
             return None
-        pooled = np.empty((n, ho // 2, wo // 2), np.float32)
-        y = conv2d(xs[0], prep.w, prep.b, self.size, self.stride, self.padding, self.groups, scratch,
-                   act=self.activation, wino=prep.wino, choose=False, pooled=pooled)
-        return y, pooled
+        return conv2d(xs[0], prep.w, prep.b, self.size, self.stride, self.padding, self.groups, scratch,
+                      act=self.activation, wino=prep.wino, choose=False, tail=tail)
 
     def forward_float(self, xs: list[np.ndarray], prep: FusedConv, scratch: Scratch) -> np.ndarray:
         if self.activation in FUSED_ACTS:  # applied in the kernel's bias pass, while the data is in cache

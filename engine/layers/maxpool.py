@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.kernels import pool
+from engine.kernels import tails
 from engine.kernels.gemm import BLOCK
 from engine.kernels.threads import own_threads, parallel_for
 from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape, refuse
@@ -128,10 +128,13 @@ class MaxPool(Layer):
                    source=sec.path, size=size, stride=stride, padding=padding)
 
     @property
-    def pools_2x2_blocks(self) -> bool:
-        """size=2, stride=2, padding 0 or 1 (Darknet's default) on an even map: every window inside it."""
+    def is_tail(self) -> bool:
+        """size=2, stride=2, padding 0 or 1 (Darknet's default) on an even map: disjoint 2x2 blocks."""
         _, h, w = self.in_shapes[0]
-        return self.size == 2 and self.stride == 2 and self.padding in (0, 1) and pool.fits(h, w)
+        return self.size == 2 and self.stride == 2 and self.padding in (0, 1) and tails.fits(h, w)
+
+    def tail(self, others: list[np.ndarray]) -> tails.Pool2x2:
+        return tails.Pool2x2(np.empty(self.out_shape, np.float32))
 
     def forward_float(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
         return maxpool(xs[0], self.size, self.stride, self.padding, scratch=scratch)

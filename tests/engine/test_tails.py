@@ -1,6 +1,6 @@
-"""A conv and the 2x2 stride-2 [maxpool] after it in one pass (`engine.kernels.pool`, Model.forward):
-the pooled map equals Darknet's maxpool loop on the conv's output bit for bit, for every kernel kind,
-on 1 and 2 threads, and the conv's own output is unchanged by the fusion."""
+"""A conv and the layer after it in one pass (`engine.kernels.tails`, Model.forward): a 2x2 stride-2
+[maxpool] equals Darknet's maxpool loop on the conv's output bit for bit, a [shortcut] equals the
+shortcut layer, for every kernel kind, on 1 and 2 threads; the conv's own output is unchanged."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,9 @@ from engine.kernels import gemm, threads
 from engine.kernels.conv import choice, conv2d
 from engine.kernels.gemm import conv2d_naive
 from engine.kernels.scratch import Scratch
+from engine.kernels.tails import AddInto, Pool2x2
 from engine.layers.maxpool import maxpool_naive
+from engine.layers.shortcut import shortcut_add
 
 CASES = [  # (c, side, n, k, p, kind): the kernel `choice` gives them is checked below
     (3, 64, 8, 3, 1, "im2col-3x3/1"), (16, 96, 16, 3, 1, "winograd-rows"), (32, 104, 64, 3, 1, "winograd-rows"),
@@ -21,7 +23,7 @@ CASES = [  # (c, side, n, k, p, kind): the kernel `choice` gives them is checked
 
 @pytest.mark.parametrize("count", [1, 2])
 @pytest.mark.parametrize("c,side,n,k,p,kind", CASES)
-def test_fused_pool_equals_darknet_maxpool_of_the_conv_output(monkeypatch, count, c, side, n, k, p, kind):
+def test_fused_tails_equal_the_layers_after_the_conv(monkeypatch, count, c, side, n, k, p, kind):
     assert choice(c, side, side, n, k, 1, p) == kind
     monkeypatch.setattr(threads, "_threads", count)
     rng = np.random.default_rng(c * side + n)
@@ -30,8 +32,12 @@ def test_fused_pool_equals_darknet_maxpool_of_the_conv_output(monkeypatch, count
     b = rng.standard_normal(n).astype(np.float32)
     plain = conv2d(x, w.reshape(n, -1), b, k, 1, p, 1, Scratch(), act="leaky")
     pooled = np.full((n, side // 2, side // 2), np.nan, np.float32)
-    y = conv2d(x, w.reshape(n, -1), b, k, 1, p, 1, Scratch(), act="leaky", pooled=pooled)
+    y = conv2d(x, w.reshape(n, -1), b, k, 1, p, 1, Scratch(), act="leaky", tail=Pool2x2(pooled))
     assert np.array_equal(y, plain), f"{kind}: the fused pool changed the conv output"
+    other = rng.standard_normal(y.shape).astype(np.float32)
+    summed = np.full(y.shape, np.nan, np.float32)
+    y2 = conv2d(x, w.reshape(n, -1), b, k, 1, p, 1, Scratch(), act="leaky", tail=AddInto(summed, other))
+    assert np.array_equal(y2, plain) and np.array_equal(summed, shortcut_add(plain, other)), kind
     f = [0, n - 1]                                  # two filters against the direct loops (time)
     ref = conv2d_naive(x, w[f], b[f], 1, p)
     ref = np.maximum(ref, 0.1 * ref)
@@ -48,7 +54,7 @@ def test_odd_im2col_bands_and_groups_pool_after_the_bands(monkeypatch):
     w = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
     b = rng.standard_normal(6).astype(np.float32)
     pooled = np.empty((6, 15, 11), np.float32)
-    y = conv2d(x, w.reshape(6, -1), b, 3, 1, 1, 2, Scratch(), act="relu", pooled=pooled)
+    y = conv2d(x, w.reshape(6, -1), b, 3, 1, 1, 2, Scratch(), act="relu", tail=Pool2x2(pooled))
     np.testing.assert_array_equal(pooled, maxpool_naive(y, 2, 2, 0))
     assert np.abs(y - np.maximum(conv2d_naive(x, w, b, 1, 1, groups=2), 0)).max() < 1e-4
 
@@ -60,14 +66,16 @@ def test_a_pooled_output_that_does_not_fit_is_refused(side, shape, dtype):
     x = np.zeros((2, side, 8), np.float32)
     w, b = np.zeros((4, 18), np.float32), np.zeros(4, np.float32)
     with pytest.raises(ValueError, match="pooled"):
-        conv2d(x, w, b, 3, 1, 1, 1, Scratch(), pooled=np.empty(shape, dtype))
+        conv2d(x, w, b, 3, 1, 1, 1, Scratch(), tail=Pool2x2(np.empty(shape, dtype)))
+    with pytest.raises(ValueError, match="residual"):
+        conv2d(x, w, b, 3, 1, 1, 1, Scratch(), tail=AddInto(np.empty((4, side, 8), np.float32), np.empty(shape, dtype)))
 
 
 def test_tiny_forward_fuses_its_five_pools_and_equals_the_layers_run_one_by_one(tiny):
     """yolov3-tiny: layers 0, 2, 4, 6, 8 (im2col, rows F(6,3) twice, F(4x4), F(2x2)) pool the maxpool
     after them; layer 11 (size 2, stride 1) and the 13 px pools stay layers of their own."""
-    assert sorted(tiny.pool_pairs()) == [0, 2, 4, 6, 8]
-    assert not tiny.layers[11].pools_2x2_blocks and tiny.layers[1].pools_2x2_blocks
+    assert sorted(tiny.tail_pairs()) == [0, 2, 4, 6, 8]
+    assert not tiny.layers[11].is_tail and tiny.layers[1].is_tail
     x = np.random.default_rng(9).random(tiny.input_shape, dtype=np.float32)
     for n in (1, 2):
         with threads.blas_limit(n):
@@ -80,3 +88,21 @@ def test_tiny_forward_fuses_its_five_pools_and_equals_the_layers_run_one_by_one(
     part = tiny.forward(x, stop=2)               # the pair cut at its conv: the conv runs alone
     assert len(part) == 3 and np.array_equal(part[2], fused[2])
     np.testing.assert_array_equal(tiny.forward(x, stop=3)[3], maxpool_naive(fused[2], 2, 2, 1))
+
+
+def test_yolov3_forward_runs_its_shortcuts_as_tails_and_equals_the_layers_run_one_by_one(tmp_path):
+    """Every yolov3 [shortcut] (23, after a 3x3 conv) adds into its own output inside the conv's items."""
+    import engine
+    from helpers import CFG_DIR, resized_cfg
+    model = engine.load(resized_cfg(CFG_DIR / "yolov3.cfg", 128, tmp_path), random_weights=0)
+    pairs = model.tail_pairs()
+    assert len(pairs) == 23 and all(model.layers[i + 1].kind == "shortcut" for i in pairs)
+    x = np.random.default_rng(4).random(model.input_shape, dtype=np.float32)
+    for n in (1, 2):
+        with threads.blas_limit(n):
+            fused = model.forward(x)
+        xs, alone = model.check_input(x), []
+        for i in range(len(model.layers)):
+            alone.append(model.run_layer(i, model.inputs_of(i, xs, alone)))
+        for i, (a, b) in enumerate(zip(fused, alone)):
+            assert np.array_equal(a, b), f"layer {i} [{model.layers[i].kind}], {n} threads"
