@@ -99,7 +99,7 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
     rows = min(ho, max(BAND // (kk * wo), -(-MIN_BAND // wo)))  # cache-sized, but wide enough for BLAS
     rows = min(rows, -(-ho // SPLIT))  # enough bands for the threads (see the module docstring)
     rows = even_bands(ho, rows)
-    tail_bands = tail is not None and (rows % 2 == 0 or not tail.even_rows)  # else a pass after the bands
+    tail_bands = tail is not None and tail.on_bands(rows)   # else a pass after the bands
     # Output column j of kernel column kx reads input column j*s + kx - p: valid for j in [ja, jb).
     jspan = [(max(0, -(-(p - kx) // s)), min(wo, (w - 1 + p - kx) // s + 1)) for kx in range(k)]
 

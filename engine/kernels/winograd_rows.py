@@ -114,10 +114,13 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
         yy = scratch.get(f"wrows_y{part}", (m, n, rr, wo))
         np.matmul(at, mm.reshape(t, -1), out=yy.reshape(m, -1))
         _act_into(yy, y, m * r0, act, scratch, part)
-        if tail is not None:
+        if tail_bands:
             tail.rows(y, m * r0, min(ho, m * r1), scratch, part)
 
+    tail_bands = tail is not None and tail.on_bands(m * rows)
     parallel_items(-(-th // rows), band)
+    if tail is not None and not tail_bands:
+        tail.rest(y, scratch)
     return y
 
 
