@@ -27,7 +27,7 @@ from engine.kernels.tails import Tail
 from engine.kernels.scratch import Scratch
 from engine.kernels.threads import parallel_items
 from engine.kernels.winograd import WEIGHT_BLOCK
-from engine.kernels.winograd_gemm import POINTS, matrices, padded
+from engine.kernels.winograd_gemm import POINTS, matrices
 
 F = np.float32
 M_ROWS = 6               # output rows per tile: F(6, 3) measured faster than F(4, 3) on every shape it runs
@@ -88,19 +88,20 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
         raise ValueError(f"winograd_rows: input {x.shape} with padding {p} gives no output")
     th = -(-ho // m)
     wp = w + 2 * p
-    xp = padded(x, p, m * th + 2, wp, scratch)
     bt, _, at = (a.astype(F) for a in matrices(m))
     k1 = POINTS[m].index(1)
     bias = b.reshape(n, 1)
     y = np.empty((n, ho, wo), F)
     rows = band_rows(c, wo, th, m)
-    s0, s1, s2 = xp.strides
 
     def band(part: int, i: int) -> None:
         r0, r1 = i * rows, min(th, (i + 1) * rows)
         rr = r1 - r0
+        # the band's own padded rows, in cache (no padded copy of the whole map: a pass and a hand-off fewer)
+        xp = pad_rows(x, p, m * r0, m * r1 + 2, wp, scratch.get(f"wrows_p{part}", (c, m * rr + 2, wp)))
+        s0, s1, s2 = xp.strides
         d = scratch.get(f"wrows_d{part}", (t, c, rr, wp))
-        d[...] = as_strided(xp[:, m * r0:], (t, c, rr, wp), (s1, s0, m * s1, s2), writeable=False)
+        d[...] = as_strided(xp, (t, c, rr, wp), (s1, s0, m * s1, s2), writeable=False)
         v0 = scratch.get(f"wrows_v0{part}", (t, c, rr, wp))
         np.matmul(bt, d.reshape(t, -1), out=v0.reshape(t, -1))
         v = scratch.get(f"wrows_v{part}", (t, c, 3, rr, wo))
@@ -122,6 +123,20 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
     if tail is not None and not tail_bands:
         tail.rest(y, scratch)
     return y
+
+
+def pad_rows(x: np.ndarray, p: int, lo: int, hi: int, wp: int, out: np.ndarray) -> np.ndarray:
+    """Rows [lo, hi) of x in a zero border of p (row R is x's row R - p; rows and columns outside x
+    are 0) into out (C, hi - lo, wp)."""
+    h, w = x.shape[1:]
+    a, b = min(max(lo, p), hi), max(min(hi, p + h), min(max(lo, p), hi))   # rows of x inside [lo, hi)
+    out[:, :a - lo] = 0
+    out[:, b - lo:] = 0
+    if b > a:
+        out[:, a - lo:b - lo, :p] = 0
+        out[:, a - lo:b - lo, p + w:] = 0
+        out[:, a - lo:b - lo, p:p + w] = x[:, a - p:b - p]
+    return out
 
 
 def _act_into(yy: np.ndarray, y: np.ndarray, row0: int, act: str | None, scratch: Scratch, part: int) -> None:
