@@ -4,7 +4,7 @@ while the piece is in cache: the layer after the conv, fused (`Model.forward` de
 `Pool2x2`: a [maxpool] size=2 stride=2 on an even map (yolov3-tiny's layers 1, 3, 5, 7, 9 read back
 the map the conv before them has just written: 11 MB for layer 1, in a pass and a hand-off to the
 kernel thread of its own). `AddInto`: a [shortcut] out = y + other (every yolov3 shortcut: 23 passes
-over up to 64x208x208 floats, each a hand-off). Band kernels (`gemm.conv_banded`,
+over up to 64x208x208 floats, each a hand-off). `Channelwise`: [yolo] and [upsample] after a 1x1 conv. Band kernels (`gemm.conv_banded`,
 `winograd_rows`) call `rows` on each band of output rows, filter-block kernels (`gemm.conv1x1`,
 `winograd_gemm`) call `chans` on each block of filters. A maximum and a float32 add are exact per
 element, so the results have the very bits of the layers run one after the other (tested against
@@ -89,6 +89,25 @@ class Pool2x2(Tail):
 
     def chans(self, y: np.ndarray, c0: int, c1: int, scratch: Scratch, part: int | str) -> None:
         pool2x2(y[c0:c1], self.out[c0:c1], scratch, part)
+
+
+class Channelwise(Tail):
+    """A layer whose output channels [lo, hi) come from its input's channels [lo, hi) alone
+    ([yolo] activations, [upsample]): `run(y, lo, hi)` writes them into `out`."""
+
+    def __init__(self, out: np.ndarray, run) -> None:
+        super().__init__(out)
+        self.run = run
+
+    def check(self, n: int, ho: int, wo: int) -> None:
+        if self.out.shape[0] != n:
+            raise ValueError(f"conv2d: a channelwise tail of {self.out.shape[0]} channels after {n} filters")
+
+    def on_bands(self, rows: int) -> bool:
+        return False
+
+    def chans(self, y: np.ndarray, c0: int, c1: int, scratch: Scratch, part: int | str) -> None:
+        self.run(y, c0, c1)
 
 
 class AddInto(Tail):

@@ -71,10 +71,11 @@ def test_a_pooled_output_that_does_not_fit_is_refused(side, shape, dtype):
         conv2d(x, w, b, 3, 1, 1, 1, Scratch(), tail=AddInto(np.empty((4, side, 8), np.float32), np.empty(shape, dtype)))
 
 
-def test_tiny_forward_fuses_its_five_pools_and_equals_the_layers_run_one_by_one(tiny):
+def test_tiny_forward_fuses_its_tails_and_equals_the_layers_run_one_by_one(tiny):
     """yolov3-tiny: layers 0, 2, 4, 6, 8 (im2col, rows F(6,3) twice, F(4x4), F(2x2)) pool the maxpool
-    after them; layer 11 (size 2, stride 1) and the 13 px pools stay layers of their own."""
-    assert sorted(tiny.tail_pairs()) == [0, 2, 4, 6, 8]
+    after them, the 1x1 layers 15, 18, 22 run the yolo heads and the upsample on their filter blocks;
+    layer 11 (size 2, stride 1) stays a layer of its own."""
+    assert sorted(tiny.tail_pairs()) == [0, 2, 4, 6, 8, 15, 18, 22]
     assert not tiny.layers[11].is_tail and tiny.layers[1].is_tail
     x = np.random.default_rng(9).random(tiny.input_shape, dtype=np.float32)
     for n in (1, 2):
@@ -91,12 +92,14 @@ def test_tiny_forward_fuses_its_five_pools_and_equals_the_layers_run_one_by_one(
 
 
 def test_yolov3_forward_runs_its_shortcuts_as_tails_and_equals_the_layers_run_one_by_one(tmp_path):
-    """Every yolov3 [shortcut] (23, after a 3x3 conv) adds into its own output inside the conv's items."""
+    """Every yolov3 [shortcut] (23, after a 3x3 conv) adds into its own output inside the conv's items;
+    the 3 [yolo] heads and 2 [upsample] run on the filter blocks of the 1x1 conv before them."""
     import engine
     from helpers import CFG_DIR, resized_cfg
     model = engine.load(resized_cfg(CFG_DIR / "yolov3.cfg", 128, tmp_path), random_weights=0)
     pairs = model.tail_pairs()
-    assert len(pairs) == 23 and all(model.layers[i + 1].kind == "shortcut" for i in pairs)
+    kinds = sorted(model.layers[i + 1].kind for i in pairs)
+    assert kinds == ["shortcut"] * 23 + ["upsample"] * 2 + ["yolo"] * 3
     x = np.random.default_rng(4).random(model.input_shape, dtype=np.float32)
     for n in (1, 2):
         with threads.blas_limit(n):
@@ -106,3 +109,28 @@ def test_yolov3_forward_runs_its_shortcuts_as_tails_and_equals_the_layers_run_on
             alone.append(model.run_layer(i, model.inputs_of(i, xs, alone)))
         for i, (a, b) in enumerate(zip(fused, alone)):
             assert np.array_equal(a, b), f"layer {i} [{model.layers[i].kind}], {n} threads"
+
+
+def test_channelwise_tails_cut_anywhere_equal_the_layers(monkeypatch):
+    """A yolo head whose anchors straddle the filter blocks (255 = 3 x 85 filters, blocks of 32), with
+    scale_x_y, and a x2 upsample, after a 1x1 conv and after a band kernel (3x3: a pass after it)."""
+    from engine.kernels.tails import Channelwise
+    from engine.layers.upsample import upsample_nearest
+    from engine.layers.yolo import yolo_activate, yolo_channels
+    monkeypatch.setattr(threads, "_threads", 2)
+    rng = np.random.default_rng(8)
+    for k, p in ((1, 0), (3, 1)):
+        x = rng.standard_normal((16, 13, 13)).astype(np.float32)
+        w = rng.standard_normal((255, 16 * k * k)).astype(np.float32)
+        b = rng.standard_normal(255).astype(np.float32)
+        plain = conv2d(x, w, b, k, 1, p, 1, Scratch(), act="linear")
+        out = np.full(plain.shape, np.nan, np.float32)
+        y = conv2d(x, w, b, k, 1, p, 1, Scratch(), act="linear",
+                   tail=Channelwise(out, lambda v, lo, hi: yolo_channels(v, out, lo, hi, 80, 1.05)))
+        assert np.array_equal(y, plain) and np.array_equal(out, yolo_activate(plain, 3, 80, 1.05))
+        up = np.full((255, 13, 2, 13, 2), np.nan, np.float32)
+
+        def copy(v, lo, hi):
+            up[lo:hi] = v[lo:hi, :, None, :, None]
+        conv2d(x, w, b, k, 1, p, 1, Scratch(), act="linear", tail=Channelwise(up, copy))
+        assert np.array_equal(up.reshape(255, 26, 26), upsample_nearest(plain, 2))
