@@ -73,10 +73,10 @@ def test_a_pooled_output_that_does_not_fit_is_refused(side, shape, dtype):
 
 def test_tiny_forward_fuses_its_tails_and_equals_the_layers_run_one_by_one(tiny):
     """yolov3-tiny: layers 0, 2, 4, 6, 8 (im2col, rows F(6,3) twice, F(4x4), F(2x2)) pool the maxpool
-    after them, the 1x1 layers 15, 18, 22 run the yolo heads and the upsample on their filter blocks;
-    layer 11 (size 2, stride 1) stays a layer of its own."""
-    assert sorted(tiny.tail_pairs()) == [0, 2, 4, 6, 8, 15, 18, 22]
-    assert not tiny.layers[11].is_tail and tiny.layers[1].is_tail
+    after them band by band or block by block, layer 10 its size-2 stride-1 maxpool (11) by channel
+    ranges, the 1x1 layers 15, 18, 22 the yolo heads and the upsample on their filter blocks."""
+    assert sorted(tiny.tail_pairs()) == [0, 2, 4, 6, 8, 10, 15, 18, 22]
+    assert isinstance(tiny.layers[1].tail([]), Pool2x2) and not isinstance(tiny.layers[11].tail([]), Pool2x2)
     x = np.random.default_rng(9).random(tiny.input_shape, dtype=np.float32)
     for n in (1, 2):
         with threads.blas_limit(n):
