@@ -188,10 +188,30 @@ class Model:
         if x.ndim == 4 and x.shape[0] > 1:
             return self._forward_images(x, last)
         run = self.run_layer_batch if x.ndim == 4 else self.run_layer
+        pairs = self.tail_pairs() if x.ndim == 3 else ()
         outs: list[np.ndarray] = []
         for i in range(last + 1):
-            outs.append(run(i, self.inputs_of(i, x, outs)))
+            if i - 1 in pairs and len(outs) == i + 1:   # computed by layer i - 1's kernel
+                continue
+            y = None
+            if i in pairs and i < last:
+                nxt = self.layers[i + 1]
+                tail = nxt.tail([outs[j] for j in nxt.inputs[1:]])
+                y = self.layers[i].forward_float_tail(self.inputs_of(i, x, outs), self.prepared(i), self.scratch, tail)
+            outs.extend([y, tail.out] if y is not None else [run(i, self.inputs_of(i, x, outs))])
+            for y in outs[i:]:
+                y.flags.writeable = False
         return outs
+
+    def tail_pairs(self) -> frozenset[int]:
+        """Layers whose next layer runs as a tail of their kernel (`Layer.is_tail`: a 2x2 stride-2
+        [maxpool] of their output, a [shortcut] adding an earlier output to it): one pass, one hand-off
+        to the kernel threads instead of two, each piece of the output read back in cache."""
+        if "_tail_pairs" not in self.__dict__:
+            ls = self.layers
+            self._tail_pairs = frozenset(i for i in range(len(ls) - 1) if ls[i + 1].is_tail and
+                                         ls[i + 1].inputs[0] == i and i not in ls[i + 1].inputs[1:])
+        return self._tail_pairs
 
     def _forward_images(self, xb: np.ndarray, last: int) -> list[np.ndarray]:
         """A batch as whole single-image forwards, one image per kernel thread at a time.

@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from engine.kernels import winograd, winograd_gemm, winograd_rows
-from engine.kernels.gemm import FUSED_ACTS, conv_gemm
+from engine.kernels.gemm import FUSED_ACTS, conv_gemm, conv_out_size
 from engine.kernels.scratch import Scratch, derived
+from engine.kernels.tails import Tail
 from engine.kernels.threads import own_threads
 
 
@@ -46,7 +47,7 @@ def choice(c: int, h: int, w: int, n: int, k: int, s: int, p: int, groups: int =
 
 def conv2d(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, k: int, s: int, p: int, groups: int,
            scratch: Scratch, act: str | None = None, wino: np.ndarray | None = None,
-           choose: bool = True) -> np.ndarray:
+           choose: bool = True, tail: Tail | None = None) -> np.ndarray:
     """Float cross-correlation + per-channel bias (+ optional fused activation): (C, H, W) -> new (n, Ho, Wo).
 
     w2d: (n, C/groups*k*k) float32; b: (n,) float32. `act` (one of FUSED_ACTS, or None for none) is
@@ -54,8 +55,12 @@ def conv2d(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, k: int, s: int,
     `wino`: the Winograd weights made for this layer (`prepare_winograd`), when the caller
     keeps them instead of w2d (then w2d may be None). `choose=False`: the caller already chose (a
     model decides once per layer, when it prepares it), so w2d always runs im2col + GEMM.
+    `tail` (`engine.kernels.tails`): the next layer fused, its output filled by the kernel's own work
+    items while each piece of this one is in cache (a conv + [maxpool] or [shortcut] pair in one pass).
     """
     c, h, w = x.shape
+    if tail is not None:
+        tail.check(b.shape[0], conv_out_size(h, k, s, p), conv_out_size(w, k, s, p))
     if act is not None and act not in FUSED_ACTS:
         raise ValueError(f"conv2d: act={act!r} cannot be fused; use one of {FUSED_ACTS} or apply it after")
     with own_threads():
@@ -64,10 +69,10 @@ def conv2d(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, k: int, s: int,
             if kind.startswith("winograd"):
                 wino = derived(kind, (w2d,), lambda: prepare_winograd(kind, w2d, c, h, w, p))
         if wino is None:
-            return conv_gemm(x, w2d, b, k, s, p, groups, scratch, act)
+            return conv_gemm(x, w2d, b, k, s, p, groups, scratch, act, tail)
         if winograd_rows.is_rows_form(wino):
-            return winograd_rows.conv3x3(x, wino, b, p, scratch, act)
-        return winograd_gemm.conv3x3(x, wino, b, p, scratch, act)   # F(4x4): 36 planes, F(2x2): 16
+            return winograd_rows.conv3x3(x, wino, b, p, scratch, act, tail)
+        return winograd_gemm.conv3x3(x, wino, b, p, scratch, act, tail)   # F(4x4): 36 planes, F(2x2): 16
 
 
 def prepare_winograd(kind: str, w2d: np.ndarray, c: int, h: int, w: int, p: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.kernels.tails import Tail
 from engine.kernels.scratch import Scratch, derived
 from engine.kernels.threads import parallel_for, parallel_items
 
@@ -80,14 +81,15 @@ def im2col(x: np.ndarray, k: int, s: int, p: int, scratch: Scratch) -> tuple[np.
 
 
 def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k: int, s: int, p: int,
-                scratch: Scratch, act: str | None) -> None:
+                scratch: Scratch, act: str | None, tail: Tail | None = None) -> None:
     """Conv into y (n, Ho, Wo) by im2col + GEMM + in-place activation, in bands of output rows.
 
     A band's columns (about BAND floats) are built, multiplied and dropped while they are still in
     cache, instead of writing the whole column matrix (k*k times the input) to memory and reading
     it back. The bias rides in the GEMM (a row of ones under the columns, b as an extra weight
     column), which writes straight into the band's rows of y (a BLAS matrix with row stride
-    Ho*Wo), so the activation runs in place on data that is still in cache.
+    Ho*Wo), so the activation runs in place on data that is still in cache. `tail`: the fused next layer
+    (`engine.kernels.tails`), run on each band in its item.
     """
     c, h, w = x.shape
     n, ho, wo = y.shape
@@ -97,6 +99,7 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
     rows = min(ho, max(BAND // (kk * wo), -(-MIN_BAND // wo)))  # cache-sized, but wide enough for BLAS
     rows = min(rows, -(-ho // SPLIT))  # enough bands for the threads (see the module docstring)
     rows = even_bands(ho, rows)
+    tail_bands = tail is not None and tail.on_bands(rows)   # else a pass after the bands
     # Output column j of kernel column kx reads input column j*s + kx - p: valid for j in [ja, jb).
     jspan = [(max(0, -(-(p - kx) // s)), min(wo, (w - 1 + p - kx) // s + 1)) for kx in range(k)]
 
@@ -128,8 +131,12 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
         np.matmul(wb, flat, out=y2[:, r0 * wo:r1 * wo])
         if act not in (None, "linear"):
             bias_act(y[:, r0:r1], None, act)
+        if tail_bands:
+            tail.rows(y, r0, r1, scratch, part)
 
     parallel_items(-(-ho // rows), band)
+    if tail is not None and not tail_bands:
+        tail.rest(y, scratch)
 
 
 def two_thread_span(total: int, rows: int) -> int:
@@ -209,8 +216,9 @@ def bias_act(y: np.ndarray, b: np.ndarray | None, act: str | None, src: np.ndarr
 
 
 def conv_gemm(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, k: int, s: int, p: int, groups: int,
-               scratch: Scratch, act: str | None) -> np.ndarray:
-    """conv2d through GEMMs: 1x1 stride 1 directly on x (in row blocks of filters), else conv_banded."""
+               scratch: Scratch, act: str | None, tail: Tail | None = None) -> np.ndarray:
+    """conv2d through GEMMs: 1x1 stride 1 directly on x (in row blocks of filters), else conv_banded.
+    `tail`: the fused next layer (see conv_banded; grouped convs run it after their groups)."""
     c, h, w = x.shape
     n = w2d.shape[0]
     ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
@@ -221,23 +229,30 @@ def conv_gemm(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, k: int, s: int, p: 
         wg = w2d[g * ng:(g + 1) * ng] if groups > 1 else w2d
         yg = y[g * ng:(g + 1) * ng]
         bg = b[g * ng:(g + 1) * ng]
+        tg = tail if groups == 1 else None
         if k == 1 and s == 1 and p == 0:
-            conv1x1(xg.reshape(cg, h * w), wg, bg, yg, act)
+            conv1x1(xg.reshape(cg, h * w), wg, bg, yg, act, tg, scratch)
             continue
-        conv_banded(xg, wg, bg, yg, k, s, p, scratch, act)
+        conv_banded(xg, wg, bg, yg, k, s, p, scratch, act, tg)
+    if tail is not None and groups > 1:
+        tail.rest(y, scratch)
     return y
 
 
-def conv1x1(x2: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, act: str | None) -> None:
-    """y = act(w2d @ x2 + b) in blocks of filter rows, one GEMM + in-cache epilogue per block."""
+def conv1x1(x2: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, act: str | None,
+            tail: Tail | None = None, scratch: Scratch | None = None) -> None:
+    """y = act(w2d @ x2 + b) in blocks of filter rows, one GEMM + in-cache epilogue per block
+    (+ the fused next layer's `tail` on the block, with `scratch`)."""
     n = y.shape[0]
     step = max(8, -(-n // (2 * SPLIT)))   # fixed blocks: the same GEMMs on any number of threads
     y2 = y.reshape(n, -1)
 
-    def block(_part: int, i: int) -> None:
+    def block(part: int, i: int) -> None:
         lo, hi = i * step, min(n, (i + 1) * step)
         np.matmul(w2d[lo:hi], x2, out=y2[lo:hi])
         bias_act(y[lo:hi], b[lo:hi], act)
+        if tail is not None:
+            tail.chans(y, lo, hi, scratch, part)
 
     parallel_items(-(-n // step), block)
 

@@ -20,14 +20,12 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
 PARALLEL_MIN = 1 << 16   # elements below which a pass runs in the calling thread only
-_pool: ThreadPoolExecutor | None = None
 _threads = 1             # threads for parallel_for/parallel_items: set by own_threads()
 _local = threading.local()  # .busy: this thread already runs a part of a parallel job
 _numpy_blas: list | None = None
@@ -113,16 +111,60 @@ def kernel_threads() -> int:
     return _threads
 
 
+class _Helper:
+    """One kernel thread, asleep on a lock between jobs: a hand-off is a lock release to post a job and
+    one acquire to wait for it (ThreadPoolExecutor's Future, Condition and queue cost more per pass)."""
+
+    def __init__(self) -> None:
+        self.go, self.done, self.state = threading.Lock(), threading.Lock(), threading.Lock()
+        self.go.acquire()
+        self.done.acquire()
+        self.job: Callable[[], None] | None = None
+        self.error: BaseException | None = None
+        threading.Thread(target=self._loop, name="qw-kernel", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            self.go.acquire()
+            with self.state:
+                job, self.job = self.job, None
+            if job is None:            # revoked before this thread woke up
+                continue
+            try:
+                job()
+            except BaseException as e:  # noqa: BLE001 - handed to the caller in wait()
+                self.error = e
+            self.done.release()
+
+    def post(self, job: Callable[[], None]) -> None:
+        with self.state:
+            self.job = job
+        if self.go.locked():           # unlocked: a wake-up is still pending (a revoked job's); it takes this one
+            self.go.release()
+
+    def wait(self, revoke: bool) -> None:
+        """Wait for the posted job; with `revoke`, take it back instead if it has not started."""
+        if revoke:
+            with self.state:
+                if self.job is not None:
+                    self.job = None
+                    return
+        self.done.acquire()
+        if self.error is not None:
+            e, self.error = self.error, None
+            raise e
+
+
+_helpers: list[_Helper] = []
+_posting = threading.Lock()  # the helpers serve one caller at a time; another caller runs its parts inline
+
+
 def _run_parts(parts: int, worker: Callable[[int], None], dynamic: bool = False) -> None:
-    """worker(0) here and worker(1..parts-1) on the pool; nested jobs inside a part run inline.
+    """worker(0) here and worker(1..parts-1) on the helper threads; nested jobs inside a part run inline.
 
     `dynamic`: the workers pull from a shared queue, so when worker(0) returns the work is all taken;
-    a pool part not started by then is cancelled instead of waited for (on a busy host, waiting for
+    a helper part not started by then is revoked instead of waited for (on a busy host, waiting for
     a descheduled thread to start only to find nothing left costs a time slice per pass)."""
-    global _pool
-    if _pool is None or _pool._max_workers < parts - 1:
-        _pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="qw-kernel")
-
     def part(i: int) -> None:
         _local.busy = True
         try:
@@ -130,13 +172,33 @@ def _run_parts(parts: int, worker: Callable[[int], None], dynamic: bool = False)
         finally:
             _local.busy = False
 
-    futures = [_pool.submit(part, i) for i in range(1, parts)]
+    if not _posting.acquire(blocking=False):
+        for i in range(parts):         # the same pieces, in this thread: the same results
+            part(i)
+        return
+    try:
+        _run_posted(parts, part, dynamic)
+    finally:
+        _posting.release()
+
+
+def _run_posted(parts: int, part: Callable[[int], None], dynamic: bool) -> None:
+    while len(_helpers) < parts - 1:
+        _helpers.append(_Helper())
+
+    for i in range(1, parts):
+        _helpers[i - 1].post(lambda i=i: part(i))
     try:
         part(0)
     finally:
-        for f in futures:
-            if not (dynamic and f.cancel()):
-                f.result()
+        error = None
+        for h in _helpers[:parts - 1]:
+            try:
+                h.wait(dynamic)
+            except BaseException as e:  # noqa: BLE001 - every helper is waited for, then the first error
+                error = error or e
+        if error is not None:
+            raise error
 
 
 def parallel_for(n: int, fn: Callable[[int, int], None], work: int) -> None:

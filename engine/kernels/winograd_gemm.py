@@ -30,6 +30,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from engine.kernels.winograd import WEIGHT_BLOCK
+from engine.kernels.tails import Tail
 from engine.kernels.scratch import Scratch
 from engine.kernels.threads import parallel_for, parallel_items
 
@@ -113,7 +114,7 @@ def tiles_of(h: int, w: int, p: int, m: int) -> tuple[int, int]:
 
 def padded(x: np.ndarray, p: int, hp: int, wp: int, scratch: Scratch, threaded: bool = True) -> np.ndarray:
     """x in a zero border: (C, hp, wp) with x at (p, p); rows and columns past the input are zero too.
-    One scratch buffer for both Winograd kernels (this one and winograd_rows): layers run one at a time.
+    One scratch buffer, reused by every layer (layers run one at a time; winograd_rows pads per band).
     `threaded=False`: only the buffer; the caller fills channel ranges with `pad_channels`."""
     c, h, w = x.shape
     xp = scratch.get("wino_pad", (c, hp, wp))
@@ -164,11 +165,11 @@ def input_transform(x: np.ndarray, p: int, m: int, scratch: Scratch) -> np.ndarr
 
 
 def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratch,
-            act: str | None = None) -> np.ndarray:
+            act: str | None = None, tail: Tail | None = None) -> np.ndarray:
     """3x3 stride-1 cross-correlation with padding p, + bias and a fused activation: new (n, Ho, Wo).
 
     x: (C, H, W) float32; u: `transform_weights(w2d, m)`, (t^2, n, C); b: (n,); act: None or one of
-    gemm.FUSED_ACTS.
+    gemm.FUSED_ACTS. `tail`: the fused next layer, run on each filter block (see output_transform).
     """
     m = tile_size(u)
     t = m + 2
@@ -188,17 +189,18 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
 
     parallel_items(t * t, product)
     y = np.empty((n, ho, wo), F)
-    output_transform(mm, y, m, th, tw, act, scratch)
+    output_transform(mm, y, m, th, tw, act, scratch, tail)
     return y
 
 
 def output_transform(mm: np.ndarray, y: np.ndarray, m: int, th: int, tw: int, act: str | None,
-                     scratch: Scratch) -> None:
+                     scratch: Scratch, tail: Tail | None = None) -> None:
     """y (n, Ho, Wo) = act(A^T M A) of the products mm (t^2, n, tiles), in fixed filter blocks.
 
     Ho <= m*th, Wo <= m*tw: where the tiles stick out of y (13 px maps in 2x2 tiles, 26 px in 4x4),
     a block's tiles go to a per-thread buffer and its filters are cropped into y in the same item,
-    cache-hot and on both threads (a crop of the whole map after the join ran on one thread)."""
+    cache-hot and on both threads (a crop of the whole map after the join ran on one thread). With
+    `tail` (`engine.kernels.tails`), each block also runs the fused next layer on its filters there."""
     t = m + 2
     n, ho, wo = y.shape
     tiles = th * tw
@@ -229,5 +231,7 @@ def output_transform(mm: np.ndarray, y: np.ndarray, m: int, th: int, tw: int, ac
             dst.transpose(0, 1, 3, 2, 4)[...] = z5
         if not exact:
             y[n0:n1] = full[:, :ho, :wo]
+        if tail is not None:
+            tail.chans(y, n0, n1, scratch, part)
 
     parallel_items(-(-n // nb), block)

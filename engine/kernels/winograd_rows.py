@@ -23,10 +23,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from engine.kernels.tails import Tail
 from engine.kernels.scratch import Scratch
 from engine.kernels.threads import parallel_items
 from engine.kernels.winograd import WEIGHT_BLOCK
-from engine.kernels.winograd_gemm import POINTS, matrices, padded
+from engine.kernels.winograd_gemm import POINTS, matrices
 
 F = np.float32
 M_ROWS = 6               # output rows per tile: F(6, 3) measured faster than F(4, 3) on every shape it runs
@@ -69,11 +70,12 @@ def band_rows(c: int, wo: int, th: int, m: int = M_ROWS) -> int:
 
 
 def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratch,
-            act: str | None = None) -> np.ndarray:
+            act: str | None = None, tail: Tail | None = None) -> np.ndarray:
     """3x3 stride-1 cross-correlation with padding p, + bias and a fused activation: new (n, Ho, Wo).
 
     x: (C, H, W) float32; u: `transform_weights(w2d, m)`, (m + 2, n, 3C); b: (n,); act: None or one
-    of gemm.FUSED_ACTS.
+    of gemm.FUSED_ACTS. `tail`: the fused next layer (`engine.kernels.tails`), run on each band's
+    m * rows output rows (even: whole row pairs) in its item, while in cache.
     """
     t = u.shape[0]
     m = t - 2
@@ -86,19 +88,20 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
         raise ValueError(f"winograd_rows: input {x.shape} with padding {p} gives no output")
     th = -(-ho // m)
     wp = w + 2 * p
-    xp = padded(x, p, m * th + 2, wp, scratch)
     bt, _, at = (a.astype(F) for a in matrices(m))
     k1 = POINTS[m].index(1)
     bias = b.reshape(n, 1)
     y = np.empty((n, ho, wo), F)
     rows = band_rows(c, wo, th, m)
-    s0, s1, s2 = xp.strides
 
     def band(part: int, i: int) -> None:
         r0, r1 = i * rows, min(th, (i + 1) * rows)
         rr = r1 - r0
+        # the band's own padded rows, in cache (no padded copy of the whole map: a pass and a hand-off fewer)
+        xp = pad_rows(x, p, m * r0, m * r1 + 2, wp, scratch.get(f"wrows_p{part}", (c, m * rr + 2, wp)))
+        s0, s1, s2 = xp.strides
         d = scratch.get(f"wrows_d{part}", (t, c, rr, wp))
-        d[...] = as_strided(xp[:, m * r0:], (t, c, rr, wp), (s1, s0, m * s1, s2), writeable=False)
+        d[...] = as_strided(xp, (t, c, rr, wp), (s1, s0, m * s1, s2), writeable=False)
         v0 = scratch.get(f"wrows_v0{part}", (t, c, rr, wp))
         np.matmul(bt, d.reshape(t, -1), out=v0.reshape(t, -1))
         v = scratch.get(f"wrows_v{part}", (t, c, 3, rr, wo))
@@ -112,9 +115,28 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
         yy = scratch.get(f"wrows_y{part}", (m, n, rr, wo))
         np.matmul(at, mm.reshape(t, -1), out=yy.reshape(m, -1))
         _act_into(yy, y, m * r0, act, scratch, part)
+        if tail_bands:
+            tail.rows(y, m * r0, min(ho, m * r1), scratch, part)
 
+    tail_bands = tail is not None and tail.on_bands(m * rows)
     parallel_items(-(-th // rows), band)
+    if tail is not None and not tail_bands:
+        tail.rest(y, scratch)
     return y
+
+
+def pad_rows(x: np.ndarray, p: int, lo: int, hi: int, wp: int, out: np.ndarray) -> np.ndarray:
+    """Rows [lo, hi) of x in a zero border of p (row R is x's row R - p; rows and columns outside x
+    are 0) into out (C, hi - lo, wp)."""
+    h, w = x.shape[1:]
+    a, b = min(max(lo, p), hi), max(min(hi, p + h), min(max(lo, p), hi))   # rows of x inside [lo, hi)
+    out[:, :a - lo] = 0
+    out[:, b - lo:] = 0
+    if b > a:
+        out[:, a - lo:b - lo, :p] = 0
+        out[:, a - lo:b - lo, p + w:] = 0
+        out[:, a - lo:b - lo, p:p + w] = x[:, a - p:b - p]
+    return out
 
 
 def _act_into(yy: np.ndarray, y: np.ndarray, row0: int, act: str | None, scratch: Scratch, part: int) -> None:

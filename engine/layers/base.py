@@ -101,6 +101,23 @@ class Layer:
     def forward_float(self, xs: list[np.ndarray], prep: Any, scratch: Scratch) -> np.ndarray:
         raise NotImplementedError
 
+    # A layer and the next one can run as one pass (Model.forward fuses them, engine.kernels.tails):
+    @property
+    def is_tail(self) -> bool:
+        """Whether this layer's float forward can run as a tail on the pieces of its first input,
+        elementwise or on disjoint blocks, in the work items of the kernel that writes them."""
+        return False
+
+    def tail(self, others: list[np.ndarray]) -> Any:
+        """The `engine.kernels.tails.Tail` that computes this layer (is_tail) into a new output array;
+        `others`: its inputs after the first."""
+        raise NotImplementedError
+
+    def forward_float_tail(self, xs: list[np.ndarray], prep: Any, scratch: Scratch, tail: Any) -> np.ndarray | None:
+        """forward_float(...) that also runs the next layer's `tail` on each piece of its output, or
+        None if this layer cannot; the pair has the very bits of the two layers run one after the other."""
+        return None
+
 
 def check_shape(sec: Section, shape: tuple[int, ...], what: str = "output") -> Shape:
     """Refuse empty or absurdly large shapes with the layer's location."""

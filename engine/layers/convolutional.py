@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from engine.kernels.tails import Tail
 from engine.kernels.conv import choice, conv2d, prepare_winograd
 from engine.kernels.gemm import FUSED_ACTS, conv_out_size, with_bias_column
 from engine.layers.activations import activate, activation_key
@@ -113,6 +114,15 @@ class Convolutional(Layer):
         """Convolution + folded bias, before the activation."""
         return conv2d(x, prep.w, prep.b, self.size, self.stride, self.padding, self.groups, scratch,
                       wino=prep.wino, choose=False)
+
+    def forward_float_tail(self, xs: list[np.ndarray], prep: FusedConv, scratch: Scratch,
+                           tail: Tail) -> np.ndarray | None:
+        """The output, each band (or filter block) also run through the next layer's `tail` by the
+        kernel's work item that wrote it, in cache: no pass (nor hand-off) of its own for that layer."""
+        if self.activation not in FUSED_ACTS:
+            return None
+        return conv2d(xs[0], prep.w, prep.b, self.size, self.stride, self.padding, self.groups, scratch,
+                      act=self.activation, wino=prep.wino, choose=False, tail=tail)
 
     def forward_float(self, xs: list[np.ndarray], prep: FusedConv, scratch: Scratch) -> np.ndarray:
         if self.activation in FUSED_ACTS:  # applied in the kernel's bias pass, while the data is in cache

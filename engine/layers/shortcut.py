@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.kernels import tails
 from engine.kernels.threads import own_threads, parallel_for
 from engine.layers.activations import activate, activation_key
 from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, refuse
@@ -67,6 +68,16 @@ class Shortcut(Layer):
         a = super().attrs()
         a["from"] = a.pop("from_")
         return a
+
+    @property
+    def is_tail(self) -> bool:
+        """The plain residual add of every yolov3 shortcut (equal shapes, alpha = beta = 1, linear):
+        shortcut_add's own fast path, element by element."""
+        return (self.alpha == 1.0 and self.beta == 1.0 and self.activation == "linear"
+                and self.in_shapes[0] == self.in_shapes[1])
+
+    def tail(self, others: list[np.ndarray]) -> tails.AddInto:
+        return tails.AddInto(np.empty(self.out_shape, np.float32), others[0])
 
     def forward_float(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
         return activate(shortcut_add(xs[0], xs[1], self.alpha, self.beta), self.activation)

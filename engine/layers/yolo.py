@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.kernels import tails
 from engine.kernels.threads import own_threads, parallel_for
 from engine.layers.activations import logistic
 from engine.layers.base import LAYERS, BuildContext, Layer, Scratch
@@ -21,25 +22,26 @@ def yolo_activate(x: np.ndarray, n_anchors: int, classes: int, scale_x_y: float 
 
     On the kernel threads by ranges of channels (elementwise: the same bits on any thread count);
     in one thread the 26 px head of yolov3-tiny was 0.5 ms of serial work after the last conv."""
-    c, h, w = x.shape
-    per = 5 + classes
-    y = np.empty((c, h, w), np.float32)
-    s, shift = np.float32(scale_x_y), np.float32(0.5 * (scale_x_y - 1.0))
-
-    def run(lo: int, hi: int) -> None:
-        y[lo:hi] = x[lo:hi]
-        for a in range(lo // per, -(-hi // per)):
-            base = a * per
-            xy = y[max(lo, base):min(hi, base + 2)]         # this anchor's x, y planes in [lo, hi)
-            if not new_coords:
-                logistic(xy)
-                logistic(y[max(lo, base + 4):min(hi, base + per)])
-            if scale_x_y != 1.0:
-                xy[...] = xy * s - shift
-
+    y = np.empty(x.shape, np.float32)
     with own_threads():
-        parallel_for(c, run, y.size)
+        parallel_for(x.shape[0], lambda lo, hi: yolo_channels(x, y, lo, hi, classes, scale_x_y, new_coords), y.size)
     return y
+
+
+def yolo_channels(x: np.ndarray, y: np.ndarray, lo: int, hi: int, classes: int, scale_x_y: float = 1.0,
+                  new_coords: int = 0) -> None:
+    """Channels [lo, hi) of yolo_activate(x) into y (any range: anchors cut anywhere)."""
+    per = 5 + classes
+    s, shift = np.float32(scale_x_y), np.float32(0.5 * (scale_x_y - 1.0))
+    y[lo:hi] = x[lo:hi]
+    for a in range(lo // per, -(-hi // per)):
+        base = a * per
+        xy = y[max(lo, base):min(hi, base + 2)]         # this anchor's x, y planes in [lo, hi)
+        if not new_coords:
+            logistic(xy)
+            logistic(y[max(lo, base + 4):min(hi, base + per)])
+        if scale_x_y != 1.0:
+            xy[...] = xy * s - shift
 
 
 @LAYERS.register("yolo")
@@ -77,6 +79,13 @@ class Yolo(Layer):
                    source=sec.path, mask=mask, anchors=anchors, classes=classes, num=num,
                    scale_x_y=sec.get_float("scale_x_y", 1.0), new_coords=sec.get_int("new_coords", 0, lo=0, hi=1),
                    nms_kind=sec.get_str("nms_kind", "default"), beta_nms=sec.get_float("beta_nms", 0.6))
+
+    is_tail = True     # channelwise: runs in the conv's filter blocks (Model.forward)
+
+    def tail(self, others: list[np.ndarray]) -> tails.Channelwise:
+        out = np.empty(self.out_shape, np.float32)
+        return tails.Channelwise(out, lambda x, lo, hi: yolo_channels(x, out, lo, hi, self.classes, self.scale_x_y,
+                                                                      self.new_coords))
 
     def forward_float(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
         return yolo_activate(xs[0], len(self.mask), self.classes, self.scale_x_y, self.new_coords)
