@@ -52,7 +52,12 @@ def opencv_layer_outputs(cfg: Path, weights: Path, x: np.ndarray) -> dict[int, n
 
 
 def max_rel_diff(y: np.ndarray, ref: np.ndarray) -> float:
-    """max|y - ref| / max(1, max|ref|): the tolerance measure used by the golden tests."""
+    """max|y - ref| / max(1, max|ref|): the tolerance measure used by the golden tests.
+
+    Any inf or NaN on either side gives inf: NaN would make every `<= TOL` / `> TOL` check answer
+    False, and a `> TOL` guard would then pass silently (OpenCV's recycled buffers can hold inf)."""
+    if not (np.isfinite(y).all() and np.isfinite(ref).all()):
+        return float("inf")
     return float(np.abs(y.astype(np.float64).reshape(-1) - ref.reshape(-1)).max() / max(1.0, float(np.abs(ref).max())))
 
 

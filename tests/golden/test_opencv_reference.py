@@ -118,3 +118,13 @@ def test_random_weight_models_match_live_opencv_on_every_layer(name):
             via = _route_view(model, outs, ref, i)
             assert via is not None, f"{name} layer {i}: {max_rel_diff(y, r):.2e} and no route to cross-check"
             assert max_rel_diff(via[1], via[0]) <= TOL, f"{name} layer {i} (via route)"
+
+
+def test_the_tolerance_measure_fails_on_inf_and_nan():
+    """A NaN measure would make `> TOL` False and let the live test above pass a garbage layer."""
+    y = np.ones(4, np.float32)
+    assert max_rel_diff(y, y) == 0.0
+    for bad in (np.inf, -np.inf, np.nan):
+        r = y.copy()
+        r[2] = bad
+        assert max_rel_diff(y, r) > TOL and max_rel_diff(r, y) > TOL
