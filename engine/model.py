@@ -204,9 +204,8 @@ class Model:
         return outs
 
     def tail_pairs(self) -> frozenset[int]:
-        """Layers whose next layer runs as a tail of their kernel (`Layer.is_tail`: a 2x2 stride-2
-        [maxpool] of their output, a [shortcut] adding an earlier output to it): one pass, one hand-off
-        to the kernel threads instead of two, each piece of the output read back in cache."""
+        """Layers whose next layer runs as a tail of their kernel (`Layer.is_tail`: a [shortcut] adding
+        an earlier output to theirs): one pass, one hand-off to the kernel threads instead of two."""
         if "_tail_pairs" not in self.__dict__:
             ls = self.layers
             self._tail_pairs = frozenset(i for i in range(len(ls) - 1) if ls[i + 1].is_tail and

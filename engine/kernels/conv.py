@@ -56,7 +56,7 @@ def conv2d(x: np.ndarray, w2d: np.ndarray | None, b: np.ndarray, k: int, s: int,
     keeps them instead of w2d (then w2d may be None). `choose=False`: the caller already chose (a
     model decides once per layer, when it prepares it), so w2d always runs im2col + GEMM.
     `tail` (`engine.kernels.tails`): the next layer fused, its output filled by the kernel's own work
-    items while each piece of this one is in cache (a conv + [maxpool] or [shortcut] pair in one pass).
+    items while each piece of this one is in cache (a conv + [shortcut] pair in one pass).
     """
     c, h, w = x.shape
     if tail is not None:

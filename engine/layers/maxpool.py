@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.kernels import tails
 from engine.kernels.gemm import BLOCK
 from engine.kernels.threads import own_threads, parallel_for
 from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape, refuse
@@ -126,20 +125,6 @@ class MaxPool(Layer):
                                 maxpool_out_size(w, size, stride, padding)))
         return cls(index=ctx.index, inputs=(src,), in_shapes=((c, h, w),), out_shape=out, line=sec.line,
                    source=sec.path, size=size, stride=stride, padding=padding)
-
-    is_tail = True      # channelwise: runs in the work items of the conv before it (Model.forward)
-
-    def tail(self, others: list[np.ndarray]) -> tails.Tail:
-        """size=2, stride=2, padding 0 or 1 (Darknet's default) on an even map: disjoint 2x2 blocks,
-        pooled band by band too; any other window by channel ranges (yolov3-tiny's layer 11)."""
-        out = np.empty(self.out_shape, np.float32)
-        _, h, w = self.in_shapes[0]
-        if self.size == 2 and self.stride == 2 and self.padding in (0, 1) and tails.fits(h, w):
-            return tails.Pool2x2(out)
-
-        def run(x: np.ndarray, lo: int, hi: int) -> None:
-            out[lo:hi] = maxpool(x[lo:hi], self.size, self.stride, self.padding)
-        return tails.Channelwise(out, run)
 
     def forward_float(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
         return maxpool(xs[0], self.size, self.stride, self.padding, scratch=scratch)

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import UnsupportedError
-from engine.kernels import tails
 from engine.kernels.threads import own_threads, parallel_for
 from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape
 
@@ -43,21 +42,6 @@ class Upsample(Layer):
         return cls(index=ctx.index, inputs=(src,), in_shapes=((c, h, w),),
                    out_shape=check_shape(sec, (c, h * stride, w * stride)), line=sec.line, source=sec.path,
                    stride=stride, scale=sec.get_float("scale", 1.0))
-
-    @property
-    def is_tail(self) -> bool:
-        """Channelwise (runs in the conv's filter blocks, Model.forward) when it only copies."""
-        return self.scale == 1.0
-
-    def tail(self, others: list[np.ndarray]) -> tails.Channelwise:
-        c, h, w = self.in_shapes[0]
-        out = np.empty((c, h, self.stride, w, self.stride), np.float32)
-
-        def run(x: np.ndarray, lo: int, hi: int) -> None:
-            out[lo:hi] = x[lo:hi, :, None, :, None]
-        t = tails.Channelwise(out, run)
-        t.out = out.reshape(self.out_shape)
-        return t
 
     def forward_float(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
         y = upsample_nearest(xs[0], self.stride)

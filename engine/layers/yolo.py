@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.kernels import tails
 from engine.kernels.threads import own_threads, parallel_for
 from engine.layers.activations import logistic
 from engine.layers.base import LAYERS, BuildContext, Layer, Scratch
@@ -79,13 +78,6 @@ class Yolo(Layer):
                    source=sec.path, mask=mask, anchors=anchors, classes=classes, num=num,
                    scale_x_y=sec.get_float("scale_x_y", 1.0), new_coords=sec.get_int("new_coords", 0, lo=0, hi=1),
                    nms_kind=sec.get_str("nms_kind", "default"), beta_nms=sec.get_float("beta_nms", 0.6))
-
-    is_tail = True     # channelwise: runs in the conv's filter blocks (Model.forward)
-
-    def tail(self, others: list[np.ndarray]) -> tails.Channelwise:
-        out = np.empty(self.out_shape, np.float32)
-        return tails.Channelwise(out, lambda x, lo, hi: yolo_channels(x, out, lo, hi, self.classes, self.scale_x_y,
-                                                                      self.new_coords))
 
     def forward_float(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
         return yolo_activate(xs[0], len(self.mask), self.classes, self.scale_x_y, self.new_coords)
