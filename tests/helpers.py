@@ -154,3 +154,23 @@ def assert_kernel_on_layer(kind: str, c: int, side: int, n: int, what: str) -> N
     assert np.array_equal(y, one)
     ref = conv2d_naive(x, wt[[0, n - 1]], b[[0, n - 1]], 1, 1)
     assert_close(y[[0, n - 1]], np.maximum(ref, 0.1 * ref), f"{what} {c}->{n} @{side}, leaky")
+
+
+def dark_horse_case(tiny):
+    """The faintest FLOAT horse (score .25-.27) of horses.jpg darkened, and a function telling whether
+    a quantized model's INT run finds it again (same class, IoU >= 0.5): the lost detection the head
+    refinements are tested on."""
+    from PIL import Image
+    from engine.darknet.detect import detect_outputs
+    from engine.quant.executor import Executor, FloatView
+    from engine.quant.explain import box_iou
+    from engine.quant.valset import variant
+    p = tiny.preprocess(variant(Image.open(IMAGES / "horses.jpg").convert("RGB"), "dark"))
+    truth = [d for d in detect_outputs(tiny, tiny.forward(p.x), p, 0.25, 0.45) if d.name == "horse"]
+    target = min(truth, key=lambda d: d.score)
+    assert 0.25 <= target.score < 0.27
+
+    def found(qm) -> bool:
+        dets = detect_outputs(tiny, FloatView(Executor(tiny, qm, "int").run(p.x)[0]), p, 0.25, 0.45)
+        return any(d.class_id == target.class_id and box_iou(target, d) >= 0.5 for d in dets)
+    return found

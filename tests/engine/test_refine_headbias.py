@@ -11,17 +11,13 @@ import math
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from engine.calib.floats import float_outputs
-from engine.darknet.detect import detect_outputs
 from engine.errors import ArgumentError
 from engine.quant.executor import Executor, FloatView
-from engine.quant.explain import box_iou
 from engine.quant.qmodel import quantize_model
 from engine.quant.refine.headbias import head_bias_correction, head_convs, head_shifts
-from engine.quant.valset import variant
-from helpers import IMAGES
+from helpers import IMAGES, dark_horse_case
 
 PHOTOS = sorted(IMAGES.glob("*.jpg"))
 
@@ -125,16 +121,7 @@ def test_head_bias_correction_cancels_the_int_networks_shift_at_the_heads(tiny, 
 
 
 def test_head_bias_correction_recovers_a_lost_detection(tiny, asym, floats):
-    im = variant(Image.open(IMAGES / "horses.jpg").convert("RGB"), "dark")
-    p = tiny.preprocess(im)
-    truth = [d for d in detect_outputs(tiny, tiny.forward(p.x), p, 0.25, 0.45) if d.name == "horse"]
-    target = min(truth, key=lambda d: d.score)
-    assert 0.25 <= target.score < 0.27
-
-    def found(qm):
-        dets = detect_outputs(tiny, FloatView(Executor(tiny, qm, "int").run(p.x)[0]), p, 0.25, 0.45)
-        return [d for d in dets if d.class_id == target.class_id and box_iou(target, d) >= 0.5]
-
+    found = dark_horse_case(tiny)
     assert not found(asym)                           # lost on uint8 grids
     assert found(head_bias_correction(tiny, asym, floats=floats))
 

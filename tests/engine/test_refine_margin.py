@@ -12,18 +12,15 @@ import math
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from engine.darknet.detect import detect_outputs
 from engine.errors import ArgumentError, EngineError
 from engine.quant.executor import Executor, FloatView
-from engine.quant.explain import box_iou
 from engine.quant.qmodel import QuantizedModel, quantize_model
 from engine.quant.refine.headbias import head_convs
 from engine.quant.refine.margin import (NearErrors, collect_near_errors, fit_shifts, head_margin, margin_stats,
                                         near_errors, shift_heads)
-from engine.quant.valset import fitting_images, random_variants, variant
-from helpers import IMAGES
+from engine.quant.valset import fitting_images, random_variants
+from helpers import IMAGES, dark_horse_case
 
 PHOTOS = sorted(IMAGES.glob("*.jpg"))
 
@@ -135,16 +132,7 @@ def test_the_int_run_is_the_original_plus_the_shift_in_accumulator_steps(tiny, a
 
 
 def test_head_margin_recovers_a_lost_detection(tiny, asym, margin):
-    im = variant(Image.open(IMAGES / "horses.jpg").convert("RGB"), "dark")
-    p = tiny.preprocess(im)
-    truth = [d for d in detect_outputs(tiny, tiny.forward(p.x), p, 0.25, 0.45) if d.name == "horse"]
-    target = min(truth, key=lambda d: d.score)
-    assert 0.25 <= target.score < 0.27
-
-    def found(qm):
-        dets = detect_outputs(tiny, FloatView(Executor(tiny, qm, "int").run(p.x)[0]), p, 0.25, 0.45)
-        return [d for d in dets if d.class_id == target.class_id and box_iou(target, d) >= 0.5]
-
+    found = dark_horse_case(tiny)
     assert not found(asym)                           # lost on uint8 grids
     assert found(margin)
 
