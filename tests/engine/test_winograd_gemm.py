@@ -63,7 +63,8 @@ def test_f4x4_on_real_layer_shapes_matches_naive_and_is_thread_independent(c, si
 
 def test_chooser_keeps_f2x2_on_13_pixel_maps_and_im2col_on_few_channels():
     assert choice(256, 13, 13, 512, 3, 1, 1) == "winograd"        # 6x6 tiles would waste half
-    assert choice(128, 26, 26, 256, 3, 1, 1) == "winograd"
+    assert choice(128, 26, 26, 256, 3, 1, 1) == "winograd-4x4"    # small weights (SMALL_F4X4)
+    assert choice(256, 26, 26, 512, 3, 1, 1) == "winograd"        # 19 MB of F(4x4) weights: F(2x2)
     assert choice(384, 26, 26, 256, 3, 1, 1) == "winograd-4x4"
     assert choice(128, 52, 52, 256, 3, 1, 1) == "winograd-4x4"
     assert choice(64, 104, 104, 128, 3, 1, 1) == "winograd-4x4"
