@@ -114,7 +114,7 @@ def tiles_of(h: int, w: int, p: int, m: int) -> tuple[int, int]:
 
 def padded(x: np.ndarray, p: int, hp: int, wp: int, scratch: Scratch, threaded: bool = True) -> np.ndarray:
     """x in a zero border: (C, hp, wp) with x at (p, p); rows and columns past the input are zero too.
-    One scratch buffer, reused by every layer (layers run one at a time; winograd_rows pads per band).
+    One scratch buffer, reused by every layer (layers run one at a time; winograd_rows tiles straight from x per band).
     `threaded=False`: only the buffer; the caller fills channel ranges with `pad_channels`."""
     c, h, w = x.shape
     xp = scratch.get("wino_pad", (c, hp, wp))

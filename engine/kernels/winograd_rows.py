@@ -9,7 +9,7 @@ multiplies of F(6, 3) (yolov3-tiny layer 2, 16->32 @208: 11.1 vs 14.6 ms CPU, on
 32->64 @104: 6.7 vs 8.5 ms for G(4x4); docs/performance.md round 5).
 
 Per band of R tile rows (a function of the layer's shape only), on one thread, while in cache:
-  D (t, C, R, Wp)     rows m*r + j of the padded input (contiguous runs)
+  D (t, C, R, Wp)     rows m*r + j of the padded input, tiled straight from x (`tile_rows`)
   V0 = B^T @ D        one (t x t) GEMM
   V (t, C, 3, R, Wo)  V0 shifted by kx = 0, 1, 2 columns (contiguous runs)
   M[a] = U[a] @ V[a]  t GEMMs (n, 3C) @ (3C, R*Wo); the bias on the point-1 product
@@ -31,7 +31,7 @@ from engine.kernels.winograd_gemm import POINTS, matrices
 
 F = np.float32
 M_ROWS = 6               # output rows per tile: F(6, 3) measured faster than F(4, 3) on every shape it runs
-VBAND = 5 << 15          # floats of V per band at most (640 KiB), and at least one tile row
+VBAND = 1 << 18          # floats of V per band at most (1 MiB), and at least one tile row
 
 
 def planes(m: int = M_ROWS) -> int:
@@ -97,11 +97,8 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
     def band(part: int, i: int) -> None:
         r0, r1 = i * rows, min(th, (i + 1) * rows)
         rr = r1 - r0
-        # the band's own padded rows, in cache (no padded copy of the whole map: a pass and a hand-off fewer)
-        xp = pad_rows(x, p, m * r0, m * r1 + 2, wp, scratch.get(f"wrows_p{part}", (c, m * rr + 2, wp)))
-        s0, s1, s2 = xp.strides
-        d = scratch.get(f"wrows_d{part}", (t, c, rr, wp))
-        d[...] = as_strided(xp, (t, c, rr, wp), (s1, s0, m * s1, s2), writeable=False)
+        # the band's tiles straight from x (no padded copy, of the map or of the band: a pass fewer)
+        d = tile_rows(x, p, m, r0, r1, scratch.get(f"wrows_d{part}", (t, c, rr, wp)))
         v0 = scratch.get(f"wrows_v0{part}", (t, c, rr, wp))
         np.matmul(bt, d.reshape(t, -1), out=v0.reshape(t, -1))
         v = scratch.get(f"wrows_v{part}", (t, c, 3, rr, wo))
@@ -125,17 +122,27 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
     return y
 
 
-def pad_rows(x: np.ndarray, p: int, lo: int, hi: int, wp: int, out: np.ndarray) -> np.ndarray:
-    """Rows [lo, hi) of x in a zero border of p (row R is x's row R - p; rows and columns outside x
-    are 0) into out (C, hi - lo, wp)."""
-    h, w = x.shape[1:]
-    a, b = min(max(lo, p), hi), max(min(hi, p + h), min(max(lo, p), hi))   # rows of x inside [lo, hi)
-    out[:, :a - lo] = 0
-    out[:, b - lo:] = 0
-    if b > a:
-        out[:, a - lo:b - lo, :p] = 0
-        out[:, a - lo:b - lo, p + w:] = 0
-        out[:, a - lo:b - lo, p:p + w] = x[:, a - p:b - p]
+def tile_rows(x: np.ndarray, p: int, m: int, r0: int, r1: int, out: np.ndarray) -> np.ndarray:
+    """D (t, C, r1 - r0, W + 2p) of tile rows [r0, r1) of x in a zero border of p, t = m + 2:
+    out[j, c, r] = row m*(r0 + r) + j of the padded input (zeros outside x), read straight from x.
+
+    The same values as tiling np.pad(x) (a strided view of rows m*r + j), one copy per j instead of a
+    padded band copy and a tiling copy of it."""
+    c, h, w = x.shape
+    t = m + 2
+    out[:, :, :, :p] = 0
+    out[:, :, :, p + w:] = 0
+    for j in range(t):
+        # padded row m*(r0 + r) + j is x's row m*(r0 + r) + j - p: inside x for r in [ra, rb)
+        base = m * r0 + j - p
+        ra = min(r1 - r0, max(0, -(-(-base) // m)))
+        rb = max(ra, min(r1 - r0, (h - 1 - base) // m + 1))
+        if ra > 0:
+            out[j, :, :ra] = 0
+        if rb < r1 - r0:
+            out[j, :, rb:] = 0
+        if rb > ra:
+            out[j, :, ra:rb, p:p + w] = x[:, base + m * ra:base + m * (rb - 1) + 1:m]
     return out
 
 

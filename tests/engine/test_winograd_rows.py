@@ -32,12 +32,37 @@ def test_rows_winograd_matches_the_direct_conv(m, c, h, w, n, p):
 
 def test_band_rows_split_a_large_map_into_several_bands_balanced_on_two_threads():
     """The (4, 61, 300) case above runs more than one band, the last one partial; on yolov3-tiny's
-    layer 4 (18 tile rows, bands of at most 2) 18 bands of 1 beat 9 of 2 (5 against 4 per thread)."""
+    layer 4 (18 tile rows, bands of at most 3) 6 bands of 3 split 9 / 9 like 18 of 1, in fewer items,
+    where 9 of 2 would give one thread 10."""
     th = -(-61 // winograd_rows.M_ROWS)
     rows = winograd_rows.band_rows(4, 300, th)
     assert 1 <= rows < th and th % rows != 0
-    assert winograd_rows.band_rows(32, 104, 18) == 1
-    assert winograd_rows.band_rows(16, 208, 35) == 2     # 18 bands, the last of 1 row: 9 / 8.5
+    assert winograd_rows.band_rows(32, 104, 18) == 3
+    assert winograd_rows.band_rows(16, 208, 35) == 3     # 12 bands, the last of 2 rows
+
+
+@pytest.mark.parametrize("m", [4, 6])
+@pytest.mark.parametrize("c,h,w,p", [(3, 13, 13, 1), (2, 1, 1, 1), (2, 2, 3, 2), (3, 7, 5, 0), (4, 17, 10, 2),
+                                     (3, 29, 6, 1), (1, 6, 6, 1)])
+def test_tile_rows_equal_tiling_the_np_pad_ed_input_on_every_band(m, c, h, w, p):
+    """tile_rows reads the band's tile rows straight from x: the same values as the strided tiling of
+    np.pad(x) (zero rows above and below, zero columns either side), for every band [r0, r1) of an odd
+    size, the first and the last (whose rows stick out past the padding) included; the buffer it
+    fills starts as garbage (NaN), as scratch memory does."""
+    t = m + 2
+    x = np.random.default_rng(h * w + c).standard_normal((c, h, w)).astype(np.float32)
+    ho = h + 2 * p - 2
+    if ho < 1 or w + 2 * p - 2 < 1:
+        pytest.skip("no output")
+    th = -(-ho // m)
+    xp = np.pad(x, ((0, 0), (p, p + m * th + 2 - (h + 2 * p)), (p, p)))   # room for the last tile row
+    full = np.stack([xp[:, j:j + m * (th - 1) + 1:m] for j in range(t)])  # (t, C, th, Wp)
+    for rows in range(1, th + 1):
+        for r0 in range(0, th, rows):
+            r1 = min(th, r0 + rows)
+            out = np.full((t, c, r1 - r0, w + 2 * p), np.nan, np.float32)
+            got = winograd_rows.tile_rows(x, p, m, r0, r1, out)
+            assert np.array_equal(got, full[:, :, r0:r1]), f"m{m} c{c} {h}x{w} p{p} band [{r0}, {r1})"
 
 
 def test_weights_that_do_not_fit_the_input_are_refused():
