@@ -38,6 +38,11 @@ F = np.float32
 POINTS = {2: (0, 1, -1), 4: (0, 1, -1, 2, -2), 6: (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2))}
 BLOCK = 1 << 18          # floats of D (or of M) per transform GEMM at most (1 MiB)
 SPLIT = 4                # a transform is cut into a multiple of this many equal GEMMs: balanced on 1, 2, 4 threads
+# Maps of at most this many tiles (13 px in 2x2 tiles, 26 px in 4x4: 49) take the channels-last input
+# transform (`input_transform_hwc`). CPU, one thread, interleaved: its input transform 0.55-0.74x the
+# time of `input_transform` there, 0.86-0.98x on 169-676 tiles; but there its products, which read V
+# transposed, cost more than that saves (whole kernel 1.02-1.06x on 64->128 @52 and @104).
+HWC_TILES = 64
 
 
 @lru_cache(maxsize=None)
@@ -164,6 +169,57 @@ def input_transform(x: np.ndarray, p: int, m: int, scratch: Scratch) -> np.ndarr
     return v
 
 
+def band_tile_rows(th: int, per_row: int) -> int:
+    """Tile rows per band of input_transform_hwc: at most BLOCK floats of D per band (at least one tile
+    row), in at least SPLIT bands where there are as many tile rows, split evenly over 2 threads
+    (`gemm.even_bands`). A function of the layer's shape only: the same GEMMs on any thread count."""
+    from engine.kernels.gemm import even_bands
+    bands = -(-max(SPLIT, -(-th * per_row // BLOCK)) // SPLIT) * SPLIT
+    return even_bands(th, max(1, -(-th // bands)))
+
+
+def input_transform_hwc(x: np.ndarray, p: int, m: int, scratch: Scratch) -> np.ndarray:
+    """V (t^2, tiles, C) of every t x t input tile (m apart), channels last, in scratch: the float path's
+    input transform (the INT path keeps `input_transform`'s (t^2, C, tiles)).
+
+    Per band of tile rows, on one thread, in cache: the band's rows of x (with their zero border) go
+    channels-last into a (rows, Wp, C) buffer, one transposing copy; its tiles are then runs of C
+    contiguous floats, so D (t, t, rows, tw, C) is a copy of whole runs (where the (C, tiles) layout
+    gathers single floats m apart, 2.25x the input's elements for m = 4); V's band = K_B @ D, a
+    contiguous slice of V. The products read V[i] transposed (n, C) @ (C, tiles)."""
+    c, h, w = x.shape
+    t = m + 2
+    th, tw = tiles_of(h, w, p, m)
+    wp = m * tw + 2
+    kb, _ = kron(m)
+    v = scratch.get("wino_vh", (t * t, th * tw, c))
+    v2 = v.reshape(t * t, th * tw * c)
+    rows = band_tile_rows(th, t * t * tw * c)
+
+    def band(part: int, i: int) -> None:
+        r0, r1 = i * rows, min(th, (i + 1) * rows)
+        tr = r1 - r0
+        hb = m * tr + 2                                   # padded rows m*r0 .. m*r1 + 2
+        xb = scratch.get(f"wino_xb{part}", (hb, wp, c))
+        lo = m * r0 - p                                   # x's row at the band's first row
+        a, b = max(0, lo), min(h, lo + hb)                # x's rows inside the band
+        if a > lo:
+            xb[:a - lo] = 0
+        if b < lo + hb:
+            xb[max(0, b - lo):] = 0
+        if b > a:
+            xb[a - lo:b - lo, :p] = 0
+            xb[a - lo:b - lo, p + w:] = 0
+            xb[a - lo:b - lo, p:p + w] = x[:, a:b].transpose(1, 2, 0)
+        s0, s1, s2 = xb.strides
+        d = scratch.get(f"wino_dh{part}", (t, t, tr, tw, c))
+        d[...] = as_strided(xb, (t, t, tr, tw, c), (s1, s0, m * s0, m * s1, s2), writeable=False)  # [x, y, ty, tx, c]
+        np.matmul(kb, d.reshape(t * t, -1), out=v2[:, r0 * tw * c:r1 * tw * c])
+
+    parallel_items(-(-th // rows), band)
+    return v
+
+
 def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratch,
             act: str | None = None, tail: Tail | None = None) -> np.ndarray:
     """3x3 stride-1 cross-correlation with padding p, + bias and a fused activation: new (n, Ho, Wo).
@@ -178,12 +234,17 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
     ho, wo = h + 2 * p - 2, w + 2 * p - 2
     th, tw = tiles_of(h, w, p, m)
     tiles = th * tw
-    v = input_transform(x, p, m, scratch)
+    hwc = tiles <= HWC_TILES
+    if hwc:
+        v = input_transform_hwc(x, p, m, scratch)   # (t^2, tiles, C)
+    else:
+        v = input_transform(x, p, m, scratch)       # (t^2, C, tiles)
     mm = scratch.get("wino_m", (t * t, n, tiles))
     ib, bias = bias_index(m), b[:, None]
 
     def product(_part: int, i: int) -> None:
-        np.matmul(u[i], v[i], out=mm[i])
+        # channels last: (n, C) @ (C, tiles) with BLAS reading V[i] transposed, no copy
+        np.matmul(u[i], v[i].T if hwc else v[i], out=mm[i])
         if i == ib:          # here, not as a pass after the join: one thread would run it alone
             mm[i] += bias
 

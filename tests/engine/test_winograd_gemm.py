@@ -53,11 +53,13 @@ def test_weights_of_no_winograd_shape_are_refused():
                               np.zeros(1, np.float32), 1, Scratch())
 
 
-@pytest.mark.parametrize("c,side,n", [(64, 52, 128), (64, 104, 128)])
+@pytest.mark.parametrize("c,side,n", [(64, 52, 128), (64, 104, 128), (128, 26, 256), (32, 24, 64), (96, 39, 64)])
 def test_f4x4_on_real_layer_shapes_matches_naive_and_is_thread_independent(c, side, n):
     """yolov3-tiny layer 6 (64 -> 128 @52) and yolov3's 64 -> 128 @104, leaky, through conv2d: the chooser
     picks F(4x4); first and last filters against the direct conv; 1 and 2 threads give the same bits
-    (several channel and filter blocks: the blocks are the same GEMMs on any thread count)."""
+    (several channel and filter blocks: the blocks are the same GEMMs on any thread count). And the
+    24-39 px maps with small weights (SMALL_F4X4): yolov3-tiny layer 8 (128 -> 256 @26) and the ends
+    of the range, whose 4x4 tiles stick out of the map."""
     assert_kernel_on_layer("winograd-4x4", c, side, n, "F(4x4)")
 
 
@@ -80,3 +82,37 @@ def test_tiles_sticking_out_are_cropped_per_filter_block(kind, c, side, n):
     each filter block crops its own tiles into y inside its item; against the direct conv, and the
     same bits on 1 and 2 threads."""
     assert_kernel_on_layer(kind, c, side, n, kind)
+
+
+@pytest.mark.parametrize("m", [2, 4, 6])
+@pytest.mark.parametrize("c,h,w,p", [(3, 13, 13, 1), (2, 1, 1, 1), (2, 2, 3, 2), (3, 7, 5, 0), (5, 26, 26, 1),
+                                     (40, 12, 16, 1), (7, 29, 11, 2), (300, 13, 13, 1)])
+def test_channels_last_input_transform_matches_a_float64_reference(monkeypatch, m, c, h, w, p):
+    """input_transform_hwc: V[t*b + a, tile, c] = sum_yx B^T[a, y] B^T[b, x] d[y, x] over the tile's
+    t x t window of the zero-padded input (tiles m apart, the last ones sticking out), against the
+    same sums in float64 on np.pad; bands of tile rows (several on the larger maps) give the same bits
+    on 1 and 2 threads; and the (C, tiles) `input_transform` of the INT path holds the same values."""
+    from engine.kernels import threads
+    t = m + 2
+    x = np.random.default_rng(c * h + w).standard_normal((c, h, w)).astype(np.float32)
+    th, tw = winograd_gemm.tiles_of(h, w, p, m)
+    xp = np.zeros((c, m * th + 2, m * tw + 2))
+    xp[:, p:p + h, p:p + w] = x
+    win = np.stack([np.stack([xp[:, y:y + m * (th - 1) + 1:m, xx:xx + m * (tw - 1) + 1:m] for xx in range(t)])
+                    for y in range(t)])                                  # [y, x, c, ty, tx]
+    bt, _, _ = winograd_gemm.matrices(m)
+    ref = np.einsum("ay,bx,yxcij->baijc", bt, bt, win).reshape(t * t, th * tw, c)
+    got = {}
+    for count in (1, 2):
+        monkeypatch.setattr(threads, "_threads", count)
+        got[count] = winograd_gemm.input_transform_hwc(x, p, m, Scratch()).copy()
+    assert np.array_equal(got[1], got[2])
+    assert_close(got[1], ref, f"hwc input transform F({m}x{m}) c{c} {h}x{w} p{p}", rtol=1e-5)
+    chw = winograd_gemm.input_transform(x, p, m, Scratch())
+    assert_close(chw.transpose(0, 2, 1), ref, f"chw input transform F({m}x{m}) c{c} {h}x{w} p{p}", rtol=1e-5)
+
+
+def test_channels_last_transform_is_used_on_small_maps_only():
+    """13 px in 2x2 tiles and 26 px in 4x4 (49 tiles) take it, 52 px in 4x4 (169) does not."""
+    assert winograd_gemm.tiles_of(13, 13, 1, 2) == (7, 7) and 49 <= winograd_gemm.HWC_TILES < 169
+    assert winograd_gemm.tiles_of(26, 26, 1, 4) == (7, 7) and winograd_gemm.tiles_of(52, 52, 1, 4) == (13, 13)
