@@ -11,7 +11,9 @@ im2col), while a (t^2 x t^2) GEMM runs near BLAS peak.
 
 Layout: the padded input (C, Hp, Wp) is read as a strided (t, t, C, th, tw) view and copied once into
 D (t^2, C*tiles); V = K_B @ D is already the (t^2, C, tiles) stack the t^2 products need:
-M[i] = U[i] (n, C) @ V[i] (C, tiles). The output transform reads M transposed, (n*tiles, t^2) @ K_A^T,
+M[i] = U[i] (n, C) @ V[i] (C, tiles). On small maps (<= HWC_TILES tiles: 13 px in 2x2 tiles, 26 px
+in 4x4) the float path tiles channels-last instead (`input_transform_hwc`: V (t^2, tiles, C), read
+transposed by the products). The output transform reads M transposed, (n*tiles, t^2) @ K_A^T,
 so each tile's m x m outputs come out contiguous; the activation runs on them, and the tile rows move
 into place as one copy of m-float chunks (a complex128 view for m = 4, float64 for m = 2). The bias
 rides on the product of point 1 x point 1, which A^T spreads to every output of a tile.
