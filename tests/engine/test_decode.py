@@ -40,5 +40,7 @@ def test_decode_yolo_equals_the_per_box_loop(thresh):
     got = decode_yolo(y, mask, anchors, classes, 416, 320, thresh)
     boxes, objs, probs = naive_decode_yolo(y, mask, anchors, classes, 416, 320, thresh)
     assert got.boxes.shape[0] == boxes.shape[0] > 0
-    assert np.array_equal(got.boxes, boxes) and np.array_equal(got.objectness, objs)
+    assert np.array_equal(got.boxes[:, :2], boxes[:, :2]) and np.array_equal(got.objectness, objs)
+    # w, h: NumPy's vectorised exp (SIMD since NumPy 2.4) and libm's may differ in the last bit
+    np.testing.assert_array_max_ulp(got.boxes[:, 2:], boxes[:, 2:], maxulp=2)
     assert np.array_equal(got.probs, probs, equal_nan=True)
