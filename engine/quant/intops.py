@@ -306,18 +306,7 @@ def _conv_int_fused(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarr
     from engine.quant import intwinograd
     c, h, w = x_q.shape
     n = w_q.shape[0]
-    if intwinograd.suitable(c, h, w, n, k, s, p):
-        acc = intwinograd.conv3x3_acc(x_q, w_q, _scratch())
-        if acc is not None:
-            blocks = 4 if n >= 128 else 1
-            edges = [n * i // blocks for i in range(blocks + 1)]
-
-            def block(part: int, i: int) -> None:
-                ch = slice(edges[i], edges[i + 1])
-                epilogue(part, 0, acc.shape[1], acc[ch], ch)
-
-            with own_threads():
-                parallel_items(blocks, block)
-            return "winograd"
+    if intwinograd.suitable(c, h, w, n, k, s, p) and intwinograd.conv3x3_fused(x_q, w_q, _scratch(), epilogue):
+        return "winograd"
     conv_int_bands(x_q, w_f(), k, s, p, epilogue, row_abs_max(w_q), full_width=True, bias=bias, on_fold=on_fold)
     return "im2col"
