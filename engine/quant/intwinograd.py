@@ -150,14 +150,7 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
     th, tw = (h + 1) // 2, (w + 1) // 2
     t = th * tw
     v = input_tiles(x_q, scratch)
-    if c % BLOCK == 0:                     # the same two reductions, per channel block: tighter bounds
-        v3 = v.reshape(16, c // BLOCK, -1)
-        vblock = np.maximum(v3.max(axis=2), -v3.min(axis=2)).astype(np.float64)[_PERM]
-        vmax = vblock.max(axis=1)
-    else:
-        v2 = v.reshape(16, -1)
-        vmax = np.maximum(v2.max(axis=1), -v2.min(axis=1)).astype(np.float64)[_PERM]
-        vblock = [None] * 16
+    vmax, vblock = _tile_bounds(v, c)
     plans = [wt.chunks(p, float(vmax[p]), vblock[p]) for p in range(16)]
     if any(pl is None for pl in plans):
         return False
@@ -194,6 +187,31 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
     f32 = float_acc and out_bound < 4 * EXACT_F32
     _output_tiles(m, n, h, w, th, tw, scratch, epilogue, np.float32 if f32 else np.int32)
     return True
+
+
+def _tile_bounds(v: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray | list]:
+    """max |V| per position p (16,) in this module's order (_PERM), and per position and block of BLOCK
+    channels (16, C / BLOCK) when C is a multiple of BLOCK (tighter bounds; else [None] * 16): the
+    reductions run in groups of positions on the kernel threads (they were a serial pass over V)."""
+    groups = 4
+    if c % BLOCK == 0:
+        v3 = v.reshape(16, c // BLOCK, -1)
+    else:
+        v3 = v.reshape(16, 1, -1)
+    hi = np.empty(v3.shape[:2], v.dtype)
+    lo = np.empty(v3.shape[:2], v.dtype)
+
+    def item(part: int, i: int) -> None:
+        ps = slice(16 * i // groups, 16 * (i + 1) // groups)
+        np.maximum.reduce(v3[ps], axis=2, out=hi[ps])
+        np.minimum.reduce(v3[ps], axis=2, out=lo[ps])
+
+    with own_threads():
+        parallel_items(groups, item)
+    vb = np.maximum(hi, -lo).astype(np.float64)[_PERM]
+    if c % BLOCK == 0:
+        return vb.max(axis=1), vb
+    return vb[:, 0], [None] * 16
 
 
 def filter_edges(n: int, per: int) -> list[int]:

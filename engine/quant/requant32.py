@@ -110,14 +110,55 @@ def spurious_ties(f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | No
 def ties_in_band(ties: tuple[np.ndarray, np.ndarray], ch: slice, lo: np.ndarray, hi: np.ndarray
                  ) -> list[tuple[int, float]]:
     """The (channel within the band, u) of `ties` inside the band's per-channel [lo, hi]."""
+    c, v = tie_arrays(ties, ch, lo, hi)
+    return list(zip(c.tolist(), v.tolist()))
+
+
+_NO_TIES = (np.zeros(0, np.intp), np.zeros(0))
+
+
+def tie_arrays(ties: tuple[np.ndarray, np.ndarray], ch: slice, lo: np.ndarray, hi: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """`ties_in_band` as two arrays: channels within the band (intp) and the tie accumulators (float64)."""
     chan, val = ties
     i0, i1 = np.searchsorted(chan, (ch.start, ch.stop))
     if i0 == i1:
-        return []
+        return _NO_TIES
     c = chan[i0:i1] - ch.start
     v = val[i0:i1]
     inside = (v >= lo[c]) & (v <= hi[c])
-    return list(zip(c[inside].tolist(), v[inside].tolist()))
+    return c[inside], v[inside]
+
+
+def fix_ties(y: np.ndarray, u: np.ndarray, cs: np.ndarray, vals: np.ndarray, ch: slice, r0: int,
+             f_pos: np.ndarray, f_low: np.ndarray, counted) -> int:
+    """Rewrite with the exact rule the outputs y[ch][cs, r0 + ...] whose float32 accumulator in the band
+    u (channels, rows, width >= y's) is one of the spurious ties (cs, vals): q = sat8(rint(val * f)),
+    f = f_pos or f_low (val < 0) in float64, all ties of the band in one set of NumPy passes (a loop
+    per tie was ~8 calls each). Returns how many of them `_saturate32` counted as saturated (its
+    float32 value rounded past 127) while the exact value does not saturate (`counted`: True for
+    every channel, a set of band channels, or None: nothing counted)."""
+    if not cs.size:
+        return 0
+    j, ys, xs = np.nonzero(u[cs] == vals[:, None, None])
+    if not j.size:
+        return 0
+    wo = y.shape[2]
+    if u.shape[2] > wo:
+        keep = xs < wo
+        j, ys, xs = j[keep], ys[keep], xs[keep]
+    c, val = cs[j], vals[j]
+    f = np.where(val >= 0, f_pos[ch.start + c], f_low[ch.start + c])
+    q = np.rint(val * f)                                  # float64: the exact rule
+    y[ch.start + c, r0 + ys, xs] = np.clip(q, -QMAX, QMAX)
+    if counted is None:
+        return 0
+    # a tie at +-127.5 that the float32 pass counted as saturated
+    fast = np.rint(val.astype(np.float32) * f.astype(np.float32))
+    over = (np.abs(q) <= QMAX) & (np.abs(fast) > QMAX)
+    if counted is not True:
+        over &= np.isin(c, np.fromiter(counted, np.intp))
+    return int(np.count_nonzero(over))
 
 
 def add_bias(part: int, acc: np.ndarray, b_q: np.ndarray, ch: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -230,13 +271,13 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
         lo_c, hi_c = raw_lo + bc, raw_hi + bc                  # float64: exact
         lo_min, hi_max = float(_MIN(lo_c)), float(_MAX(hi_c))
         wo = y.shape[2]
-        flagged, tie_list = none, []
+        flagged, tie_c, tie_v = none, _NO_TIES[0], _NO_TIES[1]
         if _ANY((hi_c >= watch_hi[ch]) | (lo_c <= watch_lo[ch])):
             # the rule is monotone in u per channel: only channels whose extremes pass a saturation
             # bound can hold saturated values
             flagged = np.flatnonzero((hi_c > sat_hi[ch]) | (lo_c < sat_lo[ch]))
             if ties is not None:
-                tie_list = ties_in_band(ties, ch, lo_c, hi_c)
+                tie_c, tie_v = tie_arrays(ties, ch, lo_c, hi_c)
         sat = 0
         fast = (exact32 and acc.dtype != np.float64 and -EXACT_F32 < lo_min and hi_max < EXACT_F32
                 and (acc.dtype == np.float32 or (-EXACT_F32 < float(_MIN(raw_lo)) and float(_MAX(raw_hi)) < EXACT_F32)))
@@ -268,17 +309,7 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
                 sat, counted = _saturate32(r, flagged, wo)
             y[ch, r0:r1] = r[:, :, :wo]
             if ties is not None:
-                for c_i, val in tie_list:
-                    at = np.flatnonzero(u[c_i] == val)       # contiguous channel band: one fast scan
-                    if at.size:
-                        ys, xs = np.divmod(at, u.shape[2])
-                        keep = xs < wo
-                        f = f_pos[ch.start + c_i] if val >= 0 else f_low[ch.start + c_i]
-                        q = round(val * float(f))
-                        y[ch.start + c_i, r0 + ys[keep], xs[keep]] = max(-QMAX, min(QMAX, q))
-                        if counted is not None and (counted is True or c_i in counted) \
-                                and abs(q) <= QMAX < abs(round(float(np.float32(val) * np.float32(f)))):
-                            sat -= int(np.count_nonzero(keep))   # a tie at +-127.5 counted as saturated
+                sat -= fix_ties(y, u, tie_c, tie_v, ch, r0, f_pos, f_low, counted)
                 flagged = none             # saturated exactly in float32 (`_saturate32`)
             else:                          # every element: |v - rint(v)| == 0.5 marks a possible tie
                 np.subtract(v, r, out=v)   # exact, in [-0.5, 0.5]
