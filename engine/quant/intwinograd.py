@@ -29,6 +29,7 @@ from engine.kernels.threads import own_threads, parallel_items
 from engine.quant.intcache import kept
 
 EXACT_F32 = float(1 << 24)
+_MIN, _MAX = np.minimum.reduce, np.maximum.reduce
 BLOCK = 64                      # channels per block of the cached weight bounds
 _G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], np.int64)    # 2G
 _K2 = np.einsum("ai,bj->ijab", _G2, _G2).reshape(9, 16).astype(np.float32)   # vec(g) @ _K2 = vec(U')
@@ -117,15 +118,15 @@ def input_tiles(x_q: np.ndarray, scratch: Scratch) -> np.ndarray:
 
 def conv3x3_acc(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch) -> np.ndarray | None:
     """Exact accumulators (n, H, W) of the 3x3 stride-1 pad-1 conv of int8 x_q (C, H, W) with int8
-    w_q (n, C, 3, 3), no bias: int32, or float32 exact integers (`_float32_path`, when its bound
-    holds); None when a channel block's sums cannot be kept exact. (`conv3x3_fused`, kept.)"""
+    w_q (n, C, 3, 3), no bias: float32 exact integers on even maps that took the float32 transforms,
+    else int32; None when a channel block's sums cannot be kept exact. (`conv3x3_fused`, kept.)"""
     n, h, w = w_q.shape[0], x_q.shape[1], x_q.shape[2]
     out: list[np.ndarray] = []
 
     def keep(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
         if not out:
-            out.append(np.empty((n, h, w), acc.dtype))
-        out[0][ch] = acc
+            out.append(np.empty((n, h, w), acc.dtype if h % 2 == 0 and w % 2 == 0 else np.int32))
+        out[0][ch] = acc                                   # exact integers: an exact cast
 
     if not conv3x3_fused(x_q, w_q, scratch, keep, float_acc=False):
         return None
@@ -140,10 +141,16 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
     """The 3x3 stride-1 pad-1 conv of int8 x_q (C, H, W) with int8 w_q (n, C, 3, 3), no bias, its exact
     accumulators handed to epilogue(part, 0, H, acc, ch) per filter block as soon as the output
     transform has made them (the block still in cache, on the thread that made it): acc a contiguous
-    (filters in ch, H, W) float32 array of exact integers when every accumulator is below 2**24
-    (known from the bounds; `float_acc=False`: int32 unless the products, too, are float32, as
-    `_float32_path`), else int32; valid only during the call. False (nothing called) when a
-    channel block's sums cannot be kept exact."""
+    (filters in ch, H, W) array of exact integers, float32 when every accumulator is below 2**24
+    (known from the bounds), else int32 (also where the integer transform ran, with `float_acc=False`);
+    valid only during the call. False (nothing called) when a channel block's sums cannot be kept exact.
+
+    When every position's products are one exact float32 GEMM, the GEMMs also take the extremes of
+    their M[p] (in cache, on the kernel threads): the output transform adds 9 of them per output, so
+    the sum of the 9 largest |M[p]| it can meet (`_output_bound`) bounds every partial sum of it. Below
+    2**24 (yolov3-tiny: 7-15% of it on real photos, while the weight x input bound is 0.75-3.6x) the
+    transform runs in float32 on M as the GEMMs wrote it: a GEMM with A^T (x) A^T / 4 on even maps,
+    the separable adds then * 1/4 on odd ones; else M is cast to integers first (`_output_tiles`)."""
     c, h, w = x_q.shape
     wt = weights(w_q)
     n = w_q.shape[0]
@@ -156,33 +163,56 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
         return False
     bounds = wt.row_sums * vmax
     out_bound = _output_bound(bounds)
-    if h % 2 == 0 and w % 2 == 0 and all(len(pl) == 1 for pl in plans) and out_bound < EXACT_F32:
-        _float32_path(v, wt, n, h, w, th, tw, scratch, epilogue)
-        return True
     bound = float(bounds.max())
-    m = scratch.get("iw_m", (16, n, t), np.int32 if 9 * bound < 2.0 ** 31 else np.int64)
+    itype = np.int32 if 9 * bound < 2.0 ** 31 else np.int64
+    if all(len(pl) == 1 for pl in plans):
+        mf = scratch.get("iw_mf", (16, n, t))
+        ext = np.zeros(16)
 
-    def gemm(part: int, p: int) -> None:
-        vt = v[_PERM[p]]                                        # (C, tiles), contiguous
-        out = scratch.get(f"iw_out{part}", (n, t))
-        plan = plans[p]
-        if len(plan) == 1:
-            np.matmul(wt.u[p], vt, out=out)
-            m[p] = out                                          # exact integers: exact cast
-            return
-        # each chunk's sums are exact float32 integers; they add in M's integer type (two fast
-        # passes, where a float64 accumulator took mixed-type buffered ones)
-        cast = scratch.get(f"iw_cast{part}", (n, t), m.dtype)
-        for k, (a, b) in enumerate(plan):
-            np.matmul(wt.u[p, :, a:b], vt[a:b], out=out)
-            if k == 0:
-                m[p] = out
+        def gemm_f(part: int, p: int) -> None:
+            out = mf[p]
+            np.matmul(wt.u[p], v[_PERM[p]], out=out)
+            ext[p] = max(float(_MAX(out, axis=None)), -float(_MIN(out, axis=None)))
+
+        with own_threads():
+            parallel_items(16, gemm_f)
+        if min(out_bound, _output_bound(ext)) < EXACT_F32:
+            if h % 2 == 0 and w % 2 == 0:       # (odd maps: a GEMM into whole tiles + a crop measured no faster)
+                _output_gemm(mf, n, h, w, th, tw, scratch, epilogue)
             else:
-                cast[...] = out
-                m[p] += cast
+                _output_tiles(mf, n, h, w, th, tw, scratch, epilogue, np.float32)
+            return True
+        m = scratch.get("iw_m", (16, n, t), itype)
 
-    with own_threads():
-        parallel_items(16, gemm)
+        def cast(part: int, p: int) -> None:
+            m[p] = mf[p]                                        # exact integers: exact cast
+
+        with own_threads():
+            parallel_items(16, cast)
+    else:
+        m = scratch.get("iw_m", (16, n, t), itype)
+
+        def gemm(part: int, p: int) -> None:
+            vt = v[_PERM[p]]                                    # (C, tiles), contiguous
+            out = scratch.get(f"iw_out{part}", (n, t))
+            plan = plans[p]
+            if len(plan) == 1:
+                np.matmul(wt.u[p], vt, out=out)
+                m[p] = out                                      # exact integers: exact cast
+                return
+            # each chunk's sums are exact float32 integers; they add in M's integer type (two fast
+            # passes, where a float64 accumulator took mixed-type buffered ones)
+            cast = scratch.get(f"iw_cast{part}", (n, t), m.dtype)
+            for k, (a, b) in enumerate(plan):
+                np.matmul(wt.u[p, :, a:b], vt[a:b], out=out)
+                if k == 0:
+                    m[p] = out
+                else:
+                    cast[...] = out
+                    m[p] += cast
+
+        with own_threads():
+            parallel_items(16, gemm)
     # |acc| <= out_bound / 4 (the transform's sums are 4 * acc): float32 holds them exactly below 2**24
     f32 = float_acc and out_bound < 4 * EXACT_F32
     _output_tiles(m, n, h, w, th, tw, scratch, epilogue, np.float32 if f32 else np.int32)
@@ -237,19 +267,14 @@ def _output_bound(bounds: np.ndarray) -> float:
     return float(max(b[np.ix_(r, c)].sum() for r in _SETS for c in _SETS))
 
 
-def _float32_path(v: np.ndarray, wt: Weights, n: int, h: int, w: int, th: int, tw: int,
-                  scratch: Scratch, epilogue: Callable[[int, int, int, np.ndarray, slice], None]) -> None:
-    """Even maps whose products and output sums all stay below 2**24 (`_output_bound`; yolov3-tiny's
-    64 -> 128 @52): every GEMM writes its exact float32 integers straight into M, and the output
-    transform is one float32 GEMM per filter block with A^T (x) A^T / 4, exact by the same bound: the
-    accumulators come out as float32 (filters, h, w) blocks, handed to the epilogue on the spot, with
-    no int32 copies, adds and shifts over M (4x the output's size) and no cast back to float."""
+def _output_gemm(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch: Scratch,
+                 epilogue: Callable[[int, int, int, np.ndarray, slice], None]) -> None:
+    """Even maps, float32 M whose output sums stay below 2**24 (`_output_bound`): the output transform
+    is one float32 GEMM per filter block with A^T (x) A^T / 4, exact by that bound (products +-M/4 and
+    every partial sum are multiples of 1/4 below 2**22): the accumulators come out as float32 (filters,
+    h, w) blocks, handed to the epilogue on the spot, with no int32 copies, adds and shifts over M (4x
+    the output's size) and no cast back to float."""
     t = th * tw
-    m = scratch.get("iw_mf", (16, n, t))
-
-    def gemm(part: int, p: int) -> None:
-        np.matmul(wt.u[p], v[_PERM[p]], out=m[p])
-
     m2 = m.reshape(16, n * t)
     edges = filter_edges(n, (1 << 18) // (16 * t))          # M's block ~1 MiB at most
     kmax = max(edges[i + 1] - edges[i] for i in range(len(edges) - 1))
@@ -266,7 +291,6 @@ def _float32_path(v: np.ndarray, wt: Weights, n: int, h: int, w: int, th: int, t
         epilogue(part, 0, h, y, slice(n0, n1))
 
     with own_threads():
-        parallel_items(16, gemm)
         parallel_items(len(edges) - 1, out_block)
 
 
@@ -274,9 +298,11 @@ def _output_tiles(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scrat
                   epilogue: Callable[[int, int, int, np.ndarray, slice], None], dtype=np.int32) -> None:
     """A^T M A per tile, integer adds, then / 4 (exact): the accumulators, per filter block into a
     (filters, h, w) `dtype` buffer (float32 only when every accumulator is below 2**24) handed to the
-    epilogue at once. Filter blocks on the kernel threads (every operation is per filter: the same
+    epilogue at once. Float32 M (every output sum below 2**24, see `conv3x3_fused`): the same adds in
+    float32, exact, and * 1/4. Filter blocks on the kernel threads (every operation is per filter: the same
     integers on any split)."""
     t = th * tw
+    floats = m.dtype == np.float32
     m5 = m.reshape(4, 4, n, th, tw)
     edges = filter_edges(n, max(1, (1 << 16) // t))       # M's block ~1 MiB (int32) at most
     kmax = max(edges[i + 1] - edges[i] for i in range(len(edges) - 1))
@@ -302,8 +328,11 @@ def _output_tiles(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scrat
             t0 += sa[0]
             t1 -= sa[3]
             for b, tb in enumerate((t0, t1)):
-                # 4 * acc: the shift is exact, and so is the cast to float32 below 2**24
-                np.right_shift(tb[:, :rows, :(w - b + 1) // 2], 2, out=y[:, a::2, b::2], casting="unsafe")
+                # 4 * acc: the shift (or * 1/4) is exact, and so is the cast to float32 below 2**24
+                if floats:
+                    np.multiply(tb[:, :rows, :(w - b + 1) // 2], 0.25, out=y[:, a::2, b::2])
+                else:
+                    np.right_shift(tb[:, :rows, :(w - b + 1) // 2], 2, out=y[:, a::2, b::2], casting="unsafe")
         epilogue(part, 0, h, y, c)
 
     with own_threads():
