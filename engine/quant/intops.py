@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine.kernels.gemm import BAND, MIN_BAND, conv_out_size
+from engine.kernels.gemm import MIN_BAND, conv_out_size
 from engine.kernels.scratch import Scratch, derived
 from engine.kernels.threads import own_threads, parallel_items
 from engine.quant.layermemo import acc_memo
@@ -127,23 +127,51 @@ def _row_abs_max(w_f: np.ndarray) -> float:
     return derived("int-row-abs-sum", (w_f,), lambda: float(np.abs(w_f).sum(axis=1, dtype=np.float64).max()))
 
 
-def _padded(x_q: np.ndarray, p: int, extra_rows: int, scratch: Scratch, name: str) -> np.ndarray:
-    """int8 (C, H, W) -> float32 (C, H+2p+extra_rows, W+2p) with zero border, in a scratch buffer."""
-    c, h, w = x_q.shape
-    xp = scratch.get(name, (c, h + 2 * p + extra_rows, w + 2 * p))
-    if p or extra_rows:
-        xp[:, :p] = 0
-        xp[:, p + h:] = 0
-        xp[:, p:p + h, :p] = 0
-        xp[:, p:p + h, p + w:] = 0
-    xp[:, p:p + h, p:p + w] = x_q
-    return xp
-
-
 def row_abs_max(w_q: np.ndarray) -> float:
     """max over filters of sum |w| for int8 weights (n, ...), cached per array (`engine.kernels.scratch.derived`)."""
     return derived("int-row-abs-sum", (w_q,),
                    lambda: float(np.abs(w_q.reshape(w_q.shape[0], -1).astype(np.int64)).sum(axis=1).max()))
+
+
+BAND_FLOATS = 1 << 20   # floats of one band's work arrays: its columns, accumulators and the epilogue's two buffers
+EPILOGUE_BUFFERS = 2    # band-sized float32 arrays a requantizing epilogue adds to the accumulators (v, r)
+
+
+def band_edges(total: int, rows: int) -> list[int]:
+    """Row edges of bands of at most `rows` rows over `total`: an even number of bands (two kernel
+    threads pull them, so neither runs a band more than the other), heights differing by at most one.
+    A function of the shape only: the GEMMs are the same on any thread count."""
+    bands = -(-total // max(1, rows))
+    if bands > 1 and bands % 2:
+        bands = min(total, bands + 1)
+    return [total * i // bands for i in range(bands + 1)]
+
+
+def band_rows(ho: int, wo: int, kb: int, n: int) -> int:
+    """Output rows per band: its columns (kb, rows*wo), accumulators and epilogue buffers (n, rows*wo)
+    within BAND_FLOATS (a band is built, multiplied and requantized in cache), but at least MIN_BAND
+    pixels (narrower GEMMs lose more than the cache gains)."""
+    per_row = wo * (kb + (1 + EPILOGUE_BUFFERS) * n)
+    return min(ho, max(BAND_FLOATS // per_row, -(-MIN_BAND // wo)))
+
+
+def _band_input(x_q: np.ndarray, r0: int, r1: int, k: int, s: int, p: int, buf: np.ndarray) -> np.ndarray:
+    """The input rows output rows [r0, r1) read, as float32 with their zero padding (c, rows_in, W+2p),
+    in `buf` (a scratch buffer): each band pads its own rows, no padded copy of the whole input."""
+    c, h, w = x_q.shape
+    top, bot = r0 * s - p, (r1 - 1) * s + k - p         # input rows [top, bot) incl. padding
+    xb = buf
+    a, b = max(0, top), min(h, bot)
+    if a > top:
+        xb[:, :a - top] = 0
+    if bot > b:
+        xb[:, b - top:] = 0
+    if p:
+        xb[:, a - top:b - top, :p] = 0
+        xb[:, a - top:b - top, p + w:] = 0
+    if b > a:
+        xb[:, a - top:b - top, p:p + w] = x_q[:, a:b]
+    return xb
 
 
 def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
@@ -152,20 +180,19 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
                    on_fold: Callable[[], None] | None = None) -> None:
     """Exact int8 conv (groups=1, no bias) in bands of output rows: epilogue(part, r0, r1, acc, ch).
 
-    acc is a (filters in ch, r1-r0, Wo) view of the band's exact integer sums (float32, or float64 when
-    the K reduction had to be split), valid only during the call. `w_bound`: max_f sum|w_f| if
-    known (e.g. `row_abs_max` of the int8 weights), else computed from w_f. The whole K reduction is one
+    acc is the band's exact integer sums, a contiguous (filters in ch, r1-r0, Wo) array (float32, or
+    float64 when the K reduction had to be split), valid only during the call. `w_bound`: max_f sum|w_f|
+    if known (e.g. `row_abs_max` of the int8 weights), else computed from w_f. The whole K reduction is one
     float32 GEMM when max_f sum|w_f| * max|x| < 2**24 (every partial sum, in any order, is then an
-    exact float32 integer); otherwise it is split into K_CHUNK pieces summed in float64.
-    For stride 1 the columns have the padded width (contiguous copies, `engine.kernels.gemm.im2col`);
-    the k-1 extra columns per row are skipped by the view. Bands run on `parallel_items` threads
-    with BLAS single-threaded (`own_threads`, as the float kernels: a spinning 2-thread BLAS is what
-    suffers most on a busy machine), each band built, used and dropped in cache; a map that is a
-    single band (small maps, many filters) is split by filter halves instead.
-    `full_width`: hand the epilogue the whole contiguous (filters, rows, row width) band instead of
-    its (.., :Wo) view, the columns past Wo (padded-width columns) overwritten with column 0's sums,
-    so per-channel min / max over the whole band are those of the valid outputs; contiguous
-    operands make the epilogue's NumPy passes ~20% cheaper. The epilogue writes [..., :Wo].
+    exact float32 integer); otherwise it is split into K_CHUNK pieces summed in float64. For int8
+    inputs max|x| <= 128 is bound enough for every layer up to ~1000 weights a filter, so the input's
+    min / max passes are skipped there.
+    Bands (`band_rows`, `band_edges`: an even number, their columns, accumulators and epilogue buffers
+    within BAND_FLOATS) run on `parallel_items` threads with BLAS single-threaded (`own_threads`, as the
+    float kernels), each band padding its own input rows (`_band_input`), built, multiplied and handed
+    to the epilogue while in cache; a map that is a single band (small maps, many filters) is split
+    by filter halves instead.
+    `full_width`: kept for callers; the band is always the contiguous (filters, rows, Wo) array now.
     `bias` (int, (n,)) with `on_fold`: when the weights are small (FOLD_MAX floats) and every partial
     sum stays exact with the bias added (max_f sum|w_f| * max|x| + max|b| < 2**24), the bias becomes
     one more GEMM column against a row of ones, on_fold() is called before the first band, and acc
@@ -174,12 +201,17 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
     c, h, w = x_q.shape
     n, kk = w_f.shape
     ho, wo = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
-    xmax = max(int(x_q.max()), -int(x_q.min())) if x_q.size else 0
-    bound = (_row_abs_max(w_f) if w_bound is None else w_bound) * xmax
+    wsum = _row_abs_max(w_f) if w_bound is None else w_bound
+    bmax = float(np.abs(bias).max(initial=0)) if bias is not None and on_fold is not None else 0.0
+    if x_q.dtype == np.int8 and wsum * 128 + bmax < EXACT_F32:
+        xmax = 128                    # |int8| <= 128: exact whatever the input holds
+    else:
+        xmax = max(int(x_q.max()), -int(x_q.min())) if x_q.size else 0
+    bound = wsum * xmax
     one_gemm = bound < EXACT_F32
     chunk = k_chunk(xmax)
     fold = (bias is not None and on_fold is not None and one_gemm and w_f.size <= FOLD_MAX
-            and bound + float(np.abs(bias).max(initial=0)) < EXACT_F32)
+            and bound + bmax < EXACT_F32)
     if fold:
         w_f = derived("int-w-bias", (w_f, bias), lambda: np.concatenate([w_f, bias.astype(np.float32)[:, None]], axis=1))
         on_fold()
@@ -191,43 +223,28 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
         xf[:c] = x_q.reshape(c, h * w)
         if fold:
             xf[c] = 1.0
-        row_w = w
-    elif s == 1 and (k - 1) * 16 <= wo:
-        # padded-width columns: contiguous copies, (k-1)/Wo extra GEMM columns (small maps gather instead)
-        xp = _padded(x_q, p, 1, scratch, "int-xp")      # one extra row: the last run overshoots by k-1
-        row_w = w + 2 * p
-        flat = xp.reshape(c, -1)
-    else:
-        xp = _padded(x_q, p, 0, scratch, "int-xp") if p else None
-        row_w = wo
-    rows = min(ho, max(BAND // (kk * row_w), -(-MIN_BAND // row_w)))
-    bands = -(-ho // rows)
+    edges = band_edges(ho, band_rows(ho, wo, kb, n))
+    bands = len(edges) - 1
     fblocks = 2 if bands == 1 and n >= 32 else 1
+    in_rows = max(edges[i + 1] - edges[i] for i in range(bands)) * s + k     # a band's input rows, at most
 
     def band(part: int, item: int) -> None:
         i, fb = divmod(item, fblocks)
         ch = slice(n * fb // fblocks, n * (fb + 1) // fblocks)
         nf = ch.stop - ch.start
-        r0, r1 = i * rows, min(ho, (i + 1) * rows)
-        length = (r1 - r0) * row_w
+        r0, r1 = edges[i], edges[i + 1]
+        length = (r1 - r0) * wo
         if pointwise:
             cols = xf[:, r0 * w:r1 * w]
-        elif row_w != wo:
-            cols = scratch.get(f"int-cols{part}", (kb, length))
-            c4 = cols[:kk].reshape(c, k, k, length)
-            for ky in range(k):
-                for kx in range(k):
-                    off = (r0 + ky) * row_w + kx
-                    c4[:, ky, kx] = flat[:, off:off + length]
         else:
-            src = xp if xp is not None else x_q
+            xb = _band_input(x_q, r0, r1, k, s, p, scratch.get(f"int-xb{part}", (c, in_rows, w + 2 * p))[:, :(r1 - r0 - 1) * s + k])
             cols = scratch.get(f"int-cols{part}", (kb, length))
             c5 = cols[:kk].reshape(c, k, k, r1 - r0, wo)
             for ky in range(k):
                 for kx in range(k):
-                    c5[:, ky, kx] = src[:, ky + s * r0:ky + s * (r1 - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
-        if fold and not pointwise:
-            cols[kk] = 1.0
+                    c5[:, ky, kx] = xb[:, ky:ky + s * (r1 - r0 - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
+            if fold:
+                cols[kk] = 1.0
         wb = w_f[ch]
         if one_gemm:
             acc = scratch.get(f"int-acc{part}", (nf, length))
@@ -239,12 +256,7 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
             for a in range(0, kk, chunk):
                 np.matmul(wb[:, a:a + chunk], cols[a:a + chunk], out=part32)
                 acc += part32
-        acc3 = acc.reshape(nf, r1 - r0, row_w)
-        if not full_width:
-            acc3 = acc3[:, :, :wo]
-        elif row_w != wo:
-            acc3[:, :, wo:] = acc3[:, :, :1]
-        epilogue(part, r0, r1, acc3, ch)
+        epilogue(part, r0, r1, acc.reshape(nf, r1 - r0, wo), ch)
 
     with own_threads():
         parallel_items(bands * fblocks, band)
@@ -294,18 +306,7 @@ def _conv_int_fused(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarr
     from engine.quant import intwinograd
     c, h, w = x_q.shape
     n = w_q.shape[0]
-    if intwinograd.suitable(c, h, w, n, k, s, p):
-        acc = intwinograd.conv3x3_acc(x_q, w_q, _scratch())
-        if acc is not None:
-            blocks = 4 if n >= 128 else 1
-            edges = [n * i // blocks for i in range(blocks + 1)]
-
-            def block(part: int, i: int) -> None:
-                ch = slice(edges[i], edges[i + 1])
-                epilogue(part, 0, acc.shape[1], acc[ch], ch)
-
-            with own_threads():
-                parallel_items(blocks, block)
-            return "winograd"
+    if intwinograd.suitable(c, h, w, n, k, s, p) and intwinograd.conv3x3_fused(x_q, w_q, _scratch(), epilogue):
+        return "winograd"
     conv_int_bands(x_q, w_f(), k, s, p, epilogue, row_abs_max(w_q), full_width=True, bias=bias, on_fold=on_fold)
     return "im2col"

@@ -19,14 +19,17 @@ int8 path ran them as im2col GEMMs, 2.25x the multiplies. This is the same algor
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from engine.kernels import winograd_gemm
 from engine.kernels.scratch import Scratch
-from engine.kernels.threads import PARALLEL_MIN, own_threads, parallel_items
+from engine.kernels.threads import own_threads, parallel_items
 from engine.quant.intcache import kept
 
 EXACT_F32 = float(1 << 24)
+_MIN, _MAX = np.minimum.reduce, np.maximum.reduce
 BLOCK = 64                      # channels per block of the cached weight bounds
 _G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], np.int64)    # 2G
 _K2 = np.einsum("ai,bj->ijab", _G2, _G2).reshape(9, 16).astype(np.float32)   # vec(g) @ _K2 = vec(U')
@@ -115,53 +118,139 @@ def input_tiles(x_q: np.ndarray, scratch: Scratch) -> np.ndarray:
 
 def conv3x3_acc(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch) -> np.ndarray | None:
     """Exact accumulators (n, H, W) of the 3x3 stride-1 pad-1 conv of int8 x_q (C, H, W) with int8
-    w_q (n, C, 3, 3), no bias: int32, or float32 exact integers (`_float32_path`, when its bound
-    holds); None when a channel block's sums cannot be kept exact."""
+    w_q (n, C, 3, 3), no bias: float32 exact integers on even maps that took the float32 transforms,
+    else int32; None when a channel block's sums cannot be kept exact. (`conv3x3_fused`, kept.)"""
+    n, h, w = w_q.shape[0], x_q.shape[1], x_q.shape[2]
+    out: list[np.ndarray] = []
+
+    def keep(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
+        if not out:
+            out.append(np.empty((n, h, w), acc.dtype if h % 2 == 0 and w % 2 == 0 else np.int32))
+        out[0][ch] = acc                                   # exact integers: an exact cast
+
+    if not conv3x3_fused(x_q, w_q, scratch, keep, float_acc=False):
+        return None
+    return out[0]
+
+
+FILTER_BLOCKS = 4               # filter blocks of the output transform + epilogue (at least; even)
+
+
+def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
+                  epilogue: Callable[[int, int, int, np.ndarray, slice], None], float_acc: bool = True) -> bool:
+    """The 3x3 stride-1 pad-1 conv of int8 x_q (C, H, W) with int8 w_q (n, C, 3, 3), no bias, its exact
+    accumulators handed to epilogue(part, 0, H, acc, ch) per filter block as soon as the output
+    transform has made them (the block still in cache, on the thread that made it): acc a contiguous
+    (filters in ch, H, W) array of exact integers, float32 when every accumulator is below 2**24
+    (known from the bounds), else int32 (also where the integer transform ran, with `float_acc=False`);
+    valid only during the call. False (nothing called) when a channel block's sums cannot be kept exact.
+
+    When every position's products are one exact float32 GEMM, the GEMMs also take the extremes of
+    their M[p] (in cache, on the kernel threads): the output transform adds 9 of them per output, so
+    the sum of the 9 largest |M[p]| it can meet (`_output_bound`) bounds every partial sum of it. Below
+    2**24 (yolov3-tiny: 7-15% of it on real photos, while the weight x input bound is 0.75-3.6x) the
+    transform runs in float32 on M as the GEMMs wrote it: a GEMM with A^T (x) A^T / 4 on even maps,
+    the separable adds then * 1/4 on odd ones; else M is cast to integers first (`_output_tiles`)."""
     c, h, w = x_q.shape
     wt = weights(w_q)
     n = w_q.shape[0]
     th, tw = (h + 1) // 2, (w + 1) // 2
     t = th * tw
     v = input_tiles(x_q, scratch)
-    if c % BLOCK == 0:                     # the same two reductions, per channel block: tighter bounds
-        v3 = v.reshape(16, c // BLOCK, -1)
-        vblock = np.maximum(v3.max(axis=2), -v3.min(axis=2)).astype(np.float64)[_PERM]
-        vmax = vblock.max(axis=1)
-    else:
-        v2 = v.reshape(16, -1)
-        vmax = np.maximum(v2.max(axis=1), -v2.min(axis=1)).astype(np.float64)[_PERM]
-        vblock = [None] * 16
+    vmax, vblock = _tile_bounds(v, c)
     plans = [wt.chunks(p, float(vmax[p]), vblock[p]) for p in range(16)]
     if any(pl is None for pl in plans):
-        return None
+        return False
     bounds = wt.row_sums * vmax
-    if h % 2 == 0 and w % 2 == 0 and all(len(pl) == 1 for pl in plans) and _output_bound(bounds) < EXACT_F32:
-        return _float32_path(v, wt, n, h, w, th, tw, scratch)
+    out_bound = _output_bound(bounds)
     bound = float(bounds.max())
-    m = scratch.get("iw_m", (16, n, t), np.int32 if 9 * bound < 2.0 ** 31 else np.int64)
+    itype = np.int32 if 9 * bound < 2.0 ** 31 else np.int64
+    if all(len(pl) == 1 for pl in plans):
+        mf = scratch.get("iw_mf", (16, n, t))
+        ext = np.zeros(16)
 
-    def gemm(part: int, p: int) -> None:
-        vt = v[_PERM[p]]                                        # (C, tiles), contiguous
-        out = scratch.get(f"iw_out{part}", (n, t))
-        plan = plans[p]
-        if len(plan) == 1:
-            np.matmul(wt.u[p], vt, out=out)
-            m[p] = out                                          # exact integers: exact cast
-            return
-        # each chunk's sums are exact float32 integers; they add in M's integer type (two fast
-        # passes, where a float64 accumulator took mixed-type buffered ones)
-        cast = scratch.get(f"iw_cast{part}", (n, t), m.dtype)
-        for k, (a, b) in enumerate(plan):
-            np.matmul(wt.u[p, :, a:b], vt[a:b], out=out)
-            if k == 0:
-                m[p] = out
+        def gemm_f(part: int, p: int) -> None:
+            out = mf[p]
+            np.matmul(wt.u[p], v[_PERM[p]], out=out)
+            ext[p] = max(float(_MAX(out, axis=None)), -float(_MIN(out, axis=None)))
+
+        with own_threads():
+            parallel_items(16, gemm_f)
+        if min(out_bound, _output_bound(ext)) < EXACT_F32:
+            if h % 2 == 0 and w % 2 == 0:       # (odd maps: a GEMM into whole tiles + a crop measured no faster)
+                _output_gemm(mf, n, h, w, th, tw, scratch, epilogue)
             else:
-                cast[...] = out
-                m[p] += cast
+                _output_tiles(mf, n, h, w, th, tw, scratch, epilogue, np.float32)
+            return True
+        m = scratch.get("iw_m", (16, n, t), itype)
+
+        def cast(part: int, p: int) -> None:
+            m[p] = mf[p]                                        # exact integers: exact cast
+
+        with own_threads():
+            parallel_items(16, cast)
+    else:
+        m = scratch.get("iw_m", (16, n, t), itype)
+
+        def gemm(part: int, p: int) -> None:
+            vt = v[_PERM[p]]                                    # (C, tiles), contiguous
+            out = scratch.get(f"iw_out{part}", (n, t))
+            plan = plans[p]
+            if len(plan) == 1:
+                np.matmul(wt.u[p], vt, out=out)
+                m[p] = out                                      # exact integers: exact cast
+                return
+            # each chunk's sums are exact float32 integers; they add in M's integer type (two fast
+            # passes, where a float64 accumulator took mixed-type buffered ones)
+            cast = scratch.get(f"iw_cast{part}", (n, t), m.dtype)
+            for k, (a, b) in enumerate(plan):
+                np.matmul(wt.u[p, :, a:b], vt[a:b], out=out)
+                if k == 0:
+                    m[p] = out
+                else:
+                    cast[...] = out
+                    m[p] += cast
+
+        with own_threads():
+            parallel_items(16, gemm)
+    # |acc| <= out_bound / 4 (the transform's sums are 4 * acc): float32 holds them exactly below 2**24
+    f32 = float_acc and out_bound < 4 * EXACT_F32
+    _output_tiles(m, n, h, w, th, tw, scratch, epilogue, np.float32 if f32 else np.int32)
+    return True
+
+
+def _tile_bounds(v: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray | list]:
+    """max |V| per position p (16,) in this module's order (_PERM), and per position and block of BLOCK
+    channels (16, C / BLOCK) when C is a multiple of BLOCK (tighter bounds; else [None] * 16): the
+    reductions run in groups of positions on the kernel threads (they were a serial pass over V)."""
+    groups = 4
+    if c % BLOCK == 0:
+        v3 = v.reshape(16, c // BLOCK, -1)
+    else:
+        v3 = v.reshape(16, 1, -1)
+    hi = np.empty(v3.shape[:2], v.dtype)
+    lo = np.empty(v3.shape[:2], v.dtype)
+
+    def item(part: int, i: int) -> None:
+        ps = slice(16 * i // groups, 16 * (i + 1) // groups)
+        np.maximum.reduce(v3[ps], axis=2, out=hi[ps])
+        np.minimum.reduce(v3[ps], axis=2, out=lo[ps])
 
     with own_threads():
-        parallel_items(16, gemm)
-    return _output_tiles(m, n, h, w, th, tw, scratch)
+        parallel_items(groups, item)
+    vb = np.maximum(hi, -lo).astype(np.float64)[_PERM]
+    if c % BLOCK == 0:
+        return vb.max(axis=1), vb
+    return vb[:, 0], [None] * 16
+
+
+def filter_edges(n: int, per: int) -> list[int]:
+    """Edges of filter blocks of at most `per` filters (at least FILTER_BLOCKS, an even count when more
+    than one: two kernel threads pull them), sizes differing by at most one."""
+    blocks = min(n, max(FILTER_BLOCKS, -(-n // max(1, per))))
+    if blocks > 1 and blocks % 2:
+        blocks = min(n, blocks + 1)
+    return [n * i // blocks for i in range(blocks + 1)]
 
 
 # A^T (x) A^T / 4 as (16, 4): Y[2i + j] = sum_p KA[p, 2i + j] M[p] for p = 4a + b, Lavin's A^T (this
@@ -178,66 +267,73 @@ def _output_bound(bounds: np.ndarray) -> float:
     return float(max(b[np.ix_(r, c)].sum() for r in _SETS for c in _SETS))
 
 
-def _float32_path(v: np.ndarray, wt: Weights, n: int, h: int, w: int, th: int, tw: int,
-                  scratch: Scratch) -> np.ndarray:
-    """Even maps whose products and output sums all stay below 2**24 (`_output_bound`; yolov3-tiny's
-    64 -> 128 @52): every GEMM writes its exact float32 integers straight into M, and the output
-    transform is one float32 GEMM per filter block with A^T (x) A^T / 4, exact by the same bound: the
-    accumulators come out as float32 (n, h, w), with no int32 copies, adds and shifts over M (4x the
-    output's size) and no cast back to float for the epilogue."""
+def _output_gemm(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch: Scratch,
+                 epilogue: Callable[[int, int, int, np.ndarray, slice], None]) -> None:
+    """Even maps, float32 M whose output sums stay below 2**24 (`_output_bound`): the output transform
+    is one float32 GEMM per filter block with A^T (x) A^T / 4, exact by that bound (products +-M/4 and
+    every partial sum are multiples of 1/4 below 2**22): the accumulators come out as float32 (filters,
+    h, w) blocks, handed to the epilogue on the spot, with no int32 copies, adds and shifts over M (4x
+    the output's size) and no cast back to float."""
     t = th * tw
-    m = scratch.get("iw_mf", (16, n, t))
-
-    def gemm(part: int, p: int) -> None:
-        np.matmul(wt.u[p], v[_PERM[p]], out=m[p])
-
-    y = np.empty((n, h, w), np.float32)
     m2 = m.reshape(16, n * t)
-    nb = max(1, min(n, (1 << 18) // (16 * t)))          # filters per output GEMM: M's block ~1 MiB
+    edges = filter_edges(n, (1 << 18) // (16 * t))          # M's block ~1 MiB at most
+    kmax = max(edges[i + 1] - edges[i] for i in range(len(edges) - 1))
 
     def out_block(part: int, i: int) -> None:
-        n0, n1 = i * nb, min(n, (i + 1) * nb)
+        n0, n1 = edges[i], edges[i + 1]
         k = n1 - n0
-        z = scratch.get(f"iw_z{part}", (k * t, 4))
+        z = scratch.get(f"iw_z{part}", (kmax * t, 4))[:k * t]
         np.matmul(m2[:, n0 * t:n1 * t].T, _KA, out=z)
         # [f, ty, tx, i, j] -> y[f, 2ty + i, 2tx + j]: each tile row's two floats move as one float64
-        dst = y[n0:n1].reshape(k, th, 2, tw, 2)
+        y = scratch.get(f"iw_y{part}", (kmax, h, w))[:k]
+        dst = y.reshape(k, th, 2, tw, 2)
         dst.view(np.float64)[..., 0].transpose(0, 1, 3, 2)[...] = z.reshape(k, th, tw, 2, 2).view(np.float64)[..., 0]
+        epilogue(part, 0, h, y, slice(n0, n1))
 
     with own_threads():
-        parallel_items(16, gemm)
-        parallel_items(-(-n // nb), out_block)
-    return y
+        parallel_items(len(edges) - 1, out_block)
 
 
-def _output_tiles(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch: Scratch) -> np.ndarray:
-    """A^T M A per tile, integer adds, then / 4 (exact): the accumulators (n, h, w) int32. Channel
-    blocks on the kernel threads (every operation is per channel: the same integers on any split)."""
+def _output_tiles(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch: Scratch,
+                  epilogue: Callable[[int, int, int, np.ndarray, slice], None], dtype=np.int32) -> None:
+    """A^T M A per tile, integer adds, then / 4 (exact): the accumulators, per filter block into a
+    (filters, h, w) `dtype` buffer (float32 only when every accumulator is below 2**24) handed to the
+    epilogue at once. Float32 M (every output sum below 2**24, see `conv3x3_fused`): the same adds in
+    float32, exact, and * 1/4. Filter blocks on the kernel threads (every operation is per filter: the same
+    integers on any split)."""
+    t = th * tw
+    floats = m.dtype == np.float32
     m5 = m.reshape(4, 4, n, th, tw)
-    s = scratch.get("iw_s", (2, 4, n, th, tw), m.dtype)
-    tt = scratch.get("iw_t", (2, n, th, tw), m.dtype)
-    y = np.empty((n, h, w), np.int32)
+    edges = filter_edges(n, max(1, (1 << 16) // t))       # M's block ~1 MiB (int32) at most
+    kmax = max(edges[i + 1] - edges[i] for i in range(len(edges) - 1))
 
-    def channels(lo: int, hi: int) -> None:
+    def channels(part: int, i: int) -> None:
+        lo, hi = edges[i], edges[i + 1]
+        k = hi - lo
         c = slice(lo, hi)
-        s0, s1 = s[0][:, c], s[1][:, c]
+        s = scratch.get(f"iw_s{part}", (2, 4, kmax, th, tw), m.dtype)[:, :, :k]
+        tt = scratch.get(f"iw_t{part}", (2, kmax, th, tw), m.dtype)[:, :k]
+        y = scratch.get(f"iw_y{part}", (kmax, h, w), dtype)[:k]
+        s0, s1 = s[0], s[1]
         np.add(m5[1][:, c], m5[2][:, c], out=s0)
         np.subtract(m5[1][:, c], m5[2][:, c], out=s1)
         s0 += m5[0][:, c]
         s1 -= m5[3][:, c]
-        t0, t1 = tt[0][c], tt[1][c]
+        t0, t1 = tt[0], tt[1]
         for a in range(2):
-            sa = s[a][:, c]
+            sa = s[a]
             rows = (h - a + 1) // 2
             np.add(sa[1], sa[2], out=t0)
             np.subtract(sa[1], sa[2], out=t1)
             t0 += sa[0]
             t1 -= sa[3]
-            for b, t in enumerate((t0, t1)):
-                y[c, a::2, b::2] = t[:, :rows, :(w - b + 1) // 2] >> 2   # 4 * acc: the shift is exact
+            for b, tb in enumerate((t0, t1)):
+                # 4 * acc: the shift (or * 1/4) is exact, and so is the cast to float32 below 2**24
+                if floats:
+                    np.multiply(tb[:, :rows, :(w - b + 1) // 2], 0.25, out=y[:, a::2, b::2])
+                else:
+                    np.right_shift(tb[:, :rows, :(w - b + 1) // 2], 2, out=y[:, a::2, b::2], casting="unsafe")
+        epilogue(part, 0, h, y, c)
 
-    blocks = min(n, 4) if m.size >= PARALLEL_MIN else 1       # pulled dynamically: a late thread delays nothing
-    edges = [n * i // blocks for i in range(blocks + 1)]
     with own_threads():
-        parallel_items(blocks, lambda _part, i: channels(edges[i], edges[i + 1]))
-    return y
+        parallel_items(len(edges) - 1, channels)

@@ -25,7 +25,7 @@ from engine.quant.intops import EXACT_F32, band_buffer
 from engine.quant.qtensor import QMAX
 
 _HALF = np.arange(int(QMAX) + 1) + 0.5          # 0.5 .. 127.5
-_MIN, _MAX, _ANY = np.minimum.reduce, np.maximum.reduce, np.logical_or.reduce
+_MIN, _MAX, _ANY, _ALL = np.minimum.reduce, np.maximum.reduce, np.logical_or.reduce, np.logical_and.reduce
 _PLANS: dict[tuple, "Plan"] = {}
 _PLANS_MAX = 512                                 # cached multiplier sets (one per layer and scales)
 MAX_WINDOW = 64                                 # candidates per half-integer before giving up
@@ -110,14 +110,50 @@ def spurious_ties(f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | No
 def ties_in_band(ties: tuple[np.ndarray, np.ndarray], ch: slice, lo: np.ndarray, hi: np.ndarray
                  ) -> list[tuple[int, float]]:
     """The (channel within the band, u) of `ties` inside the band's per-channel [lo, hi]."""
+    c, v = tie_arrays(ties, ch, lo, hi)
+    return list(zip(c.tolist(), v.tolist()))
+
+
+_NO_TIES = (np.zeros(0, np.intp), np.zeros(0))
+
+
+def tie_arrays(ties: tuple[np.ndarray, np.ndarray], ch: slice, lo: np.ndarray, hi: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """`ties_in_band` as two arrays: channels within the band (intp) and the tie accumulators (float64)."""
     chan, val = ties
     i0, i1 = np.searchsorted(chan, (ch.start, ch.stop))
     if i0 == i1:
-        return []
+        return _NO_TIES
     c = chan[i0:i1] - ch.start
     v = val[i0:i1]
     inside = (v >= lo[c]) & (v <= hi[c])
-    return list(zip(c[inside].tolist(), v[inside].tolist()))
+    return c[inside], v[inside]
+
+
+def fix_ties(y: np.ndarray, u: np.ndarray, cs: np.ndarray, vals: np.ndarray, ch: slice, r0: int,
+             f_pos: np.ndarray, f_low: np.ndarray, counted) -> int:
+    """Rewrite with the exact rule the outputs y[ch][cs, r0 + ...] whose float32 accumulator in the band
+    u (channels, rows, width >= y's) is one of the spurious ties (cs, vals): q = sat8(rint(val * f)),
+    f = f_pos or f_low (val < 0) in float64. One scan of its channel per tie (a gather of the tie
+    channels measured slower: a channel holds several ties). Returns how many of them `_saturate32`
+    counted as saturated (its float32 value rounded past 127) while the exact value does not saturate
+    (`counted`: True for every channel, a set of band channels, or None: nothing counted)."""
+    minus = 0
+    wo, width = y.shape[2], u.shape[2]
+    for c_i, val in zip(cs.tolist(), vals.tolist()):
+        at = np.flatnonzero(u[c_i] == val)           # contiguous channel band: one fast scan
+        if at.size:
+            ys, xs = np.divmod(at, width)
+            if width > wo:
+                keep = xs < wo
+                ys, xs = ys[keep], xs[keep]
+            f = f_pos[ch.start + c_i] if val >= 0 else f_low[ch.start + c_i]
+            q = round(val * float(f))
+            y[ch.start + c_i, r0 + ys, xs] = max(-QMAX, min(QMAX, q))
+            if counted is not None and (counted is True or c_i in counted) \
+                    and abs(q) <= QMAX < abs(round(float(np.float32(val) * np.float32(f)))):
+                minus += int(ys.size)                # a tie at +-127.5 counted as saturated
+    return minus
 
 
 def add_bias(part: int, acc: np.ndarray, b_q: np.ndarray, ch: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -222,24 +258,50 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
             np.maximum(v, w, out=v)
         return v
 
+    slices: dict = {}
+    sgn = np.array([[-1.0], [1.0]])
+    no_tie2 = np.zeros((2, 0))
+
+    def per_slice(ch: slice) -> tuple:
+        """What the bands of channels ch read, sliced once per layer call (a band looked them up one
+        by one): the bias, the watch and saturation bounds and the ties of these channels, the lower
+        bounds negated so that one comparison of E = [-lo, hi] (2, channels) tests both ends."""
+        key = (ch.start, ch.stop, folded)
+        hit = slices.get(key)
+        if hit is None:
+            tc, tv, t2 = none, _NO_TIES[1], no_tie2
+            if ties is not None:
+                i0, i1 = np.searchsorted(ties[0], (ch.start, ch.stop))
+                tc, tv = ties[0][i0:i1] - ch.start, ties[1][i0:i1]
+                t2 = np.stack([-tv, tv])
+            hit = slices[key] = (sgn * b64[ch], np.stack([-watch_lo[ch], watch_hi[ch]]),
+                                 np.stack([-sat_lo[ch], sat_hi[ch]]), tc, tv, t2, b32[ch], fp32[ch],
+                                 None if fn32 is None else fn32[ch])
+        return hit
+
     def epilogue(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
+        bc2, watch2, sat2, tc, tv, t2, b32c, fp32c, fn32c = per_slice(ch)
         a2 = acc.reshape(acc.shape[0], -1)
         # ufunc.reduce, not ndarray.min/max: the methods' Python wrappers cost ~1 us a call, per band
-        raw_lo, raw_hi = _MIN(a2, axis=1), _MAX(a2, axis=1)
-        bc = b64[ch]
-        lo_c, hi_c = raw_lo + bc, raw_hi + bc                  # float64: exact
-        lo_min, hi_max = float(_MIN(lo_c)), float(_MAX(hi_c))
+        ext = np.empty((2, a2.shape[0]), acc.dtype)
+        _MIN(a2, axis=1, out=ext[0])
+        _MAX(a2, axis=1, out=ext[1])
+        e = ext * sgn
+        e += bc2                                              # [-lo, hi] of u = acc + b, float64: exact
+        m = _MAX(e, axis=1)
+        lo_min, hi_max = -float(m[0]), float(m[1])
         wo = y.shape[2]
-        flagged, tie_list = none, []
-        if _ANY((hi_c >= watch_hi[ch]) | (lo_c <= watch_lo[ch])):
+        flagged, tie_c, tie_v = none, _NO_TIES[0], _NO_TIES[1]
+        if _ANY(e >= watch2, axis=None):
             # the rule is monotone in u per channel: only channels whose extremes pass a saturation
             # bound can hold saturated values
-            flagged = np.flatnonzero((hi_c > sat_hi[ch]) | (lo_c < sat_lo[ch]))
-            if ties is not None:
-                tie_list = ties_in_band(ties, ch, lo_c, hi_c)
+            flagged = np.flatnonzero(_ANY(e > sat2, axis=0))
+            if tc.size:                   # the ties inside a channel's [lo, hi]
+                inside = _ALL(e[:, tc] >= t2, axis=0)
+                tie_c, tie_v = tc[inside], tv[inside]
         sat = 0
         fast = (exact32 and acc.dtype != np.float64 and -EXACT_F32 < lo_min and hi_max < EXACT_F32
-                and (acc.dtype == np.float32 or (-EXACT_F32 < float(_MIN(raw_lo)) and float(_MAX(raw_hi)) < EXACT_F32)))
+                and (acc.dtype == np.float32 or (-EXACT_F32 < float(_MIN(ext[0])) and float(_MAX(ext[1])) < EXACT_F32)))
         if fast:
             if acc.dtype == np.float32:
                 u = acc
@@ -247,16 +309,16 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
                 u = band_buffer("u32", part, acc.shape, np.float32)
                 np.copyto(u, acc)
             if not folded:
-                u += b32[ch]               # exact float32 integers: |u| < 2**24
+                u += b32c                  # exact float32 integers: |u| < 2**24
             key = (part, u.shape)
             vr = bufs.get(key)
             if vr is None:                 # the part's work buffers, looked up once per layer call
                 vr = bufs[key] = (band_buffer("v32", part, u.shape, np.float32),
                                   band_buffer("r32", part, u.shape, np.float32))
             v, r = vr
-            np.multiply(u, fp32[ch], out=v)
+            np.multiply(u, fp32c, out=v)
             if leaky:
-                np.multiply(u, fn32[ch], out=r)
+                np.multiply(u, fn32c, out=r)
                 np.maximum(v, r, out=v)
             elif slope == 0.0:
                 np.maximum(v, 0.0, out=v)
@@ -268,17 +330,7 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
                 sat, counted = _saturate32(r, flagged, wo)
             y[ch, r0:r1] = r[:, :, :wo]
             if ties is not None:
-                for c_i, val in tie_list:
-                    at = np.flatnonzero(u[c_i] == val)       # contiguous channel band: one fast scan
-                    if at.size:
-                        ys, xs = np.divmod(at, u.shape[2])
-                        keep = xs < wo
-                        f = f_pos[ch.start + c_i] if val >= 0 else f_low[ch.start + c_i]
-                        q = round(val * float(f))
-                        y[ch.start + c_i, r0 + ys[keep], xs[keep]] = max(-QMAX, min(QMAX, q))
-                        if counted is not None and (counted is True or c_i in counted) \
-                                and abs(q) <= QMAX < abs(round(float(np.float32(val) * np.float32(f)))):
-                            sat -= int(np.count_nonzero(keep))   # a tie at +-127.5 counted as saturated
+                sat -= fix_ties(y, u, tie_c, tie_v, ch, r0, f_pos, f_low, counted)
                 flagged = none             # saturated exactly in float32 (`_saturate32`)
             else:                          # every element: |v - rint(v)| == 0.5 marks a possible tie
                 np.subtract(v, r, out=v)   # exact, in [-0.5, 0.5]
