@@ -70,8 +70,11 @@ class DeviceTable:
 def _device_outputs(model, qmodel, x: np.ndarray) -> tuple[dict[str, np.ndarray] | None, str | None, str]:
     from engine.errors import EngineError, UnsupportedError
     from engine.quant.profiles import get_profile
-    if get_profile(qmodel.profile).exportable is None:
+    profile = get_profile(qmodel.profile)
+    if profile.exportable is None:
         return None, None, f"profile '{qmodel.profile}' has no runtime to run"
+    if (mismatch := profile.host_mismatch()) is not None:
+        return None, None, f"not measured here: {mismatch}"
     try:
         import onnxruntime
         from engine.export.onnx_int8 import build_int8, run_ort

@@ -41,15 +41,32 @@ def test_onnxruntime_profile_device_columns_are_exact_and_errors_are_real(tiny, 
     assert "device_mismatched" in table.to_text() and "propagated_sqnr" in table.to_text()
 
 
-def test_device_column_catches_a_simulator_that_ignores_int16_saturation(tiny, tiny_stats, monkeypatch):
-    from engine.quant.profiles.avx2_u8s8 import Avx2U8S8Profile
+def test_device_column_catches_a_simulator_that_gets_int16_saturation_wrong(tiny, tiny_stats, monkeypatch):
+    from engine.quant.profiles.avx2_u8s8 import Avx2U8S8Profile, host_u8s8_kernel
     from engine.quant.profiles.onnxruntime import OrtProfile
-    qm = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="avx2_u8s8")
     x = tiny.preprocess(PHOTO).x
-    assert all(not r.get("device_mismatched") for r in sim_vs_device(tiny, qm, x).rows)
-    monkeypatch.setattr(Avx2U8S8Profile, "accumulate", OrtProfile.accumulate)   # a generic int32 simulator
+    if host_u8s8_kernel() == "avx2":        # the device the profile models: a generic int32 simulator is caught
+        qm = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="avx2_u8s8")
+        assert all(not r.get("device_mismatched") for r in sim_vs_device(tiny, qm, x).rows)
+        monkeypatch.setattr(Avx2U8S8Profile, "accumulate", OrtProfile.accumulate)
+    else:        # VNNI: ORT sums exactly; the saturating simulator, forced to compare here, is caught
+        assert host_u8s8_kernel() == "vnni"
+        exact = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="onnxruntime")
+        assert all(not r.get("device_mismatched") for r in sim_vs_device(tiny, exact, x).rows)
+        qm = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="avx2_u8s8")
+        monkeypatch.setattr(Avx2U8S8Profile, "host_mismatch", lambda self: None)
     rows = sim_vs_device(tiny, qm, x).rows
     assert rows[2]["device_mismatched"] > 100 and rows[2]["device_steps"] >= 1
+
+
+def test_device_columns_stay_empty_where_the_host_is_not_the_device(tiny, tiny_stats, monkeypatch):
+    from engine.quant.profiles import avx2_u8s8
+    qm = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="avx2_u8s8")
+    monkeypatch.setattr(avx2_u8s8, "host_u8s8_kernel", lambda: "vnni")
+    table = sim_vs_device(tiny, qm, tiny.preprocess(PHOTO).x)
+    assert table.runtime is None and "VNNI" in table.note and "avx2_u8s8" in table.note
+    assert all(r.get("device_mismatched") is None for r in table.rows)
+    assert table.rows[2]["propagated_sqnr"] > 5               # the simulator's own columns are still there
 
 
 def test_profiles_without_runtime_leave_device_columns_empty(tiny, tiny_q):

@@ -120,9 +120,10 @@ def test_qlinear_add_equals_ort_avx2_kernel(seed):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_u8s8_pair_saturation_equals_ort_on_this_cpu(seed):
-    """avx2_u8s8's accumulator against QLinearConv with int8 weights (on a VNNI/ARM CPU ORT would not
-    saturate and this test would fail: the profile is for AVX2 without VNNI, like this host)."""
-    from engine.quant.profiles.avx2_u8s8 import pair_saturation_correction
+    """avx2_u8s8's accumulator against QLinearConv with int8 weights where this host's ORT saturates
+    (AVX2 without VNNI); on a VNNI CPU, ORT's exact sums (and the profile's host check says so)."""
+    from engine.quant.profiles import get_profile
+    from engine.quant.profiles.avx2_u8s8 import host_u8s8_kernel, pair_saturation_correction
     rng = np.random.default_rng(seed)
     c, n, k = int(rng.integers(2, 9)), 4, 3
     x = rng.integers(120, 256, (c, 8, 9)).astype(np.uint8)
@@ -135,7 +136,13 @@ def test_u8s8_pair_saturation_equals_ort_on_this_cpu(seed):
     got = _qlinearconv(x, xs, xz, w, ws, ys, yz, b, k, 1, 1, signed_w=True)
     ref, _ = asym.requantize_output(sat, asym.conv_output_scales(xs, ws, ys), yz)
     exact, _ = asym.requantize_output(acc, asym.conv_output_scales(xs, ws, ys), yz)
-    assert np.array_equal(ref, got) and not np.array_equal(exact, got)
+    if host_u8s8_kernel() == "avx2":
+        assert np.array_equal(ref, got) and not np.array_equal(exact, got)
+        assert get_profile("avx2_u8s8").host_mismatch() is None
+    else:
+        assert host_u8s8_kernel() == "vnni"
+        assert np.array_equal(exact, got) and not np.array_equal(ref, got)
+        assert "VNNI" in get_profile("avx2_u8s8").host_mismatch()
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -150,7 +157,9 @@ def test_uint8_grid_equals_ort_quantizer(seed):
 
 
 def test_convinteger_with_int8_weights_does_not_saturate():
-    """ConvInteger (the head convs) runs int8 weights as MLAS's A operand: exact int32, unlike QLinearConv."""
+    """ConvInteger (the head convs) runs int8 weights as MLAS's A operand: exact int32, unlike QLinearConv
+    on AVX2 without VNNI."""
+    from engine.quant.profiles.avx2_u8s8 import host_u8s8_kernel
     from onnx import TensorProto as T, helper as h
     x = np.full((1, 8, 4, 4), 255, np.uint8)
     for wv in (127, -127):
@@ -161,4 +170,8 @@ def test_convinteger_with_int8_weights_does_not_saturate():
         w = np.full((2, 8, 1, 1), wv, np.int8)
         conv = _qlinearconv(x[0], 1.0, 0, w, np.ones(2, np.float32), 2 ** 12, 128, np.zeros(2, np.int32), 1, 1, 0,
                             signed_w=True)
-        assert conv[0, 0, 0] == 128 + np.sign(wv) * 32                    # QLinearConv: saturated pairs
+        if host_u8s8_kernel() == "avx2":
+            assert conv[0, 0, 0] == 128 + np.sign(wv) * 32                # QLinearConv: saturated pairs
+        else:
+            assert host_u8s8_kernel() == "vnni"
+            assert conv[0, 0, 0] == 128 + np.sign(wv) * 63                # VNNI: exact 259080 / 4096, rounded

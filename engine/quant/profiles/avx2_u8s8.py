@@ -21,6 +21,23 @@ from engine.quant.profiles.onnxruntime import OrtProfile
 from engine.quant.qtensor import QTensor
 
 PAIR_LIMIT = 129          # |w_a| + |w_b| >= 129 with x = 255 exceeds 32767
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")     # MLAS's exact u8 x s8 kernels (vpdpbusd)
+
+
+def host_u8s8_kernel(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """Which u8 x s8 kernel ONNX Runtime's MLAS picks on this host: "vnni" (exact int32 dot products),
+    "avx2" (x86 without VNNI: int16-saturating pairs, what `avx2_u8s8` models) or "unknown"."""
+    import platform
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "unknown"
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return "unknown"
+    if flags is None:
+        return "unknown"
+    return "vnni" if any(v in flags for v in VNNI_FLAGS) else "avx2" if "avx2" in flags else "unknown"
 
 
 def pair_saturation_correction(x_u8: np.ndarray, zp: int, w_q: np.ndarray, stride: int, pad: int) -> np.ndarray | None:
@@ -71,6 +88,14 @@ class Avx2U8S8Profile(OrtProfile):
                   "mlas qgemm_kernel_avx2; pair order found and verified on this host",
     })
 
+    def host_mismatch(self) -> str | None:
+        kernel = host_u8s8_kernel()
+        if kernel == "avx2":
+            return None
+        why = ("this host's CPU has VNNI: its ONNX Runtime sums u8 x s8 products exactly in int32"
+               if kernel == "vnni" else "this host's u8 x s8 kernel could not be identified")
+        return f"{why}, unlike the AVX2-without-VNNI CPU the '{self.name}' profile models"
+
     def accumulate(self, layer, x: QTensor, lq, b_q, epilogue) -> None:
         corr = pair_saturation_correction(x.q, x.zero_point, lq.w_q, layer.stride, layer.padding)
         if corr is None:
@@ -87,6 +112,9 @@ class OrtReduceRangeProfile(Avx2U8S8Profile):
     name = "ort_reduce_range"
     title = "ONNX Runtime, 7-bit int8 weights (reduce_range) on AVX2 without VNNI"
     weight_qmax = 63
+
+    def host_mismatch(self) -> str | None:
+        return None                 # no pair can saturate: exact int32 on VNNI and AVX2 kernels alike
     rules = dict(Avx2U8S8Profile.rules, **{
         "weights": "7-bit: int8 in [-63, 63] (reduce_range), exported as int8, per channel or per tensor",
         "accumulator": "u8 x s8 pairs in int16 (vpmaddubsw) can no longer saturate: exact int32",

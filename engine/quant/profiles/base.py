@@ -75,5 +75,10 @@ class Profile:
     def hybrid(self, layer, x: np.ndarray, lq, qmodel, rec: dict) -> np.ndarray:
         raise NotImplementedError
 
+    def host_mismatch(self) -> str | None:
+        """Why this host's runtime does not compute what the modelled device computes (None: it does), so
+        that a device comparison never reports the host's instruction set as the simulator's error."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "title": self.title, **self.rules}
