@@ -195,8 +195,9 @@ def ranked(scores: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
     Positive finite scores (detections') as one sort of 64-bit keys, the score's top bits then the
     index itself (2-3x faster than an argsort of 150k floats, and no gather through a permutation
-    after; built in place, sorted in two halves on the kernel threads by `_sort`), then a lexsort of the runs where two different scores shared those top bits
-    (a few in 150k scores from float32 products). Other scores: an unstable argsort plus a lexsort
+    after; built in place, sorted in two halves on the kernel threads by `_sort`), then a lexsort
+    of the runs where two different scores shared those top bits (a few in 150k scores from
+    float32 products). Other scores: an unstable argsort plus a lexsort
     of tied runs."""
     n = idx.size
     u = scores.view(np.uint64)[idx]
