@@ -198,6 +198,32 @@ def test_score_order_of_many_scores_sorted_in_two_halves():
             assert np.array_equal(score_order(s), ref)
 
 
+@pytest.mark.parametrize("case", ["overlapped", "above SORT_WHILE_MAX", "nothing dropped", "infinite scores"])
+def test_ranked_while_equals_ranking_the_survivors(case, monkeypatch):
+    """`ranked_while` sorts every key while `work` (the NMS) runs, then drops what `work` returns:
+    the same as ranking the survivors (a stable argsort), with ties, few-ulp neighbours and top-bit
+    collisions; on 1 and 2 threads, past SORT_WHILE_MAX (survivors first), and on the argsort path."""
+    from engine.darknet import detect as detect_module
+    from engine.kernels.threads import blas_limit
+    rng = np.random.default_rng(12)
+    base = np.float32(rng.random(5000)).astype(np.float64) * np.float32(rng.random(5000))
+    near = base[rng.integers(0, 50, 15000)] * (1 + rng.integers(-6, 7, 15000) * 2.0 ** -52)
+    scores = np.concatenate([base, near, base[:3000]])[rng.permutation(23000)]
+    scores[rng.random(scores.size) < 0.2] = 0.0
+    if case == "infinite scores":
+        scores[rng.random(scores.size) < 0.01] = np.inf
+    if case == "above SORT_WHILE_MAX":
+        monkeypatch.setattr(detect_module, "SORT_WHILE_MAX", 1000)
+    idx = np.flatnonzero(scores > 0)
+    drop = rng.random(scores.size) < 0.3
+    survivors = idx if case == "nothing dropped" else idx[~drop[idx]]
+    ref = survivors[np.argsort(-scores[survivors], kind="stable")]
+    for threads in (1, 2):
+        with blas_limit(threads):
+            out, s = detect_module.ranked_while(scores, idx, lambda: None if case == "nothing dropped" else drop)
+        assert np.array_equal(out, ref) and np.array_equal(s, scores[ref])
+
+
 def test_detections_order_equals_a_stable_sort_with_ties():
     from engine.darknet.detect import score_order
     rng = np.random.default_rng(5)
