@@ -24,7 +24,6 @@ from __future__ import annotations
 import numpy as np
 
 from engine.darknet.overlaps import candidate_parts, ordered_pairs
-from engine.kernels.threads import own_threads, parallel_items
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -74,29 +73,35 @@ def overlap_pairs(boxes: np.ndarray, nms: float, kind: str = "default") -> np.nd
     with np.errstate(over="ignore"):       # exp() of a wild logit gives inf boxes, as in Darknet
         x1, x2, y1, y2, area = cx - w / 2, cx + w / 2, cy - h / 2, cy + h / 2, w * h
     keeps = [np.empty(i.size, bool) for i, _ in parts]
-    items = [(p, c) for p, (i, _) in enumerate(parts) for c in range(-(-i.size // CHUNK))]
+    # cache-sized chunks in the calling thread (see nms_suppressed), into scratch rows reused chunk
+    # after chunk: box_iou's values, in place and masked rather than zeroed: a negative overlap
+    # (IoU 0) or a union <= 0 or NaN (box_iou's 0) fails the test whatever the quotient
+    m = min(CHUNK, max(i.size for i, _ in parts))
+    ow, oh, t, union = (np.empty(m) for _ in range(4))
+    ok, ok2 = np.empty(m, bool), np.empty(m, bool)
 
-    def chunk(_part: int, item: int) -> None:   # fixed chunks on the kernel threads: same bits
-        p, c = items[item]
-        i, j = parts[p][0][c * CHUNK:(c + 1) * CHUNK], parts[p][1][c * CHUNK:(c + 1) * CHUNK]
-        # box_iou's values, in place and masked rather than zeroed: a negative overlap (IoU 0) or a
-        # union <= 0 or NaN (box_iou's 0) fails the test whatever the quotient (15% fewer passes)
-        with np.errstate(all="ignore"):    # inf/NaN boxes: masked out below, as box_iou zeroes them
-            ow = np.minimum(x2[i], x2[j])
-            ow -= np.maximum(x1[i], x1[j])
-            oh = np.minimum(y2[i], y2[j])
-            oh -= np.maximum(y1[i], y1[j])
-            ok = ow >= 0
-            ok &= oh >= 0
-            ow *= oh                                # the intersection, where ok
-            union = area[i] + area[j]
-            union -= ow
-            ok &= union > 0
-            np.divide(ow, union, out=ow)
-            ok &= ow > nms
-        keeps[p][c * CHUNK:(c + 1) * CHUNK] = ok
+    def take(values: np.ndarray, idx: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return np.take(values, idx, out=out, mode="clip")   # "clip": unbuffered (the indices are valid)
 
-    parallel_items(len(items), chunk)
+    with np.errstate(all="ignore"):        # inf/NaN boxes: masked out below, as box_iou zeroes them
+        for (pi, pj), keep in zip(parts, keeps):
+            for lo in range(0, pi.size, CHUNK):
+                i, j = pi[lo:lo + CHUNK], pj[lo:lo + CHUNK]
+                n = i.size
+                a, b, c, d, k, k2 = ow[:n], oh[:n], t[:n], union[:n], ok[:n], ok2[:n]
+                np.minimum(take(x2, i, a), take(x2, j, c), out=a)
+                np.subtract(a, np.maximum(take(x1, i, b), take(x1, j, c), out=b), out=a)
+                np.greater_equal(a, 0, out=k)
+                np.minimum(take(y2, i, b), take(y2, j, c), out=b)
+                np.subtract(b, np.maximum(take(y1, i, c), take(y1, j, d), out=c), out=b)
+                k &= np.greater_equal(b, 0, out=k2)
+                a *= b                                   # the intersection, where k
+                np.add(take(area, i, d), take(area, j, c), out=d)
+                d -= a
+                k &= np.greater(d, 0, out=k2)
+                np.divide(a, d, out=a)
+                k &= np.greater(a, nms, out=k2)
+                keep[lo:lo + n] = k
     return np.concatenate([ordered_pairs(i[k], j[k]) for (i, j), k in zip(parts, keeps)])
 
 
@@ -115,9 +120,10 @@ def nms_suppressed(c, nms: float, kind: str = "default") -> np.ndarray | None:
     probs = c.probs
     if nms <= 0 or probs.shape[0] < 2:
         return None
-    with own_threads():                         # NumPy releases the GIL: chunks on 2 cores
-        edges = overlap_pairs(np.asarray(c.boxes, np.float64), nms, kind)
-        return _suppressed(probs, edges[:, 0], edges[:, 1]) if edges.size else None
+    # in the calling thread: the kernel threads' fresh buffers page-faulted after a forward (~700
+    # faults, 10 ms on random yolov3), more than their second core saved
+    edges = overlap_pairs(np.asarray(c.boxes, np.float64), nms, kind)
+    return _suppressed(probs, edges[:, 0], edges[:, 1]) if edges.size else None
 
 
 BLOCK = 1024   # edges per block when comparing probabilities: 2 x 1024 x K float64 rows (2 x 655 kB at K = 80)
@@ -135,20 +141,13 @@ def _directed(probs: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarr
     stand = np.ascontiguousarray(stand.T)
     both = _take(stand, u) & _take(stand, v)
     fwd = np.zeros((u.size, words), np.uint64)
-    scratch = {}
-
-    def block(part: int, b: int) -> None:
-        s = slice(b * BLOCK, (b + 1) * BLOCK)
-        m = min(BLOCK, u.size - b * BLOCK)
-        if part not in scratch:                 # per-thread rows reused block after block
-            scratch[part] = (np.empty((BLOCK, probs.shape[1])), np.empty((BLOCK, probs.shape[1])),
-                             np.empty((BLOCK, probs.shape[1]), bool))
-        pu, pv, ge = (a[:m] for a in scratch[part])
-        np.take(probs, u[s], axis=0, out=pu, mode="clip")
-        np.take(probs, v[s], axis=0, out=pv, mode="clip")
-        _pack(np.greater_equal(pu, pv, out=ge), fwd[s])
-
-    parallel_items(-(-u.size // BLOCK), block)
+    m = min(BLOCK, u.size)
+    pu, pv, ge = np.empty((m, probs.shape[1])), np.empty((m, probs.shape[1])), np.empty((m, probs.shape[1]), bool)
+    for lo in range(0, u.size, BLOCK):          # rows reused block after block, in the calling thread
+        n = min(BLOCK, u.size - lo)
+        np.take(probs, u[lo:lo + n], axis=0, out=pu[:n], mode="clip")
+        np.take(probs, v[lo:lo + n], axis=0, out=pv[:n], mode="clip")
+        _pack(np.greater_equal(pu[:n], pv[:n], out=ge[:n]), fwd[lo:lo + n])
     fwd = np.ascontiguousarray(fwd.T)
     bwd = ~fwd & both                           # the padding bits of ~fwd: cleared by `both`
     fwd &= both

@@ -151,6 +151,79 @@ def test_nms_long_chain_needs_many_rounds():
     assert np.array_equal(got[:, 0] > 0, np.arange(n) % 2 == 0)
 
 
+def tiny_like(rng: np.random.Generator, classes: int, levels: int = 0) -> Candidates:
+    """Two heads as yolov3-tiny's (a coarse and a fine grid, 3 anchors each) with random weights:
+    every box passes in every class, probs objectness x class score in float32 products."""
+    parts = [yolo_like(rng, g, an, classes) for g, an in
+             ((6, [(0.2, 0.25), (0.35, 0.3), (0.6, 0.55)]), (12, [(0.05, 0.07), (0.1, 0.12), (0.2, 0.16)]))]
+    boxes = np.concatenate([p.boxes for p in parts])
+    obj = rng.uniform(0.5, 1.0, boxes.shape[0]).astype(np.float32)
+    cls = rng.uniform(0.55, 1.0, (boxes.shape[0], classes)).astype(np.float32)
+    if levels:                                   # few distinct class scores: ties within a box and across
+        cls = (np.round(cls * levels) / levels).astype(np.float32)
+        obj[::3] = obj[1::3][:obj[::3].size]     # equal objectness too: exact ties across boxes
+    probs = obj[:, None].astype(np.float64) * cls
+    assert (probs > 0.25).all()
+    return Candidates(boxes, obj.astype(np.float64), probs)
+
+
+@pytest.mark.parametrize("levels", [0, 4])
+@pytest.mark.parametrize("kind", ["default", "greedynms"])
+def test_nms_when_every_box_stands_in_every_class(levels, kind):
+    """Random yolov3-tiny's structure: every box passes in every class, so every overlapping pair is
+    an edge in every class (in one direction or the other, by that class's scores); with and
+    without exact ties in the scores, IoU and DIoU."""
+    rng = np.random.default_rng(40 + levels)
+    c = tiny_like(rng, 9, levels)
+    for nms in (0.3, 0.45):
+        ref = naive_nms_sort(c, nms, kind)
+        assert np.array_equal(nms_sort(c, nms, kind), ref)
+        assert 0 < np.count_nonzero(ref) < ref.size
+
+
+def test_score_order_of_many_scores_sorted_in_two_halves():
+    """From SORT_SPLIT keys, `ranked` sorts two halves on the kernel threads and merges them: ties
+    straddling the halves, few-ulp neighbours and top-bit collisions, on 1 and 2 threads."""
+    from engine.darknet.detect import SORT_SPLIT, score_order
+    from engine.kernels.threads import blas_limit
+    rng = np.random.default_rng(9)
+    n = 2 * SORT_SPLIT + 1001
+    base = np.float32(rng.random(n // 2)).astype(np.float64) * np.float32(rng.random(n // 2))
+    near = base[rng.integers(0, 60, n - n // 2)] * (1 + rng.integers(-6, 7, n - n // 2) * 2.0 ** -52)
+    s = np.concatenate([base, near])[rng.permutation(n)]
+    s[:200] = s[-200:]                           # equal scores in both halves
+    ref = np.argsort(-s, kind="stable")
+    for threads in (1, 2):
+        with blas_limit(threads):
+            assert np.array_equal(score_order(s), ref)
+
+
+@pytest.mark.parametrize("case", ["overlapped", "above SORT_WHILE_MAX", "nothing dropped", "infinite scores"])
+def test_ranked_while_equals_ranking_the_survivors(case, monkeypatch):
+    """`ranked_while` sorts every key while `work` (the NMS) runs, then drops what `work` returns:
+    the same as ranking the survivors (a stable argsort), with ties, few-ulp neighbours and top-bit
+    collisions; on 1 and 2 threads, past SORT_WHILE_MAX (survivors first), and on the argsort path."""
+    from engine.darknet import detect as detect_module
+    from engine.kernels.threads import blas_limit
+    rng = np.random.default_rng(12)
+    base = np.float32(rng.random(5000)).astype(np.float64) * np.float32(rng.random(5000))
+    near = base[rng.integers(0, 50, 15000)] * (1 + rng.integers(-6, 7, 15000) * 2.0 ** -52)
+    scores = np.concatenate([base, near, base[:3000]])[rng.permutation(23000)]
+    scores[rng.random(scores.size) < 0.2] = 0.0
+    if case == "infinite scores":
+        scores[rng.random(scores.size) < 0.01] = np.inf
+    if case == "above SORT_WHILE_MAX":
+        monkeypatch.setattr(detect_module, "SORT_WHILE_MAX", 1000)
+    idx = np.flatnonzero(scores > 0)
+    drop = rng.random(scores.size) < 0.3
+    survivors = idx if case == "nothing dropped" else idx[~drop[idx]]
+    ref = survivors[np.argsort(-scores[survivors], kind="stable")]
+    for threads in (1, 2):
+        with blas_limit(threads):
+            out, s = detect_module.ranked_while(scores, idx, lambda: None if case == "nothing dropped" else drop)
+        assert np.array_equal(out, ref) and np.array_equal(s, scores[ref])
+
+
 def test_detections_order_equals_a_stable_sort_with_ties():
     from engine.darknet.detect import score_order
     rng = np.random.default_rng(5)
@@ -189,8 +262,9 @@ def test_nms_with_nan_and_infinite_probabilities():
 
 
 def test_nms_is_the_same_on_one_or_two_kernel_threads():
-    """The candidate rows, IoU chunks and comparison blocks run on the kernel threads (own_threads):
-    a big dense case (several chunks and blocks) gives the same bits on 1 and 2 threads."""
+    """The candidate rows, IoU chunks and comparison blocks run in the calling thread now (fresh
+    buffers on the kernel threads page-faulted), in fixed chunks and blocks: a big dense case (several
+    chunks and blocks) gives the same bits with BLAS at 1 and 2 threads."""
     from engine.darknet import nms as nms_module
     from engine.kernels.threads import blas_limit
     rng = np.random.default_rng(21)
