@@ -27,7 +27,8 @@ def kernel_line(page, pattern: str, timeout: float = 30_000) -> str:
     """The printed 'QW ...' line once it matches `pattern` (regex)."""
     loc = page.locator(".jp-OutputArea-output", has_text=re.compile(pattern))
     loc.first.wait_for(timeout=timeout)
-    return loc.first.inner_text()
+    # text_content, not inner_text: JupyterLab may leave an off-screen cell's output unrendered (CI saw '')
+    return loc.first.text_content() or ""
 
 
 def drawn_fraction(png: bytes) -> float:
