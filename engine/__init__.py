@@ -7,12 +7,16 @@
 
 This package imports no widget code; the views in `qwidgets` talk to it through its API.
 """
+from engine.kernels.heap import keep_freed_memory
+
+keep_freed_memory()          # before any forward: freed buffers stay in the heap (engine/kernels/heap.py)
+
 from engine.errors import (ArgumentError, CfgError, EditError, EngineError, FileError, ImageError, RecordError,
-                           UnsupportedError, WeightsError)
-from engine.graph import Graph, Node
-from engine.model import Model, load
-from engine.quant.modes import Mode
-from engine.session.session import Session
+                           UnsupportedError, WeightsError)  # noqa: E402
+from engine.graph import Graph, Node  # noqa: E402
+from engine.model import Model, load  # noqa: E402
+from engine.quant.modes import Mode  # noqa: E402
+from engine.session.session import Session  # noqa: E402
 
 __all__ = ["load", "Model", "Session", "Mode", "Graph", "Node", "EngineError", "CfgError", "WeightsError", "ImageError",
            "UnsupportedError", "RecordError", "ArgumentError", "EditError", "FileError"]
