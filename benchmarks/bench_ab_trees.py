@@ -1,0 +1,153 @@
+"""A/B harness: FLOAT forward of a model in several engine trees, interleaved with OpenCV DNN.
+
+    git worktree add --detach /tmp/base main          # the tree to compare against
+    .venv/bin/python benchmarks/bench_ab_trees.py --trees base=/tmp/base,new=. [--model yolov3-tiny|yolov3]
+        [--rounds 60]
+
+On a shared, noisy host a change of a few percent is only visible this way: both trees and the peer
+measured in the same seconds, many rounds, medians and per-round ratios (README's figures quote them).
+
+Each tree runs in its own worker process (PYTHONPATH = the tree, OPENBLAS_NUM_THREADS=2), OpenCV in
+another (cv2.setNumThreads(2), DNN_BACKEND_OPENCV, blob 1x3x416x416). The master asks the workers for
+one timed forward each, round-robin, the order rotating every round, for `rounds` rounds after a
+warm-up; it prints medians and ratios ours / OpenCV per tree, and the load average before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = Path(os.environ.get("QW_BENCH_CACHE", Path(tempfile.gettempdir()) / "qwidgets-bench"))   # inputs, random weights
+MODELS = Path(os.environ.get("QW_MODEL_DIR", ROOT.parent / "shared" / "models"))
+
+WORKER = r'''
+import os, sys, time
+import numpy as np
+which, model, folder = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path.insert(0, os.path.join(os.environ.get("PYTHONPATH", "."), "benchmarks"))
+from pathlib import Path
+if which == "opencv":
+    import cv2
+    cv2.setNumThreads(2)
+    cfg, weights = sys.argv[4], sys.argv[5]
+    net = cv2.dnn.readNetFromDarknet(cfg, weights)
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    outs = net.getUnconnectedOutLayersNames()
+    blob = np.load(sys.argv[6])["x"][None]
+    def run():
+        net.setInput(blob)
+        net.forward(outs)
+else:
+    import engine
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(2)
+    cfg, weights = sys.argv[4], sys.argv[5]
+    m = engine.load(cfg, weights)
+    x = np.ascontiguousarray(np.load(sys.argv[6])["x"], np.float32)
+    print("engine", engine.__file__, file=sys.stderr, flush=True)
+    def run():
+        m.forward(x)
+out = sys.stdout
+for line in sys.stdin:
+    n = int(line)
+    ts = []
+    for _ in range(n):
+        t, c = time.perf_counter(), time.process_time()
+        run()
+        ts.append(f"{(time.perf_counter() - t) * 1e3:.4f}:{(time.process_time() - c) * 1e3:.4f}")
+    out.write(" ".join(ts) + "\n")
+    out.flush()
+'''
+
+
+def model_files(model: str, tree: str) -> tuple[str, str, str]:
+    """(cfg, weights, input npz) shared by every worker."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    inp = WORK / f"{model}-input.npz"
+    if model == "yolov3-tiny":
+        cfg, weights = MODELS / "yolov3-tiny.cfg", MODELS / "yolov3-tiny.weights"
+    else:
+        cfg, weights = WORK / "yolov3.cfg", WORK / "yolov3-random.weights"
+    if not (Path(weights).exists() and inp.exists()):
+        code = (
+            "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; import numpy as np\n"
+            "import bench_float as b\n"
+            f"cfg, w = b.model_files({model!r}, Path({str(WORK)!r}))\n"
+            "import engine; m = engine.load(cfg, w)\n"
+            f"np.savez({str(inp)!r}, x=b.model_input(m.input_shape))\n")
+        subprocess.run([sys.executable, "-c", code], cwd=tree, check=True,
+                       env={**os.environ, "PYTHONPATH": tree, "QW_MODEL_DIR": str(MODELS)})
+    return str(cfg), str(weights), str(inp)
+
+
+def start(which: str, tree: str, files: tuple[str, str, str], model: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": tree, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2",
+           "QW_MODEL_DIR": str(MODELS)}
+    return subprocess.Popen([sys.executable, "-c", WORKER, which, model, str(WORK), *files], cwd=tree, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+
+
+def ask(p: subprocess.Popen, n: int = 1) -> list[float]:
+    p.stdin.write(f"{n}\n")
+    p.stdin.flush()
+    return [tuple(float(x) for x in v.split(":")) for v in p.stdout.readline().split()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="yolov3-tiny", choices=("yolov3-tiny", "yolov3"))
+    ap.add_argument("--rounds", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--trees", required=True, help="name=path,name=path,...: engine trees (the first is the base)")
+    args = ap.parse_args()
+    trees = {k: str(Path(v).resolve()) for k, v in (t.split("=", 1) for t in args.trees.split(","))}
+    files = model_files(args.model, next(iter(trees.values())))
+    workers = {name: start("ours", tree, files, args.model) for name, tree in trees.items()}
+    workers["opencv"] = start("opencv", next(iter(trees.values())), files, args.model)
+    for p in workers.values():
+        ask(p, args.warmup)
+    load0 = os.getloadavg()
+    times: dict[str, list[float]] = {k: [] for k in workers}
+    cpu: dict[str, list[float]] = {k: [] for k in workers}
+    items = list(workers.items())
+    t0 = time.time()
+    for r in range(args.rounds):
+        for k, p in items[r % len(items):] + items[:r % len(items)]:
+            (wall, c), = ask(p)
+            times[k].append(wall)
+            cpu[k].append(c)
+    load1 = os.getloadavg()
+    for p in workers.values():
+        p.stdin.close()
+        p.wait()
+    cv = float(np.median(times["opencv"]))
+    print(f"{args.model} @416, {args.rounds} rounds round-robin, 2 threads each, {time.time() - t0:.0f} s; "
+          f"load {load0[0]:.2f}/{load0[1]:.2f} -> {load1[0]:.2f}/{load1[1]:.2f}")
+    print(f"  opencv {cv:8.2f} ms (p25 {np.percentile(times['opencv'], 25):.2f}, min {min(times['opencv']):.2f}); "
+          f"CPU {np.median(cpu['opencv']):.1f} ms per forward")
+    base = None
+    for k in trees:
+        med = float(np.median(times[k]))
+        # per-round ratios: each round's ours / that round's OpenCV, then the median
+        rr = float(np.median(np.array(times[k]) / np.array(times["opencv"])))
+        line = (f"  {k:8s} {med:8.2f} ms (p25 {np.percentile(times[k], 25):.2f}, min {min(times[k]):.2f})  "
+                f"ratio {med / cv:.3f}x OpenCV (per-round median {rr:.3f})")
+        if base is None:
+            base = k
+        else:
+            line += (f"  vs {base}: {med / float(np.median(times[base])):.3f}"
+                     f" (CPU {np.median(cpu[k]) / np.median(cpu[base]):.3f})")
+        print(line + f"; CPU {np.median(cpu[k]):.1f} ms per forward")
+
+
+if __name__ == "__main__":
+    main()
