@@ -173,6 +173,7 @@ POOL_CASES = [  # (k, s, p, h, w)
     (2, 2, 1, 13, 13), (2, 2, 1, 12, 12), (2, 2, 1, 7, 6), (2, 1, 1, 13, 13), (2, 1, 1, 4, 5), (3, 2, 0, 9, 7),
     (3, 2, 2, 8, 9), (3, 1, 2, 5, 6), (5, 1, 4, 13, 13), (9, 1, 8, 7, 7), (13, 1, 12, 13, 13), (1, 1, 0, 4, 5),
     (1, 2, 0, 5, 5), (3, 3, 2, 10, 11), (2, 2, 1, 1, 1), (4, 2, 3, 3, 2), (2, 2, 0, 5, 5), (3, 1, 0, 3, 3),
+    (2, 2, 0, 8, 6), (2, 2, 1, 2, 2),      # even maps: the 2x2 stride-2 pair path
 ]
 
 
@@ -192,6 +193,16 @@ def test_maxpool_threaded_big_map_matches_naive_on_a_corner():
     y = maxpool(x, 2, 2, 1, scratch=Scratch())
     ref = x.reshape(16, 32, 2, 32, 2).max(axis=(2, 4))
     np.testing.assert_array_equal(y, ref)
+
+
+def test_maxpool_pair_path_on_a_non_contiguous_input_in_blocks():
+    rng = np.random.default_rng(10)
+    big = rng.standard_normal((40, 52, 60)).astype(np.float32)
+    x = big[:, :, 4:56]                                      # rows not contiguous; 40 channels: several blocks
+    for n in (1, 2):
+        with threads.blas_limit(n):                          # own_threads then runs n kernel threads
+            y = maxpool(x, 2, 2, 1)
+        np.testing.assert_array_equal(y, maxpool_naive(x, 2, 2, 1))
 
 
 def test_maxpool_int8_uses_the_fill_value():
