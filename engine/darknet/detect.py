@@ -209,13 +209,11 @@ def ranked_while(scores: np.ndarray, idx: np.ndarray, work) -> tuple[np.ndarray,
     `work` first, then `ranked` of the survivors."""
     n = idx.size
     if work is not None and n > SORT_WHILE_MAX:  # the extra keys would cost more than the overlap saves
-        dropped = work()
-        return ranked_while(scores, idx if dropped is None else idx[~dropped.reshape(-1)[idx]], None)
+        return ranked_while(scores, _survivors(idx, work()), None)
     u = scores.view(np.uint64)[idx]     # allocated here: a kernel thread's fresh buffers page-fault
     if n < 2 or int(u.max()) >= 0x7FF0000000000000:     # not all in +0.0 .. the largest finite
-        dropped = work() if work is not None else None
-        if dropped is not None:
-            idx = idx[~dropped.reshape(-1)[idx]]
+        if work is not None:
+            idx = _survivors(idx, work())
         out = idx[_score_order_ties(scores[idx])]
         return out, scores[out]
     bits = max(int(idx[-1]).bit_length(), 1)
@@ -245,9 +243,7 @@ def ranked_while(scores: np.ndarray, idx: np.ndarray, work) -> tuple[np.ndarray,
             parallel_items(2, item)             # the calling thread takes item 0 (unless a helper is first)
         dropped = done["dropped"]
     key &= np.uint64((1 << bits) - 1)
-    out = key.view(np.int64).astype(np.intp, copy=False)
-    if dropped is not None:
-        out = out[~dropped.reshape(-1)[out]]
+    out = _survivors(key.view(np.int64).astype(np.intp, copy=False), dropped)
     s = scores[out]
     wrong = s[1:] > s[:-1]                      # only where two different scores share the top bits
     if wrong.any():
@@ -259,6 +255,11 @@ def ranked_while(scores: np.ndarray, idx: np.ndarray, work) -> tuple[np.ndarray,
         fix = np.lexsort((out[pos], -s[pos], run[pos]))
         out[pos], s[pos] = out[pos][fix], s[pos][fix]
     return out, s
+
+
+def _survivors(idx: np.ndarray, dropped: np.ndarray | None) -> np.ndarray:
+    """idx without the entries `dropped` (a bool array over the flat scores, or None: none) marks."""
+    return idx if dropped is None else idx[~dropped.reshape(-1)[idx]]
 
 
 SORT_SPLIT = 1 << 15   # keys from which `_sort` sorts two halves on the kernel threads, then merges

@@ -176,7 +176,7 @@ def _band_input(x_q: np.ndarray, r0: int, r1: int, k: int, s: int, p: int, buf: 
 
 def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
                    epilogue: Callable[[int, int, int, np.ndarray, slice], None], w_bound: float | None = None,
-                   full_width: bool = False, bias: np.ndarray | None = None,
+                   bias: np.ndarray | None = None,
                    on_fold: Callable[[], None] | None = None) -> None:
     """Exact int8 conv (groups=1, no bias) in bands of output rows: epilogue(part, r0, r1, acc, ch).
 
@@ -192,7 +192,6 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
     float kernels), each band padding its own input rows (`_band_input`), built, multiplied and handed
     to the epilogue while in cache; a map that is a single band (small maps, many filters) is split
     by filter halves instead.
-    `full_width`: kept for callers; the band is always the contiguous (filters, rows, Wo) array now.
     `bias` (int, (n,)) with `on_fold`: when the weights are small (FOLD_MAX floats) and every partial
     sum stays exact with the bias added (max_f sum|w_f| * max|x| + max|b| < 2**24), the bias becomes
     one more GEMM column against a row of ones, on_fold() is called before the first band, and acc
@@ -265,7 +264,7 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
 def conv_int_fused(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarray], k: int, s: int, p: int,
                    epilogue: Callable[[int, int, int, np.ndarray, slice], None], bias: np.ndarray | None = None,
                    on_fold: Callable[[], None] | None = None) -> str:
-    """Exact int8 conv (groups=1, no bias) handing exact accumulators to a `full_width` epilogue, by
+    """Exact int8 conv (groups=1, no bias) handing exact accumulators to an epilogue (contiguous bands), by
     the faster exact kernel: integer Winograd (engine/quant/intwinograd.py) for big 3x3 stride-1
     layers, else `conv_int_bands`. `w_f()` gives the GEMM weights (only built when used).
     Returns the kernel's name. The accumulators, hence every result, are the same either way.
@@ -308,5 +307,5 @@ def _conv_int_fused(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarr
     n = w_q.shape[0]
     if intwinograd.suitable(c, h, w, n, k, s, p) and intwinograd.conv3x3_fused(x_q, w_q, _scratch(), epilogue):
         return "winograd"
-    conv_int_bands(x_q, w_f(), k, s, p, epilogue, row_abs_max(w_q), full_width=True, bias=bias, on_fold=on_fold)
+    conv_int_bands(x_q, w_f(), k, s, p, epilogue, row_abs_max(w_q), bias=bias, on_fold=on_fold)
     return "im2col"

@@ -107,27 +107,7 @@ def spurious_ties(f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | No
     return plan(f_pos, f_neg, slope).ties
 
 
-def ties_in_band(ties: tuple[np.ndarray, np.ndarray], ch: slice, lo: np.ndarray, hi: np.ndarray
-                 ) -> list[tuple[int, float]]:
-    """The (channel within the band, u) of `ties` inside the band's per-channel [lo, hi]."""
-    c, v = tie_arrays(ties, ch, lo, hi)
-    return list(zip(c.tolist(), v.tolist()))
-
-
-_NO_TIES = (np.zeros(0, np.intp), np.zeros(0))
-
-
-def tie_arrays(ties: tuple[np.ndarray, np.ndarray], ch: slice, lo: np.ndarray, hi: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """`ties_in_band` as two arrays: channels within the band (intp) and the tie accumulators (float64)."""
-    chan, val = ties
-    i0, i1 = np.searchsorted(chan, (ch.start, ch.stop))
-    if i0 == i1:
-        return _NO_TIES
-    c = chan[i0:i1] - ch.start
-    v = val[i0:i1]
-    inside = (v >= lo[c]) & (v <= hi[c])
-    return c[inside], v[inside]
+_NO_TIES = (np.zeros(0, np.intp), np.zeros(0))      # (channels within a band, tie accumulators): none
 
 
 def fix_ties(y: np.ndarray, u: np.ndarray, cs: np.ndarray, vals: np.ndarray, ch: slice, r0: int,
@@ -157,7 +137,7 @@ def fix_ties(y: np.ndarray, u: np.ndarray, cs: np.ndarray, vals: np.ndarray, ch:
 
 
 def add_bias(part: int, acc: np.ndarray, b_q: np.ndarray, ch: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """acc (float32 exact integers, int32 or float64; a contiguous `full_width` band) + b_q[ch] ->
+    """acc (float32 exact integers, int32 or float64; a contiguous band, as wide as Wo or wider) + b_q[ch] ->
     (u, min, max per channel): u holds the exact int32 accumulators as floats, min / max are exact
     integral float64.
 
@@ -219,7 +199,7 @@ def _saturate32(r: np.ndarray, flagged: np.ndarray, wo: int) -> tuple[int, bool 
 
 def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: np.ndarray | None,
                      slope: float | None):
-    """A `full_width` epilogue for `conv_int_bands` writing int8 into y (n, Ho, Wo): q = sat8(rint(u*f)),
+    """An epilogue for `conv_int_bands` writing int8 into y (n, Ho, Wo): q = sat8(rint(u*f)),
     u = acc + b the exact accumulator, f = f_pos (u >= 0) or f_neg (u < 0; relu: 0) per channel.
     Returns (epilogue, stats): stats collects (acc min, acc max, saturated) per band.
 

@@ -131,7 +131,7 @@ class _Conv:
 
 
 @pytest.mark.parametrize("size,stride,h,w,activation,wide", [
-    (3, 1, 37, 45, "leaky", False),     # padded-width bands (full_width columns past Wo)
+    (3, 1, 37, 45, "leaky", False),     # a wide stride-1 map in several bands
     (3, 1, 9, 11, "relu", False),       # a small map: gathered columns
     (3, 2, 20, 17, "linear", False),    # strided
     (1, 1, 12, 16, "leaky", True),      # pointwise; huge biases: |acc + b| >= 2**24, the float64 branch

@@ -39,7 +39,7 @@ def _banded(x, w_q, k, s, p, bias=None, band_floats=None, monkeypatch=None, nthr
         monkeypatch.setattr(intops, "BAND_FLOATS", band_floats)
         monkeypatch.setattr(intops, "MIN_BAND", 1)
     with threads.blas_limit(nthreads):
-        conv_int_bands(x, w_f, k, s, p, epilogue, row_abs_max(w_q), full_width=True, bias=bias,
+        conv_int_bands(x, w_f, k, s, p, epilogue, row_abs_max(w_q), bias=bias,
                        on_fold=(lambda: folded.append(True)) if bias is not None else None)
     assert (seen == 1).all()                            # every output row of every filter exactly once
     return got, bool(folded)

@@ -178,7 +178,7 @@ def test_bias_folded_into_the_gemm_gives_the_naive_accumulators(k, s, p, big_bia
         got[ch, r0:r1] = acc[:, :, :wo]
 
     w_f = w_q.reshape(n, -1).astype(np.float32)
-    conv_int_bands(x_q, w_f, k, s, p, epilogue, row_abs_max(w_q), full_width=True, bias=b_q,
+    conv_int_bands(x_q, w_f, k, s, p, epilogue, row_abs_max(w_q), bias=b_q,
                    on_fold=lambda: folds.append(1))
     want = conv_int_naive(x_q, w_q, b_q, s, p)
     assert folds == ([] if big_bias else [1])
@@ -234,7 +234,7 @@ def test_saturation_counted_in_float32_with_ties_at_127_5(flag_all):
         if flag_all or c == 1:
             acc[c, (c + 5) % rows, 7:9] = 3 * u0[c]          # saturating: this channel is flagged
             acc[c, (c + 6) % rows, 10] = -2 * u0[c]
-    acc[:, :, wo:] = acc[:, :, :1]                          # full_width: columns past wo repeat column 0
+    acc[:, :, wo:] = acc[:, :, :1]                          # a band wider than wo: columns past it repeat column 0
     y = np.empty((n, rows, wo), np.int8)
     epilogue, stats = requant_epilogue(y, np.zeros(n, np.int32), f, None, None)
     epilogue(0, 0, rows, acc.astype(np.float32), slice(0, n))

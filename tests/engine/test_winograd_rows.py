@@ -52,8 +52,6 @@ def test_tile_rows_equal_tiling_the_np_pad_ed_input_on_every_band(m, c, h, w, p)
     t = m + 2
     x = np.random.default_rng(h * w + c).standard_normal((c, h, w)).astype(np.float32)
     ho = h + 2 * p - 2
-    if ho < 1 or w + 2 * p - 2 < 1:
-        pytest.skip("no output")
     th = -(-ho // m)
     xp = np.pad(x, ((0, 0), (p, p + m * th + 2 - (h + 2 * p)), (p, p)))   # room for the last tile row
     full = np.stack([xp[:, j:j + m * (th - 1) + 1:m] for j in range(t)])  # (t, C, th, Wp)

@@ -14,6 +14,8 @@ BLAS sum is corrected at those pairs only.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from engine.kernels.gemm import conv_out_size
@@ -24,9 +26,11 @@ PAIR_LIMIT = 129          # |w_a| + |w_b| >= 129 with x = 255 exceeds 32767
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")     # MLAS's exact u8 x s8 kernels (vpdpbusd)
 
 
+@lru_cache(maxsize=None)
 def host_u8s8_kernel(cpuinfo: str = "/proc/cpuinfo") -> str:
     """Which u8 x s8 kernel ONNX Runtime's MLAS picks on this host: "vnni" (exact int32 dot products),
-    "avx2" (x86 without VNNI: int16-saturating pairs, what `avx2_u8s8` models) or "unknown"."""
+    "avx2" (x86 without VNNI: int16-saturating pairs, what `avx2_u8s8` models) or "unknown". Read
+    once per process: the CPU does not change under it."""
     import platform
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return "unknown"
@@ -112,11 +116,11 @@ class OrtReduceRangeProfile(Avx2U8S8Profile):
     name = "ort_reduce_range"
     title = "ONNX Runtime, 7-bit int8 weights (reduce_range) on AVX2 without VNNI"
     weight_qmax = 63
-
-    def host_mismatch(self) -> str | None:
-        return None                 # no pair can saturate: exact int32 on VNNI and AVX2 kernels alike
     rules = dict(Avx2U8S8Profile.rules, **{
         "weights": "7-bit: int8 in [-63, 63] (reduce_range), exported as int8, per channel or per tensor",
         "accumulator": "u8 x s8 pairs in int16 (vpmaddubsw) can no longer saturate: exact int32",
         "source": "onnxruntime quantization docs (reduce_range for AVX2/AVX512 without VNNI); verified on this host",
     })
+
+    def host_mismatch(self) -> str | None:
+        return None                 # no pair can saturate: exact int32 on VNNI and AVX2 kernels alike
