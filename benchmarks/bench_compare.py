@@ -26,11 +26,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import engine  # noqa: E402
-from bench_float import THREADS, TINY_CFG, TINY_WEIGHTS, limit_blas_threads  # noqa: E402
+from bench_float import IMAGES, THREADS, TINY_CFG, TINY_WEIGHTS, limit_blas_threads  # noqa: E402
 from engine.quant import fitness  # noqa: E402
 from engine.session import Session  # noqa: E402
 
-PHOTOS = sorted(Path("/work/shared/images").glob("*.jpg"))
+PHOTOS = sorted(IMAGES.glob("*.jpg"))
 
 
 def images(n: int) -> list[np.ndarray]:

@@ -38,7 +38,8 @@ from engine.darknet.cfg import read_cfg
 from engine.darknet.build import build_layers
 from engine.darknet.weights import random_params, write_weights
 
-SHARED = Path("/work/shared")
+SHARED = Path(os.environ.get("QW_SHARED", ROOT.parent / "shared"))   # ../shared beside the checkout, as CI has it
+IMAGES = SHARED / "images"
 TINY_CFG = SHARED / "models/yolov3-tiny.cfg"
 TINY_WEIGHTS = SHARED / "models/yolov3-tiny.weights"
 YOLOV3_CFG = SHARED / "models/cfg/yolov3.cfg"

@@ -11,43 +11,27 @@ after a warm-up; medians are reported, with the max head difference of the two e
 """
 from __future__ import annotations
 
-import os
-
-THREADS = 2
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, str(THREADS))  # must happen before NumPy is imported
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
-
-import numpy as np  # noqa: E402
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+# first: bench_float sets the BLAS thread variables before NumPy is imported
+from bench_float import DOG_INPUT, THREADS, TINY_CFG, TINY_WEIGHTS, YOLOV3_CFG, limit_blas_threads  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 import engine  # noqa: E402
 from engine.export import export_onnx  # noqa: E402
 
-SHARED = Path(os.environ.get("QW_SHARED", ROOT.parent / "shared"))
-TINY_CFG = SHARED / "models/yolov3-tiny.cfg"
-TINY_WEIGHTS = SHARED / "models/yolov3-tiny.weights"
-YOLOV3_CFG = SHARED / "models/cfg/yolov3.cfg"
-DOG_INPUT = SHARED / "reference/opencv-yolov3-tiny-dog.npz"
 MODELS = ("yolov3-tiny", "yolov3")
-
-
-def limit_blas_threads() -> str:
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}"
-    threadpool_limits(THREADS)
-    return f"threadpoolctl({THREADS})"
 
 
 def load_model(name: str, folder: Path) -> engine.Model:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_float import THREADS, TINY_CFG, TINY_WEIGHTS, OpenCV, limit_blas_threads  # noqa: E402
+from bench_float import IMAGES, THREADS, TINY_CFG, TINY_WEIGHTS, OpenCV, limit_blas_threads  # noqa: E402
 
 import engine  # noqa: E402
 
@@ -33,7 +33,7 @@ HEADS = (15, 16, 22, 23)
 
 def inputs(model, n: int) -> list:
     from engine.scale.montecarlo import make_variants, render, source_image
-    photos = [str(p) for p in sorted(Path("/work/shared/images").glob("*.jpg"))]
+    photos = [str(p) for p in sorted(IMAGES.glob("*.jpg"))]
     _, h, w = model.input_shape
     pres = [model.preprocess(p) for p in photos]
     for v in make_variants(len(photos), max(0, n - len(photos)), seed=0):
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     from engine.quant.executor import Executor
     from engine.quant.qmodel import quantize_model
     model = engine.load(TINY_CFG, TINY_WEIGHTS)
-    photos = sorted(Path("/work/shared/images").glob("*.jpg"))
+    photos = sorted(IMAGES.glob("*.jpg"))
     qm = quantize_model(model, collect(model, photos, progress=False), "minmax", per_channel=True,
                         profile="onnxruntime")
     pres = inputs(model, args.images)

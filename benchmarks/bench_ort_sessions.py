@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import engine  # noqa: E402
-from bench_float import THREADS, TINY_CFG, TINY_WEIGHTS, OpenCV, limit_blas_threads  # noqa: E402
+from bench_float import IMAGES, THREADS, TINY_CFG, TINY_WEIGHTS, OpenCV, limit_blas_threads  # noqa: E402
 
 BLOB = 8
 NO_STOP = [False]          # --no-stop: spinning sessions keep spinning after a run (ORT's default)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     NO_STOP[0] = args.no_stop
     from engine.export.onnx_float import build_onnx
     model = engine.load(TINY_CFG, TINY_WEIGHTS)
-    photos = sorted(Path("/work/shared/images").glob("*.jpg"))
+    photos = sorted(IMAGES.glob("*.jpg"))
     base = [model.preprocess(p).x for p in photos]
     xs = np.stack([base[i % len(base)] for i in range(args.images)]).astype(np.float32)
     cv = OpenCV(TINY_CFG, TINY_WEIGHTS, model.input_shape)

@@ -14,22 +14,21 @@ BLAS gets 2 threads (OPENBLAS_NUM_THREADS=2 set before NumPy is imported), as in
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
-
-THREADS = 2
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, str(THREADS))  # must happen before NumPy is imported
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
+import sys
+import time
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+# first: bench_float sets the BLAS thread variables before NumPy is imported
+from bench_float import IMAGES, TINY_CFG, TINY_WEIGHTS  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 import engine  # noqa: E402
 from engine.kernels import winograd  # noqa: E402
@@ -38,10 +37,6 @@ from engine.calib.collect import collect  # noqa: E402
 from engine.quant.executor import Executor, Value  # noqa: E402
 from engine.quant.qmodel import quantize_model  # noqa: E402
 
-SHARED = Path(os.environ.get("QW_SHARED", ROOT.parent / "shared"))
-TINY_CFG = SHARED / "models/yolov3-tiny.cfg"
-TINY_WEIGHTS = SHARED / "models/yolov3-tiny.weights"
-IMAGES = SHARED / "images"
 METHODS = ("minmax", "kl", "percentile", "mse", "log2", "yolo2_light")
 TARGETS = {"int_over_float": 1.2, "calibration_over_float": 2.0}
 

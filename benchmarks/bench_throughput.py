@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import engine  # noqa: E402
-from bench_float import THREADS, TINY_CFG, TINY_WEIGHTS, OpenCV, limit_blas_threads  # noqa: E402
+from bench_float import IMAGES, THREADS, TINY_CFG, TINY_WEIGHTS, OpenCV, limit_blas_threads  # noqa: E402
 
 BLOB = 8
 CV_SPLIT = "(check) OpenCV 2 nets x 1 thr"   # not the target's peer: a fairness check
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     limit_blas_threads()
     model = engine.load(TINY_CFG, TINY_WEIGHTS)
-    photos = sorted(Path("/work/shared/images").glob("*.jpg"))
+    photos = sorted(IMAGES.glob("*.jpg"))
     base = [model.preprocess(p).x for p in photos]
     xs = np.stack([base[i % len(base)] for i in range(args.images)])
     cv = OpenCV(TINY_CFG, TINY_WEIGHTS, model.input_shape)

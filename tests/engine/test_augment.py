@@ -3,7 +3,6 @@ checks of the geometric ones, determinism, and saving a set into the workspace."
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +11,8 @@ from PIL import Image, ImageEnhance, ImageFilter
 from engine.imaging.augment import BASIC, add_noise, augment, save_augmented, to_png
 from engine.errors import ImageError
 from engine.workspace import Workspace, WorkspaceError
+from helpers import IMAGES
 
-REPO = Path(__file__).resolve().parents[2]
-IMAGES = (REPO.parent / "shared" if (REPO.parent / "shared").is_dir() else Path("/work/shared")) / "images"
 PHOTOS = sorted(IMAGES.glob("*.jpg"))
 
 

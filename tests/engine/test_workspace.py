@@ -23,10 +23,9 @@ from PIL import Image
 
 from engine.atomic import atomic_write, file_lock, sweep_temp_files
 from engine.workspace import Limits, Workspace, WorkspaceError, default_root, ensure_tutorials
+from helpers import IMAGES, SHARED
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared" if (REPO.parent / "shared").is_dir() else Path("/work/shared")
-IMAGES = SHARED / "images"
 MODELS = SHARED / "models"
 CFG = b"[net]\nwidth=416\nheight=416\nchannels=3\n\n[convolutional]\nfilters=16\nsize=3\n"
 WEIGHTS = struct.pack("<3iq", 0, 2, 5, 0) + struct.pack("<4f", 1, 2, 3, 4)

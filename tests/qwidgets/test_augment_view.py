@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -10,9 +9,8 @@ from PIL import Image
 from engine.imaging.augment import BASIC, augment
 from engine.workspace import Workspace
 from qwidgets.augment_view import THUMB, AugmentView
+from helpers import IMAGES
 
-REPO = Path(__file__).resolve().parents[2]
-IMAGES = (REPO.parent / "shared" if (REPO.parent / "shared").is_dir() else Path("/work/shared")) / "images"
 
 
 def make_view(tmp_path, *names: str) -> AugmentView:

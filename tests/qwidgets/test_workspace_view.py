@@ -5,15 +5,13 @@ import base64
 import io
 import struct
 import zipfile
-from pathlib import Path
 
 import pytest
 
 from engine.workspace import Workspace
 from qwidgets.workspace_view import WorkspaceView
+from helpers import IMAGES
 
-REPO = Path(__file__).resolve().parents[2]
-IMAGES = (REPO.parent / "shared" if (REPO.parent / "shared").is_dir() else Path("/work/shared")) / "images"
 CFG = b"[net]\nwidth=32\nheight=32\n"
 WEIGHTS = struct.pack("<3iq", 0, 2, 5, 0) + b"\0" * 16
 
