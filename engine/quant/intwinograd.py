@@ -145,7 +145,9 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
     (known from the bounds), else int32 (also where the integer transform ran, with `float_acc=False`);
     valid only during the call. False (nothing called) when a channel block's sums cannot be kept exact.
 
-    When every position's products are one exact float32 GEMM, the GEMMs also take the extremes of
+    The products are float32 GEMMs into M, a position whose bound splits its channels adding its
+    chunks' exact sums in float32 (exact while every running sum stays below 2**24, checked on the
+    spot; else the chunks add in integers). The GEMMs also take the extremes of
     their M[p] (in cache, on the kernel threads): the output transform adds 9 of them per output, so
     the sum of the 9 largest |M[p]| it can meet (`_output_bound`) bounds every partial sum of it. Below
     2**24 (yolov3-tiny: 7-15% of it on real photos, while the weight x input bound is 0.75-3.6x) the
@@ -165,17 +167,35 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
     out_bound = _output_bound(bounds)
     bound = float(bounds.max())
     itype = np.int32 if 9 * bound < 2.0 ** 31 else np.int64
-    if all(len(pl) == 1 for pl in plans):
-        mf = scratch.get("iw_mf", (16, n, t))
-        ext = np.zeros(16)
+    mf = scratch.get("iw_mf", (16, n, t))
+    ext = np.zeros(16)
 
-        def gemm_f(part: int, p: int) -> None:
-            out = mf[p]
-            np.matmul(wt.u[p], v[_PERM[p]], out=out)
-            ext[p] = max(float(_MAX(out, axis=None)), -float(_MIN(out, axis=None)))
+    def gemm_f(part: int, p: int) -> None:
+        out = mf[p]
+        plan = plans[p]
+        vt = v[_PERM[p]]
+        if len(plan) == 1:
+            np.matmul(wt.u[p], vt, out=out)
+        else:
+            # each chunk's sums are exact float32 integers (below 2**24); adding two of them is exact
+            # iff the rounded sum stays below 2**24 (rounding is monotone and 2**24 is a float32
+            # number, so a true sum at or past it rounds to at least 2**24): checked after every add,
+            # else the integer path below redoes this layer
+            tmp = scratch.get(f"iw_out{part}", (n, t))
+            for k, (a, b) in enumerate(plan):
+                np.matmul(wt.u[p, :, a:b], vt[a:b], out=out if k == 0 else tmp)
+                if k:
+                    out += tmp
+                    if k < len(plan) - 1 and max(float(_MAX(out, axis=None)), -float(_MIN(out, axis=None))) >= EXACT_F32:
+                        ext[p] = np.inf
+                        return
+        ext[p] = max(float(_MAX(out, axis=None)), -float(_MIN(out, axis=None)))
+        if len(plan) > 1 and ext[p] >= EXACT_F32:
+            ext[p] = np.inf
 
-        with own_threads():
-            parallel_items(16, gemm_f)
+    with own_threads():
+        parallel_items(16, gemm_f)
+    if np.isfinite(ext).all():
         if min(out_bound, _output_bound(ext)) < EXACT_F32:
             if h % 2 == 0 and w % 2 == 0:       # (odd maps: a GEMM into whole tiles + a crop measured no faster)
                 _output_gemm(mf, n, h, w, th, tw, scratch, epilogue)
@@ -189,7 +209,7 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
 
         with own_threads():
             parallel_items(16, cast)
-    else:
+    else:                     # a split position's chunks add past 2**24: integer adds
         m = scratch.get("iw_m", (16, n, t), itype)
 
         def gemm(part: int, p: int) -> None:
@@ -197,8 +217,7 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
             out = scratch.get(f"iw_out{part}", (n, t))
             plan = plans[p]
             if len(plan) == 1:
-                np.matmul(wt.u[p], vt, out=out)
-                m[p] = out                                      # exact integers: exact cast
+                m[p] = mf[p]                                    # one exact GEMM above: exact cast
                 return
             # each chunk's sums are exact float32 integers; they add in M's integer type (two fast
             # passes, where a float64 accumulator took mixed-type buffered ones)

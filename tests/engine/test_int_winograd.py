@@ -207,3 +207,47 @@ def test_per_block_input_ranges_keep_one_gemm_exact():
             assert per_block.sum(axis=1).max() < 2 ** 24
     if got is not None:
         np.testing.assert_array_equal(got, conv_int_naive(x_q, w_q, np.zeros(n, np.int32), 1, 1))
+
+
+@pytest.mark.parametrize("h,w", [(13, 13), (12, 10)])
+@pytest.mark.parametrize("threads_", [1, 2])
+def test_split_positions_add_their_chunks_in_float32_exactly(h, w, threads_):
+    """A position whose channel bound splits it (full-range inputs in two 64-channel blocks) adds its
+    chunks' float32 sums in float32 when the actual running sums stay below 2**24: the float32
+    accumulators equal the naive loops, on odd and even maps, 1 and 2 threads. With constant inputs
+    and weights (no cancellation) each block's sum is exact but two add up past 2**24: the chunks then
+    add in integers, still the naive loops' values."""
+    from engine.kernels import threads
+
+    def plans(x_q, w_q):
+        c = x_q.shape[0]
+        v3 = intwinograd.input_tiles(x_q, _scratch()).reshape(16, c // 64, -1)
+        vblock = np.maximum(v3.max(axis=2), -v3.min(axis=2)).astype(np.float64)[intwinograd._PERM]
+        wt = intwinograd.weights(w_q)
+        return [wt.chunks(p, float(vblock[p].max()), vblock[p]) for p in range(16)]
+
+    def run(x_q, w_q):
+        kinds = []
+        with threads.blas_limit(threads_):
+            assert intwinograd.conv3x3_fused(x_q, w_q, _scratch(), lambda part, r0, r1, acc, ch: kinds.append(acc.dtype))
+            got = intwinograd.conv3x3_acc(x_q, w_q, _scratch())
+        np.testing.assert_array_equal(got, conv_int_naive(x_q, w_q, np.zeros(w_q.shape[0], np.int32), 1, 1))
+        return set(kinds)
+
+    rng = np.random.default_rng(5)
+    c, n = 256, 64
+    x_q = rng.integers(-3, 4, (c, h, w)).astype(np.int8)
+    x_q[:128] = rng.integers(-127, 128, (128, h, w))
+    w_q = rng.integers(-127, 128, (n, c, 3, 3)).astype(np.int8)
+    pl = plans(x_q, w_q)
+    assert all(p is not None for p in pl) and any(len(p) > 1 for p in pl)
+    assert run(x_q, w_q) == {np.dtype(np.float32)}            # chunks added in float32, exact
+    x_q = np.full((128, h, w), 100, np.int8)                   # M at the centre: 36 * 60 * 100 * 64 per block
+    w_q = np.full((8, 128, 3, 3), 60, np.int8)
+    pl = plans(x_q, w_q)
+    assert all(p is not None for p in pl) and any(len(p) > 1 for p in pl)
+    wt = intwinograd.weights(w_q)
+    v = intwinograd.input_tiles(x_q, _scratch())
+    m = max(np.abs(wt.u[p].astype(np.float64) @ v[intwinograd._PERM[p]].astype(np.float64)).max() for p in range(16))
+    assert m > 2 ** 24                                         # a product sum float32 cannot hold: integer adds
+    run(x_q, w_q)
