@@ -159,21 +159,23 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
     th, tw = (h + 1) // 2, (w + 1) // 2
     t = th * tw
     v = input_tiles(x_q, scratch)
-    vmax, vblock = _tile_bounds(v, c)
-    plans = [wt.chunks(p, float(vmax[p]), vblock[p]) for p in range(16)]
-    if any(pl is None for pl in plans):
-        return False
-    bounds = wt.row_sums * vmax
-    out_bound = _output_bound(bounds)
-    bound = float(bounds.max())
-    itype = np.int32 if 9 * bound < 2.0 ** 31 else np.int64
+    blocked = c % BLOCK == 0
+    vmax = np.zeros(16)
+    plans: list = [None] * 16
     mf = scratch.get("iw_mf", (16, n, t))
     ext = np.zeros(16)
 
     def gemm_f(part: int, p: int) -> None:
         out = mf[p]
-        plan = plans[p]
-        vt = v[_PERM[p]]
+        vt = v[_PERM[p]]                                        # (C, tiles), contiguous
+        # this position's input bounds, taken here (V[p] is read next by the GEMM) instead of in a
+        # pass of their own: max |V| per block of BLOCK channels when C is a multiple of it
+        v2 = vt.reshape(c // BLOCK, -1) if blocked else vt.reshape(1, -1)
+        vb = np.maximum(_MAX(v2, axis=1), -_MIN(v2, axis=1)).astype(np.float64)
+        vmax[p] = vb.max()
+        plan = plans[p] = wt.chunks(p, float(vmax[p]), vb if blocked else None)
+        if plan is None:                                        # a block too large: im2col runs the layer
+            return
         if len(plan) == 1:
             np.matmul(wt.u[p], vt, out=out)
         else:
@@ -195,6 +197,11 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
 
     with own_threads():
         parallel_items(16, gemm_f)
+    if any(pl is None for pl in plans):
+        return False
+    bounds = wt.row_sums * vmax
+    out_bound = _output_bound(bounds)
+    itype = np.int32 if 9 * float(bounds.max()) < 2.0 ** 31 else np.int64
     if np.isfinite(ext).all():
         if min(out_bound, _output_bound(ext)) < EXACT_F32:
             if h % 2 == 0 and w % 2 == 0:       # (odd maps: a GEMM into whole tiles + a crop measured no faster)
@@ -236,31 +243,6 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
     f32 = float_acc and out_bound < 4 * EXACT_F32
     _output_tiles(m, n, h, w, th, tw, scratch, epilogue, np.float32 if f32 else np.int32)
     return True
-
-
-def _tile_bounds(v: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray | list]:
-    """max |V| per position p (16,) in this module's order (_PERM), and per position and block of BLOCK
-    channels (16, C / BLOCK) when C is a multiple of BLOCK (tighter bounds; else [None] * 16): the
-    reductions run in groups of positions on the kernel threads (they were a serial pass over V)."""
-    groups = 4
-    if c % BLOCK == 0:
-        v3 = v.reshape(16, c // BLOCK, -1)
-    else:
-        v3 = v.reshape(16, 1, -1)
-    hi = np.empty(v3.shape[:2], v.dtype)
-    lo = np.empty(v3.shape[:2], v.dtype)
-
-    def item(part: int, i: int) -> None:
-        ps = slice(16 * i // groups, 16 * (i + 1) // groups)
-        np.maximum.reduce(v3[ps], axis=2, out=hi[ps])
-        np.minimum.reduce(v3[ps], axis=2, out=lo[ps])
-
-    with own_threads():
-        parallel_items(groups, item)
-    vb = np.maximum(hi, -lo).astype(np.float64)[_PERM]
-    if c % BLOCK == 0:
-        return vb.max(axis=1), vb
-    return vb[:, 0], [None] * 16
 
 
 def filter_edges(n: int, per: int) -> list[int]:
