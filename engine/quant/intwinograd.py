@@ -137,7 +137,8 @@ FILTER_BLOCKS = 4               # filter blocks of the output transform + epilog
 
 
 def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
-                  epilogue: Callable[[int, int, int, np.ndarray, slice], None], float_acc: bool = True) -> bool:
+                  epilogue: Callable[[int, int, int, np.ndarray, slice], None], float_acc: bool = True,
+                  bias: np.ndarray | None = None, on_fold: Callable[[], None] | None = None) -> bool:
     """The 3x3 stride-1 pad-1 conv of int8 x_q (C, H, W) with int8 w_q (n, C, 3, 3), no bias, its exact
     accumulators handed to epilogue(part, 0, H, acc, ch) per filter block as soon as the output
     transform has made them (the block still in cache, on the thread that made it): acc a contiguous
@@ -152,7 +153,12 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
     the sum of the 9 largest |M[p]| it can meet (`_output_bound`) bounds every partial sum of it. Below
     2**24 (yolov3-tiny: 7-15% of it on real photos, while the weight x input bound is 0.75-3.6x) the
     transform runs in float32 on M as the GEMMs wrote it: a GEMM with A^T (x) A^T / 4 on even maps,
-    the separable adds then * 1/4 on odd ones; else M is cast to integers first (`_output_tiles`)."""
+    the separable adds then * 1/4 on odd ones; else M is cast to integers first (`_output_tiles`).
+
+    `bias` (int, (n,)) with `on_fold`: on that float32 path, when the bound still holds with 4 * b
+    added to M[1, 1] (which every output reads with weight 1/4: `_KA`), the output items add it there
+    (1/16 of M, in cache), on_fold() is called before the first epilogue, and acc holds the sums with
+    the bias (the epilogue's bias pass over the output is saved); else nothing changes."""
     c, h, w = x_q.shape
     wt = weights(w_q)
     n = w_q.shape[0]
@@ -204,10 +210,18 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
     itype = np.int32 if 9 * float(bounds.max()) < 2.0 ** 31 else np.int64
     if np.isfinite(ext).all():
         if min(out_bound, _output_bound(ext)) < EXACT_F32:
+            fold = None
+            if bias is not None and on_fold is not None and bias.size == n:
+                b4 = 4.0 * float(np.abs(bias).max(initial=0))
+                e5 = ext.copy()
+                e5[BIAS_P] += b4                    # |M[1, 1] + 4b| <= ext + 4 max|b|: exact below 2**24
+                if e5[BIAS_P] < EXACT_F32 and _output_bound(e5) < EXACT_F32:
+                    fold = (4 * bias.astype(np.int64)).astype(np.float32)
+                    on_fold()
             if h % 2 == 0 and w % 2 == 0:       # (odd maps: a GEMM into whole tiles + a crop measured no faster)
-                _output_gemm(mf, n, h, w, th, tw, scratch, epilogue)
+                _output_gemm(mf, n, h, w, th, tw, scratch, epilogue, fold)
             else:
-                _output_tiles(mf, n, h, w, th, tw, scratch, epilogue, np.float32)
+                _output_tiles(mf, n, h, w, th, tw, scratch, epilogue, np.float32, fold)
             return True
         m = scratch.get("iw_m", (16, n, t), itype)
 
@@ -259,6 +273,8 @@ def filter_edges(n: int, per: int) -> list[int]:
 _AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 _KA = np.ascontiguousarray(np.einsum("ia,jb->abij", _AT, _AT).reshape(16, 4) / 4, np.float32)
 _SETS = ((0, 1, 2), (1, 2, 3))           # the rows (columns) of M that output row (column) 0 / 1 reads
+BIAS_P = 5                               # M[1, 1] (p = 4a + b): every output reads it with weight 1/4
+assert np.all(_KA[BIAS_P] == 0.25)
 
 
 def _output_bound(bounds: np.ndarray) -> float:
@@ -269,7 +285,7 @@ def _output_bound(bounds: np.ndarray) -> float:
 
 
 def _output_gemm(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch: Scratch,
-                 epilogue: Callable[[int, int, int, np.ndarray, slice], None]) -> None:
+                 epilogue: Callable[[int, int, int, np.ndarray, slice], None], fold: np.ndarray | None = None) -> None:
     """Even maps, float32 M whose output sums stay below 2**24 (`_output_bound`): the output transform
     is one float32 GEMM per filter block with A^T (x) A^T / 4, exact by that bound (products +-M/4 and
     every partial sum are multiples of 1/4 below 2**22): the accumulators come out as float32 (filters,
@@ -283,6 +299,8 @@ def _output_gemm(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratc
     def out_block(part: int, i: int) -> None:
         n0, n1 = edges[i], edges[i + 1]
         k = n1 - n0
+        if fold is not None:                                # 4 * bias into M[1, 1]: exact (conv3x3_fused)
+            m2[BIAS_P, n0 * t:n1 * t].reshape(k, t)[...] += fold[n0:n1, None]
         z = scratch.get(f"iw_z{part}", (kmax * t, 4))[:k * t]
         np.matmul(m2[:, n0 * t:n1 * t].T, _KA, out=z)
         # [f, ty, tx, i, j] -> y[f, 2ty + i, 2tx + j]: each tile row's two floats move as one float64
@@ -296,7 +314,8 @@ def _output_gemm(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratc
 
 
 def _output_tiles(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch: Scratch,
-                  epilogue: Callable[[int, int, int, np.ndarray, slice], None], dtype=np.int32) -> None:
+                  epilogue: Callable[[int, int, int, np.ndarray, slice], None], dtype=np.int32,
+                  fold: np.ndarray | None = None) -> None:
     """A^T M A per tile, integer adds, then / 4 (exact): the accumulators, per filter block into a
     (filters, h, w) `dtype` buffer (float32 only when every accumulator is below 2**24) handed to the
     epilogue at once. Float32 M (every output sum below 2**24, see `conv3x3_fused`): the same adds in
@@ -315,6 +334,8 @@ def _output_tiles(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scrat
         s = scratch.get(f"iw_s{part}", (2, 4, kmax, th, tw), m.dtype)[:, :, :k]
         tt = scratch.get(f"iw_t{part}", (2, kmax, th, tw), m.dtype)[:, :k]
         y = scratch.get(f"iw_y{part}", (kmax, h, w), dtype)[:k]
+        if fold is not None:                                # float32 M only: 4 * bias into M[1, 1], exact
+            m5[1, 1, c] += fold[c, None, None]
         s0, s1 = s[0], s[1]
         np.add(m5[1][:, c], m5[2][:, c], out=s0)
         np.subtract(m5[1][:, c], m5[2][:, c], out=s1)

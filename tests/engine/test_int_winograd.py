@@ -251,3 +251,31 @@ def test_split_positions_add_their_chunks_in_float32_exactly(h, w, threads_):
     m = max(np.abs(wt.u[p].astype(np.float64) @ v[intwinograd._PERM[p]].astype(np.float64)).max() for p in range(16))
     assert m > 2 ** 24                                         # a product sum float32 cannot hold: integer adds
     run(x_q, w_q)
+
+
+@pytest.mark.parametrize("h,w", [(12, 10), (13, 13)])
+@pytest.mark.parametrize("big", [False, True])
+def test_bias_folded_into_m11_gives_the_naive_accumulators(h, w, big):
+    """`conv3x3_fused(bias=, on_fold=)`: on the float32 path 4 * b goes into M[1, 1] (every output
+    reads it with weight 1/4) when the output bound still holds, and the epilogue's accumulators are
+    the naive loops' sums with the bias, even and odd maps; a bias too large for that bound is not
+    folded (on_fold never called) and the accumulators come without it, as before."""
+    from engine.quant.intops import conv_int_fused
+    c, n = 64, 66
+    x_q, w_q = _data(h * w, c, n, h, w, xmax=20, wmax=20)
+    rng = np.random.default_rng(h + w)
+    b_q = rng.integers(-5000, 5000, n).astype(np.int32)
+    if big:
+        b_q[3] = 2 ** 22 + 5                                   # 4 * b alone is past 2**24
+    folded = []
+    got = np.full((n, h, w), -1, np.int64)
+
+    def keep(part, r0, r1, acc, ch):
+        assert acc.dtype == np.float32
+        got[ch, r0:r1] = acc[:, :, :w]
+
+    kernel = conv_int_fused(x_q, w_q, lambda: None, 3, 1, 1, keep, bias=b_q, on_fold=lambda: folded.append(1))
+    assert kernel == "winograd"
+    want = conv_int_naive(x_q, w_q, b_q, 1, 1)
+    assert folded == ([] if big else [1])
+    np.testing.assert_array_equal(got + (b_q[:, None, None] if big else 0), want)
