@@ -277,11 +277,16 @@ BIAS_P = 5                               # M[1, 1] (p = 4a + b): every output re
 assert np.all(_KA[BIAS_P] == 0.25)
 
 
+# the 9 positions 4a + b each of the 4 outputs of a tile reads (rows a in _SETS[i], columns b in _SETS[j])
+_READS = np.array([[4 * a + b for a in r for b in c] for r in _SETS for c in _SETS])
+
+
 def _output_bound(bounds: np.ndarray) -> float:
     """Largest sum of the 9 bounds |M[p]| <= bounds[p] one output adds: every partial sum of the output
-    transform, in any order, lies below it (the 1/4 scales the sums and float32's grid alike)."""
-    b = np.asarray(bounds, np.float64).reshape(4, 4)
-    return float(max(b[np.ix_(r, c)].sum() for r in _SETS for c in _SETS))
+    transform, in any order, lies below it (the 1/4 scales the sums and float32's grid alike). The
+    bounds are integers (exact float64 sums in any order); one gather, not 4 ix_ slices (serial code
+    between two parallel passes)."""
+    return float(np.asarray(bounds, np.float64).reshape(16)[_READS].sum(axis=1).max())
 
 
 def _output_gemm(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch: Scratch,

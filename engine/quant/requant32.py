@@ -284,7 +284,9 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
         if _ANY(e >= watch2, axis=None):
             # the rule is monotone in u per channel: only channels whose extremes pass a saturation
             # bound can hold saturated values
-            flagged = np.flatnonzero(_ANY(e > sat2, axis=0))
+            over = e > sat2
+            if _ANY(over, axis=None):     # usually none: no per-channel pass and flatnonzero
+                flagged = np.flatnonzero(_ANY(over, axis=0))
             if tc.size:                   # the ties inside a channel's [lo, hi]
                 inside = _ALL(e[:, tc] >= t2, axis=0)
                 tie_c, tie_v = tc[inside], tv[inside]

@@ -279,3 +279,14 @@ def test_bias_folded_into_m11_gives_the_naive_accumulators(h, w, big):
     want = conv_int_naive(x_q, w_q, b_q, 1, 1)
     assert folded == ([] if big else [1])
     np.testing.assert_array_equal(got + (b_q[:, None, None] if big else 0), want)
+
+
+def test_output_bound_is_the_largest_9_term_sum_an_output_reads():
+    """`_output_bound` (one gather) equals the largest sum of |M[p]| bounds over the positions each of the
+    4 outputs of a tile reads, taken from the output transform itself (the nonzero entries of _KA)."""
+    rng = np.random.default_rng(0)
+    reads = [np.flatnonzero(intwinograd._KA[:, j]) for j in range(4)]
+    assert all(r.size == 9 for r in reads)
+    for _ in range(200):
+        b = rng.integers(0, 2 ** 30, 16).astype(np.float64)
+        assert intwinograd._output_bound(b) == max(float(b[r].sum()) for r in reads)
