@@ -2,7 +2,12 @@
 
     git worktree add --detach /tmp/base main          # the tree to compare against
     .venv/bin/python benchmarks/bench_ab_trees.py --trees base=/tmp/base,new=. [--model yolov3-tiny|yolov3]
-        [--rounds 60]
+        [--rounds 60] [--mode int]
+
+`--mode int` (yolov3-tiny, real weights): each tree's worker holds a FLOAT and an INT `Session` (minmax,
+per channel, calibrated on the shared photos, as `bench_int_profile.py`) and times one `Session.run()`
+of each per round (order alternating), no OpenCV: it prints per tree the medians, the median of the
+per-round INT / FLOAT ratios, and INT against the base tree's INT.
 
 On a shared, noisy host a change of a few percent is only visible this way: both trees and the peer
 measured in the same seconds, many rounds, medians and per-round ratios (README's figures quote them).
@@ -46,6 +51,30 @@ if which == "opencv":
     def run():
         net.setInput(blob)
         net.forward(outs)
+elif which == "int":
+    import engine
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(2)
+    from engine.calib.collect import collect
+    from engine.quant.qmodel import quantize_model
+    from engine.session import Session
+    cfg, weights, shared = sys.argv[4], sys.argv[5], Path(sys.argv[6])
+    m = engine.load(cfg, weights)
+    photos = sorted((shared / "images").glob("*.jpg"))
+    qm = quantize_model(m, collect(m, photos, progress=False), "minmax", per_channel=True)
+    image = shared / "images" / "dog.jpg"
+    ss = [Session(m, None, "float", image), Session(m, qm, "int", image)]
+    print("engine", engine.__file__, file=sys.stderr, flush=True)
+    flip = [0]
+    def run():
+        flip[0] ^= 1
+        res = []
+        for s in (ss if flip[0] else ss[::-1]):
+            s.reset()
+            t, c = time.perf_counter(), time.process_time()
+            s.run()
+            res.append(((time.perf_counter() - t) * 1e3, (time.process_time() - c) * 1e3))
+        return res if flip[0] else res[::-1]
 else:
     import engine
     from threadpoolctl import threadpool_limits
@@ -61,6 +90,9 @@ for line in sys.stdin:
     n = int(line)
     ts = []
     for _ in range(n):
+        if which == "int":
+            ts.append(";".join(f"{w:.4f}:{c:.4f}" for w, c in run()))
+            continue
         t, c = time.perf_counter(), time.process_time()
         run()
         ts.append(f"{(time.perf_counter() - t) * 1e3:.4f}:{(time.process_time() - c) * 1e3:.4f}")
@@ -96,10 +128,52 @@ def start(which: str, tree: str, files: tuple[str, str, str], model: str) -> sub
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
 
 
-def ask(p: subprocess.Popen, n: int = 1) -> list[float]:
+def ask(p: subprocess.Popen, n: int = 1) -> list:
     p.stdin.write(f"{n}\n")
     p.stdin.flush()
-    return [tuple(float(x) for x in v.split(":")) for v in p.stdout.readline().split()]
+    return [tuple(float(x) for x in v.split(":")) if ";" not in v
+            else tuple(tuple(float(x) for x in u.split(":")) for u in v.split(";"))
+            for v in p.stdout.readline().split()]
+
+
+def main_int(args, trees: dict[str, str]) -> None:
+    """--mode int: FLOAT and INT `Session.run()` per tree, interleaved (module docstring)."""
+    shared = MODELS.parent
+    files = (str(MODELS / "yolov3-tiny.cfg"), str(MODELS / "yolov3-tiny.weights"), str(shared))
+    workers = {name: start("int", tree, files, "yolov3-tiny") for name, tree in trees.items()}
+    for p in workers.values():
+        ask(p, args.warmup)
+    load0 = os.getloadavg()
+    fl: dict[str, list[float]] = {k: [] for k in workers}
+    it: dict[str, list[float]] = {k: [] for k in workers}
+    cf: dict[str, list[float]] = {k: [] for k in workers}
+    ci: dict[str, list[float]] = {k: [] for k in workers}
+    items = list(workers.items())
+    t0 = time.time()
+    for r in range(args.rounds):
+        for k, p in items[r % len(items):] + items[:r % len(items)]:
+            ((wf, c_f), (wi, c_i)), = ask(p)
+            fl[k].append(wf)
+            it[k].append(wi)
+            cf[k].append(c_f)
+            ci[k].append(c_i)
+    load1 = os.getloadavg()
+    for p in workers.values():
+        p.stdin.close()
+        p.wait()
+    print(f"yolov3-tiny @416 INT vs FLOAT Session.run(), {args.rounds} rounds round-robin, 2 threads each, "
+          f"{time.time() - t0:.0f} s; load {load0[0]:.2f}/{load0[1]:.2f} -> {load1[0]:.2f}/{load1[1]:.2f}")
+    base = None
+    for k in trees:
+        f, q = np.array(fl[k]), np.array(it[k])
+        line = (f"  {k:8s} FLOAT {np.median(f):7.2f} ms, INT {np.median(q):7.2f} ms (p25 {np.percentile(q, 25):.2f}); "
+                f"INT/FLOAT per-round median {np.median(q / f):.3f} (CPU {np.median(np.array(ci[k]) / np.array(cf[k])):.3f})")
+        if base is None:
+            base = k
+        else:
+            line += (f"; INT vs {base}: {np.median(q) / np.median(it[base]):.3f}"
+                     f" (CPU {np.median(ci[k]) / np.median(ci[base]):.3f})")
+        print(line)
 
 
 def main() -> None:
@@ -108,8 +182,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--trees", required=True, help="name=path,name=path,...: engine trees (the first is the base)")
+    ap.add_argument("--mode", default="float", choices=("float", "int"),
+                    help="int: FLOAT and INT Session.run() of yolov3-tiny per tree, no OpenCV")
     args = ap.parse_args()
     trees = {k: str(Path(v).resolve()) for k, v in (t.split("=", 1) for t in args.trees.split(","))}
+    if args.mode == "int":
+        main_int(args, trees)
+        return
     files = model_files(args.model, next(iter(trees.values())))
     workers = {name: start("ours", tree, files, args.model) for name, tree in trees.items()}
     workers["opencv"] = start("opencv", next(iter(trees.values())), files, args.model)

@@ -268,7 +268,8 @@ def conv_int_fused(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarra
     the faster exact kernel: integer Winograd (engine/quant/intwinograd.py) for big 3x3 stride-1
     layers, else `conv_int_bands`. `w_f()` gives the GEMM weights (only built when used).
     Returns the kernel's name. The accumulators, hence every result, are the same either way.
-    `bias` / `on_fold`: see `conv_int_bands` (the Winograd kernel never folds).
+    `bias` / `on_fold`: see `conv_int_bands` (the Winograd kernel folds it into M[1, 1] on its float32
+    path when exact: `intwinograd.conv3x3_fused`).
     Inside `layermemo.sharing_acc(memo)`: the accumulators of this (x_q, w_q) are kept in the memo
     band by band, or taken from it ("memo"): the epilogue sees the same bands either way. There the
     bias is never folded, so the kept accumulators are shared by methods whose biases differ."""
@@ -305,7 +306,8 @@ def _conv_int_fused(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarr
     from engine.quant import intwinograd
     c, h, w = x_q.shape
     n = w_q.shape[0]
-    if intwinograd.suitable(c, h, w, n, k, s, p) and intwinograd.conv3x3_fused(x_q, w_q, _scratch(), epilogue):
+    if intwinograd.suitable(c, h, w, n, k, s, p) and intwinograd.conv3x3_fused(x_q, w_q, _scratch(), epilogue,
+                                                                                  bias=bias, on_fold=on_fold):
         return "winograd"
     conv_int_bands(x_q, w_f(), k, s, p, epilogue, row_abs_max(w_q), bias=bias, on_fold=on_fold)
     return "im2col"

@@ -137,7 +137,8 @@ FILTER_BLOCKS = 4               # filter blocks of the output transform + epilog
 
 
 def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
-                  epilogue: Callable[[int, int, int, np.ndarray, slice], None], float_acc: bool = True) -> bool:
+                  epilogue: Callable[[int, int, int, np.ndarray, slice], None], float_acc: bool = True,
+                  bias: np.ndarray | None = None, on_fold: Callable[[], None] | None = None) -> bool:
     """The 3x3 stride-1 pad-1 conv of int8 x_q (C, H, W) with int8 w_q (n, C, 3, 3), no bias, its exact
     accumulators handed to epilogue(part, 0, H, acc, ch) per filter block as soon as the output
     transform has made them (the block still in cache, on the thread that made it): acc a contiguous
@@ -145,42 +146,82 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
     (known from the bounds), else int32 (also where the integer transform ran, with `float_acc=False`);
     valid only during the call. False (nothing called) when a channel block's sums cannot be kept exact.
 
-    When every position's products are one exact float32 GEMM, the GEMMs also take the extremes of
+    The products are float32 GEMMs into M, a position whose bound splits its channels adding its
+    chunks' exact sums in float32 (exact while every running sum stays below 2**24, checked on the
+    spot; else the chunks add in integers). The GEMMs also take the extremes of
     their M[p] (in cache, on the kernel threads): the output transform adds 9 of them per output, so
     the sum of the 9 largest |M[p]| it can meet (`_output_bound`) bounds every partial sum of it. Below
     2**24 (yolov3-tiny: 7-15% of it on real photos, while the weight x input bound is 0.75-3.6x) the
     transform runs in float32 on M as the GEMMs wrote it: a GEMM with A^T (x) A^T / 4 on even maps,
-    the separable adds then * 1/4 on odd ones; else M is cast to integers first (`_output_tiles`)."""
+    the separable adds then * 1/4 on odd ones; else M is cast to integers first (`_output_tiles`).
+
+    `bias` (int, (n,)) with `on_fold`: on that float32 path, when the bound still holds with 4 * b
+    added to M[1, 1] (which every output reads with weight 1/4: `_KA`), the output items add it there
+    (1/16 of M, in cache), on_fold() is called before the first epilogue, and acc holds the sums with
+    the bias (the epilogue's bias pass over the output is saved); else nothing changes."""
     c, h, w = x_q.shape
     wt = weights(w_q)
     n = w_q.shape[0]
     th, tw = (h + 1) // 2, (w + 1) // 2
     t = th * tw
     v = input_tiles(x_q, scratch)
-    vmax, vblock = _tile_bounds(v, c)
-    plans = [wt.chunks(p, float(vmax[p]), vblock[p]) for p in range(16)]
+    blocked = c % BLOCK == 0
+    vmax = np.zeros(16)
+    plans: list = [None] * 16
+    mf = scratch.get("iw_mf", (16, n, t))
+    ext = np.zeros(16)
+
+    def gemm_f(part: int, p: int) -> None:
+        out = mf[p]
+        vt = v[_PERM[p]]                                        # (C, tiles), contiguous
+        # this position's input bounds, taken here (V[p] is read next by the GEMM) instead of in a
+        # pass of their own: max |V| per block of BLOCK channels when C is a multiple of it
+        v2 = vt.reshape(c // BLOCK, -1) if blocked else vt.reshape(1, -1)
+        vb = np.maximum(_MAX(v2, axis=1), -_MIN(v2, axis=1)).astype(np.float64)
+        vmax[p] = vb.max()
+        plan = plans[p] = wt.chunks(p, float(vmax[p]), vb if blocked else None)
+        if plan is None:                                        # a block too large: im2col runs the layer
+            return
+        if len(plan) == 1:
+            np.matmul(wt.u[p], vt, out=out)
+        else:
+            # each chunk's sums are exact float32 integers (below 2**24); adding two of them is exact
+            # iff the rounded sum stays below 2**24 (rounding is monotone and 2**24 is a float32
+            # number, so a true sum at or past it rounds to at least 2**24): checked after every add,
+            # else the integer path below redoes this layer
+            tmp = scratch.get(f"iw_out{part}", (n, t))
+            for k, (a, b) in enumerate(plan):
+                np.matmul(wt.u[p, :, a:b], vt[a:b], out=out if k == 0 else tmp)
+                if k:
+                    out += tmp
+                    if k < len(plan) - 1 and max(float(_MAX(out, axis=None)), -float(_MIN(out, axis=None))) >= EXACT_F32:
+                        ext[p] = np.inf
+                        return
+        ext[p] = max(float(_MAX(out, axis=None)), -float(_MIN(out, axis=None)))
+        if len(plan) > 1 and ext[p] >= EXACT_F32:
+            ext[p] = np.inf
+
+    with own_threads():
+        parallel_items(16, gemm_f)
     if any(pl is None for pl in plans):
         return False
     bounds = wt.row_sums * vmax
     out_bound = _output_bound(bounds)
-    bound = float(bounds.max())
-    itype = np.int32 if 9 * bound < 2.0 ** 31 else np.int64
-    if all(len(pl) == 1 for pl in plans):
-        mf = scratch.get("iw_mf", (16, n, t))
-        ext = np.zeros(16)
-
-        def gemm_f(part: int, p: int) -> None:
-            out = mf[p]
-            np.matmul(wt.u[p], v[_PERM[p]], out=out)
-            ext[p] = max(float(_MAX(out, axis=None)), -float(_MIN(out, axis=None)))
-
-        with own_threads():
-            parallel_items(16, gemm_f)
+    itype = np.int32 if 9 * float(bounds.max()) < 2.0 ** 31 else np.int64
+    if np.isfinite(ext).all():
         if min(out_bound, _output_bound(ext)) < EXACT_F32:
+            fold = None
+            if bias is not None and on_fold is not None and bias.size == n:
+                b4 = 4.0 * float(np.abs(bias).max(initial=0))
+                e5 = ext.copy()
+                e5[BIAS_P] += b4                    # |M[1, 1] + 4b| <= ext + 4 max|b|: exact below 2**24
+                if e5[BIAS_P] < EXACT_F32 and _output_bound(e5) < EXACT_F32:
+                    fold = (4 * bias.astype(np.int64)).astype(np.float32)
+                    on_fold()
             if h % 2 == 0 and w % 2 == 0:       # (odd maps: a GEMM into whole tiles + a crop measured no faster)
-                _output_gemm(mf, n, h, w, th, tw, scratch, epilogue)
+                _output_gemm(mf, n, h, w, th, tw, scratch, epilogue, fold)
             else:
-                _output_tiles(mf, n, h, w, th, tw, scratch, epilogue, np.float32)
+                _output_tiles(mf, n, h, w, th, tw, scratch, epilogue, np.float32, fold)
             return True
         m = scratch.get("iw_m", (16, n, t), itype)
 
@@ -189,7 +230,7 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
 
         with own_threads():
             parallel_items(16, cast)
-    else:
+    else:                     # a split position's chunks add past 2**24: integer adds
         m = scratch.get("iw_m", (16, n, t), itype)
 
         def gemm(part: int, p: int) -> None:
@@ -197,8 +238,7 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
             out = scratch.get(f"iw_out{part}", (n, t))
             plan = plans[p]
             if len(plan) == 1:
-                np.matmul(wt.u[p], vt, out=out)
-                m[p] = out                                      # exact integers: exact cast
+                m[p] = mf[p]                                    # one exact GEMM above: exact cast
                 return
             # each chunk's sums are exact float32 integers; they add in M's integer type (two fast
             # passes, where a float64 accumulator took mixed-type buffered ones)
@@ -219,31 +259,6 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
     return True
 
 
-def _tile_bounds(v: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray | list]:
-    """max |V| per position p (16,) in this module's order (_PERM), and per position and block of BLOCK
-    channels (16, C / BLOCK) when C is a multiple of BLOCK (tighter bounds; else [None] * 16): the
-    reductions run in groups of positions on the kernel threads (they were a serial pass over V)."""
-    groups = 4
-    if c % BLOCK == 0:
-        v3 = v.reshape(16, c // BLOCK, -1)
-    else:
-        v3 = v.reshape(16, 1, -1)
-    hi = np.empty(v3.shape[:2], v.dtype)
-    lo = np.empty(v3.shape[:2], v.dtype)
-
-    def item(part: int, i: int) -> None:
-        ps = slice(16 * i // groups, 16 * (i + 1) // groups)
-        np.maximum.reduce(v3[ps], axis=2, out=hi[ps])
-        np.minimum.reduce(v3[ps], axis=2, out=lo[ps])
-
-    with own_threads():
-        parallel_items(groups, item)
-    vb = np.maximum(hi, -lo).astype(np.float64)[_PERM]
-    if c % BLOCK == 0:
-        return vb.max(axis=1), vb
-    return vb[:, 0], [None] * 16
-
-
 def filter_edges(n: int, per: int) -> list[int]:
     """Edges of filter blocks of at most `per` filters (at least FILTER_BLOCKS, an even count when more
     than one: two kernel threads pull them), sizes differing by at most one."""
@@ -258,17 +273,24 @@ def filter_edges(n: int, per: int) -> list[int]:
 _AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 _KA = np.ascontiguousarray(np.einsum("ia,jb->abij", _AT, _AT).reshape(16, 4) / 4, np.float32)
 _SETS = ((0, 1, 2), (1, 2, 3))           # the rows (columns) of M that output row (column) 0 / 1 reads
+BIAS_P = 5                               # M[1, 1] (p = 4a + b): every output reads it with weight 1/4
+assert np.all(_KA[BIAS_P] == 0.25)
+
+
+# the 9 positions 4a + b each of the 4 outputs of a tile reads (rows a in _SETS[i], columns b in _SETS[j])
+_READS = np.array([[4 * a + b for a in r for b in c] for r in _SETS for c in _SETS])
 
 
 def _output_bound(bounds: np.ndarray) -> float:
     """Largest sum of the 9 bounds |M[p]| <= bounds[p] one output adds: every partial sum of the output
-    transform, in any order, lies below it (the 1/4 scales the sums and float32's grid alike)."""
-    b = np.asarray(bounds, np.float64).reshape(4, 4)
-    return float(max(b[np.ix_(r, c)].sum() for r in _SETS for c in _SETS))
+    transform, in any order, lies below it (the 1/4 scales the sums and float32's grid alike). The
+    bounds are integers (exact float64 sums in any order); one gather, not 4 ix_ slices (serial code
+    between two parallel passes)."""
+    return float(np.asarray(bounds, np.float64).reshape(16)[_READS].sum(axis=1).max())
 
 
 def _output_gemm(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch: Scratch,
-                 epilogue: Callable[[int, int, int, np.ndarray, slice], None]) -> None:
+                 epilogue: Callable[[int, int, int, np.ndarray, slice], None], fold: np.ndarray | None = None) -> None:
     """Even maps, float32 M whose output sums stay below 2**24 (`_output_bound`): the output transform
     is one float32 GEMM per filter block with A^T (x) A^T / 4, exact by that bound (products +-M/4 and
     every partial sum are multiples of 1/4 below 2**22): the accumulators come out as float32 (filters,
@@ -282,6 +304,8 @@ def _output_gemm(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratc
     def out_block(part: int, i: int) -> None:
         n0, n1 = edges[i], edges[i + 1]
         k = n1 - n0
+        if fold is not None:                                # 4 * bias into M[1, 1]: exact (conv3x3_fused)
+            m2[BIAS_P, n0 * t:n1 * t].reshape(k, t)[...] += fold[n0:n1, None]
         z = scratch.get(f"iw_z{part}", (kmax * t, 4))[:k * t]
         np.matmul(m2[:, n0 * t:n1 * t].T, _KA, out=z)
         # [f, ty, tx, i, j] -> y[f, 2ty + i, 2tx + j]: each tile row's two floats move as one float64
@@ -295,7 +319,8 @@ def _output_gemm(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratc
 
 
 def _output_tiles(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scratch: Scratch,
-                  epilogue: Callable[[int, int, int, np.ndarray, slice], None], dtype=np.int32) -> None:
+                  epilogue: Callable[[int, int, int, np.ndarray, slice], None], dtype=np.int32,
+                  fold: np.ndarray | None = None) -> None:
     """A^T M A per tile, integer adds, then / 4 (exact): the accumulators, per filter block into a
     (filters, h, w) `dtype` buffer (float32 only when every accumulator is below 2**24) handed to the
     epilogue at once. Float32 M (every output sum below 2**24, see `conv3x3_fused`): the same adds in
@@ -314,6 +339,8 @@ def _output_tiles(m: np.ndarray, n: int, h: int, w: int, th: int, tw: int, scrat
         s = scratch.get(f"iw_s{part}", (2, 4, kmax, th, tw), m.dtype)[:, :, :k]
         tt = scratch.get(f"iw_t{part}", (2, kmax, th, tw), m.dtype)[:, :k]
         y = scratch.get(f"iw_y{part}", (kmax, h, w), dtype)[:k]
+        if fold is not None:                                # float32 M only: 4 * bias into M[1, 1], exact
+            m5[1, 1, c] += fold[c, None, None]
         s0, s1 = s[0], s[1]
         np.add(m5[1][:, c], m5[2][:, c], out=s0)
         np.subtract(m5[1][:, c], m5[2][:, c], out=s1)

@@ -86,6 +86,34 @@ class Plan:
             np.maximum.at(last_neg, chan[neg], val[neg])
             self.watch_hi = np.minimum(self.watch_hi, first_pos)
             self.watch_lo = np.maximum(self.watch_lo, last_neg)
+        self.fp32 = f_pos.astype(np.float32).reshape(-1, 1, 1)
+        self.fn32 = None if f_neg is None else np.asarray(f_neg).astype(np.float32).reshape(-1, 1, 1)
+        self._slices: dict = {}
+
+    def sliced(self, ch: slice, b_q: np.ndarray, bkey: tuple, folded: bool) -> tuple:
+        """What an epilogue's bands of channels ch read, sliced once per (channels, bias) and kept with
+        the plan (a layer's filter blocks and bands are the same on every forward; they were sliced
+        again on every layer call, ~10 small NumPy calls each): the bias (zero when the kernel folded
+        it), the watch and saturation bounds and the ties of these channels, the lower bounds negated
+        so that one comparison of E = [-lo, hi] (2, channels) tests both ends; the float32 bias and
+        multipliers of these channels."""
+        key = (ch.start, ch.stop, bkey, folded)
+        hit = self._slices.get(key)
+        if hit is None:
+            if len(self._slices) >= SLICES_MAX:
+                self._slices.clear()
+            b64 = np.zeros(ch.stop - ch.start) if folded else b_q[ch].astype(np.float64)
+            tc, tv, t2 = _NONE, _NO_TIES[1], _NO_TIE2
+            if self.ties is not None:
+                i0, i1 = np.searchsorted(self.ties[0], (ch.start, ch.stop))
+                tc, tv = self.ties[0][i0:i1] - ch.start, self.ties[1][i0:i1]
+                t2 = np.stack([-tv, tv])
+            hit = self._slices[key] = (
+                _SGN * b64, np.stack([-self.watch_lo[ch], self.watch_hi[ch]]),
+                np.stack([-self.sat_lo[ch], self.sat_hi[ch]]), tc, tv, t2,
+                b_q[ch].astype(np.float32).reshape(-1, 1, 1), self.fp32[ch],
+                None if self.fn32 is None else self.fn32[ch])
+        return hit
 
 
 def plan(f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | None) -> Plan:
@@ -108,6 +136,10 @@ def spurious_ties(f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | No
 
 
 _NO_TIES = (np.zeros(0, np.intp), np.zeros(0))      # (channels within a band, tie accumulators): none
+_NONE = np.zeros(0, np.intp)
+_NO_TIE2 = np.zeros((2, 0))
+_SGN = np.array([[-1.0], [1.0]])
+SLICES_MAX = 256                                     # kept channel slices per plan (layers x blocks x biases)
 
 
 def fix_ties(y: np.ndarray, u: np.ndarray, cs: np.ndarray, vals: np.ndarray, ch: slice, r0: int,
@@ -212,21 +244,17 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
     fn3 = None if f_neg is None else f_neg.reshape(-1, 1, 1)
     pl = plan(f_pos, f_neg, slope)
     f_low, exact32, ties = pl.f_low, pl.exact32, pl.ties
-    sat_hi, sat_lo, watch_hi, watch_lo = pl.sat_hi, pl.sat_lo, pl.watch_hi, pl.watch_lo
-    fp32 = fp3.astype(np.float32)
-    fn32 = None if fn3 is None else fn3.astype(np.float32)
     leaky = slope is not None and slope != 0.0
-    b64 = b_q.astype(np.float64)
-    b32 = b_q.astype(np.float32).reshape(-1, 1, 1)
+    bkey = (b_q.dtype.str, b_q.tobytes())         # the plan's slices are kept per bias too
     stats: list[tuple[int, int, int]] = []
-    none = np.zeros(0, np.intp)
+    none = _NONE
     bufs: dict = {}
     folded = False
 
     def fold_bias() -> None:
         """The kernel adds the bias in its GEMM (`intops.conv_int_bands`): acc is u already."""
-        nonlocal folded, b64
-        folded, b64 = True, np.zeros_like(b64)
+        nonlocal folded
+        folded = True
 
     def rule64(v: np.ndarray, ch: slice, cs=slice(None)) -> np.ndarray:
         """The requantization products of float64 v (channels cs of band channels ch), in place."""
@@ -238,29 +266,10 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
             np.maximum(v, w, out=v)
         return v
 
-    slices: dict = {}
-    sgn = np.array([[-1.0], [1.0]])
-    no_tie2 = np.zeros((2, 0))
-
-    def per_slice(ch: slice) -> tuple:
-        """What the bands of channels ch read, sliced once per layer call (a band looked them up one
-        by one): the bias, the watch and saturation bounds and the ties of these channels, the lower
-        bounds negated so that one comparison of E = [-lo, hi] (2, channels) tests both ends."""
-        key = (ch.start, ch.stop, folded)
-        hit = slices.get(key)
-        if hit is None:
-            tc, tv, t2 = none, _NO_TIES[1], no_tie2
-            if ties is not None:
-                i0, i1 = np.searchsorted(ties[0], (ch.start, ch.stop))
-                tc, tv = ties[0][i0:i1] - ch.start, ties[1][i0:i1]
-                t2 = np.stack([-tv, tv])
-            hit = slices[key] = (sgn * b64[ch], np.stack([-watch_lo[ch], watch_hi[ch]]),
-                                 np.stack([-sat_lo[ch], sat_hi[ch]]), tc, tv, t2, b32[ch], fp32[ch],
-                                 None if fn32 is None else fn32[ch])
-        return hit
+    sgn = _SGN
 
     def epilogue(part: int, r0: int, r1: int, acc: np.ndarray, ch: slice) -> None:
-        bc2, watch2, sat2, tc, tv, t2, b32c, fp32c, fn32c = per_slice(ch)
+        bc2, watch2, sat2, tc, tv, t2, b32c, fp32c, fn32c = pl.sliced(ch, b_q, bkey, folded)
         a2 = acc.reshape(acc.shape[0], -1)
         # ufunc.reduce, not ndarray.min/max: the methods' Python wrappers cost ~1 us a call, per band
         ext = np.empty((2, a2.shape[0]), acc.dtype)
@@ -275,7 +284,9 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
         if _ANY(e >= watch2, axis=None):
             # the rule is monotone in u per channel: only channels whose extremes pass a saturation
             # bound can hold saturated values
-            flagged = np.flatnonzero(_ANY(e > sat2, axis=0))
+            over = e > sat2
+            if _ANY(over, axis=None):     # usually none: no per-channel pass and flatnonzero
+                flagged = np.flatnonzero(_ANY(over, axis=0))
             if tc.size:                   # the ties inside a channel's [lo, hi]
                 inside = _ALL(e[:, tc] >= t2, axis=0)
                 tie_c, tie_v = tc[inside], tv[inside]
@@ -328,7 +339,8 @@ def requant_epilogue(y: np.ndarray, b_q: np.ndarray, f_pos: np.ndarray, f_neg: n
             return
         v = band_buffer("v", part, acc.shape)
         np.copyto(v, acc)        # one cast to float64: mixed-type ufuncs cast in slow buffered loops
-        v += b64[ch].reshape(-1, 1, 1)
+        if not folded:
+            v += b_q[ch].astype(np.float64).reshape(-1, 1, 1)
         rule64(v, ch)
         # clip-then-rint == rint-then-clip (integer bounds); counted on the valid columns only
         for c_i in flagged:

@@ -207,3 +207,86 @@ def test_per_block_input_ranges_keep_one_gemm_exact():
             assert per_block.sum(axis=1).max() < 2 ** 24
     if got is not None:
         np.testing.assert_array_equal(got, conv_int_naive(x_q, w_q, np.zeros(n, np.int32), 1, 1))
+
+
+@pytest.mark.parametrize("h,w", [(13, 13), (12, 10)])
+@pytest.mark.parametrize("threads_", [1, 2])
+def test_split_positions_add_their_chunks_in_float32_exactly(h, w, threads_):
+    """A position whose channel bound splits it (full-range inputs in two 64-channel blocks) adds its
+    chunks' float32 sums in float32 when the actual running sums stay below 2**24: the float32
+    accumulators equal the naive loops, on odd and even maps, 1 and 2 threads. With constant inputs
+    and weights (no cancellation) each block's sum is exact but two add up past 2**24: the chunks then
+    add in integers, still the naive loops' values."""
+    from engine.kernels import threads
+
+    def plans(x_q, w_q):
+        c = x_q.shape[0]
+        v3 = intwinograd.input_tiles(x_q, _scratch()).reshape(16, c // 64, -1)
+        vblock = np.maximum(v3.max(axis=2), -v3.min(axis=2)).astype(np.float64)[intwinograd._PERM]
+        wt = intwinograd.weights(w_q)
+        return [wt.chunks(p, float(vblock[p].max()), vblock[p]) for p in range(16)]
+
+    def run(x_q, w_q):
+        kinds = []
+        with threads.blas_limit(threads_):
+            assert intwinograd.conv3x3_fused(x_q, w_q, _scratch(), lambda part, r0, r1, acc, ch: kinds.append(acc.dtype))
+            got = intwinograd.conv3x3_acc(x_q, w_q, _scratch())
+        np.testing.assert_array_equal(got, conv_int_naive(x_q, w_q, np.zeros(w_q.shape[0], np.int32), 1, 1))
+        return set(kinds)
+
+    rng = np.random.default_rng(5)
+    c, n = 256, 64
+    x_q = rng.integers(-3, 4, (c, h, w)).astype(np.int8)
+    x_q[:128] = rng.integers(-127, 128, (128, h, w))
+    w_q = rng.integers(-127, 128, (n, c, 3, 3)).astype(np.int8)
+    pl = plans(x_q, w_q)
+    assert all(p is not None for p in pl) and any(len(p) > 1 for p in pl)
+    assert run(x_q, w_q) == {np.dtype(np.float32)}            # chunks added in float32, exact
+    x_q = np.full((128, h, w), 100, np.int8)                   # M at the centre: 36 * 60 * 100 * 64 per block
+    w_q = np.full((8, 128, 3, 3), 60, np.int8)
+    pl = plans(x_q, w_q)
+    assert all(p is not None for p in pl) and any(len(p) > 1 for p in pl)
+    wt = intwinograd.weights(w_q)
+    v = intwinograd.input_tiles(x_q, _scratch())
+    m = max(np.abs(wt.u[p].astype(np.float64) @ v[intwinograd._PERM[p]].astype(np.float64)).max() for p in range(16))
+    assert m > 2 ** 24                                         # a product sum float32 cannot hold: integer adds
+    run(x_q, w_q)
+
+
+@pytest.mark.parametrize("h,w", [(12, 10), (13, 13)])
+@pytest.mark.parametrize("big", [False, True])
+def test_bias_folded_into_m11_gives_the_naive_accumulators(h, w, big):
+    """`conv3x3_fused(bias=, on_fold=)`: on the float32 path 4 * b goes into M[1, 1] (every output
+    reads it with weight 1/4) when the output bound still holds, and the epilogue's accumulators are
+    the naive loops' sums with the bias, even and odd maps; a bias too large for that bound is not
+    folded (on_fold never called) and the accumulators come without it, as before."""
+    from engine.quant.intops import conv_int_fused
+    c, n = 64, 66
+    x_q, w_q = _data(h * w, c, n, h, w, xmax=20, wmax=20)
+    rng = np.random.default_rng(h + w)
+    b_q = rng.integers(-5000, 5000, n).astype(np.int32)
+    if big:
+        b_q[3] = 2 ** 22 + 5                                   # 4 * b alone is past 2**24
+    folded = []
+    got = np.full((n, h, w), -1, np.int64)
+
+    def keep(part, r0, r1, acc, ch):
+        assert acc.dtype == np.float32
+        got[ch, r0:r1] = acc[:, :, :w]
+
+    kernel = conv_int_fused(x_q, w_q, lambda: None, 3, 1, 1, keep, bias=b_q, on_fold=lambda: folded.append(1))
+    assert kernel == "winograd"
+    want = conv_int_naive(x_q, w_q, b_q, 1, 1)
+    assert folded == ([] if big else [1])
+    np.testing.assert_array_equal(got + (b_q[:, None, None] if big else 0), want)
+
+
+def test_output_bound_is_the_largest_9_term_sum_an_output_reads():
+    """`_output_bound` (one gather) equals the largest sum of |M[p]| bounds over the positions each of the
+    4 outputs of a tile reads, taken from the output transform itself (the nonzero entries of _KA)."""
+    rng = np.random.default_rng(0)
+    reads = [np.flatnonzero(intwinograd._KA[:, j]) for j in range(4)]
+    assert all(r.size == 9 for r in reads)
+    for _ in range(200):
+        b = rng.integers(0, 2 ** 30, 16).astype(np.float64)
+        assert intwinograd._output_bound(b) == max(float(b[r].sum()) for r in reads)

@@ -243,3 +243,41 @@ def test_saturation_counted_in_float32_with_ties_at_127_5(flag_all):
     raw = np.stack([_int_rule(acc[c, :, :wo], int(m[c]), 24) for c in range(n)])
     assert stats[0][2] == int(np.count_nonzero(np.abs(raw) > 127)) == (3 * n if flag_all else 3)
     assert np.count_nonzero(want == 127) > np.count_nonzero(raw > 127)    # the ties stay unsaturated
+
+
+@pytest.mark.parametrize("slope", [None, 0.1, 0.0])
+def test_kept_channel_slices_follow_the_bias_and_the_fold(slope):
+    """The channel slices an epilogue reads are kept with its multipliers' plan across calls: layer
+    calls with one set of multipliers and different biases, folded or not, over the same channel
+    blocks (some bands holding spurious ties and saturated values after their bias), each give the
+    integer rule of their own u = acc + b, stats included."""
+    m, sh, f, mn, shn, f_neg = _multipliers(slope, [24, 24, 24, 24, 20, 22], 5)
+    chan, val = spurious_ties(f, f_neg, slope)
+    rng = np.random.default_rng(3)
+    blocks = ((0, 2), (2, 6))
+    for call in range(6):
+        b_q = rng.integers(-2000, 2000, 6).astype(np.int32) if call % 3 else np.zeros(6, np.int32)
+        folded = call % 2 == 1
+        u = rng.integers(-2_000_000, 2_000_000, (6, 12, 40))
+        for k, (c, v) in enumerate(zip(chan.tolist(), val.tolist())):
+            u[c, k % 12, k % 40] = int(v)                  # spurious ties of u
+        u[5, 0, 0] = 10 ** 7                                # a saturating channel
+        for c in range(5):
+            u[c] = np.clip(u[c], -int(127 / (f_neg[c] if slope else f[c])) if slope != 0.0 else -10 ** 6,
+                           int(127 / f[c]))
+        acc = u if folded else u - b_q[:, None, None]
+        y = np.empty(u.shape, np.int8)
+        epilogue, stats = requant_epilogue(y, b_q, f, f_neg, slope)
+        if folded:
+            epilogue.fold_bias()
+        for c0, c1 in blocks:
+            for r0, r1 in ((0, 5), (5, 12)):
+                epilogue(0, r0, r1, acc[c0:c1, r0:r1].astype(np.float32), slice(c0, c1))
+        want = np.stack([_reference(u[c], int(m[c]), int(sh[c]), int(mn[c]), int(shn[c]), slope) for c in range(6)])
+        np.testing.assert_array_equal(y, want)
+        assert (min(s[0] for s in stats), max(s[1] for s in stats)) == (int(u.min()), int(u.max()))
+        raw = np.stack([np.where(u[c] >= 0, _int_rule(u[c], int(m[c]), int(sh[c])),
+                                 0 if slope == 0.0 else _int_rule(u[c], int(mn[c] if slope else m[c]),
+                                                                  int(shn[c] if slope else sh[c])))
+                        for c in range(6)])
+        assert sum(s[2] for s in stats) == int(np.count_nonzero(np.abs(raw) > 127)) > 0
