@@ -277,6 +277,7 @@ def output_transform(mt: np.ndarray, y: np.ndarray, m: int, th: int, tw: int, ac
     output rows if the tail takes bands, else it runs after the bands."""
     t = m + 2
     n, ho, wo = y.shape
+    at = matrices(m)[2].astype(F)
     _, kat = kron(m)
     rows = out_band_rows(th, t * t * tw * n)
     chunk = {4: np.complex128, 2: np.float64}.get(m)
@@ -287,8 +288,18 @@ def output_transform(mt: np.ndarray, y: np.ndarray, m: int, th: int, tw: int, ac
     def band(part: int, i: int) -> None:
         r0, r1 = i * rows, min(th, (i + 1) * rows)
         tr = r1 - r0
-        z = scratch.get(f"wino_z{part}", (tr * tw * n, m * m))
-        np.matmul(m2[:, r0 * tw * n:r1 * tw * n].T, kat, out=z)
+        nb = tr * tw * n
+        z = scratch.get(f"wino_z{part}", (nb, m * m))
+        if m == 2:      # (nb, 16) @ (16, 4): the 1-D passes would be GEMMs of 2 columns
+            np.matmul(m2[:, r0 * tw * n:r1 * tw * n].T, kat, out=z)
+        else:
+            # separably, A^T over a, then over b: m + 1 GEMMs of K = t, (t + m) / (t m) of K_A's multiplies
+            # (240/576 for m = 4; one thread, a whole map: 0.18 vs 0.35 ms on 128 x 52 px, 0.115 vs 0.21 on 256 x 26)
+            pb = scratch.get(f"wino_p{part}", (t, m, nb))
+            np.matmul(at, m2[:, r0 * tw * n:r1 * tw * n].reshape(t, t, nb), out=pb)   # pb[b, i] = sum_a A^T[i, a] M[t*b + a]
+            z3 = z.reshape(nb, m, m)
+            for i in range(m):                               # z[., m*i + j] = sum_b A^T[j, b] pb[b, i]
+                np.matmul(pb[:, i].T, at.T, out=z3[:, i])
         if leaky:
             tmp = scratch.get(f"wino_t{part}", z.shape)
             np.multiply(z, F(0.1), out=tmp)
