@@ -2,24 +2,27 @@
 
 Each m x m output tile comes from a t x t input tile d (t = m + 2, tiles m apart):
 Y = A^T [ (G g G^T) . (B^T d B) ] A, with Toom-Cook points 0, +-1, +-2 (m = 4: Lavin's matrices),
-and +-1/2 for m = 6 (the set OpenCV and NNPACK use). A 2-D transform is linear in the tile, so it is
-one GEMM with the Kronecker product of the 1-D matrices: V = (B^T (x) B^T) D over all tiles and
-channels at once, and Y^T = M^T (A (x) A) over all tiles and filters. Why not the separable sums of
-NumPy passes: ~40 passes over the tile arrays cost more than the multiplies they save (measured on
-yolov3-tiny's layers, one thread: 64->128 @52 2.6 vs 3.9 ms CPU, 32->64 @104 4.2 vs 6.4 ms for
-im2col), while a (t^2 x t^2) GEMM runs near BLAS peak.
+and +-1/2 for m = 6 (the set OpenCV and NNPACK use). A 2-D transform is linear in the tile: the INT
+path runs it as one GEMM with the Kronecker product of the 1-D matrices, V = (B^T (x) B^T) D over all
+tiles and channels at once (`input_transform`). Why not the separable sums of NumPy passes: ~40 passes
+over the tile arrays cost more than the multiplies they save (measured on yolov3-tiny's layers, one
+thread: 64->128 @52 2.6 vs 3.9 ms CPU, 32->64 @104 4.2 vs 6.4 ms for im2col).
 
 Layout (float path): per band of tile rows the input goes channels-last and its tiles are copied into
-D (t^2, tiles, C) (`input_transform_hwc`); V = K_B @ D is the (t^2, tiles, C) stack the t^2 products
-need, with the weights kept as U^T (t^2, C, n): M^T[i] = V[i] (tiles, C) @ U^T[i] (C, n). In that
-orientation OpenBLAS runs the products 7-24% faster than U[i] (n, C) @ V[i] (C, tiles) on the few-tile
-maps (49 tiles: 26 px in 4x4, 13 px in 2x2), where its cost per weight byte dominates (one thread,
-CPU: 36 x 256x128x49 1.68 vs 2.21 ms, 36 x 256x384x49 5.16 vs 5.81, 16 x 512x256x49 3.40 vs 3.89).
-The output transform reads M^T by bands of tile rows, (tiles*n, t^2) @ K_A^T, so each tile's m x m
-outputs come out contiguous; the activation runs on them, and the tile rows move into place as one copy
-of m-float chunks (a complex128 view for m = 4, float64 for m = 2). The bias rides on the product of
-point 1 x point 1, which A^T spreads to every output of a tile. (The INT path keeps `input_transform`'s
-(t^2, C, tiles) layout: the padded input read as a strided (t, t, C, th, tw) view.)
+D (t, t, tiles, C) (`input_transform_hwc`); B^T is applied down the rows, then across the columns, each
+pass a batch of t GEMMs with K = t on the whole band (2t/t^2 of K_B's multiplies; on this AVX-512 host
+the Kronecker GEMM ran at the same speed per multiply, so half the time), giving the (t^2, tiles, C)
+stack the t^2 products need, with the weights kept as U^T (t^2, C, n): M^T[i] = V[i] (tiles, C) @
+U^T[i] (C, n). In that orientation OpenBLAS runs the products 7-24% faster than U[i] (n, C) @ V[i]
+(C, tiles) on the few-tile maps (49 tiles: 26 px in 4x4, 13 px in 2x2), where its cost per weight byte
+dominates (one thread, CPU: 36 x 256x128x49 1.68 vs 2.21 ms, 36 x 256x384x49 5.16 vs 5.81,
+16 x 512x256x49 3.40 vs 3.89). The output transform reads M^T by bands of tile rows: A^T over the
+first point index (one batched GEMM), then over the second (m GEMMs writing (tiles*n, m, m)), so each
+tile's m x m outputs come out contiguous (F(2x2): one (tiles*n, 16) @ (16, 4) GEMM with K_A^T); the
+activation runs on them, and the tile rows move into place as one copy of m-float chunks (a complex128
+view for m = 4, float64 for m = 2). The bias rides on the product of point 1 x point 1, which A^T
+spreads to every output of a tile. (The INT path keeps `input_transform`'s (t^2, C, tiles) layout: the
+padded input read as a strided (t, t, C, th, tw) view.)
 
 Determinism: each stage is cut into the same GEMMs (fixed bands / blocks) whatever the
 thread count; threads only decide who runs which. Float32 error: a K = C GEMM plus the transforms'
