@@ -15,6 +15,7 @@ thread (a Dask worker) and on 2 (a notebook) gives the same bits.
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from engine.kernels.tails import Tail
 from engine.kernels.scratch import Scratch, derived
@@ -99,12 +100,30 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
     rows = min(ho, max(BAND // (kk * wo), -(-MIN_BAND // wo)))  # cache-sized, but wide enough for BLAS
     rows = min(rows, -(-ho // SPLIT))  # enough bands for the threads (see the module docstring)
     rows = even_bands(ho, rows)
-    tail_bands = tail is not None and tail.on_bands(rows)   # else a pass after the bands
+    bounds = tapered_bands(ho, rows)
+    tail_bands = tail is not None and all(tail.on_bands(h) for h in band_heights(bounds))  # else a pass after
     # Output column j of kernel column kx reads input column j*s + kx - p: valid for j in [ja, jb).
     jspan = [(max(0, -(-(p - kx) // s)), min(wo, (w - 1 + p - kx) // s + 1)) for kx in range(k)]
 
+    def band_s1(part: int, i: int) -> None:
+        r0, r1 = bounds[i], bounds[i + 1]
+        rr = r1 - r0
+        xb = pad_band(x, p, k, r0, rr, scratch.get(f"colsx{part}", (c, rr + k, wp)))
+        flat = scratch.get(f"cols{part}", (kk + 1, rr * wp))
+        s0, s1, s2 = xb.strides
+        # padded-width trick on the band: kernel offset (ky, kx) of every output pixel is one contiguous
+        # run of the flattened band at ky*Wp + kx, so all k*k*C im2col rows are one strided copy
+        flat[:kk].reshape(c, k, k, rr * wp)[...] = as_strided(xb, (c, k, k, rr * wp), (s0, s1, s2, s2),
+                                                              writeable=False)
+        flat[kk] = 1
+        g = scratch.get(f"colsg{part}", (n, rr, wp))
+        np.matmul(wb, flat, out=g.reshape(n, rr * wp))
+        _act_drop(g, y[:, r0:r1], act, scratch, part)     # the k-1 junk columns of each row dropped here
+        if tail_bands:
+            tail.rows(y, r0, r1, scratch, part)
+
     def band(part: int, i: int) -> None:
-        r0, r1 = i * rows, min(ho, (i + 1) * rows)
+        r0, r1 = bounds[i], bounds[i + 1]
         flat = scratch.get(f"cols{part}", (kk + 1, (r1 - r0) * wo))
         cols = flat[:kk].reshape(c, k, k, r1 - r0, wo)
         # im2col straight from x (no padded copy): in-image cells are copied, the rest zeroed
@@ -134,9 +153,61 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
         if tail_bands:
             tail.rows(y, r0, r1, scratch, part)
 
-    parallel_items(-(-ho // rows), band)
+    wp = w + 2 * p
+    parallel_items(len(bounds) - 1, band_s1 if s == 1 and wo == wp - k + 1 else band)
     if tail is not None and not tail_bands:
         tail.rest(y, scratch)
+
+
+def pad_band(x: np.ndarray, p: int, k: int, r0: int, rr: int, xb: np.ndarray) -> np.ndarray:
+    """xb (C, rr + k, W + 2p): rows r0 .. r0 + rr + k - 2 of x in a zero border of p (what output rows
+    [r0, r0 + rr) of a k x k stride-1 conv read), then one zero row (the last run's k - 1 overshoot)."""
+    c, h, w = x.shape
+    ia, ib = max(0, p - r0), max(0, min(rr + k - 1, h + p - r0))   # band rows inside x
+    if ib <= ia:
+        xb[...] = 0
+        return xb
+    xb[:, :ia] = 0
+    xb[:, ib:] = 0
+    xb[:, ia:ib, :p] = 0
+    xb[:, ia:ib, p + w:] = 0
+    xb[:, ia:ib, p:p + w] = x[:, r0 + ia - p:r0 + ib - p]
+    return xb
+
+
+def _act_drop(g: np.ndarray, dst: np.ndarray, act: str | None, scratch: Scratch, part: int) -> None:
+    """dst (n, rows, Wo) = act(g[:, :, :Wo]) for a band GEMM output g (n, rows, Wp >= Wo), in cache."""
+    wo = dst.shape[2]
+    if act == "leaky":         # max(v, 0.1 v), Darknet's slope
+        t = scratch.get(f"colst{part}", g.shape)
+        np.multiply(g, F(0.1), out=t)
+        np.maximum(g[:, :, :wo], t[:, :, :wo], out=dst)
+    elif act == "relu":
+        np.maximum(g[:, :, :wo], F(0), out=dst)
+    else:
+        dst[...] = g[:, :, :wo]
+
+
+def tapered_bands(total: int, rows: int) -> list[int]:
+    """Band edges over [0, total): bands of `rows`, except that the last two (one per thread on 2
+    threads) are cut into up to 4 near-equal smaller ones, largest first. Work items are pulled
+    dynamically, so a thread that started late or was descheduled leaves the other at most a quarter
+    of the remainder, not a whole band, at the join. A function of the shape only (the same GEMMs on
+    any thread count); with fewer than 4 bands, plain bands."""
+    bands = -(-total // rows)
+    if bands < 4:
+        return [min(total, i * rows) for i in range(bands + 1)]
+    full = bands - 2
+    rest = total - full * rows
+    parts = min(4, rest)
+    edges = [i * rows for i in range(full + 1)]
+    for j in range(parts):
+        edges.append(edges[-1] + rest // parts + (j < rest % parts))
+    return edges
+
+
+def band_heights(edges: list[int]) -> set[int]:
+    return {b - a for a, b in zip(edges, edges[1:])}
 
 
 def two_thread_span(total: int, rows: int) -> int:

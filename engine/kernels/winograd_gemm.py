@@ -2,23 +2,29 @@
 
 Each m x m output tile comes from a t x t input tile d (t = m + 2, tiles m apart):
 Y = A^T [ (G g G^T) . (B^T d B) ] A, with Toom-Cook points 0, +-1, +-2 (m = 4: Lavin's matrices),
-and +-1/2 for m = 6 (the set OpenCV and NNPACK use). A 2-D transform is linear in the tile, so it is
-one GEMM with the Kronecker product of the 1-D matrices: V = (B^T (x) B^T) D over all tiles and
-channels at once, and Y^T = M^T (A (x) A) over all tiles and filters. Why not the separable sums of
-NumPy passes: ~40 passes over the tile arrays cost more than the multiplies they save (measured on
-yolov3-tiny's layers, one thread: 64->128 @52 2.6 vs 3.9 ms CPU, 32->64 @104 4.2 vs 6.4 ms for
-im2col), while a (t^2 x t^2) GEMM runs near BLAS peak.
+and +-1/2 for m = 6 (the set OpenCV and NNPACK use). A 2-D transform is linear in the tile: the INT
+path runs it as one GEMM with the Kronecker product of the 1-D matrices, V = (B^T (x) B^T) D over all
+tiles and channels at once (`input_transform`). Why not the separable sums of NumPy passes: ~40 passes
+over the tile arrays cost more than the multiplies they save (measured on yolov3-tiny's layers, one
+thread: 64->128 @52 2.6 vs 3.9 ms CPU, 32->64 @104 4.2 vs 6.4 ms for im2col).
 
-Layout: the padded input (C, Hp, Wp) is read as a strided (t, t, C, th, tw) view and copied once into
-D (t^2, C*tiles); V = K_B @ D is already the (t^2, C, tiles) stack the t^2 products need:
-M[i] = U[i] (n, C) @ V[i] (C, tiles). On small maps (<= HWC_TILES tiles: 13 px in 2x2 tiles, 26 px
-in 4x4) the float path tiles channels-last instead (`input_transform_hwc`: V (t^2, tiles, C), read
-transposed by the products). The output transform reads M transposed, (n*tiles, t^2) @ K_A^T,
-so each tile's m x m outputs come out contiguous; the activation runs on them, and the tile rows move
-into place as one copy of m-float chunks (a complex128 view for m = 4, float64 for m = 2). The bias
-rides on the product of point 1 x point 1, which A^T spreads to every output of a tile.
+Layout (float path): per band of tile rows the input goes channels-last and its tiles are copied into
+D (t, t, tiles, C) (`input_transform_hwc`); B^T is applied down the rows, then across the columns, each
+pass a batch of t GEMMs with K = t on the whole band (2t/t^2 of K_B's multiplies; on this AVX-512 host
+the Kronecker GEMM ran at the same speed per multiply, so half the time), giving the (t^2, tiles, C)
+stack the t^2 products need, with the weights kept as U^T (t^2, C, n): M^T[i] = V[i] (tiles, C) @
+U^T[i] (C, n). In that orientation OpenBLAS runs the products 7-24% faster than U[i] (n, C) @ V[i]
+(C, tiles) on the few-tile maps (49 tiles: 26 px in 4x4, 13 px in 2x2), where its cost per weight byte
+dominates (one thread, CPU: 36 x 256x128x49 1.68 vs 2.21 ms, 36 x 256x384x49 5.16 vs 5.81,
+16 x 512x256x49 3.40 vs 3.89). The output transform reads M^T by bands of tile rows: A^T over the
+first point index (one batched GEMM), then over the second (m GEMMs writing (tiles*n, m, m)), so each
+tile's m x m outputs come out contiguous (F(2x2): one (tiles*n, 16) @ (16, 4) GEMM with K_A^T); the
+activation runs on them, and the tile rows move into place as one copy of m-float chunks (a complex128
+view for m = 4, float64 for m = 2). The bias rides on the product of point 1 x point 1, which A^T
+spreads to every output of a tile. (The INT path keeps `input_transform`'s (t^2, C, tiles) layout: the
+padded input read as a strided (t, t, C, th, tw) view.)
 
-Determinism: each stage is cut into the same GEMMs (fixed channel / filter blocks) whatever the
+Determinism: each stage is cut into the same GEMMs (fixed bands / blocks) whatever the
 thread count; threads only decide who runs which. Float32 error: a K = C GEMM plus the transforms'
 roundings (~1e-6 relative for m = 4 on real layers, more for m = 6), checked against the direct conv
 in tests. Which layers use which m is `engine.kernels.conv.choice`'s business.
@@ -40,11 +46,7 @@ F = np.float32
 POINTS = {2: (0, 1, -1), 4: (0, 1, -1, 2, -2), 6: (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2))}
 BLOCK = 1 << 18          # floats of D (or of M) per transform GEMM at most (1 MiB)
 SPLIT = 4                # a transform is cut into a multiple of this many equal GEMMs: balanced on 1, 2, 4 threads
-# Maps of at most this many tiles (13 px in 2x2 tiles, 26 px in 4x4: 49) take the channels-last input
-# transform (`input_transform_hwc`). CPU, one thread, interleaved: its input transform 0.55-0.74x the
-# time of `input_transform` there, 0.86-0.98x on 169-676 tiles; but there its products, which read V
-# transposed, cost more than that saves (whole kernel 1.02-1.06x on 64->128 @52 and @104).
-HWC_TILES = 64
+OUT_BANDS = 8            # the output transform runs in about this many bands of tile rows (fewer where BLOCK caps them)
 
 
 @lru_cache(maxsize=None)
@@ -85,20 +87,21 @@ def kron(m: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def transform_weights(w2d: np.ndarray, m: int = 4) -> np.ndarray:
-    """(n, C*9) 3x3 kernels -> U (t^2, n, C) float32, index t*b + a for (G g G^T)[a, b]; float64 math."""
+    """(n, C*9) 3x3 kernels -> U^T (t^2, C, n) float32, index t*b + a for (G g G^T)[a, b]; float64 math.
+    (Channels before filters: the products are V (tiles, C) @ U^T (C, n), see the module docstring.)"""
     _, g, _ = matrices(m)
     n = w2d.shape[0]
     c = w2d.shape[1] // 9
     t = m + 2
-    out = np.empty((t, t, n, c), F)
+    out = np.empty((t, t, c, n), F)
     # in blocks of input channels written straight into the result: at once, the float64 temporaries
     # were several times the result (a yolov3 session's RSS peak); each element's arithmetic is the same
     step = max(1, WEIGHT_BLOCK // (9 * n))
     for c0 in range(0, c, step):
         c1 = min(c, c0 + step)
         gw = w2d[:, 9 * c0:9 * c1].astype(np.float64).reshape(n, -1, 3, 3)
-        out[:, :, :, c0:c1] = np.einsum("ai,ncij,bj->banc", g, gw, g, optimize=True)
-    return out.reshape(t * t, n, c)
+        out[:, :, c0:c1] = np.einsum("ai,ncij,bj->bacn", g, gw, g, optimize=True)
+    return out.reshape(t * t, c, n)
 
 
 def tile_size(u: np.ndarray) -> int:
@@ -187,15 +190,16 @@ def input_transform_hwc(x: np.ndarray, p: int, m: int, scratch: Scratch) -> np.n
     Per band of tile rows, on one thread, in cache: the band's rows of x (with their zero border) go
     channels-last into a (rows, Wp, C) buffer, one transposing copy; its tiles are then runs of C
     contiguous floats, so D (t, t, rows, tw, C) is a copy of whole runs (where the (C, tiles) layout
-    gathers single floats m apart, 2.25x the input's elements for m = 4); V's band = K_B @ D, a
-    contiguous slice of V. The products read V[i] transposed (n, C) @ (C, tiles)."""
+    gathers single floats m apart, 2.25x the input's elements for m = 4); V's band = (B^T (x) B^T) D
+    as two 1-D passes of B^T (t GEMMs of K = t each), a column slice of every plane of V. The products
+    read V[i] (tiles, C) as it is."""
     c, h, w = x.shape
     t = m + 2
     th, tw = tiles_of(h, w, p, m)
     wp = m * tw + 2
-    kb, _ = kron(m)
+    bt = matrices(m)[0].astype(F)
     v = scratch.get("wino_vh", (t * t, th * tw, c))
-    v2 = v.reshape(t * t, th * tw * c)
+    v3 = v.reshape(t, t, th * tw * c)
     rows = band_tile_rows(th, t * t * tw * c)
 
     def band(part: int, i: int) -> None:
@@ -216,7 +220,13 @@ def input_transform_hwc(x: np.ndarray, p: int, m: int, scratch: Scratch) -> np.n
         s0, s1, s2 = xb.strides
         d = scratch.get(f"wino_dh{part}", (t, t, tr, tw, c))
         d[...] = as_strided(xb, (t, t, tr, tw, c), (s1, s0, m * s0, m * s1, s2), writeable=False)  # [x, y, ty, tx, c]
-        np.matmul(kb, d.reshape(t * t, -1), out=v2[:, r0 * tw * c:r1 * tw * c])
+        # separably, B^T down the rows then across the columns: two K = t GEMMs, 2t/t^2 of K_B's multiplies
+        # (one thread, the band GEMMs of a whole map: 0.31 vs 0.62 ms on 384 x 26 px, 0.17 vs 0.33 on 64 x 52)
+        nb = tr * tw * c
+        wr = scratch.get(f"wino_wh{part}", (t, t, nb))
+        np.matmul(bt, d.reshape(t, t, nb), out=wr)                # wr[x, a] = sum_y B^T[a, y] d[x, y]
+        for a in range(t):                                        # V[t*b + a] = sum_x B^T[b, x] wr[x, a]
+            np.matmul(bt, wr[:, a], out=v3[:, a, r0 * tw * c:r1 * tw * c])
 
     parallel_items(-(-th // rows), band)
     return v
@@ -226,75 +236,93 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
             act: str | None = None, tail: Tail | None = None) -> np.ndarray:
     """3x3 stride-1 cross-correlation with padding p, + bias and a fused activation: new (n, Ho, Wo).
 
-    x: (C, H, W) float32; u: `transform_weights(w2d, m)`, (t^2, n, C); b: (n,); act: None or one of
-    gemm.FUSED_ACTS. `tail`: the fused next layer, run on each filter block (see output_transform).
+    x: (C, H, W) float32; u: `transform_weights(w2d, m)`, (t^2, C, n); b: (n,); act: None or one of
+    gemm.FUSED_ACTS. `tail`: the fused next layer, run on each band of output rows where it takes
+    bands (see output_transform), else after them.
     """
     m = tile_size(u)
     t = m + 2
     c, h, w = x.shape
     n = b.shape[0]
+    if u.shape != (t * t, c, n):
+        raise ValueError(f"winograd_gemm: weights {u.shape} do not fit input {x.shape} and {n} filters")
     ho, wo = h + 2 * p - 2, w + 2 * p - 2
     th, tw = tiles_of(h, w, p, m)
-    tiles = th * tw
-    hwc = tiles <= HWC_TILES
-    if hwc:
-        v = input_transform_hwc(x, p, m, scratch)   # (t^2, tiles, C)
-    else:
-        v = input_transform(x, p, m, scratch)       # (t^2, C, tiles)
-    mm = scratch.get("wino_m", (t * t, n, tiles))
-    ib, bias = bias_index(m), b[:, None]
+    v = input_transform_hwc(x, p, m, scratch)      # (t^2, tiles, C)
+    mt = scratch.get("wino_m", (t * t, th * tw, n))
+    ib = bias_index(m)
 
     def product(_part: int, i: int) -> None:
-        # channels last: (n, C) @ (C, tiles) with BLAS reading V[i] transposed, no copy
-        np.matmul(u[i], v[i].T if hwc else v[i], out=mm[i])
+        np.matmul(v[i], u[i], out=mt[i])            # M^T[i] (tiles, n)
         if i == ib:          # here, not as a pass after the join: one thread would run it alone
-            mm[i] += bias
+            mt[i] += b
 
     parallel_items(t * t, product)
     y = np.empty((n, ho, wo), F)
-    output_transform(mm, y, m, th, tw, act, scratch, tail)
+    output_transform(mt, y, m, th, tw, act, scratch, tail)
     return y
 
 
-def output_transform(mm: np.ndarray, y: np.ndarray, m: int, th: int, tw: int, act: str | None,
+def out_band_rows(th: int, per_row: int) -> int:
+    """Tile rows per band of output_transform: about OUT_BANDS bands, at most BLOCK floats of M^T each
+    (at least one tile row), split evenly over 2 threads (`gemm.even_bands`); a function of the shape."""
+    from engine.kernels.gemm import even_bands
+    return even_bands(th, max(1, min(BLOCK // per_row, -(-th // OUT_BANDS))))
+
+
+def output_transform(mt: np.ndarray, y: np.ndarray, m: int, th: int, tw: int, act: str | None,
                      scratch: Scratch, tail: Tail | None = None) -> None:
-    """y (n, Ho, Wo) = act(A^T M A) of the products mm (t^2, n, tiles), in fixed filter blocks.
+    """y (n, Ho, Wo) = act(A^T M A) of the products M^T (t^2, tiles, n), in fixed bands of tile rows.
 
     Ho <= m*th, Wo <= m*tw: where the tiles stick out of y (13 px maps in 2x2 tiles, 26 px in 4x4),
-    a block's tiles go to a per-thread buffer and its filters are cropped into y in the same item,
-    cache-hot and on both threads (a crop of the whole map after the join ran on one thread). With
-    `tail` (`engine.kernels.tails`), each block also runs the fused next layer on its filters there."""
+    a band's tiles go to a per-thread buffer and are cropped into y in the same item, cache-hot and on
+    both threads. With `tail` (`engine.kernels.tails`), each band runs the fused next layer on its
+    output rows if the tail takes bands, else it runs after the bands."""
     t = m + 2
     n, ho, wo = y.shape
-    tiles = th * tw
-    exact = ho == m * th and wo == m * tw
+    at = matrices(m)[2].astype(F)
     _, kat = kron(m)
-    nb = _block(n, t * t * tiles)
+    rows = out_band_rows(th, t * t * tw * n)
     chunk = {4: np.complex128, 2: np.float64}.get(m)
-    m2 = mm.reshape(t * t, n * tiles)
+    m2 = mt.reshape(t * t, th * tw * n)
     leaky, relu = act == "leaky", act == "relu"
+    tail_bands = tail is not None and tail.on_bands(m * rows)
 
-    def block(part: int, i: int) -> None:
-        n0, n1 = i * nb, min(n, (i + 1) * nb)
-        k = n1 - n0
-        z = scratch.get(f"wino_z{part}", (k * tiles, m * m))
-        np.matmul(m2[:, n0 * tiles:n1 * tiles].T, kat, out=z)
+    def band(part: int, i: int) -> None:
+        r0, r1 = i * rows, min(th, (i + 1) * rows)
+        tr = r1 - r0
+        nb = tr * tw * n
+        z = scratch.get(f"wino_z{part}", (nb, m * m))
+        if m == 2:      # (nb, 16) @ (16, 4): the 1-D passes would be GEMMs of 2 columns
+            np.matmul(m2[:, r0 * tw * n:r1 * tw * n].T, kat, out=z)
+        else:
+            # separably, A^T over a, then over b: m + 1 GEMMs of K = t, (t + m) / (t m) of K_A's multiplies
+            # (240/576 for m = 4; one thread, a whole map: 0.18 vs 0.35 ms on 128 x 52 px, 0.115 vs 0.21 on 256 x 26)
+            pb = scratch.get(f"wino_p{part}", (t, m, nb))
+            np.matmul(at, m2[:, r0 * tw * n:r1 * tw * n].reshape(t, t, nb), out=pb)   # pb[b, i] = sum_a A^T[i, a] M[t*b + a]
+            z3 = z.reshape(nb, m, m)
+            for i in range(m):                               # z[., m*i + j] = sum_b A^T[j, b] pb[b, i]
+                np.matmul(pb[:, i].T, at.T, out=z3[:, i])
         if leaky:
             tmp = scratch.get(f"wino_t{part}", z.shape)
             np.multiply(z, F(0.1), out=tmp)
             np.maximum(z, tmp, out=z)
         elif relu:
             np.maximum(z, F(0), out=z)
-        z5 = z.reshape(k, th, tw, m, m)                    # [f, ty, tx, i, j]
-        full = y[n0:n1] if exact else scratch.get(f"wino_y{part}", (k, m * th, m * tw))
-        dst = full.reshape(k, th, m, tw, m)                # [f, ty, i, tx, j]
+        z5 = z.reshape(tr, tw, n, m, m)                    # [ty, tx, f, i, j]
+        ya, yb = m * r0, min(ho, m * r1)
+        exact = yb - ya == m * tr and wo == m * tw
+        full = y[:, ya:yb] if exact else scratch.get(f"wino_y{part}", (n, m * tr, m * tw))
+        dst = full.reshape(n, tr, m, tw, m)                # [f, ty, i, tx, j]
         if chunk is not None:   # move each tile row's m floats as one element
-            dst.view(chunk)[..., 0].transpose(0, 1, 3, 2)[...] = z5.view(chunk)[..., 0]
+            dst.view(chunk)[..., 0][...] = z5.view(chunk)[..., 0].transpose(2, 0, 3, 1)
         else:
-            dst.transpose(0, 1, 3, 2, 4)[...] = z5
+            dst[...] = z5.transpose(2, 0, 3, 1, 4)
         if not exact:
-            y[n0:n1] = full[:, :ho, :wo]
-        if tail is not None:
-            tail.chans(y, n0, n1, scratch, part)
+            y[:, ya:yb] = full[:, :yb - ya, :wo]
+        if tail_bands:
+            tail.rows(y, ya, yb, scratch, part)
 
-    parallel_items(-(-n // nb), block)
+    parallel_items(-(-th // rows), band)
+    if tail is not None and not tail_bands:
+        tail.rest(y, scratch)

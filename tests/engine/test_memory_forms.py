@@ -67,5 +67,5 @@ def test_winograd_weights_in_channel_blocks_equal_one_block(monkeypatch, c, n, m
     assert np.array_equal(got, whole) and got.flags.c_contiguous
     _, g_mat, _ = winograd_gemm.matrices(m)
     g = w.astype(np.float64).reshape(n, c, 3, 3)                      # U = G g G^T, per kernel
-    ref = np.einsum("ai,ncij,bj->banc", g_mat, g, g_mat).reshape((m + 2) ** 2, n, c)
+    ref = np.einsum("ai,ncij,bj->bacn", g_mat, g, g_mat).reshape((m + 2) ** 2, c, n)   # U^T: channels, filters
     assert np.allclose(whole, ref, rtol=1e-6, atol=1e-6)

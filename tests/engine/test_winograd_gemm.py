@@ -112,7 +112,33 @@ def test_channels_last_input_transform_matches_a_float64_reference(monkeypatch, 
     assert_close(chw.transpose(0, 2, 1), ref, f"chw input transform F({m}x{m}) c{c} {h}x{w} p{p}", rtol=1e-5)
 
 
-def test_channels_last_transform_is_used_on_small_maps_only():
-    """13 px in 2x2 tiles and 26 px in 4x4 (49 tiles) take it, 52 px in 4x4 (169) does not."""
-    assert winograd_gemm.tiles_of(13, 13, 1, 2) == (7, 7) and 49 <= winograd_gemm.HWC_TILES < 169
-    assert winograd_gemm.tiles_of(26, 26, 1, 4) == (7, 7) and winograd_gemm.tiles_of(52, 52, 1, 4) == (13, 13)
+def test_output_transform_bands_are_fixed_by_the_shape_and_cover_the_tile_rows():
+    """out_band_rows: at least one tile row, at most BLOCK floats of M^T per band unless one row is more,
+    about OUT_BANDS bands, and no more tile rows on the busier of 2 threads than plain ceil bands."""
+    from engine.kernels.gemm import two_thread_span
+    for th in range(1, 60):
+        for per_row in (16, 1000, 36 * 7 * 256, winograd_gemm.BLOCK + 1):
+            r = winograd_gemm.out_band_rows(th, per_row)
+            assert 1 <= r <= th and (r == 1 or r * per_row <= winograd_gemm.BLOCK), (th, per_row, r)
+            cap = max(1, min(winograd_gemm.BLOCK // per_row, -(-th // winograd_gemm.OUT_BANDS)))
+            assert r <= cap and two_thread_span(th, r) <= two_thread_span(th, cap), (th, per_row, r)
+
+
+@pytest.mark.parametrize("m", [2, 4, 6])
+@pytest.mark.parametrize("c,h,w,n,p", [(5, 13, 13, 7, 1), (6, 26, 26, 9, 1), (4, 11, 17, 5, 0)])
+def test_one_tile_row_bands_match_the_direct_conv_on_1_and_2_threads(monkeypatch, m, c, h, w, n, p):
+    """Output bands of one tile row each (the last ones sticking out of the map: cropped per band),
+    M^T read by bands: the direct conv's values, and the same bits on 1 and 2 threads."""
+    from engine.kernels import threads
+    monkeypatch.setattr(winograd_gemm, "OUT_BANDS", 1000)
+    rng = np.random.default_rng(m * 100 + h)
+    x, wt, b = random_conv3x3(rng, c, h, w, n)
+    u = winograd_gemm.transform_weights(wt.reshape(n, -1), m)
+    got = {}
+    for count in (1, 2):
+        monkeypatch.setattr(threads, "_threads", count)
+        got[count] = winograd_gemm.conv3x3(x, u, b, p, Scratch(), act="relu")
+    assert np.array_equal(got[1], got[2])
+    assert_close(got[1], np.maximum(conv2d_naive(x, wt, b, 1, p), 0), f"F({m}x{m}) 1-row bands c{c} {h}x{w} p{p}")
+
+
