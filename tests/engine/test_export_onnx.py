@@ -19,7 +19,7 @@ import pytest
 import engine
 from engine.errors import EngineError, UnsupportedError
 from engine.model import from_cfg_text, normalise_random
-from helpers import CFG_DIR, REFERENCE, ROOT, max_rel_diff, resized_cfg
+from helpers import CFG_DIR, REFERENCE, ROOT, TINY_CFG, max_rel_diff, resized_cfg
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -468,7 +468,7 @@ def test_export_cli_size_sets_the_input_shape(tmp_path):
     from engine.cli.export import add_export_parser
     parser = argparse.ArgumentParser()
     add_export_parser(parser.add_subparsers(dest="command", required=True))
-    cfg = ROOT.parent / "shared" / "models" / "yolov3-tiny.cfg"
+    cfg = TINY_CFG
     weights = cfg.with_suffix(".weights")
     out = tmp_path / "t320.onnx"
     args = parser.parse_args(["export", str(cfg), "--weights", str(weights), "--size", "320x256", "-o", str(out)])
