@@ -207,7 +207,8 @@ def ranked_while(scores: np.ndarray, idx: np.ndarray, work) -> tuple[np.ndarray,
     filtered, which keeps their order: the same result as ranking the survivors. Random yolov3-tiny:
     the 3.8 ms sort of 116k keys hides behind its ~4.5 ms NMS on 2 idle cores (on a busy host the
     calling thread may do both: 15% more keys to sort than the survivors). Above SORT_WHILE_MAX keys:
-    `work` first, then `ranked` of the survivors."""
+    `work` first, then `ranked` of the survivors. (detect_outputs no longer calls it: its `Detections`
+    rank the survivors on first read; the tests keep it as the eager ranking the lazy view must equal.)"""
     n = idx.size
     if work is not None and n > SORT_WHILE_MAX:  # the extra keys would cost more than the overlap saves
         return ranked_while(scores, _survivors(idx, work()), None)
@@ -328,6 +329,7 @@ class Detections(SequenceABC):
             flat, score = ranked(self._scores, self._flat)
             box = flat // self._classes             # floor_divide: 5x faster than np.divmod here
             self._order = (flat - box * self._classes, box, score)
+            self._scores = None                     # every probability of the image: no longer needed
         return self._order
 
     @property
