@@ -154,17 +154,20 @@ def detect_outputs(model, outs: Sequence[np.ndarray], pre: Preprocessed, thresh:
     if not 0 <= nms <= 1:
         raise ValueError(f"nms={nms}: expected 0 <= nms <= 1")
     c, kind = candidates(model, outs, thresh)
+    names = model.class_names
+    label = [names[j] if j < len(names) else f"class_{j}" for j in range(c.probs.shape[1])]
     if c.boxes.shape[0] == 0:
-        return Detections(np.zeros(0, np.int64), [], np.zeros((0, 10)), np.zeros(0, np.int64), np.zeros(0))
+        return Detections(label, np.zeros((0, 10)), np.zeros(0), np.zeros(0, np.int64), 1)
     c.boxes = correct_boxes(c.boxes, pre)
     probs = c.probs
-    flat = np.flatnonzero(probs > thresh)       # 15x faster than the 2-D np.nonzero here
-    # highest first, ties in (box, class) order; what nms_sort would zero (no zeroed copy of probs)
-    # dropped, the NMS running while a kernel thread sorts
-    flat, score = ranked_while(probs.reshape(-1), flat, lambda: nms_suppressed(c, nms, kind))
-    classes = probs.shape[1]
-    i = flat // classes                         # floor_divide: 5x faster than np.divmod here
-    k = flat - i * classes
+    # above thresh and not what nms_sort would zero (no zeroed copy of probs), as flat (box, class)
+    # indices (15x faster than the 2-D np.nonzero here); ranked (highest first, ties in (box, class)
+    # order) when the view is first read in order: `len` needs no sort
+    stand = probs > thresh
+    gone = nms_suppressed(c, nms, kind)
+    if gone is not None:
+        stand &= np.logical_not(gone, out=gone)
+    flat = np.flatnonzero(stand)
     # per box (objectness, cx, cy, w, h, pixel corners: the same arithmetic, once a box rather than
     # once a detection); `Detections.values` gathers one row per detection when first read
     table = np.empty((probs.shape[0], 10))
@@ -176,9 +179,7 @@ def detect_outputs(model, outs: Sequence[np.ndarray], pre: Preprocessed, thresh:
     np.multiply(cy - half_h, pre.image_h, out=table[:, 7])
     np.multiply(cx + half_w, pre.image_w, out=table[:, 8])
     np.multiply(cy + half_h, pre.image_h, out=table[:, 9])
-    names = model.class_names
-    label = [names[j] if j < len(names) else f"class_{j}" for j in range(int(k.max(initial=-1)) + 1)]
-    return Detections(k, label, table, i, score)
+    return Detections(label, table, probs.reshape(-1), flat, probs.shape[1])
 
 
 def score_order(score: np.ndarray) -> np.ndarray:
@@ -206,7 +207,8 @@ def ranked_while(scores: np.ndarray, idx: np.ndarray, work) -> tuple[np.ndarray,
     filtered, which keeps their order: the same result as ranking the survivors. Random yolov3-tiny:
     the 3.8 ms sort of 116k keys hides behind its ~4.5 ms NMS on 2 idle cores (on a busy host the
     calling thread may do both: 15% more keys to sort than the survivors). Above SORT_WHILE_MAX keys:
-    `work` first, then `ranked` of the survivors."""
+    `work` first, then `ranked` of the survivors. (detect_outputs no longer calls it: its `Detections`
+    rank the survivors on first read; the tests keep it as the eager ranking the lazy view must equal.)"""
     n = idx.size
     if work is not None and n > SORT_WHILE_MAX:  # the extra keys would cost more than the overlap saves
         return ranked_while(scores, _survivors(idx, work()), None)
@@ -303,24 +305,43 @@ class Detections(SequenceABC):
     `len`, never pays for the rest). Equal to a list of the same Detections; `+` and slices give lists.
 
     Arrays: `class_ids` (N,) int, `values` (10, N) float64: score, objectness, cx, cy, w, h, x1, y1, x2, y2,
-    gathered on first read from the per-box `table` (B, 10) by `box` (N,) with `score` (N,) (the gather
-    is a fresh 12 MB on an untrained yolov3: its page faults alone cost more than the NMS after a forward).
+    gathered on first read from the per-box `table` (B, 10) (the gather is a fresh 12 MB on an
+    untrained yolov3: its page faults alone cost more than the NMS after a forward).
+
+    Ordered lazily: built from the survivors' flat (box, class) indices `flat` (ascending) into the
+    1-D `scores` (B x classes), ranked by `ranked` (a sort of N keys: 3.8 ms of 116k on random
+    yolov3-tiny) on the first read that needs the order (an item, `class_ids`, `values`,
+    iteration, comparison); `len` and truthiness need none.
     """
 
-    def __init__(self, class_ids: np.ndarray, labels: list[str], table: np.ndarray, box: np.ndarray,
-                 score: np.ndarray) -> None:
-        self.class_ids = class_ids
+    def __init__(self, labels: list[str], table: np.ndarray, scores: np.ndarray, flat: np.ndarray,
+                 classes: int) -> None:
         self.labels = labels
-        self._table, self._box, self._score = table, box, score
+        self._table, self._scores, self._flat, self._classes = table, scores, flat, classes
+        self._order: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None   # class_ids, box, score
         self._values: np.ndarray | None = None
         self._rows: list[Detection] | None = None
         self._one: dict[int, Detection] = {}   # items read singly: the same object on every read
 
+    def _ranked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(class_ids, box, score) per detection, highest score first: sorted on first call."""
+        if self._order is None:
+            flat, score = ranked(self._scores, self._flat)
+            box = flat // self._classes             # floor_divide: 5x faster than np.divmod here
+            self._order = (flat - box * self._classes, box, score)
+            self._scores = None                     # every probability of the image: no longer needed
+        return self._order
+
+    @property
+    def class_ids(self) -> np.ndarray:
+        return self._ranked()[0]
+
     @property
     def values(self) -> np.ndarray:
         if self._values is None:
-            rows = np.take(self._table, self._box, axis=0)   # a 2x faster take than 9 column gathers
-            rows[:, 0] = self._score
+            _, box, score = self._ranked()
+            rows = np.take(self._table, box, axis=0)   # a 2x faster take than 9 column gathers
+            rows[:, 0] = score
             self._values = rows.T
             self._values.flags.writeable = False
         return self._values
@@ -343,21 +364,22 @@ class Detections(SequenceABC):
         return self._rows
 
     def __len__(self) -> int:
-        return len(self.class_ids)
+        return self._flat.size
 
     def __getitem__(self, index):
         if self._rows is not None or isinstance(index, slice):
             return self._all()[index]
-        n = len(self.class_ids)
+        n = self._flat.size
         i = operator.index(index)
         if not -n <= i < n:
             raise IndexError("Detections index out of range")
         i %= n
         d = self._one.get(i)
         if d is None:
-            k = int(self.class_ids[i])
-            row = self._table[self._box[i]].tolist()
-            row[0] = float(self._score[i])
+            class_ids, box, score = self._ranked()
+            k = int(class_ids[i])
+            row = self._table[box[i]].tolist()
+            row[0] = float(score[i])
             d = self._one[i] = Detection(k, self.labels[k], *row)
         return d
 

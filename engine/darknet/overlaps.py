@@ -90,12 +90,25 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(starts - first, counts) + np.arange(int(counts.sum()))
 
 
+def _key_order(pair: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
+    """An order sorting the keys (pair, row, col) (non-negative fields; equal keys in any order).
+    Packed densely into 32 bits when they fit (always on real inputs): one or two passes of NumPy's
+    radix sort on 16-bit digits, 6x faster than an argsort of 10k int64 keys; else an argsort."""
+    rows, cols = int(row.max()) + 1, int(col.max()) + 1
+    if (int(pair[-1]) + 1) * rows * cols > 1 << 32:
+        return np.argsort((pair << 42) | (row << 24) | col)
+    dense = (pair * rows + row) * cols + col
+    o = np.argsort(dense.astype(np.uint16), kind="stable")          # the low digit (wraps: mod 2^16)
+    high = (dense >> 16).astype(np.uint16)
+    return o if not high.any() else o[np.argsort(high[o], kind="stable")]
+
+
 def _binned_pairs(cx: np.ndarray, cy: np.ndarray, w: np.ndarray, h: np.ndarray,
                   t: float) -> list[tuple[np.ndarray, np.ndarray]]:
     tl = t * (1 - MARGIN)
     gap = max(0.5 - tl / (1 + tl), 1e-3) * (1 + MARGIN)
     level = np.floor(BINS * np.log2(w * h)).astype(np.int64)
-    order = np.argsort(level, kind="stable")
+    order = np.argsort(level.astype(np.int16), kind="stable")   # |level| < 2^12 (finite areas): a radix sort
     lv = level[order]
     starts = np.flatnonzero(np.concatenate(([True], lv[1:] != lv[:-1])))
     counts = np.diff(np.append(starts, order.size))
@@ -127,10 +140,11 @@ def _binned_pairs(cx: np.ndarray, cy: np.ndarray, w: np.ndarray, h: np.ndarray,
     # COLUMNS to a cell, so that a window's columns in a row, one key range, hug it closely in x
     pd = np.repeat(pair, counts[b])
     jd = order[_ranges(starts[b], counts[b])]
-    key = ((pd << 42) | (np.floor((cy[jd] - y0[pd]) / sy[pd]).astype(np.int64) << 24)
-           | np.floor((cx[jd] - x0[pd]) * (COLUMNS / sx[pd])).astype(np.int64))
-    o = np.argsort(key)
-    key, jd = key[o], jd[o]
+    row = np.floor((cy[jd] - y0[pd]) / sy[pd]).astype(np.int64)
+    col = np.floor((cx[jd] - x0[pd]) * (COLUMNS / sx[pd])).astype(np.int64)
+    o = _key_order(pd, row, col)
+    key = ((pd << 42) | (row << 24) | col)[o]
+    jd = jd[o]
     # the query side: every member of bin a, its window (at most 3 rows)
     pq = np.repeat(pair, counts[a])
     iq = order[_ranges(starts[a], counts[a])]

@@ -310,3 +310,41 @@ def test_detect_outputs_same_on_one_or_two_threads_and_equal_to_the_loop():
     assert np.array_equal(one.values[0], ref.reshape(-1)[flat]) and np.array_equal(one.values[1], c.objectness[i])
     assert np.array_equal(one.values[2:6], c.boxes[i].T)
     assert np.array_equal(one.values[6], (c.boxes[i, 0] - c.boxes[i, 2] / 2) * 500)
+
+
+def test_lazily_ranked_detections_equal_the_eager_ranking_and_the_loop():
+    """detect_outputs ranks the survivors on the first read that needs the order (`len` needs none):
+    whichever read comes first (an item, `class_ids`, `values`, iteration), on 1 or 2 threads, the
+    view equals the eager ranking (`ranked_while` of every key above thresh with the NMS as its work,
+    as detect_outputs ranked before) and the every-box-every-class loop's survivors in a stable order."""
+    import engine
+    from engine.darknet.detect import Detection, candidates, correct_boxes, ranked_while
+    from engine.darknet.nms import nms_suppressed
+    from engine.kernels.threads import blas_limit
+    from helpers import TINY_CFG
+    model = engine.load(TINY_CFG, random_weights=3)
+    x = np.random.default_rng(4).random(model.input_shape, dtype=np.float32)
+    outs = model.forward(x)
+    pre = model.preprocess(np.zeros((320, 480, 3), np.uint8))
+    c, kind = candidates(model, outs, 0.25)
+    c.boxes = correct_boxes(c.boxes, pre)
+    probs = c.probs.reshape(-1)
+    eager, score = ranked_while(probs, np.flatnonzero(probs > 0.25), lambda: nms_suppressed(c, 0.45, kind))
+    ref = naive_nms_sort(c, 0.45, kind).reshape(-1)
+    loop = np.flatnonzero(ref > 0.25)
+    loop = loop[np.argsort(-ref[loop], kind="stable")]
+    assert np.array_equal(eager, loop) and eager.size > 5000
+    i, k = np.divmod(eager, c.probs.shape[1])
+    first = [lambda d: d[7], lambda d: d.class_ids, lambda d: d.values, lambda d: list(d), lambda d: d[-3:]]
+    for threads in (1, 2):
+        for read in first:
+            with blas_limit(threads):
+                dets = detect_outputs(model, outs, pre, 0.25, 0.45)
+                assert len(dets) == eager.size and dets and dets._order is None   # not ranked yet
+                read(dets)
+            assert np.array_equal(dets.class_ids, k) and np.array_equal(dets.values[0], score)
+            assert np.array_equal(dets.values[1], c.objectness[i]) and np.array_equal(dets.values[2:6], c.boxes[i].T)
+            for j in (0, 7, eager.size - 1):
+                d = dets[j]
+                assert type(d) is Detection and d.class_id == k[j] and d.score == score[j] and d.cx == c.boxes[i[j], 0]
+                assert d.x2 == (c.boxes[i[j], 0] + c.boxes[i[j], 2] / 2) * 480

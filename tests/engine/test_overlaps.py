@@ -79,3 +79,18 @@ def test_candidate_ij_proposes_each_pair_once(seed):
         pairs = set(zip(np.minimum(i, j).tolist(), np.maximum(i, j).tolist()))
         assert len(pairs) == i.size
         assert naive_pairs(boxes, t) <= pairs
+
+
+@pytest.mark.parametrize("rows, cols", [(5, 40), (300, 900), (60000, 500000)])
+def test_key_order_sorts_the_grid_keys(rows, cols):
+    """`_key_order` (the join's data-side sort): one radix pass (dense keys < 2^16), two (< 2^32), or
+    the argsort of the packed key past 32 bits: the keys in that order are sorted, as the argsort's."""
+    rng = np.random.default_rng(rows)
+    n = 5000
+    pair = np.sort(rng.integers(0, 40, n))
+    row, col = rng.integers(0, rows, n), rng.integers(0, cols, n)
+    row[:3], col[:3] = rows - 1, cols - 1
+    pair[-1] = 39
+    key = (pair << 42) | (row << 24) | col
+    o = overlaps._key_order(pair, row, col)
+    assert np.array_equal(np.sort(o), np.arange(n)) and np.array_equal(key[o], np.sort(key))
