@@ -367,9 +367,13 @@ class Detections(SequenceABC):
         return self._flat.size
 
     def __getitem__(self, index):
+        n = self._flat.size
+        if isinstance(index, slice) and self._rows is None:
+            picked = range(*index.indices(n))
+            if len(picked) * 4 < n:         # a top few (dets[:10]) must not build 150k tuples
+                return [self[i] for i in picked]
         if self._rows is not None or isinstance(index, slice):
             return self._all()[index]
-        n = self._flat.size
         i = operator.index(index)
         if not -n <= i < n:
             raise IndexError("Detections index out of range")

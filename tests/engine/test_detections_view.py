@@ -37,6 +37,23 @@ def test_lazy_items_equal_the_built_list_field_for_field(low_thresh):
         lazy[len(lazy)]
 
 
+
+def test_a_small_slice_builds_only_its_items(low_thresh):
+    """dets[:10] of 100k+ detections reads ten items: nothing else is built, and the values and the
+    objects are those of the whole list (steps, negative bounds, empty and large slices alike)."""
+    model, outs, pre = low_thresh
+    lazy = detect_outputs(model, outs, pre, 0.005, 0.45)
+    n = len(lazy)
+    assert n > 4 * 10                                  # every cut below is a small slice
+    cuts = [slice(None, 10), slice(3, 7), slice(-5, None), slice(None, 12, 3), slice(8, 2, -2), slice(5, 5)]
+    parts = [lazy[c] for c in cuts]
+    assert lazy._rows is None and all(type(p) is list for p in parts)
+    built = list(detect_outputs(model, outs, pre, 0.005, 0.45))
+    assert parts == [built[c] for c in cuts]
+    assert lazy[:10][4] is lazy[4]                     # the same objects the item reads give
+    assert lazy[: n // 2] == built[: n // 2] and lazy._rows is not None   # a large slice builds the list once
+    assert lazy[:10][0] is lazy[0] is list(lazy)[0]
+
 def test_detections_behave_as_a_list(low_thresh):
     model, outs, pre = low_thresh
     dets = detect_outputs(model, outs, pre)
