@@ -197,55 +197,20 @@ def ranked(scores: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     after; built in place, sorted in two halves on the kernel threads by `_sort`), then a lexsort
     of the runs where two different scores shared those top bits (a few in 150k scores from
     float32 products). Other scores: an unstable argsort plus a lexsort of tied runs."""
-    return ranked_while(scores, idx, None)
-
-
-def ranked_while(scores: np.ndarray, idx: np.ndarray, work) -> tuple[np.ndarray, np.ndarray]:
-    """`ranked` of the idx that survive `work()`, run meanwhile: `work` (or None) returns None or a
-    bool array shaped as `scores` or reshapable to it (True: dropped). With packed keys a kernel
-    thread sorts all of idx while the calling thread runs `work` (the NMS); the sorted keys are then
-    filtered, which keeps their order: the same result as ranking the survivors. Random yolov3-tiny:
-    the 3.8 ms sort of 116k keys hides behind its ~4.5 ms NMS on 2 idle cores (on a busy host the
-    calling thread may do both: 15% more keys to sort than the survivors). Above SORT_WHILE_MAX keys:
-    `work` first, then `ranked` of the survivors. (detect_outputs no longer calls it: its `Detections`
-    rank the survivors on first read; the tests keep it as the eager ranking the lazy view must equal.)"""
     n = idx.size
-    if work is not None and n > SORT_WHILE_MAX:  # the extra keys would cost more than the overlap saves
-        return ranked_while(scores, _survivors(idx, work()), None)
     u = scores.view(np.uint64)[idx]     # allocated here: a kernel thread's fresh buffers page-fault
     if n < 2 or int(u.max()) >= 0x7FF0000000000000:     # not all in +0.0 .. the largest finite
-        if work is not None:
-            idx = _survivors(idx, work())
         out = idx[_score_order_ties(scores[idx])]
         return out, scores[out]
     bits = max(int(idx[-1]).bit_length(), 1)
-    key = u
-
-    def pack() -> None:                         # in place: no temporaries
-        np.subtract(np.uint64(0x7FF0000000000000), key, out=key)
-        np.right_shift(key, np.uint64(bits), out=key)
-        np.left_shift(key, np.uint64(bits), out=key)
-        np.bitwise_or(key, idx.astype(np.int64, copy=False).view(np.uint64), out=key)
-
-    dropped = None
-    if work is None:
-        pack()
-        _sort(key)
-    else:
-        done = {}
-
-        def item(_part: int, i: int) -> None:
-            if i == 0:
-                done["dropped"] = work()
-            else:
-                pack()
-                key.sort()
-
-        with own_threads():
-            parallel_items(2, item)             # the calling thread takes item 0 (unless a helper is first)
-        dropped = done["dropped"]
+    key = u                                     # packed in place: no temporaries
+    np.subtract(np.uint64(0x7FF0000000000000), key, out=key)
+    np.right_shift(key, np.uint64(bits), out=key)
+    np.left_shift(key, np.uint64(bits), out=key)
+    np.bitwise_or(key, idx.astype(np.int64, copy=False).view(np.uint64), out=key)
+    _sort(key)
     key &= np.uint64((1 << bits) - 1)
-    out = _survivors(key.view(np.int64).astype(np.intp, copy=False), dropped)
+    out = key.view(np.int64).astype(np.intp, copy=False)
     s = scores[out]
     wrong = s[1:] > s[:-1]                      # only where two different scores share the top bits
     if wrong.any():
@@ -259,16 +224,7 @@ def ranked_while(scores: np.ndarray, idx: np.ndarray, work) -> tuple[np.ndarray,
     return out, s
 
 
-def _survivors(idx: np.ndarray, dropped: np.ndarray | None) -> np.ndarray:
-    """idx without the entries `dropped` (a bool array over the flat scores, or None: none) marks."""
-    return idx if dropped is None else idx[~dropped.reshape(-1)[idx]]
-
-
 SORT_SPLIT = 1 << 15   # keys from which `_sort` sorts two halves on the kernel threads, then merges
-# keys up to which `ranked_while` sorts all of them during the NMS: random yolov3-tiny's 116k (15% more
-# than its survivors), not random yolov3's 351k (2.3x its 153k survivors: ~9 ms more CPU, which a
-# busy host pays in full: 42 -> 55 ms min at load 5)
-SORT_WHILE_MAX = 1 << 17
 
 
 def _sort(key: np.ndarray) -> None:

@@ -198,29 +198,26 @@ def test_score_order_of_many_scores_sorted_in_two_halves():
             assert np.array_equal(score_order(s), ref)
 
 
-@pytest.mark.parametrize("case", ["overlapped", "above SORT_WHILE_MAX", "nothing dropped", "infinite scores"])
-def test_ranked_while_equals_ranking_the_survivors(case, monkeypatch):
-    """`ranked_while` sorts every key while `work` (the NMS) runs, then drops what `work` returns:
-    the same as ranking the survivors (a stable argsort), with ties, few-ulp neighbours and top-bit
-    collisions; on 1 and 2 threads, past SORT_WHILE_MAX (survivors first), and on the argsort path."""
+@pytest.mark.parametrize("case", ["finite", "infinite scores"])
+def test_ranked_equals_a_stable_argsort_of_the_survivors(case):
+    """`ranked` of a subset of indices: the stable argsort of their scores, with ties, few-ulp
+    neighbours and top-bit collisions, past SORT_SPLIT (two halves merged), on 1 and 2 threads, and
+    on the argsort path (infinite scores)."""
     from engine.darknet import detect as detect_module
     from engine.kernels.threads import blas_limit
     rng = np.random.default_rng(12)
-    base = np.float32(rng.random(5000)).astype(np.float64) * np.float32(rng.random(5000))
-    near = base[rng.integers(0, 50, 15000)] * (1 + rng.integers(-6, 7, 15000) * 2.0 ** -52)
-    scores = np.concatenate([base, near, base[:3000]])[rng.permutation(23000)]
+    base = np.float32(rng.random(25000)).astype(np.float64) * np.float32(rng.random(25000))
+    near = base[rng.integers(0, 50, 45000)] * (1 + rng.integers(-6, 7, 45000) * 2.0 ** -52)
+    scores = np.concatenate([base, near, base[:3000]])[rng.permutation(73000)]
     scores[rng.random(scores.size) < 0.2] = 0.0
     if case == "infinite scores":
         scores[rng.random(scores.size) < 0.01] = np.inf
-    if case == "above SORT_WHILE_MAX":
-        monkeypatch.setattr(detect_module, "SORT_WHILE_MAX", 1000)
-    idx = np.flatnonzero(scores > 0)
-    drop = rng.random(scores.size) < 0.3
-    survivors = idx if case == "nothing dropped" else idx[~drop[idx]]
-    ref = survivors[np.argsort(-scores[survivors], kind="stable")]
+    idx = np.flatnonzero((scores > 0) & (rng.random(scores.size) < 0.9))
+    assert idx.size > detect_module.SORT_SPLIT
+    ref = idx[np.argsort(-scores[idx], kind="stable")]
     for threads in (1, 2):
         with blas_limit(threads):
-            out, s = detect_module.ranked_while(scores, idx, lambda: None if case == "nothing dropped" else drop)
+            out, s = detect_module.ranked(scores, idx)
         assert np.array_equal(out, ref) and np.array_equal(s, scores[ref])
 
 
@@ -315,11 +312,9 @@ def test_detect_outputs_same_on_one_or_two_threads_and_equal_to_the_loop():
 def test_lazily_ranked_detections_equal_the_eager_ranking_and_the_loop():
     """detect_outputs ranks the survivors on the first read that needs the order (`len` needs none):
     whichever read comes first (an item, `class_ids`, `values`, iteration), on 1 or 2 threads, the
-    view equals the eager ranking (`ranked_while` of every key above thresh with the NMS as its work,
-    as detect_outputs ranked before) and the every-box-every-class loop's survivors in a stable order."""
+    view equals the every-box-every-class loop's survivors in a stable order."""
     import engine
-    from engine.darknet.detect import Detection, candidates, correct_boxes, ranked_while
-    from engine.darknet.nms import nms_suppressed
+    from engine.darknet.detect import Detection, candidates, correct_boxes
     from engine.kernels.threads import blas_limit
     from helpers import TINY_CFG
     model = engine.load(TINY_CFG, random_weights=3)
@@ -329,11 +324,11 @@ def test_lazily_ranked_detections_equal_the_eager_ranking_and_the_loop():
     c, kind = candidates(model, outs, 0.25)
     c.boxes = correct_boxes(c.boxes, pre)
     probs = c.probs.reshape(-1)
-    eager, score = ranked_while(probs, np.flatnonzero(probs > 0.25), lambda: nms_suppressed(c, 0.45, kind))
     ref = naive_nms_sort(c, 0.45, kind).reshape(-1)
-    loop = np.flatnonzero(ref > 0.25)
-    loop = loop[np.argsort(-ref[loop], kind="stable")]
-    assert np.array_equal(eager, loop) and eager.size > 5000
+    eager = np.flatnonzero(ref > 0.25)
+    eager = eager[np.argsort(-ref[eager], kind="stable")]
+    score = probs[eager]
+    assert eager.size > 5000
     i, k = np.divmod(eager, c.probs.shape[1])
     first = [lambda d: d[7], lambda d: d.class_ids, lambda d: d.values, lambda d: list(d), lambda d: d[-3:]]
     for threads in (1, 2):
