@@ -109,7 +109,7 @@ def _rescaled_into(y: np.ndarray, xs: list[QTensor], out_scale: float, rec: dict
                 if t is None:
                     np.copyto(dst, src)
                 else:
-                    np.take(t[0], src.view(np.uint8), out=dst)
+                    np.take(t[0], src.view(np.uint8), out=dst, mode="clip")   # (with out=, 'raise' buffers)
 
     with own_threads():
         parallel_for(y.shape[0], run, y.size)

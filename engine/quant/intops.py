@@ -217,18 +217,14 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
     kb = kk + fold                   # GEMM rows: the bias row of ones last
     scratch = _scratch()
     pointwise = k == 1 and s == 1 and p == 0
+    if pointwise:
+        xf = scratch.get("int-x" + "b" * fold, (c + fold, h * w))
+        xf[:c] = x_q.reshape(c, h * w)
+        if fold:
+            xf[c] = 1.0
     edges = band_edges(ho, band_rows(ho, wo, kb, n))
-    if pointwise and len(edges) == 2 and ho >= 2 and n >= 32:
-        edges = band_edges(ho, -(-ho // 2))   # two row bands, not filter halves: each casts its own columns
     bands = len(edges) - 1
     fblocks = 2 if bands == 1 and n >= 32 else 1
-    if pointwise:   # each band casts its own columns of the int8 input (in parallel, not a serial pass
-        xf = scratch.get("int-x" + "b" * fold, (c + fold, h * w))     # first), unless filter halves share them
-        x2 = x_q.reshape(c, h * w)
-        if fblocks > 1:
-            xf[:c] = x2
-            if fold:
-                xf[c] = 1.0
     in_rows = max(edges[i + 1] - edges[i] for i in range(bands)) * s + k     # a band's input rows, at most
 
     def band(part: int, item: int) -> None:
@@ -239,10 +235,6 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
         length = (r1 - r0) * wo
         if pointwise:
             cols = xf[:, r0 * w:r1 * w]
-            if fblocks == 1:
-                cols[:c] = x2[:, r0 * w:r1 * w]
-                if fold:
-                    cols[c] = 1.0
         else:
             xb = _band_input(x_q, r0, r1, k, s, p, scratch.get(f"int-xb{part}", (c, in_rows, w + 2 * p))[:, :(r1 - r0 - 1) * s + k])
             cols = scratch.get(f"int-cols{part}", (kb, length))
