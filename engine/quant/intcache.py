@@ -24,6 +24,8 @@ _used = [0]
 def _nbytes(value: Any) -> int:
     if isinstance(value, np.ndarray):
         return value.nbytes
+    if isinstance(value, tuple):
+        return sum(v.nbytes for v in value if isinstance(v, np.ndarray))
     return sum(v.nbytes for v in vars(value).values() if isinstance(v, np.ndarray))
 
 

@@ -212,11 +212,11 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
         if min(out_bound, _output_bound(ext)) < EXACT_F32:
             fold = None
             if bias is not None and on_fold is not None and bias.size == n:
-                b4 = 4.0 * float(np.abs(bias).max(initial=0))
-                e5 = ext.copy()
-                e5[BIAS_P] += b4                    # |M[1, 1] + 4b| <= ext + 4 max|b|: exact below 2**24
-                if e5[BIAS_P] < EXACT_F32 and _output_bound(e5) < EXACT_F32:
-                    fold = (4 * bias.astype(np.int64)).astype(np.float32)
+                b4, b4s = _bias4(bias)
+                # |M[1, 1] + 4b| <= ext + 4 max|b|: exact below 2**24; every output reads M[1, 1] once, so
+                # the bound with it is the bound without plus b4 (integers in float64: exact)
+                if ext[BIAS_P] + b4 < EXACT_F32 and _output_bound(ext) + b4 < EXACT_F32:
+                    fold = b4s
                     on_fold()
             if h % 2 == 0 and w % 2 == 0:       # (odd maps: a GEMM into whole tiles + a crop measured no faster)
                 _output_gemm(mf, n, h, w, th, tw, scratch, epilogue, fold)
@@ -257,6 +257,15 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
     f32 = float_acc and out_bound < 4 * EXACT_F32
     _output_tiles(m, n, h, w, th, tw, scratch, epilogue, np.float32 if f32 else np.int32)
     return True
+
+
+def _bias4(bias: np.ndarray) -> tuple[float, np.ndarray]:
+    """(4 max|b|, 4b as float32) of an int bias, kept per bias array (edits replace arrays)."""
+    def make() -> tuple[float, np.ndarray]:
+        b4s = (4 * bias.astype(np.int64)).astype(np.float32)
+        b4s.flags.writeable = False
+        return 4.0 * float(np.abs(bias).max(initial=0)), b4s
+    return kept("int-winograd-bias4", bias, make)
 
 
 def filter_edges(n: int, per: int) -> list[int]:

@@ -281,3 +281,33 @@ def test_kept_channel_slices_follow_the_bias_and_the_fold(slope):
                                                                   int(shn[c] if slope else sh[c])))
                         for c in range(6)])
         assert sum(s[2] for s in stats) == int(np.count_nonzero(np.abs(raw) > 127)) > 0
+
+
+def test_route_int_writes_each_part_into_its_channels_like_concatenate():
+    """route_forward_int rescales (or copies) each part straight into the output's channels, on the
+    kernel threads: equal to rescale() of each part then concatenate, the records the same,
+    on 1 and 2 threads; the kept tables give the same values on a second call."""
+    from types import SimpleNamespace
+
+    from engine.kernels.threads import blas_limit
+    from engine.quant.int_layers import rescale, route_forward_int
+    from engine.quant.qtensor import QTensor
+    rng = np.random.default_rng(21)
+    a = QTensor(rng.integers(-128, 128, (300, 20, 20)).astype(np.int8), 0.5)
+    b = QTensor(rng.integers(-128, 128, (200, 20, 20)).astype(np.int8), 0.2)
+    c = QTensor(rng.integers(-128, 128, (100, 20, 20)).astype(np.int8), 0.5)
+    layer = SimpleNamespace(in_shapes=[x.q.shape for x in (a, b, c)], groups=1, group_id=0)
+    want_rec: dict = {}
+    want = np.concatenate([rescale(x, 0.5, want_rec) for x in (a, b, c)], axis=0)
+    for threads in (1, 2, 1):
+        with blas_limit(threads):
+            rec: dict = {}
+            got = route_forward_int(layer, [a, b, c], None, None, rec)
+        np.testing.assert_array_equal(got.q, want)
+        assert got.scale == 0.5 and rec == want_rec
+    two = SimpleNamespace(in_shapes=[a.q.shape, b.q.shape], groups=1, group_id=0)
+    got_rec: dict = {}
+    low = route_forward_int(two, [QTensor(a.q, 0.1), b], None, None, got_rec)   # a in b's scale
+    ref: dict = {}
+    np.testing.assert_array_equal(low.q, np.concatenate([rescale(QTensor(a.q, 0.1), 0.2, ref), b.q]))
+    assert got_rec == ref and low.scale == 0.2
