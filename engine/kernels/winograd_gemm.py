@@ -190,16 +190,15 @@ def input_transform_hwc(x: np.ndarray, p: int, m: int, scratch: Scratch) -> np.n
     Per band of tile rows, on one thread, in cache: the band's rows of x (with their zero border) go
     channels-last into a (rows, Wp, C) buffer, one transposing copy; its tiles are then runs of C
     contiguous floats, so D (t, t, rows, tw, C) is a copy of whole runs (where the (C, tiles) layout
-    gathers single floats m apart, 2.25x the input's elements for m = 4); V's band = (B^T (x) B^T) D
-    as two 1-D passes of B^T (t GEMMs of K = t each), a column slice of every plane of V. The products
-    read V[i] (tiles, C) as it is."""
+    gathers single floats m apart, 2.25x the input's elements for m = 4); V's band = K_B @ D, a
+    contiguous slice of V. The products read V[i] transposed (n, C) @ (C, tiles)."""
     c, h, w = x.shape
     t = m + 2
     th, tw = tiles_of(h, w, p, m)
     wp = m * tw + 2
-    bt = matrices(m)[0].astype(F)
+    kb, _ = kron(m)
     v = scratch.get("wino_vh", (t * t, th * tw, c))
-    v3 = v.reshape(t, t, th * tw * c)
+    v2 = v.reshape(t * t, th * tw * c)
     rows = band_tile_rows(th, t * t * tw * c)
 
     def band(part: int, i: int) -> None:
@@ -220,13 +219,7 @@ def input_transform_hwc(x: np.ndarray, p: int, m: int, scratch: Scratch) -> np.n
         s0, s1, s2 = xb.strides
         d = scratch.get(f"wino_dh{part}", (t, t, tr, tw, c))
         d[...] = as_strided(xb, (t, t, tr, tw, c), (s1, s0, m * s0, m * s1, s2), writeable=False)  # [x, y, ty, tx, c]
-        # separably, B^T down the rows then across the columns: two K = t GEMMs, 2t/t^2 of K_B's multiplies
-        # (one thread, the band GEMMs of a whole map: 0.31 vs 0.62 ms on 384 x 26 px, 0.17 vs 0.33 on 64 x 52)
-        nb = tr * tw * c
-        wr = scratch.get(f"wino_wh{part}", (t, t, nb))
-        np.matmul(bt, d.reshape(t, t, nb), out=wr)                # wr[x, a] = sum_y B^T[a, y] d[x, y]
-        for a in range(t):                                        # V[t*b + a] = sum_x B^T[b, x] wr[x, a]
-            np.matmul(bt, wr[:, a], out=v3[:, a, r0 * tw * c:r1 * tw * c])
+        np.matmul(kb, d.reshape(t * t, -1), out=v2[:, r0 * tw * c:r1 * tw * c])
 
     parallel_items(-(-th // rows), band)
     return v
