@@ -100,13 +100,12 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
     rows = min(ho, max(BAND // (kk * wo), -(-MIN_BAND // wo)))  # cache-sized, but wide enough for BLAS
     rows = min(rows, -(-ho // SPLIT))  # enough bands for the threads (see the module docstring)
     rows = even_bands(ho, rows)
-    bounds = tapered_bands(ho, rows)
-    tail_bands = tail is not None and all(tail.on_bands(h) for h in band_heights(bounds))  # else a pass after
+    tail_bands = tail is not None and tail.on_bands(rows)   # else a pass after the bands
     # Output column j of kernel column kx reads input column j*s + kx - p: valid for j in [ja, jb).
     jspan = [(max(0, -(-(p - kx) // s)), min(wo, (w - 1 + p - kx) // s + 1)) for kx in range(k)]
 
     def band_s1(part: int, i: int) -> None:
-        r0, r1 = bounds[i], bounds[i + 1]
+        r0, r1 = i * rows, min(ho, (i + 1) * rows)
         rr = r1 - r0
         xb = pad_band(x, p, k, r0, rr, scratch.get(f"colsx{part}", (c, rr + k, wp)))
         flat = scratch.get(f"cols{part}", (kk + 1, rr * wp))
@@ -123,7 +122,7 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
             tail.rows(y, r0, r1, scratch, part)
 
     def band(part: int, i: int) -> None:
-        r0, r1 = bounds[i], bounds[i + 1]
+        r0, r1 = i * rows, min(ho, (i + 1) * rows)
         flat = scratch.get(f"cols{part}", (kk + 1, (r1 - r0) * wo))
         cols = flat[:kk].reshape(c, k, k, r1 - r0, wo)
         # im2col straight from x (no padded copy): in-image cells are copied, the rest zeroed
@@ -154,7 +153,7 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
             tail.rows(y, r0, r1, scratch, part)
 
     wp = w + 2 * p
-    parallel_items(len(bounds) - 1, band_s1 if s == 1 and wo == wp - k + 1 else band)
+    parallel_items(-(-ho // rows), band_s1 if s == 1 and wo == wp - k + 1 else band)
     if tail is not None and not tail_bands:
         tail.rest(y, scratch)
 
@@ -186,28 +185,6 @@ def _act_drop(g: np.ndarray, dst: np.ndarray, act: str | None, scratch: Scratch,
         np.maximum(g[:, :, :wo], F(0), out=dst)
     else:
         dst[...] = g[:, :, :wo]
-
-
-def tapered_bands(total: int, rows: int) -> list[int]:
-    """Band edges over [0, total): bands of `rows`, except that the last two (one per thread on 2
-    threads) are cut into up to 4 near-equal smaller ones, largest first. Work items are pulled
-    dynamically, so a thread that started late or was descheduled leaves the other at most a quarter
-    of the remainder, not a whole band, at the join. A function of the shape only (the same GEMMs on
-    any thread count); with fewer than 4 bands, plain bands."""
-    bands = -(-total // rows)
-    if bands < 4:
-        return [min(total, i * rows) for i in range(bands + 1)]
-    full = bands - 2
-    rest = total - full * rows
-    parts = min(4, rest)
-    edges = [i * rows for i in range(full + 1)]
-    for j in range(parts):
-        edges.append(edges[-1] + rest // parts + (j < rest % parts))
-    return edges
-
-
-def band_heights(edges: list[int]) -> set[int]:
-    return {b - a for a, b in zip(edges, edges[1:])}
 
 
 def two_thread_span(total: int, rows: int) -> int:

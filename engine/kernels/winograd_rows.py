@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from engine.kernels.gemm import band_heights, tapered_bands
 from engine.kernels.tails import Tail
 from engine.kernels.scratch import Scratch
 from engine.kernels.threads import parallel_items
@@ -96,7 +95,7 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
     rows = band_rows(c, wo, th, m)
 
     def band(part: int, i: int) -> None:
-        r0, r1 = bounds[i], bounds[i + 1]
+        r0, r1 = i * rows, min(th, (i + 1) * rows)
         rr = r1 - r0
         # the band's tiles straight from x (no padded copy, of the map or of the band: a pass fewer)
         d = tile_rows(x, p, m, r0, r1, scratch.get(f"wrows_d{part}", (t, c, rr, wp)))
@@ -116,9 +115,8 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
         if tail_bands:
             tail.rows(y, m * r0, min(ho, m * r1), scratch, part)
 
-    bounds = tapered_bands(th, rows)
-    tail_bands = tail is not None and all(tail.on_bands(m * r) for r in band_heights(bounds))
-    parallel_items(len(bounds) - 1, band)
+    tail_bands = tail is not None and tail.on_bands(m * rows)
+    parallel_items(-(-th // rows), band)
     if tail is not None and not tail_bands:
         tail.rest(y, scratch)
     return y

@@ -287,21 +287,3 @@ def test_winograd_can_be_turned_off_per_model_for_memory(tiny):
     assert kept(plain) < 0.6 * kept(tiny)                  # 16/9 the 3x3 weights saved
     for i in range(len(a)):
         assert max_rel_diff(b[i], a[i]) <= 1e-5, f"layer {i}"
-
-
-def test_tapered_bands_cover_the_rows_and_cut_only_the_last_two_bands():
-    """Bands of `rows`, the last two cut into up to 4 near-equal ones (largest first): every row once,
-    no band above `rows`, the same edges whatever the thread count (a function of the shape)."""
-    assert kernels.tapered_bands(416, 42) == [42 * i for i in range(9)] + [356, 376, 396, 416]
-    for total in range(1, 120):
-        for rows in range(1, total + 2):
-            e = kernels.tapered_bands(total, rows)
-            sizes = [b - a for a, b in zip(e, e[1:])]
-            assert e[0] == 0 and e[-1] == total and all(0 < s <= rows for s in sizes), (total, rows, e)
-            bands = -(-total // rows)
-            if bands >= 4:
-                head, tail = sizes[:bands - 2], sizes[bands - 2:]
-                assert head == [rows] * (bands - 2) and len(tail) <= 4 and max(tail) - min(tail) <= 1
-                assert tail == sorted(tail, reverse=True)
-            else:
-                assert len(sizes) == bands
