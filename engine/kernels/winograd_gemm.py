@@ -9,10 +9,10 @@ over the tile arrays cost more than the multiplies they save (measured on yolov3
 thread: 64->128 @52 2.6 vs 3.9 ms CPU, 32->64 @104 4.2 vs 6.4 ms for im2col).
 
 Layout (float path): per band of tile rows the input goes channels-last and its tiles are copied into
-D (t, t, tiles, C) (`input_transform_hwc`); B^T is applied down the rows, then across the columns, each
-pass a batch of t GEMMs with K = t on the whole band (2t/t^2 of K_B's multiplies; on this AVX-512 host
-the Kronecker GEMM ran at the same speed per multiply, so half the time), giving the (t^2, tiles, C)
-stack the t^2 products need, with the weights kept as U^T (t^2, C, n): M^T[i] = V[i] (tiles, C) @
+D (t, t, tiles, C) (`input_transform_hwc`), and one GEMM with the Kronecker K_B per band gives the
+(t^2, tiles, C) stack the t^2 products need (B^T down the rows then across the columns as 2t GEMMs of
+K = t halves the multiplies but measured 2-3% slower on yolov3-tiny's forward, quiet host: more, smaller
+calls), with the weights kept as U^T (t^2, C, n): M^T[i] = V[i] (tiles, C) @
 U^T[i] (C, n). In that orientation OpenBLAS runs the products 7-24% faster than U[i] (n, C) @ V[i]
 (C, tiles) on the few-tile maps (49 tiles: 26 px in 4x4, 13 px in 2x2), where its cost per weight byte
 dominates (one thread, CPU: 36 x 256x128x49 1.68 vs 2.21 ms, 36 x 256x384x49 5.16 vs 5.81,
@@ -191,7 +191,7 @@ def input_transform_hwc(x: np.ndarray, p: int, m: int, scratch: Scratch) -> np.n
     channels-last into a (rows, Wp, C) buffer, one transposing copy; its tiles are then runs of C
     contiguous floats, so D (t, t, rows, tw, C) is a copy of whole runs (where the (C, tiles) layout
     gathers single floats m apart, 2.25x the input's elements for m = 4); V's band = K_B @ D, a
-    contiguous slice of V. The products read V[i] transposed (n, C) @ (C, tiles)."""
+    contiguous slice of V. The products are V[i] (tiles, C) @ U^T[i] (C, n)."""
     c, h, w = x.shape
     t = m + 2
     th, tw = tiles_of(h, w, p, m)
