@@ -51,7 +51,10 @@ def test_derived_outputs_are_the_twins_own(tiny, cle):
     factors = channel_factors(tiny, spec)
     assert set(factors) == {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 17, 18, 19, 20, 21}
     for i, (a, b) in enumerate(zip(own, derived)):
-        assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max(), i
+        # two float32 runs of rescaled weights, F(4x4) Winograd on layers 6, 8 and 21: each ~1e-5 of the
+        # layer's max from the exact result (layer 21: 1.001e-5 measured, 1.5e-5 at its [yolo] with other
+        # factors; the golden test allows 1e-4 against OpenCV); a wrong factor moves outputs by 30% or more
+        assert np.abs(a - b).max() <= 3e-5 * np.abs(a).max(), i
         if i not in factors:
             assert np.array_equal(b, plain[i])          # chain ends and heads: the original outputs themselves
     # each commuting layer of the twin run on the derived input gives the derived output bit for bit
