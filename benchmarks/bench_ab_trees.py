@@ -136,33 +136,38 @@ def ask(p: subprocess.Popen, n: int = 1) -> list:
             for v in p.stdout.readline().split()]
 
 
+def run_rounds(workers: dict[str, subprocess.Popen], rounds: int, warmup: int) -> tuple[dict[str, list], str]:
+    """Warm every worker up, then ask each for one sample per round, round-robin with the starting
+    worker rotated every round; close them. Returns each worker's replies and a line on time and load."""
+    for p in workers.values():
+        ask(p, warmup)
+    load0 = os.getloadavg()
+    got: dict[str, list] = {k: [] for k in workers}
+    items = list(workers.items())
+    t0 = time.time()
+    for r in range(rounds):
+        for k, p in items[r % len(items):] + items[:r % len(items)]:
+            (reply,) = ask(p)
+            got[k].append(reply)
+    load1 = os.getloadavg()
+    for p in workers.values():
+        p.stdin.close()
+        p.wait()
+    return got, (f"{rounds} rounds round-robin, 2 threads each, {time.time() - t0:.0f} s; "
+                 f"load {load0[0]:.2f}/{load0[1]:.2f} -> {load1[0]:.2f}/{load1[1]:.2f}")
+
+
 def main_int(args, trees: dict[str, str]) -> None:
     """--mode int: FLOAT and INT `Session.run()` per tree, interleaved (module docstring)."""
     shared = MODELS.parent
     files = (str(MODELS / "yolov3-tiny.cfg"), str(MODELS / "yolov3-tiny.weights"), str(shared))
     workers = {name: start("int", tree, files, "yolov3-tiny") for name, tree in trees.items()}
-    for p in workers.values():
-        ask(p, args.warmup)
-    load0 = os.getloadavg()
-    fl: dict[str, list[float]] = {k: [] for k in workers}
-    it: dict[str, list[float]] = {k: [] for k in workers}
-    cf: dict[str, list[float]] = {k: [] for k in workers}
-    ci: dict[str, list[float]] = {k: [] for k in workers}
-    items = list(workers.items())
-    t0 = time.time()
-    for r in range(args.rounds):
-        for k, p in items[r % len(items):] + items[:r % len(items)]:
-            ((wf, c_f), (wi, c_i)), = ask(p)
-            fl[k].append(wf)
-            it[k].append(wi)
-            cf[k].append(c_f)
-            ci[k].append(c_i)
-    load1 = os.getloadavg()
-    for p in workers.values():
-        p.stdin.close()
-        p.wait()
-    print(f"yolov3-tiny @416 INT vs FLOAT Session.run(), {args.rounds} rounds round-robin, 2 threads each, "
-          f"{time.time() - t0:.0f} s; load {load0[0]:.2f}/{load0[1]:.2f} -> {load1[0]:.2f}/{load1[1]:.2f}")
+    got, when = run_rounds(workers, args.rounds, args.warmup)
+    fl = {k: [f for (f, _), _ in v] for k, v in got.items()}
+    it = {k: [i for _, (i, _) in v] for k, v in got.items()}
+    cf = {k: [c for (_, c), _ in v] for k, v in got.items()}
+    ci = {k: [c for _, (_, c) in v] for k, v in got.items()}
+    print(f"yolov3-tiny @416 INT vs FLOAT Session.run(), {when}")
     base = None
     for k in trees:
         f, q = np.array(fl[k]), np.array(it[k])
@@ -192,25 +197,11 @@ def main() -> None:
     files = model_files(args.model, next(iter(trees.values())))
     workers = {name: start("ours", tree, files, args.model) for name, tree in trees.items()}
     workers["opencv"] = start("opencv", next(iter(trees.values())), files, args.model)
-    for p in workers.values():
-        ask(p, args.warmup)
-    load0 = os.getloadavg()
-    times: dict[str, list[float]] = {k: [] for k in workers}
-    cpu: dict[str, list[float]] = {k: [] for k in workers}
-    items = list(workers.items())
-    t0 = time.time()
-    for r in range(args.rounds):
-        for k, p in items[r % len(items):] + items[:r % len(items)]:
-            (wall, c), = ask(p)
-            times[k].append(wall)
-            cpu[k].append(c)
-    load1 = os.getloadavg()
-    for p in workers.values():
-        p.stdin.close()
-        p.wait()
+    got, when = run_rounds(workers, args.rounds, args.warmup)
+    times = {k: [wall for wall, _ in v] for k, v in got.items()}
+    cpu = {k: [c for _, c in v] for k, v in got.items()}
     cv = float(np.median(times["opencv"]))
-    print(f"{args.model} @416, {args.rounds} rounds round-robin, 2 threads each, {time.time() - t0:.0f} s; "
-          f"load {load0[0]:.2f}/{load0[1]:.2f} -> {load1[0]:.2f}/{load1[1]:.2f}")
+    print(f"{args.model} @416, {when}")
     print(f"  opencv {cv:8.2f} ms (p25 {np.percentile(times['opencv'], 25):.2f}, min {min(times['opencv']):.2f}); "
           f"CPU {np.median(cpu['opencv']):.1f} ms per forward")
     base = None
