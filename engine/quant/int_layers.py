@@ -13,6 +13,7 @@ dequantize and a quantize, and `rec["float_activation"]` says so.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -67,22 +68,19 @@ _INT8_BY_PATTERN = np.arange(256, dtype=np.int32)
 _INT8_BY_PATTERN[128:] -= 256                 # the int8 value of each uint8 bit pattern
 
 
-_TABLES: dict[tuple[float, float], tuple[np.ndarray, np.ndarray | None]] = {}
-
-
 def _rescale_table(scale: float, out_scale: float) -> tuple[np.ndarray, np.ndarray | None]:
     """requantize()'s rule from `scale` to `out_scale` on the 256 int8 values (indexed by bit pattern),
     and which of them saturate (None: none), kept per pair of scales (a pure function of the two)."""
-    key = (float(scale), float(out_scale))
-    hit = _TABLES.get(key)
-    if hit is None:
-        m, sh = quantize_multiplier(scale / out_scale)
-        table, _ = requantize(_INT8_BY_PATTERN, m, sh, axis_channels=False)
-        saturated = np.abs(np.rint(_INT8_BY_PATTERN * float(multiplier_value(m, sh)))) > QMAX
-        if len(_TABLES) >= 256:
-            _TABLES.pop(next(iter(_TABLES)))
-        hit = _TABLES[key] = (table, saturated if saturated.any() else None)
-    return hit
+    return _rescale_table_of(float(scale), float(out_scale))
+
+
+@lru_cache(maxsize=256)
+def _rescale_table_of(scale: float, out_scale: float) -> tuple[np.ndarray, np.ndarray | None]:
+    m, sh = quantize_multiplier(scale / out_scale)
+    table, _ = requantize(_INT8_BY_PATTERN, m, sh, axis_channels=False)
+    saturated = np.abs(np.rint(_INT8_BY_PATTERN * float(multiplier_value(m, sh)))) > QMAX
+    table.flags.writeable = saturated.flags.writeable = False     # shared by every later call
+    return table, saturated if saturated.any() else None
 
 
 def rescale(x: QTensor, out_scale: float, rec: dict) -> np.ndarray:

@@ -30,6 +30,10 @@ from engine.quant.intcache import kept
 
 EXACT_F32 = float(1 << 24)
 _MIN, _MAX = np.minimum.reduce, np.maximum.reduce
+
+
+def _abs_max(a: np.ndarray) -> float:
+    return max(float(_MAX(a, axis=None)), -float(_MIN(a, axis=None)))
 BLOCK = 64                      # channels per block of the cached weight bounds
 _G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], np.int64)    # 2G
 _K2 = np.einsum("ai,bj->ijab", _G2, _G2).reshape(9, 16).astype(np.float32)   # vec(g) @ _K2 = vec(U')
@@ -194,10 +198,10 @@ def conv3x3_fused(x_q: np.ndarray, w_q: np.ndarray, scratch: Scratch,
                 np.matmul(wt.u[p, :, a:b], vt[a:b], out=out if k == 0 else tmp)
                 if k:
                     out += tmp
-                    if k < len(plan) - 1 and max(float(_MAX(out, axis=None)), -float(_MIN(out, axis=None))) >= EXACT_F32:
+                    if k < len(plan) - 1 and _abs_max(out) >= EXACT_F32:
                         ext[p] = np.inf
                         return
-        ext[p] = max(float(_MAX(out, axis=None)), -float(_MIN(out, axis=None)))
+        ext[p] = _abs_max(out)
         if len(plan) > 1 and ext[p] >= EXACT_F32:
             ext[p] = np.inf
 
