@@ -107,7 +107,9 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
     def band_s1(part: int, i: int) -> None:
         r0, r1 = i * rows, min(ho, (i + 1) * rows)
         rr = r1 - r0
-        xb = pad_band(x, p, k, r0, rr, scratch.get(f"colsx{part}", (c, rr + k, wp)))
+        xb = scratch.get(f"colsx{part}", (c, rr + k, wp))
+        band_input(x, r0, r1, k, 1, p, xb[:, :rr + k - 1])
+        xb[:, rr + k - 1] = 0                  # one zero row: the last run's k - 1 overshoot reads it
         flat = scratch.get(f"cols{part}", (kk + 1, rr * wp))
         s0, s1, s2 = xb.strides
         # padded-width trick on the band: kernel offset (ky, kx) of every output pixel is one contiguous
@@ -158,19 +160,23 @@ def conv_banded(x: np.ndarray, w2d: np.ndarray, b: np.ndarray, y: np.ndarray, k:
         tail.rest(y, scratch)
 
 
-def pad_band(x: np.ndarray, p: int, k: int, r0: int, rr: int, xb: np.ndarray) -> np.ndarray:
-    """xb (C, rr + k, W + 2p): rows r0 .. r0 + rr + k - 2 of x in a zero border of p (what output rows
-    [r0, r0 + rr) of a k x k stride-1 conv read), then one zero row (the last run's k - 1 overshoot)."""
+def band_input(x: np.ndarray, r0: int, r1: int, k: int, s: int, p: int, buf: np.ndarray) -> np.ndarray:
+    """The input rows that output rows [r0, r1) of a k x k, stride-s conv read, with their zero padding
+    (C, rows_in, W + 2p), in `buf` (cast to its dtype): each band pads its own rows, no padded copy of
+    the whole input (the float im2col bands and the INT ones, `intops.conv_int_bands`)."""
     c, h, w = x.shape
-    ia, ib = max(0, p - r0), max(0, min(rr + k - 1, h + p - r0))   # band rows inside x
-    if ib <= ia:
-        xb[...] = 0
-        return xb
-    xb[:, :ia] = 0
-    xb[:, ib:] = 0
-    xb[:, ia:ib, :p] = 0
-    xb[:, ia:ib, p + w:] = 0
-    xb[:, ia:ib, p:p + w] = x[:, r0 + ia - p:r0 + ib - p]
+    top, bot = r0 * s - p, (r1 - 1) * s + k - p         # input rows [top, bot) incl. padding
+    xb = buf
+    a, b = max(0, top), min(h, bot)
+    if a > top:
+        xb[:, :a - top] = 0
+    if bot > b:
+        xb[:, b - top:] = 0
+    if p:
+        xb[:, a - top:b - top, :p] = 0
+        xb[:, a - top:b - top, p + w:] = 0
+    if b > a:
+        xb[:, a - top:b - top, p:p + w] = x[:, a:b]
     return xb
 
 

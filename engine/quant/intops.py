@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine.kernels.gemm import MIN_BAND, conv_out_size
+from engine.kernels.gemm import MIN_BAND, band_input, conv_out_size
 from engine.kernels.scratch import Scratch, derived
 from engine.kernels.threads import own_threads, parallel_items
 from engine.quant.layermemo import acc_memo
@@ -155,25 +155,6 @@ def band_rows(ho: int, wo: int, kb: int, n: int) -> int:
     return min(ho, max(BAND_FLOATS // per_row, -(-MIN_BAND // wo)))
 
 
-def _band_input(x_q: np.ndarray, r0: int, r1: int, k: int, s: int, p: int, buf: np.ndarray) -> np.ndarray:
-    """The input rows output rows [r0, r1) read, as float32 with their zero padding (c, rows_in, W+2p),
-    in `buf` (a scratch buffer): each band pads its own rows, no padded copy of the whole input."""
-    c, h, w = x_q.shape
-    top, bot = r0 * s - p, (r1 - 1) * s + k - p         # input rows [top, bot) incl. padding
-    xb = buf
-    a, b = max(0, top), min(h, bot)
-    if a > top:
-        xb[:, :a - top] = 0
-    if bot > b:
-        xb[:, b - top:] = 0
-    if p:
-        xb[:, a - top:b - top, :p] = 0
-        xb[:, a - top:b - top, p + w:] = 0
-    if b > a:
-        xb[:, a - top:b - top, p:p + w] = x_q[:, a:b]
-    return xb
-
-
 def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
                    epilogue: Callable[[int, int, int, np.ndarray, slice], None], w_bound: float | None = None,
                    bias: np.ndarray | None = None,
@@ -189,7 +170,7 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
     min / max passes are skipped there.
     Bands (`band_rows`, `band_edges`: an even number, their columns, accumulators and epilogue buffers
     within BAND_FLOATS) run on `parallel_items` threads with BLAS single-threaded (`own_threads`, as the
-    float kernels), each band padding its own input rows (`_band_input`), built, multiplied and handed
+    float kernels), each band padding its own input rows (`gemm.band_input`), built, multiplied and handed
     to the epilogue while in cache; a map that is a single band (small maps, many filters) is split
     by filter halves instead.
     `bias` (int, (n,)) with `on_fold`: when the weights are small (FOLD_MAX floats) and every partial
@@ -236,7 +217,7 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
         if pointwise:
             cols = xf[:, r0 * w:r1 * w]
         else:
-            xb = _band_input(x_q, r0, r1, k, s, p, scratch.get(f"int-xb{part}", (c, in_rows, w + 2 * p))[:, :(r1 - r0 - 1) * s + k])
+            xb = band_input(x_q, r0, r1, k, s, p, scratch.get(f"int-xb{part}", (c, in_rows, w + 2 * p))[:, :(r1 - r0 - 1) * s + k])
             cols = scratch.get(f"int-cols{part}", (kb, length))
             c5 = cols[:kk].reshape(c, k, k, r1 - r0, wo)
             for ky in range(k):
