@@ -6,7 +6,8 @@
 `backend="numpy"` (the default) is the engine itself. `"onnxruntime"` runs FLOAT as the exporter's float
 graph (engine/export/onnx_float.py, BN folded: head outputs within 1e-4 relative of ours) and INT as its
 integer graph (engine/export/onnx_int8.py: QLinearConv/ConvInteger, bit-exact with our INT executor when the
-quantized model's profile is `onnxruntime`, so the detections are identical). What ORT cannot compute the
+quantized model's profile is `onnxruntime`, so the detections are identical; with int8 weights on a VNNI
+host, uint8 elsewhere: `signed_weights`). What ORT cannot compute the
 NumPy engine's way raises an EngineError saying why and what to use: HYBRID, INT under another profile,
 layers kept FLOAT between int8 layers, layers the exporter has no ONNX form for. `"auto"` runs each mode on
 ORT when it can and on NumPy otherwise. STEP, CROSS and editing always run on NumPy.
@@ -164,6 +165,16 @@ def _threads() -> int:
     return max(1, blas_threads())
 
 
+def signed_weights(qmodel) -> bool:
+    """Whether INT sessions get int8 weights: an `onnxruntime` model's uint8 weights (zero point 128) sum
+    exactly on every x86 kernel, but on a host whose u8 x s8 kernel is VNNI (exact too) the same weights as
+    int8 give the same integers and run that kernel, 1.8x the u8 x u8 kernel's images/s here
+    (benchmarks/bench_throughput.py). Elsewhere int8 weights would saturate pairs: keep the profile's."""
+    from engine.quant.profiles import get_profile
+    from engine.quant.profiles.avx2_u8s8 import host_u8s8_kernel
+    return get_profile(qmodel.profile).signed_weights or host_u8s8_kernel() == "vnni"
+
+
 def _key(model, qmodel, mode: str, float_layers: tuple, all_outputs: bool, threads: int) -> tuple:
     from engine.quant.qmodel import fingerprint
     qkey = None
@@ -172,7 +183,7 @@ def _key(model, qmodel, mode: str, float_layers: tuple, all_outputs: bool, threa
         for k, v in sorted(qmodel.to_arrays().items()):
             h.update(k.encode())
             h.update(np.ascontiguousarray(v).tobytes())
-        qkey = h.hexdigest()
+        qkey = (h.hexdigest(), signed_weights(qmodel))
     # the content, not the object: a model edited in memory gets a new session
     return (fingerprint(model), model.input_shape, qkey, mode, float_layers, all_outputs, threads)
 
@@ -186,7 +197,8 @@ def _build(model, qmodel, mode: str, float_layers: tuple, all_outputs: bool, thr
     else:
         twin = qmodel.copy()
         twin.float_layers = float_layers
-        proto = build_int8(model, twin, heads="raw", all_outputs=all_outputs, dynamic_batch=True)
+        proto = build_int8(model, twin, heads="raw", all_outputs=all_outputs, dynamic_batch=True,
+                           signed_weights=signed_weights(qmodel))
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads

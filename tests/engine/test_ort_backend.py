@@ -64,6 +64,45 @@ def test_int_identical_to_numpy_whatever_the_thread_count(tiny, tiny_ort, photo_
     assert all(np.array_equal(a, b) for a, b in zip(floats[1], floats[2]))   # ORT FLOAT: same bits too
 
 
+def _weight_dtypes(proto) -> set:
+    import onnx
+    names = {n.input[3] for n in proto.graph.node if n.op_type == "QLinearConv"}
+    names |= {n.input[1] for n in proto.graph.node if n.op_type == "ConvInteger"}
+    return {onnx.helper.tensor_dtype_to_np_dtype(t.data_type) for t in proto.graph.initializer if t.name in names}
+
+
+@pytest.mark.parametrize("kernel", ["vnni", "avx2"])
+def test_int_sessions_take_int8_weights_only_where_the_u8s8_kernel_is_exact(tiny, tiny_ort, photo_inputs,
+                                                                              monkeypatch, kernel):
+    """uint8 weights (zero point 128) run MLAS's u8 x u8 kernel; on a VNNI host the same weights as int8 run
+    the 1.8x faster VNNI kernel with the same exact sums. Every layer of the graph the backend builds equals
+    the NumPy INT executor; on an AVX2 host the backend keeps uint8 weights."""
+    import engine.export.onnx_int8 as onnx_int8
+    from engine.quant.profiles import avx2_u8s8
+    host = avx2_u8s8.host_u8s8_kernel()
+    real_build = onnx_int8.build_int8
+    built = []
+    monkeypatch.setattr(avx2_u8s8, "host_u8s8_kernel", lambda *a: kernel)
+    monkeypatch.setattr(onnx_int8, "build_int8", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    assert ort_backend.signed_weights(tiny_ort) is (kernel == "vnni")
+    ort_backend.clear_sessions()
+    try:
+        run = forward_on("onnxruntime", tiny, tiny_ort, "int", all_outputs=True)
+        assert _weight_dtypes(built[-1]) == {np.dtype(np.int8 if kernel == "vnni" else np.uint8)}
+        if kernel == host or kernel == "avx2":     # int8 weights on a non-VNNI CPU would saturate pairs
+            ex = Executor(tiny, tiny_ort, "int")
+            for pre in photo_inputs[:2]:
+                ours, theirs = ex.forward(pre.x), run(pre.x)
+                for i in range(len(tiny.layers)):
+                    assert np.array_equal(ours[i], theirs[i]), (kernel, i)
+    finally:
+        ort_backend.clear_sessions()
+    saturating = tiny_ort.copy()
+    saturating.profile = "avx2_u8s8"
+    with pytest.raises(ValueError, match="saturating"):
+        real_build(tiny, saturating, signed_weights=False)
+
+
 def test_evaluate_inprocess_runtime_equals_numpy_int(tiny, tiny_ort):
     from engine.scale.backends import InProcess
     from engine.scale.evaluate import evaluate
