@@ -181,13 +181,13 @@ def test_nms_when_every_box_stands_in_every_class(levels, kind):
         assert 0 < np.count_nonzero(ref) < ref.size
 
 
-def test_score_order_of_many_scores_sorted_in_two_halves():
-    """From SORT_SPLIT keys, `ranked` sorts two halves on the kernel threads and merges them: ties
-    straddling the halves, few-ulp neighbours and top-bit collisions, on 1 and 2 threads."""
-    from engine.darknet.detect import SORT_SPLIT, score_order
+def test_score_order_of_many_scores_in_two_radix_passes():
+    """Over 2^16 keys (both 16-bit digits in play), with ties far apart, few-ulp neighbours and
+    float32 collisions of different scores, on 1 and 2 threads."""
+    from engine.darknet.detect import score_order
     from engine.kernels.threads import blas_limit
     rng = np.random.default_rng(9)
-    n = 2 * SORT_SPLIT + 1001
+    n = 2 * (1 << 15) + 1001
     base = np.float32(rng.random(n // 2)).astype(np.float64) * np.float32(rng.random(n // 2))
     near = base[rng.integers(0, 60, n - n // 2)] * (1 + rng.integers(-6, 7, n - n // 2) * 2.0 ** -52)
     s = np.concatenate([base, near])[rng.permutation(n)]
@@ -201,8 +201,7 @@ def test_score_order_of_many_scores_sorted_in_two_halves():
 @pytest.mark.parametrize("case", ["finite", "infinite scores"])
 def test_ranked_equals_a_stable_argsort_of_the_survivors(case):
     """`ranked` of a subset of indices: the stable argsort of their scores, with ties, few-ulp
-    neighbours and top-bit collisions, past SORT_SPLIT (two halves merged), on 1 and 2 threads, and
-    on the argsort path (infinite scores)."""
+    neighbours and float32 collisions, on 1 and 2 threads, and on the argsort path (infinite scores)."""
     from engine.darknet import detect as detect_module
     from engine.kernels.threads import blas_limit
     rng = np.random.default_rng(12)
@@ -213,7 +212,7 @@ def test_ranked_equals_a_stable_argsort_of_the_survivors(case):
     if case == "infinite scores":
         scores[rng.random(scores.size) < 0.01] = np.inf
     idx = np.flatnonzero((scores > 0) & (rng.random(scores.size) < 0.9))
-    assert idx.size > detect_module.SORT_SPLIT
+    assert idx.size > 50000
     ref = idx[np.argsort(-scores[idx], kind="stable")]
     for threads in (1, 2):
         with blas_limit(threads):
