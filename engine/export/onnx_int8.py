@@ -223,12 +223,12 @@ def build_int8(model, qmodel, *, heads: str = "raw", opset: int = 17, all_output
 
 
 def export_int8(model, qmodel, path: str | Path, *, heads: str = "raw", opset: int = 17,
-                all_outputs: bool = False) -> Path:
+                all_outputs: bool = False, signed_weights: bool | None = None) -> Path:
     """Write `build_int8` to `path` atomically (onnx.checker first). Returns the path."""
     from engine.atomic import atomic_write
     from engine.export.onnx_float import import_onnx
     onnx = import_onnx()
-    proto = build_int8(model, qmodel, heads=heads, opset=opset, all_outputs=all_outputs)
+    proto = build_int8(model, qmodel, heads=heads, opset=opset, all_outputs=all_outputs, signed_weights=signed_weights)
     onnx.checker.check_model(proto)
     return atomic_write(path, proto.SerializeToString())
 

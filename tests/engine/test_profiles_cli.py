@@ -40,12 +40,27 @@ def test_quantize_export_dump_agree_with_onnxruntime(capsys, tmp_path, tiny):
         for name, y in got.items():
             assert y.dtype == dump[name].dtype == np.float32
             assert np.count_nonzero(y != dump[name]) == 0, name
+    # the same model with int8 weights (for a VNNI device): same numbers where that kernel is exact
+    import onnx
+    from engine.quant.profiles.avx2_u8s8 import host_u8s8_kernel
+    s8_path = tmp_path / "t8.onnx"
+    rc, _, err = _cli(capsys, "export", *MODEL, "--quantized", q, "--format", "onnx-int8", "--all-outputs",
+                      "--int8-weights", "-o", s8_path)
+    assert rc == 0 and "int8 weights" in err and ("not VNNI" in err) == (host_u8s8_kernel() != "vnni")
+    proto = onnx.load(str(s8_path))
+    inits = {t.name: t.data_type for t in proto.graph.initializer}
+    assert {inits[n.input[3]] for n in proto.graph.node if n.op_type == "QLinearConv"} == {onnx.TensorProto.INT8}
+    if host_u8s8_kernel() == "vnni":
+        got = run_ort(str(s8_path), np.load(x_path))
+        with np.load(d_path) as dump:
+            assert all(np.array_equal(y, dump[name]) for name, y in got.items()) and len(got) == 22
 
 
 @pytest.mark.parametrize("args, fragment", [
     (["quantize", *MODEL, "--calib", DOG, "--profile", "npu9", "-o", "q.npz", "--quiet"],
      "profile 'npu9': unknown device profile 'npu9'; known: "),
     (["export", *MODEL, "--format", "onnx-int8", "-o", "t.onnx"], "--format onnx-int8 needs --quantized Q"),
+    (["export", *MODEL, "--int8-weights", "-o", "t.onnx"], "--int8-weights: only for --format onnx-int8"),
 ])
 def test_profile_cli_errors_are_one_clear_line(capsys, tmp_path, args, fragment):
     os.chdir(tmp_path)
