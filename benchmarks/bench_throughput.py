@@ -11,7 +11,8 @@ measured in the same run; images per process CPU second beside them: work per im
 wall clock on a shared host, but a runtime whose idle threads spin is charged for it). Target of the performance issue: our best rate (NumPy
 engine or ORT backend, named) >= 1.3x OpenCV's best. INT: the NumPy engine's int8 executor and ORT's
 integer kernels on a model quantized (minmax, per channel, on the 4 photos) with profile
-`onnxruntime`, where the two give identical outputs. The ORT backend runs as batch evaluation uses it
+`onnxruntime`, where the two give identical outputs (ORT's sessions take its weights as int8 on a
+VNNI host: `ort_backend.signed_weights`). The ORT backend runs as batch evaluation uses it
 (`engine.export.ort_backend.forward_on`, heads decoded by the engine's [yolo] code): one image per
 call (one 2-thread session), and batches of 8 (what `forward_each` feeds it: two threads, each running
 one image at a time on a single-threaded session, `ort_backend.run_split`); its agreement with the NumPy
