@@ -238,6 +238,25 @@ def test_own_threads_makes_blas_single_threaded_and_restores_it():
         assert threads.blas_threads() == 2 and threads.kernel_threads() == 1
 
 
+def test_own_threads_shortens_the_gil_switch_interval_and_restores_it():
+    import sys
+    from helpers import require
+    require(bool(threads._kernel_blas()), "no BLAS found by threadpoolctl: kernels keep BLAS threading")
+    before = sys.getswitchinterval()
+    with threads.blas_limit(2):
+        with pytest.raises(RuntimeError):
+            with threads.own_threads():
+                assert sys.getswitchinterval() == pytest.approx(threads.SWITCH_INTERVAL)
+                with threads.own_threads():              # nested: leaves it to the outer one
+                    pass
+                assert sys.getswitchinterval() == pytest.approx(threads.SWITCH_INTERVAL)
+                raise RuntimeError("a failing forward")
+        assert sys.getswitchinterval() == before
+    with threads.blas_limit(1):                          # no kernel threads: nothing to change
+        with threads.own_threads():
+            assert sys.getswitchinterval() == before
+
+
 def test_blas_limit_is_the_one_control_backends_use():
     from engine.scale import backends
     assert backends.blas_limit is threads.blas_limit and backends.set_blas_threads is threads.set_blas_threads
