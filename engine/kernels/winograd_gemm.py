@@ -40,12 +40,13 @@ from numpy.lib.stride_tricks import as_strided
 from engine.kernels.winograd import WEIGHT_BLOCK
 from engine.kernels.tails import Tail
 from engine.kernels.scratch import Scratch
-from engine.kernels.threads import parallel_for, parallel_items
+from engine.kernels.threads import kernel_threads, parallel_for, parallel_items
 
 F = np.float32
 POINTS = {2: (0, 1, -1), 4: (0, 1, -1, 2, -2), 6: (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2))}
 BLOCK = 1 << 18          # floats of D (or of M) per transform GEMM at most (1 MiB)
 SPLIT = 4                # a transform is cut into a multiple of this many equal GEMMs: balanced on 1, 2, 4 threads
+PRODUCT_GROUPS = 2       # product groups per kernel thread (stacked GEMMs; pulled dynamically)
 OUT_BANDS = 8            # the output transform runs in about this many bands of tile rows (fewer where BLOCK caps them)
 
 
@@ -245,12 +246,18 @@ def conv3x3(x: np.ndarray, u: np.ndarray, b: np.ndarray, p: int, scratch: Scratc
     mt = scratch.get("wino_m", (t * t, th * tw, n))
     ib = bias_index(m)
 
-    def product(_part: int, i: int) -> None:
-        np.matmul(v[i], u[i], out=mt[i])            # M^T[i] (tiles, n)
-        if i == ib:          # here, not as a pass after the join: one thread would run it alone
-            mt[i] += b
+    # positions in a few groups, each one stacked np.matmul (the same sgemm per position, so the same
+    # bits whatever the grouping): one GIL release per group instead of per position, which on few
+    # tiles (13-52 px maps: GEMMs of 10-50 us) had the two kernel threads queueing for the GIL
+    per = -(-t * t // (PRODUCT_GROUPS * kernel_threads()))
 
-    parallel_items(t * t, product)
+    def product(_part: int, g: int) -> None:
+        a, z = g * per, min(t * t, (g + 1) * per)
+        np.matmul(v[a:z], u[a:z], out=mt[a:z])      # M^T[i] (tiles, n)
+        if a <= ib < z:      # here, not as a pass after the join: one thread would run it alone
+            mt[ib] += b
+
+    parallel_items(-(-t * t // per), product)
     y = np.empty((n, ho, wo), F)
     output_transform(mt, y, m, th, tw, act, scratch, tail)
     return y
