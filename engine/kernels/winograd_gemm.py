@@ -301,8 +301,8 @@ def output_transform(mt: np.ndarray, y: np.ndarray, m: int, th: int, tw: int, ac
             pb = scratch.get(f"wino_p{part}", (t, m, nb))
             np.matmul(at, m2[:, r0 * tw * n:r1 * tw * n].reshape(t, t, nb), out=pb)   # pb[b, i] = sum_a A^T[i, a] M[t*b + a]
             z3 = z.reshape(nb, m, m)
-            for i in range(m):                               # z[., m*i + j] = sum_b A^T[j, b] pb[b, i]
-                np.matmul(pb[:, i].T, at.T, out=z3[:, i])
+            # z[., m*i + j] = sum_b A^T[j, b] pb[b, i], the m GEMMs as one stacked call (same sgemm each)
+            np.matmul(pb.transpose(1, 2, 0), at.T, out=z3.transpose(1, 0, 2))
         if leaky:
             tmp = scratch.get(f"wino_t{part}", z.shape)
             np.multiply(z, F(0.1), out=tmp)
