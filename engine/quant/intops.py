@@ -16,6 +16,7 @@ import threading
 from typing import Callable
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from engine.kernels.gemm import MIN_BAND, band_input, conv_out_size
 from engine.kernels.scratch import Scratch, derived
@@ -219,10 +220,11 @@ def conv_int_bands(x_q: np.ndarray, w_f: np.ndarray, k: int, s: int, p: int,
         else:
             xb = band_input(x_q, r0, r1, k, s, p, scratch.get(f"int-xb{part}", (c, in_rows, w + 2 * p))[:, :(r1 - r0 - 1) * s + k])
             cols = scratch.get(f"int-cols{part}", (kb, length))
-            c5 = cols[:kk].reshape(c, k, k, r1 - r0, wo)
-            for ky in range(k):
-                for kx in range(k):
-                    c5[:, ky, kx] = xb[:, ky:ky + s * (r1 - r0 - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
+            # the k*k im2col rows as one strided copy of the padded band (fewer NumPy calls for the
+            # kernel threads to queue on the GIL than k*k copies)
+            b0, b1, b2 = xb.strides
+            cols[:kk].reshape(c, k, k, r1 - r0, wo)[...] = as_strided(
+                xb, (c, k, k, r1 - r0, wo), (b0, b1, b2, s * b1, s * b2), writeable=False)
             if fold:
                 cols[kk] = 1.0
         wb = w_f[ch]
