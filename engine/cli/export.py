@@ -35,7 +35,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     s.add_argument("--int8-weights", action="store_true",
                    help="onnx-int8, profile onnxruntime: weights as int8 (zero point 0) instead of uint8 (zero point "
                         "128), for an x86 device with VNNI, where ONNX Runtime's u8 x s8 kernel sums exactly: the "
-                        "same results, ~1.8x faster there; without VNNI that kernel saturates pairs (other results)")
+                        "same results, ~1.7x the images/s there; without VNNI that kernel saturates pairs (other results)")
     s.set_defaults(func=cmd_export)
     return s
 

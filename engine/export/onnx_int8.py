@@ -126,7 +126,7 @@ def build_int8(model, qmodel, *, heads: str = "raw", opset: int = 17, all_output
     a symbolic batch axis `N` instead of 1. `signed_weights=True` exports an `onnxruntime` model's weights
     as int8 (zero point 0) instead of uint8 (zero point 128): the same integer sums wherever the runtime's
     u8 x s8 kernel is exact (VNNI, `host_u8s8_kernel() == "vnni"`), and there it runs the VNNI kernel, about
-    1.8x faster than the u8 x u8 one; elsewhere it would saturate pairs, so the default stays the profile's."""
+    1.7x the u8 x u8 one's images/s; elsewhere it would saturate pairs, so the default stays the profile's."""
     from engine.export import onnx_float
     from engine.export import onnx_heads  # noqa: F401  (registers the head emitters)
     from engine.export.onnx_graph import GraphBuilder

@@ -168,7 +168,7 @@ def _threads() -> int:
 def signed_weights(qmodel) -> bool:
     """Whether INT sessions get int8 weights: an `onnxruntime` model's uint8 weights (zero point 128) sum
     exactly on every x86 kernel, but on a host whose u8 x s8 kernel is VNNI (exact too) the same weights as
-    int8 give the same integers and run that kernel, 1.8x the u8 x u8 kernel's images/s here
+    int8 give the same integers and run that kernel, 1.7x the u8 x u8 kernel's images/s here
     (benchmarks/bench_throughput.py). Elsewhere int8 weights would saturate pairs: keep the profile's."""
     from engine.quant.profiles import get_profile
     from engine.quant.profiles.avx2_u8s8 import host_u8s8_kernel
