@@ -75,7 +75,7 @@ def _weight_dtypes(proto) -> set:
 def test_int_sessions_take_int8_weights_only_where_the_u8s8_kernel_is_exact(tiny, tiny_ort, photo_inputs,
                                                                               monkeypatch, kernel):
     """uint8 weights (zero point 128) run MLAS's u8 x u8 kernel; on a VNNI host the same weights as int8 run
-    the 1.8x faster VNNI kernel with the same exact sums. Every layer of the graph the backend builds equals
+    the VNNI kernel (1.7x the images/s) with the same exact sums. Every layer of the graph the backend builds equals
     the NumPy INT executor; on an AVX2 host the backend keeps uint8 weights."""
     import engine.export.onnx_int8 as onnx_int8
     from engine.quant.profiles import avx2_u8s8
