@@ -157,6 +157,12 @@ def run_rounds(workers: dict[str, subprocess.Popen], rounds: int, warmup: int) -
                  f"load {load0[0]:.2f}/{load0[1]:.2f} -> {load1[0]:.2f}/{load1[1]:.2f}")
 
 
+def against(base: str, wall: dict, cpu: dict, k: str) -> str:
+    """Tree k against the base tree (the first): ratios of the median wall and CPU times."""
+    return (f"vs {base}: {np.median(wall[k]) / np.median(wall[base]):.3f}"
+            f" (CPU {np.median(cpu[k]) / np.median(cpu[base]):.3f})")
+
+
 def main_int(args, trees: dict[str, str]) -> None:
     """--mode int: FLOAT and INT `Session.run()` per tree, interleaved (module docstring)."""
     shared = MODELS.parent
@@ -168,16 +174,13 @@ def main_int(args, trees: dict[str, str]) -> None:
     cf = {k: [c for (_, c), _ in v] for k, v in got.items()}
     ci = {k: [c for _, (_, c) in v] for k, v in got.items()}
     print(f"yolov3-tiny @416 INT vs FLOAT Session.run(), {when}")
-    base = None
+    base = next(iter(trees))
     for k in trees:
         f, q = np.array(fl[k]), np.array(it[k])
         line = (f"  {k:8s} FLOAT {np.median(f):7.2f} ms, INT {np.median(q):7.2f} ms (p25 {np.percentile(q, 25):.2f}); "
                 f"INT/FLOAT per-round median {np.median(q / f):.3f} (CPU {np.median(np.array(ci[k]) / np.array(cf[k])):.3f})")
-        if base is None:
-            base = k
-        else:
-            line += (f"; INT vs {base}: {np.median(q) / np.median(it[base]):.3f}"
-                     f" (CPU {np.median(ci[k]) / np.median(ci[base]):.3f})")
+        if k != base:
+            line += f"; INT {against(base, it, ci, k)}"
         print(line)
 
 
@@ -204,18 +207,15 @@ def main() -> None:
     print(f"{args.model} @416, {when}")
     print(f"  opencv {cv:8.2f} ms (p25 {np.percentile(times['opencv'], 25):.2f}, min {min(times['opencv']):.2f}); "
           f"CPU {np.median(cpu['opencv']):.1f} ms per forward")
-    base = None
+    base = next(iter(trees))
     for k in trees:
         med = float(np.median(times[k]))
         # per-round ratios: each round's ours / that round's OpenCV, then the median
         rr = float(np.median(np.array(times[k]) / np.array(times["opencv"])))
         line = (f"  {k:8s} {med:8.2f} ms (p25 {np.percentile(times[k], 25):.2f}, min {min(times[k]):.2f})  "
                 f"ratio {med / cv:.3f}x OpenCV (per-round median {rr:.3f})")
-        if base is None:
-            base = k
-        else:
-            line += (f"  vs {base}: {med / float(np.median(times[base])):.3f}"
-                     f" (CPU {np.median(cpu[k]) / np.median(cpu[base]):.3f})")
+        if k != base:
+            line += f"  {against(base, times, cpu, k)}"
         print(line + f"; CPU {np.median(cpu[k]):.1f} ms per forward")
 
 
