@@ -34,6 +34,8 @@ _MIN, _MAX = np.minimum.reduce, np.maximum.reduce
 
 def _abs_max(a: np.ndarray) -> float:
     return max(float(_MAX(a, axis=None)), -float(_MIN(a, axis=None)))
+
+
 BLOCK = 64                      # channels per block of the cached weight bounds
 _G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], np.int64)    # 2G
 _K2 = np.einsum("ai,bj->ijab", _G2, _G2).reshape(9, 16).astype(np.float32)   # vec(g) @ _K2 = vec(U')
