@@ -20,9 +20,9 @@ dominates (one thread, CPU: 36 x 256x128x49 1.68 vs 2.21 ms, 36 x 256x384x49 5.1
 first point index (one batched GEMM), then over the second (m GEMMs, one stacked call, writing
 (tiles*n, m, m)), so each tile's m x m outputs come out contiguous (F(2x2): one (tiles*n, 16) @
 (16, 4) GEMM with K_A^T); the activation runs on them, and the tile rows move into place as one copy
-of m-float chunks (a complex128 view for m = 4, float64 for m = 2). The bias rides on the product of point 1 x point 1, which A^T
-spreads to every output of a tile. (The INT path keeps `input_transform`'s (t^2, C, tiles) layout: the
-padded input read as a strided (t, t, C, th, tw) view.)
+of m-float chunks (a complex128 view for m = 4, float64 for m = 2). The bias rides on the product of
+point 1 x point 1, which A^T spreads to every output of a tile. (The INT path keeps `input_transform`'s
+(t^2, C, tiles) layout: the padded input read as a strided (t, t, C, th, tw) view.)
 
 Determinism: each stage is cut into the same GEMMs (fixed bands / blocks) whatever the
 thread count; threads only decide who runs which. Float32 error: a K = C GEMM plus the transforms'
