@@ -258,7 +258,7 @@ def conv_int_fused(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarra
     bias is never folded, so the kept accumulators are shared by methods whose biases differ."""
     memo = acc_memo()
     if memo is None:
-        return _conv_int_fused(x_q, w_q, w_f, k, s, p, epilogue, bias, on_fold)
+        return conv_int_unshared(x_q, w_q, w_f, k, s, p, epilogue, bias, on_fold)
     key = ("acc", id(x_q), id(w_q), k, s, p)
     bands = memo.get(key)
     if bands is None:
@@ -268,7 +268,7 @@ def conv_int_fused(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarra
             bands.append((r0, r1, ch, acc.copy()))     # before the epilogue, which may add the bias in place
             epilogue(part, r0, r1, acc, ch)
 
-        kernel = _conv_int_fused(x_q, w_q, w_f, k, s, p, keep)
+        kernel = conv_int_unshared(x_q, w_q, w_f, k, s, p, keep)
         memo.put(key, bands, x_q, w_q)
         return kernel
 
@@ -283,9 +283,11 @@ def conv_int_fused(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarra
     return "memo"
 
 
-def _conv_int_fused(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarray], k: int, s: int, p: int,
-                    epilogue: Callable[[int, int, int, np.ndarray, slice], None], bias: np.ndarray | None = None,
-                    on_fold: Callable[[], None] | None = None) -> str:
+def conv_int_unshared(x_q: np.ndarray, w_q: np.ndarray, w_f: Callable[[], np.ndarray], k: int, s: int, p: int,
+                      epilogue: Callable[[int, int, int, np.ndarray, slice], None], bias: np.ndarray | None = None,
+                      on_fold: Callable[[], None] | None = None) -> str:
+    """`conv_int_fused` without the shared accumulators: for an input no other method's executor can
+    hand over (such as `zeropoint`'s shifted codes, made afresh per call)."""
     from engine.quant import intwinograd
     c, h, w = x_q.shape
     n = w_q.shape[0]

@@ -106,13 +106,13 @@ def test_kept_accumulators_are_used_and_change_no_value(tiny, qms, monkeypatch):
     assert 2 in layermemo.acc_layers(tiny, list(qms.values()))
     assert 0 not in layermemo.acc_layers(tiny, list(qms.values()))     # same out grid too: the layer is shared
     kernels: list[tuple] = []
-    real = intops._conv_int_fused
+    real = intops.conv_int_unshared
 
     def counted(x_q, w_q, *a, **k):
         kernels.append((id(x_q), id(w_q)))
         return real(x_q, w_q, *a, **k)
 
-    monkeypatch.setattr(intops, "_conv_int_fused", counted)
+    monkeypatch.setattr(intops, "conv_int_unshared", counted)
     photo = sorted(IMAGES.glob("*.jpg"))[2]
     pre = tiny.preprocess(photo)
     memo = layermemo.LayerMemo(share_acc=layermemo.acc_layers(tiny, list(qms.values())))

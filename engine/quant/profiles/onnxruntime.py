@@ -26,9 +26,10 @@ from engine.layers.reorg import reorg_pj, space_to_depth
 from engine.layers.route import route_slices
 from engine.layers.upsample import upsample_nearest
 from engine.quant import asym
-from engine.quant.intops import band_buffer, conv_int, conv_int_bands, row_abs_max
+from engine.quant.intops import band_buffer, conv_int
 from engine.quant.profiles.base import Profile
 from engine.quant.qtensor import QTensor
+from engine.quant.zeropoint import conv_zero_point
 
 LEAKY = 0.1
 KINDS = ("convolutional", "maxpool", "upsample", "route", "reorg", "reorg3d", "dropout", "shortcut")
@@ -128,18 +129,17 @@ class OrtProfile(Profile):
             raise NotImplementedError(f"{layer.where()}: no int32 head path in profile '{self.name}'")
         n = lq.w_q.shape[0]
         scale = np.multiply(np.float32(x.scale), _wscale(lq).astype(np.float32), dtype=np.float32).reshape(-1, 1, 1)
-        b3 = _bias_for(lq, x.scale).astype(np.float64).reshape(-1, 1, 1)
         f = np.empty((n,) + tuple(layer.out_shape[1:]), np.float32)
         ranges: list[tuple[int, int]] = []
 
-        def epilogue(part, r0, r1, acc, ch):
-            u = acc + b3[ch]
+        def epilogue(part, r0, r1, u, ch):                        # u: exact acc + bias (float32 or 64)
             ranges.append((int(u.min()), int(u.max())))
             np.multiply(u.astype(np.float32), scale[ch], out=f[ch, r0:r1])
 
         # ConvInteger hands MLAS the weights as its A operand (sign flipped to uint8): the u8 x u8 kernel,
         # exact int32 even with int8 weights on AVX2 (no vpmaddubsw pairs; checked against ORT)
-        self.accumulate_any(layer, x, lq, epilogue, lambda *a: OrtProfile.accumulate(self, *a))
+        self.accumulate_any(layer, x, lq, epilogue, lambda *a: OrtProfile.accumulate(self, *a),
+                            bias=_bias_for(lq, x.scale))
         rec["acc_min"], rec["acc_max"] = min(r[0] for r in ranges), max(r[1] for r in ranges)
         rec["saturated"], rec["total"] = 0, f.size
         rec["output"] = "int32 dequantized for the head"
@@ -196,20 +196,26 @@ class OrtProfile(Profile):
 
     # ---------------------------------------------------------------- convolution
     def accumulate(self, layer, x: QTensor, lq, b_q, epilogue) -> None:
-        """Exact int32 `sum (x - zp) * w` band by band (the u8 x u8 kernel); epilogue(part, r0, r1, acc, ch)."""
-        xc = x.q.astype(np.int16) - np.int16(x.zero_point)       # padding with zp is padding with 0 here
-        conv_int_bands(xc, lq.w_f, layer.size, layer.stride, layer.padding, epilogue, row_abs_max(lq.w_q))
+        """Exact int32 `sum (x - zp) * w` (+ b_q if given) band by band (the u8 x u8 kernel);
+        epilogue(part, r0, r1, acc, ch). Padding with the zero point is padding x - zp with 0."""
+        conv_zero_point(x.q, x.zero_point, lq.w_q, lambda: lq.w_f, layer.size, layer.stride, layer.padding, epilogue,
+                        bias=b_q)
 
-    def accumulate_any(self, layer, x: QTensor, lq, epilogue, accumulate=None) -> None:
+    def accumulate_any(self, layer, x: QTensor, lq, epilogue, accumulate=None, bias=None) -> None:
         """`accumulate` (default: this profile's) for an ungrouped conv; a grouped conv is one exact naive
-        int32 pass over every channel, handed to `epilogue(0, 0, H, acc, all channels)` whole."""
+        int32 pass over every channel, handed to `epilogue(0, 0, H, acc, all channels)` whole. `bias`
+        (integers (n,)): added to the sums (acc then holds exact integers as float32 or float64, and the
+        epilogue may write it)."""
         if layer.groups == 1:
-            (accumulate or self.accumulate)(layer, x, lq, None, epilogue)
+            (accumulate or self.accumulate)(layer, x, lq, bias, epilogue)
             return
         n = lq.w_q.shape[0]
         xc = x.q.astype(np.int16) - np.int16(x.zero_point)
         acc = conv_int(xc, lq.w_f, np.zeros(n, np.int32), layer.size, layer.stride, layer.padding, layer.groups)
-        epilogue(0, 0, acc.shape[1], acc.astype(np.float64), slice(0, n))
+        acc = acc.astype(np.float64)
+        if bias is not None:
+            acc += np.asarray(bias, np.float64).reshape(-1, 1, 1)
+        epilogue(0, 0, acc.shape[1], acc, slice(0, n))
 
     def _conv(self, layer, x, lq, qmodel, rec):
         i = str(layer.index)
@@ -232,20 +238,19 @@ class OrtProfile(Profile):
             f = np.empty(shape, np.float32)
         else:
             y = np.empty(shape, np.uint8)
-        b3 = b_q.astype(np.float64).reshape(-1, 1, 1)
 
-        def epilogue(part, r0, r1, acc, ch):
-            u = band_buffer("u", part, acc.shape)
-            np.copyto(u, acc)
-            u += b3[ch]                                            # exact int32 acc + bias, in float64
-            stats.append((int(u.min()), int(u.max()), 0))
+        def epilogue(part, r0, r1, u, ch):       # u: exact int32 acc + bias, a band buffer (float32 or 64)
+            u2 = u.reshape(u.shape[0], -1)
+            lo, hi = u2.min(axis=1), u2.max(axis=1)                # per channel
+            stats.append((int(lo.min()), int(hi.max()), 0))
             if island:
                 f[ch, r0:r1] = u.astype(np.float32) * acc_scale[ch]
                 return
-            _, sat = asym.requantize_output(u, scales[ch], yz, out=y[ch, r0:r1])
+            work = u if u.dtype == np.float32 else band_buffer("rq", part, u.shape, np.float32)
+            _, sat = asym.requantize_output(u, scales[ch], yz, out=y[ch, r0:r1], work=work, extremes=(lo, hi))
             stats[-1] = stats[-1][:2] + (sat,)
 
-        self.accumulate_any(layer, x, lq, epilogue)
+        self.accumulate_any(layer, x, lq, epilogue, bias=b_q)
         rec["acc_min"], rec["acc_max"] = min(t[0] for t in stats), max(t[1] for t in stats)
         rec["saturated"] = rec.get("saturated", 0) + sum(t[2] for t in stats)
         rec["total"] = rec.get("total", 0) + int(np.prod(shape))
@@ -267,13 +272,12 @@ class OrtProfile(Profile):
         rec["input_saturated"] = sat
         n = lq.w_q.shape[0]
         acc_scale = (np.float32(xq.scale) * _wscale(lq).astype(np.float32)).reshape(-1, 1, 1)
-        b3 = _bias_for(lq, xq.scale).astype(np.float64).reshape(-1, 1, 1)
         f = np.empty((n,) + tuple(layer.out_shape[1:]), np.float32)
 
-        def epilogue(part, r0, r1, acc, ch):
-            f[ch, r0:r1] = (acc + b3[ch]).astype(np.float32) * acc_scale[ch]
+        def epilogue(part, r0, r1, u, ch):                        # u: exact acc + bias (float32 or 64)
+            np.multiply(u.astype(np.float32), acc_scale[ch], out=f[ch, r0:r1])
 
-        self.accumulate_any(layer, xq, lq, epilogue)
+        self.accumulate_any(layer, xq, lq, epilogue, bias=_bias_for(lq, xq.scale))
         rec["saturated"], rec["total"] = 0, f.size
         return activate(f, layer.activation)
 

@@ -33,12 +33,17 @@ FOLDED = {"linear": None, "leaky": 0.1, "relu": 0.0}
 
 
 def quantize_u8(x: np.ndarray, scale: float, zp: int) -> tuple[np.ndarray, int]:
-    """float -> (uint8 codes, saturated count): rint_half_even(x / scale) + zp, saturated to [0, 255]."""
-    v = np.divide(x, np.float32(scale), dtype=np.float32).astype(np.float64)
+    """float -> (uint8 codes, saturated count): rint_half_even(x / scale) + zp, saturated to [0, 255].
+    In float32: the rounded quotient is an integer and adding zp is exact below 2**24 (past it, the sum
+    saturates either way). NaN-ignoring extremes decide whether to count and clip (two reductions)."""
+    v = np.divide(x, np.float32(scale), dtype=np.float32)
     np.rint(v, out=v)
-    v += zp
-    sat = int(np.count_nonzero((v < QLO) | (v > QHI)))
-    return np.clip(v, QLO, QHI).astype(np.uint8), sat
+    v += np.float32(zp)
+    sat = 0
+    if v.size and (np.fmin.reduce(v, axis=None) < QLO or np.fmax.reduce(v, axis=None) > QHI):
+        sat = int(np.count_nonzero((v < QLO) | (v > QHI)))
+        np.clip(v, QLO, QHI, out=v)
+    return v.astype(np.uint8), sat
 
 
 def fixed(real) -> np.ndarray:
@@ -57,6 +62,32 @@ def requantize_u8(u: np.ndarray, f_pos: np.ndarray, f_neg: np.ndarray | None, zp
     v += zp
     sat = int(np.count_nonzero((v < QLO) | (v > QHI)))
     return np.clip(v, QLO, QHI).astype(np.uint8), sat
+
+
+def requantize_u8_band(u: np.ndarray, f_pos: np.ndarray, f_neg: np.ndarray | None, zp: int, out: np.ndarray,
+                       part: int, lo: np.ndarray, hi: np.ndarray) -> int:
+    """`requantize_u8` of a band u (n, ...) into `out` (uint8, u's shape), computed in band buffers of
+    thread `part` (no temporaries); returns the saturated count. The same float64 operations, so the
+    same codes. lo, hi: u's per-channel extremes; the rule is monotone in u (f_pos, f_neg >= 0), so they
+    tell whether anything saturates without a pass over the codes."""
+    def code(a: np.ndarray) -> np.ndarray:
+        f = f_pos.reshape(-1)
+        v = a * f if f_neg is None else np.maximum(a * f, a * f_neg.reshape(-1))
+        return np.rint(v) + zp
+
+    v = band_buffer("rq-v", part, u.shape)
+    np.multiply(u, f_pos, out=v)
+    if f_neg is not None:
+        np.maximum(v, np.multiply(u, f_neg, out=band_buffer("rq-t", part, u.shape)), out=v)
+    np.rint(v, out=v)
+    if not v.size or (code(lo).min() >= QLO and code(hi).max() <= QHI):
+        np.add(v, zp, out=out, casting="unsafe")         # nothing saturates: + zp cast into out, exact
+        return 0
+    v += zp
+    sat = int(np.count_nonzero(v < QLO)) + int(np.count_nonzero(v > QHI))
+    np.clip(v, QLO, QHI, out=v)
+    np.copyto(out, v, casting="unsafe")
+    return sat
 
 
 class QwidgetsAsymProfile(OrtProfile):
@@ -122,16 +153,8 @@ class QwidgetsAsymProfile(OrtProfile):
         return QTensor(np.concatenate(parts, axis=0), s, z)
 
     def _sums(self, layer, x: QTensor, lq, b_q, epilogue) -> None:
-        """epilogue(part, r0, r1, u, ch) with u the exact float64 `sum w * (x - zp) + b`."""
-        b3 = b_q.astype(np.float64).reshape(-1, 1, 1)
-
-        def with_bias(part, r0, r1, acc, ch):
-            u = band_buffer("u", part, acc.shape)
-            np.copyto(u, acc)
-            u += b3[ch]
-            epilogue(part, r0, r1, u, ch)
-
-        self.accumulate_any(layer, x, lq, with_bias)
+        """epilogue(part, r0, r1, u, ch) with u the exact `sum w * (x - zp) + b` (float32 or float64 integers)."""
+        self.accumulate_any(layer, x, lq, epilogue, bias=b_q)
 
     def _conv(self, layer, x, lq, qmodel, rec):
         s, z = tensor_grid(qmodel, str(layer.index))
@@ -152,11 +175,14 @@ class QwidgetsAsymProfile(OrtProfile):
         stats: list[tuple[int, int, int]] = []
 
         def epilogue(part, r0, r1, u, ch):
-            stats.append((int(u.min()), int(u.max()), 0))
+            u2 = u.reshape(u.shape[0], -1)
+            lo, hi = u2.min(axis=1).astype(np.float64), u2.max(axis=1).astype(np.float64)   # per channel
+            stats.append((int(lo.min()), int(hi.max()), 0))
             if not folded:
                 f[ch, r0:r1] = (u * a3[ch]).astype(np.float32)
                 return
-            y[ch, r0:r1], sat = requantize_u8(u, f_pos[ch], None if f_neg is None else f_neg[ch], z)
+            sat = requantize_u8_band(u, f_pos[ch], None if f_neg is None else f_neg[ch], z, y[ch, r0:r1], part,
+                                     lo, hi)
             stats[-1] = stats[-1][:2] + (sat,)
 
         self._sums(layer, x, lq, _bias_for(lq, x.scale), epilogue)
