@@ -13,7 +13,7 @@ Calibrates yolov3-tiny (minmax, per channel, `qwidgets_asym` unless --profile) o
 Head logits are cached per image (FLOAT and INT once); a shift of a head's logits is what the same shift in
 its int32 bias gives (to half an accumulator step), checked with a real INT run of the quantized twin.
 
-    python benchmarks/bench_head_margin.py [--ks 0,0.5,1,1.5,2] [--leave-one-out] [--base asym|asym+head]
+    python benchmarks/bench_head_margin.py [--ks 0,0.5,1,1.5,2] [--leave-one-out] [--base asym|asym+head|asym+gptq|sym]
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from engine.quant.autoquant import quantize  # noqa: E402
 from engine.quant.executor import Executor, FloatView  # noqa: E402
 from engine.quant.explain import box_iou, match_detections  # noqa: E402
 from engine.quant.fitness import detection_agreement  # noqa: E402
-from engine.quant.refine import head_bias_correction  # noqa: E402
+from engine.quant.refine import gptq_rounding, head_bias_correction  # noqa: E402
 from engine.quant.refine.headbias import head_convs  # noqa: E402
 from engine.quant.refine.margin import NearErrors, fit_shifts, margin_stats, near_errors, shift_heads  # noqa: E402
 from engine.quant.valset import fitting_images, random_variants, second_variants, variants  # noqa: E402
@@ -145,6 +145,8 @@ def run(model, photos, fit_items, sets, ks, band, base, label, verify, show=(), 
     stats = collect(model, photos, progress=False, keep=(keep := FloatOutputs(model)))
     qm = quantize(model, stats, "minmax", per_channel=True,
                   profile="qwidgets" if "sym" in base.split("+") else "qwidgets_asym")
+    if "gptq" in base.split("+"):             # the CLI's order: gptq, then head, then the margin
+        qm = gptq_rounding(model, qm, keep)
     if "head" in base.split("+"):
         qm = head_bias_correction(model, qm, floats=keep)
     heads = head_convs(model, qm)

@@ -171,3 +171,44 @@ def test_cli_quantize_refine_margin(tmp_path):
     res = subprocess.run(base + ["--margin-k", "-1", "-o", str(out)], capture_output=True, text=True, cwd=ROOT,
                          timeout=300)
     assert res.returncode != 0 and "--margin-k" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_best_configuration_fits_the_margin_on_the_gptq_rounded_model(tmp_path, tiny):
+    """README's best INT configuration, `--refine gptq --refine margin`: the file holds GPTQ's rounded
+    weights (every conv as a gptq-only run writes it, and not minmax's nearest rounding) and, in the head
+    convs only, the objectness and class biases moved by the margin's shifts (to half an accumulator
+    step), box channels untouched: the margin is measured on the rounded model, the order the CLI runs."""
+    import subprocess
+    import sys
+    from engine.calib.collect import collect
+    from helpers import ROOT, TINY_CFG, TINY_WEIGHTS
+    calib = [IMAGES / "dog.jpg", IMAGES / "horses.jpg"]
+    base = [sys.executable, "-m", "engine", "quantize", str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "--calib",
+            *map(str, calib), "--per-channel", "--profile", "qwidgets_asym", "--quiet", "--refine", "gptq"]
+    files = {}
+    for name, extra in (("g", []), ("gm", ["--refine", "margin"])):
+        files[name] = tmp_path / f"{name}.npz"
+        res = subprocess.run(base + extra + ["-o", str(files[name])], capture_output=True, text=True, cwd=ROOT,
+                             timeout=900)
+        assert res.returncode == 0, res.stderr
+    qg, qgm = QuantizedModel.load(files["g"]), QuantizedModel.load(files["gm"])
+    nearest = quantize_model(tiny, collect(tiny, calib, progress=False), "minmax", per_channel=True,
+                             profile="qwidgets_asym")
+    assert "gptq" in qgm.meta and sorted(qgm.meta["head_margin"]) == ["15", "22"]
+    assert any(not np.array_equal(qg.layers[i].w_q, nearest.layers[i].w_q) for i in qg.layers)
+    heads = {c: (a, k) for c, a, k in head_convs(tiny, qgm)}
+    assert sorted(heads) == [15, 22]
+    for i, lq in qgm.layers.items():
+        assert np.array_equal(lq.w_q, qg.layers[i].w_q)
+        moved = lq.b_q.astype(np.int64) - qg.layers[i].b_q.astype(np.int64)
+        if i not in heads:
+            assert not moved.any()
+            continue
+        a, k = heads[i]
+        shift = (moved * lq.acc_scale).reshape(a, 5 + k)
+        half = (0.5 * lq.acc_scale).reshape(a, 5 + k)
+        rep = qgm.meta["head_margin"][str(i)]
+        assert not moved.reshape(a, 5 + k)[:, :4].any()
+        assert np.all(np.abs(shift[:, 4] - rep["objectness_shift"]) <= half[:, 4] * 1.000001)
+        assert np.all(np.abs(shift[:, 5:] - rep["class_shift"]) <= half[:, 5:] * 1.000001)
+        assert rep["k"] == 2.0 and rep["objectness_shift"] > 0
