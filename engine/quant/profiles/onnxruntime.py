@@ -26,6 +26,7 @@ from engine.layers.reorg import reorg_pj, space_to_depth
 from engine.layers.route import route_slices
 from engine.layers.upsample import upsample_nearest
 from engine.quant import asym
+from engine.quant.int_layers import _bias_for, _wscale  # noqa: F401 (qwidgets_asym and the ONNX export import them here)
 from engine.quant.intops import band_buffer, conv_int
 from engine.quant.profiles.base import Profile
 from engine.quant.qtensor import QTensor
@@ -280,14 +281,3 @@ class OrtProfile(Profile):
         self.accumulate_any(layer, xq, lq, epilogue, bias=_bias_for(lq, xq.scale))
         rec["saturated"], rec["total"] = 0, f.size
         return activate(f, layer.activation)
-
-
-def _wscale(lq) -> np.ndarray:
-    return np.broadcast_to(lq.w_scale, (lq.w_q.shape[0],)).astype(np.float64)
-
-
-def _bias_for(lq, in_scale: float) -> np.ndarray:
-    if in_scale == lq.in_scale:
-        return lq.b_q
-    from engine.quant.weights import quantize_bias
-    return quantize_bias(lq.b_q * lq.acc_scale, in_scale, lq.w_scale)
