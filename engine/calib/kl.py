@@ -16,19 +16,24 @@ from engine.calib.base import CALIBRATORS, Calibrator
 from engine.calib.histogram import AbsHistogram
 
 LEVELS = 128
-EPS = 1e-4   # smoothing as MXNet/TVM: eps added to empty bins, taken proportionally from the others
+# smoothing as MXNet / TVM / ONNX Runtime: EPS added to every empty bin of the *count* histograms, taken
+# proportionally from the others, before they are normalised. (Smoothing the normalised distributions with
+# the same EPS, as this module did before, moved ~1e-4 of the mass, a thousand counts on a 4-photo
+# calibration: every sparse tail bin below that made its candidate infeasible, so KL could not choose a
+# threshold past it and clipped 1.5-2x below what MXNet's rule picks; docs/quantization.md round 7.)
+EPS = 1e-4
 
 
-def _smooth(p: np.ndarray) -> np.ndarray | None:
+def _smooth(p: np.ndarray, eps: float = EPS) -> np.ndarray | None:
     zeros = p == 0
     nz = int((~zeros).sum())
     if nz == 0:
         return None
-    eps1 = EPS * zeros.sum() / nz
+    eps1 = eps * zeros.sum() / nz
     if eps1 >= 1.0:
         return None
     out = p.astype(np.float64).copy()
-    out[zeros] = EPS
+    out[zeros] = eps
     out[~zeros] -= eps1
     if (out <= 0).any():  # a bin smaller than its share of the smoothing mass: skip this candidate
         return None
@@ -46,11 +51,11 @@ def kl_divergence(counts: np.ndarray, i: int, levels: int = LEVELS) -> float:
     q = np.repeat(per_bin, np.diff(bounds)) * (src > 0)
     if p.sum() == 0 or q.sum() == 0:
         return np.inf
-    p /= p.sum()
-    q /= q.sum()
-    ps, qs = _smooth(p), _smooth(q)
+    ps, qs = _smooth(p), _smooth(q)          # the count histograms, as MXNet's _smooth_distribution
     if ps is None or qs is None:
         return np.inf
+    ps /= ps.sum()
+    qs /= qs.sum()
     return float(np.sum(ps * np.log(ps / qs)))
 
 
@@ -81,8 +86,11 @@ def _kl_all(counts: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarr
     zeros_q = i - nnz
     nnz_p = nnz + special
     with np.errstate(divide="ignore", invalid="ignore"):
-        a = EPS * (zeros_q - special) / nnz_p
-        b = EPS * zeros_q / nnz
+        # EPS on the count histograms is EPS / (their total) on the normalised ones: p's total is every
+        # value, q's the values below the candidate
+        eps_p, eps_q = np.full(i.shape, EPS / n_all), EPS / cum[i]
+        a = eps_p * (zeros_q - special) / nnz_p
+        b = eps_q * zeros_q / nnz
         bounds = np.linspace(0, i, LEVELS + 1, axis=1).astype(np.int64)
         s_g = cum[bounds[:, 1:]] - cum[bounds[:, :-1]]
         z_g = cum_nz[bounds[:, 1:]] - cum_nz[bounds[:, :-1]]
@@ -120,8 +128,10 @@ def _kl_all(counts: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, np.ndarr
         ps_g[:, -1] += np.where(last_nz[rows], out_mass[rows] / n_all, 0.0)
         t2 = np.where(z_g[rows] > 0, np.log(np.where(z_g[rows] > 0, q_s[rows], 1.0)) * ps_g, 0.0).sum(axis=1)
         sp = special[rows]
-        t3 = np.where(sp, pl * np.log(np.where(sp, pl, 1.0) / EPS), 0.0)
-    kl[rows] = t1 - t2 + t3
+        t3 = np.where(sp, pl * np.log(np.where(sp, pl, 1.0) / eps_q[rows]), 0.0)
+        # the empty bins of p (q's too): eps_p log(eps_p / eps_q) each
+        t4 = (zeros_q[rows] - special[rows]) * eps_p[rows] * np.log(eps_p[rows] / eps_q[rows])
+    kl[rows] = t1 - t2 + t3 + t4
     return kl, uncertain
 
 

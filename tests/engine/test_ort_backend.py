@@ -143,7 +143,9 @@ def test_compare_same_table_on_both_backends(tiny, tiny_stats):
     tables = {b: compare(tiny, tiny_stats, images, ["minmax", "kl"], per_channel=True, progress=False, backend=b,
                          profile="onnxruntime") for b in ("numpy", "onnxruntime")}
     a, b = tables["numpy"], tables["onnxruntime"]
-    assert [r.method for r in a.results] == [r.method for r in b.results] == ["minmax", "kl"]
+    # the same ranking on both backends (which method wins on two photos is not this test's business)
+    assert [r.method for r in a.results] == [r.method for r in b.results]
+    assert sorted(r.method for r in a.results) == ["kl", "minmax"]
     for ra, rb in zip(a.results, b.results):
         for mode in ("int", "hybrid"):
             x, y = ra.agreement[mode], rb.agreement[mode]

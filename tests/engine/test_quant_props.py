@@ -542,6 +542,47 @@ def test_kl_vectorised_search_picks_the_reference_loops_threshold():
             assert kl_best(counts, c2) == int(c2[int(np.argmin([kl_divergence(counts, int(i)) for i in c2]))])
 
 
+def _mxnet_smooth(p: np.ndarray, eps: float = 1e-4) -> np.ndarray | None:
+    """MXNet's `_smooth_distribution` (contrib/quantization.py), on a count histogram; None where it raises."""
+    zeros, nonzeros = (p == 0).astype(np.float64), (p != 0).astype(np.float64)
+    n_zeros, n_nonzeros = zeros.sum(), p.size - zeros.sum()
+    if not n_nonzeros:
+        return None
+    eps1 = eps * n_zeros / n_nonzeros
+    if eps1 >= 1.0:
+        return None
+    out = p.astype(np.float64) + eps * zeros - eps1 * nonzeros
+    return None if (out <= 0).any() else out
+
+
+def test_kl_divergence_smooths_the_count_histograms_as_mxnet():
+    # the independent reference: P and Q built as the module documents, smoothed as MXNet does (on counts),
+    # and scipy's entropy (which normalises). Smoothing the normalised distributions instead took 1e-4 of the
+    # mass from every non-empty bin, so a sparse tail made its candidates infeasible and KL clipped low.
+    from scipy.stats import entropy
+    from engine.calib.kl import LEVELS, kl_best, kl_divergence
+    for h in calibration_histograms():
+        used = int(np.ceil(h.amax / h.bin_width))
+        counts, cands = h.counts[:used], np.arange(LEVELS, used + 1)
+        ref = []
+        for i in cands:
+            p = counts[:i].astype(np.float64)
+            p[-1] += counts[i:].sum()
+            bounds = np.linspace(0, i, LEVELS + 1).astype(np.int64)
+            q = np.zeros(i)
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                nz = counts[a:b] > 0
+                if nz.any():
+                    q[a:b][nz] = counts[a:b].sum() / nz.sum()
+            ps, qs = _mxnet_smooth(p), _mxnet_smooth(q)
+            ref.append(np.inf if ps is None or qs is None else entropy(ps, qs))
+        ref = np.array(ref)
+        ours = np.array([kl_divergence(counts, int(i)) for i in cands])
+        assert np.isfinite(ref).all()               # counts smoothing never runs out of mass on these
+        np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)
+        assert kl_best(counts, cands) == int(cands[int(np.argmin(ref))])
+
+
 def test_y2l_vectorised_entropy_search_equals_the_loop():
     from engine.calib.yolo2_light import rebin_to_y2l_grid, y2l_entropy_threshold, y2l_entropy_threshold_naive
     for h in calibration_histograms()[::2] + [hist_of(np.random.default_rng(6).exponential(4.0, 20_000))]:

@@ -39,7 +39,7 @@ def _local_error(tiny, qm, floats, i):
     return err
 
 
-@pytest.mark.parametrize("method", ["minmax", "kl", "log2"])
+@pytest.mark.parametrize("method", ["minmax", "kl", "log2", "mse"])
 def test_eq_never_raises_a_layers_full_local_error(tiny, tiny_stats, floats, method):
     qm = quantize_model(tiny, tiny_stats, method, per_channel=True)
     eq = eq_search(tiny, qm, floats)
@@ -66,7 +66,7 @@ def test_eq_never_raises_a_layers_full_local_error(tiny, tiny_stats, floats, met
     assert eq.meta["eq"] and all(len(v) == 4 and v[3] <= v[2] for v in eq.meta["eq"].values())
 
 
-@pytest.mark.parametrize("method", ["minmax", "kl"])
+@pytest.mark.parametrize("method", ["minmax", "kl", "mse"])
 def test_eq_on_uint8_zero_point_grids(tiny, tiny_stats, floats, method):
     # qwidgets_asym: (scale, zero point) pairs; measured as above on the profile's exact integer HYBRID conv
     from engine.quant.asym import asym_params
