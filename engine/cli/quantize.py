@@ -39,7 +39,7 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
                         "objectness / class bias measured through the INT network on the calibration images and "
                         "augmentations of them, removed, plus a recall margin of --margin-k robust deviations on "
                         "objectness, last. Best INT measured on yolov3-tiny: --per-channel --profile qwidgets_asym "
-                        "--refine gptq --refine margin (docs/quantization.md)")
+                        "--refine gptq --refine eq --refine margin (docs/quantization.md, round 7)")
     s.add_argument("--margin-k", type=number("--margin-k", 0.0, 10.0, lo_open=False), default=2.0, metavar="K",
                    help="--refine margin: objectness margin in robust standard deviations of the near-threshold "
                         "INT - FLOAT error (default 2; 0 = the bias correction alone)")

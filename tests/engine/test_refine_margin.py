@@ -174,17 +174,18 @@ def test_cli_quantize_refine_margin(tmp_path):
 
 
 def test_cli_best_configuration_fits_the_margin_on_the_gptq_rounded_model(tmp_path, tiny):
-    """README's best INT configuration, `--refine gptq --refine margin`: the file holds GPTQ's rounded
-    weights (every conv as a gptq-only run writes it, and not minmax's nearest rounding) and, in the head
-    convs only, the objectness and class biases moved by the margin's shifts (to half an accumulator
-    step), box channels untouched: the margin is measured on the rounded model, the order the CLI runs."""
+    """README's best INT configuration, `--refine gptq --refine eq --refine margin`: the file holds GPTQ's
+    rounded weights (every conv as a gptq + eq run writes it, and not minmax's nearest rounding), EQ's
+    thresholds, and, in the head convs only, the objectness and class biases moved by the margin's shifts
+    (to half an accumulator step), box channels untouched: the margin is measured on the rounded, searched
+    model, the order the CLI runs."""
     import subprocess
     import sys
     from engine.calib.collect import collect
     from helpers import ROOT, TINY_CFG, TINY_WEIGHTS
     calib = [IMAGES / "dog.jpg", IMAGES / "horses.jpg"]
     base = [sys.executable, "-m", "engine", "quantize", str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "--calib",
-            *map(str, calib), "--per-channel", "--profile", "qwidgets_asym", "--quiet", "--refine", "gptq"]
+            *map(str, calib), "--per-channel", "--profile", "qwidgets_asym", "--quiet", "--refine", "gptq", "--refine", "eq"]
     files = {}
     for name, extra in (("g", []), ("gm", ["--refine", "margin"])):
         files[name] = tmp_path / f"{name}.npz"
@@ -195,6 +196,8 @@ def test_cli_best_configuration_fits_the_margin_on_the_gptq_rounded_model(tmp_pa
     nearest = quantize_model(tiny, collect(tiny, calib, progress=False), "minmax", per_channel=True,
                              profile="qwidgets_asym")
     assert "gptq" in qgm.meta and sorted(qgm.meta["head_margin"]) == ["15", "22"]
+    assert qgm.meta["eq"] == qg.meta["eq"] and qgm.scales == qg.scales and qgm.zero_points == qg.zero_points
+    assert any(v[0] != v[1] for v in qgm.meta["eq"].values())         # EQ moved some ranges
     assert any(not np.array_equal(qg.layers[i].w_q, nearest.layers[i].w_q) for i in qg.layers)
     heads = {c: (a, k) for c, a, k in head_convs(tiny, qgm)}
     assert sorted(heads) == [15, 22]
