@@ -36,7 +36,10 @@ def ranked_html(table: CompareTable) -> str:
                     f"<td>{h.map50_95:.3f}</td><td>{h.map50:.3f}</td>"
                     f"<td>{a.matched}/{a.matched + a.missed}</td><td>{a.extra}</td><td>{r.mean_sqnr:.1f} dB</td>"
                     f"<td>{r.size['int8_bytes'] / 1e6:.2f}</td></tr>")
-    return f"{TABLE_CSS}<table class='qw-table qw-ranking'>{head}{''.join(rows)}</table>"
+    refine = getattr(table, "refine", ())
+    note = f"<p class='qw-note'>every method refined after calibration: {html.escape(', '.join(refine))}</p>" \
+        if refine else ""
+    return f"{TABLE_CSS}<table class='qw-table qw-ranking'>{head}{''.join(rows)}</table>{note}"
 
 
 def sqnr_chart_png(series: dict[str, Sequence[float]], width: int = 640, height: int = 220,

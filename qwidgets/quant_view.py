@@ -7,7 +7,7 @@ FLOAT, then HYBRID, then mean SQNR). The bar advances per calibration image and 
 images + methods; cached statistics count as done). The image set is the given images, the bundled
 photos (with or without augmentations), a path, or an image set of a connected workspace. The Profile and
 Backend dropdowns go to `compare_methods(profile=, backend=)` (INT on ONNX Runtime needs profile onnxruntime;
-the engine says so in the status line otherwise).
+the engine says so in the status line otherwise), the ticked refinements to `compare_methods(refine=)`.
 
 The view shows the ranked table, a per-layer SQNR chart (one line per method, PNG) and "Adopt best"
 (`set_quantized(best.qmodel)` + INT mode; a second click confirms dropping int8 / scale edits). A
@@ -28,6 +28,7 @@ import traitlets
 from engine.imaging.augment import augment
 from engine.calib import CALIBRATORS
 from engine.quant.profiles import DEFAULT as DEFAULT_PROFILE, PROFILES
+from engine.quant.refine.pipeline import AFTER as REFINE_AFTER
 from engine.imaging.samples import sample_images
 from qwidgets._confirm import Refused, SwitchGuard, dropped_text
 from qwidgets.backend_choice import BackendChoice
@@ -89,6 +90,10 @@ class QuantizationView(widgets.VBox):
         # our validation variants, onnxruntime what ORT runs (docs/quantization.md, docs/profiles.md)
         self.profile_choice = widgets.Dropdown(options=PROFILES.names(), value=DEFAULT_PROFILE, description="Profile",
                                                layout=widgets.Layout(width="230px"))
+        # refinements applied to every compared method after calibration (engine.quant.refine.pipeline):
+        # gptq + eq + margin under qwidgets_asym is the best INT measured (docs/quantization.md, round 7)
+        self.refine_boxes = {r: widgets.Checkbox(value=False, description=r, indent=False,
+                                                 layout=widgets.Layout(width="90px")) for r in REFINE_AFTER}
         self._images = widgets.Dropdown(description="Images", layout=widgets.Layout(width="360px"))
         self._path = widgets.Text(placeholder="/path/to/calibration/images", layout=widgets.Layout(width="260px"))
         self.backend = BackendChoice()   # where Compare's FLOAT / INT / HYBRID runs execute
@@ -114,6 +119,8 @@ class QuantizationView(widgets.VBox):
             widgets.HBox(list(self.method_boxes.values()), layout=widgets.Layout(flex_flow="row wrap")),
             widgets.HBox([self._per_channel, self.profile_choice, self.backend, self._images, self._path],
                          layout=widgets.Layout(flex_flow="row wrap")),
+            widgets.HBox([widgets.Label("Refine every method:")] + list(self.refine_boxes.values()),
+                         layout=widgets.Layout(flex_flow="row wrap")),
             widgets.HBox([self.compare_button, self.progress, self.cancel_button, self.adopt_button,
                           self.sensitivity_button], layout=widgets.Layout(flex_flow="row wrap")),
             self._status, self._table, self.chart, self.sensitivity_table, self.sensitivity_chart,
@@ -137,6 +144,10 @@ class QuantizationView(widgets.VBox):
 
     def methods(self) -> list[str]:
         return [m for m, box in self.method_boxes.items() if box.value]
+
+    def refinements(self) -> list[str]:
+        """The ticked refinements, in the order they run."""
+        return [r for r, box in self.refine_boxes.items() if box.value]
 
     # ------------------------------------------------------------------ image sets
     @shows_errors
@@ -205,7 +216,7 @@ class QuantizationView(widgets.VBox):
         def work():
             return self._session.compare_methods(images, methods, per_channel=self._per_channel.value, key=key,
                                                  on_progress=on_progress, profile=self.profile_choice.value,
-                                                 backend=self.backend.value)
+                                                 backend=self.backend.value, refine=self.refinements())
 
         def done(table) -> None:
             self.show_table(table)

@@ -67,6 +67,13 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--profile", default="qwidgets", metavar="NAME",
                    help="device profile every method quantizes for (default qwidgets; onnxruntime lets "
                         "--backend onnxruntime run INT on ORT's integer kernels)")
+    s.add_argument("--refine", choices=("gptq", "eq", "bias", "head", "margin"), action="append", default=[],
+                   help="refinement applied to every method after calibration, fitted on the --calib images "
+                        "(repeatable; as quantize --refine, in the order gptq, eq, bias, head, margin), so that "
+                        "methods are ranked as they would be deployed, e.g. --profile qwidgets_asym --refine gptq "
+                        "--refine eq --refine margin (the best INT configuration measured, docs/quantization.md)")
+    s.add_argument("--margin-k", type=number("--margin-k", 0.0, 10.0, lo_open=False), default=2.0, metavar="K",
+                   help="--refine margin: objectness margin in robust standard deviations (default 2)")
     add_backend_arg(s, "the FLOAT and INT runs (HYBRID and the per-layer statistics stay on numpy)")
     s.set_defaults(func=cmd_compare)
 
@@ -82,6 +89,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from engine.quant.fitness import model_size
     from engine.quant.autoquant import quantize
     from engine.quant.profiles import get_profile
+    from engine.quant.refine.pipeline import AFTER, needs_float_inputs, refine_after
     get_profile(args.profile)                       # an unknown profile fails before the calibration pass
     output_path(args.output)                        # before the slow calibration, not after it
     settings = method_settings(args.method, args.settings)
@@ -97,7 +105,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         model, spec = equalize(source, cle_mode, args.calib, args.resize)   # the equalized model is calibrated
         forward = derived_forward(source, spec)          # on the source's forward, rescaled per channel
     keep = None
-    if {"bias", "eq", "gptq", "head"} & set(args.refine):       # they read the calibration pass's FLOAT outputs
+    if needs_float_inputs(args.refine):          # they read the calibration pass's FLOAT outputs
         from engine.calib.floats import FloatOutputs
         keep = FloatOutputs(model)
     stats = collect(model, args.calib, args.resize, progress=not args.quiet, keep=keep, forward=forward)
@@ -109,22 +117,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         from engine.quant.refine import attach_equalization
         qm = attach_equalization(qm, spec, cle_mode, source, model)
         model = source                        # from here on the executor equalizes the float model itself
-    if "gptq" in args.refine:
-        from engine.quant.refine import gptq_rounding
-        qm = gptq_rounding(model, qm, keep)
-    if "eq" in args.refine:
-        from engine.quant.refine import eq_search
-        qm = eq_search(model, qm, keep)
-    if "bias" in args.refine:
-        from engine.quant.refine import bias_correction
-        qm = bias_correction(model, qm, args.calib, args.resize, floats=keep)
-    if "head" in args.refine:
-        from engine.quant.refine import head_bias_correction
-        qm = head_bias_correction(model, qm, floats=keep, images=args.calib, resize=args.resize)
-    if "margin" in args.refine:
-        from engine.quant.refine import head_margin
-        from engine.quant.valset import fitting_images
-        qm = head_margin(model, qm, fitting_images(args.calib), args.margin_k, args.resize)
+    if set(AFTER) & set(args.refine):
+        qm = refine_after(model, qm, args.refine, args.calib, keep, args.resize, args.margin_k)
     if "auto" in qm.meta:
         print(auto_choice_text(qm.meta["auto"]), file=sys.stderr)
     if args.target_map is not None:
@@ -193,7 +187,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise EngineError(f"--backend onnxruntime: {why}; pass --profile onnxruntime, or --backend numpy|auto")
     stats = collect(model, args.calib, args.resize, progress=not args.quiet)
     table = compare(model, stats, args.images, methods, per_channel=args.per_channel, resize=args.resize,
-                    progress=not args.quiet, calib_images=args.calib, backend=args.backend, profile=args.profile)
+                    progress=not args.quiet, calib_images=args.calib, backend=args.backend, profile=args.profile,
+                    refine=args.refine, margin_k=args.margin_k)
     if args.json:
         print(json.dumps(table.to_dict(), indent=1, default=float))
     else:

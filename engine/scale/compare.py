@@ -26,6 +26,7 @@ from engine.quant.fitness import Agreement, detection_agreement, local_stats, mo
 from engine.quant.modes import QUANT_MODES, Mode
 from engine.quant.autoquant import quantize
 from engine.quant.qmodel import QuantizedModel
+from engine.quant.refine.pipeline import AFTER, check as check_refine, needs_float_inputs, refine_after
 from engine.scale.backends import InProcess, label_of, qmodel_ref, shippable_items
 from engine.export.ort_backend import ORT, forward_on, int_values, ort_forward, resolve, split_backend
 from engine.scale.sources import load_source, resolve_qmodel
@@ -62,6 +63,7 @@ class MethodResult:
 class CompareTable:
     results: list[MethodResult]                # ranked, best first
     images: list[str]
+    refine: tuple[str, ...] = ()               # refinements applied to every method after calibration
 
     @property
     def best(self) -> MethodResult:
@@ -69,7 +71,8 @@ class CompareTable:
 
     def to_dict(self) -> dict:
         return {"ranking": [r.method for r in self.results], "best": self.best.method,
-                "images": self.images, "methods": [r.to_dict() for r in self.results]}
+                "images": self.images, "methods": [r.to_dict() for r in self.results],
+                **({"refine": list(self.refine)} if self.refine else {})}      # only when asked: the contract's keys stay
 
     def __str__(self) -> str:
         lines = [f"{'rank':<5}{'method':<13}{'INT mAP':>8}{'INT mAP50':>10}{'HYB mAP':>8}{'HYB mAP50':>10}"
@@ -81,6 +84,8 @@ class CompareTable:
                          f"{r.size['int8_bytes'] / 1e6:>9.2f}")
         lines.append("mAP = COCO mAP@[.5:.95] of the quantized detections against FLOAT's; lost = FLOAT detections "
                      "with no match at IoU 0.5")
+        if self.refine:
+            lines.append(f"every method refined after calibration with: {', '.join(self.refine)}")
         lines.append(f"most fit to FLOAT: {self.best.method}")
         return "\n".join(lines)
 
@@ -193,7 +198,8 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
             per_channel: bool = False, resize: str = "letterbox", progress: bool = True,
             on_method: Callable[[MethodResult, int, int], object] | None = None, *, backend=None,
             batch_size: int | None = None, calib_images=None, profile: str = "qwidgets",
-            float_outputs: KeptForwards | None = None) -> CompareTable:
+            float_outputs: KeptForwards | None = None, refine: Sequence[str] = (),
+            margin_k: float = 2.0) -> CompareTable:
     """Quantize with each method from the same statistics, evaluate on `images`, rank.
 
     `model`: a Model, or (with a Dask backend) anything engine.scale.sources.as_source takes.
@@ -205,14 +211,32 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
     `profile`: the device profile every method quantizes for (engine/quant/profiles).
     `float_outputs`: the FLOAT outputs of a calibration pass over the same `images` (KeptForwards),
     used as the reference where kept (in-process NumPy runs only).
+    `refine`: refinements applied to every method's quantized model after calibration, on the calibration
+    images (`calib_images`, default the evaluation images), in engine.quant.refine.pipeline's order:
+    gptq, eq, bias, head, margin (`margin_k`); cle / cle_act change the float model and are refused here.
     """
     backend, runtime = split_backend(backend)
     backend = backend or InProcess()
     source = backend.portable(model)
     model = load_source(model)
     items = shippable_items(images)
+    names = tuple(r for r in AFTER if r in check_refine(refine, AFTER, "compare refine"))    # in the order they run
     qms = {m: quantize(model, stats, m, per_channel=per_channel, profile=profile,
                        **({"images": calib_images or items} if m == "auto" else {})) for m in methods}
+    if names:
+        cal = calib_images or items
+        floats = None
+        if needs_float_inputs(names):          # one set of FLOAT outputs of the calibration images for every method
+            from engine.calib.floats import FloatOutputs, float_outputs as calibration_floats
+            if calib_images is None and float_outputs is not None and len(float_outputs.outputs) == len(items) \
+                    and all(o is not None for o in float_outputs.outputs):
+                floats = FloatOutputs(model)       # the calibration pass's, kept for the reference: no new pass
+                for x, outs in float_outputs.outputs:
+                    floats.add(x, outs)
+                floats = floats if floats.complete else None
+            if floats is None:
+                floats = calibration_floats(model, cal, resize)
+        qms = {m: refine_after(model, qm, names, cal, floats, resize, margin_k) for m, qm in qms.items()}
     for qm in qms.values():              # refused here, before the per-image work
         resolve(runtime, model, qm, Mode.INT8.value, all_outputs=True)
     resolve(runtime, model, None, Mode.FLOAT.value, all_outputs=True)
@@ -230,4 +254,4 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
         if on_method is not None:
             on_method(results[-1], len(results), len(qms))
     results.sort(key=lambda r: tuple(-v if np.isfinite(v) else np.inf for v in r.key()))
-    return CompareTable(results, [label_of(i, k) for k, i in enumerate(items)])
+    return CompareTable(results, [label_of(i, k) for k, i in enumerate(items)], names)

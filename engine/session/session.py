@@ -10,7 +10,7 @@ engine/quant/sensitivity.py, the run-record file format in engine/session/record
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -229,11 +229,13 @@ class Session(LayerStepper):
 
     def compare_methods(self, images, methods, *, per_channel: bool = True, key: str | None = None,
                         on_progress: Callable[[str, int, int], Any] | None = None, backend: str = "numpy",
-                        profile: str = "qwidgets"):
+                        profile: str = "qwidgets", refine: Sequence[str] = (), margin_k: float = 2.0):
         """Calibrate once on `images`, quantize with each method, rank them by agreement with FLOAT
         on the same images (engine.scale.compare). on_progress(phase, done, total), phase
         "calibrate" (per image) then "compare" (per method). backend: "numpy" | "onnxruntime" | "auto"
-        (FLOAT and INT on ONNX Runtime; INT needs profile="onnxruntime"). Returns a CompareTable."""
+        (FLOAT and INT on ONNX Runtime; INT needs profile="onnxruntime"). `refine`: refinements applied to
+        every method after calibration (gptq, eq, bias, head, margin; engine.quant.refine.pipeline), fitted
+        on the same images. Returns a CompareTable."""
         from engine.scale.compare import KeptForwards, compare
         from engine.calib.collect import image_list
         items = image_list(images)
@@ -243,7 +245,8 @@ class Session(LayerStepper):
         keep = KeptForwards() if backend == "numpy" else None
         stats = self.calibration_stats(items, key=key, on_image=on_image, keep=keep)
         return compare(self.model, stats, items, list(methods), per_channel=per_channel, resize=self.resize,
-                       progress=False, on_method=on_method, backend=backend, profile=profile, float_outputs=keep)
+                       progress=False, on_method=on_method, backend=backend, profile=profile, float_outputs=keep,
+                       refine=tuple(refine), margin_k=margin_k)
 
     # ------------------------------------------------------------------ detection diff, explain
     def detection_diff(self):

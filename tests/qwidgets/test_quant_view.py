@@ -178,3 +178,23 @@ def test_compare_follows_the_chosen_device_profile(tiny):
     other = engine.Session(tiny, direct, "int", image=sample("horses"))
     other.run()
     assert len(other.detections()) >= 3 and s.detections() == other.detections()
+
+
+def test_ticked_refinements_refine_every_compared_method_and_the_adopted_model(tiny):
+    from engine.calib.collect import collect
+    from engine.calib.floats import float_outputs
+    from engine.quant.qmodel import quantize_model
+    from engine.quant.refine import eq_search
+    s = engine.Session(tiny)
+    qv = QuantizationView(s, images=[sample("dog")], methods=("minmax",))
+    assert list(qv.refine_boxes) == ["gptq", "eq", "bias", "head", "margin"] and qv.refinements() == []
+    qv.refine_boxes["eq"].value = True
+    qv.compare_button.click()
+    assert qv.table.refine == ("eq",), qv.status
+    assert "every method refined after calibration: eq" in qv._table.value
+    direct = eq_search(tiny, quantize_model(tiny, collect(tiny, [sample("dog")], progress=False), "minmax",
+                                            per_channel=True), float_outputs(tiny, [sample("dog")]))
+    assert qv.table.best.qmodel.scales == direct.scales and qv.table.best.qmodel.scales != quantize_model(
+        tiny, collect(tiny, [sample("dog")], progress=False), "minmax", per_channel=True).scales
+    qv.adopt_button.click()
+    assert s.qmodel.scales == direct.scales and "eq" in s.qmodel.meta
