@@ -40,7 +40,7 @@ def refine_after(model, qmodel, refine: Sequence[str], images, floats=None, resi
     """`qmodel` with the refinements of `refine` that run after calibration applied, in AFTER's order.
 
     images: the calibration images; floats: their FLOAT outputs kept by the calibration pass
-    (engine.calib.floats.FloatOutputs), or None (each refinement that reads them runs a FLOAT pass).
+    (engine.calib.floats.FloatOutputs), or None (one FLOAT pass over `images` then serves all of them).
     `margin` fits on the images plus random augmentations of them (valset.fitting_images)."""
     from engine.quant.refine import bias_correction, eq_search, gptq_rounding, head_bias_correction, head_margin
     names = set(check(refine))
