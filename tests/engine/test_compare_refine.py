@@ -50,6 +50,8 @@ def test_compare_refuses_refinements_of_the_float_model_and_unknown_names(tiny):
         compare(tiny, stats, PHOTOS[:1], ["minmax"], progress=False, refine=["cle"])
     with pytest.raises(ArgumentError, match="'eqq'"):
         compare(tiny, stats, PHOTOS[:1], ["minmax"], progress=False, refine=["eqq"])
+    from engine.quant.refine.pipeline import check
+    assert check("eq") == ("eq",) and check(["margin", "gptq", "margin"]) == ("margin", "gptq")
 
 
 def test_session_compare_methods_refines_from_the_calibration_pass_without_another(tiny, monkeypatch):

@@ -19,6 +19,8 @@ FLOAT_INPUTS = ("gptq", "eq", "bias", "head")        # they read the calibration
 
 def check(refine: Sequence[str], allowed: Sequence[str] = AFTER + BEFORE, where: str = "refine") -> tuple[str, ...]:
     """The refinement names, validated (unknown or not allowed here: an ArgumentError naming them)."""
+    if isinstance(refine, str):                       # refine="eq": one name, not its letters
+        refine = [refine]
     names = tuple(dict.fromkeys(str(r).strip() for r in refine))
     bad = [r for r in names if r not in allowed]
     if bad:
