@@ -36,9 +36,8 @@ def ranked_html(table: CompareTable) -> str:
                     f"<td>{h.map50_95:.3f}</td><td>{h.map50:.3f}</td>"
                     f"<td>{a.matched}/{a.matched + a.missed}</td><td>{a.extra}</td><td>{r.mean_sqnr:.1f} dB</td>"
                     f"<td>{r.size['int8_bytes'] / 1e6:.2f}</td></tr>")
-    refine = getattr(table, "refine", ())
-    note = f"<p class='qw-note'>every method refined after calibration: {html.escape(', '.join(refine))}</p>" \
-        if refine else ""
+    note = f"<p class='qw-note'>every method refined after calibration: {html.escape(', '.join(table.refine))}</p>" \
+        if table.refine else ""
     return f"{TABLE_CSS}<table class='qw-table qw-ranking'>{head}{''.join(rows)}</table>{note}"
 
 

@@ -24,16 +24,16 @@ LEVELS = 128
 EPS = 1e-4
 
 
-def _smooth(p: np.ndarray, eps: float = EPS) -> np.ndarray | None:
+def _smooth(p: np.ndarray) -> np.ndarray | None:
     zeros = p == 0
     nz = int((~zeros).sum())
     if nz == 0:
         return None
-    eps1 = eps * zeros.sum() / nz
+    eps1 = EPS * zeros.sum() / nz
     if eps1 >= 1.0:
         return None
     out = p.astype(np.float64).copy()
-    out[zeros] = eps
+    out[zeros] = EPS
     out[~zeros] -= eps1
     if (out <= 0).any():  # a bin smaller than its share of the smoothing mass: skip this candidate
         return None

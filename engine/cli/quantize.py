@@ -7,6 +7,7 @@ import sys
 
 from engine.cli.options import add_calib_args, load_model, number, output_path
 from engine.errors import EngineError
+from engine.quant.refine.pipeline import AFTER as REFINE_AFTER
 
 DEFAULT_METHOD = "minmax"
 METHOD_NAMES = ("minmax", "percentile", "mse", "kl", "log2", "aciq", "yolo2_light", "auto")
@@ -67,7 +68,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--profile", default="qwidgets", metavar="NAME",
                    help="device profile every method quantizes for (default qwidgets; onnxruntime lets "
                         "--backend onnxruntime run INT on ORT's integer kernels)")
-    s.add_argument("--refine", choices=("gptq", "eq", "bias", "head", "margin"), action="append", default=[],
+    s.add_argument("--refine", choices=REFINE_AFTER, action="append", default=[],
                    help="refinement applied to every method after calibration, fitted on the --calib images "
                         "(repeatable; as quantize --refine, in the order gptq, eq, bias, head, margin), so that "
                         "methods are ranked as they would be deployed, e.g. --profile qwidgets_asym --refine gptq "
@@ -89,14 +90,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from engine.quant.fitness import model_size
     from engine.quant.autoquant import quantize
     from engine.quant.profiles import get_profile
-    from engine.quant.refine.pipeline import AFTER, needs_float_inputs, refine_after
+    from engine.quant.refine.pipeline import check as check_refine, needs_float_inputs, refine_after
     get_profile(args.profile)                       # an unknown profile fails before the calibration pass
     output_path(args.output)                        # before the slow calibration, not after it
     settings = method_settings(args.method, args.settings)
     if (args.target_map is None) != (args.val is None):
         raise EngineError("--target-map and --val go together: the search scores INT detections on --val")
-    if "cle" in args.refine and "cle_act" in args.refine:
-        raise EngineError("--refine cle and --refine cle_act are two ways to equalize the same layers: choose one")
+    check_refine(args.refine, where="--refine")     # cle with cle_act fails before the calibration pass
     model = load_model(args)
     source, spec, forward = model, None, None
     if "cle" in args.refine or "cle_act" in args.refine:
@@ -117,8 +117,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         from engine.quant.refine import attach_equalization
         qm = attach_equalization(qm, spec, cle_mode, source, model)
         model = source                        # from here on the executor equalizes the float model itself
-    if set(AFTER) & set(args.refine):
-        qm = refine_after(model, qm, args.refine, args.calib, keep, args.resize, args.margin_k)
+    qm = refine_after(model, qm, args.refine, args.calib, keep, args.resize, args.margin_k)
     if "auto" in qm.meta:
         print(auto_choice_text(qm.meta["auto"]), file=sys.stderr)
     if args.target_map is not None:

@@ -246,7 +246,7 @@ class Session(LayerStepper):
         stats = self.calibration_stats(items, key=key, on_image=on_image, keep=keep)
         return compare(self.model, stats, items, list(methods), per_channel=per_channel, resize=self.resize,
                        progress=False, on_method=on_method, backend=backend, profile=profile, float_outputs=keep,
-                       refine=tuple(refine), margin_k=margin_k)
+                       refine=refine, margin_k=margin_k)
 
     # ------------------------------------------------------------------ detection diff, explain
     def detection_diff(self):

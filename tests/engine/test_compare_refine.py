@@ -52,6 +52,8 @@ def test_compare_refuses_refinements_of_the_float_model_and_unknown_names(tiny):
         compare(tiny, stats, PHOTOS[:1], ["minmax"], progress=False, refine=["eqq"])
     from engine.quant.refine.pipeline import check
     assert check("eq") == ("eq",) and check(["margin", "gptq", "margin"]) == ("margin", "gptq")
+    with pytest.raises(ArgumentError, match="cle and cle_act are two ways"):
+        check(["cle", "cle_act"], where="--refine")
 
 
 def test_session_compare_methods_refines_from_the_calibration_pass_without_another(tiny, monkeypatch):
@@ -59,7 +61,7 @@ def test_session_compare_methods_refines_from_the_calibration_pass_without_anoth
     def no_pass(*a, **k):
         raise AssertionError("a second FLOAT pass over the calibration images")
     monkeypatch.setattr("engine.calib.floats.float_outputs", no_pass)
-    table = Session(tiny).compare_methods(PHOTOS, ["minmax"], refine=["eq"])
+    table = Session(tiny).compare_methods(PHOTOS, ["minmax"], refine="eq")        # one name, as a string
     monkeypatch.undo()
     stats = collect(tiny, PHOTOS, progress=False)
     plain = quantize(tiny, stats, "minmax", per_channel=True)

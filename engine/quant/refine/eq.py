@@ -139,8 +139,7 @@ class _Reader:
                 refs.append(y.reshape(1, -1)[:, chans])
                 weights.append(np.ones(1))
                 continue
-            # the check samples positions uniformly (clip_at inf: one stratum): no stratum weights to vary
-            r, f, wt = _positions(layer, x, y, per_image, np.inf if check else clip_at, rng)
+            r, f, wt = _positions(layer, x, y, per_image, clip_at, rng)
             rows.append(r)
             refs.append(f[:, chans])
             weights.append(wt)
@@ -303,6 +302,7 @@ def eq_search(model, qmodel: QuantizedModel, floats: FloatOutputs | None = None,
         two = np.array(choice[j])
         err = np.zeros(2)
         for i in layers:
+            # clip_at inf: one stratum, positions sampled uniformly (no stratum weights to vary)
             r = _Reader(model, qmodel, i, floats.inputs(model.layers[i].inputs[0])[:n_img],
                         floats.inputs(i)[:n_img], 0.0, 2, np.inf, seed + 7919 + i, check=True)
             err += r.errors(scales[two], None if zps is None else zps[two])
