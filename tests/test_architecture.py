@@ -1,5 +1,6 @@
 """The floor plan, enforced (docs/architecture.md): what engine/ may import, no import cycles, small
-modules, a small engine/ root, and Darknet layer kinds known by their classes, not by lists.
+modules, a small engine/ root, Darknet layer kinds known by their classes, not by lists, and a map
+that names every module of the tree (its module index).
 
 Imports are read with `ast`, at module level and inside functions alike (a lazy import is still a
 dependency). Each rule is a function of a source tree, so the self-checks below run it on a
@@ -8,6 +9,8 @@ synthetic tree that breaks it: a rule that cannot fail would prove nothing.
 from __future__ import annotations
 
 import ast
+import re
+import sys
 from pathlib import Path
 
 import networkx as nx
@@ -18,6 +21,9 @@ WIDGET_PACKAGES = ("qwidgets", "ipywidgets", "traitlets", "IPython", "ipycytosca
 MAX_LINES = 450
 MAX_ROOT_MODULES = 12
 MAX_YOLO_MODULES = 3         # engine modules outside engine/layers/ that spell the literal "yolo"
+MAP = ROOT / "docs" / "architecture.md"
+INDEX_BEGIN = "<!-- module index: begin -->"
+INDEX_END = "<!-- module index: end -->"
 
 
 def modules(root: Path, package: str) -> dict[str, Path]:
@@ -103,6 +109,54 @@ def modules_spelling(root: Path, package: str, literal: str, outside: str) -> li
     return sorted(out)
 
 
+def module_index(root: Path, packages: tuple[str, ...] = ("engine", "qwidgets")) -> str:
+    """The map's module index: per folder, every module with the first line of its docstring (what
+    `python tests/test_architecture.py --write-index` writes between the index markers)."""
+    lines = []
+    for package in packages:
+        folders: dict[Path, list[Path]] = {}
+        for path in sorted((root / package).rglob("*.py")):
+            folders.setdefault(path.parent.relative_to(root), []).append(path)
+        for folder, paths in sorted(folders.items()):
+            lines += ["", f"**`{folder.as_posix()}/`**", ""]
+            for path in paths:
+                doc = ast.get_docstring(ast.parse(path.read_text(), str(path))) or ""
+                first = first_sentence(doc)
+                lines.append(f"- `{path.name}`" + (f": {first}" if first else ""))
+    return "\n".join(lines[1:])
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring's first paragraph, its lines joined (a docstring's summary
+    line often wraps)."""
+    para = " ".join(line.strip() for line in doc.strip().split("\n\n")[0].splitlines())
+    for m in re.finditer(r"[.!?](?=\s|$)", para):
+        if not re.search(r"(e\.g|i\.e|etc|vs|cf)\.$", para[:m.end()]):
+            return para[:m.end()]
+    return para
+
+
+def indexed_modules(text: str) -> set[str]:
+    """The module paths a map's index names (folder headings + their items)."""
+    if INDEX_BEGIN not in text or INDEX_END not in text:
+        return set()
+    body = text.split(INDEX_BEGIN, 1)[1].split(INDEX_END, 1)[0]
+    out, folder = set(), None
+    for line in body.splitlines():
+        head = re.fullmatch(r"\*\*`([^`]+)/`\*\*", line.strip())
+        if head:
+            folder = head.group(1)
+            continue
+        item = re.match(r"- `([^`]+\.py)`", line.strip())
+        if item and folder is not None:
+            out.add(f"{folder}/{item.group(1)}")
+    return out
+
+
+def tree_modules(root: Path, packages: tuple[str, ...] = ("engine", "qwidgets")) -> set[str]:
+    return {p.relative_to(root).as_posix() for package in packages for p in (root / package).rglob("*.py")}
+
+
 # ------------------------------------------------------------------------------ the rules on engine/
 def test_engine_never_imports_widget_code():
     _, raw = import_graph(ROOT, "engine")
@@ -127,6 +181,14 @@ def test_engine_root_stays_small():
 def test_layer_kinds_are_traits_not_lists():
     spelled = modules_spelling(ROOT, "engine", "yolo", outside="layers")
     assert len(spelled) <= MAX_YOLO_MODULES, spelled
+
+
+def test_the_map_names_every_module_and_no_other():
+    # docs/architecture.md stays true: a new, renamed or deleted module fails here until the index is
+    # rewritten (python tests/test_architecture.py --write-index); its descriptions are the docstrings'
+    named, present = indexed_modules(MAP.read_text()), tree_modules(ROOT)
+    assert len(present) > 150
+    assert sorted(present - named) == [] and sorted(named - present) == []
 
 
 # ------------------------------------------------------------------------------ self-checks: the rules fail
@@ -157,6 +219,15 @@ def test_the_rules_catch_a_synthetic_violation_of_each(tmp_path):
     assert len(modules_spelling(tmp_path, "pkg", "yolo", outside="nothing")) == 3
     write(tmp_path, {f"pkg/m{i}.py": "" for i in range(MAX_ROOT_MODULES)})
     assert len(root_modules(tmp_path, "pkg")) > MAX_ROOT_MODULES
+    # the map: an index written before a module was added misses it; one naming a deleted module too
+    index = module_index(tmp_path, ("pkg",))
+    doc = f"# map\n{INDEX_BEGIN}\n{index}\n{INDEX_END}\n"
+    assert indexed_modules(doc) == tree_modules(tmp_path, ("pkg",))
+    write(tmp_path, {"pkg/sub/new.py": '"""New."""\n'})
+    assert tree_modules(tmp_path, ("pkg",)) - indexed_modules(doc) == {"pkg/sub/new.py"}
+    (tmp_path / "pkg" / "e.py").unlink()
+    assert indexed_modules(doc) - tree_modules(tmp_path, ("pkg",)) == {"pkg/e.py"}
+    assert "- `new.py`: New." in module_index(tmp_path, ("pkg",)).split("**`pkg/sub/`**")[1]
 
 
 def test_a_clean_synthetic_tree_passes_and_from_package_import_name_counts_its_init(tmp_path):
@@ -168,3 +239,18 @@ def test_a_clean_synthetic_tree_passes_and_from_package_import_name_counts_its_i
     write(tmp_path, {"pkg/__init__.py": "from pkg.b import g\n", "pkg/b.py": "def g():\n    from pkg import g\n"})
     graph, _ = import_graph(tmp_path, "pkg")
     assert cycles(graph) == [["pkg", "pkg.b"]]          # `g` is a name pkg/__init__ defines
+
+
+def write_index(path: Path = MAP) -> None:
+    """Rewrite the map's module index from the tree (between the markers, the rest of the page kept)."""
+    text = path.read_text()
+    head, rest = text.split(INDEX_BEGIN, 1)
+    tail = rest.split(INDEX_END, 1)[1]
+    from engine.atomic import atomic_write
+    atomic_write(path, f"{head}{INDEX_BEGIN}\n{module_index(ROOT)}\n{INDEX_END}{tail}".encode())
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write-index"]:
+        sys.exit("usage: python tests/test_architecture.py --write-index")
+    write_index()

@@ -1,6 +1,6 @@
-"""Refinements applied around calibration (each a switch, measured alone): after it, GPTQ weight rounding,
-the EQ threshold search and bias correction (in that order); before it, cross-layer equalization (the
-equalized float model is what gets calibrated)."""
+"""Refinements around calibration, each a switch measured alone: cross-layer equalization before it (the
+equalized float model is what gets calibrated), and after it, in `pipeline.AFTER`'s order, GPTQ weight
+rounding, the EQ threshold search, bias correction, the head bias and the head margin."""
 from engine.quant.refine.bias import bias_correction
 from engine.quant.refine.eq import eq_search
 from engine.quant.refine.equalize import attach as attach_equalization, derived_forward, equalize
