@@ -1,13 +1,44 @@
-"""A small helper around the `onnx.helper` API: unique names, constants, one node group per layer.
+"""A small helper around the `onnx.helper` API: unique names, constants, one node group per layer; and
+the one place an ONNX Runtime CPU session is made (`ort_session`).
 
 Only `engine.export.onnx_float` creates a `GraphBuilder`, after it has imported `onnx` itself, so
-importing this module never needs onnx (it receives the `onnx` module as an argument).
+importing this module never needs onnx (it receives the `onnx` module as an argument), nor onnxruntime.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from engine.errors import EngineError
+
+
+def ort_session(source: Any, purpose: str, *, optimize: bool = True, threads: int | None = None
+                ) -> tuple[Any, list[str]]:
+    """(onnxruntime.InferenceSession on the CPU provider, its output names) for a graph given as a path,
+    bytes or an onnx ModelProto. `purpose` names what needs ORT in the error raised when it is not
+    installed. `threads`: a fixed intra-op thread count, sequential execution and no spinning (the batch
+    backend's sessions: they share the host with the NumPy engine); None: ORT's defaults."""
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise EngineError(f"{purpose} needs onnxruntime (pip install onnxruntime)") from err
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+    if isinstance(source, (str, Path)):
+        data: Any = str(source)
+    else:
+        data = source if isinstance(source, bytes) else source.SerializeToString()
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    return sess, [o.name for o in sess.get_outputs()]
 
 
 class GraphBuilder:

@@ -236,14 +236,6 @@ def export_int8(model, qmodel, path: str | Path, *, heads: str = "raw", opset: i
 def run_ort(path_or_proto, x: np.ndarray, optimize: bool = True) -> dict[str, np.ndarray]:
     """Every output of the exported graph on one (C, H, W) input: {"layer<i>": (C, H, W) float32}.
     Raises EngineError if onnxruntime is not installed."""
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        raise EngineError("running an ONNX export needs onnxruntime (pip install onnxruntime)") from err
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    src = path_or_proto if isinstance(path_or_proto, (str, Path)) else path_or_proto.SerializeToString()
-    sess = ort.InferenceSession(src if isinstance(src, bytes) else str(src), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
+    from engine.export.onnx_graph import ort_session
+    sess, names = ort_session(path_or_proto, "running an ONNX export", optimize=optimize)
     return {n: y[0] for n, y in zip(names, sess.run(names, {"input": x[None].astype(np.float32)}))}

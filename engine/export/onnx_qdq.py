@@ -191,17 +191,9 @@ def check_qdq(model, qmodel, path: str | Path, images: Sequence, mode: str = "in
     (max_abs / the head's INT output scale, or its calibrated scale when it gets dequantized int32
     accumulators; nan in hybrid), "mean_abs"}}. Raises EngineError if
     onnxruntime is missing."""
-    from engine.errors import EngineError
+    from engine.export.onnx_graph import ort_session
     from engine.quant.executor import Executor
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        raise EngineError("checking an ONNX export needs onnxruntime (pip install onnxruntime)") from err
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
+    sess, names = ort_session(path, "checking an ONNX export", optimize=optimize)
     ex = Executor(model, qmodel, mode)
     scales = int_output_scales(model, qmodel, ex) if mode == Mode.INT8 else {}
     worst: dict[str, dict] = {n: {"max_abs": 0.0, "max_rel": 0.0, "mean_abs": 0.0} for n in names}

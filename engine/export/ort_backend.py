@@ -189,8 +189,8 @@ def _key(model, qmodel, mode: str, float_layers: tuple, all_outputs: bool, threa
 
 
 def _build(model, qmodel, mode: str, float_layers: tuple, all_outputs: bool, threads: int):
-    import onnxruntime as ort
     from engine.export.onnx_float import build_onnx
+    from engine.export.onnx_graph import ort_session
     from engine.export.onnx_int8 import build_int8
     if mode == Mode.FLOAT:
         proto = build_onnx(model, heads="raw", all_outputs=all_outputs, dynamic_batch=True)
@@ -199,15 +199,7 @@ def _build(model, qmodel, mode: str, float_layers: tuple, all_outputs: bool, thr
         twin.float_layers = float_layers
         proto = build_int8(model, twin, heads="raw", all_outputs=all_outputs, dynamic_batch=True,
                            signed_weights=signed_weights(qmodel))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
+    sess, names = ort_session(proto, "the onnxruntime backend", threads=threads)
     return sess, names, [int(n[5:]) for n in names]
 
 

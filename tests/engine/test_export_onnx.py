@@ -384,6 +384,20 @@ def test_missing_onnx_raises_engine_error_naming_the_extra(monkeypatch, tiny):
         build_onnx(tiny)
 
 
+def test_missing_onnxruntime_raises_engine_error_naming_what_needed_it(monkeypatch, tiny, tmp_path):
+    # every ORT session of the engine comes from onnx_graph.ort_session: the message names the caller's purpose
+    from engine.export.onnx_graph import ort_session
+    from engine.export.onnx_int8 import run_ort as run_int8
+    from engine.export.onnx_qdq import check_qdq
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(EngineError, match=r"^running an ONNX export needs onnxruntime \(pip install onnxruntime\)$"):
+        run_int8(tmp_path / "absent.onnx", np.zeros((3, 2, 2), np.float32))
+    with pytest.raises(EngineError, match=r"^checking an ONNX export needs onnxruntime"):
+        check_qdq(tiny, None, tmp_path / "absent.onnx", [])
+    with pytest.raises(EngineError, match=r"^a check of the helper needs onnxruntime"):
+        ort_session(b"", "a check of the helper")
+
+
 def test_engine_and_export_import_without_onnx():
     code = ("import sys; sys.modules['onnx'] = None; sys.modules['onnxruntime'] = None\n"
             "import engine, engine.export, engine.cli.export\nprint('ok')")
