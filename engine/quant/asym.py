@@ -72,6 +72,15 @@ def conv_output_scales(x_scale: float, w_scale: np.ndarray, y_scale: float) -> n
     return np.divide(np.multiply(f32(x_scale), w, dtype=F32), f32(y_scale), dtype=F32)
 
 
+def channel_extremes(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (min, max) of an accumulator band u (channels first) as float64, exact for the integer
+    sums it holds: the asymmetric profiles' epilogues read them for the layer's statistics and to tell
+    whether anything saturates without a pass over the codes."""
+    u2 = u.reshape(u.shape[0], -1)
+    # ufunc.reduce, not ndarray.min/max: the methods' Python wrappers cost ~1 us a call, per band
+    return (np.minimum.reduce(u2, axis=1).astype(np.float64), np.maximum.reduce(u2, axis=1).astype(np.float64))
+
+
 def requantize_output(acc: np.ndarray, scales: np.ndarray, zp: int, dtype: str = "uint8",
                       out: np.ndarray | None = None, work: np.ndarray | None = None,
                       extremes: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, int]:

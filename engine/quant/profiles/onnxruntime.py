@@ -241,8 +241,7 @@ class OrtProfile(Profile):
             y = np.empty(shape, np.uint8)
 
         def epilogue(part, r0, r1, u, ch):       # u: exact int32 acc + bias, a band buffer (float32 or 64)
-            u2 = u.reshape(u.shape[0], -1)
-            lo, hi = u2.min(axis=1), u2.max(axis=1)                # per channel
+            lo, hi = asym.channel_extremes(u)
             stats.append((int(lo.min()), int(hi.max()), 0))
             if island:
                 f[ch, r0:r1] = u.astype(np.float32) * acc_scale[ch]

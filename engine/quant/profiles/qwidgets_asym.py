@@ -24,6 +24,7 @@ import numpy as np
 
 from engine.layers.activations import activate
 from engine.layers.route import route_slices
+from engine.quant import asym
 from engine.quant.intops import band_buffer
 from engine.quant.profiles.onnxruntime import OrtProfile, _bias_for, _wscale, tensor_grid
 from engine.quant.qtensor import QTensor, multiplier_value, quantize_multiplier
@@ -175,8 +176,7 @@ class QwidgetsAsymProfile(OrtProfile):
         stats: list[tuple[int, int, int]] = []
 
         def epilogue(part, r0, r1, u, ch):
-            u2 = u.reshape(u.shape[0], -1)
-            lo, hi = u2.min(axis=1).astype(np.float64), u2.max(axis=1).astype(np.float64)   # per channel
+            lo, hi = asym.channel_extremes(u)
             stats.append((int(lo.min()), int(hi.max()), 0))
             if not folded:
                 f[ch, r0:r1] = (u * a3[ch]).astype(np.float32)
