@@ -112,8 +112,12 @@ class _Reader:
     """One int8-weight layer reading a searched tensor: its sampled FLOAT input rows and output."""
 
     def __init__(self, model, qmodel: QuantizedModel, index: int, inputs: list[np.ndarray],
-                 outputs: list[np.ndarray], budget: float, candidates: int, clip_at: float, seed: int,
-                 check: bool = False) -> None:
+                 outputs: list[np.ndarray], clip_at: float, seed: int, *, budget: float = 0.0,
+                 candidates: int = 1, check: bool = False) -> None:
+        """The search's sample (check False): MIN_CHANNELS channels and as many positions per image as
+        `budget` (a fraction of the layer's FLOAT multiply-adds) allows for `candidates` candidates, at
+        least MIN_POSITIONS. The check's (check True): CHECK_CHANNELS channels at CHECK_POSITIONS
+        positions per image, whatever the budget."""
         layer, lq = model.layers[index], qmodel.layers[index]
         self.layer, self.lq = layer, lq
         b = fused_bias(layer, model.params[index])
@@ -123,10 +127,13 @@ class _Reader:
         # a random subset of output channels with every position rather than every channel at a few
         # positions: each channel's error curve has the shape the input's error field gives it, while
         # the positions that decide it (clipped outliers) are rare
-        n_s = min(n, CHECK_CHANNELS if check else MIN_CHANNELS)
-        macs = max(budget * total * lq.w_q[0].size * n * len(inputs), MIN_MACS)
-        per_image = int(macs / (max(candidates, 1) * lq.w_q[0].size * n_s * len(inputs)))
-        per_image = min(total, CHECK_POSITIONS if check else max(MIN_POSITIONS, per_image))
+        if check:
+            n_s, per_image = min(n, CHECK_CHANNELS), min(total, CHECK_POSITIONS)
+        else:
+            n_s = min(n, MIN_CHANNELS)
+            macs = max(budget * total * lq.w_q[0].size * n * len(inputs), MIN_MACS)
+            per_image = int(macs / (max(candidates, 1) * lq.w_q[0].size * n_s * len(inputs)))
+            per_image = min(total, max(MIN_POSITIONS, per_image))
         chans = np.sort(rng.choice(n, size=n_s, replace=False)) if n_s < n else np.arange(n)
         self.w_q = np.ascontiguousarray(lq.w_q.reshape(n, -1)[chans].T, np.float32)   # (C*k*k, n_s), integers
         self.w_scale = np.broadcast_to(np.asarray(lq.w_scale, np.float64), (n,))[chans]
@@ -276,7 +283,7 @@ def eq_search(model, qmodel: QuantizedModel, floats: FloatOutputs | None = None,
         err = np.zeros(scales.size)
         for i in layers:
             r = _Reader(model, qmodel, i, floats.inputs(model.layers[i].inputs[0])[:n_img],
-                        floats.inputs(i)[:n_img], budget, scales.size, float(tops.min()), seed + i)
+                        floats.inputs(i)[:n_img], float(tops.min()), seed + i, budget=budget, candidates=scales.size)
             biases[i] = r.b
             err += r.errors(scales, zps)
         errs[j] = err
@@ -304,7 +311,7 @@ def eq_search(model, qmodel: QuantizedModel, floats: FloatOutputs | None = None,
         for i in layers:
             # clip_at inf: one stratum, positions sampled uniformly (no stratum weights to vary)
             r = _Reader(model, qmodel, i, floats.inputs(model.layers[i].inputs[0])[:n_img],
-                        floats.inputs(i)[:n_img], 0.0, 2, np.inf, seed + 7919 + i, check=True)
+                        floats.inputs(i)[:n_img], np.inf, seed + 7919 + i, check=True)
             err += r.errors(scales[two], None if zps is None else zps[two])
         checked[j] = err
 
