@@ -288,3 +288,28 @@ def test_connected_layers_run_float_under_onnxruntime(tmp_path):
         ex = Executor(model, qm, mode)
         assert ex.precision(2) == "float" and ex.precision(0) == "int8"
         np.testing.assert_allclose(ex.forward(x)[2], model.run_layer(2, [ex.forward(x)[1]]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("profile", ["onnxruntime", "qwidgets_asym"])
+def test_saturation_counts_of_two_kernel_threads_are_the_single_thread_counts(tiny, tiny_stats, profile):
+    # The asymmetric profiles' epilogues run on both kernel threads at once, each appending its band's
+    # (min, max, saturated) entry; the count used to be written into stats[-1] after the append, which could
+    # be the other thread's entry, so counts were lost. Scales at a third of the calibrated ones saturate
+    # on every layer; every per-layer count must equal the count of the same run on one thread.
+    from engine.kernels.threads import blas_limit
+    from engine.quant.qmodel import rescaled
+    from helpers import IMAGES
+    qm = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile=profile)
+    tight = rescaled(tiny, qm, {k: v / 3 for k, v in qm.scales.items() if k not in ("input",)})
+    tight.zero_points = dict(qm.zero_points)
+    tight.pre_scales = {k: v / 3 for k, v in qm.pre_scales.items()}      # onnxruntime: leaky convs' own grids
+    x = tiny.preprocess(sorted(IMAGES.glob("*.jpg"))[0]).x
+    counts = {}
+    for threads in (1, 2, 2, 2):
+        with blas_limit(threads):
+            _, records = Executor(tiny, tight, "int").run(x)
+        counts.setdefault(threads, []).append([r.stats.get("saturated", 0) for r in records])
+    one = counts[1][0]
+    assert sum(one) > 1000 and sum(c > 0 for c in one) >= 8             # saturation on many layers
+    for got in counts[2]:
+        assert got == one

@@ -242,13 +242,15 @@ class OrtProfile(Profile):
 
         def epilogue(part, r0, r1, u, ch):       # u: exact int32 acc + bias, a band buffer (float32 or 64)
             lo, hi = asym.channel_extremes(u)
-            stats.append((int(lo.min()), int(hi.max()), 0))
+            sat = 0
             if island:
                 f[ch, r0:r1] = u.astype(np.float32) * acc_scale[ch]
-                return
-            work = u if u.dtype == np.float32 else band_buffer("rq", part, u.shape, np.float32)
-            _, sat = asym.requantize_output(u, scales[ch], yz, out=y[ch, r0:r1], work=work, extremes=(lo, hi))
-            stats[-1] = stats[-1][:2] + (sat,)
+            else:
+                work = u if u.dtype == np.float32 else band_buffer("rq", part, u.shape, np.float32)
+                _, sat = asym.requantize_output(u, scales[ch], yz, out=y[ch, r0:r1], work=work, extremes=(lo, hi))
+            # one append of the whole entry: the two kernel threads append theirs concurrently (a later
+            # stats[-1] update could write the other thread's entry, and its count was lost)
+            stats.append((int(lo.min()), int(hi.max()), sat))
 
         self.accumulate_any(layer, x, lq, epilogue, bias=b_q)
         rec["acc_min"], rec["acc_max"] = min(t[0] for t in stats), max(t[1] for t in stats)

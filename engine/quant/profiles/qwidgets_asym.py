@@ -177,13 +177,13 @@ class QwidgetsAsymProfile(OrtProfile):
 
         def epilogue(part, r0, r1, u, ch):
             lo, hi = asym.channel_extremes(u)
-            stats.append((int(lo.min()), int(hi.max()), 0))
-            if not folded:
+            sat = 0
+            if folded:
+                sat = requantize_u8_band(u, f_pos[ch], None if f_neg is None else f_neg[ch], z, y[ch, r0:r1],
+                                         part, lo, hi)
+            else:
                 f[ch, r0:r1] = (u * a3[ch]).astype(np.float32)
-                return
-            sat = requantize_u8_band(u, f_pos[ch], None if f_neg is None else f_neg[ch], z, y[ch, r0:r1], part,
-                                     lo, hi)
-            stats[-1] = stats[-1][:2] + (sat,)
+            stats.append((int(lo.min()), int(hi.max()), sat))   # whole, once: both kernel threads append
 
         self._sums(layer, x, lq, _bias_for(lq, x.scale), epilogue)
         rec["acc_min"], rec["acc_max"] = min(t[0] for t in stats), max(t[1] for t in stats)
