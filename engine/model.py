@@ -20,6 +20,8 @@ from engine.darknet.image import ImageLike, Preprocessed, preprocess
 from engine.layers import Layer, Scratch
 from engine.layers.activations import activate
 from engine.layers.base import Params
+from engine.kernels.scratch import thread_scratch
+from engine.kernels.threads import in_part
 from engine.darknet.weights import WeightsHeader, random_params, read_weights, split_params, write_weights
 
 MODEL_FORMAT = "qwidgets-engine-model/1"
@@ -143,9 +145,14 @@ class Model:
         x.flags.writeable = False  # a read-only view: layers may alias it, the caller's array stays untouched
         return x
 
+    def work_buffers(self) -> Scratch:
+        """The model's work buffers, or inside a part of a parallel job (whole images on the kernel
+        threads, e.g. engine.scale.compare) this thread's own, so that two images never share one."""
+        return thread_scratch() if in_part() else self.scratch
+
     def run_layer(self, index: int, xs: list[np.ndarray]) -> np.ndarray:
         """Run one layer in float on its inputs; the result is marked read-only."""
-        y = self.layers[index].forward_float(xs, self.prepared(index), self.scratch)
+        y = self.layers[index].forward_float(xs, self.prepared(index), self.work_buffers())
         y.flags.writeable = False  # later layers and viewers must never modify a kept output
         return y
 
@@ -161,14 +168,15 @@ class Model:
         layer, prep = self.layers[index], self.prepared(index)
         batch = getattr(layer, "forward_float_batch", None)
         if batch is not None:
-            y = batch(xs, prep, self.scratch)
+            y = batch(xs, prep, self.work_buffers())
         else:
             n = xs[0].shape[0]
-            first = layer.forward_float([x[0] for x in xs], prep, self.scratch)
+            scratch = self.work_buffers()
+            first = layer.forward_float([x[0] for x in xs], prep, scratch)
             y = np.empty((n,) + first.shape, first.dtype)
             y[0] = first
             for k in range(1, n):
-                y[k] = layer.forward_float([x[k] for x in xs], prep, self.scratch)
+                y[k] = layer.forward_float([x[k] for x in xs], prep, scratch)
         y.flags.writeable = False
         return y
 
@@ -197,7 +205,8 @@ class Model:
             if i in pairs and i < last:
                 nxt = self.layers[i + 1]
                 tail = nxt.tail([outs[j] for j in nxt.inputs[1:]])
-                y = self.layers[i].forward_float_tail(self.inputs_of(i, x, outs), self.prepared(i), self.scratch, tail)
+                y = self.layers[i].forward_float_tail(self.inputs_of(i, x, outs), self.prepared(i),
+                                                      self.work_buffers(), tail)
             outs.extend([y, tail.out] if y is not None else [run(i, self.inputs_of(i, x, outs))])
             for y in outs[i:]:
                 y.flags.writeable = False

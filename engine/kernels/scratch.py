@@ -2,12 +2,15 @@
 
 `Scratch`: named float32 (or other dtype) buffers, one set per model; layers run one at a time, so
 a buffer is reused by every layer and only grows to the largest request (no page faults on fresh
-memory per call). `derived`: a kernel form of weights (bias-augmented, Winograd-transformed, an
-int8 bound) computed once per weight array and dropped with it.
+memory per call). `thread_scratch()`: one set per thread, for work that runs whole images on the
+kernel threads at once (engine.kernels.threads.in_part) and for the int8 kernels. `derived`: a kernel
+form of weights (bias-augmented, Winograd-transformed, an int8 bound) computed once per weight array
+and dropped with it.
 """
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 
 _derived: dict[tuple, tuple[tuple[weakref.ref, ...], Any]] = {}
+_local = threading.local()
 
 
 class Scratch:
@@ -51,3 +55,11 @@ def derived(kind: str, arrays: tuple[np.ndarray, ...], make: Callable[[], Any]) 
     refs = tuple(weakref.ref(a, lambda _r, key=key: _derived.pop(key, None)) for a in arrays)
     _derived[key] = (refs, value)
     return value
+
+
+def thread_scratch() -> Scratch:
+    """This thread's own work buffers (kept with the thread: the kernel threads live as long as the process)."""
+    s = getattr(_local, "scratch", None)
+    if s is None:
+        s = _local.scratch = Scratch()
+    return s

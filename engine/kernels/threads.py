@@ -115,6 +115,12 @@ class own_threads:
             sys.setswitchinterval(self.switch)
 
 
+def in_part() -> bool:
+    """True inside a part of a parallel job (its nested jobs run inline, in this thread): work that keeps
+    buffers per model must take this thread's own (engine.kernels.scratch.thread_scratch) there."""
+    return getattr(_local, "busy", False)
+
+
 def kernel_threads() -> int:
     """Threads the parallel passes use right now (inside own_threads: what BLAS had; else 1)."""
     return _threads
@@ -143,6 +149,9 @@ class _Helper:
                 job()
             except BaseException as e:  # noqa: BLE001 - handed to the caller in wait()
                 self.error = e
+            # drop the job before sleeping: its closure holds the caller's arrays (a whole comparison's
+            # quantized models, when the job was images), which would live on until the next job
+            job = None
             self.done.release()
 
     def post(self, job: Callable[[], None]) -> None:

@@ -183,7 +183,10 @@ def _multipliers(acc_scale: np.ndarray, out_scale: float, slope: float | None) -
             if f is not None:
                 f.flags.writeable = False
         if len(_MULTIPLIERS) >= 512:
-            _MULTIPLIERS.pop(next(iter(_MULTIPLIERS)))
+            try:
+                _MULTIPLIERS.pop(next(iter(_MULTIPLIERS)))
+            except (KeyError, RuntimeError, StopIteration):   # another image thread evicted or added meanwhile
+                pass
         hit = _MULTIPLIERS[key] = (f_pos, f_neg)
     return hit
 

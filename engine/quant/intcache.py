@@ -38,6 +38,11 @@ def kept(kind: str, array: np.ndarray, make: Callable[[], Any]) -> Any:
     value = make()
     size = _nbytes(value)
     with _lock:
+        hit = _kept.get(key)
+        if hit is not None and hit[0]() is array:
+            # another thread made it meanwhile: keep one. (Replacing its entry dropped the replaced weak
+            # reference uncalled, so its bytes stayed counted: the budget filled with nothing kept.)
+            return hit[1]
         if _used[0] + size > BUDGET:
             return value
 

@@ -12,14 +12,13 @@ reference the property tests compare against bit for bit.
 """
 from __future__ import annotations
 
-import threading
 from typing import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from engine.kernels.gemm import MIN_BAND, band_input, conv_out_size
-from engine.kernels.scratch import Scratch, derived
+from engine.kernels.scratch import derived, thread_scratch
 from engine.kernels.threads import own_threads, parallel_items
 from engine.quant.layermemo import acc_memo
 
@@ -108,14 +107,7 @@ def conv_int_naive(x_q: np.ndarray, w_q: np.ndarray, b_q: np.ndarray, s: int, p:
 
 
 # --------------------------------------------------------------------------- fused, banded fast path
-_local = threading.local()
-
-
-def _scratch() -> Scratch:
-    s = getattr(_local, "scratch", None)
-    if s is None:
-        s = _local.scratch = Scratch()
-    return s
+_scratch = thread_scratch      # the int8 kernels' buffers: per thread
 
 
 def band_buffer(name: str, part: int, shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:

@@ -128,7 +128,10 @@ def plan(f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | None) -> Pl
     hit = _plan(f_pos, f_neg, slope)
     if all(f is None or (not f.flags.writeable and f.base is None) for f in (f_pos, f_neg)):   # immutable
         if len(_LAST) >= _PLANS_MAX:
-            _LAST.pop(next(iter(_LAST)))
+            try:
+                _LAST.pop(next(iter(_LAST)))
+            except (KeyError, RuntimeError, StopIteration):   # another image thread evicted or added meanwhile
+                pass
         _LAST[ids] = (f_pos, f_neg, hit)
     return hit
 
@@ -138,7 +141,10 @@ def _plan(f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | None) -> P
     hit = _PLANS.get(key)
     if hit is None:
         if len(_PLANS) >= _PLANS_MAX:
-            _PLANS.pop(next(iter(_PLANS)))
+            try:
+                _PLANS.pop(next(iter(_PLANS)))
+            except (KeyError, RuntimeError, StopIteration):   # another image thread evicted or added meanwhile
+                pass
         hit = _PLANS[key] = Plan(np.asarray(f_pos, np.float64), f_neg, slope)
     return hit
 

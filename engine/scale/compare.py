@@ -20,6 +20,7 @@ import numpy as np
 
 from engine.calib.collect import CalibrationStats
 from engine.darknet.detect import detect_outputs
+from engine.kernels.threads import own_threads, parallel_items
 from engine.quant.executor import Executor, FloatView, LayerRecord, reference_outputs
 from engine.quant.layermemo import LayerMemo, acc_layers
 from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
@@ -144,6 +145,12 @@ def _item_key(item) -> tuple:
     return ("path", str(item)) if isinstance(item, (str, Path)) else ("object", id(item))
 
 
+# compare_batch runs whole images on the kernel threads (False: one image at a time, each layer split over
+# the threads; the same rows bit for bit, tests/engine/test_compare_parallel.py). Two images are in flight
+# at once: their layer results and memos (LayerMemo's budget each) are alive together.
+IMAGE_PARALLEL = True
+
+
 def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list, kept: dict | None = None) -> list[dict]:
     """The task: per image, FLOAT detections and `method_rows` of every (method, quantized model
     reference) in `qrefs` (a tuple: Dask resolves shared futures inside tuples). `runtime`: where
@@ -157,17 +164,29 @@ def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list, 
                 if resolve(runtime, model, qm, Mode.INT8.value, all_outputs=True) == ORT else None
                 for method, qm in qms.items()}
     shared = acc_layers(model, list(qms.values()))
-    out = []
-    for item in batch:
+    out: list = [None] * len(batch)
+
+    def one(_part: int, k: int) -> None:
+        item = batch[k]
         pre = model.preprocess(item, resize)
         hit = kept.get(_item_key(item)) if kept else None
         # only for the very input it was computed on (an array item may be preprocessed differently)
         same = hit is not None and hit[0].shape == pre.x.shape and np.array_equal(hit[0], pre.x)
         outs = hit[1] if same else list(float_run(pre.x))
         memo = LayerMemo(share_acc=shared)      # this image's shared layer results, dropped with it
-        out.append({Mode.FLOAT.value: detect_outputs(model, outs, pre),
-                    **{method: method_rows(model, exs, pre, outs, int_runs[method], memo)
-                       for method, exs in executors.items()}})
+        out[k] = {Mode.FLOAT.value: detect_outputs(model, outs, pre),
+                  **{method: method_rows(model, exs, pre, outs, int_runs[method], memo)
+                     for method, exs in executors.items()}}
+
+    if runtime == "numpy" and IMAGE_PARALLEL:
+        # whole images on the kernel threads, each with single-threaded kernels (their nested jobs run
+        # inline): no hand-off per layer, and the same bits (every kernel splits its work by shape, and
+        # the statistics add their blocks in order, on any thread count)
+        with own_threads():
+            parallel_items(len(batch), one)
+    else:
+        for k in range(len(batch)):
+            one(0, k)
     return out
 
 

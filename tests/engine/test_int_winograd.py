@@ -136,6 +136,37 @@ def test_methods_share_int8_weights_and_kept_forms_die_with_them(tiny, tiny_stat
     assert intcache.used_bytes() == before
 
 
+def test_kept_forms_made_by_two_threads_at_once_are_counted_once():
+    # Two threads miss the same form and make it at the same time (whole images on the kernel threads:
+    # engine.scale.compare). The second used to replace the first's entry, whose weak reference then died
+    # uncalled with its bytes still counted: the budget filled up and nothing more was kept.
+    import gc
+    import threading
+    import time
+    from engine.quant import intcache
+    before = intcache.used_bytes()
+    w_q = np.ones((64, 64, 3, 3), np.int8)
+    started = threading.Barrier(2)
+
+    def make():
+        started.wait()                  # both threads are inside make(): both missed
+        time.sleep(0.01)
+        return np.zeros(1 << 16, np.float32)
+
+    got = [None, None]
+    threads = [threading.Thread(target=lambda k=k: got.__setitem__(k, intcache.kept("test-race", w_q, make)))
+               for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got[0] is got[1]                                      # one form, kept once
+    assert intcache.used_bytes() == before + (1 << 18)
+    del w_q, got
+    gc.collect()
+    assert intcache.used_bytes() == before                       # and released with its array
+
+
 @pytest.mark.parametrize("c,n,h,w", [(64, 72, 12, 10), (96, 64, 26, 26)])
 def test_even_maps_with_small_sums_take_the_float32_path_exactly(c, n, h, w):
     """Even maps whose output sums stay below 2**24 come out of one float32 output GEMM (A^T (x) A^T / 4)

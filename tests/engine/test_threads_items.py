@@ -81,3 +81,32 @@ def test_a_second_caller_runs_its_parts_inline_and_errors_leave_the_helpers_usab
     seen: list[int] = []
     threads.parallel_for(2, lambda lo, hi: (time.sleep(0.05 * lo), seen.append(lo)), 1 << 20)
     assert sorted(seen) == [0, 1]       # the slow helper part was waited for, not a stale release
+
+
+def test_a_finished_job_does_not_keep_what_it_referenced(monkeypatch):
+    # the helper thread used to hold its last job (and the closure's arrays: a whole comparison's
+    # quantized models) until the next job arrived
+    import gc
+    import weakref
+    monkeypatch.setattr(threads, "_threads", 2)
+
+    class Payload:
+        pass
+
+    payload = Payload()
+    ref = weakref.ref(payload)
+    ran = []
+
+    def fn(part: int, i: int, payload=payload) -> None:
+        ran.append(part)
+        time.sleep(0.005)                    # long enough that the helper takes items too
+
+    threads.parallel_items(8, fn)
+    assert 1 in ran                          # the helper ran some of them
+    del payload, fn
+    for _ in range(50):                      # the helper drops the job right after its last item
+        gc.collect()
+        if ref() is None:
+            break
+        time.sleep(0.01)
+    assert ref() is None
