@@ -28,8 +28,9 @@ Batches: the graphs have a symbolic batch axis, so a run takes one (3, H, W) inp
 as before) or a batch (N, 3, H, W) (outputs (N, C, H, W), as `Model.forward`); image k of a batch gives
 the bits of a batch-of-one run of image k (ORT runs a conv image by image). `run.batch` is the batch a
 caller should feed (`BATCH`, fewer when every layer's output is kept, so that a batch's outputs fit in
-`BATCH_BYTES`); NumPy forwards have none (one image at a time). `forward_each(run, xs)` yields each
-image's outputs, batching when the run has a `batch`: what batch evaluation (engine/scale/) loops over.
+`BATCH_BYTES`); NumPy forwards have none (`detect_each` runs their images side by side on the kernel
+threads). `forward_each(run, xs)` yields each image's outputs, batching when the run has a `batch`: what
+batch evaluation (engine/scale/) loops over.
 """
 from __future__ import annotations
 
@@ -284,8 +285,10 @@ def ort_forward(model, qmodel, mode: str, float_layers: Sequence[int] | None = N
 
 
 def feed_size(*runs: Callable) -> int:
-    """How many images to preprocess at a time for these forwards (the largest `batch`; 1 on NumPy)."""
-    return max([getattr(r, "batch", 1) for r in runs] or [1])
+    """How many images to preprocess at a time for these forwards: the largest `batch`, and on NumPy one
+    image per kernel thread (`detect_each` runs them side by side)."""
+    from engine.kernels.threads import blas_threads
+    return max([getattr(r, "batch", max(1, blas_threads())) for r in runs] or [1])
 
 
 def forward_each(run: Callable, xs: Sequence[np.ndarray]) -> Iterator[Sequence[np.ndarray]]:
@@ -304,8 +307,20 @@ def forward_each(run: Callable, xs: Sequence[np.ndarray]) -> Iterator[Sequence[n
 
 
 def detect_each(model, run: Callable, pres: Sequence, thresh: float, nms: float) -> list:
-    """The detections of each preprocessed image through `run`, fed as `forward_each` feeds it."""
+    """The detections of each preprocessed image through `run`, fed as `forward_each` feeds it; a NumPy
+    run (no `batch`) takes whole images on the kernel threads, one per thread with its kernels
+    single-threaded (no hand-off per layer; the same bits as one image at a time)."""
     from engine.darknet.detect import detect_outputs
+    if getattr(run, "batch", None) is None and len(pres) > 1:
+        from engine.kernels.threads import own_threads, parallel_items
+        out: list = [None] * len(pres)
+
+        def one(_part: int, k: int) -> None:
+            out[k] = detect_outputs(model, run(pres[k].x), pres[k], thresh, nms)
+
+        with own_threads():
+            parallel_items(len(pres), one)
+        return out
     outs_each = forward_each(run, [p.x for p in pres])
     return [detect_outputs(model, outs, pre, thresh, nms) for outs, pre in zip(outs_each, pres)]
 

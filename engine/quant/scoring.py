@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from engine.darknet.detect import detect_outputs
 from engine.quant.executor import Executor, FloatView
 from engine.quant.fitness import Agreement, detection_agreement
 
@@ -31,7 +30,7 @@ class Scorer:
         self.truth = self._detect(forward_on(backend, model, None, "float"))
 
     def _detect(self, run) -> list:
-        from engine.export.ort_backend import detect_each     # ORT: in batches; NumPy: one at a time
+        from engine.export.ort_backend import detect_each     # ORT: in batches; NumPy: images side by side
         return detect_each(self.model, run, self.inputs, self.thresh, self.nms)
 
     @property
@@ -45,7 +44,8 @@ class Scorer:
         if self.backend != "numpy" and resolve(self.backend, self.model, qmodel, mode, float_layers) == ORT:
             return self._detect(ort_forward(self.model, qmodel, mode, float_layers))
         ex = Executor(self.model, qmodel, mode, float_layers)
-        return [detect_outputs(self.model, FloatView(ex.run(p.x)[0]), p, self.thresh, self.nms) for p in self.inputs]
+        from engine.export.ort_backend import detect_each     # images side by side on the kernel threads
+        return detect_each(self.model, lambda x: FloatView(ex.run(x)[0]), self.inputs, self.thresh, self.nms)
 
     def score(self, qmodel, mode: str = "int", float_layers: Iterable[int] | None = None) -> Agreement:
         return detection_agreement(self.truth, self.detections(qmodel, mode, float_layers))

@@ -36,7 +36,7 @@ def detect_batch(source: Any, qref: Any, modes: tuple[str, ...], thresh: float, 
     qm = resolve_qmodel(qref)
     runners = {m: forward_on(runtime, model, qm, m) for m in modes}
     out = []
-    size = feed_size(*runners.values())           # ORT runs images in batches, NumPy one at a time
+    size = feed_size(*runners.values())           # ORT runs images in batches, NumPy one per kernel thread
     for start in range(0, len(batch), size):
         pres = [model.preprocess(item, resize) for item in batch[start:start + size]]
         dets = {m: detect_each(model, run, pres, thresh, nms) for m, run in runners.items()}

@@ -136,7 +136,7 @@ def variant_batch(source: Any, qref: Any, sources_ref: Any, modes: tuple[str, ..
     float_run = forward_on(runtime, model, None, "float")
     runners = {m: forward_on(runtime, model, qm, m) for m in modes}
     rows = []
-    size = feed_size(float_run, *runners.values())      # ORT runs variants in batches, NumPy one at a time
+    size = feed_size(float_run, *runners.values())      # ORT: variants in batches; NumPy: one per kernel thread
     for start in range(0, len(batch), size):
         pres = [model.preprocess(render(source_image(sources, v.image, (w, h)), v)) for v in batch[start:start + size]]
         truths = detect_each(model, float_run, pres, thresh, nms)

@@ -1,7 +1,8 @@
-"""compare_batch runs whole images on the kernel threads (engine.scale.compare.IMAGE_PARALLEL): each
-image's INT, HYBRID, local statistics and detections on one thread with single-threaded kernels. The
-rows must be the ones of the images run one at a time with threaded kernels, bit for bit, and the
-images must really have run on two threads at once (else the comparison proves nothing)."""
+"""Whole images on the kernel threads: compare_batch (engine.scale.compare.IMAGE_PARALLEL: each image's
+INT, HYBRID, local statistics and detections on one thread with single-threaded kernels) and detect_each
+for NumPy runs (evaluate, Monte Carlo, the scorer). The results must be the ones of the images run one at
+a time with threaded kernels, bit for bit, and the images must really have run on two threads at once
+(else the comparison proves nothing)."""
 from __future__ import annotations
 
 import json
@@ -156,3 +157,25 @@ def test_the_table_is_the_same_either_way(tiny, tiny_stats, monkeypatch):
             t = compare(tiny, tiny_stats, items, ["minmax", "kl"], per_channel=True, progress=False)
         tables.append(json.dumps(t.to_dict(), default=float, sort_keys=True))
     assert tables[0] == tables[1]
+
+
+@pytest.mark.parametrize("mode", ["float", "hybrid", "int"])
+def test_detect_each_runs_numpy_images_side_by_side_with_the_same_detections(tiny, tiny_q, mode):
+    # evaluate, Monte Carlo and the mixed-precision scorer feed NumPy runs one image per kernel thread
+    from engine.darknet.detect import detect_outputs
+    from engine.export.ort_backend import detect_each, feed_size, forward_on
+    run = forward_on("numpy", tiny, None if mode == "float" else tiny_q, mode)
+    seen: set[str] = set()
+
+    def spied(x):
+        seen.add(threading.current_thread().name)
+        return run(x)
+
+    pres = [tiny.preprocess(i) for i in _images()]
+    with blas_limit(2):
+        assert feed_size(run) == 2
+        got = detect_each(tiny, spied, pres, 0.25, 0.45)
+    want = [detect_outputs(tiny, run(p.x), p, 0.25, 0.45) for p in pres]
+    assert len(seen) == 2
+    assert [list(d) for d in got] == [list(d) for d in want]
+    assert sum(len(d) for d in want) > 10
