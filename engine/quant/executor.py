@@ -269,10 +269,18 @@ class Executor:
         """Float views of every layer output (what detection decoding and fitness read).
 
         x: (3, H, W), or a batch (N, 3, H, W): then every output is (N, C, H, W), image k equal to
-        a forward of image k alone bit for bit (the batch runs image by image)."""
+        a forward of image k alone bit for bit (whole images on the kernel threads, one per thread with
+        its kernels single-threaded, as Model.forward runs a FLOAT batch)."""
         xb = np.asarray(x)
         if xb.ndim != 4:
             return [v.float() for v in self.run(x)[0]]
         self.model.check_input(xb, batch=True)
-        per = [self.forward(xb[k]) for k in range(xb.shape[0])]
+        from engine.kernels.threads import own_threads, parallel_items
+        per: list = [None] * xb.shape[0]
+
+        def image(_part: int, k: int) -> None:
+            per[k] = self.forward(xb[k])
+
+        with own_threads():
+            parallel_items(xb.shape[0], image)
         return [np.stack(outs) for outs in zip(*per)]

@@ -1,5 +1,5 @@
-"""Batched FLOAT forward: (N, 3, H, W) in, (N, C, H, W) per layer out, image k bit-identical to a
-forward of image k alone."""
+"""Batched forward (FLOAT, and HYBRID / INT through the Executor): (N, 3, H, W) in, (N, C, H, W) per layer
+out, image k bit-identical to a forward of image k alone."""
 from __future__ import annotations
 
 import numpy as np
@@ -70,3 +70,34 @@ def test_batch_on_two_kernel_threads_equals_single_forwards_on_one(tiny):
         for k in range(xb.shape[0]):
             for i, s in enumerate(tiny.forward(xb[k])):
                 assert np.array_equal(batch[i][k], s), f"image {k}, layer {i}"
+
+
+@pytest.mark.parametrize("profile", ["qwidgets", "qwidgets_asym"])
+@pytest.mark.parametrize("mode", ["hybrid", "int"])
+def test_executor_batch_on_two_kernel_threads_equals_single_runs_on_one(tiny, tiny_stats, mode, profile):
+    """HYBRID / INT batches likewise: whole images on the kernel threads, image k of every layer's output
+    equal to a run of image k alone on one thread, bit for bit (and on two threads the images really
+    ran side by side)."""
+    import threading
+    from engine.kernels import threads
+    from engine.quant.executor import Executor
+    from engine.quant.qmodel import quantize_model
+    qm = quantize_model(tiny, tiny_stats, "kl", per_channel=True, profile=profile)
+    ex = Executor(tiny, qm, mode)
+    xb = photo_batch(tiny)
+    seen: set[str] = set()
+    real = ex.run
+
+    def spied(x, *a, **k):
+        seen.add(threading.current_thread().name)
+        return real(x, *a, **k)
+
+    ex.run = spied
+    with threads.blas_limit(2):
+        batch = ex.forward(xb)
+    assert len(seen) == 2 and len(batch) == len(tiny.layers)
+    with threads.blas_limit(1):
+        for k in range(xb.shape[0]):
+            for i, s in enumerate(Executor(tiny, qm, mode).forward(xb[k])):
+                assert batch[i].shape == (xb.shape[0],) + s.shape
+                assert np.array_equal(batch[i][k], s), f"{mode} image {k}, layer {i}"
