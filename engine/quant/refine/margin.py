@@ -101,15 +101,20 @@ def collect_near_errors(model, qmodel: QuantizedModel, images, resize: str = "le
     heads = head_convs(model, qmodel)
     if not heads:
         raise EngineError("head margin: no int8 convolution feeds a [yolo] / [region] head")
+    from engine.kernels.threads import own_threads, parallel_items
     fm = equalized_for(model, qmodel)
     ex = Executor(model, qmodel, "int")
-    parts: dict[int, list[NearErrors]] = {c: [] for c, _, _ in heads}
-    for item in images:
-        p = model.preprocess(getattr(item, "image", item), resize)
+    items = list(images)
+    per: list = [None] * len(items)
+
+    def one(_part: int, j: int) -> None:      # whole images on the kernel threads, concatenated in order
+        p = model.preprocess(getattr(items[j], "image", items[j]), resize)
         fo, qo = fm.forward(p.x), FloatView(ex.run(p.x)[0])
-        for c, a, k in heads:
-            parts[c].append(near_errors(np.asarray(fo[c]), np.asarray(qo[c]), a, k, band))
-    return {c: NearErrors.concat(v) for c, v in parts.items()}
+        per[j] = [near_errors(np.asarray(fo[c]), np.asarray(qo[c]), a, k, band) for c, a, k in heads]
+
+    with own_threads():
+        parallel_items(len(items), one)
+    return {c: NearErrors.concat([errs[h] for errs in per]) for h, (c, _, _) in enumerate(heads)}
 
 
 def shift_heads(model, qmodel: QuantizedModel, shifts: dict[int, tuple[float, float]], key: str,
