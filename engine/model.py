@@ -235,9 +235,10 @@ class Model:
             self.prepared(i)                  # prepared once, before the threads share them
         outs = [np.empty((n,) + tuple(self.layers[i].out_shape), np.float32) for i in range(last + 1)]
         scratches = self.__dict__.setdefault("_part_scratch", {0: self.scratch})  # kept: no page faults per call
+        nested = in_part()                    # a batch inside a part of another job: its images run here, inline
 
         def image(part: int, k: int) -> None:
-            scratch = scratches.setdefault(part, Scratch())
+            scratch = self.work_buffers() if nested else scratches.setdefault(part, Scratch())
             mine: list[np.ndarray] = []
             for i in range(last + 1):
                 xs = [xb[k] if j < 0 else mine[j] for j in self.layers[i].inputs]

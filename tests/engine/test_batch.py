@@ -101,3 +101,22 @@ def test_executor_batch_on_two_kernel_threads_equals_single_runs_on_one(tiny, ti
             for i, s in enumerate(Executor(tiny, qm, mode).forward(xb[k])):
                 assert batch[i].shape == (xb.shape[0],) + s.shape
                 assert np.array_equal(batch[i][k], s), f"{mode} image {k}, layer {i}"
+
+
+def test_batches_inside_the_parts_of_another_job_use_their_threads_buffers(tiny):
+    """Two parts of a parallel job each run a FLOAT batch at once (nested: its images run inline in that
+    part's thread): each must use its own thread's buffers, so both equal the batches run alone."""
+    from engine.kernels import threads
+    xb = photo_batch(tiny)
+    pairs = [xb[:2], xb[1:]]
+    want = [tiny.forward(b) for b in pairs]
+    got: list = [None, None]
+
+    def job(_part: int, j: int) -> None:
+        got[j] = tiny.forward(pairs[j])
+
+    with threads.blas_limit(2), threads.own_threads():
+        for _ in range(3):
+            threads.parallel_items(2, job)
+            for g, w in zip(got, want):
+                assert all(np.array_equal(a, b) for a, b in zip(g, w))
