@@ -47,6 +47,16 @@ def _same(a, b) -> bool:
     return json.dumps(a, default=lambda o: repr(o), sort_keys=True) == json.dumps(b, default=lambda o: repr(o), sort_keys=True)
 
 
+def _assert_same_rows(serial: list[dict], parallel: list[dict], qms: dict) -> None:
+    for a, b in zip(serial, parallel, strict=True):
+        assert list(a["float"]) == list(b["float"])
+        for m in qms:
+            for mode in ("hybrid", "int"):
+                assert list(a[m][mode]) == list(b[m][mode]), (m, mode)     # detections: boxes, scores, classes
+            for key in ("hybrid_sqnr", "int_sqnr", "int_local_sqnr", "saturation", "range_use"):
+                assert _same(a[m][key], b[m][key]), (m, key)
+
+
 @pytest.mark.parametrize("profile", ["qwidgets", "qwidgets_asym"])
 def test_images_on_the_kernel_threads_give_the_rows_of_one_at_a_time(tiny, tiny_stats, profile, monkeypatch):
     qms = {m: quantize(tiny, tiny_stats, m, per_channel=True, profile=profile) for m in ("minmax", "kl", "mse")}
@@ -55,13 +65,7 @@ def test_images_on_the_kernel_threads_give_the_rows_of_one_at_a_time(tiny, tiny_
     parallel, t2 = _rows(tiny, qms, items, True, monkeypatch)
     assert len(t1) == 1 and len(t2) == 2, (t1, t2)          # the images really ran on two threads
     assert len(serial) == len(items) == len(parallel)
-    for a, b in zip(serial, parallel):
-        assert [d for d in a["float"]] == [d for d in b["float"]]
-        for m in qms:
-            for mode in ("hybrid", "int"):
-                assert list(a[m][mode]) == list(b[m][mode]), (m, mode)     # detections: boxes, scores, classes
-            for key in ("hybrid_sqnr", "int_sqnr", "int_local_sqnr", "saturation", "range_use"):
-                assert _same(a[m][key], b[m][key]), (m, key)
+    _assert_same_rows(serial, parallel, qms)
     assert sum(len(r["float"]) for r in serial) > 10                  # real photos, real detections
 
 
@@ -139,13 +143,7 @@ def test_a_model_with_shortcut_tails_and_float_forwards_in_the_parts(monkeypatch
     parallel, t2 = _rows(model, qms, items, True, monkeypatch)
     assert len(t2) == 2
     assert sum(len(r["float"]) for r in serial) > 0
-    for a, b in zip(serial, parallel):
-        assert list(a["float"]) == list(b["float"])
-        for m in qms:
-            for mode in ("hybrid", "int"):
-                assert list(a[m][mode]) == list(b[m][mode]), (m, mode)
-            for key in ("hybrid_sqnr", "int_sqnr", "int_local_sqnr", "saturation"):
-                assert _same(a[m][key], b[m][key]), (m, key)
+    _assert_same_rows(serial, parallel, qms)
 
 
 def test_the_table_is_the_same_either_way(tiny, tiny_stats, monkeypatch):
