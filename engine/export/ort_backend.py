@@ -287,8 +287,7 @@ def ort_forward(model, qmodel, mode: str, float_layers: Sequence[int] | None = N
 def feed_size(*runs: Callable) -> int:
     """How many images to preprocess at a time for these forwards: the largest `batch`, and on NumPy one
     image per kernel thread (`detect_each` runs them side by side)."""
-    from engine.kernels.threads import blas_threads
-    return max([getattr(r, "batch", max(1, blas_threads())) for r in runs] or [1])
+    return max([getattr(r, "batch", _threads()) for r in runs] or [1])
 
 
 def forward_each(run: Callable, xs: Sequence[np.ndarray]) -> Iterator[Sequence[np.ndarray]]:
@@ -312,15 +311,8 @@ def detect_each(model, run: Callable, pres: Sequence, thresh: float, nms: float)
     single-threaded (no hand-off per layer; the same bits as one image at a time)."""
     from engine.darknet.detect import detect_outputs
     if getattr(run, "batch", None) is None and len(pres) > 1:
-        from engine.kernels.threads import own_threads, parallel_items
-        out: list = [None] * len(pres)
-
-        def one(_part: int, k: int) -> None:
-            out[k] = detect_outputs(model, run(pres[k].x), pres[k], thresh, nms)
-
-        with own_threads():
-            parallel_items(len(pres), one)
-        return out
+        from engine.kernels.threads import parallel_map
+        return parallel_map(len(pres), lambda k: detect_outputs(model, run(pres[k].x), pres[k], thresh, nms))
     outs_each = forward_each(run, [p.x for p in pres])
     return [detect_outputs(model, outs, pre, thresh, nms) for outs, pre in zip(outs_each, pres)]
 

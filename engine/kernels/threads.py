@@ -250,3 +250,16 @@ def parallel_items(count: int, fn: Callable[[int, int], None]) -> None:
             fn(part, i)
 
     _run_parts(parts, worker, dynamic=True)
+
+
+def parallel_map(count: int, fn: Callable[[int], object]) -> list:
+    """[fn(0), ..., fn(count - 1)], in order, the items pulled by the kernel threads (`own_threads`): for
+    whole images side by side, each image's kernels single-threaded (their nested jobs run inline)."""
+    out: list = [None] * count
+
+    def item(_part: int, k: int) -> None:
+        out[k] = fn(k)
+
+    with own_threads():
+        parallel_items(count, item)
+    return out

@@ -275,12 +275,6 @@ class Executor:
         if xb.ndim != 4:
             return [v.float() for v in self.run(x)[0]]
         self.model.check_input(xb, batch=True)
-        from engine.kernels.threads import own_threads, parallel_items
-        per: list = [None] * xb.shape[0]
-
-        def image(_part: int, k: int) -> None:
-            per[k] = self.forward(xb[k])
-
-        with own_threads():
-            parallel_items(xb.shape[0], image)
+        from engine.kernels.threads import parallel_map
+        per = parallel_map(xb.shape[0], lambda k: self.forward(xb[k]))
         return [np.stack(outs) for outs in zip(*per)]

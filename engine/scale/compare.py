@@ -20,7 +20,7 @@ import numpy as np
 
 from engine.calib.collect import CalibrationStats
 from engine.darknet.detect import detect_outputs
-from engine.kernels.threads import own_threads, parallel_items
+from engine.kernels.threads import parallel_map
 from engine.quant.executor import Executor, FloatView, LayerRecord, reference_outputs
 from engine.quant.layermemo import LayerMemo, acc_layers
 from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
@@ -164,9 +164,8 @@ def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list, 
                 if resolve(runtime, model, qm, Mode.INT8.value, all_outputs=True) == ORT else None
                 for method, qm in qms.items()}
     shared = acc_layers(model, list(qms.values()))
-    out: list = [None] * len(batch)
 
-    def one(_part: int, k: int) -> None:
+    def one(k: int) -> dict:
         item = batch[k]
         pre = model.preprocess(item, resize)
         hit = kept.get(_item_key(item)) if kept else None
@@ -174,20 +173,15 @@ def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list, 
         same = hit is not None and hit[0].shape == pre.x.shape and np.array_equal(hit[0], pre.x)
         outs = hit[1] if same else list(float_run(pre.x))
         memo = LayerMemo(share_acc=shared)      # this image's shared layer results, dropped with it
-        out[k] = {Mode.FLOAT.value: detect_outputs(model, outs, pre),
-                  **{method: method_rows(model, exs, pre, outs, int_runs[method], memo)
-                     for method, exs in executors.items()}}
+        return {Mode.FLOAT.value: detect_outputs(model, outs, pre),
+                **{method: method_rows(model, exs, pre, outs, int_runs[method], memo)
+                   for method, exs in executors.items()}}
 
     if runtime == "numpy" and IMAGE_PARALLEL:
-        # whole images on the kernel threads, each with single-threaded kernels (their nested jobs run
-        # inline): no hand-off per layer, and the same bits (every kernel splits its work by shape, and
-        # the statistics add their blocks in order, on any thread count)
-        with own_threads():
-            parallel_items(len(batch), one)
-    else:
-        for k in range(len(batch)):
-            one(0, k)
-    return out
+        # whole images on the kernel threads: no hand-off per layer, and the same bits (every kernel splits
+        # its work by shape, and the statistics add their blocks in order, on any thread count)
+        return parallel_map(len(batch), one)
+    return [one(k) for k in range(len(batch))]
 
 
 def _mean(rows: list[list[float]]) -> np.ndarray:

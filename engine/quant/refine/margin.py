@@ -101,19 +101,17 @@ def collect_near_errors(model, qmodel: QuantizedModel, images, resize: str = "le
     heads = head_convs(model, qmodel)
     if not heads:
         raise EngineError("head margin: no int8 convolution feeds a [yolo] / [region] head")
-    from engine.kernels.threads import own_threads, parallel_items
+    from engine.kernels.threads import parallel_map
     fm = equalized_for(model, qmodel)
     ex = Executor(model, qmodel, "int")
     items = list(images)
-    per: list = [None] * len(items)
 
-    def one(_part: int, j: int) -> None:      # whole images on the kernel threads, concatenated in order
+    def one(j: int) -> list[NearErrors]:
         p = model.preprocess(getattr(items[j], "image", items[j]), resize)
         fo, qo = fm.forward(p.x), FloatView(ex.run(p.x)[0])
-        per[j] = [near_errors(np.asarray(fo[c]), np.asarray(qo[c]), a, k, band) for c, a, k in heads]
+        return [near_errors(np.asarray(fo[c]), np.asarray(qo[c]), a, k, band) for c, a, k in heads]
 
-    with own_threads():
-        parallel_items(len(items), one)
+    per = parallel_map(len(items), one)       # whole images on the kernel threads, concatenated in order
     return {c: NearErrors.concat([errs[h] for errs in per]) for h, (c, _, _) in enumerate(heads)}
 
 
