@@ -140,6 +140,17 @@ class KeptForwards:
         self.outputs.append((x, list(outs)) if keep else None)
         self.nbytes += size if keep else 0
 
+    def float_outputs(self, model):
+        """What the refinements read of these images (engine.calib.floats.FloatOutputs, no new pass), or
+        None when an image was not kept or they pass FloatOutputs' own memory cap."""
+        from engine.calib.floats import FloatOutputs
+        if any(o is None for o in self.outputs):
+            return None
+        floats = FloatOutputs(model)
+        for x, outs in self.outputs:
+            floats.add(x, outs)
+        return floats if floats.complete else None
+
 
 def _item_key(item) -> tuple:
     return ("path", str(item)) if isinstance(item, (str, Path)) else ("object", id(item))
@@ -240,14 +251,10 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
         cal = calib_images or items
         floats = None
         if needs_float_inputs(names):          # one set of FLOAT outputs of the calibration images for every method
-            from engine.calib.floats import FloatOutputs, float_outputs as calibration_floats
-            if calib_images is None and float_outputs is not None and len(float_outputs.outputs) == len(items) \
-                    and all(o is not None for o in float_outputs.outputs):
-                floats = FloatOutputs(model)       # the calibration pass's, kept for the reference: no new pass
-                for x, outs in float_outputs.outputs:
-                    floats.add(x, outs)
-                floats = floats if floats.complete else None
+            if calib_images is None and float_outputs is not None and len(float_outputs.outputs) == len(items):
+                floats = float_outputs.float_outputs(model)    # the calibration pass's, kept for the reference
             if floats is None:
+                from engine.calib.floats import float_outputs as calibration_floats
                 floats = calibration_floats(model, cal, resize)
         qms = {m: refine_after(model, qm, names, cal, floats, resize, margin_k) for m, qm in qms.items()}
     for qm in qms.values():              # refused here, before the per-image work
