@@ -24,7 +24,7 @@ from engine.layers.maxpool import maxpool, maxpool_out_size
 from engine.layers.reorg import reorg_pj, space_to_depth
 from engine.layers.route import route_slices
 from engine.layers.upsample import upsample_nearest
-from engine.quant.intcache import kept
+from engine.quant.intcache import drop_oldest, kept
 from engine.quant.intops import band_buffer, conv_int, conv_int_fused, gemm_int
 from engine.quant.layerquant import LayerQuant
 from engine.quant.qtensor import QMAX, QTensor, multiplier_value, quantize, quantize_multiplier, requantize
@@ -183,10 +183,7 @@ def _multipliers(acc_scale: np.ndarray, out_scale: float, slope: float | None) -
             if f is not None:
                 f.flags.writeable = False
         if len(_MULTIPLIERS) >= 512:
-            try:
-                _MULTIPLIERS.pop(next(iter(_MULTIPLIERS)))
-            except (KeyError, RuntimeError, StopIteration):   # another image thread evicted or added meanwhile
-                pass
+            drop_oldest(_MULTIPLIERS)
         hit = _MULTIPLIERS[key] = (f_pos, f_neg)
     return hit
 

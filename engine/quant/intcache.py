@@ -59,3 +59,14 @@ def kept(kind: str, array: np.ndarray, make: Callable[[], Any]) -> Any:
 
 def used_bytes() -> int:
     return _used[0]
+
+
+def drop_oldest(cache: dict) -> None:
+    """Evict the oldest entry of a bounded module cache of the int8 paths. Images run side by side on the
+    kernel threads (engine.kernels.threads.parallel_map), so another thread may have evicted it, or added one,
+    between the two steps: then there is nothing to do."""
+    try:
+        cache.pop(next(iter(cache)))
+    except (KeyError, RuntimeError, StopIteration):
+        pass
+

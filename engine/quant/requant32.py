@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.quant.intcache import drop_oldest
 from engine.quant.intops import EXACT_F32, band_buffer
 from engine.quant.qtensor import QMAX
 
@@ -128,10 +129,7 @@ def plan(f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | None) -> Pl
     hit = _plan(f_pos, f_neg, slope)
     if all(f is None or (not f.flags.writeable and f.base is None) for f in (f_pos, f_neg)):   # immutable
         if len(_LAST) >= _PLANS_MAX:
-            try:
-                _LAST.pop(next(iter(_LAST)))
-            except (KeyError, RuntimeError, StopIteration):   # another image thread evicted or added meanwhile
-                pass
+            drop_oldest(_LAST)
         _LAST[ids] = (f_pos, f_neg, hit)
     return hit
 
@@ -141,10 +139,7 @@ def _plan(f_pos: np.ndarray, f_neg: np.ndarray | None, slope: float | None) -> P
     hit = _PLANS.get(key)
     if hit is None:
         if len(_PLANS) >= _PLANS_MAX:
-            try:
-                _PLANS.pop(next(iter(_PLANS)))
-            except (KeyError, RuntimeError, StopIteration):   # another image thread evicted or added meanwhile
-                pass
+            drop_oldest(_PLANS)
         hit = _PLANS[key] = Plan(np.asarray(f_pos, np.float64), f_neg, slope)
     return hit
 
