@@ -147,6 +147,24 @@ def atomic_write(path: str | os.PathLike, data: Data, *, mode: int | None = None
     return target
 
 
+def publish(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Put a finished temp file (from `temp_path(target)`, written by a tool that wants a path: a download,
+    a subprocess) in place as `atomic_write` does: fsync it, os.replace it over `target`, fsync the folder.
+    Raises: FileError for an OS error (the temp file is left for the caller to remove)."""
+    target = check_target(target)
+    try:
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except OSError as err:
+        raise FileError(f"output {target}: cannot put {tmp} in place: {err.strerror or err}") from err
+    fsync_dir(target.parent)
+    return target
+
+
 def atomic_savez(path: str | os.PathLike, arrays: Mapping[str, object]) -> Path:
     """`np.savez(path, **arrays)` through `atomic_write` (uncompressed; loads without pickle)."""
     import numpy as np

@@ -216,6 +216,38 @@ class NpzReader:
         self.close()
 
 
+def read_npy(path: str | os.PathLike, label: str | None = None, *, error: type[Exception] = WeightsError,
+             what: str = ".npy tensor", max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+    """One untrusted .npy file, read as `NpzReader.read` reads a member: its header's shape x itemsize
+    must be exactly the bytes after the header (a forged terabyte shape is refused before any
+    allocation), at most `max_bytes`, no object arrays. Raises `error` naming the file."""
+    label = label or str(path)
+
+    class _Named:                 # what _open_regular needs of a reader: fail() naming the file
+        def __init__(self) -> None:
+            self.what = what
+
+        def fail(self, message: str) -> Exception:
+            return error(f"{label}: {message}")
+
+    with _open_regular(Path(path), _Named()) as f:   # type: ignore[arg-type]
+        try:
+            shape, dtype, fortran, start = _read_header(f)
+            if dtype.hasobject:
+                raise ValueError("object arrays (pickles) are never loaded")
+            n = math.prod(shape) * dtype.itemsize
+            size = os.fstat(f.fileno()).st_size - start
+            if n != size:
+                raise ValueError(f"the header declares {shape} {dtype} ({n} bytes) but {size} bytes follow it")
+            if n > max_bytes:
+                raise ValueError(f"{n} bytes is over the {max_bytes}-byte limit")
+            buf = np.empty(n, np.uint8)
+            _read_into(f, buf)
+        except _ERRORS as err:
+            raise error(f"{label}: cannot read a {what}: {_reason(err)}") from None
+    return buf.view(dtype).reshape(shape, order="F" if fortran else "C")
+
+
 def _open_regular(path: Path, reader: NpzReader) -> BinaryIO:
     """Open `path` for reading if it is a regular file (a FIFO would block, /dev/zero never ends)."""
     import stat

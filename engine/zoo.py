@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from engine.atomic import temp_path
+from engine.atomic import publish, temp_path
 from engine.errors import DownloadError
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def fetch(name: str = "yolov3-tiny", *, download: bool = True, progress: bool = 
             source(tmp)
             if not _verified(tmp, entry):
                 raise DownloadError(f"downloaded file does not match sha256 {entry.sha256}")
-            os.replace(tmp, target)
+            publish(tmp, target)
             return cfg, target
         except (OSError, DownloadError, subprocess.SubprocessError, tarfile.TarError) as err:
             errors.append(str(err))

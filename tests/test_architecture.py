@@ -69,8 +69,15 @@ def import_graph(root: Path, package: str) -> tuple[nx.DiGraph, dict[str, set[st
     for name, path in mods.items():
         raw[name] = imported_names(path, name, set(mods))
         for target in raw[name]:
+            # importing a.b.c runs a/__init__ and a/b/__init__ first, unless the importer is inside them
+            # (its packages are initialised before it runs)
             if target in mods and target != name:
                 graph.add_edge(name, target)
+            parts = target.split(".")
+            for k in range(1, len(parts)):
+                step = ".".join(parts[:k])
+                if step in mods and step != name and not name.startswith(step + "."):
+                    graph.add_edge(name, step)
     return graph, raw
 
 
@@ -239,6 +246,12 @@ def test_a_clean_synthetic_tree_passes_and_from_package_import_name_counts_its_i
     write(tmp_path, {"pkg/__init__.py": "from pkg.b import g\n", "pkg/b.py": "def g():\n    from pkg import g\n"})
     graph, _ = import_graph(tmp_path, "pkg")
     assert cycles(graph) == [["pkg", "pkg.b"]]          # `g` is a name pkg/__init__ defines
+    # importing pkg.sub.y runs pkg/sub/__init__, which imports pkg.sub.x, which imports pkg.top lazily
+    write(tmp_path, {"pkg/__init__.py": "", "pkg/b.py": "", "pkg/sub/__init__.py": "from pkg.sub.x import f\n",
+                     "pkg/sub/x.py": "def f():\n    import pkg.top\n", "pkg/sub/y.py": "import numpy\n",
+                     "pkg/top.py": "from pkg.sub.y import numpy\n"})
+    graph, _ = import_graph(tmp_path, "pkg")
+    assert cycles(graph) == [["pkg.sub", "pkg.sub.x", "pkg.top"]]
 
 
 def write_index(path: Path = MAP) -> None:

@@ -96,12 +96,13 @@ def observe(model, x: np.ndarray, stats: CalibrationStats, outs: Sequence[np.nda
     stats.images += 1
 
 
-def image_list(source: str | Path | Iterable[ImageLike]) -> list[ImageLike]:
-    """A folder (its images, sorted), one image file, or a list of images / paths."""
+def image_list(source: str | Path | Iterable[ImageLike], what: str = "calibration") -> list[ImageLike]:
+    """A folder (its images, sorted), one image file, or a list of images / paths. `what` names the set in
+    errors (calibration, validation, evaluation images)."""
     if isinstance(source, (list, tuple)) and len(source) == 1 and isinstance(source[0], (str, Path)):
         source = source[0]  # the CLI's nargs="+" with one folder
-    if isinstance(source, (list, tuple)) and all(isinstance(s, (str, Path)) and Path(s).is_dir() for s in source):
-        return [f for s in source for f in image_list(s)]
+    if isinstance(source, (list, tuple)) and source and all(isinstance(s, (str, Path)) and Path(s).is_dir() for s in source):
+        return [f for s in source for f in image_list(s, what)]
     if isinstance(source, (str, Path)):
         p = Path(source)
         if p.is_dir():
@@ -111,10 +112,10 @@ def image_list(source: str | Path | Iterable[ImageLike]) -> list[ImageLike]:
             return files
         if p.is_file():
             return [p]
-        raise EngineError(f"{p}: no such calibration image or folder")
+        raise EngineError(f"{p}: no such {what} image or folder")
     items = list(source)
     if not items:
-        raise EngineError("calibration needs at least one image")
+        raise EngineError(f"{what} needs at least one image")
     return items
 
 

@@ -59,7 +59,7 @@ def cmd_montecarlo(args: argparse.Namespace) -> int:
     model = load_model(args)
     qm = QuantizedModel.load(args.quantized)
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    res = run_montecarlo(model, qm, image_list(args.images), n_variants=args.variants, modes=modes, seed=args.seed,
+    res = run_montecarlo(model, qm, image_list(args.images, "evaluation"), n_variants=args.variants, modes=modes, seed=args.seed,
                          thresh=args.thresh, nms=args.nms, backend=args.backend)
     print(json.dumps(_finite(res.to_dict()), indent=1) if args.json else res.report())
     return 0
@@ -72,7 +72,7 @@ def cmd_worst(args: argparse.Namespace) -> int:
     model = load_model(args)
     qm = QuantizedModel.load(args.quantized)
     fl = layer_list(args.float_layers, len(model.layers)) if args.float_layers else sorted(qm.float_layers)
-    rows = rank_images(model, qm, args.mode, image_list(args.images), float_layers=fl, resize=args.resize,
+    rows = rank_images(model, qm, args.mode, image_list(args.images, "evaluation"), float_layers=fl, resize=args.resize,
                        thresh=args.thresh, nms=args.nms, backend=args.backend)
     if args.json:
         print(json.dumps({"mode": args.mode, "images": [r.to_dict() for r in rows]}, indent=1))

@@ -19,8 +19,9 @@ def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
                        description="ONNX: one node group per Darknet layer, tensors named layer<i>. "
                                    "weights: the Darknet .weights file of the (possibly edited) parameters, "
                                    "e.g. from an engine model file. onnx-int8: the integer graph (QLinearConv, "
-                                   "QLinearLeakyRelu, ...) of a model quantized with --profile onnxruntime "
-                                   "(or avx2_u8s8), bit-exact with 'dump --mode int' in ONNX Runtime.")
+                                   "QLinearLeakyRelu, ...) of a model quantized with an ONNX Runtime profile "
+                                   "(--profile onnxruntime, avx2_u8s8 or ort_reduce_range), bit-exact with "
+                                   "'dump --mode int' in ONNX Runtime.")
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
     s.add_argument("--weights", metavar="W")
     s.add_argument("--format", choices=FORMATS, default="onnx")
@@ -67,7 +68,7 @@ def _export_int8(args: argparse.Namespace, model) -> int:
     from engine.export.onnx_int8 import export_int8
     from engine.quant.qmodel import QuantizedModel
     if not args.quantized:
-        raise EngineError("--format onnx-int8 needs --quantized Q (a model quantized with --profile onnxruntime)")
+        raise EngineError("--format onnx-int8 needs --quantized Q (a model quantized with --profile onnxruntime, avx2_u8s8 or ort_reduce_range)")
     if args.dynamic_batch:
         raise EngineError("--dynamic-batch: the onnx-int8 export has a batch of 1")
     qm = QuantizedModel.load(args.quantized)

@@ -11,6 +11,7 @@ import numpy as np
 
 from engine.cli.options import SIZE_HELP, add_model_args, forward_for, load_model, output_path
 from engine.errors import EngineError
+from engine.npzfile import read_npy
 
 
 def add_info_parser(sub: argparse._SubParsersAction) -> None:
@@ -78,10 +79,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     model = load_model(args)
     forward = forward_for(model, args)
     if args.input is not None:
-        try:
-            x = np.load(args.input, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise EngineError(f"{args.input}: cannot read a .npy tensor: {err}") from err
+        x = read_npy(args.input, error=EngineError)
         if x.dtype != np.float32 or x.ndim != 3 or x.shape[0] != 3:
             raise EngineError(f"{args.input}: expected a (3, H, W) float32 tensor, got {x.dtype} {x.shape}")
     else:

@@ -123,7 +123,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.target_map is not None:
         from engine.calib.collect import image_list
         from engine.quant.mixed import search
-        res = search(model, qm, image_list(args.val), target=args.target_map, backend=args.backend)
+        res = search(model, qm, image_list(args.val, "validation"), target=args.target_map, backend=args.backend)
         qm = res.apply(qm)
         print(res.table(), file=sys.stderr)
     qm.save(args.output)

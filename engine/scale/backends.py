@@ -178,7 +178,7 @@ def _bar(progress: bool, total: int, desc: str):
 # ------------------------------------------------------------------------------ what tasks receive
 def shippable_items(images) -> list:
     """Images as shippable items: paths become strings, PIL images / arrays pass as they are."""
-    return [str(i) if isinstance(i, Path) else i for i in image_list(images)]
+    return [str(i) if isinstance(i, Path) else i for i in image_list(images, "evaluation")]
 
 
 def label_of(item: Any, k: int) -> str:

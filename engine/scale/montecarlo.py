@@ -229,7 +229,7 @@ def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200
         for m in ("float", *modes):
             resolve(runtime, model, qm, m)
     backend = backend or InProcess()
-    sources = [str(i) if isinstance(i, Path) else i for i in image_list(images)]
+    sources = [str(i) if isinstance(i, Path) else i for i in image_list(images, "evaluation")]
     variants = make_variants(len(sources), n_variants, seed, ranges)
     all_paths = all(isinstance(s, str) for s in sources)
     sources_ref = sources if all_paths else backend.share(sources)     # images themselves: sent once

@@ -19,7 +19,7 @@ TARGETS = ("float", "int8", "scale")
 
 
 
-@dataclass
+@dataclass(repr=False)
 class Edit:
     layer: int | str            # layer index, or a node id for scale edits
     target: str                 # "float" | "int8" | "scale"
@@ -31,6 +31,10 @@ class Edit:
 
     def summary(self) -> str:
         return f"layer {self.layer} {self.target} {self.param}: {self.description}"
+
+    def __repr__(self) -> str:   # the summary, not the arrays: `s.undo()` ends a notebook cell
+        shape = getattr(self.new, "shape", None)
+        return f"<Edit {self.summary()}{f' {shape}' if shape else ''}>"
 
 
 def check_float(values: np.ndarray, where: str) -> np.ndarray:

@@ -104,3 +104,53 @@ def test_size_option_runs_info_and_detect_at_320(tmp_path):
     assert {"dog", "bicycle", "car"} <= names
     bad = run("detect", str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "--size", "big", str(IMAGES / "dog.jpg"))
     assert bad.returncode == 2 and bad.stderr.startswith("error: size 'big'")
+
+
+def _npy(path, header: dict, payload: bytes) -> None:
+    import io
+    f = io.BytesIO()
+    np.lib.format.write_array_header_1_0(f, header)
+    path.write_bytes(f.getvalue() + payload)
+
+
+def test_dump_input_refuses_forged_npy_headers_before_allocating(tmp_path):
+    # a header declaring 447 GiB used to reach np.load's allocation: a MemoryError traceback
+    _npy(tmp_path / "bomb.npy", {"descr": "<f4", "fortran_order": False, "shape": (3, 200000, 200000)}, b"\0" * 100)
+    res = run("dump", TINY_CFG, "--weights", TINY_WEIGHTS, "--input", tmp_path / "bomb.npy", "-o", tmp_path / "o.npz",
+              check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "bomb.npy: cannot read a .npy tensor" in res.stderr and "480000000000 bytes" in res.stderr
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_read_npy_reads_what_np_save_wrote_and_refuses_the_rest(tmp_path):
+    from engine.errors import WeightsError
+    from engine.npzfile import read_npy
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    for name, arr in (("c.npy", x), ("f.npy", np.asfortranarray(x)), ("i.npy", x.astype(np.int16))):
+        np.save(tmp_path / name, arr)
+        got = read_npy(tmp_path / name)
+        assert got.dtype == arr.dtype
+        np.testing.assert_array_equal(got, arr)
+    np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(WeightsError, match="o.npy: .*pickles"):
+        read_npy(tmp_path / "o.npy")
+    (tmp_path / "t.npy").write_bytes((tmp_path / "c.npy").read_bytes()[:-4])   # one float short
+    with pytest.raises(WeightsError, match="t.npy: .*92 bytes follow it"):
+        read_npy(tmp_path / "t.npy")
+    with pytest.raises(WeightsError, match="over the 10-byte limit"):
+        read_npy(tmp_path / "c.npy", max_bytes=10)
+    with pytest.raises(WeightsError, match="not a regular file"):
+        read_npy(tmp_path)
+
+
+
+def test_missing_image_folders_are_named_for_what_they_are(tmp_path):
+    from engine.calib.collect import image_list
+    from engine.errors import EngineError
+    with pytest.raises(EngineError, match="nowhere: no such calibration image or folder"):
+        image_list(tmp_path / "nowhere")
+    with pytest.raises(EngineError, match="nowhere: no such evaluation image or folder"):
+        image_list(tmp_path / "nowhere", "evaluation")        # montecarlo, worst-images, the batch backends
+    with pytest.raises(EngineError, match="validation needs at least one image"):
+        image_list([], "validation")

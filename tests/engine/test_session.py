@@ -117,7 +117,9 @@ def test_zero_filter_changes_exactly_that_channel_and_undo_restores(tiny, tiny_q
     expected = max(b[5], 0.1 * b[5])
     np.testing.assert_allclose(after[5], expected, rtol=1e-6)
     assert r.changed == int((before != after).sum())
-    s.undo()
+    undone = s.undo()
+    # shown as a notebook cell's last value: the summary, not two weight arrays (6.8 kB of text)
+    assert repr(undone).startswith("<Edit layer 8 float weights") and len(repr(undone)) < 200
     s.rerun()
     np.testing.assert_array_equal(s.output(8), before)
     s.redo()

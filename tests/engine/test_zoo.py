@@ -92,3 +92,19 @@ def test_every_source_failing_lists_each_reason(dirs, http_root, monkeypatch):
 def test_unknown_model_name():
     with pytest.raises(KeyError, match="known: yolov3-tiny"):
         zoo.fetch("yolov9")
+
+
+def test_publish_puts_a_finished_temp_file_in_place_and_refuses_a_folder(tmp_path):
+    from engine.atomic import publish, temp_path
+    from engine.errors import FileError
+    target = tmp_path / "w.weights"
+    target.write_bytes(b"old")
+    tmp = temp_path(target)
+    tmp.write_bytes(b"new")
+    assert publish(tmp, target) == target and target.read_bytes() == b"new" and not tmp.exists()
+    (tmp_path / "d").mkdir()
+    tmp = temp_path(tmp_path / "d")
+    tmp.write_bytes(b"x")
+    with pytest.raises(FileError, match="is a folder|not a regular file|refusing"):
+        publish(tmp, tmp_path / "d")
+    assert (tmp_path / "d").is_dir() and tmp.read_bytes() == b"x"
