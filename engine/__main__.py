@@ -1,6 +1,18 @@
 """`python -m engine`: the command line (engine/cli/main.py)."""
+import signal
 import sys
 
 from engine.cli.main import main
+
+
+def _exit_on(signum, _frame):
+    # SIGTERM (kill, timeout, a batch scheduler) and SIGHUP (the terminal closed) unwind like Ctrl-C:
+    # an atomic write in progress removes its temp file (a 35 MB '.<out>.qwtmp-*' would stay otherwise)
+    raise SystemExit(128 + signum)
+
+
+for _sig in (signal.SIGTERM, signal.SIGHUP):
+    if signal.getsignal(_sig) is signal.SIG_DFL:     # never undo `nohup` (SIG_IGN)
+        signal.signal(_sig, _exit_on)
 
 sys.exit(main())

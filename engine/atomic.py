@@ -38,10 +38,9 @@ _NAME_BYTES = 200  # of the target name kept in a temp name: 1 + 200 + 39 < 255,
 _TMP_RE = re.compile(r"^\..*\.qwtmp-(\d+)-(\d+)-([0-9a-f]{4})[0-9a-f]*$", re.S)
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:4]
 _FOREIGN_AGE = 24 * 3600     # seconds after which another host's temp file is taken as abandoned
-# names of earlier versions of this writer, reclaimed too: '.<name>.<pid>.<rand>.tmp' (atomic_write),
-# '.<name>.tmp<pid>' (atomic_savez, write_weights) and '.<name>.part<pid>' (zoo downloads)
-_LEGACY_RE = (re.compile(r"^\..*\.(\d+)\.[A-Za-z0-9_]+\.tmp$", re.S),
-              re.compile(r"^\..*\.(?:tmp|part)(\d+)$", re.S))
+# Earlier versions of this writer used names ('.<name>.<pid>.<rand>.tmp', '.<name>.tmp<pid>',
+# '.<name>.part<pid>') that a user's own hidden files can have too ('.thesis.2024.bak.tmp'): they are
+# NOT reclaimed, since the sweep runs in every folder written into (a home folder, a CLI -o folder).
 
 
 def _read_umask() -> int:
@@ -103,7 +102,7 @@ def check_target(path: str | os.PathLike, what: str = "output") -> Path:
     return target
 
 
-def atomic_write(path: str | os.PathLike, data: Data, *, mode: int | None = None) -> Path:
+def atomic_write(path: str | os.PathLike, data: Data, *, mode: int | None = None, exclusive: bool = False) -> Path:
     """Replace `path` with `data` atomically: temp file in the same folder + fsync + os.replace +
     folder fsync.
 
@@ -112,10 +111,15 @@ def atomic_write(path: str | os.PathLike, data: Data, *, mode: int | None = None
     killed, the old file is left untouched (a killed writer's temp file is reclaimed by the next
     write into that folder). The new file gets `mode`, else the old file's mode, else 0o666 minus
     the umask (like `open(path, "w")`).
+    With `exclusive=True` the new file only ever takes a free name: it is linked into place with
+    `os.link`, which fails if `path` exists by then (another kernel or process saved the same new
+    name meanwhile), so an existing file is never replaced; FileError is raised instead.
     Raises: FileError for a missing folder, a target that is a folder/FIFO/device, or an OS error
-    (permissions, disk full); whatever the callback raises.
+    (permissions, disk full), or (exclusive) an existing target; whatever the callback raises.
     """
     target = check_target(path)
+    if exclusive and os.path.lexists(target):
+        raise FileError(f"output {target}: exists; refusing to replace it")
     sweep_temp_files(target.parent)
     if mode is None:
         try:
@@ -123,11 +127,11 @@ def atomic_write(path: str | os.PathLike, data: Data, *, mode: int | None = None
         except FileNotFoundError:
             mode = 0o666 & ~_UMASK
     tmp = temp_path(target)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as err:
-        raise FileError(f"output {target}: cannot create a file in {target.parent}: {err.strerror or err}") from None
-    try:
+    try:   # the create is inside: a Ctrl-C / SIGTERM landing just after it still removes the file
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise FileError(f"output {target}: cannot create a file in {target.parent}: {err.strerror or err}") from None
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)
@@ -136,7 +140,10 @@ def atomic_write(path: str | os.PathLike, data: Data, *, mode: int | None = None
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        if exclusive:
+            _link_new(tmp, target)
+        else:
+            os.replace(tmp, target)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -165,10 +172,29 @@ def publish(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
     return target
 
 
-def atomic_savez(path: str | os.PathLike, arrays: Mapping[str, object]) -> Path:
+def _link_new(tmp: Path, target: Path) -> None:
+    """Give the complete temp file the name `target` only if that name is free (atomic), then drop
+    the temp name."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise FileError(f"output {target}: was created by another writer meanwhile; refusing to "
+                        "replace it (nothing was written)") from None
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        # a file system without hard links: the best it allows (a window between check and rename)
+        if os.path.lexists(target):
+            raise FileError(f"output {target}: exists; refusing to replace it") from None
+        os.replace(tmp, target)
+        return
+    os.unlink(tmp)
+
+
+def atomic_savez(path: str | os.PathLike, arrays: Mapping[str, object], *, exclusive: bool = False) -> Path:
     """`np.savez(path, **arrays)` through `atomic_write` (uncompressed; loads without pickle)."""
     import numpy as np
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
+    return atomic_write(path, lambda f: np.savez(f, **arrays), exclusive=exclusive)
 
 
 def pid_alive(pid: int) -> bool:
@@ -191,10 +217,6 @@ def temp_owner(name: str) -> tuple[int, bool] | None:
     m = _TMP_RE.match(name)
     if m:
         return int(m.group(1)), m.group(3) == _HOST
-    for rx in _LEGACY_RE:   # earlier names carry no host: judged as local
-        m = rx.match(name)
-        if m:
-            return int(m.group(1)), True
     return None
 
 

@@ -263,9 +263,10 @@ class Model:
         return detect_outputs(self, self.forward(pre.x), pre, thresh, nms)
 
     # ----------------------------------------------------------------- files
-    def save(self, path: str | Path) -> Path:
-        """Write the engine model file (.npz: cfg text, graph JSON, header, params; loads without pickle)."""
-        return atomic_savez(path, self.to_arrays())
+    def save(self, path: str | Path, *, exclusive: bool = False) -> Path:
+        """Write the engine model file (.npz: cfg text, graph JSON, header, params; loads without pickle).
+        `exclusive`: never replace an existing file (FileError instead), even one created meanwhile."""
+        return atomic_savez(path, self.to_arrays(), exclusive=exclusive)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The model file's arrays (also embedded in run records)."""
@@ -282,8 +283,8 @@ class Model:
                 arrays[f"layer{layer.index}/{name}"] = np.asarray(arr, np.float32)
         return arrays
 
-    def save_weights(self, path: str | Path) -> None:
-        write_weights(path, self.layers, self.params, self.header)
+    def save_weights(self, path: str | Path, *, exclusive: bool = False) -> None:
+        write_weights(path, self.layers, self.params, self.header, exclusive=exclusive)
 
 
 def _text(s: str) -> np.ndarray:

@@ -7,6 +7,7 @@ parent is the model entry saved with it. Both carry the session's edit journal i
 """
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,14 @@ def save_to_workspace(session, workspace, name: str, *, quantized_only: bool = F
                                               method="customize", parent=parent, meta=meta))
             parent = names[0]
         if session.qmodel is not None:
-            q = session.save_quantized(Path(tmp) / f"{names[-1]}.npz")
-            saved.append(workspace.save_bytes(names[-1], "quantized", {q.name: q.read_bytes()}, source=source,
-                                              method=f"customize:{session.qmodel.method}", parent=parent,
-                                              meta={**meta, "quantized": session.qmodel.describe()}))
+            try:
+                q = session.save_quantized(Path(tmp) / f"{names[-1]}.npz")
+                saved.append(workspace.save_bytes(names[-1], "quantized", {q.name: q.read_bytes()}, source=source,
+                                                  method=f"customize:{session.qmodel.method}", parent=parent,
+                                                  meta={**meta, "quantized": session.qmodel.describe()}))
+            except BaseException:   # disk full, a name taken meanwhile, Ctrl-C: never keep half of the pair
+                for e in saved:
+                    with contextlib.suppress(Exception):
+                        workspace.delete(e.name, confirm=True)
+                raise
     return saved

@@ -137,7 +137,7 @@ def read_weights(path: str | Path, layers: list[Layer]) -> tuple[WeightsHeader, 
 
 
 def write_weights(path: str | Path, layers: list[Layer], params: list[Params],
-                  header: WeightsHeader | None = None) -> None:
+                  header: WeightsHeader | None = None, *, exclusive: bool = False) -> None:
     """Write a Darknet `.weights` file through the one atomic writer (engine.atomic)."""
     from engine.atomic import atomic_write
     header = header or WeightsHeader()
@@ -150,7 +150,7 @@ def write_weights(path: str | Path, layers: list[Layer], params: list[Params],
                 if header.transpose and layer.kind == "connected" and name == "weights":
                     arr = arr.T
                 f.write(np.ascontiguousarray(arr).tobytes())
-    atomic_write(path, write)
+    atomic_write(path, write, exclusive=exclusive)
 
 
 def random_params(layers: list[Layer], seed: int = 0) -> list[Params]:

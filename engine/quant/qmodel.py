@@ -75,9 +75,9 @@ class QuantizedModel:
         return text if self.profile == "qwidgets" else f"{text} [{self.profile}]"
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, exclusive: bool = False) -> Path:
         from engine.model import atomic_savez
-        return atomic_savez(path, self.to_arrays())
+        return atomic_savez(path, self.to_arrays(), exclusive=exclusive)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         from engine.model import _text

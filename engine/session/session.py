@@ -432,16 +432,16 @@ class Session(LayerStepper):
 
     def save_model(self, path: str | Path, overwrite: bool = False) -> Path:
         """Save the customized float model as a new engine model file (never over the original)."""
-        return self.model.save(self.editor.check_target(path, overwrite))
+        return self.model.save(self.editor.check_target(path, overwrite), exclusive=not overwrite)
 
     def save_weights(self, path: str | Path, overwrite: bool = False) -> Path:
         """Save the customized float model as a Darknet `.weights` file (for the same cfg; loads in
         Darknet and OpenCV), never over the original unless asked."""
         p = self.editor.check_target(path, overwrite)
-        self.model.save_weights(p)
+        self.model.save_weights(p, exclusive=not overwrite)
         return p
 
     def save_quantized(self, path: str | Path, overwrite: bool = False) -> Path:
         if self.qmodel is None:
             raise EngineError("this session has no quantized model to save")
-        return self.qmodel.save(self.editor.check_target(path, overwrite))
+        return self.qmodel.save(self.editor.check_target(path, overwrite), exclusive=not overwrite)

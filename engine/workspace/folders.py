@@ -11,25 +11,56 @@ from pathlib import Path
 from typing import Mapping
 
 from engine.atomic import fsync_dir
+from engine.workspace.paths import _walk
+
+
+def move_out(root: Path, rel: str, staging: str) -> Path | None:
+    """Rename root/rel (`<kind folder>/<name>`) into root/staging under a trash name; return it, or
+    None if absent. Both folders are opened without following links (a linked 'records/' must never
+    make a delete reach outside the root) and the rename is relative to them (no check-then-use)."""
+    kind_dir, leaf = rel.split("/")
+    try:
+        src = _walk(root, [kind_dir], f"workspace folder {kind_dir!r}")
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            os.stat(leaf, dir_fd=src, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        trash = f"{os.getpid()}-trash-{secrets.token_hex(6)}"
+        dst = _walk(root, [staging], "staging folder")
+        try:
+            os.rename(leaf, trash, src_dir_fd=src, dst_dir_fd=dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    return root / staging / trash
 
 
 def stage_files(staging: Path, files: Mapping[str, bytes]) -> tuple[Path, dict[str, str]]:
     """Write and fsync `files` into a new private folder `<staging>/<pid>-<random>`; return it and
-    the files' sha256."""
+    the files' sha256. On any error (disk full, quota, Ctrl-C) the folder is removed before the
+    error propagates: the sweep never reclaims it while this (long-lived kernel) process lives."""
     stage = staging / f"{os.getpid()}-{secrets.token_hex(6)}"
     stage.mkdir(mode=0o700)
     checksums = {}
-    for fname, data in sorted(files.items()):
-        digest = hashlib.sha256()
-        with open(stage / fname, "xb") as f:
-            view = memoryview(data)
-            for i in range(0, len(view), 1 << 20):  # chunks: hashing and writing interleave
-                digest.update(view[i:i + (1 << 20)])
-                f.write(view[i:i + (1 << 20)])
-            f.flush()
-            os.fsync(f.fileno())
-        checksums[fname] = digest.hexdigest()
-    fsync_dir(stage)
+    try:
+        for fname, data in sorted(files.items()):
+            digest = hashlib.sha256()
+            with open(stage / fname, "xb") as f:
+                view = memoryview(data)
+                for i in range(0, len(view), 1 << 20):  # chunks: hashing and writing interleave
+                    digest.update(view[i:i + (1 << 20)])
+                    f.write(view[i:i + (1 << 20)])
+                f.flush()
+                os.fsync(f.fileno())
+            checksums[fname] = digest.hexdigest()
+        fsync_dir(stage)
+    except BaseException:
+        rmtree(stage)
+        raise
     return stage, checksums
 
 

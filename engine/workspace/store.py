@@ -38,7 +38,7 @@ from typing import Any, Iterator, Mapping
 from engine.atomic import atomic_write, file_lock, fsync_dir, pid_alive, sweep_temp_files
 from engine.workspace.uploads import Limits, WorkspaceError, check_name
 from engine.workspace.entries import KINDS, Entry, check_entry_files, group_uploads, read_import
-from engine.workspace.folders import combined, now, rmtree, stage_files
+from engine.workspace.folders import combined, move_out, now, rmtree, stage_files
 from engine.workspace.paths import check_entry_record, is_plain_file, nfc, read_file, real_dir, tree_has_links
 
 __all__ = ["Entry", "KINDS", "Limits", "Workspace", "WorkspaceError", "atomic_write", "default_root"]
@@ -253,6 +253,7 @@ class Workspace:
             if name not in index:
                 raise WorkspaceError(f"entry {name!r}: not in workspace {self.root}; nothing deleted")
             self._entry(name, index[name])    # refuse a bad index record before changing anything
+            real_dir(self.root, index[name]["path"].split("/")[0], create=False)   # nor a linked kind folder
             d = index.pop(name)
             self._write_index(index)          # unindex first: a crash leaves files, never a dangling entry
             self._remove_folder(d["path"])
@@ -295,7 +296,10 @@ class Workspace:
             raise WorkspaceError(f"entry {name!r}: parent {parent!r} is not in the workspace")
         if not overwrite and self.exists(name):
             raise WorkspaceError(f"entry {name!r}: already exists; pass overwrite=True or pick another name")
-        stage, checksums = stage_files(real_dir(self.root, STAGING), clean)
+        try:
+            stage, checksums = stage_files(real_dir(self.root, STAGING), clean)
+        except OSError as err:   # disk full, quota, permissions: a WorkspaceError like every refusal
+            raise WorkspaceError(f"entry {name!r}: cannot write its files in {self.root}: {err.strerror or err}") from None
         fields = dict(name=name, kind=kind, created=now(), source=source, method=method, parent=parent,
                       files=tuple(sorted(clean)), size=sum(len(b) for b in clean.values()),
                       sha256=combined(checksums), checksums=checksums, meta=dict(meta or {}))
@@ -373,6 +377,7 @@ class Workspace:
             src = d.pop("moving_from", None)
             changed |= src is not None
             if src and not self._inside(d["path"]).exists() and self._inside(src).exists():
+                real_dir(self.root, src.split("/")[0], create=False)   # never through a linked 'models/'
                 log.warning("finishing interrupted rename %s -> %s", src, d["path"])
                 os.rename(self._inside(src), self._inside(d["path"]))
         return changed
@@ -432,10 +437,9 @@ class Workspace:
         return rel
 
     def _remove_folder(self, rel: str) -> None:
-        folder = self._inside(rel)
-        if os.path.lexists(folder):
-            trash = real_dir(self.root, STAGING) / f"{os.getpid()}-trash-{secrets.token_hex(6)}"
-            os.rename(folder, trash)          # atomic; the slow rmtree happens out of sight
-            rmtree(trash)
+        self._inside(rel)
+        trash = move_out(self.root, rel, real_dir(self.root, STAGING).name)
+        if trash is not None:
+            rmtree(trash)                     # the slow part, out of sight
 
 

@@ -1,6 +1,7 @@
 """Copy the tutorial notebooks into a user's workspace on first use (never overwriting their edits)."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -8,6 +9,8 @@ from engine.atomic import atomic_write
 from engine.workspace.paths import real_dir
 from engine.workspace.store import Workspace
 from engine.workspace.uploads import WorkspaceError, check_name, check_size
+
+log = logging.getLogger(__name__)
 
 
 def ensure_tutorials(src_dir: str | os.PathLike, workspace: Workspace | None = None,
@@ -29,10 +32,16 @@ def ensure_tutorials(src_dir: str | os.PathLike, workspace: Workspace | None = N
         rel = f.relative_to(src)
         if any(part.startswith(".") for part in rel.parts) or not f.is_file():
             continue
-        target = dest_root / rel
-        if target.exists():
+        folder = dest_root
+        try:
+            for part in rel.parts[:-1]:   # each subfolder a real folder: never written through a link
+                folder = real_dir(folder, part)
+        except WorkspaceError as err:
+            log.warning("tutorial %s not copied: %s", rel, err)
             continue
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target = folder / rel.name
+        if os.path.lexists(target):       # the user's copy, or their own link: never replaced
+            continue
         check_size(str(f), f.stat().st_size, ws.limits.record, "tutorial file")
         copied.append(atomic_write(target, f.read_bytes(), mode=0o600))
     return copied
