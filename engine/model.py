@@ -300,8 +300,13 @@ def default_names(classes: int) -> list[str]:
 
 
 def read_names(path: str | Path) -> list[str]:
+    from engine.npzfile import open_regular   # a FIFO must not hang, /dev/zero must not fill memory
     try:
-        return [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        with open_regular(path) as f:
+            data = f.read((16 << 20) + 1)
+        if len(data) > 16 << 20:
+            raise EngineError(f"{path}: cannot read class names: more than 16 MiB; expected one name per line")
+        return [ln.strip() for ln in data.decode("utf-8").splitlines() if ln.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise EngineError(f"{path}: cannot read class names: {err}") from err
 

@@ -248,18 +248,27 @@ def read_npy(path: str | os.PathLike, label: str | None = None, *, error: type[E
     return buf.view(dtype).reshape(shape, order="F" if fortran else "C")
 
 
-def _open_regular(path: Path, reader: NpzReader) -> BinaryIO:
-    """Open `path` for reading if it is a regular file (a FIFO would block, /dev/zero never ends)."""
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """`path` opened for reading if it is a regular file: a FIFO would block forever and a device
+    (/dev/zero) never ends. Raises OSError (EINVAL: not a regular file)."""
+    import errno
     import stat
-    try:   # O_NONBLOCK: opening a FIFO without a writer must not hang; regular files ignore it
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)   # O_NONBLOCK: a FIFO must not hang
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_regular(path: Path, reader: NpzReader) -> BinaryIO:
+    try:
+        return open_regular(path)
     except OSError as err:
         raise reader.fail(f"cannot read {reader.what}: {err.strerror or err}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise reader.fail(f"cannot read {reader.what}: not a regular file")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
 
 
 def _read_header(f) -> tuple[tuple[int, ...], np.dtype, bool, int]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -31,12 +33,19 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from engine.darknet.detect import detect_outputs
     save_dir = save_folder(args.save) if args.save else None
     written: set[str] = set()      # names this run saved: two inputs photo.jpg get photo.jpg, photo-1.jpg
+    if save_dir is not None:       # never replace an input image (detect photos/a.jpg --save photos)
+        inputs = {_inode(image) for image in args.images} - {None}
+        written |= {p.name for p in save_dir.iterdir() if _inode(p) in inputs}
     model = load_model(args)
     forward = forward_for(model, args)
     result: dict[str, dict] = {}
     failed = 0
     for image in args.images:
         name = Path(image).name
+        if name in result:         # a/photo.jpg and b/photo.jpg: the second is keyed by its path as given
+            name, base, k = image, image, 1
+            while name in result:
+                name, k = f"{base}#{k}", k + 1
         try:
             pre = model.preprocess(image, args.resize)
             dets = detect_outputs(model, forward(pre.x), pre, args.thresh, args.nms)
@@ -74,6 +83,15 @@ def save_folder(path: str) -> Path:
     if not folder.is_dir():
         raise FileError(f"--save {folder}: exists and is not a folder")
     return folder
+
+
+def _inode(path) -> tuple[int, int] | None:
+    """(device, inode) of a regular file, else None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
 
 
 def save_drawn(image: str, dets, folder: Path, written: set[str]) -> Path:

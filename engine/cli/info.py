@@ -67,7 +67,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    output_path(args.output)
+    output_path(args.output, args)
     model = load_model(args)
     out = model.save(args.output)
     print(f"wrote {out} ({out.stat().st_size:,} bytes): {model!r}", file=sys.stderr)
@@ -75,7 +75,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    output_path(args.output)
+    output_path(args.output, args)
     model = load_model(args)
     forward = forward_for(model, args)
     if args.input is not None:

@@ -38,5 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:   # a file the OS refused (permissions, disk full): one line, no traceback
         print(f"error: {err.filename or ''}{': ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
         return 2
+    except MemoryError:      # a size/model this machine cannot hold: one line, no traceback
+        print(f"error: {args.command}: out of memory (a smaller --size, a smaller model or more RAM is needed)",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

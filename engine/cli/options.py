@@ -74,11 +74,27 @@ def positive_int(text: str) -> int:
     return v
 
 
-def output_path(path: str) -> Path:
+# the options whose files a command reads: -o must never name one of them (it would be replaced)
+_INPUT_OPTIONS = (("model", "MODEL"), ("weights", "--weights"), ("quantized", "--quantized"), ("image", "--image"),
+                  ("input", "--input"), ("names", "--names"), ("calib", "--calib"), ("val", "--val"))
+
+
+def output_path(path: str, args: argparse.Namespace | None = None) -> Path:
     """-o/--output checked before any work: its folder exists and it is a regular file or new
-    (a FIFO, device node or folder is refused). Raises FileError."""
+    (a FIFO, device node or folder is refused), and it is none of the command's input files
+    (`args`). Raises FileError."""
+    import os
     from engine.atomic import check_target
-    return check_target(path, "-o/--output")
+    from engine.errors import FileError
+    target = check_target(path, "-o/--output")
+    if args is not None and target.exists():
+        for attr, option in _INPUT_OPTIONS:
+            value = getattr(args, attr, None)
+            for item in (value if isinstance(value, list) else [value]):
+                if item is not None and Path(item).is_file() and os.path.samefile(target, item):
+                    raise FileError(f"-o/--output {target}: is the input {option} {item}; writing there would "
+                                    "destroy it (choose another output name)")
+    return target
 
 
 def load_model(args: argparse.Namespace):

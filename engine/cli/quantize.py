@@ -92,7 +92,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from engine.quant.profiles import get_profile
     from engine.quant.refine.pipeline import check as check_refine, needs_float_inputs, refine_after
     get_profile(args.profile)                       # an unknown profile fails before the calibration pass
-    output_path(args.output)                        # before the slow calibration, not after it
+    output_path(args.output, args)                  # before the slow calibration, not after it
     settings = method_settings(args.method, args.settings)
     if (args.target_map is None) != (args.val is None):
         raise EngineError("--target-map and --val go together: the search scores INT detections on --val")
@@ -174,6 +174,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     get_profile(args.profile)                       # an unknown profile fails before the calibration pass
     model = load_model(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise EngineError(f"--methods {args.methods!r}: expected comma-separated calibration methods, e.g. kl,minmax")
     from engine.calib import CALIBRATORS
     unknown = [m for m in methods if m not in CALIBRATORS]
     if unknown:

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from engine.errors import ImageError
+from engine.npzfile import open_regular
 
 MAX_PIXELS = 64_000_000  # ~8000x8000; bigger inputs are refused before decoding (decompression bombs)
 RESIZE_MODES = ("letterbox", "stretch")
@@ -40,7 +41,7 @@ def open_image(source: ImageLike, *, max_pixels: int = MAX_PIXELS, name: str | N
                          "a file path, encoded bytes, a PIL image or a uint8 (H, W, 3) / float32 (3, H, W) array")
     label = name or (str(source) if isinstance(source, (str, Path)) else "<image bytes>")
     try:
-        fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+        fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open_regular(source)
     except OSError as err:
         raise ImageError(f"{label}: cannot open image: {err.strerror or err}") from err
     with fp:

@@ -40,6 +40,8 @@ def draw_detections(image: ImageLike, detections: Sequence, width: int | None = 
         color = (colors or {}).get(d.class_id, PALETTE[d.class_id % len(PALETTE)])
         box = [max(0, d.x1 * scale), max(0, d.y1 * scale), min(im.width - 1, d.x2 * scale),
                min(im.height - 1, d.y2 * scale)]
+        if not (box[0] <= box[2] and box[1] <= box[3]):   # entirely outside the image (or NaN): nothing to draw
+            continue
         draw.rectangle(box, outline=color, width=width)
         label = labels[k] if labels is not None else f"{d.name} {d.score:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), label, font=font)

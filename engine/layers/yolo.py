@@ -67,16 +67,19 @@ class Yolo(Layer):
         anchors = tuple(sec.get_float_list("anchors", [0.5] * (2 * num)))
         if len(anchors) < 2 * num:
             raise sec.error(f"anchors= has {len(anchors)} values; num={num} needs {2 * num} (w,h pairs)", "anchors")
+        if min(anchors) < 0:
+            raise sec.error(f"anchors={sec.raw('anchors')[:60]}: anchor sizes must be >= 0 (pixels)", "anchors")
         bad = [m for m in mask if not 0 <= m < num]
         if bad:
             raise sec.error(f"mask={sec.raw('mask')}: index {bad[0]} is outside 0..{num - 1} (num={num})", "mask")
+        scale_x_y = sec.get_float("scale_x_y", 1.0, lo=0.0, hi=16.0)   # AB's cfgs use 1.0..2.0
         src, (c, h, w) = ctx.previous()
         if c != len(mask) * (5 + classes):
             raise sec.error(f"input has {c} channels; {len(mask)} anchors x (5 + {classes} classes) = "
                             f"{len(mask) * (5 + classes)} expected (check the previous conv's filters=)")
         return cls(index=ctx.index, inputs=(src,), in_shapes=((c, h, w),), out_shape=(c, h, w), line=sec.line,
                    source=sec.path, mask=mask, anchors=anchors, classes=classes, num=num,
-                   scale_x_y=sec.get_float("scale_x_y", 1.0), new_coords=sec.get_int("new_coords", 0, lo=0, hi=1),
+                   scale_x_y=scale_x_y, new_coords=sec.get_int("new_coords", 0, lo=0, hi=1),
                    nms_kind=sec.get_str("nms_kind", "default"), beta_nms=sec.get_float("beta_nms", 0.6))
 
     def forward_float(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
