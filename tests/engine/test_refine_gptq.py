@@ -21,23 +21,35 @@ from helpers import IMAGES
 PHOTOS = sorted(IMAGES.glob("*.jpg"))
 
 
-def obs_reference(w, s, h, damp, qmax=127):
+def obs_reference(w, s, h, damp, qmax=127, order=None):
+    """The textbook loop: columns in `order` (default: column order), each rounded, its error spread over
+    the columns F not yet rounded through inv(H[F, F]) inverted afresh at every step."""
     w = np.array(w, np.float64)
     h = np.array(h, np.float64)
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     h += damp * np.mean(np.diag(h)) * np.eye(h.shape[0])
     n, d = w.shape
+    order = list(range(d)) if order is None else [int(c) for c in order]
     q = np.zeros((n, d), np.int64)
     for i in range(d):
-        hinv = np.linalg.inv(h[i:, i:])
+        rest = order[i:]
+        hinv = np.linalg.inv(h[np.ix_(rest, rest)])
+        col = rest[0]
         for r in range(n):                               # row by row, plain Python arithmetic per weight
-            code = int(min(qmax, max(-qmax, round(w[r, i] / s[r]))))
-            q[r, i] = code
-            e = (w[r, i] - code * s[r]) / hinv[0, 0]
-            for c in range(1, d - i):
-                w[r, i + c] -= e * hinv[0, c]
+            code = int(min(qmax, max(-qmax, round(w[r, col] / s[r]))))
+            q[r, col] = code
+            e = (w[r, col] - code * s[r]) / hinv[0, 0]
+            for c in range(1, len(rest)):
+                w[r, rest[c]] -= e * hinv[0, c]
     return q
+
+
+def energy_order(h):
+    """GPTQ's act-order: decreasing diag(H), ties in column order (a dead column counts as energy 1)."""
+    diag = np.diag(h).copy()
+    diag[diag == 0] = 1.0
+    return sorted(range(diag.size), key=lambda c: (-diag[c], c))
 
 
 def _im2col(layer, x):
@@ -63,11 +75,15 @@ def test_gptq_round_equals_the_textbook_obs_loop_on_random_data():
     s = np.abs(w).max(axis=1) / 127
     h = x.T @ x
     h[:, 7] = h[7, :] = 0                                          # a column no input reaches
+    order = energy_order(h)
+    assert order != sorted(order)
     for block in (4, 128):
-        assert np.array_equal(gptq_round(w, s, h, 0.01, block=block), obs_reference(w, s, h, 0.01))
+        assert np.array_equal(gptq_round(w, s, h, 0.01, block=block, act_order=False), obs_reference(w, s, h, 0.01))
+        assert np.array_equal(gptq_round(w, s, h, 0.01, block=block), obs_reference(w, s, h, 0.01, order=order))
+    assert not np.array_equal(obs_reference(w, s, h, 0.01), obs_reference(w, s, h, 0.01, order=order))
     # a 7-bit (reduce_range) weight range on the same scales: codes saturate at 63 as the reference's do
     q63 = gptq_round(w, s, h, 0.01, qmax=63)
-    assert np.array_equal(q63, obs_reference(w, s, h, 0.01, qmax=63)) and np.abs(q63).max() == 63
+    assert np.array_equal(q63, obs_reference(w, s, h, 0.01, qmax=63, order=order)) and np.abs(q63).max() == 63
 
 
 def test_gptq_round_equals_the_reference_on_yolov3_tiny_layer_0(tiny, floats):
@@ -79,7 +95,8 @@ def test_gptq_round_equals_the_reference_on_yolov3_tiny_layer_0(tiny, floats):
     x = _im2col(layer, floats.inputs(-1)[0])
     assert rows == x.shape[0] and np.allclose(h, x.T @ x, rtol=1e-9)
     q = gptq_round(wf, s, h, 0.01, block=8)
-    assert np.array_equal(q, obs_reference(wf, s, h, 0.01))
+    assert np.array_equal(q, obs_reference(wf, s, h, 0.01, order=energy_order(h)))
+    assert np.array_equal(gptq_round(wf, s, h, 0.01, block=8, act_order=False), obs_reference(wf, s, h, 0.01))
     near = np.clip(np.rint(wf / s[:, None]), -127, 127)
     assert (q != near).mean() > 0.05                               # it really re-rounds, not a copy
 
