@@ -11,11 +11,12 @@ the caller's error class (a WeightsError subclass) naming the file and the membe
 """
 from __future__ import annotations
 
+import io
 import math
-import mmap
 import os
 import re
 import struct
+import weakref
 import zipfile
 import zlib
 from pathlib import Path
@@ -55,7 +56,7 @@ class NpzReader:
         self.error, self.what = error, what
         self._known = KNOWN[kind] if kind else None
         self._headers: dict[str, tuple[tuple[int, ...], np.dtype, bool, zipfile.ZipInfo]] = {}
-        self._on_disk, self._map = False, None
+        self._on_disk, self._source = False, None
         try:
             if isinstance(source, (bytes, bytearray, memoryview)):
                 import io
@@ -156,42 +157,19 @@ class NpzReader:
             raise self.fail(f"array {key!r} is damaged ({_reason(err)})") from None
         return buf.view(dtype).reshape(shape, order="F" if fortran else "C")
 
-    def read_mapped(self, key: str) -> np.ndarray:
-        """Array `key` as a read-only view of the file's pages when the member is stored uncompressed
-        (as np.savez writes) in a file on a POSIX system, else `read(key)`. Nothing is read until
-        used, and `release_pages()` hands touched pages back to the page cache: a FLOAT session never
-        touches its quantized model's int8 weights (62 MB for yolov3). The file is replaced, never
-        rewritten in place, by the engine's atomic writes, so the view stays what was checked."""
+    def deferred(self, key: str) -> "Deferred | np.ndarray":
+        """Array `key` to be read when first used (`Deferred.array()`), as the file was when it was opened.
+        The file stays open until then: a file replaced by rename (every engine write) still reads its old
+        contents, and one rewritten in place (cp, a notebook's upload, np.savez over it) is caught by the
+        member's CRC-32 and refused. Never a memory map of the file: a mapped file truncated by another
+        writer kills the process (SIGBUS) at the next access. Compressed members, and files given as bytes,
+        are read now. A FLOAT session never uses its quantized model's int8 weights (62 MB for yolov3)."""
         shape, dtype, fortran, info = self._header(key)
-        mm = self._mapping()
-        if mm is None or info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1:
+        if not self._on_disk or info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1:
             return self.read(key)
-        head = mm[info.header_offset:info.header_offset + 30]   # the member's local file header
-        if len(head) != 30 or head[:4] != b"PK\x03\x04":
-            return self.read(key)
-        name_len, extra_len = struct.unpack("<2H", head[26:30])
-        try:
-            with self._zf.open(info) as f:
-                npy_header = _read_header(f)[3]
-        except _ERRORS as err:
-            raise self.fail(f"array {key!r} is damaged ({_reason(err)})") from None
-        start, n = info.header_offset + 30 + name_len + extra_len + npy_header, math.prod(shape)
-        if start + n * dtype.itemsize > len(mm):
-            return self.read(key)
-        return np.frombuffer(mm, dtype, n, start).reshape(shape, order="F" if fortran else "C")
-
-    def _mapping(self) -> mmap.mmap | None:
-        if self._map is None and self._on_disk and os.name == "posix":
-            try:
-                self._map = mmap.mmap(self._zf.fp.fileno(), 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError, AttributeError):
-                self._on_disk = False
-        return self._map
-
-    def release_pages(self) -> None:
-        """Drop the mapped pages this process touched (they stay in the page cache, re-read on use)."""
-        if self._map is not None and hasattr(mmap, "MADV_DONTNEED"):
-            self._map.madvise(mmap.MADV_DONTNEED)
+        if self._source is None:
+            self._source = _Source(os.dup(self._zf.fp.fileno()))
+        return Deferred(self._source, self.label, self.error, key, shape, dtype, fortran, info)
 
     def text(self, key: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
         """A UTF-8 text member (stored as a uint8 vector)."""
@@ -214,6 +192,54 @@ class NpzReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Source:
+    """An open file descriptor shared by the Deferred arrays of one reader, closed with the last of them."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._close = weakref.finalize(self, os.close, fd)
+
+
+class Deferred:
+    """One stored .npz member, read on demand from an open descriptor (`NpzReader.deferred`)."""
+
+    def __init__(self, source: _Source, label: str, error: type[WeightsError], key: str, shape: tuple[int, ...],
+                 dtype: np.dtype, fortran: bool, info: zipfile.ZipInfo) -> None:
+        self.source, self.label, self.error, self.key = source, label, error, key
+        self.shape, self.dtype, self.fortran, self.info = shape, dtype, fortran, info
+
+    def _changed(self, why: str) -> WeightsError:
+        return self.error(f"{self.label}: array {self.key!r} changed on disk since the file was loaded ({why}; "
+                          "the file was rewritten in place rather than replaced): load the file again")
+
+    def array(self) -> np.ndarray:
+        """The member's array (read-only), checked against the CRC-32 and header the file had when loaded."""
+        fd, info = self.source.fd, self.info
+        head = os.pread(fd, 30, info.header_offset)        # the member's local file header
+        if len(head) != 30 or head[:4] != b"PK\x03\x04":
+            raise self._changed("its zip header is gone")
+        name_len, extra_len = struct.unpack("<2H", head[26:30])
+        start = info.header_offset + 30 + name_len + extra_len
+        buf = np.empty(info.file_size, np.uint8)
+        view, pos = memoryview(buf), 0
+        while pos < buf.size:
+            got = os.preadv(fd, [view[pos:pos + (1 << 22)]], start + pos)
+            if not got:
+                raise self._changed(f"it ends after {pos} of {buf.size} bytes")
+            pos += got
+        if zlib.crc32(view) & 0xFFFFFFFF != info.CRC:
+            raise self._changed("its CRC-32 differs")
+        try:
+            shape, dtype, fortran, offset = _read_header(io.BytesIO(view[:min(buf.size, _HEADER_MAX + 16)]))
+        except _ERRORS as err:
+            raise self._changed(f"its .npy header is unreadable: {_reason(err)}") from None
+        if (shape, dtype, fortran) != (self.shape, self.dtype, self.fortran):
+            raise self._changed(f"it declares {shape} {dtype} now")
+        out = buf[offset:].view(dtype).reshape(shape, order="F" if fortran else "C")
+        out.flags.writeable = False
+        return out
 
 
 def read_npy(path: str | os.PathLike, label: str | None = None, *, error: type[Exception] = WeightsError,
@@ -317,11 +343,8 @@ class ArrayDict(NpzReader):
             raise self.fail(f"array {key!r} holds {self.nbytes(key)} bytes, more than the {max_bytes} allowed")
         return np.asarray(self._arrays[key])
 
-    def read_mapped(self, key: str) -> np.ndarray:
+    def deferred(self, key: str) -> np.ndarray:
         return self.read(key)
-
-    def release_pages(self) -> None:
-        pass
 
     def close(self) -> None:
         pass
@@ -365,8 +388,8 @@ class SubReader:
     def read(self, key: str, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
         return self.reader.read(self.prefix + key, max_bytes)
 
-    def read_mapped(self, key: str) -> np.ndarray:
-        return self.reader.read_mapped(self.prefix + key)
+    def deferred(self, key: str):
+        return self.reader.deferred(self.prefix + key)
 
     def text(self, key: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
         return self.reader.text(self.prefix + key, max_bytes)

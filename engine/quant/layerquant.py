@@ -8,13 +8,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.npzfile import Deferred
 from engine.quant.intcache import kept
+
+
+class _ReadOnUse:
+    """A dataclass field that may hold a deferred read (engine.npzfile.Deferred, from a quantized model file):
+    read on first access and kept. No class-level default, so the field stays required."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            raise AttributeError(self.slot[1:])
+        value = obj.__dict__[self.slot]
+        if isinstance(value, Deferred):
+            value = obj.__dict__[self.slot] = value.array()
+        return value
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__[self.slot] = value
 
 
 @dataclass
 class LayerQuant:
     """Integer parameters of one conv / connected layer."""
-    w_q: np.ndarray          # int8, (n, C/g, k, k) or (out, in)
+    w_q: np.ndarray = _ReadOnUse()   # int8, (n, C/g, k, k) or (out, in); from a file: read on first use
     w_scale: np.ndarray      # float64 (n,) or (1,)
     b_q: np.ndarray          # int32 (n,), in the accumulator scale in_scale * w_scale
     in_scale: float          # scale of the input tensor the biases were quantized for

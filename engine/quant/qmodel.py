@@ -103,9 +103,7 @@ class QuantizedModel:
         (engine.npzfile). Raises WeightsError naming the file."""
         from engine.npzfile import NpzReader
         with NpzReader(path, str(path), what="quantized model", kind="quantized") as z:
-            qm = cls.from_arrays(z, str(path))
-            z.release_pages()    # the int8 weights stay on disk until a mode that runs them reads them
-            return qm
+            return cls.from_arrays(z, str(path))   # int8 weights: read when a mode that runs them uses them
 
     @classmethod
     def from_arrays(cls, z, label: str = "<arrays>") -> "QuantizedModel":
@@ -121,7 +119,7 @@ class QuantizedModel:
         if cfg_text is None:
             raise WeightsError(f"{label}: the embedded cfg is not UTF-8 text")
         check_layers(z, meta, cfg_text, label)
-        layers = {int(i): LayerQuant(z.read_mapped(f"layer{i}/w_q"), z[f"layer{i}/w_scale"], z[f"layer{i}/b_q"],
+        layers = {int(i): LayerQuant(z.deferred(f"layer{i}/w_q"), z[f"layer{i}/w_scale"], z[f"layer{i}/b_q"],
                                      float(s), meta["schemes"][i]) for i, s in meta["in_scales"].items()}
         arrays = read_calibration(z, label)
         try:

@@ -1,18 +1,21 @@
-"""Memory-saving forms keep the numbers: the quantized model's int8 weights mapped from the file
-(never read by a FLOAT session), and the Winograd weight transform done in channel blocks."""
+"""Memory-saving forms keep the numbers: the quantized model's int8 weights read from the file only when
+a mode that runs them uses them (never by a FLOAT session), and the Winograd weight transform done in
+channel blocks."""
 from __future__ import annotations
 
-import mmap
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
 import pytest
 
 from engine.kernels import winograd_gemm
-from engine.npzfile import NpzReader
+from engine.npzfile import Deferred, NpzReader
 from engine.quant.executor import Executor
 from engine.quant.qmodel import QuantizedModel, quantize_model
-from helpers import IMAGES
+from engine.session import Session
+from helpers import IMAGES, ROOT, TINY_CFG, TINY_WEIGHTS
 
 
 @pytest.fixture(scope="module")
@@ -20,25 +23,73 @@ def dog(tiny):
     return tiny.preprocess(IMAGES / "dog.jpg")
 
 
-def owner(a: np.ndarray):
-    while isinstance(a, np.ndarray):
-        a = a.base
-    return a.obj if isinstance(a, memoryview) else a
+def unread(qm) -> int:
+    return sum(isinstance(lq.__dict__["_w_q"], Deferred) for lq in qm.layers.values())
 
 
-def test_int8_weights_are_read_only_file_views_and_run_identically(tiny, tiny_stats, dog, tmp_path):
+def test_int8_weights_are_read_on_first_use_and_run_identically(tiny, tiny_stats, dog, tmp_path):
     qm = quantize_model(tiny, tiny_stats, "minmax", per_channel=True)
     path = qm.save(tmp_path / "tiny.q.npz")
     back = QuantizedModel.load(path)
+    assert unread(back) == len(back.layers) == 13
+    Session(tiny, back, "float", IMAGES / "dog.jpg").run()      # FLOAT never reads them
+    assert unread(back) == 13
+    twin = back.copy()                                            # copies share the layers, unread
+    assert unread(twin) == 13
     for i, lq in qm.layers.items():
         w = back.layers[i].w_q
         assert np.array_equal(w, lq.w_q) and w.dtype == np.int8 and w.shape == lq.w_q.shape
-        assert not w.flags.writeable          # a view of the file's pages: edits replace, never mutate
+        assert not w.flags.writeable          # shared by every use: edits replace, never mutate
         with pytest.raises(ValueError):
             w.reshape(-1)[0] = 1
-    assert all(isinstance(owner(back.layers[i].w_q), mmap.mmap) for i in back.layers)   # mapped, not copied
+    assert unread(back) == unread(twin) == 0 and twin.layers[0].w_q is back.layers[0].w_q
     for a, b in zip(Executor(tiny, qm, "int").forward(dog.x), Executor(tiny, back, "int").forward(dog.x)):
         assert np.array_equal(a, b)
+
+
+REWRITE = """
+import sys, numpy as np
+sys.path.insert(0, {root!r})
+import engine
+from engine.errors import WeightsError
+from engine.quant.executor import Executor
+from engine.quant.qmodel import QuantizedModel
+m = engine.load({cfg!r}, {weights!r})
+qm = QuantizedModel.load({path!r})
+x = m.preprocess({image!r}).x
+with open({path!r}, "r+b") as f:      # in place, as cp, np.savez or a notebook's upload write
+    {rewrite}
+try:
+    Executor(m, qm, "int").forward(x)
+    print("ran")
+except WeightsError as err:
+    print("refused:", err)
+"""
+
+
+@pytest.mark.parametrize("how", ["truncated", "other weights", "one byte"])
+def test_a_file_rewritten_in_place_is_refused_not_a_crash(tiny, tiny_stats, tmp_path, how):
+    """The weights used to be a memory map of the file: truncating it killed the kernel (SIGBUS) and a
+    rewrite changed already-checked int8 weights under the session. Now a read after the rewrite is
+    refused with a WeightsError naming the file (a subprocess: a SIGBUS must fail the test, not pytest)."""
+    qm = quantize_model(tiny, tiny_stats, "minmax", per_channel=True)
+    path = qm.save(tmp_path / "q.npz")
+    if how == "truncated":
+        rewrite = "f.truncate(0)"
+    elif how == "other weights":
+        other = quantize_model(tiny, tiny_stats, "kl", per_channel=True).save(tmp_path / "other.npz")
+        rewrite = f"f.truncate(0); f.write(open({str(other)!r}, 'rb').read())"
+    else:                                    # same size, one int8 weight of layer 0 flipped
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo("layer0/w_q.npy")
+        at = info.header_offset + 30 + len(info.filename) + len(info.extra) + 200
+        rewrite = f"f.seek({at}); b = f.read(1); f.seek({at}); f.write(bytes([b[0] ^ 1]))"
+    script = REWRITE.format(root=str(ROOT), cfg=str(TINY_CFG), weights=str(TINY_WEIGHTS), path=str(path),
+                            image=str(IMAGES / "dog.jpg"), rewrite=rewrite)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.returncode, res.stderr[-500:])
+    assert res.stdout.startswith("refused:"), res.stdout
+    assert "q.npz: array 'layer" in res.stdout and "changed on disk since the file was loaded" in res.stdout
 
 
 def test_a_compressed_file_is_read_in_full(tiny, tiny_stats, tmp_path):
@@ -49,11 +100,14 @@ def test_a_compressed_file_is_read_in_full(tiny, tiny_stats, tmp_path):
         for name in src.namelist():
             dst.writestr(name, src.read(name))
     back = QuantizedModel.load(packed)
+    assert unread(back) == 0                                     # nothing to read later: read now
     for i, lq in qm.layers.items():
         assert np.array_equal(back.layers[i].w_q, lq.w_q)
     with NpzReader(packed) as z:
-        w = z.read_mapped("layer0/w_q")
-        assert w.flags.writeable and not isinstance(owner(w), mmap.mmap)   # the fallback: read in full
+        assert isinstance(z.deferred("layer0/w_q"), np.ndarray)
+    with NpzReader(plain) as z:
+        d = z.deferred("layer0/w_q")
+    assert isinstance(d, Deferred) and np.array_equal(d.array(), qm.layers[0].w_q)   # after the reader closed
 
 
 @pytest.mark.parametrize("c,n", [(512, 1024), (64, 128), (3, 64), (37, 29)])
