@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from engine.cli.options import SIZE_HELP, layer_list, load_model, number, positive_int
+from engine.cli.options import SIZE_HELP, layer_list, load_model, load_quantized, number, positive_int
 from engine.cli.quantize import add_backend_arg
 
 
@@ -54,10 +54,9 @@ def add_worst_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_montecarlo(args: argparse.Namespace) -> int:
     from engine.calib.collect import image_list
-    from engine.quant.qmodel import QuantizedModel
     from engine.scale.montecarlo import run_montecarlo
     model = load_model(args)
-    qm = QuantizedModel.load(args.quantized)
+    qm = load_quantized(args, model)
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     res = run_montecarlo(model, qm, image_list(args.images, "evaluation"), n_variants=args.variants, modes=modes, seed=args.seed,
                          thresh=args.thresh, nms=args.nms, backend=args.backend)
@@ -67,10 +66,9 @@ def cmd_montecarlo(args: argparse.Namespace) -> int:
 
 def cmd_worst(args: argparse.Namespace) -> int:
     from engine.calib.collect import image_list
-    from engine.quant.qmodel import QuantizedModel
     from engine.quant.worst_images import rank_images
     model = load_model(args)
-    qm = QuantizedModel.load(args.quantized)
+    qm = load_quantized(args, model)
     fl = layer_list(args.float_layers, len(model.layers)) if args.float_layers else sorted(qm.float_layers)
     rows = rank_images(model, qm, args.mode, image_list(args.images, "evaluation"), float_layers=fl, resize=args.resize,
                        thresh=args.thresh, nms=args.nms, backend=args.backend)

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from engine.cli.options import SIZE_HELP, layer_list, load_model, number, positive_int
+from engine.cli.options import SIZE_HELP, layer_list, load_model, load_quantized, number, positive_int
 
 
 def add_explain_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,9 +36,8 @@ def add_explain_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from engine.quant.explain import Explainer, explain_report
-    from engine.quant.qmodel import QuantizedModel
     model = load_model(args)
-    qm = QuantizedModel.load(args.quantized)
+    qm = load_quantized(args, model)
     base = layer_list(args.float_layers, len(model.layers)) if args.float_layers else sorted(qm.float_layers)
     pre = model.preprocess(args.image, args.resize)
     ex = Explainer(model, qm, args.mode, pre, thresh=args.thresh, nms=args.nms, float_layers=base)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli.options import SIZE_HELP
+from engine.cli.options import SIZE_HELP, load_quantized
 
 FORMATS = ("onnx", "weights", "onnx-int8")
 
@@ -66,12 +66,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _export_int8(args: argparse.Namespace, model) -> int:
     from engine.errors import EngineError
     from engine.export.onnx_int8 import export_int8
-    from engine.quant.qmodel import QuantizedModel
     if not args.quantized:
         raise EngineError("--format onnx-int8 needs --quantized Q (a model quantized with --profile onnxruntime, avx2_u8s8 or ort_reduce_range)")
     if args.dynamic_batch:
         raise EngineError("--dynamic-batch: the onnx-int8 export has a batch of 1")
-    qm = QuantizedModel.load(args.quantized)
+    qm = load_quantized(args, model)
     signed = True if args.int8_weights else None
     out = export_int8(model, qm, args.output, heads=args.heads, opset=args.opset, all_outputs=args.all_outputs,
                       signed_weights=signed)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import math
 from pathlib import Path
 
@@ -107,6 +108,19 @@ def load_model(args: argparse.Namespace):
     return load(args.model, weights=weights, names=getattr(args, "names", None), size=getattr(args, "size", None))
 
 
+def load_quantized(args: argparse.Namespace, model):
+    """--quantized Q for `model`: refused if made for another cfg; a warning on stderr if it was made from
+    other float weights (the INT layers then run Q's int8 weights, the FLOAT ones and the reference MODEL's)."""
+    from engine.quant.qmodel import QuantizedModel, fingerprint
+    qm = QuantizedModel.load(args.quantized)
+    qm.check_matches(model)
+    if qm.fingerprint != fingerprint(model):
+        print(f"warning: {args.quantized} was quantized from other float weights than {args.model} "
+              f"(fingerprint {qm.fingerprint[:12]} vs {fingerprint(model)[:12]}): its int8 layers run its own "
+              "weights, the FLOAT layers and the FLOAT reference this model's", file=sys.stderr)
+    return qm
+
+
 def forward_for(model, args: argparse.Namespace):
     """The forward function for --mode (hybrid/int need --quantized)."""
     if args.mode == Mode.FLOAT:
@@ -116,6 +130,5 @@ def forward_for(model, args: argparse.Namespace):
     if not getattr(args, "quantized", None):
         raise EngineError(f"--mode {args.mode} needs --quantized QMODEL (make one with `python -m engine quantize`)")
     from engine.quant.executor import Executor
-    from engine.quant.qmodel import QuantizedModel
     float_layers = layer_list(args.float_layers, len(model.layers)) if getattr(args, "float_layers", None) else None
-    return Executor(model, QuantizedModel.load(args.quantized), args.mode, float_layers).forward
+    return Executor(model, load_quantized(args, model), args.mode, float_layers).forward

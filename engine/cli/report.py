@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from engine.cli.options import number, positive_int
+from engine.cli.options import load_quantized, number, positive_int
 from engine.quant.modes import MODES
 from engine.quant.report import size_speed_report
 
@@ -33,9 +33,8 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def cmd_report(args: argparse.Namespace) -> int:
     from engine.model import load
-    from engine.quant.qmodel import QuantizedModel
     model = load(args.model, weights=args.weights, size=args.size)
-    rep = size_speed_report(model, QuantizedModel.load(args.quantized), args.repeats, args.image)
+    rep = size_speed_report(model, load_quantized(args, model), args.repeats, args.image)
     fit = None
     if None not in (args.ram, args.flash, args.budget_ms):
         fit = rep.fits(int(args.ram * 2**20), int(args.flash * 2**20), args.budget_ms, args.mode)

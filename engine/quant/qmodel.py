@@ -44,6 +44,7 @@ class QuantizedModel:
     zero_points: dict[str, int] = field(default_factory=dict)      # asymmetric profiles: tensor id -> zp
     pre_scales: dict[str, float] = field(default_factory=dict)     # layer id -> pre-activation grid
     pre_zero_points: dict[str, int] = field(default_factory=dict)
+    source: str | None = field(default=None, compare=False, repr=False)   # the file it was loaded from
 
     def copy(self) -> "QuantizedModel":
         """Independent containers (layers, scales) sharing the arrays; edits replace, never mutate."""
@@ -103,7 +104,9 @@ class QuantizedModel:
         (engine.npzfile). Raises WeightsError naming the file."""
         from engine.npzfile import NpzReader
         with NpzReader(path, str(path), what="quantized model", kind="quantized") as z:
-            return cls.from_arrays(z, str(path))   # int8 weights: read when a mode that runs them uses them
+            qm = cls.from_arrays(z, str(path))     # int8 weights: read when a mode that runs them uses them
+        qm.source = str(path)                      # the file it came from (never written over by a record)
+        return qm
 
     @classmethod
     def from_arrays(cls, z, label: str = "<arrays>") -> "QuantizedModel":

@@ -298,6 +298,7 @@ class Session(LayerStepper):
 
     def save_record(self, path: str | Path) -> Path:
         from engine.session.records import save_record
+        path = self.editor.check_record_target(path)
         self.refresh()   # the record's statistics must be those of the model it stores
         return save_record(self, path)
 

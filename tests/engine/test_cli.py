@@ -154,3 +154,20 @@ def test_missing_image_folders_are_named_for_what_they_are(tmp_path):
         image_list(tmp_path / "nowhere", "evaluation")        # montecarlo, worst-images, the batch backends
     with pytest.raises(EngineError, match="validation needs at least one image"):
         image_list([], "validation")
+
+
+def test_a_quantized_model_of_other_weights_is_named_not_silently_used(tmp_path):
+    import engine
+    from engine.calib.collect import collect
+    from engine.quant.qmodel import quantize_model
+    other = engine.load(TINY_CFG, random_weights=3)          # same cfg, other float weights
+    x = other.preprocess(IMAGES / "dog.jpg").x
+    q = quantize_model(other, collect(other, [x], progress=False), "minmax").save(tmp_path / "other.q.npz")
+    res = run("detect", TINY_CFG, "--weights", TINY_WEIGHTS, IMAGES / "dog.jpg", "--mode", "int", "--quantized", q,
+              "--json")
+    assert "warning: " in res.stderr and "other.q.npz was quantized from other float weights" in res.stderr
+    json.loads(res.stdout)                                      # still runs: the user may mean it
+    own = quantize_model(engine.load(TINY_CFG, TINY_WEIGHTS), collect(other, [x], progress=False), "minmax")
+    res = run("detect", TINY_CFG, "--weights", TINY_WEIGHTS, IMAGES / "dog.jpg", "--mode", "int", "--quantized",
+              own.save(tmp_path / "own.q.npz"), "--json")
+    assert "warning" not in res.stderr

@@ -8,6 +8,7 @@ import engine
 from engine.session.edits import EditError
 from engine.errors import EngineError
 from engine.quant.executor import FLOAT, INT8, Executor
+from engine.quant.qmodel import QuantizedModel
 from engine.session import Session
 from helpers import CFG_DIR, IMAGES
 
@@ -489,3 +490,18 @@ def test_set_model_calls_a_loader_only_when_the_switch_is_allowed(tiny, tiny_q):
         s.set_model(loader)
     assert calls == []                       # a refused switch reads nothing
     assert s.set_model(loader, drop_edits=True) == 1 and calls == [1]
+
+
+def test_a_record_never_replaces_a_file_the_session_was_read_from(tiny, tiny_q, tmp_path):
+    model_file, q_file = tiny.save(tmp_path / "m.npz"), tiny_q.save(tmp_path / "q.npz")
+    m, qm = engine.load(model_file), QuantizedModel.load(q_file)
+    assert qm.source == str(q_file)
+    s = Session(m, qm, "int", IMAGES / "dog.jpg")
+    for target in (model_file, q_file, tmp_path / "." / "q.npz"):
+        before = target.read_bytes()
+        with pytest.raises(EngineError, match="models were read from"):
+            s.save_record(target)
+        assert target.read_bytes() == before
+    s.save_record(tmp_path / "run.npz")
+    s.save_record(tmp_path / "run.npz")               # an older record is replaced, as before
+    assert Session.open_record(tmp_path / "run.npz").mode == "int"
