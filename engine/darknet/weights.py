@@ -84,14 +84,24 @@ def split_params(flat: np.ndarray, layers: list[Layer], header: WeightsHeader, l
     return out
 
 
+PLAUSIBLE = 1e30   # |value| above which a parameter is damage, not training (one flipped exponent bit: 1e38)
+
+
 def check_finite(params: list[Params], layers: list[Layer], label: str) -> None:
     for layer, p in zip(layers, params):
         for name, arr in p.items():
-            bad = ~np.isfinite(arr)
+            with np.errstate(invalid="ignore"):
+                bad = ~(np.abs(arr) <= PLAUSIBLE)          # NaN compares False: caught too
             if bad.any():
+                flat = np.asarray(arr).reshape(-1)
                 first = int(np.flatnonzero(bad.reshape(-1))[0])
-                raise WeightsError(f"{label}: layer {layer.index} [{layer.kind}] {name} holds {int(bad.sum())} "
-                                   f"NaN/Inf values (first at flat index {first}); weights must be finite")
+                nonfinite = int((~np.isfinite(flat[bad.reshape(-1)])).sum())
+                huge = int(bad.sum()) - nonfinite
+                what = " and ".join(([f"{nonfinite} NaN/Inf values"] if nonfinite else []) +
+                                    ([f"{huge} values beyond +-{PLAUSIBLE:g}"] if huge else []))
+                raise WeightsError(f"{label}: layer {layer.index} [{layer.kind}] {name} holds {what} (first at flat "
+                                   f"index {first}: {flat[first]:g}); weights must be finite and within "
+                                   f"+-{PLAUSIBLE:g} (a damaged file?)")
         if "rolling_variance" in p and (p["rolling_variance"] < 0).any():
             raise WeightsError(f"{label}: layer {layer.index} [{layer.kind}] rolling_variance has negative values; "
                                "a variance must be >= 0")

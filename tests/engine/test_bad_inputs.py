@@ -25,7 +25,7 @@ from engine.errors import ArgumentError, CfgError, EngineError, ImageError, Unsu
 from engine.darknet.image import image_to_array, open_image
 from engine.workspace.uploads import WorkspaceError
 from engine.workspace import Workspace
-from helpers import ROOT, TINY_WEIGHTS
+from helpers import ROOT, TINY_CFG, TINY_WEIGHTS
 
 CORPUS = ROOT / "tests" / "corpus"
 CFGS = sorted((CORPUS / "cfg").glob("*.cfg"))
@@ -144,7 +144,7 @@ WEIGHTS_CASES = [
     ("w_old_header_with_20_bytes", header(0, 1) + b"\0" * 4 + VALID[20:], WeightsError, "1 extra floats"),
     ("w_header_bitflip_minor", header(0, 0) + VALID[16:], WeightsError, "1 extra floats"),
     ("w_nan_weight", poke(4 * 4 + 7, np.nan), WeightsError,
-     "layer 0 [convolutional] weights holds 1 NaN/Inf values (first at flat index 7)"),
+     "layer 0 [convolutional] weights holds 1 NaN/Inf values (first at flat index 7: nan)"),
     ("w_inf_bias", poke(124 + 10, np.inf), WeightsError, "layer 3 [connected] biases holds 1 NaN/Inf"),
     ("w_neg_inf_scale", poke(4, -np.inf), WeightsError, "layer 0 [convolutional] scales holds 1 NaN/Inf"),
     ("w_negative_variance", poke(4 + 8, -1.0), WeightsError, "rolling_variance has negative values"),
@@ -591,3 +591,15 @@ def test_session_int8_and_scale_edits_are_validated(case, corpus_q):
     after = s.qmodel.to_arrays()
     assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
     assert len(s.journal) == 0 and s.stale_from is None
+
+
+def test_a_flipped_exponent_bit_in_the_weights_is_refused_naming_the_layer(tmp_path):
+    # -0.45 -> 1e38: a single damaged bit used to load, and detect found nothing (exit 0)
+    raw = bytearray(TINY_WEIGHTS.read_bytes())
+    at = 20 + 4 * 16 * 4 + 4 * 10                       # header, layer 0's bn vectors, weight 10
+    raw[at + 3] ^= 0x40
+    bad = tmp_path / "flip.weights"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(WeightsError, match=r"flip.weights: layer 0 \[convolutional\] weights holds 1 values beyond "
+                                           r"\+-1e\+30 \(first at flat index 10: 1.05\d+e\+38\)"):
+        engine.load(TINY_CFG, bad)
