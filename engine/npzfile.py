@@ -242,6 +242,13 @@ class Deferred:
         return out
 
 
+def npz_bytes(arrays) -> bytes:
+    """`np.savez` of `arrays` into memory (uncompressed; loads without pickle), for a store that takes bytes."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
 def read_npy(path: str | os.PathLike, label: str | None = None, *, error: type[Exception] = WeightsError,
              what: str = ".npy tensor", max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
     """One untrusted .npy file, read as `NpzReader.read` reads a member: its header's shape x itemsize

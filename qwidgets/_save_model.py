@@ -8,11 +8,11 @@ parent is the model entry saved with it. Both carry the session's edit journal i
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError
+from engine.npzfile import npz_bytes
 
 
 def source_entry(workspace, source: str) -> str | None:
@@ -71,21 +71,22 @@ def save_to_workspace(session, workspace, name: str, *, quantized_only: bool = F
     parent = source_entry(workspace, source)
     meta: dict[str, Any] = {"edits": session.edits(), "source_model": source}
     saved = []
-    with tempfile.TemporaryDirectory(prefix="qw-save-") as tmp:
-        if not quantized_only:
-            p = session.save_model(Path(tmp) / f"{names[0]}.npz")
-            saved.append(workspace.save_bytes(names[0], "model", {p.name: p.read_bytes()}, source=source,
-                                              method="customize", parent=parent, meta=meta))
-            parent = names[0]
-        if session.qmodel is not None:
-            try:
-                q = session.save_quantized(Path(tmp) / f"{names[-1]}.npz")
-                saved.append(workspace.save_bytes(names[-1], "quantized", {q.name: q.read_bytes()}, source=source,
-                                                  method=f"customize:{session.qmodel.method}", parent=parent,
-                                                  meta={**meta, "quantized": session.qmodel.describe()}))
-            except BaseException:   # disk full, a name taken meanwhile, Ctrl-C: never keep half of the pair
-                for e in saved:
-                    with contextlib.suppress(Exception):
-                        workspace.delete(e.name, confirm=True)
-                raise
+    # the files' bytes in memory, not through a temporary folder: a kernel killed meanwhile left a
+    # model-sized 'qw-save-*' folder in $TMPDIR that nothing reclaimed
+    if not quantized_only:
+        data = npz_bytes(session.model.to_arrays())
+        saved.append(workspace.save_bytes(names[0], "model", {f"{names[0]}.npz": data}, source=source,
+                                          method="customize", parent=parent, meta=meta))
+        parent = names[0]
+    if session.qmodel is not None:
+        try:
+            data = npz_bytes(session.qmodel.to_arrays())
+            saved.append(workspace.save_bytes(names[-1], "quantized", {f"{names[-1]}.npz": data}, source=source,
+                                              method=f"customize:{session.qmodel.method}", parent=parent,
+                                              meta={**meta, "quantized": session.qmodel.describe()}))
+        except BaseException:   # disk full, a name taken meanwhile, Ctrl-C: never keep half of the pair
+            for e in saved:
+                with contextlib.suppress(Exception):
+                    workspace.delete(e.name, confirm=True)
+            raise
     return saved

@@ -84,6 +84,9 @@ def _checker(kind: str, ext: str, limits: Limits) -> Callable[[str, bytes], None
     return lambda label, data: check_text(label, data, text)  # .names .txt .csv .table ...
 
 
+METADATA_NAME = "qwidgets-entry.json"   # beside an entry's files in an export zip
+
+
 def check_entry_files(name: str, kind: str, files: Mapping[str, bytes], limits: Limits) -> dict[str, bytes]:
     """Validate file names, types, sizes, contents and the kind's required files.
 
@@ -94,6 +97,9 @@ def check_entry_files(name: str, kind: str, files: Mapping[str, bytes], limits: 
     clean: dict[str, bytes] = {}
     for raw, data in files.items():
         fname = check_name(raw, f"entry {name!r}: file name")
+        if fname.casefold() == METADATA_NAME:     # an export would hold two members of that name
+            raise WorkspaceError(f"entry {name!r}: file name {fname!r} is reserved for the entry's metadata in "
+                                 "exports; rename the file")
         if fname in clean:  # 'café' typed two ways would silently become one file
             raise WorkspaceError(f"entry {name!r}: file names {raw!r} and another one are the same name after "
                                  "Unicode NFC normalisation; rename one")

@@ -37,7 +37,7 @@ from typing import Any, Iterator, Mapping
 
 from engine.atomic import atomic_write, file_lock, fsync_dir, pid_alive, sweep_temp_files
 from engine.workspace.uploads import Limits, WorkspaceError, check_name
-from engine.workspace.entries import KINDS, Entry, check_entry_files, group_uploads, read_import
+from engine.workspace.entries import KINDS, METADATA_NAME, Entry, check_entry_files, group_uploads, read_import
 from engine.workspace.folders import combined, move_out, now, rmtree, stage_files
 from engine.workspace.paths import check_entry_record, is_plain_file, nfc, read_file, real_dir, tree_has_links
 
@@ -283,7 +283,7 @@ class Workspace:
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
             for f, data in files.items():
                 zf.writestr(f"{name}/{f}", data)
-            zf.writestr(f"{name}/qwidgets-entry.json", json.dumps(entry.to_dict(), indent=1))
+            zf.writestr(f"{name}/{METADATA_NAME}", json.dumps(entry.to_dict(), indent=1))
         return f"{name}.zip", buf.getvalue()
 
     # ----- internals -----------------------------------------------------------------------

@@ -563,3 +563,15 @@ def test_upload_with_clashing_entry_names_saves_nothing(ws):
     with pytest.raises(WorkspaceError, match="several files would become entry 'dog'"):
         ws.add_upload({"dog.jpg": (IMAGES / "dog.jpg").read_bytes(), "dog.png": png_bytes()})
     assert ws.list() == []
+
+
+def test_an_entry_file_cannot_take_the_exports_metadata_name(ws, tmp_path):
+    # it used to be stored, and its export zip then held two members 'notes/qwidgets-entry.json'
+    for name in ("qwidgets-entry.json", "QWidgets-Entry.JSON"):
+        with pytest.raises(WorkspaceError, match="reserved for the entry's metadata"):
+            ws.save_bytes("notes", "record", {name: b"{}", "a.txt": b"x"})
+    assert ws.list() == []
+    ws.save_bytes("notes", "record", {"entry.json": b"{}"})
+    with zipfile.ZipFile(ws.export("notes", tmp_path / "out")) as zf:
+        names = zf.namelist()
+    assert len(names) == len(set(names)) == 2
