@@ -13,6 +13,8 @@ file (and line / array / member), the layer, or the argument, and what was expec
       DownloadError (OSError)                                 a download failed or its checksum did not match
       EditsWouldBeLost                                        a switch would discard edits
       WorkspaceError (ValueError, in engine.workspace)        a refused workspace operation
+
+    EngineWarning (UserWarning)                               accepted, but probably not what was meant
 """
 from __future__ import annotations
 
@@ -63,6 +65,11 @@ class UnsupportedError(EngineError, NotImplementedError):
 
 class DownloadError(EngineError, OSError):
     """A model download failed or its checksum did not match."""
+
+
+class EngineWarning(UserWarning):
+    """Input the engine accepts but that is probably a mistake (a names file that does not match the
+    model's classes); `warnings.warn` with it, and the CLI prints it as one `warning:` line."""
 
 
 class EditsWouldBeLost(EngineError):

@@ -380,7 +380,7 @@ def load(path: str | Path, weights: str | Path | None = None, *, names: str | Pa
 
     `size`: run at another input size than the cfg's [net] width/height: 320, "320x256" (width x
     height) or (320, 256); the weights are the same (Darknet's `-width -height`).
-    Raises: CfgError / WeightsError naming the file and what was expected; ValueError for a bad size.
+    Raises: CfgError / WeightsError naming the file and what was expected; ArgumentError for a bad size.
     """
     if size is not None:
         from engine.darknet.cfg import parse_size
@@ -392,13 +392,15 @@ def load(path: str | Path, weights: str | Path | None = None, *, names: str | Pa
     if not (p.is_file() or p.is_dir()):   # opening a FIFO would block forever, /dev/zero never ends
         raise CfgError(f"{p}: cannot read cfg: not a regular file (a FIFO, socket or device); expected a "
                        ".cfg or an engine model file")
-    class_names = read_names(names) if isinstance(names, (str, Path)) else names
+    if isinstance(names, (str, Path)):      # a names file: read, then its count checked against the classes
+        from engine.darknet.detect import checked_names
+        return checked_names(load(p, weights, names=read_names(names), random_weights=random_weights), names)
     if is_model_file(p):
         if weights is not None:
             raise ValueError(f"{p} is an engine model file (it contains its weights); do not pass weights=")
         model = load_model_file(p)
-        if class_names is not None:
-            model.class_names = list(class_names)
+        if names is not None:
+            model.class_names = list(names)
         return model
     cfg = read_cfg(p)
     layers = build_layers(cfg)
@@ -406,13 +408,13 @@ def load(path: str | Path, weights: str | Path | None = None, *, names: str | Pa
         header, params = read_weights(weights, layers)
         source = str(weights)
     elif random_weights is not False:
-        model = Model(cfg, layers, random_params(layers, int(random_weights)), names=class_names,
+        model = Model(cfg, layers, random_params(layers, int(random_weights)), names=names,
                       source=f"random(seed={int(random_weights)})")
         normalise_random(model, seed=int(random_weights))
         return model
     else:
         raise ValueError(f"{p} is a cfg: pass weights= (a .weights file) or random_weights=SEED")
-    return Model(cfg, layers, params, header, names=class_names, source=source)
+    return Model(cfg, layers, params, header, names=names, source=source)
 
 
 def normalise_random(model: Model, seed: int = 0) -> None:

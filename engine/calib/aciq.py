@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.calib.base import CALIBRATORS, Calibrator
+from engine.calib.base import CALIBRATORS, Calibrator, int_setting
 from engine.calib.histogram import AbsHistogram
 
 LAPLACE_ALPHA = {2: 2.83, 3: 3.89, 4: 5.03, 5: 6.2, 6: 7.41, 7: 8.64, 8: 9.89}
@@ -20,10 +20,9 @@ class ACIQCalibrator(Calibrator):
     name = "aciq"
 
     def __init__(self, bits: int = 8, **settings) -> None:
-        if int(bits) not in LAPLACE_ALPHA:
-            raise ValueError(f"aciq bits={bits}: expected one of {sorted(LAPLACE_ALPHA)}")
-        super().__init__(**({"bits": int(bits)} if int(bits) != 8 else {}), **settings)
-        self.alpha = LAPLACE_ALPHA[int(bits)]
+        bits = int_setting("aciq", "bits", bits, min(LAPLACE_ALPHA), max(LAPLACE_ALPHA))
+        super().__init__(**({"bits": bits} if bits != 8 else {}), **settings)
+        self.alpha = LAPLACE_ALPHA[bits]
 
     def threshold(self, h: AbsHistogram) -> float:
         n = h.counts.sum()

@@ -12,9 +12,9 @@ lives in engine/quant/autoquant.py; this module only declares the method and its
 """
 from __future__ import annotations
 
-from engine.calib.base import CALIBRATORS, Calibrator
+from engine.calib.base import CALIBRATORS, Calibrator, int_setting
 from engine.calib.histogram import AbsHistogram
-from engine.errors import EngineError
+from engine.errors import ArgumentError, EngineError
 
 CANDIDATES = ("minmax", "percentile", "mse", "kl")
 
@@ -28,10 +28,11 @@ class AutoCalibrator(Calibrator):
         names = [c.strip() for c in str(candidates).split(",") if c.strip()]
         bad = [c for c in names if c not in CALIBRATORS or c == "auto"]
         if bad or not names:
-            raise ValueError(f"auto candidates {bad or names}: expected calibration methods other than auto")
+            raise ArgumentError(f"auto candidates {bad or names}: expected calibration methods other than auto")
+        probe_images = int_setting("auto", "probe_images", probe_images, 1, 1_000_000)
         super().__init__(**({"candidates": ",".join(names)} if names != list(CANDIDATES) else {}),
-                         **({"probe_images": int(probe_images)} if int(probe_images) != 2 else {}), **settings)
-        self.candidates, self.probe_images = names, max(1, int(probe_images))
+                         **({"probe_images": probe_images} if probe_images != 2 else {}), **settings)
+        self.candidates, self.probe_images = names, probe_images
 
     def threshold(self, h: AbsHistogram) -> float:
         raise EngineError("method 'auto' chooses per tensor by running the model: call "

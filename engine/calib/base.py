@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from typing import Any
 
 from engine.calib.histogram import AbsHistogram
@@ -46,6 +47,25 @@ class Calibrator:
     def describe(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in sorted(self.settings.items()))
         return f"{self.name}({args})" if args else self.name
+
+
+def int_setting(method: str, name: str, value: Any, lo: int, hi: int) -> int:
+    """Setting `name` of `method` as an integer in [lo, hi]. A bool (JSON true) or a fraction is refused,
+    not read as 1 or truncated: either would quietly calibrate with a value nobody asked for."""
+    ok = not isinstance(value, bool) and (isinstance(value, numbers.Integral) or (
+        isinstance(value, float) and value.is_integer()))
+    if not ok or not lo <= int(value) <= hi:
+        raise ArgumentError(f"{method} {name}={value!r}: expected an integer in [{lo}, {hi}]")
+    return int(value)
+
+
+def number_setting(method: str, name: str, value: Any, lo: float, hi: float) -> float:
+    """Setting `name` of `method` as a finite number in (lo, hi]; a bool or a string is refused (JSON
+    true would otherwise be read as 1)."""
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    if not ok or not lo < value <= hi:
+        raise ArgumentError(f"{method} {name}={value!r}: expected a number in ({lo:g}, {hi:g}]")
+    return float(value)
 
 
 def known_settings(cls: type[Calibrator]) -> list[str]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.calib.base import CALIBRATORS, Calibrator
-from engine.calib.histogram import AbsHistogram
+from engine.calib.base import CALIBRATORS, Calibrator, int_setting
+from engine.calib.histogram import NBINS, AbsHistogram
 
 LEVELS = 128
 # smoothing as MXNet / TVM / ONNX Runtime: EPS added to every empty bin of the *count* histograms, taken
@@ -163,8 +163,9 @@ class KLCalibrator(Calibrator):
     name = "kl"
 
     def __init__(self, stride: int = 1, **settings) -> None:
+        stride = int_setting("kl", "stride", stride, 1, NBINS)   # candidates every `stride` bins
         super().__init__(**({"stride": stride} if stride != 1 else {}), **settings)
-        self.stride = max(1, int(stride))
+        self.stride = stride
 
     def threshold(self, h: AbsHistogram) -> float:
         # scale() and quantize_model both ask for the threshold of the same histogram: remember the

@@ -12,7 +12,8 @@ import numpy as np
 
 from engine.calib.mse import expected_mse
 
-from engine.calib.base import CALIBRATORS, Calibrator
+from engine.calib.base import CALIBRATORS, Calibrator, int_setting
+from engine.errors import ArgumentError
 from engine.calib.histogram import AbsHistogram
 
 OCTAVES = 32
@@ -40,7 +41,8 @@ class Log2Calibrator(Calibrator):
 
     def __init__(self, bits: int = 8, rule: str = "mse", **settings) -> None:
         if rule not in ("mse", "window"):
-            raise ValueError(f"log2 rule={rule!r}: expected 'mse' or 'window'")
+            raise ArgumentError(f"log2 rule={rule!r}: expected 'mse' or 'window'")
+        bits = int_setting("log2", "bits", bits, 1, OCTAVES)     # a window of 1..32 octaves
         extra = {"bits": bits} if bits != 8 else {}
         super().__init__(**extra, **({"rule": rule} if rule != "mse" else {}), **settings)
         self.bits, self.rule = bits, rule

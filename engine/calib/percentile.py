@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.calib.base import CALIBRATORS, Calibrator
+from engine.calib.base import CALIBRATORS, Calibrator, number_setting
 from engine.calib.histogram import AbsHistogram
 
 
@@ -12,8 +12,7 @@ class PercentileCalibrator(Calibrator):
     name = "percentile"
 
     def __init__(self, percentile: float = 99.99, **settings) -> None:
-        if not 0 < percentile <= 100:
-            raise ValueError(f"percentile={percentile}: expected 0 < p <= 100")
+        percentile = number_setting("percentile", "percentile", percentile, 0, 100)
         super().__init__(percentile=percentile, **settings)
         self.percentile = percentile
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from engine.cli.options import SIZE_HELP, layer_list, load_model, load_quantized, number, positive_int
+from engine.cli.options import SIZE_HELP, layer_list, load_model, load_quantized, number, positive_int, seed
 from engine.cli.quantize import add_backend_arg
 
 
@@ -36,7 +36,7 @@ def add_montecarlo_parser(sub: argparse._SubParsersAction) -> None:
     _common(s)
     s.add_argument("--variants", type=positive_int, default=200, help="how many variants (default 200)")
     s.add_argument("--modes", default="int", help="comma-separated: hybrid and/or int (default int)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed, default=0, help="random seed of the variants, >= 0 (default 0)")
     add_backend_arg(s, "FLOAT and the quantized runs")
     s.set_defaults(func=cmd_montecarlo)
 

@@ -1,5 +1,5 @@
-"""`info` (a cfg's layer table or graph JSON), `convert` (cfg + weights -> model file), `dump` (every
-layer's output to an .npz)."""
+"""`info` (the layer table or graph JSON of a cfg or an engine model file), `convert` (cfg + weights ->
+model file), `dump` (every layer's output to an .npz)."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +17,7 @@ from engine.npzfile import read_npy
 def add_info_parser(sub: argparse._SubParsersAction) -> None:
     """Add `info`."""
     s = sub.add_parser("info", help="table of layers: index, type, inputs, output shape, params, MACs")
-    s.add_argument("cfg")
+    s.add_argument("cfg", metavar="MODEL", help="a .cfg or an engine model file (from `convert`)")
     s.add_argument("--size", help=SIZE_HELP)
     s.add_argument("--json", action="store_true", help="the graph as JSON")
     s.set_defaults(func=cmd_info)
@@ -46,7 +46,10 @@ def add_dump_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_info(args: argparse.Namespace) -> int:
     from engine.darknet.cfg import parse_size, read_cfg
     from engine.darknet.build import build_graph, build_layers
-    cfg = read_cfg(args.cfg)
+    from engine.model import is_model_file, load
+    # an engine model file embeds its cfg (read as text it fails as "not UTF-8"); loading it also
+    # checks its arrays, so `info` tells whether the file is usable
+    cfg = load(args.cfg).cfg if is_model_file(args.cfg) else read_cfg(args.cfg)
     if args.size:
         cfg = cfg.resized(*parse_size(args.size))
     layers = build_layers(cfg)

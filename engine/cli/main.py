@@ -5,7 +5,9 @@ subcommand family and dispatches; shared options live in engine/cli/options.py."
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+import warnings
 from typing import Sequence
 
 from engine.cli.batch import add_montecarlo_parser, add_worst_parser
@@ -15,7 +17,7 @@ from engine.cli.export import add_export_parser
 from engine.cli.info import add_convert_parser, add_dump_parser, add_info_parser
 from engine.cli.quantize import add_compare_parser, add_quantize_parser
 from engine.cli.report import add_report_parser
-from engine.errors import EngineError
+from engine.errors import EngineError, EngineWarning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +30,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, *, others):
+    """The engine's own warnings as one `warning:` line (no source line); the rest as before (`others`)."""
+    if issubclass(category, EngineWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        others(message, category, filename, lineno, file, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():          # restores the caller's showwarning (main is called in-process too)
+        warnings.showwarning = functools.partial(_show_warning, others=warnings.showwarning)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except (EngineError, ValueError, KeyError) as err:

@@ -75,6 +75,18 @@ def positive_int(text: str) -> int:
     return v
 
 
+def seed(text: str) -> int:
+    """An argparse `type=` for a random seed: an integer >= 0 (numpy's generators refuse a negative one
+    with a message that does not name the option)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a non-negative integer")
+    return v
+
+
 # the options whose files a command reads: -o must never name one of them (it would be replaced)
 _INPUT_OPTIONS = (("model", "MODEL"), ("weights", "--weights"), ("quantized", "--quantized"), ("image", "--image"),
                   ("input", "--input"), ("names", "--names"), ("calib", "--calib"), ("val", "--val"))

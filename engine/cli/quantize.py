@@ -164,6 +164,8 @@ def method_settings(method: str, text: str | None) -> dict:
     for k, v in settings.items():
         if not (isinstance(v, (bool, str)) or (isinstance(v, (int, float)) and math.isfinite(v))):
             raise EngineError(f"--settings: {k}={v!r}: expected a finite number, true/false or a string")
+    from engine.calib.base import make
+    make(method, **settings)        # a value out of range fails here, not after the calibration pass
     return settings
 
 

@@ -9,12 +9,13 @@ half-read (`size=3x` is an error here, 3 in Darknet).
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from engine.errors import CfgError
+from engine.errors import ArgumentError, CfgError
 
 # Darknet's short section names (parser.c:string_to_layer_type).
 ALIASES = {"conv": "convolutional", "max": "maxpool", "avg": "avgpool", "soft": "softmax",
@@ -196,21 +197,30 @@ def with_input_size(text: str, width: int, height: int) -> str:
 
 
 def parse_size(size: int | str | Sequence[int]) -> tuple[int, int]:
-    """416, "416", "320x256" (width x height) or (320, 256) -> (width, height). Raises ValueError."""
+    """416, "416", "320x256" (width x height) or (320, 256) -> (width, height). Raises ArgumentError."""
+    def whole(v) -> bool:   # True is an int to Python, and 3.5 would be truncated: neither is a size
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
     if isinstance(size, str):
         parts = size.lower().split("x")
         try:
             vals = [int(v) for v in parts]
         except ValueError:
-            raise ValueError(f"size {size!r}: expected N or WIDTHxHEIGHT, e.g. 416 or 320x256") from None
-    elif isinstance(size, int):
-        vals = [size]
+            raise ArgumentError(f"size {size!r}: expected N or WIDTHxHEIGHT, e.g. 416 or 320x256") from None
+    elif whole(size):
+        vals = [int(size)]
     else:
-        vals = [int(v) for v in size]
+        try:
+            vals = list(size)
+        except TypeError:
+            vals = None
+        if vals is None or not all(whole(v) for v in vals):
+            raise ArgumentError(f"size {size!r}: expected an int N, a (width, height) pair of ints or a "
+                                "'WIDTHxHEIGHT' string, e.g. 416, (320, 256) or '320x256'")
+        vals = [int(v) for v in vals]
     if len(vals) == 1:
         vals = vals * 2
     if len(vals) != 2 or not all(1 <= v <= 8192 for v in vals):
-        raise ValueError(f"size {size!r}: expected a width and height between 1 and 8192")
+        raise ArgumentError(f"size {size!r}: expected a width and height between 1 and 8192")
     return vals[0], vals[1]
 
 
@@ -231,6 +241,9 @@ def read_cfg(path: str | Path) -> Cfg:
                        "did you pass the .weights file instead?") from err
     if "\x00" in text:
         raise CfgError(f"{p}: contains NUL bytes; not a text cfg file")
+    # Notepad saves UTF-8 with a byte-order mark; Darknet would read '\ufeff[net]' as a bad line, but
+    # the file is plainly a cfg (and the mark is not kept: model files embed the text without it)
+    text = text.removeprefix("\ufeff")
     cfg = parse_cfg(text, p.name)
     cfg.file = str(p.resolve())
     return cfg

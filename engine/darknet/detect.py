@@ -144,6 +144,22 @@ def _decode(layer, y: np.ndarray, keep, net_w: int, net_h: int, thresh: float, p
     return decode_region(y, layer.num, layer.anchors, layer.classes, thresh)
 
 
+def checked_names(model, path):
+    """`model`, after an EngineWarning if its names file `path` holds another count than its classes:
+    the detections still run (a class without a name is labelled class_N, below), but a names file of
+    another model would label every box wrongly."""
+    import warnings
+    from engine.errors import EngineWarning
+    have, classes = len(model.class_names), model.num_classes
+    if have < classes:
+        warnings.warn(f"{path}: {have} class names for a model of {classes} classes; classes {have}..{classes - 1} "
+                      "are shown as class_N (expected one name per line, one per class)", EngineWarning, stacklevel=3)
+    elif have > classes:
+        warnings.warn(f"{path}: {have} class names for a model of {classes} classes; the last {have - classes} are "
+                      "never used (is it the names file of another model?)", EngineWarning, stacklevel=3)
+    return model
+
+
 def detect_outputs(model, outs: Sequence[np.ndarray], pre: Preprocessed, thresh: float = 0.25,
                    nms: float = 0.45) -> "Detections":
     """Detections (sorted by score, highest first) from a forward pass's outputs: a `Detections`

@@ -461,6 +461,15 @@ def test_forward_and_detect_arguments(case, tiny_model):
     expect_error(cls, fragment, getattr(tiny_model, method), *args, **kwargs)
 
 
+def test_load_refuses_sizes_that_are_not_whole_numbers():
+    # 3.5 used to raise a raw TypeError and True to build a 1x1 model
+    for size in (3.5, True, (320.0, 256), (32, False), object, "32x"):
+        expect_error(ArgumentError, f"size {size!r}: expected", engine.load, DETECTOR_CFG, random_weights=0, size=size)
+    assert engine.load(DETECTOR_CFG, random_weights=0, size=np.int64(32)).input_shape == (3, 32, 32)
+    assert engine.load(DETECTOR_CFG, random_weights=0, size=[32, 8]).input_shape == (3, 8, 32)
+    assert engine.load(DETECTOR_CFG, random_weights=0, size="32x8").input_shape == (3, 8, 32)
+
+
 def test_process_survives_the_whole_corpus():
     """Nothing above closed a file descriptor it did not open (open_image(5) used to close fd 5)."""
     r, w = os.pipe()

@@ -106,3 +106,15 @@ def test_read_cfg_rejects_binary_files(tmp_path):
         read_cfg(p)
     with pytest.raises(CfgError, match="no such file|cannot read"):
         read_cfg(tmp_path / "missing.cfg")
+
+
+def test_read_cfg_accepts_a_utf8_byte_order_mark(tmp_path):
+    # Notepad's "UTF-8" adds EF BB BF; it used to fail as "'\ufeff[net]': expected key=value"
+    from engine.darknet.cfg import read_cfg
+    from helpers import TINY_CFG
+    plain = TINY_CFG.read_text()
+    p = tmp_path / "notepad.cfg"
+    p.write_bytes(b"\xef\xbb\xbf" + plain.encode())
+    cfg = read_cfg(p)
+    assert cfg.text == plain and cfg.net.options == read_cfg(TINY_CFG).net.options
+    assert len(build_layers(cfg)) == 24

@@ -31,6 +31,13 @@ def test_info_lists_every_layer_with_shapes_params_and_macs():
     assert "8,858,734 params" in out[-1]
 
 
+def test_info_reads_an_engine_model_file_like_its_cfg(tmp_path, tiny):
+    # it used to read the zip as cfg text: "not a text cfg file ...; did you pass the .weights file instead?"
+    model_file = tiny.save(tmp_path / "tiny.npz")
+    assert run("info", model_file).stdout == run("info", TINY_CFG).stdout
+    assert run("info", model_file, "--size", "320").stdout == run("info", TINY_CFG, "--size", "320").stdout
+
+
 def test_convert_then_detect_json_contract(tmp_path):
     model_file = tmp_path / "tiny.npz"
     run("convert", TINY_CFG, TINY_WEIGHTS, "-o", model_file)
@@ -70,6 +77,8 @@ def test_dump_input_tensor_gives_every_layer(tmp_path):
     (("detect", TINY_CFG, IMAGES / "dog.jpg"), "pass its weights with --weights FILE"),
     (("detect", TINY_CFG, "--weights", TINY_CFG, IMAGES / "dog.jpg"), "looks like a text cfg"),
     (("dump", TINY_CFG, "--weights", TINY_WEIGHTS, "--input", TINY_CFG, "-o", "/tmp/x.npz"), "cannot read a .npy"),
+    (("montecarlo", TINY_CFG, "--weights", TINY_WEIGHTS, "--quantized", "q.npz", "--images", IMAGES, "--seed", "-1"),
+     "argument --seed: '-1': expected a non-negative integer"),
 ])
 def test_cli_errors_are_one_clear_line(args, fragment):
     res = run(*args, check=False)
@@ -171,3 +180,27 @@ def test_a_quantized_model_of_other_weights_is_named_not_silently_used(tmp_path)
     res = run("detect", TINY_CFG, "--weights", TINY_WEIGHTS, IMAGES / "dog.jpg", "--mode", "int", "--quantized",
               own.save(tmp_path / "own.q.npz"), "--json")
     assert "warning" not in res.stderr
+
+
+def test_names_file_of_another_class_count_is_warned_about(tmp_path):
+    import warnings
+    import engine
+    from engine.errors import EngineWarning
+    few, many = tmp_path / "few.names", tmp_path / "many.names"
+    few.write_text("dog\ncat\nbird\n")
+    many.write_text("\n".join(f"n{k}" for k in range(81)) + "\n")
+    # the CLI: one warning line, then the detections as before (the missing names as class_N)
+    res = run("detect", TINY_CFG, "--weights", TINY_WEIGHTS, IMAGES / "dog.jpg", "--names", few, "--json")
+    assert res.stderr == (f"warning: {few}: 3 class names for a model of 80 classes; classes 3..79 are shown as "
+                          "class_N (expected one name per line, one per class)\n"), res.stderr
+    names = {d["name"] for d in json.loads(res.stdout)["images"]["dog.jpg"]["detections"]}
+    assert names and all(n in ("dog", "cat", "bird") or n.startswith("class_") for n in names)
+    # the API: an EngineWarning naming the file and both counts; a matching file warns nothing
+    corpus = ROOT / "tests" / "corpus" / "detector.cfg"            # 1 class
+    with pytest.warns(EngineWarning, match=r"many.names: 81 class names for a model of 1 classes; the last 80"):
+        engine.load(corpus, random_weights=0, names=many)
+    one = tmp_path / "one.names"
+    one.write_text("thing\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert engine.load(corpus, random_weights=0, names=one).class_names == ["thing"]

@@ -127,6 +127,35 @@ def test_quant_cli_errors_are_one_clear_line(capsys, tmp_path, args, fragment):
     assert not (tmp_path / "q.npz").exists()
 
 
+@pytest.mark.parametrize("method, settings, fragment", [
+    ("log2", '{"rule": "window", "bits": 2.5}', "log2 bits=2.5: expected an integer in [1, 32]"),
+    ("log2", '{"rule": "window", "bits": 0}', "log2 bits=0: expected an integer in [1, 32]"),
+    ("kl", '{"stride": 0}', "kl stride=0: expected an integer in [1, 2048]"),
+    ("kl", '{"stride": -4}', "kl stride=-4: expected an integer in [1, 2048]"),
+    ("auto", '{"probe_images": -5}', "auto probe_images=-5: expected an integer in [1, 1000000]"),
+    ("percentile", '{"percentile": true}', "percentile percentile=True: expected a number in (0, 100]"),
+    ("aciq", '{"bits": 7.5}', "aciq bits=7.5: expected an integer in [2, 8]"),
+])
+def test_out_of_range_method_settings_are_refused_before_calibrating(capsys, tmp_path, method, settings, fragment):
+    from engine.calib import make
+    from engine.errors import ArgumentError
+    os.chdir(tmp_path)
+    rc, out, err = cli(capsys, "quantize", *MODEL, "--calib", DOG, "--method", method, "--settings", settings,
+                       "-o", "q.npz", "--quiet")
+    assert rc == 2 and out == "" and err == f"error: {fragment}\n", err
+    assert not (tmp_path / "q.npz").exists()
+    with pytest.raises(ArgumentError) as info:                     # the API call says the same
+        make(method, **json.loads(settings))
+    assert str(info.value) == fragment
+
+
+def test_in_range_method_settings_are_kept():
+    from engine.calib import make
+    assert make("kl", stride=4).stride == 4 and make("log2", rule="window", bits=3.0).bits == 3
+    assert make("auto", probe_images=1).probe_images == 1 and make("percentile", percentile=50).percentile == 50
+    assert make("aciq", bits=4).settings == {"bits": 4}
+
+
 def test_quantized_model_of_another_cfg_is_refused(capsys, qfile, tmp_path):
     other = QuantizedModel.load(qfile)
     # a consistent file for another cfg (same shapes, another activation): its own arrays check out on

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import re
 import shutil
 import threading
 
@@ -37,6 +38,15 @@ def test_zoo_model_knows_where_its_files_are_from_any_directory(dirs, monkeypatc
     assert model.cfg.path == "yolov3-tiny.cfg"              # errors still cite the short name
     src = source_of(model)
     assert Path(src.path).is_file() and Path(src.weights) == TINY_WEIGHTS
+
+
+def test_zoo_load_takes_a_size_and_refuses_a_bad_one(dirs, monkeypatch):
+    from engine.errors import ArgumentError
+    monkeypatch.setenv("QW_MODEL_DIR", str(TINY_WEIGHTS.parent))
+    assert zoo.load("yolov3-tiny", download=False, size=320).input_shape == (3, 320, 320)
+    for bad in (3.5, True):
+        with pytest.raises(ArgumentError, match=f"size {bad!r}: expected an int N, a \\(width, height\\) pair"):
+            zoo.load("yolov3-tiny", download=False, size=bad)
 
 
 def test_corrupt_local_copy_is_ignored(dirs, monkeypatch):
@@ -87,6 +97,17 @@ def test_every_source_failing_lists_each_reason(dirs, http_root, monkeypatch):
     with pytest.raises(DownloadError, match=r"sha256 .* does not match.*; .*404"):
         zoo.fetch("yolov3-tiny", progress=False)
     assert not (dirs / "cache" / "yolov3-tiny.weights").exists()
+
+
+def test_a_cache_folder_that_cannot_be_made_is_a_download_error(dirs, monkeypatch):
+    blocker = dirs / "a_file"
+    blocker.write_text("not a folder")
+    for cache in (blocker, blocker / "models"):                     # FileExistsError, NotADirectoryError
+        monkeypatch.setenv("QW_CACHE_DIR", str(cache))
+        with pytest.raises(DownloadError, match=f"cannot create the model cache folder {re.escape(str(cache))}: "
+                                                ".*QW_CACHE_DIR"):
+            zoo.fetch("yolov3-tiny", sources=[])
+    assert blocker.read_text() == "not a folder"
 
 
 def test_unknown_model_name():
