@@ -178,3 +178,31 @@ def dark_horse_case(tiny):
         dets = detect_outputs(tiny, FloatView(Executor(tiny, qm, "int").run(p.x)[0]), p, thresh, 0.45)
         return any(d.class_id == target.class_id and box_iou(target, d) >= 0.5 for d in dets)
     return found
+
+
+ONE_CONV_CFG = """[net]
+width=8
+height=8
+channels=3
+
+[convolutional]
+filters=4
+size=3
+stride=1
+pad=1
+activation=leaky
+"""
+
+
+def one_conv_session(tmp_path: Path, mode: str = "float"):
+    """A Session on an 8x8 one-conv model (random weights, cfg written to tmp_path/t.cfg) with its minmax
+    quantized model: for tests of saving and files, where the model's size does not matter."""
+    import engine
+    from engine.calib.collect import collect
+    from engine.quant.qmodel import quantize_model
+    from engine.session import Session
+    cfg = tmp_path / "t.cfg"
+    cfg.write_text(ONE_CONV_CFG)
+    m = engine.load(cfg, random_weights=0)
+    x = np.random.default_rng(0).random(m.input_shape, dtype=np.float32)
+    return Session(m, quantize_model(m, collect(m, [x], progress=False), "minmax"), mode, x)

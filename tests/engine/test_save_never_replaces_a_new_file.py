@@ -2,37 +2,18 @@
 another kernel or process created after the existence check (no silent lost update)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import engine
-from engine.calib.collect import collect
 from engine.errors import EngineError
 from engine.model import Model
-from engine.quant.qmodel import QuantizedModel, quantize_model
-from engine.session import Session
-
-CFG = """[net]
-width=8
-height=8
-channels=3
-
-[convolutional]
-filters=4
-size=3
-stride=1
-pad=1
-activation=leaky
-"""
+from engine.quant.qmodel import QuantizedModel
+from helpers import one_conv_session
 
 
 @pytest.fixture
 def session(tmp_path):
-    cfg = tmp_path / "t.cfg"
-    cfg.write_text(CFG)
-    m = engine.load(cfg, random_weights=0)
-    x = np.random.default_rng(0).random(m.input_shape, dtype=np.float32)
-    return Session(m, quantize_model(m, collect(m, [x], progress=False), "minmax"), "float", x)
+    return one_conv_session(tmp_path)
 
 
 @pytest.mark.parametrize("save, cls, method", [("save_model", Model, "to_arrays"),
