@@ -245,13 +245,6 @@ class Editor:
         files = [self.original.source, self.original.cfg.file, self.qmodel.source if self.qmodel is not None else None]
         return {Path(f).resolve() for f in files if f}
 
-    def check_record_target(self, path: str | Path) -> Path:
-        """`path` for a run record: replacing an older record is fine, replacing a model file it was made from is not."""
-        p = Path(path)
-        if p.resolve() in self.input_files():
-            raise EngineError(f"{p} is a file this session's models were read from: save the record under another name")
-        return p
-
     def check_target(self, path: str | Path, overwrite: bool) -> Path:
         """`path` if saving there keeps the original model's files and nothing else is overwritten unasked."""
         p = Path(path)

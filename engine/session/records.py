@@ -62,6 +62,16 @@ class RecordContents:
     image_png: bytes | None      # the original image, lossless
 
 
+def is_record(path: str | Path) -> bool:
+    """Whether `path` is a run record file (its format member says so); False for anything unreadable."""
+    from engine.npzfile import NpzReader
+    try:
+        with NpzReader(Path(path), str(path), error=RecordError, what="run record", kind="record") as z:
+            return "format" in z and _text_or_none(z, "format") == RECORD_FORMAT
+    except (OSError, EngineError):
+        return False
+
+
 def read_record(path: str | Path) -> RecordContents:
     """The contents of a run record, every value checked before use (see engine.npzfile for the
     member sizes). Raises RecordError (a WeightsError) naming the file for a truncated, empty,

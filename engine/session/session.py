@@ -297,8 +297,11 @@ class Session(LayerStepper):
         return sensitivity(self, progress=progress, cancel=cancel)
 
     def save_record(self, path: str | Path) -> Path:
-        from engine.session.records import save_record
-        path = self.editor.check_record_target(path)
+        from engine.session.records import is_record, save_record
+        # an older record is replaced (also the one this session was opened from); a model file it was read from never
+        if Path(path).resolve() in self.editor.input_files() and not is_record(path):
+            raise EngineError(f"{path} is a file this session's models were read from: save the record under "
+                              "another name")
         self.refresh()   # the record's statistics must be those of the model it stores
         return save_record(self, path)
 

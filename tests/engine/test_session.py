@@ -505,3 +505,13 @@ def test_a_record_never_replaces_a_file_the_session_was_read_from(tiny, tiny_q, 
     s.save_record(tmp_path / "run.npz")
     s.save_record(tmp_path / "run.npz")               # an older record is replaced, as before
     assert Session.open_record(tmp_path / "run.npz").mode == "int"
+
+
+def test_a_record_opened_from_a_file_saves_back_over_it(tiny, tiny_q, tmp_path):
+    s = Session(tiny, tiny_q, "int", IMAGES / "dog.jpg")
+    s.run_to(5)
+    rec = s.save_record(tmp_path / "run.npz")
+    back = Session.open_record(rec)
+    back.step()
+    back.save_record(rec)                               # its model's source is the record: still a record
+    assert Session.open_record(rec).position == 6
