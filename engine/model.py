@@ -20,7 +20,7 @@ from engine.darknet.image import ImageLike, Preprocessed, preprocess
 from engine.layers import Layer, Scratch
 from engine.layers.activations import activate
 from engine.layers.base import Params
-from engine.kernels.scratch import thread_scratch
+from engine.kernels.scratch import mine, thread_scratch
 from engine.kernels.threads import in_part
 from engine.darknet.weights import WeightsHeader, random_params, read_weights, split_params, write_weights
 
@@ -146,9 +146,8 @@ class Model:
         return x
 
     def work_buffers(self) -> Scratch:
-        """The model's work buffers, or inside a part of a parallel job (whole images on the kernel
-        threads, e.g. engine.scale.compare) this thread's own, so that two images never share one."""
-        return thread_scratch() if in_part() else self.scratch
+        """The model's buffers; this thread's own in a part of a parallel job or another thread (`mine`)."""
+        return thread_scratch() if in_part() else mine(self.scratch)
 
     def run_layer(self, index: int, xs: list[np.ndarray]) -> np.ndarray:
         """Run one layer in float on its inputs; the result is marked read-only."""
@@ -234,7 +233,8 @@ class Model:
         for i in range(last + 1):
             self.prepared(i)                  # prepared once, before the threads share them
         outs = [np.empty((n,) + tuple(self.layers[i].out_shape), np.float32) for i in range(last + 1)]
-        scratches = self.__dict__.setdefault("_part_scratch", {0: self.scratch})  # kept: no page faults per call
+        scratches = (self.__dict__.setdefault("_part_scratch", {0: self.scratch})  # kept: no page faults per call
+                     if mine(self.scratch) is self.scratch else {0: thread_scratch()})  # another thread's: its own
         nested = in_part()                    # a batch inside a part of another job: its images run here, inline
 
         def image(part: int, k: int) -> None:

@@ -57,21 +57,25 @@ class NpzReader:
         self._known = KNOWN[kind] if kind else None
         self._headers: dict[str, tuple[tuple[int, ...], np.dtype, bool, zipfile.ZipInfo]] = {}
         self._on_disk, self._source = False, None
+        self._fp: BinaryIO | None = None     # the file we opened: ZipFile never closes a file object it is given
         try:
             if isinstance(source, (bytes, bytearray, memoryview)):
                 import io
                 self._zf = zipfile.ZipFile(io.BytesIO(bytes(source)))
             else:
-                self._zf = zipfile.ZipFile(_open_regular(Path(source), self))
+                self._fp = _open_regular(Path(source), self)
+                self._zf = zipfile.ZipFile(self._fp)
                 self._on_disk = True
         except _ERRORS as err:
+            if self._fp is not None:
+                self._fp.close()
             if isinstance(err, WeightsError):
                 raise
             raise self.fail(f"cannot read {what}: {_reason(err)}") from None
         try:
             self._scan()
         except BaseException:
-            self._zf.close()
+            self.close()
             raise
 
     def fail(self, message: str) -> WeightsError:
@@ -186,6 +190,8 @@ class NpzReader:
 
     def close(self) -> None:
         self._zf.close()
+        if self._fp is not None:
+            self._fp.close()
 
     def __enter__(self) -> "NpzReader":
         return self

@@ -112,11 +112,16 @@ class LongTask(widgets.HBox):
         if self.thread is not None:
             self.thread.join(timeout)
 
-    def failure(self, result: Any, what: str) -> str | None:
+    def failure(self, result: Any, what: str, view: Any = None) -> str | None:
         """The status line for a run that did not produce `result` (its error, or "<what> cancelled"),
-        or None when it did: every view's `on_done` starts with this."""
+        or None when it did: every view's `on_done` starts with this. The error is reported as a click
+        handler's would be (`qwidgets._errors.report`): an unexpected one is named by its class, logged
+        with its traceback and kept in `view.error_details`."""
         if self.error is not None:
-            return f"error: {self.error}"
+            from qwidgets._errors import error_message, report
+            if view is not None and isinstance(self.error, Exception):
+                report(view, self.error, f"{type(view).__name__}.{what}")
+            return error_message(self.error)
         if result is None:
             return f"{what} cancelled"
         return None

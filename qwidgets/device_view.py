@@ -88,7 +88,7 @@ class DeviceView(widgets.VBox):
 
     def _done(self, table) -> None:
         self.run_button.disabled = False
-        failure = self.task.failure(table, "device comparison")
+        failure = self.task.failure(table, "device comparison", self)
         if failure is not None:
             self.status = failure
             return

@@ -53,6 +53,7 @@ class ExplainView(widgets.VBox):
 
     def __init__(self, session, background: bool = True, **kwargs) -> None:
         self._session = session
+        self._explained: tuple | None = None         # the session state the explanations describe (`_state`)
         self.explanations: list[Explanation] = []
         self.extra: list = []
         self.explain_button = widgets.Button(description="Explain lost / shifted", icon="search",
@@ -80,23 +81,46 @@ class ExplainView(widgets.VBox):
         args = (s.model, s.qmodel, s.mode, s.pre)
         opts: dict[str, Any] = {"thresh": s.thresh, "nms": s.nms, "float_layers": sorted(s.float_layers)}
         self.explain_button.disabled = True
+        state = self._state()
 
         def work(tick):
             return Explainer(*args, **opts).explain_all(tick)
-        self.task.start(work, self._done, what="explaining")
+        self.task.start(work, lambda result: self._done(result, state), what="explaining")
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until Explain finished (a script clicking the button calls this)."""
         self.task.wait(timeout)
 
-    def _done(self, result) -> None:
+    def _state(self) -> tuple:
+        """What an explanation depends on: (objects compared by identity: the input, the quantized model, the
+        applied edits), (values: mode, FLOAT layers, float-weights version)."""
+        s = self._session
+        return (s.pre, s.qmodel, *s.journal.done), (str(s.mode), tuple(sorted(s.float_layers)), s.model_version)
+
+    def current(self) -> bool:
+        """The shown explanations describe the session as it is now."""
+        if self._explained is None:
+            return False
+        (objs, values), (objs0, values0) = self._state(), self._explained
+        return values == values0 and len(objs) == len(objs0) and all(a is b for a, b in zip(objs, objs0))
+
+    def sync(self) -> None:
+        """After the session changed (another image, mode, quantized model, FLOAT layers or an edit): the
+        explanations describe an earlier run, so their fix can no longer be kept and the graph loses their
+        colours (the table stays, marked as earlier)."""
+        if self.explanations and not self.current():
+            self.recoveries, self.apply_button.disabled = {}, True
+            self.apply_button.description = "Explain again (the session changed)"
+
+    def _done(self, result, state: tuple | None = None) -> None:
         self.explain_button.disabled = False
-        failure = self.task.failure(result, "explain")
+        failure = self.task.failure(result, "explain", self)
         if failure is not None:
             self.status = failure
             return
+        self._explained = self._state() if state is None else state
         self.explanations, self.extra = result
-        run = self._session.mode.upper()
+        run = self._explained[1][0].upper()          # the mode explained (it may have changed meanwhile)
         self.table.value = explain_table_html(self.explanations, self.extra, run)
         options = [(f"{k + 1} {e.match.det.name} {e.match.det.score:.2f} ({e.match.status})", k)
                    for k, e in enumerate(self.explanations) if e.match.status != "matched"]
@@ -127,9 +151,15 @@ class ExplainView(widgets.VBox):
         self.apply_button.disabled = not e.fix
         self.apply_button.description = (f"Keep {', '.join(map(str, e.fix))} FLOAT and re-run" if e.fix
                                           else "no fix found")
+        self.sync()
 
     @shows_errors
     def _on_apply_click(self, _button) -> None:
+        if not self.explanations or self.pick.value is None:
+            raise ValueError("click Explain first, then pick a lost or shifted detection")
+        if not self.current():
+            raise ValueError("the explanation is of an earlier run (another image, mode, quantized model, FLOAT "
+                             "layers or weights): click Explain again")
         e = self.explanations[self.pick.value]
         s = self._session
         layers = sorted(set(s.float_layers) | set(e.fix))
@@ -140,6 +170,7 @@ class ExplainView(widgets.VBox):
                        f"{len(dets)} detections")
 
     def model_changed(self) -> None:
+        self._explained = None
         self.explanations, self.extra = [], []
         self.table.value, self.pick.options = "", []
         self._show(None)

@@ -230,6 +230,7 @@ class Explorer(widgets.VBox):
                 self.controls.cross_result = None
                 self.controls.continue_result = None
         self.update_views(follow=bool(events & {"step", "reset"}))
+        self.explain_view.sync()                 # its fix and colours describe the run it explained
         if from_code:
             self.status = (f"session opened another model from code: {opened_text(s)}" if new_model
                            else self._from_code_text(events))

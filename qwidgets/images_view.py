@@ -84,20 +84,21 @@ class WorstImagesView(widgets.VBox):
         opts = {"float_layers": sorted(s.float_layers), "resize": s.resize, "thresh": s.thresh, "nms": s.nms,
                 "backend": self.backend.value}
         self.rank_button.disabled = True
-        self._items = items
-        self.task.start(lambda tick: rank_images(*args, items, on_progress=tick, **opts), self._done,
-                        what=f"ranking {len(items)} images")
+        # the list the rows index: replaced only with the rows (`_done`), so a row of the table still
+        # shown (a ranking that fails, or one that runs) opens its own image
+        self.task.start(lambda tick: rank_images(*args, items, on_progress=tick, **opts),
+                        lambda rows: self._done(rows, items), what=f"ranking {len(items)} images")
 
     def wait(self, timeout: float | None = None) -> None:
         self.task.wait(timeout)
 
-    def _done(self, rows) -> None:
+    def _done(self, rows, items: list) -> None:
         self.rank_button.disabled = False
-        failure = self.task.failure(rows, "ranking")
+        failure = self.task.failure(rows, "ranking", self)
         if failure is not None:
             self.status = failure
             return
-        self.rows = rows
+        self.rows, self._items = rows, items
         self.table.value = ranking_html(rows)
         self.chart.value = bar_chart_png([r.name[:14] for r in rows[:12]], [r.map50 for r in rows[:12]],
                                          "images, worst first", "mAP@0.5 vs FLOAT (1 = same detections)",

@@ -107,7 +107,7 @@ class MixedPrecisionView(widgets.VBox):
 
     def _done(self, result) -> None:
         self.search_button.disabled = False
-        failure = self.task.failure(result, "mixed-precision search")
+        failure = self.task.failure(result, "mixed-precision search", self)
         if failure is not None:
             self.status = failure
             return

@@ -247,10 +247,12 @@ class QuantizationView(widgets.VBox):
                         report(self, e, f"QuantizationView.{what}")
 
         def body() -> None:
+            # not `holding` the session here: that would hold its events for the whole run, and the
+            # Explorer would stop following Steps and cells until the work is done (the work itself
+            # moves no session state)
             result, error = None, None
             try:
-                with holding(self._session):
-                    result = work()
+                result = work()
             except Exception as err:        # noqa: BLE001 - handed to finish (the widget boundary)
                 error = err
             finish_on(loop, finish, result, error)

@@ -152,6 +152,17 @@ class WeightEditor(widgets.VBox):
         else:
             self.refresh()
 
+    @traitlets.validate("filter", "channel")
+    def _valid_kernel(self, proposal) -> int:
+        """A filter / channel of the shown weights: -1 read the last one while the slider showed 0, an index
+        past the end raised IndexError out of the trait's observer and left the trait out of range."""
+        name, value = proposal.trait.name, proposal.value
+        size = None if self._w is None else self._w.shape[0 if name == "filter" else 1]
+        if value < 0 or (size is not None and value >= size):
+            have = f"; layer {self.layer} has {name}s 0..{size - 1}" if size is not None else ""
+            raise traitlets.TraitError(f"{name}={value}: no such {name}{have}")
+        return value
+
     @traitlets.observe("layer")
     def _on_layer_change(self, _change) -> None:
         self.refresh()

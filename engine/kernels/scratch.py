@@ -26,6 +26,7 @@ class Scratch:
 
     def __init__(self) -> None:
         self._bufs: dict[str, np.ndarray] = {}
+        self.owner = threading.get_ident()       # the thread that made it: the one that may use it (`mine`)
 
     def get(self, name: str, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
         n = math.prod(shape)          # not np.prod: ~5 us per call, and kernels call this per band
@@ -55,6 +56,12 @@ def derived(kind: str, arrays: tuple[np.ndarray, ...], make: Callable[[], Any]) 
     refs = tuple(weakref.ref(a, lambda _r, key=key: _derived.pop(key, None)) for a in arrays)
     _derived[key] = (refs, value)
     return value
+
+
+def mine(scratch: Scratch) -> Scratch:
+    """`scratch` in the thread that made it, else this thread's own (`thread_scratch`): a model's buffers
+    are never shared by two threads (a view's background worker beside the kernel's main thread)."""
+    return scratch if getattr(scratch, "owner", None) == threading.get_ident() else thread_scratch()
 
 
 def thread_scratch() -> Scratch:

@@ -34,6 +34,7 @@ SWITCH_INTERVAL = 0.0005
 _threads = 1             # threads for parallel_for/parallel_items: set by own_threads()
 _local = threading.local()  # .busy: this thread already runs a part of a parallel job
 _numpy_blas: list | None = None
+_turn = threading.RLock()  # one Python thread's kernels at a time (own_threads)
 
 
 def _blas_libs(numpy_only: bool = False) -> list:
@@ -54,6 +55,17 @@ def _kernel_blas() -> list:
     if _numpy_blas is None:
         _numpy_blas = _blas_libs(numpy_only=True)
     return _numpy_blas
+
+
+def _set_kernel_blas(libs: list, n: int) -> None:
+    """Set BLAS threads from whichever Python thread runs the kernels. threadpoolctl lets only one
+    "controlling" thread change OpenBLAS's pthreads pool and silently ignores the others, so a view's
+    background worker left BLAS at 2 threads inside its kernels: oversubscribed, and GEMMs split by
+    OpenBLAS, whose sums differ in the last bits from the main thread's (8.6e-5 on yolov3-tiny's layer
+    0). Inside `own_threads` the Python threads take turns (`_turn`), so there is no fight to prevent:
+    the library's own setter is called (threadpoolctl's `_real_set_num_threads` where it has one)."""
+    for lib in libs:
+        getattr(lib, "_real_set_num_threads", lib.set_num_threads)(n)
 
 
 def blas_threads() -> int:
@@ -89,19 +101,32 @@ class own_threads:
     """Context: BLAS single-threaded, kernels on their own threads (as many as BLAS had), and the GIL
     switch interval at most SWITCH_INTERVAL meanwhile (restored after).
 
-    Not reentrant across Python threads: run one forward at a time per process.
+    Python threads take turns: a second thread's kernel (a view's background worker beside the kernel's
+    main thread) waits until the first one's is done, so it never runs with the BLAS and thread settings
+    the first one restores halfway (its sums would change in the last bits). Parts of a job (helpers)
+    run under their caller's turn.
     """
 
     def __enter__(self) -> None:
-        global _threads
         self.restore = 0
+        self.turn = not getattr(_local, "busy", False)
+        if self.turn:
+            _turn.acquire()
+        try:
+            self._setup()
+        except BaseException:
+            if self.turn:
+                _turn.release()
+            raise
+
+    def _setup(self) -> None:
+        global _threads
         if _threads == 1 and not getattr(_local, "busy", False):
             libs = _kernel_blas()
             n = libs[0].get_num_threads() if libs else 1
             if n > 1:
                 self.restore = n
-                for lib in libs:
-                    lib.set_num_threads(1)
+                _set_kernel_blas(libs, 1)
                 _threads = n
                 self.switch = sys.getswitchinterval()
                 sys.setswitchinterval(min(self.switch, SWITCH_INTERVAL))
@@ -110,9 +135,10 @@ class own_threads:
         global _threads
         if self.restore:
             _threads = 1
-            for lib in _kernel_blas():
-                lib.set_num_threads(self.restore)
+            _set_kernel_blas(_kernel_blas(), self.restore)
             sys.setswitchinterval(self.switch)
+        if self.turn:
+            _turn.release()
 
 
 def in_part() -> bool:

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from engine.kernels.threads import own_threads
 from engine.layers.activations import activate, activation_key
 from engine.layers.base import LAYERS, BuildContext, Layer, Params, Scratch
 from engine.layers.convolutional import fold_batchnorm
@@ -62,7 +63,11 @@ class Connected(Layer):
         return FusedDense(*self.fused(params))
 
     def linear_float(self, x: np.ndarray, prep: FusedDense, scratch: Scratch) -> np.ndarray:
-        return (prep.w @ x.reshape(-1) + prep.b).astype(np.float32).reshape(self.output, 1, 1)
+        # BLAS single-threaded (own_threads): a threaded OpenBLAS GEMV sums some rows in another order
+        # (1470 outputs: 5 differ), so a forward on 2 threads differed from 1 thread and from a batch's image
+        with own_threads():
+            y = prep.w @ x.reshape(-1)
+        return (y + prep.b).astype(np.float32).reshape(self.output, 1, 1)
 
     def forward_float(self, xs: list[np.ndarray], prep: FusedDense, scratch: Scratch) -> np.ndarray:
         return activate(self.linear_float(xs[0], prep, scratch), self.activation)

@@ -35,11 +35,13 @@ def sqnr_db(ref: np.ndarray, y: np.ndarray) -> float:
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    from engine.kernels.threads import own_threads
     a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    na, nb = float(np.linalg.norm(a64)), float(np.linalg.norm(b64))
+    with own_threads():       # single-threaded BLAS dots: the same bits on any thread count (1e-13 otherwise)
+        na, nb, ab = float(np.dot(a64, a64)) ** 0.5, float(np.dot(b64, b64)) ** 0.5, float(a64 @ b64)
     if na == 0 or nb == 0:
         return 1.0 if na == nb else 0.0
-    return float(a64 @ b64 / (na * nb))
+    return ab / (na * nb)
 
 
 @dataclass

@@ -245,6 +245,14 @@ class Editor:
         files = [self.original.source, self.original.cfg.file, self.qmodel.source if self.qmodel is not None else None]
         return {Path(f).resolve() for f in files if f}
 
+    def check_record_target(self, path: str | Path) -> None:
+        """A run record replaces an older record (also the one the session was opened from: its model's
+        source), never a model file the session was read from."""
+        from engine.session.records import is_record
+        if Path(path).resolve() in self.input_files() and not is_record(path):
+            raise EngineError(f"{path} is a file this session's models were read from: save the record under "
+                              "another name")
+
     def check_target(self, path: str | Path, overwrite: bool) -> Path:
         """`path` if saving there keeps the original model's files and nothing else is overwritten unasked."""
         p = Path(path)

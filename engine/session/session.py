@@ -297,11 +297,8 @@ class Session(LayerStepper):
         return sensitivity(self, progress=progress, cancel=cancel)
 
     def save_record(self, path: str | Path) -> Path:
-        from engine.session.records import is_record, save_record
-        # an older record is replaced (also the one this session was opened from); a model file it was read from never
-        if Path(path).resolve() in self.editor.input_files() and not is_record(path):
-            raise EngineError(f"{path} is a file this session's models were read from: save the record under "
-                              "another name")
+        from engine.session.records import save_record
+        self.editor.check_record_target(path)
         self.refresh()   # the record's statistics must be those of the model it stores
         return save_record(self, path)
 
@@ -347,6 +344,8 @@ class Session(LayerStepper):
         index = self.position if index is None else self._executed(index)
         if source not in ("this", "other"):
             raise ArgumentError(f"source={source!r}: expected 'this' or 'other'")
+        if index < 0:
+            raise EngineError("nothing has run yet: step() first, then continue from the current layer")
         self.refresh()
         first = self.cross(index).value_other if source == "other" else self.values[index]
         values = run_rest(self.executor, self.values[:index] + [first], self._inputs)

@@ -120,3 +120,25 @@ def test_batches_inside_the_parts_of_another_job_use_their_threads_buffers(tiny)
             threads.parallel_items(2, job)
             for g, w in zip(got, want):
                 assert all(np.array_equal(a, b) for a, b in zip(g, w))
+
+
+def test_connected_layer_is_the_same_bits_on_one_and_two_threads_and_in_a_batch(tmp_path):
+    """[connected] (yolov1-tiny's 1470 outputs): its GEMV ran on BLAS's own threads, and a threaded OpenBLAS
+    sgemv sums some rows in another order; so a forward on 2 threads differed from one on 1 thread and
+    from the same image in a batch (whose images run single-threaded)."""
+    from engine.kernels import threads
+    from helpers import require
+    require(bool(threads._kernel_blas()), "no BLAS found by threadpoolctl: thread count cannot be set")
+    cfg = tmp_path / "fc.cfg"
+    cfg.write_text("[net]\nwidth=32\nheight=32\nchannels=3\n\n[convolutional]\nfilters=64\nsize=3\nstride=2\n"
+                   "pad=1\nactivation=leaky\n\n[connected]\noutput=1470\nactivation=linear\n")
+    model = engine.load(cfg, random_weights=0)
+    xb = np.random.default_rng(0).random((3,) + model.input_shape, dtype=np.float32)
+    with threads.blas_limit(1):
+        one = [model.forward(x)[-1] for x in xb]
+    with threads.blas_limit(2):
+        two = [model.forward(x)[-1] for x in xb]
+        batch = model.forward(xb)[-1]
+    for k in range(3):
+        assert np.array_equal(one[k], two[k]), f"image {k}: 1 vs 2 threads, max |diff| {np.abs(one[k] - two[k]).max():.3g}"
+        assert np.array_equal(batch[k], two[k]), f"image {k}: batch vs single"

@@ -123,3 +123,30 @@ def test_winograd_weights_in_channel_blocks_equal_one_block(monkeypatch, c, n, m
     g = w.astype(np.float64).reshape(n, c, 3, 3)                      # U = G g G^T, per kernel
     ref = np.einsum("ai,ncij,bj->bacn", g_mat, g, g_mat).reshape((m + 2) ** 2, c, n)   # U^T: channels, filters
     assert np.allclose(whole, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_the_reader_closes_the_file_it_opened(tmp_path):
+    """zipfile never closes a file object it is given: NpzReader must close the one it opened (on close, and
+    when the file is not an archive), else every model / quantized model load ended in a ResourceWarning
+    (an error under -W error) when the file object was collected."""
+    import gc
+    import warnings
+    from engine.errors import WeightsError
+    good, bad = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(good, a=np.arange(3))
+    bad.write_bytes(b"not a zip archive")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        with NpzReader(good) as r:
+            assert r.read("a").tolist() == [0, 1, 2]
+        with pytest.raises(WeightsError):
+            NpzReader(bad)
+        gc.collect()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", ResourceWarning)
+        with NpzReader(good) as r:
+            r.read("a")
+        with pytest.raises(WeightsError):
+            NpzReader(bad)
+        gc.collect()
+    assert not [w for w in seen if issubclass(w.category, ResourceWarning)], [str(w.message) for w in seen]
