@@ -226,7 +226,7 @@ class GraphView(widgets.VBox):
         # the legend keeps one height (3 lines, then it scrolls) whatever the colouring: cytoscape maps
         # clicks with the page position of its canvas measured earlier (it re-measures on resize and scroll
         # only), so anything above the canvas that changed height made a click select another node
-        self._legend = widgets.HTML(layout=widgets.Layout(height="64px", overflow_y="auto"))
+        self._legend = widgets.HTML(layout=widgets.Layout(height="64px", overflow="hidden auto"))
         self._legend.add_class("qw-legend")
         self.focus_keeper = FocusKeeper()      # the keyboard focus after a node click (qwidgets._focus)
         self.worst_list = widgets.Select(rows=5, layout=widgets.Layout(width="100%", display="none"))
