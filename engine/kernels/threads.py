@@ -57,17 +57,6 @@ def _kernel_blas() -> list:
     return _numpy_blas
 
 
-def _set_kernel_blas(libs: list, n: int) -> None:
-    """Set BLAS threads from whichever Python thread runs the kernels. threadpoolctl lets only one
-    "controlling" thread change OpenBLAS's pthreads pool and silently ignores the others, so a view's
-    background worker left BLAS at 2 threads inside its kernels: oversubscribed, and GEMMs split by
-    OpenBLAS, whose sums differ in the last bits from the main thread's (8.6e-5 on yolov3-tiny's layer
-    0). Inside `own_threads` the Python threads take turns (`_turn`), so there is no fight to prevent:
-    the library's own setter is called (threadpoolctl's `_real_set_num_threads` where it has one)."""
-    for lib in libs:
-        getattr(lib, "_real_set_num_threads", lib.set_num_threads)(n)
-
-
 def blas_threads() -> int:
     """BLAS threads of this process, as NumPy's BLAS has them (0 if no BLAS can be controlled)."""
     libs = _blas_libs(numpy_only=True)
@@ -101,10 +90,14 @@ class own_threads:
     """Context: BLAS single-threaded, kernels on their own threads (as many as BLAS had), and the GIL
     switch interval at most SWITCH_INTERVAL meanwhile (restored after).
 
-    Python threads take turns: a second thread's kernel (a view's background worker beside the kernel's
-    main thread) waits until the first one's is done, so it never runs with the BLAS and thread settings
-    the first one restores halfway (its sums would change in the last bits). Parts of a job (helpers)
-    run under their caller's turn.
+    Python threads take turns: a second thread's kernel (a view's background worker, or a JupyterLab subshell
+    handling widget messages, beside the kernel's main thread) waits until the first one's is done, so it never
+    runs with the BLAS and thread settings the first one restores halfway. Parts of a job (helpers) run under
+    their caller's turn. Known gap: threadpoolctl ignores BLAS limits set from a thread other than the first
+    that set them, so another thread's GEMMs keep OpenBLAS's own threads and can differ from the main thread's
+    in the last bits (8.6e-5 on yolov3-tiny's layer 0). Setting OpenBLAS's count from there, globally or per
+    thread (`openblas_set_num_threads_local`), made the bits equal but stalled the Explorer's handlers for up
+    to 30 s in JupyterLab (stop 33, docs/performance.md), so it is not done.
     """
 
     def __enter__(self) -> None:
@@ -126,7 +119,8 @@ class own_threads:
             n = libs[0].get_num_threads() if libs else 1
             if n > 1:
                 self.restore = n
-                _set_kernel_blas(libs, 1)
+                for lib in libs:
+                    lib.set_num_threads(1)
                 _threads = n
                 self.switch = sys.getswitchinterval()
                 sys.setswitchinterval(min(self.switch, SWITCH_INTERVAL))
@@ -135,7 +129,8 @@ class own_threads:
         global _threads
         if self.restore:
             _threads = 1
-            _set_kernel_blas(_kernel_blas(), self.restore)
+            for lib in _kernel_blas():
+                lib.set_num_threads(self.restore)
             sys.setswitchinterval(self.switch)
         if self.turn:
             _turn.release()

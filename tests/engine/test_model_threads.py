@@ -48,25 +48,3 @@ def test_two_threads_forwarding_one_model_get_the_bits_each_gets_alone(shared):
     t.join()
     assert worst == {"a": 0.0, "b": 0.0}, worst
 
-
-def test_a_forward_in_another_thread_is_the_main_threads_bits(tiny):
-    """threadpoolctl ignores BLAS limits set from a thread other than the one that first set them, so a
-    background worker's kernels used to run on a 2-thread OpenBLAS: other sums (8.6e-5 off at layer 0)."""
-    import threadpoolctl
-    from engine.kernels import threads
-    from engine.quant.executor import Executor
-    x = tiny.preprocess(IMAGES / "dog.jpg").x
-    with threadpoolctl.threadpool_limits(2, user_api="blas"):    # what the kernels split, whoever calls them
-        ref = tiny.forward(x)
-        got, inside = [], []
-
-        def worker() -> None:
-            got.append(tiny.forward(x))
-            with threads.own_threads():
-                inside.append(threads.blas_threads())
-        t = threading.Thread(target=worker)
-        t.start()
-        t.join()
-    assert inside == [1]
-    for a, b in zip(ref, got[0]):
-        assert np.array_equal(a, b)
