@@ -60,7 +60,6 @@ class NpzReader:
         self._fp: BinaryIO | None = None     # the file we opened: ZipFile never closes a file object it is given
         try:
             if isinstance(source, (bytes, bytearray, memoryview)):
-                import io
                 self._zf = zipfile.ZipFile(io.BytesIO(bytes(source)))
             else:
                 self._fp = _open_regular(Path(source), self)
@@ -261,15 +260,11 @@ def read_npy(path: str | os.PathLike, label: str | None = None, *, error: type[E
     must be exactly the bytes after the header (a forged terabyte shape is refused before any
     allocation), at most `max_bytes`, no object arrays. Raises `error` naming the file."""
     label = label or str(path)
-
-    class _Named:                 # what _open_regular needs of a reader: fail() naming the file
-        def __init__(self) -> None:
-            self.what = what
-
-        def fail(self, message: str) -> Exception:
-            return error(f"{label}: {message}")
-
-    with _open_regular(Path(path), _Named()) as f:   # type: ignore[arg-type]
+    try:
+        f = open_regular(path)
+    except OSError as err:
+        raise error(f"{label}: cannot read {what}: {err.strerror or err}") from None
+    with f:
         try:
             shape, dtype, fortran, start = _read_header(f)
             if dtype.hasobject:

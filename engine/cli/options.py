@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import math
+import sys
 from pathlib import Path
 
 from engine.errors import EngineError
@@ -64,12 +64,16 @@ def layer_list(text: str, n: int) -> list[int]:
     return layers
 
 
-def positive_int(text: str) -> int:
-    """An argparse `type=` for an integer 1..1,000,000 (repeats, counts)."""
+def _integer(text: str) -> int:
     try:
-        v = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse `type=` for an integer 1..1,000,000 (repeats, counts)."""
+    v = _integer(text)
     if not 1 <= v <= 1_000_000:
         raise argparse.ArgumentTypeError(f"{text!r}: expected an integer in [1, 1000000]")
     return v
@@ -78,10 +82,7 @@ def positive_int(text: str) -> int:
 def seed(text: str) -> int:
     """An argparse `type=` for a random seed: an integer >= 0 (numpy's generators refuse a negative one
     with a message that does not name the option)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    v = _integer(text)
     if v < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a non-negative integer")
     return v
@@ -126,9 +127,10 @@ def load_quantized(args: argparse.Namespace, model):
     from engine.quant.qmodel import QuantizedModel, fingerprint
     qm = QuantizedModel.load(args.quantized)
     qm.check_matches(model)
-    if qm.fingerprint != fingerprint(model):
+    own = fingerprint(model)
+    if qm.fingerprint != own:
         print(f"warning: {args.quantized} was quantized from other float weights than {args.model} "
-              f"(fingerprint {qm.fingerprint[:12]} vs {fingerprint(model)[:12]}): its int8 layers run its own "
+              f"(fingerprint {qm.fingerprint[:12]} vs {own[:12]}): its int8 layers run its own "
               "weights, the FLOAT layers and the FLOAT reference this model's", file=sys.stderr)
     return qm
 

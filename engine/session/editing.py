@@ -240,10 +240,14 @@ class Editor:
         return self._commit(Edit(nid, "scale", "scale", old, new, f"scale {old['scales'][nid]:.6g} -> {scale:.6g}"))
 
     # ------------------------------------------------------------------ saving
+    def _original_files(self) -> set[Path]:
+        """The files the original model was read from (weights or model file, cfg)."""
+        return {Path(f).resolve() for f in (self.original.source, self.original.cfg.file) if f}
+
     def input_files(self) -> set[Path]:
-        """The files this session's models were read from (weights or model file, cfg, quantized model)."""
-        files = [self.original.source, self.original.cfg.file, self.qmodel.source if self.qmodel is not None else None]
-        return {Path(f).resolve() for f in files if f}
+        """The files this session's models were read from: the original model's and the quantized model's."""
+        q = self.qmodel.source if self.qmodel is not None else None
+        return self._original_files() | ({Path(q).resolve()} if q else set())
 
     def check_record_target(self, path: str | Path) -> None:
         """A run record replaces an older record (also the one the session was opened from: its model's
@@ -256,8 +260,7 @@ class Editor:
     def check_target(self, path: str | Path, overwrite: bool) -> Path:
         """`path` if saving there keeps the original model's files and nothing else is overwritten unasked."""
         p = Path(path)
-        sources = {Path(f).resolve() for f in (self.original.source, self.original.cfg.file) if f}
-        if p.resolve() in sources and not overwrite:
+        if p.resolve() in self._original_files() and not overwrite:
             raise EngineError(f"{p} is the original model: save the customized model under a new name "
                               "(or pass overwrite=True)")
         if p.exists() and not overwrite:
