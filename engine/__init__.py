@@ -11,7 +11,7 @@ from engine.kernels.heap import keep_freed_memory
 
 keep_freed_memory()          # before any forward: freed buffers stay in the heap (engine/kernels/heap.py)
 
-from engine.errors import (ArgumentError, CfgError, EditError, EngineError, FileError, ImageError, RecordError,
+from engine.errors import (ArgumentError, Cancelled, CfgError, EditError, EngineError, FileError, ImageError, RecordError,
                            UnsupportedError, WeightsError)  # noqa: E402
 from engine.graph import Graph, Node  # noqa: E402
 from engine.model import Model, load  # noqa: E402
@@ -19,4 +19,4 @@ from engine.quant.modes import Mode  # noqa: E402
 from engine.session.session import Session  # noqa: E402
 
 __all__ = ["load", "Model", "Session", "Mode", "Graph", "Node", "EngineError", "CfgError", "WeightsError", "ImageError",
-           "UnsupportedError", "RecordError", "ArgumentError", "EditError", "FileError"]
+           "UnsupportedError", "RecordError", "ArgumentError", "EditError", "FileError", "Cancelled"]

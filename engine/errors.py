@@ -14,6 +14,8 @@ file (and line / array / member), the layer, or the argument, and what was expec
       EditsWouldBeLost                                        a switch would discard edits
       WorkspaceError (ValueError, in engine.workspace)        a refused workspace operation
 
+    Cancelled (not an EngineError)                            long work stopped at the caller's request
+
     EngineWarning (UserWarning)                               accepted, but probably not what was meant
 """
 from __future__ import annotations
@@ -65,6 +67,13 @@ class UnsupportedError(EngineError, NotImplementedError):
 
 class DownloadError(EngineError, OSError):
     """A model download failed or its checksum did not match."""
+
+
+class Cancelled(Exception):
+    """Long work stopped between two units at the caller's request: its `cancel` hook answered True or its
+    progress callback raised this (a widget's Cancel, `qwidgets._long_task`). Nothing the work would have
+    returned or changed was changed. Not an EngineError: an `except EngineError` that turns a refusal into
+    a note must not swallow a cancel."""
 
 
 class EngineWarning(UserWarning):

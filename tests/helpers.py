@@ -206,3 +206,13 @@ def one_conv_session(tmp_path: Path, mode: str = "float"):
     m = engine.load(cfg, random_weights=0)
     x = np.random.default_rng(0).random(m.input_shape, dtype=np.float32)
     return Session(m, quantize_model(m, collect(m, [x], progress=False), "minmax"), mode, x)
+
+
+def frozen_arrays(obj) -> dict[str, np.ndarray]:
+    """A copy of a Model's or QuantizedModel's `to_arrays()` (parameters or int8 arrays, scales, float_layers
+    and meta as JSON): what must be the same after work that promises to change nothing."""
+    return {k: np.array(v, copy=True) for k, v in obj.to_arrays().items()}
+
+
+def same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)

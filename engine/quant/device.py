@@ -4,6 +4,7 @@
     table = sim_vs_device(model, qmodel, x)          # x: (C, H, W) float32 network input
     table.rows[12]["propagated_sqnr"], table.rows[12]["device_mismatched"]
     print(table.to_text())
+    sim_vs_device(..., on_progress=lambda done, total, what: ..., cancel=threading.Event())   # engine.quant.progress
 
 Per Darknet layer:
 * `local_*`: the layer run alone in INT on the FLOAT outputs of its inputs (quantized with their grids)
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from engine.quant.progress import CancelHook, Progress, Steps, unit_name
 
 COLUMNS = ("layer", "kind", "precision", "local_sqnr", "local_cos", "local_max", "propagated_sqnr", "propagated_cos",
            "propagated_max", "device_sqnr", "device_cos", "device_mismatched", "device_steps")
@@ -88,25 +91,40 @@ def _device_outputs(model, qmodel, x: np.ndarray) -> tuple[dict[str, np.ndarray]
         return None, None, str(err)
 
 
-def sim_vs_device(model, qmodel, x: np.ndarray, device: bool = True, float_layers=None) -> DeviceTable:
+def sim_vs_device(model, qmodel, x: np.ndarray, device: bool = True, float_layers=None, *,
+                  on_progress: Progress | None = None, cancel: CancelHook = None) -> DeviceTable:
     """The per-layer table described in the module docstring, for one input `x` (C, H, W) float32.
     From a Session: `sim_vs_device(s.model, s.qmodel, s.x, float_layers=s.executor.float_layers)`
-    (a runtime cannot run layers kept FLOAT inside its integer graph: the device columns stay empty then)."""
+    (a runtime cannot run layers kept FLOAT inside its integer graph: the device columns stay empty then).
+
+    Progress (`engine.quant.progress`): one step each for the FLOAT run, the INT run and the runtime's run
+    (when asked for and possible to try), then one per layer's row ("layer 7 of 24: conv 6");
+    `on_progress(done, total, what)` before each, the total exact. `cancel` (Event or callable) is asked
+    before each step. Nothing is changed on `model` or `qmodel`.
+
+    Raises:
+        Cancelled: `cancel` answered True or `on_progress` raised it."""
     from engine.quant.executor import FLOAT, Executor, Value, reference_outputs
     x = model.check_input(x)
-    float_outs = reference_outputs(model, qmodel, Executor(model).forward(x))    # equalized twin's, if CLE
     ex = Executor(model, qmodel, "int", float_layers)
+    n, measure = len(model.layers), device and not ex.float_layers
+    steps = Steps(2 + measure + n, on_progress, cancel)
+    steps.start(f"FLOAT run of {n} layers")
+    float_outs = reference_outputs(model, qmodel, Executor(model).forward(x))    # equalized twin's, if CLE
+    steps.start(f"INT run of {n} layers")
     values, _ = ex.run(x)
     if not device:
         dev, runtime, note = None, None, "not requested"
     elif ex.float_layers:
         dev, runtime, note = None, None, f"layers {sorted(ex.float_layers)} are kept FLOAT"
     else:
+        steps.start(f"runtime run (profile {qmodel.profile})")
         dev, runtime, note = _device_outputs(model, qmodel, x)
     table = DeviceTable(qmodel.profile, runtime, note=note)
     xv = Value(f=x)
     for layer in model.layers:
         i = layer.index
+        steps.start(f"layer {i + 1} of {n}: {unit_name(layer)}")
         ref = float_outs[i]
         sim = values[i].float()
         row: dict[str, Any] = {"layer": i, "kind": layer.kind, "precision": ex.precision(i)}
@@ -127,4 +145,5 @@ def sim_vs_device(model, qmodel, x: np.ndarray, device: bool = True, float_layer
             row["device_mismatched"] = int(np.count_nonzero(y != sim))
             row["device_steps"] = float(diff.max() / step) if step else float(diff.max())
         table.rows.append(row)
+    steps.finish()
     return table

@@ -10,6 +10,7 @@ weight layer (else its output would still be rounded to int8 by the layer readin
 
     result = engine.quant.mixed.search(model, qmodel, images, target=0.95)
     result.float_layers, result.curve, result.apply(qmodel)
+    search(..., on_progress=lambda done, total, what: ..., cancel=threading.Event())   # engine.quant.progress
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from engine.calib.views import readers
 from engine.errors import EngineError
 from engine.quant.executor import Executor
 from engine.quant.fitness import Agreement
+from engine.quant.progress import CancelHook, Progress, Steps, counted, unit_name
 from engine.quant.qmodel import QuantizedModel
 from engine.quant.scoring import Scorer
 
@@ -93,34 +95,51 @@ def _unit(model, index: int) -> set[int]:
 
 def search(model, qmodel: QuantizedModel, images: Sequence | Scorer, target: float = 0.95, mode: str = "int",
            max_lost: int = 0, max_layers: int | None = None,
-           on_step: Callable[[CurvePoint], object] | None = None, backend: str = "numpy") -> MixedResult:
+           on_step: Callable[[CurvePoint], object] | None = None, backend: str = "numpy", *,
+           on_progress: Progress | None = None, cancel: CancelHook = None) -> MixedResult:
     """Greedy accuracy-aware search (see the module doc). `images`: validation images (anything
     engine.quant.scoring.Scorer takes) or a ready Scorer. Layers already in qmodel.float_layers stay
     FLOAT. `backend` (for a Scorer made here): "auto" runs FLOAT and the all-int8 runs on ONNX Runtime
     (INT, profile onnxruntime) and the mixed sets on NumPy; "onnxruntime" refuses the mixed sets (the
-    integer ONNX graph cannot hold FLOAT layers between int8 ones). Raises EngineError for a target
-    outside (0, 1] or a mode without int8 layers."""
+    integer ONNX graph cannot hold FLOAT layers between int8 ones).
+
+    Progress (`engine.quant.progress`): one step per run over the images: FLOAT (when the Scorer is made
+    here), the all-int8 start, one per candidate layer ("sensitivity, layer 3 of 13: conv 4"), one per
+    layer kept FLOAT; `on_progress(done, total, what)` before each, `total` an upper bound until the end
+    (the greedy part stops at the target). `cancel` (Event or callable) is asked before each step.
+    Nothing is changed on `model` or `qmodel` (the result is applied by `MixedResult.apply`).
+
+    Raises:
+        EngineError: a target outside (0, 1] or a mode without int8 layers.
+        Cancelled: `cancel` answered True or `on_progress` raised it."""
     if not 0 < target <= 1:
         raise EngineError(f"target={target}: expected a mAP@[.5:.95] in (0, 1]")
     if mode not in ("int", "hybrid"):
         raise EngineError(f"mode={mode!r}: mixed precision searches 'int' or 'hybrid'")
-    scorer = images if isinstance(images, Scorer) else Scorer(model, images, backend=backend)
     fixed = set(qmodel.float_layers)
     ex = Executor(model, qmodel, mode)
     candidates = [l.index for l in model.layers
                   if l.kind in WEIGHT_KINDS and l.index not in fixed and ex.has_int_path(l.index)]
     unit = {i: _unit(model, i) for i in candidates}
+    n, made = len(candidates), not isinstance(images, Scorer)
+    greedy = n if max_layers is None else min(n, max(max_layers, 0))
+    steps = Steps(made + 1 + n + greedy, on_progress, cancel)
+    if made:
+        steps.start(f"FLOAT run on {counted(len(images), 'image')}")
+    scorer = Scorer(model, images, backend=backend) if made else images
 
     def ok(a: Agreement) -> bool:
         return a.map50_95 >= target and a.missed <= max_lost
 
+    steps.start(f"all-int8 run on {counted(len(scorer.inputs), 'image')}")
     base = scorer.score(qmodel, mode, sorted(fixed))
     curve = [_point(0, None, base)]
     if on_step is not None:
         on_step(curve[-1])
     sens: dict[int, float] = {}
     if not ok(base):
-        for i in candidates:
+        for k, i in enumerate(candidates, 1):
+            steps.start(f"sensitivity, layer {k} of {n}: {unit_name(model.layers[i])}")
             sens[i] = scorer.score(qmodel, mode, sorted(fixed | unit[i])).map50_95 - base.map50_95
     order = sorted(sens, key=lambda i: (-sens[i], i))
     kept: list[int] = []
@@ -128,10 +147,12 @@ def search(model, qmodel: QuantizedModel, images: Sequence | Scorer, target: flo
     for i in order:
         if ok(current) or (max_layers is not None and len(kept) >= max_layers):
             break
+        steps.start(f"keeping FLOAT {len(curve)} of at most {greedy}: {unit_name(model.layers[i])}")
         kept.extend(sorted(unit[i]))
         current = scorer.score(qmodel, mode, sorted(fixed | set(kept)))
         curve.append(_point(len(curve), i, current))
         if on_step is not None:
             on_step(curve[-1])
+    steps.finish()
     return MixedResult(tuple(sorted(fixed | set(kept))), curve, sens, target, ok(current), mode,
                        len(scorer.inputs), base)

@@ -17,6 +17,7 @@ from engine.errors import EngineError
 from engine.quant.executor import Executor
 from engine.quant.fitness import detection_agreement, error_stats
 from engine.quant.modes import Mode
+from engine.quant.progress import stop_hook
 
 
 @dataclass
@@ -64,7 +65,7 @@ def sensitivity(session, progress: bool = True, cancel: threading.Event | Callab
     candidates = [i for i in range(len(model.layers)) if base.has_int_path(i)]
     ref = session.float_reference()
     truth = [detect_outputs(model, ref, pre, session.thresh, session.nms)]
-    stop = cancel.is_set if isinstance(cancel, threading.Event) else (cancel or (lambda: False))
+    stop = stop_hook(cancel)
     bar = None
     if progress:
         from tqdm.auto import tqdm

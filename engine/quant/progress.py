@@ -1,0 +1,67 @@
+"""Progress and cancellation of long engine work, one unit at a time (mixed-precision search, simulation vs device).
+
+    steps = Steps(total, on_progress, cancel)
+    for i in layers:
+        steps.start(f"layer {k} of {n}: conv {i}")      # Cancelled here when cancel() says so
+        ...one unit of work...
+    steps.finish()
+
+`on_progress(done, total, what)` is called before each unit (`done` units finished, `what` the unit
+starting) and once at the end as (n, n, "done"): `done` grows by one per call, `total` is the number of
+units (an upper bound while the work may end early, lowered to `done` by `finish`). The callback may raise
+`engine.errors.Cancelled` itself (a widget's Cancel does). `cancel`: a `threading.Event` or a callable
+returning True to stop, as `engine.quant.sensitivity.sensitivity` takes; it is asked before each unit.
+Work that stops this way has changed nothing it was given: it builds its result on the side.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from engine.errors import Cancelled
+
+Progress = Callable[[int, int, str], object]
+CancelHook = threading.Event | Callable[[], bool] | None
+
+
+def stop_hook(cancel: CancelHook) -> Callable[[], bool]:
+    """`cancel` as a callable answering "stop now?" (never, for None)."""
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set
+    return cancel or (lambda: False)
+
+
+def unit_name(layer) -> str:
+    """A layer as the progress text names it: "conv 12", "maxpool 11", "yolo 16"."""
+    return f"{'conv' if layer.kind == 'convolutional' else layer.kind} {layer.index}"
+
+
+def counted(n: int, noun: str) -> str:
+    """`n` and the noun, plural unless n == 1: "1 image", "4 images"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+class Steps:
+    """Counts units, reports them to `on_progress` and stops with Cancelled when `cancel` asks (module doc)."""
+
+    def __init__(self, total: int, on_progress: Progress | None = None, cancel: CancelHook = None) -> None:
+        self.done, self.total = 0, total
+        self._report, self._stop = on_progress, stop_hook(cancel)
+
+    def start(self, what: str) -> None:
+        """Before a unit: raises Cancelled if asked to stop, else reports (units done, total, what).
+
+        Raises:
+            Cancelled: `cancel` answered True (or `on_progress` raised it)."""
+        if self._stop():
+            raise Cancelled(f"cancelled before {what} ({self.done} of {self.total} steps done)")
+        self.total = max(self.total, self.done + 1)
+        if self._report is not None:
+            self._report(self.done, self.total, what)
+        self.done += 1
+
+    def finish(self) -> None:
+        """After the last unit: reports (done, done, "done") (the bar full, the total now exact)."""
+        self.total = self.done
+        if self._report is not None:
+            self._report(self.done, self.total, "done")

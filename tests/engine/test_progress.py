@@ -1,0 +1,103 @@
+"""Progress and Cancel of the long engine work the Explorer runs (engine/quant/progress.py): the mixed-precision
+search and simulation vs device report each unit in order with a correct total, and a cancel between two
+units raises Cancelled and leaves the model and quantized model exactly as they were (real yolov3-tiny)."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from engine.errors import Cancelled, EngineError
+from engine.imaging.samples import sample
+from engine.quant.device import sim_vs_device
+from engine.quant.mixed import WEIGHT_KINDS, search
+from engine.quant.progress import Steps
+from helpers import frozen_arrays, same_arrays
+
+
+def _monotonic(calls: list[tuple[int, int, str]]) -> None:
+    """done counts 0, 1, 2, ... and never passes the total; the last call is (n, n, "done")."""
+    assert [c[0] for c in calls] == list(range(len(calls)))
+    assert all(done <= total for done, total, _ in calls)
+    assert calls[-1] == (len(calls) - 1, len(calls) - 1, "done")
+
+
+def test_steps_report_before_each_unit_and_stop_on_the_hook():
+    calls, stop = [], threading.Event()
+    steps = Steps(3, lambda *c: calls.append(c), stop)
+    steps.start("a")
+    steps.start("b")
+    stop.set()
+    with pytest.raises(Cancelled, match="before c .2 of 3 steps done"):
+        steps.start("c")
+    assert calls == [(0, 3, "a"), (1, 3, "b")]
+    steps = Steps(1, lambda *c: calls.append(c), lambda: False)
+    steps.start("x")
+    steps.start("y")               # more units than announced: the total grows rather than lying
+    steps.finish()
+    assert calls[2:] == [(0, 1, "x"), (1, 2, "y"), (2, 2, "done")]
+
+
+def test_search_reports_every_run_with_a_correct_total(tiny, tiny_kl_pt):
+    calls = []
+    res = search(tiny, tiny_kl_pt, [sample("dog")], target=0.9, max_layers=2, on_progress=lambda *c: calls.append(c))
+    n = sum(l.kind in WEIGHT_KINDS for l in tiny.layers)
+    _monotonic(calls)
+    assert calls[0] == (0, 2 + n + 2, "FLOAT run on 1 image")          # the upper bound: every run possible
+    assert calls[1][2] == "all-int8 run on 1 image" and calls[2][2] == "sensitivity, layer 1 of 13: conv 0"
+    assert calls[8][2] == "sensitivity, layer 7 of 13: conv 12"
+    runs = 1 + 1 + len(res.sensitivity) + len(res.curve) - 1          # FLOAT, all-int8, sensitivities, greedy
+    assert len(res.sensitivity) == n and len(res.curve) >= 2 and calls[-1][:2] == (runs, runs)
+    assert [c[2] for c in calls[2 + n:-1]] == [f"keeping FLOAT {k} of at most 2: conv {p.added}"
+                                               for k, p in enumerate(res.curve[1:], 1)]
+
+
+def test_search_cancelled_mid_way_raises_and_changes_nothing(tiny, tiny_kl_pt):
+    before_m, before_q = frozen_arrays(tiny), frozen_arrays(tiny_kl_pt)
+    float_layers, meta = tiny_kl_pt.float_layers, dict(tiny_kl_pt.meta)
+    calls, stop = [], threading.Event()
+
+    def on_progress(done, total, what):
+        calls.append(what)
+        if what.startswith("sensitivity, layer 7 "):
+            stop.set()                                   # Cancel clicked while layer 7's run goes on
+    with pytest.raises(Cancelled):
+        search(tiny, tiny_kl_pt, [sample("dog")], target=0.9, on_progress=on_progress, cancel=stop)
+    assert calls[-1] == "sensitivity, layer 7 of 13: conv 12"          # stopped before the next run
+    assert same_arrays(before_m, frozen_arrays(tiny)) and same_arrays(before_q, frozen_arrays(tiny_kl_pt))
+    assert tiny_kl_pt.float_layers == float_layers and tiny_kl_pt.meta == meta
+
+    def raising(done, total, what):                      # a progress callback may cancel by raising
+        if done == 3:
+            raise Cancelled("stop")
+    with pytest.raises(Cancelled):
+        search(tiny, tiny_kl_pt, [sample("dog")], target=0.9, on_progress=raising)
+    assert same_arrays(before_q, frozen_arrays(tiny_kl_pt))
+    assert not issubclass(Cancelled, EngineError)        # an `except EngineError` never swallows a cancel
+
+
+def test_sim_vs_device_reports_each_layer_and_cancel_changes_nothing(tiny, tiny_q):
+    x = tiny.preprocess(sample("dog")).x
+    calls = []
+    table = sim_vs_device(tiny, tiny_q, x, on_progress=lambda *c: calls.append(c))
+    n = len(tiny.layers)
+    _monotonic(calls)
+    assert [c[1] for c in calls] == [3 + n] * len(calls)            # exact from the start
+    assert [c[2] for c in calls[:4]] == [f"FLOAT run of {n} layers", f"INT run of {n} layers",
+                                         "runtime run (profile qwidgets)", f"layer 1 of {n}: conv 0"]
+    assert calls[9][2] == f"layer 7 of {n}: conv 6" and calls[-2][2] == f"layer {n} of {n}: yolo {n - 1}"
+    assert len(table.rows) == n
+    calls = []
+    sim_vs_device(tiny, tiny_q, x, float_layers=[0], on_progress=lambda *c: calls.append(c))
+    assert calls[0][1] == 2 + n and calls[2][2] == f"layer 1 of {n}: conv 0"     # no runtime run to try
+    before_m, before_q = frozen_arrays(tiny), frozen_arrays(tiny_q)
+    asked = []
+
+    def cancel() -> bool:
+        asked.append(1)
+        return len(asked) > 5
+    calls = []
+    with pytest.raises(Cancelled, match=f"before layer 3 of {n}: conv 2"):
+        sim_vs_device(tiny, tiny_q, x, on_progress=lambda *c: calls.append(c), cancel=cancel)
+    assert [c[0] for c in calls] == [0, 1, 2, 3, 4]
+    assert same_arrays(before_m, frozen_arrays(tiny)) and same_arrays(before_q, frozen_arrays(tiny_q))
