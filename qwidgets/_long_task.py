@@ -1,8 +1,11 @@
 """LongTask: progress bar + 'done / total, ~N s left' + Cancel for work that takes seconds to minutes.
 
 The work runs in a background thread so the kernel keeps handling widget messages (the Cancel click
-arrives while it runs); the work calls `tick(done, total)` after each unit and stops with `Cancelled`
-when Cancel was clicked. The estimate is the mean time per unit so far times the units left.
+arrives while it runs); the work calls `tick(done, total)`, or `tick(done, total, what)` naming the unit
+("layer 7 of 23: conv 12"), at each unit and stops with `Cancelled` when Cancel was clicked. `tick` has the
+signature of the engine's `on_progress` (`engine.quant.progress`) and raises the engine's own
+`engine.errors.Cancelled`, so it is handed to an engine function as is. The estimate is the mean time per
+unit so far times the units left.
 `background=False` runs inline (headless tests, scripts): same ticks, no thread. The result is handed to
 `on_done` on the kernel's main thread (`finish_on`).
 """
@@ -15,6 +18,10 @@ from typing import Any, Callable
 
 import ipywidgets as widgets
 import traitlets
+
+from engine.errors import Cancelled
+
+__all__ = ["Cancelled", "LongTask", "finish_on", "main_loop"]
 
 
 def main_loop() -> asyncio.AbstractEventLoop | None:
@@ -33,10 +40,6 @@ def finish_on(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., Any], *a
         loop.call_soon_threadsafe(fn, *args)
     else:
         fn(*args)
-
-
-class Cancelled(Exception):
-    """The user clicked Cancel; the work stopped between two units."""
 
 
 class LongTask(widgets.HBox):
@@ -64,7 +67,11 @@ class LongTask(widgets.HBox):
     def cancel(self) -> None:
         self._stop.set()
 
-    def start(self, work: Callable[[Callable[[int, int], None]], Any], on_done: Callable[[Any], None],
+    def cancel_requested(self) -> bool:
+        """Cancel was clicked since the work started (an engine function's `cancel` hook)."""
+        return self._stop.is_set()
+
+    def start(self, work: Callable[[Callable[..., None]], Any], on_done: Callable[[Any], None],
               what: str = "working") -> None:
         if self.running:
             raise RuntimeError("a long task is already running: wait for it or click Cancel")
@@ -76,13 +83,15 @@ class LongTask(widgets.HBox):
         t0 = time.perf_counter()
         loop = main_loop() if self.background else None
 
-        def tick(done: int, total: int) -> None:
+        def tick(done: int, total: int, unit: str = "") -> None:
             if self._stop.is_set():
-                raise Cancelled()
+                raise Cancelled(f"{what} cancelled")
             elapsed = time.perf_counter() - t0
             left = elapsed / done * (total - done) if done else float("nan")
             self.progress.max, self.progress.value = max(1, total), min(done, max(1, total))
-            self.text = f"{what}: {done} / {total}, {elapsed:.0f} s" + (f", ~{left:.0f} s left" if done else "")
+            timing = f"{elapsed:.0f} s" + (f", ~{left:.0f} s left" if done else "")
+            self.text = f"{what}: {unit} ({done} / {total} done, {timing})" if unit else \
+                f"{what}: {done} / {total}, {timing}"
 
         def run() -> None:
             result = None

@@ -1,7 +1,9 @@
 """DeviceView: our INT simulation vs FLOAT and vs the profile's runtime, layer by layer.
 
 "Compare with device" runs `engine.quant.device.sim_vs_device` on the session's model, quantized model,
-input and FLOAT layers in a `LongTask` (one unit: the engine runs every layer; Cancel drops the result).
+input and FLOAT layers in a `LongTask`: the bar advances per engine step (the FLOAT run, the INT run, the
+runtime's run, then one per layer's row) and the text names it ("layer 7 of 24: conv 6"); Cancel stops it
+before the next step, leaving the last table and the graph's colours as they were.
 The table shows the engine's columns: FLOAT vs our INT (the layer alone: `local_*`; the whole run up to
 it: `propagated_*`, SQNR in dB, cosine similarity and max |difference|) and our INT vs the runtime
 (mismatched elements, largest difference in output steps, the runtime's SQNR vs FLOAT), or the engine's
@@ -77,10 +79,7 @@ class DeviceView(widgets.VBox):
         self.run_button.disabled = True
 
         def work(tick):
-            tick(0, 1)
-            table = sim_vs_device(*args, float_layers=float_layers)
-            tick(1, 1)
-            return table
+            return sim_vs_device(*args, float_layers=float_layers, on_progress=tick, cancel=self.task.cancel_requested)
         self.task.start(work, self._done, what="simulation vs device")
 
     def wait(self, timeout: float | None = None) -> None:

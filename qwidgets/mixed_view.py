@@ -1,9 +1,11 @@
 """MixedPrecisionView: the fewest layers to keep FLOAT for a target agreement with FLOAT, and the curve.
 
 "Search" runs `engine.quant.mixed.search` (the session's model and quantized model, the chosen image set,
-the target mAP@[.5:.95], the session's INT or HYBRID mode) in a `LongTask`: the bar advances per step
-of the greedy search (the start plus one per layer kept FLOAT; the total is the number of weight layers,
-an upper bound), Cancel stops it between steps. The Backend dropdown is passed as `search(backend=...)`. The result is the trade-off curve as a table (layers
+the target mAP@[.5:.95], the session's INT or HYBRID mode) in a `LongTask`: the bar advances per run of the
+search (FLOAT, the all-int8 start, one per candidate layer's sensitivity, one per layer kept FLOAT; the
+engine's total is an upper bound until the end) and the text names the run ("sensitivity, layer 3 of 13:
+conv 4"); Cancel stops it before the next run, leaving the session and the last result as they were. The
+Backend dropdown is passed as `search(backend=...)`. The result is the trade-off curve as a table (layers
 kept FLOAT -> mAP@[.5:.95], mAP@0.5, lost, extra: the engine's numbers) and a bar chart, and "Keep these
 FLOAT" sets the session's FLOAT layers to the result's (`Session.set_mode(mode, float_layers=...)`).
 """
@@ -16,7 +18,7 @@ import ipywidgets as widgets
 import traitlets
 
 from engine.imaging.samples import sample_images
-from engine.quant.mixed import WEIGHT_KINDS, MixedResult, search
+from engine.quant.mixed import MixedResult, search
 from qwidgets._encode import bar_chart_png
 from qwidgets._errors import Message, shows_errors
 from qwidgets._long_task import LongTask
@@ -89,17 +91,10 @@ class MixedPrecisionView(widgets.VBox):
         args = (s.model, s.qmodel, self._images())
         opts = {"target": float(self.target.value), "mode": mode, "max_layers": self.max_layers.value or None,
                 "backend": self.backend.value}
-        total = 1 + sum(l.kind in WEIGHT_KINDS for l in s.model.layers)
         self.search_button.disabled = self.keep_button.disabled = True
 
         def work(tick):
-            steps = []
-            tick(0, total)
-
-            def on_step(point) -> None:
-                steps.append(point)
-                tick(len(steps), total)
-            return search(*args, on_step=on_step, **opts)
+            return search(*args, on_progress=tick, cancel=self.task.cancel_requested, **opts)
         self.task.start(work, self._done, what="mixed-precision search")
 
     def wait(self, timeout: float | None = None) -> None:
@@ -107,6 +102,7 @@ class MixedPrecisionView(widgets.VBox):
 
     def _done(self, result) -> None:
         self.search_button.disabled = False
+        self.keep_button.disabled = self.result is None      # a cancelled or failed search keeps the last result
         failure = self.task.failure(result, "mixed-precision search", self)
         if failure is not None:
             self.status = failure

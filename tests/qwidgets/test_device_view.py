@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 
 import engine
+import engine.quant.device as device
+from engine.errors import EngineError
 from engine.imaging.samples import sample
 from engine.quant.device import sim_vs_device
 from engine.quant.qmodel import quantize_model
+from helpers import frozen_arrays, same_arrays
 from qwidgets.device_view import DeviceView
 
 
@@ -68,3 +71,55 @@ def test_explorer_has_the_tabs_and_colours_the_graph_by_device_rows(tiny, tiny_s
     ex.graph.overlay = "device_mismatched"
     assert ex.graph.overlay_values == {str(r["layer"]): r["device_mismatched"] for r in ref.rows
                                        if r.get("device_mismatched") is not None}
+
+
+def test_progress_per_layer_and_cancel_keeps_the_last_table(tiny, tiny_q):
+    s = engine.Session(tiny, tiny_q, mode="int", image=sample("dog"))
+    view = DeviceView(s, background=False)
+    values, texts = [], []
+    view.task.progress.observe(lambda c: values.append(c.new), names="value")
+    view.task.observe(lambda c: texts.append(c.new), names="text")
+    view.run_button.click()
+    n = len(tiny.layers)
+    assert values == list(range(1, n + 4)) and view.task.progress.max == n + 3     # FLOAT, INT, runtime, rows
+    assert any(t.startswith(f"simulation vs device: layer 7 of {n}: conv 6 (9 / {n + 3} done, ") for t in texts)
+    # Cancel on a background run, a table already shown
+    view = DeviceView(s, background=True)
+    view.show(sim_vs_device(s.model, s.qmodel, s.x))
+    first, table, overlays, qm = view.result, view.table.value, view.overlays, s.qmodel
+    frozen_m, frozen_q = frozen_arrays(tiny), frozen_arrays(qm)
+    values, buttons = [], set()
+
+    def on_value(change) -> None:                # on the comparison's thread, as each step starts
+        values.append(change.new)
+        buttons.add((view.run_button.disabled, view.task.cancel_button.disabled))
+        if change.new == 6:
+            view.task.cancel_button.click()      # Cancel clicked during "layer 4 of 24"
+    view.task.progress.observe(on_value, names="value")
+    view.run_button.click()
+    view.wait(60)
+    assert values == [1, 2, 3, 4, 5, 6] and not view.task.running and buttons == {(True, False)}
+    assert view.status == "device comparison cancelled" and "cancelled after" in view.task.text
+    assert view.result is first and view.table.value == table and view.overlays == overlays
+    assert not view.run_button.disabled and view.task.cancel_button.disabled and view.error_details == ""
+    assert s.qmodel is qm and s.mode == "int" and s.float_layers == set()
+    assert same_arrays(frozen_m, frozen_arrays(tiny)) and same_arrays(frozen_q, frozen_arrays(qm))
+
+
+def test_an_error_mid_comparison_is_shown_and_keeps_the_last_table(tiny, tiny_q, monkeypatch):
+    s = engine.Session(tiny, tiny_q, mode="int", image=sample("dog"))
+    view = DeviceView(s, background=False)
+    view.run_button.click()
+    table = view.table.value
+    rows, cosine = [], device.cosine
+
+    def failing(a, b):
+        rows.append(1)
+        if len(rows) == 9:
+            raise EngineError("layer 4: refused")
+        return cosine(a, b)
+    monkeypatch.setattr(device, "cosine", failing)
+    view.run_button.click()
+    assert view.status == "error: layer 4: refused" and view.task.text.endswith("error: layer 4: refused")
+    assert view.table.value == table and not view.run_button.disabled and view.error_details == ""
+    assert view.task.progress.value == 3 + 4         # the bar stays where it stopped: layer 5's row (2 cosines a row)

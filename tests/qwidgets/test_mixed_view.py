@@ -6,9 +6,12 @@ import io
 from PIL import Image
 
 import engine
+from engine.errors import EngineError
 from engine.imaging.samples import sample
-from engine.quant.mixed import search
+from engine.quant.mixed import CurvePoint, MixedResult, search
 from engine.quant.qmodel import quantize_model
+from engine.quant.scoring import Scorer
+from helpers import frozen_arrays, same_arrays
 from qwidgets.mixed_view import MixedPrecisionView
 
 
@@ -25,7 +28,9 @@ def test_search_shows_the_engine_curve_and_keep_applies_it(tiny, tiny_stats):
     view.search_button.click()
     ref = search(tiny, bad, [dog], target=0.9, mode="int", max_layers=2)
     assert [p.to_dict() for p in view.result.curve] == [p.to_dict() for p in ref.curve]
-    assert view.float_layers == list(ref.float_layers) and len(ref.curve) >= 2 and seen[-1] == len(ref.curve)
+    runs = 2 + len(ref.sensitivity) + len(ref.curve) - 1        # FLOAT, all-int8, sensitivities, greedy steps
+    assert view.float_layers == list(ref.float_layers) and len(ref.curve) >= 2
+    assert seen == list(range(1, runs + 1)) and view.task.progress.max == runs
     rows = view.table.value.split("<tr>")[2:]
     assert len(rows) == len(ref.curve)
     for row, p in zip(rows, ref.curve):
@@ -73,3 +78,61 @@ def test_explorer_mixed_tab_keeps_the_result_float_and_the_session_follows(tiny,
     s.run()
     kept = view.result.float_layers
     assert kept and [r.precision for r in s.records if r.index in kept] == ["float"] * len(kept)
+
+
+def test_cancel_mid_search_stops_at_the_next_layer_and_keeps_the_session_and_result(tiny, tiny_kl_pt):
+    s = engine.Session(tiny, tiny_kl_pt, mode="int")
+    view = MixedPrecisionView(s, images=[sample("dog")], background=False)
+    view.target.value, view.max_layers.value = 0.9, 1
+    view.search_button.click()
+    view.keep_button.click()                     # an earlier result, kept: what Cancel must not disturb
+    view.task.background = True                  # the search Cancel stops runs on its own thread, as in Jupyter
+    first, table, kept, qm = view.result, view.table.value, sorted(s.float_layers), s.qmodel
+    frozen, meta, frozen_base = frozen_arrays(qm), dict(qm.meta), frozen_arrays(tiny_kl_pt)
+    values, texts, buttons = [], [], set()
+    view.task.observe(lambda c: texts.append(c.new), names="text")
+
+    def on_value(change) -> None:                # runs on the search's thread, as each step starts
+        values.append(change.new)
+        buttons.add((view.search_button.disabled, view.keep_button.disabled, view.task.cancel_button.disabled))
+        if change.new == 5:
+            view.task.cancel_button.click()      # Cancel clicked during "sensitivity, layer 4 of 13"
+    view.task.progress.observe(on_value, names="value")
+    view.max_layers.value = 0
+    view.search_button.click()
+    view.wait(60)
+    assert values == [0, 1, 2, 3, 4, 5] and not view.task.running      # stopped before the next layer's run
+    assert buttons == {(True, True, False)}      # while it ran: Search and Keep off, Cancel on
+    assert any(t.startswith("mixed-precision search: sensitivity, layer 4 of 13: conv 6 (5 / ") for t in texts)
+    assert view.status == "mixed-precision search cancelled" and "cancelled after" in view.task.text
+    assert view.task.cancelled and "Traceback" not in view.status and view.error_details == ""
+    assert view.result is first and view.table.value == table and not view.keep_button.disabled
+    assert not view.search_button.disabled and view.task.cancel_button.disabled
+    assert s.qmodel is qm and sorted(s.float_layers) == kept and s.mode == "int" and qm.meta == meta
+    assert same_arrays(frozen, frozen_arrays(qm)) and same_arrays(frozen_base, frozen_arrays(tiny_kl_pt))
+
+
+def test_an_error_mid_search_is_shown_and_changes_nothing(tiny, tiny_kl_pt, monkeypatch):
+    s = engine.Session(tiny, tiny_kl_pt, mode="int")
+    view = MixedPrecisionView(s, images=[sample("dog")], background=False)
+    shown = MixedResult((0,), [CurvePoint(0, None, 0.5, 0.6, 1, 0), CurvePoint(1, 0, 0.8, 0.9, 0, 0)], {0: 0.3},
+                        0.9, False, "int", 1)
+    view.show(shown)                             # an earlier result: a failed search keeps it, and Keep with it
+    table = view.table.value
+    runs, score = [], Scorer.score
+    fails = {4: EngineError("the scorer refused"), 6: ZeroDivisionError("a bug")}
+
+    def failing(self, qmodel, mode="int", float_layers=None):
+        runs.append(1)
+        if len(runs) in fails:
+            raise fails[len(runs)]
+        return score(self, qmodel, mode, float_layers)
+    monkeypatch.setattr(Scorer, "score", failing)
+    view.search_button.click()
+    assert view.status == "error: the scorer refused" and view.error_details == ""
+    assert view.task.progress.value == 4         # the bar stays where it stopped: layer 3's sensitivity run
+    assert view.result is shown and view.table.value == table and view.float_layers == [0]
+    assert not view.keep_button.disabled and not view.search_button.disabled
+    view.search_button.click()                   # the second search fails at its 2nd scored run, with a bug
+    assert view.status == "error: ZeroDivisionError: a bug" and "Traceback" in view.error_details
+    assert view.task.text.endswith("error: a bug") and s.float_layers == set() and view.result is shown
