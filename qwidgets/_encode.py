@@ -29,6 +29,17 @@ MARKER_COLOURS = [(214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194)
                   (188, 189, 34)]
 
 
+def fmt_number(v: float, spec: str = ".4g") -> str:
+    """`format(v, spec)`, the one way views write a real number (tables, status lines, colour bars),
+    without a minus sign on a zero: -0.0 (e.g. max |error| 0 of a layer whose two runs agree, as a
+    maxpool's CROSS) and negatives that round to zero (-0.0001 at ".1f") read "0" / "0.0"."""
+    text = format(v, spec)
+    digits = text[1:].split("e")[0].split("E")[0]
+    if text.startswith("-") and digits and not digits.strip("0.,%"):
+        return text[1:]
+    return text
+
+
 def _diverging_lut(n: int = 256) -> np.ndarray:
     """(n, 3) uint8 blue -> white -> red, linear in each half (a small RdBu-like ramp)."""
     t = np.linspace(-1.0, 1.0, n)
@@ -383,9 +394,10 @@ def framed_png(png: bytes | Image.Image, title: str, bar: str | None = None, lo:
         if bar == "channel":
             labels = [(x0, "each channel's min"), (x1, "its max")]
         elif bar == "diverging":
-            labels = [(x0, f"{lo:.3g}{unit}"), ((x0 + x1) // 2, "0"), (x1, f"+{hi:.3g}{unit}")]
+            labels = [(x0, f"{fmt_number(lo, '.3g')}{unit}"), ((x0 + x1) // 2, "0"),
+                      (x1, f"+{fmt_number(hi, '.3g')}{unit}")]
         else:
-            labels = [(x0, f"{lo:.3g}{unit}"), (x1, f"{hi:.3g}{unit}")]
+            labels = [(x0, f"{fmt_number(lo, '.3g')}{unit}"), (x1, f"{fmt_number(hi, '.3g')}{unit}")]
         for x, text in labels:
             tw = text_width(text, 12)
             draw_text(out, (min(max(2, x - tw / 2), width - tw - 2), y0 + 13), text, black, 12)

@@ -4,7 +4,8 @@ Moving a slider, stepping the session or switching the mode shows another kernel
 Values the user typed and has not applied are not thrown away then: before the cells change, the
 grid compares them with the values it showed; if they differ they are kept under the shown kernel's
 key `(layer, target, filter, channel)` and come back when that kernel is shown again, until Apply
-(`forget_shown`) or Discard (`discard_shown`).
+(`forget_shown`) or Discard (`discard_shown`). int8 values go when the weights they were typed over do
+(`discard_target`: the editor calls it when the session's quantized model changes).
 """
 from __future__ import annotations
 
@@ -86,6 +87,22 @@ class KernelGrid(widgets.GridBox):
             self._fill(self._shown, target)
         self._sync()
         return n
+
+    def discard_target(self, target: str, shown_target: str) -> int:
+        """Drop the typed values of every kernel of `target` ("int8": the quantized model they were typed
+        for is gone), the shown kernel's too: its cells show the values it was shown with (`shown_target`:
+        their kind) and are nothing to keep when the next kernel is shown. Returns how many kernels had values."""
+        gone = {k for k in self._pending if k[1] == target}
+        if self._key is not None and self._key[1] == target:
+            if self.typed():
+                gone.add(self._key)
+            self._pending.pop(self._key, None)
+            self._fill(self._shown, shown_target)
+            self._key = None
+        for k in gone:
+            self._pending.pop(k, None)
+        self._sync()
+        return len(gone)
 
     def _stash(self) -> None:
         if self._key is None or not self.cells:

@@ -12,7 +12,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from engine.graph import INPUT
-from engine.session.stats import default_markers, error_row, histogram_counts, tensor_row
+from engine.layers.route import join_inputs  # noqa: F401  (the engine's join, re-exported for callers here)
+from engine.session.stats import default_markers, error_map, error_row, histogram_counts, tensor_row
 from qwidgets._encode import feature_montage, heatmap_png, histogram_png, weights_png
 
 BINS = 128
@@ -43,18 +44,8 @@ def hist_image(series: Mapping[str, Any], title: str, thresholds: Mapping[str, f
                          in_use=IN_USE if in_use is not None else None)
 
 
-def join_inputs(xs: Sequence[np.ndarray]) -> np.ndarray:
-    """A layer's inputs as one tensor: the single one, or several concatenated along C when H, W agree
-    (a route's concatenation), else the first."""
-    if len(xs) == 1:
-        return xs[0]
-    if all(a.ndim == 3 and a.shape[1:] == xs[0].shape[1:] for a in xs):
-        return np.concatenate(xs, axis=0)
-    return xs[0]
-
-
 def layer_input(model, outs: Sequence[np.ndarray], index: int, x: np.ndarray | None) -> np.ndarray | None:
-    """The layer's input (see `join_inputs`) from a FLOAT run's outputs."""
+    """The layer's input (`engine.layers.route.join_inputs`) from a FLOAT run's outputs."""
     srcs = model.layers[index].inputs
     if any(i < 0 for i in srcs) and x is None:
         return None
@@ -112,7 +103,8 @@ def layer_panel_data(model, outs: Sequence[np.ndarray], node_id: str, x: np.ndar
         series["INT"] = y_int
         images["float"] = feature_montage(y, max_channels=16, cols=4, normalize="global")
         images["int"] = feature_montage(y_int, max_channels=16, cols=4, normalize="global")
-        images["heatmap"] = heatmap_png(y_int - y, max_channels=16, cols=4)
+        diff, vmax = error_map(y_int, y, channels=16)
+        images["heatmap"] = heatmap_png(diff, vmax=vmax, max_channels=16, cols=4)
         rows.append(tensor_row("output INT", y_int))
         rows.append(error_row("INT - FLOAT", y, y_int))
     images["hist_output"] = hist_image(series, f"layer {node_id} output", thresholds, log2, log_y)

@@ -9,7 +9,11 @@ histograms overlay the run on FLOAT:
   outputs), with every calibration method's threshold for that tensor (id = the producer's node id,
   or "input"; concatenated multi-input routes get the default markers);
 - output: FLOAT vs the run's output (or the CROSS pair), with the output tensor's thresholds;
-- weights: the BN-folded FLOAT weights (what the int8 weights approximate) vs w_q * w_scale.
+- weights: the BN-folded FLOAT weights (what the int8 weights approximate) vs w_q * w_scale
+  (`weights(i, "dequantized")`).
+
+Joins of a layer's several inputs (`engine.layers.route.join_inputs`), dequantization
+(`QTensor.dequantize`), error maps and value ranges (`engine.session.stats`) are engine calls too.
 
 Weight data changes only with an edit or another quantized model, so it is cached (`invalidate()`
 after an edit): a Step to a big conv does not recompute a 4.7 M-value histogram twice. Tensor results
@@ -24,22 +28,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from engine.graph import INPUT
+from engine.layers.route import join_inputs, joined_count, joined_shape
 from qwidgets._encode import channels_note, feature_montage, framed_png, heatmap_png, weights_png
 from engine.quant.qtensor import QTensor
-from engine.session.stats import (code_counts, error_row, histogram_counts, qtensor_histogram_counts, qtensor_row,
-                                  tensor_row, threshold_in_use)
+from engine.session.stats import (code_counts, error_map, error_row, histogram_counts, qtensor_histogram_counts,
+                                  qtensor_row, tensor_row, threshold_in_use, value_range)
 from qwidgets._memo import IdentityMemo
-from qwidgets._panel_data import BINS, hist_image, join_inputs, layer_info, layer_panel_data
+from qwidgets._panel_data import BINS, hist_image, layer_info, layer_panel_data
 
 Panel = tuple[dict[str, Any], dict[str, bytes], list[dict[str, Any]]]
-
-
-def dequantized(w_q: np.ndarray, w_scale: np.ndarray) -> np.ndarray:
-    """w_q * w_scale as float32 (real = q * scale), per output filter (axis 0) when per-channel."""
-    scale = np.asarray(w_scale, np.float32).reshape(-1)
-    if scale.size == 1:
-        return w_q.astype(np.float32) * scale[0]
-    return w_q.astype(np.float32) * scale.reshape((-1,) + (1,) * (w_q.ndim - 1))
 
 
 def run_label(session) -> str:
@@ -108,9 +105,8 @@ class SessionPanelData:
         if not all(isinstance(t, QTensor) for t in tokens):
             return None
         qts = list(tokens)
-        if len(qts) > 1 and not all(t.q.ndim == 3 and t.q.shape[1:] == qts[0].q.shape[1:] for t in qts):
-            qts = qts[:1]                   # join_inputs shows the first input alone
-        shape = (sum(t.q.shape[0] for t in qts), *qts[0].q.shape[1:]) if len(qts) > 1 else qts[0].q.shape
+        qts = qts[:joined_count([t.shape for t in qts])]     # the ones join_inputs joins
+        shape = joined_shape([t.shape for t in qts])
         return qts, [self.memo.get([t], "codes", lambda t=t: code_counts(t)) for t in qts], shape
 
     def _counts(self, tokens: Sequence[Any], array, log2: bool) -> tuple:
@@ -196,7 +192,7 @@ class SessionPanelData:
         s = self._s
         srcs = [s.x if p == INPUT else ref[int(p)] for p in producers]
         x_of = _once(lambda: join_inputs(srcs))
-        c = srcs[0].shape[0] if len(srcs) == 1 else sum(a.shape[0] for a in srcs)
+        c = joined_shape([a.shape for a in srcs])[0]
         title = f"layer {i} input, {channels_note(c, min(64, c))}"
         png = self.memo.get(srcs, ("png", title), lambda: framed_png(self.memo.get(
             srcs, "montage", lambda: feature_montage(x_of(), labels=True, as_image=True)), title, "channel"))
@@ -250,8 +246,7 @@ class SessionPanelData:
         if y_int_of is not None:
             series[run], series_tokens[run] = y_int_of, run_tokens
             pair = [*ref_tokens, *run_tokens]
-            head = ((lambda: QTensor(qt.q[:16], qt.scale, qt.zero_point).dequantize()) if qt is not None
-                    else (lambda: y_int_of()[:16]))
+            head = ((lambda: qt.dequantize(slice(0, 16))) if qt is not None else (lambda: y_int_of()[:16]))
             images.update(self.memo.get(pair, ("maps", run), lambda: _maps(y, head(), run)))
             rows.append(self._row(f"output {run}", run_tokens, y_int_of))
             rows.append(self.memo.get(pair, ("error", run), lambda: error_row(
@@ -286,8 +281,7 @@ class SessionPanelData:
         if not with_int:
             images["hist_weights"] = hist_image({"weights": w}, f"layer {i} weights", None, log2, log_y)
             return images, rows
-        q = s.weights(i, "int8")
-        w_int = dequantized(q["w_q"], q["w_scale"])
+        w_int = s.weights(i, "dequantized")["weights"]
         w_fused = fused_weights(s, i, w_int.shape)
         images["hist_weights"] = hist_image({"FLOAT (BN folded)": w_fused, "INT8 w_q*scale": w_int},
                                             f"layer {i} weights", None, log2, log_y)
@@ -315,11 +309,8 @@ def _maps(y: np.ndarray, y_int: np.ndarray, run: str) -> dict[str, bytes]:
     grid = {"max_channels": 16, "cols": 4, "normalize": "global", "as_image": True}
     # only the 16 shown channels: a whole-tensor difference was 4x the work on yolov3's 64-channel maps
     y, y_int = y[:16], y_int[:16]
-    diff = y_int - y
-    vmax = float(np.abs(diff).max())
-    return {"float": framed_png(feature_montage(y, **grid), f"FLOAT, {shown}", "grey",
-                                float(y.min()), float(y.max())),
-            "int": framed_png(feature_montage(y_int, **grid), f"{run}, {shown}", "grey",
-                              float(y_int.min()), float(y_int.max())),
+    diff, vmax = error_map(y_int, y)
+    return {"float": framed_png(feature_montage(y, **grid), f"FLOAT, {shown}", "grey", *value_range(y)),
+            "int": framed_png(feature_montage(y_int, **grid), f"{run}, {shown}", "grey", *value_range(y_int)),
             "heatmap": framed_png(heatmap_png(diff, max_channels=16, cols=4, vmax=vmax, as_image=True),
                                   f"{run} - FLOAT, {shown}", "diverging", -vmax, vmax)}

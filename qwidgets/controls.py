@@ -25,6 +25,7 @@ import traitlets
 from engine.graph import INPUT
 from engine.imaging.samples import sample_images
 from qwidgets._confirm import Refused, SwitchGuard, dropped_text
+from qwidgets._encode import fmt_number
 from qwidgets._errors import ErrorDetails, Message, shows_errors
 from qwidgets._open_model import model_source, opened_text
 
@@ -204,8 +205,8 @@ class ExplorerControls(widgets.VBox):
         c = self._session.cross()
         d = c.diff
         self.cross_result = c
-        self.status = (f"CROSS layer {c.index}: ran {c.precision}, other {c.other}: SQNR {d.sqnr_db:.1f} dB, "
-                       f"max |diff| {d.max_abs:.4g}")
+        self.status = (f"CROSS layer {c.index}: ran {c.precision}, other {c.other}: SQNR {fmt_number(d.sqnr_db, '.1f')} "
+                       f"dB, max |diff| {fmt_number(d.max_abs)}")
 
     @shows_errors
     def _on_continue_click(self, _button) -> None:

@@ -1,8 +1,8 @@
 """DetectionsView: FLOAT detections and the current mode's detections side by side, as PNGs, and their diff.
 
 A pure view: `show(pre, float_dets, dets, label)` draws the boxes with `engine.imaging.draw.draw_detections`
-on the session's image and sends PNG bytes. The image is recovered from the network input
-(`Preprocessed`: the letterboxed tensor and the original size), so the view needs no path and
+on the session's image and sends PNG bytes. Without the photo the image is recovered from the network
+input by the engine (`Preprocessed.to_image`: the letterbox undone), so the view needs no path and
 works for every image a session can take (file, upload, array).
 """
 from __future__ import annotations
@@ -11,7 +11,6 @@ import html
 from typing import Sequence
 
 import ipywidgets as widgets
-import numpy as np
 import traitlets
 from PIL import Image
 
@@ -27,13 +26,8 @@ FONT = 14               # label text height in pixels at display size
 
 
 def image_from_input(pre: Preprocessed) -> Image.Image:
-    """The original-size RGB image inside a network input (letterbox border removed, resized back)."""
-    _, h, w = pre.x.shape
-    iw, ih = pre.inner_size()
-    top, left = (h - ih) // 2, (w - iw) // 2
-    inner = pre.x[:, top:top + ih, left:left + iw] if pre.resize == "letterbox" else pre.x
-    rgb = np.clip(np.rint(inner.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
-    return Image.fromarray(rgb).resize((pre.image_w, pre.image_h), Image.Resampling.BILINEAR)
+    """The original-size RGB image inside a network input (`Preprocessed.to_image`)."""
+    return pre.to_image()
 
 
 def detections_png(image: Image.Image, dets: Sequence, labels: Sequence[str] | None = None,

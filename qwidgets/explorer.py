@@ -3,9 +3,10 @@ composed over one Session. Everything runs in the kernel; the views only talk to
 
 The views follow the *session*, not the buttons: the Explorer registers the session's step / edit /
 reset callbacks (`qwidgets._sync.SessionFollower`) and `on_session_events` is the one place that
-updates the controls, the graph highlight and selection, the panel, the weight editor, the overlay
-and the detections. A Step click and `session.step()` in a cell therefore look the same; a click's
-events are delivered once, after its handler (a Run click redraws once, not 24 times).
+updates the controls, the graph highlight and selection, the panel, the overlay and the detections (the
+weight editor follows the session with a follower of its own: its journal and weights, from code too).
+A Step click and `session.step()` in a cell therefore look the same; a click's events are delivered
+once, after its handler (a Run click redraws once, not 24 times).
 
 The views are built for one model. When the session opens another (`Session.set_model`: the controls'
 Open model, a workspace model entry, or a cell), the reset event finds `session.model` replaced and
@@ -189,6 +190,7 @@ class Explorer(widgets.VBox):
         self._closed = True
         self._follower.close()
         self.session.remove_callback(self._edit_cb)
+        self.weight_editor.close()            # it follows the session too
         super().close()
 
     # ------------------------------------------------------------------ helpers
@@ -342,8 +344,7 @@ class Explorer(widgets.VBox):
             if follow and tracking and self.graph.selected_node != node:
                 self.graph.selected_node = node        # -> weight editor layer + panel
             else:
-                self.show_node(self.graph.selected_node)
-                self.weight_editor.refresh()
+                self.show_node(self.graph.selected_node)   # (the weight editor follows the session itself)
         self.update_overlay()
 
     @shows_errors

@@ -21,6 +21,8 @@ from typing import Any, Mapping, Sequence
 import ipywidgets as widgets
 import traitlets
 
+from qwidgets._encode import fmt_number
+
 # image key -> caption; the order is the display order inside each row
 IMAGE_SLOTS = {
     "input": "input channels", "output": "output channels",
@@ -39,13 +41,14 @@ TABLE_CSS = ("<style>.qw-table{margin-bottom:6px}.qw-table td,.qw-table th{paddi
 
 
 def fmt_value(v: Any) -> str:
-    """Compact text of an info/stat value: 1,234 for ints, 4 significant digits, CxHxW shapes."""
+    """Compact text of an info/stat value: 1,234 for ints, 4 significant digits (`fmt_number`: a zero
+    never signed), CxHxW shapes."""
     if isinstance(v, bool) or v is None:
         return str(v)
     if isinstance(v, int):
         return f"{v:,}"
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return fmt_number(v)
     if isinstance(v, Mapping):
         return ", ".join(f"{k}={fmt_value(x)}" for k, x in v.items())
     if isinstance(v, (list, tuple)):

@@ -4,7 +4,9 @@ The kernel `weights[filter, channel]` (k x k) is a grid of `FloatText` (FLOAT mo
 weights) or `IntText` (HYBRID / INT: the int8 `w_q`). Apply writes the grid with
 `session.edit_weights`; Scale / Zero filter and Prune are `scale_filter` / `zero_filter` / `prune`.
 Values typed but not applied survive slider moves, Steps and mode changes (`KernelGrid`) until Apply
-or Discard.
+or Discard; typed int8 values are dropped with the quantized model they were typed for (another model:
+all of them). The editor follows the session's events whoever drives it (`SessionFollower`): `edits`
+and the weights follow edits, undo and redo made from code too.
 
 After an edit the session re-executes what it changed (`session.rerun()`: from the edited layer to
 the current one, diff of the current layer, after vs before): the panel shows SQNR / max |diff| /
@@ -27,11 +29,13 @@ import numpy as np
 import traitlets
 
 from engine.session.edits import Edit
-from qwidgets._encode import channels_note, framed_png, heatmap_png
+from engine.session.stats import error_map
+from qwidgets._encode import channels_note, fmt_number, framed_png, heatmap_png
 from qwidgets._errors import ErrorDetails, Message, shows_errors
 from qwidgets._kernel_grid import KernelGrid, key_text
 from qwidgets._save_model import save_as
 from qwidgets._png_image import PngImage
+from qwidgets._sync import SessionFollower
 
 
 class WeightEditor(widgets.VBox):
@@ -42,7 +46,7 @@ class WeightEditor(widgets.VBox):
     channel = traitlets.Int(0, help="input channel within the filter")
     target = traitlets.Unicode("float", help="'float' (cfg weights) or 'int8' (w_q), from the session mode")
     last_diff = traitlets.Dict(help="after vs before of the last rerun: sqnr_db, max_abs, changed, layer")
-    edits = traitlets.List(traitlets.Unicode(), help="summaries of the applied edits (session journal)")
+    edits = traitlets.List(traitlets.Unicode(), help="summaries of the applied edits (the session's journal)")
     revision = traitlets.Int(0, help="bumped after every edit / undo / redo / rerun")
     active = traitlets.Bool(True, help="shown: False defers filling the grid until it is shown (the Explorer's "
                                        "Weights tab)")
@@ -52,8 +56,10 @@ class WeightEditor(widgets.VBox):
 
     def __init__(self, session, workspace=None, **kwargs) -> None:
         self._session = session
+        self._model, self._qmodel = session.model, session.qmodel     # the models the grid's values are of
         self._pending_show: tuple | None = None
         self._w: np.ndarray | None = None
+        self._real_w: dict | None = None     # the layer's dequantized int8 weights (int8 grid), until a refresh
         self._title = widgets.HTML("<b>weights</b>: select a convolutional layer")
         self._filter = widgets.IntSlider(description="filter", min=0, max=0, continuous_update=False)
         self._channel = widgets.IntSlider(description="channel", min=0, max=0, continuous_update=False)
@@ -116,6 +122,12 @@ class WeightEditor(widgets.VBox):
             button.on_click(handler)
         self.workspace = workspace
         self.refresh()
+        self._show_journal()
+        self._follower = SessionFollower(session, self._on_session_events)
+
+    def close(self) -> None:
+        self._follower.close()               # stop following the session
+        super().close()
 
     @property
     def cells(self) -> list[widgets.Widget]:
@@ -129,6 +141,7 @@ class WeightEditor(widgets.VBox):
 
     def _flush_show(self) -> None:
         """Fill the grid with the kernel whose display waited for the tab to be shown."""
+        self._follow_models()
         if self._pending_show is not None:
             args, self._pending_show = self._pending_show, None
             self._show(*args, now=True)
@@ -142,6 +155,7 @@ class WeightEditor(widgets.VBox):
     def model_changed(self) -> None:
         """After the session opened another model: its typed values, last diff and journal were the old
         model's (the session dropped the edits), and no layer is selected until the owner picks one."""
+        self._model, self._qmodel = self._session.model, self._session.qmodel
         self.grid.discard_all(self.target)
         with self.hold_sync():
             self.edits, self.last_diff = [], {}
@@ -151,6 +165,39 @@ class WeightEditor(widgets.VBox):
             self.layer = -1           # refreshes
         else:
             self.refresh()
+
+    def _follow_models(self) -> bool:
+        """Before the grid is shown or applied: another model in the session drops every typed value
+        (`model_changed`), another quantized model the int8 ones (a value typed for quantized model A is
+        never applied to B; float weights stay). Returns whether a model changed (then shown)."""
+        s = self._session
+        if s.model is not self._model:
+            self.model_changed()
+            return True
+        if s.qmodel is self._qmodel:
+            return False
+        self._qmodel = s.qmodel
+        n = self.grid.discard_target("int8", self.target)
+        self.refresh()
+        if n:
+            self.status = (f"discarded your unapplied int8 values of {n} kernel{'s' if n != 1 else ''}: they were "
+                           "typed for the previous quantized model")
+        return True
+
+    def _on_session_events(self, events: frozenset, _from_code: bool) -> None:
+        """The models, the weights after an edit or restart (mode, quantized model), notes, journal."""
+        if not self._follow_models():
+            if events & {"edit", "reset"}:
+                self.refresh()
+            else:
+                self.show_notes()           # outputs that predate an edit: named until rerun
+        self._show_journal()
+
+    def _show_journal(self) -> None:
+        """`edits` and the journal line: the session's applied edits, whoever made them."""
+        with self.hold_sync():
+            self.edits = self._session.edits()
+            self._journal.value = "<small>edits: " + html.escape("; ".join(self.edits) or "none") + "</small>"
 
     @traitlets.validate("filter", "channel")
     def _valid_kernel(self, proposal) -> int:
@@ -179,8 +226,10 @@ class WeightEditor(widgets.VBox):
     @shows_errors
     def refresh(self) -> None:
         """Reload the layer's weights from the session (after a layer, mode, model or weight change)."""
+        if self._follow_models():
+            return                            # refreshed with the new models
         s, i = self._session, self.layer
-        self._w = None
+        self._w, self._real_w = None, None
         kind = s.model.layers[i].kind if 0 <= i < s.num_layers else ""
         w = s.model.params[i].get("weights") if kind else None
         enabled = w is not None and w.ndim in (2, 4)
@@ -213,7 +262,7 @@ class WeightEditor(widgets.VBox):
         return (self.layer, self.target, self.filter, self.channel)
 
     def _show_kernel(self) -> None:
-        if self._w is not None:
+        if self._w is not None and not self._follow_models():
             self._show(self.kernel_key(), self.kernel(), self.target)
 
     def _show(self, key: tuple | None, k: np.ndarray, target: str, now: bool = False) -> None:
@@ -230,16 +279,19 @@ class WeightEditor(widgets.VBox):
             self.status = news
         if key != self._marked_key:
             self.mark_edited([])             # the marks belong to the kernel they were made in
-        self._real.value = self._real_values_html(k) if key is not None and target == "int8" else ""
+        self._real.value = self._real_values_html() if key is not None and target == "int8" else ""
         self.show_notes()
 
-    def _real_values_html(self, k: np.ndarray) -> str:
-        """Under an int8 grid: the filter's weight scale and each tap's real value q x scale."""
-        q = self._session.weights(self.layer, "int8")
-        scale = np.asarray(q["w_scale"], np.float64).reshape(-1)
+    def _real_values_html(self) -> str:
+        """Under an int8 grid: the filter's weight scale and each tap's real value q x scale (the
+        session's dequantized weights, fetched once per refresh)."""
+        if self._real_w is None:
+            self._real_w = self._session.weights(self.layer, "dequantized")
+        scale = self._real_w["w_scale"].reshape(-1)
         sc = float(scale[self.filter] if scale.size > 1 else scale[0])
-        real = np.asarray(k, np.float64) * sc
-        rows = "".join("<tr>" + "".join(f"<td>{v:.4g}</td>" for v in row) + "</tr>" for row in real.reshape(k.shape))
+        real = self._real_w["weights"][self.filter, self.channel]
+        real = np.asarray(real).reshape(1, 1) if np.ndim(real) == 0 else np.asarray(real)
+        rows = "".join("<tr>" + "".join(f"<td>{fmt_number(float(v))}</td>" for v in row) + "</tr>" for row in real)
         which = f"filter {self.filter}" if scale.size > 1 else "the layer (per tensor)"
         return (f"<small>int8 values q; weight scale of {which}: {sc:.5g}; real value = q x scale:</small>"
                 f"<table class='qw-table'>{rows}</table>")
@@ -296,11 +348,10 @@ class WeightEditor(widgets.VBox):
                           "changed": r.changed, "size": int(r.after.size)}
         with self.hold_sync():
             self._diff.value = (f"<b>{html.escape(what)}</b><br>reran {span}; layer {r.index} output after vs "
-                                f"before: SQNR {d.sqnr_db:.1f} dB, max |diff| {d.max_abs:.4g}, "
+                                f"before: SQNR {fmt_number(d.sqnr_db, '.1f')} dB, max |diff| {fmt_number(d.max_abs)}, "
                                 f"{r.changed:,} of {r.after.size:,} values changed")
             if r.after.ndim == 3:
-                diff = r.after[:16] - r.before[:16]      # the shown channels only
-                vmax = float(np.abs(diff).max())
+                diff, vmax = error_map(r.after, r.before, channels=16)      # the shown channels only
                 self.heatmap.value = framed_png(
                     heatmap_png(diff, max_channels=16, cols=4, vmax=vmax, as_image=True),
                     f"layer {r.index} output after - before the edit, "
@@ -312,14 +363,16 @@ class WeightEditor(widgets.VBox):
 
     def _after_edit(self, message: str) -> None:
         with self.hold_sync():
-            self.edits = self._session.edits()
-            self._journal.value = "<small>edits: " + html.escape("; ".join(self.edits) or "none") + "</small>"
+            self._show_journal()
             self.refresh()
             self.revision += 1
             self.status = message
 
     @shows_errors
     def _on_apply_click(self, _button) -> None:
+        if self._follow_models():
+            raise ValueError("the session's model or quantized model changed since these values were typed: "
+                             "check the weights shown now, then Apply again")
         values = self.grid_values()
         if self.target == "int8" and not np.all(values == np.rint(values)):
             raise ValueError("int8 weights must be integers")

@@ -165,6 +165,23 @@ class Preprocessed:
             return letterbox_size(self.image_w, self.image_h, w, h)
         return w, h
 
+    def inner(self) -> np.ndarray:
+        """The image's part of the network input, (3, new_h, new_w) float32: the letterbox border
+        (centred as `letterbox` placed it) cut off; the whole input for "stretch". A view, not a copy."""
+        if self.resize != "letterbox":
+            return self.x
+        _, h, w = self.x.shape
+        iw, ih = self.inner_size()
+        top, left = (h - ih) // 2, (w - iw) // 2
+        return self.x[:, top:top + ih, left:left + iw]
+
+    def to_image(self) -> Image.Image:
+        """The original-size RGB image recovered from the network input (for display, when the photo
+        itself is not at hand): `inner()` as 8-bit RGB (round(v * 255), clipped), resized back to
+        image_w x image_h with Pillow's bilinear filter (the resize undone approximately, not exactly)."""
+        rgb = np.clip(np.rint(self.inner().transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(rgb).resize((self.image_w, self.image_h), Image.Resampling.BILINEAR)
+
 
 def letterbox(x: np.ndarray, net_w: int, net_h: int) -> np.ndarray:
     """Darknet `letterbox_image`: keep the aspect ratio, centre on a 0.5-grey canvas."""

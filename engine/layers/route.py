@@ -6,6 +6,7 @@ AB's `groups`/`group_id` take channels [group_id*C/g, (group_id+1)*C/g) of every
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -31,6 +32,30 @@ def concat_channels(parts: list[np.ndarray]) -> np.ndarray:
     with own_threads():
         parallel_for(y.shape[0], run, y.size)
     return y
+
+
+def joined_count(shapes: Sequence[tuple[int, ...]]) -> int:
+    """How many of a layer's inputs (their shapes, in order) its joined input holds: all of them when
+    they are (C, H, W) tensors of one H, W (what a route concatenates along C), else the first alone
+    (one input; or, say, a shortcut from another spatial size: its inputs cannot be one tensor)."""
+    if len(shapes) > 1 and all(len(s) == 3 and tuple(s[1:]) == tuple(shapes[0][1:]) for s in shapes):
+        return len(shapes)
+    return 1
+
+
+def joined_shape(shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+    """The shape of the joined input of tensors of these shapes (see `joined_count`)."""
+    n = joined_count(shapes)
+    return tuple(shapes[0]) if n == 1 else (sum(int(s[0]) for s in shapes), *shapes[0][1:])
+
+
+def join_inputs(xs: Sequence[np.ndarray]) -> np.ndarray:
+    """A layer's inputs as one tensor (what panels show as "the input"): the single one, or several
+    concatenated along C as a route does (`concat_channels`) when `joined_count` says they join, else
+    the first. The whole inputs, whatever a route's `groups` then takes of them."""
+    if joined_count([x.shape for x in xs]) == 1:
+        return xs[0]
+    return concat_channels(list(xs))
 
 
 @LAYERS.register("route")

@@ -25,11 +25,15 @@ class QTensor:
     scale: float
     zero_point: int = 0
 
-    def dequantize(self) -> np.ndarray:
+    def dequantize(self, channels: slice | None = None) -> np.ndarray:
+        """The real values (q - zero_point) * scale as float32 (one rounding of the exact product), of
+        every element or of `channels` only (a slice of axis 0, e.g. the channels a view shows: no
+        float copy of the rest)."""
+        q = self.q if channels is None else self.q[channels]
         if self.zero_point:
-            d = (self.q.astype(np.int32) - np.int32(self.zero_point)).astype(np.float32)
+            d = (q.astype(np.int32) - np.int32(self.zero_point)).astype(np.float32)
             return np.multiply(d, np.float32(self.scale), dtype=np.float32)
-        return dequantize(self.q, self.scale)
+        return dequantize(q, self.scale)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -80,6 +84,21 @@ def _quantize(x: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
 def dequantize(q: np.ndarray, scale) -> np.ndarray:
     """int -> float32: q * scale (scale a scalar or broadcastable per-channel array)."""
     return (q.astype(np.float32) * np.asarray(scale, np.float32)).astype(np.float32, copy=False)
+
+
+def dequantize_weights(w_q: np.ndarray, w_scale) -> np.ndarray:
+    """int8 weights -> their real values w_q * w_scale, float32 (as `dequantize`).
+
+    w_q: (n, ...) int8, filters along axis 0; w_scale: one scale for the layer ((1,) or a scalar) or
+    one per filter ((n,)). Raises ValueError when w_scale has neither size.
+    """
+    scale = np.asarray(w_scale, np.float32).reshape(-1)
+    if scale.size == 1:
+        return dequantize(w_q, scale[0])
+    if scale.size != w_q.shape[0]:
+        raise ValueError(f"dequantize_weights: {scale.size} scales for {w_q.shape[0]} filters {w_q.shape}; "
+                         "expected one per filter or one for the layer")
+    return dequantize(w_q, scale.reshape((-1,) + (1,) * (w_q.ndim - 1)))
 
 
 def quantize_multiplier(real: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ArgumentError, EngineError
+from engine.quant.qtensor import dequantize_weights
 
 
 def layer_info(model, qmodel, executor, index: int) -> dict[str, Any]:
@@ -33,7 +34,8 @@ def layer_info(model, qmodel, executor, index: int) -> dict[str, Any]:
 
 def layer_weights(model, qmodel, index: int, kind: str = "float") -> dict[str, np.ndarray]:
     """Copies of a layer's parameters: kind "float" (raw cfg params), "fused" (batch norm folded
-    in: the weights and biases the int8 ones approximate) or "int8" (w_q, b_q, w_scale)."""
+    in: the weights and biases the int8 ones approximate), "int8" (w_q, b_q, w_scale) or "dequantized"
+    (weights: the int8 weights' real values w_q * w_scale, float32 (`dequantize_weights`); w_scale)."""
     if kind == "float":
         return {k: v.copy() for k, v in model.params[index].items()}
     if kind == "fused":
@@ -42,12 +44,14 @@ def layer_weights(model, qmodel, index: int, kind: str = "float") -> dict[str, n
             raise EngineError(f"layer {index} [{layer.kind}] has no weights")
         w, b = layer.fused(model.params[index])
         return {"weights": np.array(w, dtype=np.float32), "biases": np.array(b, dtype=np.float32)}
-    if kind == "int8":
+    if kind in ("int8", "dequantized"):
         lq = None if qmodel is None else qmodel.layers.get(index)
         if lq is None:
             raise EngineError(f"layer {index} [{model.layers[index].kind}] has no int8 weights")
+        if kind == "dequantized":
+            return {"weights": dequantize_weights(lq.w_q, lq.w_scale), "w_scale": np.array(lq.w_scale, copy=True)}
         return {"w_q": lq.w_q.copy(), "b_q": lq.b_q.copy(), "w_scale": np.array(lq.w_scale, copy=True)}
-    raise ArgumentError(f"kind={kind!r}: expected 'float', 'fused' or 'int8'")
+    raise ArgumentError(f"kind={kind!r}: expected 'float', 'fused', 'int8' or 'dequantized'")
 
 
 def calibrator_thresholds(qmodel, node_id: int | str) -> dict[str, float]:

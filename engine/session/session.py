@@ -195,8 +195,8 @@ class Session(LayerStepper):
         return info
 
     def weights(self, index: int, kind: str = "float") -> dict[str, np.ndarray]:
-        """Copies of a layer's parameters: kind "float" (raw cfg params), "fused" (batch norm folded
-        in: the weights and biases the int8 ones approximate) or "int8" (w_q, b_q, w_scale)."""
+        """Copies of a layer's parameters: kind "float" (raw cfg params), "fused" (batch norm folded in:
+        what the int8 ones approximate), "int8" (w_q, b_q, w_scale) or "dequantized" (weights = w_q * w_scale)."""
         return layer_weights(self.model, self.qmodel, self._check_index(index), kind)
 
     def fitness(self, index: int, local: bool = True) -> dict[str, ErrorStats | None]:

@@ -201,6 +201,21 @@ def error_row(name: str, ref: np.ndarray, y, stats=None) -> dict[str, Any]:
             "max|err|": st.max_abs, "mean|err|": float(err.mean(dtype=np.float64)) if err.size else 0.0}
 
 
+def value_range(x: np.ndarray) -> tuple[float, float]:
+    """(min, max) of a tensor: the two ends of its grey scale in a picture."""
+    x = np.asarray(x)
+    return float(x.min()), float(x.max())
+
+
+def error_map(y: np.ndarray, ref: np.ndarray, channels: int | None = None) -> tuple[np.ndarray, float]:
+    """(y - ref, max |y - ref|) over the first `channels` channels (all: None): an error map and the
+    symmetric range -vmax .. +vmax its diverging colours span. Differences in y's and ref's dtype
+    (float32 for feature maps); vmax 0.0 for an empty or error-free map."""
+    sl = slice(None) if channels is None else slice(0, channels)
+    d = y[sl] - ref[sl]
+    return d, (float(np.abs(d).max()) if d.size else 0.0)
+
+
 def mean_abs_error(ref: np.ndarray, qt) -> float:
     """mean |qt.dequantize() - ref| (float32 differences, float64 sums), in blocks that stay in cache, on
     the kernel threads; the partial sums are added in block order (the same result on any thread count)."""

@@ -125,3 +125,22 @@ def test_huge_declared_size_is_refused_before_decoding():
 def test_missing_file_is_named():
     with pytest.raises(ImageError, match="nope.jpg: cannot open image"):
         open_image("nope.jpg")
+
+
+@pytest.mark.parametrize("size", [(200, 100), (90, 160)])
+def test_the_letterbox_undone_gives_the_image_back(size):
+    """Preprocessed.inner / to_image: the image's part of the network input (borders computed here by
+    hand: 200x100 on 64x64 is 64x32 at row 16; 90x160 is 36x64 at column 14) and the photo at its size."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([xx * 255 // (w - 1), yy * 255 // (h - 1), (xx + yy) * 255 // (w + h - 2)], axis=2).astype(np.uint8)
+    pre = preprocess(rgb, 64, 64)
+    (iw, ih), (top, left) = ((64, 32), (16, 0)) if w > h else ((36, 64), (0, 14))
+    inner = pre.inner()
+    np.testing.assert_array_equal(inner, pre.x[:, top:top + ih, left:left + iw])
+    np.testing.assert_array_equal(inner, resize_image(image_to_array(rgb), iw, ih))   # what letterbox put there
+    back = pre.to_image()
+    assert back.size == (w, h) and back.mode == "RGB"
+    assert np.abs(np.asarray(back, np.float64) - rgb).mean() < 4            # a smooth image: a few levels off
+    stretch = preprocess(rgb, 64, 64, "stretch")
+    assert stretch.inner() is stretch.x and stretch.to_image().size == (w, h)

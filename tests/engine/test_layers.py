@@ -115,3 +115,21 @@ def test_shortcut_of_equal_shapes_is_the_rounded_sum_on_any_thread_count(threads
     np.testing.assert_array_equal(y, (prev.astype(np.float64) + add).astype(np.float32))
     big = np.full((2, 3, 3), 100, np.int8)
     assert (shortcut_add(big, big) == 200).all()
+
+
+def test_join_inputs_concatenates_what_a_route_joins_and_else_shows_the_first():
+    from engine.layers.route import join_inputs, joined_count, joined_shape
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(3, 5, 6)).astype(np.float32), rng.normal(size=(2, 5, 6)).astype(np.float32)
+    c = rng.normal(size=(3, 4, 6)).astype(np.float32)             # another spatial size
+    np.testing.assert_array_equal(join_inputs([a, b]), np.concatenate([a, b], axis=0))
+    assert joined_count([a.shape, b.shape]) == 2 and joined_shape([a.shape, b.shape]) == (5, 5, 6)
+    assert join_inputs([a]) is a and joined_shape([a.shape]) == (3, 5, 6)
+    assert join_inputs([a, c]) is a and joined_count([a.shape, c.shape]) == 1 and joined_shape([a.shape, c.shape]) == a.shape
+    # the join the route's forward does
+    from engine.darknet.build import build_layers
+    from engine.darknet.cfg import parse_cfg
+    layers = build_layers(parse_cfg("[net]\nwidth=6\nheight=5\nchannels=3\n[convolutional]\nfilters=3\n"
+                                    "[convolutional]\nfilters=2\n[route]\nlayers=-2,-1\n", "r.cfg"))
+    assert isinstance(layers[2], Route)
+    np.testing.assert_array_equal(join_inputs([a, b]), layers[2].forward_float([a, b], None, None))

@@ -97,3 +97,44 @@ def test_mean_abs_error_same_on_any_block_split(monkeypatch):
         monkeypatch.setattr(stats, "STATS_BLOCK", block)
         assert stats.mean_abs_error(ref, qt) == pytest.approx(want, rel=1e-12)
     assert fitness.STATS_BLOCK == 1 << 15
+
+
+@pytest.mark.parametrize("zero_point,dtype", [(0, np.int8), (131, np.uint8), (-3, np.int8)])
+def test_dequantize_of_some_channels_is_those_channels_real_values(zero_point, dtype):
+    """What a view shows of an int8 map (its first channels) comes from QTensor.dequantize(channels):
+    checked against (q - zero_point) * scale in float64, rounded once to float32."""
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype)
+    qt = QTensor(rng.integers(info.min, info.max + 1, (20, 5, 6)).astype(dtype), 0.0371, zero_point)
+    want = ((qt.q[:16].astype(np.float64) - zero_point) * np.float64(np.float32(qt.scale))).astype(np.float32)
+    got = qt.dequantize(slice(0, 16))
+    assert got.dtype == np.float32 and got.shape == (16, 5, 6)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(qt.dequantize()[:16], got)
+
+
+def test_dequantize_weights_per_filter_and_per_layer():
+    from engine.quant.qtensor import dequantize_weights
+    rng = np.random.default_rng(8)
+    w_q = rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8)
+    scales = np.array([0.5, 0.013, 2.0 ** -9, 0.1], np.float64)
+    got = dequantize_weights(w_q, scales)
+    for n in range(4):                 # one filter at a time, float64 product of float32 operands
+        want = (w_q[n].astype(np.float64) * np.float64(np.float32(scales[n]))).astype(np.float32)
+        np.testing.assert_array_equal(got[n], want)
+    one = dequantize_weights(w_q, np.array([0.013]))
+    np.testing.assert_array_equal(one, (w_q.astype(np.float64) * np.float64(np.float32(0.013))).astype(np.float32))
+    with pytest.raises(ValueError, match="3 scales for 4 filters"):
+        dequantize_weights(w_q, scales[:3])
+
+
+def test_error_map_and_value_range_against_numpy():
+    from engine.session.stats import error_map, value_range
+    rng = np.random.default_rng(9)
+    y, ref = rng.normal(0, 1, (20, 4, 5)).astype(np.float32), rng.normal(0, 1, (20, 4, 5)).astype(np.float32)
+    d, vmax = error_map(y, ref, channels=16)
+    np.testing.assert_array_equal(d, y[:16] - ref[:16])
+    assert vmax == max(abs(float(v)) for v in (y[:16] - ref[:16]).ravel())
+    d, vmax = error_map(y, y)
+    assert d.shape == y.shape and vmax == 0.0 and str(vmax) == "0.0"        # no error: +0, never -0
+    assert value_range(y) == (float(min(y.ravel())), float(max(y.ravel())))

@@ -515,3 +515,15 @@ def test_a_record_opened_from_a_file_saves_back_over_it(tiny, tiny_q, tmp_path):
     back.step()
     back.save_record(rec)                               # its model's source is the record: still a record
     assert Session.open_record(rec).position == 6
+
+
+def test_dequantized_weights_are_w_q_times_the_filters_scale(tiny, tiny_q):
+    s = Session(tiny, tiny_q, "int")
+    q, d = s.weights(2, "int8"), s.weights(2, "dequantized")
+    scale = np.float32(q["w_scale"]).astype(np.float64).reshape(-1, 1, 1, 1)      # per filter, computed here
+    np.testing.assert_array_equal(d["weights"], (q["w_q"].astype(np.float64) * scale).astype(np.float32))
+    np.testing.assert_array_equal(d["w_scale"], q["w_scale"])
+    d["weights"][:] = 0                                              # a copy, like every kind
+    assert s.weights(2, "dequantized")["weights"].any()
+    with pytest.raises(EngineError, match="layer 1 \\[maxpool\\] has no int8 weights"):
+        s.weights(1, "dequantized")

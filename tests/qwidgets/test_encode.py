@@ -123,3 +123,15 @@ def test_a_run_length_encoded_histogram_png_decodes_to_the_drawn_pixels():
     # the same pixels as the default (filtered, deflate) encoding
     again = np.asarray(Image.open(io.BytesIO(to_png(Image.fromarray(pixels)))).convert("RGB"))
     np.testing.assert_array_equal(pixels, again)
+
+
+def test_numbers_are_written_without_a_minus_on_zero():
+    """fmt_number, the views' one number formatter (tables via fmt_value, status lines, colour bars)."""
+    from qwidgets._encode import fmt_number
+    from qwidgets.layer_panel import fmt_value
+    assert fmt_number(-0.0) == "0" and fmt_value(-0.0) == "0" and fmt_value(np.float64(-0.0)) == "0"
+    assert fmt_number(-0.0, ".1f") == "0.0" and fmt_number(-0.00004, ".1f") == "0.0"     # rounds to zero
+    assert fmt_number(-0.0, ".3g") == "0" and fmt_number(-0.0, ".2%") == "0.00%"
+    assert fmt_number(-0.0001) == "-0.0001" and fmt_number(-1e-9) == "-1e-09" and fmt_number(-10.0) == "-10"
+    assert fmt_number(-2.5, ".1f") == "-2.5" and fmt_number(float("-inf")) == "-inf" and fmt_number(0.0) == "0"
+    assert fmt_value({"max|err|": -0.0, "SQNR dB": float("inf")}) == "max|err|=0, SQNR dB=inf"

@@ -109,3 +109,35 @@ def test_int8_tensors_are_read_as_codes_and_draw_what_their_float_copies_draw(ti
     rows = {r["tensor"]: r for r in codes.data("13")[2]}
     y, ref = output(13), s.float_reference()[13]
     assert rows["INT - FLOAT"]["mean|err|"] == pytest.approx(error_row("", ref, y)["mean|err|"], rel=1e-9)
+
+
+def test_cross_on_a_maxpool_shows_no_negative_zero(tiny, tiny_q):
+    """A maxpool runs the same in int8 and float: CROSS finds max |diff| 0 (the engine's -0.0), written 0."""
+    import re
+    s = engine.Session(tiny, tiny_q, "int")
+    ex = Explorer(s)
+    s.run_to(1)
+    assert tiny.layers[1].kind == "maxpool" and ex.graph.selected_node == "1"
+    ex.controls.cross_button.click()
+    assert ex.controls.cross_result.diff.max_abs == 0
+    assert ex.status.endswith("SQNR inf dB, max |diff| 0"), ex.status
+    row = {r["tensor"]: r for r in ex._panel_data.data("1", cross=ex.controls.cross_result)[2]}["CROSS INT8 - FLOAT"]
+    assert row["max|err|"] == 0 and "<td>CROSS INT8 - FLOAT</td><td>16x208x208</td><td>inf</td><td>0</td>" in ex.panel.stats
+    for text in (ex.status, ex.panel.content_html(), ex.controls.current_label.value):
+        assert not re.search(r"-0(?![.\d])|-0\.0+(?!\d)", text), text
+
+
+def test_panel_int8_weights_are_the_engines_dequantized_weights(tiny, tiny_q):
+    """The weights row and histogram of the int8 weights come from Session.weights(i, "dequantized")."""
+    from qwidgets._session_panel import SessionPanelData
+    s = engine.Session(tiny, tiny_q, "int")
+    s.run_to(2)
+    d = s.weights(2, "dequantized")
+    asked = []
+    weights = s.weights
+    s.weights = lambda i, kind="float": (asked.append((i, kind)), weights(i, kind))[1]
+    rows = {r["tensor"]: r for r in SessionPanelData(s).data("2")[2]}
+    assert (2, "dequantized") in asked and (2, "int8") not in asked
+    w = d["weights"]
+    assert rows["weights INT8 (w_q*scale, BN folded)"]["max"] == float(w.max())
+    assert rows["weights INT8 (w_q*scale, BN folded)"]["min"] == float(w.min())

@@ -109,3 +109,78 @@ def test_typed_values_survive_slider_moves_until_applied_or_discarded(editor):
     editor.discard_button.click()
     np.testing.assert_array_equal(editor.grid_values(), w[3, 2])
     assert editor.grid.unapplied == [] and editor._notes.value == "" and len(s.edits()) == 1
+
+
+def test_the_journal_follows_edits_made_from_code(editor):
+    s = editor._session
+    assert editor.edits == []
+    s.edit_weights(2, (1, 2), np.full((3, 3), 0.25))               # from code, the editor open
+    assert editor.edits == s.edits() == ["layer 2 float weights: set weights[(1, 2)]"]
+    assert "set weights[(1, 2)]" in editor._journal.value
+    editor.filter, editor.channel = 1, 2
+    np.testing.assert_array_equal(editor.grid_values(), np.full((3, 3), 0.25))   # and the grid the new weights
+    s.zero_filter(2, 3)
+    assert len(editor.edits) == 2 and editor.edits[-1].startswith("layer 2 float weights: zero filter 3")
+    s.undo()
+    s.undo()
+    assert editor.edits == [] and "edits: none" in editor._journal.value
+    s.redo()
+    assert editor.edits == s.edits() and len(editor.edits) == 1
+
+
+def test_the_journal_follows_an_engine_edit_from_code_in_the_explorer(tiny, tiny_q):
+    from qwidgets import Explorer
+    s = engine.Session(tiny, tiny_q, "int")
+    ex = Explorer(s)
+    s.run_to(2)
+    s.edit_weights(2, 0, np.zeros(s.weights(2, "int8")["w_q"][0].shape), target="int8")
+    assert ex.weight_editor.edits == s.edits() and len(s.edits()) == 1
+
+
+@pytest.fixture
+def int_editor(tiny, tiny_q):
+    s = engine.Session(tiny, tiny_q, "int")
+    we = WeightEditor(s)
+    we.layer = 2
+    return we
+
+
+def test_typed_int8_values_are_not_carried_to_another_quantized_model(int_editor, tiny_kl_pt):
+    we, s = int_editor, int_editor._session
+    assert we.target == "int8"
+    we.cells[0].value = 99                                          # typed for tiny_q, kept on leaving
+    we.filter = 1
+    we.cells[1].value = -99                                         # typed, shown
+    assert we.grid.unapplied == [(2, "int8", 0, 0)]
+    s.set_quantized(tiny_kl_pt)                                     # another quantized model, from code
+    assert we.grid.unapplied == [] and "discarded your unapplied int8 values of 2 kernels" in we.status
+    w_q = s.weights(2, "int8")["w_q"]
+    np.testing.assert_array_equal(we.grid_values(), w_q[1, 0])      # model B's weights, not the typed ones
+    we.filter = 0
+    np.testing.assert_array_equal(we.grid_values(), w_q[0, 0])
+    we.apply_button.click()                                         # nothing typed: nothing of A reaches B
+    np.testing.assert_array_equal(s.weights(2, "int8")["w_q"], w_q)
+
+
+def test_apply_before_the_switch_is_heard_of_never_writes_the_old_models_values(int_editor, tiny_kl_pt):
+    from qwidgets._sync import holding
+    we, s = int_editor, int_editor._session
+    we.cells[0].value = 99
+    with holding(s):                      # another view's handler switches: events reach the editor after it
+        s.set_quantized(tiny_kl_pt)
+        w_q = s.weights(2, "int8")["w_q"]
+        we.apply_button.click()
+    assert we.status.startswith("error: the session's model or quantized model changed") and s.edits() == []
+    np.testing.assert_array_equal(s.weights(2, "int8")["w_q"], w_q)
+    np.testing.assert_array_equal(we.grid_values(), w_q[0, 0])
+    assert we.grid.unapplied == []
+
+
+def test_typed_float_values_stay_through_a_quantized_model_switch(tiny, tiny_q, tiny_kl_pt):
+    s = engine.Session(tiny, tiny_q, "float")
+    we = WeightEditor(s)
+    we.layer = 2
+    we.cells[0].value = 2.5
+    we.filter = 1
+    s.set_quantized(tiny_kl_pt)                                     # the float weights are the same
+    assert we.target == "float" and we.grid.unapplied == [(2, "float", 0, 0)]
