@@ -87,7 +87,7 @@ def _sums(ref: np.ndarray, y: np.ndarray | QTensor, rr: float | None = None,
         return rr, float(parts[:, :4].sum(axis=0)[1]), nan, nan, nan
     rsum, ee, yy, re = (float(v) for v in parts[:, :4].sum(axis=0))
     rsum = rsum if rr is None else rr
-    return rsum, ee, yy, rsum + re, float(parts[:, 4:].max()) if count else 0.0
+    return rsum, ee, yy, rsum + re, float(parts[:, 4:].max()) + 0.0 if count else 0.0   # + 0.0: never -0.0 (a -min of zeros)
 
 
 def _blocks(count: int, fn) -> None:

@@ -125,3 +125,10 @@ def test_statistics_in_the_calling_thread_or_on_the_kernel_threads_are_the_same_
         pool = as_array(error_stats(ref, y, q)), as_array(error_stats(ref, y, q, sqnr_only=True))
     for a, b in zip(here, pool):
         assert np.array_equal(a, b, equal_nan=True)
+
+
+def test_max_abs_of_equal_tensors_is_positive_zero():
+    # the max of -min over zero errors was -0.0, printed "-0" by the CLI's JSON and the Explorer
+    x = np.linspace(-3, 3, 4096, dtype=np.float32).reshape(4, 32, 32)
+    s = error_stats(x, x.copy())
+    assert s.max_abs == 0.0 and not np.signbit(s.max_abs)
