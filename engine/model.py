@@ -16,6 +16,7 @@ from engine.darknet.cfg import Cfg, parse_cfg, read_cfg
 from engine.errors import CfgError, EngineError, WeightsError
 from engine.darknet.build import build_graph, build_layers
 from engine.graph import Graph
+from engine.npzfile import text_array
 from engine.darknet.image import ImageLike, Preprocessed, preprocess
 from engine.layers import Layer, Scratch
 from engine.layers.activations import activate
@@ -271,10 +272,10 @@ class Model:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The model file's arrays (also embedded in run records)."""
         arrays: dict[str, np.ndarray] = {
-            "format": _text(MODEL_FORMAT), "cfg": _text(self.cfg.text),
-            "graph": _text(json.dumps(self.graph.to_dict())),
-            "meta": _text(json.dumps({"name": self.graph.name, "class_names": self.class_names,
-                                      "cfg_path": self.cfg.path, "source": self.source})),
+            "format": text_array(MODEL_FORMAT), "cfg": text_array(self.cfg.text),
+            "graph": text_array(json.dumps(self.graph.to_dict())),
+            "meta": text_array(json.dumps({"name": self.graph.name, "class_names": self.class_names,
+                                           "cfg_path": self.cfg.path, "source": self.source})),
             "header": np.array([self.header.major, self.header.minor, self.header.revision, self.header.seen],
                                np.uint64),
         }
@@ -285,10 +286,6 @@ class Model:
 
     def save_weights(self, path: str | Path, *, exclusive: bool = False) -> None:
         write_weights(path, self.layers, self.params, self.header, exclusive=exclusive)
-
-
-def _text(s: str) -> np.ndarray:
-    return np.frombuffer(s.encode("utf-8"), dtype=np.uint8)
 
 
 def default_names(classes: int) -> list[str]:

@@ -41,6 +41,12 @@ _ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueErr
            NotImplementedError, RuntimeError, UnicodeDecodeError, SyntaxError, TypeError)
 
 
+def text_array(s: str) -> np.ndarray:
+    """`s` as a uint8 vector of its UTF-8 bytes: how model, quantized-model and record files store text
+    (what `NpzReader.text` reads back)."""
+    return np.frombuffer(s.encode("utf-8"), dtype=np.uint8)
+
+
 class NpzReader:
     """Read-only mapping over an .npz file: `keys()`, `in`, `shape(k)`, `dtype(k)`, `[k]`, `text(k)`.
 

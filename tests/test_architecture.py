@@ -116,6 +116,67 @@ def modules_spelling(root: Path, package: str, literal: str, outside: str) -> li
     return sorted(out)
 
 
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def private_imports(root: Path, packages: tuple[str, ...] = ("engine", "qwidgets")) -> list[str]:
+    """Private names one module takes from another: `from m import _x`, or `m._x` on an imported module m.
+
+    A private name is one module's business; another module that needs it needs a public, documented
+    helper. Private *modules* (`qwidgets/_encode.py`) are their package's own: importing one from inside
+    the same top package is allowed, and so are a module's dunders.
+    """
+    known = {name: path for package in packages for name, path in modules(root, package).items()}
+    out = []
+    for module, path in known.items():
+        tree = ast.parse(path.read_text(), str(path))
+        top = module.split(".")[0]
+        is_package = path.name == "__init__.py"
+        bound: dict[str, str] = {}                  # local name -> the project module it is bound to
+
+        def allowed(base: str, name: str) -> bool:
+            sub = f"{base}.{name}"
+            return sub in known and sub.split(".")[0] == top      # a private module of this package
+
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] in known:
+                        if alias.asname:
+                            bound[alias.asname] = alias.name
+                        else:
+                            bound[alias.name.split(".")[0]] = alias.name.split(".")[0]
+                    parts = alias.name.split(".")
+                    for k in range(1, len(parts)):
+                        if is_private(parts[k]) and not allowed(".".join(parts[:k]), parts[k]):
+                            out.append(f"{module}:{node.lineno} imports {alias.name}")
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = module.split(".")
+                    anchor = anchor[:len(anchor) - node.level + (1 if is_package else 0)]
+                    base = ".".join(anchor + ([base] if base else []))
+                if base.split(".")[0] not in packages:
+                    continue
+                for alias in node.names:
+                    if f"{base}.{alias.name}" in known:
+                        bound[alias.asname or alias.name] = f"{base}.{alias.name}"
+                    if base != module and is_private(alias.name) and not allowed(base, alias.name):
+                        out.append(f"{module}:{node.lineno} imports {alias.name} from {base}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and is_private(node.attr):
+                chain, value = [], node.value
+                while isinstance(value, ast.Attribute):
+                    chain.insert(0, value.attr)
+                    value = value.value
+                if isinstance(value, ast.Name) and value.id in bound:
+                    target = ".".join([bound[value.id], *chain])
+                    if target in known and target != module and not allowed(target, node.attr):
+                        out.append(f"{module}:{node.lineno} uses {target}.{node.attr}")
+    return sorted(out)
+
+
 def module_index(root: Path, packages: tuple[str, ...] = ("engine", "qwidgets")) -> str:
     """The map's module index: per folder, every module with the first line of its docstring (what
     `python tests/test_architecture.py --write-index` writes between the index markers)."""
@@ -190,6 +251,11 @@ def test_layer_kinds_are_traits_not_lists():
     assert len(spelled) <= MAX_YOLO_MODULES, spelled
 
 
+def test_no_module_takes_a_private_name_from_another():
+    # tests may reach into privates; engine/ and qwidgets/ modules use each other's public names only
+    assert private_imports(ROOT) == []
+
+
 def test_the_map_names_every_module_and_no_other():
     # docs/architecture.md stays true: a new, renamed or deleted module fails here until the index is
     # rewritten (python tests/test_architecture.py --write-index); its descriptions are the docstrings'
@@ -235,6 +301,26 @@ def test_the_rules_catch_a_synthetic_violation_of_each(tmp_path):
     (tmp_path / "pkg" / "e.py").unlink()
     assert indexed_modules(doc) - tree_modules(tmp_path, ("pkg",)) == {"pkg/e.py"}
     assert "- `new.py`: New." in module_index(tmp_path, ("pkg",)).split("**`pkg/sub/`**")[1]
+
+
+def test_private_imports_are_caught_in_every_spelling(tmp_path):
+    write(tmp_path, {
+        "pkg/__init__.py": "", "pkg/_helpers.py": "def _h():\n    pass\n",
+        "pkg/a.py": "def _walk():\n    pass\n\ndef walk():\n    return _walk()\n",
+        "pkg/b.py": "from pkg.a import _walk, walk\n",                        # a sibling's private name
+        "pkg/c.py": "def f():\n    from .a import _walk\n    return _walk\n",  # lazy and relative
+        "pkg/d.py": "from pkg import a\nimport pkg.a as aa\nimport pkg.a\n\n"
+                    "def f():\n    return a._walk, aa._walk, pkg.a._walk, a.__name__\n",
+        "pkg/e.py": "from pkg import _helpers\nfrom pkg._helpers import _h\nimport numpy\nx = numpy._globals\n",
+        "other/__init__.py": "", "other/f.py": "from pkg import _helpers\n",   # another package's private module
+    })
+    found = private_imports(tmp_path, ("pkg", "other"))
+    assert found == ["other.f:1 imports _helpers from pkg", "pkg.b:1 imports _walk from pkg.a",
+                     "pkg.c:2 imports _walk from pkg.a", "pkg.d:6 uses pkg.a._walk", "pkg.d:6 uses pkg.a._walk",
+                     "pkg.d:6 uses pkg.a._walk", "pkg.e:2 imports _h from pkg._helpers"]
+    write(tmp_path, {"pkg/b.py": "from pkg.a import walk\n", "pkg/c.py": "", "pkg/d.py": "", "pkg/e.py": "",
+                     "other/f.py": ""})
+    assert private_imports(tmp_path, ("pkg", "other")) == []
 
 
 def test_a_clean_synthetic_tree_passes_and_from_package_import_name_counts_its_init(tmp_path):

@@ -83,5 +83,5 @@ def cmd_worst(args: argparse.Namespace) -> int:
 
 def _finite(x):
     """JSON has no NaN (a mean IoU with no matched pair): None instead."""
-    from engine.scale.montecarlo import _jsonable
-    return _jsonable(x)
+    from engine.scale.montecarlo import jsonable
+    return jsonable(x)

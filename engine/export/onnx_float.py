@@ -95,7 +95,7 @@ def build_onnx(model, *, heads: str = "raw", opset: int = 17, all_outputs: bool 
                                               f"(FLOAT, heads={heads})")
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
                                    producer_name="qwidgets-engine", producer_version="0.1.0")
-    proto.ir_version = min(proto.ir_version, _ir_version(onnx, opset))
+    proto.ir_version = min(proto.ir_version, min_ir_version(onnx, opset))
     onnx.helper.set_model_props(proto, {"darknet_heads": json.dumps(head_info(model, heads)),
                                         "darknet_cfg": model.cfg.text,
                                         "input": "RGB float32 in [0, 1], planar NCHW, letterboxed (Darknet)"})
@@ -106,7 +106,7 @@ def _shape(model, index: int) -> tuple[int, int, int]:
     return model.input_shape if index < 0 else model.layers[index].out_shape
 
 
-def _ir_version(onnx: Any, opset: int) -> int:
+def min_ir_version(onnx: Any, opset: int) -> int:
     """The oldest IR version that carries `opset`, so older runtimes can load the file."""
     try:
         return onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])

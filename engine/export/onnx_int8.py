@@ -39,7 +39,8 @@ def _grid_consts(b, scale: float, zp: int) -> tuple[str, str]:
 
 
 def _conv(b, layer, lq, x: str, grid: tuple[float, int], qmodel, signed: bool) -> tuple[str, tuple[float, int]]:
-    from engine.quant.profiles.onnxruntime import _bias_for, tensor_grid
+    from engine.quant.int_layers import bias_for
+    from engine.quant.profiles.onnxruntime import tensor_grid
     i = str(layer.index)
     n = lq.w_q.shape[0]
     act = layer.activation
@@ -57,7 +58,7 @@ def _conv(b, layer, lq, x: str, grid: tuple[float, int], qmodel, signed: bool) -
     else:
         w, wz = (lq.w_q.astype(np.int16) + 128).astype(np.uint8), np.full(n, 128, np.uint8)
     ws = np.broadcast_to(np.asarray(lq.w_scale, np.float64), (n,)).astype(np.float32)
-    for arr, name in ((w, w_name), (ws, ws_name), (wz, wz_name), (_bias_for(lq, grid[0]).astype(np.int32), b_name)):
+    for arr, name in ((w, w_name), (ws, ws_name), (wz, wz_name), (bias_for(lq, grid[0]).astype(np.int32), b_name)):
         b.initializers.append(onnx.numpy_helper.from_array(np.ascontiguousarray(arr), name))
     k, s, p = layer.size, layer.stride, layer.padding
     y = b.op("QLinearConv", [x, *_grid_consts(b, *grid), w_name, ws_name, wz_name, *_grid_consts(b, *mid), b_name],
@@ -70,7 +71,7 @@ def _conv(b, layer, lq, x: str, grid: tuple[float, int], qmodel, signed: bool) -
 
 def _head_conv(b, layer, lq, x: str, grid: tuple[float, int], signed: bool, out: str) -> None:
     """ConvInteger (int32 sums) + int32 bias, Cast to float32, Mul by float32 x_scale * w_scale[c] -> `out`."""
-    from engine.quant.profiles.onnxruntime import _bias_for
+    from engine.quant.int_layers import bias_for
     if layer.activation != "linear":
         raise UnsupportedError(f"{layer.where()}: a head conv with activation '{layer.activation}' is not exported")
     onnx = b.onnx
@@ -79,7 +80,7 @@ def _head_conv(b, layer, lq, x: str, grid: tuple[float, int], signed: bool, out:
     ws = np.broadcast_to(np.asarray(lq.w_scale, np.float64), (n,)).astype(np.float32)
     scale = np.multiply(np.float32(grid[0]), ws, dtype=np.float32).reshape(1, n, 1, 1)
     names = [b.name(w_) for w_ in ("weights", "bias", "scale")]
-    for arr, name in ((w, names[0]), (_bias_for(lq, grid[0]).astype(np.int32).reshape(1, n, 1, 1), names[1]),
+    for arr, name in ((w, names[0]), (bias_for(lq, grid[0]).astype(np.int32).reshape(1, n, 1, 1), names[1]),
                       (scale, names[2])):
         b.initializers.append(onnx.numpy_helper.from_array(np.ascontiguousarray(arr), name))
     k, s, p = layer.size, layer.stride, layer.padding
@@ -214,7 +215,7 @@ def build_int8(model, qmodel, *, heads: str = "raw", opset: int = 17, all_output
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset),
                                                          onnx.helper.make_opsetid(MS, 1)],
                                    producer_name="qwidgets-engine", producer_version="0.1.0")
-    proto.ir_version = min(proto.ir_version, onnx_float._ir_version(onnx, opset))
+    proto.ir_version = min(proto.ir_version, onnx_float.min_ir_version(onnx, opset))
     onnx.helper.set_model_props(proto, {
         "darknet_heads": json.dumps(onnx_float.head_info(model, heads)),
         "quantization": json.dumps({"profile": qmodel.profile, "method": qmodel.method,

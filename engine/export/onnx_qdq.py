@@ -87,7 +87,7 @@ def _dq_param(b, name: str, values: np.ndarray, scale: np.ndarray, zero_dtype) -
 
 
 def _int_params(layer, lq, s_in: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(w_q, w_scale (n,), b_q for input scale s_in), as engine/quant/int_layers._bias_for."""
+    """(w_q, w_scale (n,), b_q for input scale s_in), as engine/quant/int_layers.bias_for."""
     from engine.quant.weights import quantize_bias
     b_q = lq.b_q if s_in == lq.in_scale else quantize_bias(lq.b_q * lq.acc_scale, s_in, lq.w_scale)
     return lq.w_q, np.asarray(lq.w_scale, np.float64), b_q
@@ -163,7 +163,7 @@ def build_qdq(model, qmodel, *, mode: str = "int", heads: str = "raw", opset: in
                                               f"{qmodel.describe()}) exported by qwidgets engine")
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
                                    producer_name="qwidgets-engine", producer_version="0.1.0")
-    proto.ir_version = min(proto.ir_version, onnx_float._ir_version(onnx, opset))
+    proto.ir_version = min(proto.ir_version, onnx_float.min_ir_version(onnx, opset))
     import json
     onnx.helper.set_model_props(proto, {"darknet_heads": json.dumps(onnx_float.head_info(model, heads)),
                                         "quantization": json.dumps({"mode": mode, "method": qmodel.method,

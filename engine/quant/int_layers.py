@@ -120,8 +120,8 @@ def _rescaled_into(y: np.ndarray, xs: list[QTensor], out_scale: float, rec: dict
 @INT_LAYERS.register("convolutional")
 def conv_forward_int(layer, xs: list[QTensor], lq: LayerQuant, out_scale: float, rec: dict) -> QTensor:
     x = xs[0]
-    b_q = _bias_for(lq, x.scale)
-    acc_scale = x.scale * _wscale(lq)
+    b_q = bias_for(lq, x.scale)
+    acc_scale = x.scale * weight_scales(lq)
     if layer.groups == 1 and layer.activation in FOLDED:
         with own_threads():        # once per layer: the kernel's 2-4 passes nest in it at no cost
             q = _conv_requant_fused(layer, x.q, lq, b_q, acc_scale, out_scale, rec)
@@ -139,13 +139,13 @@ def conv_forward_int_head(layer, xs: list[QTensor], lq: LayerQuant, rec: dict) -
     x = xs[0]
     rec["output"] = "int32 dequantized for the head"
     with own_threads():
-        return _conv_dequantized(layer, x.q, lq, _bias_for(lq, x.scale), x.scale * _wscale(lq), rec)
+        return _conv_dequantized(layer, x.q, lq, bias_for(lq, x.scale), x.scale * weight_scales(lq), rec)
 
 
 def connected_forward_int_head(layer, xs: list[QTensor], lq: LayerQuant, rec: dict) -> np.ndarray:
     x = xs[0]
     rec["output"] = "int32 dequantized for the head"
-    return _connected_dequantized(layer, x.q, lq, _bias_for(lq, x.scale), x.scale * _wscale(lq), rec)
+    return _connected_dequantized(layer, x.q, lq, bias_for(lq, x.scale), x.scale * weight_scales(lq), rec)
 
 
 def _conv_requant_fused(layer, x_q: np.ndarray, lq: LayerQuant, b_q: np.ndarray, acc_scale: np.ndarray,
@@ -188,7 +188,7 @@ def _multipliers(acc_scale: np.ndarray, out_scale: float, slope: float | None) -
     return hit
 
 
-def _wscale(lq: LayerQuant) -> np.ndarray:
+def weight_scales(lq: LayerQuant) -> np.ndarray:
     """The per-filter weight scales as float64 (n,), kept per w_scale array (edits replace arrays)."""
     n = lq.w_q.shape[0]
 
@@ -201,7 +201,9 @@ def _wscale(lq: LayerQuant) -> np.ndarray:
     return kept(f"int-wscale-{n}", lq.w_scale, make)
 
 
-def _bias_for(lq: LayerQuant, in_scale: float) -> np.ndarray:
+def bias_for(lq: LayerQuant, in_scale: float) -> np.ndarray:
+    """The int32 biases (n,) for an input at `in_scale`: the stored `b_q` at the calibrated scale, else
+    re-derived from the real bias (a mixed-precision override or a HYBRID producer changed the scale)."""
     if in_scale == lq.in_scale:
         return lq.b_q
     # the producer ran at another scale (e.g. a mixed-precision override changed it): re-derive
@@ -253,9 +255,9 @@ def _conv_dequantized(layer, x_q: np.ndarray, lq: LayerQuant, b_q: np.ndarray, a
 @INT_LAYERS.register("connected")
 def connected_forward_int(layer, xs: list[QTensor], lq: LayerQuant, out_scale: float, rec: dict) -> QTensor:
     x = xs[0]
-    acc = gemm_int(lq.w_f, x.q.reshape(-1, 1).astype(np.float32))[:, 0] + _bias_for(lq, x.scale)
+    acc = gemm_int(lq.w_f, x.q.reshape(-1, 1).astype(np.float32))[:, 0] + bias_for(lq, x.scale)
     _acc_stats(acc, rec)
-    q = requantize_activation(acc, x.scale * _wscale(lq), out_scale, layer.activation, rec)
+    q = requantize_activation(acc, x.scale * weight_scales(lq), out_scale, layer.activation, rec)
     return QTensor(q.reshape(layer.out_shape), out_scale)
 
 

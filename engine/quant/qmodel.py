@@ -81,7 +81,7 @@ class QuantizedModel:
         return atomic_savez(path, self.to_arrays(), exclusive=exclusive)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        from engine.model import _text
+        from engine.npzfile import text_array
         meta = {"method": self.method, "settings": self.settings, "per_channel": self.per_channel,
                 "scales": self.scales, "thresholds": self.thresholds, "model_name": self.model_name,
                 "fingerprint": self.fingerprint, "float_layers": list(self.float_layers), "meta": self.meta,
@@ -89,7 +89,7 @@ class QuantizedModel:
                 "schemes": {str(i): lq.scheme for i, lq in self.layers.items()},
                 "profile": self.profile, "zero_points": self.zero_points, "pre_scales": self.pre_scales,
                 "pre_zero_points": self.pre_zero_points}
-        arrays = {"format": _text(QMODEL_FORMAT), "meta": _text(json.dumps(meta)), "cfg": _text(self.cfg_text)}
+        arrays = {"format": text_array(QMODEL_FORMAT), "meta": text_array(json.dumps(meta)), "cfg": text_array(self.cfg_text)}
         for i, lq in self.layers.items():
             arrays[f"layer{i}/w_q"] = lq.w_q
             arrays[f"layer{i}/w_scale"] = lq.w_scale

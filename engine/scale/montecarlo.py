@@ -264,14 +264,16 @@ def save_worst_cases(result: MonteCarloResult, workspace, name: str, k: int | No
                            "images": result.labels, "summary": {m: result.summary(m) for m in result.modes},
                            "render_size": list(size)}, "cases": cases}
     return workspace.save_bytes(name, "imageset", files, source=",".join(result.labels), method="montecarlo",
-                                meta=_jsonable(meta), overwrite=overwrite)
+                                meta=jsonable(meta), overwrite=overwrite)
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+    """`x` with NumPy scalars as Python numbers, tuples as lists, keys as str and NaN/inf as None (JSON has
+    none), so `json.dumps` writes it."""
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, float) and not np.isfinite(x):
         return None                    # JSON has no NaN (mean IoU with no matched pair)
     if isinstance(x, np.generic):

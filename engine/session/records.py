@@ -30,7 +30,8 @@ MAX_IMAGE_BYTES = 64 << 20         # the embedded PNG
 
 
 def save_record(session, path: str | Path) -> Path:
-    from engine.model import _text, atomic_savez
+    from engine.model import atomic_savez
+    from engine.npzfile import text_array
     stats = []
     for i in range(session.position + 1):
         s = session.summary(i).to_dict()
@@ -42,7 +43,7 @@ def save_record(session, path: str | Path) -> Path:
             "thresh": session.thresh, "nms": session.nms, "edits": session.edits(), "stats": stats,
             "detections": [d.to_dict() for d in session.detections()] if session.done else None,
             "model_name": session.model.graph.name, "image_name": getattr(session, "image_name", None)}
-    arrays = {"format": _text(RECORD_FORMAT), "meta": _text(json.dumps(meta, default=float)), "input": session.pre.x}
+    arrays = {"format": text_array(RECORD_FORMAT), "meta": text_array(json.dumps(meta, default=float)), "input": session.pre.x}
     if getattr(session, "image", None) is not None:
         buf = io.BytesIO()
         session.image.convert("RGB").save(buf, format="PNG")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Mapping
 
 from engine.atomic import fsync_dir
-from engine.workspace.paths import _walk
+from engine.workspace.paths import open_folder
 
 
 def move_out(root: Path, rel: str, staging: str) -> Path | None:
@@ -20,7 +20,7 @@ def move_out(root: Path, rel: str, staging: str) -> Path | None:
     make a delete reach outside the root) and the rename is relative to them (no check-then-use)."""
     kind_dir, leaf = rel.split("/")
     try:
-        src = _walk(root, [kind_dir], f"workspace folder {kind_dir!r}")
+        src = open_folder(root, [kind_dir], f"workspace folder {kind_dir!r}")
     except FileNotFoundError:
         return None
     try:
@@ -29,7 +29,7 @@ def move_out(root: Path, rel: str, staging: str) -> Path | None:
         except FileNotFoundError:
             return None
         trash = f"{os.getpid()}-trash-{secrets.token_hex(6)}"
-        dst = _walk(root, [staging], "staging folder")
+        dst = open_folder(root, [staging], "staging folder")
         try:
             os.rename(leaf, trash, src_dir_fd=src, dst_dir_fd=dst)
         finally:

@@ -30,8 +30,11 @@ def nfc(name: object) -> object:
     return unicodedata.normalize("NFC", name) if isinstance(name, str) else name
 
 
-def _walk(root: Path, parts: list[str], what: str) -> int:
-    """An O_DIRECTORY fd of root/parts..., following no symlink below the root."""
+def open_folder(root: Path, parts: list[str], what: str) -> int:
+    """An O_DIRECTORY fd of root/parts..., following no symlink below the root (the caller closes it).
+
+    Raises WorkspaceError naming `what` if a component is a symlink or not a folder, FileNotFoundError
+    if one is missing."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in parts:
@@ -54,7 +57,7 @@ def read_file(root: Path, rel_folder: str, fname: str, limit: int, what: str) ->
     """Bytes of root/rel_folder/fname, refusing symlinks anywhere below the root and non-regular
     files. Raises FileNotFoundError if it is gone (an overwrite replaced the folder), else
     WorkspaceError naming `what`."""
-    fd = _walk(root, rel_folder.split("/"), what)
+    fd = open_folder(root, rel_folder.split("/"), what)
     try:
         try:
             ffd = os.open(fname, _FILE_FLAGS, dir_fd=fd)
@@ -78,7 +81,7 @@ def read_file(root: Path, rel_folder: str, fname: str, limit: int, what: str) ->
 def is_plain_file(root: Path, rel_folder: str, fname: str, what: str) -> bool:
     """True if root/rel_folder/fname is a regular file reached through no symlink."""
     try:
-        fd = _walk(root, rel_folder.split("/"), what)
+        fd = open_folder(root, rel_folder.split("/"), what)
     except FileNotFoundError:
         return False
     try:

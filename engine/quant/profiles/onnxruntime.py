@@ -26,7 +26,7 @@ from engine.layers.reorg import reorg_pj, space_to_depth
 from engine.layers.route import route_slices
 from engine.layers.upsample import upsample_nearest
 from engine.quant import asym
-from engine.quant.int_layers import _bias_for, _wscale  # noqa: F401 (qwidgets_asym and the ONNX export import them here)
+from engine.quant.int_layers import bias_for, weight_scales
 from engine.quant.intops import band_buffer, conv_int
 from engine.quant.profiles.base import Profile
 from engine.quant.qtensor import QTensor
@@ -129,7 +129,7 @@ class OrtProfile(Profile):
         if layer.kind != "convolutional":
             raise NotImplementedError(f"{layer.where()}: no int32 head path in profile '{self.name}'")
         n = lq.w_q.shape[0]
-        scale = np.multiply(np.float32(x.scale), _wscale(lq).astype(np.float32), dtype=np.float32).reshape(-1, 1, 1)
+        scale = np.multiply(np.float32(x.scale), weight_scales(lq).astype(np.float32), dtype=np.float32).reshape(-1, 1, 1)
         f = np.empty((n,) + tuple(layer.out_shape[1:]), np.float32)
         ranges: list[tuple[int, int]] = []
 
@@ -140,7 +140,7 @@ class OrtProfile(Profile):
         # ConvInteger hands MLAS the weights as its A operand (sign flipped to uint8): the u8 x u8 kernel,
         # exact int32 even with int8 weights on AVX2 (no vpmaddubsw pairs; checked against ORT)
         self.accumulate_any(layer, x, lq, epilogue, lambda *a: OrtProfile.accumulate(self, *a),
-                            bias=_bias_for(lq, x.scale))
+                            bias=bias_for(lq, x.scale))
         rec["acc_min"], rec["acc_max"] = min(r[0] for r in ranges), max(r[1] for r in ranges)
         rec["saturated"], rec["total"] = 0, f.size
         rec["output"] = "int32 dequantized for the head"
@@ -220,7 +220,7 @@ class OrtProfile(Profile):
 
     def _conv(self, layer, x, lq, qmodel, rec):
         i = str(layer.index)
-        b_q = _bias_for(lq, x.scale)
+        b_q = bias_for(lq, x.scale)
         act = layer.activation
         leaky = act == "leaky"
         if leaky:
@@ -230,12 +230,12 @@ class OrtProfile(Profile):
         island = act not in LINEAR_OUT and not leaky
         if act == "relu" and yz != 0:
             island = True                      # the clamp is a relu only when the zero point is 0
-        scales = asym.conv_output_scales(x.scale, _wscale(lq), ys)
+        scales = asym.conv_output_scales(x.scale, weight_scales(lq), ys)
         n = lq.w_q.shape[0]
         shape = (n,) + tuple(layer.out_shape[1:])
         stats: list[tuple[int, int, int]] = []
         if island:
-            acc_scale = (np.float32(x.scale) * _wscale(lq).astype(np.float32)).reshape(-1, 1, 1)
+            acc_scale = (np.float32(x.scale) * weight_scales(lq).astype(np.float32)).reshape(-1, 1, 1)
             f = np.empty(shape, np.float32)
         else:
             y = np.empty(shape, np.uint8)
@@ -273,12 +273,12 @@ class OrtProfile(Profile):
         xq, sat = self.quantize(x, *tensor_grid(qmodel, nid))
         rec["input_saturated"] = sat
         n = lq.w_q.shape[0]
-        acc_scale = (np.float32(xq.scale) * _wscale(lq).astype(np.float32)).reshape(-1, 1, 1)
+        acc_scale = (np.float32(xq.scale) * weight_scales(lq).astype(np.float32)).reshape(-1, 1, 1)
         f = np.empty((n,) + tuple(layer.out_shape[1:]), np.float32)
 
         def epilogue(part, r0, r1, u, ch):                        # u: exact acc + bias (float32 or 64)
             np.multiply(u.astype(np.float32), acc_scale[ch], out=f[ch, r0:r1])
 
-        self.accumulate_any(layer, xq, lq, epilogue, bias=_bias_for(lq, xq.scale))
+        self.accumulate_any(layer, xq, lq, epilogue, bias=bias_for(lq, xq.scale))
         rec["saturated"], rec["total"] = 0, f.size
         return activate(f, layer.activation)

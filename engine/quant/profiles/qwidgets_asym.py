@@ -26,7 +26,8 @@ from engine.layers.activations import activate
 from engine.layers.route import route_slices
 from engine.quant import asym
 from engine.quant.intops import band_buffer
-from engine.quant.profiles.onnxruntime import OrtProfile, _bias_for, _wscale, tensor_grid
+from engine.quant.int_layers import bias_for, weight_scales
+from engine.quant.profiles.onnxruntime import OrtProfile, tensor_grid
 from engine.quant.qtensor import QTensor, multiplier_value, quantize_multiplier
 
 QLO, QHI = 0, 255
@@ -159,7 +160,7 @@ class QwidgetsAsymProfile(OrtProfile):
 
     def _conv(self, layer, x, lq, qmodel, rec):
         s, z = tensor_grid(qmodel, str(layer.index))
-        acc_scale = x.scale * _wscale(lq)
+        acc_scale = x.scale * weight_scales(lq)
         n = lq.w_q.shape[0]
         shape = (n,) + tuple(layer.out_shape[1:])
         act = layer.activation
@@ -185,7 +186,7 @@ class QwidgetsAsymProfile(OrtProfile):
                 f[ch, r0:r1] = (u * a3[ch]).astype(np.float32)
             stats.append((int(lo.min()), int(hi.max()), sat))   # whole, once: both kernel threads append
 
-        self._sums(layer, x, lq, _bias_for(lq, x.scale), epilogue)
+        self._sums(layer, x, lq, bias_for(lq, x.scale), epilogue)
         rec["acc_min"], rec["acc_max"] = min(t[0] for t in stats), max(t[1] for t in stats)
         rec["saturated"] = rec.get("saturated", 0) + sum(t[2] for t in stats)
         rec["total"] = rec.get("total", 0) + int(np.prod(shape))
@@ -198,7 +199,7 @@ class QwidgetsAsymProfile(OrtProfile):
 
     def _dequantized(self, layer, x: QTensor, lq, rec) -> np.ndarray:
         n = lq.w_q.shape[0]
-        a3 = (x.scale * _wscale(lq)).reshape(-1, 1, 1)
+        a3 = (x.scale * weight_scales(lq)).reshape(-1, 1, 1)
         f = np.empty((n,) + tuple(layer.out_shape[1:]), np.float32)
         ranges: list[tuple[int, int]] = []
 
@@ -206,7 +207,7 @@ class QwidgetsAsymProfile(OrtProfile):
             ranges.append((int(u.min()), int(u.max())))
             f[ch, r0:r1] = (u * a3[ch]).astype(np.float32)
 
-        self._sums(layer, x, lq, _bias_for(lq, x.scale), epilogue)
+        self._sums(layer, x, lq, bias_for(lq, x.scale), epilogue)
         rec["acc_min"], rec["acc_max"] = min(r[0] for r in ranges), max(r[1] for r in ranges)
         rec["saturated"], rec["total"] = 0, f.size
         return activate(f, layer.activation)
