@@ -1,25 +1,37 @@
-"""`info` (the layer table or graph JSON of a cfg or an engine model file), `convert` (cfg + weights ->
-model file), `dump` (every layer's output to an .npz)."""
+"""`info` (the layer table or graph JSON of a cfg or an engine model file; a summary of a quantized model
+file or a Darknet .weights file), `convert` (cfg + weights -> model file), `dump` (every layer's output to an .npz).
+
+`info` tells the file's kind by its content, not its name: a zip is an .npz whose `format` member says
+which (engine model or quantized model), a binary file with a Darknet header whose size is a whole number
+of float32 values is a .weights file, and text is a cfg. Anything else is refused with what `info` reads.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from engine.cli.options import SIZE_HELP, add_model_args, forward_for, load_model, output_path
-from engine.errors import EngineError
+from engine.errors import CfgError, EngineError, WeightsError
 from engine.npzfile import read_npy
+
+READS = ("`info` reads a Darknet .cfg, a Darknet .weights file, an engine model .npz (from `convert`) or a "
+         "quantized model .npz (from `quantize -o`)")
 
 
 def add_info_parser(sub: argparse._SubParsersAction) -> None:
     """Add `info`."""
     s = sub.add_parser("info", help="table of layers: index, type, inputs, output shape, params, MACs")
-    s.add_argument("cfg", metavar="MODEL", help="a .cfg or an engine model file (from `convert`)")
+    s.add_argument("cfg", metavar="MODEL", help="a .cfg or an engine model file (from `convert`): the layer table; "
+                                                "a quantized model file (from `quantize`) or a .weights file: a summary")
     s.add_argument("--size", help=SIZE_HELP)
-    s.add_argument("--json", action="store_true", help="the graph as JSON")
+    s.add_argument("--json", action="store_true", help="the graph as JSON (the summary, for a quantized model or "
+                                                       ".weights file)")
     s.set_defaults(func=cmd_info)
 
 
@@ -46,10 +58,23 @@ def add_dump_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_info(args: argparse.Namespace) -> int:
     from engine.darknet.cfg import parse_size, read_cfg
     from engine.darknet.build import build_graph, build_layers
-    from engine.model import is_model_file, load
+    from engine.model import load
+    kind = file_kind(args.cfg)
+    if kind in ("quantized", "weights"):
+        if args.size:
+            raise EngineError(f"{args.cfg}: --size applies to a cfg or an engine model file, not to a "
+                              f"{'quantized model file' if kind == 'quantized' else '.weights file'}")
+        summary = quantized_summary(args.cfg) if kind == "quantized" else weights_summary(args.cfg)
+        print(json.dumps(summary, indent=1) if args.json else summary_text(summary))
+        return 0
     # an engine model file embeds its cfg (read as text it fails as "not UTF-8"); loading it also
     # checks its arrays, so `info` tells whether the file is usable
-    cfg = load(args.cfg).cfg if is_model_file(args.cfg) else read_cfg(args.cfg)
+    try:
+        cfg = load(args.cfg).cfg if kind == "model" else read_cfg(args.cfg)
+    except CfgError as err:
+        if kind != "text":
+            raise
+        raise CfgError(f"{err}; the file has no [section] line, so it is no Darknet cfg: {READS}") from None
     if args.size:
         cfg = cfg.resized(*parse_size(args.size))
     layers = build_layers(cfg)
@@ -67,6 +92,113 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"input {c}x{h}x{w}; {len(graph)} layers; {graph.total_params:,} params; "
           f"{graph.total_macs:,} MACs ({graph.total_macs / 1e9:.3f} G)")
     return 0
+
+
+def file_kind(path: str) -> str:
+    """"model", "quantized", "weights", "cfg" or "text" (text without a [section] line), from the content.
+
+    Raises CfgError / WeightsError naming the file and, for a file of no kind `info` reads, what it reads."""
+    import codecs
+    from engine.npzfile import open_regular
+    p = Path(path)
+    try:
+        with open_regular(p) as f:      # a FIFO must not hang, /dev/zero must not be read forever
+            head, size = f.read(1 << 16), os.fstat(f.fileno()).st_size
+    except OSError as err:
+        what = {".npz": "model file", ".weights": "weights"}.get(p.suffix.lower(), "cfg")
+        raise CfgError(f"{p}: cannot read {what}: {err.strerror or err}") from None
+    if head[:4] == b"PK\x03\x04":
+        return npz_kind(p)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) == size)
+        why = "it contains NUL bytes" if b"\x00" in head else None
+    except UnicodeDecodeError as err:
+        why = f"byte {err.start} is not UTF-8"
+    if why is None:    # text: a cfg, or (no line opens a section) text of another kind
+        return "cfg" if re.search(rb"^\s*\[", head, re.MULTILINE) else "text"
+    from engine.darknet.weights import read_header
+    try:
+        header = read_header(head[:20], p.name)
+        if (size - header.size) % 4 or size == header.size:
+            raise WeightsError(f"{size - header.size} bytes after its {header.size}-byte header are not a "
+                               "whole, non-zero number of float32 values")
+    except WeightsError as err:
+        raise CfgError(f"{p}: not a text cfg file ({why}), nor a Darknet .weights file "
+                       f"({str(err).removeprefix(p.name + ': ')}); {READS}") from None
+    return "weights"
+
+
+def npz_kind(p: Path) -> str:
+    """"model" or "quantized", by the archive's `format` member. Raises WeightsError otherwise."""
+    from engine.model import MODEL_FORMAT
+    from engine.npzfile import NpzReader
+    from engine.quant.qmodel import QMODEL_FORMAT
+    from engine.session.records import RECORD_FORMAT
+    try:
+        with NpzReader(p, str(p), what=".npz archive") as z:
+            fmt = z.text("format", 1 << 10) if "format" in z else None
+    except WeightsError as err:
+        raise WeightsError(f"{err}; {READS}") from None
+    kinds = {MODEL_FORMAT: "model", QMODEL_FORMAT: "quantized"}
+    if fmt in kinds:
+        return kinds[fmt]
+    found = ("a run record: open it with Session.open_record" if fmt == RECORD_FORMAT else
+             f"its format is {fmt[:80]!r}" if fmt is not None else
+             "it has no 'format' member (as `dump` outputs and plain np.savez files)")
+    raise WeightsError(f"{p}: an .npz archive but not an engine model ({MODEL_FORMAT}) or quantized model "
+                       f"({QMODEL_FORMAT}) file: {found}; {READS}")
+
+
+def quantized_summary(path: str) -> dict:
+    """What a quantized model file holds (loading it checks every array against its cfg)."""
+    from engine.darknet.build import build_layers
+    from engine.darknet.cfg import parse_cfg
+    from engine.quant.qmodel import QMODEL_FORMAT, QuantizedModel
+    from engine.quant.refine.pipeline import recorded
+    qm = QuantizedModel.load(path)
+    cfg = parse_cfg(qm.cfg_text, f"{path} (embedded cfg)")
+    net = cfg.net
+    return {"kind": "quantized", "file": str(path), "format": QMODEL_FORMAT, "method": qm.method,
+            "settings": qm.settings, "profile": qm.profile, "per_channel": qm.per_channel,
+            "refinements": list(recorded(qm.meta)), "float_layers": list(qm.float_layers),
+            "model_name": qm.model_name, "fingerprint": qm.fingerprint, "layers": len(build_layers(cfg)),
+            "int8_layers": sorted(qm.layers),
+            "input_shape": [net.get_int("channels", 3), net.get_int("height"), net.get_int("width")],
+            "calibration_images": qm.stats.images if qm.stats is not None else None,
+            "int8_bytes": qm.int8_bytes()}
+
+
+def weights_summary(path: str) -> dict:
+    """A Darknet .weights file's header and size (which layers it fits needs its cfg)."""
+    from engine.darknet.weights import read_header
+    with open(path, "rb") as f:
+        header, size = read_header(f.read(20), Path(path).name), os.fstat(f.fileno()).st_size
+    return {"kind": "weights", "file": str(path), "version": [header.major, header.minor, header.revision],
+            "header_bytes": header.size, "seen": header.seen, "floats": (size - header.size) // 4}
+
+
+def summary_text(s: dict) -> str:
+    """A summary of `quantized_summary` or `weights_summary` as aligned "field  value" lines."""
+    if s["kind"] == "weights":
+        major, minor, revision = s["version"]
+        return (f"Darknet weights {s['file']}\n"
+                f"header        version {major}.{minor}.{revision} ({s['header_bytes']} bytes), "
+                f"trained on {s['seen']:,} images\n"
+                f"parameters    {s['floats']:,} float32 values\n"
+                f"(the layers they fill are in the cfg: python -m engine info CFG)")
+    settings = ", ".join(f"{k}={v}" for k, v in sorted(s["settings"].items()))
+    c, h, w = s["input_shape"]
+    images = s["calibration_images"]
+    rows = [("method", s["method"] + (f" ({settings})" if settings else "")),
+            ("profile", s["profile"]),
+            ("weights", "per-channel" if s["per_channel"] else "per-tensor"),
+            ("refinements", ", ".join(s["refinements"]) or "none"),
+            ("float layers", ", ".join(map(str, s["float_layers"])) or "none"),
+            ("source model", f"{s['model_name']}, fingerprint {s['fingerprint']}"),
+            ("layers", f"{s['layers']} ({len(s['int8_layers'])} with int8 weights), input {c}x{h}x{w}"),
+            ("calibration", "no histograms kept" if images is None else f"{images} image{'s' * (images != 1)}"),
+            ("int8 size", f"{s['int8_bytes']:,} bytes")]
+    return "\n".join([f"quantized model {s['file']} ({s['format']})"] + [f"{k:<14}{v}" for k, v in rows])
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -33,6 +33,19 @@ def check(refine: Sequence[str], allowed: Sequence[str] = AFTER + BEFORE, where:
     return names
 
 
+# where a quantized model's meta records each refinement (the refinement modules write these keys)
+RECORDED = {"gptq": "gptq", "eq": "eq", "bias": "bias_correction", "head": "head_bias", "margin": "head_margin"}
+
+
+def recorded(meta: dict) -> tuple[str, ...]:
+    """The refinements a quantized model's `meta` records, in the order they ran: `cle` or `cle_act`
+    (meta["equalization"], its mode in meta["equalization_mode"]) first, then AFTER's order."""
+    before = ()
+    if "equalization" in meta:
+        before = ("cle_act" if meta.get("equalization_mode") == "activations" else "cle",)
+    return before + tuple(name for name in AFTER if RECORDED[name] in meta)
+
+
 def needs_float_inputs(refine: Sequence[str]) -> bool:
     return bool(set(FLOAT_INPUTS) & set(refine))
 
