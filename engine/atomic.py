@@ -4,7 +4,9 @@
 the target with `os.replace` (atomic on one POSIX filesystem) and fsyncs the directory: a reader,
 or a process that survives a SIGKILL of the writer, sees either the whole old file or the whole new
 one. Every writer of the engine (models, quantized models, run records, .weights, the workspace
-index, zoo downloads) goes through it.
+index, zoo downloads) goes through it; `atomic_write_all` writes several files that belong together
+(an ONNX file and its external-data side file) to temp files first, and puts them in place only once
+all are complete.
 
 Temp names are `.<target, cut to 200 bytes>.qwtmp-<pid>-<thread id>-<random>`: unique per process
 AND thread, at most 240 bytes whatever the target name, and recognisable, so `sweep_temp_files`
@@ -27,7 +29,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Mapping, Union
+from typing import BinaryIO, Callable, Iterator, Mapping, Sequence, Union
 
 from engine.errors import FileError
 
@@ -121,6 +123,68 @@ def atomic_write(path: str | os.PathLike, data: Data, *, mode: int | None = None
     if exclusive and os.path.lexists(target):
         raise FileError(f"output {target}: exists; refusing to replace it")
     sweep_temp_files(target.parent)
+    tmp = _write_temp(target, data, mode)
+    try:
+        if exclusive:
+            _link_new(tmp, target)
+        else:
+            os.replace(tmp, target)
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, FileError):
+            raise FileError(f"output {target}: write failed: {err.strerror or err}") from err
+        raise
+    fsync_dir(target.parent)
+    return target
+
+
+def atomic_write_all(items: Sequence[tuple[str | os.PathLike, Data]]) -> list[Path]:
+    """Write several files as one, e.g. an ONNX file and the side file of weights it names: every
+    `(path, data)` goes to a temp file beside its target (written and fsynced in the order given), and
+    only once all are complete are they put in place, in that order, with os.replace, then each folder
+    is fsynced.
+
+    Any failure (a callback raising, an OS error, Ctrl-C) before the last one is in place removes every
+    temp file, and every target put in place by this call that did not exist before it, so nothing new
+    is left behind. A target that replaced an existing file cannot be put back: list those last (the
+    ONNX file after its fresh side file). A killed writer leaves only temp names (reclaimed by the next
+    sweep), or, killed between two renames, the targets put in place so far.
+    Raises: as `atomic_write`.
+    """
+    targets = [check_target(path) for path, _ in items]
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"atomic_write_all: a target is listed twice: {[str(t) for t in targets]}")
+    for folder in dict.fromkeys(t.parent for t in targets):
+        sweep_temp_files(folder)
+    existed = [os.path.lexists(t) for t in targets]
+    temps: list[Path] = []
+    placed: list[Path] = []
+    try:
+        for target, (_, data) in zip(targets, items):
+            temps.append(_write_temp(target, data, None))
+        for tmp, target in zip(temps, targets):
+            os.replace(tmp, target)
+            placed.append(target)
+    except BaseException as err:
+        for tmp in temps[len(placed):]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        for target, new in zip(placed, existed):
+            if not new:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)
+        if isinstance(err, OSError) and not isinstance(err, FileError):
+            raise FileError(f"output {targets[len(placed)]}: write failed: {err.strerror or err}") from err
+        raise
+    for folder in dict.fromkeys(t.parent for t in targets):
+        fsync_dir(folder)
+    return targets
+
+
+def _write_temp(target: Path, data: Data, mode: int | None) -> Path:
+    """A new temp file beside `target` holding `data`, with `mode` (else the target's, else 0o666 minus
+    the umask), fsynced; removed again if anything fails."""
     if mode is None:
         try:
             mode = target.stat().st_mode & 0o7777
@@ -140,18 +204,13 @@ def atomic_write(path: str | os.PathLike, data: Data, *, mode: int | None = None
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        if exclusive:
-            _link_new(tmp, target)
-        else:
-            os.replace(tmp, target)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(err, OSError) and not isinstance(err, FileError):
             raise FileError(f"output {target}: write failed: {err.strerror or err}") from err
         raise
-    fsync_dir(target.parent)
-    return target
+    return tmp
 
 
 def publish(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
@@ -256,23 +315,48 @@ def file_lock(path: str | os.PathLike, *, timeout: float = 30.0, shared: bool = 
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-        deadline = time.monotonic() + timeout
-        delay = 0.001
-        while True:
-            try:
-                fcntl.flock(fd, op | fcntl.LOCK_NB)
-                break
-            except OSError as err:
-                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"{path}: lock still held by another process after {timeout:g} s") from err
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
+        _flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, timeout, path)
         try:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def folder_lock(directory: str | os.PathLike, *, timeout: float = 3600.0) -> Iterator[bool]:
+    """Hold an exclusive `fcntl.flock` on the folder itself (no lock file is made in it); yields True.
+
+    Yields False, holding nothing, where the file system has no flock on folders (NFS emulates flock
+    with byte-range locks, which need a descriptor open for writing): the caller then skips what
+    needs the lock. Raises: TimeoutError after `timeout` seconds of waiting for another holder.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            _flock(fd, fcntl.LOCK_EX, timeout, directory)
+            held = True
+        except OSError as err:
+            if err.errno not in (errno.EBADF, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            held = False
+        yield held
+    finally:
+        os.close(fd)           # closing the only descriptor of the lock releases it
+
+
+def _flock(fd: int, op: int, timeout: float, what: str | os.PathLike) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, op | fcntl.LOCK_NB)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{what}: lock still held by another process after {timeout:g} s") from err
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)

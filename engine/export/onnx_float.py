@@ -16,6 +16,7 @@ of every head are stored as JSON in the model's metadata (`darknet_heads`) for d
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -129,20 +130,22 @@ def head_info(model, heads: str) -> list[dict]:
 
 
 def export_onnx(model, path: str | Path, *, heads: str = "raw", opset: int = 17, all_outputs: bool = False,
-                dynamic_batch: bool = False, check: bool = True) -> Path:
+                dynamic_batch: bool = False, check: bool = True, external_data_bytes: int | None = None) -> Path:
     """Write `model` as an ONNX file (FLOAT, BN folded) and return its path.
 
     `heads`: "raw" (outputs = the conv outputs feeding [yolo]/[region]) or "activated" (outputs =
     the head layers with Darknet's sigmoids/softmax). `all_outputs=True` also exposes every layer's
-    `layer{i}` tensor (debugging). `check` runs `onnx.checker` on the result. Models over ~1.8 GB
-    store their weights in a side file `<name>.<8 hex>.data` beside it (`write_with_external_data`).
+    `layer{i}` tensor (debugging). `check` runs `onnx.checker` on the result. Models whose weights
+    are over `external_data_bytes` (default EXTERNAL_DATA_BYTES, ~1.8 GB) store them in a side file
+    `<name>.<8 hex>.data` beside it, written as a pair with the ONNX file (`write_with_external_data`).
 
     Raises: EngineError (onnx missing), UnsupportedError (a layer has no ONNX form), ValueError.
     """
     onnx = import_onnx()
     proto = build_onnx(model, heads=heads, opset=opset, all_outputs=all_outputs, dynamic_batch=dynamic_batch)
     p = Path(path)
-    big = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_BYTES
+    limit = EXTERNAL_DATA_BYTES if external_data_bytes is None else external_data_bytes
+    big = sum(t.ByteSize() for t in proto.graph.initializer) > limit
     if check and not big:
         onnx.checker.check_model(proto)
     from engine.atomic import atomic_write
@@ -173,21 +176,22 @@ def write_with_external_data(proto, path: str | Path, *, min_bytes: int = 1024) 
     """Write `proto` as `path` plus a side file holding every initializer of `min_bytes` or more,
     crash-safe as a pair.
 
-    The side file gets a fresh name (`<name>.<8 hex>.data`) and is written (atomically) before the
-    ONNX file that names it replaces the old one, so a reader, or a process surviving a crash of
-    the writer, always finds an ONNX file whose side file is complete: the old pair or the new one,
-    never the new weights under the old graph. The old side file is removed once the new ONNX file
-    is in place; if the ONNX write fails, the new side file is removed. `proto` is modified (its
-    large tensors become external references).
+    The side file gets a fresh name (`<name>.<8 hex>.data`). Both files are written to temp names
+    beside `path` and fsynced, and only then put in place, the side file first
+    (`engine.atomic.atomic_write_all`): a reader always finds an ONNX file whose side file is
+    complete, the old pair or the new one. Any failure removes both temps (and the new side file if it
+    was already in place); a killed writer leaves temp names the next sweep reclaims. The old side file
+    is removed once the new ONNX file is in place. Exports into one folder take turns on a lock of the
+    folder, and under it a side file of `<name>` that the new ONNX file does not name is removed too
+    (a writer killed between the two renames left it). `proto` is modified (its large tensors become
+    external references).
     """
     import secrets
-    from engine.atomic import atomic_write, check_target
+    from engine.atomic import atomic_write_all, check_target, folder_lock
     onnx = import_onnx()
     from onnx.external_data_helper import set_external_data
     p = check_target(Path(path))
-    old_location = _external_location(p) if p.exists() else None
     location = f"{p.name}.{secrets.token_hex(4)}.data"
-    data_path = p.with_name(location)
     tensors = [t for t in proto.graph.initializer if t.HasField("raw_data") and len(t.raw_data) >= min_bytes]
 
     def write_data(f) -> None:
@@ -202,15 +206,21 @@ def write_with_external_data(proto, path: str | Path, *, min_bytes: int = 1024) 
             t.ClearField("raw_data")
             t.data_location = onnx.TensorProto.EXTERNAL
 
-    atomic_write(data_path, write_data)
-    try:
-        atomic_write(p, proto.SerializeToString())
-    except BaseException:
-        data_path.unlink(missing_ok=True)
-        raise
-    # only a side file this writer names (or the former fixed `<name>.data`), never any path the old
-    # file pointed at: a hostile ONNX file must not make an export delete an unrelated file
-    if old_location and old_location != location and re.fullmatch(
-            re.escape(p.name) + r"(\.[0-9a-f]{8})?\.data", old_location):
-        p.with_name(old_location).unlink(missing_ok=True)
+    with folder_lock(p.parent) as locked:
+        old_location = _external_location(p) if p.exists() else None
+        # the side file first: the ONNX file's bytes name it, and are serialised once it is written
+        atomic_write_all([(p.with_name(location), write_data), (p, lambda f: write_proto(proto, f))])
+        # only side files this writer names (or the former fixed `<name>.data`), never any path the old
+        # file pointed at: a hostile ONNX file must not make an export delete an unrelated file
+        ours = re.compile(re.escape(p.name) + r"(\.[0-9a-f]{8})?\.data")
+        stale = {old_location} if old_location and ours.fullmatch(old_location) else set()
+        if locked:          # no other export into this folder is between its two renames
+            stale |= {e.name for e in os.scandir(p.parent) if ours.fullmatch(e.name) and not e.is_dir(follow_symlinks=False)}
+        for name in stale - {location}:
+            p.with_name(name).unlink(missing_ok=True)
     return p
+
+
+def write_proto(proto, f) -> None:
+    """Serialise an ONNX ModelProto into the open binary file `f` (what an export's writer calls)."""
+    f.write(proto.SerializeToString())

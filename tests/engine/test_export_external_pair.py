@@ -1,0 +1,149 @@
+"""ONNX export with external data (models over ~1.8 GB keep their weights in a side file), forced on a
+small model with `export_onnx(..., external_data_bytes=...)`: the ONNX file and its side file are written
+to temp names, both fsynced, and put in place as a pair; a failure or a kill at any point leaves the old
+pair (or nothing) and no file the sweep does not reclaim."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from engine.atomic import sweep_temp_files
+from helpers import ROOT
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+import engine.export.onnx_float as of  # noqa: E402
+
+CFG = ("[net]\nchannels=3\nheight=12\nwidth=12\n"
+       "[convolutional]\nfilters=16\nsize=3\npad=1\nbatch_normalize=1\nactivation=leaky\n"
+       "[convolutional]\nfilters=32\nsize=3\npad=1\nactivation=leaky\n")
+SIDE = r"m\.onnx\.[0-9a-f]{8}\.data"
+
+
+def small(seed: int = 0):
+    from engine.model import from_cfg_text, normalise_random
+    model = from_cfg_text(CFG)
+    normalise_random(model, seed)
+    return model
+
+
+def listing(folder) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+def runs_like(path, model) -> bool:
+    x = np.random.default_rng(1).standard_normal(model.input_shape).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x[None]})[0][0]
+    return np.allclose(got, model.forward(x)[-1], rtol=1e-4, atol=1e-5)
+
+
+def test_the_threshold_parameter_forces_a_side_file(tmp_path):
+    model = small()
+    of.export_onnx(model, tmp_path / "m.onnx", external_data_bytes=1000)
+    names = listing(tmp_path)
+    assert len(names) == 2 and names[0] == "m.onnx" and re.fullmatch(SIDE, names[1]), names
+    assert runs_like(tmp_path / "m.onnx", model)
+    of.export_onnx(model, tmp_path / "n.onnx")                        # the default: one file
+    assert "n.onnx" in listing(tmp_path) and len(listing(tmp_path)) == 3
+
+
+@pytest.mark.parametrize("old_pair", [False, True])
+def test_a_failure_after_the_side_file_is_written_leaves_the_old_pair_and_nothing_else(tmp_path, monkeypatch,
+                                                                                      old_pair):
+    path = tmp_path / "m.onnx"
+    old = small(seed=1)
+    if old_pair:
+        of.export_onnx(old, path, external_data_bytes=1000)
+    before = listing(tmp_path)
+    seen = []
+
+    def crash(proto, f):
+        seen.extend(n for n in listing(tmp_path) if re.fullmatch(r"\.m\.onnx\.[0-9a-f]{8}\.data\.qwtmp-.*", n))
+        f.write(b"half an ONNX file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(of, "write_proto", crash)
+    with pytest.raises(OSError, match="No space left"):
+        of.export_onnx(small(), path, external_data_bytes=1000)
+    assert len(seen) == 1, seen                       # the side file was complete (a temp) when the ONNX write failed
+    assert listing(tmp_path) == before                 # no temp, no new side file, old pair untouched
+    if old_pair:
+        assert runs_like(path, old)
+
+
+def test_a_failure_putting_the_onnx_file_in_place_removes_the_new_side_file(tmp_path, monkeypatch):
+    import engine.atomic
+    path = tmp_path / "m.onnx"
+    old = small(seed=1)
+    of.export_onnx(old, path, external_data_bytes=1000)
+    before = listing(tmp_path)
+    real_replace = os.replace
+
+    def replace(src, dst, **kw):
+        if str(dst).endswith(".onnx"):
+            raise PermissionError(13, "Permission denied")
+        return real_replace(src, dst, **kw)
+
+    monkeypatch.setattr(engine.atomic.os, "replace", replace)
+    with pytest.raises(Exception, match="Permission denied"):
+        of.export_onnx(small(), path, external_data_bytes=1000)
+    monkeypatch.undo()
+    assert listing(tmp_path) == before and runs_like(path, old)
+
+
+def child(folder, kill_at: str) -> subprocess.CompletedProcess:
+    """Export in a child process killed (os._exit) while writing the ONNX file, or between its two renames."""
+    code = textwrap.dedent(f"""
+        import os
+        import engine.atomic, engine.export.onnx_float as of
+        from engine.model import from_cfg_text, normalise_random
+        model = from_cfg_text({CFG!r})
+        normalise_random(model, 0)
+        if {kill_at!r} == "write":
+            of.write_proto = lambda proto, f: os._exit(3)
+        else:
+            real = os.replace
+            def replace(src, dst, **kw):
+                if str(dst).endswith(".onnx"):
+                    os._exit(3)
+                return real(src, dst, **kw)
+            engine.atomic.os.replace = replace
+        of.export_onnx(model, {str(folder / 'm.onnx')!r}, external_data_bytes=1000)
+    """)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_a_writer_killed_while_writing_leaves_only_temps_the_sweep_reclaims(tmp_path):
+    old = small(seed=1)
+    of.export_onnx(old, tmp_path / "m.onnx", external_data_bytes=1000)
+    before = listing(tmp_path)
+    res = child(tmp_path, "write")
+    assert res.returncode == 3, res.stderr
+    left = sorted(set(listing(tmp_path)) - set(before))
+    assert len(left) == 2 and all(".qwtmp-" in n for n in left), left    # the side file's and the ONNX file's
+    assert sorted(p.name for p in sweep_temp_files(tmp_path)) == left
+    assert listing(tmp_path) == before and runs_like(tmp_path / "m.onnx", old)
+
+
+def test_a_side_file_orphaned_between_the_two_renames_goes_with_the_next_export(tmp_path):
+    keep = ["m.onnx.notes.data", "other.onnx.0123abcd.data", "m.onnx.0123abcd.data.bak"]
+    for n in keep:
+        (tmp_path / n).write_bytes(b"a user's file")
+    of.export_onnx(small(seed=1), tmp_path / "m.onnx", external_data_bytes=1000)
+    res = child(tmp_path, "rename")
+    assert res.returncode == 3, res.stderr
+    sides = [n for n in listing(tmp_path) if re.fullmatch(SIDE, n)]
+    assert len(sides) == 2                                 # the old pair's and the orphan
+    model = small(seed=2)
+    of.export_onnx(model, tmp_path / "m.onnx", external_data_bytes=1000)
+    names = listing(tmp_path)
+    assert [n for n in names if n not in keep][0] == "m.onnx" and len(names) == len(keep) + 2, names
+    assert not set(sides) & set(names) and runs_like(tmp_path / "m.onnx", model)
