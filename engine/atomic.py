@@ -8,12 +8,16 @@ index, zoo downloads) goes through it; `atomic_write_all` writes several files t
 (an ONNX file and its external-data side file) to temp files first, and puts them in place only once
 all are complete.
 
-Temp names are `.<target, cut to 200 bytes>.qwtmp-<pid>-<thread id>-<random>`: unique per process
-AND thread, at most 240 bytes whatever the target name, and recognisable, so `sweep_temp_files`
-(run by every write and by the workspace on open) removes those of writers that died, never those
-of a writer still running. The random part starts with 4 hex digits of the host name's hash: on a
-folder shared by several machines (a hub's NFS home) a pid is only judged on its own host; temp
-files of other hosts are removed after a day.
+Temp names are `.<target, cut to 184 bytes>.qwtmp-<pid>-<thread id>-<random>-s<start>`: unique per
+process AND thread, at most 240 bytes whatever the target name, and recognisable, so
+`sweep_temp_files` (run by every write and by the workspace on open) removes those of writers that
+died, never those of a writer still running. `<start>` is the writer's start time (Linux: field 22 of
+/proc/PID/stat): a writer is alive only if a process with its pid runs AND started then, so a pid
+reused by a later process neither keeps a dead writer's temp file forever nor makes this process take
+another's temp file for its own (names without `-s<start>`, from earlier versions or where /proc is
+not readable, are judged by the pid alone). The random part starts with 4 hex digits of the host
+name's hash: on a folder shared by several machines (a hub's NFS home) a pid is only judged on its
+own host; temp files of other hosts are removed after a day.
 """
 from __future__ import annotations
 
@@ -36,8 +40,11 @@ from engine.errors import FileError
 Data = Union[bytes, bytearray, memoryview, str, Callable[[BinaryIO], None]]
 
 TMP_MARK = ".qwtmp-"
-_NAME_BYTES = 200  # of the target name kept in a temp name: 1 + 200 + 39 < 255, the NAME_MAX
-_TMP_RE = re.compile(r"^\..*\.qwtmp-(\d+)-(\d+)-([0-9a-f]{4})[0-9a-f]*$", re.S)
+# of the target name kept in a temp name: 1 + 184 + 55 (".qwtmp-" 7, pid and thread id <= 7 digits each,
+# 2 dashes, 10 hex, "-s" and a start time <= 20 digits) = 240 < 255, the NAME_MAX
+_NAME_BYTES = 184
+_TMP_RE = re.compile(r"^\..*\.qwtmp-(\d+)-(\d+)-([0-9a-f]{4})[0-9a-f]*(?:-s(\d+))?$", re.S)
+_START_FIELD = 22            # /proc/PID/stat: starttime, in clock ticks after boot
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:4]
 _FOREIGN_AGE = 24 * 3600     # seconds after which another host's temp file is taken as abandoned
 # Earlier versions of this writer used names ('.<name>.<pid>.<rand>.tmp', '.<name>.tmp<pid>',
@@ -68,7 +75,8 @@ def temp_path(target: str | os.PathLike) -> Path:
     """A fresh temp path beside `target` that `sweep_temp_files` recognises (see the module doc)."""
     t = Path(target)
     cut = t.name.encode("utf-8", "surrogateescape")[:_NAME_BYTES].decode("utf-8", "ignore")
-    return t.with_name(f".{cut}{TMP_MARK}{os.getpid()}-{threading.get_native_id()}-{_HOST}{secrets.token_hex(3)}")
+    return t.with_name(f".{cut}{TMP_MARK}{os.getpid()}-{threading.get_native_id()}-{_HOST}{secrets.token_hex(3)}"
+                       f"{writer_mark()}")
 
 
 def check_target(path: str | os.PathLike, what: str = "output") -> Path:
@@ -271,6 +279,52 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (Linux: field 22 of /proc/PID/stat, clock ticks after boot; constant
+    for the process's life), or None where it cannot be read: no such process, no /proc (another OS),
+    or another user's process that /proc hides (hidepid)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            data = f.read()
+        # field 2, the command name in parentheses, may hold spaces and ')': fields 3... follow the last ')'
+        return int(data[data.rindex(b")") + 2:].split()[_START_FIELD - 3])
+    except (OSError, ValueError, IndexError, OverflowError):
+        return None
+
+
+_OWN_START: dict[int, int | None] = {}      # per pid: a forked child is another process
+
+
+def own_start() -> int | None:
+    """This process's `process_start`, read once (None where it cannot be read)."""
+    pid = os.getpid()
+    if pid not in _OWN_START:
+        _OWN_START[pid] = process_start(pid)
+    return _OWN_START[pid]
+
+
+def writer_mark() -> str:
+    """`-s<start time>` of this process, for names that identify their writer (temp files, workspace
+    staging folders); '' where the start time cannot be read (such names are judged by the pid alone)."""
+    start = own_start()
+    return "" if start is None else f"-s{start}"
+
+
+def writer_alive(pid: int, start: int | None) -> bool:
+    """Whether the writer that named a file with `pid` (and `start`, its `writer_mark`) still runs, on
+    this machine: a process with that pid exists AND started at `start`. A pid reused by a later process
+    (this one included) is not the writer. Without `start` (names of earlier versions), or when a live
+    pid's start cannot be read (/proc hidden), the pid alone decides, as it did before."""
+    if pid == os.getpid():
+        return start is None or own_start() in (None, start)
+    if not pid_alive(pid):
+        return False
+    if start is None:
+        return True
+    now = process_start(pid)
+    return pid_alive(pid) if now is None else now == start
+
+
 def temp_owner(name: str) -> tuple[int, bool] | None:
     """(writer pid, written on this host) from an atomic-write temp file name; None if not one."""
     m = _TMP_RE.match(name)
@@ -279,8 +333,18 @@ def temp_owner(name: str) -> tuple[int, bool] | None:
     return None
 
 
+def temp_writer(name: str) -> tuple[int, int | None, bool] | None:
+    """(writer pid, its start time or None (a name without one), written on this host) from an
+    atomic-write temp file name; None if not one."""
+    m = _TMP_RE.match(name)
+    if m:
+        return int(m.group(1)), int(m.group(4)) if m.group(4) else None, m.group(3) == _HOST
+    return None
+
+
 def sweep_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Remove atomic-write temp files in `directory` whose writer process is gone; return them.
+    """Remove atomic-write temp files in `directory` whose writer process is gone (`writer_alive`: pid and
+    start time); return them.
 
     Never raises: a folder we cannot list or a file we cannot delete (read-only share) is left.
     """
@@ -290,14 +354,14 @@ def sweep_temp_files(directory: str | os.PathLike) -> list[Path]:
     except OSError:
         return removed
     for name in names:
-        owner = temp_owner(name)
+        owner = temp_writer(name)
         if owner is None:
             continue
-        pid, local = owner
+        pid, start, local = owner
         p = Path(directory) / name
         with contextlib.suppress(OSError):
             st = os.lstat(p)
-            dead = (pid != os.getpid() and not pid_alive(pid)) if local else time.time() - st.st_mtime > _FOREIGN_AGE
+            dead = not writer_alive(pid, start) if local else time.time() - st.st_mtime > _FOREIGN_AGE
             if dead and stat.S_ISREG(st.st_mode):
                 p.unlink()
                 removed.append(p)

@@ -4,14 +4,26 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping
 
-from engine.atomic import fsync_dir
+from engine.atomic import fsync_dir, writer_mark
 from engine.workspace.paths import open_folder
+
+
+_STAGE_RE = re.compile(r"^(\d+)-.*?(?:-s(\d+))?$")
+
+
+def stage_writer(name: str) -> tuple[int, int | None] | None:
+    """(pid, start time or None) of the writer that named a staging folder: `<pid>-<random>[-s<start>]`
+    (`stage_files`) or `<pid>-trash-<random>[-s<start>]` (`move_out`; names of earlier versions have no
+    start time); None for any other name. `engine.atomic.writer_alive` tells whether that writer runs."""
+    m = _STAGE_RE.match(name)
+    return (int(m.group(1)), int(m.group(2)) if m.group(2) else None) if m else None
 
 
 def move_out(root: Path, rel: str, staging: str) -> Path | None:
@@ -28,7 +40,7 @@ def move_out(root: Path, rel: str, staging: str) -> Path | None:
             os.stat(leaf, dir_fd=src, follow_symlinks=False)
         except FileNotFoundError:
             return None
-        trash = f"{os.getpid()}-trash-{secrets.token_hex(6)}"
+        trash = f"{os.getpid()}-trash-{secrets.token_hex(6)}{writer_mark()}"
         dst = open_folder(root, [staging], "staging folder")
         try:
             os.rename(leaf, trash, src_dir_fd=src, dst_dir_fd=dst)
@@ -40,10 +52,10 @@ def move_out(root: Path, rel: str, staging: str) -> Path | None:
 
 
 def stage_files(staging: Path, files: Mapping[str, bytes]) -> tuple[Path, dict[str, str]]:
-    """Write and fsync `files` into a new private folder `<staging>/<pid>-<random>`; return it and
+    """Write and fsync `files` into a new private folder `<staging>/<pid>-<random>-s<start>`; return it and
     the files' sha256. On any error (disk full, quota, Ctrl-C) the folder is removed before the
     error propagates: the sweep never reclaims it while this (long-lived kernel) process lives."""
-    stage = staging / f"{os.getpid()}-{secrets.token_hex(6)}"
+    stage = staging / f"{os.getpid()}-{secrets.token_hex(6)}{writer_mark()}"
     stage.mkdir(mode=0o700)
     checksums = {}
     try:
