@@ -114,6 +114,9 @@ class NpzReader:
             extra = [k for k in self._headers if not self._known.match(k)]
             size = sum(self.nbytes(k) for k in extra)
             if size > MAX_UNKNOWN_BYTES:
+                other = _other_kind(self._headers, self._known)
+                if other is not None:      # a quantized model given as the model, a record as --quantized, ...
+                    raise self.fail(f"cannot read {self.what}: this is {other}, not {_article(self.what)}")
                 raise self.fail(f"cannot read {self.what}: members {', '.join(map(repr, extra[:3]))} hold "
                                 f"{size} bytes, but no {self.what} uses them (limit {MAX_UNKNOWN_BYTES} bytes); refused")
 
@@ -332,6 +335,26 @@ def _read_into(f, buf: np.ndarray) -> None:
         if not got:
             raise EOFError(f"the member ends after {pos} of {len(buf)} bytes")
         pos += got
+
+
+# how a refusal names each file type (NpzReader's `kind`, and `dump`'s output), and where it goes instead
+_KIND_NAMES = {"model": "an engine model file (made by `convert` or Model.save; it is the MODEL, engine.load)",
+               "quantized": "a quantized model file (made by `quantize`; it goes to --quantized, QuantizedModel.load)",
+               "record": "a run record (made by Session.save_record; it opens with Session.open_record)",
+               "dump": "a `dump` output (every layer's output as layer0, layer1, ...)"}
+_DUMP_KEYS = re.compile(r"^layer\d+$")
+
+
+def _other_kind(keys, known: re.Pattern) -> str | None:
+    """What another file type `keys` (every member) make up, if any: KNOWN's other kinds, or a dump."""
+    for kind, pattern in [*KNOWN.items(), ("dump", _DUMP_KEYS)]:
+        if pattern is not known and all(pattern.match(k) for k in keys):
+            return _KIND_NAMES[kind]
+    return None
+
+
+def _article(what: str) -> str:
+    return f"{'an' if what[:1] in 'aeiou' else 'a'} {what}"
 
 
 def _reason(err: BaseException) -> str:

@@ -14,17 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 
-from engine.cli.options import SIZE_HELP, layer_list, load_model, load_quantized, number, positive_int, seed
+from engine.cli.options import (NMS_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP, layer_list, load_model,
+                                load_quantized, number, positive_int, seed)
 from engine.cli.quantize import add_backend_arg
 
 
 def _common(s: argparse.ArgumentParser) -> None:
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
-    s.add_argument("--weights", metavar="W")
+    s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
     s.add_argument("--quantized", required=True, metavar="Q", help="quantized model file")
     s.add_argument("--images", required=True, nargs="+", metavar="DIR_OR_FILES")
-    s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25)
-    s.add_argument("--nms", type=number("IoU", 0, 1, lo_open=False), default=0.45)
+    s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25,
+                   help=THRESH_HELP)
+    s.add_argument("--nms", type=number("IoU", 0, 1, lo_open=False), default=0.45, help=NMS_HELP)
     s.add_argument("--names", metavar="FILE", help="class names, one per line")
     s.add_argument("--size", help=SIZE_HELP)
     s.add_argument("--json", action="store_true")

@@ -8,7 +8,7 @@ import stat
 import sys
 from pathlib import Path
 
-from engine.cli.options import add_model_args, forward_for, load_model, number
+from engine.cli.options import NMS_HELP, THRESH_HELP, add_model_args, forward_for, load_model, number
 from engine.errors import EngineError, FileError
 
 # formats Pillow writes that keep the input's extension; anything else is saved as .png
@@ -21,8 +21,9 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("detect", help="detect objects in images")
     add_model_args(s)
     s.add_argument("images", nargs="+", metavar="IMAGE")
-    s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25)
-    s.add_argument("--nms", type=number("IoU", 0, 1, lo_open=False), default=0.45)
+    s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25,
+                   help=THRESH_HELP)
+    s.add_argument("--nms", type=number("IoU", 0, 1, lo_open=False), default=0.45, help=NMS_HELP)
     s.add_argument("--json", action="store_true")
     s.add_argument("--save", metavar="DIR", help="also write each image with its boxes drawn and labelled "
                    "(colour by class) into DIR (created if absent), under the image's own file name")

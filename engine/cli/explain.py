@@ -12,22 +12,24 @@ import argparse
 import json
 from pathlib import Path
 
-from engine.cli.options import SIZE_HELP, layer_list, load_model, load_quantized, number, positive_int
+from engine.cli.options import (NMS_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP, layer_list, load_model,
+                                load_quantized, number, positive_int)
 
 
 def add_explain_parser(sub: argparse._SubParsersAction) -> None:
     """Add `explain`."""
     s = sub.add_parser("explain", help="why an int8 run loses or shifts detections: culprit layers and a fix")
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
-    s.add_argument("--weights", metavar="W")
+    s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
     s.add_argument("--quantized", required=True, metavar="Q", help="quantized model file")
     s.add_argument("--image", required=True, metavar="IMG")
     s.add_argument("--mode", choices=("int", "hybrid"), default="int")
     s.add_argument("--top", type=positive_int, default=5, help="culprits listed per detection (default 5)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--float-layers", metavar="I,J", help="layers FLOAT in every run (mixed precision)")
-    s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25)
-    s.add_argument("--nms", type=number("IoU", 0, 1, lo_open=False), default=0.45)
+    s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25,
+                   help=THRESH_HELP)
+    s.add_argument("--nms", type=number("IoU", 0, 1, lo_open=False), default=0.45, help=NMS_HELP)
     s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox")
     s.add_argument("--names", metavar="FILE", help="class names, one per line")
     s.add_argument("--size", help=SIZE_HELP)

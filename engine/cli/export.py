@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli.options import SIZE_HELP, load_quantized
+from engine.cli.options import SIZE_HELP, WEIGHTS_HELP, load_quantized
 
 FORMATS = ("onnx", "weights", "onnx-int8")
 
@@ -23,7 +23,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
                                    "(--profile onnxruntime, avx2_u8s8 or ort_reduce_range), bit-exact with "
                                    "'dump --mode int' in ONNX Runtime.")
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
-    s.add_argument("--weights", metavar="W")
+    s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
     s.add_argument("--format", choices=FORMATS, default="onnx")
     s.add_argument("-o", "--output", required=True, metavar="OUT")
     s.add_argument("--quantized", metavar="Q", help="onnx-int8: the quantized model file (from quantize --profile)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 import warnings
 from typing import Sequence
@@ -47,10 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()   # a closed pipe shows here, not in the interpreter's exit flush
+        return code
     except (EngineError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `... --json | head`: the reader left; stop quietly, as other Unix tools do
+        _silence_stdout()
+        return 141           # 128 + SIGPIPE, the shell's status for a tool killed by the closed pipe
     except OSError as err:   # a file the OS refused (permissions, disk full): one line, no traceback
         print(f"error: {err.filename or ''}{': ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
         return 2
@@ -60,3 +66,14 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush of what is still buffered for the
+    closed pipe does not print 'Exception ignored ... BrokenPipeError' after we return."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):    # stdout replaced by an object without a descriptor (in-process callers)
+        pass

@@ -10,13 +10,17 @@ from engine.errors import EngineError
 from engine.quant.modes import MODES, Mode
 
 SIZE_HELP = "input size WIDTHxHEIGHT or N (default: the cfg's [net] width/height), e.g. 320 or 320x256"
+WEIGHTS_HELP = "the Darknet .weights file, when MODEL is a .cfg"
+THRESH_HELP = "score threshold of a detection (default 0.25)"
+NMS_HELP = "IoU above which NMS drops the lower-scored box of a class (default 0.45)"
 
 
 def add_model_args(s: argparse.ArgumentParser) -> None:
     """MODEL [--weights] [--mode] [--resize] [--names] [--quantized] [--float-layers] [--size]."""
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
-    s.add_argument("--weights", metavar="W")
-    s.add_argument("--mode", choices=MODES, default="float")
+    s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
+    s.add_argument("--mode", choices=MODES, default="float",
+                   help="float (default), hybrid (int8 convolutions) or int (int8 end to end; both need --quantized)")
     s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox")
     s.add_argument("--names", metavar="FILE", help="class names, one per line (default: COCO/VOC by class count)")
     s.add_argument("--quantized", metavar="QMODEL", help="quantized model file for --mode hybrid|int")
@@ -27,7 +31,7 @@ def add_model_args(s: argparse.ArgumentParser) -> None:
 def add_calib_args(s: argparse.ArgumentParser) -> None:
     """MODEL [--weights] --calib ... [--per-channel] [--resize] [--size] [--quiet]."""
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
-    s.add_argument("--weights", metavar="W")
+    s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
     s.add_argument("--calib", required=True, metavar="DIR_OR_FILES", nargs="+",
                    help="calibration images: a folder, or image files")
     s.add_argument("--per-channel", action="store_true", help="per-output-channel weight scales")
@@ -114,11 +118,26 @@ def output_path(path: str, args: argparse.Namespace | None = None) -> Path:
 def load_model(args: argparse.Namespace):
     from engine.model import is_model_file, load
     weights = getattr(args, "weights", None)
-    if weights is None and not getattr(args, "random_weights", None) and Path(args.model).is_file() \
-            and not is_model_file(args.model):
-        raise EngineError(f"{args.model} is a .cfg: pass its weights with --weights FILE (or give an engine "
-                          "model file made by `python -m engine convert`)")
+    if Path(args.model).is_file():
+        if weights is not None and is_model_file(args.model):
+            raise EngineError(f"{args.model} is an engine model file (it contains its weights): "
+                              f"drop --weights {weights}")
+        if weights is None and not getattr(args, "random_weights", None) and not is_model_file(args.model):
+            if _starts_binary(args.model):       # a photo, an ONNX or the .weights given as MODEL
+                raise EngineError(f"{args.model}: MODEL is neither a Darknet .cfg (a text file; its weights then go "
+                                  "to --weights) nor an engine model file (made by `python -m engine convert`)")
+            raise EngineError(f"{args.model} is a .cfg: pass its weights with --weights FILE (or give an engine "
+                              "model file made by `python -m engine convert`)")
     return load(args.model, weights=weights, names=getattr(args, "names", None), size=getattr(args, "size", None))
+
+
+def _starts_binary(path: str) -> bool:
+    from engine.darknet.cfg import looks_binary
+    try:
+        with open(path, "rb") as f:
+            return looks_binary(f.read(4096))
+    except OSError:
+        return False
 
 
 def load_quantized(args: argparse.Namespace, model):

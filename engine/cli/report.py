@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from engine.cli.options import load_quantized, number, positive_int
+from engine.cli.options import WEIGHTS_HELP, load_model, load_quantized, number, positive_int
 from engine.quant.modes import MODES
 from engine.quant.report import size_speed_report
 
@@ -16,7 +16,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
                        description="Params, MACs, float32 and int8 bytes, compression and measured latency "
                                    "per layer and mode; with --ram/--flash/--budget-ms a fit verdict.")
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
-    s.add_argument("--weights", metavar="W")
+    s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
     s.add_argument("--size", help="input size WIDTHxHEIGHT or N (default: the cfg's), e.g. 320")
     s.add_argument("--quantized", "-q", required=True, metavar="QMODEL", help="quantized model .npz")
     s.add_argument("--repeats", type=positive_int, default=3)
@@ -32,8 +32,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from engine.model import load
-    model = load(args.model, weights=args.weights, size=args.size)
+    model = load_model(args)
     rep = size_speed_report(model, load_quantized(args, model), args.repeats, args.image)
     fit = None
     if None not in (args.ram, args.flash, args.budget_ms):

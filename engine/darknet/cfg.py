@@ -224,6 +224,18 @@ def parse_size(size: int | str | Sequence[int]) -> tuple[int, int]:
     return vals[0], vals[1]
 
 
+def looks_binary(head: bytes) -> bool:
+    """Whether the start of a file is plainly not text: a NUL byte, or bytes that are not UTF-8 (a
+    multi-byte character cut at the end of `head` does not count)."""
+    if b"\x00" in head:
+        return True
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err.start < len(head) - 3
+    return False
+
+
 def read_cfg(path: str | Path) -> Cfg:
     """Read and parse a cfg file. Raises CfgError for unreadable, binary or malformed files."""
     p = Path(path)
@@ -231,6 +243,9 @@ def read_cfg(path: str | Path) -> Cfg:
         with open(p, "rb") as f:
             data = f.read(MAX_CFG_BYTES + 1)  # bounded: /dev/zero or a FIFO report size 0 and never end
         if len(data) > MAX_CFG_BYTES:
+            if looks_binary(data[:4096]):     # a .weights, an ONNX, a photo given where the cfg goes
+                raise CfgError(f"{p}: not a text cfg file (a binary file of more than {MAX_CFG_BYTES} bytes); "
+                               "did you pass the .weights file instead?")
             raise CfgError(f"{p}: more than {MAX_CFG_BYTES} bytes is too large for a cfg")
     except OSError as err:
         raise CfgError(f"{p}: cannot read cfg: {err.strerror or err}") from err

@@ -1,0 +1,96 @@
+"""Mistakes a newcomer makes on the command line: each gets one line naming the file and what was expected
+(no traceback, no message about zip members or byte limits), and `... | head` ends quietly."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import IMAGES, ROOT, TINY_CFG, TINY_WEIGHTS
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def run(*args, stdout=subprocess.PIPE):
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], stdout=stdout, stderr=subprocess.PIPE,
+                          text=True, env=ENV, timeout=300)
+
+
+def refused(*args) -> str:
+    res = run(*args)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+    return res.stderr
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny, tiny_q):
+    """An engine model file, a quantized model file and a `dump` output of yolov3-tiny."""
+    d = tmp_path_factory.mktemp("mistakes")
+    model, qmodel = tiny.save(d / "tiny.npz"), tiny_q.save(d / "tiny.q.npz")
+    dump = d / "dump.npz"
+    assert run("dump", model, "--image", IMAGES / "dog.jpg", "-o", dump).returncode == 0
+    return model, qmodel, dump
+
+
+@pytest.mark.parametrize("args", [("info", TINY_CFG), ("info", TINY_CFG, "--json")])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(args):
+    # `python -m engine ... | head`: it printed "error: Broken pipe" and exited 2, as if the input were wrong
+    r, w = os.pipe()
+    os.close(r)                                   # the reader is gone before the first write
+    try:
+        res = run(*args, stdout=w)
+    finally:
+        os.close(w)
+    assert res.returncode == 141 and res.stderr == ""
+
+
+def test_the_weights_file_given_as_the_cfg_is_named_as_such():
+    # it said "more than 16777216 bytes is too large for a cfg"
+    err = refused("detect", TINY_WEIGHTS, "--weights", TINY_CFG, IMAGES / "dog.jpg")
+    assert f"{TINY_WEIGHTS}: not a text cfg file" in err and "did you pass the .weights file instead?" in err
+
+
+@pytest.mark.parametrize("model", [TINY_WEIGHTS, IMAGES / "dog.jpg"])
+def test_a_binary_model_without_weights_is_not_called_a_cfg(model):
+    # it said "dog.jpg is a .cfg: pass its weights with --weights FILE"
+    err = refused("detect", model, IMAGES / "dog.jpg")
+    assert f"{model}: MODEL is neither a Darknet .cfg" in err and "engine model file" in err
+    assert "is a .cfg" not in err
+    assert "pass its weights with --weights FILE" in refused("detect", TINY_CFG, IMAGES / "dog.jpg")
+
+
+def test_report_asks_for_weights_as_the_other_commands_do(files):
+    # report said "pass weights= (a .weights file) or random_weights=SEED", the Python API's words
+    err = refused("report", TINY_CFG, "-q", files[1])
+    assert "pass its weights with --weights FILE" in err and "weights=" not in err
+
+
+def test_a_model_file_with_weights_says_drop_weights(files):
+    err = refused("detect", files[0], "--weights", TINY_WEIGHTS, IMAGES / "dog.jpg")
+    assert f"{files[0]} is an engine model file (it contains its weights): drop --weights {TINY_WEIGHTS}" in err
+
+
+def test_npz_files_swapped_name_what_they_are(files):
+    # they said "members 'layer0/w_q', ... hold 9566608 bytes, but no engine model file uses them (limit ...)"
+    model, qmodel, dump = files
+    err = refused("detect", qmodel, IMAGES / "dog.jpg")
+    assert f"{qmodel}: cannot read engine model file: this is a quantized model file" in err and "--quantized" in err
+    err = refused("detect", model, IMAGES / "dog.jpg", "--mode", "int", "--quantized", model)
+    assert f"{model}: cannot read quantized model: this is an engine model file" in err
+    err = refused("info", dump)
+    assert f"{dump}: cannot read engine model file: this is a `dump` output" in err
+    assert "uses them" not in err and "limit" not in err
+
+
+def test_a_run_record_opened_as_a_quantized_model_says_so(tmp_path, tiny, tiny_q):
+    from engine import Session
+    from engine.errors import WeightsError
+    from engine.quant.qmodel import QuantizedModel
+    s = Session(tiny, tiny_q, mode="int", image=IMAGES / "dog.jpg")
+    s.run_to(1)
+    record = s.save_record(tmp_path / "run.npz")
+    with pytest.raises(WeightsError, match="this is a run record .*Session.open_record.*not a quantized model"):
+        QuantizedModel.load(record)
