@@ -55,7 +55,7 @@ c.Spawner.http_timeout = 30
 async def copy_tutorials(spawner):
     """Copy the shared tutorials into the user's workspace before their server starts.
 
-    Runs `engine.workspace.store.ensure_tutorials` as the user (uid, gid, their groups only, umask 077),
+    Runs `engine.workspace.ensure_tutorials` as the user (uid, gid, their groups only, umask 077),
     so the copies belong to them; existing copies are never overwritten. A failure is logged
     and does not block the spawn.
     """
