@@ -61,7 +61,8 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     """Add `compare`."""
     s = sub.add_parser("compare", help="rank calibration methods by fitness to the FLOAT model")
     add_calib_args(s)
-    s.add_argument("--images", required=True, metavar="DIR", help="evaluation images (folder or file)")
+    s.add_argument("--images", required=True, nargs="+", metavar="DIR_OR_FILES",
+                   help="evaluation images: a folder, or image files")
     s.add_argument("--methods", default="log2,kl,minmax,percentile,mse",
                    help="comma-separated methods to rank (auto too: it chooses on the --calib images)")
     s.add_argument("--json", action="store_true")

@@ -94,3 +94,12 @@ def test_a_run_record_opened_as_a_quantized_model_says_so(tmp_path, tiny, tiny_q
     record = s.save_record(tmp_path / "run.npz")
     with pytest.raises(WeightsError, match="this is a run record .*Session.open_record.*not a quantized model"):
         QuantizedModel.load(record)
+
+
+def test_compare_takes_several_image_files_as_montecarlo_and_worst_images_do(files):
+    # `compare --images a.jpg b.jpg` stopped at "unrecognized arguments: b.jpg" (one folder or file only)
+    import json
+    res = run("compare", files[0], "--calib", IMAGES / "dog.jpg", "--images", IMAGES / "dog.jpg",
+              IMAGES / "horses.jpg", "--methods", "minmax", "--quiet", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["images"] == ["dog.jpg", "horses.jpg"]
