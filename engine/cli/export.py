@@ -42,8 +42,10 @@ def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine.cli.options import load_model, output_path
+    from engine.cli.options import check_suffix, load_model, output_path
     output_path(args.output, args)
+    check_suffix(args.output, *((".weights", "a Darknet .weights file") if args.format == "weights" else
+                                (".onnx", "an ONNX model")))
     if args.int8_weights and args.format != "onnx-int8":
         from engine.errors import EngineError
         raise EngineError(f"--int8-weights: only for --format onnx-int8 (got --format {args.format})")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.cli.options import SIZE_HELP, add_model_args, forward_for, load_model, output_path
+from engine.cli.options import SIZE_HELP, add_model_args, check_suffix, forward_for, load_model, output_path
 from engine.errors import CfgError, EngineError, WeightsError
 from engine.npzfile import read_npy
 
@@ -203,6 +203,7 @@ def summary_text(s: dict) -> str:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     output_path(args.output, args)
+    check_suffix(args.output, ".npz", "an engine model file (.npz)")
     model = load_model(args)
     out = model.save(args.output)
     print(f"wrote {out} ({out.stat().st_size:,} bytes): {model!r}", file=sys.stderr)
@@ -211,6 +212,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_dump(args: argparse.Namespace) -> int:
     output_path(args.output, args)
+    check_suffix(args.output, ".npz", "an .npz of every layer's output")
     model = load_model(args)
     forward = forward_for(model, args)
     if args.input is not None:

@@ -115,6 +115,15 @@ def output_path(path: str, args: argparse.Namespace | None = None) -> Path:
     return target
 
 
+def check_suffix(path: str, suffix: str, what: str) -> None:
+    """-o named unlike what is written (`quantize -o q.onnx`, `export --format weights -o m.onnx`): a warning
+    line, the file is still written where asked."""
+    if Path(path).suffix.lower() != suffix:
+        import warnings
+        from engine.errors import EngineWarning
+        warnings.warn(f"-o {path}: writes {what}, a file usually named *{suffix}", EngineWarning, stacklevel=2)
+
+
 def load_model(args: argparse.Namespace):
     from engine.model import is_model_file, load
     weights = getattr(args, "weights", None)

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from engine.cli.options import add_calib_args, load_model, number, output_path
+from engine.cli.options import add_calib_args, check_suffix, load_model, number, output_path
 from engine.errors import EngineError
 from engine.quant.refine.pipeline import AFTER as REFINE_AFTER
 
@@ -94,6 +94,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from engine.quant.refine.pipeline import check as check_refine, needs_float_inputs, refine_after
     get_profile(args.profile)                       # an unknown profile fails before the calibration pass
     output_path(args.output, args)                  # before the slow calibration, not after it
+    check_suffix(args.output, ".npz", "a quantized model file (.npz)")
     settings = method_settings(args.method, args.settings)
     if (args.target_map is None) != (args.val is None):
         raise EngineError("--target-map and --val go together: the search scores INT detections on --val")

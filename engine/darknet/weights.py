@@ -51,6 +51,9 @@ def read_header(data: bytes, label: str) -> WeightsHeader:
     major, minor, revision = struct.unpack_from("<iii", data, 0)
     if data.lstrip()[:1] in (b"[", b"#"):
         raise WeightsError(f"{label}: looks like a text cfg, not a binary .weights file")
+    if data[:4] == b"PK\x03\x04":      # an engine model file (convert's output) given as the weights
+        raise WeightsError(f"{label}: an .npz archive (an engine model file from `convert`?), not a Darknet .weights "
+                           "file; an engine model file holds its weights: give it as the MODEL, without --weights")
     if not all(0 <= v < 100_000 for v in (major, minor, revision)):
         raise WeightsError(f"{label}: header version {major}.{minor}.{revision} is not a Darknet weights header "
                            "(expected three small non-negative int32 values)")

@@ -103,3 +103,18 @@ def test_compare_takes_several_image_files_as_montecarlo_and_worst_images_do(fil
               IMAGES / "horses.jpg", "--methods", "minmax", "--quiet", "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["images"] == ["dog.jpg", "horses.jpg"]
+
+
+def test_an_output_named_unlike_what_is_written_is_warned_about_and_still_written(files, tmp_path):
+    # `convert -o m.weights` wrote an .npz under a .weights name without a word (and `--weights m.weights`
+    # later said "header version 67324752.20.0 is not a Darknet weights header")
+    res = run("convert", TINY_CFG, TINY_WEIGHTS, "-o", tmp_path / "m.weights")
+    assert res.returncode == 0 and (tmp_path / "m.weights").is_file()
+    assert res.stderr.startswith(f"warning: -o {tmp_path / 'm.weights'}: writes an engine model file (.npz), a file "
+                                 "usually named *.npz\n"), res.stderr
+    err = refused("detect", TINY_CFG, "--weights", tmp_path / "m.weights", IMAGES / "dog.jpg")
+    assert "m.weights: an .npz archive (an engine model file from `convert`?), not a Darknet .weights file" in err
+    res = run("export", files[0], "--format", "weights", "-o", tmp_path / "m.onnx")
+    assert res.returncode == 0 and "warning: -o" in res.stderr and "writes a Darknet .weights file" in res.stderr
+    res = run("export", files[0], "--format", "weights", "-o", tmp_path / "m2.weights")
+    assert res.returncode == 0 and "warning" not in res.stderr
