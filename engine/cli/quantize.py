@@ -114,17 +114,23 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     extra = {"rules": ()} if args.no_rules else {}
     if args.method == "auto":
         extra["images"] = args.calib
+        _status(args, "auto: scoring every candidate method's threshold per tensor at the detection heads ...")
     qm = quantize(model, stats, args.method, per_channel=args.per_channel, profile=args.profile, **extra, **settings)
     if spec is not None:
         from engine.quant.refine import attach_equalization
         qm = attach_equalization(qm, spec, cle_mode, source, model)
         model = source                        # from here on the executor equalizes the float model itself
+    after = [r for r in REFINE_AFTER if r in args.refine]
+    if after:                                 # gptq and margin take seconds to minutes, with no bar of their own
+        _status(args, f"refining ({', '.join(after)}, in this order) on the {stats.images} calibration "
+                      f"image{'s' if stats.images != 1 else ''} ...")
     qm = refine_after(model, qm, args.refine, args.calib, keep, args.resize, args.margin_k)
     if "auto" in qm.meta:
         print(auto_choice_text(qm.meta["auto"]), file=sys.stderr)
     if args.target_map is not None:
         from engine.calib.collect import image_list
         from engine.quant.mixed import search
+        _status(args, f"--target-map {args.target_map}: finding the layers to keep FLOAT on the --val images ...")
         res = search(model, qm, image_list(args.val, "validation"), target=args.target_map, backend=args.backend)
         qm = res.apply(qm)
         print(res.table(), file=sys.stderr)
@@ -169,6 +175,12 @@ def method_settings(method: str, text: str | None) -> dict:
     from engine.calib.base import make
     make(method, **settings)        # a value out of range fails here, not after the calibration pass
     return settings
+
+
+def _status(args: argparse.Namespace, text: str) -> None:
+    """A line on stderr before a silent step of seconds or more (none with --quiet)."""
+    if not args.quiet:
+        print(text, file=sys.stderr, flush=True)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -118,3 +118,14 @@ def test_an_output_named_unlike_what_is_written_is_warned_about_and_still_writte
     assert res.returncode == 0 and "warning: -o" in res.stderr and "writes a Darknet .weights file" in res.stderr
     res = run("export", files[0], "--format", "weights", "-o", tmp_path / "m2.weights")
     assert res.returncode == 0 and "warning" not in res.stderr
+
+
+def test_quantize_says_what_it_does_after_the_calibration_bar(tmp_path):
+    # --refine (gptq, margin: 10 s and more on yolov3-tiny) and --method auto ran silently after the bar
+    res = run("quantize", TINY_CFG, "--weights", TINY_WEIGHTS, "--calib", IMAGES / "dog.jpg", "--refine", "margin",
+              "--refine", "eq", "-o", tmp_path / "q.npz")
+    assert res.returncode == 0, res.stderr
+    assert "refining (eq, margin, in this order) on the 1 calibration image ...\n" in res.stderr
+    res = run("quantize", TINY_CFG, "--weights", TINY_WEIGHTS, "--calib", IMAGES / "dog.jpg", "--refine", "eq",
+              "--quiet", "-o", tmp_path / "q.npz")
+    assert res.returncode == 0 and "refining" not in res.stderr
