@@ -203,6 +203,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if why:
             raise EngineError(f"--backend onnxruntime: {why}; pass --profile onnxruntime, or --backend numpy|auto")
     stats = collect(model, args.calib, args.resize, progress=not args.quiet)
+    after = [r for r in REFINE_AFTER if r in args.refine]
+    if after or "auto" in methods:            # before the comparing bar, with no bar of their own
+        _status(args, f"quantizing {len(methods)} method{'s' if len(methods) != 1 else ''}"
+                      f"{' and refining each (' + ', '.join(after) + ')' if after else ''} ...")
     table = compare(model, stats, args.images, methods, per_channel=args.per_channel, resize=args.resize,
                     progress=not args.quiet, calib_images=args.calib, backend=args.backend, profile=args.profile,
                     refine=args.refine, margin_k=args.margin_k)

@@ -129,3 +129,8 @@ def test_quantize_says_what_it_does_after_the_calibration_bar(tmp_path):
     res = run("quantize", TINY_CFG, "--weights", TINY_WEIGHTS, "--calib", IMAGES / "dog.jpg", "--refine", "eq",
               "--quiet", "-o", tmp_path / "q.npz")
     assert res.returncode == 0 and "refining" not in res.stderr
+    # compare --refine gptq: 18 s before its comparing bar for two methods
+    res = run("compare", TINY_CFG, "--weights", TINY_WEIGHTS, "--calib", IMAGES / "dog.jpg", "--images",
+              IMAGES / "dog.jpg", "--methods", "minmax,kl", "--refine", "eq")
+    assert res.returncode == 0, res.stderr
+    assert "quantizing 2 methods and refining each (eq) ...\n" in res.stderr
