@@ -95,8 +95,7 @@ class own_threads:
     runs with the BLAS and thread settings the first one restores halfway. Parts of a job (helpers) run under
     their caller's turn. Known gap: threadpoolctl ignores BLAS limits set from a thread other than the first
     that set them, so another thread's GEMMs keep OpenBLAS's own threads and can differ from the main thread's
-    in the last bits (8.6e-5 on yolov3-tiny's layer 0); such a thread runs its kernels inline rather than
-    fanning them out over a BLAS it cannot limit. Setting OpenBLAS's count from there, globally or per
+    in the last bits (8.6e-5 on yolov3-tiny's layer 0). Setting OpenBLAS's count from there, globally or per
     thread (`openblas_set_num_threads_local`), made the bits equal but stalled the Explorer's handlers for up
     to 30 s in JupyterLab (stop 33, docs/performance.md), so it is not done.
     """
@@ -119,16 +118,9 @@ class own_threads:
             libs = _kernel_blas()
             n = libs[0].get_num_threads() if libs else 1
             if n > 1:
+                self.restore = n
                 for lib in libs:
                     lib.set_num_threads(1)
-                if libs[0].get_num_threads() != 1:
-                    # this thread cannot limit OpenBLAS (another thread set it first): fanning out would run
-                    # n kernel threads each calling an n-thread BLAS, 3-20x slower (and 4x the CPU) on a
-                    # background worker; BLAS keeps its threads and the kernels run inline instead
-                    for lib in libs:
-                        lib.set_num_threads(n)
-                    return
-                self.restore = n
                 _threads = n
                 self.switch = sys.getswitchinterval()
                 sys.setswitchinterval(min(self.switch, SWITCH_INTERVAL))

@@ -110,28 +110,3 @@ def test_a_finished_job_does_not_keep_what_it_referenced(monkeypatch):
             break
         time.sleep(0.01)
     assert ref() is None
-
-
-def test_a_thread_that_cannot_limit_blas_does_not_fan_out_over_it():
-    # threadpoolctl lets only the first thread that set OpenBLAS's count change it; a second thread's
-    # own_threads (a background worker, a JupyterLab subshell) used to run 2 kernel threads each calling a
-    # 2-thread BLAS: 4 busy threads on 2 cores, INT runs 3-8x slower than on the main thread
-    before = threads.blas_threads()
-    assert threads.set_blas_threads(2) == 2          # this (main) thread controls BLAS from here on
-    try:
-        with threads.own_threads():
-            assert threads.kernel_threads() == 2 and threads.blas_threads() == 1
-        seen = {}
-
-        def worker() -> None:
-            with threads.own_threads():
-                seen["kernels"], seen["blas"] = threads.kernel_threads(), threads.blas_threads()
-            seen["after"] = threads.blas_threads()
-
-        t = threading.Thread(target=worker)
-        t.start()
-        t.join()
-        assert seen["kernels"] * seen["blas"] <= 2, seen
-        assert seen["after"] == 2
-    finally:
-        threads.set_blas_threads(before)
