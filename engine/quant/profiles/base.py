@@ -5,7 +5,7 @@ A profile answers, for the quantized model it is attached to (`QuantizedModel.pr
   granularity, and any extra tensor a target needs (a leaky conv's pre-activation grid);
 * execution: which layer kinds run on integers, how (requantization arithmetic, rounding,
   accumulator width, lookup tables), and which stay float.
-`RULES` rows are what README's profile table shows; each profile fills every row with its source.
+`RULES` rows are what the rule table of docs/profiles.md shows; each profile fills every row with its source.
 """
 from __future__ import annotations
 
