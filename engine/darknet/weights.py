@@ -8,7 +8,6 @@ silently; we refuse both, saying how many floats were expected and found.
 from __future__ import annotations
 
 import os
-import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,12 +127,11 @@ def read_weights(path: str | Path, layers: list[Layer]) -> tuple[WeightsHeader, 
     """Read a `.weights` file for `layers`. Raises WeightsError (count mismatch, bad header, NaN/Inf)."""
     p = Path(path)
     need = expected_floats(layers)
+    from engine.npzfile import open_regular
     try:
-        with open(p, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):  # a FIFO or /dev/zero has no size and may never end
-                raise WeightsError(f"{p}: not a regular file")
-            size = st.st_size
+        # open_regular: open() of a FIFO blocks until a writer comes, and /dev/zero has no size and never ends
+        with open_regular(p) as f:
+            size = os.fstat(f.fileno()).st_size
             header = read_header(f.read(20), p.name)
             body = size - header.size
             if body % 4:

@@ -111,3 +111,28 @@ def test_write_then_read_is_bit_exact(tmp_path):
     out = tmp_path / "copy.weights"
     model.save_weights(out)
     assert out.read_bytes() == TINY_WEIGHTS.read_bytes()
+
+
+def test_a_fifo_given_as_weights_is_refused_without_waiting_for_a_writer(tmp_path):
+    """read_weights checks for a regular file, but open() of a FIFO blocks until a writer appears:
+    `detect cfg --weights FIFO` hung forever before that check could run."""
+    import os
+    import threading
+    fifo = tmp_path / "w.weights"
+    os.mkfifo(fifo)
+    result: list = []
+
+    def read() -> None:
+        try:
+            read_weights(fifo, small_layers())
+        except WeightsError as err:
+            result.append(err)
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():                       # unblock the hung open() so the thread can end
+        with open(fifo, "wb"):
+            pass
+        t.join(5)
+        pytest.fail("read_weights blocked on a FIFO")
+    assert len(result) == 1 and "w.weights" in str(result[0]) and "not a regular file" in str(result[0])
