@@ -107,7 +107,7 @@ def file_kind(path: str) -> str:
     except OSError as err:
         what = {".npz": "model file", ".weights": "weights"}.get(p.suffix.lower(), "cfg")
         raise CfgError(f"{p}: cannot read {what}: {err.strerror or err}") from None
-    if head[:4] == b"PK\x03\x04":
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):     # a zip's first member, or the end record of one with none
         return npz_kind(p)
     try:
         codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) == size)

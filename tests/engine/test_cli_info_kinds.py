@@ -89,6 +89,9 @@ def _record_like(path):
     ("dump.npz", lambda p: np.savez(p, layer0=np.zeros(3, np.float32)), "it has no 'format' member"),
     ("record.npz", _record_like, "a run record: open it with Session.open_record"),
     ("broken.npz", lambda p: p.write_bytes(b"PK\x03\x04" + bytes(60)), "cannot read .npz archive"),
+    # np.savez with no arrays: a zip with no member starts with the end record, PK\x05\x06 (it was read as a
+    # binary file: "header version 101010256.0.0 is not a Darknet weights header")
+    ("empty.npz", lambda p: np.savez(p), "cannot read .npz archive: the archive is empty"),
     ("notes.txt", lambda p: p.write_text("hello\n"), "the file has no [section] line, so it is no Darknet cfg"),
 ])
 def test_info_on_a_file_of_no_kind_it_reads_says_what_it_reads(capsys, tmp_path, name, make, fragment):
