@@ -97,12 +97,14 @@ def observe(model, x: np.ndarray, stats: CalibrationStats, outs: Sequence[np.nda
 
 
 def image_list(source: str | Path | Iterable[ImageLike], what: str = "calibration") -> list[ImageLike]:
-    """A folder (its images, sorted), one image file, or a list of images / paths. `what` names the set in
-    errors (calibration, validation, evaluation images)."""
+    """A folder (its images, sorted), one image file, or a list of images / paths (a folder in the list
+    stands for its images). `what` names the set in errors (calibration, validation, evaluation images)."""
     if isinstance(source, (list, tuple)) and len(source) == 1 and isinstance(source[0], (str, Path)):
         source = source[0]  # the CLI's nargs="+" with one folder
-    if isinstance(source, (list, tuple)) and source and all(isinstance(s, (str, Path)) and Path(s).is_dir() for s in source):
-        return [f for s in source for f in image_list(s, what)]
+    if isinstance(source, (list, tuple)) and any(isinstance(s, (str, Path)) and Path(s).is_dir() for s in source):
+        # folders (each its images, sorted) and image files, in the order given: `--images DIR a.jpg`
+        return [f for s in source for f in
+                (image_list(s, what) if isinstance(s, (str, Path)) and Path(s).is_dir() else [s])]
     if isinstance(source, (str, Path)):
         p = Path(source)
         if p.is_dir():

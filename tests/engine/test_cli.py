@@ -165,6 +165,22 @@ def test_missing_image_folders_are_named_for_what_they_are(tmp_path):
         image_list([], "validation")
 
 
+def test_a_list_of_folders_and_image_files_takes_each_folders_images(tmp_path):
+    """`--images DIR a.jpg` (compare, montecarlo, worst-images, --calib, --val): a folder beside files
+    stood in the list as is and failed as "DIR: cannot open image: not a regular file"."""
+    from engine.calib.collect import image_list
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for name in ("b.jpg", "a.png", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    one = tmp_path / "one.jpg"
+    assert image_list([str(one), str(folder)]) == [str(one), folder / "a.png", folder / "b.jpg"]
+    assert image_list([folder, one, folder]) == [folder / "a.png", folder / "b.jpg", one,
+                                                 folder / "a.png", folder / "b.jpg"]
+    assert image_list([str(folder)]) == [folder / "a.png", folder / "b.jpg"]
+    assert image_list([str(one), "b.jpg"]) == [str(one), "b.jpg"]           # files alone: as given
+
+
 def test_a_quantized_model_of_other_weights_is_named_not_silently_used(tmp_path):
     import engine
     from engine.calib.collect import collect
