@@ -80,16 +80,22 @@ class DeviceView(widgets.VBox):
 
         def work(tick):
             return sim_vs_device(*args, float_layers=float_layers, on_progress=tick, cancel=self.task.cancel_requested)
-        self.task.start(work, self._done, what="simulation vs device")
+        self.task.start(work, lambda table: self._done(table, args[:2]), what="simulation vs device")
 
     def wait(self, timeout: float | None = None) -> None:
         self.task.wait(timeout)
 
-    def _done(self, table) -> None:
+    def _done(self, table, models: tuple | None = None) -> None:
         self.run_button.disabled = False
         failure = self.task.failure(table, "device comparison", self)
         if failure is not None:
             self.status = failure
+            return
+        s = self._session
+        if models is not None and (models[0] is not s.model or models[1] is not s.qmodel):
+            # another model or quantized model was opened while it ran: its rows (and colours) are not theirs
+            self.status = ("device comparison: result dropped, the session's model or quantized model changed "
+                           "while it ran: Compare again")
             return
         self.show(table)
         if table.runtime:

@@ -95,17 +95,23 @@ class MixedPrecisionView(widgets.VBox):
 
         def work(tick):
             return search(*args, on_progress=tick, cancel=self.task.cancel_requested, **opts)
-        self.task.start(work, self._done, what="mixed-precision search")
+        self.task.start(work, lambda result: self._done(result, args[:2]), what="mixed-precision search")
 
     def wait(self, timeout: float | None = None) -> None:
         self.task.wait(timeout)
 
-    def _done(self, result) -> None:
+    def _done(self, result, models: tuple | None = None) -> None:
         self.search_button.disabled = False
         self.keep_button.disabled = self.result is None      # a cancelled or failed search keeps the last result
         failure = self.task.failure(result, "mixed-precision search", self)
         if failure is not None:
             self.status = failure
+            return
+        s = self._session
+        if models is not None and (models[0] is not s.model or models[1] is not s.qmodel):
+            # another model or quantized model was opened while the search ran: its layers are not theirs
+            self.status = ("mixed-precision search: result dropped, the session's model or quantized model changed "
+                           "while it ran: Search again")
             return
         self.show(result)
         self.status = (f"mixed precision: {len(result.float_layers)} layers FLOAT -> mAP@[.5:.95] "

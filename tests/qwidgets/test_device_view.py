@@ -123,3 +123,18 @@ def test_an_error_mid_comparison_is_shown_and_keeps_the_last_table(tiny, tiny_q,
     assert view.status == "error: layer 4: refused" and view.task.text.endswith("error: layer 4: refused")
     assert view.table.value == table and not view.run_button.disabled and view.error_details == ""
     assert view.task.progress.value == 3 + 4         # the bar stays where it stopped: layer 5's row (2 cosines a row)
+
+
+def test_a_comparison_whose_session_switched_models_while_it_ran_is_not_shown(tiny, tiny_q, tiny_kl_pt):
+    """sim_vs_device runs on its own thread: a table of the quantized model the session had when it started
+    was shown (and coloured the graph) after another one was adopted."""
+    s = engine.Session(tiny, tiny_q, mode="int", image=sample("dog"))
+    view = DeviceView(s, background=False)
+
+    def switch(change) -> None:
+        if change.new == 2:
+            s.set_quantized(tiny_kl_pt)
+    view.task.progress.observe(switch, names="value")
+    view.run_button.click()
+    assert view.result is None and view.overlays == {} and "changed while it ran" in view.status
+    assert not view.run_button.disabled

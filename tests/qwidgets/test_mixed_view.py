@@ -136,3 +136,22 @@ def test_an_error_mid_search_is_shown_and_changes_nothing(tiny, tiny_kl_pt, monk
     view.search_button.click()                   # the second search fails at its 2nd scored run, with a bug
     assert view.status == "error: ZeroDivisionError: a bug" and "Traceback" in view.error_details
     assert view.task.text.endswith("error: a bug") and s.float_layers == set() and view.result is shown
+
+
+def test_a_search_whose_session_switched_models_while_it_ran_is_not_shown_or_kept(tiny, tiny_kl_pt, tiny_q):
+    """The search runs on its own thread while the user may Adopt another quantized model (or open another
+    model): its result, of the models it was started with, was shown and Keep applied it to the new ones."""
+    s = engine.Session(tiny, tiny_kl_pt, mode="int")
+    view = MixedPrecisionView(s, images=[sample("dog")], background=False)
+    view.target.value, view.max_layers.value = 0.9, 1
+
+    def switch(change) -> None:
+        if change.new == 2:
+            s.set_quantized(tiny_q)              # during the search, as another tab's Adopt would
+    view.task.progress.observe(switch, names="value")
+    view.search_button.click()
+    assert s.qmodel is not tiny_kl_pt
+    assert view.result is None and view.float_layers == [] and view.keep_button.disabled
+    assert "changed while it ran" in view.status and not view.search_button.disabled
+    view.keep_button.click()
+    assert s.float_layers == set()
