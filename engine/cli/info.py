@@ -137,6 +137,7 @@ def npz_kind(p: Path) -> str:
     try:
         with NpzReader(p, str(p), what=".npz archive") as z:
             fmt = z.text("format", 1 << 10) if "format" in z else None
+            dump = all(re.fullmatch(r"layer\d+", k) for k in z.keys())
     except WeightsError as err:
         raise WeightsError(f"{err}; {READS}") from None
     kinds = {MODEL_FORMAT: "model", QMODEL_FORMAT: "quantized"}
@@ -144,7 +145,8 @@ def npz_kind(p: Path) -> str:
         return kinds[fmt]
     found = ("a run record: open it with Session.open_record" if fmt == RECORD_FORMAT else
              f"its format is {fmt[:80]!r}" if fmt is not None else
-             "it has no 'format' member (as `dump` outputs and plain np.savez files)")
+             "this is a `dump` output (every layer's output as layer0, layer1, ...): it has no 'format' member"
+             if dump else "it has no 'format' member (as `dump` outputs and plain np.savez files)")
     raise WeightsError(f"{p}: an .npz archive but not an engine model ({MODEL_FORMAT}) or quantized model "
                        f"({QMODEL_FORMAT}) file: {found}; {READS}")
 

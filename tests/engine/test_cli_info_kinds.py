@@ -86,7 +86,8 @@ def _record_like(path):
     ("garbage.bin", lambda p: p.write_bytes(bytes(range(7, 250)) * 40), "not a text cfg file (byte"),
     ("photo.cfg", lambda p: p.write_bytes((IMAGES / "dog.jpg").read_bytes()[:5000]), "nor a Darknet .weights file"),
     ("odd.weights", lambda p: p.write_bytes(bytes(20) + b"\x00\x01\x02"), "are not a whole, non-zero number of float32"),
-    ("dump.npz", lambda p: np.savez(p, layer0=np.zeros(3, np.float32)), "it has no 'format' member"),
+    ("dump.npz", lambda p: np.savez(p, layer0=np.zeros(3, np.float32)), "this is a `dump` output"),
+    ("plain.npz", lambda p: np.savez(p, a=np.zeros(3, np.float32)), "it has no 'format' member (as `dump` outputs"),
     ("record.npz", _record_like, "a run record: open it with Session.open_record"),
     ("broken.npz", lambda p: p.write_bytes(b"PK\x03\x04" + bytes(60)), "cannot read .npz archive"),
     # np.savez with no arrays: a zip with no member starts with the end record, PK\x05\x06 (it was read as a

@@ -81,7 +81,8 @@ def test_npz_files_swapped_name_what_they_are(files):
     err = refused("detect", model, IMAGES / "dog.jpg", "--mode", "int", "--quantized", model)
     assert f"{model}: cannot read quantized model: this is an engine model file" in err
     err = refused("info", dump)
-    assert f"{dump}: cannot read engine model file: this is a `dump` output" in err
+    # `info` tells the kind by content (engine/cli/info.py npz_kind), not by loading it as an engine model
+    assert f"{dump}: an .npz archive but not an engine model" in err and "this is a `dump` output" in err
     assert "uses them" not in err and "limit" not in err
 
 
