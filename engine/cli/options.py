@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -117,11 +118,27 @@ def output_path(path: str, args: argparse.Namespace | None = None) -> Path:
 
 def check_suffix(path: str, suffix: str, what: str) -> None:
     """-o named unlike what is written (`quantize -o q.onnx`, `export --format weights -o m.onnx`): a warning
-    line, the file is still written where asked."""
-    if Path(path).suffix.lower() != suffix:
-        import warnings
-        from engine.errors import EngineWarning
-        warnings.warn(f"-o {path}: writes {what}, a file usually named *{suffix}", EngineWarning, stacklevel=2)
+    line, the file is still written where asked; but an existing file of that name is never replaced unless
+    it is an .npz archive being replaced by one (`quantize -o yolov3-tiny.weights` replaced the float weights)."""
+    if Path(path).suffix.lower() == suffix:
+        return
+    p = Path(path)
+    if os.path.lexists(p) and not (suffix == ".npz" and _is_zip(p)):
+        raise EngineError(f"-o {path}: writes {what}, but {path} exists and is not one: refusing to replace it "
+                          f"(name the output *{suffix}, or move {path} away first)")
+    import warnings
+    from engine.errors import EngineWarning
+    warnings.warn(f"-o {path}: writes {what}, a file usually named *{suffix}", EngineWarning, stacklevel=2)
+
+
+def _is_zip(p: Path) -> bool:
+    if not p.is_file():             # a FIFO would block the open
+        return False
+    try:
+        with open(p, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 def load_model(args: argparse.Namespace):

@@ -135,3 +135,19 @@ def test_quantize_says_what_it_does_after_the_calibration_bar(tmp_path):
               IMAGES / "dog.jpg", "--methods", "minmax,kl", "--refine", "eq")
     assert res.returncode == 0, res.stderr
     assert "quantizing 2 methods and refining each (eq) ...\n" in res.stderr
+
+
+def test_an_output_named_unlike_what_is_written_never_replaces_a_file_of_another_kind(files, tmp_path):
+    # `quantize ... -o yolov3-tiny.weights` warned and replaced the float weights with a quantized .npz
+    weights = tmp_path / "yolov3-tiny.weights"
+    weights.write_bytes(TINY_WEIGHTS.read_bytes())
+    err = refused("convert", TINY_CFG, TINY_WEIGHTS, "-o", weights)
+    assert f"-o {weights}: writes an engine model file (.npz), but {weights} exists and is not one" in err
+    err = refused("export", files[0], "--format", "onnx", "-o", weights)
+    assert "refusing to replace it" in err
+    assert weights.read_bytes() == TINY_WEIGHTS.read_bytes()
+    # an .npz archive under another name is replaced by an .npz, with the warning (a re-run of the same command)
+    res = run("convert", TINY_CFG, TINY_WEIGHTS, "-o", tmp_path / "m.bin")
+    assert res.returncode == 0 and "warning: -o" in res.stderr
+    res = run("convert", TINY_CFG, TINY_WEIGHTS, "-o", tmp_path / "m.bin")
+    assert res.returncode == 0 and "warning: -o" in res.stderr, res.stderr
