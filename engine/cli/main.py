@@ -39,8 +39,19 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, *, 
         others(message, category, filename, lineno, file, line)
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """parse_args, but an argument no option takes is refused by the subcommand's parser: its usage and
+    "python -m engine compare: error: unrecognized arguments: kl" (exit 2), not the top-level usage with
+    "..." that argparse prints (it only knows the extra arguments once the subcommand has parsed)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     with warnings.catch_warnings():          # restores the caller's showwarning (main is called in-process too)
         warnings.showwarning = functools.partial(_show_warning, others=warnings.showwarning)
         return _run(args)

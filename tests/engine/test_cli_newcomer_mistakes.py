@@ -151,3 +151,20 @@ def test_an_output_named_unlike_what_is_written_never_replaces_a_file_of_another
     assert res.returncode == 0 and "warning: -o" in res.stderr
     res = run("convert", TINY_CFG, TINY_WEIGHTS, "-o", tmp_path / "m.bin")
     assert res.returncode == 0 and "warning: -o" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("args, extra", [
+    (["compare", str(TINY_CFG), "--calib", str(IMAGES), "--images", str(IMAGES), "--methods", "minmax", "kl"], "kl"),
+    (["info", str(TINY_CFG), "--jsn"], "--jsn"),
+])
+def test_an_unexpected_argument_is_refused_with_the_subcommands_usage(args, extra, capsys):
+    # `compare MODEL --methods minmax kl` printed the top-level usage ("{info,convert,...} ...") and
+    # "python -m engine: error: unrecognized arguments: kl", which names neither the subcommand nor its options
+    from engine.cli.main import main
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: python -m engine {args[0]} [-h]"), err
+    assert err.endswith(f"\npython -m engine {args[0]}: error: unrecognized arguments: {extra}\n"), err
+    assert "{info,convert" not in err
