@@ -31,11 +31,14 @@ from qwidgets.quant_view import GIVEN, SAMPLES, SAMPLES_AUGMENTED, augmented_sam
 def curve_html(result: MixedResult) -> str:
     """The search's curve, one row per step (the engine's CurvePoint values), and its verdict."""
     rows = "".join(f"<tr><td>{p.layers_float}</td><td>{'-' if p.added is None else p.added}</td>"
-                   f"<td>{p.map50_95:.3f}</td><td>{p.map50:.3f}</td><td>{p.lost}</td><td>{p.extra}</td></tr>"
+                   f"<td>{p.map50_95:.3f}</td><td>{p.map50:.3f}</td><td>{p.lost}</td><td>{p.extra}</td>"
+                   f"<td>{', '.join(map(str, p.added_layers)) or '-'}</td>"
+                   f"<td>{'-' if p.float_count is None else p.float_count}</td></tr>"
                    for p in result.curve)
     verdict = "met" if result.met else "NOT met (every candidate tried or the layer limit reached)"
-    return (f"{TABLE_CSS}<table class='qw-table qw-mixed'><tr><th>layers kept FLOAT</th><th>added</th>"
-            "<th>mAP@[.5:.95] vs FLOAT</th><th>mAP@0.5 vs FLOAT</th><th>lost</th><th>extra</th></tr>"
+    return (f"{TABLE_CSS}<table class='qw-table qw-mixed'><tr><th>weight layers kept FLOAT</th><th>added</th>"
+            "<th>mAP@[.5:.95] vs FLOAT</th><th>mAP@0.5 vs FLOAT</th><th>lost</th><th>extra</th>"
+            "<th>layers added (with the maxpool / route / upsample after it)</th><th>all layers FLOAT</th></tr>"
             f"{rows}</table><div>target mAP@[.5:.95] &ge; {result.target} ({html.escape(result.mode)}, "
             f"{result.images} images): <b>{verdict}</b>; FLOAT layers {list(result.float_layers)}</div>")
 

@@ -133,7 +133,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         _status(args, f"--target-map {args.target_map}: finding the layers to keep FLOAT on the --val images ...")
         res = search(model, qm, image_list(args.val, "validation"), target=args.target_map, backend=args.backend)
         qm = res.apply(qm)
-        print(res.table(), file=sys.stderr)
+        print(res.table(model), file=sys.stderr)
     qm.save(args.output)
     size = model_size(model, qm)
     print(f"wrote {args.output}: {qm.describe()}, calibrated on {stats.images} images; int8 {size.int8_bytes:,} "

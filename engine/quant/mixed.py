@@ -31,11 +31,14 @@ WEIGHT_KINDS = ("convolutional", "connected")
 @dataclass
 class CurvePoint:
     layers_float: int                  # how many weight layers are kept FLOAT (with the layers up to the next one)
-    added: int | None                  # the layer added at this step (None for the all-int8 start)
+    added: int | None                  # the weight layer added at this step (None for the all-int8 start)
     map50_95: float
     map50: float
     lost: int
     extra: int
+    added_layers: list[int] = field(default_factory=list)   # every layer this step keeps FLOAT: `added` and the
+    #                                                           maxpool / route / upsample after it ([] at the start)
+    float_count: int | None = None     # layers FLOAT in this step's run, all kinds (those qmodel kept FLOAT too)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,19 +67,28 @@ class MixedResult:
                 "images": self.images, "curve": [p.to_dict() for p in self.curve],
                 "sensitivity": {str(k): v for k, v in self.sensitivity.items()}}
 
-    def table(self) -> str:
-        lines = [f"{'FLOAT layers':>12}  {'added':>6}  {'mAP@[.5:.95]':>12}  {'mAP50':>6}  {'lost':>4}  {'extra':>5}"]
+    def table(self, model=None) -> str:
+        """The curve as text, one row per step: weight layers kept FLOAT (the steps), all layers kept FLOAT
+        (a conv comes with the maxpool / route / upsample after it, so this count is the length of
+        `float_layers` at the last step), the agreement, and the layers the step added (named by kind
+        when `model` is given: "conv 4, maxpool 5")."""
+        def name(i: int) -> str:
+            return str(i) if model is None else unit_name(model.layers[i])
+        lines = [f"{'weight layers FLOAT':>19}  {'all layers FLOAT':>16}  {'mAP@[.5:.95]':>12}  {'mAP50':>6}  "
+                 f"{'lost':>4}  {'extra':>5}  layers added"]
         for p in self.curve:
-            lines.append(f"{p.layers_float:>12}  {'-' if p.added is None else p.added:>6}  {p.map50_95:>12.3f}  "
-                         f"{p.map50:>6.3f}  {p.lost:>4}  {p.extra:>5}")
+            added = ", ".join(map(name, p.added_layers or ([] if p.added is None else [p.added]))) or "-"
+            count = "?" if p.float_count is None else p.float_count
+            lines.append(f"{p.layers_float:>19}  {count:>16}  {p.map50_95:>12.3f}  {p.map50:>6.3f}  {p.lost:>4}  "
+                         f"{p.extra:>5}  {added}")
         verdict = "met" if self.met else "NOT met (every candidate tried)"
-        lines.append(f"target mAP@[.5:.95] >= {self.target} ({self.mode}, {self.images} images): {verdict}; "
-                     f"float_layers = {list(self.float_layers)}")
+        lines.append(f"target mAP@[.5:.95] >= {self.target} ({self.mode}, {counted(self.images, 'image')}): {verdict}; "
+                     f"float_layers = {list(self.float_layers)} ({counted(len(self.float_layers), 'layer')})")
         return "\n".join(lines)
 
 
-def _point(n: int, added: int | None, a: Agreement) -> CurvePoint:
-    return CurvePoint(n, added, a.map50_95, a.map50, a.missed, a.extra)
+def _point(n: int, added: int | None, a: Agreement, added_layers=(), floats=()) -> CurvePoint:
+    return CurvePoint(n, added, a.map50_95, a.map50, a.missed, a.extra, sorted(added_layers), len(floats))
 
 
 def _unit(model, index: int) -> set[int]:
@@ -133,7 +145,7 @@ def search(model, qmodel: QuantizedModel, images: Sequence | Scorer, target: flo
 
     steps.start(f"all-int8 run on {counted(len(scorer.inputs), 'image')}")
     base = scorer.score(qmodel, mode, sorted(fixed))
-    curve = [_point(0, None, base)]
+    curve = [_point(0, None, base, (), fixed)]
     if on_step is not None:
         on_step(curve[-1])
     sens: dict[int, float] = {}
@@ -148,9 +160,10 @@ def search(model, qmodel: QuantizedModel, images: Sequence | Scorer, target: flo
         if ok(current) or (max_layers is not None and len(kept) >= max_layers):
             break
         steps.start(f"keeping FLOAT {len(curve)} of at most {greedy}: {unit_name(model.layers[i])}")
-        kept.extend(sorted(unit[i]))
+        added = unit[i] - fixed - set(kept)          # a route may already be FLOAT with another conv
+        kept.extend(sorted(added))
         current = scorer.score(qmodel, mode, sorted(fixed | set(kept)))
-        curve.append(_point(len(curve), i, current))
+        curve.append(_point(len(curve), i, current, added, fixed | set(kept)))
         if on_step is not None:
             on_step(curve[-1])
     steps.finish()

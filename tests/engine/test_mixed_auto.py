@@ -87,3 +87,31 @@ def test_cli_quantize_auto_prints_its_choice_and_mixed_options(tmp_path):
     res = subprocess.run([sys.executable, "-m", "engine", "quantize", "--help"], capture_output=True, text=True,
                          cwd=ROOT, timeout=600)
     assert "default: minmax" in " ".join(res.stdout.split())
+
+
+def test_cli_target_map_table_counts_the_layers_it_lists(tmp_path, capsys):
+    # a step keeps a conv and the maxpool after it FLOAT: the table's only count was the steps ("FLOAT layers"
+    # 1, 2, 3) while the list under it named more layers ([0, 1, 2, 3, 15])
+    import re
+    from engine.cli.main import main
+    out = tmp_path / "m.npz"
+    assert main(["quantize", str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "--calib", str(IMAGES), "--method", "kl",
+                 "--no-rules", "--quiet", "--target-map", "0.9", "--val", str(DOG), "-o", str(out)]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    head = next(k for k, line in enumerate(lines) if line.split()[:3] == ["weight", "layers", "FLOAT"])
+    assert "all layers FLOAT" in lines[head] and lines[head].endswith("layers added")
+    rows = [line.split(None, 6) for line in lines[head + 1:] if re.match(r"\s+\d", line)]
+    final = next(line for line in lines if line.startswith("target mAP@[.5:.95] >= 0.9"))
+    listed = [int(i) for i in re.search(r"float_layers = \[([\d, ]*)\]", final).group(1).split(",")]
+    assert final.endswith(f"({len(listed)} layers)")
+    curve = QuantizedModel.load(out).meta["mixed_precision"]["curve"]
+    assert len(rows) == len(curve) >= 2 and rows[0][6] == "-"
+    counted, seen = 0, []
+    for row, p in zip(rows, curve):
+        assert set(p) >= {"layers_float", "added", "map50_95", "map50", "lost", "extra"}        # the old keys stay
+        assert int(row[0]) == p["layers_float"] and int(row[1]) == p["float_count"] == counted + len(p["added_layers"])
+        names = row[6].split(", ") if p["added"] is not None else []
+        assert [int(n.split()[-1]) for n in names] == p["added_layers"] and p["added"] in p["added_layers"] + [None]
+        counted, seen = p["float_count"], seen + p["added_layers"]
+    assert counted == len(listed) and sorted(seen) == listed
+    assert any(n.startswith("maxpool") for row in rows for n in row[6].split(", "))   # the case the count missed

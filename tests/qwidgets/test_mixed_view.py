@@ -36,6 +36,7 @@ def test_search_shows_the_engine_curve_and_keep_applies_it(tiny, tiny_stats):
     for row, p in zip(rows, ref.curve):
         assert row.startswith(f"<td>{p.layers_float}</td><td>{'-' if p.added is None else p.added}</td>"
                               f"<td>{p.map50_95:.3f}</td><td>{p.map50:.3f}</td><td>{p.lost}</td>")
+        assert f"<td>{', '.join(map(str, p.added_layers)) or '-'}</td><td>{p.float_count}</td></tr>" in row
     assert ("NOT met" in view.table.value) == (not ref.met) and "mAP@[.5:.95]" in view.status
     assert Image.open(io.BytesIO(view.chart.value)).size[0] == 480
     view.keep_button.click()
