@@ -4,7 +4,8 @@
 model and FLOAT layers, in a `LongTask` (progress, estimate, Cancel). The result is a table (every FLOAT
 detection: status, IoU, the run's score, top culprits, fix set) and, for the detection picked in the
 list, a bar chart of its culprits (recovery = fraction of its score/IoU loss regained with that one layer
-FLOAT) and the same numbers as graph colours (`recoveries`, node id -> % , for the "recovery" overlay).
+FLOAT; only layers with recovery > 0: none when the error is spread) and every int8 layer's recovery as
+graph colours (`recoveries`, node id -> % , for the "recovery" overlay).
 "Keep fix FLOAT and re-run" adds the picked detection's fix set to the session's FLOAT layers
 (`Session.set_mode(mode, float_layers=...)`) and runs to the end: the Detections tab then shows it back.
 """
@@ -16,7 +17,7 @@ from typing import Any
 import ipywidgets as widgets
 import traitlets
 
-from engine.quant.explain import Explainer, Explanation
+from engine.quant.explain import Explainer, Explanation, percent
 from qwidgets._encode import bar_chart_png
 from qwidgets._errors import Message, shows_errors
 from qwidgets._long_task import LongTask
@@ -31,7 +32,8 @@ def explain_table_html(explanations: list[Explanation], extra: list, run: str) -
     rows = []
     for k, e in enumerate(explanations):
         m = e.match
-        top = ", ".join(f"{i} ({100 * r:.0f}%)" for i, r in e.culprits[:3]) or "-"
+        top = (", ".join(f"{i} ({percent(r)})" for i, r in e.culprits[:3]) or "none alone (spread)"
+               if m.status != "matched" else "-")
         fix = "-" if m.status == "matched" else (", ".join(map(str, e.fix)) if e.fix else "none found")
         rows.append(f"<tr><td>{k + 1}</td><td>{html.escape(m.det.name)}</td><td>{m.det.score:.2f}</td>"
                     f"<td>{m.status}</td><td>{m.iou:.2f}</td>"
@@ -135,19 +137,19 @@ class ExplainView(widgets.VBox):
         self._show(None if change.new is None else self.explanations[change.new])
 
     def _show(self, e: Explanation | None) -> None:
-        if e is None or not e.culprits:
+        if e is None or not e.ranking:
             self.chart.value = b""
             self.recoveries, self.apply_button.disabled = {}, True
             return
-        top = e.culprits[:TOP]
+        top = e.culprits[:TOP]         # recovery > 0 only: none when no single layer recovers anything
         kinds = self._session.model.layers
         self.chart.value = bar_chart_png([f"{i} {SHORT.get(kinds[i].kind, kinds[i].kind)}" for i, _ in top],
                                          [100 * r for _, r in top],
                                          f"{e.match.det.name} {e.match.det.score:.2f} ({e.match.status}): "
                                          "run one layer FLOAT",
                                          "recovery: % of the score/IoU loss regained (higher = more to blame)",
-                                         lo=min(0.0, 100 * min(r for _, r in top)), hi=100.0)
-        self.recoveries = {str(i): 100.0 * r for i, r in e.culprits}
+                                         lo=0.0, hi=100.0) if top else b""
+        self.recoveries = {str(i): 100.0 * r for i, r in e.ranking}     # graph colours: every int8 layer
         self.apply_button.disabled = not e.fix
         self.apply_button.description = (f"Keep {', '.join(map(str, e.fix))} FLOAT and re-run" if e.fix
                                           else "no fix found")

@@ -4,8 +4,10 @@ and a set of layers whose FLOAT execution brings each back (engine/quant/explain
     python -m engine explain MODEL --weights W --quantized Q --image IMG [--mode int|hybrid] [--top 5] --json
 
 JSON: {"image", "detections": [{"class_id", "name", "score", "x1", "y1", "x2", "y2", "status", "iou",
-"int_score", "culprits": [{"layer", "recovery"}], "fix"}], "extra": [...]}. `fix` is verified: `detect
---mode int --float-layers <fix>` on that image finds the detection again."""
+"int_score", "culprits": [{"layer", "recovery"}], "fix"}], "extra": [...]}. `culprits`: at most --top layers
+whose FLOAT run alone recovers some of the loss (recovery > 0), best first; none when no single layer does
+(the error is spread: only the fix set brings it back). `fix` is verified: `detect --mode int --float-layers
+<fix>` on that image finds the detection again."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +26,9 @@ def add_explain_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--quantized", required=True, metavar="Q", help="quantized model file")
     s.add_argument("--image", required=True, metavar="IMG")
     s.add_argument("--mode", choices=("int", "hybrid"), default="int")
-    s.add_argument("--top", type=positive_int, default=5, help="culprits listed per detection (default 5)")
+    s.add_argument("--top", type=positive_int, default=5,
+                   help="culprits listed per detection (default 5): the layers whose FLOAT run alone recovers some "
+                        "of its loss, best first (layers that recover nothing are not listed)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--float-layers", metavar="I,J", help="layers FLOAT in every run (mixed precision)")
     s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25,
@@ -37,7 +41,7 @@ def add_explain_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from engine.quant.explain import Explainer, explain_report
+    from engine.quant.explain import Explainer, explain_report, percent
     model = load_model(args)
     qm = load_quantized(args, model)
     base = layer_list(args.float_layers, len(model.layers)) if args.float_layers else sorted(qm.float_layers)
@@ -51,8 +55,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"{report['image']}: {len(explanations)} FLOAT detections, {len(extra)} extra in {args.mode.upper()}")
     for d in report["detections"]:
         line = f"  {d['name']} {d['score']:.2f}: {d['status']} (IoU {d['iou']:.2f})"
-        if d["culprits"]:
-            line += "; culprits " + ", ".join(f"{c['layer']} ({100 * c['recovery']:.0f}%)" for c in d["culprits"])
+        if d["status"] != "matched":
+            line += ("; culprits " + ", ".join(f"{c['layer']} ({percent(c['recovery'])})" for c in d["culprits"])
+                     if d["culprits"] else "; no single layer recovers any of it (the error is spread)")
             line += f"; fix: keep {d['fix']} FLOAT" if d["fix"] else "; no fix found"
         print(line)
     for d in report["extra"]:

@@ -10,7 +10,9 @@ FLOAT (its output substituted, every other layer as the run had it) recovers the
 small set of layers whose FLOAT execution brings it back. Quality of a run for detection d is
 q = max over same-class boxes b of score(b) * IoU(b, d), read from detections at a low threshold
 (`MEASURE_THRESH`) so partial recoveries count; FLOAT's own quality is d.score.
-recovery(L) = (q_L - q_run) / (d.score - q_run). The fix set grows in culprit order (one layer at a
+recovery(L) = (q_L - q_run) / (d.score - q_run); the culprits are the layers with recovery > 0 (a layer
+whose FLOAT run alone recovers nothing, a maxpool exact in int8 or one of many small error sources, is
+ranked but not blamed). The fix set grows in culprit order (one layer at a
 time) until the detection is back (same class, IoU >= 0.5 with the FLOAT box, at the session's
 threshold), is pruned of layers it does not need, and is verified by a fresh full INT/HYBRID run with
 those layers FLOAT, exactly what `python -m engine detect --mode int --float-layers ...` computes.
@@ -102,12 +104,29 @@ def is_back(d: Detection, dets: Sequence[Detection]) -> bool:
 
 @dataclass
 class Explanation:
-    """Why one FLOAT detection is shifted or lost, and which FLOAT layers bring it back."""
+    """Why one FLOAT detection is shifted or lost, and which FLOAT layers bring it back.
+
+    `ranking`: every int8 layer with its recovery, best first (ties: earlier layer): the order the fix set
+    grows in. `culprits`: the layers of the ranking that recover some of the loss (recovery > 0): a layer
+    whose FLOAT run alone recovers nothing (a maxpool, exact in int8; or an error spread over many layers)
+    is not to blame on its own, and is left out (`no_effect` lists them). Given only `culprits` (a full
+    ranking, as before `ranking` existed), the ranking is taken from it."""
     match: Match
-    culprits: list[tuple[int, float]] = field(default_factory=list)   # (layer, recovery), best first
+    culprits: list[tuple[int, float]] = field(default_factory=list)   # (layer, recovery > 0), best first
     fix: list[int] | None = None
+    ranking: list[tuple[int, float]] = field(default_factory=list)    # (layer, recovery) of every int8 layer
+
+    def __post_init__(self) -> None:
+        self.ranking = list(self.ranking or self.culprits)
+        self.culprits = [(i, r) for i, r in self.ranking if r > 0]
+
+    @property
+    def no_effect(self) -> list[int]:
+        """The ranked layers whose FLOAT run alone recovers nothing (recovery <= 0), in layer order."""
+        return sorted(i for i, r in self.ranking if r <= 0)
 
     def to_dict(self, top: int | None = None) -> dict:
+        """The `explain --json` entry: `culprits` are those with recovery > 0, at most `top`."""
         d, m = self.match.det, self.match
         culprits = self.culprits if top is None else self.culprits[:top]
         return {**detection_dict(d), "status": m.status, "iou": float(m.iou),
@@ -158,7 +177,8 @@ class Explainer:
         return match_detections(self.float_dets, self.dets)
 
     def culprits(self, m: Match, step: Callable[[], object] | None = None) -> list[tuple[int, float]]:
-        """Every candidate layer with its recovery for this detection, best first (ties: earlier layer).
+        """Every candidate layer with its recovery for this detection, best first (ties: earlier layer):
+        the `Explanation.ranking` (its `culprits` keep the layers with recovery > 0).
         `step()` is called after each layer (progress; it may raise to cancel)."""
         d = m.det
         d0 = loss(d, self._runs[frozenset()][1])
@@ -194,7 +214,7 @@ class Explainer:
         if m.status == "matched":
             return Explanation(m)
         c = self.culprits(m, step)
-        return Explanation(m, c, self.fix(m, c))
+        return Explanation(m, fix=self.fix(m, c), ranking=c)
 
     def explain_all(self, on_progress: Callable[[int, int], object] | None = None
                     ) -> tuple[list[Explanation], list[Detection]]:
@@ -211,6 +231,11 @@ class Explainer:
         return [self.explain(m, step) for m in diff.matches], diff.extra
 
 
+def percent(recovery: float) -> str:
+    """A recovery as text: "12%"; "<1%" for a positive one that rounds to 0 ("0%" would read as nothing)."""
+    return f"{100 * recovery:.0f}%" if recovery >= 0.005 else "<1%"
+
+
 def detection_dict(d: Detection) -> dict:
     return {"class_id": int(d.class_id), "name": d.name, "score": float(d.score), "x1": float(d.x1),
             "y1": float(d.y1), "x2": float(d.x2), "y2": float(d.y2)}
@@ -224,9 +249,9 @@ def explain_report(image: str, explanations: Sequence[Explanation], extra: Seque
 
 
 def layer_recoveries(explanations: Sequence[Explanation]) -> dict[int, float]:
-    """Per layer, the best recovery over the explained detections (for graph colours)."""
+    """Per layer, the best recovery over the explained detections (for graph colours; every ranked layer)."""
     out: dict[int, float] = {}
     for e in explanations:
-        for layer, r in e.culprits:
+        for layer, r in e.ranking:
             out[layer] = max(out.get(layer, float("-inf")), r)
     return out

@@ -53,9 +53,9 @@ def test_culprits_are_ranked_and_recovery_is_true_to_a_full_run(tiny, tiny_kl_pt
     explained = [x for x in explanations if x.match.status != "matched"]
     assert any(x.match.status == "lost" for x in explained)
     for x in explained:
-        recs = [r for _, r in x.culprits]
+        recs = [r for _, r in x.ranking]
         assert recs == sorted(recs, reverse=True) and len(recs) == len(e.candidates)
-    x = max(explained, key=lambda x: x.culprits[0][1])
+    x = max(explained, key=lambda x: x.ranking[0][1])
     layer, rec = x.culprits[0]
     assert rec > 0.05
     # independent: the whole network again with that one layer FLOAT (no reuse of the INT prefix)
@@ -114,18 +114,48 @@ def test_session_explain_one_detection_and_bad_arguments(tiny, tiny_kl_pt, horse
     s = engine.Session(tiny, tiny_kl_pt, "int", image=IMAGES / "horses.jpg")
     s.run()
     diff = s.detection_diff()
-    _, (explanations, _extra) = horses
+    e, (explanations, _extra) = horses
     assert [m.status for m in diff.matches] == [x.match.status for x in explanations]
     k = next(i for i, m in enumerate(diff.matches) if m.status == "lost")
     seen = []
     x = s.explain(k, on_progress=lambda done, total: seen.append((done, total)))
     assert x.culprits == explanations[k].culprits and x.fix == explanations[k].fix
-    assert seen[-1][0] == seen[-1][1] == len(x.culprits)
+    assert seen[-1][0] == seen[-1][1] == len(x.ranking) == len(e.candidates)
     with pytest.raises(EngineError, match="detections 0..6"):
         s.explain(99)
     s.set_mode("float")
     with pytest.raises(EngineError, match="INT or HYBRID"):
         s.explain(0)
+
+
+def test_layers_that_recover_nothing_are_not_listed_as_culprits(tiny, horses, kl_file, capsys):
+    # `explain --top 5` listed "culprits 0 (0%), 1 (0%), 2 (0%), 3 (0%), 4 (0%)" for the lost cows of the horses
+    # photo (no single layer recovers any of them) and maxpools at 0% among the top culprits elsewhere
+    e, (explanations, _extra) = horses
+    args = ["explain", str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "--quantized", kl_file,
+            "--image", str(IMAGES / "horses.jpg"), "--top", "5"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert len(lines) == len(explanations) and not any("(0%)" in line or "(-" in line for line in lines), lines
+    assert main([*args, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert all(c["recovery"] > 0 for d in doc["detections"] for c in d["culprits"])
+    explained = [x for x in explanations if x.match.status != "matched"]
+    for x in explained:
+        assert x.culprits == [(i, r) for i, r in x.ranking if r > 0]
+        assert sorted(x.no_effect + [i for i, _ in x.culprits]) == sorted(e.candidates)
+    spread = [x for x in explained if not x.culprits]
+    assert spread and all(x.fix for x in spread)          # nothing to blame alone, yet the fix set brings them back
+    assert any(tiny.layers[i].kind == "maxpool" for x in explained for i in x.no_effect)
+    for d, x in zip(doc["detections"], explanations):
+        assert [(c["layer"], c["recovery"]) for c in d["culprits"]] == x.culprits[:5]
+    for line, x in zip(lines, explanations):
+        if x.match.status == "matched":
+            assert "culprits" not in line and "recovers" not in line
+        elif x.culprits:
+            assert f"; culprits {x.culprits[0][0]} (" in line and f"; fix: keep {x.fix} FLOAT" in line
+        else:
+            assert f"; no single layer recovers any of it (the error is spread); fix: keep {x.fix} FLOAT" in line
 
 
 def test_explain_cli_refuses_a_missing_image(kl_file, capsys):

@@ -107,9 +107,14 @@ def test_explain_tab_ranks_culprits_colours_the_graph_and_one_click_fixes(tiny, 
     assert "fix: keep FLOAT" in view.table.value and "lost" in view.table.value
     assert view.task.text.startswith("explaining") and "done in" in view.task.text
     with_fix = [k for k, e in enumerate(view.explanations) if e.match.status == "lost" and e.fix]
-    assert with_fix
-    view.pick.value = with_fix[0]
-    e = view.explanations[with_fix[0]]
+    spread = [k for k in with_fix if not view.explanations[k].culprits]     # no single layer recovers any of it
+    blamed = [k for k in with_fix if view.explanations[k].culprits]
+    assert spread and blamed and "none alone (spread)" in view.table.value and "(0%)" not in view.table.value
+    view.pick.value = spread[0]                  # no bars to draw (no culprit), and yet a fix to keep
+    assert bytes(view.chart.value) == b"" and not view.apply_button.disabled
+    assert set(view.recoveries) == {str(i) for i, _ in view.explanations[spread[0]].ranking}
+    view.pick.value = blamed[0]
+    e = view.explanations[blamed[0]]
     assert view.chart.value[:4] == b"\x89PNG" and ex.graph.overlay == "recovery"
     best_layer, best = e.culprits[0]
     assert ex.graph.overlay_values[str(best_layer)] == 100 * best
