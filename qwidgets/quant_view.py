@@ -4,7 +4,8 @@ Compare = `session.compare_methods(images, methods, key=<image set>, on_progress
 pass over the chosen image set (cached by the session per image-set key and model version, so a weight
 edit recalibrates), then one quantize + evaluate per method, ranked by the engine (INT mAP@0.5 vs
 FLOAT, then HYBRID, then mean SQNR). The bar advances per calibration image and per method (max =
-images + methods; cached statistics count as done). The image set is the given images, the bundled
+images + methods; cached statistics count as done); the status line names the step while the methods are
+quantized and refined, then the comparison's runs (`progress=False`: no tqdm bars under the tab). The image set is the given images, the bundled
 photos (with or without augmentations), a path, or an image set of a connected workspace. The Profile and
 Backend dropdowns go to `compare_methods(profile=, backend=)` (INT on ONNX Runtime needs profile onnxruntime;
 the engine says so in the status line otherwise), the ticked refinements to `compare_methods(refine=)`.
@@ -209,14 +210,19 @@ class QuantizationView(widgets.VBox):
                 self.progress.max, self.progress.value = total + n, done
                 self.status = (f"calibrating on {label}: image {done}/{total}"
                                f"{left(self.progress.value, self.progress.max)} ...")
+            elif phase == "quantize":     # per method quantized, then refined (seconds each): the bar waits
+                self.status = (f"{'quantizing and refining' if refine else 'quantizing'} {n} methods: step "
+                               f"{done + 1}/{total} ..." if done < total else f"comparing {n} methods on {label} ...")
             else:           # statistics cached for this image set: the image part of the bar counts as done
                 self.progress.value = self.progress.max - n + done
                 self.status = f"compared {done}/{total} methods{left(self.progress.value, self.progress.max)} ..."
 
+        refine = self.refinements()
+
         def work():
             return self._session.compare_methods(images, methods, per_channel=self._per_channel.value, key=key,
                                                  on_progress=on_progress, profile=self.profile_choice.value,
-                                                 backend=self.backend.value, refine=self.refinements())
+                                                 backend=self.backend.value, refine=refine, progress=False)
 
         def done(table) -> None:
             self.show_table(table)

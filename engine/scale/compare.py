@@ -25,6 +25,7 @@ from engine.quant.executor import Executor, FloatView, LayerRecord, reference_ou
 from engine.quant.layermemo import LayerMemo, acc_layers
 from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
 from engine.quant.modes import QUANT_MODES, Mode
+from engine.quant.progress import Progress, Steps
 from engine.quant.autoquant import quantize
 from engine.quant.qmodel import QuantizedModel
 from engine.quant.refine.pipeline import AFTER, check as check_refine, needs_float_inputs, refine_after
@@ -223,7 +224,7 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
             on_method: Callable[[MethodResult, int, int], object] | None = None, *, backend=None,
             batch_size: int | None = None, calib_images=None, profile: str = "qwidgets",
             float_outputs: KeptForwards | None = None, refine: Sequence[str] = (),
-            margin_k: float = 2.0) -> CompareTable:
+            margin_k: float = 2.0, on_quantize: Progress | None = None) -> CompareTable:
     """Quantize with each method from the same statistics, evaluate on `images`, rank.
 
     `model`: a Model, or (with a Dask backend) anything engine.scale.sources.as_source takes.
@@ -238,6 +239,9 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
     `refine`: refinements applied to every method's quantized model after calibration, on the calibration
     images (`calib_images`, default the evaluation images), in engine.quant.refine.pipeline's order:
     gptq, eq, bias, head, margin (`margin_k`); cle / cle_act change the float model and are refused here.
+    `on_quantize(done, total, what)` follows the work before the runs (engine.quant.progress's convention:
+    before each unit, then (n, n, "done")): one unit per method quantized ("quantize kl"; `auto` runs the
+    model) and, with `refine`, one per method refined ("refine kl (gptq, eq)": seconds each).
     """
     backend, runtime = split_backend(backend)
     backend = backend or InProcess()
@@ -245,8 +249,13 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
     model = load_source(model)
     items = shippable_items(images)
     names = tuple(r for r in AFTER if r in check_refine(refine, AFTER, "compare refine"))    # in the order they run
-    qms = {m: quantize(model, stats, m, per_channel=per_channel, profile=profile,
-                       **({"images": calib_images or items} if m == "auto" else {})) for m in methods}
+    methods = list(dict.fromkeys(methods))
+    steps = Steps(len(methods) * (2 if names else 1), on_quantize)
+    qms = {}
+    for m in methods:
+        steps.start(f"quantize {m}")
+        qms[m] = quantize(model, stats, m, per_channel=per_channel, profile=profile,
+                          **({"images": calib_images or items} if m == "auto" else {}))
     if names:
         cal = calib_images or items
         floats = None
@@ -256,7 +265,10 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
             if floats is None:
                 from engine.calib.floats import float_outputs as calibration_floats
                 floats = calibration_floats(model, cal, resize)
-        qms = {m: refine_after(model, qm, names, cal, floats, resize, margin_k) for m, qm in qms.items()}
+        for m, qm in qms.items():
+            steps.start(f"refine {m} ({', '.join(names)})")
+            qms[m] = refine_after(model, qm, names, cal, floats, resize, margin_k)
+    steps.finish()
     for qm in qms.values():              # refused here, before the per-image work
         resolve(runtime, model, qm, Mode.INT8.value, all_outputs=True)
     resolve(runtime, model, None, Mode.FLOAT.value, all_outputs=True)

@@ -229,24 +229,19 @@ class Session(LayerStepper):
 
     def compare_methods(self, images, methods, *, per_channel: bool = True, key: str | None = None,
                         on_progress: Callable[[str, int, int], Any] | None = None, backend: str = "numpy",
-                        profile: str = "qwidgets", refine: Sequence[str] = (), margin_k: float = 2.0):
-        """Calibrate once on `images`, quantize with each method, rank them by agreement with FLOAT
-        on the same images (engine.scale.compare). on_progress(phase, done, total), phase
-        "calibrate" (per image) then "compare" (per method). backend: "numpy" | "onnxruntime" | "auto"
-        (FLOAT and INT on ONNX Runtime; INT needs profile="onnxruntime"). `refine`: refinements applied to
-        every method after calibration (gptq, eq, bias, head, margin; engine.quant.refine.pipeline), fitted
-        on the same images. Returns a CompareTable."""
-        from engine.scale.compare import KeptForwards, compare
-        from engine.calib.collect import image_list
-        items = image_list(images)
-        on_image = (lambda done, total: on_progress("calibrate", done, total)) if on_progress else None
-        on_method = (lambda _result, done, total: on_progress("compare", done, total)) if on_progress else None
-        # the calibration pass runs FLOAT on the same images: its outputs are the comparison's reference
-        keep = KeptForwards() if backend == "numpy" else None
-        stats = self.calibration_stats(items, key=key, on_image=on_image, keep=keep)
-        return compare(self.model, stats, items, list(methods), per_channel=per_channel, resize=self.resize,
-                       progress=False, on_method=on_method, backend=backend, profile=profile, float_outputs=keep,
-                       refine=refine, margin_k=margin_k)
+                        profile: str = "qwidgets", refine: Sequence[str] = (), margin_k: float = 2.0,
+                        progress: bool = True):
+        """Calibrate once on `images`, quantize with each method, rank them by agreement with FLOAT on the
+        same images (engine.scale.compare). Progress bars (tqdm) for each phase: calibrating, quantizing (and
+        refining) every method, comparing; progress=False: none. on_progress(phase, done, total): "calibrate"
+        per image, "quantize" per method quantized then refined, "compare" per method. backend: "numpy" |
+        "onnxruntime" | "auto" (FLOAT and INT on ONNX Runtime; INT needs profile="onnxruntime"). `refine`:
+        refinements applied to every method after calibration (gptq, eq, bias, head, margin;
+        engine.quant.refine.pipeline), fitted on the same images. Returns a CompareTable."""
+        from engine.session.calibration import compare_methods
+        return compare_methods(self, images, list(methods), key=key, on_progress=on_progress, progress=progress,
+                               per_channel=per_channel, backend=backend, profile=profile, refine=refine,
+                               margin_k=margin_k)
 
     # ------------------------------------------------------------------ detection diff, explain
     def detection_diff(self):

@@ -69,6 +69,23 @@ def test_session_compare_methods_refines_from_the_calibration_pass_without_anoth
     assert table.refine == ("eq",)
 
 
+def test_session_compare_methods_reports_every_phase_by_default(tiny, capsys):
+    # in Python it was silent for tens of seconds (quantizing and refining every method, then the runs) unless
+    # on_progress was given, and on_progress itself heard nothing between the calibration and the last run
+    calls = []
+    Session(tiny).compare_methods(PHOTOS[:1], ["minmax", "kl"], refine="eq",
+                                  on_progress=lambda *call: calls.append(call))
+    err = capsys.readouterr().err
+    phases = ["calibrating", "quantizing + refining", "comparing"]
+    assert all(p in err for p in phases) and [err.index(p) for p in phases] == sorted(err.index(p) for p in phases)
+    assert "quantizing + refining: 100%" in err and "4/4" in err and "refine kl (eq)" in err
+    assert calls == [("calibrate", 1, 1), *[("quantize", k, 4) for k in range(5)], ("compare", 1, 2), ("compare", 2, 2)]
+    calls.clear()
+    Session(tiny).compare_methods(PHOTOS[:1], ["minmax"], progress=False, on_progress=lambda *call: calls.append(call))
+    assert capsys.readouterr().err == ""           # progress=False: no bars (a widget shows on_progress its own way)
+    assert calls == [("calibrate", 1, 1), ("quantize", 0, 1), ("quantize", 1, 1), ("compare", 1, 1)]
+
+
 def test_cli_compare_refine_json(tmp_path):
     res = subprocess.run([sys.executable, "-m", "engine", "compare", str(TINY_CFG), "--weights", str(TINY_WEIGHTS),
                           "--calib", *map(str, PHOTOS), "--images", str(PHOTOS[0]), "--methods", "minmax,kl",

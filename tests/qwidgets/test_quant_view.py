@@ -30,6 +30,19 @@ def test_compare_two_methods_ranks_them_and_adopt_sets_the_best(tiny):
     assert s.records[0].precision == "int8"
 
 
+def test_compare_names_its_steps_between_the_calibration_and_the_runs_and_prints_no_bars(tiny, capsys):
+    # the status line said "calibrating ...: image 1/1, ~0 s left" while every method was quantized and refined
+    qv = QuantizationView(engine.Session(tiny), images=[sample("dog")], methods=("minmax", "log2"))
+    qv.refine_boxes["eq"].value = True
+    seen = []
+    qv.observe(lambda change: seen.append(change.new), names="status")
+    qv.compare_button.click()
+    steps = [t for t in seen if t.startswith("quantizing and refining 2 methods: step ")]
+    assert steps == [f"quantizing and refining 2 methods: step {k}/4 ..." for k in range(1, 5)], seen
+    assert "comparing 2 methods on " in seen[seen.index(steps[-1]) + 1] and qv.status.startswith("compared 2 methods")
+    assert "quantizing" not in capsys.readouterr().err        # no tqdm bars under the tab: it has its own
+
+
 def test_compare_without_methods_or_path_shows_errors(tiny):
     qv = QuantizationView(engine.Session(tiny), images=[sample("dog")], methods=())
     qv.compare_button.click()
