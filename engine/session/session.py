@@ -255,7 +255,8 @@ class Session(LayerStepper):
 
         detection: an index into `float_detections()` or one of its Detections -> its `Explanation`
         (culprit layers ranked by the share of its score/IoU loss that running that one layer FLOAT
-        recovers, and a fix set of FLOAT layers that brings it back, verified by a full run); None ->
+        recovers, only those that recover some (`ranking`: every int8 layer), and a fix set of FLOAT
+        layers that brings it back, verified by a full run); None ->
         (an Explanation per FLOAT detection, the run's extra detections). The session's FLOAT layers
         stay FLOAT in every run. on_progress(done, total) follows the substitution runs."""
         from engine.quant.explain import Explainer
