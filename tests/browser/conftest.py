@@ -138,6 +138,9 @@ def lab(tmp_path, artifacts):
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"   # the kernel: this venv
     env["JUPYTER_RUNTIME_DIR"] = str(tmp_path / "runtime")
+    # the kernel imports this checkout's engine and qwidgets, not what the venv's editable install points
+    # at (a venv copied from another clone runs that clone's code in the browser and this one's in pytest)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     if not env.get("QW_MODEL_DIR"):
         shared = Path(os.environ.get("QW_SHARED", REPO.parent / "shared"))
         env["QW_MODEL_DIR"] = str(shared / "models")
