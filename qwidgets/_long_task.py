@@ -52,10 +52,16 @@ class LongTask(widgets.HBox):
 
     def __init__(self, background: bool = True, **kwargs) -> None:
         self.background = background
-        self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="150px"))
-        self._label = widgets.Label(layout=widgets.Layout(width="auto", min_width="240px"))
+        # bar and Cancel never shrink, the text gives way down to its minimum, and the task itself is never
+        # narrower than the three (+ 2 px margins): squeezed in a row beside other controls, the box (a scroll
+        # container) took all the row's shrinking, its bar went to 0 px and Cancel was clipped out of sight;
+        # the views put it in a wrapping row, where it moves to a line of its own instead
+        self.progress = widgets.IntProgress(value=0, min=0, max=1,
+                                            layout=widgets.Layout(width="150px", flex="0 0 auto"))
+        self._label = widgets.Label(layout=widgets.Layout(width="auto", min_width="240px", flex="1 1 auto"))
         self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True,
-                                            layout=widgets.Layout(width="90px"))
+                                            layout=widgets.Layout(width="90px", flex="0 0 auto"))
+        kwargs.setdefault("layout", widgets.Layout(flex="1 1 auto", min_width="496px"))
         super().__init__(children=[self.progress, self._label, self.cancel_button], **kwargs)
         self.add_class("qw-long-task")
         self.cancel_button.on_click(lambda _b: self.cancel())

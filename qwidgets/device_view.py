@@ -65,7 +65,8 @@ class DeviceView(widgets.VBox):
         self.task = LongTask(background=background)
         self.table = widgets.HTML("<small>Runs the session's input through FLOAT, our INT simulation and the "
                                   "quantized model's device runtime (ONNX Runtime, every layer exposed).</small>")
-        super().__init__(children=[widgets.HBox([self.run_button, self.task]), self.table], **kwargs)
+        row = widgets.HBox([self.run_button, self.task], layout=widgets.Layout(flex_flow="row wrap"))
+        super().__init__(children=[row, self.table], **kwargs)
         self.add_class("qw-device-view")
         self.run_button.on_click(self._on_run_click)
 

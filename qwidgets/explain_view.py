@@ -67,7 +67,8 @@ class ExplainView(widgets.VBox):
         self.table = widgets.HTML("<small>Explain ranks, for each detection the INT or HYBRID run lost or "
                                   "shifted, the layers whose FLOAT execution recovers it (one run per layer).</small>")
         self.chart = PngImage()
-        super().__init__(children=[widgets.HBox([self.explain_button, self.task]), self.table,
+        row = widgets.HBox([self.explain_button, self.task], layout=widgets.Layout(flex_flow="row wrap"))
+        super().__init__(children=[row, self.table,
                                    widgets.HBox([self.pick, self.apply_button]), self.chart], **kwargs)
         self.add_class("qw-explain-view")
         self.explain_button.on_click(self._on_explain_click)

@@ -58,7 +58,8 @@ class WorstImagesView(widgets.VBox):
         self.chart = PngImage()
         self.pick = widgets.Select(rows=6, layout=widgets.Layout(width="420px", display="none"))
         super().__init__(children=[widgets.HBox([self._set, self._path]),
-                                   widgets.HBox([self.backend, self.rank_button, self.task]),
+                                   widgets.HBox([self.backend, self.rank_button, self.task],
+                                                layout=widgets.Layout(flex_flow="row wrap")),
                                    self.table, self.pick, self.chart], **kwargs)
         self.add_class("qw-images-view")
         self.rank_button.on_click(self._on_rank_click)

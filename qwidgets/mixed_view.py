@@ -74,7 +74,8 @@ class MixedPrecisionView(widgets.VBox):
                                   "quantized run agrees with FLOAT to the target (COCO mAP@[.5:.95]).</small>")
         self.chart = PngImage()
         super().__init__(children=[widgets.HBox([self.target, self.max_layers, self.images]),
-                                   widgets.HBox([self.backend, self.search_button, self.task, self.keep_button]),
+                                   widgets.HBox([self.backend, self.search_button, self.keep_button, self.task],
+                                               layout=widgets.Layout(flex_flow="row wrap")),
                                    self.table, self.chart], **kwargs)
         self.add_class("qw-mixed-view")
         self.search_button.on_click(self._on_search_click)
