@@ -45,7 +45,7 @@ def opencv_layer_outputs(cfg: Path, weights: Path, x: np.ndarray) -> dict[int, n
     for k, name in enumerate(names):
         # OpenCV recycles the buffer of an output that only a later [route] reads when several outputs
         # are requested at once, and returns zeros for it; asking for that one output alone is reliable.
-        if not blobs[k].any():
+        if not np.count_nonzero(blobs[k]):     # not .any(): a recycled buffer's NaN warned 'invalid value in reduce'
             net.setInput(x[None].astype(np.float32))
             blobs[k] = np.asarray(net.forward(name))[0]
     return dict(zip(owner.keys(), blobs))
