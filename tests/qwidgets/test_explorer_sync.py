@@ -57,6 +57,31 @@ def test_code_driven_step_updates_views_like_a_click(explorer):
     assert ex.status == "session restarted from code: no layer has run yet (int)"
 
 
+def test_a_cell_is_from_code_while_a_handler_on_another_thread_holds_the_session(explorer):
+    # JupyterLab handles widget messages on a subshell thread while a cell runs on the main one: a hover
+    # handler returning meanwhile delivered the cell's step as its own (from_code=False), so the status
+    # never said "session moved from code" (the browser test's set_model from a cell, every run)
+    import threading
+    from qwidgets._sync import holding
+    ex, s = explorer, explorer.session
+    inside, release = threading.Event(), threading.Event()
+
+    def handler() -> None:
+        with holding(s):
+            inside.set()
+            release.wait(30)
+    t = threading.Thread(target=handler)
+    t.start()
+    assert inside.wait(30)
+    try:
+        s.step()                                  # the cell, on this thread
+        assert ex.status == "session moved from code: at layer 0 (int)" and ex.controls.position == 0
+    finally:
+        release.set()
+        t.join()
+    assert ex.status == "session moved from code: at layer 0 (int)"
+
+
 def test_a_click_redraws_once_and_keeps_its_own_status(explorer, monkeypatch):
     ex = explorer
     calls = count_panel_shows(ex, monkeypatch)
