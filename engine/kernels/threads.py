@@ -34,7 +34,6 @@ SWITCH_INTERVAL = 0.0005
 _threads = 1             # threads for parallel_for/parallel_items: set by own_threads()
 _local = threading.local()  # .busy: this thread already runs a part of a parallel job
 _numpy_blas: list | None = None
-_budget: int | None = None  # the engine's threads once BLAS is pinned to one (`_pin`)
 _turn = threading.RLock()  # one Python thread's kernels at a time (own_threads)
 
 
@@ -59,21 +58,13 @@ def _kernel_blas() -> list:
 
 
 def blas_threads() -> int:
-    """The engine's thread count: what BLAS had when the engine pinned it to one thread (`own_threads`), or
-    BLAS's count before that (0 if no BLAS can be controlled)."""
-    if _budget is not None:
-        return _budget
+    """BLAS threads of this process, as NumPy's BLAS has them (0 if no BLAS can be controlled)."""
     libs = _blas_libs(numpy_only=True)
     return int(libs[0].get_num_threads()) if libs else 0
 
 
 def set_blas_threads(n: int) -> int:
-    """Set the engine's thread count to `n` (BLAS itself stays single-threaded once pinned; before that, every
-    loaded BLAS is limited to `n`); returns the count now in effect (0 if none)."""
-    global _budget
-    if _budget is not None:
-        _budget = max(1, int(n))
-        return _budget
+    """Limit every loaded BLAS to `n` threads; returns the count now in effect (0 if none)."""
     for lib in _blas_libs():
         lib.set_num_threads(int(n))
     return blas_threads()
@@ -81,10 +72,12 @@ def set_blas_threads(n: int) -> int:
 
 @contextlib.contextmanager
 def blas_limit(n: int) -> Iterator[int]:
-    """Run a block with the engine on `n` threads, then restore the previous count.
+    """Run a block with `n` BLAS threads, then restore the previous count.
 
-    Results do not depend on it (the kernels cut the same GEMMs on any count, BLAS single-threaded); Dask
-    workers use it to share a host's cores."""
+    Float64 reductions such as the SQNR's dot products may differ in the last bit when BLAS
+    splits them over threads; a reference run that must match single-threaded Dask workers bit
+    for bit uses `with blas_limit(1):`. (The conv kernels give the same bits on any count.)
+    """
     before = blas_threads()
     try:
         yield set_blas_threads(n)
@@ -93,38 +86,18 @@ def blas_limit(n: int) -> Iterator[int]:
             set_blas_threads(before)
 
 
-def _pin() -> int | None:
-    """Make every loaded BLAS single-threaded for good, once, and keep what it had as the engine's thread count
-    (`_budget`). None when this thread cannot: threadpoolctl lets only the first thread that set OpenBLAS's
-    count change it, and another thread did (then this call changes nothing)."""
-    global _budget
-    if _budget is None:
-        libs = _blas_libs()
-        mine = _kernel_blas()
-        n = int(mine[0].get_num_threads()) if mine else 1
-        for lib in libs:
-            lib.set_num_threads(1)
-        if mine and mine[0].get_num_threads() != 1:
-            return None
-        _budget = max(1, n)
-    return _budget
-
-
 class own_threads:
-    """Context: kernels on their own threads (the engine's thread count, `blas_threads`), BLAS single-threaded,
-    and the GIL switch interval at most SWITCH_INTERVAL meanwhile (restored after).
+    """Context: BLAS single-threaded, kernels on their own threads (as many as BLAS had), and the GIL
+    switch interval at most SWITCH_INTERVAL meanwhile (restored after).
 
-    BLAS is pinned to one thread at the first entry and stays so (`_pin`): a BLAS that splits each GEMM over its
-    own threads busy-waits and joins after every call, and a Python thread that is not threadpoolctl's
-    controlling one (a view's background worker, a JupyterLab subshell handling widget messages) could not
-    limit it, so its kernels ran n kernel threads over an n-thread BLAS: 5-10x slower under load and different
-    in the last bits (8.6e-5 on yolov3-tiny's layer 0). Pinned once, every thread runs the same GEMMs the same
-    way, and nothing sets BLAS again (setting it from a subshell around every call stalled the Explorer's
-    handlers for up to 30 s in JupyterLab, stop 33). NumPy's own matmuls outside the engine are then
-    single-threaded too; `threadpoolctl` can raise them again between engine calls.
-
-    Python threads take turns: a second thread's kernel waits until the first one's is done, so it never runs
-    with the thread count the first one restores halfway. Parts of a job (helpers) run under their caller's turn.
+    Python threads take turns: a second thread's kernel (a view's background worker, or a JupyterLab subshell
+    handling widget messages, beside the kernel's main thread) waits until the first one's is done, so it never
+    runs with the BLAS and thread settings the first one restores halfway. Parts of a job (helpers) run under
+    their caller's turn. Known gap: threadpoolctl ignores BLAS limits set from a thread other than the first
+    that set them, so another thread's GEMMs keep OpenBLAS's own threads and can differ from the main thread's
+    in the last bits (8.6e-5 on yolov3-tiny's layer 0). Setting OpenBLAS's count from there, globally or per
+    thread (`openblas_set_num_threads_local`), made the bits equal but stalled the Explorer's handlers for up
+    to 30 s in JupyterLab (stop 33, docs/performance.md), so it is not done.
     """
 
     def __enter__(self) -> None:
@@ -142,20 +115,12 @@ class own_threads:
     def _setup(self) -> None:
         global _threads
         if _threads == 1 and not getattr(_local, "busy", False):
-            n = _pin()
             libs = _kernel_blas()
-            if n is None:              # another thread controls an unpinned BLAS: toggle it as before
-                n = int(libs[0].get_num_threads()) if libs else 1
-                if n <= 1:
-                    return
-                for lib in libs:
-                    lib.set_num_threads(1)
-                self.unpin = n
-            elif libs and libs[0].get_num_threads() != 1:   # raised by someone since: pinned again
-                for lib in libs:
-                    lib.set_num_threads(1)
+            n = libs[0].get_num_threads() if libs else 1
             if n > 1:
                 self.restore = n
+                for lib in libs:
+                    lib.set_num_threads(1)
                 _threads = n
                 self.switch = sys.getswitchinterval()
                 sys.setswitchinterval(min(self.switch, SWITCH_INTERVAL))
@@ -164,9 +129,8 @@ class own_threads:
         global _threads
         if self.restore:
             _threads = 1
-            if getattr(self, "unpin", 0):
-                for lib in _kernel_blas():
-                    lib.set_num_threads(self.unpin)
+            for lib in _kernel_blas():
+                lib.set_num_threads(self.restore)
             sys.setswitchinterval(self.switch)
         if self.turn:
             _turn.release()

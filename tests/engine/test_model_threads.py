@@ -48,31 +48,3 @@ def test_two_threads_forwarding_one_model_get_the_bits_each_gets_alone(shared):
     t.join()
     assert worst == {"a": 0.0, "b": 0.0}, worst
 
-
-
-def test_a_background_thread_computes_the_main_threads_bits_on_single_threaded_blas(tiny):
-    # A thread that is not threadpoolctl's controlling one cannot limit OpenBLAS: its kernels used to fan 2
-    # kernel threads out over a 2-thread BLAS (5-10x slower under load: Explorer tabs run on such threads)
-    # and its GEMMs differed from the main thread's in the last bits (8.6e-5 at layer 0). BLAS is pinned
-    # to one thread once, the engine's count kept (`blas_threads`).
-    from engine.kernels import threads
-    before = threads.blas_threads()
-    threads.set_blas_threads(2)
-    try:
-        x = tiny.preprocess(IMAGES / "dog.jpg").x
-        ref = tiny.forward(x)                               # main thread: pins BLAS
-        assert threads.blas_threads() == 2 and threads._kernel_blas()[0].get_num_threads() == 1
-        seen: dict = {}
-
-        def worker() -> None:
-            with threads.own_threads():
-                seen["kernels"] = threads.kernel_threads()
-                seen["blas"] = threads._kernel_blas()[0].get_num_threads()
-            seen["outs"] = tiny.forward(x)
-        t = threading.Thread(target=worker)
-        t.start()
-        t.join()
-        assert (seen["kernels"], seen["blas"]) == (2, 1)
-        assert all(np.array_equal(a, b) for a, b in zip(seen["outs"], ref))
-    finally:
-        threads.set_blas_threads(before)
