@@ -95,9 +95,12 @@ class own_threads:
     runs with the BLAS and thread settings the first one restores halfway. Parts of a job (helpers) run under
     their caller's turn. Known gap: threadpoolctl ignores BLAS limits set from a thread other than the first
     that set them, so another thread's GEMMs keep OpenBLAS's own threads and can differ from the main thread's
-    in the last bits (8.6e-5 on yolov3-tiny's layer 0). Setting OpenBLAS's count from there, globally or per
-    thread (`openblas_set_num_threads_local`), made the bits equal but stalled the Explorer's handlers for up
-    to 30 s in JupyterLab (stop 33, docs/performance.md), so it is not done.
+    in the last bits (8.6e-5 on yolov3-tiny's layer 0), and under CPU load they run n kernel threads over an
+    n-thread BLAS (a yolov3-tiny INT run 0.8-2.1 s on such a thread against 0.1 s on the main one, stop 34).
+    Setting OpenBLAS's count from there, globally or per thread (`openblas_set_num_threads_local`, stop 33),
+    or pinning it to one thread for good from the first call (stop 34), made the bits equal and the thread
+    fast but stalled the yolov3 Explorer's colour switch for up to 30 s in JupyterLab; running that thread's
+    kernels inline instead gained nothing (docs/performance.md). So none is done.
     """
 
     def __enter__(self) -> None:
