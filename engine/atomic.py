@@ -33,7 +33,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Mapping, Sequence, Union
+from typing import BinaryIO, Callable, Iterator, Mapping, NoReturn, Sequence, Union
 
 from engine.errors import FileError
 
@@ -138,13 +138,18 @@ def atomic_write(path: str | os.PathLike, data: Data, *, mode: int | None = None
         else:
             os.replace(tmp, target)
     except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and not isinstance(err, FileError):
-            raise FileError(f"output {target}: write failed: {err.strerror or err}") from err
-        raise
+        _discard(tmp, target, err)
     fsync_dir(target.parent)
     return target
+
+
+def _discard(tmp, target: Path, err: BaseException) -> NoReturn:
+    """Remove the temp file of a failed write and re-raise: an OSError as the FileError naming the output."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    if isinstance(err, OSError) and not isinstance(err, FileError):
+        raise FileError(f"output {target}: write failed: {err.strerror or err}") from err
+    raise err
 
 
 def atomic_write_all(items: Sequence[tuple[str | os.PathLike, Data]]) -> list[Path]:
@@ -213,11 +218,7 @@ def _write_temp(target: Path, data: Data, mode: int | None) -> Path:
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
     except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and not isinstance(err, FileError):
-            raise FileError(f"output {target}: write failed: {err.strerror or err}") from err
-        raise
+        _discard(tmp, target, err)
     return tmp
 
 
