@@ -10,18 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from engine.cli.options import SIZE_HELP, add_model_args, check_suffix, forward_for, load_model, output_path
-from engine.errors import CfgError, EngineError, WeightsError
+from engine.cli.options import (READS, SIZE_HELP, add_model_args, check_suffix, file_kind, forward_for,  # noqa: F401
+                                load_model, npz_kind, output_path)
+from engine.errors import CfgError, EngineError
 from engine.npzfile import read_npy
-
-READS = ("`info` reads a Darknet .cfg, a Darknet .weights file, an engine model .npz (from `convert`) or a "
-         "quantized model .npz (from `quantize -o`)")
 
 
 def add_info_parser(sub: argparse._SubParsersAction) -> None:
@@ -92,63 +89,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"input {c}x{h}x{w}; {len(graph)} layers; {graph.total_params:,} params; "
           f"{graph.total_macs:,} MACs ({graph.total_macs / 1e9:.3f} G)")
     return 0
-
-
-def file_kind(path: str) -> str:
-    """"model", "quantized", "weights", "cfg" or "text" (text without a [section] line), from the content.
-
-    Raises CfgError / WeightsError naming the file and, for a file of no kind `info` reads, what it reads."""
-    import codecs
-    from engine.npzfile import open_regular
-    p = Path(path)
-    try:
-        with open_regular(p) as f:      # a FIFO must not hang, /dev/zero must not be read forever
-            head, size = f.read(1 << 16), os.fstat(f.fileno()).st_size
-    except OSError as err:
-        what = {".npz": "model file", ".weights": "weights"}.get(p.suffix.lower(), "cfg")
-        raise CfgError(f"{p}: cannot read {what}: {err.strerror or err}") from None
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):     # a zip's first member, or the end record of one with none
-        return npz_kind(p)
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) == size)
-        why = "it contains NUL bytes" if b"\x00" in head else None
-    except UnicodeDecodeError as err:
-        why = f"byte {err.start} is not UTF-8"
-    if why is None:    # text: a cfg, or (no line opens a section) text of another kind
-        return "cfg" if re.search(rb"^\s*\[", head, re.MULTILINE) else "text"
-    from engine.darknet.weights import read_header
-    try:
-        header = read_header(head[:20], p.name)
-        if (size - header.size) % 4 or size == header.size:
-            raise WeightsError(f"{size - header.size} bytes after its {header.size}-byte header are not a "
-                               "whole, non-zero number of float32 values")
-    except WeightsError as err:
-        raise CfgError(f"{p}: not a text cfg file ({why}), nor a Darknet .weights file "
-                       f"({str(err).removeprefix(p.name + ': ')}); {READS}") from None
-    return "weights"
-
-
-def npz_kind(p: Path) -> str:
-    """"model" or "quantized", by the archive's `format` member. Raises WeightsError otherwise."""
-    from engine.model import MODEL_FORMAT
-    from engine.npzfile import NpzReader
-    from engine.quant.qmodel import QMODEL_FORMAT
-    from engine.session.records import RECORD_FORMAT
-    try:
-        with NpzReader(p, str(p), what=".npz archive") as z:
-            fmt = z.text("format", 1 << 10) if "format" in z else None
-            dump = all(re.fullmatch(r"layer\d+", k) for k in z.keys())
-    except WeightsError as err:
-        raise WeightsError(f"{err}; {READS}") from None
-    kinds = {MODEL_FORMAT: "model", QMODEL_FORMAT: "quantized"}
-    if fmt in kinds:
-        return kinds[fmt]
-    found = ("a run record: open it with Session.open_record" if fmt == RECORD_FORMAT else
-             f"its format is {fmt[:80]!r}" if fmt is not None else
-             "this is a `dump` output (every layer's output as layer0, layer1, ...): it has no 'format' member"
-             if dump else "it has no 'format' member (as `dump` outputs and plain np.savez files)")
-    raise WeightsError(f"{p}: an .npz archive but not an engine model ({MODEL_FORMAT}) or quantized model "
-                       f"({QMODEL_FORMAT}) file: {found}; {READS}")
 
 
 def quantized_summary(path: str) -> dict:

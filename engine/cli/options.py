@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
-from engine.errors import EngineError
+from engine.errors import CfgError, EngineError, WeightsError
 from engine.quant.modes import MODES, Mode
 
 SIZE_HELP = "input size WIDTHxHEIGHT or N (default: the cfg's [net] width/height), e.g. 320 or 320x256"
@@ -141,6 +142,111 @@ def _is_zip(p: Path) -> bool:
         return False
 
 
+READS = ("`info` reads a Darknet .cfg, a Darknet .weights file, an engine model .npz (from `convert`) or a "
+         "quantized model .npz (from `quantize -o`)")
+
+
+def file_kind(path: str) -> str:
+    """"model", "quantized", "weights", "cfg" or "text" (text without a [section] line), from the content.
+
+    Raises CfgError / WeightsError naming the file and, for a file of no kind `info` reads, what it reads."""
+    import codecs
+    from engine.npzfile import open_regular
+    p = Path(path)
+    try:
+        with open_regular(p) as f:      # a FIFO must not hang, /dev/zero must not be read forever
+            head, size = f.read(1 << 16), os.fstat(f.fileno()).st_size
+    except OSError as err:
+        what = {".npz": "model file", ".weights": "weights"}.get(p.suffix.lower(), "cfg")
+        raise CfgError(f"{p}: cannot read {what}: {err.strerror or err}") from None
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):     # a zip's first member, or the end record of one with none
+        return npz_kind(p)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) == size)
+        why = "it contains NUL bytes" if b"\x00" in head else None
+    except UnicodeDecodeError as err:
+        why = f"byte {err.start} is not UTF-8"
+    if why is None:    # text: a cfg, or (no line opens a section) text of another kind
+        return "cfg" if re.search(rb"^\s*\[", head, re.MULTILINE) else "text"
+    from engine.darknet.weights import read_header
+    try:
+        header = read_header(head[:20], p.name)
+        if (size - header.size) % 4 or size == header.size:
+            raise WeightsError(f"{size - header.size} bytes after its {header.size}-byte header are not a "
+                               "whole, non-zero number of float32 values")
+    except WeightsError as err:
+        raise CfgError(f"{p}: not a text cfg file ({why}), nor a Darknet .weights file "
+                       f"({str(err).removeprefix(p.name + ': ')}); {READS}") from None
+    return "weights"
+
+
+def npz_kind(p: Path) -> str:
+    """"model" or "quantized", by the archive's `format` member. Raises WeightsError otherwise."""
+    from engine.model import MODEL_FORMAT
+    from engine.npzfile import NpzReader
+    from engine.quant.qmodel import QMODEL_FORMAT
+    from engine.session.records import RECORD_FORMAT
+    try:
+        with NpzReader(p, str(p), what=".npz archive") as z:
+            fmt = z.text("format", 1 << 10) if "format" in z else None
+            dump = all(re.fullmatch(r"layer\d+", k) for k in z.keys())
+    except WeightsError as err:
+        raise WeightsError(f"{err}; {READS}") from None
+    kinds = {MODEL_FORMAT: "model", QMODEL_FORMAT: "quantized"}
+    if fmt in kinds:
+        return kinds[fmt]
+    found = ("a run record: open it with Session.open_record" if fmt == RECORD_FORMAT else
+             f"its format is {fmt[:80]!r}" if fmt is not None else
+             "this is a `dump` output (every layer's output as layer0, layer1, ...): it has no 'format' member"
+             if dump else "it has no 'format' member (as `dump` outputs and plain np.savez files)")
+    raise WeightsError(f"{p}: an .npz archive but not an engine model ({MODEL_FORMAT}) or quantized model "
+                       f"({QMODEL_FORMAT}) file: {found}; {READS}")
+
+
+# the first bytes of the image files a photo folder holds (what `--quantized dog.jpg` is told it gave)
+_IMAGE_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+                (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def looks_like(path: str | os.PathLike) -> str:
+    """What a readable file is, by its content, in words for a message about a file given in the wrong place:
+    an image (by its magic bytes), else what `file_kind` finds (a Darknet .weights header, a text cfg, other
+    text, an .npz), else "a binary file of no kind the engine reads"."""
+    from engine.npzfile import open_regular
+    try:
+        with open_regular(path) as f:
+            head, size = f.read(20), os.fstat(f.fileno()).st_size
+    except OSError as err:
+        return f"unreadable ({err.strerror or err})"
+    if size == 0:
+        return "an empty file"
+    image = next((name for magic, name in _IMAGE_MAGIC if head.startswith(magic)), None)
+    if image is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        image = "WebP"
+    if image is not None:
+        return f"a {image} image"
+    try:
+        kind = file_kind(str(path))
+    except EngineError:
+        return "a binary file of no kind the engine reads (not a zip archive, an image or a Darknet .weights file)"
+    if kind == "weights":
+        from engine.darknet.weights import read_header
+        h = read_header(head, Path(path).name)
+        return (f"a Darknet .weights file (header version {h.major}.{h.minor}.{h.revision}, "
+                f"{(size - h.size) // 4:,} float32 values)")
+    return {"cfg": "a text file with [section] lines (a Darknet .cfg)", "text": "a text file (not a Darknet .cfg)",
+            "model": "an engine model .npz (from `convert`)", "quantized": "a quantized model .npz"}[kind]
+
+
+def _starts_zip(path: str | os.PathLike) -> bool:
+    from engine.npzfile import open_regular
+    try:
+        with open_regular(path) as f:
+            return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+    except OSError:
+        return True         # a missing or unreadable file: QuantizedModel.load says why
+
+
 def load_model(args: argparse.Namespace):
     from engine.model import is_model_file, load
     weights = getattr(args, "weights", None)
@@ -170,6 +276,9 @@ def load_quantized(args: argparse.Namespace, model):
     """--quantized Q for `model`: refused if made for another cfg; a warning on stderr if it was made from
     other float weights (the INT layers then run Q's int8 weights, the FLOAT ones and the reference MODEL's)."""
     from engine.quant.qmodel import QuantizedModel, fingerprint
+    if not _starts_zip(args.quantized):      # a .weights, cfg or photo given as Q: say what it is, not "BadZipFile"
+        raise WeightsError(f"--quantized {args.quantized}: {looks_like(args.quantized)}, not a quantized model; "
+                           "--quantized expects a quantized model .npz (made by `python -m engine quantize -o FILE`)")
     qm = QuantizedModel.load(args.quantized)
     qm.check_matches(model)
     own = fingerprint(model)

@@ -168,3 +168,33 @@ def test_an_unexpected_argument_is_refused_with_the_subcommands_usage(args, extr
     assert err.startswith(f"usage: python -m engine {args[0]} [-h]"), err
     assert err.endswith(f"\npython -m engine {args[0]}: error: unrecognized arguments: {extra}\n"), err
     assert "{info,convert" not in err
+
+
+QUANTIZED_EXPECTED = "--quantized expects a quantized model .npz (made by `python -m engine quantize -o FILE`)"
+
+
+@pytest.mark.parametrize("kind", ["weights", "cfg", "photo", "binary"])
+def test_a_file_that_is_no_zip_given_as_quantized_says_what_it_looks_like(files, tmp_path, kind):
+    # it said "cannot read quantized model: BadZipFile: File is not a zip file", whatever the file was
+    binary = tmp_path / "a.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    bad, looks = {"weights": (TINY_WEIGHTS, "a Darknet .weights file (header version 0.2.0, 8,858,734 float32"),
+                  "cfg": (TINY_CFG, "a text file with [section] lines (a Darknet .cfg)"),
+                  "photo": (IMAGES / "dog.jpg", "a JPEG image"),
+                  "binary": (binary, "a binary file of no kind the engine reads")}[kind]
+    err = refused("detect", files[0], IMAGES / "dog.jpg", "--mode", "int", "--quantized", bad)
+    assert f"--quantized {bad}: {looks}" in err and QUANTIZED_EXPECTED in err and "BadZipFile" not in err
+
+
+@pytest.mark.parametrize("command", ["dump", "explain", "montecarlo", "worst-images", "report", "export"])
+def test_every_command_taking_quantized_names_a_weights_file_given_as_it(files, tmp_path, command):
+    model, dog = files[0], IMAGES / "dog.jpg"
+    args = {"dump": ("dump", model, "--image", dog, "--mode", "int", "--quantized", TINY_WEIGHTS, "-o", tmp_path / "o.npz"),
+            "explain": ("explain", model, "--quantized", TINY_WEIGHTS, "--image", dog),
+            "montecarlo": ("montecarlo", model, "--quantized", TINY_WEIGHTS, "--images", dog, "--variants", "1"),
+            "worst-images": ("worst-images", model, "--quantized", TINY_WEIGHTS, "--images", dog),
+            "report": ("report", model, "--quantized", TINY_WEIGHTS),
+            "export": ("export", model, "--format", "onnx-int8", "--quantized", TINY_WEIGHTS,
+                       "-o", tmp_path / "o.onnx")}[command]
+    err = refused(*args)
+    assert f"--quantized {TINY_WEIGHTS}: a Darknet .weights file" in err and QUANTIZED_EXPECTED in err
