@@ -9,8 +9,10 @@
 `on_progress(done, total, what)` is called before each unit (`done` units finished, `what` the unit
 starting) and once at the end as (n, n, "done"): `done` grows by one per call, `total` is the number of
 units (an upper bound while the work may end early, lowered to `done` by `finish`). The callback may raise
-`engine.errors.Cancelled` itself (a widget's Cancel does). `cancel`: a `threading.Event` or a callable
-returning True to stop, as `engine.quant.sensitivity.sensitivity` takes; it is asked before each unit.
+`engine.errors.Cancelled` itself (a widget's Cancel does). `cancel`: an event (`threading.Event`,
+`multiprocessing.Event`, anything with `is_set()`) or a callable returning True to stop, as
+`engine.quant.sensitivity.sensitivity` takes (`stop_hook`; anything else is refused when `Steps` is made);
+it is asked before each unit, and by work that can stop inside one (a scored run, between images).
 Work that stops this way has changed nothing it was given: it builds its result on the side.
 """
 from __future__ import annotations
@@ -18,17 +20,29 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from engine.errors import Cancelled
+from engine.errors import ArgumentError, Cancelled
 
 Progress = Callable[[int, int, str], object]
-CancelHook = threading.Event | Callable[[], bool] | None
+CancelHook = threading.Event | Callable[[], bool] | None    # or any object with a callable is_set()
 
 
 def stop_hook(cancel: CancelHook) -> Callable[[], bool]:
-    """`cancel` as a callable answering "stop now?" (never, for None)."""
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set
-    return cancel or (lambda: False)
+    """`cancel` as a callable answering "stop now?" (never, for None). An event is any object with a callable
+    `is_set` (`threading.Event`, `multiprocessing.Event()`, a Manager's Event proxy): its `is_set` is the
+    answer; anything else must be callable. Call this when the work starts, so a wrong hook is refused
+    before any work rather than when it is first asked.
+
+    Raises:
+        ArgumentError: `cancel` is neither None, an event nor callable."""
+    if cancel is None:
+        return lambda: False
+    is_set = getattr(cancel, "is_set", None)
+    if callable(is_set):
+        return is_set
+    if callable(cancel):
+        return cancel
+    raise ArgumentError(f"cancel={cancel!r} ({type(cancel).__name__}): expected None, an event (an object with "
+                        "is_set(), e.g. threading.Event or multiprocessing.Event) or a callable returning True to stop")
 
 
 def unit_name(layer) -> str:
@@ -42,7 +56,10 @@ def counted(n: int, noun: str) -> str:
 
 
 class Steps:
-    """Counts units, reports them to `on_progress` and stops with Cancelled when `cancel` asks (module doc)."""
+    """Counts units, reports them to `on_progress` and stops with Cancelled when `cancel` asks (module doc).
+
+    Raises:
+        ArgumentError: `cancel` is neither None, an event nor callable (when made, before any unit)."""
 
     def __init__(self, total: int, on_progress: Progress | None = None, cancel: CancelHook = None) -> None:
         self.done, self.total = 0, total

@@ -57,7 +57,11 @@ def _head_sqnr(model, ref, outs) -> float:
 
 def sensitivity(session, progress: bool = True, cancel: threading.Event | Callable[[], bool] | None = None
                 ) -> SensitivityTable:
-    """Sweep every int8-capable layer (cancellable: set the Event or return True from the callable)."""
+    """Sweep every int8-capable layer (cancellable: set the event or return True from the callable).
+
+    Raises:
+        ArgumentError: `cancel` is neither None, an event (has `is_set()`) nor callable (before any work)."""
+    stop = stop_hook(cancel)
     if session.mode == Mode.FLOAT or session.qmodel is None:
         raise EngineError("the sensitivity sweep needs HYBRID or INT mode and a quantized model")
     model, pre = session.model, session.pre
@@ -65,7 +69,6 @@ def sensitivity(session, progress: bool = True, cancel: threading.Event | Callab
     candidates = [i for i in range(len(model.layers)) if base.has_int_path(i)]
     ref = session.float_reference()
     truth = [detect_outputs(model, ref, pre, session.thresh, session.nms)]
-    stop = stop_hook(cancel)
     bar = None
     if progress:
         from tqdm.auto import tqdm

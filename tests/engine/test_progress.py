@@ -3,15 +3,17 @@ search and simulation vs device report each unit in order with a correct total, 
 units raises Cancelled and leaves the model and quantized model exactly as they were (real yolov3-tiny)."""
 from __future__ import annotations
 
+import multiprocessing
 import threading
 
 import pytest
 
-from engine.errors import Cancelled, EngineError
+from engine.errors import ArgumentError, Cancelled, EngineError
 from engine.imaging.samples import sample
 from engine.quant.device import sim_vs_device
 from engine.quant.mixed import WEIGHT_KINDS, search
-from engine.quant.progress import Steps
+from engine.quant.progress import Steps, stop_hook
+from engine.quant.sensitivity import sensitivity
 from helpers import frozen_arrays, same_arrays
 
 
@@ -101,3 +103,50 @@ def test_sim_vs_device_reports_each_layer_and_cancel_changes_nothing(tiny, tiny_
         sim_vs_device(tiny, tiny_q, x, on_progress=lambda *c: calls.append(c), cancel=cancel)
     assert [c[0] for c in calls] == [0, 1, 2, 3, 4]
     assert same_arrays(before_m, frozen_arrays(tiny)) and same_arrays(before_q, frozen_arrays(tiny_q))
+
+
+class _Flag:
+    """Not an Event, but has is_set(): what a Manager's Event proxy or a home-made flag looks like."""
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def is_set(self) -> bool:
+        return self.value
+
+
+@pytest.mark.parametrize("make", [threading.Event, multiprocessing.Event, _Flag], ids=["threading", "mp", "is_set"])
+def test_any_object_with_is_set_is_taken_as_an_event(make):
+    # a multiprocessing.Event was called as a function: TypeError at the first unit
+    stop = make()
+    assert stop_hook(stop)() is False
+    steps = Steps(3, None, stop)
+    steps.start("a")
+    if isinstance(stop, _Flag):
+        stop.value = True
+    else:
+        stop.set()
+    with pytest.raises(Cancelled, match="before b"):
+        steps.start("b")
+
+
+@pytest.mark.parametrize("bad", [True, "stop", 1, object()], ids=["bool", "str", "int", "object"])
+def test_a_cancel_that_is_no_event_nor_callable_is_refused_before_any_work(tiny, tiny_q, bad):
+    with pytest.raises(ArgumentError, match="expected None, an event .*is_set.* or a callable"):
+        stop_hook(bad)
+    calls = []
+    with pytest.raises(ArgumentError, match=r"cancel="):
+        search(tiny, tiny_q, [sample("dog")], on_progress=lambda *c: calls.append(c), cancel=bad)
+    with pytest.raises(ArgumentError, match=r"cancel="):
+        sim_vs_device(tiny, tiny_q, tiny.preprocess(sample("dog")).x, on_progress=lambda *c: calls.append(c),
+                      cancel=bad)
+    with pytest.raises(ArgumentError, match=r"cancel="):
+        sensitivity(object(), cancel=bad)             # refused before the session is even looked at
+    assert calls == []                                # not one unit started
+
+
+def test_sim_vs_device_takes_a_multiprocessing_event(tiny, tiny_q):
+    stop = multiprocessing.Event()
+    stop.set()
+    with pytest.raises(Cancelled, match="before FLOAT run"):
+        sim_vs_device(tiny, tiny_q, tiny.preprocess(sample("dog")).x, cancel=stop)
