@@ -305,16 +305,42 @@ def forward_each(run: Callable, xs: Sequence[np.ndarray]) -> Iterator[Sequence[n
             yield outs.image(k)
 
 
-def detect_each(model, run: Callable, pres: Sequence, thresh: float, nms: float) -> list:
+def detect_each(model, run: Callable, pres: Sequence, thresh: float, nms: float,
+                stop: Callable[[], bool] | None = None) -> list:
     """The detections of each preprocessed image through `run`, fed as `forward_each` feeds it; a NumPy
     run (no `batch`) takes whole images on the kernel threads, one per thread with its kernels
-    single-threaded (no hand-off per layer; the same bits as one image at a time)."""
+    single-threaded (no hand-off per layer; the same bits as one image at a time).
+
+    `stop` ("stop now?", engine.quant.progress.stop_hook) is asked before each image (NumPy; each thread
+    before the image it takes next) or each batch (ORT); once it answers True no other image starts.
+
+    Raises:
+        Cancelled: `stop` answered True before the last image or batch started."""
     from engine.darknet.detect import detect_outputs
+    if stop is not None:
+        run = _stoppable(run, stop, len(pres))
     if getattr(run, "batch", None) is None and len(pres) > 1:
         from engine.kernels.threads import parallel_map
         return parallel_map(len(pres), lambda k: detect_outputs(model, run(pres[k].x), pres[k], thresh, nms))
     outs_each = forward_each(run, [p.x for p in pres])
     return [detect_outputs(model, outs, pre, thresh, nms) for outs, pre in zip(outs_each, pres)]
+
+
+def _stoppable(run: Callable, stop: Callable[[], bool], n: int) -> Callable:
+    """`run` asking `stop` before each call (one image, or one ORT batch), its `batch` kept. After one
+    True answer every later call raises too (the other kernel threads must not start their next image)."""
+    from engine.errors import Cancelled
+    started, stopped = [0], [False]
+
+    def stoppable(x):
+        if stopped[0] or stop():
+            stopped[0] = True
+            raise Cancelled(f"cancelled between images ({min(started[0], n)} of {n} started)")
+        started[0] += x.shape[0] if x.ndim == 4 else 1
+        return run(x)
+    if getattr(run, "batch", None) is not None:
+        stoppable.batch = run.batch                  # ORT: still fed in batches
+    return stoppable
 
 
 def int_values(ex, outs: Sequence[np.ndarray], grids: dict[int, tuple[float, int]]) -> list:

@@ -118,11 +118,13 @@ def search(model, qmodel: QuantizedModel, images: Sequence | Scorer, target: flo
     Progress (`engine.quant.progress`): one step per run over the images: FLOAT (when the Scorer is made
     here), the all-int8 start, one per candidate layer ("sensitivity, layer 3 of 13: conv 4"), one per
     layer kept FLOAT; `on_progress(done, total, what)` before each, `total` an upper bound until the end
-    (the greedy part stops at the target). `cancel` (Event or callable) is asked before each step.
+    (the greedy part stops at the target). `cancel` (an event or a callable) is asked before each step and,
+    inside a step, between images (between batches on ONNX Runtime): a Cancel waits for one image, not a run.
     Nothing is changed on `model` or `qmodel` (the result is applied by `MixedResult.apply`).
 
     Raises:
         EngineError: a target outside (0, 1] or a mode without int8 layers.
+        ArgumentError: `cancel` is neither None, an event nor callable (before any run).
         Cancelled: `cancel` answered True or `on_progress` raised it."""
     if not 0 < target <= 1:
         raise EngineError(f"target={target}: expected a mAP@[.5:.95] in (0, 1]")
@@ -138,13 +140,13 @@ def search(model, qmodel: QuantizedModel, images: Sequence | Scorer, target: flo
     steps = Steps(made + 1 + n + greedy, on_progress, cancel)
     if made:
         steps.start(f"FLOAT run on {counted(len(images), 'image')}")
-    scorer = Scorer(model, images, backend=backend) if made else images
+    scorer = Scorer(model, images, backend=backend, cancel=cancel) if made else images
 
     def ok(a: Agreement) -> bool:
         return a.map50_95 >= target and a.missed <= max_lost
 
     steps.start(f"all-int8 run on {counted(len(scorer.inputs), 'image')}")
-    base = scorer.score(qmodel, mode, sorted(fixed))
+    base = scorer.score(qmodel, mode, sorted(fixed), cancel=cancel)
     curve = [_point(0, None, base, (), fixed)]
     if on_step is not None:
         on_step(curve[-1])
@@ -152,7 +154,7 @@ def search(model, qmodel: QuantizedModel, images: Sequence | Scorer, target: flo
     if not ok(base):
         for k, i in enumerate(candidates, 1):
             steps.start(f"sensitivity, layer {k} of {n}: {unit_name(model.layers[i])}")
-            sens[i] = scorer.score(qmodel, mode, sorted(fixed | unit[i])).map50_95 - base.map50_95
+            sens[i] = scorer.score(qmodel, mode, sorted(fixed | unit[i]), cancel=cancel).map50_95 - base.map50_95
     order = sorted(sens, key=lambda i: (-sens[i], i))
     kept: list[int] = []
     current = base
@@ -162,7 +164,7 @@ def search(model, qmodel: QuantizedModel, images: Sequence | Scorer, target: flo
         steps.start(f"keeping FLOAT {len(curve)} of at most {greedy}: {unit_name(model.layers[i])}")
         added = unit[i] - fixed - set(kept)          # a route may already be FLOAT with another conv
         kept.extend(sorted(added))
-        current = scorer.score(qmodel, mode, sorted(fixed | set(kept)))
+        current = scorer.score(qmodel, mode, sorted(fixed | set(kept)), cancel=cancel)
         curve.append(_point(len(curve), i, current, added, fixed | set(kept)))
         if on_step is not None:
             on_step(curve[-1])

@@ -150,3 +150,50 @@ def test_sim_vs_device_takes_a_multiprocessing_event(tiny, tiny_q):
     stop.set()
     with pytest.raises(Cancelled, match="before FLOAT run"):
         sim_vs_device(tiny, tiny_q, tiny.preprocess(sample("dog")).x, cancel=stop)
+
+
+def _after_first_image_of(unit: str):
+    """(on_progress, cancel): cancel answers False once the unit `unit` has started (its first image), then True."""
+    state = {"started": False, "asked": 0}
+
+    def on_progress(done, total, what):
+        state["started"] = state["started"] or what.startswith(unit)
+
+    def cancel() -> bool:
+        if not state["started"]:
+            return False
+        state["asked"] += 1
+        return state["asked"] > 1
+    return on_progress, cancel
+
+
+@pytest.mark.parametrize("unit", ["all-int8 run", "sensitivity, layer 1 "])
+def test_search_cancel_is_asked_between_the_images_of_a_run(tiny, tiny_kl_pt, unit):
+    # Cancel waited for a whole scored run over the image set (one unit)
+    before_m, before_q = frozen_arrays(tiny), frozen_arrays(tiny_kl_pt)
+    float_layers, meta = tiny_kl_pt.float_layers, dict(tiny_kl_pt.meta)
+    on_progress, cancel = _after_first_image_of(unit)
+    images = [sample("dog"), sample("horses"), sample("person")]
+    with pytest.raises(Cancelled, match=r"between images \([01] of 3 started\)"):
+        search(tiny, tiny_kl_pt, images, target=0.99, on_progress=on_progress, cancel=cancel)
+    assert same_arrays(before_m, frozen_arrays(tiny)) and same_arrays(before_q, frozen_arrays(tiny_kl_pt))
+    assert tiny_kl_pt.float_layers == float_layers and tiny_kl_pt.meta == meta
+
+
+def test_scorer_cancel_is_asked_between_onnxruntime_batches(tiny, tiny_ort, monkeypatch):
+    from engine.export import ort_backend
+    from engine.quant.scoring import Scorer
+    images = [sample("dog"), sample("horses"), sample("person")]
+    scorer = Scorer(tiny, images, backend="onnxruntime")
+    before_q = frozen_arrays(tiny_ort)
+    monkeypatch.setattr(ort_backend, "BATCH", 1)             # one image per ORT batch: 3 batches
+    asked = []
+
+    def cancel() -> bool:
+        asked.append(1)
+        return len(asked) > 1                                # after the first batch
+    with pytest.raises(Cancelled, match=r"between images \(1 of 3 started\)"):
+        scorer.score(tiny_ort, "int", cancel=cancel)
+    assert len(asked) == 2 and same_arrays(before_q, frozen_arrays(tiny_ort))
+    stop = multiprocessing.Event()
+    assert scorer.score(tiny_ort, "int", cancel=stop).map50 >= 0  # an event never set: the whole run

@@ -123,11 +123,11 @@ def test_an_error_mid_search_is_shown_and_changes_nothing(tiny, tiny_kl_pt, monk
     runs, score = [], Scorer.score
     fails = {4: EngineError("the scorer refused"), 6: ZeroDivisionError("a bug")}
 
-    def failing(self, qmodel, mode="int", float_layers=None):
+    def failing(self, qmodel, mode="int", float_layers=None, **kw):     # kw: the search's cancel hook
         runs.append(1)
         if len(runs) in fails:
             raise fails[len(runs)]
-        return score(self, qmodel, mode, float_layers)
+        return score(self, qmodel, mode, float_layers, **kw)
     monkeypatch.setattr(Scorer, "score", failing)
     view.search_button.click()
     assert view.status == "error: the scorer refused" and view.error_details == ""
