@@ -393,9 +393,13 @@ def file_lock(path: str | os.PathLike, *, timeout: float = 30.0, shared: bool = 
 def folder_lock(directory: str | os.PathLike, *, timeout: float = 3600.0) -> Iterator[bool]:
     """Hold an exclusive `fcntl.flock` on the folder itself (no lock file is made in it); yields True.
 
-    Yields False, holding nothing, where the file system has no flock on folders (NFS emulates flock
-    with byte-range locks, which need a descriptor open for writing): the caller then skips what
-    needs the lock. Raises: TimeoutError after `timeout` seconds of waiting for another holder.
+    It excludes every other holder on this machine (processes, and threads: the lock belongs to the open
+    file description) and nothing on other machines. On a folder shared over Linux NFS the lock is the
+    client kernel's alone (NFS defines no flock for folders, so the kernel takes it locally): it succeeds
+    and yields True, but a process on another client holds it at the same time. Yields False, holding
+    nothing, where flock on the folder fails (ENOLCK, EOPNOTSUPP, EINVAL, EBADF: some FUSE file systems):
+    the caller then skips what needs the lock.
+    Raises: TimeoutError after `timeout` seconds of waiting for another holder on this machine.
     """
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -181,10 +181,11 @@ def write_with_external_data(proto, path: str | Path, *, min_bytes: int = 1024) 
     (`engine.atomic.atomic_write_all`): a reader always finds an ONNX file whose side file is
     complete, the old pair or the new one. Any failure removes both temps (and the new side file if it
     was already in place); a killed writer leaves temp names the next sweep reclaims. The old side file
-    is removed once the new ONNX file is in place. Exports into one folder take turns on a lock of the
-    folder, and under it a side file of `<name>` that the new ONNX file does not name is removed too
-    (a writer killed between the two renames left it). `proto` is modified (its large tensors become
-    external references).
+    is removed once the new ONNX file is in place. Exports into one folder on one machine take turns on a
+    lock of the folder, and under it a side file of `<name>` that the new ONNX file does not name is
+    removed too (a writer killed between the two renames left it); the lock does not exclude exports on
+    other machines sharing the folder (docs/reliability.md, Pairs). `proto` is modified (its large tensors
+    become external references).
     """
     import secrets
     from engine.atomic import atomic_write_all, check_target, folder_lock

@@ -147,3 +147,43 @@ def test_a_side_file_orphaned_between_the_two_renames_goes_with_the_next_export(
     names = listing(tmp_path)
     assert [n for n in names if n not in keep][0] == "m.onnx" and len(names) == len(keep) + 2, names
     assert not set(sides) & set(names) and runs_like(tmp_path / "m.onnx", model)
+
+
+def test_the_folder_lock_excludes_another_process_on_this_machine(tmp_path):
+    # what docs/reliability.md promises (one machine); across NFS clients the lock is each client's own
+    from engine.atomic import folder_lock
+    code = textwrap.dedent(f"""
+        import errno, fcntl, os, sys
+        fd = os.open({str(tmp_path)!r}, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            sys.exit(3 if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else 4)
+        sys.exit(0)""")
+    with folder_lock(tmp_path) as held:
+        assert held
+        inside = subprocess.run([sys.executable, "-c", code], timeout=60).returncode
+    assert inside == 3 and subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_where_flock_on_the_folder_fails_only_the_previous_side_file_is_removed(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    import engine.atomic as atomic
+    of.export_onnx(small(seed=1), tmp_path / "m.onnx", external_data_bytes=1000)
+    assert child(tmp_path, "rename").returncode == 3       # an orphan side file beside the old pair
+    sides = [n for n in listing(tmp_path) if re.fullmatch(SIDE, n)]
+    previous = of._external_location(tmp_path / "m.onnx")
+    real = fcntl.flock
+
+    def no_folder_flock(fd, op):
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOLCK, "no locks available")
+        return real(fd, op)
+    monkeypatch.setattr(atomic.fcntl, "flock", no_folder_flock)
+    model = small(seed=2)
+    of.export_onnx(model, tmp_path / "m.onnx", external_data_bytes=1000)
+    names = listing(tmp_path)
+    assert previous not in names and set(sides) - {previous} <= set(names)   # the orphan stays
+    assert runs_like(tmp_path / "m.onnx", model)
