@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Mapping, NoReturn, Sequence, Union
 
 from engine.errors import FileError
+from engine.mounts import NETWORK_FS, mount_type
 
 Data = Union[bytes, bytearray, memoryview, str, Callable[[BinaryIO], None]]
 
@@ -395,12 +396,15 @@ def folder_lock(directory: str | os.PathLike, *, timeout: float = 3600.0) -> Ite
 
     It excludes every other holder on this machine (processes, and threads: the lock belongs to the open
     file description) and nothing on other machines. On a folder shared over Linux NFS the lock is the
-    client kernel's alone (NFS defines no flock for folders, so the kernel takes it locally): it succeeds
-    and yields True, but a process on another client holds it at the same time. Yields False, holding
-    nothing, where flock on the folder fails (ENOLCK, EOPNOTSUPP, EINVAL, EBADF: some FUSE file systems):
-    the caller then skips what needs the lock.
+    client kernel's alone (NFS defines no flock for folders, so the kernel takes it locally), so a folder on
+    a network file system (`/proc/self/mounts`: nfs, cifs, ceph, ...) yields False, holding nothing, as does
+    one where flock on the folder fails (ENOLCK, EOPNOTSUPP, EINVAL, EBADF: some FUSE file systems): the
+    caller then skips what needs the lock.
     Raises: TimeoutError after `timeout` seconds of waiting for another holder on this machine.
     """
+    if mount_type(directory) in NETWORK_FS:
+        yield False
+        return
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         try:

@@ -183,8 +183,8 @@ def write_with_external_data(proto, path: str | Path, *, min_bytes: int = 1024) 
     was already in place); a killed writer leaves temp names the next sweep reclaims. The old side file
     is removed once the new ONNX file is in place. Exports into one folder on one machine take turns on a
     lock of the folder, and under it a side file of `<name>` that the new ONNX file does not name is
-    removed too (a writer killed between the two renames left it); the lock does not exclude exports on
-    other machines sharing the folder (docs/reliability.md, Pairs). `proto` is modified (its large tensors
+    removed too (a writer killed between the two renames left it); on a network file system, where the
+    lock would not exclude other machines, that wider clean-up is skipped (docs/reliability.md, Pairs). `proto` is modified (its large tensors
     become external references).
     """
     import secrets

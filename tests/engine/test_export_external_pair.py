@@ -187,3 +187,29 @@ def test_where_flock_on_the_folder_fails_only_the_previous_side_file_is_removed(
     names = listing(tmp_path)
     assert previous not in names and set(sides) - {previous} <= set(names)   # the orphan stays
     assert runs_like(tmp_path / "m.onnx", model)
+
+
+def test_on_a_network_file_system_the_folder_lock_holds_nothing(tmp_path, monkeypatch):
+    # Linux NFS takes a folder's flock in the client kernel alone: the lock "succeeded" on every machine at
+    # once, and the wider clean-up under it could delete another machine's new side file between its renames
+    import engine.atomic as atomic
+    from engine.atomic import folder_lock
+    monkeypatch.setattr(atomic, "mount_type", lambda _p: "nfs4")
+    with folder_lock(tmp_path) as held:
+        assert held is False
+    monkeypatch.setattr(atomic, "mount_type", lambda _p: "ext4")
+    with folder_lock(tmp_path) as held:
+        assert held is True
+
+
+def test_mount_type_takes_the_longest_mount_point_above_a_path(tmp_path):
+    from engine.mounts import mount_type
+    share = tmp_path / "my share"
+    (share / "runs").mkdir(parents=True)
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nsrv:/x {str(share).replace(' ', chr(92) + '040')} nfs4 rw 0 0\n"
+                      f"tmpfs {tmp_path}/my tmpfs rw 0 0\n")
+    assert mount_type(share / "runs", str(mounts)) == "nfs4"
+    assert mount_type(tmp_path / "my", str(mounts)) == "tmpfs"
+    assert mount_type(tmp_path, str(mounts)) == "ext4"
+    assert mount_type(tmp_path, str(tmp_path / "missing")) == ""
