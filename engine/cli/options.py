@@ -150,34 +150,19 @@ def file_kind(path: str) -> str:
     """"model", "quantized", "weights", "cfg" or "text" (text without a [section] line), from the content.
 
     Raises CfgError / WeightsError naming the file and, for a file of no kind `info` reads, what it reads."""
-    import codecs
-    from engine.npzfile import open_regular
+    from engine.filekind import classify, read_head
     p = Path(path)
     try:
-        with open_regular(p) as f:      # a FIFO must not hang, /dev/zero must not be read forever
-            head, size = f.read(1 << 16), os.fstat(f.fileno()).st_size
+        head, size = read_head(p)       # a FIFO must not hang, /dev/zero must not be read forever
     except OSError as err:
         what = {".npz": "model file", ".weights": "weights"}.get(p.suffix.lower(), "cfg")
         raise CfgError(f"{p}: cannot read {what}: {err.strerror or err}") from None
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):     # a zip's first member, or the end record of one with none
+    kind, detail = classify(head, size, p.name, images=False)
+    if kind == "zip":
         return npz_kind(p)
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) == size)
-        why = "it contains NUL bytes" if b"\x00" in head else None
-    except UnicodeDecodeError as err:
-        why = f"byte {err.start} is not UTF-8"
-    if why is None:    # text: a cfg, or (no line opens a section) text of another kind
-        return "cfg" if re.search(rb"^\s*\[", head, re.MULTILINE) else "text"
-    from engine.darknet.weights import read_header
-    try:
-        header = read_header(head[:20], p.name)
-        if (size - header.size) % 4 or size == header.size:
-            raise WeightsError(f"{size - header.size} bytes after its {header.size}-byte header are not a "
-                               "whole, non-zero number of float32 values")
-    except WeightsError as err:
-        raise CfgError(f"{p}: not a text cfg file ({why}), nor a Darknet .weights file "
-                       f"({str(err).removeprefix(p.name + ': ')}); {READS}") from None
-    return "weights"
+    if kind == "binary":
+        raise CfgError(f"{p}: {detail}; {READS}")
+    return kind
 
 
 def npz_kind(p: Path) -> str:
@@ -203,39 +188,18 @@ def npz_kind(p: Path) -> str:
                        f"({QMODEL_FORMAT}) file: {found}; {READS}")
 
 
-# the first bytes of the image files a photo folder holds (what `--quantized dog.jpg` is told it gave)
-_IMAGE_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-                (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
-
-
 def looks_like(path: str | os.PathLike) -> str:
-    """What a readable file is, by its content, in words for a message about a file given in the wrong place:
-    an image (by its magic bytes), else what `file_kind` finds (a Darknet .weights header, a text cfg, other
-    text, an .npz), else "a binary file of no kind the engine reads"."""
-    from engine.npzfile import open_regular
-    try:
-        with open_regular(path) as f:
-            head, size = f.read(20), os.fstat(f.fileno()).st_size
-    except OSError as err:
-        return f"unreadable ({err.strerror or err})"
-    if size == 0:
-        return "an empty file"
-    image = next((name for magic, name in _IMAGE_MAGIC if head.startswith(magic)), None)
-    if image is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        image = "WebP"
-    if image is not None:
-        return f"a {image} image"
-    try:
-        kind = file_kind(str(path))
-    except EngineError:
-        return "a binary file of no kind the engine reads (not a zip archive, an image or a Darknet .weights file)"
-    if kind == "weights":
-        from engine.darknet.weights import read_header
-        h = read_header(head, Path(path).name)
-        return (f"a Darknet .weights file (header version {h.major}.{h.minor}.{h.revision}, "
-                f"{(size - h.size) // 4:,} float32 values)")
-    return {"cfg": "a text file with [section] lines (a Darknet .cfg)", "text": "a text file (not a Darknet .cfg)",
-            "model": "an engine model .npz (from `convert`)", "quantized": "a quantized model .npz"}[kind]
+    """What a readable file is, by its content, in words for a message about a file given in the wrong place
+    (`engine.filekind.describe`; an .npz by its kind)."""
+    from engine.filekind import describe
+    words = describe(path)
+    if words.startswith("a zip archive"):
+        try:
+            return {"model": "an engine model .npz (from `convert`)", "quantized": "a quantized model .npz"}[
+                file_kind(str(path))]
+        except (EngineError, KeyError):
+            return "an .npz archive of no kind the engine reads"
+    return words
 
 
 def _starts_zip(path: str | os.PathLike) -> bool:

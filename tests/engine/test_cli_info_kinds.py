@@ -108,3 +108,21 @@ def test_info_of_a_cfg_with_an_error_keeps_its_precise_message(capsys, tmp_path)
     bad.write_text("[net]\nwidth=8\nheight=8\n[convolutional]\nfilters=2\nsize=3\nactivation=nope\n")
     rc, _, err = cli(capsys, "info", bad)
     assert rc == 2 and "nope" in err and READS not in err
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda p: p.write_bytes(TINY_WEIGHTS.read_bytes()[:20 + 4 * 1000]), "a Darknet .weights file (header version 0.2.0, 1,000 float32 values)"),
+    (lambda p: p.write_bytes((IMAGES / "dog.jpg").read_bytes()), "a JPEG image"),
+    (lambda p: p.write_text("[net]\nwidth=416\n"), "a text file with [section] lines (a Darknet .cfg)"),
+    (lambda p: p.write_bytes(b""), "an empty file"),
+])
+def test_quantized_model_load_names_a_file_that_is_no_zip(tmp_path, make, says):
+    # the Explorer's Open and Session users met "BadZipFile: File is not a zip file" (the CLI already named it)
+    from engine.errors import WeightsError
+    from engine.quant.qmodel import QuantizedModel
+    p = tmp_path / "q.npz"
+    make(p)
+    with pytest.raises(WeightsError) as err:
+        QuantizedModel.load(p)
+    assert str(err.value) == (f"{p}: cannot read quantized model: this is {says} (a quantized model .npz is made "
+                              "by `python -m engine quantize -o FILE` or QuantizedModel.save)")
