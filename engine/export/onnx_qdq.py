@@ -87,10 +87,9 @@ def _dq_param(b, name: str, values: np.ndarray, scale: np.ndarray, zero_dtype) -
 
 
 def _int_params(layer, lq, s_in: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(w_q, w_scale (n,), b_q for input scale s_in), as engine/quant/int_layers.bias_for."""
-    from engine.quant.weights import quantize_bias
-    b_q = lq.b_q if s_in == lq.in_scale else quantize_bias(lq.b_q * lq.acc_scale, s_in, lq.w_scale)
-    return lq.w_q, np.asarray(lq.w_scale, np.float64), b_q
+    """(w_q, w_scale (n,), b_q for input scale s_in: the INT path's own `bias_for`)."""
+    from engine.quant.int_layers import bias_for
+    return lq.w_q, np.asarray(lq.w_scale, np.float64), bias_for(lq, s_in)
 
 
 def _emit_int8_linear(b, layer, lq, x: str, s_in: float, out: str) -> None:
