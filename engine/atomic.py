@@ -145,9 +145,14 @@ def atomic_write(path: str | os.PathLike, data: Data, *, mode: int | None = None
 
 
 def _discard(tmp, target: Path, err: BaseException) -> NoReturn:
-    """Remove the temp file of a failed write and re-raise: an OSError as the FileError naming the output."""
+    """Remove the temp file of a failed write and re-raise (`_reraise`)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
+    _reraise(target, err)
+
+
+def _reraise(target: Path, err: BaseException) -> NoReturn:
+    """Re-raise a failed write's error: an OSError as the FileError naming the output."""
     if isinstance(err, OSError) and not isinstance(err, FileError):
         raise FileError(f"output {target}: write failed: {err.strerror or err}") from err
     raise err
@@ -188,9 +193,7 @@ def atomic_write_all(items: Sequence[tuple[str | os.PathLike, Data]]) -> list[Pa
             if not new:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(target)
-        if isinstance(err, OSError) and not isinstance(err, FileError):
-            raise FileError(f"output {targets[len(placed)]}: write failed: {err.strerror or err}") from err
-        raise
+        _reraise(targets[len(placed)], err)
     for folder in dict.fromkeys(t.parent for t in targets):
         fsync_dir(folder)
     return targets
