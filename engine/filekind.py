@@ -54,15 +54,28 @@ def read_head(path: str | os.PathLike) -> tuple[bytes, int]:
         return f.read(1 << 16), os.fstat(f.fileno()).st_size
 
 
-def describe(path: str | os.PathLike) -> str:
-    """A file that is no zip archive, in words: "a JPEG image", "a Darknet .weights file (header version ...)"."""
+def sniff(path: str | os.PathLike) -> tuple[str, str] | None:
+    """`classify` of a regular file's head, or None when it cannot be read (missing, a FIFO, a folder)."""
     try:
         head, size = read_head(path)
-    except OSError as err:
-        return f"unreadable ({err.strerror or err})"
-    kind, detail = classify(head, size, Path(path).name)
+    except OSError:
+        return None
+    return classify(head, size, Path(path).name)
+
+
+def words(kind: str, detail: str) -> str:
+    """A `classify` result in words: "a JPEG image", "a Darknet .weights file (header version ...)"."""
     return {"zip": "a zip archive (an .npz)", "empty": "an empty file", "image": f"a {detail} image",
             "cfg": "a text file with [section] lines (a Darknet .cfg)", "text": "a text file (not a Darknet .cfg)",
             "weights": f"a Darknet .weights file ({detail})",
             "binary": "a binary file of no kind the engine reads (not a zip archive, an image or a Darknet .weights "
                       "file)"}[kind]
+
+
+def describe(path: str | os.PathLike) -> str:
+    """A file in words (`words`), or why it cannot be read."""
+    try:
+        head, size = read_head(path)
+    except OSError as err:
+        return f"unreadable ({err.strerror or err})"
+    return words(*classify(head, size, Path(path).name))

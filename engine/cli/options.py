@@ -133,11 +133,9 @@ def check_suffix(path: str, suffix: str, what: str) -> None:
 
 
 def _is_zip(p: Path) -> bool:
-    if not p.is_file():             # a FIFO would block the open
-        return False
+    from engine.filekind import ZIP_MAGIC, read_head
     try:
-        with open(p, "rb") as f:
-            return f.read(4) == b"PK\x03\x04"
+        return read_head(p)[0][:4] == ZIP_MAGIC[0]      # a regular file (read_head refuses a FIFO) with members
     except OSError:
         return False
 
@@ -203,12 +201,9 @@ def looks_like(path: str | os.PathLike) -> str:
 
 
 def _starts_zip(path: str | os.PathLike) -> bool:
-    from engine.npzfile import open_regular
-    try:
-        with open_regular(path) as f:
-            return f.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
-    except OSError:
-        return True         # a missing or unreadable file: QuantizedModel.load says why
+    from engine.filekind import sniff
+    kind = sniff(path)
+    return kind is None or kind[0] == "zip"    # a missing or unreadable file: QuantizedModel.load says why
 
 
 def load_model(args: argparse.Namespace):

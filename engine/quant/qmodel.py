@@ -102,14 +102,11 @@ class QuantizedModel:
     def load(cls, path: str | Path) -> "QuantizedModel":
         """Read a quantized model file; every member's size and shape is checked before it is read
         (engine.npzfile). Raises WeightsError naming the file."""
-        from engine.filekind import ZIP_MAGIC, describe, read_head
+        from engine.filekind import sniff, words
         from engine.npzfile import NpzReader
-        try:
-            head = read_head(path)[0]
-        except OSError:
-            head = None                                 # NpzReader says why, naming the file
-        if head is not None and head[:4] not in ZIP_MAGIC:   # a .weights, cfg or photo opened as one: not "BadZipFile"
-            raise WeightsError(f"{path}: cannot read quantized model: this is {describe(path)} (a quantized model "
+        kind = sniff(path)                              # None: unreadable, NpzReader says why, naming the file
+        if kind is not None and kind[0] != "zip":       # a .weights, cfg or photo opened as one: not "BadZipFile"
+            raise WeightsError(f"{path}: cannot read quantized model: this is {words(*kind)} (a quantized model "
                                ".npz is made by `python -m engine quantize -o FILE` or QuantizedModel.save)")
         with NpzReader(path, str(path), what="quantized model", kind="quantized") as z:
             qm = cls.from_arrays(z, str(path))     # int8 weights: read when a mode that runs them uses them
