@@ -216,3 +216,15 @@ def frozen_arrays(obj) -> dict[str, np.ndarray]:
 
 def same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """`python -m engine ARGS` in this process: (exit code, stdout, stderr); an argparse refusal's
+    SystemExit gives its code."""
+    from engine.cli.main import main
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -9,15 +9,9 @@ import pytest
 
 from engine.cli.main import main
 from engine.quant.qmodel import QuantizedModel
-from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS
+from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS, cli
 
 READS = "`info` reads a Darknet .cfg, a Darknet .weights file, an engine model .npz"
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from engine.atomic import atomic_savez, atomic_write, sweep_temp_files, temp_pat
 from engine.errors import EngineError, FileError, WeightsError
 from engine.npzfile import NpzReader
 from engine.workspace import Workspace, WorkspaceError
+from helpers import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tests" / "corpus"
@@ -511,16 +512,6 @@ def test_a_edit_error_is_an_engine_error():
 
 
 # ------------------------------------------------------------------------------ CLI
-def cli(capsys, *args) -> tuple[int, str, str]:
-    from engine.cli.main import main
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:          # argparse refusals
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def cli_files(corpus_q, tmp_path_factory):
     """A corpus model as cfg + .weights and as a model file, and a tiny PNG."""

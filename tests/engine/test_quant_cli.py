@@ -13,16 +13,10 @@ import pytest
 from engine.cli.main import main
 from engine.quant.executor import Executor
 from engine.quant.qmodel import QuantizedModel
-from helpers import IMAGES, ROOT, TINY_CFG, TINY_WEIGHTS
+from helpers import IMAGES, ROOT, TINY_CFG, TINY_WEIGHTS, cli
 
 MODEL = [str(TINY_CFG), "--weights", str(TINY_WEIGHTS)]
 DOG = str(IMAGES / "dog.jpg")
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 @pytest.fixture(scope="module")
