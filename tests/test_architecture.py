@@ -37,6 +37,16 @@ def modules(root: Path, package: str) -> dict[str, Path]:
     return out
 
 
+def import_base(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute module a `from ... import` in `module` reads from (a relative import resolved)."""
+    base = node.module or ""
+    if node.level:
+        anchor = module.split(".")
+        anchor = anchor[:len(anchor) - node.level + (1 if is_package else 0)]
+        base = ".".join(anchor + ([base] if base else []))
+    return base
+
+
 def imported_names(path: Path, module: str, known: set[str] = frozenset()) -> set[str]:
     """Every module name `path` imports, anywhere in the file (relative imports resolved).
 
@@ -50,11 +60,7 @@ def imported_names(path: Path, module: str, known: set[str] = frozenset()) -> se
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = module.split(".")
-                anchor = anchor[:len(anchor) - node.level + (1 if is_package else 0)]
-                base = ".".join(anchor + ([base] if base else []))
+            base = import_base(node, module, is_package)
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
                 names.add(sub if sub in known else base)
@@ -152,11 +158,7 @@ def private_imports(root: Path, packages: tuple[str, ...] = ("engine", "qwidgets
                         if is_private(parts[k]) and not allowed(".".join(parts[:k]), parts[k]):
                             out.append(f"{module}:{node.lineno} imports {alias.name}")
             elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = module.split(".")
-                    anchor = anchor[:len(anchor) - node.level + (1 if is_package else 0)]
-                    base = ".".join(anchor + ([base] if base else []))
+                base = import_base(node, module, is_package)
                 if base.split(".")[0] not in packages:
                     continue
                 for alias in node.names:
