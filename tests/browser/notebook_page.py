@@ -16,6 +16,20 @@ def run_all(page) -> None:
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
 
 
+def open_and_run(page, lab, notebook: str, width: int, height: int) -> None:
+    """Size the page, open `notebook` in the test's JupyterLab, wait for the kernel and run every cell."""
+    page.set_viewport_size({"width": width, "height": height})
+    page.goto(lab.notebook_url(notebook))
+    page.get_by_text(KERNEL_IDLE).first.wait_for(timeout=60_000)
+    run_all(page)
+
+
+def wait_for_graph_nodes(page, count: int, timeout: float) -> None:
+    """Until the Explorer's cytoscape graph holds `count` nodes (input + layers)."""
+    page.wait_for_function("() => { const el = document.querySelector('.qw-explorer .qw-graph-canvas');"
+                           f" return el && el._cyreg && el._cyreg.cy.nodes().length === {count}; }}", timeout=timeout)
+
+
 def rerun_cell(page, index: int) -> None:
     """Select code cell `index` (0-based among all cells) and run it with Shift+Enter."""
     cell = page.locator(".jp-Notebook .jp-Cell").nth(index)

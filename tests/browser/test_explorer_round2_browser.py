@@ -21,7 +21,7 @@ import re
 import pytest
 
 from test_explorer_browser import save_docs_png
-from notebook_page import KERNEL_IDLE, kernel_line, rerun_cell, run_all
+from notebook_page import kernel_line, open_and_run, rerun_cell, wait_for_graph_nodes
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
 
@@ -59,13 +59,9 @@ def test_explorer_round2_in_the_browser(chromium, page, lab, artifacts):
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
     # 1600 px wide as in the issue; tall, so element screenshots of the whole Explorer are painted
-    page.set_viewport_size({"width": 1600, "height": 2000})
-    page.goto(lab.notebook_url("explorer_round2.ipynb"))
-    page.get_by_text(KERNEL_IDLE).first.wait_for(timeout=60_000)
-    run_all(page)
+    open_and_run(page, lab, "explorer_round2.ipynb", 1600, 2000)
     page.locator(".qw-explorer .qw-graph-canvas canvas").first.wait_for(timeout=240_000)
-    page.wait_for_function(f"() => {{ const el = document.querySelector('.qw-explorer .qw-graph-canvas');"
-                           f" return el && el._cyreg && el._cyreg.cy.nodes().length === 25; }}", timeout=60_000)
+    wait_for_graph_nodes(page, 25, timeout=60_000)
     page.wait_for_timeout(1000)
 
     # the graph reads at 1600 px: fitted zoom, node size, labels, bounded wheel

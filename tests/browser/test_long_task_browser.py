@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from notebook_page import KERNEL_IDLE, run_all
+from notebook_page import open_and_run, wait_for_graph_nodes
 from test_explorer_round2_browser import STATUS
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
@@ -107,12 +107,8 @@ def test_mixed_and_device_progress_and_cancel(chromium, page, lab, artifacts):
     times: list[str] = []
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    page.set_viewport_size({"width": 1600, "height": 1600})
-    page.goto(lab.notebook_url("long_tasks.ipynb"))
-    page.get_by_text(KERNEL_IDLE).first.wait_for(timeout=60_000)
-    run_all(page)
-    page.wait_for_function("() => { const el = document.querySelector('.qw-explorer .qw-graph-canvas');"
-                           " return el && el._cyreg && el._cyreg.cy.nodes().length === 25; }", timeout=240_000)
+    open_and_run(page, lab, "long_tasks.ipynb", 1600, 1600)
+    wait_for_graph_nodes(page, 25, timeout=240_000)
     times.append(f"explorer shown: {time.perf_counter() - t0:.1f} s")
 
     # --- Mixed precision: a first search to the end, the result the cancelled one must leave alone

@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from notebook_page import KERNEL_IDLE, run_all
+from notebook_page import open_and_run, wait_for_graph_nodes
 from test_explorer_round2_browser import STATUS, click_node
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
@@ -23,12 +23,8 @@ CELL = ".qw-explorer .qw-weight-editor .widget-gridbox input[type=number]"
 
 
 def test_value_typed_during_an_apply_survives_it(chromium, page, lab, artifacts):
-    page.set_viewport_size({"width": 1600, "height": 2000})
-    page.goto(lab.notebook_url("explorer_round2.ipynb"))
-    page.get_by_text(KERNEL_IDLE).first.wait_for(timeout=60_000)
-    run_all(page)
-    page.wait_for_function("() => { const el = document.querySelector('.qw-explorer .qw-graph-canvas');"
-                           " return el && el._cyreg && el._cyreg.cy.nodes().length === 25; }", timeout=240_000)
+    open_and_run(page, lab, "explorer_round2.ipynb", 1600, 2000)
+    wait_for_graph_nodes(page, 25, timeout=240_000)
     page.locator(".qw-explorer .lm-TabBar-tab", has_text="Weights").click()
     click_node(page, "0")
     page.wait_for_function("() => document.querySelector('.qw-explorer .qw-weight-editor')"
