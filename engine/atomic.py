@@ -8,16 +8,18 @@ index, zoo downloads) goes through it; `atomic_write_all` writes several files t
 (an ONNX file and its external-data side file) to temp files first, and puts them in place only once
 all are complete.
 
-Temp names are `.<target, cut to 184 bytes>.qwtmp-<pid>-<thread id>-<random>-s<start>`: unique per
+Temp names are `.<target, cut to 178 bytes>.qwtmp-<pid>-<thread id>-<random>-h<host>-s<start>`: unique per
 process AND thread, at most 240 bytes whatever the target name, and recognisable, so
 `sweep_temp_files` (run by every write and by the workspace on open) removes those of writers that
 died, never those of a writer still running. `<start>` is the writer's start time (Linux: field 22 of
 /proc/PID/stat): a writer is alive only if a process with its pid runs AND started then, so a pid
 reused by a later process neither keeps a dead writer's temp file forever nor makes this process take
 another's temp file for its own (names without `-s<start>`, from earlier versions or where /proc is
-not readable, are judged by the pid alone). The random part starts with 4 hex digits of the host
-name's hash: on a folder shared by several machines (a hub's NFS home) a pid is only judged on its
-own host; temp files of other hosts are removed after a day.
+not readable, are judged by the pid alone). `<host>` is `engine.mounts.host_id()` (boot id and pid
+namespace): on a folder shared by several machines (a hub's NFS home) or containers, a pid is only judged
+where it means something; temp files of another host are removed only after a day (`abandoned`).
+Names of earlier versions are read too: `-<4 hex of the host name's hash><6 hex>` (that hash decides
+whether it is this host's) and `-<8 hex>` (no host: judged by the pid, as then).
 """
 from __future__ import annotations
 
@@ -36,18 +38,20 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Mapping, NoReturn, Sequence, Union
 
 from engine.errors import FileError
-from engine.mounts import NETWORK_FS, mount_type
+from engine.mounts import NETWORK_FS, host_id, mount_type
 
 Data = Union[bytes, bytearray, memoryview, str, Callable[[BinaryIO], None]]
 
 TMP_MARK = ".qwtmp-"
-# of the target name kept in a temp name: 1 + 184 + 55 (".qwtmp-" 7, pid and thread id <= 7 digits each,
-# 2 dashes, 10 hex, "-s" and a start time <= 20 digits) = 240 < 255, the NAME_MAX
-_NAME_BYTES = 184
-_TMP_RE = re.compile(r"^\..*\.qwtmp-(\d+)-(\d+)-([0-9a-f]{4})[0-9a-f]*(?:-s(\d+))?$", re.S)
+# of the target name kept in a temp name: 1 + 178 + 61 (".qwtmp-" 7, pid and thread id <= 7 digits each,
+# 3 dashes, 6 hex, "h" and 8 hex, "-s" and a start time <= 20 digits) = 240 < 255, the NAME_MAX
+_NAME_BYTES = 178
+_TMP_RE = re.compile(r"^\..*\.qwtmp-(\d+)-(\d+)-(?:[0-9a-f]{6}-h(?P<host>[0-9a-f]{8})|(?P<host4>[0-9a-f]{4})[0-9a-f]{6}"
+                     r"|[0-9a-f]{8})(?:-s(?P<start>\d+))?$", re.S)
 _START_FIELD = 22            # /proc/PID/stat: starttime, in clock ticks after boot
+# the host tag of the names of earlier versions (`-<4 hex><6 hex>`): the host name's hash
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:4]
-_FOREIGN_AGE = 24 * 3600     # seconds after which another host's temp file is taken as abandoned
+_FOREIGN_AGE = 24 * 3600     # seconds after which another host's temp file or staging folder is taken as abandoned
 # Earlier versions of this writer used names ('.<name>.<pid>.<rand>.tmp', '.<name>.tmp<pid>',
 # '.<name>.part<pid>') that a user's own hidden files can have too ('.thesis.2024.bak.tmp'): they are
 # NOT reclaimed, since the sweep runs in every folder written into (a home folder, a CLI -o folder).
@@ -76,8 +80,8 @@ def temp_path(target: str | os.PathLike) -> Path:
     """A fresh temp path beside `target` that `sweep_temp_files` recognises (see the module doc)."""
     t = Path(target)
     cut = t.name.encode("utf-8", "surrogateescape")[:_NAME_BYTES].decode("utf-8", "ignore")
-    return t.with_name(f".{cut}{TMP_MARK}{os.getpid()}-{threading.get_native_id()}-{_HOST}{secrets.token_hex(3)}"
-                       f"{writer_mark()}")
+    return t.with_name(f".{cut}{TMP_MARK}{os.getpid()}-{threading.get_native_id()}-{secrets.token_hex(3)}"
+                       f"-h{host_id()}{writer_mark()}")
 
 
 def check_target(path: str | os.PathLike, what: str = "output") -> Path:
@@ -332,24 +336,34 @@ def writer_alive(pid: int, start: int | None) -> bool:
 
 def temp_owner(name: str) -> tuple[int, bool] | None:
     """(writer pid, written on this host) from an atomic-write temp file name; None if not one."""
-    m = _TMP_RE.match(name)
-    if m:
-        return int(m.group(1)), m.group(3) == _HOST
-    return None
+    owner = temp_writer(name)
+    return None if owner is None else (owner[0], owner[2])
 
 
 def temp_writer(name: str) -> tuple[int, int | None, bool] | None:
     """(writer pid, its start time or None (a name without one), written on this host) from an
-    atomic-write temp file name; None if not one."""
+    atomic-write temp file name; None if not one. Names of earlier versions: `-<4 hex><6 hex>` is this
+    host's if the 4 hex are this host name's hash; `-<8 hex>` (no host) counts as this host's."""
     m = _TMP_RE.match(name)
-    if m:
-        return int(m.group(1)), int(m.group(4)) if m.group(4) else None, m.group(3) == _HOST
-    return None
+    if m is None:
+        return None
+    local = (m["host"] == host_id() if m["host"] else m["host4"] == _HOST if m["host4"] else True)
+    return int(m.group(1)), int(m["start"]) if m["start"] else None, local
+
+
+def abandoned(pid: int, start: int | None, local: bool, mtime: float) -> bool:
+    """Whether a temp file or staging folder its writer named with (`pid`, `start`, written on this host) and
+    last changed at `mtime` was left by a writer that is gone: on this host, `writer_alive` says so; a pid of
+    another host means nothing here, so another host's entry is taken as abandoned only a day after its last
+    change (a writer's own folder is older than that only if its machine died mid-write)."""
+    if local:
+        return not writer_alive(pid, start)
+    return time.time() - mtime > _FOREIGN_AGE
 
 
 def sweep_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Remove atomic-write temp files in `directory` whose writer process is gone (`writer_alive`: pid and
-    start time); return them.
+    """Remove atomic-write temp files in `directory` whose writer is gone (`abandoned`: pid and start time on
+    this host, a day's age for another host's); return them.
 
     Never raises: a folder we cannot list or a file we cannot delete (read-only share) is left.
     """
@@ -362,12 +376,10 @@ def sweep_temp_files(directory: str | os.PathLike) -> list[Path]:
         owner = temp_writer(name)
         if owner is None:
             continue
-        pid, start, local = owner
         p = Path(directory) / name
         with contextlib.suppress(OSError):
             st = os.lstat(p)
-            dead = not writer_alive(pid, start) if local else time.time() - st.st_mtime > _FOREIGN_AGE
-            if dead and stat.S_ISREG(st.st_mode):
+            if stat.S_ISREG(st.st_mode) and abandoned(*owner, st.st_mtime):
                 p.unlink()
                 removed.append(p)
     return removed

@@ -12,18 +12,34 @@ from pathlib import Path
 from typing import Mapping
 
 from engine.atomic import fsync_dir, writer_mark
+from engine.mounts import host_id
 from engine.workspace.paths import open_folder
 
 
-_STAGE_RE = re.compile(r"^(\d+)-.*?(?:-s(\d+))?$")
+# `h<host>-` first: earlier versions, which read `<pid>-...` and judge the pid on their own host, never match it
+_STAGE_RE = re.compile(r"^(?:h([0-9a-f]{8})-)?(\d+)-.*?(?:-s(\d+))?$")
+
+
+def stage_name(trash: bool = False) -> str:
+    """A new staging folder name of this writer: `h<host>-<pid>-[trash-]<random>[-s<start>]` (`host_id`,
+    `writer_mark`)."""
+    return f"h{host_id()}-{os.getpid()}-{'trash-' if trash else ''}{secrets.token_hex(6)}{writer_mark()}"
+
+
+def stage_owner(name: str) -> tuple[int, int | None, bool] | None:
+    """(pid, start time or None, made on this host) of the writer that named a staging folder (`stage_name`;
+    names of earlier versions, `<pid>-[trash-]<random>[-s<start>]`, carry no host and count as this host's,
+    as they did); None for any other name. `engine.atomic.abandoned` tells whether that writer is gone."""
+    m = _STAGE_RE.match(name)
+    if m is None:
+        return None
+    return int(m.group(2)), int(m.group(3)) if m.group(3) else None, m.group(1) in (None, host_id())
 
 
 def stage_writer(name: str) -> tuple[int, int | None] | None:
-    """(pid, start time or None) of the writer that named a staging folder: `<pid>-<random>[-s<start>]`
-    (`stage_files`) or `<pid>-trash-<random>[-s<start>]` (`move_out`; names of earlier versions have no
-    start time); None for any other name. `engine.atomic.writer_alive` tells whether that writer runs."""
-    m = _STAGE_RE.match(name)
-    return (int(m.group(1)), int(m.group(2)) if m.group(2) else None) if m else None
+    """(pid, start time or None) of the writer that named a staging folder (`stage_owner` without the host)."""
+    owner = stage_owner(name)
+    return None if owner is None else owner[:2]
 
 
 def move_out(root: Path, rel: str, staging: str) -> Path | None:
@@ -40,7 +56,7 @@ def move_out(root: Path, rel: str, staging: str) -> Path | None:
             os.stat(leaf, dir_fd=src, follow_symlinks=False)
         except FileNotFoundError:
             return None
-        trash = f"{os.getpid()}-trash-{secrets.token_hex(6)}{writer_mark()}"
+        trash = stage_name(trash=True)
         dst = open_folder(root, [staging], "staging folder")
         try:
             os.rename(leaf, trash, src_dir_fd=src, dst_dir_fd=dst)
@@ -52,10 +68,10 @@ def move_out(root: Path, rel: str, staging: str) -> Path | None:
 
 
 def stage_files(staging: Path, files: Mapping[str, bytes]) -> tuple[Path, dict[str, str]]:
-    """Write and fsync `files` into a new private folder `<staging>/<pid>-<random>-s<start>`; return it and
+    """Write and fsync `files` into a new private folder `<staging>/<stage_name()>`; return it and
     the files' sha256. On any error (disk full, quota, Ctrl-C) the folder is removed before the
     error propagates: the sweep never reclaims it while this (long-lived kernel) process lives."""
-    stage = staging / f"{os.getpid()}-{secrets.token_hex(6)}{writer_mark()}"
+    stage = staging / stage_name()
     stage.mkdir(mode=0o700)
     checksums = {}
     try:

@@ -4,7 +4,7 @@ Layout under the root (default `$QW_WORKSPACE`, else `~/qwidgets-workspace`, cre
 
     .qw-index.json      {"format": "qwidgets-workspace", "version": 1, "entries": {name: {...}}}
     .qw-index.lock      fcntl.flock target guarding every read-modify-write of the index
-    .qw-staging/        new entries are written here first, one folder per writer (<pid>-<random>-s<start>)
+    .qw-staging/        new entries are written here first, one folder per writer (h<host>-<pid>-<random>-s<start>)
     models/ quantized/ images/ imagesets/ records/   one folder per entry holding its files
     tutorials/          notebooks copied by `ensure_tutorials` (not indexed)
 
@@ -35,10 +35,10 @@ import secrets
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from engine.atomic import atomic_write, file_lock, fsync_dir, sweep_temp_files, writer_alive
+from engine.atomic import abandoned, atomic_write, file_lock, fsync_dir, sweep_temp_files
 from engine.workspace.uploads import Limits, WorkspaceError, check_name
 from engine.workspace.entries import KINDS, METADATA_NAME, Entry, check_entry_files, group_uploads, read_import
-from engine.workspace.folders import combined, move_out, now, rmtree, stage_files, stage_writer
+from engine.workspace.folders import combined, move_out, now, rmtree, stage_files, stage_owner
 from engine.workspace.paths import check_entry_record, is_plain_file, nfc, read_file, real_dir, tree_has_links
 
 __all__ = ["Entry", "KINDS", "Limits", "Workspace", "WorkspaceError", "atomic_write", "default_root"]
@@ -399,14 +399,15 @@ class Workspace:
         return bool(pending)
 
     def _sweep(self) -> None:
-        """Remove staging folders and temp files left by writers that were killed (no process with their pid
-        and start time: engine.atomic.writer_alive)."""
+        """Remove staging folders and temp files left by writers that were killed (on this host no process with
+        their pid and start time; another host's after a day: engine.atomic.abandoned)."""
         sweep_temp_files(self.root)
         staging = real_dir(self.root, STAGING, create=False)
         for p in staging.iterdir() if staging.exists() else ():
-            writer = stage_writer(p.name)
-            if writer is not None and not writer_alive(*writer):
-                rmtree(p)
+            owner = stage_owner(p.name)
+            with contextlib.suppress(OSError):   # gone meanwhile (another sweeper)
+                if owner is not None and abandoned(*owner, p.lstat().st_mtime):
+                    rmtree(p)
 
     def _commit(self, stage: Path, fields: dict, overwrite: bool) -> Entry:
         with self._transaction() as index:

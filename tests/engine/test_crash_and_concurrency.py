@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 import engine
+from engine.mounts import host_id
 from engine.quant.qmodel import QuantizedModel
 from engine.session import Session
 from engine.workspace import Workspace
@@ -156,7 +157,7 @@ def test_sigkill_during_save_leaves_old_or_new_file_and_no_litter(kind, cfg, ver
             assert proc.stdout.readline().strip() == "ready"
             threading.Event().wait(rng.uniform(0.0, 0.4))
             staging = target / ".qw-staging"
-            writing = any(staging.glob(f"{proc.pid}-*")) if kind == "workspace" else \
+            writing = any(staging.glob(f"h{host_id()}-{proc.pid}-*")) if kind == "workspace" else \
                 any(f"qwtmp-{proc.pid}-" in n for n in litter(tmp_path))
             proc.send_signal(signal.SIGKILL)
         finally:

@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from engine.atomic import atomic_write, file_lock, sweep_temp_files
+from engine.mounts import host_id
 from engine.workspace import Limits, Workspace, WorkspaceError, default_root, ensure_tutorials
 from helpers import IMAGES, SHARED
 
@@ -438,7 +439,7 @@ def test_workspace_save_killed_mid_write_keeps_old_entry(ws):
     deadline = time.monotonic() + 60
     staged = []
     while time.monotonic() < deadline and proc.poll() is None:
-        staged = [p for p in (ws.root / ".qw-staging").glob(f"{proc.pid}-*/data.txt") if p.stat().st_size > 0]
+        staged = [p for p in (ws.root / ".qw-staging").glob(f"h{host_id()}-{proc.pid}-*/data.txt") if p.stat().st_size > 0]
         if staged:
             break
         time.sleep(0.002)
@@ -451,7 +452,7 @@ def test_workspace_save_killed_mid_write_keeps_old_entry(ws):
     assert hashlib.sha256(ws.read_bytes("big")).hexdigest() == old.sha256
     assert list(index_doc(ws)["entries"]) == ["big"]
     ws.save_bytes("after", "record", {"a.txt": b"a"})  # next writer sweeps the dead writer's staging
-    assert not any((ws.root / ".qw-staging").glob(f"{proc.pid}-*"))
+    assert not any((ws.root / ".qw-staging").glob(f"h{host_id()}-{proc.pid}-*"))
 
 
 def test_concurrent_writers_keep_every_entry(ws):
