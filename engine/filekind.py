@@ -3,10 +3,11 @@ in the wrong place ("--quantized dog.jpg", a `.weights` opened as a quantized mo
 its `--quantized` check (engine/cli/options.py) and `QuantizedModel.load` share it."""
 from __future__ import annotations
 
-import codecs
 import os
 import re
 from pathlib import Path
+
+from engine.darknet.cfg import text_problem
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")     # a zip's first member, or the end record of one with none
 # the first bytes of the image files a photo folder holds
@@ -28,13 +29,10 @@ def classify(head: bytes, size: int, name: str, images: bool = True) -> tuple[st
         image = "WebP"
     if images and image is not None:
         return "image", image
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) == size)
-        why = "it contains NUL bytes" if b"\x00" in head else None
-    except UnicodeDecodeError as err:
-        why = f"byte {err.start} is not UTF-8"
+    why = text_problem(head, complete=len(head) == size)
     if why is None:
-        return ("cfg" if re.search(rb"^\s*\[", head, re.MULTILINE) else "text"), ""
+        # a UTF-8 byte-order mark before [net] (Notepad) is a cfg, as read_cfg reads it
+        return ("cfg" if re.search(rb"^\s*\[", head.removeprefix(b"\xef\xbb\xbf"), re.MULTILINE) else "text"), ""
     from engine.darknet.weights import read_header
     from engine.errors import WeightsError
     try:

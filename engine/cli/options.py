@@ -226,7 +226,8 @@ def _starts_binary(path: str) -> bool:
     from engine.darknet.cfg import looks_binary
     try:
         with open(path, "rb") as f:
-            return looks_binary(f.read(4096))
+            head = f.read(4096)
+        return looks_binary(head, complete=len(head) < 4096)
     except OSError:
         return False
 

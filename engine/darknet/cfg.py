@@ -8,6 +8,7 @@ half-read (`size=3x` is an error here, 3 in Darknet).
 """
 from __future__ import annotations
 
+import codecs
 import math
 import numbers
 import re
@@ -224,16 +225,25 @@ def parse_size(size: int | str | Sequence[int]) -> tuple[int, int]:
     return vals[0], vals[1]
 
 
-def looks_binary(head: bytes) -> bool:
-    """Whether the start of a file is plainly not text: a NUL byte, or bytes that are not UTF-8 (a
-    multi-byte character cut at the end of `head` does not count)."""
-    if b"\x00" in head:
-        return True
+NUL_BYTES = "it contains NUL bytes"
+
+
+def text_problem(head: bytes, complete: bool = False) -> str | None:
+    """Why the start of a file is not text, or None if it is: "byte N is not UTF-8" or `NUL_BYTES`. The one
+    text rule of the engine: `looks_binary`, `read_cfg` and `engine.filekind.classify` (hence `info`, `sniff`
+    and the CLI's messages) all ask it. Unless `complete` (`head` is the whole file), a multi-byte character
+    cut at the end of `head` is text. A UTF-8 byte-order mark is text; UTF-16 is not (NUL bytes or 0xFF/0xFE)."""
     try:
-        head.decode("utf-8")
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=complete)
     except UnicodeDecodeError as err:
-        return err.start < len(head) - 3
-    return False
+        return f"byte {err.start} is not UTF-8"
+    return NUL_BYTES if b"\x00" in head else None
+
+
+def looks_binary(head: bytes, complete: bool = False) -> bool:
+    """Whether the start of a file is plainly not text (`text_problem`): a NUL byte, or bytes that are not
+    UTF-8 (a multi-byte character cut at the end of `head` does not count unless `complete`)."""
+    return text_problem(head, complete) is not None
 
 
 def read_cfg(path: str | Path) -> Cfg:
@@ -249,13 +259,12 @@ def read_cfg(path: str | Path) -> Cfg:
             raise CfgError(f"{p}: more than {MAX_CFG_BYTES} bytes is too large for a cfg")
     except OSError as err:
         raise CfgError(f"{p}: cannot read cfg: {err.strerror or err}") from err
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise CfgError(f"{p}: not a text cfg file (byte {err.start} is not UTF-8); "
-                       "did you pass the .weights file instead?") from err
-    if "\x00" in text:
+    why = text_problem(data, complete=True)
+    if why == NUL_BYTES:
         raise CfgError(f"{p}: contains NUL bytes; not a text cfg file")
+    if why is not None:
+        raise CfgError(f"{p}: not a text cfg file ({why}); did you pass the .weights file instead?")
+    text = data.decode("utf-8")
     # Notepad saves UTF-8 with a byte-order mark; Darknet would read '\ufeff[net]' as a bad line, but
     # the file is plainly a cfg (and the mark is not kept: model files embed the text without it)
     text = text.removeprefix("\ufeff")
