@@ -3,8 +3,10 @@
 "Search" runs `engine.quant.mixed.search` (the session's model and quantized model, the chosen image set,
 the target mAP@[.5:.95], the session's INT or HYBRID mode) in a `LongTask`: the bar advances per run of the
 search (FLOAT, the all-int8 start, one per candidate layer's sensitivity, one per layer kept FLOAT; the
-engine's total is an upper bound until the end) and the text names the run ("sensitivity, layer 3 of 13:
-conv 4"); Cancel stops it before the next run, leaving the session and the last result as they were. The
+engine's total counts the runs that will run: a greedy run once the one before missed the target, so the
+bar never jumps to done nor counts runs that do not come) and the text names the run ("sensitivity, layer 3
+of 13: conv 4", "keeping FLOAT 2 of at most 13: conv 15"); Cancel stops it before the next run (inside a run,
+between images), leaving the session and the last result as they were. The
 Backend dropdown is passed as `search(backend=...)`. The result is the trade-off curve as a table (layers
 kept FLOAT -> mAP@[.5:.95], mAP@0.5, lost, extra: the engine's numbers) and a bar chart, and "Keep these
 FLOAT" sets the session's FLOAT layers to the result's (`Session.set_mode(mode, float_layers=...)`).

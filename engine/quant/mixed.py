@@ -105,6 +105,19 @@ def _unit(model, index: int) -> set[int]:
     return out
 
 
+def _greedy_runs(order: list[int], unit: dict[int, set[int]], fixed: set[int], max_layers: int | None) -> int:
+    """How many greedy runs `search` can make at most: one per layer of `order`, until `max_layers` layers are
+    kept FLOAT (a conv's unit brings its maxpool / route / upsample, so the limit may come before max_layers runs)."""
+    if max_layers is None:
+        return len(order)
+    kept: set[int] = set()
+    for runs, i in enumerate(order):
+        if len(kept) >= max_layers:
+            return runs
+        kept |= unit[i] - fixed
+    return len(order)
+
+
 def search(model, qmodel: QuantizedModel, images: Sequence | Scorer, target: float = 0.95, mode: str = "int",
            max_lost: int = 0, max_layers: int | None = None,
            on_step: Callable[[CurvePoint], object] | None = None, backend: str = "numpy", *,
@@ -117,9 +130,14 @@ def search(model, qmodel: QuantizedModel, images: Sequence | Scorer, target: flo
 
     Progress (`engine.quant.progress`): one step per run over the images: FLOAT (when the Scorer is made
     here), the all-int8 start, one per candidate layer ("sensitivity, layer 3 of 13: conv 4"), one per
-    layer kept FLOAT; `on_progress(done, total, what)` before each, `total` an upper bound until the end
-    (the greedy part stops at the target). `cancel` (an event or a callable) is asked before each step and,
-    inside a step, between images (between batches on ONNX Runtime): a Cancel waits for one image, not a run.
+    layer kept FLOAT ("keeping FLOAT 2 of at most 5: conv 9", 5 the runs the layer limit allows);
+    `on_progress(done, total, what)` before each. `total` counts the runs that will run: until the all-int8
+    start is scored, those that follow if it misses the target (the sensitivities and the first greedy run;
+    dropped at once when it meets it), then each further greedy run as it becomes certain (the one before
+    missed the target): the greedy part stops at the target, which no count can tell in advance, so the bar
+    counts no run that may not happen rather than jump to done. `cancel` (an event or a callable) is asked
+    before each step and, inside a step, between images (between batches on ONNX Runtime): a Cancel waits
+    for one image, not a run.
     Nothing is changed on `model` or `qmodel` (the result is applied by `MixedResult.apply`).
 
     Raises:
@@ -136,8 +154,8 @@ def search(model, qmodel: QuantizedModel, images: Sequence | Scorer, target: flo
                   if l.kind in WEIGHT_KINDS and l.index not in fixed and ex.has_int_path(l.index)]
     unit = {i: _unit(model, i) for i in candidates}
     n, made = len(candidates), not isinstance(images, Scorer)
-    greedy = n if max_layers is None else min(n, max(max_layers, 0))
-    steps = Steps(made + 1 + n + greedy, on_progress, cancel)
+    first = 1 if n and (max_layers is None or max_layers > 0) else 0    # the first greedy run, if the start misses
+    steps = Steps(made + 1 + n + first, on_progress, cancel)
     if made:
         steps.start(f"FLOAT run on {counted(len(images), 'image')}")
     scorer = Scorer(model, images, backend=backend, cancel=cancel) if made else images
@@ -156,12 +174,14 @@ def search(model, qmodel: QuantizedModel, images: Sequence | Scorer, target: flo
             steps.start(f"sensitivity, layer {k} of {n}: {unit_name(model.layers[i])}")
             sens[i] = scorer.score(qmodel, mode, sorted(fixed | unit[i]), cancel=cancel).map50_95 - base.map50_95
     order = sorted(sens, key=lambda i: (-sens[i], i))
+    most = _greedy_runs(order, unit, fixed, max_layers)
     kept: list[int] = []
     current = base
     for i in order:
         if ok(current) or (max_layers is not None and len(kept) >= max_layers):
             break
-        steps.start(f"keeping FLOAT {len(curve)} of at most {greedy}: {unit_name(model.layers[i])}")
+        steps.revise(steps.done + 1)                 # the previous run missed the target: this one is certain
+        steps.start(f"keeping FLOAT {len(curve)} of at most {most}: {unit_name(model.layers[i])}")
         added = unit[i] - fixed - set(kept)          # a route may already be FLOAT with another conv
         kept.extend(sorted(added))
         current = scorer.score(qmodel, mode, sorted(fixed | set(kept)), cancel=cancel)

@@ -8,7 +8,11 @@
 
 `on_progress(done, total, what)` is called before each unit (`done` units finished, `what` the unit
 starting) and once at the end as (n, n, "done"): `done` grows by one per call, `total` is the number of
-units (an upper bound while the work may end early, lowered to `done` by `finish`). The callback may raise
+units that will run as far as the work knows. Work whose length depends on its own results counts what it
+is sure of and raises the total with `revise` as more becomes certain (the mixed-precision search: each
+further greedy run once the one before missed the target); a unit counted but then not needed is dropped
+by `finish` (the bar fills at once). The bar never goes backwards: `done / total` never decreases between
+two calls as long as the total grows only with the unit starting (`revise(done + 1)`). The callback may raise
 `engine.errors.Cancelled` itself (a widget's Cancel does). `cancel`: an event (`threading.Event`,
 `multiprocessing.Event`, anything with `is_set()`) or a callable returning True to stop, as
 `engine.quant.sensitivity.sensitivity` takes (`stop_hook`; anything else is refused when `Steps` is made);
@@ -76,6 +80,10 @@ class Steps:
         if self._report is not None:
             self._report(self.done, self.total, what)
         self.done += 1
+
+    def revise(self, total: int) -> None:
+        """The total as now known (reported with the next unit): never below the units already started."""
+        self.total = max(total, self.done)
 
     def finish(self) -> None:
         """After the last unit: reports (done, done, "done") (the bar full, the total now exact)."""

@@ -45,13 +45,61 @@ def test_search_reports_every_run_with_a_correct_total(tiny, tiny_kl_pt):
     res = search(tiny, tiny_kl_pt, [sample("dog")], target=0.9, max_layers=2, on_progress=lambda *c: calls.append(c))
     n = sum(l.kind in WEIGHT_KINDS for l in tiny.layers)
     _monotonic(calls)
-    assert calls[0] == (0, 2 + n + 2, "FLOAT run on 1 image")          # the upper bound: every run possible
+    assert calls[0] == (0, 2 + n + 1, "FLOAT run on 1 image")          # if the start misses: n sensitivities, 1 greedy
     assert calls[1][2] == "all-int8 run on 1 image" and calls[2][2] == "sensitivity, layer 1 of 13: conv 0"
     assert calls[8][2] == "sensitivity, layer 7 of 13: conv 12"
     runs = 1 + 1 + len(res.sensitivity) + len(res.curve) - 1          # FLOAT, all-int8, sensitivities, greedy
     assert len(res.sensitivity) == n and len(res.curve) >= 2 and calls[-1][:2] == (runs, runs)
-    assert [c[2] for c in calls[2 + n:-1]] == [f"keeping FLOAT {k} of at most 2: conv {p.added}"
+    # conv 0 comes with maxpool 1: the limit of 2 layers FLOAT is reached after one greedy run, as the text says
+    assert res.curve[1].added_layers == [0, 1] and len(res.curve) == 2
+    assert [c[2] for c in calls[2 + n:-1]] == [f"keeping FLOAT {k} of at most 1: conv {p.added}"
                                                for k, p in enumerate(res.curve[1:], 1)]
+
+
+@pytest.fixture(scope="module")
+def tiny224():
+    """yolov3-tiny at 224x224 quantized per tensor with kl, no calibration rules (loses detections: a search
+    with several greedy runs that meets its target early), and two photos: a real search in seconds."""
+    import engine
+    from engine.calib.collect import collect
+    from engine.quant.qmodel import quantize_model
+    from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS
+    model = engine.load(TINY_CFG, weights=TINY_WEIGHTS, size=224)
+    stats = collect(model, sorted(IMAGES.glob("*.jpg")), progress=False)
+    return model, quantize_model(model, stats, "kl", per_channel=False, rules=()), [sample("dog"), sample("horses")]
+
+
+def test_search_total_counts_only_runs_that_run_and_the_bar_never_jumps(tiny224):
+    # the total was every run possible (13 greedy runs): the bar sat at 18 / 28 and jumped to done at 19
+    model, qmodel, images = tiny224
+    calls = []
+    res = search(model, qmodel, images, target=0.7, max_lost=1, on_progress=lambda *c: calls.append(c))
+    n, greedy = len(res.sensitivity), len(res.curve) - 1
+    runs = 2 + n + greedy
+    _monotonic(calls)
+    assert n == 13 and greedy == 4 and res.met                       # met long before every candidate was tried
+    assert max(total for _, total, _ in calls) == runs               # never a run that did not run
+    # FLOAT, the start, the sensitivities and the first greedy run: counted from the start (the start misses)
+    assert [c[1] for c in calls[:3 + n]] == [3 + n] * (3 + n)
+    # each further greedy run counted as it starts (the one before missed), the last one at runs - 1 of runs
+    assert [c[:2] for c in calls[2 + n:]] == [(d, d + 1) for d in range(2 + n, runs)] + [(runs, runs)]
+    fractions = [done / total for done, total, _ in calls]
+    assert fractions == sorted(fractions)                            # the bar never goes backwards
+    assert [c[2] for c in calls[2 + n:-1]] == [f"keeping FLOAT {k} of at most {n}: conv {p.added}"
+                                               for k, p in enumerate(res.curve[1:], 1)]
+
+
+def test_search_whose_start_meets_the_target_drops_the_runs_it_does_not_need(tiny224):
+    model, qmodel, images = tiny224
+    calls = []
+    res = search(model, qmodel, images, target=0.3, max_lost=5, on_progress=lambda *c: calls.append(c))
+    assert res.met and len(res.curve) == 1 and res.sensitivity == {}
+    # unknowable before the start is scored (if it missed: 13 sensitivities and a greedy run), dropped right after
+    assert calls == [(0, 16, "FLOAT run on 2 images"), (1, 16, "all-int8 run on 2 images"), (2, 2, "done")]
+    calls = []
+    res = search(model, qmodel, images, target=0.7, max_layers=0, on_progress=lambda *c: calls.append(c))
+    assert len(res.sensitivity) == 13 and len(res.curve) == 1 and not res.met     # no layer may be kept FLOAT
+    assert [c[:2] for c in calls] == [(d, 15) for d in range(15)] + [(15, 15)]
 
 
 def test_search_cancelled_mid_way_raises_and_changes_nothing(tiny, tiny_kl_pt):

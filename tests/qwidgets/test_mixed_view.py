@@ -156,3 +156,25 @@ def test_a_search_whose_session_switched_models_while_it_ran_is_not_shown_or_kep
     assert "changed while it ran" in view.status and not view.search_button.disabled
     view.keep_button.click()
     assert s.float_layers == set()
+
+
+def test_the_bar_counts_only_runs_that_run_and_fills_without_a_jump(tiny, tiny_kl_pt):
+    """The engine's total was every run possible (13 greedy runs): the bar sat at 19 / 28 with "~N s left" for
+    8 runs that never came, then jumped to done; it now counts each greedy run once it is certain."""
+    s = engine.Session(tiny, tiny_kl_pt, mode="int")
+    view = MixedPrecisionView(s, images=[sample("dog")], background=False)
+    view.target.value = 0.9                      # max FLOAT 0: any number of layers
+    bars, texts = [], []
+    view.task.progress.observe(lambda c: bars.append((c.new, view.task.progress.max)), names="value")
+    view.task.observe(lambda c: texts.append(c.new), names="text")
+    view.search_button.click()
+    result = view.result
+    n, greedy = len(result.sensitivity), len(result.curve) - 1
+    runs = 2 + n + greedy
+    assert result.met and 2 <= greedy < n and view.status.startswith("mixed precision: ")
+    assert [v for v, _ in bars] == list(range(1, runs + 1)) and max(m for _, m in bars) == runs
+    assert [v / m for v, m in bars] == sorted(v / m for v, m in bars)       # never backwards
+    assert bars[-2:] == [(runs - 1, runs), (runs, runs)]                    # the last run's step, then done
+    last = result.curve[-1]
+    assert any(t.startswith(f"mixed-precision search: keeping FLOAT {greedy} of at most {n}: conv {last.added} "
+                            f"({runs - 1} / {runs} done, ") for t in texts)
