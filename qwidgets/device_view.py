@@ -3,7 +3,8 @@
 "Compare with device" runs `engine.quant.device.sim_vs_device` on the session's model, quantized model,
 input and FLOAT layers in a `LongTask`: the bar advances per engine step (the FLOAT run, the INT run, the
 runtime's run, then one per layer's row) and the text names it ("layer 7 of 24: conv 6"); Cancel stops it
-before the next step, leaving the last table and the graph's colours as they were.
+before the next step, or inside the FLOAT and INT runs before the next layer, leaving the last table and the
+graph's colours as they were.
 The table shows the engine's columns: FLOAT vs our INT (the layer alone: `local_*`; the whole run up to
 it: `propagated_*`, SQNR in dB, cosine similarity and max |difference|) and our INT vs the runtime
 (mismatched elements, largest difference in output steps, the runtime's SQNR vs FLOAT), or the engine's

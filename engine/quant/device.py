@@ -100,7 +100,9 @@ def sim_vs_device(model, qmodel, x: np.ndarray, device: bool = True, float_layer
     Progress (`engine.quant.progress`): one step each for the FLOAT run, the INT run and the runtime's run
     (when asked for and possible to try), then one per layer's row ("layer 7 of 24: conv 6");
     `on_progress(done, total, what)` before each, the total exact. `cancel` (Event or callable) is asked
-    before each step. Nothing is changed on `model` or `qmodel`.
+    before each step and, inside the FLOAT and INT runs, between layers (a whole run of a big network at a
+    big size takes many seconds): a Cancel waits for one layer. The runtime's run (ONNX Runtime's export and
+    session) cannot be stopped inside. Nothing is changed on `model` or `qmodel`.
 
     Raises:
         Cancelled: `cancel` answered True or `on_progress` raised it."""
@@ -110,9 +112,9 @@ def sim_vs_device(model, qmodel, x: np.ndarray, device: bool = True, float_layer
     n, measure = len(model.layers), device and not ex.float_layers
     steps = Steps(2 + measure + n, on_progress, cancel)
     steps.start(f"FLOAT run of {n} layers")
-    float_outs = reference_outputs(model, qmodel, Executor(model).forward(x))    # equalized twin's, if CLE
+    float_outs = reference_outputs(model, qmodel, Executor(model).forward(x, cancel=cancel))  # equalized twin's, if CLE
     steps.start(f"INT run of {n} layers")
-    values, _ = ex.run(x)
+    values, _ = ex.run(x, cancel=cancel)
     if not device:
         dev, runtime, note = None, None, "not requested"
     elif ex.float_layers:

@@ -14,11 +14,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from engine.errors import EngineError
+from engine.errors import Cancelled, EngineError
 from engine.quant.int_layers import HEAD_LAYERS
 from engine.quant.layermemo import lq_token, sharing_acc
 from engine.quant.modes import MODES, Mode
 from engine.quant.profiles import get_profile
+from engine.quant.progress import CancelHook, stop_hook
 from engine.quant.qmodel import QuantizedModel
 from engine.quant.qtensor import QTensor
 
@@ -253,28 +254,38 @@ class Executor:
     def inputs_of(self, index: int, x: Value, values: list[Value]) -> list[Value]:
         return [x if i < 0 else values[i] for i in self.model.layers[index].inputs]
 
-    def run(self, x: np.ndarray, stop: int | None = None, memo=None) -> tuple[list[Value], list[LayerRecord]]:
-        """All layers 0..stop; returns their values and records (`memo`: see run_layer)."""
+    def run(self, x: np.ndarray, stop: int | None = None, memo=None, *,
+            cancel: CancelHook = None) -> tuple[list[Value], list[LayerRecord]]:
+        """All layers 0..stop; returns their values and records (`memo`: see run_layer). `cancel`
+        (engine.quant.progress) is asked between layers: a Cancel waits for one layer, not a whole run.
+
+        Raises:
+            ArgumentError: `cancel` is neither None, an event nor callable (before any layer).
+            Cancelled: `cancel` answered True before the last layer started (nothing is changed)."""
+        asked = stop_hook(cancel)
         xv = Value(f=self.checked_input(x, memo))
         values: list[Value] = []
         records: list[LayerRecord] = []
         last = len(self.model.layers) - 1 if stop is None else stop
         for i in range(last + 1):
+            if i and asked():
+                raise Cancelled(f"cancelled between layers ({i} of {last + 1} run)")
             v, r = self.run_layer(i, self.inputs_of(i, xv, values), memo=memo)
             values.append(v)
             records.append(r)
         return values, records
 
-    def forward(self, x: np.ndarray) -> list[np.ndarray]:
+    def forward(self, x: np.ndarray, *, cancel: CancelHook = None) -> list[np.ndarray]:
         """Float views of every layer output (what detection decoding and fitness read).
 
         x: (3, H, W), or a batch (N, 3, H, W): then every output is (N, C, H, W), image k equal to
         a forward of image k alone bit for bit (whole images on the kernel threads, one per thread with
-        its kernels single-threaded, as Model.forward runs a FLOAT batch)."""
+        its kernels single-threaded, as Model.forward runs a FLOAT batch). `cancel`: as `run`'s, asked
+        between the layers of each image (Raises: as `run`)."""
         xb = np.asarray(x)
         if xb.ndim != 4:
-            return [v.float() for v in self.run(x)[0]]
+            return [v.float() for v in self.run(x, cancel=cancel)[0]]
         self.model.check_input(xb, batch=True)
         from engine.kernels.threads import parallel_map
-        per = parallel_map(xb.shape[0], lambda k: self.forward(xb[k]))
+        per = parallel_map(xb.shape[0], lambda k: self.forward(xb[k], cancel=cancel))
         return [np.stack(outs) for outs in zip(*per)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 
+import numpy as np
 import pytest
 
 from engine.errors import ArgumentError, Cancelled, EngineError
@@ -141,14 +142,14 @@ def test_sim_vs_device_reports_each_layer_and_cancel_changes_nothing(tiny, tiny_
     sim_vs_device(tiny, tiny_q, x, float_layers=[0], on_progress=lambda *c: calls.append(c))
     assert calls[0][1] == 2 + n and calls[2][2] == f"layer 1 of {n}: conv 0"     # no runtime run to try
     before_m, before_q = frozen_arrays(tiny), frozen_arrays(tiny_q)
-    asked = []
+    calls, stop = [], threading.Event()
 
-    def cancel() -> bool:
-        asked.append(1)
-        return len(asked) > 5
-    calls = []
+    def on_progress(*c) -> None:
+        calls.append(c)
+        if c[2].startswith("layer 2 of"):
+            stop.set()                       # Cancel clicked while layer 2's row is computed
     with pytest.raises(Cancelled, match=f"before layer 3 of {n}: conv 2"):
-        sim_vs_device(tiny, tiny_q, x, on_progress=lambda *c: calls.append(c), cancel=cancel)
+        sim_vs_device(tiny, tiny_q, x, on_progress=on_progress, cancel=stop)
     assert [c[0] for c in calls] == [0, 1, 2, 3, 4]
     assert same_arrays(before_m, frozen_arrays(tiny)) and same_arrays(before_q, frozen_arrays(tiny_q))
 
@@ -198,6 +199,44 @@ def test_sim_vs_device_takes_a_multiprocessing_event(tiny, tiny_q):
     stop.set()
     with pytest.raises(Cancelled, match="before FLOAT run"):
         sim_vs_device(tiny, tiny_q, tiny.preprocess(sample("dog")).x, cancel=stop)
+
+
+@pytest.mark.parametrize("run", ["FLOAT run", "INT run"])
+def test_sim_vs_device_cancel_is_asked_between_the_layers_of_a_run(tiny, tiny_q, run):
+    # Cancel waited for a whole FLOAT or INT run of the network (one step): it stopped before the next step
+    x = tiny.preprocess(sample("dog")).x
+    before_m, before_q = frozen_arrays(tiny), frozen_arrays(tiny_q)
+    calls, stop = [], threading.Event()
+
+    def on_progress(done, total, what):
+        calls.append(what)
+        if what.startswith(run):
+            stop.set()                         # Cancel clicked as the run starts: honoured after its first layer
+    with pytest.raises(Cancelled, match=rf"between layers \(1 of {len(tiny.layers)} run\)"):
+        sim_vs_device(tiny, tiny_q, x, on_progress=on_progress, cancel=stop)
+    assert calls[-1].startswith(run)
+    assert same_arrays(before_m, frozen_arrays(tiny)) and same_arrays(before_q, frozen_arrays(tiny_q))
+
+
+def test_executor_run_and_forward_ask_cancel_between_layers(tiny, tiny_q):
+    from engine.quant.executor import Executor
+    x = tiny.preprocess(sample("dog")).x
+    n, asked = len(tiny.layers), []
+
+    def cancel() -> bool:
+        asked.append(1)
+        return len(asked) == 5
+    with pytest.raises(Cancelled, match=rf"between layers \(5 of {n} run\)"):
+        Executor(tiny, tiny_q, "int").run(x, cancel=cancel)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled, match=rf"between layers \(1 of {n} run\)"):
+        Executor(tiny).forward(np.stack([x, x]), cancel=stop)     # a batch: each image's layers
+    never = Executor(tiny, tiny_q, "int").run(x, cancel=threading.Event())[0]      # an event never set: every layer
+    plain = Executor(tiny, tiny_q, "int").run(x)[0]
+    assert len(never) == n and all(np.array_equal(a.float(), b.float()) for a, b in zip(never, plain))
+    with pytest.raises(ArgumentError, match=r"cancel="):
+        Executor(tiny).run(x, cancel="stop")
 
 
 def _after_first_image_of(unit: str):

@@ -138,3 +138,33 @@ def test_a_comparison_whose_session_switched_models_while_it_ran_is_not_shown(ti
     view.run_button.click()
     assert view.result is None and view.overlays == {} and "changed while it ran" in view.status
     assert not view.run_button.disabled
+
+
+def test_cancel_during_the_int_run_stops_it_at_the_next_layer_and_keeps_the_last_table(tiny, tiny_q, monkeypatch):
+    """Cancel was asked only between steps: clicked during the INT run (one step, every layer of the network),
+    it waited for the whole run. It now stops the run before its next layer."""
+    import threading
+
+    from engine.quant.executor import Executor
+    s = engine.Session(tiny, tiny_q, mode="int", image=sample("dog"))
+    view = DeviceView(s, background=True)
+    view.show(sim_vs_device(s.model, s.qmodel, s.x))
+    first, table, overlays, qm = view.result, view.table.value, view.overlays, s.qmodel
+    frozen_m, frozen_q = frozen_arrays(tiny), frozen_arrays(qm)
+    ran, run_layer = [], Executor.run_layer
+
+    def counting(self, index, inputs, precision=None, memo=None):
+        if self.mode == "int" and threading.current_thread() is view.task.thread:
+            ran.append(index)
+            if index == 3:
+                view.task.cancel_button.click()  # Cancel clicked while layer 3 of the INT run computes
+        return run_layer(self, index, inputs, precision, memo)
+    monkeypatch.setattr(Executor, "run_layer", counting)
+    view.run_button.click()
+    view.wait(60)
+    assert ran == [0, 1, 2, 3] and not view.task.running       # the INT run's layers 4..23 never ran
+    assert view.task.progress.value == 1 and "cancelled after" in view.task.text   # the bar stays on the INT run
+    assert view.status == "device comparison cancelled" and view.task.cancelled and view.error_details == ""
+    assert view.result is first and view.table.value == table and view.overlays == overlays
+    assert not view.run_button.disabled and view.task.cancel_button.disabled
+    assert same_arrays(frozen_m, frozen_arrays(tiny)) and same_arrays(frozen_q, frozen_arrays(qm))
