@@ -21,7 +21,7 @@ import traitlets
 
 from engine.errors import Cancelled
 
-__all__ = ["Cancelled", "LongTask", "finish_on", "main_loop"]
+__all__ = ["Cancelled", "LongTask", "finish_on", "main_loop", "result_dropped"]
 
 
 def main_loop() -> asyncio.AbstractEventLoop | None:
@@ -40,6 +40,16 @@ def finish_on(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., Any], *a
         loop.call_soon_threadsafe(fn, *args)
     else:
         fn(*args)
+
+
+def result_dropped(session: Any, models: tuple | None, what: str, again: str) -> str | None:
+    """The status line when work started on `models` (the session's (model, qmodel) then) ends after the
+    session opened another model or adopted another quantized model, else None. The work runs on its own
+    thread while other tabs drive the session: its result (a curve, a table, graph colours, layers to Keep)
+    belongs to the models it ran on, not to the session's new ones, so the view drops it and says so."""
+    if models is None or (models[0] is session.model and models[1] is session.qmodel):
+        return None
+    return f"{what}: result dropped, the session's model or quantized model changed while it ran: {again}"
 
 
 class LongTask(widgets.HBox):

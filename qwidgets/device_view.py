@@ -21,7 +21,7 @@ import traitlets
 
 from engine.quant.device import DeviceTable, sim_vs_device
 from qwidgets._errors import Message, shows_errors
-from qwidgets._long_task import LongTask
+from qwidgets._long_task import LongTask, result_dropped
 from qwidgets.layer_panel import TABLE_CSS
 
 OVERLAYS = ("device_mismatched", "propagated_sqnr", "propagated_cos")   # graph colourings (graph_view.OVERLAY_META)
@@ -93,11 +93,9 @@ class DeviceView(widgets.VBox):
         if failure is not None:
             self.status = failure
             return
-        s = self._session
-        if models is not None and (models[0] is not s.model or models[1] is not s.qmodel):
-            # another model or quantized model was opened while it ran: its rows (and colours) are not theirs
-            self.status = ("device comparison: result dropped, the session's model or quantized model changed "
-                           "while it ran: Compare again")
+        dropped = result_dropped(self._session, models, "device comparison", "Compare again")
+        if dropped is not None:
+            self.status = dropped
             return
         self.show(table)
         if table.runtime:

@@ -23,7 +23,7 @@ from engine.imaging.samples import sample_images
 from engine.quant.mixed import MixedResult, search
 from qwidgets._encode import bar_chart_png
 from qwidgets._errors import Message, shows_errors
-from qwidgets._long_task import LongTask
+from qwidgets._long_task import LongTask, result_dropped
 from qwidgets._png_image import PngImage
 from qwidgets.backend_choice import BackendChoice
 from qwidgets.layer_panel import TABLE_CSS
@@ -113,11 +113,9 @@ class MixedPrecisionView(widgets.VBox):
         if failure is not None:
             self.status = failure
             return
-        s = self._session
-        if models is not None and (models[0] is not s.model or models[1] is not s.qmodel):
-            # another model or quantized model was opened while the search ran: its layers are not theirs
-            self.status = ("mixed-precision search: result dropped, the session's model or quantized model changed "
-                           "while it ran: Search again")
+        dropped = result_dropped(self._session, models, "mixed-precision search", "Search again")
+        if dropped is not None:
+            self.status = dropped
             return
         self.show(result)
         self.status = (f"mixed precision: {len(result.float_layers)} layers FLOAT -> mAP@[.5:.95] "
