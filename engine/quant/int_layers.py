@@ -25,7 +25,7 @@ from engine.layers.reorg import reorg_pj, space_to_depth
 from engine.layers.route import route_slices
 from engine.layers.upsample import upsample_nearest
 from engine.quant.intcache import drop_oldest, kept
-from engine.quant.intops import band_buffer, conv_int, conv_int_fused, gemm_int
+from engine.quant.intops import band_buffer, conv_int, conv_int_fused, gemm_int, plus_bias
 from engine.quant.layerquant import LayerQuant
 from engine.quant.qtensor import QMAX, QTensor, multiplier_value, quantize, quantize_multiplier, requantize
 from engine.quant.requant32 import add_bias as _add_bias, requant_epilogue  # noqa: F401 (re-exported)
@@ -255,7 +255,7 @@ def _conv_dequantized(layer, x_q: np.ndarray, lq: LayerQuant, b_q: np.ndarray, a
 @INT_LAYERS.register("connected")
 def connected_forward_int(layer, xs: list[QTensor], lq: LayerQuant, out_scale: float, rec: dict) -> QTensor:
     x = xs[0]
-    acc = gemm_int(lq.w_f, x.q.reshape(-1, 1).astype(np.float32))[:, 0] + bias_for(lq, x.scale)
+    acc = plus_bias(gemm_int(lq.w_f, x.q.reshape(-1, 1).astype(np.float32))[:, 0], bias_for(lq, x.scale))
     _acc_stats(acc, rec)
     q = requantize_activation(acc, x.scale * weight_scales(lq), out_scale, layer.activation, rec)
     return QTensor(q.reshape(layer.out_shape), out_scale)
@@ -270,7 +270,7 @@ def connected_forward_hybrid(layer, x: np.ndarray, lq: LayerQuant, rec: dict) ->
 def _connected_dequantized(layer, x_q: np.ndarray, lq: LayerQuant, b_q: np.ndarray, acc_scale: np.ndarray,
                            rec: dict) -> np.ndarray:
     rec["saturated"], rec["total"] = 0, int(np.prod(layer.out_shape))
-    acc = gemm_int(lq.w_f, x_q.reshape(-1, 1).astype(np.float32))[:, 0] + b_q
+    acc = plus_bias(gemm_int(lq.w_f, x_q.reshape(-1, 1).astype(np.float32))[:, 0], b_q)
     _acc_stats(acc, rec)
     return activate((acc * acc_scale).astype(np.float32).reshape(layer.out_shape), layer.activation)
 

@@ -65,7 +65,9 @@ def conv_int(x_q: np.ndarray, w_f: np.ndarray, b_q: np.ndarray, k: int, s: int, 
              groups: int = 1) -> np.ndarray:
     """Exact int8 conv: x_q (C, H, W) int8, w_f (n, C/g*k*k) int8-valued float32, b_q (n,) int32.
 
-    Returns the int32 accumulators (n, Ho, Wo) = sum(w*x) + b.
+    Returns the accumulators (n, Ho, Wo) = sum(w*x) + b, exact: int32, or int64 when a bias near the
+    int32 limit can carry a sum past it (`plus_bias`), as `conv_int_naive` and the fused epilogues
+    (`requant32.add_bias`) add it.
     """
     c, h, w = x_q.shape
     n = w_f.shape[0]
@@ -77,15 +79,29 @@ def conv_int(x_q: np.ndarray, w_f: np.ndarray, b_q: np.ndarray, k: int, s: int, 
             out[ch, r0:r1] = band                 # exact integers: the cast is exact
 
         conv_int_bands(x_q, w_f, k, s, p, store)
-        out += b_q.astype(np.int32)[:, None, None]
-        return out
+        return plus_bias(out, b_q)
     acc = np.empty((n, ho * wo), np.int32)
     cg, ng = c // groups, n // groups
     for g in range(groups):
         cols = im2col_int(x_q[g * cg:(g + 1) * cg], k, s, p)
         acc[g * ng:(g + 1) * ng] = gemm_int(w_f[g * ng:(g + 1) * ng], cols)
-    acc += b_q.astype(np.int32)[:, None]
-    return acc.reshape(n, ho, wo)
+    return plus_bias(acc.reshape(n, ho, wo), b_q)
+
+
+INT32_MAX = (1 << 31) - 1
+
+
+def plus_bias(acc: np.ndarray, b_q: np.ndarray) -> np.ndarray:
+    """acc + b_q per filter (acc: int32 (n, ...), b_q: integers (n,)), exactly: in place in int32 when no sum
+    can leave it, else as a new int64 array. Why: `quantize_bias` saturates the bias of a filter whose weight
+    scale is tiny (batch norm's gamma ~ 0) to +-(2**31 - 1); an int32 add then wrapped around and the
+    output took the opposite sign."""
+    b = np.asarray(b_q).astype(np.int64).reshape((-1,) + (1,) * (acc.ndim - 1))
+    a2 = acc.reshape(acc.shape[0], -1)
+    if a2.size and (int(np.abs(b).max(initial=0)) + max(int(a2.max()), -int(a2.min())) > INT32_MAX):
+        return acc.astype(np.int64) + b
+    acc += b.astype(np.int32)
+    return acc
 
 
 def conv_int_naive(x_q: np.ndarray, w_q: np.ndarray, b_q: np.ndarray, s: int, p: int, groups: int = 1) -> np.ndarray:
