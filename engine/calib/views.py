@@ -10,7 +10,9 @@ which tensors must share a scale, from how the int8 path uses each tensor:
 * `shared_scales`: maxpool, upsample, reorg and dropout keep their input's scale in INT mode, so a
   tensor read only by such a layer is calibrated on what that reader passes on (a maxpool's output
   has the heavier tail: it keeps the maxima) and the chain shares one scale (HYBRID then quantizes
-  the next convolution's input with the scale INT actually uses).
+  the next convolution's input with the scale INT actually uses). An upsample with `scale=` multiplies
+  its values (INT runs it at its input's scale times the factor), so it is calibrated on its own and
+  the device profile stores its run-time grid (`Profile.tie_grids`).
 * `first_layer`: the image and the first convolution's output are never clipped. Pixels are exact
   multiples of 1/255 in [0, 1]; the first conv's rare large values are edges and colour contrast,
   the signal every later layer builds on (kept FLOAT alone this layer recovers most of KL's loss).
@@ -35,18 +37,25 @@ def readers(model) -> dict[str, list[int]]:
     return out
 
 
+def keeps_scale(layer) -> bool:
+    """Whether INT runs the layer on its input's scale with its input's values (maxpool, reorg, dropout,
+    an upsample without a factor); an upsample with scale != 1 multiplies them: a histogram of its output
+    calibrates its input at the wrong range (scale=0.5: half of it, the conv before saturating)."""
+    return layer.kind in SCALE_KEEPERS and (layer.kind != "upsample" or layer.scale == 1.0)
+
+
 def scale_groups(model) -> dict[str, str]:
     """nid -> the tensor whose histogram calibrates it: follow single readers that keep the scale."""
     rd = readers(model)
-    kinds = {str(layer.index): layer.kind for layer in model.layers}
+    keepers = {str(layer.index) for layer in model.layers if keeps_scale(layer)}
     out = {}
     for nid in quantizable_ids(model):
         cur = nid
-        while len(rd.get(cur, [])) == 1 and model.layers[rd[cur][0]].kind in SCALE_KEEPERS:
+        while len(rd.get(cur, [])) == 1 and str(rd[cur][0]) in keepers:
             cur = str(rd[cur][0])
         out[nid] = cur
     for nid in quantizable_ids(model):      # a scale keeper shares its producer's group
-        if kinds.get(nid) in SCALE_KEEPERS:
+        if nid in keepers:
             src = model.layers[int(nid)].inputs[0]
             out[nid] = out["input" if src < 0 else str(src)]
     return out

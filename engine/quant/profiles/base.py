@@ -44,7 +44,13 @@ class Profile:
         return {nid: calibrator.scale(h) for nid, h in stats.hists.items()}, {}
 
     def tie_grids(self, model, scales: dict[str, float], zero_points: dict[str, int]) -> None:
-        """Make the stored grid of each tensor the one it has at run time (in place), where they differ."""
+        """Make the stored grid of each tensor the one it has at run time (in place), where they differ: an
+        [upsample] with `scale=` runs at its input's scale times the factor (`int_layers.upsample_forward_int`),
+        not at the one calibrated on its own histogram; the next conv's biases and HYBRID input take that grid."""
+        for layer in model.layers:
+            if layer.kind == "upsample" and layer.scale != 1.0 and self.has_int_path("upsample"):
+                src = layer.inputs[0]
+                scales[str(layer.index)] = scales["input" if src < 0 else str(src)] * layer.scale
 
     def extra_params(self, model, stats, calibrator, thresholds=None) -> tuple[dict[str, float], dict[str, int]]:
         """Scales / zero points of tensors Darknet does not name (e.g. pre-activation), keyed by layer."""
