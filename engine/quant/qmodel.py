@@ -212,6 +212,10 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
         raise EngineError(f"calibration statistics lack tensors {', '.join(missing[:5])}: were they collected "
                           f"for this model ({model.graph.name})?")
     meta: dict[str, Any] = {} if rules is None else {"rules": list(rules)}
+    for layer in model.layers:      # INT runs an upsample on its input's grid times the factor
+        if layer.kind == "upsample" and not layer.scale > 0 and prof.has_int_path("upsample"):
+            raise EngineError(f"{layer.where()} scale={layer.scale:g}: int8 runs an upsample on its input's scale "
+                              f"times this factor, so it must be > 0 to be quantized (FLOAT runs it as it is)")
     if getattr(calibrator, "needs_images", False):
         raise EngineError(f"method {method!r} runs the model to choose: use engine.quant.autoquant.quantize(model, "
                           f"stats, {method!r}, images=...)")

@@ -78,3 +78,19 @@ def test_the_conv_before_a_scaled_upsample_keeps_its_own_range(models, profile, 
     # the stored grid of the upsample is the one INT runs it on (HYBRID quantizes the next conv's input there)
     assert values[1].q.scale == qm.scales["1"] == pytest.approx(qm.scales["0"] * float(scale), rel=1e-6)
     assert qm.layers[2].in_scale == qm.scales["1"]
+
+
+@pytest.mark.parametrize("scale", ["0", "-1"])
+def test_an_upsample_factor_that_is_no_scale_is_refused_naming_the_layer(tmp_path, scale):
+    """scale=0 gave every later tensor a zero grid (biases divided by zero) and scale=-1 a negative one:
+    quantizing went through and INT then failed on a requantization multiplier naming no layer."""
+    from engine.errors import EngineError
+    path = tmp_path / "ups.cfg"
+    path.write_text(CFG.format(scale=scale))
+    model = engine.load(path, random_weights=1)
+    np.testing.assert_array_equal(model.forward(np.ones(model.input_shape, np.float32))[1][0, 0, 0],
+                                  np.float32(scale) * model.forward(np.ones(model.input_shape, np.float32))[0][0, 0, 0])
+    stats = collect(model, sorted(IMAGES.glob("*.jpg"))[:1], progress=False)
+    for profile in ("qwidgets", "onnxruntime"):
+        with pytest.raises(EngineError, match=rf"ups.cfg:\d+ \[upsample\] \(layer 1\) scale={scale}: .* must be > 0"):
+            quantize_model(model, stats, "minmax", profile=profile)
