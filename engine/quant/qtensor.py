@@ -2,7 +2,8 @@
 
 Conventions (fixed by tests):
 * symmetric int8 in [-127, 127] (-128 is never produced, as in yolo2_light), real = q * scale;
-* float -> int8: round half to even (`np.rint`, what SSE `cvtps2dq` / ARM `vcvtn` do), then saturate;
+* float -> int8: round half to even (`np.rint`, what SSE `cvtps2dq` / ARM `vcvtn` do), then saturate
+  (+-inf too); NaN (an overflowed float layer) becomes 0;
 * requantization of an int32 accumulator: `q = sat8(round_half_even(acc * m / 2**shift))` with a
   15-bit multiplier m in [2**14, 2**15). |acc| < 2**31 and m < 2**15 keep |acc * m| < 2**46, so the
   float64 evaluation below is exact and equals the integer definition bit for bit.
@@ -44,7 +45,8 @@ QUANTIZE_BLOCK = 1 << 16   # elements per work item of a big quantize() on the k
 
 
 def quantize(x: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
-    """float32 -> (int8 array, number of saturated values). Rounds half to even, saturates at +-127.
+    """float32 -> (int8 array, number of saturated values). Rounds half to even, saturates at +-127
+    (+-inf included); NaN gives 0 and is not counted.
     A big contiguous x is quantized in blocks on the kernel threads (elementwise: the same int8 and
     the same count on any thread count)."""
     if not scale > 0:
@@ -73,7 +75,11 @@ def _quantize_blocks(x: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
 def _quantize(x: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
     v = np.divide(x, np.float32(scale), dtype=np.float32)
     saturated = 0
-    if v.size and (v.max() >= QMAX + 0.5 or v.min() <= -QMAX - 0.5):   # rint(v) beyond +-127 (127.5 -> 128)
+    top = v.max() if v.size else 0.0
+    if top != top:     # a NaN (a float layer that overflowed): code 0, and it must not hide the extremes
+        np.copyto(v, 0.0, where=np.isnan(v))
+        top = v.max()
+    if v.size and (top >= QMAX + 0.5 or v.min() <= -QMAX - 0.5):       # rint(v) beyond +-127 (127.5 -> 128)
         saturated = int(np.count_nonzero(v >= QMAX + 0.5)) + int(np.count_nonzero(v <= -QMAX - 0.5))
         np.clip(v, -QMAX, QMAX, out=v)                                   # then rint: same as rint, clip
     q = np.empty(v.shape, np.int8)
