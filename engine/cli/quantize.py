@@ -211,7 +211,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     progress=not args.quiet, calib_images=args.calib, backend=args.backend, profile=args.profile,
                     refine=args.refine, margin_k=args.margin_k)
     if args.json:
-        print(json.dumps(table.to_dict(), indent=1, default=float))
+        # JSON has no NaN (a head conv's range use, a [yolo] layer's local SQNR): null, so strict parsers read it
+        from engine.scale.montecarlo import jsonable
+        print(json.dumps(jsonable(table.to_dict()), indent=1, allow_nan=False))
     else:
         print(table)
         print()

@@ -274,8 +274,8 @@ def jsonable(x: Any) -> Any:
         return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()                   # before the NaN check: a float32 NaN is no Python float
     if isinstance(x, float) and not np.isfinite(x):
         return None                    # JSON has no NaN (mean IoU with no matched pair)
-    if isinstance(x, np.generic):
-        return x.item()
     return x
