@@ -120,11 +120,12 @@ def output_path(path: str, args: argparse.Namespace | None = None) -> Path:
 def check_suffix(path: str, suffix: str, what: str) -> None:
     """-o named unlike what is written (`quantize -o q.onnx`, `export --format weights -o m.onnx`): a warning
     line, the file is still written where asked; but an existing file of that name is never replaced unless
-    it is an .npz archive being replaced by one (`quantize -o yolov3-tiny.weights` replaced the float weights)."""
+    it is an .npz archive being replaced by one (`quantize -o yolov3-tiny.weights` replaced the float weights;
+    `convert -o photos.zip` replaced a zip of photos: a zip whose members are not all .npy arrays is no .npz)."""
     if Path(path).suffix.lower() == suffix:
         return
     p = Path(path)
-    if os.path.lexists(p) and not (suffix == ".npz" and _is_zip(p)):
+    if os.path.lexists(p) and not (suffix == ".npz" and _is_npz(p)):
         raise EngineError(f"-o {path}: writes {what}, but {path} exists and is not one: refusing to replace it "
                           f"(name the output *{suffix}, or move {path} away first)")
     import warnings
@@ -132,11 +133,13 @@ def check_suffix(path: str, suffix: str, what: str) -> None:
     warnings.warn(f"-o {path}: writes {what}, a file usually named *{suffix}", EngineWarning, stacklevel=2)
 
 
-def _is_zip(p: Path) -> bool:
-    from engine.filekind import ZIP_MAGIC, read_head
+def _is_npz(p: Path) -> bool:
+    """A regular file that is a zip of .npy arrays (NpzReader refuses a FIFO, other members, a damaged zip)."""
+    from engine.npzfile import NpzReader
     try:
-        return read_head(p)[0][:4] == ZIP_MAGIC[0]      # a regular file (read_head refuses a FIFO) with members
-    except OSError:
+        with NpzReader(p, str(p), what=".npz archive"):
+            return True
+    except (WeightsError, OSError):
         return False
 
 

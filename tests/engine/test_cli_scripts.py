@@ -1,11 +1,14 @@
 """What a script that drives `python -m engine` relies on: `--json` output that any JSON parser reads
-(JSON has no NaN or Infinity)."""
+(JSON has no NaN or Infinity) and an `-o` that never destroys a file of another kind."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
+import zipfile
+
+import pytest
 
 from helpers import IMAGES, ROOT, TINY_CFG, TINY_WEIGHTS
 
@@ -36,6 +39,31 @@ def test_compare_json_is_strict_json_with_null_for_undefined_numbers():
     assert layers[16]["kind"] == "yolo" and layers[16]["int_local_sqnr"] is None
     assert layers[15]["range_use"] is None
     assert isinstance(layers[0]["range_use"], float) and 0 < layers[0]["range_use"] <= 1
+
+
+@pytest.mark.parametrize("name", ["photos.zip", "checkpoint.pt"])
+def test_a_misnamed_output_never_replaces_a_zip_archive_that_is_no_npz(tmp_path, name):
+    # `convert ... -o photos.zip` warned "a file usually named *.npz" and then replaced the user's zip of photos
+    # (any zip passed for "an .npz being replaced by one"; a PyTorch .pt, an .xlsx or a .docx are zips too)
+    target = tmp_path / name
+    with zipfile.ZipFile(target, "w") as z:
+        z.writestr("dog.jpg", (IMAGES / "dog.jpg").read_bytes())
+    before = target.read_bytes()
+    res = run("convert", TINY_CFG, TINY_WEIGHTS, "-o", target)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr == (f"error: -o {target}: writes an engine model file (.npz), but {target} exists and is not "
+                          f"one: refusing to replace it (name the output *.npz, or move {target} away first)\n")
+    assert target.read_bytes() == before
+    res = run("dump", TINY_CFG, "--weights", TINY_WEIGHTS, "--image", IMAGES / "dog.jpg", "-o", target)
+    assert res.returncode == 2 and "refusing to replace it" in res.stderr and target.read_bytes() == before
+
+
+def test_a_misnamed_output_still_replaces_an_npz_archive(tmp_path):
+    # the re-run of the same command (an .npz under another name) is still allowed, with the warning
+    target = tmp_path / "m.bin"
+    for _ in range(2):
+        res = run("convert", TINY_CFG, TINY_WEIGHTS, "-o", target)
+        assert res.returncode == 0 and res.stderr.startswith(f"warning: -o {target}: "), res.stderr
 
 
 def test_jsonable_turns_a_float32_nan_into_null():
