@@ -15,7 +15,8 @@ FORMATS = ("onnx", "weights", "onnx-int8")
 
 def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `export` subcommand to the subparsers of `python -m engine`."""
-    s = sub.add_parser("export", help="write a model as ONNX (float, BN folded) or as a Darknet .weights file",
+    s = sub.add_parser("export", help="write a model as ONNX (float, BN folded), integer ONNX (onnx-int8) or a "
+                                      "Darknet .weights file",
                        description="ONNX: one node group per Darknet layer, tensors named layer<i>. "
                                    "weights: the Darknet .weights file of the (possibly edited) parameters, "
                                    "e.g. from an engine model file. onnx-int8: the integer graph (QLinearConv, "

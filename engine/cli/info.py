@@ -23,7 +23,7 @@ from engine.npzfile import read_npy
 
 def add_info_parser(sub: argparse._SubParsersAction) -> None:
     """Add `info`."""
-    s = sub.add_parser("info", help="table of layers: index, type, inputs, output shape, params, MACs")
+    s = sub.add_parser("info", help="layer table of a cfg or model file; summary of a quantized model or .weights file")
     s.add_argument("cfg", metavar="MODEL", help="a .cfg or an engine model file (from `convert`): the layer table; "
                                                 "a quantized model file (from `quantize`) or a .weights file: a summary")
     s.add_argument("--size", help=SIZE_HELP)

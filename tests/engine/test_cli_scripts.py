@@ -1,5 +1,6 @@
 """What a script that drives `python -m engine` relies on: `--json` output that any JSON parser reads
-(JSON has no NaN or Infinity) and an `-o` that never destroys a file of another kind."""
+(JSON has no NaN or Infinity), an `-o` that never destroys a file of another kind, and `-h` texts that say
+what a command does."""
 from __future__ import annotations
 
 import json
@@ -64,6 +65,16 @@ def test_a_misnamed_output_still_replaces_an_npz_archive(tmp_path):
     for _ in range(2):
         res = run("convert", TINY_CFG, TINY_WEIGHTS, "-o", target)
         assert res.returncode == 0 and res.stderr.startswith(f"warning: -o {target}: "), res.stderr
+
+
+def test_the_command_list_says_what_info_and_export_do():
+    # `python -m engine -h` said info prints a "table of layers" (it also summarises quantized models and
+    # .weights files) and export writes "ONNX ... or a Darknet .weights file" (not the integer onnx-int8 graph)
+    res = run("-h")
+    assert res.returncode == 0
+    text = " ".join(res.stdout.split())
+    assert "info layer table of a cfg or model file; summary of a quantized model or .weights file" in text
+    assert "export write a model as ONNX (float, BN folded), integer ONNX (onnx-int8) or a Darknet .weights" in text
 
 
 def test_jsonable_turns_a_float32_nan_into_null():
