@@ -12,9 +12,7 @@ montecarlo --json prints engine.scale.montecarlo.MonteCarloResult.to_dict(); wor
 from __future__ import annotations
 
 import argparse
-import json
-
-from engine.cli.options import (NMS_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP, layer_list, load_model,
+from engine.cli.options import (NMS_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP, json_text, layer_list, load_model,
                                 load_quantized, number, positive_int, seed)
 from engine.cli.quantize import add_backend_arg
 
@@ -62,7 +60,7 @@ def cmd_montecarlo(args: argparse.Namespace) -> int:
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     res = run_montecarlo(model, qm, image_list(args.images, "evaluation"), n_variants=args.variants, modes=modes, seed=args.seed,
                          thresh=args.thresh, nms=args.nms, backend=args.backend)
-    print(json.dumps(_finite(res.to_dict()), indent=1) if args.json else res.report())
+    print(json_text(res.to_dict()) if args.json else res.report())
     return 0
 
 
@@ -75,15 +73,9 @@ def cmd_worst(args: argparse.Namespace) -> int:
     rows = rank_images(model, qm, args.mode, image_list(args.images, "evaluation"), float_layers=fl, resize=args.resize,
                        thresh=args.thresh, nms=args.nms, backend=args.backend)
     if args.json:
-        print(json.dumps({"mode": args.mode, "images": [r.to_dict() for r in rows]}, indent=1))
+        print(json_text({"mode": args.mode, "images": [r.to_dict() for r in rows]}))
         return 0
     print(f"{'name':<28}{'mAP50':>7}{'mAP':>7}{'FLOAT':>7}{'lost':>6}{'shifted':>8}{'extra':>6}   ({args.mode}, worst first)")
     for r in rows:
         print(f"{r.name[:27]:<28}{r.map50:>7.3f}{r.map50_95:>7.3f}{r.n_float:>7}{r.lost:>6}{r.shifted:>8}{r.extra:>6}")
     return 0
-
-
-def _finite(x):
-    """JSON has no NaN (a mean IoU with no matched pair): None instead."""
-    from engine.scale.montecarlo import jsonable
-    return jsonable(x)

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import stat
 import sys
 from pathlib import Path
 
-from engine.cli.options import NMS_HELP, THRESH_HELP, add_model_args, forward_for, load_model, number
+from engine.cli.options import NMS_HELP, THRESH_HELP, add_model_args, forward_for, json_text, load_model, number
 from engine.errors import EngineError, FileError
 
 # formats Pillow writes that keep the input's extension; anything else is saved as .png
@@ -60,7 +59,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             continue
         result[name] = {"width": pre.image_w, "height": pre.image_h, "detections": [d.to_dict() for d in dets]}
     if args.json:
-        print(json.dumps({"images": result}, indent=1))
+        print(json_text({"images": result}))
     else:
         for name, r in result.items():
             if "error" in r:        # reported on stderr above; "0 detections" would be a lie

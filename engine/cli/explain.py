@@ -11,10 +11,9 @@ whose FLOAT run alone recovers some of the loss (recovery > 0), best first; none
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from engine.cli.options import (NMS_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP, layer_list, load_model,
+from engine.cli.options import (NMS_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP, json_text, layer_list, load_model,
                                 load_quantized, number, positive_int)
 
 
@@ -50,7 +49,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     explanations, extra = ex.explain_all()
     report = explain_report(Path(args.image).name, explanations, extra, args.top)
     if args.json:
-        print(json.dumps(report, indent=1))
+        print(json_text(report))
         return 0
     print(f"{report['image']}: {len(explanations)} FLOAT detections, {len(extra)} extra in {args.mode.upper()}")
     for d in report["detections"]:

@@ -8,7 +8,6 @@ of float32 values is a .weights file, and text is a cfg. Anything else is refuse
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.cli.options import (READS, SIZE_HELP, add_model_args, check_suffix, file_kind, forward_for,  # noqa: F401
-                                load_model, npz_kind, output_path)
+                                json_text, load_model, npz_kind, output_path)
 from engine.errors import CfgError, EngineError
 from engine.npzfile import read_npy
 
@@ -62,7 +61,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             raise EngineError(f"{args.cfg}: --size applies to a cfg or an engine model file, not to a "
                               f"{'quantized model file' if kind == 'quantized' else '.weights file'}")
         summary = quantized_summary(args.cfg) if kind == "quantized" else weights_summary(args.cfg)
-        print(json.dumps(summary, indent=1) if args.json else summary_text(summary))
+        print(json_text(summary) if args.json else summary_text(summary))
         return 0
     # an engine model file embeds its cfg (read as text it fails as "not UTF-8"); loading it also
     # checks its arrays, so `info` tells whether the file is usable
@@ -79,7 +78,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     graph = build_graph(Path(args.cfg).stem, (net.get_int("channels", 3), net.get_int("height"),
                                               net.get_int("width")), layers)
     if args.json:
-        print(json.dumps(graph.to_dict(), indent=1))
+        print(json_text(graph.to_dict()))
         return 0
     print(f"{'idx':>4} {'type':<14} {'inputs':<12} {'output (CxHxW)':<18} {'params':>12} {'MACs':>15}")
     for n in graph:

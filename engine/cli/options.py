@@ -94,6 +94,14 @@ def seed(text: str) -> int:
     return v
 
 
+def json_text(data) -> str:
+    """`--json` output: strict JSON (RFC 8259), a number without a value (NaN, inf) as null, NumPy scalars as
+    numbers; what JavaScript's JSON.parse, Go and serde read (Python's json.dumps writes NaN by default)."""
+    import json
+    from engine.scale.montecarlo import jsonable
+    return json.dumps(jsonable(data), indent=1, allow_nan=False)
+
+
 # the options whose files a command reads: -o must never name one of them (it would be replaced)
 _INPUT_OPTIONS = (("model", "MODEL"), ("weights", "--weights"), ("quantized", "--quantized"), ("image", "--image"),
                   ("input", "--input"), ("names", "--names"), ("calib", "--calib"), ("val", "--val"))

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from engine.cli.options import add_calib_args, check_suffix, load_model, number, output_path
+from engine.cli.options import add_calib_args, check_suffix, json_text, load_model, number, output_path
 from engine.errors import EngineError
 from engine.quant.refine.pipeline import AFTER as REFINE_AFTER
 
@@ -211,9 +211,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     progress=not args.quiet, calib_images=args.calib, backend=args.backend, profile=args.profile,
                     refine=args.refine, margin_k=args.margin_k)
     if args.json:
-        # JSON has no NaN (a head conv's range use, a [yolo] layer's local SQNR): null, so strict parsers read it
-        from engine.scale.montecarlo import jsonable
-        print(json.dumps(jsonable(table.to_dict()), indent=1, allow_nan=False))
+        print(json_text(table.to_dict()))    # a head conv's range use, a [yolo] layer's local SQNR: null
     else:
         print(table)
         print()

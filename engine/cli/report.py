@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from engine.cli.options import WEIGHTS_HELP, load_model, load_quantized, number, positive_int
+from engine.cli.options import WEIGHTS_HELP, json_text, load_model, load_quantized, number, positive_int
 from engine.quant.modes import MODES
 from engine.quant.report import size_speed_report
 
@@ -38,7 +37,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if None not in (args.ram, args.flash, args.budget_ms):
         fit = rep.fits(int(args.ram * 2**20), int(args.flash * 2**20), args.budget_ms, args.mode)
     if args.json:
-        print(json.dumps({**rep.to_dict(), "fit": fit}, indent=1, default=float))
+        print(json_text({**rep.to_dict(), "fit": fit}))
     else:
         print(rep.text())
         if fit is not None:

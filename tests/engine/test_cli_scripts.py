@@ -83,3 +83,39 @@ def test_jsonable_turns_a_float32_nan_into_null():
     from engine.scale.montecarlo import jsonable
     assert jsonable({"a": np.float32("nan"), "b": [np.float32(2.5), np.float64("inf")], "c": np.int64(3)}) == \
         {"a": None, "b": [2.5, None], "c": 3}
+
+
+def test_every_json_output_goes_through_one_strict_writer():
+    # compare and report wrote json.dumps(..., default=float), NaN included; montecarlo its own NaN -> None
+    import numpy as np
+    from engine.cli.options import json_text
+    assert strict_json(json_text({"iou": float("nan"), "sqnr": np.float64("inf"), "n": np.int64(2)})) == \
+        {"iou": None, "sqnr": None, "n": 2}
+    commands = ROOT / "engine" / "cli"
+    assert not [p.name for p in commands.glob("*.py") if "json.dumps" in p.read_text() and p.name != "options.py"]
+
+
+def _documented(command: str) -> str:
+    """cli.md's paragraph on `<command> --json`."""
+    text = (ROOT / "docs" / "cli.md").read_text()
+    start = text.index(f"**`{command} --json`**")
+    return text[start:text.find("**`", start + 4)]
+
+
+def test_cli_md_names_the_json_keys_of_report_and_worst_images(tmp_path, tiny, tiny_q, capsys):
+    # cli.md named the JSON keys of info, detect and explain only; a script reading report or worst-images had
+    # to reverse-engineer them
+    from helpers import cli
+    model, qmodel = tiny.save(tmp_path / "m.npz"), tiny_q.save(tmp_path / "q.npz")
+    code, out, err = cli(capsys, "worst-images", model, "--quantized", qmodel, "--images", IMAGES / "dog.jpg", "--json")
+    assert code == 0, err
+    data = strict_json(out)
+    assert set(data) == {"mode", "images"} and data["images"][0]["name"] == "dog.jpg"
+    keys = set(data) | set(data["images"][0])
+    assert all(f'"{k}"' in _documented("worst-images") for k in keys), keys
+    code, out, err = cli(capsys, "report", model, "-q", qmodel, "--repeats", "1", "--json")
+    assert code == 0, err
+    data = strict_json(out)
+    assert data["fit"] is None and len(data["rows"]) == 24
+    top = set(data) | set(data["rows"][0]) | set(data["peak_activation_bytes"])
+    assert all(f'"{k}"' in _documented("report") for k in top), top
