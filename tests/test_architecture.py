@@ -1,6 +1,6 @@
 """The floor plan, enforced (docs/architecture.md): what engine/ may import, no import cycles, small
 modules, a small engine/ root, Darknet layer kinds known by their classes, not by lists, and a map
-that names every module of the tree (its module index).
+that names every module of the tree (its module index) and every root module in its import diagram.
 
 Imports are read with `ast`, at module level and inside functions alike (a lazy import is still a
 dependency). Each rule is a function of a source tree, so the self-checks below run it on a
@@ -223,6 +223,20 @@ def indexed_modules(text: str) -> set[str]:
     return out
 
 
+def diagram_problems(text: str, graph: nx.DiGraph, roots: list[str], package: str = "engine") -> list[str]:
+    """What the map's import diagram ("What may import what") gets wrong: a root module it does not name, and a
+    module of its bottom row ("import nothing above them") that imports a module of the package outside that row."""
+    block = text.split("## What may import what", 1)[1].split("```", 2)[1]
+    named = set(re.findall(r"[A-Za-z_][\w.]*", block))
+    problems = [f"{package}/{name}.py is not in the diagram" for name in roots
+                if name not in named and f"{package}/{name}" not in named]
+    bottom = next(line for line in block.splitlines() if "import nothing above them" in line)
+    row = {f"{package}.{name}" for name in re.findall(r"\w+", bottom.split("─>", 1)[1].split("(", 1)[0])}
+    problems += [f"{m} (bottom row) imports {t}" for m in sorted(row & set(graph)) for t in sorted(graph.successors(m))
+                 if t not in row]
+    return problems
+
+
 def tree_modules(root: Path, packages: tuple[str, ...] = ("engine", "qwidgets")) -> set[str]:
     return {p.relative_to(root).as_posix() for package in packages for p in (root / package).rglob("*.py")}
 
@@ -266,6 +280,13 @@ def test_the_map_names_every_module_and_no_other():
     assert sorted(present - named) == [] and sorted(named - present) == []
 
 
+def test_the_import_diagram_names_every_root_module_and_its_bottom_row_imports_nothing_above_it():
+    # filekind.py and mounts.py were in no row, and filekind (which reads darknet.weights) is no bottom-row module
+    graph, _ = import_graph(ROOT, "engine")
+    roots = [name[:-3] for name in root_modules(ROOT, "engine")]
+    assert diagram_problems(MAP.read_text(), graph, roots) == []
+
+
 # ------------------------------------------------------------------------------ self-checks: the rules fail
 def write(root: Path, files: dict[str, str]) -> None:
     for rel, text in files.items():
@@ -303,6 +324,18 @@ def test_the_rules_catch_a_synthetic_violation_of_each(tmp_path):
     (tmp_path / "pkg" / "e.py").unlink()
     assert indexed_modules(doc) - tree_modules(tmp_path, ("pkg",)) == {"pkg/e.py"}
     assert "- `new.py`: New." in module_index(tmp_path, ("pkg",)).split("**`pkg/sub/`**")[1]
+
+
+def test_the_diagram_rule_catches_a_missing_root_module_and_an_import_from_the_bottom_row(tmp_path):
+    write(tmp_path, {"pkg/__init__.py": "", "pkg/errors.py": "", "pkg/model.py": "from pkg import errors\n",
+                     "pkg/kind.py": "from pkg import model\n"})
+    graph, _ = import_graph(tmp_path, "pkg")
+    doc = ("## What may import what\n```\npkg/__init__\n  └─> model\n    └─> errors, kind (import nothing above them)\n"
+           "```\n")
+    roots = ["__init__", "errors", "kind", "model"]
+    assert diagram_problems(doc, graph, roots, "pkg") == ["pkg.kind (bottom row) imports pkg.model"]
+    assert diagram_problems(doc.replace(", kind", ""), graph, roots, "pkg") == ["pkg/kind.py is not in the diagram"]
+    assert diagram_problems(doc.replace(", kind", "").replace("> model", "> model, kind"), graph, roots, "pkg") == []
 
 
 def test_private_imports_are_caught_in_every_spelling(tmp_path):
