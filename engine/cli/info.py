@@ -151,13 +151,28 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_tensor(path: str) -> np.ndarray:
+    """--input X.npy; a photo or an .npz given there is named as such (read_npy would report the bytes it found
+    instead of .npy's magic string)."""
+    from engine.cli.options import looks_like
+    from engine.filekind import read_head
+    try:
+        npy = read_head(path)[0].startswith(b"\x93NUMPY")
+    except OSError:
+        npy = True                       # missing or no regular file: read_npy says why
+    if not npy:
+        raise EngineError(f"--input {path}: cannot read a .npy tensor: this is {looks_like(path)}; --input expects "
+                          "a (3, H, W) float32 array written by np.save (a photo goes to --image)")
+    return read_npy(path, error=EngineError)
+
+
 def cmd_dump(args: argparse.Namespace) -> int:
     output_path(args.output, args)
     check_suffix(args.output, ".npz", "an .npz of every layer's output")
     model = load_model(args)
     forward = forward_for(model, args)
     if args.input is not None:
-        x = read_npy(args.input, error=EngineError)
+        x = _input_tensor(args.input)
         if x.dtype != np.float32 or x.ndim != 3 or x.shape[0] != 3:
             raise EngineError(f"{args.input}: expected a (3, H, W) float32 tensor, got {x.dtype} {x.shape}")
     else:

@@ -198,3 +198,18 @@ def test_every_command_taking_quantized_names_a_weights_file_given_as_it(files, 
                        "-o", tmp_path / "o.onnx")}[command]
     err = refused(*args)
     assert f"--quantized {TINY_WEIGHTS}: a Darknet .weights file" in err and QUANTIZED_EXPECTED in err
+
+
+@pytest.mark.parametrize("given, words", [(IMAGES / "dog.jpg", "a JPEG image"), ("x.npz", "an .npz archive")])
+def test_dump_input_names_a_photo_or_an_npz_given_as_the_npy_tensor(files, tmp_path, given, words):
+    # it said "cannot read a .npy tensor: ValueError: the magic string is not correct; expected b'\x93NUMPY',
+    # got b'\xff\xd8\xff\xe1\x02\xe6'"
+    import numpy as np
+    if given == "x.npz":
+        given = tmp_path / "x.npz"
+        np.savez(given, x=np.zeros((3, 32, 32), np.float32))
+    err = refused("dump", files[0], "--input", given, "-o", tmp_path / "d.npz")
+    assert err.startswith(f"error: --input {given}: cannot read a .npy tensor: this is {words}")
+    assert err.endswith("; --input expects a (3, H, W) float32 array written by np.save (a photo goes to --image)\n")
+    assert "magic" not in err
+    assert not (tmp_path / "d.npz").exists()
