@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli.options import WEIGHTS_HELP, json_text, load_model, load_quantized, number, positive_int
+from engine.cli.options import SIZE_HELP, WEIGHTS_HELP, json_text, load_model, load_quantized, number, positive_int
 from engine.quant.modes import MODES
 from engine.quant.report import size_speed_report
 
@@ -16,7 +16,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
                                    "per layer and mode; with --ram/--flash/--budget-ms a fit verdict.")
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
     s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
-    s.add_argument("--size", help="input size WIDTHxHEIGHT or N (default: the cfg's), e.g. 320")
+    s.add_argument("--size", help=SIZE_HELP)
     s.add_argument("--quantized", "-q", required=True, metavar="QMODEL", help="quantized model .npz")
     s.add_argument("--repeats", type=positive_int, default=3)
     s.add_argument("--image", help="image to time on (default: a bundled sample)")

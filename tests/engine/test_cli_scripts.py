@@ -77,6 +77,16 @@ def test_the_command_list_says_what_info_and_export_do():
     assert "export write a model as ONNX (float, BN folded), integer ONNX (onnx-int8) or a Darknet .weights" in text
 
 
+@pytest.mark.parametrize("command", ["info", "detect", "dump", "quantize", "compare", "report", "export", "explain",
+                                     "montecarlo", "worst-images"])
+def test_every_size_option_says_it_takes_width_x_height(command, capsys):
+    # `report -h` said "--size ... e.g. 320" only, though report runs 320x256 as every command does
+    from helpers import cli
+    code, out, _ = cli(capsys, command, "-h")
+    assert code == 0
+    assert "e.g. 320 or 320x256" in " ".join(out.split("--size SIZE", 2)[2].split())
+
+
 def test_jsonable_turns_a_float32_nan_into_null():
     # NumPy float32 is no Python float: its NaN passed the NaN check and came out as NaN after .item()
     import numpy as np
