@@ -12,8 +12,8 @@ montecarlo --json prints engine.scale.montecarlo.MonteCarloResult.to_dict(); wor
 from __future__ import annotations
 
 import argparse
-from engine.cli.options import (NMS_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP, json_text, layer_list, load_model,
-                                load_quantized, number, positive_int, seed)
+from engine.cli.options import (NMS_HELP, RESIZE_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP, json_text, layer_list,
+                                load_model, load_quantized, number, positive_int, seed)
 from engine.cli.quantize import add_backend_arg
 
 
@@ -45,9 +45,9 @@ def add_worst_parser(sub: argparse._SubParsersAction) -> None:
     """Add `worst-images`."""
     s = sub.add_parser("worst-images", help="images ranked worst first by agreement of the int8 run with FLOAT")
     _common(s)
-    s.add_argument("--mode", choices=("int", "hybrid"), default="int")
+    s.add_argument("--mode", choices=("int", "hybrid"), default="int", help="the quantized run (default int)")
     s.add_argument("--float-layers", metavar="I,J", help="layers FLOAT in the quantized run (mixed precision)")
-    s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox")
+    s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox", help=RESIZE_HELP)
     add_backend_arg(s, "FLOAT and the quantized run")
     s.set_defaults(func=cmd_worst)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.cli.options import (NMS_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP, json_text, layer_list, load_model,
-                                load_quantized, number, positive_int)
+from engine.cli.options import (NMS_HELP, RESIZE_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP, json_text, layer_list,
+                                load_model, load_quantized, number, positive_int)
 
 
 def add_explain_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def add_explain_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
     s.add_argument("--quantized", required=True, metavar="Q", help="quantized model file")
     s.add_argument("--image", required=True, metavar="IMG")
-    s.add_argument("--mode", choices=("int", "hybrid"), default="int")
+    s.add_argument("--mode", choices=("int", "hybrid"), default="int", help="the quantized run (default int)")
     s.add_argument("--top", type=positive_int, default=5,
                    help="culprits listed per detection (default 5): the layers whose FLOAT run alone recovers some "
                         "of its loss, best first (layers that recover nothing are not listed)")
@@ -33,7 +33,7 @@ def add_explain_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25,
                    help=THRESH_HELP)
     s.add_argument("--nms", type=number("IoU", 0, 1, lo_open=False), default=0.45, help=NMS_HELP)
-    s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox")
+    s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox", help=RESIZE_HELP)
     s.add_argument("--names", metavar="FILE", help="class names, one per line")
     s.add_argument("--size", help=SIZE_HELP)
     s.set_defaults(func=cmd_explain)

@@ -25,7 +25,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
                                    "'dump --mode int' in ONNX Runtime.")
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
     s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
-    s.add_argument("--format", choices=FORMATS, default="onnx")
+    s.add_argument("--format", choices=FORMATS, default="onnx", help="what to write (default onnx)")
     s.add_argument("-o", "--output", required=True, metavar="OUT")
     s.add_argument("--quantized", metavar="Q", help="onnx-int8: the quantized model file (from quantize --profile)")
     s.add_argument("--heads", choices=("raw", "activated"), default="raw",

@@ -15,6 +15,8 @@ SIZE_HELP = "input size WIDTHxHEIGHT or N (default: the cfg's [net] width/height
 WEIGHTS_HELP = "the Darknet .weights file, when MODEL is a .cfg"
 THRESH_HELP = "score threshold of a detection (default 0.25)"
 NMS_HELP = "IoU above which NMS drops the lower-scored box of a class (default 0.45)"
+RESIZE_HELP = ("letterbox (default: Darknet's, aspect ratio kept, grey borders) or stretch (to the input size, as "
+               "Darknet's resize_image)")
 
 
 def add_model_args(s: argparse.ArgumentParser) -> None:
@@ -23,7 +25,7 @@ def add_model_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
     s.add_argument("--mode", choices=MODES, default="float",
                    help="float (default), hybrid (int8 convolutions) or int (int8 end to end; both need --quantized)")
-    s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox")
+    s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox", help=RESIZE_HELP)
     s.add_argument("--names", metavar="FILE", help="class names, one per line (default: COCO/VOC by class count)")
     s.add_argument("--quantized", metavar="QMODEL", help="quantized model file for --mode hybrid|int")
     s.add_argument("--float-layers", metavar="I,J", help="keep these layers FLOAT in hybrid/int (mixed precision)")
@@ -37,7 +39,7 @@ def add_calib_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--calib", required=True, metavar="DIR_OR_FILES", nargs="+",
                    help="calibration images: a folder, or image files")
     s.add_argument("--per-channel", action="store_true", help="per-output-channel weight scales")
-    s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox")
+    s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox", help=RESIZE_HELP)
     s.add_argument("--size", help=SIZE_HELP)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -64,7 +64,8 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--images", required=True, nargs="+", metavar="DIR_OR_FILES",
                    help="evaluation images: a folder, or image files")
     s.add_argument("--methods", default="log2,kl,minmax,percentile,mse",
-                   help="comma-separated methods to rank (auto too: it chooses on the --calib images)")
+                   help="comma-separated methods to rank (default log2,kl,minmax,percentile,mse; auto too: it "
+                        "chooses on the --calib images)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--profile", default="qwidgets", metavar="NAME",
                    help="device profile every method quantizes for (default qwidgets; onnxruntime lets "

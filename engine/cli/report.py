@@ -18,7 +18,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
     s.add_argument("--size", help=SIZE_HELP)
     s.add_argument("--quantized", "-q", required=True, metavar="QMODEL", help="quantized model .npz")
-    s.add_argument("--repeats", type=positive_int, default=3)
+    s.add_argument("--repeats", type=positive_int, default=3, help="timed runs per mode; the median is shown (default 3)")
     s.add_argument("--image", help="image to time on (default: a bundled sample)")
     s.add_argument("--ram", type=number("size in MiB", 0, 2.0 ** 30), metavar="MiB", help="device RAM for activations")
     s.add_argument("--flash", type=number("size in MiB", 0, 2.0 ** 30), metavar="MiB",

@@ -87,6 +87,21 @@ def test_every_size_option_says_it_takes_width_x_height(command, capsys):
     assert "e.g. 320 or 320x256" in " ".join(out.split("--size SIZE", 2)[2].split())
 
 
+def test_every_option_with_a_default_names_it_in_its_help():
+    # `compare -h` did not say which methods it ranks without --methods, `export -h` which format it writes without
+    # --format; --resize, report's --repeats and explain / worst-images' --mode had no help at all
+    import argparse
+    from engine.cli.main import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+
+    def names_default(a: argparse.Action) -> bool:
+        value = f"{a.default:g}" if isinstance(a.default, float) else str(a.default)
+        return "default" in (a.help or "") and value in a.help
+    silent = [f"{name} {a.option_strings[-1]}" for name, parser in sub.choices.items() for a in parser._actions
+              if a.option_strings and a.default not in (None, False, [], argparse.SUPPRESS) and not names_default(a)]
+    assert silent == []
+
+
 def test_jsonable_turns_a_float32_nan_into_null():
     # NumPy float32 is no Python float: its NaN passed the NaN check and came out as NaN after .item()
     import numpy as np
