@@ -133,10 +133,12 @@ def build_int8(model, qmodel, *, heads: str = "raw", opset: int = 17, all_output
     from engine.export.onnx_graph import GraphBuilder
     from engine.export.onnx_ops import EMITTERS
     from engine.quant.executor import Executor
-    from engine.quant.profiles import get_profile
+    from engine.quant.profiles import PROFILES, get_profile
     profile = get_profile(qmodel.profile)
     if profile.exportable != FORMAT:
-        raise EngineError(f"--format {FORMAT} runs the 'onnxruntime' (or 'avx2_u8s8') profile's arithmetic; this "
+        runs = [name for name in PROFILES.names() if get_profile(name).exportable == FORMAT]
+        named = ", ".join(map(repr, runs[:-1])) + f" or {runs[-1]!r}" if len(runs) > 1 else repr(runs[0])
+        raise EngineError(f"--format {FORMAT} runs the arithmetic of profile {named}; this "
                           f"quantized model uses profile '{qmodel.profile}': quantize with --profile onnxruntime")
     if opset < 13:
         raise ValueError(f"opset={opset}: per-channel quantization parameters need opset >= 13")

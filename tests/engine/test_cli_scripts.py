@@ -102,6 +102,17 @@ def test_every_option_with_a_default_names_it_in_its_help():
     assert silent == []
 
 
+def test_onnx_int8_refusal_names_every_profile_it_exports(tmp_path, tiny, tiny_q, capsys):
+    # it named 'onnxruntime' (or 'avx2_u8s8') only; ort_reduce_range models export too (README, cli.md)
+    from helpers import cli
+    code, _, err = cli(capsys, "export", tiny.save(tmp_path / "m.npz"), "--format", "onnx-int8", "--quantized",
+                       tiny_q.save(tmp_path / "q.npz"), "-o", tmp_path / "m.onnx")
+    assert code == 2 and err == ("error: --format onnx-int8 runs the arithmetic of profile 'onnxruntime', 'avx2_u8s8' "
+                                 "or 'ort_reduce_range'; this quantized model uses profile 'qwidgets': quantize with "
+                                 "--profile onnxruntime\n")
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_jsonable_turns_a_float32_nan_into_null():
     # NumPy float32 is no Python float: its NaN passed the NaN check and came out as NaN after .item()
     import numpy as np
