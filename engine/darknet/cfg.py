@@ -260,8 +260,6 @@ def read_cfg(path: str | Path) -> Cfg:
     except OSError as err:
         raise CfgError(f"{p}: cannot read cfg: {err.strerror or err}") from err
     why = text_problem(data, complete=True)
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):   # Notepad's "Unicode": a real cfg in the wrong encoding
-        raise CfgError(f"{p}: saved as UTF-16; Darknet reads cfg files as UTF-8 text (save it as UTF-8)")
     if why == NUL_BYTES:
         raise CfgError(f"{p}: contains NUL bytes; not a text cfg file")
     if why is not None:

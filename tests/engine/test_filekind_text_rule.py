@@ -59,7 +59,7 @@ def test_looks_binary_read_cfg_and_classify_agree_on_a_whole_file(name, tmp_path
         assert (classify(data, len(data), path.name, images=images)[0] not in TEXT_KINDS) is binary
     assert sniff(path)[0] == classify(data, len(data), path.name)[0]
     if binary:
-        with pytest.raises(CfgError, match="not a text cfg file|NUL bytes; not a text cfg file|saved as UTF-16"):
+        with pytest.raises(CfgError, match="not a text cfg file|NUL bytes; not a text cfg file"):
             read_cfg(path)
     else:
         cfg = read_cfg(path)
@@ -79,15 +79,3 @@ def test_a_head_cut_inside_a_character_is_text_for_both():
     assert head[-1:] != b"\n" and not looks_binary(head) and text_problem(head) is None
     assert classify(head, len(data), "big.cfg")[0] == "text"
     assert looks_binary(head + b"\xff") and classify(head[:-1] + b"\xff", len(data), "big.cfg")[0] == "binary"
-
-
-@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
-def test_a_utf16_cfg_is_named_as_such_not_as_a_weights_file(encoding, tmp_path):
-    """Notepad's "Unicode" cfg is a real cfg in the wrong encoding: the message says so (it said "did you
-    pass the .weights file instead?")."""
-    path = tmp_path / "mine.cfg"
-    data = CFG.encode(encoding)
-    path.write_bytes(data if data[:2] in (b"\xff\xfe", b"\xfe\xff") else b"\xfe\xff" + data)
-    with pytest.raises(CfgError) as err:
-        read_cfg(path)
-    assert str(err.value) == f"{path}: saved as UTF-16; Darknet reads cfg files as UTF-8 text (save it as UTF-8)"
