@@ -140,6 +140,7 @@ def check_layers(z, meta: dict, cfg_text: str, label: str) -> None:
         if lacking:
             raise WeightsError(f"{label}: profile '{meta['profile']}' needs the pre-activation grid (pre_scales, "
                                f"pre_zero_points) of leaky conv layers {', '.join(lacking[:5])}")
+    _check_complete(meta, layers, label)
     for key, scheme in meta["schemes"].items():
         if key not in meta["in_scales"] or not isinstance(scheme, str):
             raise WeightsError(f"{label}: schemes/in_scales disagree at layer {key!r}")
@@ -170,6 +171,26 @@ def check_layers(z, meta: dict, cfg_text: str, label: str) -> None:
         if not ((w_scale >= SCALE_MIN) & (w_scale <= SCALE_MAX)).all():
             raise WeightsError(f"{where}: w_scale must be finite and > 0 and plausible, in "
                                f"[{SCALE_MIN:g}, {SCALE_MAX:g}]; got {w_scale.min():g}..{w_scale.max():g}")
+
+
+def _check_complete(meta: dict, layers, label: str) -> None:
+    """Every tensor an INT run quantizes has its scale, and every layer with weights its int8 weights.
+
+    `quantize_model` always writes both in full (float_layers included: a view may switch a layer back
+    to int8); a file lacking one would run into a KeyError on the input's scale, an AttributeError on the
+    missing layer, or worse, a silent scale of 1.0 (profiles take `scales.get(id, 1.0)`)."""
+    need = ["input"] + [str(layer.index) for layer in layers if not layer.float_only]
+    lacking = [nid for nid in need if nid not in meta["scales"]]
+    if lacking:
+        raise WeightsError(f"{label}: scales lack tensor{'s' * (len(lacking) > 1)} {', '.join(lacking[:5])}"
+                           f"{' ...' if len(lacking) > 5 else ''}; a quantized model holds the activation scale of "
+                           f"the input and of every layer but the heads ({len(need)} tensors for its cfg)")
+    unquantized = [layer for layer in layers if layer.int8_weights and str(layer.index) not in meta["in_scales"]]
+    if unquantized:
+        names = ", ".join(f"{layer.index} [{layer.kind}]" for layer in unquantized[:5])
+        raise WeightsError(f"{label}: in_scales lack layer{'s' * (len(unquantized) > 1)} {names}"
+                           f"{' ...' if len(unquantized) > 5 else ''}; a quantized model holds the int8 weights "
+                           "(in_scales, schemes, layer<i>/w_q, w_scale, b_q) of every layer with weights")
 
 
 def read_calibration(z, label: str) -> dict[str, np.ndarray]:

@@ -506,6 +506,14 @@ def _meta(arrays: dict, **changes) -> dict:
 
 
 _DROP = object()
+
+
+def _meta_without(arrays: dict, key: str, member: str) -> dict:
+    """arrays whose meta[key] (a dict) lacks `member`."""
+    import json
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    del meta[key][member]
+    return {**arrays, "meta": _text(json.dumps(meta))}
 # (id, arrays -> arrays (or raw bytes), fragment); every case raises WeightsError
 QMODEL_FILE_CASES = [
     ("qm_truncated", lambda a, raw: raw[:len(raw) // 2], "cannot read quantized model"),
@@ -535,6 +543,12 @@ QMODEL_FILE_CASES = [
     ("qm_w_scale_wrong_length", lambda a, raw: {**a, "layer0/w_scale": a["layer0/w_scale"][:2]}, "w_scale must be 1 or 4 floats"),
     ("qm_cfg_garbage", lambda a, raw: {**a, "cfg": _text("[net]\nwidth=abc\n")}, "the embedded cfg does not build"),
     ("qm_histogram_damaged", lambda a, raw: {k: v for k, v in a.items() if k != "calib/images"}, "calibration histograms are damaged"),
+    # (regression) a file lacking a scale or a layer's int8 weights ran into KeyError 'input', an AttributeError
+    # traceback inside the INT conv, or silently ran the layer's output on a scale of 1.0
+    ("qm_scales_lack_input", lambda a, raw: _meta_without(a, "scales", "input"), "scales lack tensor input;"),
+    ("qm_scales_lack_layer", lambda a, raw: _meta_without(a, "scales", "2"), "scales lack tensor 2;"),
+    ("qm_in_scales_lack_layer", lambda a, raw: _meta_without(_meta_without(a, "in_scales", "2"), "schemes", "2"),
+     "in_scales lack layer 2 [convolutional];"),
 ]
 
 
