@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from engine.workspace.uploads import (IMAGE_EXTS, TEXT_EXTS, Limits, WorkspaceError, check_cfg, check_image,
-                            check_json, check_name, check_npz, check_size, check_text,
+                            check_json, check_name, check_npz, check_size, check_text, npz_kind,
                             check_weights, extension, read_zip_images)
 
 # kind -> folder under the workspace root
@@ -154,7 +154,7 @@ def group_uploads(uploads: Mapping[str, bytes], kind: str | None, limits: Limits
     for f, data in by_ext.pop("zip", {}).items():
         groups.append(Group(_stem(f), "imageset", read_zip_images(f, data, limits), f"upload:{f}"))
     groups += _model_groups(by_ext.pop("cfg", {}), by_ext.pop("weights", {}), kind or "model")
-    groups += [Group(_stem(f), kind or "model", {f: d}, f"upload:{f}") for f, d in by_ext.pop("npz", {}).items()]
+    groups += [Group(_stem(f), kind or npz_kind(d), {f: d}, f"upload:{f}") for f, d in by_ext.pop("npz", {}).items()]
     groups += [Group(_stem(f), kind or "record", {f: d}, f"upload:{f}") for f, d in by_ext.pop("record", {}).items()]
     if by_ext:
         odd = sorted(f for files in by_ext.values() for f in files)
@@ -216,7 +216,7 @@ def read_import(path: Path, kind: str | None, weights: str | os.PathLike | None,
             raise WorkspaceError(f"import {path}: the matching {other.suffix or '.weights'} file {other} "
                                  "was not found (pass weights=PATH)")
         files[other.name] = _read(other, limits)
-    guessed = {".cfg": "model", ".weights": "model", ".npz": "model"}.get(
+    guessed = npz_kind(files[path.name]) if ext == ".npz" else {".cfg": "model", ".weights": "model"}.get(
         ext, "image" if ext in IMAGE_EXTS else "record")
     return Group(_stem(path.name), kind or guessed, files, f"import:{path.resolve()}")
 

@@ -187,7 +187,8 @@ class Workspace:
 
         `.cfg` + `.weights` become one model, each image one `image` entry (or, with
         kind="imageset", one set), each `.zip` one imageset of its image members, `.npz` a
-        model, `.json`/`.csv`/`.txt` a record. Everything is validated before anything is saved.
+        model, quantized model or record by its content (`npz_kind`), `.json`/`.csv`/`.txt` a record.
+        Everything is validated before anything is saved.
         """
         groups = group_uploads(uploads, kind, self.limits)
         name = nfc(name)

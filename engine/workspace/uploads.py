@@ -133,6 +133,29 @@ def check_npz(label: str, data: bytes, limits: Limits, limit: int | None = None)
                              f"limit of {limit} bytes (possible zip bomb)")
 
 
+# the `format` member of the engine's .npz files (engine.model.MODEL_FORMAT, engine.quant.qmodel.QMODEL_FORMAT,
+# engine.session.records.RECORD_FORMAT, which sit above the workspace) without its version
+NPZ_FORMAT_KINDS = {"qwidgets-engine-model": "model", "qwidgets-quantized-model": "quantized",
+                    "qwidgets-run-record": "record"}
+
+
+def npz_kind(data: bytes) -> str:
+    """The entry kind of an .npz by its `format` member: "quantized" for a quantized model (`quantize -o`),
+    "record" for a run record, else "model" (an engine model file, or anything a later check refuses).
+
+    An upload or import without a kind is filed by what the file is, not by its extension: a quantized
+    model filed as a model is missing from the Explorer's quantized picker and fails to open as a model.
+    """
+    from engine.errors import WeightsError
+    from engine.npzfile import NpzReader
+    try:
+        with NpzReader(bytes(data), "<upload>") as r:
+            fmt = r.text("format", 256) if "format" in r else ""
+    except WeightsError:
+        return "model"                      # check_npz names the file and the problem
+    return NPZ_FORMAT_KINDS.get(fmt.split("/", 1)[0], "model")
+
+
 def check_image(label: str, data: bytes, limits: Limits) -> None:
     """Any image Pillow decodes, within the size and pixel limits (bombs refused from the header)."""
     check_size(label, len(data), limits.image, "image")

@@ -576,3 +576,29 @@ def test_an_entry_file_cannot_take_the_exports_metadata_name(ws, tmp_path):
     with zipfile.ZipFile(ws.export("notes", tmp_path / "out")) as zf:
         names = zf.namelist()
     assert len(names) == len(set(names)) == 2
+
+
+def test_upload_and_import_file_an_npz_by_its_content(ws, tmp_path):
+    """(regression) every .npz became a "model" entry: a quantized model uploaded with the view's "auto"
+    kind was missing from the Explorer's quantized picker and failed to open as a model."""
+    import numpy as np
+
+    import engine
+    from engine.calib.collect import collect
+    from engine.quant.qmodel import quantize_model
+    from engine.session import Session
+    model = engine.load(REPO / "tests" / "corpus" / "weights" / "tiny.cfg", random_weights=0)
+    x = np.random.default_rng(0).random(model.input_shape, dtype=np.float32)
+    qm = quantize_model(model, collect(model, [x], progress=False), "minmax")
+    run = Session(model, qm, "int", x)
+    run.run()
+    paths = {"m": model.save(tmp_path / "m.npz"), "q": qm.save(tmp_path / "q.npz"),
+             "r": run.save_record(tmp_path / "r.npz")}
+    np.savez(tmp_path / "plain.npz", a=np.zeros(3))
+    done = ws.add_upload({f"{k}.npz": Path(p).read_bytes() for k, p in paths.items()}
+                         | {"plain.npz": (tmp_path / "plain.npz").read_bytes()})
+    assert sorted((e.name, e.kind) for e in done) == [("m", "model"), ("plain", "model"), ("q", "quantized"),
+                                                      ("r", "record")]
+    assert ws.import_path(paths["q"], name="q2").kind == "quantized"
+    assert ws.import_path(paths["m"], name="m2").kind == "model"
+    assert ws.add_upload({"q3.npz": Path(paths["q"]).read_bytes()}, kind="model")[0].kind == "model"  # asked for
