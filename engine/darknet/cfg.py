@@ -247,7 +247,8 @@ def looks_binary(head: bytes, complete: bool = False) -> bool:
 
 
 def read_cfg(path: str | Path) -> Cfg:
-    """Read and parse a cfg file. Raises CfgError for unreadable, binary or malformed files."""
+    """Read and parse a cfg file. Raises CfgError for unreadable, binary or malformed files; warns
+    (EngineWarning) for each key Darknet does not read in its section (engine.darknet.cfg_keys)."""
     p = Path(path)
     try:
         with open(p, "rb") as f:
@@ -270,4 +271,6 @@ def read_cfg(path: str | Path) -> Cfg:
     text = text.removeprefix("\ufeff")
     cfg = parse_cfg(text, p.name)
     cfg.file = str(p.resolve())
+    from engine.darknet.cfg_keys import warn_unknown_keys
+    warn_unknown_keys(cfg)          # a typo'd key was silently ignored: Darknet says 'Unused field'
     return cfg

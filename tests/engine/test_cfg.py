@@ -118,3 +118,37 @@ def test_read_cfg_accepts_a_utf8_byte_order_mark(tmp_path):
     cfg = read_cfg(p)
     assert cfg.text == plain and cfg.net.options == read_cfg(TINY_CFG).net.options
     assert len(build_layers(cfg)) == 24
+
+
+def test_a_key_darknet_does_not_read_warns_with_file_line_and_the_key_meant(tmp_path):
+    """(regression) a typo'd key in a hand-edited cfg was ignored without a word: `activaton=leaky` built a
+    linear conv and ran with the same weights. Darknet prints 'Unused field'; the engine warns likewise."""
+    import warnings
+
+    from engine.darknet.cfg import read_cfg
+    from engine.errors import EngineWarning
+    path = tmp_path / "typo.cfg"
+    path.write_text(NET + "momentum=0.9\n[convolutional]\nfilters=4\nsize=3\nactivaton=leaky\nxnor=0\n"
+                    "[yolo]\nmask=0\nanchors=1,1\nnum=1\nclasses=1\nignore_thresh=.7\nnms_thresh=0.4\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = read_cfg(path)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, EngineWarning)]
+    assert msgs == ["typo.cfg:9 [convolutional] (layer 0) activaton=leaky: not a key of [convolutional]; ignored "
+                    "(Darknet prints 'Unused field'); did you mean activation=?",
+                    "typo.cfg:17 [yolo] (layer 1) nms_thresh=0.4: not a key of [yolo]; ignored (Darknet prints "
+                    "'Unused field')"]
+    assert cfg.layers[0].get_str("activation", "logistic") == "logistic"   # still Darknet's reading of the file
+
+
+def test_the_shipped_cfgs_raise_no_unused_key_warning():
+    import warnings
+
+    from engine.darknet.cfg import read_cfg
+    from helpers import CFG_DIR, TINY_CFG
+    cfgs = sorted(CFG_DIR.glob("*.cfg")) + [TINY_CFG]
+    assert len(cfgs) > 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for path in cfgs:
+            read_cfg(path)
