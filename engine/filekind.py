@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from engine.darknet.cfg import text_problem
+from engine.darknet.cfg import UTF16_BOMS, text_problem
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")     # a zip's first member, or the end record of one with none
 # the first bytes of the image files a photo folder holds
@@ -32,6 +32,9 @@ def classify(head: bytes, size: int, name: str, images: bool = True) -> tuple[st
     why = text_problem(head, complete=len(head) == size)
     if why is None:
         # a UTF-8 byte-order mark before [net] (Notepad) is a cfg, as read_cfg reads it
+        if head.startswith(UTF16_BOMS):        # PowerShell's `>`: UTF-16 text
+            text = head[:len(head) & ~1].decode("utf-16", errors="replace")
+            return ("cfg" if re.search(r"^\s*\[", text, re.MULTILINE) else "text"), ""
         return ("cfg" if re.search(rb"^\s*\[", head.removeprefix(b"\xef\xbb\xbf"), re.MULTILINE) else "text"), ""
     from engine.darknet.weights import read_header
     from engine.errors import WeightsError

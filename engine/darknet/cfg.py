@@ -226,23 +226,35 @@ def parse_size(size: int | str | Sequence[int]) -> tuple[int, int]:
 
 
 NUL_BYTES = "it contains NUL bytes"
+# PowerShell 5's `>` and `Out-File` write UTF-16 with a byte-order mark (so does Notepad's "Unicode"): a
+# cfg edited by such a script is text, though every other byte is NUL
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
 def text_problem(head: bytes, complete: bool = False) -> str | None:
-    """Why the start of a file is not text, or None if it is: "byte N is not UTF-8" or `NUL_BYTES`. The one
-    text rule of the engine: `looks_binary`, `read_cfg` and `engine.filekind.classify` (hence `info`, `sniff`
-    and the CLI's messages) all ask it. Unless `complete` (`head` is the whole file), a multi-byte character
-    cut at the end of `head` is text. A UTF-8 byte-order mark is text; UTF-16 is not (NUL bytes or 0xFF/0xFE)."""
+    """Why the start of a file is not text, or None if it is: "byte N is not UTF-8" (or UTF-16) or `NUL_BYTES`.
+    The one text rule of the engine: `looks_binary`, `read_cfg` and `engine.filekind.classify` (hence `info`,
+    `sniff` and the CLI's messages) all ask it. Unless `complete` (`head` is the whole file), a character cut
+    at the end of `head` is text. UTF-8 (with or without a byte-order mark) and UTF-16 after its byte-order
+    mark are text; UTF-16 without one is not (NUL bytes)."""
+    utf16 = head.startswith(UTF16_BOMS)
     try:
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=complete)
+        text = codecs.getincrementaldecoder("utf-16" if utf16 else "utf-8")().decode(head, final=complete)
     except UnicodeDecodeError as err:
-        return f"byte {err.start} is not UTF-8"
-    return NUL_BYTES if b"\x00" in head else None
+        return f"byte {err.start} is not {'UTF-16' if utf16 else 'UTF-8'}"
+    return NUL_BYTES if "\x00" in text else None
+
+
+def decode_text(data: bytes) -> str:
+    """A text file's bytes (`text_problem` is None): UTF-16 after its byte-order mark, else UTF-8 (a leading
+    U+FEFF kept; read_cfg drops it)."""
+    return data.decode("utf-16") if data.startswith(UTF16_BOMS) else data.decode("utf-8")
 
 
 def looks_binary(head: bytes, complete: bool = False) -> bool:
-    """Whether the start of a file is plainly not text (`text_problem`): a NUL byte, or bytes that are not
-    UTF-8 (a multi-byte character cut at the end of `head` does not count unless `complete`)."""
+    """Whether the start of a file is plainly not text (`text_problem`): a NUL byte, or bytes that are neither
+    UTF-8 nor UTF-16 after its byte-order mark (a character cut at the end of `head` does not count unless
+    `complete`)."""
     return text_problem(head, complete) is not None
 
 
@@ -263,9 +275,12 @@ def read_cfg(path: str | Path) -> Cfg:
     why = text_problem(data, complete=True)
     if why == NUL_BYTES:
         raise CfgError(f"{p}: contains NUL bytes; not a text cfg file")
+    if why is not None and data.startswith(UTF16_BOMS):
+        raise CfgError(f"{p}: not a text cfg file: not UTF-8, nor UTF-16 after its byte-order mark ({why}); "
+                       "save the cfg as UTF-8")
     if why is not None:
         raise CfgError(f"{p}: not a text cfg file ({why}); did you pass the .weights file instead?")
-    text = data.decode("utf-8")
+    text = decode_text(data)
     # Notepad saves UTF-8 with a byte-order mark; Darknet would read '\ufeff[net]' as a bad line, but
     # the file is plainly a cfg (and the mark is not kept: model files embed the text without it)
     text = text.removeprefix("\ufeff")

@@ -88,9 +88,20 @@ def check_size(label: str, size: int, limit: int, what: str) -> None:
 
 
 def check_cfg(label: str, data: bytes, limits: Limits) -> None:
-    """A Darknet .cfg: UTF-8 text without NUL bytes, with a [net] (or [network]) section."""
+    """A Darknet .cfg: UTF-8 (or UTF-16 with its byte-order mark) text without NUL bytes, with a [net] (or
+    [network]) section."""
+    from engine.darknet.cfg import UTF16_BOMS, decode_text
     check_size(label, len(data), limits.cfg, "cfg")
-    text = _utf8(label, data, "a Darknet .cfg text file")
+    if bytes(data).startswith(UTF16_BOMS):        # PowerShell's `>`: read_cfg reads it as the engine does
+        try:
+            text = decode_text(bytes(data))
+        except UnicodeDecodeError as err:
+            raise WorkspaceError(f"{label}: not UTF-8 text, nor UTF-16 after its byte-order mark (byte {err.start}); "
+                                 "expected a Darknet .cfg text file") from err
+        if "\x00" in text:
+            raise WorkspaceError(f"{label}: contains NUL characters; expected a Darknet .cfg text file")
+    else:
+        text = _utf8(label, data, "a Darknet .cfg text file")
     sections = [line.strip().lower() for line in text.splitlines() if line.strip().startswith("[")]
     if "[net]" not in sections and "[network]" not in sections:
         raise WorkspaceError(f"{label}: no [net] section; expected a Darknet .cfg "

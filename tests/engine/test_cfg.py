@@ -152,3 +152,38 @@ def test_the_shipped_cfgs_raise_no_unused_key_warning():
         warnings.simplefilter("error")
         for path in cfgs:
             read_cfg(path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_a_utf16_cfg_with_its_byte_order_mark_reads_like_its_utf8_twin(tmp_path, capsys, encoding):
+    """(regression) PowerShell 5's `(Get-Content a.cfg) -replace 'classes=80','classes=2' > b.cfg` writes UTF-16
+    with a byte-order mark; load said "not a text cfg file (byte 0 is not UTF-8); did you pass the .weights file
+    instead?", `detect` "MODEL is neither a Darknet .cfg ...", `info` read it as a bad .weights header."""
+    import codecs
+
+    import engine
+    from engine.darknet.cfg import read_cfg
+    from engine.workspace import Workspace
+    from helpers import TINY_CFG, cli
+    plain = TINY_CFG.read_text()
+    bom = codecs.BOM_UTF16_BE if encoding == "utf-16-be" else b""      # "utf-16" writes its own mark
+    p = tmp_path / "ps.cfg"
+    p.write_bytes(bom + plain.replace("\n", "\r\n").encode(encoding))
+    cfg = read_cfg(p)
+    assert [s.options for s in cfg.layers] == [s.options for s in read_cfg(TINY_CFG).layers]
+    graphs = [{**engine.load(f, random_weights=0).graph.to_dict(), "name": ""} for f in (p, TINY_CFG)]
+    assert graphs[0] == graphs[1]
+    code, out, err = cli(capsys, "info", p)
+    assert (code, err) == (0, "") and "24 layers" in out
+    code, out, err = cli(capsys, "detect", p, TINY_CFG)
+    assert code == 2 and "is a .cfg: pass its weights with --weights FILE" in err
+    entry = Workspace(tmp_path / "ws").add_upload({"ps.cfg": p.read_bytes(), "ps.weights": b"\0" * 20 + b"\0" * 4})[0]
+    assert entry.kind == "model"
+
+
+def test_a_cfg_that_starts_like_utf16_but_is_not_names_the_byte(tmp_path):
+    from engine.darknet.cfg import read_cfg
+    p = tmp_path / "bad.cfg"
+    p.write_bytes(b"\xff\xfe[\x00n\x00\x00\xd8a\x00a\x00")       # a lone surrogate
+    with pytest.raises(CfgError, match=r"bad.cfg: not a text cfg file: not UTF-8, nor UTF-16 after its byte-order mark \(byte 6 is not UTF-16\); save the cfg as UTF-8"):
+        read_cfg(p)

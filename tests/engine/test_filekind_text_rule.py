@@ -37,7 +37,7 @@ CFG = "[net]\n# café ✓\nwidth=416\nheight=416\nchannels=3\n[maxpool]\nsize=2\
 SAMPLES = {
     "utf8": (CFG.encode(), False),
     "utf8_bom": (b"\xef\xbb\xbf" + CFG.encode(), False),
-    "utf16_bom": (CFG.encode("utf-16"), True),
+    "utf16_bom": (CFG.encode("utf-16"), False),            # PowerShell 5's `>`: read as its UTF-8 twin
     "utf16le": (CFG.encode("utf-16-le"), True),
     "nul": (CFG.encode().replace(b"width", b"wid\x00th"), True),
     "weights": (struct.pack("<iiiq", 0, 2, 0, 0) + np.arange(8, dtype=np.float32).tobytes(), True),
@@ -68,7 +68,7 @@ def test_looks_binary_read_cfg_and_classify_agree_on_a_whole_file(name, tmp_path
 
 def test_the_kinds_the_samples_are():
     kinds = {n: classify(d, len(d), n)[0] for n, (d, _) in SAMPLES.items()}
-    assert kinds == {"utf8": "cfg", "utf8_bom": "cfg", "utf16_bom": "binary", "utf16le": "binary", "nul": "binary",
+    assert kinds == {"utf8": "cfg", "utf8_bom": "cfg", "utf16_bom": "cfg", "utf16le": "binary", "nul": "binary",
                      "weights": "weights", "zip": "zip", "png": "image", "ends_in_ff": "binary",
                      "ends_mid_char": "binary"}
 
