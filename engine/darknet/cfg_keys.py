@@ -8,6 +8,7 @@ weights of the same size, ran). Keys in `DARKNET_KEYS` (training options, loss s
 from __future__ import annotations
 
 import difflib
+import unicodedata
 import warnings
 
 from engine.errors import EngineWarning
@@ -72,8 +73,18 @@ def warn_unknown_keys(cfg) -> None:
     for sec, key in found[:MAX_WARNINGS]:
         close = difflib.get_close_matches(key, sorted(DARKNET_KEYS[sec.name]), n=1, cutoff=0.82)
         hint = f"; did you mean {close[0]}=?" if close else ""
-        warnings.warn(f"{sec.where(key)} {key}={sec.raw(key)[:40]}: not a key of [{sec.name}]; ignored (Darknet "
-                      f"prints 'Unused field'){hint}", EngineWarning, stacklevel=3)
+        shown, note = _shown(key)
+        warnings.warn(f"{sec.where(key)} {shown}={sec.raw(key)[:40]}{note}: not a key of [{sec.name}]; ignored "
+                      f"(Darknet prints 'Unused field'){hint}", EngineWarning, stacklevel=3)
     if len(found) > MAX_WARNINGS:
         warnings.warn(f"{cfg.path}: {len(found) - MAX_WARNINGS} more keys that Darknet does not read in their "
                       "sections were ignored", EngineWarning, stacklevel=3)
+
+
+def _shown(key: str) -> tuple[str, str]:
+    """(the key, a note): as typed, or escaped with the culprit named when it holds a character that does not
+    show: a no-break space copied from a web page makes `batch_normalize\xa0=1` look exactly like the real key."""
+    odd = next((ch for ch in key if not ch.isprintable()), None)
+    if odd is None:
+        return key, ""
+    return ascii(key), f" (the key contains U+{ord(odd):04X} {unicodedata.name(odd, 'an unnamed character')})"

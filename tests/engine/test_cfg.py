@@ -187,3 +187,20 @@ def test_a_cfg_that_starts_like_utf16_but_is_not_names_the_byte(tmp_path):
     p.write_bytes(b"\xff\xfe[\x00n\x00\x00\xd8a\x00a\x00")       # a lone surrogate
     with pytest.raises(CfgError, match=r"bad.cfg: not a text cfg file: not UTF-8, nor UTF-16 after its byte-order mark \(byte 6 is not UTF-16\); save the cfg as UTF-8"):
         read_cfg(p)
+
+
+def test_an_unknown_key_with_a_character_that_does_not_show_is_escaped_and_named(tmp_path):
+    """A no-break space copied from a web page: the warning showed 'batch_normalize =1: not a key ...; did you
+    mean batch_normalize=?', the key looking exactly like the one it suggests."""
+    import warnings
+
+    from engine.darknet.cfg import read_cfg
+    from engine.errors import EngineWarning
+    path = tmp_path / "web.cfg"
+    path.write_text(NET + "[convolutional]\nbatch_normalize\u00a0=1\nfilters=4\n", encoding="utf-8")
+    with pytest.warns(EngineWarning) as caught:
+        warnings.simplefilter("always")
+        read_cfg(path)
+    assert [str(w.message) for w in caught] == [
+        "web.cfg:6 [convolutional] (layer 0) 'batch_normalize\\xa0'=1 (the key contains U+00A0 NO-BREAK SPACE): not "
+        "a key of [convolutional]; ignored (Darknet prints 'Unused field'); did you mean batch_normalize=?"]
