@@ -12,6 +12,7 @@ import codecs
 import math
 import numbers
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +32,16 @@ _LONG_INT_RE = re.compile(r"^[+-]?\d{19,}$")
 MAX_CFG_BYTES = 16 * 1024 * 1024
 
 
+def _hidden_note(value: str) -> str:
+    """Why a value that looks right is refused: it holds a character that does not show (a no-break space
+    copied from a web page reads 'filters=16 : expected an integer'); "" if it holds none."""
+    odd = next((ch for ch in value if not ch.isprintable()), None)
+    if odd is None:
+        return ""
+    return (f" (the value {value[:40]!r} holds U+{ord(odd):04X} {unicodedata.name(odd, 'an unnamed character')}, "
+            "which does not show: retype it)")
+
+
 @dataclass
 class Section:
     """One `[name]` block. `index` is the Darknet layer index (-1 for `[net]`)."""
@@ -47,7 +58,8 @@ class Section:
         return f"{self.path}:{line} {label}"
 
     def error(self, message: str, key: str | None = None) -> CfgError:
-        return CfgError(f"{self.where(key)} {message}")
+        note = _hidden_note(self.options[key][0]) if key is not None and key in self.options else ""
+        return CfgError(f"{self.where(key)} {message}{note}")
 
     def has(self, key: str) -> bool:
         return key in self.options

@@ -204,3 +204,16 @@ def test_an_unknown_key_with_a_character_that_does_not_show_is_escaped_and_named
     assert [str(w.message) for w in caught] == [
         "web.cfg:6 [convolutional] (layer 0) 'batch_normalize\\xa0'=1 (the key contains U+00A0 NO-BREAK SPACE): not "
         "a key of [convolutional]; ignored (Darknet prints 'Unused field'); did you mean batch_normalize=?"]
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ("[convolutional]\nfilters=16\u00a0\n", "filters=16\u00a0: expected an integer (the value '16\\xa0' holds U+00A0 "
+                                             "NO-BREAK SPACE, which does not show: retype it)"),
+    ("[convolutional]\nactivation=leaky\u200b\n", "unknown activation; known: "),
+])
+def test_a_value_refused_for_a_character_that_does_not_show_names_it(body, fragment):
+    """(regression) 'filters=16 : expected an integer' for a no-break space copied from a web page: the value
+    looked right, the message gave no clue."""
+    with pytest.raises(CfgError) as err:
+        layers_of(body)
+    assert fragment in str(err.value) and "which does not show: retype it)" in str(err.value)
