@@ -27,8 +27,8 @@ _MISSING = object()
 _SECTION_RE = re.compile(r"^\[([A-Za-z0-9_]+)\]$")
 # 18 digits always fit an int64; longer values are refused as out of range (and int() of a
 # 4300+ digit string would raise a raw ValueError)
-_INT_RE = re.compile(r"^[+-]?\d{1,18}$")
-_LONG_INT_RE = re.compile(r"^[+-]?\d{19,}$")
+_INT_RE = re.compile(r"^[+-]?[0-9]{1,18}$")      # not \d: int() reads '３' (fullwidth) as 3, atoi as 0
+_LONG_INT_RE = re.compile(r"^[+-]?[0-9]{19,}$")
 MAX_CFG_BYTES = 16 * 1024 * 1024
 
 
@@ -117,7 +117,7 @@ class Section:
 
     def _to_float(self, key: str, value: str) -> float:
         try:
-            if "_" in value:  # Python's float() reads 1_0 as 10; Darknet's atof stops at the '_'
+            if "_" in value or not value.isascii():  # float() reads 1_0 as 10 and '０.５' as 0.5; atof stops
                 raise ValueError(value)
             number = float(value)
         except ValueError:

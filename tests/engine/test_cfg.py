@@ -217,3 +217,14 @@ def test_a_value_refused_for_a_character_that_does_not_show_names_it(body, fragm
     with pytest.raises(CfgError) as err:
         layers_of(body)
     assert fragment in str(err.value) and "which does not show: retype it)" in str(err.value)
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ("[convolutional]\nfilters=4\nsize=\uff13\n", "size=\uff13: expected an integer"),
+    ("[convolutional]\nfilters=4\n[dropout]\nprobability=\uff10.\uff15\n", "probability=\uff10.\uff15: expected a number"),
+    ("[convolutional]\nfilters=4\n[route]\nlayers=-\uff11\n", "'-\uff11' is not an integer"),
+])
+def test_fullwidth_digits_are_refused_as_darknet_would_misread_them(body, fragment):
+    """Python's int()/float() read the fullwidth '３' (an IME's digits) as 3; Darknet's atoi/atof as 0."""
+    with pytest.raises(CfgError, match=fragment):
+        layers_of(body)
