@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from engine.atomic import atomic_savez  # noqa: F401  (the one writer; re-exported for callers)
-from engine.darknet.cfg import Cfg, parse_cfg, read_cfg
+from engine.darknet.cfg import Cfg, decode_text, parse_cfg, read_cfg
 from engine.errors import CfgError, EngineError, WeightsError
 from engine.darknet.build import build_graph, build_layers
 from engine.graph import Graph
@@ -303,8 +303,14 @@ def read_names(path: str | Path) -> list[str]:
             data = f.read((16 << 20) + 1)
         if len(data) > 16 << 20:
             raise EngineError(f"{path}: cannot read class names: more than 16 MiB; expected one name per line")
-        return [ln.strip() for ln in data.decode("utf-8").splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as err:
+        # Notepad's UTF-8 mark made class 0 '\ufeffperson' (printed as 'person', unequal to it in --json);
+        # PowerShell's `>` writes UTF-16: the same reading as a cfg's (decode_text)
+        text = decode_text(data).removeprefix("\ufeff")
+        return [ln.strip() for ln in text.splitlines() if ln.strip()]
+    except UnicodeDecodeError as err:
+        raise EngineError(f"{path}: cannot read class names: byte {err.start} is not UTF-8 (nor UTF-16 after a "
+                          "byte-order mark); expected a text file, one name per line") from err
+    except OSError as err:
         raise EngineError(f"{path}: cannot read class names: {err}") from err
 
 

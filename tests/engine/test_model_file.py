@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,3 +95,26 @@ def test_load_at_another_size_shares_weights_and_refuses_connected_layers(tmp_pa
     for bad in ("abc", "0", "320x", (1, 2, 3)):
         with pytest.raises(ValueError, match="size"):
             engine.load(TINY_CFG, weights=TINY_WEIGHTS, size=bad)
+
+
+@pytest.mark.parametrize("data", ["\ufeffperson\r\n".encode("utf-8"), "person\r\n".encode("utf-16"),
+                                  b"\xfe\xff" + "person\n".encode("utf-16-be")])
+def test_a_names_file_with_a_byte_order_mark_names_class_0_plainly(tmp_path, data):
+    """(regression) Notepad's UTF-8 mark made class 0 '\\ufeffperson' (shown as 'person', unequal to it in
+    --json); a PowerShell `>` names file (UTF-16) was 'cannot read class names: 'utf-8' codec can't decode ...'."""
+    import engine
+    names = tmp_path / "one.names"
+    names.write_bytes(data)
+    detector = Path(__file__).resolve().parents[1] / "corpus" / "detector.cfg"
+    assert engine.load(detector, random_weights=0, names=names).class_names == ["person"]
+
+
+def test_a_binary_names_file_is_refused_naming_the_file_and_the_byte(tmp_path):
+    import engine
+    from engine.errors import EngineError
+    names = tmp_path / "bin.names"
+    names.write_bytes(b"ok\n\xff\x00\x01")
+    detector = Path(__file__).resolve().parents[1] / "corpus" / "detector.cfg"
+    with pytest.raises(EngineError, match=r"bin.names: cannot read class names: byte 3 is not UTF-8 \(nor UTF-16 after "
+                                          r"a byte-order mark\); expected a text file, one name per line"):
+        engine.load(detector, random_weights=0, names=names)
