@@ -84,7 +84,8 @@ def warn_unknown_keys(cfg) -> None:
 def _shown(key: str) -> tuple[str, str]:
     """(the key, a note): as typed, or escaped with the culprit named when it holds a character that does not
     show: a no-break space copied from a web page makes `batch_normalize\xa0=1` look exactly like the real key."""
-    odd = next((ch for ch in key if not ch.isprintable()), None)
+    short = key if len(key) <= 40 else key[:40] + "..."      # a 10 MB line is one key
+    odd = next((ch for ch in short if not ch.isprintable()), None)
     if odd is None:
-        return key, ""
-    return ascii(key), f" (the key contains U+{ord(odd):04X} {unicodedata.name(odd, 'an unnamed character')})"
+        return short, ""
+    return ascii(short), f" (the key contains U+{ord(odd):04X} {unicodedata.name(odd, 'an unnamed character')})"

@@ -228,3 +228,17 @@ def test_fullwidth_digits_are_refused_as_darknet_would_misread_them(body, fragme
     """Python's int()/float() read the fullwidth '３' (an IME's digits) as 3; Darknet's atoi/atof as 0."""
     with pytest.raises(CfgError, match=fragment):
         layers_of(body)
+
+
+def test_an_unknown_key_of_a_10_mb_line_is_shown_cut(tmp_path):
+    import warnings
+
+    from engine.darknet.cfg import read_cfg
+    path = tmp_path / "long.cfg"
+    path.write_text(NET + "[convolutional]\nfilters=4\n" + "k" * (10 << 20) + "=1\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_cfg(path)
+    (w,) = caught
+    assert str(w.message).startswith("long.cfg:7 [convolutional] (layer 0) " + "k" * 40 + "...=1: not a key")
+    assert len(str(w.message)) < 300
