@@ -14,7 +14,7 @@ import numpy as np
 from engine.atomic import atomic_savez  # noqa: F401  (the one writer; re-exported for callers)
 from engine.darknet.cfg import Cfg, decode_text, parse_cfg, read_cfg
 from engine.errors import CfgError, EngineError, WeightsError
-from engine.darknet.build import build_graph, build_layers
+from engine.darknet.build import build_at_size, build_graph, build_layers
 from engine.graph import Graph
 from engine.npzfile import text_array
 from engine.darknet.image import ImageLike, Preprocessed, preprocess
@@ -103,8 +103,7 @@ class Model:
         when a layer's parameters depend on the size ([connected] after convolutions)."""
         if self.input_shape[1:] == (height, width):
             return self
-        cfg = self.cfg.resized(width, height)
-        layers = build_layers(cfg)
+        cfg, layers = build_at_size(self.cfg, width, height, self.layers)
         for layer, params in zip(layers, self.params):
             for name, shape in layer.param_shapes():
                 if params[name].shape != tuple(shape):
@@ -303,10 +302,8 @@ def read_names(path: str | Path) -> list[str]:
             data = f.read((16 << 20) + 1)
         if len(data) > 16 << 20:
             raise EngineError(f"{path}: cannot read class names: more than 16 MiB; expected one name per line")
-        # Notepad's UTF-8 mark made class 0 '\ufeffperson' (printed as 'person', unequal to it in --json);
-        # PowerShell's `>` writes UTF-16: the same reading as a cfg's (decode_text)
-        text = decode_text(data).removeprefix("\ufeff")
-        return [ln.strip() for ln in text.splitlines() if ln.strip()]
+        # as a cfg is read (Notepad's UTF-8 mark made class 0 '\ufeffperson'; PowerShell's `>` writes UTF-16)
+        return [ln.strip() for ln in decode_text(data).removeprefix("\ufeff").splitlines() if ln.strip()]
     except UnicodeDecodeError as err:
         raise EngineError(f"{path}: cannot read class names: byte {err.start} is not UTF-8 (nor UTF-16 after a "
                           "byte-order mark); expected a text file, one name per line") from err

@@ -53,7 +53,7 @@ def add_dump_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from engine.darknet.cfg import parse_size, read_cfg
-    from engine.darknet.build import build_graph, build_layers
+    from engine.darknet.build import build_at_size, build_graph, build_layers
     from engine.model import load
     kind = file_kind(args.cfg)
     if kind in ("quantized", "weights"):
@@ -72,8 +72,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             raise
         raise CfgError(f"{err}; the file has no [section] line, so it is no Darknet cfg: {READS}") from None
     if args.size:
-        cfg = cfg.resized(*parse_size(args.size))
-    layers = build_layers(cfg)
+        cfg, layers = build_at_size(cfg, *parse_size(args.size))
+    else:
+        layers = build_layers(cfg)
     net = cfg.net
     graph = build_graph(Path(args.cfg).stem, (net.get_int("channels", 3), net.get_int("height"),
                                               net.get_int("width")), layers)

@@ -95,6 +95,35 @@ def build_layers(cfg: Cfg, max_bytes: int = MAX_MODEL_BYTES, max_ops: int = MAX_
     return layers
 
 
+def build_at_size(cfg: Cfg, width: int, height: int, layers: list[Layer] | None = None) -> tuple[Cfg, list[Layer]]:
+    """`cfg` at input width x height (`--size`, `size=`) and its layers. `layers`: cfg's own, if built.
+
+    Raises: the CfgError of build_layers, prefixed with the size (the user chose it, not the cfg line the
+    error names) and, when the size is no multiple of the factor by which the model's convolutions and
+    maxpools divide their input (32 for yolov3-tiny: --size 300 fails at a [route]), the sizes that are.
+    """
+    resized = cfg.resized(width, height)
+    try:
+        return resized, build_layers(resized)
+    except CfgError as err:
+        hint = size_hint(cfg, layers if layers is not None else build_layers(cfg), width, height)
+        raise type(err)(f"input size {width}x{height}: {err}{hint}") from None
+
+
+def size_hint(cfg: Cfg, layers: list[Layer], width: int, height: int) -> str:
+    """'; ... multiples of S (e.g. ...)' when width or height is no multiple of S, the largest factor by which
+    a convolution or maxpool of `layers` (built from `cfg`) divides the input width; else ""."""
+    w0 = cfg.net.get_int("width")
+    factors = [w0 // l.out_shape[2] for l in layers if l.kind in ("convolutional", "maxpool")
+               and len(l.out_shape) == 3 and l.out_shape[2] > 1 and w0 % l.out_shape[2] == 0]
+    step = max(factors, default=1)
+    if step == 1 or (width % step == 0 and height % step == 0):
+        return ""
+    near = sorted({max(step, v // step * step) for v in (width, height)} | {-(-v // step) * step for v in (width, height)})
+    return (f"; this model divides its input by {step}: give a width and height that are multiples of {step} "
+            f"(e.g. {' or '.join(map(str, near[:4]))})")
+
+
 def _check_heads_agree(cfg: Cfg, layers: list[Layer]) -> None:
     """Detection heads are decoded into one (boxes, classes) table: their class counts must agree."""
     heads = [l for l in layers if l.is_head]

@@ -118,3 +118,23 @@ def test_a_binary_names_file_is_refused_naming_the_file_and_the_byte(tmp_path):
     with pytest.raises(EngineError, match=r"bin.names: cannot read class names: byte 3 is not UTF-8 \(nor UTF-16 after "
                                           r"a byte-order mark\); expected a text file, one name per line"):
         engine.load(detector, random_weights=0, names=names)
+
+
+def test_a_size_the_strides_do_not_divide_is_blamed_on_the_size_with_sizes_that_fit(capsys):
+    """(regression) `--size 300` on yolov3-tiny failed as 'yolov3-tiny.cfg:157 [route] (layer 20) layers=-1,8:
+    layer 8 is 19x19 but layer 19 is 20x20 ...': a cfg line the user never edited, and no word of the size."""
+    import engine
+    from engine.errors import CfgError
+    from helpers import TINY_CFG, TINY_WEIGHTS, cli
+    with pytest.raises(CfgError) as err:
+        engine.load(TINY_CFG, weights=TINY_WEIGHTS, size=300)
+    assert str(err.value) == (
+        "input size 300x300: yolov3-tiny.cfg:157 [route] (layer 20) layers=-1,8: layer 8 is 19x19 but layer 19 is "
+        "20x20; routed outputs must have the same spatial size; this model divides its input by 32: give a width "
+        "and height that are multiples of 32 (e.g. 288 or 320)")
+    code, out, errtext = cli(capsys, "info", TINY_CFG, "--size", "320x200")
+    assert code == 2 and errtext.startswith("error: input size 320x200: yolov3-tiny.cfg:157 [route]")
+    assert errtext.rstrip().endswith("multiples of 32 (e.g. 192 or 224 or 320)")
+    with pytest.raises(CfgError, match=r"^input size 8192x8192: yolov3-tiny.cfg:\d+ \[convolutional\] .*limit 8 GiB"
+                                       r"[^;]*; check width/height/filters/size$"):
+        engine.load(TINY_CFG, random_weights=0, size=8192)       # a size that fits the strides: no hint
