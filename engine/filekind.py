@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from engine.darknet.cfg import UTF16_BOMS, text_problem
+from engine.darknet.cfg import UTF16_BOMS, download_mistake, text_problem
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")     # a zip's first member, or the end record of one with none
 # the first bytes of the image files a photo folder holds
@@ -17,7 +17,8 @@ IMAGE_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8
 
 def classify(head: bytes, size: int, name: str, images: bool = True) -> tuple[str, str]:
     """(kind, detail) of a file from its first bytes (up to 64 KiB) and size: "zip", "empty", "image" (detail:
-    its format), "cfg" (text with a [section] line), "text", "weights" (detail: its header in words) or
+    its format), "cfg" (text with a [section] line), "text" (detail: a Git LFS pointer or HTML page in words, else
+    ""), "weights" (detail: its header in words) or
     "binary" (detail: why it is neither text nor a Darknet .weights file). Without `images`, an empty file is
     "text" and an image "binary" (what `info` reads: a cfg, text or weights)."""
     if head[:4] in ZIP_MAGIC:
@@ -35,7 +36,9 @@ def classify(head: bytes, size: int, name: str, images: bool = True) -> tuple[st
         if head.startswith(UTF16_BOMS):        # PowerShell's `>`: UTF-16 text
             text = head[:len(head) & ~1].decode("utf-16", errors="replace")
             return ("cfg" if re.search(r"^\s*\[", text, re.MULTILINE) else "text"), ""
-        return ("cfg" if re.search(rb"^\s*\[", head.removeprefix(b"\xef\xbb\xbf"), re.MULTILINE) else "text"), ""
+        if re.search(rb"^\s*\[", head.removeprefix(b"\xef\xbb\xbf"), re.MULTILINE):
+            return "cfg", ""
+        return "text", download_mistake(head) or ""         # detail: a Git LFS pointer or an HTML page, if one
     from engine.darknet.weights import read_header
     from engine.errors import WeightsError
     try:
@@ -67,7 +70,7 @@ def sniff(path: str | os.PathLike) -> tuple[str, str] | None:
 def words(kind: str, detail: str) -> str:
     """A `classify` result in words: "a JPEG image", "a Darknet .weights file (header version ...)"."""
     return {"zip": "a zip archive (an .npz)", "empty": "an empty file", "image": f"a {detail} image",
-            "cfg": "a text file with [section] lines (a Darknet .cfg)", "text": "a text file (not a Darknet .cfg)",
+            "cfg": "a text file with [section] lines (a Darknet .cfg)", "text": detail or "a text file (not a Darknet .cfg)",
             "weights": f"a Darknet .weights file ({detail})",
             "binary": "a binary file of no kind the engine reads (not a zip archive, an image or a Darknet .weights "
                       "file)"}[kind]

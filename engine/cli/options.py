@@ -171,7 +171,7 @@ def file_kind(path: str) -> str:
     kind, detail = classify(head, size, p.name, images=False)
     if kind == "zip":
         return npz_kind(p)
-    if kind == "binary":
+    if kind == "binary" or (kind == "text" and detail):      # text detail: a Git LFS pointer, an HTML page
         raise CfgError(f"{p}: {detail}; {READS}")
     return kind
 
@@ -227,12 +227,25 @@ def load_model(args: argparse.Namespace):
             raise EngineError(f"{args.model} is an engine model file (it contains its weights): "
                               f"drop --weights {weights}")
         if weights is None and not getattr(args, "random_weights", None) and not is_model_file(args.model):
+            _refuse_download_mistake(args.model)
             if _starts_binary(args.model):       # a photo, an ONNX or the .weights given as MODEL
                 raise EngineError(f"{args.model}: MODEL is neither a Darknet .cfg (a text file; its weights then go "
                                   "to --weights) nor an engine model file (made by `python -m engine convert`)")
             raise EngineError(f"{args.model} is a .cfg: pass its weights with --weights FILE (or give an engine "
                               "model file made by `python -m engine convert`)")
     return load(args.model, weights=weights, names=getattr(args, "names", None), size=getattr(args, "size", None))
+
+
+def _refuse_download_mistake(path: str) -> None:
+    """A Git LFS pointer or an HTML page given as MODEL is not "a .cfg: pass its weights"."""
+    from engine.darknet.cfg import download_mistake
+    try:
+        with open(path, "rb") as f:
+            mistake = download_mistake(f.read(64))
+    except OSError:
+        return
+    if mistake is not None:
+        raise EngineError(f"{path}: {mistake}, not a Darknet cfg or engine model file")
 
 
 def _starts_binary(path: str) -> bool:

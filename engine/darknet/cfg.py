@@ -263,6 +263,18 @@ def decode_text(data: bytes) -> str:
     return data.decode("utf-16") if data.startswith(UTF16_BOMS) else data.decode("utf-8")
 
 
+def download_mistake(head: bytes) -> str | None:
+    """What a wrong download left under a binary file's name, from its first bytes (20 are enough): a Git LFS
+    pointer (a clone without `git lfs pull`) or an HTML page (an error or sign-in page); else None."""
+    if head.startswith(b"version https://git"):
+        return ("a Git LFS pointer (a small text file): the real file was never downloaded (run `git lfs pull` "
+                "in its repository, or download the file itself)")
+    if head.lstrip().lower().startswith((b"<!doc", b"<html", b"<?xml", b"<head", b"<!--")):
+        return ("an HTML/XML page: the download saved an error or sign-in page (download the file itself, e.g. "
+                "from its release's direct link)")
+    return None
+
+
 def looks_binary(head: bytes, complete: bool = False) -> bool:
     """Whether the start of a file is plainly not text (`text_problem`): a NUL byte, or bytes that are neither
     UTF-8 nor UTF-16 after its byte-order mark (a character cut at the end of `head` does not count unless
@@ -293,6 +305,9 @@ def read_cfg(path: str | Path) -> Cfg:
     if why is not None:
         raise CfgError(f"{p}: not a text cfg file ({why}); did you pass the .weights file instead?")
     text = decode_text(data)
+    mistake = download_mistake(data[:64])
+    if mistake is not None:     # an engine model .npz or a cfg kept in Git LFS: not "line 1: expected key=value"
+        raise CfgError(f"{p}: {mistake}, not a Darknet cfg or engine model file")
     # Notepad saves UTF-8 with a byte-order mark; Darknet would read '\ufeff[net]' as a bad line, but
     # the file is plainly a cfg (and the mark is not kept: model files embed the text without it)
     text = text.removeprefix("\ufeff")

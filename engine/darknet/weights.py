@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.darknet.cfg import download_mistake
 from engine.errors import WeightsError
 from engine.layers import Layer
 from engine.layers.base import Params
@@ -50,13 +51,9 @@ def read_header(data: bytes, label: str) -> WeightsHeader:
     major, minor, revision = struct.unpack_from("<iii", data, 0)
     if data.lstrip()[:1] in (b"[", b"#"):
         raise WeightsError(f"{label}: looks like a text cfg, not a binary .weights file")
-    # what a wrong download leaves under the file's name; as int32 they read "version 1936876918.544108393..."
-    if data.startswith(b"version https://git"):
-        raise WeightsError(f"{label}: a Git LFS pointer (a small text file), not the weights: the real file was "
-                           "never downloaded (run `git lfs pull` in its repository, or download the .weights file)")
-    if data.lstrip().lower().startswith((b"<!doc", b"<html", b"<?xml", b"<head", b"<!--")):
-        raise WeightsError(f"{label}: an HTML/XML page, not a binary .weights file: the download saved an error "
-                           "or sign-in page (download the .weights file itself, e.g. from its release's direct link)")
+    mistake = download_mistake(data)     # as int32 a pointer reads "version 1936876918.544108393..."
+    if mistake is not None:
+        raise WeightsError(f"{label}: {mistake}, not a binary .weights file")
     if data[:4] == b"PK\x03\x04":      # an engine model file (convert's output) given as the weights
         raise WeightsError(f"{label}: an .npz archive (an engine model file from `convert`?), not a Darknet .weights "
                            "file; an engine model file holds its weights: give it as the MODEL, without --weights")

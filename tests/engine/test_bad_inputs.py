@@ -143,9 +143,9 @@ WEIGHTS_CASES = [
     ("w_png", b"\x89PNG\r\n\x1a\n" + bytes(1000), WeightsError, "is not a Darknet weights header"),
     # (regression) both read as "header version 1936876918.544108393.1886680168 is not a Darknet weights header"
     ("w_git_lfs_pointer", b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 35434956\n",
-     WeightsError, "a Git LFS pointer (a small text file), not the weights"),
+     WeightsError, "a Git LFS pointer (a small text file): the real file was never downloaded"),
     ("w_html_page", b"\n<!DOCTYPE html>\n<html lang=\"en\"><head><title>Sign in</title></head></html>\n", WeightsError,
-     "an HTML/XML page, not a binary .weights file"),
+     "an HTML/XML page: the download saved an error or sign-in page"),
     ("w_old_header_with_20_bytes", header(0, 1) + b"\0" * 4 + VALID[20:], WeightsError, "1 extra floats"),
     ("w_header_bitflip_minor", header(0, 0) + VALID[16:], WeightsError, "1 extra floats"),
     ("w_nan_weight", poke(4 * 4 + 7, np.nan), WeightsError,

@@ -213,3 +213,37 @@ def test_dump_input_names_a_photo_or_an_npz_given_as_the_npy_tensor(files, tmp_p
     assert err.endswith("; --input expects a (3, H, W) float32 array written by np.save (a photo goes to --image)\n")
     assert "magic" not in err
     assert not (tmp_path / "d.npz").exists()
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 35434956\n"
+HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head></html>\n"
+
+
+@pytest.mark.parametrize("data, what", [(LFS_POINTER, "a Git LFS pointer (a small text file): the real file was "
+                                                      "never downloaded (run `git lfs pull`"),
+                                        (HTML_PAGE, "an HTML/XML page: the download saved an error or sign-in page")])
+def test_a_git_lfs_pointer_or_html_page_in_place_of_a_file_is_named_wherever_it_is_given(tmp_path, capsys, data, what):
+    """(regression) a clone without `git lfs pull` (or a saved sign-in page) left text under the file's name:
+    'header version 1936876918.544108393.1886680168 is not a Darknet weights header' as --weights, 'line 1:
+    expected key=value or [section]' from `info` and engine.load, 'is a .cfg: pass its weights' as MODEL."""
+    import engine
+    from engine.errors import EngineError
+    from engine.quant.qmodel import QuantizedModel
+    from helpers import cli
+    detector = ROOT / "tests" / "corpus" / "detector.cfg"
+    model = engine.load(detector, random_weights=0)
+    good_model = model.save(tmp_path / "m.npz")
+    for name in ("x.weights", "x.npz", "x.cfg"):
+        (tmp_path / name).write_bytes(data)
+    image = IMAGES / "dog.jpg"
+    for args in [("info", tmp_path / "x.weights"), ("info", tmp_path / "x.npz"),
+                 ("detect", detector, "--weights", tmp_path / "x.weights", image),
+                 ("detect", tmp_path / "x.npz", image), ("detect", tmp_path / "x.cfg", "--weights", tmp_path / "x.weights", image),
+                 ("detect", good_model, image, "--mode", "int", "--quantized", tmp_path / "x.npz")]:
+        code, out, err = cli(capsys, *args)
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and what in err, (args, err)
+    for load in (lambda: engine.load(tmp_path / "x.npz"), lambda: QuantizedModel.load(tmp_path / "x.npz"),
+                 lambda: engine.load(detector, weights=tmp_path / "x.weights")):
+        with pytest.raises(EngineError, match="x\\.(npz|weights)") as err:
+            load()
+        assert what in str(err.value)
