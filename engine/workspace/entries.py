@@ -225,6 +225,9 @@ def _import_dir(path: Path, kind: str | None, limits: Limits) -> Group:
     visible = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     if kind is None:
         kind = "model" if any(extension(p.name) in (".cfg", ".npz") for p in visible) else "imageset"
+        npzs = [p for p in visible if extension(p.name) == ".npz"]
+        if len(npzs) == 1 and not any(extension(p.name) == ".cfg" for p in visible):
+            kind = npz_kind(_read(npzs[0], limits))     # a folder holding a quantized model is no model
     if kind not in KINDS:
         raise WorkspaceError(f"import {path}: kind {kind!r}; expected one of {', '.join(KINDS)}")
     chosen = [p for p in visible if extension(p.name) in ALLOWED[kind]]

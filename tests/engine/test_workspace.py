@@ -602,3 +602,8 @@ def test_upload_and_import_file_an_npz_by_its_content(ws, tmp_path):
     assert ws.import_path(paths["q"], name="q2").kind == "quantized"
     assert ws.import_path(paths["m"], name="m2").kind == "model"
     assert ws.add_upload({"q3.npz": Path(paths["q"]).read_bytes()}, kind="model")[0].kind == "model"  # asked for
+    folder = tmp_path / "qfolder"
+    folder.mkdir()
+    (folder / "q.npz").write_bytes(Path(paths["q"]).read_bytes())
+    (folder / "notes.txt").write_text("calibrated on 1 image")
+    assert ws.import_path(folder, name="q4").kind == "quantized"
