@@ -18,9 +18,9 @@ IMAGE_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8
 def classify(head: bytes, size: int, name: str, images: bool = True) -> tuple[str, str]:
     """(kind, detail) of a file from its first bytes (up to 64 KiB) and size: "zip", "empty", "image" (detail:
     its format), "cfg" (text with a [section] line), "text" (detail: a Git LFS pointer or HTML page in words, else
-    ""), "weights" (detail: its header in words) or
-    "binary" (detail: why it is neither text nor a Darknet .weights file). Without `images`, an empty file is
-    "text" and an image "binary" (what `info` reads: a cfg, text or weights)."""
+    ""), "weights" (detail: its header in words) or "binary" (detail: why it is neither text nor a Darknet
+    .weights file). Without `images`, an empty file is "text" and an image "binary" (what `info` reads: a cfg,
+    text or weights)."""
     if head[:4] in ZIP_MAGIC:
         return "zip", ""
     if images and size == 0:
