@@ -110,3 +110,63 @@ def test_a_float_avgpool_or_softmax_is_refused_not_exported_inexact(tmp_path):
     qm = quantize_model(model, collect(model, PHOTOS[:1], progress=False), "minmax", profile="onnxruntime")
     with pytest.raises(UnsupportedError, match=r"darknet19.cfg:\d+ \[avgpool\] \(layer \d+\): runs in float"):
         build_int8(model, qm)
+
+
+SMALL_CFG = """[net]
+width=64
+height=64
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+filters=18
+size=1
+stride=1
+pad=1
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=10,14,  23,27,  37,58
+classes=1
+num=3
+"""
+
+
+@pytest.mark.parametrize("index", [1, 2], ids=["qlinearconv", "convinteger_head"])
+def test_a_saturated_int32_bias_wraps_as_in_ort(index, tmp_path):
+    """A filter with tiny weights and a real bias (a BN channel with gamma ~ 0, as slimmed networks have):
+    per channel, bias / (x_scale * w_scale) leaves int32 and saturates; ORT then adds acc + bias in int32,
+    which wraps wherever acc > 0. The engine used to add them exactly (56 values of layer 1 differed and 1008
+    of the head's; 740 when the head conv has the bias); it now wraps as the device does."""
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL_CFG)
+    model = engine.load(cfg, random_weights=3)
+    stats = collect(model, PHOTOS[:2], progress=False)
+    in_scale = quantize_model(model, stats, "minmax", per_channel=True, profile="onnxruntime").layers[index].in_scale
+    w = model.params[index]["weights"].copy()
+    # filter 0's weight scale such that its bias of 1.0 is 1.1 * 2**31 accumulator steps
+    w[0] *= 127 / (1.1 * 2 ** 31 * in_scale) / np.abs(w[0]).max()
+    b = model.params[index]["biases"].copy()
+    b[0] = 1.0
+    model.set_param(index, "weights", w)
+    model.set_param(index, "biases", b)
+    qm = quantize_model(model, collect(model, PHOTOS[:2], progress=False), "minmax", per_channel=True,
+                        profile="onnxruntime")
+    assert qm.layers[index].b_q[0] == 2 ** 31 - 1
+    bad = _mismatches(model, qm, build_int8(model, qm, all_outputs=True), model.preprocess(PHOTOS[2]).x)
+    assert not any(bad.values()), bad

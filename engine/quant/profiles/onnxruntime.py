@@ -18,6 +18,8 @@ Per layer (engine/quant/asym.py holds the float32 rules, each checked against OR
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from engine.layers.activations import activate
@@ -27,7 +29,7 @@ from engine.layers.route import route_slices
 from engine.layers.upsample import upsample_nearest
 from engine.quant import asym
 from engine.quant.int_layers import bias_for, weight_scales
-from engine.quant.intops import band_buffer, conv_int
+from engine.quant.intops import band_buffer, conv_int, row_abs_max
 from engine.quant.profiles.base import Profile
 from engine.quant.qtensor import QTensor
 from engine.quant.zeropoint import conv_zero_point
@@ -35,12 +37,31 @@ from engine.quant.zeropoint import conv_zero_point
 LEAKY = 0.1
 KINDS = ("convolutional", "maxpool", "upsample", "route", "reorg", "reorg3d", "dropout", "shortcut")
 LINEAR_OUT = ("linear", "relu")
+INT32 = float(1 << 31)
 
 
 def qlinear_add_fits(layer) -> bool:
     """A shortcut that is a plain QLinearAdd: same shapes, weights 1, linear activation."""
     return (layer.kind == "shortcut" and len(layer.in_shapes) == 2 and layer.in_shapes[0] == layer.in_shapes[1]
             and layer.alpha == 1.0 and layer.beta == 1.0 and layer.activation == "linear")
+
+
+def int32_wrapping(epilogue, w_q: np.ndarray, bias) -> Callable:
+    """`epilogue` handed acc + bias wrapped to int32, as the device has it: MLAS adds the int32 bias to the
+    int32 sums with `vpaddd` (ConvInteger's bias is an int32 `Add`), which wraps. Only a bias saturated at
+    int32 (a filter with tiny weights and a real bias, e.g. a BN channel with gamma ~ 0, per channel) gets
+    there; the exact sum the engine computes is the device's modulo 2**32. `epilogue` itself when no
+    `sum |w| * 255 + |bias|` of the layer can leave int32 (every layer of a usual model)."""
+    top = 0 if bias is None else int(np.abs(np.asarray(bias, np.int64)).max(initial=0))
+    if row_abs_max(w_q) * 255 + top < INT32:
+        return epilogue
+
+    def wrapped(part, r0, r1, u, ch):
+        if u.dtype != np.float64:                # exact integers above 2**31 are float64 here; be sure
+            u = u.astype(np.float64)
+        np.subtract(np.mod(u + INT32, 2.0 * INT32), INT32, out=u)   # exact: integers below 2**53
+        epilogue(part, r0, r1, u, ch)
+    return wrapped
 
 
 def tensor_grid(qmodel, nid: str) -> tuple[float, int]:
@@ -207,6 +228,7 @@ class OrtProfile(Profile):
         int32 pass over every channel, handed to `epilogue(0, 0, H, acc, all channels)` whole. `bias`
         (integers (n,)): added to the sums (acc then holds exact integers as float32 or float64, and the
         epilogue may write it)."""
+        epilogue = int32_wrapping(epilogue, lq.w_q, bias)
         if layer.groups == 1:
             (accumulate or self.accumulate)(layer, x, lq, bias, epilogue)
             return
