@@ -167,6 +167,10 @@ def build_int8(model, qmodel, *, heads: str = "raw", opset: int = 17, all_output
         if ex.precision(i) == "float":
             # a float layer other than a head (avgpool, softmax, ...) would make the file neither integer end to
             # end nor bit-exact with the executor (float rounding differs), as the module docstring says
+            if i in ex.float_layers and layer.kind in INT_KINDS:
+                raise UnsupportedError(f"{layer.where()}: kept in float by the quantized model's float layers "
+                                       f"{sorted(ex.float_layers)} (mixed precision); the integer export has no "
+                                       f"float layer between integer ones: quantize without float_layers")
             if layer.kind not in EMITTERS or layer.kind in INT_KINDS or not layer.is_head:
                 raise UnsupportedError(f"{layer.where()}: runs in float under profile '{qmodel.profile}'; the "
                                        f"integer export supports {', '.join(INT_KINDS)} and float detection heads")
@@ -192,8 +196,10 @@ def build_int8(model, qmodel, *, heads: str = "raw", opset: int = 17, all_output
         elif layer.kind == "shortcut":
             from engine.quant.profiles.onnxruntime import qlinear_add_fits, tensor_grid
             if not qlinear_add_fits(layer):
+                shapes = " and ".join(str(tuple(sh)) for sh in layer.in_shapes)
                 raise UnsupportedError(f"{layer.where()}: only a linear shortcut of two equal shapes with weights 1 "
-                                       f"is a QLinearAdd")
+                                       f"is a QLinearAdd; this one has activation '{layer.activation}', inputs "
+                                       f"{shapes}, weights {layer.alpha:g} and {layer.beta:g}")
             g = tensor_grid(qmodel, str(i))
             y = b.op("QLinearAdd", [xs[0], *_grid_consts(b, *gs[0]), xs[1], *_grid_consts(b, *gs[1]),
                                     *_grid_consts(b, *g)], "qadd", domain=MS)
