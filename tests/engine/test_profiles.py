@@ -313,3 +313,20 @@ def test_saturation_counts_of_two_kernel_threads_are_the_single_thread_counts(ti
     assert sum(one) > 1000 and sum(c > 0 for c in one) >= 8             # saturation on many layers
     for got in counts[2]:
         assert got == one
+
+
+def test_int32_wrapping_wraps_only_where_the_device_adds_in_int32():
+    from engine.quant.profiles.onnxruntime import int32_wrapping
+    got = []
+
+    def epilogue(part, r0, r1, u, ch):
+        got.append(u.copy())
+    w_q = np.full((2, 1, 1, 1), 127, np.int8)
+    small = int32_wrapping(epilogue, w_q, np.array([1000, -1000]))
+    assert small is epilogue                                  # no sum can leave int32: no pass added
+    wrap = int32_wrapping(epilogue, w_q, np.array([2 ** 31 - 1, -(2 ** 31) + 1]))
+    u = np.array([[[2.0 ** 31 - 1 + 5]], [[-(2.0 ** 31) + 1 - 7]]])
+    wrap(0, 0, 1, u, slice(0, 2))
+    assert got[-1].ravel().tolist() == [-(2 ** 31) + 4, 2 ** 31 - 6]      # int32 two's complement
+    assert get_profile("onnxruntime").wraps_int32 and get_profile("avx2_u8s8").wraps_int32
+    assert not get_profile("qwidgets_asym").wraps_int32       # our own rule keeps the exact sum

@@ -84,6 +84,7 @@ class OrtProfile(Profile):
     int32_heads = True              # ConvInteger + Add + Cast + Mul: the head's int32 sums, dequantized
     exportable = "onnx-int8"
     signed_weights = False          # exported weights: uint8 with zero point 128
+    wraps_int32 = True              # acc + bias wraps at int32, as MLAS adds them (int32_wrapping)
     rules = {
         "activations": "uint8 with zero point, per tensor (ORT quantizer's MinMax rule on the calibrated range)",
         "weights": "int8 values [-127, 127] exported as uint8 with zero point 128, per channel or per tensor",
@@ -228,7 +229,8 @@ class OrtProfile(Profile):
         int32 pass over every channel, handed to `epilogue(0, 0, H, acc, all channels)` whole. `bias`
         (integers (n,)): added to the sums (acc then holds exact integers as float32 or float64, and the
         epilogue may write it)."""
-        epilogue = int32_wrapping(epilogue, lq.w_q, bias)
+        if self.wraps_int32:
+            epilogue = int32_wrapping(epilogue, lq.w_q, bias)
         if layer.groups == 1:
             (accumulate or self.accumulate)(layer, x, lq, bias, epilogue)
             return

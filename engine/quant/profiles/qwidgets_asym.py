@@ -98,6 +98,7 @@ class QwidgetsAsymProfile(OrtProfile):
     exportable = None
     pre_activation_grid = False     # leaky is folded into the requantization
     signed_weights = True
+    wraps_int32 = False             # our own rule: the exact sum (no device adds it in int32)
     rules = {
         "activations": "uint8 with zero point, per tensor, range from the calibrator and the calibration rules",
         "weights": "int8 symmetric [-127, 127], per tensor or per output channel",
