@@ -182,3 +182,17 @@ def test_a_saturated_int32_bias_wraps_as_in_ort(index, tmp_path):
     assert qm.layers[index].b_q[0] == 2 ** 31 - 1
     bad = _mismatches(model, qm, build_int8(model, qm, all_outputs=True), model.preprocess(PHOTOS[2]).x)
     assert not any(bad.values()), bad
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("stride=2\npad=1\nactivation=leaky", "stride=2\npad=1\nactivation=mish",
+     r"small.cfg:\d+ \[convolutional\] \(layer 1\): activation 'mish' has no integer ONNX kernel"),
+    ("activation=linear", "activation=leaky",
+     r"small.cfg:\d+ \[convolutional\] \(layer 2\): a head conv with activation 'leaky' is not exported")])
+def test_a_conv_activation_without_integer_kernel_is_refused_naming_the_layer(old, new, message, tmp_path):
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL_CFG.replace(old, new))
+    model = engine.load(cfg, random_weights=1)
+    qm = quantize_model(model, collect(model, PHOTOS[:1], progress=False), "minmax", profile="onnxruntime")
+    with pytest.raises(UnsupportedError, match=message):
+        build_int8(model, qm)
