@@ -36,6 +36,24 @@ from engine.errors import UnsupportedError
 from engine.quant.modes import QUANT_MODES, Mode
 
 QDQ_MODES = QUANT_MODES
+QDQ_PROFILES = ("qwidgets",)      # the profiles whose grids a QDQ graph holds (check_profile)
+
+
+def check_profile(qmodel) -> None:
+    """The QDQ graph holds symmetric int8 grids (zero point 0) placed where the `qwidgets` profile
+    requantizes: another profile's model (uint8 with zero points, a pre-activation grid, lookup-table
+    concat, truncation) would come out on other grids, 80-120 output steps off its INT heads on
+    yolov3-tiny, without a word. Raises EngineError naming the profile and the export that fits it."""
+    from engine.errors import EngineError
+    from engine.quant.profiles import get_profile
+    if qmodel.profile in QDQ_PROFILES:
+        return
+    fits = get_profile(qmodel.profile).exportable
+    hint = (f"export it with --format {fits} (engine.export.onnx_int8.export_int8), bit-exact with its INT run"
+            if fits else f"no ONNX export runs the arithmetic of profile '{qmodel.profile}'; quantize with "
+                         f"--profile qwidgets for a QDQ graph, or --profile onnxruntime for --format onnx-int8")
+    raise EngineError(f"the QDQ export holds the 'qwidgets' profile's symmetric int8 grids; this quantized model "
+                      f"uses profile '{qmodel.profile}' ({get_profile(qmodel.profile).title}): {hint}")
 
 
 def int_output_scales(model, qmodel, ex) -> dict[int, float | None]:
@@ -115,7 +133,8 @@ def build_qdq(model, qmodel, *, mode: str = "int", heads: str = "raw", opset: in
               all_outputs: bool = False) -> Any:
     """The QDQ ModelProto of `model` quantized by `qmodel` in `mode` (see the module docstring).
 
-    Raises: ValueError (mode, opset < 13), EngineError (cfg mismatch, onnx missing), UnsupportedError.
+    Raises: ValueError (mode, opset < 13), EngineError (cfg mismatch, onnx missing, a profile other than
+    `qwidgets`: `check_profile`), UnsupportedError.
     """
     if mode not in QDQ_MODES:
         raise ValueError(f"mode={mode!r}: expected one of {', '.join(QDQ_MODES)}")
@@ -126,6 +145,7 @@ def build_qdq(model, qmodel, *, mode: str = "int", heads: str = "raw", opset: in
     from engine.export.onnx_graph import GraphBuilder
     from engine.export.onnx_ops import EMITTERS
     from engine.quant.executor import Executor
+    check_profile(qmodel)
     onnx = onnx_float.import_onnx()
     qmodel.check_matches(model)
     ex = Executor(model, qmodel, mode)
@@ -192,6 +212,7 @@ def check_qdq(model, qmodel, path: str | Path, images: Sequence, mode: str = "in
     onnxruntime is missing."""
     from engine.export.onnx_graph import ort_session
     from engine.quant.executor import Executor
+    check_profile(qmodel)
     sess, names = ort_session(path, "checking an ONNX export", optimize=optimize)
     ex = Executor(model, qmodel, mode)
     scales = int_output_scales(model, qmodel, ex) if mode == Mode.INT8 else {}

@@ -61,3 +61,19 @@ def test_qdq_export_runs_in_onnxruntime_close_to_our_outputs(tiny, tiny_q, tmp_p
         assert diffs[head]["mean_abs"] < 0.15, (head, diffs[head])
         if mode == "int":
             assert diffs[head]["steps"] <= 8, (head, diffs[head])
+
+
+@pytest.mark.parametrize("profile, hint", [("onnxruntime", "--format onnx-int8"),
+                                           ("qwidgets_asym", "no ONNX export runs the arithmetic"),
+                                           ("yolo2_light", "no ONNX export runs the arithmetic")])
+def test_qdq_export_refuses_other_profiles_instead_of_other_grids(tiny, tiny_stats, profile, hint):
+    # a QDQ graph holds symmetric int8 grids: an `onnxruntime` model (uint8 + zero points, pre-activation
+    # grids) came out 79 and 118 output steps off its own INT heads on yolov3-tiny at 160 px, silently
+    from engine.errors import EngineError
+    from engine.quant.qmodel import quantize_model
+    qm = quantize_model(tiny, tiny_stats, "minmax", profile=profile)
+    for mode in ("int", "hybrid"):
+        with pytest.raises(EngineError, match=rf"QDQ export holds the 'qwidgets' profile's .*profile '{profile}'.*{hint}"):
+            build_qdq(tiny, qm, mode=mode)
+    with pytest.raises(EngineError, match=f"profile '{profile}'"):
+        check_qdq(tiny, qm, "unused.onnx", [PHOTO])
