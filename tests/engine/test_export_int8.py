@@ -83,11 +83,15 @@ def test_reduce_range_profile_has_7bit_weights_and_no_saturation(tiny, tiny_stat
     assert not any(_mismatches(tiny, qm, proto, tiny.preprocess(PHOTOS[3]).x).values())
 
 
-@pytest.mark.parametrize("name, size", [("yolov4-tiny", 320), ("yolov2-tiny", 320), ("yolov3", 256)])
-def test_random_weight_models_equal_ort_layer_by_layer(name, size, tmp_path):
-    """yolov4-tiny: route groups; yolov2-tiny: stride-1 maxpool, [region]; yolov3: 23 QLinearAdd shortcuts."""
+@pytest.mark.parametrize("name, size, per_channel", [
+    ("yolov4-tiny", 320, True), ("yolov2-tiny", 320, True), ("yolov3", 256, True),
+    ("yolov3-spp", 96, False), ("yolov2", 96, False), ("yolov4-tiny-3l", 128, False)])
+def test_random_weight_models_equal_ort_layer_by_layer(name, size, per_channel, tmp_path):
+    """yolov4-tiny: route groups; yolov2-tiny: stride-1 maxpool, [region]; yolov3: 23 QLinearAdd shortcuts;
+    yolov3-spp: maxpools 5/9/13 at stride 1 (pads 2/4/6) and their 4-input Concat; yolov2: [reorg] and a route of two
+    grids; yolov4-tiny-3l: three heads; the last three per tensor."""
     model = engine.load(resized_cfg(CFG_DIR / f"{name}.cfg", size, tmp_path), random_weights=7)
-    qm = quantize_model(model, collect(model, PHOTOS[:2], progress=False), "minmax", per_channel=True,
+    qm = quantize_model(model, collect(model, PHOTOS[:2], progress=False), "minmax", per_channel=per_channel,
                         profile="onnxruntime")
     proto = build_int8(model, qm, all_outputs=True)
     bad = _mismatches(model, qm, proto, model.preprocess(PHOTOS[2]).x)
