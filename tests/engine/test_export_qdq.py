@@ -72,8 +72,9 @@ def test_qdq_export_refuses_other_profiles_instead_of_other_grids(tiny, tiny_sta
     from engine.errors import EngineError
     from engine.quant.qmodel import quantize_model
     qm = quantize_model(tiny, tiny_stats, "minmax", profile=profile)
+    message = rf"QDQ export holds the 'qwidgets' profile's .*profile '{profile}'.*{hint}"
     for mode in ("int", "hybrid"):
-        with pytest.raises(EngineError, match=rf"QDQ export holds the 'qwidgets' profile's .*profile '{profile}'.*{hint}"):
+        with pytest.raises(EngineError, match=message):
             build_qdq(tiny, qm, mode=mode)
     with pytest.raises(EngineError, match=f"profile '{profile}'"):
         check_qdq(tiny, qm, "unused.onnx", [PHOTO])
