@@ -244,6 +244,7 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
         layer = weighted[k]
         b, qw = shared_int8_weights(model, layer, scheme, per_channel, prof.weight_qmax)
         in_scale = scales[input_id(layer)]
+        qw = prof.fit_bias(qw, b, in_scale, lambda: fused_params(model, layer.index)[0])
         done[layer.index] = LayerQuant(qw.w_q, qw.scale, quantize_bias(b, in_scale, qw.scale), in_scale, qw.scheme)
 
     with own_threads():

@@ -163,28 +163,58 @@ num=3
 """
 
 
-@pytest.mark.parametrize("index", [1, 2], ids=["qlinearconv", "convinteger_head"])
-def test_a_saturated_int32_bias_wraps_as_in_ort(index, tmp_path):
-    """A filter with tiny weights and a real bias (a BN channel with gamma ~ 0, as slimmed networks have):
-    per channel, bias / (x_scale * w_scale) leaves int32 and saturates; ORT then adds acc + bias in int32,
-    which wraps wherever acc > 0. The engine used to add them exactly (56 values of layer 1 differed and 1008
-    of the head's; 740 when the head conv has the bias); it now wraps as the device does."""
+def _tiny_filter(index: int, tmp_path):
+    """SMALL_CFG with filter 0 of layer `index` given tiny weights and a bias of 1.0: at its calibrated input
+    scale, per channel, the bias is 1.1 * 2**31 accumulator steps (a BN channel with gamma ~ 0 looks so)."""
     cfg = tmp_path / "small.cfg"
     cfg.write_text(SMALL_CFG)
     model = engine.load(cfg, random_weights=3)
     stats = collect(model, PHOTOS[:2], progress=False)
     in_scale = quantize_model(model, stats, "minmax", per_channel=True, profile="onnxruntime").layers[index].in_scale
     w = model.params[index]["weights"].copy()
-    # filter 0's weight scale such that its bias of 1.0 is 1.1 * 2**31 accumulator steps
     w[0] *= 127 / (1.1 * 2 ** 31 * in_scale) / np.abs(w[0]).max()
     b = model.params[index]["biases"].copy()
     b[0] = 1.0
     model.set_param(index, "weights", w)
     model.set_param(index, "biases", b)
+    return model, quantize_model(model, collect(model, PHOTOS[:2], progress=False), "minmax", per_channel=True,
+                                 profile="onnxruntime")
+
+
+@pytest.mark.parametrize("index", [1, 2], ids=["qlinearconv", "convinteger_head"])
+def test_an_int32_bias_at_its_limit_wraps_as_in_ort(index, tmp_path):
+    """ORT adds acc + bias in int32 (MLAS's vpaddd, ConvInteger's int32 Add), which wraps; a bias at the
+    int32 limit (saturated, or set by an int8 edit: check_int32 takes up to 2**31 - 1) wraps wherever
+    acc > 0. The engine used to add them exactly: 56 values of layer 1 differed and 1008 of the head's
+    (740 when the head conv has the bias); it now wraps as the device does."""
+    from dataclasses import replace
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SMALL_CFG)
+    model = engine.load(cfg, random_weights=3)
     qm = quantize_model(model, collect(model, PHOTOS[:2], progress=False), "minmax", per_channel=True,
                         profile="onnxruntime")
-    assert qm.layers[index].b_q[0] == 2 ** 31 - 1
+    b_q = qm.layers[index].b_q.copy()
+    b_q[0] = 2 ** 31 - 1
+    qm.layers[index] = replace(qm.layers[index], b_q=b_q)
     bad = _mismatches(model, qm, build_int8(model, qm, all_outputs=True), model.preprocess(PHOTOS[2]).x)
+    assert not any(bad.values()), bad
+
+
+@pytest.mark.parametrize("index", [1, 2], ids=["qlinearconv", "convinteger_head"])
+def test_a_bias_beyond_int32_grows_its_weight_scale_as_orts_quantizer_does(index, tmp_path):
+    # per channel, filter 0's bias of 1.0 was 1.1 * 2**31 steps: saturated to 2**31 - 1, the channel lost its
+    # bias (0.86 instead of 1.0 on average, and acc + bias wrapped on the device). ORT's quantizer grows that
+    # weight scale until the bias fits (1.0001 * 2|b| / (2**32 - 2)); the profile now does the same
+    model, qm = _tiny_filter(index, tmp_path)
+    lq = qm.layers[index]
+    assert 2 ** 31 / 1.0002 < abs(int(lq.b_q[0])) < 2 ** 31 / 1.00009      # saturated: 2**31 - 1
+    assert lq.in_scale * lq.w_scale[0] == pytest.approx(1.0001 * 2 / (2 ** 32 - 2), rel=1e-9)
+    assert int(np.abs(lq.w_q[0]).max()) < 127 and int(np.abs(lq.w_q[1]).max()) == 127   # only filter 0 moved
+    x = model.preprocess(PHOTOS[2]).x
+    ours, ref = Executor(model, qm, "int").forward(x)[index][0], model.forward(x)[index][0]
+    steps = qm.scales[str(index)] if index == 1 else 1e-3
+    assert np.abs(ours - ref).max() <= 2 * steps
+    bad = _mismatches(model, qm, build_int8(model, qm, all_outputs=True), x)
     assert not any(bad.values()), bad
 
 

@@ -56,6 +56,12 @@ class Profile:
         """Scales / zero points of tensors Darknet does not name (e.g. pre-activation), keyed by layer."""
         return {}, {}
 
+    def fit_bias(self, qw: Any, b: np.ndarray, in_scale: float, weights: Any) -> Any:
+        """The int8 weights (QuantWeights) a layer gets for its float biases `b` at input scale `in_scale`:
+        `qw` itself here (a bias beyond int32 saturates, as the target has it). `weights()`: the layer's
+        float weights, for a profile that requantizes some of them."""
+        return qw
+
     # ---------------------------------------------------------------- execution
     def has_int_path(self, kind: str) -> bool:
         raise NotImplementedError

@@ -38,6 +38,8 @@ LEAKY = 0.1
 KINDS = ("convolutional", "maxpool", "upsample", "route", "reorg", "reorg3d", "dropout", "shortcut")
 LINEAR_OUT = ("linear", "relu")
 INT32 = float(1 << 31)
+INT32_QRANGE = float((1 << 32) - 2)     # ORT's quantizer: int32 max - (int32 min + 1)
+BIAS_MARGIN = 1.0001                    # its multiplicative epsilon on the smallest bias scale
 
 
 def qlinear_add_fits(layer) -> bool:
@@ -133,6 +135,29 @@ class OrtProfile(Profile):
                 lo, hi = clipped_range(stats.hists[nid], calibrator, None if thresholds is None else thresholds[nid])
                 pre_s[str(layer.index)], pre_z[str(layer.index)] = asym.asym_params(lo / LEAKY, hi)
         return pre_s, pre_z
+
+    def fit_bias(self, qw, b, in_scale, weights):
+        """ORT's own quantizer's rule (onnxruntime/quantization/onnx_quantizer.py,
+        `_adjust_weight_scale_for_int32_bias`): where `in_scale * w_scale < 1.0001 * 2|b| / (2**32 - 2)` the
+        int32 bias would saturate, so that weight scale (the channel's, or per tensor the tensor's for max |b|)
+        grows to the bound and its weights are requantized. A filter with tiny weights and a real bias (a BN
+        channel with gamma ~ 0, as slimmed networks have) keeps its bias instead of losing it to saturation."""
+        from engine.quant.weights import QuantWeights
+        scale = np.asarray(qw.scale, np.float64).reshape(-1)
+        need = BIAS_MARGIN * 2.0 * np.abs(np.asarray(b, np.float64)) / INT32_QRANGE
+        if scale.size == 1:
+            need = need.max(initial=0.0, keepdims=True)
+        cand = in_scale * scale
+        grow = (cand > 0) & (cand < need)
+        if not grow.any():
+            return qw
+        new = np.where(grow, scale * (need / np.where(grow, cand, 1.0)), scale)
+        rows = np.flatnonzero(grow)
+        flat = np.asarray(weights()).reshape(scale.size, -1)    # per channel: n rows; per tensor: one
+        q = qw.w_q.reshape(scale.size, -1).copy()               # the shared int8 array stays as it is
+        blk = np.rint(np.divide(flat[rows], new[rows, None], dtype=np.float64))
+        q[rows] = np.clip(blk, -self.weight_qmax, self.weight_qmax)
+        return QuantWeights(q.reshape(qw.w_q.shape), new, qw.scheme)
 
     # ---------------------------------------------------------------- execution
     def has_int_path(self, kind: str) -> bool:

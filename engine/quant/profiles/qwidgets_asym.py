@@ -27,6 +27,7 @@ from engine.layers.route import route_slices
 from engine.quant import asym
 from engine.quant.intops import band_buffer
 from engine.quant.int_layers import bias_for, weight_scales
+from engine.quant.profiles.base import Profile
 from engine.quant.profiles.onnxruntime import OrtProfile, tensor_grid
 from engine.quant.qtensor import QTensor, multiplier_value, quantize_multiplier
 
@@ -99,6 +100,7 @@ class QwidgetsAsymProfile(OrtProfile):
     pre_activation_grid = False     # leaky is folded into the requantization
     signed_weights = True
     wraps_int32 = False             # our own rule: the exact sum (no device adds it in int32)
+    fit_bias = Profile.fit_bias     # and the weights' own scales: ORT's quantizer rule is not ours
     rules = {
         "activations": "uint8 with zero point, per tensor, range from the calibrator and the calibration rules",
         "weights": "int8 symmetric [-127, 127], per tensor or per output channel",
