@@ -128,12 +128,16 @@ class Editor:
         return "int8" if mode != Mode.FLOAT and has_int else "float"
 
     def _requantized(self, index: int, params: dict[str, np.ndarray]) -> LayerQuant | None:
-        """The layer's int8 weights re-derived from edited float params (same scheme, granularity)."""
+        """The layer's int8 weights re-derived from edited float params (same scheme, granularity, and the
+        profile's weight range and bias rule: 7-bit weights stay 7-bit under `ort_reduce_range`)."""
+        from engine.quant.profiles import get_profile
         if self.qmodel is None or index not in self.qmodel.layers:
             return None
         old = self.qmodel.layers[index]
+        prof = get_profile(self.qmodel.profile)
         w, b = self.model.layers[index].fused(params)
-        qw = quantize_weights(w, old.scheme, old.w_scale.size > 1)
+        qw = quantize_weights(w, old.scheme, old.w_scale.size > 1, qmax=prof.weight_qmax)
+        qw = prof.fit_bias(qw, b, old.in_scale, lambda: w)
         return LayerQuant(qw.w_q, qw.scale, quantize_bias(b, old.in_scale, qw.scale), old.in_scale, old.scheme)
 
     def _edit_array(self, index: int, param: str, target: str, make: Callable, description: str,

@@ -230,3 +230,21 @@ def test_a_conv_activation_without_integer_kernel_is_refused_naming_the_layer(ol
     qm = quantize_model(model, collect(model, PHOTOS[:1], progress=False), "minmax", profile="onnxruntime")
     with pytest.raises(UnsupportedError, match=message):
         build_int8(model, qm)
+
+
+def test_a_float_edit_keeps_the_profiles_weight_range_and_ort_exactness(tmp_path):
+    # a float weight edit in a Session requantized the layer to [-127, 127] whatever the profile: under
+    # `ort_reduce_range` (7-bit weights, "no pair can saturate", no host mismatch) the edited layer had 8-bit
+    # weights, whose pairs the INT run saturates at int16 as on AVX2 while a VNNI host's ORT sums them exactly
+    from engine import Session
+    model = engine.load(resized_cfg(CFG_DIR / "yolov3-tiny.cfg", 96, tmp_path), random_weights=1)
+    qm = quantize_model(model, collect(model, PHOTOS[:1], progress=False), "minmax", per_channel=True,
+                        profile="ort_reduce_range")
+    session = Session(model, qm, mode="int")
+    session.scale_filter(2, 0, 1.5, target="float")
+    edited = session.qmodel.layers[2]
+    assert int(np.abs(edited.w_q).max()) == 63
+    proto = build_int8(session.model, session.qmodel, all_outputs=True)
+    bad = _mismatches(session.model, session.qmodel, proto, model.preprocess(PHOTOS[2]).x)
+    if host_u8s8_kernel() in ("vnni", "avx2"):       # 7-bit weights: exact on both kinds of x86 kernel
+        assert not any(bad.values()), bad
