@@ -50,9 +50,10 @@ def qlinear_add_fits(layer) -> bool:
 
 def int32_wrapping(epilogue, w_q: np.ndarray, bias) -> Callable:
     """`epilogue` handed acc + bias wrapped to int32, as the device has it: MLAS adds the int32 bias to the
-    int32 sums with `vpaddd` (ConvInteger's bias is an int32 `Add`), which wraps. Only a bias saturated at
-    int32 (a filter with tiny weights and a real bias, e.g. a BN channel with gamma ~ 0, per channel) gets
-    there; the exact sum the engine computes is the device's modulo 2**32. `epilogue` itself when no
+    int32 sums with `vpaddd` (ConvInteger's bias is an int32 `Add`), which wraps. Only a bias near the int32
+    limit gets there: saturated (an input rescaled after quantization), set by an int8 edit, or left by
+    `fit_bias` within 1.0001 of the limit (a filter with tiny weights and a real bias, e.g. a BN channel with
+    gamma ~ 0); the exact sum the engine computes is the device's modulo 2**32. `epilogue` itself when no
     `sum |w| * 255 + |bias|` of the layer can leave int32 (every layer of a usual model)."""
     top = 0 if bias is None else int(np.abs(np.asarray(bias, np.int64)).max(initial=0))
     if row_abs_max(w_q) * 255 + top < INT32:
