@@ -59,12 +59,12 @@ def int_setting(method: str, name: str, value: Any, lo: int, hi: int) -> int:
     return int(value)
 
 
-def number_setting(method: str, name: str, value: Any, lo: float, hi: float) -> float:
-    """Setting `name` of `method` as a finite number in (lo, hi]; a bool or a string is refused (JSON
-    true would otherwise be read as 1)."""
+def number_setting(method: str, name: str, value: Any, lo: float, hi: float, *, closed: bool = False) -> float:
+    """Setting `name` of `method` as a finite number in (lo, hi] ([lo, hi] if `closed`); a bool or a string
+    is refused (JSON true would otherwise be read as 1)."""
     ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-    if not ok or not lo < value <= hi:
-        raise ArgumentError(f"{method} {name}={value!r}: expected a number in ({lo:g}, {hi:g}]")
+    if not ok or not (lo <= value if closed else lo < value) or not value <= hi:
+        raise ArgumentError(f"{method} {name}={value!r}: expected a number in {'[' if closed else '('}{lo:g}, {hi:g}]")
     return float(value)
 
 

@@ -26,7 +26,7 @@ def test_one_sided_and_shared_scales_on_tiny(tiny, tiny_stats):
 
 def test_kl_rules_unclip_first_layer_and_keep_yolo2_light(tiny, tiny_stats):
     kl = quantize_model(tiny, tiny_stats, "kl", per_channel=True)
-    plain = quantize_model(tiny, tiny_stats, "kl", per_channel=True, rules=())
+    plain = quantize_model(tiny, tiny_stats, "kl", per_channel=True, rules=(), clip_max=1)   # TensorRT's rule alone
     assert kl.thresholds["0"] == pytest.approx(tiny_stats.hists["0+"].amax)
     assert plain.thresholds["0"] < 0.3 * kl.thresholds["0"]          # |x| KL clips layer 0 hard
     assert kl.scales["2"] == kl.scales["3"] and plain.scales["2"] != plain.scales["3"]
@@ -70,7 +70,7 @@ def test_aciq_clips_a_laplace_sample_at_9_89_b(tiny, tiny_stats):
 def test_unknown_method_setting_is_refused_by_the_api_too(tiny, tiny_stats):
     # a typo would otherwise be stored in the quantized model's meta and change nothing
     from engine.errors import ArgumentError
-    with pytest.raises(ArgumentError, match="'bogus' is not a setting of method 'kl' \\(its settings: stride\\)"):
+    with pytest.raises(ArgumentError, match="'bogus' is not a setting of method 'kl' \\(its settings: stride, clip_max\\)"):
         make("kl", bogus=1)
     with pytest.raises(ArgumentError, match="'percentil' is not a setting of method 'percentile'"):
         quantize_model(tiny, tiny_stats, "percentile", percentil=99.9)

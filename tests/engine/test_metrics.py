@@ -47,7 +47,7 @@ def pycoco(truth, preds, iou=None):
 def real_dets(tiny, tiny_stats):
     pres = [tiny.preprocess(p) for p in sorted(IMAGES.glob("*.jpg"))]
     truth = [detect_outputs(tiny, tiny.forward(p.x), p) for p in pres]
-    ex = Executor(tiny, quantize_model(tiny, tiny_stats, "kl", rules=()), "int")   # |x| KL: loses boxes
+    ex = Executor(tiny, quantize_model(tiny, tiny_stats, "kl", rules=(), clip_max=1), "int")   # |x| KL alone: loses boxes
     preds = [detect_outputs(tiny, FloatView(ex.run(p.x)[0]), p, 0.1) for p in pres]
     return truth, preds
 

@@ -67,7 +67,7 @@ def tiny224():
     from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS
     model = engine.load(TINY_CFG, weights=TINY_WEIGHTS, size=224)
     stats = collect(model, sorted(IMAGES.glob("*.jpg")), progress=False)
-    return model, quantize_model(model, stats, "kl", per_channel=False, rules=()), [sample("dog"), sample("horses")]
+    return model, quantize_model(model, stats, "kl", per_channel=False, rules=(), clip_max=1), [sample("dog"), sample("horses")]
 
 
 def test_search_total_counts_only_runs_that_run_and_the_bar_never_jumps(tiny224):

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from engine.calib import AbsHistogram, make
+from engine.errors import ArgumentError
 from engine.kernels.gemm import conv_out_size
 from engine.layers.maxpool import maxpool_naive, maxpool_out_size
 from engine.quant.int_layers import (maxpool_forward_int, reorg3d_forward_int, reorg_forward_int, route_forward_int,
@@ -605,6 +606,29 @@ def test_kl_clips_one_outlier_among_uniform_values():
     # (TensorRT's rule has the same floor: 128 bins of its [0, amax] histogram)
     assert 1.0 <= t <= 8.0, t
     assert make("minmax").threshold(h) == pytest.approx(100.0)
+
+
+def test_kl_clips_at_most_clip_max_of_the_values_of_a_dense_tail():
+    """A long dense tail (leaky outputs of an early conv): TensorRT's rule clips deep into it (0.15% of conv 2's
+    values on yolov3-tiny); the default keeps every candidate that clips more than 1e-4 of the values out of
+    the search, and chooses among the rest as the plain rule does (the least KL, checked by a loop here)."""
+    from engine.calib.kl import CLIP_MAX, LEVELS, kl_divergence
+    x = np.random.default_rng(1).pareto(3.0, 400_000).astype(np.float32)      # a power-law tail
+    h = hist_of(x)
+    plain, ours = make("kl", clip_max=1).threshold(h), make("kl").threshold(h)
+    counts = h.counts[:int(np.ceil(h.amax / h.bin_width))]
+
+    def clipped(t: float) -> float:
+        return float(x[x > t].size) / x.size
+
+    assert clipped(plain) > 5 * CLIP_MAX                               # the plain rule clips the tail hard
+    assert clipped(ours) <= CLIP_MAX * (1 + 1e-9) and ours > 2 * plain
+    allowed = [i for i in range(LEVELS, counts.size + 1) if counts[i:].sum() <= CLIP_MAX * counts.sum()]
+    best = min(allowed, key=lambda i: (kl_divergence(counts, i), i))
+    assert ours == pytest.approx(min(h.amax, best * h.bin_width), rel=1e-12)
+    assert make("kl", clip_max=1).settings == {"clip_max": 1.0} and make("kl").settings == {}
+    with pytest.raises(ArgumentError, match=r"kl clip_max=-0.1: expected a number in \[0, 1\]"):
+        make("kl", clip_max=-0.1)
 
 
 def test_percentile_90_of_arange_100_is_about_89():
