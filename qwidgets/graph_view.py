@@ -14,6 +14,7 @@ with the rows. The wheel zoom is bounded (MIN_ZOOM..MAX_ZOOM) and gentle (WHEEL)
 from __future__ import annotations
 
 import html
+import re
 from typing import Callable, Mapping
 
 import ipywidgets as widgets
@@ -118,6 +119,16 @@ def grid_shape(n_nodes: int, width_px: int) -> tuple[int, int]:
     return cols, -(-n_nodes // cols)
 
 
+def canvas_rule(height: str) -> tuple[str, str]:
+    """(classes, style sheet) setting the canvas `height` by a class; none unless it is a number and a unit.
+    ipycytoscape lays the grid out when displayed, before ipywidgets applies the Layout's height: fitted to
+    its stylesheet's 400 px, a 332 px canvas hid its last row (layer 23, a head) until Fit."""
+    if not re.fullmatch(r"\d+(\.\d+)?(px|vh|em|rem)", height):
+        return (), ""
+    cls = "qw-canvas-h" + height.replace(".", "_")
+    return (cls,), f"<style>.{cls}.custom-widget{{height:{height}}}</style>"
+
+
 def canvas_height(rows: int, max_px: int = 1100) -> int:
     """Pixels for `rows` grid rows at zoom 1 (bounded: taller graphs pan)."""
     return max(240, min(max_px, rows * CELL_H + 24))
@@ -200,7 +211,9 @@ class GraphView(widgets.VBox):
         self._labels: dict[str, str] = {}
         self.width_px = width_px
         cols, rows = grid_shape(len(graph.nodes) + 1, width_px)
-        self.cyto = CytoscapeWidget(layout=widgets.Layout(height=height or f"{canvas_height(rows)}px", width="100%"))
+        height = height or f"{canvas_height(rows)}px"
+        canvas_classes, self._canvas_css = canvas_rule(height)
+        self.cyto = CytoscapeWidget(layout=widgets.Layout(height=height, width="100%"), _dom_classes=canvas_classes)
         self.cyto.min_zoom, self.cyto.max_zoom, self.cyto.wheel_sensitivity = MIN_ZOOM, MAX_ZOOM, WHEEL
         # nodes stay where the grid put them: a grabbable node sent `grabbed` true / false to the kernel on
         # every click (two requests and their echoes, the first queued before the click's own message)
@@ -214,7 +227,8 @@ class GraphView(widgets.VBox):
         self.cyto.tooltip_source = ""
         self.cyto.on("node", "mouseover", self._on_cyto_hover)
         self.cyto.on("node", "mouseout", self._on_cyto_unhover)
-        self.hover = widgets.HTML("", layout=widgets.Layout(height="20px", overflow="hidden", width="100%"))
+        # stretched, not width="100%" (plus 2 px margins: a scroll bar under the canvas)
+        self.hover = widgets.HTML("", layout=widgets.Layout(height="20px", overflow="hidden"))
         self.hover.add_class("qw-hover")
         self.hovered_node = ""
         self.cyto.add_class("qw-graph-canvas")
@@ -229,7 +243,7 @@ class GraphView(widgets.VBox):
         self._legend = widgets.HTML(layout=widgets.Layout(height="64px", overflow="hidden auto"))
         self._legend.add_class("qw-legend")
         self.focus_keeper = FocusKeeper()      # the keyboard focus after a node click (qwidgets._focus)
-        self.worst_list = widgets.Select(rows=5, layout=widgets.Layout(width="100%", display="none"))
+        self.worst_list = widgets.Select(rows=5, layout=widgets.Layout(width="auto", display="none"))
         self.worst_list.add_class("qw-worst")
         self._worst_title = widgets.HTML()
         # the worst list appears with a metric colouring: below the canvas, so it never moves it (see _legend)
@@ -396,7 +410,7 @@ class GraphView(widgets.VBox):
                 node.data = {**node.data, "label": label, "tooltip": self.tooltip(i)}
                 if i == self.hovered_node:
                     self.hover.value = f"<small style='white-space:nowrap'>{html.escape(self.tooltip(i))}</small>"
-        self._legend.value = self._legend_html()
+        self._legend.value = self._canvas_css + self._legend_html()     # displayed before the canvas: canvas_rule
         self._update_worst()
 
     def _update_worst(self) -> None:

@@ -5,8 +5,8 @@ import pytest
 import traitlets
 
 from qwidgets._focus import MAX_AGE, message_age
-from qwidgets.graph_view import (CELL_H, CELL_W, MAX_ZOOM, MIN_ZOOM, OVERLAY_META, RAMP, GraphView, graph_to_cytoscape,
-                                 ramp_classes)
+from qwidgets.graph_view import (CELL_H, CELL_W, MAX_ZOOM, MIN_ZOOM, OVERLAY_META, RAMP, GraphView, canvas_rule,
+                                 graph_to_cytoscape, ramp_classes)
 
 
 def click(view: GraphView, node_id: str) -> None:
@@ -188,3 +188,26 @@ def test_a_fresh_node_click_keeps_the_keyboard_focus_in_the_graph(view, monkeypa
         click(view, "9")
         assert view.selected_node == "9"
         assert sent == ([{"do": "focus"}] if focused else []), (age, sent)
+
+
+def test_the_canvas_height_reaches_the_page_as_a_class_rule_before_the_layout_runs(tiny):
+    """ipycytoscape lays the grid out when its view is displayed, before ipywidgets applies the Layout's
+    height: the grid was fitted to ipycytoscape's stylesheet height (400 px) and on the 332 px canvas
+    yolov3-tiny's last row (layer 23, a head) lay below the bottom edge until Fit. The height is also a
+    class rule, sent with the legend (displayed before the canvas), whatever the colouring."""
+    v = GraphView(tiny.graph)
+    assert v.cyto.layout.height == "332px"
+    classes = [c for c in v.cyto._dom_classes if c.startswith("qw-canvas-h")]
+    assert classes == ["qw-canvas-h332px"]
+    rule = "<style>.qw-canvas-h332px.custom-widget{height:332px}</style>"
+    assert v._legend.value.startswith(rule)
+    v.overlay = "sqnr"
+    v.overlay_values = {"0": 10.0}
+    assert v._legend.value.startswith(rule) and "dB" in v._legend.value
+    assert canvas_rule("50.5vh") == (("qw-canvas-h50_5vh",),
+                                     "<style>.qw-canvas-h50_5vh.custom-widget{height:50.5vh}</style>")
+    # anything but a number and a unit stays out of the style sheet (the Layout still applies it)
+    assert canvas_rule("calc(100% - 2px)") == ((), "") and canvas_rule("1px}</style><b>") == ((), "")
+    v2 = GraphView(tiny.graph, height="calc(100vh - 10px)")
+    assert not [c for c in v2.cyto._dom_classes if c.startswith("qw-canvas-h")]
+    assert "<style>" not in v2._legend.value and v2.cyto.layout.height == "calc(100vh - 10px)"
