@@ -97,12 +97,18 @@ class Explorer(widgets.VBox):
         # labels wrap instead of running off the page (long status and confirmation lines); the status keeps
         # two lines' height, so a one- or two-line message does not move the graph canvas below it
         # (cytoscape maps clicks with the canvas position it measured earlier: `GraphView._legend`)
+        # the tab titles keep their whole text and wrap to a second row (lumino shrank each to ~60 px: "Detecti",
+        # "Quantizati", "De" below 1600 px); the tabs go below the graph when the two do not fit side by side
+        # (JupyterLab at 1280-1400 px with its file browser open cut the tabs' right half off)
         css = widgets.HTML("<style>.qw-explorer .qw-status{white-space:normal !important;height:auto !important;"
                            "line-height:1.35;min-height:2.7em}.qw-explorer .widget-button{overflow:visible}"
+                           ".qw-explorer .widget-tab > .lm-TabBar .lm-TabBar-content{flex-wrap:wrap}"
+                           ".qw-explorer .widget-tab > .lm-TabBar .lm-TabBar-tab{flex:0 0 auto}"
                            # the hover line is rewritten on every mouseover: strict containment keeps that
                            # change from dirtying the page's layout before cytoscape's mousedown reads it
                            f".qw-hover{{contain:strict}}{FOCUS_KEEPER_CSS}</style>")
-        super().__init__(children=[css, self.controls, widgets.HBox([left, self.tabs])], **kwargs)
+        body = widgets.HBox([left, self.tabs], layout=widgets.Layout(flex_flow="row wrap"))
+        super().__init__(children=[css, self.controls, body], **kwargs)
         self.add_class("qw-explorer")
         traitlets.link((self, "follow"), (self._follow, "value"))
         traitlets.link((self, "status"), (self.controls, "status"))
