@@ -366,7 +366,7 @@ def bar_chart_png(labels: Sequence[str], values: Sequence[float], title: str, x_
 
 def framed_png(png: bytes | Image.Image, title: str, bar: str | None = None, lo: float = 0.0, hi: float = 1.0,
                unit: str = "") -> bytes:
-    """`png` with a title line above and a labelled colour bar below.
+    """`png` with a title line above and a labelled colour bar below; the image is as wide as the title.
 
     bar: "grey" (black = lo .. white = hi), "channel" (grey, each channel's own min .. max),
     "diverging" (blue = lo .. white = 0 .. red = hi) or None (title only)."""
@@ -374,7 +374,9 @@ def framed_png(png: bytes | Image.Image, title: str, bar: str | None = None, lo:
     # grey maps stay one byte per pixel: a third of the PNG to encode and send
     mode = "L" if src.mode == "L" and bar in (None, "grey", "channel") else "RGB"
     src = src.convert(mode)
-    width = max(src.width, 260)
+    # as wide as the title too: a 4-column heat map (~260 px) cut "layer 4 output after - before the edit,
+    # channels 0-15 of 64" after "channels"; the picture stays at the left, the margin is white
+    width = max(src.width, 260, text_width(title, 12) + 4)
     bar_h = 0 if bar is None else 34
     out = Image.new(mode, (width, 18 + src.height + bar_h), 255 if mode == "L" else (255, 255, 255))
     black = 0 if mode == "L" else (0, 0, 0)

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from engine.session.stats import histogram_counts
-from qwidgets._encode import (DIVERGING, FLAT_GREY, GAP, feature_montage, heatmap_png,
-                              histogram_png, weights_png)
+from qwidgets._encode import (DIVERGING, FLAT_GREY, GAP, feature_montage, framed_png, heatmap_png,
+                              histogram_png, text_width, weights_png)
 
 
 def png(data: bytes) -> np.ndarray:
@@ -68,6 +68,20 @@ def test_heatmap_is_white_at_zero_red_positive_blue_negative():
     assert tuple(a[0, 0]) == tuple(DIVERGING[-1]) and tuple(a[5, 5]) == tuple(DIVERGING[0])
     chw = png(heatmap_png(np.ones((3, 4, 4), np.float32), cols=3, size=4))
     assert chw.shape == (4, 3 * 4 + 2 * GAP, 3)
+
+
+def test_a_framed_picture_is_as_wide_as_its_title():
+    """The weight editor's heat map (4 tiles of 64 px) was framed 260 px wide and its title lost its end
+    ("... before the edit, channels 0-15 of 64" ended at "channels")."""
+    heat = heatmap_png(np.ones((16, 8, 8), np.float32), max_channels=16, cols=4, vmax=1.0, as_image=True)
+    title = "layer 4 output after - before the edit, channels 0-15 of 64"
+    a = png(framed_png(heat, title, "diverging", -1.0, 1.0))
+    assert text_width(title, 12) > 300 and a.shape[1] == text_width(title, 12) + 4
+    ink = np.nonzero((a[:18] < 128).any(axis=(0, 2)))[0]
+    assert ink.max() > 300                                   # the title's end is drawn, beyond the old 260 px
+    assert (a[18:18 + heat.height, :heat.width] == np.asarray(heat)).all()    # the picture, unchanged, at the left
+    short = png(framed_png(heat, "FLOAT", "grey"))
+    assert short.shape[1] == max(heat.width, 260)            # a short title keeps the old width
 
 
 @pytest.mark.parametrize("bins", [1, 16, 128])
