@@ -92,8 +92,8 @@ class WeightEditor(widgets.VBox):
         self.edited_cells: list[int] = []    # flat indexes of the cells the last Apply changed
         self._marked_key: tuple | None = None
         self._diff = widgets.HTML()
-        # its own size, never stretched to the panel (a 16-tile map blown up reads as pixel mush)
-        self.heatmap = PngImage(layout=widgets.Layout(width="auto", max_width="100%", object_fit="none"))
+        # its own size, box too (a stretched box: a small map in a 600 px blank square); narrower panel: shrunk
+        self.heatmap = PngImage(layout=widgets.Layout(width="auto", max_width="100%", align_self="flex-start"))
         self._journal = widgets.HTML()
         self._status = widgets.Label()
         self._status.add_class("qw-status")
