@@ -113,6 +113,9 @@ class LongTask(widgets.HBox):
             result = None
             try:
                 result = work(tick)
+                # full when done: work with no unit to count (Explain with every detection matched) ran 14 s
+                # and then said "done" beside an empty bar
+                self.progress.value = self.progress.max
                 self.text = f"{what}: done in {time.perf_counter() - t0:.1f} s"
             except Cancelled:
                 self.cancelled = True

@@ -38,3 +38,23 @@ def test_an_expected_refusal_stays_a_plain_message(tiny, tiny_q, monkeypatch):
     view = ExplainView(engine.Session(tiny, tiny_q, "int"), background=False)
     view.explain_button.click()
     assert view.status == "error: no detections to explain" and view.error_details == ""
+
+
+def test_the_bar_is_full_when_the_work_is_done_even_without_a_tick(tiny, tiny_q, monkeypatch):
+    """Explain with every detection matched has no substitution run to count: it said "explaining: done
+    in 13.9 s" beside an empty bar. A cancelled or failed run keeps the bar where it stopped."""
+    class Matched(_Buggy):
+        def explain_all(self, _tick):
+            return [], []
+    monkeypatch.setattr(explain_view, "Explainer", Matched)
+    view = ExplainView(engine.Session(tiny, tiny_q, "int"), background=False)
+    view.explain_button.click()
+    assert view.task.text.startswith("explaining: done in")
+    assert view.task.progress.value == view.task.progress.max == 1
+
+    class Failing(_Buggy):
+        def explain_all(self, _tick):
+            raise engine.EngineError("no detections to explain")
+    monkeypatch.setattr(explain_view, "Explainer", Failing)
+    view.explain_button.click()
+    assert view.task.progress.value == 0 and view.status == "error: no detections to explain"
