@@ -9,6 +9,9 @@ import traitlets
 class PngImage(widgets.Image):
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("format", "png")
+        # its own size (shrunk to a narrower panel), not stretched: a box as wide as the tab blew the 480 px
+        # charts up ~2x, blurred, once the tabs sat below the graph at full width
+        kwargs.setdefault("layout", widgets.Layout(align_self="flex-start", max_width="100%"))
         super().__init__(**kwargs)
         self._sync_display()
 

@@ -204,6 +204,22 @@ def test_no_empty_images_before_the_first_compare_or_edit(tiny, tiny_q):
     assert ex.detections.images[1].layout.display == "none"
 
 
+def test_charts_keep_their_own_size_and_hide_while_empty(tiny, tiny_q):
+    """qa4: below the graph (a 1280-1400 px JupyterLab) the tabs are full width, and a chart stretched to them
+    was blown up ~2x, blurred (the Images tab's 480 px bar chart drawn 913 px wide). Every chart keeps its own
+    size, shrunk only in a narrower panel; the detections keep the width they set."""
+    ex = Explorer(engine.Session(tiny, tiny_q, "int"))
+    charts = [ex.images_view.chart, ex.explain_view.chart, ex.mixed_view.chart, ex.quant_view.chart,
+              ex.quant_view.sensitivity_chart, ex.weight_editor.heatmap]
+    for chart in charts:
+        assert (chart.layout.align_self, chart.layout.max_width, chart.layout.width) in \
+            (("flex-start", "100%", None), ("flex-start", "100%", "auto")), chart.layout
+        assert chart.layout.display == "none"
+    ex.images_view.chart.value = b"\x89PNG"
+    assert ex.images_view.chart.layout.display == "" and ex.images_view.chart.layout.align_self == "flex-start"
+    assert ex.detections.images[0].layout.width.endswith("px")
+
+
 def test_compare_offers_its_models_in_the_quantized_picker_and_sensitivity_is_a_table(tiny, tiny_q):
     """Items 12 and 13."""
     from engine.imaging.samples import sample
