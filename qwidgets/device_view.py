@@ -20,6 +20,7 @@ import ipywidgets as widgets
 import traitlets
 
 from engine.quant.device import DeviceTable, sim_vs_device
+from engine.quant.profiles import PROFILES, get_profile
 from qwidgets._errors import Message, shows_errors
 from qwidgets._long_task import LongTask, result_dropped
 from qwidgets.layer_panel import TABLE_CSS
@@ -37,11 +38,22 @@ def _cell(v, column: str = "") -> str:
     return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
 
 
+def runtime_hint(profile: str) -> str:
+    """How to get device columns when `profile` has no runtime ("" when it has one): the default profile
+    has none, and nothing said which profiles do or where to choose one."""
+    if profile not in PROFILES.names() or get_profile(profile).exportable is not None:
+        return ""
+    names = ", ".join(n for n in PROFILES.names() if get_profile(n).exportable is not None)
+    return f"to measure one, pick a Profile with a runtime ({names}) in the Quantization tab, Compare, then Adopt"
+
+
 def device_html(table: DeviceTable) -> str:
     """Every layer's row of the engine's table; the header says whether the runtime was measured."""
     rows = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c), c)}</td>" for c in COLS) + "</tr>" for r in table.rows)
+    hint = runtime_hint(table.profile)
     device = (f"runtime <b>{html.escape(table.runtime)}</b>" if table.runtime else
-              f"<b>device columns not measured:</b> {html.escape(table.note, quote=False)}")
+              f"<b>device columns not measured:</b> {html.escape(table.note, quote=False)}"
+              + (f"; {html.escape(hint, quote=False)}" if hint else ""))
     return (f"{TABLE_CSS}<div>profile <b>{html.escape(table.profile)}</b>; {device}</div>"
             "<div style='max-height:320px;overflow-y:auto'><table class='qw-table qw-device'><tr><th>layer</th>"
             "<th>kind</th><th>precision</th><th>FLOAT vs INT, layer alone: SQNR (dB, higher is better)</th>"
@@ -103,7 +115,8 @@ class DeviceView(widgets.VBox):
             self.status = (f"device ({table.runtime}, profile {table.profile}): "
                            + (f"layers {bad} differ from our INT" if bad else "bit-exact with our INT"))
         else:
-            self.status = f"profile {table.profile}: device not measured ({table.note})"
+            hint = runtime_hint(table.profile)
+            self.status = f"profile {table.profile}: device not measured ({table.note})" + (f"; {hint}" if hint else "")
 
     def show(self, table: DeviceTable) -> None:
         self.result = table

@@ -11,7 +11,7 @@ from engine.imaging.samples import sample
 from engine.quant.device import sim_vs_device
 from engine.quant.qmodel import quantize_model
 from helpers import frozen_arrays, same_arrays
-from qwidgets.device_view import DeviceView
+from qwidgets.device_view import DeviceView, runtime_hint
 
 
 def test_onnxruntime_profile_table_and_overlays_are_the_engine_rows(tiny, tiny_stats):
@@ -42,7 +42,12 @@ def test_profile_without_runtime_gets_a_note(tiny, tiny_q):
     view = DeviceView(s, background=False)
     view.run_button.click()
     assert "device columns not measured:</b> profile 'qwidgets' has no runtime" in view.table.value
-    assert view.status == "profile qwidgets: device not measured (profile 'qwidgets' has no runtime to run)"
+    # qa4: and says how to get them (the default profile has no runtime; nothing named one that has)
+    hint = ("to measure one, pick a Profile with a runtime (onnxruntime, avx2_u8s8, ort_reduce_range) in the "
+            "Quantization tab, Compare, then Adopt")
+    assert view.status == f"profile qwidgets: device not measured (profile 'qwidgets' has no runtime to run); {hint}"
+    assert f"; {hint}</div>" in view.table.value
+    assert runtime_hint("onnxruntime") == "" and runtime_hint("no-such-profile") == ""
     assert "device_mismatched" not in view.overlays or view.overlays["device_mismatched"] == {}
     view2 = DeviceView(engine.Session(tiny), background=False)
     view2.run_button.click()
