@@ -39,13 +39,15 @@ class WorkspaceView(widgets.VBox):
         self.workspace = workspace or Workspace()
         self._open_callbacks: list[Callable[[Entry], str | None]] = []
         self._kind = widgets.Dropdown(options=[ALL, *KINDS], value=ALL, description="Kind")
-        self._list = widgets.Select(options=[], rows=10, layout=widgets.Layout(width="100%"))
+        # stretched, not width="100%" (plus 2 px margins: a horizontal scroll bar under the whole view)
+        self._list = widgets.Select(options=[], rows=10, layout=widgets.Layout(width="auto"))
         self._info = widgets.HTML()
         self._upload = widgets.FileUpload(accept=ACCEPT, multiple=True, description="Upload",
                                           tooltip="files over the server's websocket limit (10 MiB by "
                                                   "default) fail in transit: use Import from a path")
-        # "auto": kinds from file types (each image its own entry); or force one kind
-        self._upload_kind = widgets.Dropdown(description="as", value=None, layout=widgets.Layout(width="220px"),
+        # "auto": kinds from file types (each image its own entry); or force one kind. "auto" is shown selected
+        # (value=None selected nothing: the box was blank, though uploads ran as auto)
+        self._upload_kind = widgets.Dropdown(description="as", index=0, layout=widgets.Layout(width="220px"),
                                              options=[("auto", None), ("one image set", "imageset"),
                                                       ("quantized model", "quantized"), ("record", "record")])
         self._path = widgets.Text(placeholder="/path/to/file-or-folder", description="Path")

@@ -53,6 +53,8 @@ def test_upload_adds_entries_and_clears_the_widget(view):
 
 
 def test_upload_as_one_image_set(view):
+    # qa4: the "as" box shows "auto" selected at first (it was blank: value=None selected no option)
+    assert (view._upload_kind.index, view._upload_kind.label, view._upload_kind.value) == (0, "auto", None)
     view._upload_kind.value = "imageset"
     upload(view, {"a.jpg": (IMAGES / "person.jpg").read_bytes(), "b.jpg": (IMAGES / "scream.jpg").read_bytes()})
     assert view.entries == ["a-set", "dog", "run1"]
