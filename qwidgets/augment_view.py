@@ -15,6 +15,8 @@ from engine.workspace import Workspace
 from qwidgets._errors import report
 
 THUMB = 160  # pixels, longest side of a preview
+# flip / flop are ImageMagick's words: which mirror each is, under its thumbnail
+CAPTIONS = {"flip": "flip (top-bottom)", "flop": "flop (left-right)"}
 
 
 class AugmentView(widgets.VBox):
@@ -37,9 +39,12 @@ class AugmentView(widgets.VBox):
         self._radius = widgets.FloatSlider(min=0, max=10, step=0.5, description="Blur radius",
                                            continuous_update=False)
         self.thumbnails = {key: widgets.Image(format="png") for key in BASIC}
-        tiles = [widgets.VBox([widgets.Label(key), img]) for key, img in self.thumbnails.items()]
+        self.captions = {key: widgets.Label(CAPTIONS.get(key, key)) for key in BASIC}
+        tiles = [widgets.VBox([self.captions[key], img]) for key, img in self.thumbnails.items()]
         self._name = widgets.Text(description="Set name", placeholder="e.g. dog-aug")
-        self._save = widgets.Button(description="Save as image set", icon="save", button_style="primary")
+        # as wide as its text (the default width cut it to "Save as image ...")
+        self._save = widgets.Button(description="Save as image set", icon="save", button_style="primary",
+                                    layout=widgets.Layout(width="auto", min_width="180px"))
         self._status = widgets.Label()
         super().__init__(children=[widgets.HBox([self._picker, self._refresh]),
                                    widgets.HBox([self._angle, self._radius]), widgets.HBox(tiles),

@@ -73,3 +73,13 @@ def test_refresh_picks_up_new_images(tmp_path):
     view._refresh.click()
     assert view._picker.options == ("scream",) and view.image_name == "scream"
     assert view.thumbnails["original"].value
+
+
+def test_thumbnails_say_which_mirror_and_save_keeps_its_whole_label(tmp_path):
+    """qa4: "flip" and "flop" did not say which mirror each is; the Save button's default width cut its
+    text to "Save as image ..." in the browser."""
+    view = make_view(tmp_path, "dog")
+    assert [view.captions[k].value for k in BASIC] == ["original", "rotate", "blur", "flip (top-bottom)",
+                                                       "flop (left-right)"]
+    assert view._save.description == "Save as image set"
+    assert view._save.layout.width == "auto" and view._save.layout.min_width == "180px"
