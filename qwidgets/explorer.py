@@ -131,6 +131,11 @@ class Explorer(widgets.VBox):
         self.quant_view.observe(self._on_ranking_change, names="ranking")
         self.quant_view.observe(self._on_overlay_change, names="sensitivity_ranks")
         self.explain_view.observe(self._on_recoveries_change, names="recoveries")
+        # after the editor's own handler (registered first): a model saved into the workspace is listed in
+        # the Quantized picker and the connected workspace views at once (they showed it after a Compare)
+        self._workspace_views: list = []
+        for button in (self.weight_editor.save_model_button, self.weight_editor.save_quantized_button):
+            button.on_click(self._after_save)
         self.device_view.observe(self._on_overlay_change, names="overlays")
         # edits since the last update, so the panel forgets only those layers (registered before the
         # follower: without an event loop it delivers at once, and the edit must be listed by then)
@@ -188,8 +193,15 @@ class Explorer(widgets.VBox):
         self.controls.refresh_quantized()
         self.quant_view.refresh_image_sets()
         view.on_open(self.controls.open_entry)
+        self._workspace_views.append(view)
         # a confirmation asked by Open is for the entry then selected (the view relabels its button too)
         view.observe(lambda _c: self.controls.disarm_open(), names="selected")
+
+    def _after_save(self, _button) -> None:
+        if self.weight_editor.status.startswith("saved into the workspace"):
+            self.controls.refresh_quantized()
+            for view in self._workspace_views:
+                view.refresh()
 
     def close(self) -> None:
         """Stop following the session, then close the widgets."""

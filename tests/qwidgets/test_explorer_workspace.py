@@ -104,3 +104,23 @@ def test_save_into_the_workspace_keeps_lineage_and_reloads_bit_for_bit(tiny_q, w
     assert all(np.array_equal(a, b) for a, b in zip(reloaded.float_reference(), s.float_reference()))
     we.save_model_button.click()                          # never half a pair, never over an entry
     assert ex.status == "error: workspace entry 'tiny-edited' exists; pick another name"
+
+
+def test_a_model_saved_into_the_workspace_is_offered_at_once(tiny, tiny_q, ws):
+    """qa4: after Save model / Save quantized into the workspace, the Quantized picker and the connected
+    workspace view did not list the new entries (until a Compare, or a kind filter change, re-listed them)."""
+    s = engine.Session(tiny, tiny_q, "int")
+    ex, view = connected(s, ws)
+    we = ex.weight_editor
+    assert [label for label, _ in ex.controls._qm_pick.options] == ["tiny-minmax", "(path below)"]
+    we._path.value = "mine"
+    we.save_quantized_button.click()
+    assert ex.status.startswith("saved into the workspace: quantized 'mine'")
+    assert [label for label, _ in ex.controls._qm_pick.options] == ["mine", "tiny-minmax", "(path below)"]
+    assert "mine" in view.entries
+    ex.controls._qm_pick.value = str(ws.path_of("mine"))
+    ex.controls.load_qm_button.click()
+    assert "loaded" in ex.status and s.qmodel is not tiny_q
+    we.save_quantized_button.click()                       # refused: nothing new to list
+    assert ex.status == "error: workspace entry 'mine' exists; pick another name"
+    assert [label for label, _ in ex.controls._qm_pick.options] == ["mine", "tiny-minmax", "(path below)"]
