@@ -91,7 +91,7 @@ class Explorer(widgets.VBox):
         self.graph.overlay_options = [*self.graph.overlay_options, "recovery", *DEVICE_OVERLAYS]
         self.tabs = widgets.Tab(children=[self.panel, self.weight_editor, self.detections, self.explain_view,
                                           self.images_view, self.quant_view, self.mixed_view, self.device_view],
-                                titles=TABS, layout=widgets.Layout(flex="1 1 auto", min_width="480px"))
+                                titles=TABS, layout=widgets.Layout(flex="1 1 480px", min_width="480px"))
         left = widgets.VBox([self._follow, self.graph], layout=widgets.Layout(flex=f"0 0 {graph_width + 10}px",
                                                                                width=f"{graph_width + 10}px"))
         # labels wrap instead of running off the page (long status and confirmation lines); the status keeps
@@ -99,7 +99,8 @@ class Explorer(widgets.VBox):
         # (cytoscape maps clicks with the canvas position it measured earlier: `GraphView._legend`)
         # the tab titles keep their whole text and wrap to a second row (lumino shrank each to ~60 px: "Detecti",
         # "Quantizati", "De" below 1600 px); the tabs go below the graph when the two do not fit side by side
-        # (JupyterLab at 1280-1400 px with its file browser open cut the tabs' right half off)
+        # (JupyterLab at 1280-1400 px with its file browser open cut the tabs' right half off); their flex basis
+        # is their minimum, not their content's width, so they wrap only when under 480 px remain
         css = widgets.HTML("<style>.qw-explorer .qw-status{white-space:normal !important;height:auto !important;"
                            "line-height:1.35;min-height:2.7em}.qw-explorer .widget-button{overflow:visible}"
                            ".qw-explorer .widget-tab > .lm-TabBar .lm-TabBar-content{flex-wrap:wrap}"
