@@ -110,7 +110,9 @@ class QuantizationView(widgets.VBox):
                                                  layout=widgets.Layout(width="160px"))
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="",
                                             layout=widgets.Layout(width="300px"))
-        self._table = widgets.HTML()
+        # the 12 columns scroll right under the table: beside the graph (~640 px) the last four (found, extra,
+        # mean SQNR, size) were cut off, reachable only by the whole view's scroll bar below the chart
+        self._table = widgets.HTML(layout=widgets.Layout(overflow="auto"))
         self.chart = PngImage()
         self._status = widgets.Label()
         self._status.add_class("qw-status")

@@ -23,6 +23,7 @@ def test_compare_two_methods_ranks_them_and_adopt_sets_the_best(tiny):
     assert qv.progress.value == qv.progress.max == 3            # 1 image + 2 methods
     assert sorted(qv.ranking) == ["log2", "minmax"] and qv.ranking[0] == qv.table.best.method
     assert "<table class='qw-table qw-ranking'>" in qv._table.value and qv._table.value.count("<tr>") == 3
+    assert qv._table.layout.overflow == "auto"      # qa4: its columns scroll under it, not under the chart
     assert Image.open(io.BytesIO(qv.chart.value)).size == (640, 220)
     qv.adopt_button.click()
     assert qv.adopted == qv.ranking[0] and s.qmodel.method == qv.ranking[0] and s.mode == "int"
