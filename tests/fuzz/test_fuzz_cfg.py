@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 from cfgs import base_texts
 from engine.darknet.cfg import parse_cfg, read_cfg
-from engine.errors import CfgError, EngineError, UnsupportedError
+from engine.errors import CfgError, EngineError, EngineWarning, UnsupportedError
 from engine.darknet.build import build_graph, build_layers
 from engine.darknet.image import Preprocessed
 from engine.model import Model
@@ -160,11 +161,16 @@ def test_random_bytes_in_cfg_files_only_raise_cfg_errors(name, junk, pos):
     path = _TMP / "fuzz.cfg"
     path.write_bytes(data[:pos] + junk + data[pos:])
     try:
-        cfg = read_cfg(path)
+        with warnings.catch_warnings(record=True) as seen:   # junk inside a key: Darknet's 'Unused field'
+            warnings.simplefilter("always")
+            cfg = read_cfg(path)
     except CfgError as err:
         assert "fuzz.cfg" in str(err)
         event("refused by read_cfg")
         return
+    for w in seen:
+        assert issubclass(w.category, EngineWarning) and str(w.message).startswith("fuzz.cfg:"), w
+        assert "not a key of [" in str(w.message)
     check_accepted(cfg.text, "fuzz.cfg")
 
 
