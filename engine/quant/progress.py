@@ -18,6 +18,9 @@ two calls as long as the total grows only with the unit starting (`revise(done +
 `engine.quant.sensitivity.sensitivity` takes (`stop_hook`; anything else is refused when `Steps` is made);
 it is asked before each unit, and by work that can stop inside one (a scored run, between images).
 Work that stops this way has changed nothing it was given: it builds its result on the side.
+Units may start on several threads (a comparison's images side by side): `start` reports one unit at a
+time, so the calls stay in order and `done` still grows by one per call (it then counts the units started
+before this one: at most one per other thread may still be running).
 """
 from __future__ import annotations
 
@@ -68,12 +71,17 @@ class Steps:
     def __init__(self, total: int, on_progress: Progress | None = None, cancel: CancelHook = None) -> None:
         self.done, self.total = 0, total
         self._report, self._stop = on_progress, stop_hook(cancel)
+        self._lock = threading.Lock()       # units started on several threads are reported one by one
 
     def start(self, what: str) -> None:
         """Before a unit: raises Cancelled if asked to stop, else reports (units done, total, what).
 
         Raises:
             Cancelled: `cancel` answered True (or `on_progress` raised it)."""
+        with self._lock:
+            self._start(what)
+
+    def _start(self, what: str) -> None:
         if self._stop():
             raise Cancelled(f"cancelled before {what} ({self.done} of {self.total} steps done)")
         self.total = max(self.total, self.done + 1)
@@ -90,3 +98,36 @@ class Steps:
         self.total = self.done
         if self._report is not None:
             self._report(self.done, self.total, "done")
+
+
+class StepsBar:
+    """A tqdm bar over an on_progress callback `(done, total, what)`, naming the unit that runs;
+    made at the first call, closed at the final (n, n, "done") or by `close()`."""
+
+    def __init__(self, desc: str, unit: str) -> None:
+        self.desc, self.unit, self.bar = desc, unit, None
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit)
+        self.bar.total, self.bar.n = total, done
+        self.bar.set_postfix_str("" if what == "done" else what)     # and redraws: the count and the unit at once
+        if what == "done":
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def fan_out(*reports: Progress | None) -> Progress | None:
+    """One on_progress callback calling each given one in turn (None when none is given)."""
+    given = [r for r in reports if r is not None]
+    if not given:
+        return None
+
+    def report(done: int, total: int, what: str) -> None:
+        for r in given:
+            r(done, total, what)
+    return report

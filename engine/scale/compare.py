@@ -25,7 +25,7 @@ from engine.quant.executor import Executor, FloatView, LayerRecord, reference_ou
 from engine.quant.layermemo import LayerMemo, acc_layers
 from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
 from engine.quant.modes import QUANT_MODES, Mode
-from engine.quant.progress import Progress, Steps
+from engine.quant.progress import CancelHook, Progress, Steps, StepsBar, fan_out
 from engine.quant.autoquant import quantize
 from engine.quant.qmodel import QuantizedModel
 from engine.quant.refine.pipeline import AFTER, check as check_refine, needs_float_inputs, refine_after
@@ -99,16 +99,20 @@ class CompareTable:
         return "\n".join(rows)
 
 
-def method_rows(model, executors: dict[str, Executor], pre, float_outs, int_run=None, memo=None) -> dict:
+def method_rows(model, executors: dict[str, Executor], pre, float_outs, int_run=None, memo=None,
+                before: Callable[[str], object] | None = None) -> dict:
     """One image, one quantized model (its executor per quantized mode): detections and per-layer
     statistics in HYBRID and INT. `int_run`: an ONNX Runtime INT forward with every layer's output
     (engine/export/ort_backend.py) that replaces the executor's INT run; its saturation column is then NaN
     (not measured: ORT does not report how many values it clipped). `memo`: a LayerMemo shared by
-    the methods on this image (engine/quant/layermemo.py): what they compute alike is computed once."""
+    the methods on this image (engine/quant/layermemo.py): what they compute alike is computed once.
+    `before(mode)`: called before each mode's run (progress; it may raise Cancelled)."""
     row: dict = {}
     if executors:        # a cross-layer-equalized model's layers compare with the equalized twin's outputs
         float_outs = reference_outputs(model, next(iter(executors.values())).qmodel, float_outs)
     for mode, ex in executors.items():
+        if before is not None:
+            before(mode)
         if mode == Mode.INT8 and int_run is not None:
             values = int_values(ex, int_run(pre.x), int_run.grids)
             records = [LayerRecord(i, ex.precision(i)) for i in range(len(values))]
@@ -153,6 +157,18 @@ class KeptForwards:
         return floats if floats.complete else None
 
 
+def _stepping(task: Callable, step: Callable[[int, str], object]) -> Callable:
+    """`task` (compare_batch) reporting its units through `step`, each batch numbering its images from where
+    the one before ended (InProcess runs the batches in order, in this process)."""
+    first = [0]
+
+    def run(*args_and_batch) -> list[dict]:
+        batch = args_and_batch[-1]
+        start, first[0] = first[0], first[0] + len(batch)
+        return task(*args_and_batch, step=step, first=start)
+    return run
+
+
 def _item_key(item) -> tuple:
     return ("path", str(item)) if isinstance(item, (str, Path)) else ("object", id(item))
 
@@ -163,11 +179,21 @@ def _item_key(item) -> tuple:
 IMAGE_PARALLEL = True
 
 
-def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list, kept: dict | None = None) -> list[dict]:
+def run_units(n_images: int, n_methods: int) -> int:
+    """The units of a comparison's runs that `compare(on_run=)` reports: per image its FLOAT reference, then
+    every method in each quantized mode (HYBRID, INT)."""
+    return n_images * (1 + n_methods * len(QUANT_MODES))
+
+
+def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list, kept: dict | None = None,
+                  step: Callable[[int, str], object] | None = None, first: int = 0) -> list[dict]:
     """The task: per image, FLOAT detections and `method_rows` of every (method, quantized model
     reference) in `qrefs` (a tuple: Dask resolves shared futures inside tuples). `runtime`: where
     FLOAT and INT run (engine/export/ort_backend.py); HYBRID and the local statistics run on NumPy.
-    `kept`: FLOAT outputs already computed here for some items (by `_item_key`), numpy runtime only."""
+    `kept`: FLOAT outputs already computed here for some items (by `_item_key`), numpy runtime only.
+    `step(index, what)`: called before each unit of `run_units` (in this process only: it is no shippable
+    task argument), `index` the image's place among all images (`first` is batch[0]'s), `what` the unit
+    ("FLOAT", "kl: INT"); it may raise Cancelled, which stops the batch."""
     model = load_source(source)
     qms = {method: resolve_qmodel(ref) for method, ref in qrefs}
     executors = {method: {mode: Executor(model, qm, mode) for mode in QUANT_MODES} for method, qm in qms.items()}
@@ -179,14 +205,18 @@ def compare_batch(source, qrefs: tuple, resize: str, runtime: str, batch: list, 
 
     def one(k: int) -> dict:
         item = batch[k]
+        if step is not None:
+            step(first + k, "FLOAT")
         pre = model.preprocess(item, resize)
         hit = kept.get(_item_key(item)) if kept else None
         # only for the very input it was computed on (an array item may be preprocessed differently)
         same = hit is not None and hit[0].shape == pre.x.shape and np.array_equal(hit[0], pre.x)
         outs = hit[1] if same else list(float_run(pre.x))
         memo = LayerMemo(share_acc=shared)      # this image's shared layer results, dropped with it
+        def before(method: str):
+            return None if step is None else lambda mode: step(first + k, f"{method}: {str(mode).upper()}")
         return {Mode.FLOAT.value: detect_outputs(model, outs, pre),
-                **{method: method_rows(model, exs, pre, outs, int_runs[method], memo)
+                **{method: method_rows(model, exs, pre, outs, int_runs[method], memo, before(method))
                    for method, exs in executors.items()}}
 
     if runtime == "numpy" and IMAGE_PARALLEL:
@@ -224,7 +254,8 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
             on_method: Callable[[MethodResult, int, int], object] | None = None, *, backend=None,
             batch_size: int | None = None, calib_images=None, profile: str = "qwidgets",
             float_outputs: KeptForwards | None = None, refine: Sequence[str] = (),
-            margin_k: float = 2.0, on_quantize: Progress | None = None) -> CompareTable:
+            margin_k: float = 2.0, on_quantize: Progress | None = None, on_run: Progress | None = None,
+            cancel: CancelHook = None) -> CompareTable:
     """Quantize with each method from the same statistics, evaluate on `images`, rank.
 
     `model`: a Model, or (with a Dask backend) anything engine.scale.sources.as_source takes.
@@ -242,6 +273,14 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
     `on_quantize(done, total, what)` follows the work before the runs (engine.quant.progress's convention:
     before each unit, then (n, n, "done")): one unit per method quantized ("quantize kl"; `auto` runs the
     model) and, with `refine`, one per method refined ("refine kl (gptq, eq)": seconds each).
+    `on_run(done, total, what)` follows the comparison's runs the same way, the total known up front
+    (`run_units`): per image its FLOAT reference ("FLOAT, image 3 of 15"), then each method in HYBRID and INT
+    ("kl: INT, image 3 of 15"). With `progress`, a "comparing" bar shows the same units. Both in this process
+    only: with a Dask backend `on_run` is not called and the bar counts images as their batches finish.
+    `cancel` (engine.quant.progress.CancelHook) is asked before every unit of both phases.
+
+    Raises:
+        Cancelled: `cancel` answered True, or `on_quantize` / `on_run` raised it (nothing is returned).
     """
     backend, runtime = split_backend(backend)
     backend = backend or InProcess()
@@ -250,7 +289,7 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
     items = shippable_items(images)
     names = tuple(r for r in AFTER if r in check_refine(refine, AFTER, "compare refine"))    # in the order they run
     methods = list(dict.fromkeys(methods))
-    steps = Steps(len(methods) * (2 if names else 1), on_quantize)
+    steps = Steps(len(methods) * (2 if names else 1), on_quantize, cancel)
     qms = {}
     for m in methods:
         steps.start(f"quantize {m}")
@@ -278,8 +317,19 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
             and len(float_outputs.outputs) == len(items):
         kept = {_item_key(i): o for i, o in zip(items, float_outputs.outputs) if o is not None}
         task = partial(compare_batch, kept=kept)
-    rows = [r for part in backend.map_batches(task, items, batch_size, progress, "comparing",
-                                              args=(source, qrefs, resize, runtime)) for r in part]
+    here = isinstance(backend, InProcess)
+    bar = StepsBar("comparing", "run") if progress and here else None
+    runs = Steps(run_units(len(items), len(qms)), fan_out(on_run, bar), cancel)
+    if here:
+        task = _stepping(task, lambda k, what: runs.start(f"{what}, image {k + 1} of {len(items)}"))
+    try:
+        rows = [r for part in backend.map_batches(task, items, batch_size, progress and bar is None, "comparing",
+                                                  args=(source, qrefs, resize, runtime)) for r in part]
+        if here:
+            runs.finish()
+    finally:
+        if bar is not None:
+            bar.close()
     results = []
     for method, qm in qms.items():
         results.append(method_result(model, method, qm, rows))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from engine.errors import Cancelled
+from engine.quant.progress import CancelHook, StepsBar, stop_hook
+
 
 class CalibrationCache:
     """The last |x| histograms computed for a named image set, valid while the model version holds:
@@ -27,30 +30,9 @@ class CalibrationCache:
         return stats
 
 
-class StepsBar:
-    """A tqdm bar over an engine.quant.progress callback `(done, total, what)`, naming the unit that runs;
-    made at the first call, closed at the final (n, n, "done") or by `close()`."""
-
-    def __init__(self, desc: str, unit: str) -> None:
-        self.desc, self.unit, self.bar = desc, unit, None
-
-    def __call__(self, done: int, total: int, what: str) -> None:
-        if self.bar is None:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit)
-        self.bar.total, self.bar.n = total, done
-        self.bar.set_postfix_str("" if what == "done" else what)     # and redraws: the count and the unit at once
-        if what == "done":
-            self.close()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def compare_methods(session, images, methods: list[str], *, key: str | None,
                     on_progress: Callable[[str, int, int], Any] | None, progress: bool,
-                    backend: str, refine: Sequence[str], **options):
+                    backend: str, refine: Sequence[str], cancel: CancelHook = None, **options):
     """`Session.compare_methods` (its docstring): the calibration pass (cached per `key` and model version;
     its FLOAT outputs are the comparison's reference), then engine.scale.compare, every phase reported:
     a tqdm bar each when `progress` ("calibrating", "quantizing" or "quantizing + refining" with the unit
@@ -58,7 +40,13 @@ def compare_methods(session, images, methods: list[str], *, key: str | None,
     from engine.calib.collect import image_list
     from engine.scale.compare import KeptForwards, compare
     items = image_list(images)
-    on_image = (lambda done, total: on_progress("calibrate", done, total)) if on_progress else None
+    stop = stop_hook(cancel)
+
+    def on_image(done: int, total: int) -> None:
+        if stop():
+            raise Cancelled(f"cancelled while calibrating ({done} of {total} images done)")
+        if on_progress is not None:
+            on_progress("calibrate", done, total)
     on_method = (lambda _result, done, total: on_progress("compare", done, total)) if on_progress else None
     bar = StepsBar("quantizing + refining" if refine else "quantizing", "step") if progress else None
 
@@ -74,7 +62,7 @@ def compare_methods(session, images, methods: list[str], *, key: str | None,
     try:
         return compare(session.model, stats, items, methods, resize=session.resize, progress=progress,
                        on_method=on_method, backend=backend, float_outputs=keep, refine=refine,
-                       on_quantize=on_quantize, **options)
+                       on_quantize=on_quantize, cancel=cancel, **options)
     finally:
         if bar is not None:
             bar.close()

@@ -20,6 +20,7 @@ from engine.errors import ArgumentError, EditsWouldBeLost, EngineError
 from engine.quant.executor import Executor, FloatView, Value, reference_outputs
 from engine.quant.fitness import ErrorStats, error_stats
 from engine.quant.modes import Mode
+from engine.quant.progress import CancelHook, Progress
 from engine.quant.qmodel import QuantizedModel
 from engine.session import arguments
 from engine.session.editing import Editor
@@ -230,18 +231,20 @@ class Session(LayerStepper):
     def compare_methods(self, images, methods, *, per_channel: bool = True, key: str | None = None,
                         on_progress: Callable[[str, int, int], Any] | None = None, backend: str = "numpy",
                         profile: str = "qwidgets", refine: Sequence[str] = (), margin_k: float = 2.0,
-                        progress: bool = True):
+                        progress: bool = True, on_run: Progress | None = None, cancel: CancelHook = None):
         """Calibrate once on `images`, quantize with each method, rank them by agreement with FLOAT on the
         same images (engine.scale.compare). Progress bars (tqdm) for each phase: calibrating, quantizing (and
         refining) every method, comparing; progress=False: none. on_progress(phase, done, total): "calibrate"
         per image, "quantize" per method quantized then refined, "compare" per method. backend: "numpy" |
         "onnxruntime" | "auto" (FLOAT and INT on ONNX Runtime; INT needs profile="onnxruntime"). `refine`:
         refinements applied to every method after calibration (gptq, eq, bias, head, margin;
-        engine.quant.refine.pipeline), fitted on the same images. Returns a CompareTable."""
+        engine.quant.refine.pipeline), fitted on the same images. `on_run(done, total, what)`: the runs unit by
+        unit, the total known up front ("kl: INT, image 3 of 15"; engine.scale.compare.compare). `cancel` (event
+        or callable) is asked after each calibration image and before each later unit: then Cancelled."""
         from engine.session.calibration import compare_methods
         return compare_methods(self, images, list(methods), key=key, on_progress=on_progress, progress=progress,
                                per_channel=per_channel, backend=backend, profile=profile, refine=refine,
-                               margin_k=margin_k)
+                               margin_k=margin_k, on_run=on_run, cancel=cancel)
 
     # ------------------------------------------------------------------ detection diff, explain
     def detection_diff(self):
