@@ -3,10 +3,12 @@
 Compare = `session.compare_methods(images, methods, key=<image set>, on_progress=...)`: one calibration
 pass over the chosen image set (cached by the session per image-set key and model version, so a weight
 edit recalibrates), then one quantize + evaluate per method, ranked by the engine (INT mAP@0.5 vs
-FLOAT, then HYBRID, then mean SQNR). The bar advances per calibration image and per method (max =
-images + methods; cached statistics count as done); the status line names the step while the methods are
-quantized and refined, then the comparison's runs (`progress=False`: no tqdm bars under the tab). The image set is the given images, the bundled
-photos (with or without augmentations), a path, or an image set of a connected workspace. The Profile and
+FLOAT, then HYBRID, then mean SQNR). The bar advances per calibration image, then per unit of the runs
+(per image FLOAT, then each method in HYBRID and INT: `on_run`, its total known up front; cached statistics
+count as done), and Cancel stops between units (the table shown stays); the status line names the step while
+the methods are quantized and refined, then the run unit ("kl: INT, image 3 of 15") (`progress=False`: no
+tqdm bars under the tab). The image set is the given images, the bundled photos (with or without
+augmentations), a path, or an image set of a connected workspace. The Profile and
 Backend dropdowns go to `compare_methods(profile=, backend=)` (INT on ONNX Runtime needs profile onnxruntime;
 the engine says so in the status line otherwise), the ticked refinements to `compare_methods(refine=)`.
 
@@ -29,6 +31,7 @@ import traitlets
 from engine.imaging.augment import augment
 from engine.calib import CALIBRATORS
 from engine.quant.profiles import DEFAULT as DEFAULT_PROFILE, PROFILES
+from engine.quant.progress import counted
 from engine.quant.refine.pipeline import AFTER as REFINE_AFTER
 from engine.imaging.samples import sample_images
 from qwidgets._confirm import Refused, SwitchGuard, dropped_text
@@ -196,8 +199,14 @@ class QuantizationView(widgets.VBox):
         if not methods:
             raise ValueError("tick at least one calibration method")
         key, label, images = self._image_set()
+        from engine.scale.compare import run_units      # here: the tab imports no comparison code until used
         n, t0 = len(methods), time.perf_counter()
-        self.progress.max, self.progress.value = self._image_counts.get(key, 0) + n, 0
+        runs_t0: list[float] = []
+        images_known = self._image_counts.get(key, 0)
+        calibrated = [images_known]             # the calibration images, counted done once the runs start
+        # the bar: the calibration images, then the runs unit by unit (per image FLOAT, then each method in
+        # HYBRID and INT: run_units, the engine's count), so it moves all through the ~minute of runs
+        self.progress.max, self.progress.value = max(1, images_known + run_units(images_known, n)), 0
         self.status = f"calibrating on {label} ..."
 
         def left(done: int, total: int) -> str:
@@ -209,26 +218,36 @@ class QuantizationView(widgets.VBox):
             if phase == "calibrate":
                 if key is not None:
                     self._image_counts[key] = total
-                self.progress.max, self.progress.value = total + n, done
+                calibrated[0] = total
+                self.progress.max, self.progress.value = total + run_units(total, n), done
                 self.status = (f"calibrating on {label}: image {done}/{total}"
                                f"{left(self.progress.value, self.progress.max)} ...")
             elif phase == "quantize":     # per method quantized, then refined (seconds each): the bar waits
-                self.status = (f"{'quantizing and refining' if refine else 'quantizing'} {n} methods: step "
-                               f"{done + 1}/{total} ..." if done < total else f"comparing {n} methods on {label} ...")
-            else:           # statistics cached for this image set: the image part of the bar counts as done
-                self.progress.value = self.progress.max - n + done
-                self.status = f"compared {done}/{total} methods{left(self.progress.value, self.progress.max)} ..."
+                self.status = (f"{'quantizing and refining' if refine else 'quantizing'} {counted(n, 'method')}: "
+                               f"step {done + 1}/{total} ..." if done < total
+                               else f"comparing {counted(n, 'method')} on {label} ...")
+
+        def on_run(done: int, total: int, what: str) -> None:      # the engine's units, named by it
+            if self._stop.is_set():
+                raise Cancelled()
+            images = calibrated[0]          # statistics cached: their part of the bar counts as done
+            self.progress.max, self.progress.value = images + total, images + done
+            runs_t0[:] = runs_t0 or [time.perf_counter()]
+            if what != "done":
+                ahead = f", ~{(time.perf_counter() - runs_t0[0]) / done * (total - done):.0f} s left" if done else ""
+                self.status = f"comparing {counted(n, 'method')} on {label}: {what}{ahead} ..."
 
         refine = self.refinements()
 
         def work():
             return self._session.compare_methods(images, methods, per_channel=self._per_channel.value, key=key,
                                                  on_progress=on_progress, profile=self.profile_choice.value,
-                                                 backend=self.backend.value, refine=refine, progress=False)
+                                                 backend=self.backend.value, refine=refine, progress=False,
+                                                 on_run=on_run, cancel=self._stop)
 
         def done(table) -> None:
             self.show_table(table)
-            self.status = (f"compared {n} methods on {len(table.images)} images in "
+            self.status = (f"compared {counted(n, 'method')} on {counted(len(table.images), 'image')} in "
                            f"{time.perf_counter() - t0:.1f} s: best {table.best.method}")
         self._run(work, done, "compare")
 

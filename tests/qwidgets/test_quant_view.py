@@ -19,8 +19,8 @@ def test_compare_two_methods_ranks_them_and_adopt_sets_the_best(tiny):
     assert qv.methods() == ["log2", "minmax"] or qv.methods() == ["minmax", "log2"]
     assert qv.adopt_button.disabled
     qv.compare_button.click()
-    assert qv.status.startswith("compared 2 methods on 1 images"), qv.status
-    assert qv.progress.value == qv.progress.max == 3            # 1 image + 2 methods
+    assert qv.status.startswith("compared 2 methods on 1 image in"), qv.status
+    assert qv.progress.value == qv.progress.max == 6            # 1 image + its runs: FLOAT, 2 methods x HYBRID, INT
     assert sorted(qv.ranking) == ["log2", "minmax"] and qv.ranking[0] == qv.table.best.method
     assert "<table class='qw-table qw-ranking'>" in qv._table.value and qv._table.value.count("<tr>") == 3
     assert qv._table.layout.overflow == "auto"      # qa4: its columns scroll under it, not under the chart
@@ -96,15 +96,16 @@ def test_compare_bar_advances_per_image_then_per_method_and_recalibrates_after_a
     qv = QuantizationView(s, images=[sample("dog"), sample("horses")], methods=("minmax",))
     seen = bar_values(qv)
     qv.compare_button.click()
-    assert seen == [(1, 3), (2, 3), (3, 3)], seen            # image 1, image 2, then the method
-    assert qv.status.startswith("compared 1 methods on 2 images")
+    runs = [(k, 8) for k in range(3, 9)]                      # per image: FLOAT, minmax HYBRID, minmax INT
+    assert seen == [(1, 8), (2, 8)] + runs, seen              # image 1, image 2, then the runs unit by unit
+    assert qv.status.startswith("compared 1 method on 2 images")
     seen.clear()
     qv.compare_button.click()                                 # same images, same weights: statistics reused
-    assert seen == [(0, 3), (3, 3)], seen
+    assert seen == [(0, 8), (2, 8)] + runs, seen
     s.edit_weights(0, (0, 0), np.zeros((3, 3)), target="float")
     seen.clear()
     qv.compare_button.click()                                 # the edit changed every activation: recalibrate
-    assert seen == [(0, 3), (1, 3), (2, 3), (3, 3)], seen
+    assert seen == [(0, 8), (1, 8), (2, 8)] + runs, seen
 
 
 def test_workspace_image_sets_are_offered_as_calibration_images(tiny, tmp_path):
@@ -122,8 +123,8 @@ def test_workspace_image_sets_are_offered_as_calibration_images(tiny, tmp_path):
     assert ("workspace: calib-set (2 images)", "ws:calib-set") in qv._images.options
     qv._images.value = "ws:calib-set"
     qv.compare_button.click()
-    assert qv.status.startswith("compared 1 methods on 2 images"), qv.status
-    assert qv.progress.value == qv.progress.max == 3
+    assert qv.status.startswith("compared 1 method on 2 images"), qv.status
+    assert qv.progress.value == qv.progress.max == 8          # 2 images + per image FLOAT, minmax HYBRID, INT
 
 
 def outputs(session) -> list:
@@ -212,3 +213,29 @@ def test_ticked_refinements_refine_every_compared_method_and_the_adopted_model(t
         tiny, collect(tiny, [sample("dog")], progress=False), "minmax", per_channel=True).scales
     qv.adopt_button.click()
     assert s.qmodel.scales == direct.scales and "eq" in s.qmodel.meta
+
+
+def test_compare_bar_moves_through_the_runs_naming_method_mode_and_image_and_cancel_keeps_the_table(tiny):
+    # qa8: after the calibration the bar froze at "comparing 2 methods ..." for ~50 s: the engine reported
+    # once per finished method, after all the runs
+    qv = QuantizationView(engine.Session(tiny), images=[sample("dog"), sample("horses")], methods=("minmax", "kl"))
+    during, texts = [], []
+    qv.progress.observe(lambda c: during.append((c.new, qv.progress.max)), names="value")
+    qv.observe(lambda c: texts.append(c.new), names="status")
+    qv.compare_button.click()
+    runs = [t for t in texts if t.startswith("comparing 2 methods on given images: ")]
+    assert len(runs) == 10, texts                             # 2 images x (FLOAT + 2 methods x HYBRID, INT)
+    assert any("kl: INT, image 2 of 2" in t for t in runs) and any("minmax: HYBRID, image 1 of 2" in t for t in runs)
+    assert during[2:] == [(k, 12) for k in range(3, 13)], during    # 2 images, then every unit of the runs
+    first = qv.table
+    assert qv.ranking and qv.status.startswith("compared 2 methods on 2 images")
+
+    def cancel_at_the_third_unit(change):
+        if "image" in change.new and change.new.startswith("comparing") and qv.progress.value >= 4:
+            qv.cancel_button.click()
+    qv.observe(cancel_at_the_third_unit, names="status")
+    during.clear()
+    qv.compare_button.click()
+    assert qv.status == "compare cancelled"
+    assert qv.table is first and qv.ranking == [r.method for r in first.results]    # the earlier result stays
+    assert max(v for v, _ in during) <= 6, during             # stopped between units, not at the end
