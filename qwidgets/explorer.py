@@ -116,8 +116,10 @@ class Explorer(widgets.VBox):
         traitlets.dlink((self, "error_details"), (self.controls, "error_details"))
         for view in (self.weight_editor, self.quant_view, self.explain_view, self.images_view, self.mixed_view,
                      self.device_view):
-            traitlets.dlink((view, "status"), (self.controls, "status"))
             traitlets.dlink((view, "error_details"), (self.controls, "error_details"))
+        for view in (self.graph, self.weight_editor, self.quant_view, self.explain_view, self.images_view,
+                     self.mixed_view, self.device_view):      # the graph's: Find's "no such layer, type 0..23"
+            traitlets.dlink((view, "status"), (self.controls, "status"))
         traitlets.dlink((self.graph, "selected_node"), (self.controls, "selected_node"))
         self.controls.observe(self._on_cross_result_change, names="cross_result")
         self.controls.observe(self._on_continue_result_change, names="continue_result")

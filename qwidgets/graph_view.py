@@ -23,6 +23,7 @@ import traitlets
 from ipycytoscape import CytoscapeWidget
 
 from engine.graph import INPUT, Graph
+from qwidgets._errors import Message, report
 from qwidgets._focus import FocusKeeper, request_age
 
 OVERLAYS = ["type", "sqnr", "saturation", "range_use", "sensitivity_rank"]
@@ -189,10 +190,8 @@ def worst(values: Mapping[str, float], meta: OverlayMeta, n: int = 5) -> list[tu
 class GraphView(widgets.VBox):
     """Layer graph with an overlay dropdown; clicking a node sets `selected_node`.
 
-    The cytoscape graph is built in `__init__` and again only by `set_graph` (another model); trait
-    changes only rewrite node classes. `on_node_click(cb)` registers `cb(node_id)` for node clicks
-    (plain callables, no engine logic).
-    """
+    The cytoscape graph is built in `__init__` and again only by `set_graph` (another model); trait changes
+    only rewrite node classes. `on_node_click(cb)` registers `cb(node_id)` for node clicks (plain callables)."""
 
     selected_node = traitlets.Unicode("", help="id of the node the user picked ('' = none)")
     current_node = traitlets.Unicode("", help="id of the node the session is at, highlighted ('' = none)")
@@ -201,8 +200,8 @@ class GraphView(widgets.VBox):
     overlay_options = traitlets.List(traitlets.Unicode(), default_value=list(OVERLAYS),
                                      help="choices of the overlay dropdown")
     generation = traitlets.Int(0, help="how many times the elements were built (1 + model changes)")
-
     found_node = traitlets.Unicode("", help="id of the node typed in Find ('' = none), highlighted")
+    status = Message("", help="what Find could not find, naming the valid range (the Explorer's status line)")
 
     def __init__(self, graph: Graph, height: str | None = None, width_px: int = 560, **kwargs) -> None:
         """height: the canvas height (default: what the grid needs at zoom 1, at most 1100 px);
@@ -279,8 +278,9 @@ class GraphView(widgets.VBox):
         try:
             self.find(change.new)
             self._find.description = "Find"
-        except ValueError:
+        except ValueError as err:       # the box says so, the status line says what exists
             self._find.description = "no such"
+            report(self, err, "GraphView.find")
 
     def _on_worst_pick(self, change) -> None:
         if change.new:

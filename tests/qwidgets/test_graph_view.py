@@ -211,3 +211,18 @@ def test_the_canvas_height_reaches_the_page_as_a_class_rule_before_the_layout_ru
     v2 = GraphView(tiny.graph, height="calc(100vh - 10px)")
     assert not [c for c in v2.cyto._dom_classes if c.startswith("qw-canvas-h")]
     assert "<style>" not in v2._legend.value and v2.cyto.layout.height == "calc(100vh - 10px)"
+
+
+def test_find_with_a_bad_layer_number_says_which_numbers_exist_in_the_explorer_status_line(tiny):
+    # qa8: typing 99 in Find only turned the box's label to "no such"; the message naming the range was dropped
+    import engine
+    from qwidgets import Explorer
+    ex = Explorer(engine.Session(tiny))
+    ex.graph._find.value = "99"
+    assert ex.graph._find.description == "no such"
+    expected = "error: find '99': no such layer; type 'input' or an index 0..23"
+    assert ex.graph.status == expected and ex.controls.status == expected
+    ex.graph._find.value = "7"                       # a good number still finds the layer
+    assert ex.graph._find.description == "Find" and ex.graph.selected_node == "7"
+    ex.graph._find.value = "x"                       # not a number either: the same range
+    assert ex.controls.status == "error: find 'x': no such layer; type 'input' or an index 0..23"
