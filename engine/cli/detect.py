@@ -9,6 +9,7 @@ from pathlib import Path
 
 from engine.cli.options import NMS_HELP, THRESH_HELP, add_model_args, forward_for, json_text, load_model, number
 from engine.errors import EngineError, FileError
+from engine.quant.progress import counted
 
 # formats Pillow writes that keep the input's extension; anything else is saved as .png
 _SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF",
@@ -64,7 +65,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         for name, r in result.items():
             if "error" in r:        # reported on stderr above; "0 detections" would be a lie
                 continue
-            print(f"{name}: {len(r['detections'])} detections")
+            print(f"{name}: {counted(len(r['detections']), 'detection')}")
             for d in r["detections"]:
                 print(f"  {d['name']}: {100 * d['score']:.0f}%  box ({d['x1']:.0f}, {d['y1']:.0f}) - "
                       f"({d['x2']:.0f}, {d['y2']:.0f})")

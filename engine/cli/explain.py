@@ -15,6 +15,7 @@ from pathlib import Path
 
 from engine.cli.options import (NMS_HELP, RESIZE_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP, json_text, layer_list,
                                 load_model, load_quantized, number, positive_int)
+from engine.quant.progress import counted
 
 
 def add_explain_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +52,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         print(json_text(report))
         return 0
-    print(f"{report['image']}: {len(explanations)} FLOAT detections, {len(extra)} extra in {args.mode.upper()}")
+    print(f"{report['image']}: {counted(len(explanations), 'FLOAT detection')}, {len(extra)} extra in {args.mode.upper()}")
     for d in report["detections"]:
         line = f"  {d['name']} {d['score']:.2f}: {d['status']} (IoU {d['iou']:.2f})"
         if d["status"] != "matched":

@@ -18,6 +18,7 @@ from engine.cli.options import (READS, SIZE_HELP, add_model_args, check_suffix, 
                                 json_text, load_model, npz_kind, output_path)
 from engine.errors import CfgError, EngineError
 from engine.npzfile import read_npy
+from engine.quant.progress import counted
 
 
 def add_info_parser(sub: argparse._SubParsersAction) -> None:
@@ -86,7 +87,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         shape = "x".join(str(v) for v in n.out_shape)
         print(f"{n.index:>4} {n.kind:<14} {','.join(n.inputs):<12} {shape:<18} {n.params:>12,} {n.macs:>15,}")
     c, h, w = graph.input_shape
-    print(f"input {c}x{h}x{w}; {len(graph)} layers; {graph.total_params:,} params; "
+    print(f"input {c}x{h}x{w}; {counted(len(graph), 'layer')}; {graph.total_params:,} params; "
           f"{graph.total_macs:,} MACs ({graph.total_macs / 1e9:.3f} G)")
     return 0
 
@@ -138,7 +139,7 @@ def summary_text(s: dict) -> str:
             ("float layers", ", ".join(map(str, s["float_layers"])) or "none"),
             ("source model", f"{s['model_name']}, fingerprint {s['fingerprint']}"),
             ("layers", f"{s['layers']} ({len(s['int8_layers'])} with int8 weights), input {c}x{h}x{w}"),
-            ("calibration", "no histograms kept" if images is None else f"{images} image{'s' * (images != 1)}"),
+            ("calibration", "no histograms kept" if images is None else counted(images, "image")),
             ("int8 size", f"{s['int8_bytes']:,} bytes")]
     return "\n".join([f"quantized model {s['file']} ({s['format']})"] + [f"{k:<14}{v}" for k, v in rows])
 
@@ -184,6 +185,6 @@ def cmd_dump(args: argparse.Namespace) -> int:
         raise EngineError(f"{args.input or args.image}: {err}") from err
     from engine.model import atomic_savez
     out = atomic_savez(args.output, {f"layer{i}": np.asarray(y, np.float32) for i, y in enumerate(outs)})
-    print(f"wrote {out} ({out.stat().st_size:,} bytes): the outputs of {len(outs)} layers as layer0..layer{len(outs) - 1}",
+    print(f"wrote {out} ({out.stat().st_size:,} bytes): the outputs of {counted(len(outs), 'layer')} as layer0..layer{len(outs) - 1}",
           file=sys.stderr)
     return 0

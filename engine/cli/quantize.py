@@ -7,6 +7,7 @@ import sys
 
 from engine.cli.options import add_calib_args, check_suffix, json_text, load_model, number, output_path
 from engine.errors import EngineError
+from engine.quant.progress import counted
 from engine.quant.refine.pipeline import AFTER as REFINE_AFTER
 
 DEFAULT_METHOD = "minmax"
@@ -123,8 +124,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         model = source                        # from here on the executor equalizes the float model itself
     after = [r for r in REFINE_AFTER if r in args.refine]
     if after:                                 # gptq and margin take seconds to minutes, with no bar of their own
-        _status(args, f"refining ({', '.join(after)}, in this order) on the {stats.images} calibration "
-                      f"image{'s' if stats.images != 1 else ''} ...")
+        _status(args, f"refining ({', '.join(after)}, in this order) on the "
+                      f"{counted(stats.images, 'calibration image')} ...")
     qm = refine_after(model, qm, args.refine, args.calib, keep, args.resize, args.margin_k)
     if "auto" in qm.meta:
         print(auto_choice_text(qm.meta["auto"]), file=sys.stderr)
@@ -137,7 +138,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         print(res.table(model), file=sys.stderr)
     qm.save(args.output)
     size = model_size(model, qm)
-    print(f"wrote {args.output}: {qm.describe()}, calibrated on {stats.images} images; int8 {size.int8_bytes:,} "
+    print(f"wrote {args.output}: {qm.describe()}, calibrated on {counted(stats.images, 'image')}; int8 {size.int8_bytes:,} "
           f"bytes vs float {size.float_bytes:,} ({size.compression:.1f}% smaller)", file=sys.stderr)
     return 0
 
@@ -206,7 +207,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     stats = collect(model, args.calib, args.resize, progress=not args.quiet)
     after = [r for r in REFINE_AFTER if r in args.refine]
     if after or "auto" in methods:            # before the comparing bar, with no bar of their own
-        _status(args, f"quantizing {len(methods)} method{'s' if len(methods) != 1 else ''}"
+        _status(args, f"quantizing {counted(len(methods), 'method')}"
                       f"{' and refining each (' + ', '.join(after) + ')' if after else ''} ...")
     table = compare(model, stats, args.images, methods, per_channel=args.per_channel, resize=args.resize,
                     progress=not args.quiet, calib_images=args.calib, backend=args.backend, profile=args.profile,

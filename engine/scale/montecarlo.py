@@ -32,6 +32,7 @@ from engine.scale.sources import load_source, resolve_qmodel, unwrap
 from engine.darknet.image import open_image
 from engine.quant.fitness import detection_agreement
 from engine.quant.modes import QUANT_MODES
+from engine.quant.progress import counted
 
 GREY = (127, 127, 127)
 # name: (low, high) of a uniform draw; flips are Bernoulli with these probabilities
@@ -189,8 +190,8 @@ class MonteCarloResult:
         return [(self.variants[i], self.rows[i]) for i in order[: (k or self.worst_k)]]
 
     def report(self) -> str:
-        lines = [f"Monte Carlo: {len(self.rows)} variants of {len(self.sources)} images, seed {self.seed}, "
-                 f"{self.seconds:.1f} s"]
+        lines = [f"Monte Carlo: {counted(len(self.rows), 'variant')} of {counted(len(self.sources), 'image')}, "
+                 f"seed {self.seed}, {self.seconds:.1f} s"]
         for m in self.modes:
             s = self.summary(m)
             lines.append(f"{m:<7} mAP50 mean {s['mean']:.3f}  mAP@[.5:.95] {s['mean_map50_95']:.3f}  "

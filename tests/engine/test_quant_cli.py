@@ -39,7 +39,7 @@ def test_quantize_kl_with_one_file_and_settings(capsys, tmp_path):
     out = tmp_path / "kl.npz"
     rc, _, err = cli(capsys, "quantize", *MODEL, "--calib", DOG, "--method", "kl", "--per-channel", "-o", out, "--quiet")
     assert rc == 0, err
-    assert f"wrote {out}: kl per-channel, calibrated on 1 images" in err and "smaller" in err
+    assert f"wrote {out}: kl per-channel, calibrated on 1 image;" in err and "smaller" in err
     qm = QuantizedModel.load(out)
     assert qm.method == "kl" and qm.stats.images == 1
     out2 = tmp_path / "p.npz"

@@ -40,7 +40,7 @@ def test_compare_on_onnxruntime_equals_numpy_and_refusal_is_shown(tiny):
         qv.profile_choice.value, qv.backend.value = "onnxruntime", backend
         qv.compare_button.click()
         qv.wait()
-        assert qv.status.startswith("compared 1 methods"), qv.status
+        assert qv.status.startswith("compared 1 method on"), qv.status
         assert bool(ort_backend._SESSIONS) == (backend == "onnxruntime")    # the runs went where picked
         tables[backend] = qv.table
     a, b = (tables[k].best for k in ("numpy", "onnxruntime"))
@@ -56,7 +56,7 @@ def test_compare_on_onnxruntime_equals_numpy_and_refusal_is_shown(tiny):
     qv.backend.value = "auto"                                        # auto: NumPy where ORT cannot
     qv.compare_button.click()
     qv.wait()
-    assert qv.status.startswith("compared 1 methods"), qv.status
+    assert qv.status.startswith("compared 1 method on"), qv.status
 
 
 def test_rank_images_on_onnxruntime_equals_numpy_and_hybrid_is_refused(tiny, tiny_ort):
