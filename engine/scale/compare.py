@@ -277,7 +277,8 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
     (`run_units`): per image its FLOAT reference ("FLOAT, image 3 of 15"), then each method in HYBRID and INT
     ("kl: INT, image 3 of 15"). With `progress`, a "comparing" bar shows the same units. Both in this process
     only: with a Dask backend `on_run` is not called and the bar counts images as their batches finish.
-    `cancel` (engine.quant.progress.CancelHook) is asked before every unit of both phases.
+    `cancel` (engine.quant.progress.CancelHook) is asked before every unit of both phases (of the runs: in
+    this process only, as `on_run`).
 
     Raises:
         Cancelled: `cancel` answered True, or `on_quantize` / `on_run` raised it (nothing is returned).
