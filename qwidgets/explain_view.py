@@ -1,7 +1,8 @@
 """ExplainView: why did the quantized run lose or shift a detection, and which layers bring it back.
 
 "Explain" runs `engine.quant.explain.Explainer` on the session's image, mode (INT or HYBRID), quantized
-model and FLOAT layers, in a `LongTask` (progress, estimate, Cancel). The result is a table (every FLOAT
+model and FLOAT layers, in a `LongTask` (progress, estimate, Cancel), reusing the run's and FLOAT's outputs
+the session holds when they are current (`kept_run_outputs`, `kept_float_outputs`). The result is a table (every FLOAT
 detection: status, IoU, the run's score, top culprits, fix set) and, for the detection picked in the
 list, a bar chart of its culprits (recovery = fraction of its score/IoU loss regained with that one layer
 FLOAT; only layers with recovery > 0: none when the error is spread) and every int8 layer's recovery as
@@ -82,7 +83,10 @@ class ExplainView(widgets.VBox):
             raise ValueError("Explain compares an INT or HYBRID run with FLOAT: pick mode INT or HYBRID "
                              "and a quantized model first")
         args = (s.model, s.qmodel, s.mode, s.pre)
-        opts: dict[str, Any] = {"thresh": s.thresh, "nms": s.nms, "float_layers": sorted(s.float_layers)}
+        # the run's and FLOAT's outputs the session holds, taken now (they describe the session as clicked):
+        # after a Run, Explain computes neither again (None: not held or stale, computed in the task)
+        opts: dict[str, Any] = {"thresh": s.thresh, "nms": s.nms, "float_layers": sorted(s.float_layers),
+                                "run_values": s.kept_run_outputs(), "float_outputs": s.kept_float_outputs()}
         self.explain_button.disabled = True
         state = self._state()
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
+
 from engine.darknet.detect import Detection, detect_outputs
 from engine.quant.executor import INT8, Executor, Value
 
@@ -138,22 +140,36 @@ class Explanation:
 class Explainer:
     """Substitution runs over one image: the run (mode, quantized model, base FLOAT layers) and the same
     run with extra layers in FLOAT. Runs are memoised per set of extra layers and restart from the first
-    layer that differs (the prefix is the base run's, bit for bit)."""
+    layer that differs (the prefix is the base run's, bit for bit).
+
+    `run_values` (every layer's Value of this very run: the executor's outputs for this model, quantized
+    model, mode and FLOAT layers on `pre.x`) and `float_outputs` (`model.forward(pre.x)`) are outputs the
+    caller already holds, a Session after a run (`Session.kept_run_outputs`, `kept_float_outputs`): given,
+    they are used as they are (the results are the same bits as computing them); None: computed here.
+
+    Raises:
+        ValueError: a mode other than int / hybrid, or kept outputs not one per layer."""
 
     def __init__(self, model, qmodel, mode: str, pre, *, thresh: float = 0.25, nms: float = 0.45,
-                 float_layers: Sequence[int] = ()) -> None:
+                 float_layers: Sequence[int] = (), run_values: Sequence[Value] | None = None,
+                 float_outputs: Sequence[np.ndarray] | None = None) -> None:
         if mode not in ("int", "hybrid"):
             raise ValueError(f"mode={mode!r}: explain compares an 'int' or 'hybrid' run with FLOAT")
+        n = len(model.layers)
+        for name, kept in (("run_values", run_values), ("float_outputs", float_outputs)):
+            if kept is not None and len(kept) != n:
+                raise ValueError(f"{name}: {len(kept)} outputs given, the model has {n} layers (one per layer)")
         self.model, self.qmodel, self.mode, self.pre = model, qmodel, mode, pre
         self.thresh, self.nms = thresh, nms
         self.base = frozenset(int(i) for i in float_layers)
         self.executor = Executor(model, qmodel, mode, self.base)
         self._x = Value(f=model.check_input(pre.x))
-        self.values = self.executor.run(pre.x)[0]
-        self.float_dets = detect_outputs(model, model.forward(pre.x), pre, thresh, nms)
-        self._runs: dict[frozenset, tuple[list[Detection], list[Detection]]] = {}
-        self.dets, _ = self._detections(self.values)
-        self._runs[frozenset()] = self._detections(self.values)
+        self.values = list(run_values) if run_values is not None else self.executor.run(pre.x)[0]
+        floats = float_outputs if float_outputs is not None else model.forward(pre.x)
+        self.float_dets = detect_outputs(model, floats, pre, thresh, nms)
+        self._runs: dict[frozenset, tuple[list[Detection], list[Detection]]] = {
+            frozenset(): self._detections(self.values)}
+        self.dets = self._runs[frozenset()][0]
         self.candidates = [i for i in range(len(model.layers)) if self.executor.precision(i) == INT8]
 
     def _detections(self, values) -> tuple[list[Detection], list[Detection]]:

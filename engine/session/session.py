@@ -178,13 +178,20 @@ class Session(LayerStepper):
         """FLOAT outputs of the (edited) model on the same input, the references of the quantized model's
         layers: for a cross-layer-equalized one the equalized twin's (`reference_outputs`: rescaled per
         channel inside the equalized chains, the same arrays at every chain end and head)."""
-        if self._float_ref is None:
-            self._float_ref = self.model.forward(self.pre.x)
+        self.kept_float_outputs(compute=True)
         kept = self.__dict__.get("_reference")
         if kept is None or kept[0] is not self._float_ref or kept[1] is not self.qmodel:
             kept = self._reference = (self._float_ref, self.qmodel, reference_outputs(self.model, self.qmodel,
                                                                                      self._float_ref))
         return kept[2]
+
+    def kept_float_outputs(self, compute: bool = False) -> list[np.ndarray] | None:
+        """`model.forward(pre.x)` of the (edited) model on this input when the session holds it (from
+        float_reference(), float_detections(), explain(); a float edit, undo, redo, another image or model drops
+        it), else None, or with `compute` computed and kept first: what a caller may use in place of that forward."""
+        if self._float_ref is None and compute:
+            self._float_ref = self.model.forward(self.pre.x)
+        return None if self._float_ref is None else list(self._float_ref)
 
     # ------------------------------------------------------------------ inspection
     def layer_info(self, index: int) -> dict[str, Any]:
@@ -261,33 +268,10 @@ class Session(LayerStepper):
         recovers, only those that recover some (`ranking`: every int8 layer), and a fix set of FLOAT
         layers that brings it back, verified by a full run); None ->
         (an Explanation per FLOAT detection, the run's extra detections). The session's FLOAT layers
-        stay FLOAT in every run. on_progress(done, total) follows the substitution runs."""
-        from engine.quant.explain import Explainer
-        if self.mode == Mode.FLOAT or self.qmodel is None:
-            raise EngineError("explain compares an INT or HYBRID run with FLOAT: set_mode('int') (or 'hybrid') "
-                              "with a quantized model first")
-        ex = Explainer(self.model, self.qmodel, Mode(self.mode).value, self.pre, thresh=self.thresh, nms=self.nms,
-                       float_layers=sorted(self.float_layers))
-        if detection is None:
-            return ex.explain_all(on_progress)
-        matches = ex.diff().matches
-        if isinstance(detection, Detection):
-            found = [m for m in matches if m.det == detection]
-            if not found:
-                raise EngineError(f"explain: {detection.name} {detection.score:.2f} is not one of this image's "
-                                  f"{len(matches)} FLOAT detections (pass an index or a float_detections() item)")
-            return ex.explain(found[0])
-        k = int(detection)
-        if not 0 <= k < len(matches):
-            raise EngineError(f"explain: detection {k} does not exist; this image has FLOAT detections "
-                              f"0..{len(matches) - 1}")
-        done = [0]
-
-        def step() -> None:
-            done[0] += 1
-            if on_progress is not None:
-                on_progress(done[0], len(ex.candidates))
-        return ex.explain(matches[k], step)
+        stay FLOAT in every run. on_progress(done, total) follows the substitution runs. The run's outputs
+        and the FLOAT forward are the session's own when current (engine/session/explaining.py)."""
+        from engine.session.explaining import explain
+        return explain(self, detection, on_progress)
 
     # ------------------------------------------------------------------ sweeps, records
     def sensitivity(self, progress: bool = True, cancel=None):

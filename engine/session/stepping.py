@@ -134,6 +134,15 @@ class LayerStepper:
         self._fire("refresh", first)
         return first
 
+    def kept_run_outputs(self) -> list[Value] | None:
+        """Every layer's output of this run (a new list of the kept Values) when all layers have run and no
+        edit has made one stale since, else None. They are what `executor.run(pre.x)` computes, bit for bit,
+        so a caller may use them in place of that run (Explain does). A mode, quantized model, model or
+        image change restarts the run (reset() empties them); an edit marks them stale until refresh()."""
+        if not self.done or self.stale_from is not None:
+            return None
+        return list(self.values)
+
     # ------------------------------------------------------------------ inspection
     def _executed(self, index: int) -> int:
         index = self._check_index(index)
