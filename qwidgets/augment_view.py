@@ -32,6 +32,7 @@ class AugmentView(widgets.VBox):
     def __init__(self, workspace: Workspace | None = None, **kwargs) -> None:
         self.workspace = workspace or Workspace()
         self.images: dict[str, Image.Image] = {}   # full-size outputs of the last preview
+        self._auto_name: str | None = None          # the set name last filled in from the image's name
         self._picker = widgets.Dropdown(description="Image", options=[])
         self._refresh = widgets.Button(description="Refresh", icon="refresh")
         self._angle = widgets.FloatSlider(min=-180, max=180, step=1, description="Angle",
@@ -75,8 +76,10 @@ class AugmentView(widgets.VBox):
         with self.hold_sync():
             for key, img in self.thumbnails.items():
                 img.value = to_png(self.images[key], THUMB)
-            if not self.set_name:
-                self.set_name = f"{self.image_name}-aug"
+            # the name follows the picked image until the user types one (it kept the first image's
+            # "dog-aug": horses' set was saved under it, or refused as existing)
+            if not self.set_name or self.set_name == self._auto_name:
+                self.set_name = self._auto_name = f"{self.image_name}-aug"
         self.status = f"preview of {self.image_name!r}: angle {self.angle:g}, blur {self.blur_radius:g}"
 
     def _on_refresh_click(self, _button) -> None:

@@ -42,6 +42,20 @@ def test_preview_thumbnails_follow_image_and_sliders(tmp_path):
     assert view.image_name == "horses" and view.images["original"].size == (773, 512)
 
 
+def test_set_name_follows_the_picked_image_until_typed(tmp_path):
+    # it kept the first image's name: horses' augmentations were offered for saving as "dog-aug"
+    view = make_view(tmp_path, "dog", "horses")
+    assert view.set_name == "dog-aug"
+    view._picker.value = "horses"
+    assert view.set_name == "horses-aug"
+    view._save.click()
+    assert view.status == "saved image set 'horses-aug': 5 images"
+    assert view.workspace.info("horses-aug").files[0].startswith("horses")
+    view._name.value = "my-set"
+    view._picker.value = "dog"
+    assert view.set_name == "my-set"                 # a name the user typed stays
+
+
 def test_save_stores_full_size_set_matching_the_engine(tmp_path):
     view = make_view(tmp_path, "person")
     view.angle, view.blur_radius = -20.0, 3.0
