@@ -1,25 +1,23 @@
 """The one crash-safe file writer, its temp-file reclaiming, and an inter-process lock.
 
-`atomic_write` writes to a temporary file in the target's directory, fsyncs it, renames it over
-the target with `os.replace` (atomic on one POSIX filesystem) and fsyncs the directory: a reader,
-or a process that survives a SIGKILL of the writer, sees either the whole old file or the whole new
-one. Every writer of the engine (models, quantized models, run records, .weights, the workspace
-index, zoo downloads) goes through it; `atomic_write_all` writes several files that belong together
-(an ONNX file and its external-data side file) to temp files first, and puts them in place only once
-all are complete.
+`atomic_write` writes to a temporary file in the target's directory, fsyncs it, renames it over the target with
+`os.replace` (atomic on one POSIX filesystem) and fsyncs the directory: a reader, or a process that survives a
+SIGKILL of the writer, sees either the whole old file or the whole new one. Every writer of the engine (models,
+quantized models, run records, .weights, the workspace index, zoo downloads) goes through it; `atomic_write_all`
+writes several files that belong together (an ONNX file and its external-data side file) to temp files first, and
+puts them in place only once all are complete.
 
-Temp names are `.<target, cut to 178 bytes>.qwtmp-<pid>-<thread id>-<random>-h<host>-s<start>`: unique per
-process AND thread, at most 240 bytes whatever the target name, and recognisable, so
-`sweep_temp_files` (run by every write and by the workspace on open) removes those of writers that
-died, never those of a writer still running. `<start>` is the writer's start time (Linux: field 22 of
-/proc/PID/stat): a writer is alive only if a process with its pid runs AND started then, so a pid
-reused by a later process neither keeps a dead writer's temp file forever nor makes this process take
-another's temp file for its own (names without `-s<start>`, from earlier versions or where /proc is
-not readable, are judged by the pid alone). `<host>` is `engine.mounts.host_id()` (boot id and pid
-namespace): on a folder shared by several machines (a hub's NFS home) or containers, a pid is only judged
-where it means something; temp files of another host are removed only after a day (`abandoned`).
-Names of earlier versions are read too: `-<4 hex of the host name's hash><6 hex>` (that hash decides
-whether it is this host's) and `-<8 hex>` (no host: judged by the pid, as then).
+Temp names are `.<target, cut to 178 bytes>.qwtmp-<pid>-<thread id>-<random>-h<host>-s<start>`: unique per process
+AND thread, at most 240 bytes whatever the target name, and recognisable, so `sweep_temp_files` (run by every write
+and by the workspace on open) removes those of writers that died, never those of a writer still running. `<start>`
+is the writer's start time (Linux: field 22 of /proc/PID/stat): a writer is alive only if a process with its pid
+runs AND started then, so a pid reused by a later process neither keeps a dead writer's temp file forever nor makes
+this process take another's temp file for its own (names without `-s<start>`, from earlier versions or where /proc
+is not readable, are judged by the pid alone). `<host>` is `engine.mounts.host_id()` (boot id and pid namespace): on
+a folder shared by several machines (a hub's NFS home) or containers, a pid is only judged where it means something;
+temp files of another host are removed only after a day (`abandoned`). Names of earlier versions are read too: `-<4
+hex of the host name's hash><6 hex>` (that hash decides whether it is this host's) and `-<8 hex>` (no host: judged
+by the pid, as then).
 """
 from __future__ import annotations
 
@@ -52,9 +50,9 @@ _START_FIELD = 22            # /proc/PID/stat: starttime, in clock ticks after b
 # the host tag of the names of earlier versions (`-<4 hex><6 hex>`): the host name's hash
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:4]
 _FOREIGN_AGE = 24 * 3600     # seconds after which another host's temp file or staging folder is taken as abandoned
-# Earlier versions of this writer used names ('.<name>.<pid>.<rand>.tmp', '.<name>.tmp<pid>',
-# '.<name>.part<pid>') that a user's own hidden files can have too ('.thesis.2024.bak.tmp'): they are
-# NOT reclaimed, since the sweep runs in every folder written into (a home folder, a CLI -o folder).
+# Earlier versions of this writer used names ('.<name>.<pid>.<rand>.tmp', '.<name>.tmp<pid>', '.<name>.part<pid>')
+# that a user's own hidden files can have too ('.thesis.2024.bak.tmp'): they are NOT reclaimed, since the sweep runs
+# in every folder written into (a home folder, a CLI -o folder).
 
 
 def _read_umask() -> int:
@@ -249,11 +247,13 @@ def publish(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
 
 
 def _link_new(tmp: Path, target: Path) -> None:
-    """Give the complete temp file the name `target` only if that name is free (atomic), then drop
-    the temp name."""
+    """Give the complete temp file the name `target` only if that name is free (atomic), then drop the temp name."""
     try:
         os.link(tmp, target)
     except FileExistsError:
+        with contextlib.suppress(OSError):     # NFS: a link retried after its reply was lost fails though made
+            if os.path.samefile(tmp, target):
+                return os.unlink(tmp)
         raise FileError(f"output {target}: was created by another writer meanwhile; refusing to "
                         "replace it (nothing was written)") from None
     except OSError as err:

@@ -48,3 +48,25 @@ def test_overwrite_true_still_replaces(session, tmp_path):
     target.write_bytes(b"old")
     session.save_model(target, overwrite=True)
     assert engine.load(target).graph.total_params == session.model.graph.total_params
+
+
+def test_an_exclusive_write_whose_link_was_made_but_reported_existing_succeeds(tmp_path, monkeypatch):
+    """NFS: link(2) retried after its reply was lost fails with EEXIST though the first try made the link
+    (the man page's warning). The write did happen: it is reported done, not "nothing was written", and the
+    temp name is gone. A name taken by another file is still refused."""
+    import os
+
+    from engine import atomic
+    real_link = os.link
+
+    def link_then_eexist(src, dst):
+        real_link(src, dst)
+        raise FileExistsError(17, "File exists")
+    monkeypatch.setattr(atomic.os, "link", link_then_eexist)
+    target = tmp_path / "q.npz"
+    assert atomic.atomic_write(target, b"ours", exclusive=True) == target
+    assert target.read_bytes() == b"ours" and [p.name for p in tmp_path.iterdir()] == ["q.npz"]
+    monkeypatch.setattr(atomic.os, "link", real_link)
+    with pytest.raises(EngineError, match="refusing to replace it"):
+        atomic.atomic_write(target, b"again", exclusive=True)
+    assert target.read_bytes() == b"ours" and [p.name for p in tmp_path.iterdir()] == ["q.npz"]
