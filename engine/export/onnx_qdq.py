@@ -212,8 +212,8 @@ def check_qdq(model, qmodel, path: str | Path, images: Sequence, mode: str = "in
     onnxruntime is missing."""
     from engine.export.onnx_graph import ort_session
     from engine.quant.executor import Executor
-    sess, names = ort_session(path, "checking an ONNX export", optimize=optimize)   # a missing ORT named first
     check_profile(qmodel)
+    sess, names = ort_session(path, "checking an ONNX export", optimize=optimize)
     ex = Executor(model, qmodel, mode)
     scales = int_output_scales(model, qmodel, ex) if mode == Mode.INT8 else {}
     worst: dict[str, dict] = {n: {"max_abs": 0.0, "max_rel": 0.0, "mean_abs": 0.0} for n in names}

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import engine
+from types import SimpleNamespace
 from engine.errors import EngineError, UnsupportedError
 from engine.model import from_cfg_text, normalise_random
 from helpers import CFG_DIR, REFERENCE, ROOT, TINY_CFG, max_rel_diff, resized_cfg
@@ -393,7 +394,7 @@ def test_missing_onnxruntime_raises_engine_error_naming_what_needed_it(monkeypat
     with pytest.raises(EngineError, match=r"^running an ONNX export needs onnxruntime \(pip install onnxruntime\)$"):
         run_int8(tmp_path / "absent.onnx", np.zeros((3, 2, 2), np.float32))
     with pytest.raises(EngineError, match=r"^checking an ONNX export needs onnxruntime"):
-        check_qdq(tiny, None, tmp_path / "absent.onnx", [])
+        check_qdq(tiny, SimpleNamespace(profile="qwidgets"), tmp_path / "absent.onnx", [])   # a profile it exports
     with pytest.raises(EngineError, match=r"^a check of the helper needs onnxruntime"):
         ort_session(b"", "a check of the helper")
 
