@@ -12,12 +12,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import engine
-from types import SimpleNamespace
 from engine.errors import EngineError, UnsupportedError
 from engine.model import from_cfg_text, normalise_random
 from helpers import CFG_DIR, REFERENCE, ROOT, TINY_CFG, max_rel_diff, resized_cfg
