@@ -46,7 +46,10 @@ class CalibrationStats:
         keys = {k.split("/")[1] for k in arrays if k.startswith(prefix + "/") and k.count("/") == 2}
         hists = {k: AbsHistogram.from_arrays(arrays[f"{prefix}/{k}/counts"], arrays[f"{prefix}/{k}/meta"])
                  for k in keys}
-        return cls(hists, int(arrays[f"{prefix}/images"][0]))
+        images = np.asarray(arrays[f"{prefix}/images"])
+        if images.shape != (1,) or images.dtype.kind not in "iu" or int(images[0]) < 0:
+            raise ValueError(f"images must be one count >= 0, got {images!r}")
+        return cls(hists, int(images[0]))
 
 
 def quantizable_ids(model) -> list[str]:

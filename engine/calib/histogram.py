@@ -178,5 +178,18 @@ class AbsHistogram:
 
     @classmethod
     def from_arrays(cls, counts: np.ndarray, meta: np.ndarray) -> "AbsHistogram":
+        """From `to_arrays`'s pair, read from a file: ValueError names what is damaged (a NaN or negative
+        count, an infinite range) rather than letting it become a meaningless threshold later."""
+        counts, meta = np.asarray(counts), np.asarray(meta)
+        if counts.ndim != 1 or counts.size == 0 or counts.dtype.kind not in "iuf":
+            raise ValueError(f"counts must be a 1-D array of numbers, got {counts.dtype} of shape {counts.shape}")
+        if counts.dtype.kind == "f" and not (np.isfinite(counts).all() and (counts == np.round(counts)).all()):
+            raise ValueError("counts must be whole numbers (found NaN, infinity or a fraction)")
+        if (counts < 0).any():
+            raise ValueError("counts must be >= 0")
+        if meta.shape != (5,) or meta.dtype.kind not in "iuf" or not np.isfinite(meta).all():
+            raise ValueError(f"meta must be 5 finite numbers (range, max |x|, signed min and max, count), got {meta!r}")
         hi, amax, lo, hs, total = (float(v) for v in meta)
+        if hi < 0 or amax < 0 or total < 0 or total != round(total):
+            raise ValueError(f"meta holds a negative range, max |x| or count, or a fractional count: {meta!r}")
         return cls(len(counts), hi, counts.astype(np.int64), amax, lo, hs, int(total))

@@ -552,6 +552,17 @@ QMODEL_FILE_CASES = [
     ("qm_w_scale_wrong_length", lambda a, raw: {**a, "layer0/w_scale": a["layer0/w_scale"][:2]}, "w_scale must be 1 or 4 floats"),
     ("qm_cfg_garbage", lambda a, raw: {**a, "cfg": _text("[net]\nwidth=abc\n")}, "the embedded cfg does not build"),
     ("qm_histogram_damaged", lambda a, raw: {k: v for k, v in a.items() if k != "calib/images"}, "calibration histograms are damaged"),
+    # (regression) these loaded, and thresholds re-read from them were meaningless (NaN counts: a RuntimeWarning)
+    ("qm_histogram_nan_counts", lambda a, raw: _calib(a, "counts", lambda c: np.where(np.arange(c.size) == 3, np.nan, c)),
+     "calibration histograms are damaged (counts must be whole numbers (found NaN, infinity or a fraction))"),
+    ("qm_histogram_negative_counts", lambda a, raw: _calib(a, "counts", lambda c: c - 1),
+     "calibration histograms are damaged (counts must be >= 0)"),
+    ("qm_histogram_2d_counts", lambda a, raw: _calib(a, "counts", lambda c: c.reshape(2, -1)),
+     "calibration histograms are damaged (counts must be a 1-D array of numbers"),
+    ("qm_histogram_infinite_range", lambda a, raw: _calib(a, "meta", lambda m: np.where(np.arange(5) == 0, np.inf, m)),
+     "calibration histograms are damaged (meta must be 5 finite numbers"),
+    ("qm_histogram_negative_images", lambda a, raw: {**a, "calib/images": np.array([-5], np.int64)},
+     "calibration histograms are damaged (images must be one count >= 0"),
     # (regression) a file lacking a scale or a layer's int8 weights ran into KeyError 'input', an AttributeError
     # traceback inside the INT conv, or silently ran the layer's output on a scale of 1.0
     ("qm_scales_lack_input", lambda a, raw: _meta_without(a, "scales", "input"), "scales lack tensor input;"),
@@ -559,6 +570,12 @@ QMODEL_FILE_CASES = [
     ("qm_in_scales_lack_layer", lambda a, raw: _meta_without(_meta_without(a, "in_scales", "2"), "schemes", "2"),
      "in_scales lack layer 2 [convolutional];"),
 ]
+
+
+def _calib(arrays: dict, part: str, change) -> dict:
+    """`arrays` with the first calibration histogram's counts or meta changed."""
+    key = sorted(k for k in arrays if k.startswith("calib/") and k.endswith("/" + part))[0]
+    return {**arrays, key: change(arrays[key].astype(np.float64) if part == "counts" else arrays[key])}
 
 
 @pytest.mark.parametrize("case", QMODEL_FILE_CASES, ids=[c[0] for c in QMODEL_FILE_CASES])
