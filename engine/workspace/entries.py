@@ -126,9 +126,32 @@ def _check_structure(name: str, kind: str, files: Mapping[str, bytes]) -> None:
         if not (pair or npz):
             raise WorkspaceError(f"entry {name!r}: a {kind} needs one .cfg with one .weights, or one "
                                  f"engine .npz; got {', '.join(sorted(files))}")
+        if pair:
+            _check_pair(name, files)
     elif kind == "image" and len(files) != 1:
         raise WorkspaceError(f"entry {name!r}: an image entry holds exactly one image; got {len(files)} "
                              "files (use kind 'imageset')")
+
+
+def _check_pair(name: str, files: Mapping[str, bytes]) -> None:
+    """The .weights holds exactly the floats its .cfg's layers need, as loading will demand: a download cut
+    short, or the weights of another cfg, is refused at upload rather than when the entry is first opened."""
+    from engine.darknet.build import build_layers
+    from engine.darknet.cfg import decode_text, parse_cfg
+    from engine.darknet.weights import expected_floats, read_header
+    from engine.errors import EngineError
+    cfg_name = next(f for f in files if extension(f) == ".cfg")
+    w_name = next(f for f in files if extension(f) == ".weights")
+    try:
+        layers = build_layers(parse_cfg(decode_text(files[cfg_name]).removeprefix("\ufeff"), cfg_name))
+        header = read_header(files[w_name], w_name).size
+    except EngineError as err:
+        raise WorkspaceError(f"entry {name!r}: {err}") from None
+    need, found = expected_floats(layers), (len(files[w_name]) - header) // 4
+    if found != need:
+        raise WorkspaceError(f"entry {name!r}: {w_name} holds {found:,} floats, {cfg_name} needs {need:,} "
+                             f"({'cut short: an interrupted download?' if found < need else 'too many'}; "
+                             "or the weights of another cfg)")
 
 
 def group_uploads(uploads: Mapping[str, bytes], kind: str | None, limits: Limits) -> list[Group]:
@@ -143,6 +166,8 @@ def group_uploads(uploads: Mapping[str, bytes], kind: str | None, limits: Limits
             raise WorkspaceError(f"upload: file names {raw!r} and another one are the same name after Unicode "
                                  "NFC normalisation; rename one")
         seen.add(fname)
+        if not isinstance(data, (bytes, bytearray, memoryview)):    # a str would be a raw TypeError below
+            raise WorkspaceError(f"upload: file {fname!r}: expected bytes, got {type(data).__name__}")
         by_ext.setdefault(_upload_class(fname), {})[fname] = bytes(data)
     groups: list[Group] = []
     images = by_ext.pop("image", {})

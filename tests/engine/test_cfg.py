@@ -177,7 +177,8 @@ def test_a_utf16_cfg_with_its_byte_order_mark_reads_like_its_utf8_twin(tmp_path,
     assert (code, err) == (0, "") and "24 layers" in out
     code, out, err = cli(capsys, "detect", p, TINY_CFG)
     assert code == 2 and "is a .cfg: pass its weights with --weights FILE" in err
-    entry = Workspace(tmp_path / "ws").add_upload({"ps.cfg": p.read_bytes(), "ps.weights": b"\0" * 20 + b"\0" * 4})[0]
+    from helpers import TINY_WEIGHTS
+    entry = Workspace(tmp_path / "ws").add_upload({"ps.cfg": p.read_bytes(), "ps.weights": TINY_WEIGHTS.read_bytes()})[0]
     assert entry.kind == "model"
 
 

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import stat
 import struct
@@ -29,7 +30,9 @@ from helpers import IMAGES, SHARED
 REPO = Path(__file__).resolve().parents[2]
 MODELS = SHARED / "models"
 CFG = b"[net]\nwidth=416\nheight=416\nchannels=3\n\n[convolutional]\nfilters=16\nsize=3\n"
-WEIGHTS = struct.pack("<3iq", 0, 2, 5, 0) + struct.pack("<4f", 1, 2, 3, 4)
+# the floats CFG's one conv needs (16 x 3 x 3 x 3 weights + 16 biases, 3 x 16 batch-norm values): a pair
+# whose counts disagree is refused at upload
+WEIGHTS = struct.pack("<3iq", 0, 2, 5, 0) + struct.pack("<448f", *range(448))
 
 
 def png_bytes(w: int = 8, h: int = 6, color=(200, 30, 40)) -> bytes:
@@ -607,3 +610,25 @@ def test_upload_and_import_file_an_npz_by_its_content(ws, tmp_path):
     (folder / "q.npz").write_bytes(Path(paths["q"]).read_bytes())
     (folder / "notes.txt").write_text("calibrated on 1 image")
     assert ws.import_path(folder, name="q4").kind == "quantized"
+
+
+@pytest.mark.parametrize("weights, words", [
+    (WEIGHTS[:-4], "m.weights holds 447 floats, m.cfg needs 448 (cut short: an interrupted download?; or the weights "
+                   "of another cfg)"),
+    (WEIGHTS + b"\0" * 4, "m.weights holds 449 floats, m.cfg needs 448 (too many; or the weights of another cfg)")])
+def test_a_model_pair_whose_weights_do_not_fit_its_cfg_is_refused_at_upload(ws, weights, words):
+    """(regression) a .weights one float short was stored with its cfg; the error came when the entry was
+    first opened, after the user had moved on. Loading refuses both counts, so the upload does too."""
+    for save in (lambda: ws.save_bytes("m", "model", {"m.cfg": CFG, "m.weights": weights}),
+                 lambda: ws.add_upload({"m.cfg": CFG, "m.weights": weights})):
+        with pytest.raises(WorkspaceError, match=re.escape(f"entry 'm': {words}")):
+            save()
+    assert ws.list() == []
+    with pytest.raises(WorkspaceError, match=r"entry 'm': m\.cfg:\d+ \[convolutional\]"):     # a cfg that does not build
+        ws.save_bytes("m", "model", {"m.cfg": CFG.replace(b"filters=16", b"filters=-1"), "m.weights": WEIGHTS})
+
+
+def test_an_upload_of_text_instead_of_bytes_is_named(ws):
+    # (regression) a str in place of the file's bytes was a raw TypeError ('string argument without an encoding')
+    with pytest.raises(WorkspaceError, match=r"^upload: file 'notes\.txt': expected bytes, got str$"):
+        ws.add_upload({"notes.txt": "hello"})

@@ -12,8 +12,8 @@ from engine.workspace import Workspace
 from qwidgets.workspace_view import WorkspaceView
 from helpers import IMAGES
 
-CFG = b"[net]\nwidth=32\nheight=32\n"
-WEIGHTS = struct.pack("<3iq", 0, 2, 5, 0) + b"\0" * 16
+CFG = b"[net]\nwidth=32\nheight=32\nchannels=3\n\n[convolutional]\nfilters=2\nsize=1\n"
+WEIGHTS = struct.pack("<3iq", 0, 2, 5, 0) + struct.pack("<8f", *range(8))   # the conv's 2 biases and 6 weights
 
 
 def upload(view: WorkspaceView, files: dict[str, bytes]) -> None:
