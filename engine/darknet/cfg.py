@@ -296,6 +296,17 @@ def read_cfg(path: str | Path) -> Cfg:
             raise CfgError(f"{p}: more than {MAX_CFG_BYTES} bytes is too large for a cfg")
     except OSError as err:
         raise CfgError(f"{p}: cannot read cfg: {err.strerror or err}") from err
+    cfg = cfg_from_bytes(data, p)
+    cfg.file = str(p.resolve())
+    from engine.darknet.cfg_keys import warn_unknown_keys
+    warn_unknown_keys(cfg)          # a typo'd key was silently ignored: Darknet says 'Unused field'
+    return cfg
+
+
+def cfg_from_bytes(data: bytes, p: Path) -> Cfg:
+    """A cfg file's whole content parsed as `read_cfg` reads it (the text rule, UTF-16 after its byte-order mark,
+    a UTF-8 byte-order mark dropped); `p` names it in every CfgError. Also the workspace's check of an uploaded
+    pair, which holds the bytes but no file."""
     why = text_problem(data, complete=True)
     if why == NUL_BYTES:
         raise CfgError(f"{p}: contains NUL bytes; not a text cfg file")
@@ -311,8 +322,4 @@ def read_cfg(path: str | Path) -> Cfg:
     # Notepad saves UTF-8 with a byte-order mark; Darknet would read '\ufeff[net]' as a bad line, but
     # the file is plainly a cfg (and the mark is not kept: model files embed the text without it)
     text = text.removeprefix("\ufeff")
-    cfg = parse_cfg(text, p.name)
-    cfg.file = str(p.resolve())
-    from engine.darknet.cfg_keys import warn_unknown_keys
-    warn_unknown_keys(cfg)          # a typo'd key was silently ignored: Darknet says 'Unused field'
-    return cfg
+    return parse_cfg(text, p.name)

@@ -137,13 +137,13 @@ def _check_pair(name: str, files: Mapping[str, bytes]) -> None:
     """The .weights holds exactly the floats its .cfg's layers need, as loading will demand: a download cut
     short, or the weights of another cfg, is refused at upload rather than when the entry is first opened."""
     from engine.darknet.build import build_layers
-    from engine.darknet.cfg import decode_text, parse_cfg
+    from engine.darknet.cfg import cfg_from_bytes
     from engine.darknet.weights import expected_floats, read_header
     from engine.errors import EngineError
     cfg_name = next(f for f in files if extension(f) == ".cfg")
     w_name = next(f for f in files if extension(f) == ".weights")
     try:
-        layers = build_layers(parse_cfg(decode_text(files[cfg_name]).removeprefix("\ufeff"), cfg_name))
+        layers = build_layers(cfg_from_bytes(files[cfg_name], Path(cfg_name)))
         header = read_header(files[w_name], w_name).size
     except EngineError as err:
         raise WorkspaceError(f"entry {name!r}: {err}") from None
