@@ -26,6 +26,11 @@ import numpy as np
 
 from engine.errors import WeightsError
 
+try:
+    import lzma
+except ImportError:             # a Python built without it: zipfile then cannot open LZMA members either
+    lzma = None
+
 GiB = 1 << 30
 MAX_MEMBERS = 100_000           # yolov4 with calibration histograms has ~2,000
 MAX_ARRAY_BYTES = 4 * GiB       # any one array, even when its shape was checked against a cfg
@@ -37,7 +42,11 @@ _QMODEL_KEYS = r"(?:format|meta|cfg|layer\d+/(?:w_q|w_scale|b_q)|calib/images|ca
 KNOWN = {"model": re.compile(f"^{_MODEL_KEYS}$"), "quantized": re.compile(f"^{_QMODEL_KEYS}$"),
          "record": re.compile(f"^(?:format|meta|input|image_png|model/{_MODEL_KEYS}|qmodel/{_QMODEL_KEYS})$")}
 _HEADER_MAX = 1 << 16           # .npy headers are < 100 bytes in practice; numpy allows 10,000
-_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, zlib.error,
+# What zipfile's decompressors raise on a damaged member besides OSError (bzip2) and EOFError: zlib's and lzma's
+# own errors subclass only Exception. np.savez never writes LZMA, but a zip tool can, and a damaged member must be
+# refused like any other, not escape as a raw LZMAError.
+DECOMPRESS_ERRORS: tuple[type[Exception], ...] = (zlib.error,) + ((lzma.LZMAError,) if lzma is not None else ())
+_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, *DECOMPRESS_ERRORS,
            NotImplementedError, RuntimeError, UnicodeDecodeError, SyntaxError, TypeError)
 
 

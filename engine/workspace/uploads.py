@@ -18,6 +18,7 @@ from pathlib import PurePosixPath
 
 from engine.errors import EngineError, ImageError
 from engine.darknet.image import MAX_PIXELS, open_image
+from engine.npzfile import DECOMPRESS_ERRORS
 
 MiB = 1 << 20
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -250,7 +251,7 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, limit: 
                     raise WorkspaceError(f"{label}: uncompressed size exceeds {limit} bytes "
                                          "(image or zip-total limit; possible zip bomb)")
                 chunks.append(chunk)
-    except (zipfile.BadZipFile, OSError, RuntimeError, EOFError) as err:  # RuntimeError: encrypted
+    except (zipfile.BadZipFile, OSError, RuntimeError, EOFError, *DECOMPRESS_ERRORS) as err:  # RuntimeError: encrypted
         raise WorkspaceError(f"{label}: cannot read zip member ({err})") from err
     return b"".join(chunks)
 
