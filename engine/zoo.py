@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from engine.atomic import publish, temp_path
+from engine.atomic import publish, sweep_temp_files, temp_path
 from engine.errors import DownloadError
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,9 @@ def fetch(name: str = "yolov3-tiny", *, download: bool = True, progress: bool = 
     """
     entry = get_entry(name)
     cfg = DATA_DIR / entry.cfg
+    # A download killed midway (a kernel restarted during a slow first fetch) leaves its temp file; nothing
+    # else writes into the cache folder, so no atomic write's sweep would ever reclaim it.
+    sweep_temp_files(cache_dir())
     found = locate(name)
     if found is not None:
         return cfg, found

@@ -1,11 +1,16 @@
 """Model zoo: local copies verified by sha256, downloads over HTTP verified, bad copies refused."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
+import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -129,3 +134,53 @@ def test_publish_puts_a_finished_temp_file_in_place_and_refuses_a_folder(tmp_pat
     with pytest.raises(FileError, match="is a folder|not a regular file|refusing"):
         publish(tmp, tmp_path / "d")
     assert (tmp_path / "d").is_dir() and tmp.read_bytes() == b"x"
+
+
+class _SlowHandler(http.server.BaseHTTPRequestHandler):
+    """Announces the zoo file's size, then trickles zeros until the client goes away (a slow mirror)."""
+    size = 0
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(self.size))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            for _ in range(self.size >> 16):
+                self.wfile.write(b"\0" * (1 << 16))
+                self.wfile.flush()
+                time.sleep(0.05)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_download_killed_midway_leaves_no_temp_file_after_the_next_fetch(dirs, tmp_path):
+    """A kernel restarted during the first `zoo.load()` (35 MB: the slow step of a first run) is SIGKILLed
+    mid-download; its partial temp file must be reclaimed by the next fetch, not kept in the cache for ever
+    (nothing else ever writes into the cache folder, so no other sweep reaches it)."""
+    entry = zoo.ZOO["yolov3-tiny"]
+    handler = type("H", (_SlowHandler,), {"size": entry.size})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cache = dirs / "cache"
+    script = ("import sys; from engine import zoo; e = zoo.ZOO['yolov3-tiny']; "
+              "zoo.ZOO['yolov3-tiny'] = zoo.ZooEntry(**{**e.__dict__, 'pypi_sdist': None, 'urls': (sys.argv[1],)}); "
+              "zoo.fetch(progress=False)")
+    env = {**os.environ, "QW_CACHE_DIR": str(cache), "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("QW_MODEL_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-c", script, f"http://127.0.0.1:{server.server_address[1]}/w"],
+                            env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size > 0 for p in cache.glob(".*qwtmp*")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the download never started"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+        server.shutdown()
+    [partial] = cache.glob(".*qwtmp*")
+    assert 0 < partial.stat().st_size < entry.size          # killed mid-write
+    _, weights = zoo.fetch("yolov3-tiny", sources=[lambda dest: shutil.copy(TINY_WEIGHTS, dest)])
+    assert weights == cache / "yolov3-tiny.weights" and zoo.sha256_of(weights) == entry.sha256
+    assert list(cache.glob(".*qwtmp*")) == []
