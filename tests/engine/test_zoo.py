@@ -7,6 +7,7 @@ import http.server
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -97,8 +98,8 @@ def test_every_source_failing_lists_each_reason(dirs, http_root, monkeypatch):
     root, base = http_root
     (root / "bad.weights").write_bytes(b"\1" * 64)
     entry = zoo.ZOO["yolov3-tiny"]
-    monkeypatch.setitem(zoo.ZOO, "yolov3-tiny", zoo.ZooEntry(**{**entry.__dict__, "pypi_sdist": None,
-                        "urls": (f"{base}/bad.weights", f"{base}/nothing")}))
+    monkeypatch.setitem(zoo.ZOO, "yolov3-tiny", zoo.ZooEntry(**{**entry.__dict__, "pypi_sdist": None, "size": 64,
+                        "urls": (f"{base}/bad.weights", f"{base}/nothing")}))   # the right size, other bytes
     with pytest.raises(DownloadError, match=r"sha256 .* does not match.*; .*404"):
         zoo.fetch("yolov3-tiny", progress=False)
     assert not (dirs / "cache" / "yolov3-tiny.weights").exists()
@@ -184,3 +185,87 @@ def test_a_download_killed_midway_leaves_no_temp_file_after_the_next_fetch(dirs,
     _, weights = zoo.fetch("yolov3-tiny", sources=[lambda dest: shutil.copy(TINY_WEIGHTS, dest)])
     assert weights == cache / "yolov3-tiny.weights" and zoo.sha256_of(weights) == entry.sha256
     assert list(cache.glob(".*qwtmp*")) == []
+
+
+def _garbage_server() -> tuple[socket.socket, str]:
+    """A server that answers every request with a line that is no HTTP (a misconfigured proxy, a wrong port)."""
+    sock = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = sock.accept()
+                with conn:
+                    conn.recv(4096)
+                    conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+    threading.Thread(target=serve, daemon=True).start()
+    return sock, f"http://127.0.0.1:{sock.getsockname()[1]}/yolov3-tiny.weights"
+
+
+def test_a_reply_that_is_no_http_is_one_failed_source_and_the_next_is_tried(dirs, http_root, monkeypatch):
+    """http.client's BadStatusLine is no OSError: it escaped fetch as a raw traceback, and the next source
+    (the PyPI fallback) was never tried."""
+    root, base = http_root
+    shutil.copy(TINY_WEIGHTS, root / "good.weights")
+    sock, garbage = _garbage_server()
+    entry = zoo.ZOO["yolov3-tiny"]
+    try:
+        monkeypatch.setitem(zoo.ZOO, "yolov3-tiny", zoo.ZooEntry(**{**entry.__dict__, "pypi_sdist": None,
+                            "urls": (garbage,)}))
+        with pytest.raises(DownloadError, match=f"could not get yolov3-tiny.weights: {re.escape(garbage)}: "
+                                                "not a valid HTTP reply \\(BadStatusLine"):
+            zoo.fetch("yolov3-tiny", progress=False)
+        monkeypatch.setitem(zoo.ZOO, "yolov3-tiny", zoo.ZooEntry(**{**entry.__dict__, "pypi_sdist": None,
+                            "urls": (garbage, f"{base}/good.weights")}))
+        _, weights = zoo.fetch("yolov3-tiny", progress=False)
+    finally:
+        sock.close()
+    assert weights == dirs / "cache" / "yolov3-tiny.weights" and zoo.sha256_of(weights) == entry.sha256
+    assert list((dirs / "cache").glob(".*qwtmp*")) == []
+
+
+class _EndlessHandler(http.server.BaseHTTPRequestHandler):
+    """Sends zeros until the client goes away or `limit` bytes are sent, with no Content-Length (HTTP/1.0:
+    the body ends when the connection closes), or with the Content-Length `announce`."""
+    limit, announce, sent = 0, None, []
+
+    def do_GET(self):
+        self.send_response(200)
+        if self.announce is not None:
+            self.send_header("Content-Length", str(self.announce))
+        self.end_headers()
+        n = 0
+        with contextlib.suppress(OSError):
+            while n < self.limit:
+                self.wfile.write(b"\0" * (1 << 16))
+                n += 1 << 16
+        self.sent.append(n)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("announce", [None, 64 << 20], ids=["no-length", "announced"])
+def test_a_server_sending_more_than_the_file_is_stopped_at_its_size(dirs, monkeypatch, announce):
+    """A mirror that streams another, bigger file (or an endless one) was written to the cache to the end
+    (a full disk on a hub's quota) and only then refused for its sha256."""
+    limit = 64 << 20
+    handler = type("H", (_EndlessHandler,), {"limit": limit, "announce": announce, "sent": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/w"
+    entry = zoo.ZOO["yolov3-tiny"]
+    monkeypatch.setitem(zoo.ZOO, "yolov3-tiny", zoo.ZooEntry(**{**entry.__dict__, "pypi_sdist": None,
+                        "size": 1 << 20, "urls": (url,)}))
+    try:
+        expected = (f"{url}: the server sent more than the 1048576 bytes of yolov3-tiny.weights; stopped"
+                    if announce is None else f"{url}: the server announces {limit} bytes; yolov3-tiny.weights has 1048576")
+        with pytest.raises(DownloadError, match=re.escape(expected)):
+            zoo.fetch("yolov3-tiny", progress=False)
+        deadline = time.monotonic() + 30
+        while not handler.sent and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        server.shutdown()
+    assert handler.sent and handler.sent[0] < limit // 2      # the client hung up long before the end
+    assert list((dirs / "cache").iterdir()) == []
