@@ -58,8 +58,14 @@ def open_image(source: ImageLike, *, max_pixels: int = MAX_PIXELS, name: str | N
         except UnidentifiedImageError as err:
             # Pillow's message names the BytesIO object (a memory address, different every run)
             raise ImageError(f"{label}: not a decodable image (not a format Pillow can read)") from err
-        except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt data inside Pillow
-            raise ImageError(f"{label}: corrupt or truncated image data ({err})") from err
+        except MemoryError:
+            raise
+        except Exception as err:
+            # Truncated or corrupt data inside Pillow: OSError, SyntaxError and ValueError mostly, but a plugin
+            # parsing hostile bytes raises whatever it meets (a damaged TIFF tag type: TypeError; a DDS pixel
+            # format it lacks: NotImplementedError), and every one of them is this file's fault
+            what = "" if isinstance(err, (OSError, SyntaxError, ValueError)) else f"{type(err).__name__}: "
+            raise ImageError(f"{label}: corrupt or truncated image data ({what}{err})") from err
     return _to_rgb(im, label)
 
 

@@ -1,0 +1,77 @@
+"""A damaged image whose Pillow plugin fails with an error other than OSError / ValueError / SyntaxError is one
+ImageError naming the file: a TIFF whose StripOffsets tag has the wrong type made Pillow raise a raw TypeError,
+a DDS with a pixel format Pillow lacks a NotImplementedError, and `detect` stopped with a traceback, losing the
+results of the other images (the Explorer's image picker and a workspace upload raised them too)."""
+from __future__ import annotations
+
+import io
+import json
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.darknet.image import image_to_array
+from engine.errors import ImageError
+from engine.workspace import Limits, Workspace, WorkspaceError
+from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS, cli
+
+_STRIP_OFFSETS, _ASCII = 273, 2
+
+
+def _photo(mode: str) -> Image.Image:
+    return Image.fromarray((np.random.default_rng(0).random((12, 17, 3)) * 255).astype(np.uint8)).convert(mode)
+
+
+def tiff_with_text_strip_offsets() -> bytes:
+    """A little-endian TIFF whose StripOffsets entry says its values are ASCII text (a one-byte change)."""
+    buf = io.BytesIO()
+    _photo("I;16").save(buf, "TIFF")
+    data = bytearray(buf.getvalue())
+    assert data[:4] == b"II*\0"
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for k in range(struct.unpack_from("<H", data, ifd)[0]):
+        entry = ifd + 2 + 12 * k
+        if struct.unpack_from("<H", data, entry)[0] == _STRIP_OFFSETS:
+            struct.pack_into("<H", data, entry + 2, _ASCII)
+            return bytes(data)
+    raise AssertionError("no StripOffsets tag")
+
+
+def dds_with_unknown_pixel_format() -> bytes:
+    """A DDS whose DDS_PIXELFORMAT flags (bytes 80-83) name FOURCC | 0x10 with no FourCC: no format Pillow has."""
+    buf = io.BytesIO()
+    _photo("RGBA").save(buf, "DDS")
+    data = bytearray(buf.getvalue())
+    assert data[:4] == b"DDS "
+    struct.pack_into("<I", data, 80, 0x14)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("make, raised", [(tiff_with_text_strip_offsets, "TypeError"),
+                                          (dds_with_unknown_pixel_format, "NotImplementedError")], ids=["tiff", "dds"])
+def test_a_damaged_image_a_plugin_fails_on_is_an_image_error_naming_it(tmp_path, make, raised):
+    data = make()
+    with pytest.raises(ImageError, match=rf"^<image bytes>: corrupt or truncated image data \({raised}: "):
+        image_to_array(data)
+    path = tmp_path / "scan.tif"
+    path.write_bytes(data)
+    with pytest.raises(ImageError, match=rf"^{path}: corrupt or truncated image data \({raised}: "):
+        image_to_array(path)
+    ws = Workspace(tmp_path / "ws", limits=Limits())
+    with pytest.raises(WorkspaceError, match=rf"^scan/scan\.tif: corrupt or truncated image data \({raised}: "):
+        ws.add_upload({"scan.tif": data})
+    assert ws.list() == []
+
+
+def test_detect_reports_the_damaged_image_and_keeps_the_others(tmp_path, capsys):
+    bad = tmp_path / "scan.tif"
+    bad.write_bytes(tiff_with_text_strip_offsets())
+    code, out, err = cli(capsys, "detect", TINY_CFG, "--weights", TINY_WEIGHTS, "--size", "320", "--json",
+                         IMAGES / "dog.jpg", bad)
+    assert code == 1 and "Traceback" not in err
+    assert f"error: {bad}: corrupt or truncated image data (TypeError: " in err
+    images = json.loads(out)["images"]
+    assert images["scan.tif"]["detections"] == [] and "TypeError" in images["scan.tif"]["error"]
+    assert {d["name"] for d in images["dog.jpg"]["detections"]} >= {"dog", "bicycle"}
