@@ -25,6 +25,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from engine.errors import WeightsError
+from engine.zipdir import count_entries
 
 try:
     import lzma
@@ -74,12 +75,11 @@ class NpzReader:
         self._on_disk, self._source = False, None
         self._fp: BinaryIO | None = None     # the file we opened: ZipFile never closes a file object it is given
         try:
-            if isinstance(source, (bytes, bytearray, memoryview)):
-                self._zf = zipfile.ZipFile(io.BytesIO(bytes(source)))
-            else:
-                self._fp = _open_regular(Path(source), self)
-                self._zf = zipfile.ZipFile(self._fp)
-                self._on_disk = True
+            self._on_disk = not isinstance(source, (bytes, bytearray, memoryview))
+            self._fp = _open_regular(Path(source), self) if self._on_disk else io.BytesIO(bytes(source))
+            if count_entries(self._fp, MAX_MEMBERS) > MAX_MEMBERS:   # before zipfile parses them all
+                raise self.fail(f"cannot read {what}: more members than the limit {MAX_MEMBERS}")
+            self._zf = zipfile.ZipFile(self._fp)
         except _ERRORS as err:
             if self._fp is not None:
                 self._fp.close()

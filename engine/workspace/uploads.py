@@ -19,6 +19,7 @@ from pathlib import PurePosixPath
 from engine.errors import EngineError, ImageError
 from engine.darknet.image import MAX_PIXELS, open_image
 from engine.npzfile import DECOMPRESS_ERRORS
+from engine.zipdir import count_entries
 
 MiB = 1 << 20
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -210,8 +211,11 @@ def read_zip_images(label: str, data: bytes, limits: Limits) -> dict[str, bytes]
     names get a numeric suffix.
     """
     check_size(label, len(data), limits.zip_file, "zip")
+    fp = io.BytesIO(data)
+    if count_entries(fp, limits.zip_members) > limits.zip_members:   # before zipfile parses them all
+        raise WorkspaceError(f"{label}: its directory lists more members than the limit of {limits.zip_members}")
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
+        zf = zipfile.ZipFile(fp)
     except (zipfile.BadZipFile, OSError) as err:
         raise WorkspaceError(f"{label}: not a zip archive ({err})") from err
     with zf:

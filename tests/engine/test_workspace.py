@@ -264,7 +264,7 @@ def test_zip_bomb_is_refused(tmp_path):
     with pytest.raises(WorkspaceError, match="possible zip bomb"):
         ws.add_upload({"one.zip": one_big})
     many = zip_bytes({f"{i}.txt": b"" for i in range(50)})
-    with pytest.raises(WorkspaceError, match="50 members exceeds the limit of 10"):
+    with pytest.raises(WorkspaceError, match="more members than the limit of 10"):
         Workspace(tmp_path / "w2", limits=Limits(zip_members=10)).add_upload({"many.zip": many})
     assert ws.list() == []
 
