@@ -10,7 +10,9 @@ names typed by a user.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
 import re
 import stat
@@ -20,6 +22,7 @@ from typing import Any, Mapping
 
 from engine.workspace.uploads import WorkspaceError, check_name
 
+log = logging.getLogger(__name__)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
 _FOLDER_RE = re.compile(r"^[^/]+(~[0-9a-f]{6})?$")
@@ -112,6 +115,25 @@ def real_dir(root: Path, rel: str, *, create: bool = True) -> Path:
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise WorkspaceError(f"workspace {root}: {rel!r} is a symlink or not a folder; refused (move it away)")
     return path
+
+
+def make_root(root: Path) -> Path:
+    """`root` as a workspace root: created 0700 if absent (on a shared server another user's process must not
+    read or list it); one others can read is used but warned about (never changed behind the user's back).
+    Raises: WorkspaceError if it cannot be created or is no folder."""
+    try:
+        with contextlib.suppress(FileExistsError):   # the usual case; or another kernel made it since we looked
+            root.mkdir(parents=True, mode=0o700)
+            os.chmod(root, 0o700)
+    except OSError as err:
+        raise WorkspaceError(f"workspace root {root}: cannot create it: {err.strerror or err}; set QW_WORKSPACE "
+                             "to a folder you can write") from None
+    if not root.is_dir():
+        raise WorkspaceError(f"workspace root {root}: exists and is not a directory")
+    if root.stat().st_mode & 0o077:
+        log.warning("workspace root %s is readable by other users (mode %o); chmod 700 it",
+                    root, root.stat().st_mode & 0o777)
+    return root
 
 
 def check_entry_record(name: str, d: Any, kinds: Mapping[str, str], index_file: str) -> dict:

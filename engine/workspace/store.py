@@ -39,7 +39,8 @@ from engine.atomic import abandoned, atomic_write, file_lock, fsync_dir, sweep_t
 from engine.workspace.uploads import Limits, WorkspaceError, check_name
 from engine.workspace.entries import KINDS, METADATA_NAME, Entry, check_entry_files, group_uploads, read_import
 from engine.workspace.folders import combined, move_out, now, rmtree, stage_files, stage_owner
-from engine.workspace.paths import check_entry_record, is_plain_file, nfc, read_file, real_dir, tree_has_links
+from engine.workspace.paths import (check_entry_record, is_plain_file, make_root, nfc, read_file, real_dir,
+                                    tree_has_links)
 
 __all__ = ["Entry", "KINDS", "Limits", "Workspace", "WorkspaceError", "atomic_write", "default_root"]
 
@@ -62,18 +63,8 @@ class Workspace:
     """
 
     def __init__(self, root: str | os.PathLike | None = None, *, limits: Limits | None = None) -> None:
-        self.root = Path(root).expanduser() if root is not None else default_root()
+        self.root = make_root(Path(root).expanduser() if root is not None else default_root())
         self.limits = limits or Limits()
-        if not self.root.exists():
-            # 0700: on a shared server another user's process must not read or list it
-            self.root.mkdir(parents=True, mode=0o700)
-            os.chmod(self.root, 0o700)
-        elif not self.root.is_dir():
-            raise WorkspaceError(f"workspace root {self.root}: exists and is not a directory")
-        elif self.root.stat().st_mode & 0o077:
-            # not changed behind the user's back, but on a shared server this leaks their files
-            log.warning("workspace root %s is readable by other users (mode %o); chmod 700 it",
-                        self.root, self.root.stat().st_mode & 0o777)
         self._recover()
 
     def _recover(self) -> None:
