@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from engine.atomic import atomic_write
+from engine.errors import FileError
 from engine.workspace.paths import real_dir
 from engine.workspace.store import Workspace
 from engine.workspace.uploads import WorkspaceError, check_name, check_size
@@ -43,5 +44,9 @@ def ensure_tutorials(src_dir: str | os.PathLike, workspace: Workspace | None = N
         if os.path.lexists(target):       # the user's copy, or their own link: never replaced
             continue
         check_size(str(f), f.stat().st_size, ws.limits.record, "tutorial file")
-        copied.append(atomic_write(target, f.read_bytes(), mode=0o600))
+        try:    # exclusive: another kernel's copy made since we looked may hold the user's edits by now
+            copied.append(atomic_write(target, f.read_bytes(), mode=0o600, exclusive=True))
+        except FileError:
+            if not os.path.lexists(target):   # not that race: a real failure (disk full, permissions)
+                raise
     return copied
