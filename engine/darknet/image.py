@@ -20,6 +20,11 @@ from engine.npzfile import open_regular
 
 MAX_PIXELS = 64_000_000  # ~8000x8000; bigger inputs are refused before decoding (decompression bombs)
 RESIZE_MODES = ("letterbox", "stretch")
+# the Pillow decoders tried: stb_image's formats (Darknet's reader) that Pillow has, plus TIFF and WebP, which
+# the workspace takes too. Pillow alone would try every plugin it knows, and its EPS plugin runs Ghostscript on
+# whatever a file named .jpg holds (when Ghostscript is installed), its exotic ones parse hostile bytes for nothing;
+# JPEG covers MPO (multi-picture camera files)
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM", "TGA", "PSD")
 
 ImageLike = Union[str, Path, bytes, np.ndarray, Image.Image]
 
@@ -48,7 +53,8 @@ def open_image(source: ImageLike, *, max_pixels: int = MAX_PIXELS, name: str | N
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                im = Image.open(fp)
+                Image.init()          # registers every plugin once: open(formats=) looks names up, never loads
+                im = Image.open(fp, formats=IMAGE_FORMATS)
                 _check_size(im.size[0], im.size[1], max_pixels, label)
                 im.load()
         except ImageError:
@@ -57,7 +63,8 @@ def open_image(source: ImageLike, *, max_pixels: int = MAX_PIXELS, name: str | N
             raise ImageError(f"{label}: refused as a possible decompression bomb: {err}") from err
         except UnidentifiedImageError as err:
             # Pillow's message names the BytesIO object (a memory address, different every run)
-            raise ImageError(f"{label}: not a decodable image (not a format Pillow can read)") from err
+            raise ImageError(f"{label}: not a decodable image (expected JPEG, PNG, BMP, GIF, TIFF, WebP, PNM, TGA or "
+                             "PSD data)") from err
         except MemoryError:
             raise
         except Exception as err:

@@ -49,8 +49,7 @@ def dds_with_unknown_pixel_format() -> bytes:
     return bytes(data)
 
 
-@pytest.mark.parametrize("make, raised", [(tiff_with_text_strip_offsets, "TypeError"),
-                                          (dds_with_unknown_pixel_format, "NotImplementedError")], ids=["tiff", "dds"])
+@pytest.mark.parametrize("make, raised", [(tiff_with_text_strip_offsets, "TypeError")], ids=["tiff"])
 def test_a_damaged_image_a_plugin_fails_on_is_an_image_error_naming_it(tmp_path, make, raised):
     data = make()
     with pytest.raises(ImageError, match=rf"^<image bytes>: corrupt or truncated image data \({raised}: "):
@@ -75,3 +74,39 @@ def test_detect_reports_the_damaged_image_and_keeps_the_others(tmp_path, capsys)
     images = json.loads(out)["images"]
     assert images["scan.tif"]["detections"] == [] and "TypeError" in images["scan.tif"]["error"]
     assert {d["name"] for d in images["dog.jpg"]["detections"]} >= {"dog", "bicycle"}
+
+
+def eps_file() -> bytes:
+    """An Encapsulated PostScript header Pillow's EPS plugin opens (10x10) and would render with Ghostscript."""
+    return b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\nshowpage\n"
+
+
+@pytest.mark.parametrize("make", [dds_with_unknown_pixel_format, eps_file], ids=["dds", "eps"])
+def test_formats_outside_darknets_readers_are_not_handed_to_pillows_plugins(tmp_path, make, monkeypatch):
+    """Only the formats Darknet's stb_image reads (plus TIFF and WebP) are decoded: a file named .jpg that holds
+    PostScript would make Pillow's EPS plugin run Ghostscript on it, and other plugins parse hostile bytes for
+    formats no camera writes (the DDS above raised NotImplementedError from inside its plugin)."""
+    from PIL import EpsImagePlugin
+
+    def no_ghostscript(*a, **k):
+        raise AssertionError("Ghostscript was asked to render an uploaded file")
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", no_ghostscript)
+    data = make()
+    with pytest.raises(ImageError, match=r"^<image bytes>: not a decodable image \(expected JPEG, PNG, "):
+        image_to_array(data)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+    with pytest.raises(ImageError, match=rf"^{path}: not a decodable image"):
+        image_to_array(path)
+    ws = Workspace(tmp_path / "ws", limits=Limits())
+    with pytest.raises(WorkspaceError, match=r"photo\.jpg: not a decodable image"):
+        ws.add_upload({"photo.jpg": data})
+    assert ws.list() == []
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM", "TGA"])
+def test_the_formats_darknet_and_the_workspace_take_still_decode(fmt):
+    buf = io.BytesIO()
+    _photo("RGB").save(buf, fmt)
+    x = image_to_array(buf.getvalue())
+    assert x.shape == (3, 12, 17) and x.dtype == np.float32
