@@ -69,6 +69,18 @@ def read_header(data: bytes, label: str) -> WeightsHeader:
     return WeightsHeader(major, minor, revision, seen)
 
 
+def body_floats(header: WeightsHeader, size: int, label: str, need: int | None = None) -> int:
+    """How many float32 values follow the header in a `size`-byte .weights file (the loader's rule, which the
+    workspace's upload check asks too). Raises WeightsError if the bytes after the header are not a whole
+    number of them; `need`, when known, is named in the message."""
+    body = size - header.size
+    if body % 4:
+        expected = f" (expected {4 * need} bytes)" if need is not None else ""
+        raise WeightsError(f"{label}: {body} bytes after the {header.size}-byte header is not a whole "
+                           f"number of float32 values{expected}")
+    return body // 4
+
+
 def split_params(flat: np.ndarray, layers: list[Layer], header: WeightsHeader, label: str) -> list[Params]:
     """Slice a flat float32 array into per-layer parameter dicts (views), checking count and values."""
     need = expected_floats(layers)
@@ -137,12 +149,9 @@ def read_weights(path: str | Path, layers: list[Layer]) -> tuple[WeightsHeader, 
         with open_regular(p) as f:
             size = os.fstat(f.fileno()).st_size
             header = read_header(f.read(20), p.name)
-            body = size - header.size
-            if body % 4:
-                raise WeightsError(f"{p.name}: {body} bytes after the {header.size}-byte header is not a whole "
-                                   f"number of float32 values (expected {4 * need} bytes)")
-            if body // 4 != need:  # decided from the size: a wrong (maybe huge) file is never read
-                raise WeightsError(_count_message(p.name, layers, body // 4, need))
+            found = body_floats(header, size, p.name, need)
+            if found != need:  # decided from the size: a wrong (maybe huge) file is never read
+                raise WeightsError(_count_message(p.name, layers, found, need))
             f.seek(header.size)
             data = f.read()
     except OSError as err:

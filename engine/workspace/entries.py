@@ -134,24 +134,32 @@ def _check_structure(name: str, kind: str, files: Mapping[str, bytes]) -> None:
 
 
 def _check_pair(name: str, files: Mapping[str, bytes]) -> None:
-    """The .weights holds exactly the floats its .cfg's layers need, as loading will demand: a download cut
-    short, or the weights of another cfg, is refused at upload rather than when the entry is first opened."""
+    """The pair loads: the .cfg's layers build, and the .weights holds exactly the floats they need, each finite
+    and plausible (the loader's `split_params`): a download cut short, the weights of another cfg or a damaged
+    file is refused at upload rather than when the entry is first opened."""
+    import numpy as np
+
     from engine.darknet.build import build_layers
     from engine.darknet.cfg import cfg_from_bytes
-    from engine.darknet.weights import expected_floats, read_header
+    from engine.darknet.weights import expected_floats, read_header, split_params
     from engine.errors import EngineError
     cfg_name = next(f for f in files if extension(f) == ".cfg")
     w_name = next(f for f in files if extension(f) == ".weights")
+    data = files[w_name]
     try:
         layers = build_layers(cfg_from_bytes(files[cfg_name], Path(cfg_name)))
-        header = read_header(files[w_name], w_name).size
+        header = read_header(data[:20], w_name)      # the loader reads 20 bytes (and a 500 MB lower() is no check)
     except EngineError as err:
         raise WorkspaceError(f"entry {name!r}: {err}") from None
-    need, found = expected_floats(layers), (len(files[w_name]) - header) // 4
+    need, found = expected_floats(layers), (len(data) - header.size) // 4
     if found != need:
         raise WorkspaceError(f"entry {name!r}: {w_name} holds {found:,} floats, {cfg_name} needs {need:,} "
                              f"({'cut short: an interrupted download?' if found < need else 'too many'}; "
                              "or the weights of another cfg)")
+    try:        # NaN, Inf, 1e38 (a flipped exponent bit), a negative variance: loading refuses them
+        split_params(np.frombuffer(data, "<f4", need, header.size), layers, header, w_name)
+    except EngineError as err:
+        raise WorkspaceError(f"entry {name!r}: {err}") from None
 
 
 def group_uploads(uploads: Mapping[str, bytes], kind: str | None, limits: Limits) -> list[Group]:

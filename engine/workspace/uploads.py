@@ -1,16 +1,15 @@
 """Checks for anything that enters a workspace: names, sizes, and content types (by content).
 
 Every function raises `WorkspaceError` naming the file (or zip member) and what was expected.
-File types are decided by extension, then verified by content: a `.cfg` must be UTF-8 text with a
-`[net]` section, a `.weights` file must have a plausible Darknet header and a whole number of
-float32 values, images are fully decoded by `engine.darknet.image.open_image` (which refuses
-decompression bombs), and zips are read member by member with hard limits on count and size.
+File types are decided by extension, then verified by content: a `.cfg` or `.weights` file is refused
+exactly when the engine's loader would refuse it (its own rules, `engine.darknet.cfg` and
+`engine.darknet.weights`, with its reasons), images are fully decoded by `engine.darknet.image.open_image`
+(which refuses decompression bombs), and zips are read member by member with hard limits on count and size.
 """
 from __future__ import annotations
 
 import io
 import json
-import struct
 import unicodedata
 import zipfile
 from dataclasses import dataclass
@@ -90,41 +89,40 @@ def check_size(label: str, size: int, limit: int, what: str) -> None:
 
 
 def check_cfg(label: str, data: bytes, limits: Limits) -> None:
-    """A Darknet .cfg: UTF-8 (or UTF-16 with its byte-order mark) text without NUL bytes, with a [net] (or
-    [network]) section."""
-    from engine.darknet.cfg import UTF16_BOMS, decode_text
+    """A Darknet .cfg, refused exactly when `read_cfg` would refuse its bytes (`cfg_from_bytes`: the engine's
+    text rule, UTF-16 after its byte-order mark, a UTF-8 byte-order mark dropped, then the lexer, which wants
+    [net] first), with the loader's reason after `label`. Whether its layers build is the pair's check."""
+    from engine.darknet.cfg import cfg_from_bytes
+    from engine.errors import CfgError
     check_size(label, len(data), limits.cfg, "cfg")
-    if bytes(data).startswith(UTF16_BOMS):        # PowerShell's `>`: read_cfg reads it as the engine does
-        try:
-            text = decode_text(bytes(data))
-        except UnicodeDecodeError as err:
-            raise WorkspaceError(f"{label}: not UTF-8 text, nor UTF-16 after its byte-order mark (byte {err.start}); "
-                                 "expected a Darknet .cfg text file") from err
-        if "\x00" in text:
-            raise WorkspaceError(f"{label}: contains NUL characters; expected a Darknet .cfg text file")
-    else:
-        text = _utf8(label, data, "a Darknet .cfg text file")
-    sections = [line.strip().lower() for line in text.splitlines() if line.strip().startswith("[")]
-    if "[net]" not in sections and "[network]" not in sections:
-        raise WorkspaceError(f"{label}: no [net] section; expected a Darknet .cfg "
-                             f"(found sections: {', '.join(sections[:5]) or 'none'})")
+    try:
+        cfg_from_bytes(bytes(data), PurePosixPath(label))
+    except CfgError as err:
+        raise WorkspaceError(_labelled(label, err)) from None
 
 
 def check_weights(label: str, data: bytes, limits: Limits) -> None:
-    """A Darknet .weights file: int32 major, minor, revision, then `seen` (int64 if
-    major*10+minor >= 2, else int32), then float32 values."""
+    """A Darknet .weights file, refused exactly when loading would refuse it before its cfg is known: the
+    header rule of `engine.darknet.weights.read_header` (which reads the first 20 bytes, as the loader does)
+    and a whole number of float32 values after it, with the loader's reason after `label`. The count and the
+    values against the cfg are the pair's check."""
+    from engine.darknet.weights import body_floats, read_header
+    from engine.errors import WeightsError
     check_size(label, len(data), limits.weights, "weights")
-    if len(data) < 20:
-        raise WorkspaceError(f"{label}: {len(data)} bytes; a Darknet .weights file has a 20-byte "
-                             "header followed by float32 values")
-    major, minor, revision = struct.unpack("<3i", data[:12])
-    if not (0 <= major < 1000 and 0 <= minor < 1000 and revision >= 0):
-        raise WorkspaceError(f"{label}: header version {major}.{minor}.{revision} is not plausible; "
-                             "expected a Darknet .weights file (major, minor < 1000)")
-    header = 20 if major * 10 + minor >= 2 else 16
-    if (len(data) - header) % 4:
-        raise WorkspaceError(f"{label}: {len(data) - header} bytes after the {header}-byte header "
-                             "is not a whole number of float32 values")
+    try:
+        body_floats(read_header(bytes(data[:20]), label), len(data), label)
+    except WeightsError as err:
+        raise WorkspaceError(_labelled(label, err)) from None
+
+
+def _labelled(label: str, err: Exception) -> str:
+    """The loader's message `err` led by the upload's label in place of the file name the loader gave it
+    ('m/m.cfg:1 [convolutional] ...' keeps the loader's line number)."""
+    reason = str(err)
+    for name in (label, PurePosixPath(label).name):
+        if reason.startswith(f"{name}:"):
+            return label + reason[len(name):]
+    return f"{label}: {reason}"
 
 
 def check_npz(label: str, data: bytes, limits: Limits, limit: int | None = None) -> None:

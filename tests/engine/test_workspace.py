@@ -172,10 +172,10 @@ def test_unicode_names_are_allowed_and_nfc_normalised(ws):
 
 # ----- content checks ------------------------------------------------------------------------
 @pytest.mark.parametrize("files, match", [
-    ({"m.cfg": b"[convolutional]\nfilters=1\n", "m.weights": WEIGHTS}, r"no \[net\] section"),
+    ({"m.cfg": b"[convolutional]\nfilters=1\n", "m.weights": WEIGHTS}, r"the first section must be \[net\]"),
     ({"m.cfg": b"\xff\xfe[net]", "m.weights": WEIGHTS}, "not UTF-8"),
     ({"m.cfg": CFG, "m.weights": b"\0" * 12}, "12 bytes"),
-    ({"m.cfg": CFG, "m.weights": struct.pack("<3i", 5000, 0, 0) + b"\0" * 20}, "not plausible"),
+    ({"m.cfg": CFG, "m.weights": struct.pack("<3i", 500000, 0, 0) + b"\0" * 20}, "is not a Darknet weights header"),
     ({"m.cfg": CFG, "m.weights": WEIGHTS + b"\0\0"}, "whole number of float32"),
     ({"m.cfg": CFG}, "needs one .cfg with one .weights"),
     ({"m.cfg": CFG, "m.weights": WEIGHTS, "m.exe": b"MZ"}, "has type '.exe'"),
