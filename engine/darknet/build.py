@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from engine.darknet.cfg import Cfg
+from engine.darknet.cfg_keys import warn_unknown_keys
 from engine.errors import CfgError
 from engine.graph import Graph, Node, node_id
 from engine.layers import LAYERS, BuildContext, Layer
@@ -61,7 +62,10 @@ def build_layers(cfg: Cfg, max_bytes: int = MAX_MODEL_BYTES, max_ops: int = MAX_
     Raises: CfgError for a malformed cfg, or for a model whose estimated float32 memory
     (activations + 2 x parameters + the largest conv/maxpool workspace) exceeds `max_bytes`, or whose
     operations per forward pass exceed `max_ops`, naming the layer where an estimate crosses its limit.
+    Warns (EngineWarning) about each key Darknet does not read in its section, as Darknet's parser does, once
+    per cfg read from a file (`cfg.warn_unused_keys`) and before any refusal (a typo'd key is often its cause).
     """
+    warn_unused_keys_once(cfg)
     net = cfg.net
     shape = (net.get_int("channels", 3, lo=1, hi=4096), net.get_int("height", lo=1, hi=1 << 16),
              net.get_int("width", lo=1, hi=1 << 16))
@@ -95,6 +99,14 @@ def build_layers(cfg: Cfg, max_bytes: int = MAX_MODEL_BYTES, max_ops: int = MAX_
     return layers
 
 
+def warn_unused_keys_once(cfg: Cfg) -> None:
+    """The warnings of `engine.darknet.cfg_keys.warn_unknown_keys` for a cfg read from a file, the first time its
+    layers (or a resized copy's, whose lines may have moved) are built; nothing for any other cfg."""
+    if cfg.warn_unused_keys:
+        cfg.warn_unused_keys = False
+        warn_unknown_keys(cfg, stacklevel=4)        # the caller of build_layers / build_at_size
+
+
 def build_at_size(cfg: Cfg, width: int, height: int, layers: list[Layer] | None = None) -> tuple[Cfg, list[Layer]]:
     """`cfg` at input width x height (`--size`, `size=`) and its layers. `layers`: cfg's own, if built.
 
@@ -102,6 +114,7 @@ def build_at_size(cfg: Cfg, width: int, height: int, layers: list[Layer] | None 
     error names) and, when the size is no multiple of the factor by which the model's convolutions and
     maxpools divide their input (32 for yolov3-tiny: --size 300 fails at a [route]), the sizes that are.
     """
+    warn_unused_keys_once(cfg)          # `info --size` builds only the resized copy
     resized = cfg.resized(width, height)
     try:
         return resized, build_layers(resized)

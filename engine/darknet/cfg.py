@@ -23,6 +23,18 @@ from engine.errors import ArgumentError, CfgError
 ALIASES = {"conv": "convolutional", "max": "maxpool", "avg": "avgpool", "soft": "softmax",
            "conn": "connected", "network": "net"}
 
+# Keys Darknet reads in [net] (parse_net_options, pj and AlexeyAB): the one section no layer class stands for,
+# so its keys sit here with the lexer that singles it out (a layer's keys are its class's `cfg_keys` trait).
+NET_KEYS = frozenset(
+    "B1 B2 adam adversarial_lr angle aspect attention augment_speed badlabels_rejection_percentage batch blur "
+    "burn_in center channels clip contrastive contrastive_color contrastive_jit_flip cutmix decay "
+    "dynamic_minibatch ema_alpha eps equidistant_point exposure flip gamma gaussian_noise height hue inputs "
+    "label_smooth_eps learning_rate learning_rate_min letter_box loss_scale max_batches max_chart_loss "
+    "max_crop max_ratio min_crop min_ratio mixup momentum mosaic mosaic_bound notruth "
+    "num_sigmas_reject_badlabels optimized_memory policy power random resize_step saturation scale scales "
+    "seq_scales sequential_subdivisions sgdr_cycle sgdr_mult step steps subdivisions time_steps track "
+    "try_fix_nan unsupervised use_cuda_graph weights_reject_freq width workspace_size_limit_MB".split())
+
 _MISSING = object()
 _SECTION_RE = re.compile(r"^\[([A-Za-z0-9_]+)\]$")
 # 18 digits always fit an int64; longer values are refused as out of range (and int() of a
@@ -151,6 +163,9 @@ class Cfg:
     layers: list[Section]
     text: str
     file: str | None = None
+    # building its layers warns once about keys Darknet does not read (engine.darknet.cfg_keys): set by
+    # read_cfg, a user's file; not for the copy a model file embeds, nor for a resized copy (warned already)
+    warn_unused_keys: bool = field(default=False, repr=False, compare=False)
 
     def resized(self, width: int, height: int) -> "Cfg":
         """This cfg with [net] width / height replaced (see with_input_size); same path and file."""
@@ -283,8 +298,9 @@ def looks_binary(head: bytes, complete: bool = False) -> bool:
 
 
 def read_cfg(path: str | Path) -> Cfg:
-    """Read and parse a cfg file. Raises CfgError for unreadable, binary or malformed files; warns
-    (EngineWarning) for each key Darknet does not read in its section (engine.darknet.cfg_keys)."""
+    """Read and parse a cfg file. Raises CfgError for unreadable, binary or malformed files. Building its
+    layers (engine.darknet.build.build_layers) warns (EngineWarning) for each key Darknet does not read in its
+    section: the keys are traits of the layer classes, which sit above this lexer (engine.darknet.cfg_keys)."""
     p = Path(path)
     try:
         with open(p, "rb") as f:
@@ -298,8 +314,7 @@ def read_cfg(path: str | Path) -> Cfg:
         raise CfgError(f"{p}: cannot read cfg: {err.strerror or err}") from err
     cfg = cfg_from_bytes(data, p)
     cfg.file = str(p.resolve())
-    from engine.darknet.cfg_keys import warn_unknown_keys
-    warn_unknown_keys(cfg)          # a typo'd key was silently ignored: Darknet says 'Unused field'
+    cfg.warn_unused_keys = True     # a typo'd key was silently ignored: Darknet says 'Unused field'
     return cfg
 
 

@@ -5,13 +5,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.layers.base import LAYERS, BuildContext, Layer, Scratch
+from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, darknet_keys
 
 
 @LAYERS.register("avgpool")
 @dataclass(kw_only=True)
 class AvgPool(Layer):
     kind = "avgpool"
+    cfg_keys = darknet_keys("")   # global pooling: Darknet reads no key of its own in [avgpool]
 
     @classmethod
     def build(cls, ctx: BuildContext) -> "AvgPool":

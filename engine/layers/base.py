@@ -23,6 +23,17 @@ MAX_ELEMENTS = 1 << 31  # a single activation bigger than this is a cfg mistake,
 LAYERS: Registry[type["Layer"]] = Registry("layer type")
 
 
+def darknet_keys(names: str) -> frozenset[str]:
+    """A `cfg_keys` trait from the keys' names, space-separated."""
+    return frozenset(names.split())
+
+
+# keys parse_network_cfg (pj and AlexeyAB) reads in every layer section, whatever its type
+EVERY_SECTION_KEYS = darknet_keys(
+    "burnin_update clip dont_update dontload dontloadscales dontsave learning_rate numload onlyforward "
+    "show_receptive_field smooth stopbackward train_only_bn truth")
+
+
 @dataclass
 class BuildContext:
     """What a layer needs to know about the network while it is being built."""
@@ -63,6 +74,9 @@ class Layer:
     shape_only: ClassVar[bool] = False    # selects or moves input values (no arithmetic): an int8
     #                                       output keeps its input's scale
     is_loss: ClassVar[bool] = False       # training only: never chosen as the network output
+    # the keys Darknet's parser.c reads in this section besides EVERY_SECTION_KEYS (training options too);
+    # any other key is ignored by Darknet with 'Unused field', and warned about here (engine.darknet.cfg_keys)
+    cfg_keys: ClassVar[frozenset[str]] = frozenset()
     index: int
     inputs: tuple[int, ...]                  # producer layer indices; -1 is the network input
     in_shapes: tuple[Shape, ...]
@@ -145,4 +159,5 @@ def refuse(sec: Section, key: str, default: str) -> None:
                                f"supported by this engine (only {key}={default})")
 
 
-__all__ = ["LAYERS", "Layer", "BuildContext", "Scratch", "Shape", "Params", "check_shape", "single_input", "refuse", "CfgError"]
+__all__ = ["LAYERS", "Layer", "BuildContext", "Scratch", "Shape", "Params", "check_shape", "single_input", "refuse", "CfgError",
+           "EVERY_SECTION_KEYS", "darknet_keys"]

@@ -12,7 +12,7 @@ import numpy as np
 
 from engine.kernels.threads import own_threads
 from engine.layers.activations import activate, activation_key
-from engine.layers.base import LAYERS, BuildContext, Layer, Params, Scratch
+from engine.layers.base import LAYERS, BuildContext, Layer, Params, Scratch, darknet_keys
 from engine.layers.convolutional import fold_batchnorm
 
 
@@ -26,6 +26,7 @@ class FusedDense(NamedTuple):
 class Connected(Layer):
     kind = "connected"
     int8_weights = True
+    cfg_keys = darknet_keys("activation batch_normalize output")
     output: int
     activation: str
     batch_normalize: int

@@ -10,7 +10,7 @@ from engine.kernels.tails import Tail
 from engine.kernels.conv import choice, conv2d, prepare_winograd
 from engine.kernels.gemm import FUSED_ACTS, conv_out_size, with_bias_column
 from engine.layers.activations import activate, activation_key
-from engine.layers.base import LAYERS, BuildContext, Layer, Params, Scratch, check_shape, refuse
+from engine.layers.base import LAYERS, BuildContext, Layer, Params, Scratch, check_shape, refuse, darknet_keys
 
 # pj CPU / yolo2_light batch norm: y = scale*(x-mean)/(sqrt(var)+1e-6) + bias (darknet-semantics B.4).
 BN_EPS = 1e-6
@@ -43,6 +43,10 @@ def fold_batchnorm(w: np.ndarray, biases: np.ndarray, scales: np.ndarray, mean: 
 class Convolutional(Layer):
     kind = "convolutional"
     int8_weights = True
+    cfg_keys = darknet_keys(
+        "activation angle antialiasing assisted_excitation batch_normalize bin_output binary cbn coordconv "
+        "dilation dot filters flipped grad_centr groups pad padding reverse rotate share_index size stream "
+        "stretch stretch_sway stride stride_x stride_y sway wait_stream xnor")
     filters: int
     size: int
     stride: int

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, single_input
+from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, single_input, darknet_keys
 
 
 @LAYERS.register("cost")
@@ -15,6 +15,7 @@ class Cost(Layer):
     kind = "cost"
     float_only = True
     is_loss = True
+    cfg_keys = darknet_keys("noobj ratio scale thresh type")
 
     @classmethod
     def build(cls, ctx: BuildContext) -> "Cost":

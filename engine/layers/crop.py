@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape, single_input
+from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape, single_input, darknet_keys
 
 
 @LAYERS.register("crop")
@@ -13,6 +13,7 @@ from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape
 class Crop(Layer):
     """Centred crop; values mapped x -> 2x - 1 unless noadjust=1 (inference semantics)."""
     kind = "crop"
+    cfg_keys = darknet_keys("angle crop_height crop_width exposure flip noadjust saturation shift")
     crop_height: int
     crop_width: int
     noadjust: int

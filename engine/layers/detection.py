@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, single_input
+from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, single_input, darknet_keys
 from engine.layers.region import softmax_axis
 
 
@@ -16,6 +16,9 @@ class Detection(Layer):
     kind = "detection"
     is_head = True
     float_only = True
+    cfg_keys = darknet_keys(
+        "class_scale classes coord_scale coords forced jitter max noobject_scale num object_scale random "
+        "reorg rescore resize side softmax sqrt")
     side: int
     num: int
     classes: int

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, single_input
+from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, single_input, darknet_keys
 
 
 @LAYERS.register("dropout")
@@ -14,6 +14,7 @@ class Dropout(Layer):
     """Identity at inference (no 1/(1-p) scaling: Darknet scales only while training)."""
     kind = "dropout"
     shape_only = True
+    cfg_keys = darknet_keys("dropblock dropblock_size_abs dropblock_size_rel probability")
     probability: float
 
     @classmethod

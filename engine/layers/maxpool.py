@@ -11,7 +11,7 @@ import numpy as np
 
 from engine.kernels.gemm import BLOCK
 from engine.kernels.threads import own_threads, parallel_for
-from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape, refuse
+from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape, refuse, darknet_keys
 
 
 def maxpool_out_size(n: int, k: int, s: int, p: int) -> int:
@@ -135,6 +135,8 @@ def maxpool_naive(x: np.ndarray, k: int, s: int, p: int) -> np.ndarray:
 class MaxPool(Layer):
     kind = "maxpool"
     shape_only = True
+    cfg_keys = darknet_keys(
+        "antialiasing maxpool_depth maxpool_zero_nonmax out_channels padding size stride stride_x stride_y")
     size: int
     stride: int
     padding: int

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.layers.activations import logistic
-from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, refuse
+from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, refuse, darknet_keys
 
 
 def softmax_axis(x: np.ndarray, axis: int, temperature: float = 1.0) -> np.ndarray:
@@ -37,6 +37,10 @@ class Region(Layer):
     kind = "region"
     is_head = True
     float_only = True
+    cfg_keys = darknet_keys(
+        "absolute anchors background bias_match class_scale classes classfix coord_scale coords focal_loss "
+        "jitter log map mask_scale max noobject_scale num object_scale random rescore resize softmax sqrt "
+        "thresh tree")
     anchors: tuple[float, ...]
     num: int
     classes: int

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape, refuse
+from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape, refuse, darknet_keys
 
 
 def reorg_pj(x: np.ndarray, s: int) -> np.ndarray:
@@ -26,6 +26,7 @@ def space_to_depth(x: np.ndarray, s: int) -> np.ndarray:
 
 @dataclass(kw_only=True)
 class _Reorg(Layer):
+    cfg_keys = darknet_keys("extra flatten reverse stride")
     stride: int
 
     @classmethod

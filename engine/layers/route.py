@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.kernels.threads import own_threads, parallel_for
-from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape
+from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape, darknet_keys
 
 
 def route_slices(in_shapes, groups: int, group_id: int) -> list[slice]:
@@ -62,6 +62,7 @@ def join_inputs(xs: Sequence[np.ndarray]) -> np.ndarray:
 @dataclass(kw_only=True)
 class Route(Layer):
     kind = "route"
+    cfg_keys = darknet_keys("group_id groups layers stream wait_stream")
     layers: tuple[int, ...]     # absolute indices
     groups: int
     group_id: int

@@ -12,7 +12,7 @@ import numpy as np
 from engine.kernels import tails
 from engine.kernels.threads import own_threads, parallel_for
 from engine.layers.activations import activate, activation_key
-from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, refuse
+from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, refuse, darknet_keys
 
 
 def shortcut_add(prev: np.ndarray, add: np.ndarray, alpha: float = 1.0, beta: float = 1.0) -> np.ndarray:
@@ -44,6 +44,7 @@ def shortcut_add(prev: np.ndarray, add: np.ndarray, alpha: float = 1.0, beta: fl
 @dataclass(kw_only=True)
 class Shortcut(Layer):
     kind = "shortcut"
+    cfg_keys = darknet_keys("activation alpha beta from weights_normalization weights_type")
     from_: int
     activation: str
     alpha: float

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, single_input
+from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, single_input, darknet_keys
 from engine.layers.region import softmax_axis
 
 
@@ -15,6 +15,7 @@ class Softmax(Layer):
     """Softmax of x/T over `groups` consecutive blocks of the flattened input (max-subtracted)."""
     kind = "softmax"
     float_only = True
+    cfg_keys = darknet_keys("groups noloss spatial temperature tree")
     groups: int
     temperature: float
 

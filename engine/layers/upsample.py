@@ -7,7 +7,7 @@ import numpy as np
 
 from engine.errors import UnsupportedError
 from engine.kernels.threads import own_threads, parallel_for
-from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape
+from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, check_shape, darknet_keys
 
 
 def upsample_nearest(x: np.ndarray, stride: int) -> np.ndarray:
@@ -28,6 +28,7 @@ def upsample_nearest(x: np.ndarray, stride: int) -> np.ndarray:
 class Upsample(Layer):
     kind = "upsample"
     shape_only = True           # its `scale` factor multiplies the int8 output scale, not the values
+    cfg_keys = darknet_keys("scale stride")
     stride: int
     scale: float
 

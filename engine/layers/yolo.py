@@ -12,7 +12,7 @@ import numpy as np
 
 from engine.kernels.threads import own_threads, parallel_for
 from engine.layers.activations import logistic
-from engine.layers.base import LAYERS, BuildContext, Layer, Scratch
+from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, darknet_keys
 
 
 def yolo_activate(x: np.ndarray, n_anchors: int, classes: int, scale_x_y: float = 1.0,
@@ -49,6 +49,12 @@ class Yolo(Layer):
     kind = "yolo"
     is_head = True
     float_only = True
+    cfg_keys = darknet_keys(
+        "anchors beta_nms classes cls_normalizer counters_per_class delta_normalizer dets_for_show "
+        "dets_for_track embedding_layer focal_loss ignore_thresh iou_loss iou_normalizer iou_thresh "
+        "iou_thresh_kind jitter label_smooth_eps map mask max max_delta new_coords nms_kind num "
+        "obj_normalizer objectness_smooth random resize scale_x_y show_details sim_thresh track_ciou_norm "
+        "track_history_size truth_thresh")
     mask: tuple[int, ...]
     anchors: tuple[float, ...]
     classes: int

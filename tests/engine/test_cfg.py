@@ -122,23 +122,84 @@ def test_read_cfg_accepts_a_utf8_byte_order_mark(tmp_path):
 
 def test_a_key_darknet_does_not_read_warns_with_file_line_and_the_key_meant(tmp_path):
     """(regression) a typo'd key in a hand-edited cfg was ignored without a word: `activaton=leaky` built a
-    linear conv and ran with the same weights. Darknet prints 'Unused field'; the engine warns likewise."""
+    linear conv and ran with the same weights. Darknet prints 'Unused field' while it builds the network; the
+    engine warns likewise, when it builds the layers of a cfg read from a file (a layer's keys are its class's)."""
     import warnings
 
     from engine.darknet.cfg import read_cfg
     from engine.errors import EngineWarning
     path = tmp_path / "typo.cfg"
-    path.write_text(NET + "momentum=0.9\n[convolutional]\nfilters=4\nsize=3\nactivaton=leaky\nxnor=0\n"
+    path.write_text(NET + "momentum=0.9\n[convolutional]\nfilters=6\nsize=3\nactivaton=leaky\nxnor=0\n"
                     "[yolo]\nmask=0\nanchors=1,1\nnum=1\nclasses=1\nignore_thresh=.7\nnms_thresh=0.4\n")
+    cfg = read_cfg(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cfg = read_cfg(path)
+        build_layers(cfg)
+        build_layers(cfg)                                   # once per file read, not per build
+        build_layers(cfg.resized(64, 64))                   # a resized copy: warned already
     msgs = [str(w.message) for w in caught if issubclass(w.category, EngineWarning)]
     assert msgs == ["typo.cfg:9 [convolutional] (layer 0) activaton=leaky: not a key of [convolutional]; ignored "
                     "(Darknet prints 'Unused field'); did you mean activation=?",
                     "typo.cfg:17 [yolo] (layer 1) nms_thresh=0.4: not a key of [yolo]; ignored (Darknet prints "
                     "'Unused field')"]
     assert cfg.layers[0].get_str("activation", "logistic") == "logistic"   # still Darknet's reading of the file
+
+
+def test_a_typo_that_makes_the_build_fail_is_named_before_the_refusal(tmp_path):
+    """`layer=-1` leaves [route] without layers=: the warning that names the key meant comes first."""
+    import warnings
+
+    from engine.darknet.cfg import read_cfg
+    path = tmp_path / "layer.cfg"
+    path.write_text(NET + "[convolutional]\nfilters=4\n[route]\nlayer=-1\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CfgError, match=r"layer\.cfg:7 \[route\] \(layer 1\) missing required key layers="):
+            build_layers(read_cfg(path))
+    assert [str(w.message) for w in caught] == [
+        "layer.cfg:8 [route] (layer 1) layer=-1: not a key of [route]; ignored (Darknet prints 'Unused field'); "
+        "did you mean layers=?"]
+
+
+def test_a_key_darknet_does_not_read_warns_once_whatever_size_the_cfg_is_built_at(tmp_path, capsys):
+    """`info --size` builds only a resized copy of the cfg it read, `load(size=)` the cfg then the copy: each
+    says once which key Darknet would not read, at the line of the file."""
+    import warnings
+
+    import engine
+    from engine.errors import EngineWarning
+    from helpers import cli
+    path = tmp_path / "typo.cfg"
+    path.write_text(NET + "[convolutional]\nfilters=4\nsize=3\nactivaton=leaky\n")
+    said = ("typo.cfg:8 [convolutional] (layer 0) activaton=leaky: not a key of [convolutional]; ignored (Darknet "
+            "prints 'Unused field'); did you mean activation=?")
+    code, out, err = cli(capsys, "info", path, "--size", 64)
+    assert (code, err) == (0, f"warning: {said}\n") and "input 3x64x64" in out
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = engine.load(path, random_weights=0, size=64)
+    assert [str(w.message) for w in caught if issubclass(w.category, EngineWarning)] == [said]
+    assert model.input_shape == (3, 64, 64)
+
+
+def test_every_layer_type_declares_the_keys_darknet_reads_on_its_class():
+    """The keys of a section are a trait of the class that builds it (no table elsewhere); [net], which no
+    class builds, keeps its keys beside the lexer. Both are what Darknet's parser.c reads."""
+    from engine.darknet.cfg import NET_KEYS
+    from engine.darknet.cfg_keys import DARKNET_KEYS
+    from engine.layers import LAYERS, Layer
+    from engine.layers.base import EVERY_SECTION_KEYS
+    for name in LAYERS:
+        cls = LAYERS.get(name)
+        owner = next(k for k in cls.__mro__ if "cfg_keys" in vars(k))
+        assert owner is not Layer, f"[{name}]: {cls.__name__} declares no cfg_keys"
+        assert DARKNET_KEYS[name] == cls.cfg_keys | EVERY_SECTION_KEYS
+    assert {"filters", "size", "stride", "pad", "batch_normalize", "activation"} <= LAYERS.get("convolutional").cfg_keys
+    assert {"anchors", "mask", "classes", "num", "scale_x_y"} <= LAYERS.get("yolo").cfg_keys
+    assert LAYERS.get("reorg").cfg_keys == LAYERS.get("reorg3d").cfg_keys == {"extra", "flatten", "reverse", "stride"}
+    assert {"width", "height", "channels", "batch", "subdivisions"} <= NET_KEYS
+    assert DARKNET_KEYS["net"] == NET_KEYS | EVERY_SECTION_KEYS
+    assert sorted(DARKNET_KEYS) == sorted(["net", *LAYERS])
 
 
 def test_the_shipped_cfgs_raise_no_unused_key_warning():
@@ -151,7 +212,7 @@ def test_the_shipped_cfgs_raise_no_unused_key_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for path in cfgs:
-            read_cfg(path)
+            build_layers(read_cfg(path))
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
@@ -201,7 +262,7 @@ def test_an_unknown_key_with_a_character_that_does_not_show_is_escaped_and_named
     path.write_text(NET + "[convolutional]\nbatch_normalize\u00a0=1\nfilters=4\n", encoding="utf-8")
     with pytest.warns(EngineWarning) as caught:
         warnings.simplefilter("always")
-        read_cfg(path)
+        build_layers(read_cfg(path))
     assert [str(w.message) for w in caught] == [
         "web.cfg:6 [convolutional] (layer 0) 'batch_normalize\\xa0'=1 (the key contains U+00A0 NO-BREAK SPACE): not "
         "a key of [convolutional]; ignored (Darknet prints 'Unused field'); did you mean batch_normalize=?"]
@@ -239,7 +300,7 @@ def test_an_unknown_key_of_a_10_mb_line_is_shown_cut(tmp_path):
     path.write_text(NET + "[convolutional]\nfilters=4\n" + "k" * (10 << 20) + "=1\n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        read_cfg(path)
+        build_layers(read_cfg(path))
     (w,) = caught
     assert str(w.message).startswith("long.cfg:7 [convolutional] (layer 0) " + "k" * 40 + "...=1: not a key")
     assert len(str(w.message)) < 300
