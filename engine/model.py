@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from engine.atomic import atomic_savez  # noqa: F401  (the one writer; re-exported for callers)
-from engine.darknet.cfg import Cfg, decode_text, parse_cfg, read_cfg
+from engine.darknet.cfg import Cfg, names_from_bytes, parse_cfg, read_cfg
 from engine.errors import CfgError, EngineError, WeightsError
 from engine.darknet.build import build_at_size, build_graph, build_layers
 from engine.graph import Graph
@@ -300,15 +300,11 @@ def read_names(path: str | Path) -> list[str]:
     try:
         with open_regular(path) as f:
             data = f.read((16 << 20) + 1)
-        if len(data) > 16 << 20:
-            raise EngineError(f"{path}: cannot read class names: more than 16 MiB; expected one name per line")
-        # as a cfg is read (Notepad's UTF-8 mark made class 0 '\ufeffperson'; PowerShell's `>` writes UTF-16)
-        return [ln.strip() for ln in decode_text(data).removeprefix("\ufeff").splitlines() if ln.strip()]
-    except UnicodeDecodeError as err:
-        raise EngineError(f"{path}: cannot read class names: byte {err.start} is not UTF-8 (nor UTF-16 after a "
-                          "byte-order mark); expected a text file, one name per line") from err
     except OSError as err:
         raise EngineError(f"{path}: cannot read class names: {err}") from err
+    if len(data) > 16 << 20:
+        raise EngineError(f"{path}: cannot read class names: more than 16 MiB; expected one name per line")
+    return names_from_bytes(data, str(path))
 
 
 def is_model_file(path: str | Path) -> bool:

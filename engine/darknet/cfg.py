@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from engine.errors import ArgumentError, CfgError
+from engine.errors import ArgumentError, CfgError, EngineError
 
 # Darknet's short section names (parser.c:string_to_layer_type).
 ALIASES = {"conv": "convolutional", "max": "maxpool", "avg": "avgpool", "soft": "softmax",
@@ -260,10 +260,10 @@ UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 def text_problem(head: bytes, complete: bool = False) -> str | None:
     """Why the start of a file is not text, or None if it is: "byte N is not UTF-8" (or UTF-16) or `NUL_BYTES`.
-    The one text rule of the engine: `looks_binary`, `read_cfg` and `engine.filekind.classify` (hence `info`,
-    `sniff` and the CLI's messages) all ask it. Unless `complete` (`head` is the whole file), a character cut
-    at the end of `head` is text. UTF-8 (with or without a byte-order mark) and UTF-16 after its byte-order
-    mark are text; UTF-16 without one is not (NUL bytes)."""
+    The one text rule of the engine: `looks_binary`, `read_cfg`, `names_from_bytes` and
+    `engine.filekind.classify` (hence `info`, `sniff` and the CLI's messages) all ask it. Unless `complete`
+    (`head` is the whole file), a character cut at the end of `head` is text. UTF-8 (with or without a
+    byte-order mark) and UTF-16 after its byte-order mark are text; UTF-16 without one is not (NUL bytes)."""
     utf16 = head.startswith(UTF16_BOMS)
     try:
         text = codecs.getincrementaldecoder("utf-16" if utf16 else "utf-8")().decode(head, final=complete)
@@ -276,6 +276,20 @@ def decode_text(data: bytes) -> str:
     """A text file's bytes (`text_problem` is None): UTF-16 after its byte-order mark, else UTF-8 (a leading
     U+FEFF kept; read_cfg drops it)."""
     return data.decode("utf-16") if data.startswith(UTF16_BOMS) else data.decode("utf-8")
+
+
+def names_from_bytes(data: bytes, label: str) -> list[str]:
+    """The class names of a names file's content, one per non-blank line, read as a cfg is read: the engine's
+    text rule (`text_problem`: UTF-8, or UTF-16 after its byte-order mark; no NUL byte), a UTF-8 mark dropped.
+    Raises EngineError naming `label`. `engine.model.read_names` reads a file with it, and the workspace checks
+    a model entry's .names with it."""
+    # Notepad's UTF-8 mark made class 0 '\ufeffperson'; PowerShell's `>` writes UTF-16 with a mark, and without
+    # one UTF-16 decodes as UTF-8 into names full of NULs ('p\x00e\x00r\x00...'): the text rule refuses those
+    why = text_problem(data, complete=True)
+    if why is not None:
+        also = " (nor UTF-16 after a byte-order mark)" if why.endswith("UTF-8") else ""
+        raise EngineError(f"{label}: cannot read class names: {why}{also}; expected a text file, one name per line")
+    return [ln.strip() for ln in decode_text(data).removeprefix("\ufeff").splitlines() if ln.strip()]
 
 
 def download_mistake(head: bytes) -> str | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from engine.workspace.uploads import (IMAGE_EXTS, TEXT_EXTS, Limits, WorkspaceError, check_cfg, check_image,
-                            check_json, check_name, check_npz, check_size, check_text, npz_kind,
+                            check_json, check_name, check_names, check_npz, check_size, check_text, npz_kind,
                             check_weights, extension, read_zip_images)
 
 # kind -> folder under the workspace root
@@ -75,6 +75,8 @@ def _checker(kind: str, ext: str, limits: Limits) -> Callable[[str, bytes], None
         return lambda label, data: check_cfg(label, data, limits)
     if ext == ".weights":
         return lambda label, data: check_weights(label, data, limits)
+    if ext == ".names":      # a model's (or quantized model's) class names: read by the loader's rule
+        return lambda label, data: check_names(label, data, limits)
     if ext == ".npz":
         return lambda label, data: check_npz(label, data, limits, big)
     if ext in IMAGE_EXTS:

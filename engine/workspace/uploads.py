@@ -1,8 +1,8 @@
 """Checks for anything that enters a workspace: names, sizes, and content types (by content).
 
 Every function raises `WorkspaceError` naming the file (or zip member) and what was expected.
-File types are decided by extension, then verified by content: a `.cfg` or `.weights` file is refused
-exactly when the engine's loader would refuse it (its own rules, `engine.darknet.cfg` and
+File types are decided by extension, then verified by content: a model's `.cfg`, `.weights` or `.names`
+file is refused exactly when the engine's loader would refuse it (its own rules, `engine.darknet.cfg` and
 `engine.darknet.weights`, with its reasons), images are fully decoded by `engine.darknet.image.open_image`
 (which refuses decompression bombs), and zips are read member by member with hard limits on count and size.
 """
@@ -112,6 +112,19 @@ def check_weights(label: str, data: bytes, limits: Limits) -> None:
     try:
         body_floats(read_header(bytes(data[:20]), label), len(data), label)
     except WeightsError as err:
+        raise WorkspaceError(_labelled(label, err)) from None
+
+
+def check_names(label: str, data: bytes, limits: Limits) -> None:
+    """A model's class-names file, refused exactly when loading would refuse it (`engine.darknet.cfg.
+    names_from_bytes`: UTF-16 after its byte-order mark is read too, a file with NUL bytes is not), with the
+    loader's reason."""
+    from engine.darknet.cfg import names_from_bytes
+    from engine.errors import EngineError
+    check_size(label, len(data), limits.cfg, "text file")
+    try:
+        names_from_bytes(bytes(data), label)
+    except EngineError as err:
         raise WorkspaceError(_labelled(label, err)) from None
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import engine
+from engine.darknet.weights import write_weights
 from engine.errors import EngineError
 from engine.workspace import Workspace, WorkspaceError
 
@@ -106,3 +107,43 @@ def test_the_upload_checks_read_only_the_header_bytes_the_loader_reads(ws, monke
     monkeypatch.setattr(darknet_weights, "read_header", lambda data, label: seen.append(len(data)) or real(data, label))
     ws.save_bytes("m", "model", {"m.cfg": CFG, "m.weights": WEIGHTS})
     assert seen and set(seen) == {20}
+
+
+DETECTOR = Path(__file__).resolve().parents[1] / "corpus" / "detector.cfg"      # one class
+
+
+@pytest.mark.parametrize("data", ["person\r\n".encode("utf-16"), b"\xef\xbb\xbfperson\n"],
+                         ids=["utf16-bom", "utf8-bom"])
+def test_a_names_file_the_loader_reads_is_accepted_in_a_model_entry(ws, tmp_path, data):
+    """(regression) a PowerShell `>` names file (UTF-16 with its byte-order mark) loads, but a model folder holding
+    one was refused at import: 'not UTF-8 text at byte 0; expected UTF-8 text'."""
+    folder = tmp_path / "detector"
+    folder.mkdir()
+    (folder / "detector.cfg").write_bytes(DETECTOR.read_bytes())
+    model = engine.load(DETECTOR, random_weights=0)
+    write_weights(folder / "detector.weights", model.layers, model.params)
+    (folder / "detector.names").write_bytes(data)
+    entry = ws.import_path(folder, name="det")
+    assert entry.files == ("detector.cfg", "detector.names", "detector.weights")
+    loaded = engine.load(ws.path_of("det", "detector.cfg"), weights=ws.path_of("det", "detector.weights"),
+                         names=ws.path_of("det", "detector.names"))
+    assert loaded.class_names == ["person"]
+
+
+def test_a_utf16_names_file_without_its_byte_order_mark_is_refused_by_loading_and_upload(ws, tmp_path):
+    """(regression) without its mark, UTF-16 decoded as UTF-8 into names full of NULs: loading gave the classes
+    'p\\x00e\\x00r\\x00s\\x00o\\x00n\\x00' and '\\x00' (a warning said only that there were 2 names for 1 class)."""
+    data = "person\n".encode("utf-16-le")
+    names = tmp_path / "nobom.names"
+    names.write_bytes(data)
+    with pytest.raises(EngineError) as err:
+        engine.load(DETECTOR, random_weights=0, names=names)
+    assert str(err.value) == (f"{names}: cannot read class names: it contains NUL bytes; expected a text file, one "
+                              "name per line")
+    model = engine.load(DETECTOR, random_weights=0)
+    write_weights(tmp_path / "d.weights", model.layers, model.params)
+    files = {"d.cfg": DETECTOR.read_bytes(), "d.weights": (tmp_path / "d.weights").read_bytes(), "d.names": data}
+    with pytest.raises(WorkspaceError) as up:
+        ws.save_bytes("d", "model", files)
+    assert str(up.value) == ("d/d.names: cannot read class names: it contains NUL bytes; expected a text file, one "
+                             "name per line")
