@@ -150,7 +150,7 @@ def _check_pair(name: str, files: Mapping[str, bytes]) -> None:
     data = files[w_name]
     try:
         layers = build_layers(cfg_from_bytes(files[cfg_name], Path(cfg_name)))
-        header = read_header(data[:20], w_name)      # the loader reads 20 bytes (and a 500 MB lower() is no check)
+        header = read_header(data[:20], w_name)      # as the loader: not a lowercased copy of 500 MB
     except EngineError as err:
         raise WorkspaceError(f"entry {name!r}: {err}") from None
     need, found = expected_floats(layers), (len(data) - header.size) // 4

@@ -13,7 +13,7 @@ import json
 import unicodedata
 import zipfile
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from engine.errors import EngineError, ImageError
 from engine.darknet.image import MAX_PIXELS, open_image
@@ -96,7 +96,7 @@ def check_cfg(label: str, data: bytes, limits: Limits) -> None:
     from engine.errors import CfgError
     check_size(label, len(data), limits.cfg, "cfg")
     try:
-        cfg_from_bytes(bytes(data), PurePosixPath(label))
+        cfg_from_bytes(bytes(data), Path(label))
     except CfgError as err:
         raise WorkspaceError(_labelled(label, err)) from None
 
