@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from engine.atomic import abandoned, atomic_write, file_lock, fsync_dir, sweep_temp_files
+from engine.errors import FileError
 from engine.workspace.uploads import Limits, WorkspaceError, check_name
 from engine.workspace.entries import KINDS, METADATA_NAME, Entry, check_entry_files, group_uploads, read_import
 from engine.workspace.folders import combined, move_out, now, rmtree, stage_files, stage_owner
@@ -251,9 +252,12 @@ class Workspace:
             self._remove_folder(d["path"])
         return Entry.from_dict(d)
 
-    def export(self, name: str, dest: str | os.PathLike | None = None) -> Path:
-        """Write `<dest>/<name>.zip` (files + `qwidgets-entry.json` metadata); default dest `<root>/exports`."""
+    def export(self, name: str, dest: str | os.PathLike | None = None, overwrite: bool | None = None) -> Path:
+        """Write `<dest>/<name>.zip` (files + `qwidgets-entry.json` metadata); default dest `<root>/exports`.
+        `overwrite` defaults to True there (the workspace's folder: an export replaces the last one), to False in
+        a `dest` of the user's, where `<name>.zip` may be the zip the entry was imported from (members dropped)."""
         filename, data = self.export_bytes(name)
+        overwrite = dest is None if overwrite is None else overwrite
         if dest is None:
             folder = real_dir(self.root, "exports")
         else:
@@ -263,7 +267,14 @@ class Workspace:
             except OSError as err:   # e.g. dest is an existing file or FIFO
                 raise WorkspaceError(f"export {name!r}: cannot use {folder} as the destination folder: "
                                      f"{err.strerror or err}") from None
-        return atomic_write(folder / filename, data)
+        target = folder / filename
+        try:
+            return atomic_write(target, data, exclusive=not overwrite)
+        except FileError as err:
+            if not overwrite and os.path.lexists(target):
+                raise WorkspaceError(f"export {name!r}: {target} already exists; pass overwrite=True to replace it "
+                                     "or choose another dest") from None
+            raise
 
     def export_bytes(self, name: str) -> tuple[str, bytes]:
         """(`<name>.zip`, zip bytes) of entry `name`, for a download link."""

@@ -632,3 +632,25 @@ def test_an_upload_of_text_instead_of_bytes_is_named(ws):
     # (regression) a str in place of the file's bytes was a raw TypeError ('string argument without an encoding')
     with pytest.raises(WorkspaceError, match=r"^upload: file 'notes\.txt': expected bytes, got str$"):
         ws.add_upload({"notes.txt": "hello"})
+
+
+def test_export_to_a_folder_of_the_users_never_replaces_a_zip_there(ws, tmp_path):
+    """The zip an image set was imported from may sit in the folder exported to: it holds members the import
+    dropped, so an export of that name there is refused (naming it) unless overwrite=True; the workspace's own
+    exports folder keeps replacing the last export."""
+    out = tmp_path / "out"
+    out.mkdir()
+    original = out / "set.zip"
+    original.write_bytes(b"the user's own zip, with notes the import dropped")
+    ws.save_bytes("set", "imageset", {"1.png": png_bytes()})
+    with pytest.raises(WorkspaceError, match=r"export 'set': .*set\.zip already exists; pass overwrite=True"):
+        ws.export("set", out)
+    assert original.read_bytes() == b"the user's own zip, with notes the import dropped"
+    assert sorted(p.name for p in out.iterdir()) == ["set.zip"]           # no temp file left behind
+    with zipfile.ZipFile(ws.export("set", out, overwrite=True)) as zf:
+        assert "set/1.png" in zf.namelist()
+    first = ws.export("set")
+    ws.save_bytes("set", "imageset", {"2.png": png_bytes(4, 4)}, overwrite=True)
+    assert ws.export("set") == first
+    with zipfile.ZipFile(first) as zf:
+        assert "set/2.png" in zf.namelist()
