@@ -7,7 +7,10 @@ runs the `onnxruntime` rules with that accumulator: the reduction runs in QLinea
 last order (kernel position outer, input channel inner: k = (ky*K + kx)*C + c), raw uint8 codes
 (padding is the input zero point), pairs (2j, 2j+1), each pair sum clamped to [-32768, 32767],
 then the zero-point correction `- x_zp * sum(w)` in int32. Found by experiment on this host and
-checked against a live onnxruntime (tests/engine/test_profiles_ort.py).
+checked against a live onnxruntime (tests/engine/test_profiles_ort.py). A grouped conv is one such GEMM
+per group (pairs never cross groups); a depthwise one (one input and one output channel per group) runs
+MLAS's depthwise kernel, which is exact. Both checked against onnxruntime on an emulated AVX2 CPU
+(tests/engine/test_profiles_avx2_device.py).
 
 Only a weight pair with |w_a| + |w_b| >= 129 can leave int16 (255 * 128 = 32640), so the exact
 BLAS sum is corrected at those pairs only.
@@ -108,6 +111,22 @@ class Avx2U8S8Profile(OrtProfile):
         def corrected(part, r0, r1, acc, ch):
             epilogue(part, r0, r1, acc + corr[ch, r0:r1], ch)
         super().accumulate(layer, x, lq, b_q, corrected)
+
+
+    def grouped_correction(self, layer, x: QTensor, lq) -> np.ndarray | None:
+        # QLinearConv runs a grouped conv as one u8 x s8 GEMM per group (each group's filters reordered on
+        # their own, K = size*size*channels-per-group), so pairs form within a group. Depthwise (one input and
+        # one output channel per group) takes MLAS's depthwise kernel instead, which widens to int16: exact.
+        n, cg = lq.w_q.shape[:2]
+        ng = n // layer.groups
+        if cg == 1 and ng == 1:
+            return None
+        parts = [pair_saturation_correction(x.q[g * cg:(g + 1) * cg], x.zero_point, lq.w_q[g * ng:(g + 1) * ng],
+                                            layer.stride, layer.padding) for g in range(layer.groups)]
+        if all(p is None for p in parts):
+            return None
+        ho, wo = layer.out_shape[1:]
+        return np.concatenate([np.zeros((ng, ho, wo), np.int64) if p is None else p for p in parts])
 
 
 class OrtReduceRangeProfile(Avx2U8S8Profile):

@@ -250,9 +250,15 @@ class OrtProfile(Profile):
         conv_zero_point(x.q, x.zero_point, lq.w_q, lambda: lq.w_f, layer.size, layer.stride, layer.padding, epilogue,
                         bias=b_q)
 
+    def grouped_correction(self, layer, x: QTensor, lq) -> np.ndarray | None:
+        """What to add (int64 (n, Ho, Wo)) to a grouped conv's exact sums to get this device's QLinearConv
+        sums; None: they are exact (the u8 x u8 kernel, and MLAS's depthwise kernel)."""
+        return None
+
     def accumulate_any(self, layer, x: QTensor, lq, epilogue, accumulate=None, bias=None) -> None:
         """`accumulate` (default: this profile's) for an ungrouped conv; a grouped conv is one exact naive
-        int32 pass over every channel, handed to `epilogue(0, 0, H, acc, all channels)` whole. `bias`
+        int32 pass over every channel (plus `grouped_correction` when `accumulate` is the profile's own),
+        handed to `epilogue(0, 0, H, acc, all channels)` whole. `bias`
         (integers (n,)): added to the sums (acc then holds exact integers as float32 or float64, and the
         epilogue may write it)."""
         if self.wraps_int32:
@@ -264,6 +270,8 @@ class OrtProfile(Profile):
         xc = x.q.astype(np.int16) - np.int16(x.zero_point)
         acc = conv_int(xc, lq.w_f, np.zeros(n, np.int32), layer.size, layer.stride, layer.padding, layer.groups)
         acc = acc.astype(np.float64)
+        if accumulate is None and (corr := self.grouped_correction(layer, x, lq)) is not None:
+            acc += corr                        # the device's QLinearConv sums, not the exact ones
         if bias is not None:
             acc += np.asarray(bias, np.float64).reshape(-1, 1, 1)
         epilogue(0, 0, acc.shape[1], acc, slice(0, n))
