@@ -256,14 +256,25 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
                           pre_scales=pre_scales, pre_zero_points=pre_zero_points, meta=meta)
 
 
+def at_input_scale(model, index: int, lq: LayerQuant, in_scale: float, profile: str) -> LayerQuant:
+    """Layer `index`'s LayerQuant for an input at `in_scale` (an activation scale changed after quantizing):
+    int32 biases re-derived from the float ones under the profile's bias rule, as `quantize_model` derives
+    them (`fit_bias`: for ONNX Runtime's profiles a weight scale whose bias would leave int32 grows until it
+    fits, and those filters are requantized from the float weights). Other int8 weights are kept as they are."""
+    from engine.quant.profiles import get_profile
+    w, b = fused_params(model, index)
+    qw = get_profile(profile).fit_bias(QuantWeights(lq.w_q, lq.w_scale, lq.scheme), b, in_scale, lambda: w)
+    return LayerQuant(qw.w_q, qw.scale, quantize_bias(b, in_scale, qw.scale), in_scale, lq.scheme)
+
+
 def rescaled(model, qmodel: QuantizedModel, scales: dict[str, float]) -> QuantizedModel:
-    """A copy of `qmodel` with some activation scales replaced; the int32 biases of the layers whose
-    input scale changed are re-derived from the float biases (int8 weights are unchanged)."""
+    """A copy of `qmodel` with some activation scales replaced; the layers whose input scale changed get
+    their int32 biases (and, where the profile's bias rule says so, weight scales) re-derived
+    (`at_input_scale`); other int8 weights are unchanged."""
     twin = qmodel.copy()
     twin.scales.update(scales)
     for i, lq in qmodel.layers.items():
         s_in = twin.scales[input_id(model.layers[i])]
         if s_in != lq.in_scale:
-            _, b = fused_params(model, i)
-            twin.layers[i] = LayerQuant(lq.w_q, lq.w_scale, quantize_bias(b, s_in, lq.w_scale), s_in, lq.scheme)
+            twin.layers[i] = at_input_scale(model, i, lq, s_in, qmodel.profile)
     return twin

@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.errors import ArgumentError, EditsWouldBeLost, EngineError
 from engine.quant.modes import Mode
-from engine.quant.qmodel import LayerQuant, input_id
+from engine.quant.qmodel import LayerQuant, at_input_scale, input_id
 from engine.quant.weights import quantize_bias, quantize_weights
 from engine.session.edits import (Edit, EditError, Journal, apply_region, check_float, check_int8, check_int32,
                                   check_number, prune_mask)
@@ -235,11 +235,8 @@ class Editor:
             raise EditError(f"tensor {nid}: scale {scale:g} is not plausible; expected [{SCALE_MIN:g}, {SCALE_MAX:g}]")
         readers = [l.index for l in self.model.layers if l.index in self.qmodel.layers and input_id(l) == nid]
         old = self._snapshot((), readers, [nid])
-        lqs = {}
-        for i in readers:
-            lq = self.qmodel.layers[i]
-            _, b = self.model.layers[i].fused(self.model.params[i])
-            lqs[i] = LayerQuant(lq.w_q, lq.w_scale, quantize_bias(b, float(scale), lq.w_scale), float(scale), lq.scheme)
+        lqs = {i: at_input_scale(self.model, i, self.qmodel.layers[i], float(scale), self.qmodel.profile)
+               for i in readers}
         new = {"params": {}, "lqs": lqs, "scales": {nid: float(scale)}}
         return self._commit(Edit(nid, "scale", "scale", old, new, f"scale {old['scales'][nid]:.6g} -> {scale:.6g}"))
 

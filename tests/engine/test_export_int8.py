@@ -248,3 +248,33 @@ def test_a_float_edit_keeps_the_profiles_weight_range_and_ort_exactness(tmp_path
     bad = _mismatches(session.model, session.qmodel, proto, model.preprocess(PHOTOS[2]).x)
     if host_u8s8_kernel() in ("vnni", "avx2"):       # 7-bit weights: exact on both kinds of x86 kernel
         assert not any(bad.values()), bad
+
+
+@pytest.mark.parametrize("how", ["rescaled", "session"])
+@pytest.mark.parametrize("index", [1, 2], ids=["qlinearconv", "convinteger_head"])
+def test_a_changed_input_scale_grows_weight_scales_for_the_biases_as_quantize_does(index, how, tmp_path):
+    # rescaled() (a quantized model with some scales replaced) and a Session's set_scale re-derived the int32
+    # biases of the layers reading the changed tensor without the profile's bias rule: at half the input scale,
+    # filter 0's bias of 1.0 needed 2 * 2**31 / 1.0001 steps, was saturated to 2**31 - 1 and carried 0.50 instead
+    # of 1.0 (on ORT as in our INT run: both add the stored bias). quantize_model grows that weight scale until
+    # the bias fits, as ORT's quantizer does; so do they now
+    from engine import Session
+    from engine.quant.qmodel import rescaled
+    model, qm = _tiny_filter(index, tmp_path)
+    src, before = str(index - 1), qm.layers[index]
+    half = qm.scales[src] / 2
+    if how == "rescaled":
+        twin = rescaled(model, qm, {src: half})
+    else:
+        session = Session(model, qm, mode="int")
+        session.set_scale(src, half)
+        twin = session.qmodel
+    lq = twin.layers[index]
+    assert lq.in_scale == half
+    assert lq.in_scale * lq.w_scale[0] == pytest.approx(1.0001 * 2 / (2 ** 32 - 2), rel=1e-9)
+    assert float(lq.b_q[0]) * lq.in_scale * lq.w_scale[0] == pytest.approx(1.0, rel=1e-6)    # the bias kept
+    assert int(np.abs(lq.w_q[0]).max()) < int(np.abs(before.w_q[0]).max())    # filter 0 requantized coarser
+    np.testing.assert_array_equal(lq.w_q[1:], before.w_q[1:])                  # the others untouched
+    np.testing.assert_array_equal(lq.w_scale[1:], before.w_scale[1:])
+    bad = _mismatches(model, twin, build_int8(model, twin, all_outputs=True), model.preprocess(PHOTOS[2]).x)
+    assert not any(bad.values()), bad
