@@ -100,3 +100,34 @@ def test_grouped_convs_saturate_per_group_and_depthwise_stays_exact(device_runs,
             paired = sum(np.count_nonzero(c) for g in range(layer.groups) if (c := pair_saturation_correction(
                 x.q[g:g + 1], x.zero_point, lq.w_q[g:g + 1], layer.stride, layer.padding)) is not None)
             assert corr is None and paired > 0
+
+
+@pytest.mark.parametrize("name", CFGS)
+def test_onnxruntime_profile_equals_this_hosts_ort_on_odd_shapes(name, tmp_path):
+    """The `onnxruntime` profile (uint8 weights: exact on every x86 kernel) on this host's own ORT too."""
+    from engine.export.onnx_int8 import run_ort
+    (tmp_path / f"{name}.cfg").write_text(CFGS[name][0])
+    model = engine.load(str(tmp_path / f"{name}.cfg"), random_weights=3)
+    qm = quantize_model(model, collect(model, PHOTOS[:2], progress=False), "percentile", per_channel=True,
+                        percentile=90, profile="onnxruntime")
+    x = model.preprocess(PHOTOS[2]).x
+    ours = Executor(model, qm, "int").forward(x)
+    got = run_ort(build_int8(model, qm, all_outputs=True), x)
+    assert len(got) == len(model.layers)
+    assert not any(np.count_nonzero(ours[int(n[5:])] != y) for n, y in got.items())
+
+
+def test_yolov3_tiny_equals_ort_on_avx2_without_vnni(tiny, tiny_stats, tmp_path):
+    """The profile's headline claim (measured on the former AVX2 host until stop 26), on the device again:
+    the official weights, where 8-bit pairs saturate on many layers."""
+    qm = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="avx2_u8s8")
+    exact = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="onnxruntime")
+    x = tiny.preprocess(PHOTOS[0]).x
+    ours = Executor(tiny, qm, "int").forward(x)
+    assert np.count_nonzero(ours[2] != Executor(tiny, exact, "int").forward(x)[2]) > 100     # saturation is real
+    feeds = {"input": np.ascontiguousarray(x[None], np.float32)}
+    got = run_on_avx2([("tiny", build_int8(tiny, qm, all_outputs=True).SerializeToString(), feeds, True)],
+                      tmp_path)["tiny"]
+    assert len(got) == sum(l.kind != "yolo" for l in tiny.layers)
+    bad = {n: int(np.count_nonzero(ours[int(n[5:])] != y[0])) for n, y in got.items()}
+    assert not any(bad.values()), bad
