@@ -2,8 +2,8 @@
 or emulated on a VNNI host), layer by layer, on small random-weight models with what yolov3-tiny lacks:
 grouped convs (pairs of u8 x s8 products saturate within each group's GEMM), depthwise convs (MLAS's
 depthwise kernel: exact), channel multipliers, odd sizes, stride 2, maxpool 2/1, upsample and a route of
-two grids. The `onnxruntime` profile's exports of the same models run on the same device: its u8 x u8
-kernel sums exactly there too."""
+two grids. The `onnxruntime` profile's exports of the same models run on the same device (its u8 x u8
+kernel sums exactly there too), and `ort_reduce_range`'s (7-bit weights: no pair can saturate)."""
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +20,7 @@ from engine.calib.collect import collect  # noqa: E402
 from engine.export.onnx_int8 import build_int8  # noqa: E402
 from engine.quant.executor import Executor  # noqa: E402
 from engine.quant.profiles import get_profile  # noqa: E402
-from engine.quant.profiles.avx2_u8s8 import pair_saturation_correction  # noqa: E402
+from engine.quant.profiles.avx2_u8s8 import host_u8s8_kernel, pair_saturation_correction  # noqa: E402
 from engine.quant.qmodel import quantize_model  # noqa: E402
 
 PHOTOS = sorted(IMAGES.glob("*.jpg"))
@@ -42,7 +42,7 @@ CFGS = {     # name: (cfg, grouped layers whose QLinearConv pairs saturate on th
     "route": (NET.format(w=32, h=32) + conv(8, 3, 1) + conv(8, 3, 1, 2) + "[route]\nlayers=-1,-2\n\n"
               + conv(8, 3, 1, 2), (3,)),
 }
-PROFILES = ("avx2_u8s8", "onnxruntime")
+PROFILES = ("avx2_u8s8", "onnxruntime", "ort_reduce_range")
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +112,10 @@ def test_onnxruntime_profile_equals_this_hosts_ort_on_odd_shapes(name, tmp_path)
                         percentile=90, profile="onnxruntime")
     x = model.preprocess(PHOTOS[2]).x
     ours = Executor(model, qm, "int").forward(x)
-    got = run_ort(build_int8(model, qm, all_outputs=True), x)
-    assert len(got) == len(model.layers)
-    assert not any(np.count_nonzero(ours[int(n[5:])] != y) for n, y in got.items())
+    for signed in (False, True) if host_u8s8_kernel() == "vnni" else (False,):    # --int8-weights: VNNI's exact
+        got = run_ort(build_int8(model, qm, all_outputs=True, signed_weights=signed), x)            # u8 x s8 kernel
+        assert len(got) == len(model.layers)
+        assert not any(np.count_nonzero(ours[int(n[5:])] != y) for n, y in got.items()), signed
 
 
 def test_yolov3_tiny_equals_ort_on_avx2_without_vnni(tiny, tiny_stats, tmp_path):
