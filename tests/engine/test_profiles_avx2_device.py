@@ -39,6 +39,7 @@ CFGS = {     # name: (cfg, grouped layers whose QLinearConv pairs saturate on th
                    + conv(6, 3, 1, 2), (3,)),
     "multiplier": (NET.format(w=32, h=32) + conv(8, 3, 1) + conv(16, 3, 1, 8) + "[upsample]\nstride=2\n\n"
                    + conv(8, 1, 1, 4), (1, 3)),
+    "stride2": (NET.format(w=35, h=33) + conv(16, 3, 2) + conv(8, 3, 2) + conv(8, 1, 2, act="linear"), ()),
     "route": (NET.format(w=32, h=32) + conv(8, 3, 1) + conv(8, 3, 1, 2) + "[route]\nlayers=-1,-2\n\n"
               + conv(8, 3, 1, 2), (3,)),
 }
@@ -132,3 +133,11 @@ def test_yolov3_tiny_equals_ort_on_avx2_without_vnni(tiny, tiny_stats, tmp_path)
     assert len(got) == sum(l.kind != "yolo" for l in tiny.layers)
     bad = {n: int(np.count_nonzero(ours[int(n[5:])] != y[0])) for n, y in got.items()}
     assert not any(bad.values()), bad
+
+
+def test_ungrouped_stride2_convs_on_odd_sizes_saturate(device_runs):
+    """The stride-2 case is not vacuous either: its convs' int8-weight pairs saturate (the avx2_u8s8 run differs
+    from the onnxruntime profile's exact sums on the same grids and weights) and still equal the device."""
+    cases, _ = device_runs
+    sat, exact = cases["stride2", "avx2_u8s8"][3], cases["stride2", "onnxruntime"][3]
+    assert all(np.count_nonzero(sat[i].q.q != exact[i].q.q) > 0 for i in (0, 1)), "no saturation"
