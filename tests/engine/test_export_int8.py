@@ -1,5 +1,6 @@
 """`export --format onnx-int8`: ONNX Runtime's integer kernels give, layer by layer, exactly our INT executor's
-numbers under the `onnxruntime` profile (and `avx2_u8s8` on this AVX2 host): 0 mismatched elements."""
+numbers under the `onnxruntime` profile (and `avx2_u8s8` on an AVX2 host without VNNI; on a VNNI host, as this
+one, the AVX2 device is emulated in test_profiles_avx2_device.py): 0 mismatched elements."""
 from __future__ import annotations
 
 import numpy as np
