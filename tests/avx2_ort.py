@@ -36,7 +36,8 @@ def session(data, optimize):
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-out = {"probe": int(session(probe_model(), False).run(None, {"x": np.full((1, 8, 2, 2), 255, np.uint8)})[0][0, 0, 0, 0])}
+probe = session(probe_model(), False).run(None, {"x": np.full((1, 8, 2, 2), 255, np.uint8)})[0]
+out = {"probe": int(probe[0, 0, 0, 0])}
 for name, data, feeds, optimize in jobs:
     s = session(data, optimize)
     out[name] = dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))

@@ -112,7 +112,6 @@ class Avx2U8S8Profile(OrtProfile):
             epilogue(part, r0, r1, acc + corr[ch, r0:r1], ch)
         super().accumulate(layer, x, lq, b_q, corrected)
 
-
     def grouped_correction(self, layer, x: QTensor, lq) -> np.ndarray | None:
         # QLinearConv runs a grouped conv as one u8 x s8 GEMM per group (each group's filters reordered on
         # their own, K = size*size*channels-per-group), so pairs form within a group. Depthwise (one input and
