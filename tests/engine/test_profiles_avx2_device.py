@@ -1,7 +1,7 @@
 """`avx2_u8s8` against the device it models, ONNX Runtime on AVX2 without VNNI (tests/avx2_ort.py: natively,
 or emulated on a VNNI host), layer by layer, on small random-weight models with what yolov3-tiny lacks:
 grouped convs (pairs of u8 x s8 products saturate within each group's GEMM), depthwise convs (MLAS's
-depthwise kernel: exact), channel multipliers, odd sizes, stride 2, maxpool 2/1, upsample and a route of
+depthwise kernel: exact), channel multipliers, odd sizes, stride 2, maxpool 2/1, upsample (also with scale=), a route of
 two grids. The `onnxruntime` profile's exports of the same models run on the same device (its u8 x u8
 kernel sums exactly there too), and `ort_reduce_range`'s (7-bit weights: no pair can saturate)."""
 from __future__ import annotations
@@ -43,6 +43,8 @@ CFGS = {     # name: (cfg, grouped layers whose QLinearConv pairs saturate on th
     "stride2": (NET.format(w=35, h=33) + conv(16, 3, 2) + conv(8, 3, 2) + conv(8, 1, 2, act="linear"), ()),
     "grouped_head": (NET.format(w=64, h=64) + conv(4, 3, 2) + conv(18, 3, 1, 2, "linear").replace(
         "batch_normalize=1", "batch_normalize=0") + YOLO, ()),       # the head conv: ConvInteger, exact
+    "upsample_scale": (NET.format(w=32, h=32) + conv(8, 3, 1) + conv(8, 3, 2) + "[upsample]\nstride=2\nscale=0.5\n\n"
+                       + "[route]\nlayers=-1,0\n\n" + conv(8, 3, 1, 2), (4,)),
     "route": (NET.format(w=32, h=32) + conv(8, 3, 1) + conv(8, 3, 1, 2) + "[route]\nlayers=-1,-2\n\n"
               + conv(8, 3, 1, 2), (3,)),
 }
@@ -78,7 +80,7 @@ def test_every_layer_equals_ort_on_avx2_without_vnni(device_runs, name, profile)
     cases, ort = device_runs
     model, _, proto, values = cases[name, profile]
     kinds = {n.op_type for n in proto.graph.node}
-    assert "QLinearConv" in kinds and (name != "route" or "QLinearConcat" in kinds)
+    assert "QLinearConv" in kinds and (name not in ("route", "upsample_scale") or "QLinearConcat" in kinds)
     for optimize in (True, False):
         got = ort[f"{name}/{profile}/{optimize}"]
         assert sorted(got) == sorted(f"layer{l.index}" for l in model.layers if l.kind != "yolo")
