@@ -9,7 +9,9 @@ integer graph (engine/export/onnx_int8.py: QLinearConv/ConvInteger, bit-exact wi
 quantized model's profile is `onnxruntime`, so the detections are identical; with int8 weights on a VNNI
 host, uint8 elsewhere: `signed_weights`). What ORT cannot compute the
 NumPy engine's way raises an EngineError saying why and what to use: HYBRID, INT under another profile,
-layers kept FLOAT between int8 layers, layers the exporter has no ONNX form for. `"auto"` runs each mode on
+INT under a profile whose device this host's ORT is not (`Profile.host_mismatch`: `avx2_u8s8` on a VNNI CPU,
+whose ORT sums the pairs that profile saturates exactly), layers kept FLOAT between int8 layers, layers the
+exporter has no ONNX form for. `"auto"` runs each mode on
 ORT when it can and on NumPy otherwise. STEP, CROSS and editing always run on NumPy.
 
 The detection heads ([yolo], [region]) are left out of the ONNX graphs ("raw" heads) and run by the
@@ -95,9 +97,13 @@ def why_not(model, qmodel, mode: str, float_layers: Sequence[int] | None = None)
     from engine.export.onnx_int8 import FORMAT, INT_KINDS
     from engine.quant.executor import Executor
     from engine.quant.profiles import get_profile
-    if get_profile(qmodel.profile).exportable != FORMAT:
+    profile = get_profile(qmodel.profile)
+    if profile.exportable != FORMAT:
         return (f"INT under profile '{qmodel.profile}' is not what ORT's integer kernels compute (they compute the "
                 f"'onnxruntime' profile's rules): quantize with profile='onnxruntime' (--profile onnxruntime)")
+    # an avx2_u8s8 model on a VNNI host: this ORT sums the pairs exactly, not as the device the profile models
+    if (host := profile.host_mismatch()) is not None:
+        return f"INT under profile '{qmodel.profile}' is not what this host's ONNX Runtime computes: {host}"
     ex = Executor(model, qmodel, mode, float_layers)
     inner = [i for i, l in enumerate(model.layers) if l.kind in INT_KINDS and ex.precision(i) == "float"]
     if inner:

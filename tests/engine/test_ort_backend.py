@@ -263,3 +263,28 @@ def test_cli_quantize_target_map_backend(tmp_path, capsys):
             "--quiet", "--target-map", "0.999", "--val", str(PHOTOS[0]), "--backend", "onnxruntime"]
     assert main([*base, "-o", str(tmp_path / "a.npz")]) == 2          # profile qwidgets: INT is not ORT's
     assert "profile 'qwidgets'" in capsys.readouterr().err and not (tmp_path / "a.npz").exists()
+
+
+@pytest.mark.parametrize("kernel", ["vnni", "avx2"])
+def test_int_of_a_profile_this_hosts_ort_does_not_compute_stays_on_numpy(tiny, tiny_stats, monkeypatch, kernel):
+    """An `avx2_u8s8` model (the int16-saturating pairs of ORT on AVX2 without VNNI) ran on this VNNI host's ORT,
+    whose u8 x s8 kernel sums exactly: `auto` took ORT silently and 323184 values of layer 0 (every layer) were
+    another device's; `--backend onnxruntime` ran it too. The host check (`Profile.host_mismatch`) now refuses it,
+    naming why: `auto` keeps NumPy, `onnxruntime` raises. On an AVX2 host (the device itself) ORT still runs it."""
+    from engine.quant.profiles import avx2_u8s8
+    monkeypatch.setattr(avx2_u8s8, "host_u8s8_kernel", lambda *a: kernel)
+    qm = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="avx2_u8s8")
+    reason = ort_backend.why_not(tiny, qm, "int")
+    if kernel == "avx2":
+        assert reason is None
+        return
+    assert reason == ("INT under profile 'avx2_u8s8' is not what this host's ONNX Runtime computes: this host's CPU "
+                      "has VNNI: its ONNX Runtime sums u8 x s8 products exactly in int32, unlike the "
+                      "AVX2-without-VNNI CPU the 'avx2_u8s8' profile models")
+    assert resolve("auto", tiny, qm, "int") == "numpy"
+    with pytest.raises(EngineError, match="has VNNI"):
+        resolve("onnxruntime", tiny, qm, "int")
+    x = tiny.preprocess(PHOTOS[0]).x
+    assert np.array_equal(forward_on("auto", tiny, qm, "int")(x)[0], Executor(tiny, qm, "int").forward(x)[0])
+    reduced = quantize_model(tiny, tiny_stats, "minmax", per_channel=True, profile="ort_reduce_range")
+    assert ort_backend.why_not(tiny, reduced, "int") is None       # 7-bit weights: exact on every x86 kernel
