@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -127,15 +127,16 @@ def source_image(sources: Sequence, k: int, size: tuple[int, int]) -> Image.Imag
 
 
 def variant_batch(source: Any, qref: Any, sources_ref: Any, modes: tuple[str, ...], thresh: float, nms: float,
-                  runtime: str, batch: list[Variant]) -> list[dict]:
+                  runtime: str, batch: list[Variant], *, float_layers: Sequence[int] | None = None) -> list[dict]:
     """Per variant: {mode: agreement dict (+ "float_dets")}; runs on a worker or in-process, FLOAT and
-    each mode on `runtime` (numpy | onnxruntime | auto: engine/export/ort_backend.py)."""
+    each mode on `runtime` (numpy | onnxruntime | auto: engine/export/ort_backend.py). float_layers: the
+    layers each mode keeps FLOAT (None: the quantized model's own)."""
     model = load_source(source)
     qm = resolve_qmodel(qref)
     sources = unwrap(sources_ref)
     _, h, w = model.input_shape
     float_run = forward_on(runtime, model, None, "float")
-    runners = {m: forward_on(runtime, model, qm, m) for m in modes}
+    runners = {m: forward_on(runtime, model, qm, m, float_layers) for m in modes}
     rows = []
     size = feed_size(float_run, *runners.values())      # ORT: variants in batches; NumPy: one per kernel thread
     for start in range(0, len(batch), size):
@@ -162,6 +163,7 @@ class MonteCarloResult:
     seconds: float = 0.0
     worst_k: int = 8
     size: tuple[int, int] = (416, 416)         # network input (w, h): sources are fitted to it
+    float_layers: tuple[int, ...] = ()         # the layers the quantized runs kept FLOAT
 
     def scores(self, mode: str | None = None) -> np.ndarray:
         mode = mode or self.modes[-1]
@@ -205,7 +207,8 @@ class MonteCarloResult:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"seed": self.seed, "modes": list(self.modes), "images": self.labels, "seconds": self.seconds,
+        return {"seed": self.seed, "modes": list(self.modes), "float_layers": list(self.float_layers),
+                "images": self.labels, "seconds": self.seconds,
                 "summary": {m: self.summary(m) for m in self.modes},
                 "variants": [{**v.to_dict(), **r} for v, r in zip(self.variants, self.rows)]}
 
@@ -213,36 +216,41 @@ class MonteCarloResult:
 def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200, modes: Sequence[str] = ("hybrid",),
                    backend=None, seed: int = 0, batch_size: int | None = None, worst_k: int = 8,
                    thresh: float = 0.25, nms: float = 0.45, ranges: dict | None = None,
-                   progress: bool = False) -> MonteCarloResult:
+                   progress: bool = False, float_layers: Sequence[int] | None = None) -> MonteCarloResult:
     """Render `n_variants` seeded variants of `images`, run FLOAT and each mode, agreement per variant.
 
     backend: "numpy" | "onnxruntime" | "auto" (in this process), or an InProcess / DaskBackend (its
     `runtime`): with "onnxruntime", FLOAT and INT (profile onnxruntime) run on ONNX Runtime.
-    Raises ValueError for modes other than hybrid/int or an empty image list, EngineError for a mode
-    ORT cannot run with backend="onnxruntime" (HYBRID, INT under another profile).
+    float_layers: the layers every mode keeps FLOAT (mixed precision; None: the quantized model's own).
+    Raises ValueError for modes other than hybrid/int, an empty image list or a layer the model lacks,
+    EngineError for a mode ORT cannot run with backend="onnxruntime" (HYBRID, INT under another profile).
     """
     bad = [m for m in modes if m not in QUANT_MODES]
     if bad or not modes:
         raise ValueError(f"modes {list(modes)}: expected hybrid and/or int (FLOAT is the reference)")
     backend, runtime = split_backend(backend)
+    model, qm = load_source(model_source), resolve_qmodel(_qm_ref(qmodel))
+    kept = tuple(sorted({int(i) for i in (qm.float_layers if float_layers is None else float_layers)}))
+    outside = [i for i in kept if not 0 <= i < len(model.layers)]
+    if outside:                             # refused here, not on a worker mid-run
+        raise ValueError(f"float_layers {outside}: no such layers (0..{len(model.layers) - 1})")
     if runtime == "onnxruntime":            # refused before any variant is rendered
-        model, qm = load_source(model_source), resolve_qmodel(_qm_ref(qmodel))
         for m in ("float", *modes):
-            resolve(runtime, model, qm, m)
+            resolve(runtime, model, qm, m, kept)
     backend = backend or InProcess()
     sources = [str(i) if isinstance(i, Path) else i for i in image_list(images, "evaluation")]
     variants = make_variants(len(sources), n_variants, seed, ranges)
     all_paths = all(isinstance(s, str) for s in sources)
     sources_ref = sources if all_paths else backend.share(sources)     # images themselves: sent once
     t0 = time.perf_counter()
-    parts = backend.map_batches(variant_batch, variants, batch_size, progress, "variants",
-                                args=(backend.portable(model_source), qmodel_ref(qmodel, backend), sources_ref,
-                                      tuple(modes), thresh, nms, runtime))
+    parts = backend.map_batches(partial(variant_batch, float_layers=kept), variants, batch_size, progress,
+                                "variants", args=(backend.portable(model_source), qmodel_ref(qmodel, backend),
+                                                  sources_ref, tuple(modes), thresh, nms, runtime))
     rows = [r for p in parts for r in p]
-    _, h, w = load_source(model_source).input_shape
+    _, h, w = model.input_shape
     return MonteCarloResult(variants, rows, tuple(modes), seed, sources,
                             [label_of(s, k) for k, s in enumerate(sources)], time.perf_counter() - t0, worst_k,
-                            (w, h))
+                            (w, h), kept)
 
 
 def _qm_ref(qmodel: Any) -> Any:

@@ -1,0 +1,55 @@
+"""`--float-layers I,J` (the layers a quantized run keeps FLOAT) on every command that runs a quantized model:
+`montecarlo` and `report` had no such option (only the quantized model's own FLOAT layers), so a mixed-precision
+choice tried with `detect`/`explain`/`worst-images` could not be checked over many variants or timed."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS, cli
+
+MODEL = (TINY_CFG, "--weights", TINY_WEIGHTS, "--size", "160")
+ALL_LAYERS = ",".join(str(i) for i in range(24))      # yolov3-tiny's 24 layers
+
+
+@pytest.fixture(scope="module")
+def qfiles(tmp_path_factory, tiny_kl_pt):
+    """yolov3-tiny quantized per tensor with kl, no rules (it loses detections), twice: with no FLOAT layers, and keeping layers 0 and 12 FLOAT by default."""
+    folder = tmp_path_factory.mktemp("q")
+    plain = tiny_kl_pt.save(folder / "q.npz")
+    mixed = tiny_kl_pt.copy()
+    mixed.float_layers = (0, 12)
+    return plain, mixed.save(folder / "q-mixed.npz")
+
+
+def montecarlo(capsys, qfile, *extra):
+    code, out, err = cli(capsys, "montecarlo", *MODEL, "--quantized", qfile, "--images", IMAGES / "dog.jpg",
+                         "--variants", "4", "--seed", "0", "--json", *extra)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_montecarlo_float_layers_keeps_them_float(capsys, qfiles):
+    plain, mixed = qfiles
+    base = montecarlo(capsys, plain)
+    assert base["summary"]["int"]["mean_map50_95"] < 0.99       # the INT run differs from FLOAT on these variants
+    everything = montecarlo(capsys, plain, "--float-layers", ALL_LAYERS)
+    s = everything["summary"]["int"]
+    assert (s["mean"], s["mean_map50_95"], s["perfect"], s["missed"], s["extra"]) == (1.0, 1.0, 1.0, 0, 0)
+    assert everything["float_layers"] == list(range(24))
+    # --float-layers 0,12 gives what a model keeping 0 and 12 FLOAT gives by itself, variant by variant
+    chosen = montecarlo(capsys, plain, "--float-layers", "0,12")
+    own = montecarlo(capsys, mixed)
+    assert chosen["float_layers"] == own["float_layers"] == [0, 12] and base["float_layers"] == []
+    assert [v["int"] for v in chosen["variants"]] == [v["int"] for v in own["variants"]]
+    assert [v["int"] for v in chosen["variants"]] != [v["int"] for v in base["variants"]]
+    # an explicit list replaces the model's own (as on detect, explain, worst-images)
+    assert montecarlo(capsys, mixed, "--float-layers", ALL_LAYERS)["summary"]["int"]["mean_map50_95"] == 1.0
+
+
+def test_montecarlo_float_layers_refuses_a_layer_the_model_lacks(capsys, qfiles):
+    code, out, err = cli(capsys, "montecarlo", *MODEL, "--quantized", qfiles[0], "--images", IMAGES / "dog.jpg",
+                         "--variants", "1", "--float-layers", "3,40")
+    assert (code, out) == (2, "")
+    assert err == "error: --float-layers '3,40': [40] are not layers of this model (0..23)\n"
