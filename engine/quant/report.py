@@ -5,7 +5,8 @@
     rep.fits(device_ram_bytes=2 << 20, flash_bytes=16 << 20, latency_budget_ms=500)
 
 Per layer: params, MACs, float32 bytes, int8 bytes (int8 weights + int32 biases + float32
-scales, as `QuantizedModel.int8_bytes`; layers without an int8 form keep float32), compression,
+scales, as `QuantizedModel.int8_bytes`; layers without an int8 form, and the layers kept FLOAT
+(mixed precision: `float_layers`, by default the quantized model's own), keep float32), compression,
 and the median latency of the layer in each mode. Latency: the same `Executor.run_layer` calls
 that `Executor.run` makes, timed one by one with `time.perf_counter`, modes interleaved within each
 repeat (FLOAT, HYBRID, INT, FLOAT, ...) so a machine-wide slowdown hits every mode alike, median
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -32,6 +33,7 @@ class SizeSpeedReport:
     peak_activation_bytes: dict[str, int]
     repeats: int
     notes: list[str] = field(default_factory=list)
+    float_layers: tuple[int, ...] = ()      # kept FLOAT in HYBRID/INT: float32 weights and activations
 
     def latency_ms(self, mode: str) -> float:
         return self.totals[f"{mode}_ms"]
@@ -58,8 +60,9 @@ class SizeSpeedReport:
         return out
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "repeats": self.repeats, "rows": self.rows, "totals": self.totals,
-                "peak_activation_bytes": self.peak_activation_bytes, "notes": self.notes}
+        return {"model": self.model, "repeats": self.repeats, "float_layers": list(self.float_layers),
+                "rows": self.rows, "totals": self.totals, "peak_activation_bytes": self.peak_activation_bytes,
+                "notes": self.notes}
 
     def text(self, layers: bool = True) -> str:
         head = (f"{'idx':>4} {'kind':<14}{'params':>11}{'MMACs':>9}{'float KB':>10}{'int8 KB':>9}{'compr':>7}"
@@ -86,12 +89,14 @@ def _fmt(key: str, v: float) -> str:
     return f"{v:.0f} ms" if key == "latency_ms" else _mb(v)
 
 
-def layer_bytes(model, qmodel) -> list[tuple[int, int]]:
-    """(float32 bytes, int8-model bytes) per layer."""
+def layer_bytes(model, qmodel, float_layers: Iterable[int] | None = None) -> list[tuple[int, int]]:
+    """(float32 bytes, int8-model bytes) per layer; a layer kept FLOAT (`float_layers`, None: the quantized
+    model's own) is deployed with its float32 weights, so it counts them in both."""
+    kept = set(qmodel.float_layers if float_layers is None and qmodel is not None else float_layers or ())
     out = []
     for layer in model.layers:
         f = 4 * layer.num_params
-        lq = qmodel.layers.get(layer.index) if qmodel is not None else None
+        lq = qmodel.layers.get(layer.index) if qmodel is not None and layer.index not in kept else None
         out.append((f, int(lq.w_q.size + 4 * lq.b_q.size + 4 * lq.w_scale.size) if lq is not None else f))
     return out
 
@@ -113,10 +118,13 @@ def peak_activations(model, itemsize) -> int:
     return peak
 
 
-def time_layers(model, qmodel, x: np.ndarray, modes: Sequence[str], repeats: int) -> dict[str, np.ndarray]:
-    """Median seconds per layer per mode, modes interleaved within each repeat (after one warm-up)."""
+def time_layers(model, qmodel, x: np.ndarray, modes: Sequence[str], repeats: int,
+                float_layers: Iterable[int] | None = None) -> dict[str, np.ndarray]:
+    """Median seconds per layer per mode, modes interleaved within each repeat (after one warm-up);
+    HYBRID/INT keep `float_layers` FLOAT (None: the quantized model's own)."""
     from engine.quant.executor import Executor, Value
-    exs = {m: Executor(model, qmodel if m != Mode.FLOAT else None, m) for m in modes}
+    exs = {m: Executor(model, qmodel, m, float_layers) if m != Mode.FLOAT else Executor(model, None, m)
+           for m in modes}
     times = {m: np.zeros((repeats, len(model.layers))) for m in modes}
     for r in range(-1, repeats):                # r = -1: warm-up (caches, prepared weights)
         for m, ex in exs.items():
@@ -133,18 +141,27 @@ def time_layers(model, qmodel, x: np.ndarray, modes: Sequence[str], repeats: int
     return {m: np.median(t, axis=0) for m, t in times.items()}
 
 
-def size_speed_report(model, qmodel, repeats: int = 3, image=None, modes: Sequence[str] = MODES) -> SizeSpeedReport:
+def size_speed_report(model, qmodel, repeats: int = 3, image=None, modes: Sequence[str] = MODES,
+                      float_layers: Iterable[int] | None = None) -> SizeSpeedReport:
     """Per-layer and total size / MACs / latency of `model` in each mode (see the module docstring).
 
-    image: what to time on (default: the first bundled sample photo). Raises ValueError for repeats < 1.
+    image: what to time on (default: the first bundled sample photo). float_layers: the layers HYBRID/INT
+    keep FLOAT (mixed precision; None: the quantized model's own). Raises ValueError for repeats < 1 or a
+    layer the model lacks.
     """
     if repeats < 1:
         raise ValueError(f"repeats={repeats}: expected >= 1")
     from engine.quant.executor import Executor
     from engine.imaging.samples import sample_images
+    if float_layers is None:
+        float_layers = qmodel.float_layers if qmodel is not None else ()
+    kept = tuple(sorted({int(i) for i in float_layers}))
+    outside = [i for i in kept if not 0 <= i < len(model.layers)]
+    if outside:
+        raise ValueError(f"float_layers {outside}: no such layers (0..{len(model.layers) - 1})")
     x = model.preprocess(image if image is not None else sample_images()[0]).x
-    lat = time_layers(model, qmodel, x, modes, repeats)
-    sizes = layer_bytes(model, qmodel)
+    lat = time_layers(model, qmodel, x, modes, repeats, kept)
+    sizes = layer_bytes(model, qmodel, kept)
     rows = []
     for layer, (fb, qb) in zip(model.layers, sizes):
         rows.append({"index": layer.index, "kind": layer.kind, "params": int(layer.num_params), "macs": int(layer.macs),
@@ -154,13 +171,15 @@ def size_speed_report(model, qmodel, repeats: int = 3, image=None, modes: Sequen
     totals = {"params": sum(r["params"] for r in rows), "macs": sum(r["macs"] for r in rows), "float_bytes": fb,
               "int8_bytes": qb, "compression_pct": 100.0 * (1 - qb / fb) if fb else 0.0,
               **{f"{m}_ms": float(sum(r[f"{m}_ms"] for r in rows)) for m in MODES}}
-    int_ex = Executor(model, qmodel, "int") if qmodel is not None else None
+    int_ex = Executor(model, qmodel, "int", kept) if qmodel is not None else None
     peak = {"float": peak_activations(model, lambda i: 4), "hybrid": peak_activations(model, lambda i: 4)}
     if int_ex is not None:
         peak["int"] = peak_activations(model, lambda i: 1 if int_ex.precision(i) == "int8" else 4)
     notes = [f"latency: median of {repeats} interleaved runs on this machine (NumPy engine, "
              f"{'loaded' if _loaded() else 'idle'} host); use the ratios, not the absolute ms, for a device"]
-    return SizeSpeedReport(model.graph.name, rows, totals, peak, repeats, notes)
+    if kept:
+        notes.append(f"kept FLOAT in hybrid/int (float32 weights and activations): layers {', '.join(map(str, kept))}")
+    return SizeSpeedReport(model.graph.name, rows, totals, peak, repeats, notes, kept)
 
 
 def _loaded() -> bool:

@@ -53,3 +53,34 @@ def test_montecarlo_float_layers_refuses_a_layer_the_model_lacks(capsys, qfiles)
                          "--variants", "1", "--float-layers", "3,40")
     assert (code, out) == (2, "")
     assert err == "error: --float-layers '3,40': [40] are not layers of this model (0..23)\n"
+
+
+def report(capsys, qfile, *extra):
+    code, out, err = cli(capsys, "report", *MODEL, "-q", qfile, "--repeats", "1", "--image", IMAGES / "dog.jpg",
+                         "--json", *extra)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_report_float_layers_counts_them_float(capsys, qfiles):
+    plain, mixed = qfiles
+    base = report(capsys, plain)
+    assert base["float_layers"] == []
+    assert base["rows"][12]["int8_bytes"] == 1024 * 512 * 9 + 4 * 1024 + 4    # int8 weights, int32 biases, one scale
+    kept = report(capsys, plain, "--float-layers", "12", "--ram", "64", "--flash", "9", "--budget-ms", "1e6")
+    row = kept["rows"][12]
+    assert kept["float_layers"] == [12]
+    assert row["int8_bytes"] == row["float_bytes"] == 4 * 4722688 and row["compression_pct"] == 0.0
+    assert kept["totals"]["int8_bytes"] == base["totals"]["int8_bytes"] - base["rows"][12]["int8_bytes"] + 4 * 4722688
+    # the flash a device needs for INT is the int8 layers plus layer 12's float32 weights: 9 MiB no longer holds it
+    assert kept["fit"]["flash"]["needed"] == kept["totals"]["int8_bytes"] and kept["fit"]["flash"]["ok"] is False
+    # every layer FLOAT: INT holds float32 activations everywhere, as FLOAT does
+    every = report(capsys, plain, "--float-layers", ALL_LAYERS)
+    assert every["peak_activation_bytes"]["int"] == every["peak_activation_bytes"]["float"] \
+        > base["peak_activation_bytes"]["int"]
+    assert every["totals"]["int8_bytes"] == every["totals"]["float_bytes"]
+    # without the option, the model's own FLOAT layers are counted the same way
+    own = report(capsys, mixed)
+    assert own["float_layers"] == [0, 12]
+    assert [r["int8_bytes"] for r in own["rows"]] == \
+        [r["int8_bytes"] for r in report(capsys, plain, "--float-layers", "0,12")["rows"]]
