@@ -20,11 +20,11 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:
     """Add `detect`."""
     s = sub.add_parser("detect", help="detect objects in images")
     add_model_args(s)
-    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ... as Pillow reads them)")
     s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25,
                    help=THRESH_HELP)
     s.add_argument("--nms", type=number("IoU", 0, 1, lo_open=False), default=0.45, help=NMS_HELP)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the detections of every image as JSON (docs/cli.md)")
     s.add_argument("--save", metavar="DIR", help="also write each image with its boxes drawn and labelled "
                    "(colour by class) into DIR (created if absent), under the image's own file name")
     s.set_defaults(func=cmd_detect)

@@ -24,12 +24,12 @@ def add_explain_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
     s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
     s.add_argument("--quantized", required=True, metavar="Q", help="quantized model file")
-    s.add_argument("--image", required=True, metavar="IMG")
+    s.add_argument("--image", required=True, metavar="IMG", help="the image whose detections are explained")
     s.add_argument("--mode", choices=("int", "hybrid"), default="int", help="the quantized run (default int)")
     s.add_argument("--top", type=positive_int, default=5,
                    help="culprits listed per detection (default 5): the layers whose FLOAT run alone recovers some "
                         "of its loss, best first (layers that recover nothing are not listed)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the explanation as JSON (docs/cli.md)")
     s.add_argument("--float-layers", metavar="I,J", help="layers FLOAT in every run (mixed precision)")
     s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25,
                    help=THRESH_HELP)

@@ -21,12 +21,13 @@ def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
                                    "weights: the Darknet .weights file of the (possibly edited) parameters, "
                                    "e.g. from an engine model file. onnx-int8: the integer graph (QLinearConv, "
                                    "QLinearLeakyRelu, ...) of a model quantized with an ONNX Runtime profile "
-                                   "(--profile onnxruntime, avx2_u8s8 or ort_reduce_range), bit-exact with "
+                                   "(quantize --profile onnxruntime, avx2_u8s8 or ort_reduce_range), bit-exact with "
                                    "'dump --mode int' in ONNX Runtime.")
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
     s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
     s.add_argument("--format", choices=FORMATS, default="onnx", help="what to write (default onnx)")
-    s.add_argument("-o", "--output", required=True, metavar="OUT")
+    s.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="the file to write (.onnx, or .weights for --format weights)")
     s.add_argument("--quantized", metavar="Q", help="onnx-int8: the quantized model file (from quantize --profile)")
     s.add_argument("--heads", choices=("raw", "activated"), default="raw",
                    help="onnx: raw conv outputs feeding [yolo]/[region] (default), or with their activations")

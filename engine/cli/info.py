@@ -35,9 +35,10 @@ def add_info_parser(sub: argparse._SubParsersAction) -> None:
 def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     """Add `convert`."""
     s = sub.add_parser("convert", help="cfg + weights -> one engine model file (.npz, no pickle)")
-    s.add_argument("model", metavar="CFG")
-    s.add_argument("weights", metavar="WEIGHTS")
-    s.add_argument("-o", "--output", required=True, metavar="MODEL_FILE")
+    s.add_argument("model", metavar="CFG", help="the Darknet .cfg")
+    s.add_argument("weights", metavar="WEIGHTS", help="its Darknet .weights file")
+    s.add_argument("-o", "--output", required=True, metavar="MODEL_FILE",
+                   help="the engine model file to write (.npz: the cfg and every weight array)")
     s.set_defaults(func=cmd_convert)
 
 
@@ -46,9 +47,10 @@ def add_dump_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("dump", help="every layer's output to an .npz (keys layer0, layer1, ...)")
     add_model_args(s)
     g = s.add_mutually_exclusive_group(required=True)
-    g.add_argument("--image")
+    g.add_argument("--image", help="the image to run (letterboxed or stretched to the input size, see --resize)")
     g.add_argument("--input", metavar="X.npy", help="a (3,H,W) float32 tensor used as is")
-    s.add_argument("-o", "--output", required=True, metavar="OUT.npz")
+    s.add_argument("-o", "--output", required=True, metavar="OUT.npz",
+                   help="the .npz to write: every layer's output as layer0, layer1, ... (float32, CxHxW)")
     s.set_defaults(func=cmd_dump)
 
 

@@ -49,12 +49,13 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
                    help="keep the fewest layers FLOAT (greedy by measured sensitivity) so INT detections on --val "
                         "reach this mAP@[.5:.95] against FLOAT with no lost detection; prints the trade-off curve")
     s.add_argument("--val", nargs="+", metavar="DIR_OR_FILES", help="validation images for --target-map")
-    add_backend_arg(s, "--target-map's runs")
+    add_backend_arg(s, "--target-map's runs", "--profile onnxruntime")
     s.add_argument("--profile", default="qwidgets", metavar="NAME",
                    help="device profile, the integer rules of the target: qwidgets (default), qwidgets_asym (uint8 "
                         "activations with zero points, any --method), onnxruntime, avx2_u8s8, ort_reduce_range, "
                         "yolo2_light (docs/profiles.md)")
-    s.add_argument("-o", "--output", required=True, metavar="QMODEL")
+    s.add_argument("-o", "--output", required=True, metavar="QMODEL",
+                   help="the quantized model file to write (.npz), as read by detect --quantized and the others")
     s.set_defaults(func=cmd_quantize)
 
 
@@ -67,7 +68,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--methods", default="log2,kl,minmax,percentile,mse",
                    help="comma-separated methods to rank (default log2,kl,minmax,percentile,mse; auto too: it "
                         "chooses on the --calib images)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the ranking and per-layer statistics as JSON")
     s.add_argument("--profile", default="qwidgets", metavar="NAME",
                    help="device profile every method quantizes for (default qwidgets; onnxruntime lets "
                         "--backend onnxruntime run INT on ORT's integer kernels)")
@@ -78,14 +79,18 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                         "--refine eq --refine margin (the best INT configuration measured, docs/quantization.md)")
     s.add_argument("--margin-k", type=number("--margin-k", 0.0, 10.0, lo_open=False), default=2.0, metavar="K",
                    help="--refine margin: objectness margin in robust standard deviations (default 2)")
-    add_backend_arg(s, "the FLOAT and INT runs (HYBRID and the per-layer statistics stay on numpy)")
+    add_backend_arg(s, "the FLOAT and INT runs (HYBRID and the per-layer statistics stay on numpy)",
+                    "--profile onnxruntime")
     s.set_defaults(func=cmd_compare)
 
 
-def add_backend_arg(s: argparse.ArgumentParser, what: str) -> None:
+def add_backend_arg(s: argparse.ArgumentParser, what: str,
+                    ort_models: str = "a model quantized with quantize --profile onnxruntime") -> None:
+    """--backend; `ort_models`: which quantized models' INT runs on ORT, in the words of this command (one
+    without --profile names quantize's)."""
     s.add_argument("--backend", choices=("numpy", "onnxruntime", "auto"), default="numpy",
-                   help=f"where {what} execute: numpy (default), onnxruntime (FLOAT, and INT for --profile "
-                        "onnxruntime; an error names what ORT cannot run), auto (ORT where it can)")
+                   help=f"where {what} execute: numpy (default), onnxruntime (FLOAT, and INT for {ort_models}; "
+                        "an error names what ORT cannot run), auto (ORT where it can)")
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:

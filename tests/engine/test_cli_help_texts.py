@@ -1,0 +1,36 @@
+"""`python -m engine <command> -h` as a new user reads it: every argument says what it takes, and an option a
+help text names is one that command has (or is written as another command's, `quantize --profile`)."""
+from __future__ import annotations
+
+import argparse
+import re
+
+from engine.cli.main import build_parser
+
+
+def commands() -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_argument_has_a_help_text():
+    # `montecarlo -h` listed `--images DIR_OR_FILES` with nothing beside it (the variants' sources? evaluation
+    # images?), `convert -h` its CFG and WEIGHTS, and -o/--output, --json, detect's IMAGE, dump's --image neither
+    silent = [f"{name} {a.option_strings[-1] if a.option_strings else a.metavar}"
+              for name, parser in commands().items() for a in parser._actions if not (a.help or "").strip()]
+    assert silent == []
+
+
+def test_an_option_named_in_a_help_text_is_one_the_command_takes():
+    # `montecarlo -h` and `worst-images -h` said --backend onnxruntime runs "INT for --profile onnxruntime", and
+    # `export -h` a model quantized "(--profile onnxruntime, ...)": none of them takes --profile (the quantized
+    # model's profile is set by `quantize --profile`); `montecarlo --profile onnxruntime` was refused
+    names = set(commands())
+    foreign = []
+    for name, parser in commands().items():
+        own = {o for a in parser._actions for o in a.option_strings}
+        texts = [a.help or "" for a in parser._actions] + [parser.description or ""]
+        for text in texts:
+            for m in re.finditer(r"(?:([\w-]+) )?(--[a-z][a-z0-9-]*)", text):
+                if m.group(2) not in own and m.group(1) not in names:
+                    foreign.append(f"{name}: {m.group(0)}")
+    assert foreign == []
