@@ -15,6 +15,8 @@ import argparse
 from engine.cli.options import (NMS_HELP, RESIZE_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP, json_text, layer_list,
                                 load_model, load_quantized, number, positive_int, seed)
 from engine.cli.quantize import add_backend_arg
+from engine.errors import EngineError
+from engine.quant.modes import QUANT_MODES
 
 
 def _common(s: argparse.ArgumentParser) -> None:
@@ -58,9 +60,14 @@ def add_worst_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_montecarlo(args: argparse.Namespace) -> int:
     from engine.calib.collect import image_list
     from engine.scale.montecarlo import run_montecarlo
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    bad = [m for m in modes if m not in QUANT_MODES]
+    if bad or not modes:                     # before loading anything
+        why = f"{bad[0]!r} is not one" if bad else "none given"
+        raise EngineError(f"--modes {args.modes!r}: expected hybrid and/or int, comma-separated ({why}; FLOAT is "
+                          "the reference every mode is compared with)")
     model = load_model(args)
     qm = load_quantized(args, model)
-    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     fl = layer_list(args.float_layers, len(model.layers)) if args.float_layers else None
     res = run_montecarlo(model, qm, image_list(args.images, "evaluation"), n_variants=args.variants, modes=modes, seed=args.seed,
                          thresh=args.thresh, nms=args.nms, backend=args.backend, float_layers=fl)

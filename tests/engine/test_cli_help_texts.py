@@ -34,3 +34,16 @@ def test_an_option_named_in_a_help_text_is_one_the_command_takes():
                 if m.group(2) not in own and m.group(1) not in names:
                     foreign.append(f"{name}: {m.group(0)}")
     assert foreign == []
+
+
+def test_montecarlo_modes_refusal_names_the_option(capsys):
+    # it said "error: modes ['float']: expected hybrid and/or int" (the Python argument, as a list), after loading
+    # the model and the quantized model: which option, and that FLOAT needs no naming, were left to guess
+    from helpers import IMAGES, TINY_CFG, cli
+    for value, wrong in (("float", "'float' is not one"), ("int,hybrid,foo", "'foo' is not one"),
+                         (",", "none given")):
+        code, out, err = cli(capsys, "montecarlo", TINY_CFG, "--quantized", "absent.npz", "--images",
+                             IMAGES / "dog.jpg", "--modes", value)
+        assert (code, out) == (2, "")
+        assert err == (f"error: --modes {value!r}: expected hybrid and/or int, comma-separated ({wrong}; FLOAT is "
+                       "the reference every mode is compared with)\n")
