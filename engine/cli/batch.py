@@ -2,7 +2,8 @@
 ranked worst first), the batch evaluations that `--backend numpy|onnxruntime|auto` can run on ONNX Runtime.
 
     python -m engine montecarlo MODEL --weights W --quantized Q --images DIR [--variants 200] [--modes int]
-                                [--seed 0] [--float-layers I,J] [--backend numpy|onnxruntime|auto] [--json]
+                                [--seed 0] [--float-layers I,J] [--resize letterbox|stretch]
+                                [--backend numpy|onnxruntime|auto] [--json]
     python -m engine worst-images MODEL --weights W --quantized Q --images DIR [--mode int|hybrid]
                                   [--float-layers I,J] [--backend ...] [--json]
 
@@ -42,6 +43,7 @@ def add_montecarlo_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=seed, default=0, help="random seed of the variants, >= 0 (default 0)")
     s.add_argument("--float-layers", metavar="I,J", help="layers FLOAT in the quantized runs (mixed precision; "
                                                          "default: the quantized model's own)")
+    s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox", help=RESIZE_HELP)
     add_backend_arg(s, "FLOAT and the quantized runs")
     s.set_defaults(func=cmd_montecarlo)
 
@@ -70,7 +72,7 @@ def cmd_montecarlo(args: argparse.Namespace) -> int:
     qm = load_quantized(args, model)
     fl = layer_list(args.float_layers, len(model.layers)) if args.float_layers else None
     res = run_montecarlo(model, qm, image_list(args.images, "evaluation"), n_variants=args.variants, modes=modes, seed=args.seed,
-                         thresh=args.thresh, nms=args.nms, backend=args.backend, float_layers=fl)
+                         thresh=args.thresh, nms=args.nms, backend=args.backend, float_layers=fl, resize=args.resize)
     print(json_text(res.to_dict()) if args.json else res.report())
     return 0
 

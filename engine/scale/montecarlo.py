@@ -29,7 +29,7 @@ from engine.calib.collect import image_list
 from engine.scale.backends import InProcess, label_of, qmodel_ref
 from engine.export.ort_backend import detect_each, feed_size, forward_on, resolve, split_backend
 from engine.scale.sources import load_source, resolve_qmodel, unwrap
-from engine.darknet.image import open_image
+from engine.darknet.image import RESIZE_MODES, open_image
 from engine.quant.fitness import detection_agreement
 from engine.quant.modes import QUANT_MODES
 from engine.quant.progress import counted
@@ -127,10 +127,12 @@ def source_image(sources: Sequence, k: int, size: tuple[int, int]) -> Image.Imag
 
 
 def variant_batch(source: Any, qref: Any, sources_ref: Any, modes: tuple[str, ...], thresh: float, nms: float,
-                  runtime: str, batch: list[Variant], *, float_layers: Sequence[int] | None = None) -> list[dict]:
+                  runtime: str, batch: list[Variant], *, float_layers: Sequence[int] | None = None,
+                  resize: str = "letterbox") -> list[dict]:
     """Per variant: {mode: agreement dict (+ "float_dets")}; runs on a worker or in-process, FLOAT and
     each mode on `runtime` (numpy | onnxruntime | auto: engine/export/ort_backend.py). float_layers: the
-    layers each mode keeps FLOAT (None: the quantized model's own)."""
+    layers each mode keeps FLOAT (None: the quantized model's own); resize: how a variant becomes the
+    network input (letterbox | stretch, as Model.preprocess)."""
     model = load_source(source)
     qm = resolve_qmodel(qref)
     sources = unwrap(sources_ref)
@@ -140,7 +142,8 @@ def variant_batch(source: Any, qref: Any, sources_ref: Any, modes: tuple[str, ..
     rows = []
     size = feed_size(float_run, *runners.values())      # ORT: variants in batches; NumPy: one per kernel thread
     for start in range(0, len(batch), size):
-        pres = [model.preprocess(render(source_image(sources, v.image, (w, h)), v)) for v in batch[start:start + size]]
+        pres = [model.preprocess(render(source_image(sources, v.image, (w, h)), v), resize)
+                for v in batch[start:start + size]]
         truths = detect_each(model, float_run, pres, thresh, nms)
         chunk: list[dict[str, Any]] = [{"float_dets": len(t)} for t in truths]
         for m, run in runners.items():
@@ -164,6 +167,7 @@ class MonteCarloResult:
     worst_k: int = 8
     size: tuple[int, int] = (416, 416)         # network input (w, h): sources are fitted to it
     float_layers: tuple[int, ...] = ()         # the layers the quantized runs kept FLOAT
+    resize: str = "letterbox"                  # how each variant became the network input
 
     def scores(self, mode: str | None = None) -> np.ndarray:
         mode = mode or self.modes[-1]
@@ -208,7 +212,7 @@ class MonteCarloResult:
 
     def to_dict(self) -> dict:
         return {"seed": self.seed, "modes": list(self.modes), "float_layers": list(self.float_layers),
-                "images": self.labels, "seconds": self.seconds,
+                "resize": self.resize, "images": self.labels, "seconds": self.seconds,
                 "summary": {m: self.summary(m) for m in self.modes},
                 "variants": [{**v.to_dict(), **r} for v, r in zip(self.variants, self.rows)]}
 
@@ -216,18 +220,22 @@ class MonteCarloResult:
 def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200, modes: Sequence[str] = ("hybrid",),
                    backend=None, seed: int = 0, batch_size: int | None = None, worst_k: int = 8,
                    thresh: float = 0.25, nms: float = 0.45, ranges: dict | None = None,
-                   progress: bool = False, float_layers: Sequence[int] | None = None) -> MonteCarloResult:
+                   progress: bool = False, float_layers: Sequence[int] | None = None,
+                   resize: str = "letterbox") -> MonteCarloResult:
     """Render `n_variants` seeded variants of `images`, run FLOAT and each mode, agreement per variant.
 
     backend: "numpy" | "onnxruntime" | "auto" (in this process), or an InProcess / DaskBackend (its
     `runtime`): with "onnxruntime", FLOAT and INT (profile onnxruntime) run on ONNX Runtime.
     float_layers: the layers every mode keeps FLOAT (mixed precision; None: the quantized model's own).
+    resize: "letterbox" (Darknet's, the default) or "stretch": how each variant becomes the network input.
     Raises ValueError for modes other than hybrid/int, an empty image list or a layer the model lacks,
     EngineError for a mode ORT cannot run with backend="onnxruntime" (HYBRID, INT under another profile).
     """
     bad = [m for m in modes if m not in QUANT_MODES]
     if bad or not modes:
         raise ValueError(f"modes {list(modes)}: expected hybrid and/or int (FLOAT is the reference)")
+    if resize not in RESIZE_MODES:          # refused here, not on a worker for every batch
+        raise ValueError(f"resize={resize!r}: expected {' or '.join(RESIZE_MODES)}")
     backend, runtime = split_backend(backend)
     model, qm = load_source(model_source), resolve_qmodel(_qm_ref(qmodel))
     kept = tuple(sorted({int(i) for i in (qm.float_layers if float_layers is None else float_layers)}))
@@ -243,14 +251,14 @@ def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200
     all_paths = all(isinstance(s, str) for s in sources)
     sources_ref = sources if all_paths else backend.share(sources)     # images themselves: sent once
     t0 = time.perf_counter()
-    parts = backend.map_batches(partial(variant_batch, float_layers=kept), variants, batch_size, progress,
+    parts = backend.map_batches(partial(variant_batch, float_layers=kept, resize=resize), variants, batch_size, progress,
                                 "variants", args=(backend.portable(model_source), qmodel_ref(qmodel, backend),
                                                   sources_ref, tuple(modes), thresh, nms, runtime))
     rows = [r for p in parts for r in p]
     _, h, w = model.input_shape
     return MonteCarloResult(variants, rows, tuple(modes), seed, sources,
                             [label_of(s, k) for k, s in enumerate(sources)], time.perf_counter() - t0, worst_k,
-                            (w, h), kept)
+                            (w, h), kept, resize)
 
 
 def _qm_ref(qmodel: Any) -> Any:

@@ -84,3 +84,25 @@ def test_report_float_layers_counts_them_float(capsys, qfiles):
     assert own["float_layers"] == [0, 12]
     assert [r["int8_bytes"] for r in own["rows"]] == \
         [r["int8_bytes"] for r in report(capsys, plain, "--float-layers", "0,12")["rows"]]
+
+
+def test_montecarlo_resize_stretch_reaches_every_variant(capsys, qfiles):
+    # montecarlo alone had no --resize (detect, dump, explain, worst-images, quantize and compare have it): a
+    # model deployed with stretch, as Darknet's resize_image, could not be checked over variants as it runs
+    import engine
+    from engine.scale.montecarlo import make_variants, render, source_image
+    model = engine.load(TINY_CFG, weights=TINY_WEIGHTS, size=160)
+    photo = IMAGES / "horses.jpg"                # wide: letterbox and stretch feed the network differently
+    results = {}
+    for resize in ("letterbox", "stretch"):
+        code, out, err = cli(capsys, "montecarlo", *MODEL, "--quantized", qfiles[0], "--images", photo,
+                             "--variants", "3", "--seed", "1", "--json", "--resize", resize)
+        assert code == 0, err
+        doc = json.loads(out)
+        assert doc["resize"] == resize
+        results[resize] = [v["float_dets"] for v in doc["variants"]]
+        # FLOAT's detections of each variant, rendered and fed as `detect --resize` feeds an image
+        expected = [len(model.detect(render(source_image([str(photo)], 0, (160, 160)), v), resize=resize))
+                    for v in make_variants(1, 3, seed=1)]
+        assert results[resize] == expected
+    assert results["letterbox"] != results["stretch"]
