@@ -13,8 +13,8 @@ montecarlo --json prints engine.scale.montecarlo.MonteCarloResult.to_dict(); wor
 from __future__ import annotations
 
 import argparse
-from engine.cli.options import (NMS_HELP, RESIZE_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP, json_text, layer_list,
-                                load_model, load_quantized, number, positive_int, seed)
+from engine.cli.options import (FLOAT_LAYERS_HELP, NMS_HELP, RESIZE_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP,
+                                json_text, layer_list, load_model, load_quantized, number, positive_int, seed)
 from engine.cli.quantize import add_backend_arg
 from engine.errors import EngineError
 from engine.quant.modes import QUANT_MODES
@@ -41,8 +41,7 @@ def add_montecarlo_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--variants", type=positive_int, default=200, help="how many variants (default 200)")
     s.add_argument("--modes", default="int", help="comma-separated: hybrid and/or int (default int)")
     s.add_argument("--seed", type=seed, default=0, help="random seed of the variants, >= 0 (default 0)")
-    s.add_argument("--float-layers", metavar="I,J", help="layers FLOAT in the quantized runs (mixed precision; "
-                                                         "default: the quantized model's own)")
+    s.add_argument("--float-layers", metavar="I,J", help=FLOAT_LAYERS_HELP)
     s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox", help=RESIZE_HELP)
     add_backend_arg(s, "FLOAT and the quantized runs")
     s.set_defaults(func=cmd_montecarlo)
@@ -53,7 +52,7 @@ def add_worst_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("worst-images", help="images ranked worst first by agreement of the int8 run with FLOAT")
     _common(s)
     s.add_argument("--mode", choices=("int", "hybrid"), default="int", help="the quantized run (default int)")
-    s.add_argument("--float-layers", metavar="I,J", help="layers FLOAT in the quantized run (mixed precision)")
+    s.add_argument("--float-layers", metavar="I,J", help=FLOAT_LAYERS_HELP)
     s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox", help=RESIZE_HELP)
     add_backend_arg(s, "FLOAT and the quantized run")
     s.set_defaults(func=cmd_worst)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.cli.options import (NMS_HELP, RESIZE_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP, json_text, layer_list,
-                                load_model, load_quantized, number, positive_int)
+from engine.cli.options import (FLOAT_LAYERS_HELP, NMS_HELP, RESIZE_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP,
+                                json_text, layer_list, load_model, load_quantized, number, positive_int)
 from engine.quant.progress import counted
 
 
@@ -30,7 +30,8 @@ def add_explain_parser(sub: argparse._SubParsersAction) -> None:
                    help="culprits listed per detection (default 5): the layers whose FLOAT run alone recovers some "
                         "of its loss, best first (layers that recover nothing are not listed)")
     s.add_argument("--json", action="store_true", help="print the explanation as JSON (docs/cli.md)")
-    s.add_argument("--float-layers", metavar="I,J", help="layers FLOAT in every run (mixed precision)")
+    s.add_argument("--float-layers", metavar="I,J",
+                   help=FLOAT_LAYERS_HELP + "; FLOAT in every run, the culprits and the fix are among the others")
     s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25,
                    help=THRESH_HELP)
     s.add_argument("--nms", type=number("IoU", 0, 1, lo_open=False), default=0.45, help=NMS_HELP)

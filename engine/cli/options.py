@@ -15,6 +15,8 @@ SIZE_HELP = "input size WIDTHxHEIGHT or N (default: the cfg's [net] width/height
 WEIGHTS_HELP = "the Darknet .weights file, when MODEL is a .cfg"
 THRESH_HELP = "score threshold of a detection (default 0.25)"
 NMS_HELP = "IoU above which NMS drops the lower-scored box of a class (default 0.45)"
+FLOAT_LAYERS_HELP = ("layers kept FLOAT in hybrid/int (mixed precision), e.g. 15,22, instead of the quantized model's "
+                     "own (default: those, from quantize --target-map; none for most models)")
 RESIZE_HELP = ("letterbox (default: Darknet's, aspect ratio kept, grey borders) or stretch (to the input size, as "
                "Darknet's resize_image)")
 
@@ -28,7 +30,7 @@ def add_model_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox", help=RESIZE_HELP)
     s.add_argument("--names", metavar="FILE", help="class names, one per line (default: COCO/VOC by class count)")
     s.add_argument("--quantized", metavar="QMODEL", help="quantized model file for --mode hybrid|int")
-    s.add_argument("--float-layers", metavar="I,J", help="keep these layers FLOAT in hybrid/int (mixed precision)")
+    s.add_argument("--float-layers", metavar="I,J", help=FLOAT_LAYERS_HELP)
     s.add_argument("--size", help=SIZE_HELP)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli.options import (SIZE_HELP, WEIGHTS_HELP, json_text, layer_list, load_model, load_quantized, number,
-                                positive_int)
+from engine.cli.options import (FLOAT_LAYERS_HELP, SIZE_HELP, WEIGHTS_HELP, json_text, layer_list, load_model,
+                                load_quantized, number, positive_int)
 from engine.quant.modes import MODES
 from engine.quant.report import size_speed_report
 
@@ -26,8 +26,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="device flash for parameters")
     s.add_argument("--budget-ms", type=number("latency in ms", 0, 1e9), help="latency budget")
     s.add_argument("--mode", choices=MODES, default="int", help="mode the fit verdict is for (default int)")
-    s.add_argument("--float-layers", metavar="I,J", help="layers kept FLOAT in hybrid/int (mixed precision; default: "
-                                                         "the quantized model's own): timed FLOAT, sized as float32")
+    s.add_argument("--float-layers", metavar="I,J", help=FLOAT_LAYERS_HELP + "; timed FLOAT, sized as float32")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=cmd_report)
     return s

@@ -251,9 +251,10 @@ def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200
     all_paths = all(isinstance(s, str) for s in sources)
     sources_ref = sources if all_paths else backend.share(sources)     # images themselves: sent once
     t0 = time.perf_counter()
-    parts = backend.map_batches(partial(variant_batch, float_layers=kept, resize=resize), variants, batch_size, progress,
-                                "variants", args=(backend.portable(model_source), qmodel_ref(qmodel, backend),
-                                                  sources_ref, tuple(modes), thresh, nms, runtime))
+    batch_fn = partial(variant_batch, float_layers=kept, resize=resize)
+    parts = backend.map_batches(batch_fn, variants, batch_size, progress, "variants",
+                                args=(backend.portable(model_source), qmodel_ref(qmodel, backend), sources_ref,
+                                      tuple(modes), thresh, nms, runtime))
     rows = [r for p in parts for r in p]
     _, h, w = model.input_shape
     return MonteCarloResult(variants, rows, tuple(modes), seed, sources,

@@ -15,7 +15,8 @@ ALL_LAYERS = ",".join(str(i) for i in range(24))      # yolov3-tiny's 24 layers
 
 @pytest.fixture(scope="module")
 def qfiles(tmp_path_factory, tiny_kl_pt):
-    """yolov3-tiny quantized per tensor with kl, no rules (it loses detections), twice: with no FLOAT layers, and keeping layers 0 and 12 FLOAT by default."""
+    """yolov3-tiny quantized per tensor with kl, no rules (it loses detections), twice: with no FLOAT layers,
+    and keeping layers 0 and 12 FLOAT by default."""
     folder = tmp_path_factory.mktemp("q")
     plain = tiny_kl_pt.save(folder / "q.npz")
     mixed = tiny_kl_pt.copy()

@@ -47,3 +47,18 @@ def test_montecarlo_modes_refusal_names_the_option(capsys):
         assert (code, out) == (2, "")
         assert err == (f"error: --modes {value!r}: expected hybrid and/or int, comma-separated ({wrong}; FLOAT is "
                        "the reference every mode is compared with)\n")
+
+
+def test_every_command_running_a_quantized_model_takes_float_layers_with_one_meaning():
+    # montecarlo and report took --quantized but no --float-layers; where it existed its help said "keep these
+    # layers FLOAT in hybrid/int" (detect, dump), "layers FLOAT in every run" (explain), "... in the quantized run"
+    # (worst-images): none said that it replaces the layers the quantized model keeps FLOAT, nor that those are
+    # the default. (export writes an integer graph, which has no FLOAT layer between integer ones.)
+    from engine.cli.options import FLOAT_LAYERS_HELP
+    takes = {name: {o: a for a in parser._actions for o in a.option_strings} for name, parser in commands().items()}
+    running = sorted(name for name, opts in takes.items() if "--quantized" in opts and name != "export")
+    assert running == ["detect", "dump", "explain", "montecarlo", "report", "worst-images"]
+    assert [name for name in running if "--float-layers" not in takes[name]] == []
+    assert {name: FLOAT_LAYERS_HELP in takes[name]["--float-layers"].help for name in running} == \
+        dict.fromkeys(running, True)
+    assert "instead of the quantized model's own" in FLOAT_LAYERS_HELP
