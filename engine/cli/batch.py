@@ -23,7 +23,7 @@ from engine.quant.modes import QUANT_MODES
 def _common(s: argparse.ArgumentParser) -> None:
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
     s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
-    s.add_argument("--quantized", required=True, metavar="Q", help="quantized model file")
+    s.add_argument("--quantized", "-q", required=True, metavar="Q", help="quantized model file")
     s.add_argument("--images", required=True, nargs="+", metavar="DIR_OR_FILES",
                    help="evaluation images: a folder, or image files (FLOAT's detections are the reference)")
     s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25,

@@ -23,7 +23,7 @@ def add_explain_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("explain", help="why an int8 run loses or shifts detections: culprit layers and a fix")
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
     s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
-    s.add_argument("--quantized", required=True, metavar="Q", help="quantized model file")
+    s.add_argument("--quantized", "-q", required=True, metavar="Q", help="quantized model file")
     s.add_argument("--image", required=True, metavar="IMG", help="the image whose detections are explained")
     s.add_argument("--mode", choices=("int", "hybrid"), default="int", help="the quantized run (default int)")
     s.add_argument("--top", type=positive_int, default=5,

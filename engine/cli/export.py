@@ -28,7 +28,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
     s.add_argument("--format", choices=FORMATS, default="onnx", help="what to write (default onnx)")
     s.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="the file to write (.onnx, or .weights for --format weights)")
-    s.add_argument("--quantized", metavar="Q", help="onnx-int8: the quantized model file (from quantize --profile)")
+    s.add_argument("--quantized", "-q", metavar="Q", help="onnx-int8: the quantized model file (from quantize --profile)")
     s.add_argument("--heads", choices=("raw", "activated"), default="raw",
                    help="onnx: raw conv outputs feeding [yolo]/[region] (default), or with their activations")
     s.add_argument("--opset", type=int, default=17, help="onnx: opset version (default 17; >= 18 uses Mish)")

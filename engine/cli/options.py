@@ -29,7 +29,7 @@ def add_model_args(s: argparse.ArgumentParser) -> None:
                    help="float (default), hybrid (int8 convolutions) or int (int8 end to end; both need --quantized)")
     s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox", help=RESIZE_HELP)
     s.add_argument("--names", metavar="FILE", help="class names, one per line (default: COCO/VOC by class count)")
-    s.add_argument("--quantized", metavar="QMODEL", help="quantized model file for --mode hybrid|int")
+    s.add_argument("--quantized", "-q", metavar="QMODEL", help="quantized model file for --mode hybrid|int")
     s.add_argument("--float-layers", metavar="I,J", help=FLOAT_LAYERS_HELP)
     s.add_argument("--size", help=SIZE_HELP)
 

@@ -62,3 +62,22 @@ def test_every_command_running_a_quantized_model_takes_float_layers_with_one_mea
     assert {name: FLOAT_LAYERS_HELP in takes[name]["--float-layers"].help for name in running} == \
         dict.fromkeys(running, True)
     assert "instead of the quantized model's own" in FLOAT_LAYERS_HELP
+
+
+def test_every_command_taking_quantized_takes_q_as_report_does():
+    # `report -q QMODEL` (the README's synopsis) was the only short form: `detect -q q.npz --mode int` said
+    # "unrecognized arguments: -q q.npz"
+    takes = {name: {o for a in parser._actions for o in a.option_strings} for name, parser in commands().items()}
+    assert sorted(n for n, opts in takes.items() if "--quantized" in opts and "-q" not in opts) == []
+
+
+def test_detect_with_q_runs_the_quantized_model(tmp_path, tiny_q, capsys):
+    from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS, cli
+    q = tiny_q.save(tmp_path / "q.npz")
+    runs = {}
+    for option in ("-q", "--quantized"):
+        code, out, err = cli(capsys, "detect", TINY_CFG, "--weights", TINY_WEIGHTS, "--size", "160", "--mode", "int",
+                             option, q, "--float-layers", "15", IMAGES / "dog.jpg", "--json")
+        assert code == 0, err
+        runs[option] = out
+    assert runs["-q"] == runs["--quantized"] and '"bicycle"' in runs["-q"]
