@@ -196,8 +196,10 @@ class MonteCarloResult:
         return [(self.variants[i], self.rows[i]) for i in order[: (k or self.worst_k)]]
 
     def report(self) -> str:
+        how = "".join([f", layers {', '.join(map(str, self.float_layers))} kept FLOAT" if self.float_layers else "",
+                       f", {self.resize}" if self.resize != "letterbox" else ""])     # what differs from a plain run
         lines = [f"Monte Carlo: {counted(len(self.rows), 'variant')} of {counted(len(self.sources), 'image')}, "
-                 f"seed {self.seed}, {self.seconds:.1f} s"]
+                 f"seed {self.seed}{how}, {self.seconds:.1f} s"]
         for m in self.modes:
             s = self.summary(m)
             lines.append(f"{m:<7} mAP50 mean {s['mean']:.3f}  mAP@[.5:.95] {s['mean_map50_95']:.3f}  "

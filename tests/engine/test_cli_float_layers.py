@@ -107,3 +107,15 @@ def test_montecarlo_resize_stretch_reaches_every_variant(capsys, qfiles):
                     for v in make_variants(1, 3, seed=1)]
         assert results[resize] == expected
     assert results["letterbox"] != results["stretch"]
+
+
+def test_montecarlo_text_says_which_layers_were_kept_float(capsys, qfiles):
+    # the text report's first line gave the variants and seed only: two runs with different --float-layers or
+    # --resize printed the same header over different figures
+    code, out, err = cli(capsys, "montecarlo", *MODEL, "-q", qfiles[0], "--images", IMAGES / "dog.jpg",
+                         "--variants", "1", "--float-layers", "12,0", "--resize", "stretch")
+    assert code == 0, err
+    assert out.startswith("Monte Carlo: 1 variant of 1 image, seed 0, layers 0, 12 kept FLOAT, stretch, ")
+    code, out, err = cli(capsys, "montecarlo", *MODEL, "-q", qfiles[0], "--images", IMAGES / "dog.jpg",
+                         "--variants", "1")
+    assert code == 0 and out.startswith("Monte Carlo: 1 variant of 1 image, seed 0, ") and "FLOAT" not in out
