@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from engine.cli.options import add_calib_args, check_suffix, json_text, load_model, number, output_path
+from engine.cli.options import add_calib_args, check_suffix, json_text, layer_list, load_model, number, output_path
 from engine.errors import EngineError
 from engine.quant.progress import counted
 from engine.quant.refine.pipeline import AFTER as REFINE_AFTER
@@ -79,6 +79,9 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                         "--refine eq --refine margin (the best INT configuration measured, docs/quantization.md)")
     s.add_argument("--margin-k", type=number("--margin-k", 0.0, 10.0, lo_open=False), default=2.0, metavar="K",
                    help="--refine margin: objectness margin in robust standard deviations (default 2)")
+    s.add_argument("--float-layers", metavar="I,J",
+                   help="layers every method keeps FLOAT in hybrid/int (mixed precision), e.g. 15,22: the methods "
+                        "ranked as that deployment runs them, sizes with those layers in float32")
     add_backend_arg(s, "the FLOAT and INT runs (HYBRID and the per-layer statistics stay on numpy)",
                     "--profile onnxruntime")
     s.set_defaults(func=cmd_compare)
@@ -196,6 +199,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from engine.quant.profiles import get_profile
     get_profile(args.profile)                       # an unknown profile fails before the calibration pass
     model = load_model(args)
+    float_layers = layer_list(args.float_layers, len(model.layers)) if args.float_layers else ()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise EngineError(f"--methods {args.methods!r}: expected comma-separated calibration methods, e.g. kl,minmax")
@@ -216,7 +220,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                       f"{' and refining each (' + ', '.join(after) + ')' if after else ''} ...")
     table = compare(model, stats, args.images, methods, per_channel=args.per_channel, resize=args.resize,
                     progress=not args.quiet, calib_images=args.calib, backend=args.backend, profile=args.profile,
-                    refine=args.refine, margin_k=args.margin_k)
+                    refine=args.refine, margin_k=args.margin_k, float_layers=float_layers)
     if args.json:
         print(json_text(table.to_dict()))    # a head conv's range use, a [yolo] layer's local SQNR: null
     else:

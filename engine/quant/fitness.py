@@ -260,6 +260,9 @@ class SizeReport:
 
 def model_size(model, qmodel) -> SizeReport:
     """float32 parameter bytes (as in .weights) vs what an int8 device stores: int8 weights, int32
-    biases and the scales (batch norm is folded, so its vectors disappear)."""
-    rest = sum(l.num_params for l in model.layers if l.index not in qmodel.layers)
-    return SizeReport(int(4 * model.graph.total_params), int(qmodel.int8_bytes() + 4 * rest))
+    biases and the scales (batch norm is folded, so its vectors disappear); a layer the quantized model
+    keeps FLOAT (`qmodel.float_layers`, mixed precision) is stored as its float32 parameters."""
+    kept = set(qmodel.float_layers)
+    rest = sum(l.num_params for l in model.layers if l.index not in qmodel.layers or l.index in kept)
+    int8 = qmodel.int8_bytes([i for i in qmodel.layers if i not in kept])
+    return SizeReport(int(4 * model.graph.total_params), int(int8 + 4 * rest))

@@ -66,8 +66,11 @@ class QuantizedModel:
             raise EngineError(f"quantized model '{self.model_name}' was made for a different cfg than "
                               f"'{model.graph.name}' (layers or shapes differ)")
 
-    def int8_bytes(self) -> int:
-        return sum(lq.w_q.size + 4 * lq.b_q.size + 4 * lq.w_scale.size for lq in self.layers.values())
+    def int8_bytes(self, layers: Iterable[int] | None = None) -> int:
+        """Bytes of the int8 form (int8 weights, int32 biases, float32 scales) of `layers` (default: all)."""
+        chosen = self.layers.keys() if layers is None else [i for i in layers if i in self.layers]
+        return sum(self.layers[i].w_q.size + 4 * self.layers[i].b_q.size + 4 * self.layers[i].w_scale.size
+                   for i in chosen)
 
     def describe(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in sorted(self.settings.items()))

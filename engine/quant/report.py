@@ -96,8 +96,8 @@ def layer_bytes(model, qmodel, float_layers: Iterable[int] | None = None) -> lis
     out = []
     for layer in model.layers:
         f = 4 * layer.num_params
-        lq = qmodel.layers.get(layer.index) if qmodel is not None and layer.index not in kept else None
-        out.append((f, int(lq.w_q.size + 4 * lq.b_q.size + 4 * lq.w_scale.size) if lq is not None else f))
+        int8 = qmodel is not None and layer.index in qmodel.layers and layer.index not in kept
+        out.append((f, qmodel.int8_bytes([layer.index]) if int8 else f))
     return out
 
 

@@ -66,6 +66,7 @@ class CompareTable:
     results: list[MethodResult]                # ranked, best first
     images: list[str]
     refine: tuple[str, ...] = ()               # refinements applied to every method after calibration
+    float_layers: tuple[int, ...] = ()         # kept FLOAT by every method (mixed precision)
 
     @property
     def best(self) -> MethodResult:
@@ -74,7 +75,8 @@ class CompareTable:
     def to_dict(self) -> dict:
         return {"ranking": [r.method for r in self.results], "best": self.best.method,
                 "images": self.images, "methods": [r.to_dict() for r in self.results],
-                **({"refine": list(self.refine)} if self.refine else {})}      # only when asked: the contract's keys stay
+                **({"refine": list(self.refine)} if self.refine else {}),      # only when asked: the contract's keys stay
+                **({"float_layers": list(self.float_layers)} if self.float_layers else {})}
 
     def __str__(self) -> str:
         lines = [f"{'rank':<5}{'method':<13}{'INT mAP':>8}{'INT mAP50':>10}{'HYB mAP':>8}{'HYB mAP50':>10}"
@@ -88,6 +90,8 @@ class CompareTable:
                      "with no match at IoU 0.5")
         if self.refine:
             lines.append(f"every method refined after calibration with: {', '.join(self.refine)}")
+        if self.float_layers:
+            lines.append(f"every method keeps layers {', '.join(map(str, self.float_layers))} FLOAT in HYBRID and INT")
         lines.append(f"most fit to FLOAT: {self.best.method}")
         return "\n".join(lines)
 
@@ -255,7 +259,7 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
             batch_size: int | None = None, calib_images=None, profile: str = "qwidgets",
             float_outputs: KeptForwards | None = None, refine: Sequence[str] = (),
             margin_k: float = 2.0, on_quantize: Progress | None = None, on_run: Progress | None = None,
-            cancel: CancelHook = None) -> CompareTable:
+            cancel: CancelHook = None, float_layers: Sequence[int] = ()) -> CompareTable:
     """Quantize with each method from the same statistics, evaluate on `images`, rank.
 
     `model`: a Model, or (with a Dask backend) anything engine.scale.sources.as_source takes.
@@ -279,14 +283,22 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
     only: with a Dask backend `on_run` is not called and the bar counts images as their batches finish.
     `cancel` (engine.quant.progress.CancelHook) is asked before every unit of both phases (of the runs: in
     this process only, as `on_run`).
+    `float_layers`: layers every method's quantized model keeps FLOAT (mixed precision, as
+    `quantize --target-map` sets them: after calibration and refinements), so runs, statistics and sizes are
+    those of that deployment.
 
     Raises:
         Cancelled: `cancel` answered True, or `on_quantize` / `on_run` raised it (nothing is returned).
+        ValueError: a float layer the model does not have (before any work).
     """
     backend, runtime = split_backend(backend)
     backend = backend or InProcess()
     source = backend.portable(model)
     model = load_source(model)
+    float_kept = tuple(sorted({int(i) for i in float_layers}))
+    outside = [i for i in float_kept if not 0 <= i < len(model.layers)]
+    if outside:
+        raise ValueError(f"float_layers {outside}: no such layers (0..{len(model.layers) - 1})")
     items = shippable_items(images)
     names = tuple(r for r in AFTER if r in check_refine(refine, AFTER, "compare refine"))    # in the order they run
     methods = list(dict.fromkeys(methods))
@@ -309,6 +321,9 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
             steps.start(f"refine {m} ({', '.join(names)})")
             qms[m] = refine_after(model, qm, names, cal, floats, resize, margin_k)
     steps.finish()
+    if float_kept:                       # each model is this call's own: set as quantize --target-map sets them
+        for qm in qms.values():
+            qm.float_layers = float_kept
     for qm in qms.values():              # refused here, before the per-image work
         resolve(runtime, model, qm, Mode.INT8.value, all_outputs=True)
     resolve(runtime, model, None, Mode.FLOAT.value, all_outputs=True)
@@ -337,4 +352,4 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
         if on_method is not None:
             on_method(results[-1], len(results), len(qms))
     results.sort(key=lambda r: tuple(-v if np.isfinite(v) else np.inf for v in r.key()))
-    return CompareTable(results, [label_of(i, k) for k, i in enumerate(items)], names)
+    return CompareTable(results, [label_of(i, k) for k, i in enumerate(items)], names, float_kept)

@@ -119,3 +119,45 @@ def test_montecarlo_text_says_which_layers_were_kept_float(capsys, qfiles):
     code, out, err = cli(capsys, "montecarlo", *MODEL, "-q", qfiles[0], "--images", IMAGES / "dog.jpg",
                          "--variants", "1")
     assert code == 0 and out.startswith("Monte Carlo: 1 variant of 1 image, seed 0, ") and "FLOAT" not in out
+
+
+def test_model_size_stores_the_layers_kept_float_as_float32(tiny, tiny_q):
+    # model_size (quantize's "int8 ... bytes" line, compare's size) counted a layer kept FLOAT as int8, as report did
+    from engine.quant.fitness import model_size
+    from engine.quant.report import layer_bytes
+    mixed = tiny_q.copy()
+    mixed.float_layers = (12,)
+    lq = tiny_q.layers[12]
+    own = lq.w_q.size + 4 * lq.b_q.size + 4 * lq.w_scale.size
+    assert own == 1024 * 512 * 9 + 4 * 1024 + 4 * 1024                  # per channel: a scale per filter
+    assert model_size(tiny, mixed).int8_bytes == model_size(tiny, tiny_q).int8_bytes - own + 4 * 4722688
+    assert sum(q for _, q in layer_bytes(tiny, mixed)) == model_size(tiny, mixed).int8_bytes
+
+
+def compare(capsys, *extra):
+    code, out, err = cli(capsys, "compare", *MODEL, "--calib", IMAGES / "dog.jpg", "--images", IMAGES / "dog.jpg",
+                         "--methods", "kl", "--quiet", "--json", *extra)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_compare_float_layers_ranks_the_methods_as_mixed_precision_runs_them(capsys, tmp_path):
+    # compare had no --float-layers: a mixed-precision deployment could not be compared across methods
+    plain = compare(capsys)
+    assert "float_layers" not in plain                                   # the contract's keys, unless asked
+    everything = compare(capsys, "--float-layers", ALL_LAYERS)
+    (kl,) = everything["methods"]
+    assert everything["float_layers"] == list(range(24))
+    assert kl["agreement"]["int"]["map50_95"] == kl["agreement"]["hybrid"]["map50_95"] == 1.0
+    assert kl["size"]["int8_bytes"] == kl["size"]["float_bytes"]
+    # with two layers kept FLOAT, INT agrees with FLOAT as worst-images finds for the same quantized model
+    chosen = compare(capsys, "--float-layers", "0,12")
+    q = tmp_path / "kl.npz"
+    assert cli(capsys, "quantize", *MODEL, "--calib", IMAGES / "dog.jpg", "--method", "kl", "--quiet", "-o", q)[0] == 0
+    code, out, err = cli(capsys, "worst-images", *MODEL, "-q", q, "--images", IMAGES / "dog.jpg", "--json",
+                         "--float-layers", "0,12")
+    assert code == 0, err
+    (row,) = json.loads(out)["images"]
+    assert chosen["methods"][0]["agreement"]["int"]["map50_95"] == pytest.approx(row["map50_95"], abs=1e-12)
+    assert chosen["methods"][0]["size"]["int8_bytes"] == plain["methods"][0]["size"]["int8_bytes"] \
+        + 4 * (496 + 4722688) - (16 * 27 + 4 * 16 + 4) - (1024 * 512 * 9 + 4 * 1024 + 4)
