@@ -233,12 +233,20 @@ class Editor:
         from engine.quant.qfile import SCALE_MAX, SCALE_MIN
         if not SCALE_MIN <= scale <= SCALE_MAX:   # 1e-300 would underflow to 0: silently no detections
             raise EditError(f"tensor {nid}: scale {scale:g} is not plausible; expected [{SCALE_MIN:g}, {SCALE_MAX:g}]")
-        readers = [l.index for l in self.model.layers if l.index in self.qmodel.layers and input_id(l) == nid]
-        old = self._snapshot((), readers, [nid])
+        # INT runs a maxpool / upsample / reorg / dropout on its input's codes and grid: a scale is one for the
+        # whole group (its producer and these), or HYBRID and the file would keep the old one after them
+        from engine.calib.views import scale_groups
+        groups = scale_groups(self.model)
+        group = sorted((m for m in self.qmodel.scales if groups.get(m, m) == groups.get(nid, nid)),
+                       key=lambda m: -1 if m == "input" else int(m)) or [nid]
+        readers = [l.index for l in self.model.layers if l.index in self.qmodel.layers and input_id(l) in group]
+        old = self._snapshot((), readers, group)
         lqs = {i: at_input_scale(self.model, i, self.qmodel.layers[i], float(scale), self.qmodel.profile)
                for i in readers}
-        new = {"params": {}, "lqs": lqs, "scales": {nid: float(scale)}}
-        return self._commit(Edit(nid, "scale", "scale", old, new, f"scale {old['scales'][nid]:.6g} -> {scale:.6g}"))
+        new = {"params": {}, "lqs": lqs, "scales": {m: float(scale) for m in group}}
+        shared = f" (shared by {', '.join(group)})" if len(group) > 1 else ""
+        return self._commit(Edit(group[0], "scale", "scale", old, new,
+                                 f"scale {old['scales'][nid]:.6g} -> {scale:.6g}{shared}"))
 
     # ------------------------------------------------------------------ saving
     def _original_files(self) -> set[Path]:

@@ -210,6 +210,26 @@ def test_scale_edit_rederives_reader_biases_and_undoes(tiny, tiny_q):
     assert s.qmodel.scales["11"] == old and s.qmodel.layers[12].in_scale == old
 
 
+def test_scale_edit_moves_the_grid_a_maxpool_shares_with_its_producer(tiny, tiny_q):
+    """INT runs maxpool 5 on conv 4's codes and grid: editing either tensor's scale edits both, so HYBRID (which
+    reads maxpool 5's stored scale at conv 6) and the saved file agree with INT; the run equals a quantized model
+    rescaled on the whole group, and undo restores both."""
+    from engine.quant.qmodel import rescaled
+    s = Session(tiny, tiny_q, "hybrid", IMAGES / "dog.jpg")
+    old4, old5 = s.qmodel.scales["4"], s.qmodel.scales["5"]
+    new = old4 * 0.75
+    twin = rescaled(tiny, s.qmodel, {"4": new, "5": new})
+    e = s.set_scale("5", new)
+    assert s.qmodel.scales["4"] == s.qmodel.scales["5"] == new
+    assert s.qmodel.layers[6].in_scale == new and e.layer == "4" and "shared by 4, 5" in e.description
+    s.run()
+    values, _ = Executor(tiny, twin, "hybrid").run(s.pre.x)
+    for i in range(s.num_layers):
+        np.testing.assert_array_equal(s.output(i), values[i].float(), err_msg=f"layer {i}")
+    s.undo()
+    assert (s.qmodel.scales["4"], s.qmodel.scales["5"]) == (old4, old5) and s.qmodel.layers[6].in_scale == old5
+
+
 def test_callbacks_fire(tiny, tiny_q):
     s = Session(tiny, tiny_q, "int", IMAGES / "dog.jpg")
     seen = []
