@@ -19,7 +19,6 @@ from engine.kernels.threads import own_threads, parallel_items
 from engine.darknet.image import ImageLike
 
 ONE_SIDED_ACTIVATIONS = ("leaky", "relu", "relu6")
-POSITIVE_PASS = ("maxpool", "upsample", "reorg", "reorg3d", "dropout", "route")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -66,10 +65,10 @@ def one_sided_ids(model) -> set[str]:
     only move or select them. Their positive side is histogrammed too (engine/calib/views.py)."""
     out: set[str] = set()
     for layer in model.layers:
-        if layer.kind in ("convolutional", "connected"):
+        if layer.int8_weights:
             if getattr(layer, "activation", None) in ONE_SIDED_ACTIVATIONS:
                 out.add(str(layer.index))
-        elif layer.kind in POSITIVE_PASS and layer.inputs and all(s >= 0 and str(s) in out for s in layer.inputs):
+        elif layer.passes_sign and layer.inputs and all(s >= 0 and str(s) in out for s in layer.inputs):
             out.add(str(layer.index))
     return out
 

@@ -25,7 +25,6 @@ from engine.calib.collect import CalibrationStats, one_sided_ids, positive_key, 
 from engine.calib.histogram import AbsHistogram
 
 RULES = ("one_sided", "shared_scales", "first_layer")
-SCALE_KEEPERS = ("maxpool", "upsample", "reorg", "reorg3d", "dropout")
 
 
 def readers(model) -> dict[str, list[int]]:
@@ -37,17 +36,10 @@ def readers(model) -> dict[str, list[int]]:
     return out
 
 
-def keeps_scale(layer) -> bool:
-    """Whether INT runs the layer on its input's scale with its input's values (maxpool, reorg, dropout,
-    an upsample without a factor); an upsample with scale != 1 multiplies them: a histogram of its output
-    calibrates its input at the wrong range (scale=0.5: half of it, the conv before saturating)."""
-    return layer.kind in SCALE_KEEPERS and (layer.kind != "upsample" or layer.scale == 1.0)
-
-
 def scale_groups(model) -> dict[str, str]:
     """nid -> the tensor whose histogram calibrates it: follow single readers that keep the scale."""
     rd = readers(model)
-    keepers = {str(layer.index) for layer in model.layers if keeps_scale(layer)}
+    keepers = {str(layer.index) for layer in model.layers if layer.keeps_scale}
     out = {}
     for nid in quantizable_ids(model):
         cur = nid

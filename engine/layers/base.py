@@ -74,6 +74,12 @@ class Layer:
     shape_only: ClassVar[bool] = False    # selects or moves input values (no arithmetic): an int8
     #                                       output keeps its input's scale
     is_loss: ClassVar[bool] = False       # training only: never chosen as the network output
+    keeps_scale: ClassVar[bool] = False   # INT runs it on its input's codes and grid, so calibration gives the
+    #                                       two one scale (engine/calib/views.py)
+    passes_sign: ClassVar[bool] = False   # its outputs are its inputs' values (selected, moved, concatenated):
+    #                                       one-sided inputs give a one-sided output (engine/calib/collect.py)
+    commutes_channel_scale: ClassVar[bool] = False   # f(s * x) = s * f(x) for a positive per-channel s, channels
+    #                                       in place: cross-layer equalization moves scales through it
     # the keys Darknet's parser.c reads in this section besides EVERY_SECTION_KEYS (training options too);
     # any other key is ignored by Darknet with 'Unused field', and warned about here (engine.darknet.cfg_keys)
     cfg_keys: ClassVar[frozenset[str]] = frozenset()

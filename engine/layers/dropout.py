@@ -13,7 +13,7 @@ from engine.layers.base import LAYERS, BuildContext, Layer, Scratch, single_inpu
 class Dropout(Layer):
     """Identity at inference (no 1/(1-p) scaling: Darknet scales only while training)."""
     kind = "dropout"
-    shape_only = True
+    shape_only = keeps_scale = passes_sign = commutes_channel_scale = True
     cfg_keys = darknet_keys("dropblock dropblock_size_abs dropblock_size_rel probability")
     probability: float
 

@@ -134,7 +134,7 @@ def maxpool_naive(x: np.ndarray, k: int, s: int, p: int) -> np.ndarray:
 @dataclass(kw_only=True)
 class MaxPool(Layer):
     kind = "maxpool"
-    shape_only = True
+    shape_only = keeps_scale = passes_sign = commutes_channel_scale = True
     cfg_keys = darknet_keys(
         "antialiasing maxpool_depth maxpool_zero_nonmax out_channels padding size stride stride_x stride_y")
     size: int

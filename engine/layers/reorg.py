@@ -48,7 +48,7 @@ class _Reorg(Layer):
 @dataclass(kw_only=True)
 class Reorg(_Reorg):
     kind = "reorg"
-    shape_only = True
+    shape_only = keeps_scale = passes_sign = True      # channels move: no channel scale commutes
 
     def forward_float(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
         return reorg_pj(xs[0], self.stride)
@@ -58,7 +58,7 @@ class Reorg(_Reorg):
 @dataclass(kw_only=True)
 class Reorg3d(_Reorg):
     kind = "reorg3d"
-    shape_only = True
+    shape_only = keeps_scale = passes_sign = True
 
     def forward_float(self, xs: list[np.ndarray], prep: None, scratch: Scratch) -> np.ndarray:
         return space_to_depth(xs[0], self.stride)

@@ -62,6 +62,7 @@ def join_inputs(xs: Sequence[np.ndarray]) -> np.ndarray:
 @dataclass(kw_only=True)
 class Route(Layer):
     kind = "route"
+    passes_sign = True
     cfg_keys = darknet_keys("group_id groups layers stream wait_stream")
     layers: tuple[int, ...]     # absolute indices
     groups: int

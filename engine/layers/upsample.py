@@ -28,9 +28,16 @@ def upsample_nearest(x: np.ndarray, stride: int) -> np.ndarray:
 class Upsample(Layer):
     kind = "upsample"
     shape_only = True           # its `scale` factor multiplies the int8 output scale, not the values
+    passes_sign = commutes_channel_scale = True
     cfg_keys = darknet_keys("scale stride")
     stride: int
     scale: float
+
+    @property
+    def keeps_scale(self) -> bool:       # type: ignore[override]
+        """Only without a factor: scale=0.5 halves the values, and a histogram of its output would calibrate
+        its input at half the range (the conv before it saturating)."""
+        return self.scale == 1.0
 
     @classmethod
     def build(cls, ctx: BuildContext) -> "Upsample":

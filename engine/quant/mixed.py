@@ -25,7 +25,6 @@ from engine.quant.progress import CancelHook, Progress, Steps, counted, unit_nam
 from engine.quant.qmodel import QuantizedModel
 from engine.quant.scoring import Scorer
 
-WEIGHT_KINDS = ("convolutional", "connected")
 
 
 @dataclass
@@ -99,7 +98,7 @@ def _unit(model, index: int) -> set[int]:
     while todo:
         for r in rd.get(str(todo.pop()), []):
             layer = model.layers[r]
-            if r not in out and layer.kind not in WEIGHT_KINDS and not layer.float_only:
+            if r not in out and not layer.int8_weights and not layer.float_only:
                 out.add(r)
                 todo.append(r)
     return out
@@ -151,7 +150,7 @@ def search(model, qmodel: QuantizedModel, images: Sequence | Scorer, target: flo
     fixed = set(qmodel.float_layers)
     ex = Executor(model, qmodel, mode)
     candidates = [l.index for l in model.layers
-                  if l.kind in WEIGHT_KINDS and l.index not in fixed and ex.has_int_path(l.index)]
+                  if l.int8_weights and l.index not in fixed and ex.has_int_path(l.index)]
     unit = {i: _unit(model, i) for i in candidates}
     n, made = len(candidates), not isinstance(images, Scorer)
     first = 1 if n and (max_layers is None or max_layers > 0) else 0    # the first greedy run, if the start misses

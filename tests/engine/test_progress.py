@@ -12,7 +12,7 @@ import pytest
 from engine.errors import ArgumentError, Cancelled, EngineError
 from engine.imaging.samples import sample
 from engine.quant.device import sim_vs_device
-from engine.quant.mixed import WEIGHT_KINDS, search
+from engine.quant.mixed import search
 from engine.quant.progress import Steps, stop_hook
 from engine.quant.sensitivity import sensitivity
 from helpers import frozen_arrays, same_arrays
@@ -44,7 +44,7 @@ def test_steps_report_before_each_unit_and_stop_on_the_hook():
 def test_search_reports_every_run_with_a_correct_total(tiny, tiny_kl_pt):
     calls = []
     res = search(tiny, tiny_kl_pt, [sample("dog")], target=0.9, max_layers=2, on_progress=lambda *c: calls.append(c))
-    n = sum(l.kind in WEIGHT_KINDS for l in tiny.layers)
+    n = sum(l.int8_weights for l in tiny.layers)
     _monotonic(calls)
     assert calls[0] == (0, 2 + n + 1, "FLOAT run on 1 image")          # if the start misses: n sensitivities, 1 greedy
     assert calls[1][2] == "all-int8 run on 1 image" and calls[2][2] == "sensitivity, layer 1 of 13: conv 0"

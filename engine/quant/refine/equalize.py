@@ -25,7 +25,6 @@ from engine.errors import EngineError
 from engine.layers.convolutional import BN_EPS
 
 HOMOGENEOUS = ("linear", "relu", "leaky")
-COMMUTING = ("maxpool", "upsample", "dropout")
 MODES = ("weights", "activations")
 
 
@@ -49,7 +48,7 @@ def _consumers(model, readers, index: int, offset: int) -> list[tuple[int, int]]
         if layer.kind == "convolutional" and layer.groups == 1:
             out.append((r, offset))
             continue
-        if layer.kind in COMMUTING:
+        if layer.commutes_channel_scale:
             sub = _consumers(model, readers, r, offset)
         elif layer.kind == "route" and layer.groups == 1 and list(layer.inputs).count(index) == 1:
             pos = list(layer.inputs).index(index)
@@ -244,7 +243,7 @@ def channel_factors(model, spec: dict) -> dict[int, np.ndarray]:
         i = layer.index
         if str(i) in spec and i in pr:
             out[i] = (1.0 / np.asarray(spec[str(i)], np.float64)).astype(np.float32)
-        elif layer.kind in COMMUTING and layer.inputs[0] in out:
+        elif layer.commutes_channel_scale and layer.inputs[0] in out:
             out[i] = out[layer.inputs[0]]
         elif layer.kind == "route" and any(s in out for s in layer.inputs):
             out[i] = np.concatenate([out[s] if s in out else np.ones(shape[0], np.float32)
