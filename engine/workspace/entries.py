@@ -130,6 +130,8 @@ def _check_structure(name: str, kind: str, files: Mapping[str, bytes]) -> None:
                                  f"engine .npz; got {', '.join(sorted(files))}")
         if pair:
             _check_pair(name, files)
+        else:
+            _check_engine_npz(name, kind, *next((f, d) for f, d in files.items() if extension(f) == ".npz"))
     elif kind == "image" and len(files) != 1:
         raise WorkspaceError(f"entry {name!r}: an image entry holds exactly one image; got {len(files)} "
                              "files (use kind 'imageset')")
@@ -160,6 +162,26 @@ def _check_pair(name: str, files: Mapping[str, bytes]) -> None:
                              "or the weights of another cfg)")
     try:        # NaN, Inf, 1e38 (a flipped exponent bit), a negative variance: loading refuses them
         split_params(np.frombuffer(data, "<f4", need, header.size), layers, header, w_name)
+    except EngineError as err:
+        raise WorkspaceError(f"entry {name!r}: {err}") from None
+
+
+def _check_engine_npz(name: str, kind: str, fname: str, data: bytes) -> None:
+    """The .npz opens as the kind it is filed as, read as `engine.load` / `QuantizedModel.load` read it (every
+    member checked against the embedded cfg or the format): any other .npz, or a damaged one, is refused at
+    upload rather than when the entry is first opened."""
+    from engine.errors import EngineError
+    from engine.npzfile import NpzReader
+    label = f"{name}/{fname}"
+    try:
+        if kind == "model":
+            from engine.model import model_from_arrays
+            with NpzReader(data, label, what="engine model file", kind="model") as z:
+                model_from_arrays(z, label)
+        else:
+            from engine.quant.qmodel import QuantizedModel
+            with NpzReader(data, label, what="quantized model", kind="quantized") as z:
+                QuantizedModel.from_arrays(z, label)
     except EngineError as err:
         raise WorkspaceError(f"entry {name!r}: {err}") from None
 

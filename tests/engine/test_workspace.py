@@ -187,11 +187,26 @@ def test_model_content_is_checked(ws, files, match):
     assert not ws.exists("m")
 
 
-def test_engine_npz_model_is_accepted(ws):
+def test_engine_npz_model_is_accepted_and_any_other_npz_refused_as_loading_would(ws, tmp_path):
+    """An engine model .npz (Model.save) or quantized model .npz is read at upload as engine.load /
+    QuantizedModel.load read it: a bare np.savez, or one kind filed as the other, is refused with the loader's
+    reason instead of being stored and failing when first opened."""
     import numpy as np
+    from helpers import one_conv_session
+    s = one_conv_session(tmp_path)
+    s.model.save(tmp_path / "m.npz")
+    s.qmodel.save(tmp_path / "q.npz")
+    model_npz, q_npz = (tmp_path / "m.npz").read_bytes(), (tmp_path / "q.npz").read_bytes()
+    assert ws.save_bytes("npz", "model", {"m.npz": model_npz}).files == ("m.npz",)
+    assert ws.save_bytes("qnpz", "quantized", {"q.npz": q_npz}).files == ("q.npz",)
     buf = io.BytesIO()
     np.savez(buf, w=np.zeros(3, np.float32))
-    assert ws.save_bytes("npz", "model", {"m.npz": buf.getvalue()}).files == ("m.npz",)
+    with pytest.raises(WorkspaceError, match=r"^entry 'bare': bare/m\.npz: not an engine model file \(missing "
+                                             r"'format'"):
+        ws.save_bytes("bare", "model", {"m.npz": buf.getvalue()})
+    with pytest.raises(WorkspaceError, match=r"^entry 'swapped': swapped/m\.npz: .*quantized model"):
+        ws.save_bytes("swapped", "quantized", {"m.npz": model_npz})
+    assert sorted(e.name for e in ws.list()) == ["npz", "qnpz"]
 
 
 def test_image_must_decode(ws):
@@ -597,14 +612,16 @@ def test_upload_and_import_file_an_npz_by_its_content(ws, tmp_path):
     run.run()
     paths = {"m": model.save(tmp_path / "m.npz"), "q": qm.save(tmp_path / "q.npz"),
              "r": run.save_record(tmp_path / "r.npz")}
-    np.savez(tmp_path / "plain.npz", a=np.zeros(3))
-    done = ws.add_upload({f"{k}.npz": Path(p).read_bytes() for k, p in paths.items()}
-                         | {"plain.npz": (tmp_path / "plain.npz").read_bytes()})
-    assert sorted((e.name, e.kind) for e in done) == [("m", "model"), ("plain", "model"), ("q", "quantized"),
-                                                      ("r", "record")]
+    done = ws.add_upload({f"{k}.npz": Path(p).read_bytes() for k, p in paths.items()})
+    assert sorted((e.name, e.kind) for e in done) == [("m", "model"), ("q", "quantized"), ("r", "record")]
     assert ws.import_path(paths["q"], name="q2").kind == "quantized"
     assert ws.import_path(paths["m"], name="m2").kind == "model"
-    assert ws.add_upload({"q3.npz": Path(paths["q"]).read_bytes()}, kind="model")[0].kind == "model"  # asked for
+    # an .npz that is neither, or a quantized model filed as a model on request, would fail when opened
+    np.savez(tmp_path / "plain.npz", a=np.zeros(3))
+    with pytest.raises(WorkspaceError, match="plain/plain.npz: not an engine model file"):
+        ws.add_upload({"plain.npz": (tmp_path / "plain.npz").read_bytes()})
+    with pytest.raises(WorkspaceError, match="q3/q3.npz: not an engine model file"):
+        ws.add_upload({"q3.npz": Path(paths["q"]).read_bytes()}, kind="model")
     folder = tmp_path / "qfolder"
     folder.mkdir()
     (folder / "q.npz").write_bytes(Path(paths["q"]).read_bytes())
