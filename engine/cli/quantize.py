@@ -39,12 +39,13 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
                         "detection heads' objectness / class bias shift measured through the INT network, "
                         "weighted by the FLOAT score, after gptq / eq / bias; margin = the heads' near-threshold "
                         "objectness / class bias measured through the INT network on the calibration images and "
-                        "augmentations of them, removed, plus a recall margin of --margin-k robust deviations on "
-                        "objectness, last. Best INT measured on yolov3-tiny: --per-channel --profile qwidgets_asym "
-                        "--refine gptq --refine eq --refine margin (docs/quantization.md, round 7)")
+                        "augmentations of them, removed, plus a recall margin of --margin-k robust deviations of "
+                        "each logit's error on the objectness and class logits, last. Best INT measured on "
+                        "yolov3-tiny: --per-channel --profile qwidgets_asym --refine gptq --refine eq --refine margin "
+                        "(docs/quantization.md, rounds 7 and 11)")
     s.add_argument("--margin-k", type=number("--margin-k", 0.0, 10.0, lo_open=False), default=2.0, metavar="K",
-                   help="--refine margin: objectness margin in robust standard deviations of the near-threshold "
-                        "INT - FLOAT error (default 2; 0 = the bias correction alone)")
+                   help="--refine margin: objectness and class margin in robust standard deviations of the "
+                        "near-threshold INT - FLOAT error (default 2; 0 = the bias correction alone)")
     s.add_argument("--target-map", type=number("--target-map", 0.0, 1.0), metavar="MAP",
                    help="keep the fewest layers FLOAT (greedy by measured sensitivity) so INT detections on --val "
                         "reach this mAP@[.5:.95] against FLOAT with no lost detection; prints the trade-off curve")
@@ -78,7 +79,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                         "methods are ranked as they would be deployed, e.g. --profile qwidgets_asym --refine gptq "
                         "--refine eq --refine margin (the best INT configuration measured, docs/quantization.md)")
     s.add_argument("--margin-k", type=number("--margin-k", 0.0, 10.0, lo_open=False), default=2.0, metavar="K",
-                   help="--refine margin: objectness margin in robust standard deviations (default 2)")
+                   help="--refine margin: objectness and class margin in robust standard deviations (default 2)")
     s.add_argument("--float-layers", metavar="I,J",
                    help="layers every method keeps FLOAT in hybrid/int (mixed precision), e.g. 15,22: the methods "
                         "ranked as that deployment runs them, sizes with those layers in float32")

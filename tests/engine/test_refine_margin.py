@@ -17,9 +17,9 @@ from engine.errors import ArgumentError, EngineError
 from engine.quant.executor import Executor, FloatView
 from engine.quant.qmodel import QuantizedModel, quantize_model
 from engine.quant.refine.headbias import head_convs
-from engine.quant.refine.margin import (NearErrors, collect_near_errors, fit_shifts, head_margin, margin_stats,
-                                        near_errors, shift_heads)
-from engine.quant.valset import fitting_images, random_variants
+from engine.quant.refine.margin import (NearErrors, collect_near_errors, fit_logit_shifts, fit_shifts, head_margin,
+                                        margin_stats, near_errors, shift_heads)
+from engine.quant.valset import fitting_images, random_variants, second_variants
 from helpers import IMAGES, dark_horse_case
 
 PHOTOS = sorted(IMAGES.glob("*.jpg"))
@@ -77,6 +77,51 @@ def test_fit_shifts_removes_the_means_then_adds_k_robust_deviations():
     assert 0.005 < np.mean(final.e < 0) < 0.06        # about Phi(-2) of the positions still fall low
 
 
+def test_near_errors_of_every_class_equal_the_pair_by_pair_values():
+    """every_class: each (anchor, class, position) whose FLOAT objectness x that class is in the band, not
+    only the best class (a [yolo] head reports every class over the threshold)."""
+    rng = np.random.default_rng(5)
+    a, k = 2, 3
+    f = rng.normal(0, 1.5, size=(a * (5 + k), 5, 6)).astype(np.float32)
+    q = (f + rng.normal(0.02, 0.2, size=f.shape)).astype(np.float32)
+    got = near_errors(f, q, a, k, band=(0.1, 0.5), every_class=True)
+    fr, qr = f.reshape(a, 5 + k, -1), q.reshape(a, 5 + k, -1)
+    want = []
+    for ai in range(a):                              # anchor, then class, then position
+        for c in range(k):
+            for p in range(fr.shape[2]):
+                s = sig(float(fr[ai, 4, p])) * sig(float(fr[ai, 5 + c, p]))
+                if 0.1 <= s <= 0.5:
+                    want.append((s, float(qr[ai, 4, p] - fr[ai, 4, p]), float(qr[ai, 5 + c, p] - fr[ai, 5 + c, p]),
+                                 fr[ai, 5 + c, p] < fr[ai, 5:, p].max()))
+    assert len(want) == got.score.size and sum(w[3] for w in want) > 5     # second classes are in
+    for i, (s, do, dc, _) in enumerate(want):
+        assert got.score[i] == pytest.approx(s, rel=1e-9)
+        assert got.dobj[i] == pytest.approx(do, abs=1e-6) and got.dcls[i] == pytest.approx(dc, abs=1e-6)
+    assert got.score.size > near_errors(f, q, a, k, band=(0.1, 0.5)).score.size
+
+
+def test_fit_logit_shifts_removes_the_means_then_adds_k_robust_deviations_of_each_logit():
+    rng = np.random.default_rng(6)
+    n = 2000
+    score = rng.uniform(0.15, 0.4, n)
+    p_cls = rng.uniform(score + 0.02, 0.99)          # best classes (p near 1) and second ones (p near the score)
+    fcls, fobj = np.log(p_cls / (1 - p_cls)), np.log(score / (p_cls - score))
+    dobj, dcls = rng.normal(-0.03, 0.15, n), rng.normal(-0.08, 0.3, n)
+    errs = NearErrors(score, fobj, fcls, dobj, dcls)
+    d_obj, d_cls, rep = fit_logit_shifts(errs, 2.0)
+    rsd = [1.4826 * float(np.median(np.abs(v - np.median(v)))) for v in (dobj, dcls)]
+    assert rep["logits_robust_sd"] == pytest.approx(rsd) and rsd[0] == pytest.approx(0.15, rel=0.1)
+    assert d_obj == pytest.approx(-dobj.mean() + 2 * rsd[0]) and d_cls == pytest.approx(-dcls.mean() + 2 * rsd[1])
+    assert rep["objectness_shift"] == d_obj and rep["class_shift"] == d_cls
+    assert abs(rep["after_bias"]["dobj"][0]) < 1e-12 and abs(rep["after_bias"]["dcls"][0]) < 1e-12
+    assert fit_logit_shifts(errs, 0.0)[:2] == pytest.approx((-dobj.mean(), -dcls.mean()))
+    # each pair's INT score ends below its FLOAT score about as often as a 2-sigma normal tail, whichever
+    # logit carries the score (the objectness rule puts every move on objectness)
+    s_int = 1 / (1 + np.exp(-(fobj + dobj + d_obj))) / (1 + np.exp(-(fcls + dcls + d_cls)))
+    assert 0.001 < np.mean(s_int < score) < 0.05
+
+
 def test_random_variants_are_deterministic_and_seeds_differ():
     a = random_variants(PHOTOS[:1], 3, seed=1)
     b = random_variants(PHOTOS[:1], 3, seed=1)
@@ -105,13 +150,14 @@ def margin(tiny, asym, fit):
 
 
 def test_head_margin_moves_the_int32_biases_by_the_fitted_shifts(tiny, asym, fit, margin):
-    errs = collect_near_errors(tiny, asym, fit)
+    errs = collect_near_errors(tiny, asym, fit, every_class=True)
     assert sorted(errs) == [15, 22] and all(v.score.size >= 20 for v in errs.values())
     for c, a, k in head_convs(tiny, asym):
-        d_obj, d_cls, _ = fit_shifts(errs[c], 2.0)
+        d_obj, d_cls, _ = fit_logit_shifts(errs[c], 2.0)
         rep = margin.meta["head_margin"][str(c)]
+        assert rep["rule"] == "logits"
         assert rep["objectness_shift"] == pytest.approx(d_obj) and rep["class_shift"] == pytest.approx(d_cls)
-        assert 0.05 < d_obj < 1.0                     # up: INT low near the threshold, plus the margin
+        assert 0.05 < d_obj < 1.0 and 0.05 < d_cls < 1.0     # up: INT low near the threshold, plus the margin
         moved = (margin.layers[c].b_q.astype(np.int64) - asym.layers[c].b_q).reshape(a, 5 + k)
         step = np.asarray(asym.layers[c].acc_scale, np.float64).reshape(a, 5 + k)
         assert np.all(moved[:, :4] == 0)
@@ -137,6 +183,26 @@ def test_head_margin_recovers_a_lost_detection(tiny, asym, margin):
     assert found(margin)
 
 
+def test_head_margin_keeps_a_second_class_detection(tiny, asym, fit, margin):
+    """second_variants' dog:crop2: FLOAT finds a truck at .2532 at a position whose best class is car
+    (objectness +.84, truck -.56, car +.20). Plain uint8 INT scores it .213; the objectness rule of rounds
+    5-9 (k robust deviations of the objectness-equivalent error, best classes only) .244, lost; the
+    per-logit margin over every class in the band .301."""
+    from engine.darknet.detect import detect_outputs
+    from engine.quant.explain import box_iou
+    p = tiny.preprocess(next(v for v in second_variants(PHOTOS[:1]) if v.name == "dog:crop2").image)
+    truth = [d for d in detect_outputs(tiny, tiny.forward(p.x), p, 0.25, 0.45) if d.name == "truck"]
+    target = min(truth, key=lambda d: d.score)
+    assert 0.25 < target.score < 0.26
+
+    def int_score(qm) -> float:
+        dets = detect_outputs(tiny, FloatView(Executor(tiny, qm, "int").run(p.x)[0]), p, 0.01, 0.45)
+        return max(d.score for d in dets if d.class_id == target.class_id and box_iou(target, d) >= 0.5)
+    assert int_score(asym) < 0.25
+    assert int_score(head_margin(tiny, asym, fit, k=2.0, rule="objectness")) < 0.25
+    assert int_score(margin) > 0.28
+
+
 def test_head_margin_round_trips_through_the_quantized_file(tiny, margin, tmp_path):
     margin.save(tmp_path / "m.npz")
     back = QuantizedModel.load(tmp_path / "m.npz")
@@ -150,6 +216,8 @@ def test_head_margin_errors_are_clear(tiny, asym):
         head_margin(tiny, asym, PHOTOS[:1], k=-1)
     with pytest.raises(EngineError, match="positions of head conv"):
         head_margin(tiny, asym, PHOTOS[:1], k=1)      # one photo: too few near-threshold positions
+    with pytest.raises(ArgumentError, match="rule='both'.*'logits', 'objectness'"):
+        head_margin(tiny, asym, PHOTOS, k=1, rule="both")
     with pytest.raises(ArgumentError, match="layer 14"):
         shift_heads(tiny, asym, {14: (0.1, 0.0)}, "head_margin", {})
 

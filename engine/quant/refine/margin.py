@@ -1,5 +1,6 @@
 """Near-threshold error of the heads' logits, and the recall margin (`--refine margin`): remove the heads'
-bias where detections cross the threshold, then move objectness up by k robust deviations of what is left.
+bias where detections cross the threshold, then move the objectness and class logits up by k robust deviations of
+their own errors.
 
 Why: a lost detection is a FLOAT detection at score >= thresh whose INT score falls below it
 (docs/quantization.md, rounds 1-5). Their error is mostly spread, not bias, and an unbiased error of
@@ -10,12 +11,25 @@ and their combination as an *objectness-equivalent* error e = o_q - logit(s_f / 
 objectness logit is from the one that would give the position its FLOAT score back with the INT class
 probability. A lost detection is e < 0 at a FLOAT score just above the threshold.
 
-fit_shifts: first the near-threshold bias correction (objectness and class logits minus their mean
-INT - FLOAT difference; the class logit of head 15 is biased low by .07-.13 on most sets, objectness is
-not), then objectness += k * s(e) - m(e) of the corrected errors, m and s the median and MAD-based standard
-deviation (e has heavy tails). Every score at a position moves up by one monotone map (class ranking
-kept): it trades lost detections for extra INT detections just over the threshold, which enter at the
-bottom of each class's ranking. Estimated on the calibration images and random compositions of them
+fit_shifts (round 5's rule, `rule="objectness"`): first the near-threshold bias correction (objectness and
+class logits minus their mean INT - FLOAT difference; the class logit of head 15 is biased low by .07-.13
+on most sets, objectness is not), then objectness += k * s(e) - m(e) of the corrected errors, m and s the
+median and MAD-based standard deviation (e has heavy tails), on each position's FLOAT-best class.
+
+fit_logit_shifts (the default, `rule="logits"`): the same bias correction, then k robust deviations of each
+logit's own error on that logit, over every (position, class) pair in the band. Why: a [yolo] head reports
+every class over the threshold, not only the best one, and the detections the objectness rule lost were
+such second classes (a car at a position whose best class is truck, a horse where cow leads: objectness
++2.5 to +4.5, class logit near -.9). There objectness is saturated, a shift of it barely moves the score,
+and e, which converts the class error into objectness units, spreads 2-4x wider than on best classes.
+The log score log sig(o) + log sig(c) moves by about (1 - sig(o)) d_o + (1 - sig(c)) d_c; shifting o by
+k s_o and c by k s_c moves it by k ((1 - sig(o)) s_o + (1 - sig(c)) s_c), at least k times the spread of
+that pair's own log-score error whatever the correlation of the two errors (Minkowski), so every pair,
+objectness-led or class-led, gets k deviations of its own error.
+
+Every score at a position moves up by one monotone map per class (class ranking kept): it trades lost
+detections for extra INT detections just over the threshold, which enter at the bottom of each class's
+ranking. Estimated on the calibration images and random compositions of them
 (engine/quant/valset.fitting_images), never on validation images, and folded into the int32 biases as
 `--refine head` is (b_q += round(shift / acc_scale)): the integer path is unchanged.
 """
@@ -65,12 +79,19 @@ class NearErrors:
 
 
 def near_errors(f: np.ndarray, q: np.ndarray, anchors: int, classes: int,
-                band: tuple[float, float] = (0.15, 0.40)) -> NearErrors:
+                band: tuple[float, float] = (0.15, 0.40), every_class: bool = False) -> NearErrors:
     """The errors at the positions of one head conv's FLOAT / INT outputs (C, H, W) whose FLOAT score
-    (objectness sigmoid x best class sigmoid, the class chosen by FLOAT) lies in `band`."""
+    (objectness sigmoid x best class sigmoid, the class chosen by FLOAT) lies in `band`, in anchor, position
+    order. every_class: every (anchor, class, position) whose FLOAT objectness x that class lies in `band`
+    (each is a detection once over the threshold), in anchor, class, position order."""
     per = 5 + classes
     f = f.reshape(anchors, per, -1).astype(np.float64)
     q = q.reshape(anchors, per, -1).astype(np.float64)
+    if every_class:
+        s_all = _sigmoid(f[:, 4:5]) * _sigmoid(f[:, 5:])        # (A, K, P)
+        a, c, p = np.nonzero((s_all >= band[0]) & (s_all <= band[1]))
+        return NearErrors(s_all[a, c, p], f[a, 4, p], f[a, 5 + c, p], q[a, 4, p] - f[a, 4, p],
+                          q[a, 5 + c, p] - f[a, 5 + c, p])
     k = f[:, 5:].argmax(axis=1)                                  # (A, P) FLOAT's best class
     fc = np.take_along_axis(f[:, 5:], k[:, None], axis=1)[:, 0]
     qc = np.take_along_axis(q[:, 5:], k[:, None], axis=1)[:, 0]
@@ -95,8 +116,8 @@ def margin_stats(errors: NearErrors) -> dict:
 
 
 def collect_near_errors(model, qmodel: QuantizedModel, images, resize: str = "letterbox",
-                        band: tuple[float, float] = (0.15, 0.40)) -> dict[int, NearErrors]:
-    """{head conv: NearErrors} over FLOAT and INT runs of `images`."""
+                        band: tuple[float, float] = (0.15, 0.40), every_class: bool = False) -> dict[int, NearErrors]:
+    """{head conv: NearErrors} over FLOAT and INT runs of `images` (every_class: as near_errors)."""
     from engine.quant.executor import Executor, FloatView, equalized_for
     heads = head_convs(model, qmodel)
     if not heads:
@@ -109,7 +130,8 @@ def collect_near_errors(model, qmodel: QuantizedModel, images, resize: str = "le
     def one(j: int) -> list[NearErrors]:
         p = model.preprocess(getattr(items[j], "image", items[j]), resize)
         fo, qo = fm.forward(p.x), FloatView(ex.run(p.x)[0])
-        return [near_errors(np.asarray(fo[c]), np.asarray(qo[c]), a, k, band) for c, a, k in heads]
+        return [near_errors(np.asarray(fo[c]), np.asarray(qo[c]), a, k, band, every_class)
+                for c, a, k in heads]
 
     per = parallel_map(len(items), one)       # whole images on the kernel threads, concatenated in order
     return {c: NearErrors.concat([errs[h] for errs in per]) for h, (c, _, _) in enumerate(heads)}
@@ -148,20 +170,46 @@ def fit_shifts(errors: NearErrors, k: float) -> tuple[float, float, dict]:
                           "after_bias": after}
 
 
+def _robust_sd(v: np.ndarray) -> float:
+    return float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else 0.0
+
+
+def fit_logit_shifts(errors: NearErrors, k: float) -> tuple[float, float, dict]:
+    """(objectness shift, class shift, report) of one head by the per-logit rule (see the module): the
+    near-threshold bias correction (minus the mean INT - FLOAT objectness and class logit), then each logit
+    += k x the MAD-based standard deviation of its own error. `errors`: every class in the band
+    (near_errors(..., every_class=True))."""
+    before = margin_stats(errors)
+    d_obj, d_cls = -before["dobj"][0], -before["dcls"][0]
+    s_obj, s_cls = _robust_sd(errors.dobj), _robust_sd(errors.dcls)     # a shift leaves the MAD as it is
+    after = margin_stats(errors.shifted(d_obj, d_cls))
+    d_obj, d_cls = d_obj + k * s_obj, d_cls + k * s_cls
+    return d_obj, d_cls, {"k": float(k), "objectness_shift": d_obj, "class_shift": d_cls, "before": before,
+                          "after_bias": after, "logits_robust_sd": [s_obj, s_cls]}
+
+
+RULES = {"logits": (fit_logit_shifts, True), "objectness": (fit_shifts, False)}   # fit, every_class
+
+
 def head_margin(model, qmodel: QuantizedModel, images, k: float = 2.0, resize: str = "letterbox",
-                band: tuple[float, float] = (0.15, 0.40)) -> QuantizedModel:
-    """`qmodel` with each head's objectness and class biases moved as fit_shifts says, the errors measured on
-    `images` (the calibration images and augmentations of them: valset.fitting_images). k = 0: the
-    near-threshold bias correction alone. meta["head_margin"]: per head conv, the shifts and the statistics."""
+                band: tuple[float, float] = (0.15, 0.40), rule: str = "logits") -> QuantizedModel:
+    """`qmodel` with each head's objectness and class biases moved by the margin, the errors measured on
+    `images` (the calibration images and augmentations of them: valset.fitting_images). rule: "logits"
+    (fit_logit_shifts over every class in the band, the default) or "objectness" (fit_shifts on each
+    position's best class, rounds 5-9 of docs/quantization.md). k = 0: the near-threshold bias correction
+    alone. meta["head_margin"]: per head conv, the shifts, the rule and the statistics."""
     if not np.isfinite(k) or k < 0:
         raise ArgumentError(f"head margin k={k}: expected a finite number >= 0")
-    errs = collect_near_errors(model, qmodel, images, resize, band)
+    if rule not in RULES:
+        raise ArgumentError(f"head margin rule={rule!r}: expected one of {', '.join(map(repr, RULES))}")
+    fit, every_class = RULES[rule]
+    errs = collect_near_errors(model, qmodel, images, resize, band, every_class)
     shifts, report = {}, {}
     for c, v in errs.items():
         if v.score.size < 20:
             raise EngineError(f"head margin: only {v.score.size} positions of head conv {c} score in {band} on "
                               f"the fitting images (20 needed): give more or other images")
-        d_obj, d_cls, report[str(c)] = fit_shifts(v, k)
-        report[str(c)]["band"] = list(band)
+        d_obj, d_cls, report[str(c)] = fit(v, k)
+        report[str(c)].update(band=list(band), rule=rule)
         shifts[c] = (d_obj, d_cls)
     return shift_heads(model, qmodel, shifts, "head_margin", report)
