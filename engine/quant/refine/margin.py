@@ -207,8 +207,9 @@ def head_margin(model, qmodel: QuantizedModel, images, k: float = 2.0, resize: s
     shifts, report = {}, {}
     for c, v in errs.items():
         if v.score.size < 20:
+            each = "every class at a position counted, " if every_class else ""
             raise EngineError(f"head margin: only {v.score.size} positions of head conv {c} score in {band} on "
-                              f"the fitting images (20 needed): give more or other images")
+                              f"the fitting images ({each}20 needed): give more or other images")
         d_obj, d_cls, report[str(c)] = fit(v, k)
         report[str(c)].update(band=list(band), rule=rule)
         shifts[c] = (d_obj, d_cls)
