@@ -6,7 +6,8 @@ Calibrates yolov3-tiny (minmax, per channel, `qwidgets_asym` unless --profile) o
    (engine/quant/refine/margin.py) at the positions whose FLOAT score is in the band, on the fitting set
    (the photos + valset.random_variants(seed 1)) and on each validation set, with a bootstrap over images
    of the mean (is the bias real?);
-2. for each setting (k of the margin, or the near-threshold bias correction of objectness / class), fits
+2. for each setting (k of the margin by round 5's objectness rule or round 11's per-logit rule over every class,
+   or the near-threshold bias correction of objectness / class), fits
    the shifts on the fitting set only and reports INT mAP@[.5:.95], mAP@0.5, lost and extra on the
    validation sets: valset.variants ("first"), second_variants ("second") and random_variants(seed 2)
    ("third"), and random_variants(seed 3) ("fourth": the final check, run once k was fixed at 2).
@@ -38,7 +39,8 @@ from engine.quant.explain import box_iou, match_detections  # noqa: E402
 from engine.quant.fitness import detection_agreement  # noqa: E402
 from engine.quant.refine import gptq_rounding, head_bias_correction  # noqa: E402
 from engine.quant.refine.headbias import head_convs  # noqa: E402
-from engine.quant.refine.margin import NearErrors, fit_shifts, margin_stats, near_errors, shift_heads  # noqa: E402
+from engine.quant.refine.margin import (NearErrors, fit_logit_shifts, fit_shifts, margin_stats, near_errors,  # noqa: E402
+                                        shift_heads)
 from engine.quant.valset import fitting_images, random_variants, second_variants, variants  # noqa: E402
 
 SHARED = Path(os.environ.get("QW_SHARED", ROOT.parent / "shared"))
@@ -77,8 +79,9 @@ class Cached:
             self.q.append({c: np.asarray(qo[c]).copy() for c, _, _ in heads})
         self.truth = [detect_outputs(model, Outs(model, f, {}), p, 0.25, 0.45) for f, p in zip(self.f, self.pre)]
 
-    def errors(self, band):
-        return {c: [near_errors(f[c], q[c], a, k, band) for f, q in zip(self.f, self.q)] for c, a, k in self.heads}
+    def errors(self, band, every_class=False):
+        return {c: [near_errors(f[c], q[c], a, k, band, every_class) for f, q in zip(self.f, self.q)]
+                for c, a, k in self.heads}
 
     def score(self, shift, show=False):
         dets = [detect_outputs(self.model, Outs(self.model, q, shift), p, 0.25, 0.45) for q, p in zip(self.q, self.pre)]
@@ -126,15 +129,19 @@ def measure(name, cached, band, rng):
     return per
 
 
-def settings(errs: dict, ks, obj_only=()) -> dict:
+def settings(errs: dict, ks, obj_only=(), every=None) -> dict:
     """name -> {conv: (obj shift, cls shift)} fitted on the fitting set's errors ({conv: NearErrors}):
     "bias" = the near-threshold bias correction (fit_shifts with k = 0: objectness and class means),
-    "margin k" = fit_shifts(k) (what `--refine margin` writes), "obj margin k" = objectness only, k robust
-    deviations of the uncorrected e (no class correction)."""
+    "margin k" = fit_shifts(k) (what `--refine margin` wrote in rounds 5-9, `rule="objectness"`),
+    "logits k" = fit_logit_shifts(k) on `every` (the errors of every class in the band: what `--refine margin`
+    writes since round 11), "obj margin k" = objectness only, k robust deviations of the uncorrected e (no
+    class correction)."""
     out = {"none": {c: (0.0, 0.0) for c in errs}}
     out["bias"] = {c: fit_shifts(v, 0.0)[:2] for c, v in errs.items()}
     for k in ks:
         out[f"margin k={k:g}"] = {c: fit_shifts(v, k)[:2] for c, v in errs.items()}
+        if every is not None:
+            out[f"logits k={k:g}"] = {c: fit_logit_shifts(v, k)[:2] for c, v in every.items()}
     for k in obj_only:
         out[f"obj margin k={k:g}"] = {c: (k * margin_stats(v)["e_robust"][1] - margin_stats(v)["e_robust"][0], 0.0)
                                       for c, v in errs.items()}
@@ -158,11 +165,12 @@ def run(model, photos, fit_items, sets, ks, band, base, label, verify, show=(), 
     for k, c in cached.items():
         measure(k, c, band, rng)
     errs = {c: NearErrors.concat(p) for c, p in fit_err.items()}
+    every = {c: NearErrors.concat(p) for c, p in fit.errors(band, every_class=True).items()}
     print("  fit, after the bias correction: " + ", ".join(
         f"head {c} e median {r['after_bias']['e_robust'][0]:+.3f} rsd {r['after_bias']['e_robust'][1]:.3f}"
         for c, r in ((c, fit_shifts(v, 0.0)[2]) for c, v in errs.items())))
     rows = {}
-    for name, sh in settings(errs, ks, obj_only).items():
+    for name, sh in settings(errs, ks, obj_only, every).items():
         desc = ", ".join(f"{c}: {o:+.3f}/{cl:+.3f}" for c, (o, cl) in sh.items())
         res = {k: c.score(vector(heads, sh), show=name in show) for k, c in cached.items()}
         rows[name] = res
