@@ -178,7 +178,7 @@ def fit_logit_shifts(errors: NearErrors, k: float) -> tuple[float, float, dict]:
     """(objectness shift, class shift, report) of one head by the per-logit rule (see the module): the
     near-threshold bias correction (minus the mean INT - FLOAT objectness and class logit), then each logit
     += k x the MAD-based standard deviation of its own error. `errors`: every class in the band
-    (near_errors(..., every_class=True))."""
+    (near_errors(..., every_class=True)). Measured against fit_shifts: docs/quantization.md, round 11."""
     before = margin_stats(errors)
     d_obj, d_cls = -before["dobj"][0], -before["dcls"][0]
     s_obj, s_cls = _robust_sd(errors.dobj), _robust_sd(errors.dcls)     # a shift leaves the MAD as it is
