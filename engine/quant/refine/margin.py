@@ -21,7 +21,7 @@ logit's own error on that logit, over every (position, class) pair in the band. 
 every class over the threshold, not only the best one, and the detections the objectness rule lost were
 such second classes (a car at a position whose best class is truck, a horse where cow leads: objectness
 +2.5 to +4.5, class logit near -.9). There objectness is saturated, a shift of it barely moves the score,
-and e, which converts the class error into objectness units, spreads 2-4x wider than on best classes.
+and e, which converts the class error into objectness units, spreads 1.7-5x wider than on best classes.
 The log score log sig(o) + log sig(c) moves by about (1 - sig(o)) d_o + (1 - sig(c)) d_c; shifting o by
 k s_o and c by k s_c moves it by k ((1 - sig(o)) s_o + (1 - sig(c)) s_c), at least k times the spread of
 that pair's own log-score error whatever the correlation of the two errors (Minkowski), so every pair,
