@@ -118,7 +118,7 @@ def nms_sort(c, nms: float, kind: str = "default") -> np.ndarray:
 def nms_suppressed(c, nms: float, kind: str = "default") -> np.ndarray | None:
     """The (box, class) entries `nms_sort` zeroes, (N, K) bool, or None if it zeroes none."""
     probs = c.probs
-    if nms <= 0 or probs.shape[0] < 2:
+    if nms <= 0 or probs.shape[0] < 2 or probs.shape[1] == 0:   # no pair, or no class to suppress in
         return None
     # in the calling thread: the kernel threads' fresh buffers page-faulted after a forward (~700
     # faults, 10 ms on random yolov3), more than their second core saved

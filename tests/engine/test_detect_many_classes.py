@@ -1,12 +1,13 @@
 """detect_outputs end to end against Darknet's literal loop where the vectorised NMS is most fragile:
-classes over several 64-bit words with tied scores, and nothing to detect."""
+classes over several 64-bit words with tied scores, nothing to detect, and no class at all."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 import engine
-from engine.darknet.detect import candidates, correct_boxes, detect_outputs
+from engine.darknet.detect import Candidates, candidates, correct_boxes, detect_outputs
+from engine.darknet.nms import nms_sort, nms_suppressed
 from engine.kernels.threads import blas_limit
 from test_nms import naive_nms_sort
 
@@ -60,3 +61,13 @@ def test_nothing_above_the_threshold_gives_no_detections(tmp_path):
     dets = detect_outputs(model, outs, pre, 0.25, 0.45)
     assert len(dets) == 0 and list(dets) == [] and dets.class_ids.size == 0 and dets.values.shape == (10, 0)
 
+
+def test_nms_of_candidates_without_classes_suppresses_nothing():
+    """(regression) Candidates of zero classes (a (N, 0) probs from code, not a cfg: [yolo] needs
+    classes >= 1) with overlapping boxes raised a raw IndexError from the bit packing; there is
+    nothing to suppress: nms_sort returns the empty (N, 0) probs."""
+    boxes = np.array([[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2], [0.52, 0.5, 0.2, 0.2]])
+    c = Candidates(boxes, np.array([0.9, 0.8, 0.7]), np.zeros((3, 0)))
+    assert nms_suppressed(c, 0.45) is None
+    out = nms_sort(c, 0.45)
+    assert out.shape == (3, 0) and out is not c.probs
