@@ -63,6 +63,11 @@ def decode_yolo(y: np.ndarray, mask: Sequence[int], anchors: Sequence[float], cl
     _, h, w = y.shape
     keep = _yolo_kept(y, a, classes, thresh) if keep is None else keep
     y = y.reshape(a, 5 + classes, h * w)
+    if keep.size * COPY_KEPT > a * h * w:
+        # most boxes kept: one sequential copy of the head, then the gather from it. Straight from a
+        # head cold in cache (as after a forward) the gather walks 5+K planes at once, a cache miss per
+        # element; the copy streams (cold, yolov3-tiny's 26x26 head: 191 -> 109 us, 13x13: 111 -> 59 us)
+        y = y.copy()
     cell, anchor = np.divmod(keep, a)
     t = y[anchor, :, cell]                      # (n, 5+K) rows of the kept boxes only, float32
     row, col = np.divmod(cell, w)
@@ -77,6 +82,9 @@ def decode_yolo(y: np.ndarray, mask: Sequence[int], anchors: Sequence[float], cl
     probs *= to[:, None]
     np.putmask(probs, probs <= thresh, 0.0)
     return Candidates(boxes, to, probs)
+
+
+COPY_KEPT = 4   # copy the head first when more than 1/COPY_KEPT of its boxes are kept
 
 
 def decode_region(y: np.ndarray, num: int, anchors: Sequence[float], classes: int, thresh: float) -> Candidates:

@@ -29,7 +29,7 @@ def naive_decode_yolo(y, mask, anchors, classes, net_w, net_h, thresh):
     return np.array(boxes).reshape(-1, 4), np.array(objs), np.array(probs).reshape(-1, classes)
 
 
-@pytest.mark.parametrize("thresh", [0.0, 0.25, 0.7])
+@pytest.mark.parametrize("thresh", [0.0, 0.25, 0.7, 0.9])   # 0.7, 0.9: under 1/COPY_KEPT kept, no copy
 def test_decode_yolo_equals_the_per_box_loop(thresh):
     rng = np.random.default_rng(int(thresh * 10))
     mask, anchors, classes = [3, 4, 5], [10, 13, 16, 30, 33, 23, 30, 61, 62, 45, 59, 119], 7
@@ -39,6 +39,8 @@ def test_decode_yolo_equals_the_per_box_loop(thresh):
     y[5 + 2, 0, 0] = np.nan                              # a NaN class score stays NaN, as in the loop
     got = decode_yolo(y, mask, anchors, classes, 416, 320, thresh)
     boxes, objs, probs = naive_decode_yolo(y, mask, anchors, classes, 416, 320, thresh)
+    from engine.darknet.detect import COPY_KEPT
+    assert (boxes.shape[0] * COPY_KEPT > y.size // (5 + classes)) == (thresh < 0.5)   # both paths taken
     assert got.boxes.shape[0] == boxes.shape[0] > 0
     assert np.array_equal(got.boxes[:, :2], boxes[:, :2]) and np.array_equal(got.objectness, objs)
     # w, h: NumPy's vectorised exp (SIMD since NumPy 2.4) and libm's may differ in the last bit
