@@ -200,8 +200,10 @@ def first_sentence(doc: str) -> str:
     """The first sentence of a docstring's first paragraph, its lines joined (a docstring's summary
     line often wraps)."""
     para = " ".join(line.strip() for line in doc.strip().split("\n\n")[0].splitlines())
-    for m in re.finditer(r"[.!?](?=\s|$)", para):
-        if not re.search(r"(e\.g|i\.e|etc|vs|cf)\.$", para[:m.end()]):
+    # a sentence ends where the next one starts with a capital, a backtick or a quote: a period inside a
+    # formula ("y = W . x") or before a year ("Nagel et al. 2019") is not an end
+    for m in re.finditer(r"[.!?](?=$|\s+[A-Z`'\"*\[])", para):
+        if not re.search(r"\b(e\.g|i\.e|etc|vs|cf|al)\.$", para[:m.end()]):
             return para[:m.end()]
     return para
 
@@ -324,6 +326,23 @@ def test_the_rules_catch_a_synthetic_violation_of_each(tmp_path):
     (tmp_path / "pkg" / "e.py").unlink()
     assert indexed_modules(doc) - tree_modules(tmp_path, ("pkg",)) == {"pkg/e.py"}
     assert "- `new.py`: New." in module_index(tmp_path, ("pkg",)).split("**`pkg/sub/`**")[1]
+
+
+def test_an_index_summary_is_the_whole_first_sentence():
+    # the index cut three summaries short at a period inside the sentence: connected.py's read
+    # "Darknet [connected]: y = W ." and equalize.py's / gptq.py's stopped at "Nagel et al." / "Frantar et al."
+    assert first_sentence("Darknet [connected]: y = W . flatten_CHW(x) + b (or batch norm), then an activation.\n\n"
+                          "In `.weights` the order is biases.") == \
+        "Darknet [connected]: y = W . flatten_CHW(x) + b (or batch norm), then an activation."
+    assert first_sentence('Cross-layer equalization (CLE, Nagel et al. 2019, "Data-Free Quantization"), as NNCF\n'
+                          "does it. More.") == \
+        'Cross-layer equalization (CLE, Nagel et al. 2019, "Data-Free Quantization"), as NNCF does it.'
+    assert first_sentence("Weight rounding (GPTQ, Frantar et al. 2022), `--refine gptq`.") == \
+        "Weight rounding (GPTQ, Frantar et al. 2022), `--refine gptq`."
+    # still a sentence per summary: the next one starts with a capital, a backtick or a quote
+    assert first_sentence("One thing. Another thing.") == "One thing."
+    assert first_sentence("One thing (e.g. this). `x` is another.") == "One thing (e.g. this)."
+    assert first_sentence("Ends here!") == "Ends here!"
 
 
 def test_the_diagram_rule_catches_a_missing_root_module_and_an_import_from_the_bottom_row(tmp_path):
