@@ -8,10 +8,28 @@ import sys
 from engine.cli.options import add_calib_args, check_suffix, json_text, layer_list, load_model, number, output_path
 from engine.errors import EngineError
 from engine.quant.progress import counted
-from engine.quant.refine.pipeline import AFTER as REFINE_AFTER
+from engine.quant.refine import pipeline
+from engine.quant.refine.pipeline import AFTER as REFINE_AFTER  # noqa: F401  (its name, kept for importers)
 
 DEFAULT_METHOD = "minmax"
-METHOD_NAMES = ("minmax", "percentile", "mse", "kl", "log2", "aciq", "yolo2_light", "auto")
+METHOD_NAMES = ("minmax", "percentile", "mse", "kl", "log2", "aciq", "yolo2_light", "auto")   # the order -h lists
+PROFILE_NOTES = {"qwidgets": "qwidgets (default)",
+                 "qwidgets_asym": "qwidgets_asym (uint8 activations with zero points, any method)"}
+
+
+# The lists below are read from the registries when the parser is built, so a calibrator, profile or
+# refinement added by architecture.md's recipes is named by -h and accepted without an edit here.
+def method_names() -> tuple[str, ...]:
+    """Every registered calibration method: METHOD_NAMES' order first, then any other in registry order."""
+    from engine.calib import CALIBRATORS
+    names = CALIBRATORS.names()
+    return tuple(n for n in METHOD_NAMES if n in names) + tuple(n for n in names if n not in METHOD_NAMES)
+
+
+def profile_names() -> str:
+    """Every registered device profile, for --profile's help."""
+    from engine.quant.profiles import PROFILES
+    return ", ".join(PROFILE_NOTES.get(n, n) for n in PROFILES.names())
 
 
 def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +37,7 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("quantize", help="calibrate and write a quantized model (int8 weights, scales)")
     add_calib_args(s)
     s.add_argument("--method", default=DEFAULT_METHOD,
-                   help=f"calibration method: {', '.join(METHOD_NAMES)} (default: {DEFAULT_METHOD}: the best HYBRID "
+                   help=f"calibration method: {', '.join(method_names())} (default: {DEFAULT_METHOD}: the best HYBRID "
                         "and within .006 of the best INT mAP@[.5:.95] (aciq) on our validation variants; "
                         "see docs/quantization.md; auto picks per tensor "
                         "by the error at the detection heads and prints its choice)")
@@ -27,7 +45,7 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-rules", action="store_true",
                    help="calibrate every tensor on its own |x| histogram (no one-sided / shared-scale / first-layer "
                         "rules; yolo2_light never uses them)")
-    s.add_argument("--refine", choices=("bias", "cle", "cle_act", "eq", "gptq", "head", "margin"), action="append",
+    s.add_argument("--refine", choices=tuple(sorted(pipeline.AFTER + pipeline.BEFORE)), action="append",
                    default=[],
                    help="refinement (repeatable): bias = per-channel bias correction (NNCF FastBiasCorrection "
                         "style) on the calibration images; cle = cross-layer equalization of conv -> leaky -> "
@@ -52,9 +70,7 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--val", nargs="+", metavar="DIR_OR_FILES", help="validation images for --target-map")
     add_backend_arg(s, "--target-map's runs", "--profile onnxruntime")
     s.add_argument("--profile", default="qwidgets", metavar="NAME",
-                   help="device profile, the integer rules of the target: qwidgets (default), qwidgets_asym (uint8 "
-                        "activations with zero points, any --method), onnxruntime, avx2_u8s8, ort_reduce_range, "
-                        "yolo2_light (docs/profiles.md)")
+                   help=f"device profile, the integer rules of the target: {profile_names()} (docs/profiles.md)")
     s.add_argument("-o", "--output", required=True, metavar="QMODEL",
                    help="the quantized model file to write (.npz), as read by detect --quantized and the others")
     s.set_defaults(func=cmd_quantize)
@@ -71,9 +87,9 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                         "chooses on the --calib images)")
     s.add_argument("--json", action="store_true", help="print the ranking and per-layer statistics as JSON")
     s.add_argument("--profile", default="qwidgets", metavar="NAME",
-                   help="device profile every method quantizes for (default qwidgets; onnxruntime lets "
-                        "--backend onnxruntime run INT on ORT's integer kernels)")
-    s.add_argument("--refine", choices=REFINE_AFTER, action="append", default=[],
+                   help=f"device profile every method quantizes for: {profile_names()}; onnxruntime lets "
+                        "--backend onnxruntime run INT on ORT's integer kernels")
+    s.add_argument("--refine", choices=pipeline.AFTER, action="append", default=[],
                    help="refinement applied to every method after calibration, fitted on the --calib images "
                         "(repeatable; as quantize --refine, in the order gptq, eq, bias, head, margin), so that "
                         "methods are ranked as they would be deployed, e.g. --profile qwidgets_asym --refine gptq "
@@ -131,7 +147,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         from engine.quant.refine import attach_equalization
         qm = attach_equalization(qm, spec, cle_mode, source, model)
         model = source                        # from here on the executor equalizes the float model itself
-    after = [r for r in REFINE_AFTER if r in args.refine]
+    after = [r for r in pipeline.AFTER if r in args.refine]
     if after:                                 # gptq and margin take seconds to minutes, with no bar of their own
         _status(args, f"refining ({', '.join(after)}, in this order) on the "
                       f"{counted(stats.images, 'calibration image')} ...")
@@ -215,7 +231,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if why:
             raise EngineError(f"--backend onnxruntime: {why}; pass --profile onnxruntime, or --backend numpy|auto")
     stats = collect(model, args.calib, args.resize, progress=not args.quiet)
-    after = [r for r in REFINE_AFTER if r in args.refine]
+    after = [r for r in pipeline.AFTER if r in args.refine]
     if after or "auto" in methods:            # before the comparing bar, with no bar of their own
         _status(args, f"quantizing {counted(len(methods), 'method')}"
                       f"{' and refining each (' + ', '.join(after) + ')' if after else ''} ...")

@@ -81,3 +81,32 @@ def test_detect_with_q_runs_the_quantized_model(tmp_path, tiny_q, capsys):
         assert code == 0, err
         runs[option] = out
     assert runs["-q"] == runs["--quantized"] and '"bicycle"' in runs["-q"]
+
+
+def test_quantize_and_compare_list_what_the_registries_hold(monkeypatch):
+    # architecture.md's recipes say a new calibrator, profile or refinement needs no CLI change, but `quantize -h`
+    # listed methods and profiles from lists of its own (a registered method or profile was usable yet never named),
+    # and `quantize --refine` took only its own choices: a refinement added to the pipeline was refused there
+    from engine.calib import CALIBRATORS
+    from engine.calib.minmax import MinMaxCalibrator
+    from engine.quant.profiles import PROFILES
+    from engine.quant.profiles.qwidgets import QwidgetsProfile
+    from engine.quant.refine import REFINEMENTS, pipeline
+    assert REFINEMENTS == tuple(sorted(pipeline.AFTER + pipeline.BEFORE))   # the package's list is the pipeline's
+    monkeypatch.setitem(CALIBRATORS._items, "halfmax", MinMaxCalibrator)
+    monkeypatch.setitem(PROFILES._items, "npu_pt", QwidgetsProfile())
+    monkeypatch.setattr(pipeline, "AFTER", (*pipeline.AFTER, "fold"))
+    cmds = commands()
+    options = {name: {o: a for a in cmds[name]._actions for o in a.option_strings} for name in ("quantize", "compare")}
+    method_help = " ".join(options["quantize"]["--method"].help.split())
+    assert "calibration method: minmax, percentile, mse, kl, log2, aciq, yolo2_light, auto, halfmax (default" in \
+        method_help
+    for name in ("quantize", "compare"):
+        help_text = " ".join(options[name]["--profile"].help.split())
+        assert all(p in help_text for p in PROFILES.names()), (name, help_text)
+        assert "fold" in options[name]["--refine"].choices, name
+    assert tuple(options["quantize"]["--refine"].choices) == ("bias", "cle", "cle_act", "eq", "fold", "gptq", "head",
+                                                               "margin")
+    assert tuple(options["compare"]["--refine"].choices) == (*pipeline.AFTER,)
+    assert build_parser().parse_args(["quantize", "m.cfg", "--calib", "d", "-o", "q.npz", "--refine", "fold",
+                                      "--method", "halfmax", "--profile", "npu_pt"]).refine == ["fold"]
