@@ -62,3 +62,30 @@ def test_traits_hold_for_what_the_layer_computes(tmp_path, name):
     assert layer.passes_sign == (name in expected | {"route", "upsample x0.5"}), name
     assert layer.commutes_channel_scale == (name in {"maxpool", "maxpool 3/1", "dropout", "upsample",
                                                      "upsample x0.5"}), name
+
+
+TRAITS = ("keeps_scale", "passes_sign", "commutes_channel_scale")
+
+
+def unchecked_kinds() -> list[str]:
+    """Registered layer types that claim a calibration trait (a property counts: it claims it for some cfgs) but
+    have no one-layer network in SECTIONS, so the test above never runs their forward against the claim."""
+    from engine.layers import LAYERS
+    tried = {text.split("]", 1)[0].lstrip("[") for text in SECTIONS.values()}
+    return sorted(kind for kind in LAYERS if kind not in tried
+                  and any(getattr(LAYERS.get(kind), t) for t in TRAITS))
+
+
+def test_every_layer_type_claiming_a_trait_is_checked_here(monkeypatch):
+    # architecture.md's recipe says this file checks a new layer's traits against its forward; it did so only
+    # for the kinds listed in SECTIONS, so a new [reorg]-like layer claiming commutes_channel_scale (wrong when
+    # it moves channels: CLE would then rescale the wrong channels) passed silently
+    assert unchecked_kinds() == [], ("add a one-layer section of each to SECTIONS at the top of this file, and its "
+                                     "name to the expected trait sets of test_traits_hold_for_what_the_layer_computes")
+    from engine.layers import LAYERS, Layer
+
+    class Claims(Layer):
+        kind = "claims"
+        keeps_scale = True
+    monkeypatch.setitem(LAYERS._items, "claims", Claims)
+    assert unchecked_kinds() == ["claims"]
