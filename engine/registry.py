@@ -1,4 +1,4 @@
-"""A tiny name -> class registry (layers, calibrators)."""
+"""A tiny name -> object registry: layer types, calibrators, device profiles, int8 layer paths, ONNX emitters."""
 from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar

@@ -1,5 +1,5 @@
-"""Command line: `python -m engine info|convert|detect|dump|quantize|compare|report|export|explain|montecarlo|
-worst-images ...`
+"""Command line: `python -m engine
+info|convert|detect|dump|quantize|compare|report|export|explain|montecarlo|worst-images ...`
 (a contract other tools rely on). This module assembles the parser from one module per
 subcommand family and dispatches; shared options live in engine/cli/options.py."""
 from __future__ import annotations

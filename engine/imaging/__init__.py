@@ -1,1 +1,1 @@
-"""imaging"""
+"""Image work around the model: augmentation, drawing detections, the bundled sample photos."""

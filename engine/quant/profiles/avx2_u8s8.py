@@ -1,4 +1,4 @@
-"""`avx2_u8s8`: ONNX Runtime with signed 8-bit weights on an x86 CPU with AVX2 and without VNNI.
+"""`avx2_u8s8` and `ort_reduce_range`: ONNX Runtime on an x86 CPU with AVX2 and without VNNI, 8-bit / 7-bit weights.
 
 MLAS's u8 x s8 kernels there multiply with `vpmaddubsw`, which adds each pair of adjacent
 uint8 x int8 products into an int16 **with saturation** before widening to int32; ONNX Runtime's
