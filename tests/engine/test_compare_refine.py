@@ -98,3 +98,14 @@ def test_cli_compare_refine_json(tmp_path):
                           "--calib", str(PHOTOS[0]), "--images", str(PHOTOS[0]), "--refine", "cle"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode != 0 and "invalid choice: 'cle'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_refinement_added_to_the_pipeline_is_recorded_under_its_own_name(monkeypatch):
+    # a refinement appended to pipeline.AFTER without an entry in RECORDED made `recorded(meta)` raise KeyError
+    # for every quantized model, so `python -m engine info Q.npz` printed only "error: 'fold'", even for
+    # files the new refinement never touched
+    from engine.quant.refine import pipeline
+    assert pipeline.recorded({"eq": {}, "head_margin": {}, "equalization": {}}) == ("cle", "eq", "margin")
+    monkeypatch.setattr(pipeline, "AFTER", (*pipeline.AFTER, "fold"))
+    assert pipeline.recorded({"eq": {}}) == ("eq",)
+    assert pipeline.recorded({"eq": {}, "fold": {"layers": 3}}) == ("eq", "fold")

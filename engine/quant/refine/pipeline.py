@@ -33,7 +33,8 @@ def check(refine: Sequence[str], allowed: Sequence[str] = AFTER + BEFORE, where:
     return names
 
 
-# where a quantized model's meta records each refinement (the refinement modules write these keys)
+# where a quantized model's meta records each refinement (the refinement modules write these keys); a
+# refinement not listed here records itself under its own name
 RECORDED = {"gptq": "gptq", "eq": "eq", "bias": "bias_correction", "head": "head_bias", "margin": "head_margin"}
 
 
@@ -43,7 +44,7 @@ def recorded(meta: dict) -> tuple[str, ...]:
     before = ()
     if "equalization" in meta:
         before = ("cle_act" if meta.get("equalization_mode") == "activations" else "cle",)
-    return before + tuple(name for name in AFTER if RECORDED[name] in meta)
+    return before + tuple(name for name in AFTER if RECORDED.get(name, name) in meta)
 
 
 def needs_float_inputs(refine: Sequence[str]) -> bool:
