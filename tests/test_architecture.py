@@ -1,6 +1,7 @@
 """The floor plan, enforced (docs/architecture.md): what engine/ may import, no import cycles, small
 modules, a small engine/ root, Darknet layer kinds known by their classes, not by lists, and a map
-that names every module of the tree (its module index) and every root module in its import diagram.
+that names every module of the tree (its module index) and every root module in its import diagram,
+whose rows the imports follow.
 
 Imports are read with `ast`, at module level and inside functions alike (a lazy import is still a
 dependency). Each rule is a function of a source tree, so the self-checks below run it on a
@@ -239,6 +240,41 @@ def diagram_problems(text: str, graph: nx.DiGraph, roots: list[str], package: st
     return problems
 
 
+def diagram_places(text: str, package: str = "engine") -> dict[str, tuple[int, int]]:
+    """Where the import diagram puts each engine module or package it names (the qwidgets line aside): (row,
+    arrow segment); a name on a later row, or after a `─>` on the same row, sits lower. Text in parentheses
+    (a room's own inner order, remarks) is left out. `engine/__init__`-style names are that one module."""
+    block = text.split("## What may import what", 1)[1].split("```", 2)[1]
+    places = {}
+    for row, line in enumerate(line for line in block.splitlines() if line.strip() and not line.startswith("qwidgets")):
+        while re.search(r"\([^()]*\)", line):
+            line = re.sub(r"\([^()]*\)", "", line)
+        for seg, part in enumerate(line.replace("└─>", "").split("─>")):
+            for name in re.findall(r"[A-Za-z_][\w./]*", part):
+                key = name.replace("/", ".").replace(f"{package}.__init__", package) if "/" in name \
+                    else f"{package}.{name}"
+                places[key] = (row, seg)
+    return places
+
+
+def row_problems(text: str, graph: nx.DiGraph, package: str = "engine") -> list[str]:
+    """Imports that go up the import diagram: a module importing one the diagram places on a higher row (a
+    module takes the place of the longest name it is, or is inside of; names with `/` only themselves)."""
+    places = diagram_places(text, package)
+
+    def place(module: str) -> tuple[int, int] | None:
+        owners = [n for n in places if module == n or (n != package and not n.endswith("__main__")
+                                                        and module.startswith(n + "."))]
+        return places[max(owners, key=len)] if owners else None
+
+    problems = []
+    for a, b in sorted(graph.edges()):
+        pa, pb = place(a), place(b)
+        if pa is not None and pb is not None and pb < pa:
+            problems.append(f"{a} imports {b}, which the diagram places above it")
+    return problems
+
+
 def tree_modules(root: Path, packages: tuple[str, ...] = ("engine", "qwidgets")) -> set[str]:
     return {p.relative_to(root).as_posix() for package in packages for p in (root / package).rglob("*.py")}
 
@@ -287,6 +323,14 @@ def test_the_import_diagram_names_every_root_module_and_its_bottom_row_imports_n
     graph, _ = import_graph(ROOT, "engine")
     roots = [name[:-3] for name in root_modules(ROOT, "engine")]
     assert diagram_problems(MAP.read_text(), graph, roots) == []
+
+
+def test_no_module_imports_one_the_diagram_places_above_it():
+    # the diagram put workspace (and imaging, which imports it) below layers, but workspace's upload checks
+    # build a cfg's layers and read .weights (darknet.build, darknet.weights): a newcomer reading it would
+    # import layers from workspace code and think it a cycle, or put a workspace import under layers
+    graph, _ = import_graph(ROOT, "engine")
+    assert row_problems(MAP.read_text(), graph) == []
 
 
 # ------------------------------------------------------------------------------ self-checks: the rules fail
@@ -355,6 +399,12 @@ def test_the_diagram_rule_catches_a_missing_root_module_and_an_import_from_the_b
     assert diagram_problems(doc, graph, roots, "pkg") == ["pkg.kind (bottom row) imports pkg.model"]
     assert diagram_problems(doc.replace(", kind", ""), graph, roots, "pkg") == ["pkg/kind.py is not in the diagram"]
     assert diagram_problems(doc.replace(", kind", "").replace("> model", "> model, kind"), graph, roots, "pkg") == []
+    # an import up the rows (kind, on the bottom row, imports model) is caught; one down a row, or after a ─>, is not
+    assert row_problems(doc, graph, "pkg") == ["pkg.kind imports pkg.model, which the diagram places above it"]
+    assert row_problems(doc.replace(", kind", "").replace("> model", "> kind ─> model"), graph, "pkg") == []
+    assert row_problems(doc.replace(", kind", "").replace("> model", "> model ─> kind"), graph, "pkg") == \
+        ["pkg.kind imports pkg.model, which the diagram places above it"]
+    assert diagram_places(doc, "pkg") == {"pkg": (0, 0), "pkg.model": (1, 0), "pkg.errors": (2, 0), "pkg.kind": (2, 0)}
 
 
 def test_private_imports_are_caught_in_every_spelling(tmp_path):
