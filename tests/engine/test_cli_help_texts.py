@@ -110,3 +110,55 @@ def test_quantize_and_compare_list_what_the_registries_hold(monkeypatch):
     assert tuple(options["compare"]["--refine"].choices) == (*pipeline.AFTER,)
     assert build_parser().parse_args(["quantize", "m.cfg", "--calib", "d", "-o", "q.npz", "--refine", "fold",
                                       "--method", "halfmax", "--profile", "npu_pt"]).refine == ["fold"]
+
+
+def synopsis_lines(text: str) -> list[str]:
+    """The `python -m engine ...` lines of a page's code blocks, continuation lines joined, comments dropped."""
+    out, inside = [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            inside = not inside
+        elif inside:
+            line = line.split("#", 1)[0].rstrip()
+            if line.startswith("python -m engine "):
+                out.append(line)
+            elif out and line.startswith(" ") and line.strip().startswith("["):
+                out[-1] += " " + line.strip()
+    return out
+
+
+def synopsis_options(line: str) -> tuple[str, list[tuple[str, bool]]]:
+    """(command, [(option, shown as required)]): an option outside [...] is shown as required; one inside
+    (... | ...) is one of a required choice and left out."""
+    command, *tokens = line.split()[3:]
+    square = round_ = 0
+    found = []
+    for tok in tokens:
+        square += tok.count("[")
+        round_ += tok.count("(")
+        m = re.match(r"[\[(]*(--?[a-z][\w-]*)", tok)
+        if m and not round_:
+            found.append((m.group(1), square == 0))
+        square -= tok.count("]")
+        round_ -= tok.count(")")
+    return command, found
+
+
+def test_the_synopses_mark_an_option_required_only_when_the_command_requires_it():
+    # README's and cli.md's synopses showed `explain MODEL --weights W ...`, `montecarlo MODEL --weights W ...`,
+    # `worst-images MODEL --weights W ...` unbracketed: a newcomer passing an engine model file and --weights, as
+    # shown, is refused ("drop --weights"); --method, --methods, --format and --json were shown as required too
+    from helpers import ROOT
+    wrong = []
+    for doc in ("README.md", "docs/cli.md"):
+        lines = synopsis_lines((ROOT / doc).read_text())
+        assert {line.split()[3] for line in lines} == set(commands()), doc
+        for line in lines:
+            command, found = synopsis_options(line)
+            takes = {o: a for a in commands()[command]._actions for o in a.option_strings}
+            wrong += [f"{doc}: {command} {option}: no such option" for option, _ in found if option not in takes]
+            wrong += [f"{doc}: {command} {option} shown as {'required' if shown else 'optional'}"
+                      for option, shown in found if option in takes and shown != bool(takes[option].required)]
+    assert wrong == []
+    assert synopsis_options("python -m engine dump M (--image I | --input X) [--mode a --quantized Q] -o O") == \
+        ("dump", [("--mode", False), ("--quantized", False), ("-o", True)])
