@@ -167,21 +167,22 @@ def _check_pair(name: str, files: Mapping[str, bytes]) -> None:
 
 
 def _check_engine_npz(name: str, kind: str, fname: str, data: bytes) -> None:
-    """The .npz opens as the kind it is filed as, read as `engine.load` / `QuantizedModel.load` read it (every
-    member checked against the embedded cfg or the format): any other .npz, or a damaged one, is refused at
-    upload rather than when the entry is first opened."""
+    """The .npz is what its entry kind opens: an engine model is read as `engine.load` reads it (every member
+    checked against the embedded cfg), a quantized model must carry the quantized-model format (its content is
+    read by `QuantizedModel.load`, in quant/, above this room). Any other .npz (a bare np.savez, one kind filed
+    as the other) is refused at upload rather than when the entry is first opened."""
     from engine.errors import EngineError
+    from engine.model import model_from_arrays
     from engine.npzfile import NpzReader
     label = f"{name}/{fname}"
+    if kind == "quantized":
+        if npz_kind(data) != "quantized":
+            raise WorkspaceError(f"entry {name!r}: {label}: not a quantized model file (no "
+                                 "'qwidgets-quantized-model' format member; `python -m engine quantize -o` makes one)")
+        return
     try:
-        if kind == "model":
-            from engine.model import model_from_arrays
-            with NpzReader(data, label, what="engine model file", kind="model") as z:
-                model_from_arrays(z, label)
-        else:
-            from engine.quant.qmodel import QuantizedModel
-            with NpzReader(data, label, what="quantized model", kind="quantized") as z:
-                QuantizedModel.from_arrays(z, label)
+        with NpzReader(data, label, what="engine model file", kind="model") as z:
+            model_from_arrays(z, label)
     except EngineError as err:
         raise WorkspaceError(f"entry {name!r}: {err}") from None
 

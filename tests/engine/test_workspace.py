@@ -204,7 +204,7 @@ def test_engine_npz_model_is_accepted_and_any_other_npz_refused_as_loading_would
     with pytest.raises(WorkspaceError, match=r"^entry 'bare': bare/m\.npz: not an engine model file \(missing "
                                              r"'format'"):
         ws.save_bytes("bare", "model", {"m.npz": buf.getvalue()})
-    with pytest.raises(WorkspaceError, match=r"^entry 'swapped': swapped/m\.npz: .*quantized model"):
+    with pytest.raises(WorkspaceError, match=r"^entry 'swapped': swapped/m\.npz: not a quantized model file"):
         ws.save_bytes("swapped", "quantized", {"m.npz": model_npz})
     assert sorted(e.name for e in ws.list()) == ["npz", "qnpz"]
 
