@@ -25,12 +25,13 @@ import contextlib
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from engine.calib.collect import image_list
 from engine.kernels.threads import blas_limit, blas_threads, set_blas_threads  # noqa: F401  (public here too)
-from engine.scale.sources import ModelSource, Payload, as_source, source_of, token
+from engine.scale.sources import ModelSource, Payload, as_source, held, source_of, token
 
 log = logging.getLogger(__name__)
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -124,11 +125,18 @@ class DaskBackend:
         return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
 
     def share(self, obj: Any, key: Any = None) -> Any:
-        """Broadcast `obj` to every worker once per `key` (default: the object's identity); tasks
-        receive the worker's copy."""
+        """Ship `obj` to the cluster once per `key` (default: the object's identity); tasks receive the
+        worker's copy (a worker fetches it once from another).
+
+        It is the result of a task that returns it, not scattered data: the scheduler keeps that task, so a
+        copy lost with its worker (killed, out of memory; the nanny starts a new one) is made again. Scattered
+        data lost with every worker that held it is gone for good: the run, and every later run on this
+        backend that needs it, failed with Dask's "cancelled for reason: lost dependencies"."""
         key = ("id", id(obj)) if key is None else key
         if key not in self._shared:    # obj is kept alive beside its future, so ids stay unique
-            self._shared[key] = (obj, self.client.scatter(Payload(obj), broadcast=True, hash=False))
+            with warnings.catch_warnings():      # the payload is the graph, sent once on purpose
+                warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+                self._shared[key] = (obj, self.client.submit(held, Payload(obj), pure=False))
         return self._shared[key][1]
 
     def portable(self, model_source: Any) -> Any:

@@ -103,12 +103,17 @@ def load_source(src: Any):
 
 @dataclass(frozen=True)
 class Payload:
-    """A wrapper so `scatter` ships one object (it would split a dict or list into many futures)."""
+    """One shared object as one task argument and result (Dask would look inside a dict or list for futures)."""
     obj: Any
 
 
 def unwrap(x: Any) -> Any:
     return x.obj if isinstance(x, Payload) else x
+
+
+def held(payload: Payload) -> Payload:
+    """The task whose result is a shared object (DaskBackend.share): the scheduler can run it again."""
+    return payload
 
 
 def token(arrays: dict[str, np.ndarray]) -> str:

@@ -1,0 +1,75 @@
+"""Dask runs when workers die: the run retries to the in-process result, or stops with one clear error.
+
+A worker process killed from outside (the OOM killer, a SIGKILL) is restarted by its nanny; what a run
+broadcast before (a quantized model, Monte Carlo's images) must survive it, and a batch that kills every
+worker it runs on must be named by its images. One 2-worker secure LocalCluster serves the module, its
+scheduler giving up on a task after 2 deaths (Dask's default is 4) to keep the module fast; yolov3-tiny
+runs at 160x160.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+pytest.importorskip("distributed")
+
+from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS  # noqa: E402
+
+from engine.calib.collect import collect  # noqa: E402
+from engine.errors import EngineError  # noqa: E402
+from engine.quant.qmodel import quantize_model  # noqa: E402
+from engine.scale.backends import DaskBackend, InProcess, blas_limit, secure_local_cluster  # noqa: E402
+from engine.scale.evaluate import evaluate  # noqa: E402
+from engine.scale.sources import ModelSource, load_source  # noqa: E402
+
+SOURCE = ModelSource(str(TINY_CFG), str(TINY_WEIGHTS), size=(160, 160))
+PHOTOS = sorted(IMAGES.glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_source(SOURCE)
+
+
+@pytest.fixture(scope="module")
+def qmodel(model):
+    with blas_limit(1):
+        return quantize_model(model, collect(model, PHOTOS[:2], progress=False), "minmax", per_channel=True)
+
+
+@pytest.fixture(scope="module")
+def dask_backend():
+    cluster, client = secure_local_cluster(n_workers=2, scheduler_kwargs={"allowed_failures": 1})
+    try:
+        yield DaskBackend(client)
+    finally:
+        client.close()
+        cluster.close()
+
+
+def kill_worker(client, address: str) -> None:
+    """SIGKILL one worker process (as the OOM killer does) and wait until its nanny has a new one running."""
+    pid = client.run(os.getpid, workers=[address])[address]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while address in client.scheduler_info(n_workers=-1)["workers"] or \
+            len(client.scheduler_info(n_workers=-1)["workers"]) < 2:
+        assert time.monotonic() < deadline, "the nanny did not restart the killed worker"
+        time.sleep(0.1)
+
+
+def test_runs_after_every_worker_was_killed_equal_in_process(model, qmodel, dask_backend):
+    """Both workers killed one after the other (each restarted) between two runs: the quantized model the
+    first run broadcast is on no live worker; the next run must still get it (it failed with Dask's
+    FutureCancelledError "lost dependencies", and so did every later run on this backend)."""
+    client = dask_backend.client
+    first = evaluate(SOURCE, qmodel, PHOTOS[:2], ("int",), dask_backend, batch_size=1)
+    for address in sorted(client.scheduler_info(n_workers=-1)["workers"]):
+        kill_worker(client, address)
+    again = evaluate(SOURCE, qmodel, PHOTOS[:2], ("int",), dask_backend, batch_size=1)
+    ref = evaluate(model, qmodel, PHOTOS[:2], ("int",), InProcess(blas_threads=1))
+    assert again.to_dict() == first.to_dict() == ref.to_dict()
+    assert sum(map(len, ref.detections["int"])) > 0
