@@ -6,7 +6,7 @@
     stats = collect_stats("yolov3-tiny", images, DaskBackend(client))   # == collect(model, images)
     res = evaluate("yolov3-tiny", qmodel, images, ("hybrid", "int"), DaskBackend(client))
 
-A backend maps a task function over batches of images (`map_batches`), broadcasts an object once
+A backend maps a task function over batches of images (`map_batches`), ships an object once
 (`share`) and says what a worker loads for a model (`portable`); the algorithms that run on it
 (engine/scale/evaluate.py, engine/scale/compare.py, engine/scale/montecarlo.py) are written once.
 One task is a *batch* of images (a task costs ~2 ms of scheduling here, an image ~0.1-0.3 s).
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from engine.calib.collect import image_list
+from engine.errors import EngineError
 from engine.kernels.threads import blas_limit, blas_threads, set_blas_threads  # noqa: F401  (public here too)
 from engine.scale.sources import ModelSource, Payload, as_source, held, source_of, token
 
@@ -146,8 +147,16 @@ class DaskBackend:
     def map_batches(self, fn: Callable, items: Sequence, batch_size: int | None = None,
                     progress: bool = False, desc: str = "batches", args: tuple = ()) -> list:
         """[fn(*args, batch) for each batch], one task per batch, in batch order. `args` may hold
-        futures from `share` (Dask resolves them to the worker's copy)."""
-        from distributed import as_completed
+        futures from `share` (Dask resolves them to the worker's copy).
+
+        A worker that dies running a batch is replaced (its nanny) and the batch runs again; when workers
+        die on the same batch more often than the scheduler allows (`allowed-failures`), EngineError names
+        that batch's items. On any error (a task's own, Ctrl-C) the run's batches are cancelled: those not
+        done would otherwise keep the cluster busy while the exception (a notebook keeps the last) is alive.
+
+        Raises:
+            EngineError: workers kept dying on one batch (killed from outside, out of memory)."""
+        from distributed import KilledWorker, as_completed
         size = batch_size or default_batch_size(len(items), self.n_workers)
         batches = split(items, size)
         futures = [self.client.submit(fn, *args, b, pure=False) for b in batches]
@@ -157,9 +166,18 @@ class DaskBackend:
         try:
             for fut in as_completed(futures):
                 k = index[fut.key]
-                out[k] = fut.result()
+                try:
+                    out[k] = fut.result()
+                except KilledWorker as err:
+                    raise EngineError(f"{desc}: a Dask worker process died {err.allowed_failures + 1} times running "
+                                      f"the batch of {_names(batches[k], k * size, len(items))} (killed from outside, "
+                                      "or out of memory: see the workers' logs); the run stopped, no result "
+                                      "is kept") from err
                 if bar is not None:
                     bar.update(len(batches[k]))
+        except BaseException:
+            self.client.cancel(futures)
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -169,6 +187,13 @@ class DaskBackend:
 def default_batch_size(n_items: int, n_workers: int) -> int:
     """~4 batches per worker (load balance) but at most 16 images per task."""
     return max(1, min(16, math.ceil(n_items / (4 * max(1, n_workers)))))
+
+
+def _names(batch: Sequence, first: int, total: int, most: int = 4) -> str:
+    """The items of a batch as an error names them: "dog.jpg (item 3 of 40)", a non-file by its place."""
+    names = [f"{Path(item).name} (item {first + j + 1} of {total})" if isinstance(item, (str, Path))
+             else f"item {first + j + 1} of {total}" for j, item in enumerate(batch)]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def split(items: Sequence, size: int) -> list[list]:

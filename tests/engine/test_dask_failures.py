@@ -73,3 +73,44 @@ def test_runs_after_every_worker_was_killed_equal_in_process(model, qmodel, dask
     ref = evaluate(model, qmodel, PHOTOS[:2], ("int",), InProcess(blas_threads=1))
     assert again.to_dict() == first.to_dict() == ref.to_dict()
     assert sum(map(len, ref.detections["int"])) > 0
+
+
+def test_a_batch_that_kills_every_worker_it_runs_on_is_named(dask_backend):
+    """A batch whose task kills its worker process each time (an image that exhausts memory) ends the run
+    with one EngineError naming that batch's images and what happened, not Dask's KilledWorker about a
+    task key; the cluster stays usable."""
+    def task(batch: list) -> list:
+        if any(name.endswith("huge.png") for name in batch):
+            os._exit(1)              # as the OOM killer ends a worker: no exception, no reply
+        return [len(name) for name in batch]
+
+    items = ["a.jpg", "/data/set/huge.png", "c.jpg", "d.jpg"]
+    with pytest.raises(EngineError) as err:
+        dask_backend.map_batches(task, items, batch_size=1, desc="evaluating")
+    msg = str(err.value)
+    assert "huge.png (item 2 of 4)" in msg and "died 2 times" in msg and "evaluating" in msg, msg
+    assert "a.jpg" not in msg and "c.jpg" not in msg
+    assert dask_backend.map_batches(task, ["a.jpg", "bb.jpg"], batch_size=1) == [[5], [6]]
+
+
+def test_an_error_cancels_the_batches_not_yet_run(dask_backend):
+    """A batch failing (a bad image) ends the run at once; the batches still queued are cancelled, not left
+    running on the cluster for as long as the exception (and its traceback's futures) is kept, as a notebook
+    keeps the last one."""
+    def slow_or_bad(batch: list) -> list:
+        if batch == ["bad.jpg"]:
+            raise EngineError("bad.jpg: not a decodable image")
+        time.sleep(0.4)
+        return batch
+
+    items = ["bad.jpg"] + [f"{k}.jpg" for k in range(12)]
+    with pytest.raises(EngineError, match="bad.jpg: not a decodable image") as err:
+        dask_backend.map_batches(slow_or_bad, items, batch_size=1)
+
+    def ours(dask_scheduler) -> list:
+        return [k for k, ts in dask_scheduler.tasks.items() if str(k).startswith("slow_or_bad-")]
+    deadline = time.monotonic() + 2.0               # 12 batches would keep 2 workers busy for 2.4 s
+    while dask_backend.client.run_on_scheduler(ours) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dask_backend.client.run_on_scheduler(ours) == [], "batches left on the cluster after the error"
+    assert err.value is not None                     # the exception (and its traceback) still held here
