@@ -71,18 +71,23 @@ class InProcess:
         return model_source                       # a Model object is used as is
 
     def map_batches(self, fn: Callable, items: Sequence, batch_size: int | None = None,
-                    progress: bool = False, desc: str = "batches", args: tuple = ()) -> list:
-        """[fn(*args, batch) for each batch of `batch_size` items], in order."""
-        batches = split(items, batch_size or len(items) or 1)
+                    progress: bool = False, desc: str = "batches", args: tuple = (),
+                    on_batch: Callable[[int, list], object] | None = None) -> list:
+        """[fn(*args, batch) for each batch of `batch_size` items], in order. `on_batch(first, batch)` after
+        each batch's result (`first`: the index of its first item); it may raise to stop the run."""
+        size = batch_size or len(items) or 1
+        batches = split(items, size)
         bar = _bar(progress, len(items), desc)
         out = []
         limit = blas_limit(self.blas_threads) if self.blas_threads else contextlib.nullcontext()
         try:
             with limit:
-                for b in batches:
+                for k, b in enumerate(batches):
                     out.append(fn(*args, b))
                     if bar is not None:
                         bar.update(len(b))
+                    if on_batch is not None:
+                        on_batch(k * size, b)
         finally:
             if bar is not None:
                 bar.close()
@@ -145,9 +150,12 @@ class DaskBackend:
         return source_of(src) if not isinstance(src, ModelSource) else src
 
     def map_batches(self, fn: Callable, items: Sequence, batch_size: int | None = None,
-                    progress: bool = False, desc: str = "batches", args: tuple = ()) -> list:
+                    progress: bool = False, desc: str = "batches", args: tuple = (),
+                    on_batch: Callable[[int, list], object] | None = None) -> list:
         """[fn(*args, batch) for each batch], one task per batch, in batch order. `args` may hold
-        futures from `share` (Dask resolves them to the worker's copy).
+        futures from `share` (Dask resolves them to the worker's copy). `on_batch(first, batch)` in this
+        process as each batch's result arrives, in the order they finish (`first`: the index of its first
+        item); it may raise to stop the run (Cancelled).
 
         A worker that dies running a batch is replaced (its nanny) and the batch runs again; when workers
         die on the same batch more often than the scheduler allows (`allowed-failures`), EngineError names
@@ -175,6 +183,8 @@ class DaskBackend:
                                       "is kept") from err
                 if bar is not None:
                     bar.update(len(batches[k]))
+                if on_batch is not None:
+                    on_batch(k * size, batches[k])
         except BaseException:
             self.client.cancel(futures)
             raise

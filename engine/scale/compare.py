@@ -173,6 +173,18 @@ def _stepping(task: Callable, step: Callable[[int, str], object]) -> Callable:
     return run
 
 
+def _batch_units(unit: Callable[[int, str], object], methods: list[str]) -> Callable[[int, list], None]:
+    """`on_batch` of a backend whose tasks run elsewhere (Dask: no callback reaches this process from a
+    task): a batch's units reported, in the order they ran, when its rows arrive."""
+    names = ["FLOAT", *(f"{m}: {str(mode).upper()}" for m in methods for mode in QUANT_MODES)]
+
+    def report(first: int, batch: list) -> None:
+        for k in range(first, first + len(batch)):
+            for what in names:
+                unit(k, what)
+    return report
+
+
 def _item_key(item) -> tuple:
     return ("path", str(item)) if isinstance(item, (str, Path)) else ("object", id(item))
 
@@ -279,10 +291,10 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
     model) and, with `refine`, one per method refined ("refine kl (gptq, eq)": seconds each).
     `on_run(done, total, what)` follows the comparison's runs the same way, the total known up front
     (`run_units`): per image its FLOAT reference ("FLOAT, image 3 of 15"), then each method in HYBRID and INT
-    ("kl: INT, image 3 of 15"). With `progress`, a "comparing" bar shows the same units. Both in this process
-    only: with a Dask backend `on_run` is not called and the bar counts images as their batches finish.
-    `cancel` (engine.quant.progress.CancelHook) is asked before every unit of both phases (of the runs: in
-    this process only, as `on_run`).
+    ("kl: INT, image 3 of 15"). With `progress`, a "comparing" bar shows the same units. With a Dask backend
+    a batch's units are reported together when its rows arrive (a task cannot call back into this process).
+    `cancel` (engine.quant.progress.CancelHook) is asked before every unit of both phases (with Dask: as
+    each batch's rows arrive; the batches not done are then cancelled).
     `float_layers`: layers every method's quantized model keeps FLOAT (mixed precision, as
     `quantize --target-map` sets them: after calibration and refinements), so runs, statistics and sizes are
     those of that deployment.
@@ -334,15 +346,19 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
         kept = {_item_key(i): o for i, o in zip(items, float_outputs.outputs) if o is not None}
         task = partial(compare_batch, kept=kept)
     here = isinstance(backend, InProcess)
-    bar = StepsBar("comparing", "run") if progress and here else None
+    bar = StepsBar("comparing", "run") if progress else None
     runs = Steps(run_units(len(items), len(qms)), fan_out(on_run, bar), cancel)
+
+    def unit(k: int, what: str) -> None:
+        runs.start(f"{what}, image {k + 1} of {len(items)}")
     if here:
-        task = _stepping(task, lambda k, what: runs.start(f"{what}, image {k + 1} of {len(items)}"))
+        task = _stepping(task, unit)
     try:
-        rows = [r for part in backend.map_batches(task, items, batch_size, progress and bar is None, "comparing",
-                                                  args=(source, qrefs, resize, runtime)) for r in part]
-        if here:
-            runs.finish()
+        rows = [r for part in backend.map_batches(task, items, batch_size, False, "comparing",
+                                                  args=(source, qrefs, resize, runtime),
+                                                  on_batch=None if here else _batch_units(unit, list(qms)))
+                for r in part]
+        runs.finish()
     finally:
         if bar is not None:
             bar.close()

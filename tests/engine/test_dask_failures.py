@@ -114,3 +114,34 @@ def test_an_error_cancels_the_batches_not_yet_run(dask_backend):
         time.sleep(0.05)
     assert dask_backend.client.run_on_scheduler(ours) == [], "batches left on the cluster after the error"
     assert err.value is not None                     # the exception (and its traceback) still held here
+
+
+def test_compare_on_dask_reports_every_run_and_stops_when_cancelled(model, qmodel, dask_backend):
+    """compare(on_run=, cancel=) on a Dask backend: the same units as in this process (per image FLOAT,
+    then each method in HYBRID and INT), reported as each batch's rows arrive, the total known up front;
+    `cancel` stops the run between batches (on_run was never called and cancel never asked)."""
+    import threading
+
+    from engine.errors import Cancelled
+    from engine.scale.compare import compare, run_units
+    with blas_limit(1):
+        stats = collect(model, PHOTOS[:2], progress=False)
+    calls = []
+    table = compare(SOURCE, stats, PHOTOS[:2], ["minmax", "log2"], progress=False, backend=dask_backend,
+                    batch_size=1, on_run=lambda done, total, what: calls.append((done, total, what)))
+    n = run_units(2, 2)
+    assert sorted(r.method for r in table.results) == ["log2", "minmax"]
+    assert [c[1] for c in calls] == [n] * (n + 1) and [c[0] for c in calls] == list(range(n + 1))
+    assert calls[-1][2] == "done"
+    assert {c[2] for c in calls[:-1]} == {f"{unit}, image {k} of 2" for k in (1, 2) for unit in
+                                          ("FLOAT", "minmax: HYBRID", "minmax: INT", "log2: HYBRID", "log2: INT")}
+
+    stop, seen = threading.Event(), []
+
+    def on_run(done, total, what):
+        seen.append(done)
+        stop.set()                      # Cancel clicked as the first batch's rows arrive
+    with pytest.raises(Cancelled):
+        compare(SOURCE, stats, PHOTOS[:4], ["minmax"], progress=False, backend=dask_backend, batch_size=1,
+                on_run=on_run, cancel=stop)
+    assert seen == [0], seen
