@@ -123,6 +123,15 @@ def image_list(source: str | Path | Iterable[ImageLike], what: str = "calibratio
     return items
 
 
+def network_input(model, item: ImageLike, resize: str = "letterbox") -> np.ndarray:
+    """The (C, H, W) float32 network input of one item of an image list: an array of the model's input
+    shape is one already; anything else (a path, a PIL image, an (H, W, 3) photo array) is preprocessed.
+    Every FLOAT pass over an image list (calibration, the refinements') reads items this one way."""
+    if isinstance(item, np.ndarray) and item.shape == model.input_shape:
+        return item
+    return model.preprocess(item, resize).x
+
+
 def collect(model, images, resize: str = "letterbox", progress: bool = True,
             on_image: Callable[[int, int], object] | None = None, keep=None,
             forward: Callable[[np.ndarray], Sequence[np.ndarray]] | None = None) -> CalibrationStats:
@@ -142,8 +151,7 @@ def collect(model, images, resize: str = "letterbox", progress: bool = True,
         bar = tqdm(total=len(items), desc="calibrating", unit="img")
     try:
         for item in items:
-            x = item if isinstance(item, np.ndarray) and item.shape == model.input_shape \
-                else model.preprocess(item, resize).x
+            x = network_input(model, item, resize)
             outs = forward(x)
             observe(model, x, stats, outs)
             if keep is not None:

@@ -53,12 +53,12 @@ def float_outputs(model, images, resize: str = "letterbox", max_images: int | No
                   forward=None) -> FloatOutputs:
     """A FLOAT pass over `images` (folder, file or list) keeping what the refinements read; for callers
     that did not keep the calibration pass's outputs. `forward`: as in engine.calib.collect.collect."""
-    from engine.calib.collect import image_list
+    from engine.calib.collect import image_list, network_input
     forward = model.forward if forward is None else forward
     keep = FloatOutputs(model)
     items = image_list(images)
     for item in items[:max_images]:
-        x = item if isinstance(item, np.ndarray) else model.preprocess(item, resize).x
+        x = network_input(model, item, resize)
         keep.add(x, forward(x))
     keep.complete = keep.complete and (max_images is None or len(items) <= max_images)
     return keep

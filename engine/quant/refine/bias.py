@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.calib.collect import image_list
+from engine.calib.collect import image_list, network_input
 from engine.calib.floats import FloatOutputs
 from engine.errors import ArgumentError
 from engine.quant.qmodel import LayerQuant, QuantizedModel, input_id
@@ -53,7 +53,7 @@ def tap_sums(w: np.ndarray, dtype) -> np.ndarray:
 
 def _float_pass(model, forward, items, resize):
     for item in items:
-        x = item if isinstance(item, np.ndarray) else model.preprocess(item, resize).x
+        x = network_input(model, item, resize)
         outs = forward(x)
         yield {**dict(enumerate(outs)), -1: x}
 

@@ -88,10 +88,10 @@ def _in_ranges(model, cons, n: int) -> np.ndarray:
 
 def channel_maxima(model, images: Sequence, producers, resize: str = "letterbox") -> dict[int, np.ndarray]:
     """Largest |output| per channel of each producer over the images (a FLOAT pass per image)."""
-    from engine.calib.collect import image_list
+    from engine.calib.collect import image_list, network_input
     out: dict[int, np.ndarray] = {}
     for item in image_list(images):
-        x = item if isinstance(item, np.ndarray) else model.preprocess(item, resize).x
+        x = network_input(model, item, resize)
         outs = model.forward(x)
         for p in producers:
             m = np.abs(outs[p]).reshape(outs[p].shape[0], -1).max(axis=1).astype(np.float64)
