@@ -177,10 +177,7 @@ class DaskBackend:
                 try:
                     out[k] = fut.result()
                 except KilledWorker as err:
-                    raise EngineError(f"{desc}: a Dask worker process died {err.allowed_failures + 1} times running "
-                                      f"the batch of {_names(batches[k], k * size, len(items))} (killed from outside, "
-                                      "or out of memory: see the workers' logs); the run stopped, no result "
-                                      "is kept") from err
+                    raise _killed(desc, err.allowed_failures + 1, k, batches, futures, size) from err
                 if bar is not None:
                     bar.update(len(batches[k]))
                 if on_batch is not None:
@@ -199,10 +196,23 @@ def default_batch_size(n_items: int, n_workers: int) -> int:
     return max(1, min(16, math.ceil(n_items / (4 * max(1, n_workers)))))
 
 
-def _names(batch: Sequence, first: int, total: int, most: int = 4) -> str:
-    """The items of a batch as an error names them: "dog.jpg (item 3 of 40)", a non-file by its place."""
-    names = [f"{Path(item).name} (item {first + j + 1} of {total})" if isinstance(item, (str, Path))
-             else f"item {first + j + 1} of {total}" for j, item in enumerate(batch)]
+def _killed(desc: str, deaths: int, k: int, batches: list[list], futures: list, size: int) -> EngineError:
+    """The error of a run whose batch `k` Dask gave up on, its workers having died `deaths` times."""
+    total = sum(map(len, batches))
+    # a worker dies with every batch queued on it: the batch Dask gave up on may be a bystander
+    others = [(j * size + i, item) for j, f in enumerate(futures) if j != k and f.status != "finished"
+              for i, item in enumerate(batches[j])]
+    beside = (f"; the cause may also be a batch queued on the same workers, among those not finished: "
+              f"{_names(others, total)}" if others else "")
+    return EngineError(f"{desc}: Dask worker processes died {deaths} times while running the batch of "
+                       f"{_names(list(enumerate(batches[k], k * size)), total)} (killed from outside, or out of "
+                       f"memory: see the workers' logs){beside}; the run stopped, no result is kept")
+
+
+def _names(indexed: Sequence[tuple[int, Any]], total: int, most: int = 4) -> str:
+    """(index, item) pairs as an error names them: "dog.jpg (item 3 of 40)", a non-file by its place."""
+    names = [f"{Path(item).name} (item {k + 1} of {total})" if isinstance(item, (str, Path))
+             else f"item {k + 1} of {total}" for k, item in indexed]
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 

@@ -88,8 +88,8 @@ def test_a_batch_that_kills_every_worker_it_runs_on_is_named(dask_backend):
     with pytest.raises(EngineError) as err:
         dask_backend.map_batches(task, items, batch_size=1, desc="evaluating")
     msg = str(err.value)
-    assert "huge.png (item 2 of 4)" in msg and "died 2 times" in msg and "evaluating" in msg, msg
-    assert "a.jpg" not in msg and "c.jpg" not in msg
+    # the batch Dask gives up on may be one queued on the same worker: the message names the others not done
+    assert "huge.png (item 2 of 4)" in msg and "died 2 times" in msg and msg.startswith("evaluating: "), msg
     assert dask_backend.map_batches(task, ["a.jpg", "bb.jpg"], batch_size=1) == [[5], [6]]
 
 
