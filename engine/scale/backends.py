@@ -35,6 +35,7 @@ from engine.kernels.threads import blas_limit, blas_threads, set_blas_threads  #
 from engine.scale.sources import ModelSource, Payload, as_source, held, source_of, token
 
 log = logging.getLogger(__name__)
+SHARED_KEEP = 8     # objects a DaskBackend keeps shipped (workers rebuild 8 quantized models each: sources.py)
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -132,7 +133,8 @@ class DaskBackend:
 
     def share(self, obj: Any, key: Any = None) -> Any:
         """Ship `obj` to the cluster once per `key` (default: the object's identity); tasks receive the
-        worker's copy (a worker fetches it once from another).
+        worker's copy (a worker fetches it once from another). The `SHARED_KEEP` most recently used stay
+        shipped; an older one is released, and shipped again if asked for.
 
         It is the result of a task that returns it, not scattered data: the scheduler keeps that task, so a
         copy lost with its worker (killed, out of memory; the nanny starts a new one) is made again. Scattered
@@ -143,6 +145,11 @@ class DaskBackend:
             with warnings.catch_warnings():      # the payload is the graph, sent once on purpose
                 warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
                 self._shared[key] = (obj, self.client.submit(held, Payload(obj), pure=False))
+        self._shared[key] = self._shared.pop(key)          # the most recently used last
+        while len(self._shared) > SHARED_KEEP:
+            # each compare ships new quantized models: kept all, a session's cluster and scheduler would fill
+            # up. Dropping our future is safe: tasks submitted with it keep it until they are done.
+            self._shared.pop(next(iter(self._shared)))
         return self._shared[key][1]
 
     def portable(self, model_source: Any) -> Any:

@@ -21,7 +21,7 @@ from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS  # noqa: E402
 from engine.calib.collect import collect  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
 from engine.quant.qmodel import quantize_model  # noqa: E402
-from engine.scale.backends import DaskBackend, InProcess, blas_limit, secure_local_cluster  # noqa: E402
+from engine.scale.backends import SHARED_KEEP, DaskBackend, InProcess, blas_limit, secure_local_cluster  # noqa: E402
 from engine.scale.evaluate import evaluate  # noqa: E402
 from engine.scale.sources import ModelSource, load_source  # noqa: E402
 
@@ -145,3 +145,22 @@ def test_compare_on_dask_reports_every_run_and_stops_when_cancelled(model, qmode
         compare(SOURCE, stats, PHOTOS[:4], ["minmax"], progress=False, backend=dask_backend, batch_size=1,
                 on_run=on_run, cancel=stop)
     assert seen == [0], seen
+
+
+def test_shared_objects_are_released_beyond_the_most_recent(dask_backend):
+    """Every compare ships its methods' quantized models (~9 MB each for yolov3-tiny): a backend kept for a
+    notebook session must not keep every one it ever shipped alive on the cluster and in the scheduler."""
+    import numpy as np
+    arrays = [np.full(1000, k, np.int8) for k in range(3 * SHARED_KEEP)]
+    refs = [dask_backend.share(a) for a in arrays]
+    assert np.array_equal(refs[-1].result().obj, arrays[-1])
+    del refs
+
+    def held(dask_scheduler) -> int:
+        return sum(str(k).startswith("held-") for k in dask_scheduler.tasks)
+    deadline = time.monotonic() + 5
+    while dask_backend.client.run_on_scheduler(held) > SHARED_KEEP and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert dask_backend.client.run_on_scheduler(held) <= SHARED_KEEP
+    again = dask_backend.share(arrays[0])             # released, then shipped again when asked for
+    assert np.array_equal(again.result().obj, arrays[0])
