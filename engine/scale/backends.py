@@ -25,7 +25,9 @@ import contextlib
 import logging
 import math
 import os
+import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -174,7 +176,8 @@ class DaskBackend:
         from distributed import KilledWorker, as_completed
         size = batch_size or default_batch_size(len(items), self.n_workers)
         batches = split(items, size)
-        futures = [self.client.submit(fn, *args, b, pure=False) for b in batches]
+        name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "batch")
+        futures = [self.client.submit(refusing, fn, *args, b, key=f"{name}-{uuid.uuid4().hex}") for b in batches]
         index = {f.key: k for k, f in enumerate(futures)}
         out: list = [None] * len(futures)
         bar = _bar(progress, len(items), desc)
@@ -185,6 +188,8 @@ class DaskBackend:
                     out[k] = fut.result()
                 except KilledWorker as err:
                     raise _killed(desc, err.allowed_failures + 1, k, batches, futures, size) from err
+                if isinstance(out[k], Refused):
+                    raise out[k].error
                 if bar is not None:
                     bar.update(len(batches[k]))
                 if on_batch is not None:
@@ -196,6 +201,22 @@ class DaskBackend:
             if bar is not None:
                 bar.close()
         return out
+
+
+@dataclass(frozen=True)
+class Refused:
+    """What a task returns instead of raising an EngineError (bad input: an image, a model file)."""
+    error: EngineError
+
+
+def refusing(fn: Callable, *args: Any) -> Any:
+    """fn(*args) on a worker, an EngineError returned as `Refused` for the client to raise: raised on the
+    worker, it also printed Dask's "Compute Failed" log with a traceback (a notebook shows the workers'
+    stderr), beside the one clear error the same input gives in this process."""
+    try:
+        return fn(*args)
+    except EngineError as err:
+        return Refused(err)
 
 
 def default_batch_size(n_items: int, n_workers: int) -> int:

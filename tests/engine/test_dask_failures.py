@@ -164,3 +164,20 @@ def test_shared_objects_are_released_beyond_the_most_recent(dask_backend):
     assert dask_backend.client.run_on_scheduler(held) <= SHARED_KEEP
     again = dask_backend.share(arrays[0])             # released, then shipped again when asked for
     assert np.array_equal(again.result().obj, arrays[0])
+
+
+def test_a_bad_image_is_one_clear_error_as_in_process(model, qmodel, dask_backend, tmp_path):
+    """A file that is no image among good ones: the ImageError naming it, as in this process, and no worker
+    "Compute Failed" log with a traceback beside it (a notebook shows the workers' stderr in the cell)."""
+    from engine.errors import ImageError
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    images = [PHOTOS[0], bad, PHOTOS[1]]
+    with pytest.raises(ImageError) as here:
+        evaluate(model, qmodel, images, ("int",), InProcess(blas_threads=1))
+    with pytest.raises(ImageError) as there:
+        evaluate(SOURCE, qmodel, images, ("int",), dask_backend, batch_size=1)
+    assert str(there.value) == str(here.value) and "notes.jpg: not a decodable image" in str(here.value)
+    logs = dask_backend.client.get_worker_logs()
+    failed = [msg for records in logs.values() for _, msg in records if "notes.jpg" in msg]
+    assert failed == [], failed
