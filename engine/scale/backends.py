@@ -27,6 +27,7 @@ import math
 import os
 import uuid
 import warnings
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -172,7 +173,8 @@ class DaskBackend:
         done would otherwise keep the cluster busy while the exception (a notebook keeps the last) is alive.
 
         Raises:
-            EngineError: workers kept dying on one batch (killed from outside, out of memory)."""
+            EngineError: workers kept dying on one batch (killed from outside, out of memory), or the cluster
+                cancelled a batch (closed, restarted); and any EngineError a task raised (a bad image)."""
         from distributed import KilledWorker, as_completed
         size = batch_size or default_batch_size(len(items), self.n_workers)
         batches = split(items, size)
@@ -188,6 +190,10 @@ class DaskBackend:
                     out[k] = fut.result()
                 except KilledWorker as err:
                     raise _killed(desc, err.allowed_failures + 1, k, batches, futures, size) from err
+                except CancelledError as err:        # not by this run: it cancels only after it stopped
+                    raise EngineError(f"{desc}: Dask cancelled the batch of {_batch_names(batches, k, size)} "
+                                      f"({err}): the cluster or this client was closed or restarted during the run; "
+                                      "the run stopped, no result is kept") from err
                 if isinstance(out[k], Refused):
                     raise out[k].error
                 if bar is not None:
@@ -195,7 +201,8 @@ class DaskBackend:
                 if on_batch is not None:
                     on_batch(k * size, batches[k])
         except BaseException:
-            self.client.cancel(futures)
+            with contextlib.suppress(Exception):     # a closed client or cluster: the first error is the news
+                self.client.cancel(futures)
             raise
         finally:
             if bar is not None:
@@ -233,8 +240,12 @@ def _killed(desc: str, deaths: int, k: int, batches: list[list], futures: list, 
     beside = (f"; the cause may also be a batch queued on the same workers, among those not finished: "
               f"{_names(others, total)}" if others else "")
     return EngineError(f"{desc}: Dask worker processes died {deaths} times while running the batch of "
-                       f"{_names(list(enumerate(batches[k], k * size)), total)} (killed from outside, or out of "
+                       f"{_batch_names(batches, k, size)} (killed from outside, or out of "
                        f"memory: see the workers' logs){beside}; the run stopped, no result is kept")
+
+
+def _batch_names(batches: list[list], k: int, size: int) -> str:
+    return _names(list(enumerate(batches[k], k * size)), sum(map(len, batches)))
 
 
 def _names(indexed: Sequence[tuple[int, Any]], total: int, most: int = 4) -> str:

@@ -181,3 +181,27 @@ def test_a_bad_image_is_one_clear_error_as_in_process(model, qmodel, dask_backen
     logs = dask_backend.client.get_worker_logs()
     failed = [msg for records in logs.values() for _, msg in records if "notes.jpg" in msg]
     assert failed == [], failed
+
+
+def test_a_cluster_closed_during_a_run_is_one_clear_error():
+    """The cluster shut down (another cell, the machine's admin) while a run waits: an EngineError naming the
+    batch and what happened (it was Dask's FutureCancelledError "cancelled for reason: unknown", or, with
+    the run cancelling its batches on a closed client, ClosedClientError about a "cancel-keys message")."""
+    import threading
+    cluster, client = secure_local_cluster(n_workers=2)
+    try:
+        backend = DaskBackend(client)
+
+        def slow(batch: list) -> list:
+            time.sleep(0.4)
+            return batch
+        assert backend.map_batches(slow, ["a.jpg"]) == [["a.jpg"]]     # the workers are up
+        closer = threading.Timer(0.6, cluster.close)
+        closer.start()
+        with pytest.raises(EngineError, match=r"^calibrating: Dask cancelled the batch of .*\.jpg \(item \d+ of 12\)"
+                                              r".*the cluster or this client was closed"):
+            backend.map_batches(slow, [f"{k}.jpg" for k in range(12)], batch_size=1, desc="calibrating")
+        closer.join()
+    finally:
+        client.close()
+        cluster.close()
