@@ -293,7 +293,8 @@ def qmodel_ref(qmodel: Any, backend) -> Any:
 def secure_local_cluster(n_workers: int = 2, blas_threads: int | None = None, **kwargs: Any):
     """(LocalCluster, Client): TLS between all parties (`security=True`: temporary certificates, so
     other local users cannot submit code), one process per worker, one task thread each, BLAS
-    threads per worker = `threads_per_worker_blas(n_workers)` unless given, no dashboard.
+    threads per worker = `threads_per_worker_blas(n_workers)` unless given, no dashboard (unless
+    `dashboard_address` is given: the scheduler's plain-HTTP pages then serve every local user).
 
     The BLAS limit goes into the environment before the worker processes start (OpenBLAS reads
     it once, at import) and again through the DaskBackend plugin.
@@ -304,8 +305,14 @@ def secure_local_cluster(n_workers: int = 2, blas_threads: int | None = None, **
     env = {k: str(n) for k in BLAS_ENV}
     opts = dict(n_workers=n_workers, processes=True, threads_per_worker=1, security=True, env=env,
                 dashboard_address=None, silence_logs=logging.WARNING)
+    config = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in env.items()}
+    if "dashboard_address" not in kwargs:
+        # without a dashboard the scheduler still serves /info (workers, their logs) and /json over plain HTTP
+        # on :8787, to every local user: only its health check stays, on a free loopback port
+        opts["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0", **kwargs.pop("scheduler_kwargs", {})}
+        config["distributed.scheduler.http.routes"] = ["distributed.http.health"]
     opts.update(kwargs)
-    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in env.items()}):
+    with dask.config.set(config):
         cluster = LocalCluster(**opts)
     try:
         client = Client(cluster)

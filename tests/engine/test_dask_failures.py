@@ -205,3 +205,23 @@ def test_a_cluster_closed_during_a_run_is_one_clear_error():
     finally:
         client.close()
         cluster.close()
+
+
+def test_secure_cluster_serves_no_plain_http_pages_about_the_run(dask_backend):
+    """secure_local_cluster says "no dashboard", yet its scheduler served /info (workers, their logs: image
+    paths and errors) and /json over plain, unauthenticated HTTP on 127.0.0.1:8787, to every local user of a
+    shared host, beside the TLS it sets up so they cannot reach the cluster (and a second user's cluster
+    warned that 8787 was taken)."""
+    import urllib.error
+    import urllib.request
+
+    def http_ports(dask_scheduler) -> list[int]:
+        server = dask_scheduler.http_server
+        return [s.getsockname()[1] for s in getattr(server, "_sockets", {}).values()] if server else []
+    ports = dask_backend.client.run_on_scheduler(http_ports)
+    assert 8787 not in ports, ports
+    for port in ports:
+        for page in ("info/main/workers.html", "json/counts.json"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/{page}", timeout=10).read()
+            assert err.value.code == 404, page
