@@ -53,6 +53,7 @@ def threads_per_worker_blas(n_workers: int, cores: int | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------ backends
+PROGRESS_BATCH = 8       # items per batch under a progress bar when none is asked: 4 per kernel thread, one ORT feed
 class InProcess:
     """Runs batches one after another in this process (the reference every backend must equal).
 
@@ -78,8 +79,11 @@ class InProcess:
                     progress: bool = False, desc: str = "batches", args: tuple = (),
                     on_batch: Callable[[int, list], object] | None = None) -> list:
         """[fn(*args, batch) for each batch of `batch_size` items], in order. `on_batch(first, batch)` after
-        each batch's result (`first`: the index of its first item); it may raise to stop the run."""
-        size = batch_size or len(items) or 1
+        each batch's result (`first`: the index of its first item); it may raise to stop the run.
+        Without `batch_size` one batch holds every item (the kernel threads share them out), except under
+        a progress bar: batches of PROGRESS_BATCH, or the bar would sit at 0 until the end. The results are
+        the same bits either way (each item runs alone on a thread)."""
+        size = batch_size or (min(PROGRESS_BATCH, len(items)) if progress else len(items)) or 1
         batches = split(items, size)
         bar = _bar(progress, len(items), desc)
         out = []
