@@ -11,8 +11,8 @@ def _exit_on(signum, _frame):
     raise SystemExit(128 + signum)
 
 
-for _sig in (signal.SIGTERM, signal.SIGHUP):
-    if signal.getsignal(_sig) is signal.SIG_DFL:     # never undo `nohup` (SIG_IGN)
-        signal.signal(_sig, _exit_on)
-
-sys.exit(main())
+if __name__ == "__main__":       # not when a spawned worker process (`--dask local:N`) imports it as __mp_main__
+    for _sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(_sig) is signal.SIG_DFL:     # never undo `nohup` (SIG_IGN)
+            signal.signal(_sig, _exit_on)
+    sys.exit(main())

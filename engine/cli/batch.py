@@ -3,7 +3,7 @@ ranked worst first), the batch evaluations that `--backend numpy|onnxruntime|aut
 
     python -m engine montecarlo MODEL --weights W --quantized Q --images DIR [--variants 200] [--modes int]
                                 [--seed 0] [--float-layers I,J] [--resize letterbox|stretch]
-                                [--backend numpy|onnxruntime|auto] [--json]
+                                [--backend numpy|onnxruntime|auto] [--dask local:N|ADDRESS] [--json]
     python -m engine worst-images MODEL --weights W --quantized Q --images DIR [--mode int|hybrid]
                                   [--float-layers I,J] [--backend ...] [--json]
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from engine.cli.options import (FLOAT_LAYERS_HELP, NMS_HELP, RESIZE_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP,
                                 json_text, layer_list, load_model, load_quantized, number, positive_int, seed)
-from engine.cli.quantize import add_backend_arg
+from engine.cli.quantize import add_backend_arg, add_dask_arg, run_backend
 from engine.errors import EngineError
 from engine.quant.modes import QUANT_MODES
 
@@ -44,6 +44,7 @@ def add_montecarlo_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--float-layers", metavar="I,J", help=FLOAT_LAYERS_HELP)
     s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox", help=RESIZE_HELP)
     add_backend_arg(s, "FLOAT and the quantized runs")
+    add_dask_arg(s)
     s.set_defaults(func=cmd_montecarlo)
 
 
@@ -70,8 +71,10 @@ def cmd_montecarlo(args: argparse.Namespace) -> int:
     model = load_model(args)
     qm = load_quantized(args, model)
     fl = layer_list(args.float_layers, len(model.layers)) if args.float_layers else None
-    res = run_montecarlo(model, qm, image_list(args.images, "evaluation"), n_variants=args.variants, modes=modes, seed=args.seed,
-                         thresh=args.thresh, nms=args.nms, backend=args.backend, float_layers=fl, resize=args.resize)
+    with run_backend(args) as backend:
+        res = run_montecarlo(model, qm, image_list(args.images, "evaluation"), n_variants=args.variants, modes=modes,
+                             seed=args.seed, thresh=args.thresh, nms=args.nms, backend=backend, float_layers=fl,
+                             resize=args.resize)
     print(json_text(res.to_dict()) if args.json else res.report())
     return 0
 

@@ -101,6 +101,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                         "ranked as that deployment runs them, sizes with those layers in float32")
     add_backend_arg(s, "the FLOAT and INT runs (HYBRID and the per-layer statistics stay on numpy)",
                     "--profile onnxruntime")
+    add_dask_arg(s)
     s.set_defaults(func=cmd_compare)
 
 
@@ -111,6 +112,23 @@ def add_backend_arg(s: argparse.ArgumentParser, what: str,
     s.add_argument("--backend", choices=("numpy", "onnxruntime", "auto"), default="numpy",
                    help=f"where {what} execute: numpy (default), onnxruntime (FLOAT, and INT for {ort_models}; "
                         "an error names what ORT cannot run), auto (ORT where it can)")
+
+
+def add_dask_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--dask", metavar="SCHEDULER",
+                   help="run the images' batches on Dask: local:N (N worker processes on this machine, TLS between "
+                        "them, closed after) or a scheduler address such as tcp://host:8786; --backend then says what "
+                        "the workers run. The results equal this process's")
+
+
+def run_backend(args: argparse.Namespace):
+    """A context giving what a batch command passes as `backend=`: --backend's name, or with --dask a
+    DaskBackend running it (a local cluster closed on the way out, also after an error)."""
+    import contextlib
+    if not getattr(args, "dask", None):
+        return contextlib.nullcontext(args.backend)
+    from engine.scale.backends import dask_backend
+    return dask_backend(args.dask, runtime=args.backend)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -235,9 +253,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if after or "auto" in methods:            # before the comparing bar, with no bar of their own
         _status(args, f"quantizing {counted(len(methods), 'method')}"
                       f"{' and refining each (' + ', '.join(after) + ')' if after else ''} ...")
-    table = compare(model, stats, args.images, methods, per_channel=args.per_channel, resize=args.resize,
-                    progress=not args.quiet, calib_images=args.calib, backend=args.backend, profile=args.profile,
-                    refine=args.refine, margin_k=args.margin_k, float_layers=float_layers)
+    with run_backend(args) as backend:
+        table = compare(model, stats, args.images, methods, per_channel=args.per_channel, resize=args.resize,
+                        progress=not args.quiet, calib_images=args.calib, backend=backend, profile=args.profile,
+                        refine=args.refine, margin_k=args.margin_k, float_layers=float_layers)
     if args.json:
         print(json_text(table.to_dict()))    # a head conv's range use, a [yolo] layer's local SQNR: null
     else:

@@ -326,6 +326,39 @@ def secure_local_cluster(n_workers: int = 2, blas_threads: int | None = None, **
     return cluster, client
 
 
+@contextlib.contextmanager
+def dask_backend(spec: str, runtime: str = "numpy", option: str = "--dask"):
+    """A DaskBackend for `spec`: "local:N" starts N worker processes on this machine (`secure_local_cluster`)
+    and closes them afterwards; a scheduler address ("tcp://host:8786") is connected to and left running.
+    Raises ArgumentError for another spec, EngineError when distributed is missing or the scheduler is not
+    reached (10 s)."""
+    from engine.errors import ArgumentError
+    try:
+        import distributed
+    except ImportError:
+        raise EngineError(f"{option}: needs the 'distributed' package (pip install 'qwidgets[dask]')") from None
+    if spec.startswith("local:"):
+        n = spec[len("local:"):]
+        if not (n.isascii() and n.isdigit() and 1 <= int(n) <= 64):
+            raise ArgumentError(f"{option} {spec!r}: expected local:N with 1 <= N <= 64 worker processes")
+        cluster, client = secure_local_cluster(int(n))
+    elif "://" in spec and spec.split("://", 1)[1]:
+        cluster = None
+        try:
+            client = distributed.Client(spec, timeout="10s")
+        except (OSError, TimeoutError, ValueError) as err:
+            raise EngineError(f"{option} {spec}: cannot reach the Dask scheduler ({err})") from None
+    else:
+        raise ArgumentError(f"{option} {spec!r}: expected local:N (N worker processes here) or a scheduler "
+                            "address such as tcp://host:8786")
+    try:
+        yield DaskBackend(client, runtime=runtime)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 def temporary_tls(folder: str | Path) -> tuple[Any, list[str]]:
     """Self-signed TLS for a `dask scheduler` + `dask worker` pair started by hand.
 

@@ -1,0 +1,55 @@
+"""`--dask local:N|ADDRESS` on the batch commands (compare, montecarlo): the images' batches run on a Dask
+cluster, a local one started and closed by the command, with the figures this process gives. Before, Dask was
+reachable from Python only (engine.scale backends)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS, cli
+
+pytest.importorskip("distributed")
+MODEL = (TINY_CFG, "--weights", TINY_WEIGHTS, "--size", "160")
+
+
+def test_montecarlo_and_compare_on_a_local_cluster_equal_this_process(capsys, tmp_path, tiny_kl_pt, monkeypatch):
+    from engine.scale.backends import DaskBackend
+    shipped = []
+    real = DaskBackend.map_batches
+    monkeypatch.setattr(DaskBackend, "map_batches", lambda self, fn, items, *a, **k: shipped.append(len(items))
+                        or real(self, fn, items, *a, **k))
+    q = tiny_kl_pt.save(tmp_path / "q.npz")
+    args = ("montecarlo", *MODEL, "--quantized", q, "--images", IMAGES / "dog.jpg", IMAGES / "horses.jpg",
+            "--variants", "6", "--seed", "3", "--modes", "int,hybrid", "--json")
+    code, here, err = cli(capsys, *args)
+    assert code == 0, err
+    code, there, err = cli(capsys, *args, "--dask", "local:2")
+    assert code == 0 and "Traceback" not in err, err
+    here, there = json.loads(here), json.loads(there)
+    assert there["variants"] == here["variants"] and there["summary"] == here["summary"]
+    assert here["summary"]["int"]["mean_map50_95"] < 1.0          # a run that differs from FLOAT somewhere
+    assert shipped == [6]                                          # the variants went to the cluster
+
+    args = ("compare", *MODEL, "--calib", IMAGES / "dog.jpg", "--images", IMAGES / "dog.jpg", IMAGES / "person.jpg",
+            "--methods", "minmax,kl", "--quiet", "--json")
+    code, here, err = cli(capsys, *args)
+    assert code == 0, err
+    code, there, err = cli(capsys, *args, "--dask", "local:2")
+    assert code == 0 and "Traceback" not in err, err
+    assert shipped[1:] == [2]                                      # the comparison's images too
+    strip = lambda t: [{k: v for k, v in r.items() if "seconds" not in k} for r in json.loads(t)["methods"]]
+    assert strip(there) == strip(here)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("local:0", "--dask 'local:0': expected local:N with 1 <= N <= 64"),
+    ("local:two", "--dask 'local:two': expected local:N"),
+    ("myhost:8786", "--dask 'myhost:8786': expected local:N (N worker processes here) or a scheduler address"),
+    ("tcp://127.0.0.1:9", "--dask tcp://127.0.0.1:9: cannot reach the Dask scheduler"),
+])
+def test_a_bad_dask_spec_is_one_line_naming_it(capsys, tmp_path, tiny_kl_pt, spec, message):
+    q = tiny_kl_pt.save(tmp_path / "q.npz")
+    code, out, err = cli(capsys, "montecarlo", *MODEL, "--quantized", q, "--images", IMAGES / "dog.jpg",
+                         "--variants", "2", "--dask", spec)
+    assert code != 0 and message in err and "Traceback" not in err, err
