@@ -73,3 +73,29 @@ def photo_inputs(tiny):
     from helpers import IMAGES
     pres = [tiny.preprocess(p) for p in sorted(IMAGES.glob("*.jpg"))]
     return pres + [replace(pres[1], x=np.ascontiguousarray(pres[1].x[:, :, ::-1]))]
+
+
+@pytest.fixture(scope="session")
+def cfg_family(tmp_path_factory):
+    """get(name, profile=None) -> (model, inputs, quantized model or None) for helpers.CFG_FAMILIES[name]:
+    random weights (seed 1), inputs (3, 3, H, W) = two shared photos and one random tensor, and the model
+    quantized with minmax per channel on the two photos under `profile` (each made once per test session)."""
+    import numpy as np
+
+    import engine
+    from engine.calib.collect import collect
+    from engine.quant.qmodel import quantize_model
+    from helpers import IMAGES, family_cfg
+    made: dict = {}
+
+    def get(name: str, profile: str | None = None):
+        if name not in made:
+            model = engine.load(family_cfg(name, tmp_path_factory.mktemp(name)), random_weights=1)
+            photos = [model.preprocess(p).x for p in sorted(IMAGES.glob("*.jpg"))[:2]]
+            noise = np.random.default_rng(3).random(model.input_shape, dtype=np.float32)
+            made[name] = (model, np.stack(photos + [noise]), collect(model, photos, progress=False))
+        model, xb, stats = made[name]
+        if profile is not None and (name, profile) not in made:
+            made[name, profile] = quantize_model(model, stats, "minmax", per_channel=True, profile=profile)
+        return model, xb, None if profile is None else made[name, profile]
+    return get

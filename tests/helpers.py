@@ -91,6 +91,49 @@ def resized_cfg(src: Path, size: int, folder: Path) -> Path:
     return out
 
 
+# One cfg per family of layer types the shipped cfgs hold: name -> (cfg in CFG_DIR, (width, height), slim).
+# Small inputs, and with slim > 1 a fraction of the filters, keep a forward of each well under a second;
+# the layer types, their order and the graph are the cfg's own.
+CFG_FAMILIES = {
+    "yolov2-tiny": ("yolov2-tiny.cfg", (96, 96), 1),            # [maxpool] size=2 stride=1, [region]
+    "yolov2": ("yolov2.cfg", (160, 96), 8),                     # [reorg], [route] of two, [region]; not square
+    "yolov3-tiny-prn": ("yolov3-tiny-prn.cfg", (96, 96), 1),    # [shortcut] fused into its conv, [upsample], [yolo]
+    "yolov3-spp": ("yolov3-spp.cfg", (128, 96), 8),             # SPP: [maxpool] stride 1 size 5/9/13, [route] of four
+    "yolov4-tiny": ("yolov4-tiny.cfg", (96, 96), 1),            # [route] groups=2 group_id=1
+    "resnet18": ("resnet18.cfg", (96, 96), 1),                  # [shortcut] chains, [avgpool], [softmax]
+    "yolov1-tiny": ("yolov1-tiny.cfg", (96, 96), 1),            # [connected] into [detection]
+    "vgg-16": ("vgg-16.cfg", (96, 96), 8),                      # [crop], [dropout], [connected], [softmax]
+}
+HEAD_SECTIONS = ("yolo", "region", "detection")
+
+
+def slimmed(text: str, factor: int) -> str:
+    """Cfg text with the filters of every [convolutional] and the outputs of every [connected] divided by
+    `factor` (at least 8), except a layer right before a head, whose count the head fixes. Layers whose
+    counts were equal stay equal, so [shortcut] and [route] groups still fit."""
+    sections = re.split(r"(?m)^(?=\[)", text)
+    kinds = [sec[1:sec.find("]")].strip() if sec.startswith("[") else "" for sec in sections]
+    keys = {"convolutional": "filters", "connected": "output"}
+    for i, kind in enumerate(kinds):
+        if kind in keys and (kinds[i + 1] if i + 1 < len(kinds) else "") not in HEAD_SECTIONS:
+            sections[i] = re.sub(rf"(?m)^{keys[kind]}\s*=\s*(\d+)",
+                                 lambda m: f"{keys[kind]}={max(8, int(m.group(1)) // factor)}", sections[i])
+    return "".join(sections)
+
+
+def family_cfg(name: str, folder: Path) -> Path:
+    """The cfg of CFG_FAMILIES[name] at its test size (and slimmed), written into `folder`; a [crop]
+    crops 16 pixels less than the input's smaller side."""
+    from engine.darknet.cfg import with_input_size
+    cfg, (w, h), factor = CFG_FAMILIES[name]
+    text = with_input_size((CFG_DIR / cfg).read_text(), w, h)
+    text = slimmed(text, factor) if factor > 1 else text
+    text = re.sub(r"(?m)^crop_(height|width)\s*=\s*\d+", lambda m: f"crop_{m.group(1)}={min(w, h) - 16}", text)
+    out = folder / cfg
+    out.write_text(text)
+    return out
+
+
 def reorg_cpu(x: np.ndarray, s: int) -> np.ndarray:
     """pj blas.c:reorg_cpu(x, w, h, c, batch=1, stride, forward=0) as called by forward_reorg_layer."""
     c, h, w = x.shape

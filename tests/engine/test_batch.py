@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import engine
-from helpers import CFG_DIR, IMAGES, resized_cfg
+from helpers import CFG_DIR, CFG_FAMILIES, IMAGES, resized_cfg
 
 
 def photo_batch(model: engine.Model) -> np.ndarray:
@@ -142,3 +142,63 @@ def test_connected_layer_is_the_same_bits_on_one_and_two_threads_and_in_a_batch(
     for k in range(3):
         assert np.array_equal(one[k], two[k]), f"image {k}: 1 vs 2 threads, max |diff| {np.abs(one[k] - two[k]).max():.3g}"
         assert np.array_equal(batch[k], two[k]), f"image {k}: batch vs single"
+
+
+QUANT_PROFILES = ("qwidgets", "onnxruntime", "qwidgets_asym")
+
+
+def assert_batch_and_threads_equal_singles(forward, xb: np.ndarray, what: str) -> list[list[np.ndarray]]:
+    """forward(x) of each image on 1 kernel thread is the reference: each on 2 threads, the whole batch on 2
+    (whole images side by side) and a batch of one must give the same bits, for every layer. Returns the
+    1-thread outputs."""
+    from engine.kernels import threads
+    from helpers import require
+    require(bool(threads._kernel_blas()), "no BLAS found by threadpoolctl: thread count cannot be set")
+    with threads.blas_limit(1):
+        one = [forward(x) for x in xb]
+    with threads.blas_limit(2):
+        two = [forward(x) for x in xb]
+        batch = forward(xb)
+        first = forward(xb[:1])
+    assert len(batch) == len(one[0]) == len(first)
+    for k in range(xb.shape[0]):
+        for i, ref in enumerate(one[k]):
+            where = f"{what}: image {k}, layer {i}"
+            assert np.array_equal(two[k][i], ref), f"{where}, 2 threads vs 1: max |diff| {np.abs(two[k][i] - ref).max():.3g}"
+            assert batch[i].shape == (xb.shape[0],) + ref.shape, where
+            assert np.array_equal(batch[i][k], ref), f"{where}, batch vs single: max |diff| {np.abs(batch[i][k] - ref).max():.3g}"
+            if k == 0:
+                assert np.array_equal(first[i][0], ref), f"{where}, batch of one vs single"
+    assert not np.array_equal(one[0][-1], one[2][-1]), f"{what}: a photo and noise gave the same output"
+    return one
+
+
+@pytest.mark.parametrize("family", CFG_FAMILIES)
+def test_every_cfg_family_float_batch_and_two_threads_equal_single_forwards_on_one(cfg_family, family):
+    """FLOAT on one cfg of each family of shipped layer types (helpers.CFG_FAMILIES): reorg, route groups,
+    maxpool stride 1, SPP, upsample, shortcut, crop, dropout, connected, avgpool, softmax and every head."""
+    model, xb, _ = cfg_family(family)
+    assert_batch_and_threads_equal_singles(model.forward, xb, f"{family} float")
+
+
+@pytest.mark.parametrize("profile", QUANT_PROFILES)
+@pytest.mark.parametrize("family", CFG_FAMILIES)
+def test_every_cfg_family_hybrid_and_int_batch_and_two_threads_equal_single_runs_on_one(cfg_family, family, profile):
+    """HYBRID and INT (minmax per channel on two photos) under each profile, on the same cfgs."""
+    from engine.quant.executor import Executor
+    model, xb, qm = cfg_family(family, profile)
+    ref = model.forward(xb[0])
+    for mode in ("hybrid", "int"):
+        one = assert_batch_and_threads_equal_singles(Executor(model, qm, mode).forward, xb, f"{family} {profile} {mode}")
+        # int8 really ran: the quantized outputs are not the FLOAT ones
+        assert any(not np.array_equal(y, r) for y, r in zip(one[0], ref)), f"{family} {profile} {mode}"
+
+
+def test_cfg_families_hold_every_layer_type_of_the_shipped_cfgs(tmp_path):
+    """The families above stand for every cfg we ship: each section kind of a shipped cfg is in one."""
+    import re
+    from helpers import family_cfg
+    kinds = lambda text: set(re.findall(r"(?m)^\[(\w+)\]", text)) - {"net"}    # noqa: E731
+    shipped = set().union(*(kinds(p.read_text()) for p in CFG_DIR.glob("*.cfg")))
+    covered = set().union(*(kinds(family_cfg(name, tmp_path).read_text()) for name in CFG_FAMILIES))
+    assert len(shipped) >= 14 and shipped <= covered, sorted(shipped - covered)
