@@ -10,7 +10,7 @@ from engine.errors import EngineError
 from engine.quant.executor import FLOAT, INT8, Executor
 from engine.quant.qmodel import QuantizedModel
 from engine.session import Session
-from helpers import CFG_DIR, IMAGES
+from helpers import CFG_DIR, CFG_FAMILIES, IMAGES
 
 MODES = ["float", "hybrid", "int"]
 
@@ -547,3 +547,29 @@ def test_dequantized_weights_are_w_q_times_the_filters_scale(tiny, tiny_q):
     assert s.weights(2, "dequantized")["weights"].any()
     with pytest.raises(EngineError, match="layer 1 \\[maxpool\\] has no int8 weights"):
         s.weights(1, "dequantized")
+
+
+@pytest.mark.parametrize("profile", ["qwidgets", "onnxruntime", "qwidgets_asym"])
+@pytest.mark.parametrize("family", CFG_FAMILIES)
+def test_session_run_equals_executor_run_on_every_cfg_family_and_profile(cfg_family, family, profile):
+    """Session.run() in each mode == Executor.run() on one cfg of each shipped layer family
+    (helpers.CFG_FAMILIES), minmax per channel under each profile: every output, its int8 codes and
+    scale, and every layer's record, bit for bit."""
+    model, xb, qm = cfg_family(family, profile)
+    for mode in MODES:
+        ref, recs = Executor(model, qm, mode).run(xb[0])
+        s = Session(model, qm, mode, xb[0])
+        s.run()
+        assert s.num_layers == len(ref) == len(model.layers)
+        for i, (v, r) in enumerate(zip(ref, recs)):
+            where = f"{family} {profile} {mode} layer {i} [{model.layers[i].kind}]"
+            np.testing.assert_array_equal(s.output(i), v.float(), err_msg=where)
+            q = s.output_q(i)
+            assert (q is None) == (v.q is None), where
+            if q is not None:
+                np.testing.assert_array_equal(q.q, v.q.q, err_msg=where)
+                assert (q.scale, q.zero_point) == (v.q.scale, v.q.zero_point), where
+            assert s.records[i].precision == r.precision, where
+            assert repr(s.records[i].stats) == repr(r.stats), where
+        if mode == "int":
+            assert sum(r.precision == INT8 for r in recs) >= 3, f"{family} {profile}: INT ran int8 somewhere"
