@@ -1,4 +1,4 @@
-"""Decoding of [yolo] / [region] heads, Darknet's per-class NMS, and boxes in original pixels.
+"""Decoding of [yolo] / [region] / [detection] heads, Darknet's per-class NMS, and boxes in original pixels.
 
 Follows pj `get_network_boxes` + `do_nms_sort` (darknet-semantics.md B.6): thresholds are strict
 (`> thresh`), a box's class probability is objectness x class score, NMS is greedy per class by
@@ -103,6 +103,26 @@ def decode_region(y: np.ndarray, num: int, anchors: Sequence[float], classes: in
     return Candidates(boxes[keep], obj[keep], probs[keep])
 
 
+def decode_detection(y: np.ndarray, side: int, num: int, classes: int, sqrt: int, thresh: float) -> Candidates:
+    """y: the [detection] (YOLOv1) output, flat [S*S*K class scores][S*S*B confidences][S*S*B*4 coords]
+    (softmax already applied if the cfg asks). As Darknet's get_detection_detections: order cell (row-major),
+    then box; x, y relative to the cell, w, h squared when sqrt=1; a class probability is confidence x
+    class score, kept when above `thresh`. Boxes of confidence 0 are no candidates (do_nms_sort drops them)."""
+    cells = side * side
+    flat = np.asarray(y).reshape(-1).astype(np.float64)
+    scores = flat[:cells * classes].reshape(cells, classes)
+    conf = flat[cells * classes:cells * (classes + num)]
+    t = flat[cells * (classes + num):].reshape(cells * num, 4)
+    cell = np.arange(cells * num) // num
+    row, col = np.divmod(cell, side)
+    power = 2.0 if sqrt else 1.0
+    boxes = np.stack([(t[:, 0] + col) / side, (t[:, 1] + row) / side, t[:, 2] ** power, t[:, 3] ** power], axis=1)
+    probs = conf[:, None] * scores[cell]
+    probs[~(probs > thresh)] = 0.0
+    keep = np.flatnonzero(conf != 0)
+    return Candidates(boxes[keep], conf[keep], probs[keep])
+
+
 def correct_boxes(boxes: np.ndarray, pre: Preprocessed) -> np.ndarray:
     """Map boxes relative to the network input back to relative-to-image (undo the letterbox)."""
     _, net_h, net_w = pre.x.shape
@@ -127,7 +147,7 @@ def candidates(model, outs: Sequence[np.ndarray], thresh: float) -> tuple[Candid
     _, net_h, net_w = model.input_shape
     heads, kind = [], "default"
     for layer in model.layers:       # outs may dequantize on access: read the heads only
-        if layer.kind in ("yolo", "region"):
+        if layer.kind in ("yolo", "region", "detection"):
             y = outs[layer.index]
             keep = _yolo_kept(y, len(layer.mask), layer.classes, thresh) if layer.kind == "yolo" else None
             heads.append((layer, y, keep))
@@ -149,6 +169,8 @@ def candidates(model, outs: Sequence[np.ndarray], thresh: float) -> tuple[Candid
 def _decode(layer, y: np.ndarray, keep, net_w: int, net_h: int, thresh: float, probs_out=None) -> Candidates:
     if layer.kind == "yolo":
         return decode_yolo(y, layer.mask, layer.anchors, layer.classes, net_w, net_h, thresh, keep, probs_out)
+    if layer.kind == "detection":
+        return decode_detection(y, layer.side, layer.num, layer.classes, layer.sqrt, thresh)
     return decode_region(y, layer.num, layer.anchors, layer.classes, thresh)
 
 
