@@ -119,7 +119,7 @@ def check_accepted(text: str, label: str, note=event) -> None:
         outs = model.forward(x)
         assert [y.shape for y in outs] == [layer.out_shape for layer in layers]
         assert all(y.dtype == np.float32 for y in outs)
-        if any(layer.kind in ("yolo", "region") for layer in layers):
+        if any(layer.is_head for layer in layers):
             from engine.darknet.detect import detect_outputs
             pre = Preprocessed(x, 40, 30, "letterbox")
             for d in detect_outputs(model, outs, pre, thresh=0.5, nms=0.45):
