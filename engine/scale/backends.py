@@ -330,8 +330,8 @@ def secure_local_cluster(n_workers: int = 2, blas_threads: int | None = None, **
 def dask_backend(spec: str, runtime: str = "numpy", option: str = "--dask"):
     """A DaskBackend for `spec`: "local:N" starts N worker processes on this machine (`secure_local_cluster`)
     and closes them afterwards; a scheduler address ("tcp://host:8786") is connected to and left running.
-    Raises ArgumentError for another spec, EngineError when distributed is missing or the scheduler is not
-    reached (10 s)."""
+    Raises ArgumentError for another spec, EngineError when distributed is missing, a tls:// address has no
+    certificates in Dask's configuration, or the scheduler is not reached (10 s)."""
     from engine.errors import ArgumentError
     try:
         import distributed
@@ -344,6 +344,13 @@ def dask_backend(spec: str, runtime: str = "numpy", option: str = "--dask"):
         cluster, client = secure_local_cluster(int(n))
     elif "://" in spec and spec.split("://", 1)[1]:
         cluster = None
+        if spec.startswith("tls://") and distributed.Security().tls_ca_file is None:
+            # the Client would raise a bare TypeError about a missing ssl_context: the CLI has no certificate
+            # options, so Dask's own configuration is where this client's certificates come from
+            raise EngineError(f"{option} {spec}: a tls:// scheduler needs this client's certificates: set "
+                              "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT and "
+                              "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY (engine.scale.backends.temporary_tls writes "
+                              "them for a scheduler started by hand)")
         try:
             client = distributed.Client(spec, timeout="10s")
         except (OSError, TimeoutError, ValueError) as err:

@@ -47,9 +47,29 @@ def test_montecarlo_and_compare_on_a_local_cluster_equal_this_process(capsys, tm
     ("local:two", "--dask 'local:two': expected local:N"),
     ("myhost:8786", "--dask 'myhost:8786': expected local:N (N worker processes here) or a scheduler address"),
     ("tcp://127.0.0.1:9", "--dask tcp://127.0.0.1:9: cannot reach the Dask scheduler"),
+    # no certificates configured: Dask's Client raised a bare TypeError about ssl_context (a traceback)
+    ("tls://127.0.0.1:9", "--dask tls://127.0.0.1:9: a tls:// scheduler needs this client's certificates: set "
+                          "DASK_DISTRIBUTED__COMM__TLS__CA_FILE"),
 ])
 def test_a_bad_dask_spec_is_one_line_naming_it(capsys, tmp_path, tiny_kl_pt, spec, message):
     q = tiny_kl_pt.save(tmp_path / "q.npz")
     code, out, err = cli(capsys, "montecarlo", *MODEL, "--quantized", q, "--images", IMAGES / "dog.jpg",
                          "--variants", "2", "--dask", spec)
     assert code != 0 and message in err and "Traceback" not in err, err
+
+
+def test_a_tls_address_with_certificates_configured_is_connected_to(capsys, tmp_path, tiny_kl_pt, monkeypatch):
+    """With the certificates in Dask's configuration (as temporary_tls writes them) the client connects:
+    here nothing listens, so the refusal is the unreachable scheduler's, not the missing certificates'."""
+    import dask
+
+    from engine.scale.backends import temporary_tls
+    temporary_tls(tmp_path)
+    q = tiny_kl_pt.save(tmp_path / "q.npz")
+    tls = {"distributed.comm.tls.ca-file": str(tmp_path / "dask-tls.pem"),
+           "distributed.comm.tls.client.cert": str(tmp_path / "dask-tls.pem"),
+           "distributed.comm.tls.client.key": str(tmp_path / "dask-tls.key")}
+    with dask.config.set(tls):
+        code, out, err = cli(capsys, "montecarlo", *MODEL, "--quantized", q, "--images", IMAGES / "dog.jpg",
+                             "--variants", "2", "--dask", "tls://127.0.0.1:9")
+    assert code == 2 and "--dask tls://127.0.0.1:9: cannot reach the Dask scheduler" in err, err
