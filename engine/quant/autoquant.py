@@ -10,7 +10,7 @@ import numpy as np
 
 from engine.calib import make
 from engine.calib.auto import AutoCalibrator
-from engine.calib.collect import image_list
+from engine.calib.collect import image_list, network_input
 from engine.calib.views import activation_scales
 from engine.errors import EngineError
 from engine.quant.executor import Executor, head_feeders
@@ -54,7 +54,8 @@ def head_error(model, qmodel, inputs: Sequence, float_heads: Sequence[dict[int, 
 def choose(model, stats, calibrator: AutoCalibrator, images: Sequence, per_channel: bool, rules=None):
     """(scales, thresholds, choice) where choice maps every tensor to the method picked for it."""
     items = image_list(images)[: calibrator.probe_images]
-    inputs = [x if isinstance(x, np.ndarray) else model.preprocess(x).x for x in items]
+    # as calibration reads them: an (H, W, 3) photo array is an image, not a network input
+    inputs = [network_input(model, x) for x in items]
     feeders = sorted(head_feeders(model))
     float_heads = []
     for x in inputs:

@@ -41,3 +41,19 @@ def test_bias_correction_and_channel_maxima_take_photo_arrays(tiny, tiny_q):
     ma, mb = channel_maxima(tiny, [arr], [0, 2]), channel_maxima(tiny, [PHOTO], [0, 2])
     for p in (0, 2):
         np.testing.assert_array_equal(ma[p], mb[p])
+
+
+def test_method_auto_probes_a_photo_array_as_its_file():
+    # auto's probe runs read items themselves: quantize(method="auto", images=[array]) (and compare over images
+    # from memory with "auto" among the methods) raised "input tensor has shape (576, 768, 3)"
+    import engine
+    from engine.calib.collect import collect
+    from engine.quant.autoquant import quantize
+    from helpers import TINY_CFG, TINY_WEIGHTS
+    small = engine.load(TINY_CFG, weights=TINY_WEIGHTS, size=160)       # auto makes ~80 INT runs: keep them cheap
+    stats = collect(small, [PHOTO], progress=False)
+    a = quantize(small, stats, "auto", images=[photo_array()], probe_images=1)
+    b = quantize(small, stats, "auto", images=[PHOTO], probe_images=1)
+    assert a.meta["auto"] == b.meta["auto"] and a.scales == b.scales
+    x = small.preprocess(PHOTO).x                   # a network input array stays one
+    assert quantize(small, stats, "auto", images=[x], probe_images=1).scales == b.scales
