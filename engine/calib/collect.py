@@ -126,7 +126,8 @@ def image_list(source: str | Path | Iterable[ImageLike], what: str = "calibratio
 def network_input(model, item: ImageLike, resize: str = "letterbox") -> np.ndarray:
     """The (C, H, W) float32 network input of one item of an image list: an array of the model's input
     shape is one already; anything else (a path, a PIL image, an (H, W, 3) photo array) is preprocessed.
-    Every FLOAT pass over an image list (calibration, the refinements', method auto's probes) reads items this one way."""
+    Every FLOAT pass over an image list (calibration, the refinements', method auto's probes) reads items
+    this one way."""
     if isinstance(item, np.ndarray) and item.shape == model.input_shape:
         return item
     return model.preprocess(item, resize).x
