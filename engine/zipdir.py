@@ -27,7 +27,11 @@ def count_entries(fp: BinaryIO, limit: int) -> int:
     start = max(0, end - _END_SIZE - _COMMENT_MAX)
     fp.seek(start)
     tail = fp.read(end - start)
-    at = tail.rfind(_END)
+    # zipfile's order: a comment-less record ending the file first, only then the last signature. The record's
+    # own fields (disk numbers zipfile never reads) may hold the signature bytes: found by the search alone, that
+    # copy left no room for a record, the count was 0 and zipfile went on to parse the whole directory
+    fixed = len(tail) - _END_SIZE
+    at = fixed if fixed >= 0 and tail[fixed:fixed + 4] == _END and tail[-2:] == b"\0\0" else tail.rfind(_END)
     count = 0
     if at >= 0 and len(tail) - at >= _END_SIZE:
         record = start + at

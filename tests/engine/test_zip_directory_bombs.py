@@ -88,3 +88,20 @@ def test_the_count_is_zipfiles_own_on_real_archives():
             with NpzReader(buf.getvalue(), "m.npz") as r:
                 assert len(r) == real
     assert count_entries(io.BytesIO(b"not a zip at all"), 10) == 0
+
+
+@pytest.mark.parametrize("zip64", [False, True], ids=["zip", "zip64"])
+def test_signature_bytes_in_the_end_records_disk_fields_do_not_hide_the_directory(tmp_path, zip64):
+    """The end record's disk numbers (which zipfile never reads) set to b'PK\\x05\\x06': the count searched for
+    the last signature first, found that copy with no room for a record after it, counted 0, and zipfile went
+    on to make an object of every entry (the limit never applied)."""
+    data = bytearray(directory_only(2 * MAX_MEMBERS, declared=None if zip64 else 1, zip64=zip64))   # 16-bit count
+    data[-18:-14] = b"PK\x05\x06"                 # disk, disk of the directory: the record's bytes 4..8
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        assert len(zf.infolist()) == 2 * MAX_MEMBERS          # zipfile reads this archive whole
+    assert count_entries(io.BytesIO(bytes(data)), MAX_MEMBERS) == MAX_MEMBERS + 1
+    path = tmp_path / "q.npz"
+    path.write_bytes(bytes(data))
+    err, peak = peak_bytes(lambda: QuantizedModel.load(path))
+    assert f"the limit {MAX_MEMBERS}" in str(err).replace(",", "")
+    assert peak < 8 << 20, f"{peak / 2**20:.0f} MB traced before the refusal"
