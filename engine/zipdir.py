@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 _END, _END64, _LOCATOR64, _ENTRY = b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07", b"PK\x01\x02"
 _END_SIZE, _END64_SIZE, _LOCATOR64_SIZE, _ENTRY_SIZE = 22, 56, 20, 46
-_COMMENT_MAX = 0xFFFF
+_SEARCHED = 1 << 16      # zipfile looks this far before the last 22 bytes: one byte more than a comment
 
 
 def count_entries(fp: BinaryIO, limit: int) -> int:
@@ -24,7 +24,7 @@ def count_entries(fp: BinaryIO, limit: int) -> int:
     no end record or the directory is damaged at its first entry: zipfile refuses such a file itself, naming
     the problem. Seeks `fp` back to its start."""
     end = fp.seek(0, 2)
-    start = max(0, end - _END_SIZE - _COMMENT_MAX)
+    start = max(0, end - _END_SIZE - _SEARCHED)
     fp.seek(start)
     tail = fp.read(end - start)
     # zipfile's order: a comment-less record ending the file first, only then the last signature. The record's

@@ -105,3 +105,19 @@ def test_signature_bytes_in_the_end_records_disk_fields_do_not_hide_the_director
     err, peak = peak_bytes(lambda: QuantizedModel.load(path))
     assert f"the limit {MAX_MEMBERS}" in str(err).replace(",", "")
     assert peak < 8 << 20, f"{peak / 2**20:.0f} MB traced before the refusal"
+
+
+def test_an_end_record_with_the_longest_comment_and_a_byte_after_it_is_found():
+    """zipfile searches 65,536 bytes before the record's 22 (one more than a comment can hold), so it opens an
+    archive of a 65,535-byte comment followed by one stray byte; the count searched one byte less, counted 0 and
+    let such an archive past the member limit."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.comment = b"c" * 0xFFFF
+        for i in range(50):
+            zf.writestr(f"m{i}.npy", b"")
+    data = buf.getvalue() + b"x"
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert len(zf.infolist()) == 50
+    assert count_entries(io.BytesIO(data), 10) == 11
+    assert count_entries(io.BytesIO(data), 100) == 50
