@@ -30,7 +30,8 @@ ImageLike = Union[str, Path, bytes, np.ndarray, Image.Image]
 
 
 def open_image(source: ImageLike, *, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
-    """Decode an image file (path or bytes) to an 8-bit RGB PIL image, refusing bombs and non-images.
+    """Decode an image file (path or bytes) to an 8-bit RGB PIL image, refusing bombs and non-images; an image
+    array (as `image_to_array` takes: uint8 (H, W, 3|4), float32 (3, H, W) in [0, 1]) becomes the picture it holds.
 
     Grayscale, palette, RGBA (alpha dropped, as stb_image does for Darknet), CMYK and 16-bit
     inputs are converted to RGB. EXIF orientation is ignored, as Darknet ignores it.
@@ -39,6 +40,12 @@ def open_image(source: ImageLike, *, max_pixels: int = MAX_PIXELS, name: str | N
     if isinstance(source, Image.Image):
         _check_size(source.size[0], source.size[1], max_pixels, name or "<PIL image>")
         return _to_rgb(source, name or "<PIL image>")
+    if isinstance(source, np.ndarray):
+        # image_to_array takes arrays, so image lists hold them (calibration, compare, Monte Carlo); what works on
+        # a picture (augmented variants, mosaics) needs them as one: its 8-bit values, exact for a uint8 array
+        x = np.nan_to_num(_array_to_chw(source), nan=0.0)
+        _check_size(x.shape[2], x.shape[1], max_pixels, name or f"image array {source.dtype} {source.shape}")
+        return Image.fromarray(np.rint(x.transpose(1, 2, 0) * 255).clip(0, 255).astype(np.uint8))
     if not isinstance(source, (str, Path, bytes, bytearray)):
         # open() would accept an int as a file descriptor and close it afterwards (maybe the
         # kernel's own socket); anything else would fail with a raw TypeError

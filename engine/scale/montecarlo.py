@@ -123,7 +123,7 @@ def source_image(sources: Sequence, k: int, size: tuple[int, int]) -> Image.Imag
     item = sources[k]
     if isinstance(item, (str, Path)):
         return _open_fitted(str(item), size)
-    return fit_to(open_image(item if not isinstance(item, np.ndarray) else Image.fromarray(item)), size)
+    return fit_to(open_image(item), size)
 
 
 def variant_batch(source: Any, qref: Any, sources_ref: Any, modes: tuple[str, ...], thresh: float, nms: float,

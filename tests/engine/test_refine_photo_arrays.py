@@ -57,3 +57,44 @@ def test_method_auto_probes_a_photo_array_as_its_file():
     assert a.meta["auto"] == b.meta["auto"] and a.scales == b.scales
     x = small.preprocess(PHOTO).x                   # a network input array stays one
     assert quantize(small, stats, "auto", images=[x], probe_images=1).scales == b.scales
+
+
+def test_the_margins_fitting_images_and_the_margin_take_photo_arrays():
+    # the margin fits on augmentations of the calibration photos (valset.fitting_images), which opened each item
+    # as a file: compare(refine=[..., "margin"]) over images from memory, the best configuration measured,
+    # raised "cannot read an image from a ndarray" where 4b4f75d's tests covered bias, CLE and float_outputs only
+    import engine
+    from engine.calib.collect import collect
+    from engine.quant.qmodel import quantize_model
+    from engine.quant.refine.pipeline import refine_after
+    from engine.quant.valset import fitting_images
+    from helpers import TINY_CFG, TINY_WEIGHTS
+    a, b = fitting_images([photo_array()], per_photo=3), fitting_images([PHOTO], per_photo=3)
+    assert len(a) == len(b) == 4
+    for va, vb in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(va.image), np.asarray(vb.image), err_msg=vb.name)
+    small = engine.load(TINY_CFG, weights=TINY_WEIGHTS, size=160)
+    qm = quantize_model(small, collect(small, [PHOTO], progress=False), "minmax")
+    ma = refine_after(small, qm, ("margin",), [photo_array()], None, "letterbox", 2.0)
+    mb = refine_after(small, qm, ("margin",), [PHOTO], None, "letterbox", 2.0)
+    assert ma.meta["head_margin"] == mb.meta["head_margin"]
+    for i in qm.layers:
+        np.testing.assert_array_equal(ma.layers[i].b_q, mb.layers[i].b_q, err_msg=f"layer {i}")
+
+
+def test_an_image_array_opens_as_the_picture_it_holds():
+    from engine.darknet.image import image_to_array, open_image
+    arr = photo_array()
+    np.testing.assert_array_equal(np.asarray(open_image(arr)), arr)                  # uint8: exact
+    x = image_to_array(PHOTO)                                                        # float32 (3, H, W)
+    np.testing.assert_array_equal(np.asarray(open_image(x)), arr)
+    rgba = np.dstack([arr, np.full(arr.shape[:2], 7, np.uint8)])
+    np.testing.assert_array_equal(np.asarray(open_image(rgba)), arr)                 # alpha dropped
+
+
+def test_monte_carlo_over_network_input_arrays_runs(tiny, tiny_q):
+    # its source images went through Image.fromarray, which raised a raw TypeError for a (3, H, W) float32 array
+    from engine.scale.montecarlo import run_montecarlo
+    x = tiny.preprocess(PHOTO).x
+    here = run_montecarlo(tiny, tiny_q, [x], n_variants=2, modes=("int",))
+    assert len(here.rows) == 2 and all("int" in r for r in here.rows)
