@@ -330,8 +330,8 @@ def secure_local_cluster(n_workers: int = 2, blas_threads: int | None = None, **
 def dask_backend(spec: str, runtime: str = "numpy", option: str = "--dask"):
     """A DaskBackend for `spec`: "local:N" starts N worker processes on this machine (`secure_local_cluster`)
     and closes them afterwards; a scheduler address ("tcp://host:8786") is connected to and left running.
-    Raises ArgumentError for another spec, EngineError when distributed is missing, a tls:// address has no
-    certificates in Dask's configuration, or the scheduler is not reached (10 s)."""
+    Raises ArgumentError for another spec, EngineError when distributed (or for local:N, cryptography) is
+    missing, a tls:// address has no certificates in Dask's configuration, or the scheduler is not reached (10 s)."""
     from engine.errors import ArgumentError
     try:
         import distributed
@@ -341,6 +341,11 @@ def dask_backend(spec: str, runtime: str = "numpy", option: str = "--dask"):
         n = spec[len("local:"):]
         if not (n.isascii() and n.isdigit() and 1 <= int(n) <= 64):
             raise ArgumentError(f"{option} {spec!r}: expected local:N with 1 <= N <= 64 worker processes")
+        try:        # the cluster's temporary TLS certificates; distributed does not depend on it
+            import cryptography  # noqa: F401
+        except ImportError:
+            raise EngineError(f"{option} {spec}: a local cluster's TLS needs the 'cryptography' package "
+                              "(pip install cryptography)") from None
         cluster, client = secure_local_cluster(int(n))
     elif "://" in spec and spec.split("://", 1)[1]:
         cluster = None

@@ -73,3 +73,14 @@ def test_a_tls_address_with_certificates_configured_is_connected_to(capsys, tmp_
         code, out, err = cli(capsys, "montecarlo", *MODEL, "--quantized", q, "--images", IMAGES / "dog.jpg",
                              "--variants", "2", "--dask", "tls://127.0.0.1:9")
     assert code == 2 and "--dask tls://127.0.0.1:9: cannot reach the Dask scheduler" in err, err
+
+
+def test_a_local_cluster_without_cryptography_is_one_line_naming_it(capsys, tmp_path, tiny_kl_pt, monkeypatch):
+    # distributed does not depend on cryptography, which a secure cluster's temporary certificates need: without
+    # it --dask local:N stopped with a raw ImportError from inside distributed (a traceback)
+    import sys
+    monkeypatch.setitem(sys.modules, "cryptography", None)          # import cryptography raises ImportError
+    q = tiny_kl_pt.save(tmp_path / "q.npz")
+    code, out, err = cli(capsys, "montecarlo", *MODEL, "--quantized", q, "--images", IMAGES / "dog.jpg",
+                         "--variants", "2", "--dask", "local:2")
+    assert code == 2 and "--dask local:2: a local cluster's TLS needs the 'cryptography' package" in err, err
