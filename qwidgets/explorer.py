@@ -1,5 +1,6 @@
 """Explorer(session): the graph, the controls and the tabs of `TABS` (layer panel, weights, detections, explain,
-worst images, quantization, mixed precision, device) composed over one Session. Everything runs in the kernel; the views only talk to the Session API.
+worst images, quantization, mixed precision, device) composed over one Session. Everything runs in the kernel;
+the views only talk to the Session API.
 
 The views follow the *session*, not the buttons: the Explorer registers the session's step / edit /
 reset callbacks (`qwidgets._sync.SessionFollower`) and `on_session_events` is the one place that

@@ -1,4 +1,5 @@
-"""Progress and cancellation of long engine work, one unit at a time (method comparison, mixed-precision search, simulation vs device).
+"""Progress and cancellation of long engine work, one unit at a time (method comparison, mixed-precision search,
+simulation vs device).
 
     steps = Steps(total, on_progress, cancel)
     for i in layers:
