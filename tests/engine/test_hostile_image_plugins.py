@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 
 import numpy as np
@@ -49,19 +50,24 @@ def dds_with_unknown_pixel_format() -> bytes:
     return bytes(data)
 
 
-@pytest.mark.parametrize("make, raised", [(tiff_with_text_strip_offsets, "TypeError")], ids=["tiff"])
-def test_a_damaged_image_a_plugin_fails_on_is_an_image_error_naming_it(tmp_path, make, raised):
-    data = make()
-    with pytest.raises(ImageError, match=rf"^<image bytes>: corrupt or truncated image data \({raised}: "):
+def refused_everywhere(tmp_path, data: bytes, filename: str, why: str) -> None:
+    """`data` refused with the message `why` (a regex) as bytes, as the file `filename` and as a workspace upload
+    of it, each message led by what names it; the workspace keeps nothing."""
+    with pytest.raises(ImageError, match=rf"^<image bytes>: {why}"):
         image_to_array(data)
-    path = tmp_path / "scan.tif"
+    path = tmp_path / filename
     path.write_bytes(data)
-    with pytest.raises(ImageError, match=rf"^{path}: corrupt or truncated image data \({raised}: "):
+    with pytest.raises(ImageError, match=rf"^{re.escape(str(path))}: {why}"):
         image_to_array(path)
     ws = Workspace(tmp_path / "ws", limits=Limits())
-    with pytest.raises(WorkspaceError, match=rf"^scan/scan\.tif: corrupt or truncated image data \({raised}: "):
-        ws.add_upload({"scan.tif": data})
+    with pytest.raises(WorkspaceError, match=rf"^{re.escape(path.stem)}/{re.escape(filename)}: {why}"):
+        ws.add_upload({filename: data})
     assert ws.list() == []
+
+
+@pytest.mark.parametrize("make, raised", [(tiff_with_text_strip_offsets, "TypeError")], ids=["tiff"])
+def test_a_damaged_image_a_plugin_fails_on_is_an_image_error_naming_it(tmp_path, make, raised):
+    refused_everywhere(tmp_path, make(), "scan.tif", rf"corrupt or truncated image data \({raised}: ")
 
 
 def test_detect_reports_the_damaged_image_and_keeps_the_others(tmp_path, capsys):
@@ -91,17 +97,7 @@ def test_formats_outside_darknets_readers_are_not_handed_to_pillows_plugins(tmp_
     def no_ghostscript(*a, **k):
         raise AssertionError("Ghostscript was asked to render an uploaded file")
     monkeypatch.setattr(EpsImagePlugin, "Ghostscript", no_ghostscript)
-    data = make()
-    with pytest.raises(ImageError, match=r"^<image bytes>: not a decodable image \(expected JPEG, PNG, "):
-        image_to_array(data)
-    path = tmp_path / "photo.jpg"
-    path.write_bytes(data)
-    with pytest.raises(ImageError, match=rf"^{path}: not a decodable image"):
-        image_to_array(path)
-    ws = Workspace(tmp_path / "ws", limits=Limits())
-    with pytest.raises(WorkspaceError, match=r"photo\.jpg: not a decodable image"):
-        ws.add_upload({"photo.jpg": data})
-    assert ws.list() == []
+    refused_everywhere(tmp_path, make(), "photo.jpg", r"not a decodable image \(expected JPEG, PNG, ")
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM", "TGA"])
