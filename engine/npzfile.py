@@ -47,8 +47,10 @@ _HEADER_MAX = 1 << 16           # .npy headers are < 100 bytes in practice; nump
 # own errors subclass only Exception. np.savez never writes LZMA, but a zip tool can, and a damaged member must be
 # refused like any other, not escape as a raw LZMAError.
 DECOMPRESS_ERRORS: tuple[type[Exception], ...] = (zlib.error,) + ((lzma.LZMAError,) if lzma is not None else ())
-_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, *DECOMPRESS_ERRORS,
-           NotImplementedError, RuntimeError, UnicodeDecodeError, SyntaxError, TypeError)
+# zipfile on a damaged archive: not only BadZipFile (bad offset, unknown version, undecodable name, encryption)
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, *DECOMPRESS_ERRORS,
+              NotImplementedError, RuntimeError, UnicodeDecodeError)
+_ERRORS = ZIP_ERRORS + (SyntaxError, TypeError)     # and a damaged .npy header
 
 
 def text_array(s: str) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from engine.errors import EngineError, ImageError
 from engine.darknet.image import MAX_PIXELS, open_image
-from engine.npzfile import DECOMPRESS_ERRORS
+from engine.npzfile import ZIP_ERRORS
 from engine.zipdir import count_entries
 
 MiB = 1 << 20
@@ -227,7 +227,7 @@ def read_zip_images(label: str, data: bytes, limits: Limits) -> dict[str, bytes]
         raise WorkspaceError(f"{label}: its directory lists more members than the limit of {limits.zip_members}")
     try:
         zf = zipfile.ZipFile(fp)
-    except (zipfile.BadZipFile, OSError) as err:
+    except ZIP_ERRORS as err:
         raise WorkspaceError(f"{label}: not a zip archive ({err})") from err
     with zf:
         infos = zf.infolist()
@@ -242,7 +242,7 @@ def read_zip_images(label: str, data: bytes, limits: Limits) -> dict[str, bytes]
             parts = PurePosixPath(member.replace("\\", "/")).parts
             if member.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
                 raise WorkspaceError(f"{label}: member {member!r} has an absolute or '..' path; refused")
-            if info.is_dir() or extension(member) not in IMAGE_EXTS:
+            if extension(member) not in IMAGE_EXTS or info.is_dir():     # is_dir() of an empty name: IndexError
                 continue
             base = parts[-1]
             if base.startswith(".") or "__MACOSX" in parts:
@@ -266,7 +266,9 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, limit: 
                     raise WorkspaceError(f"{label}: uncompressed size exceeds {limit} bytes "
                                          "(image or zip-total limit; possible zip bomb)")
                 chunks.append(chunk)
-    except (zipfile.BadZipFile, OSError, RuntimeError, EOFError, *DECOMPRESS_ERRORS) as err:  # RuntimeError: encrypted
+    except WorkspaceError:
+        raise
+    except ZIP_ERRORS as err:       # RuntimeError: encrypted; ValueError: a header offset before the file's start
         raise WorkspaceError(f"{label}: cannot read zip member ({err})") from err
     return b"".join(chunks)
 
