@@ -6,6 +6,7 @@ with a raw FileExistsError; and a QW_WORKSPACE that cannot be made (below a file
 NotADirectoryError / PermissionError instead of a WorkspaceError naming the root."""
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -15,16 +16,16 @@ from engine.workspace import Workspace, WorkspaceError
 
 
 def test_a_root_another_kernel_creates_after_our_look_is_used(tmp_path, monkeypatch):
+    # the other kernel's mkdir lands just before ours, whatever we looked at before: a simulation hooked on
+    # Path.exists (the old code's look) passed without simulating anything once the code stopped calling it
     root = tmp_path / "ws"
-    looked = Path.exists
+    made = Path.mkdir
 
-    def exists_before_the_other_kernel(self, *args, **kwargs):
-        if self == root:            # we look while it is absent; the other kernel makes it right after
-            answer = looked(self, *args, **kwargs)
-            root.mkdir(mode=0o700, exist_ok=True)
-            return answer
-        return looked(self, *args, **kwargs)
-    monkeypatch.setattr(Path, "exists", exists_before_the_other_kernel)
+    def mkdir_after_the_other_kernel(self, *args, **kwargs):
+        if self == root:
+            os.mkdir(root, 0o700)
+        return made(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "mkdir", mkdir_after_the_other_kernel)
     ws = Workspace(root)
     monkeypatch.undo()
     assert ws.root == root and root.is_dir() and stat.S_IMODE(root.stat().st_mode) == 0o700
