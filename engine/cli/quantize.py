@@ -158,7 +158,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     stats = collect(model, args.calib, args.resize, progress=not args.quiet, keep=keep, forward=forward)
     extra = {"rules": ()} if args.no_rules else {}
     if args.method == "auto":
-        extra["images"] = args.calib
+        extra["images"], extra["resize"] = args.calib, args.resize
         _status(args, "auto: scoring every candidate method's threshold per tensor at the detection heads ...")
     qm = quantize(model, stats, args.method, per_channel=args.per_channel, profile=args.profile, **extra, **settings)
     if spec is not None:

@@ -18,8 +18,9 @@ from engine.quant.qmodel import QuantizedModel, quantize_model, rescaled
 
 
 def quantize(model, stats, method: str = "minmax", per_channel: bool = False, images=None,
-             rules=None, profile: str = "qwidgets", **settings: Any) -> QuantizedModel:
-    """quantize_model, plus `auto` (which runs the model on `images`, its choice in meta["auto"])."""
+             rules=None, profile: str = "qwidgets", resize: str = "letterbox", **settings: Any) -> QuantizedModel:
+    """quantize_model, plus `auto` (which runs the model on `images`, resized as the calibration pass did, its
+    choice in meta["auto"])."""
     if method != "auto":
         return quantize_model(model, stats, method, per_channel=per_channel, rules=rules, profile=profile, **settings)
     if images is None:
@@ -31,7 +32,7 @@ def quantize(model, stats, method: str = "minmax", per_channel: bool = False, im
     if profile != "qwidgets":
         raise EngineError(f"method 'auto' chooses symmetric int8 scales (profile qwidgets), not for profile {profile!r}")
     qm = quantize_model(model, stats, calibrator.candidates[0], per_channel=per_channel, rules=rules)
-    scales, thresholds, choice = choose(model, stats, calibrator, images, per_channel, rules)
+    scales, thresholds, choice = choose(model, stats, calibrator, images, per_channel, rules, resize)
     qm = rescaled(model, qm, scales)
     qm.method, qm.settings, qm.thresholds = "auto", calibrator.settings, thresholds
     qm.meta["auto"] = choice
@@ -51,11 +52,12 @@ def head_error(model, qmodel, inputs: Sequence, float_heads: Sequence[dict[int, 
     return err
 
 
-def choose(model, stats, calibrator: AutoCalibrator, images: Sequence, per_channel: bool, rules=None):
+def choose(model, stats, calibrator: AutoCalibrator, images: Sequence, per_channel: bool, rules=None,
+           resize: str = "letterbox"):
     """(scales, thresholds, choice) where choice maps every tensor to the method picked for it."""
     items = image_list(images)[: calibrator.probe_images]
     # as calibration reads them: an (H, W, 3) photo array is an image, not a network input
-    inputs = [network_input(model, x) for x in items]
+    inputs = [network_input(model, x, resize) for x in items]
     feeders = sorted(head_feeders(model))
     float_heads = []
     for x in inputs:

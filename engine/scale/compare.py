@@ -319,7 +319,7 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
     for m in methods:
         steps.start(f"quantize {m}")
         qms[m] = quantize(model, stats, m, per_channel=per_channel, profile=profile,
-                          **({"images": calib_images or items} if m == "auto" else {}))
+                          **({"images": calib_images or items, "resize": resize} if m == "auto" else {}))
     if names:
         cal = calib_images or items
         floats = None

@@ -44,6 +44,17 @@ def test_auto_picks_per_tensor_and_never_does_worse_than_its_start(tiny, tiny_st
     assert tuple(make("auto").candidates) == CANDIDATES
 
 
+def test_auto_probes_its_images_resized_as_the_calibration_was(tiny, tiny_stats, monkeypatch):
+    """compare / quantize --resize stretch calibrate on stretched images: auto's probes are stretched too (they
+    were letterboxed whatever the resize, so the head errors it ranks were another input's)."""
+    import engine.quant.autoquant as aq
+    seen, real = [], aq.network_input
+    monkeypatch.setattr(aq, "network_input", lambda m, x, resize="letterbox": seen.append(resize) or real(m, x, resize))
+    quantize(tiny, tiny_stats, "auto", per_channel=True, images=[DOG], candidates="minmax,mse", probe_images=1,
+             resize="stretch")
+    assert seen == ["stretch"]
+
+
 @pytest.fixture(scope="module")
 def bad_q(tiny, tiny_stats):
     """|x| KL per tensor without the calibration rules: loses detections, so there is something to fix."""
