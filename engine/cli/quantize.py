@@ -117,7 +117,8 @@ def add_backend_arg(s: argparse.ArgumentParser, what: str,
 def add_dask_arg(s: argparse.ArgumentParser) -> None:
     s.add_argument("--dask", metavar="SCHEDULER",
                    help="run the images' batches on Dask: local:N (N worker processes on this machine, TLS between "
-                        "them, closed after) or a scheduler address such as tcp://host:8786; --backend then says what "
+                        "them, closed after) or a scheduler address such as tcp://host:8786 (tls://host:8786 takes this "
+                        "client's certificates from Dask's configuration); --backend then says what "
                         "the workers run. The results equal this process's")
 
 
