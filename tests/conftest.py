@@ -75,11 +75,13 @@ def photo_inputs(tiny):
     return pres + [replace(pres[1], x=np.ascontiguousarray(pres[1].x[:, :, ::-1]))]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cfg_family(tmp_path_factory):
     """get(name, profile=None) -> (model, inputs, quantized model or None) for helpers.CFG_FAMILIES[name]:
     random weights (seed 1), inputs (3, 3, H, W) = two shared photos and one random tensor, and the model
-    quantized with minmax per channel on the two photos under `profile` (each made once per test session)."""
+    quantized with minmax per channel on the two photos under `profile` (each made once per test module:
+    kept for the whole session, their 24 quantized models' kernel forms filled engine.quant.intcache's budget,
+    and later tests of what it keeps found nothing kept)."""
     import numpy as np
 
     import engine

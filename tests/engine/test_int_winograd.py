@@ -116,9 +116,10 @@ def test_int_layer_uses_winograd_and_equals_the_im2col_kernel(tiny, tiny_q):
     assert rec["acc_min"] == int(acc.min()) and rec["acc_max"] == int(acc.max())
 
 
-def test_methods_share_int8_weights_and_kept_forms_die_with_them(tiny, tiny_stats):
+def test_methods_share_int8_weights_and_kept_forms_die_with_them(tiny, tiny_stats, monkeypatch):
     import gc
     from engine.quant import intcache
+    monkeypatch.setattr(intcache, "BUDGET", intcache.used_bytes() + (256 << 20))   # whatever earlier tests keep
     from engine.quant.layerquant import LayerQuant
     from engine.quant.qmodel import quantize_model
     a = quantize_model(tiny, tiny_stats, "minmax", per_channel=True)
@@ -136,7 +137,7 @@ def test_methods_share_int8_weights_and_kept_forms_die_with_them(tiny, tiny_stat
     assert intcache.used_bytes() == before
 
 
-def test_kept_forms_made_by_two_threads_at_once_are_counted_once():
+def test_kept_forms_made_by_two_threads_at_once_are_counted_once(monkeypatch):
     # Two threads miss the same form and make it at the same time (whole images on the kernel threads:
     # engine.scale.compare). The second used to replace the first's entry, whose weak reference then died
     # uncalled with its bytes still counted: the budget filled up and nothing more was kept.
@@ -144,6 +145,7 @@ def test_kept_forms_made_by_two_threads_at_once_are_counted_once():
     import threading
     import time
     from engine.quant import intcache
+    monkeypatch.setattr(intcache, "BUDGET", intcache.used_bytes() + (256 << 20))   # whatever earlier tests keep
     before = intcache.used_bytes()
     w_q = np.ones((64, 64, 3, 3), np.int8)
     started = threading.Barrier(2)
