@@ -33,6 +33,11 @@ class Calibrator:
     # unclipped first layer); yolo2_light turns them off to stay that tool's exact reproduction
     rules: tuple[str, ...] = ("one_sided", "shared_scales", "first_layer")
 
+    def group_threshold(self, view) -> float:
+        """The threshold of one scale group from its calibration view (engine/calib/views.TensorView): the
+        largest |x| seen where the rules keep the full range (the first layer), else `threshold(view.hist)`."""
+        return view.hist.amax if view.full_range else self.threshold(view.hist)
+
     def scale(self, h: AbsHistogram) -> float:
         """real = q * scale. Empty / all-zero tensors get the scale of threshold 1 (any works)."""
         return self.scale_for(self.threshold(h) if h.amax > 0 else 1.0)

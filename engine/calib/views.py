@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.calib.base import Calibrator
 from engine.calib.collect import CalibrationStats, one_sided_ids, positive_key, quantizable_ids
 from engine.calib.histogram import AbsHistogram
 
@@ -62,7 +63,8 @@ def first_layer_ids(model) -> set[str]:
 class TensorView:
     hist: AbsHistogram          # the histogram the calibrator reads
     source: str                 # its key in the statistics ("3+" = positive side of tensor 3)
-    full_range: bool            # threshold = the largest |x| seen, whatever the method
+    full_range: bool            # threshold = the largest |x| seen (power-of-two methods: their own rule)
+    tensor: AbsHistogram | None = None      # the group's |x| histogram, both signs (the one-sided view's source)
 
 
 def views(model, stats: CalibrationStats, rules=RULES) -> dict[str, TensorView]:
@@ -81,12 +83,15 @@ def views(model, stats: CalibrationStats, rules=RULES) -> dict[str, TensorView]:
         h = stats.hists[key]
         if key != src and h.total == 0:
             key, h = src, stats.hists[src]
-        out[nid] = TensorView(h, key, src in full_groups)
+        out[nid] = TensorView(h, key, src in full_groups, stats.hists[src])
     return out
 
 
-def activation_scales(model, stats: CalibrationStats, calibrator, rules=None) -> tuple[dict, dict, dict]:
-    """(scales, thresholds, sources) of every quantizable tensor; rules default to the calibrator's."""
+def activation_scales(model, stats: CalibrationStats, calibrator, rules=None,
+                      symmetric: bool = True) -> tuple[dict, dict, dict]:
+    """(scales, thresholds, sources) of every quantizable tensor; rules default to the calibrator's.
+    `symmetric`: the thresholds set symmetric int8 grids (a calibrator's `group_threshold`); False for zero-point
+    grids, which keep each group's threshold as the rules give it (the range, or `threshold` of the view)."""
     rules = calibrator.rules if rules is None else tuple(rules)
     from engine.kernels.threads import own_threads, parallel_items
     vs = views(model, stats, rules)
@@ -98,7 +103,8 @@ def activation_scales(model, stats: CalibrationStats, calibrator, rules=None) ->
 
     def one(_part: int, k: int) -> None:      # one group per work item: searches are pure functions of a histogram
         v = first[keys[k]]
-        memo[keys[k]] = (v.hist.amax if v.full_range else calibrator.threshold(v.hist)) if v.hist.amax > 0 else 0.0
+        t = calibrator.group_threshold(v) if symmetric else Calibrator.group_threshold(calibrator, v)
+        memo[keys[k]] = t if v.hist.amax > 0 else 0.0
 
     with own_threads():
         parallel_items(len(keys), one)

@@ -232,7 +232,7 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
         base = CalibrationStats({k: h for k, h in stats.hists.items() if k in set(quantizable_ids(model))},
                                 stats.images)          # not the positive-side histograms ("<id>+")
         try:
-            _, thresholds, _ = activation_scales(model, stats, calibrator, rules)
+            _, thresholds, _ = activation_scales(model, stats, calibrator, rules, symmetric=False)
         except ValueError as err:
             raise EngineError(f"quantize_model: {err}") from None
         scales, zero_points = prof.activation_params(base, calibrator, thresholds)

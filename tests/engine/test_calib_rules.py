@@ -75,3 +75,38 @@ def test_unknown_method_setting_is_refused_by_the_api_too(tiny, tiny_stats):
     with pytest.raises(ArgumentError, match="'percentil' is not a setting of method 'percentile'"):
         quantize_model(tiny, tiny_stats, "percentile", percentil=99.9)
     assert make("percentile", percentile=99.9).describe() == "percentile(percentile=99.9)"
+
+
+def test_log2_first_layer_takes_the_least_error_power_of_two_not_the_range_rounded_up(tiny, tiny_stats):
+    """Round 12: a power of two cannot equal the first layer's range, and rounding the range up cost the image
+    half its levels (scale 1/64 for pixels in [0, 1]) and conv 0 a third of its codes (47.9 -> 63.5)."""
+    qm = quantize_model(tiny, tiny_stats, "log2", per_channel=True)
+    assert qm.scales["input"] == 2.0 ** -7                  # 1.0 / 127 rounds up to 1/64; 1/128 clips 255 by 1/128
+    assert qm.scales["0"] == qm.scales["1"] == 0.25         # max 47.9 over the four photos: 0.5 before
+    assert qm.thresholds["0"] == 127 * 0.25
+    assert qm.scales["2"] == 0.125                          # deeper groups: the positive side's rule, as before
+    former = quantize_model(tiny, tiny_stats, "log2", per_channel=True, first_layer="range")
+    assert former.scales["input"] == 2.0 ** -6 and former.scales["0"] == 0.5
+    assert former.thresholds["0"] == pytest.approx(tiny_stats.hists["0+"].amax)
+    asym = quantize_model(tiny, tiny_stats, "log2", per_channel=True, profile="qwidgets_asym")
+    assert asym.thresholds["0"] == pytest.approx(tiny_stats.hists["0+"].amax)   # zero-point grids: unchanged
+
+
+def test_log2_first_layer_threshold_on_a_hand_made_histogram():
+    """Both signs count: 900 values at 1.0, 100 at -0.5 and one at 39.9 (the range). T = 127 * 2**k for
+    k = -2 (31.75, clips 39.9 by 8.15) costs (1000 * 0.25**2 / 12 + 8.15**2) / 1001 = .0716; k = -1 (63.5, clips
+    nothing) 1001 * 0.5**2 / 12 / 1001 = .0208: the range rounded up wins here. With 5000 more at 0.3:
+    (6000 * .0052 + 66.4) / 6001 = .0163 against .0208: the finer grid wins."""
+    from engine.calib.histogram import AbsHistogram
+    from engine.calib.views import TensorView
+    pos, both = AbsHistogram(), AbsHistogram()
+    pos.observe(np.array([1.0] * 900 + [39.9], np.float32))
+    both.observe(np.array([1.0] * 900 + [-0.5] * 100 + [39.9], np.float32))
+    log2 = make("log2")
+    assert log2.group_threshold(TensorView(pos, "1+", True, both)) == 63.5
+    both.observe(np.full(5000, 0.3, np.float32))    # many small values: the finer grid's noise saving wins
+    assert log2.group_threshold(TensorView(pos, "1+", True, both)) == 31.75
+    assert make("log2", first_layer="range").group_threshold(TensorView(pos, "1+", True, both)) == pos.amax
+    assert make("minmax").group_threshold(TensorView(pos, "1+", True, both)) == pos.amax
+    with pytest.raises(EngineError, match="first_layer"):
+        make("log2", first_layer="round")
