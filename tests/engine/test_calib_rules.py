@@ -110,3 +110,14 @@ def test_log2_first_layer_threshold_on_a_hand_made_histogram():
     assert make("minmax").group_threshold(TensorView(pos, "1+", True, both)) == pos.amax
     with pytest.raises(EngineError, match="first_layer"):
         make("log2", first_layer="round")
+
+
+def test_log2_counts_the_largest_value_when_it_sits_on_a_bin_edge():
+    """990 pixels at 1.0 (a bin edge: 1.0 = 1024 bins of 1/1024) and 10 at 0.25. Counting only the bins below
+    amax's, the search saw the 0.25s alone and picked T = 127/256 = .496, halving every 1.0; with them, 127/128
+    clips 1.0 by 1/128 (990 * 6.1e-5 / 1000) and 127/64 costs (1/64)**2 / 12 = 2.0e-5: 127/64 wins."""
+    from engine.calib.histogram import AbsHistogram
+    h = AbsHistogram()
+    h.observe(np.array([1.0] * 990 + [0.25] * 10, np.float32))
+    assert h.amax == 1.0 and h.amax / h.bin_width == int(h.amax / h.bin_width)
+    assert make("log2").threshold(h) == 127 / 64
