@@ -16,6 +16,8 @@ which tensors must share a scale, from how the int8 path uses each tensor:
 * `first_layer`: the image and the first convolution's output are never clipped. Pixels are exact
   multiples of 1/255 in [0, 1]; the first conv's rare large values are edges and colour contrast,
   the signal every later layer builds on (kept FLOAT alone this layer recovers most of KL's loss).
+  A power of two cannot equal that range: log2 takes its least-error power of two there instead
+  (`Calibrator.group_threshold`; rounding the range up cost the image half its levels).
 """
 from __future__ import annotations
 
