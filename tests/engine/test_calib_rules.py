@@ -121,3 +121,13 @@ def test_log2_counts_the_largest_value_when_it_sits_on_a_bin_edge():
     h.observe(np.array([1.0] * 990 + [0.25] * 10, np.float32))
     assert h.amax == 1.0 and h.amax / h.bin_width == int(h.amax / h.bin_width)
     assert make("log2").threshold(h) == 127 / 64
+
+
+@pytest.mark.parametrize("method", ["mse", "kl"])
+def test_mse_and_kl_count_amaxs_own_bin_on_a_bin_edge(method):
+    """The log2 case above in the two other searches over the histogram's bins: with 990 values at 1.0 (a bin
+    edge) their bin was left out, so both saw only the ten 0.25s and clipped 99% of the values to a quarter."""
+    from engine.calib.histogram import AbsHistogram
+    h = AbsHistogram()
+    h.observe(np.array([1.0] * 990 + [0.25] * 10, np.float32))
+    assert make(method).threshold(h) == 1.0
