@@ -327,9 +327,9 @@ def secure_local_cluster(n_workers: int = 2, blas_threads: int | None = None, **
 
 
 @contextlib.contextmanager
-def dask_backend(spec: str, runtime: str = "numpy", option: str = "--dask"):
-    """A DaskBackend for `spec`: "local:N" starts N worker processes on this machine (`secure_local_cluster`)
-    and closes them afterwards; a scheduler address ("tcp://host:8786") is connected to and left running.
+def dask_backend(spec: str, runtime: str = "numpy", option: str = "--dask", **cluster_options: Any):
+    """A DaskBackend for `spec`: "local:N" starts N worker processes on this machine (`secure_local_cluster`,
+    with `cluster_options`) and closes them afterwards; a scheduler address ("tcp://host:8786") is connected to and left running.
     Raises ArgumentError for another spec, EngineError when distributed (or for local:N, cryptography) is
     missing, a tls:// address has no certificates in Dask's configuration, or the scheduler is not reached (10 s)."""
     from engine.errors import ArgumentError
@@ -346,7 +346,7 @@ def dask_backend(spec: str, runtime: str = "numpy", option: str = "--dask"):
         except ImportError:
             raise EngineError(f"{option} {spec}: a local cluster's TLS needs the 'cryptography' package "
                               "(pip install cryptography)") from None
-        cluster, client = secure_local_cluster(int(n))
+        cluster, client = secure_local_cluster(int(n), **cluster_options)
     elif "://" in spec and spec.split("://", 1)[1]:
         cluster = None
         if spec.startswith("tls://") and distributed.Security().tls_ca_file is None:

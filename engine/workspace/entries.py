@@ -145,7 +145,7 @@ def _check_pair(name: str, files: Mapping[str, bytes]) -> None:
 
     from engine.darknet.build import build_layers
     from engine.darknet.cfg import cfg_from_bytes
-    from engine.darknet.weights import expected_floats, read_header, split_params
+    from engine.darknet.weights import body_floats, expected_floats, read_header, split_params
     from engine.errors import EngineError
     cfg_name = next(f for f in files if extension(f) == ".cfg")
     w_name = next(f for f in files if extension(f) == ".weights")
@@ -153,9 +153,9 @@ def _check_pair(name: str, files: Mapping[str, bytes]) -> None:
     try:
         layers = build_layers(cfg_from_bytes(files[cfg_name], Path(cfg_name)))
         header = read_header(data[:20], w_name)      # as the loader: not a lowercased copy of 500 MB
+        need, found = expected_floats(layers), body_floats(header, len(data), w_name)
     except EngineError as err:
         raise WorkspaceError(f"entry {name!r}: {err}") from None
-    need, found = expected_floats(layers), (len(data) - header.size) // 4
     if found != need:
         raise WorkspaceError(f"entry {name!r}: {w_name} holds {found:,} floats, {cfg_name} needs {need:,} "
                              f"({'cut short: an interrupted download?' if found < need else 'too many'}; "

@@ -22,6 +22,7 @@ from engine.calib.collect import collect  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
 from engine.quant.qmodel import quantize_model  # noqa: E402
 from engine.scale.backends import SHARED_KEEP, DaskBackend, InProcess, blas_limit, secure_local_cluster  # noqa: E402
+from engine.scale.backends import dask_backend as open_dask_backend  # noqa: E402  (the fixture takes the name)
 from engine.scale.evaluate import evaluate  # noqa: E402
 from engine.scale.sources import ModelSource, load_source  # noqa: E402
 
@@ -42,12 +43,8 @@ def qmodel(model):
 
 @pytest.fixture(scope="module")
 def dask_backend():
-    cluster, client = secure_local_cluster(n_workers=2, scheduler_kwargs={"allowed_failures": 1})
-    try:
-        yield DaskBackend(client)
-    finally:
-        client.close()
-        cluster.close()
+    with open_dask_backend("local:2", scheduler_kwargs={"allowed_failures": 1}) as backend:
+        yield backend
 
 
 def kill_worker(client, address: str) -> None:

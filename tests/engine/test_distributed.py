@@ -24,7 +24,8 @@ from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS  # noqa: E402
 from engine.imaging.augment import augment  # noqa: E402
 from engine.calib.collect import collect  # noqa: E402
 from engine.scale.backends import (DaskBackend, InProcess, blas_limit, blas_threads,  # noqa: E402
-                                  secure_local_cluster, temporary_tls)
+                                  temporary_tls)
+from engine.scale.backends import dask_backend as open_dask_backend  # noqa: E402  (the fixture takes the name)
 from engine.scale.evaluate import collect_stats, compare_distributed, evaluate  # noqa: E402
 from engine.scale.sources import ModelSource, load_source  # noqa: E402
 from engine.darknet.detect import detect_outputs  # noqa: E402
@@ -65,12 +66,8 @@ def images():
 
 @pytest.fixture(scope="module")
 def dask_backend():
-    cluster, client = secure_local_cluster(n_workers=2)
-    try:
-        yield DaskBackend(client)
-    finally:
-        client.close()
-        cluster.close()
+    with open_dask_backend("local:2") as backend:
+        yield backend
 
 
 def assert_stats_equal(a, b) -> None:

@@ -26,13 +26,9 @@ PHOTOS = sorted(IMAGES.glob("*.jpg"))[:3]
 
 @pytest.fixture(scope="module")
 def dask_backend():
-    from engine.scale.backends import DaskBackend, secure_local_cluster
-    cluster, client = secure_local_cluster(2)
-    try:
-        yield DaskBackend(client)
-    finally:
-        client.close()
-        cluster.close()
+    from engine.scale.backends import dask_backend as open_dask_backend
+    with open_dask_backend("local:2") as backend:
+        yield backend
 
 
 @pytest.fixture(scope="module")
