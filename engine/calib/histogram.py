@@ -51,6 +51,13 @@ class AbsHistogram:
         return self.hi / self.nbins
 
     @property
+    def used_bins(self) -> int:
+        """How many bins from 0 hold values: up to amax's own. A value on an edge k * width counts in bin k
+        (observe truncates), so this is floor + 1, not ceil (which left amax's bin out when it sat on an edge:
+        the searches of log2, mse and kl then never saw the image's pixels at 1.0)."""
+        return min(self.nbins, math.floor(self.amax / self.bin_width) + 1)     # exact: the width is a power of two
+
+    @property
     def edges(self) -> np.ndarray:
         return np.linspace(0.0, self.hi, self.nbins + 1)
 

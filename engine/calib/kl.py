@@ -187,7 +187,7 @@ class KLCalibrator(Calibrator):
         return t
 
     def _search(self, h: AbsHistogram) -> float:
-        used = min(h.nbins, int(np.floor(h.amax / h.bin_width)) + 1)     # amax's own bin too (on an edge: ceil dropped it)
+        used = h.used_bins
         if used <= LEVELS:
             return h.amax
         counts = h.counts[:used]

@@ -75,7 +75,6 @@ class Log2Calibrator(Calibrator):
         """127 * 2**k for the k with the least expected squared error over `h` (engine/calib/mse.py's)."""
         top = int(np.ceil(np.log2(h.amax / 127)))              # the power of two that clips nothing
         ks = np.arange(top - 8, top + 1)
-        # the bins up to amax's own: floor + 1 (ceil would drop it when amax sits on an edge, as the image's 1.0 does)
-        used = min(h.nbins, int(np.floor(h.amax / h.bin_width)) + 1)
+        used = h.used_bins
         errs = expected_mse(h.counts[:used], h.centers[:used], 127.0 * 2.0 ** ks)
         return float(127.0 * 2.0 ** ks[int(np.argmin(errs))])

@@ -30,8 +30,7 @@ class MSECalibrator(Calibrator):
     name = "mse"
 
     def threshold(self, h: AbsHistogram) -> float:
-        # the bins up to amax's own: ceil dropped it when amax sits on a bin edge (the image's 1.0)
-        used = min(h.nbins, int(np.floor(h.amax / h.bin_width)) + 1)
+        used = h.used_bins
         counts, centers = h.counts[:used], h.centers[:used]
         cands = np.arange(max(1, used // 64), used + 1) * h.bin_width
         cands = np.minimum(cands, h.amax)

@@ -207,7 +207,7 @@ def test_blocked_weight_quantization_equals_the_whole_array_one(tiny, scheme):
 def _mse_threshold_direct(h):
     """The former mse search: every candidate evaluated term by term."""
     from engine.calib.mse import expected_mse
-    used = min(h.nbins, int(np.floor(h.amax / h.bin_width)) + 1)          # the bins up to amax's own
+    used = h.used_bins
     cands = np.minimum(np.arange(max(1, used // 64), used + 1) * h.bin_width, h.amax)
     return float(cands[int(np.argmin(expected_mse(h.counts[:used], h.centers[:used], cands)))])
 

@@ -534,7 +534,7 @@ def calibration_histograms() -> list[AbsHistogram]:
 def test_kl_vectorised_search_picks_the_reference_loops_threshold():
     from engine.calib.kl import LEVELS, kl_best, kl_divergence
     for h in calibration_histograms():
-        used = min(h.nbins, int(np.floor(h.amax / h.bin_width)) + 1)
+        used = h.used_bins
         counts, cands = h.counts[:used], np.arange(LEVELS, used + 1)
         ref = int(cands[int(np.argmin([kl_divergence(counts, int(i)) for i in cands]))])
         assert kl_best(counts, cands) == ref
@@ -563,7 +563,7 @@ def test_kl_divergence_smooths_the_count_histograms_as_mxnet():
     from scipy.stats import entropy
     from engine.calib.kl import LEVELS, kl_best, kl_divergence
     for h in calibration_histograms():
-        used = min(h.nbins, int(np.floor(h.amax / h.bin_width)) + 1)
+        used = h.used_bins
         counts, cands = h.counts[:used], np.arange(LEVELS, used + 1)
         ref = []
         for i in cands:
@@ -617,7 +617,7 @@ def test_kl_clips_at_most_clip_max_of_the_values_of_a_dense_tail():
     x = np.random.default_rng(1).pareto(3.0, 400_000).astype(np.float32)      # a power-law tail
     h = hist_of(x)
     plain, ours = make("kl", clip_max=1).threshold(h), make("kl").threshold(h)
-    counts = h.counts[:min(h.nbins, int(np.floor(h.amax / h.bin_width)) + 1)]
+    counts = h.counts[:h.used_bins]
 
     def clipped(t: float) -> float:
         return float(x[x > t].size) / x.size
