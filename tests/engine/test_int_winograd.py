@@ -128,6 +128,7 @@ def test_methods_share_int8_weights_and_kept_forms_die_with_them(tiny, tiny_stat
     assert quantize_model(tiny, tiny_stats, "kl", per_channel=False).layers[12].w_q is not a.layers[12].w_q
     w_q = np.random.default_rng(0).integers(-127, 128, (128, 128, 3, 3)).astype(np.int8)
     lq = LayerQuant(w_q, np.full(128, 0.01), np.zeros(128, np.int32), 0.1, "per_channel")
+    gc.collect()        # earlier tests' models left in reference cycles: their forms go now, not inside the count
     before = intcache.used_bytes()
     w_f = lq.w_f
     assert lq.w_f is w_f and intcache.used_bytes() == before + w_f.nbytes
@@ -145,6 +146,7 @@ def test_kept_forms_made_by_two_threads_at_once_are_counted_once(monkeypatch):
     import threading
     import time
     from engine.quant import intcache
+    gc.collect()        # earlier tests' models left in reference cycles: their forms go now, not inside the count
     monkeypatch.setattr(intcache, "BUDGET", intcache.used_bytes() + (256 << 20))   # whatever earlier tests keep
     before = intcache.used_bytes()
     w_q = np.ones((64, 64, 3, 3), np.int8)
