@@ -7,7 +7,10 @@ from engine.cli.main import main
 
 def _exit_on(signum, _frame):
     # SIGTERM (kill, timeout, a batch scheduler) and SIGHUP (the terminal closed) unwind like Ctrl-C:
-    # an atomic write in progress removes its temp file (a 35 MB '.<out>.qwtmp-*' would stay otherwise)
+    # an atomic write in progress removes its temp file (a 35 MB '.<out>.qwtmp-*' would stay otherwise).
+    # Objects torn down on the way out (a ZipFile interrupted with a member open) may fail in __del__: the
+    # process is ending on the user's signal, so that is not worth an "Exception ignored" traceback.
+    sys.unraisablehook = lambda _unraisable: None
     raise SystemExit(128 + signum)
 
 

@@ -55,14 +55,8 @@ _FOREIGN_AGE = 24 * 3600     # seconds after which another host's temp file or s
 # in every folder written into (a home folder, a CLI -o folder).
 
 
-def _read_umask() -> int:
-    # os.umask can only be read by setting it; done once at import, before any thread exists.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
+_UMASK = os.umask(0o022)     # os.umask is read by setting it: once, at import, before any thread exists
+os.umask(_UMASK)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -154,7 +148,13 @@ def _discard(tmp, target: Path, err: BaseException) -> NoReturn:
 
 
 def _reraise(target: Path, err: BaseException) -> NoReturn:
-    """Re-raise a failed write's error: an OSError as the FileError naming the output."""
+    """Re-raise a failed write's error: an OSError as the FileError naming the output, and an error that
+    a Ctrl-C / SIGTERM caused while unwinding (zipfile's "open writing handle" ValueError) as that interrupt."""
+    cause = err
+    while isinstance(cause, Exception) and cause.__context__ is not None:
+        cause = cause.__context__
+    if not isinstance(cause, Exception):
+        raise cause
     if isinstance(err, OSError) and not isinstance(err, FileError):
         raise FileError(f"output {target}: write failed: {err.strerror or err}") from err
     raise err
