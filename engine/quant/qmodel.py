@@ -18,7 +18,7 @@ import numpy as np
 from engine.calib import make
 from engine.calib.collect import CalibrationStats, quantizable_ids
 from engine.calib.views import activation_scales
-from engine.errors import EngineError, WeightsError
+from engine.errors import EditError, EngineError, WeightsError
 from engine.kernels.scratch import derived
 from engine.quant.layerquant import LayerQuant
 from engine.quant.weights import QuantWeights, fused_params, quantize_bias, quantize_weights
@@ -261,13 +261,90 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
 
 def at_input_scale(model, index: int, lq: LayerQuant, in_scale: float, profile: str) -> LayerQuant:
     """Layer `index`'s LayerQuant for an input at `in_scale` (an activation scale changed after quantizing):
-    int32 biases re-derived from the float ones under the profile's bias rule, as `quantize_model` derives
-    them (`fit_bias`: for ONNX Runtime's profiles a weight scale whose bias would leave int32 grows until it
-    fits, and those filters are requantized from the float weights). Other int8 weights are kept as they are."""
+    int32 biases re-derived under the profile's bias rule, as `quantize_model` derives them (`fit_bias`: for ONNX
+    Runtime's profiles a weight scale whose bias would leave int32 grows until it fits, and those filters are
+    requantized from the float weights). A bias the quantized model holds of its own (an int8 edit, or a
+    refinement's shift) keeps its real value; other int8 weights are kept as they are.
+
+    Raises EditError (nothing changed) where the new scale would lose such values: a filter to requantize whose
+    int8 weights are not the float weights' codes, or a bias of its own that int32 cannot hold there."""
     from engine.quant.profiles import get_profile
-    w, b = fused_params(model, index)
-    qw = get_profile(profile).fit_bias(QuantWeights(lq.w_q, lq.w_scale, lq.scheme), b, in_scale, lambda: w)
-    return LayerQuant(qw.w_q, qw.scale, quantize_bias(b, in_scale, qw.scale), in_scale, lq.scheme)
+    prof = get_profile(profile)
+    w = fused_params(model, index)[0]
+    b, own = held_biases(model, index, lq)
+    qw = prof.fit_bias(QuantWeights(lq.w_q, lq.w_scale, lq.scheme), b, in_scale, lambda: w)
+    where = f"{model.layers[index].where()}: at input scale {in_scale:g},"
+    _check_requantized_filters(where, lq, qw, w, b, in_scale, prof)
+    b_q = quantize_bias(b, in_scale, qw.scale)
+    _check_own_biases_fit(where, b, own, qw.scale, in_scale, prof.name)
+    return LayerQuant(qw.w_q, qw.scale, b_q, in_scale, lq.scheme)
+
+
+def held_biases(model, index: int, lq: LayerQuant) -> tuple[np.ndarray, np.ndarray]:
+    """(real biases float64 (n,), which are the quantized model's own (bool (n,))): the float model's bias where
+    `b_q` is what `quantize_bias` makes of it, else `b_q`'s own value `b_q * in_scale * w_scale` (an int8 bias
+    edit, or the shift of `--refine bias` / `head` / `margin`), which re-deriving from the float bias would drop."""
+    b = fused_params(model, index)[1].astype(np.float64)
+    own = np.asarray(lq.b_q) != quantize_bias(b, lq.in_scale, lq.w_scale)
+    return np.where(own, np.asarray(lq.b_q, np.float64) * lq.acc_scale, b), own
+
+
+def _filters(w_scale, n: int) -> np.ndarray:
+    """A weight scale (n,) or (1,) as one float64 per filter (n,)."""
+    return np.broadcast_to(np.asarray(w_scale, np.float64).reshape(-1), (n,))
+
+
+def _check_requantized_filters(where: str, lq: LayerQuant, qw: QuantWeights, w: np.ndarray, b: np.ndarray,
+                               in_scale: float, prof) -> None:
+    """EditError if the profile's bias rule grew the weight scale of a filter whose int8 weights are not the codes
+    of its float weights (an int8 edit, a GPTQ refinement): requantizing it from the float weights drops them, and
+    they cannot keep their values on the coarser grid either."""
+    n = lq.w_q.shape[0]
+    old, new = _filters(lq.w_scale, n), _filters(qw.scale, n)
+    grown = np.flatnonzero(new != old)
+    if not grown.size:
+        return
+    rows = np.asarray(w).reshape(n, -1)[grown]
+    held = np.asarray(lq.w_q).reshape(n, -1)[grown]
+    qmax = prof.weight_qmax
+    codes = np.clip(np.rint(np.divide(rows, old[grown, None], dtype=np.float64)), -qmax, qmax)
+    same = (held == codes).all(axis=1)
+    if lq.scheme == "yolo2_light":              # its own rule truncates (scale = 1 / a power of two: exact)
+        same |= (held == np.clip(np.trunc(rows * (1.0 / old[grown, None])), -qmax, qmax)).all(axis=1)
+    lost = grown[~same]
+    if not lost.size:
+        return
+    # the rule grew these scales just to where in_scale * w_scale holds the bias: an input scale of
+    # in_scale * new / old needs no growth, so it keeps their int8 weights
+    keep = float((in_scale * new[lost] / old[lost]).max()) * (1 + 1e-5)
+    they = "their" if lost.size > 1 else "its"
+    grows = "the layer's weight scale (one per tensor)" if np.asarray(lq.w_scale).size == 1 else \
+        f"the weight scale of {_filter_names(grown)}"
+    raise EditError(
+        f"{where} an int32 bias would leave int32, so the {prof.name} profile's bias rule grows {grows} and "
+        "requantizes those weights from the float ones; the int8 weights of "
+        f"{_filter_names(lost)} differ from {they} float weights' codes (an int8 edit or a refinement such as gptq) "
+        f"and would be lost. Undo that int8 edit (or make it on the float weights), or keep the input scale at least "
+        f"{keep:.6g}")
+
+
+def _filter_names(filters: np.ndarray) -> str:
+    names = ", ".join(str(int(c)) for c in filters[:8]) + (f" and {filters.size - 8} more" if filters.size > 8 else "")
+    return f"filter{'s' if filters.size > 1 else ''} {names}"
+
+
+def _check_own_biases_fit(where: str, b: np.ndarray, own: np.ndarray, w_scale, in_scale: float, profile: str) -> None:
+    """EditError if a bias the quantized model holds of its own (`held_biases`) needs more than int32 at the new
+    scale: saturating it would change the edited value silently."""
+    acc = in_scale * _filters(w_scale, b.size)
+    over = np.flatnonzero(own & (np.abs(np.rint(b / acc)) > 2 ** 31 - 1))
+    if not over.size:
+        return
+    keep = float((np.abs(b[over]) / ((2 ** 31 - 1) * _filters(w_scale, b.size)[over])).max()) * (1 + 1e-5)
+    raise EditError(
+        f"{where} the int32 bias of {_filter_names(over)}, set by an int8 edit or a refinement (real value "
+        f"{float(b[over[0]]):.6g}), no longer fits in int32 and the {profile} profile would saturate it. Undo "
+        f"that edit, or keep the input scale at least {keep:.6g}")
 
 
 def rescaled(model, qmodel: QuantizedModel, scales: dict[str, float]) -> QuantizedModel:

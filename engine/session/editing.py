@@ -2,8 +2,9 @@
 
 Float edits change the session's private model copy (and re-derive that layer's int8 weights, so
 HYBRID/INT see them); int8 edits change the quantized model's w_q / b_q; scale edits change an
-activation scale and re-derive the int32 biases of the layers that read that tensor. Every edit
-records complete before/after snapshots of what it touched, so undo and redo are exact.
+activation scale and re-derive the int32 biases of the layers that read that tensor, keeping the int8
+edits those hold or refusing the scale (qmodel.at_input_scale). Every edit records complete
+before/after snapshots of what it touched, so undo and redo are exact.
 
 The Session owns one Editor and calls it; the Editor knows nothing of execution (which outputs
 an edit makes stale is the Session's business) and holds only the references it is given.

@@ -368,7 +368,8 @@ class Session(LayerStepper):
         return self._edited(self.editor.prune(self._check_index(index), fraction, target, self.mode))
 
     def set_scale(self, node_id: str | int, scale: float) -> Edit:
-        """Change an activation scale (real = q * scale) and re-derive the biases of its int8 readers."""
+        """Change an activation scale (real = q * scale) and re-derive the biases of its int8 readers; their
+        int8 edits are kept (an int8 bias keeps its real value), or EditError names what the scale would lose."""
         return self._edited(self.editor.set_scale(node_id, scale))
 
     def set_threshold(self, node_id: str | int, threshold: float) -> Edit:

@@ -1,0 +1,124 @@
+"""An int8 edit, then a change of the layer's input scale (Session.set_scale), on the real yolov3-tiny under every
+device profile: the edit is still there afterwards (in the quantized model, in an INT run against a naive integer
+reference of the edited layer, after undo / redo and after save + reload), or the rescale is refused with one
+error naming the layer and why. set_scale used to re-derive the readers' int32 biases from the float biases (an
+int8 bias edit was silently replaced, on every profile) and, under ONNX Runtime's profiles, to requantize a filter
+whose bias had to grow its weight scale from the float weights (an int8 weight edit silently gone)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import engine
+from engine import Session
+from engine.calib.collect import collect
+from engine.errors import EditError
+from engine.quant.profiles import PROFILES
+from engine.quant.qmodel import QuantizedModel, quantize_model
+from engine.quant.weights import fused_params, quantize_bias
+from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS
+
+HEAD = 15               # yolov3-tiny's 1x1 linear conv feeding [yolo] 16; it reads conv 14 alone
+ORT_FAMILY = ("onnxruntime", "avx2_u8s8", "ort_reduce_range")      # their bias rule may grow a weight scale
+PHOTO = IMAGES / "dog.jpg"
+
+
+@pytest.fixture(scope="module")
+def tiny1():
+    """yolov3-tiny and its calibration on one photo (this module edits only Session copies)."""
+    model = engine.load(TINY_CFG, weights=TINY_WEIGHTS)
+    return model, collect(model, [PHOTO], progress=False)
+
+
+def _layer_for(profile: str) -> int:
+    # yolo2_light runs linear convs (the head convs) in float: its edits are tested on conv 13 (leaky, int8)
+    return 13 if profile == "yolo2_light" else HEAD
+
+
+def _head_reference(x, lq, profile: str) -> np.ndarray:
+    """Layer 15 (1x1, linear, a head conv) from its int8/uint8 input codes, naively: int64 sums of
+    (x - zero point) * w_q plus b_q, dequantized as the profile hands a head its int32 sums."""
+    xc = x.q.astype(np.int64) - int(x.zero_point)
+    u = np.einsum("nc,chw->nhw", lq.w_q.reshape(lq.w_q.shape[0], -1).astype(np.int64), xc)
+    u = u + lq.b_q.astype(np.int64)[:, None, None]
+    ws = np.broadcast_to(lq.w_scale, (lq.w_q.shape[0],)).astype(np.float64)
+    if profile in ORT_FAMILY:      # ConvInteger + int32 Add (wraps) + Cast + Mul by float32 x_scale * w_scale
+        u = (u + 2 ** 31) % 2 ** 32 - 2 ** 31
+        scale = np.multiply(np.float32(x.scale), ws.astype(np.float32), dtype=np.float32)
+        return u.astype(np.float32) * scale[:, None, None]
+    return (u.astype(np.float64) * (x.scale * ws)[:, None, None]).astype(np.float32)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES.names()))
+def test_int8_weight_and_bias_edits_survive_a_rescale_a_run_undo_redo_and_a_reload(profile, tiny1, tmp_path):
+    model, stats = tiny1
+    qm = quantize_model(model, stats, "minmax", per_channel=profile != "yolo2_light", profile=profile)
+    s = Session(model, qm, "int", PHOTO)
+    i = _layer_for(profile)
+    src = str(i - 1)
+    before, old = s.qmodel.layers[i], s.qmodel.scales[src]
+    f = 3
+    w_new = 40 if int(before.w_q[f, 0, 0, 0]) != 40 else -40
+    b_new = int(before.b_q[f]) + 977 * 2            # an even number: its real value is exact at half the scale
+    s.edit_weights(i, (f, 0, 0, 0), w_new, target="int8")
+    s.edit_weights(i, (f,), b_new, param="biases", target="int8")
+    s.set_scale(src, old / 2)
+    lq = s.qmodel.layers[i]
+    assert lq.in_scale == old / 2
+    np.testing.assert_array_equal(lq.w_scale, before.w_scale)                 # no weight scale had to grow
+    assert int(lq.w_q[f, 0, 0, 0]) == w_new                                    # the weight edit kept
+    assert int(lq.b_q[f]) == b_new * 2                                         # the bias edit: its real value kept
+    others = np.arange(lq.b_q.size) != f                                       # the others: from the float biases
+    np.testing.assert_array_equal(lq.b_q[others],
+                                  quantize_bias(fused_params(model, i)[1], old / 2, lq.w_scale)[others])
+    s.run()
+    out = s.output(i).copy()
+    if i == HEAD:
+        np.testing.assert_array_equal(out, _head_reference(s.output_q(14), lq, profile))
+    cross = s.cross(i)                                      # CROSS's int8 side is the edited, rescaled layer's
+    assert cross.precision == "int8" and cross.other == "float"
+    np.testing.assert_array_equal(cross.y, out)
+    path = s.save_quantized(tmp_path / "edited.npz")
+    again = Session(model, QuantizedModel.load(path), "int", PHOTO)
+    again.run()
+    np.testing.assert_array_equal(again.output(i), out)
+    s.undo()                                                                   # the rescale
+    assert s.qmodel.layers[i].b_q[f] == b_new and s.qmodel.scales[src] == old
+    s.redo()
+    assert int(s.qmodel.layers[i].b_q[f]) == b_new * 2
+    for _ in range(3):
+        s.undo()
+    assert s.qmodel.layers[i] is before and s.qmodel.scales[src] == old
+
+
+@pytest.mark.parametrize("profile", ORT_FAMILY)
+def test_a_rescale_that_would_requantize_an_int8_edited_filter_from_the_float_weights_is_refused(profile, tiny1):
+    # ORT's quantizer rule (fit_bias): at an input scale where a filter's int32 bias cannot hold its real bias, that
+    # filter's weight scale grows and its weights are requantized from the float weights. An int8 edit in such a
+    # filter cannot keep its value on the coarser grid, and was silently replaced by the float weights' codes
+    model, stats = tiny1
+    qm = quantize_model(model, stats, "minmax", per_channel=True, profile=profile)
+    s = Session(model, qm, "int", PHOTO)
+    lq0, old = s.qmodel.layers[HEAD], s.qmodel.scales["14"]
+    b = fused_params(model, HEAD)[1]
+    lowest = 1.0001 * 2 * np.abs(b.astype(np.float64)) / (2 ** 32 - 2) / lq0.w_scale   # below it, a filter grows
+    f = int(np.argmax(lowest))
+    tiny_scale = float(lowest[f]) / 2
+    s.edit_weights(HEAD, (f, 0, 0, 0), 30 if int(lq0.w_q[f, 0, 0, 0]) != 30 else -30, target="int8")
+    edited = s.qmodel.layers[HEAD]
+    with pytest.raises(EditError, match=rf"\(layer {HEAD}\).* int8 weights of filter {f} differ from its float weights"):
+        s.set_scale("14", tiny_scale)
+    assert s.qmodel.layers[HEAD] is edited and s.qmodel.scales["14"] == old and len(s.edits()) == 1
+    # the scale the message gives keeps the edit
+    with pytest.raises(EditError) as err:
+        s.set_scale("14", tiny_scale)
+    at_least = float(str(err.value).rsplit("at least ", 1)[1].split()[0].rstrip(".,)"))
+    s.set_scale("14", at_least)
+    assert int(s.qmodel.layers[HEAD].w_q[f, 0, 0, 0]) == int(edited.w_q[f, 0, 0, 0])
+    s.undo()
+    # without the int8 edit, the rescale follows the profile's rule: filter f requantized from the float weights
+    s.undo()
+    s.set_scale("14", tiny_scale)
+    lq = s.qmodel.layers[HEAD]
+    assert lq.w_scale[f] > lq0.w_scale[f]
+    assert float(lq.b_q[f]) * lq.in_scale * lq.w_scale[f] == pytest.approx(float(b[f]), rel=1e-6)
