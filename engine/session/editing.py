@@ -152,6 +152,8 @@ class Editor:
                 raise EditError(f"{where}: no such parameter; this layer has {', '.join(params) or 'none'}")
             new_arr = check_float(make(params[param].astype(np.float32)), where).reshape(params[param].shape)
             lq = self._requantized(index, {**params, param: new_arr})
+            if lq is not None:
+                self._check_no_int8_edits(index, where)
             old = self._snapshot([(index, param)], [index] if lq is not None else [])
             new = {"params": {(index, param): new_arr}, "lqs": {index: lq} if lq is not None else {}, "scales": {}}
         elif target == "int8":
@@ -217,6 +219,17 @@ class Editor:
             return out
         return self._edit_array(index, "weights", target or self.default_target(index, mode), make,
                                 f"prune {100 * fraction:.1f}% by magnitude", mode)
+
+    def _check_no_int8_edits(self, index: int, where: str) -> None:
+        """A float edit re-derives the layer's whole int8 weights and int32 biases from the float parameters:
+        refused while int8 edits of that layer are applied, which it would silently replace."""
+        mine = [e for e in self.journal.done if e.target == "int8" and e.layer == index]
+        if mine:
+            raise EditError(
+                f"{where}: a float edit re-derives this layer's int8 weights and biases from the float ones, which "
+                f"would discard its {len(mine)} applied int8 edit{'s' if len(mine) > 1 else ''} "
+                f"({'; '.join(e.description for e in mine[:3])}{'; ...' if len(mine) > 3 else ''}); undo "
+                f"{'them' if len(mine) > 1 else 'it'} first, or make this edit on the int8 weights (target='int8')")
 
     @staticmethod
     def _check_filter(index: int, w: np.ndarray, filt: int) -> None:

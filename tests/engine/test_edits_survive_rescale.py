@@ -122,3 +122,25 @@ def test_a_rescale_that_would_requantize_an_int8_edited_filter_from_the_float_we
     lq = s.qmodel.layers[HEAD]
     assert lq.w_scale[f] > lq0.w_scale[f]
     assert float(lq.b_q[f]) * lq.in_scale * lq.w_scale[f] == pytest.approx(float(b[f]), rel=1e-6)
+
+
+@pytest.mark.parametrize("profile", ["qwidgets", "onnxruntime"])
+def test_a_float_edit_of_a_layer_with_int8_edits_is_refused_instead_of_replacing_them(profile, tiny1):
+    # a float edit re-derives the layer's whole int8 weights and int32 biases from the float parameters: an int8
+    # weight and bias edit made before (HYBRID/INT's default target) vanished while the journal still listed them
+    model, stats = tiny1
+    s = Session(model, quantize_model(model, stats, "minmax", per_channel=True, profile=profile), "int")
+    s.edit_weights(2, (3, 0, 0, 0), 99, target="int8")
+    s.edit_weights(2, (7,), 555, param="biases", target="int8")
+    edited, params = s.qmodel.layers[2], s.model.params[2]
+    with pytest.raises(EditError, match=r"layer 2 .*float weights: a float edit re-derives .* discard its 2 applied "
+                                        r"int8 edits \(set weights\[\(3, 0, 0, 0\)\]; set biases\[\(7,\)\]\)"):
+        s.edit_weights(2, (10, 0, 0, 0), 0.01, target="float")
+    assert s.qmodel.layers[2] is edited and s.model.params[2] is params and len(s.edits()) == 2
+    assert (int(edited.w_q[3, 0, 0, 0]), int(edited.b_q[7])) == (99, 555)
+    s.undo()
+    s.undo()
+    s.edit_weights(2, (10, 0, 0, 0), 0.01, target="float")                 # no int8 edit left: the float edit goes in
+    lq = s.qmodel.layers[2]
+    w = fused_params(s.model, 2)[0][10, 0, 0, 0]                          # 0.01 times the BN fold
+    assert int(lq.w_q[10, 0, 0, 0]) == int(np.clip(np.rint(w / lq.w_scale[10]), -127, 127))
