@@ -148,9 +148,7 @@ class WeightEditor(widgets.VBox):
 
     # ------------------------------------------------------------------ display
     def _default_target(self) -> str:
-        s = self._session
-        has_int = s.qmodel is not None and self.layer in s.qmodel.layers
-        return "int8" if s.mode != "float" and has_int else "float"
+        return self._session.edit_target(self.layer) if self.layer >= 0 else "float"
 
     def model_changed(self) -> None:
         """After the session opened another model: its typed values, last diff and journal were the old

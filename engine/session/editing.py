@@ -125,8 +125,23 @@ class Editor:
 
     # ------------------------------------------------------------------ targets
     def default_target(self, index: int, mode: str) -> str:
-        has_int = self.qmodel is not None and index in self.qmodel.layers
+        has_int = self.qmodel is not None and index in self.qmodel.layers and not self._runs_float(index)
         return "int8" if mode != Mode.FLOAT and has_int else "float"
+
+    def _runs_float(self, index: int) -> bool:
+        """The quantized model's profile runs this layer in float (yolo2_light: layer 0 and linear convs), so no
+        run reads its int8 weights."""
+        from engine.quant.profiles import get_profile
+        return self.qmodel is not None and get_profile(self.qmodel.profile).runs_float(self.model.layers[index])
+
+    def _int8_weight_check(self) -> dict:
+        """check_int8's range for weight edits: the profile's (7-bit weights stay 7-bit under `ort_reduce_range`)."""
+        from engine.quant.profiles import get_profile
+        prof = get_profile(self.qmodel.profile if self.qmodel is not None else None)
+        if prof.weight_qmax == 127:
+            return {}
+        bits = prof.weight_qmax.bit_length() + 1
+        return {"qmax": prof.weight_qmax, "why": f"the {prof.name} profile's {bits}-bit weights"}
 
     def _requantized(self, index: int, params: dict[str, np.ndarray]) -> LayerQuant | None:
         """The layer's int8 weights re-derived from edited float params (same scheme, granularity, and the
@@ -160,9 +175,14 @@ class Editor:
             lq = None if self.qmodel is None else self.qmodel.layers.get(index)
             if lq is None:
                 raise EditError(f"{where}: this layer has no int8 weights (mode {mode})")
+            if self._runs_float(index):
+                raise EditError(f"{where}: the {self.qmodel.profile} profile runs this layer in float, so no run "
+                                "reads its int8 weights and an int8 edit would change nothing; edit its float "
+                                "weights (target='float')")
             if param in ("weights", "w_q"):
                 param = "w_q"
-                new_q = check_int8(make(lq.w_q.astype(np.int32)), where).reshape(lq.w_q.shape)
+                new_q = check_int8(make(lq.w_q.astype(np.int32)), where, **self._int8_weight_check()
+                                   ).reshape(lq.w_q.shape)
                 new_lq = LayerQuant(new_q, lq.w_scale, lq.b_q, lq.in_scale, lq.scheme)
             elif param in ("biases", "b_q"):
                 param = "b_q"
@@ -184,7 +204,8 @@ class Editor:
         where = f"layer {index} [{self.model.layers[index].kind}] {target} {param}"
         # validate the given values themselves: inserting 1.5 into int8 weights must not truncate silently
         if target == "int8":
-            values = check_int8(values, where) if param in ("weights", "w_q") else check_int32(values, where)
+            values = check_int8(values, where, **self._int8_weight_check()) if param in ("weights", "w_q") \
+                else check_int32(values, where)
         elif target == "float":
             values = check_float(values, where)
         return self._edit_array(index, param, target, lambda w: apply_region(w, region, values, where),

@@ -63,11 +63,12 @@ def _whole_numbers(values, where: str, what: str) -> np.ndarray:
     return arr
 
 
-def check_int8(values: np.ndarray, where: str) -> np.ndarray:
+def check_int8(values: np.ndarray, where: str, qmax: int = QMAX, why: str = "symmetric int8") -> np.ndarray:
+    """int8 weights in [-qmax, qmax] (a device profile's weight range: 63 for 7-bit weights), or EditError."""
     arr = _whole_numbers(values, where, "int8")
     lo, hi = int(arr.min(initial=0)), int(arr.max(initial=0))
-    if lo < -QMAX or hi > QMAX:
-        raise EditError(f"{where}: int8 values must be in [-{QMAX}, {QMAX}] (symmetric int8), got {lo}..{hi}")
+    if lo < -qmax or hi > qmax:
+        raise EditError(f"{where}: int8 values must be in [-{qmax}, {qmax}] ({why}), got {lo}..{hi}")
     return arr.astype(np.int8)
 
 

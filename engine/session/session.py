@@ -357,6 +357,11 @@ class Session(LayerStepper):
         return self._edited(self.editor.edit_weights(self._check_index(index), region, values, param, target,
                                                      self.mode))
 
+    def edit_target(self, index: int) -> str:
+        """What an edit of layer `index` changes by default: "int8" (w_q / b_q) in HYBRID/INT where some run
+        reads them, else "float"."""
+        return self.editor.default_target(self._check_index(index), self.mode)
+
     def scale_filter(self, index: int, filt: int, factor: float, *, target: str | None = None) -> Edit:
         return self._edited(self.editor.scale_filter(self._check_index(index), filt, factor, target, self.mode))
 

@@ -106,7 +106,8 @@ def test_a_rescale_that_would_requantize_an_int8_edited_filter_from_the_float_we
     tiny_scale = float(lowest[f]) / 2
     s.edit_weights(HEAD, (f, 0, 0, 0), 30 if int(lq0.w_q[f, 0, 0, 0]) != 30 else -30, target="int8")
     edited = s.qmodel.layers[HEAD]
-    with pytest.raises(EditError, match=rf"\(layer {HEAD}\).* int8 weights of filter {f} differ from its float weights"):
+    with pytest.raises(EditError, match=rf"\(layer {HEAD}\).* int8 weights of filter {f} differ from its float "
+                                        r"weights"):
         s.set_scale("14", tiny_scale)
     assert s.qmodel.layers[HEAD] is edited and s.qmodel.scales["14"] == old and len(s.edits()) == 1
     # the scale the message gives keeps the edit
@@ -144,3 +145,41 @@ def test_a_float_edit_of_a_layer_with_int8_edits_is_refused_instead_of_replacing
     lq = s.qmodel.layers[2]
     w = fused_params(s.model, 2)[0][10, 0, 0, 0]                          # 0.01 times the BN fold
     assert int(lq.w_q[10, 0, 0, 0]) == int(np.clip(np.rint(w / lq.w_scale[10]), -127, 127))
+
+
+def test_yolo2_light_edits_its_float_run_layers_on_the_float_weights(tiny1):
+    # yolo2_light runs layer 0 and the linear convs in float, yet their int8 weights were the HYBRID/INT default
+    # target: zero_filter(15, 0) changed an int8 array no run reads, and the head's output stayed the same
+    model, stats = tiny1
+    s = Session(model, quantize_model(model, stats, "minmax", profile="yolo2_light"), "int", PHOTO)
+    assert (s.edit_target(15), s.edit_target(0), s.edit_target(13)) == ("float", "float", "int8")
+    with pytest.raises(EditError, match=r"layer 15 \[convolutional\] int8 weights: the yolo2_light profile runs "
+                                        r"this layer in float"):
+        s.zero_filter(15, 0, target="int8")
+    s.run()
+    before = s.output(15).copy()
+    e = s.zero_filter(15, 0)
+    assert e.target == "float"
+    s.run()
+    after = s.output(15)
+    bias = fused_params(s.model, 15)[1][0]                   # a zero filter leaves its bias (linear activation)
+    np.testing.assert_array_equal(after[0], np.full_like(after[0], bias))
+    np.testing.assert_array_equal(after[1:], before[1:])
+
+
+def test_int8_weight_edits_stay_in_the_profiles_weight_range(tiny1):
+    # ort_reduce_range's weights are 7-bit ([-63, 63]: no uint8 x int8 pair can saturate int16); an int8 edit
+    # accepted any value in [-127, 127], so the edited model was no longer what the profile (and its export) claims
+    model, stats = tiny1
+    s = Session(model, quantize_model(model, stats, "minmax", per_channel=True, profile="ort_reduce_range"), "int")
+    with pytest.raises(EditError, match=r"int8 values must be in \[-63, 63\] \(the ort_reduce_range profile's "
+                                        r"7-bit weights\), got 0..100"):
+        s.edit_weights(2, (3, 0, 0, 0), 100, target="int8")
+    with pytest.raises(EditError, match=r"\[-63, 63\]"):
+        s.scale_filter(2, 3, 10.0)
+    assert len(s.edits()) == 0
+    s.edit_weights(2, (3, 0, 0, 0), -63, target="int8")
+    assert int(s.qmodel.layers[2].w_q[3, 0, 0, 0]) == -63
+    plain = Session(model, quantize_model(model, stats, "minmax", per_channel=True), "int")
+    plain.edit_weights(2, (3, 0, 0, 0), 100, target="int8")                  # 8-bit profiles: [-127, 127]
+    assert int(plain.qmodel.layers[2].w_q[3, 0, 0, 0]) == 100
