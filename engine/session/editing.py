@@ -166,6 +166,7 @@ class Editor:
             if param not in params:
                 raise EditError(f"{where}: no such parameter; this layer has {', '.join(params) or 'none'}")
             new_arr = check_float(make(params[param].astype(np.float32)), where).reshape(params[param].shape)
+            self.check_float_edits_reach(self.qmodel, where)
             lq = self._requantized(index, {**params, param: new_arr})
             if lq is not None:
                 self._check_no_int8_edits(index, where)
@@ -241,6 +242,16 @@ class Editor:
         return self._edit_array(index, "weights", target or self.default_target(index, mode), make,
                                 f"prune {100 * fraction:.1f}% by magnitude", mode)
 
+    @staticmethod
+    def check_float_edits_reach(qmodel, where: str, advice: str = "edit the int8 weights (target='int8'), or use a "
+                                                                 "quantized model made without cle") -> None:
+        """EditError if `qmodel` is cross-layer equalized (`quantize --refine cle`): its layers (and every run with it,
+        FLOAT too) belong to the equalized twin of the float model, which the executor derives once, so a float
+        edit would not reach FLOAT runs and would requantize the layer from the unequalized weights."""
+        if qmodel is not None and qmodel.meta.get("equalization"):
+            raise EditError(f"{where}: the quantized model is cross-layer equalized (refine cle): its runs use the "
+                            f"equalized twin of the float weights, which a float edit does not reach; {advice}")
+
     def _check_no_int8_edits(self, index: int, where: str) -> None:
         """A float edit re-derives the layer's whole int8 weights and int32 biases from the float parameters:
         refused while int8 edits of that layer are applied, which it would silently replace."""
@@ -276,8 +287,10 @@ class Editor:
                        key=lambda m: -1 if m == "input" else int(m)) or [nid]
         readers = [l.index for l in self.model.layers if l.index in self.qmodel.layers and input_id(l) in group]
         old = self._snapshot((), readers, group)
-        lqs = {i: at_input_scale(self.model, i, self.qmodel.layers[i], float(scale), self.qmodel.profile)
-               for i in readers}
+        # the float parameters the layers were quantized from: a cross-layer-equalized model's are its twin's
+        from engine.quant.executor import equalized_for
+        base = equalized_for(self.model, self.qmodel)
+        lqs = {i: at_input_scale(base, i, self.qmodel.layers[i], float(scale), self.qmodel.profile) for i in readers}
         new = {"params": {}, "lqs": lqs, "scales": {m: float(scale) for m in group}}
         shared = f" (shared by {', '.join(group)})" if len(group) > 1 else ""
         return self._commit(Edit(group[0], "scale", "scale", old, new,

@@ -109,6 +109,10 @@ class Session(LayerStepper):
         quantized = arguments.quantized(quantized)
         if quantized is not None:
             quantized.check_matches(self.model)
+        if any(e.target == "float" for e in self.journal.done + self.journal.undone):
+            self.editor.check_float_edits_reach(quantized, "set_quantized: this session's float edits cannot carry "
+                                                "over", "undo them first (save_model() keeps them), or use a "
+                                                "quantized model made without cle")
         dropped = self.editor.check_quantized_edits_may_go(drop_edits)
         self.editor.switch_quantized(quantized.copy() if quantized is not None else None)
         mode = self.mode if self.qmodel is not None else Mode.FLOAT.value

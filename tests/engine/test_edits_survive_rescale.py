@@ -183,3 +183,46 @@ def test_int8_weight_edits_stay_in_the_profiles_weight_range(tiny1):
     plain = Session(model, quantize_model(model, stats, "minmax", per_channel=True), "int")
     plain.edit_weights(2, (3, 0, 0, 0), 100, target="int8")                  # 8-bit profiles: [-127, 127]
     assert int(plain.qmodel.layers[2].w_q[3, 0, 0, 0]) == 100
+
+
+@pytest.fixture(scope="module")
+def cle_q(tiny1):
+    """yolov3-tiny quantized after cross-layer equalization (quantize --refine cle), calibrated on one photo."""
+    from engine.quant.refine import attach_equalization, derived_forward, equalize
+    model, _ = tiny1
+    twin, spec = equalize(model, "weights")
+    stats = collect(twin, [PHOTO], progress=False, forward=derived_forward(model, spec))
+    return attach_equalization(quantize_model(twin, stats, "minmax", per_channel=True), spec, "weights"), twin
+
+
+def test_a_rescale_of_a_cross_layer_equalized_model_rederives_the_equalized_biases(tiny1, cle_q):
+    # set_scale re-derived the readers' int32 biases from the session's float model, not from the equalized twin
+    # the quantized model was made from: conv 4's biases were off by up to 190531 steps after halving its input scale
+    model, _ = tiny1
+    qm, twin = cle_q
+    s = Session(model, qm, "int", PHOTO)
+    old = s.qmodel.scales["3"]
+    s.set_scale("3", old / 2)
+    lq = s.qmodel.layers[4]
+    np.testing.assert_array_equal(lq.b_q, quantize_bias(fused_params(twin, 4)[1], old / 2, lq.w_scale))
+    np.testing.assert_array_equal(lq.w_q, qm.layers[4].w_q)
+
+
+def test_float_edits_are_refused_with_a_cross_layer_equalized_model(tiny1, cle_q):
+    # its runs (FLOAT too) use the equalized twin the executor derived once: a float edit changed nothing in FLOAT
+    # and requantized the layer from the unequalized weights in INT (every filter's scale wrong by its CLE factor)
+    model, stats = tiny1
+    qm, _ = cle_q
+    for mode in ("float", "int"):
+        s = Session(model, qm, mode, PHOTO)
+        params = s.model.params[2]
+        with pytest.raises(EditError, match=r"layer 2 \[convolutional\] float weights: the quantized model is "
+                                            r"cross-layer equalized"):
+            s.zero_filter(2, 0, target="float")
+        assert s.model.params[2] is params and s.qmodel.layers[2] is not None and not s.edits()
+    s = Session(model, quantize_model(model, stats, "minmax", per_channel=True), "int", PHOTO)
+    s.zero_filter(2, 0, target="float")
+    with pytest.raises(EditError, match=r"set_quantized: this session's float edits cannot carry over: the "
+                                        r"quantized model is cross-layer equalized"):
+        s.set_quantized(qm)
+    assert s.qmodel.meta.get("equalization") is None and len(s.edits()) == 1
