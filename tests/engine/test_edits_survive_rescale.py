@@ -49,6 +49,19 @@ def _head_reference(x, lq, profile: str) -> np.ndarray:
     return (u.astype(np.float64) * (x.scale * ws)[:, None, None]).astype(np.float32)
 
 
+def _yolo2_light_reference(x, lq, out_scale: float) -> np.ndarray:
+    """Layer 13 (1x1, leaky) under yolo2_light's rules (darknet-semantics.md C.4), naively: int64 sums, trunc(/32)
+    to int16, float32 multiplier and float bias in output units with truncation, integer leaky q / 10, +-127."""
+    acc = np.einsum("nc,chw->nhw", lq.w_q.reshape(lq.w_q.shape[0], -1).astype(np.int64), x.q.astype(np.int64))
+    acc16 = np.clip(np.trunc(acc / 32), -32767, 32767).astype(np.float32)
+    s_w = float(np.asarray(lq.w_scale).ravel()[0])
+    mult = np.float32(32 * x.scale * s_w / out_scale)
+    bias = (lq.b_q.astype(np.float64) * lq.in_scale * s_w / out_scale).astype(np.float32)[:, None, None]
+    q = np.trunc(np.trunc(acc16 * mult).astype(np.float32) + bias).astype(np.int64)
+    q = np.where(q > 0, q, -((-q) // 10))
+    return np.clip(q, -127, 127).astype(np.int8)
+
+
 @pytest.mark.parametrize("profile", sorted(PROFILES.names()))
 def test_int8_weight_and_bias_edits_survive_a_rescale_a_run_undo_redo_and_a_reload(profile, tiny1, tmp_path):
     model, stats = tiny1
@@ -75,6 +88,8 @@ def test_int8_weight_and_bias_edits_survive_a_rescale_a_run_undo_redo_and_a_relo
     out = s.output(i).copy()
     if i == HEAD:
         np.testing.assert_array_equal(out, _head_reference(s.output_q(14), lq, profile))
+    else:
+        np.testing.assert_array_equal(s.output_q(i).q, _yolo2_light_reference(s.output_q(12), lq, s.qmodel.scales["13"]))
     cross = s.cross(i)                                      # CROSS's int8 side is the edited, rescaled layer's
     assert cross.precision == "int8" and cross.other == "float"
     np.testing.assert_array_equal(cross.y, out)
