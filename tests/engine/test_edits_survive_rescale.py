@@ -89,7 +89,8 @@ def test_int8_weight_and_bias_edits_survive_a_rescale_a_run_undo_redo_and_a_relo
     if i == HEAD:
         np.testing.assert_array_equal(out, _head_reference(s.output_q(14), lq, profile))
     else:
-        np.testing.assert_array_equal(s.output_q(i).q, _yolo2_light_reference(s.output_q(12), lq, s.qmodel.scales["13"]))
+        ref = _yolo2_light_reference(s.output_q(12), lq, s.qmodel.scales["13"])
+        np.testing.assert_array_equal(s.output_q(i).q, ref)
     cross = s.cross(i)                                      # CROSS's int8 side is the edited, rescaled layer's
     assert cross.precision == "int8" and cross.other == "float"
     np.testing.assert_array_equal(cross.y, out)
