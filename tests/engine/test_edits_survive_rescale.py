@@ -242,3 +242,23 @@ def test_float_edits_are_refused_with_a_cross_layer_equalized_model(tiny1, cle_q
                                         r"quantized model is cross-layer equalized"):
         s.set_quantized(qm)
     assert s.qmodel.meta.get("equalization") is None and len(s.edits()) == 1
+
+
+@pytest.mark.parametrize("profile", ["qwidgets", "qwidgets_asym"])
+def test_a_rescale_that_would_saturate_an_edited_int32_bias_is_refused(profile, tiny1):
+    # keeping an edited bias's real value at a smaller input scale needs a larger int32; where that leaves int32 the
+    # profile saturates it (these profiles grow no weight scale), which would change the edit silently
+    model, stats = tiny1
+    s = Session(model, quantize_model(model, stats, "minmax", per_channel=True, profile=profile), "int")
+    old = s.qmodel.scales["14"]
+    s.edit_weights(HEAD, (5,), 2 ** 30, param="biases", target="int8")
+    edited = s.qmodel.layers[HEAD]
+    with pytest.raises(EditError, match=rf"\(layer {HEAD}\): at input scale {old / 4:g}, the int32 bias of filter 5, "
+                                        r"set by an int8 edit .* would saturate it\. .* at least ") as err:
+        s.set_scale("14", old / 4)                          # 2**30 * 4 steps: beyond int32
+    assert s.qmodel.layers[HEAD] is edited and s.qmodel.scales["14"] == old and len(s.edits()) == 1
+    at_least = float(str(err.value).rsplit("at least ", 1)[1])
+    assert old / 2 < at_least < old / 1.9                   # 2**30 * 2 steps still fit (just)
+    s.set_scale("14", at_least)
+    lq = s.qmodel.layers[HEAD]
+    assert float(lq.b_q[5]) * lq.acc_scale[5] == pytest.approx(2 ** 30 * float(edited.acc_scale[5]), rel=1e-9)
