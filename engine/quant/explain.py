@@ -14,8 +14,10 @@ recovery(L) = (q_L - q_run) / (d.score - q_run); the culprits are the layers wit
 whose FLOAT run alone recovers nothing, a maxpool exact in int8 or one of many small error sources, is
 ranked but not blamed). The fix set grows in culprit order (one layer at a
 time) until the detection is back (same class, IoU >= 0.5 with the FLOAT box, at the session's
-threshold), is pruned of layers it does not need, and is verified by a fresh full INT/HYBRID run with
-those layers FLOAT, exactly what `python -m engine detect --mode int --float-layers ...` computes.
+threshold; for a lost one, paired with it by `match_detections` as the diff pairs them: a box another
+FLOAT detection claims first does not bring it back), is pruned of layers it does not need, and is
+verified by a fresh full INT/HYBRID run with those layers FLOAT, exactly what
+`python -m engine detect --mode int --float-layers ...` computes.
 """
 from __future__ import annotations
 
@@ -102,6 +104,22 @@ def loss(d: Detection, dets: Sequence[Detection]) -> float:
 def is_back(d: Detection, dets: Sequence[Detection]) -> bool:
     """Found again: a same-class box with IoU >= 0.5 among detections at the session's threshold."""
     return any(o.class_id == d.class_id and box_iou(d, o) >= SAME_IOU for o in dets)
+
+
+def brings_back(m: Match, float_dets: Sequence[Detection], dets: Sequence[Detection]) -> bool:
+    """Whether a run's detections `dets` bring back the FLOAT detection of `m` (a Match of `float_dets`).
+
+    A lost detection is back when the same pairing that called it lost (`match_detections`) no longer
+    does. `is_back` alone is not enough there: where two FLOAT boxes overlap and the run keeps one box
+    between them (an NMS tie flipped by int8 error), that box is at IoU >= 0.5 with both, so the one the
+    pairing left out passes `is_back` in the very run that loses it, and any layer would pass as its fix.
+    A shifted detection (or one not among `float_dets`) is back by `is_back`."""
+    if m.status == "lost":
+        k = m.index if m.index < len(float_dets) and float_dets[m.index] == m.det else next(
+            (i for i, f in enumerate(float_dets) if f == m.det), None)
+        if k is not None:
+            return match_detections(float_dets, dets).matches[k].status != "lost"
+    return is_back(m.det, dets)
 
 
 @dataclass
@@ -207,24 +225,29 @@ class Explainer:
 
     def fix(self, m: Match, culprits: Sequence[tuple[int, float]], max_size: int | None = None) -> list[int] | None:
         """A small set of layers whose FLOAT execution brings the detection back, or None."""
-        d = m.det
         chosen: list[int] = []
         for layer, _ in culprits[:max_size or len(culprits)]:
             chosen.append(layer)
-            if is_back(d, self.run_with(chosen)[0]):
+            if brings_back(m, self.float_dets, self.run_with(chosen)[0]):
                 break
         else:
             return None
         for layer in list(reversed(chosen[:-1])):        # drop layers the set does not need
             rest = [i for i in chosen if i != layer]
-            if is_back(d, self.run_with(rest)[0]):
+            if brings_back(m, self.float_dets, self.run_with(rest)[0]):
                 chosen = rest
-        return sorted(chosen) if self.verify(d, chosen) else None
+        return sorted(chosen) if self.verify(m.det, chosen, m) else None
 
-    def verify(self, d: Detection, layers: Sequence[int]) -> bool:
-        """A fresh full run with `layers` (plus the base) FLOAT, as `detect --float-layers` computes it."""
+    def verify(self, d: Detection, layers: Sequence[int], match: Match | None = None) -> bool:
+        """A fresh full run with `layers` (plus the base) FLOAT, as `detect --float-layers` computes it:
+        `d` found again (`is_back`), or with `match` given, brought back as `brings_back` says."""
+        dets = self.fresh_detections(layers)
+        return is_back(d, dets) if match is None else brings_back(match, self.float_dets, dets)
+
+    def fresh_detections(self, layers: Sequence[int]) -> list[Detection]:
+        """Detections at the threshold of a fresh full run with `layers` (plus the base) FLOAT, no reuse."""
         ex = Executor(self.model, self.qmodel, self.mode, self.base | set(layers))
-        return is_back(d, detect_outputs(self.model, ex.forward(self.pre.x), self.pre, self.thresh, self.nms))
+        return detect_outputs(self.model, ex.forward(self.pre.x), self.pre, self.thresh, self.nms)
 
     def explain(self, m: Match, step: Callable[[], object] | None = None) -> Explanation:
         if m.status == "matched":
