@@ -48,7 +48,8 @@ class Match:
     index: int                       # position in the FLOAT detections (score order)
     det: Detection                   # the FLOAT detection
     status: str                      # "matched" | "shifted" | "lost"
-    iou: float                       # IoU with the partner (best same-class IoU when lost)
+    iou: float                       # IoU with the partner (when lost: the best same-class IoU, a box
+                                     # another FLOAT detection took included)
     other: Detection | None          # the run's partner box (None when lost)
 
     @property
@@ -86,8 +87,9 @@ def match_detections(float_dets: Sequence[Detection], dets: Sequence[Detection],
         if best >= same_iou:
             used[best_j] = True
             found[i] = Match(i, d, "matched" if best >= match_iou else "shifted", best, dets[best_j])
-        else:
-            found[i] = Match(i, d, "lost", best, None)
+        else:   # every same-class box, claimed ones too: "lost (IoU 0.00)" read as "nothing there"
+            near = max((box_iou(d, o) for o in dets if o.class_id == d.class_id), default=0.0)
+            found[i] = Match(i, d, "lost", near, None)
     matches = [found[i] for i in range(len(float_dets))]
     return DetectionDiff(matches, [o for j, o in enumerate(dets) if not used[j]])
 

@@ -88,6 +88,19 @@ def test_fix_of_a_lost_detection_needs_a_box_of_its_own_not_its_neighbours(monke
     assert explain.brings_back(lost, e.float_dets, runs[(3, 5)])
 
 
+def test_a_lost_detection_reports_the_iou_of_a_box_another_detection_took():
+    # mosaic2-1 of second_variants (best configuration, round 13): `explain` printed "bicycle 0.28: lost
+    # (IoU 0.00)" while INT had a bicycle box at IoU .73 over it, paired with another FLOAT bicycle
+    from engine.darknet.detect import Detection
+
+    def det(x1, score):
+        return Detection(1, "bicycle", score, score, 0, 0, 0, 0, x1, 0.0, x1 + 10.0, 10.0)
+    d = match_detections([det(0.0, 0.42), det(6.0, 0.28)], [det(3.0, 0.44)])
+    assert [m.status for m in d.matches] == ["shifted", "lost"]
+    assert d.matches[1].iou == pytest.approx(7 / 13) and d.matches[1].other is None
+    assert match_detections([det(0.0, 0.42)], [det(20.0, 0.5)]).matches[0].iou == 0.0
+
+
 def test_culprits_are_ranked_and_recovery_is_true_to_a_full_run(tiny, tiny_kl_pt, horses):
     e, (explanations, _extra) = horses
     explained = [x for x in explanations if x.match.status != "matched"]
