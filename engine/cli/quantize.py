@@ -9,6 +9,7 @@ from engine.cli.options import add_calib_args, check_suffix, json_text, layer_li
 from engine.errors import EngineError
 from engine.quant.progress import counted
 from engine.quant.refine import pipeline
+from engine.quant.refine.pipeline import MARGIN_K
 from engine.quant.refine.pipeline import AFTER as REFINE_AFTER  # noqa: F401  (its name, kept for importers)
 
 DEFAULT_METHOD = "minmax"
@@ -61,9 +62,9 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
                         "each logit's error on the objectness and class logits, last. Best INT measured on "
                         "yolov3-tiny: --per-channel --profile qwidgets_asym --refine gptq --refine eq --refine margin "
                         "(docs/quantization.md, rounds 7 and 11)")
-    s.add_argument("--margin-k", type=number("--margin-k", 0.0, 10.0, lo_open=False), default=2.0, metavar="K",
+    s.add_argument("--margin-k", type=number("--margin-k", 0.0, 10.0, lo_open=False), default=MARGIN_K, metavar="K",
                    help="--refine margin: objectness and class margin in robust standard deviations of the "
-                        "near-threshold INT - FLOAT error (default 2; 0 = the bias correction alone)")
+                        "near-threshold INT - FLOAT error (default %(default)s; 0 = the bias correction alone)")
     s.add_argument("--target-map", type=number("--target-map", 0.0, 1.0), metavar="MAP",
                    help="keep the fewest layers FLOAT (greedy by measured sensitivity) so INT detections on --val "
                         "reach this mAP@[.5:.95] against FLOAT with no lost detection; prints the trade-off curve")
@@ -94,8 +95,8 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                         "(repeatable; as quantize --refine, in the order gptq, eq, bias, head, margin), so that "
                         "methods are ranked as they would be deployed, e.g. --profile qwidgets_asym --refine gptq "
                         "--refine eq --refine margin (the best INT configuration measured, docs/quantization.md)")
-    s.add_argument("--margin-k", type=number("--margin-k", 0.0, 10.0, lo_open=False), default=2.0, metavar="K",
-                   help="--refine margin: objectness and class margin in robust standard deviations (default 2)")
+    s.add_argument("--margin-k", type=number("--margin-k", 0.0, 10.0, lo_open=False), default=MARGIN_K, metavar="K",
+                   help="--refine margin: objectness and class margin in robust standard deviations (default %(default)s)")
     s.add_argument("--float-layers", metavar="I,J",
                    help="layers every method keeps FLOAT in hybrid/int (mixed precision), e.g. 15,22: the methods "
                         "ranked as that deployment runs them, sizes with those layers in float32")

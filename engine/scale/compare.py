@@ -28,7 +28,7 @@ from engine.quant.modes import QUANT_MODES, Mode
 from engine.quant.progress import CancelHook, Progress, Steps, StepsBar, fan_out
 from engine.quant.autoquant import quantize
 from engine.quant.qmodel import QuantizedModel
-from engine.quant.refine.pipeline import AFTER, check as check_refine, needs_float_inputs, refine_after
+from engine.quant.refine.pipeline import AFTER, MARGIN_K, check as check_refine, needs_float_inputs, refine_after
 from engine.scale.backends import InProcess, label_of, qmodel_ref, shippable_items
 from engine.export.ort_backend import ORT, forward_on, int_values, ort_forward, resolve, split_backend
 from engine.scale.sources import load_source, resolve_qmodel
@@ -270,7 +270,7 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
             on_method: Callable[[MethodResult, int, int], object] | None = None, *, backend=None,
             batch_size: int | None = None, calib_images=None, profile: str = "qwidgets",
             float_outputs: KeptForwards | None = None, refine: Sequence[str] = (),
-            margin_k: float = 2.0, on_quantize: Progress | None = None, on_run: Progress | None = None,
+            margin_k: float = MARGIN_K, on_quantize: Progress | None = None, on_run: Progress | None = None,
             cancel: CancelHook = None, float_layers: Sequence[int] = ()) -> CompareTable:
     """Quantize with each method from the same statistics, evaluate on `images`, rank.
 

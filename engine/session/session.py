@@ -22,6 +22,7 @@ from engine.quant.fitness import ErrorStats, error_stats
 from engine.quant.modes import Mode
 from engine.quant.progress import CancelHook, Progress
 from engine.quant.qmodel import QuantizedModel
+from engine.quant.refine.pipeline import MARGIN_K
 from engine.session import arguments
 from engine.session.editing import Editor
 from engine.session.calibration import CalibrationCache
@@ -241,7 +242,7 @@ class Session(LayerStepper):
 
     def compare_methods(self, images, methods, *, per_channel: bool = True, key: str | None = None,
                         on_progress: Callable[[str, int, int], Any] | None = None, backend: str = "numpy",
-                        profile: str = "qwidgets", refine: Sequence[str] = (), margin_k: float = 2.0,
+                        profile: str = "qwidgets", refine: Sequence[str] = (), margin_k: float = MARGIN_K,
                         progress: bool = True, on_run: Progress | None = None, cancel: CancelHook = None):
         """Calibrate once on `images`, quantize with each method, rank them by agreement with FLOAT on the
         same images (engine.scale.compare). Progress bars (tqdm) for each phase: calibrating, quantizing (and

@@ -43,6 +43,7 @@ from engine.errors import ArgumentError, EngineError
 from engine.quant.layerquant import LayerQuant
 from engine.quant.qmodel import QuantizedModel
 from engine.quant.refine.headbias import head_convs
+from engine.quant.refine.pipeline import MARGIN_K
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -191,7 +192,7 @@ def fit_logit_shifts(errors: NearErrors, k: float) -> tuple[float, float, dict]:
 RULES = {"logits": (fit_logit_shifts, True), "objectness": (fit_shifts, False)}   # fit, every_class
 
 
-def head_margin(model, qmodel: QuantizedModel, images, k: float = 2.0, resize: str = "letterbox",
+def head_margin(model, qmodel: QuantizedModel, images, k: float = MARGIN_K, resize: str = "letterbox",
                 band: tuple[float, float] = (0.15, 0.40), rule: str = "logits") -> QuantizedModel:
     """`qmodel` with each head's objectness and class biases moved by the margin, the errors measured on
     `images` (the calibration images and augmentations of them: valset.fitting_images). rule: "logits"
