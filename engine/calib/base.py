@@ -38,6 +38,11 @@ class Calibrator:
         largest |x| seen where the rules keep the full range (the first layer), else `threshold(view.hist)`."""
         return view.hist.amax if view.full_range else self.threshold(view.hist)
 
+    def weight_rounding(self, reads_image: bool) -> str:
+        """How a layer's int8 weights round (engine/quant/weights.ROUNDINGS); `reads_image`: the layer reads the
+        image itself (the first layer)."""
+        return "nearest"
+
     def scale(self, h: AbsHistogram) -> float:
         """real = q * scale. Empty / all-zero tensors get the scale of threshold 1 (any works)."""
         return self.scale_for(self.threshold(h) if h.amax > 0 else 1.0)

@@ -160,7 +160,8 @@ def _fingerprint(model) -> str:
 _shared_weights: dict[tuple, tuple] = {}
 
 
-def shared_int8_weights(model, layer, scheme: str, per_channel: bool, qmax: int) -> tuple[np.ndarray, QuantWeights]:
+def shared_int8_weights(model, layer, scheme: str, per_channel: bool, qmax: int,
+                        rounding: str = "nearest") -> tuple[np.ndarray, QuantWeights]:
     """(BN-folded float biases, int8 weights) of a conv / connected layer, shared while a quantized
     model still holds them: quantizing again from the same parameter arrays (edits replace arrays)
     with the same weight choice returns the same int8 array. So the methods of a comparison share
@@ -168,7 +169,7 @@ def shared_int8_weights(model, layer, scheme: str, per_channel: bool, qmax: int)
     reference is kept here, so the int8 weights die with the last quantized model using them."""
     params = model.params[layer.index]
     arrays = tuple(params[k] for k in sorted(params))
-    key = (layer.kind, scheme, per_channel, qmax) + tuple(id(a) for a in arrays)
+    key = (layer.kind, scheme, per_channel, qmax, rounding) + tuple(id(a) for a in arrays)
     hit = _shared_weights.get(key)
     if hit is not None:
         refs, w_ref, scale, b = hit
@@ -176,7 +177,7 @@ def shared_int8_weights(model, layer, scheme: str, per_channel: bool, qmax: int)
         if w_q is not None and all(r() is a for r, a in zip(refs, arrays)):
             return b, QuantWeights(w_q, scale, scheme)
     w, b = fused_params(model, layer.index)
-    qw = quantize_weights(w, scheme, per_channel, **({"qmax": qmax} if qmax != 127 else {}))
+    qw = quantize_weights(w, scheme, per_channel, **({"qmax": qmax} if qmax != 127 else {}), rounding=rounding)
     for arr in (b, qw.w_q, qw.scale):           # shared by every quantized model made from them
         if isinstance(arr, np.ndarray):
             arr.flags.writeable = False
@@ -185,6 +186,27 @@ def shared_int8_weights(model, layer, scheme: str, per_channel: bool, qmax: int)
             del _shared_weights[k]
     _shared_weights[key] = (tuple(weakref.ref(a) for a in arrays), weakref.ref(qw.w_q), qw.scale, b)
     return b, qw
+
+
+def reads_image(layer) -> bool:
+    """The layer reads the network's input image (a calibrator may round its weights its own way)."""
+    return any(s < 0 for s in layer.inputs)
+
+
+def rounding_for(calibrator, scheme: str, layer) -> str:
+    """How `layer`'s int8 weights round under `calibrator` (engine/quant/weights.ROUNDINGS); yolo2_light's scheme
+    truncates by that tool's own rule, whatever the method."""
+    return "nearest" if scheme == "yolo2_light" else calibrator.weight_rounding(reads_image(layer))
+
+
+def weight_rounding(model, qmodel: QuantizedModel, index: int) -> str:
+    """The rounding `qmodel`'s method gave layer `index`'s weights, for weights re-derived later (an edit); a
+    method or setting this version does not know: nearest."""
+    try:
+        calibrator = make(qmodel.method, **qmodel.settings)
+    except (EngineError, TypeError, ValueError):
+        return "nearest"
+    return rounding_for(calibrator, qmodel.layers[index].scheme, model.layers[index])
 
 
 def input_id(layer) -> str:
@@ -243,9 +265,12 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
     weighted = [layer for layer in model.layers if layer.int8_weights]
     done: dict[int, LayerQuant] = {}
 
+    def rounding(layer) -> str:
+        return rounding_for(calibrator, scheme, layer)
+
     def one(_part: int, k: int) -> None:        # one layer per work item: the same arrays on any thread
         layer = weighted[k]
-        b, qw = shared_int8_weights(model, layer, scheme, per_channel, prof.weight_qmax)
+        b, qw = shared_int8_weights(model, layer, scheme, per_channel, prof.weight_qmax, rounding(layer))
         in_scale = scales[input_id(layer)]
         qw = prof.fit_bias(qw, b, in_scale, lambda: fused_params(model, layer.index)[0])
         done[layer.index] = LayerQuant(qw.w_q, qw.scale, quantize_bias(b, in_scale, qw.scale), in_scale, qw.scheme)

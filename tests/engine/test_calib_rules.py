@@ -131,3 +131,47 @@ def test_mse_and_kl_count_amaxs_own_bin_on_a_bin_edge(method):
     h = AbsHistogram()
     h.observe(np.array([1.0] * 990 + [0.25] * 10, np.float32))
     assert make(method).threshold(h) == 1.0
+
+
+def test_zero_sum_codes_on_a_hand_made_row():
+    """Codes 0.4, 0.4, 0.4, 2.3 round to 0, 0, 0, 2: errors -.4 -.4 -.4 -.3 sum to -1.5, which rounds to -2 (half to
+    even), so two codes move up, the two whose move adds the least error (the largest fractions: the three .4s
+    tie, the first two win); the sum is then +.5. A second row already sums to 0 and is left alone."""
+    from engine.quant.weights import zero_sum_codes
+    v = np.array([[0.4, 0.4, 0.4, 2.3], [0.2, -0.2, 5.0, -5.0]])
+    q = zero_sum_codes(v)
+    assert q.tolist() == [[1, 1, 0, 2], [0, 0, 5, -5]]
+    assert (q - v).sum(axis=1) == pytest.approx([0.5, 0.0])
+    assert zero_sum_codes(np.array([[127.4, 127.4]])).tolist() == [[127, 127]]     # saturated: no room to move
+
+
+def test_log2_first_layer_weights_round_to_a_zero_error_sum_and_cut_conv0s_output_error(tiny, tiny_stats):
+    """Round 13: the image is far from zero mean, so conv 0's output error is mostly each filter's summed rounding
+    error times the local brightness. With power-of-two scales nearest rounding left sums of up to 4.6 steps
+    (filter 8); zero-sum rounding keeps every sum within half a step, on the same scales, and cuts conv 0's
+    output error on a calibration photo by far more than the added weight error costs."""
+    from engine.quant.weights import fused_params
+    from helpers import IMAGES
+    new = quantize_model(tiny, tiny_stats, "log2", per_channel=True)
+    old = quantize_model(tiny, tiny_stats, "log2", per_channel=True, first_weights="nearest")
+    assert new.settings == {} and old.settings == {"first_weights": "nearest"}
+    w, b = fused_params(tiny, 0)
+    codes = w.astype(np.float64) / new.layers[0].w_scale.reshape(-1, 1, 1, 1)
+    sums_new = (new.layers[0].w_q - codes).reshape(16, -1).sum(axis=1)
+    sums_old = (old.layers[0].w_q - codes).reshape(16, -1).sum(axis=1)
+    assert np.abs(sums_new).max() <= 0.5 and np.abs(sums_old).max() > 4
+    assert np.array_equal(new.layers[0].w_scale, old.layers[0].w_scale)          # still powers of two, the same
+    assert np.array_equal(old.layers[0].w_q, np.clip(np.rint(codes), -127, 127))  # the former rounding, kept
+    assert all(np.array_equal(new.layers[i].w_q, old.layers[i].w_q) for i in new.layers if i != 0)
+    x = tiny.preprocess(sorted(IMAGES.glob("*.jpg"))[0], "letterbox").x.reshape(3, 416, 416).astype(np.float64)
+    x = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+    cols = np.stack([x[c, dy:dy + 416:5, dx:dx + 416:5] for c in range(3) for dy in range(3) for dx in range(3)])
+    cols = cols.reshape(27, -1)
+    ref = w.reshape(16, -1).astype(np.float64) @ cols
+
+    def out_err(qm):
+        lq = qm.layers[0]
+        return float(np.mean(((lq.w_q.reshape(16, -1) * lq.w_scale.reshape(-1, 1)) @ cols - ref) ** 2))
+    assert out_err(new) < 0.1 * out_err(old)
+    with pytest.raises(EngineError, match="first_weights"):
+        make("log2", first_weights="floor")
