@@ -18,7 +18,7 @@ import numpy as np
 
 from engine.errors import ArgumentError, EditsWouldBeLost, EngineError
 from engine.quant.modes import Mode
-from engine.quant.qmodel import LayerQuant, at_input_scale, input_id
+from engine.quant.qmodel import LayerQuant, at_input_scale, input_id, weight_rounding
 from engine.quant.weights import quantize_bias, quantize_weights
 from engine.session.edits import (Edit, EditError, Journal, apply_region, check_float, check_int8, check_int32,
                                   check_number, prune_mask)
@@ -144,7 +144,7 @@ class Editor:
         return {"qmax": prof.weight_qmax, "why": f"the {prof.name} profile's {bits}-bit weights"}
 
     def _requantized(self, index: int, params: dict[str, np.ndarray]) -> LayerQuant | None:
-        """The layer's int8 weights re-derived from edited float params (same scheme, granularity, and the
+        """The layer's int8 weights re-derived from edited float params (same scheme, granularity, rounding, and the
         profile's weight range and bias rule: 7-bit weights stay 7-bit under `ort_reduce_range`)."""
         from engine.quant.profiles import get_profile
         if self.qmodel is None or index not in self.qmodel.layers:
@@ -152,7 +152,8 @@ class Editor:
         old = self.qmodel.layers[index]
         prof = get_profile(self.qmodel.profile)
         w, b = self.model.layers[index].fused(params)
-        qw = quantize_weights(w, old.scheme, old.w_scale.size > 1, qmax=prof.weight_qmax)
+        qw = quantize_weights(w, old.scheme, old.w_scale.size > 1, qmax=prof.weight_qmax,
+                              rounding=weight_rounding(self.model, self.qmodel, index))
         qw = prof.fit_bias(qw, b, old.in_scale, lambda: w)
         return LayerQuant(qw.w_q, qw.scale, quantize_bias(b, old.in_scale, qw.scale), old.in_scale, old.scheme)
 

@@ -573,3 +573,17 @@ def test_session_run_equals_executor_run_on_every_cfg_family_and_profile(cfg_fam
             assert repr(s.records[i].stats) == repr(r.stats), where
         if mode == "int":
             assert sum(r.precision == INT8 for r in recs) >= 3, f"{family} {profile}: INT ran int8 somewhere"
+
+
+def test_a_float_edit_of_a_log2_models_first_layer_keeps_its_zero_sum_rounding(tiny, tiny_stats):
+    """Round 13: log2 rounds the first layer's weights so each filter's errors sum to about zero; an edit
+    re-derives the layer's int8 weights, and it used nearest rounding, so zeroing filter 5 quietly re-rounded the
+    other 15 the former way (sums of up to 4.6 steps)."""
+    from engine.quant.qmodel import quantize_model
+    qm = quantize_model(tiny, tiny_stats, "log2", per_channel=True)
+    s = Session(tiny, qm, "int", IMAGES / "dog.jpg")
+    s.zero_filter(0, 5, target="float")         # the float weights, then the layer's int8 weights re-derived
+    after = s.qmodel.layers[0]
+    keep = np.arange(16) != 5
+    np.testing.assert_array_equal(after.w_q[keep], qm.layers[0].w_q[keep])
+    assert not after.w_q[5].any()
