@@ -265,12 +265,10 @@ def quantize_model(model, stats: CalibrationStats, method: str = "minmax", per_c
     weighted = [layer for layer in model.layers if layer.int8_weights]
     done: dict[int, LayerQuant] = {}
 
-    def rounding(layer) -> str:
-        return rounding_for(calibrator, scheme, layer)
-
     def one(_part: int, k: int) -> None:        # one layer per work item: the same arrays on any thread
         layer = weighted[k]
-        b, qw = shared_int8_weights(model, layer, scheme, per_channel, prof.weight_qmax, rounding(layer))
+        b, qw = shared_int8_weights(model, layer, scheme, per_channel, prof.weight_qmax,
+                                    rounding_for(calibrator, scheme, layer))
         in_scale = scales[input_id(layer)]
         qw = prof.fit_bias(qw, b, in_scale, lambda: fused_params(model, layer.index)[0])
         done[layer.index] = LayerQuant(qw.w_q, qw.scale, quantize_bias(b, in_scale, qw.scale), in_scale, qw.scheme)

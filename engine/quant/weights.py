@@ -6,6 +6,8 @@ Schemes (chosen by the calibration method's `weights` attribute):
 * `yolo2_light`: its exact rule (darknet-semantics.md C.1): octaves of the *signed* value
   (negative weights are not counted), window of 8, multiplier 2**(14 - j*), truncation,
   saturation at +-127, per tensor only.
+Rounding (minmax and log2): to nearest, or `zero_sum` (each filter's errors summing to about zero, the same
+scales), which log2 gives the layers reading the image (engine/calib/log2.py, round 13 of docs/quantization.md).
 """
 from __future__ import annotations
 

@@ -173,5 +173,7 @@ def test_log2_first_layer_weights_round_to_a_zero_error_sum_and_cut_conv0s_outpu
         lq = qm.layers[0]
         return float(np.mean(((lq.w_q.reshape(16, -1) * lq.w_scale.reshape(-1, 1)) @ cols - ref) ** 2))
     assert out_err(new) < 0.1 * out_err(old)
+    y2l = quantize_model(tiny, tiny_stats, "log2", profile="yolo2_light")      # that profile's truncation, untouched
+    assert y2l.layers[0].scheme == "yolo2_light" and y2l.settings == {}
     with pytest.raises(EngineError, match="first_weights"):
         make("log2", first_weights="floor")
