@@ -32,6 +32,7 @@ from qwidgets._open_model import model_source, opened_text
 MODES = [("FLOAT", "float"), ("HYBRID", "hybrid"), ("INT", "int")]
 PATH = "(path below)"
 UPLOAD = "(uploaded file)"
+IMAGE_PLACEHOLDER = "/path/to/image.jpg + Enter"
 
 
 def quantized_entries(workspace) -> list[tuple[str, str]]:
@@ -84,7 +85,7 @@ class ExplorerControls(widgets.VBox):
                                             value=images.get("dog"), description="Image",
                                             layout=widgets.Layout(width="220px"))
         # Enter (or leaving the box) opens a typed path: continuous updates would open every prefix
-        self._image_path = widgets.Text(placeholder="/path/to/image.jpg + Enter", continuous_update=False,
+        self._image_path = widgets.Text(placeholder=IMAGE_PLACEHOLDER, continuous_update=False,
                                         layout=widgets.Layout(width="220px"))
         self._upload = widgets.FileUpload(accept="image/*", multiple=False, description="Upload")
         self.load_image_button = b(description="Use image", icon="image", layout=widgets.Layout(width="120px"),
@@ -132,6 +133,29 @@ class ExplorerControls(widgets.VBox):
             self.mode = self._mode.value = s.mode
             self.position = s.position
             self.current_label.value = self.current_text()
+        self._show_image()
+
+    def _show_image(self) -> None:
+        """Point the Image picker at the image the session runs on, without opening it again. It said "dog"
+        for a session made on another photo, and after `session.reset(image=...)` in a cell. Images are
+        told apart by file name, all the session keeps of a path."""
+        name, pick = self._session.image_name, self._image_pick.value
+        if pick == UPLOAD and self._upload.value and self._upload.value[0]["name"] == name:
+            return
+        if pick == PATH:
+            if name and Path(self._image_path.value.strip()).name == name:
+                return
+        elif pick != UPLOAD and name and Path(pick).name == name:
+            return
+        match = next((v for _, v in self._image_pick.options
+                      if v not in (PATH, UPLOAD) and name and Path(v).name == name), None)
+        self._offering = True
+        try:
+            self._image_pick.value = match or PATH
+        finally:
+            self._offering = False
+        self._image_path.placeholder = IMAGE_PLACEHOLDER if match else \
+            f"session: {name or 'an image array'}; a path + Enter"
 
     def current_text(self) -> str:
         s = self._session
@@ -366,7 +390,8 @@ class ExplorerControls(widgets.VBox):
             if not image:
                 raise ValueError("type the path of an image")
             name = Path(image).name
-        self._session.reset(image=image)
+        # an upload's bytes have no file name of their own: its errors said "<image bytes>: ..."
+        self._session.reset(image=image, name=name if choice == UPLOAD else None)
         self.image_name = name
         self.restarted(f"image {html.escape(name)}: restarted from the input")
 

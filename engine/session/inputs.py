@@ -8,13 +8,16 @@ import numpy as np
 from engine.darknet.image import Preprocessed, open_image
 
 
-def session_input(model, image, resize: str) -> tuple[Preprocessed, object | None, str | None]:
+def session_input(model, image, resize: str,
+                  name: str | None = None) -> tuple[Preprocessed, object | None, str | None]:
     """(network input, the decoded original as a PIL image or None when only a tensor is known,
-    its file name if any). No image: the bundled dog photo."""
+    its file name if any). No image: the bundled dog photo. `name`: the file name of an image given as
+    bytes or an array (an upload), for its errors and the session's `image_name`."""
     if image is None:
         from engine.imaging.samples import sample
         image = sample("dog")
-    name = image if isinstance(image, (str, Path)) else getattr(image, "filename", None)
+    given = name
+    name = name or (image if isinstance(image, (str, Path)) else getattr(image, "filename", None))
     name = Path(name).name if name else None
     if isinstance(image, Preprocessed):
         return image, None, name
@@ -23,5 +26,5 @@ def session_input(model, image, resize: str) -> tuple[Preprocessed, object | Non
         return Preprocessed(model.check_input(image), w, h, "stretch"), None, name
     original = None
     if not isinstance(image, np.ndarray):
-        image = original = open_image(image)
+        image = original = open_image(image, name=given)
     return model.preprocess(image, resize), original, name

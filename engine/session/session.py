@@ -152,10 +152,11 @@ class Session(LayerStepper):
         self.reset()
         return applied + undone
 
-    def reset(self, image: ImageLike | Preprocessed | None = None) -> None:
-        """Back to before layer 0; with `image`, switch to that image (path, array, PIL, tensor)."""
+    def reset(self, image: ImageLike | Preprocessed | None = None, name: str | None = None) -> None:
+        """Back to before layer 0; with `image`, switch to that image (path, array, PIL, tensor; `name`: the
+        file name of encoded bytes or an array, e.g. an upload, used in its errors and as `image_name`)."""
         if image is not None or self.pre is None:
-            self.pre, self.image, self.image_name = session_input(self.model, image, self.resize)
+            self.pre, self.image, self.image_name = session_input(self.model, image, self.resize, name)
             self._float_ref = None
         self.values, self.records, self.timings = [], [], []
         self.stale_from = None
