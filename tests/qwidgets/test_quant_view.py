@@ -239,3 +239,19 @@ def test_compare_bar_moves_through_the_runs_naming_method_mode_and_image_and_can
     assert qv.status == "compare cancelled"
     assert qv.table is first and qv.ranking == [r.method for r in first.results]    # the earlier result stays
     assert max(v for v, _ in during) <= 6, during             # stopped between units, not at the end
+
+
+def test_compare_estimates_the_time_left_from_the_quantized_runs_not_the_kept_float_references(tiny):
+    # QA round 6, in JupyterLab: "kl: HYBRID, image 1 of 3, ~1 s left" stayed for 16 s, then "~48 s left": the
+    # FLOAT references kept from the calibration are reported as units done in no time, and the estimate
+    # divided the time of the first quantized run (not even finished) by them
+    qv = QuantizationView(engine.Session(tiny), images=[sample("dog")], methods=("minmax", "kl"))
+    texts = []
+    qv.observe(lambda c: texts.append(c.new), names="status")
+    qv.compare_button.click()
+    runs = [t for t in texts if t.startswith("comparing 2 methods on given images: ")]
+    assert [t.split(": ", 1)[1].split(",")[0] for t in runs] == \
+        ["FLOAT", "kl: HYBRID", "kl: INT", "minmax: HYBRID", "minmax: INT"], runs
+    # nothing quantized has finished when the first quantized run starts: no estimate yet (it was "~0 s left")
+    assert [("s left" in t) for t in runs] == [False, False, True, True, True], runs
+    assert qv.status.startswith("compared 2 methods on 1 image")
