@@ -302,6 +302,7 @@ class ExplorerControls(widgets.VBox):
         elif entry.kind == "image":
             self._session.reset(image=path)
             self.image_name = entry.name
+            self.offer_images(entry.name, [path], shown=path)       # and the picker shows it
         elif entry.kind == "imageset":
             self.offer_images(entry.name, [path / f for f in entry.files] if path.is_dir() else [path])
             return None
@@ -342,16 +343,23 @@ class ExplorerControls(widgets.VBox):
         """Forget a pending Open confirmation (the workspace selection moved on)."""
         self._open_guard.disarm()
 
-    def offer_images(self, label: str, paths: list) -> None:
-        """Add images to the Image picker as '<label>/<file>' (first one selected) without running them."""
+    def offer_images(self, label: str, paths: list, shown: Path | None = None) -> None:
+        """Add images to the Image picker as '<label>/<file>' without running them; the picker goes on
+        showing the session's image (it showed the first offered one, which had not run), or `shown`, the
+        one just opened (then no status line)."""
         new = [(f"{label}/{Path(p).name}", str(p)) for p in paths]
         keep = [o for o in self._image_pick.options if o[1] not in {v for _, v in new} and o[1] not in (PATH, UPLOAD)]
-        self._image_pick.options = [*keep, *new, (PATH, PATH), (UPLOAD, UPLOAD)]
+        # new options move the picker's value, which opens that image unless we say we are offering
         self._offering = True
         try:
-            self._image_pick.value = new[0][1]
+            self._image_pick.options = [*keep, *new, (PATH, PATH), (UPLOAD, UPLOAD)]
+            if shown is not None:
+                self._image_pick.value = str(shown)
         finally:
             self._offering = False
+        if shown is not None:
+            return
+        self._show_image()
         self.status = (f"image set {label!r}: {len(new)} images added to the Image picker; "
                        "pick one there to open it")
 

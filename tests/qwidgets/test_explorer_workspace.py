@@ -9,7 +9,7 @@ import engine
 from engine.quant.qmodel import QuantizedModel
 from engine.imaging.samples import sample
 from engine.workspace import Workspace
-from helpers import TINY_CFG, TINY_WEIGHTS
+from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS
 from qwidgets import Explorer, WorkspaceView
 
 
@@ -124,3 +124,24 @@ def test_a_model_saved_into_the_workspace_is_offered_at_once(tiny, tiny_q, ws):
     we.save_quantized_button.click()                       # refused: nothing new to list
     assert ex.status == "error: workspace entry 'mine' exists; pick another name"
     assert [label for label, _ in ex.controls._qm_pick.options] == ["mine", "tiny-minmax", "(path below)"]
+
+
+def test_an_opened_image_stays_open_and_shown_through_an_image_set_and_a_quantized_model(tiny, tiny_q, ws):
+    # QA round 6 (tutorial 05 in JupyterLab): Open 'scream', Open an image set, Open a quantized model: the
+    # picker still said 'dog' after the first Open; once it showed the opened image, the image set's new
+    # options moved its value to the first option, which opened dog.jpg behind the user's back
+    ws.import_path(IMAGES / "scream.jpg", name="scream")
+    s = engine.Session(tiny, tiny_q, "int")
+    ex, _ = connected(s, ws)
+    pick = ex.controls._image_pick
+    ex.controls.open_entry(ws.info("scream"))
+    assert s.image_name == "scream.jpg" and pick.value == str(ws.path_of("scream"))
+    assert pick.label == "scream/scream.jpg"
+    ex.controls.open_entry(ws.info("photos"))
+    assert s.image_name == "scream.jpg" and pick.value == str(ws.path_of("scream")), (s.image_name, pick.value)
+    assert ex.status.startswith("image set 'photos': 2 images added")
+    ex.controls.open_entry(ws.info("tiny-minmax"))
+    assert s.image_name == "scream.jpg" and pick.value == str(ws.path_of("scream"))
+    assert ex.status.startswith("opened quantized 'tiny-minmax'")
+    pick.value = str(ws.path_of("photos") / "horses.jpg")           # picking an offered image opens it
+    assert s.image_name == "horses.jpg" and s.position == -1
