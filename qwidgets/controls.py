@@ -384,6 +384,7 @@ class ExplorerControls(widgets.VBox):
             finally:
                 self._offering = False
             self._on_load_image_click(None)
+            self._show_image()          # a refused upload left the picker on "(uploaded file)"
 
     @shows_errors
     def _on_load_image_click(self, _button) -> None:

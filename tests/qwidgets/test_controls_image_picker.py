@@ -20,6 +20,7 @@ def test_a_bad_upload_is_named_by_its_file_name(tiny, tiny_q):
     upload(ex, "holiday.jpg", (IMAGES / "dog.jpg").read_bytes()[:5000])
     assert ex.status.startswith("error: holiday.jpg: corrupt or truncated image data"), ex.status
     assert "<image bytes>" not in ex.status and s.image_name == "dog.jpg"
+    assert ex.controls._image_pick.label == "dog"        # not "(uploaded file)": the session still runs dog
     upload(ex, "notes.jpg", b"[net]\nwidth=416\n")
     assert ex.status.startswith("error: notes.jpg: not a decodable image"), ex.status
 
