@@ -27,11 +27,14 @@ SAMPLES = "bundled samples"
 PATH = "folder below"
 
 
-def ranking_html(rows: Sequence[ImageAgreement]) -> str:
+def ranking_html(rows: Sequence[ImageAgreement], run: str = "") -> str:
+    """The ranking table; `run` ("HYBRID, minmax") names the quantized run ranked, which the table keeps
+    saying after the session moves to another mode or quantized model."""
     body = "".join(f"<tr><td>{k + 1}</td><td>{html.escape(r.name)}</td><td>{r.map50:.3f}</td><td>{r.map50_95:.3f}"
                    f"</td><td>{r.n_float}</td><td>{r.lost}</td><td>{r.shifted}</td><td>{r.extra}</td></tr>"
                    for k, r in enumerate(rows))
-    return (f"{TABLE_CSS}<table class='qw-table qw-worst-images'><tr><th>#</th><th>image</th><th>mAP@0.5 vs FLOAT"
+    caption = f"<caption>{html.escape(run)} run vs FLOAT, worst first</caption>" if run else ""
+    return (f"{TABLE_CSS}<table class='qw-table qw-worst-images'>{caption}<tr><th>#</th><th>image</th><th>mAP@0.5 vs FLOAT"
             "</th><th>mAP@[.5:.95]</th><th>FLOAT boxes</th><th>lost</th><th>shifted</th><th>extra</th></tr>"
             f"{body}</table>")
 
@@ -87,30 +90,34 @@ class WorstImagesView(widgets.VBox):
         self.rank_button.disabled = True
         # the list the rows index: replaced only with the rows (`_done`), so a row of the table still
         # shown (a ranking that fails, or one that runs) opens its own image
+        # which run was ranked: the table outlives a later switch of mode or quantized model, and
+        # "mAP@0.5 vs FLOAT" alone did not say whether HYBRID or INT was compared
+        run = f"{str(s.mode).upper()}, {s.qmodel.method}"
         self.task.start(lambda tick: rank_images(*args, items, on_progress=tick, **opts),
-                        lambda rows: self._done(rows, items), what=f"ranking {len(items)} images")
+                        lambda rows: self._done(rows, items, run), what=f"ranking {len(items)} images")
 
     def wait(self, timeout: float | None = None) -> None:
         self.task.wait(timeout)
 
-    def _done(self, rows, items: list) -> None:
+    def _done(self, rows, items: list, run: str = "") -> None:
         self.rank_button.disabled = False
         failure = self.task.failure(rows, "ranking", self)
         if failure is not None:
             self.status = failure
             return
         self.rows, self._items = rows, items
-        self.table.value = ranking_html(rows)
+        self.table.value = ranking_html(rows, run)
         self.chart.value = bar_chart_png([r.name[:14] for r in rows[:12]], [r.map50 for r in rows[:12]],
-                                         "images, worst first", "mAP@0.5 vs FLOAT (1 = same detections)",
+                                         "images, worst first", f"mAP@0.5, {run.split(',')[0] or 'quantized'} vs "
+                                         "FLOAT (1 = same detections)",
                                          lo=0.0, hi=1.0, colour=(49, 130, 189))
         with self.pick.hold_trait_notifications():
             self.pick.options = [(f"{r.name}: mAP@0.5 {r.map50:.2f}, lost {r.lost}, extra {r.extra}", r.index)
                                  for r in rows]
             self.pick.value = None
         self.pick.layout.display = "flex"
-        self.status = f"ranked {len(rows)} images; worst: {rows[0].name} (mAP@0.5 {rows[0].map50:.2f})" if rows \
-            else "no images"
+        self.status = (f"ranked {len(rows)} images ({run} vs FLOAT); worst: {rows[0].name} "
+                       f"(mAP@0.5 {rows[0].map50:.2f})") if rows else "no images"
 
     @shows_errors
     def _on_pick(self, change) -> None:

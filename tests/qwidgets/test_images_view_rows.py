@@ -31,3 +31,16 @@ def test_rows_of_the_shown_ranking_open_their_images_after_a_failed_ranking(tiny
         assert view.status.startswith(f"opened {name}"), view.status
         with Image.open(view._items[index]) as im:
             assert Path(view._items[index]).name == name and (s.pre.image_w, s.pre.image_h) == im.size
+
+
+def test_the_ranking_says_which_run_it_ranked(tiny, tiny_q):
+    # QA round 6 (JupyterLab): ranked in HYBRID, then the mode switched to INT: the table, its chart and the
+    # status said "mAP@0.5 vs FLOAT" with nothing telling HYBRID from INT
+    s = engine.Session(tiny, tiny_q, "hybrid")
+    view = WorstImagesView(s, images=[IMAGES / "dog.jpg"], background=False)
+    view.rank_button.click()
+    assert view.status.startswith("ranked 1 images (HYBRID, minmax vs FLOAT); worst: dog.jpg"), view.status
+    assert "<caption>HYBRID, minmax run vs FLOAT, worst first</caption>" in view.table.value
+    s.set_mode("int")
+    view.rank_button.click()
+    assert view.status.startswith("ranked 1 images (INT, minmax vs FLOAT)") and "<caption>INT, minmax" in view.table.value
