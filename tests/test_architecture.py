@@ -333,6 +333,32 @@ def test_no_module_imports_one_the_diagram_places_above_it():
     assert row_problems(MAP.read_text(), graph) == []
 
 
+
+def thread_makers(root: Path, package: str = "qwidgets") -> list[str]:
+    """File names of `package`'s modules that make a `threading.Thread` themselves."""
+    out = []
+    for name, path in modules(root, package).items():
+        tree = ast.parse(path.read_text(), str(path))
+        if any(isinstance(n, ast.Attribute) and n.attr == "Thread" and isinstance(n.value, ast.Name)
+               and n.value.id == "threading" for n in ast.walk(tree)):
+            out.append(path.name)
+    return sorted(out)
+
+
+def long_work_paragraph(text: str) -> str:
+    """The sentence of the page saying where the views' long work runs, to its full stop."""
+    start = text.index("Long work runs through")
+    return text[start:text.index(".\n", start)]
+
+
+def test_the_page_names_every_view_that_runs_long_work_on_a_thread_of_its_own():
+    # the page said all long work runs through LongTask; the Quantization tab's Compare and sweep run on a
+    # thread of their own (QuantizationView._run), which a newcomer looking for their progress would not find
+    own = [m for m in thread_makers(ROOT) if m != "_long_task.py"]
+    assert own, "no view makes a thread: simplify the page's sentence"
+    said = long_work_paragraph(MAP.read_text())
+    assert [m for m in own if f"`{m}`" not in said] == [], said
+
 # ------------------------------------------------------------------------------ self-checks: the rules fail
 def write(root: Path, files: dict[str, str]) -> None:
     for rel, text in files.items():
