@@ -41,6 +41,9 @@ def save_as(session, workspace, text: str, *, quantized_only: bool = False) -> s
     if not text:
         raise ValueError("type a path for the new model file (.npz), or a workspace entry name")
     if workspace is None or "/" in text or text.endswith(".npz"):
+        # the engine's refusal says "pass overwrite=True", which no button here can do
+        if Path(text).is_file() and (session.qmodel is not None or not quantized_only):
+            raise EngineError(f"{text} exists: type a new file name (Save never replaces a file)")
         if quantized_only:
             return f"saved the quantized model to {session.save_quantized(text)}"
         return f"saved the customized model to {session.save_model(text)}"

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine.errors import ArgumentError, EditsWouldBeLost, EngineError
+from engine.errors import ArgumentError, EditsWouldBeLost, EngineError, FileError
 from engine.quant.modes import Mode
 from engine.quant.qmodel import LayerQuant, at_input_scale, input_id, weight_rounding
 from engine.quant.weights import quantize_bias, quantize_weights
@@ -318,6 +318,8 @@ class Editor:
     def check_target(self, path: str | Path, overwrite: bool) -> Path:
         """`path` if saving there keeps the original model's files and nothing else is overwritten unasked."""
         p = Path(path)
+        if p.is_dir():          # "exists; pass overwrite=True" would offer to replace a folder with a file
+            raise FileError(f"{p} is a folder; expected the path of a new file in it (e.g. {p / 'model.npz'})")
         if p.resolve() in self._original_files() and not overwrite:
             raise EngineError(f"{p} is the original model: save the customized model under a new name "
                               "(or pass overwrite=True)")

@@ -184,3 +184,18 @@ def test_typed_float_values_stay_through_a_quantized_model_switch(tiny, tiny_q, 
     we.filter = 1
     s.set_quantized(tiny_kl_pt)                                     # the float weights are the same
     assert we.target == "float" and we.grid.unapplied == [(2, "float", 0, 0)]
+
+
+def test_save_as_says_what_to_type_for_a_folder_or_a_taken_name(editor, tmp_path):
+    # QA round 6 (JupyterLab): a folder or a taken file name said "... exists; pass overwrite=True to replace
+    # it": no button passes anything, and a folder is not replaced by a file
+    editor._path.value = str(tmp_path)
+    editor.save_model_button.click()
+    assert editor.status == f"error: {tmp_path} is a folder; expected the path of a new file in it " \
+                            f"(e.g. {tmp_path / 'model.npz'})", editor.status
+    taken = tmp_path / "taken.npz"
+    taken.write_bytes(b"the user's own file")
+    editor._path.value = str(taken)
+    editor.save_model_button.click()
+    assert editor.status == f"error: {taken} exists: type a new file name (Save never replaces a file)"
+    assert taken.read_bytes() == b"the user's own file"
