@@ -53,6 +53,7 @@ class MixedResult:
     mode: str
     images: int = 0
     base: Agreement | None = field(default=None, repr=False)
+    max_lost: int = 0                  # the target's other half: at most this many FLOAT detections lost
 
     def apply(self, qmodel: QuantizedModel) -> QuantizedModel:
         """A copy of `qmodel` whose default float_layers are this result's."""
@@ -62,7 +63,8 @@ class MixedResult:
         return twin
 
     def to_dict(self) -> dict:
-        return {"float_layers": list(self.float_layers), "target": self.target, "met": self.met, "mode": self.mode,
+        return {"float_layers": list(self.float_layers), "target": self.target, "max_lost": self.max_lost,
+                "met": self.met, "mode": self.mode,
                 "images": self.images, "curve": [p.to_dict() for p in self.curve],
                 "sensitivity": {str(k): v for k, v in self.sensitivity.items()}}
 
@@ -189,4 +191,4 @@ def search(model, qmodel: QuantizedModel, images: Sequence | Scorer, target: flo
             on_step(curve[-1])
     steps.finish()
     return MixedResult(tuple(sorted(fixed | set(kept))), curve, sens, target, ok(current), mode,
-                       len(scorer.inputs), base)
+                       len(scorer.inputs), base, max_lost)
