@@ -34,8 +34,9 @@ def ranking_html(rows: Sequence[ImageAgreement], run: str = "") -> str:
                    f"</td><td>{r.n_float}</td><td>{r.lost}</td><td>{r.shifted}</td><td>{r.extra}</td></tr>"
                    for k, r in enumerate(rows))
     caption = f"<caption>{html.escape(run)} run vs FLOAT, worst first</caption>" if run else ""
-    return (f"{TABLE_CSS}<table class='qw-table qw-worst-images'>{caption}<tr><th>#</th><th>image</th><th>mAP@0.5 vs FLOAT"
-            "</th><th>mAP@[.5:.95]</th><th>FLOAT boxes</th><th>lost</th><th>shifted</th><th>extra</th></tr>"
+    return (f"{TABLE_CSS}<table class='qw-table qw-worst-images'>{caption}<tr><th>#</th><th>image</th>"
+            "<th>mAP@0.5 vs FLOAT</th><th>mAP@[.5:.95]</th><th>FLOAT boxes</th><th>lost</th><th>shifted</th>"
+            "<th>extra</th></tr>"
             f"{body}</table>")
 
 

@@ -80,8 +80,8 @@ class MixedPrecisionView(widgets.VBox):
         self.keep_button = widgets.Button(description="Keep these FLOAT", icon="check", disabled=True,
                                           layout=widgets.Layout(width="auto", min_width="200px"))
         self.table = widgets.HTML("<small>Search keeps the most sensitive layers FLOAT, one by one, until the "
-                                  "quantized run agrees with FLOAT to the target (COCO mAP@[.5:.95]) and loses no FLOAT "
-                                  "detection.</small>")
+                                  "quantized run agrees with FLOAT to the target (COCO mAP@[.5:.95]) and loses no "
+                                  "FLOAT detection.</small>")
         self.chart = PngImage()
         super().__init__(children=[widgets.HBox([self.target, self.max_layers, self.images]),
                                    widgets.HBox([self.backend, self.search_button, self.keep_button, self.task],
