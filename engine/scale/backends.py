@@ -25,6 +25,7 @@ import contextlib
 import logging
 import math
 import os
+import threading
 import uuid
 import warnings
 from concurrent.futures import CancelledError
@@ -116,6 +117,9 @@ class DaskBackend:
         self.client = client
         self.runtime = check_backend(runtime)
         self._shared: dict[int, Any] = {}
+        # one backend serves every run of a kernel (two views' Runs, a compare beside a Monte Carlo): without it
+        # a second thread shipped a payload being shipped again, or popped a key another was about to return
+        self._share_lock = threading.Lock()
         from distributed.diagnostics.plugin import WorkerPlugin
 
         class BlasLimit(WorkerPlugin):
@@ -146,18 +150,20 @@ class DaskBackend:
         It is the result of a task that returns it, not scattered data: the scheduler keeps that task, so a
         copy lost with its worker (killed, out of memory; the nanny starts a new one) is made again. Scattered
         data lost with every worker that held it is gone for good: the run, and every later run on this
-        backend that needs it, failed with Dask's "cancelled for reason: lost dependencies"."""
+        backend that needs it, failed with Dask's "cancelled for reason: lost dependencies". Thread-safe: runs
+        in several threads may share through one backend."""
         key = ("id", id(obj)) if key is None else key
-        if key not in self._shared:    # obj is kept alive beside its future, so ids stay unique
-            with warnings.catch_warnings():      # the payload is the graph, sent once on purpose
-                warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-                self._shared[key] = (obj, self.client.submit(held, Payload(obj), pure=False))
-        self._shared[key] = self._shared.pop(key)          # the most recently used last
-        while len(self._shared) > SHARED_KEEP:
-            # each compare ships new quantized models: kept all, a session's cluster and scheduler would fill
-            # up. Dropping our future is safe: tasks submitted with it keep it until they are done.
-            self._shared.pop(next(iter(self._shared)))
-        return self._shared[key][1]
+        with self._share_lock:             # held through the submit: the payload is shipped once
+            if key not in self._shared:    # obj is kept alive beside its future, so ids stay unique
+                with warnings.catch_warnings():      # the payload is the graph, sent once on purpose
+                    warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+                    self._shared[key] = (obj, self.client.submit(held, Payload(obj), pure=False))
+            self._shared[key] = self._shared.pop(key)          # the most recently used last
+            while len(self._shared) > SHARED_KEEP:
+                # each compare ships new quantized models: kept all, a session's cluster and scheduler would fill
+                # up. Dropping our future is safe: tasks submitted with it keep it until they are done.
+                self._shared.pop(next(iter(self._shared)))
+            return self._shared[key][1]
 
     def portable(self, model_source: Any) -> Any:
         src = as_source(model_source)

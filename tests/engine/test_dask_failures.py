@@ -222,3 +222,75 @@ def test_secure_cluster_serves_no_plain_http_pages_about_the_run(dask_backend):
             with pytest.raises(urllib.error.HTTPError) as err:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/{page}", timeout=10).read()
             assert err.value.code == 404, page
+
+
+def test_two_threads_sharing_one_object_ship_it_once(dask_backend, monkeypatch):
+    """Two runs in one kernel (two views' Runs, a compare beside a Monte Carlo) share one backend: the second
+    thread's `share` of the same payload, made while the first thread's submit is under way, must wait for it
+    and get the same future, not see the key missing and ship the payload a second time."""
+    import threading
+
+    import numpy as np
+    real, calls = dask_backend.client.submit, []
+    second = threading.Event()
+
+    def submit(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            second.wait(1.0)         # the other thread's share runs now: to a second submit, or to the lock
+        else:
+            second.set()
+        return real(*args, **kwargs)
+    monkeypatch.setattr(dask_backend.client, "submit", submit)
+    payload, refs = np.arange(1000, dtype=np.int8), {}
+    threads = [threading.Thread(target=lambda n=n: refs.setdefault(n, dask_backend.share(payload, key=("race", 1))),
+                                name=f"run-{n}") for n in range(2)]
+    threads[0].start()
+    while not calls:
+        time.sleep(0.005)
+    threads[1].start()
+    for t in threads:
+        t.join(10)
+    assert len(calls) == 1, f"shipped {len(calls)} times by {calls}"
+    assert refs[0].key == refs[1].key and np.array_equal(refs[1].result().obj, payload)
+
+
+def test_threads_sharing_the_same_objects_get_each_its_own_future():
+    """Threads sharing the same objects (more of them than SHARED_KEEP) at once: one thread moving a key to the
+    most recent end (pop, insert) or evicting it must not leave another thread that saw the key a KeyError or
+    the future of another object."""
+    import threading
+
+    class Client:          # the scheduler plays no part in the bookkeeping raced here
+        def scheduler_info(self, n_workers=-1):
+            return {"workers": {}}
+
+        def register_plugin(self, plugin, name=None):
+            pass
+
+        def submit(self, fn, payload, pure=False):
+            return ("future", payload.obj)
+
+    class Yielding(dict):  # another thread runs between a check of the bookkeeping and its pop
+        def pop(self, *args):
+            time.sleep(0.0005)
+            return super().pop(*args)
+    backend = DaskBackend(Client())
+    backend._shared = Yielding()
+    objects = [("object", k) for k in range(SHARED_KEEP + 2)]
+    errors = []
+
+    def run(n: int) -> None:
+        try:
+            for k in range(300):
+                obj = objects[(k * (n + 1)) % len(objects)]
+                ref = backend.share(obj, key=obj)
+                assert ref == ("future", obj), (ref, obj)
+        except Exception as err:     # noqa: BLE001  (every thread's failure is reported below)
+            errors.append(repr(err))
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
