@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 from engine.calib.collect import image_list
 from engine.errors import EngineError
 from engine.kernels.threads import blas_limit, blas_threads, set_blas_threads  # noqa: F401  (public here too)
+from engine.scale.dask_arrivals import NO_WORKER_WAIT, NoWorkers, arrivals
 from engine.scale.sources import ModelSource, Payload, as_source, held, source_of, token
 
 log = logging.getLogger(__name__)
@@ -110,11 +111,14 @@ class DaskBackend:
     plugin) to `threads_per_worker_blas(workers on that host, host cores)` unless `blas_threads`
     is given: several single-threaded workers per host must not each start a BLAS pool per core.
     `runtime`: what computes the forwards on the workers (engine/export/ort_backend.py).
+    `no_worker_wait`: seconds a run waits while the cluster has no worker at all, then stops (map_batches).
     """
 
-    def __init__(self, client, blas_threads: int | None = None, runtime: str = "numpy") -> None:
+    def __init__(self, client, blas_threads: int | None = None, runtime: str = "numpy",
+                 no_worker_wait: float = NO_WORKER_WAIT) -> None:
         from engine.export.ort_backend import check_backend
         self.client = client
+        self.no_worker_wait = no_worker_wait
         self.runtime = check_backend(runtime)
         self._shared: dict[int, Any] = {}
         # one backend serves every run of a kernel (two views' Runs, a compare beside a Monte Carlo): without it
@@ -181,11 +185,14 @@ class DaskBackend:
         die on the same batch more often than the scheduler allows (`allowed-failures`), EngineError names
         that batch's items. On any error (a task's own, Ctrl-C) the run's batches are cancelled: those not
         done would otherwise keep the cluster busy while the exception (a notebook keeps the last) is alive.
+        With no worker left on the cluster for `no_worker_wait` seconds the run stops (Dask would wait for one
+        forever); that error's `partial` holds the batches' results received so far (None for the others).
 
         Raises:
-            EngineError: workers kept dying on one batch (killed from outside, out of memory), or the cluster
-                cancelled a batch (closed, restarted); and any EngineError a task raised (a bad image)."""
-        from distributed import KilledWorker, as_completed
+            EngineError: workers kept dying on one batch (killed from outside, out of memory), the cluster
+                cancelled a batch (closed, restarted) or had no worker left; and any EngineError a task raised
+                (a bad image)."""
+        from distributed import KilledWorker
         size = batch_size or default_batch_size(len(items), self.n_workers)
         batches = split(items, size)
         name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "batch")
@@ -194,22 +201,28 @@ class DaskBackend:
         out: list = [None] * len(futures)
         bar = _bar(progress, len(items), desc)
         try:
-            for fut in as_completed(futures):
-                k = index[fut.key]
-                try:
-                    out[k] = fut.result()
-                except KilledWorker as err:
-                    raise _killed(desc, err.allowed_failures + 1, k, batches, futures, size) from err
-                except CancelledError as err:        # not by this run: it cancels only after it stopped
-                    raise EngineError(f"{desc}: Dask cancelled the batch of {_batch_names(batches, k, size)} "
-                                      f"({err}): the cluster or this client was closed or restarted during the run; "
-                                      "the run stopped, no result is kept") from err
-                if isinstance(out[k], Refused):
-                    raise out[k].error
-                if bar is not None:
-                    bar.update(len(batches[k]))
-                if on_batch is not None:
-                    on_batch(k * size, batches[k])
+            try:
+                for fut in arrivals(self.client, futures, self.no_worker_wait):
+                    k = index[fut.key]
+                    try:
+                        out[k] = fut.result()
+                    except KilledWorker as err:
+                        raise _killed(desc, err.allowed_failures + 1, k, batches, futures, size) from err
+                    except CancelledError as err:        # not by this run: it cancels only after it stopped
+                        raise EngineError(f"{desc}: Dask cancelled the batch of {_batch_names(batches, k, size)} "
+                                          f"({err}): the cluster or this client was closed or restarted during the "
+                                          "run; the run stopped, no result is kept") from err
+                    if isinstance(out[k], Refused):
+                        raise out[k].error
+                    if bar is not None:
+                        bar.update(len(batches[k]))
+                    if on_batch is not None:
+                        on_batch(k * size, batches[k])
+            except NoWorkers as err:
+                received = sum(len(b) for b, r in zip(batches, out) if r is not None)
+                stop = EngineError(f"{desc}: {err}: the run stopped after {received} of {len(items)} items")
+                stop.partial = out
+                raise stop from err
         except BaseException:
             with contextlib.suppress(Exception):     # a closed client or cluster: the first error is the news
                 self.client.cancel(futures)

@@ -294,3 +294,47 @@ def test_threads_sharing_the_same_objects_get_each_its_own_future():
     for t in threads:
         t.join(60)
     assert errors == []
+
+
+def test_a_run_with_no_worker_left_ends_with_one_clear_error():
+    """Every worker gone mid-run while the scheduler stays (workers stopped or their machine gone, a cluster scaled
+    to 0): the run waited forever behind a frozen progress bar. It must end within the backend's wait with one
+    EngineError naming the scheduler and how far the run got, the batches received before kept on the error."""
+    import threading
+    cluster, client = secure_local_cluster(n_workers=2)
+    try:
+        backend = DaskBackend(client)
+        backend.no_worker_wait = 1.5            # the default gives a nanny's restart or a scale-up more time
+
+        def slow(batch: list) -> list:
+            time.sleep(0.3)
+            return [name.upper() for name in batch]
+        assert backend.map_batches(slow, ["a.jpg"]) == [["A.JPG"]]     # the workers are up
+        items = [f"{k}.jpg" for k in range(16)]
+        outcome: dict = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = backend.map_batches(slow, items, batch_size=1, desc="evaluating")
+            except Exception as err:            # noqa: BLE001  (asserted below)
+                outcome["error"] = err
+        runner = threading.Thread(target=run)
+        runner.start()
+        time.sleep(1.0)                         # a few batches done, most not
+        cluster.scale(0)
+        t0 = time.monotonic()
+        runner.join(15)
+        waited = time.monotonic() - t0
+        assert not runner.is_alive(), "the run still waits with no worker left"
+        err = outcome.get("error")
+        assert isinstance(err, EngineError), outcome
+        address = client.scheduler.address
+        msg = str(err)
+        assert msg.startswith(f"evaluating: no Dask worker left on {address} for 1.5 s"), msg
+        done = [k for k, part in enumerate(err.partial) if part is not None]
+        assert f"the run stopped after {len(done)} of 16 items" in msg and 0 < len(done) < 16, msg
+        assert all(err.partial[k] == [items[k].upper()] for k in done)
+        assert waited < 6, waited
+    finally:
+        client.close()
+        cluster.close()
