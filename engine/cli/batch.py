@@ -5,7 +5,7 @@ ranked worst first), the batch evaluations that `--backend numpy|onnxruntime|aut
                                 [--seed 0] [--float-layers I,J] [--resize letterbox|stretch]
                                 [--backend numpy|onnxruntime|auto] [--dask local:N|ADDRESS] [--json]
     python -m engine worst-images MODEL --weights W --quantized Q --images DIR [--mode int|hybrid]
-                                  [--float-layers I,J] [--backend ...] [--json]
+                                  [--float-layers I,J] [--backend ...] [--dask local:N|ADDRESS] [--json]
 
 montecarlo --json prints engine.scale.montecarlo.MonteCarloResult.to_dict(); worst-images --json prints
 {"mode", "images": [{"index", "name", "map50", "map50_95", "n_float", "lost", "shifted", "extra"}]}.
@@ -56,6 +56,7 @@ def add_worst_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--float-layers", metavar="I,J", help=FLOAT_LAYERS_HELP)
     s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox", help=RESIZE_HELP)
     add_backend_arg(s, "FLOAT and the quantized run")
+    add_dask_arg(s)
     s.set_defaults(func=cmd_worst)
 
 
@@ -81,12 +82,13 @@ def cmd_montecarlo(args: argparse.Namespace) -> int:
 
 def cmd_worst(args: argparse.Namespace) -> int:
     from engine.calib.collect import image_list
-    from engine.quant.worst_images import rank_images
+    from engine.scale.worst import rank_images
     model = load_model(args)
     qm = load_quantized(args, model)
     fl = layer_list(args.float_layers, len(model.layers)) if args.float_layers else sorted(qm.float_layers)
-    rows = rank_images(model, qm, args.mode, image_list(args.images, "evaluation"), float_layers=fl, resize=args.resize,
-                       thresh=args.thresh, nms=args.nms, backend=args.backend)
+    with run_backend(args) as backend:
+        rows = rank_images(model, qm, args.mode, image_list(args.images, "evaluation"), float_layers=fl,
+                           resize=args.resize, thresh=args.thresh, nms=args.nms, backend=backend)
     if args.json:
         print(json_text({"mode": args.mode, "images": [r.to_dict() for r in rows]}))
         return 0

@@ -44,7 +44,22 @@ def rank_images(model, qmodel, mode: str, images: Sequence, *, float_layers: Seq
     """Per-image agreement of the quantized run with FLOAT, worst first (see the module doc).
     on_progress(done, total) after each image (it may raise to cancel). backend: "numpy" |
     "onnxruntime" | "auto", where FLOAT and the quantized run execute (engine/export/ort_backend.py;
-    EngineError when ORT cannot run `mode` with "onnxruntime")."""
+    EngineError when ORT cannot run `mode` with "onnxruntime"). Over many images on Dask:
+    engine.scale.worst.rank_images (the same rows)."""
+    return worst_first(image_agreements(model, qmodel, mode, images, float_layers=float_layers, resize=resize,
+                                        thresh=thresh, nms=nms, on_progress=on_progress, backend=backend))
+
+
+def worst_first(rows: Sequence[ImageAgreement]) -> list[ImageAgreement]:
+    """Lowest mAP@0.5 first, then mAP@[.5:.95], then most lost, then the image's position."""
+    return sorted(rows, key=lambda r: (r.map50, r.map50_95, -r.lost, r.index))
+
+
+def image_agreements(model, qmodel, mode: str, images: Sequence, *, float_layers: Sequence[int] = (),
+                     resize: str = "letterbox", thresh: float = 0.25, nms: float = 0.45,
+                     on_progress: Callable[[int, int], Any] | None = None,
+                     backend: str = "numpy") -> list[ImageAgreement]:
+    """`rank_images`' rows in the images' order (a batch of a larger set: `index` counts from 0 here)."""
     from engine.export.ort_backend import detect_each, feed_size, forward_on
     run_float = forward_on(backend, model, None, "float")
     run = forward_on(backend, model, qmodel, mode, float_layers)
@@ -60,4 +75,4 @@ def rank_images(model, qmodel, mode: str, images: Sequence, *, float_layers: Seq
                                        c["lost"], c["shifted"], c["extra"]))
             if on_progress is not None:
                 on_progress(k + 1, len(images))
-    return sorted(rows, key=lambda r: (r.map50, r.map50_95, -r.lost, r.index))
+    return rows

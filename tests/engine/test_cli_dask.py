@@ -1,4 +1,4 @@
-"""`--dask local:N|ADDRESS` on the batch commands (compare, montecarlo): the images' batches run on a Dask
+"""`--dask local:N|ADDRESS` on the batch commands (compare, montecarlo, worst-images): the images' batches run on a Dask
 cluster, a local one started and closed by the command, with the figures this process gives. Before, Dask was
 reachable from Python only (engine.scale backends)."""
 from __future__ import annotations
@@ -40,6 +40,29 @@ def test_montecarlo_and_compare_on_a_local_cluster_equal_this_process(capsys, tm
     assert shipped[1:] == [2]                                      # the comparison's images too
     strip = lambda t: [{k: v for k, v in r.items() if "seconds" not in k} for r in json.loads(t)["methods"]]
     assert strip(there) == strip(here)
+
+
+def test_worst_images_on_a_local_cluster_equal_this_process(capsys, tmp_path, tiny_kl_pt, monkeypatch):
+    """worst-images had no --dask: ranking many images ran in this process only, beside compare and montecarlo.
+    On a local cluster the ranking is this process's: the same images in the same order, the same scores."""
+    from engine.scale.backends import DaskBackend
+    shipped = []
+    real = DaskBackend.map_batches
+    monkeypatch.setattr(DaskBackend, "map_batches", lambda self, fn, items, *a, **k: shipped.append(len(items))
+                        or real(self, fn, items, *a, **k))
+    q = tiny_kl_pt.save(tmp_path / "q.npz")
+    photos = sorted(IMAGES.glob("*.jpg"))
+    for mode in ("int", "hybrid"):
+        args = ("worst-images", *MODEL, "--quantized", q, "--images", *photos, "--mode", mode, "--json")
+        code, here, err = cli(capsys, *args)
+        assert code == 0, err
+        code, there, err = cli(capsys, *args, "--dask", "local:2")
+        assert code == 0 and "Traceback" not in err, err
+        here, there = json.loads(here), json.loads(there)
+        assert there == here
+        assert sorted(r["name"] for r in here["images"]) == sorted(p.name for p in photos)
+        assert min(r["map50"] for r in here["images"]) < 1.0       # a ranking with a loser to find
+    assert shipped == [len(photos)] * 2                              # the images went to the cluster
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -248,3 +248,20 @@ def test_rank_images_puts_the_worst_agreement_first(tiny, tiny_kl_pt):
     q = [d.to_dict() for d in detect_outputs(tiny, Executor(tiny, tiny_kl_pt, "int").forward(pre.x), pre, 0.25, 0.45)]
     lost = sum(not any(o["class_id"] == d["class_id"] and iou_np(o, d) >= 0.5 for o in q) for d in f)
     assert by_name["horses.jpg"].lost == lost and by_name["horses.jpg"].n_float == len(f)
+
+
+def test_rank_images_on_a_backend_in_batches_equals_one_pass(tiny, tiny_kl_pt):
+    """engine.scale.worst.rank_images on a backend, in batches of 2 (each task numbers its batch from 0): the
+    rows of one pass in this process, every image at its own place in the list; progress once per batch."""
+    from engine.quant.worst_images import rank_images
+    from engine.scale.backends import InProcess
+    from engine.scale.worst import rank_images as rank_on
+    images = sorted(IMAGES.glob("*.jpg"))[:3] + [str(IMAGES / "dog.jpg")]    # the dog twice: one name, two places
+    ticks = []
+    rows = rank_on(tiny, tiny_kl_pt, "int", images, backend=InProcess(), batch_size=2,
+                   on_progress=lambda done, total: ticks.append((done, total)))
+    assert [r.to_dict() for r in rows] == [r.to_dict() for r in rank_images(tiny, tiny_kl_pt, "int", images)]
+    assert sorted(r.index for r in rows) == [0, 1, 2, 3] and ticks == [(2, 4), (4, 4)]
+    dogs = [r for r in rows if r.name == "dog.jpg"]
+    assert sorted(r.index for r in dogs) == [0, 3]
+    assert {**dogs[0].to_dict(), "index": 0} == {**dogs[1].to_dict(), "index": 0}
