@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 from engine.calib.collect import image_list
 from engine.errors import EngineError
 from engine.kernels.threads import blas_limit, blas_threads, set_blas_threads  # noqa: F401  (public here too)
-from engine.scale.dask_arrivals import NO_WORKER_WAIT, NoWorkers, arrivals
+from engine.scale.dask_arrivals import NO_WORKER_WAIT, NoWorkers, arrivals, result_of
 from engine.scale.sources import ModelSource, Payload, as_source, held, source_of, token
 
 log = logging.getLogger(__name__)
@@ -202,10 +202,10 @@ class DaskBackend:
         bar = _bar(progress, len(items), desc)
         try:
             try:
-                for fut in arrivals(self.client, futures, self.no_worker_wait):
+                for fut, given in arrivals(self.client, futures, self.no_worker_wait):
                     k = index[fut.key]
                     try:
-                        out[k] = fut.result()
+                        out[k] = result_of(fut, given)
                     except KilledWorker as err:
                         raise _killed(desc, err.allowed_failures + 1, k, batches, futures, size) from err
                     except CancelledError as err:        # not by this run: it cancels only after it stopped

@@ -4,7 +4,9 @@ With every worker gone and the scheduler still up (workers stopped or killed wit
 their machines gone, a cluster scaled to 0) Dask keeps the tasks queued for a worker that may join later: a run
 iterating `as_completed` then never ends, and a notebook shows a frozen progress bar. `arrivals` yields the
 futures as `as_completed` does and raises `NoWorkers` once the scheduler has reported no worker for
-`no_worker_wait` seconds; the backend turns that into one EngineError saying how far the run got.
+`no_worker_wait` seconds; the backend turns that into one EngineError saying how far the run got. The results are
+fetched in the background too (`with_results`): a worker removed while this process fetched a result from it
+makes Dask compute that batch again, and a `future.result()` waiting for it would wait as long.
 """
 from __future__ import annotations
 
@@ -39,13 +41,14 @@ def worker_count(client: Any) -> tuple[int, str]:
     return n, "workers stopped or killed without a restart, or the cluster scaled down"
 
 
-def arrivals(client: Any, futures: list, no_worker_wait: float = NO_WORKER_WAIT) -> Iterator:
-    """`futures` in the order they finish (those cancelled or failed too, as `as_completed` gives them).
+def arrivals(client: Any, futures: list, no_worker_wait: float = NO_WORKER_WAIT) -> Iterator[tuple[Any, Any]]:
+    """(future, what it gave) for `futures` in the order they finish, those cancelled or failed too: pass both to
+    `result_of`.
 
     Raises:
         NoWorkers: none finished while the scheduler reported no worker for `no_worker_wait` seconds."""
     from distributed import as_completed
-    pending = as_completed(futures)
+    pending = as_completed(futures, with_results=True, raise_errors=False)
     check = min(CHECK_EVERY, no_worker_wait / 3)
     since, next_check = None, time.monotonic() + check
     while True:
@@ -67,3 +70,9 @@ def arrivals(client: Any, futures: list, no_worker_wait: float = NO_WORKER_WAIT)
             elif now - since >= no_worker_wait:
                 raise NoWorkers(scheduler_address(client), no_worker_wait, why)
         time.sleep(POLL)
+
+
+def result_of(future: Any, given: Any) -> Any:
+    """The result `arrivals` fetched, or the future's failure raised (a task's error, KilledWorker, cancelled):
+    for those `given` is Dask's record of the failure, and `future.result()` raises it without a fetch."""
+    return future.result() if future.status in ("error", "cancelled") else given

@@ -252,7 +252,7 @@ def test_two_threads_sharing_one_object_ship_it_once(dask_backend, monkeypatch):
     for t in threads:
         t.join(10)
     assert len(calls) == 1, f"shipped {len(calls)} times by {calls}"
-    assert refs[0].key == refs[1].key and np.array_equal(refs[1].result().obj, payload)
+    assert refs[0].key == refs[1].key and np.array_equal(refs[1].result(timeout=60).obj, payload)
 
 
 def test_threads_sharing_the_same_objects_get_each_its_own_future():
@@ -307,20 +307,22 @@ def test_a_run_with_no_worker_left_ends_with_one_clear_error():
         backend.no_worker_wait = 1.5            # the default gives a nanny's restart or a scale-up more time
 
         def slow(batch: list) -> list:
-            time.sleep(0.3)
+            time.sleep(0.5)
             return [name.upper() for name in batch]
         assert backend.map_batches(slow, ["a.jpg"]) == [["A.JPG"]]     # the workers are up
         items = [f"{k}.jpg" for k in range(16)]
         outcome: dict = {}
+        arrived = threading.Event()
 
         def run() -> None:
             try:
-                outcome["result"] = backend.map_batches(slow, items, batch_size=1, desc="evaluating")
+                outcome["result"] = backend.map_batches(slow, items, batch_size=1, desc="evaluating",
+                                                        on_batch=lambda first, batch: arrived.set())
             except Exception as err:            # noqa: BLE001  (asserted below)
                 outcome["error"] = err
         runner = threading.Thread(target=run)
         runner.start()
-        time.sleep(1.0)                         # a few batches done, most not
+        assert arrived.wait(20), "no batch arrived"    # some batches done, most not (8 rounds of 0.5 s)
         cluster.scale(0)
         t0 = time.monotonic()
         runner.join(15)
