@@ -24,8 +24,9 @@ def _common(s: argparse.ArgumentParser) -> None:
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
     s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
     s.add_argument("--quantized", "-q", required=True, metavar="Q", help="quantized model file")
-    s.add_argument("--images", required=True, nargs="+", metavar="DIR_OR_FILES",
-                   help="evaluation images: a folder, or image files (FLOAT's detections are the reference)")
+    s.add_argument("--images", required=True, nargs="+", action="extend", metavar="DIR_OR_FILES",
+                   help="evaluation images: a folder, or image files (repeatable: the lists add up; FLOAT's "
+                        "detections are the reference)")
     s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25,
                    help=THRESH_HELP)
     s.add_argument("--nms", type=number("IoU", 0, 1, lo_open=False), default=0.45, help=NMS_HELP)

@@ -38,8 +38,9 @@ def add_calib_args(s: argparse.ArgumentParser) -> None:
     """MODEL [--weights] --calib ... [--per-channel] [--resize] [--size] [--quiet]."""
     s.add_argument("model", metavar="MODEL", help="a .cfg (then --weights) or an engine model file")
     s.add_argument("--weights", metavar="W", help=WEIGHTS_HELP)
-    s.add_argument("--calib", required=True, metavar="DIR_OR_FILES", nargs="+",
-                   help="calibration images: a folder, or image files")
+    # action="extend" on every image-list option: `--calib a --calib b` means both (argparse's default kept b alone)
+    s.add_argument("--calib", required=True, metavar="DIR_OR_FILES", nargs="+", action="extend",
+                   help="calibration images: a folder, or image files (repeatable: the lists add up)")
     s.add_argument("--per-channel", action="store_true", help="per-output-channel weight scales")
     s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox", help=RESIZE_HELP)
     s.add_argument("--size", help=SIZE_HELP)

@@ -68,7 +68,8 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--target-map", type=number("--target-map", 0.0, 1.0), metavar="MAP",
                    help="keep the fewest layers FLOAT (greedy by measured sensitivity) so INT detections on --val "
                         "reach this mAP@[.5:.95] against FLOAT with no lost detection; prints the trade-off curve")
-    s.add_argument("--val", nargs="+", metavar="DIR_OR_FILES", help="validation images for --target-map")
+    s.add_argument("--val", nargs="+", action="extend", metavar="DIR_OR_FILES",
+                   help="validation images for --target-map (repeatable: the lists add up)")
     add_backend_arg(s, "--target-map's runs", "--profile onnxruntime")
     s.add_argument("--profile", default="qwidgets", metavar="NAME",
                    help=f"device profile, the integer rules of the target: {profile_names()} (docs/profiles.md)")
@@ -81,8 +82,8 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     """Add `compare`."""
     s = sub.add_parser("compare", help="rank calibration methods by fitness to the FLOAT model")
     add_calib_args(s)
-    s.add_argument("--images", required=True, nargs="+", metavar="DIR_OR_FILES",
-                   help="evaluation images: a folder, or image files")
+    s.add_argument("--images", required=True, nargs="+", action="extend", metavar="DIR_OR_FILES",
+                   help="evaluation images: a folder, or image files (repeatable: the lists add up)")
     s.add_argument("--methods", default="log2,kl,minmax,percentile,mse",
                    help="comma-separated methods to rank (default log2,kl,minmax,percentile,mse; auto too: it "
                         "chooses on the --calib images)")
