@@ -48,9 +48,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     output_path(args.output, args)
     check_suffix(args.output, *((".weights", "a Darknet .weights file") if args.format == "weights" else
                                 (".onnx", "an ONNX model")))
+    from engine.errors import EngineError
     if args.int8_weights and args.format != "onnx-int8":
-        from engine.errors import EngineError
         raise EngineError(f"--int8-weights: only for --format onnx-int8 (got --format {args.format})")
+    # an option the format does not read is refused, not dropped: `export M -q Q -o m.onnx` wrote the FLOAT
+    # model, and the user deployed it believing it was the quantized one
+    if args.quantized and args.format != "onnx-int8":
+        raise EngineError(f"--quantized {args.quantized}: only for --format onnx-int8 (--format {args.format} writes "
+                          "the float model; the integer graph of a quantized model is --format onnx-int8, for a "
+                          "model quantized with --profile onnxruntime, avx2_u8s8 or ort_reduce_range)")
+    if args.format == "weights":
+        given = [o for o, on in (("--all-outputs", args.all_outputs), ("--dynamic-batch", args.dynamic_batch)) if on]
+        if given:
+            raise EngineError(f"{' and '.join(given)}: only for an ONNX export (--format weights writes the "
+                              "Darknet .weights file)")
     model = load_model(args)
     if args.format == "weights":
         model.save_weights(args.output)

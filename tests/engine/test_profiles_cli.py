@@ -77,3 +77,21 @@ def test_export_int8_of_a_qwidgets_model_is_refused(capsys, tmp_path):
     rc, _, err = _cli(capsys, "export", *MODEL, "--quantized", q, "--format", "onnx-int8", "-o", tmp_path / "t.onnx")
     assert rc == 2 and "uses profile 'qwidgets': quantize with --profile onnxruntime" in err
     assert not (tmp_path / "t.onnx").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    # it wrote the FLOAT model as t.onnx and said nothing of the quantized model it was given
+    (["export", *MODEL, "--quantized", "q.npz", "-o", "t.onnx"],
+     "--quantized q.npz: only for --format onnx-int8 (--format onnx writes the float model;"),
+    (["export", *MODEL, "--format", "weights", "-q", "q.npz", "-o", "t.weights"],
+     "--quantized q.npz: only for --format onnx-int8 (--format weights writes the float model;"),
+    (["export", *MODEL, "--format", "weights", "--all-outputs", "--dynamic-batch", "-o", "t.weights"],
+     "--all-outputs and --dynamic-batch: only for an ONNX export (--format weights writes the Darknet .weights file)"),
+])
+def test_export_refuses_an_option_its_format_does_not_read(capsys, tmp_path, monkeypatch, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = _cli(capsys, *args)
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+    assert not (tmp_path / "t.onnx").exists() and not (tmp_path / "t.weights").exists()
