@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 from engine.cli.options import (FLOAT_LAYERS_HELP, NMS_HELP, RESIZE_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP,
-                                json_text, layer_list, load_model, load_quantized, number, positive_int, seed)
+                                json_text, layer_list, load_model, load_quantized, number, positive_int, seed,
+                                thresh_type)
 from engine.cli.quantize import add_backend_arg, add_dask_arg, run_backend
 from engine.errors import EngineError
 from engine.quant.modes import QUANT_MODES
@@ -27,7 +28,7 @@ def _common(s: argparse.ArgumentParser) -> None:
     s.add_argument("--images", required=True, nargs="+", action="extend", metavar="DIR_OR_FILES",
                    help="evaluation images: a folder, or image files (repeatable: the lists add up; FLOAT's "
                         "detections are the reference)")
-    s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25,
+    s.add_argument("--thresh", type=thresh_type(), default=0.25,
                    help=THRESH_HELP)
     s.add_argument("--nms", type=number("IoU", 0, 1, lo_open=False), default=0.45, help=NMS_HELP)
     s.add_argument("--names", metavar="FILE", help="class names, one per line")

@@ -7,7 +7,8 @@ import stat
 import sys
 from pathlib import Path
 
-from engine.cli.options import NMS_HELP, THRESH_HELP, add_model_args, forward_for, json_text, load_model, number
+from engine.cli.options import (NMS_HELP, THRESH_HELP, add_model_args, forward_for, json_text, load_model, number,
+                                thresh_type)
 from engine.errors import EngineError, FileError
 from engine.quant.progress import counted
 
@@ -21,7 +22,7 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("detect", help="detect objects in images")
     add_model_args(s)
     s.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ... as Pillow reads them)")
-    s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25,
+    s.add_argument("--thresh", type=thresh_type(), default=0.25,
                    help=THRESH_HELP)
     s.add_argument("--nms", type=number("IoU", 0, 1, lo_open=False), default=0.45, help=NMS_HELP)
     s.add_argument("--json", action="store_true", help="print the detections of every image as JSON (docs/cli.md)")

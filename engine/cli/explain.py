@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from engine.cli.options import (FLOAT_LAYERS_HELP, NMS_HELP, RESIZE_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP,
-                                json_text, layer_list, load_model, load_quantized, number, positive_int)
+                                json_text, layer_list, load_model, load_quantized, number, positive_int, thresh_type)
 from engine.quant.progress import counted
 
 
@@ -32,7 +32,7 @@ def add_explain_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", action="store_true", help="print the explanation as JSON (docs/cli.md)")
     s.add_argument("--float-layers", metavar="I,J",
                    help=FLOAT_LAYERS_HELP + "; FLOAT in every run, the culprits and the fix are among the others")
-    s.add_argument("--thresh", type=number("threshold", 0, 1, lo_open=False), default=0.25,
+    s.add_argument("--thresh", type=thresh_type(), default=0.25,
                    help=THRESH_HELP)
     s.add_argument("--nms", type=number("IoU", 0, 1, lo_open=False), default=0.45, help=NMS_HELP)
     s.add_argument("--resize", choices=("letterbox", "stretch"), default="letterbox", help=RESIZE_HELP)

@@ -13,7 +13,14 @@ from engine.quant.modes import MODES, Mode
 
 SIZE_HELP = "input size WIDTHxHEIGHT or N (default: the cfg's [net] width/height), e.g. 320 or 320x256"
 WEIGHTS_HELP = "the Darknet .weights file, when MODEL is a .cfg"
-THRESH_HELP = "score threshold of a detection (default 0.25)"
+THRESH_HELP = "score threshold of a detection, 0 <= T < 1 (default 0.25)"
+
+
+def thresh_type():
+    """--thresh's argparse `type=`: [0, 1), as detect_outputs takes it (a detection needs a score above it, so
+    1 would be refused there, after the model is loaded, as `thresh=1.0`, not naming the option)."""
+    return number("threshold", 0, 1, lo_open=False, hi_open=True)
+
 NMS_HELP = "IoU above which NMS drops the lower-scored box of a class (default 0.45)"
 FLOAT_LAYERS_HELP = ("layers kept FLOAT in hybrid/int (mixed precision), e.g. 15,22, instead of the quantized model's "
                      "own (default: those, from quantize --target-map; none for most models)")
@@ -47,17 +54,17 @@ def add_calib_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def number(what: str, lo: float, hi: float, *, lo_open: bool = True):
-    """An argparse `type=` for a finite number in (lo, hi] ([lo, hi] if not lo_open): '1e308',
-    'inf' and 'nan' are refused by argparse with a one-line message naming the option."""
+def number(what: str, lo: float, hi: float, *, lo_open: bool = True, hi_open: bool = False):
+    """An argparse `type=` for a finite number in (lo, hi] ([lo, ...] if not lo_open, [..., hi) if hi_open):
+    '1e308', 'inf' and 'nan' are refused by argparse with a one-line message naming the option."""
     def parse(text: str) -> float:
         try:
             v = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(v) or v > hi or (v <= lo if lo_open else v < lo):
+        if not math.isfinite(v) or (v >= hi if hi_open else v > hi) or (v <= lo if lo_open else v < lo):
             raise argparse.ArgumentTypeError(f"{text!r}: expected a finite {what} in {'(' if lo_open else '['}"
-                                             f"{lo:g}, {hi:g}]")
+                                             f"{lo:g}, {hi:g}{')' if hi_open else ']'}")
         return v
     parse.__name__ = what   # argparse names the type in some messages
     return parse

@@ -537,7 +537,7 @@ CLI_CASES = [
     ("c_quantize_settings_not_json", ["quantize", "{d}/tiny.npz", "--calib", "{d}/img.png", "--settings", "{x",
                                       "-o", "{t}/q.npz"], "--settings '{x': not JSON"),
     ("c_detect_thresh_nan", ["detect", "{d}/tiny.npz", "{d}/img.png", "--thresh", "nan"],
-     "argument --thresh: 'nan': expected a finite threshold in [0, 1]"),
+     "argument --thresh: 'nan': expected a finite threshold in [0, 1)"),
     ("c_detect_float_layers_abc", ["detect", "{d}/tiny.npz", "{d}/img.png", "--mode", "int", "--quantized", "{d}/q.npz",
                                    "--float-layers", "a,b"], "--float-layers 'a,b': expected comma-separated"),
     ("c_detect_float_layers_99", ["detect", "{d}/tiny.npz", "{d}/img.png", "--mode", "int", "--quantized", "{d}/q.npz",
