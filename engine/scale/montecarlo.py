@@ -236,6 +236,7 @@ def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200
     bad = [m for m in modes if m not in QUANT_MODES]
     if bad or not modes:
         raise ValueError(f"modes {list(modes)}: expected hybrid and/or int (FLOAT is the reference)")
+    modes = tuple(dict.fromkeys(modes))     # "int,int" is one mode: one summary, "modes" as the summaries' keys
     if resize not in RESIZE_MODES:          # refused here, not on a worker for every batch
         raise ValueError(f"resize={resize!r}: expected {' or '.join(RESIZE_MODES)}")
     backend, runtime = split_backend(backend)
