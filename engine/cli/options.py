@@ -75,7 +75,9 @@ def layer_list(text: str, n: int) -> list[int]:
     try:
         layers = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise EngineError(f"--float-layers {text!r}: expected comma-separated layer indices, e.g. 15,22") from None
+        layers = None
+    if not layers:      # "," named no layer: it silently replaced the quantized model's own FLOAT layers with none
+        raise EngineError(f"--float-layers {text!r}: expected comma-separated layer indices, e.g. 15,22")
     bad = [i for i in layers if not 0 <= i < n]
     if bad:
         raise EngineError(f"--float-layers {text!r}: {bad} are not layers of this model (0..{n - 1})")
@@ -290,6 +292,9 @@ def forward_for(model, args: argparse.Namespace):
     if args.mode == Mode.FLOAT:
         if getattr(args, "quantized", None):
             raise EngineError("--quantized given with --mode float: pass --mode hybrid or --mode int")
+        if getattr(args, "float_layers", None):     # it was dropped: the run looked like a mixed-precision one
+            raise EngineError(f"--float-layers {args.float_layers} given with --mode float (every layer runs FLOAT): "
+                              "pass --mode hybrid or --mode int with --quantized QMODEL")
         return model.forward
     if not getattr(args, "quantized", None):
         raise EngineError(f"--mode {args.mode} needs --quantized QMODEL (make one with `python -m engine quantize`)")
