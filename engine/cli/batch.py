@@ -16,7 +16,7 @@ import argparse
 from engine.cli.options import (FLOAT_LAYERS_HELP, NMS_HELP, RESIZE_HELP, SIZE_HELP, THRESH_HELP, WEIGHTS_HELP,
                                 json_text, layer_list, load_model, load_quantized, number, positive_int, seed,
                                 thresh_type)
-from engine.cli.quantize import add_backend_arg, add_dask_arg, run_backend
+from engine.cli.quantize import add_backend_arg, add_dask_arg, check_dask, run_backend
 from engine.errors import EngineError
 from engine.quant.modes import QUANT_MODES
 
@@ -71,6 +71,7 @@ def cmd_montecarlo(args: argparse.Namespace) -> int:
         why = f"{bad[0]!r} is not one" if bad else "none given"
         raise EngineError(f"--modes {args.modes!r}: expected hybrid and/or int, comma-separated ({why}; FLOAT is "
                           "the reference every mode is compared with)")
+    check_dask(args)
     model = load_model(args)
     qm = load_quantized(args, model)
     fl = layer_list(args.float_layers, len(model.layers)) if args.float_layers else None

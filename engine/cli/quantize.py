@@ -128,10 +128,18 @@ def run_backend(args: argparse.Namespace):
     """A context giving what a batch command passes as `backend=`: --backend's name, or with --dask a
     DaskBackend running it (a local cluster closed on the way out, also after an error)."""
     import contextlib
-    if not getattr(args, "dask", None):
+    if getattr(args, "dask", None) is None:      # --dask '' (an unset shell variable) is refused, not run here
         return contextlib.nullcontext(args.backend)
     from engine.scale.backends import dask_backend
     return dask_backend(args.dask, runtime=args.backend)
+
+
+def check_dask(args: argparse.Namespace) -> None:
+    """A malformed --dask is refused before the model is loaded and the images calibrated or run (it was refused
+    only when the backend started: `compare` calibrated every --calib image first)."""
+    if getattr(args, "dask", None) is not None:
+        from engine.scale.backends import dask_workers
+        dask_workers(args.dask)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -236,6 +244,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from engine.scale.compare import compare
     from engine.quant.profiles import get_profile
     get_profile(args.profile)                       # an unknown profile fails before the calibration pass
+    check_dask(args)
     model = load_model(args)
     float_layers = layer_list(args.float_layers, len(model.layers)) if args.float_layers else ()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

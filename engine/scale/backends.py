@@ -345,28 +345,40 @@ def secure_local_cluster(n_workers: int = 2, blas_threads: int | None = None, **
     return cluster, client
 
 
+def dask_workers(spec: str, option: str = "--dask") -> int | None:
+    """N for "local:N" (1..64), None for a scheduler address ("tcp://host:8786"); raises ArgumentError for
+    anything else. The form alone, so a command checks it before its slow work (nothing is started here)."""
+    from engine.errors import ArgumentError
+    if spec.startswith("local:"):
+        n = spec[len("local:"):]
+        if not (n.isascii() and n.isdigit() and 1 <= int(n) <= 64):
+            raise ArgumentError(f"{option} {spec!r}: expected local:N with 1 <= N <= 64 worker processes")
+        return int(n)
+    if "://" in spec and spec.split("://", 1)[1]:
+        return None
+    raise ArgumentError(f"{option} {spec!r}: expected local:N (N worker processes here) or a scheduler "
+                        "address such as tcp://host:8786")
+
+
 @contextlib.contextmanager
 def dask_backend(spec: str, runtime: str = "numpy", option: str = "--dask", **cluster_options: Any):
     """A DaskBackend for `spec`: "local:N" starts N worker processes on this machine (`secure_local_cluster`,
     with `cluster_options`) and closes them afterwards; a scheduler address ("tcp://host:8786") is connected to and left running.
     Raises ArgumentError for another spec, EngineError when distributed (or for local:N, cryptography) is
     missing, a tls:// address has no certificates in Dask's configuration, or the scheduler is not reached (10 s)."""
-    from engine.errors import ArgumentError
     try:
         import distributed
     except ImportError:
         raise EngineError(f"{option}: needs the 'distributed' package (pip install 'qwidgets[dask]')") from None
-    if spec.startswith("local:"):
-        n = spec[len("local:"):]
-        if not (n.isascii() and n.isdigit() and 1 <= int(n) <= 64):
-            raise ArgumentError(f"{option} {spec!r}: expected local:N with 1 <= N <= 64 worker processes")
+    n = dask_workers(spec, option)
+    if n is not None:
         try:        # the cluster's temporary TLS certificates; distributed does not depend on it
             import cryptography  # noqa: F401
         except ImportError:
             raise EngineError(f"{option} {spec}: a local cluster's TLS needs the 'cryptography' package "
                               "(pip install cryptography)") from None
-        cluster, client = secure_local_cluster(int(n), **cluster_options)
-    elif "://" in spec and spec.split("://", 1)[1]:
+        cluster, client = secure_local_cluster(n, **cluster_options)
+    else:
         cluster = None
         if spec.startswith("tls://") and distributed.Security().tls_ca_file is None:
             # the Client would raise a bare TypeError about a missing ssl_context: the CLI has no certificate
@@ -379,9 +391,6 @@ def dask_backend(spec: str, runtime: str = "numpy", option: str = "--dask", **cl
             client = distributed.Client(spec, timeout="10s")
         except (OSError, TimeoutError, ValueError) as err:
             raise EngineError(f"{option} {spec}: cannot reach the Dask scheduler ({err})") from None
-    else:
-        raise ArgumentError(f"{option} {spec!r}: expected local:N (N worker processes here) or a scheduler "
-                            "address such as tcp://host:8786")
     try:
         yield DaskBackend(client, runtime=runtime)
     finally:
