@@ -78,8 +78,8 @@ def _load_cached(src: ModelSource, stamp: tuple):
         src, path = replace(src, path=str(cfg_path), weights=str(weights)), cfg_path
     if src.size is None or is_model_file(path):
         model = load(path, weights=src.weights)
-        if src.size is not None and model.input_shape[1:] != (src.size[1], src.size[0]):
-            raise ValueError(f"{path}: an engine model file has a fixed input size; size={src.size} cannot apply")
+        if src.size is not None:        # as engine.load(model_file, size=...) runs it in the client (--size)
+            model = model.resized(*src.size)
     else:
         cfg = parse_cfg(with_input_size(read_cfg(path).text, *src.size), str(path))
         layers = build_layers(cfg)
