@@ -130,8 +130,11 @@ def run_backend(args: argparse.Namespace):
     import contextlib
     if getattr(args, "dask", None) is None:      # --dask '' (an unset shell variable) is refused, not run here
         return contextlib.nullcontext(args.backend)
+    import logging
     from engine.scale.backends import dask_backend
-    return dask_backend(args.dask, runtime=args.backend)
+    # local:N's own workers log at ERROR only: when a run stops (a bad image on a worker, Ctrl-C) Dask's
+    # WARNING lines about the batches cancelled and the workers killed at close followed the one error line
+    return dask_backend(args.dask, runtime=args.backend, silence_logs=logging.ERROR)
 
 
 def check_dask(args: argparse.Namespace) -> None:
