@@ -5,7 +5,9 @@ subcommand family and dispatches; shared options live in engine/cli/options.py."
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
+import io
 import os
 import sys
 import warnings
@@ -51,10 +53,45 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse(build_parser(), argv)
-    with warnings.catch_warnings():          # restores the caller's showwarning (main is called in-process too)
-        warnings.showwarning = functools.partial(_show_warning, others=warnings.showwarning)
-        return _run(args)
+    closed = _stand_in_for_closed_streams("stderr")
+    try:
+        args = parse(build_parser(), argv)   # -h with stdout closed: argparse prints the help to stderr
+        closed.update(_stand_in_for_closed_streams("stdout"))
+        with warnings.catch_warnings():      # restores the caller's showwarning (main is called in-process too)
+            warnings.showwarning = functools.partial(_show_warning, others=warnings.showwarning)
+            return _run(args)
+    finally:
+        for name, stand_in in closed.items():
+            if getattr(sys, name) is stand_in:
+                setattr(sys, name, None)
+
+
+class _ClosedStream(io.TextIOBase):
+    """A standard stream the shell closed (`cmd >&-`, `2>&-`), which Python leaves as None: a result printed
+    to it vanished, an error line went to stdout, and tqdm and our final flush raised AttributeError (a
+    traceback and exit 1 after `quantize` had written its file). Closed stdout refuses what a command prints
+    (its result is lost: one error, exit 2); closed stderr discards what is written (diagnostics have nowhere
+    to go; the exit code still tells)."""
+
+    def __init__(self, refuse: bool) -> None:
+        super().__init__()
+        self.refuse = refuse
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self.refuse and text:
+            raise OSError(errno.EBADF, "standard output is closed, so the result cannot be printed (redirect it to "
+                                       "a file, or to /dev/null to discard it)")
+        return len(text)
+
+
+def _stand_in_for_closed_streams(name: str) -> dict[str, _ClosedStream]:
+    closed = {name: _ClosedStream(refuse=name == "stdout")} if getattr(sys, name) is None else {}
+    for name, stand_in in closed.items():
+        setattr(sys, name, stand_in)
+    return closed
 
 
 def _run(args: argparse.Namespace) -> int:
