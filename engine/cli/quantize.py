@@ -155,6 +155,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     output_path(args.output, args)                  # before the slow calibration, not after it
     check_suffix(args.output, ".npz", "a quantized model file (.npz)")
     settings = method_settings(args.method, args.settings)
+    if args.per_channel:
+        _warn_per_tensor(args, settings)
     if (args.target_map is None) != (args.val is None):
         raise EngineError("--target-map and --val go together: the search scores INT detections on --val")
     check_refine(args.refine, where="--refine")     # cle with cle_act fails before the calibration pass
@@ -198,6 +200,19 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {qm.describe()}, calibrated on {counted(stats.images, 'image')}; int8 {size.int8_bytes:,} "
           f"bytes vs float {size.float_bytes:,} ({size.compression:.1f}% smaller)", file=sys.stderr)
     return 0
+
+
+def _warn_per_tensor(args: argparse.Namespace, settings: dict) -> None:
+    """--per-channel where the method or profile quantizes weights per tensor (yolo2_light's exact rule): the
+    file is per-tensor, so say so before the work (the API drops the flag silently, as compare's rows need)."""
+    import warnings
+    from engine.calib.base import make
+    from engine.errors import EngineWarning
+    from engine.quant.profiles import get_profile
+    if not get_profile(args.profile).weight_choice(make(args.method, **settings), True)[1]:
+        by = f"method {args.method}" if args.method == "yolo2_light" else f"profile {args.profile}"
+        warnings.warn(f"--per-channel: {by} quantizes weights per tensor (yolo2_light's exact rule); the "
+                      "quantized model will be per-tensor", EngineWarning, stacklevel=2)
 
 
 def auto_choice_text(choice: dict) -> str:

@@ -170,3 +170,19 @@ def test_python_dash_m_engine_quantize_end_to_end(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr
     assert QuantizedModel.load(out).method == "log2" and res.stdout == ""
+
+
+@pytest.mark.parametrize("choice", [["--method", "yolo2_light"], ["--profile", "yolo2_light"]])
+def test_per_channel_where_weights_stay_per_tensor_is_a_warning(capsys, tmp_path, choice):
+    # it wrote a per-tensor model for --per-channel without a word before the "wrote" line
+    q = tmp_path / "q.npz"
+    rc, _, err = cli(capsys, "quantize", TINY_CFG, "--weights", TINY_WEIGHTS, "--size", "160", "--calib", DOG,
+                     "--per-channel", *choice, "--quiet", "-o", q)
+    assert rc == 0, err
+    by = "method yolo2_light" if choice[0] == "--method" else "profile yolo2_light"
+    assert err.splitlines()[0] == (f"warning: --per-channel: {by} quantizes weights per tensor (yolo2_light's exact "
+                                   "rule); the quantized model will be per-tensor")
+    assert QuantizedModel.load(q).per_channel is False
+    rc, _, err = cli(capsys, "quantize", TINY_CFG, "--weights", TINY_WEIGHTS, "--size", "160", "--calib", DOG,
+                     "--per-channel", "--quiet", "-o", q)
+    assert rc == 0 and "warning" not in err and QuantizedModel.load(q).per_channel is True
