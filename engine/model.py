@@ -300,8 +300,8 @@ def read_names(path: str | Path) -> list[str]:
     try:
         with open_regular(path) as f:
             data = f.read((16 << 20) + 1)
-    except OSError as err:
-        raise EngineError(f"{path}: cannot read class names: {err}") from err
+    except OSError as err:      # its strerror: str(err) repeats the path after "[Errno 2]"
+        raise EngineError(f"{path}: cannot read class names: {err.strerror or err}") from err
     if len(data) > 16 << 20:
         raise EngineError(f"{path}: cannot read class names: more than 16 MiB; expected one name per line")
     return names_from_bytes(data, str(path))
