@@ -61,10 +61,10 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
                         "augmentations of them, removed, plus a recall margin of --margin-k robust deviations of "
                         "each logit's error on the objectness and class logits, last. Best INT measured on "
                         "yolov3-tiny: --per-channel --profile qwidgets_asym --refine gptq --refine eq --refine margin "
-                        "(docs/quantization.md, rounds 7 and 11)")
-    s.add_argument("--margin-k", type=number("--margin-k", 0.0, 10.0, lo_open=False), default=MARGIN_K, metavar="K",
+                        "(docs/quantization.md, rounds 7, 11 and 13)")
+    s.add_argument("--margin-k", type=number("--margin-k", 0.0, 10.0, lo_open=False), metavar="K",
                    help="--refine margin: objectness and class margin in robust standard deviations of the "
-                        "near-threshold INT - FLOAT error (default %(default)s; 0 = the bias correction alone)")
+                        f"near-threshold INT - FLOAT error (default {MARGIN_K:g}; 0 = the bias correction alone)")
     s.add_argument("--target-map", type=number("--target-map", 0.0, 1.0), metavar="MAP",
                    help="keep the fewest layers FLOAT (greedy by measured sensitivity) so INT detections on --val "
                         "reach this mAP@[.5:.95] against FLOAT with no lost detection; prints the trade-off curve")
@@ -96,8 +96,8 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                         "(repeatable; as quantize --refine, in the order gptq, eq, bias, head, margin), so that "
                         "methods are ranked as they would be deployed, e.g. --profile qwidgets_asym --refine gptq "
                         "--refine eq --refine margin (the best INT configuration measured, docs/quantization.md)")
-    s.add_argument("--margin-k", type=number("--margin-k", 0.0, 10.0, lo_open=False), default=MARGIN_K, metavar="K",
-                   help="--refine margin: objectness and class margin in robust standard deviations (default %(default)s)")
+    s.add_argument("--margin-k", type=number("--margin-k", 0.0, 10.0, lo_open=False), metavar="K",
+                   help=f"--refine margin: objectness and class margin in robust standard deviations (default {MARGIN_K:g})")
     s.add_argument("--float-layers", metavar="I,J",
                    help="layers every method keeps FLOAT in hybrid/int (mixed precision), e.g. 15,22: the methods "
                         "ranked as that deployment runs them, sizes with those layers in float32")
@@ -137,6 +137,16 @@ def run_backend(args: argparse.Namespace):
     return dask_backend(args.dask, runtime=args.backend, silence_logs=logging.ERROR)
 
 
+def margin_k(args: argparse.Namespace) -> float:
+    """--margin-k (default MARGIN_K), refused without --refine margin, the only step that reads it (a K tried
+    without it changed nothing, silently)."""
+    if args.margin_k is None:
+        return MARGIN_K
+    if "margin" not in args.refine:
+        raise EngineError(f"--margin-k {args.margin_k:g}: only with --refine margin, the step that reads it")
+    return args.margin_k
+
+
 def check_dask(args: argparse.Namespace) -> None:
     """A malformed --dask is refused before the model is loaded and the images calibrated or run (it was refused
     only when the backend started: `compare` calibrated every --calib image first)."""
@@ -159,6 +169,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         _warn_per_tensor(args, settings)
     if (args.target_map is None) != (args.val is None):
         raise EngineError("--target-map and --val go together: the search scores INT detections on --val")
+    if args.backend != "numpy" and args.target_map is None:
+        raise EngineError(f"--backend {args.backend}: only with --target-map (its search is what quantize runs on a "
+                          "backend; the calibration pass runs on numpy)")
+    args.margin_k = margin_k(args)
     check_refine(args.refine, where="--refine")     # cle with cle_act fails before the calibration pass
     model = load_model(args)
     source, spec, forward = model, None, None
@@ -263,6 +277,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from engine.quant.profiles import get_profile
     get_profile(args.profile)                       # an unknown profile fails before the calibration pass
     check_dask(args)
+    args.margin_k = margin_k(args)
     model = load_model(args)
     float_layers = layer_list(args.float_layers, len(model.layers)) if args.float_layers else ()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
