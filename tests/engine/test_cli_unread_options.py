@@ -33,6 +33,6 @@ def test_margin_k_defaults_to_2_and_is_kept_with_refine_margin():
     from engine.cli.main import build_parser
     from engine.cli.quantize import MARGIN_K, margin_k
     parse = build_parser().parse_args
-    assert margin_k(parse(["quantize", "m", "--calib", "d", "-o", "q.npz"])) == MARGIN_K == 2.0
+    assert margin_k(parse(["quantize", "m", "--calib", "d", "-o", "q.npz"])) == MARGIN_K == 2.5
     assert margin_k(parse(["quantize", "m", "--calib", "d", "--refine", "margin", "--margin-k", "1.5", "-o",
                            "q.npz"])) == 1.5
