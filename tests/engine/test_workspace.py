@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import zipfile
 import zlib
@@ -503,23 +504,37 @@ def test_concurrent_writers_keep_every_entry(ws):
 
 
 def test_file_lock_excludes_other_processes(tmp_path):
-    lock = tmp_path / "lock"
+    # the other process holds the lock until told to let go (it held it for a fixed 1 s: a test process
+    # descheduled for ~0.8 s on a loaded CI host then found it free, or waited less than its 0.2 s bound)
+    lock, released = tmp_path / "lock", tmp_path / "released"
     proc = run_py("""
-        import sys, time
+        import sys
+        from pathlib import Path
         from engine.atomic import file_lock
         with file_lock(sys.argv[1]):
             print("locked", flush=True)
-            time.sleep(1.0)
-    """, str(lock), stdout=subprocess.PIPE, text=True)
+            sys.stdin.readline()
+            Path(sys.argv[2]).touch()        # the last thing it does while holding the lock
+    """, str(lock), str(released), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
     with pytest.raises(TimeoutError, match="lock still held"):
         with file_lock(lock, timeout=0.2):
             pass
-    t0 = time.monotonic()
-    with file_lock(lock, timeout=10):
-        waited = time.monotonic() - t0
-    proc.wait(10)
-    assert 0.2 < waited < 5
+    got: list[bool] = []
+    acquired = threading.Event()
+
+    def waiter() -> None:
+        with file_lock(lock, timeout=60):
+            got.append(released.exists())
+            acquired.set()
+    t = threading.Thread(target=waiter)
+    t.start()
+    assert not acquired.wait(0.3)            # still held: the waiter keeps waiting
+    proc.stdin.write("release\n")
+    proc.stdin.flush()
+    t.join(90)
+    assert proc.wait(60) == 0
+    assert got == [True]                     # it got the lock, and only after the holder let go
 
 
 # ----- tutorials and import boundary ---------------------------------------------------------
