@@ -262,6 +262,26 @@ def test_workspace_readers_racing_overwrites_never_see_a_raw_error(tmp_path):
 # ------------------------------------------------------------------------------ signals
 # `python -m engine` killed with SIGTERM or SIGHUP in the middle of writing its output keeps the old
 # file and leaves no temp file (as Ctrl-C already did)
+
+# The CLI with the rename of its output held until the test's signal comes: the signal lands wherever
+# the write is when the test sees its temp file (zipfile's bookkeeping, the fsync, ...), never after the
+# new file is in place. Unheld, a test process descheduled for the ~50 ms a write lasts (a loaded CI
+# host) signalled a finished write: the new file was in place, or the process had already exited 0.
+HELD_CLI = """
+import os, runpy, sys, time
+out, real_replace = sys.argv[sys.argv.index("-o") + 1], os.replace
+
+def held_replace(src, dst, **kw):
+    if os.fspath(dst) == out:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:       # the signal's handler raises SystemExit in here
+            time.sleep(0.01)
+    real_replace(src, dst, **kw)
+os.replace = held_replace
+runpy.run_module("engine", run_name="__main__", alter_sys=True)
+"""
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_signal_mid_write_leaves_old_output_and_no_temp_file(tmp_path, sig):
     cfg = tmp_path / "big.cfg"
@@ -272,20 +292,15 @@ def test_signal_mid_write_leaves_old_output_and_no_temp_file(tmp_path, sig):
     out.mkdir()
     (out / "m.npz").write_bytes(b"old")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1"}
-    for _ in range(10):
-        proc = subprocess.Popen([sys.executable, "-m", "engine", "convert", str(cfg), str(weights), "-o",
-                                 str(out / "m.npz")], env=env, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline and \
-                not any(".qwtmp-" in n for n in os.listdir(out)):
-            time.sleep(0.001)
-        mid_write = proc.poll() is None
-        proc.send_signal(sig)
-        proc.wait(30)
-        if mid_write:
-            break
-        (out / "m.npz").write_bytes(b"old")
-    assert mid_write, "no signal landed during the write"
+    proc = subprocess.Popen([sys.executable, "-c", HELD_CLI, "convert", str(cfg), str(weights), "-o",
+                             str(out / "m.npz")], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline and \
+            not any(".qwtmp-" in n for n in os.listdir(out)):
+        time.sleep(0.001)
+    assert proc.poll() is None and any(".qwtmp-" in n for n in os.listdir(out)), "the write never started"
+    proc.send_signal(sig)
+    proc.wait(60)
     assert os.listdir(out) == ["m.npz"]
     assert proc.returncode == 128 + sig
     assert (out / "m.npz").read_bytes() == b"old"
