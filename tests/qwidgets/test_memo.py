@@ -85,7 +85,7 @@ def test_explorer_warms_in_the_background_only_while_the_user_is_idle(tiny, tiny
 
     import qwidgets.explorer as explorer_module
     from qwidgets import Explorer
-    from qwidgets._sync import _held
+    from qwidgets._sync import _held, _last_active
     monkeypatch.setattr(explorer_module, "WARM_IDLE", 0.3)
 
     async def run():
@@ -97,11 +97,13 @@ def test_explorer_warms_in_the_background_only_while_the_user_is_idle(tiny, tiny
             monkeypatch.setattr(data, name, lambda *a, f=f, **k: (
                 ex.session in _held or pieces.append(time.monotonic()), f(*a, **k))[1])
         ex.controls.step_button.click()
-        clicks = [time.monotonic()]
+        # when the click's handler ended (the idle time counts from there): a time taken here, after the
+        # followers' updates, could be later than a piece started WARM_IDLE after that end (CI: preempted)
+        clicks = [_last_active[ex.session]]
         while len(pieces) < 10:
             await asyncio.sleep(0.02)
         ex.controls.step_button.click()            # mid-way: the warm-up pauses again
-        clicks.append(time.monotonic())
+        clicks.append(_last_active[ex.session])
         convs = [i for i, layer in enumerate(tiny.layers) if layer.kind == "convolutional"]
         for _ in range(3000):
             if all((i, True, False, False) in data._weights for i in convs):
