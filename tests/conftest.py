@@ -1,6 +1,7 @@
 """Test configuration: the engine is imported from the source tree; ../shared must be beside the repo."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,23 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from helpers import SHARED, TINY_CFG, TINY_WEIGHTS  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _working_directory_kept():
+    """Every test leaves the working directory as it found it (`monkeypatch.chdir` does): a leaked
+    `os.chdir` made each later test's relative paths, and the CLI's default outputs, depend on which
+    tests happened to run before it. The leak is put right and reported as that test's error."""
+    before = os.getcwd()
+    yield
+    try:
+        after = os.getcwd()
+    except FileNotFoundError:         # the folder it moved into is gone
+        after = None
+    if after != before:
+        os.chdir(before)
+        pytest.fail(f"the test left the working directory at {after} (it was {before}): use monkeypatch.chdir",
+                    pytrace=False)
 
 
 @pytest.fixture(scope="session")

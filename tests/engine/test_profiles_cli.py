@@ -2,8 +2,6 @@
 layer<i> against `dump --mode int` on a real photo and an input array: 0 mismatched elements."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -62,8 +60,8 @@ def test_quantize_export_dump_agree_with_onnxruntime(capsys, tmp_path, tiny):
     (["export", *MODEL, "--format", "onnx-int8", "-o", "t.onnx"], "--format onnx-int8 needs --quantized Q"),
     (["export", *MODEL, "--int8-weights", "-o", "t.onnx"], "--int8-weights: only for --format onnx-int8"),
 ])
-def test_profile_cli_errors_are_one_clear_line(capsys, tmp_path, args, fragment):
-    os.chdir(tmp_path)
+def test_profile_cli_errors_are_one_clear_line(capsys, tmp_path, monkeypatch, args, fragment):
+    monkeypatch.chdir(tmp_path)
     rc, out, err = _cli(capsys, *args)
     assert rc == 2 and out == ""
     lines = err.strip().splitlines()

@@ -112,8 +112,8 @@ def test_dump_hybrid_equals_executor_bit_for_bit(capsys, qfile, tiny, tmp_path):
     (["compare", *MODEL, "--calib", DOG, "--images", DOG, "--methods", "minmax,bogus", "--quiet"],
      "--methods: unknown bogus; known:"),
 ])
-def test_quant_cli_errors_are_one_clear_line(capsys, tmp_path, args, fragment):
-    os.chdir(tmp_path)
+def test_quant_cli_errors_are_one_clear_line(capsys, tmp_path, monkeypatch, args, fragment):
+    monkeypatch.chdir(tmp_path)
     rc, out, err = cli(capsys, *args)
     assert rc == 2 and out == ""
     lines = err.strip().splitlines()
@@ -130,10 +130,11 @@ def test_quant_cli_errors_are_one_clear_line(capsys, tmp_path, args, fragment):
     ("percentile", '{"percentile": true}', "percentile percentile=True: expected a number in (0, 100]"),
     ("aciq", '{"bits": 7.5}', "aciq bits=7.5: expected an integer in [2, 8]"),
 ])
-def test_out_of_range_method_settings_are_refused_before_calibrating(capsys, tmp_path, method, settings, fragment):
+def test_out_of_range_method_settings_are_refused_before_calibrating(capsys, tmp_path, monkeypatch, method, settings,
+                                                                    fragment):
     from engine.calib import make
     from engine.errors import ArgumentError
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     rc, out, err = cli(capsys, "quantize", *MODEL, "--calib", DOG, "--method", method, "--settings", settings,
                        "-o", "q.npz", "--quiet")
     assert rc == 2 and out == "" and err == f"error: {fragment}\n", err
