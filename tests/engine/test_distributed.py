@@ -8,7 +8,6 @@ The real yolov3-tiny weights run at a 256x256 input (`ModelSource(size=...)`, 0.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -135,21 +134,29 @@ def test_compare_distributed_equals_compare(model, stats, images, dask_backend):
     assert repr(a) == repr(b)          # repr: NaN-safe equality of every number, ranking included
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_scheduler_and_two_workers_started_separately(model, tmp_path):
+    # the scheduler picks its own port and says which in its scheduler file: a port the test found free and
+    # closed again could be taken by any other process of a shared host before the scheduler bound it
+    import json
+
     from distributed import Client
     security, tls = temporary_tls(tmp_path)
     dask = str(Path(sys.executable).with_name("dask"))
-    port = _free_port()
-    address = f"tls://127.0.0.1:{port}"
-    procs = [subprocess.Popen([dask, "scheduler", "--protocol", "tls", "--host", "127.0.0.1", "--port", str(port),
-                               "--no-dashboard", *tls], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)]
+    info = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([dask, "scheduler", "--protocol", "tls", "--host", "127.0.0.1", "--port", "0",
+                               "--scheduler-file", str(info), "--no-dashboard", *tls],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)]
     try:
+        deadline, address = time.monotonic() + 120, None
+        while address is None:
+            assert procs[0].poll() is None, procs[0].stderr.read().decode(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "the scheduler wrote no scheduler file"
+            time.sleep(0.1)
+            try:                                  # absent, or still being written
+                address = json.loads(info.read_text())["address"]
+            except (OSError, ValueError, KeyError):
+                pass
+        assert address.startswith("tls://127.0.0.1:"), address
         procs += [subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard",
                                     "--host", "127.0.0.1", *tls], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL) for _ in range(2)]
