@@ -1,6 +1,6 @@
 """Fixtures for the real-browser tests: a JupyterLab server and a Playwright chromium page.
 
-- `lab`: JupyterLab on 127.0.0.1 (free port, random token, `--allow-root`, temporary workspaces,
+- `lab`: JupyterLab on 127.0.0.1 (a port the server picks, random token, `--allow-root`, temporary workspaces,
   settings and runtime dirs) serving a temporary copy of `tests/browser/notebooks/` (autosave
   writes widget outputs back, so the originals are never served). Teardown: SIGTERM, wait,
   then SIGKILL the server's process group (the server and the kernels it started).
@@ -18,7 +18,7 @@ import os
 import secrets
 import shutil
 import signal
-import socket
+import json
 import subprocess
 import sys
 import time
@@ -47,12 +47,6 @@ collect_ignore_glob = ["notebooks/*"]
 require = functools.partial(ci_require, what="browser test")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Lab:
     url: str            # http://127.0.0.1:PORT
@@ -70,6 +64,22 @@ class Lab:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return "(no server log)"
+
+
+def _server_port(proc: subprocess.Popen, runtime: Path, log: Path, timeout: float) -> int:
+    """The port a server started with --port=0 bound, from the jpserver-<pid>.json it writes once listening.
+    (A port found free here and passed to the server could be bound by any other process of the host, another
+    user's JupyterLab included, before the server got to it.)"""
+    info = runtime / f"jpserver-{proc.pid}.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"JupyterLab exited with {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+        try:
+            return int(json.loads(info.read_text())["port"])
+        except (OSError, ValueError, KeyError):     # not written yet, or half written
+            time.sleep(0.2)
+    raise RuntimeError(f"JupyterLab wrote no {info.name} after {timeout:.0f} s")
 
 
 def _wait_ready(lab: Lab, timeout: float) -> None:
@@ -134,7 +144,6 @@ def lab(tmp_path, artifacts):
     notes.parent.mkdir(parents=True)
     notes.write_text('{"fetchNews": "false", "checkForUpdates": false}\n')
     token = secrets.token_hex(16)
-    port = free_port()
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"   # the kernel: this venv
     env["JUPYTER_RUNTIME_DIR"] = str(tmp_path / "runtime")
@@ -144,7 +153,7 @@ def lab(tmp_path, artifacts):
     if not env.get("QW_MODEL_DIR"):
         shared = Path(os.environ.get("QW_SHARED", REPO.parent / "shared"))
         env["QW_MODEL_DIR"] = str(shared / "models")
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", "--port=0",
            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
            f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}",
            f"--LabApp.user_settings_dir={tmp_path / 'settings'}",
@@ -153,9 +162,11 @@ def lab(tmp_path, artifacts):
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-    server = Lab(url=f"http://127.0.0.1:{port}", token=token, root=root, log=log, proc=proc)
     try:
-        _wait_ready(server, SERVER_START_TIMEOUT)
+        t0 = time.monotonic()
+        port = _server_port(proc, tmp_path / "runtime", log, SERVER_START_TIMEOUT)
+        server = Lab(url=f"http://127.0.0.1:{port}", token=token, root=root, log=log, proc=proc)
+        _wait_ready(server, max(1.0, SERVER_START_TIMEOUT - (time.monotonic() - t0)))
         yield server
     finally:
         _stop(proc)
