@@ -294,13 +294,18 @@ def test_signal_mid_write_leaves_old_output_and_no_temp_file(tmp_path, sig):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", HELD_CLI, "convert", str(cfg), str(weights), "-o",
                              str(out / "m.npz")], env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline and \
-            not any(".qwtmp-" in n for n in os.listdir(out)):
-        time.sleep(0.001)
-    assert proc.poll() is None and any(".qwtmp-" in n for n in os.listdir(out)), "the write never started"
-    proc.send_signal(sig)
-    proc.wait(60)
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline and \
+                not any(".qwtmp-" in n for n in os.listdir(out)):
+            time.sleep(0.001)
+        assert proc.poll() is None and any(".qwtmp-" in n for n in os.listdir(out)), "the write never started"
+        proc.send_signal(sig)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:          # a failed check above: the held child would wait 120 s
+            proc.kill()
+            proc.wait(30)
     assert os.listdir(out) == ["m.npz"]
     assert proc.returncode == 128 + sig
     assert (out / "m.npz").read_bytes() == b"old"
