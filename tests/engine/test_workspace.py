@@ -516,10 +516,6 @@ def test_file_lock_excludes_other_processes(tmp_path):
             sys.stdin.readline()
             Path(sys.argv[2]).touch()        # the last thing it does while holding the lock
     """, str(lock), str(released), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    with pytest.raises(TimeoutError, match="lock still held"):
-        with file_lock(lock, timeout=0.2):
-            pass
     got: list[bool] = []
     acquired = threading.Event()
 
@@ -528,11 +524,18 @@ def test_file_lock_excludes_other_processes(tmp_path):
             got.append(released.exists())
             acquired.set()
     t = threading.Thread(target=waiter)
-    t.start()
-    assert not acquired.wait(0.3)            # still held: the waiter keeps waiting
-    proc.stdin.write("release\n")
-    proc.stdin.flush()
-    t.join(90)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(TimeoutError, match="lock still held"):
+            with file_lock(lock, timeout=0.2):
+                pass
+        t.start()
+        assert not acquired.wait(0.3)        # still held: the waiter keeps waiting
+    finally:
+        proc.stdin.write("release\n")       # (also when a check failed: the holder never waits for ever)
+        proc.stdin.close()
+    if t.ident is not None:
+        t.join(90)
     assert proc.wait(60) == 0
     assert got == [True]                     # it got the lock, and only after the holder let go
 
