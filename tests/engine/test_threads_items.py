@@ -95,11 +95,14 @@ def test_a_finished_job_does_not_keep_what_it_referenced(monkeypatch):
 
     payload = Payload()
     ref = weakref.ref(payload)
-    ran = []
+    ran, helper_in = [], threading.Event()
 
     def fn(part: int, i: int, payload=payload) -> None:
         ran.append(part)
-        time.sleep(0.005)                    # long enough that the helper takes items too
+        if part == 1:
+            helper_in.set()
+        elif ran.count(0) == 1:              # the caller's first item waits for the helper to take one: a
+            helper_in.wait(30)               # helper woken late (a loaded host) found every item gone
 
     threads.parallel_items(8, fn)
     assert 1 in ran                          # the helper ran some of them
