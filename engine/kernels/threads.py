@@ -70,6 +70,22 @@ def set_blas_threads(n: int) -> int:
     return blas_threads()
 
 
+def release_blas_control() -> None:
+    """Let the next Python thread that sets BLAS's count set it (this thread gave its count up).
+
+    threadpoolctl (3.6 and later, OpenBLAS on its own threads) lets only one Python thread change
+    OpenBLAS's count, the first that set it, and silently ignores every other thread's `set_num_threads`.
+    A thread that sets the count for work other threads run (a Dask worker's plugin, on the worker's
+    event loop, for the tasks on its task threads) calls this after, or those threads' kernels cannot
+    make BLAS single-threaded (`own_threads`) and sum in other orders. Does nothing for a thread that
+    holds no control, or on a threadpoolctl without that rule.
+    """
+    for cls in {type(lib) for lib in _blas_libs()}:
+        clear = getattr(cls, "clear_controlling_thread", None)
+        if clear is not None:
+            clear()
+
+
 @contextlib.contextmanager
 def blas_limit(n: int) -> Iterator[int]:
     """Run a block with `n` BLAS threads, then restore the previous count.
@@ -100,7 +116,9 @@ class own_threads:
     Setting OpenBLAS's count from there, globally or per thread (`openblas_set_num_threads_local`, stop 33),
     or pinning it to one thread for good from the first call (stop 34), made the bits equal and the thread
     fast but stalled the yolov3 Explorer's colour switch for up to 30 s in JupyterLab; running that thread's
-    kernels inline instead gained nothing (docs/performance.md). So none is done.
+    kernels inline instead gained nothing (docs/performance.md). So none is done. A Dask worker's task thread
+    is not such a thread: the worker's BLAS plugin gives the control up (`release_blas_control`), so the
+    first task thread takes it here.
     """
 
     def __enter__(self) -> None:

@@ -15,7 +15,9 @@ detections are computed by the same code in every backend, so the aggregated num
 (`CalibrationStats`, `detection_agreement`) are identical, not merely close, provided the
 BLAS thread count is the same: OpenBLAS may partition a GEMM differently with 2 threads than
 with 1 and change a float's last bit. Workers run 1 BLAS thread when workers >= cores, so the
-reference is `InProcess(blas_threads=1)` (or `with blas_limit(1):`).
+reference is `InProcess(blas_threads=1)` (or `with blas_limit(1):`). The conv kernels give the same bits on
+any count provided they can make BLAS single-threaded in the thread that runs them: a worker's BLAS plugin
+gives threadpoolctl's control of the count up after setting it, so its task thread can (`release_blas_control`).
 
 `dask` is imported only by `DaskBackend` / `secure_local_cluster`; the engine runs without it.
 """
@@ -36,6 +38,7 @@ from typing import Any, Callable, Sequence
 from engine.calib.collect import image_list
 from engine.errors import EngineError
 from engine.kernels.threads import blas_limit, blas_threads, set_blas_threads  # noqa: F401  (public here too)
+from engine.kernels.threads import release_blas_control
 from engine.scale.dask_arrivals import NO_WORKER_WAIT, NoWorkers, arrivals, result_of
 from engine.scale.sources import ModelSource, Payload, as_source, held, source_of, token
 
@@ -135,6 +138,10 @@ class DaskBackend:
             def setup(self, worker) -> None:
                 n = self.n or threads_per_worker_blas(self.per_host * worker.state.nthreads)
                 set_blas_threads(n)
+                # setup runs on the worker's event loop, the batches on its task thread: kept, threadpoolctl's
+                # control of OpenBLAS would stay with this thread, the task's kernels could not make BLAS
+                # single-threaded and would sum in other orders than this process (local:1's mean IoU 1e-7 off)
+                release_blas_control()
 
         hosts: dict[str, int] = {}
         for w in client.scheduler_info(n_workers=-1)["workers"].values():
