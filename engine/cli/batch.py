@@ -86,6 +86,7 @@ def cmd_montecarlo(args: argparse.Namespace) -> int:
 def cmd_worst(args: argparse.Namespace) -> int:
     from engine.calib.collect import image_list
     from engine.scale.worst import rank_images
+    check_dask(args)
     model = load_model(args)
     qm = load_quantized(args, model)
     fl = layer_list(args.float_layers, len(model.layers)) if args.float_layers else sorted(qm.float_layers)

@@ -10,7 +10,7 @@ from helpers import IMAGES, cli
 DOG = IMAGES / "dog.jpg"
 
 
-@pytest.mark.parametrize("command", ["compare", "montecarlo"])
+@pytest.mark.parametrize("command", ["compare", "montecarlo", "worst-images"])
 @pytest.mark.parametrize("spec, message", [
     ("local:0", "error: --dask 'local:0': expected local:N with 1 <= N <= 64 worker processes\n"),
     ("", "error: --dask '': expected local:N (N worker processes here) or a scheduler address such as "
@@ -18,8 +18,9 @@ DOG = IMAGES / "dog.jpg"
 ])
 def test_a_bad_dask_spec_is_refused_before_the_model_is_read(capsys, tmp_path, command, spec, message):
     # MODEL does not exist: the refusal must be the --dask one, made before anything is loaded or calibrated
-    extra = (["--calib", DOG, "--images", DOG, "--quiet"] if command == "compare" else
-             ["-q", tmp_path / "q.npz", "--images", DOG, "--variants", "1"])
+    extra = {"compare": ["--calib", DOG, "--images", DOG, "--quiet"],
+             "montecarlo": ["-q", tmp_path / "q.npz", "--images", DOG, "--variants", "1"],
+             "worst-images": ["-q", tmp_path / "q.npz", "--images", DOG]}[command]
     rc, out, err = cli(capsys, command, tmp_path / "missing.npz", *extra, "--dask", spec)
     assert rc == 2 and out == "" and err == message
 
