@@ -21,7 +21,7 @@ from engine.calib.views import activation_scales
 from engine.errors import EditError, EngineError, WeightsError
 from engine.kernels.scratch import derived
 from engine.quant.layerquant import LayerQuant
-from engine.quant.weights import QuantWeights, fused_params, quantize_bias, quantize_weights
+from engine.quant.weights import QuantWeights, fused_params, quantize_bias, quantize_weights, zero_sum_codes
 
 QMODEL_FORMAT = "qwidgets-quantized-model/1"
 
@@ -334,6 +334,8 @@ def _check_requantized_filters(where: str, lq: LayerQuant, qw: QuantWeights, w: 
     same = (held == codes).all(axis=1)
     if lq.scheme == "yolo2_light":              # its own rule truncates (scale = 1 / a power of two: exact)
         same |= (held == np.clip(np.trunc(rows * (1.0 / old[grown, None])), -qmax, qmax)).all(axis=1)
+    else:       # log2 rounds a layer reading the image to a zero error sum per filter: the method's codes, no edit
+        same |= (held == zero_sum_codes(np.divide(rows, old[grown, None], dtype=np.float64), qmax)).all(axis=1)
     lost = grown[~same]
     if not lost.size:
         return

@@ -141,6 +141,30 @@ def test_a_rescale_that_would_requantize_an_int8_edited_filter_from_the_float_we
     assert float(lq.b_q[f]) * lq.in_scale * lq.w_scale[f] == pytest.approx(float(b[f]), rel=1e-6)
 
 
+def test_a_rescale_of_log2s_zero_sum_first_layer_is_not_taken_for_an_int8_edit(tiny1):
+    # log2 rounds conv 0's weights so each filter's errors sum to about zero (round 13): its codes are not the
+    # nearest ones, and the check for int8 edits read them as edits, refusing any rescale of the image where ORT's
+    # rule grows conv 0's weight scale (per tensor: every filter) with "an int8 edit or a refinement" none made
+    model, stats = tiny1
+    qm = quantize_model(model, stats, "log2", per_channel=False, profile="onnxruntime")
+    s = Session(model, qm, "int", PHOTO)
+    lq0 = s.qmodel.layers[0]
+    w, b = fused_params(model, 0)
+    nearest = np.clip(np.rint(w.astype(np.float64) / lq0.w_scale), -127, 127)
+    assert (lq0.w_q != nearest).any()               # zero_sum codes: else this test could not fail
+    lowest = float((1.0001 * 2 * np.abs(b.astype(np.float64)) / (2 ** 32 - 2)).max() / lq0.w_scale[0])
+    s.set_scale("input", lowest / 2)
+    lq = s.qmodel.layers[0]
+    assert lq.in_scale == lowest / 2 and lq.w_scale[0] > lq0.w_scale[0]
+    assert float(np.abs(b).max()) == pytest.approx(float(np.abs(lq.b_q).max()) * lq.in_scale * lq.w_scale[0], rel=1e-6)
+    s.undo()
+    # an int8 edit of conv 0 is still protected
+    f = 2
+    s.edit_weights(0, (f, 0, 0, 0), 30 if int(lq0.w_q[f, 0, 0, 0]) != 30 else -30, target="int8")
+    with pytest.raises(EditError, match=r"\(layer 0\).* int8 weights of filter 2 differ from its float weights"):
+        s.set_scale("input", lowest / 2)
+
+
 @pytest.mark.parametrize("profile", ["qwidgets", "onnxruntime"])
 def test_a_float_edit_of_a_layer_with_int8_edits_is_refused_instead_of_replacing_them(profile, tiny1):
     # a float edit re-derives the layer's whole int8 weights and int32 biases from the float parameters: an int8
