@@ -201,12 +201,26 @@ def rounding_for(calibrator, scheme: str, layer) -> str:
 
 def weight_rounding(model, qmodel: QuantizedModel, index: int) -> str:
     """The rounding `qmodel`'s method gave layer `index`'s weights, for weights re-derived later (an edit); a
-    method or setting this version does not know: nearest."""
+    method or setting this version does not know, or int8 weights that are the nearest codes of `model`'s: nearest."""
     try:
         calibrator = make(qmodel.method, **qmodel.settings)
     except (EngineError, TypeError, ValueError):
         return "nearest"
-    return rounding_for(calibrator, qmodel.layers[index].scheme, model.layers[index])
+    rounding = rounding_for(calibrator, qmodel.layers[index].scheme, model.layers[index])
+    # settings keep non-defaults only, so a log2 file saved before round 13 (conv 0 rounded to nearest) reads as
+    # zero_sum: its codes tell, or an edit of one filter would re-round every other filter of the layer
+    return "nearest" if rounding == "zero_sum" and _shows_nearest(model, qmodel, index) else rounding
+
+
+def _shows_nearest(model, qmodel: QuantizedModel, index: int) -> bool:
+    """Layer `index`'s int8 weights are the nearest codes of `model`'s float weights at their own scales, and not
+    also their zero-sum codes (where the two agree, the method's rule stands)."""
+    from engine.quant.profiles import get_profile
+    lq, qmax = qmodel.layers[index], get_profile(qmodel.profile).weight_qmax
+    n = lq.w_q.shape[0]
+    v = np.asarray(fused_params(model, index)[0], np.float64).reshape(n, -1) / _filters(lq.w_scale, n)[:, None]
+    held = np.asarray(lq.w_q).reshape(n, -1)
+    return bool((np.clip(np.rint(v), -qmax, qmax) == held).all() and (zero_sum_codes(v, qmax) != held).any())
 
 
 def input_id(layer) -> str:

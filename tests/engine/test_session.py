@@ -587,3 +587,18 @@ def test_a_float_edit_of_a_log2_models_first_layer_keeps_its_zero_sum_rounding(t
     keep = np.arange(16) != 5
     np.testing.assert_array_equal(after.w_q[keep], qm.layers[0].w_q[keep])
     assert not after.w_q[5].any()
+
+
+def test_a_float_edit_of_a_log2_file_from_before_round_13_keeps_its_nearest_rounding(tiny, tiny_stats):
+    """A log2 file saved before round 13 rounded conv 0 to nearest and records no `first_weights` (settings keep
+    non-defaults only), so the method's rule read from it says zero_sum: zeroing filter 5 re-rounded the other 15
+    filters the new way, an edit of one filter changing every filter's codes. The rounding the codes show wins."""
+    from engine.quant.qmodel import quantize_model
+    qm = quantize_model(tiny, tiny_stats, "log2", per_channel=True, first_weights="nearest")
+    assert qm.settings.pop("first_weights") == "nearest"        # as such a file holds its settings
+    s = Session(tiny, qm, "int", IMAGES / "dog.jpg")
+    s.zero_filter(0, 5, target="float")
+    after = s.qmodel.layers[0]
+    keep = np.arange(16) != 5
+    np.testing.assert_array_equal(after.w_q[keep], qm.layers[0].w_q[keep])
+    assert not after.w_q[5].any()
