@@ -12,7 +12,7 @@ lives in engine/quant/autoquant.py; this module only declares the method and its
 """
 from __future__ import annotations
 
-from engine.calib.base import CALIBRATORS, Calibrator, int_setting
+from engine.calib.base import CALIBRATORS, Calibrator, int_setting, make
 from engine.calib.histogram import AbsHistogram
 from engine.errors import ArgumentError, EngineError
 
@@ -33,6 +33,10 @@ class AutoCalibrator(Calibrator):
         super().__init__(**({"candidates": ",".join(names)} if names != list(CANDIDATES) else {}),
                          **({"probe_images": probe_images} if probe_images != 2 else {}), **settings)
         self.candidates, self.probe_images = names, probe_images
+
+    def weight_rounding(self, reads_image: bool) -> str:
+        # the weights are the first candidate's (autoquant quantizes with it, then only moves activation scales)
+        return make(self.candidates[0]).weight_rounding(reads_image)
 
     def threshold(self, h: AbsHistogram) -> float:
         raise EngineError("method 'auto' chooses per tensor by running the model: call "

@@ -177,3 +177,11 @@ def test_log2_first_layer_weights_round_to_a_zero_error_sum_and_cut_conv0s_outpu
     assert y2l.layers[0].scheme == "yolo2_light" and y2l.settings == {}
     with pytest.raises(EngineError, match="first_weights"):
         make("log2", first_weights="floor")
+
+
+def test_auto_says_its_layers_round_as_the_candidate_that_quantized_them():
+    # `auto` quantizes with its first candidate (engine/quant/autoquant.py): with log2 first, conv 0's weights are
+    # log2's zero-sum codes, and an edit re-deriving them asks the method (qmodel.weight_rounding): auto said nearest
+    assert make("auto", candidates="log2,minmax").weight_rounding(True) == "zero_sum"
+    assert make("auto", candidates="log2,minmax").weight_rounding(False) == "nearest"
+    assert make("auto").weight_rounding(True) == "nearest"          # minmax first
