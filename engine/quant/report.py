@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from engine.quant.modes import MODES, Mode
+from engine.quant.modes import MODES, Mode, float_layer_indices
 
 
 @dataclass
@@ -155,10 +155,7 @@ def size_speed_report(model, qmodel, repeats: int = 3, image=None, modes: Sequen
     from engine.imaging.samples import sample_images
     if float_layers is None:
         float_layers = qmodel.float_layers if qmodel is not None else ()
-    kept = tuple(sorted({int(i) for i in float_layers}))
-    outside = [i for i in kept if not 0 <= i < len(model.layers)]
-    if outside:
-        raise ValueError(f"float_layers {outside}: no such layers (0..{len(model.layers) - 1})")
+    kept = float_layer_indices(model, float_layers)
     x = model.preprocess(image if image is not None else sample_images()[0]).x
     lat = time_layers(model, qmodel, x, modes, repeats, kept)
     sizes = layer_bytes(model, qmodel, kept)

@@ -24,7 +24,7 @@ from engine.kernels.threads import parallel_map
 from engine.quant.executor import Executor, FloatView, LayerRecord, reference_outputs
 from engine.quant.layermemo import LayerMemo, acc_layers
 from engine.quant.fitness import Agreement, detection_agreement, local_stats, model_size, propagated_stats
-from engine.quant.modes import QUANT_MODES, Mode
+from engine.quant.modes import QUANT_MODES, Mode, float_layer_indices
 from engine.quant.progress import CancelHook, Progress, Steps, StepsBar, fan_out
 from engine.quant.autoquant import quantize
 from engine.quant.qmodel import QuantizedModel
@@ -307,10 +307,7 @@ def compare(model, stats: CalibrationStats, images, methods: Sequence[str] = ("l
     backend = backend or InProcess()
     source = backend.portable(model)
     model = load_source(model)
-    float_kept = tuple(sorted({int(i) for i in float_layers}))
-    outside = [i for i in float_kept if not 0 <= i < len(model.layers)]
-    if outside:
-        raise ValueError(f"float_layers {outside}: no such layers (0..{len(model.layers) - 1})")
+    float_kept = float_layer_indices(model, float_layers)
     items = shippable_items(images)
     names = tuple(r for r in AFTER if r in check_refine(refine, AFTER, "compare refine"))    # in the order they run
     methods = list(dict.fromkeys(methods))

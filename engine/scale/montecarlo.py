@@ -31,7 +31,7 @@ from engine.export.ort_backend import detect_each, feed_size, forward_on, resolv
 from engine.scale.sources import load_source, resolve_qmodel, unwrap
 from engine.darknet.image import RESIZE_MODES, open_image
 from engine.quant.fitness import detection_agreement
-from engine.quant.modes import QUANT_MODES
+from engine.quant.modes import QUANT_MODES, float_layer_indices
 from engine.quant.progress import counted
 
 GREY = (127, 127, 127)
@@ -241,10 +241,7 @@ def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200
         raise ValueError(f"resize={resize!r}: expected {' or '.join(RESIZE_MODES)}")
     backend, runtime = split_backend(backend)
     model, qm = load_source(model_source), resolve_qmodel(_qm_ref(qmodel))
-    kept = tuple(sorted({int(i) for i in (qm.float_layers if float_layers is None else float_layers)}))
-    outside = [i for i in kept if not 0 <= i < len(model.layers)]
-    if outside:                             # refused here, not on a worker mid-run
-        raise ValueError(f"float_layers {outside}: no such layers (0..{len(model.layers) - 1})")
+    kept = float_layer_indices(model, qm.float_layers if float_layers is None else float_layers)
     if runtime == "onnxruntime":            # refused before any variant is rendered
         for m in ("float", *modes):
             resolve(runtime, model, qm, m, kept)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 from engine.calib.collect import image_list
 from engine.export.ort_backend import resolve, split_backend
-from engine.quant.modes import QUANT_MODES
+from engine.quant.modes import QUANT_MODES, float_layer_indices
 from engine.quant.worst_images import ImageAgreement, image_agreements, image_name, worst_first
 from engine.quant.worst_images import rank_images as rank_here
 from engine.scale.backends import qmodel_ref, shippable_items
@@ -46,10 +46,7 @@ def rank_images(model_source: Any, qmodel: Any, mode: str, images: Sequence, *, 
     if mode not in QUANT_MODES:               # refused here, not on a worker for every batch
         raise ValueError(f"mode {mode!r}: expected one of {', '.join(QUANT_MODES)} (FLOAT is the reference)")
     model = load_source(model_source)
-    kept = tuple(int(i) for i in float_layers)
-    outside = [i for i in kept if not 0 <= i < len(model.layers)]
-    if outside:
-        raise ValueError(f"float_layers {outside}: no such layers (0..{len(model.layers) - 1})")
+    kept = float_layer_indices(model, float_layers)
     if runtime == "onnxruntime":              # ORT's refusal before any image is shipped
         resolve(runtime, model, None, "float")
         resolve(runtime, model, qm, mode, kept)
