@@ -27,6 +27,7 @@ from qwidgets._png_image import PngImage
 from qwidgets.graph_view import SHORT
 
 TOP = 8
+STALE = "the session changed since the explanation: click Explain again in the Explain tab"
 
 
 def explain_table_html(explanations: list[Explanation], extra: list, run: str) -> str:
@@ -50,6 +51,8 @@ class ExplainView(widgets.VBox):
     """Explain lost / shifted detections of the session's run; keep a fix FLOAT and re-run."""
 
     recoveries = traitlets.Dict(help="node id -> recovery % of the picked detection (graph overlay)")
+    recoveries_gone = traitlets.Unicode("", help="why `recoveries` is empty though a detection was explained "
+                                        "('' = it is not: nothing explained or picked yet)")
     status = Message("", help="last message shown to the user")
     error_details = Message("", help="traceback of the last unexpected error")
     revision = traitlets.Int(0, help="bumped when a fix was applied (the session re-ran)")
@@ -118,6 +121,8 @@ class ExplainView(widgets.VBox):
         if self.explanations and not self.current():
             self.recoveries, self.apply_button.disabled = {}, True
             self.apply_button.description = "Explain again (the session changed)"
+            # the graph's legend says this, not "click Explain": the user just did, on the earlier state
+            self.recoveries_gone = STALE
 
     def _done(self, result, state: tuple | None = None) -> None:
         self.explain_button.disabled = False
@@ -127,6 +132,7 @@ class ExplainView(widgets.VBox):
             return
         self._explained = self._state() if state is None else state
         self.explanations, self.extra = result
+        self.recoveries_gone = ""
         run = self._explained[1][0].upper()          # the mode explained (it may have changed meanwhile)
         self.table.value = explain_table_html(self.explanations, self.extra, run)
         options = [(f"{k + 1} {e.match.det.name} {e.match.det.score:.2f} ({e.match.status})", k)
@@ -178,6 +184,7 @@ class ExplainView(widgets.VBox):
 
     def model_changed(self) -> None:
         self._explained = None
+        self.recoveries_gone = ""
         self.explanations, self.extra = [], []
         self.table.value, self.pick.options = "", []
         self._show(None)

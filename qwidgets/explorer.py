@@ -135,6 +135,8 @@ class Explorer(widgets.VBox):
         self.quant_view.observe(self._on_ranking_change, names="ranking")
         self.quant_view.observe(self._on_overlay_change, names="sensitivity_ranks")
         self.explain_view.observe(self._on_recoveries_change, names="recoveries")
+        traitlets.dlink((self.explain_view, "recoveries_gone"), (self.graph, "overlay_hints"),
+                        transform=lambda why: {"recovery": why} if why else {})
         # after the editor's own handler (registered first): a model saved into the workspace is listed in
         # the Quantized picker and the connected workspace views at once (they showed it after a Compare)
         self._workspace_views: list = []

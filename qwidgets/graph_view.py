@@ -4,7 +4,8 @@
 node `classes`: `current` (the layer the session is at), `picked` (the selected layer), `found` (the
 layer typed in Find) and one colour class per node for the overlay ("type" colours by layer kind; a
 metric colours by value on an 8-step ramp from good `ov0` to bad `ov7`, grey `ov-none` for nodes
-without a value), and the label of nodes whose metric changed (index, kind and the metric value).
+without a value; how each metric is scaled, written and explained: `graph_overlays.py`), and the label of
+nodes whose metric changed (index, kind and the metric value).
 Only `set_graph` (the session opened another model) rebuilds the elements; `generation` counts them.
 
 Layout: layers in execution order on a grid as wide as the panel (`grid_shape`), so a 107-layer yolov3
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import html
 import re
-from typing import Callable, Mapping
+from typing import Callable
 
 import ipywidgets as widgets
 import numpy as np
@@ -25,62 +26,19 @@ from ipycytoscape import CytoscapeWidget
 from engine.graph import INPUT, Graph
 from qwidgets._errors import Message, report
 from qwidgets._focus import FocusKeeper, request_age
+from qwidgets.graph_overlays import (OVERLAY_META, RAMP, OverlayMeta, finite_values, metric_legend_html,  # noqa: F401
+                                     ramp_classes, worst)
 
 OVERLAYS = ["type", "sqnr", "saturation", "range_use", "sensitivity_rank"]
 MIN_ZOOM, MAX_ZOOM, WHEEL = 0.4, 3.0, 0.15
 NODE_W, NODE_H, CELL_W, CELL_H = 104, 30, 118, 44
 
 
-class OverlayMeta:
-    """How a metric is written on nodes and in the legend: unit, which end is bad, a fixed scale or not."""
-
-    def __init__(self, title: str, fmt: str, worse: str, fixed: tuple[float, float] | None = None,
-                 hint: str = "", ends: tuple[str, str] = ("good", "bad")) -> None:
-        self.title, self.fmt, self.worse, self.fixed, self.hint, self.ends = title, fmt, worse, fixed, hint, ends
-
-    def text(self, v: float) -> str:
-        return self.fmt.format(v)
-
-    def badness(self, values: Mapping[str, float]) -> dict[str, float]:
-        """node -> 0 (best) .. 1 (worst) on this metric's scale (fixed, or the range of the values)."""
-        lo, hi = self.fixed if self.fixed else (min(values.values()), max(values.values()))
-        out = {}
-        for k, v in values.items():
-            t = 0.0 if hi == lo else (min(max(v, lo), hi) - lo) / (hi - lo)
-            out[k] = t if self.worse == "high" else 1.0 - t
-        return out
-
-
-OVERLAY_META = {
-    "sqnr": OverlayMeta("SQNR of the layer output vs FLOAT, dB (higher is better)", "{:.1f} dB", "low",
-                        hint="run layers in INT or HYBRID (Step / Run) to see it"),
-    # a fixed scale: a rate of 1e-7 is negligible and must not look as bad as 1 %
-    "saturation": OverlayMeta("saturated values, % of the tensor (lower is better; scale 0 .. 1 %)", "{:.2g} %",
-                              "high", fixed=(0.0, 1.0), hint="run layers in INT or HYBRID (Step / Run) to see it"),
-    "range_use": OverlayMeta("int8 range used, max|q| / 127, % (low wastes resolution)", "{:.0f} %", "low",
-                             fixed=(0.0, 100.0), hint="run layers in INT or HYBRID (Step / Run) to see it"),
-    "recovery": OverlayMeta("recovery of the picked detection with this layer FLOAT, % (higher = more to "
-                            "blame)", "{:.0f} %", "high", fixed=(0.0, 100.0),
-                            hint="click Explain in the Explain tab and pick a detection",
-                            ends=("not to blame", "to blame")),
-    "device_mismatched": OverlayMeta("elements where the device runtime differs from our INT (lower is better)",
-                                     "{:.0f}", "high", hint="click Compare with device in the Device tab",
-                                     ends=("bit-exact", "most mismatched")),
-    "propagated_sqnr": OverlayMeta("SQNR of the INT run vs FLOAT at this layer, propagated, dB (higher is better)",
-                                   "{:.1f} dB", "low", hint="click Compare with device in the Device tab"),
-    "propagated_cos": OverlayMeta("cosine of the INT run vs FLOAT at this layer, propagated (1 = same)", "{:.4f}",
-                                  "low", hint="click Compare with device in the Device tab"),
-    "sensitivity_rank": OverlayMeta("sensitivity rank (1 = quantizing this layer alone hurts most)", "#{:.0f}",
-                                    "low", hint="run the sensitivity sweep in the Quantization tab to see it",
-                                    ends=("least sensitive", "most sensitive")),
-}
 SHORT = {"convolutional": "conv", "connected": "fc", "upsample": "up", "shortcut": "shortcut"}
 KIND_COLOURS = {"input": "#bdbdbd", "convolutional": "#6baed6", "maxpool": "#fd8d3c", "avgpool": "#fdae6b",
                 "route": "#74c476", "shortcut": "#9e9ac8", "upsample": "#fdd0a2", "yolo": "#f768a1",
                 "region": "#f768a1", "detection": "#f768a1", "connected": "#9ecae1"}
 OTHER_KIND = "#d9d9d9"
-# 8-step sequential ramp, good -> bad (pale yellow -> dark red); labels keep a white outline on every step
-RAMP = ["#ffffcc", "#ffeda0", "#fed976", "#feb24c", "#fd8d3c", "#fc4e2a", "#e31a1c", "#b10026"]
 # edges that do not come from the layer just before: route / shortcut inputs
 LINK_KINDS = ("route", "shortcut")
 
@@ -166,27 +124,6 @@ def graph_style() -> list[dict]:
     return style
 
 
-def finite_values(values: Mapping[str, float]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items() if v is not None and np.isfinite(v)}
-
-
-def ramp_classes(values: Mapping[str, float], ids: list[str], meta: OverlayMeta | None = None) -> dict[str, str]:
-    """Overlay class per node id: ov0 (best) .. ov7 (worst) on the metric's scale, else ov-none.
-    Without `meta`: by value between the min and max finite value (low = ov0)."""
-    finite = finite_values(values)
-    if not finite:
-        return {i: "ov-none" for i in ids}
-    bad = (meta or OverlayMeta("", "{}", "high")).badness(finite)
-    steps = len(RAMP)
-    return {i: f"ov{min(steps - 1, int(bad[i] * steps))}" if i in finite else "ov-none" for i in ids}
-
-
-def worst(values: Mapping[str, float], meta: OverlayMeta, n: int = 5) -> list[tuple[str, float]]:
-    """The n worst (node, value) pairs, worst first."""
-    finite = finite_values(values)
-    return sorted(finite.items(), key=lambda kv: kv[1], reverse=meta.worse == "high")[:n]
-
-
 class GraphView(widgets.VBox):
     """Layer graph with an overlay dropdown; clicking a node sets `selected_node`.
 
@@ -197,6 +134,7 @@ class GraphView(widgets.VBox):
     current_node = traitlets.Unicode("", help="id of the node the session is at, highlighted ('' = none)")
     overlay = traitlets.Unicode("type", help="'type' (colour by layer kind) or a metric name")
     overlay_values = traitlets.Dict(help="node id -> metric value for the current overlay")
+    overlay_hints = traitlets.Dict(help="overlay -> why it has no values now, said instead of its standing hint")
     overlay_options = traitlets.List(traitlets.Unicode(), default_value=list(OVERLAYS),
                                      help="choices of the overlay dropdown")
     generation = traitlets.Int(0, help="how many times the elements were built (1 + model changes)")
@@ -376,7 +314,7 @@ class GraphView(widgets.VBox):
                                        f"'input', '0'..'{len(self.node_ids) - 2}'")
         return value
 
-    @traitlets.observe("selected_node", "current_node", "found_node", "overlay", "overlay_values")
+    @traitlets.observe("selected_node", "current_node", "found_node", "overlay", "overlay_values", "overlay_hints")
     def _on_state_change(self, _change) -> None:
         self._restyle()
 
@@ -430,20 +368,4 @@ class GraphView(widgets.VBox):
             return "<small>" + " ".join(
                 f'<span style="background:{KIND_COLOURS.get(k, OTHER_KIND)};padding:0 4px;border:1px solid #999">'
                 f"{html.escape(SHORT.get(k, k))}</span>" for k in kinds) + "</small>"
-        meta = OVERLAY_META.get(self.overlay)
-        title = html.escape(meta.title if meta else self.overlay)
-        finite = finite_values(self.overlay_values)
-        if not finite:
-            hint = f": no values yet ({html.escape(meta.hint)})" if meta and meta.hint else ": no values yet"
-            return f"<small>{title}{hint}</small>"
-        swatches = "".join(f'<span style="background:{c};display:inline-block;width:14px;height:12px"></span>'
-                           for c in RAMP)
-        if meta and meta.fixed:
-            lo, hi = meta.fixed
-        else:
-            lo, hi = min(finite.values()), max(finite.values())
-        good, bad = (lo, hi) if (meta is None or meta.worse == "high") else (hi, lo)
-        fmt = meta.text if meta else (lambda v: f"{v:.3g}")
-        lo_word, hi_word = meta.ends if meta else ("good", "bad")
-        return (f"<small>{title}<br>{lo_word} {html.escape(fmt(good))} {swatches} {html.escape(fmt(bad))} "
-                f"{hi_word}</small>")
+        return metric_legend_html(self.overlay, self.overlay_values, self.overlay_hints.get(self.overlay, ""))
