@@ -383,11 +383,14 @@ class ExplorerControls(widgets.VBox):
                 self._image_pick.value = UPLOAD
             finally:
                 self._offering = False
-            self._on_load_image_click(None)
+            if not self._on_load_image_click(None):
+                # refused: the button said "Upload (1)" as if that file were the session's image
+                self._upload.value = ()
             self._show_image()          # a refused upload left the picker on "(uploaded file)"
 
     @shows_errors
-    def _on_load_image_click(self, _button) -> None:
+    def _on_load_image_click(self, _button) -> bool:
+        """Open the picked image; True once the session runs on it (None: refused, the status says why)."""
         choice = self._image_pick.value
         if choice == UPLOAD:
             if not self._upload.value:
@@ -403,6 +406,7 @@ class ExplorerControls(widgets.VBox):
         self._session.reset(image=image, name=name if choice == UPLOAD else None)
         self.image_name = name
         self.restarted(f"image {html.escape(name)}: restarted from the input")
+        return True
 
 
 def stale_note(session) -> str:

@@ -60,3 +60,15 @@ def test_the_picker_follows_an_image_switched_from_code(tiny, tiny_q):
     s.step()
     s.reset(image=str(IMAGES / "horses.jpg"))
     assert pick.label == "horses" and s.position == -1
+
+
+def test_a_refused_upload_leaves_no_count_on_the_upload_button(tiny, tiny_q):
+    """The button kept saying "Upload (1)" after the upload was refused, as if that file were open; a good
+    upload keeps its file (the picker names it by that)."""
+    s = engine.Session(tiny, tiny_q, "int")
+    ex = Explorer(s)
+    upload(ex, "holiday.jpg", (IMAGES / "dog.jpg").read_bytes()[:5000])
+    assert ex.status.startswith("error: holiday.jpg:") and s.image_name == "dog.jpg"
+    assert ex.controls._upload.value == () and ex.controls._upload.get_state()["value"] == []
+    upload(ex, "my horses.jpg", (IMAGES / "horses.jpg").read_bytes())
+    assert s.image_name == "my horses.jpg" and [f["name"] for f in ex.controls._upload.value] == ["my horses.jpg"]
