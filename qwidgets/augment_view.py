@@ -12,6 +12,7 @@ from PIL import Image
 
 from engine.imaging.augment import BASIC, augment, save_augmented, to_png
 from engine.workspace import Workspace
+from engine.quant.progress import counted
 from qwidgets._errors import report
 
 THUMB = 160  # pixels, longest side of a preview
@@ -106,4 +107,4 @@ class AugmentView(widgets.VBox):
             report(self, err, "AugmentView: save")
             return
         self.saved = entry.name
-        self.status = f"saved image set {entry.name!r}: {len(entry.files)} images"
+        self.status = f"saved image set {entry.name!r}: {counted(len(entry.files), 'image')}"

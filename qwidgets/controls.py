@@ -24,6 +24,7 @@ import traitlets
 
 from engine.graph import INPUT
 from engine.imaging.samples import sample_images
+from engine.quant.progress import counted
 from qwidgets._confirm import Refused, SwitchGuard, dropped_text
 from qwidgets._encode import fmt_number
 from qwidgets._errors import ErrorDetails, Message, shows_errors
@@ -202,7 +203,7 @@ class ExplorerControls(widgets.VBox):
     @shows_errors
     def _on_run_click(self, _button) -> None:
         dets = self._session.run()
-        self._moved(f"ran to the end: {len(dets)} detections ({self._session.mode})")
+        self._moved(f"ran to the end: {counted(len(dets), 'detection')} ({self._session.mode})")
 
     @shows_errors
     def _on_run_to_click(self, _button) -> None:
@@ -237,8 +238,9 @@ class ExplorerControls(widgets.VBox):
         source = "other" if self.cross_result is not None else "this"
         r = self._session.continue_from(source)
         self.continue_result = r
+        names = ", ".join(d.name for d in r.detections) or "none"
         self.status = (f"continued from layer {r.index} ({'CROSS result' if source == 'other' else 'this result'}):"
-                       f" {len(r.detections)} detections: {', '.join(d.name for d in r.detections) or 'none'}")
+                       f" {counted(len(r.detections), 'detection')}: {names}")
 
     # ------------------------------------------------------------------ pickers
     # the dropdown and the `mode` trait both ask for a mode; the session decides, both then show its mode
@@ -360,7 +362,7 @@ class ExplorerControls(widgets.VBox):
         if shown is not None:
             return
         self._show_image()
-        self.status = (f"image set {label!r}: {len(new)} images added to the Image picker; "
+        self.status = (f"image set {label!r}: {counted(len(new), 'image')} added to the Image picker; "
                        "pick one there to open it")
 
     def _on_image_pick(self, change) -> None:

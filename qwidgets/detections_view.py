@@ -17,6 +17,7 @@ from PIL import Image
 from engine.darknet.image import Preprocessed
 from engine.imaging.draw import class_colors, draw_detections
 from engine.quant.explain import DetectionDiff, match_detections
+from engine.quant.progress import counted
 from qwidgets._encode import to_png
 from qwidgets.layer_panel import TABLE_CSS
 from qwidgets._png_image import PngImage
@@ -136,7 +137,7 @@ class DetectionsView(widgets.VBox):
         image = image if image is not None else image_from_input(pre)
         colors = class_colors(float_dets, dets or [])
         with self.hold_sync():
-            self._captions[0].value = f"<small><b>FLOAT</b>: {len(float_dets)} detections</small>"
+            self._captions[0].value = f"<small><b>FLOAT</b>: {counted(len(float_dets), 'detection')}</small>"
             self.float_names = [d.name for d in float_dets]
             if dets is None:
                 self.images[0].value = detections_png(image, float_dets, colors=colors)
@@ -154,7 +155,7 @@ class DetectionsView(widgets.VBox):
                         else f"+{extra[id(d)] + 1} {d.name} {d.score:.2f}" for d in dets]
             self.images[0].value = detections_png(image, float_dets, f_labels, colors)
             self.images[1].value = detections_png(image, dets, r_labels, colors)
-            self._captions[1].value = f"<small><b>{html.escape(label)}</b>: {len(dets)} detections</small>"
+            self._captions[1].value = f"<small><b>{html.escape(label)}</b>: {counted(len(dets), 'detection')}</small>"
             self.names = [d.name for d in dets]
             self.counts = diff.counts()
             self.table.value = diff_html(diff, label.split(",")[0])

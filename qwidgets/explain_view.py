@@ -19,6 +19,7 @@ import ipywidgets as widgets
 import traitlets
 
 from engine.quant.explain import Explainer, Explanation, percent
+from engine.quant.progress import counted
 from qwidgets._encode import bar_chart_png
 from qwidgets._errors import Message, shows_errors
 from qwidgets._long_task import LongTask
@@ -180,7 +181,7 @@ class ExplainView(widgets.VBox):
         dets = s.run()
         self.revision += 1
         self.status = (f"layers {', '.join(map(str, e.fix))} kept FLOAT (FLOAT layers now {layers}); re-ran: "
-                       f"{len(dets)} detections")
+                       f"{counted(len(dets), 'detection')}")
 
     def model_changed(self) -> None:
         self._explained = None

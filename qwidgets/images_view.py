@@ -16,6 +16,7 @@ import ipywidgets as widgets
 
 from engine.imaging.samples import sample_images
 from engine.quant.worst_images import ImageAgreement, rank_images
+from engine.quant.progress import counted
 from qwidgets._encode import bar_chart_png
 from qwidgets._errors import Message, shows_errors
 from qwidgets._long_task import LongTask
@@ -95,7 +96,7 @@ class WorstImagesView(widgets.VBox):
         # "mAP@0.5 vs FLOAT" alone did not say whether HYBRID or INT was compared
         run = f"{str(s.mode).upper()}, {s.qmodel.method}"
         self.task.start(lambda tick: rank_images(*args, items, on_progress=tick, **opts),
-                        lambda rows: self._done(rows, items, run), what=f"ranking {len(items)} images")
+                        lambda rows: self._done(rows, items, run), what=f"ranking {counted(len(items), 'image')}")
 
     def wait(self, timeout: float | None = None) -> None:
         self.task.wait(timeout)
@@ -117,7 +118,7 @@ class WorstImagesView(widgets.VBox):
                                  for r in rows]
             self.pick.value = None
         self.pick.layout.display = "flex"
-        self.status = (f"ranked {len(rows)} images ({run} vs FLOAT); worst: {rows[0].name} "
+        self.status = (f"ranked {counted(len(rows), 'image')} ({run} vs FLOAT); worst: {rows[0].name} "
                        f"(mAP@0.5 {rows[0].map50:.2f})") if rows else "no images"
 
     @shows_errors

@@ -21,6 +21,7 @@ import traitlets
 
 from engine.imaging.samples import sample_images
 from engine.quant.mixed import MixedResult, search
+from engine.quant.progress import counted
 from qwidgets._encode import bar_chart_png
 from qwidgets._errors import Message, shows_errors
 from qwidgets._long_task import LongTask, result_dropped
@@ -126,7 +127,7 @@ class MixedPrecisionView(widgets.VBox):
             self.status = dropped
             return
         self.show(result)
-        self.status = (f"mixed precision: {len(result.float_layers)} layers FLOAT -> mAP@[.5:.95] "
+        self.status = (f"mixed precision: {counted(len(result.float_layers), 'layer')} FLOAT -> mAP@[.5:.95] "
                        f"{result.curve[-1].map50_95:.3f}, {result.curve[-1].lost} lost (target "
                        f"{target_text(result)}: "
                        f"{'met' if result.met else 'NOT met'})")

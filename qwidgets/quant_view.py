@@ -162,7 +162,7 @@ class QuantizationView(widgets.VBox):
         options = ([(GIVEN, GIVEN)] if self._given is not None else []) + [
             (SAMPLES_AUGMENTED, SAMPLES_AUGMENTED), (SAMPLES, SAMPLES), (PATH, PATH)]
         if self.workspace is not None:
-            options += [(f"workspace: {e.name} ({len(e.files)} images)", WORKSPACE + e.name)
+            options += [(f"workspace: {e.name} ({counted(len(e.files), 'image')})", WORKSPACE + e.name)
                         for e in self.workspace.list("imageset")]
         keep = self._images.value if self._images.value in [v for _, v in options] else options[0][1]
         self._images.options = options
@@ -372,7 +372,7 @@ class QuantizationView(widgets.VBox):
             self.sensitivity_ranks = table.ranks()
             self.show_sensitivity(table)
             worst = ", ".join(f"{r.index} [{r.kind}]" for r in table.rows[:3])
-            self.status = f"sensitivity: {len(table.rows)} layers ranked; hurt most when quantized: {worst}"
+            self.status = f"sensitivity: {counted(len(table.rows), 'layer')} ranked; hurt most when quantized: {worst}"
         self._run(lambda: s.sensitivity(progress=False, cancel=tick), done, "sensitivity")
 
     def show_sensitivity(self, table) -> None:

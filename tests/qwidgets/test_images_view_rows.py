@@ -39,8 +39,8 @@ def test_the_ranking_says_which_run_it_ranked(tiny, tiny_q):
     s = engine.Session(tiny, tiny_q, "hybrid")
     view = WorstImagesView(s, images=[IMAGES / "dog.jpg"], background=False)
     view.rank_button.click()
-    assert view.status.startswith("ranked 1 images (HYBRID, minmax vs FLOAT); worst: dog.jpg"), view.status
+    assert view.status.startswith("ranked 1 image (HYBRID, minmax vs FLOAT); worst: dog.jpg"), view.status
     assert "<caption>HYBRID, minmax run vs FLOAT, worst first</caption>" in view.table.value
     s.set_mode("int")
     view.rank_button.click()
-    assert view.status.startswith("ranked 1 images (INT, minmax vs FLOAT)") and "<caption>INT, minmax" in view.table.value
+    assert view.status.startswith("ranked 1 image (INT, minmax vs FLOAT)") and "<caption>INT, minmax" in view.table.value
