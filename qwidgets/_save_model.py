@@ -44,6 +44,12 @@ def save_as(session, workspace, text: str, *, quantized_only: bool = False) -> s
         # the engine's refusal says "pass overwrite=True", which no button here can do
         if Path(text).is_file() and (session.qmodel is not None or not quantized_only):
             raise EngineError(f"{text} exists: type a new file name (Save never replaces a file)")
+        if Path(text).suffix.lower() != ".npz" and not Path(text).is_dir():
+            # the file is an .npz archive whatever its name: saved.txt was written without a word, and then
+            # looked like a text file to the user, the workspace's Upload and the CLI's -q (check_suffix)
+            what = "a quantized model file" if quantized_only else "an engine model file"
+            raise ValueError(f"{text}: Save writes {what}, an .npz archive: type a name ending in .npz "
+                             f"(e.g. {Path(text).with_suffix('.npz')})")
         if quantized_only:
             return f"saved the quantized model to {session.save_quantized(text)}"
         return f"saved the customized model to {session.save_model(text)}"

@@ -199,3 +199,22 @@ def test_save_as_says_what_to_type_for_a_folder_or_a_taken_name(editor, tmp_path
     editor.save_model_button.click()
     assert editor.status == f"error: {taken} exists: type a new file name (Save never replaces a file)"
     assert taken.read_bytes() == b"the user's own file"
+
+
+
+def test_save_as_refuses_a_file_name_that_is_not_npz(tiny, tiny_q, tmp_path):
+    # QA (JupyterLab): Save quantized to saved.txt wrote an .npz archive named saved.txt without a word
+    we = WeightEditor(engine.Session(tiny, tiny_q, "int"))
+    for button, what in ((we.save_quantized_button, "a quantized model file"),
+                         (we.save_model_button, "an engine model file")):
+        we._path.value = str(tmp_path / "saved.txt")
+        button.click()
+        assert we.status == (f"error: {tmp_path / 'saved.txt'}: Save writes {what}, an .npz archive: type a "
+                             f"name ending in .npz (e.g. {tmp_path / 'saved.npz'})"), we.status
+    we._path.value = str(tmp_path / "saved")
+    we.save_quantized_button.click()
+    assert we.status.startswith(f"error: {tmp_path / 'saved'}: Save writes a quantized model file")
+    assert list(tmp_path.iterdir()) == []
+    we._path.value = str(tmp_path / "saved.NPZ")
+    we.save_quantized_button.click()
+    assert we.status.startswith("saved the quantized model") and (tmp_path / "saved.NPZ").is_file()
