@@ -54,14 +54,36 @@ def layer_weights(model, qmodel, index: int, kind: str = "float") -> dict[str, n
     raise ArgumentError(f"kind={kind!r}: expected 'float', 'fused', 'int8' or 'dequantized'")
 
 
-def calibrator_thresholds(qmodel, node_id: int | str) -> dict[str, float]:
-    """The threshold every registered calibration method would pick for this tensor ({} without stats)."""
+def calibrator_thresholds(qmodel, node_id: int | str, model=None, *, raw: bool = False) -> dict[str, float]:
+    """The threshold every registered calibration method picks for this tensor ({} without stats).
+
+    With `model`: the one quantizing with that method sets, under the calibration rules
+    (engine/calib/views.py: the one-sided histogram of a leaky output, its scale group's histogram, the image and
+    the first layer never clipped; the rules the quantized model was made with, else each method's own); {} for
+    a tensor no rule quantizes (a head's output). `raw` (or no model): each calibrator on the tensor's own |x|
+    histogram, which the first layer's marks showed below its maximum though no method clips it there."""
     from engine.calib import CALIBRATORS, make
+    from engine.calib.views import views
     if qmodel is None or qmodel.stats is None:
         return {}
-    h = qmodel.stats.hists.get(str(node_id))
-    if h is None or h.amax == 0:
-        return {}
     # `auto` has no threshold of its own: it picks one of the others per tensor by running the model
-    return {name: make(name).threshold(h) for name in CALIBRATORS.names()
-            if not getattr(CALIBRATORS.get(name), "needs_images", False)}
+    names = [n for n in CALIBRATORS.names() if not getattr(CALIBRATORS.get(n), "needs_images", False)]
+    if model is None or raw:
+        h = qmodel.stats.hists.get(str(node_id))
+        if h is None or h.amax == 0:
+            return {}
+        return {name: make(name).threshold(h) for name in names}
+    made = qmodel.meta.get("rules")             # quantize(rules=...) recorded them
+    seen: dict[tuple, Any] = {}
+    out = {}
+    for name in names:
+        # the quantized model's own method with its settings (kl clip_max=1 is another threshold than kl's)
+        cal = make(name, **(qmodel.settings or {})) if name == qmodel.method else make(name)
+        rules = tuple(cal.rules if made is None else made)
+        if rules not in seen:
+            seen[rules] = views(model, qmodel.stats, rules).get(str(node_id))
+        view = seen[rules]
+        if view is None or view.hist.amax == 0:
+            return {}
+        out[name] = float(cal.group_threshold(view))
+    return out

@@ -223,12 +223,14 @@ class Session(LayerStepper):
         return layer_fitness(self.executor, index, self.values[index], self.records[index], self.float_reference(),
                              self._inputs, local)
 
-    def thresholds(self, index: int | str) -> dict[str, float]:
+    def thresholds(self, index: int | str, *, raw: bool = False) -> dict[str, float]:
         """The calibration threshold every registered method would pick for tensor `index` (a layer
-        index, its node id "12", or "input"); {} when the quantized model keeps no statistics."""
+        index, its node id "12", or "input") when quantizing with it: under the calibration rules (the first
+        layer unclipped, one-sided and shared-scale histograms; `layer_data.calibrator_thresholds`); `raw`:
+        each method on the tensor's own |x| histogram. {} when the quantized model keeps no statistics."""
         if index != "input":
             index = self._check_index(int(index) if isinstance(index, str) and index.isdigit() else index)
-        return calibrator_thresholds(self.qmodel, index)
+        return calibrator_thresholds(self.qmodel, index, self.model, raw=raw)
 
     # ------------------------------------------------------------------ calibration, comparison
     def calibration_stats(self, images, *, key: str | None = None,

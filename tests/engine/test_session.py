@@ -472,12 +472,13 @@ def test_inspection_apis_against_independent_computations(tiny, tiny_q):
     assert abs(fit["propagated"].sqnr_db - 10 * np.log10((ref ** 2).sum() / (e ** 2).sum())) < 1e-9
     assert abs(fit["propagated"].max_abs - np.abs(e).max()) < 1e-12
     assert fit["local"].sqnr_db > fit["propagated"].sqnr_db       # alone on FLOAT inputs: less error
-    th = s.thresholds("12")
+    th = s.thresholds("12", raw=True)                      # each method on the tensor's own histogram
     assert set(th) == set(CALIBRATORS.names()) - {"auto"}
     for name, t in th.items():
         assert t == make(name).threshold(tiny_q.stats.hists["12"])
     assert th["minmax"] == tiny_q.stats.hists["12"].amax
-    assert s.thresholds(12) == th
+    assert s.thresholds(12, raw=True) == th
+    assert set(s.thresholds(12)) == set(th)                # under the rules: tests/engine/test_thresholds_in_use.py
     from engine.errors import ArgumentError
     for bad in (99, -1, 2.5, True, "99"):
         with pytest.raises(ArgumentError, match="layer"):
