@@ -17,6 +17,7 @@ from engine.cli.options import (FLOAT_LAYERS_HELP, NMS_HELP, RESIZE_HELP, SIZE_H
                                 json_text, layer_list, load_model, load_quantized, number, positive_int, seed,
                                 thresh_type)
 from engine.cli.quantize import add_backend_arg, add_dask_arg, check_dask, run_backend
+from engine.darknet.detect import require_head
 from engine.errors import EngineError
 from engine.quant.modes import QUANT_MODES
 
@@ -73,6 +74,7 @@ def cmd_montecarlo(args: argparse.Namespace) -> int:
                           "the reference every mode is compared with)")
     check_dask(args)
     model = load_model(args)
+    require_head(model, "montecarlo", args.model)
     qm = load_quantized(args, model)
     fl = layer_list(args.float_layers, len(model.layers)) if args.float_layers else None
     with run_backend(args) as backend:
@@ -88,6 +90,7 @@ def cmd_worst(args: argparse.Namespace) -> int:
     from engine.scale.worst import rank_images
     check_dask(args)
     model = load_model(args)
+    require_head(model, "worst-images", args.model)
     qm = load_quantized(args, model)
     fl = layer_list(args.float_layers, len(model.layers)) if args.float_layers else sorted(qm.float_layers)
     with run_backend(args) as backend:

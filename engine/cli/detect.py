@@ -32,13 +32,14 @@ def add_detect_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from engine.darknet.detect import detect_outputs
+    from engine.darknet.detect import detect_outputs, require_head
     save_dir = save_folder(args.save) if args.save else None
     written: set[str] = set()      # names this run saved: two inputs photo.jpg get photo.jpg, photo-1.jpg
     if save_dir is not None:       # never replace an input image (detect photos/a.jpg --save photos)
         inputs = {_inode(image) for image in args.images} - {None}
         written |= {p.name for p in save_dir.iterdir() if _inode(p) in inputs}
     model = load_model(args)
+    require_head(model, "detect", args.model)
     forward = forward_for(model, args)
     result: dict[str, dict] = {}
     failed = 0

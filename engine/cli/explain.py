@@ -42,8 +42,10 @@ def add_explain_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from engine.darknet.detect import require_head
     from engine.quant.explain import Explainer, explain_report, percent
     model = load_model(args)
+    require_head(model, "explain", args.model)
     qm = load_quantized(args, model)
     base = layer_list(args.float_layers, len(model.layers)) if args.float_layers else sorted(qm.float_layers)
     pre = model.preprocess(args.image, args.resize)

@@ -15,6 +15,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from engine.darknet.image import Preprocessed
+from engine.errors import EngineError
 from engine.darknet.nms import box_diou, box_iou, nms_sort, nms_suppressed  # noqa: F401  (re-exported)
 
 
@@ -188,6 +189,27 @@ def checked_names(model, path):
         warnings.warn(f"{path}: {have} class names for a model of {classes} classes; the last {have - classes} are "
                       "never used (is it the names file of another model?)", EngineWarning, stacklevel=3)
     return model
+
+
+def head_kinds() -> list[str]:
+    """The registered layer kinds that are detection heads (their outputs decode into boxes), sorted."""
+    from engine.layers.base import LAYERS
+    return sorted(k for k in LAYERS.names() if LAYERS.get(k).is_head)
+
+
+def require_head(model, what: str, name: str | None = None) -> None:
+    """Refuse a model without a detection head (a classifier or a backbone) where detections are the point:
+    it has none to find, so `detect` printed "0 detections" and `montecarlo` / `worst-images` scored every
+    image as agreeing perfectly with FLOAT (no detections on either side).
+
+    Raises: EngineError naming the model (`name`, else its graph's name), `what` needs a head, and its last layer."""
+    if any(layer.is_head for layer in model.layers):
+        return
+    kinds = [f"[{k}]" for k in head_kinds()]
+    last = model.layers[-1]
+    raise EngineError(f"{name or model.graph.name}: {what} needs a detection head ({', '.join(kinds[:-1])} or "
+                      f"{kinds[-1]}) and this model has none: its {len(model.layers)} layers end with layer "
+                      f"{last.index} [{last.kind}] (a classifier or a backbone has no detections to find)")
 
 
 def detect_outputs(model, outs: Sequence[np.ndarray], pre: Preprocessed, thresh: float = 0.25,

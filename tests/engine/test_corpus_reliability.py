@@ -514,17 +514,27 @@ def test_a_edit_error_is_an_engine_error():
 # ------------------------------------------------------------------------------ CLI
 @pytest.fixture(scope="module")
 def cli_files(corpus_q, tmp_path_factory):
-    """A corpus model as cfg + .weights and as a model file, and a tiny PNG."""
+    """A corpus model as cfg + .weights and as a model file (no detection head: tiny.*, q.npz), the 16x16
+    one-class [yolo] detector as a model file with its quantized model (det.npz, dq.npz: what detect needs),
+    and a tiny PNG."""
+    from engine.calib.collect import collect
+    from engine.quant.qmodel import quantize_model
     model, qm = corpus_q
     d = tmp_path_factory.mktemp("cli")
     model.save_weights(d / "tiny.weights")
     (d / "tiny.cfg").write_text(WEIGHTS_CFG.read_text())
     model.save(d / "tiny.npz")
     qm.save(d / "q.npz")
+    det = engine.load(CORPUS / "detector.cfg", random_weights=0)
+    xs = [np.random.default_rng(i).random(det.input_shape, dtype=np.float32) for i in range(2)]
+    det.save(d / "det.npz")
+    quantize_model(det, collect(det, xs, progress=False), "minmax", per_channel=True).save(d / "dq.npz")
     (d / "img.png").write_bytes(_png())
     return d
 
 
+HEADLESS = ("error: {d}/tiny.npz: {what} needs a detection head ([detection], [region] or [yolo]) and this model has "
+            "none: its 4 layers end with layer 3 [connected] (a classifier or a backbone has no detections to find)\n")
 # (id, argv (with {d} = the files folder, {t} = a fresh folder), fragment in stderr)
 CLI_CASES = [
     ("c_report_ram_1e308", ["report", "{d}/tiny.npz", "-q", "{d}/q.npz", "--ram", "1e308", "--flash", "inf",
@@ -536,12 +546,20 @@ CLI_CASES = [
                                   "-o", "{t}/q.npz"], "'bogus' is not a setting of method"),
     ("c_quantize_settings_not_json", ["quantize", "{d}/tiny.npz", "--calib", "{d}/img.png", "--settings", "{x",
                                       "-o", "{t}/q.npz"], "--settings '{x': not JSON"),
-    ("c_detect_thresh_nan", ["detect", "{d}/tiny.npz", "{d}/img.png", "--thresh", "nan"],
+    ("c_detect_thresh_nan", ["detect", "{d}/det.npz", "{d}/img.png", "--thresh", "nan"],
      "argument --thresh: 'nan': expected a finite threshold in [0, 1)"),
-    ("c_detect_float_layers_abc", ["detect", "{d}/tiny.npz", "{d}/img.png", "--mode", "int", "--quantized", "{d}/q.npz",
+    ("c_detect_float_layers_abc", ["detect", "{d}/det.npz", "{d}/img.png", "--mode", "int", "--quantized", "{d}/dq.npz",
                                    "--float-layers", "a,b"], "--float-layers 'a,b': expected comma-separated"),
-    ("c_detect_float_layers_99", ["detect", "{d}/tiny.npz", "{d}/img.png", "--mode", "int", "--quantized", "{d}/q.npz",
-                                  "--float-layers", "99"], "[99] are not layers of this model (0..3)"),
+    ("c_detect_float_layers_99", ["detect", "{d}/det.npz", "{d}/img.png", "--mode", "int", "--quantized", "{d}/dq.npz",
+                                  "--float-layers", "99"], "[99] are not layers of this model (0..2)"),
+    # a model without a detection head has no detections to find: "0 detections", or every image "perfect"
+    ("c_detect_headless", ["detect", "{d}/tiny.npz", "{d}/img.png"], HEADLESS.format(d="{d}", what="detect")),
+    ("c_montecarlo_headless", ["montecarlo", "{d}/tiny.npz", "-q", "{d}/q.npz", "--images", "{d}/img.png",
+                               "--variants", "2"], HEADLESS.format(d="{d}", what="montecarlo")),
+    ("c_worst_images_headless", ["worst-images", "{d}/tiny.npz", "-q", "{d}/q.npz", "--images", "{d}/img.png"],
+     HEADLESS.format(d="{d}", what="worst-images")),
+    ("c_explain_headless", ["explain", "{d}/tiny.npz", "-q", "{d}/q.npz", "--image", "{d}/img.png"],
+     HEADLESS.format(d="{d}", what="explain")),
     ("c_detect_cfg_without_weights", ["detect", "{d}/tiny.cfg", "{d}/img.png"], "pass its weights with --weights FILE"),
     ("c_convert_onto_fifo", ["convert", "{d}/tiny.cfg", "{d}/tiny.weights", "-o", "{t}/fifo"], "is a FIFO"),
     ("c_convert_onto_dev_null", ["convert", "{d}/tiny.cfg", "{d}/tiny.weights", "-o", "/dev/null"], "is a device node"),
@@ -557,6 +575,7 @@ CLI_CASES = [
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
 def test_c_cli_refusals_are_one_clear_line(case, cli_files, tmp_path, capsys):
     _, argv, fragment = case
+    fragment = fragment.replace("{d}", str(cli_files))
     os.mkfifo(tmp_path / "fifo")
     code, out, err = cli(capsys, *[a.replace("{d}", str(cli_files)).replace("{t}", str(tmp_path)) for a in argv])
     assert code == 2 and fragment in err and "Traceback" not in err, err
@@ -564,7 +583,7 @@ def test_c_cli_refusals_are_one_clear_line(case, cli_files, tmp_path, capsys):
 
 
 def test_c_detect_missing_image_does_not_claim_0_detections(cli_files, capsys):
-    code, out, err = cli(capsys, "detect", cli_files / "tiny.npz", cli_files / "missing.png", cli_files / "img.png")
+    code, out, err = cli(capsys, "detect", cli_files / "det.npz", cli_files / "missing.png", cli_files / "img.png")
     assert code == 1 and "missing.png: cannot open image" in err
     assert "missing.png" not in out and "img.png:" in out
 
