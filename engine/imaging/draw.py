@@ -36,6 +36,7 @@ def draw_detections(image: ImageLike, detections: Sequence, width: int | None = 
     side = min(im.width, im.height)
     width = width or max(2, round(side / 200))
     font = ImageFont.load_default(size=font_size or max(10, round(side / 40)))
+    placed: list[tuple[float, float, float, float]] = []
     for k, d in enumerate(detections):
         color = (colors or {}).get(d.class_id, PALETTE[d.class_id % len(PALETTE)])
         box = [max(0, d.x1 * scale), max(0, d.y1 * scale), min(im.width - 1, d.x2 * scale),
@@ -47,7 +48,23 @@ def draw_detections(image: ImageLike, detections: Sequence, width: int | None = 
         left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
         th, tw = bottom - top + 4, right - left + 6
         y = box[1] - th if box[1] >= th else box[1]          # above the box, inside it at the top edge
+        y = free_row(placed, box[0], y, tw, th, im.height)
+        placed.append((box[0], y, box[0] + tw, y + th))
         draw.rectangle([box[0], y, box[0] + tw, y + th], fill=color)
         ink = (0, 0, 0) if 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] > 140 else (255, 255, 255)
         draw.text((box[0] + 3, y + 2 - top), label, fill=ink, font=font)
     return im
+
+
+def free_row(placed: Sequence[tuple[float, float, float, float]], x: float, y: float, w: float, h: float,
+             height: int) -> float:
+    """The top of a w x h label at (x, y), moved down below every label already `placed` it would cover (boxes
+    sharing a corner, e.g. a car also detected as a truck, drew one label over the other: '1 car' hid '2 truck').
+    Stays at `y` when no free place is left above the image's bottom (`height`)."""
+    top = y
+    for _ in range(len(placed) + 1):
+        hit = [p for p in placed if p[0] < x + w and x < p[2] and p[1] < top + h and top < p[3]]
+        if not hit:
+            break
+        top = max(p[3] for p in hit)
+    return top if top + h <= height else y
