@@ -157,7 +157,7 @@ def test_explorer_round2_in_the_browser(chromium, page, lab, artifacts):
     rerun_cell(page, 3)
     line = kernel_line(page, r"QW position=23")
     n_int = int(re.search(r"dets=(\d+)", line).group(1))
-    assert f"INT: {n_int} detections" in text, (text, line)
+    assert f"INT: {n_int} detection{'' if n_int == 1 else 's'}" in text, (text, line)
     sizes = page.evaluate("""() => Array.from(document.querySelectorAll('.qw-explorer .qw-detections img'))
         .map(i => [i.naturalWidth, i.naturalHeight, Math.round(i.getBoundingClientRect().width)])""")
     assert len(sizes) == 2 and sizes[0] == sizes[1], sizes
