@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from engine.darknet.detect import require_head
 from engine.quant.explain import match_detections
 from engine.quant.fitness import detection_agreement
 
@@ -60,6 +61,7 @@ def image_agreements(model, qmodel, mode: str, images: Sequence, *, float_layers
                      on_progress: Callable[[int, int], Any] | None = None,
                      backend: str = "numpy") -> list[ImageAgreement]:
     """`rank_images`' rows in the images' order (a batch of a larger set: `index` counts from 0 here)."""
+    require_head(model, "rank_images")     # else every image agrees "perfectly": no detections on either side
     from engine.export.ort_backend import detect_each, feed_size, forward_on
     run_float = forward_on(backend, model, None, "float")
     run = forward_on(backend, model, qmodel, mode, float_layers)

@@ -29,6 +29,7 @@ from engine.calib.collect import image_list
 from engine.scale.backends import InProcess, label_of, qmodel_ref
 from engine.export.ort_backend import detect_each, feed_size, forward_on, resolve, split_backend
 from engine.scale.sources import load_source, resolve_qmodel, unwrap
+from engine.darknet.detect import require_head
 from engine.darknet.image import RESIZE_MODES, open_image
 from engine.quant.fitness import detection_agreement
 from engine.quant.modes import QUANT_MODES, float_layer_indices
@@ -231,7 +232,8 @@ def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200
     float_layers: the layers every mode keeps FLOAT (mixed precision; None: the quantized model's own).
     resize: "letterbox" (Darknet's, the default) or "stretch": how each variant becomes the network input.
     Raises ValueError for modes other than hybrid/int, an empty image list or a layer the model lacks,
-    EngineError for a mode ORT cannot run with backend="onnxruntime" (HYBRID, INT under another profile).
+    EngineError for a model without a detection head, or a mode ORT cannot run with backend="onnxruntime"
+    (HYBRID, INT under another profile).
     """
     bad = [m for m in modes if m not in QUANT_MODES]
     if bad or not modes:
@@ -241,6 +243,7 @@ def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200
         raise ValueError(f"resize={resize!r}: expected {' or '.join(RESIZE_MODES)}")
     backend, runtime = split_backend(backend)
     model, qm = load_source(model_source), resolve_qmodel(_qm_ref(qmodel))
+    require_head(model, "run_montecarlo")   # else every variant agrees "perfectly": no detections on either side
     kept = float_layer_indices(model, qm.float_layers if float_layers is None else float_layers)
     if runtime == "onnxruntime":            # refused before any variant is rendered
         for m in ("float", *modes):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from engine.calib.collect import image_list
+from engine.darknet.detect import require_head
 from engine.export.ort_backend import resolve, split_backend
 from engine.quant.modes import QUANT_MODES, float_layer_indices
 from engine.quant.worst_images import ImageAgreement, image_agreements, image_name, worst_first
@@ -37,7 +38,8 @@ def rank_images(model_source: Any, qmodel: Any, mode: str, images: Sequence, *, 
 
     Raises:
         ValueError: a mode other than int / hybrid, or a float layer the model lacks (before any work).
-        EngineError: a mode ORT cannot run with runtime "onnxruntime"; a bad image; the cluster failing."""
+        EngineError: a model without a detection head; a mode ORT cannot run with runtime "onnxruntime"; a bad
+            image; the cluster failing."""
     where, runtime = split_backend(backend)
     qm = resolve_qmodel(("path", str(qmodel)) if isinstance(qmodel, (str, Path)) else qmodel)
     if where is None:
@@ -46,6 +48,7 @@ def rank_images(model_source: Any, qmodel: Any, mode: str, images: Sequence, *, 
     if mode not in QUANT_MODES:               # refused here, not on a worker for every batch
         raise ValueError(f"mode {mode!r}: expected one of {', '.join(QUANT_MODES)} (FLOAT is the reference)")
     model = load_source(model_source)
+    require_head(model, "rank_images")       # here, not on a worker for every batch
     kept = float_layer_indices(model, float_layers)
     if runtime == "onnxruntime":              # ORT's refusal before any image is shipped
         resolve(runtime, model, None, "float")
