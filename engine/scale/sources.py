@@ -1,7 +1,7 @@
 """What a worker loads, and loads once per process: models (from a `ModelSource`) and quantized models.
 
 Workers never receive the 35 MB model: they get a `ModelSource` (zoo name, engine `.npz`, or
-cfg + `.weights`) and load it once per process (`load_source`, an LRU keyed by path + mtime).
+cfg + `.weights`) and load it once per process (`load_source`, an LRU keyed by each file's `file_stamp`).
 A quantized model travels as a reference (`resolve_qmodel`): its file path, or its arrays
 broadcast once by the backend and rebuilt once per content token.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -33,7 +34,33 @@ class ModelSource:
 
     def stamp(self) -> tuple:
         files = [p for p in (self.path, self.weights) if p and Path(p).exists()]
-        return tuple((p, os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in files)
+        return tuple(file_stamp(p) for p in files)
+
+
+# Timestamps come from a coarse clock (a few ms on Linux, 1-2 s on some file systems): a file
+# rewritten in the same tick keeps its mtime and ctime. Within this long of its last change a
+# file is stamped by its content too.
+RACY_NS = 3_000_000_000
+
+
+def file_stamp(path: str) -> tuple:
+    """What a per-process cache keys a file's content on: any rewrite changes it.
+
+    (path, device, inode, size, mtime_ns, ctime_ns), plus the content's sha256 while the file's last
+    change (ctime) is less than RACY_NS old. An atomic write replaces the inode; a rewrite in place
+    moves ctime, which no `os.utime` can set back, but only by a clock tick: a change in the same
+    tick as the previous one is seen by the content hash, and a change after the racy window has a
+    later ctime than any stamp taken then (the file's changes are ordered by ctime).
+    """
+    st = os.stat(path)
+    stamp = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if st.st_ctime_ns > time.time_ns() - RACY_NS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        stamp += (h.hexdigest(),)
+    return stamp
 
 
 def as_source(src: Any, size: tuple[int, int] | None = None) -> "ModelSource | Any":
@@ -94,7 +121,7 @@ def _load_cached(src: ModelSource, stamp: tuple):
 
 
 def load_source(src: Any):
-    """The Model for a source, loaded once per process (LRU of 2, keyed by the files' mtimes)."""
+    """The Model for a source, loaded once per process (LRU of 2, keyed by the files' `file_stamp`)."""
     src = as_source(src)
     if not isinstance(src, ModelSource):
         return src
@@ -150,7 +177,6 @@ def resolve_qmodel(ref: Any):
     if not isinstance(ref, tuple):
         return ref
     if ref[0] == "path":
-        st = os.stat(ref[1])
-        return _qmodel_from_file(ref[1], (st.st_mtime_ns, st.st_size))
+        return _qmodel_from_file(ref[1], file_stamp(ref[1]))
     from engine.quant.qmodel import QuantizedModel
     return worker_cached(("qmodel", ref[1]), lambda: QuantizedModel.from_arrays(unwrap(ref[2])))
