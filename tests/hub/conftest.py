@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import random
+import re
 import secrets
 import shutil
 import signal
@@ -39,10 +41,44 @@ PROXY = Path(os.environ.get("QW_HUB_PROXY", PREFIX / "node_modules" / ".bin" / "
 require = functools.partial(ci_require, what="hub test", hint=" (run .ci/setup-hub.sh as root)")
 
 
+# The hub, its proxy and the proxy's API each bind a port the test must name in the config before they start
+# (configurable-http-proxy takes no inherited socket, and the hub must tell the proxy where it is), so a port
+# free when picked can be taken before it is bound. Ports are picked below the kernel's ephemeral range (where
+# every outgoing connection on the host takes its local port), and a start whose bind fails ("address already
+# in use", in the hub's or the proxy's log) is started again on new ports: a retry of the start, not of the test.
+START_TRIES = 5
+START_TIMEOUT = 120.0     # s per start: 7-14 s here on an idle host; a loaded CI host can take many times that
+ADDRESS_IN_USE = re.compile(r"EADDRINUSE|[Aa]ddress already in use")
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768      # Linux's default
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct loopback ports free now (each bound and released), outside the ephemeral range when it
+    leaves room below it; the caller must still expect one to be taken before it binds it (see above)."""
+    rng, low = random.SystemRandom(), _ephemeral_low()
+    ports: list[int] = []
+    while len(ports) < n:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", rng.randrange(10000, low) if low > 11000 else 0))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """One port as `free_ports` picks them."""
+    return free_ports(1)[0]
 
 
 def http(method: str, url: str, token: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict | str]:
@@ -234,14 +270,38 @@ def hub(hub_users, tutorials_dir, tmp_path):
                            capture_output=True, text=True)
     require(check.returncode == 0, f"the hub venv cannot import engine.workspace.store: {check.stderr[-500:]}")
 
-    token, port = secrets.token_hex(24), free_port()
-    data = tmp_path / "hub-data"
-    config = tmp_path / "jupyterhub_test_config.py"
+    token = secrets.token_hex(24)
+    env = {"PATH": f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(tmp_path),
+           "QW_HUB_PREFIX": str(PREFIX), "QW_HUB_VENV": str(VENV), "QW_TUTORIALS_DIR": str(tutorials_dir)}
+    uids = {int(subprocess.run(["id", "-u", u], capture_output=True, text=True, check=True).stdout) for u in hub_users}
+    h, last_log = None, ""
+    try:
+        for attempt in range(1, START_TRIES + 1):
+            h = _start_hub(tmp_path / f"start-{attempt}", token, hub_users, tutorials_dir, env)
+            if _wait_until_answering(h):
+                break
+            last_log = h.log_tail()
+            _stop_hub(h, [], uids)            # a port was taken between its pick and the bind: new ports
+            h = None
+        else:
+            pytest.fail(f"hub: every one of {START_TRIES} starts found a port taken (address already in use); "
+                        f"last log:\n{last_log}")
+        yield h
+    finally:
+        if h is not None:
+            _stop_hub(h, hub_users, uids)
+
+
+def _start_hub(folder: Path, token: str, hub_users: list[str], tutorials_dir: Path, env: dict) -> Hub:
+    """Start one JupyterHub in `folder` (its config, data, log and working directory) on new ports."""
+    folder.mkdir()
+    port, hub_port, api_port = free_ports(3)
+    config = folder / "jupyterhub_test_config.py"
     config.write_text(f"""
 load_subconfig({str(DEPLOY_CONFIG)!r})
 c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
-c.JupyterHub.hub_port = {free_port()}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{free_port()}"
+c.JupyterHub.hub_port = {hub_port}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
 c.ConfigurableHTTPProxy.command = [{str(PROXY)!r}]
 c.JupyterHub.authenticator_class = "shared-password"
 c.SharedPasswordAuthenticator.user_password = {secrets.token_hex(12)!r}
@@ -251,42 +311,51 @@ c.JupyterHub.load_roles = [{{"name": "qw-test", "services": ["qw-test"],
                             "scopes": ["admin:users", "admin:servers", "tokens"]}}]
 c.JupyterHub.log_level = "INFO"
 """)
-    env = {"PATH": f"{VENV}/bin:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(tmp_path),
-           "QW_HUB_PREFIX": str(PREFIX), "QW_HUB_VENV": str(VENV), "QW_HUB_DATA": str(data),
-           "QW_TUTORIALS_DIR": str(tutorials_dir)}
-    log = tmp_path / "hub.log"
+    log = folder / "hub.log"
     with open(log, "wb") as logf:
         # start_new_session=True is setsid(): the hub leads its own process group, killed as one
-        proc = subprocess.Popen([str(VENV / "bin" / "jupyterhub"), "-f", str(config)], cwd=tmp_path,
-                                env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-    h = Hub(url=f"http://127.0.0.1:{port}", token=token, venv=VENV, log=log, proc=proc, users=list(hub_users))
-    uids = {int(subprocess.run(["id", "-u", u], capture_output=True, text=True, check=True).stdout) for u in hub_users}
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"hub exited with {proc.returncode}\n{h.log_tail()}"
-            try:
-                if h.api("GET", "/")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"hub not answering after 30 s\n{h.log_tail()}"
-            time.sleep(0.2)
-        yield h
-    finally:
-        for u in hub_users:
-            try:
-                h.api("DELETE", f"/users/{u}/server")
-            except OSError:
-                pass
-        owned = _processes_of(proc.pid, uids)
+        proc = subprocess.Popen([str(VENV / "bin" / "jupyterhub"), "-f", str(config)], cwd=folder,
+                                env={**env, "QW_HUB_DATA": str(folder / "hub-data")}, stdout=logf,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    return Hub(url=f"http://127.0.0.1:{port}", token=token, venv=VENV, log=log, proc=proc, users=list(hub_users))
+
+
+def _wait_until_answering(h: Hub) -> bool:
+    """True once the hub answers through its proxy as our hub (it knows the service token: another server
+    that took the port does not); False if the hub or its proxy could not bind a port. Fails the test with
+    the hub's log if the hub exits for another reason or does not answer within START_TIMEOUT."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if ADDRESS_IN_USE.search(h.log_tail(1 << 20)):
+            return False
+        assert h.proc.poll() is None, f"hub exited with {h.proc.returncode}\n{h.log_tail()}"
+        try:   # a short timeout per try: a process that took the port may accept and never answer
+            status, who = http("GET", f"{h.url}/hub/api/user", h.token, timeout=5)
+            if status == 200 and isinstance(who, dict) and who.get("name") == "qw-test":
+                return True
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"hub not answering after {START_TIMEOUT:g} s\n{h.log_tail()}"
+        time.sleep(0.2)
+
+
+def _stop_hub(h: Hub, servers_of: list[str], uids: set[int]) -> None:
+    """Stop the servers of `servers_of` (through the API), the hub's process group and every process it or
+    the test users (`uids`) started."""
+    for u in servers_of:
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(5)
-        _kill_pids(owned | _processes_of(proc.pid, uids))
+            h.api("DELETE", f"/users/{u}/server")
+        except OSError:
+            pass
+    proc = h.proc
+    owned = _processes_of(proc.pid, uids)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(5)
+    _kill_pids(owned | _processes_of(proc.pid, uids))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.hub, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.hub, pytest.mark.timeout(600)]   # a hang bound, above the fixture's start bound (conftest)
 
 WRITE = """
 import json, os, pwd, engine.workspace.store
