@@ -30,6 +30,8 @@ import traitlets
 
 from engine.imaging.augment import augment
 from engine.calib import CALIBRATORS
+from engine.calib.collect import image_list
+from engine.scale.filestamp import image_set_stamp
 from engine.quant.profiles import DEFAULT as DEFAULT_PROFILE, PROFILES
 from engine.quant.progress import counted
 from engine.quant.refine.pipeline import AFTER as REFINE_AFTER
@@ -180,8 +182,8 @@ class QuantizationView(widgets.VBox):
             path = self._path.value.strip()
             if not path:
                 raise ValueError("type a folder (or file) of calibration images")
-            # a folder's mtime changes when files are added, removed or renamed in it
-            key = f"path:{path}:{os.stat(path).st_mtime_ns}" if os.path.exists(path) else None
+            # every image's stamp: a folder's mtime misses an image rewritten in place, a file's its same-tick rewrite
+            key = f"path:{path}:{image_set_stamp(image_list(path))}" if os.path.exists(path) else None
             return key, path, [path]
         if choice.startswith(WORKSPACE):
             if self.workspace is None:

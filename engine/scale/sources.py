@@ -8,14 +8,14 @@ broadcast once by the backend and rebuilt once per content token.
 from __future__ import annotations
 
 import hashlib
-import os
-import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from engine.scale.filestamp import file_stamp
 
 
 @dataclass(frozen=True)
@@ -35,32 +35,6 @@ class ModelSource:
     def stamp(self) -> tuple:
         files = [p for p in (self.path, self.weights) if p and Path(p).exists()]
         return tuple(file_stamp(p) for p in files)
-
-
-# Timestamps come from a coarse clock (a few ms on Linux, 1-2 s on some file systems): a file
-# rewritten in the same tick keeps its mtime and ctime. Within this long of its last change a
-# file is stamped by its content too.
-RACY_NS = 3_000_000_000
-
-
-def file_stamp(path: str) -> tuple:
-    """What a per-process cache keys a file's content on: any rewrite changes it.
-
-    (path, device, inode, size, mtime_ns, ctime_ns), plus the content's sha256 while the file's last
-    change (ctime) is less than RACY_NS old. An atomic write replaces the inode; a rewrite in place
-    moves ctime, which no `os.utime` can set back, but only by a clock tick: a change in the same
-    tick as the previous one is seen by the content hash, and a change after the racy window has a
-    later ctime than any stamp taken then (the file's changes are ordered by ctime).
-    """
-    st = os.stat(path)
-    stamp = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if st.st_ctime_ns > time.time_ns() - RACY_NS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        stamp += (h.hexdigest(),)
-    return stamp
 
 
 def as_source(src: Any, size: tuple[int, int] | None = None) -> "ModelSource | Any":

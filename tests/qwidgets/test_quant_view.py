@@ -255,3 +255,25 @@ def test_compare_estimates_the_time_left_from_the_quantized_runs_not_the_kept_fl
     # nothing quantized has finished when the first quantized run starts: no estimate yet (it was "~0 s left")
     assert [("s left" in t) for t in runs] == [False, False, True, True, True], runs
     assert qv.status.startswith("compared 2 methods on 1 image")
+
+
+def test_a_typed_folders_key_changes_when_an_image_in_it_is_rewritten_in_place(tiny, tmp_path):
+    """The cached calibration statistics of a typed folder were keyed on the folder's mtime, which an image
+    overwritten in place does not change: Compare then reused statistics of images that no longer exist."""
+    import os
+    from qwidgets.quant_view import PATH
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    image = folder / "a.png"
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(image)
+    qv = QuantizationView(engine.Session(tiny), methods=("minmax",))
+    qv._images.value = PATH
+    qv._path.value = str(folder)
+    key, _, images = qv._image_set()
+    st, folder_st = os.stat(image), os.stat(folder)
+    Image.new("RGB", (32, 32), (200, 20, 30)).save(image)             # another image, rewritten in place
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.utime(folder, ns=(folder_st.st_atime_ns, folder_st.st_mtime_ns))
+    assert os.stat(folder).st_mtime_ns == folder_st.st_mtime_ns
+    assert qv._image_set()[0] != key
+    assert qv._image_set()[0] == qv._image_set()[0]                  # and an unchanged set keeps its key
