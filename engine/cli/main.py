@@ -96,6 +96,10 @@ def _stand_in_for_closed_streams(name: str) -> dict[str, _ClosedStream]:
 
 def _run(args: argparse.Namespace) -> int:
     try:
+        if getattr(args, "size", None) is not None:
+            # every subcommand's --size ends in parse_size, deep in the model loaders, whose errors say "size"
+            from engine.darknet.cfg import parse_size
+            parse_size(args.size, name="--size")
         code = args.func(args)
         sys.stdout.flush()   # a closed pipe shows here, not in the interpreter's exit flush
         return code

@@ -224,8 +224,9 @@ def with_input_size(text: str, width: int, height: int) -> str:
     return head + tail
 
 
-def parse_size(size: int | str | Sequence[int]) -> tuple[int, int]:
-    """416, "416", "320x256" (width x height) or (320, 256) -> (width, height). Raises ArgumentError."""
+def parse_size(size: int | str | Sequence[int], name: str = "size") -> tuple[int, int]:
+    """416, "416", "320x256" (width x height) or (320, 256) -> (width, height). Raises ArgumentError naming
+    `name`, the argument as the caller spells it (the CLI's "--size")."""
     def whole(v) -> bool:   # True is an int to Python, and 3.5 would be truncated: neither is a size
         return isinstance(v, numbers.Integral) and not isinstance(v, bool)
     if isinstance(size, str):
@@ -233,7 +234,7 @@ def parse_size(size: int | str | Sequence[int]) -> tuple[int, int]:
         try:
             vals = [int(v) for v in parts]
         except ValueError:
-            raise ArgumentError(f"size {size!r}: expected N or WIDTHxHEIGHT, e.g. 416 or 320x256") from None
+            raise ArgumentError(f"{name} {size!r}: expected N or WIDTHxHEIGHT, e.g. 416 or 320x256") from None
     elif whole(size):
         vals = [int(size)]
     else:
@@ -242,13 +243,13 @@ def parse_size(size: int | str | Sequence[int]) -> tuple[int, int]:
         except TypeError:
             vals = None
         if vals is None or not all(whole(v) for v in vals):
-            raise ArgumentError(f"size {size!r}: expected an int N, a (width, height) pair of ints or a "
+            raise ArgumentError(f"{name} {size!r}: expected an int N, a (width, height) pair of ints or a "
                                 "'WIDTHxHEIGHT' string, e.g. 416, (320, 256) or '320x256'")
         vals = [int(v) for v in vals]
     if len(vals) == 1:
         vals = vals * 2
     if len(vals) != 2 or not all(1 <= v <= 8192 for v in vals):
-        raise ArgumentError(f"size {size!r}: expected a width and height between 1 and 8192")
+        raise ArgumentError(f"{name} {size!r}: expected a width and height between 1 and 8192")
     return vals[0], vals[1]
 
 

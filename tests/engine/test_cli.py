@@ -112,7 +112,7 @@ def test_size_option_runs_info_and_detect_at_320(tmp_path):
     names = {d["name"] for d in _json.loads(det.stdout)["images"]["dog.jpg"]["detections"]}
     assert {"dog", "bicycle", "car"} <= names
     bad = run("detect", str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "--size", "big", str(IMAGES / "dog.jpg"))
-    assert bad.returncode == 2 and bad.stderr.startswith("error: size 'big'")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --size 'big'")
 
 
 def _npy(path, header: dict, payload: bytes) -> None:

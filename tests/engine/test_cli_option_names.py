@@ -1,0 +1,26 @@
+"""The command line's errors name the option the user typed (qa12): `--size 0` said "size '0'", `--opset 0`
+"opset=0", `--settings '{"percentile": "abc"}'` "percentile percentile='abc'", a one-layer model "1 layers",
+and `--json > /dev/full` "No space left on device" without saying it was stdout."""
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import warnings
+
+from helpers import IMAGES, TINY_CFG, TINY_WEIGHTS, cli, require
+
+
+def _one_layer_model(tmp_path):
+    cfg = tmp_path / "one.cfg"
+    cfg.write_text("[net]\nwidth=16\nheight=16\nchannels=3\n\n[maxpool]\nsize=2\nstride=2\n")
+    weights = tmp_path / "one.weights"
+    weights.write_bytes(struct.pack("<iiiq", 0, 2, 0, 0))       # a header, no floats: maxpool has none
+    return cfg, weights
+
+
+def test_a_bad_size_names_the_size_option(capsys):
+    rc, out, err = cli(capsys, "info", TINY_CFG, "--size", "0")
+    assert (rc, out) == (2, "") and err == "error: --size '0': expected a width and height between 1 and 8192\n", err
+    rc, out, err = cli(capsys, "detect", TINY_CFG, "--weights", TINY_WEIGHTS, "--size", "big", IMAGES / "dog.jpg")
+    assert rc == 2 and err.startswith("error: --size 'big': expected N or WIDTHxHEIGHT"), err
