@@ -62,6 +62,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         if given:
             raise EngineError(f"{' and '.join(given)}: only for an ONNX export (--format weights writes the "
                               "Darknet .weights file)")
+    if args.format != "weights":    # the exporters' own errors say "opset=": checked here to name --opset
+        from engine.export.onnx_float import check_opset      # MIN_OPSET is onnx-int8's 13 too
+        check_opset(args.opset, name="--opset")
     model = load_model(args)
     if args.format == "weights":
         model.save_weights(args.output)

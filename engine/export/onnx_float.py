@@ -60,6 +60,18 @@ def output_layers(model, heads: str, all_outputs: bool) -> list[int]:
     return sorted(set(outs))
 
 
+def check_opset(opset: int, *, name: str = "opset") -> None:
+    """Refuses an opset this exporter or the installed onnx cannot write.
+
+    Raises: ValueError naming `name`, the argument as the caller spells it (the CLI's "--opset");
+    EngineError if onnx is missing."""
+    onnx = import_onnx()
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ValueError(f"{name}={opset}; this exporter needs {MIN_OPSET} <= opset <= {newest} "
+                         f"(the newest opset of onnx {onnx.__version__})")
+
+
 def build_onnx(model, *, heads: str = "raw", opset: int = 17, all_outputs: bool = False,
                dynamic_batch: bool = False) -> Any:
     """The ONNX ModelProto of `model` (FLOAT, BN folded). See the module docstring for the naming.
@@ -73,10 +85,7 @@ def build_onnx(model, *, heads: str = "raw", opset: int = 17, all_outputs: bool 
     from engine.export import onnx_heads  # noqa: F401  (registers the head emitters)
     from engine.export.onnx_graph import GraphBuilder
     from engine.export.onnx_ops import EMITTERS
-    newest = onnx.defs.onnx_opset_version()
-    if not MIN_OPSET <= opset <= newest:
-        raise ValueError(f"opset={opset}; this exporter needs {MIN_OPSET} <= opset <= {newest} "
-                         f"(the newest opset of onnx {onnx.__version__})")
+    check_opset(opset)
     b = GraphBuilder(onnx, opset)
     for i in exported_layers(model, heads):
         layer = model.layers[i]

@@ -24,3 +24,10 @@ def test_a_bad_size_names_the_size_option(capsys):
     assert (rc, out) == (2, "") and err == "error: --size '0': expected a width and height between 1 and 8192\n", err
     rc, out, err = cli(capsys, "detect", TINY_CFG, "--weights", TINY_WEIGHTS, "--size", "big", IMAGES / "dog.jpg")
     assert rc == 2 and err.startswith("error: --size 'big': expected N or WIDTHxHEIGHT"), err
+
+
+def test_a_bad_opset_names_the_opset_option(capsys, tmp_path):
+    cfg, weights = _one_layer_model(tmp_path)
+    rc, out, err = cli(capsys, "export", cfg, "--weights", weights, "--opset", "0", "-o", tmp_path / "m.onnx")
+    assert rc == 2 and err.startswith("error: --opset=0; this exporter needs 13 <= opset <= "), err
+    assert not (tmp_path / "m.onnx").exists()
