@@ -59,13 +59,18 @@ class Calibrator:
         return f"{self.name}({args})" if args else self.name
 
 
+def _setting(method: str, name: str) -> str:
+    """"kl stride", but "percentile" alone for percentile's own setting ("percentile percentile=" read as a typo)."""
+    return name if name == method else f"{method} {name}"
+
+
 def int_setting(method: str, name: str, value: Any, lo: int, hi: int) -> int:
     """Setting `name` of `method` as an integer in [lo, hi]. A bool (JSON true) or a fraction is refused,
     not read as 1 or truncated: either would quietly calibrate with a value nobody asked for."""
     ok = not isinstance(value, bool) and (isinstance(value, numbers.Integral) or (
         isinstance(value, float) and value.is_integer()))
     if not ok or not lo <= int(value) <= hi:
-        raise ArgumentError(f"{method} {name}={value!r}: expected an integer in [{lo}, {hi}]")
+        raise ArgumentError(f"{_setting(method, name)}={value!r}: expected an integer in [{lo}, {hi}]")
     return int(value)
 
 
@@ -74,7 +79,7 @@ def number_setting(method: str, name: str, value: Any, lo: float, hi: float, *, 
     is refused (JSON true would otherwise be read as 1)."""
     ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
     if not ok or not (lo <= value if closed else lo < value) or not value <= hi:
-        raise ArgumentError(f"{method} {name}={value!r}: expected a number in {'[' if closed else '('}{lo:g}, {hi:g}]")
+        raise ArgumentError(f"{_setting(method, name)}={value!r}: expected a number in {'[' if closed else '('}{lo:g}, {hi:g}]")
     return float(value)
 
 

@@ -261,7 +261,11 @@ def method_settings(method: str, text: str | None) -> dict:
         if not (isinstance(v, (bool, str)) or (isinstance(v, (int, float)) and math.isfinite(v))):
             raise EngineError(f"--settings: {k}={v!r}: expected a finite number, true/false or a string")
     from engine.calib.base import make
-    make(method, **settings)        # a value out of range fails here, not after the calibration pass
+    from engine.errors import ArgumentError
+    try:
+        make(method, **settings)    # a value out of range fails here, not after the calibration pass
+    except ArgumentError as err:
+        raise EngineError(f"--settings: {err}") from None
     return settings
 
 

@@ -31,3 +31,10 @@ def test_a_bad_opset_names_the_opset_option(capsys, tmp_path):
     rc, out, err = cli(capsys, "export", cfg, "--weights", weights, "--opset", "0", "-o", tmp_path / "m.onnx")
     assert rc == 2 and err.startswith("error: --opset=0; this exporter needs 13 <= opset <= "), err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_setting_named_after_its_method_is_not_doubled(capsys, tmp_path):
+    rc, out, err = cli(capsys, "quantize", TINY_CFG, "--weights", TINY_WEIGHTS, "--calib", IMAGES / "dog.jpg",
+                       "--method", "percentile", "--settings", '{"percentile": "abc"}', "-o", tmp_path / "q.npz",
+                       "--quiet")
+    assert rc == 2 and err == "error: --settings: percentile='abc': expected a number in (0, 100]\n", err

@@ -127,7 +127,7 @@ def test_quant_cli_errors_are_one_clear_line(capsys, tmp_path, monkeypatch, args
     ("kl", '{"stride": 0}', "kl stride=0: expected an integer in [1, 2048]"),
     ("kl", '{"stride": -4}', "kl stride=-4: expected an integer in [1, 2048]"),
     ("auto", '{"probe_images": -5}', "auto probe_images=-5: expected an integer in [1, 1000000]"),
-    ("percentile", '{"percentile": true}', "percentile percentile=True: expected a number in (0, 100]"),
+    ("percentile", '{"percentile": true}', "percentile=True: expected a number in (0, 100]"),
     ("aciq", '{"bits": 7.5}', "aciq bits=7.5: expected an integer in [2, 8]"),
 ])
 def test_out_of_range_method_settings_are_refused_before_calibrating(capsys, tmp_path, monkeypatch, method, settings,
@@ -137,7 +137,7 @@ def test_out_of_range_method_settings_are_refused_before_calibrating(capsys, tmp
     monkeypatch.chdir(tmp_path)
     rc, out, err = cli(capsys, "quantize", *MODEL, "--calib", DOG, "--method", method, "--settings", settings,
                        "-o", "q.npz", "--quiet")
-    assert rc == 2 and out == "" and err == f"error: {fragment}\n", err
+    assert rc == 2 and out == "" and err == f"error: --settings: {fragment}\n", err
     assert not (tmp_path / "q.npz").exists()
     with pytest.raises(ArgumentError) as info:                     # the API call says the same
         make(method, **json.loads(settings))
