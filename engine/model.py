@@ -63,7 +63,8 @@ class Model:
 
     def __repr__(self) -> str:
         c, h, w = self.input_shape
-        return (f"<Model {self.graph.name}: {len(self.layers)} layers, input {c}x{h}x{w}, "
+        n = len(self.layers)    # quant.progress.counted's rule, spelled here: quant sits above model in the diagram
+        return (f"<Model {self.graph.name}: {n} layer{'' if n == 1 else 's'}, input {c}x{h}x{w}, "
                 f"{self.graph.total_params:,} params, {self.graph.total_macs / 1e9:.2f} GMACs>")
 
     # ----------------------------------------------------------------- params

@@ -38,3 +38,10 @@ def test_a_setting_named_after_its_method_is_not_doubled(capsys, tmp_path):
                        "--method", "percentile", "--settings", '{"percentile": "abc"}', "-o", tmp_path / "q.npz",
                        "--quiet")
     assert rc == 2 and err == "error: --settings: percentile='abc': expected a number in (0, 100]\n", err
+
+
+def test_a_one_layer_model_is_one_layer(capsys, tmp_path):
+    cfg, weights = _one_layer_model(tmp_path)
+    rc, out, err = cli(capsys, "convert", cfg, weights, "-o", tmp_path / "one.npz")
+    assert rc == 0, err
+    assert ": <Model one: 1 layer, input 3x16x16, 0 params" in err, err
