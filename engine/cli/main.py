@@ -94,14 +94,47 @@ def _stand_in_for_closed_streams(name: str) -> dict[str, _ClosedStream]:
     return closed
 
 
+class _NamedStdout:
+    """stdout whose OS errors say it was stdout: `--json > /dev/full` printed "error: No space left on device",
+    as if a file the command writes had failed (those errors name their file). Else the stream itself."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+    def _named(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:     # the reader left: _run stops quietly
+            raise
+        except OSError as err:
+            err.filename = err.filename or "writing the output to stdout"
+            raise
+
+    def write(self, text: str) -> int:
+        return self._named(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._named(self._stream.flush)
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "size", None) is not None:
             # every subcommand's --size ends in parse_size, deep in the model loaders, whose errors say "size"
             from engine.darknet.cfg import parse_size
             parse_size(args.size, name="--size")
-        code = args.func(args)
-        sys.stdout.flush()   # a closed pipe shows here, not in the interpreter's exit flush
+        stdout = sys.stdout
+        if not isinstance(stdout, _ClosedStream):       # whose own error already says it is stdout
+            sys.stdout = _NamedStdout(stdout)
+        try:
+            code = args.func(args)
+            sys.stdout.flush()   # a closed pipe shows here, not in the interpreter's exit flush
+        finally:
+            if isinstance(sys.stdout, _NamedStdout):
+                sys.stdout = stdout
         return code
     except (EngineError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)

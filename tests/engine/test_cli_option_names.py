@@ -45,3 +45,19 @@ def test_a_one_layer_model_is_one_layer(capsys, tmp_path):
     rc, out, err = cli(capsys, "convert", cfg, weights, "-o", tmp_path / "one.npz")
     assert rc == 0, err
     assert ": <Model one: 1 layer, input 3x16x16, 0 params" in err, err
+
+
+def test_a_full_disk_under_stdout_says_it_was_stdout(capsys, monkeypatch, tmp_path):
+    require(os.path.exists("/dev/full"), "no /dev/full on this system")
+    cfg, _ = _one_layer_model(tmp_path)
+    full = open("/dev/full", "w")
+    try:
+        monkeypatch.setattr("sys.stdout", full)
+        rc, _, err = cli(capsys, "info", cfg, "--json")
+        monkeypatch.undo()
+    finally:
+        try:
+            full.close()     # what is still buffered cannot be written either; the descriptor is closed anyway
+        except OSError:
+            pass
+    assert rc == 2 and err == "error: writing the output to stdout: No space left on device\n", err
