@@ -107,6 +107,15 @@ class InProcess:
         return out
 
 
+def quiet_large_graph_warning() -> None:
+    """Silence distributed's "Sending large graph" warning, which `share` meets on purpose (its payload is the
+    graph, sent once). A lasting filter, added once (filterwarnings drops an equal one first): a
+    warnings.catch_warnings around each submit swapped the process-wide filter list while other threads ran,
+    and its restore dropped any filter they added meanwhile. `module` keeps the filter to distributed's client."""
+    warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning,
+                            module=r"distributed\.client")
+
+
 class DaskBackend:
     """Runs batches as tasks on a `dask.distributed.Client` (results returned in batch order).
 
@@ -127,6 +136,7 @@ class DaskBackend:
         # one backend serves every run of a kernel (two views' Runs, a compare beside a Monte Carlo): without it
         # a second thread shipped a payload being shipped again, or popped a key another was about to return
         self._share_lock = threading.Lock()
+        quiet_large_graph_warning()
         from distributed.diagnostics.plugin import WorkerPlugin
 
         class BlasLimit(WorkerPlugin):
@@ -166,9 +176,7 @@ class DaskBackend:
         key = ("id", id(obj)) if key is None else key
         with self._share_lock:             # held through the submit: the payload is shipped once
             if key not in self._shared:    # obj is kept alive beside its future, so ids stay unique
-                with warnings.catch_warnings():      # the payload is the graph, sent once on purpose
-                    warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-                    self._shared[key] = (obj, self.client.submit(held, Payload(obj), pure=False))
+                self._shared[key] = (obj, self.client.submit(held, Payload(obj), pure=False))
             self._shared[key] = self._shared.pop(key)          # the most recently used last
             while len(self._shared) > SHARED_KEEP:
                 # each compare ships new quantized models: kept all, a session's cluster and scheduler would fill

@@ -61,3 +61,44 @@ def test_a_full_disk_under_stdout_says_it_was_stdout(capsys, monkeypatch, tmp_pa
         except OSError:
             pass
     assert rc == 2 and err == "error: writing the output to stdout: No space left on device\n", err
+
+
+class _FakeClient:
+    """What DaskBackend asks of a client, without a cluster: `submit` runs `during` (another thread's work)."""
+
+    def __init__(self, during) -> None:
+        self.during = during
+
+    def scheduler_info(self, n_workers=-1):
+        return {"workers": {}}
+
+    def register_plugin(self, plugin, name=None):
+        pass
+
+    def submit(self, fn, *args, **kwargs):
+        self.during()
+        return object()
+
+
+def test_dask_share_keeps_a_filter_another_thread_adds_meanwhile():
+    from engine.scale.backends import DaskBackend
+
+    def other_thread_adds_a_filter():
+        t = threading.Thread(target=warnings.filterwarnings, args=("error",),
+                             kwargs={"message": "qa12 other thread", "category": RuntimeWarning})
+        t.start()
+        t.join(30)
+    with warnings.catch_warnings():      # this test's own changes are undone; share's must not undo the thread's
+        backend = DaskBackend(_FakeClient(other_thread_adds_a_filter))
+        before = list(warnings.filters)
+        backend.share(b"payload", key="k")
+        added = [f for f in warnings.filters if f not in before]
+        assert [(f[0], f[1].pattern, f[2]) for f in added] == [("error", "qa12 other thread", RuntimeWarning)]
+        # the large-graph warning share meets on purpose stays quiet; the same words from other code do not
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.warn_explicit("Sending large graph of size 20 MiB.", UserWarning, "client.py", 1,
+                                   module="distributed.client")
+            warnings.warn_explicit("Sending large graph of size 20 MiB.", UserWarning, "mine.py", 1,
+                                   module="mine")
+        assert [str(w.message) for w in seen] == ["Sending large graph of size 20 MiB."]
+        assert seen[0].filename == "mine.py"
