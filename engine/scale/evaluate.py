@@ -90,7 +90,7 @@ def evaluate(model_source: Any, qmodel: Any, images, modes: Sequence[str] = QUAN
     backend = backend or InProcess()
     run_modes = tuple([Mode.FLOAT.value] + [m for m in modes if m != Mode.FLOAT])
     if runtime == "onnxruntime":          # refused here, before any work is shipped
-        model, qm = load_source(model_source), resolve_qmodel(_qm_object(qmodel))
+        model, qm = load_source(model_source), resolve_qmodel(qmodel)
         for m in run_modes:
             resolve(runtime, model, qm, m)
     items = shippable_items(images)
@@ -101,11 +101,6 @@ def evaluate(model_source: Any, qmodel: Any, images, modes: Sequence[str] = QUAN
     dets = {m: [d[m] for d in per_image] for m in run_modes}
     agreement = {m: detection_agreement(dets[Mode.FLOAT], dets[m]) for m in run_modes if m != Mode.FLOAT}
     return EvalResult([label_of(i, k) for k, i in enumerate(items)], dets, agreement)
-
-
-def _qm_object(qmodel: Any) -> Any:
-    from pathlib import Path
-    return ("path", str(qmodel)) if isinstance(qmodel, (str, Path)) else qmodel
 
 
 def compare_distributed(model_source: Any, stats: CalibrationStats, images,

@@ -242,7 +242,7 @@ def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200
     if resize not in RESIZE_MODES:          # refused here, not on a worker for every batch
         raise ValueError(f"resize={resize!r}: expected {' or '.join(RESIZE_MODES)}")
     backend, runtime = split_backend(backend)
-    model, qm = load_source(model_source), resolve_qmodel(_qm_ref(qmodel))
+    model, qm = load_source(model_source), resolve_qmodel(qmodel)
     require_head(model, "run_montecarlo")   # else every variant agrees "perfectly": no detections on either side
     kept = float_layer_indices(model, qm.float_layers if float_layers is None else float_layers)
     if runtime == "onnxruntime":            # refused before any variant is rendered
@@ -263,10 +263,6 @@ def run_montecarlo(model_source: Any, qmodel: Any, images, n_variants: int = 200
     return MonteCarloResult(variants, rows, tuple(modes), seed, sources,
                             [label_of(s, k) for k, s in enumerate(sources)], time.perf_counter() - t0, worst_k,
                             (w, h), kept, resize)
-
-
-def _qm_ref(qmodel: Any) -> Any:
-    return ("path", str(qmodel)) if isinstance(qmodel, (str, Path)) else qmodel
 
 
 def save_worst_cases(result: MonteCarloResult, workspace, name: str, k: int | None = None,

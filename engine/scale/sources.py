@@ -145,9 +145,11 @@ def worker_cached(key: tuple, make: Callable[[], Any], keep: int = 8) -> Any:
 
 
 def resolve_qmodel(ref: Any):
-    """The QuantizedModel a reference stands for: ("path", p) is loaded once per worker process,
-    ("arrays", token, arrays) is rebuilt once per token; objects pass through. (References are
-    tuples because Dask replaces futures inside tuples, not inside other objects.)"""
+    """The QuantizedModel a reference stands for: ("path", p), or a path itself, is loaded once per process
+    (until the file changes: `file_stamp`), ("arrays", token, arrays) is rebuilt once per token; objects pass
+    through. (References are tuples because Dask replaces futures inside tuples, not inside other objects.)"""
+    if isinstance(ref, (str, Path)):
+        ref = ("path", str(ref))
     if not isinstance(ref, tuple):
         return ref
     if ref[0] == "path":

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from engine.calib.collect import image_list
@@ -41,7 +40,7 @@ def rank_images(model_source: Any, qmodel: Any, mode: str, images: Sequence, *, 
         EngineError: a model without a detection head; a mode ORT cannot run with runtime "onnxruntime"; a bad
             image; the cluster failing."""
     where, runtime = split_backend(backend)
-    qm = resolve_qmodel(("path", str(qmodel)) if isinstance(qmodel, (str, Path)) else qmodel)
+    qm = resolve_qmodel(qmodel)
     if where is None:
         return rank_here(load_source(model_source), qm, mode, images, float_layers=float_layers, resize=resize,
                          thresh=thresh, nms=nms, on_progress=on_progress, backend=runtime)
