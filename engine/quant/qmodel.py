@@ -21,7 +21,8 @@ from engine.calib.views import activation_scales
 from engine.errors import EditError, EngineError, WeightsError
 from engine.kernels.scratch import derived
 from engine.quant.layerquant import LayerQuant
-from engine.quant.weights import QuantWeights, fused_params, quantize_bias, quantize_weights, zero_sum_codes
+from engine.quant.weights import (QuantWeights, fused_params, nearest_codes, quantize_bias, quantize_weights,
+                                  zero_sum_codes)
 
 QMODEL_FORMAT = "qwidgets-quantized-model/1"
 
@@ -220,7 +221,7 @@ def _shows_nearest(model, qmodel: QuantizedModel, index: int) -> bool:
     n = lq.w_q.shape[0]
     v = np.asarray(fused_params(model, index)[0], np.float64).reshape(n, -1) / _filters(lq.w_scale, n)[:, None]
     held = np.asarray(lq.w_q).reshape(n, -1)
-    return bool((np.clip(np.rint(v), -qmax, qmax) == held).all() and (zero_sum_codes(v, qmax) != held).any())
+    return bool((nearest_codes(v, qmax) == held).all() and (zero_sum_codes(v, qmax) != held).any())
 
 
 def input_id(layer) -> str:
@@ -344,12 +345,12 @@ def _check_requantized_filters(where: str, lq: LayerQuant, qw: QuantWeights, w: 
     rows = np.asarray(w).reshape(n, -1)[grown]
     held = np.asarray(lq.w_q).reshape(n, -1)[grown]
     qmax = prof.weight_qmax
-    codes = np.clip(np.rint(np.divide(rows, old[grown, None], dtype=np.float64)), -qmax, qmax)
-    same = (held == codes).all(axis=1)
+    v = np.divide(rows, old[grown, None], dtype=np.float64)
+    same = (held == nearest_codes(v, qmax)).all(axis=1)
     if lq.scheme == "yolo2_light":              # its own rule truncates (scale = 1 / a power of two: exact)
         same |= (held == np.clip(np.trunc(rows * (1.0 / old[grown, None])), -qmax, qmax)).all(axis=1)
     else:       # log2 rounds a layer reading the image to a zero error sum per filter: the method's codes, no edit
-        same |= (held == zero_sum_codes(np.divide(rows, old[grown, None], dtype=np.float64), qmax)).all(axis=1)
+        same |= (held == zero_sum_codes(v, qmax)).all(axis=1)
     lost = grown[~same]
     if not lost.size:
         return

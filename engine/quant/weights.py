@@ -81,6 +81,12 @@ def log2_scales(rows: np.ndarray, tries: int = 4, qmax: int = QMAX) -> np.ndarra
     return np.where(amax > 0, best, 1.0)
 
 
+def nearest_codes(v: np.ndarray, qmax: int = QMAX, out: np.ndarray | None = None) -> np.ndarray:
+    """v (weights / scale, float64) rounded to the nearest int code (half to even), saturated at +-qmax (in `out`)."""
+    out = np.rint(v, out=out)
+    return np.clip(out, -qmax, qmax, out=out)
+
+
 def zero_sum_codes(v: np.ndarray, qmax: int = QMAX) -> np.ndarray:
     """Per row of v (weights / scale, float64 (n, k)), int codes in [-qmax, qmax] whose rounding errors sum to
     within 0.5 of zero: round to nearest, then move the fewest codes (|round(sum of errors)|) to their other
@@ -89,7 +95,7 @@ def zero_sum_codes(v: np.ndarray, qmax: int = QMAX) -> np.ndarray:
     Why: a filter reading the image sees a signal far from zero mean (pixels in [0, 1], neighbours alike), so
     its output error is mostly sum(errors) x the local brightness, a shift that nearest rounding leaves
     (yolov3-tiny's conv 0 with power-of-two scales: 85% of its output error on the calibration photos)."""
-    q = np.clip(np.rint(v), -qmax, qmax)
+    q = nearest_codes(v, qmax)
     err = q - v
     excess = np.rint(err.sum(axis=1)).astype(np.int64)
     for i in np.flatnonzero(excess):
@@ -131,12 +137,7 @@ def quantize_weights(w: np.ndarray, scheme: str = "minmax", per_channel: bool = 
     for lo in range(0, n, step):        # rint(w / scale) clipped, in float64, a cache-sized block at a time
         blk = np.divide(flat[lo:lo + step], (scale[lo:lo + step] if per_channel else scale).reshape(-1, 1),
                         dtype=np.float64)
-        if rounding == "zero_sum":
-            blk = zero_sum_codes(blk, qmax)
-        else:
-            np.rint(blk, out=blk)
-            np.clip(blk, -qmax, qmax, out=blk)
-        q[lo:lo + step] = blk
+        q[lo:lo + step] = zero_sum_codes(blk, qmax) if rounding == "zero_sum" else nearest_codes(blk, qmax, blk)
     return QuantWeights(q.reshape(w.shape), scale, scheme)
 
 

@@ -26,7 +26,7 @@ from engine.quant.layerquant import LayerQuant
 from engine.quant.qmodel import QuantizedModel
 from engine.quant.qtensor import QMAX
 from engine.quant.refine.eq import window_rows
-from engine.quant.weights import fused_params
+from engine.quant.weights import fused_params, nearest_codes
 
 BLOCK = 128
 MAX_IMAGES = 50
@@ -89,7 +89,7 @@ def gptq_round(w: np.ndarray, scale: np.ndarray, h: np.ndarray, damp: float = 0.
         err = np.zeros_like(w1)
         for j in range(i2 - i1):
             col = w1[:, j]
-            qc = np.clip(np.rint(col / s[:, 0]), -qmax, qmax)
+            qc = nearest_codes(col / s[:, 0], qmax)
             q[:, i1 + j] = qc
             e = (col - qc * s[:, 0]) / u1[j, j]
             w1[:, j:] -= np.outer(e, u1[j, j:])
