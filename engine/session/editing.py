@@ -128,16 +128,19 @@ class Editor:
         has_int = self.qmodel is not None and index in self.qmodel.layers and not self._runs_float(index)
         return "int8" if mode != Mode.FLOAT and has_int else "float"
 
+    def _profile(self):
+        """The device profile whose integer rules the int8 weights follow (the default one without a quantized model)."""
+        from engine.quant.profiles import get_profile
+        return get_profile(self.qmodel.profile if self.qmodel is not None else None)
+
     def _runs_float(self, index: int) -> bool:
         """The quantized model's profile runs this layer in float (yolo2_light: layer 0 and linear convs), so no
         run reads its int8 weights."""
-        from engine.quant.profiles import get_profile
-        return self.qmodel is not None and get_profile(self.qmodel.profile).runs_float(self.model.layers[index])
+        return self.qmodel is not None and self._profile().runs_float(self.model.layers[index])
 
     def _int8_weight_check(self) -> dict:
         """check_int8's range for weight edits: the profile's (7-bit weights stay 7-bit under `ort_reduce_range`)."""
-        from engine.quant.profiles import get_profile
-        prof = get_profile(self.qmodel.profile if self.qmodel is not None else None)
+        prof = self._profile()
         if prof.weight_qmax == 127:
             return {}
         bits = prof.weight_qmax.bit_length() + 1
@@ -146,11 +149,10 @@ class Editor:
     def _requantized(self, index: int, params: dict[str, np.ndarray]) -> LayerQuant | None:
         """The layer's int8 weights re-derived from edited float params (same scheme, granularity, rounding, and the
         profile's weight range and bias rule: 7-bit weights stay 7-bit under `ort_reduce_range`)."""
-        from engine.quant.profiles import get_profile
         if self.qmodel is None or index not in self.qmodel.layers:
             return None
         old = self.qmodel.layers[index]
-        prof = get_profile(self.qmodel.profile)
+        prof = self._profile()
         w, b = self.model.layers[index].fused(params)
         qw = quantize_weights(w, old.scheme, old.w_scale.size > 1, qmax=prof.weight_qmax,
                               rounding=weight_rounding(self.model, self.qmodel, index))
