@@ -1,47 +1,24 @@
-"""A model without a detection head (a classifier, a backbone) is refused by the Python entry points that score
-detections, as the CLI refuses it: run_montecarlo and rank_images (in this process and on a backend) scored
+"""A model without a detection head (a classifier, a backbone: here one conv) is refused by the Python entry
+points that score detections, as the CLI refuses it: run_montecarlo and rank_images (in this process and on a backend) scored
 every image as agreeing perfectly with FLOAT, no detections on either side."""
 from __future__ import annotations
 
 import pytest
 
-import engine
-from engine.calib.collect import collect
 from engine.errors import EngineError
-from engine.quant.qmodel import quantize_model
 from engine.quant.worst_images import rank_images as rank_here
 from engine.scale.backends import InProcess
 from engine.scale.montecarlo import run_montecarlo
 from engine.scale.worst import rank_images
-from helpers import IMAGES
+from helpers import IMAGES, one_conv_session
 
-CFG = """[net]
-width=32
-height=32
-channels=3
-
-[convolutional]
-filters=4
-size=3
-stride=2
-pad=1
-activation=leaky
-
-[avgpool]
-
-[connected]
-output=5
-activation=linear
-"""
 HEADLESS = r"needs a detection head \(\[detection\], \[region\] or \[yolo\]\) and this model has none"
 
 
 @pytest.fixture(scope="module")
 def headless(tmp_path_factory):
-    cfg = tmp_path_factory.mktemp("headless") / "classifier.cfg"
-    cfg.write_text(CFG)
-    model = engine.load(cfg, random_weights=0)
-    return model, quantize_model(model, collect(model, [IMAGES / "dog.jpg"], progress=False), "minmax")
+    s = one_conv_session(tmp_path_factory.mktemp("headless"))      # one conv: a backbone without a head
+    return s.model, s.qmodel
 
 
 def test_montecarlo_refuses_a_model_without_a_head(headless):
