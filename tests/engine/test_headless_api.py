@@ -1,6 +1,6 @@
 """A model without a detection head (a classifier, a backbone: here one conv) is refused by the Python entry
-points that score detections, as the CLI refuses it: run_montecarlo and rank_images (in this process and on a backend) scored
-every image as agreeing perfectly with FLOAT, no detections on either side."""
+points that score detections, as the CLI refuses it: run_montecarlo and rank_images (in this process and on a
+backend) scored every image as agreeing perfectly with FLOAT, no detections on either side."""
 from __future__ import annotations
 
 import pytest
