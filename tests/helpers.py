@@ -271,3 +271,18 @@ def cli(capsys, *args) -> tuple[int, str, str]:
         code = exit_.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def explorer_with_a_fix_picked(model, qmodel):
+    """(session, Explorer, its Explain tab) on horses.jpg in INT, explained, with the first explanation that has
+    a fix picked (the graph then shows that detection's recovery colours)."""
+    import engine
+    from qwidgets import Explorer
+    s = engine.Session(model, qmodel, "int", image=IMAGES / "horses.jpg")
+    ex = Explorer(s, background=False)
+    view = ex.explain_view
+    view.explain_button.click()
+    fixable = [k for k, e in enumerate(view.explanations) if e.fix]
+    assert fixable, "no explanation of horses.jpg has a fix"
+    view.pick.value = fixable[0]
+    return s, ex, view

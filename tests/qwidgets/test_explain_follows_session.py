@@ -4,18 +4,12 @@ loses that run's recovery colours (it used to keep dog.jpg's fix [6] and apply i
 from __future__ import annotations
 
 import engine
-from helpers import IMAGES
+from helpers import IMAGES, explorer_with_a_fix_picked
 from qwidgets import Explorer
 
 
 def test_a_fix_of_an_earlier_image_is_not_kept(tiny, tiny_kl_pt):
-    s = engine.Session(tiny, tiny_kl_pt, "int", image=IMAGES / "horses.jpg")
-    ex = Explorer(s, background=False)
-    view = ex.explain_view
-    view.explain_button.click()
-    fixable = [k for k, e in enumerate(view.explanations) if e.fix]
-    assert fixable
-    view.pick.value = fixable[0]
+    s, ex, view = explorer_with_a_fix_picked(tiny, tiny_kl_pt)
     assert not view.apply_button.disabled and ex.graph.overlay == "recovery" and ex.graph.overlay_values
     s.reset(image=IMAGES / "dog.jpg")                 # from code
     assert view.apply_button.disabled and ex.graph.overlay_values == {}

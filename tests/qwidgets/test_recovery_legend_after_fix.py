@@ -4,18 +4,12 @@ detection)", which the user had just done."""
 from __future__ import annotations
 
 import engine
-from helpers import IMAGES
+from helpers import IMAGES, explorer_with_a_fix_picked
 from qwidgets import Explorer
 
 
 def test_the_recovery_legend_says_the_session_changed_after_a_fix(tiny, tiny_kl_pt):
-    s = engine.Session(tiny, tiny_kl_pt, "int", image=IMAGES / "horses.jpg")
-    ex = Explorer(s, background=False)
-    view = ex.explain_view
-    view.explain_button.click()
-    fixable = [k for k, e in enumerate(view.explanations) if e.fix]
-    assert fixable
-    view.pick.value = fixable[0]
+    s, ex, view = explorer_with_a_fix_picked(tiny, tiny_kl_pt)
     assert ex.graph.overlay == "recovery" and ex.graph.overlay_values
     assert "to blame" in ex.graph._legend.value
     view.apply_button.click()
