@@ -273,6 +273,15 @@ def cli(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
+def cli_error_line(capsys, *args) -> str:
+    """The one line `python -m engine ARGS` refuses them with: exit 2, nothing on stdout, a single "error: "
+    line on stderr (never a traceback, never a second line)."""
+    code, out, err = cli(capsys, *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1 and lines[0].startswith("error: "), (code, out, err)
+    return lines[0]
+
+
 def explorer_with_a_fix_picked(model, qmodel):
     """(session, Explorer, its Explain tab) on horses.jpg in INT, explained, with the first explanation that has
     a fix picked (the graph then shows that detection's recovery colours)."""

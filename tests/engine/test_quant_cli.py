@@ -13,7 +13,7 @@ import pytest
 from engine.cli.main import main
 from engine.quant.executor import Executor
 from engine.quant.qmodel import QuantizedModel
-from helpers import IMAGES, ROOT, TINY_CFG, TINY_WEIGHTS, cli
+from helpers import IMAGES, ROOT, TINY_CFG, TINY_WEIGHTS, cli, cli_error_line
 
 MODEL = [str(TINY_CFG), "--weights", str(TINY_WEIGHTS)]
 DOG = str(IMAGES / "dog.jpg")
@@ -114,10 +114,8 @@ def test_dump_hybrid_equals_executor_bit_for_bit(capsys, qfile, tiny, tmp_path):
 ])
 def test_quant_cli_errors_are_one_clear_line(capsys, tmp_path, monkeypatch, args, fragment):
     monkeypatch.chdir(tmp_path)
-    rc, out, err = cli(capsys, *args)
-    assert rc == 2 and out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+    line = cli_error_line(capsys, *args)
+    assert fragment in line, line
     assert not (tmp_path / "q.npz").exists()
 
 
