@@ -13,19 +13,31 @@ pytest.importorskip("distributed")
 MODEL = (TINY_CFG, "--weights", TINY_WEIGHTS, "--size", "160")
 
 
-def test_montecarlo_and_compare_on_a_local_cluster_equal_this_process(capsys, tmp_path, tiny_kl_pt, monkeypatch):
+def batches_shipped(monkeypatch) -> list[int]:
+    """The number of items of each map_batches call a DaskBackend makes from now on (what went to the cluster)."""
     from engine.scale.backends import DaskBackend
-    shipped = []
+    shipped: list[int] = []
     real = DaskBackend.map_batches
     monkeypatch.setattr(DaskBackend, "map_batches", lambda self, fn, items, *a, **k: shipped.append(len(items))
                         or real(self, fn, items, *a, **k))
+    return shipped
+
+
+def here_and_there(capsys, args, spec: str) -> tuple[str, str]:
+    """stdout of the command `args` run in this process, then with `--dask spec`; both must succeed."""
+    code, here, err = cli(capsys, *args)
+    assert code == 0, err
+    code, there, err = cli(capsys, *args, "--dask", spec)
+    assert code == 0 and "Traceback" not in err, err
+    return here, there
+
+
+def test_montecarlo_and_compare_on_a_local_cluster_equal_this_process(capsys, tmp_path, tiny_kl_pt, monkeypatch):
+    shipped = batches_shipped(monkeypatch)
     q = tiny_kl_pt.save(tmp_path / "q.npz")
     args = ("montecarlo", *MODEL, "--quantized", q, "--images", IMAGES / "dog.jpg", IMAGES / "horses.jpg",
             "--variants", "6", "--seed", "3", "--modes", "int,hybrid", "--json")
-    code, here, err = cli(capsys, *args)
-    assert code == 0, err
-    code, there, err = cli(capsys, *args, "--dask", "local:2")
-    assert code == 0 and "Traceback" not in err, err
+    here, there = here_and_there(capsys, args, "local:2")
     here, there = json.loads(here), json.loads(there)
     assert there["variants"] == here["variants"] and there["summary"] == here["summary"]
     assert here["summary"]["int"]["mean_map50_95"] < 1.0          # a run that differs from FLOAT somewhere
@@ -33,10 +45,7 @@ def test_montecarlo_and_compare_on_a_local_cluster_equal_this_process(capsys, tm
 
     args = ("compare", *MODEL, "--calib", IMAGES / "dog.jpg", "--images", IMAGES / "dog.jpg", IMAGES / "person.jpg",
             "--methods", "minmax,kl", "--quiet", "--json")
-    code, here, err = cli(capsys, *args)
-    assert code == 0, err
-    code, there, err = cli(capsys, *args, "--dask", "local:2")
-    assert code == 0 and "Traceback" not in err, err
+    here, there = here_and_there(capsys, args, "local:2")
     assert shipped[1:] == [2]                                      # the comparison's images too
     strip = lambda t: [{k: v for k, v in r.items() if "seconds" not in k} for r in json.loads(t)["methods"]]
     assert strip(there) == strip(here)
@@ -45,19 +54,12 @@ def test_montecarlo_and_compare_on_a_local_cluster_equal_this_process(capsys, tm
 def test_worst_images_on_a_local_cluster_equal_this_process(capsys, tmp_path, tiny_kl_pt, monkeypatch):
     """worst-images had no --dask: ranking many images ran in this process only, beside compare and montecarlo.
     On a local cluster the ranking is this process's: the same images in the same order, the same scores."""
-    from engine.scale.backends import DaskBackend
-    shipped = []
-    real = DaskBackend.map_batches
-    monkeypatch.setattr(DaskBackend, "map_batches", lambda self, fn, items, *a, **k: shipped.append(len(items))
-                        or real(self, fn, items, *a, **k))
+    shipped = batches_shipped(monkeypatch)
     q = tiny_kl_pt.save(tmp_path / "q.npz")
     photos = sorted(IMAGES.glob("*.jpg"))
     for mode in ("int", "hybrid"):
         args = ("worst-images", *MODEL, "--quantized", q, "--images", *photos, "--mode", mode, "--json")
-        code, here, err = cli(capsys, *args)
-        assert code == 0, err
-        code, there, err = cli(capsys, *args, "--dask", "local:2")
-        assert code == 0 and "Traceback" not in err, err
+        here, there = here_and_there(capsys, args, "local:2")
         here, there = json.loads(here), json.loads(there)
         assert there == here
         assert sorted(r["name"] for r in here["images"]) == sorted(p.name for p in photos)
@@ -116,10 +118,7 @@ def test_montecarlo_on_one_worker_with_all_cores_equals_this_process(capsys, tmp
     q = tiny_kl_pt.save(tmp_path / "q.npz")
     args = ("montecarlo", *MODEL, "--quantized", q, "--images", IMAGES / "dog.jpg", IMAGES / "horses.jpg",
             "--variants", "4", "--seed", "3", "--modes", "int", "--json")
-    code, here, err = cli(capsys, *args)
-    assert code == 0, err
-    code, there, err = cli(capsys, *args, "--dask", "local:1")
-    assert code == 0 and "Traceback" not in err, err
+    here, there = here_and_there(capsys, args, "local:1")
     here, there = json.loads(here), json.loads(there)
     assert [v["int"] for v in there["variants"]] == [v["int"] for v in here["variants"]]
     assert there["summary"] == here["summary"]
